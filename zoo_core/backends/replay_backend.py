@@ -1,0 +1,56 @@
+"""Replay backend: serve recorded ais_bench outputs, optionally at an emulated device latency.
+
+``backend.device_latency_ms`` is the fixed time one call takes (e.g. 10 ms for a batch-1 device
+call); ``backend.latency_per_item_ms`` adds a per-item part for larger batches. The wait is a
+``sleep`` measured against a monotonic deadline, so it holds no CPU and releases the GIL, as a real
+device call does.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..aisbench import DumpDir
+from ..errors import ConfigError
+from .base import Backend, Batch
+
+
+class ReplayBackend(Backend):
+    name = "replay"
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        d = ctx.cfg.backend.get("dir") or ctx.cfg.get("outputs_dir")
+        if not d:
+            raise ConfigError("backend=replay needs outputs_dir=<ais_bench output dir> (or backend.dir)")
+        self.dir = Path(str(d))
+        self.latency = float(ctx.cfg.backend.get("device_latency_ms", 0.0) or 0.0) / 1000.0
+        self.per_item = float(ctx.cfg.backend.get("latency_per_item_ms", 0.0) or 0.0) / 1000.0
+        self._dump: DumpDir | None = None
+        self._cache: dict[str, list[np.ndarray]] = {}
+
+    def _dump_for(self, meta) -> DumpDir:
+        if self._dump is None:
+            n = len(self.ctx.hooks.output_spec(cfg=self.ctx.cfg, meta=meta))
+            self._dump = DumpDir(self.dir, n)
+        return self._dump
+
+    def load_item(self, sample_id: str, meta: dict) -> list[np.ndarray]:
+        specs = self.ctx.hooks.output_spec(cfg=self.ctx.cfg, meta=meta)
+        return self._dump_for(meta).read(sample_id, specs)
+
+    def infer(self, batch: Batch) -> list[np.ndarray]:
+        deadline = time.perf_counter() + self.latency + self.per_item * len(batch)
+        items = [self.load_item(i, m) for i, m in zip(batch.ids[: batch.n_valid], batch.metas)]
+        items += [items[-1]] * (len(batch) - len(items))
+        out = [np.stack([it[k] for it in items]) for k in range(len(items[0]))]
+        rest = deadline - time.perf_counter()
+        if rest > 0:
+            time.sleep(rest)
+        return out
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "dir": str(self.dir), "device_latency_ms": self.latency * 1000,
+                "latency_per_item_ms": self.per_item * 1000}

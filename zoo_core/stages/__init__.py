@@ -1,0 +1,14 @@
+"""Stages: one module per stage, each exposing ``run(ctx) -> dict`` (the stage's summary)."""
+from __future__ import annotations
+
+import importlib
+
+from ..schema import STAGES
+
+
+def get_stage(name: str):
+    if name not in STAGES:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    return importlib.import_module(f"{__name__}.{name}_stage").run

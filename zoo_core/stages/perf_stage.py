@@ -1,0 +1,64 @@
+"""``perf``: pure inference timing on random input at ``batch_size``, ais_bench-style summary.
+
+``throughput = 1000 * batch_size / mean latency (ms)``, as ais_bench reports it.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..atomic import write_json
+from ..backends.base import Batch
+from .common import make_backend, write_run_record
+
+
+def latency_stats(ms: list[float]) -> dict:
+    a = np.asarray(ms, np.float64)
+    return {"min": float(a.min()), "max": float(a.max()), "mean": float(a.mean()),
+            "median": float(np.median(a)), "p99": float(np.percentile(a, 99)), "count": int(a.size)}
+
+
+def random_batch(ctx, batch_size: int, seed: int = 0) -> Batch:
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for spec in ctx.hooks.input_spec(cfg=ctx.cfg):
+        shape = (batch_size, *spec.shape)
+        if np.dtype(spec.dtype).kind == "u":
+            inputs[spec.name] = rng.integers(0, 256, shape, dtype=spec.dtype)
+        else:
+            inputs[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+    ids = [f"perf_{i}" for i in range(batch_size)]
+    return Batch(ids=ids, inputs=inputs, metas=[{"id": i} for i in ids])
+
+
+def run(ctx) -> dict:
+    cfg = ctx.cfg
+    bs = int(cfg.batch_size)
+    loop = int(cfg.stage.get("loop", 20))
+    warmup = int(cfg.stage.get("warmup", 2))
+    backend = make_backend(ctx)
+    try:
+        batch = random_batch(ctx, backend.fixed_batch or bs)
+        for _ in range(warmup):
+            backend.infer(batch)
+        ms = []
+        for _ in range(loop):
+            t0 = time.perf_counter()
+            backend.infer(batch)
+            ms.append((time.perf_counter() - t0) * 1000)
+        describe = backend.describe()
+    finally:
+        backend.close()
+    stats = latency_stats(ms)
+    perf = {
+        "stage": "perf", **describe, "batch_size": bs, "loop": loop, "warmup": warmup,
+        "latency_ms": stats,
+        "throughput": 1000.0 * bs / stats["mean"],
+    }
+    write_json(ctx.path("perf.json"), perf)
+    write_run_record(ctx, {"backend": describe})
+    print(f"{ctx.model_name} perf, backend {describe.get('backend')}, batch {bs}: "
+          f"mean {stats['mean']:.2f} ms, median {stats['median']:.2f} ms, p99 {stats['p99']:.2f} ms, "
+          f"throughput {perf['throughput']:.2f} img/s\n  -> {ctx.path('perf.json')}")
+    return perf

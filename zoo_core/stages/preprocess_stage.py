@@ -1,0 +1,57 @@
+"""``preprocess``: dataset images -> ``inputs/<stem>.bin`` (ais_bench raw layout) + ``inputs/meta.jsonl``.
+
+One input per model: ``inputs/<stem>.bin``; several: ``inputs/<input name>/<stem>.bin``. Each
+``.bin`` is written atomically before its ``meta.jsonl`` line, so after a kill every listed image
+is complete and ``resume=true`` skips exactly those.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..aisbench import write_bin
+from ..runner import iter_prepared
+from .common import finish_with_skips, read_meta_jsonl, skip_policy, write_run_record
+from ..errors import InputError
+
+
+def input_file(inputs_dir: Path, name: str, stem: str, multi: bool) -> Path:
+    return (inputs_dir / name / f"{stem}.bin") if multi else (inputs_dir / f"{stem}.bin")
+
+
+def run(ctx) -> dict:
+    cfg = ctx.cfg
+    inputs_dir = ctx.path("inputs")
+    inputs_dir.mkdir(parents=True, exist_ok=True)
+    meta_path = inputs_dir / "meta.jsonl"
+    done = read_meta_jsonl(meta_path) if bool(cfg.resume) else {}
+    if not bool(cfg.resume) and meta_path.exists():
+        meta_path.unlink()
+    todo = [s for s in ctx.samples if s.id not in done]
+    skipped = []
+    n = 0
+    with open(meta_path, "a") as meta_f:
+        for prep in iter_prepared(ctx.hooks, cfg, todo, int(cfg.num_workers), 4 * max(int(cfg.num_workers), 1)):
+            if prep.error:
+                if not skip_policy(ctx):
+                    raise InputError(prep.error)
+                skipped.append({"id": prep.sample.id, "path": str(prep.sample.path), "reason": prep.error})
+                continue
+            multi = len(prep.inputs) > 1
+            shapes = {}
+            for name, arr in prep.inputs.items():
+                write_bin(input_file(inputs_dir, name, prep.sample.id, multi), arr)
+                shapes[name] = {"shape": list(arr.shape), "dtype": arr.dtype.name}
+            meta_f.write(json.dumps({"id": prep.sample.id, "meta": prep.meta, "inputs": shapes}) + "\n")
+            meta_f.flush()
+            os.fsync(meta_f.fileno())
+            n += 1
+    write_run_record(ctx)
+    print(f"preprocessed {n} images ({len(done)} already done, {len(skipped)} skipped) -> {inputs_dir}")
+    if skipped:
+        from ..atomic import write_json
+
+        write_json(inputs_dir / "skipped.json", skipped)
+    finish_with_skips(ctx, skipped)
+    return {"images": n + len(done), "skipped": skipped, "inputs_dir": str(inputs_dir)}

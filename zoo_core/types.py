@@ -1,0 +1,128 @@
+"""Data types exchanged between the core and model plugins.
+
+Everything here is plain numpy / dataclasses so that plugins and the core agree on shapes without
+importing each other's internals.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One dataset item.
+
+    ``id`` is the file stem used for every per-image artifact (``inputs/<id>.bin``,
+    ``outputs/<id>_<i>.bin``); it must be unique within a dataset. ``key`` is the dataset's own
+    identifier (a COCO image id, a WIDER ``(event, stem)``), passed back to ``evaluate``.
+    """
+
+    id: str
+    path: Path
+    key: Any = None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, per-item shape (without the batch dimension) and numpy dtype name of a tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+
+
+@dataclass
+class Detections:
+    """Detections of one image in original-image pixels.
+
+    ``boxes`` is (n, 4) float32 ``[x1, y1, x2, y2]``; ``scores`` (n,) float32 in descending order;
+    ``labels`` (n,) int32, the model's 0-based class index; ``extras`` holds per-box arrays whose
+    first dimension is n (e.g. ``landmarks`` (n, 10) as ``x0, y0, ..., x4, y4``).
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        n = len(self.boxes)
+        self.scores = np.asarray(self.scores, dtype=np.float32).reshape(n)
+        self.labels = np.asarray(self.labels, dtype=np.int32).reshape(n)
+        for k, v in self.extras.items():
+            v = np.asarray(v, dtype=np.float32)
+            if len(v) != n:
+                raise ValueError(f"extras[{k!r}] has {len(v)} rows, boxes have {n}")
+            self.extras[k] = v
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    @classmethod
+    def empty(cls) -> "Detections":
+        return cls(np.zeros((0, 4)), np.zeros(0), np.zeros(0))
+
+    def to_json(self) -> dict:
+        out = {
+            "boxes": self.boxes.tolist(),
+            "scores": self.scores.tolist(),
+            "labels": self.labels.tolist(),
+        }
+        for k, v in self.extras.items():
+            out[k] = v.tolist()
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Detections":
+        extras = {k: np.asarray(v, np.float32) for k, v in d.items() if k not in ("boxes", "scores", "labels")}
+        n = len(d["boxes"])
+        extras = {k: v.reshape(n, -1) if n else v.reshape(0, 0) for k, v in extras.items()}
+        return cls(np.asarray(d["boxes"], np.float32).reshape(-1, 4), d["scores"], d["labels"], extras)
+
+
+@dataclass
+class ExportResult:
+    """What ``export`` wrote: the ONNX path and its graph input / output names, in output order."""
+
+    path: Path
+    input_names: list[str]
+    output_names: list[str]
+    target: str = "onnxruntime"
+
+
+@dataclass
+class EvalResult:
+    """Metrics (flat ``name -> number``) plus files to write next to ``metrics.json``.
+
+    ``files`` maps a file name relative to the run dir to its bytes; the core writes each one
+    atomically. ``info`` holds JSON-able, non-numeric facts that belong in ``metrics.json``
+    (e.g. ``{"iou_thresh": 0.5, "evaluator": "faster-coco-eval"}``).
+    """
+
+    metrics: dict[str, float]
+    files: dict[str, bytes] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """What a model plugin's ``dataset`` hook returns."""
+
+    name: str
+    root: Path
+
+    def samples(self) -> Sequence[Sample]:
+        """All samples in a deterministic order."""
+        ...
+
+
+Inputs = dict[str, np.ndarray]
