@@ -89,46 +89,65 @@ def prepare_one(hooks, cfg, sample: Sample) -> Prepared:
                         time.process_time() - t0)
 
 
-def _worker_init(threads: int) -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+def _worker_init(model: str, cfg, threads: int) -> None:
+    """Spawned worker: its own plugin manager and config (nothing inherited from the parent)."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     try:
         import cv2
 
         cv2.setNumThreads(threads)
     except Exception:
         pass
+    from .plugins import ZooPluginManager
+
+    _WORKER_STATE.update(hooks=ZooPluginManager().hooks_for(model), cfg=cfg)
 
 
 def _worker_run(sample: Sample) -> Prepared:
     return prepare_one(_WORKER_STATE["hooks"], _WORKER_STATE["cfg"], sample)
 
 
-def iter_prepared(hooks, cfg, samples: list[Sample], num_workers: int, window: int) -> Iterator[Prepared]:
-    """Preprocessed samples in dataset order, at most ``window`` in flight."""
-    if num_workers <= 0 or len(samples) <= 1:
+class WorkerPool:
+    """Preprocess worker processes, started with ``spawn`` so that no thread or lock of the parent
+    (ONNX Runtime's thread pool, the postprocess thread) is inherited half-held by a fork."""
+
+    def __init__(self, hooks, cfg, num_workers: int):
+        self.pool = None
+        if num_workers > 0:
+            ctx = mp.get_context("spawn")
+            self.pool = ctx.Pool(num_workers, initializer=_worker_init, initargs=(hooks.model, cfg, 1))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def iter_prepared(hooks, cfg, samples: list[Sample], pool: "WorkerPool | None", window: int) -> Iterator[Prepared]:
+    """Preprocessed samples in dataset order, at most ``window`` in flight in ``pool``."""
+    if pool is None or pool.pool is None:
         for s in samples:
             yield prepare_one(hooks, cfg, s)
         return
-    _WORKER_STATE.update(hooks=hooks, cfg=cfg)
-    ctx = mp.get_context("fork")
-    pool = ctx.Pool(num_workers, initializer=_worker_init, initargs=(1,))
-    try:
-        pending: deque = deque()
-        it = iter(samples)
-        for s in it:
-            pending.append(pool.apply_async(_worker_run, (s,)))
-            if len(pending) >= window:
-                break
-        while pending:
-            res = pending.popleft().get()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.apply_async(_worker_run, (nxt,)))
-            yield res
-    finally:
-        pool.terminate()
-        pool.join()
-        _WORKER_STATE.clear()
+    pending: deque = deque()
+    it = iter(samples)
+    for s in it:
+        pending.append(pool.pool.apply_async(_worker_run, (s,)))
+        if len(pending) >= window:
+            break
+    while pending:
+        res = pending.popleft().get()
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append(pool.pool.apply_async(_worker_run, (nxt,)))
+        yield res
 
 
 class Batcher:
@@ -190,7 +209,7 @@ def _check_finite(batch: Batch, outputs: list[np.ndarray]) -> list[int]:
 
 
 def run_stream(ctx, backend: Backend, samples: list[Sample], on_result: ResultFn,
-               keep_outputs: bool = False, progress: bool | None = None) -> RunStats:
+               keep_outputs: bool = False, progress: bool | None = None, pool: WorkerPool | None = None) -> RunStats:
     """Run the whole pipeline over ``samples``; call ``on_result`` once per finished sample.
 
     Raises :class:`ZooError` on the first bad item when ``on_error=fail`` (after stopping the
@@ -261,10 +280,13 @@ def run_stream(ctx, backend: Backend, samples: list[Sample], on_result: ResultFn
         post_q.put((batch, outputs))
 
     window = max(2 * max(workers, 1) + 2 * bs, 4)
+    own_pool = pool is None and workers > 0 and len(samples) > 1
     t_start = time.perf_counter()
     try:
+        if own_pool:
+            pool = WorkerPool(hooks, cfg, workers)
         t_wait = time.perf_counter()
-        for prep in iter_prepared(hooks, cfg, samples, workers, window):
+        for prep in iter_prepared(hooks, cfg, samples, pool, window):
             stats.wait_for_input_s += time.perf_counter() - t_wait
             stats.preprocess_cpu_s += prep.host_s
             if failure:
@@ -279,6 +301,8 @@ def run_stream(ctx, backend: Backend, samples: list[Sample], on_result: ResultFn
         for batch in batcher.flush():
             run_device(batch)
     finally:
+        if own_pool and pool is not None:
+            pool.close()
         post_q.put(None)
         thread.join()
         stats.wall_s = time.perf_counter() - t_start

@@ -14,7 +14,7 @@ from ..atomic import write_json
 from ..detstore import DetectionStore
 from ..errors import ZooError
 from ..fingerprint import config_hash, sha256_file
-from ..runner import run_stream
+from ..runner import WorkerPool, run_stream
 from .common import finish_with_skips, make_backend, write_run_record
 from .scoring import score
 
@@ -57,7 +57,15 @@ def open_store(ctx, backend) -> tuple[DetectionStore, dict]:
 def run(ctx) -> dict:
     cfg = ctx.cfg
     samples = ctx.samples
-    backend = make_backend(ctx)
+    workers = int(cfg.num_workers) if len(samples) > 1 else 0
+    with WorkerPool(ctx.hooks, cfg, workers) as pool:
+        backend = make_backend(ctx)
+        return _run(ctx, backend, pool)
+
+
+def _run(ctx, backend, pool) -> dict:
+    cfg = ctx.cfg
+    samples = ctx.samples
     try:
         store, done = open_store(ctx, backend)
         wanted = {s.id for s in samples}
@@ -71,7 +79,7 @@ def run(ctx) -> dict:
                 for i, o in enumerate(outs):
                     write_bin(output_path(out_dir, sample.id, i), o)
 
-        stats = run_stream(ctx, backend, todo, on_result, keep_outputs=save, progress=cfg.get("progress"))
+        stats = run_stream(ctx, backend, todo, on_result, keep_outputs=save, progress=cfg.get("progress"), pool=pool)
         store.flush()
         describe = backend.describe()
     finally:

