@@ -24,8 +24,13 @@ def export_fingerprint(ctx, target: str) -> dict:
     }
 
 
+def model_dir(ctx) -> Path:
+    """Where exports and OMs live: ``model_dir`` (default ``<work_dir>/model``), shared by the jobs of a sweep."""
+    return Path(str(ctx.cfg.get("model_dir") or ctx.path("model"))).resolve()
+
+
 def onnx_path(ctx, target: str) -> Path:
-    return ctx.path("model", f"{ctx.model_name}_{target}.onnx")
+    return model_dir(ctx) / f"{ctx.model_name}_{target}.onnx"
 
 
 def ensure_onnx(ctx, target: str, force: bool = False) -> Path:

@@ -60,6 +60,7 @@ class ZooSchema:
     outputs_dir: Optional[str] = None
     detections: Optional[str] = None
     work_dir: str = "outputs/${model.name}"
+    model_dir: str = "${work_dir}/model"
     export: ExportConfig = field(default_factory=ExportConfig)
     atc: AtcConfig = field(default_factory=AtcConfig)
 

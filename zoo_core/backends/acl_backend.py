@@ -21,9 +21,11 @@ INSTALL_HINT = ("install Ascend's ais_bench and aclruntime wheels (Ascend/tools:
 
 def om_path(ctx, batch_size: int | None = None, dynamic: bool = False) -> Path:
     """Default OM location written by ``stage=convert``."""
+    from ..model_files import model_dir
+
     if dynamic:
-        return ctx.path("model", f"{ctx.model_name}_dyn.om")
-    return ctx.path("model", f"{ctx.model_name}_bs{int(batch_size or ctx.cfg.batch_size)}.om")
+        return model_dir(ctx) / f"{ctx.model_name}_dyn.om"
+    return model_dir(ctx) / f"{ctx.model_name}_bs{int(batch_size or ctx.cfg.batch_size)}.om"
 
 
 class AclBackend(Backend):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..atomic import write_text
 from ..errors import ZooError
-from ..model_files import ensure_onnx
+from ..model_files import ensure_onnx, model_dir
 
 log = logging.getLogger("zoo")
 
@@ -22,14 +22,17 @@ def run(ctx) -> dict:
     cfg = ctx.cfg
     given = cfg.get("model_file")
     onnx = Path(str(given)) if given and str(given).endswith(".onnx") else ensure_onnx(ctx, "ascend")
+    if not onnx.is_file():
+        raise ZooError("ONNX model not found", path=onnx)
+    onnx = onnx.resolve()
     gears = list(cfg.atc.dynamic_batch) if cfg.atc.get("dynamic_batch") else None
     tag = "dyn" if gears else f"bs{int(cfg.batch_size)}"
-    output = ctx.path("model", f"{ctx.model_name}_{tag}")
+    output = model_dir(ctx) / f"{ctx.model_name}_{tag}"
     args = ctx.hooks.atc_args(cfg=cfg, onnx_path=str(onnx), batch_size=gears or int(cfg.batch_size),
                               soc_version=str(cfg.atc.soc_version), output=str(output))
     args = [str(a) for a in args]
     atc = shutil.which("atc")
-    script = ctx.path("model", f"atc_{tag}.sh")
+    script = model_dir(ctx) / f"atc_{tag}.sh"
     command = ["atc", *args]
     write_text(script, "#!/usr/bin/env bash\nset -euo pipefail\n" + shlex.join(command) + "\n")
     script.chmod(0o755)
@@ -39,7 +42,7 @@ def run(ctx) -> dict:
         return {"converted": False, "script": str(script), "argv": command}
     log.info("running %s", shlex.join(command))
     proc = subprocess.run([atc, *args], capture_output=True, text=True, shell=False)
-    log_path = ctx.path("model", f"atc_{tag}.log")
+    log_path = model_dir(ctx) / f"atc_{tag}.log"
     write_text(log_path, f"$ {shlex.join(command)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
     om = output.with_suffix(".om")
     if proc.returncode != 0:
