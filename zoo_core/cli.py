@@ -81,6 +81,9 @@ def cmd_run(args: list[str]) -> int:
     flags = {a.split("=", 1)[0] for a in args if a.startswith("-")}
     overrides = [a for a in args if not a.startswith("-") and "=" in a]
     skip_validation = bool(flags & HYDRA_FLAGS_WITHOUT_VALIDATION)
+    if flags & {"--help", "-h"} and not _has_model(overrides):
+        print(run_help())
+        return 0
     if not skip_validation:
         if not _has_model(overrides):
             raise ConfigError(no_model_message())
@@ -88,6 +91,22 @@ def cmd_run(args: list[str]) -> int:
     from .app import run_hydra
 
     return run_hydra(args)
+
+
+def run_help() -> str:
+    """``zoo run --help`` without a model: what can be run (Hydra's own help needs a model to compose)."""
+    from .plugins import ZooPluginManager
+    from .schema import STAGES
+
+    pm = ZooPluginManager()
+    models = ", ".join(pm.model_names()) or "(none installed)"
+    return (f"usage: zoo run model=<name> [stage=<stage>] [backend=<backend>] [key=value ...]\n"
+            f"       zoo run -m model=<name> stage=perf batch_size=1,4,8   (multirun sweep)\n\n"
+            f"models:   {models}\n"
+            f"stages:   {', '.join(STAGES)}\n"
+            f"backends: {', '.join(sorted(pm.backends))}\n\n"
+            f"`zoo run model=<name> --help` shows the full composed config and Hydra's flags;\n"
+            f"`zoo info model=<name>` prints the resolved config.")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ def print_listing() -> int:
     if pm.broken:
         print("broken:")
         for b in pm.broken:
-            print(f"  {b.name:<14} ({b.group}: {b.entry_point}) {b.error}")
+            owner = f" [{b.distribution}]" if b.distribution else ""
+            print(f"  {b.name:<14} ({b.group}: {b.entry_point}){owner} {b.error}")
     if pm.blocked:
         print(f"disabled by ZOO_DISABLE_PLUGINS: {', '.join(pm.blocked)}")
     return 0

@@ -95,6 +95,12 @@ def explain(exc: Exception, overrides: list[str]) -> str:
     if m:
         group, value = m.groups()
         opts = re.findall(r"^\s+(\S+)$", text, re.M)
+        if group == "model":
+            from .confpaths import disabled_plugins
+
+            if value in disabled_plugins():
+                return (f"model plugin {value!r} is disabled by ZOO_DISABLE_PLUGINS; unset it (or remove "
+                        f"{value!r} from it) to use this model. Enabled models: {', '.join(opts) or '(none)'}")
         msg = f"unknown {group} {value!r}."
         if opts:
             close = difflib.get_close_matches(value, opts, n=1)

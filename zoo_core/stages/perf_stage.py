@@ -39,7 +39,8 @@ def run(ctx) -> dict:
     warmup = int(cfg.stage.get("warmup", 2))
     backend = make_backend(ctx)
     try:
-        batch = random_batch(ctx, backend.fixed_batch or bs)
+        bs = int(backend.fixed_batch or bs)
+        batch = random_batch(ctx, bs)
         for _ in range(warmup):
             backend.infer(batch)
         ms = []

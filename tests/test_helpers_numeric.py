@@ -1,0 +1,161 @@
+"""Shared numeric helpers against independent, deliberately naive oracles."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from zoo_core.aisbench import DumpDir, read_bin, write_bin
+from zoo_core.errors import InputError
+from zoo_core.geometry import affine_points, get_affine_transform
+from zoo_core.nms import nms
+from zoo_core.peaks import keep_peaks, maxpool3x3, topk_desc
+from zoo_core.types import TensorSpec
+
+
+def naive_nms(boxes, scores, thr, plus_one=False):
+    add = 1.0 if plus_one else 0.0
+    order = sorted(range(len(boxes)), key=lambda i: (-float(scores[i]), i))
+    keep, dead = [], set()
+    for i in order:
+        if i in dead:
+            continue
+        keep.append(i)
+        for j in order:
+            if j == i or j in dead or j in keep:
+                continue
+            a, b = boxes[i], boxes[j]
+            iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]) + add)
+            ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]) + add)
+            inter = iw * ih
+            union = (a[2] - a[0] + add) * (a[3] - a[1] + add) + (b[2] - b[0] + add) * (b[3] - b[1] + add) - inter
+            if inter / union >= thr:
+                dead.add(j)
+    return keep
+
+
+@st.composite
+def box_sets(draw):
+    n = draw(st.integers(0, 25))
+    xy = draw(arrays(np.float64, (n, 2), elements=st.integers(0, 40).map(float)))
+    wh = draw(arrays(np.float64, (n, 2), elements=st.integers(1, 20).map(float)))
+    # few distinct scores, so ties are common
+    scores = draw(arrays(np.float64, (n,), elements=st.sampled_from([0.1, 0.5, 0.5, 0.9])))
+    return np.concatenate([xy, xy + wh], 1), scores
+
+
+@settings(max_examples=200, deadline=None)
+@given(box_sets(), st.sampled_from([0.0, 0.3, 0.5, 0.7, 1.0]), st.booleans())
+def test_nms_matches_naive(bs, thr, plus_one):
+    boxes, scores = bs
+    got = nms(boxes, scores, thr, plus_one=plus_one)
+    assert got.dtype == np.int64
+    assert got.tolist() == naive_nms(boxes.tolist(), scores.tolist(), thr, plus_one)
+
+
+def test_nms_edge_cases():
+    assert nms(np.zeros((0, 4)), np.zeros(0), 0.5).tolist() == []
+    same = np.array([[0, 0, 10, 10]] * 3, float)
+    assert nms(same, np.array([0.5, 0.5, 0.5]), 0.5).tolist() == [0]  # ties: lowest index wins
+    assert nms(same, np.array([0.1, 0.9, 0.5]), 0.5).tolist() == [1]
+
+
+def naive_maxpool(h):
+    H, W = h.shape
+    out = np.empty_like(h)
+    for y in range(H):
+        for x in range(W):
+            out[y, x] = max(h[yy, xx] for yy in range(max(0, y - 1), min(H, y + 2))
+                            for xx in range(max(0, x - 1), min(W, x + 2)))
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float32, st.tuples(st.integers(1, 7), st.integers(1, 7)),
+              elements=st.sampled_from([0.0, 0.25, 0.5, 0.5, 1.0, -1.0])))
+def test_maxpool_and_keep_peaks_match_loops(h):
+    np.testing.assert_array_equal(maxpool3x3(h), naive_maxpool(h))
+    peaks = keep_peaks(h[None, None])[0, 0]
+    expect = np.array([[h[y, x] if h[y, x] == naive_maxpool(h)[y, x] else 0 for x in range(h.shape[1])]
+                       for y in range(h.shape[0])], np.float32)
+    np.testing.assert_array_equal(peaks, expect)
+    assert keep_peaks(h).dtype == np.float32
+
+
+@settings(max_examples=100, deadline=None)
+@given(arrays(np.float32, st.tuples(st.integers(1, 3), st.integers(1, 30)),
+              elements=st.sampled_from([0.0, 0.1, 0.5, 0.5, 0.9])), st.integers(1, 40))
+def test_topk_desc_matches_sorted(scores, k):
+    vals, idx = topk_desc(scores, k)
+    for row in range(scores.shape[0]):
+        expect = sorted(range(scores.shape[1]), key=lambda i: (-float(scores[row, i]), i))[:k]
+        assert idx[row].tolist() == expect
+        assert vals[row].tolist() == [float(scores[row, i]) for i in expect]
+
+
+def test_affine_transform_closed_form_and_inverse():
+    m = get_affine_transform((320.0, 240.0), 640.0, (512, 512))
+    np.testing.assert_allclose(m, [[0.8, 0, 0], [0, 0.8, 64]], atol=1e-6)
+    inv = get_affine_transform((320.0, 240.0), 640.0, (512, 512), inv=True)
+    np.testing.assert_allclose(inv, [[1.25, 0, 0], [0, 1.25, -80]], atol=1e-5)
+    pts = np.array([[0, 0], [639, 479], [123.5, 77.25]], np.float32)
+    back = affine_points(affine_points(pts, m), inv)
+    np.testing.assert_allclose(back, pts, atol=1e-3)
+    full = np.vstack([m, [0, 0, 1]]) @ np.vstack([inv, [0, 0, 1]])
+    np.testing.assert_allclose(full, np.eye(3), atol=1e-6)
+
+
+SPEC = TensorSpec("out", (2, 3, 4))
+
+
+def test_read_bin_float32_float16_and_wrong_size(tmp_path):
+    a = np.arange(24, dtype=np.float32).reshape(2, 3, 4) / 7
+    write_bin(tmp_path / "a_0.bin", a)
+    assert (tmp_path / "a_0.bin").stat().st_size == 24 * 4
+    np.testing.assert_array_equal(read_bin(tmp_path / "a_0.bin", SPEC), a)
+    (tmp_path / "h_0.bin").write_bytes(a.astype("<f2").tobytes())
+    h = read_bin(tmp_path / "h_0.bin", SPEC)
+    assert h.dtype == np.float32 and h.shape == (2, 3, 4)
+    np.testing.assert_allclose(h, a, rtol=1e-3)
+    with pytest.raises(InputError, match="float16"):
+        read_bin(tmp_path / "h_0.bin", SPEC, allow_fp16=False)
+    (tmp_path / "bad_0.bin").write_bytes(b"\0" * 50)
+    with pytest.raises(InputError, match=r"bad_0\.bin.*50 bytes.*needs 96"):
+        read_bin(tmp_path / "bad_0.bin", SPEC)
+    with pytest.raises(InputError, match="not found"):
+        read_bin(tmp_path / "none_0.bin", SPEC)
+    np.save(tmp_path / "n_0.npy", a)
+    np.testing.assert_array_equal(read_bin(tmp_path / "n_0.npy", SPEC), a)
+
+
+@pytest.mark.parametrize("base", [0, 1])
+def test_dumpdir_base_detection_and_nesting(tmp_path, base):
+    nested = tmp_path / "2024_01_01-00_00_00"
+    nested.mkdir()
+    arrays_ = {}
+    for stem in ("img_a", "0001"):  # a stem that itself ends in _digits-like text must still parse
+        for k in range(2):
+            arr = np.full(SPEC.shape, hash((stem, k)) % 100, np.float32)
+            arrays_[(stem, k)] = arr
+            write_bin(nested / f"{stem}_{k + base}.bin", arr)
+    d = DumpDir(tmp_path, 2)
+    assert d.base == base and d.stems() == ["0001", "img_a"] and "img_a" in d
+    for stem in ("img_a", "0001"):
+        got = d.read(stem, [SPEC, SPEC])
+        for k in range(2):
+            np.testing.assert_array_equal(got[k], arrays_[(stem, k)])
+    with pytest.raises(InputError, match="no output files for image 'zzz'"):
+        d.paths("zzz")
+    (nested / f"img_a_{1 + base}.bin").unlink()
+    with pytest.raises(InputError, match="missing output"):
+        DumpDir(tmp_path, 2).paths("img_a")
+    with pytest.raises(InputError, match="no <stem>_<i>.bin"):
+        DumpDir(_empty(tmp_path), 1)
+
+
+def _empty(tmp_path):
+    p = tmp_path / "empty"
+    p.mkdir()
+    return p

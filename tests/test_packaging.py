@@ -1,0 +1,74 @@
+"""The zoo-core wheel works outside the repo: conf/ and the Hydra search-path plugin ship inside it."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(cmd, **kw):
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=120, **kw)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_runs_without_the_checkout(tmp_path_factory):
+    t0 = time.perf_counter()
+    wheels = tmp_path_factory.mktemp("wheels")
+    build = tmp_path_factory.mktemp("build")
+    env = {**os.environ, "PIP_NO_INPUT": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    # build from copies so no build/ or *.egg-info lands in the repo
+    core_src = build / "zoo-core"
+    core_src.mkdir()
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for part in ("zoo_core", "hydra_plugins", "conf"):
+        shutil.copytree(REPO / part, core_src / part, ignore=skip)
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / part, core_src / part)
+    fixture_src = build / "zoo-fixture"
+    shutil.copytree(REPO / "tests" / "fixtures" / "zoo-fixture", fixture_src,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for src in (core_src, fixture_src):
+        _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+              "-w", wheels, src], cwd=build, env=env)
+    core = next(wheels.glob("zoo_core-*.whl"))
+    names = zipfile.ZipFile(core).namelist()
+    assert "zoo_core/conf/config.yaml" in names
+    assert "zoo_core/conf/stage/eval.yaml" in names and "zoo_core/conf/backend/onnxruntime.yaml" in names
+    assert "hydra_plugins/zoo_searchpath/zoo_searchpath.py" in names
+    assert not any(n.startswith("tests/") for n in names)
+    modules = {p.relative_to(REPO).as_posix() for p in (REPO / "zoo_core").rglob("*.py")
+               if "templates" not in p.parts}
+    assert modules <= set(names), sorted(modules - set(names))
+
+    venv_dir = tmp_path_factory.mktemp("venv")
+    venv.EnvBuilder(with_pip=False, system_site_packages=False).create(venv_dir)
+    py = venv_dir / "bin" / "python"
+    pip = [sys.executable, "-m", "pip", "--python", py]
+    _run([*pip, "install", "-q", "--no-deps", *wheels.glob("*.whl")], env=env)
+    # what `zoo list` / `zoo info` need at run time, and nothing more (no torch, no onnxruntime)
+    _run([*pip, "install", "-q", "pluggy", "hydra-core", "numpy"], env=env)
+    site = next((venv_dir / "lib").glob("python3*/site-packages"))
+    work = tmp_path_factory.mktemp("cwd")
+    venv_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ZOO_DISABLE_PLUGINS")}
+    venv_env["ZOO_CACHE_DIR"] = str(work / "cache")
+    zoo = venv_dir / "bin" / "zoo"
+    out = _run([zoo, "list"], cwd=work, env=venv_env)
+    assert "zoo-fixture 0.3.1" in out and "centernet" not in out
+    out = _run([zoo, "info", "model=fixture"], cwd=work, env=venv_env)
+    assert "stage:\n  name: eval" in out and "mask_threshold: 0.5" in out
+    check = _run([py, "-c", "import zoo_core.confpaths as c, sys; print(c.core_conf_dir()); "
+                  "print('torch' in sys.modules)"], cwd=work, env=venv_env)
+    conf_dir, torch_loaded = check.split()
+    assert Path(conf_dir).is_relative_to(site) and torch_loaded == "False"
+    print(f"\n[benchmark] wheel build + venv install + CLI checks: {time.perf_counter() - t0:.1f} s")

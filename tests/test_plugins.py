@@ -1,0 +1,178 @@
+"""Plugin discovery (entry points), ZOO_DISABLE_PLUGINS, per-model dispatch and broken plugins."""
+from __future__ import annotations
+
+import json
+import re
+import types
+
+import numpy as np
+import pytest
+
+from zoo_core import hookimpl
+from zoo_core.errors import PluginError
+from zoo_core.plugins import ZooPluginManager
+from zoo_core.types import Sample
+
+
+def _row(listing: str, name: str) -> str:
+    rows = [ln for ln in listing.splitlines() if ln.split()[:1] == [name]]
+    assert rows, f"{name!r} not listed in:\n{listing}"
+    return rows[0]
+
+
+def _section(listing: str, title: str) -> str:
+    m = re.search(rf"^{title}:\n((?:  .*\n?)*)", listing, re.M)
+    return m.group(1) if m else ""
+
+
+def test_list_shows_fixture_with_distribution_version_and_hooks(zoo):
+    out = zoo.ok("list")
+    row = _row(_section(out, "models"), "fixture")
+    assert "zoo-fixture 0.3.1" in row
+    hooks = row.split("hooks:")[1].replace(",", " ").split()
+    assert {"dataset", "preprocess", "postprocess", "evaluate", "export", "atc_args", "oracle_outputs"} <= set(hooks)
+    assert "fixture_observer" in _section(out, "plugins")
+    backends = _section(out, "backends")
+    for b in ("onnxruntime", "torch", "acl", "replay", "oracle"):
+        assert re.search(rf"^  {b}\s+zoo-core", backends, re.M), backends
+
+
+def test_disable_plugins_removes_fixture_and_run_says_disabled(zoo):
+    rc, out, err = zoo("list", ZOO_DISABLE_PLUGINS="fixture")
+    assert rc == 0
+    assert "fixture" not in _section(out, "models").split()
+    assert "disabled by ZOO_DISABLE_PLUGINS: fixture" in out
+    rc, out, err = zoo("run", "model=fixture", "stage=eval", ZOO_DISABLE_PLUGINS="fixture")
+    assert rc != 0
+    assert "disabled" in err and "ZOO_DISABLE_PLUGINS" in err and "Traceback" not in err
+
+
+def test_disabled_model_in_process(monkeypatch):
+    monkeypatch.setenv("ZOO_DISABLE_PLUGINS", "fixture, fixture_observer")
+    pm = ZooPluginManager()
+    assert "fixture" not in pm.models and "fixture_observer" not in pm.extras
+    with pytest.raises(PluginError, match="disabled by ZOO_DISABLE_PLUGINS"):
+        pm.hooks_for("fixture")
+
+
+@pytest.fixture(scope="module")
+def fixture_cfg():
+    from zoo_core.validate import compose
+
+    return compose(["model=fixture"])
+
+
+def test_dispatch_reaches_only_the_selected_model(fixture_cfg, monkeypatch):
+    monkeypatch.delenv("ZOO_DISABLE_PLUGINS", raising=False)
+    pm = ZooPluginManager()
+    assert {"centerface", "centernet", "fixture"} <= set(pm.models)
+    called = []
+    pm.pm.add_hookcall_monitoring(lambda name, impls, kw: called.append((name, [i.plugin_name for i in impls])),
+                                  lambda *a: None)
+    image = np.zeros((48, 80, 3), np.uint8)
+    image[10:20, 30:40] = 255
+    inputs, meta = pm.hooks_for("fixture").preprocess(cfg=fixture_cfg, image=image, sample=Sample("x", "x.png"))
+    assert list(inputs) == ["image"] and inputs["image"].shape == (1, 64, 64)
+    assert meta["scale_xy"] == [80 / 64, 48 / 64]
+    (name, plugins), = called
+    assert name == "preprocess" and plugins == ["fixture"]
+    # the other models' hooks are still reachable through their own dispatch
+    from zoo_core.validate import compose
+
+    spec = pm.hooks_for("centernet").input_spec(cfg=compose(["model=centernet"]))
+    assert spec[0].shape != (1, 64, 64)
+    assert called[-1][1] == ["centernet"]
+
+
+def test_cross_cutting_wrapper_sees_postprocess(fixture_cfg):
+    pm = ZooPluginManager()
+    seen = []
+    spy = types.ModuleType("spy")
+
+    @hookimpl(wrapper=True)
+    def postprocess(cfg, outputs, metas):
+        result = yield
+        seen.append(len(result))
+        return result
+
+    spy.postprocess = postprocess
+    pm.pm.register(spy, name="spy")
+    pm._subset_cache.clear()
+    mask = np.zeros((2, 1, 64, 64), np.float32)
+    mask[0, 0, 5:15, 5:15] = 1.0
+    dets = pm.hooks_for("fixture").postprocess(cfg=fixture_cfg, outputs=[mask],
+                                              metas=[{"scale_xy": [1, 1]}, {"scale_xy": [1, 1]}])
+    assert [len(d) for d in dets] == [1, 0] and seen == [2]
+    np.testing.assert_allclose(dets[0].boxes[0], [5, 5, 15, 15])
+
+
+def test_missing_hook_raises_plugin_error_naming_it(fixture_cfg):
+    pm = ZooPluginManager(autoload=False)
+    partial = types.ModuleType("partial_model")
+
+    @hookimpl
+    def input_spec(cfg):
+        return []
+
+    partial.input_spec = input_spec
+    pm.register_module("partial", partial)
+    hooks = pm.hooks_for("partial")
+    assert hooks.implements("input_spec") and not hooks.implements("postprocess")
+    with pytest.raises(PluginError, match="'postprocess'"):
+        hooks.postprocess(cfg=fixture_cfg, outputs=[], metas=[])
+    with pytest.raises(PluginError, match="unknown model 'nope'.*partial"):
+        pm.hooks_for("nope")
+
+
+def test_observer_sees_cli_run(zoo, tmp_path, fixture_onnx):
+    log = tmp_path / "observer.jsonl"
+    zoo.ok("run", "model=fixture", "stage=eval", "batch_size=5", f"model_file={fixture_onnx}",
+           ZOO_FIXTURE_OBSERVER_LOG=str(log))
+    events = [json.loads(ln) for ln in log.read_text().splitlines()]
+    post = [e for e in events if e["hook"] == "postprocess"]
+    assert all(e["model"] == "fixture" for e in events)
+    assert sum(e["items"] for e in post) == 12
+    assert events[-1] == {"hook": "zoo_stage_finished", "model": "fixture", "stage": "eval"}
+
+
+# -- broken plugins, discovered through real *.dist-info directories on PYTHONPATH ----------------------
+
+@pytest.fixture
+def bad_env(zoo, fixtures_dir):
+    return zoo.env(PYTHONPATH=str(fixtures_dir / "bad_plugins"))
+
+
+def test_broken_plugins_are_listed_with_their_errors(zoo, bad_env):
+    rc, out, err = zoo("list", env=bad_env)
+    assert rc == 0, err
+    broken = _section(out, "broken")
+    assert re.search(r"badimport .*zoo_bad_import.*RuntimeError: zoo_bad_import: simulated import failure", broken)
+    assert re.search(r"badhook .*invalid hook implementation: unknown hook 'postprocesss'", broken)
+    assert re.search(r"badapi .*needs zoo hook API 2, this zoo-core provides 1", broken)
+    models = _section(out, "models").split()
+    assert "fixture" in models and not {"badimport", "badhook", "badapi"} & set(models)
+
+
+def test_broken_plugin_manager_state(fixtures_dir, monkeypatch):
+    monkeypatch.syspath_prepend(str(fixtures_dir / "bad_plugins"))
+    import importlib
+
+    importlib.invalidate_caches()
+    pm = ZooPluginManager()
+    broken = {b.name: b for b in pm.broken}
+    assert {"badimport", "badhook", "badapi"} <= set(broken)
+    assert broken["badhook"].distribution == "zoo_bad_hook"
+    with pytest.raises(PluginError, match="installed but broken"):
+        pm.hooks_for("badhook")
+    assert "fixture" in pm.models
+    # the misspelled plugin was unregistered: no stray implementation remains
+    assert pm.pm.get_plugin("badhook") is None
+
+
+def test_eval_still_works_next_to_broken_plugins(zoo, bad_env, fixture_onnx):
+    rc, out, err = zoo("run", "model=fixture", "stage=eval", f"model_file={fixture_onnx}", env=bad_env)
+    assert rc == 0, err
+    m = json.loads((zoo.cwd / "outputs" / "fixture" / "metrics.json").read_text())
+    assert m["metrics"]["AP50"] == 1.0 and m["images"] == 12
+    rc, out, err = zoo("run", "model=badhook", "stage=eval", env=bad_env)
+    assert rc != 0 and "Traceback" not in err

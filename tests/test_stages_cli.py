@@ -1,0 +1,174 @@
+"""Every stage on the fixture model through the CLI; ais_bench dump ingestion; the replay backend."""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+BIN_BYTES = 1 * 64 * 64 * 4
+
+
+def _metrics(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "metrics.json").read_text())
+
+
+def _scored_ids(run_dir: Path) -> list[str]:
+    return sorted(json.loads((Path(run_dir) / "fixture_detections.json").read_text()))
+
+
+def test_eval_scores_all_twelve_images(eval_metrics):
+    assert eval_metrics["images"] == 12
+    assert eval_metrics["metrics"]["AP50"] == 1.0 and eval_metrics["metrics"]["recall"] == 1.0
+    assert eval_metrics["skipped"] == []
+
+
+def test_stage_chain_matches_eval(zoo, infer_run, eval_metrics, fixture_onnx):
+    inputs = sorted((infer_run / "inputs").glob("*.bin"))
+    outputs = sorted((infer_run / "outputs").glob("*.bin"))
+    assert len(inputs) == 12 and len(outputs) == 12
+    assert {p.stat().st_size for p in inputs} == {BIN_BYTES}
+    assert {p.stat().st_size for p in outputs} == {BIN_BYTES}
+    assert all(p.name.endswith("_0.bin") for p in outputs)
+    metas = [json.loads(ln) for ln in (infer_run / "inputs" / "meta.jsonl").read_text().splitlines()]
+    assert len(metas) == 12 and metas[0]["inputs"]["image"]["shape"] == [1, 64, 64]
+    run = zoo.cwd / "chain"
+    shutil.copytree(infer_run, run)
+    zoo.ok("run", "model=fixture", "stage=postprocess", f"work_dir={run}")
+    assert _metrics(run)["metrics"] == eval_metrics["metrics"]
+    (run / "metrics.json").unlink()
+    zoo.ok("run", "model=fixture", "stage=evaluate", f"work_dir={run}")
+    m = _metrics(run)
+    assert m["metrics"] == eval_metrics["metrics"] and m["images"] == 12
+
+
+def test_predict_on_folder_writes_json_and_jpg(zoo, cache_dir, fixture_onnx):
+    import cv2
+
+    folder = zoo.cwd / "pics"
+    folder.mkdir()
+    src = sorted((cache_dir / "fixture_squares" / "images").glob("*.png"))[:3]
+    for p in src:
+        shutil.copy(p, folder)
+    zoo.ok("run", "model=fixture", "stage=predict", f"input={folder}", f"model_file={fixture_onnx}", "work_dir=pred")
+    pred = zoo.cwd / "pred" / "predictions"
+    gt = json.loads((cache_dir / "fixture_squares" / "boxes.json").read_text())
+    for p in src:
+        rec = json.loads((pred / f"{p.stem}.json").read_text())
+        assert len(rec["boxes"]) == len(gt[p.stem])
+        img = cv2.imread(str(pred / f"{p.stem}.jpg"))
+        assert img is not None and img.shape == cv2.imread(str(p)).shape
+    assert len(list(pred.iterdir())) == 2 * len(src)
+
+
+@pytest.mark.parametrize("target,opset", [("onnxruntime", 17), ("ascend", 11)])
+def test_export_for_both_targets(zoo, target, opset):
+    import onnx
+
+    zoo.ok("run", "model=fixture", "stage=export", f"export.target={target}")
+    path = zoo.cwd / "outputs" / "fixture" / "model" / f"fixture_{target}.onnx"
+    model = onnx.load(str(path))
+    assert [i.name for i in model.graph.input] == ["image"] and [o.name for o in model.graph.output] == ["mask"]
+    assert model.opset_import[0].version == opset
+    info = json.loads(path.with_suffix(".json").read_text())
+    assert info["target"] == target and len(info["sha256"]) == 64
+
+
+def test_perf_writes_latency_stats_and_throughput(zoo, fixture_onnx):
+    zoo.ok("run", "model=fixture", "stage=perf", "batch_size=3", "stage.loop=7", f"model_file={fixture_onnx}")
+    perf = json.loads((zoo.cwd / "outputs" / "fixture" / "perf.json").read_text())
+    lat = perf["latency_ms"]
+    assert lat["count"] == 7 and lat["min"] <= lat["median"] <= lat["max"] and lat["min"] <= lat["mean"] <= lat["max"]
+    assert perf["batch_size"] == 3
+    assert perf["throughput"] == pytest.approx(1000 * 3 / lat["mean"], rel=1e-9)
+
+
+def test_multirun_perf_sweep_creates_jobs_and_report(zoo, fixture_onnx):
+    zoo.ok("run", "-m", "model=fixture", "stage=perf", "batch_size=1,2", f"model_file={fixture_onnx}")
+    sweeps = list((zoo.cwd / "multirun" / "fixture").iterdir())
+    assert len(sweeps) == 1
+    sweep = sweeps[0]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [j.name for j in jobs] == ["0", "1"]
+    assert [json.loads((j / "perf.json").read_text())["batch_size"] for j in jobs] == [1, 2]
+    report = list(sweep.glob("sweep_report.*"))
+    assert {p.suffix for p in report} >= {".csv", ".md"}
+    assert "batch_size" in (sweep / "sweep_report.md").read_text()
+
+
+@pytest.mark.parametrize("extra", [["batch_size=5"], ["batch_size=7", "backend=oracle"]], ids=["bs5", "bs7-oracle"])
+def test_partial_last_batch_scores_each_image_once(zoo, fixture_onnx, eval_metrics, extra):
+    zoo.ok("run", "model=fixture", "stage=eval", f"model_file={fixture_onnx}", *extra)
+    run = zoo.cwd / "outputs" / "fixture"
+    m = _metrics(run)
+    assert m["images"] == 12 and m["metrics"] == eval_metrics["metrics"]
+    ids = _scored_ids(run)
+    assert len(ids) == 12 and len(set(ids)) == 12
+    perf = json.loads((run / "perf.json").read_text())
+    assert perf["images"] == 12
+
+
+# -- ais_bench dump directories ---------------------------------------------------------------------------
+
+def _make_dump(src: Path, dump: Path, base: int, nested: bool, seed: int) -> None:
+    files = sorted(src.glob("*_0.bin"))
+    random.Random(seed).shuffle(files)
+    target = dump / "2024_05_01-12_00_00" if nested else dump
+    target.mkdir(parents=True)
+    for f in files:
+        stem = f.name[: -len("_0.bin")]
+        shutil.copy(f, target / f"{stem}_{base}.bin")
+
+
+@pytest.mark.parametrize("base,nested", [(0, False), (1, True)], ids=["ais_bench_0", "legacy_1_nested"])
+def test_postprocess_ingests_ais_bench_dump(zoo, infer_run, eval_metrics, base, nested):
+    dump = zoo.cwd / "dump"
+    _make_dump(infer_run / "outputs", dump, base, nested, seed=base)
+    out = zoo.ok("run", "model=fixture", "stage=postprocess", f"outputs_dir={dump}", "work_dir=fresh")
+    assert f"start at _{base}" in out
+    assert not (zoo.cwd / "fresh" / "inputs").exists()  # metas were recomputed, not read
+    m = _metrics(zoo.cwd / "fresh")
+    assert m["metrics"] == eval_metrics["metrics"] and m["images"] == 12
+
+
+def test_wrong_size_bin_is_named_then_skippable(zoo, infer_run, eval_metrics):
+    dump = zoo.cwd / "dump"
+    shutil.copytree(infer_run / "outputs", dump)
+    bad = dump / "sq004_0.bin"
+    bad.write_bytes(bad.read_bytes()[:1000])
+    rc, out, err = zoo("run", "model=fixture", "stage=postprocess", f"outputs_dir={dump}", "work_dir=a")
+    assert rc != 0 and "Traceback" not in err
+    assert str(bad) in err and "1000 bytes" in err and str(BIN_BYTES) in err
+    rc, out, err = zoo("run", "model=fixture", "stage=postprocess", f"outputs_dir={dump}", "work_dir=b",
+                       "on_error=skip")
+    assert rc != 0 and "allow_skips" in err
+    zoo.ok("run", "model=fixture", "stage=postprocess", f"outputs_dir={dump}", "work_dir=c",
+           "on_error=skip", "allow_skips=true")
+    m = _metrics(zoo.cwd / "c")
+    assert [s["id"] for s in m["skipped"]] == ["sq004"] and str(bad) in m["skipped"][0]["reason"]
+    assert m["images"] == 11 and "sq004" not in _scored_ids(zoo.cwd / "c")
+
+
+# -- replay backend -----------------------------------------------------------------------------------------
+
+def test_replay_backend_reproduces_metrics_and_emulates_latency(zoo, infer_run, eval_metrics):
+    dump = infer_run / "outputs"
+    zoo.ok("run", "model=fixture", "stage=eval", "backend=replay", f"outputs_dir={dump}", "work_dir=r0")
+    assert _metrics(zoo.cwd / "r0")["metrics"] == eval_metrics["metrics"]
+    zoo.ok("run", "model=fixture", "stage=eval", "backend=replay", f"outputs_dir={dump}", "work_dir=r20",
+           "backend.device_latency_ms=20", "dataset.limit=4")
+    perf = json.loads((zoo.cwd / "r20" / "perf.json").read_text())
+    assert perf["backend"] == "replay" and perf["images"] == 4
+    assert perf["device_call_ms"]["mean"] >= 20.0
+    rc, _, err = zoo("run", "model=fixture", "stage=eval", "backend=replay", "work_dir=r1")
+    assert rc != 0 and "outputs_dir" in err
+
+
+def test_a_dying_preprocess_worker_stops_the_run_with_a_message(zoo):
+    """A worker killed mid-image (OOM killer, segfault) must end the run, not hang it."""
+    rc, out, err = zoo("run", "model=fixture", "stage=eval", "num_workers=2", ZOO_FIXTURE_CRASH_ON="sq003")
+    assert rc != 0
+    assert "preprocess worker process died" in err, err
+    assert "Traceback" not in err
