@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import sys
 from importlib import metadata
@@ -12,6 +13,18 @@ from omegaconf import OmegaConf
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes (memoised per path, size and mtime within a process)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = _sha256(path, chunk)
+    return _SHA_CACHE[key]
+
+
+_SHA_CACHE: dict[tuple, str] = {}
+
+
+def _sha256(path: str | Path, chunk: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while True:
@@ -29,6 +42,7 @@ def config_hash(section) -> str:
 
 
 def versions(model_dist: str | None = None) -> dict[str, str]:
+    """Installed versions of Python, zoo-core, the model's plugin dist, onnxruntime, ... (torch if imported)."""
     out = {"python": platform.python_version()}
     names = ["zoo-core", "onnxruntime", "onnx", "numpy", "opencv-python-headless", "hydra-core"]
     if model_dist:
@@ -40,4 +54,39 @@ def versions(model_dist: str | None = None) -> dict[str, str]:
             out[n] = metadata.version(n)
         except metadata.PackageNotFoundError:
             pass
+    return out
+
+
+#: Annotation files bigger than this are recorded by size and mtime only (hashing would be slow).
+MAX_HASHED_BYTES = 512 << 20
+
+
+def file_record(path: str | Path) -> dict:
+    """``{"path", "bytes", "sha256"}`` of one input file (sha256 omitted above MAX_HASHED_BYTES)."""
+    p = Path(path)
+    st = p.stat()
+    rec = {"path": str(p), "bytes": st.st_size}
+    if st.st_size <= MAX_HASHED_BYTES:
+        rec["sha256"] = sha256_file(p)
+    else:
+        rec["mtime_ns"] = st.st_mtime_ns
+    return rec
+
+
+def dataset_files(dataset) -> list[Path]:
+    """The annotation / ground-truth files a dataset object was built from.
+
+    Uses the dataset's ``annotation_files()`` when it has one, else its ``ann_path`` (a file) and
+    ``gt_dir`` (its ``.mat`` / ``.json`` / ``.txt`` files) attributes; images are not listed.
+    """
+    fn = getattr(dataset, "annotation_files", None)
+    if callable(fn):
+        return [Path(p) for p in fn() if Path(p).is_file()]
+    out = []
+    ann = getattr(dataset, "ann_path", None)
+    if ann is not None and Path(ann).is_file():
+        out.append(Path(ann))
+    gt = getattr(dataset, "gt_dir", None)
+    if gt is not None and Path(gt).is_dir():
+        out += sorted(q for q in Path(gt).iterdir() if q.suffix in (".mat", ".json", ".txt") and q.is_file())
     return out

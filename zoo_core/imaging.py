@@ -13,13 +13,18 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 #: Largest image (in pixels) decoded without complaint; bigger files are refused before decoding
 #: so memory stays bounded (a 20000x20000 RGB image would need 1.2 GB).
 MAX_PIXELS = int(os.environ.get("ZOO_MAX_IMAGE_PIXELS", 100_000_000))
+# OpenCV's own guard for formats whose header is not parsed here (read at the first decode).
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Return ``cv2.imread(path)``: HxWx3 BGR uint8, grayscale expanded, alpha dropped, EXIF applied.
+    """Return what ``cv2.imread(path)`` returns: HxWx3 BGR uint8, grayscale expanded to 3 equal
+    channels, alpha dropped, EXIF orientation applied, 16-bit reduced to 8 bits (``>> 8``).
 
-    16-bit files are reduced to 8 bits exactly as ``cv2.imread`` does. Raises :class:`InputError`
-    naming the file for a missing, empty, undecodable or oversized file.
+    Raises :class:`InputError` naming the file for a missing, empty, undecodable (corrupt,
+    truncated, not an image) or oversized file. The size limit is checked from the PNG / JPEG /
+    BMP header before any pixel is decoded, so memory stays bounded; other formats rely on
+    OpenCV's ``OPENCV_IO_MAX_IMAGE_PIXELS`` (set to the same limit).
     """
     import cv2
 
@@ -34,7 +39,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     buf = np.frombuffer(data, np.uint8)
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if img is None:
-        raise InputError("not a decodable image (corrupt or unsupported format)", path=p)
+        raise InputError("not a decodable image (corrupt, truncated or not an image file)", path=p)
     return img
 
 
@@ -49,9 +54,14 @@ def _check_dimensions(head: bytes, p: Path) -> None:
 
 
 def _header_dims(head: bytes) -> tuple[int, int] | None:
-    """(height, width) from a PNG or JPEG header, without decoding; None if unknown."""
+    """(height, width) from a PNG, JPEG or BMP header, without decoding; None if unknown."""
     if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
         return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+    if head[:2] == b"BM" and len(head) >= 26:
+        if int.from_bytes(head[14:18], "little") == 12:  # OS/2 core header: 16-bit dimensions
+            return int.from_bytes(head[20:22], "little"), int.from_bytes(head[18:20], "little")
+        return (abs(int.from_bytes(head[22:26], "little", signed=True)),
+                abs(int.from_bytes(head[18:22], "little", signed=True)))
     if head[:2] == b"\xff\xd8":
         i = 2
         while i + 9 < len(head):

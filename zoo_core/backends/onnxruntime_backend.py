@@ -44,6 +44,11 @@ class OnnxRuntimeBackend(Backend):
         self.session = make_session(self.model_path, ctx.cfg.backend)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        given = [s.name for s in ctx.hooks.input_spec(cfg=ctx.cfg)]
+        if sorted(self.input_names) != sorted(given):
+            raise ZooError(f"model inputs {self.input_names} do not match the {ctx.model_name} preprocess, "
+                           f"which gives {given}", path=self.model_path,
+                           hint=f"is this an ONNX of the {ctx.model_name} model?")
 
     def infer(self, batch: Batch) -> list[np.ndarray]:
         missing = [n for n in self.input_names if n not in batch.inputs]
@@ -56,7 +61,9 @@ class OnnxRuntimeBackend(Backend):
             return self.session.run(self.output_names, feeds)
         except Exception as exc:
             shapes = {k: tuple(v.shape) for k, v in feeds.items()}
-            raise ZooError(f"onnxruntime run failed for inputs {shapes}: {exc}", path=self.model_path) from exc
+            expected = {i.name: tuple(i.shape) for i in self.session.get_inputs()}
+            raise ZooError(f"onnxruntime run failed for inputs {shapes} (the model expects {expected}): "
+                           + " ".join(str(exc).split()), path=self.model_path) from exc
 
     def describe(self) -> dict:
         return {"backend": self.name, "model_file": str(self.model_path),

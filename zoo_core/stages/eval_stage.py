@@ -6,51 +6,35 @@ continues a killed run and scores each image exactly once.
 """
 from __future__ import annotations
 
-import json
 import logging
 
 from ..aisbench import output_path, write_bin
 from ..atomic import write_json
 from ..detstore import DetectionStore
-from ..errors import ZooError
-from ..fingerprint import config_hash, sha256_file
+from ..fingerprint import config_hash
 from ..runner import WorkerPool, run_stream
-from .common import finish_with_skips, make_backend, write_run_record
+from .common import (artifact_fingerprint, discard_stale_results, finish_with_skips, make_backend, mark_complete,
+                     start_resumable, write_run_record)
 from .scoring import score
 
 log = logging.getLogger("zoo")
 
 
 def resume_fingerprint(ctx, backend) -> dict:
-    """What must not change between a run and its resumption."""
-    desc = backend.describe()
-    model_file = desc.get("model_file")
-    w = ctx.weights()
-    return {
-        "model": config_hash(ctx.cfg.model),
-        "dataset": config_hash(ctx.cfg.dataset),
-        "backend": config_hash(ctx.cfg.backend),
-        "weights_sha256": sha256_file(w) if w else None,
-        "model_file_sha256": sha256_file(model_file) if model_file else None,
-    }
+    """What must not change between a run and its resumption: model, dataset and backend config,
+    weights and model file (by sha256)."""
+    return artifact_fingerprint(ctx, backend.describe().get("model_file"), backend=config_hash(ctx.cfg.backend))
 
 
 def open_store(ctx, backend) -> tuple[DetectionStore, dict]:
-    store = DetectionStore(ctx.path("detections"))
-    state_path = ctx.path("detections", "state.json")
-    fp = resume_fingerprint(ctx, backend)
+    """The run dir's detection store and, when resuming, the detections already in it."""
+    st = ctx.cfg.stage
+    store = DetectionStore(ctx.path("detections"), flush_every=int(st.get("flush_every", 64) or 64),
+                           flush_seconds=float(st.get("flush_seconds", 5.0)))
     done = {}
-    if bool(ctx.cfg.resume) and state_path.is_file():
-        old = json.loads(state_path.read_text())
-        if old != fp:
-            changed = sorted(k for k in fp if fp.get(k) != old.get(k))
-            raise ZooError(f"cannot resume: {', '.join(changed)} changed since the interrupted run",
-                           path=state_path, hint="run again without resume=true to start over")
+    if start_resumable(ctx, ctx.path("detections", "state.json"), resume_fingerprint(ctx, backend), store.reset):
         done = store.load()
         log.info("resuming: %d images already done", len(done))
-    else:
-        store.reset()
-    write_json(state_path, fp)
     return store, done
 
 
@@ -58,6 +42,7 @@ def run(ctx) -> dict:
     cfg = ctx.cfg
     samples = ctx.samples
     workers = int(cfg.num_workers) if len(samples) > 1 else 0
+    discard_stale_results(ctx)
     with WorkerPool(ctx.hooks, cfg, workers) as pool:
         backend = make_backend(ctx)
         return _run(ctx, backend, pool)
@@ -81,6 +66,7 @@ def _run(ctx, backend, pool) -> dict:
 
         stats = run_stream(ctx, backend, todo, on_result, keep_outputs=save, progress=cfg.get("progress"), pool=pool)
         store.flush()
+        mark_complete(ctx.path("detections", "state.json"))
         describe = backend.describe()
     finally:
         backend.close()

@@ -11,7 +11,9 @@ from ..atomic import write_json
 from ..errors import InputError, ZooError
 from ..runner import Batcher, Prepared, RunStats
 from ..types import Sample, TensorSpec
-from .common import finish_with_skips, make_backend, read_meta_jsonl, skip_policy, write_run_record
+from ..fingerprint import config_hash, sha256_file
+from .common import (artifact_fingerprint, finish_with_skips, make_backend, mark_complete, read_meta_jsonl,
+                     skip_policy, start_resumable, write_run_record)
 
 
 def list_inputs(ctx, inputs_dir: Path) -> list[tuple[str, dict[str, Path], dict[str, TensorSpec], dict]]:
@@ -45,6 +47,10 @@ def run(ctx) -> dict:
     out_dir = ctx.path("outputs")
     out_dir.mkdir(parents=True, exist_ok=True)
     backend = make_backend(ctx)
+    meta_file = inputs_dir / "meta.jsonl"
+    fingerprint = artifact_fingerprint(ctx, backend.describe().get("model_file"), backend=config_hash(cfg.backend),
+                                       inputs_meta_sha256=sha256_file(meta_file) if meta_file.is_file() else None)
+    resuming = start_resumable(ctx, out_dir / "state.json", fingerprint, lambda: None)
     batcher = Batcher(int(cfg.batch_size), backend.fixed_batch)
     stats = RunStats()
     skipped = []
@@ -64,7 +70,7 @@ def run(ctx) -> dict:
 
     try:
         for sid, files, specs, meta in items:
-            if bool(cfg.resume):
+            if resuming:
                 k = len(ctx.hooks.output_spec(cfg=cfg, meta=meta))
                 if all(output_path(out_dir, sid, i).is_file() for i in range(k)):
                     continue
@@ -80,6 +86,7 @@ def run(ctx) -> dict:
                 run_batch(batch)
         for batch in batcher.flush():
             run_batch(batch)
+        mark_complete(out_dir / "state.json")
         describe = backend.describe()
     finally:
         backend.close()

@@ -16,7 +16,8 @@ from ..aisbench import DumpDir
 from ..detstore import DetectionStore
 from ..errors import InputError, ZooError
 from ..runner import prepare_one
-from .common import finish_with_skips, read_meta_jsonl, skip_policy, write_run_record
+from .common import (artifact_fingerprint, discard_stale_results, finish_with_skips, mark_complete, read_meta_jsonl,
+                     skip_policy, start_resumable, write_run_record)
 from .scoring import score
 
 
@@ -28,7 +29,10 @@ def run(ctx) -> dict:
     samples = ctx.samples
     dump = None
     store = DetectionStore(ctx.path("detections"))
-    store.reset()
+    discard_stale_results(ctx)
+    if start_resumable(ctx, ctx.path("detections", "state.json"), artifact_fingerprint(ctx, outputs_dir=str(src)),
+                       store.reset):
+        store.reset()  # postprocess is fast: it always recomputes every image
     skipped = []
     bs = int(cfg.batch_size)
     pending: list[tuple] = []
@@ -68,6 +72,7 @@ def run(ctx) -> dict:
             flush()
     flush()
     store.flush()
+    mark_complete(ctx.path("detections", "state.json"))
     if n == 0:
         raise ZooError("no image of the dataset had output files", path=src)
     print(f"postprocessed {n} images from {src} in {time.perf_counter() - t0:.1f}s"

@@ -2,7 +2,8 @@
 
 One input per model: ``inputs/<stem>.bin``; several: ``inputs/<input name>/<stem>.bin``. Each
 ``.bin`` is written atomically before its ``meta.jsonl`` line, so after a kill every listed image
-is complete and ``resume=true`` skips exactly those.
+is complete and ``resume=true`` skips exactly those. ``inputs/state.json`` holds the model and dataset
+config fingerprint: resuming under a different one is refused.
 """
 from __future__ import annotations
 
@@ -11,13 +12,25 @@ import os
 from pathlib import Path
 
 from ..aisbench import write_bin
+from ..atomic import write_json
 from ..runner import WorkerPool, iter_prepared
-from .common import finish_with_skips, read_meta_jsonl, skip_policy, write_run_record
 from ..errors import InputError
+from .common import (artifact_fingerprint, finish_with_skips, mark_complete, read_meta_jsonl, skip_policy,
+                     start_resumable, write_run_record)
 
 
 def input_file(inputs_dir: Path, name: str, stem: str, multi: bool) -> Path:
     return (inputs_dir / name / f"{stem}.bin") if multi else (inputs_dir / f"{stem}.bin")
+
+
+def drop_torn_tail(path: Path) -> None:
+    """Cut a killed run's incomplete last line off ``meta.jsonl`` so appended lines stay whole."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def run(ctx) -> dict:
@@ -25,9 +38,16 @@ def run(ctx) -> dict:
     inputs_dir = ctx.path("inputs")
     inputs_dir.mkdir(parents=True, exist_ok=True)
     meta_path = inputs_dir / "meta.jsonl"
-    done = read_meta_jsonl(meta_path) if bool(cfg.resume) else {}
-    if not bool(cfg.resume) and meta_path.exists():
-        meta_path.unlink()
+    state_path = inputs_dir / "state.json"
+
+    def reset():
+        meta_path.unlink(missing_ok=True)
+        (inputs_dir / "skipped.json").unlink(missing_ok=True)
+
+    resuming = start_resumable(ctx, state_path, artifact_fingerprint(ctx), reset)
+    if resuming:
+        drop_torn_tail(meta_path)
+    done = read_meta_jsonl(meta_path) if resuming else {}
     todo = [s for s in ctx.samples if s.id not in done]
     skipped = []
     n = 0
@@ -47,11 +67,10 @@ def run(ctx) -> dict:
             meta_f.flush()
             os.fsync(meta_f.fileno())
             n += 1
+    mark_complete(state_path)
     write_run_record(ctx)
     print(f"preprocessed {n} images ({len(done)} already done, {len(skipped)} skipped) -> {inputs_dir}")
     if skipped:
-        from ..atomic import write_json
-
         write_json(inputs_dir / "skipped.json", skipped)
     finish_with_skips(ctx, skipped)
     return {"images": n + len(done), "skipped": skipped, "inputs_dir": str(inputs_dir)}

@@ -85,14 +85,9 @@ def preprocess(cfg, image, sample):
 
 
 def _ascend_state_dict(path: Path):
-    import torch
+    from zoo_core.checkpoint import load_weights_only
 
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ZooError("checkpoint not found", path=path) from None
-    except Exception as e:
-        raise ZooError(f"cannot read checkpoint ({type(e).__name__}: {e})", path=path) from e
+    ckpt = load_weights_only(path)
     if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
         ckpt = ckpt["state_dict"]
     if not isinstance(ckpt, dict):

@@ -30,23 +30,12 @@ def read_state_dict(path) -> tuple[dict, int | None]:
     :returns: ``(state_dict, epoch or None)``.
     :raises ZooError: the file is missing, is not a plain tensor checkpoint, or holds no state dict.
     """
-    import pickle
-
     import torch
 
+    from zoo_core.checkpoint import load_weights_only
+
     path = Path(path)
-    if not path.is_file():
-        raise ZooError("weights file not found", path=path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ZooError(
-            f"refused to load: the file is not a plain tensor checkpoint (weights_only=True): {first}",
-            path=path,
-        ) from None
-    except Exception as e:  # torch raises RuntimeError / EOFError / ValueError for non-checkpoint bytes
-        raise ZooError(f"not a PyTorch checkpoint ({type(e).__name__}: {str(e).strip()[:200]})", path=path) from None
+    obj = load_weights_only(path)
 
     epoch = None
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):

@@ -1,0 +1,306 @@
+"""Every bad input of issue 8 through the real CLI: one clear message (file + reason), exit != 0,
+no traceback, no metrics.json; ``on_error=skip`` lists skipped files and still exits != 0 unless
+``allow_skips=true``. Config errors and wrong-size ``.bin`` files are covered in test_cli_config.py
+and test_stages_cli.py; this file covers images, annotations, weights, model files and outputs.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BAD_STEM = "sq001"
+
+
+def _png_header_only(path: Path, w: int, h: int) -> None:
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+
+
+def _jpeg_bytes(img) -> bytes:
+    import cv2
+
+    return cv2.imencode(".jpg", img)[1].tobytes()
+
+
+def _corrupt_jpeg(p: Path, img) -> None:
+    data = _jpeg_bytes(img)
+    p.write_bytes(data[: len(data) * 3 // 5])
+
+
+def _garbage_jpeg(p: Path, img) -> None:
+    p.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4)
+
+
+IMAGE_ERRORS = {
+    # name: (make the bad file from (path, good image), reason text in stderr)
+    "corrupt_jpeg": (_corrupt_jpeg, "not a decodable image"),
+    "garbage_jpeg_header": (_garbage_jpeg, "not a decodable image"),
+    "zero_bytes": (lambda p, img: p.write_bytes(b""), "empty (0 bytes)"),
+    "missing": (lambda p, img: p.unlink(), "image file not found"),
+    "not_an_image": (lambda p, img: p.write_text("name,score\nx,1\n" * 20), "not a decodable image"),
+    "20000x20000": (lambda p, img: _png_header_only(p, 20000, 20000), "over the limit"),
+}
+
+
+@pytest.fixture(scope="session")
+def squares_base(tmp_path_factory) -> Path:
+    from zoo_fixture.squares import make_squares
+
+    return make_squares(tmp_path_factory.mktemp("squares") / "base", n=5, seed=3)
+
+
+def _variant(base: Path, dest: Path, changes: dict) -> Path:
+    import cv2
+
+    shutil.copytree(base, dest)
+    for stem, make in changes.items():
+        p = dest / "images" / f"{stem}.png"
+        make(p, cv2.imread(str(p)))
+    return dest
+
+
+def _assert_clean_failure(rc, err, *texts, run_dir: Path):
+    assert rc != 0, err
+    assert "Traceback" not in err, err
+    for t in texts:
+        assert str(t) in err, f"{t!r} not in stderr:\n{err}"
+    assert not (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("kind", list(IMAGE_ERRORS))
+def test_bad_image_stops_with_file_and_reason(zoo, squares_base, kind):
+    make, reason = IMAGE_ERRORS[kind]
+    root = _variant(squares_base, zoo.cwd / "ds", {BAD_STEM: make})
+    rc, out, err = zoo("run", "model=fixture", "backend=oracle", "num_workers=0", f"dataset.root={root}",
+                       "work_dir=run")
+    _assert_clean_failure(rc, err, root / "images" / f"{BAD_STEM}.png", reason, run_dir=zoo.cwd / "run")
+
+
+def test_bad_images_are_skipped_listed_and_fail_unless_allowed(zoo, squares_base):
+    stems = ["sq000", "sq001", "sq002", "sq003"]
+    kinds = ["corrupt_jpeg", "zero_bytes", "missing", "20000x20000"]
+    root = _variant(squares_base, zoo.cwd / "ds", {s: IMAGE_ERRORS[k][0] for s, k in zip(stems, kinds)})
+    args = ["run", "model=fixture", "backend=oracle", "num_workers=1", f"dataset.root={root}", "on_error=skip"]
+    rc, out, err = zoo(*args, "work_dir=a")
+    assert rc != 0 and "Traceback" not in err and "allow_skips=true" in err
+    m = json.loads((zoo.cwd / "a" / "metrics.json").read_text())
+    assert sorted(s["id"] for s in m["skipped"]) == stems and m["images"] == 1
+    for s, k in zip(stems, kinds):
+        rec = next(r for r in m["skipped"] if r["id"] == s)
+        assert f"{s}.png" in rec["reason"] and IMAGE_ERRORS[k][1] in rec["reason"]
+    zoo.ok(*args, "allow_skips=true", "work_dir=b")
+    assert json.loads((zoo.cwd / "b" / "metrics.json").read_text())["images"] == 1
+
+
+WORKING_IMAGES = {
+    "grayscale": lambda p, img: _write(p, img[:, :, 1]),
+    "rgba": lambda p, img: _write(p, np.dstack([img, np.full(img.shape[:2], 77, np.uint8)])),
+    "png16": lambda p, img: _write(p, img.astype(np.uint16) * 257),
+}
+
+
+def _write(p: Path, a) -> None:
+    import cv2
+
+    assert cv2.imwrite(str(p), a)
+
+
+@pytest.mark.parametrize("kind", list(WORKING_IMAGES))
+def test_unusual_pixel_formats_read_like_cv2_imread(tmp_path, squares_base, kind):
+    """Grayscale -> 3 equal channels, RGBA -> alpha dropped, 16-bit -> >> 8, exactly cv2.imread."""
+    import cv2
+
+    from zoo_core.imaging import read_image
+
+    src = cv2.imread(str(squares_base / "images" / f"{BAD_STEM}.png"))
+    p = tmp_path / "x.png"
+    WORKING_IMAGES[kind](p, src)
+    img = read_image(p)
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+    np.testing.assert_array_equal(img, cv2.imread(str(p)))
+    if kind == "grayscale":
+        assert (img[..., 0] == img[..., 2]).all()
+    else:
+        np.testing.assert_array_equal(img, src)  # alpha dropped / 16-bit reduced losslessly here
+
+
+def test_unusual_pixel_formats_and_1x1_work_end_to_end(zoo, squares_base):
+    changes = {"sq000": WORKING_IMAGES["grayscale"], "sq001": WORKING_IMAGES["rgba"],
+               "sq002": WORKING_IMAGES["png16"], "sq003": lambda p, img: _write(p, img[:1, :1])}
+    root = _variant(squares_base, zoo.cwd / "ds", changes)
+    boxes = json.loads((root / "boxes.json").read_text())
+    boxes["sq003"] = []  # the 1x1 image has no square left
+    (root / "boxes.json").write_text(json.dumps(boxes))
+    zoo.ok("run", "model=fixture", "backend=oracle", "num_workers=0", f"dataset.root={root}", "work_dir=run")
+    m = json.loads((zoo.cwd / "run" / "metrics.json").read_text())
+    assert m["images"] == 5 and m["skipped"] == [] and m["metrics"]["AP50"] == 1.0
+
+
+def test_huge_image_is_refused_from_the_header_with_bounded_memory(tmp_path):
+    """A real, valid 20000x20000 PNG (1.2 GB decoded) is refused before decoding: peak RSS stays small."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "huge.png"
+    comp = zlib.compressobj(1)
+    row = b"\x00" + bytes(20000)
+    idat = b"".join(comp.compress(row) for _ in range(20000)) + comp.flush()
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    code = ("import resource, sys\nfrom zoo_core.imaging import read_image\nfrom zoo_core.errors import InputError\n"
+            "try:\n    read_image(sys.argv[1])\nexcept InputError as e:\n    print('REFUSED', e)\n"
+            "print('RSS_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60).stdout
+    assert "REFUSED" in out and "20000x20000" in out and "over the limit" in out, out
+    rss = int(out.split("RSS_MB")[1])
+    # decoding it as BGR would need 1.2 GB; importing numpy + OpenCV alone takes ~150-300 MB here
+    assert rss < 600, f"peak RSS {rss} MB"
+
+
+def test_bmp_and_jpeg_headers_are_checked_too(tmp_path):
+    import cv2
+
+    from zoo_core.errors import InputError
+    from zoo_core.imaging import _header_dims, read_image
+
+    img = np.zeros((7, 9, 3), np.uint8)
+    jpg = bytearray(_jpeg_bytes(img))
+    bmp = cv2.imencode(".bmp", img)[1].tobytes()
+    assert _header_dims(bytes(jpg)) == (7, 9) and _header_dims(bmp) == (7, 9)
+    sof = jpg.index(b"\xff\xc0")
+    jpg[sof + 5:sof + 9] = struct.pack(">HH", 20000, 20000)
+    (tmp_path / "big.jpg").write_bytes(bytes(jpg))
+    with pytest.raises(InputError, match="over the limit"):
+        read_image(tmp_path / "big.jpg")
+
+
+# -- annotations --------------------------------------------------------------------------------------------
+
+COCO_CASES = {
+    "not_json": ("{ this is not json", "not a JSON file"),
+    "not_coco": (json.dumps({"info": {}, "licenses": []}), "not a COCO instances file"),
+    "escapes_root": (json.dumps({"images": [{"id": 1, "file_name": "../../secret.jpg", "width": 8, "height": 8}],
+                                 "annotations": [], "categories": [{"id": 1, "name": "person"}]}),
+                     "leaves the image folder"),
+}
+
+
+@pytest.mark.parametrize("kind", list(COCO_CASES))
+def test_bad_coco_annotation_file(zoo, kind):
+    text, reason = COCO_CASES[kind]
+    root = zoo.cwd / "coco"
+    (root / "val2017").mkdir(parents=True)
+    ann = root / "annotations" / "instances_val2017.json"
+    ann.parent.mkdir()
+    ann.write_text(text)
+    rc, out, err = zoo("run", "model=centernet", "backend=oracle", "num_workers=0", f"dataset.root={root}",
+                       "work_dir=run")
+    _assert_clean_failure(rc, err, ann, reason, run_dir=zoo.cwd / "run")
+
+
+def test_wider_ground_truth_that_is_not_a_mat_file(zoo):
+    root = zoo.cwd / "wider"
+    (root / "WIDER_val" / "images").mkdir(parents=True)
+    gt = root / "gt"
+    gt.mkdir()
+    for name in ("wider_face_val.mat", "wider_easy_val.mat", "wider_medium_val.mat", "wider_hard_val.mat"):
+        (gt / name).write_text("<html>not found</html>\n")
+    rc, out, err = zoo("run", "model=centerface", "dataset=widerface", f"dataset.root={root}",
+                       f"dataset.gt_dir={gt}", "num_workers=0", "work_dir=run")
+    _assert_clean_failure(rc, err, gt / "wider_face_val.mat", "not a readable MATLAB .mat file", run_dir=zoo.cwd / "run")
+
+
+# -- weights and model files --------------------------------------------------------------------------------
+
+def _weights_cases(d: Path) -> dict:
+    import torch
+
+    (d / "text.pth").write_text("these are not weights\n")
+    torch.save({"state_dict": {"hm.2.weight": torch.zeros(3, 256, 1, 1), "classifier.weight": torch.zeros(2)}},
+               d / "other_arch.pth")
+    return {
+        "text": (d / "text.pth", ["not a PyTorch checkpoint"]),
+        "other_arch": (d / "other_arch.pth", ["checkpoint does not match the model", "missing keys",
+                                              "unexpected keys (1): classifier.weight",
+                                              "mis-shaped keys (1): hm.2.weight [3, 256, 1, 1] (model [80, 256, 1, 1])"]),
+    }
+
+
+@pytest.mark.parametrize("kind", ["text", "other_arch"])
+def test_centernet_weights_that_are_not_its_checkpoint(zoo, kind):
+    path, texts = _weights_cases(zoo.cwd)[kind]
+    rc, out, err = zoo("run", "model=centernet", "dataset=coco_sample", "stage=export", f"weights={path}",
+                       "work_dir=run")
+    _assert_clean_failure(rc, err, path, *texts, run_dir=zoo.cwd / "run")
+    assert "weights_only` set to `False`" not in err  # torch's advice to load unsafely is not passed on
+
+
+def _onnx(path: Path, name: str, shape: list) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("mask", TensorProto.FLOAT, shape)
+    g = helper.make_graph([helper.make_node("Sigmoid", [name], ["mask"])], "g", [x], [y])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["input_name", "input_shape", "not_onnx"])
+def test_onnx_model_file_that_does_not_fit(zoo, kind):
+    if kind == "input_name":
+        path, texts = _onnx(zoo.cwd / "m.onnx", "data", ["N", 1, 64, 64]), ["model inputs ['data']", "['image']"]
+    elif kind == "input_shape":
+        path, texts = _onnx(zoo.cwd / "m.onnx", "image", ["N", 3, 32, 32]), ["(1, 1, 64, 64)", "('N', 3, 32, 32)"]
+    else:
+        path, texts = zoo.cwd / "m.onnx", ["onnxruntime cannot load this model"]
+        path.write_bytes(b"\x08\x07garbage")
+    rc, out, err = zoo("run", "model=fixture", "num_workers=0", f"model_file={path}", "work_dir=run")
+    _assert_clean_failure(rc, err, path, *texts, run_dir=zoo.cwd / "run")
+
+
+# -- model outputs ------------------------------------------------------------------------------------------
+
+def test_missing_output_files_for_some_images(zoo, infer_run):
+    dump = zoo.cwd / "dump"
+    shutil.copytree(infer_run / "outputs", dump)
+    (dump / "sq003_0.bin").unlink()
+    args = ["run", "model=fixture", "stage=postprocess", f"outputs_dir={dump}"]
+    rc, out, err = zoo(*args, "work_dir=a")
+    _assert_clean_failure(rc, err, dump, "no output files for image 'sq003'", run_dir=zoo.cwd / "a")
+    rc, out, err = zoo(*args, "work_dir=b", "on_error=skip")
+    assert rc != 0 and "Traceback" not in err
+    m = json.loads((zoo.cwd / "b" / "metrics.json").read_text())
+    assert [s["id"] for s in m["skipped"]] == ["sq003"] and m["images"] == 11
+
+
+def test_nan_and_inf_model_outputs(zoo, infer_run):
+    dump = zoo.cwd / "dump"
+    shutil.copytree(infer_run / "outputs", dump)
+    for stem, value in (("sq002", np.nan), ("sq005", np.inf)):
+        a = np.fromfile(dump / f"{stem}_0.bin", "<f4")
+        a[100] = value
+        a.tofile(dump / f"{stem}_0.bin")
+    args = ["run", "model=fixture", "backend=replay", f"outputs_dir={dump}", "num_workers=0"]
+    rc, out, err = zoo(*args, "work_dir=a")
+    _assert_clean_failure(rc, err, "sq002.png", "NaN or inf", run_dir=zoo.cwd / "a")
+    rc, out, err = zoo(*args, "work_dir=b", "on_error=skip")
+    assert rc != 0 and "allow_skips" in err and "Traceback" not in err
+    m = json.loads((zoo.cwd / "b" / "metrics.json").read_text())
+    assert sorted(s["id"] for s in m["skipped"]) == ["sq002", "sq005"] and m["images"] == 10
+    zoo.ok(*args, "work_dir=c", "on_error=skip", "allow_skips=true")

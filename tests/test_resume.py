@@ -1,0 +1,139 @@
+"""Interruption: SIGKILL ``eval`` / ``preprocess`` / ``infer`` mid-run, then ``resume=true`` gives exactly
+the result of an uninterrupted run with each image counted once; a changed config or weights is refused."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+N = 30
+
+
+@pytest.fixture(scope="session")
+def big_squares(tmp_path_factory) -> Path:
+    from zoo_fixture.squares import make_squares
+
+    return make_squares(tmp_path_factory.mktemp("squares30") / "ds", n=N, seed=5)
+
+
+@pytest.fixture(scope="session")
+def oracle_dump(tmp_path_factory, cache_dir, big_squares) -> tuple[Path, dict]:
+    """An ais_bench-layout dump of the 30 images (oracle outputs) and its uninterrupted metrics."""
+    import os
+
+    d = tmp_path_factory.mktemp("dump")
+    subprocess.run([sys.executable, "-m", "zoo_core.cli", "run", "model=fixture", "backend=oracle",
+                    "save_outputs=true", "num_workers=0", f"dataset.root={big_squares}", "work_dir=run"],
+                   cwd=d, env={**os.environ, "ZOO_CACHE_DIR": str(cache_dir)}, check=True, capture_output=True)
+    return d / "run" / "outputs", json.loads((d / "run" / "metrics.json").read_text())
+
+
+def _kill_when(zoo, args, ready, timeout=60.0) -> None:
+    """Start ``zoo run <args>``, SIGKILL it as soon as ``ready()`` is true (the run must not have finished)."""
+    proc = subprocess.Popen([sys.executable, "-m", "zoo_core.cli", "run", *args], cwd=zoo.cwd, env=zoo.env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    try:
+        while not ready():
+            assert proc.poll() is None, f"the run ended before it could be killed:\n{proc.stderr.read()}"
+            assert time.monotonic() - t0 < timeout
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _chunk_ids(det_dir: Path) -> list[str]:
+    ids = []
+    for p in sorted(det_dir.glob("chunk-*.npz")):
+        ids += [str(i) for i in np.load(p, allow_pickle=False)["ids"]]
+    return ids
+
+
+def test_eval_killed_then_resumed_scores_each_image_once(zoo, big_squares, oracle_dump):
+    dump, reference = oracle_dump
+    args = ["model=fixture", "stage=eval", "backend=replay", f"outputs_dir={dump}", "backend.device_latency_ms=60",
+            "stage.flush_every=2", "num_workers=0", f"dataset.root={big_squares}", "work_dir=run"]
+    det = zoo.cwd / "run" / "detections"
+    _kill_when(zoo, args, lambda: len(list(det.glob("chunk-*.npz"))) >= 3)
+    assert not (zoo.cwd / "run" / "metrics.json").exists()
+    done_before = len(_chunk_ids(det))
+    assert 6 <= done_before < N
+    assert json.loads((det / "state.json").read_text())["complete"] is False
+
+    rc, out, err = zoo("run", *args, "resume=true", "model.mask_threshold=0.6")
+    assert rc != 0 and "cannot resume: model changed" in err and "Traceback" not in err
+    assert not (zoo.cwd / "run" / "metrics.json").exists()
+
+    zoo.ok("run", *args, "resume=true")
+    m = json.loads((zoo.cwd / "run" / "metrics.json").read_text())
+    assert m["metrics"] == reference["metrics"] and m["images"] == N
+    ids = _chunk_ids(det)
+    assert len(ids) == N and sorted(set(ids)) == sorted(ids)
+    perf = json.loads((zoo.cwd / "run" / "perf.json").read_text())
+    assert perf["resumed_images"] == done_before and perf["images"] == N - done_before
+    assert json.loads((det / "state.json").read_text())["complete"] is True
+
+
+def test_resume_with_other_weights_is_refused(zoo, fixture_onnx):
+    import torch
+
+    for name, w in (("a.pth", 20.0), ("b.pth", 21.0)):
+        torch.save({"conv.weight": torch.full((1, 1, 1, 1), w), "conv.bias": torch.full((1,), -10.0)}, zoo.cwd / name)
+    args = ["model=fixture", "stage=eval", "num_workers=0", "work_dir=run"]
+    zoo.ok("run", *args, f"weights={zoo.cwd / 'a.pth'}")
+    rc, out, err = zoo("run", *args, f"weights={zoo.cwd / 'b.pth'}", "resume=true")
+    assert rc != 0 and "Traceback" not in err
+    assert "cannot resume" in err and "weights_sha256" in err and "detections/state.json" in err
+
+
+def test_preprocess_killed_then_resumed_writes_every_input_once(zoo, big_squares):
+    zoo.ok("run", "model=fixture", "stage=preprocess", "num_workers=0", f"dataset.root={big_squares}", "work_dir=ref")
+    args = ["model=fixture", "stage=preprocess", "num_workers=0", "model.preprocess_delay_ms=80",
+            f"dataset.root={big_squares}", "work_dir=run"]
+    meta = zoo.cwd / "run" / "inputs" / "meta.jsonl"
+
+    def lines():
+        return meta.read_text().count("\n") if meta.is_file() else 0
+
+    _kill_when(zoo, args, lambda: lines() >= 5)
+    before = lines()
+    assert before < N
+    rc, out, err = zoo("run", *args, "resume=true", "dataset.limit=10")
+    assert rc != 0 and "cannot resume: dataset changed" in err and "Traceback" not in err
+    out = zoo.ok("run", *args, "resume=true")
+    assert f"({before} already done" in out or f"({before + 1} already done" in out
+    recs = [json.loads(x) for x in meta.read_text().splitlines()]
+    assert sorted(r["id"] for r in recs) == sorted({r["id"] for r in recs}) and len(recs) == N
+    ref = {json.loads(x)["id"]: json.loads(x) for x in (zoo.cwd / "ref" / "inputs" / "meta.jsonl").read_text().splitlines()}
+    assert {r["id"]: r for r in recs} == ref
+    for sid in ref:
+        assert (zoo.cwd / "run" / "inputs" / f"{sid}.bin").read_bytes() == \
+            (zoo.cwd / "ref" / "inputs" / f"{sid}.bin").read_bytes()
+
+
+def test_infer_killed_then_resumed_writes_every_output_once(zoo, big_squares, oracle_dump):
+    dump, _ = oracle_dump
+    zoo.ok("run", "model=fixture", "stage=preprocess", "num_workers=0", f"dataset.root={big_squares}", "work_dir=run")
+    args = ["model=fixture", "stage=infer", "backend=replay", f"backend.dir={dump}", "backend.device_latency_ms=60",
+            f"dataset.root={big_squares}", "work_dir=run"]
+    out_dir = zoo.cwd / "run" / "outputs"
+    _kill_when(zoo, args, lambda: len(list(out_dir.glob("*_0.bin"))) >= 5)
+    before = len(list(out_dir.glob("*_0.bin")))
+    assert before < N
+    rc, out, err = zoo("run", *args, "resume=true", "backend.device_latency_ms=1")
+    assert rc != 0 and "cannot resume: backend changed" in err and "Traceback" not in err
+    out = zoo.ok("run", *args, "resume=true")
+    assert f"inferred {N - before} images" in out
+    produced = sorted(p.name for p in out_dir.glob("*.bin"))
+    assert produced == sorted(p.name for p in dump.glob("*.bin")) and len(produced) == N
+    for name in produced:
+        assert (out_dir / name).read_bytes() == (dump / name).read_bytes()
+    assert not list(out_dir.glob(".*.tmp"))
