@@ -5,15 +5,33 @@ import numpy as np
 
 
 def maxpool3x3(heat: np.ndarray) -> np.ndarray:
-    """3x3, stride-1 max pool with -inf padding over the last two axes (same shape out)."""
+    """3x3, stride-1 max pool with -inf padding over the last two axes (same shape out).
+
+    Separable: a vertical then a horizontal running max of three written into two preallocated
+    buffers (no padded copy, no temporaries); ``max`` is exact, so the result equals the padded
+    3x3 max bit for bit.
+    """
     h = np.asarray(heat)
-    pad = np.pad(h, [(0, 0)] * (h.ndim - 2) + [(1, 1), (1, 1)], constant_values=-np.inf)
-    rows = np.maximum(np.maximum(pad[..., :-2, :], pad[..., 1:-1, :]), pad[..., 2:, :])
-    return np.maximum(np.maximum(rows[..., :-2], rows[..., 1:-1]), rows[..., 2:])
+    rows = np.empty_like(h)
+    if h.shape[-2] > 1:
+        np.maximum(h[..., 1:, :], h[..., :-1, :], out=rows[..., 1:, :])
+        rows[..., 0, :] = h[..., 0, :]
+        np.maximum(rows[..., :-1, :], h[..., 1:, :], out=rows[..., :-1, :])
+    else:
+        rows[...] = h
+    out = np.empty_like(h)
+    if h.shape[-1] > 1:
+        np.maximum(rows[..., 1:], rows[..., :-1], out=out[..., 1:])
+        out[..., 0] = rows[..., 0]
+        np.maximum(out[..., :-1], rows[..., 1:], out=out[..., :-1])
+    else:
+        out[...] = rows
+    return out
 
 
 def keep_peaks(heat: np.ndarray) -> np.ndarray:
     """Zero every value that is not the maximum of its 3x3 neighbourhood (exact float equality)."""
+    heat = np.asarray(heat)
     return np.where(maxpool3x3(heat) == heat, heat, 0).astype(heat.dtype, copy=False)
 
 
@@ -25,11 +43,60 @@ def topk_desc(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     n = scores.shape[-1]
     k = min(int(k), n)
     if k < n:
-        part = np.argpartition(-scores, k - 1, axis=-1)[..., :k]
-        vals = np.take_along_axis(scores, part, -1)
-        # stable descending by value, then ascending index
-        order = np.lexsort((part, -vals), axis=-1)
-        idx = np.take_along_axis(part, order, -1)
+        flat = scores.reshape(-1, n)
+        idx = np.empty((flat.shape[0], k), np.int64)
+        for r, row in enumerate(flat):
+            kth = row[np.argpartition(-row, k - 1)[k - 1]]
+            above = np.flatnonzero(row > kth)
+            # argpartition picks arbitrary members of a tie at the k-th value; take the lowest indices
+            cand = np.concatenate([above, np.flatnonzero(row == kth)[: k - above.size]])
+            idx[r] = cand[np.lexsort((cand, -row[cand]))]
+        idx = idx.reshape(scores.shape[:-1] + (k,))
     else:
         idx = np.argsort(-scores, axis=-1, kind="stable")
     return np.take_along_axis(scores, idx, -1), idx
+
+
+def topk_peaks(heat: np.ndarray, k: int, oversample: int = 4) -> tuple[np.ndarray, np.ndarray] | None:
+    """Top-``k`` of ``keep_peaks(heat)`` flattened, for one image ``heat`` of shape (C, H, W).
+
+    Same result as ``topk_desc(keep_peaks(heat).reshape(-1), k)`` (value descending, lower flat
+    index first on ties) without pooling the whole map: a threshold ``t`` (the
+    ``oversample * k``-th largest row maximum) selects the candidates ``heat >= t``, and the 3x3
+    peak test runs on those only. When that finds at least ``k`` peaks, every peak of the true
+    top-``k`` is among the candidates (there are ``k`` peaks >= ``t``), so the answer is exact.
+    Returns ``None`` when it cannot decide (too few peaks above ``t``, ``t <= 0``, NaN): the caller
+    then takes the full path.
+    """
+    heat = np.asarray(heat)
+    c, h, w = heat.shape
+    k = min(int(k), heat.size)
+    rows = heat.reshape(c * h, w).max(axis=1)
+    m = oversample * k
+    if k < 1 or m >= rows.size:
+        return None
+    t = rows[np.argpartition(rows, rows.size - m)[rows.size - m]]
+    if not t > 0:
+        return None
+    flat = heat.reshape(-1)
+    cand = np.flatnonzero(flat >= t)
+    vals = flat[cand]
+    ci, rem = np.divmod(cand, h * w)
+    yi, xi = np.divmod(rem, w)
+    pooled = vals.copy()
+    for dy in (-1, 0, 1):
+        yy = yi + dy
+        for dx in (-1, 0, 1):
+            if dy == 0 and dx == 0:
+                continue
+            xx = xi + dx
+            ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+            nb = heat[ci[ok], yy[ok], xx[ok]]
+            np.maximum(pooled[ok], nb, out=nb)
+            pooled[ok] = nb
+    peak = pooled == vals
+    if int(peak.sum()) < k:
+        return None
+    cand, vals = cand[peak], vals[peak]
+    order = np.lexsort((cand, -vals))[:k]
+    return vals[order], cand[order]

@@ -1,20 +1,27 @@
 """The streaming pipeline: decode + preprocess in worker processes -> batcher -> backend -> postprocess.
 
 Queues are bounded everywhere, so memory depends on ``batch_size`` and ``num_workers``, never on
-the dataset size. The device runs in the calling thread while postprocessing runs in its own
-thread, so host and device work overlap; the preprocess workers run ahead by a bounded window.
+the dataset size. The device runs in the calling thread; a feeder thread gathers preprocessed items into the
+next batch meanwhile, and postprocessing runs in its own thread, so host and device work overlap;
+the preprocess workers run ahead by a bounded window.
+Workers hand their arrays back through a ring of shared-memory slots (one per item in flight)
+instead of pickling them through a pipe; the batcher copies each item into a reused batch buffer.
 Every sample ends exactly once: as detections, or (with ``on_error=skip``) in the skipped list.
 """
 from __future__ import annotations
 
 import logging
+import mmap
 import multiprocessing as mp
 import os
 import queue
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -37,6 +44,7 @@ class Prepared:
     meta: dict | None
     error: str | None = None
     host_s: float = 0.0
+    slot_layout: list | None = None
 
 
 @dataclass
@@ -47,6 +55,9 @@ class RunStats:
     device_s: float = 0.0
     postprocess_s: float = 0.0
     wait_for_input_s: float = 0.0
+    first_input_s: float = 0.0
+    first_device_s: float = 0.0
+    last_device_s: float = 0.0
     wall_s: float = 0.0
     skipped: list[dict] = field(default_factory=list)
     device_calls_ms: list[float] = field(default_factory=list)
@@ -60,6 +71,9 @@ class RunStats:
             "batch_size": batch_size,
             "wall_s": round(self.wall_s, 4),
             "throughput_img_s": round(self.images / self.wall_s, 3) if self.wall_s > 0 else None,
+            "first_input_s": round(self.first_input_s, 4),
+            "steady_throughput_img_s": (round(self.images / (self.last_device_s - self.first_device_s), 3)
+                                        if self.last_device_s > self.first_device_s else None),
             "host_preprocess_ms_per_img": round(1000 * self.preprocess_cpu_s / n, 3),
             "device_ms_per_img": round(1000 * self.device_s / n, 3),
             "postprocess_ms_per_img": round(1000 * self.postprocess_s / n, 3),
@@ -89,7 +103,39 @@ def prepare_one(hooks, cfg, sample: Sample) -> Prepared:
                         time.process_time() - t0)
 
 
-def _worker_init(model: str, cfg, threads: int) -> None:
+SLOT_BYTES = 16 << 20
+
+
+def _mallopt(param: int, value: int) -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(param, value)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _return_big_blocks() -> None:
+    """glibc only, in the pipeline's process: arrays of 1 MiB and more always get their own
+    ``mmap`` and go back to the system when freed. (By default glibc raises that threshold after
+    the first free, and the three pipeline threads then fragment their heaps, so the peak RSS
+    creeps up with the number of batches.)"""
+    _mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD; a fixed value also disables the dynamic raise
+
+
+def _keep_heap_pages() -> None:
+    """glibc only, in a worker process: serve multi-MB arrays from a heap that is never trimmed.
+
+    Every image allocates the same few large arrays; by default each is a fresh ``mmap`` whose
+    pages fault in one by one (about a millisecond per 8 MB). The worker's footprint stays bounded
+    by its largest image.
+    """
+    _mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD
+    _mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD
+_ALIGN = 64
+
+
+def _worker_init(model: str, cfg, threads: int, slots_path: str | None = None, slots_size: int = 0) -> None:
     """Spawned worker: its own plugin manager and config (nothing inherited from the parent)."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     try:
@@ -98,30 +144,85 @@ def _worker_init(model: str, cfg, threads: int) -> None:
         cv2.setNumThreads(threads)
     except Exception:
         pass
+    _keep_heap_pages()
     from .plugins import ZooPluginManager
 
-    _WORKER_STATE.update(hooks=ZooPluginManager().hooks_for(model), cfg=cfg)
+    _WORKER_STATE.update(hooks=ZooPluginManager().hooks_for(model), cfg=cfg, slots=None)
+    if slots_path:
+        with open(slots_path, "r+b") as f:
+            _WORKER_STATE["slots"] = mmap.mmap(f.fileno(), slots_size)
 
 
-def _worker_run(sample: Sample) -> Prepared:
-    return prepare_one(_WORKER_STATE["hooks"], _WORKER_STATE["cfg"], sample)
+def _worker_run(sample: Sample, slot: int | None = None) -> Prepared:
+    prep = prepare_one(_WORKER_STATE["hooks"], _WORKER_STATE["cfg"], sample)
+    slots = _WORKER_STATE.get("slots")
+    if slot is None or slots is None or prep.inputs is None:
+        return prep
+    t0 = time.process_time()
+    layout, off = [], 0
+    for name, arr in prep.inputs.items():
+        off = -(-off // _ALIGN) * _ALIGN
+        layout.append((name, arr.shape, arr.dtype.str, slot * SLOT_BYTES + off))
+        off += arr.nbytes
+    if off > SLOT_BYTES or any(a.dtype.hasobject for a in prep.inputs.values()):
+        return prep
+    for (_, shape, dtype, start), arr in zip(layout, prep.inputs.values()):
+        np.ndarray(shape, dtype, buffer=slots, offset=start)[...] = arr
+    prep.inputs, prep.slot_layout = None, layout
+    prep.host_s += time.process_time() - t0
+    return prep
 
 
 class WorkerPool:
     """Preprocess worker processes, started with ``spawn`` so that no thread or lock of the parent
-    (ONNX Runtime's thread pool, the postprocess thread) is inherited half-held by a fork."""
+    (ONNX Runtime's thread pool, the postprocess thread) is inherited half-held by a fork.
 
-    def __init__(self, hooks, cfg, num_workers: int):
+    The pool owns ``num_slots`` shared-memory slots of :data:`SLOT_BYTES` (a file in ``/dev/shm``
+    mapped by every process; pages are only allocated when written). Items that do not fit travel
+    pickled as before.
+    """
+
+    def __init__(self, hooks, cfg, num_workers: int, num_slots: int | None = None):
         self.pool = None
+        self.slots: mmap.mmap | None = None
+        self.num_slots = 0
+        self._slots_path: str | None = None
         if num_workers > 0:
-            ctx = mp.get_context("spawn")
-            self.pool = ctx.Pool(num_workers, initializer=_worker_init, initargs=(hooks.model, cfg, 1))
+            if num_slots is None:
+                num_slots = 2 * num_workers + 2
+            self.num_slots = max(int(num_slots), 1)
+            size = self.num_slots * SLOT_BYTES
+            try:
+                fd, self._slots_path = tempfile.mkstemp(prefix="zoo-slots-", dir=_shm_dir())
+                with os.fdopen(fd, "r+b") as f:
+                    f.truncate(size)
+                    self.slots = mmap.mmap(f.fileno(), size)
+            except OSError:
+                self._unlink()
+                self.slots, self.num_slots = None, 0
+            self.pool = ProcessPoolExecutor(
+                num_workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                initargs=(hooks.model, cfg, 1, self._slots_path if self.slots else None, self.num_slots * SLOT_BYTES))
+
+    def _unlink(self) -> None:
+        if self._slots_path:
+            try:
+                os.unlink(self._slots_path)
+            except OSError:
+                pass
+            self._slots_path = None
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+            self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
+        self._unlink()
+        if self.slots is not None:
+            try:
+                self.slots.close()
+            except BufferError:  # a caller still holds a view; the mapping goes with it
+                pass
+            self.slots = None
 
     def __enter__(self):
         return self
@@ -130,67 +231,127 @@ class WorkerPool:
         self.close()
 
 
+def _shm_dir() -> str | None:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
 def iter_prepared(hooks, cfg, samples: list[Sample], pool: "WorkerPool | None", window: int) -> Iterator[Prepared]:
-    """Preprocessed samples in dataset order, at most ``window`` in flight in ``pool``."""
+    """Preprocessed samples in dataset order, at most ``window`` in flight in ``pool``.
+
+    With a pool, the arrays of a yielded item may live in a shared-memory slot: they are valid
+    until the next item is requested (copy them, as :class:`Batcher` does, to keep them).
+    """
     if pool is None or pool.pool is None:
         for s in samples:
             yield prepare_one(hooks, cfg, s)
         return
+    try:
+        yield from _iter_pool(pool, samples, window)
+    except BrokenProcessPool as exc:
+        raise ZooError(f"a preprocess worker process died ({exc}); if it was killed for memory, "
+                       f"lower num_workers or batch_size") from None
+
+
+def _iter_pool(pool: "WorkerPool", samples: list[Sample], window: int) -> Iterator[Prepared]:
+    use_slots = pool.slots is not None
+    if use_slots:
+        window = min(window, pool.num_slots)
+    free = list(range(pool.num_slots - 1, -1, -1)) if use_slots else []
     pending: deque = deque()
     it = iter(samples)
+
+    def submit(s: Sample) -> None:
+        slot = free.pop() if use_slots else None
+        pending.append((slot, pool.pool.submit(_worker_run, s, slot)))
+
     for s in it:
-        pending.append(pool.pool.apply_async(_worker_run, (s,)))
+        submit(s)
         if len(pending) >= window:
             break
     while pending:
-        res = pending.popleft().get()
+        slot, job = pending.popleft()
+        res = job.result()
+        if res.slot_layout is not None:
+            res.inputs = {name: np.ndarray(shape, dtype, buffer=pool.slots, offset=start)
+                          for name, shape, dtype, start in res.slot_layout}
+        yield res
+        res.inputs = None
+        if slot is not None:
+            free.append(slot)
         nxt = next(it, None)
         if nxt is not None:
-            pending.append(pool.pool.apply_async(_worker_run, (nxt,)))
-        yield res
+            submit(nxt)
 
 
 class Batcher:
     """Groups prepared items by input shape into batches of ``batch_size``.
 
     Items with different input shapes (variable-size models) go to different buckets; partial
-    buckets are flushed at the end, so every item is emitted exactly once.
+    buckets are flushed at the end, so every item is emitted exactly once. Each item's arrays are
+    copied into the bucket's batch buffer when added (so the item's own arrays may be reused at
+    once); buffers handed back with :meth:`recycle` are reused for later batches.
     """
 
     def __init__(self, batch_size: int, fixed_batch: int | None = None):
         self.batch_size = batch_size
         self.fixed = fixed_batch
-        self.buckets: dict[tuple, list[Prepared]] = {}
+        self.buckets: dict[tuple, tuple[list[Prepared], dict[str, np.ndarray]]] = {}
+        self._spare: dict[tuple, list[np.ndarray]] = {}
+        self._lock = threading.Lock()
 
     @staticmethod
     def _key(p: Prepared) -> tuple:
         return tuple((k, v.shape, v.dtype.str) for k, v in sorted(p.inputs.items()))
 
+    def _buffer(self, shape: tuple, dtype) -> np.ndarray:
+        with self._lock:
+            spare = self._spare.get((shape, np.dtype(dtype).str))
+            if spare:
+                return spare.pop()
+        return np.empty(shape, dtype)
+
     def add(self, p: Prepared) -> Batch | None:
         key = self._key(p)
-        bucket = self.buckets.setdefault(key, [])
-        bucket.append(p)
-        if len(bucket) >= self.batch_size:
+        entry = self.buckets.get(key)
+        if entry is None:
+            size = max(self.fixed or self.batch_size, self.batch_size)
+            entry = ([], {k: self._buffer((size,) + v.shape, v.dtype) for k, v in p.inputs.items()})
+            self.buckets[key] = entry
+        items, arrays = entry
+        for k, v in p.inputs.items():
+            arrays[k][len(items)] = v
+        items.append(Prepared(p.sample, None, p.meta, p.error, p.host_s))
+        if len(items) >= self.batch_size:
             del self.buckets[key]
-            return self._make(bucket)
+            return self._make(items, arrays)
         return None
 
     def flush(self) -> Iterator[Batch]:
         for key in list(self.buckets):
-            yield self._make(self.buckets.pop(key))
+            yield self._make(*self.buckets.pop(key))
 
-    def _make(self, items: list[Prepared]) -> Batch:
+    def recycle(self, batch: Batch, keep: int = 1) -> None:
+        """Hand ``batch``'s input buffers back for reuse (call when nothing reads them any more).
+
+        Thread-safe with respect to :meth:`add` running in another thread.
+        """
+        for arr in batch.inputs.values():
+            if arr.base is not None:
+                arr = arr.base
+            with self._lock:
+                spare = self._spare.setdefault((arr.shape, arr.dtype.str), [])
+                if len(spare) < keep and not any(a is arr for a in spare):
+                    spare.append(arr)
+        batch.inputs = {}
+
+    def _make(self, items: list[Prepared], arrays: dict[str, np.ndarray]) -> Batch:
         n = len(items)
         size = max(self.fixed or n, n)
-        names = items[0].inputs.keys()
         inputs = {}
-        for k in names:
-            arr = np.empty((size,) + items[0].inputs[k].shape, items[0].inputs[k].dtype)
-            for i, p in enumerate(items):
-                arr[i] = p.inputs[k]
+        for k, arr in arrays.items():
             if size > n:
-                arr[n:] = arr[n - 1]
-            inputs[k] = arr
+                arr[n:size] = arr[n - 1]
+            inputs[k] = arr if arr.shape[0] == size else arr[:size]
         return Batch(ids=[p.sample.id for p in items], inputs=inputs, metas=[p.meta for p in items],
                      samples=[p.sample for p in items], n_valid=n)
 
@@ -200,7 +361,9 @@ ResultFn = Callable[[Sample, Detections, list[np.ndarray] | None], None]
 
 def _check_finite(batch: Batch, outputs: list[np.ndarray]) -> list[int]:
     bad = []
-    if all(np.isfinite(o[: batch.n_valid]).all() for o in outputs if o.dtype.kind == "f"):
+    # a sum is NaN/inf when any element is (no temporary array); a finite-but-overflowing sum
+    # falls through to the exact per-item check
+    if all(np.isfinite(np.sum(o[: batch.n_valid])) for o in outputs if o.dtype.kind == "f"):
         return bad
     for i in range(batch.n_valid):
         if not all(np.isfinite(o[i]).all() for o in outputs if o.dtype.kind == "f"):
@@ -222,7 +385,7 @@ def run_stream(ctx, backend: Backend, samples: list[Sample], on_result: ResultFn
     workers = int(cfg.num_workers)
     stats = RunStats()
     batcher = Batcher(bs, backend.fixed_batch)
-    post_q: queue.Queue = queue.Queue(maxsize=2)
+    post_q: queue.Queue = queue.Queue(maxsize=1)
     failure: list[BaseException] = []
     lock = threading.Lock()
     show = _progress_enabled(progress)
@@ -250,7 +413,7 @@ def run_stream(ctx, backend: Backend, samples: list[Sample], on_result: ResultFn
                 for i in sorted(bad):
                     fail_or_skip(batch.samples[i], f"{batch.samples[i].path}: model output contains NaN or inf")
                 if good:
-                    outs = [o[good] for o in outputs]
+                    outs = outputs if len(good) == len(outputs[0]) else [o[good] for o in outputs]
                     dets = hooks.postprocess(cfg=cfg, outputs=outs, metas=[batch.metas[i] for i in good])
                     if len(dets) != len(good):
                         raise ZooError(f"postprocess returned {len(dets)} results for a batch of {len(good)}")
@@ -270,8 +433,14 @@ def run_stream(ctx, backend: Backend, samples: list[Sample], on_result: ResultFn
         if failure:
             raise failure[0]
         t0 = time.perf_counter()
+        if not stats.batches:
+            stats.first_device_s = t0 - t_start
         outputs = backend.infer(batch)
         dt = time.perf_counter() - t0
+        stats.last_device_s = t0 + dt - t_start
+        if not any(np.may_share_memory(o, a) for o in outputs if isinstance(o, np.ndarray)
+                   for a in batch.inputs.values()):
+            batcher.recycle(batch)
         stats.device_s += dt
         stats.device_calls_ms.append(dt * 1000)
         stats.batches += 1
@@ -279,28 +448,74 @@ def run_stream(ctx, backend: Backend, samples: list[Sample], on_result: ResultFn
             outputs = [o[: batch.n_valid] for o in outputs]
         post_q.put((batch, outputs))
 
-    window = max(2 * max(workers, 1) + 2 * bs, 4)
+    window = max(2 * max(workers, 1) + 2, 4)
     own_pool = pool is None and workers > 0 and len(samples) > 1
+    batch_q: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    done = object()
+
+    taken = threading.Event()
+
+    def put_batch(item) -> bool:
+        """Hand ``item`` to the device loop and wait until it takes it, so at most two batch
+        buffers live at once (the one on the device and the one being filled)."""
+        taken.clear()
+        while not stop.is_set():
+            try:
+                batch_q.put(item, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        while not stop.is_set():
+            if taken.wait(0.1):
+                return True
+        return False
+
+    def feeder() -> None:
+        """Collect preprocessed items into batches while the device runs the previous one."""
+        try:
+            for prep in iter_prepared(hooks, cfg, samples, pool, window):
+                if not stats.first_input_s:
+                    stats.first_input_s = time.perf_counter() - t_start
+                stats.preprocess_cpu_s += prep.host_s
+                if stop.is_set() or failure:
+                    return
+                if prep.error is not None:
+                    fail_or_skip(prep.sample, prep.error)
+                else:
+                    batch = batcher.add(prep)
+                    if batch is not None and not put_batch(batch):
+                        return
+            for batch in batcher.flush():
+                if not put_batch(batch):
+                    return
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            put_batch(done)
+
+    _return_big_blocks()
     t_start = time.perf_counter()
+    feed = None
     try:
         if own_pool:
             pool = WorkerPool(hooks, cfg, workers)
-        t_wait = time.perf_counter()
-        for prep in iter_prepared(hooks, cfg, samples, pool, window):
-            stats.wait_for_input_s += time.perf_counter() - t_wait
-            stats.preprocess_cpu_s += prep.host_s
-            if failure:
-                raise failure[0]
-            if prep.error is not None:
-                fail_or_skip(prep.sample, prep.error)
-            else:
-                batch = batcher.add(prep)
-                if batch is not None:
-                    run_device(batch)
+        feed = threading.Thread(target=feeder, name="zoo-feeder", daemon=True)
+        feed.start()
+        while True:
             t_wait = time.perf_counter()
-        for batch in batcher.flush():
+            batch = batch_q.get()
+            taken.set()
+            stats.wait_for_input_s += time.perf_counter() - t_wait
+            if batch is done:
+                break
             run_device(batch)
+        if failure:
+            raise failure[0]
     finally:
+        stop.set()
+        if feed is not None:
+            feed.join()
         if own_pool and pool is not None:
             pool.close()
         post_q.put(None)

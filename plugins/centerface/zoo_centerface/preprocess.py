@@ -57,10 +57,12 @@ def preprocess_starclouds(image_bgr: np.ndarray, fixed_hw: Sequence[int] | None 
 
     h, w = image_bgr.shape[:2]
     h_in, w_in = starclouds_input_hw((h, w), fixed_hw)
-    rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
-    if (h_in, w_in) != (h, w):
-        rgb = cv2.resize(rgb, (w_in, h_in), interpolation=cv2.INTER_LINEAR)
-    chw = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
+    bgr = image_bgr
+    if (h_in, w_in) != (h, w):  # bilinear resize is per channel, so resizing before the swap is identical
+        bgr = cv2.resize(bgr, (w_in, h_in), interpolation=cv2.INTER_LINEAR)
+    chw = np.empty((3, h_in, w_in), np.float32)
+    for ch in range(3):  # BGR -> RGB, HWC -> CHW and uint8 -> float32 in one pass
+        chw[ch] = bgr[:, :, 2 - ch]
     meta = {
         "variant": "starclouds",
         "orig_hw": [int(h), int(w)],

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from zoo_core.geometry import affine_points, get_affine_transform
-from zoo_core.peaks import keep_peaks, topk_desc
+from zoo_core.peaks import keep_peaks, topk_desc, topk_peaks
 from zoo_core.types import Detections
 
 
@@ -22,6 +22,26 @@ def sigmoid32(x: np.ndarray) -> np.ndarray:
     out += np.float32(1.0)
     np.reciprocal(out, out=out)
     return out
+
+
+def _top_peaks_one(hm_logits: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scores, classes, positions) of one image's global top-K peaks (per image: cache-sized arrays).
+
+    Per-class top-K then global top-K orders by (score desc, class asc, position asc), which is
+    the flat order of (C, H*W); :func:`zoo_core.peaks.topk_peaks` gives it without pooling the
+    whole map, and the two-stage reference path runs when it cannot decide.
+    """
+    heat = sigmoid32(hm_logits)
+    c, h, w = heat.shape
+    fast = topk_peaks(heat, K)
+    if fast is not None:
+        scores, flat = fast
+        return scores, flat // (h * w), flat % (h * w)
+    heat = keep_peaks(heat)
+    k1 = min(int(K), h * w)
+    cls_scores, cls_inds = topk_desc(heat.reshape(c, h * w), k1)
+    scores, flat = topk_desc(cls_scores.reshape(c * k1), int(K))
+    return scores, flat // k1, cls_inds.reshape(c * k1)[flat]
 
 
 def ctdet_decode(hm_logits: np.ndarray, wh: np.ndarray, reg: np.ndarray | None, K: int = 100) -> np.ndarray:
@@ -36,13 +56,12 @@ def ctdet_decode(hm_logits: np.ndarray, wh: np.ndarray, reg: np.ndarray | None, 
         the ``C*K`` candidates, exactly as the reference; ties go to the lower class, then the lower
         position.
     """
-    heat = keep_peaks(sigmoid32(hm_logits))
-    b, c, h, w = heat.shape
-    k1 = min(int(K), h * w)
-    cls_scores, cls_inds = topk_desc(heat.reshape(b, c, h * w), k1)
-    scores, flat = topk_desc(cls_scores.reshape(b, c * k1), int(K))
-    classes = flat // k1
-    inds = np.take_along_axis(cls_inds.reshape(b, c * k1), flat, axis=1)
+    hm_logits = np.asarray(hm_logits)
+    b, c, h, w = hm_logits.shape
+    picked = [_top_peaks_one(hm_logits[i], int(K)) for i in range(b)]
+    scores = np.stack([p[0] for p in picked])
+    classes = np.stack([p[1] for p in picked])
+    inds = np.stack([p[2] for p in picked])
     ys = (inds // w).astype(np.float32)
     xs = (inds % w).astype(np.float32)
 

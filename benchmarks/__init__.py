@@ -1,0 +1,1 @@
+"""zoo benchmark suite: ``python -m benchmarks`` runs every target and rewrites BENCHMARKS.md."""

@@ -1,0 +1,94 @@
+"""Target 5: ``stage=perf`` against a bare ``InferenceSession.run`` loop, and CenterNet ORT vs torch.
+
+* perf overhead: CenterFace (Star-Clouds ONNX as zoo prepares it, fixed 480x640 input) timed by
+  ``zoo run stage=perf`` and by a bare loop over the same file in a fresh process (default session
+  options, same random input shape, same warm-up and loop count), alternated, best mean of N each.
+* CenterNet 512x512: ``stage=perf backend=onnxruntime`` (the plugin's export, ``dcn_impl=auto``)
+  against ``stage=perf backend=torch`` (eager), best mean of N; then one profiled ORT session gives
+  the share of time per operator type (where the DCN decomposition goes).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from .datasets import bench_env, run_zoo
+
+_BARE = r"""
+import sys, time, json
+import numpy as np, onnxruntime as ort
+path, bs, loop, warmup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+inp = sess.get_inputs()[0]
+shape = [bs] + [int(d) for d in sys.argv[5].split(",")]
+x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+names = [o.name for o in sess.get_outputs()]
+for _ in range(warmup):
+    sess.run(names, {inp.name: x})
+ms = []
+for _ in range(loop):
+    t0 = time.perf_counter(); sess.run(names, {inp.name: x}); ms.append((time.perf_counter() - t0) * 1000)
+print(json.dumps({"mean": float(np.mean(ms)), "median": float(np.median(ms)), "n_inputs": len(sess.get_inputs())}))
+"""
+
+_PROFILE = r"""
+import sys, json, collections
+import numpy as np, onnxruntime as ort
+so = ort.SessionOptions(); so.enable_profiling = True; so.profile_file_prefix = sys.argv[2]
+sess = ort.InferenceSession(sys.argv[1], so, providers=["CPUExecutionProvider"])
+inp = sess.get_inputs()[0]
+x = np.random.default_rng(0).standard_normal([1, 3, 512, 512]).astype(np.float32)
+for _ in range(3):
+    sess.run(None, {inp.name: x})
+prof = sess.end_profiling()
+by_op = collections.Counter()
+for ev in json.load(open(prof)):
+    if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
+        by_op[ev["args"].get("op_name", "?")] += ev["dur"]
+total = sum(by_op.values())
+print(json.dumps({k: v / total for k, v in by_op.most_common(8)}))
+"""
+
+
+def _perf(work: Path, args: list[str], tag: str) -> dict:
+    run_dir = work / "perf" / tag
+    run_zoo([*args, "stage=perf", f"work_dir={run_dir}"], cwd=work, env=bench_env(work / "cache"))
+    return json.loads((run_dir / "perf.json").read_text())
+
+
+def perf_overhead(work: Path, repeats: int = 3, loop: int = 40, warmup: int = 5) -> dict:
+    import onnx
+
+    args = ["model=centerface", "model.input_hw=[480,640]", "batch_size=1",
+            f"stage.loop={loop}", f"stage.warmup={warmup}"]
+    zoo_ms, bare_ms = [], []
+    model_file = None
+    for _ in range(repeats):
+        perf = _perf(work, args, "centerface_perf")
+        zoo_ms.append(perf["latency_ms"]["mean"])
+        model_file = perf["model_file"]
+        out = subprocess.run([sys.executable, "-c", _BARE, model_file, "1", str(loop), str(warmup), "3,480,640"],
+                             capture_output=True, text=True, check=True)
+        bare_ms.append(json.loads(out.stdout)["mean"])
+    graph = onnx.load(model_file, load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    return {"zoo_perf_ms": min(zoo_ms), "bare_ms": min(bare_ms), "overhead": min(zoo_ms) / min(bare_ms) - 1,
+            "stats": perf["latency_ms"], "throughput": perf["throughput"],
+            "graph_inputs": [i.name for i in graph.input],
+            "initializers_in_inputs": len([i for i in graph.input if i.name in inits])}
+
+
+def centernet_ort_vs_torch(work: Path, repeats: int = 2, loop: int = 4) -> dict:
+    base = ["model=centernet", "dataset=coco_sample", "batch_size=1", f"stage.loop={loop}", "stage.warmup=1"]
+    ort_ms, torch_ms = [], []
+    ort_perf = None
+    for _ in range(repeats):
+        ort_perf = _perf(work, [*base, "backend=onnxruntime"], "centernet_ort")
+        ort_ms.append(ort_perf["latency_ms"]["mean"])
+        torch_ms.append(_perf(work, [*base, "backend=torch"], "centernet_torch")["latency_ms"]["mean"])
+    prof = subprocess.run([sys.executable, "-c", _PROFILE, ort_perf["model_file"], str(work / "ort_profile")],
+                          capture_output=True, text=True, check=True)
+    return {"ort_ms": min(ort_ms), "torch_ms": min(torch_ms), "ratio": min(torch_ms) / min(ort_ms),
+            "op_share": json.loads(prof.stdout.strip().splitlines()[-1])}
