@@ -14,7 +14,8 @@ def task(cfg):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from .atomic import write_json
+    from . import pinning
+    from .atomic import write_json, write_text
     from .context import RunContext
     from .errors import ZooError
     from .plugins import ZooPluginManager
@@ -24,6 +25,10 @@ def task(cfg):
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     try:
+        pinning.allow_nested_spawn()
+        if multirun:
+            (run_dir / "error.json").unlink(missing_ok=True)
+            pinning.apply(cfg, hc)
         manager = ZooPluginManager()
         ctx = RunContext(cfg, manager, run_dir)
         result = get_stage(ctx.stage)(ctx)
@@ -41,9 +46,12 @@ def task(cfg):
             print("interrupted", file=sys.stderr)
             raise SystemExit(130) from None
         if not known:
-            log.debug("unexpected error", exc_info=True)
-            message += "\n  (unexpected error; the traceback is in the run log: " + str(run_dir) + ")"
-            logging.getLogger("zoo.trace").error(traceback.format_exc())
+            trace = run_dir / "error_traceback.txt"
+            try:
+                write_text(trace, traceback.format_exc())
+                message += f"\n  (unexpected error; traceback in {trace})"
+            except OSError:
+                pass
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(getattr(exc, "exit_code", 1)) from None
 

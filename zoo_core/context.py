@@ -77,8 +77,10 @@ def select_samples(samples: list[Sample], dcfg) -> list[Sample]:
         if int(limit) < 0:
             raise ConfigError(f"dataset.limit={limit} must be >= 0")
         samples = samples[: int(limit)]
-    n = int(dcfg.get("num_shards", 1) or 1) if dcfg is not None else 1
-    i = int(dcfg.get("shard", 0) or 0) if dcfg is not None else 0
+    n = dcfg.get("num_shards") if dcfg is not None else None
+    i = dcfg.get("shard") if dcfg is not None else None
+    n = 1 if n is None else int(n)
+    i = 0 if i is None else int(i)
     if n < 1 or not 0 <= i < n:
         raise ConfigError(f"dataset.shard={i} / dataset.num_shards={n}: need num_shards >= 1 and 0 <= shard < num_shards")
     if n == 1:

@@ -40,6 +40,15 @@ class AtcConfig:
 
 
 @dataclass
+class PinConfig:
+    """Per-job resources in parallel sweeps (see :mod:`zoo_core.pinning`)."""
+    enabled: bool = True
+    devices: Optional[list[int]] = None
+    cores: Optional[int] = None
+    jobs: Optional[int] = None
+
+
+@dataclass
 class ZooSchema:
     model: Any = MISSING
     dataset: Any = MISSING
@@ -63,6 +72,7 @@ class ZooSchema:
     model_dir: str = "${work_dir}/model"
     export: ExportConfig = field(default_factory=ExportConfig)
     atc: AtcConfig = field(default_factory=AtcConfig)
+    pin: PinConfig = field(default_factory=PinConfig)
 
 
 def register() -> None:

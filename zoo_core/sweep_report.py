@@ -2,8 +2,10 @@
 
 Writes ``sweep_report.csv``, ``sweep_report.md`` (one row per job: swept values, status,
 throughput, latency mean/p99, accuracy) and ``sweep_report.png`` (throughput vs batch size, one line
-per combination of the other swept keys). A sweep over ``dataset.shard`` with ``stage=eval`` is also
-merged: the union of the shards' detections is scored once into ``merged/metrics.json``.
+per combination of the other swept keys). A sweep over ``dataset.shard`` with ``stage=eval`` (or
+``postprocess``) is also merged: the union of the shards' detections is scored once into
+``merged/metrics.json`` and reported as a ``merged`` row. ``python -m zoo_core.sweep_report <dir>``
+rebuilds the report of a finished sweep (e.g. one whose jobs ran elsewhere).
 Failed jobs (``error.json`` in their dir) appear as failed with their error, and ``zoo run`` exits 1.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ log = logging.getLogger("zoo")
 LAST_SWEEP: dict[str, Any] = {}
 
 MAX_MD_METRICS = 4
+MERGEABLE_STAGES = ("eval", "postprocess")
 
 
 def _read_json(p: Path) -> dict | None:
@@ -33,7 +36,12 @@ def _read_json(p: Path) -> dict | None:
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The sweep's job dirs, in job order; dirs left from an older sweep into the same dir are ignored."""
     dirs = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra" / "overrides.yaml").is_file()]
+    started = sweep_dir / "multirun.yaml"
+    if started.is_file():
+        t0 = started.stat().st_mtime - 1.0
+        dirs = [p for p in dirs if (p / ".hydra" / "overrides.yaml").stat().st_mtime >= t0]
     return sorted(dirs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else p.name))
 
 
@@ -63,7 +71,7 @@ def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
             if "/" not in k:
                 row[f"metric:{k}"] = v
         rows.append(row)
-    keys = sorted({k for r in rows for k in r if k.startswith("@")})
+    keys = list(dict.fromkeys(k for r in rows for k in r if k.startswith("@")))
     swept = [k[1:] for k in keys if len({str(r.get(k)) for r in rows}) > 1 or len(rows) == 1]
     return rows, swept
 
@@ -89,12 +97,14 @@ def _fmt(v) -> str:
 def write_markdown(rows: list[dict], swept: list[str]) -> str:
     metric_cols = list(dict.fromkeys(k for r in rows for k in r if k.startswith("metric:")))[:MAX_MD_METRICS]
     cols = [f"@{k}" for k in swept] + ["status", "throughput", "latency_mean_ms", "latency_p99_ms"] + metric_cols
+    if any(r.get("model_file") for r in rows):
+        cols.append("model_file")
     heads = [c.lstrip("@").replace("metric:", "") for c in cols]
     heads = [{"throughput": "throughput (img/s)", "latency_mean_ms": "latency mean (ms)",
-              "latency_p99_ms": "latency p99 (ms)"}.get(h, h) for h in heads]
+              "latency_p99_ms": "latency p99 (ms)", "model_file": "model file"}.get(h, h) for h in heads]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for r in rows:
-        cells = [_fmt(r.get(c)) for c in cols]
+        cells = [_fmt(Path(str(r[c])).name if c == "model_file" and r.get(c) else r.get(c)) for c in cols]
         if r["status"] == "failed":
             cells[cols.index("status")] = f"failed: {_fmt(r.get('error'))[:200]}"
         lines.append("| " + " | ".join(cells) + " |")
@@ -123,6 +133,9 @@ def plot_png(rows: list[dict], swept: list[str]) -> bytes | None:
     ax.set_xlabel("batch size")
     ax.set_ylabel("throughput (img/s)")
     ax.set_xscale("log", base=2)
+    sizes = sorted({x for xy in lines.values() for x, _ in xy})
+    ax.set_xticks(sizes, [str(x) for x in sizes])
+    ax.minorticks_off()
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -132,63 +145,130 @@ def plot_png(rows: list[dict], swept: list[str]) -> bytes | None:
     return buf.getvalue()
 
 
-def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> dict | None:
-    """Score the union of an ``eval`` sweep over ``dataset.shard`` as one run in ``merged/``."""
+def _label(values: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in values.items())
+
+
+def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[dict]:
+    """Score the union of an ``eval`` sweep over ``dataset.shard``, once per combination of the other
+    swept keys, into ``merged/`` (or ``merged/<key=value,...>/``). Returns one report row per merge.
+
+    A merge needs every shard ``0..num_shards-1`` present and ok; otherwise its row is failed.
+    """
     if "dataset.shard" not in swept:
-        return None
-    from omegaconf import OmegaConf, open_dict
+        return []
+    from omegaconf import OmegaConf
+
+    dirs = {d.name: d for d in job_dirs(sweep_dir)}
+    others = [k for k in swept if k != "dataset.shard"]
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(_label({k: r.get("@" + k) for k in others}), []).append(r)
+    merged_rows = []
+    for label, members in groups.items():
+        cfg = OmegaConf.load(dirs[members[0]["job"]] / ".hydra" / "config.yaml")
+        if str(cfg.stage.name) not in MERGEABLE_STAGES:
+            return []
+        row = {"job": "merged" + (f"[{label}]" if label else ""),
+               **{f"@{k}": members[0].get("@" + k) for k in others}, "@dataset.shard": "all"}
+        n = int(cfg.dataset.get("num_shards", 1))
+        shards = sorted(int(r["@dataset.shard"]) for r in members)
+        bad = [r["job"] for r in members if r["status"] != "ok"]
+        if bad:
+            merged_rows.append({**row, "status": "failed", "error": f"not merged: shard job(s) {', '.join(bad)} failed"})
+            continue
+        if shards != list(range(n)):
+            merged_rows.append({**row, "status": "failed",
+                                "error": f"not merged: shards {shards} do not cover dataset.num_shards={n}"})
+            continue
+        out_dir = sweep_dir / "merged" / label if label else sweep_dir / "merged"
+        try:
+            record = score_union(cfg, [dirs[r["job"]] for r in members], out_dir)
+        except Exception as exc:
+            log.error("merging shards failed: %s", exc)
+            merged_rows.append({**row, "status": "failed", "error": f"merge failed: {exc}"})
+            continue
+        row.update(status="ok", images=record["images"])
+        row.update({f"metric:{k}": v for k, v in record["metrics"].items() if "/" not in k})
+        merged_rows.append(row)
+    return merged_rows
+
+
+def score_union(cfg, shard_dirs: list[Path], out_dir: Path) -> dict:
+    """Score the detections of all ``shard_dirs`` as one unsharded run in ``out_dir``."""
+    from omegaconf import open_dict
 
     from .context import RunContext
     from .detstore import DetectionStore
     from .plugins import ZooPluginManager
     from .stages.scoring import score
 
-    dirs = job_dirs(sweep_dir)
-    cfg = OmegaConf.load(dirs[0] / ".hydra" / "config.yaml")
-    if str(cfg.stage.name) not in ("eval", "postprocess"):
-        return None
-    if any(r["status"] != "ok" for r in rows):
-        log.error("not merging shards: some shard jobs failed")
-        return None
     with open_dict(cfg):
         cfg.dataset.shard = 0
         cfg.dataset.num_shards = 1
-    detections = {}
-    skipped = []
-    for d in dirs:
-        detections.update(DetectionStore(d / "detections").load())
+    detections: dict = {}
+    skipped: list = []
+    for d in shard_dirs:
+        part = DetectionStore(d / "detections").load()
+        overlap = set(part) & set(detections)
+        if overlap:
+            raise ValueError(f"shards overlap on {len(overlap)} image(s), e.g. {sorted(overlap)[0]}")
+        detections.update(part)
         skipped += (_read_json(d / "metrics.json") or {}).get("skipped", [])
-    ctx = RunContext(cfg, ZooPluginManager(), sweep_dir / "merged")
+    ctx = RunContext(cfg, ZooPluginManager(), out_dir)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    record = score(ctx, detections, skipped, {"merged_from": [d.name for d in dirs]})
-    return record
+    return score(ctx, detections, skipped, {"merged_from": [str(d) for d in shard_dirs]})
+
+
+def build_report(sweep_dir: str | Path) -> dict:
+    """Write ``sweep_report.{csv,md,png}`` (and shard merges) for ``sweep_dir``; returns a summary."""
+    from .atomic import write_bytes, write_text
+
+    sweep_dir = Path(sweep_dir)
+    rows, swept = collect_rows(sweep_dir)
+    if not rows:
+        return {"jobs": 0, "failed": 0, "report": None, "markdown": "", "merged": []}
+    merged = merge_shards(sweep_dir, rows, swept)
+    all_rows = rows + merged
+    write_text(sweep_dir / "sweep_report.csv", write_csv(all_rows))
+    md = write_markdown(all_rows, swept)
+    write_text(sweep_dir / "sweep_report.md", md)
+    png = plot_png(rows, swept)
+    if png:
+        write_bytes(sweep_dir / "sweep_report.png", png)
+    failed = [r for r in all_rows if r["status"] == "failed"]
+    return {"jobs": len(all_rows), "failed": len(failed), "report": str(sweep_dir / "sweep_report.md"),
+            "markdown": md, "merged": merged}
 
 
 class SweepReport(Callback):
-    def on_multirun_end(self, config, **kwargs) -> None:
-        from .atomic import write_bytes, write_text
+    """Builds the sweep report in the launching process once every job has finished."""
 
+    def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if not sweep_dir.is_dir():
             return
-        rows, swept = collect_rows(sweep_dir)
-        if not rows:
+        summary = build_report(sweep_dir)
+        if not summary["jobs"]:
             return
-        merged = None
-        try:
-            merged = merge_shards(sweep_dir, rows, swept)
-        except Exception as exc:
-            log.error("merging shards failed: %s", exc)
-            rows.append({"job": "merged", "status": "failed", "error": str(exc)})
-        write_text(sweep_dir / "sweep_report.csv", write_csv(rows))
-        md = write_markdown(rows, swept)
-        if merged:
-            md += "\nMerged shards: " + ", ".join(
-                f"{k} {v:.4f}" for k, v in merged["metrics"].items() if "/" not in k) + "\n"
-        write_text(sweep_dir / "sweep_report.md", md)
-        png = plot_png(rows, swept)
-        if png:
-            write_bytes(sweep_dir / "sweep_report.png", png)
-        failed = sum(r["status"] == "failed" for r in rows)
-        LAST_SWEEP.update(jobs=len(rows), failed=failed, report=str(sweep_dir / "sweep_report.md"))
-        print(f"\nsweep report ({len(rows)} jobs, {failed} failed): {sweep_dir / 'sweep_report.md'}\n{md}")
+        LAST_SWEEP.update(jobs=summary["jobs"], failed=summary["failed"], report=summary["report"])
+        merges = len(summary["merged"])
+        print(f"\nsweep report ({summary['jobs'] - merges} jobs, {merges} shard merges, {summary['failed']} failed): "
+              f"{summary['report']}\n{summary['markdown']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m zoo_core.sweep_report <sweep dir>``: rebuild the report of a finished sweep."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not Path(args[0]).is_dir():
+        print("usage: python -m zoo_core.sweep_report <sweep dir>", file=sys.stderr)
+        return 2
+    summary = build_report(args[0])
+    print(summary.get("markdown") or "no jobs found")
+    return 1 if summary["failed"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,221 @@
+"""Sweep reports (Hydra callback at multirun end), failure accounting, joblib launcher, pinning."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from zoo_core import pinning, sweep_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JOBLIB2 = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def md_rows(path: Path) -> list[list[str]]:
+    lines = [ln for ln in Path(path).read_text().splitlines() if ln.startswith("|")]
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+
+
+def only_sweep_dir(cwd: Path) -> Path:
+    dirs = list((cwd / "multirun" / "fixture").iterdir())
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def test_perf_sweep_report_one_row_per_job_matching_perf_json(zoo, tmp_path):
+    rc, out, err = zoo("run", "-m", "model=fixture", "stage=perf", "stage.loop=3",
+                       "batch_size=1,2,4", "backend.graph_optimization=basic,all")
+    assert rc == 0, out + err
+    sweep = only_sweep_dir(tmp_path)
+    assert f"failed): {sweep / 'sweep_report.md'}" in out  # hydra.sweep.dir is absolute
+
+    rows = read_csv(sweep / "sweep_report.csv")
+    assert len(rows) == 6
+    seen = set()
+    for row in rows:
+        job = sweep / row["job"]
+        perf = json.loads((job / "perf.json").read_text())
+        overrides = dict(o.split("=", 1) for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))
+        assert row["@batch_size"] == overrides["batch_size"] == str(perf["batch_size"])
+        assert row["@backend.graph_optimization"] == overrides["backend.graph_optimization"]
+        assert row["status"] == "ok"
+        assert float(row["throughput"]) == pytest.approx(perf["throughput"], rel=1e-9)
+        assert float(row["latency_mean_ms"]) == pytest.approx(perf["latency_ms"]["mean"], rel=1e-9)
+        assert float(row["latency_p99_ms"]) == pytest.approx(perf["latency_ms"]["p99"], rel=1e-9)
+        assert row["model_file"] == perf["model_file"]
+        seen.add((row["@batch_size"], row["@backend.graph_optimization"]))
+    assert seen == {(b, g) for b in ("1", "2", "4") for g in ("basic", "all")}
+
+    md = md_rows(sweep / "sweep_report.md")
+    assert len(md) == 6
+    head = (sweep / "sweep_report.md").read_text().splitlines()[0]
+    assert "batch_size" in head and "backend.graph_optimization" in head and "throughput" in head
+    for cells, row in zip(md, rows):
+        assert cells[:3] == [row["@batch_size"], row["@backend.graph_optimization"], "ok"]
+    png = (sweep / "sweep_report.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 5000
+    assert "sweep report (6 jobs" in out
+
+
+def test_failed_job_is_reported_and_sweep_exits_nonzero_under_joblib(zoo, tmp_path):
+    rc, out, err = zoo("run", "-m", "model=fixture", "stage=perf", "stage.loop=3", "batch_size=1,0,2", *JOBLIB2)
+    assert rc == 1, out + err
+    assert "1 of 3 sweep jobs failed" in err
+    sweep = only_sweep_dir(tmp_path)
+    rows = {r["@batch_size"]: r for r in read_csv(sweep / "sweep_report.csv")}
+    assert rows["0"]["status"] == "failed"
+    assert "batch_size=0 is invalid" in rows["0"]["error"]
+    error = json.loads((sweep / rows["0"]["job"] / "error.json").read_text())
+    assert error["error"] == rows["0"]["error"]
+    assert rows["1"]["status"] == rows["2"]["status"] == "ok"
+    assert (sweep / rows["2"]["job"] / "perf.json").is_file()
+    md = (sweep / "sweep_report.md").read_text()
+    assert "| 0 | failed: batch_size=0 is invalid" in md
+
+    rebuilt = subprocess.run([sys.executable, "-m", "zoo_core.sweep_report", str(sweep)],
+                             capture_output=True, text=True)
+    assert rebuilt.returncode == 1
+    assert read_csv(sweep / "sweep_report.csv") == list(rows.values())
+
+
+def test_joblib_jobs_are_pinned_to_a_share_of_the_cores(zoo, tmp_path):
+    rc, out, err = zoo("run", "-m", "model=fixture", "stage=perf", "stage.loop=2", "batch_size=1,2",
+                       "pin.cores=2", *JOBLIB2)
+    assert rc == 0, out + err
+    sweep = only_sweep_dir(tmp_path)
+    for job in ("0", "1"):
+        perf = json.loads((sweep / job / "perf.json").read_text())
+        assert perf["intra_op_threads"] == 1
+        assert "job " + job + " pinned: backend.intra_op_threads=1, num_workers=0" in (sweep / job / "zoo.log").read_text()
+
+
+def test_sweep_over_an_explicit_thread_count_is_not_overridden(zoo, tmp_path):
+    rc, out, err = zoo("run", "-m", "model=fixture", "stage=perf", "stage.loop=2", "backend.intra_op_threads=2",
+                       "batch_size=1,2", "pin.cores=2", *JOBLIB2)
+    assert rc == 0, out + err
+    sweep = only_sweep_dir(tmp_path)
+    assert [json.loads((sweep / j / "perf.json").read_text())["intra_op_threads"] for j in "01"] == [2, 2]
+
+
+JOBLIB_CFG = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}
+BASIC_CFG = {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}
+
+
+def cfg_for(backend: dict, **pin) -> object:
+    return OmegaConf.create({"backend": backend, "num_workers": 2, "device_id": 0,
+                             "pin": {"enabled": True, "devices": None, "cores": None, "jobs": None, **pin}})
+
+
+@pytest.mark.parametrize("launcher, pin, job, expected", [
+    (JOBLIB_CFG, {"cores": 2}, 0, {"backend.intra_op_threads": 1, "num_workers": 0}),
+    (JOBLIB_CFG, {"cores": 8}, 3, {"backend.intra_op_threads": 4, "num_workers": 2}),
+    ({**JOBLIB_CFG, "n_jobs": -1}, {"cores": 4}, 0, {"backend.intra_op_threads": 1, "num_workers": 0}),
+    (BASIC_CFG, {"cores": 8}, 5, {}),
+    (BASIC_CFG, {"cores": 8, "jobs": 4}, 5, {"backend.intra_op_threads": 2, "num_workers": 1}),
+    ({"ray": {"init": {"address": None}, "remote": {"num_cpus": 3}}}, {}, 0,
+     {"backend.intra_op_threads": 3, "num_workers": 2}),
+    ({"_target_": "x.SlurmLauncher", "cpus_per_task": 6}, {}, 1, {"backend.intra_op_threads": 6, "num_workers": 2}),
+    (JOBLIB_CFG, {"cores": 2, "enabled": False}, 0, {}),
+])
+def test_pinning_plan_threads(launcher, pin, job, expected):
+    plan = pinning.plan(cfg_for({"name": "onnxruntime", "intra_op_threads": 0}, **pin), job, launcher, [])
+    assert plan == expected
+
+
+def test_pinning_plan_devices_round_robin_and_explicit_keys_win():
+    cfg = cfg_for({"name": "acl", "device_id": "${device_id}"}, devices=[4, 5, 6], cores=1)
+    assert [pinning.plan(cfg, k, BASIC_CFG, [])["device_id"] for k in range(5)] == [4, 5, 6, 4, 5]
+    assert "device_id" not in pinning.plan(cfg, 1, BASIC_CFG, ["device_id=2"])
+    torch_cfg = cfg_for({"name": "torch", "threads": 0}, cores=4)
+    assert pinning.plan(torch_cfg, 0, JOBLIB_CFG, ["num_workers=2"]) == {"backend.threads": 2}
+
+
+@pytest.mark.parametrize("launcher, stand_in", [
+    ("zoo_slurm", "submitit_slurm"),
+    ("zoo_ray", "ray"),
+])
+def test_cluster_launcher_presets_compose_on_the_plugins_keys(launcher, stand_in):
+    """The presets override only keys the real plugins declare (hydra-submitit-launcher 1.2,
+    hydra-ray-launcher 1.2 config dataclasses); the plugins themselves are not installed here."""
+    code = f"""
+import dataclasses, typing
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from zoo_core import schema
+from zoo_core.confpaths import core_conf_dir
+
+@dataclasses.dataclass
+class Slurm:
+    _target_: str = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    submitit_folder: str = "${{hydra.sweep.dir}}/.submitit/%j"
+    timeout_min: int = 60
+    cpus_per_task: typing.Optional[int] = None
+    gpus_per_node: typing.Optional[int] = None
+    tasks_per_node: int = 1
+    mem_gb: typing.Optional[int] = None
+    nodes: int = 1
+    name: str = "${{hydra.job.name}}"
+    stderr_to_stdout: bool = False
+    partition: typing.Optional[str] = None
+    qos: typing.Optional[str] = None
+    comment: typing.Optional[str] = None
+    constraint: typing.Optional[str] = None
+    exclude: typing.Optional[str] = None
+    gres: typing.Optional[str] = None
+    cpus_per_gpu: typing.Optional[int] = None
+    gpus_per_task: typing.Optional[int] = None
+    mem_per_gpu: typing.Optional[str] = None
+    mem_per_cpu: typing.Optional[str] = None
+    account: typing.Optional[str] = None
+    signal_delay_s: int = 120
+    max_num_timeout: int = 0
+    additional_parameters: typing.Dict[str, typing.Any] = dataclasses.field(default_factory=dict)
+    array_parallelism: int = 256
+    setup: typing.Optional[typing.List[str]] = None
+
+@dataclasses.dataclass
+class RayConf:
+    init: typing.Dict[str, typing.Any] = dataclasses.field(default_factory=lambda: {{"address": None}})
+    remote: typing.Dict[str, typing.Any] = dataclasses.field(default_factory=dict)
+
+@dataclasses.dataclass
+class Ray:
+    _target_: str = "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
+    ray: RayConf = dataclasses.field(default_factory=RayConf)
+
+cs = ConfigStore.instance()
+cs.store(group="hydra/launcher", name="submitit_slurm", node=Slurm, provider="stand-in")
+cs.store(group="hydra/launcher", name="ray", node=Ray, provider="stand-in")
+schema.register()
+with initialize_config_dir(config_dir=str(core_conf_dir()), version_base="1.3"):
+    cfg = compose("config", overrides=["model=fixture", "hydra/launcher={launcher}"], return_hydra_config=True)
+import json
+from omegaconf import OmegaConf
+print(json.dumps(OmegaConf.to_container(cfg.hydra.launcher)))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    launcher_cfg = json.loads(proc.stdout.strip().splitlines()[-1])
+    if stand_in == "ray":
+        assert launcher_cfg["ray"]["remote"]["num_cpus"] == 2
+        assert pinning.launcher_cpus_per_job(launcher_cfg) == 2
+    else:
+        assert launcher_cfg["cpus_per_task"] == 8 and launcher_cfg["timeout_min"] == 120
+        assert launcher_cfg["_target_"].endswith("SlurmLauncher")
+        assert pinning.launcher_cpus_per_job(launcher_cfg) == 8
+
+
+def test_report_of_an_empty_dir_is_empty(tmp_path):
+    assert sweep_report.build_report(tmp_path)["jobs"] == 0
+    assert not (tmp_path / "sweep_report.csv").exists()
