@@ -1,0 +1,125 @@
+"""``zoo new-plugin``: the generated package is complete, installs, is listed, runs and passes its tests."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from zoo_core import HOOK_API_VERSION
+from zoo_core.cli import main as zoo_main
+from zoo_core.errors import ZooError
+from zoo_core.hookspecs import MODEL_HOOKS
+from zoo_core.scaffold import new_plugin, template_root
+
+REPO = Path(__file__).resolve().parents[1]
+ZOO = [sys.executable, "-m", "zoo_core.cli"]
+
+
+def test_scaffold_writes_a_complete_package(tmp_path):
+    dest = new_plugin("tiny_det", tmp_path)
+    assert dest == tmp_path / "zoo-tiny-det"
+    files = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()}
+    assert {"pyproject.toml", "README.md", "zoo_tiny_det/plugin.py", "zoo_tiny_det/conf/model/tiny_det.yaml",
+            "zoo_tiny_det/conf/dataset/tiny_det_discs.yaml", "tests/test_contract.py",
+            "tests/test_tiny_det.py"} <= files
+    for f in files:
+        text = (dest / f).read_text()
+        assert "{{" not in text and "__package__/" not in f, f
+        if f.endswith(".py"):
+            compile(text, f, "exec")
+    meta = tomllib.loads((dest / "pyproject.toml").read_text())
+    assert meta["project"]["name"] == "zoo-tiny-det"
+    assert meta["project"]["entry-points"]["zoo.models"] == {"tiny_det": "zoo_tiny_det.plugin"}
+    assert "conf/**/*.yaml" in meta["tool"]["setuptools"]["package-data"]["zoo_tiny_det"]
+    plugin = (dest / "zoo_tiny_det" / "plugin.py").read_text()
+    assert f'ZOO_HOOK_API = "{HOOK_API_VERSION}"' in plugin
+    assert all(f"def {h}(" in plugin for h in MODEL_HOOKS)
+    assert "model = \"tiny_det\"" in (dest / "tests" / "test_contract.py").read_text()
+
+
+@pytest.mark.parametrize("bad", ["Det", "9det", "my-det", "d", "none", "det_", "a" * 40])
+def test_scaffold_rejects_bad_names(tmp_path, bad):
+    with pytest.raises(ZooError, match="invalid model name"):
+        new_plugin(bad, tmp_path)
+
+
+def test_scaffold_refuses_a_non_empty_directory(tmp_path):
+    (tmp_path / "zoo-det" / "keep.txt").parent.mkdir()
+    (tmp_path / "zoo-det" / "keep.txt").write_text("mine")
+    with pytest.raises(ZooError, match="not empty"):
+        new_plugin("det", tmp_path)
+    assert (tmp_path / "zoo-det" / "keep.txt").read_text() == "mine"
+
+
+def test_cli_new_plugin(tmp_path, capsys):
+    assert zoo_main(["new-plugin", "clidet", "--dir", str(tmp_path)]) == 0
+    assert "pip install -e" in capsys.readouterr().out
+    assert (tmp_path / "zoo-clidet" / "zoo_clidet" / "plugin.py").is_file()
+    assert zoo_main(["new-plugin", "Bad-Name", "--dir", str(tmp_path)]) == 2
+
+
+def test_templates_are_package_data_of_zoo_core():
+    """Every template file matches zoo-core's package-data globs (so it ships in the wheel)."""
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    patterns = meta["tool"]["setuptools"]["package-data"]["zoo_core"]
+    pkg = REPO / "zoo_core"
+    shipped = {p for pat in patterns for p in pkg.glob(pat) if p.is_file()}
+    templates = [p for p in template_root().rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert templates and set(templates) <= shipped
+    assert all(p.name.endswith(".tmpl") for p in templates)
+
+
+@pytest.fixture
+def installed_plugin(tmp_path):
+    """A scaffolded plugin pip-installed (editable) into this venv; uninstalled afterwards."""
+    name = f"ci_disc{os.getpid() % 10000}"
+    dest = new_plugin(name, tmp_path / "src")
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    proc = subprocess.run(pip + ["install", "--no-deps", "--no-build-isolation", "-e", str(dest)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    try:
+        yield name, dest
+    finally:
+        subprocess.run(pip + ["uninstall", "-y", "zoo-" + name.replace("_", "-")], capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_scaffolded_plugin_installs_lists_runs_and_passes_its_tests(installed_plugin, tmp_path):
+    name, dest = installed_plugin
+    env = {**os.environ, "ZOO_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("ZOO_DISABLE_PLUGINS", None)
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def zoo(*args):
+        proc = subprocess.run(ZOO + list(args), cwd=work, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"zoo {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+        return proc.stdout
+
+    listing = zoo("list")
+    line = next(ln for ln in listing.splitlines() if ln.strip().startswith(name + " "))
+    assert "zoo-" + name.replace("_", "-") in line and "oracle_outputs" in line
+    assert "broken:" not in listing or name not in listing.split("broken:")[1]
+
+    zoo("run", f"model={name}", "stage=export")
+    onnx = work / "outputs" / name / "model" / f"{name}_onnxruntime.onnx"
+    assert onnx.is_file() and json.loads(onnx.with_suffix(".json").read_text())["output_names"] == ["heatmap", "box"]
+
+    zoo("run", f"model={name}", "stage=eval")
+    metrics = json.loads((work / "outputs" / name / "metrics.json").read_text())
+    assert metrics["images"] == 16 and 0.0 <= metrics["metrics"]["AP50"] <= 1.0
+
+    zoo("run", f"model={name}", "stage=eval", "backend=oracle", f"work_dir=oracle_{name}")
+    oracle = json.loads((work / f"oracle_{name}" / "metrics.json").read_text())
+    assert oracle["metrics"]["AP50"] == pytest.approx(1.0) and oracle["metrics"]["recall"] == pytest.approx(1.0)
+
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=dest,
+                          env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
