@@ -76,6 +76,10 @@ class ZooSchema:
 
 
 def register() -> None:
+    """Register the schema and zoo's search-path plugin with Hydra (before composing)."""
     from hydra.core.config_store import ConfigStore
 
+    from .searchpath import register as register_searchpath
+
     ConfigStore.instance().store(name="zoo_schema", node=ZooSchema, provider="zoo-core")
+    register_searchpath()

@@ -17,7 +17,6 @@ torch is imported when this module is imported; import it only where a model is 
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 HEADS: dict[str, int] = {"hm": 1, "wh": 2, "hm_offset": 2, "landmarks": 10}

@@ -40,7 +40,6 @@ def ort_supports_deformconv() -> bool:
     """Whether the installed onnxruntime (CPU) runs ONNX ``DeformConv``-19 (added around 1.25)."""
     try:
         import numpy as np
-        import onnx
         import onnxruntime as ort
         from onnx import TensorProto, helper
     except ImportError:
