@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -172,3 +173,63 @@ def test_a_dying_preprocess_worker_stops_the_run_with_a_message(zoo):
     assert rc != 0
     assert "preprocess worker process died" in err, err
     assert "Traceback" not in err
+
+
+def test_fresh_infer_removes_outputs_of_an_earlier_run(zoo, fixture_onnx):
+    """Without resume=true nothing of an earlier run survives to be mixed with (or trusted by) a later resume."""
+    zoo.ok("run", "model=fixture", "stage=preprocess")
+    zoo.ok("run", "model=fixture", "stage=infer", f"model_file={fixture_onnx}")
+    out = zoo.cwd / "outputs" / "fixture" / "outputs"
+    (out / "stale_0.bin").write_bytes(b"\0" * 16)
+    zoo.ok("run", "model=fixture", "stage=infer", f"model_file={fixture_onnx}")
+    assert not (out / "stale_0.bin").exists()
+    assert len(list(out.glob("*_0.bin"))) == 12
+
+
+def test_postprocess_batches_variable_size_outputs_by_shape(zoo):
+    """Star-Clouds images have per-image input sizes: postprocess at batch 4 must not stack mixed shapes."""
+    common = ["model=centerface", "dataset.limit=6", "batch_size=4"]
+    zoo.ok("run", "stage=preprocess", *common)
+    zoo.ok("run", "stage=infer", *common)
+    zoo.ok("run", "stage=postprocess", *common)
+    m = json.loads((zoo.cwd / "outputs" / "centerface" / "metrics.json").read_text())
+    assert m["images"] == 6 and m["skipped"] == []
+
+
+def test_perf_rejects_zero_loops(zoo):
+    rc, out, err = zoo("run", "model=fixture", "stage=perf", "stage.loop=0")
+    assert rc != 0 and "stage.loop=0" in err and "Traceback" not in err
+
+
+def test_sigterm_stops_workers_and_removes_shared_memory(zoo):
+    """`kill` (and Slurm's scancel) unwind like Ctrl-C: exit 130, no worker or /dev/shm file left behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "zoo_core.cli", "run", "model=fixture", "stage=eval",
+                             "model.preprocess_delay_ms=2000", "num_workers=2"],
+                            cwd=zoo.cwd, env=zoo.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(5)
+    slots = [p for p in os.listdir("/dev/shm") if p.startswith(f"zoo-slots-{proc.pid}-")] \
+        if os.path.isdir("/dev/shm") else []
+    children = [p for p in os.listdir("/proc") if p.isdigit() and _ppid(p) == proc.pid]
+    assert children, "the run should have started preprocess workers"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    for name in slots:
+        assert not os.path.exists(os.path.join("/dev/shm", name))
+    deadline = time.time() + 10
+    while any(os.path.exists(f"/proc/{p}") for p in children) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(os.path.exists(f"/proc/{p}") for p in children)
+
+
+def _ppid(pid: str) -> int | None:
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None

@@ -43,7 +43,7 @@ def read_bin(path: Path, spec: TensorSpec, allow_fp16: bool = True) -> np.ndarra
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise InputError("output file not found", path=path) from None
+        raise InputError("file not found", path=path) from None
     n = int(np.prod(spec.shape))
     dtype = np.dtype(spec.dtype)
     if size == n * dtype.itemsize:
@@ -51,7 +51,7 @@ def read_bin(path: Path, spec: TensorSpec, allow_fp16: bool = True) -> np.ndarra
     if allow_fp16 and dtype == np.float32 and size == n * 2:
         return np.fromfile(path, dtype="<f2").reshape(spec.shape).astype(np.float32)
     raise InputError(
-        f"is {size} bytes; output {spec.name} {spec.shape} {spec.dtype} needs {n * dtype.itemsize}"
+        f"is {size} bytes; tensor {spec.name} {spec.shape} {spec.dtype} needs {n * dtype.itemsize}"
         + (f" (or {n * 2} as float16)" if dtype == np.float32 else ""),
         path=path,
     )

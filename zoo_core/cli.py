@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     cmd, rest = argv[0], argv[1:]
+    _terminate_like_interrupt()
     try:
         if cmd == "list":
             from .listing import print_listing
@@ -50,6 +51,16 @@ def main(argv: list[str] | None = None) -> int:
         raise
     print(f"error: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
     return 2
+
+
+def _terminate_like_interrupt() -> None:
+    """SIGTERM (``kill``, Slurm ``scancel``/timeouts) unwinds like Ctrl-C, so workers and temp files are cleaned up."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _has_model(overrides: list[str]) -> bool:

@@ -137,6 +137,7 @@ _ALIGN = 64
 
 def _worker_init(model: str, cfg, threads: int, slots_path: str | None = None, slots_size: int = 0) -> None:
     """Spawned worker: its own plugin manager and config (nothing inherited from the parent)."""
+    _die_with_parent()
     os.environ["OMP_NUM_THREADS"] = str(threads)
     try:
         import cv2
@@ -151,6 +152,19 @@ def _worker_init(model: str, cfg, threads: int, slots_path: str | None = None, s
     if slots_path:
         with open(slots_path, "r+b") as f:
             _WORKER_STATE["slots"] = mmap.mmap(f.fileno(), slots_size)
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the parent dies (even by SIGKILL), so no worker outlives its run."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _worker_run(sample: Sample, slot: int | None = None) -> Prepared:
@@ -193,7 +207,8 @@ class WorkerPool:
             self.num_slots = max(int(num_slots), 1)
             size = self.num_slots * SLOT_BYTES
             try:
-                fd, self._slots_path = tempfile.mkstemp(prefix="zoo-slots-", dir=_shm_dir())
+                _remove_orphan_slot_files()
+                fd, self._slots_path = tempfile.mkstemp(prefix=f"zoo-slots-{os.getpid()}-", dir=_shm_dir())
                 with os.fdopen(fd, "r+b") as f:
                     f.truncate(size)
                     self.slots = mmap.mmap(f.fileno(), size)
@@ -229,6 +244,25 @@ class WorkerPool:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _remove_orphan_slot_files() -> None:
+    """Delete slot files left by runs that were SIGKILLed (their owner pid is gone)."""
+    d = _shm_dir()
+    if d is None:
+        return
+    for name in os.listdir(d):
+        parts = name.split("-")
+        if len(parts) >= 4 and parts[0] == "zoo" and parts[1] == "slots" and parts[2].isdigit():
+            try:
+                os.kill(int(parts[2]), 0)
+            except ProcessLookupError:
+                try:
+                    os.unlink(os.path.join(d, name))
+                except OSError:
+                    pass
+            except PermissionError:
+                pass
 
 
 def _shm_dir() -> str | None:
@@ -384,7 +418,7 @@ def run_stream(ctx, backend: Backend, samples: list[Sample], on_result: ResultFn
     bs = int(cfg.batch_size)
     workers = int(cfg.num_workers)
     stats = RunStats()
-    batcher = Batcher(bs, backend.fixed_batch)
+    batcher = Batcher(min(bs, backend.fixed_batch) if backend.fixed_batch else bs, backend.fixed_batch)
     post_q: queue.Queue = queue.Queue(maxsize=1)
     failure: list[BaseException] = []
     lock = threading.Lock()

@@ -50,8 +50,10 @@ def run(ctx) -> dict:
     meta_file = inputs_dir / "meta.jsonl"
     fingerprint = artifact_fingerprint(ctx, backend.describe().get("model_file"), backend=config_hash(cfg.backend),
                                        inputs_meta_sha256=sha256_file(meta_file) if meta_file.is_file() else None)
-    resuming = start_resumable(ctx, out_dir / "state.json", fingerprint, lambda: None)
-    batcher = Batcher(int(cfg.batch_size), backend.fixed_batch)
+    resuming = start_resumable(ctx, out_dir / "state.json", fingerprint,
+                               lambda: [p.unlink() for p in out_dir.glob("*_*.bin")])
+    bs = int(cfg.batch_size)
+    batcher = Batcher(min(bs, backend.fixed_batch) if backend.fixed_batch else bs, backend.fixed_batch)
     stats = RunStats()
     skipped = []
     t_start = time.perf_counter()

@@ -36,6 +36,10 @@ def run(ctx) -> dict:
     cfg = ctx.cfg
     bs = int(cfg.batch_size)
     loop = int(cfg.stage.get("loop", 20))
+    if loop < 1:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"stage.loop={loop} is invalid: it must be >= 1")
     warmup = int(cfg.stage.get("warmup", 2))
     backend = make_backend(ctx)
     try:

@@ -45,6 +45,8 @@ def run(ctx) -> dict:
             return
         outs = [np.stack([p[1][k] for p in pending]) for k in range(len(pending[0][1]))]
         dets = ctx.hooks.postprocess(cfg=cfg, outputs=outs, metas=[p[2] for p in pending])
+        if len(dets) != len(pending):
+            raise ZooError(f"the {ctx.model_name} postprocess returned {len(dets)} results for {len(pending)} images")
         for (sid, _o, _m), d in zip(pending, dets):
             store.add(sid, d)
         n += len(pending)
@@ -67,6 +69,8 @@ def run(ctx) -> dict:
                 raise
             skipped.append({"id": s.id, "path": str(s.path), "reason": str(exc)})
             continue
+        if pending and [o.shape for o in pending[0][1]] != [o.shape for o in outputs]:
+            flush()  # variable-size models: a batch holds one output shape
         pending.append((s.id, outputs, meta))
         if len(pending) >= bs:
             flush()
