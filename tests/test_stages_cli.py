@@ -233,3 +233,16 @@ def _ppid(pid: str) -> int | None:
         return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def test_replay_with_a_missing_output_file_skips_that_image(zoo, infer_run):
+    """on_error=skip covers output files served by the replay backend too, not only decoding errors."""
+    dump = zoo.cwd / "dump"
+    shutil.copytree(infer_run / "outputs", dump)
+    (dump / "sq004_0.bin").unlink()
+    base = ["run", "model=fixture", "stage=eval", "backend=replay", f"outputs_dir={dump}", "batch_size=4"]
+    rc, out, err = zoo(*base)
+    assert rc != 0 and "sq004" in err and "Traceback" not in err
+    zoo.ok(*base, "on_error=skip", "allow_skips=true")
+    m = json.loads((zoo.cwd / "outputs" / "fixture" / "metrics.json").read_text())
+    assert m["images"] == 11 and [s["id"] for s in m["skipped"]] == ["sq004"]

@@ -469,7 +469,13 @@ def run_stream(ctx, backend: Backend, samples: list[Sample], on_result: ResultFn
         t0 = time.perf_counter()
         if not stats.batches:
             stats.first_device_s = t0 - t_start
-        outputs = backend.infer(batch)
+        try:
+            outputs = backend.infer(batch)
+        except InputError:
+            if not skip:
+                raise
+            run_items_alone(batch)
+            return
         dt = time.perf_counter() - t0
         stats.last_device_s = t0 + dt - t_start
         if not any(np.may_share_memory(o, a) for o in outputs if isinstance(o, np.ndarray)
@@ -478,9 +484,23 @@ def run_stream(ctx, backend: Backend, samples: list[Sample], on_result: ResultFn
         stats.device_s += dt
         stats.device_calls_ms.append(dt * 1000)
         stats.batches += 1
-        if len(batch) > batch.n_valid:
+        if batch.size > batch.n_valid:
             outputs = [o[: batch.n_valid] for o in outputs]
         post_q.put((batch, outputs))
+
+    def run_items_alone(batch: Batch) -> None:
+        """A bad item (e.g. a missing replayed output file) failed the batch: retry item by item, skip the bad."""
+        for i in range(batch.n_valid):
+            size = backend.fixed_batch or 1
+            one = Batch(ids=[batch.ids[i]], metas=[batch.metas[i]], samples=[batch.samples[i]], n_valid=1,
+                        inputs={k: np.repeat(v[i:i + 1], size, axis=0) for k, v in batch.inputs.items()})
+            try:
+                outputs = backend.infer(one)
+            except InputError as exc:
+                fail_or_skip(one.samples[0], str(exc))
+                continue
+            stats.batches += 1
+            post_q.put((one, [o[:1] for o in outputs]))
 
     window = max(2 * max(workers, 1) + 2, 4)
     own_pool = pool is None and workers > 0 and len(samples) > 1

@@ -28,6 +28,11 @@ class Batch:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def size(self) -> int:
+        """Items in the arrays sent to the device, padding included (``>= len(self)``)."""
+        return len(next(iter(self.inputs.values()))) if self.inputs else len(self.ids)
+
 
 class Backend:
     """Base class of inference backends (entry-point group ``zoo.backends``).

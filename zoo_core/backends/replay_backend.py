@@ -31,7 +31,6 @@ class ReplayBackend(Backend):
         self.latency = float(ctx.cfg.backend.get("device_latency_ms", 0.0) or 0.0) / 1000.0
         self.per_item = float(ctx.cfg.backend.get("latency_per_item_ms", 0.0) or 0.0) / 1000.0
         self._dump: DumpDir | None = None
-        self._cache: dict[str, list[np.ndarray]] = {}
 
     def _dump_for(self, meta) -> DumpDir:
         if self._dump is None:
@@ -39,12 +38,8 @@ class ReplayBackend(Backend):
             self._dump = DumpDir(self.dir, n)
         return self._dump
 
-    def load_item(self, sample_id: str, meta: dict) -> list[np.ndarray]:
-        specs = self.ctx.hooks.output_spec(cfg=self.ctx.cfg, meta=meta)
-        return self._dump_for(meta).read(sample_id, specs)
-
     def infer(self, batch: Batch) -> list[np.ndarray]:
-        deadline = time.perf_counter() + self.latency + self.per_item * len(batch)
+        deadline = time.perf_counter() + self.latency + self.per_item * batch.size
         out = self._read_batch(batch)
         rest = deadline - time.perf_counter()
         if rest > 0:
@@ -62,15 +57,15 @@ class ReplayBackend(Backend):
                              for ps in paths for p, sp in zip(ps, specs[0]))
         if not exact:
             items = [dump.read(i, sp) for i, sp in zip(ids, specs)]
-            items += [items[-1]] * (len(batch) - len(items))
+            items += [items[-1]] * (batch.size - len(items))
             return [np.stack([it[k] for it in items]) for k in range(len(items[0]))]
         out = []
         for k, sp in enumerate(specs[0]):
-            arr = np.empty((len(batch), *sp.shape), np.dtype(sp.dtype).newbyteorder("<"))
+            arr = np.empty((batch.size, *sp.shape), np.dtype(sp.dtype).newbyteorder("<"))
             for j, ps in enumerate(paths):
                 with open(ps[k], "rb", buffering=0) as f:
                     f.readinto(memoryview(arr[j]).cast("B"))
-            if len(batch) > n:
+            if batch.size > n:
                 arr[n:] = arr[n - 1]
             out.append(arr.astype(sp.dtype, copy=False))
         return out
