@@ -30,13 +30,7 @@ def _batched_cpu_ms(fn, items, batch: int, repeats: int) -> float:
     for it in items:
         by_shape.setdefault(tuple(a.shape for a in it[0]), []).append(it)
     groups = [g[i:i + batch] for g in by_shape.values() for i in range(0, len(g), batch)]
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.process_time()
-        for g in groups:
-            fn(g)
-        best = min(best, time.process_time() - t0)
-    return 1000.0 * best / len(items)
+    return _best_cpu_ms(fn, groups, repeats) * len(groups) / len(items)
 
 
 def _read(spec_shapes, paths):

@@ -49,6 +49,11 @@ class RunContext:
         samples = list(self.dataset.samples())
         return select_samples(samples, self.cfg.dataset)
 
+    @property
+    def skip_errors(self) -> bool:
+        """``on_error=skip``: bad inputs are skipped and listed instead of stopping the run."""
+        return str(self.cfg.on_error).split(".")[-1] == "skip"
+
     def path(self, *parts: str) -> Path:
         return self.run_dir.joinpath(*parts)
 

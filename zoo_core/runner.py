@@ -414,7 +414,7 @@ def run_stream(ctx, backend: Backend, samples: list[Sample], on_result: ResultFn
     """
     cfg = ctx.cfg
     hooks = ctx.hooks
-    skip = str(cfg.on_error) in ("skip", "OnError.skip")
+    skip = ctx.skip_errors
     bs = int(cfg.batch_size)
     workers = int(cfg.num_workers)
     stats = RunStats()

@@ -18,10 +18,6 @@ def make_backend(ctx):
     return cls(ctx)
 
 
-def skip_policy(ctx) -> bool:
-    return str(ctx.cfg.on_error).split(".")[-1] == "skip"
-
-
 def write_result_files(ctx, files: dict[str, bytes]) -> list[str]:
     written = []
     root = ctx.run_dir.resolve()

@@ -13,7 +13,7 @@ from ..runner import Batcher, Prepared, RunStats
 from ..types import Sample, TensorSpec
 from ..fingerprint import config_hash, sha256_file
 from .common import (artifact_fingerprint, finish_with_skips, make_backend, mark_complete, read_meta_jsonl,
-                     skip_policy, start_resumable, write_run_record)
+                     start_resumable, write_run_record)
 
 
 def list_inputs(ctx, inputs_dir: Path) -> list[tuple[str, dict[str, Path], dict[str, TensorSpec], dict]]:
@@ -79,7 +79,7 @@ def run(ctx) -> dict:
             try:
                 arrays = {n: read_bin(p, specs[n], allow_fp16=False) for n, p in files.items()}
             except InputError as exc:
-                if not skip_policy(ctx):
+                if not ctx.skip_errors:
                     raise
                 skipped.append({"id": sid, "reason": str(exc)})
                 continue

@@ -17,7 +17,7 @@ from ..detstore import DetectionStore
 from ..errors import InputError, ZooError
 from ..runner import prepare_one
 from .common import (artifact_fingerprint, discard_stale_results, finish_with_skips, mark_complete, read_meta_jsonl,
-                     skip_policy, start_resumable, write_run_record)
+                     start_resumable, write_run_record)
 from .scoring import score
 
 
@@ -65,7 +65,7 @@ def run(ctx) -> dict:
                 dump = DumpDir(src, len(specs))
             outputs = dump.read(s.id, specs)
         except InputError as exc:
-            if not skip_policy(ctx):
+            if not ctx.skip_errors:
                 raise
             skipped.append({"id": s.id, "path": str(s.path), "reason": str(exc)})
             continue

@@ -15,7 +15,7 @@ from ..aisbench import write_bin
 from ..atomic import write_json
 from ..runner import WorkerPool, iter_prepared
 from ..errors import InputError
-from .common import (artifact_fingerprint, finish_with_skips, mark_complete, read_meta_jsonl, skip_policy,
+from .common import (artifact_fingerprint, finish_with_skips, mark_complete, read_meta_jsonl,
                      start_resumable, write_run_record)
 
 
@@ -54,7 +54,7 @@ def run(ctx) -> dict:
     with open(meta_path, "a") as meta_f, WorkerPool(ctx.hooks, cfg, int(cfg.num_workers) if len(todo) > 1 else 0) as pool:
         for prep in iter_prepared(ctx.hooks, cfg, todo, pool, 4 * max(int(cfg.num_workers), 1)):
             if prep.error:
-                if not skip_policy(ctx):
+                if not ctx.skip_errors:
                     raise InputError(prep.error)
                 skipped.append({"id": prep.sample.id, "path": str(prep.sample.path), "reason": prep.error})
                 continue
