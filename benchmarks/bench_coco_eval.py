@@ -16,7 +16,7 @@ import numpy as np
 
 def _detections(dataset, samples, seed: int = 0):
     from zoo_centernet.coco import VALID_IDS
-    from zoo_core.types import Detections
+    from zoo_core.api.types import Detections
 
     rng = np.random.default_rng(seed)
     by_image: dict[int, list] = {}

@@ -46,7 +46,7 @@ def run(work: Path, repeats: int = 3) -> dict:
     from zoo_centernet import decode as cn_decode
     from zoo_centernet import preprocess as cn_pre
     from zoo_centernet.sample import ANN_FILE, IMAGE_DIR
-    from zoo_core.imaging import read_image
+    from zoo_core.api.imaging import read_image
 
     torch.set_num_threads(1)
     from zoo_centerface.sample import ensure_sample

@@ -97,7 +97,7 @@ def synthetic_heads(shapes: list[tuple[int, ...]], seed: int, sigmoid_first: boo
 
 def write_records(arrays_by_source: dict[str, list[np.ndarray]], rec_dir: Path) -> dict[str, list[Path]]:
     """Write each source's arrays once as raw ``.bin`` and return their paths."""
-    from zoo_core.aisbench import write_bin
+    from zoo_core.api.aisbench import write_bin
 
     rec_dir.mkdir(parents=True, exist_ok=True)
     out = {}

@@ -119,7 +119,7 @@ def test_unusual_pixel_formats_read_like_cv2_imread(tmp_path, squares_base, kind
     """Grayscale -> 3 equal channels, RGBA -> alpha dropped, 16-bit -> >> 8, exactly cv2.imread."""
     import cv2
 
-    from zoo_core.imaging import read_image
+    from zoo_core.api.imaging import read_image
 
     src = cv2.imread(str(squares_base / "images" / f"{BAD_STEM}.png"))
     p = tmp_path / "x.png"
@@ -160,7 +160,7 @@ def test_huge_image_is_refused_from_the_header_with_bounded_memory(tmp_path):
 
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
                      + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-    code = ("import resource, sys\nfrom zoo_core.imaging import read_image\nfrom zoo_core.errors import InputError\n"
+    code = ("import resource, sys\nfrom zoo_core.api.imaging import read_image\nfrom zoo_core.api.errors import InputError\n"
             "try:\n    read_image(sys.argv[1])\nexcept InputError as e:\n    print('REFUSED', e)\n"
             "print('RSS_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60).stdout
@@ -173,8 +173,8 @@ def test_huge_image_is_refused_from_the_header_with_bounded_memory(tmp_path):
 def test_bmp_and_jpeg_headers_are_checked_too(tmp_path):
     import cv2
 
-    from zoo_core.errors import InputError
-    from zoo_core.imaging import _header_dims, read_image
+    from zoo_core.api.errors import InputError
+    from zoo_core.api.imaging import _header_dims, read_image
 
     img = np.zeros((7, 9, 3), np.uint8)
     jpg = bytearray(_jpeg_bytes(img))

@@ -7,12 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from zoo_core.aisbench import DumpDir, read_bin, write_bin
-from zoo_core.errors import InputError
-from zoo_core.geometry import affine_points, get_affine_transform
-from zoo_core.nms import nms
-from zoo_core.peaks import keep_peaks, maxpool3x3, topk_desc
-from zoo_core.types import TensorSpec
+from zoo_core.api.aisbench import DumpDir, read_bin, write_bin
+from zoo_core.api.errors import InputError
+from zoo_core.api.geometry import affine_points, get_affine_transform
+from zoo_core.api.nms import nms
+from zoo_core.api.peaks import keep_peaks, maxpool3x3, topk_desc
+from zoo_core.api.types import TensorSpec
 
 
 def naive_nms(boxes, scores, thr, plus_one=False):

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from zoo_core import HOOK_API_VERSION, hookdoc, hookspecs
+from zoo_core import HOOK_API_VERSION
+from zoo_core.api import hookspecs
+from zoo_core.plugins import hookdoc
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "plugins.md"
@@ -16,7 +18,7 @@ DOC = REPO / "docs" / "plugins.md"
 def test_plugins_md_hook_reference_is_up_to_date():
     text = DOC.read_text()
     assert hookdoc.splice(text, hookdoc.render_reference()) == text, \
-        "docs/plugins.md is stale: run python -m zoo_core.hookdoc docs/plugins.md"
+        "docs/plugins.md is stale: run python -m zoo_core.plugins.hookdoc docs/plugins.md"
 
 
 def test_every_hook_spec_has_a_section_with_its_signature_and_fields():

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from zoo_core import hookspecs
-from zoo_core.hookdoc import spec_names
-from zoo_core.plugins import ZooPluginManager
+from zoo_core.api import hookspecs
+from zoo_core.plugins.hookdoc import spec_names
+from zoo_core.plugins.manager import ZooPluginManager
 from zoo_core.testing import contract
 
 REPO = Path(__file__).resolve().parents[1]

@@ -67,7 +67,7 @@ def test_wheel_installs_and_runs_without_the_checkout(tmp_path_factory):
     assert "zoo-fixture 0.3.1" in out and "centernet" not in out
     out = _run([zoo, "info", "model=fixture"], cwd=work, env=venv_env)
     assert "stage:\n  name: eval" in out and "mask_threshold: 0.5" in out
-    check = _run([py, "-c", "import zoo_core.confpaths as c, sys; print(c.core_conf_dir()); "
+    check = _run([py, "-c", "import zoo_core.config.confpaths as c, sys; print(c.core_conf_dir()); "
                   "print('torch' in sys.modules)"], cwd=work, env=venv_env)
     conf_dir, torch_loaded = check.split()
     assert Path(conf_dir).is_relative_to(site) and torch_loaded == "False"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from zoo_core import hookimpl
-from zoo_core.errors import PluginError
-from zoo_core.plugins import ZooPluginManager
-from zoo_core.types import Sample
+from zoo_core.api.errors import PluginError
+from zoo_core.plugins.manager import ZooPluginManager
+from zoo_core.api.types import Sample
 
 
 def _row(listing: str, name: str) -> str:
@@ -57,7 +57,7 @@ def test_disabled_model_in_process(monkeypatch):
 
 @pytest.fixture(scope="module")
 def fixture_cfg():
-    from zoo_core.validate import compose
+    from zoo_core.config.validate import compose
 
     return compose(["model=fixture"])
 
@@ -77,7 +77,7 @@ def test_dispatch_reaches_only_the_selected_model(fixture_cfg, monkeypatch):
     (name, plugins), = called
     assert name == "preprocess" and plugins == ["fixture"]
     # the other models' hooks are still reachable through their own dispatch
-    from zoo_core.validate import compose
+    from zoo_core.config.validate import compose
 
     spec = pm.hooks_for("centernet").input_spec(cfg=compose(["model=centernet"]))
     assert spec[0].shape != (1, 64, 64)

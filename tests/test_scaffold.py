@@ -12,9 +12,9 @@ import pytest
 
 from zoo_core import HOOK_API_VERSION
 from zoo_core.cli import main as zoo_main
-from zoo_core.errors import ZooError
-from zoo_core.hookspecs import MODEL_HOOKS
-from zoo_core.scaffold import new_plugin, template_root
+from zoo_core.api.errors import ZooError
+from zoo_core.api.hookspecs import MODEL_HOOKS
+from zoo_core.cli.scaffold import new_plugin, template_root
 
 REPO = Path(__file__).resolve().parents[1]
 ZOO = [sys.executable, "-m", "zoo_core.cli"]
@@ -66,8 +66,8 @@ def test_cli_new_plugin(tmp_path, capsys):
 def test_templates_are_package_data_of_zoo_core():
     """Every template file matches zoo-core's package-data globs (so it ships in the wheel)."""
     meta = tomllib.loads((REPO / "pyproject.toml").read_text())
-    patterns = meta["tool"]["setuptools"]["package-data"]["zoo_core"]
-    pkg = REPO / "zoo_core"
+    patterns = meta["tool"]["setuptools"]["package-data"]["zoo_core.cli"]
+    pkg = REPO / "zoo_core" / "cli"
     shipped = {p for pat in patterns for p in pkg.glob(pat) if p.is_file()}
     templates = [p for p in template_root().rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     assert templates and set(templates) <= shipped

@@ -11,7 +11,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from zoo_core import pinning, sweep_report
+from zoo_core.config import pinning
+from zoo_core.reports import sweep_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JOBLIB2 = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
@@ -83,7 +84,7 @@ def test_failed_job_is_reported_and_sweep_exits_nonzero_under_joblib(zoo, tmp_pa
     md = (sweep / "sweep_report.md").read_text()
     assert "| 0 | failed: batch_size=0 is invalid" in md
 
-    rebuilt = subprocess.run([sys.executable, "-m", "zoo_core.sweep_report", str(sweep)],
+    rebuilt = subprocess.run([sys.executable, "-m", "zoo_core.reports.sweep_report", str(sweep)],
                              capture_output=True, text=True)
     assert rebuilt.returncode == 1
     assert read_csv(sweep / "sweep_report.csv") == list(rows.values())
@@ -152,8 +153,8 @@ def test_cluster_launcher_presets_compose_on_the_plugins_keys(launcher, stand_in
 import dataclasses, typing
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from zoo_core import schema
-from zoo_core.confpaths import core_conf_dir
+from zoo_core.config import schema
+from zoo_core.config.confpaths import core_conf_dir
 
 @dataclasses.dataclass
 class Slurm:

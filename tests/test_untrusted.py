@@ -49,7 +49,7 @@ def test_malicious_pickle_through_the_cli_never_runs(zoo, model):
 def test_malicious_pickle_for_centerface_ascend_weights(tmp_path):
     from omegaconf import OmegaConf
 
-    from zoo_core.errors import ZooError
+    from zoo_core.api.errors import ZooError
     from zoo_centerface.plugin import build_model
 
     marker = tmp_path / "PWNED"
@@ -61,8 +61,8 @@ def test_malicious_pickle_for_centerface_ascend_weights(tmp_path):
 
 
 def test_checkpoint_error_messages_are_one_line(tmp_path):
-    from zoo_core.checkpoint import load_weights_only
-    from zoo_core.errors import ZooError
+    from zoo_core.api.checkpoint import load_weights_only
+    from zoo_core.api.errors import ZooError
 
     (tmp_path / "empty.pth").write_bytes(b"")
     (tmp_path / "text.pth").write_text("hello\n")

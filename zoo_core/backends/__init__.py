@@ -1,4 +1,4 @@
 """Inference backends (entry-point group ``zoo.backends``)."""
-from .base import Backend, Batch
+from zoo_core.backends.base import Backend, Batch
 
 __all__ = ["Backend", "Batch"]

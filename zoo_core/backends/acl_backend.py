@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, PluginError, ZooError
-from .base import Backend, Batch
+from zoo_core.api.errors import ConfigError, PluginError, ZooError
+from zoo_core.backends.base import Backend, Batch
 
 INSTALL_HINT = ("install Ascend's ais_bench and aclruntime wheels (Ascend/tools: ais-bench_workload/tool/ais_bench, "
                 "aclruntime-*.whl then ais_bench-*.whl) on a machine with the CANN toolkit and an NPU driver")
@@ -21,7 +21,7 @@ INSTALL_HINT = ("install Ascend's ais_bench and aclruntime wheels (Ascend/tools:
 
 def om_path(ctx, batch_size: int | None = None, dynamic: bool = False) -> Path:
     """Default OM location written by ``stage=convert``."""
-    from ..model_files import model_dir
+    from zoo_core.runs.model_files import model_dir
 
     if dynamic:
         return model_dir(ctx) / f"{ctx.model_name}_dyn.om"

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ZooError
-from ..model_files import ensure_onnx
-from .base import Backend, Batch
+from zoo_core.api.errors import ZooError
+from zoo_core.runs.model_files import ensure_onnx
+from zoo_core.backends.base import Backend, Batch
 
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}

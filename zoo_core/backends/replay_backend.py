@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..aisbench import DumpDir
-from ..errors import ConfigError
-from .base import Backend, Batch
+from zoo_core.api.aisbench import DumpDir
+from zoo_core.api.errors import ConfigError
+from zoo_core.backends.base import Backend, Batch
 
 
 class ReplayBackend(Backend):

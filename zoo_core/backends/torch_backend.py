@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Backend, Batch
+from zoo_core.backends.base import Backend, Batch
 
 
 class TorchBackend(Backend):

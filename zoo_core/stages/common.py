@@ -5,9 +5,9 @@ import json
 import logging
 from pathlib import Path
 
-from ..atomic import write_bytes, write_json
-from ..errors import ZooError
-from ..fingerprint import config_hash, dataset_files, file_record, sha256_file, versions
+from zoo_core.api.atomic import write_bytes, write_json
+from zoo_core.api.errors import ZooError
+from zoo_core.runs.fingerprint import config_hash, dataset_files, file_record, sha256_file, versions
 
 log = logging.getLogger("zoo")
 

@@ -11,9 +11,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..atomic import write_text
-from ..errors import ZooError
-from ..model_files import ensure_onnx, model_dir
+from zoo_core.api.atomic import write_text
+from zoo_core.api.errors import ZooError
+from zoo_core.runs.model_files import ensure_onnx, model_dir
 
 log = logging.getLogger("zoo")
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 
-from ..aisbench import output_path, write_bin
-from ..atomic import write_json
-from ..detstore import DetectionStore
-from ..fingerprint import config_hash
-from ..runner import WorkerPool, run_stream
-from .common import (artifact_fingerprint, discard_stale_results, finish_with_skips, make_backend, mark_complete,
+from zoo_core.api.aisbench import output_path, write_bin
+from zoo_core.api.atomic import write_json
+from zoo_core.runs.detstore import DetectionStore
+from zoo_core.runs.fingerprint import config_hash
+from zoo_core.pipeline.runner import WorkerPool, run_stream
+from zoo_core.stages.common import (artifact_fingerprint, discard_stale_results, finish_with_skips, make_backend, mark_complete,
                      start_resumable, write_run_record)
-from .scoring import score
+from zoo_core.stages.scoring import score
 
 log = logging.getLogger("zoo")
 

@@ -13,11 +13,11 @@ import logging
 import sys
 from pathlib import Path
 
-from ..detstore import DetectionStore
-from ..errors import ZooError
-from ..fingerprint import sha256_file
-from .common import discard_stale_results
-from .scoring import score
+from zoo_core.runs.detstore import DetectionStore
+from zoo_core.api.errors import ZooError
+from zoo_core.runs.fingerprint import sha256_file
+from zoo_core.stages.common import discard_stale_results
+from zoo_core.stages.scoring import score
 
 log = logging.getLogger("zoo")
 

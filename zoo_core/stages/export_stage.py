@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from ..model_files import ensure_onnx
+from zoo_core.runs.model_files import ensure_onnx
 
 
 def run(ctx) -> dict:

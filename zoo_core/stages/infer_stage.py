@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..aisbench import output_path, read_bin, write_bin
-from ..atomic import write_json
-from ..errors import InputError, ZooError
-from ..runner import Batcher, Prepared, RunStats
-from ..types import Sample, TensorSpec
-from ..fingerprint import config_hash, sha256_file
-from .common import (artifact_fingerprint, finish_with_skips, make_backend, mark_complete, read_meta_jsonl,
+from zoo_core.api.aisbench import output_path, read_bin, write_bin
+from zoo_core.api.atomic import write_json
+from zoo_core.api.errors import InputError, ZooError
+from zoo_core.pipeline.runner import Batcher, Prepared, RunStats
+from zoo_core.api.types import Sample, TensorSpec
+from zoo_core.runs.fingerprint import config_hash, sha256_file
+from zoo_core.stages.common import (artifact_fingerprint, finish_with_skips, make_backend, mark_complete, read_meta_jsonl,
                      start_resumable, write_run_record)
 
 

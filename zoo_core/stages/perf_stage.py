@@ -8,9 +8,9 @@ import time
 
 import numpy as np
 
-from ..atomic import write_json
-from ..backends.base import Batch
-from .common import make_backend, write_run_record
+from zoo_core.api.atomic import write_json
+from zoo_core.backends.base import Batch
+from zoo_core.stages.common import make_backend, write_run_record
 
 
 def latency_stats(ms: list[float]) -> dict:
@@ -37,7 +37,7 @@ def run(ctx) -> dict:
     bs = int(cfg.batch_size)
     loop = int(cfg.stage.get("loop", 20))
     if loop < 1:
-        from ..errors import ConfigError
+        from zoo_core.api.errors import ConfigError
 
         raise ConfigError(f"stage.loop={loop} is invalid: it must be >= 1")
     warmup = int(cfg.stage.get("warmup", 2))

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..aisbench import DumpDir
-from ..detstore import DetectionStore
-from ..errors import InputError, ZooError
-from ..runner import prepare_one
-from .common import (artifact_fingerprint, discard_stale_results, finish_with_skips, mark_complete, read_meta_jsonl,
+from zoo_core.api.aisbench import DumpDir
+from zoo_core.runs.detstore import DetectionStore
+from zoo_core.api.errors import InputError, ZooError
+from zoo_core.pipeline.runner import prepare_one
+from zoo_core.stages.common import (artifact_fingerprint, discard_stale_results, finish_with_skips, mark_complete, read_meta_jsonl,
                      start_resumable, write_run_record)
-from .scoring import score
+from zoo_core.stages.scoring import score
 
 
 def run(ctx) -> dict:

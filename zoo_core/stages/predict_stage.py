@@ -9,13 +9,13 @@ import json
 
 import numpy as np
 
-from ..atomic import write_bytes, write_text
-from ..draw import draw_detections
-from ..errors import ConfigError
-from ..imaging import list_images, read_image
-from ..runner import run_stream
-from ..types import Detections, Sample
-from .common import finish_with_skips, make_backend
+from zoo_core.api.atomic import write_bytes, write_text
+from zoo_core.reports.draw import draw_detections
+from zoo_core.api.errors import ConfigError
+from zoo_core.api.imaging import list_images, read_image
+from zoo_core.pipeline.runner import run_stream
+from zoo_core.api.types import Detections, Sample
+from zoo_core.stages.common import finish_with_skips, make_backend
 
 
 def _filter(det: Detections, thr: float | None) -> Detections:

@@ -11,11 +11,11 @@ import json
 import os
 from pathlib import Path
 
-from ..aisbench import write_bin
-from ..atomic import write_json
-from ..runner import WorkerPool, iter_prepared
-from ..errors import InputError
-from .common import (artifact_fingerprint, finish_with_skips, mark_complete, read_meta_jsonl,
+from zoo_core.api.aisbench import write_bin
+from zoo_core.api.atomic import write_json
+from zoo_core.pipeline.runner import WorkerPool, iter_prepared
+from zoo_core.api.errors import InputError
+from zoo_core.stages.common import (artifact_fingerprint, finish_with_skips, mark_complete, read_meta_jsonl,
                      start_resumable, write_run_record)
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import logging
 
-from ..atomic import write_json
-from ..types import Detections
-from .common import write_result_files
+from zoo_core.api.atomic import write_json
+from zoo_core.api.types import Detections
+from zoo_core.stages.common import write_result_files
 
 log = logging.getLogger("zoo")
 
@@ -18,7 +18,7 @@ def score(ctx, detections: dict[str, Detections], skipped: list[dict], extra: di
     files = write_result_files(ctx, result.files)
     bad = {k: v for k, v in result.metrics.items() if not isinstance(v, (int, float))}
     if bad:
-        from ..errors import PluginError
+        from zoo_core.api.errors import PluginError
 
         raise PluginError(f"the {ctx.model_name} evaluate hook returned non-numeric metrics: {sorted(bad)}")
     record = {

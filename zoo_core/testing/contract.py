@@ -8,7 +8,7 @@ A plugin's test module subclasses :class:`PluginContract`::
         model = "mymodel"
 
 and pytest runs every ``test_*`` method against the *installed* plugin (entry point
-``zoo.models:mymodel``), its Hydra config (``zoo_core.validate.compose``) and a few samples of its
+``zoo.models:mymodel``), its Hydra config (``zoo_core.config.validate.compose``) and a few samples of its
 dataset. Outside pytest, :func:`check_plugin` runs the same checks and returns their outcomes.
 """
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import Any, Sequence
 import numpy as np
 import pytest
 
-from .. import HOOK_API_VERSION
-from ..hookspecs import CORE_HOOKS, MODEL_HOOKS
-from ..types import Detections, EvalResult, ExportResult, TensorSpec
+from zoo_core import HOOK_API_VERSION
+from zoo_core.api.hookspecs import CORE_HOOKS, MODEL_HOOKS
+from zoo_core.api.types import Detections, EvalResult, ExportResult, TensorSpec
 
 #: Hooks the core's stages need for ``zoo run model=<it> stage=eval`` and ``stage=export``.
 REQUIRED_HOOKS = ("dataset", "input_spec", *CORE_HOOKS, "output_spec")
@@ -47,7 +47,7 @@ def _fail(hook: str, message: str) -> ContractError:
 
 def _check_spec_list(hook: str, specs) -> list[TensorSpec]:
     if not isinstance(specs, (list, tuple)) or not specs or not all(isinstance(s, TensorSpec) for s in specs):
-        raise _fail(hook, f"must return a non-empty list of zoo_core.types.TensorSpec, got {specs!r}")
+        raise _fail(hook, f"must return a non-empty list of zoo_core.api.types.TensorSpec, got {specs!r}")
     return list(specs)
 
 
@@ -61,7 +61,7 @@ def check_detections(hook: str, dets, n: int) -> list[Detections]:
                           f"of length {len(dets) if hasattr(dets, '__len__') else '?'}")
     for d in dets:
         if not isinstance(d, Detections):
-            raise _fail(hook, f"items must be zoo_core.types.Detections, got {type(d).__name__}")
+            raise _fail(hook, f"items must be zoo_core.api.types.Detections, got {type(d).__name__}")
         if not (np.isfinite(d.boxes).all() and np.isfinite(d.scores).all()):
             raise _fail(hook, "returned non-finite boxes or scores")
         if len(d) > 1 and np.any(np.diff(d.scores) > 0):
@@ -72,7 +72,7 @@ def check_detections(hook: str, dets, n: int) -> list[Detections]:
 def check_eval_result(result) -> EvalResult:
     """``result`` is an :class:`EvalResult` with a flat ``{str: number}`` metrics dict."""
     if not isinstance(result, EvalResult):
-        raise _fail("evaluate", f"must return zoo_core.types.EvalResult, got {type(result).__name__}")
+        raise _fail("evaluate", f"must return zoo_core.api.types.EvalResult, got {type(result).__name__}")
     if not isinstance(result.metrics, dict) or not result.metrics:
         raise _fail("evaluate", "metrics must be a non-empty dict")
     for k, v in result.metrics.items():
@@ -116,7 +116,7 @@ class PluginUnderTest:
 
     @cached_property
     def manager(self):
-        from ..plugins import ZooPluginManager
+        from zoo_core.plugins.manager import ZooPluginManager
 
         return ZooPluginManager()
 
@@ -133,7 +133,7 @@ class PluginUnderTest:
 
     @cached_property
     def cfg(self):
-        from ..validate import compose
+        from zoo_core.config.validate import compose
 
         return compose([f"model={self.model}", *self.overrides])
 
@@ -148,7 +148,7 @@ class PluginUnderTest:
     @cached_property
     def prepared(self) -> list:
         """``runner.prepare_one`` on the first samples: exactly what the core's workers produce."""
-        from ..runner import prepare_one
+        from zoo_core.pipeline.runner import prepare_one
 
         out = []
         for s in self.samples:
@@ -171,7 +171,7 @@ class PluginUnderTest:
             out.parent.mkdir(parents=True, exist_ok=True)
             res = self.call("export", weights=self.cfg.get("weights"), output=out, target=target)
             if not isinstance(res, ExportResult):
-                raise _fail("export", f"must return zoo_core.types.ExportResult, got {type(res).__name__}")
+                raise _fail("export", f"must return zoo_core.api.types.ExportResult, got {type(res).__name__}")
             if not Path(res.path).is_file():
                 raise _fail("export", f"returned path {res.path} which does not exist")
             self._exports[target] = res
@@ -187,7 +187,7 @@ class PluginUnderTest:
 
     def run_onnx(self, path: Path, batch: list) -> list[np.ndarray]:
         """Outputs of the ONNX at ``path`` on ``batch``, through the onnxruntime backend's session."""
-        from ..backends.onnxruntime_backend import make_session
+        from zoo_core.backends.onnxruntime_backend import make_session
 
         sess = make_session(path, {"intra_op_threads": 2})
         inputs = stack_batch([p.inputs for p in batch])
@@ -235,7 +235,7 @@ def check_config(p: PluginUnderTest) -> None:
 
 def check_dataset(p: PluginUnderTest) -> None:
     """``dataset`` returns a Dataset whose samples are unique, existing image files."""
-    from ..types import Dataset, Sample
+    from zoo_core.api.types import Dataset, Sample
 
     ds = p.dataset
     if not isinstance(ds, Dataset):
@@ -244,7 +244,7 @@ def check_dataset(p: PluginUnderTest) -> None:
     if not samples:
         raise _fail("dataset", "samples() is empty")
     if not all(isinstance(s, Sample) for s in samples):
-        raise _fail("dataset", "samples() must hold zoo_core.types.Sample items")
+        raise _fail("dataset", "samples() must hold zoo_core.api.types.Sample items")
     ids = [s.id for s in samples]
     if len(set(ids)) != len(ids):
         raise _fail("dataset", "sample ids must be unique")
@@ -289,7 +289,7 @@ def _check_outputs_match_spec(p: PluginUnderTest, outputs, metas, hook: str) -> 
 
 def check_preprocess(p: PluginUnderTest) -> None:
     """Dataset images and synthetic odd-sized images give inputs matching ``input_spec``."""
-    from ..types import Sample
+    from zoo_core.api.types import Sample
 
     for prep in p.prepared:
         _check_inputs(p, prep.inputs, prep.meta, str(prep.sample.path))
@@ -400,7 +400,7 @@ def check_atc_args(p: PluginUnderTest, target: str = "onnxruntime", overrides: S
     ``overrides`` are added to the plugin's overrides for this call only (e.g. a static input size
     for a model whose default input size varies per image).
     """
-    from ..validate import compose
+    from zoo_core.config.validate import compose
 
     onnx_path = p.export(target).path
     cfg = compose([f"model={p.model}", *p.overrides, *overrides]) if overrides else p.cfg

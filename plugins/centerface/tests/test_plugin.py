@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from zoo_core.aisbench import DumpDir
-from zoo_core.errors import ConfigError, ZooError
-from zoo_core.imaging import read_image
+from zoo_core.api.aisbench import DumpDir
+from zoo_core.api.errors import ConfigError, ZooError
+from zoo_core.api.imaging import read_image
 from zoo_core.testing import golden_dir
 from zoo_centerface import plugin
 

@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from zoo_core.errors import ZooError
-from zoo_core.imaging import read_image
+from zoo_core.api.errors import ZooError
+from zoo_core.api.imaging import read_image
 from zoo_centerface import sample as smp
 from zoo_centerface.widerface import WiderFaceDataset
 from zoo_centerface.wider_gt import WiderGroundTruth, load_wider_gt

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zoo_core.errors import ZooError
+from zoo_core.api.errors import ZooError
 from zoo_core.testing import golden_dir, shared_dir
 from zoo_centerface.wider_eval import (
     WiderEvalWarning,

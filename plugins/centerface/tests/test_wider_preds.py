@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from zoo_core.errors import ZooError
+from zoo_core.api.errors import ZooError
 from zoo_centerface.wider_eval import evaluate_wider
 from zoo_centerface.wider_gt import WiderGroundTruth
 from zoo_centerface.wider_preds import (

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo_core.atomic import write_text
+from zoo_core.api.atomic import write_text
 
 from .preprocess import ASCEND_INPUT_HW, MEAN_BGR, STD_BGR
 

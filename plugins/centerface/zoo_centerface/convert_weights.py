@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zoo_core.errors import ZooError
+from zoo_core.api.errors import ZooError
 
 _CONV_OPS = ("Conv", "ConvTranspose")
 

@@ -5,7 +5,7 @@ landmarks, greedy "+1" IoU-NMS, map back by the stretch factors.
 Family B (chenjun2hao / Ascend): 3x3 peak keep, top-K, boxes and landmarks in grid units with
 no +0.5, map back through the inverse letterbox affine.
 
-Both return :class:`zoo_core.types.Detections` per image, boxes ``[x1, y1, x2, y2]`` in
+Both return :class:`zoo_core.api.types.Detections` per image, boxes ``[x1, y1, x2, y2]`` in
 original-image pixels sorted by descending score, ``extras["landmarks"]`` (n, 10) as
 ``x0, y0, ..., x4, y4``.
 """
@@ -15,10 +15,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from zoo_core.geometry import affine_points, get_affine_transform
-from zoo_core.nms import nms
-from zoo_core.peaks import keep_peaks, topk_desc
-from zoo_core.types import Detections
+from zoo_core.api.geometry import affine_points, get_affine_transform
+from zoo_core.api.nms import nms
+from zoo_core.api.peaks import keep_peaks, topk_desc
+from zoo_core.api.types import Detections
 
 STRIDE = 4
 

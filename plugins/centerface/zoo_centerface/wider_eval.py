@@ -25,7 +25,7 @@ from typing import Mapping
 
 import numpy as np
 
-from zoo_core.errors import ZooError
+from zoo_core.api.errors import ZooError
 
 from .wider_gt import SETTINGS, WiderGroundTruth
 

@@ -14,8 +14,8 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from zoo_core.atomic import write_bytes, write_text
-from zoo_core.errors import ZooError
+from zoo_core.api.atomic import write_bytes, write_text
+from zoo_core.api.errors import ZooError
 
 SETTINGS = ("easy", "medium", "hard")
 FACE_FILE = "wider_face_val.mat"

@@ -18,8 +18,8 @@ from typing import Literal, Mapping
 
 import numpy as np
 
-from zoo_core.atomic import write_text
-from zoo_core.errors import ZooError
+from zoo_core.api.atomic import write_text
+from zoo_core.api.errors import ZooError
 
 from .wider_gt import WiderGroundTruth
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from zoo_core.errors import ZooError
-from zoo_core.types import Sample
+from zoo_core.api.errors import ZooError
+from zoo_core.api.types import Sample
 
 from .wider_gt import FACE_FILE, SETTING_FILES, WiderGroundTruth, load_wider_gt
 

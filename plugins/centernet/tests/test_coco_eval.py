@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zoo_core.errors import ZooError
-from zoo_core.imaging import read_image
+from zoo_core.api.errors import ZooError
+from zoo_core.api.imaging import read_image
 from zoo_core.testing import golden_dir
-from zoo_core.types import Detections, Sample
+from zoo_core.api.types import Detections, Sample
 from zoo_centernet.coco import VALID_IDS, CocoDataset, load_instances
 from zoo_centernet.decode import decode_batch
 from zoo_centernet.evaluate import STAT_NAMES, coco_records, evaluate_coco, resolve_evaluator, round2

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from zoo_core.errors import ZooError  # noqa: E402
+from zoo_core.api.errors import ZooError  # noqa: E402
 from zoo_core.testing import golden_dir  # noqa: E402
 
 from zoo_centernet.dcn import DCN, dcn_mode  # noqa: E402

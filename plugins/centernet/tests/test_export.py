@@ -11,7 +11,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import helper, numpy_helper  # noqa: E402
 
-from zoo_core.errors import ConfigError  # noqa: E402
+from zoo_core.api.errors import ConfigError  # noqa: E402
 
 from zoo_centernet.dcn import DCN  # noqa: E402
 from zoo_centernet.export import (  # noqa: E402

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from zoo_core.imaging import read_image
+from zoo_core.api.imaging import read_image
 from zoo_centernet import plugin
 from zoo_centernet.coco import VALID_IDS
 from zoo_centernet.decode import decode_batch

@@ -12,12 +12,12 @@ import pluggy
 import pytest
 from omegaconf import OmegaConf
 
-import zoo_core.hookspecs as hookspecs
-from zoo_core.aisbench import DumpDir
-from zoo_core.errors import ZooError
-from zoo_core.imaging import read_image
+import zoo_core.api.hookspecs as hookspecs
+from zoo_core.api.aisbench import DumpDir
+from zoo_core.api.errors import ZooError
+from zoo_core.api.imaging import read_image
 from zoo_core.testing import golden_dir
-from zoo_core.types import Detections, EvalResult, Sample, TensorSpec
+from zoo_core.api.types import Detections, EvalResult, Sample, TensorSpec
 from zoo_centernet import plugin
 
 CONF = resources.files("zoo_centernet") / "conf"

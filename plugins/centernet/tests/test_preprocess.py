@@ -5,9 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from zoo_core.errors import InputError
-from zoo_core.geometry import get_affine_transform
-from zoo_core.imaging import read_image
+from zoo_core.api.errors import InputError
+from zoo_core.api.geometry import get_affine_transform
+from zoo_core.api.imaging import read_image
 from zoo_core.testing import golden_dir
 from zoo_centernet.preprocess import COCO_MEAN_BGR, COCO_STD_BGR, letterbox_params, preprocess_image
 

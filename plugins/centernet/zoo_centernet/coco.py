@@ -5,8 +5,8 @@ import json
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from zoo_core.errors import ZooError
-from zoo_core.types import Sample
+from zoo_core.api.errors import ZooError
+from zoo_core.api.types import Sample
 
 #: 0-based model class -> COCO category id (the 80 ids of COCO 2017; 12, 26, 29, 30, 45, 66, 68,
 #: 69, 71 and 83 are unused).

@@ -9,9 +9,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from zoo_core.geometry import affine_points, get_affine_transform
-from zoo_core.peaks import keep_peaks, topk_desc, topk_peaks
-from zoo_core.types import Detections
+from zoo_core.api.geometry import affine_points, get_affine_transform
+from zoo_core.api.peaks import keep_peaks, topk_desc, topk_peaks
+from zoo_core.api.types import Detections
 
 
 def sigmoid32(x: np.ndarray) -> np.ndarray:
@@ -28,7 +28,7 @@ def _top_peaks_one(hm_logits: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarra
     """(scores, classes, positions) of one image's global top-K peaks (per image: cache-sized arrays).
 
     Per-class top-K then global top-K orders by (score desc, class asc, position asc), which is
-    the flat order of (C, H*W); :func:`zoo_core.peaks.topk_peaks` gives it without pooling the
+    the flat order of (C, H*W); :func:`zoo_core.api.peaks.topk_peaks` gives it without pooling the
     whole map, and the two-stage reference path runs when it cannot decide.
     """
     heat = sigmoid32(hm_logits)

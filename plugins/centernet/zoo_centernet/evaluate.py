@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from zoo_core.errors import ConfigError
-from zoo_core.types import Detections, EvalResult, Sample
+from zoo_core.api.errors import ConfigError
+from zoo_core.api.types import Detections, EvalResult, Sample
 
 from .coco import VALID_IDS
 from .decode import class_major_order

@@ -18,8 +18,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from zoo_core.errors import ConfigError, ZooError
-from zoo_core.types import ExportResult
+from zoo_core.api.errors import ConfigError, ZooError
+from zoo_core.api.types import ExportResult
 
 INPUT_NAME = "actual_input"
 OUTPUT_NAMES = ("output1", "output2", "output3")

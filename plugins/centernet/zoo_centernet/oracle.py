@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from zoo_core.geometry import affine_points, get_affine_transform
+from zoo_core.api.geometry import affine_points, get_affine_transform
 
 from .coco import VALID_IDS
 

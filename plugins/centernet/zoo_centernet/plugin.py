@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pluggy
 
-from zoo_core.errors import ConfigError, ZooError
-from zoo_core.types import TensorSpec
+from zoo_core.api.errors import ConfigError, ZooError
+from zoo_core.api.types import TensorSpec
 
 from .coco import DOWNLOAD_HINT, CocoDataset
 from .decode import decode_batch
@@ -96,7 +96,7 @@ def export(cfg, weights, output, target):
 
 @hookimpl
 def atc_args(cfg, onnx_path, batch_size, soc_version, output):
-    from zoo_core.atc import common_args, extra_args
+    from zoo_core.api.atc import common_args, extra_args
 
     from .export import head_out_nodes
 

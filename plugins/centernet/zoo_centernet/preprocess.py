@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from zoo_core.errors import InputError
-from zoo_core.geometry import get_affine_transform, letterbox, normalize_to_chw
+from zoo_core.api.errors import InputError
+from zoo_core.api.geometry import get_affine_transform, letterbox, normalize_to_chw
 
 INPUT_NAME = "actual_input"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from zoo_core.errors import ZooError
+from zoo_core.api.errors import ZooError
 
 IGNORED_PREFIXES = ("base.fc.",)
 _MAX_LISTED = 20
@@ -32,7 +32,7 @@ def read_state_dict(path) -> tuple[dict, int | None]:
     """
     import torch
 
-    from zoo_core.checkpoint import load_weights_only
+    from zoo_core.api.checkpoint import load_weights_only
 
     path = Path(path)
     obj = load_weights_only(path)

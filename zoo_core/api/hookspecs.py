@@ -1,0 +1,183 @@
+"""Hook specifications: the whole contract between the zoo core and a model plugin.
+
+A model plugin is a module registered under the entry-point group ``zoo.models`` (entry-point
+name = model name). It implements some of the hooks below with ``@zoo_core.hookimpl``. The core
+calls every *model* hook (all but ``zoo_*`` observers) on the selected model's plugin only, so two
+model plugins never answer for each other; cross-cutting plugins (timers, reporters) registered in
+the same manager still see every call through ``wrapper=True`` implementations.
+
+Every hook receives ``cfg``, the whole resolved run configuration (an OmegaConf ``DictConfig``):
+``cfg.model`` is the plugin's own ``conf/model/<name>.yaml`` section, ``cfg.dataset`` its dataset
+section, and run-level keys (``batch_size``, ``weights``, ``export``, ``atc``...) sit at the top.
+
+Model hooks are ``firstresult``: the selected plugin's non-``None`` answer is the result. A plugin
+that does not implement a hook makes the stage that needs it fail with a message naming the hook.
+
+Hook API version: :data:`zoo_core.HOOK_API_VERSION`. A plugin module may set
+``ZOO_HOOK_API = "1"``; a plugin asking for another major version is reported as broken at load.
+"""
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("zoo")
+
+#: Names of the hooks dispatched to the selected model only, in pipeline order.
+MODEL_HOOKS = (
+    "dataset",
+    "input_spec",
+    "preprocess",
+    "build_model",
+    "export",
+    "atc_args",
+    "output_spec",
+    "postprocess",
+    "evaluate",
+    "oracle_outputs",
+)
+
+#: The five hooks every complete model plugin implements.
+CORE_HOOKS = ("preprocess", "export", "atc_args", "postprocess", "evaluate")
+
+
+@hookspec(firstresult=True)
+def dataset(cfg):
+    """Open the dataset described by ``cfg.dataset``.
+
+    Called once per run, before any image is read, by every stage that touches images or ground
+    truth (``preprocess``, ``postprocess``, ``evaluate``, ``eval``, ``predict`` uses a folder instead).
+
+    :param cfg: the run configuration.
+    :returns: a :class:`zoo_core.api.types.Dataset` whose ``samples()`` lists every image in a
+        deterministic order (the core shards and batches that list). Raise
+        :class:`zoo_core.api.errors.ZooError` naming the missing file and what to download when the
+        dataset is absent.
+    """
+
+
+@hookspec(firstresult=True)
+def input_spec(cfg):
+    """Describe the model's nominal input(s) for one item.
+
+    Called by ``perf`` (random input of this shape), ``export`` callers and backends that need a
+    static shape.
+
+    :returns: ``list[TensorSpec]`` in graph input order; shapes exclude the batch dimension.
+    """
+
+
+@hookspec(firstresult=True)
+def preprocess(cfg, image, sample):
+    """Turn one decoded image into model input.
+
+    Called once per image, in a worker process, by ``preprocess``, ``eval`` and ``predict``.
+
+    :param image: ``HxWx3`` BGR ``uint8`` array, exactly what ``cv2.imread(path)`` returns
+        (grayscale expanded to three channels, alpha dropped, EXIF orientation applied).
+    :param sample: the :class:`zoo_core.api.types.Sample` being processed.
+    :returns: ``(inputs, meta)``: ``inputs`` maps each graph input name to a C-contiguous array
+        *without* the batch dimension (the core stacks a batch); ``meta`` is a small JSON-able dict
+        with whatever ``postprocess`` needs to map outputs back to image pixels (e.g. CenterNet's
+        ``c`` and ``s``). The core adds ``id`` and ``orig_hw`` to ``meta``.
+    """
+
+
+@hookspec(firstresult=True)
+def build_model(cfg, weights):
+    """Build the PyTorch model in eval mode with ``weights`` loaded (``weights_only=True``).
+
+    Called by the ``torch`` backend and by ``export``. Import torch inside the implementation.
+
+    :param weights: a path, or ``None`` for the plugin's default / random weights.
+    :returns: a ``torch.nn.Module`` whose ``forward(*inputs)`` returns a tuple of tensors in the
+        same order as ``output_spec``.
+    """
+
+
+@hookspec(firstresult=True)
+def export(cfg, weights, output, target):
+    """Write an ONNX file for ``target``.
+
+    Called by the ``export`` stage and, when no model file is given, by the ``onnxruntime``
+    backend and ``convert``.
+
+    :param weights: path to the user's weights (``None``: the plugin's default, if any).
+    :param output: the ``pathlib.Path`` to write.
+    :param target: ``"onnxruntime"`` (standard ops, runs in ORT) or ``"ascend"`` (what ATC takes).
+    :returns: :class:`zoo_core.api.types.ExportResult` with the graph's input and output names.
+    """
+
+
+@hookspec(firstresult=True)
+def atc_args(cfg, onnx_path, batch_size, soc_version, output):
+    """Build the ATC command line (no shell quoting) that converts ``onnx_path`` to an OM.
+
+    Called by the ``convert`` stage once per batch size.
+
+    :param onnx_path: the exported ``ascend``-target ONNX.
+    :param batch_size: an ``int`` (static OM) or a list of ints (``--dynamic_batch_size`` gears).
+    :param soc_version: e.g. ``"Ascend310P3"``.
+    :param output: the ``--output`` prefix (no ``.om``).
+    :returns: ``list[str]`` of arguments *after* ``atc`` (see :func:`zoo_core.api.atc.common_args`).
+    """
+
+
+@hookspec(firstresult=True)
+def output_spec(cfg, meta):
+    """Describe the raw model outputs for one item, in output order.
+
+    Called to read ais_bench ``<stem>_<i>.bin`` dumps (``postprocess``, ``replay`` backend) and to
+    check outputs. ``meta`` is the item's preprocess meta (its ``input_shape`` lets a model with
+    variable input size compute its output size).
+
+    :returns: ``list[TensorSpec]`` without the batch dimension.
+    """
+
+
+@hookspec(firstresult=True)
+def postprocess(cfg, outputs, metas):
+    """Decode one batch of raw outputs into detections in original-image pixels.
+
+    Called once per batch by ``eval``, ``postprocess`` and ``predict``; must be numpy only.
+
+    :param outputs: ``list[np.ndarray]``, one per model output, each with the batch dimension
+        first, in ``output_spec`` order.
+    :param metas: one preprocess meta per batch item.
+    :returns: ``list[Detections]``, one per item, boxes sorted by descending score.
+    """
+
+
+@hookspec(firstresult=True)
+def evaluate(cfg, detections, dataset, samples, out_dir):
+    """Score detections against the dataset's ground truth.
+
+    Called once per run by ``evaluate`` and at the end of ``eval``.
+
+    :param detections: ``dict[sample.id, Detections]``.
+    :param dataset: the object ``dataset`` returned.
+    :param samples: the samples that were run (a shard scores only its own images).
+    :param out_dir: the run directory (read-only hint; return files instead of writing).
+    :returns: :class:`zoo_core.api.types.EvalResult`: a flat ``{name: number}`` dict, files to write
+        (``detections.json``, PR-curve PNGs...) and non-numeric ``info`` (IoU threshold used...).
+    """
+
+
+@hookspec(firstresult=True)
+def oracle_outputs(cfg, sample, meta, dataset):
+    """Encode a sample's ground truth as the raw outputs a perfect model would produce.
+
+    Called by the ``oracle`` backend, so that ``stage=eval backend=oracle`` scores the
+    preprocess -> postprocess -> evaluate chain without weights.
+
+    :returns: ``list[np.ndarray]`` without the batch dimension, in ``output_spec`` order.
+    """
+
+
+@hookspec
+def zoo_stage_finished(cfg, stage, run_dir, result):
+    """Observe the end of a stage (all plugins are called, not only the selected model).
+
+    :param stage: the stage name.
+    :param run_dir: the run directory (``pathlib.Path``).
+    :param result: the dict the stage wrote as its summary (metrics, perf...).
+    """

@@ -1,0 +1,88 @@
+"""Image decoding with OpenCV's default colour flag (what every reference pipeline used)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from zoo_core.api.errors import InputError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+#: Largest image (in pixels) decoded without complaint; bigger files are refused before decoding
+#: so memory stays bounded (a 20000x20000 RGB image would need 1.2 GB).
+MAX_PIXELS = int(os.environ.get("ZOO_MAX_IMAGE_PIXELS", 100_000_000))
+# OpenCV's own guard for formats whose header is not parsed here (read at the first decode).
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Return what ``cv2.imread(path)`` returns: HxWx3 BGR uint8, grayscale expanded to 3 equal
+    channels, alpha dropped, EXIF orientation applied, 16-bit reduced to 8 bits (``>> 8``).
+
+    Raises :class:`InputError` naming the file for a missing, empty, undecodable (corrupt,
+    truncated, not an image) or oversized file. The size limit is checked from the PNG / JPEG /
+    BMP header before any pixel is decoded, so memory stays bounded; other formats rely on
+    OpenCV's ``OPENCV_IO_MAX_IMAGE_PIXELS`` (set to the same limit).
+    """
+    import cv2
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("image file not found", path=p)
+    size = p.stat().st_size
+    if size == 0:
+        raise InputError("image file is empty (0 bytes)", path=p)
+    data = p.read_bytes()
+    _check_dimensions(data[:65536], p)
+    buf = np.frombuffer(data, np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if img is None:
+        raise InputError("not a decodable image (corrupt, truncated or not an image file)", path=p)
+    return img
+
+
+def _check_dimensions(head: bytes, p: Path) -> None:
+    """Refuse images whose header announces more than MAX_PIXELS before allocating them."""
+    dims = _header_dims(head)
+    if dims and dims[0] * dims[1] > MAX_PIXELS:
+        raise InputError(
+            f"image is {dims[1]}x{dims[0]} = {dims[0] * dims[1]} pixels, over the limit of {MAX_PIXELS}",
+            path=p, hint="resize it, or raise ZOO_MAX_IMAGE_PIXELS",
+        )
+
+
+def _header_dims(head: bytes) -> tuple[int, int] | None:
+    """(height, width) from a PNG, JPEG or BMP header, without decoding; None if unknown."""
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
+        return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+    if head[:2] == b"BM" and len(head) >= 26:
+        if int.from_bytes(head[14:18], "little") == 12:  # OS/2 core header: 16-bit dimensions
+            return int.from_bytes(head[20:22], "little"), int.from_bytes(head[18:20], "little")
+        return (abs(int.from_bytes(head[22:26], "little", signed=True)),
+                abs(int.from_bytes(head[18:22], "little", signed=True)))
+    if head[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 < len(head):
+            if head[i] != 0xFF:
+                i += 1
+                continue
+            marker = head[i + 1]
+            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+                return int.from_bytes(head[i + 5:i + 7], "big"), int.from_bytes(head[i + 7:i + 9], "big")
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                i += 2
+                continue
+            i += 2 + int.from_bytes(head[i + 2:i + 4], "big")
+    return None
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly inside ``folder`` (or the file itself), sorted by name."""
+    p = Path(folder)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        raise InputError("no such file or directory", path=p)
+    return sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTENSIONS and q.is_file())

@@ -1,0 +1,82 @@
+"""``zoo new-plugin NAME [--dir PATH]``: write a complete, installable model-plugin package.
+
+The package is rendered from ``zoo_core/templates/plugin``: every ``*.tmpl`` file is copied with
+``{{model}}``, ``{{package}}``, ``{{dist}}``, ``{{api}}`` and ``{{core_version}}`` replaced (in
+file contents and paths), and the ``__package__`` folder becomes the Python package.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from zoo_core import HOOK_API_VERSION, __version__
+from zoo_core.api.errors import ZooError
+
+TEMPLATE_SUFFIX = ".tmpl"
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{1,30}$")
+RESERVED = {"none", "core", "test", "tests"}
+
+
+def template_root() -> Path:
+    """The plugin template tree shipped inside zoo-core."""
+    return Path(__file__).resolve().parent / "templates" / "plugin"
+
+
+def names_for(model: str) -> dict[str, str]:
+    """Placeholder values for model ``model``: distribution ``zoo-<model>``, package ``zoo_<model>``."""
+    if not NAME_RE.match(model) or model in RESERVED or model.endswith("_"):
+        raise ZooError(f"invalid model name {model!r}: use 2-31 lowercase letters, digits and '_', "
+                       f"starting with a letter (e.g. 'yolox_tiny')")
+    return {
+        "model": model,
+        "package": f"zoo_{model}",
+        "dist": "zoo-" + model.replace("_", "-"),
+        "api": HOOK_API_VERSION,
+        "core_version": __version__,
+    }
+
+
+def render(text: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        text = text.replace("{{" + key + "}}", value)
+    leftover = re.search(r"\{\{\w+\}\}", text)
+    if leftover:
+        raise ValueError(f"unknown template placeholder {leftover.group(0)}")
+    return text
+
+
+def new_plugin(model: str, parent: str | Path = ".") -> Path:
+    """Write the package for ``model`` into ``parent/zoo-<model>`` and return that directory.
+
+    Refuses to write into an existing, non-empty directory.
+    """
+    values = names_for(model)
+    dest = Path(parent).expanduser().resolve() / values["dist"]
+    if dest.exists() and any(dest.iterdir()):
+        raise ZooError("directory exists and is not empty; choose another --dir", path=dest)
+    root = template_root()
+    templates = sorted(p for p in root.rglob("*" + TEMPLATE_SUFFIX) if p.is_file())
+    if not templates:
+        raise ZooError("plugin templates are missing from this zoo-core installation", path=root)
+    for src in templates:
+        rel = src.relative_to(root).as_posix()[: -len(TEMPLATE_SUFFIX)]
+        rel = render(rel.replace("__package__", values["package"]), values)
+        out = dest / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(render(src.read_text(encoding="utf-8"), values), encoding="utf-8")
+    return dest
+
+
+def cli_new_plugin(argv: list[str]) -> int:
+    """Entry of ``zoo new-plugin``; returns the process exit code."""
+    parser = argparse.ArgumentParser(
+        prog="zoo new-plugin",
+        description="Write a complete model-plugin package (zoo-<NAME>/) that pip installs and passes its tests.")
+    parser.add_argument("name", help="model name users will type as model=NAME (lowercase, digits, '_')")
+    parser.add_argument("--dir", default=".", help="parent directory of the new package (default: .)")
+    args = parser.parse_args(argv)
+    dest = new_plugin(args.name, args.dir)
+    print(f"wrote {dest}\nnext:\n  pip install -e {dest}\n  zoo list\n"
+          f"  zoo run model={args.name} stage=eval\n  pytest {dest / 'tests'}")
+    return 0

@@ -1,0 +1,160 @@
+"""Turn Hydra/OmegaConf composition errors into messages that list the valid choices or keys."""
+from __future__ import annotations
+
+import difflib
+import re
+
+from omegaconf import DictConfig, OmegaConf
+
+from zoo_core.api.errors import ConfigError
+
+HYDRA_FLAGS_WITHOUT_VALIDATION = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc",
+                                  "--version", "--resolve"}
+
+
+def first_values(overrides: list[str]) -> list[str]:
+    """Replace sweeps (``a=1,2``, ``range(0,3)``, ``choice(...)``) by their first value; drop hydra keys."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(overrides)
+    except Exception as exc:
+        raise ConfigError(f"cannot parse overrides: {exc}") from None
+    out = []
+    for o in parsed:
+        key = o.get_key_element()
+        if key.startswith("hydra") or key.lstrip("+~").startswith("hydra"):
+            continue
+        if o.is_sweep_override():
+            first = next(iter(o.sweep_string_iterator()), None)
+            if first is None:
+                raise ConfigError(f"override {o.input_line!r} sweeps over no values")
+            out.append(f"{key}={first}")
+        else:
+            out.append(o.input_line)
+    return out
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """Compose the run config for ``overrides`` (sweeps reduced to their first value)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from zoo_core.config import schema
+    from zoo_core.config.confpaths import core_conf_dir
+
+    schema.register()
+    simple = first_values(overrides)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(core_conf_dir()), version_base="1.3"):
+            return hydra_compose("config", overrides=simple)
+    except Exception as exc:
+        raise ConfigError(explain(exc, simple)) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+_NOT_IN_STRUCT = re.compile(r"Could not override '([^']+)'|Key '([^']+)' is not in struct")
+_FULL_KEY = re.compile(r"full_key: ([\w.\[\]]+)")
+
+
+def explain(exc: Exception, overrides: list[str]) -> str:
+    """A message for a composition error: Hydra's own text, plus valid keys and a suggestion."""
+    text = str(exc).strip()
+    cause = exc.__cause__
+    if cause is not None and "Invalid value" in str(cause):
+        first = str(cause).splitlines()[0]
+        key = _FULL_KEY.search(str(cause))
+        return f"{key.group(1) if key else 'value'}: {first}"
+    if cause is not None:
+        text += "\n" + str(cause)
+    m = _NOT_IN_STRUCT.search(text) or None
+    key = None
+    if m:
+        key = m.group(1) or m.group(2)
+    fk = _FULL_KEY.search(text)
+    if fk:
+        key = fk.group(1)
+    if key and ("not in struct" in text or "Could not override" in text or "Key '" in text):
+        key = key.lstrip("+~")
+        parent, _, leaf = key.rpartition(".")
+        valid = valid_keys_at(parent, overrides)
+        lines = [f"unknown config key {key!r}."]
+        if valid:
+            close = difflib.get_close_matches(leaf, valid, n=1)
+            if close:
+                lines.append(f"Did you mean {(parent + '.' if parent else '') + close[0]!r}?")
+            where = f"under '{parent}'" if parent else "at the top level"
+            lines.append(f"Valid keys {where}: {', '.join(valid)}")
+        lines.append("(use +key=value to add a new key on purpose)")
+        return "\n".join(lines)
+    m = re.search(r"Could not find '([\w/]+)/([^']+)'", text)
+    if m:
+        group, value = m.groups()
+        opts = re.findall(r"^\s+(\S+)$", text, re.M)
+        if group == "model":
+            from zoo_core.config.confpaths import disabled_plugins
+
+            if value in disabled_plugins():
+                return (f"model plugin {value!r} is disabled by ZOO_DISABLE_PLUGINS; unset it (or remove "
+                        f"{value!r} from it) to use this model. Enabled models: {', '.join(opts) or '(none)'}")
+        msg = f"unknown {group} {value!r}."
+        if opts:
+            close = difflib.get_close_matches(value, opts, n=1)
+            if close:
+                msg += f" Did you mean {group}={close[0]}?"
+            msg += f"\nValid choices for {group}: {', '.join(opts)}"
+        return msg
+    if "You must specify 'model'" in text:
+        return no_model_message()
+    return text.replace("\n\n", "\n")
+
+
+def valid_keys_at(parent: str, overrides: list[str]) -> list[str]:
+    """Keys of the config node ``parent`` composed without the offending override."""
+    try:
+        cfg = _compose_quiet([o for o in overrides if not _touches_unknown(o, parent)])
+    except Exception:
+        return []
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if isinstance(node, DictConfig):
+        return sorted(str(k) for k in node.keys())
+    return []
+
+
+def _touches_unknown(override: str, parent: str) -> bool:
+    key = override.split("=", 1)[0].lstrip("+~")
+    return "." in key and key.rpartition(".")[0] == parent or (not parent and "." not in key and "/" not in key
+                                                                and key not in ("model", "dataset", "backend", "stage"))
+
+
+def _compose_quiet(overrides: list[str]) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from zoo_core.config.confpaths import core_conf_dir
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(core_conf_dir()), version_base="1.3"):
+            return hydra_compose("config", overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def no_model_message() -> str:
+    from zoo_core.plugins.manager import ZooPluginManager
+
+    pm = ZooPluginManager()
+    names = pm.model_names()
+    msg = "no model given: add model=<name>."
+    msg += f"\nInstalled models: {', '.join(names) if names else '(none: pip install a zoo-<model> plugin)'}"
+    if pm.broken:
+        msg += "\nBroken plugins (see `zoo list`): " + ", ".join(b.name for b in pm.broken)
+    if names:
+        msg += f"\nExample: zoo run model={names[0]} stage=eval"
+    return msg

@@ -1,0 +1,95 @@
+"""Everything a stage needs: the config, the selected model's hooks, the run dir, cached dataset."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from zoo_core.api.errors import ConfigError, ZooError
+from zoo_core.plugins.manager import ModelHooks, ZooPluginManager
+from zoo_core.api.types import Sample
+
+log = logging.getLogger("zoo")
+
+
+@dataclass
+class RunContext:
+    cfg: DictConfig
+    manager: ZooPluginManager
+    run_dir: Path
+    hooks: ModelHooks = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir)
+        self.hooks = self.manager.hooks_for(str(self.cfg.model.name))
+        if int(self.cfg.batch_size) < 1:
+            raise ConfigError(f"batch_size={self.cfg.batch_size} is invalid: it must be a whole number >= 1")
+        if int(self.cfg.num_workers) < 0:
+            raise ConfigError(f"num_workers={self.cfg.num_workers} is invalid: it must be >= 0")
+
+    @property
+    def model_name(self) -> str:
+        return str(self.cfg.model.name)
+
+    @property
+    def stage(self) -> str:
+        return str(self.cfg.stage.name)
+
+    @cached_property
+    def dataset(self) -> Any:
+        return self.hooks.dataset(cfg=self.cfg)
+
+    @cached_property
+    def samples(self) -> list[Sample]:
+        """The dataset's samples after ``dataset.limit`` and deterministic sharding."""
+        samples = list(self.dataset.samples())
+        return select_samples(samples, self.cfg.dataset)
+
+    @property
+    def skip_errors(self) -> bool:
+        """``on_error=skip``: bad inputs are skipped and listed instead of stopping the run."""
+        return str(self.cfg.on_error).split(".")[-1] == "skip"
+
+    def path(self, *parts: str) -> Path:
+        return self.run_dir.joinpath(*parts)
+
+    def weights(self) -> str | None:
+        w = self.cfg.get("weights")
+        if w is None:
+            return None
+        p = Path(str(w)).expanduser()
+        if not p.exists():
+            raise ZooError("weights file not found", path=p,
+                           hint="pass weights=<path to your checkpoint>, or leave it unset for the plugin default")
+        return str(p)
+
+    def resolved_config(self) -> dict:
+        return OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True)
+
+
+def select_samples(samples: list[Sample], dcfg) -> list[Sample]:
+    """Apply ``limit`` then keep shard ``shard`` of ``num_shards`` (round-robin over the sorted ids).
+
+    Round-robin over ids sorted by name is deterministic, independent of the dataset's own order,
+    and balances shards to within one image.
+    """
+    limit = dcfg.get("limit") if dcfg is not None else None
+    if limit is not None:
+        if int(limit) < 0:
+            raise ConfigError(f"dataset.limit={limit} must be >= 0")
+        samples = samples[: int(limit)]
+    n = dcfg.get("num_shards") if dcfg is not None else None
+    i = dcfg.get("shard") if dcfg is not None else None
+    n = 1 if n is None else int(n)
+    i = 0 if i is None else int(i)
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError(f"dataset.shard={i} / dataset.num_shards={n}: need num_shards >= 1 and 0 <= shard < num_shards")
+    if n == 1:
+        return samples
+    ids = sorted(s.id for s in samples)
+    mine = set(ids[i::n])
+    return [s for s in samples if s.id in mine]

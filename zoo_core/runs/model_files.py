@@ -1,0 +1,68 @@
+"""Find or produce the model file a backend loads (exported ONNX, converted OM)."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from zoo_core.api.atomic import write_json
+from zoo_core.api.errors import ZooError
+from zoo_core.runs.fingerprint import config_hash, sha256_file
+
+log = logging.getLogger("zoo")
+
+
+def export_fingerprint(ctx, target: str) -> dict:
+    weights = ctx.weights()
+    return {
+        "model": ctx.model_name,
+        "target": target,
+        "model_config": config_hash(ctx.cfg.model),
+        "export_config": config_hash({k: v for k, v in ctx.resolved_config()["export"].items() if k != "target"}),
+        "weights": weights,
+        "weights_sha256": sha256_file(weights) if weights else None,
+    }
+
+
+def model_dir(ctx) -> Path:
+    """Where exports and OMs live: ``model_dir`` (default ``<work_dir>/model``), shared by the jobs of a sweep."""
+    return Path(str(ctx.cfg.get("model_dir") or ctx.path("model"))).resolve()
+
+
+def onnx_path(ctx, target: str) -> Path:
+    return model_dir(ctx) / f"{ctx.model_name}_{target}.onnx"
+
+
+def ensure_onnx(ctx, target: str, force: bool = False) -> Path:
+    """The ONNX for ``target``: ``model_file`` if given, else a fresh-enough export in the run dir.
+
+    An existing export is reused only if its ``.json`` fingerprint (model config, export config,
+    weights path and sha256) matches this run; otherwise it is re-exported, never trusted stale.
+    """
+    given = ctx.cfg.get("model_file")
+    if given and str(given).endswith(".onnx") and not force:
+        p = Path(str(given)).expanduser()
+        if not p.is_file():
+            raise ZooError("model file not found", path=p)
+        return p
+    out = onnx_path(ctx, target)
+    meta = out.with_suffix(".json")
+    fp = export_fingerprint(ctx, target)
+    if out.is_file() and meta.is_file() and not force:
+        try:
+            old = json.loads(meta.read_text())
+        except ValueError:
+            old = {}
+        if old.get("fingerprint") == fp and old.get("sha256") == sha256_file(out):
+            return out
+        log.info("re-exporting %s: weights or config changed since %s was written", ctx.model_name, out.name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    res = ctx.hooks.export(cfg=ctx.cfg, weights=fp["weights"], output=out, target=target)
+    written = Path(res.path)
+    if not written.is_file():
+        raise ZooError(f"the {ctx.model_name} plugin's export hook did not write the file it returned", path=written)
+    write_json(written.with_suffix(".json"), {
+        "fingerprint": fp, "sha256": sha256_file(written),
+        "input_names": list(res.input_names), "output_names": list(res.output_names), "target": target,
+    })
+    return written
