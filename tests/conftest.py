@@ -59,6 +59,15 @@ class Zoo:
         return out
 
 
+@pytest.fixture(scope="session")
+def fixture_cfg(cache_dir):
+    """The fixture model's composed config, its dataset generated in the session cache."""
+    os.environ["ZOO_CACHE_DIR"] = str(cache_dir)
+    from zoo_core.config.validate import compose
+
+    return compose(["model=fixture"])
+
+
 @pytest.fixture
 def zoo(tmp_path, cache_dir) -> Zoo:
     return Zoo(tmp_path, cache_dir)

@@ -28,33 +28,92 @@ def write_bin(path: Path, array: np.ndarray) -> None:
     write_bytes(path, memoryview(a).cast("B"))
 
 
-def read_bin(path: Path, spec: TensorSpec, allow_fp16: bool = True) -> np.ndarray:
-    """Read a raw ``.bin`` (or ``.npy``) as ``spec.shape``; float16 dumps (TorchAIE) are upcast.
+#: Longest id accepted as a file stem (bytes, UTF-8): leaves room for ``_<index>.bin`` in 255.
+MAX_STEM_BYTES = 200
 
-    Raises :class:`InputError` naming the file when its size fits neither dtype.
+
+def safe_stem(item_id: object, where: str | os.PathLike | None = None) -> str:
+    """``item_id`` checked for use as a file stem; every id that becomes a file name goes through here.
+
+    Refused (``InputError`` naming ``where`` and the id, never silently rewritten): non-strings, empty,
+    ``.``/``..``, path separators, NUL or other control characters (a newline would break line-based
+    files), and ids longer than :data:`MAX_STEM_BYTES` bytes.
+    """
+    if not isinstance(item_id, str):
+        raise InputError(f"id {item_id!r} is not a string", path=where)
+    reason = None
+    if item_id in ("", ".", ".."):
+        reason = "is empty or a relative path"
+    elif "/" in item_id or "\\" in item_id:
+        reason = "contains a path separator"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in item_id):
+        reason = "contains a control character"
+    elif len(item_id.encode("utf-8", "surrogateescape")) > MAX_STEM_BYTES:
+        reason = f"is longer than {MAX_STEM_BYTES} bytes"
+    if reason:
+        raise InputError(f"unsafe id {item_id!r}: it {reason}, so it cannot name a file", path=where)
+    return item_id
+
+
+def input_file(inputs_dir: str | os.PathLike, name: str, stem: str, multi: bool) -> Path:
+    """Where one input of one item lives: ``<dir>/<stem>.bin``, or ``<dir>/<input name>/<stem>.bin``
+    for a model with several inputs."""
+    d = Path(inputs_dir)
+    return (d / safe_stem(name, d) / f"{safe_stem(stem, d)}.bin") if multi else d / f"{safe_stem(stem, d)}.bin"
+
+
+def read_bin(path: str | os.PathLike, spec: TensorSpec, file_dtype: str | None = None) -> np.ndarray:
+    """Read a raw ``.bin`` (or ``.npy``) holding ``spec.shape`` values, returned as ``spec.dtype``.
+
+    The file's element type is ``file_dtype`` (e.g. ``"float16"`` for a TorchAIE dump) or, by default,
+    ``spec.dtype``: a file whose size does not match it exactly is an :class:`InputError` naming the
+    file (a float32 file of half the size is never guessed to be float16).
     """
     path = Path(path)
+    n = int(np.prod(spec.shape))
     if path.suffix == ".npy":
-        arr = np.load(path, allow_pickle=False)
-        if arr.size != int(np.prod(spec.shape)):
-            raise InputError(f"has {arr.size} values, expected {int(np.prod(spec.shape))} for {spec.name} {spec.shape}",
-                             path=path)
+        arr = _load_npy(path)
+        if arr.size != n:
+            raise InputError(f"has {arr.size} values, expected {n} for {spec.name} {spec.shape}", path=path)
         return arr.reshape(spec.shape).astype(spec.dtype, copy=False)
     try:
         size = path.stat().st_size
     except FileNotFoundError:
         raise InputError("file not found", path=path) from None
-    n = int(np.prod(spec.shape))
-    dtype = np.dtype(spec.dtype)
+    dtype = np.dtype(file_dtype or spec.dtype)
     if size == n * dtype.itemsize:
-        return np.fromfile(path, dtype=dtype.newbyteorder("<")).reshape(spec.shape).astype(dtype, copy=False)
-    if allow_fp16 and dtype == np.float32 and size == n * 2:
-        return np.fromfile(path, dtype="<f2").reshape(spec.shape).astype(np.float32)
-    raise InputError(
-        f"is {size} bytes; tensor {spec.name} {spec.shape} {spec.dtype} needs {n * dtype.itemsize}"
-        + (f" (or {n * 2} as float16)" if dtype == np.float32 else ""),
-        path=path,
-    )
+        return np.fromfile(path, dtype=dtype.newbyteorder("<")).reshape(spec.shape).astype(spec.dtype, copy=False)
+    hint = None
+    if file_dtype is None and dtype == np.float32 and size == n * 2:
+        hint = "if this dump holds float16 values, pass dump_dtype=float16"
+    raise InputError(f"is {size} bytes; tensor {spec.name} {tuple(spec.shape)} as {dtype.name} needs "
+                     f"{n * dtype.itemsize}", path=path, hint=hint)
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """``np.load`` without pickles, with its failures (garbage, object arrays, absurd headers) as InputError."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _order, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _order, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise InputError(f".npy format version {version} is not supported", path=path)
+            if dtype.hasobject:
+                raise InputError("holds Python objects (pickles are never loaded)", path=path)
+            need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            have = path.stat().st_size - f.tell()
+            if need != have:
+                raise InputError(f"its header announces {need} bytes of data but the file holds {have}", path=path)
+        return np.load(path, allow_pickle=False)
+    except InputError:
+        raise
+    except FileNotFoundError:
+        raise InputError("file not found", path=path) from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"not a valid .npy file ({exc})", path=path) from None
 
 
 def output_path(out_dir: Path, stem: str, index: int, ext: str = "bin") -> Path:
@@ -77,8 +136,14 @@ class DumpDir:
         for dirpath, _dirs, names in os.walk(self.root):
             for name in names:
                 m = _SUFFIX.match(name)
-                if m:
-                    files.setdefault(m["stem"], {})[int(m["idx"])] = Path(dirpath) / name
+                if not m:
+                    continue
+                slot = files.setdefault(m["stem"], {})
+                idx, here = int(m["idx"]), Path(dirpath) / name
+                if idx in slot:
+                    raise InputError(f"output {name} appears twice: {slot[idx]} and {here} (two ais_bench "
+                                     f"runs in one folder?); pass the run's own sub-directory", path=self.root)
+                slot[idx] = here
         self._files = files
         indices = {i for d in files.values() for i in d}
         if not files:
@@ -103,5 +168,6 @@ class DumpDir:
             out.append(d[i])
         return out
 
-    def read(self, stem: str, specs: list[TensorSpec]) -> list[np.ndarray]:
-        return [read_bin(p, s) for p, s in zip(self.paths(stem), specs)]
+    def read(self, stem: str, specs: list[TensorSpec], file_dtype: str | None = None) -> list[np.ndarray]:
+        """The outputs of one image as ``specs`` (see :func:`read_bin` for ``file_dtype``)."""
+        return [read_bin(p, s, file_dtype) for p, s in zip(self.paths(stem), specs)]

@@ -4,59 +4,53 @@ Built to the documented API (REFERENCE 5.1): ``InferSession(device_id, model_pat
 ``get_inputs()``/``get_outputs()``, ``infer(feeds, mode)`` returning numpy arrays,
 ``set_dynamic_batchsize`` for dynamic-batch OMs, ``free_resource()`` where it exists. Imported
 lazily; without the Ascend packages it fails with a message naming what to install.
+``options``: ``device_id``, ``dynamic_batch`` (bool) and ``gears`` (the ``atc.dynamic_batch`` list).
 """
 from __future__ import annotations
 
 import bisect
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from zoo_core.api.errors import ConfigError, PluginError, ZooError
-from zoo_core.backends.base import Backend, Batch
+from zoo_core.backends.base import Backend, Batch, ModelIO
+from zoo_core.pipeline.batching import pad
 
 INSTALL_HINT = ("install Ascend's ais_bench and aclruntime wheels (Ascend/tools: ais-bench_workload/tool/ais_bench, "
                 "aclruntime-*.whl then ais_bench-*.whl) on a machine with the CANN toolkit and an NPU driver")
 
 
-def om_path(ctx, batch_size: int | None = None, dynamic: bool = False) -> Path:
-    """Default OM location written by ``stage=convert``."""
-    from zoo_core.runs.model_files import model_dir
-
-    if dynamic:
-        return model_dir(ctx) / f"{ctx.model_name}_dyn.om"
-    return model_dir(ctx) / f"{ctx.model_name}_bs{int(batch_size or ctx.cfg.batch_size)}.om"
-
-
 class AclBackend(Backend):
     name = "acl"
+    model_kind = "om"
 
-    def __init__(self, ctx):
-        super().__init__(ctx)
+    def __init__(self, model_file: str | Path | None = None, options: Mapping[str, Any] | None = None,
+                 io: ModelIO | None = None):
+        super().__init__(model_file, options, io)
         try:
             from ais_bench.infer.interface import InferSession
         except ImportError as exc:
             raise PluginError(f"backend=acl cannot import ais_bench.infer.interface ({exc})", hint=INSTALL_HINT) from exc
-        bcfg = ctx.cfg.backend
-        self.dynamic = bool(bcfg.get("dynamic_batch", False))
-        given = ctx.cfg.get("model_file")
-        self.model_path = Path(str(given)) if given else om_path(ctx, dynamic=self.dynamic)
-        if not self.model_path.is_file():
-            raise ZooError("OM file not found", path=self.model_path,
+        self.dynamic = bool(self.options.get("dynamic_batch", False))
+        if self.model_file is None or not self.model_file.is_file():
+            raise ZooError("OM file not found", path=self.model_file,
                            hint="run stage=convert first (on a machine with atc), or pass model_file=<.om>")
-        self.device_id = int(bcfg.get("device_id", ctx.cfg.get("device_id", 0)))
-        self.session = InferSession(self.device_id, str(self.model_path))
+        self.device_id = int(self.options.get("device_id", 0) or 0)
+        self.session = InferSession(self.device_id, str(self.model_file))
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.gears: list[int] = []
         if self.dynamic:
-            gears = ctx.cfg.atc.get("dynamic_batch")
+            gears = self.options.get("gears")
             if not gears:
                 raise ConfigError("backend.dynamic_batch=true needs atc.dynamic_batch=[gears] (as used by convert)")
             self.gears = sorted(int(g) for g in gears)
             self.fixed_batch = None
         else:
             shape = list(self.session.get_inputs()[0].shape)
-            self.fixed_batch = int(shape[0]) if shape and int(shape[0]) > 0 else int(ctx.cfg.batch_size)
+            self.fixed_batch = int(shape[0]) if shape and int(shape[0]) > 0 else int(self.options.get("batch_size", 1))
 
     def _gear(self, n: int) -> int:
         i = bisect.bisect_left(self.gears, n)
@@ -67,17 +61,16 @@ class AclBackend(Backend):
     def infer(self, batch: Batch) -> list[np.ndarray]:
         feeds = [np.ascontiguousarray(batch.inputs[n]) for n in self.input_names if n in batch.inputs]
         if self.dynamic:
-            gear = self._gear(len(batch))
-            if gear > len(batch):
-                feeds = [np.concatenate([f, np.repeat(f[-1:], gear - len(batch), 0)]) for f in feeds]
+            gear = self._gear(batch.size)
+            feeds = [pad(f, gear) for f in feeds]
             self.session.set_dynamic_batchsize(str(gear))
             out = self.session.infer(feeds, mode="dymbatch")
         else:
             out = self.session.infer(feeds, mode="static")
-        return [np.asarray(o)[: len(batch)] for o in out]
+        return [np.asarray(o)[: batch.size] for o in out]
 
-    def describe(self) -> dict:
-        return {"backend": self.name, "model_file": str(self.model_path), "device_id": self.device_id,
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "model_file": str(self.model_file), "device_id": self.device_id,
                 "dynamic_batch_gears": self.gears or None, "fixed_batch": self.fixed_batch}
 
     def close(self) -> None:

@@ -1,10 +1,19 @@
-"""The backend interface: load a model, run a batch, report what it ran."""
+"""The backend interface: load a model, run a batch, report what it ran.
+
+A backend is built from explicit arguments — a model file, its options (the ``backend`` config
+section as a plain dict) and a :class:`ModelIO` of callables the stage hands in — never from the
+run context, so it can be tested with a file and a dict.
+"""
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
+
+from zoo_core.api.types import Sample, TensorSpec
 
 
 @dataclass
@@ -34,26 +43,47 @@ class Batch:
         return len(next(iter(self.inputs.values()))) if self.inputs else len(self.ids)
 
 
+@dataclass
+class ModelIO:
+    """The model's side of the contract, as callables a stage hands to a backend.
+
+    ``input_specs()`` and ``output_specs(meta)`` describe one item (no batch dimension);
+    ``oracle(sample, meta)`` encodes ground truth as outputs; ``build_model()`` returns a torch module
+    with its weights loaded.
+    """
+
+    model: str = "model"
+    input_specs: Callable[[], list[TensorSpec]] | None = None
+    output_specs: Callable[[dict], list[TensorSpec]] | None = None
+    oracle: Callable[[Sample, dict], list[np.ndarray]] | None = None
+    build_model: Callable[[], Any] | None = None
+
+
 class Backend:
     """Base class of inference backends (entry-point group ``zoo.backends``).
 
-    Subclasses are built with the run context and implement :meth:`infer`. ``fixed_batch`` set to
-    an int makes the runner pad every batch to that size (static-shape OMs).
+    Subclasses implement :meth:`infer`. ``model_kind`` tells the stage which model file to resolve
+    before building the backend (``"onnx"``, ``"om"`` or ``None``); ``fixed_batch`` set to an int
+    makes the batcher pad every batch to that size (static-shape OMs).
     """
 
     name = "backend"
+    model_kind: ClassVar[str | None] = None
     fixed_batch: int | None = None
 
-    def __init__(self, ctx):
-        self.ctx = ctx
+    def __init__(self, model_file: str | Path | None = None, options: Mapping[str, Any] | None = None,
+                 io: ModelIO | None = None):
+        self.model_file = Path(model_file) if model_file else None
+        self.options: dict[str, Any] = dict(options or {})
+        self.io = io or ModelIO()
 
     def infer(self, batch: Batch) -> list[np.ndarray]:
         """Run one batch; return one array per model output, batch dimension first."""
         raise NotImplementedError
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """Facts for perf.json / run.json: which model file, providers, threads..."""
-        return {"backend": self.name}
+        return {"backend": self.name, "model_file": str(self.model_file) if self.model_file else None}
 
     def close(self) -> None:
-        pass
+        """Release the device / session."""

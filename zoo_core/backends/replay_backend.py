@@ -1,41 +1,48 @@
 """Replay backend: serve recorded ais_bench outputs, optionally at an emulated device latency.
 
-``backend.device_latency_ms`` is the fixed time one call takes (e.g. 10 ms for a batch-1 device
-call); ``backend.latency_per_item_ms`` adds a per-item part for larger batches. The wait is a
-``sleep`` measured against a monotonic deadline, so it holds no CPU and releases the GIL, as a real
-device call does. Outputs are read straight into the batch arrays (one copy, no per-item stack)
-when every file holds exactly its spec's dtype; otherwise each file goes through ``read_bin``
-(float16 dumps, ``.npy``, size errors naming the file).
+``options``: ``dir`` (the dump), ``device_latency_ms`` (the fixed time one call takes),
+``latency_per_item_ms`` (a per-item part for larger batches), ``dump_dtype`` (the element type of the
+files when it is not the model's, e.g. ``float16``). The wait is a ``sleep`` against a monotonic
+deadline, so it holds no CPU and releases the GIL, as a real device call does. Outputs are read
+straight into the batch arrays (one copy) when every file holds exactly its spec's dtype; otherwise
+each file goes through ``read_bin`` (size errors name the file).
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from zoo_core.api.aisbench import DumpDir
 from zoo_core.api.errors import ConfigError
-from zoo_core.backends.base import Backend, Batch
+from zoo_core.backends.base import Backend, Batch, ModelIO
+from zoo_core.pipeline.batching import pad
 
 
 class ReplayBackend(Backend):
     name = "replay"
 
-    def __init__(self, ctx):
-        super().__init__(ctx)
-        d = ctx.cfg.backend.get("dir") or ctx.cfg.get("outputs_dir")
+    def __init__(self, model_file: str | Path | None = None, options: Mapping[str, Any] | None = None,
+                 io: ModelIO | None = None):
+        super().__init__(model_file, options, io)
+        d = self.options.get("dir")
         if not d:
             raise ConfigError("backend=replay needs outputs_dir=<ais_bench output dir> (or backend.dir)")
+        if self.io.output_specs is None:
+            raise ConfigError("backend=replay needs the model's output_spec hook")
         self.dir = Path(str(d))
-        self.latency = float(ctx.cfg.backend.get("device_latency_ms", 0.0) or 0.0) / 1000.0
-        self.per_item = float(ctx.cfg.backend.get("latency_per_item_ms", 0.0) or 0.0) / 1000.0
+        self.latency = float(self.options.get("device_latency_ms", 0.0) or 0.0) / 1000.0
+        self.per_item = float(self.options.get("latency_per_item_ms", 0.0) or 0.0) / 1000.0
+        self.file_dtype = self.options.get("dump_dtype") or None
         self._dump: DumpDir | None = None
 
-    def _dump_for(self, meta) -> DumpDir:
+    def dump(self, meta: dict) -> DumpDir:
         if self._dump is None:
-            n = len(self.ctx.hooks.output_spec(cfg=self.ctx.cfg, meta=meta))
-            self._dump = DumpDir(self.dir, n)
+            assert self.io.output_specs is not None
+            self._dump = DumpDir(self.dir, len(self.io.output_specs(meta)))
         return self._dump
 
     def infer(self, batch: Batch) -> list[np.ndarray]:
@@ -47,18 +54,18 @@ class ReplayBackend(Backend):
         return out
 
     def _read_batch(self, batch: Batch) -> list[np.ndarray]:
+        assert self.io.output_specs is not None
         n = batch.n_valid
         ids, metas = batch.ids[:n], batch.metas[:n]
-        specs = [self.ctx.hooks.output_spec(cfg=self.ctx.cfg, meta=m) for m in metas]
-        dump = self._dump_for(metas[0])
+        specs = [self.io.output_specs(m) for m in metas]
+        dump = self.dump(metas[0])
         paths = [dump.paths(i) for i in ids]
         same = all(s == specs[0] for s in specs)
-        exact = same and all(p.suffix == ".bin" and p.stat().st_size == int(np.prod(sp.shape)) * np.dtype(sp.dtype).itemsize
-                             for ps in paths for p, sp in zip(ps, specs[0]))
+        exact = self.file_dtype is None and same and all(
+            p.suffix == ".bin" and p.stat().st_size == sp.nbytes for ps in paths for p, sp in zip(ps, specs[0]))
         if not exact:
-            items = [dump.read(i, sp) for i, sp in zip(ids, specs)]
-            items += [items[-1]] * (batch.size - len(items))
-            return [np.stack([it[k] for it in items]) for k in range(len(items[0]))]
+            items = [dump.read(i, sp, self.file_dtype) for i, sp in zip(ids, specs)]
+            return [pad(np.stack([it[k] for it in items]), batch.size) for k in range(len(items[0]))]
         out = []
         for k, sp in enumerate(specs[0]):
             arr = np.empty((batch.size, *sp.shape), np.dtype(sp.dtype).newbyteorder("<"))
@@ -70,6 +77,6 @@ class ReplayBackend(Backend):
             out.append(arr.astype(sp.dtype, copy=False))
         return out
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "dir": str(self.dir), "device_latency_ms": self.latency * 1000,
-                "latency_per_item_ms": self.per_item * 1000}
+                "latency_per_item_ms": self.per_item * 1000, "dump_dtype": self.file_dtype}

@@ -91,6 +91,9 @@ def cmd_run(args: list[str]) -> int:
 
     flags = {a.split("=", 1)[0] for a in args if a.startswith("-")}
     overrides = [a for a in args if not a.startswith("-") and "=" in a]
+    if any(o.split("=", 1)[0].lstrip("+~") == "hydra.run.dir" for o in overrides):
+        raise ConfigError("hydra.run.dir is set by zoo (<work_dir>/<stage>): pass work_dir=<dir> instead, "
+                          "which moves the stage records and model_dir together")
     skip_validation = bool(flags & HYDRA_FLAGS_WITHOUT_VALIDATION)
     if flags & {"--help", "-h"} and not _has_model(overrides):
         print(run_help())

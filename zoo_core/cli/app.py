@@ -10,43 +10,44 @@ log = logging.getLogger("zoo")
 
 
 def task(cfg):
-    """Hydra task function: one stage of one model, in the run (or sweep job) dir."""
+    """Hydra task function: one stage of one model. Hydra's output dir is the stage's record dir;
+    its parent is the run root (``work_dir`` in a single run, the job dir in a sweep)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from zoo_core.config import pinning
     from zoo_core.api.atomic import write_json, write_text
-    from zoo_core.runs.context import RunContext
-    from zoo_core.api.errors import ZooError
+    from zoo_core.api.errors import ConfigError, ZooError
+    from zoo_core.config import pinning
     from zoo_core.plugins.manager import ZooPluginManager
-    from zoo_core.stages import get_stage
+    from zoo_core.runs.context import RunContext
+    from zoo_core.runs.run_stage import run_stage
 
     hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
+    record_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     try:
         pinning.allow_nested_spawn()
         if multirun:
-            (run_dir / "error.json").unlink(missing_ok=True)
+            (record_dir / "error.json").unlink(missing_ok=True)
             pinning.apply(cfg, hc)
-        manager = ZooPluginManager()
-        ctx = RunContext(cfg, manager, run_dir)
-        result = get_stage(ctx.stage)(ctx)
-        manager.notify_stage_finished(cfg=cfg, stage=ctx.stage, run_dir=run_dir, result=result)
-        return result
+        elif record_dir.resolve() != (Path(str(cfg.work_dir)) / str(cfg.stage.name)).resolve():
+            raise ConfigError(f"hydra.run.dir is set by zoo ({cfg.work_dir}/<stage>): pass work_dir=<dir> "
+                              f"instead, which moves the records and model_dir together")
+        ctx = RunContext(cfg, ZooPluginManager(), record_dir.parent, record_dir)
+        return run_stage(ctx)
     except (Exception, KeyboardInterrupt) as exc:
         known = isinstance(exc, ZooError)
         message = str(exc) if known else f"{type(exc).__name__}: {exc}"
         if multirun and not isinstance(exc, KeyboardInterrupt):
-            write_json(run_dir / "error.json", {"error": message, "type": type(exc).__name__,
-                                                "traceback": None if known else traceback.format_exc()})
+            write_json(record_dir / "error.json", {"error": message, "type": type(exc).__name__,
+                                                   "traceback": None if known else traceback.format_exc()})
             log.error("job failed: %s", message)
             return {"status": "failed", "error": message}
         if isinstance(exc, KeyboardInterrupt):
             print("interrupted", file=sys.stderr)
             raise SystemExit(130) from None
         if not known:
-            trace = run_dir / "error_traceback.txt"
+            trace = record_dir / "error_traceback.txt"
             try:
                 write_text(trace, traceback.format_exc())
                 message += f"\n  (unexpected error; traceback in {trace})"
@@ -58,23 +59,38 @@ def task(cfg):
 
 def run_hydra(args: list[str]) -> int:
     """Run ``zoo run <args>`` through Hydra's own entry point (all Hydra flags work)."""
+    import json
+    import os
+    import tempfile
+
     import hydra
 
     from zoo_core.config import schema
     from zoo_core.config.confpaths import core_conf_dir
-    from zoo_core.reports.sweep_report import LAST_SWEEP
+    from zoo_core.reports.sweep_report import STATUS_ENV
 
     schema.register()
     main = hydra.main(version_base="1.3", config_path=str(core_conf_dir()), config_name="config")(task)
     saved = sys.argv
     sys.argv = ["zoo run", *args]
-    LAST_SWEEP.clear()
+    fd, status_path = tempfile.mkstemp(prefix="zoo-sweep-", suffix=".json")
+    os.close(fd)
+    os.unlink(status_path)
+    old = os.environ.get(STATUS_ENV)
+    os.environ[STATUS_ENV] = status_path
     try:
         main()
+        status = json.loads(Path(status_path).read_text()) if os.path.exists(status_path) else {}
     finally:
         sys.argv = saved
-    if LAST_SWEEP.get("failed"):
-        print(f"error: {LAST_SWEEP['failed']} of {LAST_SWEEP['jobs']} sweep jobs failed "
-              f"(see {LAST_SWEEP['report']})", file=sys.stderr)
+        if old is None:
+            os.environ.pop(STATUS_ENV, None)
+        else:
+            os.environ[STATUS_ENV] = old
+        if os.path.exists(status_path):
+            os.unlink(status_path)
+    if status.get("failed"):
+        print(f"error: {status['failed']} of {status['jobs']} sweep jobs failed "
+              f"(see {status['report']})", file=sys.stderr)
         return 1
     return 0

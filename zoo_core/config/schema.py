@@ -67,6 +67,7 @@ class ZooSchema:
     input: Optional[str] = None
     inputs_dir: Optional[str] = None
     outputs_dir: Optional[str] = None
+    dump_dtype: Optional[str] = None
     detections: Optional[str] = None
     work_dir: str = "outputs/${model.name}"
     model_dir: str = "${work_dir}/model"

@@ -88,6 +88,10 @@ class ZooPluginManager:
                 if ep.name in target:
                     continue
                 self._load_one(ep, group, target)
+        if "zoo-terminal" not in blocked:
+            from zoo_core.reports.terminal import TerminalReporter
+
+            self.pm.register(TerminalReporter(), name="zoo-terminal")
         for ep in sorted(md.entry_points(group=BACKENDS_GROUP), key=lambda e: e.name):
             if ep.name in blocked:
                 self.blocked.append(f"backend:{ep.name}")

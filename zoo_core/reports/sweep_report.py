@@ -10,6 +10,8 @@ Failed jobs (``error.json`` in their dir) appear as failed with their error, and
 """
 from __future__ import annotations
 
+import os
+
 import csv
 import io
 import json
@@ -21,8 +23,8 @@ from hydra.experimental.callback import Callback
 
 log = logging.getLogger("zoo")
 
-#: Filled at multirun end: {"jobs", "failed", "report"} (read by the CLI for its exit code).
-LAST_SWEEP: dict[str, Any] = {}
+#: Environment variable naming a file where the callback writes the sweep's status (the CLI reads it).
+STATUS_ENV = "ZOO_SWEEP_STATUS"
 
 MAX_MD_METRICS = 4
 MERGEABLE_STAGES = ("eval", "postprocess")
@@ -36,13 +38,15 @@ def _read_json(p: Path) -> dict | None:
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The sweep's job dirs, in job order; dirs left from an older sweep into the same dir are ignored."""
-    dirs = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra" / "overrides.yaml").is_file()]
+    """The record dirs (``<sweep>/<job>/<stage>/``) of the sweep's jobs, in job order; dirs left from an
+    older sweep into the same dir are ignored. A job's run root (detections/...) is the parent."""
+    dirs = [p.parent.parent for p in sweep_dir.glob("*/*/.hydra/overrides.yaml")]
     started = sweep_dir / "multirun.yaml"
     if started.is_file():
         t0 = started.stat().st_mtime - 1.0
         dirs = [p for p in dirs if (p / ".hydra" / "overrides.yaml").stat().st_mtime >= t0]
-    return sorted(dirs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else p.name))
+    return sorted(dirs, key=lambda p: (not p.parent.name.isdigit(),
+                                       int(p.parent.name) if p.parent.name.isdigit() else p.parent.name))
 
 
 def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
@@ -58,7 +62,7 @@ def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
         error = _read_json(d / "error.json")
         lat = perf.get("latency_ms") or perf.get("device_call_ms") or {}
         row = {
-            "job": d.name,
+            "job": d.parent.name,
             **{f"@{k}": v for k, v in values.items()},
             "status": "failed" if error else ("ok" if (perf or metrics) else "no result"),
             "throughput": perf.get("throughput", perf.get("throughput_img_s")),
@@ -159,7 +163,7 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
         return []
     from omegaconf import OmegaConf
 
-    dirs = {d.name: d for d in job_dirs(sweep_dir)}
+    dirs = {d.parent.name: d for d in job_dirs(sweep_dir)}
     others = [k for k in swept if k != "dataset.shard"]
     groups: dict[str, list[dict]] = {}
     for r in rows:
@@ -209,14 +213,14 @@ def score_union(cfg, shard_dirs: list[Path], out_dir: Path) -> dict:
     detections: dict = {}
     skipped: list = []
     for d in shard_dirs:
-        part = DetectionStore(d / "detections").load()
+        part = DetectionStore(d.parent / "detections").load()
         overlap = set(part) & set(detections)
         if overlap:
             raise ValueError(f"shards overlap on {len(overlap)} image(s), e.g. {sorted(overlap)[0]}")
         detections.update(part)
         skipped += (_read_json(d / "metrics.json") or {}).get("skipped", [])
-    ctx = RunContext(cfg, ZooPluginManager(), out_dir)
-    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(cfg, ZooPluginManager(), out_dir, out_dir)
+    ctx.record_dir.mkdir(parents=True, exist_ok=True)
     return score(ctx, detections, skipped, {"merged_from": [str(d) for d in shard_dirs]})
 
 
@@ -251,10 +255,19 @@ class SweepReport(Callback):
         summary = build_report(sweep_dir)
         if not summary["jobs"]:
             return
-        LAST_SWEEP.update(jobs=summary["jobs"], failed=summary["failed"], report=summary["report"])
+        status = os.environ.get(STATUS_ENV)
+        if status:
+            write_status(Path(status), {"jobs": summary["jobs"], "failed": summary["failed"],
+                                        "report": str(summary["report"])})
         merges = len(summary["merged"])
         print(f"\nsweep report ({summary['jobs'] - merges} jobs, {merges} shard merges, {summary['failed']} failed): "
               f"{summary['report']}\n{summary['markdown']}")
+
+
+def write_status(path: Path, status: dict[str, Any]) -> None:
+    from zoo_core.api.atomic import write_json
+
+    write_json(path, status)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Everything a stage needs: the config, the selected model's hooks, the run dir, cached dataset."""
+"""Everything a stage needs: the config, the selected model's hooks, the run root and record dir, the dataset."""
 from __future__ import annotations
 
 import logging
@@ -18,13 +18,18 @@ log = logging.getLogger("zoo")
 
 @dataclass
 class RunContext:
+    """One stage run: ``root`` holds the chained artifacts (``inputs/``, ``outputs/``, ``detections/``),
+    ``record_dir`` (default ``<root>/<stage>``) this stage's own records (run.json, metrics.json...)."""
+
     cfg: DictConfig
     manager: ZooPluginManager
-    run_dir: Path
+    root: Path
+    record_dir: Path = None  # type: ignore[assignment]
     hooks: ModelHooks = field(init=False)
 
     def __post_init__(self) -> None:
-        self.run_dir = Path(self.run_dir)
+        self.root = Path(self.root)
+        self.record_dir = Path(self.record_dir) if self.record_dir is not None else self.root / self.stage
         self.hooks = self.manager.hooks_for(str(self.cfg.model.name))
         if int(self.cfg.batch_size) < 1:
             raise ConfigError(f"batch_size={self.cfg.batch_size} is invalid: it must be a whole number >= 1")
@@ -55,7 +60,12 @@ class RunContext:
         return str(self.cfg.on_error).split(".")[-1] == "skip"
 
     def path(self, *parts: str) -> Path:
-        return self.run_dir.joinpath(*parts)
+        """A path in the run root (chained artifacts)."""
+        return self.root.joinpath(*parts)
+
+    def record(self, *parts: str) -> Path:
+        """A path in this stage's record dir."""
+        return self.record_dir.joinpath(*parts)
 
     def weights(self) -> str | None:
         w = self.cfg.get("weights")

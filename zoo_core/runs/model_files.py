@@ -33,13 +33,13 @@ def onnx_path(ctx, target: str) -> Path:
     return model_dir(ctx) / f"{ctx.model_name}_{target}.onnx"
 
 
-def ensure_onnx(ctx, target: str, force: bool = False) -> Path:
+def ensure_onnx(ctx, target: str, force: bool = False, given: str | None = None) -> Path:
     """The ONNX for ``target``: ``model_file`` if given, else a fresh-enough export in the run dir.
 
     An existing export is reused only if its ``.json`` fingerprint (model config, export config,
     weights path and sha256) matches this run; otherwise it is re-exported, never trusted stale.
     """
-    given = ctx.cfg.get("model_file")
+    given = given or ctx.cfg.get("model_file")
     if given and str(given).endswith(".onnx") and not force:
         p = Path(str(given)).expanduser()
         if not p.is_file():
@@ -66,3 +66,25 @@ def ensure_onnx(ctx, target: str, force: bool = False) -> Path:
         "input_names": list(res.input_names), "output_names": list(res.output_names), "target": target,
     })
     return written
+
+
+def om_path(ctx, batch_size: int | None = None, dynamic: bool = False) -> Path:
+    """Where ``stage=convert`` writes the OM: ``<model_dir>/<model>_bs<N>.om`` or ``_dyn.om``."""
+    if dynamic:
+        return model_dir(ctx) / f"{ctx.model_name}_dyn.om"
+    return model_dir(ctx) / f"{ctx.model_name}_bs{int(batch_size or ctx.cfg.batch_size)}.om"
+
+
+def resolve_model_file(ctx, kind: str | None, given: str | None = None) -> Path | None:
+    """The model file a backend of ``kind`` loads: ``given`` (or ``model_file=``) if set, else the
+    export (``onnx``, re-exported when stale) or the converted OM (``om``)."""
+    given = given or ctx.cfg.get("model_file")
+    if kind == "onnx":
+        if given and not str(given).endswith(".onnx"):
+            raise ZooError(f"model_file={given} is not an .onnx file, which this backend needs")
+        return ensure_onnx(ctx, "onnxruntime", given=given)
+    if kind == "om":
+        if given:
+            return Path(str(given)).expanduser()
+        return om_path(ctx, dynamic=bool(ctx.cfg.backend.get("dynamic_batch", False)))
+    return Path(str(given)).expanduser() if given else None

@@ -13,12 +13,13 @@ from pathlib import Path
 
 from zoo_core.api.atomic import write_text
 from zoo_core.api.errors import ZooError
+from zoo_core.runs.context import RunContext
 from zoo_core.runs.model_files import ensure_onnx, model_dir
 
 log = logging.getLogger("zoo")
 
 
-def run(ctx) -> dict:
+def run(ctx: RunContext) -> dict:
     cfg = ctx.cfg
     given = cfg.get("model_file")
     onnx = Path(str(given)) if given and str(given).endswith(".onnx") else ensure_onnx(ctx, "ascend")
@@ -37,9 +38,8 @@ def run(ctx) -> dict:
     write_text(script, "#!/usr/bin/env bash\nset -euo pipefail\n" + shlex.join(command) + "\n")
     script.chmod(0o755)
     if atc is None:
-        print("atc is not on PATH (it ships with the Ascend CANN toolkit), so nothing was converted.\n"
-              f"The exact command was written to {script}:\n  {shlex.join(command)}")
-        return {"converted": False, "script": str(script), "argv": command}
+        return {"stage": "convert", "converted": False, "script": str(script), "argv": command,
+                "reason": "atc is not on PATH (it ships with the Ascend CANN toolkit), so nothing was converted"}
     log.info("running %s", shlex.join(command))
     proc = subprocess.run([atc, *args], capture_output=True, text=True, shell=False)
     log_path = model_dir(ctx) / f"atc_{tag}.log"
@@ -50,5 +50,5 @@ def run(ctx) -> dict:
         raise ZooError(f"atc failed with exit code {proc.returncode}: " + " | ".join(tail), path=log_path)
     if not om.is_file():
         raise ZooError("atc exited 0 but wrote no OM file", path=om)
-    print(f"converted {onnx} -> {om}")
-    return {"converted": True, "om": str(om), "argv": command, "log": str(log_path)}
+    return {"stage": "convert", "converted": True, "onnx": str(onnx), "om": str(om), "argv": command,
+            "log": str(log_path)}

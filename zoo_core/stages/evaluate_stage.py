@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
-from zoo_core.runs.detstore import DetectionStore
 from zoo_core.api.errors import ZooError
+from zoo_core.runs.detstore import DetectionStore
 from zoo_core.runs.fingerprint import sha256_file
-from zoo_core.stages.common import discard_stale_results
 from zoo_core.stages.scoring import score
 
 log = logging.getLogger("zoo")
@@ -35,7 +33,7 @@ def check_provenance(ctx, src: Path) -> dict:
     state_path = src / "state.json"
     if not state_path.is_file():
         msg = f"{src}: no state.json, so where these detections came from is unknown"
-        print(f"warning: {msg}", file=sys.stderr)
+        log.warning(msg)
         return {"state": None, "warnings": [msg]}
     try:
         state = json.loads(state_path.read_text())
@@ -58,14 +56,12 @@ def check_provenance(ctx, src: Path) -> dict:
     if not state.get("complete", False):
         warnings.insert(0, "the run that wrote these detections did not finish")
     if warnings:
-        print(f"warning: scoring detections from {src} made under a different setup:\n  "
-              + "\n  ".join(warnings), file=sys.stderr)
+        log.warning("scoring detections from %s made under a different setup:\n  %s", src, "\n  ".join(warnings))
     return {"state": str(state_path), "fingerprint": fp, "warnings": warnings}
 
 
 def run(ctx) -> dict:
     src = Path(str(ctx.cfg.detections)) if ctx.cfg.get("detections") else ctx.path("detections")
-    discard_stale_results(ctx)
     detections = DetectionStore(src).load()
     if not detections:
         raise ZooError("no saved detections found", path=src,

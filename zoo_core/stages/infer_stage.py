@@ -1,101 +1,64 @@
-"""``infer``: ``inputs/*.bin`` (ours, or a seed ``prep_dataset``) -> ``outputs/<stem>_<i>.bin`` + perf.json."""
+"""``infer``: ``inputs/*.bin`` (ours, or a seed ``prep_dataset``) -> ``outputs/<stem>_<i>.bin`` + perf.json.
+
+Streams like ``eval``: the feeder reads the next batch's files while the device runs the current
+one. Outputs are checked (finite) and listed in ``outputs/index.jsonl`` with their sizes and CRC-32,
+which ``resume=true`` verifies before trusting a file. Without ``resume`` the stage clears
+``outputs/`` first.
+"""
 from __future__ import annotations
 
-import time
+import json
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-
-from zoo_core.api.aisbench import output_path, read_bin, write_bin
-from zoo_core.api.atomic import write_json
-from zoo_core.api.errors import InputError, ZooError
-from zoo_core.pipeline.runner import Batcher, Prepared, RunStats
-from zoo_core.api.types import Sample, TensorSpec
+from zoo_core.api.atomic import write_text
+from zoo_core.api.errors import ZooError
+from zoo_core.pipeline.sinks import OutputBinSink
+from zoo_core.pipeline.sources import BinInputSource, list_bin_inputs
+from zoo_core.pipeline.stream import Stream
+from zoo_core.reports.progress import Progress, progress_enabled
+from zoo_core.runs.context import RunContext
 from zoo_core.runs.fingerprint import config_hash, sha256_file
-from zoo_core.stages.common import (artifact_fingerprint, finish_with_skips, make_backend, mark_complete, read_meta_jsonl,
-                     start_resumable, write_run_record)
+from zoo_core.runs.layout import clear_dir
+from zoo_core.runs.records import finish_with_skips, write_perf
+from zoo_core.runs.resume import Ledger, artifact_fingerprint, mark_complete, start_resumable
+from zoo_core.stages.open_backend import open_backend
 
 
-def list_inputs(ctx, inputs_dir: Path) -> list[tuple[str, dict[str, Path], dict[str, TensorSpec], dict]]:
-    """(id, {input name: file}, {input name: spec}, meta) for every image in ``inputs_dir``."""
-    records = read_meta_jsonl(inputs_dir / "meta.jsonl")
-    specs = {s.name: s for s in ctx.hooks.input_spec(cfg=ctx.cfg)}
-    multi = len(specs) > 1
-    items = []
-    if records:
-        for sid, rec in records.items():
-            files = {n: (inputs_dir / n / f"{sid}.bin") if multi else inputs_dir / f"{sid}.bin" for n in rec["inputs"]}
-            sp = {n: TensorSpec(n, tuple(v["shape"]), v["dtype"]) for n, v in rec["inputs"].items()}
-            items.append((sid, files, sp, rec["meta"]))
-        return items
-    name = next(iter(specs))
-    if multi:
-        raise ZooError("no meta.jsonl: a model with several inputs needs the preprocess stage's layout", path=inputs_dir)
-    for p in sorted(inputs_dir.glob("*.bin")):
-        items.append((p.stem, {name: p}, specs, {"id": p.stem}))
-    return items
-
-
-def run(ctx) -> dict:
+def run(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.cfg
     inputs_dir = Path(str(cfg.inputs_dir)) if cfg.get("inputs_dir") else ctx.path("inputs")
     if not inputs_dir.is_dir():
-        raise ZooError("inputs directory not found", path=inputs_dir, hint="run stage=preprocess first or pass inputs_dir=")
-    items = list_inputs(ctx, inputs_dir)
+        raise ZooError("inputs directory not found", path=inputs_dir,
+                       hint="run stage=preprocess first or pass inputs_dir=")
+    items = list_bin_inputs(inputs_dir, ctx.hooks.input_spec(cfg=cfg))
     if not items:
         raise ZooError("no input .bin files found", path=inputs_dir)
     out_dir = ctx.path("outputs")
     out_dir.mkdir(parents=True, exist_ok=True)
-    backend = make_backend(ctx)
-    meta_file = inputs_dir / "meta.jsonl"
-    fingerprint = artifact_fingerprint(ctx, backend.describe().get("model_file"), backend=config_hash(cfg.backend),
-                                       inputs_meta_sha256=sha256_file(meta_file) if meta_file.is_file() else None)
-    resuming = start_resumable(ctx, out_dir / "state.json", fingerprint,
-                               lambda: [p.unlink() for p in out_dir.glob("*_*.bin")])
-    bs = int(cfg.batch_size)
-    batcher = Batcher(min(bs, backend.fixed_batch) if backend.fixed_batch else bs, backend.fixed_batch)
-    stats = RunStats()
-    skipped = []
-    t_start = time.perf_counter()
-
-    def run_batch(batch):
-        t0 = time.perf_counter()
-        outs = backend.infer(batch)
-        dt = time.perf_counter() - t0
-        stats.device_s += dt
-        stats.device_calls_ms.append(dt * 1000)
-        stats.batches += 1
-        for j, sid in enumerate(batch.ids[: batch.n_valid]):
-            for i, o in enumerate(outs):
-                write_bin(output_path(out_dir, sid, i), np.asarray(o[j]))
-            stats.images += 1
-
+    backend = open_backend(ctx)
     try:
-        for sid, files, specs, meta in items:
-            if resuming:
-                k = len(ctx.hooks.output_spec(cfg=cfg, meta=meta))
-                if all(output_path(out_dir, sid, i).is_file() for i in range(k)):
-                    continue
-            try:
-                arrays = {n: read_bin(p, specs[n], allow_fp16=False) for n, p in files.items()}
-            except InputError as exc:
-                if not ctx.skip_errors:
-                    raise
-                skipped.append({"id": sid, "reason": str(exc)})
-                continue
-            batch = batcher.add(Prepared(Sample(sid, files[next(iter(files))]), arrays, meta))
-            if batch is not None:
-                run_batch(batch)
-        for batch in batcher.flush():
-            run_batch(batch)
+        meta_file = inputs_dir / "meta.jsonl"
+        fingerprint = artifact_fingerprint(ctx, backend.describe().get("model_file"), backend=config_hash(cfg.backend),
+                                           inputs_dir=str(inputs_dir.resolve()),
+                                           inputs_meta_sha256=sha256_file(meta_file) if meta_file.is_file() else None)
+        ledger = Ledger(out_dir / "index.jsonl")
+        resuming = start_resumable(ctx, out_dir / "state.json", fingerprint,
+                                   lambda: clear_dir(out_dir, keep=("state.json",)))
+        done = ledger.verified() if resuming else set()
+        todo = [it for it in items if it.sample.id not in done]
+        stats = Stream(BinInputSource(todo), [OutputBinSink(out_dir, ledger)], backend=backend, keep_outputs=True,
+                       batch_size=int(cfg.batch_size), skip_errors=ctx.skip_errors,
+                       progress=Progress(len(todo), progress_enabled(cfg.get("progress")), "infer ")).run()
         mark_complete(out_dir / "state.json")
         describe = backend.describe()
     finally:
         backend.close()
-    stats.wall_s = time.perf_counter() - t_start
-    perf = {"stage": "infer", **describe, **stats.summary(int(cfg.batch_size))}
-    write_json(ctx.path("perf.json"), perf)
-    write_run_record(ctx, {"backend": describe})
-    print(f"inferred {stats.images} images -> {out_dir} ({perf['throughput_img_s']} img/s)")
-    finish_with_skips(ctx, skipped)
-    return perf
+    perf = {**describe, **stats.summary(int(cfg.batch_size)), "resumed_images": len(done)}
+    write_perf(ctx, perf)
+    if stats.skipped:
+        write_text(ctx.record("skipped.json"), json.dumps(stats.skipped, indent=2) + "\n")
+    result = {"stage": "infer", "outputs_dir": str(out_dir), "backend": describe, "perf": perf,
+              "images": stats.images + len(done), "skipped": stats.skipped}
+    finish_with_skips(ctx, stats.skipped)
+    return result

@@ -8,9 +8,10 @@ import time
 
 import numpy as np
 
-from zoo_core.api.atomic import write_json
 from zoo_core.backends.base import Batch
-from zoo_core.stages.common import make_backend, write_run_record
+from zoo_core.runs.context import RunContext
+from zoo_core.runs.records import write_perf
+from zoo_core.stages.open_backend import open_backend
 
 
 def latency_stats(ms: list[float]) -> dict:
@@ -19,7 +20,7 @@ def latency_stats(ms: list[float]) -> dict:
             "median": float(np.median(a)), "p99": float(np.percentile(a, 99)), "count": int(a.size)}
 
 
-def random_batch(ctx, batch_size: int, seed: int = 0) -> Batch:
+def random_batch(ctx: RunContext, batch_size: int, seed: int = 0) -> Batch:
     rng = np.random.default_rng(seed)
     inputs = {}
     for spec in ctx.hooks.input_spec(cfg=ctx.cfg):
@@ -32,7 +33,7 @@ def random_batch(ctx, batch_size: int, seed: int = 0) -> Batch:
     return Batch(ids=ids, inputs=inputs, metas=[{"id": i} for i in ids])
 
 
-def run(ctx) -> dict:
+def run(ctx: RunContext) -> dict:
     cfg = ctx.cfg
     bs = int(cfg.batch_size)
     loop = int(cfg.stage.get("loop", 20))
@@ -41,7 +42,7 @@ def run(ctx) -> dict:
 
         raise ConfigError(f"stage.loop={loop} is invalid: it must be >= 1")
     warmup = int(cfg.stage.get("warmup", 2))
-    backend = make_backend(ctx)
+    backend = open_backend(ctx)
     try:
         bs = int(backend.fixed_batch or bs)
         batch = random_batch(ctx, bs)
@@ -57,13 +58,9 @@ def run(ctx) -> dict:
         backend.close()
     stats = latency_stats(ms)
     perf = {
-        "stage": "perf", **describe, "batch_size": bs, "loop": loop, "warmup": warmup,
+        **describe, "batch_size": bs, "loop": loop, "warmup": warmup,
         "latency_ms": stats,
         "throughput": 1000.0 * bs / stats["mean"],
     }
-    write_json(ctx.path("perf.json"), perf)
-    write_run_record(ctx, {"backend": describe})
-    print(f"{ctx.model_name} perf, backend {describe.get('backend')}, batch {bs}: "
-          f"mean {stats['mean']:.2f} ms, median {stats['median']:.2f} ms, p99 {stats['p99']:.2f} ms, "
-          f"throughput {perf['throughput']:.2f} img/s\n  -> {ctx.path('perf.json')}")
-    return perf
+    write_perf(ctx, perf)
+    return {"stage": "perf", **perf, "backend": describe, "perf_file": str(ctx.record("perf.json"))}

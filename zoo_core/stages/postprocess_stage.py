@@ -1,87 +1,77 @@
 """``postprocess``: raw outputs (ours or an ais_bench / legacy benchmark dump) -> detections.
 
-Outputs are matched to dataset images by file stem (``<stem>_<i>.bin``, ``_0..`` or legacy ``_1..``),
-never by position. Metas come from ``inputs/meta.jsonl`` when present, otherwise they are recomputed
-by preprocessing the image (what the seed scripts did). Writes ``detections/`` and, when the
-dataset has ground truth, scores it like ``evaluate``.
+Outputs are matched to images by file stem (``<stem>_<i>.bin``, ``_0..`` or legacy ``_1..``), never by
+position, through the replay backend, so a dump gets the same checks as ``eval`` (finite values, exact
+file sizes, a stem found twice is an error). The images are those listed in ``inputs/meta.jsonl``
+(with their metas) when it exists, else the dataset's (metas recomputed by preprocessing each image,
+as the seed scripts did). Writes ``detections/`` and, when the dataset has ground truth, scores it.
 """
 from __future__ import annotations
 
-import time
+import logging
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-
-from zoo_core.api.aisbench import DumpDir
+from zoo_core.api.errors import ZooError
+from zoo_core.pipeline.sinks import DetectionSink
+from zoo_core.pipeline.sources import ImageSource, MetaSource, list_bin_inputs
+from zoo_core.pipeline.stream import Source, Stream
+from zoo_core.pipeline.workers import WorkerPool
+from zoo_core.reports.progress import Progress, progress_enabled
+from zoo_core.runs.context import RunContext
 from zoo_core.runs.detstore import DetectionStore
-from zoo_core.api.errors import InputError, ZooError
-from zoo_core.pipeline.runner import prepare_one
-from zoo_core.stages.common import (artifact_fingerprint, discard_stale_results, finish_with_skips, mark_complete, read_meta_jsonl,
-                     start_resumable, write_run_record)
+from zoo_core.runs.records import finish_with_skips
+from zoo_core.runs.resume import artifact_fingerprint, mark_complete, start_resumable
+from zoo_core.stages.open_backend import open_backend
 from zoo_core.stages.scoring import score
 
+log = logging.getLogger("zoo")
 
-def run(ctx) -> dict:
+
+def run(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.cfg
     src = Path(str(cfg.outputs_dir)) if cfg.get("outputs_dir") else ctx.path("outputs")
+    if not src.is_dir():
+        raise ZooError("outputs directory not found", path=src,
+                       hint="run stage=infer first, or pass outputs_dir=<ais_bench output dir>")
     inputs_dir = Path(str(cfg.inputs_dir)) if cfg.get("inputs_dir") else ctx.path("inputs")
-    metas = {k: v["meta"] for k, v in read_meta_jsonl(inputs_dir / "meta.jsonl").items()}
-    samples = ctx.samples
-    dump = None
+    hooks = ctx.hooks
+
+    def key(meta: dict) -> tuple:
+        return tuple(tuple(s.shape) for s in hooks.output_spec(cfg=cfg, meta=meta))
+
     store = DetectionStore(ctx.path("detections"))
-    discard_stale_results(ctx)
-    if start_resumable(ctx, ctx.path("detections", "state.json"), artifact_fingerprint(ctx, outputs_dir=str(src)),
-                       store.reset):
-        store.reset()  # postprocess is fast: it always recomputes every image
-    skipped = []
-    bs = int(cfg.batch_size)
-    pending: list[tuple] = []
-    t0 = time.perf_counter()
-    n = 0
-
-    def flush():
-        nonlocal n
-        if not pending:
-            return
-        outs = [np.stack([p[1][k] for p in pending]) for k in range(len(pending[0][1]))]
-        dets = ctx.hooks.postprocess(cfg=cfg, outputs=outs, metas=[p[2] for p in pending])
-        if len(dets) != len(pending):
-            raise ZooError(f"the {ctx.model_name} postprocess returned {len(dets)} results for {len(pending)} images")
-        for (sid, _o, _m), d in zip(pending, dets):
-            store.add(sid, d)
-        n += len(pending)
-        pending.clear()
-
-    for s in samples:
-        try:
-            meta = metas.get(s.id)
-            if meta is None:
-                prep = prepare_one(ctx.hooks, cfg, s)
-                if prep.error:
-                    raise InputError(prep.error)
-                meta = prep.meta
-            specs = ctx.hooks.output_spec(cfg=cfg, meta=meta)
-            if dump is None:
-                dump = DumpDir(src, len(specs))
-            outputs = dump.read(s.id, specs)
-        except InputError as exc:
-            if not ctx.skip_errors:
-                raise
-            skipped.append({"id": s.id, "path": str(s.path), "reason": str(exc)})
-            continue
-        if pending and [o.shape for o in pending[0][1]] != [o.shape for o in outputs]:
-            flush()  # variable-size models: a batch holds one output shape
-        pending.append((s.id, outputs, meta))
-        if len(pending) >= bs:
-            flush()
-    flush()
-    store.flush()
+    start_resumable(ctx, ctx.path("detections", "state.json"),
+                    artifact_fingerprint(ctx, outputs_dir=str(src.resolve())), store.reset)
+    store.reset()  # postprocess is fast: it always recomputes every image
+    backend = open_backend(ctx, "replay", options={"dir": str(src), "device_latency_ms": 0.0,
+                                                    "latency_per_item_ms": 0.0})
+    pool = None
+    source: Source
+    if (inputs_dir / "meta.jsonl").is_file():
+        listed = {it.sample.id: it.meta for it in list_bin_inputs(inputs_dir, hooks.input_spec(cfg=cfg))}
+        by_id = {s.id: s for s in ctx.samples}
+        unknown = [i for i in listed if i not in by_id]
+        if unknown:
+            raise ZooError(f"{len(unknown)} image(s) of {inputs_dir / 'meta.jsonl'} are not in the dataset "
+                           f"(first: {unknown[0]!r})", hint="pass the dataset the inputs were made from")
+        samples = [by_id[i] for i in listed]
+        source = MetaSource([(s, listed[s.id]) for s in samples], key)
+        log.info("postprocess: %d images listed in %s", len(samples), inputs_dir / "meta.jsonl")
+    else:
+        samples = ctx.samples
+        pool = WorkerPool(hooks, cfg, int(cfg.num_workers) if len(samples) > 1 else 0)
+        source = ImageSource(samples, pool, drop_inputs=True, key=key)
+    try:
+        stats = Stream(source, [DetectionSink(store)], backend=backend,
+                       decode=lambda outs, metas: hooks.postprocess(cfg=cfg, outputs=outs, metas=metas),
+                       batch_size=int(cfg.batch_size), skip_errors=ctx.skip_errors,
+                       progress=Progress(len(samples), progress_enabled(cfg.get("progress")), "postprocess ")).run()
+    finally:
+        if pool is not None:
+            pool.close()
+        backend.close()
     mark_complete(ctx.path("detections", "state.json"))
-    if n == 0:
-        raise ZooError("no image of the dataset had output files", path=src)
-    print(f"postprocessed {n} images from {src} in {time.perf_counter() - t0:.1f}s"
-          + (f" (output suffixes start at _{dump.base})" if dump else ""))
-    write_run_record(ctx, {"outputs_dir": str(src)})
-    record = score(ctx, store.load(), skipped)
-    finish_with_skips(ctx, skipped)
+    record = score(ctx, store.load(), stats.skipped, {"outputs_dir": str(src)})
+    finish_with_skips(ctx, stats.skipped)
     return record

@@ -1,57 +1,78 @@
-"""``predict``: images or a folder in (``input=``) -> ``predictions/<stem>.json`` + ``<stem>.jpg`` with boxes.
+"""``predict``: images or a folder in (``input=``) -> ``<root>/predict/<file name>.json`` + ``.jpg`` drawn.
 
-Detections below ``model.score_threshold`` (when the model config has one) are drawn/listed only
-if they pass it; the JSON holds boxes in original-image pixels.
+Outputs are named after the whole input file name (``x.jpg`` -> ``x.jpg.json`` and ``x.jpg.jpg``), so
+``x.jpg`` and ``x.png`` never overwrite each other. ``stage.score_threshold`` (default: the model's
+``predict_threshold``) filters what is listed and drawn; the JSON holds boxes in original-image pixels.
 """
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 
 from zoo_core.api.atomic import write_bytes, write_text
-from zoo_core.reports.draw import draw_detections
 from zoo_core.api.errors import ConfigError
 from zoo_core.api.imaging import list_images, read_image
-from zoo_core.pipeline.runner import run_stream
 from zoo_core.api.types import Detections, Sample
-from zoo_core.stages.common import finish_with_skips, make_backend
+from zoo_core.pipeline.sinks import CallbackSink
+from zoo_core.pipeline.sources import ImageSource
+from zoo_core.pipeline.stream import Result, Stream
+from zoo_core.pipeline.workers import WorkerPool
+from zoo_core.reports.draw import draw_detections
+from zoo_core.runs.context import RunContext
+from zoo_core.runs.records import finish_with_skips
+from zoo_core.stages.open_backend import open_backend
 
 
-def _filter(det: Detections, thr: float | None) -> Detections:
-    if thr is None:
+def keep_above(det: Detections, threshold: float | None) -> Detections:
+    """The detections scoring at least ``threshold`` (all of them when ``None``)."""
+    if threshold is None:
         return det
-    keep = det.scores >= thr
+    keep = det.scores >= threshold
     return Detections(det.boxes[keep], det.scores[keep], det.labels[keep], {k: v[keep] for k, v in det.extras.items()})
 
 
-def run(ctx) -> dict:
+def threshold(ctx: RunContext) -> float | None:
+    for value in (ctx.cfg.stage.get("score_threshold"), ctx.cfg.model.get("predict_threshold")):
+        if value is not None:
+            return float(value)
+    return None
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
     import cv2
 
     cfg = ctx.cfg
     if not cfg.get("input"):
         raise ConfigError("stage=predict needs input=<image file or folder>")
-    paths = list_images(str(cfg.input))
-    samples = [Sample(p.stem, p, None) for p in paths]
-    out_dir = ctx.path("predictions")
-    thr = cfg.model.get("score_threshold")
+    samples = [Sample(p.name, p, None) for p in list_images(str(cfg.input))]
+    out_dir = ctx.record_dir
+    thr = threshold(ctx)
     names = list(cfg.model.get("class_names") or []) or None
-    written = []
+    written: list[dict] = []
 
-    def on_result(sample, det, _outs):
-        det = _filter(det, None if thr is None else float(thr))
-        write_text(out_dir / f"{sample.id}.json",
-                   json.dumps({"image": str(sample.path), **det.to_json()}) + "\n")
-        img = draw_detections(read_image(sample.path), det, names)
-        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])
-        write_bytes(out_dir / f"{sample.id}.jpg", np.asarray(buf).tobytes())
-        written.append(sample.id)
-        print(f"{sample.path}: {len(det)} detections -> {out_dir / (sample.id + '.jpg')}")
+    def draw(r: Result) -> None:
+        assert r.detections is not None
+        det = keep_above(r.detections, thr)
+        write_text(out_dir / f"{r.sample.id}.json", json.dumps({"image": str(r.sample.path), **det.to_json()}) + "\n")
+        ok, buf = cv2.imencode(".jpg", draw_detections(read_image(r.sample.path), det, names),
+                               [cv2.IMWRITE_JPEG_QUALITY, 92])
+        write_bytes(out_dir / f"{r.sample.id}.jpg", np.asarray(buf).tobytes())
+        written.append({"image": str(r.sample.path), "detections": len(det),
+                        "picture": str(out_dir / f"{r.sample.id}.jpg")})
 
-    backend = make_backend(ctx)
-    try:
-        stats = run_stream(ctx, backend, samples, on_result, progress=False)
-    finally:
-        backend.close()
+    hooks = ctx.hooks
+    with WorkerPool(hooks, cfg, int(cfg.num_workers) if len(samples) > 1 else 0) as pool:
+        backend = open_backend(ctx)
+        try:
+            stats = Stream(ImageSource(samples, pool), [CallbackSink(draw)], backend=backend,
+                           decode=lambda outs, metas: hooks.postprocess(cfg=cfg, outputs=outs, metas=metas),
+                           batch_size=int(cfg.batch_size), skip_errors=ctx.skip_errors).run()
+            describe = backend.describe()
+        finally:
+            backend.close()
+    result = {"stage": "predict", "images": len(written), "predictions_dir": str(out_dir), "threshold": thr,
+              "predictions": written, "skipped": stats.skipped, "backend": describe}
     finish_with_skips(ctx, stats.skipped)
-    return {"images": len(written), "predictions_dir": str(out_dir), "skipped": stats.skipped}
+    return result

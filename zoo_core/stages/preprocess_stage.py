@@ -1,76 +1,67 @@
 """``preprocess``: dataset images -> ``inputs/<stem>.bin`` (ais_bench raw layout) + ``inputs/meta.jsonl``.
 
 One input per model: ``inputs/<stem>.bin``; several: ``inputs/<input name>/<stem>.bin``. Each
-``.bin`` is written atomically before its ``meta.jsonl`` line, so after a kill every listed image
-is complete and ``resume=true`` skips exactly those. ``inputs/state.json`` holds the model and dataset
-config fingerprint: resuming under a different one is refused.
+``.bin`` is written atomically before its ``meta.jsonl`` line (which records each file's size and
+CRC-32), so after a kill every listed image is complete and ``resume=true`` redoes exactly the
+images whose files are missing or changed. Without ``resume`` the stage clears ``inputs/`` first.
 """
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
+from typing import Any
 
-from zoo_core.api.aisbench import write_bin
-from zoo_core.api.atomic import write_json
-from zoo_core.pipeline.runner import WorkerPool, iter_prepared
-from zoo_core.api.errors import InputError
-from zoo_core.stages.common import (artifact_fingerprint, finish_with_skips, mark_complete, read_meta_jsonl,
-                     start_resumable, write_run_record)
-
-
-def input_file(inputs_dir: Path, name: str, stem: str, multi: bool) -> Path:
-    return (inputs_dir / name / f"{stem}.bin") if multi else (inputs_dir / f"{stem}.bin")
-
-
-def drop_torn_tail(path: Path) -> None:
-    """Cut a killed run's incomplete last line off ``meta.jsonl`` so appended lines stay whole."""
-    if not path.is_file():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with open(path, "r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
+from zoo_core.api.aisbench import input_file
+from zoo_core.api.atomic import write_text
+from zoo_core.pipeline.sinks import InputBinSink
+from zoo_core.pipeline.sources import ImageSource
+from zoo_core.pipeline.stream import Stream
+from zoo_core.pipeline.workers import WorkerPool
+from zoo_core.reports.progress import Progress, progress_enabled
+from zoo_core.runs.context import RunContext
+from zoo_core.runs.layout import clear_dir
+from zoo_core.runs.records import finish_with_skips
+from zoo_core.runs.resume import artifact_fingerprint, file_crc32, mark_complete, read_jsonl, start_resumable
 
 
-def run(ctx) -> dict:
+def verified_records(inputs_dir: Any) -> list[dict]:
+    """``meta.jsonl`` records whose every input file still has its recorded size and CRC-32."""
+    keep = []
+    for _n, rec in read_jsonl(inputs_dir / "meta.jsonl", drop_torn_tail=True):
+        inputs = rec.get("inputs") or {}
+        ok = isinstance(rec.get("id"), str) and bool(inputs)
+        for name, v in inputs.items() if ok else ():
+            p = input_file(inputs_dir, name, rec["id"], len(inputs) > 1)
+            try:
+                ok = p.stat().st_size == v.get("bytes") and file_crc32(p) == v.get("crc32")
+            except (OSError, TypeError):
+                ok = False
+            if not ok:
+                break
+        if ok:
+            keep.append(rec)
+    return keep
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.cfg
     inputs_dir = ctx.path("inputs")
     inputs_dir.mkdir(parents=True, exist_ok=True)
-    meta_path = inputs_dir / "meta.jsonl"
-    state_path = inputs_dir / "state.json"
-
-    def reset():
-        meta_path.unlink(missing_ok=True)
-        (inputs_dir / "skipped.json").unlink(missing_ok=True)
-
-    resuming = start_resumable(ctx, state_path, artifact_fingerprint(ctx), reset)
-    if resuming:
-        drop_torn_tail(meta_path)
-    done = read_meta_jsonl(meta_path) if resuming else {}
-    todo = [s for s in ctx.samples if s.id not in done]
-    skipped = []
-    n = 0
-    with open(meta_path, "a") as meta_f, WorkerPool(ctx.hooks, cfg, int(cfg.num_workers) if len(todo) > 1 else 0) as pool:
-        for prep in iter_prepared(ctx.hooks, cfg, todo, pool, 4 * max(int(cfg.num_workers), 1)):
-            if prep.error:
-                if not ctx.skip_errors:
-                    raise InputError(prep.error)
-                skipped.append({"id": prep.sample.id, "path": str(prep.sample.path), "reason": prep.error})
-                continue
-            multi = len(prep.inputs) > 1
-            shapes = {}
-            for name, arr in prep.inputs.items():
-                write_bin(input_file(inputs_dir, name, prep.sample.id, multi), arr)
-                shapes[name] = {"shape": list(arr.shape), "dtype": arr.dtype.name}
-            meta_f.write(json.dumps({"id": prep.sample.id, "meta": prep.meta, "inputs": shapes}) + "\n")
-            meta_f.flush()
-            os.fsync(meta_f.fileno())
-            n += 1
-    mark_complete(state_path)
-    write_run_record(ctx)
-    print(f"preprocessed {n} images ({len(done)} already done, {len(skipped)} skipped) -> {inputs_dir}")
-    if skipped:
-        write_json(inputs_dir / "skipped.json", skipped)
-    finish_with_skips(ctx, skipped)
-    return {"images": n + len(done), "skipped": skipped, "inputs_dir": str(inputs_dir)}
+    state = inputs_dir / "state.json"
+    resuming = start_resumable(ctx, state, artifact_fingerprint(ctx), lambda: clear_dir(inputs_dir))
+    done = verified_records(inputs_dir) if resuming else []
+    if resuming:  # keep only the lines of verified images; the others are redone
+        write_text(inputs_dir / "meta.jsonl", "".join(json.dumps(r) + "\n" for r in done))
+    done_ids = {r["id"] for r in done}
+    todo = [s for s in ctx.samples if s.id not in done_ids]
+    workers = int(cfg.num_workers) if len(todo) > 1 else 0
+    with WorkerPool(ctx.hooks, cfg, workers) as pool:
+        stats = Stream(ImageSource(todo, pool), [InputBinSink(inputs_dir)], skip_errors=ctx.skip_errors,
+                       progress=Progress(len(todo), progress_enabled(cfg.get("progress")), "preprocess ")).run()
+    mark_complete(state)
+    result = {"stage": "preprocess", "images": stats.images + len(done), "resumed_images": len(done),
+              "skipped": stats.skipped, "inputs_dir": str(inputs_dir)}
+    ctx.record_dir.mkdir(parents=True, exist_ok=True)
+    if stats.skipped:
+        write_text(ctx.record("skipped.json"), json.dumps(stats.skipped, indent=2) + "\n")
+    finish_with_skips(ctx, stats.skipped)
+    return result

@@ -148,7 +148,7 @@ class PluginUnderTest:
     @cached_property
     def prepared(self) -> list:
         """``runner.prepare_one`` on the first samples: exactly what the core's workers produce."""
-        from zoo_core.pipeline.runner import prepare_one
+        from zoo_core.pipeline.workers import prepare_one
 
         out = []
         for s in self.samples:

@@ -1,0 +1,364 @@
+"""The pipeline's guarantees, in-process with fake sources, backends and sinks (no CLI, no model)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zoo_core.api.aisbench import DumpDir, read_bin, safe_stem, write_bin
+from zoo_core.api.errors import InputError, PluginError, ZooError
+from zoo_core.api.types import Detections, Sample, TensorSpec
+from zoo_core.backends.base import Backend, Batch, ModelIO
+from zoo_core.backends.replay_backend import ReplayBackend
+from zoo_core.pipeline.batching import Batcher, pad
+from zoo_core.pipeline.sinks import MemorySink, OutputBinSink
+from zoo_core.pipeline.sources import BinInputSource, list_bin_inputs
+from zoo_core.pipeline.stream import Stream
+from zoo_core.pipeline.workers import Prepared
+from zoo_core.runs.lock import RunLock
+from zoo_core.runs.resume import Ledger
+
+SPEC = [TensorSpec("out", (3,))]
+
+
+class ListSource:
+    """Items with one input ``x`` (shape (3,)) whose value is the item's index."""
+
+    def __init__(self, n: int, bad: tuple[int, ...] = (), lie_total: int | None = None):
+        self.n, self.bad = n, bad
+        self.total = lie_total if lie_total is not None else n
+
+    def items(self):
+        for i in range(self.n):
+            s = Sample(f"img{i:03d}", Path(f"/data/img{i:03d}.png"))
+            if i in self.bad:
+                yield Prepared(s, None, None, f"{s.path}: not decodable")
+            else:
+                yield Prepared(s, {"x": np.full(3, i, np.float32)}, {"id": s.id, "i": i})
+
+
+class EchoBackend(Backend):
+    """Returns the inputs as the output; NaN for ids in ``nan``; InputError for batches holding ``broken``."""
+
+    name = "echo"
+
+    def __init__(self, nan=(), broken=(), fixed_batch=None):
+        super().__init__(None, {}, ModelIO(output_specs=lambda meta: SPEC))
+        self.nan, self.broken, self.fixed_batch = set(nan), set(broken), fixed_batch
+        self.calls: list[list[str]] = []
+
+    def infer(self, batch: Batch) -> list[np.ndarray]:
+        self.calls.append(list(batch.ids))
+        if self.broken & set(batch.ids[: batch.n_valid]):
+            raise InputError(f"missing output for {sorted(self.broken & set(batch.ids))[0]}")
+        out = batch.inputs["x"].copy()
+        for j, i in enumerate(batch.ids):
+            if i in self.nan:
+                out[j, 1] = np.nan
+        return [out]
+
+
+def decode(outs, metas):
+    return [Detections(np.array([[o[0], 0, o[0] + 1, 1]]), [0.9], [0]) for o in outs[0]]
+
+
+def test_every_item_once_in_order_with_partial_last_batch():
+    sink = MemorySink()
+    stats = Stream(ListSource(11), [sink], backend=EchoBackend(), decode=decode, batch_size=4).run()
+    assert stats.images == 11 and stats.batches == 3 and not stats.skipped
+    assert sorted(sink.detections) == [f"img{i:03d}" for i in range(11)]
+    assert [float(sink.detections[f"img{i:03d}"].boxes[0, 0]) for i in range(11)] == list(range(11))
+
+
+def test_static_batch_is_padded_with_the_last_item_and_padding_dropped():
+    backend = EchoBackend(fixed_batch=4)
+    sink = MemorySink()
+    Stream(ListSource(6), [sink], backend=backend, decode=decode, batch_size=4, keep_outputs=True).run()
+    assert len(sink.outputs) == 6
+    np.testing.assert_array_equal(sink.outputs["img005"][0], [5, 5, 5])
+    assert pad(np.arange(2)[:, None], 4)[:, 0].tolist() == [0, 1, 1, 1]
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_nonfinite_outputs_fail_or_are_skipped(skip):
+    sink = MemorySink()
+    stream = Stream(ListSource(6), [sink], backend=EchoBackend(nan={"img002"}), decode=decode, batch_size=3,
+                    skip_errors=skip)
+    if not skip:
+        with pytest.raises(InputError, match="img002.png: model output contains NaN or inf"):
+            stream.run()
+        return
+    stats = stream.run()
+    assert [s["id"] for s in stats.skipped] == ["img002"]
+    assert sorted(sink.detections) == [f"img{i:03d}" for i in (0, 1, 3, 4, 5)]
+
+
+def test_nonfinite_raw_outputs_are_checked_without_decode_too():
+    with pytest.raises(InputError, match="NaN or inf"):
+        Stream(ListSource(2), [MemorySink()], backend=EchoBackend(nan={"img001"}), keep_outputs=True).run()
+
+
+def test_bad_item_in_a_batch_is_retried_alone_and_only_it_is_skipped():
+    backend = EchoBackend(broken={"img004"})
+    sink = MemorySink()
+    stats = Stream(ListSource(8), [sink], backend=backend, decode=decode, batch_size=4, skip_errors=True).run()
+    assert [s["id"] for s in stats.skipped] == ["img004"]
+    assert len(sink.detections) == 7 and "img004" not in sink.detections
+
+
+def test_bad_input_fails_by_default_and_is_listed_with_skip():
+    with pytest.raises(InputError, match="img001.png: not decodable"):
+        Stream(ListSource(3, bad=(1,)), [MemorySink()], backend=EchoBackend(), decode=decode).run()
+    stats = Stream(ListSource(3, bad=(1,)), [MemorySink()], backend=EchoBackend(), decode=decode,
+                   skip_errors=True).run()
+    assert stats.images == 2 and stats.skipped[0]["id"] == "img001"
+
+
+def test_a_listed_item_that_never_ends_is_an_error_not_a_subset():
+    with pytest.raises(ZooError, match="5 item.*listed but 4 ended"):
+        Stream(ListSource(4, lie_total=5), [MemorySink()], backend=EchoBackend(), decode=decode).run()
+
+
+def test_postprocess_returning_the_wrong_count_is_a_plugin_error():
+    with pytest.raises(PluginError, match="returned 1 results for a batch of 2"):
+        Stream(ListSource(2), [MemorySink()], backend=EchoBackend(), batch_size=2,
+               decode=lambda outs, metas: decode(outs, metas)[:1]).run()
+
+
+def test_a_failing_sink_stops_the_run_and_is_raised():
+    class Full(MemorySink):
+        def write(self, result):
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        Stream(ListSource(20), [Full()], backend=EchoBackend(), decode=decode, batch_size=2).run()
+
+
+def test_batcher_groups_by_shape_and_flushes_everything():
+    b = Batcher(2)
+    out = []
+    for i, n in enumerate([3, 4, 3, 4, 3]):
+        batch = b.add(Prepared(Sample(f"s{i}", Path(f"s{i}")), {"x": np.zeros(n, np.float32)}, {}))
+        if batch:
+            out.append(batch.ids)
+    out += [batch.ids for batch in b.flush()]
+    assert out == [["s0", "s2"], ["s1", "s3"], ["s4"]]
+
+
+# -- files: ids, dumps, dtypes ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", ["../../x", "a/b", "", "..", "x\ny", "\x00", "a" * 300, 7])
+def test_unsafe_ids_are_refused_naming_the_file(bad):
+    with pytest.raises(InputError, match="meta.jsonl:3"):
+        safe_stem(bad, "meta.jsonl:3")
+
+
+def test_a_stem_seen_twice_in_a_dump_names_both_files(tmp_path):
+    for run in ("run1", "run2"):
+        write_bin(tmp_path / run / "img_0.bin", np.zeros(3, np.float32))
+    with pytest.raises(InputError, match=r"img_0.bin appears twice: .*run[12]/img_0.bin and .*run[12]/img_0.bin"):
+        DumpDir(tmp_path, 1)
+
+
+def test_half_size_float32_is_an_error_unless_dump_dtype_says_float16(tmp_path):
+    p = tmp_path / "a_0.bin"
+    write_bin(p, np.array([1.5, 2.5, -3.0], np.float16))
+    spec = TensorSpec("out", (3,), "float32")
+    with pytest.raises(InputError, match="is 6 bytes.*needs 12") as err:
+        read_bin(p, spec)
+    assert "dump_dtype=float16" in str(err.value)
+    np.testing.assert_array_equal(read_bin(p, spec, "float16"), [1.5, 2.5, -3.0])
+
+
+def test_garbage_and_lying_npy_files_are_input_errors(tmp_path):
+    spec = TensorSpec("out", (3,))
+    (tmp_path / "g_0.npy").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="g_0.npy: not a valid .npy"):
+        read_bin(tmp_path / "g_0.npy", spec)
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(3, np.float32))
+    header["shape"] = (1 << 40,)
+    with open(tmp_path / "h_0.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+    with pytest.raises(InputError, match="announces"):
+        read_bin(tmp_path / "h_0.npy", spec)
+    np.save(tmp_path / "o_0.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(InputError, match="Python objects"):
+        read_bin(tmp_path / "o_0.npy", spec)
+
+
+def test_replay_backend_reads_a_dump_with_file_dtype_and_pads(tmp_path):
+    for i in range(3):
+        write_bin(tmp_path / f"img{i}_0.bin", np.full(3, i, np.float16))
+    backend = ReplayBackend(None, {"dir": tmp_path, "dump_dtype": "float16"}, ModelIO(output_specs=lambda m: SPEC))
+    batch = Batch(ids=["img1", "img2"], inputs={}, metas=[{}, {}])
+    (out,) = backend.infer(batch)
+    assert out.dtype == np.float32 and out[:, 0].tolist() == [1, 2]
+
+
+def test_meta_jsonl_errors_name_the_file_and_line(tmp_path):
+    good = '{"id": "a", "meta": {}, "inputs": {"x": {"shape": [3], "dtype": "float32"}}}\n'
+    specs = [TensorSpec("x", (3,))]
+    cases = {
+        "torn middle": (good + '{"id": "b", "me\n' + good.replace('"a"', '"c"'), "line 2 is not valid JSON"),
+        "array line": (good + "[1, 2]\n", "line 2 is not a JSON object"),
+        "no id": (good + '{"meta": {}, "inputs": {}}\n', 'line 2 has no "id"'),
+        "duplicate": (good + good, "appears twice"),
+        "escape": (good.replace('"a"', '"../../x"'), "unsafe id"),
+        "torn tail": (good + '{"id": "b"', "incomplete line"),
+    }
+    for name, (text, msg) in cases.items():
+        (tmp_path / "meta.jsonl").write_text(text)
+        with pytest.raises(InputError, match=msg):
+            list_bin_inputs(tmp_path, specs)
+
+
+def test_bin_inputs_that_disagree_with_their_record_are_input_errors(tmp_path):
+    (tmp_path / "meta.jsonl").write_text(
+        '{"id": "a", "meta": {}, "inputs": {"x": {"shape": [4], "dtype": "float32"}}}\n')
+    write_bin(tmp_path / "a.bin", np.zeros(3, np.float32))
+    items = list_bin_inputs(tmp_path, [TensorSpec("x", (4,))])
+    with pytest.raises(InputError, match="a.bin: is 12 bytes"):
+        Stream(BinInputSource(items), [MemorySink()], backend=EchoBackend()).run()
+
+
+# -- resume verification ----------------------------------------------------------------------------
+
+def test_ledger_trusts_only_files_with_their_recorded_size_and_crc(tmp_path):
+    sink = OutputBinSink(tmp_path)
+    Stream(ListSource(3), [sink], backend=EchoBackend(), keep_outputs=True).run()
+    assert Ledger(tmp_path / "index.jsonl").verified() == {"img000", "img001", "img002"}
+    (tmp_path / "img001_0.bin").unlink()
+    p = tmp_path / "img002_0.bin"
+    p.write_bytes(p.read_bytes()[:-4] + b"\x00\x00\x80\x7f")  # same size, other bytes
+    assert Ledger(tmp_path / "index.jsonl").verified() == {"img000"}
+
+
+# -- the run lock -----------------------------------------------------------------------------------
+
+def test_a_locked_root_refuses_a_second_run_naming_the_holder(tmp_path):
+    with RunLock(tmp_path, "eval"):
+        with pytest.raises(ZooError, match=rf"in use by another zoo run \(pid {os.getpid()}, stage=eval"):
+            RunLock(tmp_path, "eval").acquire()
+    with RunLock(tmp_path, "perf"):  # released: free again
+        pass
+
+
+def test_a_stale_lock_of_a_killed_run_is_taken_over(tmp_path, caplog):
+    proc = subprocess.Popen(["python3", "-c", "import time; time.sleep(60)"])
+    (tmp_path / ".zoo.lock").write_text(f'{{"pid": {proc.pid}, "stage": "eval"}}\n')  # no flock held
+    proc.kill()
+    proc.wait()
+    with caplog.at_level("INFO", logger="zoo"), RunLock(tmp_path, "eval") as lock:
+        assert f'"pid": {os.getpid()}' in lock.path.read_text()
+    assert f"taking over the lock of pid {proc.pid}" in caplog.text
+
+
+def test_a_lock_held_by_another_process_is_refused(tmp_path):
+    code = ("import sys, time; sys.path.insert(0, %r); from zoo_core.runs.lock import RunLock; "
+            "l = RunLock(%r, 'eval'); l.acquire(); print('locked', flush=True); time.sleep(30)"
+            % (str(Path(__file__).resolve().parents[1]), str(tmp_path)))
+    proc = subprocess.Popen([os.sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(ZooError, match=rf"pid {proc.pid}, stage=eval"):
+            RunLock(tmp_path).acquire()
+    finally:
+        proc.kill()
+        proc.wait()
+    time.sleep(0.1)
+    with RunLock(tmp_path):  # the kernel dropped the dead holder's lock
+        pass
+
+
+def test_workers_outlive_the_thread_that_created_them(fixture_cfg):
+    """Linux's PR_SET_PDEATHSIG fires when the *thread* that forked a worker ends; the pool must not
+    depend on it (a run once hung for 16 minutes that way)."""
+    from zoo_core.pipeline.workers import WorkerPool
+    from zoo_core.plugins.manager import ZooPluginManager
+
+    hooks = ZooPluginManager().hooks_for("fixture")
+    made: list = []
+    t = threading.Thread(target=lambda: made.append(WorkerPool(hooks, fixture_cfg, 2)))
+    t.start()
+    t.join()
+    pool = made[0]
+    try:
+        time.sleep(1.0)
+        pids = pool.pids()
+        assert len(pids) == 2
+        for pid in pids:
+            os.kill(pid, 0)  # still alive
+        samples = list(hooks.dataset(cfg=fixture_cfg).samples())[:6]
+        got = [p.sample.id for p in pool.prepared(samples, window=4)]
+        assert got == [s.id for s in samples]
+    finally:
+        pool.close()
+
+
+def test_workers_exit_when_their_parent_is_killed(tmp_path, cache_dir):
+    code = ("import os, sys, time\n"
+            "from zoo_core.config.validate import compose\n"
+            "from zoo_core.pipeline.workers import WorkerPool\n"
+            "from zoo_core.plugins.manager import ZooPluginManager\n"
+            "cfg = compose(['model=fixture'])\n"
+            "pool = WorkerPool(ZooPluginManager().hooks_for('fixture'), cfg, 2)\n"
+            "time.sleep(0.5)\n"
+            "print(' '.join(map(str, pool.pids())), flush=True)\n"
+            "time.sleep(60)\n")
+    env = {**os.environ, "ZOO_CACHE_DIR": str(cache_dir)}
+    proc = subprocess.Popen([os.sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 5
+    alive = pids
+    while alive and time.time() < deadline:
+        time.sleep(0.1)
+        alive = [p for p in pids if _alive(p)]
+    assert not alive, f"workers {alive} outlived their killed parent"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def small_shm(tmp_path, monkeypatch):
+    """A 64 MB tmpfs as the shared-memory dir (Docker's default /dev/shm size)."""
+    d = tmp_path / "shm"
+    d.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(d)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    monkeypatch.setenv("ZOO_SHM_DIR", str(d))
+    yield d
+    subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def test_a_small_dev_shm_falls_back_to_the_pipe_instead_of_sigbus(small_shm, fixture_cfg):
+    from zoo_core.pipeline.workers import SlotRing, WorkerPool
+    from zoo_core.plugins.manager import ZooPluginManager
+
+    with pytest.raises(OSError):
+        SlotRing(6)  # 96 MB cannot be reserved in 64 MB: refused now, not a SIGBUS later
+    assert not list(small_shm.iterdir())
+    hooks = ZooPluginManager().hooks_for("fixture")
+    with WorkerPool(hooks, fixture_cfg, 2) as pool:
+        assert pool.ring is None
+        samples = list(hooks.dataset(cfg=fixture_cfg).samples())
+        got = list(pool.prepared(samples, window=4))
+    assert [p.sample.id for p in got] == [s.id for s in samples] and all(p.error is None for p in got)
+    ring = SlotRing(2)  # 32 MB fits: reserved for real, not a sparse file
+    try:
+        assert os.stat(ring.path).st_blocks * 512 >= ring.size
+    finally:
+        ring.close()

@@ -1,0 +1,122 @@
+"""Sinks: where a stream's finished items go.
+
+Each sink writes atomically per file and, for resumable artifacts, records the item in a ledger only
+after its files are complete (size and CRC-32), so ``resume=true`` can verify what it trusts.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from zoo_core.api.aisbench import input_file, output_path, safe_stem, write_bin
+from zoo_core.api.types import Detections
+from zoo_core.pipeline.stream import Result
+from zoo_core.runs.detstore import DetectionStore
+from zoo_core.runs.resume import Ledger, crc32, cut_torn_tail
+
+
+def _raw(array: np.ndarray) -> memoryview:
+    a = np.ascontiguousarray(array)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return memoryview(a).cast("B")
+
+
+class DetectionSink:
+    """Appends each item's detections to a :class:`DetectionStore`."""
+
+    def __init__(self, store: DetectionStore):
+        self.store = store
+
+    def write(self, result: Result) -> None:
+        assert result.detections is not None, "DetectionSink needs a stream with decode"
+        self.store.add(result.sample.id, result.detections)
+
+    def close(self) -> None:
+        self.store.flush()
+
+
+class OutputBinSink:
+    """Raw outputs as ais_bench files ``<dir>/<stem>_<i>.bin``, listed in ``<dir>/index.jsonl``."""
+
+    def __init__(self, out_dir: Path, ledger: Ledger | None = None):
+        self.dir = Path(out_dir)
+        self.ledger = ledger or Ledger(self.dir / "index.jsonl")
+
+    def write(self, result: Result) -> None:
+        assert result.outputs is not None, "OutputBinSink needs a stream with keep_outputs=True"
+        files = []
+        for i, o in enumerate(result.outputs):
+            p = output_path(self.dir, safe_stem(result.sample.id, result.sample.path), i)
+            raw = _raw(o)
+            write_bin(p, o)
+            files.append((p, raw.nbytes, crc32(raw)))
+        self.ledger.append(result.sample.id, files)
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+class InputBinSink:
+    """Preprocessed inputs as ``.bin`` files plus one ``meta.jsonl`` line per item (written last,
+    with each file's size and CRC-32), so after a kill every listed item is complete."""
+
+    def __init__(self, inputs_dir: Path):
+        self.dir = Path(inputs_dir)
+        self.meta_path = self.dir / "meta.jsonl"
+        self._f = None
+
+    def write(self, result: Result) -> None:
+        assert result.inputs is not None
+        multi = len(result.inputs) > 1
+        shapes = {}
+        for name, arr in result.inputs.items():
+            raw = _raw(arr)
+            write_bin(input_file(self.dir, name, result.sample.id, multi), arr)
+            shapes[name] = {"shape": list(arr.shape), "dtype": arr.dtype.name, "bytes": raw.nbytes,
+                            "crc32": crc32(raw)}
+        if self._f is None:
+            cut_torn_tail(self.meta_path)
+            self._f = open(self.meta_path, "a")
+        self._f.write(json.dumps({"id": result.sample.id, "meta": result.meta, "inputs": shapes}) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+class CallbackSink:
+    """Hands each finished item to a function (predict's drawer, tests)."""
+
+    def __init__(self, fn: Callable[[Result], None]):
+        self.fn = fn
+
+    def write(self, result: Result) -> None:
+        self.fn(result)
+
+    def close(self) -> None:
+        pass
+
+
+class MemorySink:
+    """Keeps detections (and outputs) in memory: for tests and small in-process runs."""
+
+    def __init__(self) -> None:
+        self.detections: dict[str, Detections] = {}
+        self.outputs: dict[str, list[np.ndarray]] = {}
+
+    def write(self, result: Result) -> None:
+        if result.detections is not None:
+            self.detections[result.sample.id] = result.detections
+        if result.outputs is not None:
+            self.outputs[result.sample.id] = [np.array(o) for o in result.outputs]
+
+    def close(self) -> None:
+        pass

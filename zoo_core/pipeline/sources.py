@@ -1,0 +1,152 @@
+"""Sources: where a stream's items come from.
+
+* :class:`ImageSource`: dataset images decoded and preprocessed by worker processes;
+* :class:`BinInputSource`: a ``.bin`` inputs dir (zoo's ``preprocess`` layout with ``meta.jsonl``, or a
+  seed ``prep_dataset`` of ``<stem>.bin`` files);
+* :class:`MetaSource`: items that carry only their preprocess meta (``postprocess`` of a dump).
+
+Every source lists its items up front (``total``) and refuses an id seen twice, naming both files.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zoo_core.api.aisbench import input_file, read_bin, safe_stem
+from zoo_core.api.errors import InputError, ZooError
+from zoo_core.api.types import Sample, TensorSpec
+from zoo_core.pipeline.workers import Prepared, WorkerPool
+from zoo_core.runs.resume import file_crc32, read_jsonl
+
+#: Groups meta-only items into batches (e.g. by the output shapes their meta implies).
+KeyFn = Callable[[dict], tuple]
+
+
+def check_unique(samples: Sequence[Sample]) -> None:
+    """Two samples with one id would share every per-image file: an error naming both files."""
+    seen: dict[str, Sample] = {}
+    for s in samples:
+        other = seen.setdefault(s.id, s)
+        if other is not s:
+            raise InputError(f"two items share the id {s.id!r}: {other.path} and {s.path}", path=s.path,
+                             hint="ids are file stems and must be unique within a dataset")
+
+
+class ImageSource:
+    """Dataset images through the model's ``preprocess`` hook in a :class:`WorkerPool`.
+
+    ``drop_inputs`` keeps only the metas (``postprocess`` recomputing them); ``key`` then groups items.
+    """
+
+    def __init__(self, samples: Sequence[Sample], pool: WorkerPool, window: int | None = None,
+                 drop_inputs: bool = False, key: KeyFn | None = None):
+        check_unique(samples)
+        self.samples = list(samples)
+        self.total = len(self.samples)
+        self.pool = pool
+        self.window = window or max(2 * max(pool.num_workers, 1) + 2, 4)
+        self.drop_inputs, self.key = drop_inputs, key
+
+    def items(self) -> Iterator[Prepared]:
+        for prep in self.pool.prepared(self.samples, self.window):
+            if self.drop_inputs and prep.error is None:
+                prep = Prepared(prep.sample, {}, prep.meta, None, prep.host_s,
+                                key=self.key(prep.meta or {}) if self.key else None)
+            yield prep
+
+
+@dataclass
+class BinItem:
+    """One item of a ``.bin`` inputs dir: its files, their specs and its preprocess meta."""
+
+    sample: Sample
+    files: dict[str, Path]
+    specs: dict[str, TensorSpec]
+    meta: dict[str, Any]
+    crc: dict[str, int]
+
+
+def list_bin_inputs(inputs_dir: Path, input_specs: Sequence[TensorSpec]) -> list[BinItem]:
+    """Every item of ``inputs_dir``: from its ``meta.jsonl`` (zoo's layout) or its ``*.bin`` files."""
+    meta_path = inputs_dir / "meta.jsonl"
+    multi = len(input_specs) > 1
+    items: list[BinItem] = []
+    if meta_path.is_file():
+        first_line: dict[str, int] = {}
+        for n, rec in read_jsonl(meta_path):
+            sid = rec.get("id")
+            if sid is None:
+                raise InputError(f"line {n} has no \"id\"", path=meta_path)
+            sid = safe_stem(sid, f"{meta_path}:{n}")
+            if sid in first_line:
+                raise InputError(f"id {sid!r} appears twice (lines {first_line[sid]} and {n})", path=meta_path)
+            first_line[sid] = n
+            inputs, meta = rec.get("inputs"), rec.get("meta", {"id": sid})
+            if not isinstance(inputs, dict) or not inputs or not isinstance(meta, dict):
+                raise InputError(f"line {n} ({sid!r}) needs an \"inputs\" object and a \"meta\" object",
+                                 path=meta_path)
+            files, specs, crc = {}, {}, {}
+            for name, v in inputs.items():
+                try:
+                    specs[name] = TensorSpec(name, tuple(int(d) for d in v["shape"]), str(np.dtype(v["dtype"])))
+                except (KeyError, TypeError, ValueError):
+                    raise InputError(f"line {n} ({sid!r}): input {name!r} needs a shape and a dtype",
+                                     path=meta_path) from None
+                files[name] = input_file(inputs_dir, name, sid, len(inputs) > 1)
+                if "crc32" in v:
+                    crc[name] = int(v["crc32"])
+            items.append(BinItem(Sample(sid, files[next(iter(files))]), files, specs, meta, crc))
+        return items
+    if multi:
+        raise ZooError("no meta.jsonl: a model with several inputs needs the preprocess stage's layout",
+                       path=inputs_dir)
+    spec = input_specs[0]
+    for p in sorted(inputs_dir.glob("*.bin")):
+        sid = safe_stem(p.stem, p)
+        items.append(BinItem(Sample(sid, p), {spec.name: p}, {spec.name: spec}, {"id": sid}, {}))
+    return items
+
+
+class BinInputSource:
+    """Reads each item's ``.bin`` inputs as it is needed (in the stream's feeder thread)."""
+
+    def __init__(self, items: Sequence[BinItem]):
+        check_unique([it.sample for it in items])
+        self.list = list(items)
+        self.total = len(self.list)
+
+    def items(self) -> Iterator[Prepared]:
+        for it in self.list:
+            t0 = time.process_time()
+            try:
+                arrays = {}
+                for name, path in it.files.items():
+                    arrays[name] = read_bin(path, it.specs[name])
+                    if name in it.crc and file_crc32(path) != it.crc[name]:
+                        raise InputError("changed since preprocess wrote it (CRC-32 differs from meta.jsonl)",
+                                         path=path)
+                yield Prepared(it.sample, arrays, it.meta, None, time.process_time() - t0)
+            except InputError as exc:
+                yield Prepared(it.sample, None, None, str(exc), time.process_time() - t0)
+
+
+class MetaSource:
+    """Items that carry only a preprocess meta (outputs come from a dump through the replay backend)."""
+
+    def __init__(self, pairs: Sequence[tuple[Sample, dict]], key: KeyFn):
+        check_unique([s for s, _ in pairs])
+        self.pairs = list(pairs)
+        self.total = len(self.pairs)
+        self.key = key
+
+    def items(self) -> Iterator[Prepared]:
+        for sample, meta in self.pairs:
+            try:
+                yield Prepared(sample, {}, meta, key=self.key(meta))
+            except InputError as exc:
+                yield Prepared(sample, None, None, str(exc))

@@ -1,0 +1,66 @@
+"""The default reporter: prints each stage's summary when it finishes (``zoo_stage_finished``).
+
+Stages never print; they return a summary dict and this plugin (registered by the core in every
+plugin manager, like a third-party observer would be) turns it into a few lines on stdout.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from zoo_core import hookimpl
+
+
+def _metrics_lines(model: str, result: dict[str, Any], record_dir: Path) -> list[str]:
+    head = f"{model} on {result.get('dataset', '')} ({result.get('images', 0)} images"
+    if result.get("skipped"):
+        head += f", {len(result['skipped'])} skipped"
+    lines = [head + "):"]
+    for k, v in (result.get("metrics") or {}).items():
+        if "/" not in k:
+            lines.append(f"  {k:<12} {'n/a' if v is None else format(v, '.4f')}")
+    for k, v in (result.get("info") or {}).items():
+        if isinstance(v, (str, int, float)):
+            lines.append(f"  ({k}: {v})")
+    lines.append(f"  -> {record_dir / 'metrics.json'}")
+    return lines
+
+
+def format_summary(model: str, stage: str, record_dir: Path, result: dict[str, Any]) -> list[str]:
+    """The lines printed for one finished stage."""
+    if "metrics" in result:
+        return _metrics_lines(model, result, record_dir)
+    if stage == "perf":
+        lat = result["latency_ms"]
+        return [f"{model} perf, backend {result.get('backend', {}).get('backend')}, batch {result['batch_size']}: "
+                f"mean {lat['mean']:.2f} ms, median {lat['median']:.2f} ms, p99 {lat['p99']:.2f} ms, "
+                f"throughput {result['throughput']:.2f} img/s", f"  -> {record_dir / 'perf.json'}"]
+    if stage == "preprocess":
+        return [f"preprocessed {result['images']} images ({result.get('resumed_images', 0)} already done, "
+                f"{len(result.get('skipped', []))} skipped) -> {result['inputs_dir']}"]
+    if stage == "infer":
+        return [f"inferred {result['images']} images -> {result['outputs_dir']} "
+                f"({result['perf'].get('throughput_img_s')} img/s)", f"  -> {record_dir / 'perf.json'}"]
+    if stage == "export":
+        return [f"exported {model} for {result['target']}: {result['onnx']}",
+                f"  inputs {result['input_names']} outputs {result['output_names']}"]
+    if stage == "convert":
+        if not result.get("converted"):
+            return [f"{result['reason']}.", f"The exact command was written to {result['script']}:",
+                    f"  {shlex.join(result['argv'])}"]
+        return [f"converted {result['onnx']} -> {result['om']}"]
+    if stage == "predict":
+        lines = [f"{p['image']}: {p['detections']} detections -> {p['picture']}" for p in result["predictions"]]
+        return lines + [f"  -> {result['predictions_dir']}"]
+    return [f"{stage} finished -> {record_dir}"]
+
+
+class TerminalReporter:
+    """Prints a stage's summary on stdout."""
+
+    @hookimpl
+    def zoo_stage_finished(self, cfg: Any, stage: str, run_dir: Path, result: dict[str, Any]) -> None:
+        print("\n".join(format_summary(str(cfg.model.name), stage, Path(run_dir), result)), flush=True)
+        sys.stdout.flush()

@@ -1,0 +1,40 @@
+"""The run directory: what lives where (docs/run-directory.md).
+
+A *run root* holds the artifacts that chain stages together; each stage run keeps its own records
+in ``<root>/<stage>/``, which no other stage writes::
+
+    <root>/                 work_dir (single run) or the sweep job's dir
+      .zoo.lock             held by the run writing this root
+      inputs/               preprocess: <stem>.bin (+ <input>/<stem>.bin), meta.jsonl, state.json
+      outputs/              infer, eval save_outputs=true: <stem>_<i>.bin, index.jsonl, state.json
+      detections/           eval, postprocess: chunk-*.npz, state.json
+      model/                model_dir (default): exports, OMs, atc_*.sh
+      <stage>/              run.json, perf.json, metrics.json, plugin files, .hydra/, zoo.log
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+#: Artifact dirs at the root, each written by the stages named (and cleared by them unless resuming).
+ARTIFACTS = {"inputs": ("preprocess",), "outputs": ("infer", "eval"), "detections": ("eval", "postprocess")}
+
+#: Files in a record dir that Hydra writes before the stage starts (kept when the dir is cleared).
+HYDRA_FILES = (".hydra", "zoo.log")
+
+
+def record_dir(root: Path, stage: str) -> Path:
+    return Path(root) / stage
+
+
+def clear_dir(path: Path, keep: tuple[str, ...] = ()) -> None:
+    """Remove everything inside ``path`` except the names in ``keep`` (the dir itself stays)."""
+    if not path.is_dir():
+        return
+    for p in path.iterdir():
+        if p.name in keep:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()

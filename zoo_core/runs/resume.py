@@ -1,0 +1,175 @@
+"""Resumable artifact dirs: a fingerprinted ``state.json`` and a ledger of verified finished items.
+
+``resume=true`` continues a killed run: an item counts as done only when the ledger lists it *and*
+every file it wrote is still there with the recorded size and CRC-32; the rest is redone. A changed
+fingerprint (config, weights, model file, ``save_outputs``...) refuses to resume, naming what changed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from zoo_core.api.atomic import write_json
+from zoo_core.api.errors import InputError, ZooError
+from zoo_core.runs.context import RunContext
+from zoo_core.runs.fingerprint import config_hash, sha256_file
+
+log = logging.getLogger("zoo")
+
+
+def artifact_fingerprint(ctx: RunContext, model_file: str | None = None, **parts: Any) -> dict[str, Any]:
+    """What must not change between an interrupted run and its resumption (hashes only)."""
+    w = ctx.weights()
+    fp = {
+        "model": config_hash(ctx.cfg.model),
+        "dataset": config_hash({k: v for k, v in ctx.resolved_config()["dataset"].items() if k != "limit"}),
+        "weights_sha256": sha256_file(w) if w else None,
+        "model_file_sha256": sha256_file(model_file) if model_file and Path(model_file).is_file() else None,
+    }
+    fp.update(parts)
+    return fp
+
+
+def start_resumable(ctx: RunContext, state_path: Path, fingerprint: dict[str, Any],
+                    reset: Callable[[], None]) -> bool:
+    """Open a resumable artifact dir; True when resuming it (``resume=true`` and a matching state).
+
+    When not resuming, ``reset()`` clears the old artifacts *before* the new state is written, so a
+    kill in between never pairs old artifacts with a new fingerprint. ``state.json`` records the
+    fingerprint (plus the model and dataset config, for ``evaluate``'s provenance check) and
+    ``complete: false`` until :func:`mark_complete`.
+    """
+    state_path = Path(state_path)
+    resuming = False
+    if bool(ctx.cfg.resume) and state_path.is_file():
+        try:
+            old = json.loads(state_path.read_text()).get("fingerprint", {})
+        except (ValueError, AttributeError):
+            raise ZooError("cannot resume: the state file is unreadable", path=state_path,
+                           hint="run again without resume=true to start over") from None
+        if old != fingerprint:
+            changed = sorted(k for k in set(fingerprint) | set(old) if fingerprint.get(k) != old.get(k))
+            raise ZooError(f"cannot resume: {', '.join(changed)} changed since the interrupted run",
+                           path=state_path, hint="run again without resume=true to start over")
+        resuming = True
+    elif bool(ctx.cfg.resume):
+        log.info("resume=true but %s does not exist: starting from the beginning", state_path)
+    if not resuming:
+        state_path.unlink(missing_ok=True)
+        reset()
+    cfg = ctx.resolved_config()
+    write_json(state_path, {"stage": ctx.stage, "model_name": ctx.model_name, "fingerprint": fingerprint,
+                            "model_config": cfg["model"], "dataset_config": cfg["dataset"], "complete": False})
+    return resuming
+
+
+def mark_complete(state_path: Path) -> None:
+    """Flag a resumable artifact dir as finished (every item written)."""
+    state_path = Path(state_path)
+    state = json.loads(state_path.read_text())
+    state["complete"] = True
+    write_json(state_path, state)
+
+
+def crc32(data: bytes | memoryview) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def file_crc32(path: Path, chunk: int = 1 << 20) -> int:
+    c = 0
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            c = zlib.crc32(b, c)
+    return c & 0xFFFFFFFF
+
+
+def read_jsonl(path: Path, drop_torn_tail: bool = False) -> list[tuple[int, dict]]:
+    """``(line number, object)`` per line of a JSON-lines file written by zoo.
+
+    A line that is not a JSON object is an :class:`InputError` naming the file and line; so is a last
+    line without its newline (a killed writer) unless ``drop_torn_tail`` (resuming that writer).
+    """
+    out: list[tuple[int, dict]] = []
+    if not path.is_file():
+        return out
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    torn = lines.pop() if lines else b""
+    if torn.strip():
+        if not drop_torn_tail:
+            raise InputError("ends with an incomplete line: the run that wrote it was interrupted",
+                             path=path, hint="run that stage again (resume=true continues it)")
+        log.info("%s: dropping the incomplete last line of an interrupted run", path)
+    for n, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            raise InputError(f"line {n} is not valid JSON", path=path) from None
+        if not isinstance(rec, dict):
+            raise InputError(f"line {n} is not a JSON object", path=path)
+        out.append((n, rec))
+    return out
+
+
+def cut_torn_tail(path: Path) -> None:
+    """Cut a killed writer's incomplete last line off ``path`` so appended lines stay whole."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+class Ledger:
+    """``<dir>/index.jsonl``: one line per finished item with the files it wrote (size, CRC-32)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._f: Any = None
+
+    def reset(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+    def append(self, item_id: str, files: list[tuple[Path, int, int]]) -> None:
+        """Record ``item_id`` as finished; ``files`` are ``(path, bytes, crc32)`` already written."""
+        if self._f is None:
+            cut_torn_tail(self.path)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, "a")
+        rel = [[os.path.relpath(p, self.path.parent), n, c] for p, n, c in files]
+        self._f.write(json.dumps({"id": item_id, "files": rel}) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def verified(self) -> set[str]:
+        """Ids whose every recorded file still has its recorded size and CRC-32."""
+        ok: set[str] = set()
+        for _n, rec in read_jsonl(self.path, drop_torn_tail=True):
+            files = rec.get("files") or []
+            good = True
+            for rel, size, c in files:
+                p = self.path.parent / rel
+                try:
+                    if p.stat().st_size != size or file_crc32(p) != c:
+                        good = False
+                except OSError:
+                    good = False
+                if not good:
+                    log.info("resume: %s is missing or changed; %s will be redone", p, rec.get("id"))
+                    break
+            if good and isinstance(rec.get("id"), str):
+                ok.add(rec["id"])
+        return ok

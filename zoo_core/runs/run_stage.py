@@ -1,0 +1,37 @@
+"""Run one stage in its run root: lock the root, own the record dir, record the run, notify observers."""
+from __future__ import annotations
+
+from typing import Any
+
+from zoo_core.runs.context import RunContext
+from zoo_core.runs.layout import HYDRA_FILES, clear_dir
+from zoo_core.runs.lock import RunLock
+from zoo_core.runs.records import write_run_record
+
+
+def run_stage(ctx: RunContext) -> dict[str, Any]:
+    """Run ``ctx.stage`` with the root locked; return the stage's summary.
+
+    The record dir belongs to this stage run: what an earlier run of the stage left there is removed
+    first (Hydra's ``.hydra/`` and ``zoo.log`` of this run excepted). ``run.json`` says ``running``
+    while the stage runs and ``ok`` or ``failed`` (with the error) at the end.
+    """
+    from zoo_core.stages import get_stage
+
+    stage = get_stage(ctx.stage)
+    with RunLock(ctx.root, ctx.stage):
+        ctx.record_dir.mkdir(parents=True, exist_ok=True)
+        clear_dir(ctx.record_dir, keep=HYDRA_FILES)
+        write_run_record(ctx, {"status": "running"})
+        try:
+            result = stage(ctx)
+        except BaseException as exc:
+            try:
+                write_run_record(ctx, {"status": "failed", "error": str(exc) or type(exc).__name__})
+            except Exception:  # the original error matters more than its record
+                pass
+            raise
+        backend = result.get("backend") if isinstance(result.get("backend"), dict) else None
+        write_run_record(ctx, {"status": "ok", **({"backend": backend} if backend else {})})
+    ctx.manager.notify_stage_finished(cfg=ctx.cfg, stage=ctx.stage, run_dir=ctx.record_dir, result=result)
+    return result
