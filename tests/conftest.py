@@ -102,7 +102,7 @@ def eval_metrics(tmp_path_factory, cache_dir, fixture_onnx) -> dict:
     """metrics.json of a plain ``stage=eval`` run (batch 1, onnxruntime)."""
     d = tmp_path_factory.mktemp("eval")
     Zoo(d, cache_dir).ok("run", "model=fixture", "stage=eval", "work_dir=run", f"model_file={fixture_onnx}")
-    return metrics(d / "run")
+    return metrics(d / "run" / "eval")
 
 
 @pytest.fixture(scope="session")

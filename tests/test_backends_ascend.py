@@ -59,9 +59,9 @@ def test_acl_backend_matches_onnxruntime(zoo, ascend_env, eval_metrics, fixture_
     zoo.ok("run", "model=fixture", "stage=convert", f"batch_size={bs}", f"model_file={fixture_onnx}", env=ascend_env)
     zoo.ok("run", "model=fixture", "stage=eval", "backend=acl", f"batch_size={bs}", env=ascend_env)
     run = zoo.cwd / "outputs" / "fixture"
-    m = json.loads((run / "metrics.json").read_text())
+    m = json.loads((run / "eval" / "metrics.json").read_text())
     assert m["metrics"] == eval_metrics["metrics"] and m["images"] == 12
-    perf = json.loads((run / "perf.json").read_text())
+    perf = json.loads((run / "eval" / "perf.json").read_text())
     assert perf["backend"] == "acl" and perf["fixed_batch"] == bs
     assert perf["model_file"].endswith(f"fixture_bs{bs}.om")
 
@@ -73,9 +73,9 @@ def test_acl_dynamic_batch_gears(zoo, ascend_env, eval_metrics, fixture_onnx, tm
     assert "--dynamic_batch_size=1,2,8" in argv and "--input_shape=image:-1,1,64,64" in argv
     zoo.ok("run", "model=fixture", "stage=eval", "backend=acl", "backend.dynamic_batch=true", gears,
            "batch_size=5", env=ascend_env)
-    m = json.loads((zoo.cwd / "outputs" / "fixture" / "metrics.json").read_text())
+    m = json.loads((zoo.cwd / "outputs" / "fixture" / "eval" / "metrics.json").read_text())
     assert m["metrics"] == eval_metrics["metrics"] and m["images"] == 12
-    perf = json.loads((zoo.cwd / "outputs" / "fixture" / "perf.json").read_text())
+    perf = json.loads((zoo.cwd / "outputs" / "fixture" / "eval" / "perf.json").read_text())
     assert perf["dynamic_batch_gears"] == [1, 2, 8] and perf["batches"] == 3
 
 

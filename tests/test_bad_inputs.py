@@ -73,7 +73,7 @@ def _assert_clean_failure(rc, err, *texts, run_dir: Path):
     assert "Traceback" not in err, err
     for t in texts:
         assert str(t) in err, f"{t!r} not in stderr:\n{err}"
-    assert not (run_dir / "metrics.json").exists()
+    assert not list(run_dir.rglob("metrics.json"))
 
 
 @pytest.mark.parametrize("kind", list(IMAGE_ERRORS))
@@ -92,13 +92,13 @@ def test_bad_images_are_skipped_listed_and_fail_unless_allowed(zoo, squares_base
     args = ["run", "model=fixture", "backend=oracle", "num_workers=1", f"dataset.root={root}", "on_error=skip"]
     rc, out, err = zoo(*args, "work_dir=a")
     assert rc != 0 and "Traceback" not in err and "allow_skips=true" in err
-    m = json.loads((zoo.cwd / "a" / "metrics.json").read_text())
+    m = json.loads((zoo.cwd / "a" / "eval" / "metrics.json").read_text())
     assert sorted(s["id"] for s in m["skipped"]) == stems and m["images"] == 1
     for s, k in zip(stems, kinds):
         rec = next(r for r in m["skipped"] if r["id"] == s)
         assert f"{s}.png" in rec["reason"] and IMAGE_ERRORS[k][1] in rec["reason"]
     zoo.ok(*args, "allow_skips=true", "work_dir=b")
-    assert json.loads((zoo.cwd / "b" / "metrics.json").read_text())["images"] == 1
+    assert json.loads((zoo.cwd / "b" / "eval" / "metrics.json").read_text())["images"] == 1
 
 
 WORKING_IMAGES = {
@@ -141,7 +141,7 @@ def test_unusual_pixel_formats_and_1x1_work_end_to_end(zoo, squares_base):
     boxes["sq003"] = []  # the 1x1 image has no square left
     (root / "boxes.json").write_text(json.dumps(boxes))
     zoo.ok("run", "model=fixture", "backend=oracle", "num_workers=0", f"dataset.root={root}", "work_dir=run")
-    m = json.loads((zoo.cwd / "run" / "metrics.json").read_text())
+    m = json.loads((zoo.cwd / "run" / "eval" / "metrics.json").read_text())
     assert m["images"] == 5 and m["skipped"] == [] and m["metrics"]["AP50"] == 1.0
 
 
@@ -285,7 +285,7 @@ def test_missing_output_files_for_some_images(zoo, infer_run):
     _assert_clean_failure(rc, err, dump, "no output files for image 'sq003'", run_dir=zoo.cwd / "a")
     rc, out, err = zoo(*args, "work_dir=b", "on_error=skip")
     assert rc != 0 and "Traceback" not in err
-    m = json.loads((zoo.cwd / "b" / "metrics.json").read_text())
+    m = json.loads((zoo.cwd / "b" / "postprocess" / "metrics.json").read_text())
     assert [s["id"] for s in m["skipped"]] == ["sq003"] and m["images"] == 11
 
 
@@ -301,6 +301,6 @@ def test_nan_and_inf_model_outputs(zoo, infer_run):
     _assert_clean_failure(rc, err, "sq002.png", "NaN or inf", run_dir=zoo.cwd / "a")
     rc, out, err = zoo(*args, "work_dir=b", "on_error=skip")
     assert rc != 0 and "allow_skips" in err and "Traceback" not in err
-    m = json.loads((zoo.cwd / "b" / "metrics.json").read_text())
+    m = json.loads((zoo.cwd / "b" / "eval" / "metrics.json").read_text())
     assert sorted(s["id"] for s in m["skipped"]) == ["sq002", "sq005"] and m["images"] == 10
     zoo.ok(*args, "work_dir=c", "on_error=skip", "allow_skips=true")

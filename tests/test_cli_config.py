@@ -30,7 +30,7 @@ def test_config_error_is_one_helpful_message(zoo, overrides, texts):
     assert "Traceback" not in err, err
     for t in texts:
         assert t in err, f"{t!r} not in:\n{err}"
-    assert not (zoo.cwd / "outputs" / "fixture" / "metrics.json").exists()
+    assert not (zoo.cwd / "outputs" / "fixture" / "eval" / "metrics.json").exists()
 
 
 def test_info_prints_resolved_config(zoo, cache_dir):

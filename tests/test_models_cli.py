@@ -16,13 +16,13 @@ ASTRONAUT_BOX = [181.53, 58.20, 269.88, 177.81]
 def test_main_job_scores_the_bundled_sample_with_the_real_weights(zoo):
     """`make demo`: no arguments beyond the model; the numbers the README documents."""
     out = zoo.ok("run", "model=centerface", "stage=eval")
-    m = json.loads((zoo.cwd / "outputs" / "centerface" / "metrics.json").read_text())
+    m = json.loads((zoo.cwd / "outputs" / "centerface" / "eval" / "metrics.json").read_text())
     assert m["images"] == 24 and m["skipped"] == []
     assert m["info"]["iou_thresh"] == 0.5
     for key, expected in {"easy": 0.9688, "medium": 0.9754, "hard": 0.7409}.items():
         assert abs(m["metrics"][key] - expected) < 0.01, (key, m["metrics"][key])
         assert key in out
-    run_dir = zoo.cwd / "outputs" / "centerface"
+    run_dir = zoo.cwd / "outputs" / "centerface" / "eval"
     assert (run_dir / "pr_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list((run_dir / "predictions").rglob("*.txt"))) == 24
 
@@ -30,12 +30,12 @@ def test_main_job_scores_the_bundled_sample_with_the_real_weights(zoo):
 def test_predict_draws_the_astronaut_face(zoo):
     image = golden_dir("centerface", "astronaut.png")
     zoo.ok("run", "model=centerface", "stage=predict", f"input={image}")
-    pred = zoo.cwd / "outputs" / "centerface" / "predictions"
-    det = json.loads((pred / "astronaut.json").read_text())
+    pred = zoo.cwd / "outputs" / "centerface" / "predict"
+    det = json.loads((pred / "astronaut.png.json").read_text())
     assert len(det["boxes"]) == 1
     np.testing.assert_allclose(det["boxes"][0], ASTRONAUT_BOX, atol=1.0)
     assert len(det["landmarks"][0]) == 10
-    assert (pred / "astronaut.jpg").read_bytes()[:2] == b"\xff\xd8"
+    assert (pred / "astronaut.png.jpg").read_bytes()[:2] == b"\xff\xd8"
 
 
 @pytest.mark.slow
@@ -55,7 +55,7 @@ def test_centernet_export_convert_sweep_and_perf(zoo, fixtures_dir, tmp_path):
         assert "--out_nodes=/hm/hm.2/Conv:0;/wh/wh.2/Conv:0;/reg/reg.2/Conv:0" in argv
         assert f"--output={model_dir / f'centernet_bs{n}'}" in argv
     zoo.ok("run", "model=centernet", "stage=perf", "stage.loop=2", "stage.warmup=1")
-    perf = json.loads((zoo.cwd / "outputs" / "centernet" / "perf.json").read_text())
+    perf = json.loads((zoo.cwd / "outputs" / "centernet" / "perf" / "perf.json").read_text())
     assert perf["latency_ms"]["count"] == 2
     assert perf["throughput"] == pytest.approx(1000 * perf["batch_size"] / perf["latency_ms"]["mean"])
     assert perf["model_file"].endswith("centernet_onnxruntime.onnx")

@@ -172,7 +172,7 @@ def test_broken_plugin_manager_state(fixtures_dir, monkeypatch):
 def test_eval_still_works_next_to_broken_plugins(zoo, bad_env, fixture_onnx):
     rc, out, err = zoo("run", "model=fixture", "stage=eval", f"model_file={fixture_onnx}", env=bad_env)
     assert rc == 0, err
-    m = json.loads((zoo.cwd / "outputs" / "fixture" / "metrics.json").read_text())
+    m = json.loads((zoo.cwd / "outputs" / "fixture" / "eval" / "metrics.json").read_text())
     assert m["metrics"]["AP50"] == 1.0 and m["images"] == 12
     rc, out, err = zoo("run", "model=badhook", "stage=eval", env=bad_env)
     assert rc != 0 and "Traceback" not in err

@@ -20,7 +20,7 @@ def _weights(path: Path, w: float) -> Path:
 def test_run_json_records_config_versions_and_input_hashes(zoo, cache_dir):
     a = _weights(zoo.cwd / "a.pth", 20.0)
     zoo.ok("run", "model=fixture", "num_workers=0", f"weights={a}", "batch_size=2", "work_dir=run")
-    rec = json.loads((zoo.cwd / "run" / "run.json").read_text())
+    rec = json.loads((zoo.cwd / "run" / "eval" / "run.json").read_text())
     assert rec["stage"] == "eval" and rec["config"]["batch_size"] == 2 and rec["config"]["weights"] == str(a)
     for dist in ("zoo-core", "zoo-fixture", "onnxruntime", "torch", "python"):
         assert rec["versions"].get(dist), dist
@@ -48,7 +48,7 @@ def test_export_from_other_weights_is_redone_not_trusted(zoo):
     onnx.write_bytes(onnx.read_bytes() + b"\0")
     zoo.ok("run", *common, f"weights={b}")
     assert _sha(onnx) == second["sha256"]
-    assert "re-exporting" in (zoo.cwd / "run" / "zoo.log").read_text()
+    assert "re-exporting" in (zoo.cwd / "run" / "eval" / "zoo.log").read_text()
 
 
 def test_evaluate_refuses_detections_of_other_weights_and_warns_on_other_config(zoo):
@@ -57,10 +57,10 @@ def test_evaluate_refuses_detections_of_other_weights_and_warns_on_other_config(
     ev = ["model=fixture", "stage=evaluate", "work_dir=run"]
     rc, out, err = zoo("run", *ev, f"weights={b}")
     assert rc != 0 and "Traceback" not in err and "not made with weights=" in err and "state.json" in err
-    assert not (zoo.cwd / "run" / "metrics.json").exists()  # the eval run's metrics are not left looking current
+    assert not (zoo.cwd / "run" / "evaluate" / "metrics.json").exists()
     rc, out, err = zoo("run", *ev, "model.iou_thresh=0.3")
     assert rc == 0 and "model.iou_thresh: 0.5 -> 0.3" in err
-    m = json.loads((zoo.cwd / "run" / "metrics.json").read_text())
+    m = json.loads((zoo.cwd / "run" / "evaluate" / "metrics.json").read_text())
     assert m["provenance"]["warnings"] == ["model.iou_thresh: 0.5 -> 0.3"] and m["info"]["iou_thresh"] == 0.3
     rc, out, err = zoo("run", *ev, "model=centernet", "dataset=coco_sample", "work_dir=run")
     assert rc != 0 and "made by model 'fixture', not 'centernet'" in err
@@ -82,10 +82,10 @@ def test_evaluate_of_an_interrupted_run_refuses_missing_images(zoo, tmp_path):
     part = {"ids": z["ids"][:1], "counts": z["counts"][:1], "boxes": z["boxes"][:n0], "scores": z["scores"][:n0],
             "labels": z["labels"][:n0]}
     np.savez(keep[0], **part)
-    (zoo.cwd / "run" / "metrics.json").unlink()
+    (zoo.cwd / "run" / "eval" / "metrics.json").unlink()
     rc, out, err = zoo("run", "model=fixture", "stage=evaluate", "work_dir=run")
     assert rc != 0 and "11 image(s) of the dataset have no saved detections" in err
-    assert not (zoo.cwd / "run" / "metrics.json").exists()
+    assert not (zoo.cwd / "run" / "evaluate" / "metrics.json").exists()
     rc, out, err = zoo("run", "model=fixture", "stage=evaluate", "work_dir=run", "allow_skips=true")
     assert rc == 0 and "did not finish" in err
-    assert len(json.loads((zoo.cwd / "run" / "metrics.json").read_text())["skipped"]) == 11
+    assert len(json.loads((zoo.cwd / "run" / "evaluate" / "metrics.json").read_text())["skipped"]) == 11

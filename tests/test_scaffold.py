@@ -112,11 +112,11 @@ def test_scaffolded_plugin_installs_lists_runs_and_passes_its_tests(installed_pl
     assert onnx.is_file() and json.loads(onnx.with_suffix(".json").read_text())["output_names"] == ["heatmap", "box"]
 
     zoo("run", f"model={name}", "stage=eval")
-    metrics = json.loads((work / "outputs" / name / "metrics.json").read_text())
+    metrics = json.loads((work / "outputs" / name / "eval" / "metrics.json").read_text())
     assert metrics["images"] == 16 and 0.0 <= metrics["metrics"]["AP50"] <= 1.0
 
     zoo("run", f"model={name}", "stage=eval", "backend=oracle", f"work_dir=oracle_{name}")
-    oracle = json.loads((work / f"oracle_{name}" / "metrics.json").read_text())
+    oracle = json.loads((work / f"oracle_{name}" / "eval" / "metrics.json").read_text())
     assert oracle["metrics"]["AP50"] == pytest.approx(1.0) and oracle["metrics"]["recall"] == pytest.approx(1.0)
 
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=dest,

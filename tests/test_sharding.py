@@ -55,7 +55,7 @@ def test_bad_shard_settings_are_config_errors(kw):
 def sharded_vs_unsharded(zoo, tmp_path, *args: str) -> tuple[dict, dict, Path]:
     rc, out, err = zoo("run", *args, "stage=eval", "work_dir=full")
     assert rc == 0, out + err
-    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    full = json.loads((tmp_path / "full" / "eval" / "metrics.json").read_text())
     sweep = tmp_path / "sweep"
     rc, out, err = zoo("run", "-m", *args, "stage=eval", "dataset.num_shards=3", "dataset.shard=range(0,3)",
                        f"hydra.sweep.dir={sweep}", *JOBLIB2)
@@ -81,7 +81,7 @@ def merged_report_row(sweep: Path) -> dict:
 def test_fixture_sharded_eval_with_worker_pools_in_joblib_jobs(zoo, tmp_path):
     full, merged, sweep = sharded_vs_unsharded(zoo, tmp_path, "model=fixture", "pin.cores=4")
     assert merged["metrics"] == full["metrics"]
-    assert "num_workers=1" in (sweep / "0" / "zoo.log").read_text()  # spawn pools inside loky workers
+    assert "num_workers=1" in (sweep / "0" / "eval" / "zoo.log").read_text()  # spawn pools inside loky workers
 
 
 @pytest.mark.slow
@@ -92,7 +92,7 @@ def test_centernet_oracle_coco_sample_three_shards_merge_equals_unsharded(zoo, t
     assert full["metrics"]["AR1"] < 1.0  # a missing shard would lower AP/AR; the merge must not
     row = merged_report_row(sweep)
     assert row["status"] == "ok" and float(row["metric:AP"]) == full["metrics"]["AP"]
-    shard_ap = [json.loads((sweep / str(i) / "metrics.json").read_text())["images"] for i in range(3)]
+    shard_ap = [json.loads((sweep / str(i) / "eval" / "metrics.json").read_text())["images"] for i in range(3)]
     assert shard_ap == [8, 8, 8]
 
 
@@ -101,7 +101,7 @@ def test_centerface_wider_sample_three_shards_merge_equals_unsharded(zoo, tmp_pa
     full, merged, sweep = sharded_vs_unsharded(zoo, tmp_path, "model=centerface")
     assert merged["metrics"] == full["metrics"]
     assert set(merged["metrics"]) >= {"easy", "medium", "hard"}
-    per_shard = [json.loads((sweep / str(i) / "metrics.json").read_text())["metrics"]["hard"] for i in range(3)]
+    per_shard = [json.loads((sweep / str(i) / "eval" / "metrics.json").read_text())["metrics"]["hard"] for i in range(3)]
     assert any(abs(h - full["metrics"]["hard"]) > 1e-6 for h in per_shard)  # shards alone score differently
     assert float(merged_report_row(sweep)["metric:hard"]) == full["metrics"]["hard"]
 

@@ -12,12 +12,12 @@ import pytest
 BIN_BYTES = 1 * 64 * 64 * 4
 
 
-def _metrics(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / "metrics.json").read_text())
+def _metrics(root: Path, stage: str) -> dict:
+    return json.loads((Path(root) / stage / "metrics.json").read_text())
 
 
-def _scored_ids(run_dir: Path) -> list[str]:
-    return sorted(json.loads((Path(run_dir) / "fixture_detections.json").read_text()))
+def _scored_ids(root: Path, stage: str) -> list[str]:
+    return sorted(json.loads((Path(root) / stage / "fixture_detections.json").read_text()))
 
 
 def test_eval_scores_all_twelve_images(eval_metrics):
@@ -38,10 +38,9 @@ def test_stage_chain_matches_eval(zoo, infer_run, eval_metrics, fixture_onnx):
     run = zoo.cwd / "chain"
     shutil.copytree(infer_run, run)
     zoo.ok("run", "model=fixture", "stage=postprocess", f"work_dir={run}")
-    assert _metrics(run)["metrics"] == eval_metrics["metrics"]
-    (run / "metrics.json").unlink()
+    assert _metrics(run, "postprocess")["metrics"] == eval_metrics["metrics"]
     zoo.ok("run", "model=fixture", "stage=evaluate", f"work_dir={run}")
-    m = _metrics(run)
+    m = _metrics(run, "evaluate")
     assert m["metrics"] == eval_metrics["metrics"] and m["images"] == 12
 
 
@@ -54,14 +53,14 @@ def test_predict_on_folder_writes_json_and_jpg(zoo, cache_dir, fixture_onnx):
     for p in src:
         shutil.copy(p, folder)
     zoo.ok("run", "model=fixture", "stage=predict", f"input={folder}", f"model_file={fixture_onnx}", "work_dir=pred")
-    pred = zoo.cwd / "pred" / "predictions"
+    pred = zoo.cwd / "pred" / "predict"
     gt = json.loads((cache_dir / "fixture_squares" / "boxes.json").read_text())
     for p in src:
-        rec = json.loads((pred / f"{p.stem}.json").read_text())
+        rec = json.loads((pred / f"{p.name}.json").read_text())
         assert len(rec["boxes"]) == len(gt[p.stem])
-        img = cv2.imread(str(pred / f"{p.stem}.jpg"))
+        img = cv2.imread(str(pred / f"{p.name}.jpg"))
         assert img is not None and img.shape == cv2.imread(str(p)).shape
-    assert len(list(pred.iterdir())) == 2 * len(src)
+    assert len([q for q in pred.glob("*.png.*")]) == 2 * len(src)
 
 
 @pytest.mark.parametrize("target,opset", [("onnxruntime", 17), ("ascend", 11)])
@@ -79,7 +78,7 @@ def test_export_for_both_targets(zoo, target, opset):
 
 def test_perf_writes_latency_stats_and_throughput(zoo, fixture_onnx):
     zoo.ok("run", "model=fixture", "stage=perf", "batch_size=3", "stage.loop=7", f"model_file={fixture_onnx}")
-    perf = json.loads((zoo.cwd / "outputs" / "fixture" / "perf.json").read_text())
+    perf = json.loads((zoo.cwd / "outputs" / "fixture" / "perf" / "perf.json").read_text())
     lat = perf["latency_ms"]
     assert lat["count"] == 7 and lat["min"] <= lat["median"] <= lat["max"] and lat["min"] <= lat["mean"] <= lat["max"]
     assert perf["batch_size"] == 3
@@ -93,7 +92,7 @@ def test_multirun_perf_sweep_creates_jobs_and_report(zoo, fixture_onnx):
     sweep = sweeps[0]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert [j.name for j in jobs] == ["0", "1"]
-    assert [json.loads((j / "perf.json").read_text())["batch_size"] for j in jobs] == [1, 2]
+    assert [json.loads((j / "perf" / "perf.json").read_text())["batch_size"] for j in jobs] == [1, 2]
     report = list(sweep.glob("sweep_report.*"))
     assert {p.suffix for p in report} >= {".csv", ".md"}
     assert "batch_size" in (sweep / "sweep_report.md").read_text()
@@ -103,11 +102,11 @@ def test_multirun_perf_sweep_creates_jobs_and_report(zoo, fixture_onnx):
 def test_partial_last_batch_scores_each_image_once(zoo, fixture_onnx, eval_metrics, extra):
     zoo.ok("run", "model=fixture", "stage=eval", f"model_file={fixture_onnx}", *extra)
     run = zoo.cwd / "outputs" / "fixture"
-    m = _metrics(run)
+    m = _metrics(run, "eval")
     assert m["images"] == 12 and m["metrics"] == eval_metrics["metrics"]
-    ids = _scored_ids(run)
+    ids = _scored_ids(run, "eval")
     assert len(ids) == 12 and len(set(ids)) == 12
-    perf = json.loads((run / "perf.json").read_text())
+    perf = json.loads((run / "eval" / "perf.json").read_text())
     assert perf["images"] == 12
 
 
@@ -130,7 +129,7 @@ def test_postprocess_ingests_ais_bench_dump(zoo, infer_run, eval_metrics, base, 
     out = zoo.ok("run", "model=fixture", "stage=postprocess", f"outputs_dir={dump}", "work_dir=fresh")
     assert f"start at _{base}" in out
     assert not (zoo.cwd / "fresh" / "inputs").exists()  # metas were recomputed, not read
-    m = _metrics(zoo.cwd / "fresh")
+    m = _metrics(zoo.cwd / "fresh", "postprocess")
     assert m["metrics"] == eval_metrics["metrics"] and m["images"] == 12
 
 
@@ -147,9 +146,9 @@ def test_wrong_size_bin_is_named_then_skippable(zoo, infer_run, eval_metrics):
     assert rc != 0 and "allow_skips" in err
     zoo.ok("run", "model=fixture", "stage=postprocess", f"outputs_dir={dump}", "work_dir=c",
            "on_error=skip", "allow_skips=true")
-    m = _metrics(zoo.cwd / "c")
+    m = _metrics(zoo.cwd / "c", "postprocess")
     assert [s["id"] for s in m["skipped"]] == ["sq004"] and str(bad) in m["skipped"][0]["reason"]
-    assert m["images"] == 11 and "sq004" not in _scored_ids(zoo.cwd / "c")
+    assert m["images"] == 11 and "sq004" not in _scored_ids(zoo.cwd / "c", "postprocess")
 
 
 # -- replay backend -----------------------------------------------------------------------------------------
@@ -157,10 +156,10 @@ def test_wrong_size_bin_is_named_then_skippable(zoo, infer_run, eval_metrics):
 def test_replay_backend_reproduces_metrics_and_emulates_latency(zoo, infer_run, eval_metrics):
     dump = infer_run / "outputs"
     zoo.ok("run", "model=fixture", "stage=eval", "backend=replay", f"outputs_dir={dump}", "work_dir=r0")
-    assert _metrics(zoo.cwd / "r0")["metrics"] == eval_metrics["metrics"]
+    assert _metrics(zoo.cwd / "r0", "eval")["metrics"] == eval_metrics["metrics"]
     zoo.ok("run", "model=fixture", "stage=eval", "backend=replay", f"outputs_dir={dump}", "work_dir=r20",
            "backend.device_latency_ms=20", "dataset.limit=4")
-    perf = json.loads((zoo.cwd / "r20" / "perf.json").read_text())
+    perf = json.loads((zoo.cwd / "r20" / "eval" / "perf.json").read_text())
     assert perf["backend"] == "replay" and perf["images"] == 4
     assert perf["device_call_ms"]["mean"] >= 20.0
     rc, _, err = zoo("run", "model=fixture", "stage=eval", "backend=replay", "work_dir=r1")
@@ -192,7 +191,7 @@ def test_postprocess_batches_variable_size_outputs_by_shape(zoo):
     zoo.ok("run", "stage=preprocess", *common)
     zoo.ok("run", "stage=infer", *common)
     zoo.ok("run", "stage=postprocess", *common)
-    m = json.loads((zoo.cwd / "outputs" / "centerface" / "metrics.json").read_text())
+    m = json.loads((zoo.cwd / "outputs" / "centerface" / "postprocess" / "metrics.json").read_text())
     assert m["images"] == 6 and m["skipped"] == []
 
 
@@ -244,5 +243,5 @@ def test_replay_with_a_missing_output_file_skips_that_image(zoo, infer_run):
     rc, out, err = zoo(*base)
     assert rc != 0 and "sq004" in err and "Traceback" not in err
     zoo.ok(*base, "on_error=skip", "allow_skips=true")
-    m = json.loads((zoo.cwd / "outputs" / "fixture" / "metrics.json").read_text())
+    m = json.loads((zoo.cwd / "outputs" / "fixture" / "eval" / "metrics.json").read_text())
     assert m["images"] == 11 and [s["id"] for s in m["skipped"]] == ["sq004"]

@@ -45,7 +45,7 @@ def test_perf_sweep_report_one_row_per_job_matching_perf_json(zoo, tmp_path):
     assert len(rows) == 6
     seen = set()
     for row in rows:
-        job = sweep / row["job"]
+        job = sweep / row["job"] / "perf"
         perf = json.loads((job / "perf.json").read_text())
         overrides = dict(o.split("=", 1) for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))
         assert row["@batch_size"] == overrides["batch_size"] == str(perf["batch_size"])
@@ -77,10 +77,10 @@ def test_failed_job_is_reported_and_sweep_exits_nonzero_under_joblib(zoo, tmp_pa
     rows = {r["@batch_size"]: r for r in read_csv(sweep / "sweep_report.csv")}
     assert rows["0"]["status"] == "failed"
     assert "batch_size=0 is invalid" in rows["0"]["error"]
-    error = json.loads((sweep / rows["0"]["job"] / "error.json").read_text())
+    error = json.loads((sweep / rows["0"]["job"] / "perf" / "error.json").read_text())
     assert error["error"] == rows["0"]["error"]
     assert rows["1"]["status"] == rows["2"]["status"] == "ok"
-    assert (sweep / rows["2"]["job"] / "perf.json").is_file()
+    assert (sweep / rows["2"]["job"] / "perf" / "perf.json").is_file()
     md = (sweep / "sweep_report.md").read_text()
     assert "| 0 | failed: batch_size=0 is invalid" in md
 
@@ -96,9 +96,10 @@ def test_joblib_jobs_are_pinned_to_a_share_of_the_cores(zoo, tmp_path):
     assert rc == 0, out + err
     sweep = only_sweep_dir(tmp_path)
     for job in ("0", "1"):
-        perf = json.loads((sweep / job / "perf.json").read_text())
+        perf = json.loads((sweep / job / "perf" / "perf.json").read_text())
         assert perf["intra_op_threads"] == 1
-        assert "job " + job + " pinned: backend.intra_op_threads=1, num_workers=0" in (sweep / job / "zoo.log").read_text()
+        log = (sweep / job / "perf" / "zoo.log").read_text()
+        assert "job " + job + " pinned: backend.intra_op_threads=1, num_workers=0" in log
 
 
 def test_sweep_over_an_explicit_thread_count_is_not_overridden(zoo, tmp_path):
@@ -106,7 +107,7 @@ def test_sweep_over_an_explicit_thread_count_is_not_overridden(zoo, tmp_path):
                        "batch_size=1,2", "pin.cores=2", *JOBLIB2)
     assert rc == 0, out + err
     sweep = only_sweep_dir(tmp_path)
-    assert [json.loads((sweep / j / "perf.json").read_text())["intra_op_threads"] for j in "01"] == [2, 2]
+    assert [json.loads((sweep / j / "perf" / "perf.json").read_text())["intra_op_threads"] for j in "01"] == [2, 2]
 
 
 JOBLIB_CFG = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}

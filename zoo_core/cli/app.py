@@ -1,6 +1,7 @@
 """The Hydra application behind ``zoo run``: compose, pick the stage, run it, report errors cleanly."""
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import traceback
@@ -36,6 +37,7 @@ def task(cfg):
         ctx = RunContext(cfg, ZooPluginManager(), record_dir.parent, record_dir)
         return run_stage(ctx)
     except (Exception, KeyboardInterrupt) as exc:
+        exc = storage_error(exc) or exc
         known = isinstance(exc, ZooError)
         message = str(exc) if known else f"{type(exc).__name__}: {exc}"
         if multirun and not isinstance(exc, KeyboardInterrupt):
@@ -55,6 +57,19 @@ def task(cfg):
                 pass
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(getattr(exc, "exit_code", 1)) from None
+
+
+#: Errors of the storage, not of zoo: one line naming the file, exit 2.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENAMETOOLONG}
+
+
+def storage_error(exc: BaseException):
+    """A ZooError for a full disk, a read-only or forbidden path (``None`` for anything else)."""
+    from zoo_core.api.errors import ZooError
+
+    if isinstance(exc, OSError) and not isinstance(exc, ZooError) and exc.errno in _STORAGE_ERRNOS:
+        return ZooError(exc.strerror or str(exc), path=exc.filename)
+    return None
 
 
 def run_hydra(args: list[str]) -> int:

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from zoo_core.api.errors import InputError, PluginError, ZooError
-from zoo_core.api.types import Detections, Sample
+from zoo_core.api.types import Detections, Sample, TensorSpec
 from zoo_core.backends.base import Backend, Batch
 from zoo_core.pipeline.batching import Batcher
 from zoo_core.pipeline.memory import return_big_blocks
@@ -89,13 +89,16 @@ class Stream:
 
     Without a backend, prepared items go straight to the sinks (``preprocess``). ``keep_outputs``
     hands each item's raw outputs to the sinks (``.bin`` writers); ``skip_errors`` is
-    ``on_error=skip``.
+    ``on_error=skip``; ``expect(meta)`` (the model's ``output_spec``) is checked against what the
+    backend returns: another number of outputs or another shape is an error naming the model file.
     """
 
     def __init__(self, source: Source, sinks: Sequence[Sink], *, backend: Backend | None = None,
                  decode: DecodeFn | None = None, batch_size: int = 1, skip_errors: bool = False,
-                 keep_outputs: bool = False, progress: Progress | None = None):
+                 keep_outputs: bool = False, progress: Progress | None = None,
+                 expect: Callable[[dict], list[TensorSpec] | None] | None = None):
         self.source, self.sinks, self.backend, self.decode = source, list(sinks), backend, decode
+        self.expect = expect
         self.batch_size = int(batch_size)
         self.skip = skip_errors
         self.keep_outputs = keep_outputs
@@ -255,7 +258,22 @@ class Stream:
         self.stats.device_s += dt
         self.stats.device_calls_ms.append(dt * 1000)
         self.stats.batches += 1
-        self._post_q.put((batch, [np.asarray(o)[: batch.n_valid] for o in outputs]))
+        outputs = [np.asarray(o)[: batch.n_valid] for o in outputs]
+        self._check_shapes(batch, outputs)
+        self._post_q.put((batch, outputs))
+
+    def _check_shapes(self, batch: Batch, outputs: list[np.ndarray]) -> None:
+        if self.expect is None:
+            return
+        specs = self.expect(batch.metas[0])
+        if specs is None:  # the model cannot say for this meta (e.g. a seed prep_dataset)
+            return
+        got = [tuple(o.shape[1:]) for o in outputs]
+        want = [tuple(s.shape) for s in specs]
+        if got != want or any(len(o) != batch.n_valid for o in outputs):
+            where = (self.backend.describe().get("model_file") if self.backend else None) or "the backend"
+            raise ZooError(f"{where}: the model's outputs {got} (per item) disagree with the model's output_spec "
+                           f"{want}; is this model file for this model and config?")
 
     def _run_alone(self, batch: Batch) -> None:
         """A bad item failed the whole batch: retry item by item, skip only the bad ones."""

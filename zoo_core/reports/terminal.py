@@ -24,6 +24,8 @@ def _metrics_lines(model: str, result: dict[str, Any], record_dir: Path) -> list
     for k, v in (result.get("info") or {}).items():
         if isinstance(v, (str, int, float)):
             lines.append(f"  ({k}: {v})")
+    if result.get("outputs_dir"):
+        lines.append(f"  (outputs from {result['outputs_dir']}; file suffixes start at _{result.get('output_suffix_base')})")
     lines.append(f"  -> {record_dir / 'metrics.json'}")
     return lines
 
@@ -41,8 +43,9 @@ def format_summary(model: str, stage: str, record_dir: Path, result: dict[str, A
         return [f"preprocessed {result['images']} images ({result.get('resumed_images', 0)} already done, "
                 f"{len(result.get('skipped', []))} skipped) -> {result['inputs_dir']}"]
     if stage == "infer":
+        done = f", {result['resumed_images']} already done" if result.get("resumed_images") else ""
         return [f"inferred {result['images']} images -> {result['outputs_dir']} "
-                f"({result['perf'].get('throughput_img_s')} img/s)", f"  -> {record_dir / 'perf.json'}"]
+                f"({result['perf'].get('throughput_img_s')} img/s{done})", f"  -> {record_dir / 'perf.json'}"]
     if stage == "export":
         return [f"exported {model} for {result['target']}: {result['onnx']}",
                 f"  inputs {result['input_names']} outputs {result['output_names']}"]

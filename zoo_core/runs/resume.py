@@ -27,7 +27,7 @@ def artifact_fingerprint(ctx: RunContext, model_file: str | None = None, **parts
     w = ctx.weights()
     fp = {
         "model": config_hash(ctx.cfg.model),
-        "dataset": config_hash({k: v for k, v in ctx.resolved_config()["dataset"].items() if k != "limit"}),
+        "dataset": config_hash(ctx.cfg.dataset),
         "weights_sha256": sha256_file(w) if w else None,
         "model_file_sha256": sha256_file(model_file) if model_file and Path(model_file).is_file() else None,
     }

@@ -1,12 +1,17 @@
 """Run one stage in its run root: lock the root, own the record dir, record the run, notify observers."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from zoo_core.api.atomic import sweep_stale_temps
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.layout import HYDRA_FILES, clear_dir
 from zoo_core.runs.lock import RunLock
+from zoo_core.runs.model_files import model_dir
 from zoo_core.runs.records import write_run_record
+
+log = logging.getLogger("zoo")
 
 
 def run_stage(ctx: RunContext) -> dict[str, Any]:
@@ -20,6 +25,9 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
 
     stage = get_stage(ctx.stage)
     with RunLock(ctx.root, ctx.stage):
+        for d in (ctx.root, model_dir(ctx)):
+            for p in sweep_stale_temps(d):
+                log.info("removed %s, left by a killed run", p)
         ctx.record_dir.mkdir(parents=True, exist_ok=True)
         clear_dir(ctx.record_dir, keep=HYDRA_FILES)
         write_run_record(ctx, {"status": "running"})

@@ -77,7 +77,8 @@ def _stream(ctx: RunContext, backend: Any, pool: WorkerPool) -> tuple:
     hooks = ctx.hooks
     stats = Stream(ImageSource(todo, pool), sinks, backend=backend,
                    decode=lambda outs, metas: hooks.postprocess(cfg=cfg, outputs=outs, metas=metas),
-                   batch_size=int(cfg.batch_size), skip_errors=ctx.skip_errors, keep_outputs=save,
+                   batch_size=int(cfg.batch_size), skip_errors=ctx.skip_errors,
+                           expect=lambda meta: hooks.output_spec(cfg=cfg, meta=meta), keep_outputs=save,
                    progress=Progress(len(todo), progress_enabled(cfg.get("progress")), "eval ")).run()
     mark_complete(ctx.path("detections", "state.json"))
     return stats, done, backend.describe(), store

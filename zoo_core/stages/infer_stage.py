@@ -25,6 +25,16 @@ from zoo_core.runs.resume import Ledger, artifact_fingerprint, mark_complete, st
 from zoo_core.stages.open_backend import open_backend
 
 
+def _output_spec(ctx: RunContext, meta: dict) -> list | None:
+    """The model's output spec for ``meta``, or ``None`` when a bare seed meta cannot tell it."""
+    try:
+        return ctx.hooks.output_spec(cfg=ctx.cfg, meta=meta)
+    except Exception:
+        if set(meta) <= {"id"}:
+            return None
+        raise
+
+
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.cfg
     inputs_dir = Path(str(cfg.inputs_dir)) if cfg.get("inputs_dir") else ctx.path("inputs")
@@ -49,6 +59,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         todo = [it for it in items if it.sample.id not in done]
         stats = Stream(BinInputSource(todo), [OutputBinSink(out_dir, ledger)], backend=backend, keep_outputs=True,
                        batch_size=int(cfg.batch_size), skip_errors=ctx.skip_errors,
+                       expect=lambda meta: _output_spec(ctx, meta),
                        progress=Progress(len(todo), progress_enabled(cfg.get("progress")), "infer ")).run()
         mark_complete(out_dir / "state.json")
         describe = backend.describe()
@@ -59,6 +70,6 @@ def run(ctx: RunContext) -> dict[str, Any]:
     if stats.skipped:
         write_text(ctx.record("skipped.json"), json.dumps(stats.skipped, indent=2) + "\n")
     result = {"stage": "infer", "outputs_dir": str(out_dir), "backend": describe, "perf": perf,
-              "images": stats.images + len(done), "skipped": stats.skipped}
+              "images": stats.images, "resumed_images": len(done), "skipped": stats.skipped}
     finish_with_skips(ctx, stats.skipped)
     return result

@@ -72,6 +72,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
             pool.close()
         backend.close()
     mark_complete(ctx.path("detections", "state.json"))
-    record = score(ctx, store.load(), stats.skipped, {"outputs_dir": str(src)})
+    base = backend._dump.base if getattr(backend, "_dump", None) is not None else None
+    record = score(ctx, store.load(), stats.skipped, {"outputs_dir": str(src), "output_suffix_base": base})
     finish_with_skips(ctx, stats.skipped)
     return record

@@ -68,7 +68,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
         try:
             stats = Stream(ImageSource(samples, pool), [CallbackSink(draw)], backend=backend,
                            decode=lambda outs, metas: hooks.postprocess(cfg=cfg, outputs=outs, metas=metas),
-                           batch_size=int(cfg.batch_size), skip_errors=ctx.skip_errors).run()
+                           batch_size=int(cfg.batch_size), skip_errors=ctx.skip_errors,
+                           expect=lambda meta: hooks.output_spec(cfg=cfg, meta=meta)).run()
             describe = backend.describe()
         finally:
             backend.close()
