@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import metrics
+
+
+def metrics(record_dir: Path) -> dict:
+    return json.loads((record_dir / "metrics.json").read_text())
 
 FIX = ("run", "model=fixture", "backend=oracle")
 

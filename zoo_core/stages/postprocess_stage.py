@@ -3,8 +3,8 @@
 Outputs are matched to images by file stem (``<stem>_<i>.bin``, ``_0..`` or legacy ``_1..``), never by
 position, through the replay backend, so a dump gets the same checks as ``eval`` (finite values, exact
 file sizes, a stem found twice is an error). The images are those listed in ``inputs/meta.jsonl``
-(with their metas) when it exists, else the dataset's (metas recomputed by preprocessing each image,
-as the seed scripts did). Writes ``detections/`` and, when the dataset has ground truth, scores it.
+(with their metas) when it exists, else those zoo's own ``outputs/index.jsonl`` lists, else the
+dataset's (metas recomputed by preprocessing each image, as the seed scripts did). Writes ``detections/`` and, when the dataset has ground truth, scores it.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from zoo_core.reports.progress import Progress, progress_enabled
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.detstore import DetectionStore
 from zoo_core.runs.records import finish_with_skips
-from zoo_core.runs.resume import artifact_fingerprint, mark_complete, start_resumable
+from zoo_core.runs.resume import artifact_fingerprint, mark_complete, read_jsonl, start_resumable
 from zoo_core.stages.open_backend import open_backend
 from zoo_core.stages.scoring import score
 
@@ -60,6 +60,11 @@ def run(ctx: RunContext) -> dict[str, Any]:
         log.info("postprocess: %d images listed in %s", len(samples), inputs_dir / "meta.jsonl")
     else:
         samples = ctx.samples
+        index = src / "index.jsonl"  # zoo's own outputs list their images: score those, not the whole dataset
+        if index.is_file():
+            ids = {rec.get("id") for _n, rec in read_jsonl(index, drop_torn_tail=True)}
+            samples = [s for s in samples if s.id in ids]
+            log.info("postprocess: %d images listed in %s", len(samples), index)
         pool = WorkerPool(hooks, cfg, int(cfg.num_workers) if len(samples) > 1 else 0)
         source = ImageSource(samples, pool, drop_inputs=True, key=key)
     try:
