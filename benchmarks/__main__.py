@@ -159,7 +159,7 @@ def t6(work: Path, table: Table) -> None:
     table.add("6 zoo list", f"{s:.2f} s", "< 1 s", verdict(s < 1.0))
     rs = prepare(work, 50, ("starclouds",))[0]
     det = work / "runs" / "mem_50" / "detections"
-    if not (work / "runs" / "mem_50" / "perf.json").is_file():
+    if not (work / "runs" / "mem_50" / "eval" / "perf.json").is_file():
         replay_run(work, rs, 16, 0.0, "mem_50")
     e = evaluate_without_torch(work, rs.args, det)
     table.add("6 stage=evaluate imports torch", f"{e['torch_imported']} ({e['modules']} modules, {e['wall_s']:.1f} s)",

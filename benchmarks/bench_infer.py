@@ -55,7 +55,7 @@ print(json.dumps({k: v / total for k, v in by_op.most_common(8)}))
 def _perf(work: Path, args: list[str], tag: str) -> dict:
     run_dir = work / "perf" / tag
     run_zoo([*args, "stage=perf", f"work_dir={run_dir}"], cwd=work, env=bench_env(work / "cache"))
-    return json.loads((run_dir / "perf.json").read_text())
+    return json.loads((run_dir / "perf" / "perf.json").read_text())
 
 
 def perf_overhead(work: Path, repeats: int = 3, loop: int = 40, warmup: int = 5) -> dict:

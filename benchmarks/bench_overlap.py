@@ -104,7 +104,7 @@ def replay_run(work: Path, rs: ReplaySet, batch: int, latency_ms: float, tag: st
     if proc.returncode != 0:
         raise RuntimeError(f"replay run failed:\n{proc.stderr[-3000:]}")
     rss = [int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("MAXRSS_KB")]
-    perf = json.loads((run_dir / "perf.json").read_text())
+    perf = json.loads((run_dir / "eval" / "perf.json").read_text())
     perf["peak_rss_mib"] = rss[-1] / 1024 if rss else before / 1024
     perf["disk_bytes_outputs"] = sum(p.stat().st_size for p in (run_dir / "outputs").rglob("*")
                                      if p.is_file()) if (run_dir / "outputs").exists() else 0

@@ -33,7 +33,8 @@ class AclBackend(Backend):
         try:
             from ais_bench.infer.interface import InferSession
         except ImportError as exc:
-            raise PluginError(f"backend=acl cannot import ais_bench.infer.interface ({exc})", hint=INSTALL_HINT) from exc
+            raise PluginError(f"backend=acl cannot import ais_bench.infer.interface ({exc})",
+                              hint=INSTALL_HINT) from exc
         self.dynamic = bool(self.options.get("dynamic_batch", False))
         if self.model_file is None or not self.model_file.is_file():
             raise ZooError("OM file not found", path=self.model_file,

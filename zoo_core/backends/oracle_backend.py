@@ -15,7 +15,7 @@ class OracleBackend(Backend):
     def infer(self, batch: Batch) -> list[np.ndarray]:
         if self.io.oracle is None:
             raise ConfigError("backend=oracle needs the model's oracle_outputs hook")
-        per_item = [self.io.oracle(s, m) for s, m in zip(batch.samples, batch.metas)]
+        per_item = [self.io.oracle(s, m) for s, m in zip(batch.samples, batch.metas, strict=True)]
         per_item += [per_item[-1]] * (batch.size - len(per_item))
         return [np.stack([np.asarray(item[k]) for item in per_item]) for k in range(len(per_item[0]))]
 

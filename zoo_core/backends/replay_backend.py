@@ -62,9 +62,10 @@ class ReplayBackend(Backend):
         paths = [dump.paths(i) for i in ids]
         same = all(s == specs[0] for s in specs)
         exact = self.file_dtype is None and same and all(
-            p.suffix == ".bin" and p.stat().st_size == sp.nbytes for ps in paths for p, sp in zip(ps, specs[0]))
+            p.suffix == ".bin" and p.stat().st_size == sp.nbytes
+            for ps in paths for p, sp in zip(ps, specs[0], strict=True))
         if not exact:
-            items = [dump.read(i, sp, self.file_dtype) for i, sp in zip(ids, specs)]
+            items = [dump.read(i, sp, self.file_dtype) for i, sp in zip(ids, specs, strict=True)]
             return [pad(np.stack([it[k] for it in items]), batch.size) for k in range(len(items[0]))]
         out = []
         for k, sp in enumerate(specs[0]):

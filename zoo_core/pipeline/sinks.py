@@ -9,6 +9,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -23,7 +24,7 @@ def _raw(array: np.ndarray) -> memoryview:
     a = np.ascontiguousarray(array)
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
-    return memoryview(a).cast("B")
+    return memoryview(a).cast("B")  # type: ignore[arg-type]  # numpy arrays are buffers
 
 
 class DetectionSink:
@@ -68,7 +69,7 @@ class InputBinSink:
     def __init__(self, inputs_dir: Path):
         self.dir = Path(inputs_dir)
         self.meta_path = self.dir / "meta.jsonl"
-        self._f = None
+        self._f: TextIO | None = None
 
     def write(self, result: Result) -> None:
         assert result.inputs is not None

@@ -79,28 +79,12 @@ def list_bin_inputs(inputs_dir: Path, input_specs: Sequence[TensorSpec]) -> list
     if meta_path.is_file():
         first_line: dict[str, int] = {}
         for n, rec in read_jsonl(meta_path):
-            sid = rec.get("id")
-            if sid is None:
-                raise InputError(f"line {n} has no \"id\"", path=meta_path)
-            sid = safe_stem(sid, f"{meta_path}:{n}")
+            item = _bin_item(inputs_dir, meta_path, n, rec)
+            sid = item.sample.id
             if sid in first_line:
                 raise InputError(f"id {sid!r} appears twice (lines {first_line[sid]} and {n})", path=meta_path)
             first_line[sid] = n
-            inputs, meta = rec.get("inputs"), rec.get("meta", {"id": sid})
-            if not isinstance(inputs, dict) or not inputs or not isinstance(meta, dict):
-                raise InputError(f"line {n} ({sid!r}) needs an \"inputs\" object and a \"meta\" object",
-                                 path=meta_path)
-            files, specs, crc = {}, {}, {}
-            for name, v in inputs.items():
-                try:
-                    specs[name] = TensorSpec(name, tuple(int(d) for d in v["shape"]), str(np.dtype(v["dtype"])))
-                except (KeyError, TypeError, ValueError):
-                    raise InputError(f"line {n} ({sid!r}): input {name!r} needs a shape and a dtype",
-                                     path=meta_path) from None
-                files[name] = input_file(inputs_dir, name, sid, len(inputs) > 1)
-                if "crc32" in v:
-                    crc[name] = int(v["crc32"])
-            items.append(BinItem(Sample(sid, files[next(iter(files))]), files, specs, meta, crc))
+            items.append(item)
         return items
     if multi:
         raise ZooError("no meta.jsonl: a model with several inputs needs the preprocess stage's layout",
@@ -110,6 +94,26 @@ def list_bin_inputs(inputs_dir: Path, input_specs: Sequence[TensorSpec]) -> list
         sid = safe_stem(p.stem, p)
         items.append(BinItem(Sample(sid, p), {spec.name: p}, {spec.name: spec}, {"id": sid}, {}))
     return items
+
+
+def _bin_item(inputs_dir: Path, meta_path: Path, n: int, rec: dict) -> BinItem:
+    """One ``meta.jsonl`` record (line ``n``) checked: a safe id, an inputs object with shapes and dtypes."""
+    if rec.get("id") is None:
+        raise InputError(f"line {n} has no \"id\"", path=meta_path)
+    sid = safe_stem(rec["id"], f"{meta_path}:{n}")
+    inputs, meta = rec.get("inputs"), rec.get("meta", {"id": sid})
+    if not isinstance(inputs, dict) or not inputs or not isinstance(meta, dict):
+        raise InputError(f"line {n} ({sid!r}) needs an \"inputs\" object and a \"meta\" object", path=meta_path)
+    files, specs, crc = {}, {}, {}
+    for name, v in inputs.items():
+        try:
+            specs[name] = TensorSpec(name, tuple(int(d) for d in v["shape"]), str(np.dtype(v["dtype"])))
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"line {n} ({sid!r}): input {name!r} needs a shape and a dtype", path=meta_path) from None
+        files[name] = input_file(inputs_dir, name, sid, len(inputs) > 1)
+        if "crc32" in v:
+            crc[name] = int(v["crc32"])
+    return BinItem(Sample(sid, files[next(iter(files))]), files, specs, meta, crc)
 
 
 class BinInputSource:

@@ -31,9 +31,9 @@ from zoo_core.api.types import Detections, Sample, TensorSpec
 from zoo_core.backends.base import Backend, Batch
 from zoo_core.pipeline.batching import Batcher
 from zoo_core.pipeline.memory import return_big_blocks
-from zoo_core.reports.progress import Progress
 from zoo_core.pipeline.stats import RunStats
 from zoo_core.pipeline.workers import Prepared
+from zoo_core.reports.progress import Progress
 
 log = logging.getLogger("zoo")
 

@@ -183,7 +183,7 @@ def _worker_run(sample: Sample, slot: int | None = None) -> Prepared:
         off += arr.nbytes
     if off > SLOT_BYTES or any(a.dtype.hasobject for a in prep.inputs.values()):
         return prep
-    for (_, shape, dtype, start), arr in zip(layout, prep.inputs.values()):
+    for (_, shape, dtype, start), arr in zip(layout, prep.inputs.values(), strict=True):
         np.ndarray(shape, dtype, buffer=slots, offset=start)[...] = arr
     prep.inputs, prep.slot_layout = None, layout
     prep.host_s += time.process_time() - t0
@@ -222,7 +222,8 @@ class WorkerPool:
         return self.ring.num_slots if self.ring else 0
 
     def pids(self) -> list[int]:
-        return sorted(p.pid for p in (self.pool._processes or {}).values()) if self.pool else []  # type: ignore[union-attr]
+        procs = getattr(self.pool, "_processes", None) or {}
+        return sorted(int(p.pid) for p in procs.values() if p.pid is not None)
 
     def prepared(self, samples: Sequence[Sample], window: int) -> Iterator[Prepared]:
         """Preprocessed samples in order, at most ``window`` in flight.

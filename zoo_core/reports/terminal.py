@@ -25,7 +25,8 @@ def _metrics_lines(model: str, result: dict[str, Any], record_dir: Path) -> list
         if isinstance(v, (str, int, float)):
             lines.append(f"  ({k}: {v})")
     if result.get("outputs_dir"):
-        lines.append(f"  (outputs from {result['outputs_dir']}; file suffixes start at _{result.get('output_suffix_base')})")
+        lines.append(f"  (outputs from {result['outputs_dir']}; "
+                     f"file suffixes start at _{result.get('output_suffix_base')})")
     lines.append(f"  -> {record_dir / 'metrics.json'}")
     return lines
 

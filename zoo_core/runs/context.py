@@ -10,8 +10,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from zoo_core.api.errors import ConfigError, ZooError
-from zoo_core.plugins.manager import ModelHooks, ZooPluginManager
 from zoo_core.api.types import Sample
+from zoo_core.plugins.manager import ModelHooks, ZooPluginManager
 
 log = logging.getLogger("zoo")
 
@@ -78,7 +78,7 @@ class RunContext:
         return str(p)
 
     def resolved_config(self) -> dict:
-        return OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True)
+        return OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
 
 
 def select_samples(samples: list[Sample], dcfg) -> list[Sample]:
@@ -97,7 +97,8 @@ def select_samples(samples: list[Sample], dcfg) -> list[Sample]:
     n = 1 if n is None else int(n)
     i = 0 if i is None else int(i)
     if n < 1 or not 0 <= i < n:
-        raise ConfigError(f"dataset.shard={i} / dataset.num_shards={n}: need num_shards >= 1 and 0 <= shard < num_shards")
+        raise ConfigError(f"dataset.shard={i} / dataset.num_shards={n}: "
+                          f"need num_shards >= 1 and 0 <= shard < num_shards")
     if n == 1:
         return samples
     ids = sorted(s.id for s in samples)

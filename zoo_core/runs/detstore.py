@@ -55,7 +55,7 @@ class DetectionStore:
                 [d.extras[k] if k in d.extras else np.zeros((len(d), *tail), np.float32) for d in dets]
             ).astype(np.float32)
         buf = io.BytesIO()
-        np.savez(buf, **arrays)
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
         while (self.dir / f"chunk-{self._next:06d}.npz").exists():
             self._next += 1
         write_bytes(self.dir / f"chunk-{self._next:06d}.npz", buf.getvalue())

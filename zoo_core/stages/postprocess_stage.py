@@ -4,7 +4,8 @@ Outputs are matched to images by file stem (``<stem>_<i>.bin``, ``_0..`` or lega
 position, through the replay backend, so a dump gets the same checks as ``eval`` (finite values, exact
 file sizes, a stem found twice is an error). The images are those listed in ``inputs/meta.jsonl``
 (with their metas) when it exists, else those zoo's own ``outputs/index.jsonl`` lists, else the
-dataset's (metas recomputed by preprocessing each image, as the seed scripts did). Writes ``detections/`` and, when the dataset has ground truth, scores it.
+dataset's (metas recomputed by preprocessing each image, as the seed scripts did). Writes ``detections/``
+and, when the dataset has ground truth, scores it.
 """
 from __future__ import annotations
 
@@ -77,7 +78,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
             pool.close()
         backend.close()
     mark_complete(ctx.path("detections", "state.json"))
-    base = backend._dump.base if getattr(backend, "_dump", None) is not None else None
+    dump = getattr(backend, "_dump", None)
+    base = dump.base if dump is not None else None
     record = score(ctx, store.load(), stats.skipped, {"outputs_dir": str(src), "output_suffix_base": base})
     finish_with_skips(ctx, stats.skipped)
     return record

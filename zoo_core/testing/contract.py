@@ -95,8 +95,10 @@ def check_eval_result(result) -> EvalResult:
 
 
 def stack_batch(items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Stack per-item input dicts into one batch (the core's batcher does the same)."""
-    return {k: np.stack([it[k] for it in items]) for k in items[0]}
+    """Stack per-item input dicts into one batch (the core's batching rule)."""
+    from zoo_core.pipeline.batching import stack
+
+    return stack(items)
 
 
 class PluginUnderTest:
