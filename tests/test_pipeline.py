@@ -1,6 +1,7 @@
 """The pipeline's guarantees, in-process with fake sources, backends and sinks (no CLI, no model)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import threading
@@ -362,3 +363,88 @@ def test_a_small_dev_shm_falls_back_to_the_pipe_instead_of_sigbus(small_shm, fix
         assert os.stat(ring.path).st_blocks * 512 >= ring.size
     finally:
         ring.close()
+
+
+# -- stages in-process (RunContext + run_stage, the fixture model, oracle / onnxruntime backends) ---------
+
+def _ctx(fixture_cfg, root, stage="eval", **over):
+    from omegaconf import OmegaConf, open_dict
+
+    from zoo_core.plugins.manager import ZooPluginManager
+    from zoo_core.runs.context import RunContext
+
+    cfg = fixture_cfg.copy()
+    with open_dict(cfg):
+        cfg.stage.name = stage
+        cfg.backend.name = over.pop("backend", "oracle")
+        cfg.num_workers = 0
+        for k, v in over.items():
+            OmegaConf.update(cfg, k, v, merge=False)
+    return RunContext(cfg, ZooPluginManager(), root)
+
+
+def test_backends_are_built_from_a_file_and_a_dict(fixture_onnx):
+    from zoo_core.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(fixture_onnx, {"intra_op_threads": 1})
+    x = np.zeros((2, 1, 64, 64), np.float32)
+    x[1, 0, 10:20, 10:20] = 1.0
+    (mask,) = backend.infer(Batch(ids=["a", "b"], inputs={"image": x}, metas=[{}, {}]))
+    assert mask.shape == (2, 1, 64, 64) and mask[0].max() < 0.01 and mask[1, 0, 15, 15] > 0.99
+    assert backend.describe()["model_file"] == str(fixture_onnx)
+
+
+def test_a_stage_clears_what_an_earlier_run_left_unless_resuming(fixture_cfg, tmp_path):
+    from zoo_core.runs.run_stage import run_stage
+
+    run_stage(_ctx(fixture_cfg, tmp_path, save_outputs=True))
+    assert len(list((tmp_path / "outputs").glob("*_0.bin"))) == 12
+    (tmp_path / "eval" / "leftover.txt").write_text("old")
+    res = run_stage(_ctx(fixture_cfg, tmp_path, save_outputs=True, **{"dataset.limit": 5}))
+    assert res["images"] == 5 and len(list((tmp_path / "outputs").glob("*_0.bin"))) == 5
+    assert not (tmp_path / "eval" / "leftover.txt").exists()
+    res = run_stage(_ctx(fixture_cfg, tmp_path, save_outputs=True, resume=True, **{"dataset.limit": 5}))
+    assert res["images"] == 5 and json.loads((tmp_path / "eval" / "perf.json").read_text())["resumed_images"] == 5
+
+
+def test_save_outputs_is_part_of_the_resume_fingerprint(fixture_cfg, tmp_path):
+    from zoo_core.runs.run_stage import run_stage
+
+    run_stage(_ctx(fixture_cfg, tmp_path))
+    with pytest.raises(ZooError, match="cannot resume: save_outputs changed"):
+        run_stage(_ctx(fixture_cfg, tmp_path, save_outputs=True, resume=True))
+    assert json.loads((tmp_path / "eval" / "run.json").read_text())["status"] == "failed"
+
+
+def test_run_stage_refuses_a_locked_root(fixture_cfg, tmp_path):
+    from zoo_core.runs.run_stage import run_stage
+
+    with RunLock(tmp_path, "eval"), pytest.raises(ZooError, match="in use by another zoo run"):
+        run_stage(_ctx(fixture_cfg, tmp_path))
+    assert not (tmp_path / "eval").exists()
+
+
+def test_stale_temp_files_of_dead_writers_are_swept(fixture_cfg, tmp_path):
+    from zoo_core.runs.run_stage import run_stage
+
+    proc = subprocess.Popen(["python3", "-c", "pass"])
+    proc.wait()
+    (tmp_path / "model").mkdir(parents=True)
+    stale = tmp_path / "model" / f".big.onnx.{proc.pid}.abcd1234.tmp"
+    stale.write_bytes(b"x" * 100)
+    mine = tmp_path / f".live.json.{os.getpid()}.abcd.tmp"
+    mine.write_bytes(b"x")
+    run_stage(_ctx(fixture_cfg, tmp_path))
+    assert not stale.exists() and mine.exists()
+
+
+def test_atomic_writes_honour_the_umask(tmp_path):
+    from zoo_core.api.atomic import write_text
+
+    old = os.umask(0o022)
+    try:
+        assert oct(os.stat(write_text(tmp_path / "a.json", "{}")).st_mode & 0o777) == oct(0o644)
+        os.umask(0o002)
+        assert oct(os.stat(write_text(tmp_path / "b.json", "{}")).st_mode & 0o777) == oct(0o664)
+    finally:
+        os.umask(old)

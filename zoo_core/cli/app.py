@@ -26,6 +26,7 @@ def task(cfg):
     hc = HydraConfig.get()
     record_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    logging.captureWarnings(True)  # evaluator warnings reach the console and zoo.log as "warning: ..."
     try:
         pinning.allow_nested_spawn()
         if multirun:
