@@ -159,3 +159,30 @@ def _empty(tmp_path):
     p = tmp_path / "empty"
     p.mkdir()
     return p
+
+
+def test_topk_peaks_takes_the_fast_exact_path_on_a_constant_background():
+    """An oracle's heatmap (a constant background with a few peaks) must not fall to a whole-map scan:
+    the plateau is searched a chunk at a time, and the answer equals the reference's exactly."""
+    import numpy as np
+
+    from zoo_core.api.peaks import keep_peaks, topk_desc, topk_peaks
+
+    heat = np.full((80, 128, 128), 2.06e-9, np.float32)
+    rng = np.random.default_rng(1)
+    for _ in range(7):
+        heat[rng.integers(80), rng.integers(128), rng.integers(128)] = rng.random() + 0.1
+    fast = topk_peaks(heat, 100)
+    assert fast is not None
+    ref = topk_desc(keep_peaks(heat).reshape(-1), 100)
+    np.testing.assert_array_equal(fast[0], ref[0])
+    np.testing.assert_array_equal(fast[1], ref[1])
+    for trial in range(200):
+        c, h, w = rng.integers(1, 5), rng.integers(3, 30), rng.integers(3, 30)
+        heat = (rng.integers(0, 4, (c, h, w)) / 4 + 0.01).astype(np.float32)  # many ties and plateaus
+        k = int(rng.integers(1, 50))
+        got = topk_peaks(heat, k, chunk=7)
+        if got is not None:
+            ref = topk_desc(keep_peaks(heat).reshape(-1), k)
+            np.testing.assert_array_equal(got[0], ref[0])
+            np.testing.assert_array_equal(got[1], ref[1])

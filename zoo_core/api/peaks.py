@@ -57,31 +57,11 @@ def topk_desc(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(scores, idx, -1), idx
 
 
-def topk_peaks(heat: np.ndarray, k: int, oversample: int = 4) -> tuple[np.ndarray, np.ndarray] | None:
-    """Top-``k`` of ``keep_peaks(heat)`` flattened, for one image ``heat`` of shape (C, H, W).
-
-    Same result as ``topk_desc(keep_peaks(heat).reshape(-1), k)`` (value descending, lower flat
-    index first on ties) without pooling the whole map: a threshold ``t`` (the
-    ``oversample * k``-th largest row maximum) selects the candidates ``heat >= t``, and the 3x3
-    peak test runs on those only. When that finds at least ``k`` peaks, every peak of the true
-    top-``k`` is among the candidates (there are ``k`` peaks >= ``t``), so the answer is exact.
-    Returns ``None`` when it cannot decide (too few peaks above ``t``, ``t <= 0``, NaN): the caller
-    then takes the full path.
-    """
-    heat = np.asarray(heat)
+def _is_peak(heat: np.ndarray, flat_idx: np.ndarray) -> np.ndarray:
+    """For each flat index of ``heat`` (C, H, W): is it the maximum of its 3x3 neighbourhood?"""
     c, h, w = heat.shape
-    k = min(int(k), heat.size)
-    rows = heat.reshape(c * h, w).max(axis=1)
-    m = oversample * k
-    if k < 1 or m >= rows.size:
-        return None
-    t = rows[np.argpartition(rows, rows.size - m)[rows.size - m]]
-    if not t > 0:
-        return None
-    flat = heat.reshape(-1)
-    cand = np.flatnonzero(flat >= t)
-    vals = flat[cand]
-    ci, rem = np.divmod(cand, h * w)
+    vals = heat.reshape(-1)[flat_idx]
+    ci, rem = np.divmod(flat_idx, h * w)
     yi, xi = np.divmod(rem, w)
     pooled = vals.copy()
     for dy in (-1, 0, 1):
@@ -94,9 +74,50 @@ def topk_peaks(heat: np.ndarray, k: int, oversample: int = 4) -> tuple[np.ndarra
             nb = heat[ci[ok], yy[ok], xx[ok]]
             np.maximum(pooled[ok], nb, out=nb)
             pooled[ok] = nb
-    peak = pooled == vals
-    if int(peak.sum()) < k:
+    return pooled == vals
+
+
+def topk_peaks(heat: np.ndarray, k: int, oversample: int = 4,
+               chunk: int = 4096) -> tuple[np.ndarray, np.ndarray] | None:
+    """Top-``k`` of ``keep_peaks(heat)`` flattened, for one image ``heat`` of shape (C, H, W).
+
+    Same result as ``topk_desc(keep_peaks(heat).reshape(-1), k)`` (value descending, lower flat
+    index first on ties) without pooling the whole map. A threshold ``t`` (the ``oversample * k``-th
+    largest row maximum) splits the map: the 3x3 peak test runs on the values ``> t``, and, when they
+    hold fewer than ``k`` peaks, on the values ``== t`` in index order (a chunk at a time) until ``k``
+    are found. Every peak left out ranks below the ones found, so the answer is exact. A plateau (a
+    constant background, as an oracle's) therefore costs a chunk, not the whole map. Returns ``None``
+    when it cannot decide cheaply (too few peaks ``>= t``, ``t <= 0``, NaN, or so many values above
+    ``t`` that pooling the whole map is cheaper): the caller then takes the full path.
+    """
+    heat = np.asarray(heat)
+    c, h, w = heat.shape
+    k = min(int(k), heat.size)
+    rows = heat.reshape(c * h, w).max(axis=1)
+    m = oversample * k
+    if k < 1 or m >= rows.size:
         return None
-    cand, vals = cand[peak], vals[peak]
+    t = rows[np.argpartition(rows, rows.size - m)[rows.size - m]]
+    if not t > 0:
+        return None
+    flat = heat.reshape(-1)
+    above = np.flatnonzero(flat > t)
+    if above.size > flat.size // 8:
+        return None
+    found = [above[_is_peak(heat, above)]]
+    need = k - found[0].size
+    if need > 0:
+        equal = np.flatnonzero(flat == t)
+        for start in range(0, equal.size, chunk):
+            part = equal[start:start + chunk]
+            peaks = part[_is_peak(heat, part)][:need]
+            found.append(peaks)
+            need -= peaks.size
+            if need <= 0:
+                break
+        if need > 0:
+            return None
+    cand = np.concatenate(found)
+    vals = flat[cand]
     order = np.lexsort((cand, -vals))[:k]
     return vals[order], cand[order]
