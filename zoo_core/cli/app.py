@@ -17,8 +17,8 @@ def task(cfg):
     from zoo_core.config import pinning
     from zoo_core.api.atomic import write_json, write_text
     from zoo_core.runs.context import RunContext
-    from zoo_core.api.errors import ZooError
-    from zoo_core.plugins.manager import ZooPluginManager
+    from zoo_core.api.errors import PluginHookError, ZooError
+    from zoo_core.plugins import get_manager
     from zoo_core.stages import get_stage
 
     hc = HydraConfig.get()
@@ -29,27 +29,30 @@ def task(cfg):
         if multirun:
             (run_dir / "error.json").unlink(missing_ok=True)
             pinning.apply(cfg, hc)
-        manager = ZooPluginManager()
+        manager = get_manager()
         ctx = RunContext(cfg, manager, run_dir)
         result = get_stage(ctx.stage)(ctx)
         manager.notify_stage_finished(cfg=cfg, stage=ctx.stage, run_dir=run_dir, result=result)
         return result
     except (Exception, KeyboardInterrupt) as exc:
         known = isinstance(exc, ZooError)
+        plugin_bug = isinstance(exc, PluginHookError)  # one line naming the plugin; its traceback is kept
         message = str(exc) if known else f"{type(exc).__name__}: {exc}"
+        keep_trace = plugin_bug or not known
         if multirun and not isinstance(exc, KeyboardInterrupt):
             write_json(run_dir / "error.json", {"error": message, "type": type(exc).__name__,
-                                                "traceback": None if known else traceback.format_exc()})
+                                                "traceback": traceback.format_exc() if keep_trace else None})
             log.error("job failed: %s", message)
             return {"status": "failed", "error": message}
         if isinstance(exc, KeyboardInterrupt):
             print("interrupted", file=sys.stderr)
             raise SystemExit(130) from None
-        if not known:
+        if keep_trace:
             trace = run_dir / "error_traceback.txt"
             try:
                 write_text(trace, traceback.format_exc())
-                message += f"\n  (unexpected error; traceback in {trace})"
+                what = "a bug in the plugin" if plugin_bug else "unexpected error"
+                message += f"\n  ({what}; traceback in {trace})"
             except OSError:
                 pass
         print(f"error: {message}", file=sys.stderr)

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from zoo_core.api.hookspecs import CORE_HOOKS
-from zoo_core.plugins.manager import ZooPluginManager
+from zoo_core.plugins import get_manager
 
 
 def print_listing() -> int:
-    pm = ZooPluginManager()
+    pm = get_manager()
     print("models:")
     if not pm.models:
         print("  (none installed: pip install a zoo-<model> plugin, e.g. plugins/centerface)")

@@ -147,9 +147,9 @@ def _compose_quiet(overrides: list[str]) -> DictConfig:
 
 
 def no_model_message() -> str:
-    from zoo_core.plugins.manager import ZooPluginManager
+    from zoo_core.plugins import get_manager
 
-    pm = ZooPluginManager()
+    pm = get_manager()
     names = pm.model_names()
     msg = "no model given: add model=<name>."
     msg += f"\nInstalled models: {', '.join(names) if names else '(none: pip install a zoo-<model> plugin)'}"

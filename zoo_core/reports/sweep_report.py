@@ -200,7 +200,7 @@ def score_union(cfg, shard_dirs: list[Path], out_dir: Path) -> dict:
 
     from zoo_core.runs.context import RunContext
     from zoo_core.runs.detstore import DetectionStore
-    from zoo_core.plugins.manager import ZooPluginManager
+    from zoo_core.plugins import get_manager
     from zoo_core.stages.scoring import score
 
     with open_dict(cfg):
@@ -215,7 +215,7 @@ def score_union(cfg, shard_dirs: list[Path], out_dir: Path) -> dict:
             raise ValueError(f"shards overlap on {len(overlap)} image(s), e.g. {sorted(overlap)[0]}")
         detections.update(part)
         skipped += (_read_json(d / "metrics.json") or {}).get("skipped", [])
-    ctx = RunContext(cfg, ZooPluginManager(), out_dir)
+    ctx = RunContext(cfg, get_manager(), out_dir)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     return score(ctx, detections, skipped, {"merged_from": [str(d) for d in shard_dirs]})
 
