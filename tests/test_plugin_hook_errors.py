@@ -200,3 +200,21 @@ def test_cli_hook_calling_sys_exit_fails_with_one_line(zoo, fixture_onnx):
     trace = Path(err.split("traceback in ")[1].split(")")[0])
     assert "sys.exit(0)" in trace.read_text() and "zoo_fixture/plugin.py" in trace.read_text()
     assert not (zoo.cwd / "outputs" / "fixture" / "metrics.json").exists()
+
+
+def test_an_error_from_a_plugin_the_core_registered_itself_passes_unchanged():
+    """Hook implementations the core registers (not an installed distribution) are not blamed as plugins."""
+    pm = ZooPluginManager(autoload=False)
+    pm.register_module("good", _good_model(), dist=("zoo-good", "1"))
+    core = types.ModuleType("zoo_core_internal")
+
+    @hookimpl(wrapper=True)
+    def postprocess(cfg, outputs, metas):
+        yield
+        raise AssertionError("core bug")
+
+    core.postprocess = postprocess
+    pm.pm.register(core, name="core-internal")
+    pm._subset_cache.clear()
+    with pytest.raises(AssertionError, match="core bug"):
+        pm.hooks_for("good").postprocess(cfg={}, outputs=[], metas=[{}])

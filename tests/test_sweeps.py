@@ -98,7 +98,8 @@ def test_joblib_jobs_are_pinned_to_a_share_of_the_cores(zoo, tmp_path):
     for job in ("0", "1"):
         perf = json.loads((sweep / job / "perf.json").read_text())
         assert perf["intra_op_threads"] == 1
-        assert "job " + job + " pinned: backend.intra_op_threads=1, num_workers=0" in (sweep / job / "zoo.log").read_text()
+        pinned = "job " + job + " pinned: backend.intra_op_threads=1, num_workers=0"
+        assert pinned in (sweep / job / "zoo.log").read_text()
 
 
 def test_sweep_over_an_explicit_thread_count_is_not_overridden(zoo, tmp_path):

@@ -25,7 +25,7 @@ def write_bin(path: Path, array: np.ndarray) -> None:
     a = np.ascontiguousarray(array)
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
-    write_bytes(path, memoryview(a).cast("B"))
+    write_bytes(path, a.data.cast("B"))
 
 
 def read_bin(path: Path, spec: TensorSpec, allow_fp16: bool = True) -> np.ndarray:
@@ -57,7 +57,18 @@ def read_bin(path: Path, spec: TensorSpec, allow_fp16: bool = True) -> np.ndarra
     )
 
 
-def output_path(out_dir: Path, stem: str, index: int, ext: str = "bin") -> Path:
+def input_file(inputs_dir: str | os.PathLike[str], name: str, stem: str, multi: bool) -> Path:
+    """Where one image's raw input tensor ``name`` lives in an inputs directory.
+
+    A single-input model: ``<inputs_dir>/<stem>.bin`` (what ``ais_bench --input <inputs_dir>``
+    reads). Several inputs (``multi``): one folder per graph input, ``<inputs_dir>/<name>/<stem>.bin``
+    (``ais_bench --input <dir>/<name1>,<dir>/<name2>`` pairs the files by name).
+    """
+    return Path(inputs_dir) / name / f"{stem}.bin" if multi else Path(inputs_dir) / f"{stem}.bin"
+
+
+def output_path(out_dir: str | os.PathLike[str], stem: str, index: int, ext: str = "bin") -> Path:
+    """``<out_dir>/<stem>_<index>.<ext>``: output ``index`` of one image, as ais_bench names it."""
     return Path(out_dir) / f"{stem}_{index}.{ext}"
 
 

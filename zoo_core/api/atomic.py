@@ -1,13 +1,14 @@
 """Atomic file writes: a temp file in the same directory, fsync, then rename."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
 
 
-def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Path:
+def write_bytes(path: str | os.PathLike[str], data: bytes | memoryview) -> Path:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -19,17 +20,17 @@ def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     return path
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """``text`` as UTF-8, written atomically like :func:`write_bytes`."""
     return write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> Path:
+def write_json(path: str | os.PathLike[str], obj: object, indent: int | None = 2) -> Path:
+    """``obj`` as JSON (UTF-8, trailing newline), written atomically like :func:`write_bytes`."""
     return write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")

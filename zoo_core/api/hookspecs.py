@@ -129,7 +129,7 @@ def export(cfg: DictConfig, weights: str | Path | None, output: Path, target: st
 
 
 @hookspec(firstresult=True)
-def atc_args(cfg: DictConfig, onnx_path: str | Path, batch_size: int | Sequence[int], soc_version: str,
+def atc_args(cfg: DictConfig, onnx_path: str | Path, batch_size: int | list[int], soc_version: str,
              output: str) -> list[str]:
     """Build the ATC command line (no shell quoting) that converts ``onnx_path`` to an OM.
 

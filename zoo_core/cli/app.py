@@ -14,11 +14,11 @@ def task(cfg):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from zoo_core.config import pinning
     from zoo_core.api.atomic import write_json, write_text
-    from zoo_core.runs.context import RunContext
     from zoo_core.api.errors import PluginHookError, ZooError
+    from zoo_core.config import pinning
     from zoo_core.plugins import get_manager
+    from zoo_core.runs.context import RunContext
     from zoo_core.stages import get_stage
 
     hc = HydraConfig.get()

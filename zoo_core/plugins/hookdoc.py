@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                 path.write_text(new, encoding="utf-8")
                 print(f"updated {path}")
     if stale:
-        print(f"out of date: {', '.join(stale)}; run python -m zoo_core.plugins.hookdoc {' '.join(stale)}", file=sys.stderr)
+        print(f"out of date: {', '.join(stale)}; run python -m zoo_core.plugins.hookdoc {' '.join(stale)}",
+              file=sys.stderr)
         return 1
     return 0
 

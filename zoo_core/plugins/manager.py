@@ -225,27 +225,28 @@ class ZooPluginManager:
             self._subset_cache[key] = self.pm.subset_hook_caller(hook, remove_plugins=others)
         return self._subset_cache[key]
 
-    def plugin_label(self, plugin: object) -> str:
-        """How errors name a registered plugin object: ``plugin <distribution> (model <name>)``."""
+    def plugin_info(self, plugin: object) -> PluginInfo | None:
+        """The :class:`PluginInfo` of a registered model or cross-cutting plugin module (None for others)."""
         for info in (*self.models.values(), *self.extras.values()):
             if info.module is plugin:
-                return info.label
-        return f"plugin {self.pm.get_name(plugin) or plugin!r}"
+                return info
+        return None
 
     def hook_failed(self, exc: BaseException, hook: str, caller: pluggy.HookCaller, default: object,
                     context: str = "") -> NoReturn:
-        """Re-raise ``exc`` that escaped ``caller``: a :class:`ZooError` (deliberate) or an exception
-        raised outside every plugin (a core bug) unchanged, anything else (``SystemExit`` included)
-        as one :class:`PluginHookError` line naming the plugin, the hook and the reason."""
+        """Re-raise ``exc`` that escaped ``caller``.
+
+        A :class:`ZooError` (deliberate) passes unchanged, and so does an exception raised by no
+        installed plugin's code (a core bug; ``default`` is the plugin blamed when no hook frame is
+        in the traceback). Anything else, ``SystemExit`` included, becomes one
+        :class:`PluginHookError` line naming the plugin, the hook and the reason."""
         if isinstance(exc, (ZooError, KeyboardInterrupt, GeneratorExit)):
             raise exc
-        plugin = _raising_plugin(exc, caller.get_hookimpls())
-        if plugin is None:
-            if default is None:
-                raise exc
-            plugin = default
+        info = self.plugin_info(_raising_plugin(exc, caller.get_hookimpls()) or default)
+        if info is None:  # raised by no plugin's code, or by one the core registered itself
+            raise exc
         where = f"hook {hook}{f' ({context})' if context else ''}"
-        raise PluginHookError(f"{self.plugin_label(plugin)}, {where}: {_first_line(exc)}") from exc
+        raise PluginHookError(f"{info.label}, {where}: {_first_line(exc)}") from exc
 
     def notify_stage_finished(self, *, cfg: DictConfig, stage: str, run_dir: Path, result: dict[str, Any]) -> None:
         """Call ``zoo_stage_finished`` on every plugin; an observer that fails is named (see :meth:`hook_failed`)."""
@@ -314,7 +315,7 @@ class ModelHooks:
     def export(self, *, cfg: DictConfig, weights: str | Path | None, output: Path, target: str) -> ExportResult:
         return self._call("export", cfg=cfg, weights=weights, output=output, target=target)
 
-    def atc_args(self, *, cfg: DictConfig, onnx_path: str | Path, batch_size: int | Sequence[int], soc_version: str,
+    def atc_args(self, *, cfg: DictConfig, onnx_path: str | Path, batch_size: int | list[int], soc_version: str,
                  output: str) -> list[str]:
         return self._call("atc_args", cfg=cfg, onnx_path=onnx_path, batch_size=batch_size,
                           soc_version=soc_version, output=output)

@@ -19,9 +19,9 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -451,6 +451,7 @@ def check_plugin(model: str, overrides: Sequence[str] = (), work_dir: str | Path
     report: dict[str, Any] = {}
     dets: dict[str, Detections] = {}
     for name in checks:
+        result: Any
         try:
             if name == "export":
                 dets = check_export(p)
@@ -470,7 +471,8 @@ class PluginContract:
 
     Class attributes: ``model`` (entry-point name), ``overrides`` (extra Hydra overrides),
     ``n_samples`` (dataset samples used), ``atc_target`` (export target whose ONNX ``atc_args``
-    gets), ``atc_overrides`` (extra overrides for the ``atc_args`` call only), ``compare_torch`` / ``rtol`` / ``atol`` (torch vs onnxruntime agreement). When
+    gets), ``atc_overrides`` (extra overrides for the ``atc_args`` call only), ``compare_torch`` /
+    ``rtol`` / ``atol`` (torch vs onnxruntime agreement). When
     ``ZOO_CACHE_DIR`` is unset, generated datasets go to a temporary directory.
     """
 
