@@ -218,3 +218,13 @@ def test_an_error_from_a_plugin_the_core_registered_itself_passes_unchanged():
     pm._subset_cache.clear()
     with pytest.raises(AssertionError, match="core bug"):
         pm.hooks_for("good").postprocess(cfg={}, outputs=[], metas=[{}])
+
+
+def test_cli_preprocess_bug_names_plugin_and_image_and_counts_as_that_image(zoo, fixture_onnx):
+    rc, _, err = zoo("run", "model=fixture", "stage=eval", f"model_file={fixture_onnx}", "num_workers=1",
+                     ZOO_FIXTURE_FAULT="preprocess:raise")
+    assert rc == 2, err
+    first = err.strip().splitlines()[0]
+    assert first.startswith("error: plugin zoo-fixture (model fixture), hook preprocess (image ") and \
+        first.endswith(".png): ValueError: simulated bug in preprocess"), err
+    assert "Traceback" not in err

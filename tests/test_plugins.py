@@ -224,3 +224,39 @@ def test_a_fresh_manager_is_independent_of_the_shared_one(count_loads):
 
     fresh = ZooPluginManager()
     assert fresh is not get_manager() and len(count_loads) == 2
+
+
+def test_hook_api_version_rule_is_the_same_for_the_manager_and_the_contract_kit(tmp_path):
+    from zoo_core.plugins.manager import accepted_api_versions, api_mismatch
+    from zoo_core.testing import contract
+
+    def module(api):
+        m = types.ModuleType("zoo_versioned")
+        if api is not None:
+            m.ZOO_HOOK_API = api
+
+        @hookimpl
+        def input_spec(cfg):
+            return []
+
+        m.input_spec = input_spec
+        return m
+
+    assert accepted_api_versions(module(["1.2", 2])) == ["1.2", "2"]
+    assert api_mismatch(module("1.7")) is None and api_mismatch(module(["2", "1"])) is None
+    assert api_mismatch(module(None)) is None
+    problem = api_mismatch(module(["2", "3"]))
+    assert problem == ("plugin needs zoo hook API 2, 3, this zoo-core provides 1; install a zoo-core release for "
+                       "that API or upgrade the plugin")
+    for api, expect in ((None, "should declare ZOO_HOOK_API = '1'"), ("1", None)):
+        pm = ZooPluginManager(autoload=False)
+        pm.register_module("versioned", module(api))
+        plugin = contract.PluginUnderTest("versioned", work_dir=tmp_path, manager=pm)
+        if expect is None:
+            contract.check_api_version(plugin)
+        else:
+            with pytest.raises(contract.ContractError, match=expect):
+                contract.check_api_version(plugin)
+    pm = ZooPluginManager(autoload=False)
+    pm.register_module("versioned", module("2"))
+    assert pm.broken[0].error == problem.replace("2, 3", "2")
