@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.zoo-installed
 
-.PHONY: venv demo test test-fast bench wheel clean
+.PHONY: venv demo test test-fast lint bench wheel clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,11 @@ test: venv
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow"
 
+## ruff (rules in pyproject.toml) on the whole tree, then mypy on zoo_core and both plugins (its `files`).
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
 bench: venv
 	$(BIN)/python -m benchmarks
 
@@ -36,4 +41,4 @@ wheel: venv
 	$(BIN)/python -m build --wheel --outdir dist .
 
 clean:
-	rm -rf $(VENV) dist build outputs multirun .pytest_cache
+	rm -rf $(VENV) dist build outputs multirun .pytest_cache .mypy_cache .ruff_cache

@@ -74,11 +74,12 @@ def t1_t3(work: Path, table: Table, n_images: int) -> None:
             if r["ratio"] >= 0.95:
                 table.add(name, got, ">= 0.95", "PASS")
             else:
-                table.add(name, got + f"; keeps up at {r['capacity_img_s']:.0f} img/s (ratio {r['capacity_ratio']:.2f})",
-                          ">= 0.95", "LIMIT")
+                limit = f"; keeps up at {r['capacity_img_s']:.0f} img/s (ratio {r['capacity_ratio']:.2f})"
+                table.add(name, got + limit, ">= 0.95", "LIMIT")
             table.note("1", f"{rs.name}, batch {batch}: device {r['latency_ms']:.0f} ms/call -> "
-                            f"{r['img_s']:.1f} img/s steady (ratio {r['ratio']:.3f}; with the {r['first_input_s']:.2f} s "
-                            f"worker start-up {r['ratio_e2e']:.3f}); host preprocess {r['host_pre_ms']:.2f} CPU-ms/img, "
+                            f"{r['img_s']:.1f} img/s steady (ratio {r['ratio']:.3f}; with the "
+                            f"{r['first_input_s']:.2f} s worker start-up {r['ratio_e2e']:.3f}); "
+                            f"host preprocess {r['host_pre_ms']:.2f} CPU-ms/img, "
                             f"postprocess {r['post_ms']:.2f} ms/img"
                             + (f"; ratio {r['capacity_ratio']:.3f} at {r['capacity_latency_ms']:.1f} ms/call "
                                f"({r['capacity_img_s']:.1f} img/s)" if "capacity_img_s" in r else ""))
@@ -89,8 +90,8 @@ def t1_t3(work: Path, table: Table, n_images: int) -> None:
         p = replay_run(work, rs, 16, 0.0, f"mem_{rs.n_images}")
         rss[rs.n_images] = (p["peak_rss_mib"], p["disk_bytes_outputs"])
     diff = abs(rss[500][0] - rss[50][0]) / rss[50][0]
-    table.add("3 memory: peak RSS 50 vs 500 img (b16)", f"{rss[50][0]:.0f} vs {rss[500][0]:.0f} MiB ({100 * diff:.1f}%)",
-              "<= 10%", verdict(diff <= 0.10))
+    table.add("3 memory: peak RSS 50 vs 500 img (b16)",
+              f"{rss[50][0]:.0f} vs {rss[500][0]:.0f} MiB ({100 * diff:.1f}%)", "<= 10%", verdict(diff <= 0.10))
     table.add("3 intermediate bytes on disk (save_outputs=false)", f"{rss[50][1] + rss[500][1]} B", "0",
               verdict(rss[50][1] + rss[500][1] == 0))
     table.note("3", f"peak RSS of `zoo run stage=eval backend=replay` (centerface starclouds 608x800, batch 16, "
@@ -106,7 +107,8 @@ def t2(work: Path, table: Table, n_images: int) -> None:
     res = run(work)
     for name, r in res.items():
         pre, post = r["preprocess"], r["postprocess"]
-        table.add(f"2 preprocess {name}", f"{pre['zoo_ms']:.2f} vs naive {pre['naive_ms']:.2f} CPU-ms ({pre['speedup']:.2f}x)",
+        table.add(f"2 preprocess {name}",
+                  f"{pre['zoo_ms']:.2f} vs naive {pre['naive_ms']:.2f} CPU-ms ({pre['speedup']:.2f}x)",
                   ">= 1.0x", verdict(pre["speedup"] >= 1.0))
         table.add(f"2 postprocess {name}",
                   f"b1 {post['zoo_b1_ms']:.2f}, b16 {post['zoo_b16_ms']:.2f} vs {post['naive_ms']:.2f} CPU-ms "
@@ -148,7 +150,8 @@ def t5(work: Path, table: Table) -> None:
     c = centernet_ort_vs_torch(work)
     table.add("5 CenterNet 512 ORT vs torch eager", f"torch/ORT = {c['ratio']:.2f}x ({c['ort_ms']:.0f} vs "
               f"{c['torch_ms']:.0f} ms)", ">= 1.0x", verdict(c["ratio"] >= 1.0))
-    table.note("5", "CenterNet ORT time by operator: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in c["op_share"].items()))
+    shares = ", ".join(f"{k} {100 * v:.1f}%" for k, v in c["op_share"].items())
+    table.note("5", "CenterNet ORT time by operator: " + shares)
 
 
 def t6(work: Path, table: Table) -> None:
@@ -175,9 +178,11 @@ METHODS = {
          "to batch it; outputs recorded at that size) at batch 16. "
          "ratio = steady img/s (images / time from the start of the first device call to the end of the last) / "
          "emulated device img/s, i.e. how busy the device is kept once the pipeline is full; `e2e` = images / "
-         "whole wall time, which adds the one-off worker spawn, the first batch's fill and the last batch's drain. Below 0.95, the run is repeated with the "
+         "whole wall time, which adds the one-off worker spawn, the first batch's fill and the last batch's drain. "
+         "Below 0.95, the run is repeated with the "
          "device emulated at 0.97x the img/s the host reached, slowed 1.1x per try (4 tries at most) until the "
-         "ratio reaches 0.95: that device speed is the host capacity (LIMIT). Why batch 16 stays below 0.95 at 10 ms/img "
+         "ratio reaches 0.95: that device speed is the host capacity (LIMIT). "
+         "Why batch 16 stays below 0.95 at 10 ms/img "
          "on this machine: per 160 ms call the host must decode, preprocess and copy 16 images (16 x 7.7 MB of "
          "float32 at 800x800) and decode 16 outputs, on the same 2 cores that run both preprocess workers (and "
          "other jobs: see the load average); the first batch of each run also has to be filled before the device "

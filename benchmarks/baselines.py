@@ -66,7 +66,7 @@ def naive_centernet(hm, wh, reg, meta, K=100):
     heat = torch.sigmoid(torch.from_numpy(hm[None]))
     hmax = F.max_pool2d(heat, 3, stride=1, padding=1)
     heat = heat * (hmax == heat).float()
-    _, c, h, w = heat.shape
+    _, c, _, w = heat.shape
     cls_scores, cls_inds = torch.topk(heat.view(1, c, -1), K)
     scores, ind = torch.topk(cls_scores.view(1, -1), K)
     classes = (ind // K).float()
@@ -96,7 +96,7 @@ def naive_centerface_ascend(hm, wh, off, lms, meta, K=200):
     heat = torch.from_numpy(hm[None])
     hmax = F.max_pool2d(heat, 3, stride=1, padding=1)
     heat = heat * (hmax == heat).float()
-    _, _, h, w = heat.shape
+    _, _, _, w = heat.shape
     scores, inds = torch.topk(heat.view(-1), K)
     out_h, out_w = meta["out_hw"]
     rows = []
@@ -110,7 +110,7 @@ def naive_centerface_ascend(hm, wh, off, lms, meta, K=200):
         for k in range(5):
             pts.append([float(lms[2 * k, y, x]) + cx, float(lms[2 * k + 1, y, x]) + cy])
         mapped = _transform_preds(np.array(pts, np.float32), meta["c"], meta["s"], out_w, out_h)
-        rows.append(list(mapped.reshape(-1)[:4]) + [score] + list(mapped.reshape(-1)[4:]))
+        rows.append([*mapped.reshape(-1)[:4], score, *mapped.reshape(-1)[4:]])
     return rows
 
 

@@ -93,7 +93,7 @@ def run(work: Path, repeats: int = 3) -> dict:
     rec_sc = work / "record_starclouds" / "outputs"
     sc_items = []
     for p in face_paths:
-        inputs, meta = zoo_sc(p)
+        _, meta = zoo_sc(p)
         h, w = meta["input_shape"][1:]
         shapes = [(1, h // 4, w // 4), (2, h // 4, w // 4), (2, h // 4, w // 4), (10, h // 4, w // 4)]
         sc_items.append((_read(shapes, [rec_sc / f"{p.stem}_{i}.bin" for i in range(4)]), meta))

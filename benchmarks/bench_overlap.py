@@ -15,7 +15,6 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from .datasets import bench_env, link_outputs, run_zoo, synthetic_heads, wider_set, write_records, zoo_cmd
 
 
@@ -35,7 +34,8 @@ def _wider_stems(root: Path) -> dict[str, str]:
     return {s: s.rsplit("_r", 1)[0] for files in gt.files for s in files}
 
 
-def prepare(work: Path, n_images: int, models: tuple[str, ...] = ("starclouds", "ascend", "centernet")) -> list[ReplaySet]:
+def prepare(work: Path, n_images: int,
+            models: tuple[str, ...] = ("starclouds", "ascend", "centernet")) -> list[ReplaySet]:
     """Build the replay sets of ``n_images`` under ``work`` (cached between calls)."""
     env = bench_env(work / "cache")
     work.mkdir(parents=True, exist_ok=True)

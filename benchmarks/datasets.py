@@ -22,7 +22,7 @@ def zoo_cmd() -> list[str]:
 
 def run_zoo(args: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """``zoo run <args>`` in ``cwd`` with output captured; raises with stderr on failure."""
-    proc = subprocess.run(zoo_cmd() + ["run", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.run([*zoo_cmd(), "run", *args], cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise RuntimeError(f"zoo run {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
@@ -78,7 +78,8 @@ def link_outputs(records: dict[str, list[Path]], stems_to_source: dict[str, str]
     return out_dir
 
 
-def synthetic_heads(shapes: list[tuple[int, ...]], seed: int, sigmoid_first: bool, n_peaks: int = 40) -> list[np.ndarray]:
+def synthetic_heads(shapes: list[tuple[int, ...]], seed: int, sigmoid_first: bool,
+                    n_peaks: int = 40) -> list[np.ndarray]:
     """Plausible raw head maps: a low-level heatmap with ``n_peaks`` blobs, small regressions.
 
     ``sigmoid_first``: the first map holds post-sigmoid scores (CenterFace) instead of logits.

@@ -160,7 +160,8 @@ def test_huge_image_is_refused_from_the_header_with_bounded_memory(tmp_path):
 
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
                      + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-    code = ("import resource, sys\nfrom zoo_core.api.imaging import read_image\nfrom zoo_core.api.errors import InputError\n"
+    code = ("import resource, sys\nfrom zoo_core.api.imaging import read_image\n"
+            "from zoo_core.api.errors import InputError\n"
             "try:\n    read_image(sys.argv[1])\nexcept InputError as e:\n    print('REFUSED', e)\n"
             "print('RSS_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60).stdout
@@ -220,7 +221,8 @@ def test_wider_ground_truth_that_is_not_a_mat_file(zoo):
         (gt / name).write_text("<html>not found</html>\n")
     rc, out, err = zoo("run", "model=centerface", "dataset=widerface", f"dataset.root={root}",
                        f"dataset.gt_dir={gt}", "num_workers=0", "work_dir=run")
-    _assert_clean_failure(rc, err, gt / "wider_face_val.mat", "not a readable MATLAB .mat file", run_dir=zoo.cwd / "run")
+    _assert_clean_failure(rc, err, gt / "wider_face_val.mat", "not a readable MATLAB .mat file",
+                          run_dir=zoo.cwd / "run")
 
 
 # -- weights and model files --------------------------------------------------------------------------------
@@ -235,7 +237,8 @@ def _weights_cases(d: Path) -> dict:
         "text": (d / "text.pth", ["not a PyTorch checkpoint"]),
         "other_arch": (d / "other_arch.pth", ["checkpoint does not match the model", "missing keys",
                                               "unexpected keys (1): classifier.weight",
-                                              "mis-shaped keys (1): hm.2.weight [3, 256, 1, 1] (model [80, 256, 1, 1])"]),
+                                              "mis-shaped keys (1): hm.2.weight [3, 256, 1, 1] "
+                                              "(model [80, 256, 1, 1])"]),
     }
 
 

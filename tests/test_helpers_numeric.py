@@ -151,7 +151,7 @@ def test_dumpdir_base_detection_and_nesting(tmp_path, base):
     (nested / f"img_a_{1 + base}.bin").unlink()
     with pytest.raises(InputError, match="missing output"):
         DumpDir(tmp_path, 2).paths("img_a")
-    with pytest.raises(InputError, match="no <stem>_<i>.bin"):
+    with pytest.raises(InputError, match=r"no <stem>_<i>.bin"):
         DumpDir(_empty(tmp_path), 1)
 
 

@@ -48,7 +48,8 @@ def test_every_hook_spec_is_documented():
 @pytest.fixture(scope="module")
 def hooks_the_kit_calls(tmp_path_factory) -> set[str]:
     """Model hooks invoked by all contract checks on the ``fixture`` plugin (pluggy call monitoring)."""
-    plugin = contract.PluginUnderTest("fixture", work_dir=tmp_path_factory.mktemp("kit"))
+    # a fresh manager: the call monitoring below must not stay on the process's shared one
+    plugin = contract.PluginUnderTest("fixture", work_dir=tmp_path_factory.mktemp("kit"), manager=ZooPluginManager())
     if "fixture" not in plugin.manager.models:
         pytest.skip("the zoo-fixture test plugin is not installed (make test installs it)")
     assert set(plugin.manager.models["fixture"].hooks) >= set(hookspecs.MODEL_HOOKS)

@@ -10,8 +10,8 @@ import pytest
 
 from zoo_core import hookimpl
 from zoo_core.api.errors import PluginError
-from zoo_core.plugins.manager import ZooPluginManager
 from zoo_core.api.types import Sample
+from zoo_core.plugins.manager import ZooPluginManager
 
 
 def _row(listing: str, name: str) -> str:
@@ -120,7 +120,7 @@ def test_missing_hook_raises_plugin_error_naming_it(fixture_cfg):
     assert hooks.implements("input_spec") and not hooks.implements("postprocess")
     with pytest.raises(PluginError, match="'postprocess'"):
         hooks.postprocess(cfg=fixture_cfg, outputs=[], metas=[])
-    with pytest.raises(PluginError, match="unknown model 'nope'.*partial"):
+    with pytest.raises(PluginError, match=r"unknown model 'nope'.*partial"):
         pm.hooks_for("nope")
 
 
@@ -176,3 +176,87 @@ def test_eval_still_works_next_to_broken_plugins(zoo, bad_env, fixture_onnx):
     assert m["metrics"]["AP50"] == 1.0 and m["images"] == 12
     rc, out, err = zoo("run", "model=badhook", "stage=eval", env=bad_env)
     assert rc != 0 and "Traceback" not in err
+
+
+# -- one plugin manager per process ------------------------------------------------------------------
+
+@pytest.fixture
+def count_loads(monkeypatch):
+    """Count how often entry points are scanned (= a manager is built), starting from no cached one."""
+    from zoo_core import plugins
+
+    loads = []
+    real = ZooPluginManager.load_entry_points
+    monkeypatch.setattr(ZooPluginManager, "load_entry_points", lambda self: (loads.append(1), real(self))[1])
+    monkeypatch.delenv("ZOO_DISABLE_PLUGINS", raising=False)
+    plugins.reset_manager()
+    yield loads
+    plugins.reset_manager()
+
+
+def test_get_manager_builds_once_for_every_core_caller(count_loads, capsys, tmp_path):
+    from zoo_core.cli import run_help
+    from zoo_core.cli.listing import print_listing
+    from zoo_core.config.validate import no_model_message
+    from zoo_core.plugins import get_manager
+    from zoo_core.testing.contract import PluginUnderTest
+
+    pm = get_manager()
+    assert get_manager() is pm and "fixture" in pm.models
+    assert "fixture" in no_model_message() and "fixture" in run_help()
+    assert print_listing() == 0 and "fixture" in capsys.readouterr().out
+    assert PluginUnderTest("fixture", work_dir=tmp_path).manager is pm
+    assert len(count_loads) == 1
+
+
+def test_get_manager_follows_zoo_disable_plugins(count_loads, monkeypatch):
+    from zoo_core.plugins import get_manager
+
+    assert "fixture" in get_manager().models
+    monkeypatch.setenv("ZOO_DISABLE_PLUGINS", "fixture")
+    blocked = get_manager()
+    assert "fixture" not in blocked.models and get_manager() is blocked
+    assert len(count_loads) == 2
+
+
+def test_a_fresh_manager_is_independent_of_the_shared_one(count_loads):
+    from zoo_core.plugins import get_manager
+
+    fresh = ZooPluginManager()
+    assert fresh is not get_manager() and len(count_loads) == 2
+
+
+def test_hook_api_version_rule_is_the_same_for_the_manager_and_the_contract_kit(tmp_path):
+    from zoo_core.plugins.manager import accepted_api_versions, api_mismatch
+    from zoo_core.testing import contract
+
+    def module(api):
+        m = types.ModuleType("zoo_versioned")
+        if api is not None:
+            m.ZOO_HOOK_API = api
+
+        @hookimpl
+        def input_spec(cfg):
+            return []
+
+        m.input_spec = input_spec
+        return m
+
+    assert accepted_api_versions(module(["1.2", 2])) == ["1.2", "2"]
+    assert api_mismatch(module("1.7")) is None and api_mismatch(module(["2", "1"])) is None
+    assert api_mismatch(module(None)) is None
+    problem = api_mismatch(module(["2", "3"]))
+    assert problem == ("plugin needs zoo hook API 2, 3, this zoo-core provides 1; install a zoo-core release for "
+                       "that API or upgrade the plugin")
+    for api, expect in ((None, "should declare ZOO_HOOK_API = '1'"), ("1", None)):
+        pm = ZooPluginManager(autoload=False)
+        pm.register_module("versioned", module(api))
+        plugin = contract.PluginUnderTest("versioned", work_dir=tmp_path, manager=pm)
+        if expect is None:
+            contract.check_api_version(plugin)
+        else:
+            with pytest.raises(contract.ContractError, match=expect):
+                contract.check_api_version(plugin)
+    pm = ZooPluginManager(autoload=False)
+    pm.register_module("versioned", module("2"))
+    assert pm.broken[0].error == problem.replace("2, 3", "2")

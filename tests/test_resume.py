@@ -112,7 +112,8 @@ def test_preprocess_killed_then_resumed_writes_every_input_once(zoo, big_squares
     assert f"({before} already done" in out or f"({before + 1} already done" in out
     recs = [json.loads(x) for x in meta.read_text().splitlines()]
     assert sorted(r["id"] for r in recs) == sorted({r["id"] for r in recs}) and len(recs) == N
-    ref = {json.loads(x)["id"]: json.loads(x) for x in (zoo.cwd / "ref" / "inputs" / "meta.jsonl").read_text().splitlines()}
+    ref_lines = (zoo.cwd / "ref" / "inputs" / "meta.jsonl").read_text().splitlines()
+    ref = {json.loads(x)["id"]: json.loads(x) for x in ref_lines}
     assert {r["id"]: r for r in recs} == ref
     for sid in ref:
         assert (zoo.cwd / "run" / "inputs" / f"{sid}.bin").read_bytes() == \

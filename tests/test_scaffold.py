@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from zoo_core import HOOK_API_VERSION
-from zoo_core.cli import main as zoo_main
 from zoo_core.api.errors import ZooError
 from zoo_core.api.hookspecs import MODEL_HOOKS
+from zoo_core.cli import main as zoo_main
 from zoo_core.cli.scaffold import new_plugin, template_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,13 +80,13 @@ def installed_plugin(tmp_path):
     name = f"ci_disc{os.getpid() % 10000}"
     dest = new_plugin(name, tmp_path / "src")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    proc = subprocess.run(pip + ["install", "--no-deps", "--no-build-isolation", "-e", str(dest)],
+    proc = subprocess.run([*pip, "install", "--no-deps", "--no-build-isolation", "-e", str(dest)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     try:
         yield name, dest
     finally:
-        subprocess.run(pip + ["uninstall", "-y", "zoo-" + name.replace("_", "-")], capture_output=True, timeout=120)
+        subprocess.run([*pip, "uninstall", "-y", "zoo-" + name.replace("_", "-")], capture_output=True, timeout=120)
 
 
 @pytest.mark.slow

@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from zoo_core.runs.context import select_samples
-from zoo_core.runs.detstore import DetectionStore
 from zoo_core.api.errors import ConfigError
 from zoo_core.api.types import Sample
+from zoo_core.runs.context import select_samples
+from zoo_core.runs.detstore import DetectionStore
 
 JOBLIB2 = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
 

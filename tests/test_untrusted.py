@@ -49,8 +49,8 @@ def test_malicious_pickle_through_the_cli_never_runs(zoo, model):
 def test_malicious_pickle_for_centerface_ascend_weights(tmp_path):
     from omegaconf import OmegaConf
 
-    from zoo_core.api.errors import ZooError
     from zoo_centerface.plugin import build_model
+    from zoo_core.api.errors import ZooError
 
     marker = tmp_path / "PWNED"
     evil = _evil_checkpoint(tmp_path / "evil.pth", marker)
@@ -107,7 +107,7 @@ def _violations(tree: ast.AST) -> list[str]:
         shell = _kw(node, "shell")
         if shell is not None and not (isinstance(shell, ast.Constant) and shell.value is False):
             bad.append(f"{line}(shell=...)")
-        if name.endswith("yaml.load") or name == "yaml.unsafe_load" or name.endswith("yaml.full_load"):
+        if name.endswith(("yaml.load", "yaml.full_load")) or name == "yaml.unsafe_load":
             loader = _dotted(_kw(node, "Loader")) if _kw(node, "Loader") is not None else ""
             if not loader.endswith("SafeLoader"):
                 bad.append(f"{line} without SafeLoader")
@@ -115,7 +115,7 @@ def _violations(tree: ast.AST) -> list[str]:
             wo = _kw(node, "weights_only")
             if not (isinstance(wo, ast.Constant) and wo.value is True):
                 bad.append(f"{line} without weights_only=True")
-        if name.endswith("np.load") or name.endswith("numpy.load"):
+        if name.endswith(("np.load", "numpy.load")):
             ap = _kw(node, "allow_pickle")
             if not (isinstance(ap, ast.Constant) and ap.value is False):
                 bad.append(f"{line} without allow_pickle=False")

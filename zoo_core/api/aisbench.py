@@ -25,14 +25,14 @@ def write_bin(path: Path, array: np.ndarray) -> None:
     a = np.ascontiguousarray(array)
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
-    write_bytes(path, memoryview(a).cast("B"))
+    write_bytes(path, a.data.cast("B"))
 
 
 #: Longest id accepted as a file stem (bytes, UTF-8): leaves room for ``_<index>.bin`` in 255.
 MAX_STEM_BYTES = 200
 
 
-def safe_stem(item_id: object, where: str | os.PathLike | None = None) -> str:
+def safe_stem(item_id: object, where: str | os.PathLike[str] | None = None) -> str:
     """``item_id`` checked for use as a file stem; every id that becomes a file name goes through here.
 
     Refused (``InputError`` naming ``where`` and the id, never silently rewritten): non-strings, empty,
@@ -55,14 +55,19 @@ def safe_stem(item_id: object, where: str | os.PathLike | None = None) -> str:
     return item_id
 
 
-def input_file(inputs_dir: str | os.PathLike, name: str, stem: str, multi: bool) -> Path:
-    """Where one input of one item lives: ``<dir>/<stem>.bin``, or ``<dir>/<input name>/<stem>.bin``
-    for a model with several inputs."""
+def input_file(inputs_dir: str | os.PathLike[str], name: str, stem: str, multi: bool) -> Path:
+    """Where one image's raw input tensor ``name`` lives in an inputs directory.
+
+    A single-input model: ``<inputs_dir>/<stem>.bin`` (what ``ais_bench --input <inputs_dir>``
+    reads). Several inputs (``multi``): one folder per graph input, ``<inputs_dir>/<name>/<stem>.bin``
+    (``ais_bench --input <dir>/<name1>,<dir>/<name2>`` pairs the files by name). The name and stem
+    go through :func:`safe_stem`.
+    """
     d = Path(inputs_dir)
     return (d / safe_stem(name, d) / f"{safe_stem(stem, d)}.bin") if multi else d / f"{safe_stem(stem, d)}.bin"
 
 
-def read_bin(path: str | os.PathLike, spec: TensorSpec, file_dtype: str | None = None) -> np.ndarray:
+def read_bin(path: str | os.PathLike[str], spec: TensorSpec, file_dtype: str | None = None) -> np.ndarray:
     """Read a raw ``.bin`` (or ``.npy``) holding ``spec.shape`` values, returned as ``spec.dtype``.
 
     The file's element type is ``file_dtype`` (e.g. ``"float16"`` for a TorchAIE dump) or, by default,
@@ -116,7 +121,8 @@ def _load_npy(path: Path) -> np.ndarray:
         raise InputError(f"not a valid .npy file ({exc})", path=path) from None
 
 
-def output_path(out_dir: Path, stem: str, index: int, ext: str = "bin") -> Path:
+def output_path(out_dir: str | os.PathLike[str], stem: str, index: int, ext: str = "bin") -> Path:
+    """``<out_dir>/<stem>_<index>.<ext>``: output ``index`` of one image, as ais_bench names it."""
     return Path(out_dir) / f"{stem}_{index}.{ext}"
 
 

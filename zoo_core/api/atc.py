@@ -1,18 +1,25 @@
 """Ascend ATC command lines: the flags every model shares (REFERENCE 5.2)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import os
+
+    from omegaconf import DictConfig
 
 PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "must_keep_origin_dtype", "allow_mix_precision", "force_fp32")
 
 
-def input_shape_arg(shapes: dict[str, Sequence[int]], batch) -> str:
+def input_shape_arg(shapes: Mapping[str, Sequence[int]], batch: int | list[int]) -> str:
     """``name:N,C,H,W;name2:...``; dynamic gears put ``-1`` in dim 0."""
     n = -1 if isinstance(batch, (list, tuple)) else int(batch)
     return ";".join(f"{name}:{','.join(str(d) for d in (n, *shape))}" for name, shape in shapes.items())
 
 
-def common_args(cfg, onnx_path, batch_size, soc_version: str, output: str, input_shapes: dict) -> list[str]:
+def common_args(cfg: DictConfig, onnx_path: str | os.PathLike[str], batch_size: int | list[int], soc_version: str,
+                output: str, input_shapes: Mapping[str, Sequence[int]]) -> list[str]:
     """The flags every ONNX -> OM conversion takes, from ``cfg.atc`` and the arguments.
 
     ``cfg.atc`` keys used: ``log`` (default ``error``), ``precision_mode`` (None = ATC's default),
@@ -43,6 +50,7 @@ def common_args(cfg, onnx_path, batch_size, soc_version: str, output: str, input
     return args
 
 
-def extra_args(cfg) -> list[str]:
+def extra_args(cfg: DictConfig) -> list[str]:
+    """``cfg.atc.extra``: extra ATC flags the user passed, as strings, in order."""
     atc = cfg.get("atc", {}) or {}
     return [str(x) for x in (atc.get("extra") or [])]

@@ -6,6 +6,7 @@ gone) can be swept by the next run (:func:`sweep_stale_temps`). The final file g
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -22,7 +23,7 @@ def _umask() -> int:
     return mask
 
 
-def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Path:
+def write_bytes(path: str | os.PathLike[str], data: bytes | memoryview) -> Path:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,25 +36,23 @@ def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     return path
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
     """:func:`write_bytes` of ``text`` encoded as UTF-8."""
     return write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+def write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> Path:
     """:func:`write_text` of ``obj`` as JSON (NaN/inf are refused: JSON has no such numbers)."""
     return write_text(path, json.dumps(obj, indent=indent, sort_keys=False, allow_nan=False) + "\n")
 
 
-def temp_path(path: str | os.PathLike) -> Path:
+def temp_path(path: str | os.PathLike[str]) -> Path:
     """A temp name next to ``path`` that :func:`sweep_stale_temps` recognises (for tools that write a
     file themselves, e.g. an exporter: write there, then ``os.replace`` onto ``path``)."""
     path = Path(path)
@@ -70,7 +69,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def sweep_stale_temps(root: str | os.PathLike, max_depth: int = 3) -> list[Path]:
+def sweep_stale_temps(root: str | os.PathLike[str], max_depth: int = 3) -> list[Path]:
     """Delete the temp files under ``root`` (``max_depth`` levels) whose writer process is gone."""
     removed: list[Path] = []
     root = Path(root)

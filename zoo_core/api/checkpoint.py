@@ -2,12 +2,25 @@
 
 ``weights_only=True`` unpickles tensors and plain containers only; a file that references any other
 Python callable (the way a malicious pickle runs code) is refused before anything is called.
+
+A plugin's ``build_model`` loads its weights with :func:`load_checkpoint`: the checkpoint must fit
+the network key for key (nothing silently skipped or left at its initial value); otherwise one
+:class:`ZooError` names the file and lists the missing, unexpected and mis-shaped keys.
 """
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from zoo_core.api.errors import ZooError
+
+if TYPE_CHECKING:
+    import torch
+
+#: Keys listed per kind in a mismatch message (then "... and N more").
+MAX_LISTED = 20
 
 
 def unpickling_reason(exc: BaseException) -> str:
@@ -22,7 +35,7 @@ def unpickling_reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def load_weights_only(path) -> object:
+def load_weights_only(path: str | os.PathLike[str]) -> object:
     """``torch.load(path, map_location="cpu", weights_only=True)``; :class:`ZooError` naming the file.
 
     A pickle that references anything but tensors and containers is refused (nothing in it runs);
@@ -42,9 +55,94 @@ def load_weights_only(path) -> object:
     except pickle.UnpicklingError as exc:
         reason = unpickling_reason(exc)
         if "GLOBAL" in reason or "global" in reason:
-            raise ZooError(f"refused to load (weights_only=True): the checkpoint references Python code, not only tensors "
-                           f"({reason}); nothing from it was executed", path=path) from None
+            raise ZooError("refused to load (weights_only=True): the checkpoint references Python code, "
+                           f"not only tensors ({reason}); nothing from it was executed", path=path) from None
         raise ZooError(f"not a PyTorch checkpoint ({reason})", path=path) from None
     except Exception as exc:  # zip / EOF / ValueError / RuntimeError on non-checkpoint bytes
         text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         raise ZooError(f"not a PyTorch checkpoint ({type(exc).__name__}: {text})", path=path) from None
+
+
+def _listing(title: str, keys: Sequence[str]) -> str:
+    shown = list(keys[:MAX_LISTED])
+    more = f" ... and {len(keys) - len(shown)} more" if len(keys) > len(shown) else ""
+    return f"{title} ({len(keys)}): {', '.join(shown)}{more}"
+
+
+def read_state_dict(path: str | os.PathLike[str], *, strip_prefix: str = "module.",
+                    drop_prefixes: Sequence[str] = ()) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``: ``(state_dict, other top-level entries)``.
+
+    Accepts ``{'state_dict': {...}, 'epoch': ..., ...}`` (the other entries are returned as the
+    second item) or a bare mapping of name -> tensor (then the second item is ``{}``). A leading
+    ``strip_prefix`` (``module.``, what ``DataParallel`` adds) is removed from every key, and keys
+    starting with any of ``drop_prefixes`` (parts of a released file the network does not have,
+    e.g. an unused classifier) are dropped.
+
+    :raises ZooError: naming the file: missing, empty, not a checkpoint, references Python code,
+        holds no state dict, or holds state-dict entries that are not tensors.
+    """
+    import torch
+
+    path = Path(path)
+    obj = load_weights_only(path)
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        raw: Mapping[Any, Any] = obj["state_dict"]
+        extras = {str(k): v for k, v in obj.items() if k != "state_dict"}
+    elif isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raw, extras = obj, {}
+    else:
+        raise ZooError("no state dict found: expected {'state_dict': {...}, ...} or a mapping of name -> tensor",
+                       path=path)
+    bad = [str(k) for k, v in raw.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ZooError(_listing("state dict entries that are not tensors", bad), path=path)
+    state: dict[str, torch.Tensor] = {}
+    for key, value in raw.items():
+        name = str(key)
+        if strip_prefix and name.startswith(strip_prefix):
+            name = name[len(strip_prefix):]
+        if name.startswith(tuple(drop_prefixes)):
+            continue
+        state[name] = value
+    return state, extras
+
+
+def state_dict_mismatch(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str | None:
+    """What keeps ``state`` from loading strictly into a network whose ``state_dict()`` is ``expected``.
+
+    ``"missing keys (n): ...; unexpected keys (n): ...; mis-shaped keys (n): k [3, 256] (model [80, 256])"``
+    (only the non-empty kinds, in the network's key order), or ``None`` when every key and shape fits.
+    """
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [f"{k} {list(state[k].shape)} (model {list(v.shape)})"
+                 for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    parts = [_listing(title, keys) for title, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                                      ("mis-shaped keys", misshaped)) if keys]
+    return "; ".join(parts) or None
+
+
+def load_state_dict_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *,
+                           path: str | os.PathLike[str], network: str = "the model", hint: str | None = None) -> None:
+    """``model.load_state_dict(state, strict=True)`` after checking every key and shape.
+
+    :param path: the checkpoint the state came from (named in the error).
+    :param network: how the message names the model (e.g. ``"the centerface ascend network (head_conv=64)"``).
+    :raises ZooError: ``<path>: checkpoint does not match <network>: missing keys (n): ...`` (see
+        :func:`state_dict_mismatch`), with ``hint``.
+    """
+    problem = state_dict_mismatch(model.state_dict(), state)
+    if problem:
+        raise ZooError(f"checkpoint does not match {network}: {problem}", path=Path(path), hint=hint)
+    model.load_state_dict(state, strict=True)
+
+
+def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike[str], *, strip_prefix: str = "module.",
+                    drop_prefixes: Sequence[str] = (), network: str = "the model",
+                    hint: str | None = None) -> dict[str, Any]:
+    """Load the checkpoint at ``path`` into ``model`` strictly (:func:`read_state_dict` then
+    :func:`load_state_dict_strict`); returns the checkpoint's other top-level entries (``epoch``...)."""
+    state, extras = read_state_dict(path, strip_prefix=strip_prefix, drop_prefixes=drop_prefixes)
+    load_state_dict_strict(model, state, path=path, network=network, hint=hint)
+    return extras

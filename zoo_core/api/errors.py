@@ -1,13 +1,15 @@
 """Errors the CLI turns into a one-line message and a non-zero exit (never a traceback)."""
 from __future__ import annotations
 
+import os
+
 
 class ZooError(Exception):
     """A user-facing error: what went wrong, with which file, and what to do about it."""
 
     exit_code = 2
 
-    def __init__(self, message: str, *, path=None, hint: str | None = None):
+    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None, hint: str | None = None):
         self.path = path
         self.hint = hint
         text = f"{path}: {message}" if path is not None else message
@@ -26,3 +28,14 @@ class ConfigError(ZooError):
 
 class PluginError(ZooError):
     """A plugin is missing, broken or does not implement a needed hook."""
+
+
+class PluginHookError(PluginError):
+    """An exception (``SystemExit`` included) escaped a plugin hook: a bug in the plugin, not bad input.
+
+    The message is one line, ``plugin <distribution> (model <name>), hook <hook>: <Type>: <reason>``;
+    the original exception is ``__cause__``. Exit code 1 like any other bug; the CLI writes the
+    traceback to the run directory.
+    """
+
+    exit_code = 1

@@ -12,13 +12,33 @@ section, and run-level keys (``batch_size``, ``weights``, ``export``, ``atc``...
 
 Model hooks are ``firstresult``: the selected plugin's non-``None`` answer is the result. A plugin
 that does not implement a hook makes the stage that needs it fail with a message naming the hook.
+Raise :class:`zoo_core.api.errors.ZooError` (or a subclass) for a user-facing problem: it reaches the
+user unchanged. Any other exception escaping a hook, ``SystemExit`` included, is a plugin bug: the
+core reports it as one line naming the distribution, the hook and the reason
+(:class:`zoo_core.api.errors.PluginHookError`, exit code 1) and keeps the traceback.
+
+The annotations are the contract's types (the core calls hooks through the typed methods of
+:class:`zoo_core.plugins.manager.ModelHooks`); they are imported under ``TYPE_CHECKING`` only, so
+importing this module stays cheap.
 
 Hook API version: :data:`zoo_core.HOOK_API_VERSION`. A plugin module may set
 ``ZOO_HOOK_API = "1"``; a plugin asking for another major version is reported as broken at load.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import pluggy
+
+if TYPE_CHECKING:  # the annotations only; importing this module stays cheap (no numpy, omegaconf, torch)
+    from collections.abc import Mapping, Sequence
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from omegaconf import DictConfig
+
+    from zoo_core.api.types import Dataset, Detections, EvalResult, ExportResult, Inputs, Meta, Sample, TensorSpec
 
 hookspec = pluggy.HookspecMarker("zoo")
 
@@ -41,7 +61,7 @@ CORE_HOOKS = ("preprocess", "export", "atc_args", "postprocess", "evaluate")
 
 
 @hookspec(firstresult=True)
-def dataset(cfg):
+def dataset(cfg: DictConfig) -> Dataset:
     """Open the dataset described by ``cfg.dataset``.
 
     Called once per run, before any image is read, by every stage that touches images or ground
@@ -56,7 +76,7 @@ def dataset(cfg):
 
 
 @hookspec(firstresult=True)
-def input_spec(cfg):
+def input_spec(cfg: DictConfig) -> list[TensorSpec]:
     """Describe the model's nominal input(s) for one item.
 
     Called by ``perf`` (random input of this shape), ``export`` callers and backends that need a
@@ -67,7 +87,7 @@ def input_spec(cfg):
 
 
 @hookspec(firstresult=True)
-def preprocess(cfg, image, sample):
+def preprocess(cfg: DictConfig, image: np.ndarray, sample: Sample) -> tuple[Inputs, Meta]:
     """Turn one decoded image into model input.
 
     Called once per image, in a worker process, by ``preprocess``, ``eval`` and ``predict``.
@@ -83,7 +103,7 @@ def preprocess(cfg, image, sample):
 
 
 @hookspec(firstresult=True)
-def build_model(cfg, weights):
+def build_model(cfg: DictConfig, weights: str | Path | None) -> torch.nn.Module:
     """Build the PyTorch model in eval mode with ``weights`` loaded (``weights_only=True``).
 
     Called by the ``torch`` backend and by ``export``. Import torch inside the implementation.
@@ -95,7 +115,7 @@ def build_model(cfg, weights):
 
 
 @hookspec(firstresult=True)
-def export(cfg, weights, output, target):
+def export(cfg: DictConfig, weights: str | Path | None, output: Path, target: str) -> ExportResult:
     """Write an ONNX file for ``target``.
 
     Called by the ``export`` stage and, when no model file is given, by the ``onnxruntime``
@@ -109,7 +129,8 @@ def export(cfg, weights, output, target):
 
 
 @hookspec(firstresult=True)
-def atc_args(cfg, onnx_path, batch_size, soc_version, output):
+def atc_args(cfg: DictConfig, onnx_path: str | Path, batch_size: int | list[int], soc_version: str,
+             output: str) -> list[str]:
     """Build the ATC command line (no shell quoting) that converts ``onnx_path`` to an OM.
 
     Called by the ``convert`` stage once per batch size.
@@ -123,7 +144,7 @@ def atc_args(cfg, onnx_path, batch_size, soc_version, output):
 
 
 @hookspec(firstresult=True)
-def output_spec(cfg, meta):
+def output_spec(cfg: DictConfig, meta: Meta) -> list[TensorSpec]:
     """Describe the raw model outputs for one item, in output order.
 
     Called to read ais_bench ``<stem>_<i>.bin`` dumps (``postprocess``, ``replay`` backend) and to
@@ -135,7 +156,7 @@ def output_spec(cfg, meta):
 
 
 @hookspec(firstresult=True)
-def postprocess(cfg, outputs, metas):
+def postprocess(cfg: DictConfig, outputs: Sequence[np.ndarray], metas: Sequence[Meta]) -> list[Detections]:
     """Decode one batch of raw outputs into detections in original-image pixels.
 
     Called once per batch by ``eval``, ``postprocess`` and ``predict``; must be numpy only.
@@ -148,7 +169,8 @@ def postprocess(cfg, outputs, metas):
 
 
 @hookspec(firstresult=True)
-def evaluate(cfg, detections, dataset, samples, out_dir):
+def evaluate(cfg: DictConfig, detections: Mapping[str, Detections], dataset: Dataset, samples: Sequence[Sample],
+             out_dir: Path) -> EvalResult:
     """Score detections against the dataset's ground truth.
 
     Called once per run by ``evaluate`` and at the end of ``eval``.
@@ -163,7 +185,7 @@ def evaluate(cfg, detections, dataset, samples, out_dir):
 
 
 @hookspec(firstresult=True)
-def oracle_outputs(cfg, sample, meta, dataset):
+def oracle_outputs(cfg: DictConfig, sample: Sample, meta: Meta, dataset: Dataset) -> list[np.ndarray]:
     """Encode a sample's ground truth as the raw outputs a perfect model would produce.
 
     Called by the ``oracle`` backend, so that ``stage=eval backend=oracle`` scores the
@@ -174,7 +196,7 @@ def oracle_outputs(cfg, sample, meta, dataset):
 
 
 @hookspec
-def zoo_stage_finished(cfg, stage, run_dir, result):
+def zoo_stage_finished(cfg: DictConfig, stage: str, run_dir: Path, result: dict[str, Any]) -> None:
     """Observe the end of a stage (all plugins are called, not only the selected model).
 
     :param stage: the stage name.

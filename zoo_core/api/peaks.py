@@ -44,14 +44,14 @@ def topk_desc(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     k = min(int(k), n)
     if k < n:
         flat = scores.reshape(-1, n)
-        idx = np.empty((flat.shape[0], k), np.int64)
+        rows = np.empty((flat.shape[0], k), np.int64)
         for r, row in enumerate(flat):
             kth = row[np.argpartition(-row, k - 1)[k - 1]]
             above = np.flatnonzero(row > kth)
             # argpartition picks arbitrary members of a tie at the k-th value; take the lowest indices
             cand = np.concatenate([above, np.flatnonzero(row == kth)[: k - above.size]])
-            idx[r] = cand[np.lexsort((cand, -row[cand]))]
-        idx = idx.reshape(scores.shape[:-1] + (k,))
+            rows[r] = cand[np.lexsort((cand, -row[cand]))]
+        idx = rows.reshape((*scores.shape[:-1], k))
     else:
         idx = np.argsort(-scores, axis=-1, kind="stable")
     return np.take_along_axis(scores, idx, -1), idx

@@ -5,9 +5,10 @@ importing each other's internals.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -36,6 +37,7 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of one item of this tensor."""
         return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
 
 
@@ -68,10 +70,10 @@ class Detections:
         return len(self.boxes)
 
     @classmethod
-    def empty(cls) -> "Detections":
+    def empty(cls) -> Detections:
         return cls(np.zeros((0, 4)), np.zeros(0), np.zeros(0))
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         out = {
             "boxes": self.boxes.tolist(),
             "scores": self.scores.tolist(),
@@ -82,7 +84,7 @@ class Detections:
         return out
 
     @classmethod
-    def from_json(cls, d: dict) -> "Detections":
+    def from_json(cls, d: Mapping[str, Any]) -> Detections:
         extras = {k: np.asarray(v, np.float32) for k, v in d.items() if k not in ("boxes", "scores", "labels")}
         n = len(d["boxes"])
         extras = {k: v.reshape(n, -1) if n else v.reshape(0, 0) for k, v in extras.items()}
@@ -125,4 +127,9 @@ class Dataset(Protocol):
         ...
 
 
+#: What ``preprocess`` returns for one item: graph input name -> array without the batch dimension.
 Inputs = dict[str, np.ndarray]
+
+#: The JSON-able per-item dict ``preprocess`` returns (the core adds ``id`` and ``orig_hw``);
+#: ``output_spec``, ``postprocess`` and ``oracle_outputs`` receive it back.
+Meta = dict[str, Any]

@@ -109,10 +109,10 @@ def cmd_run(args: list[str]) -> int:
 
 def run_help() -> str:
     """``zoo run --help`` without a model: what can be run (Hydra's own help needs a model to compose)."""
-    from zoo_core.plugins.manager import ZooPluginManager
     from zoo_core.config.schema import STAGES
+    from zoo_core.plugins import get_manager
 
-    pm = ZooPluginManager()
+    pm = get_manager()
     models = ", ".join(pm.model_names()) or "(none installed)"
     return (f"usage: zoo run model=<name> [stage=<stage>] [backend=<backend>] [key=value ...]\n"
             f"       zoo run -m model=<name> stage=perf batch_size=1,4,8   (multirun sweep)\n\n"

@@ -17,9 +17,9 @@ def task(cfg):
     from hydra.types import RunMode
 
     from zoo_core.api.atomic import write_json, write_text
-    from zoo_core.api.errors import ConfigError, ZooError
+    from zoo_core.api.errors import ConfigError, PluginHookError, ZooError
     from zoo_core.config import pinning
-    from zoo_core.plugins.manager import ZooPluginManager
+    from zoo_core.plugins import get_manager
     from zoo_core.runs.context import RunContext
     from zoo_core.runs.run_stage import run_stage
 
@@ -35,25 +35,28 @@ def task(cfg):
         elif record_dir.resolve() != (Path(str(cfg.work_dir)) / str(cfg.stage.name)).resolve():
             raise ConfigError(f"hydra.run.dir is set by zoo ({cfg.work_dir}/<stage>): pass work_dir=<dir> "
                               f"instead, which moves the records and model_dir together")
-        ctx = RunContext(cfg, ZooPluginManager(), record_dir.parent, record_dir)
+        ctx = RunContext(cfg, get_manager(), record_dir.parent, record_dir)
         return run_stage(ctx)
     except (Exception, KeyboardInterrupt) as exc:
         exc = storage_error(exc) or exc
         known = isinstance(exc, ZooError)
+        plugin_bug = isinstance(exc, PluginHookError)  # one line naming the plugin; its traceback is kept
         message = str(exc) if known else f"{type(exc).__name__}: {exc}"
+        keep_trace = plugin_bug or not known
         if multirun and not isinstance(exc, KeyboardInterrupt):
             write_json(record_dir / "error.json", {"error": message, "type": type(exc).__name__,
-                                                   "traceback": None if known else traceback.format_exc()})
+                                                   "traceback": traceback.format_exc() if keep_trace else None})
             log.error("job failed: %s", message)
             return {"status": "failed", "error": message}
         if isinstance(exc, KeyboardInterrupt):
             print("interrupted", file=sys.stderr)
             raise SystemExit(130) from None
-        if not known:
+        if keep_trace:
             trace = record_dir / "error_traceback.txt"
             try:
                 write_text(trace, traceback.format_exc())
-                message += f"\n  (unexpected error; traceback in {trace})"
+                what = "a bug in the plugin" if plugin_bug else "unexpected error"
+                message += f"\n  ({what}; traceback in {trace})"
             except OSError:
                 pass
         print(f"error: {message}", file=sys.stderr)

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from zoo_core.api.hookspecs import CORE_HOOKS
-from zoo_core.plugins.manager import ZooPluginManager
+from zoo_core.plugins import get_manager
 
 
 def print_listing() -> int:
-    pm = ZooPluginManager()
+    pm = get_manager()
     print("models:")
     if not pm.models:
         print("  (none installed: pip install a zoo-<model> plugin, e.g. plugins/centerface)")
@@ -23,8 +23,8 @@ def print_listing() -> int:
             print(f"  {name:<14} {info.distribution or '?'} {info.version or ''}  hooks: {', '.join(info.hooks)}")
     print("backends:")
     for name, ep in sorted(pm.backends.items()):
-        dist = getattr(ep, "dist", None)
-        owner = f"{dist.metadata['Name']} {dist.version}" if dist is not None else "?"
+        ep_dist = getattr(ep, "dist", None)
+        owner = f"{ep_dist.metadata['Name']} {ep_dist.version}" if ep_dist is not None else "?"
         print(f"  {name:<14} {owner:<24} {ep.value}")
     if pm.broken:
         print("broken:")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -27,25 +27,25 @@ class ExportTarget(str, Enum):
 @dataclass
 class ExportConfig:
     target: ExportTarget = ExportTarget.onnxruntime
-    opset: Optional[int] = None
+    opset: int | None = None
 
 
 @dataclass
 class AtcConfig:
     soc_version: str = "Ascend310P3"
-    precision_mode: Optional[str] = None
+    precision_mode: str | None = None
     log: str = "error"
     extra: list[str] = field(default_factory=list)
-    dynamic_batch: Optional[list[int]] = None
+    dynamic_batch: list[int] | None = None
 
 
 @dataclass
 class PinConfig:
     """Per-job resources in parallel sweeps (see :mod:`zoo_core.config.pinning`)."""
     enabled: bool = True
-    devices: Optional[list[int]] = None
-    cores: Optional[int] = None
-    jobs: Optional[int] = None
+    devices: list[int] | None = None
+    cores: int | None = None
+    jobs: int | None = None
 
 
 @dataclass
@@ -55,20 +55,20 @@ class ZooSchema:
     backend: Any = MISSING
     stage: Any = MISSING
     batch_size: int = 1
-    weights: Optional[str] = None
-    model_file: Optional[str] = None
+    weights: str | None = None
+    model_file: str | None = None
     device_id: int = 0
     num_workers: int = 2
     on_error: OnError = OnError.fail
     allow_skips: bool = False
     resume: bool = False
     save_outputs: bool = False
-    progress: Optional[bool] = None
-    input: Optional[str] = None
-    inputs_dir: Optional[str] = None
-    outputs_dir: Optional[str] = None
-    dump_dtype: Optional[str] = None
-    detections: Optional[str] = None
+    progress: bool | None = None
+    input: str | None = None
+    inputs_dir: str | None = None
+    outputs_dir: str | None = None
+    dump_dtype: str | None = None
+    detections: str | None = None
     work_dir: str = "outputs/${model.name}"
     model_dir: str = "${work_dir}/model"
     export: ExportConfig = field(default_factory=ExportConfig)

@@ -32,7 +32,7 @@ def first_values(overrides: list[str]) -> list[str]:
                 raise ConfigError(f"override {o.input_line!r} sweeps over no values")
             out.append(f"{key}={first}")
         else:
-            out.append(o.input_line)
+            out.append(o.input_line or f"{key}={o.get_value_element_as_str()}")
     return out
 
 
@@ -67,12 +67,12 @@ def explain(exc: Exception, overrides: list[str]) -> str:
     cause = exc.__cause__
     if cause is not None and "Invalid value" in str(cause):
         first = str(cause).splitlines()[0]
-        key = _FULL_KEY.search(str(cause))
-        return f"{key.group(1) if key else 'value'}: {first}"
+        full = _FULL_KEY.search(str(cause))
+        return f"{full.group(1) if full else 'value'}: {first}"
     if cause is not None:
         text += "\n" + str(cause)
     m = _NOT_IN_STRUCT.search(text) or None
-    key = None
+    key: str | None = None
     if m:
         key = m.group(1) or m.group(2)
     fk = _FULL_KEY.search(text)
@@ -121,13 +121,13 @@ def valid_keys_at(parent: str, overrides: list[str]) -> list[str]:
         return []
     node = OmegaConf.select(cfg, parent) if parent else cfg
     if isinstance(node, DictConfig):
-        return sorted(str(k) for k in node.keys())
+        return sorted(str(k) for k in node)
     return []
 
 
 def _touches_unknown(override: str, parent: str) -> bool:
     key = override.split("=", 1)[0].lstrip("+~")
-    return "." in key and key.rpartition(".")[0] == parent or (not parent and "." not in key and "/" not in key
+    return ("." in key and key.rpartition(".")[0] == parent) or (not parent and "." not in key and "/" not in key
                                                                 and key not in ("model", "dataset", "backend", "stage"))
 
 
@@ -147,9 +147,9 @@ def _compose_quiet(overrides: list[str]) -> DictConfig:
 
 
 def no_model_message() -> str:
-    from zoo_core.plugins.manager import ZooPluginManager
+    from zoo_core.plugins import get_manager
 
-    pm = ZooPluginManager()
+    pm = get_manager()
     names = pm.model_names()
     msg = "no model given: add model=<name>."
     msg += f"\nInstalled models: {', '.join(names) if names else '(none: pip install a zoo-<model> plugin)'}"

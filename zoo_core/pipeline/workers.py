@@ -158,9 +158,9 @@ def _worker_init(model: str, cfg: Any, parent: int, threads: int, slots_path: st
     except Exception:
         pass
     keep_heap_pages()
-    from zoo_core.plugins.manager import ZooPluginManager
+    from zoo_core.plugins import get_manager
 
-    _WORKER_STATE.update(hooks=ZooPluginManager().hooks_for(model), cfg=cfg, slots=None)
+    _WORKER_STATE.update(hooks=get_manager().hooks_for(model), cfg=cfg, slots=None)
     if slots_path:
         with open(slots_path, "r+b") as f:
             _WORKER_STATE["slots"] = mmap.mmap(f.fileno(), slots_size)

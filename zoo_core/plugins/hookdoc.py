@@ -5,10 +5,13 @@
 """
 from __future__ import annotations
 
+import ast
+import importlib
 import inspect
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from zoo_core import HOOK_API_VERSION
 from zoo_core.api import hookspecs
@@ -28,6 +31,51 @@ def spec_names() -> list[str]:
     return sorted(names, key=lambda n: (order.get(n, len(order)), n))
 
 
+def type_imports() -> dict[str, str]:
+    """``{name used in an annotation: what it is}`` from the ``if TYPE_CHECKING:`` imports of hookspecs.py.
+
+    ``np`` -> ``numpy``, ``Sample`` -> ``zoo_core.api.types.Sample``...: the types the signatures use.
+    """
+    tree = ast.parse(Path(hookspecs.__file__).read_text(encoding="utf-8"))
+    out: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            for stmt in node.body:
+                if isinstance(stmt, ast.Import):
+                    out.update({a.asname or a.name: a.name for a in stmt.names})
+                elif isinstance(stmt, ast.ImportFrom):
+                    out.update({a.asname or a.name: f"{stmt.module}.{a.name}" for a in stmt.names})
+    return out
+
+
+def annotation_namespace() -> dict[str, Any]:
+    """The objects behind :func:`type_imports` (imports numpy, omegaconf, torch): resolves every hint."""
+    ns: dict[str, Any] = dict(vars(hookspecs))
+    for name, target in type_imports().items():
+        try:
+            ns[name] = importlib.import_module(target)
+        except ImportError:
+            module, _, attr = target.rpartition(".")
+            ns[name] = getattr(importlib.import_module(module), attr)
+    return ns
+
+
+def _annotation(annotation: object) -> str:
+    """An annotation as written in hookspecs.py (string annotations shown without quotes)."""
+    if isinstance(annotation, str):
+        return annotation
+    return inspect.formatannotation(annotation)
+
+
+def signature(name: str) -> str:
+    """``name(arg: Type, ...) -> Type`` of a hook spec, with the types as written in hookspecs.py."""
+    sig = inspect.signature(getattr(hookspecs, name))
+    params = ", ".join(p.name if p.annotation is p.empty else f"{p.name}: {_annotation(p.annotation)}"
+                       for p in sig.parameters.values())
+    ret = "" if sig.return_annotation is sig.empty else f" -> {_annotation(sig.return_annotation)}"
+    return f"{name}({params}){ret}"
+
+
 def _inline(text: str) -> str:
     """reST inline markup to Markdown: roles and double backticks become code spans."""
     return _ROLE.sub(r"`\1`", text).replace("``", "`")
@@ -37,7 +85,7 @@ def render_hook(name: str) -> str:
     """The Markdown section of one hook: signature, dispatch, description, arguments, return."""
     func = getattr(hookspecs, name)
     opts = func.zoo_spec
-    sig = f"{name}{inspect.signature(func)}"
+    sig = signature(name)
     kind = ("model hook, `firstresult` (the selected model's plugin answers)" if name in hookspecs.MODEL_HOOKS
             else "observer (every registered plugin is called)")
     if opts.get("firstresult") and name not in hookspecs.MODEL_HOOKS:
@@ -76,6 +124,10 @@ def render_reference() -> str:
         f"Model hooks, in pipeline order: {', '.join(f'`{n}`' for n in model)}. "
         f"Observers: {', '.join(f'`{n}`' for n in other)}.",
         "",
+        "Types in the signatures: " + ", ".join(f"`{name}` = `{target}`" if name != target.rpartition(".")[2]
+                                                 else f"`{target}`" for name, target in type_imports().items())
+        + ".",
+        "",
     ]
     parts.extend(render_hook(n) for n in spec_names())
     return "\n".join(parts)
@@ -105,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                 path.write_text(new, encoding="utf-8")
                 print(f"updated {path}")
     if stale:
-        print(f"out of date: {', '.join(stale)}; run python -m zoo_core.plugins.hookdoc {' '.join(stale)}", file=sys.stderr)
+        print(f"out of date: {', '.join(stale)}; run python -m zoo_core.plugins.hookdoc {' '.join(stale)}",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -5,21 +5,38 @@ backends from ``zoo.backends``, and optional cross-cutting plugins (observers, w
 ``zoo.plugins``. ``ZOO_DISABLE_PLUGINS=a,b`` blocks any of them by name. A plugin that fails to
 import, asks for another hook-API version, or implements an unknown hook is recorded as *broken*
 with its error; every other plugin keeps working.
+
+A process normally needs one manager: :func:`zoo_core.plugins.get_manager` builds it once.
 """
 from __future__ import annotations
 
 import importlib.metadata as md
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from types import ModuleType, TracebackType
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pluggy
 
 from zoo_core import HOOK_API_VERSION
 from zoo_core.api import hookspecs
+from zoo_core.api.errors import PluginError, PluginHookError, ZooError
 from zoo_core.config.confpaths import BACKENDS_GROUP, MODELS_GROUP, disabled_plugins
-from zoo_core.api.errors import PluginError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from omegaconf import DictConfig
+
+    from zoo_core.api.types import Dataset, Detections, EvalResult, ExportResult, Inputs, Meta, Sample, TensorSpec
 
 EXTRA_GROUP = "zoo.plugins"
+
+#: Longest reason (the escaping exception's first line) quoted in a :class:`PluginHookError`.
+MAX_REASON_CHARS = 400
 
 
 @dataclass
@@ -30,6 +47,13 @@ class PluginInfo:
     version: str | None
     entry_point: str
     hooks: list[str] = field(default_factory=list)
+    group: str = MODELS_GROUP
+
+    @property
+    def label(self) -> str:
+        """``plugin zoo-centerface (model centerface)``: how errors name this plugin."""
+        role = f"model {self.name}" if self.group == MODELS_GROUP else self.name
+        return f"plugin {self.distribution or getattr(self.module, '__name__', self.entry_point)} ({role})"
 
 
 @dataclass
@@ -48,11 +72,24 @@ def _dist_of(ep: md.EntryPoint) -> tuple[str | None, str | None]:
     return dist.metadata["Name"], dist.version
 
 
-def _api_mismatch(module) -> str | None:
+def accepted_api_versions(module: object) -> list[str] | None:
+    """The hook-API versions a plugin module declares in ``ZOO_HOOK_API`` (a string or a list), or None."""
     wanted = getattr(module, "ZOO_HOOK_API", None)
     if wanted is None:
         return None
-    accepted = [str(w) for w in (wanted if isinstance(wanted, (list, tuple)) else [wanted])]
+    return [str(w) for w in (wanted if isinstance(wanted, (list, tuple)) else [wanted])]
+
+
+def api_mismatch(module: object) -> str | None:
+    """Why ``module`` cannot be loaded by this zoo-core's hook API, or None when it can.
+
+    Only the major number counts. A module that declares no ``ZOO_HOOK_API`` is accepted (the
+    contract kit asks plugins to declare it). The one place the version rule lives: the plugin
+    manager and :mod:`zoo_core.testing.contract` both call it.
+    """
+    accepted = accepted_api_versions(module)
+    if accepted is None:
+        return None
     major = HOOK_API_VERSION.split(".")[0]
     if any(a.split(".")[0] == major for a in accepted):
         return None
@@ -60,8 +97,41 @@ def _api_mismatch(module) -> str | None:
             f"install a zoo-core release for that API or upgrade the plugin")
 
 
+def _first_line(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: the hook called sys.exit({exc.code!r}); a plugin must raise, not exit"
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0]
+    if len(text) > MAX_REASON_CHARS:
+        text = text[:MAX_REASON_CHARS] + "..."
+    return f"{type(exc).__name__}: {text}"
+
+
+def _raising_plugin(exc: BaseException, impls: Iterable[pluggy.HookImpl]) -> object | None:
+    """The plugin whose hook implementation the exception passed through last (innermost), if any."""
+    codes = {}
+    for impl in impls:
+        code = getattr(impl.function, "__code__", None)
+        if code is not None:
+            codes[code] = impl.plugin
+    found = None
+    tb: TracebackType | None = exc.__traceback__
+    while tb is not None:
+        plugin = codes.get(tb.tb_frame.f_code)
+        if plugin is not None:
+            found = plugin
+        tb = tb.tb_next
+    return found
+
+
 class ZooPluginManager:
-    """A pluggy ``PluginManager`` for project ``zoo`` plus bookkeeping for ``zoo list``."""
+    """A pluggy ``PluginManager`` for project ``zoo`` plus bookkeeping for ``zoo list``.
+
+    Build one with :func:`zoo_core.plugins.get_manager` (cached per process); construct it
+    directly only when a fresh, independent manager is needed (tests).
+    """
 
     def __init__(self, autoload: bool = True):
         self.pm = pluggy.PluginManager("zoo")
@@ -71,7 +141,7 @@ class ZooPluginManager:
         self.broken: list[BrokenPlugin] = []
         self.blocked: list[str] = []
         self.backends: dict[str, md.EntryPoint] = {}
-        self._subset_cache: dict[tuple[str, str], Any] = {}
+        self._subset_cache: dict[tuple[str, str], pluggy.HookCaller] = {}
         if autoload:
             self.load_entry_points()
 
@@ -98,12 +168,14 @@ class ZooPluginManager:
             else:
                 self.backends.setdefault(ep.name, ep)
 
-    def register_module(self, name: str, module, group: str = MODELS_GROUP, dist=(None, None)) -> None:
+    def register_module(self, name: str, module: ModuleType, group: str = MODELS_GROUP,
+                        dist: tuple[str | None, str | None] = (None, None)) -> None:
         """Register an already imported plugin module (used by tests and the scaffold)."""
         target = self.models if group == MODELS_GROUP else self.extras
         self._register(name, module, group, target, f"{module.__name__}", dist)
+        self._subset_cache.clear()
 
-    def _load_one(self, ep: md.EntryPoint, group: str, target: dict) -> None:
+    def _load_one(self, ep: md.EntryPoint, group: str, target: dict[str, PluginInfo]) -> None:
         dist = _dist_of(ep)
         try:
             module = ep.load()
@@ -114,8 +186,9 @@ class ZooPluginManager:
             return
         self._register(ep.name, module, group, target, ep.value, dist)
 
-    def _register(self, name, module, group, target, ep_value, dist) -> None:
-        problem = _api_mismatch(module)
+    def _register(self, name: str, module: Any, group: str, target: dict[str, PluginInfo], ep_value: str,
+                  dist: tuple[str | None, str | None]) -> None:
+        problem = api_mismatch(module)
         if problem:
             self.broken.append(BrokenPlugin(name, group, ep_value, problem, dist[0]))
             return
@@ -131,13 +204,13 @@ class ZooPluginManager:
             self.broken.append(BrokenPlugin(name, group, ep_value, f"invalid hook implementation: {exc}", dist[0]))
             return
         hooks = sorted(caller.name for caller in self.pm.get_hookcallers(module) or [])
-        target[name] = PluginInfo(name, module, dist[0], dist[1], ep_value, hooks)
+        target[name] = PluginInfo(name, module, dist[0], dist[1], ep_value, hooks, group)
 
     # -- dispatch --------------------------------------------------------------------------
     def model_names(self) -> list[str]:
         return sorted(self.models)
 
-    def hooks_for(self, model: str) -> "ModelHooks":
+    def hooks_for(self, model: str) -> ModelHooks:
         """Hook callers that reach only ``model``'s plugin (plus cross-cutting wrappers)."""
         if model not in self.models:
             broken = {b.name: b for b in self.broken if b.group == MODELS_GROUP}
@@ -149,17 +222,45 @@ class ZooPluginManager:
                 f"unknown model {model!r}; installed models: {', '.join(self.model_names()) or '(none)'}")
         return ModelHooks(self, model)
 
-    def subset_caller(self, hook: str, model: str):
+    def subset_caller(self, hook: str, model: str) -> pluggy.HookCaller:
         key = (hook, model)
         if key not in self._subset_cache:
             others = [p.module for n, p in self.models.items() if n != model]
             self._subset_cache[key] = self.pm.subset_hook_caller(hook, remove_plugins=others)
         return self._subset_cache[key]
 
-    def notify_stage_finished(self, **kwargs) -> None:
-        self.pm.hook.zoo_stage_finished(**kwargs)
+    def plugin_info(self, plugin: object) -> PluginInfo | None:
+        """The :class:`PluginInfo` of a registered model or cross-cutting plugin module (None for others)."""
+        for info in (*self.models.values(), *self.extras.values()):
+            if info.module is plugin:
+                return info
+        return None
 
-    def backend_class(self, name: str):
+    def hook_failed(self, exc: BaseException, hook: str, caller: pluggy.HookCaller, default: object,
+                    context: str = "") -> NoReturn:
+        """Re-raise ``exc`` that escaped ``caller``.
+
+        A :class:`ZooError` (deliberate) passes unchanged, and so does an exception raised by no
+        installed plugin's code (a core bug; ``default`` is the plugin blamed when no hook frame is
+        in the traceback). Anything else, ``SystemExit`` included, becomes one
+        :class:`PluginHookError` line naming the plugin, the hook and the reason."""
+        if isinstance(exc, (ZooError, KeyboardInterrupt, GeneratorExit)):
+            raise exc
+        info = self.plugin_info(_raising_plugin(exc, caller.get_hookimpls()) or default)
+        if info is None:  # raised by no plugin's code, or by one the core registered itself
+            raise exc
+        where = f"hook {hook}{f' ({context})' if context else ''}"
+        raise PluginHookError(f"{info.label}, {where}: {_first_line(exc)}") from exc
+
+    def notify_stage_finished(self, *, cfg: DictConfig, stage: str, run_dir: Path, result: dict[str, Any]) -> None:
+        """Call ``zoo_stage_finished`` on every plugin; an observer that fails is named (see :meth:`hook_failed`)."""
+        caller = self.pm.hook.zoo_stage_finished
+        try:
+            caller(cfg=cfg, stage=stage, run_dir=run_dir, result=result)
+        except BaseException as exc:
+            self.hook_failed(exc, "zoo_stage_finished", caller, None)
+
+    def backend_class(self, name: str) -> Any:
         ep = self.backends.get(name)
         if ep is None:
             if f"backend:{name}" in self.blocked:
@@ -172,10 +273,14 @@ class ZooPluginManager:
 
 
 class ModelHooks:
-    """``hooks.preprocess(cfg=..., ...)`` calls the hook on the selected model's plugin only.
+    """The model hooks of one selected model, one typed method per hook spec.
 
-    A hook the plugin does not implement raises :class:`PluginError` naming it, instead of
-    silently returning ``None``.
+    ``hooks.preprocess(cfg=..., image=..., sample=...)`` calls the hook on the selected model's
+    plugin only (cross-cutting wrappers still see the call). Failures are always a
+    :class:`PluginError`: a hook the plugin does not implement, a hook that returned ``None``, and
+    any exception escaping the plugin (``SystemExit`` included) as one line naming the
+    distribution, the hook and the reason (:class:`PluginHookError`, the original kept as
+    ``__cause__``). A :class:`ZooError` the plugin raises on purpose passes unchanged.
     """
 
     def __init__(self, manager: ZooPluginManager, model: str):
@@ -186,19 +291,50 @@ class ModelHooks:
     def implements(self, hook: str) -> bool:
         return hook in self.info.hooks
 
-    def __getattr__(self, hook: str):
-        if hook not in hookspecs.MODEL_HOOKS:
-            raise AttributeError(hook)
+    def _call(self, hook: str, context: str = "", **kwargs: Any) -> Any:
+        if not self.implements(hook):
+            raise PluginError(f"model {self.model!r} does not implement the {hook!r} hook "
+                              f"(its plugin {self.info.entry_point} implements: {', '.join(self.info.hooks)})")
         caller = self._manager.subset_caller(hook, self.model)
-
-        def call(**kwargs):
-            if not self.implements(hook):
-                raise PluginError(f"model {self.model!r} does not implement the {hook!r} hook "
-                                  f"(its plugin {self.info.entry_point} implements: {', '.join(self.info.hooks)})")
+        try:
             result = caller(**kwargs)
-            if result is None:
-                raise PluginError(f"model {self.model!r}: hook {hook!r} returned None")
-            return result
+        except BaseException as exc:
+            self._manager.hook_failed(exc, hook, caller, self.info.module, context)
+        if result is None:
+            raise PluginError(f"{self.info.label}: hook {hook!r} returned None")
+        return result
 
-        call.__name__ = hook
-        return call
+    def dataset(self, *, cfg: DictConfig) -> Dataset:
+        return self._call("dataset", cfg=cfg)
+
+    def input_spec(self, *, cfg: DictConfig) -> list[TensorSpec]:
+        return self._call("input_spec", cfg=cfg)
+
+    def preprocess(self, *, cfg: DictConfig, image: np.ndarray, sample: Sample) -> tuple[Inputs, Meta]:
+        return self._call("preprocess", f"image {sample.path}", cfg=cfg, image=image, sample=sample)
+
+    def build_model(self, *, cfg: DictConfig, weights: str | Path | None) -> torch.nn.Module:
+        return self._call("build_model", cfg=cfg, weights=weights)
+
+    def export(self, *, cfg: DictConfig, weights: str | Path | None, output: Path, target: str) -> ExportResult:
+        return self._call("export", cfg=cfg, weights=weights, output=output, target=target)
+
+    def atc_args(self, *, cfg: DictConfig, onnx_path: str | Path, batch_size: int | list[int], soc_version: str,
+                 output: str) -> list[str]:
+        return self._call("atc_args", cfg=cfg, onnx_path=onnx_path, batch_size=batch_size,
+                          soc_version=soc_version, output=output)
+
+    def output_spec(self, *, cfg: DictConfig, meta: Meta) -> list[TensorSpec]:
+        return self._call("output_spec", cfg=cfg, meta=meta)
+
+    def postprocess(self, *, cfg: DictConfig, outputs: Sequence[np.ndarray], metas: Sequence[Meta]) -> list[Detections]:
+        return self._call("postprocess", cfg=cfg, outputs=outputs, metas=metas)
+
+    def evaluate(self, *, cfg: DictConfig, detections: Mapping[str, Detections], dataset: Dataset,
+                 samples: Sequence[Sample], out_dir: Path) -> EvalResult:
+        return self._call("evaluate", cfg=cfg, detections=detections, dataset=dataset, samples=samples,
+                          out_dir=out_dir)
+
+    def oracle_outputs(self, *, cfg: DictConfig, sample: Sample, meta: Meta, dataset: Dataset) -> list[np.ndarray]:
+        return self._call("oracle_outputs", f"image {sample.path}", cfg=cfg, sample=sample, meta=meta,
+                          dataset=dataset)

@@ -179,7 +179,8 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
         shards = sorted(int(r["@dataset.shard"]) for r in members)
         bad = [r["job"] for r in members if r["status"] != "ok"]
         if bad:
-            merged_rows.append({**row, "status": "failed", "error": f"not merged: shard job(s) {', '.join(bad)} failed"})
+            error = f"not merged: shard job(s) {', '.join(bad)} failed"
+            merged_rows.append({**row, "status": "failed", "error": error})
             continue
         if shards != list(range(n)):
             merged_rows.append({**row, "status": "failed",
@@ -202,9 +203,9 @@ def score_union(cfg, shard_dirs: list[Path], out_dir: Path) -> dict:
     """Score the detections of all ``shard_dirs`` as one unsharded run in ``out_dir``."""
     from omegaconf import open_dict
 
+    from zoo_core.plugins import get_manager
     from zoo_core.runs.context import RunContext
     from zoo_core.runs.detstore import DetectionStore
-    from zoo_core.plugins.manager import ZooPluginManager
     from zoo_core.stages.scoring import score
 
     with open_dict(cfg):
@@ -219,7 +220,7 @@ def score_union(cfg, shard_dirs: list[Path], out_dir: Path) -> dict:
             raise ValueError(f"shards overlap on {len(overlap)} image(s), e.g. {sorted(overlap)[0]}")
         detections.update(part)
         skipped += (_read_json(d / "metrics.json") or {}).get("skipped", [])
-    ctx = RunContext(cfg, ZooPluginManager(), out_dir, out_dir)
+    ctx = RunContext(cfg, get_manager(), out_dir, out_dir)
     ctx.record_dir.mkdir(parents=True, exist_ok=True)
     return score(ctx, detections, skipped, {"merged_from": [str(d) for d in shard_dirs]})
 

@@ -19,9 +19,10 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -29,6 +30,9 @@ import pytest
 from zoo_core import HOOK_API_VERSION
 from zoo_core.api.hookspecs import CORE_HOOKS, MODEL_HOOKS
 from zoo_core.api.types import Detections, EvalResult, ExportResult, TensorSpec
+
+if TYPE_CHECKING:
+    from zoo_core.plugins.manager import ZooPluginManager
 
 #: Hooks the core's stages need for ``zoo run model=<it> stage=eval`` and ``stage=export``.
 REQUIRED_HOOKS = ("dataset", "input_spec", *CORE_HOOKS, "output_spec")
@@ -109,18 +113,20 @@ class PluginUnderTest:
     """
 
     def __init__(self, model: str, overrides: Sequence[str] = (), work_dir: str | Path | None = None,
-                 n_samples: int = 2):
+                 n_samples: int = 2, manager: ZooPluginManager | None = None):
         self.model = model
+        self._manager = manager
         self.overrides = list(overrides)
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix=f"zoo-contract-{model}-"))
         self.n_samples = n_samples
         self._exports: dict[str, ExportResult] = {}
 
     @cached_property
-    def manager(self):
-        from zoo_core.plugins.manager import ZooPluginManager
+    def manager(self) -> ZooPluginManager:
+        """The manager given, else the process's (:func:`zoo_core.plugins.get_manager`)."""
+        from zoo_core.plugins import get_manager
 
-        return ZooPluginManager()
+        return self._manager if self._manager is not None else get_manager()
 
     @cached_property
     def hooks(self):
@@ -215,13 +221,14 @@ def check_registration(p: PluginUnderTest) -> None:
 
 def check_api_version(p: PluginUnderTest) -> None:
     """The plugin module declares ``ZOO_HOOK_API`` and it matches this zoo-core's major version."""
+    from zoo_core.plugins.manager import accepted_api_versions, api_mismatch
+
     module = p.hooks.info.module
-    wanted = getattr(module, "ZOO_HOOK_API", None)
-    if wanted is None:
+    if accepted_api_versions(module) is None:
         raise ContractError(f"{module.__name__} should declare ZOO_HOOK_API = {HOOK_API_VERSION!r}")
-    accepted = [str(w) for w in (wanted if isinstance(wanted, (list, tuple)) else [wanted])]
-    if HOOK_API_VERSION.split(".")[0] not in {a.split(".")[0] for a in accepted}:
-        raise ContractError(f"{module.__name__} asks for hook API {accepted}, zoo-core has {HOOK_API_VERSION}")
+    problem = api_mismatch(module)
+    if problem:
+        raise ContractError(f"{module.__name__}: {problem}")
 
 
 def check_config(p: PluginUnderTest) -> None:
@@ -446,6 +453,7 @@ def check_plugin(model: str, overrides: Sequence[str] = (), work_dir: str | Path
     report: dict[str, Any] = {}
     dets: dict[str, Detections] = {}
     for name in checks:
+        result: Any
         try:
             if name == "export":
                 dets = check_export(p)
@@ -465,7 +473,8 @@ class PluginContract:
 
     Class attributes: ``model`` (entry-point name), ``overrides`` (extra Hydra overrides),
     ``n_samples`` (dataset samples used), ``atc_target`` (export target whose ONNX ``atc_args``
-    gets), ``atc_overrides`` (extra overrides for the ``atc_args`` call only), ``compare_torch`` / ``rtol`` / ``atol`` (torch vs onnxruntime agreement). When
+    gets), ``atc_overrides`` (extra overrides for the ``atc_args`` call only), ``compare_torch`` /
+    ``rtol`` / ``atol`` (torch vs onnxruntime agreement). When
     ``ZOO_CACHE_DIR`` is unset, generated datasets go to a temporary directory.
     """
 

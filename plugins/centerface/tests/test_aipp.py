@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from zoo_core.testing import golden_dir
 from zoo_centerface.aipp import aipp_config_text, aipp_normalize, aipp_values, write_aipp_config
 from zoo_centerface.preprocess import MEAN_BGR, STD_BGR
+from zoo_core.testing import golden_dir
 
 
 def test_seed_constants_come_from_mean_std():

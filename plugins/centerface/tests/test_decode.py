@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from zoo_core.testing import golden_dir
 from zoo_centerface.decode import ascend_grid_dets, decode_ascend, decode_starclouds, starclouds_candidates
+from zoo_core.testing import golden_dir
 
 FAM_A = ["famA_astronaut", "famA_synthA_1", "famA_synthA_2"]
 FAM_B = ["famB_1024x683", "famB_500x800"]

@@ -9,8 +9,8 @@ import onnx
 import pytest
 
 from zoo_core.api.errors import ConfigError
-from zoo_core.testing import golden_dir
 from zoo_core.api.types import ExportResult
+from zoo_core.testing import golden_dir
 
 torch = pytest.importorskip("torch")
 from zoo_centerface.export import OUTPUT_NAMES, export_onnx  # noqa: E402

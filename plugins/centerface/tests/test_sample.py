@@ -5,11 +5,11 @@ import os
 import numpy as np
 import pytest
 
+from zoo_centerface import sample as smp
+from zoo_centerface.wider_gt import WiderGroundTruth, load_wider_gt
+from zoo_centerface.widerface import WiderFaceDataset
 from zoo_core.api.errors import ZooError
 from zoo_core.api.imaging import read_image
-from zoo_centerface import sample as smp
-from zoo_centerface.widerface import WiderFaceDataset
-from zoo_centerface.wider_gt import WiderGroundTruth, load_wider_gt
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_box_rule_and_face_sources():
     for im in images:
         H, W = im.image.shape[:2]
         for kind, (x, y, w, h) in zip(im.kinds, im.boxes):
-            assert 0 <= x and 0 <= y and x + w <= W and y + h <= H and w > 0 and h > 0
+            assert x >= 0 and y >= 0 and x + w <= W and y + h <= H and w > 0 and h > 0
             if kind == "lfw":  # (0.77 s, 0.94 s) for an integer side s
                 side = round(h / 0.94)
                 assert any(abs(round(0.77 * s) - w) == 0 and round(0.94 * s) == h for s in (side - 1, side, side + 1))
@@ -101,14 +101,14 @@ def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_dataset_errors_name_what_is_missing(tmp_path, built):
-    with pytest.raises(ZooError, match="dataset.root is not set"):
+    with pytest.raises(ZooError, match=r"dataset.root is not set"):
         WiderFaceDataset(None, tmp_path)
-    with pytest.raises(ZooError, match="dataset.gt_dir is not set"):
+    with pytest.raises(ZooError, match=r"dataset.gt_dir is not set"):
         WiderFaceDataset(tmp_path, None)
     with pytest.raises(ZooError, match="no WIDER val image folder"):
         WiderFaceDataset(tmp_path, built / smp.GT_DIR)
     (tmp_path / "WIDER_val" / "images").mkdir(parents=True)
-    with pytest.raises(ZooError, match="wider_face_val.mat.*wider_easy_val.mat") as ei:
+    with pytest.raises(ZooError, match=r"wider_face_val.mat.*wider_easy_val.mat") as ei:
         WiderFaceDataset(tmp_path, tmp_path)
     assert "WIDERFACE" in str(ei.value)
     with pytest.raises(ZooError, match="24 of 24 ground-truth images are missing"):

@@ -10,8 +10,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zoo_core.api.errors import ZooError
-from zoo_core.testing import golden_dir, shared_dir
 from zoo_centerface.wider_eval import (
     WiderEvalWarning,
     evaluate_wider,
@@ -21,6 +19,8 @@ from zoo_centerface.wider_eval import (
 )
 from zoo_centerface.wider_gt import SETTINGS, WiderGroundTruth, load_wider_gt
 from zoo_centerface.wider_preds import read_prediction_tree
+from zoo_core.api.errors import ZooError
+from zoo_core.testing import golden_dir, shared_dir
 
 
 @pytest.fixture(scope="session")
@@ -147,7 +147,7 @@ def test_global_normalisation_and_missing_images():
     # normalised over both images: the TP (0.3) becomes 0 and only passes the last threshold
     assert res.recall["hard"][998] == 0.0 and res.recall["hard"][999] == 0.5
     assert res.ap["hard"] == pytest.approx(0.25)
-    with pytest.raises(ZooError, match="no predictions for 1 of 2 images.*b_2"):
+    with pytest.raises(ZooError, match=r"no predictions for 1 of 2 images.*b_2"):
         evaluate_wider({("0--Synth", "a_1"): preds[("0--Synth", "a_1")]}, gt)
     with pytest.warns(WiderEvalWarning, match="1 prediction entries"):
         evaluate_wider({**preds, ("9--X", "c"): (np.zeros((0, 4)), np.zeros(0))}, gt)

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import scipy.io
 
+from zoo_centerface.wider_gt import SETTINGS, WiderGroundTruth, load_wider_gt, write_wider_gt
 from zoo_core.api.errors import ZooError
 from zoo_core.testing import shared_dir
-from zoo_centerface.wider_gt import SETTINGS, WiderGroundTruth, load_wider_gt, write_wider_gt
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +132,9 @@ def test_missing_file(tmp_path):
     events, files, boxes, keep = _random_gt(np.random.default_rng(2))
     write_wider_gt(tmp_path, events, files, boxes, keep)
     (tmp_path / "wider_medium_val.mat").unlink()
-    with pytest.raises(ZooError, match="wider_medium_val.mat.*not found"):
+    with pytest.raises(ZooError, match=r"wider_medium_val.mat.*not found"):
         load_wider_gt(tmp_path)
-    with pytest.raises(ZooError, match="wider_face_val.mat.*not found"):
+    with pytest.raises(ZooError, match=r"wider_face_val.mat.*not found"):
         load_wider_gt(tmp_path / "nowhere")
 
 
@@ -142,7 +142,7 @@ def test_not_a_mat_file(tmp_path):
     events, files, boxes, keep = _random_gt(np.random.default_rng(2))
     write_wider_gt(tmp_path, events, files, boxes, keep)
     (tmp_path / "wider_easy_val.mat").write_text("event_list,file_list\nthis is csv\n")
-    with pytest.raises(ZooError, match="wider_easy_val.mat.*not a readable MATLAB"):
+    with pytest.raises(ZooError, match=r"wider_easy_val.mat.*not a readable MATLAB"):
         load_wider_gt(tmp_path)
 
 
@@ -150,10 +150,10 @@ def test_wrong_keys(tmp_path):
     events, files, boxes, keep = _random_gt(np.random.default_rng(2))
     write_wider_gt(tmp_path, events, files, boxes, keep)
     scipy.io.savemat(tmp_path / "wider_hard_val.mat", {"event_list": np.zeros((3, 1))})
-    with pytest.raises(ZooError, match="wider_hard_val.mat.*missing key.*gt_list"):
+    with pytest.raises(ZooError, match=r"wider_hard_val.mat.*missing key.*gt_list"):
         load_wider_gt(tmp_path)
     scipy.io.savemat(tmp_path / "wider_face_val.mat", {"boxes": np.zeros((3, 4))})
-    with pytest.raises(ZooError, match="wider_face_val.mat.*missing key.*event_list"):
+    with pytest.raises(ZooError, match=r"wider_face_val.mat.*missing key.*event_list"):
         load_wider_gt(tmp_path)
 
 

@@ -6,7 +6,6 @@ import warnings
 import numpy as np
 import pytest
 
-from zoo_core.api.errors import ZooError
 from zoo_centerface.wider_eval import evaluate_wider
 from zoo_centerface.wider_gt import WiderGroundTruth
 from zoo_centerface.wider_preds import (
@@ -17,6 +16,7 @@ from zoo_centerface.wider_preds import (
     read_prediction_tree,
     write_prediction_tree,
 )
+from zoo_core.api.errors import ZooError
 
 
 def _gt() -> WiderGroundTruth:
@@ -62,7 +62,7 @@ def test_writer_format(tmp_path):
 
 
 def test_writer_rejects_bad_arrays(tmp_path):
-    with pytest.raises(ZooError, match="0--Synth/x.*must be"):
+    with pytest.raises(ZooError, match=r"0--Synth/x.*must be"):
         format_prediction_file("0--Synth", "x", np.zeros((2, 5)), np.zeros(2))
     with pytest.raises(ZooError, match="non-finite"):
         format_prediction_file("0--Synth", "x", np.array([[0, 0, np.nan, 1]]), np.ones(1))

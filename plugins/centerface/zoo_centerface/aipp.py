@@ -18,17 +18,20 @@ from zoo_core.api.atomic import write_text
 
 from .preprocess import ASCEND_INPUT_HW, MEAN_BGR, STD_BGR
 
+#: Per-channel mean / std: a sequence of floats or a numpy array.
+Values = Sequence[float] | np.ndarray
 
-def aipp_values(mean: Sequence[float] = MEAN_BGR, std: Sequence[float] = STD_BGR):
+
+def aipp_values(mean: Values = MEAN_BGR, std: Values = STD_BGR) -> tuple[list[int], list[float]]:
     """``(min_chn, var_reci_chn)``: integer means (x255, rounded) and reciprocal std (1/(std*255))."""
-    mean = np.asarray(mean, np.float64).reshape(-1)
-    std = np.asarray(std, np.float64).reshape(-1)
-    if mean.shape != (3,) or std.shape != (3,) or np.any(std <= 0):
-        raise ValueError(f"mean/std must be 3 values with std > 0, got {mean.tolist()} / {std.tolist()}")
-    return [int(round(m * 255.0)) for m in mean], [float(1.0 / (s * 255.0)) for s in std]
+    mean64 = np.asarray(mean, np.float64).reshape(-1)
+    std64 = np.asarray(std, np.float64).reshape(-1)
+    if mean64.shape != (3,) or std64.shape != (3,) or np.any(std64 <= 0):
+        raise ValueError(f"mean/std must be 3 values with std > 0, got {mean64.tolist()} / {std64.tolist()}")
+    return [round(m * 255.0) for m in mean64.tolist()], [1.0 / (s * 255.0) for s in std64.tolist()]
 
 
-def aipp_config_text(mean: Sequence[float] = MEAN_BGR, std: Sequence[float] = STD_BGR,
+def aipp_config_text(mean: Values = MEAN_BGR, std: Values = STD_BGR,
                      input_hw: Sequence[int] = ASCEND_INPUT_HW) -> str:
     """The static ``aipp_op { ... }`` block for an ``input_hw`` uint8 HWC input (BGR bytes)."""
     mins, recis = aipp_values(mean, std)
@@ -56,14 +59,14 @@ def aipp_config_path(onnx_path: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".aippconfig")
 
 
-def write_aipp_config(onnx_path: str | os.PathLike, mean: Sequence[float] = MEAN_BGR,
-                      std: Sequence[float] = STD_BGR, input_hw: Sequence[int] = ASCEND_INPUT_HW) -> Path:
+def write_aipp_config(onnx_path: str | os.PathLike, mean: Values = MEAN_BGR,
+                      std: Values = STD_BGR, input_hw: Sequence[int] = ASCEND_INPUT_HW) -> Path:
     """Write the AIPP config next to ``onnx_path`` atomically and return its path."""
     return write_text(aipp_config_path(onnx_path), aipp_config_text(mean, std, input_hw))
 
 
-def aipp_normalize(image_u8_hwc: np.ndarray, mean: Sequence[float] = MEAN_BGR,
-                   std: Sequence[float] = STD_BGR) -> np.ndarray:
+def aipp_normalize(image_u8_hwc: np.ndarray, mean: Values = MEAN_BGR,
+                   std: Values = STD_BGR) -> np.ndarray:
     """What the AIPP unit computes, in numpy: uint8 (H, W, 3) -> float32 (3, H, W)."""
     mins, recis = aipp_values(mean, std)
     x = np.asarray(image_u8_hwc, np.float32).transpose(2, 0, 1)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from zoo_core.api.geometry import affine_points, get_affine_transform
+from zoo_core.api.geometry import unletterbox_boxes, unletterbox_points
 from zoo_core.api.nms import nms
 from zoo_core.api.peaks import keep_peaks, topk_desc
 from zoo_core.api.types import Detections
@@ -144,10 +144,10 @@ def decode_ascend(hm, wh, hm_offset, lms, metas: Sequence[dict], k: int = 200,
         raise ValueError(f"{len(metas)} metas for a batch of {len(boxes)}")
     out = []
     for i, meta in enumerate(metas):
-        out_h, out_w = (int(v) for v in meta["out_hw"])
-        trans = get_affine_transform(np.asarray(meta["c"], np.float32), float(meta["s"]), (out_w, out_h), inv=True)
-        bx = affine_points(boxes[i].reshape(-1, 2, 2), trans).reshape(-1, 4).astype(np.float32)
-        lm = affine_points(pts[i].reshape(-1, 5, 2), trans).reshape(-1, 10).astype(np.float32)
+        grid_hw = (int(meta["out_hw"][0]), int(meta["out_hw"][1]))
+        c, s = meta["c"], float(meta["s"])
+        bx = unletterbox_boxes(boxes[i], c, s, grid_hw)
+        lm = unletterbox_points(pts[i].reshape(-1, 5, 2), c, s, grid_hw).reshape(-1, 10)
         sc = scores[i]
         if threshold is not None:
             sel = sc >= threshold

@@ -61,7 +61,7 @@ def export_onnx(model, output: str | Path, target: str, variant: str, input_hw: 
         warnings.simplefilter("ignore", FutureWarning)
         with torch.no_grad():
             torch.onnx.export(
-                model, (dummy,), buf,
+                model, (dummy,), buf,  # type: ignore[arg-type]  # torch's hint omits file objects it accepts
                 input_names=[INPUT_NAME], output_names=OUTPUT_NAMES,
                 dynamic_axes=_dynamic_axes(target, variant),
                 opset_version=opset, do_constant_folding=True, dynamo=False,

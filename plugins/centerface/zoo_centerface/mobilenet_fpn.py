@@ -70,6 +70,11 @@ class InvertedResidual(nn.Module):
 class MobileNetV2Base(nn.Module):
     """MobileNetV2 (width 1.0) split into the stride-4/8/16/32 taps C2 (24), C3 (32), C4 (96), C5 (320)."""
 
+    feature_1: nn.Sequential
+    feature_2: nn.Sequential
+    feature_4: nn.Sequential
+    feature_6: nn.Sequential
+
     def __init__(self, act: type[nn.Module]):
         super().__init__()
         cin = 32

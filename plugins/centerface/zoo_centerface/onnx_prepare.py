@@ -65,6 +65,8 @@ def prepare_starclouds_onnx(src: str | Path, dst: str | Path, remove_initializer
         raise ZooError(f"not the Star-Clouds CenterFace ONNX: tensors {missing} are missing "
                        f"(inputs {list(inputs)[:3]}..., outputs {list(outputs)})", path=src)
 
+    in_hw: tuple[str | int, str | int]
+    out_hw: tuple[str | int, str | int]
     if fixed_hw is None:
         in_hw, out_hw = ("H", "W"), ("h", "w")
     else:

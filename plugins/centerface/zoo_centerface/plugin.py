@@ -10,16 +10,22 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import pluggy
-
-from zoo_core.api.errors import ConfigError, ZooError
+from zoo_core import hookimpl
+from zoo_core.api.errors import ConfigError
 from zoo_core.api.types import EvalResult, ExportResult, TensorSpec
 
-from .preprocess import (ASCEND_INPUT_NAME, DOWN_RATIO, MEAN_BGR, STARCLOUDS_INPUT_NAME, STD_BGR, model_input_hw,
-                         preprocess_for, variant_of)
+from .preprocess import (
+    ASCEND_INPUT_NAME,
+    DOWN_RATIO,
+    MEAN_BGR,
+    STARCLOUDS_INPUT_NAME,
+    STD_BGR,
+    model_input_hw,
+    preprocess_for,
+    variant_of,
+)
 
 ZOO_HOOK_API = "1"
-hookimpl = pluggy.HookimplMarker("zoo")
 
 MODEL_NAME = "centerface"
 #: Raw outputs in order: heatmap, size, offset, landmarks (channel conventions differ per family).
@@ -84,17 +90,6 @@ def preprocess(cfg, image, sample):
     return preprocess_for(cfg.model, image)
 
 
-def _ascend_state_dict(path: Path):
-    from zoo_core.api.checkpoint import load_weights_only
-
-    ckpt = load_weights_only(path)
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
-        ckpt = ckpt["state_dict"]
-    if not isinstance(ckpt, dict):
-        raise ZooError(f"checkpoint holds a {type(ckpt).__name__}, not a state_dict", path=path)
-    return {(k[7:] if k.startswith("module.") else k): v for k, v in ckpt.items()}
-
-
 @hookimpl
 def build_model(cfg, weights):
     """ascend: the chenjun2hao network, seeded random weights or a checkpoint; starclouds: converted real weights."""
@@ -114,19 +109,11 @@ def build_model(cfg, weights):
         torch.manual_seed(DEFAULT_ASCEND_SEED)
         model = build_ascend_model(int(m.get("head_conv", 64)))
     if weights is not None:
-        path = Path(weights).expanduser()
-        state = _ascend_state_dict(path)
-        own = model.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        bad = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-        if missing or unexpected or bad:
-            raise ZooError(
-                f"checkpoint does not fit the centerface ascend network (head_conv={m.get('head_conv', 64)}): "
-                f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, "
-                f"{len(bad)} shape mismatches {bad[:3]}", path=path,
-                hint="check model.head_conv (64 by default, 24 for some releases)")
-        model.load_state_dict(state)
+        from zoo_core.api.checkpoint import load_checkpoint
+
+        load_checkpoint(model, Path(weights).expanduser(),
+                        network=f"the centerface ascend network (head_conv={m.get('head_conv', 64)})",
+                        hint="check model.head_conv (64 by default, 24 for some releases)")
     return model.eval()
 
 
@@ -137,7 +124,8 @@ def export(cfg, weights, output, target):
     variant = variant_of(m)
     weights = _weights(cfg, weights)
     if variant == "starclouds" and target == "onnxruntime":
-        from .onnx_prepare import INPUT_NAME, OUTPUT_NAMES as SC_OUTPUTS, prepare_starclouds_onnx
+        from .onnx_prepare import INPUT_NAME, prepare_starclouds_onnx
+        from .onnx_prepare import OUTPUT_NAMES as SC_OUTPUTS
         from .weights_file import resolve_starclouds_onnx
 
         path = prepare_starclouds_onnx(resolve_starclouds_onnx(weights), output, remove_initializer_inputs=True,
@@ -148,7 +136,8 @@ def export(cfg, weights, output, target):
                           "use export.target=ascend, or model.aipp=false for onnxruntime")
     hw = model_input_hw(m)
     if hw is None:
-        raise ConfigError("exporting the starclouds torch model for Ascend needs a fixed size: set model.input_hw=[h,w] "
+        raise ConfigError("exporting the starclouds torch model for Ascend needs a fixed size: "
+                          "set model.input_hw=[h,w] "
                           "(multiples of 32)")
     from .export import export_onnx
 
@@ -221,10 +210,11 @@ def postprocess(cfg, outputs, metas):
     m = cfg.model
     if len(outputs) != 4:
         raise ValueError(f"centerface has 4 outputs, got {len(outputs)}")
+    heat, size, offset, landmarks = outputs
     if variant_of(m) == "starclouds":
-        return decode_starclouds(*outputs, metas, threshold=float(m.get("threshold", 0.05)),
+        return decode_starclouds(heat, size, offset, landmarks, metas, threshold=float(m.get("threshold", 0.05)),
                                  nms_iou=float(m.get("nms_iou", 0.3)))
-    return decode_ascend(*outputs, metas, k=int(m.get("K", 200)))
+    return decode_ascend(heat, size, offset, landmarks, metas, k=int(m.get("K", 200)))
 
 
 def wider_metrics(cfg, detections, dataset, samples):

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from zoo_core.api.errors import ConfigError
-from zoo_core.api.geometry import get_affine_transform, letterbox, normalize_to_chw
+from zoo_core.api.geometry import letterbox, letterbox_center_scale, normalize_to_chw
 
 #: CenterNet COCO mean / std in BGR order (REFERENCE 2.1), as float32 like the reference.
 MEAN_BGR = np.array([0.40789654, 0.44719302, 0.47026115], np.float32)
@@ -73,22 +74,9 @@ def preprocess_starclouds(image_bgr: np.ndarray, fixed_hw: Sequence[int] | None 
     return {STARCLOUDS_INPUT_NAME: chw}, meta
 
 
-def ascend_center_scale(orig_hw: Sequence[int]) -> tuple[np.ndarray, float]:
-    """fix_res letterbox centre ``(w/2, h/2)`` (float32) and scale ``max(h, w)``."""
-    h, w = int(orig_hw[0]), int(orig_hw[1])
-    return np.array([w / 2.0, h / 2.0], np.float32), float(max(h, w))
-
-
-def warp_ascend(image_bgr: np.ndarray, input_hw: Sequence[int] = ASCEND_INPUT_HW):
-    """The fix_res affine letterbox of a BGR image to ``input_hw``: (uint8 HxWx3 BGR, c, s)."""
-    c, s = ascend_center_scale(image_bgr.shape[:2])
-    h_in, w_in = int(input_hw[0]), int(input_hw[1])
-    trans = get_affine_transform(c, s, (w_in, h_in))
-    return letterbox(image_bgr, trans, (w_in, h_in)), c, s
-
-
 def preprocess_ascend(image_bgr: np.ndarray, input_hw: Sequence[int] = ASCEND_INPUT_HW,
-                      mean: Sequence[float] = MEAN_BGR, std: Sequence[float] = STD_BGR, aipp: bool = False):
+                      mean: Sequence[float] | np.ndarray = MEAN_BGR, std: Sequence[float] | np.ndarray = STD_BGR,
+                      aipp: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Family B: BGR uint8 -> ``{"image": ...}`` and meta.
 
     Without AIPP the input is float32 (3, H, W) ``(warped/255 - mean)/std`` (BGR channel order);
@@ -97,7 +85,8 @@ def preprocess_ascend(image_bgr: np.ndarray, input_hw: Sequence[int] = ASCEND_IN
     """
     h, w = image_bgr.shape[:2]
     h_in, w_in = int(input_hw[0]), int(input_hw[1])
-    warped, c, s = warp_ascend(image_bgr, (h_in, w_in))
+    c, s = letterbox_center_scale(h, w)
+    warped, _ = letterbox(image_bgr, (h_in, w_in), center=c, scale=s)
     if aipp:
         arr = np.ascontiguousarray(warped)
         input_shape = [h_in, w_in, 3]
@@ -142,7 +131,7 @@ def preprocess_for(model_cfg, image_bgr: np.ndarray):
     std = model_cfg.get("std")
     return preprocess_ascend(
         image_bgr,
-        model_input_hw(model_cfg),
+        model_input_hw(model_cfg) or ASCEND_INPUT_HW,
         MEAN_BGR if mean is None else np.asarray(list(mean), np.float32),
         STD_BGR if std is None else np.asarray(list(std), np.float32),
         aipp=bool(model_cfg.get("aipp", False)),

@@ -20,8 +20,8 @@ no kept faces has AP NaN; both raise a ``WiderEvalWarning``.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import numpy as np
 

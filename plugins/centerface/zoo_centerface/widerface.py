@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from zoo_core.api.errors import ZooError
 from zoo_core.api.types import Sample
 
@@ -100,7 +102,7 @@ class WiderFaceDataset:
         """
         wanted = set(keys)
         events, files, boxes = [], [], []
-        keep = {s: [] for s in self.gt.keep}
+        keep: dict[str, list[list[np.ndarray]]] = {s: [] for s in self.gt.keep}
         for e, event in enumerate(self.gt.events):
             js = [j for j, stem in enumerate(self.gt.files[e]) if (event, stem) in wanted]
             if not js:

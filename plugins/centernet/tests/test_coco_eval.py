@@ -7,16 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zoo_core.api.errors import ZooError
-from zoo_core.api.imaging import read_image
-from zoo_core.testing import golden_dir
-from zoo_core.api.types import Detections, Sample
 from zoo_centernet.coco import VALID_IDS, CocoDataset, load_instances
 from zoo_centernet.decode import decode_batch
 from zoo_centernet.evaluate import STAT_NAMES, coco_records, evaluate_coco, resolve_evaluator, round2
 from zoo_centernet.oracle import coco_boxes, encode_boxes
 from zoo_centernet.preprocess import preprocess_image
 from zoo_centernet.sample import ANN_FILE, IMAGE_DIR, SAMPLE_CATEGORY_IDS, ensure_coco_sample, make_coco_sample
+from zoo_core.api.errors import ZooError
+from zoo_core.api.imaging import read_image
+from zoo_core.api.types import Detections, Sample
+from zoo_core.testing import golden_dir
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_round2_equals_python_two_decimal_formatting():
         np.arange(-400, 400) / 8.0,  # exact binary halves: .125, .375, .625, .875 round half-even
         [0.0, -0.0, -0.004, 0.005, 0.015, 1e-9, 4095.995],
     ]).astype(np.float32)
-    want = [float("{:.2f}".format(x)) for x in v]
+    want = [float(f"{x:.2f}") for x in v]
     got = round2(v).tolist()
     assert got == want
     assert [repr(x) for x in got] == [repr(x) for x in want]
@@ -212,7 +212,8 @@ def test_bad_annotation_files_name_the_file(tmp_path, content, words):
     assert str(p) in str(e.value) and words in str(e.value)
 
 
-@pytest.mark.parametrize("file_name", ["../outside.jpg", "a/../../outside.jpg", "./../x.jpg", "/etc/passwd", "C:\\x.jpg", "C:x.jpg", "..\\x.jpg"])
+@pytest.mark.parametrize("file_name", ["../outside.jpg", "a/../../outside.jpg", "./../x.jpg", "/etc/passwd",
+                                       "C:\\x.jpg", "C:x.jpg", "..\\x.jpg"])
 def test_file_names_may_not_leave_the_image_folder(tmp_path, file_name):
     _write_json(tmp_path, _minimal(file_name=file_name))
     with pytest.raises(ZooError) as e:

@@ -157,9 +157,8 @@ def test_ascend_offset_layout():
 
 def test_mode_context_and_validation():
     m = DCN(2, 2, 3, 1, 1)
-    with pytest.raises(ValueError):
-        with dcn_mode("cuda"):
-            pass
+    with pytest.raises(ValueError), dcn_mode("cuda"):
+        pass
     m.impl = "nope"
     with pytest.raises(ValueError):
         m(torch.zeros(1, 2, 4, 4))

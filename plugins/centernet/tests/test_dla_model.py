@@ -9,12 +9,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from zoo_core.api.errors import ZooError  # noqa: E402
-from zoo_core.testing import golden_dir  # noqa: E402
-
 from zoo_centernet.dcn import DCN, dcn_mode  # noqa: E402
 from zoo_centernet.dla import build_dla34_ctdet  # noqa: E402
 from zoo_centernet.weights import load_checkpoint  # noqa: E402
+from zoo_core.api.errors import ZooError  # noqa: E402
+from zoo_core.testing import golden_dir  # noqa: E402
 
 REL_TOL = 1e-4
 HEADS = ("hm", "wh", "reg")
@@ -139,7 +138,8 @@ def test_mismatched_checkpoint_lists_the_key(tmp_path, raw_checkpoint, change, e
         load_checkpoint(build_dla34_ctdet(), path)
     msg = str(err.value)
     assert str(path) in msg and expect in msg
-    assert {"missing": "missing keys (1)", "extra": "unexpected keys (1)", "shape": "mis-shaped keys (1)"}[change] in msg
+    kinds = {"missing": "missing keys (1)", "extra": "unexpected keys (1)", "shape": "mis-shaped keys (1)"}
+    assert kinds[change] in msg
 
 
 def test_not_a_checkpoint(tmp_path):

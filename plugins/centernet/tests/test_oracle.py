@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from zoo_core.api.imaging import read_image
 from zoo_centernet import plugin
 from zoo_centernet.coco import VALID_IDS
 from zoo_centernet.decode import decode_batch
 from zoo_centernet.oracle import coco_boxes, encode_boxes, gaussian_radius
 from zoo_centernet.preprocess import preprocess_image
+from zoo_core.api.imaging import read_image
 
 MODEL = {
     "name": "centernet", "keep_res": False, "input_h": 512, "input_w": 512, "down_ratio": 4, "num_classes": 80,

@@ -13,12 +13,12 @@ import pytest
 from omegaconf import OmegaConf
 
 import zoo_core.api.hookspecs as hookspecs
+from zoo_centernet import plugin
 from zoo_core.api.aisbench import DumpDir
 from zoo_core.api.errors import ZooError
 from zoo_core.api.imaging import read_image
-from zoo_core.testing import golden_dir
 from zoo_core.api.types import Detections, EvalResult, Sample, TensorSpec
-from zoo_centernet import plugin
+from zoo_core.testing import golden_dir
 
 CONF = resources.files("zoo_centernet") / "conf"
 
@@ -207,7 +207,8 @@ def test_export_hook_passes_config_through(pm, monkeypatch, tmp_path):
     calls = {}
     monkeypatch.setattr(plugin, "build_model", lambda cfg, weights: ("model", weights))
     monkeypatch.setattr(export_mod, "export_onnx",
-                        lambda model, output, target, **kw: calls.update(model=model, output=output, target=target, **kw))
+                        lambda model, output, target, **kw: calls.update(model=model, output=output, target=target,
+                                                                         **kw))
     cfg = _cfg()
     cfg.export.opset = 17
     cfg.model.export.dcn_impl = "gridsample"

@@ -5,11 +5,11 @@ import cv2
 import numpy as np
 import pytest
 
+from zoo_centernet.preprocess import COCO_MEAN_BGR, COCO_STD_BGR, letterbox_params, preprocess_image
 from zoo_core.api.errors import InputError
 from zoo_core.api.geometry import get_affine_transform
 from zoo_core.api.imaging import read_image
 from zoo_core.testing import golden_dir
-from zoo_centernet.preprocess import COCO_MEAN_BGR, COCO_STD_BGR, letterbox_params, preprocess_image
 
 MEAN = np.asarray(COCO_MEAN_BGR, np.float32)
 STD = np.asarray(COCO_STD_BGR, np.float32)
@@ -103,7 +103,8 @@ def test_meta_is_json_serialisable():
     assert json.loads(json.dumps(meta)) == meta
 
 
-@pytest.mark.parametrize("bad", [np.zeros((8, 8), np.uint8), np.zeros((8, 8, 4), np.uint8), np.zeros((8, 8, 3), np.float32)])
+@pytest.mark.parametrize("bad", [np.zeros((8, 8), np.uint8), np.zeros((8, 8, 4), np.uint8),
+                                 np.zeros((8, 8, 3), np.float32)])
 def test_rejects_non_bgr_u8(bad):
     with pytest.raises(InputError):
         preprocess_image(bad)

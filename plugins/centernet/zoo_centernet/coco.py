@@ -48,47 +48,55 @@ def load_instances(path: str | os.PathLike) -> dict:
     4-number ``bbox``.
     """
     p = Path(path)
+    data = _read_json(p)
+    if not isinstance(data, dict):
+        raise ZooError("not a COCO instances file (top level is not an object)", path=p)
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ZooError(f"not a COCO instances file (no {key!r} list)", path=p)
+    problem = _instances_problem(data)
+    if problem:
+        raise ZooError(f"not a valid COCO instances file: {problem}", path=p)
+    return data
+
+
+def _read_json(p: Path) -> object:
     try:
         with open(p, "rb") as f:
-            data = json.load(f)
+            return json.load(f)
     except FileNotFoundError:
         raise ZooError("COCO annotation file not found", path=p, hint=DOWNLOAD_HINT) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ZooError(f"not a JSON file ({e})", path=p) from None
     except OSError as e:
         raise ZooError(f"cannot read the annotation file ({e.strerror})", path=p) from None
-    if not isinstance(data, dict):
-        raise ZooError("not a COCO instances file (top level is not an object)", path=p)
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise ZooError(f"not a COCO instances file (no {key!r} list)", path=p)
 
-    def bad(what: str):
-        return ZooError(f"not a valid COCO instances file: {what}", path=p)
 
+def _instances_problem(data: dict) -> str | None:
+    """The first thing wrong with the ``images`` / ``categories`` / ``annotations`` lists, or None."""
     image_ids = set()
     for i, img in enumerate(data["images"]):
         if not (isinstance(img, dict) and _is_int(img.get("id")) and isinstance(img.get("file_name"), str)):
-            raise bad(f"images[{i}] needs an integer 'id' and a string 'file_name'")
+            return f"images[{i}] needs an integer 'id' and a string 'file_name'"
         if img["id"] in image_ids:
-            raise bad(f"image id {img['id']} appears twice")
+            return f"image id {img['id']} appears twice"
         image_ids.add(img["id"])
     cat_ids = set()
     for i, cat in enumerate(data["categories"]):
         if not (isinstance(cat, dict) and _is_int(cat.get("id"))):
-            raise bad(f"categories[{i}] needs an integer 'id'")
+            return f"categories[{i}] needs an integer 'id'"
         cat_ids.add(cat["id"])
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict):
-            raise bad(f"annotations[{i}] is not an object")
+            return f"annotations[{i}] is not an object"
         bbox = ann.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-            raise bad(f"annotations[{i}] needs a 'bbox' of 4 numbers")
+            return f"annotations[{i}] needs a 'bbox' of 4 numbers"
         if ann.get("image_id") not in image_ids:
-            raise bad(f"annotations[{i}] refers to unknown image_id {ann.get('image_id')!r}")
+            return f"annotations[{i}] refers to unknown image_id {ann.get('image_id')!r}"
         if ann.get("category_id") not in cat_ids:
-            raise bad(f"annotations[{i}] refers to unknown category_id {ann.get('category_id')!r}")
-    return data
+            return f"annotations[{i}] refers to unknown category_id {ann.get('category_id')!r}"
+    return None
 
 
 def _is_int(v) -> bool:
@@ -134,7 +142,8 @@ class CocoDataset:
         self.instances = load_instances(self.ann_path)
         if not self.image_root.is_dir():
             raise ZooError("COCO image folder not found", path=self.image_root, hint=DOWNLOAD_HINT)
-        samples, seen = [], {}
+        samples: list[Sample] = []
+        seen: dict[str, int] = {}
         for img in self.instances["images"]:
             path = _safe_image_path(self.image_root, img["file_name"], self.ann_path)
             stem = Path(img["file_name"]).stem

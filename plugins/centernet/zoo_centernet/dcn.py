@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -118,6 +118,7 @@ def deform_conv2d_pure(x, offset, mask, weight, bias, stride=1, padding=0, dilat
         coef = (wgt * modulation * ok.to(x.dtype)).unsqueeze(-1)
         term = table.index_select(0, idx.reshape(-1)).view(n, dg, k, ho, wo, cg) * coef
         cols = term if cols is None else cols + term
+    assert cols is not None  # the four bilinear corners were added
     # (N, dg, K, Ho, Wo, Cg) -> (N, Ho*Wo, K * C) with column k * C + c, matching the permuted weight.
     cols = cols.permute(0, 3, 4, 2, 1, 5).reshape(n, ho * wo, k * c)
     wmat = weight.permute(0, 2, 3, 1).reshape(o, k * c)
@@ -168,7 +169,7 @@ def from_ascend_offsets(ascend_offset: torch.Tensor, taps: int = 9) -> tuple[tor
     return offset, ascend_offset[:, 2 * taps : 3 * taps]
 
 
-_ops: dict[str, object] = {}
+_ops: dict[str, Callable[..., torch.Tensor]] = {}
 _ops_lock = threading.Lock()
 
 
@@ -176,7 +177,7 @@ def _out_shape(x, weight, offset) -> list[int]:
     return [x.shape[0], weight.shape[0], offset.shape[2], offset.shape[3]]
 
 
-def _custom_ops() -> dict[str, object]:
+def _custom_ops() -> dict[str, Callable[..., torch.Tensor]]:
     """Define (once per process) the custom ops used by the ``deformconv`` and ``ascend`` modes."""
     with _ops_lock:
         if _ops:
@@ -265,7 +266,9 @@ class DCN(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.zeros_(self.bias)
         nn.init.zeros_(self.conv_offset_mask.weight)
-        nn.init.zeros_(self.conv_offset_mask.bias)
+        offset_bias = self.conv_offset_mask.bias
+        assert offset_bias is not None  # built with bias=True
+        nn.init.zeros_(offset_bias)
 
     @property
     def taps(self) -> int:

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from zoo_core.api.geometry import affine_points, get_affine_transform
+from zoo_core.api.geometry import unletterbox_boxes
 from zoo_core.api.peaks import keep_peaks, topk_desc, topk_peaks
 from zoo_core.api.types import Detections
 
@@ -57,7 +57,7 @@ def ctdet_decode(hm_logits: np.ndarray, wh: np.ndarray, reg: np.ndarray | None, 
         position.
     """
     hm_logits = np.asarray(hm_logits)
-    b, c, h, w = hm_logits.shape
+    b, _, h, w = hm_logits.shape
     picked = [_top_peaks_one(hm_logits[i], int(K)) for i in range(b)]
     scores = np.stack([p[0] for p in picked])
     classes = np.stack([p[1] for p in picked])
@@ -89,10 +89,7 @@ def grid_to_image(boxes: np.ndarray, meta: Mapping) -> np.ndarray:
     ``meta`` holds ``c``, ``s``, ``out_h`` and ``out_w`` as written by the preprocess. The point is
     float32, the matrix float64 and the result is stored as float32 (REFERENCE 2.11 item 8).
     """
-    inv = get_affine_transform(np.asarray(meta["c"], np.float32), meta["s"],
-                               (int(meta["out_w"]), int(meta["out_h"])), inv=True)
-    corners = np.asarray(boxes, np.float32).reshape(-1, 2, 2)
-    return affine_points(corners, inv).astype(np.float32).reshape(-1, 4)
+    return unletterbox_boxes(boxes, meta["c"], meta["s"], (int(meta["out_h"]), int(meta["out_w"])))
 
 
 def decode_batch(hm_logits: np.ndarray, wh: np.ndarray, reg: np.ndarray | None,

@@ -68,6 +68,8 @@ class Tree(nn.Module):
             root_dim = 2 * out_channels
         if level_root:
             root_dim += in_channels
+        self.tree1: nn.Module
+        self.tree2: nn.Module
         if levels == 1:
             self.tree1 = BasicBlock(in_channels, out_channels, stride)
             self.tree2 = BasicBlock(out_channels, out_channels, 1)
@@ -232,10 +234,12 @@ class DLASeg(nn.Module):
         for name, classes in self.heads.items():
             head = _head(channels[fl], head_conv, int(classes))
             if name == "hm":
-                nn.init.constant_(head[-1].bias, HM_BIAS_INIT)
+                last = head[-1]
+                assert isinstance(last, nn.Conv2d) and last.bias is not None
+                nn.init.constant_(last.bias, HM_BIAS_INIT)
             else:
                 for m in head.modules():
-                    if isinstance(m, nn.Conv2d):
+                    if isinstance(m, nn.Conv2d) and m.bias is not None:
                         nn.init.zeros_(m.bias)
             setattr(self, name, head)
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from zoo_core.api.geometry import affine_points, get_affine_transform
+from zoo_core.api.geometry import letterbox_boxes
 
 from .coco import VALID_IDS
 
@@ -45,9 +45,7 @@ def encode_boxes(boxes_xyxy: np.ndarray, classes: Sequence[int], meta: Mapping, 
     Later boxes overwrite earlier ones on a shared centre cell, like the training targets.
     """
     out_h, out_w = int(meta["out_h"]), int(meta["out_w"])
-    trans = get_affine_transform(np.asarray(meta["c"], np.float32), meta["s"], (out_w, out_h))
-    boxes = np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)
-    grid = affine_points(boxes.reshape(-1, 2, 2), trans).astype(np.float32).reshape(-1, 4)
+    grid = letterbox_boxes(boxes_xyxy, meta["c"], meta["s"], (out_h, out_w))
     prob = np.zeros((num_classes, out_h, out_w), np.float32)
     wh = np.zeros((2, out_h, out_w), np.float32)
     reg = np.zeros((2, out_h, out_w), np.float32)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pluggy
 
+from zoo_core import hookimpl
 from zoo_core.api.errors import ConfigError, ZooError
 from zoo_core.api.types import TensorSpec
 
@@ -23,7 +23,6 @@ from .sample import ANN_FILE, IMAGE_DIR, ensure_coco_sample
 
 ZOO_HOOK_API = "1"
 
-hookimpl = pluggy.HookimplMarker("zoo")
 
 HEAD_NAMES = ("hm", "wh", "reg")
 INIT_SEED = 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from zoo_core.api.errors import InputError
-from zoo_core.api.geometry import get_affine_transform, letterbox, normalize_to_chw
+from zoo_core.api.geometry import letterbox, letterbox_center_scale, normalize_to_chw
 
 INPUT_NAME = "actual_input"
 
@@ -18,7 +18,7 @@ COCO_STD_BGR = (0.28863828, 0.27408164, 0.27809835)
 
 
 def letterbox_params(height: int, width: int, *, keep_res: bool = False,
-                     input_hw: tuple[int, int] = (512, 512)):
+                     input_hw: tuple[int, int] = (512, 512)) -> tuple[np.ndarray, float | np.ndarray, tuple[int, int]]:
     """Centre ``c`` (float32 (2,)), scale ``s`` and network input size ``(inp_h, inp_w)`` of one image.
 
     fix_res: ``c = (w/2, h/2)`` with float halves, ``s = max(h, w)`` (a Python float), input
@@ -26,14 +26,15 @@ def letterbox_params(height: int, width: int, *, keep_res: bool = False,
     integer halves and ``s = [inp_w, inp_h]`` as float32.
     """
     h, w = int(height), int(width)
+    c: np.ndarray
+    s: float | np.ndarray
     if keep_res:
         inp_h, inp_w = (h | 31) + 1, (w | 31) + 1
         c = np.array([w // 2, h // 2], dtype=np.float32)
         s = np.array([inp_w, inp_h], dtype=np.float32)
     else:
         inp_h, inp_w = int(input_hw[0]), int(input_hw[1])
-        c = np.array([w / 2.0, h / 2.0], dtype=np.float32)
-        s = float(max(h, w))
+        c, s = letterbox_center_scale(h, w)
     return c, s, (inp_h, inp_w)
 
 
@@ -50,8 +51,7 @@ def preprocess_image(image: np.ndarray, *, keep_res: bool = False, input_hw: tup
         raise InputError(f"expected an HxWx3 uint8 BGR image, got shape {img.shape} dtype {img.dtype}")
     h, w = img.shape[:2]
     c, s, (inp_h, inp_w) = letterbox_params(h, w, keep_res=keep_res, input_hw=input_hw)
-    matrix = get_affine_transform(c, s, (inp_w, inp_h))
-    warped = letterbox(img, matrix, (inp_w, inp_h))
+    warped, _ = letterbox(img, (inp_h, inp_w), center=c, scale=s)
     chw = normalize_to_chw(warped, np.asarray(mean, np.float32), np.asarray(std, np.float32))
     meta = {
         "c": [float(v) for v in c],

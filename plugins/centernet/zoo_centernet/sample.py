@@ -72,7 +72,8 @@ def make_coco_sample(out_dir: str | os.PathLike, n_images: int = 24, seed: int =
     names = dict(zip(VALID_IDS, CATEGORY_NAMES))
     categories = [{"id": c, "name": names[c], "supercategory": "sample"} for c in SAMPLE_CATEGORY_IDS]
     image_ids = sorted(int(i) for i in rng.choice(np.arange(1, 600_000), size=n_images, replace=False))
-    images, annotations = [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
     for n, image_id in enumerate(image_ids):
         w, h = IMAGE_SIZES[n % len(IMAGE_SIZES)]
         img = _background(rng, w, h)

@@ -1,0 +1,103 @@
+"""zoo_core.api.checkpoint: strict state-dict loading shared by every plugin (weights_only=True)."""
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from zoo_core.api.checkpoint import (  # noqa: E402
+    MAX_LISTED,
+    load_checkpoint,
+    load_state_dict_strict,
+    read_state_dict,
+    state_dict_mismatch,
+)
+from zoo_core.api.errors import ZooError  # noqa: E402
+
+
+def _net(width: int = 4) -> torch.nn.Module:
+    torch.manual_seed(width)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, width, 3), torch.nn.ReLU(), torch.nn.Conv2d(width, 2, 1))
+
+
+def _save(path, obj):
+    torch.save(obj, path)
+    return path
+
+
+def test_wrapped_prefixed_checkpoint_loads_and_returns_the_other_entries(tmp_path):
+    src = _net()
+    state = {"module." + k: v for k, v in src.state_dict().items()}
+    path = _save(tmp_path / "a.pth", {"epoch": 7, "state_dict": state, "arch": "tiny"})
+    dst = _net(4)
+    torch.nn.init.zeros_(dst[0].weight)
+    extras = load_checkpoint(dst, path)
+    assert extras == {"epoch": 7, "arch": "tiny"}
+    assert all(torch.equal(v, src.state_dict()[k]) for k, v in dst.state_dict().items())
+
+
+def test_bare_state_dict_and_dropped_prefixes(tmp_path):
+    src = _net()
+    path = _save(tmp_path / "b.pth", {**src.state_dict(), "fc.weight": torch.zeros(3)})
+    state, extras = read_state_dict(path, drop_prefixes=("fc.",))
+    assert extras == {} and sorted(state) == sorted(src.state_dict())
+    load_checkpoint(_net(), path, drop_prefixes=("fc.",))
+    with pytest.raises(ZooError, match=r"unexpected keys \(1\): fc.weight"):
+        load_checkpoint(_net(), path)
+
+
+def test_mismatch_lists_every_kind_of_key_and_loads_nothing(tmp_path):
+    src = _net(8).state_dict()
+    del src["2.bias"]
+    src["extra.weight"] = torch.zeros(1)
+    path = _save(tmp_path / "c.pth", {"state_dict": src})
+    dst = _net(4)
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(ZooError) as info:
+        load_checkpoint(dst, path, network="the tiny network", hint="check the width")
+    text = str(info.value)
+    assert text.startswith(f"{path}: checkpoint does not match the tiny network: missing keys (1): 2.bias; "
+                           "unexpected keys (1): extra.weight; mis-shaped keys (3): 0.weight [8, 3, 3, 3] "
+                           "(model [4, 3, 3, 3]), 0.bias [8] (model [4]), 2.weight [2, 8, 1, 1] (model [2, 4, 1, 1])")
+    assert text.endswith("hint: check the width")
+    assert all(torch.equal(v, before[k]) for k, v in dst.state_dict().items())
+
+
+def test_long_listings_are_cut():
+    expected = {f"k{i}": torch.zeros(1) for i in range(MAX_LISTED + 5)}
+    problem = state_dict_mismatch(expected, {})
+    assert problem is not None and problem.startswith(f"missing keys ({MAX_LISTED + 5}): k0, k1")
+    assert problem.endswith("... and 5 more")
+    assert state_dict_mismatch(expected, dict(expected)) is None
+
+
+@pytest.mark.parametrize("obj, message", [
+    ({"epoch": 1, "weights": [1, 2]}, "no state dict found"),
+    ([torch.zeros(1)], "no state dict found"),
+    ({}, "no state dict found"),
+    ({"state_dict": {"a": torch.zeros(1), "b": 3, "c": "x"}}, r"state dict entries that are not tensors \(2\): b, c"),
+])
+def test_what_is_not_a_state_dict(tmp_path, obj, message):
+    path = _save(tmp_path / "d.pth", obj)
+    with pytest.raises(ZooError, match=message) as info:
+        read_state_dict(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_load_state_dict_strict_on_an_in_memory_state():
+    src = _net()
+    dst = _net()
+    load_state_dict_strict(dst, src.state_dict(), path="mem.pth")
+    with pytest.raises(ZooError, match=r"^mem.pth: checkpoint does not match the model: missing keys"):
+        load_state_dict_strict(dst, {}, path="mem.pth")
+
+
+def test_centerface_checkpoint_with_non_tensor_values_is_one_line(tmp_path):
+    from omegaconf import OmegaConf
+
+    from zoo_centerface import plugin
+
+    path = _save(tmp_path / "odd.pth", {"state_dict": {"hm.0.weight": [1.0, 2.0]}})
+    cfg = OmegaConf.create({"model": {"variant": "ascend", "head_conv": 64}, "weights": None})
+    with pytest.raises(ZooError, match=r"odd.pth: state dict entries that are not tensors \(1\): hm.0.weight"):
+        plugin.build_model(cfg, str(path))

@@ -1,0 +1,77 @@
+"""zoo_core.api.geometry: the letterbox and its inverse, against closed-form geometry.
+
+Bit-exactness against the reference implementations is proven by the plugins' golden preprocess and
+decode tests (plugins/*/tests), which go through these functions.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from zoo_core.api.geometry import (
+    Letterbox,
+    letterbox,
+    letterbox_boxes,
+    letterbox_center_scale,
+    letterbox_points,
+    unletterbox_boxes,
+    unletterbox_points,
+)
+
+
+def test_fix_res_rule_centres_the_whole_image():
+    c, s = letterbox_center_scale(480, 640)
+    assert c.dtype == np.float32 and c.tolist() == [320.0, 240.0] and s == 640.0
+    c, s = letterbox_center_scale(37, 23)
+    assert c.tolist() == [11.5, 18.5] and s == 37.0
+
+
+def test_letterbox_scales_keeps_aspect_and_pads_black():
+    image = np.full((480, 640, 3), 200, np.uint8)
+    warped, box = letterbox(image, (512, 512))
+    assert isinstance(box, Letterbox) and box.out_hw == (512, 512) and box.scale == 640.0
+    assert warped.shape == (512, 512, 3) and warped.dtype == np.uint8
+    # zoom 512/640 = 0.8: the 480 rows become 384, centred (64 black rows above and below)
+    rows = np.flatnonzero(warped[:, 256, 0])
+    assert rows[0] in (63, 64) and rows[-1] in (447, 448)
+    assert (warped[70:440, 5:505] == 200).all() and (warped[:60] == 0).all() and (warped[452:] == 0).all()
+
+
+def test_inverse_maps_the_content_corners_back_to_the_image_corners():
+    c, s = letterbox_center_scale(480, 640)
+    corners = np.array([[0, 64], [512, 448]], np.float32)
+    np.testing.assert_allclose(unletterbox_points(corners, c, s, (512, 512)), [[0, 0], [640, 480]], atol=1e-4)
+    # on the stride-4 output grid the same corners are 4x smaller
+    np.testing.assert_allclose(unletterbox_points(corners / 4, c, s, (128, 128)), [[0, 0], [640, 480]], atol=1e-4)
+    box = unletterbox_boxes(np.array([[0, 16, 128, 112]], np.float32), c, s, (128, 128))
+    assert box.dtype == np.float32 and box.shape == (1, 4)
+    np.testing.assert_allclose(box, [[0, 0, 640, 480]], atol=1e-4)
+
+
+@pytest.mark.parametrize("hw, out_hw, keep_res", [((480, 640), (512, 512), False), ((853, 1280), (800, 800), False),
+                                                  ((23, 37), (32, 64), True)])
+def test_forward_then_inverse_is_the_identity(hw, out_hw, keep_res):
+    h, w = hw
+    if keep_res:  # CenterNet keep_res: integer centre, scale = the frame size
+        c, s = np.array([w // 2, h // 2], np.float32), np.array([out_hw[1], out_hw[0]], np.float32)
+    else:
+        c, s = letterbox_center_scale(h, w)
+    rng = np.random.default_rng(0)
+    pts = rng.uniform([0, 0], [w, h], (50, 2)).astype(np.float32)
+    for grid in (out_hw, (out_hw[0] // 4, out_hw[1] // 4)):
+        on_grid = letterbox_points(pts, c, s, grid)
+        np.testing.assert_allclose(unletterbox_points(on_grid, c, s, grid), pts, rtol=0, atol=2e-3)
+    boxes = np.concatenate([pts[:25], pts[25:] + 1], axis=1)
+    np.testing.assert_allclose(unletterbox_boxes(letterbox_boxes(boxes, c, s, out_hw), c, s, out_hw), boxes, atol=2e-3)
+
+
+def test_letterbox_warp_matches_its_points():
+    """A white square at a known source position lands where letterbox_points says it does
+    (OpenCV's convention: pixel centres at integer coordinates)."""
+    image = np.zeros((300, 500, 3), np.uint8)
+    image[100:104, 400:404] = 255
+    warped, box = letterbox(image, (256, 256))
+    (x, y), = letterbox_points(np.array([[401.5, 101.5]], np.float32), box.center, box.scale, box.out_hw)
+    ys, xs = np.nonzero(warped[:, :, 0])
+    weights = warped[ys, xs, 0].astype(np.float64)
+    assert abs(np.average(xs, weights=weights) - x) < 0.25 and abs(np.average(ys, weights=weights) - y) < 0.25
