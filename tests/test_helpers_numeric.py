@@ -177,7 +177,7 @@ def test_topk_peaks_takes_the_fast_exact_path_on_a_constant_background():
     ref = topk_desc(keep_peaks(heat).reshape(-1), 100)
     np.testing.assert_array_equal(fast[0], ref[0])
     np.testing.assert_array_equal(fast[1], ref[1])
-    for trial in range(200):
+    for _ in range(200):
         c, h, w = rng.integers(1, 5), rng.integers(3, 30), rng.integers(3, 30)
         heat = (rng.integers(0, 4, (c, h, w)) / 4 + 0.01).astype(np.float32)  # many ties and plateaus
         k = int(rng.integers(1, 50))

@@ -91,7 +91,7 @@ def test_nonfinite_outputs_fail_or_are_skipped(skip):
     stream = Stream(ListSource(6), [sink], backend=EchoBackend(nan={"img002"}), decode=decode, batch_size=3,
                     skip_errors=skip)
     if not skip:
-        with pytest.raises(InputError, match="img002.png: model output contains NaN or inf"):
+        with pytest.raises(InputError, match=r"img002.png: model output contains NaN or inf"):
             stream.run()
         return
     stats = stream.run()
@@ -113,7 +113,7 @@ def test_bad_item_in_a_batch_is_retried_alone_and_only_it_is_skipped():
 
 
 def test_bad_input_fails_by_default_and_is_listed_with_skip():
-    with pytest.raises(InputError, match="img001.png: not decodable"):
+    with pytest.raises(InputError, match=r"img001.png: not decodable"):
         Stream(ListSource(3, bad=(1,)), [MemorySink()], backend=EchoBackend(), decode=decode).run()
     stats = Stream(ListSource(3, bad=(1,)), [MemorySink()], backend=EchoBackend(), decode=decode,
                    skip_errors=True).run()
@@ -121,7 +121,7 @@ def test_bad_input_fails_by_default_and_is_listed_with_skip():
 
 
 def test_a_listed_item_that_never_ends_is_an_error_not_a_subset():
-    with pytest.raises(ZooError, match="5 item.*listed but 4 ended"):
+    with pytest.raises(ZooError, match=r"5 item.*listed but 4 ended"):
         Stream(ListSource(4, lie_total=5), [MemorySink()], backend=EchoBackend(), decode=decode).run()
 
 
@@ -155,7 +155,7 @@ def test_batcher_groups_by_shape_and_flushes_everything():
 
 @pytest.mark.parametrize("bad", ["../../x", "a/b", "", "..", "x\ny", "\x00", "a" * 300, 7])
 def test_unsafe_ids_are_refused_naming_the_file(bad):
-    with pytest.raises(InputError, match="meta.jsonl:3"):
+    with pytest.raises(InputError, match=r"meta.jsonl:3"):
         safe_stem(bad, "meta.jsonl:3")
 
 
@@ -170,7 +170,7 @@ def test_half_size_float32_is_an_error_unless_dump_dtype_says_float16(tmp_path):
     p = tmp_path / "a_0.bin"
     write_bin(p, np.array([1.5, 2.5, -3.0], np.float16))
     spec = TensorSpec("out", (3,), "float32")
-    with pytest.raises(InputError, match="is 6 bytes.*needs 12") as err:
+    with pytest.raises(InputError, match=r"is 6 bytes.*needs 12") as err:
         read_bin(p, spec)
     assert "dump_dtype=float16" in str(err.value)
     np.testing.assert_array_equal(read_bin(p, spec, "float16"), [1.5, 2.5, -3.0])
@@ -179,7 +179,7 @@ def test_half_size_float32_is_an_error_unless_dump_dtype_says_float16(tmp_path):
 def test_garbage_and_lying_npy_files_are_input_errors(tmp_path):
     spec = TensorSpec("out", (3,))
     (tmp_path / "g_0.npy").write_bytes(b"garbage")
-    with pytest.raises(InputError, match="g_0.npy: not a valid .npy"):
+    with pytest.raises(InputError, match=r"g_0.npy: not a valid .npy"):
         read_bin(tmp_path / "g_0.npy", spec)
     header = np.lib.format.header_data_from_array_1_0(np.zeros(3, np.float32))
     header["shape"] = (1 << 40,)
@@ -212,7 +212,7 @@ def test_meta_jsonl_errors_name_the_file_and_line(tmp_path):
         "escape": (good.replace('"a"', '"../../x"'), "unsafe id"),
         "torn tail": (good + '{"id": "b"', "incomplete line"),
     }
-    for name, (text, msg) in cases.items():
+    for text, msg in cases.values():
         (tmp_path / "meta.jsonl").write_text(text)
         with pytest.raises(InputError, match=msg):
             list_bin_inputs(tmp_path, specs)
@@ -223,7 +223,7 @@ def test_bin_inputs_that_disagree_with_their_record_are_input_errors(tmp_path):
         '{"id": "a", "meta": {}, "inputs": {"x": {"shape": [4], "dtype": "float32"}}}\n')
     write_bin(tmp_path / "a.bin", np.zeros(3, np.float32))
     items = list_bin_inputs(tmp_path, [TensorSpec("x", (4,))])
-    with pytest.raises(InputError, match="a.bin: is 12 bytes"):
+    with pytest.raises(InputError, match=r"a.bin: is 12 bytes"):
         Stream(BinInputSource(items), [MemorySink()], backend=EchoBackend()).run()
 
 
@@ -242,9 +242,8 @@ def test_ledger_trusts_only_files_with_their_recorded_size_and_crc(tmp_path):
 # -- the run lock -----------------------------------------------------------------------------------
 
 def test_a_locked_root_refuses_a_second_run_naming_the_holder(tmp_path):
-    with RunLock(tmp_path, "eval"):
-        with pytest.raises(ZooError, match=rf"in use by another zoo run \(pid {os.getpid()}, stage=eval"):
-            RunLock(tmp_path, "eval").acquire()
+    with RunLock(tmp_path, "eval"), pytest.raises(ZooError, match=rf"in use by another zoo run \(pid {os.getpid()}"):
+        RunLock(tmp_path, "eval").acquire()
     with RunLock(tmp_path, "perf"):  # released: free again
         pass
 
@@ -260,9 +259,9 @@ def test_a_stale_lock_of_a_killed_run_is_taken_over(tmp_path, caplog):
 
 
 def test_a_lock_held_by_another_process_is_refused(tmp_path):
-    code = ("import sys, time; sys.path.insert(0, %r); from zoo_core.runs.lock import RunLock; "
-            "l = RunLock(%r, 'eval'); l.acquire(); print('locked', flush=True); time.sleep(30)"
-            % (str(Path(__file__).resolve().parents[1]), str(tmp_path)))
+    code = (f"import sys, time; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
+            f"from zoo_core.runs.lock import RunLock; l = RunLock({str(tmp_path)!r}, 'eval'); l.acquire(); "
+            f"print('locked', flush=True); time.sleep(30)")
     proc = subprocess.Popen([os.sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "locked"

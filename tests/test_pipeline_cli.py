@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 
-
 def metrics(record_dir: Path) -> dict:
     return json.loads((record_dir / "metrics.json").read_text())
 

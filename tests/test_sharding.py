@@ -101,7 +101,8 @@ def test_centerface_wider_sample_three_shards_merge_equals_unsharded(zoo, tmp_pa
     full, merged, sweep = sharded_vs_unsharded(zoo, tmp_path, "model=centerface")
     assert merged["metrics"] == full["metrics"]
     assert set(merged["metrics"]) >= {"easy", "medium", "hard"}
-    per_shard = [json.loads((sweep / str(i) / "eval" / "metrics.json").read_text())["metrics"]["hard"] for i in range(3)]
+    per_shard = [json.loads((sweep / str(i) / "eval" / "metrics.json").read_text())["metrics"]["hard"]
+                 for i in range(3)]
     assert any(abs(h - full["metrics"]["hard"]) > 1e-6 for h in per_shard)  # shards alone score differently
     assert float(merged_report_row(sweep)["metric:hard"]) == full["metrics"]["hard"]
 

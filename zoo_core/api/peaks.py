@@ -59,7 +59,7 @@ def topk_desc(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _is_peak(heat: np.ndarray, flat_idx: np.ndarray) -> np.ndarray:
     """For each flat index of ``heat`` (C, H, W): is it the maximum of its 3x3 neighbourhood?"""
-    c, h, w = heat.shape
+    _c, h, w = heat.shape
     vals = heat.reshape(-1)[flat_idx]
     ci, rem = np.divmod(flat_idx, h * w)
     yi, xi = np.divmod(rem, w)

@@ -69,7 +69,7 @@ class Batcher:
         entry = self.buckets.get(key)
         if entry is None:
             size = max(self.fixed or self.batch_size, self.batch_size)
-            entry = ([], {k: self._buffer((size,) + v.shape, v.dtype) for k, v in inputs.items()})
+            entry = ([], {k: self._buffer((size, *v.shape), v.dtype) for k, v in inputs.items()})
             self.buckets[key] = entry
         items, arrays = entry
         for k, v in inputs.items():

@@ -82,7 +82,7 @@ class InputBinSink:
                             "crc32": crc32(raw)}
         if self._f is None:
             cut_torn_tail(self.meta_path)
-            self._f = open(self.meta_path, "a")
+            self._f = open(self.meta_path, "a")  # noqa: SIM115 (kept open across items, closed by close())
         self._f.write(json.dumps({"id": result.sample.id, "meta": result.meta, "inputs": shapes}) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())

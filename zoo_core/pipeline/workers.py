@@ -13,6 +13,7 @@ a SIGBUS.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import multiprocessing as mp
@@ -107,17 +108,13 @@ class SlotRing:
         os.close(fd)
 
     def unlink(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(self.path)
-        except OSError:
-            pass
 
     def close(self) -> None:
         self.unlink()
-        try:
+        with contextlib.suppress(BufferError, ValueError):  # a caller still holds a view; it goes with it
             self.map.close()
-        except (BufferError, ValueError):  # a caller still holds a view; the mapping goes with it
-            pass
 
 
 def remove_orphan_slot_files(d: str) -> None:
@@ -128,10 +125,8 @@ def remove_orphan_slot_files(d: str) -> None:
             try:
                 os.kill(int(parts[2]), 0)
             except ProcessLookupError:
-                try:
+                with contextlib.suppress(OSError):
                     os.unlink(os.path.join(d, name))
-                except OSError:
-                    pass
             except PermissionError:
                 pass
 

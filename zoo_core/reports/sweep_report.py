@@ -10,12 +10,11 @@ Failed jobs (``error.json`` in their dir) appear as failed with their error, and
 """
 from __future__ import annotations
 
-import os
-
 import csv
 import io
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 

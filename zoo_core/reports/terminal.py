@@ -57,7 +57,7 @@ def format_summary(model: str, stage: str, record_dir: Path, result: dict[str, A
         return [f"converted {result['onnx']} -> {result['om']}"]
     if stage == "predict":
         lines = [f"{p['image']}: {p['detections']} detections -> {p['picture']}" for p in result["predictions"]]
-        return lines + [f"  -> {result['predictions_dir']}"]
+        return [*lines, f"  -> {result['predictions_dir']}"]
     return [f"{stage} finished -> {record_dir}"]
 
 

@@ -1,6 +1,7 @@
 """Provenance of a run: config, versions and input hashes, used to detect stale artifacts."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -50,10 +51,8 @@ def versions(model_dist: str | None = None) -> dict[str, str]:
     if "torch" in sys.modules:
         names.append("torch")
     for n in names:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[n] = metadata.version(n)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 

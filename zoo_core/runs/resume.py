@@ -144,7 +144,7 @@ class Ledger:
         if self._f is None:
             cut_torn_tail(self.path)
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "a")
+            self._f = open(self.path, "a")  # noqa: SIM115 (kept open across items, closed by close())
         rel = [[os.path.relpath(p, self.path.parent), n, c] for p, n, c in files]
         self._f.write(json.dumps({"id": item_id, "files": rel}) + "\n")
         self._f.flush()

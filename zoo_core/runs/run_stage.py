@@ -1,6 +1,7 @@
 """Run one stage in its run root: lock the root, own the record dir, record the run, notify observers."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -34,10 +35,8 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
         try:
             result = stage(ctx)
         except BaseException as exc:
-            try:
+            with contextlib.suppress(Exception):  # the original error matters more than its record
                 write_run_record(ctx, {"status": "failed", "error": str(exc) or type(exc).__name__})
-            except Exception:  # the original error matters more than its record
-                pass
             raise
         backend = result.get("backend") if isinstance(result.get("backend"), dict) else None
         write_run_record(ctx, {"status": "ok", **({"backend": backend} if backend else {})})

@@ -56,7 +56,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         assert r.detections is not None
         det = keep_above(r.detections, thr)
         write_text(out_dir / f"{r.sample.id}.json", json.dumps({"image": str(r.sample.path), **det.to_json()}) + "\n")
-        ok, buf = cv2.imencode(".jpg", draw_detections(read_image(r.sample.path), det, names),
+        _ok, buf = cv2.imencode(".jpg", draw_detections(read_image(r.sample.path), det, names),
                                [cv2.IMWRITE_JPEG_QUALITY, 92])
         write_bytes(out_dir / f"{r.sample.id}.jpg", np.asarray(buf).tobytes())
         written.append({"image": str(r.sample.path), "detections": len(det),
