@@ -116,11 +116,11 @@ def test_read_bin_float32_float16_and_wrong_size(tmp_path):
     assert (tmp_path / "a_0.bin").stat().st_size == 24 * 4
     np.testing.assert_array_equal(read_bin(tmp_path / "a_0.bin", SPEC), a)
     (tmp_path / "h_0.bin").write_bytes(a.astype("<f2").tobytes())
-    h = read_bin(tmp_path / "h_0.bin", SPEC)
+    h = read_bin(tmp_path / "h_0.bin", SPEC, file_dtype="float16")
     assert h.dtype == np.float32 and h.shape == (2, 3, 4)
     np.testing.assert_allclose(h, a, rtol=1e-3)
-    with pytest.raises(InputError, match="float16"):
-        read_bin(tmp_path / "h_0.bin", SPEC, allow_fp16=False)
+    with pytest.raises(InputError, match="dump_dtype=float16"):  # never guessed from the size
+        read_bin(tmp_path / "h_0.bin", SPEC)
     (tmp_path / "bad_0.bin").write_bytes(b"\0" * 50)
     with pytest.raises(InputError, match=r"bad_0\.bin.*50 bytes.*needs 96"):
         read_bin(tmp_path / "bad_0.bin", SPEC)

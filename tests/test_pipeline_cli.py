@@ -181,3 +181,12 @@ def test_disk_full_is_one_clean_error_line(zoo, tmp_path):
         assert not (d / "run" / "eval" / "metrics.json").exists()
     finally:
         subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def test_a_reused_work_dir_keeps_no_stale_wider_predictions(zoo):
+    """The WIDER prediction tree of an earlier eval (24 images) must not survive a later one on 6."""
+    zoo.ok("run", "model=centerface", "stage=eval", "dataset.limit=12")
+    zoo.ok("run", "model=centerface", "stage=eval", "dataset.limit=6")
+    pred = zoo.cwd / "outputs" / "centerface" / "eval" / "predictions"
+    assert len(list(pred.rglob("*.txt"))) == 6
+    assert metrics(zoo.cwd / "outputs" / "centerface" / "eval")["images"] == 6
