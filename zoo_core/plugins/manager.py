@@ -3,8 +3,12 @@
 Model plugins come from the entry-point group ``zoo.models`` (entry-point name = model name),
 backends from ``zoo.backends``, and optional cross-cutting plugins (observers, wrappers) from
 ``zoo.plugins``. ``ZOO_DISABLE_PLUGINS=a,b`` blocks any of them by name. A plugin that fails to
-import, asks for another hook-API version, or implements an unknown hook is recorded as *broken*
-with its error; every other plugin keeps working.
+import, asks for another hook-API (or dataset-API) version, or implements an unknown hook is recorded
+as *broken* with its error; every other plugin keeps working.
+
+zoo-core's dataset API (:mod:`zoo_core.datasets.hooks`) is registered too: its ``trylast``
+``dataset`` / ``evaluate`` implementations answer for a model plugin that does not implement them
+when the run's dataset config has a ``kind`` zoo-core reads.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import pluggy
 
 from zoo_core import HOOK_API_VERSION
 from zoo_core.api import hookspecs
+from zoo_core.datasets import DATASET_API_VERSION
 from zoo_core.config.confpaths import BACKENDS_GROUP, MODELS_GROUP, disabled_plugins
 from zoo_core.api.errors import PluginError
 
@@ -49,15 +54,18 @@ def _dist_of(ep: md.EntryPoint) -> tuple[str | None, str | None]:
 
 
 def _api_mismatch(module) -> str | None:
-    wanted = getattr(module, "ZOO_HOOK_API", None)
-    if wanted is None:
-        return None
-    accepted = [str(w) for w in (wanted if isinstance(wanted, (list, tuple)) else [wanted])]
-    major = HOOK_API_VERSION.split(".")[0]
-    if any(a.split(".")[0] == major for a in accepted):
-        return None
-    return (f"plugin needs zoo hook API {', '.join(accepted)}, this zoo-core provides {HOOK_API_VERSION}; "
-            f"install a zoo-core release for that API or upgrade the plugin")
+    """Why ``module`` cannot be used with this zoo-core (``ZOO_HOOK_API`` / ``ZOO_DATASET_API``), or None."""
+    for attr, what, have in (("ZOO_HOOK_API", "hook API", HOOK_API_VERSION),
+                             ("ZOO_DATASET_API", "dataset API", DATASET_API_VERSION)):
+        wanted = getattr(module, attr, None)
+        if wanted is None:
+            continue
+        accepted = [str(w) for w in (wanted if isinstance(wanted, (list, tuple)) else [wanted])]
+        major = have.split(".")[0]
+        if not any(a.split(".")[0] == major for a in accepted):
+            return (f"plugin needs zoo {what} {', '.join(accepted)}, this zoo-core provides {have}; "
+                    f"install a zoo-core release for that API or upgrade the plugin")
+    return None
 
 
 class ZooPluginManager:
@@ -66,6 +74,9 @@ class ZooPluginManager:
     def __init__(self, autoload: bool = True):
         self.pm = pluggy.PluginManager("zoo")
         self.pm.add_hookspecs(hookspecs)
+        from zoo_core.datasets import hooks as dataset_hooks
+
+        self.pm.register(dataset_hooks, name=dataset_hooks.PLUGIN_NAME)
         self.models: dict[str, PluginInfo] = {}
         self.extras: dict[str, PluginInfo] = {}
         self.broken: list[BrokenPlugin] = []
@@ -170,8 +181,9 @@ class ZooPluginManager:
 class ModelHooks:
     """``hooks.preprocess(cfg=..., ...)`` calls the hook on the selected model's plugin only.
 
-    A hook the plugin does not implement raises :class:`PluginError` naming it, instead of
-    silently returning ``None``.
+    ``dataset`` and ``evaluate`` fall back to zoo-core's dataset API when the plugin does not
+    implement them (or its ``dataset`` returns ``None``) and ``cfg.dataset`` has a ``kind``. A hook
+    nobody answers raises :class:`PluginError` naming it, instead of silently returning ``None``.
     """
 
     def __init__(self, manager: ZooPluginManager, model: str):
@@ -180,14 +192,31 @@ class ModelHooks:
         self.info = manager.models[model]
 
     def implements(self, hook: str) -> bool:
+        """The model's own plugin implements ``hook``."""
         return hook in self.info.hooks
+
+    def provider(self, hook: str, cfg=None) -> str | None:
+        """Who answers ``hook`` for this model under ``cfg``: ``"plugin"``, ``"zoo-core"`` (the dataset API,
+        for ``dataset`` / ``evaluate`` with a ``cfg.dataset.kind``) or ``None``."""
+        from zoo_core.datasets import kind_of
+        from zoo_core.datasets.hooks import DEFAULT_HOOKS
+
+        if self.implements(hook):
+            return "plugin"
+        if hook in DEFAULT_HOOKS and cfg is not None and kind_of(cfg.get("dataset")) is not None:
+            return "zoo-core"
+        return None
 
     def __getattr__(self, hook: str):
         if hook not in hookspecs.MODEL_HOOKS:
             raise AttributeError(hook)
+        from zoo_core.datasets.hooks import DEFAULT_HOOKS
+
         caller = self._manager.subset_caller(hook, self.model)
 
         def call(**kwargs):
+            if hook in DEFAULT_HOOKS:
+                return self._call_with_default(hook, caller, kwargs)
             if not self.implements(hook):
                 raise PluginError(f"model {self.model!r} does not implement the {hook!r} hook "
                                   f"(its plugin {self.info.entry_point} implements: {', '.join(self.info.hooks)})")
@@ -198,3 +227,18 @@ class ModelHooks:
 
         call.__name__ = hook
         return call
+
+    def _call_with_default(self, hook: str, caller, kwargs):
+        result = caller(**kwargs)
+        if result is not None:
+            return result
+        from zoo_core.datasets import kinds
+
+        ds = (kwargs.get("cfg") or {}).get("dataset") or {}
+        name = ds.get("name")
+        why = (f"dataset {name!r} has no 'kind' zoo-core reads (kinds: {', '.join(kinds())})" if not ds.get("kind")
+               else f"dataset {name!r} (kind {ds.get('kind')!r}) could not be opened")
+        if self.implements(hook):
+            raise PluginError(f"model {self.model!r}: hook {hook!r} returned None and {why}")
+        raise PluginError(f"model {self.model!r} does not implement the {hook!r} hook and {why}; implement "
+                          f"{hook!r} in {self.info.entry_point}, or select a dataset whose config sets a kind")

@@ -12,7 +12,7 @@ import numpy as np
 
 from zoo_core.api.geometry import affine_points, get_affine_transform
 
-from .coco import VALID_IDS
+from zoo_core.datasets.coco import CATEGORY_IDS
 
 PEAK_LOGIT = 10.0
 BACKGROUND_LOGIT = -20.0
@@ -79,7 +79,7 @@ def encode_boxes(boxes_xyxy: np.ndarray, classes: Sequence[int], meta: Mapping, 
     return [hm, wh, reg]
 
 
-def coco_boxes(annotations: Iterable[Mapping], valid_ids: Sequence[int] = VALID_IDS):
+def coco_boxes(annotations: Iterable[Mapping], valid_ids: Sequence[int] = CATEGORY_IDS):
     """Non-crowd COCO annotations as ``(boxes_xyxy (n, 4) float32, classes (n,) int)``.
 
     Categories outside ``valid_ids`` are dropped (the model cannot predict them).

@@ -27,7 +27,7 @@ import numpy as np
 
 from zoo_core.api.errors import ZooError
 
-from .wider_gt import SETTINGS, WiderGroundTruth
+from .ground_truth import SETTINGS, WiderGroundTruth
 
 THRESH_NUM = 1000
 Key = tuple[str, str]
@@ -319,32 +319,3 @@ def evaluate_wider_reference(preds: Preds, gt: WiderGroundTruth, iou_thresh: flo
             pr += _image_pr(pred[:, 4], pred_recall, proposal_flags)
         counts[setting] = (pr[:, 0], pr[:, 1], count_face)
     return _result(iou_thresh, counts, _voc_ap_loop)
-
-
-# ----------------------------------------------------------------------------------------------------------
-
-
-def pr_curves_png(result: WiderResult, title: str | None = None) -> bytes:
-    """A PNG of the three precision-recall curves, with the APs in the legend (matplotlib Agg)."""
-    import io
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    for s, colour in zip(SETTINGS, ("tab:green", "tab:blue", "tab:red")):
-        ok = np.isfinite(result.precision[s]) & np.isfinite(result.recall[s])
-        ax.plot(result.recall[s][ok], result.precision[s][ok], color=colour, lw=1.8,
-                label=f"{s} (AP {result.ap[s]:.4f})")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_title(title or f"WIDER FACE val, IoU {result.iou_thresh:g}")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower left")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()

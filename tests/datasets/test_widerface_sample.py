@@ -7,9 +7,8 @@ import pytest
 
 from zoo_core.api.errors import ZooError
 from zoo_core.api.imaging import read_image
-from zoo_centerface import sample as smp
-from zoo_centerface.widerface import WiderFaceDataset
-from zoo_centerface.wider_gt import WiderGroundTruth, load_wider_gt
+from zoo_core.datasets.widerface import WiderFaceDataset, WiderGroundTruth, load_wider_gt
+from zoo_core.datasets.widerface import sample as smp
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +125,7 @@ def test_paths_cannot_escape_root(tmp_path, built, monkeypatch):
     bad = WiderGroundTruth(events=["0--Synth"], files=[["../../../etc/passwd"]],
                            boxes=[[np.zeros((1, 4), np.int32)]],
                            keep={s: [[np.zeros(1, np.int64)]] for s in ("easy", "medium", "hard")})
-    monkeypatch.setattr("zoo_centerface.widerface.load_wider_gt", lambda d: bad)
+    monkeypatch.setattr("zoo_core.datasets.widerface.dataset.load_wider_gt", lambda d: bad)
     with pytest.raises(ZooError, match="outside"):
         WiderFaceDataset(tmp_path, built / smp.GT_DIR, check_images=False)
 

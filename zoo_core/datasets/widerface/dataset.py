@@ -8,10 +8,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from zoo_core.api.errors import ZooError
 from zoo_core.api.types import Sample
 
-from .wider_gt import FACE_FILE, SETTING_FILES, WiderGroundTruth, load_wider_gt
+from .ground_truth import FACE_FILE, SETTING_FILES, WiderGroundTruth, load_wider_gt
 
 GT_FILES = (FACE_FILE, *SETTING_FILES.values())
 IMAGE_DIRS = (Path("WIDER_val") / "images", Path("images"))
@@ -65,6 +67,7 @@ class WiderFaceDataset:
         check_gt_dir(self.gt_dir)
         self.gt: WiderGroundTruth = load_wider_gt(self.gt_dir)
         self._samples = self._build_samples()
+        self._index = {(event, stem): (e, j) for e, j, event, stem in self.gt.iter_images()}
         if check_images:
             missing = [s.path for s in self._samples if not s.path.is_file()]
             if missing:
@@ -92,6 +95,25 @@ class WiderFaceDataset:
     def samples(self) -> list[Sample]:
         """Every val image, in ground-truth order."""
         return list(self._samples)
+
+    def annotation_files(self) -> list[Path]:
+        """The four ground-truth ``.mat`` files (hashed into ``run.json``)."""
+        return [self.gt_dir / name for name in GT_FILES]
+
+    def face_boxes(self, key) -> np.ndarray:
+        """The ``(k, 4)`` int32 ``x, y, w, h`` faces of image ``key`` (``(event, stem)``), kept and ignored."""
+        e, j = self._index[tuple(key)]
+        return self.gt.boxes[e][j]
+
+    def boxes_xyxy(self, key) -> np.ndarray:
+        """The faces of image ``key`` as ``(k, 4)`` float32 inclusive pixel corners ``x1, y1, x2, y2``.
+
+        ``x2 = x + w - 1``: a detection decoded to exactly these corners is written to the prediction
+        file as ``x y w h`` again (the WIDER writer's ``w = x2 - x1 + 1``), so it matches its face with
+        IoU 1. This is what an oracle (``oracle_outputs``) encodes.
+        """
+        b = self.face_boxes(key).astype(np.float32)
+        return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:] - 1], axis=1) if len(b) else b.reshape(0, 4)
 
     def subset_gt(self, keys) -> WiderGroundTruth:
         """The ground truth restricted to ``keys`` ((event, stem) pairs), keeping ``.mat`` order.

@@ -21,7 +21,7 @@ import numpy as np
 from zoo_core.api.atomic import write_text
 from zoo_core.api.errors import ZooError
 
-from .wider_gt import WiderGroundTruth
+from .ground_truth import WiderGroundTruth
 
 Key = tuple[str, str]
 MissingPolicy = Literal["error", "empty"]

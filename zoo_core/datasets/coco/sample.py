@@ -4,6 +4,11 @@ Images hold filled rectangles and ellipses on a noisy gradient; each shape's bou
 annotation. Categories are 12 real COCO ids that straddle the gaps in the 80-id list, so a wrong
 class -> category mapping lowers AP; some boxes are crowd regions; sizes include landscape,
 portrait and tiny (37x23) images, an image without objects and one with only a crowd region.
+
+Where it lives: ``dataset=coco_sample`` with ``dataset.root: null`` (the default) writes it on first
+use to ``$ZOO_CACHE_DIR/coco_sample/n<N>_seed<S>`` (else ``~/.cache/zoo/coco_sample/...``), one folder
+per ``(dataset.n_images, dataset.seed)``; a given ``dataset.root`` gets the same sub-folder. Images:
+``<folder>/images/<id>.jpg``; ground truth: ``<folder>/annotations/instances_sample.json``.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .coco import CATEGORY_NAMES, VALID_IDS
+from .dataset import CATEGORY_IDS, CATEGORY_NAMES
 
 SAMPLE_CATEGORY_IDS = (11, 13, 25, 27, 28, 31, 44, 46, 65, 67, 70, 90)
 IMAGE_SIZES = ((640, 480), (427, 640), (37, 23), (500, 375), (333, 500), (640, 427), (96, 64), (256, 256))
@@ -69,7 +74,7 @@ def make_coco_sample(out_dir: str | os.PathLike, n_images: int = 24, seed: int =
     (out / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     (out / ANN_FILE).parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    names = dict(zip(VALID_IDS, CATEGORY_NAMES))
+    names = dict(zip(CATEGORY_IDS, CATEGORY_NAMES))
     categories = [{"id": c, "name": names[c], "supercategory": "sample"} for c in SAMPLE_CATEGORY_IDS]
     image_ids = sorted(int(i) for i in rng.choice(np.arange(1, 600_000), size=n_images, replace=False))
     images, annotations = [], []

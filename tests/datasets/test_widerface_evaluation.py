@@ -1,4 +1,4 @@
-"""WIDER FACE evaluation: golden APs, hand-worked cases, and vectorised == per-image reference."""
+"""zoo_core.datasets.widerface evaluation: golden APs, hand-worked cases, and vectorised == per-image reference."""
 from __future__ import annotations
 
 import json
@@ -12,15 +12,9 @@ from hypothesis import strategies as st
 
 from zoo_core.api.errors import ZooError
 from zoo_core.testing import golden_dir, shared_dir
-from zoo_centerface.wider_eval import (
-    WiderEvalWarning,
-    evaluate_wider,
-    evaluate_wider_reference,
-    pr_curves_png,
-    thresholds,
-)
-from zoo_centerface.wider_gt import SETTINGS, WiderGroundTruth, load_wider_gt
-from zoo_centerface.wider_preds import read_prediction_tree
+from zoo_core.datasets.widerface import (SETTINGS, WiderEvalWarning, WiderGroundTruth, evaluate_wider,
+                                         evaluate_wider_reference, load_wider_gt, pr_curves_png, read_prediction_tree,
+                                         thresholds)
 
 
 @pytest.fixture(scope="session")

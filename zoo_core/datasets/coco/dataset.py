@@ -1,4 +1,4 @@
-"""COCO detection dataset: a validated instances json plus an image folder (REFERENCE 2.9)."""
+"""COCO detection datasets: a validated instances json plus an image folder (REFERENCE 2.9)."""
 from __future__ import annotations
 
 import json
@@ -8,16 +8,16 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from zoo_core.api.errors import ZooError
 from zoo_core.api.types import Sample
 
-#: 0-based model class -> COCO category id (the 80 ids of COCO 2017; 12, 26, 29, 30, 45, 66, 68,
-#: 69, 71 and 83 are unused).
-VALID_IDS = (
+#: The 80 COCO 2017 category ids (12, 26, 29, 30, 45, 66, 68, 69, 71 and 83 are unused): the default
+#: 0-based model class -> category id mapping (CenterNet's ``valid_ids``; ``model.category_ids`` overrides it).
+CATEGORY_IDS = (
     1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21,
     22, 23, 24, 25, 27, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44,
     46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65,
     67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
 )
 
-#: COCO 2017 category names, in ``VALID_IDS`` order.
+#: COCO 2017 category names, in :data:`CATEGORY_IDS` order.
 CATEGORY_NAMES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
     "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
@@ -119,9 +119,10 @@ class CocoDataset:
     ``samples()`` follows the json's image order (that of ``COCO.getImgIds()``): ``Sample.id`` is
     the file stem, ``Sample.key`` the integer COCO image id. Every listed image is a sample,
     annotated or not.
-    """
 
-    valid_ids: tuple[int, ...] = VALID_IDS
+    :param root: the dataset folder; ``ann_file`` and ``image_dir`` are relative to it.
+    :param name: the dataset name used in reports.
+    """
 
     def __init__(self, root: str | os.PathLike, ann_file: str = "annotations/instances_val2017.json",
                  image_dir: str = "val2017", name: str = "coco"):
@@ -154,6 +155,10 @@ class CocoDataset:
     def annotations(self, image_id: int) -> list[dict]:
         """The ground-truth annotation dicts of one image (crowd regions included)."""
         return list(self._anns_by_image.get(image_id, ()))
+
+    def annotation_files(self) -> list[Path]:
+        """The instances json (hashed into ``run.json``)."""
+        return [self.ann_path]
 
     def category_names(self) -> dict[int, str]:
         """COCO category id -> name, from the annotation file."""

@@ -16,6 +16,7 @@ import numpy as np
 
 from zoo_core.api.atomic import write_bytes, write_text
 from zoo_core.api.errors import ZooError
+from zoo_core.datasets.deps import require
 
 SETTINGS = ("easy", "medium", "hard")
 FACE_FILE = "wider_face_val.mat"
@@ -67,8 +68,8 @@ class WiderGroundTruth:
 
 
 def _loadmat(path: Path, keys: Sequence[str]) -> dict:
-    from scipy.io import loadmat
-    from scipy.io.matlab import MatReadError
+    sio = require("scipy.io", "reading WIDER FACE .mat files")
+    loadmat, MatReadError = sio.loadmat, sio.matlab.MatReadError
 
     if not path.is_file():
         raise ZooError("WIDER FACE ground-truth file not found", path=path,
@@ -170,7 +171,7 @@ def _cell_column(items: Sequence) -> np.ndarray:
 
 
 def _savemat_bytes(data: Mapping[str, np.ndarray]) -> bytes:
-    from scipy.io import savemat
+    savemat = require("scipy.io", "writing WIDER FACE .mat files").savemat
 
     buf = io.BytesIO()
     savemat(buf, dict(data), format="5", do_compression=False, oned_as="column")

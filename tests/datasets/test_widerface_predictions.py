@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from zoo_core.api.errors import ZooError
-from zoo_centerface.wider_eval import evaluate_wider
-from zoo_centerface.wider_gt import WiderGroundTruth
-from zoo_centerface.wider_preds import (
+from zoo_core.datasets.widerface import WiderGroundTruth, evaluate_wider
+from zoo_core.datasets.widerface import (
     ExtraPredictionsWarning,
     UnsortedPredictionsWarning,
     format_prediction_file,

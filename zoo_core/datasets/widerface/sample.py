@@ -7,7 +7,13 @@ plus the four ground-truth ``.mat`` files in ``ground_truth/``. The ground-truth
 calibrated to the Star-Clouds detector, so the set tests the plumbing and the evaluator, not
 accuracy.
 
-:func:`ensure_sample` builds it once into a cache directory (atomically) and reuses it.
+Where it lives: ``dataset=widerface_sample`` with ``dataset.root: null`` (the default) makes
+:func:`ensure_sample` build it once, atomically, into ``$ZOO_CACHE_DIR/widerface_sample`` (else
+``~/.cache/zoo/widerface_sample``) and reuse it; a ``dataset.root`` without a complete sample is
+built the same way. Images: ``<root>/WIDER_val/images/<event>/<stem>.jpg``; ground truth:
+``<root>/ground_truth/wider_face_val.mat``, ``wider_{easy,medium,hard}_val.mat`` (the official
+nesting) and ``wider_face_val_bbx_gt.txt``. Generation needs scikit-image (``zoo-core[eval]``)
+and takes a few seconds.
 """
 from __future__ import annotations
 
@@ -155,12 +161,13 @@ def _paste_face(rng, canvas, taken, lfw, astronaut_bgr) -> tuple[str, list[int]]
 
 def generate_sample() -> list[SampleImage]:
     """Build every sample image in memory, deterministically (seed :data:`SEED`)."""
-    import skimage.data
+    from zoo_core.datasets.deps import require
 
+    skdata = require("skimage.data", "generating the bundled widerface_sample (its faces are scikit-image data)")
     rng = np.random.default_rng(SEED)
-    backgrounds = {name: _to_bgr(getattr(skimage.data, name)()) for name in BACKGROUNDS}
-    lfw = skimage.data.lfw_subset()
-    astronaut = _to_bgr(skimage.data.astronaut())
+    backgrounds = {name: _to_bgr(getattr(skdata, name)()) for name in BACKGROUNDS}
+    lfw = skdata.lfw_subset()
+    astronaut = _to_bgr(skdata.astronaut())
     images = []
     for event, faces_range, distractor_range in EVENTS:
         idx, label = event.split("--")
@@ -194,7 +201,7 @@ def write_sample(root: str | os.PathLike) -> dict:
     """Generate the sample into ``root`` (images + ``ground_truth/``) and return its summary."""
     import cv2
 
-    from .wider_gt import write_wider_gt
+    from .ground_truth import write_wider_gt
 
     root = Path(root)
     images = generate_sample()
