@@ -226,3 +226,36 @@ def test_missing_dataset_says_what_to_download(tmp_path):
             CocoDataset(root)
         msg = str(e.value)
         assert "val2017" in msg and "annotations/instances_val2017.json" in msg
+
+
+@pytest.mark.parametrize("evaluator", ["pycocotools", "faster-coco-eval"])
+def test_pr_curves_are_the_all_class_curves_behind_ap50_and_ap75(sample_ds, oracle_dets, evaluator):
+    import cv2
+
+    from zoo_core.datasets.coco import pr_curve_data, run_cocoeval
+    from zoo_core.datasets.coco import coco_records
+
+    dets = _noisy(oracle_dets, seed=3)
+    samples = sample_ds.samples()
+    ev = run_cocoeval(sample_ds.instances, coco_records(dets, samples), [s.key for s in samples], evaluator)
+    data = pr_curve_data(ev)
+    assert sorted(data) == [0.5, 0.75]
+    assert data[0.5][2] == pytest.approx(ev.stats[1], abs=1e-12) and data[0.75][2] == pytest.approx(ev.stats[2], abs=1e-12)
+    rec, prec, _ = data[0.5]
+    assert rec[0] == 0.0 and len(rec) == len(prec) <= 101 and np.all(np.diff(prec) <= 1e-12)  # interpolated: monotone
+    assert 0.05 < ev.stats[2] < ev.stats[1] < 0.99  # the noise separates the two IoUs
+    res = evaluate_coco(dets, sample_ds, samples, evaluator=evaluator, plots=True)
+    for name in ("pr_curves.png", "ap_per_class.png"):
+        img = cv2.imdecode(np.frombuffer(res.files[name], np.uint8), cv2.IMREAD_COLOR)
+        assert img is not None and img.shape[1] == 600 and len(np.unique(img.reshape(-1, 3), axis=0)) > 10
+
+
+def test_pr_curves_without_ground_truth_or_detections(sample_ds):
+    from zoo_core.datasets.coco import pr_curve_data, run_cocoeval
+
+    samples = sample_ds.samples()
+    ev = run_cocoeval(sample_ds.instances, [], [s.key for s in samples], "pycocotools")
+    data = pr_curve_data(ev)
+    assert data[0.5][2] == ev.stats[1] == 0.0
+    res = evaluate_coco({}, sample_ds, samples, plots=True)
+    assert res.files["pr_curves.png"][:4] == b"\x89PNG" and res.files["ap_per_class.png"][:4] == b"\x89PNG"
