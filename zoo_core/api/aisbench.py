@@ -58,6 +58,7 @@ def read_bin(path: Path, spec: TensorSpec, allow_fp16: bool = True) -> np.ndarra
 
 
 def output_path(out_dir: Path, stem: str, index: int, ext: str = "bin") -> Path:
+    """``<out_dir>/<stem>_<index>.<ext>``: where ais_bench writes output ``index`` of image ``stem``."""
     return Path(out_dir) / f"{stem}_{index}.{ext}"
 
 
@@ -89,6 +90,7 @@ class DumpDir:
         return stem in self._files
 
     def stems(self) -> list[str]:
+        """Every image stem with at least one output file, sorted."""
         return sorted(self._files)
 
     def paths(self, stem: str) -> list[Path]:
@@ -104,4 +106,5 @@ class DumpDir:
         return out
 
     def read(self, stem: str, specs: list[TensorSpec]) -> list[np.ndarray]:
+        """The outputs of image ``stem`` as arrays shaped by ``specs`` (``output_spec`` order), via :func:`read_bin`."""
         return [read_bin(p, s) for p, s in zip(self.paths(stem), specs)]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+#: Values ATC accepts for ``--precision_mode`` (``atc.precision_mode`` is checked against them).
 PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "must_keep_origin_dtype", "allow_mix_precision", "force_fp32")
 
 
@@ -44,5 +45,6 @@ def common_args(cfg, onnx_path, batch_size, soc_version: str, output: str, input
 
 
 def extra_args(cfg) -> list[str]:
+    """``cfg.atc.extra`` as strings, passed to ATC literally (append after the model's own flags)."""
     atc = cfg.get("atc", {}) or {}
     return [str(x) for x in (atc.get("extra") or [])]

@@ -28,8 +28,10 @@ def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Path:
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
+    """:func:`write_bytes` of ``text`` encoded as UTF-8."""
     return write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> Path:
+    """:func:`write_text` of ``json.dumps(obj, indent=indent)`` plus a final newline."""
     return write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")

@@ -153,9 +153,11 @@ class PluginUnderTest:
         return out
 
     def call(self, hook: str, **kwargs):
+        """Call model hook ``hook`` with this plugin's ``cfg`` (zoo-core's dataset API answers as in a run)."""
         return getattr(self.hooks, hook)(cfg=self.cfg, **kwargs)
 
     def implements(self, hook: str) -> bool:
+        """The plugin itself implements ``hook``."""
         return self.hooks.implements(hook)
 
     def config(self, overrides: Sequence[str] = ()):
@@ -443,6 +445,7 @@ def check_lazy_torch(p: PluginUnderTest) -> None:
         raise ContractError(f"importing {module} failed: {proc.stderr.strip()[-2000:]}")
 
 
+#: The checks :func:`check_plugin` runs, in order (``check_<name>`` functions).
 CHECKS = ("registration", "api_version", "config", "dataset", "preprocess", "roundtrip", "export",
           "evaluate", "atc_args", "lazy_torch")
 

@@ -19,10 +19,12 @@ from .evaluation import (EVALUATORS, STAT_NAMES, category_ids, per_category_ap, 
                          score_coco)
 from .plots import ap_per_class_png, pr_curve_data, pr_curves_png
 from .results import class_major_order, coco_records, round2
-from .sample import ANN_FILE as SAMPLE_ANN_FILE
-from .sample import IMAGE_DIR as SAMPLE_IMAGE_DIR
-from .sample import SAMPLE_CATEGORY_IDS, ensure_coco_sample, make_coco_sample
+from .sample import ANN_FILE, IMAGE_DIR, SAMPLE_CATEGORY_IDS, ensure_coco_sample, make_coco_sample
 
+#: The generated sample's instances json, relative to its folder.
+SAMPLE_ANN_FILE = ANN_FILE
+#: The generated sample's image folder, relative to its folder.
+SAMPLE_IMAGE_DIR = IMAGE_DIR
 #: Generators a ``kind: coco`` dataset config may name (``dataset.generator``).
 GENERATORS = ("coco_sample",)
 

@@ -31,6 +31,7 @@ CATEGORY_NAMES = (
     "teddy bear", "hair drier", "toothbrush",
 )
 
+#: What to download and where to put it (the hint of every missing-data error).
 DOWNLOAD_HINT = (
     "download the COCO 2017 validation images (http://images.cocodataset.org/zips/val2017.zip) and "
     "annotations (http://images.cocodataset.org/annotations/annotations_trainval2017.zip), unzip both "

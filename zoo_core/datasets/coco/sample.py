@@ -22,9 +22,12 @@ import numpy as np
 
 from .dataset import CATEGORY_IDS, CATEGORY_NAMES
 
+#: The 12 COCO category ids the generated sample uses (around the gaps of the 80-id list).
 SAMPLE_CATEGORY_IDS = (11, 13, 25, 27, 28, 31, 44, 46, 65, 67, 70, 90)
 IMAGE_SIZES = ((640, 480), (427, 640), (37, 23), (500, 375), (333, 500), (640, 427), (96, 64), (256, 256))
+#: The generated sample's instances json, relative to its folder.
 ANN_FILE = "annotations/instances_sample.json"
+#: The generated sample's image folder, relative to its folder.
 IMAGE_DIR = "images"
 
 

@@ -22,10 +22,11 @@ from .ground_truth import SETTINGS, WiderGroundTruth, load_wider_gt, write_wider
 from .plots import pr_curves_png, pr_curves_title
 from .predictions import (ExtraPredictionsWarning, UnsortedPredictionsWarning, format_prediction_file,
                           read_prediction_file, read_prediction_tree, write_prediction_tree)
-from .sample import GT_DIR as SAMPLE_GT_DIR
-from .sample import ensure_sample
+from .sample import GT_DIR, ensure_sample
 from .scoring import IOU_BOTH, score_widerface
 
+#: The bundled sample's ground-truth folder, relative to its root (``<root>/ground_truth``).
+SAMPLE_GT_DIR = GT_DIR
 #: Generators a ``kind: widerface`` dataset config may name (``dataset.generator``).
 GENERATORS = ("widerface_sample",)
 

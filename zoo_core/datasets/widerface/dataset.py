@@ -15,8 +15,10 @@ from zoo_core.api.types import Sample
 
 from .ground_truth import FACE_FILE, SETTING_FILES, WiderGroundTruth, load_wider_gt
 
+#: The four ground-truth files a ``gt_dir`` must hold.
 GT_FILES = (FACE_FILE, *SETTING_FILES.values())
 IMAGE_DIRS = (Path("WIDER_val") / "images", Path("images"))
+#: What to download and where to put it (the hint of every missing-data error).
 DOWNLOAD_HINT = ("get WIDER_val.zip and the evaluation tools' ground_truth/ folder from "
                  "http://shuoyang1213.me/WIDERFACE/ ; unzip so that <root>/WIDER_val/images/<event>/<stem>.jpg "
                  "exists, and set dataset.gt_dir to the folder holding " + ", ".join(GT_FILES))

@@ -18,6 +18,7 @@ from zoo_core.api.atomic import write_bytes, write_text
 from zoo_core.api.errors import ZooError
 from zoo_core.datasets.deps import require
 
+#: The three WIDER FACE difficulty settings, in report order.
 SETTINGS = ("easy", "medium", "hard")
 FACE_FILE = "wider_face_val.mat"
 SETTING_FILES = {s: f"wider_{s}_val.mat" for s in SETTINGS}
@@ -55,6 +56,7 @@ class WiderGroundTruth:
 
     @property
     def num_images(self) -> int:
+        """Images over all events."""
         return sum(len(f) for f in self.files)
 
     @property

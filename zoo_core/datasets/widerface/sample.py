@@ -31,6 +31,7 @@ RECIPE_VERSION = "1"
 SEED = 12345
 MARKER = "SAMPLE_COMPLETE.json"
 IMAGES_DIR = Path("WIDER_val") / "images"
+#: The sample's ground-truth folder, relative to its root.
 GT_DIR = "ground_truth"
 JPEG_QUALITY = 92
 IMAGES_PER_EVENT = 8
