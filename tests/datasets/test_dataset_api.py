@@ -223,3 +223,13 @@ def test_cocoeval_output_goes_to_the_log_file_only(tmp_path, monkeypatch):
     assert "zoo.tool.faster-coco-eval" in text and "zoo.tool.pycocotools" in text
     assert "Average Precision" not in console.getvalue() and "DONE" not in console.getvalue()
     assert "a tool warning" in console.getvalue()  # warnings are not file-only
+
+
+def test_a_missing_optional_package_names_the_extra(monkeypatch):
+    from zoo_core.datasets.deps import require
+
+    with pytest.raises(ZooError, match="(?s)reading things needs the Python package 'no_such_pkg'.*zoo-core\\[eval\\]"):
+        require("no_such_pkg.sub", "reading things")
+    monkeypatch.setitem(__import__("sys").modules, "scipy.io", None)  # as if scipy were not installed
+    with pytest.raises(ZooError, match="reading WIDER FACE .mat files needs the Python package 'scipy'"):
+        widerface.load_wider_gt(DATASETS)  # fails before touching the folder's content
