@@ -3,7 +3,6 @@ titles of the plots, warnings that reach the user and evaluator output kept off 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import logging.config
 import types
