@@ -85,13 +85,15 @@ def ap_per_class_png(per_class: dict[str, float], mean_ap: float, title: str) ->
     values = [v for _, v in items]
     ax.barh(range(len(items)), values, color="tab:blue")
     ax.set_yticks(range(len(items)), names, fontsize=7 if len(items) > 30 else 9)
-    ax.invert_yaxis()
+    ax.set_ylim(len(items) - 0.5, -0.5)  # best first, no empty margin
     ax.set_xlim(0, 1)
+    mean = ""
     if mean_ap >= 0:
-        ax.axvline(mean_ap, color="tab:red", lw=1.2, label=f"AP {mean_ap:.4f}")
-        ax.legend(loc="lower right")
+        ax.axvline(mean_ap, color="tab:red", lw=1.2)
+        mean = f" (red: AP {mean_ap:.4f})"
     ax.set_xlabel("AP (IoU 0.50:0.95)")
-    ax.set_title(f"{title}: AP per class", fontsize=10)
+    ax.set_title(f"{title}: AP per class{mean}", fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
-    fig.tight_layout()
+    # fixed margins (tight_layout costs ~1 s with 80 labels): room for the longest COCO name
+    fig.subplots_adjust(left=0.25, right=0.97, top=1 - 0.45 / height, bottom=0.55 / height)
     return _png(fig)
