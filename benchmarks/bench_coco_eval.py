@@ -2,7 +2,7 @@
 
 The set is the generated COCO-format sample (``n_images``); detections are its ground-truth boxes
 jittered, with random scores and classes, plus false positives (100 per image, as CenterNet's K).
-Both evaluators run through zoo's ``evaluate_coco``; their 12 stats and per-category APs must agree
+Both evaluators run through zoo's ``score_coco``; their 12 stats and per-category APs must agree
 (bit-identical, or to the last float64 ulp of a summation order: max difference <= 1e-12), and the
 ``auto`` default must resolve to the faster one.
 """
@@ -15,8 +15,8 @@ import numpy as np
 
 
 def _detections(dataset, samples, seed: int = 0):
-    from zoo_centernet.coco import VALID_IDS
     from zoo_core.api.types import Detections
+    from zoo_core.datasets.coco import CATEGORY_IDS as VALID_IDS
 
     rng = np.random.default_rng(seed)
     by_image: dict[int, list] = {}
@@ -46,9 +46,9 @@ def _detections(dataset, samples, seed: int = 0):
 
 
 def run(work: Path, n_images: int = 500, repeats: int = 3) -> dict:
-    from zoo_centernet.coco import CocoDataset
-    from zoo_centernet.evaluate import evaluate_coco, resolve_evaluator
-    from zoo_centernet.sample import ANN_FILE, IMAGE_DIR, ensure_coco_sample
+    from zoo_core.datasets.coco import SAMPLE_ANN_FILE as ANN_FILE
+    from zoo_core.datasets.coco import SAMPLE_IMAGE_DIR as IMAGE_DIR
+    from zoo_core.datasets.coco import CocoDataset, ensure_coco_sample, resolve_evaluator, score_coco
 
     root = ensure_coco_sample(work / "coco", n_images=n_images, seed=1)
     ds = CocoDataset(root, ANN_FILE, IMAGE_DIR, name="coco_sample")
@@ -59,7 +59,7 @@ def run(work: Path, n_images: int = 500, repeats: int = 3) -> dict:
     for _ in range(repeats):
         for name in times:
             t0 = time.perf_counter()
-            res = evaluate_coco(dets, ds, samples, evaluator=name)
+            res = score_coco(dets, ds, samples, evaluator=name, plots=False)
             times[name].append(time.perf_counter() - t0)
             stats[name] = res.metrics
     best = {k: min(v) for k, v in times.items()}

@@ -45,18 +45,19 @@ def run(work: Path, repeats: int = 3) -> dict:
     from zoo_centerface import preprocess as cf_pre
     from zoo_centernet import decode as cn_decode
     from zoo_centernet import preprocess as cn_pre
-    from zoo_centernet.sample import ANN_FILE, IMAGE_DIR
     from zoo_core.api.imaging import read_image
+    from zoo_core.datasets.coco import SAMPLE_ANN_FILE as ANN_FILE
+    from zoo_core.datasets.coco import SAMPLE_IMAGE_DIR as IMAGE_DIR
 
     torch.set_num_threads(1)
-    from zoo_centerface.sample import ensure_sample
+    from zoo_core.datasets.widerface import ensure_sample
 
     sample = ensure_sample(work / "cache" / "widerface_sample")
     face_paths = sorted((sample / "WIDER_val" / "images").rglob("*.jpg"))
     coco_root = work / "coco" / "n200_seed0"
     coco_paths = sorted((coco_root / IMAGE_DIR).glob("*.jpg")) if coco_root.is_dir() else []
     if not coco_paths:
-        from zoo_centernet.sample import ensure_coco_sample
+        from zoo_core.datasets.coco import ensure_coco_sample
 
         coco_paths = sorted((ensure_coco_sample(work / "coco", 200, 0) / IMAGE_DIR).glob("*.jpg"))
     coco_paths = coco_paths[:48]

@@ -28,7 +28,7 @@ class ReplaySet:
 
 def _wider_stems(root: Path) -> dict[str, str]:
     """stem -> source stem (``<src>_r<k>``)."""
-    from zoo_centerface.wider_gt import load_wider_gt
+    from zoo_core.datasets.widerface import load_wider_gt
 
     gt = load_wider_gt(root / "ground_truth")
     return {s: s.rsplit("_r", 1)[0] for files in gt.files for s in files}
@@ -39,7 +39,7 @@ def prepare(work: Path, n_images: int,
     """Build the replay sets of ``n_images`` under ``work`` (cached between calls)."""
     env = bench_env(work / "cache")
     work.mkdir(parents=True, exist_ok=True)
-    from zoo_centerface.sample import ensure_sample
+    from zoo_core.datasets.widerface import ensure_sample
 
     sample = ensure_sample(work / "cache" / "widerface_sample")
     sets = []
@@ -78,7 +78,8 @@ def prepare(work: Path, n_images: int,
 
     if "centernet" not in models:
         return sets
-    from zoo_centernet.sample import ANN_FILE, ensure_coco_sample
+    from zoo_core.datasets.coco import SAMPLE_ANN_FILE as ANN_FILE
+    from zoo_core.datasets.coco import ensure_coco_sample
 
     croot = ensure_coco_sample(work / "coco", n_images=n_images, seed=0)
     ann = json.loads((croot / ANN_FILE).read_text())

@@ -31,9 +31,12 @@ def run(repeats: int = 3, reference_repeats: int = 3, iou_thresh: float = 0.5,
     Returns seconds per implementation, their ratio, the APs of both, the expected golden APs and
     the set size. ``shared`` defaults to ``zoo_core.testing.shared_dir()``.
     """
-    from zoo_centerface.wider_eval import evaluate_wider, evaluate_wider_reference
-    from zoo_centerface.wider_gt import load_wider_gt
-    from zoo_centerface.wider_preds import read_prediction_tree
+    from zoo_core.datasets.widerface import (
+        evaluate_wider,
+        evaluate_wider_reference,
+        load_wider_gt,
+        read_prediction_tree,
+    )
     from zoo_core.testing import shared_dir
 
     root = Path(shared) if shared is not None else shared_dir()

@@ -40,7 +40,7 @@ def wider_set(src_root: Path, dst: Path, n_images: int) -> Path:
 
     Returns ``dst``; its ground truth (in ``dst/ground_truth``) repeats the source boxes.
     """
-    from zoo_centerface.wider_gt import load_wider_gt, write_wider_gt
+    from zoo_core.datasets.widerface import load_wider_gt, write_wider_gt
 
     gt = load_wider_gt(src_root / "ground_truth")
     src = [(e, ev, j) for e, ev in enumerate(gt.events) for j in range(len(gt.files[e]))]

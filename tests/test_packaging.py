@@ -45,6 +45,7 @@ def test_wheel_installs_and_runs_without_the_checkout(tmp_path_factory):
     names = zipfile.ZipFile(core).namelist()
     assert "zoo_core/conf/config.yaml" in names
     assert "zoo_core/conf/stage/eval.yaml" in names and "zoo_core/conf/backend/onnxruntime.yaml" in names
+    assert {f"zoo_core/conf/dataset/{d}.yaml" for d in ("widerface", "widerface_sample", "coco", "coco_sample")} <= set(names)
     assert "hydra_plugins/zoo_searchpath/zoo_searchpath.py" in names
     assert not any(n.startswith("tests/") for n in names)
     modules = {p.relative_to(REPO).as_posix() for p in (REPO / "zoo_core").rglob("*.py")

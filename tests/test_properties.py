@@ -113,7 +113,7 @@ def coco_case(draw):
 @settings(max_examples=15, deadline=None)
 @given(case=coco_case())
 def test_coco_evaluators_agree(case):
-    from zoo_centernet.evaluate import run_cocoeval
+    from zoo_core.datasets.coco import run_cocoeval
 
     instances, recs = case
     ids = [im["id"] for im in instances["images"]]
@@ -130,7 +130,7 @@ def test_coco_evaluators_agree(case):
 
 @st.composite
 def wider_case(draw):
-    from zoo_centerface.wider_gt import WiderGroundTruth
+    from zoo_core.datasets.widerface import WiderGroundTruth
 
     rng = np.random.default_rng(draw(st.integers(0, 10_000)))
     events, files, boxes = ["0--A", "1--B"], [], []
@@ -164,7 +164,7 @@ def wider_case(draw):
 @settings(max_examples=15, deadline=None)
 @given(case=wider_case())
 def test_wider_evaluator_matches_reference_loop(case):
-    from zoo_centerface.wider_eval import evaluate_wider, evaluate_wider_reference
+    from zoo_core.datasets.widerface import evaluate_wider, evaluate_wider_reference
 
     gt, preds = case
     with warnings.catch_warnings():

@@ -14,7 +14,7 @@ from zoo_core import HOOK_API_VERSION
 from zoo_core.api.errors import ZooError
 from zoo_core.api.hookspecs import MODEL_HOOKS
 from zoo_core.cli import main as zoo_main
-from zoo_core.cli.scaffold import new_plugin, template_root
+from zoo_core.cli.scaffold import core_pin, new_plugin, template_root
 
 REPO = Path(__file__).resolve().parents[1]
 ZOO = [sys.executable, "-m", "zoo_core.cli"]
@@ -40,6 +40,20 @@ def test_scaffold_writes_a_complete_package(tmp_path):
     assert f'ZOO_HOOK_API = "{HOOK_API_VERSION}"' in plugin
     assert all(f"def {h}(" in plugin for h in MODEL_HOOKS)
     assert "model = \"tiny_det\"" in (dest / "tests" / "test_contract.py").read_text()
+
+
+def test_scaffold_pins_one_zoo_core_release_and_brings_pytest(tmp_path):
+    """The friction list of issue 19: the pin the docs promise, a neutral description, pytest in [test]."""
+    dest = new_plugin("pin_det", tmp_path)
+    meta = tomllib.loads((dest / "pyproject.toml").read_text())["project"]
+    assert meta["dependencies"][0] == core_pin() == "zoo-core>=0.1,<0.2"
+    assert core_pin("1.4.2") == "zoo-core>=1.4,<2" and core_pin("0.3.0") == "zoo-core>=0.3,<0.4"
+    assert meta["description"] == "zoo model plugin: pin_det"
+    assert any(req.startswith("pytest") for req in meta["optional-dependencies"]["test"])
+    readme = (dest / "README.md").read_text()
+    assert "pip install -e '.[test]'" in readme and 'ZOO_DATASET_API = "1"' in readme
+    docs = (REPO / "docs" / "plugins.md").read_text()
+    assert "`zoo-core>=X.Y,<X+1`" in docs and "pip install -e ~/src/zoo-mydet'[test]'" in docs
 
 
 @pytest.mark.parametrize("bad", ["Det", "9det", "my-det", "d", "none", "det_", "a" * 40])

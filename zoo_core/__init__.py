@@ -2,6 +2,7 @@
 
 import pluggy
 
+#: The zoo-core release.
 __version__ = "0.1.0"
 
 #: Version of the hook API that plugins are written against. A plugin module may declare

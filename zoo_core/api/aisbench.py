@@ -160,6 +160,7 @@ class DumpDir:
         return stem in self._files
 
     def stems(self) -> list[str]:
+        """Every image stem with at least one output file, sorted."""
         return sorted(self._files)
 
     def paths(self, stem: str) -> list[Path]:

@@ -9,6 +9,7 @@ if TYPE_CHECKING:
 
     from omegaconf import DictConfig
 
+#: Values ATC accepts for ``--precision_mode`` (``atc.precision_mode`` is checked against them).
 PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "must_keep_origin_dtype", "allow_mix_precision", "force_fp32")
 
 
@@ -51,6 +52,6 @@ def common_args(cfg: DictConfig, onnx_path: str | os.PathLike[str], batch_size: 
 
 
 def extra_args(cfg: DictConfig) -> list[str]:
-    """``cfg.atc.extra``: extra ATC flags the user passed, as strings, in order."""
+    """``cfg.atc.extra`` as strings, passed to ATC literally (append after the model's own flags)."""
     atc = cfg.get("atc", {}) or {}
     return [str(x) for x in (atc.get("extra") or [])]

@@ -67,6 +67,10 @@ def dataset(cfg: DictConfig) -> Dataset:
     Called once per run, before any image is read, by every stage that touches images or ground
     truth (``preprocess``, ``postprocess``, ``evaluate``, ``eval``, ``predict`` uses a folder instead).
 
+    Optional for a dataset config with a ``kind`` zoo-core reads (``widerface``, ``coco``): zoo-core's
+    dataset API (:mod:`zoo_core.datasets`) answers when the plugin does not implement this hook or
+    returns ``None``.
+
     :param cfg: the run configuration.
     :returns: a :class:`zoo_core.api.types.Dataset` whose ``samples()`` lists every image in a
         deterministic order (the core shards and batches that list). Raise
@@ -173,7 +177,9 @@ def evaluate(cfg: DictConfig, detections: Mapping[str, Detections], dataset: Dat
              out_dir: Path) -> EvalResult:
     """Score detections against the dataset's ground truth.
 
-    Called once per run by ``evaluate`` and at the end of ``eval``.
+    Called once per run by ``evaluate`` and at the end of ``eval``. Optional for a dataset config with a
+    ``kind`` zoo-core reads: zoo-core scores it (knobs from ``cfg.model``, see :mod:`zoo_core.datasets`)
+    when the plugin does not implement this hook.
 
     :param detections: ``dict[sample.id, Detections]``.
     :param dataset: the object ``dataset`` returned.

@@ -8,6 +8,7 @@ import numpy as np
 
 from zoo_core.api.errors import InputError
 
+#: File suffixes :func:`list_images` picks up (case-insensitive).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 #: Largest image (in pixels) decoded without complaint; bigger files are refused before decoding

@@ -17,9 +17,13 @@ import numpy as np
 class Sample:
     """One dataset item.
 
-    ``id`` is the file stem used for every per-image artifact (``inputs/<id>.bin``,
-    ``outputs/<id>_<i>.bin``); it must be unique within a dataset. ``key`` is the dataset's own
-    identifier (a COCO image id, a WIDER ``(event, stem)``), passed back to ``evaluate``.
+    :param id: the file stem used for every per-image artifact (``inputs/<id>.bin``,
+        ``outputs/<id>_<i>.bin``); unique within a dataset.
+    :param path: the image file.
+    :param key: the dataset's own identifier of the image, whatever its type: the integer COCO image
+        id for ``kind: coco``, the ``(event, stem)`` tuple for ``kind: widerface``, the stem for the
+        scaffold's discs. ``evaluate`` and ``oracle_outputs`` get it back (``dataset.boxes_xyxy(sample.key)``,
+        ``dataset.annotations(sample.key)``); ``None`` for images that are not in a dataset (``predict``).
     """
 
     id: str
@@ -29,7 +33,12 @@ class Sample:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """Name, per-item shape (without the batch dimension) and numpy dtype name of a tensor."""
+    """Name, per-item shape (without the batch dimension) and numpy dtype name of a tensor.
+
+    :param name: the graph input / output name.
+    :param shape: per-item shape, e.g. ``(3, 512, 512)``.
+    :param dtype: a numpy dtype name (``"float32"``, ``"uint8"``...).
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -37,7 +46,7 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of one item of this tensor."""
+        """Bytes of one item (``prod(shape) * itemsize``), e.g. the size of one ais_bench ``.bin``."""
         return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
 
 
@@ -45,9 +54,14 @@ class TensorSpec:
 class Detections:
     """Detections of one image in original-image pixels.
 
-    ``boxes`` is (n, 4) float32 ``[x1, y1, x2, y2]``; ``scores`` (n,) float32 in descending order;
-    ``labels`` (n,) int32, the model's 0-based class index; ``extras`` holds per-box arrays whose
-    first dimension is n (e.g. ``landmarks`` (n, 10) as ``x0, y0, ..., x4, y4``).
+    :param boxes: ``(n, 4)`` ``[x1, y1, x2, y2]``, stored as float32.
+    :param scores: ``(n,)`` in descending order, stored as float32.
+    :param labels: ``(n,)`` the model's 0-based class index, stored as **int32** (any integer input is
+        converted; single-class models pass zeros, e.g. ``np.zeros(n)``).
+    :param extras: per-box arrays whose first dimension is n, stored as float32 (e.g. ``landmarks``
+        ``(n, 10)`` as ``x0, y0, ..., x4, y4``).
+    Inputs are converted and reshaped on construction (a mismatching ``extras`` length raises
+    ``ValueError``); an image without detections is :meth:`Detections.empty`.
     """
 
     boxes: np.ndarray
@@ -71,9 +85,12 @@ class Detections:
 
     @classmethod
     def empty(cls) -> Detections:
+        """No detections: ``(0, 4)`` boxes, ``(0,)`` scores and labels (what ``postprocess`` returns for an
+        image without faces / objects)."""
         return cls(np.zeros((0, 4)), np.zeros(0), np.zeros(0))
 
     def to_json(self) -> dict[str, Any]:
+        """``{"boxes", "scores", "labels", <extras>...}`` as nested lists (the ``predict`` JSON)."""
         out = {
             "boxes": self.boxes.tolist(),
             "scores": self.scores.tolist(),
@@ -85,6 +102,7 @@ class Detections:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Detections:
+        """The inverse of :meth:`to_json`."""
         extras = {k: np.asarray(v, np.float32) for k, v in d.items() if k not in ("boxes", "scores", "labels")}
         n = len(d["boxes"])
         extras = {k: v.reshape(n, -1) if n else v.reshape(0, 0) for k, v in extras.items()}

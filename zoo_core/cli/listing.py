@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from zoo_core.api.hookspecs import CORE_HOOKS
+from zoo_core.datasets.hooks import DEFAULT_HOOKS
 from zoo_core.plugins import get_manager
 
 
@@ -12,9 +13,12 @@ def print_listing() -> int:
         print("  (none installed: pip install a zoo-<model> plugin, e.g. plugins/centerface)")
     for name in pm.model_names():
         info = pm.models[name]
-        missing = [h for h in CORE_HOOKS if h not in info.hooks]
+        missing = [h for h in CORE_HOOKS if h not in info.hooks and h not in DEFAULT_HOOKS]
+        from_core = [h for h in DEFAULT_HOOKS if h not in info.hooks]
         dist = f"{info.distribution or '?'} {info.version or ''}".strip()
         print(f"  {name:<14} {dist:<24} hooks: {', '.join(info.hooks)}")
+        if from_core:
+            print(f"  {'':<14} {'':<24} ({', '.join(from_core)}: zoo-core's dataset API, for datasets with a kind)")
         if missing:
             print(f"  {'':<14} {'':<24} (does not implement: {', '.join(missing)})")
     if pm.extras:

@@ -1,8 +1,9 @@
 """``zoo new-plugin NAME [--dir PATH]``: write a complete, installable model-plugin package.
 
-The package is rendered from ``zoo_core/templates/plugin``: every ``*.tmpl`` file is copied with
-``{{model}}``, ``{{package}}``, ``{{dist}}``, ``{{api}}`` and ``{{core_version}}`` replaced (in
-file contents and paths), and the ``__package__`` folder becomes the Python package.
+The package is rendered from ``zoo_core/cli/templates/plugin``: every ``*.tmpl`` file is copied with
+``{{model}}``, ``{{package}}``, ``{{dist}}``, ``{{api}}``, ``{{dataset_api}}``, ``{{core_version}}`` and
+``{{core_pin}}`` replaced (in file contents and paths), and the ``__package__`` folder becomes the
+Python package.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from zoo_core import HOOK_API_VERSION, __version__
 from zoo_core.api.errors import ZooError
+from zoo_core.datasets import DATASET_API_VERSION
 
 TEMPLATE_SUFFIX = ".tmpl"
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{1,30}$")
@@ -21,6 +23,14 @@ RESERVED = {"none", "core", "test", "tests"}
 def template_root() -> Path:
     """The plugin template tree shipped inside zoo-core."""
     return Path(__file__).resolve().parent / "templates" / "plugin"
+
+
+def core_pin(version: str = __version__) -> str:
+    """The zoo-core requirement for a plugin written against ``version``: one major release,
+    ``>=X.Y,<X+1`` (``>=0.Y,<0.(Y+1)`` while zoo-core is 0.x, where a minor release may break)."""
+    major, minor = (int(v) for v in version.split(".")[:2])
+    upper = f"{major + 1}" if major else f"0.{minor + 1}"
+    return f"zoo-core>={major}.{minor},<{upper}"
 
 
 def names_for(model: str) -> dict[str, str]:
@@ -33,7 +43,9 @@ def names_for(model: str) -> dict[str, str]:
         "package": f"zoo_{model}",
         "dist": "zoo-" + model.replace("_", "-"),
         "api": HOOK_API_VERSION,
+        "dataset_api": DATASET_API_VERSION,
         "core_version": __version__,
+        "core_pin": core_pin(),
     }
 
 

@@ -29,6 +29,21 @@ def disabled_plugins() -> set[str]:
     return {n.strip() for n in os.environ.get("ZOO_DISABLE_PLUGINS", "").split(",") if n.strip()}
 
 
+def _conf_dir_of(ep) -> Path | None:
+    top = ep.value.split(":")[0].split(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        conf = Path(loc) / "conf"
+        if conf.is_dir():
+            return conf
+    return None
+
+
 def plugin_conf_dirs() -> dict[str, Path]:
     """``{model name: conf dir}`` for every installed, non-disabled model plugin that ships one."""
     out: dict[str, Path] = {}
@@ -36,18 +51,29 @@ def plugin_conf_dirs() -> dict[str, Path]:
     for ep in sorted(entry_points(group=MODELS_GROUP), key=lambda e: e.name):
         if ep.name in blocked or ep.name in out:
             continue
-        top = ep.value.split(":")[0].split(".")[0]
-        try:
-            spec = importlib.util.find_spec(top)
-        except (ImportError, ValueError):
+        conf = _conf_dir_of(ep)
+        if conf is not None:
+            out[ep.name] = conf
+    return out
+
+
+def config_providers(group: str, name: str) -> list[tuple[str, str | None, bool]]:
+    """Installed model plugins whose ``conf/<group>/<name>.yaml`` exists, disabled ones included.
+
+    Returns ``[(entry-point name, distribution name or None, disabled)]``: used to say which
+    distribution provides a config (e.g. a dataset) that composition cannot find.
+    """
+    blocked = disabled_plugins()
+    out = []
+    seen = set()
+    for ep in sorted(entry_points(group=MODELS_GROUP), key=lambda e: e.name):
+        if ep.name in seen:
             continue
-        if spec is None or not spec.submodule_search_locations:
-            continue
-        for loc in spec.submodule_search_locations:
-            conf = Path(loc) / "conf"
-            if conf.is_dir():
-                out[ep.name] = conf
-                break
+        seen.add(ep.name)
+        conf = _conf_dir_of(ep)
+        if conf is not None and (conf / group / f"{name}.yaml").is_file():
+            dist = getattr(ep, "dist", None)
+            out.append((ep.name, dist.metadata["Name"] if dist is not None else None, ep.name in blocked))
     return out
 
 

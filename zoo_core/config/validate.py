@@ -101,6 +101,11 @@ def explain(exc: Exception, overrides: list[str]) -> str:
             if value in disabled_plugins():
                 return (f"model plugin {value!r} is disabled by ZOO_DISABLE_PLUGINS; unset it (or remove "
                         f"{value!r} from it) to use this model. Enabled models: {', '.join(opts) or '(none)'}")
+        disabled = _disabled_provider(group, value)
+        if disabled:
+            return (f"{group} {value!r} is provided by {disabled}, which is disabled by ZOO_DISABLE_PLUGINS; "
+                    f"unset it (or remove that plugin from it) to use this {group}."
+                    + (f"\nValid choices for {group}: {', '.join(opts)}" if opts else ""))
         msg = f"unknown {group} {value!r}."
         if opts:
             close = difflib.get_close_matches(value, opts, n=1)
@@ -111,6 +116,16 @@ def explain(exc: Exception, overrides: list[str]) -> str:
     if "You must specify 'model'" in text:
         return no_model_message()
     return text.replace("\n\n", "\n")
+
+
+def _disabled_provider(group: str, value: str) -> str | None:
+    """``"distribution zoo-x (plugin 'x')"`` when only a disabled plugin ships ``conf/<group>/<value>.yaml``."""
+    from zoo_core.config.confpaths import config_providers
+
+    found = config_providers(group, value)
+    if not found or not all(disabled for _, _, disabled in found):
+        return None
+    return " and ".join(f"distribution {dist or '?'} (plugin {name!r})" for name, dist, _ in found)
 
 
 def valid_keys_at(parent: str, overrides: list[str]) -> list[str]:

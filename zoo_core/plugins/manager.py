@@ -3,8 +3,12 @@
 Model plugins come from the entry-point group ``zoo.models`` (entry-point name = model name),
 backends from ``zoo.backends``, and optional cross-cutting plugins (observers, wrappers) from
 ``zoo.plugins``. ``ZOO_DISABLE_PLUGINS=a,b`` blocks any of them by name. A plugin that fails to
-import, asks for another hook-API version, or implements an unknown hook is recorded as *broken*
-with its error; every other plugin keeps working.
+import, asks for another hook-API (or dataset-API) version, or implements an unknown hook is recorded
+as *broken* with its error; every other plugin keeps working.
+
+zoo-core's dataset API (:mod:`zoo_core.datasets.hooks`) is registered too: its ``trylast``
+``dataset`` / ``evaluate`` implementations answer for a model plugin that does not implement them
+when the run's dataset config has a ``kind`` zoo-core reads.
 
 A process normally needs one manager: :func:`zoo_core.plugins.get_manager` builds it once.
 """
@@ -22,6 +26,7 @@ from zoo_core import HOOK_API_VERSION
 from zoo_core.api import hookspecs
 from zoo_core.api.errors import PluginError, PluginHookError, ZooError
 from zoo_core.config.confpaths import BACKENDS_GROUP, MODELS_GROUP, disabled_plugins
+from zoo_core.datasets import DATASET_API_VERSION
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -72,29 +77,34 @@ def _dist_of(ep: md.EntryPoint) -> tuple[str | None, str | None]:
     return dist.metadata["Name"], dist.version
 
 
-def accepted_api_versions(module: object) -> list[str] | None:
-    """The hook-API versions a plugin module declares in ``ZOO_HOOK_API`` (a string or a list), or None."""
-    wanted = getattr(module, "ZOO_HOOK_API", None)
+#: The versioned APIs a plugin module may declare: attribute, what it is called, this zoo-core's version.
+_APIS = (("ZOO_HOOK_API", "hook API", HOOK_API_VERSION), ("ZOO_DATASET_API", "dataset API", DATASET_API_VERSION))
+
+
+def accepted_api_versions(module: object, attr: str = "ZOO_HOOK_API") -> list[str] | None:
+    """The API versions a plugin module declares in ``attr`` (a string or a list), or None."""
+    wanted = getattr(module, attr, None)
     if wanted is None:
         return None
     return [str(w) for w in (wanted if isinstance(wanted, (list, tuple)) else [wanted])]
 
 
 def api_mismatch(module: object) -> str | None:
-    """Why ``module`` cannot be loaded by this zoo-core's hook API, or None when it can.
+    """Why ``module`` cannot be used with this zoo-core (``ZOO_HOOK_API`` / ``ZOO_DATASET_API``), or None.
 
-    Only the major number counts. A module that declares no ``ZOO_HOOK_API`` is accepted (the
-    contract kit asks plugins to declare it). The one place the version rule lives: the plugin
-    manager and :mod:`zoo_core.testing.contract` both call it.
+    Only the major number counts. A module that declares neither is accepted (the contract kit asks
+    plugins to declare them). The one place the version rule lives: the plugin manager and
+    :mod:`zoo_core.testing.checks` both call it.
     """
-    accepted = accepted_api_versions(module)
-    if accepted is None:
-        return None
-    major = HOOK_API_VERSION.split(".")[0]
-    if any(a.split(".")[0] == major for a in accepted):
-        return None
-    return (f"plugin needs zoo hook API {', '.join(accepted)}, this zoo-core provides {HOOK_API_VERSION}; "
-            f"install a zoo-core release for that API or upgrade the plugin")
+    for attr, what, have in _APIS:
+        accepted = accepted_api_versions(module, attr)
+        if accepted is None:
+            continue
+        major = have.split(".")[0]
+        if not any(a.split(".")[0] == major for a in accepted):
+            return (f"plugin needs zoo {what} {', '.join(accepted)}, this zoo-core provides {have}; "
+                    f"install a zoo-core release for that API or upgrade the plugin")
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -136,6 +146,9 @@ class ZooPluginManager:
     def __init__(self, autoload: bool = True):
         self.pm = pluggy.PluginManager("zoo")
         self.pm.add_hookspecs(hookspecs)
+        from zoo_core.datasets import hooks as dataset_hooks
+
+        self.pm.register(dataset_hooks, name=dataset_hooks.PLUGIN_NAME)
         self.models: dict[str, PluginInfo] = {}
         self.extras: dict[str, PluginInfo] = {}
         self.broken: list[BrokenPlugin] = []
@@ -276,11 +289,13 @@ class ModelHooks:
     """The model hooks of one selected model, one typed method per hook spec.
 
     ``hooks.preprocess(cfg=..., image=..., sample=...)`` calls the hook on the selected model's
-    plugin only (cross-cutting wrappers still see the call). Failures are always a
-    :class:`PluginError`: a hook the plugin does not implement, a hook that returned ``None``, and
-    any exception escaping the plugin (``SystemExit`` included) as one line naming the
-    distribution, the hook and the reason (:class:`PluginHookError`, the original kept as
-    ``__cause__``). A :class:`ZooError` the plugin raises on purpose passes unchanged.
+    plugin only (cross-cutting wrappers still see the call). ``dataset`` and ``evaluate`` fall back
+    to zoo-core's dataset API when the plugin does not implement them (or its ``dataset`` returns
+    ``None``) and ``cfg.dataset`` has a ``kind``. Failures are always a :class:`PluginError`: a hook
+    nobody answers, a hook that returned ``None``, and any exception escaping the plugin
+    (``SystemExit`` included) as one line naming the distribution, the hook and the reason
+    (:class:`PluginHookError`, the original kept as ``__cause__``). A :class:`ZooError` the plugin
+    raises on purpose passes unchanged.
     """
 
     def __init__(self, manager: ZooPluginManager, model: str):
@@ -289,10 +304,26 @@ class ModelHooks:
         self.info = manager.models[model]
 
     def implements(self, hook: str) -> bool:
+        """The model's own plugin implements ``hook``."""
         return hook in self.info.hooks
 
+    def provider(self, hook: str, cfg: Any = None) -> str | None:
+        """Who answers ``hook`` for this model under ``cfg``: ``"plugin"``, ``"zoo-core"`` (the dataset API,
+        for ``dataset`` / ``evaluate`` with a ``cfg.dataset.kind``) or ``None``."""
+        from zoo_core.datasets import kind_of
+        from zoo_core.datasets.hooks import DEFAULT_HOOKS
+
+        if self.implements(hook):
+            return "plugin"
+        if hook in DEFAULT_HOOKS and cfg is not None and kind_of(cfg.get("dataset")) is not None:
+            return "zoo-core"
+        return None
+
     def _call(self, hook: str, context: str = "", **kwargs: Any) -> Any:
-        if not self.implements(hook):
+        from zoo_core.datasets.hooks import DEFAULT_HOOKS
+
+        default = hook in DEFAULT_HOOKS
+        if not default and not self.implements(hook):
             raise PluginError(f"model {self.model!r} does not implement the {hook!r} hook "
                               f"(its plugin {self.info.entry_point} implements: {', '.join(self.info.hooks)})")
         caller = self._manager.subset_caller(hook, self.model)
@@ -301,6 +332,8 @@ class ModelHooks:
         except BaseException as exc:
             self._manager.hook_failed(exc, hook, caller, self.info.module, context)
         if result is None:
+            if default:
+                self._no_default(hook, kwargs)
             raise PluginError(f"{self.info.label}: hook {hook!r} returned None")
         return result
 
@@ -338,3 +371,15 @@ class ModelHooks:
     def oracle_outputs(self, *, cfg: DictConfig, sample: Sample, meta: Meta, dataset: Dataset) -> list[np.ndarray]:
         return self._call("oracle_outputs", f"image {sample.path}", cfg=cfg, sample=sample, meta=meta,
                           dataset=dataset)
+
+    def _no_default(self, hook: str, kwargs: dict[str, Any]) -> None:
+        from zoo_core.datasets import kinds
+
+        ds = (kwargs.get("cfg") or {}).get("dataset") or {}
+        name = ds.get("name")
+        why = (f"dataset {name!r} has no 'kind' zoo-core reads (kinds: {', '.join(kinds())})" if not ds.get("kind")
+               else f"dataset {name!r} (kind {ds.get('kind')!r}) could not be opened")
+        if self.implements(hook):
+            raise PluginError(f"model {self.model!r}: hook {hook!r} returned None and {why}")
+        raise PluginError(f"model {self.model!r} does not implement the {hook!r} hook and {why}; implement "
+                          f"{hook!r} in {self.info.entry_point}, or select a dataset whose config sets a kind")

@@ -1,4 +1,4 @@
-"""The centerface hooks end to end: real Star-Clouds weights in ORT, WIDER scoring, dumps, ATC lines."""
+"""The centerface hooks end to end: real Star-Clouds weights in ORT, WIDER scoring (zoo-core's), dumps, ATC lines."""
 import subprocess
 import sys
 
@@ -7,9 +7,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from zoo_centerface import plugin
+from zoo_core import datasets
 from zoo_core.api.aisbench import DumpDir
 from zoo_core.api.errors import ConfigError, ZooError
 from zoo_core.api.imaging import read_image
+from zoo_core.config.confpaths import core_conf_dir
 from zoo_core.testing import golden_dir
 
 CONF = __import__("pathlib").Path(plugin.__file__).parent / "conf"
@@ -21,9 +23,11 @@ SAMPLE_AP_IOU05 = {"easy": 0.9688, "medium": 0.9754, "hard": 0.7409}
 def make_cfg(tmp_path=None, **model):
     m = OmegaConf.load(CONF / "model" / "centerface.yaml")["model"]
     m = OmegaConf.merge(m, model)
+    ds = OmegaConf.load(core_conf_dir() / "dataset" / "widerface_sample.yaml")["dataset"]
+    ds.root = str(tmp_path / "sample") if tmp_path else None
     return OmegaConf.create({
         "model": m,
-        "dataset": {"name": "widerface_sample", "root": str(tmp_path / "sample") if tmp_path else None},
+        "dataset": ds,
         "weights": None, "export": {"target": "onnxruntime", "opset": None},
         "atc": {"soc_version": "Ascend310P3", "precision_mode": None, "log": "error", "extra": [],
                 "dynamic_batch": None},
@@ -60,10 +64,10 @@ def test_astronaut_one_face_within_one_pixel(sc_session):
 def test_sample_ap_with_real_weights(tmp_path_factory, sc_session):
     root = tmp_path_factory.mktemp("cache")
     cfg = make_cfg(root)
-    ds = plugin.dataset(cfg)
+    ds = datasets.open_dataset(cfg)  # what the dataset hook gives: zoo-core's WIDER reader
     assert ds.root == root / "sample" and len(ds.samples()) == 24
     dets = {s.id: _run(cfg, sc_session, read_image(s.path), s)[0] for s in ds.samples()}
-    res = plugin.evaluate(cfg, dets, ds, ds.samples(), None)
+    res = datasets.evaluate(cfg, dets, ds, ds.samples())
     assert set(res.metrics) == {"easy", "medium", "hard"}
     for k, v in SAMPLE_AP_IOU05.items():
         assert abs(res.metrics[k] - v) <= 0.01, (k, res.metrics[k])
@@ -76,12 +80,12 @@ def test_sample_ap_with_real_weights(tmp_path_factory, sc_session):
     assert lines[0] == f"{first.key[0]}/{first.id}.jpg" and int(lines[1]) == len(dets[first.id]) == len(lines) - 2
 
     cfg.model.report_both_iou = True
-    both = plugin.evaluate(cfg, dets, ds, ds.samples(), None).metrics
+    both = datasets.evaluate(cfg, dets, ds, ds.samples()).metrics
     assert {f"{k}_iou{t}" for k in SAMPLE_AP_IOU05 for t in (0.5, 0.4)} <= set(both)
     assert both["easy_iou0.5"] == res.metrics["easy"] and both["hard_iou0.4"] >= both["hard_iou0.5"]
 
     shard = ds.samples()[:8]  # a shard is scored on its own images; a failed image counts as empty
-    part = plugin.evaluate(cfg, {s.id: dets[s.id] for s in shard[1:]}, ds, shard, None)
+    part = datasets.evaluate(cfg, {s.id: dets[s.id] for s in shard[1:]}, ds, shard)
     assert part.info["missing_predictions"] == 1 and len(part.files) == 8
 
 
@@ -166,23 +170,14 @@ def test_export_refuses_aipp_for_onnxruntime(tmp_path):
         plugin.export(make_cfg(variant="ascend", aipp=True), None, tmp_path / "x.onnx", "onnxruntime")
 
 
-def test_dataset_config_errors():
-    cfg = make_cfg()
-    cfg.dataset = {"name": "widerface", "root": None, "gt_dir": None}
-    with pytest.raises(ZooError, match=r"dataset.root"):
-        plugin.dataset(cfg)
-    cfg.dataset = {"name": "coco", "root": None}
-    with pytest.raises(ConfigError, match="widerface"):
-        plugin.dataset(cfg)
-
-
 def test_import_is_light():
-    code = ("import sys, zoo_centerface.plugin, zoo_centerface.decode, zoo_centerface.widerface, "
-            "zoo_centerface.sample, zoo_centerface.aipp; "
+    code = ("import sys, zoo_centerface.plugin, zoo_centerface.decode, zoo_centerface.oracle, "
+            "zoo_centerface.aipp, zoo_core.datasets.widerface; "
             "print(sorted(m for m in ('torch', 'scipy', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-    assert plugin.ZOO_HOOK_API == "1"
+    assert plugin.ZOO_HOOK_API == "1" and plugin.ZOO_DATASET_API == "1"
+    assert not hasattr(plugin, "dataset") and not hasattr(plugin, "evaluate")  # zoo-core's dataset API answers
 
 
 def test_ascend_torch_outputs_match_output_spec_and_decode():

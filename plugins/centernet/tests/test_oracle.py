@@ -6,22 +6,25 @@ import pytest
 from omegaconf import OmegaConf
 
 from zoo_centernet import plugin
-from zoo_centernet.coco import VALID_IDS
 from zoo_centernet.decode import decode_batch
 from zoo_centernet.oracle import coco_boxes, encode_boxes, gaussian_radius
 from zoo_centernet.preprocess import preprocess_image
+from zoo_core import datasets
 from zoo_core.api.imaging import read_image
+from zoo_core.datasets.coco import CATEGORY_IDS as VALID_IDS
 
 MODEL = {
     "name": "centernet", "keep_res": False, "input_h": 512, "input_w": 512, "down_ratio": 4, "num_classes": 80,
     "head_conv": 256, "K": 100, "mean": [0.40789654, 0.44719302, 0.47026115],
-    "std": [0.28863828, 0.27408164, 0.27809835], "coco_evaluator": "auto", "export": {"dcn_impl": "auto"},
+    "std": [0.28863828, 0.27408164, 0.27809835], "coco_evaluator": "auto", "category_ids": None,
+    "export": {"dcn_impl": "auto"},
 }
 
 
 def _cfg(tmp_root, **model):
     return OmegaConf.create({"model": MODEL | model,
-                             "dataset": {"name": "coco_sample", "root": str(tmp_root), "n_images": 24, "seed": 0}})
+                             "dataset": {"name": "coco_sample", "kind": "coco", "generator": "coco_sample",
+                                         "root": str(tmp_root), "n_images": 24, "seed": 0}})
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +33,8 @@ def sample_root(tmp_path_factory):
 
 
 def _run_chain(cfg, batch_size):
-    """dataset -> read -> preprocess -> oracle_outputs -> (batched) postprocess -> evaluate, via the hooks."""
-    ds = plugin.dataset(cfg)
+    """dataset -> read -> preprocess -> oracle_outputs -> (batched) postprocess -> evaluate (zoo-core's COCO)."""
+    ds = datasets.open_dataset(cfg)
     samples = ds.samples()
     dets = {}
     for i in range(0, len(samples), batch_size):
@@ -46,7 +49,7 @@ def _run_chain(cfg, batch_size):
         stacked = [np.stack([o[j] for o in outs]) for j in range(3)]
         for s, d in zip(chunk, plugin.postprocess(cfg, stacked, metas)):
             dets[s.id] = d
-    return ds, samples, dets, plugin.evaluate(cfg, dets, ds, samples, None)
+    return ds, samples, dets, datasets.evaluate(cfg, dets, ds, samples)
 
 
 def test_fix_res_oracle_chain_scores_ap_near_one(sample_root):
@@ -72,7 +75,7 @@ def test_keep_res_oracle_chain_scores_ap_near_one(sample_root):
 
 def test_crowd_regions_are_not_encoded(sample_root):
     cfg = _cfg(sample_root)
-    ds = plugin.dataset(cfg)
+    ds = datasets.open_dataset(cfg)
     crowd_only = [s for s in ds.samples()
                   if ds.annotations(s.key) and all(a["iscrowd"] for a in ds.annotations(s.key))]
     assert crowd_only

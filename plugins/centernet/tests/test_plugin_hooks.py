@@ -1,4 +1,5 @@
-"""The centernet plugin's hook wiring: registration, config files, specs, ATC args, dumps and datasets."""
+"""The centernet plugin's hook wiring: registration, config files, specs, ATC args, dumps, and the COCO
+datasets / evaluation it takes from zoo-core's dataset API."""
 from __future__ import annotations
 
 import subprocess
@@ -18,14 +19,17 @@ from zoo_core.api.aisbench import DumpDir
 from zoo_core.api.errors import ZooError
 from zoo_core.api.imaging import read_image
 from zoo_core.api.types import Detections, EvalResult, Sample, TensorSpec
+from zoo_core.config.confpaths import core_conf_dir
+from zoo_core.datasets import hooks as dataset_hooks
 from zoo_core.testing import golden_dir
 
 CONF = resources.files("zoo_centernet") / "conf"
+CORE_DATASETS = core_conf_dir() / "dataset"
 
 
 def _cfg(dataset=None, **top):
     model = OmegaConf.load(str(CONF / "model" / "centernet.yaml")).model
-    ds = dataset or OmegaConf.load(str(CONF / "dataset" / "coco_sample.yaml")).dataset
+    ds = dataset or OmegaConf.load(str(CORE_DATASETS / "coco_sample.yaml")).dataset
     return OmegaConf.create({"model": model, "dataset": ds, "batch_size": 1, "weights": None,
                              "export": {"target": "onnxruntime", "opset": None},
                              "atc": {"soc_version": "Ascend310P3", "precision_mode": None, "log": "error",
@@ -34,8 +38,10 @@ def _cfg(dataset=None, **top):
 
 @pytest.fixture
 def pm():
+    """The plugin next to zoo-core's default dataset / evaluate implementations, as ZooPluginManager sets up."""
     manager = pluggy.PluginManager("zoo")
     manager.add_hookspecs(hookspecs)
+    manager.register(dataset_hooks, name=dataset_hooks.PLUGIN_NAME)
     manager.register(plugin, name="centernet")
     return manager
 
@@ -46,11 +52,15 @@ def test_entry_point_and_hook_api():
     assert plugin.ZOO_HOOK_API == "1"
 
 
-def test_every_model_hook_is_implemented_and_valid(pm):
+def test_every_model_hook_is_implemented_or_comes_from_the_dataset_api(pm):
     pm.check_pending()
     for name in hookspecs.MODEL_HOOKS:
-        impls = getattr(pm.hook, name).get_hookimpls()
-        assert [i.plugin_name for i in impls] == ["centernet"], name
+        impls = [i.plugin_name for i in getattr(pm.hook, name).get_hookimpls()]
+        if name in dataset_hooks.DEFAULT_HOOKS:  # COCO reading and scoring: zoo-core's, not a private copy
+            assert impls == [dataset_hooks.PLUGIN_NAME], name
+        else:
+            assert impls == ["centernet"], name
+    assert plugin.ZOO_DATASET_API == "1"
 
 
 def test_importing_the_plugin_does_not_import_heavy_modules():
@@ -61,13 +71,12 @@ def test_importing_the_plugin_does_not_import_heavy_modules():
 
 
 def test_config_files_are_global_packages():
-    for rel in ("model/centernet.yaml", "dataset/coco.yaml", "dataset/coco_sample.yaml"):
-        text = (CONF / rel).read_text()
-        assert text.startswith("# @package _global_"), rel
+    assert (CONF / "model" / "centernet.yaml").read_text().startswith("# @package _global_")
+    assert not (CONF / "dataset").is_dir()  # the COCO dataset configs are zoo-core's
     model = OmegaConf.load(str(CONF / "model" / "centernet.yaml"))
     assert model.model.name == "centernet" and {"override /dataset": "coco"} in OmegaConf.to_container(model.defaults)
-    assert model.model.keep_res is False and model.model.K == 100
-    assert OmegaConf.load(str(CONF / "dataset" / "coco.yaml")).dataset.root is None
+    assert model.model.keep_res is False and model.model.K == 100 and model.model.category_ids is None
+    assert OmegaConf.load(str(CORE_DATASETS / "coco.yaml")).dataset.kind == "coco"
 
 
 def test_input_and_output_specs(pm):
@@ -164,7 +173,7 @@ def test_ais_bench_dump_reads_back_to_golden_detections(pm, tmp_path, base):
 
 
 def test_dataset_hook_coco_without_root_says_where_to_put_it(pm):
-    ds = OmegaConf.load(str(CONF / "dataset" / "coco.yaml")).dataset
+    ds = OmegaConf.load(str(CORE_DATASETS / "coco.yaml")).dataset
     with pytest.raises(ZooError) as e:
         pm.hook.dataset(cfg=_cfg(dataset=ds))
     msg = str(e.value)
@@ -180,7 +189,8 @@ def test_dataset_hook_generates_the_sample_into_the_cache(pm, tmp_path, monkeypa
     assert ds.root.parent == tmp_path / "coco_sample"
     again = pm.hook.dataset(cfg=cfg)
     assert [s.path for s in again.samples()] == [s.path for s in ds.samples()]
-    coco = OmegaConf.create({"name": "coco", "root": str(ds.root), "ann_file": "annotations/instances_sample.json",
+    coco = OmegaConf.create({"name": "coco", "kind": "coco", "root": str(ds.root),
+                             "ann_file": "annotations/instances_sample.json",
                              "image_dir": "images"})
     assert [s.key for s in pm.hook.dataset(cfg=_cfg(dataset=coco)).samples()] == [s.key for s in ds.samples()]
 
@@ -193,12 +203,27 @@ def test_evaluate_hook_uses_the_configured_evaluator(pm, tmp_path, monkeypatch):
     ds = pm.hook.dataset(cfg=cfg)
     res = pm.hook.evaluate(cfg=cfg, detections={}, dataset=ds, samples=ds.samples(), out_dir=tmp_path)
     assert isinstance(res, EvalResult) and res.info == {"evaluator": "pycocotools", "images": 4, "iou_type": "bbox"}
-    assert res.metrics["AP"] == 0.0 and res.files == {"detections.json": b"[]"}
+    assert res.metrics["AP"] == 0.0 and res.files["detections.json"] == b"[]"
+    assert sorted(res.files) == ["ap_per_class.png", "detections.json", "pr_curves.png"]
 
 
-def test_unknown_dataset_is_a_config_error(pm):
-    with pytest.raises(ZooError):
-        pm.hook.dataset(cfg=_cfg(dataset=OmegaConf.create({"name": "widerface", "root": None})))
+def test_category_ids_knob_maps_classes(pm, tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path))
+    cfg = _cfg()
+    cfg.dataset.n_images = 2
+    cfg.model.category_ids = [90, 11]
+    ds = pm.hook.dataset(cfg=cfg)
+    s = ds.samples()[0]
+    dets = {s.id: Detections(np.array([[0, 0, 4, 4], [1, 1, 5, 5]], np.float32), [0.9, 0.8], [1, 0])}  # labels 1, 0
+    res = pm.hook.evaluate(cfg=cfg, detections=dets, dataset=ds, samples=[s], out_dir=tmp_path)
+    import json
+
+    # class-major order: class 0 (-> 90) first, then class 1 (-> 11)
+    assert [r["category_id"] for r in json.loads(res.files["detections.json"])] == [90, 11]
+
+
+def test_a_dataset_without_kind_is_not_read_by_anyone(pm):
+    assert pm.hook.dataset(cfg=_cfg(dataset=OmegaConf.create({"name": "squares", "root": None}))) is None
 
 
 def test_export_hook_passes_config_through(pm, monkeypatch, tmp_path):

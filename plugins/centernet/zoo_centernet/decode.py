@@ -107,11 +107,3 @@ def decode_batch(hm_logits: np.ndarray, wh: np.ndarray, reg: np.ndarray | None,
         boxes = grid_to_image(row[:, :4], meta)
         out.append(Detections(boxes, row[:, 4], row[:, 5].astype(np.int32)))
     return out
-
-
-def class_major_order(labels: np.ndarray) -> np.ndarray:
-    """Row order of the reference per-class dict: classes ascending, score order kept inside each.
-
-    ``labels`` must come from rows already in descending score (as :func:`decode_batch` gives).
-    """
-    return np.argsort(np.asarray(labels), kind="stable")

@@ -11,8 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from zoo_core.api.geometry import letterbox_boxes
-
-from .coco import VALID_IDS
+from zoo_core.datasets.coco import CATEGORY_IDS
 
 PEAK_LOGIT = 10.0
 BACKGROUND_LOGIT = -20.0
@@ -77,7 +76,7 @@ def encode_boxes(boxes_xyxy: np.ndarray, classes: Sequence[int], meta: Mapping, 
     return [hm, wh, reg]
 
 
-def coco_boxes(annotations: Iterable[Mapping], valid_ids: Sequence[int] = VALID_IDS):
+def coco_boxes(annotations: Iterable[Mapping], valid_ids: Sequence[int] = CATEGORY_IDS):
     """Non-crowd COCO annotations as ``(boxes_xyxy (n, 4) float32, classes (n,) int)``.
 
     Categories outside ``valid_ids`` are dropped (the model cannot predict them).

@@ -1,8 +1,10 @@
 """Hook implementations of the centernet model plugin (entry point zoo.models:centernet).
 
 CenterNet ctdet (DLA-34 + DCNv2) on COCO: fix_res 512x512 letterbox (or keep_res), heads
-hm 80 / wh 2 / reg 2 on a stride-4 grid, top-100 decode and COCOeval bbox. torch and the COCO
-evaluators are imported only inside the hooks that need them.
+hm 80 / wh 2 / reg 2 on a stride-4 grid, top-100 decode. The COCO datasets (``coco``,
+``coco_sample``) and COCOeval scoring come from zoo-core's dataset API (:mod:`zoo_core.datasets.coco`):
+this plugin implements neither ``dataset`` nor ``evaluate``; its class -> category mapping is
+``model.category_ids`` (null: the 80 COCO ids). torch is imported only inside the hooks that need it.
 """
 from __future__ import annotations
 
@@ -11,17 +13,16 @@ from pathlib import Path
 import numpy as np
 
 from zoo_core import hookimpl
-from zoo_core.api.errors import ConfigError, ZooError
+from zoo_core.api.errors import ZooError
 from zoo_core.api.types import TensorSpec
+from zoo_core.datasets.coco import category_ids
 
-from .coco import DOWNLOAD_HINT, CocoDataset
 from .decode import decode_batch
-from .evaluate import evaluate_coco
 from .oracle import coco_boxes, encode_boxes
 from .preprocess import INPUT_NAME, preprocess_image
-from .sample import ANN_FILE, IMAGE_DIR, ensure_coco_sample
 
 ZOO_HOOK_API = "1"
+ZOO_DATASET_API = "1"
 
 
 HEAD_NAMES = ("hm", "wh", "reg")
@@ -39,20 +40,6 @@ def _input_hw(cfg) -> tuple[int, int]:
 
 def _heads(cfg) -> dict[str, int]:
     return {"hm": int(_model_cfg(cfg).num_classes), "wh": 2, "reg": 2}
-
-
-@hookimpl
-def dataset(cfg):
-    """``coco`` (val2017 under ``dataset.root``) or ``coco_sample`` (generated into a cache dir)."""
-    ds = cfg.dataset
-    if ds.name == "coco":
-        if ds.get("root") is None:
-            raise ZooError("dataset.root is not set for the COCO dataset", hint=DOWNLOAD_HINT)
-        return CocoDataset(ds.root, ds.ann_file, ds.image_dir, name="coco")
-    if ds.name == "coco_sample":
-        root = ensure_coco_sample(ds.get("root"), n_images=int(ds.n_images), seed=int(ds.seed))
-        return CocoDataset(root, ANN_FILE, IMAGE_DIR, name="coco_sample")
-    raise ConfigError(f"centernet reads COCO-format datasets (coco, coco_sample), not dataset={ds.name!r}")
 
 
 @hookimpl
@@ -127,13 +114,8 @@ def postprocess(cfg, outputs, metas):
 
 
 @hookimpl
-def evaluate(cfg, detections, dataset, samples, out_dir):
-    return evaluate_coco(detections, dataset, samples, evaluator=str(_model_cfg(cfg).coco_evaluator),
-                         valid_ids=dataset.valid_ids)
-
-
-@hookimpl
 def oracle_outputs(cfg, sample, meta, dataset):
-    boxes, classes = coco_boxes(dataset.annotations(sample.key), dataset.valid_ids)
+    """The sample's non-crowd COCO boxes encoded as the heads a perfect CenterNet would output."""
+    boxes, classes = coco_boxes(dataset.annotations(sample.key), category_ids(_model_cfg(cfg)))
     return encode_boxes(boxes, classes, meta, num_classes=int(_model_cfg(cfg).num_classes))
 

@@ -1,0 +1,271 @@
+"""zoo_core.datasets.coco: dataset loading, the results json, COCOeval scoring, plots and the generated sample."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zoo_core.api.errors import ZooError
+from zoo_core.api.imaging import read_image
+from zoo_core.api.types import Detections
+from zoo_core.datasets.coco import CATEGORY_IDS as VALID_IDS
+from zoo_core.datasets.coco import SAMPLE_ANN_FILE as ANN_FILE
+from zoo_core.datasets.coco import (
+    SAMPLE_CATEGORY_IDS,
+    STAT_NAMES,
+    CocoDataset,
+    ensure_coco_sample,
+    load_instances,
+    make_coco_sample,
+    resolve_evaluator,
+    round2,
+)
+from zoo_core.datasets.coco import SAMPLE_IMAGE_DIR as IMAGE_DIR
+from zoo_core.datasets.coco import score_coco as _score_coco
+
+
+def evaluate_coco(dets, ds, samples, evaluator="auto", valid_ids=VALID_IDS, plots=False):
+    return _score_coco(dets, ds, samples, evaluator=evaluator, category_ids=valid_ids, plots=plots)
+
+
+@pytest.fixture(scope="module")
+def sample_ds(tmp_path_factory):
+    root = ensure_coco_sample(tmp_path_factory.mktemp("coco_sample"), n_images=24, seed=0)
+    return CocoDataset(root, ANN_FILE, IMAGE_DIR, name="coco_sample")
+
+
+@pytest.fixture(scope="module")
+def oracle_dets(sample_ds):
+    """The non-crowd ground truth as detections (score 0.9 down to 0.5 in annotation order)."""
+    index = {c: i for i, c in enumerate(VALID_IDS)}
+    out = {}
+    for s in sample_ds.samples():
+        anns = [a for a in sample_ds.annotations(s.key) if not a["iscrowd"]]
+        boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], np.float32)
+        labels = np.array([index[a["category_id"]] for a in anns], np.int32)
+        out[s.id] = Detections(boxes, np.linspace(0.9, 0.5, len(anns)), labels)
+    return out
+
+
+def _noisy(dets: dict, seed: int) -> dict:
+    """Oracle detections with jittered boxes, random scores and extra false positives."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k, d in dets.items():
+        n = len(d)
+        wh = (d.boxes[:, 2:] - d.boxes[:, :2]).repeat(2, axis=1)
+        boxes = d.boxes + rng.normal(0, 0.08, (n, 4)).astype(np.float32) * wh
+        scores = np.sort(rng.uniform(0, 1, n).astype(np.float32))[::-1]
+        labels = np.where(rng.random(n) < 0.1, rng.integers(0, 80, n), d.labels)
+        out[k] = Detections(boxes, scores, labels)
+    return out
+
+
+def test_round2_equals_python_two_decimal_formatting():
+    rng = np.random.default_rng(0)
+    v = np.concatenate([
+        rng.uniform(-700, 700, 20000), rng.uniform(0, 1, 20000),
+        np.arange(-400, 400) / 8.0,  # exact binary halves: .125, .375, .625, .875 round half-even
+        [0.0, -0.0, -0.004, 0.005, 0.015, 1e-9, 4095.995],
+    ]).astype(np.float32)
+    want = [float(f"{x:.2f}") for x in v]
+    got = round2(v).tolist()
+    assert got == want
+    assert [repr(x) for x in got] == [repr(x) for x in want]
+
+
+def test_dataset_samples_follow_the_json(sample_ds):
+    samples = sample_ds.samples()
+    images = sample_ds.instances["images"]
+    assert [s.key for s in samples] == [im["id"] for im in images]
+    assert [s.id for s in samples] == [Path(im["file_name"]).stem for im in images]
+    assert all(s.path.is_file() and s.path.name == im["file_name"] for s, im in zip(samples, images))
+    assert len(set(VALID_IDS)) == 80 and sample_ds.annotation_files() == [sample_ds.ann_path]
+
+
+def test_generated_sample_covers_the_hard_cases(sample_ds):
+    inst = sample_ds.instances
+    anns = inst["annotations"]
+    cats = {a["category_id"] for a in anns}
+    assert len(cats) >= 10 and cats <= set(VALID_IDS)
+    # ids that a naive "class + 1" mapping gets wrong
+    assert len([c for c in cats if VALID_IDS.index(c) + 1 != c]) >= 8
+    assert any(a["iscrowd"] for a in anns) and not all(a["iscrowd"] for a in anns)
+    sizes = {(im["width"], im["height"]) for im in inst["images"]}
+    assert (37, 23) in sizes and any(w > h for w, h in sizes) and any(w < h for w, h in sizes)
+    annotated = {a["image_id"] for a in anns}
+    assert any(im["id"] not in annotated for im in inst["images"])
+    for im in inst["images"]:
+        assert read_image(sample_ds.root / IMAGE_DIR / im["file_name"]).shape == (im["height"], im["width"], 3)
+
+
+def test_generated_sample_is_deterministic(tmp_path):
+    a = make_coco_sample(tmp_path / "a", n_images=6, seed=3)
+    b = make_coco_sample(tmp_path / "b", n_images=6, seed=3)
+    c = make_coco_sample(tmp_path / "c", n_images=6, seed=4)
+    assert (a / ANN_FILE).read_bytes() == (b / ANN_FILE).read_bytes() != (c / ANN_FILE).read_bytes()
+    for f in sorted((a / IMAGE_DIR).iterdir()):
+        assert f.read_bytes() == (b / IMAGE_DIR / f.name).read_bytes()
+    assert set(SAMPLE_CATEGORY_IDS) <= set(VALID_IDS)
+
+
+def test_evaluators_give_identical_stats(sample_ds, oracle_dets):
+    dets = _noisy(oracle_dets, seed=1)
+    samples = sample_ds.samples()
+    py = evaluate_coco(dets, sample_ds, samples, evaluator="pycocotools")
+    fast = evaluate_coco(dets, sample_ds, samples, evaluator="faster-coco-eval")
+    assert py.info["evaluator"] == "pycocotools" and fast.info["evaluator"] == "faster-coco-eval"
+    assert set(py.metrics) == set(fast.metrics)
+    assert all(name in py.metrics for name in STAT_NAMES)
+    for k in py.metrics:
+        assert py.metrics[k] == pytest.approx(fast.metrics[k], abs=1e-12), k
+    assert 0.05 < py.metrics["AP"] < 0.95  # the noise matters, so the comparison is not trivial
+    assert py.files["detections.json"] == fast.files["detections.json"]
+
+
+def test_metrics_equal_a_plain_pycocotools_run_on_the_written_json(sample_ds, oracle_dets, tmp_path):
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    dets = _noisy(oracle_dets, seed=2)
+    res = evaluate_coco(dets, sample_ds, sample_ds.samples(), evaluator="pycocotools")
+    (tmp_path / "dt.json").write_bytes(res.files["detections.json"])
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(sample_ds.ann_path))
+        ev = COCOeval(gt, gt.loadRes(str(tmp_path / "dt.json")), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert [res.metrics[n] for n in STAT_NAMES] == [float(x) for x in ev.stats]
+    records = json.loads(res.files["detections.json"])
+    assert len(records) == sum(len(d) for d in dets.values())
+    assert {r["category_id"] for r in records} <= set(VALID_IDS)
+
+
+def test_oracle_detections_score_perfectly_and_a_wrong_id_map_does_not(sample_ds, oracle_dets):
+    samples = sample_ds.samples()
+    good = evaluate_coco(oracle_dets, sample_ds, samples)
+    assert good.metrics["AP"] >= 0.95
+    naive = evaluate_coco(oracle_dets, sample_ds, samples, valid_ids=list(range(1, 81)))
+    assert naive.metrics["AP"] < good.metrics["AP"] - 0.3
+    names = sample_ds.category_names()
+    assert {f"AP/{names[c]}" for c in SAMPLE_CATEGORY_IDS} <= set(good.metrics)
+
+
+def test_only_the_given_samples_are_scored(sample_ds, oracle_dets):
+    samples = sample_ds.samples()
+    half = samples[::2]
+    only_half = {s.id: oracle_dets[s.id] for s in half}
+    sub = evaluate_coco(only_half, sample_ds, half)
+    assert sub.info["images"] == len(half)
+    assert sub.metrics["AP"] >= 0.95
+    whole = evaluate_coco(only_half, sample_ds, samples)
+    assert whole.metrics["AR100"] < 0.9  # the other half's objects are missed
+    records = json.loads(sub.files["detections.json"])
+    assert {r["image_id"] for r in records} <= {s.key for s in half}
+
+
+def test_empty_detections_do_not_crash(sample_ds):
+    samples = sample_ds.samples()
+    for dets in ({}, {s.id: Detections.empty() for s in samples}):
+        res = evaluate_coco(dets, sample_ds, samples, evaluator="pycocotools")
+        assert res.metrics["AP"] == 0.0 and json.loads(res.files["detections.json"]) == []
+        fast = evaluate_coco(dets, sample_ds, samples, evaluator="faster-coco-eval")
+        assert [fast.metrics[n] for n in STAT_NAMES] == [res.metrics[n] for n in STAT_NAMES]
+
+
+def test_evaluator_choice():
+    assert resolve_evaluator("auto") == "faster-coco-eval"
+    assert resolve_evaluator("pycocotools") == "pycocotools"
+    with pytest.raises(ZooError):
+        resolve_evaluator("cocoapi")
+
+
+def _write_json(tmp_path, data, name="ann.json"):
+    (tmp_path / "images").mkdir(exist_ok=True)
+    p = tmp_path / name
+    p.write_text(data if isinstance(data, str) else json.dumps(data))
+    return p
+
+
+def _minimal(**image):
+    img = {"id": 1, "file_name": "x.jpg"} | image
+    return {"images": [img], "annotations": [], "categories": [{"id": 1, "name": "person"}]}
+
+
+@pytest.mark.parametrize("content,words", [
+    ("{not json", "not a JSON"),
+    ("\xff\xfe", "not a JSON"),
+    ([1, 2], "not a COCO"),
+    ({"images": []}, "not a COCO"),
+    ({"images": [{"id": "a", "file_name": "x"}], "annotations": [], "categories": []}, "integer 'id'"),
+    ({"images": [{"id": 1, "file_name": "x.jpg"}], "categories": [{"id": 1}],
+      "annotations": [{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3]}]}, "bbox"),
+    ({"images": [{"id": 1, "file_name": "x.jpg"}], "categories": [{"id": 1}],
+      "annotations": [{"image_id": 7, "category_id": 1, "bbox": [1, 2, 3, 4]}]}, "unknown image_id"),
+])
+def test_bad_annotation_files_name_the_file(tmp_path, content, words):
+    p = _write_json(tmp_path, content)
+    with pytest.raises(ZooError) as e:
+        load_instances(p)
+    assert str(p) in str(e.value) and words in str(e.value)
+
+
+@pytest.mark.parametrize("file_name", ["../outside.jpg", "a/../../outside.jpg", "./../x.jpg", "/etc/passwd",
+                                       "C:\\x.jpg", "C:x.jpg", "..\\x.jpg"])
+def test_file_names_may_not_leave_the_image_folder(tmp_path, file_name):
+    _write_json(tmp_path, _minimal(file_name=file_name))
+    with pytest.raises(ZooError) as e:
+        CocoDataset(tmp_path, "ann.json", "images")
+    assert "ann.json" in str(e.value)
+
+
+def test_file_names_in_sub_folders_are_allowed(tmp_path):
+    _write_json(tmp_path, _minimal(file_name="sub/../x.jpg"))
+    (s,) = CocoDataset(tmp_path, "ann.json", "images").samples()
+    assert s.id == "x" and s.key == 1 and s.path == tmp_path / "images" / "sub/../x.jpg"
+
+
+def test_missing_dataset_says_what_to_download(tmp_path):
+    for root in (tmp_path / "nowhere", tmp_path):
+        with pytest.raises(ZooError) as e:
+            CocoDataset(root)
+        msg = str(e.value)
+        assert "val2017" in msg and "annotations/instances_val2017.json" in msg
+
+
+@pytest.mark.parametrize("evaluator", ["pycocotools", "faster-coco-eval"])
+def test_pr_curves_are_the_all_class_curves_behind_ap50_and_ap75(sample_ds, oracle_dets, evaluator):
+    import cv2
+
+    from zoo_core.datasets.coco import coco_records, pr_curve_data, run_cocoeval
+
+    dets = _noisy(oracle_dets, seed=3)
+    samples = sample_ds.samples()
+    ev = run_cocoeval(sample_ds.instances, coco_records(dets, samples), [s.key for s in samples], evaluator)
+    data = pr_curve_data(ev)
+    assert sorted(data) == [0.5, 0.75]
+    assert data[0.5][2] == pytest.approx(ev.stats[1], abs=1e-12) and data[0.75][2] == pytest.approx(ev.stats[2], abs=1e-12)
+    rec, prec, _ = data[0.5]
+    assert rec[0] == 0.0 and len(rec) == len(prec) <= 101 and np.all(np.diff(prec) <= 1e-12)  # interpolated: monotone
+    assert 0.05 < ev.stats[2] < ev.stats[1] < 0.99  # the noise separates the two IoUs
+    res = evaluate_coco(dets, sample_ds, samples, evaluator=evaluator, plots=True)
+    for name in ("pr_curves.png", "ap_per_class.png"):
+        img = cv2.imdecode(np.frombuffer(res.files[name], np.uint8), cv2.IMREAD_COLOR)
+        assert img is not None and img.shape[1] == 600 and len(np.unique(img.reshape(-1, 3), axis=0)) > 10
+
+
+def test_pr_curves_without_ground_truth_or_detections(sample_ds):
+    from zoo_core.datasets.coco import pr_curve_data, run_cocoeval
+
+    samples = sample_ds.samples()
+    ev = run_cocoeval(sample_ds.instances, [], [s.key for s in samples], "pycocotools")
+    data = pr_curve_data(ev)
+    assert data[0.5][2] == ev.stats[1] == 0.0
+    res = evaluate_coco({}, sample_ds, samples, plots=True)
+    assert res.files["pr_curves.png"][:4] == b"\x89PNG" and res.files["ap_per_class.png"][:4] == b"\x89PNG"

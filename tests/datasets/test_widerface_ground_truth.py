@@ -1,0 +1,169 @@
+"""WIDER FACE ground truth: the real .mat files and the writer's round trip."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.io
+
+from zoo_centerface.wider_gt import SETTINGS, WiderGroundTruth, load_wider_gt, write_wider_gt
+from zoo_core.api.errors import ZooError
+from zoo_core.datasets.widerface import SETTINGS, WiderGroundTruth, load_wider_gt, write_wider_gt
+from zoo_core.testing import shared_dir
+
+
+@pytest.fixture(scope="module")
+def real_gt_dir():
+    root = shared_dir()
+    if root is None or not (root / "widerface_gt" / "wider_face_val.mat").is_file():
+        pytest.skip("shared WIDER FACE ground truth not found (set ZOO_SHARED_DIR)")
+    return root / "widerface_gt"
+
+
+@pytest.fixture(scope="module")
+def real_gt(real_gt_dir) -> WiderGroundTruth:
+    return load_wider_gt(real_gt_dir)
+
+
+def test_real_counts(real_gt):
+    assert len(real_gt.events) == 61
+    assert real_gt.num_images == 3226
+    assert real_gt.num_faces == 39708
+    assert [real_gt.num_kept(s) for s in SETTINGS] == [7211, 13319, 31958]
+    no_face = {s: sum(1 for ev in real_gt.keep[s] for k in ev if len(k) == 0) for s in SETTINGS}
+    assert no_face == {"easy": 622, "medium": 207, "hard": 7}
+
+
+def test_real_content_and_types(real_gt, real_gt_dir):
+    assert real_gt.events[:3] == ["0--Parade", "1--Handshaking", "10--People_Marching"]
+    assert real_gt.events == sorted(real_gt.events)
+    assert real_gt.files[0][0] == "0_Parade_marchingband_1_465"
+    mat = scipy.io.loadmat(real_gt_dir / "wider_hard_val.mat")
+    for e, j in [(0, 0), (17, 5), (60, 3)]:
+        assert real_gt.files[e][j] == mat["file_list"][e][0][j][0][0]
+        raw = mat["face_bbx_list"][e][0][j][0]
+        assert real_gt.boxes[e][j].dtype == np.int32 and real_gt.boxes[e][j].shape == raw.shape
+        np.testing.assert_array_equal(real_gt.boxes[e][j], raw)
+        assert real_gt.keep["hard"][e][j].dtype == np.int64
+        np.testing.assert_array_equal(real_gt.keep["hard"][e][j], mat["gt_list"][e][0][j][0].ravel().astype(int) - 1)
+    for s in SETTINGS:
+        for ev_keep, ev_boxes in zip(real_gt.keep[s], real_gt.boxes):
+            for k, b in zip(ev_keep, ev_boxes):
+                assert k.size == 0 or (k.min() >= 0 and k.max() < len(b))
+    # cumulative settings
+    for e, ev in enumerate(real_gt.keep["easy"]):
+        for j, k in enumerate(ev):
+            assert set(k) <= set(real_gt.keep["medium"][e][j]) <= set(real_gt.keep["hard"][e][j])
+    it = list(real_gt.iter_images())
+    assert len(it) == 3226 and it[0] == (0, 0, "0--Parade", "0_Parade_marchingband_1_465")
+    assert it[-1][:2] == (60, len(real_gt.files[60]) - 1)
+
+
+def _random_gt(rng: np.random.Generator):
+    events = ["0--Synth", "1--Clutter", "2--Crowd_x"]
+    files, boxes, keep = [], [], {s: [] for s in SETTINGS}
+    for e, ev in enumerate(events):
+        n = int(rng.integers(1, 5))
+        files.append([f"{idx}_{ev.split('--')[1]}_img_{rng.integers(0, 999)}{idx}" for idx in range(n)])
+        ev_boxes = [rng.integers(-2, 300, size=(int(rng.integers(0, 8)), 4)).astype(np.int32) for _ in range(n)]
+        ev_boxes[0] = np.zeros((0, 4), np.int32) if e == 1 else ev_boxes[0]
+        boxes.append(ev_boxes)
+        for s in SETTINGS:
+            keep[s].append([])
+        for b in ev_boxes:
+            hard = np.sort(rng.permutation(len(b))[: int(rng.integers(0, len(b) + 1))]).astype(np.int64)
+            medium = hard[: len(hard) // 2]
+            keep["hard"][-1].append(hard)
+            keep["medium"][-1].append(medium)
+            keep["easy"][-1].append(medium[:1])
+    return events, files, boxes, keep
+
+
+def test_write_load_round_trip(tmp_path):
+    events, files, boxes, keep = _random_gt(np.random.default_rng(7))
+    written = write_wider_gt(tmp_path, events, files, boxes, keep)
+    assert sorted(p.name for p in written) == sorted(
+        ["wider_face_val.mat", "wider_easy_val.mat", "wider_medium_val.mat", "wider_hard_val.mat",
+         "wider_face_val_bbx_gt.txt"])
+    gt = load_wider_gt(tmp_path)
+    assert gt.events == events and gt.files == files
+    for e in range(len(events)):
+        for j in range(len(files[e])):
+            assert gt.boxes[e][j].dtype == np.int32
+            np.testing.assert_array_equal(gt.boxes[e][j], boxes[e][j])
+            for s in SETTINGS:
+                assert gt.keep[s][e][j].dtype == np.int64
+                np.testing.assert_array_equal(gt.keep[s][e][j], keep[s][e][j])
+    assert gt.num_faces == sum(len(b) for ev in boxes for b in ev)
+
+
+def test_written_nesting_matches_the_official_files(tmp_path):
+    events, files, boxes, keep = _random_gt(np.random.default_rng(3))
+    write_wider_gt(tmp_path, events, files, boxes, keep)
+    face = scipy.io.loadmat(tmp_path / "wider_face_val.mat")
+    hard = scipy.io.loadmat(tmp_path / "wider_hard_val.mat")
+    for key in ("event_list", "file_list", "face_bbx_list", "blur_label_list", "pose_label_list"):
+        assert face[key].shape == (3, 1) and face[key].dtype == object
+    assert set(hard) - set(face) == {"gt_list"}
+    assert face["event_list"][2][0][0] == events[2]
+    assert face["file_list"][0][0].shape == (len(files[0]), 1)
+    assert [face["file_list"][0][0][j][0][0] for j in range(len(files[0]))] == files[0]
+    b = face["face_bbx_list"][0][0][0][0]
+    assert b.dtype == np.int32 and b.shape == (len(boxes[0][0]), 4)
+    assert face["blur_label_list"][0][0][0][0].shape == (len(boxes[0][0]), 1)
+    g = hard["gt_list"][0][0][0][0]
+    assert g.dtype == np.uint16 and g.shape == (len(keep["hard"][0][0]), 1)
+    np.testing.assert_array_equal(g.ravel(), keep["hard"][0][0] + 1)
+    txt = (tmp_path / "wider_face_val_bbx_gt.txt").read_text().splitlines()
+    assert txt[0] == f"{events[0]}/{files[0][0]}.jpg" and int(txt[1]) == len(boxes[0][0])
+
+
+def test_writer_rejects_inconsistent_input(tmp_path):
+    events, files, boxes, keep = _random_gt(np.random.default_rng(1))
+    bad = {**keep, "hard": [[k + 100 for k in ev] for ev in keep["hard"]]}
+    bad["hard"][0][0] = np.array([100], np.int64)
+    with pytest.raises(ZooError, match="outside"):
+        write_wider_gt(tmp_path, events, files, boxes, bad)
+    with pytest.raises(ZooError, match="differ in length"):
+        write_wider_gt(tmp_path, events[:2], files, boxes, keep)
+    with pytest.raises(ZooError, match="lacks setting"):
+        write_wider_gt(tmp_path, events, files, boxes, {"hard": keep["hard"]})
+
+
+def test_missing_file(tmp_path):
+    events, files, boxes, keep = _random_gt(np.random.default_rng(2))
+    write_wider_gt(tmp_path, events, files, boxes, keep)
+    (tmp_path / "wider_medium_val.mat").unlink()
+    with pytest.raises(ZooError, match=r"wider_medium_val.mat.*not found"):
+        load_wider_gt(tmp_path)
+    with pytest.raises(ZooError, match=r"wider_face_val.mat.*not found"):
+        load_wider_gt(tmp_path / "nowhere")
+
+
+def test_not_a_mat_file(tmp_path):
+    events, files, boxes, keep = _random_gt(np.random.default_rng(2))
+    write_wider_gt(tmp_path, events, files, boxes, keep)
+    (tmp_path / "wider_easy_val.mat").write_text("event_list,file_list\nthis is csv\n")
+    with pytest.raises(ZooError, match=r"wider_easy_val.mat.*not a readable MATLAB"):
+        load_wider_gt(tmp_path)
+
+
+def test_wrong_keys(tmp_path):
+    events, files, boxes, keep = _random_gt(np.random.default_rng(2))
+    write_wider_gt(tmp_path, events, files, boxes, keep)
+    scipy.io.savemat(tmp_path / "wider_hard_val.mat", {"event_list": np.zeros((3, 1))})
+    with pytest.raises(ZooError, match=r"wider_hard_val.mat.*missing key.*gt_list"):
+        load_wider_gt(tmp_path)
+    scipy.io.savemat(tmp_path / "wider_face_val.mat", {"boxes": np.zeros((3, 4))})
+    with pytest.raises(ZooError, match=r"wider_face_val.mat.*missing key.*event_list"):
+        load_wider_gt(tmp_path)
+
+
+def test_gt_list_index_out_of_range(tmp_path):
+    events, files, boxes, keep = _random_gt(np.random.default_rng(4))
+    write_wider_gt(tmp_path, events, files, boxes, keep)
+    mat = scipy.io.loadmat(tmp_path / "wider_easy_val.mat")
+    k = len(boxes[0][0])
+    mat["gt_list"][0][0][0][0] = np.array([[k + 1]], np.uint16)
+    scipy.io.savemat(tmp_path / "wider_easy_val.mat", {key: v for key, v in mat.items() if not key.startswith("__")})
+    with pytest.raises(ZooError, match=rf"wider_easy_val.mat.*index {k + 1} outside 1..{k}"):
+        load_wider_gt(tmp_path)

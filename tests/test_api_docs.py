@@ -1,0 +1,89 @@
+"""docs/api.md documents everything plugins import, generated from the code and never stale."""
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from zoo_core.plugins import apidoc
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "api.md"
+
+
+def test_api_md_is_up_to_date():
+    text = DOC.read_text()
+    assert apidoc.splice(text, apidoc.render_reference()) == text, \
+        "docs/api.md is stale: run python -m zoo_core.plugins.apidoc docs/api.md"
+
+
+def test_every_documented_name_has_a_docstring_or_comment():
+    assert apidoc.undocumented() == []
+
+
+def test_every_public_function_appears_with_its_signature():
+    text = DOC.read_text()
+    for modname in apidoc.MODULES:
+        module = importlib.import_module(modname)
+        for name in apidoc.public_names(module):
+            obj = getattr(module, name)
+            if inspect.isfunction(obj):
+                assert f"### `{name}{apidoc.signature(obj, module)}`" in text, (modname, name)
+            elif inspect.isclass(obj):
+                assert f"### class `{name}" in text, (modname, name)
+            else:
+                assert f"### `{name}`" in text, (modname, name)
+
+
+def test_the_frictions_of_issue_19_are_answered():
+    from zoo_core.api import geometry
+
+    text = DOC.read_text()
+    # letterbox's real signature (whatever it is at the time), Detections.empty, Sample.key, the labels dtype
+    assert f"### `letterbox{apidoc.signature(geometry.letterbox, geometry)}`" in text
+    assert "#### classmethod `Detections.empty() -> 'Detections'`" in text
+    section = text.split("### class `Sample(")[1].split("\n### ")[0]
+    assert "- `key`: " in section and "(event, stem)" in section and "COCO image id" in section
+    detections = text.split("### class `Detections(")[1].split("\n### ")[0]
+    assert "- `labels`: " in detections and "int32" in detections
+    for modname in ("zoo_core.api.geometry", "zoo_core.api.nms", "zoo_core.api.peaks", "zoo_core.api.atc",
+                    "zoo_core.api.imaging", "zoo_core.api.types", "zoo_core.datasets.widerface", "zoo_core.datasets.coco"):
+        assert f"## `{modname}`" in text
+
+
+def test_check_mode_detects_and_fixes_a_stale_copy(tmp_path, capsys):
+    copy = tmp_path / "api.md"
+    shutil.copy(DOC, copy)
+    assert apidoc.main(["--check", str(copy)]) == 0
+    copy.write_text(copy.read_text().replace("No detections:", "Outdated text:"))
+    assert apidoc.main(["--check", str(copy)]) == 1
+    assert "out of date" in capsys.readouterr().err
+    assert apidoc.main([str(copy)]) == 0
+    assert copy.read_text() == DOC.read_text()
+
+
+def test_rendering_does_not_depend_on_the_environment(monkeypatch):
+    monkeypatch.setenv("ZOO_MAX_IMAGE_PIXELS", "5")
+    assert "`int(os.environ.get(\"ZOO_MAX_IMAGE_PIXELS\", 100_000_000))`" in apidoc.render_module("zoo_core.api.imaging")
+    assert not re.search(r"0x[0-9a-f]{6,}", apidoc.render_reference())  # no object addresses
+
+
+def test_splice_requires_markers():
+    with pytest.raises(ValueError, match="markers"):
+        apidoc.splice("no markers here", "x")
+
+
+def test_plugin_guide_answers_the_dataset_frictions():
+    guide = (REPO / "docs" / "plugins.md").read_text()
+    assert "## Datasets and metrics: reuse zoo-core's" in guide
+    naming = guide.split("## Naming")[1].split("\n## ")[0]
+    assert "(`mydet_discs`, `mydet_faces`)" in naming and "prefix yours (`<model>_discs`, `coco`" not in naming
+    assert "`dataset.limit`...) are the core's, at the top level" not in guide
+    assert "(`dataset.limit=3`, not `limit=3`)" in guide
+    assert "zoo_core.testing.checks.check_plugin" in guide and "pip install -e" in guide
+    # where a generated sample lives and where its ground truth is
+    assert "$ZOO_CACHE_DIR/widerface_sample" in guide and "ground_truth/" in guide

@@ -1,0 +1,146 @@
+"""Datasets and their metrics, shared by every model plugin (the dataset API).
+
+A dataset config (``conf/dataset/<name>.yaml``, in zoo-core or in any plugin) that sets ``kind`` is read
+and scored by zoo-core: a model plugin names the dataset (``defaults: [override /dataset: <name>]``
+in its model yaml, or ``dataset=<name>`` on the command line) and implements neither ``dataset`` nor
+``evaluate``. Kinds:
+
+* ``widerface`` (:mod:`zoo_core.datasets.widerface`): WIDER FACE val or any WIDER-format set, scored
+  Easy / Medium / Hard AP by the official algorithm. Model knobs: ``model.iou_thresh`` (0.5),
+  ``model.report_both_iou`` (false). Datasets shipped: ``widerface``, ``widerface_sample``.
+* ``coco`` (:mod:`zoo_core.datasets.coco`): a COCO instances json + images, scored by COCOeval
+  (bbox). Model knobs: ``model.category_ids`` (0-based class -> category id; default the 80 COCO
+  ids), ``model.coco_evaluator`` (``auto``). Datasets shipped: ``coco``, ``coco_sample``.
+
+A plugin's own ``dataset`` / ``evaluate`` hook still wins (it is called first; returning ``None``
+from ``dataset`` hands an unknown dataset back to the core). A dataset without ``kind`` needs the
+plugin's hooks.
+
+Versioning: :data:`DATASET_API_VERSION` covers the config keys above (``kind``, ``generator``, each
+kind's keys and model knobs), the metric and file names the scorers return, and every name in
+``__all__`` of :mod:`zoo_core.datasets`, :mod:`zoo_core.datasets.widerface` and
+:mod:`zoo_core.datasets.coco` (``docs/api.md``). A plugin may declare ``ZOO_DATASET_API = "1"``
+next to ``ZOO_HOOK_API``; another major version makes it broken at load, like the hook API. New
+kinds, functions or keys keep the major version; renaming or removing one, or changing a metric's
+meaning, bumps it.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from zoo_core.api.errors import ConfigError
+
+#: Version of the dataset API (see the module docstring); plugins may declare ``ZOO_DATASET_API``.
+DATASET_API_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class DatasetKind:
+    """A dataset format zoo-core reads and scores.
+
+    :param name: the ``dataset.kind`` value.
+    :param open: ``dataset_cfg -> Dataset`` (the ``cfg.dataset`` section).
+    :param score: ``(cfg, detections, dataset, samples) -> EvalResult``, knobs read from ``cfg.model``.
+    :param dataset_type: the class ``open`` returns (``score`` refuses other objects).
+    :param knobs: ``{"model.<key>": "what it does (default)"}`` documented for plugin authors.
+    """
+
+    name: str
+    open: Callable[[Any], Any]
+    score: Callable[..., Any]
+    dataset_type: type
+    knobs: dict[str, str]
+
+
+def _widerface() -> DatasetKind:
+    from zoo_core.datasets import widerface
+
+    def score(cfg, detections, dataset, samples):
+        m = cfg.get("model") or {}
+        return widerface.score_widerface(detections, dataset, samples, iou_thresh=float(m.get("iou_thresh", 0.5)),
+                                         report_both_iou=bool(m.get("report_both_iou", False)))
+
+    return DatasetKind("widerface", widerface.open_widerface, score, widerface.WiderFaceDataset, {
+        "model.iou_thresh": "IoU of a true positive (0.5, the official protocol; 0.4 for the chenjun2hao / "
+                            "Ascend numbers)",
+        "model.report_both_iou": "also report <setting>_iou0.5 and <setting>_iou0.4 (false)"})
+
+
+def _coco() -> DatasetKind:
+    from zoo_core.datasets import coco
+
+    def score(cfg, detections, dataset, samples):
+        m = cfg.get("model") or {}
+        return coco.score_coco(detections, dataset, samples, evaluator=str(m.get("coco_evaluator") or "auto"),
+                               category_ids=coco.category_ids(m))
+
+    return DatasetKind("coco", coco.open_coco, score, coco.CocoDataset, {
+        "model.category_ids": "0-based class index -> COCO category id (null: the 80 COCO ids)",
+        "model.coco_evaluator": "auto (faster-coco-eval when installed) | pycocotools | faster-coco-eval"})
+
+
+_FACTORIES: dict[str, Callable[[], DatasetKind]] = {"coco": _coco, "widerface": _widerface}
+_KINDS: dict[str, DatasetKind] = {}
+
+
+def kinds() -> list[str]:
+    """The ``dataset.kind`` values zoo-core reads and scores."""
+    return sorted(_FACTORIES)
+
+
+def get_kind(name: str) -> DatasetKind:
+    """The :class:`DatasetKind` called ``name``; :class:`ConfigError` listing the kinds for an unknown one."""
+    if name not in _FACTORIES:
+        raise ConfigError(f"dataset.kind={name!r} is not a dataset kind zoo-core reads; kinds: {', '.join(kinds())}")
+    if name not in _KINDS:
+        _KINDS[name] = _FACTORIES[name]()
+    return _KINDS[name]
+
+
+def kind_of(dataset_cfg) -> str | None:
+    """``dataset_cfg.kind`` (``None`` when the section has no kind: the model plugin reads it)."""
+    if dataset_cfg is None:
+        return None
+    kind = dataset_cfg.get("kind")
+    return None if kind is None or str(kind) == "" else str(kind)
+
+
+def open_dataset(cfg):
+    """Open ``cfg.dataset`` with its kind's reader (what the ``dataset`` hook returns for a plugin
+    that does not implement it).
+
+    :raises ConfigError: the section has no ``kind`` or an unknown one.
+    """
+    ds = cfg.get("dataset")
+    kind = kind_of(ds)
+    if kind is None:
+        name = ds.get("name") if ds is not None else None
+        raise ConfigError(f"dataset {name!r} has no 'kind', so zoo-core cannot read it (kinds: {', '.join(kinds())}); "
+                          "the model plugin must implement the dataset and evaluate hooks for it")
+    return get_kind(kind).open(ds)
+
+
+def evaluate(cfg, detections, dataset, samples, out_dir=None):
+    """Score ``detections`` with ``cfg.dataset``'s kind, knobs from ``cfg.model`` (what the ``evaluate``
+    hook returns for a plugin that does not implement it).
+
+    :param detections: ``{sample.id: Detections}``.
+    :param dataset: the object :func:`open_dataset` returned.
+    :param samples: the samples to score.
+    :param out_dir: unused (the result's files are written by the core).
+    :returns: :class:`zoo_core.api.types.EvalResult`.
+    """
+    kind = kind_of(cfg.get("dataset"))
+    if kind is None:
+        raise ConfigError("cfg.dataset has no 'kind': zoo-core does not know how to score it; "
+                          "the model plugin must implement the evaluate hook")
+    k = get_kind(kind)
+    if not isinstance(dataset, k.dataset_type):
+        raise ConfigError(f"dataset.kind={kind!r} scores a {k.dataset_type.__name__}, but the dataset hook returned a "
+                          f"{type(dataset).__name__}; a plugin that opens its own dataset implements evaluate too")
+    return k.score(cfg, detections, dataset, samples)
+
+
+__all__ = ["DATASET_API_VERSION", "DatasetKind", "evaluate", "get_kind", "kind_of", "kinds", "open_dataset"]

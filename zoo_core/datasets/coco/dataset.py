@@ -1,0 +1,178 @@
+"""COCO detection datasets: a validated instances json plus an image folder (REFERENCE 2.9)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from zoo_core.api.errors import ZooError
+from zoo_core.api.types import Sample
+
+#: The 80 COCO 2017 category ids (12, 26, 29, 30, 45, 66, 68, 69, 71 and 83 are unused): the default
+#: 0-based model class -> category id mapping (CenterNet's ``valid_ids``; ``model.category_ids`` overrides it).
+CATEGORY_IDS = (
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+    22, 23, 24, 25, 27, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44,
+    46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65,
+    67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
+)
+
+#: COCO 2017 category names, in :data:`CATEGORY_IDS` order.
+CATEGORY_NAMES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
+    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush",
+)
+
+#: What to download and where to put it (the hint of every missing-data error).
+DOWNLOAD_HINT = (
+    "download the COCO 2017 validation images (http://images.cocodataset.org/zips/val2017.zip) and "
+    "annotations (http://images.cocodataset.org/annotations/annotations_trainval2017.zip), unzip both "
+    "into one folder so that it holds val2017/*.jpg and annotations/instances_val2017.json, and pass "
+    "dataset.root=<that folder> (or use dataset=coco_sample for a small generated set)"
+)
+
+
+def load_instances(path: str | os.PathLike) -> dict:
+    """Read and check a COCO instances json; :class:`ZooError` naming the file when it is not one.
+
+    Checked: valid JSON; a top-level object with ``images``, ``annotations`` and ``categories``
+    lists; integer, unique image ids with string ``file_name``; integer category ids; every
+    annotation with an integer ``image_id`` of a listed image, a listed ``category_id`` and a
+    4-number ``bbox``.
+    """
+    p = Path(path)
+    data = _read_json(p)
+    if not isinstance(data, dict):
+        raise ZooError("not a COCO instances file (top level is not an object)", path=p)
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ZooError(f"not a COCO instances file (no {key!r} list)", path=p)
+    problem = _instances_problem(data)
+    if problem:
+        raise ZooError(f"not a valid COCO instances file: {problem}", path=p)
+    return data
+
+
+def _read_json(p: Path) -> object:
+    try:
+        with open(p, "rb") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ZooError("COCO annotation file not found", path=p, hint=DOWNLOAD_HINT) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ZooError(f"not a JSON file ({e})", path=p) from None
+    except OSError as e:
+        raise ZooError(f"cannot read the annotation file ({e.strerror})", path=p) from None
+
+
+def _instances_problem(data: dict) -> str | None:
+    """The first thing wrong with the ``images`` / ``categories`` / ``annotations`` lists, or None."""
+    image_ids = set()
+    for i, img in enumerate(data["images"]):
+        if not (isinstance(img, dict) and _is_int(img.get("id")) and isinstance(img.get("file_name"), str)):
+            return f"images[{i}] needs an integer 'id' and a string 'file_name'"
+        if img["id"] in image_ids:
+            return f"image id {img['id']} appears twice"
+        image_ids.add(img["id"])
+    cat_ids = set()
+    for i, cat in enumerate(data["categories"]):
+        if not (isinstance(cat, dict) and _is_int(cat.get("id"))):
+            return f"categories[{i}] needs an integer 'id'"
+        cat_ids.add(cat["id"])
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict):
+            return f"annotations[{i}] is not an object"
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            return f"annotations[{i}] needs a 'bbox' of 4 numbers"
+        if ann.get("image_id") not in image_ids:
+            return f"annotations[{i}] refers to unknown image_id {ann.get('image_id')!r}"
+        if ann.get("category_id") not in cat_ids:
+            return f"annotations[{i}] refers to unknown category_id {ann.get('category_id')!r}"
+    return None
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _safe_image_path(image_root: Path, file_name: str, ann_path: Path) -> Path:
+    """``image_root / file_name``, refusing absolute names and names that climb out with ``..``."""
+    for flavour in (PurePosixPath, PureWindowsPath):
+        pure = flavour(file_name)
+        depth = 0
+        for part in pure.parts:
+            depth += -1 if part == ".." else (part not in (".", ""))
+            if depth < 0:
+                break
+        if pure.is_absolute() or pure.anchor or depth < 0:
+            raise ZooError(f"image file_name {file_name!r} is absolute or leaves the image folder", path=ann_path)
+    return image_root / file_name
+
+
+class CocoDataset:
+    """A COCO-format detection set: ``root / ann_file`` (instances json) and ``root / image_dir``.
+
+    ``samples()`` follows the json's image order (that of ``COCO.getImgIds()``): ``Sample.id`` is
+    the file stem, ``Sample.key`` the integer COCO image id. Every listed image is a sample,
+    annotated or not.
+
+    :param root: the dataset folder; ``ann_file`` and ``image_dir`` are relative to it.
+    :param name: the dataset name used in reports.
+    """
+
+    def __init__(self, root: str | os.PathLike, ann_file: str = "annotations/instances_val2017.json",
+                 image_dir: str = "val2017", name: str = "coco"):
+        self.name = name
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise ZooError("COCO dataset folder not found", path=self.root, hint=DOWNLOAD_HINT)
+        self.ann_path = self.root / ann_file
+        self.image_root = self.root / image_dir
+        self.instances = load_instances(self.ann_path)
+        if not self.image_root.is_dir():
+            raise ZooError("COCO image folder not found", path=self.image_root, hint=DOWNLOAD_HINT)
+        samples: list[Sample] = []
+        seen: dict[str, int] = {}
+        for img in self.instances["images"]:
+            path = _safe_image_path(self.image_root, img["file_name"], self.ann_path)
+            stem = Path(img["file_name"]).stem
+            if stem in seen:
+                raise ZooError(f"images {seen[stem]} and {img['id']} share the file stem {stem!r}", path=self.ann_path)
+            seen[stem] = img["id"]
+            samples.append(Sample(id=stem, path=path, key=img["id"]))
+        self._samples = samples
+        self._anns_by_image: dict[int, list[dict]] = {}
+        for ann in self.instances["annotations"]:
+            self._anns_by_image.setdefault(ann["image_id"], []).append(ann)
+
+    def samples(self) -> list[Sample]:
+        """Every image of the annotation file, in json order."""
+        return list(self._samples)
+
+    def annotations(self, image_id: int) -> list[dict]:
+        """The ground-truth annotation dicts of one image (crowd regions included)."""
+        return list(self._anns_by_image.get(image_id, ()))
+
+    def annotation_files(self) -> list[Path]:
+        """The instances json (hashed into ``run.json``)."""
+        return [self.ann_path]
+
+    def category_names(self) -> dict[int, str]:
+        """COCO category id -> name, from the annotation file."""
+        return {c["id"]: str(c.get("name", c["id"])) for c in self.instances["categories"]}
+
+    def __repr__(self) -> str:
+        return f"CocoDataset({str(self.root)!r}, {len(self._samples)} images)"

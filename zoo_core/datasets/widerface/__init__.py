@@ -1,0 +1,89 @@
+"""WIDER FACE: the ground-truth ``.mat`` files, prediction trees, the official evaluation and its plot,
+the bundled sample; public API of zoo-core (:data:`zoo_core.datasets.DATASET_API_VERSION`).
+
+A model plugin whose config selects a ``kind: widerface`` dataset (``widerface``,
+``widerface_sample``, or your own ``conf/dataset/*.yaml`` with ``kind: widerface``) gets
+:func:`open_widerface` as its ``dataset`` hook and :func:`score_widerface` as its ``evaluate`` hook
+without implementing either. The pieces are public for plugins that override ``evaluate`` or need the
+ground truth (an ``oracle_outputs`` reads :meth:`WiderFaceDataset.boxes_xyxy`).
+
+Import this package, not its modules: the names below are the versioned API.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from zoo_core.api.errors import ConfigError
+
+from .dataset import DOWNLOAD_HINT, GT_FILES, WiderFaceDataset
+from .evaluation import WiderEvalWarning, WiderResult, evaluate_wider, evaluate_wider_reference, thresholds
+from .ground_truth import SETTINGS, WiderGroundTruth, load_wider_gt, write_wider_gt
+from .plots import pr_curves_png, pr_curves_title
+from .predictions import (
+    ExtraPredictionsWarning,
+    UnsortedPredictionsWarning,
+    format_prediction_file,
+    read_prediction_file,
+    read_prediction_tree,
+    write_prediction_tree,
+)
+from .sample import GT_DIR, ensure_sample
+from .scoring import IOU_BOTH, score_widerface
+
+#: The bundled sample's ground-truth folder, relative to its root (``<root>/ground_truth``).
+SAMPLE_GT_DIR = GT_DIR
+#: Generators a ``kind: widerface`` dataset config may name (``dataset.generator``).
+GENERATORS = ("widerface_sample",)
+
+
+def open_widerface(dataset_cfg) -> WiderFaceDataset:
+    """Open the WIDER-format dataset a ``kind: widerface`` config section describes.
+
+    Keys: ``name``; ``root`` (the folder holding ``WIDER_val/images``); ``gt_dir`` (the folder of the
+    four ``.mat`` files); ``generator`` (``widerface_sample`` or null). With ``generator:
+    widerface_sample`` the bundled sample is built on first use into ``root`` (null: the cache,
+    see :func:`ensure_sample`) and ``gt_dir`` defaults to ``<root>/ground_truth``. Without a
+    generator, ``root`` and ``gt_dir`` are required.
+    """
+    name = str(dataset_cfg.get("name") or "widerface")
+    root = dataset_cfg.get("root")
+    gt_dir = dataset_cfg.get("gt_dir")
+    generator = dataset_cfg.get("generator")
+    if generator is not None:
+        if str(generator) not in GENERATORS:
+            raise ConfigError(f"dataset.generator={generator!r} is not a WIDER FACE generator; "
+                              f"known: {', '.join(GENERATORS)} (or null for data on disk)")
+        root = ensure_sample(None if root is None or str(root) == "" else os.fspath(str(root)))
+        gt_dir = Path(root) / SAMPLE_GT_DIR if gt_dir is None or str(gt_dir) == "" else gt_dir
+    return WiderFaceDataset(root, gt_dir, name=name)
+
+
+__all__ = [
+    "DOWNLOAD_HINT",
+    "GENERATORS",
+    "GT_FILES",
+    "IOU_BOTH",
+    "SAMPLE_GT_DIR",
+    "SETTINGS",
+    "ExtraPredictionsWarning",
+    "UnsortedPredictionsWarning",
+    "WiderEvalWarning",
+    "WiderFaceDataset",
+    "WiderGroundTruth",
+    "WiderResult",
+    "ensure_sample",
+    "evaluate_wider",
+    "evaluate_wider_reference",
+    "format_prediction_file",
+    "load_wider_gt",
+    "open_widerface",
+    "pr_curves_png",
+    "pr_curves_title",
+    "read_prediction_file",
+    "read_prediction_tree",
+    "score_widerface",
+    "thresholds",
+    "write_prediction_tree",
+    "write_wider_gt",
+]

@@ -1,0 +1,202 @@
+"""WIDER FACE prediction trees: ``<dir>/<event>/<stem>.txt``.
+
+File format (REFERENCE 3.5): line 1 the image name (``<event>/<stem>.jpg``; only the part after the last
+``/`` is checked), line 2 the number of boxes, then one ``x y w h score`` line per box, where
+``w = x2 - x1 + 1`` and ``h = y2 - y1 + 1``. Boxes must be in descending score order: the evaluation
+takes, for every threshold, the *last* box in file order whose score passes it.
+
+Reading is strict where the Python evaluators are silent: a count line that disagrees with the box
+lines, a malformed line, a non-finite number, or a name line for another image is an error; a missing
+file and an unsorted file follow an explicit policy.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from zoo_core.api.atomic import write_text
+from zoo_core.api.errors import ZooError
+
+from .ground_truth import WiderGroundTruth
+
+Key = tuple[str, str]
+MissingPolicy = Literal["error", "empty"]
+UnsortedPolicy = Literal["sort", "error", "keep"]
+
+
+class UnsortedPredictionsWarning(UserWarning):
+    """Some prediction files were not in descending score order."""
+
+
+class ExtraPredictionsWarning(UserWarning):
+    """The prediction tree holds files for images that are not in the ground truth."""
+
+
+def _empty() -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((0, 4), np.float64), np.zeros((0,), np.float64)
+
+
+def _bad_line(path: Path, lineno: int, line: str, reason: str) -> ZooError:
+    return ZooError(f"line {lineno}: {reason}: {line.strip()[:80]!r}", path=f"{path}:{lineno}")
+
+
+def read_prediction_file(path: str | os.PathLike) -> tuple[str, np.ndarray, np.ndarray]:
+    """Parse one prediction file; return ``(name, boxes_xywh (n, 4) float64, scores (n,) float64)``.
+
+    The boxes stay in file order. ``name`` is line 1 without surrounding whitespace. Raises ``ZooError``
+    for an unreadable file, a missing or non-integer count line, a count that differs from the number
+    of box lines, and (naming ``file:line``) a line that is not 5 finite numbers. Blank lines at the end
+    of the file are ignored.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ZooError(f"cannot read prediction file ({exc})", path=path) from exc
+    lines = text.split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if len(lines) < 2:
+        raise ZooError("prediction file needs a name line and a count line", path=path)
+    name = lines[0].strip()
+    try:
+        count = int(lines[1].strip())
+    except ValueError:
+        raise _bad_line(path, 2, lines[1], "the count line is not an integer") from None
+    if count < 0:
+        raise _bad_line(path, 2, lines[1], "negative count")
+    body = lines[2:]
+    if count != len(body):
+        raise ZooError(f"count line says {count} boxes but the file has {len(body)} box lines", path=path)
+    if not body:
+        return (name, *_empty())
+    tokens = [ln.split() for ln in body]
+    for i, tok in enumerate(tokens):
+        if len(tok) != 5:
+            raise _bad_line(path, i + 3, body[i], f"expected 5 values 'x y w h score', got {len(tok)}")
+    try:
+        arr = np.array(tokens, dtype=np.float64)
+    except ValueError:
+        for i, tok in enumerate(tokens):
+            try:
+                [float(t) for t in tok]
+            except ValueError:
+                raise _bad_line(path, i + 3, body[i], "not a number") from None
+        raise
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise _bad_line(path, i + 3, body[i], "non-finite value")
+    return name, np.ascontiguousarray(arr[:, :4]), np.ascontiguousarray(arr[:, 4])
+
+
+def _name_matches(name: str, stem: str) -> bool:
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    return base == stem or (base.rsplit(".", 1)[0] == stem and "." in base)
+
+
+def _is_sorted_desc(scores: np.ndarray) -> bool:
+    return bool(np.all(scores[:-1] >= scores[1:])) if scores.size > 1 else True
+
+
+def read_prediction_tree(pred_dir: str | os.PathLike, gt: WiderGroundTruth, *, missing: MissingPolicy = "error",
+                         unsorted: UnsortedPolicy = "sort") -> dict[Key, tuple[np.ndarray, np.ndarray]]:
+    """Read ``<pred_dir>/<event>/<stem>.txt`` for every image of ``gt``.
+
+    Returns ``{(event, stem): (boxes_xywh (n, 4), scores (n,))}`` in ``gt`` order, ready for
+    ``evaluate_wider``.
+
+    * ``missing="error"`` (default): a missing file raises ``ZooError`` naming it (and how many are
+      missing). ``"empty"``: the image gets no predictions, and its faces still count (the official
+      MATLAB behaviour; the chenjun2hao/Ascend evaluator instead drops them, which inflates recall).
+    * ``unsorted="sort"`` (default): a file not in descending score order is stably sorted by score,
+      as the official MATLAB ``read_pred.m`` does, and one ``UnsortedPredictionsWarning`` gives the number
+      of such files. ``"error"`` raises ``ZooError`` naming the first one; ``"keep"`` keeps file order
+      (what the wondervictor and chenjun2hao Python evaluators do; the AP then depends on the order).
+    * A name line for another image raises ``ZooError``. Files for images not in ``gt`` are not read;
+      one ``ExtraPredictionsWarning`` gives their number (e.g. truncated event folder names).
+    """
+    if missing not in ("error", "empty"):
+        raise ZooError(f"missing must be 'error' or 'empty', not {missing!r}")
+    if unsorted not in ("sort", "error", "keep"):
+        raise ZooError(f"unsorted must be 'sort', 'error' or 'keep', not {unsorted!r}")
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise ZooError("prediction folder not found", path=pred_dir)
+    out: dict[Key, tuple[np.ndarray, np.ndarray]] = {}
+    absent: list[Path] = []
+    n_unsorted = 0
+    for _, _, event, stem in gt.iter_images():
+        path = pred_dir / event / f"{stem}.txt"
+        if not path.is_file():
+            absent.append(path)
+            out[(event, stem)] = _empty()
+            continue
+        name, boxes, scores = read_prediction_file(path)
+        if not _name_matches(name, stem):
+            raise ZooError(f"name line {name!r} is not image {stem!r}", path=path)
+        if not _is_sorted_desc(scores):
+            n_unsorted += 1
+            if unsorted == "error":
+                raise ZooError("boxes are not in descending score order", path=path,
+                               hint="sort detections by score before writing, or read with unsorted='sort'")
+            if unsorted == "sort":
+                order = np.argsort(-scores, kind="stable")
+                boxes, scores = boxes[order], scores[order]
+        out[(event, stem)] = (boxes, scores)
+    if absent and missing == "error":
+        raise ZooError(f"prediction file missing ({len(absent)} of {gt.num_images} missing)", path=absent[0],
+                       hint="run inference on every val image, or read with missing='empty' (faces still count)")
+    if n_unsorted and unsorted == "sort":
+        warnings.warn(f"{n_unsorted} prediction file(s) in {pred_dir} were not sorted by descending score; "
+                      "sorted them (stable), as the official MATLAB evaluation does",
+                      UnsortedPredictionsWarning, stacklevel=2)
+    expected = {(e, s) for _, _, e, s in gt.iter_images()}
+    extra = sum(1 for p in pred_dir.glob("*/*.txt") if (p.parent.name, p.stem) not in expected)
+    if extra:
+        warnings.warn(f"{extra} prediction file(s) in {pred_dir} are not WIDER val images and were ignored",
+                      ExtraPredictionsWarning, stacklevel=2)
+    return out
+
+
+def format_prediction_file(event: str, stem: str, boxes_xyxy: np.ndarray, scores: np.ndarray) -> str:
+    """The text of one prediction file: boxes as ``x1 y1 x2-x1+1 y2-y1+1 score``, best score first."""
+    boxes_xyxy = np.asarray(boxes_xyxy, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if boxes_xyxy.size == 0:
+        boxes_xyxy = boxes_xyxy.reshape(0, 4)
+    if boxes_xyxy.ndim != 2 or boxes_xyxy.shape[1] != 4 or scores.shape != (len(boxes_xyxy),):
+        raise ZooError(f"{event}/{stem}: boxes must be (n, 4) and scores (n,), got {boxes_xyxy.shape} "
+                       f"and {scores.shape}")
+    if not (np.isfinite(boxes_xyxy).all() and np.isfinite(scores).all()):
+        raise ZooError(f"{event}/{stem}: non-finite box or score")
+    order = np.argsort(-scores, kind="stable")
+    b, s = boxes_xyxy[order], scores[order]
+    w = b[:, 2] - b[:, 0] + 1
+    h = b[:, 3] - b[:, 1] + 1
+    rows = [f"{x:.1f} {y:.1f} {ww:.1f} {hh:.1f} {sc:.3f}\n"
+            for x, y, ww, hh, sc in zip(b[:, 0].tolist(), b[:, 1].tolist(), w.tolist(), h.tolist(), s.tolist())]
+    return f"{event}/{stem}.jpg\n{len(rows)}\n" + "".join(rows)
+
+
+def write_prediction_tree(pred_dir: str | os.PathLike,
+                          detections: Mapping[Key, tuple[np.ndarray, np.ndarray]]) -> int:
+    """Write ``<pred_dir>/<event>/<stem>.txt`` for every ``(event, stem) -> (boxes_xyxy, scores)``.
+
+    Boxes are written at 1 decimal and scores at 3, sorted by descending score (stable for ties), with
+    the true count; each file is written atomically. Returns the number of files written.
+    """
+    pred_dir = Path(pred_dir)
+    n = 0
+    for (event, stem), (boxes, scores) in detections.items():
+        for part in (event, stem):
+            if not part or "/" in part or "\\" in part or part in (".", ".."):
+                raise ZooError(f"invalid event or image name {part!r}")
+        write_text(pred_dir / event / f"{stem}.txt", format_prediction_file(event, stem, boxes, scores))
+        n += 1
+    return n

@@ -1,0 +1,72 @@
+"""Score :class:`~zoo_core.api.types.Detections` on a WIDER FACE dataset the way the official tools do.
+
+The detections go through the standard prediction tree (written, then read back with the strict reader),
+so the scored numbers are those of the files a user would hand to the official evaluation.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+
+from zoo_core.api.types import Detections, EvalResult, Sample
+
+from .dataset import WiderFaceDataset
+from .evaluation import evaluate_wider
+from .plots import pr_curves_png, pr_curves_title
+from .predictions import format_prediction_file, read_prediction_tree, write_prediction_tree
+
+log = logging.getLogger("zoo.datasets.widerface")
+
+#: The two IoU thresholds of ``report_both_iou``: the official protocol and the chenjun2hao / Ascend one.
+IOU_BOTH = (0.5, 0.4)
+EVALUATOR = "WIDER FACE (official algorithm, wondervictor order)"
+
+
+def score_widerface(detections: Mapping[str, Detections], dataset: WiderFaceDataset, samples: Sequence[Sample],
+                    iou_thresh: float = 0.5, report_both_iou: bool = False) -> EvalResult:
+    """Easy / Medium / Hard AP of ``detections`` on the images ``samples`` of ``dataset``.
+
+    :param detections: ``{sample.id: Detections}`` in original-image pixels; an image without an entry
+        counts as "no faces found" (its faces still count, as in the official MATLAB evaluation).
+    :param samples: the images to score (a shard scores its own images: the ground truth is restricted
+        to them).
+    :param iou_thresh: 0.5 is the official protocol; the chenjun2hao / Ascend numbers use 0.4.
+    :param report_both_iou: also report ``<setting>_iou0.5`` and ``<setting>_iou0.4``.
+    :returns: metrics ``easy``, ``medium``, ``hard`` (+ the ``_iou*`` ones); files
+        ``predictions/<event>/<stem>.txt`` (the official tree) and ``pr_curves.png`` (titled with the
+        dataset name and image count); ``info`` with the IoU, the number of images without detections and
+        ``warnings`` (also logged at WARNING level, so they reach the console and ``zoo.log``).
+    """
+    preds = {}
+    missing = 0
+    for s in samples:
+        det = detections.get(s.id)
+        if det is None:
+            missing += 1
+            continue
+        preds[tuple(s.key)] = (det.boxes, det.scores)
+    gt = dataset.subset_gt([tuple(s.key) for s in samples])
+    files = {f"predictions/{ev}/{stem}.txt": format_prediction_file(ev, stem, b, sc).encode()
+             for (ev, stem), (b, sc) in preds.items()}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tempfile.TemporaryDirectory(prefix="zoo_widerface_") as tmp:
+            write_prediction_tree(tmp, preds)
+            read = read_prediction_tree(tmp, gt, missing="empty", unsorted="error")
+        result = evaluate_wider(read, gt, iou_thresh=iou_thresh)
+        metrics = {k: float(v) for k, v in result.ap.items()}
+        if report_both_iou:
+            for t in IOU_BOTH:
+                res_t = result if t == iou_thresh else evaluate_wider(read, gt, iou_thresh=t)
+                metrics.update({f"{k}_iou{t}": float(v) for k, v in res_t.ap.items()})
+    messages = list(dict.fromkeys(str(w.message) for w in caught))
+    for m in messages:
+        log.warning("warning: %s evaluation: %s", dataset.name, m)
+    files["pr_curves.png"] = pr_curves_png(result, pr_curves_title(dataset.name, len(samples), iou_thresh))
+    info = {"iou_thresh": float(iou_thresh), "images": len(samples), "missing_predictions": missing,
+            "evaluator": EVALUATOR, "note": "the published chenjun2hao / Ascend CenterFace numbers use iou_thresh 0.4"}
+    if messages:
+        info["warnings"] = messages
+    return EvalResult(metrics=metrics, files=files, info=info)
