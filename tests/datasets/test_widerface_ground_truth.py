@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import scipy.io
 
-from zoo_centerface.wider_gt import SETTINGS, WiderGroundTruth, load_wider_gt, write_wider_gt
 from zoo_core.api.errors import ZooError
 from zoo_core.datasets.widerface import SETTINGS, WiderGroundTruth, load_wider_gt, write_wider_gt
 from zoo_core.testing import shared_dir

@@ -5,9 +5,6 @@ import os
 import numpy as np
 import pytest
 
-from zoo_centerface import sample as smp
-from zoo_centerface.wider_gt import WiderGroundTruth, load_wider_gt
-from zoo_centerface.widerface import WiderFaceDataset
 from zoo_core.api.errors import ZooError
 from zoo_core.api.imaging import read_image
 from zoo_core.datasets.widerface import WiderFaceDataset, WiderGroundTruth, load_wider_gt

@@ -16,6 +16,7 @@ import re
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from zoo_core.plugins.hookdoc import _inline
 
@@ -103,11 +104,17 @@ def _constants_with_comments(module: ModuleType, upper_only: bool = True) -> dic
     lines = source.splitlines()
     out = {}
     for node in ast.parse(source).body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets: list[ast.expr]
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        else:
+            targets = [node.target] if isinstance(node, ast.AnnAssign) else []
         for t in targets:
+            if not isinstance(t, ast.Name):
+                continue
             public = not t.id.startswith("_") or t.id == "__version__"
-            if isinstance(t, ast.Name) and (not upper_only or t.id.isupper() or t.id == "__version__") and public:
-                comment = []
+            if (not upper_only or t.id.isupper() or t.id == "__version__") and public:
+                comment: list[str] = []
                 i = node.lineno - 2
                 while i >= 0 and lines[i].strip().startswith("#:"):
                     comment.insert(0, lines[i].strip()[2:].strip())
@@ -124,7 +131,8 @@ def public_names(module: ModuleType) -> list[str]:
     if names is not None:
         return sorted(names, key=lambda n: (not inspect.isclass(getattr(module, n)), n.lower()))
     own = [n for n, obj in vars(module).items() if not n.startswith("_")
-           and (inspect.isfunction(obj) or inspect.isclass(obj)) and getattr(obj, "__module__", None) == module.__name__]
+           and (inspect.isfunction(obj) or inspect.isclass(obj))
+           and getattr(obj, "__module__", None) == module.__name__]
     consts = list(_constants_with_comments(module))
     return sorted(own, key=lambda n: (not inspect.isclass(getattr(module, n)), n.lower())) + consts
 
@@ -179,9 +187,9 @@ def _doc(obj) -> str | None:
     return doc
 
 
-def _class_members(cls) -> list[tuple[str, object, str]]:
+def _class_members(cls) -> list[tuple[str, Any, str]]:
     """Public methods, properties, class/static methods defined on ``cls`` itself, in source order."""
-    out = []
+    out: list[tuple[str, Any, str]] = []
     for name, raw in vars(cls).items():
         if name.startswith(("_", "test_")):  # pytest test methods are described in docs/plugins.md
             continue
@@ -255,7 +263,8 @@ def _origin_comments(module: ModuleType, names: list[str]) -> dict[str, str]:
     """``#:`` comments of non-callable names, from the module itself or, for a re-export, from the zoo_core
     module that assigns the very same object."""
     out = dict(_constants_with_comments(module, upper_only=False))
-    others = [m for n, m in sorted(sys.modules.items()) if n.startswith("zoo_core") and m is not None and m is not module]
+    others = [m for n, m in sorted(sys.modules.items())
+              if n.startswith("zoo_core") and m is not None and m is not module]
     for name in names:
         if out.get(name):
             continue

@@ -114,7 +114,7 @@ class PluginUnderTest:
         self.overrides = list(overrides)
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix=f"zoo-contract-{model}-"))
         self.n_samples = n_samples
-        self._exports: dict[str, ExportResult] = {}
+        self._exports: dict[tuple[str, ...], ExportResult] = {}
 
     @cached_property
     def manager(self) -> ZooPluginManager:
@@ -468,6 +468,7 @@ def check_plugin(model: str, overrides: Sequence[str] = (), work_dir: str | Path
     report: dict[str, Any] = {}
     dets: dict[str, Detections] = {}
     for name in checks:
+        result: Any
         try:
             if name == "export":
                 dets = check_export(p)
