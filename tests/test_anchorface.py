@@ -57,7 +57,7 @@ def test_encode_decode_round_trip_and_shared_cells():
 def test_oracle_eval_scores_the_sample_perfectly_through_zoo_core(zoo):
     # the bundled model plugins are disabled: WIDER reading and scoring are zoo-core's alone
     out = zoo.ok("run", "model=anchorface", "stage=eval", "backend=oracle", ZOO_DISABLE_PLUGINS="centerface,centernet")
-    run = zoo.cwd / "outputs" / "anchorface"
+    run = zoo.cwd / "outputs" / "anchorface" / "eval"
     m = json.loads((run / "metrics.json").read_text())
     assert m["dataset"] == "widerface_sample" and m["images"] == 24
     assert m["metrics"] == {"easy": 1.0, "medium": 1.0, "hard": 1.0}
@@ -72,7 +72,7 @@ def test_oracle_eval_scores_the_sample_perfectly_through_zoo_core(zoo):
 
 def test_iou_knob_reaches_zoo_cores_evaluator(zoo):
     zoo.ok("run", "model=anchorface", "stage=eval", "backend=oracle", "model.iou_thresh=0.4", "dataset.limit=8")
-    m = json.loads((zoo.cwd / "outputs" / "anchorface" / "metrics.json").read_text())
+    m = json.loads((zoo.cwd / "outputs" / "anchorface" / "eval" / "metrics.json").read_text())
     assert m["info"]["iou_thresh"] == 0.4 and m["images"] == 8 and m["metrics"]["hard"] == 1.0
 
 
