@@ -4,7 +4,7 @@ Writes ``sweep_report.csv``, ``sweep_report.md`` (one row per job: swept values,
 throughput, latency mean/p99, accuracy) and ``sweep_report.png`` (throughput vs batch size, one line
 per combination of the other swept keys). A sweep over ``dataset.shard`` with ``stage=eval`` (or
 ``postprocess``) is also merged: the union of the shards' detections is scored once into
-``merged/metrics.json`` and reported as a ``merged`` row. ``python -m zoo_core.reports.sweep_report <dir>``
+``merged/metrics.json`` and reported as a ``merged`` row (:mod:`zoo_core.reports.shard_merge`). ``python -m zoo_core.reports.sweep_report <dir>``
 rebuilds the report of a finished sweep (e.g. one whose jobs ran elsewhere).
 Failed jobs (``error.json`` in their dir) appear as failed with their error, and ``zoo run`` exits 1.
 """
@@ -19,30 +19,33 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from zoo_core.reports.job_files import JobFiles, find_job
+
 log = logging.getLogger("zoo")
 
 #: Filled at multirun end: {"jobs", "failed", "report"} (read by the CLI for its exit code).
 LAST_SWEEP: dict[str, Any] = {}
 
 MAX_MD_METRICS = 4
-MERGEABLE_STAGES = ("eval", "postprocess")
 
 
-def _read_json(p: Path) -> dict | None:
+def read_json(p: Path) -> dict | None:
+    """The JSON object in ``p``, or None when it is missing or unreadable."""
     try:
         return json.loads(p.read_text())
     except (OSError, ValueError):
         return None
 
 
-def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The sweep's job dirs, in job order; dirs left from an older sweep into the same dir are ignored."""
-    dirs = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra" / "overrides.yaml").is_file()]
+def sweep_jobs(sweep_dir: Path) -> list[JobFiles]:
+    """The sweep's jobs, in job order; jobs left from an older sweep into the same dir are ignored."""
+    jobs = [f for f in (find_job(p) for p in sweep_dir.iterdir() if p.is_dir()) if f is not None]
     started = sweep_dir / "multirun.yaml"
     if started.is_file():
         t0 = started.stat().st_mtime - 1.0
-        dirs = [p for p in dirs if (p / ".hydra" / "overrides.yaml").stat().st_mtime >= t0]
-    return sorted(dirs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else p.name))
+        jobs = [f for f in jobs if f.overrides.stat().st_mtime >= t0]
+    return sorted(jobs, key=lambda f: (not f.root.name.isdigit(),
+                                       int(f.root.name) if f.root.name.isdigit() else f.root.name))
 
 
 def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
@@ -50,15 +53,15 @@ def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
     import yaml
 
     rows = []
-    for d in job_dirs(sweep_dir):
-        overrides = yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text()) or []
+    for f in sweep_jobs(sweep_dir):
+        overrides = yaml.safe_load(f.overrides.read_text()) or []
         values = dict(o.split("=", 1) for o in overrides if "=" in o)
-        perf = _read_json(d / "perf.json") or {}
-        metrics = _read_json(d / "metrics.json") or {}
-        error = _read_json(d / "error.json")
+        perf = read_json(f.perf) or {}
+        metrics = read_json(f.metrics) or {}
+        error = read_json(f.error)
         lat = perf.get("latency_ms") or perf.get("device_call_ms") or {}
         row = {
-            "job": d.name,
+            "job": f.root.name,
             **{f"@{k}": v for k, v in values.items()},
             "status": "failed" if error else ("ok" if (perf or metrics) else "no result"),
             "throughput": perf.get("throughput", perf.get("throughput_img_s")),
@@ -145,81 +148,6 @@ def plot_png(rows: list[dict], swept: list[str]) -> bytes | None:
     return buf.getvalue()
 
 
-def _label(values: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in values.items())
-
-
-def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[dict]:
-    """Score the union of an ``eval`` sweep over ``dataset.shard``, once per combination of the other
-    swept keys, into ``merged/`` (or ``merged/<key=value,...>/``). Returns one report row per merge.
-
-    A merge needs every shard ``0..num_shards-1`` present and ok; otherwise its row is failed.
-    """
-    if "dataset.shard" not in swept:
-        return []
-    from omegaconf import OmegaConf
-
-    dirs = {d.name: d for d in job_dirs(sweep_dir)}
-    others = [k for k in swept if k != "dataset.shard"]
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(_label({k: r.get("@" + k) for k in others}), []).append(r)
-    merged_rows = []
-    for label, members in groups.items():
-        cfg = OmegaConf.load(dirs[members[0]["job"]] / ".hydra" / "config.yaml")
-        if str(cfg.stage.name) not in MERGEABLE_STAGES:
-            return []
-        row = {"job": "merged" + (f"[{label}]" if label else ""),
-               **{f"@{k}": members[0].get("@" + k) for k in others}, "@dataset.shard": "all"}
-        n = int(cfg.dataset.get("num_shards", 1))
-        shards = sorted(int(r["@dataset.shard"]) for r in members)
-        bad = [r["job"] for r in members if r["status"] != "ok"]
-        if bad:
-            merged_rows.append({**row, "status": "failed", "error": f"not merged: shard job(s) {', '.join(bad)} failed"})
-            continue
-        if shards != list(range(n)):
-            merged_rows.append({**row, "status": "failed",
-                                "error": f"not merged: shards {shards} do not cover dataset.num_shards={n}"})
-            continue
-        out_dir = sweep_dir / "merged" / label if label else sweep_dir / "merged"
-        try:
-            record = score_union(cfg, [dirs[r["job"]] for r in members], out_dir)
-        except Exception as exc:
-            log.error("merging shards failed: %s", exc)
-            merged_rows.append({**row, "status": "failed", "error": f"merge failed: {exc}"})
-            continue
-        row.update(status="ok", images=record["images"])
-        row.update({f"metric:{k}": v for k, v in record["metrics"].items() if "/" not in k})
-        merged_rows.append(row)
-    return merged_rows
-
-
-def score_union(cfg, shard_dirs: list[Path], out_dir: Path) -> dict:
-    """Score the detections of all ``shard_dirs`` as one unsharded run in ``out_dir``."""
-    from omegaconf import open_dict
-
-    from zoo_core.runs.context import RunContext
-    from zoo_core.runs.detstore import DetectionStore
-    from zoo_core.plugins.manager import ZooPluginManager
-    from zoo_core.stages.scoring import score
-
-    with open_dict(cfg):
-        cfg.dataset.shard = 0
-        cfg.dataset.num_shards = 1
-    detections: dict = {}
-    skipped: list = []
-    for d in shard_dirs:
-        part = DetectionStore(d / "detections").load()
-        overlap = set(part) & set(detections)
-        if overlap:
-            raise ValueError(f"shards overlap on {len(overlap)} image(s), e.g. {sorted(overlap)[0]}")
-        detections.update(part)
-        skipped += (_read_json(d / "metrics.json") or {}).get("skipped", [])
-    ctx = RunContext(cfg, ZooPluginManager(), out_dir)
-    ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    return score(ctx, detections, skipped, {"merged_from": [str(d) for d in shard_dirs]})
-
-
 def build_report(sweep_dir: str | Path) -> dict:
     """Write ``sweep_report.{csv,md,png}`` (and shard merges) for ``sweep_dir``; returns a summary."""
     from zoo_core.api.atomic import write_bytes, write_text
@@ -228,6 +156,8 @@ def build_report(sweep_dir: str | Path) -> dict:
     rows, swept = collect_rows(sweep_dir)
     if not rows:
         return {"jobs": 0, "failed": 0, "report": None, "markdown": "", "merged": []}
+    from zoo_core.reports.shard_merge import merge_shards
+
     merged = merge_shards(sweep_dir, rows, swept)
     all_rows = rows + merged
     write_text(sweep_dir / "sweep_report.csv", write_csv(all_rows))
