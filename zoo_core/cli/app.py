@@ -1,6 +1,7 @@
 """The Hydra application behind ``zoo run``: compose, pick the stage, run it, report errors cleanly."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import traceback
@@ -28,11 +29,11 @@ def task(cfg):
         pinning.allow_nested_spawn()
         if multirun:
             (run_dir / "error.json").unlink(missing_ok=True)
-            pinning.apply(cfg, hc)
-        manager = ZooPluginManager()
-        ctx = RunContext(cfg, manager, run_dir)
-        result = get_stage(ctx.stage)(ctx)
-        manager.notify_stage_finished(cfg=cfg, stage=ctx.stage, run_dir=run_dir, result=result)
+        with pinning.pinned_job(cfg, hc) if multirun else contextlib.nullcontext():
+            manager = ZooPluginManager()
+            ctx = RunContext(cfg, manager, run_dir)
+            result = get_stage(ctx.stage)(ctx)
+            manager.notify_stage_finished(cfg=cfg, stage=ctx.stage, run_dir=run_dir, result=result)
         return result
     except (Exception, KeyboardInterrupt) as exc:
         known = isinstance(exc, ZooError)
@@ -73,8 +74,12 @@ def run_hydra(args: list[str]) -> int:
         main()
     finally:
         sys.argv = saved
+    problems = []
     if LAST_SWEEP.get("failed"):
-        print(f"error: {LAST_SWEEP['failed']} of {LAST_SWEEP['jobs']} sweep jobs failed "
-              f"(see {LAST_SWEEP['report']})", file=sys.stderr)
+        problems.append(f"{LAST_SWEEP['failed']} of {LAST_SWEEP['jobs']} sweep jobs failed")
+    if LAST_SWEEP.get("failed_merges"):
+        problems.append(f"{LAST_SWEEP['failed_merges']} of {LAST_SWEEP['merges']} shard merges failed")
+    if problems:
+        print(f"error: {', '.join(problems)} (see {LAST_SWEEP['report']})", file=sys.stderr)
         return 1
     return 0
