@@ -112,4 +112,4 @@ def test_incomplete_shard_sweep_is_not_merged_and_fails(zoo, tmp_path):
                        f"hydra.sweep.dir={sweep}")
     assert rc == 1, out + err
     assert not (sweep / "merged" / "metrics.json").exists()
-    assert "do not cover dataset.num_shards=3" in (sweep / "sweep_report.md").read_text()
+    assert "shard 1 of 3 is missing (no job ran dataset.shard=1)" in (sweep / "sweep_report.md").read_text()

@@ -1,7 +1,7 @@
 """Where a sweep job keeps its files: the one place the sweep report and the shard merge look them up.
 
 A job dir is a *run root*: chained artifacts (``detections/``, ``outputs/``, ``inputs/``) live in it,
-and each stage writes its records (``run.json``, ``perf.json``, ``metrics.json``, ``error.json``,
+and each stage writes its records (``run.json``, ``perf.json``, ``metrics.json``, ``error.json``, ``result.json``,
 Hydra's ``.hydra/`` and ``zoo.log``) in ``records``. Today the records are in the root itself; the
 per-stage layout (``<root>/<stage>/``) is the one-line change marked below.
 """
@@ -33,6 +33,11 @@ class JobFiles:
     @property
     def error(self) -> Path:
         return self.records / "error.json"
+
+    @property
+    def result(self) -> Path:
+        """What the stage returned and where it ran (written by the sweep report callback)."""
+        return self.records / "result.json"
 
     @property
     def log(self) -> Path:
