@@ -65,6 +65,12 @@ def zoo(tmp_path, cache_dir) -> Zoo:
     return Zoo(tmp_path, cache_dir)
 
 
+@pytest.fixture(scope="session")
+def zoo_at(cache_dir):
+    """``zoo_at(cwd)``: a CLI runner in ``cwd`` (for module- and session-scoped fixtures)."""
+    return lambda cwd: Zoo(Path(cwd), cache_dir)
+
+
 def metrics(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "metrics.json").read_text())
 

@@ -18,7 +18,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from zoo_core.reports.job_files import JobFiles
+from zoo_core.reports.job_files import JobFiles, job_files
 from zoo_core.reports.sweep_report import read_json, sweep_jobs
 
 log = logging.getLogger("zoo")
@@ -75,17 +75,18 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
                      for i, s in shards.items() if not 0 <= i < n]
         if not problems:
             problems = fingerprint_problems([shards[i] for i in range(n)])
+        out_dir = sweep_dir / "merged" / label if label else sweep_dir / "merged"
         if problems:
+            # a merge from an earlier, complete state of the sweep must not look current
+            job_files(out_dir, str(cfg.stage.name)).metrics.unlink(missing_ok=True)
             reruns = [rerun_command(sweep_dir, i, shards.get(i), members, jobs) for i in range(n)
                       if shard_problem(i, shards.get(i), n)]
             error = "not merged: " + "; ".join(problems)
             if reruns:
                 error += ". Re-run " + ("it" if len(reruns) == 1 else "them") + ", then the merge completes: " \
                          + " ; ".join(reruns)
-            log.error("%s", error)
             merged_rows.append({**row, "status": "failed", "error": error})
             continue
-        out_dir = sweep_dir / "merged" / label if label else sweep_dir / "merged"
         try:
             record = score_union(cfg, [shards[i].files for i in range(n)], out_dir)
         except Exception as exc:
