@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -16,18 +18,40 @@ import yaml
 
 from zoo_core.runs.detstore import DetectionStore
 
-#: The launcher part of each engine's command (docs/sweeps.md).
-ENGINES = {
-    "joblib": ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2"),
-    "ray": ("hydra/launcher=ray", "+hydra.launcher.ray.init.include_dashboard=false"),
-    "submitit_local": ("hydra/launcher=submitit_local",),
+#: The recipes of docs/sweeps.md, verbatim (test_docs_show_the_tested_recipes); the tests run them on
+#: both models (``model=centerface`` replaced by the model's arguments) into a test's sweep dir.
+RECIPES = {
+    "joblib": "zoo run -m hydra/launcher=joblib hydra.launcher.n_jobs=2 model=centerface stage=eval "
+              "dataset.num_shards=3 'dataset.shard=range(0,3)'",
+    "ray": "zoo run -m hydra/launcher=ray +hydra.launcher.ray.init.include_dashboard=false model=centerface "
+           "stage=eval dataset.num_shards=3 'dataset.shard=range(0,3)'",
+    "submitit_local": "zoo run -m hydra/launcher=submitit_local model=centerface stage=eval "
+                      "dataset.num_shards=3 'dataset.shard=range(0,3)'",
 }
 LAUNCHER_CLASS = {"joblib": "JoblibLauncher", "ray": "RayLauncher", "submitit_local": "LocalLauncher"}
 MODELS = {
     "centernet_oracle_coco": ("model=centernet", "backend=oracle", "dataset=coco_sample"),
     "centerface_wider": ("model=centerface",),
 }
-SHARDS = ("dataset.num_shards=3", "dataset.shard=range(0,3)")
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "sweeps.md"
+
+
+def recipe_args(engine: str, model: str) -> list[str]:
+    """The recipe's arguments after ``zoo``, for ``model``."""
+    args = shlex.split(RECIPES[engine])[1:]
+    i = args.index("model=centerface")
+    return args[:i] + list(MODELS[model]) + args[i + 1:]
+
+
+def docs_commands() -> str:
+    """docs/sweeps.md with shell line continuations joined and runs of spaces collapsed."""
+    return re.sub(r"[ \t]+", " ", DOCS.read_text().replace("\\\n", " "))
+
+
+def test_docs_show_the_tested_recipes():
+    text = docs_commands()
+    for engine, recipe in RECIPES.items():
+        assert recipe in text, f"docs/sweeps.md does not show the tested {engine} recipe: {recipe}"
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +74,13 @@ def launcher_target(sweep: Path) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", list(ENGINES))
+@pytest.mark.parametrize("engine", list(RECIPES))
 @pytest.mark.parametrize("model", list(MODELS))
 def test_three_shards_merge_to_the_unsharded_metrics(zoo, unsharded, model, engine):
     full_dir = unsharded(model)
     full = json.loads((full_dir / "metrics.json").read_text())
     sweep = zoo.cwd / "sweep"
-    rc, out, err = zoo("run", "-m", *ENGINES[engine], *MODELS[model], "stage=eval", *SHARDS,
-                       f"hydra.sweep.dir={sweep}")
+    rc, out, err = zoo(*recipe_args(engine, model), f"hydra.sweep.dir={sweep}")
     assert rc == 0, out + err
     assert launcher_target(sweep).endswith(LAUNCHER_CLASS[engine])
     merged = json.loads((sweep / "merged" / "metrics.json").read_text())

@@ -156,7 +156,7 @@ def check_launcher(args: list[str]) -> None:
         return
     known = sorted({"basic", *LAUNCHER_PLUGINS} | set(_launcher_configs()))
     if name not in known:
-        close = difflib.get_close_matches(name, known, n=1)
+        close = [k for k in known if name in k] or difflib.get_close_matches(name, known, n=1)
         hint = f" Did you mean hydra/launcher={close[0]}?" if close else ""
         raise ConfigError(f"unknown hydra/launcher {name!r}.{hint} Launchers: {', '.join(known)}")
 
