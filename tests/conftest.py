@@ -17,7 +17,8 @@ TESTS = Path(__file__).resolve().parent
 FIXTURES = TESTS / "fixtures"
 REPO = TESTS.parent
 
-_SCRUB = ("ZOO_DISABLE_PLUGINS", "ZOO_FIXTURE_OBSERVER_LOG", "FAKE_ATC_LOG", "PYTHONPATH")
+_SCRUB = ("ZOO_DISABLE_PLUGINS", "ZOO_FIXTURE_OBSERVER_LOG", "FAKE_ATC_LOG", "FAKE_ACL_LOG", "FAKE_ACL_DEVICE_COUNT",
+          "PYTHONPATH", "ASCEND_RT_VISIBLE_DEVICES", "SLURM_LOCALID", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS")
 
 
 def base_env(cache_dir: Path, **extra: str) -> dict:
@@ -71,6 +72,12 @@ def fixture_cfg(cache_dir):
 @pytest.fixture
 def zoo(tmp_path, cache_dir) -> Zoo:
     return Zoo(tmp_path, cache_dir)
+
+
+@pytest.fixture(scope="session")
+def zoo_at(cache_dir):
+    """``zoo_at(cwd)``: a CLI runner in ``cwd`` (for module- and session-scoped fixtures)."""
+    return lambda cwd: Zoo(Path(cwd), cache_dir)
 
 
 def metrics(run_dir: Path) -> dict:

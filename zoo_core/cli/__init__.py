@@ -87,7 +87,7 @@ def cmd_info(overrides: list[str]) -> int:
 
 def cmd_run(args: list[str]) -> int:
     from zoo_core.api.errors import ConfigError
-    from zoo_core.config.validate import HYDRA_FLAGS_WITHOUT_VALIDATION, compose, no_model_message
+    from zoo_core.config.validate import HYDRA_FLAGS_WITHOUT_VALIDATION, check_launcher, compose, no_model_message
 
     flags = {a.split("=", 1)[0] for a in args if a.startswith("-")}
     overrides = [a for a in args if not a.startswith("-") and "=" in a]
@@ -101,6 +101,7 @@ def cmd_run(args: list[str]) -> int:
     if not skip_validation:
         if not _has_model(overrides):
             raise ConfigError(no_model_message())
+        check_launcher(overrides)
         compose(overrides)
     from zoo_core.cli.app import run_hydra
 

@@ -1,6 +1,7 @@
 """The Hydra application behind ``zoo run``: compose, pick the stage, run it, report errors cleanly."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import sys
@@ -31,12 +32,12 @@ def task(cfg):
         pinning.allow_nested_spawn()
         if multirun:
             (record_dir / "error.json").unlink(missing_ok=True)
-            pinning.apply(cfg, hc)
         elif record_dir.resolve() != (Path(str(cfg.work_dir)) / str(cfg.stage.name)).resolve():
             raise ConfigError(f"hydra.run.dir is set by zoo ({cfg.work_dir}/<stage>): pass work_dir=<dir> "
                               f"instead, which moves the records and model_dir together")
-        ctx = RunContext(cfg, get_manager(), record_dir.parent, record_dir)
-        return run_stage(ctx)
+        with pinning.pinned_job(cfg, hc) if multirun else contextlib.nullcontext():
+            ctx = RunContext(cfg, get_manager(), record_dir.parent, record_dir)
+            return run_stage(ctx)
     except (Exception, KeyboardInterrupt) as exc:
         exc = storage_error(exc) or exc
         known = isinstance(exc, ZooError)
@@ -108,8 +109,12 @@ def run_hydra(args: list[str]) -> int:
             os.environ[STATUS_ENV] = old
         if os.path.exists(status_path):
             os.unlink(status_path)
+    problems = []
     if status.get("failed"):
-        print(f"error: {status['failed']} of {status['jobs']} sweep jobs failed "
-              f"(see {status['report']})", file=sys.stderr)
+        problems.append(f"{status['failed']} of {status['jobs']} sweep jobs failed")
+    if status.get("failed_merges"):
+        problems.append(f"{status['failed_merges']} of {status['merges']} shard merges failed")
+    if problems:
+        print(f"error: {', '.join(problems)} (see {status['report']})", file=sys.stderr)
         return 1
     return 0

@@ -1,26 +1,50 @@
-"""Per-job resource pinning for sweeps whose jobs run side by side (``pin.*`` in the run config).
+"""Per-job devices and cores for sweep jobs, on every launcher (``pin.*`` in the run config).
 
-In a multirun, each job gets a share of the machine so parallel jobs do not fight:
+In a multirun, each job is pinned before its stage runs (:func:`pinned_job`):
 
-* ``device_id = pin.devices[hydra.job.num % len(pin.devices)]`` when ``pin.devices`` is set (the
-  ``acl`` backend's ``backend.device_id`` follows ``device_id``);
-* ``threads = max(1, cores // jobs)`` goes to ``backend.intra_op_threads`` (onnxruntime) and
-  ``backend.threads`` (torch), and ``num_workers`` is capped at ``threads - 1`` (the job's main
-  process uses one share), where ``jobs`` is ``pin.jobs`` or the joblib launcher's ``n_jobs`` and
-  ``cores`` is ``pin.cores`` or the CPUs this process may run on. Launchers that give each job its
-  own allocation (ray ``ray.remote.num_cpus``, submitit ``cpus_per_task``) set ``threads`` to it.
+* **device** (``device_id``; the ``acl`` backend's ``backend.device_id`` follows it), first match wins:
+
+  1. NPUs the scheduler gave the job, read from its environment: ``ASCEND_RT_VISIBLE_DEVICES``
+     (set by Ray for a task given ``resources={"NPU": n}``, or by a cluster's Slurm task prolog).
+     The runtime renumbers visible devices from 0, so the job uses *index* ``SLURM_LOCALID % n``
+     (0 for a one-task job). Else ``SLURM_STEP_GPUS`` / ``SLURM_JOB_GPUS`` (a cluster that declares its
+     NPUs as gres ``gpu``): physical ids, not renumbered; the job uses ``ids[SLURM_LOCALID % n]``.
+  2. ``pin.devices``: job *k* (``hydra.job.num``) gets ``devices[k % len(devices)]``.
+
+* **threads** for onnxruntime (``backend.intra_op_threads``) and torch (``backend.threads``);
+  ``num_workers`` is capped at ``threads - 1`` (the job's main process uses one share):
+
+  1. ``pin.jobs`` set: ``max(1, cores // pin.jobs)`` (``cores`` = ``pin.cores`` or the CPUs this
+     process may run on);
+  2. a launcher that reserves CPUs per job: Ray's ``ray.remote.num_cpus`` (Ray's default for a task
+     is 1), submitit's ``cpus_per_task``; a Slurm job without ``cpus_per_task`` gets the CPUs of its
+     allocation (its affinity mask);
+  3. the joblib launcher: ``max(1, cores // n_jobs)`` when it runs more than one job at once.
+
+  The job's process also gets that many threads for OpenCV and (when loaded) torch, and
+  ``OMP_NUM_THREADS`` for the processes it starts.
 
 Keys given explicitly on the command line are never changed. Single runs are not pinned.
+
+Launchers such as Ray run several jobs one after another in one worker process. Everything pinning
+changes in the process (environment variables, OpenCV and torch thread counts) is put back when the
+job ends, so nothing carries from one job into the next.
 """
 from __future__ import annotations
 
 import logging
 import multiprocessing
 import os
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from omegaconf import OmegaConf, open_dict
 
 log = logging.getLogger("zoo")
+
+#: Environment variables a pinned job sets for itself (and restores at its end).
+PINNED_ENV = ("OMP_NUM_THREADS",)
 
 
 def available_cores() -> int:
@@ -31,20 +55,31 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _target(launcher_cfg) -> str:
+    return str((launcher_cfg or {}).get("_target_", ""))
+
+
 def parallel_jobs(launcher_cfg, cores: int) -> int:
     """How many jobs the launcher runs at once on this machine (joblib's ``n_jobs`` semantics)."""
-    target = str((launcher_cfg or {}).get("_target_", ""))
-    if "JoblibLauncher" not in target:
+    if "JoblibLauncher" not in _target(launcher_cfg):
         return 1
     n = int(launcher_cfg.get("n_jobs", -1) or -1)
     return n if n > 0 else max(1, cores + 1 + n)
 
 
-def launcher_cpus_per_job(launcher_cfg) -> int | None:
-    """CPUs a remote launcher reserves per job: ray's ``ray.remote.num_cpus``, submitit's ``cpus_per_task``."""
+def is_ray(launcher_cfg) -> bool:
     cfg = launcher_cfg or {}
-    ray = cfg.get("ray") or {}
-    n = (ray.get("remote") or {}).get("num_cpus") if ray else cfg.get("cpus_per_task")
+    return "RayLauncher" in _target(cfg) or ("ray" in cfg and not _target(cfg))
+
+
+def launcher_cpus_per_job(launcher_cfg) -> int | None:
+    """CPUs a launcher reserves per job: Ray's ``ray.remote.num_cpus`` (default 1), submitit's
+    ``cpus_per_task``; None for launchers that reserve nothing."""
+    cfg = launcher_cfg or {}
+    if is_ray(cfg):
+        n = ((cfg.get("ray") or {}).get("remote") or {}).get("num_cpus")
+        return int(n) if n else 1
+    n = cfg.get("cpus_per_task")
     return int(n) if n else None
 
 
@@ -57,19 +92,79 @@ def explicit_keys(task_overrides) -> set[str]:
     return keys
 
 
-def plan(cfg, job_num: int, launcher_cfg, task_overrides) -> dict:
-    """The values pinning would set for job ``job_num`` (only keys not given explicitly)."""
+def parse_device_list(text: str) -> list[int]:
+    """``"1,2,3"`` -> ``[1, 2, 3]``; like the Ascend runtime, reading stops at the first entry that
+    is not a device number."""
+    ids = []
+    for part in str(text).split(","):
+        if not part.isdigit():
+            break
+        ids.append(int(part))
+    return ids
+
+
+def local_rank(env: Mapping[str, str]) -> int:
+    """The task's rank on its node: ``SLURM_LOCALID`` under Slurm, 0 otherwise."""
+    v = str(env.get("SLURM_LOCALID", "")).strip()
+    return int(v) if v.isdigit() else 0
+
+
+def given_devices(env: Mapping[str, str]) -> tuple[list[int], bool, str] | None:
+    """NPUs the scheduler gave this job: ``(ids, renumbered, variable)``; None when it gave none.
+
+    ``renumbered`` is True for ``ASCEND_RT_VISIBLE_DEVICES``: the runtime then addresses the
+    visible devices as 0..n-1.
+    """
+    for name, renumbered in (("ASCEND_RT_VISIBLE_DEVICES", True), ("SLURM_STEP_GPUS", False),
+                             ("SLURM_JOB_GPUS", False)):
+        ids = parse_device_list(str(env.get(name, "")).strip())
+        if ids:
+            return ids, renumbered, name
+    return None
+
+
+def device_for_job(pin, job_num: int, env: Mapping[str, str]) -> tuple[int, str] | None:
+    """The device id job ``job_num`` should use and where it came from; None to leave it alone."""
+    given = given_devices(env)
+    if given:
+        ids, renumbered, name = given
+        k = local_rank(env) % len(ids)
+        if renumbered:
+            return k, f"{name}={env[name]}: physical {ids[k]}"
+        return ids[k], f"{name}={env[name]}"
+    devices = list(pin.get("devices") or [])
+    if devices:
+        return int(devices[job_num % len(devices)]), f"pin.devices[{job_num % len(devices)}]"
+    return None
+
+
+def threads_for_job(pin, launcher_cfg) -> int | None:
+    """Threads the job may use (see the module doc), or None to leave the libraries' defaults."""
+    cores = int(pin.get("cores") or 0) or available_cores()
+    if pin.get("jobs"):
+        return max(1, cores // int(pin.get("jobs")))
+    per_job = launcher_cpus_per_job(launcher_cfg)
+    if per_job:
+        return per_job
+    if "SlurmLauncher" in _target(launcher_cfg):
+        return cores
+    jobs = parallel_jobs(launcher_cfg, cores)
+    return max(1, cores // jobs) if jobs > 1 else None
+
+
+def plan(cfg, job_num: int, launcher_cfg, task_overrides, env: Mapping[str, str] | None = None) -> dict:
+    """The config values pinning would set for job ``job_num`` (only keys not given explicitly)."""
+    env = os.environ if env is None else env
     pin = cfg.get("pin") or {}
     if not bool(pin.get("enabled", True)):
         return {}
     given = explicit_keys(task_overrides)
     out: dict = {}
-    devices = list(pin.get("devices") or [])
-    if devices and not ({"device_id", "backend.device_id"} & given):
-        out["device_id"] = int(devices[job_num % len(devices)])
-    cores = int(pin.get("cores") or 0) or available_cores()
-    jobs = int(pin.get("jobs") or 0) or parallel_jobs(launcher_cfg, cores)
-    threads = max(1, cores // jobs) if jobs > 1 else launcher_cpus_per_job(launcher_cfg)
+    if not ({"device_id", "backend.device_id"} & given):
+        device = device_for_job(pin, job_num, env)
+        if device is not None:
+            out["device_id"] = device[0]
+    threads = threads_for_job(pin, launcher_cfg)
     if threads:
         backend = cfg.get("backend") or {}
         for key in ("intra_op_threads", "threads"):
@@ -80,16 +175,90 @@ def plan(cfg, job_num: int, launcher_cfg, task_overrides) -> dict:
     return out
 
 
-def apply(cfg, hydra_cfg) -> dict:
-    """Pin the current multirun job (``hydra_cfg`` is ``HydraConfig.get()``); returns what was set."""
-    changes = plan(cfg, int(hydra_cfg.job.num), hydra_cfg.get("launcher"), hydra_cfg.overrides.task)
+def apply(cfg, hydra_cfg, env: Mapping[str, str] | None = None) -> dict:
+    """Pin the current multirun job's config (``hydra_cfg`` is ``HydraConfig.get()``); returns what was set."""
+    env = os.environ if env is None else env
+    job_num = int(hydra_cfg.job.num)
+    changes = plan(cfg, job_num, hydra_cfg.get("launcher"), hydra_cfg.overrides.task, env)
     if not changes:
         return changes
     with open_dict(cfg):
         for key, value in changes.items():
             OmegaConf.update(cfg, key, value, merge=False)
-    log.info("job %s pinned: %s", hydra_cfg.job.num, ", ".join(f"{k}={v}" for k, v in changes.items()))
+    device = device_for_job(cfg.get("pin") or {}, job_num, env) if "device_id" in changes else None
+    log.info("job %s pinned: %s%s", job_num, ", ".join(f"{k}={v}" for k, v in changes.items()),
+             f" (device from {device[1]})" if device else "")
     return changes
+
+
+class ProcessState:
+    """What a pinned job changes in its process: the :data:`PINNED_ENV` variables and the thread
+    counts of OpenCV and (if loaded) torch. ``capture()`` then ``restore()`` puts them back."""
+
+    def __init__(self) -> None:
+        self.env: dict[str, str | None] = {}
+        self.cv2_threads: int | None = None
+        self.torch_threads: int | None = None
+        self.torch_loaded = False
+
+    @classmethod
+    def capture(cls) -> ProcessState:
+        s = cls()
+        s.env = {k: os.environ.get(k) for k in PINNED_ENV}
+        cv2 = sys.modules.get("cv2")
+        s.cv2_threads = cv2.getNumThreads() if cv2 is not None else None
+        torch = sys.modules.get("torch")
+        s.torch_loaded = torch is not None
+        s.torch_threads = torch.get_num_threads() if torch is not None else None
+        return s
+
+    def restore(self) -> None:
+        for k, v in self.env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        cv2 = sys.modules.get("cv2")
+        if cv2 is not None and self.cv2_threads is not None:
+            cv2.setNumThreads(self.cv2_threads)
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            if self.torch_threads is not None:
+                torch.set_num_threads(self.torch_threads)
+            elif str(self.env.get("OMP_NUM_THREADS") or "").isdigit():
+                # loaded during the job: back to the default it would have had (OMP_NUM_THREADS)
+                torch.set_num_threads(int(self.env["OMP_NUM_THREADS"]))
+
+
+def set_process_threads(threads: int) -> None:
+    """Give this process ``threads`` threads: ``OMP_NUM_THREADS`` (for processes it starts and
+    libraries loaded later), OpenCV, and torch when it is loaded."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        import cv2
+
+        cv2.setNumThreads(threads)
+    except ImportError:
+        pass
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+@contextmanager
+def pinned_job(cfg, hydra_cfg, env: Mapping[str, str] | None = None) -> Iterator[dict]:
+    """Pin the current multirun job (config and process) for the duration of the block; undo the
+    process-wide changes at its end, even when the job fails. Yields the config changes."""
+    saved = ProcessState.capture()
+    try:
+        changes = apply(cfg, hydra_cfg, env)
+        pin = cfg.get("pin") or {}
+        threads = threads_for_job(pin, hydra_cfg.get("launcher")) if bool(pin.get("enabled", True)) else None
+        if threads:
+            set_process_threads(threads)
+        yield changes
+    finally:
+        saved.restore()
 
 
 def allow_nested_spawn() -> None:

@@ -126,6 +126,69 @@ def _disabled_provider(group: str, value: str) -> str | None:
     if not found or not all(disabled for _, _, disabled in found):
         return None
     return " and ".join(f"distribution {dist or '?'} (plugin {name!r})" for name, dist, _ in found)
+#: Hydra launcher configs provided by a plugin package: name -> (plugin module, the libraries it
+#: runs on, what to pip install).
+LAUNCHER_PLUGINS = {
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", ("joblib",), "'zoo-core[joblib]'"),
+    "ray": ("hydra_plugins.hydra_ray_launcher", ("ray",), "'zoo-core[ray]'"),
+    "ray_aws": ("hydra_plugins.hydra_ray_launcher", ("ray",), "'zoo-core[ray]'"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", ("submitit",), "'zoo-core[submitit]'"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", ("submitit",), "'zoo-core[submitit]'"),
+    "rq": ("hydra_plugins.hydra_rq_launcher", ("rq",), "hydra-rq-launcher"),
+}
+
+
+def launcher_choice(args: list[str]) -> str | None:
+    """The ``hydra/launcher=<name>`` chosen on the command line (the last one wins), if any."""
+    name = None
+    for a in args:
+        key, sep, value = a.partition("=")
+        if sep and key.lstrip("+~") == "hydra/launcher":
+            name = value
+    return name
+
+
+def check_launcher(args: list[str]) -> None:
+    """Refuse a ``hydra/launcher=`` whose Hydra plugin is not installed, naming what to install."""
+    import importlib
+    import importlib.util
+
+    name = launcher_choice(args)
+    if name is None or name == "basic":
+        return
+    if name in LAUNCHER_PLUGINS:
+        module, libraries, package = LAUNCHER_PLUGINS[name]
+        try:
+            importlib.import_module(module)
+            missing = [lib for lib in libraries if importlib.util.find_spec(lib) is None]
+        except (ImportError, ValueError):
+            missing = [module]
+        if missing:
+            raise ConfigError(f"hydra/launcher={name} needs Hydra's {name.split('_')[0]} launcher plugin "
+                              f"({', '.join(missing)} is not installed): pip install {package}")
+        return
+    known = sorted({"basic", *LAUNCHER_PLUGINS} | set(_launcher_configs()))
+    if name not in known:
+        close = [k for k in known if name in k] or difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean hydra/launcher={close[0]}?" if close else ""
+        raise ConfigError(f"unknown hydra/launcher {name!r}.{hint} Launchers: {', '.join(known)}")
+
+
+def _launcher_configs() -> list[str]:
+    """Names in Hydra's ``hydra/launcher`` config group (installed plugins and zoo's config dir)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from zoo_core.config.confpaths import core_conf_dir
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(core_conf_dir()), version_base="1.3"):
+            return list(GlobalHydra.instance().config_loader().get_group_options("hydra/launcher"))
+    except Exception:
+        return []
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def valid_keys_at(parent: str, overrides: list[str]) -> list[str]:

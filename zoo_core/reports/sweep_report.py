@@ -1,12 +1,19 @@
 """Hydra callback: at the end of a multirun, aggregate every job into one report at the sweep root.
 
-Writes ``sweep_report.csv``, ``sweep_report.md`` (one row per job: swept values, status,
-throughput, latency mean/p99, accuracy) and ``sweep_report.png`` (throughput vs batch size, one line
-per combination of the other swept keys). A sweep over ``dataset.shard`` with ``stage=eval`` (or
-``postprocess``) is also merged: the union of the shards' detections is scored once into
-``merged/metrics.json`` and reported as a ``merged`` row. ``python -m zoo_core.reports.sweep_report <dir>``
-rebuilds the report of a finished sweep (e.g. one whose jobs ran elsewhere).
-Failed jobs (``error.json`` in their dir) appear as failed with their error, and ``zoo run`` exits 1.
+Writes ``sweep_report.csv`` (every field of every job), ``sweep_report.md`` (a titled table: swept
+values, status, throughput, latency mean/p99, accuracy, model file; a convert sweep shows the OM file
+and ATC status instead; failed jobs' full errors as numbered notes) and ``sweep_report.png``
+(throughput vs batch size, one line per combination of the other swept keys, or throughput per job;
+plus accuracy vs throughput with its Pareto front when the jobs have both).
+
+A sweep over ``dataset.shard`` with ``stage=eval`` (or ``postprocess``) is also merged: the union of
+the shards' detections is scored once into ``merged/metrics.json`` and reported as a ``merged`` row
+(:mod:`zoo_core.reports.shard_merge`). ``python -m zoo_core.reports.sweep_report <dir>`` rebuilds the
+report of a finished sweep (e.g. one whose jobs ran elsewhere). Failed jobs (``error.json``) and
+failed merges make ``zoo run`` exit 1.
+
+Each job's own process also writes ``result.json`` (what the stage returned, and the host it ran
+on) into its records when it ends (:meth:`SweepReport.on_job_end`).
 """
 from __future__ import annotations
 
@@ -14,11 +21,15 @@ import csv
 import io
 import json
 import logging
+import math
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+
+from zoo_core.reports.job_files import JobFiles, find_job
 
 log = logging.getLogger("zoo")
 
@@ -26,26 +37,60 @@ log = logging.getLogger("zoo")
 STATUS_ENV = "ZOO_SWEEP_STATUS"
 
 MAX_MD_METRICS = 4
-MERGEABLE_STAGES = ("eval", "postprocess")
+#: Preferred accuracy metric for the Pareto plot, in order; else the first metric of the jobs.
+ACCURACY_METRICS = ("AP", "mAP", "easy", "AP50", "accuracy")
+#: Swept keys that split a workload rather than change what runs (no Pareto plot over them).
+SPLIT_KEYS = ("dataset.shard", "resume")
 
 
-def _read_json(p: Path) -> dict | None:
+def read_json(p: Path) -> dict | None:
+    """The JSON object in ``p``, or None when it is missing or unreadable."""
     try:
         return json.loads(p.read_text())
     except (OSError, ValueError):
         return None
 
 
-def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The record dirs (``<sweep>/<job>/<stage>/``) of the sweep's jobs, in job order; dirs left from an
-    older sweep into the same dir are ignored. A job's run root (detections/...) is the parent."""
-    dirs = [p.parent.parent for p in sweep_dir.glob("*/*/.hydra/overrides.yaml")]
+def _hydra_overrides(sweep_dir: Path) -> list[str]:
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((sweep_dir / "multirun.yaml").read_text()) or {}
+    except (OSError, ValueError, yaml.YAMLError):
+        return []
+    return list(((cfg.get("hydra") or {}).get("overrides") or {}).get("hydra") or [])
+
+
+def is_patch_sweep(sweep_dir: Path) -> bool:
+    """Whether the last sweep into ``sweep_dir`` re-ran chosen jobs in place (``hydra.sweep.subdir=``
+    given, as the shard merge's re-run command does): the other jobs then still belong to the sweep."""
+    return any(o.lstrip("+~").startswith("hydra.sweep.subdir=") for o in _hydra_overrides(sweep_dir))
+
+
+def sweep_jobs(sweep_dir: Path) -> list[JobFiles]:
+    """The sweep's jobs, in job order; jobs left from an older sweep into the same dir are ignored
+    (unless the last sweep re-ran jobs in place, see :func:`is_patch_sweep`)."""
+    jobs = [f for f in (find_job(p) for p in sweep_dir.iterdir() if p.is_dir()) if f is not None]
     started = sweep_dir / "multirun.yaml"
-    if started.is_file():
+    if started.is_file() and not is_patch_sweep(sweep_dir):
         t0 = started.stat().st_mtime - 1.0
-        dirs = [p for p in dirs if (p / ".hydra" / "overrides.yaml").stat().st_mtime >= t0]
-    return sorted(dirs, key=lambda p: (not p.parent.name.isdigit(),
-                                       int(p.parent.name) if p.parent.name.isdigit() else p.parent.name))
+        jobs = [f for f in jobs if f.overrides.stat().st_mtime >= t0]
+    return sorted(jobs, key=lambda f: (not f.root.name.isdigit(),
+                                       int(f.root.name) if f.root.name.isdigit() else f.root.name))
+
+
+def _job_config(f: JobFiles) -> dict:
+    import yaml
+
+    try:
+        return yaml.safe_load(f.config.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def _name(cfg: dict, section: str) -> str | None:
+    node = cfg.get(section)
+    return str(node.get("name")) if isinstance(node, dict) and node.get("name") is not None else None
 
 
 def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
@@ -53,23 +98,39 @@ def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
     import yaml
 
     rows = []
-    for d in job_dirs(sweep_dir):
-        overrides = yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text()) or []
+    for f in sweep_jobs(sweep_dir):
+        overrides = yaml.safe_load(f.overrides.read_text()) or []
         values = dict(o.split("=", 1) for o in overrides if "=" in o)
-        perf = _read_json(d / "perf.json") or {}
-        metrics = _read_json(d / "metrics.json") or {}
-        error = _read_json(d / "error.json")
+        perf = read_json(f.perf) or {}
+        metrics = read_json(f.metrics) or {}
+        error = read_json(f.error)
+        result = read_json(f.result) or {}
+        run = read_json(f.run) or {}
+        cfg = _job_config(f)
         lat = perf.get("latency_ms") or perf.get("device_call_ms") or {}
+        converted = result.get("converted")
         row = {
-            "job": d.parent.name,
+            "job": f.root.name,
             **{f"@{k}": v for k, v in values.items()},
-            "status": "failed" if error else ("ok" if (perf or metrics) else "no result"),
+            "status": "failed" if error else ("ok" if (perf or metrics or converted is not None) else "no result"),
+            "model": _name(cfg, "model"),
+            "stage": _name(cfg, "stage"),
+            "backend": _name(cfg, "backend"),
+            "host": result.get("host"),
             "throughput": perf.get("throughput", perf.get("throughput_img_s")),
             "latency_mean_ms": lat.get("mean"),
             "latency_p99_ms": lat.get("p99"),
             "model_file": perf.get("model_file"),
+            "model_sha256": ((run.get("inputs") or {}).get("model_file") or {}).get("sha256"),
+            "om_file": result.get("om"),
+            "atc": (None if converted is None else "converted" if converted
+                    else f"not run (atc not on PATH): wrote {Path(str(result.get('script'))).name}"),
             "error": (error or {}).get("error"),
         }
+        if row["stage"] == "convert":
+            row["backend"] = f"atc {(cfg.get('atc') or {}).get('soc_version', '')}".strip()
+            if error:
+                row["atc"] = "failed"
         for k, v in (metrics.get("metrics") or {}).items():
             if "/" not in k:
                 row[f"metric:{k}"] = v
@@ -89,139 +150,218 @@ def write_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}"
+def decimals_for(values: list) -> int:
+    """One number of decimals for a whole column: about 4 significant digits for its largest value."""
+    nums = [abs(float(v)) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(float(v))]
+    if not nums or max(nums) == 0:
+        return 2
+    return min(4, max(1, 3 - math.floor(math.log10(max(nums)))))
+
+
+def _md(v) -> str:
     return str(v).replace("|", "\\|").replace("\n", " ")
 
 
-def write_markdown(rows: list[dict], swept: list[str]) -> str:
+def short_paths(paths: list[str]) -> dict[str, str]:
+    """How to show each file so that different files look different: the file name when the names
+    differ, else the path relative to the files' common directory."""
+    paths = sorted({p for p in paths if p})
+    names = {Path(p).name for p in paths}
+    if len(names) == len(paths):
+        return {p: Path(p).name for p in paths}
+    try:
+        common = os.path.commonpath(paths)
+    except ValueError:
+        return {p: p for p in paths}
+    if common in paths:
+        common = os.path.dirname(common)
+    return {p: os.path.relpath(p, common) for p in paths}
+
+
+def title_of(rows: list[dict], host: str | None = None) -> str:
+    """``model · stage · backend · host`` of the jobs (several values joined by commas)."""
+    def values(key: str) -> str:
+        seen = list(dict.fromkeys(str(r[key]) for r in rows if r.get(key)))
+        return ", ".join(seen) if seen else "?"
+
+    hosts = list(dict.fromkeys(str(r["host"]) for r in rows if r.get("host"))) or [host or socket.gethostname()]
+    return f"{values('model')} · {values('stage')} · {values('backend')} · host {', '.join(hosts)}"
+
+
+def write_markdown(rows: list[dict], swept: list[str], title: str | None = None) -> str:
+    """The report as Markdown: title, table, and the full text of every failure as a numbered note."""
+    jobs = [r for r in rows if not str(r["job"]).startswith("merged")]
+    merges = [r for r in rows if str(r["job"]).startswith("merged")]
     metric_cols = list(dict.fromkeys(k for r in rows for k in r if k.startswith("metric:")))[:MAX_MD_METRICS]
-    cols = [f"@{k}" for k in swept] + ["status", "throughput", "latency_mean_ms", "latency_p99_ms"] + metric_cols
+    cols = [f"@{k}" for k in swept] + ["status"]
+    for c in ("throughput", "latency_mean_ms", "latency_p99_ms"):
+        if any(r.get(c) is not None for r in rows):
+            cols.append(c)
+    cols += metric_cols
+    if any(r.get("om_file") or r.get("atc") for r in rows):
+        cols += ["om_file", "atc"]
     if any(r.get("model_file") for r in rows):
         cols.append("model_file")
-    heads = [c.lstrip("@").replace("metric:", "") for c in cols]
     heads = [{"throughput": "throughput (img/s)", "latency_mean_ms": "latency mean (ms)",
-              "latency_p99_ms": "latency p99 (ms)", "model_file": "model file"}.get(h, h) for h in heads]
-    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+              "latency_p99_ms": "latency p99 (ms)", "model_file": "model file", "om_file": "OM file",
+              "atc": "ATC"}.get(c, c.lstrip("@").replace("metric:", "")) for c in cols]
+    decimals = {c: 4 if c.startswith("metric:") else decimals_for([r.get(c) for r in rows]) for c in cols}
+    files = short_paths([r.get("model_file") for r in rows] + [r.get("om_file") for r in rows])
+    notes: list[str] = []
+    lines = []
+    if title:
+        lines += [f"# Sweep report: {title}", ""]
+    failed_jobs = sum(r["status"] == "failed" for r in jobs)
+    summary = f"{len(jobs)} job{'s' * (len(jobs) != 1)} ({failed_jobs} failed)"
+    if merges:
+        summary += f", {len(merges)} shard merge{'s' * (len(merges) != 1)} " \
+                   f"({sum(r['status'] == 'failed' for r in merges)} failed)"
+    lines += [summary, "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for r in rows:
-        cells = [_fmt(Path(str(r[c])).name if c == "model_file" and r.get(c) else r.get(c)) for c in cols]
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            if v is None or v == "":
+                cells.append("")
+            elif c in ("model_file", "om_file"):
+                sha = r.get("model_sha256") if c == "model_file" else None
+                cells.append(_md(files.get(v, v) + (f" ({sha[:8]})" if sha else "")))
+            elif isinstance(v, float):
+                cells.append(f"{v:.{decimals[c]}f}")
+            else:
+                cells.append(_md(v))
         if r["status"] == "failed":
-            cells[cols.index("status")] = f"failed: {_fmt(r.get('error'))[:200]}"
+            notes.append(f"{len(notes) + 1}. job `{r['job']}`: {_md(r.get('error') or 'no error recorded')}")
+            cells[cols.index("status")] = f"failed [{len(notes)}]"
         lines.append("| " + " | ".join(cells) + " |")
+    if notes:
+        lines += ["", "Failures:", "", *notes]
     return "\n".join(lines) + "\n"
 
 
-def plot_png(rows: list[dict], swept: list[str]) -> bytes | None:
-    """Throughput vs batch size, one line per combination of the other swept keys."""
-    pts = [r for r in rows if r.get("@batch_size") is not None and r.get("throughput") is not None]
-    if not pts:
+def _series_label(r: dict, keys: list[str]) -> str:
+    """The values of ``keys`` in row ``r`` (the keys themselves are named in the legend's title)."""
+    return ", ".join(str(r.get("@" + k)) for k in keys)
+
+
+def varying_keys(rows: list[dict], keys: list[str]) -> list[str]:
+    """The ``keys`` that take more than one value among ``rows``."""
+    return [k for k in keys if len({str(r.get("@" + k)) for r in rows}) > 1]
+
+
+def accuracy_metric(rows: list[dict]) -> str | None:
+    """The metric the Pareto plot uses: the first of :data:`ACCURACY_METRICS` the jobs have, else their first."""
+    have = list(dict.fromkeys(k[len("metric:"):] for r in rows for k in r if k.startswith("metric:")))
+    for m in ACCURACY_METRICS:
+        if m in have:
+            return m
+    return have[0] if have else None
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both x and y (higher is better), by x."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        if not any((x2 >= x and y2 >= y) and (x2 > x or y2 > y) for x2, y2 in points):
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def figure(rows: list[dict], swept: list[str], title: str | None = None):
+    """The report's matplotlib figure: throughput (vs batch size when it was swept, else per job) and,
+    when the jobs have both, accuracy vs throughput with the Pareto front; None when there is nothing
+    to plot. Axes are labelled ``throughput`` / ``pareto`` (``ax.get_label()``)."""
+    jobs = [r for r in rows if not str(r["job"]).startswith("merged") and r["status"] == "ok"]
+    tp = [r for r in jobs if r.get("throughput") is not None]
+    varying = [k for k in swept if k not in SPLIT_KEYS]
+    metric = accuracy_metric(jobs)
+    pareto = [r for r in tp if metric and r.get(f"metric:{metric}") is not None] if varying else []
+    panels = (["throughput"] if tp else []) + (["pareto"] if pareto else [])
+    if not panels:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    others = [k for k in swept if k != "batch_size"]
-    lines: dict[str, list[tuple[int, float]]] = {}
-    for r in pts:
-        label = ", ".join(f"{k}={r.get('@' + k)}" for k in others) or "throughput"
-        lines.setdefault(label, []).append((int(r["@batch_size"]), float(r["throughput"])))
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for label, xy in sorted(lines.items()):
-        xy.sort()
-        ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=label)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("throughput (img/s)")
-    ax.set_xscale("log", base=2)
-    sizes = sorted({x for xy in lines.values() for x, _ in xy})
-    ax.set_xticks(sizes, [str(x) for x in sizes])
-    ax.minorticks_off()
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 4.2 * len(panels)), dpi=100, squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels):
+        ax.set_label(panel)
+        if panel == "throughput":
+            _plot_throughput(ax, tp, swept)
+        else:
+            _plot_pareto(ax, pareto, varying, metric)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot_png(rows: list[dict], swept: list[str], title: str | None = None) -> bytes | None:
+    """:func:`figure` as PNG bytes (None when there is nothing to plot)."""
+    fig = figure(rows, swept, title)
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
 
 
-def _label(values: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in values.items())
+def _plot_throughput(ax, rows: list[dict], swept: list[str]) -> None:
+    sizes = sorted({int(r["@batch_size"]) for r in rows if r.get("@batch_size") is not None})
+    if "batch_size" in swept and len(sizes) > 1 and all(r.get("@batch_size") is not None for r in rows):
+        others = varying_keys(rows, [k for k in swept if k not in ("batch_size", *SPLIT_KEYS)])
+        series: dict[str, list[tuple[int, float]]] = {}
+        for r in rows:
+            series.setdefault(_series_label(r, others), []).append((int(r["@batch_size"]), float(r["throughput"])))
+        for label, xy in sorted(series.items()):
+            xy.sort()
+            ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=label or None)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(x) for x in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("batch size")
+        if others:
+            ax.legend(fontsize=8, title=", ".join(others), title_fontsize=8)
+        ax.set_title("throughput vs batch size", fontsize=9)
+    else:
+        keys = varying_keys(rows, [k for k in swept if k != "resume"])
+        labels = [_series_label(r, keys) or r["job"] for r in rows]
+        long = max(map(len, labels)) > 10
+        ax.bar(range(len(rows)), [float(r["throughput"]) for r in rows], color="tab:blue")
+        ax.set_xticks(range(len(rows)), labels, rotation=30 if long else 0, ha="right" if long else "center",
+                      fontsize=8)
+        ax.set_xlabel(", ".join(keys) or "job")
+        ax.set_title("throughput per job", fontsize=9)
+    ax.set_ylabel("throughput (img/s)")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
 
 
-def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[dict]:
-    """Score the union of an ``eval`` sweep over ``dataset.shard``, once per combination of the other
-    swept keys, into ``merged/`` (or ``merged/<key=value,...>/``). Returns one report row per merge.
-
-    A merge needs every shard ``0..num_shards-1`` present and ok; otherwise its row is failed.
-    """
-    if "dataset.shard" not in swept:
-        return []
-    from omegaconf import OmegaConf
-
-    dirs = {d.parent.name: d for d in job_dirs(sweep_dir)}
-    others = [k for k in swept if k != "dataset.shard"]
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(_label({k: r.get("@" + k) for k in others}), []).append(r)
-    merged_rows = []
-    for label, members in groups.items():
-        cfg = OmegaConf.load(dirs[members[0]["job"]] / ".hydra" / "config.yaml")
-        if str(cfg.stage.name) not in MERGEABLE_STAGES:
-            return []
-        row = {"job": "merged" + (f"[{label}]" if label else ""),
-               **{f"@{k}": members[0].get("@" + k) for k in others}, "@dataset.shard": "all"}
-        n = int(cfg.dataset.get("num_shards", 1))
-        shards = sorted(int(r["@dataset.shard"]) for r in members)
-        bad = [r["job"] for r in members if r["status"] != "ok"]
-        if bad:
-            error = f"not merged: shard job(s) {', '.join(bad)} failed"
-            merged_rows.append({**row, "status": "failed", "error": error})
-            continue
-        if shards != list(range(n)):
-            merged_rows.append({**row, "status": "failed",
-                                "error": f"not merged: shards {shards} do not cover dataset.num_shards={n}"})
-            continue
-        out_dir = sweep_dir / "merged" / label if label else sweep_dir / "merged"
-        try:
-            record = score_union(cfg, [dirs[r["job"]] for r in members], out_dir)
-        except Exception as exc:
-            log.error("merging shards failed: %s", exc)
-            merged_rows.append({**row, "status": "failed", "error": f"merge failed: {exc}"})
-            continue
-        row.update(status="ok", images=record["images"])
-        row.update({f"metric:{k}": v for k, v in record["metrics"].items() if "/" not in k})
-        merged_rows.append(row)
-    return merged_rows
-
-
-def score_union(cfg, shard_dirs: list[Path], out_dir: Path) -> dict:
-    """Score the detections of all ``shard_dirs`` as one unsharded run in ``out_dir``."""
-    from omegaconf import open_dict
-
-    from zoo_core.plugins import get_manager
-    from zoo_core.runs.context import RunContext
-    from zoo_core.runs.detstore import DetectionStore
-    from zoo_core.stages.scoring import score
-
-    with open_dict(cfg):
-        cfg.dataset.shard = 0
-        cfg.dataset.num_shards = 1
-    detections: dict = {}
-    skipped: list = []
-    for d in shard_dirs:
-        part = DetectionStore(d.parent / "detections").load()
-        overlap = set(part) & set(detections)
-        if overlap:
-            raise ValueError(f"shards overlap on {len(overlap)} image(s), e.g. {sorted(overlap)[0]}")
-        detections.update(part)
-        skipped += (_read_json(d / "metrics.json") or {}).get("skipped", [])
-    ctx = RunContext(cfg, get_manager(), out_dir, out_dir)
-    ctx.record_dir.mkdir(parents=True, exist_ok=True)
-    return score(ctx, detections, skipped, {"merged_from": [str(d) for d in shard_dirs]})
+def _plot_pareto(ax, rows: list[dict], keys: list[str], metric: str) -> None:
+    keys = varying_keys(rows, keys)
+    pts = [(float(r["throughput"]), float(r[f"metric:{metric}"])) for r in rows]
+    front = pareto_front(pts)
+    ax.scatter([x for x, _ in pts], [y for _, y in pts], color="tab:gray", zorder=2, label="job")
+    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="tab:red", marker="o", zorder=3,
+            label="Pareto front")
+    order = sorted(range(len(pts)), key=lambda i: pts[i])
+    for n, i in enumerate(order):  # alternate label offsets so that neighbours do not overlap
+        ax.annotate(_series_label(rows[i], keys) or rows[i]["job"], pts[i], textcoords="offset points",
+                    xytext=(4, 6 if n % 2 == 0 else -12), fontsize=7)
+    top = max(y for _, y in pts)
+    ax.set_xlim(0, max(x for x, _ in pts) * 1.2)
+    ax.set_ylim(0, 1.08 if top <= 1 else top * 1.1)
+    ax.set_xlabel("throughput (img/s)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} vs throughput, points labelled by {', '.join(keys) or 'job'} (upper right is better)",
+                 fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
 
 
 def build_report(sweep_dir: str | Path) -> dict:
@@ -231,22 +371,52 @@ def build_report(sweep_dir: str | Path) -> dict:
     sweep_dir = Path(sweep_dir)
     rows, swept = collect_rows(sweep_dir)
     if not rows:
-        return {"jobs": 0, "failed": 0, "report": None, "markdown": "", "merged": []}
+        return {"jobs": 0, "failed": 0, "merges": 0, "failed_merges": 0, "report": None, "markdown": "",
+                "merged": []}
+    from zoo_core.reports.shard_merge import merge_shards
+
     merged = merge_shards(sweep_dir, rows, swept)
     all_rows = rows + merged
+    title = title_of(rows)
     write_text(sweep_dir / "sweep_report.csv", write_csv(all_rows))
-    md = write_markdown(all_rows, swept)
-    write_text(sweep_dir / "sweep_report.md", md)
-    png = plot_png(rows, swept)
+    md = write_markdown(all_rows, swept, title)
+    png = plot_png(rows, swept, title)
     if png:
         write_bytes(sweep_dir / "sweep_report.png", png)
-    failed = [r for r in all_rows if r["status"] == "failed"]
-    return {"jobs": len(all_rows), "failed": len(failed), "report": str(sweep_dir / "sweep_report.md"),
-            "markdown": md, "merged": merged}
+        md += "\n![sweep report](sweep_report.png)\n"
+    write_text(sweep_dir / "sweep_report.md", md)
+    return {"jobs": len(rows), "failed": sum(r["status"] == "failed" for r in rows),
+            "merges": len(merged), "failed_merges": sum(r["status"] == "failed" for r in merged),
+            "report": str(sweep_dir / "sweep_report.md"), "markdown": md, "merged": merged}
+
+
+def _jsonable(value):
+    try:
+        return json.loads(json.dumps(value, default=str))
+    except (TypeError, ValueError):
+        return None
 
 
 class SweepReport(Callback):
-    """Builds the sweep report in the launching process once every job has finished."""
+    """Writes each job's ``result.json`` in the job's process, and builds the sweep report in the
+    launching process once every job has finished."""
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        from hydra.core.utils import JobStatus
+        from hydra.types import RunMode
+
+        from zoo_core.api.atomic import write_json
+        from zoo_core.reports.job_files import job_files
+
+        try:
+            if config.hydra.mode != RunMode.MULTIRUN:
+                return
+            value = job_return.return_value if job_return.status == JobStatus.COMPLETED else None
+            record = (_jsonable(value) if isinstance(value, dict) else None) or {}
+            record.update(host=socket.gethostname(), pid=os.getpid())
+            write_json(job_files(Path(str(config.hydra.runtime.output_dir)), str(config.stage.name)).result, record)
+        except Exception as exc:  # a report detail must never fail the job
+            log.warning("could not write the job's result.json: %s", exc)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -257,11 +427,10 @@ class SweepReport(Callback):
             return
         status = os.environ.get(STATUS_ENV)
         if status:
-            write_status(Path(status), {"jobs": summary["jobs"], "failed": summary["failed"],
-                                        "report": str(summary["report"])})
-        merges = len(summary["merged"])
-        print(f"\nsweep report ({summary['jobs'] - merges} jobs, {merges} shard merges, {summary['failed']} failed): "
-              f"{summary['report']}\n{summary['markdown']}")
+            write_status(Path(status), {k: summary[k] if k != "report" else str(summary[k])
+                                        for k in ("jobs", "failed", "merges", "failed_merges", "report")})
+        print(f"\nsweep report ({summary['jobs']} jobs, {summary['merges']} shard merges, {summary['failed']} "
+              f"failed): {summary['report']}\n{summary['markdown']}")
 
 
 def write_status(path: Path, status: dict[str, Any]) -> None:
@@ -275,12 +444,22 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or not Path(args[0]).is_dir():
-        print("usage: python -m zoo_core.reports.sweep_report <sweep dir>", file=sys.stderr)
+    usage = "usage: python -m zoo_core.reports.sweep_report <sweep dir>"
+    if len(args) != 1:
+        print(usage, file=sys.stderr)
+        return 2
+    if not Path(args[0]).is_dir():
+        print(f"error: {args[0]}: no such sweep directory\n{usage}", file=sys.stderr)
         return 2
     summary = build_report(args[0])
-    print(summary.get("markdown") or "no jobs found")
-    return 1 if summary["failed"] else 0
+    if not summary["jobs"]:
+        print(f"error: {args[0]}: no sweep jobs found (no <job>/.hydra/overrides.yaml)", file=sys.stderr)
+        return 2
+    try:
+        print(summary["markdown"], flush=True)
+    except BrokenPipeError:  # piped into head: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1 if summary["failed"] or summary["failed_merges"] else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,145 @@
+"""Shard merges that survive the real world: a missing or failed shard is named, re-running just that
+shard completes the merge, and shards that ran something different are refused."""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+
+from zoo_core.runs.detstore import DetectionStore
+
+SHARDS = ("dataset.num_shards=3", "dataset.shard=range(0,3)")
+RERUN = re.compile(r"then the merge completes: (zoo run .*?)(?: ; zoo run |$)", re.M)
+
+
+@pytest.fixture
+def squares(tmp_path) -> Path:
+    """A private copy of the fixture dataset (12 images) that a test may damage."""
+    from zoo_fixture.squares import make_squares
+
+    return make_squares(tmp_path / "squares", n=12, seed=0)
+
+
+def shard_ids(root: Path, shard: int) -> list[str]:
+    return sorted(json.loads((root / "boxes.json").read_text()))[shard::3]
+
+
+def rerun_commands(sweep: Path) -> list[list[str]]:
+    text = (sweep / "sweep_report.md").read_text()
+    return [shlex.split(c)[2:] for c in RERUN.findall(text)]  # drop "zoo run": the zoo fixture adds it
+
+
+def merged(sweep: Path) -> dict:
+    return json.loads((sweep / "merged" / "metrics.json").read_text())
+
+
+def unsharded(zoo, *args) -> dict:
+    zoo.ok("run", "model=fixture", "stage=eval", "work_dir=full", *args)
+    return json.loads((zoo.cwd / "full" / "metrics.json").read_text())
+
+
+def test_failed_shard_is_named_and_rerunning_only_it_completes_the_merge(zoo, squares, fixture_onnx):
+    args = ("model=fixture", "stage=eval", f"dataset.root={squares}", f"model_file={fixture_onnx}")
+    victim = squares / "images" / f"{shard_ids(squares, 1)[1]}.png"
+    good = victim.read_bytes()
+    victim.write_bytes(b"not a png")
+    sweep = zoo.cwd / "sweep"
+    rc, out, err = zoo("run", "-m", *args, *SHARDS, f"hydra.sweep.dir={sweep}")
+    assert rc == 1, out + err
+    assert "1 of 3 sweep jobs failed, 1 of 1 shard merges failed" in err
+    assert not (sweep / "merged" / "metrics.json").exists()
+    md = (sweep / "sweep_report.md").read_text()
+    assert f"not merged: shard 1 (job 1) failed: {victim}: not a decodable image" in md
+    assert "3 jobs (1 failed), 1 shard merge (1 failed)" in md
+    [cmd] = rerun_commands(sweep)
+    assert cmd[:1] == ["-m"] and "dataset.shard=1" in cmd and "hydra.sweep.subdir=1" in cmd and "resume=true" in cmd
+    shard0 = (sweep / "0" / "metrics.json").stat().st_mtime_ns
+
+    victim.write_bytes(good)
+    rc, out, err = zoo("run", *cmd)
+    assert rc == 0, out + err
+    assert (sweep / "0" / "metrics.json").stat().st_mtime_ns == shard0  # only shard 1 ran again
+    full = unsharded(zoo, *args[2:])
+    m = merged(sweep)
+    assert m["metrics"] == full["metrics"] and m["images"] == full["images"] == 12
+    union = set().union(*(DetectionStore(sweep / str(i) / "detections").load() for i in range(3)))
+    assert union == set(DetectionStore(zoo.cwd / "full" / "detections").load())
+    assert "3 jobs (0 failed), 1 shard merge (0 failed)" in (sweep / "sweep_report.md").read_text()
+
+
+def test_missing_shard_is_named_and_running_it_completes_the_merge(zoo, fixture_onnx):
+    args = ("model=fixture", "stage=eval", f"model_file={fixture_onnx}", "dataset.num_shards=3")
+    sweep = zoo.cwd / "sweep"
+    rc, out, err = zoo("run", "-m", *args, "dataset.shard=0,2", f"hydra.sweep.dir={sweep}")
+    assert rc == 1, out + err
+    assert "shard 1 of 3 is missing (no job ran dataset.shard=1)" in (sweep / "sweep_report.md").read_text()
+    [cmd] = rerun_commands(sweep)
+    assert "dataset.shard=1" in cmd and "hydra.sweep.subdir=2" in cmd  # the next free job dir
+    rc, out, err = zoo("run", *cmd)
+    assert rc == 0, out + err
+    assert json.loads((sweep / "2" / "metrics.json").read_text())["images"] == 4
+    assert merged(sweep)["metrics"] == unsharded(zoo, f"model_file={fixture_onnx}")["metrics"]
+    assert merged(sweep)["images"] == 12
+
+
+def test_rerunning_the_whole_sweep_with_resume_completes_it(zoo, squares, fixture_onnx):
+    """The other way back: the same sweep command again with resume=true (finished shards only re-score)."""
+    args = ("model=fixture", "stage=eval", f"dataset.root={squares}", f"model_file={fixture_onnx}", *SHARDS)
+    victim = squares / "images" / f"{shard_ids(squares, 2)[0]}.png"
+    good = victim.read_bytes()
+    victim.write_bytes(b"")
+    sweep = zoo.cwd / "sweep"
+    assert zoo("run", "-m", *args, f"hydra.sweep.dir={sweep}")[0] == 1
+    victim.write_bytes(good)
+    rc, out, err = zoo("run", "-m", *args, f"hydra.sweep.dir={sweep}", "resume=true")
+    assert rc == 0, out + err
+    assert "resuming: 4 images already done" in (sweep / "0" / "zoo.log").read_text()
+    assert merged(sweep)["images"] == 12
+
+
+def test_shards_that_ran_a_different_model_file_are_refused(zoo, fixture_onnx):
+    import onnx
+
+    model = zoo.cwd / "m.onnx"
+    shutil.copy(fixture_onnx, model)
+    args = ("model=fixture", "stage=eval", f"model_file={model}", "dataset.num_shards=3")
+    sweep = zoo.cwd / "sweep"
+    zoo.ok("run", "-m", *args, "dataset.shard=range(0,3)", f"hydra.sweep.dir={sweep}")
+    assert merged(sweep)["images"] == 12
+    proto = onnx.load(str(model))  # the same graph, re-saved with a note: other bytes, other sha256
+    proto.doc_string = "retrained"
+    onnx.save(proto, str(model))
+    rc, out, err = zoo("run", "-m", *args, "dataset.shard=1", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=1")
+    assert rc == 1, out + err
+    md = (sweep / "sweep_report.md").read_text()
+    assert "not merged: shard 1 (job 1) did not run what shard 0 (job 0) ran: model file (sha256" in md
+    assert "shard 2 (job 2) did not run" not in md
+    assert not (sweep / "merged" / "metrics.json").exists()  # the stale merge was removed, not kept
+
+
+def test_shards_of_different_weights_or_config_are_refused_in_process(tmp_path):
+    """merge_identity/fingerprint_problems on run.json records: weights, config and annotation files."""
+    from zoo_core.reports import shard_merge
+    from zoo_core.reports.job_files import job_files
+
+    def job(name: str, weights: str, thresh: float, ann: str, threads: int) -> shard_merge.Shard:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "run.json").write_text(json.dumps({
+            "config": {"model": {"name": "m", "thresh": thresh}, "dataset": {"name": "d", "shard": int(name)},
+                       "backend": {"name": "onnxruntime", "intra_op_threads": threads}, "stage": {"name": "eval"}},
+            "inputs": {"weights": {"sha256": weights}, "dataset_files": [{"sha256": ann}]}}))
+        return shard_merge.Shard(int(name), {"job": name, "status": "ok"}, job_files(d, "eval"))
+
+    same = [job("0", "a" * 64, 0.5, "x", 1), job("1", "a" * 64, 0.5, "x", 4)]
+    assert shard_merge.fingerprint_problems(same) == []  # threads are not what ran
+    bad = [job("2", "a" * 64, 0.5, "x", 1), job("3", "b" * 64, 0.6, "y", 1)]
+    [problem] = shard_merge.fingerprint_problems(bad)
+    assert problem.startswith("shard 3 (job 3) did not run what shard 2 (job 2) ran: ")
+    assert "model config (thresh: 0.5 vs 0.6)" in problem
+    assert f"weights (sha256 {'a' * 12} vs {'b' * 12})" in problem
+    assert "annotation files" in problem

@@ -1,0 +1,129 @@
+"""What the sweep report shows a person: title, table formatting, failures in full, told-apart model
+files, convert columns, and the plots (throughput from 0, one legend entry per series, Pareto front)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from zoo_core.reports import sweep_report as sr
+
+LONG_ERROR = ("onnxruntime cannot load this model: [ONNXRuntimeError] : 10 : INVALID_GRAPH : Load model from "
+              "/data/models/centerface_onnxruntime.onnx failed:This is an invalid model. In Node, ('Conv_12', Conv, "
+              "\"\", -1) : (\"input\": tensor(float),) -> (\"x\": tensor(float),) , Error Node (Conv_12) has input size 1 "
+              "not in range [min=2, max=3].\n  hint: re-export it | or pass model_file=")
+
+
+def row(job, status="ok", **kw):
+    return {"job": str(job), "status": status, "model": "centerface", "stage": kw.pop("stage", "perf"),
+            "backend": "onnxruntime", "host": "node7", **kw}
+
+
+def table(md: str) -> tuple[list[str], list[list[str]]]:
+    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
+    split = [[c.strip() for c in re.split(r"(?<!\\)\|", ln.strip())[1:-1]] for ln in lines]
+    return split[0], split[2:]
+
+
+def test_markdown_has_a_title_job_count_without_merges_decimals_per_column_and_full_errors():
+    rows = [row(0, **{"@dataset.shard": "0"}, throughput=123.456, latency_mean_ms=8.1, **{"metric:AP": 0.41234}),
+            row(1, "failed", **{"@dataset.shard": "1"}, error=LONG_ERROR),
+            row(2, **{"@dataset.shard": "2"}, throughput=99.0, latency_mean_ms=10.25, **{"metric:AP": 0.4}),
+            {"job": "merged", "@dataset.shard": "all", "status": "ok", "metric:AP": 0.40625}]
+    md = sr.write_markdown(rows, ["dataset.shard"], sr.title_of(rows))
+    assert md.splitlines()[0] == "# Sweep report: centerface · perf · onnxruntime · host node7"
+    assert "3 jobs (1 failed), 1 shard merge (0 failed)" in md.splitlines()
+    head, cells = table(md)
+    assert head == ["dataset.shard", "status", "throughput (img/s)", "latency mean (ms)", "AP"]
+    assert [c[2] for c in cells] == ["123.5", "", "99.0", ""]      # one number of decimals per column
+    assert [c[3] for c in cells] == ["8.10", "", "10.25", ""]
+    assert [c[4] for c in cells] == ["0.4123", "", "0.4000", "0.4062"]
+    assert cells[1][1] == "failed [1]"
+    note = next(ln for ln in md.splitlines() if ln.startswith("1. job `1`: "))
+    assert note == "1. job `1`: " + LONG_ERROR.replace("|", "\\|").replace("\n", " ")  # whole, not cut
+
+
+def test_model_file_column_tells_different_files_apart():
+    rows = [row(0, model_file="/sweep/0/model/centerface_onnxruntime.onnx", model_sha256="a" * 64),
+            row(1, model_file="/sweep/1/model/centerface_onnxruntime.onnx", model_sha256="b" * 64),
+            row(2, model_file="/sweep/0/model/centerface_onnxruntime.onnx", model_sha256="a" * 64)]
+    head, cells = table(sr.write_markdown(rows, ["job"]))
+    col = head.index("model file")
+    assert [c[col] for c in cells] == ["0/model/centerface_onnxruntime.onnx (aaaaaaaa)",
+                                       "1/model/centerface_onnxruntime.onnx (bbbbbbbb)",
+                                       "0/model/centerface_onnxruntime.onnx (aaaaaaaa)"]
+    assert sr.short_paths(["/m/a.onnx", "/m/b.onnx"]) == {"/m/a.onnx": "a.onnx", "/m/b.onnx": "b.onnx"}
+
+
+def test_throughput_plot_starts_at_zero_with_one_legend_entry_per_series():
+    rows = [row(f"{b}{t}", **{"@batch_size": str(b), "@backend.intra_op_threads": str(t)}, throughput=10.0 * b + t)
+            for t in (1, 2) for b in (1, 4, 16)]
+    fig = sr.figure(rows, ["batch_size", "backend.intra_op_threads"], "centerface · perf · onnxruntime · host h")
+    [ax] = fig.axes
+    assert ax.get_label() == "throughput" and ax.get_ylim()[0] == 0
+    legend = ax.get_legend()
+    assert legend.get_title().get_text() == "backend.intra_op_threads"
+    assert [t.get_text() for t in legend.get_texts()] == ["1", "2"]
+    assert [list(line.get_xdata()) for line in ax.get_lines()] == [[1, 4, 16], [1, 4, 16]]
+    assert list(ax.get_lines()[1].get_ydata()) == [12.0, 42.0, 162.0]
+    assert fig._suptitle.get_text() == "centerface · perf · onnxruntime · host h"
+
+
+def test_pareto_plot_labels_each_point_and_draws_the_front():
+    pts = {"none": (20.0, 0.91), "int8": (35.0, 0.89), "int8-bad": (30.0, 0.70)}
+    rows = [row(i, stage="eval", **{"@quantize": q}, throughput=x, **{"metric:easy": y, "metric:hard": 0.5})
+            for i, (q, (x, y)) in enumerate(pts.items())]
+    rows.append({"job": "merged", "status": "ok", "metric:easy": 0.99})  # merges have no throughput: not plotted
+    fig = sr.figure(rows, ["quantize"])
+    assert [a.get_label() for a in fig.axes] == ["throughput", "pareto"]
+    ax = fig.axes[1]
+    assert ax.get_xlabel() == "throughput (img/s)" and ax.get_ylabel() == "easy"
+    assert ax.get_xlim()[0] == 0 and ax.get_ylim()[0] == 0
+    assert sorted(t.get_text() for t in ax.texts) == ["int8", "int8-bad", "none"]
+    front = next(line for line in ax.get_lines() if line.get_label() == "Pareto front")
+    assert list(zip(front.get_xdata(), front.get_ydata())) == [(20.0, 0.91), (35.0, 0.89)]
+    assert sr.pareto_front([(1, 1), (2, 0.5), (0.5, 0.5), (2, 1)]) == [3]
+
+
+def test_a_shard_sweep_has_no_pareto_plot():
+    rows = [row(i, stage="eval", **{"@dataset.shard": str(i)}, throughput=10.0 + i, **{"metric:AP": 0.4})
+            for i in range(3)]
+    assert [a.get_label() for a in sr.figure(rows, ["dataset.shard"]).axes] == ["throughput"]
+
+
+def test_convert_sweep_shows_om_files_and_atc_status(zoo, fixtures_dir, fixture_onnx, tmp_path):
+    fake = fixtures_dir / "fake_ascend"
+    env = zoo.env(PATH=f"{fake}{os.pathsep}{os.environ['PATH']}", FAKE_ATC_LOG=str(tmp_path / "argv.json"))
+    sweep = tmp_path / "sweep"
+    zoo.ok("run", "-m", "model=fixture", "stage=convert", "batch_size=1,2", f"model_file={fixture_onnx}",
+           f"hydra.sweep.dir={sweep}", env=env)
+    md = (sweep / "sweep_report.md").read_text()
+    assert md.splitlines()[0].startswith("# Sweep report: fixture · convert · atc Ascend310P3 · host ")
+    head, cells = table(md)
+    assert head == ["batch_size", "status", "OM file", "ATC"]
+    assert cells == [["1", "ok", "fixture_bs1.om", "converted"], ["2", "ok", "fixture_bs2.om", "converted"]]
+    result = json.loads((sweep / "1" / "result.json").read_text())
+    assert result["converted"] is True and result["om"].endswith("fixture_bs2.om")
+    assert not (sweep / "sweep_report.png").exists()  # nothing to plot, no empty picture
+
+
+def test_rebuild_tool_says_what_is_missing(tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "zoo_core.reports.sweep_report", *map(str, args)],
+                              capture_output=True, text=True)
+
+    p = run(tmp_path / "nope")
+    assert p.returncode == 2 and p.stderr.startswith(f"error: {tmp_path / 'nope'}: no such sweep directory\n")
+    p = run(tmp_path)
+    assert p.returncode == 2 and "no sweep jobs found" in p.stderr
+    assert run().returncode == 2
+
+
+@pytest.mark.parametrize("values, decimals", [([0.4123, 0.9], 4), ([12.5, 99.0], 2), ([55.1, 289.8], 1),
+                                              ([13806.7], 1), ([0.07, 0.17], 4), ([None, "x"], 2)])
+def test_decimals_follow_the_largest_value_of_a_column(values, decimals):
+    assert sr.decimals_for(values) == decimals

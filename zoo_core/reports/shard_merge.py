@@ -1,0 +1,226 @@
+"""Merge a sharded evaluation: score the union of the shards' detections once, as an unsharded run.
+
+A sweep over ``dataset.shard`` (stage ``eval`` or ``postprocess``) is merged per combination of the
+other swept keys into ``<sweep dir>/merged/`` (or ``merged/<key=value,...>/``).
+
+A merge is refused (its report row is failed, and the sweep exits 1) when
+
+* a shard is missing (no job ran it), failed (``error.json``) or has no result (killed);
+  the message names the shard and gives the command that re-runs just that shard into the sweep
+  (``hydra.sweep.subdir=<its job dir>``, ``resume=true``); once it has run, the merge completes;
+* the shards did not run the same thing: their model, dataset (except ``shard``) and backend config,
+  weights, model file and dataset annotation files (sha256, from each job's ``run.json``) must agree.
+"""
+from __future__ import annotations
+
+import logging
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from zoo_core.reports.job_files import JobFiles, job_files
+from zoo_core.reports.sweep_report import read_json, sweep_jobs
+
+log = logging.getLogger("zoo")
+
+MERGEABLE_STAGES = ("eval", "postprocess")
+
+#: Keys that may differ between the shards of one merge: they change where or how fast a job ran,
+#: not its detections.
+RUNTIME_KEYS = ("resume", "progress", "num_workers", "device_id", "work_dir", "model_dir", "allow_skips")
+RUNTIME_PREFIXES = ("pin.", "hydra.")
+RUNTIME_BACKEND_KEYS = ("device_id", "intra_op_threads", "inter_op_threads", "threads")
+
+
+def is_runtime_key(key: str) -> bool:
+    return (key in RUNTIME_KEYS or key.startswith(RUNTIME_PREFIXES)
+            or key in {f"backend.{k}" for k in RUNTIME_BACKEND_KEYS})
+
+
+def _label(values: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in values.items())
+
+
+@dataclass
+class Shard:
+    index: int
+    row: dict
+    files: JobFiles
+
+
+def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[dict]:
+    """Score the union of an ``eval`` sweep over ``dataset.shard``, once per combination of the other
+    swept keys. Returns one report row per merge (``status`` ok, or failed with the reason)."""
+    if "dataset.shard" not in swept:
+        return []
+    from omegaconf import OmegaConf
+
+    jobs = {f.root.name: f for f in sweep_jobs(sweep_dir)}
+    others = [k for k in swept if k != "dataset.shard" and not is_runtime_key(k)]
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("@dataset.shard") is not None:
+            groups.setdefault(_label({k: r.get("@" + k) for k in others}), []).append(r)
+    merged_rows = []
+    for label, members in groups.items():
+        cfg = OmegaConf.load(jobs[members[0]["job"]].config)
+        if str(cfg.stage.name) not in MERGEABLE_STAGES:
+            return []
+        row = {"job": "merged" + (f"[{label}]" if label else ""),
+               **{f"@{k}": members[0].get("@" + k) for k in others}, "@dataset.shard": "all"}
+        n = int(cfg.dataset.get("num_shards", 1))
+        shards = pick_shards(members, jobs)
+        problems = [p for p in (shard_problem(i, shards.get(i), n) for i in range(n)) if p]
+        problems += [f"job {s.row['job']} ran dataset.shard={i}, outside dataset.num_shards={n}"
+                     for i, s in shards.items() if not 0 <= i < n]
+        if not problems:
+            problems = fingerprint_problems([shards[i] for i in range(n)])
+        out_dir = sweep_dir / "merged" / label if label else sweep_dir / "merged"
+        if problems:
+            # a merge from an earlier, complete state of the sweep must not look current
+            job_files(out_dir, str(cfg.stage.name)).metrics.unlink(missing_ok=True)
+            reruns = [rerun_command(sweep_dir, i, shards.get(i), members, jobs) for i in range(n)
+                      if shard_problem(i, shards.get(i), n)]
+            error = "not merged: " + "; ".join(problems)
+            if reruns:
+                error += ". Re-run " + ("it" if len(reruns) == 1 else "them") + ", then the merge completes: " \
+                         + " ; ".join(reruns)
+            merged_rows.append({**row, "status": "failed", "error": error})
+            continue
+        try:
+            record = score_union(cfg, [shards[i].files for i in range(n)], out_dir)
+        except Exception as exc:
+            log.error("merging shards failed: %s", exc)
+            merged_rows.append({**row, "status": "failed", "error": f"merge failed: {exc}"})
+            continue
+        row.update(status="ok", images=record["images"])
+        row.update({f"metric:{k}": v for k, v in record["metrics"].items() if "/" not in k})
+        merged_rows.append(row)
+    return merged_rows
+
+
+def pick_shards(members: list[dict], jobs: dict[str, JobFiles]) -> dict[int, Shard]:
+    """The job of each shard index; when a shard ran more than once, an ok run wins, then the newest."""
+    best: dict[int, Shard] = {}
+    for r in members:
+        i = int(r["@dataset.shard"])
+        cand = Shard(i, r, jobs[r["job"]])
+        cur = best.get(i)
+        if cur is None or _rank(cand) > _rank(cur):
+            best[i] = cand
+    return best
+
+
+def _rank(s: Shard) -> tuple:
+    return (s.row["status"] == "ok", s.files.overrides.stat().st_mtime)
+
+
+def shard_problem(i: int, shard: Shard | None, n: int) -> str | None:
+    """Why shard ``i`` cannot be merged, or None."""
+    if shard is None:
+        return f"shard {i} of {n} is missing (no job ran dataset.shard={i})"
+    status = shard.row["status"]
+    if status == "failed":
+        return f"shard {i} (job {shard.row['job']}) failed: {shard.row.get('error') or 'unknown error'}"
+    if status != "ok" or not shard.files.metrics.is_file():
+        return f"shard {i} (job {shard.row['job']}) has no result (killed, or still running)"
+    return None
+
+
+def merge_identity(files: JobFiles) -> dict | None:
+    """What must be equal between the shards of one merge, from the job's ``run.json``."""
+    rec = read_json(files.run)
+    if not rec or "config" not in rec:
+        return None
+    cfg, inputs = rec["config"], rec.get("inputs") or {}
+    return {
+        "model": cfg.get("model"),
+        "dataset": {k: v for k, v in (cfg.get("dataset") or {}).items() if k != "shard"},
+        "backend": {k: v for k, v in (cfg.get("backend") or {}).items() if k not in RUNTIME_BACKEND_KEYS},
+        "stage": (cfg.get("stage") or {}).get("name"),
+        "weights": (inputs.get("weights") or {}).get("sha256"),
+        "model file": (inputs.get("model_file") or {}).get("sha256"),
+        "annotation files": [f.get("sha256", f.get("bytes")) for f in inputs.get("dataset_files") or []],
+    }
+
+
+def fingerprint_problems(shards: list[Shard]) -> list[str]:
+    """One message per shard whose identity differs from the first shard's."""
+    ids = [(s, merge_identity(s.files)) for s in shards]
+    problems = [f"shard {s.index} (job {s.row['job']}) has no readable run.json to check what it ran"
+                for s, ident in ids if ident is None]
+    if problems:
+        return problems
+    ref, ref_id = ids[0]
+    for s, ident in ids[1:]:
+        diff = [k for k in ref_id if ref_id[k] != ident[k]]
+        if diff:
+            details = ", ".join(_describe_diff(k, ref_id[k], ident[k]) for k in diff)
+            problems.append(f"shard {s.index} (job {s.row['job']}) did not run what shard {ref.index} "
+                            f"(job {ref.row['job']}) ran: {details}")
+    return problems
+
+
+def _describe_diff(key: str, a, b) -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        return f"{key} config ({', '.join(f'{k}: {a.get(k)!r} vs {b.get(k)!r}' for k in keys)})"
+    if isinstance(a, str) and isinstance(b, str):
+        return f"{key} (sha256 {a[:12]} vs {b[:12]})"
+    return f"{key} ({a!r} vs {b!r})"
+
+
+def rerun_command(sweep_dir: Path, i: int, shard: Shard | None, members: list[dict],
+                  jobs: dict[str, JobFiles]) -> str:
+    """The ``zoo run`` that re-runs shard ``i`` alone into this sweep (its own job dir, resumed)."""
+    import yaml
+
+    template = shard.files if shard else jobs[members[0]["job"]]
+    overrides = yaml.safe_load(template.overrides.read_text()) or []
+    args = []
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key == "dataset.shard":
+            o = f"dataset.shard={i}"
+        if key != "resume":
+            args.append(o)
+    hydra_file = template.overrides.parent / "hydra.yaml"
+    launcher = []
+    if hydra_file.is_file():
+        hcfg = yaml.safe_load(hydra_file.read_text()) or {}
+        hydra_overrides = ((hcfg.get("hydra") or {}).get("overrides") or {}).get("hydra") or []
+        launcher = [o for o in hydra_overrides if o.lstrip("+~").startswith(("hydra/launcher", "hydra.launcher"))]
+    if shard is not None:
+        subdir = shard.row["job"]
+    else:
+        taken = [int(p.name) for p in sweep_dir.iterdir() if p.name.isdigit()]
+        subdir = str(max(taken, default=-1) + 1)
+    argv = ["zoo", "run", "-m", *launcher, *args, f"hydra.sweep.dir={sweep_dir}", f"hydra.sweep.subdir={subdir}",
+            "resume=true"]
+    return shlex.join(argv)
+
+
+def score_union(cfg, shards: list[JobFiles], out_dir: Path) -> dict:
+    """Score the detections of all ``shards`` as one unsharded run in ``out_dir``."""
+    from omegaconf import open_dict
+
+    from zoo_core.plugins import get_manager
+    from zoo_core.runs.context import RunContext
+    from zoo_core.runs.detstore import DetectionStore
+    from zoo_core.stages.scoring import score
+
+    with open_dict(cfg):
+        cfg.dataset.shard = 0
+        cfg.dataset.num_shards = 1
+    detections: dict = {}
+    skipped: list = []
+    for f in shards:
+        part = DetectionStore(f.detections).load()
+        overlap = set(part) & set(detections)
+        if overlap:
+            raise ValueError(f"shards overlap on {len(overlap)} image(s), e.g. {sorted(overlap)[0]}")
+        detections.update(part)
+        skipped += (read_json(f.metrics) or {}).get("skipped", [])
+    ctx = RunContext(cfg, get_manager(), out_dir, out_dir)
+    ctx.record_dir.mkdir(parents=True, exist_ok=True)
+    return score(ctx, detections, skipped, {"merged_from": [str(f.root) for f in shards]})
