@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from zoo_core.api.optional import require_torch
 from zoo_core.backends.base import Backend, Batch
 
 
@@ -11,7 +12,7 @@ class TorchBackend(Backend):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        import torch
+        torch = require_torch("the torch backend")
 
         threads = int(ctx.cfg.backend.get("threads", 0) or 0)
         if threads:

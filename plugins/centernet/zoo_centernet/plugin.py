@@ -12,6 +12,7 @@ import numpy as np
 import pluggy
 
 from zoo_core.api.errors import ConfigError, ZooError
+from zoo_core.api.optional import require_torch
 from zoo_core.api.types import TensorSpec
 
 from .coco import DOWNLOAD_HINT, CocoDataset
@@ -26,6 +27,8 @@ ZOO_HOOK_API = "1"
 hookimpl = pluggy.HookimplMarker("zoo")
 
 HEAD_NAMES = ("hm", "wh", "reg")
+#: This plugin's distribution; ``pip install 'zoo-centernet[torch]'`` adds PyTorch (build / export only).
+DIST = "zoo-centernet"
 INIT_SEED = 0
 
 
@@ -71,7 +74,7 @@ def preprocess(cfg, image, sample):
 
 @hookimpl
 def build_model(cfg, weights):
-    import torch
+    torch = require_torch("building the centernet model", dist=DIST)
 
     from .dla import build_dla34_ctdet
     from .weights import load_checkpoint
@@ -86,6 +89,7 @@ def build_model(cfg, weights):
 
 @hookimpl
 def export(cfg, weights, output, target):
+    require_torch(f"exporting the centernet model (export.target={target})", dist=DIST)
     from .export import export_onnx
 
     model = build_model(cfg, weights)
