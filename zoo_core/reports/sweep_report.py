@@ -262,11 +262,21 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or not Path(args[0]).is_dir():
-        print("usage: python -m zoo_core.reports.sweep_report <sweep dir>", file=sys.stderr)
+    usage = "usage: python -m zoo_core.reports.sweep_report <sweep dir>  (e.g. multirun/<model>/<date_time>)"
+    if len(args) != 1 or args[0].startswith("-"):
+        print(usage, file=sys.stderr)
         return 2
-    summary = build_report(args[0])
-    print(summary.get("markdown") or "no jobs found")
+    path = Path(args[0])
+    if not path.is_dir():
+        reason = "is a file, not a sweep directory" if path.exists() else "no such directory"
+        print(f"error: {path}: {reason}; give the sweep dir that holds the job dirs 0/, 1/, ...\n{usage}",
+              file=sys.stderr)
+        return 2
+    summary = build_report(path)
+    if not summary["jobs"]:
+        print(f"error: {path}: no sweep jobs found (job dirs with .hydra/overrides.yaml)", file=sys.stderr)
+        return 2
+    print(summary["markdown"])
     return 1 if summary["failed"] else 0
 
 
