@@ -7,7 +7,7 @@ from pathlib import Path
 
 from zoo_core.api.atomic import write_bytes, write_json
 from zoo_core.api.errors import ZooError
-from zoo_core.runs.fingerprint import config_hash, dataset_files, file_record, sha256_file, versions
+from zoo_core.runs.fingerprint import config_hash, dataset_files, file_record, model_config_hash, sha256_file, versions
 
 log = logging.getLogger("zoo")
 
@@ -77,7 +77,7 @@ def artifact_fingerprint(ctx, model_file: str | None = None, **parts) -> dict:
     """What must not change between an interrupted run and its resumption (hashes only)."""
     w = ctx.weights()
     fp = {
-        "model": config_hash(ctx.cfg.model),
+        "model": model_config_hash(ctx.cfg.model),
         "dataset": config_hash(ctx.cfg.dataset),
         "weights_sha256": sha256_file(w) if w else None,
         "model_file_sha256": sha256_file(model_file) if model_file and Path(model_file).is_file() else None,
