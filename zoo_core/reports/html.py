@@ -48,7 +48,8 @@ section { background:var(--card); border:1px solid var(--line); border-radius:10
 .card .u { font-size:13px; color:var(--muted); font-weight:500; }
 .card .s { font-size:12.5px; color:var(--muted); font-variant-numeric:tabular-nums; }
 table { border-collapse:collapse; width:100%; font-variant-numeric:tabular-nums; }
-table.kv { width:auto; min-width:min(100%, 560px); } table.kv td.num { text-align:left; }
+table.kv, table.metrics { width:auto; min-width:min(100%, 560px); } table.kv td.num { text-align:left; }
+table.metrics td:first-child { min-width:180px; }
 th, td { text-align:left; padding:6px 10px; border-bottom:1px solid var(--line); vertical-align:top; }
 th { font-size:12px; color:var(--muted); font-weight:600; text-transform:uppercase; letter-spacing:.03em;
      background:#fafbfd; }
@@ -233,7 +234,7 @@ def _metrics_section(metrics: dict) -> str:
     th = "".join(f'<th class="num">{_e(h)}</th>' if h in ("value", "95% interval", "reference") else f"<th>{_e(h)}</th>"
                  for h in heads)
     parts = [f'<section id="metrics"><h2>Metrics</h2>'
-             f'<table><thead><tr>{th}</tr></thead><tbody>{"".join(rows)}</tbody></table>']
+             f'<table class="metrics"><thead><tr>{th}</tr></thead><tbody>{"".join(rows)}</tbody></table>']
     if per_class:
         top = max([abs(float(v)) for _, v in per_class if isinstance(v, (int, float))] or [1.0]) or 1.0
         cells = []
