@@ -180,3 +180,12 @@ def test_sweep_report_says_what_is_missing(tmp_path, zoo):
     assert proc.returncode == 2 and "no sweep jobs found" in proc.stderr
     proc = subprocess.run(report, capture_output=True, text=True, env=zoo.env())
     assert proc.returncode == 2 and proc.stderr.startswith("usage: python -m zoo_core.reports.sweep_report")
+
+
+@pytest.mark.parametrize("args", [["--version"], ["list", "--json"]])
+def test_version_and_list_import_neither_hydra_nor_torch(zoo, args):
+    code = (f"import sys; from zoo_core.cli import main; rc = main({args!r}); "
+            f"sys.stderr.write(repr(sorted(m for m in ('torch', 'hydra') if m in sys.modules))); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=zoo.cwd, env=zoo.env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "[]", proc.stderr
