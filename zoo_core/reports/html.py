@@ -313,9 +313,9 @@ def _cards(metrics: dict | None, perf: dict | None) -> str:
 
 def _config_yaml(config: dict) -> str:
     try:
-        import yaml
+        from omegaconf import OmegaConf
 
-        return yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100)
+        return OmegaConf.to_yaml(OmegaConf.create(config))
     except Exception:
         return json.dumps(config, indent=2)
 
