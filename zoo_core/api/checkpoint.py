@@ -43,7 +43,9 @@ def load_weights_only(path: str | os.PathLike[str]) -> object:
     """
     import pickle
 
-    import torch
+    from zoo_core.api.optional import require_torch
+
+    torch = require_torch("loading a PyTorch checkpoint")
 
     path = Path(path)
     if not path.is_file():

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from zoo_core.api.errors import ConfigError
+from zoo_core.api.optional import require_torch
 from zoo_core.backends.base import Backend, Batch, ModelIO
 
 
@@ -17,7 +18,7 @@ class TorchBackend(Backend):
     def __init__(self, model_file: str | Path | None = None, options: Mapping[str, Any] | None = None,
                  io: ModelIO | None = None):
         super().__init__(model_file, options, io)
-        import torch
+        torch = require_torch("the torch backend")
 
         threads = int(self.options.get("threads", 0) or 0)
         if threads:

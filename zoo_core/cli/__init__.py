@@ -1,9 +1,12 @@
-"""The ``zoo`` command: ``run`` (a Hydra app), ``list``, ``info``, ``new-plugin``.
+"""The ``zoo`` command: ``run`` (a Hydra app), ``list``, ``info``, ``new-plugin``, ``--version``.
 
-``zoo list`` imports neither Hydra nor torch, so it starts fast.
+``zoo list`` and ``zoo --version`` import neither Hydra nor torch, so they start fast. Output into a
+closed pipe (``zoo list | head -1``, ``zoo run ... | head``) is dropped without a traceback; the command
+still finishes (a run keeps its artifacts whole) and exits with its own status.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 USAGE = """usage: zoo <command> [args]
@@ -12,25 +15,81 @@ commands:
   run  <overrides>     run a stage: zoo run model=centerface stage=eval [key=value ...]
                        multirun:    zoo run -m model=centerface stage=perf batch_size=1,4,8
                        Hydra flags work after `run` (--cfg job, --help, --info, -m ...)
-  list                 installed models (distribution, version, hooks), backends, broken plugins
+  list [--json]        installed models (distribution, version, hooks), plugins, backends, datasets,
+                       broken plugins; --json: the same as one JSON object
   info model=<name>    print the resolved configuration for these overrides
   new-plugin NAME [--dir PATH]
                        write a complete, installable model-plugin package
+  --version            versions of zoo-core and of each installed plugin distribution
+
+shell completion (bash, zsh):  eval "$(zoo run -sc install=bash)"
 """
+
+
+class ClosedPipeTolerant:
+    """A text stream whose writes go nowhere, quietly, once its pipe is closed (``BrokenPipeError``).
+
+    The file descriptor is then pointed at ``/dev/null``, so buffered text and the interpreter's final
+    flush cannot fail either. Everything else is the wrapped stream's.
+    """
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.closed_pipe = False
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            self._redirect()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self._redirect()
+
+    def _redirect(self) -> None:
+        self.closed_pipe = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (AttributeError, OSError, ValueError):
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
-        return 0
-    cmd, rest = argv[0], argv[1:]
+    cmd, rest = (argv[0], argv[1:]) if argv else ("--help", [])
     _terminate_like_interrupt()
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = ClosedPipeTolerant(sys.stdout), ClosedPipeTolerant(sys.stderr)
     try:
-        if cmd == "list":
-            from zoo_core.cli.listing import print_listing
+        code = _dispatch(cmd, rest)
+        sys.stdout.flush()
+        return code
+    finally:
+        sys.stdout, sys.stderr = saved
 
-            return print_listing()
+
+def _dispatch(cmd: str, rest: list[str]) -> int:
+    try:
+        if cmd in ("-h", "--help", "help"):
+            print(USAGE)
+            return 0
+        if cmd in ("--version", "-V", "version"):
+            from zoo_core.cli.listing import print_versions
+
+            return print_versions()
+        if cmd == "list":
+            from zoo_core.cli.listing import cli_list
+
+            return cli_list(rest)
         if cmd == "info":
             return cmd_info(rest)
         if cmd == "run":
@@ -87,8 +146,12 @@ def cmd_info(overrides: list[str]) -> int:
 
 def cmd_run(args: list[str]) -> int:
     from zoo_core.api.errors import ConfigError
+    from zoo_core.cli.completion import handle as shell_completion
     from zoo_core.config.validate import HYDRA_FLAGS_WITHOUT_VALIDATION, check_launcher, compose, no_model_message
 
+    code = shell_completion(args)
+    if code is not None:
+        return code
     flags = {a.split("=", 1)[0] for a in args if a.startswith("-")}
     overrides = [a for a in args if not a.startswith("-") and "=" in a]
     if any(o.split("=", 1)[0].lstrip("+~") == "hydra.run.dir" for o in overrides):

@@ -8,7 +8,9 @@ Python package.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import re
+from importlib import metadata
 from pathlib import Path
 
 from zoo_core import HOOK_API_VERSION, __version__
@@ -49,6 +51,32 @@ def names_for(model: str) -> dict[str, str]:
     }
 
 
+def installed_collision(values: dict[str, str]) -> str | None:
+    """Why a new plugin with these names would clash with what is installed, or ``None``.
+
+    A model name an installed plugin already provides, an installed ``zoo-<model>`` distribution or an
+    importable ``zoo_<model>`` package: installing the new package would replace or shadow it.
+    """
+    model, dist, package = values["model"], values["dist"], values["package"]
+    for ep in metadata.entry_points(group="zoo.models"):
+        if ep.name == model:
+            owner = getattr(ep, "dist", None)
+            who = f"{owner.metadata['Name']} {owner.version}" if owner is not None else ep.value
+            return f"model {model!r} is already provided by the installed {who}"
+    try:
+        return f"the distribution {dist} {metadata.version(dist)} is already installed"
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None:
+        where = spec.origin or ", ".join(spec.submodule_search_locations or [])
+        return f"a package {package} is already importable ({where})"
+    return None
+
+
 def render(text: str, values: dict[str, str]) -> str:
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", value)
@@ -61,9 +89,14 @@ def render(text: str, values: dict[str, str]) -> str:
 def new_plugin(model: str, parent: str | Path = ".") -> Path:
     """Write the package for ``model`` into ``parent/zoo-<model>`` and return that directory.
 
-    Refuses to write into an existing, non-empty directory.
+    Refuses a name that is already installed (see :func:`installed_collision`) and an existing,
+    non-empty directory.
     """
     values = names_for(model)
+    clash = installed_collision(values)
+    if clash:
+        raise ZooError(f"cannot create a plugin named {model!r}: {clash}, and installing {values['dist']} would "
+                       f"replace or shadow it; choose another name (e.g. {model + '_mine'!r})")
     dest = Path(parent).expanduser().resolve() / values["dist"]
     if dest.exists() and any(dest.iterdir()):
         raise ZooError("directory exists and is not empty; choose another --dir", path=dest)
@@ -89,6 +122,7 @@ def cli_new_plugin(argv: list[str]) -> int:
     parser.add_argument("--dir", default=".", help="parent directory of the new package (default: .)")
     args = parser.parse_args(argv)
     dest = new_plugin(args.name, args.dir)
-    print(f"wrote {dest}\nnext:\n  pip install -e {dest}\n  zoo list\n"
+    print(f"wrote {dest}\nnext:\n  pip install -e '{dest}[torch]'   (torch builds and exports the network)\n"
+          f"  zoo list\n"
           f"  zoo run model={args.name} stage=eval\n  pytest {dest / 'tests'}")
     return 0

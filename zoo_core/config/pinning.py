@@ -227,7 +227,7 @@ class ProcessState:
                 torch.set_num_threads(self.torch_threads)
             elif str(self.env.get("OMP_NUM_THREADS") or "").isdigit():
                 # loaded during the job: back to the default it would have had (OMP_NUM_THREADS)
-                torch.set_num_threads(int(self.env["OMP_NUM_THREADS"]))
+                torch.set_num_threads(int(str(self.env["OMP_NUM_THREADS"])))
 
 
 def set_process_threads(threads: int) -> None:

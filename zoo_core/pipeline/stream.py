@@ -115,7 +115,7 @@ class Stream:
             raise InputError(message)
         with self._lock:
             self.stats.skipped.append({"id": sample.id, "path": str(sample.path), "reason": message})
-            self.progress.set(self.stats.images + len(self.stats.skipped))
+            self.progress.update_to(self.stats.images + len(self.stats.skipped))
         log.warning("skipped %s", message)
 
     def _deliver(self, results: list[Result]) -> None:
@@ -124,7 +124,7 @@ class Stream:
                 sink.write(r)
         with self._lock:
             self.stats.images += len(results)
-            self.progress.set(self.stats.images + len(self.stats.skipped))
+            self.progress.update_to(self.stats.images + len(self.stats.skipped))
 
     def _account(self, listed: int) -> None:
         """Every listed item was written or skipped: anything else is an error, never a subset."""

@@ -152,7 +152,9 @@ def fingerprint_problems(shards: list[Shard]) -> list[str]:
     if problems:
         return problems
     ref, ref_id = ids[0]
+    assert ref_id is not None
     for s, ident in ids[1:]:
+        assert ident is not None
         diff = [k for k in ref_id if ref_id[k] != ident[k]]
         if diff:
             details = ", ".join(_describe_diff(k, ref_id[k], ident[k]) for k in diff)

@@ -207,7 +207,7 @@ def write_markdown(rows: list[dict], swept: list[str], title: str | None = None)
               "latency_p99_ms": "latency p99 (ms)", "model_file": "model file", "om_file": "OM file",
               "atc": "ATC"}.get(c, c.lstrip("@").replace("metric:", "")) for c in cols]
     decimals = {c: 4 if c.startswith("metric:") else decimals_for([r.get(c) for r in rows]) for c in cols}
-    files = short_paths([r.get("model_file") for r in rows] + [r.get("om_file") for r in rows])
+    files = short_paths([str(r[k]) for r in rows for k in ("model_file", "om_file") if r.get(k)])
     notes: list[str] = []
     lines = []
     if title:
@@ -291,7 +291,7 @@ def figure(rows: list[dict], swept: list[str], title: str | None = None):
         if panel == "throughput":
             _plot_throughput(ax, tp, swept)
         else:
-            _plot_pareto(ax, pareto, varying, metric)
+            _plot_pareto(ax, pareto, varying, str(metric))
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -444,16 +444,19 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     args = sys.argv[1:] if argv is None else argv
-    usage = "usage: python -m zoo_core.reports.sweep_report <sweep dir>"
-    if len(args) != 1:
+    usage = "usage: python -m zoo_core.reports.sweep_report <sweep dir>  (e.g. multirun/<model>/<date_time>)"
+    if len(args) != 1 or args[0].startswith("-"):
         print(usage, file=sys.stderr)
         return 2
-    if not Path(args[0]).is_dir():
-        print(f"error: {args[0]}: no such sweep directory\n{usage}", file=sys.stderr)
+    path = Path(args[0])
+    if not path.is_dir():
+        reason = "is a file, not a sweep directory" if path.exists() else "no such directory"
+        print(f"error: {path}: {reason}; give the sweep dir that holds the job dirs 0/, 1/, ...\n{usage}",
+              file=sys.stderr)
         return 2
-    summary = build_report(args[0])
+    summary = build_report(path)
     if not summary["jobs"]:
-        print(f"error: {args[0]}: no sweep jobs found (no <job>/.hydra/overrides.yaml)", file=sys.stderr)
+        print(f"error: {path}: no sweep jobs found (job dirs with <stage>/.hydra/overrides.yaml)", file=sys.stderr)
         return 2
     try:
         print(summary["markdown"], flush=True)

@@ -9,6 +9,7 @@ import platform
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -40,6 +41,18 @@ def config_hash(section) -> str:
     """Stable hash of a config section (resolved, keys sorted)."""
     data = OmegaConf.to_container(section, resolve=True, enum_to_str=True) if not isinstance(section, dict) else section
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+#: Model keys that only change what ``predict`` shows (never the network, its export or its outputs):
+#: left out of the export and resume fingerprints.
+DISPLAY_ONLY_MODEL_KEYS = ("predict_threshold", "class_names")
+
+
+def model_config_hash(model_cfg) -> str:
+    """:func:`config_hash` of the model section without :data:`DISPLAY_ONLY_MODEL_KEYS`."""
+    data: Any = OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True) \
+        if not isinstance(model_cfg, dict) else dict(model_cfg)
+    return config_hash({k: v for k, v in data.items() if k not in DISPLAY_ONLY_MODEL_KEYS})
 
 
 def versions(model_dist: str | None = None) -> dict[str, str]:

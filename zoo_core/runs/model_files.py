@@ -7,7 +7,7 @@ from pathlib import Path
 
 from zoo_core.api.atomic import write_json
 from zoo_core.api.errors import ZooError
-from zoo_core.runs.fingerprint import config_hash, sha256_file
+from zoo_core.runs.fingerprint import config_hash, model_config_hash, sha256_file
 
 log = logging.getLogger("zoo")
 
@@ -17,7 +17,7 @@ def export_fingerprint(ctx, target: str) -> dict:
     return {
         "model": ctx.model_name,
         "target": target,
-        "model_config": config_hash(ctx.cfg.model),
+        "model_config": model_config_hash(ctx.cfg.model),
         "export_config": config_hash({k: v for k, v in ctx.resolved_config()["export"].items() if k != "target"}),
         "weights": weights,
         "weights_sha256": sha256_file(weights) if weights else None,

@@ -17,7 +17,7 @@ from typing import Any
 from zoo_core.api.atomic import write_json
 from zoo_core.api.errors import InputError, ZooError
 from zoo_core.runs.context import RunContext
-from zoo_core.runs.fingerprint import config_hash, sha256_file
+from zoo_core.runs.fingerprint import config_hash, model_config_hash, sha256_file
 
 log = logging.getLogger("zoo")
 
@@ -26,7 +26,7 @@ def artifact_fingerprint(ctx: RunContext, model_file: str | None = None, **parts
     """What must not change between an interrupted run and its resumption (hashes only)."""
     w = ctx.weights()
     fp = {
-        "model": config_hash(ctx.cfg.model),
+        "model": model_config_hash(ctx.cfg.model),
         "dataset": config_hash(ctx.cfg.dataset),
         "weights_sha256": sha256_file(w) if w else None,
         "model_file_sha256": sha256_file(model_file) if model_file and Path(model_file).is_file() else None,

@@ -15,7 +15,7 @@ from zoo_core.pipeline.sinks import DetectionSink, OutputBinSink
 from zoo_core.pipeline.sources import ImageSource
 from zoo_core.pipeline.stream import Sink, Stream
 from zoo_core.pipeline.workers import WorkerPool
-from zoo_core.reports.progress import Progress, progress_enabled
+from zoo_core.reports.progress import Progress
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.detstore import DetectionStore
 from zoo_core.runs.fingerprint import config_hash
@@ -79,6 +79,6 @@ def _stream(ctx: RunContext, backend: Any, pool: WorkerPool) -> tuple:
                    decode=lambda outs, metas: hooks.postprocess(cfg=cfg, outputs=outs, metas=metas),
                    batch_size=int(cfg.batch_size), skip_errors=ctx.skip_errors,
                            expect=lambda meta: hooks.output_spec(cfg=cfg, meta=meta), keep_outputs=save,
-                   progress=Progress(len(todo), progress_enabled(cfg.get("progress")), "eval ")).run()
+                   progress=Progress(len(todo), cfg.get("progress"), "eval")).run()
     mark_complete(ctx.path("detections", "state.json"))
     return stats, done, backend.describe(), store

@@ -16,7 +16,7 @@ from zoo_core.api.errors import ZooError
 from zoo_core.pipeline.sinks import OutputBinSink
 from zoo_core.pipeline.sources import BinInputSource, list_bin_inputs
 from zoo_core.pipeline.stream import Stream
-from zoo_core.reports.progress import Progress, progress_enabled
+from zoo_core.reports.progress import Progress
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.fingerprint import config_hash, sha256_file
 from zoo_core.runs.layout import clear_dir
@@ -60,7 +60,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         stats = Stream(BinInputSource(todo), [OutputBinSink(out_dir, ledger)], backend=backend, keep_outputs=True,
                        batch_size=int(cfg.batch_size), skip_errors=ctx.skip_errors,
                        expect=lambda meta: _output_spec(ctx, meta),
-                       progress=Progress(len(todo), progress_enabled(cfg.get("progress")), "infer ")).run()
+                       progress=Progress(len(todo), cfg.get("progress"), "infer")).run()
         mark_complete(out_dir / "state.json")
         describe = backend.describe()
     finally:

@@ -18,7 +18,7 @@ from zoo_core.pipeline.sinks import DetectionSink
 from zoo_core.pipeline.sources import ImageSource, MetaSource, list_bin_inputs
 from zoo_core.pipeline.stream import Source, Stream
 from zoo_core.pipeline.workers import WorkerPool
-from zoo_core.reports.progress import Progress, progress_enabled
+from zoo_core.reports.progress import Progress
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.detstore import DetectionStore
 from zoo_core.runs.records import finish_with_skips
@@ -72,7 +72,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         stats = Stream(source, [DetectionSink(store)], backend=backend,
                        decode=lambda outs, metas: hooks.postprocess(cfg=cfg, outputs=outs, metas=metas),
                        batch_size=int(cfg.batch_size), skip_errors=ctx.skip_errors,
-                       progress=Progress(len(samples), progress_enabled(cfg.get("progress")), "postprocess ")).run()
+                       progress=Progress(len(samples), cfg.get("progress"), "postprocess")).run()
     finally:
         if pool is not None:
             pool.close()

@@ -16,7 +16,7 @@ from zoo_core.pipeline.sinks import InputBinSink
 from zoo_core.pipeline.sources import ImageSource
 from zoo_core.pipeline.stream import Stream
 from zoo_core.pipeline.workers import WorkerPool
-from zoo_core.reports.progress import Progress, progress_enabled
+from zoo_core.reports.progress import Progress
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.layout import clear_dir
 from zoo_core.runs.records import finish_with_skips
@@ -56,7 +56,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     workers = int(cfg.num_workers) if len(todo) > 1 else 0
     with WorkerPool(ctx.hooks, cfg, workers) as pool:
         stats = Stream(ImageSource(todo, pool), [InputBinSink(inputs_dir)], skip_errors=ctx.skip_errors,
-                       progress=Progress(len(todo), progress_enabled(cfg.get("progress")), "preprocess ")).run()
+                       progress=Progress(len(todo), cfg.get("progress"), "preprocess")).run()
     mark_complete(state)
     result = {"stage": "preprocess", "images": stats.images + len(done), "resumed_images": len(done),
               "skipped": stats.skipped, "inputs_dir": str(inputs_dir)}

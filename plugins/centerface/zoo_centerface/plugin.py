@@ -14,6 +14,7 @@ from pathlib import Path
 
 from zoo_core import hookimpl
 from zoo_core.api.errors import ConfigError
+from zoo_core.api.optional import require_torch
 from zoo_core.api.types import ExportResult, TensorSpec
 
 from .preprocess import (
@@ -31,6 +32,8 @@ ZOO_HOOK_API = "1"
 ZOO_DATASET_API = "1"
 
 MODEL_NAME = "centerface"
+#: This plugin's distribution; ``pip install 'zoo-centerface[torch]'`` adds PyTorch (build / export only).
+DIST = "zoo-centerface"
 #: Raw outputs in order: heatmap, size, offset, landmarks (channel conventions differ per family).
 OUTPUT_NAMES = {"ascend": ("output1", "output2", "output3", "output4"),
                 "starclouds": ("537", "538", "539", "540")}
@@ -78,9 +81,8 @@ def preprocess(cfg, image, sample):
 @hookimpl
 def build_model(cfg, weights):
     """ascend: the chenjun2hao network, seeded random weights or a checkpoint; starclouds: converted real weights."""
-    import torch
-
     m = cfg.model
+    torch = require_torch(f"building the centerface model (variant {variant_of(m)})", dist=DIST)
     weights = _weights(cfg, weights)
     if variant_of(m) == "starclouds":
         from .convert_weights import starclouds_torch_model
@@ -119,6 +121,7 @@ def export(cfg, weights, output, target):
     if variant == "ascend" and m.get("aipp", False) and target != "ascend":
         raise ConfigError("model.aipp=true feeds uint8 HWC images that only an AIPP-enabled OM accepts; "
                           "use export.target=ascend, or model.aipp=false for onnxruntime")
+    require_torch(f"exporting the centerface model (variant {variant}) for export.target={target}", dist=DIST)
     hw = model_input_hw(m)
     if hw is None:
         raise ConfigError("exporting the starclouds torch model for Ascend needs a fixed size: "

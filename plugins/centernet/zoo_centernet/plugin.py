@@ -14,6 +14,7 @@ import numpy as np
 
 from zoo_core import hookimpl
 from zoo_core.api.errors import ZooError
+from zoo_core.api.optional import require_torch
 from zoo_core.api.types import TensorSpec
 from zoo_core.datasets.coco import category_ids
 
@@ -26,6 +27,8 @@ ZOO_DATASET_API = "1"
 
 
 HEAD_NAMES = ("hm", "wh", "reg")
+#: This plugin's distribution; ``pip install 'zoo-centernet[torch]'`` adds PyTorch (build / export only).
+DIST = "zoo-centernet"
 INIT_SEED = 0
 
 
@@ -57,7 +60,7 @@ def preprocess(cfg, image, sample):
 
 @hookimpl
 def build_model(cfg, weights):
-    import torch
+    torch = require_torch("building the centernet model", dist=DIST)
 
     from .dla import build_dla34_ctdet
     from .weights import load_checkpoint
@@ -72,6 +75,7 @@ def build_model(cfg, weights):
 
 @hookimpl
 def export(cfg, weights, output, target):
+    require_torch(f"exporting the centernet model (export.target={target})", dist=DIST)
     from .export import export_onnx
 
     model = build_model(cfg, weights)

@@ -1,0 +1,191 @@
+"""CLI conventions: --version, list --json, closed pipes, shell completion, new-plugin name clashes, sweep_report usage."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from zoo_core.api.errors import ZooError
+from zoo_core.cli import main as zoo_main
+from zoo_core.cli.completion import hydra_comp_line
+from zoo_core.cli.scaffold import new_plugin
+
+ZOO = [sys.executable, "-m", "zoo_core.cli"]
+
+
+def test_version_lists_core_and_each_plugin_distribution(zoo):
+    lines = zoo.ok("--version").splitlines()
+    assert lines[0] == f"zoo-core {metadata.version('zoo-core')}"
+    by_name = {ln.split()[0]: ln for ln in lines[1:]}
+    assert by_name["zoo-centerface"] == f"zoo-centerface {metadata.version('zoo-centerface')}  (models: centerface)"
+    assert by_name["zoo-centernet"] == f"zoo-centernet {metadata.version('zoo-centernet')}  (models: centernet)"
+    assert by_name["zoo-fixture"] == "zoo-fixture 0.3.1  (models: fixture; plugins: fixture_observer)"
+    assert zoo.ok("-V") == "\n".join(lines) + "\n"
+
+
+def test_list_json_has_models_backends_datasets_and_broken_plugins(zoo, fixtures_dir):
+    data = json.loads(zoo.ok("list", "--json", env=zoo.env(PYTHONPATH=str(fixtures_dir / "bad_plugins"))))
+    models = {m["name"]: m for m in data["models"]}
+    assert {"centerface", "centernet", "fixture"} <= set(models)
+    assert models["fixture"]["distribution"] == "zoo-fixture" and models["fixture"]["version"] == "0.3.1"
+    assert {"dataset", "preprocess", "postprocess", "evaluate", "export", "oracle_outputs"} <= set(
+        models["fixture"]["hooks"])
+    assert models["centerface"]["missing_hooks"] == []
+    assert [p["name"] for p in data["plugins"]] == ["fixture_observer"]
+    backends = {b["name"]: b for b in data["backends"]}
+    assert set(backends) >= {"onnxruntime", "torch", "acl", "replay", "oracle"}
+    assert backends["onnxruntime"]["entry_point"] == "zoo_core.backends.onnxruntime_backend:OnnxRuntimeBackend"
+    datasets = {(d["name"], d["model"]) for d in data["datasets"]}
+    assert {("widerface", "centerface"), ("widerface_sample", "centerface"), ("coco", "centernet"),
+            ("coco_sample", "centernet"), ("squares", "fixture")} <= datasets
+    broken = {b["name"]: b for b in data["broken"]}
+    assert broken["badapi"]["error"].startswith("plugin needs zoo hook API 2")
+    assert broken["badimport"]["distribution"] == "zoo_bad_import"
+    assert data["zoo_core"] == metadata.version("zoo-core") and data["disabled"] == []
+
+
+def test_list_text_shows_datasets_and_rejects_unknown_flags(zoo):
+    out = zoo.ok("list")
+    assert "datasets:" in out and "widerface_sample" in out.split("datasets:")[1]
+    rc, out, err = zoo("list", "--jsn")
+    assert rc == 2 and err.strip() == "error: zoo list takes only --json, not --jsn"
+
+
+def _run_into_closed_pipe(args, cwd, env, timeout=180):
+    """Run the CLI with stdout a pipe whose reading end is already closed (what `| head` leaves)."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        proc = subprocess.run(ZOO + list(args), cwd=cwd, env=env, stdout=w, stderr=subprocess.PIPE, text=True,
+                              timeout=timeout)
+    finally:
+        os.close(w)
+    return proc.returncode, proc.stderr
+
+
+@pytest.mark.parametrize("args", [["list"], ["list", "--json"], ["--version"], ["--help"],
+                                  ["info", "model=fixture"], ["run", "model=fixture", "--cfg", "job"]])
+def test_no_broken_pipe_traceback(zoo, args):
+    rc, err = _run_into_closed_pipe(args, zoo.cwd, zoo.env())
+    assert rc == 0 and err == "", err
+
+
+def test_a_run_into_a_closed_pipe_still_finishes(zoo, fixture_onnx):
+    rc, err = _run_into_closed_pipe(["run", "model=fixture", "stage=eval", f"model_file={fixture_onnx}"],
+                                    zoo.cwd, zoo.env())
+    assert rc == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+    metrics = json.loads((zoo.cwd / "outputs" / "fixture" / "metrics.json").read_text())
+    assert metrics["images"] > 0
+
+
+def test_head_in_a_shell_pipeline(zoo):
+    """The user's case: `zoo list | head -1` in a real shell pipeline, stderr clean."""
+    cmd = f"{shlex.join(ZOO)} list --json | head -c 1 >/dev/null; {shlex.join(ZOO)} --help | head -n 1"
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=zoo.cwd, env=zoo.env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == "usage: zoo <command> [args]\n" and proc.stderr == ""
+
+
+# -- shell completion ------------------------------------------------------------------------------
+
+def _complete(line: str, env: dict, cwd: Path) -> list[str]:
+    """What bash offers for ``line`` (cursor at the end) after eval "$(zoo run -sc install=bash)"."""
+    script = f"""
+set -e
+eval "$(zoo run -sc install=bash)"
+COMP_LINE={shlex.quote(line)}
+COMP_POINT=${{#COMP_LINE}}
+read -r -a COMP_WORDS <<< "$COMP_LINE"
+COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 ))
+if [[ "$COMP_LINE" == *" " ]]; then COMP_WORDS+=(""); COMP_CWORD=$(( COMP_CWORD + 1 )); fi
+_zoo_complete
+printf '%s\\n' "${{COMPREPLY[@]}}"
+complete -p zoo >&2
+"""
+    proc = subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "complete -o default -o nospace -F _zoo_complete zoo", proc.stderr
+    return sorted(x for x in proc.stdout.split("\n") if x)
+
+
+@pytest.fixture
+def bash_env(zoo):
+    env = zoo.env()
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def test_shell_completion_completes_commands_and_overrides(zoo, bash_env):
+    assert _complete("zoo ", bash_env, zoo.cwd) == sorted(["run", "list", "info", "new-plugin", "--version",
+                                                            "--help"])
+    assert _complete("zoo r", bash_env, zoo.cwd) == ["run"]
+    assert _complete("zoo run model=centerf", bash_env, zoo.cwd) == ["model=centerface"]
+    assert _complete("zoo run model=fixture stage=ev", bash_env, zoo.cwd) == ["stage=eval", "stage=evaluate"]
+    assert _complete("zoo info model=fixture backend=onnx", bash_env, zoo.cwd) == ["backend=onnxruntime"]
+    assert _complete("zoo list --j", bash_env, zoo.cwd) == ["--json"]
+
+
+def test_shell_completion_registers_only_zoo_and_refuses_other_shells(zoo):
+    out = zoo.ok("run", "-sc", "install=bash")
+    assert out.rstrip().endswith("complete -o nospace -o default -F _zoo_complete zoo")
+    assert "zoo run" not in out.splitlines()[-1]
+    assert zoo.ok("run", "-sc", "install=zsh").startswith("autoload -Uz bashcompinit && bashcompinit\n")
+    assert "complete -r zoo" in zoo.ok("run", "-sc", "uninstall=bash")
+    rc, out, err = zoo("run", "-sc", "install=fish")
+    assert rc == 2 and "available for bash and zsh, not 'fish'" in err
+
+
+@pytest.mark.parametrize("line, expected", [("zoo run model=cen", "zoo model=cen"), ("zoo run ", "zoo "),
+                                            ("zoo run", "zoo "), ("zoo info a=1 b", "zoo a=1 b"),
+                                            ("zoo run model=x ", "zoo model=x ")])
+def test_hydra_sees_the_line_without_the_subcommand(line, expected):
+    assert hydra_comp_line(line) == expected
+
+
+# -- new-plugin ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, owner", [("centernet", "zoo-centernet"), ("fixture", "zoo-fixture 0.3.1")])
+def test_new_plugin_refuses_an_installed_model(tmp_path, capsys, name, owner):
+    assert zoo_main(["new-plugin", name, "--dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot create a plugin named {name!r}: model {name!r} is already provided by "
+                          f"the installed {owner}"), err
+    assert len(err.splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_new_plugin_refuses_a_name_whose_package_exists(tmp_path, monkeypatch):
+    (tmp_path / "lib" / "zoo_shadowed").mkdir(parents=True)
+    (tmp_path / "lib" / "zoo_shadowed" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    with pytest.raises(ZooError, match=r"a package zoo_shadowed is already importable"):
+        new_plugin("shadowed", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# -- sweep_report ----------------------------------------------------------------------------------
+
+def test_sweep_report_says_what_is_missing(tmp_path, zoo):
+    report = [sys.executable, "-m", "zoo_core.reports.sweep_report"]
+    proc = subprocess.run([*report, str(tmp_path / "nonexistent")], capture_output=True, text=True, env=zoo.env())
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[0] == f"error: {tmp_path / 'nonexistent'}: no such directory; give the sweep dir " \
+                                          f"that holds the job dirs 0/, 1/, ..."
+    proc = subprocess.run([*report, str(tmp_path)], capture_output=True, text=True, env=zoo.env())
+    assert proc.returncode == 2 and "no sweep jobs found" in proc.stderr
+    proc = subprocess.run(report, capture_output=True, text=True, env=zoo.env())
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: python -m zoo_core.reports.sweep_report")
+
+
+@pytest.mark.parametrize("args", [["--version"], ["list", "--json"]])
+def test_version_and_list_import_neither_hydra_nor_torch(zoo, args):
+    code = (f"import sys; from zoo_core.cli import main; rc = main({args!r}); "
+            f"sys.stderr.write(repr(sorted(m for m in ('torch', 'hydra') if m in sys.modules))); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=zoo.cwd, env=zoo.env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "[]", proc.stderr

@@ -1,0 +1,292 @@
+"""report.html for a run and a sweep: rendered in a real headless Chromium (DevTools protocol over a pipe),
+no console errors, every picture decoded, the numbers of the run's files on the page."""
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import select
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from zoo_core.reports.html import column_decimals, fmt_number, render_run_report, render_sweep_report, write_report
+from zoo_core.reports.html import main as html_main
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PAGE_WIDTH = 1200
+
+
+def zoo_run_ok(cwd: Path, cache_dir: Path, *args: str) -> None:
+    """``zoo <args>`` in ``cwd`` with the session's dataset cache (as tests/conftest.py's ``zoo`` fixture)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ZOO_DISABLE_PLUGINS", "PYTHONPATH")}
+    env.update(ZOO_CACHE_DIR=str(cache_dir), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "zoo_core.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+class Chromium:
+    """Headless Chromium driven through the DevTools protocol on fds 3/4 (``--remote-debugging-pipe``).
+
+    No WebDriver and no downloads: Debian's ``chromium`` package only.
+    """
+
+    def __init__(self, profile: Path, log: Path):
+        cmd_r, self._cmd_w = os.pipe()
+        self._out_r, out_w = os.pipe()
+        args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--hide-scrollbars", "--no-first-run", "--no-default-browser-check", "--disable-extensions",
+                "--mute-audio", "--remote-debugging-pipe", f"--user-data-dir={profile}", "about:blank"]
+        shell = f'exec "$@" 3<&{cmd_r} 4>&{out_w} {cmd_r}<&- {out_w}>&-'
+        self._log = open(log, "wb")
+        self.proc = subprocess.Popen(["bash", "-c", shell, "bash", *args], pass_fds=(cmd_r, out_w),
+                                     stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)
+        os.close(cmd_r)
+        os.close(out_w)
+        self._buf = b""
+        self._id = 0
+        self.events: list[dict] = []
+
+    def send(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 60) -> dict:
+        self._id += 1
+        msg = {"id": self._id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        os.write(self._cmd_w, json.dumps(msg).encode() + b"\0")
+        reply = self._wait(lambda m: m.get("id") == self._id, timeout)
+        if "error" in reply:
+            raise RuntimeError(f"{method}: {reply['error']}")
+        return reply.get("result", {})
+
+    def wait_event(self, method: str, session: str, timeout: float = 60) -> dict:
+        for i, ev in enumerate(self.events):
+            if ev.get("method") == method and ev.get("sessionId") == session:
+                return self.events.pop(i)
+        return self._wait(lambda m: m.get("method") == method and m.get("sessionId") == session, timeout, keep=False)
+
+    def _wait(self, match, timeout: float, keep: bool = True) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\0" in self._buf:
+                raw, self._buf = self._buf.split(b"\0", 1)
+                msg = json.loads(raw)
+                if match(msg):
+                    return msg
+                if "method" in msg:
+                    self.events.append(msg)
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                raise TimeoutError(f"no answer from chromium (exit code {self.proc.poll()})")
+            ready, _, _ = select.select([self._out_r], [], [], left)
+            if ready:
+                chunk = os.read(self._out_r, 1 << 20)
+                if not chunk:
+                    raise RuntimeError("chromium closed the DevTools pipe")
+                self._buf += chunk
+
+    def open(self, path: Path) -> dict:
+        """Load ``path``; return its text, images, console problems, layout facts and a full-page screenshot."""
+        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        s = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Page", "Runtime", "Log"):
+            self.send(f"{domain}.enable", session=s)
+        self.send("Emulation.setDeviceMetricsOverride",
+                  {"width": PAGE_WIDTH, "height": 900, "deviceScaleFactor": 1, "mobile": False}, s)
+        self.events.clear()
+        self.send("Page.navigate", {"url": path.resolve().as_uri()}, s)
+        self.wait_event("Page.loadEventFired", s)
+
+        def js(expr: str):
+            res = self.send("Runtime.evaluate", {"expression": expr, "returnByValue": True, "awaitPromise": True}, s)
+            if "exceptionDetails" in res:
+                raise RuntimeError(res["exceptionDetails"])
+            return res["result"].get("value")
+
+        js("Promise.all(Array.from(document.images).map(i => i.decode().catch(() => null)))")
+        facts = {
+            "text": js("document.body.innerText"),
+            "images": js("Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])"),
+            "resources": js("performance.getEntriesByType('resource').map(e => e.name)"),
+            "scroll_width": js("document.documentElement.scrollWidth"),
+            "height": js("document.documentElement.scrollHeight"),
+            "title": js("document.title"),
+        }
+        self.send("Emulation.setDeviceMetricsOverride", {"width": PAGE_WIDTH, "height": int(facts["height"]),
+                                                         "deviceScaleFactor": 1, "mobile": False}, s)
+        facts["screenshot"] = base64.b64decode(self.send("Page.captureScreenshot", {"format": "png"}, s)["data"])
+        problems = []
+        for ev in self.events:
+            m, p = ev.get("method"), ev.get("params", {})
+            if m == "Runtime.exceptionThrown":
+                details = p["exceptionDetails"]
+                problems.append(f"exception: {details.get('text')} "
+                                f"{(details.get('exception') or {}).get('description', '')}")
+            elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "warning", "assert"):
+                problems.append(f"console.{p['type']}: {[a.get('value') for a in p.get('args', [])]}")
+            elif m == "Log.entryAdded" and p["entry"]["level"] in ("error", "warning"):
+                problems.append(f"log: {p['entry']['text']}")
+        facts["problems"] = problems
+        self.send("Target.closeTarget", {"targetId": target})
+        return facts
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.send("Browser.close", timeout=10)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._cmd_w)
+        os.close(self._out_r)
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if CHROMIUM is None:
+        if os.environ.get("ZOO_REQUIRE_BROWSER"):
+            pytest.fail("chromium not found and ZOO_REQUIRE_BROWSER is set (apt-get install chromium)")
+        pytest.skip("chromium not installed (apt-get install chromium); .ci/run installs it")
+    d = tmp_path_factory.mktemp("chromium")
+    b = Chromium(d / "profile", d / "chromium.log")
+    yield b
+    b.close()
+
+
+def _assert_clean(page: dict, pngs: list[bytes]) -> None:
+    assert page["problems"] == [], page["problems"]
+    assert page["resources"] == []  # self-contained: nothing fetched
+    assert page["scroll_width"] <= PAGE_WIDTH  # no horizontal overflow
+    assert len(page["images"]) == len(pngs)
+    for (alt, complete, w, h), data in zip(page["images"], pngs):
+        assert complete and [w, h] == list(_png_size(data)), alt
+    shot = page["screenshot"]
+    assert _png_size(shot)[0] == PAGE_WIDTH and len(shot) > 20_000
+
+
+# -- the harness notices what it must -------------------------------------------------------------
+
+def test_the_browser_check_catches_errors_and_broken_pictures(browser, tmp_path):
+    bad = tmp_path / "bad.html"
+    bad.write_text('<!doctype html><title>t</title><img alt="x" src="data:image/png;base64,AAAA">'
+                   '<script>console.error("boom"); undefined_function();</script><p>hello</p>')
+    page = browser.open(bad)
+    assert page["text"].strip() == "hello"
+    assert any("boom" in p for p in page["problems"]) and any("undefined_function" in p for p in page["problems"])
+    assert page["images"] == [["x", True, 0, 0]]
+
+
+# -- a real run ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def eval_record(tmp_path_factory, cache_dir):
+    """A real CenterFace eval (6 images of the bundled sample), its metrics.json completed the way the
+    accuracy feature writes it (reference verdicts, 95% intervals)."""
+    d = tmp_path_factory.mktemp("eval")
+    zoo_run_ok(d, cache_dir, "run", "model=centerface", "stage=eval", "dataset.limit=6", "work_dir=run")
+    run = d / "run"
+    m = json.loads((run / "metrics.json").read_text())
+    values = m["metrics"]
+    m["reference"] = {"easy": {"expected": round(values["easy"], 4), "tolerance": 0.01, "source": "test", "within": True},
+                      "hard": {"expected": values["hard"] + 0.2, "tolerance": 0.01, "source": "test <b>", "within": False}}
+    m["ci95"] = {"easy": [values["easy"] - 0.05, min(1.0, values["easy"] + 0.02)]}
+    (run / "metrics.json").write_text(json.dumps(m))
+    return run
+
+
+def test_run_report_in_the_browser(browser, eval_record):
+    out = write_report(eval_record)
+    assert out == eval_record / "report.html"
+    page = browser.open(out)
+    pngs = [p.read_bytes() for p in sorted(eval_record.glob("*.png"))]
+    assert [p.name for p in sorted(eval_record.glob("*.png"))] == ["pr_curves.png"]
+    _assert_clean(page, pngs)
+    text = page["text"]
+    m = json.loads((eval_record / "metrics.json").read_text())
+    perf = json.loads((eval_record / "perf.json").read_text())
+    for name, value in m["metrics"].items():
+        assert f"{value:.4f}" in text, name  # every metric, 4 decimals
+    assert "✓ within" in text and "✗ outside" in text and "test <b>" in text
+    lo, hi = m["ci95"]["easy"]
+    assert f"{lo:.4f} – {hi:.4f}" in text
+    assert f"{m['reference']['hard']['expected']:.4f} ± 0.01" in text
+    assert f"{perf['throughput_img_s']:.2f}" in text and f"{perf['device_ms_per_img']:.2f} ms/img" in text
+    assert f"onnxruntime\t{metadata.version('onnxruntime')}" in text
+    assert "widerface_sample" in text and page["title"] == "zoo · centerface · eval · widerface_sample"
+    (eval_record.parent / "run_report.png").write_bytes(page["screenshot"])  # to look at
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory, cache_dir):
+    d = tmp_path_factory.mktemp("sweep")
+    zoo_run_ok(d, cache_dir, "run", "-m", "model=fixture", "stage=perf", "batch_size=1,2,4", "stage.loop=3",
+               "stage.warmup=1", "hydra.sweep.dir=sweep")
+    return d / "sweep"
+
+
+def test_sweep_report_in_the_browser(browser, sweep_dir):
+    import csv
+
+    page = browser.open(write_report(sweep_dir))
+    _assert_clean(page, [(sweep_dir / "sweep_report.png").read_bytes()])
+    text = page["text"]
+    rows = list(csv.DictReader((sweep_dir / "sweep_report.csv").open()))
+    assert len(rows) == 3 and "3 jobs" in text and "0 failed" in text
+    for r in rows:
+        thr = float(r["throughput"])
+        assert (f"{thr:,.0f}" if thr >= 10000 else f"{thr:,.2f}") in text
+        assert f"{float(r['latency_mean_ms']):.4f}" in text
+        assert f"\t{r['@batch_size']}\tok\t" in text
+    assert "stage.loop 3" in text  # constant overrides are stated once, not as columns
+    assert page["title"] == "zoo · sweep · fixture · perf"
+
+
+# -- without a browser -----------------------------------------------------------------------------
+
+def test_page_is_self_contained_and_escapes_everything(tmp_path):
+    import cv2
+    import numpy as np
+
+    ok, buf = cv2.imencode(".png", np.full((20, 30, 3), 200, np.uint8))
+    (tmp_path / "plot.png").write_bytes(buf.tobytes())
+    (tmp_path / "metrics.json").write_text(json.dumps({
+        "schema": 1, "model": "m<script>", "dataset": "d", "stage": "eval", "images": 3,
+        "metrics": {"<img src=x onerror=alert(1)>": 0.5, "AP/person": 0.25, "AP/cat": None},
+        "info": {"note": "a & b"}, "skipped": ["bad.png: truncated"]}))
+    page = render_run_report(tmp_path)
+    assert "<script" not in page and "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "a &amp; b" in page and "AP per class (2)" in page and "1 skipped" in page
+    assert "http://" not in page and "https://" not in page and "<link" not in page
+    uri = page.split('src="data:image/png;base64,', 1)[1].split('"', 1)[0]
+    assert base64.b64decode(uri) == (tmp_path / "plot.png").read_bytes()
+    assert "id=\"performance\"" not in page  # no perf.json: no section
+
+
+def test_missing_inputs_say_what_is_missing(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="no metrics.json, perf.json or run.json"):
+        render_run_report(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no sweep_report.csv"):
+        render_sweep_report(tmp_path)
+    assert html_main([str(tmp_path / "nope")]) == 2 and "no such directory" in capsys.readouterr().err
+    assert html_main([str(tmp_path)]) == 2 and "no metrics.json" in capsys.readouterr().err
+
+
+def test_number_formats():
+    assert [fmt_number(v) for v in (0.96877, 12.345, 16803.99, 7293505, None, True, 24)] == \
+        ["0.9688", "12.35", "16,804", "7,293,505", "—", "yes", "24"]
+    assert fmt_number(0.5, trim=True) == "0.5" and fmt_number(0.05, trim=True) == "0.05"
+    assert column_decimals([0.1, 9.5]) == 4 and column_decimals([9.5, 12.0]) == 2 and column_decimals([1, 2]) is None
