@@ -414,7 +414,8 @@ class SweepReport(Callback):
             value = job_return.return_value if job_return.status == JobStatus.COMPLETED else None
             record = (_jsonable(value) if isinstance(value, dict) else None) or {}
             record.update(host=socket.gethostname(), pid=os.getpid())
-            write_json(job_files(Path(str(config.hydra.runtime.output_dir)), str(config.stage.name)).result, record)
+            write_json(job_files(Path(str(config.hydra.runtime.output_dir)).parent, str(config.stage.name)).result,
+                       record)
         except Exception as exc:  # a report detail must never fail the job
             log.warning("could not write the job's result.json: %s", exc)
 
