@@ -45,7 +45,7 @@ def test_the_frictions_of_issue_19_are_answered():
     text = DOC.read_text()
     # letterbox's real signature (whatever it is at the time), Detections.empty, Sample.key, the labels dtype
     assert f"### `letterbox{apidoc.signature(geometry.letterbox, geometry)}`" in text
-    assert "#### classmethod `Detections.empty() -> 'Detections'`" in text
+    assert "#### classmethod `Detections.empty() -> Detections`" in text
     section = text.split("### class `Sample(")[1].split("\n### ")[0]
     assert "- `key`: " in section and "(event, stem)" in section and "COCO image id" in section
     detections = text.split("### class `Detections(")[1].split("\n### ")[0]

@@ -167,7 +167,9 @@ class DumpDir:
         """The output files of one image, in output order; InputError if any is missing."""
         d = self._files.get(stem)
         if d is None:
-            raise InputError(f"no output files for image {stem!r}", path=self.root)
+            raise InputError(f"no output files for image {stem!r} ({len(self._files)} images have outputs there)",
+                             path=self.root, hint="if preprocess/infer ran on a subset, repeat its dataset.limit / "
+                                                  "dataset.shard here, or pass on_error=skip")
         out = []
         for i in range(self.base, self.base + self.n_outputs):
             if i not in d:

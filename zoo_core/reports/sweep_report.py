@@ -426,6 +426,12 @@ class SweepReport(Callback):
         summary = build_report(sweep_dir)
         if not summary["jobs"]:
             return
+        try:
+            from zoo_core.reports.html import write_report
+
+            write_report(sweep_dir)
+        except Exception as exc:  # the report page must never fail the sweep
+            log.warning("could not write %s: %s", sweep_dir / "report.html", exc)
         status = os.environ.get(STATUS_ENV)
         if status:
             write_status(Path(status), {k: summary[k] if k != "report" else str(summary[k])

@@ -40,5 +40,16 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
             raise
         backend = result.get("backend") if isinstance(result.get("backend"), dict) else None
         write_run_record(ctx, {"status": "ok", **({"backend": backend} if backend else {})})
+        _write_html_report(ctx)
     ctx.manager.notify_stage_finished(cfg=ctx.cfg, stage=ctx.stage, run_dir=ctx.record_dir, result=result)
     return result
+
+
+def _write_html_report(ctx: RunContext) -> None:
+    """``report.html`` next to the stage's records; a report problem never fails the run."""
+    try:
+        from zoo_core.reports.html import write_report
+
+        write_report(ctx.record_dir)
+    except Exception as exc:
+        log.warning("could not write %s: %s", ctx.record("report.html"), exc)

@@ -2,7 +2,8 @@
 
 Outputs are named after the whole input file name (``x.jpg`` -> ``x.jpg.json`` and ``x.jpg.jpg``), so
 ``x.jpg`` and ``x.png`` never overwrite each other. ``stage.score_threshold`` (default: the model's
-``predict_threshold``) filters what is listed and drawn; the JSON holds boxes in original-image pixels.
+``predict_threshold``) filters what is listed and drawn; boxes carry the model's ``class_names``; the
+JSON holds boxes in original-image pixels.
 """
 from __future__ import annotations
 
@@ -14,30 +15,15 @@ import numpy as np
 from zoo_core.api.atomic import write_bytes, write_text
 from zoo_core.api.errors import ConfigError
 from zoo_core.api.imaging import list_images, read_image
-from zoo_core.api.types import Detections, Sample
+from zoo_core.api.types import Sample
 from zoo_core.pipeline.sinks import CallbackSink
 from zoo_core.pipeline.sources import ImageSource
 from zoo_core.pipeline.stream import Result, Stream
 from zoo_core.pipeline.workers import WorkerPool
-from zoo_core.reports.draw import draw_detections
+from zoo_core.reports.draw import draw_detections, filter_detections, predict_options
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.records import finish_with_skips
 from zoo_core.stages.open_backend import open_backend
-
-
-def keep_above(det: Detections, threshold: float | None) -> Detections:
-    """The detections scoring at least ``threshold`` (all of them when ``None``)."""
-    if threshold is None:
-        return det
-    keep = det.scores >= threshold
-    return Detections(det.boxes[keep], det.scores[keep], det.labels[keep], {k: v[keep] for k, v in det.extras.items()})
-
-
-def threshold(ctx: RunContext) -> float | None:
-    for value in (ctx.cfg.stage.get("score_threshold"), ctx.cfg.model.get("predict_threshold")):
-        if value is not None:
-            return float(value)
-    return None
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -48,15 +34,14 @@ def run(ctx: RunContext) -> dict[str, Any]:
         raise ConfigError("stage=predict needs input=<image file or folder>")
     samples = [Sample(p.name, p, None) for p in list_images(str(cfg.input))]
     out_dir = ctx.record_dir
-    thr = threshold(ctx)
-    names = list(cfg.model.get("class_names") or []) or None
+    opts = predict_options(cfg)
     written: list[dict] = []
 
     def draw(r: Result) -> None:
         assert r.detections is not None
-        det = keep_above(r.detections, thr)
+        det = filter_detections(r.detections, opts.score_threshold)
         write_text(out_dir / f"{r.sample.id}.json", json.dumps({"image": str(r.sample.path), **det.to_json()}) + "\n")
-        _ok, buf = cv2.imencode(".jpg", draw_detections(read_image(r.sample.path), det, names),
+        _ok, buf = cv2.imencode(".jpg", draw_detections(read_image(r.sample.path), det, opts.class_names),
                                [cv2.IMWRITE_JPEG_QUALITY, 92])
         write_bytes(out_dir / f"{r.sample.id}.jpg", np.asarray(buf).tobytes())
         written.append({"image": str(r.sample.path), "detections": len(det),
@@ -73,7 +58,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
             describe = backend.describe()
         finally:
             backend.close()
-    result = {"stage": "predict", "images": len(written), "predictions_dir": str(out_dir), "threshold": thr,
+    result = {"stage": "predict", "images": len(written), "predictions_dir": str(out_dir), "threshold": opts.score_threshold,
               "predictions": written, "skipped": stats.skipped, "backend": describe}
     finish_with_skips(ctx, stats.skipped)
     return result
