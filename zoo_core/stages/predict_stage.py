@@ -58,7 +58,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
             describe = backend.describe()
         finally:
             backend.close()
-    result = {"stage": "predict", "images": len(written), "predictions_dir": str(out_dir), "threshold": opts.score_threshold,
-              "predictions": written, "skipped": stats.skipped, "backend": describe}
+    result = {"stage": "predict", "images": len(written), "predictions_dir": str(out_dir),
+              "threshold": opts.score_threshold, "predictions": written, "skipped": stats.skipped, "backend": describe}
     finish_with_skips(ctx, stats.skipped)
     return result
