@@ -129,6 +129,19 @@ def onnx_dump_pairs(ref: OnnxGraph, dump: DumpTap) -> list[LayerPair]:
     return pairs
 
 
+def check_pair(reference: str, candidate: str, candidate_dump: str | None = None) -> None:
+    """Refuse (before anything runs) a backend pair whose layers cannot be compared."""
+    kinds = {"torch": "torch", "onnxruntime": "onnx"}
+    ref = kinds.get(reference)
+    cand = "dump" if candidate_dump else kinds.get(candidate)
+    if candidate_dump and candidate != "acl":
+        raise ConfigError(f"compare.candidate_dump is an Ascend dump: it needs compare.candidate=acl, not {candidate}")
+    if ref is None or cand is None or (cand == "dump" and ref != "onnx"):
+        hint = " (for acl: pass compare.candidate_dump=<converted dump dir>)" if "acl" in (reference, candidate) else ""
+        raise ConfigError(f"compare.layers=true cannot compare the layers of {reference} (reference) with {candidate} "
+                          f"(candidate){hint}; supported: {SUPPORTED}")
+
+
 def tap_for(backend: Backend, dump_dir: str | None = None) -> Any:
     """The tap that reads ``backend``'s intermediate tensors (a :class:`ConfigError` if none can)."""
     from zoo_core.backends.onnxruntime_backend import OnnxRuntimeBackend

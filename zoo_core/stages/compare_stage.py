@@ -20,7 +20,7 @@ from omegaconf import open_dict
 from zoo_core.api.atomic import write_json, write_text
 from zoo_core.api.errors import ConfigError, ZooError
 from zoo_core.backends.base import Backend
-from zoo_core.compare.layers import LayerCompare, tap_for
+from zoo_core.compare.layers import LayerCompare, check_pair, tap_for
 from zoo_core.compare.numbers import Tolerance
 from zoo_core.compare.pair import CompareSink, PairBackend
 from zoo_core.compare.report import SCHEMA, failure_reasons, jsonable, markdown, plot, summary_lines
@@ -53,15 +53,29 @@ def tolerance(cfg: Any) -> Tolerance:
     return tol
 
 
+def check_config(ctx: RunContext) -> Tolerance:
+    """Everything that can be refused before a worker or a model starts."""
+    c = ctx.cfg.compare
+    tol = tolerance(ctx.cfg)
+    for side in ("reference", "candidate"):
+        if str(c[side]) not in ctx.manager.backends:
+            raise ConfigError(f"compare.{side}={c[side]!r} is not an installed backend; installed: "
+                              f"{', '.join(sorted(ctx.manager.backends))}")
+    if c.get("candidate_dump") and not bool(c.layers):
+        raise ConfigError("compare.candidate_dump is read by the layer compare: add compare.layers=true")
+    if bool(c.layers):
+        if int(c.layer_images) < 1:
+            raise ConfigError(f"compare.layer_images={c.layer_images} must be >= 1")
+        check_pair(str(c.reference), str(c.candidate), c.get("candidate_dump"))
+    return tol
+
+
 def side_context(ctx: RunContext, side: str) -> tuple[RunContext, str, dict[str, Any] | None]:
     """The run context one side opens its backend with: ``compare.<side>_model`` in place of
     ``model_file`` (for torch: in place of ``weights``; for replay: the dump dir). The candidate
     falls back to ``model_file``; the reference never does, so it defaults to the export / OM."""
     c = ctx.cfg.compare
     name = str(c[side])
-    if name not in ctx.manager.backends:
-        raise ConfigError(f"compare.{side}={name!r} is not an installed backend; installed: "
-                          f"{', '.join(sorted(ctx.manager.backends))}")
     given = c.get(f"{side}_model")
     if side == "candidate" and not given:
         given = ctx.cfg.get("model_file")
@@ -110,7 +124,7 @@ def score_both(ctx: RunContext, sink: CompareSink) -> tuple[dict[str, Any] | Non
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.cfg
     c = cfg.compare
-    tol = tolerance(cfg)
+    tol = check_config(ctx)
     samples = ctx.samples
     if not samples:
         raise ZooError(f"dataset {cfg.dataset.get('name')} has no images to compare (dataset.limit?)")
@@ -136,8 +150,6 @@ def run(ctx: RunContext) -> dict[str, Any]:
                 if bool(c.layers):
                     layers = LayerCompare(tap_for(reference), tap_for(candidate, c.get("candidate_dump")), tol,
                                           int(c.layer_images))
-                elif c.get("candidate_dump"):
-                    raise ConfigError("compare.candidate_dump is read by the layer compare: add compare.layers=true")
                 pair = PairBackend(reference, candidate, layers)
             except BaseException:
                 candidate.close()
