@@ -10,8 +10,9 @@ The raw dump itself (a serialized header plus tensors in device formats such as 
 specified in a public document, so zoo reads the converted ``.npy`` files only (convert with
 ``-f NCHW`` to get NCHW tensors).
 
-ATC fuses chains such as Conv + BatchNorm + ReLU into one op that keeps the first op's name: the
-dumped tensor is then the chain's last output. :func:`fused_end` follows that rule.
+ATC fuses chains such as Conv + BatchNorm + ReLU into one op named by concatenating the original
+names (the acl.json example of the same guide dumps ``conv1conv1_relu``: ``conv1`` fused with
+``conv1_relu``); the dumped tensor is then the chain's last output. :func:`fused_chain` finds it.
 """
 from __future__ import annotations
 
@@ -84,24 +85,25 @@ def read_dump_dir(d: str | Path) -> dict[str, DumpTensor]:
     return found
 
 
-def fused_end(graph: OnnxGraph, tensor: str, dumped: set[str]) -> tuple[str, list[str]]:
-    """The tensor a dumped op really holds when ATC fused its elementwise successors into it.
-
-    Follows ``tensor`` through single-consumer :data:`FUSABLE_OPS` nodes that have no dump of their
-    own; returns the last tensor and the names of the nodes followed.
-    """
+def fused_chain(graph: OnnxGraph, tensor: str, name: str, keys: set[str]) -> tuple[str, str, list[str]] | None:
+    """The dump key, last tensor and followed nodes of a fused op that starts at the node producing
+    ``tensor`` (sanitised name ``name``): successors in a single-consumer chain of
+    :data:`FUSABLE_OPS` whose concatenated names form a dumped op's name. ``None`` if there is none."""
     chain: list[str] = []
     outputs = set(graph.outputs)
     while tensor not in outputs:
         users = graph.consumers.get(tensor, [])
         if len(users) != 1:
-            break
+            return None
         nxt = graph.nodes[users[0]]
-        if nxt.op_type not in FUSABLE_OPS or sanitize_op_name(nxt.name) in dumped or nxt.input[0] != tensor:
-            break
+        if nxt.op_type not in FUSABLE_OPS or nxt.input[0] != tensor:
+            return None
+        name += sanitize_op_name(nxt.name)
         chain.append(nxt.name)
         tensor = nxt.output[0]
-    return tensor, chain
+        if f"{name}:0" in keys:
+            return f"{name}:0", tensor, chain
+    return None
 
 
 class DumpTap:

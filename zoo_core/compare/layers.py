@@ -23,7 +23,7 @@ import numpy as np
 
 from zoo_core.api.errors import ConfigError
 from zoo_core.backends.base import Backend, Batch
-from zoo_core.compare.ascend_dump import DumpTap, fused_end
+from zoo_core.compare.ascend_dump import DumpTap, fused_chain
 from zoo_core.compare.numbers import OutputStats, Tolerance
 from zoo_core.compare.onnx_graph import OnnxGraph, module_path, sanitize_op_name
 from zoo_core.compare.taps import OnnxTap, TorchTap
@@ -116,16 +116,19 @@ def torch_torch_pairs(ref: TorchTap, cand: TorchTap) -> list[LayerPair]:
 
 
 def onnx_dump_pairs(ref: OnnxGraph, dump: DumpTap) -> list[LayerPair]:
-    """Dumped op outputs against the ONNX node of the same (sanitised) name, fusion-aware."""
-    dumped = {t.op_name for t in dump.tensors.values()}
+    """Dumped op outputs against the ONNX node of the same (sanitised) name; a fused op (named by
+    concatenation) against the last output of its chain."""
+    keys = set(dump.tensors)
     pairs = []
     for idx, node in enumerate(ref.nodes):
         name = sanitize_op_name(node.name)
         for i, t in enumerate(node.output):
-            key = f"{name}:{i}"
-            if t and key in dump.tensors:
-                end, chain = fused_end(ref, t, dumped)
-                pairs.append(LayerPair(node_label(node, t), end, key, idx, node.op_type, end, fused=chain))
+            if t and f"{name}:{i}" in keys:
+                pairs.append(LayerPair(node_label(node, t), t, f"{name}:{i}", idx, node.op_type, t))
+        fused = fused_chain(ref, node.output[0], name, keys) if node.output and node.output[0] else None
+        if fused is not None:
+            key, end, chain = fused
+            pairs.append(LayerPair(node_label(node, node.output[0]), end, key, idx, node.op_type, end, fused=chain))
     return pairs
 
 
@@ -198,7 +201,7 @@ class LayerCompare:
         if not pairs:
             self.note = self._why_nothing_matched()
         for tap, keys in ((r, [p.ref_key for p in pairs]), (c, [p.cand_key for p in pairs])):
-            if tap.kind == "onnx":
+            if tap.kind == "onnx" and keys:
                 tap.prepare(keys)
         return pairs
 

@@ -112,11 +112,11 @@ class OutputStats:
     failed_images: int = 0
     worst_image: str | None = None
     lowest_cosine_image: str | None = None
-    shape: list[int] = field(default_factory=list)
+    shape: list[int] | None = None  # per item; None when it varies between images
 
     def add(self, item_id: str, ref: np.ndarray, cand: np.ndarray) -> TensorDiff:
         d = diff(ref, cand, self.tol)
-        self.shape = list(np.shape(ref))
+        self.shape = list(np.shape(ref)) if self.images == 0 or self.shape == list(np.shape(ref)) else None
         self.images += 1
         self.failed_images += not d.passed(self.tol)
         self.beyond += d.beyond

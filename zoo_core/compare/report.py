@@ -43,7 +43,13 @@ def _f4(v: Any) -> str:
 
 
 def _cos(v: Any) -> str:
-    return "n/a" if v is None else f"{v:.6f}"
+    """Six decimals, or as many as it takes to show that a cosine below 1 is not 1 (a scaled layer)."""
+    if v is None:
+        return "n/a"
+    text = f"{v:.6f}"
+    if text == "1.000000" and v < 1.0:
+        text = f"{v:.12f}".rstrip("0")
+    return text
 
 
 def side_label(side: dict[str, Any]) -> str:
@@ -140,7 +146,8 @@ def markdown(result: dict[str, Any], plot: str | None) -> str:
             "| output | shape | max abs | max rel | cosine (lowest) | beyond tolerance | worst image | verdict |",
             "|---|---|---|---|---|---|---|---|"]
     for name, o in result["outputs"].items():
-        out.append(f"| {name} | {'x'.join(map(str, o['shape']))} | {_g(o['max_abs'])} | {_g(o['max_rel'])} | "
+        shape = "x".join(map(str, o["shape"])) if o["shape"] is not None else "varies"
+        out.append(f"| {name} | {shape} | {_g(o['max_abs'])} | {_g(o['max_rel'])} | "
                    f"{_cos(o['cosine'])} | {o['beyond_tolerance']:.4%} | {o['worst_image']} | "
                    f"{'ok' if o['passed'] else '**beyond tolerance**'} |")
     d = result.get("detections")
@@ -218,7 +225,7 @@ def plot(path: Path, samples: dict[str, list[tuple[np.ndarray, np.ndarray]]], re
         c = np.concatenate([b for _, b in samples[name]])
         ax.scatter(r, c, s=2, alpha=0.4, linewidths=0)
         lo, hi = float(min(r.min(), c.min())), float(max(r.max(), c.max()))
-        ax.plot([lo, hi], [lo, hi], lw=0.8, color="k")
+        ax.plot([lo, hi], [lo, hi], lw=0.6, color="0.6", zorder=0)
         o = result["outputs"][name]
         ax.set_title(f"{name}: max rel {_g(o['max_rel'])}, cos {_cos(o['cosine'])}", fontsize=8)
         ax.set_xlabel("reference", fontsize=8)
