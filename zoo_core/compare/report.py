@@ -80,8 +80,8 @@ def failure_reasons(result: dict[str, Any]) -> list[str]:
             continue
         why = []
         if o["beyond_tolerance"] > 0:
-            why.append(f"{o['beyond_tolerance']:.2%} of values beyond atol + rtol*max|ref| (max abs {_g(o['max_abs'])}, "
-                       f"max rel {_g(o['max_rel'])})")
+            why.append(f"{o['beyond_tolerance']:.2%} of values beyond atol + rtol*max|ref| "
+                       f"(max abs {_g(o['max_abs'])}, max rel {_g(o['max_rel'])})")
         if o["cosine"] is not None and o["cosine"] < tol["min_cosine"]:
             why.append(f"cosine {_cos(o['cosine'])} < {tol['min_cosine']}")
         out.append(f"output {name}: " + "; ".join(why or ["failed"]))
@@ -141,8 +141,8 @@ def markdown(result: dict[str, Any], plot: str | None) -> str:
                    f"{'-' if ms is None else f'{ms:.1f}'} |")
     out += ["", f"{result['images']} images, the same preprocessed arrays through both sides. An element is beyond "
             f"tolerance when |candidate - reference| > atol + rtol * max|reference| (of that output on that image, "
-            f"atol {_g(tol['atol'])}, rtol {_g(tol['rtol'])}); an output passes when no element is and its cosine is at "
-            f"least {tol['min_cosine']} on every image.", "", "## Outputs", "",
+            f"atol {_g(tol['atol'])}, rtol {_g(tol['rtol'])}); an output passes when no element is and its cosine "
+            f"is at least {tol['min_cosine']} on every image.", "", "## Outputs", "",
             "| output | shape | max abs | max rel | cosine (lowest) | beyond tolerance | worst image | verdict |",
             "|---|---|---|---|---|---|---|---|"]
     for name, o in result["outputs"].items():
@@ -170,7 +170,8 @@ def markdown(result: dict[str, Any], plot: str | None) -> str:
                 out.append(f"\n(the {len(rows)} least matched images; all of them in compare.json)")
     m = result.get("metrics")
     if m:
-        out += ["", "## Metrics on the ground truth", "", "| metric | reference | candidate | delta |", "|---|---|---|---|"]
+        out += ["", "## Metrics on the ground truth", "", "| metric | reference | candidate | delta |",
+                "|---|---|---|---|"]
         for k, v in m["reference"].items():
             delta = m["delta"].get(k)
             out.append(f"| {k} | {_f4(v)} | {_f4(m['candidate'].get(k))} | "

@@ -24,8 +24,9 @@ class TorchTap:
     """Module outputs of a torch model, captured with forward hooks during one forward pass.
 
     After :meth:`start`: ``order`` lists the modules with a tensor output in the order they
-    finished (``calls[m]`` > 1 for a module run twice: its last output is kept), ``fed_by[m]`` names the innermost module whose output object was ``m``'s first input,
-    and ``modules`` holds every module name. The root module (``""``) is not captured.
+    finished (``calls[m]`` > 1 for a module run twice: its last output is kept), ``fed_by[m]``
+    names the innermost module whose output object was ``m``'s first input, and ``modules`` holds
+    every module name. The root module (``""``) is not captured.
     """
 
     kind = "torch"

@@ -97,6 +97,24 @@ def open_side(ctx: RunContext, side: str) -> Backend:
     return open_backend(sctx, name, options=options)
 
 
+def open_pair(ctx: RunContext, tol: Tolerance) -> PairBackend:
+    """Both sides' backends (and the layer capture) in one :class:`PairBackend`; nothing left open on failure."""
+    c = ctx.cfg.compare
+    opened: list[Backend] = []
+    try:
+        opened.append(open_side(ctx, "reference"))
+        opened.append(open_side(ctx, "candidate"))
+        layers = None
+        if bool(c.layers):
+            layers = LayerCompare(tap_for(opened[0]), tap_for(opened[1], c.get("candidate_dump")), tol,
+                                  int(c.layer_images))
+        return PairBackend(opened[0], opened[1], layers)
+    except BaseException:
+        for backend in opened:
+            backend.close()
+        raise
+
+
 def score_both(ctx: RunContext, sink: CompareSink) -> tuple[dict[str, Any] | None, str | None]:
     """Both detection sets scored by the model's ``evaluate`` hook, and the candidate's delta."""
     cfg = ctx.cfg
@@ -135,42 +153,28 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
     decode = None
     if hooks.implements("postprocess"):
-        def decode(outs, metas):
-            return hooks.postprocess(cfg=cfg, outputs=outs, metas=metas)
+        decode = lambda outs, metas: hooks.postprocess(cfg=cfg, outputs=outs, metas=metas)  # noqa: E731
 
     sink = CompareSink(specs, tol, decode, float(c.iou), int(c.plot_points))
     workers = int(cfg.num_workers) if len(samples) > 1 else 0
     with WorkerPool(hooks, cfg, workers) as pool:
-        reference = open_side(ctx, "reference")
-        pair: PairBackend | None = None
+        pair = open_pair(ctx, tol)
         try:
-            candidate = open_side(ctx, "candidate")
-            try:
-                layers = None
-                if bool(c.layers):
-                    layers = LayerCompare(tap_for(reference), tap_for(candidate, c.get("candidate_dump")), tol,
-                                          int(c.layer_images))
-                pair = PairBackend(reference, candidate, layers)
-            except BaseException:
-                candidate.close()
-                raise
             stats = Stream(ImageSource(samples, pool), [sink], backend=pair, batch_size=int(cfg.batch_size),
                            skip_errors=ctx.skip_errors, keep_outputs=True,
                            expect=lambda meta: list(specs(meta)) * 2,
                            progress=Progress(len(samples), progress_enabled(cfg.get("progress")), "compare ")).run()
             describe = pair.describe()
         finally:
-            if pair is not None:
-                pair.close()
-            else:
-                reference.close()
+            pair.close()
     metrics, metrics_note = score_both(ctx, sink) if decode is not None else (None, "not scored: no postprocess hook")
     result = build_result(ctx, tol, sink, pair, describe, stats, metrics, metrics_note)
     write_reports(ctx, result, sink)
     finish_with_skips(ctx, stats.skipped)
     if not result["passed"]:
-        raise CompareFailed("compare: the candidate is not within tolerance of the reference:\n  "
-                            + "\n  ".join(failure_reasons(result)) + "\n" + "\n".join(summary_lines(result, ctx.record_dir)))
+        reasons = "\n  ".join(failure_reasons(result))
+        raise CompareFailed(f"compare: the candidate is not within tolerance of the reference:\n  {reasons}\n"
+                            + "\n".join(summary_lines(result, ctx.record_dir)))
     return result
 
 
