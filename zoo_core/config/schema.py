@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-STAGES = ("preprocess", "export", "convert", "infer", "postprocess", "evaluate", "eval", "perf", "predict")
+STAGES = ("preprocess", "export", "convert", "infer", "postprocess", "evaluate", "eval", "perf", "predict", "compare")
 
 
 class OnError(str, Enum):
@@ -49,6 +49,24 @@ class PinConfig:
 
 
 @dataclass
+class CompareConfig:
+    """``stage=compare`` (docs/compare.md): two backends on the same preprocessed images."""
+    reference: str = "torch"
+    candidate: str = "onnxruntime"
+    reference_model: str | None = None   # torch: a checkpoint; replay: a dump dir; else an .onnx / .om
+    candidate_model: str | None = None   # default: model_file
+    atol: float = 1e-4
+    rtol: float = 1e-2                      # of max |reference| of the output, per image
+    min_cosine: float = 0.999
+    iou: float = 0.99                       # detections match at this IoU (and the same class)
+    metrics: bool = True                    # score both detection sets when the dataset has ground truth
+    layers: bool = False
+    layer_images: int = 1
+    candidate_dump: str | None = None    # acl: msaccucmp-converted .npy dump of the first image
+    plot_points: int = 2000                 # values per output and image kept for the scatter plot
+
+
+@dataclass
 class ZooSchema:
     model: Any = MISSING
     dataset: Any = MISSING
@@ -74,6 +92,7 @@ class ZooSchema:
     export: ExportConfig = field(default_factory=ExportConfig)
     atc: AtcConfig = field(default_factory=AtcConfig)
     pin: PinConfig = field(default_factory=PinConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
 
 def register() -> None:

@@ -33,6 +33,10 @@ def _metrics_lines(model: str, result: dict[str, Any], record_dir: Path) -> list
 
 def format_summary(model: str, stage: str, record_dir: Path, result: dict[str, Any]) -> list[str]:
     """The lines printed for one finished stage."""
+    if stage == "compare":
+        from zoo_core.compare.report import summary_lines
+
+        return summary_lines(result, record_dir)
     if "metrics" in result:
         return _metrics_lines(model, result, record_dir)
     if stage == "perf":

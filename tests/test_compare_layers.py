@@ -1,0 +1,218 @@
+"""compare.layers in-process: a small CNN (BatchNorms the exporter folds, in-place ReLUs, a residual)
+exported with PyTorch's TorchScript exporter, compared layer by layer against torch, itself, a
+perturbed copy and a converted Ascend dump (contract double)."""
+from __future__ import annotations
+
+import hashlib
+import sys
+
+import numpy as np
+import pytest
+
+from zoo_core.api.errors import ConfigError, ZooError
+from zoo_core.backends.base import Batch
+from zoo_core.compare.ascend_dump import DumpTap, read_dump_dir
+from zoo_core.compare.layers import LayerCompare
+from zoo_core.compare.numbers import Tolerance
+from zoo_core.compare.onnx_graph import OnnxGraph, module_path, sanitize_op_name
+from zoo_core.compare.taps import OnnxTap, TorchTap
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+TOL = Tolerance()
+
+#: The layers of :class:`Tiny` as the ONNX export has them, in graph order: (name, folded BN, aliases).
+EXPECTED = [("stem.0", "stem.1", []), ("stem.2", None, ["stem"]), ("block.conv1", "block.bn1", []),
+            ("block.relu1", None, []), ("block.conv2", "block.bn2", []), ("block.relu2", None, ["block"]),
+            ("head", None, [])]
+
+
+def _tiny():
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.conv1, self.bn1, self.relu1 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(inplace=True)
+            self.conv2, self.bn2, self.relu2 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            return self.relu2(self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x))))) + x)
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True))
+            self.block = Block(8)
+            self.head = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return (self.head(self.block(self.stem(x))),)
+
+    torch.manual_seed(0)
+    model = Tiny()
+    with torch.no_grad():  # BN statistics far from identity, so folding changes the conv outputs
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _tiny()
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
+    torch.onnx.export(tiny, (torch.zeros(1, 3, 16, 16),), str(path), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, opset_version=17, dynamo=False)
+    return path
+
+
+def _batch(n=1, seed=0):
+    x = np.random.default_rng(seed).standard_normal((n, 3, 16, 16)).astype(np.float32)
+    return Batch(ids=[f"im{i}" for i in range(n)], inputs={"x": x}, metas=[{}] * n)
+
+
+def _scaled_copy(src, dst, node_name, factor):
+    """``src`` with the weight of node ``node_name`` multiplied by ``factor`` (a patched export)."""
+    from onnx import numpy_helper
+
+    m = onnx.load(str(src))
+    node = next(n for n in m.graph.node if n.name == node_name)
+    init = next(t for t in m.graph.initializer if t.name == node.input[1])
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(factor), init.name))
+    onnx.save(m, str(dst))
+    return dst
+
+
+def _compare(ref_tap, cand_tap, batch=None, images=1):
+    lc = LayerCompare(ref_tap, cand_tap, TOL, images)
+    lc.capture(batch or _batch())
+    return lc.summary()
+
+
+def test_module_path_and_dump_names():
+    assert module_path("/base/base_layer/base_layer.0/Conv") == "base.base_layer.0"
+    assert module_path("/dla_up/ida_0/proj_1/conv/DeformConv") == "dla_up.ida_0.proj_1.conv"
+    assert module_path("/a/b.0/b.0.1/Relu") == "a.b.0.1"
+    assert module_path("Conv_12") == "" and module_path("/Add") == ""
+    assert sanitize_op_name("/block/conv1/Conv") == "_block_conv1_Conv"
+
+
+def test_the_export_really_folds_the_batchnorms(tiny_onnx):
+    ops = [n.op_type for n in OnnxGraph.load(tiny_onnx).nodes]
+    assert "BatchNormalization" not in ops and ops.count("Conv") == 4
+
+
+def test_torch_vs_its_export_matches_every_layer_and_folded_batchnorms(tiny, tiny_onnx):
+    s = _compare(TorchTap(tiny, ["x"]), OnnxTap(str(tiny_onnx)), _batch(2), images=2)
+    got = [(r["name"], r.get("folded"), r.get("aliases", [])) for r in s["rows"]]
+    assert got == EXPECTED
+    assert s["first_divergent"] is None and s["images"] == ["im0", "im1"]
+    assert all(r["status"] == "ok" and r["max_rel"] < 1e-5 for r in s["rows"])
+    orders = [r["order"] for r in s["rows"]]
+    assert orders == sorted(orders)
+
+
+def test_without_the_fold_the_conv_alone_would_diverge(tiny):
+    """The oracle for the fold rule: the torch conv output itself is far from conv+BN."""
+    tap = TorchTap(tiny, ["x"])
+    tap.start(_batch().inputs)
+    conv, bn = tap.get(["stem.0", "stem.1"]).values()
+    assert np.abs(conv - bn).max() > 0.1
+
+
+@pytest.mark.parametrize("torch_is_ref", [True, False])
+def test_a_scaled_conv_is_the_first_divergent_layer(tiny, tiny_onnx, tmp_path, torch_is_ref):
+    bad = _scaled_copy(tiny_onnx, tmp_path / "bad.onnx", "/block/conv2/Conv", 1.1)
+    taps = (TorchTap(tiny, ["x"]), OnnxTap(str(bad)))
+    s = _compare(*(taps if torch_is_ref else taps[::-1]))
+    first = s["first_divergent"]
+    assert first["name"] == "block.conv2" and first["folded"] == "block.bn2"
+    assert first["cosine"] > 0.999  # a scaled layer: only the relative bound catches it
+    rows = {r["name"]: r for r in s["rows"]}
+    assert all(rows[n]["status"] == "ok" for n in ("stem.0", "stem.2", "block.conv1", "block.relu1"))
+    assert rows["head"]["status"] == "diverged"
+
+
+def test_onnx_vs_patched_onnx_by_tensor_name(tiny_onnx, tmp_path):
+    bad = _scaled_copy(tiny_onnx, tmp_path / "bad.onnx", "/block/conv1/Conv", 0.8)
+    before = hashlib.sha256(tiny_onnx.read_bytes()).hexdigest()
+    s = _compare(OnnxTap(str(tiny_onnx)), OnnxTap(str(bad)))
+    assert s["first_divergent"]["name"] == "block.conv1/Conv"
+    assert s["first_divergent"]["tensor"] == "/block/conv1/Conv_output_0"
+    assert [r["name"] for r in s["rows"]][:3] == ["stem.0/Conv", "stem.2/Relu", "block.conv1/Conv"]
+    assert hashlib.sha256(tiny_onnx.read_bytes()).hexdigest() == before  # only a temporary copy is changed
+
+
+def test_torch_vs_torch_by_module_name(tiny):
+    other = _tiny()
+    with torch.no_grad():
+        other.block.relu1.inplace = True
+        other.block.conv1.bias += 0.5
+    s = _compare(TorchTap(tiny, ["x"]), TorchTap(other, ["x"]))
+    assert s["first_divergent"]["name"] == "block.conv1"
+    assert [r["name"] for r in s["rows"]][:3] == ["stem.0", "stem.1", "stem.2"]
+
+
+def test_an_onnx_without_exporter_scopes_matches_nothing_and_says_why(tiny, tiny_onnx, tmp_path):
+    m = onnx.load(str(tiny_onnx))
+    for i, n in enumerate(m.graph.node):
+        n.name = f"node_{i}"
+    onnx.save(m, str(tmp_path / "plain.onnx"))
+    s = _compare(TorchTap(tiny, ["x"]), OnnxTap(str(tmp_path / "plain.onnx")))
+    assert s["matched"] == 0 and s["first_divergent"] is None and "TorchScript exporter" in s["note"]
+
+
+@pytest.fixture
+def dump_double(fixtures_dir):
+    sys.path.insert(0, str(fixtures_dir / "fake_ascend"))
+    try:
+        from dump import write_converted_dump
+    finally:
+        sys.path.pop(0)
+    return write_converted_dump
+
+
+def test_converted_ascend_dump_against_the_onnx(tiny_onnx, tmp_path, dump_double):
+    b = _batch()
+    dump_double(tiny_onnx, b.inputs, tmp_path / "dump")
+    s = _compare(OnnxTap(str(tiny_onnx)), DumpTap(tmp_path / "dump"), b)
+    assert s["first_divergent"] is None and s["candidate"] == "acl dump"
+    rows = {r["name"]: r for r in s["rows"]}
+    assert rows["stem.0/Conv"]["fused"] == ["/stem/stem.2/Relu"]  # Conv+ReLU dumped as one op
+    assert rows["stem.0/Conv"]["tensor"] == "/stem/stem.2/Relu_output_0"
+    assert "block.conv2/Conv" in rows and "fused" not in rows["block.conv2/Conv"]  # its consumer is the Add
+    dump_double(tiny_onnx, b.inputs, tmp_path / "bad", perturb={"/block/conv2/Conv": 1.2})
+    s = _compare(OnnxTap(str(tiny_onnx)), DumpTap(tmp_path / "bad"), b)
+    assert s["first_divergent"]["name"] == "block.conv2/Conv"
+
+
+def test_dump_dir_errors(tiny_onnx, tmp_path, dump_double):
+    with pytest.raises(ZooError, match="msaccucmp.py convert"):
+        read_dump_dir(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ZooError, match="no converted dump files"):
+        read_dump_dir(tmp_path / "empty")
+    files = dump_double(tiny_onnx, _batch().inputs, tmp_path / "twice")
+    first = files[0]
+    second = first.with_name(first.name.replace(".1700000000123456.", ".1700000000999999."))
+    second.write_bytes(first.read_bytes())
+    with pytest.raises(ZooError, match="dumped twice") as e:
+        read_dump_dir(tmp_path / "twice")
+    assert first.name in str(e.value) and second.name in str(e.value)
+
+
+def test_unsupported_pairs_are_config_errors(tiny, tmp_path, dump_double, tiny_onnx):
+    dump_double(tiny_onnx, _batch().inputs, tmp_path / "d")
+    with pytest.raises(ConfigError, match="cannot pair acl dump .reference. with onnxruntime"):
+        LayerCompare(DumpTap(tmp_path / "d"), OnnxTap(str(tiny_onnx)), TOL)
+    with pytest.raises(ConfigError, match="cannot pair torch .reference. with acl dump"):
+        LayerCompare(TorchTap(tiny, ["x"]), DumpTap(tmp_path / "d"), TOL)

@@ -1,0 +1,127 @@
+"""stage=compare's numbers: tensor differences, the pass rule, detection matching (no torch, no CLI)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from zoo_core.api.types import Detections
+from zoo_core.compare.detections import MatchSummary, iou_matrix, match, match_image
+from zoo_core.compare.numbers import OutputStats, Tolerance, cosine, diff
+from zoo_core.compare.report import jsonable
+
+TOL = Tolerance(atol=1e-4, rtol=1e-2, min_cosine=0.999)
+
+
+def test_diff_numbers_against_hand_computed_values():
+    ref = np.array([[3.0, -4.0], [0.0, 1.0]], np.float32)
+    cand = np.array([[3.0, -4.5], [0.25, 1.0]], np.float32)
+    d = diff(ref, cand, TOL)
+    assert d.max_abs == pytest.approx(0.5)
+    assert d.ref_max_abs == pytest.approx(4.0)
+    assert d.max_rel == pytest.approx(0.5 / 4.0)
+    dot, nr, nc = 9 + 18 + 0 + 1, 9 + 16 + 1, 9 + 20.25 + 0.0625 + 1
+    assert d.cosine == pytest.approx(dot / math.sqrt(nr * nc), rel=1e-12)
+    assert d.beyond == 2 and d.size == 4  # bound 1e-4 + 1e-2 * 4 = 0.0401: 0.5 and 0.25 are beyond
+    assert not d.passed(TOL)
+
+
+def test_a_scaled_tensor_passes_cosine_but_fails_the_relative_bound():
+    """Cosine alone misses a scaled layer: every value 5% too large, cosine 1.0."""
+    ref = np.random.default_rng(0).standard_normal((8, 16, 16)).astype(np.float32)
+    d = diff(ref, 1.05 * ref, TOL)
+    assert d.cosine > 0.9999999
+    assert d.max_rel == pytest.approx(0.05, rel=1e-5)
+    assert not d.passed(TOL)
+    assert diff(ref, 1.005 * ref, TOL).passed(TOL)  # 0.5% of max |ref| is within rtol 1e-2
+
+
+def test_noise_within_the_bound_still_fails_on_cosine():
+    """A peaked tensor: small noise everywhere stays under atol + rtol*max but ruins the cosine."""
+    ref = np.zeros(10_000, np.float32)
+    ref[0] = 100.0
+    noise = np.random.default_rng(1).uniform(-0.9, 0.9, ref.shape).astype(np.float32)
+    d = diff(ref, ref + noise, TOL)
+    assert d.beyond == 0 and d.max_abs < TOL.bound(100.0)
+    assert d.cosine < 0.999
+    assert not d.passed(TOL)
+
+
+def test_zero_tensors_and_nonfinite_values():
+    z = np.zeros((2, 3), np.float32)
+    assert diff(z, z, TOL).passed(TOL) and cosine(z, z) == 1.0
+    d = diff(z, z + 1, TOL)
+    assert d.max_rel is None and cosine(z, z + 1) == 0.0 and not d.passed(TOL)
+    bad = z.copy()
+    bad[0, 1] = np.nan
+    d = diff(z, bad, TOL)
+    assert d.nonfinite == 1 and d.beyond == 1 and not d.passed(TOL)
+    row = jsonable(d.as_dict(TOL))
+    assert row["max_abs"] is None and row["nonfinite"] == 1
+    json.dumps(row, allow_nan=False)  # strict JSON
+    with pytest.raises(ValueError, match="shapes differ"):
+        diff(z, np.zeros((3, 2)), TOL)
+
+
+def test_output_stats_normalise_per_image_and_keep_the_worst():
+    """rtol is relative to each image's own max |reference|: a small image gets a small bound."""
+    s = OutputStats(TOL)
+    big = np.full((4, 4), 1000.0, np.float32)
+    small = np.full((4, 4), 1.0, np.float32)
+    s.add("big", big, big + 5.0)          # 5 <= 1e-4 + 10: within
+    s.add("small", small, small + 0.05)   # 0.05 > 1e-4 + 0.01: beyond
+    assert s.failed_images == 1 and not s.passed
+    assert s.worst_image == "big" and s.max_abs == pytest.approx(5.0)
+    assert s.max_rel == pytest.approx(0.05)
+    assert s.beyond == 16 and s.elements == 32
+    out = s.as_dict()
+    assert out["beyond_tolerance"] == pytest.approx(0.5) and out["shape"] == [4, 4]
+
+
+def _dets(boxes, scores, labels, **extras):
+    return Detections(np.asarray(boxes, np.float32), scores, labels, {k: np.asarray(v) for k, v in extras.items()})
+
+
+def test_iou_matrix_and_inverted_boxes():
+    a = np.array([[0, 0, 10, 10], [10, 10, 0, 0]], np.float32)  # the second is the first, inverted
+    b = np.array([[0, 0, 10, 10], [5, 0, 15, 10]], np.float32)
+    iou = iou_matrix(a, b)
+    assert iou[0, 0] == pytest.approx(1.0) and iou[1, 0] == pytest.approx(1.0)
+    assert iou[0, 1] == pytest.approx(50 / 150)
+
+
+def test_match_needs_the_same_class_and_iou_099():
+    ref = _dets([[0, 0, 100, 100], [200, 200, 300, 300], [0, 0, 50, 50]], [0.9, 0.8, 0.7], [1, 2, 3])
+    cand = _dets([[0.2, 0, 100.2, 100], [200, 200, 300, 300], [0, 0, 50, 50], [0, 0, 52, 50]],
+                 [0.91, 0.8, 0.7, 0.6], [1, 5, 3, 3])
+    pairs = match(ref, cand)
+    assert pairs == [(0, 0), (2, 2)]  # class 2 vs 5 never match; (0,0,52,50) has IoU 0.96 < 0.99
+    m = match_image("img", ref, cand)
+    assert (m.reference, m.candidate, m.matched) == (3, 4, 2)
+    assert m.max_box_shift == pytest.approx(0.2, abs=1e-5)
+    assert m.max_score_change == pytest.approx(0.01, abs=1e-6)
+
+
+def test_match_is_greedy_by_reference_score():
+    ref = _dets([[0, 0, 10, 10], [0, 0, 10, 10]], [0.5, 0.9], [0, 0])
+    cand = _dets([[0, 0, 10, 10]], [0.9], [0])
+    assert match(ref, cand) == [(1, 0)]
+
+
+def test_match_summary_rate_and_extras():
+    s = MatchSummary()
+    lm = np.arange(10, dtype=np.float32)[None]
+    s.add(match_image("a", _dets([[0, 0, 10, 10]], [0.9], [0], landmarks=lm),
+                      _dets([[0, 0, 10, 10]], [0.9], [0], landmarks=lm + 0.5)))
+    s.add(match_image("b", _dets([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.8], [0, 0]),
+                      _dets([[0, 0, 10, 10]], [0.9], [0])))
+    s.add(match_image("c", Detections.empty(), Detections.empty()))
+    out = s.as_dict()
+    assert out["matched"] == 2 and out["reference"] == 3 and out["candidate"] == 2
+    assert out["match_rate"] == pytest.approx(2 / 3)
+    assert out["images_fully_matched"] == 2 and out["worst_image"] == "b"
+    assert out["max_extras_change"] == {"landmarks": pytest.approx(0.5)}
+    assert [r["id"] for r in out["per_image"]] == ["a", "b", "c"]
+    assert MatchSummary().as_dict()["match_rate"] == 1.0

@@ -1,0 +1,262 @@
+"""compare.json, compare.md, compare.png and the terminal lines of a compare run."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: compare.json schema version (keys are only ever added).
+SCHEMA = 1
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with non-finite floats as ``None`` and numpy scalars as Python numbers (strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _g(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        if not math.isfinite(v):
+            return str(v)
+        return f"{v:.{digits}g}" if abs(v) < 1e-3 or abs(v) >= 1e4 else f"{v:.{digits + 1}g}"
+    return str(v)
+
+
+def _f4(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def _cos(v: Any) -> str:
+    """Six decimals, or as many as it takes to show that a cosine below 1 is not 1 (a scaled layer)."""
+    if v is None:
+        return "n/a"
+    text = f"{v:.6f}"
+    if text == "1.000000" and v < 1.0:
+        text = f"{v:.12f}".rstrip("0")
+    return text
+
+
+def side_label(side: dict[str, Any]) -> str:
+    """``onnxruntime (model/x.onnx)``, ``torch (weights ckpt.pth)``..."""
+    name = side.get("backend", "?")
+    if side.get("model_file"):
+        return f"{name} ({side['model_file']})"
+    if side.get("dir"):
+        return f"{name} (dump {side['dir']})"
+    if side.get("weights"):
+        return f"{name} (weights {side['weights']})"
+    return f"{name} ({side.get('note', 'default weights')})" if name in ("torch", "oracle") else name
+
+
+def verdict_line(result: dict[str, Any]) -> str:
+    tol = result["tolerance"]
+    word = "PASSED" if result["passed"] else "NOT PASSED"
+    return (f"{word} (atol {_g(tol['atol'])}, rtol {_g(tol['rtol'])} of max |reference|, "
+            f"min cosine {tol['min_cosine']})")
+
+
+def failure_reasons(result: dict[str, Any]) -> list[str]:
+    """One phrase per output beyond tolerance (what ``passed: false`` is about)."""
+    tol = result["tolerance"]
+    out = []
+    for name, o in result["outputs"].items():
+        if o["passed"]:
+            continue
+        why = []
+        if o["beyond_tolerance"] > 0:
+            why.append(f"{o['beyond_tolerance']:.2%} of values beyond atol + rtol*max|ref| "
+                       f"(max abs {_g(o['max_abs'])}, max rel {_g(o['max_rel'])})")
+        if o["cosine"] is not None and o["cosine"] < tol["min_cosine"]:
+            why.append(f"cosine {_cos(o['cosine'])} < {tol['min_cosine']}")
+        out.append(f"output {name}: " + "; ".join(why or ["failed"]))
+    if not result["outputs"]:
+        out.append("no image was compared")
+    return out
+
+
+def summary_lines(result: dict[str, Any], record_dir: Path | None = None) -> list[str]:
+    """The few lines the terminal reporter prints for a compare run."""
+    lines = [f"{result['model']} compare on {result['dataset']} ({result['images']} images"
+             + (f", {len(result['skipped'])} skipped" if result.get("skipped") else "") + "):",
+             f"  reference  {side_label(result['reference'])}",
+             f"  candidate  {side_label(result['candidate'])}",
+             f"  {'output':<12} {'max abs':>10} {'max rel':>10} {'cosine':>10} {'beyond':>8}"]
+    for name, o in result["outputs"].items():
+        lines.append(f"  {name:<12} {_g(o['max_abs']):>10} {_g(o['max_rel']):>10} {_cos(o['cosine']):>10} "
+                     f"{o['beyond_tolerance']:>8.2%}  {'ok' if o['passed'] else 'BEYOND TOLERANCE'}")
+    d = result.get("detections")
+    if d:
+        lines.append(f"  detections: {d['matched']} matched of {d['reference']} / {d['candidate']} "
+                     f"(match rate {d['match_rate']:.4f}), largest box shift {_g(d['max_box_shift'])} px, "
+                     f"largest score change {_g(d['max_score_change'])}")
+    m = result.get("metrics")
+    if m:
+        for k, ref in m["reference"].items():
+            if "/" not in k:
+                cand, delta = m["candidate"].get(k), m["delta"].get(k)
+                lines.append(f"  {k:<12} reference {_f4(ref)}, candidate {_f4(cand)} "
+                             f"(delta {'n/a' if delta is None else format(delta, '+.4f')})")
+    lay = result.get("layers")
+    if lay:
+        first = lay["first_divergent"]
+        text = (f"first divergent: {first['name']} (max abs {_g(first['max_abs'])}, max rel {_g(first['max_rel'])}, "
+                f"cosine {_cos(first['cosine'])})" if first else "none beyond tolerance")
+        lines.append(f"  layers: {lay['compared']} of {lay['matched']} matched layers compared, {text}"
+                     + (f" [{lay['note']}]" if lay.get("note") else ""))
+    lines.append("  " + verdict_line(result))
+    if record_dir is not None:
+        lines.append(f"  -> {Path(record_dir) / 'compare.md'}")
+    return lines
+
+
+def markdown(result: dict[str, Any], plot: str | None) -> str:  # noqa: C901 (one section after another)
+    """The human-readable report."""
+    tol = result["tolerance"]
+    ref, cand = result["reference"], result["candidate"]
+    out = [f"# compare: {result['model']} on {result['dataset']}", "",
+           f"**{verdict_line(result)}**", ""]
+    reasons = failure_reasons(result)
+    if not result["passed"]:
+        out += [f"- {r}" for r in reasons] + [""]
+    out += ["| side | backend | model | ms per image |", "|---|---|---|---|"]
+    for label, s in (("reference", ref), ("candidate", cand)):
+        ms = s.get("ms_per_image")
+        out.append(f"| {label} | {s.get('backend')} | {side_label(s).partition(' (')[2].rstrip(')') or '-'} | "
+                   f"{'-' if ms is None else f'{ms:.1f}'} |")
+    out += ["", f"{result['images']} images, the same preprocessed arrays through both sides. An element is beyond "
+            f"tolerance when |candidate - reference| > atol + rtol * max|reference| (of that output on that image, "
+            f"atol {_g(tol['atol'])}, rtol {_g(tol['rtol'])}); an output passes when no element is and its cosine "
+            f"is at least {tol['min_cosine']} on every image.", "", "## Outputs", "",
+            "| output | shape | max abs | max rel | cosine (lowest) | beyond tolerance | worst image | verdict |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name, o in result["outputs"].items():
+        shape = "x".join(map(str, o["shape"])) if o["shape"] is not None else "varies"
+        out.append(f"| {name} | {shape} | {_g(o['max_abs'])} | {_g(o['max_rel'])} | "
+                   f"{_cos(o['cosine'])} | {o['beyond_tolerance']:.4%} | {o['worst_image']} | "
+                   f"{'ok' if o['passed'] else '**beyond tolerance**'} |")
+    d = result.get("detections")
+    if d:
+        out += ["", f"## Detections (same class, IoU >= {d['iou']})", "",
+                f"{d['matched']} matched of {d['reference']} reference / {d['candidate']} candidate detections "
+                f"(match rate {d['match_rate']:.4f}); {d['images_fully_matched']} of {result['images']} images fully "
+                f"matched; largest box shift {_g(d['max_box_shift'])} px, largest score change "
+                f"{_g(d['max_score_change'])}."]
+        for k, v in (d.get("max_extras_change") or {}).items():
+            out[-1] += f" Largest {k} change {_g(v)} px."
+        rows = sorted(d.get("per_image", []), key=lambda r: (r["matched"] - max(r["reference"], r["candidate"]),
+                                                             -r["max_box_shift"]))[:20]
+        if rows:
+            out += ["", "| image | reference | candidate | matched | largest box shift (px) | largest score change |",
+                    "|---|---|---|---|---|---|"]
+            out += [f"| {r['id']} | {r['reference']} | {r['candidate']} | {r['matched']} | {_g(r['max_box_shift'])} | "
+                    f"{_g(r['max_score_change'])} |" for r in rows]
+            if len(d.get("per_image", [])) > len(rows):
+                out.append(f"\n(the {len(rows)} least matched images; all of them in compare.json)")
+    m = result.get("metrics")
+    if m:
+        out += ["", "## Metrics on the ground truth", "", "| metric | reference | candidate | delta |",
+                "|---|---|---|---|"]
+        for k, v in m["reference"].items():
+            delta = m["delta"].get(k)
+            out.append(f"| {k} | {_f4(v)} | {_f4(m['candidate'].get(k))} | "
+                       f"{'n/a' if delta is None else format(delta, '+.4f')} |")
+    elif result.get("metrics_note"):
+        out += ["", "## Metrics on the ground truth", "", result["metrics_note"]]
+    lay = result.get("layers")
+    if lay:
+        first = lay["first_divergent"]
+        out += ["", "## Layers", "",
+                f"{lay['matched']} layers matched ({lay['reference']} reference, {lay['candidate']} candidate), "
+                f"compared on {', '.join(lay['images'])}, in graph order. First divergent: "
+                + (f"**{first['name']}** (max abs {_g(first['max_abs'])}, max rel {_g(first['max_rel'])}, "
+                   f"cosine {_cos(first['cosine'])})." if first else "none.")]
+        if lay.get("note"):
+            out += ["", lay["note"]]
+        out += ["", "| # | layer | op | max abs | max rel | cosine | verdict |", "|---|---|---|---|---|---|---|"]
+        for i, r in enumerate(lay["rows"]):
+            name = r["name"] + (f" (+ {r['folded']} folded)" if r.get("folded") else "")
+            name += f" (+ fused {', '.join(r['fused'])})" if r.get("fused") else ""
+            if r["status"] == "shape":
+                out.append(f"| {i} | {name} | {r['op'] or ''} | | | | shapes differ: {r['reference_shape']} vs "
+                           f"{r['candidate_shape']} |")
+                continue
+            verdict = "ok" if r["status"] == "ok" else "**diverged**"
+            if first is not None and r["name"] == first["name"] and r["order"] == first["order"]:
+                verdict = "**first divergent**"
+            out.append(f"| {i} | {name} | {r['op'] or ''} | {_g(r['max_abs'])} | {_g(r['max_rel'])} | "
+                       f"{_cos(r['cosine'])} | {verdict} |")
+    if plot:
+        out += ["", f"![candidate vs reference]({plot})"]
+    return "\n".join(out) + "\n"
+
+
+def plot(path: Path, samples: dict[str, list[tuple[np.ndarray, np.ndarray]]], result: dict[str, Any]) -> bool:
+    """compare.png: candidate against reference for a sample of each output's values, and (with layers)
+    max rel / 1 - cosine per layer in graph order. Returns False when matplotlib is not installed."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    names = [n for n in result["outputs"] if n in samples]
+    layers = (result.get("layers") or {}).get("rows") or []
+    cols = max(len(names), 1)
+    rows = 2 if layers else 1
+    fig = Figure(figsize=(max(3.2 * cols, 8), 3.4 * rows), dpi=110)
+    FigureCanvasAgg(fig)
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        r = np.concatenate([a for a, _ in samples[name]])
+        c = np.concatenate([b for _, b in samples[name]])
+        ax.scatter(r, c, s=2, alpha=0.4, linewidths=0)
+        lo, hi = float(min(r.min(), c.min())), float(max(r.max(), c.max()))
+        ax.plot([lo, hi], [lo, hi], lw=0.6, color="0.6", zorder=0)
+        o = result["outputs"][name]
+        ax.set_title(f"{name}: max rel {_g(o['max_rel'])}, cos {_cos(o['cosine'])}", fontsize=8)
+        ax.set_xlabel("reference", fontsize=8)
+        ax.set_ylabel("candidate", fontsize=8)
+        ax.tick_params(labelsize=7)
+    if layers:
+        ax = fig.add_subplot(rows, 1, 2)
+        tol = result["tolerance"]
+        floor = 1e-12
+        idx = [i for i, r in enumerate(layers) if r["status"] != "shape"]
+        rel = [max(layers[i]["max_rel"] or floor, floor) for i in idx]
+        cos = [max(1.0 - (layers[i]["cosine"] if layers[i]["cosine"] is not None else 0.0), floor) for i in idx]
+        ax.semilogy(idx, rel, ".-", lw=0.8, ms=3, label="max rel")
+        ax.semilogy(idx, cos, ".-", lw=0.8, ms=3, label="1 - cosine")
+        ax.axhline(max(tol["rtol"], floor), ls="--", lw=0.8, color="C0")
+        ax.axhline(max(1 - tol["min_cosine"], floor), ls=":", lw=0.8, color="C1")
+        first = result["layers"]["first_divergent"]
+        if first is not None:
+            k = next(i for i, r in enumerate(layers) if r["name"] == first["name"] and r["order"] == first["order"])
+            ax.axvline(k, color="r", lw=0.8)
+            ax.annotate(first["name"], (k, ax.get_ylim()[1]), fontsize=7, color="r", ha="left", va="top")
+        ax.set_xlabel("layer (graph order)", fontsize=8)
+        ax.legend(fontsize=7)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    import io
+
+    from zoo_core.api.atomic import write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    write_bytes(path, buf.getvalue())
+    return True
