@@ -7,21 +7,44 @@ from pathlib import Path
 
 from zoo_core.api.atomic import write_json
 from zoo_core.api.errors import ZooError
-from zoo_core.runs.fingerprint import config_hash, model_config_hash, sha256_file
+from zoo_core.runs.export_keys import changed_keys, export_values
+from zoo_core.runs.fingerprint import sha256_file
 
 log = logging.getLogger("zoo")
 
 
 def export_fingerprint(ctx, target: str) -> dict:
+    """What an export depends on: model, target, the plugin's export keys (``model.export_keys``,
+    see :mod:`zoo_core.runs.export_keys`), the run-level ``export`` section and the weights.
+
+    Evaluation-only keys (thresholds, evaluator choices) are not in it, so changing them reuses the
+    export. Values are recorded, not hashed, so a re-export can name what changed.
+    """
     weights = ctx.weights()
     return {
         "model": ctx.model_name,
         "target": target,
-        "model_config": model_config_hash(ctx.cfg.model),
-        "export_config": config_hash({k: v for k, v in ctx.resolved_config()["export"].items() if k != "target"}),
+        "model_config": export_values(ctx.cfg.model),
+        "export_config": {f"export.{k}": v for k, v in sorted(ctx.resolved_config()["export"].items())
+                          if k != "target"},
         "weights": weights,
         "weights_sha256": sha256_file(weights) if weights else None,
     }
+
+
+def _why_stale(old: dict, new: dict) -> str:
+    """What differs between a recorded export fingerprint and this run's, in words."""
+    reasons = []
+    for section in ("model_config", "export_config"):
+        a, b = old.get(section), new.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            reasons += changed_keys(a, b)
+        elif a != b:
+            reasons.append(f"{section} (recorded in an older format)")
+    for key in ("model", "target", "weights", "weights_sha256"):
+        if old.get(key) != new.get(key):
+            reasons.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return "; ".join(reasons) or "its record is unreadable"
 
 
 def model_dir(ctx) -> Path:
@@ -36,8 +59,10 @@ def onnx_path(ctx, target: str) -> Path:
 def ensure_onnx(ctx, target: str, force: bool = False, given: str | None = None) -> Path:
     """The ONNX for ``target``: ``model_file`` if given, else a fresh-enough export in the run dir.
 
-    An existing export is reused only if its ``.json`` fingerprint (model config, export config,
-    weights path and sha256) matches this run; otherwise it is re-exported, never trusted stale.
+    An existing export is reused only if its ``.json`` fingerprint (:func:`export_fingerprint`: the
+    plugin's export keys, the export section, weights path and sha256) matches this run and the file's
+    bytes match the sha256 recorded with it; otherwise it is re-exported, never trusted stale. Both
+    decisions are logged, the re-export naming what changed.
     """
     given = given or ctx.cfg.get("model_file")
     if given and str(given).endswith(".onnx") and not force:
@@ -53,9 +78,17 @@ def ensure_onnx(ctx, target: str, force: bool = False, given: str | None = None)
             old = json.loads(meta.read_text())
         except ValueError:
             old = {}
-        if old.get("fingerprint") == fp and old.get("sha256") == sha256_file(out):
+        old = old if isinstance(old, dict) else {}
+        recorded = old.get("fingerprint") or {}
+        if recorded == fp and old.get("sha256") == sha256_file(out):
+            log.info("reusing %s: its export keys, export config and weights are unchanged", out)
             return out
-        log.info("re-exporting %s: weights or config changed since %s was written", ctx.model_name, out.name)
+        if recorded != fp:
+            log.info("re-exporting %s: %s was exported with other settings (%s)", ctx.model_name, out.name,
+                     _why_stale(recorded, fp))
+        else:
+            log.info("re-exporting %s: %s no longer matches the sha256 recorded when it was written",
+                     ctx.model_name, out.name)
     out.parent.mkdir(parents=True, exist_ok=True)
     res = ctx.hooks.export(cfg=ctx.cfg, weights=fp["weights"], output=out, target=target)
     written = Path(res.path)

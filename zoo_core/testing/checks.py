@@ -247,8 +247,16 @@ def check_api_version(p: PluginUnderTest) -> None:
 
 
 def check_config(p: PluginUnderTest) -> None:
-    """``model=<name>`` composes; ``model.name`` equals the entry-point name; a dataset is selected."""
+    """``model=<name>`` composes; ``model.name`` equals the entry-point name; a dataset is selected;
+    ``model.export_keys``, when declared, is a list naming keys the model config has."""
+    from zoo_core.api.errors import ConfigError
+    from zoo_core.runs.export_keys import export_values
+
     cfg = p.cfg
+    try:
+        export_values(cfg.model)
+    except ConfigError as exc:
+        raise ContractError(f"conf/model/{p.model}.yaml: {exc}") from None
     if str(cfg.model.get("name")) != p.model:
         raise ContractError(f"conf/model/{p.model}.yaml must set model.name: {p.model} "
                             f"(got {cfg.model.get('name')!r})")

@@ -87,6 +87,49 @@ def test_onnxruntime_export_matches_golden(exported, model_io, impl, op, opset):
     assert head_out_nodes(res.path) == _producers(model)
 
 
+#: Non-square keep_res-style input sizes (multiples of the stride 32) the golden 256x256 trace never saw.
+NON_SQUARE_HW = ((384, 512), (512, 672))
+
+
+def _dims(value_info):
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("impl", ["deformconv", "gridsample"])
+def test_onnxruntime_export_has_dynamic_height_and_width(exported, ctdet_model, impl):
+    """One ONNX (traced at 256x256) serves fix_res and keep_res: named H/W axes, and on non-square
+    inputs it matches the torch model (pure DCN) within 1e-4 of each output's max |value|."""
+    if impl not in exported:
+        pytest.skip("this onnxruntime has no DeformConv kernel")
+    res = exported[impl]
+    model = onnx.load(str(res.path))
+    assert _dims(model.graph.input[0]) == ["batch", 3, "height", "width"]
+    assert [_dims(o) for o in model.graph.output] == [["batch", ch, "out_height", "out_width"] for ch in (80, 2, 2)]
+    sess = _session(res.path)
+    rng = np.random.default_rng(2)
+    for h, w in NON_SQUARE_HW:
+        x = rng.standard_normal((1, 3, h, w)).astype(np.float32)
+        outs = sess.run(OUTPUTS, {"actual_input": x})
+        with torch.no_grad():
+            ref = [t.numpy() for t in ctdet_model(torch.from_numpy(x))]
+        for name, out, r in zip(("hm", "wh", "reg"), outs, ref):
+            assert out.shape == r.shape == (1, r.shape[1], h // 4, w // 4), name
+            assert rel_err(out, r) <= REL_TOL, (name, (h, w), rel_err(out, r))
+    # a batch of two at the last size: each item as alone
+    batch = np.concatenate([x, x[:, :, ::-1]]).copy()
+    outs2 = sess.run(OUTPUTS, {"actual_input": batch})
+    for out, out2 in zip(outs, outs2):
+        np.testing.assert_allclose(out2[:1], out, rtol=0, atol=1e-5 * np.abs(out).max())
+
+
+@pytest.mark.slow
+def test_ascend_export_keeps_the_configured_size(exported):
+    """ATC fixes H and W with --input_shape: the ascend graph keeps input_hw, only the batch is dynamic."""
+    model = onnx.load(str(exported["ascend"].path))
+    assert _dims(model.graph.input[0]) == ["batch", 3, *GOLDEN_HW]
+
+
 def _producers(model):
     producer = {o: n for n in model.graph.node for o in n.output}
     nodes = [producer[o.name] for o in model.graph.output]

@@ -66,18 +66,22 @@ def _pair(v) -> tuple[int, int]:
 def _tap_positions(offset: torch.Tensor, dg: int, kh: int, kw: int, stride, padding, dilation):
     """Sampling coordinates ``(py, px)``, each ``(N, dg, K, Ho, Wo)``, from interleaved offsets.
 
-    Sizes are taken as Python ints, so an ONNX trace bakes the regular grid in as constants.
+    The grid size is read from ``offset``'s shape without converting it to Python ints, so an ONNX
+    trace records it as shape arithmetic (``Shape`` -> ``Range``, ``Reshape`` by computed sizes): the
+    exported graph takes any input height and width, not only the size it was traced at. (Avoid
+    ``unflatten`` here: the TorchScript exporter gives its result the traced, static spatial sizes,
+    and every later ``Shape`` of it is folded into a constant.)
     """
-    ho, wo = int(offset.shape[2]), int(offset.shape[3])
+    ho, wo = offset.shape[2], offset.shape[3]
     k = kh * kw
     off = offset.reshape(-1, dg, k, 2, ho, wo)
     dev, dt = offset.device, offset.dtype
     tap_i = torch.arange(kh, device=dev, dtype=dt).repeat_interleave(kw) * dilation[0]
     tap_j = torch.arange(kw, device=dev, dtype=dt).repeat(kh) * dilation[1]
-    row = torch.arange(ho, device=dev, dtype=dt) * stride[0] - padding[0]
-    col = torch.arange(wo, device=dev, dtype=dt) * stride[1] - padding[1]
-    base_y = row.view(1, 1, 1, ho, 1) + tap_i.view(1, 1, k, 1, 1)
-    base_x = col.view(1, 1, 1, 1, wo) + tap_j.view(1, 1, k, 1, 1)
+    row = torch.arange(ho, device=dev).to(dt) * stride[0] - padding[0]
+    col = torch.arange(wo, device=dev).to(dt) * stride[1] - padding[1]
+    base_y = row.view(1, 1, 1, -1, 1) + tap_i.view(1, 1, k, 1, 1)
+    base_x = col.view(1, 1, 1, 1, -1) + tap_j.view(1, 1, k, 1, 1)
     return base_y + off[:, :, :, 0], base_x + off[:, :, :, 1]
 
 
@@ -131,15 +135,18 @@ def deform_conv2d_pure(x, offset, mask, weight, bias, stride=1, padding=0, dilat
 def deform_conv2d_gridsample(x, offset, mask, weight, bias, stride=1, padding=0, dilation=1, deformable_groups=1):
     """The same operator as one ``grid_sample`` (bilinear, zero padding) over all taps plus a 1x1 conv.
 
-    Exports to standard ONNX (GridSample, opset >= 16). The batch dimension is never baked in.
+    Exports to standard ONNX (GridSample, opset >= 16). Neither the batch nor the spatial dimensions
+    are baked in: ``H``, ``W``, ``Ho`` and ``Wo`` are traced as shape values, so one graph serves
+    every input size.
     """
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
-    c, h, w = (int(v) for v in x.shape[1:])
+    c = int(x.shape[1])
+    h, w = x.shape[2], x.shape[3]
     kh, kw = int(weight.shape[2]), int(weight.shape[3])
     dg = int(deformable_groups)
     cg = c // dg
     k = kh * kw
-    ho, wo = int(offset.shape[2]), int(offset.shape[3])
+    ho, wo = offset.shape[2], offset.shape[3]
     py, px = _tap_positions(offset, dg, kh, kw, stride, padding, dilation)
     # align_corners=False normalisation: pixel p <-> (2p + 1) / size - 1 (also valid for size 1).
     gx = (2 * px + 1) / w - 1

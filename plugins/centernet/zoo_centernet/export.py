@@ -7,8 +7,14 @@ Both targets name the input ``actual_input`` and the outputs ``output1``, ``outp
 * ``onnxruntime``: every DCN becomes either one ONNX ``DeformConv`` (opset 19) or a ``GridSample``
   decomposition (opset 17 by default, >= 16). ``dcn_impl='auto'`` takes :data:`AUTO_ORT_DCN_IMPL`
   (the faster one measured in onnxruntime) when the installed onnxruntime runs it, else the other.
+  Height and width are dynamic too (named axes ``height`` / ``width``, outputs ``out_height`` /
+  ``out_width``): one ONNX serves fix_res (``input_h x input_w``) and keep_res (every image its own
+  padded size), any size a multiple of the stride :data:`STRIDE`. ``DeformConv`` reads its sizes at
+  run time; the GridSample decomposition traces its sampling grid from the input's shape
+  (:func:`zoo_centernet.dcn.deform_conv2d_gridsample`).
 * ``ascend``: opset 11, 16 ``DeformableConv2D`` nodes in the default domain; only ATC accepts it
-  (onnxruntime rejects the graph, and the ONNX checker is not run).
+  (onnxruntime rejects the graph, and the ONNX checker is not run). Height and width stay those of
+  ``input_hw`` (ATC fixes the shape with ``--input_shape`` anyway).
 """
 from __future__ import annotations
 
@@ -33,6 +39,17 @@ DEFAULT_OPSET = {"deformconv": 19, "gridsample": 17, "ascend": 11}
 MIN_OPSET = {"deformconv": 19, "gridsample": 16, "ascend": 9}
 MAX_OPSET = {"deformconv": 20, "gridsample": 20, "ascend": 16}
 ONNX_OP = {"deformconv": "DeformConv", "gridsample": "GridSample", "ascend": "DeformableConv2D"}
+#: The network's total stride: input sides must be multiples of it (DLA-34 level 5).
+STRIDE = 32
+
+
+def dynamic_axes(target: str, output_names) -> dict[str, dict[int, str]]:
+    """Named dynamic axes: batch for every target, height and width too for onnxruntime."""
+    spatial = target == "onnxruntime"
+    axes = {INPUT_NAME: {0: "batch", **({2: "height", 3: "width"} if spatial else {})}}
+    for name in output_names:
+        axes[name] = {0: "batch", **({2: "out_height", 3: "out_width"} if spatial else {})}
+    return axes
 
 
 @functools.lru_cache(maxsize=1)
@@ -99,7 +116,8 @@ def export_onnx(model, output, target: str, dcn_impl: str = "auto", opset: int |
     :param target: ``"onnxruntime"`` or ``"ascend"``.
     :param dcn_impl: for onnxruntime, ``"auto"``, ``"deformconv"`` or ``"gridsample"``.
     :param opset: ``None`` = 19 (DeformConv), 17 (GridSample) or 11 (ascend).
-    :param input_hw: the fixed input height and width; the batch dimension stays dynamic.
+    :param input_hw: the tracing input's height and width (multiples of :data:`STRIDE`); the
+        ascend graph keeps them fixed, the onnxruntime graph takes any multiple of the stride.
     :returns: the written path with input and output names.
     """
     import torch
@@ -109,8 +127,8 @@ def export_onnx(model, output, target: str, dcn_impl: str = "auto", opset: int |
     impl = resolve_dcn_impl(target, dcn_impl)
     opset = _resolve_opset(impl, opset)
     h, w = (int(v) for v in input_hw)
-    if h % 32 or w % 32 or h <= 0 or w <= 0:
-        raise ConfigError(f"input size {h}x{w} must be positive multiples of 32 (DLA-34 has stride 32)")
+    if h % STRIDE or w % STRIDE or h <= 0 or w <= 0:
+        raise ConfigError(f"input size {h}x{w} must be positive multiples of {STRIDE} (DLA-34 has stride {STRIDE})")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     n_heads = len(getattr(model, "heads", OUTPUT_NAMES))
@@ -131,7 +149,7 @@ def export_onnx(model, output, target: str, dcn_impl: str = "auto", opset: int |
             torch.onnx.export(
                 model, (dummy,), tmp, dynamo=False, opset_version=opset,
                 input_names=[INPUT_NAME], output_names=output_names,
-                dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *output_names)},
+                dynamic_axes=dynamic_axes(target, output_names),
                 do_constant_folding=True,
             )
         _check_dcn_nodes(tmp, ONNX_OP[impl], len(dcns))

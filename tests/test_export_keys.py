@@ -1,0 +1,98 @@
+"""The export fingerprint covers only what changes the graph (the plugin's ``model.export_keys``):
+evaluation-only keys never re-export, a graph key does, and the log says which."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from zoo_core.api.errors import ConfigError
+from zoo_core.runs.export_keys import changed_keys, export_values
+
+
+def _values(model: dict) -> dict:
+    return export_values(OmegaConf.create(model))
+
+
+def test_export_values_select_declared_keys_sections_and_wildcards():
+    model = {"name": "m", "head_conv": 64, "input_h": 512, "threshold": 0.3, "export": {"dcn_impl": "auto",
+             "opset": None}, "io": {"in_a": 1, "in_b": 2, "out": 3}, "export_keys": ["head_conv", "export", "io.in_*"]}
+    assert _values(model) == {"model.head_conv": 64, "model.export.dcn_impl": "auto", "model.export.opset": None,
+                              "model.io.in_a": 1, "model.io.in_b": 2}
+    model["export_keys"] = ["export.*", "input_?"]
+    assert _values(model) == {"model.export.dcn_impl": "auto", "model.export.opset": None, "model.input_h": 512}
+
+
+def test_without_export_keys_every_model_key_counts():
+    assert _values({"name": "m", "a": 1, "b": {"c": [1, 2]}}) == {"model.a": 1, "model.b.c": [1, 2]}
+
+
+@pytest.mark.parametrize("keys, message", [
+    (["head_conv", "head_cnv"], "lists 'head_cnv' but no key of the model config matches"),
+    ("head_conv", "must be a list of key names"),
+    ([1], "must be a list of key names"),
+])
+def test_bad_export_keys_are_config_errors(keys, message):
+    with pytest.raises(ConfigError, match=message):
+        _values({"name": "m", "head_conv": 64, "export_keys": keys})
+
+
+def test_changed_keys_name_old_and_new_values():
+    assert changed_keys({"model.a": 1, "model.b": 2}, {"model.a": 1, "model.b": 3, "model.c": 4}) == [
+        "model.b: 2 -> 3", "model.c: (not recorded) -> 4"]
+
+
+#: Per plugin: evaluation-only overrides (the fingerprint must not move) and graph overrides (it must).
+PLUGIN_KEYS = {
+    "centernet": (["model.coco_evaluator=pycocotools", "model.keep_res=true", "model.K=50", "dataset=coco_sample",
+                   "model.down_ratio=4"],
+                  ["model.head_conv=64", "model.input_h=384", "model.num_classes=20", "model.export.dcn_impl=gridsample"]),
+    "centerface": (["model.threshold=0.3", "model.iou_thresh=0.4", "model.nms_iou=0.4", "model.report_both_iou=true",
+                    "model.K=100", "model.mean=[0.5,0.5,0.5]"],
+                   ["model.variant=ascend", "model.input_hw=[640,640]", "model.head_conv=24", "model.aipp=true"]),
+    "fixture": (["model.iou_thresh=0.3", "model.mask_threshold=0.4", "model.score_threshold=0.2",
+                 "model.preprocess_delay_ms=5"],
+                ["model.sharpness=10"]),
+}
+
+
+@pytest.mark.parametrize("model", sorted(PLUGIN_KEYS))
+def test_plugins_declare_their_graph_keys(model, cache_dir):
+    from zoo_core.config.validate import compose
+
+    base = compose([f"model={model}"])
+    assert isinstance(OmegaConf.to_container(base.model)["export_keys"], list)
+    ref = export_values(base.model)
+    eval_only, graph = PLUGIN_KEYS[model]
+    for override in eval_only:
+        assert export_values(compose([f"model={model}", override]).model) == ref, override
+    for override in graph:
+        assert export_values(compose([f"model={model}", override]).model) != ref, override
+
+
+def test_evaluation_only_keys_never_re_export_a_graph_key_does(zoo, tmp_path):
+    """CLI: model.iou_thresh / mask_threshold / score_threshold and predict's stage.score_threshold reuse the
+    export (same bytes, same mtime, "reusing" in the log); model.sharpness re-exports, naming the change."""
+    common = ["model=fixture", "num_workers=0", "work_dir=run", "dataset.limit=2"]
+    zoo.ok("run", *common)
+    onnx = zoo.cwd / "run" / "model" / "fixture_onnxruntime.onnx"
+    mtime, data = onnx.stat().st_mtime_ns, onnx.read_bytes()
+    image = next(p for p in sorted((zoo.cache / "fixture_squares" / "images").iterdir()))
+    runs = [("eval", ["model.iou_thresh=0.3"]), ("eval", ["model.mask_threshold=0.4"]),
+            ("eval", ["model.score_threshold=0.2"]),
+            ("predict", [f"input={image}", "stage.score_threshold=0.9"])]
+    for stage, overrides in runs:
+        log = zoo.cwd / "run" / stage / "zoo.log"
+        before = log.read_text().count("reusing") if log.is_file() else 0
+        zoo.ok("run", *common, f"stage={stage}", *overrides)
+        text = log.read_text()
+        assert text.count("reusing") == before + 1 and "re-exporting" not in text, (overrides, text)
+        assert onnx.stat().st_mtime_ns == mtime and onnx.read_bytes() == data, overrides
+    zoo.ok("run", *common, "model.sharpness=10.0")
+    log = (zoo.cwd / "run" / "eval" / "zoo.log").read_text()
+    assert "re-exporting fixture: fixture_onnxruntime.onnx was exported with other settings " \
+           "(model.sharpness: 20.0 -> 10.0)" in log, log
+    assert onnx.read_bytes() != data
+    record = json.loads(onnx.with_suffix(".json").read_text())
+    assert record["fingerprint"]["model_config"] == {"model.sharpness": 10.0}

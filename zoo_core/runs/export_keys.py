@@ -1,0 +1,101 @@
+"""Which model-config keys change an exported graph: the plugin's ``model.export_keys`` list.
+
+A model plugin lists, in its model yaml, the keys of ``cfg.model`` that change what its ``export``
+hook writes (architecture, head widths, the traced input size, export options)::
+
+    model:
+      export_keys: [num_classes, head_conv, input_h, input_w, export.*]
+
+Entries are dotted paths relative to ``model`` with shell-style wildcards (``fnmatch``); an entry
+naming a section (``export``) covers every key below it, as ``export.*`` does. Only these keys (plus
+the run-level ``export`` section, the weights and the target, see
+:func:`zoo_core.runs.model_files.export_fingerprint`) decide whether an existing export is reused, so
+changing an evaluation-only key (``model.threshold``, ``model.iou_thresh``...) never re-exports.
+
+A model config without ``export_keys`` keeps the safe behaviour: every key of ``model`` counts.
+An entry that matches no key is a configuration error (a typo would otherwise silently let a stale
+export through).
+"""
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from zoo_core.api.errors import ConfigError
+
+#: The model-config key holding the list (never part of the fingerprint itself).
+EXPORT_KEYS = "export_keys"
+
+
+def flatten(section: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c": [1, 2]}`` -> ``{"a.b": 1, "c": [1, 2]}`` (lists are leaves)."""
+    out: dict[str, Any] = {}
+    for key, value in section.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def declared_export_keys(model_cfg: Any) -> list[str] | None:
+    """The ``export_keys`` list of a model config, or ``None`` when the plugin declares none.
+
+    :raises ConfigError: ``export_keys`` is not a list of strings.
+    """
+    keys = model_cfg.get(EXPORT_KEYS) if model_cfg is not None else None
+    if keys is None:
+        return None
+    if isinstance(keys, ListConfig):
+        keys = OmegaConf.to_container(keys, resolve=True)
+    if not isinstance(keys, (list, tuple)) or not all(isinstance(k, str) and k for k in keys):
+        raise ConfigError(f"model.{EXPORT_KEYS} must be a list of key names (e.g. [head_conv, input_h, export.*]), "
+                          f"got {keys!r}")
+    return list(keys)
+
+
+def _matches(path: str, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(path, pattern) or path.startswith(pattern + ".")
+
+
+def export_values(model_cfg: Any) -> dict[str, Any]:
+    """The values of the model-config keys that change the export, as ``{"model.<path>": value}``.
+
+    With ``model.export_keys`` declared, only the keys it matches; without it, every key of the
+    model section (except ``name``, which the fingerprint records on its own).
+
+    :raises ConfigError: an ``export_keys`` entry matches no key of the model config.
+    """
+    data: dict[str, Any]
+    if isinstance(model_cfg, DictConfig):
+        data = OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True)  # type: ignore[assignment]
+    else:
+        data = dict(model_cfg or {})
+    patterns = declared_export_keys(model_cfg)
+    data.pop(EXPORT_KEYS, None)
+    data.pop("name", None)
+    flat = flatten(data)
+    if patterns is None:
+        return {f"model.{k}": v for k, v in sorted(flat.items())}
+    unmatched = [p for p in patterns if not any(_matches(k, p) for k in flat)]
+    if unmatched:
+        raise ConfigError(f"model.{EXPORT_KEYS} lists {', '.join(map(repr, unmatched))} but no key of the model "
+                          f"config matches (its keys: {', '.join(sorted(flat))})")
+    return {f"model.{k}": v for k, v in sorted(flat.items()) if any(_matches(k, p) for p in patterns)}
+
+
+def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``"key: old -> new"`` for every key whose value differs (or that is only in one of the two)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key not in old:
+            out.append(f"{key}: (not recorded) -> {new[key]!r}")
+        elif key not in new:
+            out.append(f"{key}: {old[key]!r} -> (not an export key now)")
+        elif old[key] != new[key]:
+            out.append(f"{key}: {old[key]!r} -> {new[key]!r}")
+    return out
