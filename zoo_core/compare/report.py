@@ -43,13 +43,11 @@ def _f4(v: Any) -> str:
 
 
 def _cos(v: Any) -> str:
-    """Six decimals, or as many as it takes to show that a cosine below 1 is not 1 (a scaled layer)."""
+    """Six decimals; a cosine below 1 that would print as 1.000000 (a scaled layer) as ``1-1.8e-07``."""
     if v is None:
         return "n/a"
     text = f"{v:.6f}"
-    if text == "1.000000" and v < 1.0:
-        text = f"{v:.12f}".rstrip("0")
-    return text
+    return f"1-{1.0 - v:.1e}" if text == "1.000000" and v < 1.0 else text
 
 
 def side_label(side: dict[str, Any]) -> str:
