@@ -42,8 +42,8 @@ def test_list_json_has_models_backends_datasets_and_broken_plugins(zoo, fixtures
     assert set(backends) >= {"onnxruntime", "torch", "acl", "replay", "oracle"}
     assert backends["onnxruntime"]["entry_point"] == "zoo_core.backends.onnxruntime_backend:OnnxRuntimeBackend"
     datasets = {(d["name"], d["model"]) for d in data["datasets"]}
-    assert {("widerface", "centerface"), ("widerface_sample", "centerface"), ("coco", "centernet"),
-            ("coco_sample", "centernet"), ("squares", "fixture")} <= datasets
+    assert {("widerface", "zoo-core"), ("widerface_sample", "zoo-core"), ("coco", "zoo-core"),
+            ("coco_sample", "zoo-core"), ("squares", "fixture")} <= datasets
     broken = {b["name"]: b for b in data["broken"]}
     assert broken["badapi"]["error"].startswith("plugin needs zoo hook API 2")
     assert broken["badimport"]["distribution"] == "zoo_bad_import"
@@ -80,7 +80,7 @@ def test_a_run_into_a_closed_pipe_still_finishes(zoo, fixture_onnx):
     rc, err = _run_into_closed_pipe(["run", "model=fixture", "stage=eval", f"model_file={fixture_onnx}"],
                                     zoo.cwd, zoo.env())
     assert rc == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
-    metrics = json.loads((zoo.cwd / "outputs" / "fixture" / "metrics.json").read_text())
+    metrics = json.loads((zoo.cwd / "outputs" / "fixture" / "eval" / "metrics.json").read_text())
     assert metrics["images"] > 0
 
 

@@ -13,7 +13,7 @@ from zoo_core.runs.detstore import DetectionStore
 @pytest.mark.parametrize("variant", ["starclouds", "ascend"])
 def test_centerface_oracle_eval_scores_the_bundled_sample(zoo, variant):
     out = zoo.ok("run", "model=centerface", "stage=eval", "backend=oracle", f"model.variant={variant}")
-    m = json.loads((zoo.cwd / "outputs" / "centerface" / "metrics.json").read_text())
+    m = json.loads((zoo.cwd / "outputs" / "centerface" / "eval" / "metrics.json").read_text())
     assert m["dataset"] == "widerface_sample" and m["images"] == 24
     for setting in ("easy", "medium", "hard"):
         assert m["metrics"][setting] >= 0.99, (setting, m["metrics"])
@@ -23,7 +23,7 @@ def test_centerface_oracle_eval_scores_the_bundled_sample(zoo, variant):
 def test_coco_plots_and_evaluator_output_in_the_log_only(zoo):
     rc, out, err = zoo("run", "model=centernet", "stage=eval", "backend=oracle", "dataset=coco_sample")
     assert rc == 0, err
-    run = zoo.cwd / "outputs" / "centernet"
+    run = zoo.cwd / "outputs" / "centernet" / "eval"
     m = json.loads((run / "metrics.json").read_text())
     assert m["metrics"]["AP"] == 1.0 and {"pr_curves.png", "ap_per_class.png", "detections.json"} <= set(m["files"])
     for name in ("pr_curves.png", "ap_per_class.png"):
@@ -48,7 +48,7 @@ def test_wider_evaluator_warnings_reach_the_console_and_metrics(zoo):
                        "dataset.limit=4", "work_dir=second")
     assert rc == 0, err
     assert "warning: widerface_sample evaluation: all prediction scores are equal" in err
-    m = json.loads((zoo.cwd / "second" / "metrics.json").read_text())
+    m = json.loads((zoo.cwd / "second" / "evaluate" / "metrics.json").read_text())
     assert any("all prediction scores are equal" in w for w in m["info"]["warnings"])
 
 

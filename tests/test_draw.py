@@ -89,10 +89,10 @@ def test_changing_the_predict_threshold_does_not_re_export(zoo):
     first = json.loads(meta.read_text())
     zoo.ok("run", "model=fixture", "stage=eval", "work_dir=run", "model.predict_threshold=0.9")
     assert json.loads(meta.read_text()) == first
-    assert "re-exporting" not in (zoo.cwd / "run" / "zoo.log").read_text()
+    assert "re-exporting" not in (zoo.cwd / "run" / "eval" / "zoo.log").read_text()
     zoo.ok("run", "model=fixture", "stage=eval", "work_dir=run", "model.mask_threshold=0.4")  # a real model change
     assert json.loads(meta.read_text())["fingerprint"] != first["fingerprint"]
-    assert "re-exporting" in (zoo.cwd / "run" / "zoo.log").read_text()
+    assert "re-exporting" in (zoo.cwd / "run" / "eval" / "zoo.log").read_text()
 
 
 # -- labels ----------------------------------------------------------------------------------------

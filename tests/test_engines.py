@@ -78,7 +78,7 @@ def launcher_target(sweep: Path) -> str:
 @pytest.mark.parametrize("model", list(MODELS))
 def test_three_shards_merge_to_the_unsharded_metrics(zoo, unsharded, model, engine):
     full_dir = unsharded(model)
-    full = json.loads((full_dir / "metrics.json").read_text())
+    full = json.loads((full_dir / "eval" / "metrics.json").read_text())
     sweep = zoo.cwd / "sweep"
     rc, out, err = zoo(*recipe_args(engine, model), f"hydra.sweep.dir={sweep}")
     assert rc == 0, out + err
@@ -89,7 +89,7 @@ def test_three_shards_merge_to_the_unsharded_metrics(zoo, unsharded, model, engi
     assert all(ids) and not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
     assert set().union(*ids) == set(DetectionStore(full_dir / "detections").load())
     assert merged["images"] == full["images"] == sum(map(len, ids))
-    shard_metrics = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in range(3)]
+    shard_metrics = [json.loads((sweep / str(i) / "eval" / "metrics.json").read_text()) for i in range(3)]
     if model == "centerface_wider":
         assert set(merged["metrics"]) >= {"easy", "medium", "hard"}
         # shards alone score differently: the merge really scored the union
@@ -103,7 +103,7 @@ def test_three_shards_merge_to_the_unsharded_metrics(zoo, unsharded, model, engi
     assert rows[-1]["status"] == "ok"
     key = "AP" if "AP" in full["metrics"] else "hard"
     assert float(rows[-1][f"metric:{key}"]) == full["metrics"][key]
-    results = [json.loads((sweep / str(i) / "result.json").read_text()) for i in range(3)]
+    results = [json.loads((sweep / str(i) / "eval" / "result.json").read_text()) for i in range(3)]
     assert all(r["host"] for r in results)
     if engine == "submitit_local":
         assert (sweep / ".submitit").is_dir()

@@ -73,7 +73,7 @@ def test_main_job_runs_without_torch(zoo, no_torch):
     """`make demo` installs no torch: the starclouds eval on onnxruntime never imports it."""
     out = zoo.ok("run", "model=centerface", "stage=eval", "dataset.limit=3", env=no_torch)
     assert "easy" in out
-    run = json.loads((zoo.cwd / "outputs" / "centerface" / "run.json").read_text())
+    run = json.loads((zoo.cwd / "outputs" / "centerface" / "eval" / "run.json").read_text())
     assert "torch" not in json.dumps(run.get("versions", {}))
 
 

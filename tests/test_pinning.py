@@ -38,8 +38,9 @@ def ascend(zoo, fixtures_dir, fixture_onnx, tmp_path):
 
 
 def pinned_device(job_dir: Path) -> tuple[int, str]:
-    m = re.search(r"pinned: device_id=(\d+).*\(device from (.*)\)", (job_dir / "zoo.log").read_text())
-    assert m, (job_dir / "zoo.log").read_text()
+    log = "\n".join(p.read_text() for p in job_dir.glob("*/zoo.log"))  # <job>/<stage>/zoo.log
+    m = re.search(r"pinned: device_id=(\d+).*\(device from (.*)\)", log)
+    assert m, log
     return int(m.group(1)), m.group(2)
 
 
@@ -161,14 +162,14 @@ def test_one_ray_worker_runs_differently_pinned_jobs_without_carry_over(zoo, tmp
                        "backend=torch", "pin.enabled=false,true,false", "pin.jobs=1", "pin.cores=3",
                        "pin.devices=[5]", f"hydra.sweep.dir={sweep}", ZOO_FIXTURE_OBSERVER_LOG=str(obs))
     assert rc == 0, out + err
-    seen = {Path(e["run_dir"]).name: e for e in lines(obs) if e["hook"] == "zoo_stage_finished"}
+    seen = {Path(e["run_dir"]).parent.name: e for e in lines(obs) if e["hook"] == "zoo_stage_finished"}
     assert sorted(seen) == ["0", "1", "2"]
     assert len({e["pid"] for e in seen.values()}) == 1, "the three jobs did not share one Ray worker"
     state = {k: (e["device_id"], e["OMP_NUM_THREADS"], e["cv2_threads"], e["torch_threads"]) for k, e in seen.items()}
     assert state["1"] == (5, "3", 3, 3)
     assert state["2"] == state["0"] != state["1"]
-    assert json.loads((sweep / "1" / "perf.json").read_text())["threads"] == 3
-    logs = {k: (sweep / k / "zoo.log").read_text() for k in "012"}
+    assert json.loads((sweep / "1" / "eval" / "perf.json").read_text())["threads"] == 3
+    logs = {k: (sweep / k / "eval" / "zoo.log").read_text() for k in "012"}
     assert "job 1 pinned: device_id=5, backend.threads=3, num_workers=2" in logs["1"]
     assert "pinned" not in logs["0"] + logs["2"]  # and job 1's log lines stayed in job 1's log
 
@@ -189,7 +190,7 @@ def test_submitit_jobs_get_pin_devices_and_slurm_given_devices(zoo, ascend, tmp_
     sessions = lines(tmp_path / "acl.jsonl")
     assert sorted(s["physical"] for s in sessions) == [4, 5, 6]
     assert len({s["pid"] for s in sessions}) == 3  # one process per job
-    assert "backend.intra_op_threads" not in (sweep / "0" / "zoo.log").read_text()  # acl has no ORT threads
+    assert "backend.intra_op_threads" not in (sweep / "0" / "eval" / "zoo.log").read_text()  # acl has no ORT threads
 
     # the same launcher inside a (simulated) Slurm allocation: devices come from the scheduler, not pin.devices
     (tmp_path / "acl.jsonl").unlink()

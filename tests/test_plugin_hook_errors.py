@@ -199,7 +199,7 @@ def test_cli_hook_calling_sys_exit_fails_with_one_line(zoo, fixture_onnx):
     assert "Traceback" not in err and "a bug in the plugin; traceback in" in err
     trace = Path(err.split("traceback in ")[1].split(")")[0])
     assert "sys.exit(0)" in trace.read_text() and "zoo_fixture/plugin.py" in trace.read_text()
-    assert not (zoo.cwd / "outputs" / "fixture" / "metrics.json").exists()
+    assert not (zoo.cwd / "outputs" / "fixture" / "postprocess" / "metrics.json").exists()
 
 
 def test_an_error_from_a_plugin_the_core_registered_itself_passes_unchanged():

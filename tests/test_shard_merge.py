@@ -39,7 +39,7 @@ def merged(sweep: Path) -> dict:
 
 def unsharded(zoo, *args) -> dict:
     zoo.ok("run", "model=fixture", "stage=eval", "work_dir=full", *args)
-    return json.loads((zoo.cwd / "full" / "metrics.json").read_text())
+    return json.loads((zoo.cwd / "full" / "eval" / "metrics.json").read_text())
 
 
 def test_failed_shard_is_named_and_rerunning_only_it_completes_the_merge(zoo, squares, fixture_onnx):
@@ -57,12 +57,12 @@ def test_failed_shard_is_named_and_rerunning_only_it_completes_the_merge(zoo, sq
     assert "3 jobs (1 failed), 1 shard merge (1 failed)" in md
     [cmd] = rerun_commands(sweep)
     assert cmd[:1] == ["-m"] and "dataset.shard=1" in cmd and "hydra.sweep.subdir=1" in cmd and "resume=true" in cmd
-    shard0 = (sweep / "0" / "metrics.json").stat().st_mtime_ns
+    shard0 = (sweep / "0" / "eval" / "metrics.json").stat().st_mtime_ns
 
     victim.write_bytes(good)
     rc, out, err = zoo("run", *cmd)
     assert rc == 0, out + err
-    assert (sweep / "0" / "metrics.json").stat().st_mtime_ns == shard0  # only shard 1 ran again
+    assert (sweep / "0" / "eval" / "metrics.json").stat().st_mtime_ns == shard0  # only shard 1 ran again
     full = unsharded(zoo, *args[2:])
     m = merged(sweep)
     assert m["metrics"] == full["metrics"] and m["images"] == full["images"] == 12
@@ -81,7 +81,7 @@ def test_missing_shard_is_named_and_running_it_completes_the_merge(zoo, fixture_
     assert "dataset.shard=1" in cmd and "hydra.sweep.subdir=2" in cmd  # the next free job dir
     rc, out, err = zoo("run", *cmd)
     assert rc == 0, out + err
-    assert json.loads((sweep / "2" / "metrics.json").read_text())["images"] == 4
+    assert json.loads((sweep / "2" / "eval" / "metrics.json").read_text())["images"] == 4
     assert merged(sweep)["metrics"] == unsharded(zoo, f"model_file={fixture_onnx}")["metrics"]
     assert merged(sweep)["images"] == 12
 
@@ -97,7 +97,7 @@ def test_rerunning_the_whole_sweep_with_resume_completes_it(zoo, squares, fixtur
     victim.write_bytes(good)
     rc, out, err = zoo("run", "-m", *args, f"hydra.sweep.dir={sweep}", "resume=true")
     assert rc == 0, out + err
-    assert "resuming: 4 images already done" in (sweep / "0" / "zoo.log").read_text()
+    assert "resuming: 4 images already done" in (sweep / "0" / "eval" / "zoo.log").read_text()
     assert merged(sweep)["images"] == 12
 
 

@@ -106,7 +106,7 @@ def test_convert_sweep_shows_om_files_and_atc_status(zoo, fixtures_dir, fixture_
     head, cells = table(md)
     assert head == ["batch_size", "status", "OM file", "ATC"]
     assert cells == [["1", "ok", "fixture_bs1.om", "converted"], ["2", "ok", "fixture_bs2.om", "converted"]]
-    result = json.loads((sweep / "1" / "result.json").read_text())
+    result = json.loads((sweep / "1" / "convert" / "result.json").read_text())
     assert result["converted"] is True and result["om"].endswith("fixture_bs2.om")
     assert not (sweep / "sweep_report.png").exists()  # nothing to plot, no empty picture
 
