@@ -54,8 +54,8 @@ def test_filter_keeps_scores_at_or_above_the_threshold_with_their_extras():
 
 
 def test_predict_options_come_from_the_stage_with_model_defaults():
-    from zoo_centernet.coco import CATEGORY_NAMES
     from zoo_core.config.validate import compose
+    from zoo_core.datasets.coco import CATEGORY_NAMES
 
     face = predict_options(compose(["model=centerface", "stage=predict"]))
     assert face.score_threshold == 0.5 and face.class_names == ["face"]
@@ -90,7 +90,7 @@ def test_changing_the_predict_threshold_does_not_re_export(zoo):
     zoo.ok("run", "model=fixture", "stage=eval", "work_dir=run", "model.predict_threshold=0.9")
     assert json.loads(meta.read_text()) == first
     assert "re-exporting" not in (zoo.cwd / "run" / "eval" / "zoo.log").read_text()
-    zoo.ok("run", "model=fixture", "stage=eval", "work_dir=run", "model.mask_threshold=0.4")  # a real model change
+    zoo.ok("run", "model=fixture", "stage=eval", "work_dir=run", "model.sharpness=10.0")  # a change of the graph
     assert json.loads(meta.read_text())["fingerprint"] != first["fingerprint"]
     assert "re-exporting" in (zoo.cwd / "run" / "eval" / "zoo.log").read_text()
 
@@ -98,7 +98,7 @@ def test_changing_the_predict_threshold_does_not_re_export(zoo):
 # -- labels ----------------------------------------------------------------------------------------
 
 def test_label_text_names_classes_and_omits_the_index_of_single_class_models():
-    from zoo_centernet.coco import CATEGORY_NAMES
+    from zoo_core.datasets.coco import CATEGORY_NAMES
 
     assert label_text(0, 0.874, CATEGORY_NAMES) == "person 0.87"
     assert label_text(15, 0.4, CATEGORY_NAMES) == "cat 0.40"
@@ -136,7 +136,7 @@ def test_box_edges_are_drawn_where_the_box_is():
 def test_labels_show_class_names_and_each_class_gets_its_colour():
     import cv2
 
-    from zoo_centernet.coco import CATEGORY_NAMES
+    from zoo_core.datasets.coco import CATEGORY_NAMES
 
     img = np.full((480, 640, 3), 30, np.uint8)
     det = _det([[50, 100, 250, 400], [350, 100, 600, 300]], [0.9, 0.45], [0, 15])

@@ -15,7 +15,7 @@ from zoo_core.api.aisbench import input_file
 from zoo_core.cli.scaffold import names_for, render, template_root
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGE_API = ("zoo_core", "zoo_core.api")
+PACKAGE_API = ("zoo_core", "zoo_core.api", "zoo_core.datasets")  # the plugin API and the dataset API
 TEST_API = (*PACKAGE_API, "zoo_core.testing")
 
 

@@ -51,9 +51,9 @@ def test_scaffold_pins_one_zoo_core_release_and_brings_pytest(tmp_path):
     assert meta["description"] == "zoo model plugin: pin_det"
     assert any(req.startswith("pytest") for req in meta["optional-dependencies"]["test"])
     readme = (dest / "README.md").read_text()
-    assert "pip install -e '.[test]'" in readme and 'ZOO_DATASET_API = "1"' in readme
+    assert "pip install -e '.[torch,test]'" in readme and 'ZOO_DATASET_API = "1"' in readme
     docs = (REPO / "docs" / "plugins.md").read_text()
-    assert "`zoo-core>=X.Y,<X+1`" in docs and "pip install -e ~/src/zoo-mydet'[test]'" in docs
+    assert "`zoo-core>=X.Y,<X+1`" in docs and 'pip install -e "$HOME/src/zoo-mydet[torch,test]"' in docs
 
 
 @pytest.mark.parametrize("bad", ["Det", "9det", "my-det", "d", "none", "det_", "a" * 40])

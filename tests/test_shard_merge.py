@@ -56,7 +56,7 @@ def test_failed_shard_is_named_and_rerunning_only_it_completes_the_merge(zoo, sq
     assert f"not merged: shard 1 (job 1) failed: {victim}: not a decodable image" in md
     assert "3 jobs (1 failed), 1 shard merge (1 failed)" in md
     [cmd] = rerun_commands(sweep)
-    assert cmd[:1] == ["-m"] and "dataset.shard=1" in cmd and "hydra.sweep.subdir=1" in cmd and "resume=true" in cmd
+    assert cmd[:1] == ["-m"] and "dataset.shard=1" in cmd and "hydra.sweep.subdir=1/eval" in cmd and "resume=true" in cmd
     shard0 = (sweep / "0" / "eval" / "metrics.json").stat().st_mtime_ns
 
     victim.write_bytes(good)
@@ -78,7 +78,7 @@ def test_missing_shard_is_named_and_running_it_completes_the_merge(zoo, fixture_
     assert rc == 1, out + err
     assert "shard 1 of 3 is missing (no job ran dataset.shard=1)" in (sweep / "sweep_report.md").read_text()
     [cmd] = rerun_commands(sweep)
-    assert "dataset.shard=1" in cmd and "hydra.sweep.subdir=2" in cmd  # the next free job dir
+    assert "dataset.shard=1" in cmd and "hydra.sweep.subdir=2/eval" in cmd  # the next free job dir
     rc, out, err = zoo("run", *cmd)
     assert rc == 0, out + err
     assert json.loads((sweep / "2" / "eval" / "metrics.json").read_text())["images"] == 4
@@ -113,7 +113,7 @@ def test_shards_that_ran_a_different_model_file_are_refused(zoo, fixture_onnx):
     proto = onnx.load(str(model))  # the same graph, re-saved with a note: other bytes, other sha256
     proto.doc_string = "retrained"
     onnx.save(proto, str(model))
-    rc, out, err = zoo("run", "-m", *args, "dataset.shard=1", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=1")
+    rc, out, err = zoo("run", "-m", *args, "dataset.shard=1", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=1/eval")
     assert rc == 1, out + err
     md = (sweep / "sweep_report.md").read_text()
     assert "not merged: shard 1 (job 1) did not run what shard 0 (job 0) ran: model file (sha256" in md
@@ -128,8 +128,8 @@ def test_shards_of_different_weights_or_config_are_refused_in_process(tmp_path):
 
     def job(name: str, weights: str, thresh: float, ann: str, threads: int) -> shard_merge.Shard:
         d = tmp_path / name
-        d.mkdir()
-        (d / "run.json").write_text(json.dumps({
+        (d / "eval").mkdir(parents=True)
+        (d / "eval" / "run.json").write_text(json.dumps({
             "config": {"model": {"name": "m", "thresh": thresh}, "dataset": {"name": "d", "shard": int(name)},
                        "backend": {"name": "onnxruntime", "intra_op_threads": threads}, "stage": {"name": "eval"}},
             "inputs": {"weights": {"sha256": weights}, "dataset_files": [{"sha256": ann}]}}))

@@ -117,7 +117,7 @@ def test_rebuild_tool_says_what_is_missing(tmp_path):
                               capture_output=True, text=True)
 
     p = run(tmp_path / "nope")
-    assert p.returncode == 2 and p.stderr.startswith(f"error: {tmp_path / 'nope'}: no such sweep directory\n")
+    assert p.returncode == 2 and p.stderr.startswith(f"error: {tmp_path / 'nope'}: no such directory")
     p = run(tmp_path)
     assert p.returncode == 2 and "no sweep jobs found" in p.stderr
     assert run().returncode == 2

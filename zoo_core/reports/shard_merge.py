@@ -7,7 +7,7 @@ A merge is refused (its report row is failed, and the sweep exits 1) when
 
 * a shard is missing (no job ran it), failed (``error.json``) or has no result (killed);
   the message names the shard and gives the command that re-runs just that shard into the sweep
-  (``hydra.sweep.subdir=<its job dir>``, ``resume=true``); once it has run, the merge completes;
+  (``hydra.sweep.subdir=<its job dir>/<stage>``, ``resume=true``); once it has run, the merge completes;
 * the shards did not run the same thing: their model, dataset (except ``shard``) and backend config,
   weights, model file and dataset annotation files (sha256, from each job's ``run.json``) must agree.
 """
@@ -18,7 +18,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from zoo_core.reports.job_files import JobFiles, job_files
+from zoo_core.reports.job_files import JobFiles
 from zoo_core.reports.sweep_report import read_json, sweep_jobs
 
 log = logging.getLogger("zoo")
@@ -78,7 +78,7 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
         out_dir = sweep_dir / "merged" / label if label else sweep_dir / "merged"
         if problems:
             # a merge from an earlier, complete state of the sweep must not look current
-            job_files(out_dir, str(cfg.stage.name)).metrics.unlink(missing_ok=True)
+            (out_dir / "metrics.json").unlink(missing_ok=True)  # the merge's own record dir
             reruns = [rerun_command(sweep_dir, i, shards.get(i), members, jobs) for i in range(n)
                       if shard_problem(i, shards.get(i), n)]
             error = "not merged: " + "; ".join(problems)
@@ -197,8 +197,9 @@ def rerun_command(sweep_dir: Path, i: int, shard: Shard | None, members: list[di
     else:
         taken = [int(p.name) for p in sweep_dir.iterdir() if p.name.isdigit()]
         subdir = str(max(taken, default=-1) + 1)
-    argv = ["zoo", "run", "-m", *launcher, *args, f"hydra.sweep.dir={sweep_dir}", f"hydra.sweep.subdir={subdir}",
-            "resume=true"]
+    stage = template.records.name  # <job>/<stage>/: the job's run root, then its stage record dir
+    argv = ["zoo", "run", "-m", *launcher, *args, f"hydra.sweep.dir={sweep_dir}",
+            f"hydra.sweep.subdir={subdir}/{stage}", "resume=true"]
     return shlex.join(argv)
 
 

@@ -37,3 +37,10 @@ def golden_dir(*parts: str) -> Path:
             pytest.fail("shared/ golden data not found and ZOO_REQUIRE_SHARED is set (set ZOO_SHARED_DIR)")
         pytest.skip("shared/ golden data not found (set ZOO_SHARED_DIR)")
     return root.joinpath("golden", *parts)
+
+
+def core_conf_dir() -> Path:
+    """zoo-core's config tree (``conf/``: the dataset configs zoo-core ships live in ``dataset/``)."""
+    from zoo_core.config.confpaths import core_conf_dir as conf_dir
+
+    return conf_dir()

@@ -12,7 +12,7 @@ from zoo_centerface import plugin
 from zoo_centerface.oracle import encode_ascend, encode_starclouds, face_landmarks, face_scores
 from zoo_core import datasets
 from zoo_core.api.imaging import read_image
-from zoo_core.config.confpaths import core_conf_dir
+from zoo_core.testing import core_conf_dir
 
 VARIANTS = ("starclouds", "ascend")
 

@@ -11,8 +11,7 @@ from zoo_core import datasets
 from zoo_core.api.aisbench import DumpDir
 from zoo_core.api.errors import ConfigError, ZooError
 from zoo_core.api.imaging import read_image
-from zoo_core.config.confpaths import core_conf_dir
-from zoo_core.testing import golden_dir
+from zoo_core.testing import core_conf_dir, golden_dir
 
 CONF = __import__("pathlib").Path(plugin.__file__).parent / "conf"
 ASTRONAUT_BOX = (181.53, 58.20, 269.88, 177.81)

@@ -19,9 +19,8 @@ from zoo_core.api.aisbench import DumpDir
 from zoo_core.api.errors import ZooError
 from zoo_core.api.imaging import read_image
 from zoo_core.api.types import Detections, EvalResult, Sample, TensorSpec
-from zoo_core.config.confpaths import core_conf_dir
 from zoo_core.datasets import hooks as dataset_hooks
-from zoo_core.testing import golden_dir
+from zoo_core.testing import core_conf_dir, golden_dir
 
 CONF = resources.files("zoo_centernet") / "conf"
 CORE_DATASETS = core_conf_dir() / "dataset"
