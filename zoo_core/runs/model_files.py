@@ -6,22 +6,33 @@ import logging
 from pathlib import Path
 
 from zoo_core.api.atomic import write_json
+from zoo_core.api.checkpoint import regular_file
 from zoo_core.api.errors import ZooError
-from zoo_core.runs.fingerprint import config_hash, sha256_file
+from zoo_core.runs.fingerprint import config_hash, file_record, sha256_file
+from zoo_core.runs.weights import WeightsChoice
 
 log = logging.getLogger("zoo")
 
 
-def export_fingerprint(ctx, target: str) -> dict:
-    weights = ctx.weights()
+def export_fingerprint(ctx, target: str, choice: WeightsChoice | None = None) -> dict:
+    """What an export depends on; ``weights`` is the file, ``"default"`` or ``"random"`` (see :mod:`.weights`)."""
+    choice = choice or ctx.weights_choice()
     return {
         "model": ctx.model_name,
         "target": target,
         "model_config": config_hash(ctx.cfg.model),
         "export_config": config_hash({k: v for k, v in ctx.resolved_config()["export"].items() if k != "target"}),
-        "weights": weights,
-        "weights_sha256": sha256_file(weights) if weights else None,
+        "weights": choice.label,
+        "weights_sha256": sha256_file(choice.path) if choice.path else None,
     }
+
+
+def _default_file_unchanged(rec: dict | None) -> bool:
+    """The default weights file an earlier export read still has the bytes it had (or none was named)."""
+    if not rec:
+        return True
+    p = Path(str(rec.get("path")))
+    return p.is_file() and sha256_file(p) == rec.get("sha256")
 
 
 def model_dir(ctx) -> Path:
@@ -37,35 +48,48 @@ def ensure_onnx(ctx, target: str, force: bool = False, given: str | None = None)
     """The ONNX for ``target``: ``model_file`` if given, else a fresh-enough export in the run dir.
 
     An existing export is reused only if its ``.json`` fingerprint (model config, export config,
-    weights path and sha256) matches this run; otherwise it is re-exported, never trusted stale.
+    weights path and sha256, or ``default`` / ``random``) matches this run and the default weights
+    file it was made from (if any) is unchanged; otherwise it is re-exported, never trusted stale.
+    Exporting needs weights: without ``weights=`` and real default weights this raises (see
+    :mod:`zoo_core.runs.weights`).
     """
     given = given or ctx.cfg.get("model_file")
     if given and str(given).endswith(".onnx") and not force:
-        p = Path(str(given)).expanduser()
-        if not p.is_file():
-            raise ZooError("model file not found", path=p)
-        return p
+        return regular_file(str(given), "model file")
     out = onnx_path(ctx, target)
     meta = out.with_suffix(".json")
-    fp = export_fingerprint(ctx, target)
+    choice = ctx.weights_choice()
+    fp = export_fingerprint(ctx, target, choice)
     if out.is_file() and meta.is_file() and not force:
         try:
             old = json.loads(meta.read_text())
         except ValueError:
             old = {}
-        if old.get("fingerprint") == fp and old.get("sha256") == sha256_file(out):
+        if (old.get("fingerprint") == fp and old.get("sha256") == sha256_file(out)
+                and _default_file_unchanged(old.get("default_weights_file"))):
+            _name_default_file(ctx, choice, old.get("default_weights_file"))
             return out
         log.info("re-exporting %s: weights or config changed since %s was written", ctx.model_name, out.name)
     out.parent.mkdir(parents=True, exist_ok=True)
-    res = ctx.hooks.export(cfg=ctx.cfg, weights=fp["weights"], output=out, target=target)
+    res = ctx.hooks.export(cfg=ctx.cfg, weights=choice.hook_weights, output=out, target=target)
     written = Path(res.path)
     if not written.is_file():
         raise ZooError(f"the {ctx.model_name} plugin's export hook did not write the file it returned", path=written)
+    default_file = file_record(res.weights) if choice.source == "default" and res.weights else None
+    _name_default_file(ctx, choice, default_file)
     write_json(written.with_suffix(".json"), {
         "fingerprint": fp, "sha256": sha256_file(written),
         "input_names": list(res.input_names), "output_names": list(res.output_names), "target": target,
+        **({"default_weights_file": default_file} if default_file else {}),
     })
     return written
+
+
+def _name_default_file(ctx, choice: WeightsChoice, rec: dict | None) -> None:
+    """Say which file the plugin's default weights came from (stderr and, through the choice, run.json)."""
+    if choice.source == "default" and rec:
+        choice.file = rec
+        log.info("default weights file: %s (sha256 %s)", rec.get("path"), str(rec.get("sha256", "?"))[:16])
 
 
 def om_path(ctx, batch_size: int | None = None, dynamic: bool = False) -> Path:

@@ -15,6 +15,7 @@ from zoo_core.api.errors import ConfigError, ZooError
 from zoo_core.api.types import TensorSpec
 
 from .coco import DOWNLOAD_HINT, CocoDataset
+from .config import SCHEMAS
 from .decode import decode_batch
 from .evaluate import evaluate_coco
 from .oracle import coco_boxes, encode_boxes
@@ -22,6 +23,8 @@ from .preprocess import INPUT_NAME, preprocess_image
 from .sample import ANN_FILE, IMAGE_DIR, ensure_coco_sample
 
 ZOO_HOOK_API = "1"
+#: The types of every key of conf/model/centernet.yaml and conf/dataset/*.yaml (zoo_core.api.config).
+ZOO_CONFIG_SCHEMAS = SCHEMAS
 
 
 HEAD_NAMES = ("hm", "wh", "reg")
