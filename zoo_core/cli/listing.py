@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from zoo_core.api.hookspecs import CORE_HOOKS
+from zoo_core.config.confpaths import scan_plugin_confs
 from zoo_core.plugins import get_manager
 
 
@@ -31,6 +32,11 @@ def print_listing() -> int:
         for b in pm.broken:
             owner = f" [{b.distribution}]" if b.distribution else ""
             print(f"  {b.name:<14} ({b.group}: {b.entry_point}){owner} {b.error}")
+    problems = scan_plugin_confs().problems
+    if problems:
+        print("config conflicts (a run selecting one of these fails with this error):")
+        for (group, name), message in sorted(problems.items()):
+            print(f"  {group} {name}: {message}")
     if pm.blocked:
         print(f"disabled by ZOO_DISABLE_PLUGINS: {', '.join(pm.blocked)}")
     return 0

@@ -166,6 +166,14 @@ class PluginUnderTest:
             out.append(p)
         return out
 
+    @cached_property
+    def weights(self) -> str | None:
+        """What the hooks get as ``weights``: the ``weights=`` file, else ``None`` (the plugin's defaults or
+        its seeded random initial weights: the contract checks shapes and agreement, not accuracy)."""
+        from zoo_core.runs.weights import user_weights
+
+        return user_weights(self.cfg)
+
     def call(self, hook: str, **kwargs):
         return getattr(self.hooks, hook)(cfg=self.cfg, **kwargs)
 
@@ -177,7 +185,7 @@ class PluginUnderTest:
         if target not in self._exports:
             out = self.work_dir / f"{self.model}_{target}.onnx"
             out.parent.mkdir(parents=True, exist_ok=True)
-            res = self.call("export", weights=self.cfg.get("weights"), output=out, target=target)
+            res = self.call("export", weights=self.weights, output=out, target=target)
             if not isinstance(res, ExportResult):
                 raise _fail("export", f"must return zoo_core.api.types.ExportResult, got {type(res).__name__}")
             if not Path(res.path).is_file():
@@ -232,7 +240,11 @@ def check_api_version(p: PluginUnderTest) -> None:
 
 
 def check_config(p: PluginUnderTest) -> None:
-    """``model=<name>`` composes; ``model.name`` equals the entry-point name; a dataset is selected."""
+    """``model=<name>`` composes; ``model.name`` equals the entry-point name; a dataset is selected;
+    when the plugin declares ``ZOO_CONFIG_SCHEMAS`` (zoo_core.api.config), every key of its model and
+    dataset files has a declared type."""
+    import dataclasses
+
     cfg = p.cfg
     if str(cfg.model.get("name")) != p.model:
         raise ContractError(f"conf/model/{p.model}.yaml must set model.name: {p.model} "
@@ -240,6 +252,17 @@ def check_config(p: PluginUnderTest) -> None:
     if not cfg.dataset.get("name") or str(cfg.dataset.name) == "none":
         raise ContractError(f"conf/model/{p.model}.yaml should select a dataset "
                             f"(defaults: [override /dataset: <name>]) shipped in conf/dataset/")
+    declared = getattr(p.hooks.info.module, "ZOO_CONFIG_SCHEMAS", None)
+    if declared is None:
+        return
+    for group, name in (("model", p.model), ("dataset", str(cfg.dataset.name))):
+        cls = declared.get(f"{group}/{name}")
+        if cls is None:
+            raise ContractError(f"ZOO_CONFIG_SCHEMAS has no entry {group}/{name!r} for conf/{group}/{name}.yaml")
+        untyped = sorted(set(map(str, cfg[group])) - {f.name for f in dataclasses.fields(cls)})
+        if untyped:
+            raise ContractError(f"conf/{group}/{name}.yaml keys without a type in {cls.__qualname__}: "
+                                f"{', '.join(untyped)}")
 
 
 def check_dataset(p: PluginUnderTest) -> None:
@@ -376,7 +399,7 @@ def check_export(p: PluginUnderTest, target: str = "onnxruntime", compare_torch:
 def _compare_with_torch(p, batch, ort_outputs, input_names, output_names, rtol, atol) -> None:
     import torch
 
-    model = p.call("build_model", weights=p.cfg.get("weights"))
+    model = p.call("build_model", weights=p.weights)
     if not isinstance(model, torch.nn.Module) or model.training:
         raise _fail("build_model", "must return a torch.nn.Module in eval mode")
     inputs = stack_batch([it.inputs for it in batch])
