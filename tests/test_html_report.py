@@ -198,7 +198,7 @@ def eval_record(tmp_path_factory, cache_dir):
     accuracy feature writes it (reference verdicts, 95% intervals)."""
     d = tmp_path_factory.mktemp("eval")
     zoo_run_ok(d, cache_dir, "run", "model=centerface", "stage=eval", "dataset.limit=6", "work_dir=run")
-    run = d / "run"
+    run = d / "run" / "eval"
     m = json.loads((run / "metrics.json").read_text())
     values = m["metrics"]
     m["reference"] = {"easy": {"expected": round(values["easy"], 4), "tolerance": 0.01, "source": "test", "within": True},

@@ -120,8 +120,8 @@ def score_both(ctx: RunContext, sink: CompareSink) -> tuple[dict[str, Any] | Non
     cfg = ctx.cfg
     if not bool(cfg.compare.metrics):
         return None, "not scored (compare.metrics=false)"
-    if not ctx.hooks.implements("evaluate"):
-        return None, f"not scored: the {ctx.model_name} plugin has no evaluate hook"
+    if ctx.hooks.provider("evaluate", cfg) is None:
+        return None, f"not scored: neither the {ctx.model_name} plugin nor zoo-core's dataset API evaluates it"
     if getattr(ctx.dataset, "has_ground_truth", True) is False:
         return None, f"not scored: dataset {ctx.dataset.name} has no ground truth"
     ref_dets, cand_dets = sink.detections
