@@ -225,7 +225,7 @@ def _metrics_section(metrics: dict) -> str:
         cells = [f"<td><b>{_e(k)}</b></td>", _num_cell(v)]
         if has_ci:
             lo_hi = ci.get(k)
-            cells.append(f'<td class="num">{_e(fmt_number(lo_hi[0]))} - {_e(fmt_number(lo_hi[1]))}</td>'
+            cells.append(f'<td class="num">{_e(fmt_number(lo_hi[0]))} \u2013 {_e(fmt_number(lo_hi[1]))}</td>'
                          if isinstance(lo_hi, (list, tuple)) and len(lo_hi) == 2 else '<td class="num muted">—</td>')
         if has_ref:
             ref = refs.get(k)
