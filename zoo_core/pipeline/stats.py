@@ -11,7 +11,6 @@ import numpy as np
 class RunStats:
     """What one :class:`zoo_core.pipeline.stream.Stream` run measured (times in seconds)."""
 
-    listed: int = 0
     images: int = 0
     batches: int = 0
     preprocess_cpu_s: float = 0.0

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -326,7 +326,3 @@ class Stream:
                    for j, i in enumerate(good)]
         self._deliver(results)
 
-
-def run_stream(source: Source, sinks: Sequence[Sink], **kwargs: Any) -> RunStats:
-    """``Stream(source, sinks, **kwargs).run()``."""
-    return Stream(source, sinks, **kwargs).run()

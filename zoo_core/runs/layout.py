@@ -16,15 +16,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-#: Artifact dirs at the root, each written by the stages named (and cleared by them unless resuming).
-ARTIFACTS = {"inputs": ("preprocess",), "outputs": ("infer", "eval"), "detections": ("eval", "postprocess")}
-
 #: Files in a record dir that Hydra writes before the stage starts (kept when the dir is cleared).
 HYDRA_FILES = (".hydra", "zoo.log")
-
-
-def record_dir(root: Path, stage: str) -> Path:
-    return Path(root) / stage
 
 
 def clear_dir(path: Path, keep: tuple[str, ...] = ()) -> None:
