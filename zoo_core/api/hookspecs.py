@@ -38,7 +38,17 @@ if TYPE_CHECKING:  # the annotations only; importing this module stays cheap (no
     import torch
     from omegaconf import DictConfig
 
-    from zoo_core.api.types import Dataset, Detections, EvalResult, ExportResult, Inputs, Meta, Sample, TensorSpec
+    from zoo_core.api.types import (
+        Dataset,
+        Detections,
+        EvalResult,
+        ExportResult,
+        Inputs,
+        Meta,
+        Reference,
+        Sample,
+        TensorSpec,
+    )
 
 hookspec = pluggy.HookspecMarker("zoo")
 
@@ -54,6 +64,7 @@ MODEL_HOOKS = (
     "postprocess",
     "evaluate",
     "oracle_outputs",
+    "references",
 )
 
 #: The five hooks every complete model plugin implements.
@@ -198,6 +209,21 @@ def oracle_outputs(cfg: DictConfig, sample: Sample, meta: Meta, dataset: Dataset
     preprocess -> postprocess -> evaluate chain without weights.
 
     :returns: ``list[np.ndarray]`` without the batch dimension, in ``output_spec`` order.
+    """
+
+
+@hookspec(firstresult=True)
+def references(cfg: DictConfig) -> list[Reference]:
+    """List the reference values this plugin knows (published or pinned metrics, each under its protocol).
+
+    Called once per ``eval`` / ``evaluate`` (and ``postprocess``, merged shards) run, after scoring.
+    Optional: a plugin that does not implement it has no references. Return *every* reference the plugin
+    knows, whatever ``cfg`` says: zoo-core decides which match the run's protocol (a verdict is printed and
+    written to ``metrics.json["reference"]``), which are a protocol mismatch (same variant and dataset,
+    another IoU threshold: said, not compared) and which are about something else (ignored). With
+    ``gate=true`` a matched reference out of tolerance makes the run exit 1.
+
+    :returns: ``list[``:class:`zoo_core.api.types.Reference` ``]`` (may be empty).
     """
 
 

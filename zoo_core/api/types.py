@@ -131,6 +131,73 @@ class EvalResult:
     metrics: dict[str, float]
     files: dict[str, bytes] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    #: 95% bootstrap intervals ``{metric: (lo, hi)}`` when the run asked for ``bootstrap=N`` and the
+    #: evaluator computes them (zoo-core's ``widerface`` and ``coco`` kinds do); ``info["bootstrap"]`` then
+    #: says how (N, seed, what was resampled).
+    ci95: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+#: Protocol keys that say what a :class:`Reference` is *about* by default: a run that differs on one of them
+#: measures something else (no verdict, no mismatch report).
+REFERENCE_SUBJECT = ("model.variant", "dataset.name", "backend.name")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A published (or pinned) value of one metric under one evaluation protocol, declared by a plugin's
+    ``references`` hook; the core compares an ``eval`` / ``evaluate`` run with it (docs/plugins.md).
+
+    :param metric: the metric name as the evaluator reports it (``"AP"``, ``"easy"``...).
+    :param expected: the reference value, on the evaluator's scale (COCO AP 36.6 is ``0.366``).
+    :param tolerance: the largest ``|measured - expected|`` still counted as reproducing it (``>= 0``).
+    :param source: where the number comes from (a README, a paper, a pinned measurement), as a reader can
+        find it.
+    :param protocol: the config values that define the protocol, dotted keys of the run configuration ->
+        value, e.g. ``{"model.variant": "ascend", "dataset.name": "widerface", "model.iou_thresh": 0.4}``.
+        Decoding and model parameters (thresholds, K, weights, quantization) are *not* protocol: a run that
+        changes them is still compared (catching that is what ``gate=true`` is for).
+    :param subject: the protocol keys saying what the reference is about (default: variant, dataset,
+        backend, when present in ``protocol``). A run that agrees on them but differs on another protocol
+        key (IoU 0.5 against a 0.4 reference) is a *protocol mismatch*: said, not compared.
+    :param note: optional context printed with the verdict.
+    """
+
+    metric: str
+    expected: float
+    tolerance: float
+    source: str
+    protocol: Mapping[str, Any]
+    subject: tuple[str, ...] = REFERENCE_SUBJECT
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        import math
+
+        if not isinstance(self.metric, str) or not self.metric:
+            raise ValueError(f"Reference.metric must be a non-empty string, got {self.metric!r}")
+        for name in ("expected", "tolerance"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+                raise ValueError(f"Reference({self.metric}).{name} must be a finite number, got {v!r}")
+        if self.tolerance < 0:
+            raise ValueError(f"Reference({self.metric}).tolerance must be >= 0, got {self.tolerance}")
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise ValueError(f"Reference({self.metric}).source must say where the number comes from")
+        if not isinstance(self.protocol, Mapping) or not self.protocol:
+            raise ValueError(f"Reference({self.metric}).protocol must be a non-empty mapping of config keys")
+        bad = [k for k in self.protocol if not isinstance(k, str) or not k or k.startswith(".") or k.endswith(".")]
+        if bad:
+            raise ValueError(f"Reference({self.metric}).protocol keys must be dotted config keys, got {bad}")
+        object.__setattr__(self, "protocol", dict(self.protocol))
+        object.__setattr__(self, "subject", tuple(self.subject))
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able: ``{"metric", "expected", "tolerance", "source", "protocol"}`` (+ ``"note"``)."""
+        d = {"metric": self.metric, "expected": float(self.expected), "tolerance": float(self.tolerance),
+             "source": self.source, "protocol": dict(self.protocol)}
+        if self.note:
+            d["note"] = self.note
+        return d
 
 
 @runtime_checkable

@@ -87,6 +87,9 @@ class ZooSchema:
     outputs_dir: str | None = None
     dump_dtype: str | None = None
     detections: str | None = None
+    bootstrap: int = 0                      # eval/evaluate: 95% intervals from N image resamples (0: off)
+    bootstrap_seed: int = 0
+    gate: bool = False                      # eval/evaluate: exit 1 unless the plugin's references are reproduced
     work_dir: str = "outputs/${model.name}"
     model_dir: str = "${work_dir}/model"
     export: ExportConfig = field(default_factory=ExportConfig)

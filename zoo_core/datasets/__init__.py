@@ -59,8 +59,10 @@ def _widerface() -> DatasetKind:
 
     def score(cfg, detections, dataset, samples):
         m = cfg.get("model") or {}
+        n, seed = bootstrap_request(cfg)
         return widerface.score_widerface(detections, dataset, samples, iou_thresh=float(m.get("iou_thresh", 0.5)),
-                                         report_both_iou=bool(m.get("report_both_iou", False)))
+                                         report_both_iou=bool(m.get("report_both_iou", False)),
+                                         bootstrap=n, bootstrap_seed=seed)
 
     return DatasetKind("widerface", widerface.open_widerface, score, widerface.WiderFaceDataset, {
         "model.iou_thresh": "IoU of a true positive (0.5, the official protocol; 0.4 for the chenjun2hao / "
@@ -73,12 +75,22 @@ def _coco() -> DatasetKind:
 
     def score(cfg, detections, dataset, samples):
         m = cfg.get("model") or {}
+        n, seed = bootstrap_request(cfg)
         return coco.score_coco(detections, dataset, samples, evaluator=str(m.get("coco_evaluator") or "auto"),
-                               category_ids=coco.category_ids(m))
+                               category_ids=coco.category_ids(m), bootstrap=n, bootstrap_seed=seed)
 
     return DatasetKind("coco", coco.open_coco, score, coco.CocoDataset, {
         "model.category_ids": "0-based class index -> COCO category id (null: the 80 COCO ids)",
         "model.coco_evaluator": "auto (faster-coco-eval when installed) | pycocotools | faster-coco-eval"})
+
+
+def bootstrap_request(cfg) -> tuple[int, int]:
+    """``(N, seed)`` from the run-level keys ``bootstrap`` (0: off) and ``bootstrap_seed``; a kind's scorer
+    then returns 95% intervals in ``EvalResult.ci95`` (:mod:`zoo_core.datasets.bootstrap`)."""
+    n = int(cfg.get("bootstrap", 0) or 0)
+    if n < 0 or n == 1:
+        raise ConfigError(f"bootstrap={n} must be 0 (off) or the number of resamples (>= 2; 1000 is usual)")
+    return n, int(cfg.get("bootstrap_seed", 0) or 0)
 
 
 _FACTORIES: dict[str, Callable[[], DatasetKind]] = {"coco": _coco, "widerface": _widerface}
@@ -143,4 +155,4 @@ def evaluate(cfg, detections, dataset, samples, out_dir=None):
     return k.score(cfg, detections, dataset, samples)
 
 
-__all__ = ["DATASET_API_VERSION", "DatasetKind", "evaluate", "get_kind", "kind_of", "kinds", "open_dataset"]
+__all__ = ["DATASET_API_VERSION", "DatasetKind", "bootstrap_request", "evaluate", "get_kind", "kind_of", "kinds", "open_dataset"]

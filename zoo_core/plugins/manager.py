@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     import torch
     from omegaconf import DictConfig
 
-    from zoo_core.api.types import Dataset, Detections, EvalResult, ExportResult, Inputs, Meta, Sample, TensorSpec
+    from zoo_core.api.types import (Dataset, Detections, EvalResult, ExportResult, Inputs, Meta, Reference, Sample,
+        TensorSpec)
 
 EXTRA_GROUP = "zoo.plugins"
 
@@ -371,6 +372,18 @@ class ModelHooks:
     def oracle_outputs(self, *, cfg: DictConfig, sample: Sample, meta: Meta, dataset: Dataset) -> list[np.ndarray]:
         return self._call("oracle_outputs", f"image {sample.path}", cfg=cfg, sample=sample, meta=meta,
                           dataset=dataset)
+
+    def references(self, *, cfg: DictConfig) -> list[Reference]:
+        """The plugin's declared references; ``[]`` when it does not implement the hook (optional)."""
+        if not self.implements("references"):
+            return []
+        refs = self._call("references", cfg=cfg)
+        from zoo_core.api.types import Reference
+
+        if not isinstance(refs, (list, tuple)) or not all(isinstance(r, Reference) for r in refs):
+            raise PluginError(f"{self.info.label}: hook 'references' must return a list of "
+                              f"zoo_core.api.types.Reference, got {type(refs).__name__}")
+        return list(refs)
 
     def _no_default(self, hook: str, kwargs: dict[str, Any]) -> None:
         from zoo_core.datasets import kinds

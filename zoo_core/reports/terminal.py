@@ -27,6 +27,9 @@ def _metrics_lines(model: str, result: dict[str, Any], record_dir: Path) -> list
     if result.get("outputs_dir"):
         lines.append(f"  (outputs from {result['outputs_dir']}; "
                      f"file suffixes start at _{result.get('output_suffix_base')})")
+    from zoo_core.runs.references import verdict_lines
+
+    lines.extend(verdict_lines(result))
     lines.append(f"  -> {record_dir / 'metrics.json'}")
     return lines
 

@@ -96,7 +96,8 @@ def category_ids(model_cfg) -> tuple[int, ...]:
 
 
 def score_coco(detections: Mapping[str, Detections], dataset: CocoDataset, samples: Sequence[Sample],
-               evaluator: str = "auto", category_ids: Sequence[int] = CATEGORY_IDS, plots: bool = True) -> EvalResult:
+               evaluator: str = "auto", category_ids: Sequence[int] = CATEGORY_IDS, plots: bool = True,
+               bootstrap: int = 0, bootstrap_seed: int = 0) -> EvalResult:
     """Score ``detections`` of ``samples`` against ``dataset`` with COCOeval (bbox).
 
     :param detections: ``{sample.id: Detections}``; ``labels`` are the model's 0-based class indices.
@@ -104,6 +105,10 @@ def score_coco(detections: Mapping[str, Detections], dataset: CocoDataset, sampl
     :param evaluator: ``auto``, ``faster-coco-eval`` or ``pycocotools`` (same stats).
     :param category_ids: class index -> COCO category id (default: the 80 COCO ids, CenterNet's order).
     :param plots: also draw ``pr_curves.png`` and ``ap_per_class.png``.
+    :param bootstrap: with N > 0, 95% intervals of AP / AP50 / AP75 over N image resamples (seeded by
+        ``bootstrap_seed``) from COCOeval's per-image records, in ``ci95``; how in ``info["bootstrap"]``
+        (:mod:`zoo_core.datasets.coco.bootstrap`). An evaluator that keeps no per-image records gives none
+        (``info["bootstrap"]["note"]`` says so).
     :returns: metrics: the 12 COCOeval stats (``AP`` = stats[0], ...) and ``AP/<category name>``; files:
         ``detections.json`` (the reference results list) and the two plots; info: the evaluator used.
     """
@@ -113,6 +118,15 @@ def score_coco(detections: Mapping[str, Detections], dataset: CocoDataset, sampl
     metrics = {name: float(v) for name, v in zip(STAT_NAMES, ev.stats)}
     per_class = per_category_ap(ev, dataset.category_names())
     metrics.update(per_class)
+    ci95: dict = {}
+    boot = None
+    if bootstrap:
+        from .bootstrap import bootstrap_coco
+
+        try:
+            ci95, boot = bootstrap_coco(ev, bootstrap, bootstrap_seed)
+        except ValueError as exc:
+            boot = {"n": bootstrap, "seed": bootstrap_seed, "note": f"{used}: {exc}; use model.coco_evaluator=pycocotools"}
     files = {"detections.json": json.dumps(records).encode()}
     if plots:
         from .plots import ap_per_class_png, pr_curves_png
@@ -120,5 +134,7 @@ def score_coco(detections: Mapping[str, Detections], dataset: CocoDataset, sampl
         title = f"{dataset.name} ({len(samples)} image{'s' if len(samples) != 1 else ''})"
         files["pr_curves.png"] = pr_curves_png(ev, title)
         files["ap_per_class.png"] = ap_per_class_png(per_class, metrics["AP"], title)
-    return EvalResult(metrics=metrics, files=files,
-                      info={"evaluator": used, "images": len(samples), "iou_type": "bbox"})
+    info = {"evaluator": used, "images": len(samples), "iou_type": "bbox"}
+    if boot is not None:
+        info["bootstrap"] = boot
+    return EvalResult(metrics=metrics, files=files, info=info, ci95=ci95)

@@ -144,22 +144,39 @@ def _best_gt(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return iou[np.arange(len(arg)), arg], arg
 
 
-def _segment_counts(flags: np.ndarray, seg_start: np.ndarray, last: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Per threshold, the sum over images of ``flags[image start : last + 1].sum()`` (images with ``valid``)."""
-    cs = np.concatenate(([0], np.cumsum(flags, dtype=np.int64)))
-    per_image = cs[last + 1] - cs[seg_start][:, None]
-    return np.where(valid, per_image, 0).sum(axis=0)
+@dataclass
+class WiderImageRecords:
+    """The per-image matching of one WIDER evaluation, before the score normalisation.
 
-
-def evaluate_wider(preds: Preds, gt: WiderGroundTruth, iou_thresh: float = 0.5) -> WiderResult:
-    """Evaluate WIDER FACE predictions: AP and PR curves for easy, medium and hard.
-
-    ``preds`` maps ``(event, stem)`` to ``(boxes_xywh (n, 4), scores (n,))`` in file order, for every
-    image of ``gt`` (use ``read_prediction_tree``; images without detections map to empty arrays).
-    ``iou_thresh`` is 0.5 for the official protocol; the chenjun2hao / Ascend numbers use 0.4.
+    Which prediction hits which face does not depend on the scores; the normalised scores only decide which
+    predictions pass each threshold. So :func:`image_rows` turns these records into per-image
+    ``(proposals, true positives)`` rows for any normalisation ``(hi, lo)``, which is what a bootstrap over
+    images needs (:func:`zoo_core.datasets.widerface.bootstrap_wider`). Arrays over predictions are in gt
+    image order, each image's predictions in file order.
     """
+
+    iou_thresh: float
+    n_pred: np.ndarray               # (n_img,) predictions per image
+    scores: np.ndarray               # (total,) raw scores
+    active: np.ndarray               # (n_img,) the image has predictions and faces
+    proposal: dict[str, np.ndarray]  # setting -> (total,) counts as a proposal
+    first: dict[str, np.ndarray]     # setting -> (total,) first hit of a kept face
+    faces: dict[str, np.ndarray]     # setting -> (n_img,) kept faces per image
+
+    @property
+    def n_images(self) -> int:
+        return len(self.n_pred)
+
+    def score_range(self) -> tuple[float, float]:
+        """``(hi, lo)`` of the min-max normalisation over all images (max starts at 0, min at 1)."""
+        if not len(self.scores):
+            return 0.0, 1.0
+        return max(0.0, float(self.scores.max())), min(1.0, float(self.scores.min()))
+
+
+def wider_image_records(preds: Preds, gt: WiderGroundTruth, iou_thresh: float = 0.5) -> WiderImageRecords:
+    """Match ``preds`` to ``gt`` image by image (see :func:`evaluate_wider` for the arguments)."""
     items = _gather(preds, gt)
-    n_img = len(items)
     n_pred = np.array([len(s) for _, s in items], dtype=np.int64)
     n_gt = np.array([len(b) for ev in gt.boxes for b in ev], dtype=np.int64)
     pred_start = np.concatenate(([0], np.cumsum(n_pred)))
@@ -168,14 +185,6 @@ def evaluate_wider(preds: Preds, gt: WiderGroundTruth, iou_thresh: float = 0.5) 
 
     scores = np.concatenate([s for _, s in items]) if total else np.zeros(0)
     boxes = np.concatenate([b for b, _ in items]) if total else np.zeros((0, 4))
-    if total:
-        hi, lo = max(0.0, scores.max()), min(1.0, scores.min())
-        if hi == lo:
-            _warn_constant()
-            scores = np.ones_like(scores)
-        else:
-            scores = (scores - lo) / (hi - lo)
-
     corners = boxes.copy()
     corners[:, 2:] += corners[:, :2]
     gt_corners = [b.astype(np.float64) for ev in gt.boxes for b in ev]
@@ -190,35 +199,83 @@ def evaluate_wider(preds: Preds, gt: WiderGroundTruth, iou_thresh: float = 0.5) 
         best_iou[a:b], arg = _best_gt(corners[a:b], gt_corners[i])
         best_gt[a:b] = arg + gt_start[i]
 
-    # last[i, t]: global index of the last box of image i whose score passes threshold t, or -1
-    image_of = np.repeat(np.arange(n_img), n_pred)
-    first_t = THRESH_NUM - np.searchsorted(thresholds()[::-1], scores, side="right")
-    last = np.full((n_img, THRESH_NUM + 1), -1, dtype=np.int64)
-    np.maximum.at(last, (image_of, first_t), np.arange(total, dtype=np.int64))
-    last = np.maximum.accumulate(last[:, :THRESH_NUM], axis=1)
-    last[~active] = -1
-    valid = last >= 0
-    starts = pred_start[:-1]
-
     hit = best_iou >= iou_thresh
-    counts = {}
+    proposal, first_hit, faces = {}, {}, {}
     for s in SETTINGS:
         keep = [k for ev in gt.keep[s] for k in ev]
         kept = np.zeros(int(gt_start[-1]) + 1, dtype=bool)
         if keep and sum(len(k) for k in keep):
             kept[np.concatenate([k + gt_start[i] for i, k in enumerate(keep)])] = True
-        count_face = int(sum(len(k) for k in keep))
+        faces[s] = np.array([len(k) for k in keep], dtype=np.int64)
         kept_hit = hit & kept[best_gt]
-        proposal = ~(hit & ~kept[best_gt])
+        proposal[s] = ~(hit & ~kept[best_gt])
         first = np.zeros(total, dtype=bool)
         hit_idx = np.flatnonzero(kept_hit)
         _, first_pos = np.unique(best_gt[hit_idx], return_index=True)
         first[hit_idx[first_pos]] = True
+        first_hit[s] = first
+    return WiderImageRecords(iou_thresh=float(iou_thresh), n_pred=n_pred, scores=scores, active=active,
+                             proposal=proposal, first=first_hit, faces=faces)
 
-        n_prop = _segment_counts(proposal, starts, last, valid)
-        n_tp = _segment_counts(first, starts, last, valid)
-        counts[s] = (n_prop.astype(np.float64), n_tp.astype(np.float64), count_face)
-    return _result(iou_thresh, counts, _voc_ap)
+
+def _last_passing(rec: WiderImageRecords, hi: float, lo: float) -> np.ndarray:
+    """``last[i, t]``: global index of the last box of image i whose normalised score passes threshold t, or -1."""
+    total = len(rec.scores)
+    if hi == lo:
+        scores = np.ones_like(rec.scores)
+    else:
+        scores = (rec.scores - lo) / (hi - lo)
+    image_of = np.repeat(np.arange(rec.n_images), rec.n_pred)
+    first_t = THRESH_NUM - np.searchsorted(thresholds()[::-1], scores, side="right")
+    last = np.full((rec.n_images, THRESH_NUM + 1), -1, dtype=np.int64)
+    np.maximum.at(last, (image_of, first_t), np.arange(total, dtype=np.int64))
+    last = np.maximum.accumulate(last[:, :THRESH_NUM], axis=1)
+    last[~rec.active] = -1
+    return last
+
+
+def _per_image(flags: np.ndarray, starts: np.ndarray, last: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``(n_img, T)``: ``flags[image start : last + 1].sum()`` per image and threshold (0 where not valid)."""
+    cs = np.concatenate(([0], np.cumsum(flags, dtype=np.int64)))
+    return np.where(valid, cs[last + 1] - cs[starts][:, None], 0)
+
+
+def image_rows(rec: WiderImageRecords, hi: float, lo: float, setting: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image ``(proposals, true positives)``, each ``(n_img, 1000)``, under the normalisation ``(hi, lo)``.
+
+    Summed over images they are the evaluation's counts (what :func:`evaluate_wider` turns into AP).
+    """
+    last = _last_passing(rec, hi, lo)
+    starts = np.concatenate(([0], np.cumsum(rec.n_pred)))[:-1]
+    valid = last >= 0
+    return (_per_image(rec.proposal[setting], starts, last, valid),
+            _per_image(rec.first[setting], starts, last, valid))
+
+
+def evaluate_wider(preds: Preds, gt: WiderGroundTruth, iou_thresh: float = 0.5) -> WiderResult:
+    """Evaluate WIDER FACE predictions: AP and PR curves for easy, medium and hard.
+
+    ``preds`` maps ``(event, stem)`` to ``(boxes_xywh (n, 4), scores (n,))`` in file order, for every
+    image of ``gt`` (use ``read_prediction_tree``; images without detections map to empty arrays).
+    ``iou_thresh`` is 0.5 for the official protocol; the chenjun2hao / Ascend numbers use 0.4.
+    """
+    return evaluate_records(wider_image_records(preds, gt, iou_thresh))
+
+
+def evaluate_records(rec: WiderImageRecords) -> WiderResult:
+    """AP and PR curves of matched records (:func:`wider_image_records`), normalised over all images."""
+    hi, lo = rec.score_range()
+    if len(rec.scores) and hi == lo:
+        _warn_constant()
+    last = _last_passing(rec, hi, lo)
+    starts = np.concatenate(([0], np.cumsum(rec.n_pred)))[:-1]
+    valid = last >= 0
+    counts = {}
+    for s in SETTINGS:
+        n_prop = _per_image(rec.proposal[s], starts, last, valid).sum(axis=0)
+        n_tp = _per_image(rec.first[s], starts, last, valid).sum(axis=0)
+        counts[s] = (n_prop.astype(np.float64), n_tp.astype(np.float64), int(rec.faces[s].sum()))
+    return _result(rec.iou_thresh, counts, _voc_ap)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from zoo_core.api.types import Detections, EvalResult, Sample
 
 from .dataset import WiderFaceDataset
-from .evaluation import evaluate_wider
+from .bootstrap import bootstrap_wider
+from .evaluation import evaluate_records, evaluate_wider, wider_image_records
 from .plots import pr_curves_png, pr_curves_title
 from .predictions import format_prediction_file, read_prediction_tree, write_prediction_tree
 
@@ -25,7 +26,8 @@ EVALUATOR = "WIDER FACE (official algorithm, wondervictor order)"
 
 
 def score_widerface(detections: Mapping[str, Detections], dataset: WiderFaceDataset, samples: Sequence[Sample],
-                    iou_thresh: float = 0.5, report_both_iou: bool = False) -> EvalResult:
+                    iou_thresh: float = 0.5, report_both_iou: bool = False, bootstrap: int = 0,
+                    bootstrap_seed: int = 0) -> EvalResult:
     """Easy / Medium / Hard AP of ``detections`` on the images ``samples`` of ``dataset``.
 
     :param detections: ``{sample.id: Detections}`` in original-image pixels; an image without an entry
@@ -34,6 +36,8 @@ def score_widerface(detections: Mapping[str, Detections], dataset: WiderFaceData
         to them).
     :param iou_thresh: 0.5 is the official protocol; the chenjun2hao / Ascend numbers use 0.4.
     :param report_both_iou: also report ``<setting>_iou0.5`` and ``<setting>_iou0.4``.
+    :param bootstrap: with N > 0, 95% intervals of easy / medium / hard over N image resamples (seeded by
+        ``bootstrap_seed``) in ``ci95``, how in ``info["bootstrap"]`` (:mod:`zoo_core.datasets.widerface.bootstrap`).
     :returns: metrics ``easy``, ``medium``, ``hard`` (+ the ``_iou*`` ones); files
         ``predictions/<event>/<stem>.txt`` (the official tree) and ``pr_curves.png`` (titled with the
         dataset name and image count); ``info`` with the IoU, the number of images without detections and
@@ -55,8 +59,10 @@ def score_widerface(detections: Mapping[str, Detections], dataset: WiderFaceData
         with tempfile.TemporaryDirectory(prefix="zoo_widerface_") as tmp:
             write_prediction_tree(tmp, preds)
             read = read_prediction_tree(tmp, gt, missing="empty", unsorted="error")
-        result = evaluate_wider(read, gt, iou_thresh=iou_thresh)
+        records = wider_image_records(read, gt, iou_thresh=iou_thresh)
+        result = evaluate_records(records)
         metrics = {k: float(v) for k, v in result.ap.items()}
+        ci95, boot = bootstrap_wider(records, bootstrap, bootstrap_seed) if bootstrap else ({}, None)
         if report_both_iou:
             for t in IOU_BOTH:
                 res_t = result if t == iou_thresh else evaluate_wider(read, gt, iou_thresh=t)
@@ -69,4 +75,6 @@ def score_widerface(detections: Mapping[str, Detections], dataset: WiderFaceData
             "evaluator": EVALUATOR, "note": "the published chenjun2hao / Ascend CenterFace numbers use iou_thresh 0.4"}
     if messages:
         info["warnings"] = messages
-    return EvalResult(metrics=metrics, files=files, info=info)
+    if boot is not None:
+        info["bootstrap"] = boot
+    return EvalResult(metrics=metrics, files=files, info=info, ci95=ci95)

@@ -1,0 +1,184 @@
+"""Compare a scored run with the references its plugin declares (hook ``references``).
+
+For each declared :class:`~zoo_core.api.types.Reference` the run is either
+
+* **about something else**: a ``subject`` key (variant, dataset, backend) differs: ignored;
+* a **match**: every protocol key has the reference's value: the metric gets a verdict,
+  ``{"expected", "tolerance", "source", "within", "measured", "delta", "protocol"}`` (+ ``"in_ci95"`` with
+  ``bootstrap``), written to ``metrics.json["reference"][<metric>]``;
+* a **protocol mismatch**: the subject agrees but another protocol key differs (IoU 0.5 against a 0.4
+  reference), or only part of the dataset was scored (``dataset.limit``, one shard): listed in ``metrics.json["reference_mismatches"]`` with the differing keys, never compared.
+
+When several references of one metric match, the one naming the most protocol keys wins (an Ascend OM
+number declared with ``backend.name: acl`` over the PyTorch number on an ``acl`` run); the others are kept
+under ``"also"``. Mismatches are reported only for metrics without a match.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from zoo_core.api.types import Reference
+
+_UNSET = object()
+
+
+def config_value(cfg: Any, key: str) -> Any:
+    """The run's value of a dotted config key, ``_UNSET`` when the key is not in the configuration."""
+    v = OmegaConf.select(cfg, key, default=_UNSET, throw_on_missing=False)
+    if v is _UNSET:
+        return _UNSET
+    return OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+
+
+def same_value(run: Any, ref: Any) -> bool:
+    """Numbers compare as numbers (``0.4 == 0.40000001`` within 1e-9); everything else exactly."""
+    numeric = (int, float)
+    if isinstance(run, numeric) and isinstance(ref, numeric) and not isinstance(run, bool) \
+            and not isinstance(ref, bool):
+        return math.isclose(float(run), float(ref), rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(run, (list, tuple)) and isinstance(ref, (list, tuple)):
+        return len(run) == len(ref) and all(same_value(a, b) for a, b in zip(run, ref))
+    return type(run) is type(ref) and run == ref
+
+
+def _shown(v: Any) -> Any:
+    return "<not set>" if v is _UNSET else v
+
+
+def _differences(cfg: Any, ref: Reference) -> tuple[dict[str, dict], bool]:
+    """``({key: {"reference", "run"}}, about_this_run)`` for the protocol keys that differ."""
+    diffs: dict[str, dict] = {}
+    about = True
+    for key, want in ref.protocol.items():
+        have = config_value(cfg, key)
+        if have is _UNSET or not same_value(have, want):
+            diffs[key] = {"reference": want, "run": _shown(have)}
+            if key in ref.subject:
+                about = False
+    return diffs, about
+
+
+#: Implicit protocol of every reference: the whole dataset was scored (no ``dataset.limit``, no single shard),
+#: unless the reference names these keys itself.
+WHOLE_DATASET = {"dataset.limit": None, "dataset.num_shards": 1}
+
+
+def _subset(cfg: Any, ref: Reference) -> dict[str, dict]:
+    diffs = {}
+    for key, want in WHOLE_DATASET.items():
+        if key in ref.protocol:
+            continue
+        have = config_value(cfg, key)
+        if have is not _UNSET and not same_value(have, want):
+            diffs[key] = {"reference": want, "run": have}
+    return diffs
+
+
+def judge(cfg: Any, refs: Sequence[Reference], metrics: Mapping[str, float | None],
+          ci95: Mapping[str, Sequence[float]] | None = None) -> tuple[dict[str, dict], list[dict]]:
+    """``(verdicts by metric, protocol mismatches)`` of a run scored ``metrics`` under ``cfg``.
+
+    A run that scored part of the dataset (``dataset.limit``, one shard of several) is a protocol mismatch
+    for every reference that does not name those keys itself.
+    """
+    matched: dict[str, list[Reference]] = {}
+    mismatched: dict[str, list[tuple[Reference, dict]]] = {}
+    for ref in refs:
+        diffs, about = _differences(cfg, ref)
+        if about:
+            diffs.update(_subset(cfg, ref))
+        if not diffs:
+            matched.setdefault(ref.metric, []).append(ref)
+        elif about:
+            mismatched.setdefault(ref.metric, []).append((ref, diffs))
+    verdicts = {}
+    for metric, cands in matched.items():
+        best = max(cands, key=lambda r: len(r.protocol))  # max keeps the first of equals
+        v = _verdict(best, metrics.get(metric, None), metric in metrics, (ci95 or {}).get(metric))
+        others = [r for r in cands if r is not best]
+        if others:
+            v["also"] = [r.as_dict() for r in others]
+        verdicts[metric] = v
+    mismatches = []
+    for metric, items in mismatched.items():
+        if metric in matched:
+            continue
+        for ref, diffs in items:
+            mismatches.append({**ref.as_dict(), "measured": metrics.get(metric), "differs": diffs})
+    return verdicts, mismatches
+
+
+def _verdict(ref: Reference, measured: float | None, reported: bool, ci: Sequence[float] | None) -> dict[str, Any]:
+    v: dict[str, Any] = {"expected": float(ref.expected), "tolerance": float(ref.tolerance), "source": ref.source,
+                         "protocol": dict(ref.protocol)}
+    if ref.note:
+        v["note"] = ref.note
+    if measured is None:
+        v.update(measured=None, delta=None, within=False,
+                 why="the evaluator did not report this metric" if not reported else "the metric is undefined (null)")
+        return v
+    delta = float(measured) - float(ref.expected)
+    v.update(measured=float(measured), delta=delta, within=bool(abs(delta) <= ref.tolerance + 1e-12))
+    if ci is not None and ci[0] is not None and ci[1] is not None:
+        v["in_ci95"] = bool(float(ci[0]) <= ref.expected <= float(ci[1]))
+    return v
+
+
+def gate_failures(verdicts: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per matched reference the run does not reproduce (out of tolerance, or outside the interval)."""
+    out = []
+    for metric, v in verdicts.items():
+        if not v["within"]:
+            if v["measured"] is None:
+                out.append(f"{metric}: {v.get('why')} (reference {v['expected']:.4f})")
+            else:
+                out.append(f"{metric}: measured {v['measured']:.4f}, reference {v['expected']:.4f} "
+                           f"± {v['tolerance']:g}: off by {v['delta']:+.4f}")
+        elif v.get("in_ci95") is False:
+            out.append(f"{metric}: reference {v['expected']:.4f} lies outside the 95% interval of the measured "
+                       f"{v['measured']:.4f}")
+    return out
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else format(v, ".4f")
+
+
+def verdict_lines(record: Mapping[str, Any]) -> list[str]:
+    """The terminal lines for ``metrics.json``'s ``reference`` / ``reference_mismatches`` / ``ci95``."""
+    lines = []
+    verdicts = record.get("reference") or {}
+    by_source: dict[str, list[str]] = {}
+    for metric, v in verdicts.items():
+        by_source.setdefault(v["source"], []).append(metric)
+    for source, names in by_source.items():
+        lines.append(f"  reference: {source}")
+        for metric in names:
+            v = verdicts[metric]
+            if v["measured"] is None:
+                lines.append(f"    {metric:<10} n/a    vs {_fmt(v['expected'])}: NOT REPRODUCED ({v.get('why')})")
+                continue
+            mark = "ok" if v["within"] else "OUT OF TOLERANCE"
+            if v["within"] and v.get("in_ci95") is False:
+                mark = "ok, but the reference is outside the 95% interval"
+            lines.append(f"    {metric:<10} {_fmt(v['measured'])} vs {_fmt(v['expected'])} ± {v['tolerance']:g} "
+                         f"(delta {v['delta']:+.4f}): {mark}")
+    groups: dict[tuple[str, str], list[str]] = {}
+    for m in record.get("reference_mismatches") or []:
+        diffs = ", ".join(f"{k} is {d['run']!r} here, {d['reference']!r} there" for k, d in m["differs"].items())
+        groups.setdefault((m["source"], diffs), []).append(f"{m['metric']} {_fmt(m['expected'])}")
+    for (source, diffs), items in groups.items():
+        lines.append(f"  reference not compared, protocol mismatch ({diffs}): {', '.join(items)} [{source}]")
+    ci = record.get("ci95") or {}
+    if ci:
+        b = record.get("bootstrap") or {}
+        lines.append(f"  95% intervals (bootstrap over images, N={b.get('n')}, seed {b.get('seed')}):")
+        for metric, (lo, hi) in ci.items():
+            lines.append(f"    {metric:<10} [{_fmt(lo)}, {_fmt(hi)}]")
+    elif (record.get("bootstrap") or {}).get("note"):
+        lines.append(f"  (bootstrap: {record['bootstrap']['note']})")
+    return lines
