@@ -129,9 +129,10 @@ def test_scaffolded_plugin_installs_lists_runs_and_passes_its_tests(installed_pl
     metrics = json.loads((work / "outputs" / name / "eval" / "metrics.json").read_text())
     assert metrics["images"] == 16 and 0.0 <= metrics["metrics"]["AP50"] <= 1.0
 
-    zoo("run", f"model={name}", "stage=eval", "backend=oracle", f"work_dir=oracle_{name}")
+    zoo("run", f"model={name}", "stage=eval", "backend=oracle", f"work_dir=oracle_{name}", "gate=true")
     oracle = json.loads((work / f"oracle_{name}" / "eval" / "metrics.json").read_text())
     assert oracle["metrics"]["AP50"] == pytest.approx(1.0) and oracle["metrics"]["recall"] == pytest.approx(1.0)
+    assert oracle["reference"]["AP50"]["within"] is True  # the scaffold's declared reference, gated
 
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=dest,
                           env=env, capture_output=True, text=True, timeout=180)

@@ -223,7 +223,7 @@ def references(cfg: DictConfig) -> list[Reference]:
     another IoU threshold: said, not compared) and which are about something else (ignored). With
     ``gate=true`` a matched reference out of tolerance makes the run exit 1.
 
-    :returns: ``list[``:class:`zoo_core.api.types.Reference` ``]`` (may be empty).
+    :returns: ``list[Reference]`` (:class:`zoo_core.api.types.Reference`; may be empty).
     """
 
 

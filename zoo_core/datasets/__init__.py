@@ -155,4 +155,5 @@ def evaluate(cfg, detections, dataset, samples, out_dir=None):
     return k.score(cfg, detections, dataset, samples)
 
 
-__all__ = ["DATASET_API_VERSION", "DatasetKind", "bootstrap_request", "evaluate", "get_kind", "kind_of", "kinds", "open_dataset"]
+__all__ = ["DATASET_API_VERSION", "DatasetKind", "bootstrap_request", "evaluate", "get_kind", "kind_of", "kinds",
+           "open_dataset"]

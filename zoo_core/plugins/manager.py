@@ -36,8 +36,17 @@ if TYPE_CHECKING:
     import torch
     from omegaconf import DictConfig
 
-    from zoo_core.api.types import (Dataset, Detections, EvalResult, ExportResult, Inputs, Meta, Reference, Sample,
-        TensorSpec)
+    from zoo_core.api.types import (
+        Dataset,
+        Detections,
+        EvalResult,
+        ExportResult,
+        Inputs,
+        Meta,
+        Reference,
+        Sample,
+        TensorSpec,
+    )
 
 EXTRA_GROUP = "zoo.plugins"
 

@@ -7,7 +7,8 @@ For each declared :class:`~zoo_core.api.types.Reference` the run is either
   ``{"expected", "tolerance", "source", "within", "measured", "delta", "protocol"}`` (+ ``"in_ci95"`` with
   ``bootstrap``), written to ``metrics.json["reference"][<metric>]``;
 * a **protocol mismatch**: the subject agrees but another protocol key differs (IoU 0.5 against a 0.4
-  reference), or only part of the dataset was scored (``dataset.limit``, one shard): listed in ``metrics.json["reference_mismatches"]`` with the differing keys, never compared.
+  reference), or only part of the dataset was scored (``dataset.limit``, one shard): listed in
+  ``metrics.json["reference_mismatches"]`` with the differing keys, never compared.
 
 When several references of one metric match, the one naming the most protocol keys wins (an Ascend OM
 number declared with ``backend.name: acl`` over the PyTorch number on an ``acl`` run); the others are kept

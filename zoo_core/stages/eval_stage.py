@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from zoo_core.datasets import bootstrap_request
 from zoo_core.pipeline.sinks import DetectionSink, OutputBinSink
 from zoo_core.pipeline.sources import ImageSource
 from zoo_core.pipeline.stream import Sink, Stream
@@ -30,6 +31,7 @@ log = logging.getLogger("zoo")
 
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.cfg
+    bootstrap_request(cfg)  # a bad bootstrap= fails before the images run
     samples = ctx.samples
     workers = int(cfg.num_workers) if len(samples) > 1 else 0
     with WorkerPool(ctx.hooks, cfg, workers) as pool:

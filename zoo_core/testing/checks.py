@@ -464,9 +464,48 @@ def check_lazy_torch(p: PluginUnderTest) -> None:
         raise ContractError(f"importing {module} failed: {proc.stderr.strip()[-2000:]}")
 
 
+def check_references(p: PluginUnderTest) -> list[dict[str, Any]]:
+    """The ``references`` declaration (optional hook): a list of well-formed
+    :class:`~zoo_core.api.types.Reference`, each protocol key present in the configuration the protocol
+    selects (``dataset.name`` / ``backend.name`` pick those config groups), with the declared value's type
+    where the config has one. Returns the references as dicts."""
+    from zoo_core.api.errors import ZooError
+    from zoo_core.runs.references import _UNSET, config_value
+
+    if not p.implements("references"):
+        return []
+    try:
+        refs = p.hooks.references(cfg=p.cfg)
+    except ZooError as exc:
+        raise _fail("references", str(exc)) from None
+    composed: dict[tuple[str, ...], Any] = {}
+    for ref in refs:
+        groups = tuple(f"{g}={ref.protocol[f'{g}.name']}" for g in ("dataset", "backend")
+                       if f"{g}.name" in ref.protocol)
+        if groups not in composed:
+            try:
+                composed[groups] = p.config(groups)
+            except Exception as exc:  # an unknown dataset / backend config
+                raise _fail("references", f"reference {ref.metric} ({ref.source}): its protocol selects "
+                                          f"{', '.join(groups)}, which does not compose: {exc}") from None
+        cfg = composed[groups]
+        for key, want in ref.protocol.items():
+            have = config_value(cfg, key)
+            if have is _UNSET:
+                raise _fail("references", f"reference {ref.metric} ({ref.source}): protocol key {key!r} is not "
+                                          f"in the configuration (with {', '.join(groups) or 'the defaults'})")
+            if key.endswith(".name") and key.split(".")[0] in ("dataset", "backend") and have != want:
+                raise _fail("references", f"reference {ref.metric}: {key}={want!r} but that config group's "
+                                          f"name is {have!r}")
+            if have is not None and want is not None and isinstance(have, bool) != isinstance(want, bool):
+                raise _fail("references", f"reference {ref.metric} ({ref.source}): protocol {key}={want!r} can "
+                                          f"never equal the config's {type(have).__name__} value")
+    return [r.as_dict() for r in refs]
+
+
 #: The checks :func:`check_plugin` runs, in order (``check_<name>`` functions).
 CHECKS = ("registration", "api_version", "config", "dataset", "preprocess", "roundtrip", "export",
-          "evaluate", "atc_args", "lazy_torch")
+          "evaluate", "atc_args", "lazy_torch", "references")
 
 
 def check_plugin(model: str, overrides: Sequence[str] = (), work_dir: str | Path | None = None,

@@ -34,6 +34,7 @@ from zoo_core.testing.checks import (
     check_lazy_torch,
     check_plugin,
     check_preprocess,
+    check_references,
     check_registration,
     check_roundtrip,
     stack_batch,
@@ -42,7 +43,7 @@ from zoo_core.testing.checks import (
 __all__ = ["CHECKS", "REQUIRED_HOOKS", "SYNTHETIC_SHAPES", "ContractError", "PluginContract", "PluginUnderTest",
            "check_api_version", "check_atc_args", "check_config", "check_dataset", "check_detections",
            "check_eval_result", "check_evaluate", "check_export", "check_lazy_torch", "check_plugin",
-           "check_preprocess", "check_registration", "check_roundtrip", "stack_batch"]
+           "check_preprocess", "check_references", "check_registration", "check_roundtrip", "stack_batch"]
 
 
 class PluginContract:
@@ -111,3 +112,6 @@ class PluginContract:
 
     def test_import_does_not_import_torch(self, zoo_plugin):
         check_lazy_torch(zoo_plugin)
+
+    def test_references_are_well_formed(self, zoo_plugin):
+        check_references(zoo_plugin)

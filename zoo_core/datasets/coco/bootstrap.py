@@ -47,8 +47,10 @@ def coco_image_records(ev) -> CocoImageRecords:
     """The records of a finished COCOeval (``evaluate()`` done; needs ``ev.evalImgs``, as pycocotools keeps)."""
     p = ev.params
     eval_imgs = getattr(ev, "evalImgs", None)
-    if not eval_imgs:
-        raise ValueError("this COCOeval keeps no per-image records (evalImgs)")
+    n_expected = len(p.catIds if p.useCats else [-1]) * len(p.areaRng) * len(p.imgIds)
+    if not isinstance(eval_imgs, list) or len(eval_imgs) != n_expected or not all(
+            e is None or (isinstance(e, dict) and "dtMatches" in e) for e in eval_imgs):
+        raise ValueError("this COCOeval keeps no per-image records (evalImgs) in pycocotools' layout")
     n_img, n_area = len(p.imgIds), len(p.areaRng)
     n_cat = len(p.catIds) if p.useCats else 1
     max_det = p.maxDets[-1]
@@ -111,8 +113,8 @@ def resample_precision(rec: CocoImageRecords, counts: np.ndarray) -> np.ndarray:
     if not len(idx):
         out[:, :, valid] = 0.0
         return out
-    tp_c = np.cumsum(rec.tp[:, idx], axis=1, dtype=np.float64)
-    fp_c = np.cumsum(rec.fp[:, idx], axis=1, dtype=np.float64)
+    tp_c = np.cumsum(rec.tp[:, idx], axis=1, dtype=np.int32).astype(np.float64)  # counts: exact as floats
+    fp_c = np.cumsum(rec.fp[:, idx], axis=1, dtype=np.int32).astype(np.float64)
     # cumulative sums restart at each category
     before = np.where(start > 0, start - 1, 0)
     tp_off = np.where(start > 0, tp_c[:, before], 0.0)

@@ -125,8 +125,10 @@ def score_coco(detections: Mapping[str, Detections], dataset: CocoDataset, sampl
 
         try:
             ci95, boot = bootstrap_coco(ev, bootstrap, bootstrap_seed)
-        except ValueError as exc:
-            boot = {"n": bootstrap, "seed": bootstrap_seed, "note": f"{used}: {exc}; use model.coco_evaluator=pycocotools"}
+        except ValueError:  # faster-coco-eval keeps its per-image records in C++: match again with pycocotools
+            ev_records = run_cocoeval(dataset.instances, records, [s.key for s in samples], "pycocotools")
+            ci95, boot = bootstrap_coco(ev_records, bootstrap, bootstrap_seed)
+            boot["records"] += f" from pycocotools ({used} keeps no per-image records)"
     files = {"detections.json": json.dumps(records).encode()}
     if plots:
         from .plots import ap_per_class_png, pr_curves_png

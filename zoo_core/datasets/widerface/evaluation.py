@@ -221,10 +221,7 @@ def wider_image_records(preds: Preds, gt: WiderGroundTruth, iou_thresh: float = 
 def _last_passing(rec: WiderImageRecords, hi: float, lo: float) -> np.ndarray:
     """``last[i, t]``: global index of the last box of image i whose normalised score passes threshold t, or -1."""
     total = len(rec.scores)
-    if hi == lo:
-        scores = np.ones_like(rec.scores)
-    else:
-        scores = (rec.scores - lo) / (hi - lo)
+    scores = np.ones_like(rec.scores) if hi == lo else (rec.scores - lo) / (hi - lo)
     image_of = np.repeat(np.arange(rec.n_images), rec.n_pred)
     first_t = THRESH_NUM - np.searchsorted(thresholds()[::-1], scores, side="right")
     last = np.full((rec.n_images, THRESH_NUM + 1), -1, dtype=np.int64)

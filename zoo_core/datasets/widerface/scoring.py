@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 
 from zoo_core.api.types import Detections, EvalResult, Sample
 
-from .dataset import WiderFaceDataset
 from .bootstrap import bootstrap_wider
+from .dataset import WiderFaceDataset
 from .evaluation import evaluate_records, evaluate_wider, wider_image_records
 from .plots import pr_curves_png, pr_curves_title
 from .predictions import format_prediction_file, read_prediction_tree, write_prediction_tree
