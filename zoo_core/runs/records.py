@@ -8,7 +8,8 @@
      "null_metrics": {"<name>": "why"},  # present when a metric is null
      "info": {...},                      # the evaluator's non-numeric facts (IoU threshold used...)
      "skipped": [{"id", "path", "reason"}], "files": ["<plugin files written>"],
-     ...}                                # stage extras: "perf", "provenance", later "reference", "ci95"
+     ...}                                # stage extras: "perf", "provenance"; "reference",
+                                         # "reference_mismatches", "ci95", "bootstrap" (stages/scoring.py)
 """
 from __future__ import annotations
 
