@@ -113,24 +113,17 @@ def resample_precision(rec: CocoImageRecords, counts: np.ndarray) -> np.ndarray:
     if not len(idx):
         out[:, :, valid] = 0.0
         return out
-    tp_c = np.cumsum(rec.tp[:, idx], axis=1, dtype=np.int32).astype(np.float64)  # counts: exact as floats
-    fp_c = np.cumsum(rec.fp[:, idx], axis=1, dtype=np.int32).astype(np.float64)
-    # cumulative sums restart at each category
-    before = np.where(start > 0, start - 1, 0)
-    tp_off = np.where(start > 0, tp_c[:, before], 0.0)
-    fp_off = np.where(start > 0, fp_c[:, before], 0.0)
-    tp_c -= tp_off[:, cat]
-    fp_c -= fp_off[:, cat]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rc = tp_c / npig[cat]
-    pr = tp_c / (fp_c + tp_c + _EPS)
+    tp_all, fp_all = rec.tp[:, idx], rec.fp[:, idx]
     for k in np.flatnonzero((end > start) & valid):
         a, b = start[k], end[k]
-        env = np.maximum.accumulate(pr[:, a:b][:, ::-1], axis=1)[:, ::-1]  # precision envelope (max to the right)
+        tp_c = np.cumsum(tp_all[:, a:b], axis=1, dtype=np.int32).astype(np.float64)  # counts: exact as floats
+        fp_c = np.cumsum(fp_all[:, a:b], axis=1, dtype=np.int32).astype(np.float64)
+        rc = tp_c / npig[k]
+        pr = tp_c / (fp_c + tp_c + _EPS)
+        env = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]  # precision envelope (max to the right)
         for t in range(n_t):
-            pos = np.searchsorted(rc[t, a:b], rec.rec_thrs, side="left")  # exact floats: no offsets
-            inside = pos < b - a
-            out[t, :, k] = np.where(inside, env[t, np.minimum(pos, b - a - 1)], 0.0)
+            pos = np.searchsorted(rc[t], rec.rec_thrs, side="left")
+            out[t, :, k] = np.where(pos < b - a, env[t, np.minimum(pos, b - a - 1)], 0.0)
     out[:, :, valid & (end == start)] = 0.0  # ground truth but no detection drawn
     out[:, :, ~valid] = -1.0
     return out
