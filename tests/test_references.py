@@ -208,3 +208,13 @@ def test_bootstrap_with_an_evaluator_that_has_no_intervals_says_so(zoo):
 def test_bad_bootstrap_is_a_config_error(zoo, bad):
     code, _, err = zoo("run", "model=fixture", "stage=eval", "backend=oracle", bad)
     assert code == 2 and "must be 0 (off) or the number of resamples" in err
+
+
+def test_one_shard_is_not_gated_and_says_why_it_was_not_compared(zoo):
+    zoo.ok("run", "model=fixture", "stage=eval", "backend=oracle", "gate=true", "dataset.num_shards=2",
+           "dataset.shard=0")
+    m = json.loads((zoo.cwd / "outputs" / "fixture" / "eval" / "metrics.json").read_text())
+    assert "reference" not in m
+    assert m["reference_mismatches"][0]["differs"] == {"dataset.num_shards": {"reference": 1, "run": 2}}
+    code, _, err = zoo("run", "model=fixture", "stage=eval", "backend=oracle", "gate=true", "dataset.limit=3")
+    assert code == 1 and "nothing to gate on" in err
