@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -167,6 +168,21 @@ class Bench:
                              f"{c['postprocess_ms_per_img']['median']:.2f} ms/img); inputs in place "
                              f"{c['inputs_in_place']}" + (f"; CPU ratio {fmt(cpu)}" if cpu else "")
                              + f"; load {c['load_avg_1m']}")
+        for key in ("ascend_aipp_b1", "ascend_float_b1"):
+            c = rep.figures[f"capacity:{key}"]
+            w, par = c["preprocess_cpu_ms_per_img"]["median"], c["parent_cpu_ms_per_img"]["median"]
+            card = {name: {"rate": rate, "cores": rate * (w + par) / 1000, "parent_cores": rate * par / 1000,
+                           "workers": math.ceil(rate * w / 1000)}
+                    for name, rate in (("310 card", 367.0), ("310P3 CenterFace bs1", 439.9))}
+            one = rep.figures[f"capacity:{key}_w1"]["median"]
+            scaling = c["median"] / one
+            rep.figures[f"feeding:{key}"] = {"worker_cpu_ms": w, "parent_cpu_ms": par, "capacity_1_worker": one,
+                                             "capacity_2_workers": c["median"], "scaling_1_to_2": scaling, **card}
+            rep.note("host", f"feeding a card ({key}): capacity {one:.0f} img/s with 1 worker, {c['median']:.0f} with "
+                             f"2 ({scaling:.2f}x); workers {w:.2f} + parent {par:.2f} CPU-ms/img, so: " + "; ".join(
+                f"{n} at {v['rate']:.0f} img/s needs {v['cores']:.1f} cores of this machine's kind "
+                f"({v['workers']} workers; the parent process alone {v['parent_cores']:.2f} cores)"
+                for n, v in card.items()))
         for m in modes:
             fl = rep.figures[f"floor:{m}"]
             rep.note("host", f"floor {m} ({os.cpu_count()} processes): {fmt(fl, 1)} img/s, "
