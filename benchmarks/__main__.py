@@ -258,7 +258,7 @@ class Bench:
         rss: dict[int, list[float]] = {50: [], 500: []}
         disk = 0
         n = 0
-        print("memory: peak RSS 50 vs 500 images (starclouds 608x800 b16), alternated x 3", flush=True)
+        print(f"memory: peak RSS 50 vs 500 images (starclouds 608x800 b16), alternated x {self.rounds}", flush=True)
         for _ in range(self.rounds):
             for rs in (small, big):
                 p = replay_run(self.work, rs, 16, 0.0, f"mem_{rs.n_images}")
@@ -277,7 +277,7 @@ class Bench:
     def wider(self) -> None:
         from .bench_wider_eval import run as wider_run
 
-        print("WIDER eval: vectorised x 3, per-image reference x 1 (about half a minute)", flush=True)
+        print(f"WIDER eval: vectorised x {self.rounds}, per-image reference x 1 (about a minute)", flush=True)
         w = wider_run(repeats=self.rounds, reference_repeats=1)
         fv = figure(w["vectorised_runs_s"])
         self.rep.figures["wider:vectorised_s"] = fv
@@ -291,7 +291,7 @@ class Bench:
     def perf(self) -> None:
         from .bench_infer import perf_overhead
 
-        print("stage=perf vs bare session.run, alternated x 3", flush=True)
+        print(f"stage=perf vs bare session.run, alternated x {self.rounds}", flush=True)
         p = perf_overhead(self.work, repeats=self.rounds)
         f = figure(p["overhead_runs"])
         self.rep.figures["perf:overhead"] = {**f, "zoo_ms": figure(p["zoo_runs_ms"]),
