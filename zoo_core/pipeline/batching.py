@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,22 +39,50 @@ def input_key(p: Prepared) -> tuple:
     return tuple((k, v.shape, v.dtype.str) for k, v in sorted((p.inputs or {}).items()))
 
 
+class _Bucket:
+    """Items of one input key gathered for the next batch: either copied into private buffers
+    (``arrays``) or adopted where they lie, back to back in a shared-memory ring (``ring``)."""
+
+    __slots__ = ("arrays", "base", "dtype", "items", "leases", "name", "ring", "shape", "stride")
+
+    def __init__(self) -> None:
+        self.items: list[Prepared] = []
+        self.arrays: dict[str, np.ndarray] = {}
+        self.leases: list = []
+        self.ring: Any = None
+        self.name, self.base, self.stride = "", 0, 0
+        self.shape: tuple = ()
+        self.dtype = ""
+
+    def adopted(self, rows: int) -> np.ndarray:
+        """The adopted items as one ``(rows, *shape)`` array over the ring."""
+        return np.ndarray((rows, *self.shape), self.dtype, buffer=self.ring.map, offset=self.base)
+
+
 class Batcher:
     """Groups prepared items by :func:`input_key` into batches of ``batch_size``.
 
     Items with different keys (variable-size models) go to different buckets; partial buckets are
-    flushed at the end, so every item is emitted exactly once. Each item's arrays are copied into the
-    bucket's batch buffer when added (the item's own arrays may be reused at once); buffers handed
-    back with :meth:`recycle` are reused for later batches. ``fixed_batch`` pads every batch to that
-    size (static-shape models).
+    flushed at the end, so every item is emitted exactly once. An item whose single input lies in a
+    shared-memory ring right after the previous item of its bucket (a worker pool's
+    :class:`~zoo_core.pipeline.workers.Lease`) is adopted where it lies: the batch array is a view of
+    the ring and nothing is copied; its leases are released by :meth:`recycle`. Otherwise each item's
+    arrays are copied into the bucket's batch buffer when added (the item's own arrays may be reused
+    at once); buffers handed back with :meth:`recycle` are reused for later batches. ``fixed_batch``
+    pads every batch to that size (static-shape models; padded batches are always copies).
     """
 
     def __init__(self, batch_size: int, fixed_batch: int | None = None):
         self.batch_size = min(batch_size, fixed_batch) if fixed_batch else batch_size
         self.fixed = fixed_batch
-        self.buckets: dict[tuple, tuple[list[Prepared], dict[str, np.ndarray]]] = {}
+        self.buckets: dict[tuple, _Bucket] = {}
         self._spare: dict[tuple, list[np.ndarray]] = {}
+        self._leases: dict[int, list] = {}
         self._lock = threading.Lock()
+        self.adopted = self.copied = 0  # items handed over in place / copied (for perf records)
+
+    def _rows(self) -> int:
+        return max(self.fixed or self.batch_size, self.batch_size)
 
     def _buffer(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
         with self._lock:
@@ -63,33 +92,82 @@ class Batcher:
         return np.empty(shape, dtype)
 
     def add(self, p: Prepared) -> Batch | None:
-        """Copy ``p`` into its bucket; return the bucket as a batch when it is full."""
+        """Adopt or copy ``p`` into its bucket; return the bucket as a batch when it is full."""
         key = input_key(p)
-        inputs = p.inputs or {}
-        entry = self.buckets.get(key)
-        if entry is None:
-            size = max(self.fixed or self.batch_size, self.batch_size)
-            entry = ([], {k: self._buffer((size, *v.shape), v.dtype) for k, v in inputs.items()})
-            self.buckets[key] = entry
-        items, arrays = entry
-        for k, v in inputs.items():
-            arrays[k][len(items)] = v
-        items.append(Prepared(p.sample, None, p.meta, p.error, p.host_s))
-        if len(items) >= self.batch_size:
+        b = self.buckets.get(key)
+        if b is None:
+            b = self.buckets[key] = _Bucket()
+            if not self._adopt(b, p):
+                self._copy_in(b, p)
+        elif b.ring is not None:
+            if not self._adopt(b, p):
+                self._to_copies(b)
+                self._copy_in(b, p)
+        else:
+            self._copy_in(b, p)
+        b.items.append(Prepared(p.sample, None, p.meta, p.error, p.host_s))
+        if len(b.items) >= self.batch_size:
             del self.buckets[key]
-            return self._make(items, arrays)
+            return self._make(b)
         return None
+
+    def _adopt(self, b: _Bucket, p: Prepared) -> bool:
+        """Take ``p``'s lease if its input lies right after the bucket's adopted items."""
+        lease, layout = p.lease, p.slot_layout
+        if lease is None or layout is None or len(layout) != 1 or self._rows() != self.batch_size:
+            return False
+        name, shape, dtype, start = layout[0]
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        n = len(b.items)
+        if n == 0:
+            if start + self.batch_size * nbytes > lease.ring.size:
+                return False  # the batch would run past the ring's end
+            b.ring, b.name, b.base, b.stride, b.shape, b.dtype = lease.ring, name, start, nbytes, tuple(shape), dtype
+        elif not (lease.ring is b.ring and name == b.name and start == b.base + n * b.stride
+                  and nbytes == b.stride and tuple(shape) == b.shape and dtype == b.dtype):
+            return False
+        lease.take()
+        b.leases.append(lease)
+        return True
+
+    def _copy_in(self, b: _Bucket, p: Prepared) -> None:
+        inputs = p.inputs or {}
+        if not b.arrays:
+            b.arrays = {k: self._buffer((self._rows(), *v.shape), v.dtype) for k, v in inputs.items()}
+        for k, v in inputs.items():
+            b.arrays[k][len(b.items)] = v
+        self.copied += 1
+
+    def _to_copies(self, b: _Bucket) -> None:
+        """Copy the bucket's adopted items into a private buffer and release their leases."""
+        n = len(b.items)
+        buf = self._buffer((self._rows(), *b.shape), np.dtype(b.dtype))
+        if n:
+            buf[:n] = b.adopted(n)
+        b.arrays = {b.name: buf}
+        for lease in b.leases:
+            lease.release()
+        b.leases, b.ring = [], None
+        self.copied += n
 
     def flush(self) -> Iterator[Batch]:
         """The partial buckets, as batches (padded when ``fixed_batch``)."""
         for key in list(self.buckets):
-            yield self._make(*self.buckets.pop(key))
+            yield self._make(self.buckets.pop(key))
 
     def recycle(self, batch: Batch, keep: int = 1) -> None:
-        """Hand ``batch``'s input buffers back for reuse (call when nothing reads them any more).
+        """Hand ``batch``'s inputs back (call when nothing reads them any more): adopted items'
+        leases are released, copy buffers are kept for reuse.
 
         Thread-safe with respect to :meth:`add` running in another thread.
         """
+        with self._lock:
+            leases = self._leases.pop(id(batch), None)
+        if leases is not None:
+            batch.inputs = {}
+            for lease in leases:
+                lease.release()
+            return
         for arr in batch.inputs.values():
             base = arr.base if isinstance(arr.base, np.ndarray) else arr
             with self._lock:
@@ -98,13 +176,24 @@ class Batcher:
                     spare.append(base)
         batch.inputs = {}
 
-    def _make(self, items: list[Prepared], arrays: dict[str, np.ndarray]) -> Batch:
+    def _make(self, b: _Bucket) -> Batch:
+        items = b.items
         n = len(items)
         size = max(self.fixed or n, n)
+        if b.ring is not None and size > n:
+            self._to_copies(b)
+        ids = [p.sample.id for p in items]
+        metas = [p.meta or {} for p in items]
+        samples = [p.sample for p in items]
+        if b.ring is not None:
+            batch = Batch(ids=ids, inputs={b.name: b.adopted(n)}, metas=metas, samples=samples, n_valid=n)
+            with self._lock:
+                self._leases[id(batch)] = b.leases
+            self.adopted += n
+            return batch
         inputs = {}
-        for k, arr in arrays.items():
+        for k, arr in b.arrays.items():
             if size > n:
                 arr[n:size] = arr[n - 1]  # the padding rule, in place
             inputs[k] = arr if arr.shape[0] == size else arr[:size]
-        return Batch(ids=[p.sample.id for p in items], inputs=inputs, metas=[p.meta or {} for p in items],
-                     samples=[p.sample for p in items], n_valid=n)
+        return Batch(ids=ids, inputs=inputs, metas=metas, samples=samples, n_valid=n)

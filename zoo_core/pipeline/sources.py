@@ -52,6 +52,11 @@ class ImageSource:
         self.window = window or max(2 * max(pool.num_workers, 1) + 2, 4)
         self.drop_inputs, self.key = drop_inputs, key
 
+    def plan_batches(self, batch_size: int) -> None:
+        """The stream batches ``batch_size`` items (the pool sizes its shared memory for it)."""
+        if not self.drop_inputs:
+            self.pool.plan(batch_size)
+
     def items(self) -> Iterator[Prepared]:
         for prep in self.pool.prepared(self.samples, self.window):
             if self.drop_inputs and prep.error is None:

@@ -21,6 +21,8 @@ class RunStats:
     first_device_s: float = 0.0
     last_device_s: float = 0.0
     wall_s: float = 0.0
+    parent_cpu_s: float = 0.0  # CPU of this process (every thread) during the stream
+    inputs_in_place: int = 0  # items the device read where the worker wrote them (no copy)
     skipped: list[dict] = field(default_factory=list)
     device_calls_ms: list[float] = field(default_factory=list)
 
@@ -40,6 +42,8 @@ class RunStats:
             "host_preprocess_ms_per_img": round(1000 * self.preprocess_cpu_s / n, 3),
             "device_ms_per_img": round(1000 * self.device_s / n, 3),
             "postprocess_ms_per_img": round(1000 * self.postprocess_s / n, 3),
+            "parent_cpu_ms_per_img": round(1000 * self.parent_cpu_s / n, 3),
+            "inputs_in_place": self.inputs_in_place,
             "device_idle_waiting_for_host_s": round(self.wait_for_input_s, 4),
             "device_call_ms": {"mean": round(float(calls.mean()), 3), "median": round(float(np.median(calls)), 3),
                                "p99": round(float(np.percentile(calls, 99)), 3)},

@@ -137,6 +137,7 @@ class Stream:
     def run(self) -> RunStats:
         """Run to the end; raise the first failure. Sinks are closed (flushed) on success."""
         self._t0 = time.perf_counter()
+        cpu0 = time.process_time()
         try:
             listed = self._run_direct() if self.backend is None else self._run_pipelined()
             for sink in self.sinks:
@@ -144,6 +145,7 @@ class Stream:
             self._account(listed)
         finally:
             self.stats.wall_s = time.perf_counter() - self._t0
+            self.stats.parent_cpu_s = time.process_time() - cpu0
             self.progress.close()
         return self.stats
 
@@ -168,6 +170,9 @@ class Stream:
     def _run_pipelined(self) -> int:
         assert self.backend is not None
         self._batcher = Batcher(self.batch_size, self.backend.fixed_batch)
+        plan = getattr(self.source, "plan_batches", None)
+        if plan is not None:  # a worker pool keeps room for two batches of its items in shared memory
+            plan(self._batcher.batch_size)
         self._batch_q: queue.Queue = queue.Queue(maxsize=1)
         self._post_q: queue.Queue = queue.Queue(maxsize=1)
         self._taken = threading.Event()
@@ -185,6 +190,7 @@ class Stream:
             feed.join()
             self._post_q.put(None)
             post.join()
+            self.stats.inputs_in_place = self._batcher.adopted
         if self._failure:
             raise self._failure[0]
         return self._listed
@@ -249,12 +255,16 @@ class Stream:
             if not self.skip:
                 raise
             self._run_alone(batch)
+            self._batcher.recycle(batch)
             return
         dt = time.perf_counter() - t0
         self.stats.last_device_s = t0 + dt - self._t0
-        if not any(isinstance(o, np.ndarray) and np.may_share_memory(o, a)
-                   for o in outputs for a in batch.inputs.values()):
-            self._batcher.recycle(batch)
+        # the inputs go back for reuse now (shared memory may be refilled at once): an output that is
+        # a view of them (an identity backend) is copied first
+        outputs = [np.array(o) if isinstance(o, np.ndarray) and any(np.may_share_memory(o, a)
+                                                                    for a in batch.inputs.values()) else o
+                   for o in outputs]
+        self._batcher.recycle(batch)
         self.stats.device_s += dt
         self.stats.device_calls_ms.append(dt * 1000)
         self.stats.batches += 1

@@ -7,9 +7,12 @@ manager and watches its parent: when the parent is gone (even killed by SIGKILL)
 pool creates its workers from whichever thread submits first.)
 
 Arrays travel through a :class:`SlotRing`, a file in ``/dev/shm`` whose space is reserved up front
-with ``posix_fallocate``. When the space cannot be reserved (Docker's 64 MB ``/dev/shm``), or an
-item does not fit its slot, the arrays travel pickled through the pool's pipe instead: slower, never
-a SIGBUS.
+with ``posix_fallocate``. Each submitted item reserves bytes of the ring (a :class:`Lease`), sized
+by the largest item seen so far, in submission order, so consecutive items of one shape lie back to
+back: the batcher can hand a run of them to the device as one array, without copying them
+(:meth:`Lease.take`). A lease nobody takes is freed when the next item is requested. When the space
+cannot be reserved (Docker's 64 MB ``/dev/shm``), the ring is full, or an item does not fit its
+reservation, the arrays travel pickled through the pool's pipe instead: slower, never a SIGBUS.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from zoo_core.api.arena import close_slot, open_slot
 from zoo_core.api.errors import ZooError
 from zoo_core.api.imaging import read_image
 from zoo_core.api.types import Sample
@@ -37,7 +41,7 @@ from zoo_core.pipeline.memory import keep_heap_pages
 
 log = logging.getLogger("zoo")
 
-#: Bytes of one shared-memory slot (one item in flight). Larger items travel pickled.
+#: Bytes reserved for an item before any item's size is known; the largest item that uses the ring.
 SLOT_BYTES = 16 << 20
 _ALIGN = 64
 _WORKER_STATE: dict[str, Any] = {}
@@ -58,6 +62,7 @@ class Prepared:
     host_s: float = 0.0
     slot_layout: list[tuple[str, tuple[int, ...], str, int]] | None = None
     key: tuple | None = field(default=None)
+    lease: Lease | None = field(default=None, repr=False)
 
 
 def prepare_one(hooks: Any, cfg: Any, sample: Sample) -> Prepared:
@@ -106,6 +111,48 @@ class SlotRing:
             self.unlink()
             raise
         os.close(fd)
+        self._allocs: deque[list] = deque()  # [offset, size, freed], oldest first
+        self._by_offset: dict[int, list] = {}
+
+    def alloc(self, nbytes: int) -> int | None:
+        """Reserve ``nbytes`` after the newest reservation (wrapping to the start when the end is
+        taken); ``None`` when they do not fit now. Not thread-safe: the pool holds its lock."""
+        nbytes = -(-int(nbytes) // _ALIGN) * _ALIGN
+        if nbytes > self.size or nbytes <= 0:
+            return None
+        if not self._allocs:
+            off = 0
+        else:
+            tail, last = self._allocs[0][0], self._allocs[-1]
+            head = last[0] + last[1]
+            if last[0] >= tail:  # the live reservations do not wrap
+                if head + nbytes <= self.size:
+                    off = head
+                elif nbytes <= tail:
+                    off = 0
+                else:
+                    return None
+            elif head + nbytes <= tail:
+                off = head
+            else:
+                return None
+        rec = [off, nbytes, False]
+        self._allocs.append(rec)
+        self._by_offset[off] = rec
+        return off
+
+    def free(self, offset: int) -> None:
+        """Free the reservation at ``offset``; space is reused once every older one is freed too."""
+        rec = self._by_offset.pop(offset, None)
+        if rec is None:
+            return
+        rec[2] = True
+        while self._allocs and self._allocs[0][2]:
+            self._allocs.popleft()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._allocs)
 
     def unlink(self) -> None:
         with contextlib.suppress(OSError):
@@ -115,6 +162,28 @@ class SlotRing:
         self.unlink()
         with contextlib.suppress(BufferError, ValueError):  # a caller still holds a view; it goes with it
             self.map.close()
+
+
+class Lease:
+    """``size`` bytes at ``offset`` of ``ring`` holding one prepared item's arrays.
+
+    The pool frees them when the consumer asks for the next item, unless the consumer calls
+    :meth:`take`; it must then call :meth:`release` once nothing reads the arrays any more.
+    """
+
+    __slots__ = ("_free", "offset", "ring", "size", "taken")
+
+    def __init__(self, ring: SlotRing, offset: int, size: int, free: Any):
+        self.ring, self.offset, self.size, self.taken, self._free = ring, offset, size, False, free
+
+    def take(self) -> None:
+        self.taken = True
+
+    def release(self) -> None:
+        """Give the bytes back (idempotent, thread-safe)."""
+        free, self._free = self._free, None
+        if free is not None:
+            free(self)
 
 
 def remove_orphan_slot_files(d: str) -> None:
@@ -142,7 +211,7 @@ def _watch_parent(parent: int, interval: float = 0.5) -> None:
     threading.Thread(target=watch, name="zoo-parent-watch", daemon=True).start()
 
 
-def _worker_init(model: str, cfg: Any, parent: int, threads: int, slots_path: str | None, slots_size: int) -> None:
+def _worker_init(model: str, cfg: Any, parent: int, threads: int) -> None:
     """Spawned worker: its own plugin manager and config (nothing inherited from the parent)."""
     _watch_parent(parent)
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -155,34 +224,68 @@ def _worker_init(model: str, cfg: Any, parent: int, threads: int, slots_path: st
     keep_heap_pages()
     from zoo_core.plugins import get_manager
 
-    _WORKER_STATE.update(hooks=get_manager().hooks_for(model), cfg=cfg, slots=None)
-    if slots_path:
-        with open(slots_path, "r+b") as f:
-            _WORKER_STATE["slots"] = mmap.mmap(f.fileno(), slots_size)
+    _WORKER_STATE.update(hooks=get_manager().hooks_for(model), cfg=cfg, maps={}, cpu_mark=time.process_time())
+
+
+def _worker_map(path: str, size: int) -> mmap.mmap:
+    """This worker's mapping of the ring file ``path`` (the parent may move to a bigger ring: the
+    older mappings are dropped then)."""
+    maps: dict[str, mmap.mmap] = _WORKER_STATE["maps"]
+    m = maps.get(path)
+    if m is None:
+        for old in maps.values():
+            with contextlib.suppress(BufferError, ValueError):
+                old.close()
+        maps.clear()
+        with open(path, "r+b") as f:
+            m = maps[path] = mmap.mmap(f.fileno(), size)
+    return m
 
 
 def _worker_ping() -> int:
     return os.getpid()
 
 
-def _worker_run(sample: Sample, slot: int | None = None) -> Prepared:
-    prep = prepare_one(_WORKER_STATE["hooks"], _WORKER_STATE["cfg"], sample)
-    slots = _WORKER_STATE.get("slots")
-    if slot is None or slots is None or prep.inputs is None:
-        return prep
-    t0 = time.process_time()
+def _worker_run(sample: Sample, dest: tuple[str, int, int, int] | None = None) -> Prepared:
+    """Prepare ``sample``; with ``dest`` = (ring file, its size, offset, bytes reserved) its arrays
+    are written there and only their layout travels back (pickled whole when they do not fit)."""
+    if dest is not None:  # the model input may be born in its reservation (zoo_core.api.arena)
+        open_slot(_worker_map(dest[0], dest[1]), dest[2], dest[3])
+    try:
+        prep = prepare_one(_WORKER_STATE["hooks"], _WORKER_STATE["cfg"], sample)
+    finally:
+        close_slot()
+    if dest is not None and prep.inputs is not None:
+        _to_ring(prep, dest)
+    # the worker's whole CPU since its previous item: preprocess, the copy into shared memory, and
+    # the pool's own work (unpickling this task, pickling the previous result)
+    now = time.process_time()
+    prep.host_s = now - _WORKER_STATE.get("cpu_mark", now - prep.host_s)
+    _WORKER_STATE["cpu_mark"] = now
+    return prep
+
+
+def _to_ring(prep: Prepared, dest: tuple[str, int, int, int]) -> None:
+    assert prep.inputs is not None
+    path, size, base, room = dest
     layout, off = [], 0
     for name, arr in prep.inputs.items():
         off = -(-off // _ALIGN) * _ALIGN
-        layout.append((name, tuple(arr.shape), arr.dtype.str, slot * SLOT_BYTES + off))
+        layout.append((name, tuple(arr.shape), arr.dtype.str, base + off))
         off += arr.nbytes
-    if off > SLOT_BYTES or any(a.dtype.hasobject for a in prep.inputs.values()):
-        return prep
-    for (_, shape, dtype, start), arr in zip(layout, prep.inputs.values(), strict=True):
-        np.ndarray(shape, dtype, buffer=slots, offset=start)[...] = arr
+    if off > room or any(a.dtype.hasobject for a in prep.inputs.values()):
+        return
+    slots = _worker_map(path, size)
+    lo = np.frombuffer(slots, np.uint8, count=1).ctypes.data
+    arrays = list(prep.inputs.values())
+    for i, ((_, _, _, start), arr) in enumerate(zip(layout, arrays, strict=True)):
+        addr = arr.__array_interface__["data"][0]
+        if lo <= addr < lo + size and addr != lo + start:  # in the ring but elsewhere: keep it safe
+            arrays[i] = arr.copy()
+    for (_, shape, dtype, start), arr in zip(layout, arrays, strict=True):
+        if arr.__array_interface__["data"][0] != lo + start:  # not already where it belongs
+            np.ndarray(shape, dtype, buffer=slots, offset=start)[...] = arr
     prep.inputs, prep.slot_layout = None, layout
-    prep.host_s += time.process_time() - t0
-    return prep
 
 
 class WorkerPool:
@@ -196,6 +299,9 @@ class WorkerPool:
         self.num_workers = max(int(num_workers), 0)
         self.pool: ProcessPoolExecutor | None = None
         self.ring: SlotRing | None = None
+        self.batch_hint = 1
+        self._retired: list[SlotRing] = []
+        self._lock = threading.Lock()
         if self.num_workers == 0:
             return
         n = max(int(num_slots if num_slots is not None else 2 * self.num_workers + 2), 1)
@@ -205,8 +311,7 @@ class WorkerPool:
             log.info("shared memory unavailable (%s): preprocessed arrays travel through a pipe", exc)
         self.pool = ProcessPoolExecutor(
             self.num_workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-            initargs=(hooks.model, cfg, os.getpid(), 1, self.ring.path if self.ring else None,
-                      self.ring.size if self.ring else 0))
+            initargs=(hooks.model, cfg, os.getpid(), 1))
         # Spawn every worker now, from this thread (submit starts processes synchronously), so their
         # start-up overlaps whatever the caller does next (loading the model).
         for _ in range(self.num_workers):
@@ -236,34 +341,90 @@ class WorkerPool:
             raise ZooError(f"a preprocess worker process died ({exc}); if it was killed for memory, "
                            f"lower num_workers or batch_size") from None
 
+    def plan(self, batch_size: int) -> None:
+        """The consumer batches ``batch_size`` items: room for two such batches is kept in the ring
+        (one on the device, one being filled) once the item size is known."""
+        self.batch_hint = max(int(batch_size), 1)
+
+    def _reserve(self, nbytes: int) -> Lease | None:
+        with self._lock:
+            ring = self.ring
+            off = ring.alloc(nbytes) if ring is not None else None
+        return None if off is None or ring is None else Lease(ring, off, nbytes, self._free)
+
+    def _free(self, lease: Lease) -> None:
+        with self._lock:
+            lease.ring.free(lease.offset)
+            if lease.ring is not self.ring and not lease.ring.busy and lease.ring in self._retired:
+                self._retired.remove(lease.ring)
+                lease.ring.close()
+
+    def _grow(self, item_bytes: int, window: int) -> None:
+        """Move to a ring that holds two batches plus the window of ``item_bytes`` items, if the
+        current one is smaller and the space can be reserved (else keep it: items that find no room
+        travel pickled)."""
+        need = (2 * self.batch_hint + window + 2) * (-(-item_bytes // _ALIGN) * _ALIGN)
+        if self.ring is None or need <= self.ring.size:
+            return
+        try:
+            bigger = SlotRing(1, need)
+        except OSError as exc:
+            log.info("no room for a %d MB shared-memory ring (%s): batches are copied", need >> 20, exc)
+            return
+        with self._lock:
+            old, self.ring = self.ring, bigger
+            if old.busy:
+                self._retired.append(old)
+            else:
+                old.close()
+
     def _pooled(self, samples: Sequence[Sample], window: int) -> Iterator[Prepared]:
         assert self.pool is not None
-        ring = self.ring
-        if ring is not None:
-            window = min(window, ring.num_slots)
-        free = list(range(ring.num_slots - 1, -1, -1)) if ring else []
-        pending: deque[tuple[int | None, Future]] = deque()
+        if self.ring is not None:
+            window = min(window, self.ring.num_slots)
+        pending: deque[tuple[Lease | None, Future]] = deque()
         it = iter(samples)
+        item_bytes = 0  # the largest item seen so far (0: none yet)
 
         def submit(s: Sample) -> None:
             assert self.pool is not None
-            slot = free.pop() if ring else None
-            pending.append((slot, self.pool.submit(_worker_run, s, slot)))
+            lease = self._reserve(item_bytes or SLOT_BYTES)
+            dest = (lease.ring.path, lease.ring.size, lease.offset, lease.size) if lease else None
+            pending.append((lease, self.pool.submit(_worker_run, s, dest)))
 
         for s in it:
             submit(s)
             if len(pending) >= window:
                 break
         while pending:
-            slot, job = pending.popleft()
-            res = job.result()
-            if res.slot_layout is not None and ring is not None:
-                res.inputs = {name: np.ndarray(shape, dtype, buffer=ring.map, offset=start)
+            lease, job = pending.popleft()
+            try:
+                res = job.result()
+            except BaseException:
+                if lease is not None:
+                    lease.release()
+                raise
+            if res.slot_layout is not None and lease is not None:
+                res.inputs = {name: np.ndarray(shape, dtype, buffer=lease.ring.map, offset=start)
                               for name, shape, dtype, start in res.slot_layout}
+                res.lease = lease
+                used = max(start + int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+                           for _, shape, dtype, start in res.slot_layout) - lease.offset
+                if used > item_bytes:
+                    item_bytes = used
+                    self._grow(item_bytes, window)
+            else:
+                if lease is not None:
+                    lease.release()
+                if res.inputs and res.error is None:
+                    used = sum(int(a.nbytes) for a in res.inputs.values()) + _ALIGN * len(res.inputs)
+                    if item_bytes < used <= SLOT_BYTES:
+                        item_bytes = used
+                        self._grow(item_bytes, window)
             yield res
-            res.inputs = None
-            if slot is not None:
-                free.append(slot)
+            if res.lease is not None and not res.lease.taken:
+                res.inputs = None
+                res.lease.release()
             nxt = next(it, None)
             if nxt is not None:
                 submit(nxt)
@@ -272,9 +433,11 @@ class WorkerPool:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
-        if self.ring is not None:
-            self.ring.close()
-            self.ring = None
+        with self._lock:
+            rings = [r for r in (self.ring, *self._retired) if r is not None]
+            self.ring, self._retired = None, []
+        for r in rings:
+            r.close()
 
     def __enter__(self) -> WorkerPool:
         return self
