@@ -37,6 +37,7 @@ class RunContext:
             raise ConfigError(f"batch_size={self.cfg.batch_size} is invalid: it must be a whole number >= 1")
         if int(self.cfg.num_workers) < 0:
             raise ConfigError(f"num_workers={self.cfg.num_workers} is invalid: it must be >= 0")
+        check_limits()
 
     @property
     def model_name(self) -> str:
@@ -84,6 +85,17 @@ class RunContext:
 
     def resolved_config(self) -> dict:
         return OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
+
+
+def check_limits() -> None:
+    """The environment's size limits are valid (else one ConfigError line), checked in the main process
+    before any worker starts: ``ZOO_MAX_IMAGE_PIXELS`` (and OpenCV's own variable, which it would abort
+    on), ``ZOO_MAX_CHECKPOINT_RATIO``."""
+    from zoo_core.api.checkpoint import max_checkpoint_ratio
+    from zoo_core.api.imaging import max_image_pixels
+
+    max_image_pixels()
+    max_checkpoint_ratio()
 
 
 def select_samples(samples: list[Sample], dcfg) -> list[Sample]:
