@@ -124,7 +124,7 @@ def test_scaffolded_plugin_installs_lists_runs_and_passes_its_tests(installed_pl
     # no weights ship with the scaffold: a weights stage refuses without weights=, and a typed key is checked
     for args, text in (([f"model={name}", "stage=export"], "weights=random runs seeded random weights"),
                        ([f"model={name}", "stage=export", "weights=random", "model.K=abc"], "model.K")):
-        proc = subprocess.run(ZOO + ["run", *args], cwd=work, env=env, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([*ZOO, "run", *args], cwd=work, env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and text in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     zoo("run", f"model={name}", "stage=export", "weights=random")
     onnx = work / "outputs" / name / "model" / f"{name}_onnxruntime.onnx"
