@@ -205,6 +205,7 @@ def test_infer_refuses_an_id_that_would_leave_the_outputs_dir(zoo, infer_run, fi
     ("torn_middle", "line 4 is not valid JSON"),
     ("size", "is 8 bytes; tensor image (1, 64, 64) as float32 needs 16384"),
     ("crc", "changed since preprocess wrote it (CRC-32 differs from meta.jsonl)"),
+    ("surrogate", "meta.jsonl:4: unsafe id '\\ud800': it contains a lone surrogate"),
 ])
 def test_a_bad_meta_jsonl_or_a_bin_that_disagrees_with_it_fails_infer(zoo, infer_run, fixture_onnx, case, text):
     seed = _copy_inputs(infer_run, zoo.cwd / "seed")
@@ -216,6 +217,8 @@ def test_a_bad_meta_jsonl_or_a_bin_that_disagrees_with_it_fails_infer(zoo, infer
         lines[3] = json.dumps({k: v for k, v in json.loads(lines[3]).items() if k != "id"})
     elif case == "torn_middle":  # a line cut by a kill, followed by more lines: never silently dropped
         lines[3] = lines[3][: len(lines[3]) // 2]
+    elif case == "surrogate":  # valid JSON ("\ud800"), but no file name can hold it
+        lines[3] = lines[3].replace(json.dumps(first), '"\\ud800"', 1)
     elif case == "size":
         (seed / f"{first}.bin").write_bytes(b"\0" * 8)
     else:

@@ -6,6 +6,7 @@ from 1. Files are matched to images by stem, never by position.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -37,7 +38,7 @@ def safe_stem(item_id: object, where: str | os.PathLike[str] | None = None) -> s
 
     Refused (``InputError`` naming ``where`` and the id, never silently rewritten): non-strings, empty,
     ``.``/``..``, path separators, NUL or other control characters (a newline would break line-based
-    files), and ids longer than :data:`MAX_STEM_BYTES` bytes.
+    files), lone surrogates no file name can hold, and ids longer than :data:`MAX_STEM_BYTES` bytes.
     """
     if not isinstance(item_id, str):
         raise InputError(f"id {item_id!r} is not a string", path=where)
@@ -48,11 +49,22 @@ def safe_stem(item_id: object, where: str | os.PathLike[str] | None = None) -> s
         reason = "contains a path separator"
     elif any(ord(c) < 32 or ord(c) == 127 for c in item_id):
         reason = "contains a control character"
+    elif not _encodable(item_id):
+        reason = "contains a lone surrogate (not text a file name can hold)"
     elif len(item_id.encode("utf-8", "surrogateescape")) > MAX_STEM_BYTES:
         reason = f"is longer than {MAX_STEM_BYTES} bytes"
     if reason:
         raise InputError(f"unsafe id {item_id!r}: it {reason}, so it cannot name a file", path=where)
     return item_id
+
+
+def _encodable(text: str) -> bool:
+    """``text`` encodes as a file name (UTF-8, or the undecodable bytes of one: ``surrogateescape``)."""
+    try:
+        os.fsencode(text)
+    except UnicodeError:
+        return False
+    return True
 
 
 def input_file(inputs_dir: str | os.PathLike[str], name: str, stem: str, multi: bool) -> Path:
@@ -108,7 +120,7 @@ def _load_npy(path: Path) -> np.ndarray:
                 raise InputError(f".npy format version {version} is not supported", path=path)
             if dtype.hasobject:
                 raise InputError("holds Python objects (pickles are never loaded)", path=path)
-            need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            need = math.prod(int(d) for d in shape) * dtype.itemsize  # Python ints: no int64 wrap-around
             have = path.stat().st_size - f.tell()
             if need != have:
                 raise InputError(f"its header announces {need} bytes of data but the file holds {have}", path=path)
