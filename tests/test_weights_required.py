@@ -20,7 +20,6 @@ import pytest
 from omegaconf import OmegaConf
 
 from zoo_core.api.errors import ConfigError, ZooError
-from zoo_core.runs.weights import RANDOM, choose_weights
 
 NO_DEFAULTS = "model.default_weights=null"
 REFUSAL = "weights=random runs seeded random weights on purpose"
@@ -47,6 +46,8 @@ def _cfg(weights=None, default=None, help_text=None):
 
 
 def test_choose_weights_covers_every_case(tmp_path, caplog):
+    from zoo_core.runs.weights import RANDOM, choose_weights
+
     ckpt = tmp_path / "w.pth"
     ckpt.write_bytes(b"x")
     assert choose_weights(_cfg(str(ckpt)), "eval", "m").path == str(ckpt)
@@ -73,6 +74,7 @@ def test_choose_weights_covers_every_case(tmp_path, caplog):
 @pytest.mark.parametrize("kind", ["dev_zero", "fifo", "directory", "missing"])
 def test_weights_must_be_a_regular_file_in_process(tmp_path, kind):
     from zoo_core.api.checkpoint import load_weights_only
+    from zoo_core.runs.weights import choose_weights
 
     path, text = _special(tmp_path, kind)
     for call in (lambda: choose_weights(_cfg(str(path)), "eval", "m"), lambda: load_weights_only(path)):
