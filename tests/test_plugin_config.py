@@ -144,19 +144,34 @@ def test_a_sweep_job_with_a_bad_value_fails_with_the_typed_message(zoo, fixture_
     assert [e["type"] for e in errors] == ["ConfigError"] and "declared float" in errors[0]["error"]
 
 
-def test_every_bundled_plugin_types_every_key_of_its_config_files():
+def test_every_bundled_plugin_and_core_dataset_types_every_key_of_its_config_file():
+    """Each model file is typed by its plugin's schema; zoo-core's dataset files by zoo-core's own
+    (the datasets moved to the core with the dataset API); the fixture's own dataset by the fixture."""
     from zoo_centerface.config import SCHEMAS as CF
     from zoo_centernet.config import SCHEMAS as CN
+    from zoo_core.config.dataset_schemas import CORE_DATASET_SCHEMAS
     from zoo_core.config.validate import compose
     from zoo_fixture.plugin import ZOO_CONFIG_SCHEMAS as FX
 
+    core = {f"dataset/{name}": cls for name, cls in CORE_DATASET_SCHEMAS.items()}
     cases = [("centerface", "widerface_sample", CF), ("centerface", "widerface", CF), ("centernet", "coco", CN),
              ("centernet", "coco_sample", CN), ("fixture", "squares", FX)]
     for model, dataset, schemas in cases:
         cfg = compose([f"model={model}", f"dataset={dataset}"])
         for group, name in (("model", model), ("dataset", dataset)):
-            fields = {f.name for f in dataclasses.fields(schemas[f"{group}/{name}"])}
+            fields = {f.name for f in dataclasses.fields({**core, **schemas}[f"{group}/{name}"])}
             assert set(map(str, cfg[group])) <= fields, (group, name, set(map(str, cfg[group])) - fields)
+    assert set(CORE_DATASET_SCHEMAS) | {"none"} == {p.stem for p in (REPO / "conf" / "dataset").glob("*.yaml")}
+
+
+def test_a_core_dataset_value_of_the_wrong_type_fails_at_composition():
+    from zoo_core.api.errors import ConfigError
+    from zoo_core.config.validate import compose
+
+    with pytest.raises(ConfigError, match=r"dataset.n_images: .*declared int in zoo-core's CocoSampleDatasetConfig"):
+        compose(["model=centernet", "dataset=coco_sample", "dataset.n_images=abc"])
+    cfg = compose(["model=centerface", "model.iou_thresh=1", "dataset.limit=3"])
+    assert cfg.model.iou_thresh == 1.0 and isinstance(cfg.model.iou_thresh, float) and cfg.dataset.limit == 3
 
 
 # -- _target_ ------------------------------------------------------------------------------------------------

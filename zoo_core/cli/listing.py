@@ -87,6 +87,12 @@ def print_listing(as_json: bool = False) -> int:
         print("datasets:")
         for d in data["datasets"]:
             print(f"  {d['name']:<20} (model {d['model']})")
+    _print_problems(data)
+    return 0
+
+
+def _print_problems(data: dict[str, Any]) -> None:
+    """The ``broken:``, ``config conflicts`` and ``disabled`` parts of ``zoo list``."""
     if data["broken"]:
         print("broken:")
         for b in data["broken"]:
@@ -98,7 +104,6 @@ def print_listing(as_json: bool = False) -> int:
             print(f"  {c['group']} {c['name']}: {c['error']}")
     if data["disabled"]:
         print(f"disabled by ZOO_DISABLE_PLUGINS: {', '.join(data['disabled'])}")
-    return 0
 
 
 def cli_list(argv: list[str]) -> int:

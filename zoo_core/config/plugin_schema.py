@@ -3,7 +3,15 @@
 The owner is the model plugin that ships the config file (see :mod:`zoo_core.config.confpaths`);
 its schema is the dataclass its entry-point module declares in ``ZOO_CONFIG_SCHEMAS`` (see
 :mod:`zoo_core.api.config`), else the base :class:`~zoo_core.api.config.ModelConfig` /
-:class:`~zoo_core.api.config.DatasetConfig`. A value of the wrong type is one
+:class:`~zoo_core.api.config.DatasetConfig`. zoo-core's own dataset files are typed by
+:data:`zoo_core.config.dataset_schemas.CORE_DATASET_SCHEMAS`.
+
+Where a new key is declared: a key of ``conf/model/<model>.yaml`` in that plugin's schema class
+(``zoo_<model>/config.py``); a key of a zoo-core dataset file in
+:mod:`zoo_core.config.dataset_schemas`; a model key every model may have (read by the core's stages)
+in :class:`~zoo_core.api.config.ModelConfig`; a model key read by zoo-core's WIDER FACE / COCO
+evaluator in :class:`~zoo_core.api.config.WiderFaceModelConfig` /
+:class:`~zoo_core.api.config.CocoModelConfig`. A value of the wrong type is one
 :class:`~zoo_core.api.errors.ConfigError` line naming the key and the declared type, raised at
 composition, before anything is written.
 """
@@ -19,6 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 from zoo_core.api.config import DatasetConfig, ModelConfig
 from zoo_core.api.errors import ConfigError, PluginError
 from zoo_core.config.confpaths import ConfScan, check_choices, scan_plugin_confs
+from zoo_core.config.dataset_schemas import CORE_DATASET_SCHEMAS
 
 SCHEMAS_ATTRIBUTE = "ZOO_CONFIG_SCHEMAS"
 
@@ -27,6 +36,9 @@ def schema_for(group: str, name: str, scan: ConfScan, manager: Any) -> tuple[typ
     """``(schema class, whose)`` for config file ``<group>/<name>``: the owner's declared schema or the base."""
     base: type = ModelConfig if group == "model" else DatasetConfig
     owner = name if group == "model" else scan.dataset_owner.get(name, "")
+    if group == "dataset" and not owner and name in CORE_DATASET_SCHEMAS:
+        core_cls = CORE_DATASET_SCHEMAS[name]
+        return core_cls, f"zoo-core's {core_cls.__qualname__}"
     info = manager.models.get(owner) if owner else None
     if info is None:  # the core's own file, or a plugin that is broken (its error comes when it is used)
         return base, "zoo-core"

@@ -100,8 +100,9 @@ def stage_needs_weights(ctx: Any) -> bool:
 
     ``export`` always; ``convert`` unless ``model_file=`` names an ONNX; the stages that run a backend
     (``eval``, ``infer``, ``predict``, ``perf``) when the backend exports an ONNX without a
-    ``model_file=`` (``onnxruntime``) or builds the torch model (``torch``); never ``oracle``,
-    ``replay``, ``acl`` nor the stages that run no model.
+    ``model_file=`` (``onnxruntime``) or builds the torch model (``torch``); ``compare`` when either
+    side does so with the run's ``weights=`` (a side given its own ``compare.<side>_model`` brings
+    its own file); never ``oracle``, ``replay``, ``acl`` nor the stages that run no model.
     """
     cfg = ctx.cfg
     given = cfg.get("model_file")
@@ -109,12 +110,29 @@ def stage_needs_weights(ctx: Any) -> bool:
         return True
     if ctx.stage == "convert":
         return not (given and str(given).endswith(".onnx"))
+    if ctx.stage == "compare":
+        return any(compare_side_needs_weights(ctx, side) for side in ("reference", "candidate"))
     if ctx.stage not in ("eval", "infer", "predict", "perf"):
         return False
-    backend = ctx.manager.backend_class(str(cfg.backend.name))
+    return backend_needs_weights(ctx, str(cfg.backend.name), given)
+
+
+def backend_needs_weights(ctx: Any, name: str, model_file: Any) -> bool:
+    """Backend ``name`` builds the torch model, or exports an ONNX because no ``model_file`` was given."""
+    backend = ctx.manager.backend_class(name)
     if getattr(backend, "builds_model", False):
         return True
-    return getattr(backend, "model_kind", None) == "onnx" and not given
+    return getattr(backend, "model_kind", None) == "onnx" and not model_file
+
+
+def compare_side_needs_weights(ctx: Any, side: str) -> bool:
+    """``stage=compare``: the ``side`` backend runs the model from the run's own ``weights=``."""
+    from zoo_core.stages.compare_stage import side_context
+
+    sctx, name, _options = side_context(ctx, side)
+    if sctx.cfg.get("weights") != ctx.cfg.get("weights"):
+        return False  # compare.<side>_model names this side's own checkpoint
+    return backend_needs_weights(ctx, name, sctx.cfg.get("model_file"))
 
 
 def preflight(ctx: Any) -> None:

@@ -1,13 +1,17 @@
-"""Typed schemas of the centernet plugin's config files (``ZOO_CONFIG_SCHEMAS``, see zoo_core.api.config).
+"""Typed schema of the centernet plugin's config file (``ZOO_CONFIG_SCHEMAS``, see zoo_core.api.config).
 
-Values live in ``conf/model/centernet.yaml`` and ``conf/dataset/*.yaml``; these classes give each
-key its type, so a bad value (``model.K=abc``, ``model.keep_res=maybe``) fails at composition.
+Values live in ``conf/model/centernet.yaml``; this class gives each key its type, so a bad value
+(``model.K=abc``, ``model.keep_res=maybe``) fails at composition. A key added to the YAML file must be
+declared here (the contract kit's ``test_config_composes`` checks it). The keys zoo-core's COCO
+evaluator reads (``category_ids``, ``coco_evaluator``) come from
+:class:`~zoo_core.api.config.CocoModelConfig`; the datasets (``coco``, ``coco_sample``) are zoo-core's
+and typed there.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from zoo_core.api.config import MISSING, DatasetConfig, ModelConfig
+from zoo_core.api.config import MISSING, CocoModelConfig
 
 
 @dataclass
@@ -16,7 +20,7 @@ class CenterNetExportConfig:
 
 
 @dataclass
-class CenterNetConfig(ModelConfig):
+class CenterNetConfig(CocoModelConfig):
     keep_res: bool = False
     input_h: int = MISSING
     input_w: int = MISSING
@@ -26,23 +30,7 @@ class CenterNetConfig(ModelConfig):
     K: int = MISSING
     mean: list[float] = MISSING
     std: list[float] = MISSING
-    coco_evaluator: str = "auto"
     export: CenterNetExportConfig = field(default_factory=CenterNetExportConfig)
 
 
-@dataclass
-class CocoConfig(DatasetConfig):
-    root: str | None = None
-    ann_file: str = MISSING
-    image_dir: str = MISSING
-
-
-@dataclass
-class CocoSampleConfig(DatasetConfig):
-    root: str | None = None
-    n_images: int = MISSING
-    seed: int = 0
-
-
-SCHEMAS: dict[str, type] = {"model/centernet": CenterNetConfig, "dataset/coco": CocoConfig,
-                            "dataset/coco_sample": CocoSampleConfig}
+SCHEMAS: dict[str, type] = {"model/centernet": CenterNetConfig}
