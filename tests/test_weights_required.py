@@ -142,6 +142,26 @@ def test_fixture_without_defaults_refuses_then_runs_random_on_request_and_record
         assert "weights" not in _run_json(zoo.cwd / work / "eval" / "run.json")
 
 
+def test_compare_asks_for_weights_only_when_a_side_runs_them(zoo, fixture_onnx):
+    """stage=compare (torch reference, onnxruntime export as candidate) needs weights like eval; two given
+    model files need none; weights=random is recorded once for the run."""
+    rc, out, err = zoo("run", "model=centernet", "stage=compare", "dataset=coco_sample", "work_dir=a")
+    _clean_refusal(rc, err, "stage=compare needs the centernet model's weights", REFUSAL)
+    assert not list((zoo.cwd / "a").rglob("*.onnx")) and not list((zoo.cwd / "a").rglob("compare.json"))
+
+    common = ["model=fixture", NO_DEFAULTS, "num_workers=0", "stage=compare", "dataset.limit=3"]
+    rc, out, err = zoo("run", *common, "work_dir=b")
+    _clean_refusal(rc, err, "stage=compare needs the fixture model's weights", REFUSAL)
+    rc, out, err = zoo("run", *common, "compare.reference=onnxruntime", f"compare.reference_model={fixture_onnx}",
+                       f"model_file={fixture_onnx}", "work_dir=c")
+    assert rc == 0 and "weights" not in err, err
+    assert "weights" not in _run_json(zoo.cwd / "c" / "compare" / "run.json")
+    rc, out, err = zoo("run", *common, "weights=random", "work_dir=d")
+    assert rc == 0 and err.count("seeded random weights") == 1, err
+    assert _run_json(zoo.cwd / "d" / "compare" / "run.json")["weights"] == "random"
+    assert json.loads((zoo.cwd / "d" / "compare" / "compare.json").read_text())["passed"] is True
+
+
 def test_a_plugin_with_default_weights_says_so_and_records_them(zoo):
     rc, out, err = zoo("run", "model=fixture", "num_workers=0", "work_dir=run")
     assert rc == 0 and "no weights= given: fixture runs its default weights: built-in brightness mask" in err, err
