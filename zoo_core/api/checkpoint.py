@@ -33,6 +33,7 @@ MAX_LISTED = 20
 
 #: Default bound of (bytes a zip checkpoint decompresses to) / (its size on disk).
 DEFAULT_MAX_RATIO = 10.0
+#: The environment variable that overrides :data:`DEFAULT_MAX_RATIO`.
 RATIO_ENV = "ZOO_MAX_CHECKPOINT_RATIO"
 _ZIP_MAGIC = b"PK\x03\x04"
 

@@ -15,6 +15,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 #: decoding so memory stays bounded (a 20000x20000 RGB image would need 1.2 GB).
 #: ``ZOO_MAX_IMAGE_PIXELS`` overrides it (see :func:`max_image_pixels`).
 MAX_PIXELS = 100_000_000
+#: The environment variable that overrides :data:`MAX_PIXELS`.
 PIXELS_ENV = "ZOO_MAX_IMAGE_PIXELS"
 #: OpenCV's own guard for formats whose header is not parsed here; OpenCV reads it at its first decode
 #: and aborts the process on a value it cannot parse, so zoo sets it only from a checked value.

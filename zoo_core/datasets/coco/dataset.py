@@ -110,8 +110,6 @@ def _instances_problem(data: dict) -> str | None:
 
 def _annotation_problem(ann: dict, image_ids: set, cat_ids: set) -> str | None:
     """What is wrong with one annotation (its ``id`` uniqueness aside), or None."""
-    if not _is_int(ann.get("id")):
-        return f"needs an integer 'id', got {ann.get('id')!r}"
     bbox = ann.get("bbox")
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
         return f"needs a 'bbox' of 4 numbers, got {bbox!r}"
@@ -127,6 +125,8 @@ def _annotation_problem(ann: dict, image_ids: set, cat_ids: set) -> str | None:
         return f"refers to unknown image_id {ann.get('image_id')!r}"
     if not _is_int(ann.get("category_id")) or ann["category_id"] not in cat_ids:
         return f"refers to unknown category_id {ann.get('category_id')!r}"
+    if not _is_int(ann.get("id")):
+        return f"needs an integer 'id', got {ann.get('id')!r}"
     return None
 
 
