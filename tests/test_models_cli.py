@@ -40,12 +40,16 @@ def test_predict_draws_the_astronaut_face(zoo):
 
 @pytest.mark.slow
 def test_centernet_export_convert_sweep_and_perf(zoo, fixtures_dir, tmp_path):
-    """README's CenterNet commands: ascend export, `-m stage=convert batch_size=1,16` with a fake atc, perf."""
+    """README's CenterNet commands: ascend export, `-m stage=convert batch_size=1,16` with a fake atc, perf.
+
+    No checkpoint here: export and convert run ``weights=random`` (said, recorded); perf times random
+    weights without being asked (latency does not depend on them) and says so."""
     fake = fixtures_dir / "fake_ascend"
     env = zoo.env(PATH=f"{fake}{os.pathsep}{os.environ['PATH']}", FAKE_ATC_LOG=str(tmp_path / "argv.json"))
-    zoo.ok("run", "model=centernet", "stage=export", "export.target=ascend", env=env)
+    zoo.ok("run", "model=centernet", "stage=export", "export.target=ascend", "weights=random", env=env)
     model_dir = zoo.cwd / "outputs" / "centernet" / "model"
-    out = zoo.ok("run", "-m", "model=centernet", "stage=convert", "batch_size=1,16", env=env)
+    assert json.loads((model_dir / "centernet_ascend.json").read_text())["fingerprint"]["weights"] == "random"
+    out = zoo.ok("run", "-m", "model=centernet", "stage=convert", "batch_size=1,16", "weights=random", env=env)
     assert "re-exporting" not in out
     for n in (1, 16):
         om = model_dir / f"centernet_bs{n}.om"
@@ -54,8 +58,10 @@ def test_centernet_export_convert_sweep_and_perf(zoo, fixtures_dir, tmp_path):
         assert f"--input_shape=actual_input:{n},3,512,512" in argv
         assert "--out_nodes=/hm/hm.2/Conv:0;/wh/wh.2/Conv:0;/reg/reg.2/Conv:0" in argv
         assert f"--output={model_dir / f'centernet_bs{n}'}" in argv
-    zoo.ok("run", "model=centernet", "stage=perf", "stage.loop=2", "stage.warmup=1")
+    rc, out, err = zoo("run", "model=centernet", "stage=perf", "stage.loop=2", "stage.warmup=1")
+    assert rc == 0 and "stage=perf times centernet with seeded random weights" in err, err
     perf = json.loads((zoo.cwd / "outputs" / "centernet" / "perf" / "perf.json").read_text())
+    assert perf["weights"] == "random"
     assert perf["latency_ms"]["count"] == 2
     assert perf["throughput"] == pytest.approx(1000 * perf["batch_size"] / perf["latency_ms"]["mean"])
     assert perf["model_file"].endswith("centernet_onnxruntime.onnx")

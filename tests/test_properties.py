@@ -2,12 +2,17 @@
 including empty outputs (all-zero heatmaps) and all-equal scores."""
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from zoo_core.api.types import TensorSpec
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -177,3 +182,160 @@ def test_wider_evaluator_matches_reference_loop(case):
             continue
         assert np.isfinite(fast.ap[s]) and 0.0 <= fast.ap[s] <= 1.0
         assert fast.ap[s] == pytest.approx(ref.ap[s], abs=1e-12)
+
+
+# -- the id -> file path function and the dump reader (issue 12) ------------------------------------------
+
+ids = st.one_of(
+    st.text(st.characters(blacklist_categories=()), max_size=80),           # anything, surrogates included
+    st.text(st.sampled_from("ab._-/\\\n\x00é☃"), max_size=12),             # dense in the dangerous characters
+    st.sampled_from(["", ".", "..", "../../x", "a/b", "x" * 200, "é" * 101, "ok_id", ".hidden", "a..b",
+                     "\ud800", "a\udfff", "nonutf8\udcff"]),  # lone surrogates (json.loads gives them)
+    st.integers(), st.none(), st.lists(st.text(max_size=3), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(item_id=ids, index=st.integers(0, 9), multi=st.booleans())
+def test_an_id_names_a_file_inside_its_directory_or_is_refused_by_name(tmp_path, item_id, index, multi):
+    """Every id either comes back unchanged and names a file directly inside the directory (created and
+    listed back by the real filesystem), or is refused with an InputError naming the place and the id;
+    nothing else ever escapes and nothing is silently rewritten."""
+    from zoo_core.api.aisbench import input_file, output_path, safe_stem
+    from zoo_core.api.errors import InputError
+
+    try:
+        stem = safe_stem(item_id, "meta.jsonl:7")
+    except InputError as exc:
+        assert str(exc).startswith("meta.jsonl:7: ") and repr(item_id) in str(exc)
+        with pytest.raises(InputError):
+            input_file(tmp_path, "image", item_id, multi)  # type: ignore[arg-type]
+        return
+    assert stem is item_id
+    with tempfile.TemporaryDirectory(dir=tmp_path) as tmp:
+        d = Path(tmp)
+        for path, parent in ((input_file(d, "image", stem, multi), d / "image" if multi else d),
+                             (output_path(d, stem, index), d)):
+            assert path.parent == parent and path.resolve().parent == parent.resolve()
+            parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"x")  # the real filesystem accepts the name (no ENAMETOOLONG, no separator)
+            assert [n for n in os.listdir(parent) if n != "image"] == [path.name]
+            path.unlink()
+    assert output_path(d, stem, index).name == f"{stem}_{index}.bin"
+
+
+dtypes = st.sampled_from(["float32", "float16", "int32", "uint8"])
+
+
+@st.composite
+def dumps(draw):
+    n_out = draw(st.integers(1, 3))
+    base = draw(st.sampled_from([0, 1]))
+    stems = draw(st.lists(st.from_regex(r"[a-z0-9]{1,6}(_[a-z0-9]{1,3})?", fullmatch=True), min_size=1, max_size=5,
+                          unique=True))
+    specs = [TensorSpec(f"o{i}", tuple(draw(st.lists(st.integers(1, 4), min_size=1, max_size=3))), draw(dtypes))
+             for i in range(n_out)]
+    subdir = {s: draw(st.sampled_from(["", "2024_01_01-00_00_00", "a/b"])) for s in stems}
+    npy = {s: draw(st.booleans()) for s in stems}
+    return n_out, base, stems, specs, subdir, npy
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=dumps(), seed=st.integers(0, 999))
+def test_a_dump_reads_back_exactly_what_was_written(tmp_path_factory, case, seed):
+    from zoo_core.api.aisbench import DumpDir, output_path, write_bin
+
+    n_out, base, stems, specs, subdir, npy = case
+    rng = np.random.default_rng(seed)
+    root = tmp_path_factory.mktemp("dump")
+    written = {}
+    for s in stems:
+        arrays = [(rng.standard_normal(sp.shape) * 100).astype(sp.dtype) for sp in specs]
+        written[s] = arrays
+        for i, a in enumerate(arrays):
+            where = root / subdir[s]
+            where.mkdir(parents=True, exist_ok=True)
+            if npy[s]:
+                np.save(output_path(where, s, base + i, "npy"), a)
+            else:
+                write_bin(output_path(where, s, base + i), a)
+    dump = DumpDir(root, n_out)
+    if n_out > 1 or base == 0:  # with one output, _1 alone is ambiguous; it reads as index 1 of base 0
+        assert dump.base == base
+    assert dump.stems() == sorted(stems)
+    for s in stems:
+        if dump.base != base:
+            continue
+        got = dump.read(s, specs)
+        assert [g.dtype for g in got] == [np.dtype(sp.dtype) for sp in specs]
+        for g, a in zip(got, written[s]):
+            np.testing.assert_array_equal(g, a)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.binary(max_size=300), st.binary(max_size=200).map(lambda b: b"\x93NUMPY" + b)),
+       header=st.one_of(st.none(), st.fixed_dictionaries({
+           "descr": st.sampled_from(["<f4", "|O", "<f8", ">i2", "V8", "<U3"]),
+           "fortran_order": st.booleans(),
+           "shape": st.lists(st.integers(0, 2**62), max_size=3).map(tuple)})),
+       ext=st.sampled_from(["bin", "npy"]))
+def test_read_bin_raises_only_input_errors_on_any_bytes(tmp_path, data, header, ext):
+    """Any file content: either the exact array of the spec comes back, or an InputError naming the file
+    (never a pickle load, a MemoryError from a lying header, or another exception type)."""
+    from zoo_core.api.aisbench import read_bin
+    from zoo_core.api.errors import InputError
+
+    spec = TensorSpec("x", (2, 3), "float32")
+    path = tmp_path / f"x_0.{ext}"
+    with open(path, "wb") as f:
+        if header is not None and ext == "npy":
+            np.lib.format.write_array_header_1_0(f, header)
+        f.write(data)
+    try:
+        arr = read_bin(path, spec)
+    except InputError as exc:
+        assert str(exc).startswith(f"{path}: ")
+        return
+    assert arr.shape == (2, 3) and arr.dtype == np.float32
+    if ext == "bin":
+        assert len(data) == 24 and arr.tobytes() == np.frombuffer(data, "<f4").tobytes()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(size=st.integers(0, 200), file_dtype=st.sampled_from([None, "float16", "float32"]))
+def test_read_bin_accepts_exactly_the_size_of_its_dtype(tmp_path, size, file_dtype):
+    from zoo_core.api.aisbench import read_bin
+    from zoo_core.api.errors import InputError
+
+    spec = TensorSpec("x", (4, 6), "float32")
+    path = tmp_path / "x_0.bin"
+    path.write_bytes(bytes(range(256))[:size] if size <= 256 else b"\0" * size)
+    need = 24 * np.dtype(file_dtype or "float32").itemsize
+    if size == need:
+        assert read_bin(path, spec, file_dtype).shape == (4, 6)
+    else:
+        with pytest.raises(InputError, match=rf"is {size} bytes; tensor x \(4, 6\) as \w+ needs {need}"):
+            read_bin(path, spec, file_dtype)
+
+
+def test_an_npy_header_whose_size_overflows_int64_is_refused_from_the_header(tmp_path):
+    from zoo_core.api.aisbench import read_bin
+    from zoo_core.api.errors import InputError
+
+    path = tmp_path / "w_0.npy"
+    with open(path, "wb") as f:  # 2**62 * 4 values * 4 bytes wraps to 0 in int64: "0 bytes announced, 0 held"
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (2**62, 4)})
+    with pytest.raises(InputError, match=r"header announces 73786976294838206464 bytes of data but the file holds 0"):
+        read_bin(path, TensorSpec("x", (2, 3)))
+
+
+def test_a_stem_in_two_places_of_a_dump_is_refused_naming_both(tmp_path):
+    from zoo_core.api.aisbench import DumpDir
+    from zoo_core.api.errors import InputError
+
+    for d in ("r1", "r2"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "s_0.bin").write_bytes(b"\0" * 4)
+    with pytest.raises(InputError, match=r"s_0.bin appears twice: .*r1/s_0.bin and .*r2/s_0.bin|"
+                                         r"s_0.bin appears twice: .*r2/s_0.bin and .*r1/s_0.bin"):
+        DumpDir(tmp_path, 1)

@@ -121,11 +121,16 @@ def test_scaffolded_plugin_installs_lists_runs_and_passes_its_tests(installed_pl
     assert "zoo-" + name.replace("_", "-") in line and "oracle_outputs" in line
     assert "broken:" not in listing or name not in listing.split("broken:")[1]
 
-    zoo("run", f"model={name}", "stage=export")
+    # no weights ship with the scaffold: a weights stage refuses without weights=, and a typed key is checked
+    for args, text in (([f"model={name}", "stage=export"], "weights=random runs seeded random weights"),
+                       ([f"model={name}", "stage=export", "weights=random", "model.K=abc"], "model.K")):
+        proc = subprocess.run([*ZOO, "run", *args], cwd=work, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and text in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    zoo("run", f"model={name}", "stage=export", "weights=random")
     onnx = work / "outputs" / name / "model" / f"{name}_onnxruntime.onnx"
     assert onnx.is_file() and json.loads(onnx.with_suffix(".json").read_text())["output_names"] == ["heatmap", "box"]
 
-    zoo("run", f"model={name}", "stage=eval")
+    zoo("run", f"model={name}", "stage=eval", "weights=random")
     metrics = json.loads((work / "outputs" / name / "eval" / "metrics.json").read_text())
     assert metrics["images"] == 16 and 0.0 <= metrics["metrics"]["AP50"] <= 1.0
 

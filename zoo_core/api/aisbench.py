@@ -6,6 +6,7 @@ from 1. Files are matched to images by stem, never by position.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -32,27 +33,44 @@ def write_bin(path: Path, array: np.ndarray) -> None:
 MAX_STEM_BYTES = 200
 
 
-def safe_stem(item_id: object, where: str | os.PathLike[str] | None = None) -> str:
+def safe_stem(item_id: object, where: str | os.PathLike[str] | None = None, what: str = "id") -> str:
     """``item_id`` checked for use as a file stem; every id that becomes a file name goes through here.
 
     Refused (``InputError`` naming ``where`` and the id, never silently rewritten): non-strings, empty,
     ``.``/``..``, path separators, NUL or other control characters (a newline would break line-based
-    files), and ids longer than :data:`MAX_STEM_BYTES` bytes.
+    files), lone surrogates no file name can hold, and ids longer than :data:`MAX_STEM_BYTES` bytes.
+    ``what`` names the id in the message (``"id"``, ``"image stem"``, ``"event name"``...).
     """
     if not isinstance(item_id, str):
-        raise InputError(f"id {item_id!r} is not a string", path=where)
-    reason = None
-    if item_id in ("", ".", ".."):
-        reason = "is empty or a relative path"
-    elif "/" in item_id or "\\" in item_id:
-        reason = "contains a path separator"
-    elif any(ord(c) < 32 or ord(c) == 127 for c in item_id):
-        reason = "contains a control character"
-    elif len(item_id.encode("utf-8", "surrogateescape")) > MAX_STEM_BYTES:
-        reason = f"is longer than {MAX_STEM_BYTES} bytes"
+        raise InputError(f"{what} {item_id!r} is not a string", path=where)
+    reason = stem_problem(item_id)
     if reason:
-        raise InputError(f"unsafe id {item_id!r}: it {reason}, so it cannot name a file", path=where)
+        raise InputError(f"unsafe {what} {item_id!r}: it {reason}, so it cannot name a file", path=where)
     return item_id
+
+
+def stem_problem(item_id: str) -> str | None:
+    """Why ``item_id`` cannot be a file stem (the reasons of :func:`safe_stem`), or ``None``."""
+    if item_id in ("", ".", ".."):
+        return "is empty or a relative path"
+    if "/" in item_id or "\\" in item_id:
+        return "contains a path separator"
+    if any(ord(c) < 32 or ord(c) == 127 for c in item_id):
+        return "contains a control character"
+    if not _encodable(item_id):
+        return "contains a lone surrogate (not text a file name can hold)"
+    if len(item_id.encode("utf-8", "surrogateescape")) > MAX_STEM_BYTES:
+        return f"is longer than {MAX_STEM_BYTES} bytes"
+    return None
+
+
+def _encodable(text: str) -> bool:
+    """``text`` encodes as a file name (UTF-8, or the undecodable bytes of one: ``surrogateescape``)."""
+    try:
+        os.fsencode(text)
+    except UnicodeError:
+        return False
+    return True
 
 
 def input_file(inputs_dir: str | os.PathLike[str], name: str, stem: str, multi: bool) -> Path:
@@ -108,7 +126,7 @@ def _load_npy(path: Path) -> np.ndarray:
                 raise InputError(f".npy format version {version} is not supported", path=path)
             if dtype.hasobject:
                 raise InputError("holds Python objects (pickles are never loaded)", path=path)
-            need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            need = math.prod(int(d) for d in shape) * dtype.itemsize  # Python ints: no int64 wrap-around
             have = path.stat().st_size - f.tell()
             if need != have:
                 raise InputError(f"its header announces {need} bytes of data but the file holds {have}", path=path)

@@ -24,10 +24,18 @@ def _umask() -> int:
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes | memoryview) -> Path:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
+
+    On any failure (a full disk: ``ENOSPC``) the temp file is removed and ``path`` keeps its old
+    content; the :class:`OSError` raised names ``path`` (``filename``), so the CLI's one-line error
+    says which file could not be written.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # named after the file being written, not the temp name
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -35,9 +43,11 @@ def write_bytes(path: str | os.PathLike[str], data: bytes | memoryview) -> Path:
             os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc  # a write on the fd: no name
         raise
     return path
 

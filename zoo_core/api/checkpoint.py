@@ -6,21 +6,93 @@ Python callable (the way a malicious pickle runs code) is refused before anythin
 A plugin's ``build_model`` loads its weights with :func:`load_checkpoint`: the checkpoint must fit
 the network key for key (nothing silently skipped or left at its initial value); otherwise one
 :class:`ZooError` names the file and lists the missing, unexpected and mis-shaped keys.
+
+Before ``torch.load`` reads anything, the file must be a regular file (not a directory, FIFO or
+device such as ``/dev/zero``: :func:`regular_file`), and a zip checkpoint may not decompress to more
+than ``ZOO_MAX_CHECKPOINT_RATIO`` times its own size (default :data:`DEFAULT_MAX_RATIO`), read from
+its central directory, so a small deflate bomb is refused before anything is inflated
+(:func:`check_inflation`). ``torch.save`` stores its entries uncompressed (ratio <= 1).
 """
 from __future__ import annotations
 
+import math
 import os
+import stat
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo_core.api.errors import ZooError
+from zoo_core.api.errors import ConfigError, ZooError
 
 if TYPE_CHECKING:
     import torch
 
 #: Keys listed per kind in a mismatch message (then "... and N more").
 MAX_LISTED = 20
+
+#: Default bound of (bytes a zip checkpoint decompresses to) / (its size on disk).
+DEFAULT_MAX_RATIO = 10.0
+#: The environment variable that overrides :data:`DEFAULT_MAX_RATIO`.
+RATIO_ENV = "ZOO_MAX_CHECKPOINT_RATIO"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def regular_file(path: str | os.PathLike[str], what: str = "weights file") -> Path:
+    """``path`` if it is a regular file (symlinks followed); :class:`ZooError` naming it otherwise.
+
+    Directories, FIFOs and devices (``/dev/zero``) are refused from ``stat`` alone, without opening
+    them, so nothing blocks or reads forever.
+    """
+    p = Path(path).expanduser()
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise ZooError(f"{what} not found", path=p) from None
+    except OSError as exc:
+        raise ZooError(f"cannot read the {what}: {exc.strerror or exc}", path=p) from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+        raise ZooError(f"{what} is {kind}, not a regular file", path=p)
+    return p
+
+
+def max_checkpoint_ratio() -> float:
+    """``ZOO_MAX_CHECKPOINT_RATIO`` (default :data:`DEFAULT_MAX_RATIO`); :class:`ConfigError` if it is not a
+    number >= 1."""
+    raw = os.environ.get(RATIO_ENV)
+    if raw is None or raw.strip() == "":
+        return DEFAULT_MAX_RATIO
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 1):
+        raise ConfigError(f"{RATIO_ENV}={raw!r} is invalid: it must be a number >= 1 (default {DEFAULT_MAX_RATIO:g})")
+    return value
+
+
+def check_inflation(path: str | os.PathLike[str]) -> None:
+    """Refuse a zip checkpoint whose entries decompress to more than :func:`max_checkpoint_ratio` times the
+    file's size (sizes from the central directory, nothing is decompressed); other files pass."""
+    p = Path(path)
+    with open(p, "rb") as f:
+        if f.read(4) != _ZIP_MAGIC:
+            return  # the legacy (pre-1.6) torch format reads its storages from the file itself
+    size = p.stat().st_size
+    try:
+        with zipfile.ZipFile(p) as zf:
+            total = sum(max(info.file_size, 0) for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise ZooError(f"not a PyTorch checkpoint (unreadable zip: {exc})", path=p) from None
+    ratio = max_checkpoint_ratio()
+    if total > ratio * max(size, 1):
+        raise ZooError(f"refused to load: its zip entries decompress to {total} bytes, {total / max(size, 1):.0f}x "
+                       f"its size of {size} bytes (limit {ratio:g}x); nothing was decompressed", path=p,
+                       hint=f"a legitimate, highly compressed checkpoint: raise {RATIO_ENV}")
 
 
 def unpickling_reason(exc: BaseException) -> str:
@@ -39,7 +111,9 @@ def load_weights_only(path: str | os.PathLike[str]) -> object:
     """``torch.load(path, map_location="cpu", weights_only=True)``; :class:`ZooError` naming the file.
 
     A pickle that references anything but tensors and containers is refused (nothing in it runs);
-    bytes that are no checkpoint at all get "not a PyTorch checkpoint".
+    bytes that are no checkpoint at all get "not a PyTorch checkpoint"; a directory, FIFO or device
+    is refused unopened (:func:`regular_file`), and so is a zip that would inflate past
+    :func:`max_checkpoint_ratio` times its size (:func:`check_inflation`).
     """
     import pickle
 
@@ -47,11 +121,10 @@ def load_weights_only(path: str | os.PathLike[str]) -> object:
 
     torch = require_torch("loading a PyTorch checkpoint")
 
-    path = Path(path)
-    if not path.is_file():
-        raise ZooError("weights file not found", path=path)
+    path = regular_file(path)
     if path.stat().st_size == 0:
         raise ZooError("weights file is empty (0 bytes)", path=path)
+    check_inflation(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

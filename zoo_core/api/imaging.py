@@ -6,16 +6,46 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo_core.api.errors import InputError
+from zoo_core.api.errors import ConfigError, InputError
 
 #: File suffixes :func:`list_images` picks up (case-insensitive).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
-#: Largest image (in pixels) decoded without complaint; bigger files are refused before decoding
-#: so memory stays bounded (a 20000x20000 RGB image would need 1.2 GB).
-MAX_PIXELS = int(os.environ.get("ZOO_MAX_IMAGE_PIXELS", 100_000_000))
-# OpenCV's own guard for formats whose header is not parsed here (read at the first decode).
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
+#: Default largest image (in pixels) decoded without complaint; bigger files are refused before
+#: decoding so memory stays bounded (a 20000x20000 RGB image would need 1.2 GB).
+#: ``ZOO_MAX_IMAGE_PIXELS`` overrides it (see :func:`max_image_pixels`).
+MAX_PIXELS = 100_000_000
+#: The environment variable that overrides :data:`MAX_PIXELS`.
+PIXELS_ENV = "ZOO_MAX_IMAGE_PIXELS"
+#: OpenCV's own guard for formats whose header is not parsed here; OpenCV reads it at its first decode
+#: and aborts the process on a value it cannot parse, so zoo sets it only from a checked value.
+OPENCV_PIXELS_ENV = "OPENCV_IO_MAX_IMAGE_PIXELS"
+
+
+def _positive_int(name: str, raw: str) -> int:
+    text = raw.strip().replace("_", "")
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) < 2**63:
+        raise ConfigError(f"{name}={raw!r} is invalid: it must be a whole number of pixels from 1 to 2**63-1, "
+                          f"written with digits only (e.g. {MAX_PIXELS})")
+    return int(text)
+
+
+def max_image_pixels() -> int:
+    """The pixel limit: ``ZOO_MAX_IMAGE_PIXELS`` (default :data:`MAX_PIXELS`).
+
+    Also checks ``OPENCV_IO_MAX_IMAGE_PIXELS`` when the user set it, and sets it to the limit when
+    not, so OpenCV never sees a value it would abort on.
+
+    :raises ConfigError: either variable is not a whole number >= 1 (``-1``, ``abc``, ``1e9``).
+    """
+    raw = os.environ.get(PIXELS_ENV)
+    limit = MAX_PIXELS if raw is None or raw.strip() == "" else _positive_int(PIXELS_ENV, raw)
+    cv = os.environ.get(OPENCV_PIXELS_ENV)
+    if cv is None:
+        os.environ[OPENCV_PIXELS_ENV] = str(limit)
+    else:
+        _positive_int(OPENCV_PIXELS_ENV, cv)
+    return limit
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -23,10 +53,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     channels, alpha dropped, EXIF orientation applied, 16-bit reduced to 8 bits (``>> 8``).
 
     Raises :class:`InputError` naming the file for a missing, empty, undecodable (corrupt,
-    truncated, not an image) or oversized file. The size limit is checked from the PNG / JPEG /
-    BMP header before any pixel is decoded, so memory stays bounded; other formats rely on
-    OpenCV's ``OPENCV_IO_MAX_IMAGE_PIXELS`` (set to the same limit).
+    truncated, not an image) or oversized file. The size limit (:func:`max_image_pixels`) is checked
+    from the PNG / JPEG / BMP header before any pixel is decoded, so memory stays bounded; other
+    formats rely on OpenCV's ``OPENCV_IO_MAX_IMAGE_PIXELS`` (set to the same limit). Raises
+    :class:`ConfigError` when ``ZOO_MAX_IMAGE_PIXELS`` is invalid.
     """
+    limit = max_image_pixels()  # before OpenCV's first decode (it reads its own variable then)
     import cv2
 
     p = Path(path)
@@ -36,7 +68,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if size == 0:
         raise InputError("image file is empty (0 bytes)", path=p)
     data = p.read_bytes()
-    _check_dimensions(data[:65536], p)
+    _check_dimensions(data[:65536], p, limit)
     buf = np.frombuffer(data, np.uint8)
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if img is None:
@@ -44,12 +76,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return img
 
 
-def _check_dimensions(head: bytes, p: Path) -> None:
-    """Refuse images whose header announces more than MAX_PIXELS before allocating them."""
+def _check_dimensions(head: bytes, p: Path, limit: int) -> None:
+    """Refuse images whose header announces more than ``limit`` pixels before allocating them."""
     dims = _header_dims(head)
-    if dims and dims[0] * dims[1] > MAX_PIXELS:
+    if dims and dims[0] * dims[1] > limit:
         raise InputError(
-            f"image is {dims[1]}x{dims[0]} = {dims[0] * dims[1]} pixels, over the limit of {MAX_PIXELS}",
+            f"image is {dims[1]}x{dims[0]} = {dims[0] * dims[1]} pixels, over the limit of {limit}",
             path=p, hint="resize it, or raise ZOO_MAX_IMAGE_PIXELS",
         )
 

@@ -111,12 +111,18 @@ class Detections:
 
 @dataclass
 class ExportResult:
-    """What ``export`` wrote: the ONNX path and its graph input / output names, in output order."""
+    """What ``export`` wrote: the ONNX path and its graph input / output names, in output order.
+
+    ``weights``: the weights file the export read when it was called with ``weights=None`` and
+    the plugin used real default weights from a file (the core names it on stderr and in
+    ``run.json``); ``None`` otherwise.
+    """
 
     path: Path
     input_names: list[str]
     output_names: list[str]
     target: str = "onnxruntime"
+    weights: Path | None = None
 
 
 @dataclass

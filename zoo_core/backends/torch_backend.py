@@ -14,6 +14,7 @@ from zoo_core.backends.base import Backend, Batch, ModelIO
 
 class TorchBackend(Backend):
     name = "torch"
+    builds_model = True
 
     def __init__(self, model_file: str | Path | None = None, options: Mapping[str, Any] | None = None,
                  io: ModelIO | None = None):

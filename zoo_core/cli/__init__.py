@@ -165,10 +165,30 @@ def cmd_run(args: list[str]) -> int:
         if not _has_model(overrides):
             raise ConfigError(no_model_message())
         check_launcher(overrides)
-        compose(overrides)
+        cfg = compose(overrides)
+        if not flags & {"-m", "--multirun"}:  # Hydra makes <work_dir>/<stage> before zoo's code runs
+            check_run_dirs(cfg)
     from zoo_core.cli.app import run_hydra
 
     return run_hydra(args)
+
+
+def check_run_dirs(cfg) -> None:
+    """``work_dir`` and ``model_dir`` can be directories: neither they nor a parent is a file."""
+    from pathlib import Path
+
+    from zoo_core.api.errors import ZooError
+
+    for key, what in (("work_dir", "run directory"), ("model_dir", "model directory")):
+        path = Path(str(cfg[key])).expanduser()
+        first = path
+        while not first.exists() and first != first.parent:
+            first = first.parent
+        if first.exists() and not first.is_dir():
+            if first == path:
+                raise ZooError(f"the {what} is a file, not a directory", path=path, hint=f"pass {key}=<a directory>")
+            raise ZooError(f"the {what} {path} cannot be made: {first} is a file", path=first,
+                           hint=f"pass {key}=<a directory>")
 
 
 def run_help() -> str:

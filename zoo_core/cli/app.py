@@ -20,6 +20,7 @@ def task(cfg):
     from zoo_core.api.atomic import write_json, write_text
     from zoo_core.api.errors import ConfigError, PluginHookError, ZooError
     from zoo_core.config import pinning
+    from zoo_core.config.plugin_schema import apply_schemas
     from zoo_core.plugins import get_manager
     from zoo_core.runs.context import RunContext
     from zoo_core.runs.run_stage import run_stage
@@ -35,6 +36,8 @@ def task(cfg):
         elif record_dir.resolve() != (Path(str(cfg.work_dir)) / str(cfg.stage.name)).resolve():
             raise ConfigError(f"hydra.run.dir is set by zoo ({cfg.work_dir}/<stage>): pass work_dir=<dir> "
                               f"instead, which moves the records and model_dir together")
+        choices = hc.runtime.choices
+        apply_schemas(cfg, str(choices.get("model")), choices.get("dataset"))  # each sweep job's values typed
         with pinning.pinned_job(cfg, hc) if multirun else contextlib.nullcontext():
             ctx = RunContext(cfg, get_manager(), record_dir.parent, record_dir)
             return run_stage(ctx)

@@ -8,7 +8,7 @@ from typing import Any
 from zoo_core import __version__
 from zoo_core.api.errors import ConfigError
 from zoo_core.api.hookspecs import CORE_HOOKS
-from zoo_core.config.confpaths import BACKENDS_GROUP, MODELS_GROUP, core_conf_dir, plugin_conf_dirs
+from zoo_core.config.confpaths import BACKENDS_GROUP, MODELS_GROUP, core_conf_dir, plugin_conf_dirs, scan_plugin_confs
 from zoo_core.datasets.hooks import DEFAULT_HOOKS
 from zoo_core.plugins import get_manager
 from zoo_core.plugins.manager import EXTRA_GROUP, ZooPluginManager
@@ -53,8 +53,10 @@ def collect_listing(pm: ZooPluginManager | None = None) -> dict[str, Any]:
         backends.append({"name": name, "distribution": dist, "version": version, "entry_point": ep.value})
     broken = [{"name": b.name, "group": b.group, "entry_point": b.entry_point, "distribution": b.distribution,
                "error": b.error} for b in pm.broken]
+    conflicts = [{"group": group, "name": name, "error": message}
+                 for (group, name), message in sorted(scan_plugin_confs().problems.items())]
     return {"zoo_core": __version__, "models": models, "plugins": plugins, "backends": backends,
-            "datasets": datasets(), "broken": broken, "disabled": list(pm.blocked)}
+            "datasets": datasets(), "broken": broken, "conflicts": conflicts, "disabled": list(pm.blocked)}
 
 
 def print_listing(as_json: bool = False) -> int:
@@ -85,14 +87,23 @@ def print_listing(as_json: bool = False) -> int:
         print("datasets:")
         for d in data["datasets"]:
             print(f"  {d['name']:<20} (model {d['model']})")
+    _print_problems(data)
+    return 0
+
+
+def _print_problems(data: dict[str, Any]) -> None:
+    """The ``broken:``, ``config conflicts`` and ``disabled`` parts of ``zoo list``."""
     if data["broken"]:
         print("broken:")
         for b in data["broken"]:
             owner = f" [{b['distribution']}]" if b["distribution"] else ""
             print(f"  {b['name']:<14} ({b['group']}: {b['entry_point']}){owner} {b['error']}")
+    if data["conflicts"]:
+        print("config conflicts (a run selecting one of these fails with this error):")
+        for c in data["conflicts"]:
+            print(f"  {c['group']} {c['name']}: {c['error']}")
     if data["disabled"]:
         print(f"disabled by ZOO_DISABLE_PLUGINS: {', '.join(data['disabled'])}")
-    return 0
 
 
 def cli_list(argv: list[str]) -> int:

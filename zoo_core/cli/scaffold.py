@@ -42,6 +42,7 @@ def names_for(model: str) -> dict[str, str]:
                        f"starting with a letter (e.g. 'yolox_tiny')")
     return {
         "model": model,
+        "Model": "".join(part.capitalize() for part in model.split("_")),  # class-name prefix (config.py)
         "package": f"zoo_{model}",
         "dist": "zoo-" + model.replace("_", "-"),
         "api": HOOK_API_VERSION,
@@ -124,5 +125,5 @@ def cli_new_plugin(argv: list[str]) -> int:
     dest = new_plugin(args.name, args.dir)
     print(f"wrote {dest}\nnext:\n  pip install -e '{dest}[torch]'   (torch builds and exports the network)\n"
           f"  zoo list\n"
-          f"  zoo run model={args.name} stage=eval\n  pytest {dest / 'tests'}")
+          f"  zoo run model={args.name} stage=eval weights=random\n  pytest {dest / 'tests'}")
     return 0

@@ -36,25 +36,53 @@ def first_values(overrides: list[str]) -> list[str]:
     return out
 
 
+def model_values(overrides: list[str]) -> list[str]:
+    """Every model a run or sweep selects with ``model=`` (all values of a sweep)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as exc:
+        raise ConfigError(f"cannot parse overrides: {exc}") from None
+    out: list[str] = []
+    for o in parsed:
+        if o.get_key_element().lstrip("+~") == "model":
+            out += list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+    return out
+
+
 def compose(overrides: list[str]) -> DictConfig:
-    """Compose the run config for ``overrides`` (sweeps reduced to their first value)."""
+    """Compose the run config for ``overrides`` (sweeps reduced to their first value), its ``model`` and
+    ``dataset`` sections typed by their plugins' schemas (:mod:`zoo_core.config.plugin_schema`)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
 
+    from zoo_core.api.errors import ZooError
     from zoo_core.config import schema
-    from zoo_core.config.confpaths import core_conf_dir
+    from zoo_core.config.confpaths import check_choices, core_conf_dir, scan_plugin_confs
+    from zoo_core.config.plugin_schema import apply_schemas
 
     schema.register()
     simple = first_values(overrides)
+    scan = scan_plugin_confs()
+    for model in model_values(overrides):
+        check_choices(model=model, scan=scan)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(core_conf_dir()), version_base="1.3"):
-            return hydra_compose("config", overrides=simple)
+            cfg = hydra_compose("config", overrides=simple, return_hydra_config=True)
+    except ZooError:
+        raise
     except Exception as exc:
         raise ConfigError(explain(exc, simple)) from None
     finally:
         GlobalHydra.instance().clear()
+    choices = dict(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return apply_schemas(cfg, str(choices.get("model")), choices.get("dataset"))
 
 
 _NOT_IN_STRUCT = re.compile(r"Could not override '([^']+)'|Key '([^']+)' is not in struct")

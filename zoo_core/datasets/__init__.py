@@ -41,14 +41,16 @@ class DatasetKind:
     """A dataset format zoo-core reads and scores.
 
     :param name: the ``dataset.kind`` value.
-    :param open: ``dataset_cfg -> Dataset`` (the ``cfg.dataset`` section).
+    :param open: ``(dataset_cfg, skip_missing_images=False) -> Dataset`` (the ``cfg.dataset`` section;
+        ``skip_missing_images`` is true under ``on_error=skip``: image files missing on disk are then
+        left to be skipped and listed when read, never an error at open).
     :param score: ``(cfg, detections, dataset, samples) -> EvalResult``, knobs read from ``cfg.model``.
     :param dataset_type: the class ``open`` returns (``score`` refuses other objects).
     :param knobs: ``{"model.<key>": "what it does (default)"}`` documented for plugin authors.
     """
 
     name: str
-    open: Callable[[Any], Any]
+    open: Callable[..., Any]
     score: Callable[..., Any]
     dataset_type: type
     knobs: dict[str, str]
@@ -131,7 +133,8 @@ def open_dataset(cfg):
         name = ds.get("name") if ds is not None else None
         raise ConfigError(f"dataset {name!r} has no 'kind', so zoo-core cannot read it (kinds: {', '.join(kinds())}); "
                           "the model plugin must implement the dataset and evaluate hooks for it")
-    return get_kind(kind).open(ds)
+    skip = str(cfg.get("on_error") or "fail").split(".")[-1] == "skip"
+    return get_kind(kind).open(ds, skip_missing_images=skip)
 
 
 def evaluate(cfg, detections, dataset, samples, out_dir=None):

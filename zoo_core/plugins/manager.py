@@ -25,7 +25,7 @@ import pluggy
 from zoo_core import HOOK_API_VERSION
 from zoo_core.api import hookspecs
 from zoo_core.api.errors import PluginError, PluginHookError, ZooError
-from zoo_core.config.confpaths import BACKENDS_GROUP, MODELS_GROUP, disabled_plugins
+from zoo_core.config.confpaths import BACKENDS_GROUP, MODELS_GROUP, disabled_plugins, duplicate_models, is_blocked
 from zoo_core.datasets import DATASET_API_VERSION
 
 if TYPE_CHECKING:
@@ -174,19 +174,25 @@ class ZooPluginManager:
         for name in sorted(blocked):
             self.pm.set_blocked(name)
         for group, target in ((MODELS_GROUP, self.models), (EXTRA_GROUP, self.extras)):
+            eps = []
             for ep in sorted(md.entry_points(group=group), key=lambda e: e.name):
-                if ep.name in blocked:
+                if is_blocked(ep, blocked):
                     self.blocked.append(ep.name)
-                    continue
-                if ep.name in target:
-                    continue
-                self._load_one(ep, group, target)
+                else:
+                    eps.append(ep)
+            # one name, two distributions: neither is used, both are named
+            duplicates = duplicate_models(eps, "model" if group == MODELS_GROUP else "plugin")
+            for ep in eps:
+                if ep.name in duplicates:
+                    self.broken.append(BrokenPlugin(ep.name, group, ep.value, duplicates[ep.name], _dist_of(ep)[0]))
+                elif ep.name not in target:
+                    self._load_one(ep, group, target)
         if "zoo-terminal" not in blocked:
             from zoo_core.reports.terminal import TerminalReporter
 
             self.pm.register(TerminalReporter(), name="zoo-terminal")
         for ep in sorted(md.entry_points(group=BACKENDS_GROUP), key=lambda e: e.name):
-            if ep.name in blocked:
+            if is_blocked(ep, blocked):
                 self.blocked.append(f"backend:{ep.name}")
             else:
                 self.backends.setdefault(ep.name, ep)
@@ -238,7 +244,9 @@ class ZooPluginManager:
         if model not in self.models:
             broken = {b.name: b for b in self.broken if b.group == MODELS_GROUP}
             if model in broken:
-                raise PluginError(f"model plugin {model!r} is installed but broken: {broken[model].error}")
+                err = broken[model].error
+                raise PluginError(err if err.startswith(f"model {model!r} is registered by")
+                                  else f"model plugin {model!r} is installed but broken: {err}")
             if model in self.blocked:
                 raise PluginError(f"model plugin {model!r} is disabled by ZOO_DISABLE_PLUGINS")
             raise PluginError(

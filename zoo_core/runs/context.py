@@ -9,9 +9,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from zoo_core.api.errors import ConfigError, ZooError
+from zoo_core.api.errors import ConfigError
 from zoo_core.api.types import Sample
 from zoo_core.plugins.manager import ModelHooks, ZooPluginManager
+from zoo_core.runs.weights import WeightsChoice, choose_weights, user_weights
 
 log = logging.getLogger("zoo")
 
@@ -26,6 +27,7 @@ class RunContext:
     root: Path
     record_dir: Path = None  # type: ignore[assignment]
     hooks: ModelHooks = field(init=False)
+    weights_used: WeightsChoice | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -35,6 +37,7 @@ class RunContext:
             raise ConfigError(f"batch_size={self.cfg.batch_size} is invalid: it must be a whole number >= 1")
         if int(self.cfg.num_workers) < 0:
             raise ConfigError(f"num_workers={self.cfg.num_workers} is invalid: it must be >= 0")
+        check_limits()
 
     @property
     def model_name(self) -> str:
@@ -68,17 +71,31 @@ class RunContext:
         return self.record_dir.joinpath(*parts)
 
     def weights(self) -> str | None:
-        w = self.cfg.get("weights")
-        if w is None:
-            return None
-        p = Path(str(w)).expanduser()
-        if not p.exists():
-            raise ZooError("weights file not found", path=p,
-                           hint="pass weights=<path to your checkpoint>, or leave it unset for the plugin default")
-        return str(p)
+        """The ``weights=`` file (checked to be a regular file), or ``None`` when unset or ``random``."""
+        return user_weights(self.cfg)
+
+    def weights_choice(self) -> WeightsChoice:
+        """The weights this stage runs, chosen (and said on stderr) once; see :mod:`zoo_core.runs.weights`.
+
+        Called only where the model is built or exported, so stages and backends that need no weights
+        never ask; ``run.json`` records the choice when one was made."""
+        if self.weights_used is None:
+            self.weights_used = choose_weights(self.cfg, self.stage, self.model_name)
+        return self.weights_used
 
     def resolved_config(self) -> dict:
         return OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
+
+
+def check_limits() -> None:
+    """The environment's size limits are valid (else one ConfigError line), checked in the main process
+    before any worker starts: ``ZOO_MAX_IMAGE_PIXELS`` (and OpenCV's own variable, which it would abort
+    on), ``ZOO_MAX_CHECKPOINT_RATIO``."""
+    from zoo_core.api.checkpoint import max_checkpoint_ratio
+    from zoo_core.api.imaging import max_image_pixels
+
+    max_image_pixels()
+    max_checkpoint_ratio()
 
 
 def select_samples(samples: list[Sample], dcfg) -> list[Sample]:

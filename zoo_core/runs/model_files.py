@@ -6,29 +6,32 @@ import logging
 from pathlib import Path
 
 from zoo_core.api.atomic import write_json
+from zoo_core.api.checkpoint import regular_file
 from zoo_core.api.errors import ZooError
 from zoo_core.runs.export_keys import changed_keys, export_values
-from zoo_core.runs.fingerprint import sha256_file
+from zoo_core.runs.fingerprint import file_record, sha256_file
+from zoo_core.runs.weights import WeightsChoice
 
 log = logging.getLogger("zoo")
 
 
-def export_fingerprint(ctx, target: str) -> dict:
+def export_fingerprint(ctx, target: str, choice: WeightsChoice | None = None) -> dict:
     """What an export depends on: model, target, the plugin's export keys (``model.export_keys``,
-    see :mod:`zoo_core.runs.export_keys`), the run-level ``export`` section and the weights.
+    see :mod:`zoo_core.runs.export_keys`), the run-level ``export`` section and the weights (the
+    file, ``"default"`` or ``"random"``, see :mod:`zoo_core.runs.weights`).
 
     Evaluation-only keys (thresholds, evaluator choices) are not in it, so changing them reuses the
     export. Values are recorded, not hashed, so a re-export can name what changed.
     """
-    weights = ctx.weights()
+    choice = choice or ctx.weights_choice()
     return {
         "model": ctx.model_name,
         "target": target,
         "model_config": export_values(ctx.cfg.model),
         "export_config": {f"export.{k}": v for k, v in sorted(ctx.resolved_config()["export"].items())
                           if k != "target"},
-        "weights": weights,
-        "weights_sha256": sha256_file(weights) if weights else None,
+        "weights": choice.label,
+        "weights_sha256": sha256_file(choice.path) if choice.path else None,
     }
 
 
@@ -47,6 +50,14 @@ def _why_stale(old: dict, new: dict) -> str:
     return "; ".join(reasons) or "its record is unreadable"
 
 
+def _default_file_unchanged(rec: dict | None) -> bool:
+    """The default weights file an earlier export read still has the bytes it had (or none was named)."""
+    if not rec:
+        return True
+    p = Path(str(rec.get("path")))
+    return p.is_file() and sha256_file(p) == rec.get("sha256")
+
+
 def model_dir(ctx) -> Path:
     """Where exports and OMs live: ``model_dir`` (default ``<work_dir>/model``), shared by the jobs of a sweep."""
     return Path(str(ctx.cfg.get("model_dir") or ctx.path("model"))).resolve()
@@ -60,19 +71,19 @@ def ensure_onnx(ctx, target: str, force: bool = False, given: str | None = None)
     """The ONNX for ``target``: ``model_file`` if given, else a fresh-enough export in the run dir.
 
     An existing export is reused only if its ``.json`` fingerprint (:func:`export_fingerprint`: the
-    plugin's export keys, the export section, weights path and sha256) matches this run and the file's
-    bytes match the sha256 recorded with it; otherwise it is re-exported, never trusted stale. Both
-    decisions are logged, the re-export naming what changed.
+    plugin's export keys, the export section, weights path and sha256, or ``default`` / ``random``)
+    matches this run, the file's bytes match the sha256 recorded with it and the default weights
+    file it was made from (if any) is unchanged; otherwise it is re-exported, never trusted stale.
+    Both decisions are logged, the re-export naming what changed. Exporting needs weights: without
+    ``weights=`` and real default weights this raises (see :mod:`zoo_core.runs.weights`).
     """
     given = given or ctx.cfg.get("model_file")
     if given and str(given).endswith(".onnx") and not force:
-        p = Path(str(given)).expanduser()
-        if not p.is_file():
-            raise ZooError("model file not found", path=p)
-        return p
+        return regular_file(str(given), "model file")
     out = onnx_path(ctx, target)
     meta = out.with_suffix(".json")
-    fp = export_fingerprint(ctx, target)
+    choice = ctx.weights_choice()
+    fp = export_fingerprint(ctx, target, choice)
     if out.is_file() and meta.is_file() and not force:
         try:
             old = json.loads(meta.read_text())
@@ -80,25 +91,41 @@ def ensure_onnx(ctx, target: str, force: bool = False, given: str | None = None)
             old = {}
         old = old if isinstance(old, dict) else {}
         recorded = old.get("fingerprint") or {}
-        if recorded == fp and old.get("sha256") == sha256_file(out):
+        same_bytes = old.get("sha256") == sha256_file(out)
+        default_ok = _default_file_unchanged(old.get("default_weights_file"))
+        if recorded == fp and same_bytes and default_ok:
             log.info("reusing %s: its export keys, export config and weights are unchanged", out)
+            _name_default_file(ctx, choice, old.get("default_weights_file"))
             return out
         if recorded != fp:
             log.info("re-exporting %s: %s was exported with other settings (%s)", ctx.model_name, out.name,
                      _why_stale(recorded, fp))
-        else:
+        elif not same_bytes:
             log.info("re-exporting %s: %s no longer matches the sha256 recorded when it was written",
                      ctx.model_name, out.name)
+        else:
+            log.info("re-exporting %s: the default weights file %s was made from has changed",
+                     ctx.model_name, out.name)
     out.parent.mkdir(parents=True, exist_ok=True)
-    res = ctx.hooks.export(cfg=ctx.cfg, weights=fp["weights"], output=out, target=target)
+    res = ctx.hooks.export(cfg=ctx.cfg, weights=choice.hook_weights, output=out, target=target)
     written = Path(res.path)
     if not written.is_file():
         raise ZooError(f"the {ctx.model_name} plugin's export hook did not write the file it returned", path=written)
+    default_file = file_record(res.weights) if choice.source == "default" and res.weights else None
+    _name_default_file(ctx, choice, default_file)
     write_json(written.with_suffix(".json"), {
         "fingerprint": fp, "sha256": sha256_file(written),
         "input_names": list(res.input_names), "output_names": list(res.output_names), "target": target,
+        **({"default_weights_file": default_file} if default_file else {}),
     })
     return written
+
+
+def _name_default_file(ctx, choice: WeightsChoice, rec: dict | None) -> None:
+    """Say which file the plugin's default weights came from (stderr and, through the choice, run.json)."""
+    if choice.source == "default" and rec:
+        choice.file = rec
+        log.info("default weights file: %s (sha256 %s)", rec.get("path"), str(rec.get("sha256", "?"))[:16])
 
 
 def om_path(ctx, batch_size: int | None = None, dynamic: bool = False) -> Path:

@@ -52,6 +52,8 @@ def write_run_record(ctx: RunContext, extra: dict[str, Any] | None = None) -> Pa
         "config": ctx.resolved_config(),
         "inputs": input_records(ctx, backend.get("model_file") if isinstance(backend, dict) else None),
     }
+    if ctx.weights_used is not None:  # the stage built or exported the model: which weights (random said so)
+        rec.update(ctx.weights_used.record())
     if extra:
         rec.update(extra)
     return write_json(ctx.record("run.json"), rec)

@@ -112,6 +112,8 @@ def read_jsonl(path: Path, drop_torn_tail: bool = False) -> list[tuple[int, dict
             rec = json.loads(raw)
         except ValueError:
             raise InputError(f"line {n} is not valid JSON", path=path) from None
+        except RecursionError:
+            raise InputError(f"line {n} is JSON nested too deeply to read", path=path) from None
         if not isinstance(rec, dict):
             raise InputError(f"line {n} is not a JSON object", path=path)
         out.append((n, rec))

@@ -11,6 +11,7 @@ from zoo_core.runs.layout import HYDRA_FILES, clear_dir
 from zoo_core.runs.lock import RunLock
 from zoo_core.runs.model_files import model_dir
 from zoo_core.runs.records import write_run_record
+from zoo_core.runs.weights import preflight as preflight_weights
 
 log = logging.getLogger("zoo")
 
@@ -33,6 +34,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
         clear_dir(ctx.record_dir, keep=HYDRA_FILES)
         write_run_record(ctx, {"status": "running"})
         try:
+            preflight_weights(ctx)
             result = stage(ctx)
         except BaseException as exc:
             with contextlib.suppress(Exception):  # the original error matters more than its record

@@ -89,7 +89,10 @@ def side_context(ctx: RunContext, side: str) -> tuple[RunContext, str, dict[str,
             options = {"dir": str(given)}
         elif given:
             cfg.model_file = str(given)
-    return dataclasses.replace(ctx, cfg=cfg), name, options
+    sctx = dataclasses.replace(ctx, cfg=cfg)
+    if cfg.get("weights") == ctx.cfg.get("weights"):  # the run's weights: chosen once, recorded in run.json
+        sctx.weights_used = ctx.weights_used
+    return sctx, name, options
 
 
 def open_side(ctx: RunContext, side: str) -> Backend:

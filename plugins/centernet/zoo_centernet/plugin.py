@@ -18,12 +18,15 @@ from zoo_core.api.optional import require_torch
 from zoo_core.api.types import TensorSpec
 from zoo_core.datasets.coco import category_ids
 
+from .config import SCHEMAS
 from .decode import decode_batch
 from .oracle import coco_boxes, encode_boxes
 from .preprocess import INPUT_NAME, preprocess_image
 
 ZOO_HOOK_API = "1"
 ZOO_DATASET_API = "1"
+#: The types of every key of conf/model/centernet.yaml and conf/dataset/*.yaml (zoo_core.api.config).
+ZOO_CONFIG_SCHEMAS = SCHEMAS
 
 
 HEAD_NAMES = ("hm", "wh", "reg")

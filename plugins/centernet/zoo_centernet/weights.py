@@ -1,10 +1,12 @@
 """Loading CenterNet ``.pth`` checkpoints safely (``weights_only=True``) and strictly (zoo_core.api.checkpoint)."""
 from __future__ import annotations
 
+import math
 import os
 from typing import TYPE_CHECKING, Any
 
 from zoo_core.api import checkpoint
+from zoo_core.api.errors import ZooError
 
 if TYPE_CHECKING:
     import torch
@@ -13,11 +15,20 @@ if TYPE_CHECKING:
 IGNORED_PREFIXES = ("base.fc.",)
 
 
-def _epoch(extras: dict[str, Any]) -> int | None:
+def _epoch(extras: dict[str, Any], path: str | os.PathLike[str]) -> int | None:
+    """The checkpoint's ``epoch`` entry as an int (``None`` when absent); anything but a whole number
+    (NaN, inf, 1.5, a string, a bigger tensor) is a :class:`ZooError` naming the file."""
     epoch = extras.get("epoch")
-    if epoch is not None and hasattr(epoch, "numel") and epoch.numel() == 1:  # a one-element tensor
+    if epoch is None:
+        return None
+    if hasattr(epoch, "numel") and epoch.numel() == 1:  # a one-element tensor
         epoch = epoch.item()
-    return int(epoch) if isinstance(epoch, (int, float)) else None
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or not math.isfinite(epoch) \
+            or epoch != int(epoch):
+        shown = repr(epoch) if isinstance(epoch, (int, float, str)) else type(epoch).__name__
+        raise ZooError(f"checkpoint entry 'epoch' is {shown[:40]}: expected a whole number (or no 'epoch' entry)",
+                       path=path)
+    return int(epoch)
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], int | None]:
@@ -28,10 +39,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     ImageNet classifier of the released file).
 
     :returns: ``(state_dict, epoch or None)``.
-    :raises ZooError: the file is missing, is not a plain tensor checkpoint, or holds no state dict.
+    :raises ZooError: the file is missing, is not a plain tensor checkpoint, holds no state dict, or
+        its ``epoch`` is not a whole number.
     """
     state, extras = checkpoint.read_state_dict(path, drop_prefixes=IGNORED_PREFIXES)
-    return state, _epoch(extras)
+    return state, _epoch(extras, path)
 
 
 def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike[str]) -> int | None:
@@ -40,4 +52,6 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike[str]) -> int
     :returns: the checkpoint's ``epoch``, or ``None`` if it has none.
     :raises ZooError: naming ``path`` and listing missing, unexpected and mis-shaped keys.
     """
-    return _epoch(checkpoint.load_checkpoint(model, path, drop_prefixes=IGNORED_PREFIXES))
+    state, epoch = read_state_dict(path)  # the epoch is checked before anything is loaded
+    checkpoint.load_state_dict_strict(model, state, path=path)
+    return epoch

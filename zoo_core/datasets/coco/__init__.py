@@ -36,14 +36,16 @@ SAMPLE_IMAGE_DIR = IMAGE_DIR
 GENERATORS = ("coco_sample",)
 
 
-def open_coco(dataset_cfg) -> CocoDataset:
+def open_coco(dataset_cfg, skip_missing_images: bool = False) -> CocoDataset:
     """Open the COCO-format dataset a ``kind: coco`` config section describes.
 
     Keys: ``name``; ``root`` (the folder holding ``ann_file`` and ``image_dir``); ``ann_file``
     (default ``annotations/instances_val2017.json``); ``image_dir`` (default ``val2017``);
     ``generator`` (``coco_sample`` or null). With ``generator: coco_sample`` the set of
     ``n_images`` / ``seed`` is generated on first use (see :func:`ensure_coco_sample`); otherwise
-    ``root`` is required.
+    ``root`` is required. Image files are not checked here: a missing one fails (or, with
+    ``on_error=skip``, is skipped and listed) when the run reads it, so ``skip_missing_images`` (the
+    argument every kind's ``open`` takes) changes nothing.
     """
     name = str(dataset_cfg.get("name") or "coco")
     root = dataset_cfg.get("root")

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from zoo_core.api.aisbench import safe_stem
 from zoo_core.api.errors import ZooError
 from zoo_core.api.types import Sample
 
@@ -43,10 +45,13 @@ DOWNLOAD_HINT = (
 def load_instances(path: str | os.PathLike) -> dict:
     """Read and check a COCO instances json; :class:`ZooError` naming the file when it is not one.
 
-    Checked: valid JSON; a top-level object with ``images``, ``annotations`` and ``categories``
-    lists; integer, unique image ids with string ``file_name``; integer category ids; every
-    annotation with an integer ``image_id`` of a listed image, a listed ``category_id`` and a
-    4-number ``bbox``.
+    Checked: valid JSON, nested no deeper than Python can read; a top-level object with ``images``,
+    ``annotations`` and ``categories`` lists; integer, unique image ids with string ``file_name``;
+    integer category ids; every annotation with an integer, unique ``id``, an integer ``image_id`` of
+    a listed image, a listed ``category_id``, a ``bbox`` of 4 finite numbers ``x, y, w, h`` none of
+    them negative, and (when present) a finite, non-negative ``area`` and an ``iscrowd`` of 0 or 1.
+    These are what the two COCO evaluators (pycocotools, faster-coco-eval) would otherwise read
+    differently; the message names the first offending annotation by index and id.
     """
     p = Path(path)
     data = _read_json(p)
@@ -69,6 +74,8 @@ def _read_json(p: Path) -> object:
         raise ZooError("COCO annotation file not found", path=p, hint=DOWNLOAD_HINT) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ZooError(f"not a JSON file ({e})", path=p) from None
+    except RecursionError:
+        raise ZooError("not a COCO instances file: its JSON is nested too deeply to read", path=p) from None
     except OSError as e:
         raise ZooError(f"cannot read the annotation file ({e.strerror})", path=p) from None
 
@@ -87,16 +94,39 @@ def _instances_problem(data: dict) -> str | None:
         if not (isinstance(cat, dict) and _is_int(cat.get("id"))):
             return f"categories[{i}] needs an integer 'id'"
         cat_ids.add(cat["id"])
+    ann_ids: dict[int, int] = {}
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict):
             return f"annotations[{i}] is not an object"
-        bbox = ann.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-            return f"annotations[{i}] needs a 'bbox' of 4 numbers"
-        if ann.get("image_id") not in image_ids:
-            return f"annotations[{i}] refers to unknown image_id {ann.get('image_id')!r}"
-        if ann.get("category_id") not in cat_ids:
-            return f"annotations[{i}] refers to unknown category_id {ann.get('category_id')!r}"
+        problem = _annotation_problem(ann, image_ids, cat_ids)
+        if problem is None and ann["id"] in ann_ids:
+            problem = f"its id also belongs to annotations[{ann_ids[ann['id']]}]"
+        if problem:
+            ident = f" (id {ann.get('id')!r})" if "id" in ann else ""
+            return f"annotations[{i}]{ident}: {problem}"
+        ann_ids[ann["id"]] = i
+    return None
+
+
+def _annotation_problem(ann: dict, image_ids: set, cat_ids: set) -> str | None:
+    """What is wrong with one annotation (its ``id`` uniqueness aside), or None."""
+    bbox = ann.get("bbox")
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        return f"needs a 'bbox' of 4 numbers, got {bbox!r}"
+    if not all(math.isfinite(v) for v in bbox):
+        return f"bbox {bbox!r} holds a NaN or an infinity"
+    if min(bbox) < 0:
+        return f"bbox {bbox!r} has a negative coordinate or size (x, y, width, height must be >= 0)"
+    if "area" in ann and not (_is_number(ann["area"]) and math.isfinite(ann["area"]) and ann["area"] >= 0):
+        return f"area {ann['area']!r} is not a finite number >= 0"
+    if "iscrowd" in ann and (ann["iscrowd"] not in (0, 1) or isinstance(ann["iscrowd"], bool)):
+        return f"iscrowd {ann['iscrowd']!r} is not 0 or 1"
+    if not _is_int(ann.get("image_id")) or ann["image_id"] not in image_ids:
+        return f"refers to unknown image_id {ann.get('image_id')!r}"
+    if not _is_int(ann.get("category_id")) or ann["category_id"] not in cat_ids:
+        return f"refers to unknown category_id {ann.get('category_id')!r}"
+    if not _is_int(ann.get("id")):
+        return f"needs an integer 'id', got {ann.get('id')!r}"
     return None
 
 
@@ -148,7 +178,7 @@ class CocoDataset:
         seen: dict[str, int] = {}
         for img in self.instances["images"]:
             path = _safe_image_path(self.image_root, img["file_name"], self.ann_path)
-            stem = Path(img["file_name"]).stem
+            stem = safe_stem(Path(img["file_name"]).stem, self.ann_path, f"image stem (image id {img['id']})")
             if stem in seen:
                 raise ZooError(f"images {seen[stem]} and {img['id']} share the file stem {stem!r}", path=self.ann_path)
             seen[stem] = img["id"]

@@ -37,14 +37,16 @@ SAMPLE_GT_DIR = GT_DIR
 GENERATORS = ("widerface_sample",)
 
 
-def open_widerface(dataset_cfg) -> WiderFaceDataset:
+def open_widerface(dataset_cfg, skip_missing_images: bool = False) -> WiderFaceDataset:
     """Open the WIDER-format dataset a ``kind: widerface`` config section describes.
 
     Keys: ``name``; ``root`` (the folder holding ``WIDER_val/images``); ``gt_dir`` (the folder of the
     four ``.mat`` files); ``generator`` (``widerface_sample`` or null). With ``generator:
     widerface_sample`` the bundled sample is built on first use into ``root`` (null: the cache,
     see :func:`ensure_sample`) and ``gt_dir`` defaults to ``<root>/ground_truth``. Without a
-    generator, ``root`` and ``gt_dir`` are required.
+    generator, ``root`` and ``gt_dir`` are required. Ground-truth images missing on disk are an
+    error naming how many, unless ``skip_missing_images`` (``on_error=skip``): then each is skipped
+    and listed when the run reads it.
     """
     name = str(dataset_cfg.get("name") or "widerface")
     root = dataset_cfg.get("root")
@@ -56,7 +58,7 @@ def open_widerface(dataset_cfg) -> WiderFaceDataset:
                               f"known: {', '.join(GENERATORS)} (or null for data on disk)")
         root = ensure_sample(None if root is None or str(root) == "" else os.fspath(str(root)))
         gt_dir = Path(root) / SAMPLE_GT_DIR if gt_dir is None or str(gt_dir) == "" else gt_dir
-    return WiderFaceDataset(root, gt_dir, name=name)
+    return WiderFaceDataset(root, gt_dir, name=name, check_images=not skip_missing_images)
 
 
 __all__ = [

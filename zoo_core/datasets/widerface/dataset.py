@@ -5,15 +5,19 @@ Samples follow the ground truth's order (events as in ``event_list``, images as 
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
+from zoo_core.api.aisbench import safe_stem
 from zoo_core.api.errors import ZooError
 from zoo_core.api.types import Sample
 
 from .ground_truth import FACE_FILE, SETTING_FILES, WiderGroundTruth, load_wider_gt
+
+log = logging.getLogger("zoo")
 
 #: The four ground-truth files a ``gt_dir`` must hold.
 GT_FILES = (FACE_FILE, *SETTING_FILES.values())
@@ -49,7 +53,9 @@ class WiderFaceDataset:
     :param root: folder holding ``WIDER_val/images/<event>/<stem>.jpg`` (``images/...`` also works).
     :param gt_dir: folder with ``wider_face_val.mat`` and ``wider_{easy,medium,hard}_val.mat``.
     :param name: dataset name for reports.
-    :param check_images: raise at construction if any ground-truth image file is missing.
+    :param check_images: raise at construction if any ground-truth image file is missing; ``False``
+        (``on_error=skip``) logs how many are missing and leaves each to be skipped and listed when it
+        is read.
     """
 
     def __init__(self, root: str | os.PathLike | None, gt_dir: str | os.PathLike | None, name: str = "widerface",
@@ -70,26 +76,35 @@ class WiderFaceDataset:
         self.gt: WiderGroundTruth = load_wider_gt(self.gt_dir)
         self._samples = self._build_samples()
         self._index = {(event, stem): (e, j) for e, j, event, stem in self.gt.iter_images()}
-        if check_images:
-            missing = [s.path for s in self._samples if not s.path.is_file()]
-            if missing:
-                raise ZooError(f"{len(missing)} of {len(self._samples)} ground-truth images are missing, "
+        missing = [s.path for s in self._samples if not s.path.is_file()]
+        if missing and not check_images:
+            log.warning("warning: %d of %d ground-truth images of %s are missing, e.g. %s; on_error=skip: each is "
+                        "skipped and listed in metrics.json", len(missing), len(self._samples), name, missing[0])
+        elif missing:
+            raise ZooError(f"{len(missing)} of {len(self._samples)} ground-truth images are missing, "
                                f"e.g. {missing[0]}", path=self.images_dir, hint=DOWNLOAD_HINT)
 
     def _build_samples(self) -> list[Sample]:
         base = self.images_dir.resolve()
         seen: dict[str, str] = {}
         out = []
+        gt_file = self.gt_dir / FACE_FILE
         for _, _, event, stem in self.gt.iter_images():
-            path = (self.images_dir / event / f"{stem}.jpg")
-            resolved = path.resolve()
-            if base not in resolved.parents or any(part in ("", ".", "..") for part in (event, stem)) \
+            if any(part in ("", ".", "..") for part in (event, stem)) \
                     or "/" in stem or "\\" in stem or "/" in event or "\\" in event:
                 raise ZooError(f"image {event!r}/{stem!r} from the ground truth points outside {self.images_dir}",
-                               path=self.gt_dir / FACE_FILE)
+                               path=gt_file)
+            # event folders and stems name files (images, prediction trees, .bin dumps): checked before
+            # any path is built from them (a 300-byte stem, a newline), never rewritten
+            safe_stem(event, gt_file, "event name")
+            safe_stem(stem, gt_file, f"image stem (event {event!r})")
+            path = (self.images_dir / event / f"{stem}.jpg")
+            if base not in path.resolve().parents:
+                raise ZooError(f"image {event!r}/{stem!r} from the ground truth points outside {self.images_dir}",
+                               path=gt_file)
             if stem in seen:
                 raise ZooError(f"image stem {stem!r} appears in events {seen[stem]!r} and {event!r}; "
-                               "sample ids must be unique", path=self.gt_dir / FACE_FILE)
+                               "sample ids must be unique", path=gt_file)
             seen[stem] = event
             out.append(Sample(id=stem, path=path, key=(event, stem)))
         return out

@@ -1,0 +1,40 @@
+"""Typed schema of the centerface plugin's config file (``ZOO_CONFIG_SCHEMAS``, see zoo_core.api.config).
+
+Values live in ``conf/model/centerface.yaml``; this class gives each key its type, so a bad value
+(``model.iou_thresh=abc``, ``model.variant=foo``) fails at composition. A key added to the YAML file
+must be declared here (the contract kit's ``test_config_composes`` checks it). The keys zoo-core's
+WIDER FACE evaluator reads (``iou_thresh``, ``report_both_iou``) come from
+:class:`~zoo_core.api.config.WiderFaceModelConfig`; the datasets (``widerface``, ``widerface_sample``)
+are zoo-core's and typed there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from zoo_core.api.config import MISSING, WiderFaceModelConfig
+
+
+class Variant(StrEnum):
+    """The two CenterFace families (REFERENCE 3.1)."""
+
+    starclouds = "starclouds"
+    ascend = "ascend"
+
+
+@dataclass
+class CenterFaceConfig(WiderFaceModelConfig):
+    variant: Variant = Variant.starclouds
+    #: per variant, what ``default_weights`` says (null: that variant ships no weights)
+    variant_default_weights: dict[str, str | None] = field(default_factory=dict)
+    input_hw: list[int] | None = None
+    threshold: float = MISSING
+    nms_iou: float = MISSING
+    K: int = MISSING
+    head_conv: int = MISSING
+    aipp: bool = False
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+
+SCHEMAS: dict[str, type] = {"model/centerface": CenterFaceConfig}

@@ -1,0 +1,204 @@
+"""Plugin configuration that other code cannot silently replace, typed, and never instantiated (issue 12).
+
+* A plugin may ship only its own model's config and datasets nobody else defines; two distributions
+  registering one model name is an error naming both (out-of-tree dist-info fixtures in
+  ``tests/fixtures/conf_plugins``, put on ``PYTHONPATH`` like ``tests/fixtures/bad_plugins``).
+* Plugins type their sections (``ZOO_CONFIG_SCHEMAS``): a bad value fails at composition, naming the
+  key and the type, before anything is written.
+* zoo never instantiates a ``_target_`` from the model / dataset / backend / stage sections.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from zoo_core.api.errors import ConfigError, PluginError
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_PLUGINS = REPO / "tests" / "fixtures" / "conf_plugins"
+
+
+def _env(zoo, *names: str, **extra: str) -> dict:
+    return zoo.env(PYTHONPATH=":".join(str(CONF_PLUGINS / n) for n in names), **extra)
+
+
+def _one_line_error(rc: int, err: str, *texts: str) -> None:
+    assert rc == 2 and "Traceback" not in err, err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    for t in texts:
+        assert t in err, (t, err)
+
+
+# -- who may ship which config file --------------------------------------------------------------------------
+
+def test_a_plugin_shipping_another_models_config_is_an_error_naming_both(zoo):
+    """Before: zoo-evil-conf's model/centerface.yaml (iou_thresh 0.1) could silently replace the real one."""
+    env = _env(zoo, "evil_conf")
+    for model in ("centerface", "evilconf"):
+        rc, out, err = zoo("info", f"model={model}", env=env)
+        _one_line_error(rc, err, "zoo-evil-conf", "zoo-centerface", "conf/model/centerface.yaml",
+                        "a plugin may define only its own model's config")
+    rc, out, err = zoo("run", "model=centerface", "stage=eval", "work_dir=run", env=env)
+    _one_line_error(rc, err, "zoo-evil-conf", "ZOO_DISABLE_PLUGINS=zoo-evil-conf")
+    assert not (zoo.cwd / "run").exists()
+    # other models keep working; hiding the offender by its distribution name restores centerface
+    assert "name: fixture" in zoo.ok("info", "model=fixture", env=env)
+    out = zoo.ok("info", "model=centerface", env=_env(zoo, "evil_conf", ZOO_DISABLE_PLUGINS="zoo-evil-conf"))
+    assert "iou_thresh: 0.5" in out
+    listing = zoo.ok("list", env=env)
+    assert "config conflicts" in listing and "model centerface: plugin zoo-evil-conf ships" in listing
+
+
+def test_a_dataset_defined_by_two_distributions_is_an_error_naming_both(zoo):
+    env = _env(zoo, "dup_dataset")
+    for model in ("fixture", "dupdata"):
+        rc, out, err = zoo("info", f"model={model}", env=env)
+        _one_line_error(rc, err, "dataset 'squares' is defined by zoo-dup-dataset and zoo-fixture")
+    assert "name: centerface" in zoo.ok("info", "model=centerface", env=env)
+
+
+def test_a_plugin_may_not_ship_stage_or_backend_configs(zoo):
+    env = _env(zoo, "stray_group")
+    rc, out, err = zoo("info", "model=straygroup", env=env)
+    _one_line_error(rc, err, "zoo-stray-group", "conf/stage/eval.yaml", "may hold only model/<its model>.yaml")
+    out = zoo.ok("info", "model=fixture", env=env)
+    assert "flush_every: 64" in out  # the stray stage/eval.yaml is not on the search path
+
+
+def test_two_distributions_registering_one_model_name_is_an_error_naming_both(zoo):
+    """Before: the second distribution's entry point was silently skipped (or won, by install order)."""
+    env = _env(zoo, "dup_model")
+    rc, out, err = zoo("run", "model=fixture", "stage=eval", "work_dir=run", env=env)
+    _one_line_error(rc, err, "model 'fixture' is registered by 2 distributions",
+                    "zoo-dup-model (zoo_dup_model.plugin)", "zoo-fixture (zoo_fixture.plugin)")
+    assert not (zoo.cwd / "run").exists()
+    listing = zoo.ok("list", env=env)
+    assert "broken:" in listing and "zoo-dup-model" in listing
+    assert "name: centerface" in zoo.ok("info", "model=centerface", env=env)
+    out = zoo.ok("info", "model=fixture", env=_env(zoo, "dup_model", ZOO_DISABLE_PLUGINS="zoo-dup-model"))
+    assert "mask_threshold: 0.5" in out
+
+
+def test_duplicate_model_names_in_the_manager(monkeypatch):
+    from zoo_core.plugins.manager import ZooPluginManager
+
+    monkeypatch.syspath_prepend(str(CONF_PLUGINS / "dup_model"))
+    pm = ZooPluginManager()
+    assert "fixture" not in pm.models
+    assert sorted(b.distribution for b in pm.broken if b.name == "fixture") == ["zoo-dup-model", "zoo-fixture"]
+    with pytest.raises(PluginError, match=r"^model 'fixture' is registered by 2 distributions: zoo-dup-model"):
+        pm.hooks_for("fixture")
+    assert "centerface" in pm.models
+
+
+# -- typed plugin config -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model, override, key, declared", [
+    ("fixture", "model.iou_thresh=abc", "model.iou_thresh", "float"),
+    ("fixture", "dataset.size=many", "dataset.size", "int"),
+    ("centerface", "model.iou_thresh=abc", "model.iou_thresh", "float"),
+    ("centerface", "model.variant=foo", "model.variant", "Variant"),
+    ("centerface", "model.aipp=maybe", "model.aipp", "bool"),
+    ("centernet", "model.K=1.5", "model.K", "int"),
+    ("centernet", "model.mean=[0.4,x,0.5]", "model.mean[1]", "list[float]"),
+    ("centernet", "dataset.limit=abc", "dataset.limit", "int | None"),
+])
+def test_a_bad_plugin_config_value_fails_at_composition(model, override, key, declared):
+    from zoo_core.config.validate import compose
+
+    with pytest.raises(ConfigError) as ei:
+        compose([f"model={model}", override])
+    text = str(ei.value)
+    assert text.startswith(f"{key}: ") and f"is declared {declared} in zoo-" in text and "\n" not in text, text
+
+
+def test_typed_values_arrive_converted_and_extras_stay_possible():
+    from zoo_core.config.validate import compose
+
+    cfg = compose(["model=centerface", "model.iou_thresh=1", "+model.note=kept"])
+    assert isinstance(cfg.model.iou_thresh, float) and cfg.model.iou_thresh == 1.0
+    assert cfg.model.note == "kept" and str(cfg.model.variant) == "starclouds"
+    assert cfg.model.default_weights.startswith("the Star-Clouds centerface.onnx")
+    assert compose(["model=centerface", "model.variant=ascend"]).model.default_weights is None
+    with pytest.raises(Exception, match="typo"):  # the typed section is still strict for reads
+        _ = cfg.model.typo
+
+
+def test_model_iou_thresh_abc_through_the_cli_writes_nothing(zoo):
+    """Before: the whole eval ran, then ValueError (exit 1) and 'abc' left in detections/state.json."""
+    rc, out, err = zoo("run", "model=fixture", "model.iou_thresh=abc", "work_dir=run")
+    _one_line_error(rc, err, "model.iou_thresh: Value 'abc'", "could not be converted to Float",
+                    "model.iou_thresh is declared float in zoo-fixture's FixtureConfig")
+    assert not (zoo.cwd / "run").exists()
+
+
+def test_a_sweep_job_with_a_bad_value_fails_with_the_typed_message(zoo, fixture_onnx):
+    rc, out, err = zoo("run", "-m", "model=fixture", "stage=perf", "stage.loop=1", "model.iou_thresh=0.5,abc",
+                       f"model_file={fixture_onnx}")
+    assert rc == 1 and "Traceback" not in err
+    errors = [json.loads(p.read_text()) for p in (zoo.cwd / "multirun").rglob("error.json")]
+    assert [e["type"] for e in errors] == ["ConfigError"] and "declared float" in errors[0]["error"]
+
+
+def test_every_bundled_plugin_and_core_dataset_types_every_key_of_its_config_file():
+    """Each model file is typed by its plugin's schema; zoo-core's dataset files by zoo-core's own
+    (the datasets moved to the core with the dataset API); the fixture's own dataset by the fixture."""
+    from zoo_centerface.config import SCHEMAS as CF
+    from zoo_centernet.config import SCHEMAS as CN
+    from zoo_core.config.dataset_schemas import CORE_DATASET_SCHEMAS
+    from zoo_core.config.validate import compose
+    from zoo_fixture.plugin import ZOO_CONFIG_SCHEMAS as FX
+
+    core = {f"dataset/{name}": cls for name, cls in CORE_DATASET_SCHEMAS.items()}
+    cases = [("centerface", "widerface_sample", CF), ("centerface", "widerface", CF), ("centernet", "coco", CN),
+             ("centernet", "coco_sample", CN), ("fixture", "squares", FX)]
+    for model, dataset, schemas in cases:
+        cfg = compose([f"model={model}", f"dataset={dataset}"])
+        for group, name in (("model", model), ("dataset", dataset)):
+            fields = {f.name for f in dataclasses.fields({**core, **schemas}[f"{group}/{name}"])}
+            assert set(map(str, cfg[group])) <= fields, (group, name, set(map(str, cfg[group])) - fields)
+    assert set(CORE_DATASET_SCHEMAS) | {"none"} == {p.stem for p in (REPO / "conf" / "dataset").glob("*.yaml")}
+
+
+def test_a_core_dataset_value_of_the_wrong_type_fails_at_composition():
+    from zoo_core.api.errors import ConfigError
+    from zoo_core.config.validate import compose
+
+    with pytest.raises(ConfigError, match=r"dataset.n_images: .*declared int in zoo-core's CocoSampleDatasetConfig"):
+        compose(["model=centernet", "dataset=coco_sample", "dataset.n_images=abc"])
+    cfg = compose(["model=centerface", "model.iou_thresh=1", "dataset.limit=3"])
+    assert cfg.model.iou_thresh == 1.0 and isinstance(cfg.model.iou_thresh, float) and cfg.dataset.limit == 3
+
+
+# -- _target_ ------------------------------------------------------------------------------------------------
+
+def test_zoo_never_instantiates_a_target_from_the_model_dataset_backend_or_stage_sections(zoo, fixture_onnx):
+    marker = zoo.cwd / "PWNED"
+    injected = []
+    for section in ("model", "dataset", "backend", "stage"):
+        injected += [f"+{section}._target_=zoo_core.api.atomic.write_text", f"+{section}.path={marker}",
+                     f"+{section}.text=written-through-{section}"]
+    rc, out, err = zoo("run", "model=fixture", "num_workers=0", *injected, "work_dir=run")
+    assert rc == 0, err
+    rc, out, err = zoo("run", "model=fixture", "num_workers=0", "backend=oracle", *injected, "work_dir=run2")
+    assert rc == 0, err
+    assert not marker.exists()
+    assert "AP50" in (zoo.cwd / "run" / "eval" / "metrics.json").read_text()
+
+
+def test_the_product_code_calls_no_hydra_instantiate():
+    """The only ``_target_`` Hydra instantiates is its own ``hydra.callbacks`` (docs/errors.md: a config file
+    is as trusted as a Python file); zoo's code never calls ``instantiate`` / ``call`` on a config node."""
+    dirs = [REPO / "zoo_core", REPO / "hydra_plugins", *sorted((REPO / "plugins").glob("*/zoo_*"))]
+    found = []
+    for path in (p for d in dirs for p in d.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("hydra.utils"):
+                found.append(f"{path}:{node.lineno}")
+            if isinstance(node, ast.Attribute) and node.attr in ("instantiate", "get_method", "get_class"):
+                found.append(f"{path}:{node.lineno}")
+    assert not found, found

@@ -1,0 +1,360 @@
+"""Issue 12, the items the first hardening pass left open: WIDER stems, COCO annotations and deep JSON,
+missing WIDER images under ``on_error=skip``, a full disk, ``meta.jsonl`` lines, outputs vs ``output_spec``.
+
+Each guarantee is tested in-process where it lives and through the CLI (one ``error:`` line, exit 2,
+nothing half-written). CLI runs use ``backend=oracle`` (no weights, no export) or the fixture model.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zoo_core.api.errors import InputError, ZooError
+
+LONG_STEM = "x" * 300
+NEWLINE_STEM = "0_Parade_marchingband_1_5\nfake"
+
+
+def _clean_failure(rc: int, err: str, *texts, run_dir: Path | None = None) -> None:
+    assert rc == 2, err
+    assert "Traceback" not in err and "Logging error" not in err, err
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("  hint: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for t in texts:
+        assert str(t) in err, (t, err)
+    if run_dir is not None:
+        assert not list(Path(run_dir).rglob("metrics.json"))
+
+
+# -- WIDER stems ---------------------------------------------------------------------------------------------
+
+def _wider_set(root: Path, stems: list[str], events: tuple[str, ...] = ("0--Parade",)) -> Path:
+    """A WIDER-format set whose ground truth lists ``stems`` (images written where a file can hold them)."""
+    import cv2
+
+    from zoo_core.datasets.widerface import write_wider_gt
+
+    images = root / "WIDER_val" / "images"
+    files, boxes, keep = [], [], {"easy": [], "medium": [], "hard": []}
+    for event in events:
+        (images / event).mkdir(parents=True, exist_ok=True)
+        files.append(list(stems))
+        boxes.append([np.array([[4, 4, 20, 20]], np.int32) for _ in stems])
+        for s in keep:
+            keep[s].append([np.array([0]) for _ in stems])
+        for stem in stems:
+            try:
+                cv2.imwrite(str(images / event / f"{stem}.jpg"), np.full((48, 48, 3), 128, np.uint8))
+            except (OSError, cv2.error):
+                pass
+    write_wider_gt(root / "gt", list(events), files, boxes, keep)
+    return root / "gt"
+
+
+@pytest.mark.parametrize("stem, reason", [(LONG_STEM, "is longer than 200 bytes"),
+                                          (NEWLINE_STEM, "contains a control character")])
+def test_a_wider_stem_no_file_can_hold_is_refused_naming_the_ground_truth(tmp_path, stem, reason):
+    from zoo_core.datasets.widerface import WiderFaceDataset
+
+    gt = _wider_set(tmp_path, ["ok_1", stem])
+    with pytest.raises(InputError) as info:
+        WiderFaceDataset(tmp_path, gt)
+    text = str(info.value)
+    assert text.startswith(f"{gt / 'wider_face_val.mat'}: unsafe image stem (event '0--Parade') ")
+    assert reason in text and "\n" not in text.split(": unsafe")[0]
+
+
+def test_a_wider_event_name_with_a_newline_is_refused(tmp_path):
+    from zoo_core.datasets.widerface import WiderFaceDataset
+
+    gt = _wider_set(tmp_path, ["ok_1"], events=("0--Parade\nx",))
+    with pytest.raises(InputError, match="unsafe event name '0--Parade\\\\nx': it contains a control character"):
+        WiderFaceDataset(tmp_path, gt)
+
+
+@pytest.mark.parametrize("stem, reason", [(LONG_STEM, "is longer than 200 bytes"),
+                                          (NEWLINE_STEM, "contains a control character")])
+def test_a_bad_wider_stem_through_the_cli_is_one_line_naming_the_file(zoo, stem, reason):
+    """Before: a 300-character stem tracebacked with ENAMETOOLONG; a newline named a deleted temp file."""
+    gt = _wider_set(zoo.cwd / "wider", ["ok_1", stem])
+    rc, out, err = zoo("run", "model=centerface", "dataset=widerface", f"dataset.root={zoo.cwd / 'wider'}",
+                       f"dataset.gt_dir={gt}", "backend=oracle", "num_workers=0", "work_dir=run")
+    _clean_failure(rc, err, gt / "wider_face_val.mat", "unsafe image stem", reason, run_dir=zoo.cwd / "run")
+    assert "zoo_widerface_" not in err  # no temp prediction tree named
+
+
+# -- missing WIDER images with on_error=skip -----------------------------------------------------------------
+
+@pytest.fixture
+def wider_copy(tmp_path, cache_dir) -> Path:
+    """The WIDER sample copied, three of its images deleted."""
+    from zoo_core.datasets.widerface import ensure_sample
+
+    src = ensure_sample(cache_dir / "widerface_sample")
+    root = tmp_path / "wider"
+    shutil.copytree(src, root)
+    images = sorted((root / "WIDER_val" / "images").rglob("*.jpg"))
+    for p in images[:3]:
+        p.unlink()
+    return root
+
+
+def test_missing_wider_images_are_left_to_the_reader_under_on_error_skip(wider_copy):
+    from zoo_core.datasets.widerface import WiderFaceDataset
+
+    with pytest.raises(ZooError, match="3 of 24 ground-truth images are missing"):
+        WiderFaceDataset(wider_copy, wider_copy / "ground_truth")
+    ds = WiderFaceDataset(wider_copy, wider_copy / "ground_truth", check_images=False)
+    assert len(ds.samples()) == 24 and sum(not s.path.is_file() for s in ds.samples()) == 3
+
+
+def test_missing_wider_images_are_skipped_and_listed_with_on_error_skip(zoo, wider_copy):
+    """Before: "3 of 24 ground-truth images are missing" even with on_error=skip allow_skips=true."""
+    args = ["run", "model=centerface", "dataset=widerface", f"dataset.root={wider_copy}",
+            f"dataset.gt_dir={wider_copy / 'ground_truth'}", "backend=oracle", "num_workers=0"]
+    rc, out, err = zoo(*args, "work_dir=fail")
+    _clean_failure(rc, err, "3 of 24 ground-truth images are missing", run_dir=zoo.cwd / "fail")
+    rc, out, err = zoo(*args, "work_dir=run", "on_error=skip", "allow_skips=true")
+    assert rc == 0, err
+    m = json.loads((zoo.cwd / "run" / "eval" / "metrics.json").read_text())
+    missing = sorted(p.stem for p in (Path(s["path"]) for s in m["skipped"]))
+    assert len(m["skipped"]) == 3 and m["images"] == 21
+    assert all("image file not found" in s["reason"] for s in m["skipped"])
+    assert all(not (wider_copy / "WIDER_val" / "images" / s["path"]).is_file() for s in m["skipped"])
+    assert missing == sorted(s["id"] for s in m["skipped"])
+    assert m["metrics"]["hard"] is not None and m["metrics"]["hard"] > 0.5  # the oracle scores what is left
+
+
+# -- COCO annotations ----------------------------------------------------------------------------------------
+
+def _instances(**ann_overrides) -> dict:
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1.0, 2.0, 10.0, 12.0], "area": 120.0, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [20.0, 20.0, 5.0, 5.0], "area": 25.0, "iscrowd": 0}]
+    anns[1].update(ann_overrides)
+    return {"images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 64}],
+            "annotations": anns, "categories": [{"id": 1, "name": "person"}]}
+
+
+BAD_ANNOTATIONS = {
+    "nan_bbox": ({"bbox": [20.0, float("nan"), 5.0, 5.0]}, "annotations[1] (id 2): bbox [20.0, nan, 5.0, 5.0] "
+                                                           "holds a NaN or an infinity"),
+    "inf_bbox": ({"bbox": [20.0, 20.0, float("inf"), 5.0]}, "holds a NaN or an infinity"),
+    "negative_w": ({"bbox": [20.0, 20.0, -5.0, 5.0]}, "annotations[1] (id 2): bbox [20.0, 20.0, -5.0, 5.0] has a "
+                                                      "negative coordinate or size"),
+    "negative_x": ({"bbox": [-3.0, 20.0, 5.0, 5.0]}, "has a negative coordinate or size"),
+    "duplicate_id": ({"id": 1}, "annotations[1] (id 1): its id also belongs to annotations[0]"),
+    "string_id": ({"id": "2"}, "annotations[1] (id '2'): needs an integer 'id', got '2'"),
+    "no_id": ({"id": None}, "needs an integer 'id', got None"),
+    "string_image_id": ({"image_id": "1"}, "annotations[1] (id 2): refers to unknown image_id '1'"),
+    "string_category": ({"category_id": "1"}, "refers to unknown category_id '1'"),
+    "nan_area": ({"area": float("nan")}, "area nan is not a finite number >= 0"),
+    "bad_crowd": ({"iscrowd": 2}, "iscrowd 2 is not 0 or 1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ANNOTATIONS))
+def test_coco_annotations_the_evaluators_would_read_differently_are_refused(tmp_path, case):
+    from zoo_core.datasets.coco import load_instances
+
+    override, text = BAD_ANNOTATIONS[case]
+    data = _instances(**override)
+    if case == "no_id":
+        del data["annotations"][1]["id"]
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data))  # NaN / Infinity as Python's json writes them
+    with pytest.raises(ZooError) as info:
+        load_instances(path)
+    assert str(info.value).startswith(f"{path}: not a valid COCO instances file: annotations[1]")
+    assert text in str(info.value)
+
+
+def test_valid_coco_annotations_still_load(tmp_path):
+    from zoo_core.datasets.coco import load_instances
+
+    path = tmp_path / "ann.json"
+    data = _instances(iscrowd=1)
+    data["annotations"].append({"id": 3, "image_id": 1, "category_id": 1, "bbox": [0, 0, 0, 0]})  # no area: ok
+    path.write_text(json.dumps(data))
+    assert [a["id"] for a in load_instances(path)["annotations"]] == [1, 2, 3]
+
+
+def _coco_root(root: Path, text: str) -> Path:
+    (root / "val2017").mkdir(parents=True)
+    ann = root / "annotations" / "instances_val2017.json"
+    ann.parent.mkdir()
+    ann.write_text(text)
+    return ann
+
+
+@pytest.mark.parametrize("case", ["nan_bbox", "negative_w", "duplicate_id", "string_id"])
+def test_bad_coco_annotations_through_the_cli(zoo, case):
+    """Before: accepted, and pycocotools and faster-coco-eval then disagreed (0.97 vs 1.0)."""
+    override, text = BAD_ANNOTATIONS[case]
+    ann = _coco_root(zoo.cwd / "coco", json.dumps(_instances(**override)))
+    rc, out, err = zoo("run", "model=centernet", "backend=oracle", "num_workers=0", f"dataset.root={zoo.cwd / 'coco'}",
+                       "work_dir=run")
+    _clean_failure(rc, err, ann, text, run_dir=zoo.cwd / "run")
+
+
+DEEP = 200_000
+
+
+def test_a_coco_json_nested_200k_deep_is_refused_not_a_recursion_error(tmp_path):
+    from zoo_core.datasets.coco import load_instances
+
+    path = tmp_path / "deep.json"
+    path.write_text('{"images": ' + "[" * DEEP + "]" * DEEP + "}")
+    with pytest.raises(ZooError, match="its JSON is nested too deeply to read"):
+        load_instances(path)
+
+
+def test_a_deep_coco_json_through_the_cli(zoo):
+    ann = _coco_root(zoo.cwd / "coco", "[" * DEEP + "]" * DEEP)
+    rc, out, err = zoo("run", "model=centernet", "backend=oracle", "num_workers=0", f"dataset.root={zoo.cwd / 'coco'}",
+                       "work_dir=run")
+    _clean_failure(rc, err, ann, "nested too deeply", run_dir=zoo.cwd / "run")
+    assert "RecursionError" not in err
+
+
+def test_a_coco_file_name_no_file_can_hold_is_refused(tmp_path):
+    from zoo_core.datasets.coco import CocoDataset
+
+    data = _instances()
+    data["images"][0]["file_name"] = "a\nb.jpg"
+    ann = _coco_root(tmp_path / "coco", json.dumps(data))
+    with pytest.raises(InputError, match=r"unsafe image stem \(image id 1\) 'a\\nb': it contains a control"):
+        CocoDataset(tmp_path / "coco")
+    assert ann.is_file()
+
+
+# -- meta.jsonl ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("line, text", [
+    (b"[1, 2]", "line 2 is not a JSON object"),
+    (b'{"id": "a", "inputs": {}', "line 2 is not valid JSON"),  # torn middle line
+    (b"[" * DEEP + b"]" * DEEP, "line 2 is JSON nested too deeply to read"),
+    (b"\xff\xfe", "line 2 is not valid JSON"),
+])
+def test_read_jsonl_refuses_each_bad_line_by_number(tmp_path, line, text):
+    from zoo_core.runs.resume import read_jsonl
+
+    path = tmp_path / "meta.jsonl"
+    path.write_bytes(b'{"id": "a"}\n' + line + b'\n{"id": "b"}\n')
+    with pytest.raises(InputError) as info:
+        read_jsonl(path)
+    assert str(info.value) == f"{path}: {text}"
+
+
+def test_a_deeply_nested_meta_jsonl_line_through_the_cli(zoo, infer_run, fixture_onnx):
+    seed = zoo.cwd / "seed"
+    shutil.copytree(infer_run / "inputs", seed)
+    lines = (seed / "meta.jsonl").read_text().splitlines()
+    lines[1] = "[" * DEEP + "]" * DEEP
+    (seed / "meta.jsonl").write_text("\n".join(lines) + "\n")
+    rc, out, err = zoo("run", "model=fixture", "stage=infer", f"inputs_dir={seed}", f"model_file={fixture_onnx}",
+                       "work_dir=run")
+    _clean_failure(rc, err, f"{seed / 'meta.jsonl'}: line 2 is JSON nested too deeply to read")
+
+
+def test_a_meta_jsonl_record_whose_shape_disagrees_with_its_bin(zoo, infer_run, fixture_onnx):
+    """The record says (1, 32, 32); the file holds (1, 64, 64): named, never reshaped or guessed."""
+    seed = zoo.cwd / "seed"
+    shutil.copytree(infer_run / "inputs", seed)
+    lines = (seed / "meta.jsonl").read_text().splitlines()
+    rec = json.loads(lines[0])
+    name = next(iter(rec["inputs"]))
+    rec["inputs"][name]["shape"] = [1, 32, 32]
+    lines[0] = json.dumps(rec)
+    (seed / "meta.jsonl").write_text("\n".join(lines) + "\n")
+    rc, out, err = zoo("run", "model=fixture", "stage=infer", f"inputs_dir={seed}", f"model_file={fixture_onnx}",
+                       "work_dir=run")
+    _clean_failure(rc, err, f"{rec['id']}.bin", "is 16384 bytes; tensor image (1, 32, 32) as float32 needs 4096")
+
+
+# -- a full disk ---------------------------------------------------------------------------------------------
+
+def test_a_full_disk_leaves_the_old_file_whole_and_names_the_new_one(tmp_path, monkeypatch):
+    import zoo_core.api.atomic as atomic
+    from zoo_core.cli.app import storage_error
+
+    target = tmp_path / "metrics.json"
+    target.write_text("old\n")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    with pytest.raises(OSError) as info:
+        atomic.write_json(target, {"new": 1})
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+    assert str(storage_error(info.value)) == f"{target}: No space left on device"
+
+
+def _can_mount_tmpfs() -> bool:
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt && umount /mnt"],
+                           capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs root and unshare to mount a private tmpfs")
+def test_a_full_disk_through_the_cli_is_one_line_and_nothing_half_written(zoo, fixture_onnx, tmp_path):
+    """A 160 KiB tmpfs (private mount namespace) as the run dir: preprocess's 12 x 16 KiB inputs do not fit."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    cmd = (f'mount -t tmpfs -o size=160k tmpfs "{disk}" && cd "{zoo.cwd}" && '
+           f'{sys.executable} -m zoo_core.cli run model=fixture stage=preprocess num_workers=0 '
+           f'work_dir="{disk}/run"; rc=$?; ls -la "{disk}/run/inputs" > "{tmp_path}/listing" 2>&1; '
+           f'cp -r "{disk}/run" "{tmp_path}/after" 2>/dev/null; exit $rc')
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", cmd], env=zoo.env(), capture_output=True, text=True,
+                          timeout=180)
+    _clean_failure(proc.returncode, proc.stderr, "No space left on device")
+    assert proc.stderr.startswith(f"error: {disk}/run/"), proc.stderr
+    after = tmp_path / "after"
+    assert not list(after.rglob("*.tmp")), (tmp_path / "listing").read_text()
+    bins = list((after / "inputs").glob("*.bin"))
+    assert all(p.stat().st_size == 64 * 64 * 4 for p in bins), [p.stat().st_size for p in bins]
+    assert len(bins) < 12 and not list(after.rglob("metrics.json"))
+    meta = (after / "inputs" / "meta.jsonl").read_text()
+    listed = [json.loads(line)["id"] for line in meta.splitlines()]  # no torn line
+    assert meta.endswith("\n") and listed and all((after / "inputs" / f"{i}.bin").is_file() for i in listed)
+    run = json.loads((after / "preprocess" / "run.json").read_text())
+    assert run["status"] in ("failed", "running")
+
+
+# -- model outputs vs output_spec ----------------------------------------------------------------------------
+
+def _onnx_wrong_channels(path: Path) -> Path:
+    """image (N,1,64,64) -> mask (N,2,64,64): the right input, one output channel too many."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 64, 64])
+    y = helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 2, 64, 64])
+    node = helper.make_node("Concat", ["image", "image"], ["mask"], axis=1)
+    m = helper.make_model(helper.make_graph([node], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+@pytest.mark.parametrize("stage", ["eval", "infer"])
+def test_an_onnx_whose_output_shape_disagrees_with_output_spec_fails_clearly(zoo, infer_run, stage):
+    """Before: ran and scored AP 0. Checked in eval and in infer (whose dump would be unreadable later)."""
+    model = _onnx_wrong_channels(zoo.cwd / "two.onnx")
+    extra = [f"inputs_dir={infer_run / 'inputs'}"] if stage == "infer" else []
+    rc, out, err = zoo("run", "model=fixture", f"stage={stage}", "num_workers=0", f"model_file={model}", *extra,
+                       "work_dir=run")
+    _clean_failure(rc, err, model, "(2, 64, 64)", "disagree with the model's output_spec", "(1, 64, 64)",
+                   run_dir=zoo.cwd / "run")
+    assert not list((zoo.cwd / "run").rglob("*_0.bin"))

@@ -1,0 +1,98 @@
+"""Typed config sections: the base classes of a plugin's config schemas.
+
+A model plugin declares the type of every key of the config files it ships, as the core's
+``ZooSchema`` does for the run-level keys, in a module attribute of its entry-point module::
+
+    ZOO_CONFIG_SCHEMAS = {"model/mydet": MyDetConfig, "dataset/mydet_discs": DiscsConfig}
+
+(keys: ``<group>/<name>`` of ``conf/<group>/<name>.yaml``; values: dataclasses deriving from
+:class:`ModelConfig` / :class:`DatasetConfig`; one dataclass per file). A model scored by zoo-core's
+dataset API derives from :class:`WiderFaceModelConfig` or :class:`CocoModelConfig`, which declare the
+model keys that evaluator reads. The datasets zoo-core ships (``widerface``, ``coco``...) are typed by
+zoo-core itself (:mod:`zoo_core.config.dataset_schemas`); a plugin declares only the datasets it
+ships. The core merges each composed section into its schema before anything runs, so
+``model.iou_thresh=abc`` fails at composition with one line naming the key and its type, and the
+hooks receive values of the declared types (``model.iou_thresh=1`` arrives as ``1.0``). Keys added
+on purpose with ``+model.key=value`` stay untyped.
+
+Field types are what OmegaConf supports: ``int``, ``float``, ``bool``, ``str``, an ``enum.Enum``
+(``enum.StrEnum`` keeps ``str(value)`` the plain name), ``list[...]``, ``dict[str, ...]`` and
+``X | None``. Values come from the plugin's YAML file; a field's default is used only when the YAML
+leaves the key out (``"???"``, OmegaConf's ``MISSING``, makes the YAML value mandatory).
+
+Importing this module is cheap: dataclasses only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+#: OmegaConf's marker of a mandatory value (``omegaconf.MISSING``), without importing omegaconf.
+MISSING: Any = "???"
+
+
+@dataclass
+class ModelConfig:
+    """Keys of every ``model`` section; a plugin's model schema subclasses it.
+
+    :ivar name: the model name (the ``zoo.models`` entry-point name).
+    :ivar default_weights: when the plugin uses real weights of its own with no ``weights=`` given
+        (e.g. a file from an installed package), a one-line description of them; ``None`` (the
+        default) when it has none: then every stage whose output depends on the weights refuses to
+        run without ``weights=<file>`` or ``weights=random``. Seeded random initial weights are
+        *not* default weights.
+    :ivar weights_help: what to pass as ``weights=`` (which file, where to get it), quoted in the
+        error when the weights are missing.
+    :ivar export_keys: the keys that change the export (:mod:`zoo_core.runs.export_keys`); ``None``:
+        every key counts.
+    :ivar predict_threshold: ``stage=predict``'s default ``stage.score_threshold`` (``None``: keep all).
+    :ivar class_names: ``stage=predict``'s box labels, indexed by ``Detections.labels``.
+    """
+
+    name: str = MISSING
+    default_weights: str | None = None
+    weights_help: str | None = None
+    export_keys: list[str] | None = None
+    predict_threshold: float | None = None
+    class_names: list[str] | None = None
+
+
+@dataclass
+class WiderFaceModelConfig(ModelConfig):
+    """A model scored on ``kind: widerface`` datasets: the keys zoo-core's WIDER FACE evaluator reads.
+
+    :ivar iou_thresh: IoU of a true positive (0.5, the official protocol).
+    :ivar report_both_iou: also report every setting at IoU 0.5 and 0.4.
+    """
+
+    iou_thresh: float = 0.5
+    report_both_iou: bool = False
+
+
+@dataclass
+class CocoModelConfig(ModelConfig):
+    """A model scored on ``kind: coco`` datasets: the keys zoo-core's COCO evaluator reads.
+
+    :ivar category_ids: 0-based class index -> COCO category id (``None``: the 80 COCO ids).
+    :ivar coco_evaluator: ``auto`` | ``pycocotools`` | ``faster-coco-eval``.
+    """
+
+    category_ids: list[int] | None = None
+    coco_evaluator: str = "auto"
+
+
+@dataclass
+class DatasetConfig:
+    """Keys of every ``dataset`` section (the core adds the sharding keys to each dataset).
+
+    :ivar kind: ``widerface`` | ``coco`` for a dataset zoo-core reads and scores; ``None`` when the
+        model's own ``dataset`` / ``evaluate`` hooks do.
+    :ivar generator: the zoo-core generator that writes a sample dataset on first use, if any.
+    """
+
+    name: str | None = None
+    kind: str | None = None
+    generator: str | None = None
+    num_shards: int = 1
+    shard: int = 0
+    limit: int | None = None

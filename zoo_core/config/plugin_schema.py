@@ -1,0 +1,95 @@
+"""Typed ``model`` and ``dataset`` sections: each composed section is merged into its owner's schema.
+
+The owner is the model plugin that ships the config file (see :mod:`zoo_core.config.confpaths`);
+its schema is the dataclass its entry-point module declares in ``ZOO_CONFIG_SCHEMAS`` (see
+:mod:`zoo_core.api.config`), else the base :class:`~zoo_core.api.config.ModelConfig` /
+:class:`~zoo_core.api.config.DatasetConfig`. zoo-core's own dataset files are typed by
+:data:`zoo_core.config.dataset_schemas.CORE_DATASET_SCHEMAS`.
+
+Where a new key is declared: a key of ``conf/model/<model>.yaml`` in that plugin's schema class
+(``zoo_<model>/config.py``); a key of a zoo-core dataset file in
+:mod:`zoo_core.config.dataset_schemas`; a model key every model may have (read by the core's stages)
+in :class:`~zoo_core.api.config.ModelConfig`; a model key read by zoo-core's WIDER FACE / COCO
+evaluator in :class:`~zoo_core.api.config.WiderFaceModelConfig` /
+:class:`~zoo_core.api.config.CocoModelConfig`. A value of the wrong type is one
+:class:`~zoo_core.api.errors.ConfigError` line naming the key and the declared type, raised at
+composition, before anything is written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from zoo_core.api.config import DatasetConfig, ModelConfig
+from zoo_core.api.errors import ConfigError, PluginError
+from zoo_core.config.confpaths import ConfScan, check_choices, scan_plugin_confs
+from zoo_core.config.dataset_schemas import CORE_DATASET_SCHEMAS
+
+SCHEMAS_ATTRIBUTE = "ZOO_CONFIG_SCHEMAS"
+
+
+def schema_for(group: str, name: str, scan: ConfScan, manager: Any) -> tuple[type, str]:
+    """``(schema class, whose)`` for config file ``<group>/<name>``: the owner's declared schema or the base."""
+    base: type = ModelConfig if group == "model" else DatasetConfig
+    owner = name if group == "model" else scan.dataset_owner.get(name, "")
+    if group == "dataset" and not owner and name in CORE_DATASET_SCHEMAS:
+        core_cls = CORE_DATASET_SCHEMAS[name]
+        return core_cls, f"zoo-core's {core_cls.__qualname__}"
+    info = manager.models.get(owner) if owner else None
+    if info is None:  # the core's own file, or a plugin that is broken (its error comes when it is used)
+        return base, "zoo-core"
+    declared = getattr(info.module, SCHEMAS_ATTRIBUTE, None) or {}
+    cls = declared.get(f"{group}/{name}") if isinstance(declared, dict) else None
+    whose = f"{info.distribution or info.entry_point}'s {cls.__qualname__ if cls else base.__name__}"
+    if cls is None:
+        return base, whose
+    if not (dataclasses.is_dataclass(cls) and isinstance(cls, type) and issubclass(cls, base)):
+        raise PluginError(f"{info.label}: {SCHEMAS_ATTRIBUTE}[{group + '/' + name!r}] must be a dataclass "
+                          f"deriving from zoo_core.api.config.{base.__name__}")
+    return cls, whose
+
+
+def _declared_type(cls: type, field: str) -> str:
+    try:
+        hint = typing.get_type_hints(cls).get(field)
+    except Exception:
+        return "?"
+    if hint is None:
+        return "?"
+    text = getattr(hint, "__name__", None) if isinstance(hint, type) else None
+    return text or str(hint).replace("typing.", "")
+
+
+def typed_section(section: DictConfig, cls: type, group: str, whose: str) -> DictConfig:
+    """``section`` merged into ``cls`` (declared keys typed and converted; ``+`` extras kept, untyped)."""
+    typed = OmegaConf.structured(cls)
+    OmegaConf.set_struct(typed, False)
+    try:
+        merged = OmegaConf.merge(typed, section)
+    except OmegaConfBaseException as exc:
+        key = str(getattr(exc, "full_key", "") or "")
+        reason = str(getattr(exc, "msg", None) or exc).strip().splitlines()[0]
+        top = key.split(".")[0].split("[")[0]
+        where = f"{group}.{key}" if key else group
+        declared = f" ({group}.{top} is declared {_declared_type(cls, top)} in {whose})" if top else ""
+        raise ConfigError(f"{where}: {reason}{declared}") from None
+    OmegaConf.set_struct(merged, True)
+    return merged  # type: ignore[return-value]
+
+
+def apply_schemas(cfg: DictConfig, model: str, dataset: str | None) -> DictConfig:
+    """Check the selected model and dataset for config conflicts, then type ``cfg.model`` and
+    ``cfg.dataset`` in place with their owners' schemas; returns ``cfg``."""
+    from zoo_core.plugins import get_manager
+
+    scan = scan_plugin_confs()
+    check_choices(model, dataset, scan)
+    manager = get_manager()
+    for group, name in (("model", model), ("dataset", dataset or "")):
+        cls, whose = schema_for(group, name, scan, manager)
+        cfg[group] = typed_section(cfg[group], cls, group, whose)
+    return cfg
