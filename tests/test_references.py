@@ -218,3 +218,16 @@ def test_one_shard_is_not_gated_and_says_why_it_was_not_compared(zoo):
     assert m["reference_mismatches"][0]["differs"] == {"dataset.num_shards": {"reference": 1, "run": 2}}
     code, _, err = zoo("run", "model=fixture", "stage=eval", "backend=oracle", "gate=true", "dataset.limit=3")
     assert code == 1 and "nothing to gate on" in err
+
+
+def test_a_composed_config_with_typed_enum_fields_matches_its_declared_reference():
+    """Typed plugin schemas turn ``model.variant`` into an Enum; the protocol still compares the YAML value."""
+    from zoo_centerface.references import REFERENCES
+    from zoo_core.config.validate import compose
+
+    cfg = compose(["model=centerface", "stage=eval"])
+    verdicts, mismatches = judge(cfg, list(REFERENCES), {"easy": 0.9688, "medium": 0.9754, "hard": 0.7409})
+    assert mismatches == []
+    assert sorted(verdicts) == ["easy", "hard", "medium"]
+    assert all(v["within"] for v in verdicts.values())
+    assert verdicts["easy"]["expected"] == 0.9688

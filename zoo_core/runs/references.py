@@ -16,6 +16,8 @@ under ``"also"``. Mismatches are reported only for metrics without a match.
 """
 from __future__ import annotations
 
+import enum
+
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,7 +34,9 @@ def config_value(cfg: Any, key: str) -> Any:
     v = OmegaConf.select(cfg, key, default=_UNSET, throw_on_missing=False)
     if v is _UNSET:
         return _UNSET
-    return OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+    if isinstance(v, enum.Enum):  # a typed plugin schema's enum field compares as the YAML value
+        return v.value
+    return OmegaConf.to_container(v, resolve=True, enum_to_str=True) if OmegaConf.is_config(v) else v
 
 
 def same_value(run: Any, ref: Any) -> bool:
