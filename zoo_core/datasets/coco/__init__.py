@@ -25,7 +25,7 @@ from .evaluation import (
     score_coco,
 )
 from .plots import ap_per_class_png, pr_curve_data, pr_curves_png
-from .results import class_major_order, coco_records, round2
+from .results import class_major_order, coco_records, read_coco_results, round2
 from .sample import ANN_FILE, IMAGE_DIR, SAMPLE_CATEGORY_IDS, ensure_coco_sample, make_coco_sample
 
 #: The generated sample's instances json, relative to its folder.
@@ -43,7 +43,8 @@ def open_coco(dataset_cfg) -> CocoDataset:
     (default ``annotations/instances_val2017.json``); ``image_dir`` (default ``val2017``);
     ``generator`` (``coco_sample`` or null). With ``generator: coco_sample`` the set of
     ``n_images`` / ``seed`` is generated on first use (see :func:`ensure_coco_sample`); otherwise
-    ``root`` is required.
+    ``root`` is required. ``images_required: false`` (set by ``stage=evaluate``) opens the annotation
+    file only: the image folder may be absent.
     """
     name = str(dataset_cfg.get("name") or "coco")
     root = dataset_cfg.get("root")
@@ -59,7 +60,8 @@ def open_coco(dataset_cfg) -> CocoDataset:
     if root is None or str(root) == "":
         raise ZooError(f"dataset.root is not set for the COCO dataset {name!r}", hint=DOWNLOAD_HINT)
     return CocoDataset(str(root), str(dataset_cfg.get("ann_file") or "annotations/instances_val2017.json"),
-                       str(dataset_cfg.get("image_dir") or "val2017"), name=name)
+                       str(dataset_cfg.get("image_dir") or "val2017"), name=name,
+                       images_required=bool(dataset_cfg.get("images_required", True)))
 
 
 __all__ = [
@@ -84,6 +86,7 @@ __all__ = [
     "per_category_ap",
     "pr_curve_data",
     "pr_curves_png",
+    "read_coco_results",
     "resolve_evaluator",
     "round2",
     "run_cocoeval",

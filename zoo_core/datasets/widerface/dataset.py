@@ -49,11 +49,15 @@ class WiderFaceDataset:
     :param root: folder holding ``WIDER_val/images/<event>/<stem>.jpg`` (``images/...`` also works).
     :param gt_dir: folder with ``wider_face_val.mat`` and ``wider_{easy,medium,hard}_val.mat``.
     :param name: dataset name for reports.
-    :param check_images: raise at construction if any ground-truth image file is missing.
+    :param check_images: raise at construction if any ground-truth image file is missing. ``False`` opens
+        the ground truth only (scoring saved results): ``root`` may then be unset or hold no images, and
+        the samples' paths point where the images would be.
     """
 
     def __init__(self, root: str | os.PathLike | None, gt_dir: str | os.PathLike | None, name: str = "widerface",
                  check_images: bool = True):
+        if not check_images and (root is None or str(root) == ""):
+            root = gt_dir if gt_dir is not None and str(gt_dir) != "" else "."
         if root is None or str(root) == "":
             raise ZooError("dataset.root is not set: it must be the WIDER FACE folder holding WIDER_val/images",
                            hint=DOWNLOAD_HINT)
@@ -62,10 +66,15 @@ class WiderFaceDataset:
                            hint=DOWNLOAD_HINT)
         self.name = name
         self.root = Path(root).expanduser()
-        if not self.root.is_dir():
+        if check_images and not self.root.is_dir():
             raise ZooError("dataset root not found", path=self.root, hint=DOWNLOAD_HINT)
         self.gt_dir = Path(gt_dir).expanduser()
-        self.images_dir = find_images_dir(self.root)
+        try:
+            self.images_dir = find_images_dir(self.root)
+        except ZooError:
+            if check_images:
+                raise
+            self.images_dir = self.root / IMAGE_DIRS[0]
         check_gt_dir(self.gt_dir)
         self.gt: WiderGroundTruth = load_wider_gt(self.gt_dir)
         self._samples = self._build_samples()
