@@ -309,3 +309,26 @@ def test_image_size_gears_beyond_the_cap(zoo, ascend_env, tmp_path):
     rc, out, err = zoo("run", *keep, "stage=convert", *gear3, "atc.dynamic_batch=[1,2]", "work_dir=acl",
                        env=ascend_env)
     assert rc == 2 and "cannot be combined with atc.dynamic_batch" in err
+
+
+# ------------------------------------------------------------------------------ evaluation keys never re-export
+
+
+def test_centerface_evaluation_keys_never_re_export(zoo):
+    """model.threshold, model.iou_thresh and predict's stage.score_threshold reuse CenterFace's export (same bytes,
+    same mtime, "reusing" in each run's log); model.input_hw (an export key) re-exports, naming the change."""
+    common = ["model=centerface", "dataset.limit=2", "num_workers=0", "work_dir=run"]
+    zoo.ok("run", *common, "stage=eval")
+    onnx = zoo.cwd / "run" / "model" / "centerface_onnxruntime.onnx"
+    mtime, data = onnx.stat().st_mtime_ns, onnx.read_bytes()
+    image = next(iter(sorted((zoo.cwd / "run").glob("**/*.jpg"))), None) or \
+        next(p for p in sorted((zoo.cache / "widerface_sample").rglob("*.jpg")))
+    for stage, overrides in [("eval", ["model.threshold=0.3"]), ("eval", ["model.iou_thresh=0.4"]),
+                             ("predict", [f"input={image}", "stage.score_threshold=0.9"])]:
+        zoo.ok("run", *common, f"stage={stage}", *overrides)
+        log = (zoo.cwd / "run" / stage / "zoo.log").read_text()
+        assert "reusing" in log and "re-exporting" not in log, (overrides, log)
+        assert onnx.stat().st_mtime_ns == mtime and onnx.read_bytes() == data, overrides
+    zoo.ok("run", *common, "stage=eval", "model.input_hw=[416,416]")
+    log = (zoo.cwd / "run" / "eval" / "zoo.log").read_text()
+    assert "re-exporting centerface" in log and "model.input_hw: None -> [416, 416]" in log, log

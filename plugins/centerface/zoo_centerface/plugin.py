@@ -147,25 +147,17 @@ def _onnx_input_name(onnx_path, default: str) -> str:
 
 
 @hookimpl
-def atc_args(cfg, onnx_path, batch_size, soc_version, output, image_sizes=None):
-    """The seed's ATC line (``image:N,3,800,800``), + AIPP config and small-channel with ``model.aipp``.
-
-    The starclouds variant with ``input_hw: null`` sizes each image (ceil32): convert it with
-    ``atc.dynamic_image_size=true`` (``image_sizes``, the gears planned from the dataset)."""
+def atc_args(cfg, onnx_path, batch_size, soc_version, output):
+    """The seed's ATC line (``image:N,3,800,800``), + AIPP config and small-channel with ``model.aipp``."""
     from zoo_core.api.atc import common_args, extra_args
 
     m = cfg.model
     variant = variant_of(m)
     hw = model_input_hw(m)
-    if hw is None and not image_sizes:
-        raise ConfigError("ATC needs a static input size: set model.input_hw=[h,w] for the starclouds variant, "
-                          "or convert with atc.dynamic_image_size=true (image-size gears from the dataset)")
-    if image_sizes and m.get("aipp", False):
-        raise ConfigError("model.aipp=true fixes the input size in the AIPP config: not with atc.dynamic_image_size")
     if hw is None:
-        hw = tuple(image_sizes[0])
+        raise ConfigError("ATC needs a static input size: set model.input_hw=[h,w] for the starclouds variant")
     name = _onnx_input_name(onnx_path, ASCEND_INPUT_NAME)
-    args = common_args(cfg, onnx_path, batch_size, soc_version, output, {name: (3, hw[0], hw[1])}, image_sizes)
+    args = common_args(cfg, onnx_path, batch_size, soc_version, output, {name: (3, hw[0], hw[1])})
     if variant == "ascend" and m.get("aipp", False):
         from .aipp import write_aipp_config
 
