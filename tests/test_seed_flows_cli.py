@@ -332,3 +332,19 @@ def test_centerface_evaluation_keys_never_re_export(zoo):
     zoo.ok("run", *common, "stage=eval", "model.input_hw=[416,416]")
     log = (zoo.cwd / "run" / "eval" / "zoo.log").read_text()
     assert "re-exporting centerface" in log and "model.input_hw: None -> [416, 416]" in log, log
+
+
+def test_a_plugin_reads_its_own_results_format(zoo):
+    """The model's read_detections hook answers first: the fixture reads the fixture_detections.json it writes."""
+    zoo.ok("run", "model=fixture", "stage=eval", "work_dir=run")
+    own = zoo.cwd / "run" / "eval" / "fixture_detections.json"
+    zoo.ok("run", "model=fixture", "stage=evaluate", f"detections={own}", "work_dir=run")
+    ev, evl = _metrics(zoo, "eval"), _metrics(zoo, "evaluate")
+    assert evl["metrics"] == ev["metrics"] and evl["read"] == {"format": "fixture_detections", "missing_predictions": 0}
+    assert (zoo.cwd / "run" / "evaluate" / "fixture_detections.json").read_bytes() == own.read_bytes()
+    data = json.loads(own.read_text())
+    data["nope"] = data[next(iter(data))]
+    bad = zoo.cwd / "bad.json"
+    bad.write_text(json.dumps(data))
+    rc, out, err = zoo("run", "model=fixture", "stage=evaluate", f"detections={bad}", "work_dir=run")
+    assert rc == 2 and "image 'nope' is not in the squares dataset" in err and str(bad) in err

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from omegaconf import open_dict
 
+from zoo_core.api.atomic import write_json
 from zoo_core.api.errors import ZooError
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.detstore import DetectionStore
@@ -122,8 +123,7 @@ def score_user_results(ctx: RunContext, src: Path) -> dict:
                     len(ctx.samples), src)
     log.info("scoring %s (%s): %d image(s)", src, info.get("format", "?"), len(ctx.samples))
     record = score(ctx, read.detections, [], {"read": info}, samples=list(ctx.samples))
-    record.setdefault("info", {})["missing_predictions"] = n_missing
-    from zoo_core.api.atomic import write_json
-
-    write_json(ctx.record("metrics.json"), record)
+    if record.setdefault("info", {}).get("missing_predictions") != n_missing:  # a scorer that does not count them
+        record["info"]["missing_predictions"] = n_missing
+        write_json(ctx.record("metrics.json"), record)
     return record
