@@ -1,4 +1,5 @@
-"""Ascend ATC command lines: the flags every model shares (REFERENCE 5.2)."""
+"""Ascend ATC command lines: the flags every model shares (REFERENCE 5.2), and the image-size gears of
+``--dynamic_image_size`` (planned by :mod:`zoo_core.backends.image_gears`)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -9,36 +10,69 @@ if TYPE_CHECKING:
 
     from omegaconf import DictConfig
 
+#: ATC's limit on the number of gears of ``--dynamic_image_size`` (and ``--dynamic_batch_size``), REFERENCE 5.2.
+MAX_GEARS = 100
+
 #: Values ATC accepts for ``--precision_mode`` (``atc.precision_mode`` is checked against them).
 PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "must_keep_origin_dtype", "allow_mix_precision", "force_fp32")
 
 
-def input_shape_arg(shapes: Mapping[str, Sequence[int]], batch: int | list[int]) -> str:
-    """``name:N,C,H,W;name2:...``; dynamic gears put ``-1`` in dim 0."""
+def input_shape_arg(shapes: Mapping[str, Sequence[int]], batch: int | list[int], dynamic_hw: bool = False) -> str:
+    """``name:N,C,H,W;name2:...``; dynamic gears put ``-1`` in dim 0; ``dynamic_hw`` puts ``-1`` in the
+    last two dims of every 3-d (``C,H,W``) input (``--dynamic_image_size``)."""
     n = -1 if isinstance(batch, (list, tuple)) else int(batch)
-    return ";".join(f"{name}:{','.join(str(d) for d in (n, *shape))}" for name, shape in shapes.items())
+
+    def dims(shape: Sequence[int]) -> tuple:
+        return (*shape[:-2], -1, -1) if dynamic_hw and len(shape) == 3 else tuple(shape)
+
+    return ";".join(f"{name}:{','.join(str(d) for d in (n, *dims(shape)))}" for name, shape in shapes.items())
+
+
+def dynamic_image_size_arg(image_sizes: Sequence[Sequence[int]]) -> str:
+    """``h1,w1;h2,w2;...`` (ATC ``--dynamic_image_size``), the gears in the given order."""
+    return ";".join(f"{int(h)},{int(w)}" for h, w in image_sizes)
 
 
 def common_args(cfg: DictConfig, onnx_path: str | os.PathLike[str], batch_size: int | list[int], soc_version: str,
-                output: str, input_shapes: Mapping[str, Sequence[int]]) -> list[str]:
+                output: str, input_shapes: Mapping[str, Sequence[int]],
+                image_sizes: Sequence[Sequence[int]] | None = None) -> list[str]:
     """The flags every ONNX -> OM conversion takes, from ``cfg.atc`` and the arguments.
 
     ``cfg.atc`` keys used: ``log`` (default ``error``), ``precision_mode`` (None = ATC's default),
     ``extra`` (a list of extra ``--flag=value`` strings, passed literally).
+
+    ``image_sizes`` (the ``atc_args`` hook's argument of that name, ``[[h, w], ...]``): two or more gears
+    give ``--input_shape`` with ``-1`` for H and W and ``--dynamic_image_size="h1,w1;h2,w2"`` (at most
+    :data:`MAX_GEARS`; not with dynamic-batch gears, ATC refuses the combination); a single size is
+    compiled as a static shape.
     """
     atc = cfg.get("atc", {}) or {}
     soc = str(soc_version)
     if not soc.startswith("Ascend"):
         soc = "Ascend" + soc
+    sizes = [(int(h), int(w)) for h, w in image_sizes] if image_sizes else []
+    if len(sizes) == 1:  # one gear: a static OM of that size
+        input_shapes = {k: ((*v[:-2], *sizes[0]) if len(v) == 3 else v) for k, v in input_shapes.items()}
+    dynamic_hw = len(sizes) > 1
+    if dynamic_hw:
+        from zoo_core.api.errors import ConfigError
+
+        if isinstance(batch_size, (list, tuple)):
+            raise ConfigError("ATC does not combine --dynamic_image_size with --dynamic_batch_size: "
+                              "unset atc.dynamic_batch (the batch is batch_size) or atc.dynamic_image_size")
+        if len(sizes) > MAX_GEARS:
+            raise ConfigError(f"{len(sizes)} image-size gears: ATC takes at most {MAX_GEARS}")
     args = [
         "--framework=5",
         f"--model={onnx_path}",
         f"--output={output}",
         "--input_format=NCHW",
-        f"--input_shape={input_shape_arg(input_shapes, batch_size)}",
+        f"--input_shape={input_shape_arg(input_shapes, batch_size, dynamic_hw)}",
     ]
     if isinstance(batch_size, (list, tuple)):
         args.append("--dynamic_batch_size=" + ",".join(str(int(b)) for b in batch_size))
+    if dynamic_hw:
+        args.append(f"--dynamic_image_size={dynamic_image_size_arg(sizes)}")
     args.append(f"--soc_version={soc}")
     args.append(f"--log={atc.get('log') or 'error'}")
     pm = atc.get("precision_mode")

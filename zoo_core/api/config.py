@@ -24,6 +24,7 @@ Importing this module is cheap: dataclasses only.
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,16 +58,36 @@ class ModelConfig:
     class_names: list[str] | None = None
 
 
+class PredCount(enum.StrEnum):
+    """``model.pred_count``: how a WIDER prediction file's count line is read."""
+
+    strict = "strict"
+    lines = "lines"
+
+
+class PredOrder(enum.StrEnum):
+    """``model.pred_order``: the order a WIDER prediction file's boxes are scored in."""
+
+    sort = "sort"
+    keep = "keep"
+
+
 @dataclass
 class WiderFaceModelConfig(ModelConfig):
     """A model scored on ``kind: widerface`` datasets: the keys zoo-core's WIDER FACE evaluator reads.
 
     :ivar iou_thresh: IoU of a true positive (0.5, the official protocol).
     :ivar report_both_iou: also report every setting at IoU 0.5 and 0.4.
+    :ivar pred_count: reading a WIDER prediction tree a user brings: ``strict`` (a count line that
+        disagrees with the box lines is an error) or ``lines`` (trust the box lines).
+    :ivar pred_order: boxes of a prediction file: ``sort`` (stable descending score, as MATLAB
+        ``read_pred.m``) or ``keep`` (file order, as wondervictor).
     """
 
     iou_thresh: float = 0.5
     report_both_iou: bool = False
+    pred_count: PredCount = PredCount.strict
+    pred_order: PredOrder = PredOrder.sort
 
 
 @dataclass

@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # the annotations only; importing this module stays cheap (no
     from zoo_core.api.types import (
         Dataset,
         Detections,
+        DetectionsRead,
         EvalResult,
         ExportResult,
         Inputs,
@@ -65,6 +66,7 @@ MODEL_HOOKS = (
     "evaluate",
     "oracle_outputs",
     "references",
+    "read_detections",
 )
 
 #: The five hooks every complete model plugin implements.
@@ -145,7 +147,7 @@ def export(cfg: DictConfig, weights: str | Path | None, output: Path, target: st
 
 @hookspec(firstresult=True)
 def atc_args(cfg: DictConfig, onnx_path: str | Path, batch_size: int | list[int], soc_version: str,
-             output: str) -> list[str]:
+             output: str, image_sizes: list[list[int]] | None) -> list[str]:
     """Build the ATC command line (no shell quoting) that converts ``onnx_path`` to an OM.
 
     Called by the ``convert`` stage once per batch size.
@@ -154,6 +156,12 @@ def atc_args(cfg: DictConfig, onnx_path: str | Path, batch_size: int | list[int]
     :param batch_size: an ``int`` (static OM) or a list of ints (``--dynamic_batch_size`` gears).
     :param soc_version: e.g. ``"Ascend310P3"``.
     :param output: the ``--output`` prefix (no ``.om``).
+    :param image_sizes: ``None`` (the model's fixed input size), or the image-size gears ``[[h, w], ...]``
+        ``convert`` planned from the dataset with ``atc.dynamic_image_size=true`` (at most 100; never with
+        dynamic-batch gears): pass them on to :func:`zoo_core.api.atc.common_args`, which writes
+        ``--input_shape`` with ``-1`` for H and W and ``--dynamic_image_size="h1,w1;h2,w2"`` (one gear: a
+        static shape of that size). An implementation that does not declare this argument keeps working
+        for fixed-size models (pluggy passes only the arguments it names); ``convert`` refuses gears it ignored.
     :returns: ``list[str]`` of arguments *after* ``atc`` (see :func:`zoo_core.api.atc.common_args`).
     """
 
@@ -224,6 +232,27 @@ def references(cfg: DictConfig) -> list[Reference]:
     ``gate=true`` a matched reference out of tolerance makes the run exit 1.
 
     :returns: ``list[Reference]`` (:class:`zoo_core.api.types.Reference`; may be empty).
+    """
+
+
+@hookspec(firstresult=True)
+def read_detections(cfg: DictConfig, path: Path, dataset: Dataset, samples: Sequence[Sample]) -> DetectionsRead | None:
+    """Read detections a user brings (``stage=evaluate detections=<path>``) from a format the model knows.
+
+    Called by ``evaluate`` when ``path`` is not zoo's own ``detections/`` directory (the core recognises
+    that one itself). Decide by content whether ``path`` is a format this hook reads; return ``None`` when
+    it is not, so that the next reader (zoo-core's, for a dataset with a ``kind``) is asked. Optional for a
+    dataset config with a ``kind`` zoo-core reads: ``widerface`` reads a WIDER prediction tree
+    (``<event>/<stem>.txt``; policies ``model.pred_count`` and ``model.pred_order``), ``coco`` a COCO
+    results json (see :func:`zoo_core.datasets.read_detections`).
+
+    :param path: the user's file or directory (exists).
+    :param dataset: the object ``dataset`` returned (ground truth; its images need not exist).
+    :param samples: the samples to score (after ``dataset.limit`` / sharding); results for other images
+        of the dataset are ignored, results for images not in the dataset are an error.
+    :returns: :class:`zoo_core.api.types.DetectionsRead`, or ``None`` for a format this hook does not
+        read. Raise :class:`zoo_core.api.errors.ZooError` naming the file and the reason for a file of
+        this format that cannot be used (malformed line, unknown image or category...).
     """
 
 

@@ -206,6 +206,21 @@ class Reference:
         return d
 
 
+@dataclass
+class DetectionsRead:
+    """What the ``read_detections`` hook found in a user's results (a prediction tree, a results json...).
+
+    :param detections: ``{sample.id: Detections}`` for the images the results cover. An image of the
+        dataset without an entry counts as "no detections" when scored (its ground truth still counts).
+    :param info: JSON-able facts recorded in ``metrics.json`` under ``"read"``: at least ``"format"``
+        (e.g. ``"widerface_tree"``, ``"coco_results"``); the reading policies used; and
+        ``"missing_predictions"`` (the number of dataset images the results hold nothing for).
+    """
+
+    detections: dict[str, Detections]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
 @runtime_checkable
 class Dataset(Protocol):
     """What a model plugin's ``dataset`` hook returns."""

@@ -5,6 +5,12 @@ Built to the documented API (REFERENCE 5.1): ``InferSession(device_id, model_pat
 ``set_dynamic_batchsize`` for dynamic-batch OMs, ``free_resource()`` where it exists. Imported
 lazily; without the Ascend packages it fails with a message naming what to install.
 ``options``: ``device_id``, ``dynamic_batch`` (bool) and ``gears`` (the ``atc.dynamic_batch`` list).
+
+An OM converted with image-size gears (``--dynamic_image_size``; its ``<om>.gears.json`` lists them,
+see :mod:`zoo_core.backends.image_gears`) takes each batch at the smallest gear holding its input
+(the pipeline batches only same-shape inputs): the input is padded at the bottom / right up to the gear,
+``set_dynamic_hw(w, h)`` selects the gear, ``infer(feeds, mode="dymhw")`` runs it and the outputs are
+cropped back.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import numpy as np
 
 from zoo_core.api.errors import ConfigError, PluginError, ZooError
 from zoo_core.backends.base import Backend, Batch, ModelIO
+from zoo_core.backends.image_gears import crop_outputs, gear_for, gears_file, pad_to, read_gears
 from zoo_core.pipeline.batching import pad
 
 INSTALL_HINT = ("install Ascend's ais_bench and aclruntime wheels (Ascend/tools: ais-bench_workload/tool/ais_bench, "
@@ -43,6 +50,10 @@ class AclBackend(Backend):
         self.session = InferSession(self.device_id, str(self.model_file))
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.gears: list[int] = []
+        self.image_gears = read_gears(self.model_file)
+        if self.image_gears and self.dynamic:
+            raise ConfigError(f"{self.model_file} has image-size gears ({gears_file(self.model_file).name}); "
+                              "ATC does not combine them with dynamic batch: pass backend.dynamic_batch=false")
         if self.dynamic:
             gears = self.options.get("gears")
             if not gears:
@@ -59,9 +70,27 @@ class AclBackend(Backend):
             raise ConfigError(f"batch of {n} exceeds the largest dynamic-batch gear {self.gears[-1]}")
         return self.gears[i]
 
+    def _infer_image_gear(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
+        spatial = [f for f in feeds if f.ndim == 4]
+        h, w = (int(d) for d in spatial[0].shape[-2:])
+        gear = gear_for(self.image_gears or [], h, w)
+        if gear is None:
+            raise ZooError(f"an input of {h}x{w} fits none of the OM's image-size gears "
+                           f"({', '.join(f'{a}x{b}' for a, b in self.image_gears or [])})",
+                           path=gears_file(str(self.model_file)),
+                           hint="re-run stage=convert with atc.dynamic_image_size=true on this dataset")
+        feeds = [np.ascontiguousarray(pad_to(f, *gear)) if f.ndim == 4 else f for f in feeds]
+        if self.fixed_batch:
+            feeds = [pad(f, self.fixed_batch) for f in feeds]
+        self.session.set_dynamic_hw(gear[1], gear[0])
+        out = self.session.infer(feeds, mode="dymhw")
+        return crop_outputs(out, h, w, gear)
+
     def infer(self, batch: Batch) -> list[np.ndarray]:
         feeds = [np.ascontiguousarray(batch.inputs[n]) for n in self.input_names if n in batch.inputs]
-        if self.dynamic:
+        if self.image_gears:
+            out = self._infer_image_gear(feeds)
+        elif self.dynamic:
             gear = self._gear(batch.size)
             feeds = [pad(f, gear) for f in feeds]
             self.session.set_dynamic_batchsize(str(gear))
@@ -72,7 +101,8 @@ class AclBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model_file": str(self.model_file), "device_id": self.device_id,
-                "dynamic_batch_gears": self.gears or None, "fixed_batch": self.fixed_batch}
+                "dynamic_batch_gears": self.gears or None, "fixed_batch": self.fixed_batch,
+                "image_size_gears": [list(g) for g in self.image_gears] if self.image_gears else None}
 
     def close(self) -> None:
         free = getattr(self.session, "free_resource", None)

@@ -37,6 +37,9 @@ class AtcConfig:
     log: str = "error"
     extra: list[str] = field(default_factory=list)
     dynamic_batch: list[int] | None = None
+    dynamic_image_size: bool = False        # convert: ATC --dynamic_image_size gears from the dataset's input sizes
+    max_image_gears: int = 100              # at most this many image-size gears (ATC's limit is 100)
+    image_gear_policy: str = "pad"          # more sizes than gears: pad (sizes up into larger gears) | refuse
 
 
 @dataclass

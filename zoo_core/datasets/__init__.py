@@ -12,6 +12,11 @@ in its model yaml, or ``dataset=<name>`` on the command line) and implements nei
   (bbox). Model knobs: ``model.category_ids`` (0-based class -> category id; default the 80 COCO
   ids), ``model.coco_evaluator`` (``auto``). Datasets shipped: ``coco``, ``coco_sample``.
 
+Each kind also reads the results users bring (``stage=evaluate detections=<path>``, the
+``read_detections`` hook's default): a WIDER prediction tree (knobs ``model.pred_count``,
+``model.pred_order``) or a COCO results json. Scoring them needs the ground truth only:
+``stage=evaluate`` opens the dataset with ``images_required: false``.
+
 A plugin's own ``dataset`` / ``evaluate`` hook still wins (it is called first; returning ``None``
 from ``dataset`` hands an unknown dataset back to the core). A dataset without ``kind`` needs the
 plugin's hooks.
@@ -47,6 +52,10 @@ class DatasetKind:
     :param score: ``(cfg, detections, dataset, samples) -> EvalResult``, knobs read from ``cfg.model``.
     :param dataset_type: the class ``open`` returns (``score`` refuses other objects).
     :param knobs: ``{"model.<key>": "what it does (default)"}`` documented for plugin authors.
+    :param read: ``(cfg, path, dataset, samples) -> DetectionsRead | None``: reads the results formats of
+        the kind (``None``: ``path`` is not one of them); ``None`` when the kind reads none.
+    :param results_files: ``(cfg, detections, samples) -> {relative path: bytes}``: the detections in the
+        kind's native results format (what ``stage=postprocess stage.score=false`` writes).
     """
 
     name: str
@@ -54,6 +63,8 @@ class DatasetKind:
     score: Callable[..., Any]
     dataset_type: type
     knobs: dict[str, str]
+    read: Callable[..., Any] | None = None
+    results_files: Callable[..., dict[str, bytes]] | None = None
 
 
 def _widerface() -> DatasetKind:
@@ -64,12 +75,30 @@ def _widerface() -> DatasetKind:
         n, seed = bootstrap_request(cfg)
         return widerface.score_widerface(detections, dataset, samples, iou_thresh=float(m.get("iou_thresh", 0.5)),
                                          report_both_iou=bool(m.get("report_both_iou", False)),
+                                         pred_order=str(m.get("pred_order") or "sort"),
                                          bootstrap=n, bootstrap_seed=seed)
+
+    def results_files(cfg, detections, samples):
+        sort = str((cfg.get("model") or {}).get("pred_order") or "sort") == "sort"
+        return {f"predictions/{ev}/{stem}.txt": widerface.format_prediction_file(ev, stem, d.boxes, d.scores,
+                                                                                 sort).encode()
+                for s in samples if (d := detections.get(s.id)) is not None for ev, stem in [tuple(s.key)]}
+
+    def read(cfg, path, dataset, samples):
+        if not widerface.is_prediction_tree(path):
+            return None
+        m = cfg.get("model") or {}
+        return widerface.read_tree_detections(path, samples, count=str(m.get("pred_count") or "strict"),
+                                              order=str(m.get("pred_order") or "sort"))
 
     return DatasetKind("widerface", widerface.open_widerface, score, widerface.WiderFaceDataset, {
         "model.iou_thresh": "IoU of a true positive (0.5, the official protocol; 0.4 for the chenjun2hao / "
                             "Ascend numbers)",
-        "model.report_both_iou": "also report <setting>_iou0.5 and <setting>_iou0.4 (false)"})
+        "model.report_both_iou": "also report <setting>_iou0.5 and <setting>_iou0.4 (false)",
+        "model.pred_count": "reading a WIDER prediction tree: strict (a count line that disagrees with the box "
+                            "lines is an error) | lines (trust the box lines) (strict)",
+        "model.pred_order": "boxes of a prediction file: sort (stable descending score, MATLAB read_pred.m) | "
+                            "keep (file order, as wondervictor) (sort)"}, read, results_files)
 
 
 def _coco() -> DatasetKind:
@@ -81,9 +110,19 @@ def _coco() -> DatasetKind:
         return coco.score_coco(detections, dataset, samples, evaluator=str(m.get("coco_evaluator") or "auto"),
                                category_ids=coco.category_ids(m), bootstrap=n, bootstrap_seed=seed)
 
+    def results_files(cfg, detections, samples):
+        import json
+
+        records = coco.coco_records(detections, samples, coco.category_ids(cfg.get("model") or {}))
+        return {"detections.json": json.dumps(records).encode()}
+
+    def read(cfg, path, dataset, samples):
+        return coco.read_coco_results(path, dataset, samples, coco.category_ids(cfg.get("model") or {}))
+
     return DatasetKind("coco", coco.open_coco, score, coco.CocoDataset, {
         "model.category_ids": "0-based class index -> COCO category id (null: the 80 COCO ids)",
-        "model.coco_evaluator": "auto (faster-coco-eval when installed) | pycocotools | faster-coco-eval"})
+        "model.coco_evaluator": "auto (faster-coco-eval when installed) | pycocotools | faster-coco-eval"},
+        read, results_files)
 
 
 def bootstrap_request(cfg) -> tuple[int, int]:
@@ -158,5 +197,33 @@ def evaluate(cfg, detections, dataset, samples, out_dir=None):
     return k.score(cfg, detections, dataset, samples)
 
 
+def read_detections(cfg, path, dataset, samples):
+    """Read a user's results file or folder with ``cfg.dataset``'s kind (what the ``read_detections`` hook
+    returns for a plugin that does not implement it): ``widerface`` reads a WIDER prediction tree
+    (``<event>/<stem>.txt``, policies ``model.pred_count`` / ``model.pred_order``), ``coco`` a COCO results
+    json. ``None`` when the dataset has no kind, the kind reads no results, or ``path`` is not its format.
+
+    :returns: :class:`zoo_core.api.types.DetectionsRead` or ``None``.
+    """
+    kind = kind_of(cfg.get("dataset"))
+    if kind is None:
+        return None
+    k = get_kind(kind)
+    if k.read is None or not isinstance(dataset, k.dataset_type):
+        return None
+    return k.read(cfg, path, dataset, samples)
+
+
+def results_files(cfg, detections, samples) -> dict[str, bytes] | None:
+    """``detections`` of ``samples`` in ``cfg.dataset``'s native results format, as ``{relative path: bytes}``
+    (``widerface``: ``predictions/<event>/<stem>.txt``; ``coco``: ``detections.json``, the results list);
+    ``None`` for a dataset without a kind or a kind without a results format."""
+    kind = kind_of(cfg.get("dataset"))
+    if kind is None:
+        return None
+    k = get_kind(kind)
+    return None if k.results_files is None else k.results_files(cfg, detections, samples)
+
+
 __all__ = ["DATASET_API_VERSION", "DatasetKind", "bootstrap_request", "evaluate", "get_kind", "kind_of", "kinds",
-           "open_dataset"]
+           "open_dataset", "read_detections", "results_files"]

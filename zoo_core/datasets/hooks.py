@@ -1,4 +1,5 @@
-"""zoo-core's default ``dataset`` and ``evaluate`` hook implementations (registered by the plugin manager).
+"""zoo-core's default ``dataset``, ``evaluate`` and ``read_detections`` hook implementations (registered by the
+plugin manager).
 
 They are ``trylast``: the selected model's own implementation is called first and wins with any
 non-``None`` answer. They answer only for a ``cfg.dataset`` with a ``kind`` (see
@@ -12,7 +13,7 @@ from zoo_core import hookimpl
 #: The name this module is registered under in the plugin manager.
 PLUGIN_NAME = "zoo-core:datasets"
 #: The model hooks zoo-core answers for a dataset with a ``kind``.
-DEFAULT_HOOKS = ("dataset", "evaluate")
+DEFAULT_HOOKS = ("dataset", "evaluate", "read_detections")
 
 
 @hookimpl(trylast=True)
@@ -29,3 +30,9 @@ def evaluate(cfg, detections, dataset, samples, out_dir):
     if _datasets.kind_of(cfg.get("dataset")) is None:
         return None
     return _datasets.evaluate(cfg, detections, dataset, samples, out_dir)
+
+
+@hookimpl(trylast=True)
+def read_detections(cfg, path, dataset, samples):
+    """Read a WIDER prediction tree / COCO results json with the dataset's kind (``None``: not its format)."""
+    return _datasets.read_detections(cfg, path, dataset, samples)

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from zoo_core.api.types import (
         Dataset,
         Detections,
+        DetectionsRead,
         EvalResult,
         ExportResult,
         Inputs,
@@ -371,9 +372,9 @@ class ModelHooks:
         return self._call("export", cfg=cfg, weights=weights, output=output, target=target)
 
     def atc_args(self, *, cfg: DictConfig, onnx_path: str | Path, batch_size: int | list[int], soc_version: str,
-                 output: str) -> list[str]:
+                 output: str, image_sizes: list[list[int]] | None = None) -> list[str]:
         return self._call("atc_args", cfg=cfg, onnx_path=onnx_path, batch_size=batch_size,
-                          soc_version=soc_version, output=output)
+                          soc_version=soc_version, output=output, image_sizes=image_sizes)
 
     def output_spec(self, *, cfg: DictConfig, meta: Meta) -> list[TensorSpec]:
         return self._call("output_spec", cfg=cfg, meta=meta)
@@ -401,6 +402,16 @@ class ModelHooks:
             raise PluginError(f"{self.info.label}: hook 'references' must return a list of "
                               f"zoo_core.api.types.Reference, got {type(refs).__name__}")
         return list(refs)
+
+    def read_detections(self, *, cfg: DictConfig, path: Path, dataset: Dataset,
+                        samples: Sequence[Sample]) -> DetectionsRead | None:
+        """The model's reader, then zoo-core's for the dataset's kind; ``None`` when neither reads ``path``
+        (unlike the other hooks, ``None`` is an answer here: "not a format I read")."""
+        caller = self._manager.subset_caller("read_detections", self.model)
+        try:
+            return caller(cfg=cfg, path=path, dataset=dataset, samples=samples)
+        except BaseException as exc:
+            self._manager.hook_failed(exc, "read_detections", caller, self.info.module, str(path))
 
     def _no_default(self, hook: str, kwargs: dict[str, Any]) -> None:
         from zoo_core.datasets import kinds

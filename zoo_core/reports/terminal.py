@@ -34,6 +34,18 @@ def _metrics_lines(model: str, result: dict[str, Any], record_dir: Path) -> list
     return lines
 
 
+def _gear_lines(result: dict[str, Any]) -> list[str]:
+    gears = result.get("image_size_gears")
+    if not gears:
+        return []
+    line = (f"  image-size gears: {len(gears)} ({'; '.join(f'{h}x{w}' for h, w in gears[:8])}"
+            f"{'; ...' if len(gears) > 8 else ''}) -> {result.get('gears_file')}")
+    pad = (f"  {result['padded_images']} of {result['images']} images padded up to a larger gear (up to "
+           f"{result['max_extra_rows']} rows / {result['max_extra_cols']} columns, "
+           f"{100 * result['mean_extra_pixels']:.1f}% more pixels on average)") if result.get("padded_images") else ""
+    return [line, pad] if pad else [line]
+
+
 def format_summary(model: str, stage: str, record_dir: Path, result: dict[str, Any]) -> list[str]:
     """The lines printed for one finished stage."""
     if stage == "compare":
@@ -55,13 +67,20 @@ def format_summary(model: str, stage: str, record_dir: Path, result: dict[str, A
         return [f"inferred {result['images']} images -> {result['outputs_dir']} "
                 f"({result['perf'].get('throughput_img_s')} img/s{done})", f"  -> {record_dir / 'perf.json'}"]
     if stage == "export":
+        keys = (result.get("fingerprint") or {}).get("model_config") or {}
+        shape = ", ".join(f"{k}={v}" for k, v in keys.items())
         return [f"exported {model} for {result['target']}: {result['onnx']}",
-                f"  inputs {result['input_names']} outputs {result['output_names']}"]
+                f"  inputs {result['input_names']} outputs {result['output_names']}",
+                f"  export keys (changing one re-exports): {shape or '(none declared)'}"]
     if stage == "convert":
+        gears = _gear_lines(result)
         if not result.get("converted"):
-            return [f"{result['reason']}.", f"The exact command was written to {result['script']}:",
+            return [f"{result['reason']}.", *gears, f"The exact command was written to {result['script']}:",
                     f"  {shlex.join(result['argv'])}"]
-        return [f"converted {result['onnx']} -> {result['om']}"]
+        return [f"converted {result['onnx']} -> {result['om']}", *gears]
+    if stage == "postprocess" and not result.get("scored", True):
+        skipped = f", {len(result['skipped'])} skipped" if result.get("skipped") else ""
+        return [f"decoded {result['images']} images{skipped} (not scored) -> {result['written']}"]
     if stage == "predict":
         lines = [f"{p['image']}: {p['detections']} detections -> {p['picture']}" for p in result["predictions"]]
         return [*lines, f"  -> {result['predictions_dir']}"]

@@ -2,6 +2,12 @@
 
 With no ``atc`` on PATH the exact command is written to ``model/atc_bs<N>.sh`` and printed, and the
 stage exits 0 saying so: the user runs it on a machine with the CANN toolkit.
+
+``atc.dynamic_image_size=true`` (models whose input size varies per image, e.g. CenterNet ``keep_res``):
+the dataset's images go through the model's ``preprocess``, their input sizes are planned into at most
+``atc.max_image_gears`` gears (``atc.image_gear_policy``: ``pad`` sizes up into that many gears, or
+``refuse``), the plan is written to ``<om>.gears.json`` (read by the ``acl`` backend) and the gears reach
+the ``atc_args`` hook as ``image_sizes`` (``--dynamic_image_size``).
 """
 from __future__ import annotations
 
@@ -11,8 +17,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from zoo_core.api.atomic import write_text
-from zoo_core.api.errors import ZooError
+from zoo_core.api.atc import MAX_GEARS
+from zoo_core.api.atomic import write_json, write_text
+from zoo_core.api.errors import ConfigError, ZooError
+from zoo_core.backends.image_gears import GearPlan, gears_file, plan_gears
+from zoo_core.pipeline.sources import ImageSource
+from zoo_core.pipeline.workers import WorkerPool
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.model_files import ensure_onnx, model_dir
 
@@ -29,16 +39,26 @@ def run(ctx: RunContext) -> dict:
     gears = list(cfg.atc.dynamic_batch) if cfg.atc.get("dynamic_batch") else None
     tag = "dyn" if gears else f"bs{int(cfg.batch_size)}"
     output = model_dir(ctx) / f"{ctx.model_name}_{tag}"
+    plan = image_gear_plan(ctx, bool(gears)) if cfg.atc.get("dynamic_image_size") else None
+    image_sizes = [list(g) for g in plan.gears] if plan is not None else None
     args = ctx.hooks.atc_args(cfg=cfg, onnx_path=str(onnx), batch_size=gears or int(cfg.batch_size),
-                              soc_version=str(cfg.atc.soc_version), output=str(output))
+                              soc_version=str(cfg.atc.soc_version), output=str(output), image_sizes=image_sizes)
     args = [str(a) for a in args]
+    gear_info: dict = {}
+    if plan is not None:
+        if len(plan.gears) > 1 and not any(a.startswith("--dynamic_image_size") for a in args):
+            raise ZooError(f"the {ctx.model_name} plugin's atc_args hook ignored image_sizes (no --dynamic_image_size "
+                           "in its command line), so the OM could not take the planned gears")
+        gear_info = {"image_size_gears": image_sizes, **plan.padding(),
+                     "gears_file": str(gears_file(output.with_suffix(".om")))}
+        write_json(gears_file(output.with_suffix(".om")), plan.to_json())
     atc = shutil.which("atc")
     script = model_dir(ctx) / f"atc_{tag}.sh"
     command = ["atc", *args]
     write_text(script, "#!/usr/bin/env bash\nset -euo pipefail\n" + shlex.join(command) + "\n")
     script.chmod(0o755)
     if atc is None:
-        return {"stage": "convert", "converted": False, "script": str(script), "argv": command,
+        return {"stage": "convert", "converted": False, "script": str(script), "argv": command, **gear_info,
                 "reason": "atc is not on PATH (it ships with the Ascend CANN toolkit), so nothing was converted"}
     log.info("running %s", shlex.join(command))
     proc = subprocess.run([atc, *args], capture_output=True, text=True, shell=False)
@@ -51,4 +71,43 @@ def run(ctx: RunContext) -> dict:
     if not om.is_file():
         raise ZooError("atc exited 0 but wrote no OM file", path=om)
     return {"stage": "convert", "converted": True, "onnx": str(onnx), "om": str(om), "argv": command,
-            "log": str(log_path)}
+            "log": str(log_path), **gear_info}
+
+
+def input_sizes(ctx: RunContext) -> list[tuple[int, int]]:
+    """The (H, W) of the first 3-d input of every dataset image, from the model's own ``preprocess``."""
+    samples = ctx.samples
+    pool = WorkerPool(ctx.hooks, ctx.cfg, int(ctx.cfg.num_workers) if len(samples) > 1 else 0)
+    sizes: list[tuple[int, int]] = []
+    try:
+        for prep in ImageSource(samples, pool).items():
+            if prep.error is not None:
+                raise ZooError(f"preprocess failed: {prep.error}", path=prep.sample.path)
+            arr = next((a for a in (prep.inputs or {}).values() if a.ndim == 3), None)
+            if arr is None:
+                raise ZooError(f"atc.dynamic_image_size needs a C,H,W input; {ctx.model_name}'s inputs are "
+                               f"{ {k: v.shape for k, v in (prep.inputs or {}).items()} }")
+            sizes.append((int(arr.shape[1]), int(arr.shape[2])))
+    finally:
+        pool.close()
+    return sizes
+
+
+def image_gear_plan(ctx: RunContext, dynamic_batch: bool) -> GearPlan:
+    """Plan the OM's image-size gears from the dataset's input sizes; log how many images are padded."""
+    cfg = ctx.cfg
+    if dynamic_batch:
+        raise ConfigError("atc.dynamic_image_size cannot be combined with atc.dynamic_batch: ATC does not "
+                          "combine --dynamic_image_size with --dynamic_batch_size (REFERENCE 5.2)")
+    sizes = input_sizes(ctx)
+    plan = plan_gears(sizes, int(cfg.atc.get("max_image_gears", MAX_GEARS)),
+                      str(cfg.atc.get("image_gear_policy", "pad")))
+    pad = plan.padding()
+    log.info("image-size gears: %d distinct input sizes over %d images -> %d gear(s)", len(plan.sizes), plan.images,
+             len(plan.gears))
+    if pad["padded_images"]:
+        log.warning("image-size gears: %d of %d images are padded up to a larger gear (up to %d rows and %d columns, "
+                    "%.1f%% more pixels on average, at most %.1f%%)", pad["padded_images"], plan.images,
+                    pad["max_extra_rows"], pad["max_extra_cols"], 100 * pad["mean_extra_pixels"],
+                    100 * pad["max_extra_pixels"])
+    return plan

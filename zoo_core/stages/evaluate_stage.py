@@ -5,6 +5,13 @@ Detections of another model, or of weights / a model file other than the ones gi
 command line, are refused. Other model or dataset config differences are allowed (re-scoring saved
 detections under other evaluation settings, e.g. ``model.iou_thresh``, is legitimate) but warned
 about on stderr and listed in ``metrics.json`` under ``provenance``.
+
+``detections=`` may also be results the user brings, recognised by content: anything that is not
+zoo's own detections directory goes to the ``read_detections`` hook (the model's reader, then
+zoo-core's for the dataset's kind: a WIDER prediction tree ``<event>/<stem>.txt`` for ``widerface``, a
+COCO results json for ``coco``). An image without results counts as "no detections" and is reported
+(``missing_predictions``); what was read and the reading policies go to ``metrics.json`` under ``read``.
+No images are needed: the dataset is opened with ``images_required: false`` (ground truth only).
 """
 from __future__ import annotations
 
@@ -12,7 +19,11 @@ import json
 import logging
 from pathlib import Path
 
+from omegaconf import open_dict
+
+from zoo_core.api.atomic import write_json
 from zoo_core.api.errors import ZooError
+from zoo_core.runs.context import RunContext
 from zoo_core.runs.detstore import DetectionStore
 from zoo_core.runs.fingerprint import sha256_file
 from zoo_core.stages.scoring import score
@@ -20,7 +31,7 @@ from zoo_core.stages.scoring import score
 log = logging.getLogger("zoo")
 
 #: Dataset keys that only select images; differing values are not worth a warning.
-_SELECTION_KEYS = ("limit", "shard", "num_shards")
+_SELECTION_KEYS = ("limit", "shard", "num_shards", "images_required")
 
 
 def _diff(old: dict, new: dict, prefix: str, ignore=()) -> list[str]:
@@ -60,12 +71,32 @@ def check_provenance(ctx, src: Path) -> dict:
     return {"state": str(state_path), "fingerprint": fp, "warnings": warnings}
 
 
-def run(ctx) -> dict:
-    src = Path(str(ctx.cfg.detections)) if ctx.cfg.get("detections") else ctx.path("detections")
+def is_detection_store(path: Path) -> bool:
+    """``path`` is a zoo detections directory (``chunk-*.npz`` files or a ``state.json``)."""
+    return path.is_dir() and ((path / "state.json").is_file() or any(path.glob("chunk-*.npz")))
+
+
+def ground_truth_only(ctx: RunContext) -> None:
+    """Scoring needs no images: open a dataset with a ``kind`` with ``images_required: false``."""
+    ds = ctx.cfg.get("dataset")
+    if ds is not None and ds.get("kind") and "dataset" not in ctx.__dict__:
+        with open_dict(ds):
+            ds.images_required = False
+
+
+def run(ctx: RunContext) -> dict:
+    ground_truth_only(ctx)
+    given = ctx.cfg.get("detections")
+    src = Path(str(given)).expanduser() if given else ctx.path("detections")
+    if given and not src.exists():
+        raise ZooError("detections not found", path=src,
+                       hint="pass zoo's detections/ folder, a WIDER prediction tree or a COCO results json")
+    if given and not is_detection_store(src):
+        return score_user_results(ctx, src)
     detections = DetectionStore(src).load()
     if not detections:
         raise ZooError("no saved detections found", path=src,
-                       hint="run stage=postprocess or stage=eval first, or pass detections=<dir>")
+                       hint="run stage=postprocess or stage=eval first, or pass detections=<dir or file>")
     provenance = check_provenance(ctx, src)
     wanted = {s.id for s in ctx.samples}
     detections = {k: v for k, v in detections.items() if k in wanted}
@@ -75,3 +106,24 @@ def run(ctx) -> dict:
                        f"(first: {missing[0]}); pass allow_skips=true to score the rest", path=src)
     skipped = [{"id": m, "reason": "no detections saved for this image"} for m in missing]
     return score(ctx, detections, skipped, {"provenance": provenance})
+
+
+def score_user_results(ctx: RunContext, src: Path) -> dict:
+    """Score a results file / folder through the ``read_detections`` hook (every scored image counts)."""
+    read = ctx.hooks.read_detections(cfg=ctx.cfg, path=src, dataset=ctx.dataset, samples=ctx.samples)
+    if read is None:
+        kind = ctx.cfg.dataset.get("kind")
+        raise ZooError(f"not a detections format model {ctx.model_name!r} or dataset kind {kind!r} reads", path=src,
+                       hint="pass zoo's detections/ folder, a WIDER prediction tree (<event>/<stem>.txt, dataset kind "
+                            "widerface) or a COCO results json (dataset kind coco)")
+    info = dict(read.info)
+    n_missing = int(info.get("missing_predictions", 0))
+    if n_missing:
+        log.warning("%d of %d image(s) have no results in %s: they count as no detections", n_missing,
+                    len(ctx.samples), src)
+    log.info("scoring %s (%s): %d image(s)", src, info.get("format", "?"), len(ctx.samples))
+    record = score(ctx, read.detections, [], {"read": info}, samples=list(ctx.samples))
+    if record.setdefault("info", {}).get("missing_predictions") != n_missing:  # a scorer that does not count them
+        record["info"]["missing_predictions"] = n_missing
+        write_json(ctx.record("metrics.json"), record)
+    return record

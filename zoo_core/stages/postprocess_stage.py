@@ -5,7 +5,10 @@ position, through the replay backend, so a dump gets the same checks as ``eval``
 file sizes, a stem found twice is an error). The images are those listed in ``inputs/meta.jsonl``
 (with their metas) when it exists, else those zoo's own ``outputs/index.jsonl`` lists, else the
 dataset's (metas recomputed by preprocessing each image, as the seed scripts did). Writes ``detections/``
-and, when the dataset has ground truth, scores it.
+and, when the dataset has ground truth, scores it. ``stage.score=false`` does not score: it writes the
+detections in the dataset kind's native results format next to the stage's records (a WIDER prediction
+tree ``postprocess/predictions/<event>/<stem>.txt``, a COCO results ``postprocess/detections.json``) and
+reports only where.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from zoo_core.api.atomic import write_json
 from zoo_core.api.errors import ZooError
 from zoo_core.pipeline.sinks import DetectionSink
 from zoo_core.pipeline.sources import ImageSource, MetaSource, list_bin_inputs
@@ -21,7 +25,7 @@ from zoo_core.pipeline.workers import WorkerPool
 from zoo_core.reports.progress import Progress
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.detstore import DetectionStore
-from zoo_core.runs.records import finish_with_skips
+from zoo_core.runs.records import finish_with_skips, write_result_files
 from zoo_core.runs.resume import artifact_fingerprint, mark_complete, read_jsonl, start_resumable
 from zoo_core.stages.open_backend import open_backend
 from zoo_core.stages.scoring import score
@@ -80,6 +84,32 @@ def run(ctx: RunContext) -> dict[str, Any]:
     mark_complete(ctx.path("detections", "state.json"))
     dump = getattr(backend, "_dump", None)
     base = dump.base if dump is not None else None
-    record = score(ctx, store.load(), stats.skipped, {"outputs_dir": str(src), "output_suffix_base": base})
+    if not bool(cfg.stage.get("score", True)):
+        record = write_native(ctx, store.load(), samples, stats.skipped)
+    else:
+        record = score(ctx, store.load(), stats.skipped, {"outputs_dir": str(src), "output_suffix_base": base})
     finish_with_skips(ctx, stats.skipped)
+    return record
+
+
+def write_native(ctx: RunContext, detections: dict, samples: list, skipped: list[dict]) -> dict[str, Any]:
+    """``stage.score=false``: the detections in the dataset kind's results format, no scoring."""
+    from zoo_core.datasets import results_files
+
+    done = [s for s in samples if s.id in detections]
+    files = results_files(ctx.cfg, detections, done)
+    written: list[str] = []
+    if files:
+        written = write_result_files(ctx, files)
+    if any(f.startswith("predictions/") for f in files or {}):
+        where = str(ctx.record("predictions"))
+        fmt = "widerface_tree"
+    elif files:
+        where = str(ctx.record(next(iter(files))))
+        fmt = next(iter(files))
+    else:
+        where, fmt = str(ctx.path("detections")), "zoo detections"
+    record = {"stage": "postprocess", "scored": False, "images": len(done), "format": fmt, "written": where,
+              "files": len(written), "detections_dir": str(ctx.path("detections")), "skipped": skipped}
+    write_json(ctx.record("postprocess.json"), record)
     return record

@@ -7,7 +7,7 @@ from typing import Any
 
 from zoo_core.api.atomic import write_json
 from zoo_core.api.errors import ZooError
-from zoo_core.api.types import Detections, EvalResult
+from zoo_core.api.types import Detections, EvalResult, Sample
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.records import metrics_record, write_result_files
 from zoo_core.runs.references import gate_failures, judge
@@ -22,15 +22,17 @@ class GateFailed(ZooError):
 
 
 def score(ctx: RunContext, detections: dict[str, Detections], skipped: list[dict],
-          extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Evaluate ``detections`` over the samples that have them; write metrics.json (+ plugin files).
+          extra: dict[str, Any] | None = None, samples: list[Sample] | None = None) -> dict[str, Any]:
+    """Evaluate ``detections`` over ``samples`` (default: the run's samples that have detections; a sample
+    without an entry counts as "no detections"); write metrics.json (+ plugin files).
 
     The record gets ``reference`` / ``reference_mismatches`` (the plugin's declared references judged
     against this run's protocol) and, with ``bootstrap=N``, ``ci95`` and ``bootstrap``. With ``gate=true``,
     raises :class:`GateFailed` (exit 1) after writing it when a matched reference is not reproduced or
     none matches; a single shard of several is not gated (the sweep's merged scoring is).
     """
-    samples = [s for s in ctx.samples if s.id in detections]
+    if samples is None:
+        samples = [s for s in ctx.samples if s.id in detections]
     result = ctx.hooks.evaluate(cfg=ctx.cfg, detections=detections, dataset=ctx.dataset,
                                 samples=samples, out_dir=ctx.record_dir)
     files = write_result_files(ctx, result.files)

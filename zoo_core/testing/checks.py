@@ -457,13 +457,18 @@ def _compare_with_torch(p, batch, ort_outputs, input_names, output_names, rtol, 
 
 
 def check_evaluate(p: PluginUnderTest, detections: dict[str, Detections]) -> dict[str, float]:
-    """``evaluate`` returns a flat dict of numbers for real and for empty detections."""
+    """``evaluate`` returns a flat dict of numbers for real and for empty detections; ``read_detections``
+    (the plugin's or zoo-core's) answers ``None`` for an empty folder (no results format)."""
     samples = [it.sample for it in p.prepared]
     with tempfile.TemporaryDirectory() as out_dir:
         res = check_eval_result(p.call("evaluate", detections=detections, dataset=p.dataset,
                                        samples=samples, out_dir=Path(out_dir)))
         check_eval_result(p.call("evaluate", detections={}, dataset=p.dataset, samples=samples,
                                  out_dir=Path(out_dir)))
+        # read_detections: an empty folder is no results format, so every reader must answer None
+        read = p.call("read_detections", path=Path(out_dir), dataset=p.dataset, samples=samples)
+        if read is not None:
+            raise _fail("read_detections", f"claimed an empty folder as results: {read!r}")
     return {k: float(v) for k, v in res.metrics.items()}
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from zoo_core import hookimpl
-from zoo_core.api.errors import ZooError
+from zoo_core.api.errors import ConfigError, ZooError
 from zoo_core.api.optional import require_torch
 from zoo_core.api.types import TensorSpec
 from zoo_core.datasets.coco import category_ids
@@ -88,13 +88,18 @@ def export(cfg, weights, output, target):
 
 
 @hookimpl
-def atc_args(cfg, onnx_path, batch_size, soc_version, output):
+def atc_args(cfg, onnx_path, batch_size, soc_version, output, image_sizes=None):
+    """The seed's ATC line at ``model.input_h x input_w``; with ``keep_res`` the image-size gears ``convert``
+    planned from the dataset (``atc.dynamic_image_size=true``) instead."""
     from zoo_core.api.atc import common_args, extra_args
 
     from .export import head_out_nodes
 
+    if bool(_model_cfg(cfg).get("keep_res", False)) and not image_sizes:
+        raise ConfigError("model.keep_res=true gives every image its own input size: convert with "
+                          "atc.dynamic_image_size=true (image-size gears planned from the dataset)")
     h, w = _input_hw(cfg)
-    args = common_args(cfg, onnx_path, batch_size, soc_version, output, {INPUT_NAME: (3, h, w)})
+    args = common_args(cfg, onnx_path, batch_size, soc_version, output, {INPUT_NAME: (3, h, w)}, image_sizes)
     nodes = head_out_nodes(str(onnx_path))
     if len(nodes) != len(HEAD_NAMES):
         raise ZooError(f"expected {len(HEAD_NAMES)} head convolutions, found {len(nodes)}", path=onnx_path)

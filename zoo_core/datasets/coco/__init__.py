@@ -25,7 +25,7 @@ from .evaluation import (
     score_coco,
 )
 from .plots import ap_per_class_png, pr_curve_data, pr_curves_png
-from .results import class_major_order, coco_records, round2
+from .results import class_major_order, coco_records, read_coco_results, round2
 from .sample import ANN_FILE, IMAGE_DIR, SAMPLE_CATEGORY_IDS, ensure_coco_sample, make_coco_sample
 
 #: The generated sample's instances json, relative to its folder.
@@ -43,8 +43,9 @@ def open_coco(dataset_cfg, skip_missing_images: bool = False) -> CocoDataset:
     (default ``annotations/instances_val2017.json``); ``image_dir`` (default ``val2017``);
     ``generator`` (``coco_sample`` or null). With ``generator: coco_sample`` the set of
     ``n_images`` / ``seed`` is generated on first use (see :func:`ensure_coco_sample`); otherwise
-    ``root`` is required. Image files are not checked here: a missing one fails (or, with
-    ``on_error=skip``, is skipped and listed) when the run reads it, so ``skip_missing_images`` (the
+    ``root`` is required. ``images_required: false`` (set by ``stage=evaluate``) opens the annotation
+    file only: the image folder may be absent. Image files are not checked here: a missing one fails (or,
+    with ``on_error=skip``, is skipped and listed) when the run reads it, so ``skip_missing_images`` (the
     argument every kind's ``open`` takes) changes nothing.
     """
     name = str(dataset_cfg.get("name") or "coco")
@@ -61,7 +62,8 @@ def open_coco(dataset_cfg, skip_missing_images: bool = False) -> CocoDataset:
     if root is None or str(root) == "":
         raise ZooError(f"dataset.root is not set for the COCO dataset {name!r}", hint=DOWNLOAD_HINT)
     return CocoDataset(str(root), str(dataset_cfg.get("ann_file") or "annotations/instances_val2017.json"),
-                       str(dataset_cfg.get("image_dir") or "val2017"), name=name)
+                       str(dataset_cfg.get("image_dir") or "val2017"), name=name,
+                       images_required=bool(dataset_cfg.get("images_required", True)))
 
 
 __all__ = [
@@ -86,6 +88,7 @@ __all__ = [
     "per_category_ap",
     "pr_curve_data",
     "pr_curves_png",
+    "read_coco_results",
     "resolve_evaluator",
     "round2",
     "run_cocoeval",

@@ -161,10 +161,12 @@ class CocoDataset:
 
     :param root: the dataset folder; ``ann_file`` and ``image_dir`` are relative to it.
     :param name: the dataset name used in reports.
+    :param images_required: ``False`` opens the annotations only (scoring saved results): the image folder
+        may be absent.
     """
 
     def __init__(self, root: str | os.PathLike, ann_file: str = "annotations/instances_val2017.json",
-                 image_dir: str = "val2017", name: str = "coco"):
+                 image_dir: str = "val2017", name: str = "coco", images_required: bool = True):
         self.name = name
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
@@ -172,7 +174,7 @@ class CocoDataset:
         self.ann_path = self.root / ann_file
         self.image_root = self.root / image_dir
         self.instances = load_instances(self.ann_path)
-        if not self.image_root.is_dir():
+        if images_required and not self.image_root.is_dir():
             raise ZooError("COCO image folder not found", path=self.image_root, hint=DOWNLOAD_HINT)
         samples: list[Sample] = []
         seen: dict[str, int] = {}

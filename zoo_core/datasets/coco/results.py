@@ -1,13 +1,19 @@
-"""The COCO results list (``detections.json``), record for record as CenterNet's ``convert_eval_format``."""
+"""The COCO results list (``detections.json``), record for record as CenterNet's ``convert_eval_format``, and its
+reader (a user's results json scored by ``stage=evaluate``)."""
 from __future__ import annotations
 
+import json
+import math
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
-from zoo_core.api.types import Detections, Sample
+from zoo_core.api.errors import ZooError
+from zoo_core.api.types import Detections, DetectionsRead, Sample
 
-from .dataset import CATEGORY_IDS
+from .dataset import CATEGORY_IDS, CocoDataset
 
 
 def round2(values: np.ndarray) -> np.ndarray:
@@ -59,3 +65,92 @@ def coco_records(detections: Mapping[str, Detections], samples: Sequence[Sample]
         records.extend({"image_id": image_id, "category_id": c, "bbox": b, "score": s}
                        for c, b, s in zip(cats, bbox, score))
     return records
+
+
+#: ``DetectionsRead.info["format"]`` of a COCO results json.
+FORMAT = "coco_results"
+
+
+def _results_list(path: Path) -> list | None:
+    """The parsed list when ``path`` is a COCO results json (a list of objects with ``image_id`` and
+    ``bbox``, or an empty list); ``None`` for another kind of file. A ``.json`` that does not parse raises."""
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16).lstrip()
+    except OSError as e:
+        raise ZooError(f"cannot read the results file ({e.strerror})", path=path) from None
+    if not head.startswith(b"["):
+        if path.suffix.lower() == ".json":
+            raise ZooError("not a COCO results file: a results json is a list "
+                           "[{\"image_id\", \"category_id\", \"bbox\", \"score\"}, ...]", path=path)
+        return None
+    try:
+        with open(path, "rb") as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ZooError(f"not a JSON file ({e})", path=path) from None
+    if not isinstance(data, list):
+        return None
+    if data and not (isinstance(data[0], dict) and "image_id" in data[0] and "bbox" in data[0]):
+        return None
+    return data
+
+
+def _finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def read_coco_results(path: str | os.PathLike, dataset: CocoDataset, samples: Sequence[Sample],
+                      category_ids: Sequence[int] = CATEGORY_IDS) -> DetectionsRead | None:
+    """Read a COCO results json (``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]``).
+
+    Recognised by content (a json list whose first record has ``image_id`` and ``bbox``; an empty list
+    too); ``None`` for any other file. Every record is checked: an ``image_id`` that is not an image of
+    the dataset's annotation file, a ``category_id`` outside ``category_ids`` (``model.category_ids``),
+    a bbox that is not 4 finite numbers (a negative size is kept: COCOeval takes it, and a decoder may
+    write one) or a non-finite score raise ``ZooError``
+    naming the file and the record. Records of dataset images outside ``samples`` are ignored.
+    Boxes become ``x1 y1 x1+w y1+h`` (float32) with the category's 0-based class index, per image in
+    descending score (stable: file order among ties). ``info``: ``format``, ``path``, ``records``,
+    ``missing_predictions`` (scored images without any record).
+    """
+    path = Path(path)
+    data = _results_list(path)
+    if data is None:
+        return None
+    image_ids = {int(s.key) for s in dataset.samples()}
+    wanted = {int(s.key): s.id for s in samples}
+    label_of = {int(c): i for i, c in enumerate(category_ids)}
+    per_image: dict[int, list[tuple[float, list[float], int]]] = {}
+    for i, rec in enumerate(data):
+        if not isinstance(rec, dict):
+            raise ZooError(f"results[{i}] is not an object", path=path)
+        img, cat, bbox, score = rec.get("image_id"), rec.get("category_id"), rec.get("bbox"), rec.get("score")
+        score = score if _finite_number(score) else None
+        if not (isinstance(img, int) and not isinstance(img, bool)):
+            raise ZooError(f"results[{i}] needs an integer 'image_id', got {img!r}", path=path)
+        if img not in image_ids:
+            raise ZooError(f"results[{i}]: image_id {img} is not an image of {dataset.ann_path}", path=path,
+                           hint="score the results with the dataset they were made on")
+        if not (isinstance(cat, int) and not isinstance(cat, bool)) or cat not in label_of:
+            raise ZooError(f"results[{i}]: category_id {cat!r} is not one of the model's categories "
+                           "(model.category_ids)", path=path)
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite_number(v) for v in bbox)):
+            raise ZooError(f"results[{i}] needs a 'bbox' of 4 finite numbers [x, y, w, h]", path=path)
+        if score is None:
+            raise ZooError(f"results[{i}] needs a finite number 'score', got {rec.get('score')!r}", path=path)
+        if img in wanted:
+            per_image.setdefault(img, []).append((float(score), [float(v) for v in bbox], label_of[cat]))
+    out: dict[str, Detections] = {}
+    for img, rows in per_image.items():
+        scores = np.array([r[0] for r in rows], np.float64)
+        xywh = np.array([r[1] for r in rows], np.float64).reshape(-1, 4)
+        labels = np.array([r[2] for r in rows], np.int32)
+        order = np.argsort(-scores, kind="stable")
+        xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        out[wanted[img]] = Detections(xyxy[order], scores[order], labels[order])
+    info = {"format": FORMAT, "path": str(path.resolve()), "records": len(data),
+            "missing_predictions": len(samples) - len(out)}
+    return DetectionsRead(out, info)

@@ -21,6 +21,8 @@ from .evaluation import WiderEvalWarning, WiderResult, evaluate_wider, evaluate_
 from .ground_truth import SETTINGS, WiderGroundTruth, load_wider_gt, write_wider_gt
 from .plots import pr_curves_png, pr_curves_title
 from .predictions import (
+    COUNT_POLICIES,
+    ORDER_POLICIES,
     ExtraPredictionsWarning,
     UnsortedPredictionsWarning,
     format_prediction_file,
@@ -30,6 +32,7 @@ from .predictions import (
 )
 from .sample import GT_DIR, ensure_sample
 from .scoring import IOU_BOTH, score_widerface
+from .tree_reader import is_prediction_tree, read_tree_detections
 
 #: The bundled sample's ground-truth folder, relative to its root (``<root>/ground_truth``).
 SAMPLE_GT_DIR = GT_DIR
@@ -46,7 +49,8 @@ def open_widerface(dataset_cfg, skip_missing_images: bool = False) -> WiderFaceD
     see :func:`ensure_sample`) and ``gt_dir`` defaults to ``<root>/ground_truth``. Without a
     generator, ``root`` and ``gt_dir`` are required. Ground-truth images missing on disk are an
     error naming how many, unless ``skip_missing_images`` (``on_error=skip``): then each is skipped
-    and listed when the run reads it.
+    and listed when the run reads it. ``images_required: false`` (set by ``stage=evaluate``) opens the
+    ground truth only: ``root`` may be unset and the images absent.
     """
     name = str(dataset_cfg.get("name") or "widerface")
     root = dataset_cfg.get("root")
@@ -58,14 +62,18 @@ def open_widerface(dataset_cfg, skip_missing_images: bool = False) -> WiderFaceD
                               f"known: {', '.join(GENERATORS)} (or null for data on disk)")
         root = ensure_sample(None if root is None or str(root) == "" else os.fspath(str(root)))
         gt_dir = Path(root) / SAMPLE_GT_DIR if gt_dir is None or str(gt_dir) == "" else gt_dir
-    return WiderFaceDataset(root, gt_dir, name=name, check_images=not skip_missing_images)
+    images_required = bool(dataset_cfg.get("images_required", True))
+    return WiderFaceDataset(root, gt_dir, name=name, check_images=images_required and not skip_missing_images,
+                            images_required=images_required)
 
 
 __all__ = [
+    "COUNT_POLICIES",
     "DOWNLOAD_HINT",
     "GENERATORS",
     "GT_FILES",
     "IOU_BOTH",
+    "ORDER_POLICIES",
     "SAMPLE_GT_DIR",
     "SETTINGS",
     "ExtraPredictionsWarning",
@@ -78,12 +86,14 @@ __all__ = [
     "evaluate_wider",
     "evaluate_wider_reference",
     "format_prediction_file",
+    "is_prediction_tree",
     "load_wider_gt",
     "open_widerface",
     "pr_curves_png",
     "pr_curves_title",
     "read_prediction_file",
     "read_prediction_tree",
+    "read_tree_detections",
     "score_widerface",
     "thresholds",
     "write_prediction_tree",

@@ -56,10 +56,15 @@ class WiderFaceDataset:
     :param check_images: raise at construction if any ground-truth image file is missing; ``False``
         (``on_error=skip``) logs how many are missing and leaves each to be skipped and listed when it
         is read.
+    :param images_required: ``False`` opens the ground truth only (scoring saved results): ``root`` may
+        then be unset or hold no images, and the samples' paths point where the images would be.
     """
 
     def __init__(self, root: str | os.PathLike | None, gt_dir: str | os.PathLike | None, name: str = "widerface",
-                 check_images: bool = True):
+                 check_images: bool = True, images_required: bool = True):
+        check_images = check_images and images_required
+        if not images_required and (root is None or str(root) == ""):
+            root = gt_dir if gt_dir is not None and str(gt_dir) != "" else "."
         if root is None or str(root) == "":
             raise ZooError("dataset.root is not set: it must be the WIDER FACE folder holding WIDER_val/images",
                            hint=DOWNLOAD_HINT)
@@ -68,15 +73,20 @@ class WiderFaceDataset:
                            hint=DOWNLOAD_HINT)
         self.name = name
         self.root = Path(root).expanduser()
-        if not self.root.is_dir():
+        if check_images and not self.root.is_dir():
             raise ZooError("dataset root not found", path=self.root, hint=DOWNLOAD_HINT)
         self.gt_dir = Path(gt_dir).expanduser()
-        self.images_dir = find_images_dir(self.root)
+        try:
+            self.images_dir = find_images_dir(self.root)
+        except ZooError:
+            if images_required:
+                raise
+            self.images_dir = self.root / IMAGE_DIRS[0]
         check_gt_dir(self.gt_dir)
         self.gt: WiderGroundTruth = load_wider_gt(self.gt_dir)
         self._samples = self._build_samples()
         self._index = {(event, stem): (e, j) for e, j, event, stem in self.gt.iter_images()}
-        missing = [s.path for s in self._samples if not s.path.is_file()]
+        missing = [] if not images_required else [s.path for s in self._samples if not s.path.is_file()]
         if missing and not check_images:
             log.warning("warning: %d of %d ground-truth images of %s are missing, e.g. %s; on_error=skip: each is "
                         "skipped and listed in metrics.json", len(missing), len(self._samples), name, missing[0])

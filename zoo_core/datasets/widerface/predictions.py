@@ -27,6 +27,12 @@ from .ground_truth import WiderGroundTruth
 Key = tuple[str, str]
 MissingPolicy = Literal["error", "empty"]
 UnsortedPolicy = Literal["sort", "error", "keep"]
+CountPolicy = Literal["strict", "lines"]
+#: ``model.pred_count`` values: ``strict`` (a count line that disagrees with the box lines is an error) or
+#: ``lines`` (trust the box lines, as the Python reference evaluators do).
+COUNT_POLICIES = ("strict", "lines")
+#: ``model.pred_order`` values: ``sort`` (stable descending sort, MATLAB ``read_pred.m``) or ``keep`` (file order).
+ORDER_POLICIES = ("sort", "keep")
 
 
 class UnsortedPredictionsWarning(UserWarning):
@@ -45,14 +51,30 @@ def _bad_line(path: Path, lineno: int, line: str, reason: str) -> ZooError:
     return ZooError(f"line {lineno}: {reason}: {line.strip()[:80]!r}", path=f"{path}:{lineno}")
 
 
-def read_prediction_file(path: str | os.PathLike) -> tuple[str, np.ndarray, np.ndarray]:
+def _check_count(path: Path, line: str, n_body: int) -> None:
+    """Raise unless the count line is an integer equal to the number of box lines."""
+    try:
+        n = int(line.strip())
+    except ValueError:
+        raise _bad_line(path, 2, line, "the count line is not an integer") from None
+    if n < 0:
+        raise _bad_line(path, 2, line, "negative count")
+    if n != n_body:
+        raise ZooError(f"count line says {n} boxes but the file has {n_body} box lines", path=path,
+                       hint="fix the file, or pass model.pred_count=lines to trust the box lines")
+
+
+def read_prediction_file(path: str | os.PathLike, count: CountPolicy = "strict") -> tuple[str, np.ndarray, np.ndarray]:
     """Parse one prediction file; return ``(name, boxes_xywh (n, 4) float64, scores (n,) float64)``.
 
     The boxes stay in file order. ``name`` is line 1 without surrounding whitespace. Raises ``ZooError``
     for an unreadable file, a missing or non-integer count line, a count that differs from the number
     of box lines, and (naming ``file:line``) a line that is not 5 finite numbers. Blank lines at the end
-    of the file are ignored.
+    of the file are ignored. ``count="lines"`` trusts the box lines: the count line (line 2) is not
+    read at all, as in the wondervictor / chenjun2hao Python evaluators.
     """
+    if count not in COUNT_POLICIES:
+        raise ZooError(f"count must be one of {', '.join(COUNT_POLICIES)}, not {count!r}")
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -64,15 +86,9 @@ def read_prediction_file(path: str | os.PathLike) -> tuple[str, np.ndarray, np.n
     if len(lines) < 2:
         raise ZooError("prediction file needs a name line and a count line", path=path)
     name = lines[0].strip()
-    try:
-        count = int(lines[1].strip())
-    except ValueError:
-        raise _bad_line(path, 2, lines[1], "the count line is not an integer") from None
-    if count < 0:
-        raise _bad_line(path, 2, lines[1], "negative count")
     body = lines[2:]
-    if count != len(body):
-        raise ZooError(f"count line says {count} boxes but the file has {len(body)} box lines", path=path)
+    if count == "strict":
+        _check_count(path, lines[1], len(body))
     if not body:
         return (name, *_empty())
     tokens = [ln.split() for ln in body]
@@ -105,7 +121,8 @@ def _is_sorted_desc(scores: np.ndarray) -> bool:
 
 
 def read_prediction_tree(pred_dir: str | os.PathLike, gt: WiderGroundTruth, *, missing: MissingPolicy = "error",
-                         unsorted: UnsortedPolicy = "sort") -> dict[Key, tuple[np.ndarray, np.ndarray]]:
+                         unsorted: UnsortedPolicy = "sort",
+                         count: CountPolicy = "strict") -> dict[Key, tuple[np.ndarray, np.ndarray]]:
     """Read ``<pred_dir>/<event>/<stem>.txt`` for every image of ``gt``.
 
     Returns ``{(event, stem): (boxes_xywh (n, 4), scores (n,))}`` in ``gt`` order, ready for
@@ -118,6 +135,7 @@ def read_prediction_tree(pred_dir: str | os.PathLike, gt: WiderGroundTruth, *, m
       as the official MATLAB ``read_pred.m`` does, and one ``UnsortedPredictionsWarning`` gives the number
       of such files. ``"error"`` raises ``ZooError`` naming the first one; ``"keep"`` keeps file order
       (what the wondervictor and chenjun2hao Python evaluators do; the AP then depends on the order).
+    * ``count``: see :func:`read_prediction_file`.
     * A name line for another image raises ``ZooError``. Files for images not in ``gt`` are not read;
       one ``ExtraPredictionsWarning`` gives their number (e.g. truncated event folder names).
     """
@@ -137,7 +155,7 @@ def read_prediction_tree(pred_dir: str | os.PathLike, gt: WiderGroundTruth, *, m
             absent.append(path)
             out[(event, stem)] = _empty()
             continue
-        name, boxes, scores = read_prediction_file(path)
+        name, boxes, scores = read_prediction_file(path, count)
         if not _name_matches(name, stem):
             raise ZooError(f"name line {name!r} is not image {stem!r}", path=path)
         if not _is_sorted_desc(scores):
@@ -164,8 +182,10 @@ def read_prediction_tree(pred_dir: str | os.PathLike, gt: WiderGroundTruth, *, m
     return out
 
 
-def format_prediction_file(event: str, stem: str, boxes_xyxy: np.ndarray, scores: np.ndarray) -> str:
-    """The text of one prediction file: boxes as ``x1 y1 x2-x1+1 y2-y1+1 score``, best score first."""
+def format_prediction_file(event: str, stem: str, boxes_xyxy: np.ndarray, scores: np.ndarray,
+                           sort: bool = True) -> str:
+    """The text of one prediction file: boxes as ``x1 y1 x2-x1+1 y2-y1+1 score``, best score first
+    (stable for ties; ``sort=False`` keeps the given order)."""
     boxes_xyxy = np.asarray(boxes_xyxy, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
     if boxes_xyxy.size == 0:
@@ -175,7 +195,7 @@ def format_prediction_file(event: str, stem: str, boxes_xyxy: np.ndarray, scores
                        f"and {scores.shape}")
     if not (np.isfinite(boxes_xyxy).all() and np.isfinite(scores).all()):
         raise ZooError(f"{event}/{stem}: non-finite box or score")
-    order = np.argsort(-scores, kind="stable")
+    order = np.argsort(-scores, kind="stable") if sort else np.arange(len(scores))
     b, s = boxes_xyxy[order], scores[order]
     w = b[:, 2] - b[:, 0] + 1
     h = b[:, 3] - b[:, 1] + 1
@@ -185,11 +205,12 @@ def format_prediction_file(event: str, stem: str, boxes_xyxy: np.ndarray, scores
 
 
 def write_prediction_tree(pred_dir: str | os.PathLike,
-                          detections: Mapping[Key, tuple[np.ndarray, np.ndarray]]) -> int:
+                          detections: Mapping[Key, tuple[np.ndarray, np.ndarray]], sort: bool = True) -> int:
     """Write ``<pred_dir>/<event>/<stem>.txt`` for every ``(event, stem) -> (boxes_xyxy, scores)``.
 
-    Boxes are written at 1 decimal and scores at 3, sorted by descending score (stable for ties), with
-    the true count; each file is written atomically. Returns the number of files written.
+    Boxes are written at 1 decimal and scores at 3, sorted by descending score (stable for ties; ``sort=False``
+    keeps the given order), with the true count; each file is written atomically. Returns the number of
+    files written.
     """
     pred_dir = Path(pred_dir)
     n = 0
@@ -197,6 +218,6 @@ def write_prediction_tree(pred_dir: str | os.PathLike,
         for part in (event, stem):
             if not part or "/" in part or "\\" in part or part in (".", ".."):
                 raise ZooError(f"invalid event or image name {part!r}")
-        write_text(pred_dir / event / f"{stem}.txt", format_prediction_file(event, stem, boxes, scores))
+        write_text(pred_dir / event / f"{stem}.txt", format_prediction_file(event, stem, boxes, scores, sort))
         n += 1
     return n

@@ -10,6 +10,7 @@ import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 
+from zoo_core.api.errors import ConfigError
 from zoo_core.api.types import Detections, EvalResult, Sample
 
 from .bootstrap import bootstrap_wider
@@ -26,8 +27,8 @@ EVALUATOR = "WIDER FACE (official algorithm, wondervictor order)"
 
 
 def score_widerface(detections: Mapping[str, Detections], dataset: WiderFaceDataset, samples: Sequence[Sample],
-                    iou_thresh: float = 0.5, report_both_iou: bool = False, bootstrap: int = 0,
-                    bootstrap_seed: int = 0) -> EvalResult:
+                    iou_thresh: float = 0.5, report_both_iou: bool = False, pred_order: str = "sort",
+                    bootstrap: int = 0, bootstrap_seed: int = 0) -> EvalResult:
     """Easy / Medium / Hard AP of ``detections`` on the images ``samples`` of ``dataset``.
 
     :param detections: ``{sample.id: Detections}`` in original-image pixels; an image without an entry
@@ -38,6 +39,9 @@ def score_widerface(detections: Mapping[str, Detections], dataset: WiderFaceData
     :param report_both_iou: also report ``<setting>_iou0.5`` and ``<setting>_iou0.4``.
     :param bootstrap: with N > 0, 95% intervals of easy / medium / hard over N image resamples (seeded by
         ``bootstrap_seed``) in ``ci95``, how in ``info["bootstrap"]`` (:mod:`zoo_core.datasets.widerface.bootstrap`).
+    :param pred_order: ``sort`` (default): each image's boxes are written best score first (stable);
+        ``keep``: in the given order (a user's tree read with ``model.pred_order=keep``), and scored in
+        that order as the wondervictor evaluator does.
     :returns: metrics ``easy``, ``medium``, ``hard`` (+ the ``_iou*`` ones); files
         ``predictions/<event>/<stem>.txt`` (the official tree) and ``pr_curves.png`` (titled with the
         dataset name and image count); ``info`` with the IoU, the number of images without detections and
@@ -52,13 +56,16 @@ def score_widerface(detections: Mapping[str, Detections], dataset: WiderFaceData
             continue
         preds[tuple(s.key)] = (det.boxes, det.scores)
     gt = dataset.subset_gt([tuple(s.key) for s in samples])
-    files = {f"predictions/{ev}/{stem}.txt": format_prediction_file(ev, stem, b, sc).encode()
+    if pred_order not in ("sort", "keep"):
+        raise ConfigError(f"model.pred_order={pred_order!r} must be sort or keep")
+    sort = pred_order == "sort"
+    files = {f"predictions/{ev}/{stem}.txt": format_prediction_file(ev, stem, b, sc, sort).encode()
              for (ev, stem), (b, sc) in preds.items()}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with tempfile.TemporaryDirectory(prefix="zoo_widerface_") as tmp:
-            write_prediction_tree(tmp, preds)
-            read = read_prediction_tree(tmp, gt, missing="empty", unsorted="error")
+            write_prediction_tree(tmp, preds, sort)
+            read = read_prediction_tree(tmp, gt, missing="empty", unsorted="error" if sort else "keep")
         records = wider_image_records(read, gt, iou_thresh=iou_thresh)
         result = evaluate_records(records)
         metrics = {k: float(v) for k, v in result.ap.items()}

@@ -1,0 +1,260 @@
+"""Reading the results users bring (``read_detections``' zoo-core default): WIDER prediction trees under the
+``model.pred_count`` / ``model.pred_order`` policies, COCO results json; in-process, against independent oracles
+(the strict tree reader + the WIDER evaluator proven on the golden set; COCOeval on the json file itself)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from zoo_core import datasets as zd
+from zoo_core.api.errors import ConfigError, ZooError
+from zoo_core.api.types import Detections
+from zoo_core.config.confpaths import core_conf_dir
+from zoo_core.datasets import coco, widerface
+
+DATASETS = core_conf_dir() / "dataset"
+
+
+def _cfg(dataset: str, root, **model):
+    ds = OmegaConf.load(DATASETS / f"{dataset}.yaml").dataset
+    ds.root = str(root / dataset)
+    return OmegaConf.create({"model": {"name": "m", **model}, "dataset": ds})
+
+
+@pytest.fixture(scope="module")
+def wider(tmp_path_factory):
+    """The WIDER sample (opened once), its first 10 samples, and a noisy prediction tree for them."""
+    root = tmp_path_factory.mktemp("user_results")
+    cfg = _cfg("widerface_sample", root)
+    ds = zd.open_dataset(cfg)
+    samples = ds.samples()[:10]
+    rng = np.random.default_rng(7)
+    tree = root / "tree"
+    for s in samples:
+        event, stem = s.key
+        faces = ds.face_boxes(s.key).astype(np.float64)
+        boxes = faces + rng.normal(0, 2.0, faces.shape) if len(faces) else faces.reshape(0, 4)
+        fp = np.column_stack([rng.uniform(0, 200, (5, 2)), rng.uniform(8, 60, (5, 2))])
+        rows = np.round(np.concatenate([boxes, fp]), 1)
+        scores = np.round(rng.uniform(0.05, 0.99, len(rows)), 3)
+        order = np.argsort(-scores, kind="stable")
+        lines = [f"{x:.1f} {y:.1f} {w:.1f} {h:.1f} {sc:.3f}" for (x, y, w, h), sc in zip(rows[order], scores[order])]
+        (tree / event).mkdir(parents=True, exist_ok=True)
+        (tree / event / f"{stem}.txt").write_text(f"{event}/{stem}.jpg\n{len(lines)}\n" + "\n".join(lines) + "\n")
+    return cfg, ds, samples, tree
+
+
+def _oracle(ds, samples, tree, unsorted="sort", iou=0.5):
+    gt = ds.subset_gt([tuple(s.key) for s in samples])
+    preds = widerface.read_prediction_tree(tree, gt, missing="empty", unsorted=unsorted)
+    return widerface.evaluate_wider(preds, gt, iou_thresh=iou).ap
+
+
+def _score(cfg, ds, samples, read):
+    return zd.evaluate(cfg, read.detections, ds, samples).metrics
+
+
+def test_tree_is_recognised_by_content(wider, tmp_path):
+    cfg, ds, samples, tree = wider
+    assert widerface.is_prediction_tree(tree)
+    assert not widerface.is_prediction_tree(tmp_path)  # empty folder
+    (tmp_path / "x.txt").write_text("not a tree")
+    assert not widerface.is_prediction_tree(tmp_path) and not widerface.is_prediction_tree(tmp_path / "x.txt")
+    assert zd.read_detections(cfg, tmp_path, ds, samples) is None
+
+
+def test_tree_scores_as_the_strict_reader_and_evaluator(wider):
+    cfg, ds, samples, tree = wider
+    read = zd.read_detections(cfg, tree, ds, samples)
+    assert read.info == {"format": "widerface_tree", "path": str(tree.resolve()), "pred_count": "strict",
+                         "pred_order": "sort", "files_read": 10, "unsorted_files": 0, "missing_predictions": 0}
+    first = read.detections[samples[0].id]
+    _, xywh, _ = widerface.read_prediction_file(tree / samples[0].key[0] / f"{samples[0].key[1]}.txt")
+    np.testing.assert_allclose(first.boxes, np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:] - 1], 1),
+                               rtol=0, atol=1e-4)
+    assert _score(cfg, ds, samples, read) == _oracle(ds, samples, tree)
+    assert 0.05 < _oracle(ds, samples, tree)["easy"] < 0.99
+
+
+def test_missing_file_counts_as_no_detections(wider, tmp_path):
+    cfg, ds, samples, tree = wider
+    t = tmp_path / "t"
+    shutil.copytree(tree, t)
+    gone = t / samples[3].key[0] / f"{samples[3].key[1]}.txt"
+    gone.unlink()
+    read = zd.read_detections(cfg, t, ds, samples)
+    assert read.info["missing_predictions"] == 1 and samples[3].id not in read.detections
+    assert read.info["missing_examples"] == [f"{samples[3].key[0]}/{samples[3].key[1]}.txt"]
+    res = zd.evaluate(cfg, read.detections, ds, samples)
+    assert res.metrics == _oracle(ds, samples, t) and res.info["missing_predictions"] == 1
+    assert res.metrics["hard"] < _oracle(ds, samples, tree)["hard"]  # its faces still count
+
+
+def test_count_policy(wider, tmp_path):
+    cfg, ds, samples, tree = wider
+    t = tmp_path / "t"
+    shutil.copytree(tree, t)
+    bad = t / samples[2].key[0] / f"{samples[2].key[1]}.txt"
+    lines = bad.read_text().split("\n")
+    bad.write_text("\n".join([lines[0], "3", *lines[2:]]))
+    with pytest.raises(ZooError, match="count line says 3 boxes") as e:
+        zd.read_detections(cfg, t, ds, samples)
+    assert str(bad) in str(e.value) and "pred_count=lines" in str(e.value.hint)
+    lines_cfg = _cfg("widerface_sample", ds.root.parent, pred_count="lines")
+    lines_cfg.dataset = cfg.dataset
+    read = zd.read_detections(lines_cfg, t, ds, samples)
+    assert read.info["pred_count"] == "lines"
+    assert len(read.detections[samples[2].id]) == len([ln for ln in lines[2:] if ln.strip()])
+    assert _score(lines_cfg, ds, samples, read) == _oracle(ds, samples, tree)
+    with pytest.raises(ConfigError, match="pred_count"):
+        zd.read_detections(OmegaConf.merge(cfg, {"model": {"pred_count": "loose"}}), t, ds, samples)
+
+
+def test_order_policy_sort_vs_keep(wider, tmp_path):
+    """A file out of score order: sort (MATLAB) and keep (wondervictor) give their own, different APs."""
+    cfg, ds, samples, tree = wider
+    t = tmp_path / "t"
+    shutil.copytree(tree, t)
+    for s in samples[:4]:  # reverse the box lines of four files
+        f = t / s.key[0] / f"{s.key[1]}.txt"
+        lines = [ln for ln in f.read_text().split("\n") if ln.strip()]
+        f.write_text("\n".join(lines[:2] + lines[:1:-1]) + "\n")
+    with pytest.warns(widerface.UnsortedPredictionsWarning, match="4 prediction file"):
+        read_sort = zd.read_detections(cfg, t, ds, samples)
+    keep_cfg = OmegaConf.merge(cfg, {"model": {"pred_order": "keep"}})
+    read_keep = zd.read_detections(keep_cfg, t, ds, samples)
+    assert read_sort.info["unsorted_files"] == read_keep.info["unsorted_files"] == 4
+    assert read_keep.info["pred_order"] == "keep"
+    s0 = read_keep.detections[samples[0].id].scores
+    assert np.all(s0[:-1] <= s0[1:])  # file order kept (ascending after the reversal)
+    sort_ap, keep_ap = _score(cfg, ds, samples, read_sort), _score(keep_cfg, ds, samples, read_keep)
+    with pytest.warns(widerface.UnsortedPredictionsWarning):
+        assert sort_ap == _oracle(ds, samples, t, "sort") == _oracle(ds, samples, tree)
+    assert keep_ap == _oracle(ds, samples, t, "keep")
+    assert keep_ap != sort_ap
+
+
+def test_bad_tree_files_name_the_file(wider, tmp_path):
+    cfg, ds, samples, tree = wider
+    for text, why in [("x.jpg\n1\n1 2 3 4\n", "expected 5 values"), ("x.jpg\n1\n1 2 3 4 nan\n", "non-finite"),
+                      (None, "is not image")]:
+        t = tmp_path / why.replace(" ", "_")
+        shutil.copytree(tree, t)
+        f = t / samples[1].key[0] / f"{samples[1].key[1]}.txt"
+        f.write_text(text if text is not None else "other_image.jpg\n0\n")
+        with pytest.raises(ZooError, match=why) as e:
+            zd.read_detections(cfg, t, ds, samples)
+        assert str(f) in str(e.value)
+    empty = tmp_path / "unrelated"
+    (empty / "ev").mkdir(parents=True)
+    (empty / "ev" / "a.txt").write_text("a.jpg\n0\n")
+    with pytest.raises(ZooError, match="none of the 10 dataset image"):
+        zd.read_detections(cfg, empty, ds, samples)
+
+
+def test_results_files_write_the_native_tree(wider, tmp_path):
+    cfg, ds, samples, tree = wider
+    read = zd.read_detections(cfg, tree, ds, samples)
+    files = zd.results_files(cfg, read.detections, samples)
+    assert sorted(files) == sorted(f"predictions/{s.key[0]}/{s.key[1]}.txt" for s in samples)
+    for s in samples:  # the tree written back is the tree read (1-decimal boxes, 3-decimal scores)
+        assert files[f"predictions/{s.key[0]}/{s.key[1]}.txt"] == (tree / s.key[0] / f"{s.key[1]}.txt").read_bytes()
+
+
+def test_images_are_not_needed_to_score(wider, tmp_path):
+    cfg, ds, samples, tree = wider
+    gt_only = OmegaConf.create({"name": "widerface", "kind": "widerface", "generator": None, "root": None,
+                                "gt_dir": str(ds.gt_dir), "images_required": False})
+    ds2 = widerface.open_widerface(gt_only)
+    assert [s.id for s in ds2.samples()] == [s.id for s in ds.samples()]
+    with pytest.raises(ZooError, match="root is not set"):
+        widerface.open_widerface(OmegaConf.merge(gt_only, {"images_required": True}))
+
+
+# ---------------------------------------------------------------------------------------------- COCO results
+
+
+@pytest.fixture(scope="module")
+def cocoset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("coco_user")
+    cfg = _cfg("coco_sample", root)
+    ds = zd.open_dataset(cfg)
+    rng = np.random.default_rng(3)
+    dets = {}
+    for s in ds.samples():
+        anns = ds.annotations(s.key)
+        b = np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
+        xyxy = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], 1) + rng.normal(0, 3, (len(b), 4))
+        labels = np.array([coco.CATEGORY_IDS.index(a["category_id"]) for a in anns], np.int64)
+        fp = rng.uniform(0, 300, (4, 2))
+        xyxy = np.concatenate([xyxy, np.concatenate([fp, fp + rng.uniform(10, 80, (4, 2))], 1)])
+        labels = np.concatenate([labels, rng.integers(0, 80, 4)])
+        scores = rng.uniform(0.01, 1, len(xyxy))
+        o = np.argsort(-scores, kind="stable")
+        dets[s.id] = Detections(xyxy[o], scores[o], labels[o])
+    results = root / "results.json"
+    results.write_text(json.dumps(coco.coco_records(dets, ds.samples())))
+    return cfg, ds, dets, results
+
+
+def test_coco_results_read_back_and_score_as_cocoeval_on_the_file(cocoset):
+    cfg, ds, dets, results = cocoset
+    samples = ds.samples()
+    read = zd.read_detections(cfg, results, ds, samples)
+    assert read.info["format"] == "coco_results" and read.info["missing_predictions"] == 0
+    res = zd.evaluate(cfg, read.detections, ds, samples)
+    assert res.files["detections.json"] == results.read_bytes()  # record for record, byte for byte
+    ev = coco.run_cocoeval(ds.instances, json.loads(results.read_text()), [s.key for s in samples],
+                           coco.resolve_evaluator("auto"))
+    assert res.metrics["AP"] == float(ev.stats[0]) and 0.05 < res.metrics["AP"] < 0.95
+
+
+def test_coco_results_subset_and_missing(cocoset, tmp_path):
+    cfg, ds, dets, results = cocoset
+    samples = ds.samples()[:6]
+    records = [r for r in json.loads(results.read_text()) if r["image_id"] != samples[2].key]
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps(records))
+    read = zd.read_detections(cfg, f, ds, samples)
+    assert sorted(read.detections) == sorted(s.id for s in samples if s is not samples[2])
+    assert read.info["missing_predictions"] == 1
+
+
+@pytest.mark.parametrize(("record", "why"), [
+    ({"image_id": 999999, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}, "image_id 999999 is not an image"),
+    ({"image_id": "IMG", "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}, "integer 'image_id'"),
+    ({"image_id": None, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}, "integer 'image_id'"),
+    ({"image_id": 0, "category_id": 1000, "bbox": [1, 2, 3, 4], "score": 0.5}, "category_id 1000"),
+    ({"image_id": 0, "category_id": 1, "bbox": [1, 2, 3], "score": 0.5}, "4 finite numbers"),
+    ({"image_id": 0, "category_id": 1, "bbox": [1, 2, float("inf"), 4], "score": 0.5}, "4 finite numbers"),
+    ({"image_id": 0, "category_id": 1, "bbox": [1, 2, 3, 4], "score": "high"}, "finite number 'score'"),
+])
+def test_bad_coco_records_name_the_file_and_record(cocoset, tmp_path, record, why):
+    cfg, ds, dets, results = cocoset
+    good = json.loads(results.read_text())[:3]
+    if record["image_id"] == 0:
+        record = {**record, "image_id": ds.samples()[0].key}
+    f = tmp_path / "bad.json"
+    f.write_text(json.dumps([*good, record]))
+    with pytest.raises(ZooError, match="results\\[3\\]") as e:
+        zd.read_detections(cfg, f, ds, ds.samples())
+    assert why in str(e.value) and str(f) in str(e.value)
+
+
+def test_coco_reader_recognises_only_results_lists(cocoset, tmp_path):
+    cfg, ds, dets, results = cocoset
+    (tmp_path / "a.txt").write_text("hello")
+    assert zd.read_detections(cfg, tmp_path / "a.txt", ds, ds.samples()) is None
+    (tmp_path / "inst.json").write_text(json.dumps({"images": []}))
+    with pytest.raises(ZooError, match="not a COCO results file"):
+        zd.read_detections(cfg, tmp_path / "inst.json", ds, ds.samples())
+    (tmp_path / "broken.json").write_text("[{\"image_id\": 1,")
+    with pytest.raises(ZooError, match="not a JSON file"):
+        zd.read_detections(cfg, tmp_path / "broken.json", ds, ds.samples())
+    (tmp_path / "empty.json").write_text("[]")
+    read = zd.read_detections(cfg, tmp_path / "empty.json", ds, ds.samples())
+    assert read.detections == {} and read.info["missing_predictions"] == len(ds.samples())
