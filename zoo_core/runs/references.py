@@ -17,7 +17,6 @@ under ``"also"``. Mismatches are reported only for metrics without a match.
 from __future__ import annotations
 
 import enum
-
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
