@@ -14,7 +14,7 @@ from pathlib import Path
 from zoo_core.api.atomic import write_text
 from zoo_core.api.errors import ZooError
 from zoo_core.runs.context import RunContext
-from zoo_core.runs.model_files import ensure_onnx, model_dir
+from zoo_core.runs.model_files import ensure_onnx, model_dir, quantize_int8
 
 log = logging.getLogger("zoo")
 
@@ -22,12 +22,17 @@ log = logging.getLogger("zoo")
 def run(ctx: RunContext) -> dict:
     cfg = ctx.cfg
     given = cfg.get("model_file")
-    onnx = Path(str(given)) if given and str(given).endswith(".onnx") else ensure_onnx(ctx, "ascend")
+    if quantize_int8(ctx) and not (given and str(given).endswith(".onnx")):
+        from zoo_core.stages.quantize_stage import ensure_amct_model
+
+        onnx = ensure_amct_model(ctx)  # quantize=int8: AMCT's deploy model (docs/quantize.md)
+    else:
+        onnx = Path(str(given)) if given and str(given).endswith(".onnx") else ensure_onnx(ctx, "ascend")
     if not onnx.is_file():
         raise ZooError("ONNX model not found", path=onnx)
     onnx = onnx.resolve()
     gears = list(cfg.atc.dynamic_batch) if cfg.atc.get("dynamic_batch") else None
-    tag = "dyn" if gears else f"bs{int(cfg.batch_size)}"
+    tag = ("int8_" if quantize_int8(ctx) else "") + ("dyn" if gears else f"bs{int(cfg.batch_size)}")
     output = model_dir(ctx) / f"{ctx.model_name}_{tag}"
     args = ctx.hooks.atc_args(cfg=cfg, onnx_path=str(onnx), batch_size=gears or int(cfg.batch_size),
                               soc_version=str(cfg.atc.soc_version), output=str(output))
