@@ -247,6 +247,12 @@ def build_onnxruntime_int8(ctx: RunContext, fp32: Path, out: Path, fingerprint: 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     conf = fingerprint["quantize"]
+    shapes = {tuple((k, v.shape) for k, v in sorted(b.items())) for b in batches}
+    if conf["method"] != "minmax" and len(shapes) > 1:
+        raise ConfigError(f"quantize.method={conf['method']} needs calibration images of one input size (onnxruntime's "
+                          f"histogram calibrators stack them), these have {len(shapes)} sizes",
+                          hint="use quantize.method=minmax, or give the model a fixed input size "
+                               "(e.g. model.input_hw=[h,w] for centerface)")
     out.parent.mkdir(parents=True, exist_ok=True)
     model = prepared_model(fp32, conf["preprocess"], out.parent)
     _named_nodes(model)
