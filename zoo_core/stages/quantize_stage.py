@@ -382,7 +382,18 @@ def ensure_amct_model(ctx: RunContext) -> Path:
     """The AMCT deploy model ``stage=convert quantize=int8`` converts; built (AMCT run) when it is missing."""
     deploy = amct_deploy_model(ctx)
     if deploy.is_file():
-        return deploy
+        meta = deploy.with_suffix(".json")
+        if not meta.is_file():  # AMCT run by hand from amct_<tag>.sh (e.g. on the Ascend host)
+            log.info("using %s as is: no zoo record beside it (AMCT was run outside zoo)", deploy)
+            return deploy
+        try:
+            rec = json.loads(meta.read_text())
+        except ValueError:
+            rec = {}
+        if (isinstance(rec, dict) and rec.get("sha256") == sha256_file(deploy)
+                and rec.get("source_sha256") == sha256_file(ascend_onnx(ctx))):
+            return deploy
+        log.info("re-running AMCT: %s no longer matches its record or the ascend export changed", deploy.name)
     res = run_amct(ctx)
     if not res["quantized"]:
         raise ZooError(f"quantize=int8 converts AMCT's deploy model, which does not exist yet; {res['reason']}",
