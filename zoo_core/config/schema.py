@@ -11,7 +11,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
-STAGES = ("preprocess", "export", "convert", "infer", "postprocess", "evaluate", "eval", "perf", "predict", "compare")
+STAGES = ("preprocess", "export", "convert", "infer", "postprocess", "evaluate", "eval", "perf", "predict", "compare",
+          "quantize")
 
 
 class OnError(str, Enum):
@@ -69,6 +70,33 @@ class CompareConfig:
     plot_points: int = 2000                 # values per output and image kept for the scatter plot
 
 
+class CalibrationMethod(str, Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+class QuantType(str, Enum):
+    qint8 = "qint8"
+    quint8 = "quint8"
+
+
+@dataclass
+class QuantizeConfig:
+    """``quantize`` group (docs/quantize.md): ``none`` (FP32) or ``int8`` (static post-training quantization)."""
+    name: str = "none"                      # none | int8: int8 makes eval/perf/predict/compare use the INT8 model
+    calibration_images: int = 32            # drawn from the whole dataset, spread over it, seeded
+    method: CalibrationMethod = CalibrationMethod.minmax
+    seed: int = 0
+    per_channel: bool = True                # per-output-channel weight scales
+    activation_type: QuantType = QuantType.quint8   # U8S8: what onnxruntime's x86 int8 kernels are fastest at
+    weight_type: QuantType = QuantType.qint8
+    percentile: float = 99.999              # method=percentile: the histogram percentile kept
+    preprocess: bool = True                 # onnxruntime's quant_pre_process first (folds BN into Conv)
+    exclude_nodes: list[str] = field(default_factory=list)      # node names kept in FP32
+    exclude_op_types: list[str] = field(default_factory=list)   # + model.quantize_exclude_op_types
+
+
 @dataclass
 class ZooSchema:
     model: Any = MISSING
@@ -99,6 +127,7 @@ class ZooSchema:
     atc: AtcConfig = field(default_factory=AtcConfig)
     pin: PinConfig = field(default_factory=PinConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
 
 
 def register() -> None:

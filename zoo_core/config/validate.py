@@ -233,8 +233,9 @@ def valid_keys_at(parent: str, overrides: list[str]) -> list[str]:
 
 def _touches_unknown(override: str, parent: str) -> bool:
     key = override.split("=", 1)[0].lstrip("+~")
+    groups = ("model", "dataset", "backend", "stage", "quantize")
     return ("." in key and key.rpartition(".")[0] == parent) or (not parent and "." not in key and "/" not in key
-                                                                and key not in ("model", "dataset", "backend", "stage"))
+                                                                and key not in groups)
 
 
 def _compose_quiet(overrides: list[str]) -> DictConfig:

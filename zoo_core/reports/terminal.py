@@ -81,6 +81,17 @@ def format_summary(model: str, stage: str, record_dir: Path, result: dict[str, A
     if stage == "postprocess" and not result.get("scored", True):
         skipped = f", {len(result['skipped'])} skipped" if result.get("skipped") else ""
         return [f"decoded {result['images']} images{skipped} (not scored) -> {result['written']}"]
+    if stage == "quantize":
+        if result.get("target") == "ascend":
+            if not result.get("quantized"):
+                return [f"{result['reason']}.", f"The exact command was written to {result['script']}:",
+                        f"  {shlex.join(result['argv'])}"]
+            return [f"AMCT quantized {model} on {result['calibration']['images']} images -> {result['deploy_model']}"]
+        cal = result["calibration"]
+        return [f"quantized {model} to INT8 ({result['fingerprint']['quantize']['method']} calibration on "
+                f"{cal['images']} images): {result['onnx']}",
+                f"  {result['bytes']:,} bytes ({100 * result['size_ratio']:.1f}% of the FP32 model); "
+                f"FP32 nodes kept: {', '.join(f'{k} x{v}' for k, v in result['fp32_nodes'].items()) or 'none'}"]
     if stage == "predict":
         lines = [f"{p['image']}: {p['detections']} detections -> {p['picture']}" for p in result["predictions"]]
         return [*lines, f"  -> {result['predictions_dir']}"]

@@ -129,10 +129,62 @@ def _name_default_file(ctx, choice: WeightsChoice, rec: dict | None) -> None:
 
 
 def om_path(ctx, batch_size: int | None = None, dynamic: bool = False) -> Path:
-    """Where ``stage=convert`` writes the OM: ``<model_dir>/<model>_bs<N>.om`` or ``_dyn.om``."""
+    """Where ``stage=convert`` writes the OM: ``<model_dir>/<model>_bs<N>.om`` or ``_dyn.om``
+    (``<model>_int8_bs<N>.om`` / ``_int8_dyn.om`` from the AMCT model with ``quantize=int8``)."""
+    name = f"{ctx.model_name}_int8" if quantize_int8(ctx) else ctx.model_name
     if dynamic:
-        return model_dir(ctx) / f"{ctx.model_name}_dyn.om"
-    return model_dir(ctx) / f"{ctx.model_name}_bs{int(batch_size or ctx.cfg.batch_size)}.om"
+        return model_dir(ctx) / f"{name}_dyn.om"
+    return model_dir(ctx) / f"{name}_bs{int(batch_size or ctx.cfg.batch_size)}.om"
+
+
+def quantize_int8(ctx) -> bool:
+    """``quantize=int8``: the run uses the INT8 model (docs/quantize.md)."""
+    q = ctx.cfg.get("quantize")
+    return q is not None and str(q.get("name", "none")) == "int8"
+
+
+def int8_onnx_path(ctx) -> Path:
+    """The onnxruntime INT8 model, next to the FP32 export: ``<model_dir>/<model>_onnxruntime_int8.onnx``."""
+    return model_dir(ctx) / f"{ctx.model_name}_onnxruntime_int8.onnx"
+
+
+def amct_tag(ctx) -> str:
+    """The tag of the AMCT files (``amct_<tag>.sh``, ``amct_<tag>/``): the calibration batch, as ATC's."""
+    return "bs1"
+
+
+def amct_save_prefix(ctx) -> Path:
+    """AMCT's ``--save_path`` (a directory plus the model-name prefix of the files it writes)."""
+    return model_dir(ctx) / f"amct_{amct_tag(ctx)}" / ctx.model_name
+
+
+def amct_deploy_model(ctx) -> Path:
+    """The deployable model AMCT writes for ATC: ``<save_path>_deploy_model.onnx`` (AMCT save_model docs)."""
+    prefix = amct_save_prefix(ctx)
+    return prefix.with_name(f"{prefix.name}_deploy_model.onnx")
+
+
+def reusable(out: Path, fingerprint: dict, what: str) -> bool:
+    """True when ``out`` and its ``.json`` record exist, the recorded fingerprint equals ``fingerprint`` and
+    the file's bytes still match the recorded sha256; the decision is logged with what changed."""
+    meta = out.with_suffix(".json")
+    if not (out.is_file() and meta.is_file()):
+        return False
+    try:
+        old = json.loads(meta.read_text())
+    except ValueError:
+        old = {}
+    old = old if isinstance(old, dict) else {}
+    recorded = old.get("fingerprint") or {}
+    if recorded == fingerprint and old.get("sha256") == sha256_file(out):
+        log.info("reusing %s: its %s inputs are unchanged", out, what)
+        return True
+    if recorded != fingerprint:
+        changed = [k for k in sorted(set(recorded) | set(fingerprint)) if recorded.get(k) != fingerprint.get(k)]
+        log.info("rebuilding %s: it was built with other %s inputs (%s)", out.name, what, ", ".join(changed))
+    else:
+        log.info("rebuilding %s: it no longer matches the sha256 recorded when it was written", out.name)
+    return False
 
 
 def resolve_model_file(ctx, kind: str | None, given: str | None = None) -> Path | None:

@@ -73,7 +73,8 @@ def check_config(ctx: RunContext) -> Tolerance:
 def side_context(ctx: RunContext, side: str) -> tuple[RunContext, str, dict[str, Any] | None]:
     """The run context one side opens its backend with: ``compare.<side>_model`` in place of
     ``model_file`` (for torch: in place of ``weights``; for replay: the dump dir). The candidate
-    falls back to ``model_file``; the reference never does, so it defaults to the export / OM."""
+    falls back to ``model_file``; the reference never does, so it defaults to the export / OM. ``quantize=int8``
+    applies to the candidate only: the reference is the FP32 model it is compared with."""
     c = ctx.cfg.compare
     name = str(c[side])
     given = c.get(f"{side}_model")
@@ -83,6 +84,8 @@ def side_context(ctx: RunContext, side: str) -> tuple[RunContext, str, dict[str,
     options = None
     with open_dict(cfg):
         cfg.model_file = None
+        if side == "reference":  # quantize=int8 quantizes the candidate; the reference stays FP32
+            cfg.quantize.name = "none"
         if name == "torch" and given:
             cfg.weights = str(given)
         elif name == "replay" and given:

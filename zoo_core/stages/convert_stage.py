@@ -24,7 +24,7 @@ from zoo_core.backends.image_gears import GearPlan, gears_file, plan_gears
 from zoo_core.pipeline.sources import ImageSource
 from zoo_core.pipeline.workers import WorkerPool
 from zoo_core.runs.context import RunContext
-from zoo_core.runs.model_files import ensure_onnx, model_dir
+from zoo_core.runs.model_files import ensure_onnx, model_dir, quantize_int8
 
 log = logging.getLogger("zoo")
 
@@ -32,12 +32,17 @@ log = logging.getLogger("zoo")
 def run(ctx: RunContext) -> dict:
     cfg = ctx.cfg
     given = cfg.get("model_file")
-    onnx = Path(str(given)) if given and str(given).endswith(".onnx") else ensure_onnx(ctx, "ascend")
+    if quantize_int8(ctx) and not (given and str(given).endswith(".onnx")):
+        from zoo_core.stages.quantize_stage import ensure_amct_model
+
+        onnx = ensure_amct_model(ctx)  # quantize=int8: AMCT's deploy model (docs/quantize.md)
+    else:
+        onnx = Path(str(given)) if given and str(given).endswith(".onnx") else ensure_onnx(ctx, "ascend")
     if not onnx.is_file():
         raise ZooError("ONNX model not found", path=onnx)
     onnx = onnx.resolve()
     gears = list(cfg.atc.dynamic_batch) if cfg.atc.get("dynamic_batch") else None
-    tag = "dyn" if gears else f"bs{int(cfg.batch_size)}"
+    tag = ("int8_" if quantize_int8(ctx) else "") + ("dyn" if gears else f"bs{int(cfg.batch_size)}")
     output = model_dir(ctx) / f"{ctx.model_name}_{tag}"
     plan = image_gear_plan(ctx, bool(gears)) if cfg.atc.get("dynamic_image_size") else None
     image_sizes = [list(g) for g in plan.gears] if plan is not None else None

@@ -5,7 +5,7 @@ from typing import Any
 
 from zoo_core.backends.base import Backend, ModelIO
 from zoo_core.runs.context import RunContext
-from zoo_core.runs.model_files import resolve_model_file
+from zoo_core.runs.model_files import quantize_int8, resolve_model_file
 
 
 def model_io(ctx: RunContext) -> ModelIO:
@@ -41,11 +41,36 @@ def backend_options(ctx: RunContext, name: str) -> dict[str, Any]:
 
 def open_backend(ctx: RunContext, name: str | None = None, model_file: str | None = None,
                  options: dict[str, Any] | None = None) -> Backend:
-    """The backend ``name`` (default ``backend.name``) for this run's model."""
+    """The backend ``name`` (default ``backend.name``) for this run's model.
+
+    With ``quantize=int8`` an ``onnx`` backend loads the INT8 ONNX (built first when missing or stale,
+    ``model_file`` then naming the FP32 ONNX to quantize) and an ``om`` backend the INT8 OM; other
+    backends (torch, oracle, replay) refuse it."""
     name = name or str(ctx.cfg.backend.name)
     cls = ctx.manager.backend_class(name)
-    path = resolve_model_file(ctx, getattr(cls, "model_kind", None), model_file)
+    kind = getattr(cls, "model_kind", None)
+    if quantize_int8(ctx):
+        path = int8_model_file(ctx, name, kind, model_file)
+    else:
+        path = resolve_model_file(ctx, kind, model_file)
     opts = backend_options(ctx, name)
     if options:
         opts.update(options)
     return cls(model_file=path, options=opts, io=model_io(ctx))
+
+
+def int8_model_file(ctx: RunContext, name: str, kind: str | None, model_file: str | None):
+    """The INT8 model a backend of ``kind`` loads (``quantize=int8``; docs/quantize.md)."""
+    from zoo_core.api.errors import ConfigError
+
+    if kind == "onnx":
+        from zoo_core.stages.quantize_stage import ensure_int8_onnx
+
+        given = model_file or ctx.cfg.get("model_file")
+        if given and not str(given).endswith(".onnx"):
+            raise ConfigError(f"model_file={given} is not an .onnx file, which quantize=int8 quantizes")
+        return ensure_int8_onnx(ctx, given)
+    if kind == "om":
+        return resolve_model_file(ctx, kind, model_file)
+    raise ConfigError(f"quantize=int8 does not apply to backend={name}: it runs no quantized model file; "
+                      "use backend=onnxruntime (INT8 ONNX) or backend=acl (AMCT + ATC OM), or quantize=none")

@@ -1,0 +1,171 @@
+"""INT8 quantization (issue 15; docs/quantize.md): stage=quantize for onnxruntime (static QDQ, ONNX Runtime's
+quantizer) and for Ascend (calibration .bin files + the AMCT command, run against ``fixtures/fake_ascend/amct_onnx``,
+a contract double), and ``quantize=int8`` selecting the INT8 model in eval / perf / compare / convert."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import pytest
+from omegaconf import OmegaConf
+
+from zoo_core.api.types import Sample
+from zoo_core.stages.quantize_stage import calibration_samples
+
+
+def _ctx(n_samples: int, n: int, seed: int):
+    cfg = OmegaConf.create({"quantize": {"calibration_images": n, "seed": seed}, "dataset": {"name": "d"}})
+    samples = [Sample(f"img{i:03d}", f"/x/img{i:03d}.jpg") for i in range(n_samples)]
+    rng = np.random.default_rng(99)
+    shuffled = [samples[i] for i in rng.permutation(n_samples)]   # the dataset's own order must not matter
+    return SimpleNamespace(cfg=cfg, dataset=SimpleNamespace(samples=lambda: shuffled))
+
+
+def test_calibration_draw_is_seeded_and_one_per_stratum():
+    a = [s.id for s in calibration_samples(_ctx(100, 8, seed=0))]
+    assert a == [s.id for s in calibration_samples(_ctx(100, 8, seed=0))]
+    assert a != [s.id for s in calibration_samples(_ctx(100, 8, seed=1))]
+    idx = [int(i[3:]) for i in a]
+    edges = [0, 12, 25, 37, 50, 62, 75, 87, 100]   # 100 sorted ids cut into 8 strata
+    assert all(edges[k] <= i < edges[k + 1] for k, i in enumerate(idx))
+    assert [s.id for s in calibration_samples(_ctx(5, 8, seed=0))] == [f"img{i:03d}" for i in range(5)]
+
+
+@pytest.fixture
+def ascend_env(zoo, fixtures_dir, tmp_path):
+    fake = fixtures_dir / "fake_ascend"
+    return zoo.env(PATH=f"{fake}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(fake),
+                   FAKE_ATC_LOG=str(tmp_path / "atc_argv.json"), FAKE_AMCT_LOG=str(tmp_path / "amct_argv.json"))
+
+
+def _no_amct_env(zoo):
+    return zoo.env(PATH=os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                        if not os.path.exists(os.path.join(p, "amct_onnx"))))
+
+
+def _record(model_dir, name="fixture"):
+    return json.loads((model_dir / f"{name}_onnxruntime_int8.json").read_text())
+
+
+def test_quantize_onnxruntime_writes_a_qdq_int8_model_with_its_record(zoo, fixture_onnx):
+    zoo.ok("run", "model=fixture", "stage=quantize", f"model_file={fixture_onnx}", "quantize.calibration_images=4")
+    model_dir = zoo.cwd / "outputs" / "fixture" / "model"
+    path = model_dir / "fixture_onnxruntime_int8.onnx"
+    rec = _record(model_dir)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops and "Conv" in ops
+    assert rec["quantized_nodes"] == {"Conv": 1, "Sigmoid": 1} and rec["format"] == "QDQ"
+    assert rec["fingerprint"]["quantize"]["method"] == "minmax" and rec["fingerprint"]["quantize"]["per_channel"]
+    assert len(rec["calibration"]["ids"]) == 4 == rec["calibration"]["images"]
+    assert rec["excluded"] == {"op_types": [], "nodes": []}
+    summary = json.loads((zoo.cwd / "outputs" / "fixture" / "quantize" / "run.json").read_text())
+    assert summary["status"] == "ok"
+
+
+def test_calibration_is_deterministic_for_a_seed(zoo, fixture_onnx, tmp_path):
+    runs = []
+    for d, seed in (("a", 0), ("b", 0), ("c", 3)):
+        zoo.ok("run", "model=fixture", "stage=quantize", f"model_file={fixture_onnx}", f"work_dir={d}",
+               "quantize.calibration_images=3", f"quantize.seed={seed}", "quantize.method=percentile")
+        model_dir = zoo.cwd / d / "model"
+        runs.append(((model_dir / "fixture_onnxruntime_int8.onnx").read_bytes(), _record(model_dir)))
+    (a, ra), (b, rb), (_c, rc) = runs
+    assert a == b and ra["calibration"] == rb["calibration"] and ra["sha256"] == rb["sha256"]
+    assert rc["calibration"]["ids"] != ra["calibration"]["ids"]
+
+
+def test_int8_eval_builds_then_reuses_then_rebuilds_on_a_setting(zoo, fixture_onnx):
+    args = ("run", "model=fixture", "stage=eval", "quantize=int8", f"model_file={fixture_onnx}",
+            "quantize.calibration_images=4")
+    zoo.ok(*args)
+    perf = json.loads((zoo.cwd / "outputs" / "fixture" / "eval" / "perf.json").read_text())
+    assert perf["model_file"].endswith("fixture_onnxruntime_int8.onnx")
+    m = json.loads((zoo.cwd / "outputs" / "fixture" / "eval" / "metrics.json").read_text())
+    assert m["metrics"]  # scored
+    log = (zoo.cwd / "outputs" / "fixture" / "eval" / "zoo.log")
+    zoo.ok(*args)
+    assert "reusing" in log.read_text() and "fixture_onnxruntime_int8.onnx" in log.read_text()
+    zoo.ok(*args, "quantize.method=entropy")
+    text = log.read_text()
+    assert "rebuilding fixture_onnxruntime_int8.onnx" in text and "quantize" in text
+    assert _record(zoo.cwd / "outputs" / "fixture" / "model")["fingerprint"]["quantize"]["method"] == "entropy"
+
+
+@pytest.mark.parametrize("backend", ["oracle", "torch"])
+def test_int8_with_a_backend_that_runs_no_model_file_is_refused(zoo, backend):
+    rc, out, err = zoo("run", "model=fixture", "stage=eval", f"backend={backend}", "quantize=int8")
+    assert rc == 2 and f"quantize=int8 does not apply to backend={backend}" in err and "Traceback" not in err
+
+
+def test_bad_quantize_settings_exit_2(zoo, fixture_onnx):
+    rc, out, err = zoo("run", "model=fixture", "stage=quantize", f"model_file={fixture_onnx}",
+                       "quantize.calibration_images=0")
+    assert rc == 2 and "quantize.calibration_images=0" in err
+    rc, out, err = zoo("run", "model=fixture", "stage=quantize", f"model_file={fixture_onnx}",
+                       "quantize.exclude_nodes=[nope]")
+    assert rc == 2 and "no node named 'nope'" in err
+    rc, out, err = zoo("run", "model=fixture", "stage=quantize", "quantize.method=kl")
+    assert rc == 2 and "kl" in err
+
+
+def test_compare_fp32_reference_with_int8_candidate(zoo, fixture_onnx):
+    rc, out, err = zoo("run", "model=fixture", "stage=compare", "compare.reference=onnxruntime",
+                       "compare.candidate=onnxruntime", "quantize=int8", f"model_file={fixture_onnx}",
+                       "compare.reference_model=" + str(fixture_onnx), "quantize.calibration_images=4")
+    assert rc in (0, 1), err
+    res = json.loads((zoo.cwd / "outputs" / "fixture" / "compare" / "compare.json").read_text())
+    assert res["reference"]["model_file"] == str(fixture_onnx)
+    assert res["candidate"]["model_file"].endswith("fixture_onnxruntime_int8.onnx")
+    assert res["images"] > 0
+
+
+def test_quantize_ascend_without_amct_writes_bins_and_the_command(zoo, fixture_onnx):
+    rc, out, err = zoo("run", "model=fixture", "stage=quantize", "export.target=ascend",
+                       f"model_file={fixture_onnx}", "quantize.calibration_images=3", env=_no_amct_env(zoo))
+    assert rc == 0, err
+    model_dir = zoo.cwd / "outputs" / "fixture" / "model"
+    script = model_dir / "amct_bs1.sh"
+    assert "amct_onnx is not on PATH" in out and str(script) in out and os.access(script, os.X_OK)
+    argv = shlex.split(script.read_text().splitlines()[-1])
+    cal = model_dir / "calibration" / "image"
+    assert argv[:2] == ["amct_onnx", "calibration"]
+    assert f"--model={fixture_onnx}" in argv and f"--save_path={model_dir / 'amct_bs1' / 'fixture'}" in argv
+    assert "--input_shape=image:1,1,64,64" in argv and f"--data_dir={cal}" in argv
+    assert "--data_types=float32" in argv and "--batch_num=3" in argv
+    bins = sorted(cal.glob("*.bin"))
+    assert [p.name for p in bins] == ["000000.bin", "000001.bin", "000002.bin"]
+    assert all(p.stat().st_size == 64 * 64 * 4 for p in bins)
+    assert not (model_dir / "amct_bs1").exists()
+
+
+def test_quantize_ascend_runs_amct_then_convert_and_acl_take_the_int8_model(zoo, ascend_env, fixture_onnx, tmp_path):
+    zoo.ok("run", "model=fixture", "stage=quantize", "export.target=ascend", f"model_file={fixture_onnx}",
+           "quantize.calibration_images=3", env=ascend_env)
+    model_dir = zoo.cwd / "outputs" / "fixture" / "model"
+    deploy = model_dir / "amct_bs1" / "fixture_deploy_model.onnx"
+    contract = json.loads((model_dir / "amct_bs1" / "fixture_contract.json").read_text())
+    assert deploy.is_file() and contract["batch_num"] == 3 and contract["inputs"]["image"]["dims"] == [1, 1, 64, 64]
+    argv = json.loads((tmp_path / "amct_argv.json").read_text())
+    assert argv[0] == "calibration" and "--batch_num=3" in argv
+    # the calibration tensors are the eval preprocessing of the drawn images: same bytes as preprocess writes
+    zoo.ok("run", "model=fixture", "stage=preprocess", env=ascend_env)
+    pre = {p.read_bytes() for p in (zoo.cwd / "outputs" / "fixture" / "inputs").glob("*.bin")}
+    assert {p.read_bytes() for p in (model_dir / "calibration" / "image").glob("*.bin")} <= pre
+    zoo.ok("run", "model=fixture", "stage=convert", "quantize=int8", env=ascend_env)
+    atc = json.loads((tmp_path / "atc_argv.json").read_text())
+    assert f"--model={deploy}" in atc and f"--output={model_dir / 'fixture_int8_bs1'}" in atc
+    assert (model_dir / "fixture_int8_bs1.om").is_file() and (model_dir / "atc_int8_bs1.sh").is_file()
+    zoo.ok("run", "model=fixture", "stage=eval", "backend=acl", "quantize=int8", env=ascend_env)
+    perf = json.loads((zoo.cwd / "outputs" / "fixture" / "eval" / "perf.json").read_text())
+    assert perf["model_file"].endswith("fixture_int8_bs1.om")
+
+
+def test_convert_int8_without_amct_says_what_to_run(zoo, fixture_onnx, fixtures_dir):
+    env = _no_amct_env(zoo)
+    rc, out, err = zoo("run", "model=fixture", "stage=convert", "quantize=int8", "quantize.calibration_images=2",
+                       env=env)
+    assert rc == 2 and "amct_onnx is not on PATH" in err and "amct_bs1.sh" in err and "Traceback" not in err

@@ -1,0 +1,414 @@
+"""``quantize``: calibrate on the dataset and write the INT8 model (docs/quantize.md).
+
+Calibration images: ``quantize.calibration_images`` drawn from the whole dataset (sorted by id; neither
+``dataset.limit`` nor sharding applies, so every shard of a sweep gets the same INT8 model), one per
+equal stratum of the sorted list, the position within each stratum drawn from ``quantize.seed``. They
+go through the same worker pool and ``preprocess`` hook as ``eval`` (:class:`ImageSource`).
+
+* ``export.target=onnxruntime``: ONNX Runtime's static quantizer (QDQ format, per-channel weights, the
+  ``quantize.method`` calibrator) writes ``<model_dir>/<model>_onnxruntime_int8.onnx`` beside the FP32
+  export, with a ``.json`` record (fingerprint, sha256, calibration ids and tensor digest, exclusions).
+  Node types the plugin lists in ``model.quantize_exclude_op_types`` (plus ``quantize.exclude_op_types``
+  and the node names in ``quantize.exclude_nodes``) stay FP32.
+* ``export.target=ascend``: the calibration tensors as raw ``.bin`` files in ``<model_dir>/calibration/
+  <input name>/<index>.bin`` (one image each, ascending names: AMCT's ``--data_dir`` layout) and the AMCT
+  command ``amct_onnx calibration --model= --save_path= --input_shape= --data_dir= --data_types=
+  --batch_num=`` in ``<model_dir>/amct_<tag>.sh``; run when ``amct_onnx`` is on PATH (its deploy model then
+  feeds ``stage=convert quantize=int8``), else written and printed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zoo_core.api.atomic import temp_path, write_bytes, write_json, write_text
+from zoo_core.api.errors import ConfigError, InputError, ZooError
+from zoo_core.api.types import Sample
+from zoo_core.pipeline.sources import ImageSource
+from zoo_core.pipeline.workers import WorkerPool
+from zoo_core.runs.context import RunContext
+from zoo_core.runs.export_keys import flatten
+from zoo_core.runs.fingerprint import sha256_file
+from zoo_core.runs.model_files import (
+    amct_deploy_model,
+    amct_save_prefix,
+    amct_tag,
+    ensure_onnx,
+    int8_onnx_path,
+    model_dir,
+    reusable,
+)
+
+log = logging.getLogger("zoo")
+
+Calibration = list[dict[str, np.ndarray]]
+
+
+def _enum(value: Any) -> str:
+    return str(value).split(".")[-1]
+
+
+def settings(ctx: RunContext) -> dict[str, Any]:
+    """The quantize settings that decide the INT8 model (recorded in its fingerprint)."""
+    q = ctx.cfg.quantize
+    n = int(q.calibration_images)
+    if n < 1:
+        raise ConfigError(f"quantize.calibration_images={n} is invalid: it must be >= 1")
+    pct = float(q.percentile)
+    if not 0.0 < pct <= 100.0:
+        raise ConfigError(f"quantize.percentile={pct} is invalid: it must be within (0, 100]")
+    return {
+        "calibration_images": n, "method": _enum(q.method), "seed": int(q.seed), "per_channel": bool(q.per_channel),
+        "activation_type": _enum(q.activation_type), "weight_type": _enum(q.weight_type),
+        "percentile": pct if _enum(q.method) == "percentile" else None,
+        "exclude_op_types": excluded_op_types(ctx), "exclude_nodes": [str(n) for n in q.exclude_nodes],
+        "preprocess": bool(q.preprocess),
+    }
+
+
+def excluded_op_types(ctx: RunContext) -> list[str]:
+    """Op types kept in FP32: the plugin's ``model.quantize_exclude_op_types`` plus ``quantize.exclude_op_types``."""
+    plugin = ctx.cfg.model.get("quantize_exclude_op_types") or []
+    return list(dict.fromkeys([str(t) for t in plugin] + [str(t) for t in ctx.cfg.quantize.exclude_op_types]))
+
+
+def calibration_samples(ctx: RunContext) -> list[Sample]:
+    """``quantize.calibration_images`` samples of the whole dataset, spread over it, drawn from ``quantize.seed``.
+
+    The dataset's samples sorted by id are cut into N equal strata; one sample is drawn from each.
+    """
+    n = int(ctx.cfg.quantize.calibration_images)
+    if n < 1:
+        raise ConfigError(f"quantize.calibration_images={n} is invalid: it must be >= 1")
+    samples = sorted(ctx.dataset.samples(), key=lambda s: s.id)
+    if not samples:
+        raise ZooError(f"dataset {ctx.cfg.dataset.get('name')} has no images to calibrate on")
+    if n >= len(samples):
+        return samples
+    edges = (np.arange(n + 1) * len(samples)) // n
+    rng = np.random.default_rng(int(ctx.cfg.quantize.seed))
+    picks = rng.integers(edges[:-1], edges[1:])
+    return [samples[int(i)] for i in picks]
+
+
+def calibration_inputs(ctx: RunContext, samples: Sequence[Sample]) -> Calibration:
+    """Each sample preprocessed exactly as ``eval`` does it (worker pool + ``preprocess`` hook), batch of one."""
+    cfg = ctx.cfg
+    by_id: dict[str, dict[str, np.ndarray]] = {}
+    workers = int(cfg.num_workers) if len(samples) > 1 else 0
+    with WorkerPool(ctx.hooks, cfg, workers) as pool:
+        for prep in ImageSource(samples, pool).items():
+            if prep.error is not None or prep.inputs is None:
+                if not ctx.skip_errors:
+                    raise InputError(f"calibration image: {prep.error}", path=prep.sample.path)
+                log.warning("calibration: skipping %s: %s", prep.sample.path, prep.error)
+                continue
+            # copies: the arrays may be views of the pool's shared-memory slots, unmapped when it closes
+            by_id[prep.sample.id] = {k: np.array(v[None], copy=True, order="C") for k, v in prep.inputs.items()}
+    batches = [by_id[s.id] for s in samples if s.id in by_id]
+    if not batches:
+        raise ZooError("no calibration image could be preprocessed")
+    return batches
+
+
+def calibration_digest(batches: Calibration) -> str:
+    """sha256 over every calibration tensor (name, dtype, shape, bytes) in order."""
+    h = hashlib.sha256()
+    for batch in batches:
+        for name in sorted(batch):
+            a = batch[name]
+            h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def int8_fingerprint(ctx: RunContext, fp32: Path, samples: Sequence[Sample]) -> dict[str, Any]:
+    """What the INT8 model depends on: the FP32 file's bytes, the quantize settings, the calibration images
+    and the model section (preprocess keys are not declared apart from the others, so any change re-quantizes)."""
+    d = ctx.cfg.dataset
+    return {
+        "model": ctx.model_name,
+        "fp32_sha256": sha256_file(fp32),
+        "quantize": settings(ctx),
+        "model_config": flatten(ctx.resolved_config()["model"]),
+        "dataset": {"name": str(d.get("name")), "root": str(d.get("root")) if d.get("root") is not None else None},
+        "calibration_ids": [s.id for s in samples],
+    }
+
+
+def _named_nodes(model: Any) -> None:
+    """Give every unnamed node a unique name (the quantizer addresses nodes by name)."""
+    used = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in used:
+                name += "_"
+            node.name = name
+            used.add(name)
+
+
+def nodes_to_exclude(ctx: RunContext, model: Any, conf: dict[str, Any]) -> list[str]:
+    """Names of the nodes kept in FP32 (excluded op types, then ``quantize.exclude_nodes``, checked)."""
+    names = {n.name for n in model.graph.node}
+    missing = [n for n in conf["exclude_nodes"] if n not in names]
+    if missing:
+        raise ConfigError(f"quantize.exclude_nodes: no node named {', '.join(map(repr, missing))} in the "
+                          f"{ctx.model_name} graph")
+    types = set(conf["exclude_op_types"])
+    return [n.name for n in model.graph.node if n.op_type in types] + list(conf["exclude_nodes"])
+
+
+#: QDQ with per-channel scales needs ``axis`` on (De)QuantizeLinear: opset 13.
+MIN_QDQ_OPSET = 13
+
+
+def prepared_model(fp32: Path, preprocess: bool, work: Path) -> Any:
+    """The FP32 graph the quantizer gets: upgraded to opset 13 when older (per-channel QDQ needs it), then with
+    ``quantize.preprocess`` ONNX Runtime's ``quant_pre_process`` (shape inference + graph optimisation, which
+    folds BatchNormalization into the convolutions so that they quantize as one)."""
+    import tempfile
+
+    import onnx
+    from onnx import version_converter
+
+    model = onnx.load(str(fp32))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_QDQ_OPSET)
+    if opset < MIN_QDQ_OPSET:
+        log.info("upgrading %s from opset %d to %d for QDQ quantization", fp32.name, opset, MIN_QDQ_OPSET)
+        model = version_converter.convert_version(model, MIN_QDQ_OPSET)
+    if not preprocess:
+        return model
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(dir=work, prefix=".quant-pre-") as tmp:
+        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        onnx.save(model, str(src))
+        try:
+            quant_pre_process(str(src), str(dst))
+        except Exception as exc:  # symbolic shape inference does not know every op (e.g. DeformConv)
+            log.info("quantization pre-processing without symbolic shape inference (%s: %s)", type(exc).__name__, exc)
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        return onnx.load(str(dst))
+
+
+def _reader(batches: Calibration) -> Any:
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        """Feeds the calibration batches once, in order."""
+
+        def __init__(self) -> None:
+            self.it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.it, None)
+
+        def rewind(self) -> None:
+            self.it = iter(batches)
+
+    return Reader()
+
+
+def node_summary(path: Path, excluded: Sequence[str] = ()) -> dict[str, Any]:
+    """Compute nodes of a QDQ model by op type: quantized (fed through DequantizeLinear) or FP32 (excluded, or
+    fed by no DequantizeLinear). An excluded node may still read a DequantizeLinear output (its producer was
+    quantized); it computes in FP32."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dq_out = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    inits = {t.name for t in graph.initializer}
+    skip = set(excluded)
+    quantized: dict[str, int] = {}
+    fp32: dict[str, int] = {}
+    for n in graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        feeds = [i for i in n.input if i and i not in inits]
+        bucket = quantized if n.name not in skip and feeds and any(i in dq_out for i in n.input) else fp32
+        bucket[n.op_type] = bucket.get(n.op_type, 0) + 1
+    return {"quantized_nodes": dict(sorted(quantized.items())), "fp32_nodes": dict(sorted(fp32.items()))}
+
+
+def build_onnxruntime_int8(ctx: RunContext, fp32: Path, out: Path, fingerprint: dict[str, Any],
+                           batches: Calibration) -> dict[str, Any]:
+    """Static INT8 QDQ quantization of ``fp32`` into ``out`` (atomically), and its ``.json`` record."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    conf = fingerprint["quantize"]
+    shapes = {tuple((k, v.shape) for k, v in sorted(b.items())) for b in batches}
+    if conf["method"] != "minmax" and len(shapes) > 1:
+        raise ConfigError(f"quantize.method={conf['method']} needs calibration images of one input size (onnxruntime's "
+                          f"histogram calibrators stack them), these have {len(shapes)} sizes",
+                          hint="use quantize.method=minmax, or give the model a fixed input size "
+                               "(e.g. model.input_hw=[h,w] for centerface)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = prepared_model(fp32, conf["preprocess"], out.parent)
+    _named_nodes(model)
+    excluded = nodes_to_exclude(ctx, model, conf)
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[conf["method"]]
+    qtype = {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}
+    # ORT's calibrators hold every calibration image's activations until the end (memory grows with the count;
+    # its CalibMaxIntermediateOutputs is not used: in onnxruntime 1.32 it drops the held outputs unmeasured)
+    extra: dict[str, Any] = {}
+    if conf["method"] == "percentile":
+        extra["CalibPercentile"] = conf["percentile"]
+    tmp = temp_path(out)
+    log.info("quantizing %s to INT8 (%s calibration on %d images, %d nodes kept in FP32)", fp32.name,
+             conf["method"], len(batches), len(excluded))
+    try:
+        quantize_static(model, str(tmp), _reader(batches), quant_format=QuantFormat.QDQ,
+                        per_channel=conf["per_channel"], activation_type=qtype[conf["activation_type"]],
+                        weight_type=qtype[conf["weight_type"]], nodes_to_exclude=excluded or None,
+                        calibrate_method=method, calibration_providers=["CPUExecutionProvider"],
+                        extra_options=extra)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    record = {
+        "fingerprint": fingerprint, "sha256": sha256_file(out), "target": "onnxruntime", "format": "QDQ",
+        "source": str(fp32), "bytes": out.stat().st_size, "fp32_bytes": fp32.stat().st_size,
+        "calibration": {"images": len(batches), "ids": fingerprint["calibration_ids"],
+                        "tensors_sha256": calibration_digest(batches)},
+        "excluded": {"op_types": conf["exclude_op_types"], "nodes": excluded},
+        **node_summary(out, excluded),
+    }
+    write_json(out.with_suffix(".json"), record)
+    return record
+
+
+def ensure_int8_onnx(ctx: RunContext, given: str | None = None) -> Path:
+    """The onnxruntime INT8 model: reused when its record matches this run (FP32 bytes, quantize settings,
+    calibration ids, model section) and its bytes are intact, else built. ``given``: the FP32 ONNX to quantize
+    (default: the export)."""
+    fp32 = ensure_onnx(ctx, "onnxruntime", given=given)
+    samples = calibration_samples(ctx)
+    fp = int8_fingerprint(ctx, fp32, samples)
+    out = int8_onnx_path(ctx)
+    if not reusable(out, fp, "quantization"):
+        build_onnxruntime_int8(ctx, fp32, out, fp, calibration_inputs(ctx, samples))
+    return out
+
+
+def write_calibration_bins(ctx: RunContext, batches: Calibration, specs: Sequence[Any]) -> dict[str, Path]:
+    """``<model_dir>/calibration/<input>/<000000>.bin``: one raw C-order tensor of shape (1, *spec.shape) each."""
+    root = model_dir(ctx) / "calibration"
+    if root.exists():
+        shutil.rmtree(root)
+    dirs = {}
+    for spec in specs:
+        d = root / spec.name.replace(os.sep, "_")
+        d.mkdir(parents=True)
+        dirs[spec.name] = d
+        want = (1, *tuple(int(x) for x in spec.shape))
+        for i, batch in enumerate(batches):
+            a = batch.get(spec.name)
+            if a is None or tuple(a.shape) != want or a.dtype != np.dtype(spec.dtype):
+                got = "missing" if a is None else f"{a.dtype}{list(a.shape)}"
+                raise ZooError(f"calibration image {i}: input {spec.name!r} is {got}, AMCT needs the static "
+                               f"{spec.dtype}{list(want)} of the model's input_spec",
+                               hint="set the model's fixed input size (e.g. model.input_hw=[h,w] for centerface)")
+            write_bytes(d / f"{i:06d}.bin", a.tobytes())
+    return dirs
+
+
+def amct_argv(ctx: RunContext, onnx: Path, specs: Sequence[Any], dirs: dict[str, Path], batches: int) -> list[str]:
+    """``amct_onnx calibration`` with the documented flags (``--key=value``; list values joined by ``;``)."""
+    shape = ";".join(f"{s.name}:{','.join(str(x) for x in (1, *s.shape))}" for s in specs)
+    return ["amct_onnx", "calibration", f"--model={onnx}", f"--save_path={amct_save_prefix(ctx)}",
+            f"--input_shape={shape}", f"--data_dir={';'.join(str(dirs[s.name]) for s in specs)}",
+            f"--data_types={';'.join(str(np.dtype(s.dtype)) for s in specs)}", f"--batch_num={batches}"]
+
+
+def ascend_onnx(ctx: RunContext) -> Path:
+    given = ctx.cfg.get("model_file")
+    if given and str(given).endswith(".onnx"):
+        p = Path(str(given)).expanduser()
+        if not p.is_file():
+            raise ZooError("model file not found", path=p)
+        return p.resolve()
+    return ensure_onnx(ctx, "ascend").resolve()
+
+
+def run_amct(ctx: RunContext) -> dict[str, Any]:
+    """Calibration ``.bin`` files + the AMCT script; AMCT run when installed (its deploy model recorded)."""
+    onnx = ascend_onnx(ctx)
+    specs = list(ctx.hooks.input_spec(cfg=ctx.cfg))
+    samples = calibration_samples(ctx)
+    batches = calibration_inputs(ctx, samples)
+    dirs = write_calibration_bins(ctx, batches, specs)
+    argv = amct_argv(ctx, onnx, specs, dirs, len(batches))
+    script = model_dir(ctx) / f"amct_{amct_tag(ctx)}.sh"
+    write_text(script, "#!/usr/bin/env bash\nset -euo pipefail\n" + shlex.join(argv) + "\n")
+    script.chmod(0o755)
+    base = {"stage": "quantize", "target": "ascend", "script": str(script), "argv": argv,
+            "calibration": {"images": len(batches), "ids": [s.id for s in samples],
+                            "dir": str(model_dir(ctx) / "calibration"), "tensors_sha256": calibration_digest(batches)}}
+    exe = shutil.which("amct_onnx")
+    if exe is None:
+        return {**base, "quantized": False,
+                "reason": "amct_onnx is not on PATH (Ascend AMCT, with the CANN toolkit), so nothing was "
+                          f"quantized: run {script} where it is installed, then stage=convert quantize=int8"}
+    deploy = amct_deploy_model(ctx)
+    deploy.parent.mkdir(parents=True, exist_ok=True)
+    log.info("running %s", shlex.join(argv))
+    proc = subprocess.run([exe, *argv[1:]], capture_output=True, text=True, shell=False)
+    log_path = model_dir(ctx) / f"amct_{amct_tag(ctx)}.log"
+    write_text(log_path, f"$ {shlex.join(argv)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise ZooError(f"amct_onnx failed with exit code {proc.returncode}: " + " | ".join(tail), path=log_path)
+    if not deploy.is_file():
+        raise ZooError("amct_onnx exited 0 but wrote no deploy model", path=deploy)
+    write_json(deploy.with_suffix(".json"), {"sha256": sha256_file(deploy), "source": str(onnx),
+                                             "source_sha256": sha256_file(onnx), "argv": argv,
+                                             "calibration": base["calibration"]})
+    return {**base, "quantized": True, "deploy_model": str(deploy), "log": str(log_path)}
+
+
+def ensure_amct_model(ctx: RunContext) -> Path:
+    """The AMCT deploy model ``stage=convert quantize=int8`` converts; built (AMCT run) when it is missing."""
+    deploy = amct_deploy_model(ctx)
+    if deploy.is_file():
+        meta = deploy.with_suffix(".json")
+        if not meta.is_file():  # AMCT run by hand from amct_<tag>.sh (e.g. on the Ascend host)
+            log.info("using %s as is: no zoo record beside it (AMCT was run outside zoo)", deploy)
+            return deploy
+        try:
+            rec = json.loads(meta.read_text())
+        except ValueError:
+            rec = {}
+        if (isinstance(rec, dict) and rec.get("sha256") == sha256_file(deploy)
+                and rec.get("source_sha256") == sha256_file(ascend_onnx(ctx))):
+            return deploy
+        log.info("re-running AMCT: %s no longer matches its record or the ascend export changed", deploy.name)
+    res = run_amct(ctx)
+    if not res["quantized"]:
+        raise ZooError(f"quantize=int8 converts AMCT's deploy model, which does not exist yet; {res['reason']}",
+                       path=deploy)
+    return deploy
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    target = _enum(ctx.cfg.export.target)
+    if target == "ascend":
+        return run_amct(ctx)
+    given = ctx.cfg.get("model_file")
+    if given and not str(given).endswith(".onnx"):
+        raise ConfigError(f"model_file={given} is not an .onnx file, which stage=quantize needs")
+    path = ensure_int8_onnx(ctx, given)
+    info = json.loads(path.with_suffix(".json").read_text())
+    return {"stage": "quantize", "target": target, "onnx": str(path),
+            "size_ratio": info["bytes"] / info["fp32_bytes"], **info}
