@@ -25,7 +25,7 @@ Importing this module is cheap: dataclasses only.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 #: OmegaConf's marker of a mandatory value (``omegaconf.MISSING``), without importing omegaconf.
@@ -48,6 +48,8 @@ class ModelConfig:
         every key counts.
     :ivar predict_threshold: ``stage=predict``'s default ``stage.score_threshold`` (``None``: keep all).
     :ivar class_names: ``stage=predict``'s box labels, indexed by ``Detections.labels``.
+    :ivar quantize_exclude_op_types: ONNX op types ``stage=quantize`` keeps in FP32 (e.g. ``DeformConv``);
+        written down in the INT8 model's record (docs/quantize.md).
     """
 
     name: str = MISSING
@@ -56,6 +58,7 @@ class ModelConfig:
     export_keys: list[str] | None = None
     predict_threshold: float | None = None
     class_names: list[str] | None = None
+    quantize_exclude_op_types: list[str] = field(default_factory=list)
 
 
 class PredCount(enum.StrEnum):

@@ -98,7 +98,8 @@ def choose_weights(cfg: Any, stage: str, model: str) -> WeightsChoice:
 def stage_needs_weights(ctx: Any) -> bool:
     """Whether this stage will build or export the model (so it must know its weights before it starts).
 
-    ``export`` always; ``convert`` unless ``model_file=`` names an ONNX; the stages that run a backend
+    ``export`` always; ``quantize`` unless ``model_file=`` names the FP32 ONNX; ``convert`` unless
+    ``model_file=`` names an ONNX; the stages that run a backend
     (``eval``, ``infer``, ``predict``, ``perf``) when the backend exports an ONNX without a
     ``model_file=`` (``onnxruntime``) or builds the torch model (``torch``); ``compare`` when either
     side does so with the run's ``weights=`` (a side given its own ``compare.<side>_model`` brings
@@ -108,6 +109,8 @@ def stage_needs_weights(ctx: Any) -> bool:
     given = cfg.get("model_file")
     if ctx.stage == "export":
         return True
+    if ctx.stage == "quantize":
+        return not given
     if ctx.stage == "convert":
         return not (given and str(given).endswith(".onnx"))
     if ctx.stage == "compare":
