@@ -15,7 +15,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 FAKE_ASCEND = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "fake_ascend"
-ASCEND = ("model.variant=ascend", "model.input_hw=[320,320]")
+ASCEND = ("model.variant=ascend", "model.input_hw=[320,320]", "weights=random")
 
 
 class Runner:
