@@ -53,7 +53,7 @@ def score_widerface(detections: Mapping[str, Detections], dataset: WiderFaceData
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with tempfile.TemporaryDirectory(prefix="zoo_widerface_") as tmp:
-            write_prediction_tree(tmp, preds)
+            write_prediction_tree(tmp, preds, durable=False)  # scratch: no fsync
             read = read_prediction_tree(tmp, gt, missing="empty", unsorted="error")
         result = evaluate_wider(read, gt, iou_thresh=iou_thresh)
         metrics = {k: float(v) for k, v in result.ap.items()}
