@@ -47,6 +47,22 @@ def _write(path, text):
     return path
 
 
+def test_scratch_tree_same_bytes_without_fsync(tmp_path, monkeypatch):
+    """``durable=False`` (the evaluator's throw-away tree) writes the same files and never fsyncs."""
+    write_prediction_tree(tmp_path / "kept", _detections())
+    calls = []
+    monkeypatch.setattr("os.fsync", lambda fd: calls.append(fd))
+    assert write_prediction_tree(tmp_path / "scratch", _detections(), durable=False) == 3
+    assert calls == []
+    kept = sorted(p.relative_to(tmp_path / "kept") for p in (tmp_path / "kept").rglob("*.txt"))
+    assert kept == sorted(p.relative_to(tmp_path / "scratch") for p in (tmp_path / "scratch").rglob("*.txt"))
+    assert len(kept) == 3
+    for rel in kept:
+        assert (tmp_path / "scratch" / rel).read_bytes() == (tmp_path / "kept" / rel).read_bytes()
+    write_prediction_tree(tmp_path / "kept2", _detections())
+    assert calls, "the default (durable) writer fsyncs each file"
+
+
 def test_writer_format(tmp_path):
     assert write_prediction_tree(tmp_path, _detections()) == 3
     text = (tmp_path / "0--Synth" / "0_Synth_a_1.txt").read_text()

@@ -321,6 +321,7 @@ class ModelHooks:
         self._manager = manager
         self.model = model
         self.info = manager.models[model]
+        self._spec_memo: dict[tuple[int, int], tuple[Any, Any, list[TensorSpec]]] = {}
 
     def implements(self, hook: str) -> bool:
         """The model's own plugin implements ``hook``."""
@@ -376,8 +377,23 @@ class ModelHooks:
         return self._call("atc_args", cfg=cfg, onnx_path=onnx_path, batch_size=batch_size,
                           soc_version=soc_version, output=output, image_sizes=image_sizes)
 
+    #: How many (cfg, meta) answers of ``output_spec`` are remembered (a few batches' worth).
+    SPEC_MEMO_SIZE = 1024
+
     def output_spec(self, *, cfg: DictConfig, meta: Meta) -> list[TensorSpec]:
-        return self._call("output_spec", cfg=cfg, meta=meta)
+        """The hook's answer, computed once per (cfg, meta) object pair: the backend (replay) and the
+        stream's shape check ask for the same item's specs; the hook runs once. Keyed by identity (the
+        objects are kept with the answer, so an id cannot be reused while remembered)."""
+        memo = self._spec_memo
+        key = (id(cfg), id(meta))
+        hit = memo.get(key)
+        if hit is not None and hit[0] is cfg and hit[1] is meta:
+            return list(hit[2])
+        specs = self._call("output_spec", cfg=cfg, meta=meta)
+        if len(memo) >= self.SPEC_MEMO_SIZE:
+            memo.clear()
+        memo[key] = (cfg, meta, list(specs))
+        return specs
 
     def postprocess(self, *, cfg: DictConfig, outputs: Sequence[np.ndarray], metas: Sequence[Meta]) -> list[Detections]:
         return self._call("postprocess", cfg=cfg, outputs=outputs, metas=metas)

@@ -10,6 +10,7 @@ ground-truth faces for either family. torch is only imported inside the hooks th
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from zoo_core import hookimpl
@@ -176,15 +177,47 @@ def atc_args(cfg, onnx_path, batch_size, soc_version, output):
     return args + extra_args(cfg)
 
 
-def _meta_out_hw(cfg, meta) -> tuple[int, int]:
+@dataclass(frozen=True)
+class _DecodeParams:
+    """The config values ``output_spec`` and ``postprocess`` read, taken from ``cfg`` once per run."""
+
+    variant: str
+    aipp: bool
+    nominal_hw: tuple[int, int]
+    k: int
+    threshold: float
+    nms_iou: float
+
+
+#: id(cfg) -> (cfg, params); the cfg object is kept so its id cannot be reused while remembered.
+_PARAMS: dict[int, tuple[object, _DecodeParams]] = {}
+
+
+def decode_params(cfg) -> _DecodeParams:
+    """``cfg``'s decode parameters, read through OmegaConf once per cfg object (a run does not change its
+    config; a caller that changes one between calls passes a new object, e.g. ``OmegaConf.merge``)."""
+    hit = _PARAMS.get(id(cfg))
+    if hit is not None and hit[0] is cfg:
+        return hit[1]
+    m = cfg.model
+    params = _DecodeParams(variant=variant_of(m), aipp=bool(m.get("aipp", False)), nominal_hw=_nominal_hw(m),
+                           k=int(m.get("K", 200)), threshold=float(m.get("threshold", 0.05)),
+                           nms_iou=float(m.get("nms_iou", 0.3)))
+    if len(_PARAMS) >= 64:
+        _PARAMS.clear()
+    _PARAMS[id(cfg)] = (cfg, params)
+    return params
+
+
+def _meta_out_hw(p: _DecodeParams, meta) -> tuple[int, int]:
     """The stride-4 output size of one item: ``out_hw``, else from ``input_shape``, else nominal."""
     meta = meta or {}
     if meta.get("out_hw") is not None:
         return int(meta["out_hw"][0]), int(meta["out_hw"][1])
     shape = meta.get("input_shape")
     if shape is None:
-        h, w = _nominal_hw(cfg.model)
-    elif variant_of(cfg.model) == "ascend" and cfg.model.get("aipp", False):
+        h, w = p.nominal_hw
+    elif p.variant == "ascend" and p.aipp:
         h, w = int(shape[0]), int(shape[1])
     else:
         h, w = int(shape[-2]), int(shape[-1])
@@ -194,9 +227,9 @@ def _meta_out_hw(cfg, meta) -> tuple[int, int]:
 @hookimpl
 def output_spec(cfg, meta):
     """Four float32 stride-4 maps sized from the item's ``input_shape``: hm, size, offset, landmarks."""
-    h, w = _meta_out_hw(cfg, meta)
-    names = OUTPUT_NAMES[variant_of(cfg.model)]
-    return [TensorSpec(n, (c, h, w), "float32") for n, c in zip(names, OUTPUT_CHANNELS)]
+    p = decode_params(cfg)
+    h, w = _meta_out_hw(p, meta)
+    return [TensorSpec(n, (c, h, w), "float32") for n, c in zip(OUTPUT_NAMES[p.variant], OUTPUT_CHANNELS)]
 
 
 @hookimpl
@@ -204,14 +237,13 @@ def postprocess(cfg, outputs, metas):
     """Family-A (threshold + NMS) or family-B (peaks + top-K) decode to original-image pixels."""
     from .decode import decode_ascend, decode_starclouds
 
-    m = cfg.model
+    p = decode_params(cfg)
     if len(outputs) != 4:
         raise ValueError(f"centerface has 4 outputs, got {len(outputs)}")
     heat, size, offset, landmarks = outputs
-    if variant_of(m) == "starclouds":
-        return decode_starclouds(heat, size, offset, landmarks, metas, threshold=float(m.get("threshold", 0.05)),
-                                 nms_iou=float(m.get("nms_iou", 0.3)))
-    return decode_ascend(heat, size, offset, landmarks, metas, k=int(m.get("K", 200)))
+    if p.variant == "starclouds":
+        return decode_starclouds(heat, size, offset, landmarks, metas, threshold=p.threshold, nms_iou=p.nms_iou)
+    return decode_ascend(heat, size, offset, landmarks, metas, k=p.k)
 
 
 @hookimpl

@@ -8,6 +8,7 @@ this plugin implements neither ``dataset`` nor ``evaluate``; its class -> catego
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -108,21 +109,50 @@ def atc_args(cfg, onnx_path, batch_size, soc_version, output, image_sizes=None):
     return args + extra_args(cfg)
 
 
+@dataclass(frozen=True)
+class _DecodeParams:
+    """The config values ``output_spec`` and ``postprocess`` read, taken from ``cfg`` once per run."""
+
+    input_hw: tuple[int, int]
+    down_ratio: int
+    heads: tuple[tuple[str, int], ...]
+    k: int
+
+
+#: id(cfg) -> (cfg, params); the cfg object is kept so its id cannot be reused while remembered.
+_PARAMS: dict[int, tuple[object, _DecodeParams]] = {}
+
+
+def decode_params(cfg) -> _DecodeParams:
+    """``cfg``'s decode parameters, read through OmegaConf once per cfg object (a run does not change its
+    config; a caller that changes one between calls passes a new object, e.g. ``OmegaConf.merge``)."""
+    hit = _PARAMS.get(id(cfg))
+    if hit is not None and hit[0] is cfg:
+        return hit[1]
+    m = _model_cfg(cfg)
+    params = _DecodeParams(input_hw=_input_hw(cfg), down_ratio=int(m.down_ratio),
+                           heads=tuple(_heads(cfg).items()), k=int(m.K))
+    if len(_PARAMS) >= 64:
+        _PARAMS.clear()
+    _PARAMS[id(cfg)] = (cfg, params)
+    return params
+
+
 @hookimpl
 def output_spec(cfg, meta):
-    m = _model_cfg(cfg)
+    p = decode_params(cfg)
     if meta and meta.get("input_shape"):
         _, h, w = (int(v) for v in meta["input_shape"])
     else:
-        h, w = _input_hw(cfg)
-    r = int(m.down_ratio)
-    return [TensorSpec(name, (ch, h // r, w // r), "float32") for name, ch in _heads(cfg).items()]
+        h, w = p.input_hw
+    r = p.down_ratio
+    return [TensorSpec(name, (ch, h // r, w // r), "float32") for name, ch in p.heads]
 
 
 @hookimpl
 def postprocess(cfg, outputs, metas):
     hm, wh, reg = (np.asarray(o) for o in outputs)
-    return decode_batch(hm, wh, reg, metas, K=int(_model_cfg(cfg).K))
+    return decode_batch(hm, wh, reg, metas, K=decode_params(cfg).k)
 
 
 @hookimpl

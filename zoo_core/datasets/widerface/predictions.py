@@ -205,12 +205,14 @@ def format_prediction_file(event: str, stem: str, boxes_xyxy: np.ndarray, scores
 
 
 def write_prediction_tree(pred_dir: str | os.PathLike,
-                          detections: Mapping[Key, tuple[np.ndarray, np.ndarray]], sort: bool = True) -> int:
+                          detections: Mapping[Key, tuple[np.ndarray, np.ndarray]], sort: bool = True, *,
+                          durable: bool = True) -> int:
     """Write ``<pred_dir>/<event>/<stem>.txt`` for every ``(event, stem) -> (boxes_xyxy, scores)``.
 
-    Boxes are written at 1 decimal and scores at 3, sorted by descending score (stable for ties; ``sort=False``
-    keeps the given order), with the true count; each file is written atomically. Returns the number of
-    files written.
+    Boxes are written at 1 decimal and scores at 3, sorted by descending score (stable for ties;
+    ``sort=False`` keeps the given order), with the true count; each file is written atomically (temp +
+    fsync + rename) unless ``durable=False``, for a scratch tree that is read back and thrown away (no
+    fsync: it would cost one disk flush per image). Returns the number of files written.
     """
     pred_dir = Path(pred_dir)
     n = 0
@@ -218,6 +220,11 @@ def write_prediction_tree(pred_dir: str | os.PathLike,
         for part in (event, stem):
             if not part or "/" in part or "\\" in part or part in (".", ".."):
                 raise ZooError(f"invalid event or image name {part!r}")
-        write_text(pred_dir / event / f"{stem}.txt", format_prediction_file(event, stem, boxes, scores, sort))
+        path, text = pred_dir / event / f"{stem}.txt", format_prediction_file(event, stem, boxes, scores, sort)
+        if durable:
+            write_text(path, text)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
         n += 1
     return n

@@ -64,7 +64,7 @@ def score_widerface(detections: Mapping[str, Detections], dataset: WiderFaceData
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with tempfile.TemporaryDirectory(prefix="zoo_widerface_") as tmp:
-            write_prediction_tree(tmp, preds, sort)
+            write_prediction_tree(tmp, preds, sort, durable=False)  # scratch: no fsync
             read = read_prediction_tree(tmp, gt, missing="empty", unsorted="error" if sort else "keep")
         records = wider_image_records(read, gt, iou_thresh=iou_thresh)
         result = evaluate_records(records)
