@@ -96,10 +96,13 @@ def test_a_pooled_stream_hands_items_over_in_place_and_the_device_sees_exactly_t
     assert sorted(backend.seen) == sorted(want)
     for sid, arr in want.items():
         np.testing.assert_array_equal(backend.seen[sid], arr)
-    # at batch 1 every item is handed over in place; in larger batches, once the item size is known
-    # (the first window was reserved at the largest size) runs of back-to-back items are
+    # at batch 1 items are handed over in place; in larger batches, once the item size is known
+    # (the first window was reserved at the largest size) runs of back-to-back items are. A worker that
+    # finds the ring full sends its item through the pipe instead (then it is copied): on a loaded machine
+    # that happens now and then, so the count is a lower bound, the arrays above are exact.
     counts = (stream._batcher.adopted, stream._batcher.copied)
-    assert counts == (len(samples), 0) if batch == 1 else counts[0] >= 4 and sum(counts) == len(samples), counts
+    assert sum(counts) == len(samples), counts
+    assert counts[0] >= (len(samples) // 2 if batch == 1 else 4), counts
 
 
 def test_a_bad_item_retried_alone_releases_the_shared_memory_of_its_batch(fixture_cfg):
