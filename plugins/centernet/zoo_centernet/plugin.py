@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from zoo_core import hookimpl
+from zoo_core.api.config import per_config
 from zoo_core.api.errors import ConfigError, ZooError
 from zoo_core.api.optional import require_torch
 from zoo_core.api.types import TensorSpec
@@ -119,22 +120,12 @@ class _DecodeParams:
     k: int
 
 
-#: id(cfg) -> (cfg, params); the cfg object is kept so its id cannot be reused while remembered.
-_PARAMS: dict[int, tuple[object, _DecodeParams]] = {}
-
-
+@per_config
 def decode_params(cfg) -> _DecodeParams:
-    """``cfg``'s decode parameters, read through OmegaConf once per cfg object (a run does not change its
-    config; a caller that changes one between calls passes a new object, e.g. ``OmegaConf.merge``)."""
-    hit = _PARAMS.get(id(cfg))
-    if hit is not None and hit[0] is cfg:
-        return hit[1]
+    """``cfg``'s decode parameters, read through OmegaConf once per cfg object."""
     m = _model_cfg(cfg)
     params = _DecodeParams(input_hw=_input_hw(cfg), down_ratio=int(m.down_ratio),
                            heads=tuple(_heads(cfg).items()), k=int(m.K))
-    if len(_PARAMS) >= 64:
-        _PARAMS.clear()
-    _PARAMS[id(cfg)] = (cfg, params)
     return params
 
 
