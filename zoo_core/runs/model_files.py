@@ -85,11 +85,7 @@ def ensure_onnx(ctx, target: str, force: bool = False, given: str | None = None)
     choice = ctx.weights_choice()
     fp = export_fingerprint(ctx, target, choice)
     if out.is_file() and meta.is_file() and not force:
-        try:
-            old = json.loads(meta.read_text())
-        except ValueError:
-            old = {}
-        old = old if isinstance(old, dict) else {}
+        old = read_record(meta)
         recorded = old.get("fingerprint") or {}
         same_bytes = old.get("sha256") == sha256_file(out)
         default_ok = _default_file_unchanged(old.get("default_weights_file"))
@@ -164,17 +160,22 @@ def amct_deploy_model(ctx) -> Path:
     return prefix.with_name(f"{prefix.name}_deploy_model.onnx")
 
 
+def read_record(meta: Path) -> dict:
+    """A model file's ``.json`` record, ``{}`` when it is not a JSON object (it is then rebuilt, never trusted)."""
+    try:
+        old = json.loads(meta.read_text())
+    except ValueError:
+        return {}
+    return old if isinstance(old, dict) else {}
+
+
 def reusable(out: Path, fingerprint: dict, what: str) -> bool:
     """True when ``out`` and its ``.json`` record exist, the recorded fingerprint equals ``fingerprint`` and
     the file's bytes still match the recorded sha256; the decision is logged with what changed."""
     meta = out.with_suffix(".json")
     if not (out.is_file() and meta.is_file()):
         return False
-    try:
-        old = json.loads(meta.read_text())
-    except ValueError:
-        old = {}
-    old = old if isinstance(old, dict) else {}
+    old = read_record(meta)
     recorded = old.get("fingerprint") or {}
     if recorded == fingerprint and old.get("sha256") == sha256_file(out):
         log.info("reusing %s: its %s inputs are unchanged", out, what)
