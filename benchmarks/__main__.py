@@ -21,6 +21,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +34,9 @@ RESULTS = Path(__file__).resolve().parent / "results.json"
 BEGIN, END = "<!-- bench:begin (written by `make bench`; edit outside these markers) -->", "<!-- bench:end -->"
 DEFAULT_PARTS = ("host", "busy", "long", "memory", "wider", "perf", "startup")
 ALL_PARTS = (*DEFAULT_PARTS, "extra")
+#: images per busy-ratio run: the steady ratio (first to last device call) needs no more, and 18 runs of
+#: 480 would cost ~15 s of the 6-minute budget
+BUSY_IMAGES = 360
 #: How many cores a part keeps busy on a quiet 2-core machine (for the quiet wall-time estimate from CPU
 #: time): the pipeline parts run 2 workers + the parent (their per-run start-up is one process, hence < 2);
 #: the per-image WIDER reference and ``zoo list`` are one process.
@@ -116,6 +120,8 @@ class Bench:
     def __init__(self, work: Path, images: int, long_images: int, rounds: int, report: Report):
         self.work, self.images, self.long_images, self.rounds, self.rep = work, images, long_images, rounds, report
         self.capacity: dict[str, dict] = {}
+        self.parts: tuple[str, ...] = ()
+        self._reference: subprocess.Popen | None = None
 
     # -- host capacity and floor ------------------------------------------------------------------
     def host(self) -> None:
@@ -185,12 +191,19 @@ class Bench:
             card = {name: {"rate": rate, "cores": rate * (w + par) / 1000, "parent_cores": rate * par / 1000,
                            "workers": math.ceil(rate * w / 1000)}
                     for name, rate in (("310 card", 367.0), ("310P3 CenterFace bs1", 439.9))}
-            one = rep.figures[f"capacity:{key}_w1"]["median"]
+            # the 1-worker capacity is measured for float input only (one setup fewer in every round);
+            # AIPP's card figures come from its own CPU-ms per image, as the float ones do
+            w1 = rep.figures.get(f"capacity:{key}_w1")
+            one = w1["median"] if w1 else float("nan")
             scaling = c["median"] / one
-            rep.figures[f"feeding:{key}"] = {"worker_cpu_ms": w, "parent_cpu_ms": par, "capacity_1_worker": one,
-                                             "capacity_2_workers": c["median"], "scaling_1_to_2": scaling, **card}
-            rep.note("host", f"feeding a card ({key}): capacity {one:.0f} img/s with 1 worker, {c['median']:.0f} with "
-                             f"2 ({scaling:.2f}x); workers {w:.2f} + parent {par:.2f} CPU-ms/img, so: " + "; ".join(
+            rep.figures[f"feeding:{key}"] = {"worker_cpu_ms": w, "parent_cpu_ms": par,
+                                             "capacity_1_worker": one if w1 else None,
+                                             "capacity_2_workers": c["median"],
+                                             "scaling_1_to_2": scaling if w1 else None, **card}
+            measured = (f"capacity {one:.0f} img/s with 1 worker, {c['median']:.0f} with 2 ({scaling:.2f}x)" if w1
+                        else f"capacity {c['median']:.0f} img/s with 2 workers")
+            rep.note("host", f"feeding a card ({key}): {measured}; workers {w:.2f} + parent {par:.2f} CPU-ms/img, "
+                             "so: " + "; ".join(
                 f"{n} at {v['rate']:.0f} img/s needs {v['cores']:.1f} cores of this machine's kind "
                 f"({v['workers']} workers; the parent process alone {v['parent_cores']:.2f} cores)"
                 for n, v in card.items()))
@@ -219,7 +232,9 @@ class Bench:
         busy = [s for s in setups(self.work, self.images) if s.busy]
         self._need_capacity([s.key for s in busy])
         rate = {s.key: 0.9 * self.capacity[s.key]["median"] for s in busy}
-        jobs = [(f"busy {s.key}", (lambda s=s: busy_run(self.work, s, rate[s.key], f"busy_{s.key}"))) for s in busy]
+        n = min(BUSY_IMAGES, self.images)
+        jobs = [(f"busy {s.key}", (lambda s=s: busy_run(self.work, s, rate[s.key], f"busy_{s.key}", images=n)))
+                for s in busy]
         print(f"busy ratio at 0.9 x host capacity: {len(busy)} setups x {self.rounds} rounds", flush=True)
         res = alternate(self.rounds, jobs, progress(self.rounds * len(jobs)))
         for s in busy:
@@ -231,7 +246,7 @@ class Bench:
             self.rep.target(f"busy ratio {s.label}", fmt(f) + f" @ {rate[s.key]:.0f} img/s", ">= 0.95",
                             f["median"] >= 0.95, f"busy:{s.key}")
             self.rep.note("busy", f"{s.label}: device {rate[s.key]:.1f} img/s ({1000 * s.batch / rate[s.key]:.1f} "
-                                  f"ms/call) -> busy {fmt(f)}, whole-wall {fmt(f['whole_wall'])} on {self.images} "
+                                  f"ms/call) -> busy {fmt(f)}, whole-wall {fmt(f['whole_wall'])} on {n} "
                                   f"images; load {f['load_avg_1m']}")
 
     # -- whole-wall ratio on a long run -----------------------------------------------------------
@@ -264,6 +279,12 @@ class Bench:
     def memory(self) -> None:
         from .bench_overlap import prepare, replay_run
 
+        if "wider" in self.parts:
+            # peak RSS needs no timing: the WIDER part's slow per-image reference (timed by CPU time) runs
+            # in its own process meanwhile
+            self._reference = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_wider_eval",
+                                                "--reference-json", "--reference-repeats", "1"],
+                                               stdout=subprocess.PIPE, text=True, cwd=ROOT)
         small = prepare(self.work, 50, ("starclouds",))[1]
         big = prepare(self.work, 500, ("starclouds",))[1]
         rss: dict[int, list[float]] = {50: [], 500: []}
@@ -288,14 +309,23 @@ class Bench:
     def wider(self) -> None:
         from .bench_wider_eval import run as wider_run
 
-        print(f"WIDER eval: vectorised x {self.rounds}, per-image reference x 1 (about a minute)", flush=True)
-        w = wider_run(repeats=self.rounds, reference_repeats=1)
-        fv = figure(w["vectorised_runs_s"])
+        ref = None
+        if self._reference is not None:
+            print(f"WIDER eval: vectorised x {self.rounds}; the per-image reference ran alongside the memory part",
+                  flush=True)
+            out, _ = self._reference.communicate()
+            if self._reference.returncode != 0:
+                raise RuntimeError(f"the WIDER reference process failed ({self._reference.returncode})")
+            ref = json.loads(out.strip().splitlines()[-1])
+        else:
+            print(f"WIDER eval: vectorised x {self.rounds}, per-image reference x 1 (about a minute)", flush=True)
+        w = wider_run(repeats=self.rounds, reference_repeats=1, reference_result=ref)
+        fv = figure(w["vectorised_runs_cpu_s"])
         self.rep.figures["wider:vectorised_s"] = fv
-        self.rep.figures["wider:reference_s"] = figure(w["reference_runs_s"])
+        self.rep.figures["wider:reference_s"] = figure(w["reference_runs_cpu_s"])
         self.rep.figures["wider:speedup"] = {"median": w["speedup"]}
         self.rep.target("WIDER eval (483k boxes) vs per-image reference",
-                        f"{w['speedup']:.1f}x ({fmt(fv, 2, ' s')} vs {w['reference_s']:.1f} s), "
+                        f"{w['speedup']:.1f}x ({fmt(fv, 2, ' CPU-s')} vs {w['reference_s']:.1f} CPU-s), "
                         f"APs identical={w['ap_identical']}", ">= 20x, identical",
                         w["speedup"] >= 20 and w["ap_identical"], "wider:speedup")
 
@@ -306,9 +336,11 @@ class Bench:
         p = perf_overhead(self.work, repeats=self.rounds)
         f = figure(p["overhead_runs"])
         self.rep.figures["perf:overhead"] = {**f, "zoo_ms": figure(p["zoo_runs_ms"]),
-                                             "bare_ms": figure(p["bare_runs_ms"])}
+                                             "bare_ms": figure(p["bare_runs_ms"]),
+                                             "zoo_mean_ms": figure(p["zoo_runs_mean_ms"]),
+                                             "bare_mean_ms": figure(p["bare_runs_mean_ms"])}
         self.rep.target("stage=perf overhead vs bare session.run",
-                        f"{100 * p['overhead']:+.1f}% (median {p['zoo_perf_ms']:.2f} vs {p['bare_ms']:.2f} ms; "
+                        f"{100 * p['overhead']:+.1f}% (median call {p['zoo_perf_ms']:.2f} vs {p['bare_ms']:.2f} ms; "
                         f"per pair {100 * f['min']:+.1f}..{100 * f['max']:+.1f}%)", "<= +3%", p["overhead"] <= 0.03,
                         "perf:overhead")
 
@@ -362,18 +394,23 @@ METHODS = {
             "min-max. Star-Clouds (natural size, no floor defined) is compared with 2 x its serial "
             "capacity (`num_workers=0`).",
     "busy": "**Busy ratio**: steady img/s / (batch / L) with the replay device emulated at L = batch / (0.9 x the "
-            "host capacity measured above); whole-wall = images / the stream's whole wall time (worker start-up, "
-            "first fill and last drain included) / the same device rate.",
+            "host capacity measured above), on the first 360 images of the capacity set; whole-wall = images / the "
+            "stream's whole wall time (worker start-up, first fill and last drain included) / the same device "
+            "rate. Capacity and busy runs pass `stage.score=false` (the stream is the same; no figure includes "
+            "the scoring after it).",
     "long": "The whole-wall ratio of one {long}-image run of the fastest setup (Star-Clouds b1: its fixed "
             "start-up costs weigh most) with the device at 0.9 x its host capacity.",
     "memory": "Peak RSS of the `zoo run` subprocess (/usr/bin/time -f %M), replay backend at zero latency, "
               "Star-Clouds 608x800 batch 16, 50 vs 500 images alternated; bytes written under the run's outputs/ "
               "with save_outputs=false.",
     "wider": "zoo's vectorised WIDER evaluation vs the per-image reference on the full WIDER val ground truth with "
-             "the golden 483k-box prediction set (median of 3 / 1 run), APs compared for equality.",
+             "the golden 483k-box prediction set (median of 3 / 1 run), APs compared for equality. Both are "
+             "single-process and CPU-bound and are timed by CPU time, so the reference can run in its own "
+             "process while the memory part (peak RSS, no timing) runs.",
     "perf": "`zoo run stage=perf` (CenterFace 480x640, batch 1, 40 loops, 5 warm-up) and a bare "
             "InferenceSession.run loop over the same ONNX file in a fresh process, alternated; overhead = median "
-            "zoo mean / median bare mean - 1.",
+            "over the runs of zoo's median call / the same of the bare loop - 1 (a run's median call, not its "
+            "mean: on this shared 2-core machine the pairs' mean ratios spread over -9..+12 % in one bench).",
     "startup": "Wall time of `zoo list` (median of 5 fresh processes); `python -X importtime -m zoo_core.cli run "
                "stage=evaluate detections=...` must list no torch module.",
     "extra": "Not targets: the older per-image CPU cost comparisons (`python -m benchmarks extra`).",
@@ -433,6 +470,7 @@ def main() -> int:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         bench = Bench(work, args.images, args.long_images, args.rounds, rep)
+        bench.parts = tuple(args.parts)
         for i, part in enumerate(args.parts, 1):
             print(f"== part {i}/{len(args.parts)}: {part} ({time.time() - t0:.0f} s elapsed)", flush=True)
             w0, c0 = time.time(), cpu_s()

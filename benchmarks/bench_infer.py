@@ -2,7 +2,8 @@
 
 * perf overhead: CenterFace (Star-Clouds ONNX as zoo prepares it, fixed 480x640 input) timed by
   ``zoo run stage=perf`` and by a bare loop over the same file in a fresh process (default session
-  options, same random input shape, same warm-up and loop count), alternated, median of the N means each.
+  options, same random input shape, same warm-up and loop count), alternated; each run's median call
+  (robust to a scheduler hiccup on a shared machine; the means are kept too), median of the N runs each.
 * CenterNet 512x512: ``stage=perf backend=onnxruntime`` (the plugin's export, ``dcn_impl=auto``)
   against ``stage=perf backend=torch`` (eager), best mean of N; then one profiled ORT session gives
   the share of time per operator type (where the DCN decomposition goes).
@@ -63,22 +64,26 @@ def perf_overhead(work: Path, repeats: int = 3, loop: int = 40, warmup: int = 5)
 
     args = ["model=centerface", "model.input_hw=[480,640]", "batch_size=1",
             f"stage.loop={loop}", f"stage.warmup={warmup}"]
-    zoo_ms, bare_ms = [], []
+    zoo_ms, bare_ms, zoo_mean, bare_mean = [], [], [], []
     model_file = None
     for _ in range(repeats):
         perf = _perf(work, args, "centerface_perf")
-        zoo_ms.append(perf["latency_ms"]["mean"])
+        zoo_ms.append(perf["latency_ms"]["median"])
+        zoo_mean.append(perf["latency_ms"]["mean"])
         model_file = perf["model_file"]
         out = subprocess.run([sys.executable, "-c", _BARE, model_file, "1", str(loop), str(warmup), "3,480,640"],
                              capture_output=True, text=True, check=True)
-        bare_ms.append(json.loads(out.stdout)["mean"])
+        bare = json.loads(out.stdout)
+        bare_ms.append(bare["median"])
+        bare_mean.append(bare["mean"])
     graph = onnx.load(model_file, load_external_data=False).graph
     inits = {i.name for i in graph.initializer}
     import numpy as np
 
     zoo_med, bare_med = float(np.median(zoo_ms)), float(np.median(bare_ms))
     return {"zoo_perf_ms": zoo_med, "bare_ms": bare_med, "overhead": zoo_med / bare_med - 1,
-            "zoo_runs_ms": zoo_ms, "bare_runs_ms": bare_ms,
+            "zoo_runs_ms": zoo_ms, "bare_runs_ms": bare_ms, "zoo_runs_mean_ms": zoo_mean,
+            "bare_runs_mean_ms": bare_mean,
             "overhead_runs": [z / b - 1 for z, b in zip(zoo_ms, bare_ms, strict=True)],
             "stats": perf["latency_ms"], "throughput": perf["throughput"],
             "graph_inputs": [i.name for i in graph.input],

@@ -181,8 +181,29 @@ def test_topk_peaks_takes_the_fast_exact_path_on_a_constant_background():
         c, h, w = rng.integers(1, 5), rng.integers(3, 30), rng.integers(3, 30)
         heat = (rng.integers(0, 4, (c, h, w)) / 4 + 0.01).astype(np.float32)  # many ties and plateaus
         k = int(rng.integers(1, 50))
-        got = topk_peaks(heat, k, chunk=7)
+        got = topk_peaks(heat, k, chunk=7, group_rows=int(rng.integers(1, 20)))  # tails of odd sizes too
         if got is not None:
             ref = topk_desc(keep_peaks(heat).reshape(-1), k)
             np.testing.assert_array_equal(got[0], ref[0])
             np.testing.assert_array_equal(got[1], ref[1])
+
+
+@pytest.mark.parametrize("shape", [(80, 128, 128), (3, 131, 77)])
+def test_topk_peaks_on_a_realistic_map_equals_pooling_the_whole_map(shape):
+    """Low background, blobs, a few exact ties between blobs: the grouped threshold path (taken here) gives
+    the reference's top-100 exactly, rows that do not fill a group included."""
+    import numpy as np
+
+    from zoo_core.api.peaks import keep_peaks, topk_desc, topk_peaks
+
+    rng = np.random.default_rng(sum(shape))
+    heat = (1 / (1 + np.exp(-rng.normal(-6, 1, shape)))).astype(np.float32)
+    c, h, w = shape
+    for i in range(60):
+        ch, y, x = rng.integers(c), rng.integers(1, h - 1), rng.integers(1, w - 1)
+        heat[ch, y - 1:y + 2, x - 1:x + 2] += np.float32(0.5 if i % 5 == 0 else rng.uniform(0.01, 0.9))
+    fast = topk_peaks(heat, 100)
+    assert fast is not None
+    ref = topk_desc(keep_peaks(heat).reshape(-1), 100)
+    np.testing.assert_array_equal(fast[0], ref[0])
+    np.testing.assert_array_equal(fast[1], ref[1])

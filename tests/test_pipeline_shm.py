@@ -220,3 +220,25 @@ def test_a_normalised_input_is_born_in_its_reservation_and_not_copied_again():
             except BufferError:
                 pass
         ring.close()
+
+
+def test_a_grown_ring_holds_whole_batches_in_the_batch_phase_of_the_items(fixture_cfg):
+    """After the item size is known the ring holds a whole number of batches, and the first item
+    reserved in it lands where its number falls in a batch: every later batch of back-to-back items
+    starts at a batch boundary and never straddles the ring's end (so it is adopted, not copied; an
+    800x800 uint8 item of 1,920,000 bytes was copied in every batch of 16 before)."""
+    from zoo_core.plugins.manager import ZooPluginManager
+
+    hooks = ZooPluginManager().hooks_for("fixture")
+    item = 1_920_000
+    with WorkerPool(hooks, fixture_cfg, 1) as pool:
+        if pool.ring is None:
+            pytest.skip("no shared memory here")
+        pool.plan(16)
+        pool._grow(item, window=4, submitted=6)  # items 0-5 were reserved in the first ring
+        ring = pool.ring
+        assert ring.size % (16 * item) == 0 and ring.size >= (2 * 16 + 4 + 2) * item
+        offsets = [ring.alloc(item) for _ in range(10 + 3 * 16)]
+        assert offsets[0] == 6 * item
+        starts = offsets[10::16]  # items 16, 32, 48: the first item of each later batch
+        assert all(s is not None and s % (16 * item) == 0 for s in starts), starts

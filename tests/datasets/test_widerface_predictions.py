@@ -14,6 +14,7 @@ from zoo_core.datasets.widerface import (
     evaluate_wider,
     format_prediction_file,
     read_prediction_file,
+    read_prediction_texts,
     read_prediction_tree,
     write_prediction_tree,
 )
@@ -101,6 +102,34 @@ def test_round_trip_and_eval(tmp_path):
     assert res.num_faces == {"easy": 2, "medium": 3, "hard": 4}
     assert res.ap["easy"] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
     assert res.ap["hard"] == pytest.approx(0.25 * 1 + 0.25 * 0.75 + 0.25 * 0.75)
+
+
+@pytest.mark.parametrize("sort", [True, False])
+def test_texts_read_as_the_written_tree(tmp_path, sort):
+    """Scoring parses the formatted texts in memory: the same arrays as writing the tree and reading it back
+    (with an image missing, and unsorted input kept in order for ``unsorted="keep"``)."""
+    gt = _gt()
+    rng = np.random.default_rng(7)
+    dets = {key: (np.sort(rng.uniform(0, 300, (n, 4)), axis=1), rng.uniform(0, 1, n))
+            for key, n in ((("0--Synth", "0_Synth_a_1"), 9), (("1--Crowd", "0_Crowd_c_3"), 4))}
+    write_prediction_tree(tmp_path, dets, sort)
+    policy = "error" if sort else "keep"
+    from_disk = read_prediction_tree(tmp_path, gt, missing="empty", unsorted=policy)
+    texts = {key: format_prediction_file(*key, b, s, sort) for key, (b, s) in dets.items()}
+    in_memory = read_prediction_texts(texts, gt, unsorted=policy)
+    assert list(in_memory) == list(from_disk)
+    for key in from_disk:
+        for a, b in zip(in_memory[key], from_disk[key], strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert in_memory[("0--Synth", "1_Synth_b_2")][0].shape == (0, 4)
+    if not sort:
+        assert not np.all(np.diff(in_memory[("0--Synth", "0_Synth_a_1")][1]) <= 0)
+        with pytest.raises(ZooError, match=r"0--Synth/0_Synth_a_1\.txt.*descending"):
+            read_prediction_texts(texts, gt, unsorted="error")
+    bad = dict(texts)
+    bad[("1--Crowd", "0_Crowd_c_3")] = texts[("1--Crowd", "0_Crowd_c_3")].replace("\n4\n", "\n5\n")
+    with pytest.raises(ZooError, match="count line says 5"):
+        read_prediction_texts(bad, gt)
 
 
 def test_missing_file_policy(tmp_path):

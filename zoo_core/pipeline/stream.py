@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +37,11 @@ from zoo_core.pipeline.workers import Prepared
 from zoo_core.reports.progress import Progress
 
 log = logging.getLogger("zoo")
+
+#: The interpreter's GIL switch interval while a stream runs (the default is 5 ms). A device call
+#: that returns must get the GIL back from the decoding and feeding threads; at 1-10 ms per call a
+#: 5 ms wait for it idles the device.
+GIL_SWITCH_S = 0.0005
 
 #: ``decode(outputs, metas) -> one Detections per item`` (a model's postprocess hook).
 DecodeFn = Callable[[list[np.ndarray], list[dict]], list[Detections]]
@@ -179,6 +185,8 @@ class Stream:
         self._listed = 0
         self._done = object()
         return_big_blocks()
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, GIL_SWITCH_S))
         post = threading.Thread(target=self._post_loop, name="zoo-postprocess", daemon=True)
         feed = threading.Thread(target=self._feed_loop, name="zoo-feeder", daemon=True)
         post.start()
@@ -190,6 +198,7 @@ class Stream:
             feed.join()
             self._post_q.put(None)
             post.join()
+            sys.setswitchinterval(switch)
             self.stats.inputs_in_place = self._batcher.adopted
         if self._failure:
             raise self._failure[0]

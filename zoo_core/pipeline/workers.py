@@ -113,6 +113,7 @@ class SlotRing:
         os.close(fd)
         self._allocs: deque[list] = deque()  # [offset, size, freed], oldest first
         self._by_offset: dict[int, list] = {}
+        self.first_offset = 0  # where the first reservation goes (a batch phase kept across rings)
 
     def alloc(self, nbytes: int) -> int | None:
         """Reserve ``nbytes`` after the newest reservation (wrapping to the start when the end is
@@ -121,7 +122,7 @@ class SlotRing:
         if nbytes > self.size or nbytes <= 0:
             return None
         if not self._allocs:
-            off = 0
+            off = self.first_offset if self.first_offset + nbytes <= self.size else 0
         else:
             tail, last = self._allocs[0][0], self._allocs[-1]
             head = last[0] + last[1]
@@ -359,15 +360,21 @@ class WorkerPool:
                 self._retired.remove(lease.ring)
                 lease.ring.close()
 
-    def _grow(self, item_bytes: int, window: int) -> None:
+    def _grow(self, item_bytes: int, window: int, submitted: int = 0) -> None:
         """Move to a ring that holds two batches plus the window of ``item_bytes`` items, if the
-        current one is smaller and the space can be reserved (else keep it: items that find no room
-        travel pickled)."""
-        need = (2 * self.batch_hint + window + 2) * (-(-item_bytes // _ALIGN) * _ALIGN)
-        if self.ring is None or need <= self.ring.size:
+        current one is smaller or does not hold a whole number of batches, and the space can be
+        reserved (else keep it: items that find no room travel pickled). A whole number of batches
+        makes the ring wrap between two batches, so a batch of back-to-back items never straddles its
+        end and the batcher can adopt it in place; the new ring's first item goes where item number
+        ``submitted`` (the items reserved so far lie in the old ring) falls in that phase."""
+        slot = -(-item_bytes // _ALIGN) * _ALIGN
+        batch_bytes = self.batch_hint * slot
+        need = -(-(2 * self.batch_hint + window + 2) * slot // batch_bytes) * batch_bytes
+        if self.ring is None or (need <= self.ring.size and self.ring.size % batch_bytes == 0):
             return
         try:
             bigger = SlotRing(1, need)
+            bigger.first_offset = (submitted * slot) % need
         except OSError as exc:
             log.info("no room for a %d MB shared-memory ring (%s): batches are copied", need >> 20, exc)
             return
@@ -385,9 +392,12 @@ class WorkerPool:
         pending: deque[tuple[Lease | None, Future]] = deque()
         it = iter(samples)
         item_bytes = 0  # the largest item seen so far (0: none yet)
+        submitted = 0
 
         def submit(s: Sample) -> None:
+            nonlocal submitted
             assert self.pool is not None
+            submitted += 1
             lease = self._reserve(item_bytes or SLOT_BYTES)
             dest = (lease.ring.path, lease.ring.size, lease.offset, lease.size) if lease else None
             pending.append((lease, self.pool.submit(_worker_run, s, dest)))
@@ -412,7 +422,7 @@ class WorkerPool:
                            for _, shape, dtype, start in res.slot_layout) - lease.offset
                 if used > item_bytes:
                     item_bytes = used
-                    self._grow(item_bytes, window)
+                    self._grow(item_bytes, window, submitted)
             else:
                 if lease is not None:
                     lease.release()
@@ -420,7 +430,7 @@ class WorkerPool:
                     used = sum(int(a.nbytes) for a in res.inputs.values()) + _ALIGN * len(res.inputs)
                     if item_bytes < used <= SLOT_BYTES:
                         item_bytes = used
-                        self._grow(item_bytes, window)
+                        self._grow(item_bytes, window, submitted)
             yield res
             if res.lease is not None and not res.lease.taken:
                 res.inputs = None

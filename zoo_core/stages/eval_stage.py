@@ -5,12 +5,16 @@ layout, listed with sizes and CRC-32 in ``outputs/index.jsonl``). Detections are
 ``detections/`` as images finish, so ``resume=true`` continues a killed run and scores each image
 exactly once; an image counts as done only when its detections and (with ``save_outputs``) its
 verified output files are there. Without ``resume`` the stage clears what it owns first.
+``stage.score=false`` stops there: ``detections/`` and ``perf.json`` are kept for a later
+``stage=evaluate detections=<run>/detections`` (a throughput run pays no scoring).
 """
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+from zoo_core.api.atomic import write_json
+from zoo_core.api.errors import ConfigError
 from zoo_core.datasets import bootstrap_request
 from zoo_core.pipeline.sinks import DetectionSink, OutputBinSink
 from zoo_core.pipeline.sources import ImageSource
@@ -32,6 +36,10 @@ log = logging.getLogger("zoo")
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.cfg
     bootstrap_request(cfg)  # a bad bootstrap= fails before the images run
+    scoring = bool(cfg.stage.get("score", True))
+    if not scoring and bool(cfg.get("gate", False)):
+        raise ConfigError("gate=true compares the run's scores with the references: it cannot run with "
+                          "stage.score=false (drop one of them)")
     samples = ctx.samples
     workers = int(cfg.num_workers) if len(samples) > 1 else 0
     with WorkerPool(ctx.hooks, cfg, workers) as pool:
@@ -44,6 +52,13 @@ def run(ctx: RunContext) -> dict[str, Any]:
     detections = {k: v for k, v in store.load().items() if k in wanted}
     perf = {**describe, **stats.summary(int(cfg.batch_size)), "resumed_images": len(done)}
     write_perf(ctx, perf)
+    if not scoring:
+        record = {"stage": "eval", "scored": False, "images": len(detections),
+                  "detections_dir": str(ctx.path("detections")), "skipped": stats.skipped,
+                  "perf": {k: perf[k] for k in ("throughput_img_s", "wall_s")}}
+        write_json(ctx.record("eval.json"), record)
+        finish_with_skips(ctx, stats.skipped)
+        return {**record, "backend": describe}
     record = score(ctx, detections, stats.skipped,
                    {"perf": {k: perf[k] for k in ("throughput_img_s", "wall_s")}})
     finish_with_skips(ctx, stats.skipped)

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -13,15 +14,28 @@ from zoo_core.api.geometry import unletterbox_boxes
 from zoo_core.api.peaks import keep_peaks, topk_desc, topk_peaks
 from zoo_core.api.types import Detections
 
+_SCRATCH = threading.local()
 
-def sigmoid32(x: np.ndarray) -> np.ndarray:
-    """Logistic function computed in float32 (the peak test compares these values exactly)."""
+
+def sigmoid32(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Logistic function computed in float32 (the peak test compares these values exactly).
+
+    ``out``: a float32 array of ``x``'s shape to write into (no fresh multi-MB array per image).
+    """
     x = np.asarray(x, dtype=np.float32)
-    out = np.negative(x)
+    out = np.negative(x, out=out)
     np.exp(out, out=out)
     out += np.float32(1.0)
     np.reciprocal(out, out=out)
     return out
+
+
+def _scratch(shape: tuple[int, ...]) -> np.ndarray:
+    """This thread's float32 work array of ``shape`` (the decode returns copies, never views of it)."""
+    buf = getattr(_SCRATCH, "heat", None)
+    if buf is None or buf.shape != shape:
+        buf = _SCRATCH.heat = np.empty(shape, np.float32)
+    return buf
 
 
 def _top_peaks_one(hm_logits: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -31,7 +45,7 @@ def _top_peaks_one(hm_logits: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarra
     the flat order of (C, H*W); :func:`zoo_core.api.peaks.topk_peaks` gives it without pooling the
     whole map, and the two-stage reference path runs when it cannot decide.
     """
-    heat = sigmoid32(hm_logits)
+    heat = sigmoid32(hm_logits, _scratch(hm_logits.shape))
     c, h, w = heat.shape
     fast = topk_peaks(heat, K)
     if fast is not None:

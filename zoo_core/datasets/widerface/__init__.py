@@ -27,6 +27,7 @@ from .predictions import (
     UnsortedPredictionsWarning,
     format_prediction_file,
     read_prediction_file,
+    read_prediction_texts,
     read_prediction_tree,
     write_prediction_tree,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "pr_curves_png",
     "pr_curves_title",
     "read_prediction_file",
+    "read_prediction_texts",
     "read_prediction_tree",
     "read_tree_detections",
     "score_widerface",

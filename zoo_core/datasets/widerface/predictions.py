@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -73,13 +73,20 @@ def read_prediction_file(path: str | os.PathLike, count: CountPolicy = "strict")
     of the file are ignored. ``count="lines"`` trusts the box lines: the count line (line 2) is not
     read at all, as in the wondervictor / chenjun2hao Python evaluators.
     """
-    if count not in COUNT_POLICIES:
-        raise ZooError(f"count must be one of {', '.join(COUNT_POLICIES)}, not {count!r}")
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ZooError(f"cannot read prediction file ({exc})", path=path) from exc
+    return parse_prediction_text(text, path, count)
+
+
+def parse_prediction_text(text: str, path: str | os.PathLike,
+                          count: CountPolicy = "strict") -> tuple[str, np.ndarray, np.ndarray]:
+    """:func:`read_prediction_file` on a file's text; ``path`` only names it in errors."""
+    if count not in COUNT_POLICIES:
+        raise ZooError(f"count must be one of {', '.join(COUNT_POLICIES)}, not {count!r}")
+    path = Path(path)
     lines = text.split("\n")
     while lines and not lines[-1].strip():
         lines.pop()
@@ -146,16 +153,46 @@ def read_prediction_tree(pred_dir: str | os.PathLike, gt: WiderGroundTruth, *, m
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise ZooError("prediction folder not found", path=pred_dir)
+
+    def read(event: str, stem: str) -> tuple[str, np.ndarray, np.ndarray] | None:
+        path = pred_dir / event / f"{stem}.txt"
+        return read_prediction_file(path, count) if path.is_file() else None
+
+    out = _read_images(gt, read, pred_dir, missing, unsorted)
+    expected = {(e, s) for _, _, e, s in gt.iter_images()}
+    extra = sum(1 for p in pred_dir.glob("*/*.txt") if (p.parent.name, p.stem) not in expected)
+    if extra:
+        warnings.warn(f"{extra} prediction file(s) in {pred_dir} are not WIDER val images and were ignored",
+                      ExtraPredictionsWarning, stacklevel=2)
+    return out
+
+
+def read_prediction_texts(texts: Mapping[Key, str], gt: WiderGroundTruth, *,
+                          unsorted: UnsortedPolicy = "sort") -> dict[Key, tuple[np.ndarray, np.ndarray]]:
+    """:func:`read_prediction_tree` over in-memory file texts ``{(event, stem): text}`` (the bytes a
+    user gets, parsed without a round trip through the disk); an image without a text has no
+    predictions (``missing="empty"``), texts for images not in ``gt`` are ignored."""
+    def read(event: str, stem: str) -> tuple[str, np.ndarray, np.ndarray] | None:
+        text = texts.get((event, stem))
+        return None if text is None else parse_prediction_text(text, Path(event) / f"{stem}.txt", "strict")
+
+    return _read_images(gt, read, Path("predictions"), "empty", unsorted)
+
+
+def _read_images(gt: WiderGroundTruth, read: Callable[[str, str], tuple[str, np.ndarray, np.ndarray] | None],
+                 where: Path, missing: MissingPolicy,
+                 unsorted: UnsortedPolicy) -> dict[Key, tuple[np.ndarray, np.ndarray]]:
     out: dict[Key, tuple[np.ndarray, np.ndarray]] = {}
     absent: list[Path] = []
     n_unsorted = 0
     for _, _, event, stem in gt.iter_images():
-        path = pred_dir / event / f"{stem}.txt"
-        if not path.is_file():
+        path = where / event / f"{stem}.txt"
+        got = read(event, stem)
+        if got is None:
             absent.append(path)
             out[(event, stem)] = _empty()
             continue
-        name, boxes, scores = read_prediction_file(path, count)
+        name, boxes, scores = got
         if not _name_matches(name, stem):
             raise ZooError(f"name line {name!r} is not image {stem!r}", path=path)
         if not _is_sorted_desc(scores):
@@ -171,14 +208,9 @@ def read_prediction_tree(pred_dir: str | os.PathLike, gt: WiderGroundTruth, *, m
         raise ZooError(f"prediction file missing ({len(absent)} of {gt.num_images} missing)", path=absent[0],
                        hint="run inference on every val image, or read with missing='empty' (faces still count)")
     if n_unsorted and unsorted == "sort":
-        warnings.warn(f"{n_unsorted} prediction file(s) in {pred_dir} were not sorted by descending score; "
+        warnings.warn(f"{n_unsorted} prediction file(s) in {where} were not sorted by descending score; "
                       "sorted them (stable), as the official MATLAB evaluation does",
-                      UnsortedPredictionsWarning, stacklevel=2)
-    expected = {(e, s) for _, _, e, s in gt.iter_images()}
-    extra = sum(1 for p in pred_dir.glob("*/*.txt") if (p.parent.name, p.stem) not in expected)
-    if extra:
-        warnings.warn(f"{extra} prediction file(s) in {pred_dir} are not WIDER val images and were ignored",
-                      ExtraPredictionsWarning, stacklevel=2)
+                      UnsortedPredictionsWarning, stacklevel=3)
     return out
 
 

@@ -1,12 +1,12 @@
 """Score :class:`~zoo_core.api.types.Detections` on a WIDER FACE dataset the way the official tools do.
 
-The detections go through the standard prediction tree (written, then read back with the strict reader),
-so the scored numbers are those of the files a user would hand to the official evaluation.
+The detections are formatted as the standard prediction tree's files and those texts are parsed back
+with the strict reader, so the scored numbers are those of the files a user would hand to the official
+evaluation (the same bytes are written as ``predictions/``).
 """
 from __future__ import annotations
 
 import logging
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -17,7 +17,7 @@ from .bootstrap import bootstrap_wider
 from .dataset import WiderFaceDataset
 from .evaluation import evaluate_records, evaluate_wider, wider_image_records
 from .plots import pr_curves_png, pr_curves_title
-from .predictions import format_prediction_file, read_prediction_tree, write_prediction_tree
+from .predictions import format_prediction_file, read_prediction_texts
 
 log = logging.getLogger("zoo.datasets.widerface")
 
@@ -59,13 +59,11 @@ def score_widerface(detections: Mapping[str, Detections], dataset: WiderFaceData
     if pred_order not in ("sort", "keep"):
         raise ConfigError(f"model.pred_order={pred_order!r} must be sort or keep")
     sort = pred_order == "sort"
-    files = {f"predictions/{ev}/{stem}.txt": format_prediction_file(ev, stem, b, sc, sort).encode()
-             for (ev, stem), (b, sc) in preds.items()}
+    texts = {(ev, stem): format_prediction_file(ev, stem, b, sc, sort) for (ev, stem), (b, sc) in preds.items()}
+    files = {f"predictions/{ev}/{stem}.txt": text.encode() for (ev, stem), text in texts.items()}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with tempfile.TemporaryDirectory(prefix="zoo_widerface_") as tmp:
-            write_prediction_tree(tmp, preds, sort, durable=False)  # scratch: no fsync
-            read = read_prediction_tree(tmp, gt, missing="empty", unsorted="error" if sort else "keep")
+        read = read_prediction_texts(texts, gt, unsorted="error" if sort else "keep")
         records = wider_image_records(read, gt, iou_thresh=iou_thresh)
         result = evaluate_records(records)
         metrics = {k: float(v) for k, v in result.ap.items()}
