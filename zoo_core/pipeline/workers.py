@@ -95,7 +95,7 @@ class SlotRing:
     Raises :class:`OSError` when the space cannot be reserved (the caller falls back to pickling).
     """
 
-    def __init__(self, num_slots: int, slot_bytes: int = SLOT_BYTES):
+    def __init__(self, num_slots: int, slot_bytes: int = SLOT_BYTES, populate: bool = False):
         d = shm_dir()
         if d is None:
             raise OSError("no writable shared-memory directory")
@@ -105,7 +105,10 @@ class SlotRing:
         fd, self.path = tempfile.mkstemp(prefix=f"zoo-slots-{os.getpid()}-", dir=d)
         try:
             os.posix_fallocate(fd, 0, self.size)  # ENOSPC now rather than SIGBUS on first touch
-            self.map = mmap.mmap(fd, self.size)
+            # the reserved pages exist from now on; ``populate`` maps them all at once (the RSS then
+            # shows them from the start, not as they are first touched, and no item pays their faults)
+            flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
+            self.map = mmap.mmap(fd, self.size, flags=flags)
         except OSError:
             os.close(fd)
             self.unlink()
@@ -373,7 +376,7 @@ class WorkerPool:
         if self.ring is None or (need <= self.ring.size and self.ring.size % batch_bytes == 0):
             return
         try:
-            bigger = SlotRing(1, need)
+            bigger = SlotRing(1, need, populate=True)
             bigger.first_offset = (submitted * slot) % need
         except OSError as exc:
             log.info("no room for a %d MB shared-memory ring (%s): batches are copied", need >> 20, exc)
