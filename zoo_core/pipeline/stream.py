@@ -40,8 +40,9 @@ log = logging.getLogger("zoo")
 
 #: The interpreter's GIL switch interval while a stream runs (the default is 5 ms). A device call
 #: that returns must get the GIL back from the decoding and feeding threads; at 1-10 ms per call a
-#: 5 ms wait for it idles the device.
-GIL_SWITCH_S = 0.0005
+#: 5 ms wait for it idles the device. 0.2 ms kept a 4.2 ms/call device 1-5 % busier than 0.5 ms at
+#: the same host capacity (BENCHMARKS.md).
+GIL_SWITCH_S = 0.0002
 
 #: ``decode(outputs, metas) -> one Detections per item`` (a model's postprocess hook).
 DecodeFn = Callable[[list[np.ndarray], list[dict]], list[Detections]]
