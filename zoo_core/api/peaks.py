@@ -98,7 +98,7 @@ def topk_peaks(heat: np.ndarray, k: int, oversample: int = 4,
     largest maximum of the map's ``group_rows x 1`` column groups) splits the map: the 3x3 peak test
     runs on the values ``> t`` (all of them lie in the fewer than ``oversample * k`` groups whose
     maximum is ``> t``, so only those groups are read), and, when they hold fewer than ``k`` peaks, on
-    the values ``== t`` in index order (a chunk at a time) until ``k`` are found. Every peak left out
+    the values ``== t`` in index order (a chunk of the map at a time) until ``k`` are found. Every peak left out
     ranks below the ones found, so the answer is exact. A plateau (a constant background, as an
     oracle's) therefore costs a chunk, not the whole map. Returns ``None`` when it cannot decide
     cheaply (too few peaks ``>= t``, ``t <= 0``, NaN, or so many values above ``t`` that pooling the
@@ -112,7 +112,11 @@ def topk_peaks(heat: np.ndarray, k: int, oversample: int = 4,
     m = oversample * k
     if k < 1 or m >= groups.size:
         return None
-    t = groups[np.argpartition(groups, groups.size - m)[groups.size - m]]
+    lowest = groups.min()
+    if np.count_nonzero(groups > lowest) < m:  # a plateau (an oracle's background): t is its level
+        t = lowest  # (and argpartition over thousands of equal values is slow)
+    else:
+        t = groups[np.argpartition(groups, groups.size - m)[groups.size - m]]
     if not t > 0:
         return None
     flat = heat.reshape(-1)
@@ -127,12 +131,16 @@ def topk_peaks(heat: np.ndarray, k: int, oversample: int = 4,
     found = [above[_is_peak(heat, above)]]
     need = k - found[0].size
     if need > 0:
-        equal = np.flatnonzero(flat == t)
-        for start in range(0, equal.size, chunk):
-            part = equal[start:start + chunk]
-            peaks = part[_is_peak(heat, part)][:need]
-            found.append(peaks)
-            need -= peaks.size
+        span = 16 * chunk  # the map is searched for ``== t`` a span at a time, in index order
+        for lo in range(0, flat.size, span):
+            equal = np.flatnonzero(flat[lo:lo + span] == t) + lo
+            for start in range(0, equal.size, chunk):
+                part = equal[start:start + chunk]
+                peaks = part[_is_peak(heat, part)][:need]
+                found.append(peaks)
+                need -= peaks.size
+                if need <= 0:
+                    break
             if need <= 0:
                 break
         if need > 0:
