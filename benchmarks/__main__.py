@@ -194,14 +194,13 @@ class Bench:
             # the 1-worker capacity is measured for float input only (one setup fewer in every round);
             # AIPP's card figures come from its own CPU-ms per image, as the float ones do
             w1 = rep.figures.get(f"capacity:{key}_w1")
-            one = w1["median"] if w1 else float("nan")
-            scaling = c["median"] / one
+            one = w1["median"] if w1 else None
+            scaling = c["median"] / one if one else None
             rep.figures[f"feeding:{key}"] = {"worker_cpu_ms": w, "parent_cpu_ms": par,
-                                             "capacity_1_worker": one if w1 else None,
-                                             "capacity_2_workers": c["median"],
-                                             "scaling_1_to_2": scaling if w1 else None, **card}
-            measured = (f"capacity {one:.0f} img/s with 1 worker, {c['median']:.0f} with 2 ({scaling:.2f}x)" if w1
-                        else f"capacity {c['median']:.0f} img/s with 2 workers")
+                                             "capacity_1_worker": one, "capacity_2_workers": c["median"],
+                                             "scaling_1_to_2": scaling, **card}
+            measured = (f"capacity {one:.0f} img/s with 1 worker, {c['median']:.0f} with 2 ({scaling:.2f}x)"
+                        if one and scaling else f"capacity {c['median']:.0f} img/s with 2 workers")
             rep.note("host", f"feeding a card ({key}): {measured}; workers {w:.2f} + parent {par:.2f} CPU-ms/img, "
                              "so: " + "; ".join(
                 f"{n} at {v['rate']:.0f} img/s needs {v['cores']:.1f} cores of this machine's kind "

@@ -19,13 +19,17 @@ def _refs(arrays: list[np.ndarray], i: int) -> int:
     return sys.getrefcount(arrays[i])
 
 
+#: The reference count of an array that only a pool's list holds, as :func:`_refs` sees it (measured,
+#: not assumed: how ``getrefcount`` counts differs between CPython versions).
+_IDLE = _refs([np.empty(0)], 0)
+
+
 class ArrayPool:
     """At most ``keep`` arrays per (shape, dtype), each reused when it is referenced only here."""
 
     def __init__(self, keep: int = 6):
         self.keep = int(keep)
         self._arrays: dict[tuple, list[np.ndarray]] = {}
-        self._idle_refs: dict[tuple, int] = {}
         self._lock = threading.Lock()
         self.reused = 0
 
@@ -35,16 +39,11 @@ class ArrayPool:
         key = (tuple(int(s) for s in shape), dt.str)
         with self._lock:
             arrays = self._arrays.setdefault(key, [])
-            idle = self._idle_refs.get(key)
             for i in range(len(arrays)):
-                if _refs(arrays, i) <= (idle or 0):
+                if _refs(arrays, i) <= _IDLE:
                     self.reused += 1
                     return arrays[i]
             arr = np.empty(key[0], dt)
             if len(arrays) < self.keep:
                 arrays.append(arr)
-                if idle is None:
-                    del arr
-                    self._idle_refs[key] = _refs(arrays, len(arrays) - 1)
-                    return arrays[-1]
             return arr
