@@ -207,3 +207,75 @@ def test_topk_peaks_on_a_realistic_map_equals_pooling_the_whole_map(shape):
     ref = topk_desc(keep_peaks(heat).reshape(-1), 100)
     np.testing.assert_array_equal(fast[0], ref[0])
     np.testing.assert_array_equal(fast[1], ref[1])
+
+
+def _steps(x):
+    """A monotone score with wide level sets: many distinct raw values score equal (as saturated logits)."""
+    import numpy as np
+
+    return (np.floor(np.asarray(x, np.float64) * 4) / 16 + 1).clip(0.25, 2).astype(np.float32)
+
+
+def _sigmoid64(x):
+    import numpy as np
+
+    return (1 / (1 + np.exp(-np.asarray(x, np.float64)))).astype(np.float32)
+
+
+@pytest.mark.parametrize("score", [_steps, _sigmoid64])
+def test_topk_peaks_with_a_score_equals_pooling_the_scored_map(score):
+    """``score=``: the search runs on raw values and scores only what it reads; the answer must equal
+    scoring the whole map, pooling it and taking the top-k, including ties between different raw values
+    that score equal (a saturated sigmoid), plateaus, and a constant background."""
+    import numpy as np
+
+    from zoo_core.api.peaks import keep_peaks, topk_desc, topk_peaks
+
+    rng = np.random.default_rng(7)
+    taken = 0
+    for trial in range(300):
+        c, h, w = int(rng.integers(1, 6)), int(rng.integers(3, 40)), int(rng.integers(3, 40))
+        kind = trial % 4
+        if kind == 0:  # smooth low background with blobs, some saturated
+            raw = rng.normal(-6, 1, (c, h, w))
+            for _ in range(int(rng.integers(1, 30))):
+                ch, y, x = rng.integers(c), rng.integers(h), rng.integers(w)
+                raw[ch, max(0, y - 1):y + 2, max(0, x - 1):x + 2] += rng.choice([3.0, 8.0, 30.0, 40.0])
+        elif kind == 1:  # coarse levels: plateaus and equal scores everywhere
+            raw = rng.integers(-3, 6, (c, h, w)) * 0.3
+        elif kind == 2:  # an oracle: constant background, a few peaks
+            raw = np.full((c, h, w), -20.0)
+            for _ in range(int(rng.integers(0, 8))):
+                raw[rng.integers(c), rng.integers(h), rng.integers(w)] = rng.uniform(-2, 25)
+        else:  # fp16 outputs
+            raw = rng.normal(0, 3, (c, h, w)).astype(np.float16)
+        raw = np.asarray(raw, np.float32)
+        k = int(rng.integers(1, 60))
+        got = topk_peaks(raw, k, chunk=int(rng.integers(3, 50)), group_rows=int(rng.integers(1, 12)), score=score)
+        if got is None:
+            continue
+        taken += 1
+        ref = topk_desc(keep_peaks(score(raw)).reshape(-1), k)
+        np.testing.assert_array_equal(got[0], ref[0])
+        np.testing.assert_array_equal(got[1], ref[1])
+    assert taken > 150
+
+
+def test_level_set_is_the_whole_interval_of_equal_scores():
+    import numpy as np
+
+    from zoo_core.api.peaks import _level_set
+
+    rng = np.random.default_rng(3)
+    for x in [*rng.normal(0, 10, 200).astype(np.float32), np.float32(0), np.float32(-0.0), np.float32(50)]:
+        for score in (_steps, _sigmoid64):
+            lo, hi = _level_set(score, x)
+            t = score(np.asarray([x], np.float32))[0]
+            assert lo <= x <= hi
+            assert score(np.asarray([lo, hi], np.float32)).tolist() == [t, t]
+            below = np.nextafter(lo, np.float32(-np.inf), dtype=np.float32)
+            above = np.nextafter(hi, np.float32(np.inf), dtype=np.float32)
+            if np.isfinite(lo):
+                assert score(np.asarray([below], np.float32))[0] < t
+            if np.isfinite(hi):
+                assert score(np.asarray([above], np.float32))[0] > t

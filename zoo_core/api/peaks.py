@@ -1,6 +1,8 @@
 """Heatmap peak picking: 3x3 max-pool "NMS" and top-K, vectorised over the batch (numpy)."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 
@@ -57,8 +59,15 @@ def topk_desc(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(scores, idx, -1), idx
 
 
-def _is_peak(heat: np.ndarray, flat_idx: np.ndarray) -> np.ndarray:
-    """For each flat index of ``heat`` (C, H, W): is it the maximum of its 3x3 neighbourhood?"""
+Score = Callable[[np.ndarray], np.ndarray]
+
+
+def _is_peak(heat: np.ndarray, flat_idx: np.ndarray, score: Score | None = None) -> np.ndarray:
+    """For each flat index of ``heat`` (C, H, W): is its score the maximum of its 3x3 neighbourhood's?
+
+    The neighbourhood maximum is taken on the raw values and scored once: for a monotone ``score``
+    the score of the largest value is the largest score.
+    """
     _c, h, w = heat.shape
     vals = heat.reshape(-1)[flat_idx]
     ci, rem = np.divmod(flat_idx, h * w)
@@ -74,7 +83,9 @@ def _is_peak(heat: np.ndarray, flat_idx: np.ndarray) -> np.ndarray:
             nb = heat[ci[ok], yy[ok], xx[ok]]
             np.maximum(pooled[ok], nb, out=nb)
             pooled[ok] = nb
-    return pooled == vals
+    if score is None:
+        return pooled == vals
+    return score(pooled) == score(vals)
 
 
 def _group_maxima(heat2d: np.ndarray, rows: int) -> tuple[np.ndarray, int]:
@@ -89,8 +100,56 @@ def _group_maxima(heat2d: np.ndarray, rows: int) -> tuple[np.ndarray, int]:
     return np.concatenate([main, heat2d[full:].reshape(-1)]), main.size
 
 
-def topk_peaks(heat: np.ndarray, k: int, oversample: int = 4,
-               chunk: int = 4096, group_rows: int = 32) -> tuple[np.ndarray, np.ndarray] | None:
+_INF_KEY = int(np.float32(np.inf).view(np.int32))
+
+
+def _key(x: np.float32) -> int:
+    """float32 -> int, order-preserving (-0.0 sorts just below +0.0)."""
+    b = int(np.float32(x).view(np.int32))
+    return b if b >= 0 else -(b & 0x7FFFFFFF) - 1
+
+
+def _unkey(keys: np.ndarray) -> np.ndarray:
+    keys = np.asarray(keys, np.int64)
+    bits = np.where(keys >= 0, keys, (-(keys + 1)) | 0x80000000)
+    return bits.astype(np.uint32).view(np.float32)
+
+
+def _level_set(score: Score, x: np.float32) -> tuple[np.float32, np.float32]:
+    """The float32 interval ``[lo, hi]`` around ``x`` on which a monotone ``score`` equals ``score(x)``
+    (e.g. the logits whose float32 sigmoid rounds to the same value, or the whole saturated tail).
+
+    The next 16 keys each way, then a 256-way search over the order-preserving integer keys of
+    float32: a few small ``score`` calls.
+    """
+    t = score(np.asarray([x], np.float32))[0]
+
+    def edge(a: int, b: int) -> int:
+        """The last key from ``a`` (inside the level set) towards ``b`` (inclusive) still inside it."""
+        step = 1 if b > a else -1
+        near = True  # a level set is mostly a few ulps wide: the next 16 keys first
+        while a != b:
+            span = abs(b - a)
+            n = min(16 if near else 256, span)
+            offsets = np.arange(1, n + 1, dtype=np.int64)
+            probes = a + step * (offsets if near else offsets * span // n)
+            near = False
+            outside = np.flatnonzero(score(_unkey(probes)) != t)
+            if outside.size == 0:
+                a = int(probes[-1])
+                continue
+            j = int(outside[0])
+            a = a if j == 0 else int(probes[j - 1])
+            b = int(probes[j]) - step
+        return a
+
+    k = _key(x)
+    lo, hi = edge(k, -_INF_KEY - 1), edge(k, _INF_KEY)
+    return _unkey(np.asarray([lo]))[0], _unkey(np.asarray([hi]))[0]
+
+
+def topk_peaks(heat: np.ndarray, k: int, oversample: int = 4, chunk: int = 4096, group_rows: int = 32,
+               score: Score | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """Top-``k`` of ``keep_peaks(heat)`` flattened, for one image ``heat`` of shape (C, H, W).
 
     Same result as ``topk_desc(keep_peaks(heat).reshape(-1), k)`` (value descending, lower flat
@@ -103,6 +162,13 @@ def topk_peaks(heat: np.ndarray, k: int, oversample: int = 4,
     oracle's) therefore costs a chunk, not the whole map. Returns ``None`` when it cannot decide
     cheaply (too few peaks ``>= t``, ``t <= 0``, NaN, or so many values above ``t`` that pooling the
     whole map is cheaper): the caller then takes the full path.
+
+    ``score``: an element-wise, monotone non-decreasing float32 map (a sigmoid of logits). ``heat``
+    then holds its inputs and the result is that of ``keep_peaks(score(heat))``, with ``score``
+    evaluated only on the values read: the search runs on raw values, ``t``'s score level is widened to
+    the raw interval that has that score (saturated logits share a score, and their ties rank by index),
+    and the returned values are scores. Two distinct raw values that score equal are equal here, as
+    they are on the scored map.
     """
     heat = np.asarray(heat)
     c, h, w = heat.shape
@@ -113,30 +179,40 @@ def topk_peaks(heat: np.ndarray, k: int, oversample: int = 4,
     if k < 1 or m >= groups.size:
         return None
     lowest = groups.min()
+    if np.isnan(lowest):  # a NaN group hides its other values from the threshold
+        return None
     if np.count_nonzero(groups > lowest) < m:  # a plateau (an oracle's background): t is its level
         t = lowest  # (and argpartition over thousands of equal values is slow)
     else:
         t = groups[np.argpartition(groups, groups.size - m)[groups.size - m]]
-    if not t > 0:
-        return None
+    if score is None:
+        if not t > 0:
+            return None
+        lo = hi = t
+    else:
+        if not np.isfinite(t) or not score(np.asarray([t], heat.dtype))[0] > 0:
+            return None
+        lo, hi = _level_set(score, t)
     flat = heat.reshape(-1)
-    hot = np.flatnonzero(groups > t)
+    hot = np.flatnonzero(groups > hi)
     main, tail = hot[hot < n_main], hot[hot >= n_main]
     band, col = np.divmod(main, w)
     rows = band[:, None] * g + np.arange(g)
     members = np.concatenate([(rows * w + col[:, None]).reshape(-1), tail - n_main + n_main * g])
-    above = np.sort(members[flat[members] > t])
+    above = np.sort(members[flat[members] > hi])
     if above.size > flat.size // 8:
         return None
-    found = [above[_is_peak(heat, above)]]
+    found = [above[_is_peak(heat, above, score)]]
     need = k - found[0].size
     if need > 0:
-        span = 16 * chunk  # the map is searched for ``== t`` a span at a time, in index order
-        for lo in range(0, flat.size, span):
-            equal = np.flatnonzero(flat[lo:lo + span] == t) + lo
+        span = 16 * chunk  # the map is searched for the level ``t`` a span at a time, in index order
+        for start_ in range(0, flat.size, span):
+            part_ = flat[start_:start_ + span]
+            level = part_ == t if lo == hi else (part_ >= lo) & (part_ <= hi)
+            equal = np.flatnonzero(level) + start_
             for start in range(0, equal.size, chunk):
                 part = equal[start:start + chunk]
-                peaks = part[_is_peak(heat, part)][:need]
+                peaks = part[_is_peak(heat, part, score)][:need]
                 found.append(peaks)
                 need -= peaks.size
                 if need <= 0:
@@ -146,6 +222,6 @@ def topk_peaks(heat: np.ndarray, k: int, oversample: int = 4,
         if need > 0:
             return None
     cand = np.concatenate(found)
-    vals = flat[cand]
+    vals = flat[cand] if score is None else score(flat[cand])
     order = np.lexsort((cand, -vals))[:k]
     return vals[order], cand[order]

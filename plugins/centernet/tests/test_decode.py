@@ -138,3 +138,55 @@ def test_decode_does_not_import_torch():
             "np.zeros((1,2,8,8),np.float32), [{'c':[4,4],'s':8.0,'out_h':8,'out_w':8}]); "
             "assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("start", [-104.0, -20.0, -0.3656416, 0.0461, 1.0, 16.5])
+def test_sigmoid32_never_steps_back(start):
+    """4M consecutive float32 logits from each start (numpy's float32 exp steps back by 1-2 ulps near
+    -0.37 and 0.05; the decode searches logits, so the sigmoid must be monotone)."""
+    bits = np.arange(0, 1 << 22, dtype=np.int64)
+    first = int(np.float32(start).view(np.int32))
+    if start < 0:  # ascending negative floats: the magnitude's bits descend
+        x = (first - bits).astype(np.uint32).view(np.float32)
+    else:
+        x = (first + bits).astype(np.uint32).view(np.float32)
+    assert (np.diff(x) > 0).all()
+    s = sigmoid32(x)
+    assert s.dtype == np.float32 and (np.diff(s) >= 0).all()
+    np.testing.assert_allclose(s, 1 / (1 + np.exp(-x.astype(np.float64))), rtol=6e-8, atol=1e-45)
+
+
+def test_sigmoid32_scores_a_logit_the_same_in_any_array():
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 8, (80, 128, 128)).astype(np.float32)
+    full = sigmoid32(x).reshape(-1)
+    for n in (1, 3, 7, 8, 9, 17, 1000):
+        idx = rng.integers(0, x.size, n)
+        np.testing.assert_array_equal(sigmoid32(x.reshape(-1)[idx]), full[idx])
+    out = np.empty_like(x)
+    assert sigmoid32(x, out) is out
+    np.testing.assert_array_equal(out.reshape(-1), full)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_decode_from_logits_equals_pooling_the_whole_sigmoid_map(dtype):
+    """A realistic head (low background, blobs, saturated peaks that tie at 1.0, fp16 outputs): the
+    decode's logit search gives the reference's pooled-sigmoid top-100 exactly."""
+    from zoo_core.api.peaks import keep_peaks, topk_desc
+
+    rng = np.random.default_rng(11)
+    hm = rng.normal(-7, 1.2, (1, 80, 128, 128))
+    for i in range(120):
+        c, y, x = rng.integers(80), rng.integers(1, 127), rng.integers(1, 127)
+        hm[0, c, y - 1:y + 2, x - 1:x + 2] += np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) * rng.uniform(0.5, 6 if i % 4 else 12)
+    hm = hm.astype(dtype)
+    wh = np.ones((1, 2, 128, 128), np.float32)
+    got = ctdet_decode(hm, wh, None, K=100)[0]
+    heat = keep_peaks(sigmoid32(hm[0]))
+    cls_scores, cls_inds = topk_desc(heat.reshape(80, -1), 100)
+    scores, flat = topk_desc(cls_scores.reshape(-1), 100)
+    pos = cls_inds.reshape(-1)[flat]
+    np.testing.assert_array_equal(got[:, 4], scores)
+    np.testing.assert_array_equal(got[:, 5], (flat // 100).astype(np.float32))
+    np.testing.assert_array_equal(got[:, 0], (pos % 128).astype(np.float32))
+    assert (scores == 1).sum() >= 2  # saturated ties were in play

@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -14,44 +13,41 @@ from zoo_core.api.geometry import unletterbox_boxes
 from zoo_core.api.peaks import keep_peaks, topk_desc, topk_peaks
 from zoo_core.api.types import Detections
 
-_SCRATCH = threading.local()
-
 
 def sigmoid32(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Logistic function computed in float32 (the peak test compares these values exactly).
+    """Logistic function of float32 logits, as float32 (the peak test compares these values exactly).
 
-    ``out``: a float32 array of ``x``'s shape to write into (no fresh multi-MB array per image).
+    Evaluated in float64 and rounded once to float32, so it is monotone non-decreasing over every
+    float32 input (checked exhaustively; numpy's float32 ``exp`` steps back by 1-2 ulps near 0).
+    :func:`zoo_core.api.peaks.topk_peaks` relies on that to search the logits and score only the
+    values it reads. ``out``: a float32 array of ``x``'s shape to write into.
     """
-    x = np.asarray(x, dtype=np.float32)
-    out = np.negative(x, out=out)
-    np.exp(out, out=out)
-    out += np.float32(1.0)
-    np.reciprocal(out, out=out)
+    e = np.negative(np.asarray(x, np.float32), dtype=np.float64)
+    with np.errstate(over="ignore"):  # exp(-x) = inf below x = -709: the sigmoid is 0 there
+        np.exp(e, out=e)
+    e += 1.0
+    np.reciprocal(e, out=e)
+    if out is None:
+        return e.astype(np.float32)
+    np.copyto(out, e, casting="same_kind")
     return out
-
-
-def _scratch(shape: tuple[int, ...]) -> np.ndarray:
-    """This thread's float32 work array of ``shape`` (the decode returns copies, never views of it)."""
-    buf = getattr(_SCRATCH, "heat", None)
-    if buf is None or buf.shape != shape:
-        buf = _SCRATCH.heat = np.empty(shape, np.float32)
-    return buf
 
 
 def _top_peaks_one(hm_logits: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(scores, classes, positions) of one image's global top-K peaks (per image: cache-sized arrays).
 
     Per-class top-K then global top-K orders by (score desc, class asc, position asc), which is
-    the flat order of (C, H*W); :func:`zoo_core.api.peaks.topk_peaks` gives it without pooling the
-    whole map, and the two-stage reference path runs when it cannot decide.
+    the flat order of (C, H*W); :func:`zoo_core.api.peaks.topk_peaks` gives it from the logits,
+    scoring only the values it reads, and the two-stage reference path (the sigmoid of the whole
+    map, pooled) runs when it cannot decide.
     """
-    heat = sigmoid32(hm_logits, _scratch(hm_logits.shape))
-    c, h, w = heat.shape
-    fast = topk_peaks(heat, K)
+    logits = np.asarray(hm_logits, np.float32)
+    c, h, w = logits.shape
+    fast = topk_peaks(logits, K, score=sigmoid32)
     if fast is not None:
         scores, flat = fast
         return scores, flat // (h * w), flat % (h * w)
-    heat = keep_peaks(heat)
+    heat = keep_peaks(sigmoid32(logits))
     k1 = min(int(K), h * w)
     cls_scores, cls_inds = topk_desc(heat.reshape(c, h * w), k1)
     scores, flat = topk_desc(cls_scores.reshape(c * k1), int(K))
