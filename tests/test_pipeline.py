@@ -201,6 +201,18 @@ def test_replay_backend_reads_a_dump_with_file_dtype_and_pads(tmp_path):
     assert out.dtype == np.float32 and out[:, 0].tolist() == [1, 2]
 
 
+def test_replay_backend_reads_exact_files_in_place_and_names_a_wrong_sized_one(tmp_path):
+    for i in range(3):
+        write_bin(tmp_path / f"img{i}_0.bin", np.arange(3, dtype=np.float32) + i)
+    backend = ReplayBackend(None, {"dir": tmp_path}, ModelIO(output_specs=lambda m: SPEC))
+    padded = Batch(ids=["img2", "img0", "img0"], inputs={"x": np.zeros((3, 1))}, metas=[{}, {}, {}], n_valid=2)
+    (out,) = backend.infer(padded)
+    assert out.tolist() == [[2, 3, 4], [0, 1, 2], [0, 1, 2]]  # the padding repeats the last row
+    (tmp_path / "img1_0.bin").write_bytes(np.zeros(4, np.float32).tobytes())
+    with pytest.raises(InputError, match=r"img1_0.bin"):
+        backend.infer(Batch(ids=["img0", "img1"], inputs={}, metas=[{}, {}]))
+
+
 def test_meta_jsonl_errors_name_the_file_and_line(tmp_path):
     good = '{"id": "a", "meta": {}, "inputs": {"x": {"shape": [3], "dtype": "float32"}}}\n'
     specs = [TensorSpec("x", (3,))]

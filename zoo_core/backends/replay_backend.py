@@ -10,6 +10,7 @@ each file goes through ``read_bin`` (size errors name the file).
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -82,23 +83,31 @@ class ReplayBackend(Backend):
         specs = [self.io.output_specs(m) for m in metas]
         dump = self.dump(metas[0])
         paths = [dump.paths(i) for i in ids]
-        same = all(s == specs[0] for s in specs)
-        exact = self.file_dtype is None and same and all(
-            p.suffix == ".bin" and p.stat().st_size == sp.nbytes
-            for ps in paths for p, sp in zip(ps, specs[0], strict=True))
-        if not exact:
-            items = [dump.read(i, sp, self.file_dtype) for i, sp in zip(ids, specs, strict=True)]
-            return [pad(np.stack([it[k] for it in items]), batch.size) for k in range(len(items[0]))]
-        out = []
-        for k, sp in enumerate(specs[0]):
-            arr = self._buffers.empty((batch.size, *sp.shape), np.dtype(sp.dtype).newbyteorder("<"))
-            for j, ps in enumerate(paths):
-                with open(ps[k], "rb", buffering=0) as f:
-                    f.readinto(memoryview(arr[j]).cast("B"))
-            if batch.size > n:
+        if self.file_dtype is None and all(s == specs[0] for s in specs):
+            out = self._read_exact(paths, specs[0], batch.size)
+            if out is not None:
+                return out
+        items = [dump.read(i, sp, self.file_dtype) for i, sp in zip(ids, specs, strict=True)]
+        return [pad(np.stack([it[k] for it in items]), batch.size) for k in range(len(items[0]))]
+
+    def _read_exact(self, paths: list[list[Path]], specs: list[Any], size: int) -> list[np.ndarray] | None:
+        """Each file straight into its row of a pooled batch array, when every file is a ``.bin`` of
+        exactly its spec's size (checked on the open file); ``None`` otherwise (the caller then reads
+        through ``read_bin``, whose errors name the file)."""
+        n = len(paths)
+        out = [self._buffers.empty((size, *sp.shape), np.dtype(sp.dtype).newbyteorder("<")) for sp in specs]
+        for j, ps in enumerate(paths):
+            for arr, p in zip(out, ps, strict=True):
+                row = memoryview(arr[j]).cast("B")
+                if p.suffix != ".bin":
+                    return None
+                with open(p, "rb", buffering=0) as f:
+                    if os.fstat(f.fileno()).st_size != row.nbytes or f.readinto(row) != row.nbytes:
+                        return None
+        for arr in out:
+            if size > n:
                 arr[n:] = arr[n - 1]
-            out.append(arr.astype(sp.dtype, copy=False))
-        return out
+        return [arr.astype(sp.dtype, copy=False) for arr, sp in zip(out, specs, strict=True)]
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "dir": str(self.dir), "device_latency_ms": self.latency * 1000,
