@@ -65,11 +65,22 @@ def affine_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return out
 
 
-def warp_affine(image: np.ndarray, matrix: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """``cv2.warpAffine`` with bilinear sampling and a black border, to ``size`` = (w, h)."""
+def warp_affine(image: np.ndarray, matrix: np.ndarray, size: Sequence[int],
+                out: np.ndarray | None = None) -> np.ndarray:
+    """``cv2.warpAffine`` with bilinear sampling and a black border, to ``size`` = (w, h).
+
+    ``out``: a C-contiguous array of the result's shape and dtype that OpenCV writes into (e.g. one
+    from :func:`zoo_core.api.arena.empty`, so a model input is born in shared memory); returned.
+    """
     import cv2
 
-    return np.asarray(cv2.warpAffine(image, matrix, (int(size[0]), int(size[1])), flags=cv2.INTER_LINEAR))
+    dsize = (int(size[0]), int(size[1]))
+    if out is None:
+        return np.asarray(cv2.warpAffine(image, matrix, dsize, flags=cv2.INTER_LINEAR))
+    res = cv2.warpAffine(image, matrix, dsize, dst=out, flags=cv2.INTER_LINEAR)
+    if res.__array_interface__["data"][0] != out.__array_interface__["data"][0]:  # OpenCV reallocated
+        out[...] = res
+    return out
 
 
 class Letterbox(NamedTuple):
@@ -95,13 +106,14 @@ def letterbox_center_scale(height: int, width: int) -> tuple[np.ndarray, float]:
 
 
 def letterbox(image: np.ndarray, out_hw: Sequence[int], center: Sequence[float] | np.ndarray | None = None,
-              scale: Scale | None = None) -> tuple[np.ndarray, Letterbox]:
+              scale: Scale | None = None, out: np.ndarray | None = None) -> tuple[np.ndarray, Letterbox]:
     """Letterbox ``image`` (HxWxC) to ``out_hw`` = (height, width); returns ``(warped, letterbox)``.
 
     ``center`` / ``scale`` default to :func:`letterbox_center_scale` of the image (CenterNet's
     fix_res and CenterFace's 800x800 input); pass them for another rule (CenterNet keep_res:
     ``center = (w // 2, h // 2)``, ``scale = [inp_w, inp_h]``). The warp is OpenCV's fixed-point
-    bilinear ``warpAffine`` with a black border, as the reference. ``warped`` has ``image``'s dtype.
+    bilinear ``warpAffine`` with a black border, as the reference. ``warped`` has ``image``'s dtype;
+    ``out`` (see :func:`warp_affine`) receives it when given.
     """
     out_h, out_w = int(out_hw[0]), int(out_hw[1])
     if center is None or scale is None:
@@ -110,7 +122,7 @@ def letterbox(image: np.ndarray, out_hw: Sequence[int], center: Sequence[float] 
         scale = s0 if scale is None else scale
     c = np.asarray(center, dtype=np.float32)
     matrix = get_affine_transform(c, scale, (out_w, out_h))
-    return warp_affine(image, matrix, (out_w, out_h)), Letterbox(c, scale, (out_h, out_w))
+    return warp_affine(image, matrix, (out_w, out_h), out), Letterbox(c, scale, (out_h, out_w))
 
 
 def letterbox_points(points: np.ndarray, center: Sequence[float] | np.ndarray, scale: Scale,

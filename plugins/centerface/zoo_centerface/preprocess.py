@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from zoo_core.api import arena
 from zoo_core.api.errors import ConfigError
 from zoo_core.api.geometry import letterbox, letterbox_center_scale, normalize_to_chw
 
@@ -86,11 +87,12 @@ def preprocess_ascend(image_bgr: np.ndarray, input_hw: Sequence[int] = ASCEND_IN
     h, w = image_bgr.shape[:2]
     h_in, w_in = int(input_hw[0]), int(input_hw[1])
     c, s = letterbox_center_scale(h, w)
-    warped, _ = letterbox(image_bgr, (h_in, w_in), center=c, scale=s)
-    if aipp:
-        arr = np.ascontiguousarray(warped)
+    if aipp:  # the warped image is the model input: born in the item's shared memory when there is one
+        arr, _ = letterbox(image_bgr, (h_in, w_in), center=c, scale=s,
+                           out=arena.empty((h_in, w_in, *image_bgr.shape[2:]), image_bgr.dtype))
         input_shape = [h_in, w_in, 3]
     else:
+        warped, _ = letterbox(image_bgr, (h_in, w_in), center=c, scale=s)
         arr = normalize_to_chw(warped, np.asarray(mean, np.float32), np.asarray(std, np.float32))
         input_shape = [3, h_in, w_in]
     meta = {
