@@ -99,6 +99,29 @@ def test_nonfinite_outputs_fail_or_are_skipped(skip):
     assert sorted(sink.detections) == [f"img{i:03d}" for i in (0, 1, 3, 4, 5)]
 
 
+def test_find_nonfinite_names_exactly_the_items_with_nan_or_inf():
+    """Against the element-wise oracle: NaN, +inf and -inf anywhere (SIMD tails included), finite
+    values whose sum overflows (not flagged), padding rows past ``n`` ignored, float16/64, strided."""
+    from zoo_core.pipeline.stream import find_nonfinite
+
+    rng = np.random.default_rng(4)
+    for trial in range(300):
+        b, n = int(rng.integers(1, 5)), 0
+        n = int(rng.integers(1, b + 1))
+        dtype = (np.float32, np.float64, np.float16)[trial % 3]
+        outs = [rng.normal(0, 1, (b, int(rng.integers(1, 70)), 3)).astype(dtype) for _ in range(2)]
+        if trial % 7 == 0:
+            outs[0][:] = np.finfo(dtype).max  # a sum overflows, nothing is non-finite
+        for _ in range(int(rng.integers(0, 3))):
+            o = outs[int(rng.integers(2))]
+            o.reshape(b, -1)[rng.integers(b), rng.integers(o[0].size)] = rng.choice([np.nan, np.inf, -np.inf])
+        if trial % 5 == 0:
+            outs[1] = outs[1][:, :, ::2]  # not contiguous
+        want = [i for i in range(n) if not all(np.isfinite(o[i]).all() for o in outs)]
+        assert find_nonfinite(outs, n) == want
+    assert find_nonfinite([np.zeros((2, 0), np.float32)], 2) == []
+
+
 def test_nonfinite_raw_outputs_are_checked_without_decode_too():
     with pytest.raises(InputError, match="NaN or inf"):
         Stream(ListSource(2), [MemorySink()], backend=EchoBackend(nan={"img001"}), keep_outputs=True).run()

@@ -81,12 +81,27 @@ class Sink(Protocol):
         ...
 
 
+_ZEROS: dict[np.dtype, np.ndarray] = {}
+
+
+def _maybe_finite(a: np.ndarray) -> bool:
+    """False when ``a`` may hold NaN or inf, in one pass and no temporary: for float32/64 a dot
+    product with zeros (BLAS), NaN exactly when an element is NaN or +-inf (0 x inf = NaN); else a
+    sum, NaN/inf when an element is (a finite sum that overflows is a false alarm the caller checks)."""
+    if a.dtype in (np.float32, np.float64) and a.flags.c_contiguous and a.size:
+        zeros = _ZEROS.get(a.dtype)
+        if zeros is None or zeros.size < a.size:
+            zeros = _ZEROS[a.dtype] = np.zeros(a.size, a.dtype)
+        with np.errstate(invalid="ignore"):
+            return bool(np.isfinite(np.dot(a.reshape(-1), zeros[:a.size])))
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(np.sum(a)))
+
+
 def find_nonfinite(outputs: Sequence[np.ndarray], n: int) -> list[int]:
     """Indices ``< n`` of the batch items whose float outputs hold NaN or inf."""
     floats = [o for o in outputs if o.dtype.kind == "f"]
-    # a sum is NaN/inf when any element is (no temporary array); a finite-but-overflowing sum
-    # falls through to the exact per-item check
-    if all(np.isfinite(np.sum(o[:n])) for o in floats):
+    if all(_maybe_finite(o[:n]) for o in floats):
         return []
     return [i for i in range(n) if not all(np.isfinite(o[i]).all() for o in floats)]
 
