@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -94,3 +95,40 @@ def test_eval_refuses_a_gate_it_could_not_apply(fixture_cfg, tmp_path):
     with pytest.raises(ConfigError, match="gate=true .* stage.score=false"):
         run_stage(_ctx(fixture_cfg, tmp_path, gate=True, **{"stage.score": False}))
     assert not (tmp_path / "detections").exists() or not any((tmp_path / "detections").glob("chunk-*"))
+
+
+@pytest.mark.parametrize("nice", [0, 7])
+def test_preprocess_workers_run_at_worker_nice_below_the_parent(fixture_cfg, nice):
+    """``worker_nice``: each worker process adds it to its nice value (the parent's threads, which the
+    device waits for, win a busy core); the items are the same either way."""
+    from omegaconf import OmegaConf, open_dict
+
+    from zoo_core.pipeline.workers import WorkerPool
+    from zoo_core.plugins.manager import ZooPluginManager
+
+    cfg = OmegaConf.create(OmegaConf.to_container(fixture_cfg))
+    with open_dict(cfg):
+        cfg.worker_nice = nice
+    hooks = ZooPluginManager().hooks_for("fixture")
+    samples = list(hooks.dataset(cfg=cfg).samples())[:4]
+    with WorkerPool(hooks, cfg, 2) as pool:
+        got = [p.sample.id for p in pool.prepared(samples, window=4)]
+        pids = pool.pids()
+        assert len(pids) == 2
+        parent = os.getpriority(os.PRIO_PROCESS, 0)
+        assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in pids] == [min(parent + nice, 19)] * 2
+    assert got == [s.id for s in samples]
+
+
+def test_a_negative_worker_nice_is_refused_before_any_worker_starts(fixture_cfg):
+    from omegaconf import OmegaConf, open_dict
+
+    from zoo_core.api.errors import ConfigError
+    from zoo_core.pipeline.workers import WorkerPool
+    from zoo_core.plugins.manager import ZooPluginManager
+
+    cfg = OmegaConf.create(OmegaConf.to_container(fixture_cfg))
+    with open_dict(cfg):
+        cfg.worker_nice = -3
+    with pytest.raises(ConfigError, match="worker_nice=-3"):
+        WorkerPool(ZooPluginManager().hooks_for("fixture"), cfg, 2)

@@ -108,6 +108,7 @@ class ZooSchema:
     model_file: str | None = None
     device_id: int = 0
     num_workers: int = 2
+    worker_nice: int = 10                   # added to each preprocess worker's nice value (0: same as zoo)
     on_error: OnError = OnError.fail
     allow_skips: bool = False
     resume: bool = False

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from zoo_core.api.arena import close_slot, open_slot
-from zoo_core.api.errors import ZooError
+from zoo_core.api.errors import ConfigError, ZooError
 from zoo_core.api.imaging import read_image
 from zoo_core.api.types import Sample
 from zoo_core.pipeline.memory import keep_heap_pages
@@ -215,9 +215,34 @@ def _watch_parent(parent: int, interval: float = 0.5) -> None:
     threading.Thread(target=watch, name="zoo-parent-watch", daemon=True).start()
 
 
+def worker_nice(cfg: Any) -> int:
+    """``worker_nice`` of the run config (default 10): what a preprocess worker adds to its nice value.
+
+    The workers are throughput work; the parent's device and postprocess threads are latency work.
+    When every core is busy, a lower priority for the workers lets a parent thread woken by a returning
+    device call run at once instead of after a worker's time slice (nor is a thread holding the GIL the
+    device thread waits for preempted by a worker). On 2 cores the emulated device call overran its end
+    by 0.32-0.44 ms on average at 0 and by 0.11-0.18 ms at 10 (BENCHMARKS.md, round 5). On a machine
+    shared with other jobs the workers yield to those too: 0 turns it off. ConfigError when negative.
+    """
+    value = cfg.get("worker_nice", 10) if hasattr(cfg, "get") else 10
+    try:
+        nice = int(10 if value is None else value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"worker_nice={value!r} must be an integer >= 0") from None
+    if nice < 0:
+        raise ConfigError(f"worker_nice={nice}: a preprocess worker cannot run above zoo's own priority "
+                          f"(0 = the same, higher = lower priority)")
+    return nice
+
+
 def _worker_init(model: str, cfg: Any, parent: int, threads: int) -> None:
     """Spawned worker: its own plugin manager and config (nothing inherited from the parent)."""
     _watch_parent(parent)
+    nice = worker_nice(cfg)
+    if nice:
+        with contextlib.suppress(OSError):  # a process already at the lowest priority stays there
+            os.nice(nice)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     try:
         import cv2
@@ -301,6 +326,7 @@ class WorkerPool:
     def __init__(self, hooks: Any, cfg: Any, num_workers: int, num_slots: int | None = None):
         self.hooks, self.cfg = hooks, cfg
         self.num_workers = max(int(num_workers), 0)
+        self.nice = worker_nice(cfg)
         self.pool: ProcessPoolExecutor | None = None
         self.ring: SlotRing | None = None
         self.batch_hint = 1
@@ -365,16 +391,17 @@ class WorkerPool:
 
     def _grow(self, item_bytes: int, window: int, submitted: int = 0) -> None:
         """Move to a ring that holds two batches plus the window of ``item_bytes`` items, if the
-        current one is smaller or does not hold a whole number of batches, and the space can be
-        reserved (else keep it: items that find no room travel pickled). A whole number of batches
+        current one is smaller or (batches of more than one item) does not hold a whole number of
+        batches, and the space can be reserved (else keep it: items that find no room travel
+        pickled). A whole number of batches
         makes the ring wrap between two batches, so a batch of back-to-back items never straddles its
         end and the batcher can adopt it in place; the new ring's first item goes where item number
         ``submitted`` (the items reserved so far lie in the old ring) falls in that phase."""
         slot = -(-item_bytes // _ALIGN) * _ALIGN
         batch_bytes = self.batch_hint * slot
         need = -(-(2 * self.batch_hint + window + 2) * slot // batch_bytes) * batch_bytes
-        if self.ring is None or (need <= self.ring.size and self.ring.size % batch_bytes == 0):
-            return
+        if self.ring is None or need <= self.ring.size and (self.batch_hint == 1 or self.ring.size % batch_bytes == 0):
+            return  # (a batch of one item never straddles the ring's end: any ring that holds them will do)
         try:
             bigger = SlotRing(1, need, populate=True)
             bigger.first_offset = (submitted * slot) % need
