@@ -400,7 +400,8 @@ class WorkerPool:
         slot = -(-item_bytes // _ALIGN) * _ALIGN
         batch_bytes = self.batch_hint * slot
         need = -(-(2 * self.batch_hint + window + 2) * slot // batch_bytes) * batch_bytes
-        if self.ring is None or need <= self.ring.size and (self.batch_hint == 1 or self.ring.size % batch_bytes == 0):
+        whole = self.batch_hint == 1 or (self.ring is not None and self.ring.size % batch_bytes == 0)
+        if self.ring is None or (need <= self.ring.size and whole):
             return  # (a batch of one item never straddles the ring's end: any ring that holds them will do)
         try:
             bigger = SlotRing(1, need, populate=True)
