@@ -219,7 +219,8 @@ def _steps(x):
 def _sigmoid64(x):
     import numpy as np
 
-    return (1 / (1 + np.exp(-np.asarray(x, np.float64)))).astype(np.float32)
+    with np.errstate(over="ignore"):
+        return (1 / (1 + np.exp(-np.asarray(x, np.float64)))).astype(np.float32)
 
 
 @pytest.mark.parametrize("score", [_steps, _sigmoid64])
@@ -259,6 +260,10 @@ def test_topk_peaks_with_a_score_equals_pooling_the_scored_map(score):
         np.testing.assert_array_equal(got[0], ref[0])
         np.testing.assert_array_equal(got[1], ref[1])
     assert taken > 150
+    raw = rng.normal(-6, 1, (3, 40, 40)).astype(np.float32)
+    raw[1, 5:8, 5:8] += 9
+    assert topk_peaks(raw, 5, score=score) is not None
+    assert topk_peaks(raw.astype(np.float64), 5, score=score) is None  # float64 input: the caller's full path
 
 
 def test_level_set_is_the_whole_interval_of_equal_scores():

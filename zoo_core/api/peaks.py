@@ -164,7 +164,7 @@ def topk_peaks(heat: np.ndarray, k: int, oversample: int = 4, chunk: int = 4096,
     whole map is cheaper): the caller then takes the full path.
 
     ``score``: an element-wise, monotone non-decreasing float32 map (a sigmoid of logits). ``heat``
-    then holds its inputs and the result is that of ``keep_peaks(score(heat))``, with ``score``
+    then holds its float32 (or float16) inputs and the result is that of ``keep_peaks(score(heat))``, with ``score``
     evaluated only on the values read: the search runs on raw values, ``t``'s score level is widened to
     the raw interval that has that score (saturated logits share a score, and their ties rank by index),
     and the returned values are scores. Two distinct raw values that score equal are equal here, as
@@ -189,8 +189,10 @@ def topk_peaks(heat: np.ndarray, k: int, oversample: int = 4, chunk: int = 4096,
         if not t > 0:
             return None
         lo = hi = t
-    else:
-        if not np.isfinite(t) or not score(np.asarray([t], heat.dtype))[0] > 0:
+    else:  # (the level set is searched over float32 values: other inputs take the full path)
+        if heat.dtype not in (np.float16, np.float32) or not np.isfinite(t):
+            return None
+        if not score(np.asarray([t], heat.dtype))[0] > 0:
             return None
         lo, hi = _level_set(score, t)
     flat = heat.reshape(-1)
