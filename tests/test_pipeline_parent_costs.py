@@ -132,3 +132,25 @@ def test_a_negative_worker_nice_is_refused_before_any_worker_starts(fixture_cfg)
         cfg.worker_nice = -3
     with pytest.raises(ConfigError, match="worker_nice=-3"):
         WorkerPool(ZooPluginManager().hooks_for("fixture"), cfg, 2)
+
+
+@pytest.mark.parametrize(("limit", "workers"), [(None, 2), (1, 0)])
+def test_eval_starts_its_workers_before_listing_the_dataset(fixture_cfg, tmp_path, monkeypatch, limit, workers):
+    """The workers' interpreters come up while the dataset is listed and the backend opens (not after):
+    the pool exists before ``ctx.samples`` is first read; ``dataset.limit=1`` starts none."""
+    import zoo_core.stages.eval_stage as eval_stage
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def pool(hooks, cfg, n):
+        seen.append(("pool", n, "samples" in ctx.__dict__))
+        raise Stop
+
+    monkeypatch.setattr(eval_stage, "WorkerPool", pool)
+    ctx = _ctx(fixture_cfg, tmp_path, **({"num_workers": 2} | ({"dataset.limit": limit} if limit else {})))
+    with pytest.raises(Stop):
+        eval_stage.run(ctx)
+    assert seen == [("pool", workers, False)]
