@@ -394,8 +394,9 @@ METHODS = {
             "capacity (`num_workers=0`).",
     "busy": "**Busy ratio**: steady img/s / (batch / L) with the replay device emulated at L = batch / (0.9 x the "
             "host capacity measured above), on the first 360 images of the capacity set; whole-wall = images / the "
-            "stream's whole wall time (worker start-up, first fill and last drain included) / the same device "
-            "rate. Capacity and busy runs pass `stage.score=false` (the stream is the same; no figure includes "
+            "stream's whole wall time (first fill and last drain included; the workers start before the stream, "
+            "while the dataset is listed and the backend opens) / the same device rate. Capacity and busy runs "
+            "pass `stage.score=false` (the stream is the same; no figure includes "
             "the scoring after it).",
     "long": "The whole-wall ratio of one {long}-image run of the fastest setup (Star-Clouds b1: its fixed "
             "start-up costs weigh most) with the device at 0.9 x its host capacity.",

@@ -9,7 +9,8 @@
   channel into the CHW plane); nothing more for AIPP's uint8.
 * **Busy ratio** at a device latency ``L`` per call: steady img/s / (batch / L), with the device
   emulated at 0.9 x the host capacity measured in the same run; the **whole-wall** ratio uses
-  images / the stream's whole wall time instead (worker start-up, first fill and last drain included).
+  images / the stream's whole wall time instead (first fill and last drain included; the workers
+  start before the stream, while the dataset is listed and the backend opens).
 """
 from __future__ import annotations
 
