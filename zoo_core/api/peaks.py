@@ -157,18 +157,18 @@ def topk_peaks(heat: np.ndarray, k: int, oversample: int = 4, chunk: int = 4096,
     largest maximum of the map's ``group_rows x 1`` column groups) splits the map: the 3x3 peak test
     runs on the values ``> t`` (all of them lie in the fewer than ``oversample * k`` groups whose
     maximum is ``> t``, so only those groups are read), and, when they hold fewer than ``k`` peaks, on
-    the values ``== t`` in index order (a chunk of the map at a time) until ``k`` are found. Every peak left out
-    ranks below the ones found, so the answer is exact. A plateau (a constant background, as an
+    the values ``== t`` in index order (a chunk of the map at a time) until ``k`` are found. Every
+    peak left out ranks below the ones found, so the answer is exact. A plateau (a constant background, as an
     oracle's) therefore costs a chunk, not the whole map. Returns ``None`` when it cannot decide
     cheaply (too few peaks ``>= t``, ``t <= 0``, NaN, or so many values above ``t`` that pooling the
     whole map is cheaper): the caller then takes the full path.
 
     ``score``: an element-wise, monotone non-decreasing float32 map (a sigmoid of logits). ``heat``
-    then holds its float32 (or float16) inputs and the result is that of ``keep_peaks(score(heat))``, with ``score``
-    evaluated only on the values read: the search runs on raw values, ``t``'s score level is widened to
-    the raw interval that has that score (saturated logits share a score, and their ties rank by index),
-    and the returned values are scores. Two distinct raw values that score equal are equal here, as
-    they are on the scored map.
+    then holds its float32 (or float16) inputs and the result is that of ``keep_peaks(score(heat))``,
+    with ``score`` evaluated only on the values read: the search runs on raw values, ``t``'s score
+    level is widened to the raw interval that has that score (saturated logits share a score, and
+    their ties rank by index), and the returned values are scores. Two distinct raw values that score
+    equal are equal here, as they are on the scored map.
     """
     heat = np.asarray(heat)
     c, h, w = heat.shape

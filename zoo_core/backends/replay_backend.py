@@ -94,18 +94,18 @@ class ReplayBackend(Backend):
         """Each file straight into its row of a pooled batch array, when every file is a ``.bin`` of
         exactly its spec's size (checked on the open file); ``None`` otherwise (the caller then reads
         through ``read_bin``, whose errors name the file)."""
+        if any(p.suffix != ".bin" for ps in paths for p in ps):
+            return None
         n = len(paths)
         out = [self._buffers.empty((size, *sp.shape), np.dtype(sp.dtype).newbyteorder("<")) for sp in specs]
         for j, ps in enumerate(paths):
             for arr, p in zip(out, ps, strict=True):
                 row = memoryview(arr[j]).cast("B")
-                if p.suffix != ".bin":
-                    return None
                 with open(p, "rb", buffering=0) as f:
                     if os.fstat(f.fileno()).st_size != row.nbytes or f.readinto(row) != row.nbytes:
                         return None
-        for arr in out:
-            if size > n:
+        if size > n:  # padding rows repeat the last real item
+            for arr in out:
                 arr[n:] = arr[n - 1]
         return [arr.astype(sp.dtype, copy=False) for arr, sp in zip(out, specs, strict=True)]
 

@@ -236,10 +236,10 @@ def worker_nice(cfg: Any) -> int:
     return nice
 
 
-def _worker_init(model: str, cfg: Any, parent: int, threads: int) -> None:
-    """Spawned worker: its own plugin manager and config (nothing inherited from the parent)."""
+def _worker_init(model: str, cfg: Any, parent: int, threads: int, nice: int = 0) -> None:
+    """Spawned worker: its own plugin manager and config (nothing inherited from the parent); ``nice``
+    (validated by the parent: :func:`worker_nice`) is added to its nice value."""
     _watch_parent(parent)
-    nice = worker_nice(cfg)
     if nice:
         with contextlib.suppress(OSError):  # a process already at the lowest priority stays there
             os.nice(nice)
@@ -341,7 +341,7 @@ class WorkerPool:
             log.info("shared memory unavailable (%s): preprocessed arrays travel through a pipe", exc)
         self.pool = ProcessPoolExecutor(
             self.num_workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-            initargs=(hooks.model, cfg, os.getpid(), 1))
+            initargs=(hooks.model, cfg, os.getpid(), 1, self.nice))
         # Spawn every worker now, from this thread (submit starts processes synchronously), so their
         # start-up overlaps whatever the caller does next (loading the model).
         for _ in range(self.num_workers):
@@ -393,10 +393,10 @@ class WorkerPool:
         """Move to a ring that holds two batches plus the window of ``item_bytes`` items, if the
         current one is smaller or (batches of more than one item) does not hold a whole number of
         batches, and the space can be reserved (else keep it: items that find no room travel
-        pickled). A whole number of batches
-        makes the ring wrap between two batches, so a batch of back-to-back items never straddles its
-        end and the batcher can adopt it in place; the new ring's first item goes where item number
-        ``submitted`` (the items reserved so far lie in the old ring) falls in that phase."""
+        pickled). A whole number of batches makes the ring wrap between two batches, so a batch of
+        back-to-back items never straddles its end and the batcher can adopt it in place; the new
+        ring's first item goes where item number ``submitted`` (the items reserved so far lie in the
+        old ring) falls in that phase."""
         slot = -(-item_bytes // _ALIGN) * _ALIGN
         batch_bytes = self.batch_hint * slot
         need = -(-(2 * self.batch_hint + window + 2) * slot // batch_bytes) * batch_bytes
