@@ -189,3 +189,53 @@ def test_version_and_list_import_neither_hydra_nor_torch(zoo, args):
     proc = subprocess.run([sys.executable, "-c", code], cwd=zoo.cwd, env=zoo.env(), capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and proc.stderr == "[]", proc.stderr
+
+
+# -- one composition per single run ----------------------------------------------------------------
+
+def test_a_single_run_composes_its_config_once_and_records_what_hydra_main_records(tmp_path, monkeypatch,
+                                                                                    cache_dir):
+    from hydra._internal.hydra import Hydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    modes: list = []
+    real = Hydra.compose_config
+
+    def counting(self, *args, **kwargs):
+        modes.append(kwargs.get("run_mode"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Hydra, "compose_config", counting)
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(cache_dir))
+    monkeypatch.chdir(tmp_path)
+    overrides = ["model=fixture", "backend=oracle", "num_workers=0", "dataset.limit=3", f"work_dir={tmp_path / 'run'}"]
+    assert zoo_main(["run", *overrides]) == 0
+    assert modes == [RunMode.RUN]
+    hydra_dir = tmp_path / "run" / "eval" / ".hydra"
+    assert OmegaConf.load(hydra_dir / "overrides.yaml") == overrides
+    hydra_cfg = OmegaConf.load(hydra_dir / "hydra.yaml").hydra
+    assert hydra_cfg.mode == "RUN" and list(hydra_cfg.overrides.hydra) == ["hydra.mode=RUN"]
+    assert hydra_cfg.runtime.output_dir == str(tmp_path / "run" / "eval")
+    assert OmegaConf.load(hydra_dir / "config.yaml").dataset.limit == 3
+    assert json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["images"] == 3
+
+    modes.clear()  # a sweep and a Hydra flag go through hydra.main (its own composition, zoo's check first)
+    assert zoo_main(["run", "-m", *overrides[:-1], f"hydra.sweep.dir={tmp_path / 'sweep'}"]) == 0
+    assert len(modes) >= 2 and (tmp_path / "sweep" / "0" / "eval" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("batch_size=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
+    ("model.mask_threshold=abc", "model.mask_threshold: Value 'abc' of type 'str' could not be converted to Float"),
+    ("batch_size=1,2", "Ambiguous value for argument 'batch_size=1,2'"),
+    ("batch_sise=2", "unknown config key 'batch_sise'.\nDid you mean 'batch_size'?"),
+])
+def test_a_single_run_refuses_a_bad_override_before_writing_anything(tmp_path, monkeypatch, capsys, cache_dir,
+                                                                       override, message):
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(cache_dir))
+    monkeypatch.chdir(tmp_path)
+    assert zoo_main(["run", "model=fixture", "backend=oracle", override, f"work_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -164,6 +164,10 @@ def cmd_run(args: list[str]) -> int:
     if not skip_validation:
         if not _has_model(overrides):
             raise ConfigError(no_model_message())
+        from zoo_core.cli.app import run_single, single_run
+
+        if single_run(args):
+            return run_single(overrides)
         check_launcher(overrides)
         cfg = compose(overrides)
         if not flags & {"-m", "--multirun"}:  # Hydra makes <work_dir>/<stage> before zoo's code runs

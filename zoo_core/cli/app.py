@@ -80,6 +80,57 @@ def storage_error(exc: BaseException):
     return None
 
 
+def single_run(args: list[str]) -> bool:
+    """Whether ``zoo run <args>`` is one plain run: overrides only, no Hydra flag, no ``hydra`` key."""
+    return all("=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra") for a in args)
+
+
+def run_single(overrides: list[str]) -> int:
+    """One run of ``zoo run <overrides>`` (see :func:`single_run`) on one composition of the config.
+
+    ``hydra.main`` composes the same config three times for a single run (zoo's check, Hydra's
+    ``get_mode``, Hydra's ``run``; about 0.2 s each). Here it is composed once, checked as
+    :func:`zoo_core.config.validate.compose` checks it (the same messages), and handed to Hydra's own
+    job runner with the callbacks ``Hydra.run`` would call, so the records (``.hydra/``, ``zoo.log``)
+    are the same.
+    """
+    from hydra import initialize_config_dir
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.utils import run_job
+    from hydra.types import HydraContext, RunMode
+
+    from zoo_core.api.errors import ConfigError, ZooError
+    from zoo_core.cli import check_run_dirs
+    from zoo_core.config.confpaths import core_conf_dir
+    from zoo_core.config.validate import check_typed, explain, precheck
+
+    precheck(overrides)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(core_conf_dir()), version_base="1.3", job_name="app"):
+            hydra = GlobalHydra.instance().hydra
+            assert hydra is not None
+            try:
+                cfg = hydra.compose_config("config", [*overrides, "hydra.mode=RUN"], run_mode=RunMode.RUN,
+                                           with_log_configuration=True)
+            except ZooError:
+                raise
+            except Exception as exc:
+                raise ConfigError(explain(exc, overrides)) from None
+            check_typed(cfg)
+            check_run_dirs(cfg)
+            callbacks = Callbacks(cfg)
+            callbacks.on_run_start(config=cfg, config_name="config")
+            ret = run_job(hydra_context=HydraContext(config_loader=hydra.config_loader, callbacks=callbacks),
+                          task_function=task, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None)
+            callbacks.on_run_end(config=cfg, config_name="config", job_return=ret)
+            ret.return_value  # noqa: B018 - re-raises what the task raised
+    finally:
+        GlobalHydra.instance().clear()
+    return 0
+
+
 def run_hydra(args: list[str]) -> int:
     """Run ``zoo run <args>`` through Hydra's own entry point (all Hydra flags work)."""
     import json

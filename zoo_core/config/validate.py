@@ -60,15 +60,11 @@ def compose(overrides: list[str]) -> DictConfig:
     from omegaconf import open_dict
 
     from zoo_core.api.errors import ZooError
-    from zoo_core.config import schema
-    from zoo_core.config.confpaths import check_choices, core_conf_dir, scan_plugin_confs
+    from zoo_core.config.confpaths import core_conf_dir
     from zoo_core.config.plugin_schema import apply_schemas
 
-    schema.register()
     simple = first_values(overrides)
-    scan = scan_plugin_confs()
-    for model in model_values(overrides):
-        check_choices(model=model, scan=scan)
+    precheck(overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(core_conf_dir()), version_base="1.3"):
@@ -83,6 +79,29 @@ def compose(overrides: list[str]) -> DictConfig:
     with open_dict(cfg):
         del cfg["hydra"]
     return apply_schemas(cfg, str(choices.get("model")), choices.get("dataset"))
+
+
+def precheck(overrides: list[str]) -> None:
+    """What is checked before composing: the structured schema registered, every selected model's
+    config files free of conflicts with the other plugins' (:func:`~zoo_core.config.confpaths.check_choices`)."""
+    from zoo_core.config import schema
+    from zoo_core.config.confpaths import check_choices, scan_plugin_confs
+
+    schema.register()
+    scan = scan_plugin_confs()
+    for model in model_values(overrides):
+        check_choices(model=model, scan=scan)
+
+
+def check_typed(cfg: DictConfig) -> None:
+    """A ConfigError if a config composed with its ``hydra`` section has a value of the wrong type in
+    ``model`` or ``dataset`` (checked on a copy; ``cfg`` is left as composed)."""
+    import copy
+
+    from zoo_core.config.plugin_schema import apply_schemas
+
+    choices = cfg.hydra.runtime.choices
+    apply_schemas(copy.deepcopy(cfg), str(choices.get("model")), choices.get("dataset"))
 
 
 _NOT_IN_STRUCT = re.compile(r"Could not override '([^']+)'|Key '([^']+)' is not in struct")
