@@ -26,7 +26,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +37,7 @@ from zoo_core.api.errors import ConfigError, ZooError
 from zoo_core.api.imaging import read_image
 from zoo_core.api.types import Sample
 from zoo_core.pipeline.memory import keep_heap_pages
+from zoo_core.pipeline.procpool import Job, ProcessPool
 
 log = logging.getLogger("zoo")
 
@@ -271,10 +271,6 @@ def _worker_map(path: str, size: int) -> mmap.mmap:
     return m
 
 
-def _worker_ping() -> int:
-    return os.getpid()
-
-
 def _worker_run(sample: Sample, dest: tuple[str, int, int, int] | None = None) -> Prepared:
     """Prepare ``sample``; with ``dest`` = (ring file, its size, offset, bytes reserved) its arrays
     are written there and only their layout travels back (pickled whole when they do not fit)."""
@@ -327,7 +323,7 @@ class WorkerPool:
         self.hooks, self.cfg = hooks, cfg
         self.num_workers = max(int(num_workers), 0)
         self.nice = worker_nice(cfg)
-        self.pool: ProcessPoolExecutor | None = None
+        self.pool: ProcessPool | None = None
         self.ring: SlotRing | None = None
         self.batch_hint = 1
         self._retired: list[SlotRing] = []
@@ -339,21 +335,17 @@ class WorkerPool:
             self.ring = SlotRing(n)
         except OSError as exc:
             log.info("shared memory unavailable (%s): preprocessed arrays travel through a pipe", exc)
-        self.pool = ProcessPoolExecutor(
-            self.num_workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-            initargs=(hooks.model, cfg, os.getpid(), 1, self.nice))
-        # Spawn every worker now, from this thread (submit starts processes synchronously), so their
-        # start-up overlaps whatever the caller does next (loading the model).
-        for _ in range(self.num_workers):
-            self.pool.submit(_worker_ping)
+        # every worker starts now, so its start-up overlaps whatever the caller does next (listing the
+        # dataset, loading the model)
+        self.pool = ProcessPool(self.num_workers, mp.get_context("spawn"), initializer=_worker_init,
+                                initargs=(hooks.model, cfg, os.getpid(), 1, self.nice))
 
     @property
     def num_slots(self) -> int:
         return self.ring.num_slots if self.ring else 0
 
     def pids(self) -> list[int]:
-        procs = getattr(self.pool, "_processes", None) or {}
-        return sorted(int(p.pid) for p in procs.values() if p.pid is not None)
+        return self.pool.pids() if self.pool is not None else []
 
     def prepared(self, samples: Sequence[Sample], window: int) -> Iterator[Prepared]:
         """Preprocessed samples in order, at most ``window`` in flight.
@@ -420,7 +412,7 @@ class WorkerPool:
         assert self.pool is not None
         if self.ring is not None:
             window = min(window, self.ring.num_slots)
-        pending: deque[tuple[Lease | None, Future]] = deque()
+        pending: deque[tuple[Lease | None, Job]] = deque()
         it = iter(samples)
         item_bytes = 0  # the largest item seen so far (0: none yet)
         submitted = 0
