@@ -65,26 +65,32 @@ def perf_overhead(work: Path, repeats: int = 3, loop: int = 40, warmup: int = 5)
     args = ["model=centerface", "model.input_hw=[480,640]", "batch_size=1",
             f"stage.loop={loop}", f"stage.warmup={warmup}"]
     zoo_ms, bare_ms, zoo_mean, bare_mean = [], [], [], []
-    model_file = None
-    for _ in range(repeats):
-        perf = _perf(work, args, "centerface_perf")
+    perf: dict = {}
+
+    def zoo() -> None:
+        perf.update(_perf(work, args, "centerface_perf"))  # the first run also exports the model
         zoo_ms.append(perf["latency_ms"]["median"])
         zoo_mean.append(perf["latency_ms"]["mean"])
-        model_file = perf["model_file"]
-        out = subprocess.run([sys.executable, "-c", _BARE, model_file, "1", str(loop), str(warmup), "3,480,640"],
+
+    def bare() -> None:
+        out = subprocess.run([sys.executable, "-c", _BARE, perf["model_file"], "1", str(loop), str(warmup),
+                              "3,480,640"],
                              capture_output=True, text=True, check=True)
-        bare = json.loads(out.stdout)
-        bare_ms.append(bare["median"])
-        bare_mean.append(bare["mean"])
-    graph = onnx.load(model_file, load_external_data=False).graph
+        b = json.loads(out.stdout)
+        bare_ms.append(b["median"])
+        bare_mean.append(b["mean"])
+
+    for i in range(repeats):  # each pair back to back, in alternating order, so a drift of the machine cancels
+        for step in ((zoo, bare) if i % 2 == 0 else (bare, zoo)):
+            step()
+    graph = onnx.load(perf["model_file"], load_external_data=False).graph
     inits = {i.name for i in graph.initializer}
     import numpy as np
 
-    zoo_med, bare_med = float(np.median(zoo_ms)), float(np.median(bare_ms))
-    return {"zoo_perf_ms": zoo_med, "bare_ms": bare_med, "overhead": zoo_med / bare_med - 1,
-            "zoo_runs_ms": zoo_ms, "bare_runs_ms": bare_ms, "zoo_runs_mean_ms": zoo_mean,
-            "bare_runs_mean_ms": bare_mean,
-            "overhead_runs": [z / b - 1 for z, b in zip(zoo_ms, bare_ms, strict=True)],
+    pairs = [z / b - 1 for z, b in zip(zoo_ms, bare_ms, strict=True)]
+    return {"zoo_perf_ms": float(np.median(zoo_ms)), "bare_ms": float(np.median(bare_ms)),
+            "overhead": float(np.median(pairs)), "zoo_runs_ms": zoo_ms, "bare_runs_ms": bare_ms,
+            "zoo_runs_mean_ms": zoo_mean, "bare_runs_mean_ms": bare_mean, "overhead_runs": pairs,
             "stats": perf["latency_ms"], "throughput": perf["throughput"],
             "graph_inputs": [i.name for i in graph.input],
             "initializers_in_inputs": len([i for i in graph.input if i.name in inits])}

@@ -35,7 +35,7 @@ def _serve(tasks: Any, results: Any, initializer: Callable[..., None] | None, in
     try:
         if initializer is not None:
             initializer(*initargs)
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops the pool
+    except BaseException as exc:  # reported to the parent, which stops the pool
         results.put((_INIT_FAILED, False, f"the worker's initializer failed: {type(exc).__name__}: {exc}"))
         return
     while True:
@@ -45,7 +45,7 @@ def _serve(tasks: Any, results: Any, initializer: Callable[..., None] | None, in
         index, fn, args = task
         try:
             reply = (index, True, fn(*args))
-        except BaseException as exc:  # noqa: BLE001 - the task's error is the caller's
+        except BaseException as exc:  # the task's error is the caller's
             reply = (index, False, exc)
         try:
             results.put(reply)
