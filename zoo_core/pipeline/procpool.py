@@ -146,7 +146,7 @@ class ProcessPool:
         self._closed = True
         if cancel_futures:
             with contextlib.suppress(OSError):
-                while self._tasks._reader.poll():  # type: ignore[attr-defined]
+                while self._tasks._reader.poll():
                     self._tasks.get()
         for _ in self._procs:
             with contextlib.suppress(OSError, ValueError):
