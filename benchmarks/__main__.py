@@ -376,6 +376,12 @@ class Bench:
         c = coco_run(self.work)
         self.rep.note("extra", f"COCO evaluator auto={c['auto']}, fastest={c['fastest']}, pycocotools/faster = "
                                f"{c['ratio']:.2f}x, max stat diff {c['max_abs_diff']:.1e}")
+        from .bench_pool import run as pool_run
+
+        pool = pool_run(self.rounds)
+        self.rep.note("extra", "process pool, parent per no-op task (CPU / wall us): ProcessPoolExecutor "
+                               + ", ".join(f"{c:.0f}/{w:.0f}" for c, w in pool["executor"]) + "; zoo's ProcessPool "
+                               + ", ".join(f"{c:.0f}/{w:.0f}" for c, w in pool["procpool"]))
         t = centernet_ort_vs_torch(self.work)
         self.rep.note("extra", f"CenterNet 512 torch/ORT = {t['ratio']:.2f}x ({t['ort_ms']:.0f} vs "
                                f"{t['torch_ms']:.0f} ms)")
