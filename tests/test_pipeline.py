@@ -482,3 +482,26 @@ def test_atomic_writes_honour_the_umask(tmp_path):
         assert oct(os.stat(write_text(tmp_path / "b.json", "{}")).st_mode & 0o777) == oct(0o664)
     finally:
         os.umask(old)
+
+
+def test_objects_older_than_the_stream_are_out_of_the_collectors_reach_while_it_runs():
+    import gc
+
+    from zoo_core.pipeline.memory import long_lived_frozen
+
+    class Probe(EchoBackend):
+        def infer(self, batch):
+            frozen.append(gc.get_freeze_count())
+            return super().infer(batch)
+
+    old = [{"keep": [i]} for i in range(5000)]  # alive before the stream: a full pass would walk them
+    frozen: list[int] = []
+    assert gc.get_freeze_count() == 0
+    Stream(ListSource(5), [MemorySink()], backend=Probe(), decode=decode, batch_size=2).run()
+    assert len(frozen) == 3 and min(frozen) >= len(old)
+    assert gc.get_freeze_count() == 0  # put back afterwards
+    with long_lived_frozen():
+        with long_lived_frozen():
+            pass
+        assert gc.get_freeze_count() >= len(old)  # an inner stream's end leaves the outer one's freeze
+    assert gc.get_freeze_count() == 0

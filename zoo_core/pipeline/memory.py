@@ -1,5 +1,14 @@
-"""glibc malloc tuning for the pipeline's processes (no-ops elsewhere)."""
+"""Memory management for the pipeline's processes: glibc malloc tuning (no-ops elsewhere) and the
+cyclic garbage collector kept off the objects that outlive a stream."""
 from __future__ import annotations
+
+import contextlib
+import gc
+import threading
+from collections.abc import Iterator
+
+_FROZEN = {"depth": 0}
+_FROZEN_LOCK = threading.Lock()
 
 
 def _mallopt(param: int, value: int) -> None:
@@ -27,3 +36,24 @@ def keep_heap_pages() -> None:
     """
     _mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD
     _mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD
+
+
+@contextlib.contextmanager
+def long_lived_frozen() -> Iterator[None]:
+    """While a stream runs, the objects that were alive when it started (the composed config, the
+    plugins, the dataset's samples: ~65,000 in an eval) are out of the cyclic collector's reach
+    (``gc.freeze``), so its passes look only at what the stream allocates: a full pass over them took
+    ~13 ms here, holding the GIL the device thread needs when its call returns. (No collection first:
+    it would cost that pass up front; garbage frozen with them waits for the end.) Put back when the
+    outermost stream ends."""
+    with _FROZEN_LOCK:
+        _FROZEN["depth"] += 1
+        if _FROZEN["depth"] == 1:
+            gc.freeze()
+    try:
+        yield
+    finally:
+        with _FROZEN_LOCK:
+            _FROZEN["depth"] -= 1
+            if _FROZEN["depth"] == 0:
+                gc.unfreeze()

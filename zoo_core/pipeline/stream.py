@@ -31,7 +31,7 @@ from zoo_core.api.errors import InputError, PluginError, ZooError
 from zoo_core.api.types import Detections, Sample, TensorSpec
 from zoo_core.backends.base import Backend, Batch
 from zoo_core.pipeline.batching import Batcher
-from zoo_core.pipeline.memory import return_big_blocks
+from zoo_core.pipeline.memory import long_lived_frozen, return_big_blocks
 from zoo_core.pipeline.stats import RunStats
 from zoo_core.pipeline.workers import Prepared
 from zoo_core.reports.progress import Progress
@@ -161,7 +161,8 @@ class Stream:
         self._t0 = time.perf_counter()
         cpu0 = time.process_time()
         try:
-            listed = self._run_direct() if self.backend is None else self._run_pipelined()
+            with long_lived_frozen():
+                listed = self._run_direct() if self.backend is None else self._run_pipelined()
             for sink in self.sinks:
                 sink.close()
             self._account(listed)
