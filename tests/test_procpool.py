@@ -76,7 +76,7 @@ def test_shutdown_drops_queued_tasks_and_workers_ignore_ctrl_c():
         assert p.submit(abs, -1).result() == 1  # the worker is up (its start-up is the parent's to stop)
         first = p.submit(time.sleep, 0.3)
         for _ in range(20):
-            p.submit(time.sleep, 0.3)
+            last = p.submit(time.sleep, 0.3)
         time.sleep(0.1)
         os.kill(p.pids()[0], signal.SIGINT)  # the parent decides what Ctrl-C stops
         assert first.result() is None
@@ -84,6 +84,8 @@ def test_shutdown_drops_queued_tasks_and_workers_ignore_ctrl_c():
     finally:
         p.shutdown()
     assert time.monotonic() - t0 < 2.0  # 20 queued sleeps would take 6 s
+    with pytest.raises(RuntimeError, match="shut down"):
+        last.result()
     assert not any(_alive(pid) for pid in p.pids())
 
 
@@ -94,3 +96,24 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as f:
         return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_shutdown_never_reads_the_task_pipe_back(monkeypatch):
+    """An idle worker waits on the task pipe holding its read lock: a parent that drained queued tasks
+    could see one in the pipe, lose it to that worker, and then wait on an empty pipe forever. The
+    workers drop queued tasks themselves."""
+    p = ProcessPool(1)
+    try:
+        assert p.submit(abs, -1).result() == 1
+        p.submit(time.sleep, 0.3)
+        for _ in range(10):
+            p.submit(time.sleep, 0.3)
+
+        def no_get():
+            raise AssertionError("the parent read a task back")
+
+        monkeypatch.setattr(p._tasks, "get", no_get)
+        t0 = time.monotonic()
+    finally:
+        p.shutdown()
+    assert time.monotonic() - t0 < 2.0

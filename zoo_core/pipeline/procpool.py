@@ -28,9 +28,11 @@ from typing import Any
 _INIT_FAILED = -1
 
 
-def _serve(tasks: Any, results: Any, initializer: Callable[..., None] | None, initargs: tuple) -> None:
+def _serve(tasks: Any, results: Any, cancelled: Any, initializer: Callable[..., None] | None,
+           initargs: tuple) -> None:
     """A worker: run ``initializer``, then ``(index, fn, args)`` tasks until ``None``; each result goes
-    back as ``(index, ok, value or exception)``. Ctrl-C is the parent's to handle (it stops the pool)."""
+    back as ``(index, ok, value or exception)``, and once ``cancelled`` is set the tasks still queued are
+    dropped unrun. Ctrl-C is the parent's to handle (it stops the pool)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         if initializer is not None:
@@ -42,6 +44,8 @@ def _serve(tasks: Any, results: Any, initializer: Callable[..., None] | None, in
         task = tasks.get()
         if task is None:
             return
+        if cancelled.value:
+            continue
         index, fn, args = task
         try:
             reply = (index, True, fn(*args))
@@ -76,7 +80,9 @@ class ProcessPool:
         ctx = ctx or mp.get_context("spawn")
         self._tasks = ctx.SimpleQueue()
         self._results = ctx.SimpleQueue()
-        self._procs = [ctx.Process(target=_serve, args=(self._tasks, self._results, initializer, initargs),
+        self._cancelled = ctx.RawValue("b", 0)
+        self._procs = [ctx.Process(target=_serve, args=(self._tasks, self._results, self._cancelled, initializer,
+                                                        initargs),
                                    name=f"zoo-worker-{i}", daemon=True) for i in range(max(int(num_workers), 1))]
         for p in self._procs:
             p.start()
@@ -113,6 +119,8 @@ class ProcessPool:
             while index not in self._done:
                 if self._broken:
                     raise BrokenProcessPool(self._broken)
+                if self._closed:
+                    raise RuntimeError("the pool is shut down: its unfinished tasks were dropped")
                 self._read_ready(block=True)
             ok, value = self._done.pop(index)
         if ok:
@@ -137,17 +145,16 @@ class ProcessPool:
                                             if p.exitcode is not None else f"worker {p.pid} exited")
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = True) -> None:
-        """Stop the workers: tasks not yet started are dropped (``cancel_futures``), each worker ends
-        after its current task; with ``wait``, until they have exited (results still arriving are
-        read and dropped meanwhile, so none blocks on a full pipe). A worker that does not end within
-        10 s is killed."""
+        """Stop the workers: tasks not yet started are dropped unrun (``cancel_futures``; the workers
+        skip them, since the parent cannot take them back out of the pipe without racing an idle worker
+        for it), each worker ends after its current task; with ``wait``, until they have exited
+        (results still arriving are read and dropped meanwhile, so none blocks on a full pipe). A worker
+        that does not end within 10 s is killed."""
         if self._closed:
             return
         self._closed = True
         if cancel_futures:
-            with contextlib.suppress(OSError):
-                while self._tasks._reader.poll():
-                    self._tasks.get()
+            self._cancelled.value = 1
         for _ in self._procs:
             with contextlib.suppress(OSError, ValueError):
                 self._tasks.put(None)
