@@ -121,16 +121,16 @@ class ProcessPool:
                     raise BrokenProcessPool(self._broken)
                 if self._closed:
                     raise RuntimeError("the pool is shut down: its unfinished tasks were dropped")
-                self._read_ready(block=True)
+                self._wait_and_read()
             ok, value = self._done.pop(index)
         if ok:
             return value
         raise value
 
-    def _read_ready(self, block: bool) -> None:
-        """Take every result waiting in the pipe; note a worker that exited. Blocks (without the GIL)
-        until there is something, if ``block``."""
-        events = self._poll.poll(None if block else 0)
+    def _wait_and_read(self) -> None:
+        """Wait (without the GIL) until a result arrives or a worker exits; take every result waiting
+        in the pipe and note a worker that exited."""
+        events = self._poll.poll()
         exited = [fd for fd, _ in events if fd in self._sentinels]
         while self._reader.poll():
             index, ok, value = self._results.get()
