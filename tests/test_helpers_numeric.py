@@ -84,6 +84,65 @@ def test_maxpool_and_keep_peaks_match_loops(h):
     assert keep_peaks(h).dtype == np.float32
 
 
+def reference_peaks(h):
+    """keep_peaks by the loops: a value stays when it equals the max of its 3x3 neighbourhood (a NaN
+    anywhere in the neighbourhood makes the max NaN, so nothing next to a NaN stays)."""
+    pooled = naive_maxpool_nan(h)
+    return np.where(pooled == h, h, 0).astype(h.dtype)
+
+
+def naive_maxpool_nan(h):
+    H, W = h.shape
+    out = np.empty_like(h)
+    for y in range(H):
+        for x in range(W):
+            nb = [h[yy, xx] for yy in range(max(0, y - 1), min(H, y + 2)) for xx in range(max(0, x - 1), min(W, x + 2))]
+            out[y, x] = np.nan if any(np.isnan(v) for v in nb) else max(nb)
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(arrays(st.sampled_from([np.float32, np.float64]), st.tuples(st.integers(1, 9), st.integers(1, 9)),
+              elements=st.sampled_from([0.0, -0.0, 0.25, 0.5, 0.5, 1.0, -1.0, np.inf, -np.inf, np.nan])),
+       st.integers(1, 90))
+def test_keep_peaks_and_dense_topk_match_loops_with_nan_inf_and_signed_zeros(h, k):
+    """keep_peaks (OpenCV's dilation when the map holds no NaN, numpy's pooling when it does) and
+    dense_topk_peaks (only the positive peaks ranked when there are k of them) against the loops."""
+    from zoo_core.api.peaks import dense_topk_peaks
+
+    expect = reference_peaks(h)
+    got = keep_peaks(h)
+    assert got.dtype == h.dtype
+    np.testing.assert_array_equal(got, expect)  # (+0.0 == -0.0: a kept zero is a zero either way)
+    order = sorted(range(h.size), key=lambda i: (-float(expect.reshape(-1)[i]), i))[:k]
+    vals, idx = dense_topk_peaks(h, k)
+    if not np.isnan(expect).any():  # (keep_peaks never keeps a NaN: it is not equal to itself)
+        assert idx.tolist() == order
+        assert vals.tolist() == [float(expect.reshape(-1)[i]) for i in order]
+    ref_vals, ref_idx = topk_desc(keep_peaks(h).reshape(-1), k)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_array_equal(vals, ref_vals)
+
+
+def test_dense_topk_peaks_on_recorded_like_maps_and_batches_of_planes():
+    """Realistic sigmoid maps (many small positive peaks), ties between blobs, a map with fewer positive
+    peaks than k, and a (C, H, W) stack: the same as pooling and ranking the whole zeroed map."""
+    from zoo_core.api.peaks import dense_topk_peaks
+
+    rng = np.random.default_rng(7)
+    maps = [(1 / (1 + np.exp(-rng.normal(-6, 1.5, (200, 200))))).astype(np.float32),
+            np.round(rng.random((3, 40, 50)), 1).astype(np.float32),
+            np.zeros((30, 30), np.float32)]
+    maps[2][4, 4], maps[2][20, 7] = 0.7, 0.7
+    for heat in maps:
+        for k in (1, 5, 200, heat.size + 3):
+            vals, idx = dense_topk_peaks(heat, k)
+            ref_vals, ref_idx = topk_desc(keep_peaks(heat).reshape(-1), k)
+            np.testing.assert_array_equal(idx, ref_idx)
+            np.testing.assert_array_equal(vals, ref_vals)
+            np.testing.assert_array_equal(keep_peaks(heat), np.where(maxpool3x3(heat) == heat, heat, 0))
+
+
 @settings(max_examples=100, deadline=None)
 @given(arrays(np.float32, st.tuples(st.integers(1, 3), st.integers(1, 30)),
               elements=st.sampled_from([0.0, 0.1, 0.5, 0.5, 0.9])), st.integers(1, 40))

@@ -31,10 +31,34 @@ def maxpool3x3(heat: np.ndarray) -> np.ndarray:
     return out
 
 
+_KERNEL_3X3 = np.ones((3, 3), np.uint8)
+
+
+def _neighbourhood_max(heat: np.ndarray) -> np.ndarray:
+    """The 3x3 maximum of every value (as :func:`maxpool3x3`), by OpenCV's dilation, one plane at a
+    time, for float32/float64 maps without NaN (about 4x faster); :func:`maxpool3x3` otherwise.
+
+    Equal to :func:`maxpool3x3` as values; a zero's sign may differ (OpenCV picks either of -0.0 and
+    +0.0), which no ``==`` test sees. NaN would not propagate as in numpy, so maps holding one take
+    the numpy path.
+    """
+    if heat.dtype not in (np.float32, np.float64) or heat.ndim < 2 or heat.size == 0 or np.isnan(heat).any():
+        return maxpool3x3(heat)
+    import cv2
+
+    planes = np.ascontiguousarray(heat).reshape(-1, *heat.shape[-2:])
+    out = np.empty_like(planes)
+    for plane, dst in zip(planes, out, strict=True):
+        got = cv2.dilate(plane, _KERNEL_3X3, dst=dst, borderType=cv2.BORDER_CONSTANT, borderValue=-np.inf)
+        if not np.shares_memory(got, dst):  # OpenCV chose another buffer: copy it in
+            dst[...] = got
+    return out.reshape(heat.shape)
+
+
 def keep_peaks(heat: np.ndarray) -> np.ndarray:
     """Zero every value that is not the maximum of its 3x3 neighbourhood (exact float equality)."""
     heat = np.asarray(heat)
-    return np.where(maxpool3x3(heat) == heat, heat, 0).astype(heat.dtype, copy=False)
+    return np.where(_neighbourhood_max(heat) == heat, heat, 0).astype(heat.dtype, copy=False)
 
 
 def topk_desc(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,6 +81,24 @@ def topk_desc(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     else:
         idx = np.argsort(-scores, axis=-1, kind="stable")
     return np.take_along_axis(scores, idx, -1), idx
+
+
+def dense_topk_peaks(heat: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``topk_desc(keep_peaks(heat).reshape(-1), k)`` for one map ``heat`` of any shape (an output
+    grid small enough to pool whole, e.g. CenterFace's 200x200), without sorting the zeros.
+
+    The map is pooled whole and the ``k`` are picked among its peaks above zero (ties: lower flat
+    index first, as :func:`topk_desc`); when fewer than ``k`` peaks are above zero the zeroed map is
+    ranked as a whole, so zeros and negative peaks rank exactly as they do there.
+    """
+    heat = np.asarray(heat)
+    flat = heat.reshape(-1)
+    pooled = _neighbourhood_max(heat).reshape(-1)
+    cand = np.flatnonzero((pooled == flat) & (flat > 0))
+    if cand.size < min(int(k), flat.size):
+        return topk_desc(np.where(pooled == flat, flat, 0).astype(heat.dtype, copy=False), k)
+    vals, pos = topk_desc(flat[cand], k)
+    return vals, cand[pos]
 
 
 Score = Callable[[np.ndarray], np.ndarray]

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from zoo_core.api.geometry import unletterbox_boxes, unletterbox_points
+from zoo_core.api.geometry import affine_points, get_affine_transform
 from zoo_core.api.nms import nms
-from zoo_core.api.peaks import keep_peaks, topk_desc
+from zoo_core.api.peaks import dense_topk_peaks
 from zoo_core.api.types import Detections
 
 STRIDE = 4
@@ -110,13 +110,15 @@ def ascend_grid_dets(hm, wh, hm_offset, lms, k: int = 200):
     hm_offset = _as_batch(hm_offset, 2, "hm_offset")
     lms = _as_batch(lms, 10, "landmarks")
     n, _, h, w = hm.shape
-    peaks = keep_peaks(hm.astype(np.float32, copy=False)).reshape(n, h * w)
-    scores, ind = topk_desc(peaks, k)
+    picked = [dense_topk_peaks(hm[i, 0].astype(np.float32, copy=False), k) for i in range(n)]
+    scores = np.stack([p[0] for p in picked])
+    ind = np.stack([p[1] for p in picked])
     rows = (ind // w).astype(np.float32)
     cols = (ind % w).astype(np.float32)
 
     def gather(a):
-        return np.take_along_axis(a.reshape(n, a.shape[1], h * w), ind[:, None, :], axis=2).astype(np.float32)
+        flat = a.reshape(n, a.shape[1], h * w)
+        return np.stack([np.take(flat[i], ind[i], axis=1) for i in range(n)]).astype(np.float32, copy=False)
 
     off = gather(hm_offset)
     size = np.exp(gather(wh)) * np.float32(STRIDE)
@@ -144,10 +146,10 @@ def decode_ascend(hm, wh, hm_offset, lms, metas: Sequence[dict], k: int = 200,
         raise ValueError(f"{len(metas)} metas for a batch of {len(boxes)}")
     out = []
     for i, meta in enumerate(metas):
-        grid_hw = (int(meta["out_hw"][0]), int(meta["out_hw"][1]))
-        c, s = meta["c"], float(meta["s"])
-        bx = unletterbox_boxes(boxes[i], c, s, grid_hw)
-        lm = unletterbox_points(pts[i].reshape(-1, 5, 2), c, s, grid_hw).reshape(-1, 10)
+        inv = get_affine_transform(np.asarray(meta["c"], np.float32), float(meta["s"]),
+                                   (int(meta["out_hw"][1]), int(meta["out_hw"][0])), inv=True)
+        bx = affine_points(boxes[i].reshape(-1, 2, 2), inv).astype(np.float32).reshape(-1, 4)
+        lm = affine_points(pts[i].reshape(-1, 5, 2), inv).astype(np.float32).reshape(-1, 10)
         sc = scores[i]
         if threshold is not None:
             sel = sc >= threshold
