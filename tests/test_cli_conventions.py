@@ -239,3 +239,34 @@ def test_a_single_run_refuses_a_bad_override_before_writing_anything(tmp_path, m
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_cli_gives_its_processes_one_blas_thread_unless_the_user_chose(monkeypatch, capsys):
+    """``zoo`` sets OPENBLAS_NUM_THREADS=1 before numpy is imported (OpenBLAS threads spin ~0.1 s of
+    CPU each at import: zoo_core/blas.py); a value the user exported is kept."""
+    from zoo_core.cli import main
+
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "placeholder")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS")  # (restored to the session's state afterwards)
+    assert main(["--help"]) == 0
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
+    assert main(["--help"]) == 0
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "4"
+    capsys.readouterr()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task") or (os.cpu_count() or 1) < 2,
+                    reason="counts the process's threads in /proc; OpenBLAS adds none on one core")
+def test_a_zoo_process_runs_no_blas_helper_thread():
+    """In a ``zoo`` process numpy's import starts no OpenBLAS helper thread (checked against a plain
+    interpreter, which starts one per extra core)."""
+    count = "import os; import numpy; print(len(os.listdir('/proc/self/task')))"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+
+    def threads(code: str) -> int:
+        return int(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                  check=True).stdout.split()[-1])
+
+    assert threads(count) > 1  # the oracle: numpy alone starts helper threads here
+    assert threads("from zoo_core.cli import main; main(['--help']); " + count) == 1

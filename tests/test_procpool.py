@@ -117,3 +117,21 @@ def test_shutdown_never_reads_the_task_pipe_back(monkeypatch):
     finally:
         p.shutdown()
     assert time.monotonic() - t0 < 2.0
+
+
+def test_workers_start_with_one_blas_thread_unless_the_user_chose(monkeypatch):
+    """OpenBLAS spins a thread per extra core for ~0.1 s at import: the workers get
+    OPENBLAS_NUM_THREADS=1, this process's environment is left as it was, a user's value wins."""
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    p = ProcessPool(2)
+    try:
+        assert p.submit(os.getenv, "OPENBLAS_NUM_THREADS").result() == "1"
+    finally:
+        p.shutdown()
+    assert "OPENBLAS_NUM_THREADS" not in os.environ
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    p = ProcessPool(1)
+    try:
+        assert p.submit(os.getenv, "OPENBLAS_NUM_THREADS").result() == "3"
+    finally:
+        p.shutdown()

@@ -66,6 +66,9 @@ class ClosedPipeTolerant:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd, rest = (argv[0], argv[1:]) if argv else ("--help", [])
+    from zoo_core.blas import single_thread_by_default
+
+    single_thread_by_default()
     _terminate_like_interrupt()
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = ClosedPipeTolerant(sys.stdout), ClosedPipeTolerant(sys.stderr)

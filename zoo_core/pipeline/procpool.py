@@ -25,6 +25,8 @@ from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from zoo_core.blas import single_thread_children
+
 _INIT_FAILED = -1
 
 
@@ -84,8 +86,9 @@ class ProcessPool:
         self._procs = [ctx.Process(target=_serve, args=(self._tasks, self._results, self._cancelled, initializer,
                                                         initargs),
                                    name=f"zoo-worker-{i}", daemon=True) for i in range(max(int(num_workers), 1))]
-        for p in self._procs:
-            p.start()
+        with single_thread_children():
+            for p in self._procs:
+                p.start()
         self._reader = self._results._reader
         self._poll = select.poll()
         self._poll.register(self._reader.fileno(), select.POLLIN)
@@ -132,12 +135,15 @@ class ProcessPool:
         in the pipe and note a worker that exited."""
         events = self._poll.poll()
         exited = [fd for fd, _ in events if fd in self._sentinels]
-        while self._reader.poll():
+        reader = self._reader.fileno()
+        while any(fd == reader for fd, _ in events):
             index, ok, value = self._results.get()
             if index == _INIT_FAILED:
                 self._broken = str(value)
             else:
                 self._done[index] = (ok, value)
+            events = self._poll.poll(0)
+            exited += [fd for fd, _ in events if fd in self._sentinels and fd not in exited]
         if exited and not self._closed:
             p = self._sentinels[exited[0]]
             p.join(0.1)
