@@ -120,6 +120,13 @@ def test_find_nonfinite_names_exactly_the_items_with_nan_or_inf():
         want = [i for i in range(n) if not all(np.isfinite(o[i]).all() for o in outs)]
         assert find_nonfinite(outs, n) == want
     assert find_nonfinite([np.zeros((2, 0), np.float32)], 2) == []
+    for size in (1000, 65537, 300001):  # BLAS's blocked kernels, not only its tails
+        for bad in (np.nan, np.inf, -np.inf):
+            for where in (0, size // 2, size - 1):
+                big = [rng.normal(0, 1, (2, size)).astype(np.float32), rng.normal(0, 1, (2, size))]
+                big[where % 2][1, where] = bad
+                assert find_nonfinite(big, 2) == [1]
+                assert find_nonfinite(big, 1) == []
 
 
 def test_nonfinite_raw_outputs_are_checked_without_decode_too():

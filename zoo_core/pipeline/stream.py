@@ -81,19 +81,15 @@ class Sink(Protocol):
         ...
 
 
-_ZEROS: dict[np.dtype, np.ndarray] = {}
-
-
 def _maybe_finite(a: np.ndarray) -> bool:
-    """False when ``a`` may hold NaN or inf, in one pass and no temporary: for float32/64 a dot
-    product with zeros (BLAS), NaN exactly when an element is NaN or +-inf (0 x inf = NaN); else a
-    sum, NaN/inf when an element is (a finite sum that overflows is a false alarm the caller checks)."""
+    """False when ``a`` may hold NaN or inf, in one pass and no temporary: for float32/64 the dot
+    product of ``a`` with itself (one BLAS call, reading ``a`` once), NaN or inf when an element is
+    NaN or +-inf; else a sum, likewise. A finite array whose squares or sum overflow (values beyond
+    ~1e19 in float32) is a false alarm, which the caller's exact check clears."""
     if a.dtype in (np.float32, np.float64) and a.flags.c_contiguous and a.size:
-        zeros = _ZEROS.get(a.dtype)
-        if zeros is None or zeros.size < a.size:
-            zeros = _ZEROS[a.dtype] = np.zeros(a.size, a.dtype)
-        with np.errstate(invalid="ignore"):
-            return bool(np.isfinite(np.dot(a.reshape(-1), zeros[:a.size])))
+        flat = a.reshape(-1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return bool(np.isfinite(np.dot(flat, flat)))
     with np.errstate(over="ignore", invalid="ignore"):
         return bool(np.isfinite(np.sum(a)))
 
