@@ -32,6 +32,7 @@ from zoo_core.api.types import Detections, Sample, TensorSpec
 from zoo_core.backends.base import Backend, Batch
 from zoo_core.pipeline.batching import Batcher
 from zoo_core.pipeline.memory import long_lived_frozen, return_big_blocks
+from zoo_core.pipeline.scheduling import THREAD_SLICE_NS, set_thread_slice, short_slice
 from zoo_core.pipeline.stats import RunStats
 from zoo_core.pipeline.workers import Prepared
 from zoo_core.reports.progress import Progress
@@ -205,7 +206,8 @@ class Stream:
         post.start()
         feed.start()
         try:
-            self._device_loop()
+            with short_slice():
+                self._device_loop()
         finally:
             self._stop.set()
             feed.join()
@@ -219,6 +221,7 @@ class Stream:
 
     def _feed_loop(self) -> None:
         """Collect prepared items into batches while the device runs the previous one."""
+        set_thread_slice(THREAD_SLICE_NS)
         try:
             for prep in self.source.items():
                 self._listed += 1
@@ -323,6 +326,7 @@ class Stream:
             self._post_q.put((one, [np.asarray(o)[:1] for o in outputs]))
 
     def _post_loop(self) -> None:
+        set_thread_slice(THREAD_SLICE_NS)
         while True:
             job = self._post_q.get()
             if job is None:
