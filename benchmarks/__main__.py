@@ -2,7 +2,8 @@
 
 Parts (default: all but ``extra``, in this order): ``host`` (host capacity and the floor, alternated),
 ``busy`` (busy ratio at 0.9 x host capacity, the six setups), ``long`` (whole-wall ratio on a
-2,000-image run), ``memory`` (peak RSS 50 vs 500 images, intermediate bytes), ``wider`` (WIDER eval
+2,000-image run; each busy and long run right after a capacity run of its setup, in the host part's
+schedule when it runs too, and measured against that capacity), ``memory`` (peak RSS 50 vs 500 images, intermediate bytes), ``wider`` (WIDER eval
 vs the per-image reference), ``perf`` (``stage=perf`` overhead), ``startup`` (``zoo list``, evaluate
 without torch); ``extra`` adds the older per-image host cost, COCO evaluator and CenterNet ORT vs torch
 comparisons (slow, not targets of the issue).
@@ -37,6 +38,7 @@ ALL_PARTS = (*DEFAULT_PARTS, "extra")
 #: images per busy-ratio run: the steady ratio (first to last device call) needs no more, and 18 runs of
 #: 480 would cost ~15 s of the 6-minute budget
 BUSY_IMAGES = 360
+LONG_SETUP = "starclouds_b1"
 #: How many cores a part keeps busy on a quiet 2-core machine (for the quiet wall-time estimate from CPU
 #: time): the pipeline parts run 2 workers + the parent (their per-run start-up is one process, hence < 2);
 #: the per-image WIDER reference and ``zoo list`` are one process.
@@ -122,7 +124,7 @@ class Bench:
         self.capacity: dict[str, dict] = {}
         self.parts: tuple[str, ...] = ()
         self._reference: subprocess.Popen | None = None
-        self._busy_runs: dict[str, list[dict]] | None = None  # busy runs the host part already made
+        self._calibrated: dict[str, list[dict]] = {}  # busy and long runs the host part already made
 
     # -- host capacity and floor ------------------------------------------------------------------
     def host(self) -> None:
@@ -131,25 +133,28 @@ class Bench:
         sets = setups(self.work, self.images)
         modes = sorted({s.floor for s in sets if s.floor})
         paths = {m: floor_images(self.work, m, self.images) for m in modes}
-        with_busy = "busy" in self.parts
+        with_busy, with_long = "busy" in self.parts, "long" in self.parts
+        long_setup = self._long_setup() if with_long else None
         pool = FloorPool()
         try:
             jobs: list = []
-            for s in sets:
-                if with_busy and s.busy:  # the busy run right after the capacity it is measured against
-                    jobs += self._calibrated_busy_jobs(s)
+            for s in sets:  # busy and long runs right after the capacity run they are measured against
+                follow = [("busy", s, None)] if with_busy and s.busy else []
+                if long_setup is not None and s.key == long_setup.key:
+                    follow.append(("long", long_setup, 0))
+                if follow:
+                    jobs += self._calibrated_jobs(s, follow)
                 else:
                     jobs.append((f"capacity {s.key}", (lambda s=s: capacity_run(self.work, s, f"cap_{s.key}"))))
             jobs += [(f"floor {m}", (lambda m=m: pool.rate(m, paths[m]))) for m in modes]
             print(f"host capacity and floor: {len(sets)} setups + {len(modes)} floors x {self.rounds} rounds, "
-                  f"{self.images} images each" + (", each busy run right after its setup's capacity run"
-                                                  if with_busy else ""), flush=True)
+                  f"{self.images} images each" + (", each busy and long run right after its setup's capacity run"
+                                                  if with_busy or with_long else ""), flush=True)
             res = alternate(self.rounds, jobs, progress(self.rounds * len(jobs)))
         finally:
             pool.close()
-        if with_busy:
-            self._busy_runs = {k: v for k, v in res.items() if k.startswith("busy ")}
-            res = {k: v for k, v in res.items() if not k.startswith("busy ")}
+        self._calibrated = {k: v for k, v in res.items() if k.split()[0] in ("busy", "long")}
+        res = {k: v for k, v in res.items() if k not in self._calibrated}
         rep = self.rep
         for name, runs in res.items():
             rep.figures[name.replace(" ", ":")] = {
@@ -222,14 +227,13 @@ class Bench:
                              f"{fl['cpu_ms_per_img']['median']:.2f} CPU-ms/img; load {fl['load_avg_1m']}")
 
     # -- busy ratio at 0.9 x capacity -------------------------------------------------------------
-    def _calibrated_busy_jobs(self, s, tag: str = "busy", images: int | None = None,
-                              run_setup=None) -> list[tuple[str, Callable[[], dict]]]:
-        """A capacity run of ``s``, then a busy run (of ``run_setup``, default ``s``) with the device at 0.9 x
-        the capacity just measured: the VM's speed drifts by tens of percent over minutes, so each busy run is
-        measured against the capacity of the same moment, not a median taken earlier."""
+    def _calibrated_jobs(self, s, follow: list) -> list[tuple[str, Callable[[], dict]]]:
+        """A capacity run of setup ``s``, then each ``(tag, setup, images)`` of ``follow`` with the device at
+        0.9 x the capacity just measured (``images``: None = the busy part's count, 0 = all of the setup's):
+        the VM's speed drifts by tens of percent over minutes, so each run is measured against the capacity of
+        the same moment, not a median taken earlier."""
         from .bench_capacity import busy_run, capacity_run
 
-        n = min(BUSY_IMAGES, self.images) if images is None else images
         measured: dict[str, float] = {}
 
         def capacity() -> dict:
@@ -237,22 +241,35 @@ class Bench:
             measured["img_s"] = r["img_s"]
             return r
 
-        def busy() -> dict:
-            rate = 0.9 * measured["img_s"]
-            r = busy_run(self.work, run_setup or s, rate, f"{tag}_{s.key}", images=n or None)
-            r["device_img_s"] = rate
-            return r
+        def calibrated(tag: str, setup, images: int | None) -> Callable[[], dict]:
+            n = min(BUSY_IMAGES, self.images) if images is None else images
 
-        return [(f"capacity {s.key}", capacity), (f"{tag} {s.key}", busy)]
+            def run() -> dict:
+                rate = 0.9 * measured["img_s"]
+                r = busy_run(self.work, setup, rate, f"{tag}_{s.key}", images=n or None)
+                r["device_img_s"] = rate
+                return r
+            return run
+
+        return [(f"capacity {s.key}", capacity),
+                *((f"{tag} {s.key}", calibrated(tag, setup, images)) for tag, setup, images in follow)]
+
+    def _long_setup(self):
+        from .bench_capacity import Setup, setups
+        from .bench_overlap import prepare
+
+        base = next(s for s in setups(self.work, self.images) if s.key == LONG_SETUP)
+        rs = prepare(self.work, self.long_images, ("starclouds",))[0]
+        return Setup(base.key, base.label, rs, base.batch, base.extra)
 
     def busy(self) -> None:
         from .bench_capacity import alternate, setups
 
         busy = [s for s in setups(self.work, self.images) if s.busy]
         n = min(BUSY_IMAGES, self.images)
-        res = self._busy_runs
-        if res is None:  # the part alone: its own capacity runs, each right before its busy run
-            jobs = [job for s in busy for job in self._calibrated_busy_jobs(s)]
+        res = self._calibrated
+        if not any(k.startswith("busy ") for k in res):  # the part alone: its own capacity runs
+            jobs = [job for s in busy for job in self._calibrated_jobs(s, [("busy", s, None)])]
             print(f"busy ratio at 0.9 x host capacity: {len(busy)} setups x {self.rounds} rounds, each right after "
                   f"a capacity run", flush=True)
             res = alternate(self.rounds, jobs, progress(self.rounds * len(jobs)))
@@ -274,17 +291,19 @@ class Bench:
 
     # -- whole-wall ratio on a long run -----------------------------------------------------------
     def long(self) -> None:
-        from .bench_capacity import Setup, alternate, setups
-        from .bench_overlap import prepare
+        from .bench_capacity import alternate, setups
 
-        key = "starclouds_b1"
-        base = next(s for s in setups(self.work, self.images) if s.key == key)
-        rs = prepare(self.work, self.long_images, ("starclouds",))[0]
-        s = Setup(key, base.label, rs, base.batch, base.extra)
-        print(f"long run: {self.long_images} images, {s.label}, device at 0.9 x the capacity run just before "
-              f"x {self.rounds}", flush=True)
-        jobs = self._calibrated_busy_jobs(base, tag="long", images=0, run_setup=s)
-        res = alternate(self.rounds, jobs, progress(self.rounds * len(jobs)))[f"long {key}"]
+        s = self._long_setup()
+        res = self._calibrated.get(f"long {s.key}")
+        if res is None:  # the part alone: its own capacity runs
+            print(f"long run: {self.long_images} images, {s.label}, device at 0.9 x the capacity run just before "
+                  f"x {self.rounds}", flush=True)
+            base = next(b for b in setups(self.work, self.images) if b.key == s.key)
+            jobs = self._calibrated_jobs(base, [("long", s, 0)])
+            res = alternate(self.rounds, jobs, progress(self.rounds * len(jobs)))[f"long {s.key}"]
+        else:
+            print(f"long run: {self.long_images} images, {s.label} x {self.rounds} (run in the host part, each "
+                  f"right after its capacity run)", flush=True)
         f = figure([r["whole_wall"] for r in res], [r["load_avg"] for r in res])
         f["busy"] = figure([r["busy"] for r in res])
         rate = figure([r["device_img_s"] for r in res])
