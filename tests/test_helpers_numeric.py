@@ -343,3 +343,20 @@ def test_level_set_is_the_whole_interval_of_equal_scores():
                 assert score(np.asarray([below], np.float32))[0] < t
             if np.isfinite(hi):
                 assert score(np.asarray([above], np.float32))[0] > t
+
+
+def test_group_maxima_match_numpys_reduction_with_nan_inf_and_tails():
+    """The column-group maxima behind topk_peaks' threshold: equal to numpy's max over each group (NaN
+    propagating, so a NaN group still sends topk_peaks to the full path), rows that do not fill a group kept."""
+    from zoo_core.api.peaks import _group_maxima
+
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        r, w, rows = int(rng.integers(1, 40)), int(rng.integers(1, 9)), int(rng.integers(1, 12))
+        h = rng.normal(0, 1, (r, w)).astype(np.float32)
+        h[rng.random(h.shape) < 0.05] = rng.choice([np.nan, np.inf, -np.inf])
+        got, n_main = _group_maxima(h, rows)
+        full = (r // rows) * rows
+        want = np.concatenate([h[:full].reshape(r // rows, rows, w).max(axis=1).reshape(-1), h[full:].reshape(-1)])
+        assert n_main == (r // rows) * w
+        np.testing.assert_array_equal(got, want)

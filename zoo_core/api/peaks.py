@@ -134,11 +134,16 @@ def _group_maxima(heat2d: np.ndarray, rows: int) -> tuple[np.ndarray, int]:
     """Maxima of the ``rows x 1`` column groups of ``heat2d`` (R, W): group ``(b, x)`` holds rows
     ``b*rows .. b*rows+rows-1`` of column ``x``; the last ``R % rows`` rows are groups of one element.
     Returns the maxima (main groups first, flattened ``(R // rows, W)``, then the tail's elements) and
-    the number of main groups. A maximum over a middle axis is an element-wise ``max`` of whole rows, so
-    it runs at memory speed, unlike a row maximum (a reduction over the last axis)."""
+    the number of main groups. It is an element-wise ``np.maximum`` of whole rows (``rows - 1`` calls over
+    every group's j-th row, NaN propagating as in ``max``), which runs near memory speed, unlike a row
+    maximum (a reduction over the last axis) or numpy's reduction over the middle axis (~25 % slower)."""
     r, w = heat2d.shape
     full = (r // rows) * rows
-    main = heat2d[:full].reshape(r // rows, rows, w).max(axis=1).reshape(-1)
+    bands = heat2d[:full].reshape(r // rows, rows, w)
+    acc = bands[:, 0].copy()
+    for j in range(1, rows):
+        np.maximum(acc, bands[:, j], out=acc)
+    main = acc.reshape(-1)
     return np.concatenate([main, heat2d[full:].reshape(-1)]), main.size
 
 
