@@ -3,10 +3,11 @@
 Parts (default: all but ``extra``, in this order): ``host`` (host capacity and the floor, alternated),
 ``busy`` (busy ratio at 0.9 x host capacity, the six setups), ``long`` (whole-wall ratio on a
 2,000-image run; each busy and long run right after a capacity run of its setup, in the host part's
-schedule when it runs too, and measured against that capacity), ``memory`` (peak RSS 50 vs 500 images, intermediate bytes), ``wider`` (WIDER eval
-vs the per-image reference), ``perf`` (``stage=perf`` overhead), ``startup`` (``zoo list``, evaluate
-without torch); ``extra`` adds the older per-image host cost, COCO evaluator and CenterNet ORT vs torch
-comparisons (slow, not targets of the issue).
+schedule when it runs too, and measured against that capacity), ``memory`` (peak RSS 50 vs 500
+images, intermediate bytes), ``wider`` (WIDER eval vs the per-image reference), ``perf``
+(``stage=perf`` overhead), ``startup`` (``zoo list``, evaluate without torch); ``extra`` adds the
+older per-image host cost, COCO evaluator and CenterNet ORT vs torch comparisons (slow, not targets
+of the issue).
 
 Every figure is the median of >= 3 runs alternated with the runs it is compared to, shown with its
 min-max and the load average at the end of each run. Ratios only (never absolute wall-clock
@@ -444,13 +445,15 @@ METHODS = {
             "min-max. Star-Clouds (natural size, no floor defined) is compared with 2 x its serial "
             "capacity (`num_workers=0`).",
     "busy": "**Busy ratio**: steady img/s / (batch / L) with the replay device emulated at L = batch / (0.9 x the "
-            "host capacity measured above), on the first 360 images of the capacity set; whole-wall = images / the "
+            "host capacity of the capacity run of the same setup made just before, in the same round: the VM's "
+            "speed drifts over minutes), on the first 360 images of the capacity set; whole-wall = images / the "
             "stream's whole wall time (first fill and last drain included; the workers start before the stream, "
             "while the dataset is listed and the backend opens) / the same device rate. Capacity and busy runs "
             "pass `stage.score=false` (the stream is the same; no figure includes "
             "the scoring after it).",
     "long": "The whole-wall ratio of one {long}-image run of the fastest setup (Star-Clouds b1: its fixed "
-            "start-up costs weigh most) with the device at 0.9 x its host capacity.",
+            "start-up costs weigh most) with the device at 0.9 x the host capacity of the capacity run made "
+            "just before it, in the same round.",
     "memory": "Peak RSS of the `zoo run` subprocess (/usr/bin/time -f %M), replay backend at zero latency, "
               "Star-Clouds 608x800 batch 16, 50 vs 500 images alternated; bytes written under the run's outputs/ "
               "with save_outputs=false.",
