@@ -93,10 +93,10 @@ def dense_topk_peaks(heat: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """
     heat = np.asarray(heat)
     flat = heat.reshape(-1)
-    pooled = _neighbourhood_max(heat).reshape(-1)
-    cand = np.flatnonzero((pooled == flat) & (flat > 0))
+    is_peak = _neighbourhood_max(heat).reshape(-1) == flat
+    cand = np.flatnonzero(is_peak & (flat > 0))
     if cand.size < min(int(k), flat.size):
-        return topk_desc(np.where(pooled == flat, flat, 0).astype(heat.dtype, copy=False), k)
+        return topk_desc(np.where(is_peak, flat, 0).astype(heat.dtype, copy=False), k)
     vals, pos = topk_desc(flat[cand], k)
     return vals, cand[pos]
 
