@@ -317,6 +317,67 @@ def test_a_lock_held_by_another_process_is_refused(tmp_path):
         pass
 
 
+def test_a_lock_file_planted_as_a_link_is_refused_and_its_target_untouched(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    root = tmp_path / "run"
+    root.mkdir()
+    (root / ".zoo.lock").symlink_to(victim)
+    with pytest.raises(ZooError, match="lock file is a symbolic link"):
+        RunLock(root, "eval").acquire()
+    assert victim.read_text() == "precious"
+    (root / ".zoo.lock").unlink()
+    (root / ".zoo.lock").mkdir()
+    with pytest.raises(ZooError, match="lock file is a directory"):
+        RunLock(root, "eval").acquire()
+    (root / ".zoo.lock").rmdir()
+    (root / ".zoo.lock").write_text("[" * 5000)  # a holder record too deep to parse is no record
+    with RunLock(root, "eval"):
+        pass
+
+
+def test_a_lock_held_for_a_stage_is_entered_only_by_that_stage_in_that_thread(tmp_path):
+    from zoo_core.runs.lock import held_for_stage
+
+    with held_for_stage(tmp_path, "eval"):
+        with RunLock(tmp_path, "eval", reenter=True):  # the stage runner inside `zoo run`
+            pass
+        with pytest.raises(ZooError, match="in use by another zoo run"):
+            RunLock(tmp_path, "eval").acquire()
+        errors = []
+
+        def other_thread():
+            try:
+                RunLock(tmp_path, "eval", reenter=True).acquire()
+            except ZooError as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join()
+        assert len(errors) == 1
+    with RunLock(tmp_path, "eval", reenter=True):  # released: a plain acquire again
+        pass
+
+
+def test_clearing_refuses_a_directory_that_is_a_link(tmp_path):
+    from zoo_core.runs.layout import clear_dir
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "important.txt").write_text("keep")
+    root = tmp_path / "run"
+    root.mkdir()
+    (root / "eval").symlink_to(elsewhere)
+    with pytest.raises(ZooError, match="is a symbolic link"):
+        clear_dir(root / "eval")
+    assert (elsewhere / "important.txt").read_text() == "keep"
+    (root / "outputs").mkdir()
+    (root / "outputs" / "link").symlink_to(elsewhere)
+    clear_dir(root / "outputs")  # a link inside is removed, not followed
+    assert not (root / "outputs" / "link").exists() and (elsewhere / "important.txt").exists()
+
+
 def test_workers_outlive_the_thread_that_created_them(fixture_cfg):
     """Linux's PR_SET_PDEATHSIG fires when the *thread* that forked a worker ends; the pool must not
     depend on it (a run once hung for 16 minutes that way)."""

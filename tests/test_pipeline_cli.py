@@ -93,8 +93,11 @@ def test_two_runs_on_one_root_the_second_fails_at_once(zoo):
     while time.time() < deadline and not (lock.is_file() and '"pid"' in lock.read_text()):
         time.sleep(0.1)
     t0 = time.time()
-    rc, out, err = zoo(*FIX, "stage=eval")
+    hydra_files = {p: p.read_bytes() for p in sorted((_root(zoo) / "eval" / ".hydra").iterdir())}
+    rc, out, err = zoo(*FIX, "stage=eval", "model.preprocess_delay_ms=7")
     assert rc == 2 and f"in use by another zoo run (pid {slow.pid}, stage=eval" in err, out + err
+    # the refused run wrote nothing: the lock is taken before Hydra writes the record dir
+    assert {p: p.read_bytes() for p in sorted((_root(zoo) / "eval" / ".hydra").iterdir())} == hydra_files
     assert time.time() - t0 < 30
     out, err = slow.communicate(timeout=120)
     assert slow.returncode == 0, err

@@ -149,6 +149,27 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+def test_links_planted_in_a_run_dir_are_refused_and_their_targets_untouched(zoo):
+    """Before: a ``.zoo.lock`` link to a file emptied it, and a record dir linked elsewhere had its
+    target's files deleted (and Hydra's records written there)."""
+    victim = zoo.cwd / "victim.txt"
+    victim.write_text("precious")
+    elsewhere = zoo.cwd / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "important.txt").write_text("keep")
+    run = zoo.cwd / "run"
+    run.mkdir()
+    (run / ".zoo.lock").symlink_to(victim)
+    rc, out, err = zoo("run", "model=fixture", "stage=eval", "work_dir=run")
+    _clean_failure(rc, err, "lock file is a symbolic link", run_dir=run)
+    (run / ".zoo.lock").unlink()
+    (run / "eval").symlink_to(elsewhere)
+    rc, out, err = zoo("run", "model=fixture", "stage=eval", "work_dir=run")
+    _clean_failure(rc, err, "run/eval: is a symbolic link", run_dir=run)
+    assert victim.read_text() == "precious"
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["important.txt"]
+
+
 def test_stale_temp_files_of_a_killed_writer_are_swept_by_the_next_run(zoo, fixture_onnx):
     root = zoo.cwd / "run"
     pid = _dead_pid()

@@ -80,6 +80,16 @@ def storage_error(exc: BaseException):
     return None
 
 
+def refuse_links(record_dir: Path) -> None:
+    """Before Hydra writes a stage's records: neither the record dir nor its ``.hydra/`` or ``zoo.log``
+    may be a symbolic link (Hydra would write, and the stage runner clear, whatever it points at)."""
+    from zoo_core.runs.layout import HYDRA_FILES, refuse_symlink
+
+    refuse_symlink(record_dir)
+    for name in HYDRA_FILES:
+        refuse_symlink(record_dir / name)
+
+
 def single_run(args: list[str]) -> bool:
     """Whether ``zoo run <args>`` is one plain run: overrides only, no Hydra flag, no ``hydra`` key."""
     return all("=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra") for a in args)
@@ -104,6 +114,7 @@ def run_single(overrides: list[str]) -> int:
     from zoo_core.cli import check_run_dirs
     from zoo_core.config.confpaths import core_conf_dir
     from zoo_core.config.validate import check_typed, explain, precheck
+    from zoo_core.runs.lock import held_for_stage
 
     precheck(overrides)
     GlobalHydra.instance().clear()
@@ -120,12 +131,14 @@ def run_single(overrides: list[str]) -> int:
                 raise ConfigError(explain(exc, overrides)) from None
             check_typed(cfg)
             check_run_dirs(cfg)
-            callbacks = Callbacks(cfg)
-            callbacks.on_run_start(config=cfg, config_name="config")
-            ret = run_job(hydra_context=HydraContext(config_loader=hydra.config_loader, callbacks=callbacks),
-                          task_function=task, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None)
-            callbacks.on_run_end(config=cfg, config_name="config", job_return=ret)
-            ret.return_value  # noqa: B018 - re-raises what the task raised
+            with held_for_stage(Path(str(cfg.work_dir)).expanduser(), str(cfg.stage.name)):
+                refuse_links(Path(str(cfg.work_dir)).expanduser() / str(cfg.stage.name))
+                callbacks = Callbacks(cfg)
+                callbacks.on_run_start(config=cfg, config_name="config")
+                ret = run_job(hydra_context=HydraContext(config_loader=hydra.config_loader, callbacks=callbacks),
+                              task_function=task, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None)
+                callbacks.on_run_end(config=cfg, config_name="config", job_return=ret)
+                ret.return_value  # noqa: B018 - re-raises what the task raised
     finally:
         GlobalHydra.instance().clear()
     return 0

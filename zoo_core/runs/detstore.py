@@ -26,6 +26,9 @@ class DetectionStore:
         self._next = 0
 
     def reset(self) -> None:
+        from zoo_core.runs.layout import refuse_symlink
+
+        refuse_symlink(self.dir)
         if self.dir.is_dir():
             for p in self.dir.glob("chunk-*.npz"):
                 p.unlink()

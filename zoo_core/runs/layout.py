@@ -13,6 +13,7 @@ in ``<root>/<stage>/``, which no other stage writes::
 """
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -20,8 +21,21 @@ from pathlib import Path
 HYDRA_FILES = (".hydra", "zoo.log")
 
 
+def refuse_symlink(path: Path) -> None:
+    """A ZooError when ``path`` (a directory zoo owns inside a run) is a symbolic link: zoo clears and
+    rewrites these directories, and a link would make it delete or write files elsewhere."""
+    if path.is_symlink():
+        from zoo_core.api.errors import ZooError
+
+        raise ZooError(f"is a symbolic link (to {os.readlink(path)}); zoo clears and rewrites this directory "
+                       f"and does not follow links inside a run directory", path=path,
+                       hint="remove the link, or point work_dir= at the other place instead")
+
+
 def clear_dir(path: Path, keep: tuple[str, ...] = ()) -> None:
-    """Remove everything inside ``path`` except the names in ``keep`` (the dir itself stays)."""
+    """Remove everything inside ``path`` except the names in ``keep`` (the dir itself stays).
+    Links inside it are removed, not followed; ``path`` itself must not be a link (:func:`refuse_symlink`)."""
+    refuse_symlink(path)
     if not path.is_dir():
         return
     for p in path.iterdir():

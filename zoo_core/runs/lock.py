@@ -2,7 +2,11 @@
 
 The kernel drops a ``flock`` when its process dies, so a lock left by a killed run is simply taken
 over (the file still names the dead pid; it is overwritten and the take-over is logged). The lock
-file descriptor is not inherited by spawned workers.
+file descriptor is not inherited by spawned workers. The lock file is opened without following a
+symbolic link and must be a regular file: a link planted there cannot make zoo write elsewhere.
+``zoo run`` takes the lock with :func:`held_for_stage` before Hydra writes the stage's ``.hydra/``
+and ``zoo.log`` (a run that is refused must not touch the holder's records); the stage runner inside
+it, ``RunLock(..., reenter=True)``, then enters that lock instead of failing on it.
 """
 from __future__ import annotations
 
@@ -12,7 +16,10 @@ import json
 import logging
 import os
 import socket
+import stat
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from zoo_core.api.errors import ZooError
@@ -21,30 +28,58 @@ log = logging.getLogger("zoo")
 
 LOCK_NAME = ".zoo.lock"
 
+_held: set[tuple[str, int]] = set()  # (lock path, thread) of the locks taken by held_for_stage
+_held_lock = threading.Lock()
+
 
 def _holder(text: str) -> dict:
     try:
         rec = json.loads(text)
         return rec if isinstance(rec, dict) else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
+
+
+def _open_lock_file(path: Path) -> int:
+    """The lock file, opened read-write without following a link; a regular file or a ZooError."""
+    hint = "remove it (zoo makes the lock file itself)"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as exc:
+        if path.is_symlink():
+            raise ZooError("the run's lock file is a symbolic link, which zoo does not follow", path=path,
+                           hint=hint) from None
+        if path.is_dir():
+            raise ZooError("the run's lock file is a directory", path=path, hint=hint) from None
+        raise ZooError(f"cannot open the run's lock file: {exc.strerror or exc}", path=path) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ZooError("the run's lock file is not a regular file", path=path, hint=hint)
+    return fd
 
 
 class RunLock:
     """``with RunLock(root, stage):`` — fails at once, naming the holder, when another run holds ``root``."""
 
-    def __init__(self, root: str | os.PathLike, stage: str = ""):
+    def __init__(self, root: str | os.PathLike, stage: str = "", reenter: bool = False):
         self.root = Path(root)
         self.stage = stage
+        self.reenter = reenter
         self.path = self.root / LOCK_NAME
         self._fd: int | None = None
+        self._entered = False
 
     def acquire(self) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise ZooError("the run directory is a file, not a directory", path=self.root,
                            hint="pass work_dir=<a directory>")
         self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        if self.reenter:
+            with _held_lock:
+                self._entered = self._key() in _held
+            if self._entered:
+                return
+        fd = _open_lock_file(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -66,14 +101,18 @@ class RunLock:
         os.pwrite(fd, rec + b"\n", 0)
         self._fd = fd
 
+    def _key(self) -> tuple[str, int]:
+        return os.path.realpath(self.path), threading.get_ident()
+
     def release(self) -> None:
+        self._entered = False
         if self._fd is None:
             return
+        fd, self._fd = self._fd, None
         with contextlib.suppress(OSError):
-            os.ftruncate(self._fd, 0)
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
-        self._fd = None
+            os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
     def __enter__(self) -> RunLock:
         self.acquire()
@@ -81,3 +120,18 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def held_for_stage(root: str | os.PathLike, stage: str = "") -> Iterator[RunLock]:
+    """Hold ``root``'s lock for a stage this thread runs inside the block: ``RunLock(root, reenter=True)``
+    there enters it (any other acquire still fails, as for a lock held by another run)."""
+    with RunLock(root, stage) as lock:
+        key = lock._key()
+        with _held_lock:
+            _held.add(key)
+        try:
+            yield lock
+        finally:
+            with _held_lock:
+                _held.discard(key)

@@ -26,7 +26,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     from zoo_core.stages import get_stage
 
     stage = get_stage(ctx.stage)
-    with RunLock(ctx.root, ctx.stage):
+    with RunLock(ctx.root, ctx.stage, reenter=True):  # (zoo run may hold it already: cli/app.py)
         for d in (ctx.root, model_dir(ctx)):
             for p in sweep_stale_temps(d):
                 log.info("removed %s, left by a killed run", p)
