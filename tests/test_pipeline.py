@@ -222,6 +222,26 @@ def test_garbage_and_lying_npy_files_are_input_errors(tmp_path):
         read_bin(tmp_path / "o_0.npy", spec)
 
 
+def test_npy_outputs_must_hold_real_numbers_in_the_spec_shape(tmp_path):
+    """Before: only the element count was checked, so an HWC array was reshaped into CHW (scrambled
+    maps scored as if right) and bool, complex or string arrays were cast."""
+    spec = TensorSpec("hm", (1, 4, 6))
+    chw = np.arange(24, dtype=np.float32).reshape(1, 4, 6)
+    for name, arr in (("same", chw), ("batch", chw[None]), ("f16", chw.astype(np.float16)),
+                      ("int", chw.astype(np.int32)), ("flat_ones", chw.reshape(4, 6))):
+        np.save(tmp_path / f"{name}_0.npy", arr)
+        np.testing.assert_array_equal(read_bin(tmp_path / f"{name}_0.npy", spec), chw)
+    for name, arr, text in (("hwc", chw.transpose(1, 2, 0), r"has shape \(4, 6, 1\); tensor hm is \(1, 4, 6\)"),
+                            ("swapped", chw.reshape(1, 6, 4), r"has shape \(1, 6, 4\)"),
+                            ("flat", chw.reshape(-1), r"has shape \(24,\)"),
+                            ("bool", chw > 3, "holds bool values"),
+                            ("complex", chw.astype(np.complex64), "holds complex64 values"),
+                            ("text", chw.astype("U8"), "holds <U8 values")):
+        np.save(tmp_path / f"{name}_0.npy", arr)
+        with pytest.raises(InputError, match=rf"{name}_0.npy: {text}"):
+            read_bin(tmp_path / f"{name}_0.npy", spec)
+
+
 def test_replay_backend_reads_a_dump_with_file_dtype_and_pads(tmp_path):
     for i in range(3):
         write_bin(tmp_path / f"img{i}_0.bin", np.full(3, i, np.float16))

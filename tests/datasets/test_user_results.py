@@ -231,6 +231,9 @@ def test_coco_results_subset_and_missing(cocoset, tmp_path):
     ({"image_id": 0, "category_id": 1000, "bbox": [1, 2, 3, 4], "score": 0.5}, "category_id 1000"),
     ({"image_id": 0, "category_id": 1, "bbox": [1, 2, 3], "score": 0.5}, "4 finite numbers"),
     ({"image_id": 0, "category_id": 1, "bbox": [1, 2, float("inf"), 4], "score": 0.5}, "4 finite numbers"),
+    ({"image_id": 0, "category_id": 1, "bbox": [1e308] * 4, "score": 0.5}, "fit a float32"),  # was inf/nan
+    ({"image_id": 0, "category_id": 1, "bbox": [3e38, 2, 3e38, 4], "score": 0.5}, "fit a float32"),  # x + w
+    ({"image_id": 0, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 1e300}, "finite number 'score'"),
     ({"image_id": 0, "category_id": 1, "bbox": [1, 2, 3, 4], "score": "high"}, "finite number 'score'"),
 ])
 def test_bad_coco_records_name_the_file_and_record(cocoset, tmp_path, record, why):
@@ -255,6 +258,9 @@ def test_coco_reader_recognises_only_results_lists(cocoset, tmp_path):
     (tmp_path / "broken.json").write_text("[{\"image_id\": 1,")
     with pytest.raises(ZooError, match="not a JSON file"):
         zd.read_detections(cfg, tmp_path / "broken.json", ds, ds.samples())
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ZooError, match="nested too deeply"):
+        zd.read_detections(cfg, tmp_path / "deep.json", ds, ds.samples())
     (tmp_path / "empty.json").write_text("[]")
     read = zd.read_detections(cfg, tmp_path / "empty.json", ds, ds.samples())
     assert read.detections == {} and read.info["missing_predictions"] == len(ds.samples())

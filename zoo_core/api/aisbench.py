@@ -88,6 +88,10 @@ def input_file(inputs_dir: str | os.PathLike[str], name: str, stem: str, multi: 
 def read_bin(path: str | os.PathLike[str], spec: TensorSpec, file_dtype: str | None = None) -> np.ndarray:
     """Read a raw ``.bin`` (or ``.npy``) holding ``spec.shape`` values, returned as ``spec.dtype``.
 
+    A ``.npy`` must hold real numbers (float, int) in ``spec.shape``, leading axes of size 1 aside (the
+    batch axis of one item that ais_bench keeps): an array of the right size in another shape (HWC for
+    CHW) is an error naming the file, never reshaped into the spec.
+
     The file's element type is ``file_dtype`` (e.g. ``"float16"`` for a TorchAIE dump) or, by default,
     ``spec.dtype``: a file whose size does not match it exactly is an :class:`InputError` naming the
     file (a float32 file of half the size is never guessed to be float16).
@@ -96,8 +100,12 @@ def read_bin(path: str | os.PathLike[str], spec: TensorSpec, file_dtype: str | N
     n = int(np.prod(spec.shape))
     if path.suffix == ".npy":
         arr = _load_npy(path)
-        if arr.size != n:
-            raise InputError(f"has {arr.size} values, expected {n} for {spec.name} {spec.shape}", path=path)
+        if arr.dtype.kind not in "fiu":
+            raise InputError(f"holds {arr.dtype} values; tensor {spec.name} needs real numbers ({spec.dtype})",
+                             path=path)
+        if _strip_ones(arr.shape) != _strip_ones(tuple(spec.shape)):
+            raise InputError(f"has shape {tuple(arr.shape)}; tensor {spec.name} is {tuple(spec.shape)} (a leading "
+                             f"batch axis of 1 may be added; the axes are not reordered)", path=path)
         return arr.reshape(spec.shape).astype(spec.dtype, copy=False)
     try:
         size = path.stat().st_size
@@ -111,6 +119,14 @@ def read_bin(path: str | os.PathLike[str], spec: TensorSpec, file_dtype: str | N
         hint = "if this dump holds float16 values, pass dump_dtype=float16"
     raise InputError(f"is {size} bytes; tensor {spec.name} {tuple(spec.shape)} as {dtype.name} needs "
                      f"{n * dtype.itemsize}", path=path, hint=hint)
+
+
+def _strip_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``shape`` without its leading axes of size 1 (an ais_bench ``.npy`` keeps the batch axis of one item)."""
+    i = 0
+    while i < len(shape) and shape[i] == 1:
+        i += 1
+    return tuple(int(d) for d in shape[i:])
 
 
 def _load_npy(path: Path) -> np.ndarray:

@@ -91,6 +91,10 @@ def _results_list(path: Path) -> list | None:
             data = json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ZooError(f"not a JSON file ({e})", path=path) from None
+    except RecursionError:
+        raise ZooError("not a COCO results file: its JSON is nested too deeply to read", path=path) from None
+    except MemoryError:
+        raise ZooError("too large to read into memory as one JSON document", path=path) from None
     if not isinstance(data, list):
         return None
     if data and not (isinstance(data[0], dict) and "image_id" in data[0] and "bbox" in data[0]):
@@ -98,8 +102,12 @@ def _results_list(path: Path) -> list | None:
     return data
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
 def _finite_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A JSON number that stays finite as the float32 zoo keeps boxes and scores in."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and abs(v) <= _F32_MAX
 
 
 def read_coco_results(path: str | os.PathLike, dataset: CocoDataset, samples: Sequence[Sample],
@@ -109,8 +117,8 @@ def read_coco_results(path: str | os.PathLike, dataset: CocoDataset, samples: Se
     Recognised by content (a json list whose first record has ``image_id`` and ``bbox``; an empty list
     too); ``None`` for any other file. Every record is checked: an ``image_id`` that is not an image of
     the dataset's annotation file, a ``category_id`` outside ``category_ids`` (``model.category_ids``),
-    a bbox that is not 4 finite numbers (a negative size is kept: COCOeval takes it, and a decoder may
-    write one) or a non-finite score raise ``ZooError``
+    a bbox that is not 4 finite numbers (float32-finite, with ``x + w`` and ``y + h``; a negative size is
+    kept: COCOeval takes it, and a decoder may write one) or a non-finite score raise ``ZooError``
     naming the file and the record. Records of dataset images outside ``samples`` are ignored.
     Boxes become ``x1 y1 x1+w y1+h`` (float32) with the category's 0-based class index, per image in
     descending score (stable: file order among ties). ``info``: ``format``, ``path``, ``records``,
@@ -137,8 +145,10 @@ def read_coco_results(path: str | os.PathLike, dataset: CocoDataset, samples: Se
         if not (isinstance(cat, int) and not isinstance(cat, bool)) or cat not in label_of:
             raise ZooError(f"results[{i}]: category_id {cat!r} is not one of the model's categories "
                            "(model.category_ids)", path=path)
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite_number(v) for v in bbox)):
-            raise ZooError(f"results[{i}] needs a 'bbox' of 4 finite numbers [x, y, w, h]", path=path)
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite_number(v) for v in bbox)
+                and _finite_number(bbox[0] + bbox[2]) and _finite_number(bbox[1] + bbox[3])):
+            raise ZooError(f"results[{i}] needs a 'bbox' of 4 finite numbers [x, y, w, h] (whose x + w and y + h "
+                           f"fit a float32), got {bbox!r}"[:300], path=path)
         if score is None:
             raise ZooError(f"results[{i}] needs a finite number 'score', got {rec.get('score')!r}", path=path)
         if img in wanted:
