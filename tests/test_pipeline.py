@@ -593,3 +593,41 @@ def test_objects_older_than_the_stream_are_out_of_the_collectors_reach_while_it_
             pass
         assert gc.get_freeze_count() >= len(old)  # an inner stream's end leaves the outer one's freeze
     assert gc.get_freeze_count() == 0
+
+
+# -- the detections store -------------------------------------------------------------------------
+
+def test_detection_chunks_that_do_not_hold_what_zoo_writes_are_refused(tmp_path):
+    """Before: a negative count shifted every later image's boxes (AP 1.0 -> 0.45, exit 0), counts
+    adding up to more than the boxes cut images short, and shape errors surfaced as tracebacks."""
+    from zoo_core.api.types import Detections
+    from zoo_core.runs.detstore import DetectionStore
+
+    store = DetectionStore(tmp_path / "d")
+    (tmp_path / "d").mkdir()
+    rng = np.random.default_rng(3)
+    dets = {f"im{i}": Detections(rng.random((n, 4)).astype(np.float32), rng.random(n).astype(np.float32),
+                                 np.arange(n, dtype=np.int32), {"lm": rng.random((n, 10)).astype(np.float32)})
+            for i, n in enumerate((3, 0, 2))}
+    for sid, d in dets.items():
+        store.add(sid, d)
+    store.flush()
+    back = store.load()
+    assert list(back) == list(dets)
+    for sid, d in dets.items():
+        np.testing.assert_array_equal(back[sid].boxes, d.boxes)
+        np.testing.assert_array_equal(back[sid].extras["lm"], d.extras["lm"])
+    chunk = tmp_path / "d" / "chunk-000000.npz"
+    with np.load(chunk) as z:
+        good = {k: z[k] for k in z.files}
+    for change, text in ((dict(counts=np.array([-3, 0, 8])), "a negative count"),
+                         (dict(counts=np.array([3, 1, 2])), "add up to 6 boxes but the chunk holds 5"),
+                         (dict(ids=good["ids"][:2]), "2 ids but counts"),
+                         (dict(boxes=good["boxes"][:, :3]), r"boxes must be float \(N, 4\)"),
+                         (dict(scores=good["scores"][:4]), r"scores must be float \(5,\)"),
+                         (dict(labels=good["labels"].astype(np.float32)), "labels must be integer"),
+                         (dict(extra__lm=good["extra__lm"][:3]), "extra 'lm' must be float with 5 rows")):
+        np.savez(chunk, **{**good, **change})
+        with pytest.raises(ZooError, match=text) as err:
+            store.load()
+        assert str(chunk) in str(err.value)

@@ -65,22 +65,51 @@ class DetectionStore:
         self._next += 1
 
     def load(self) -> dict[str, Detections]:
-        """All stored detections by sample id (a later chunk wins on a repeated id)."""
+        """All stored detections by sample id (a later chunk wins on a repeated id). A chunk that does
+        not hold what :meth:`flush` writes (an id per count, counts >= 0 that add up to the boxes, boxes
+        of 4 columns, one score and label per box, extras of one row per box) is a ZooError naming it."""
         out: dict[str, Detections] = {}
         if not self.dir.is_dir():
             return out
         for p in sorted(self.dir.glob("chunk-*.npz")):
             try:
-                z = np.load(p, allow_pickle=False)
-                ids, counts = z["ids"], z["counts"]
-                ends = np.cumsum(counts)
-                starts = ends - counts
-                extras = {k[len("extra__"):]: z[k] for k in z.files if k.startswith("extra__")}
-                boxes, scores, labels = z["boxes"], z["scores"], z["labels"]
+                with np.load(p, allow_pickle=False) as z:
+                    ids, counts = z["ids"], z["counts"]
+                    extras = {k[len("extra__"):]: z[k] for k in z.files if k.startswith("extra__")}
+                    boxes, scores, labels = z["boxes"], z["scores"], z["labels"]
             except Exception as exc:
                 raise ZooError(f"unreadable detections chunk ({exc})", path=p) from exc
+            problem = _chunk_problem(ids, counts, boxes, scores, labels, extras)
+            if problem:
+                raise ZooError(f"not a detections chunk as zoo writes it: {problem}", path=p)
+            ends = np.cumsum(counts)
+            starts = ends - counts
             for i, sid in enumerate(ids):
                 a, b = starts[i], ends[i]
                 out[str(sid)] = Detections(boxes[a:b], scores[a:b], labels[a:b],
                                            {k: v[a:b] for k, v in extras.items()})
         return out
+
+
+def _chunk_problem(ids: np.ndarray, counts: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+                   labels: np.ndarray, extras: dict[str, np.ndarray]) -> str | None:
+    """What is wrong with a chunk's arrays, or None."""
+    if ids.ndim != 1 or ids.dtype.kind != "U":
+        return f"ids must be a list of strings, got {ids.dtype} {ids.shape}"
+    if counts.shape != ids.shape or counts.dtype.kind not in "iu":
+        return f"{ids.size} ids but counts {counts.dtype} {counts.shape}"
+    if counts.size and counts.min() < 0:
+        return f"a negative count ({int(counts.min())})"
+    n = int(counts.sum())
+    if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.dtype.kind != "f":
+        return f"boxes must be float (N, 4), got {boxes.dtype} {boxes.shape}"
+    if boxes.shape[0] != n:
+        return f"the counts add up to {n} boxes but the chunk holds {boxes.shape[0]}"
+    if scores.shape != (n,) or scores.dtype.kind != "f":
+        return f"scores must be float ({n},), got {scores.dtype} {scores.shape}"
+    if labels.shape != (n,) or labels.dtype.kind not in "iu":
+        return f"labels must be integer ({n},), got {labels.dtype} {labels.shape}"
+    for k, v in extras.items():
+        if v.ndim < 1 or v.shape[0] != n or v.dtype.kind != "f":
+            return f"extra {k!r} must be float with {n} rows, got {v.dtype} {v.shape}"
+    return None
