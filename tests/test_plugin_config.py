@@ -116,6 +116,32 @@ def test_a_bad_plugin_config_value_fails_at_composition(model, override, key, de
     assert text.startswith(f"{key}: ") and f"is declared {declared} in zoo-" in text and "\n" not in text, text
 
 
+@pytest.mark.parametrize("model, override, text", [
+    ("centerface", "model.iou_thresh=-1", "model.iou_thresh=-1.0: outside (0.0, 1.0]"),  # was AP 0.90 vs 0.59
+    ("centerface", "model.iou_thresh=1.5", "model.iou_thresh=1.5: outside (0.0, 1.0]"),  # was every AP 0
+    ("centerface", "model.iou_thresh=0", "model.iou_thresh=0.0: outside (0.0, 1.0]"),
+    ("centerface", "model.iou_thresh=nan", "model.iou_thresh=nan: not a finite number"),  # was a crash after the run
+    ("centerface", "model.threshold=inf", "model.threshold=inf: not a finite number"),
+    ("centerface", "model.threshold=1.01", "model.threshold=1.01: outside [0.0, 1.0]"),
+    ("centerface", "model.nms_iou=-0.1", "model.nms_iou=-0.1: outside [0.0, 1.0]"),
+    ("centernet", "model.mean=[0.4,nan,0.5]", "model.mean[1]=nan: not a finite number"),
+    ("centernet", "compare.atol=nan", "compare.atol=nan: not a finite number"),
+])
+def test_out_of_range_or_non_finite_values_fail_at_composition(model, override, text):
+    from zoo_core.config.validate import compose
+
+    with pytest.raises(ConfigError) as ei:
+        compose([f"model={model}", override])
+    assert str(ei.value) == text
+
+
+def test_range_edges_and_interpolations_are_accepted():
+    from zoo_core.config.validate import compose
+
+    cfg = compose(["model=centerface", "model.iou_thresh=1", "model.threshold=0", "model.nms_iou=${model.iou_thresh}"])
+    assert cfg.model.iou_thresh == 1.0 and cfg.model.threshold == 0.0 and cfg.model.nms_iou == 1.0
+
+
 def test_typed_values_arrive_converted_and_extras_stay_possible():
     from zoo_core.config.validate import compose
 

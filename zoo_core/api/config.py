@@ -20,6 +20,10 @@ Field types are what OmegaConf supports: ``int``, ``float``, ``bool``, ``str``, 
 ``X | None``. Values come from the plugin's YAML file; a field's default is used only when the YAML
 leaves the key out (``"???"``, OmegaConf's ``MISSING``, makes the YAML value mandatory).
 
+A float key with a meaningful range declares it with :func:`in_range` (``iou_thresh: float =
+in_range(0.5, 0, 1, lo_open=True)``): a value outside it fails at composition like a value of the
+wrong type. NaN and infinite values are refused for every key (``model.threshold=nan``).
+
 Importing this module is cheap: dataclasses only.
 """
 from __future__ import annotations
@@ -32,6 +36,16 @@ from typing import Any, TypeVar
 
 #: OmegaConf's marker of a mandatory value (``omegaconf.MISSING``), without importing omegaconf.
 MISSING: Any = "???"
+
+#: The ``dataclasses.field`` metadata key :func:`in_range` sets.
+RANGE_KEY = "zoo_range"
+
+
+def in_range(default: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+             hi_open: bool = False) -> Any:
+    """A schema field whose numeric value must lie in ``[lo, hi]`` (``(lo`` / ``hi)`` when open; ``None``:
+    unbounded on that side), checked at composition; ``default`` as a plain field's (``MISSING`` too)."""
+    return field(default=default, metadata={RANGE_KEY: (lo, hi, lo_open, hi_open)})
 
 
 @dataclass
@@ -89,7 +103,7 @@ class WiderFaceModelConfig(ModelConfig):
         ``read_pred.m``) or ``keep`` (file order, as wondervictor).
     """
 
-    iou_thresh: float = 0.5
+    iou_thresh: float = in_range(0.5, 0.0, 1.0, lo_open=True)
     report_both_iou: bool = False
     pred_count: PredCount = PredCount.strict
     pred_order: PredOrder = PredOrder.sort

@@ -18,13 +18,14 @@ composition, before anything is written.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from zoo_core.api.config import DatasetConfig, ModelConfig
+from zoo_core.api.config import RANGE_KEY, DatasetConfig, ModelConfig
 from zoo_core.api.errors import ConfigError, PluginError
 from zoo_core.config.confpaths import ConfScan, check_choices, scan_plugin_confs
 from zoo_core.config.dataset_schemas import CORE_DATASET_SCHEMAS
@@ -77,8 +78,60 @@ def typed_section(section: DictConfig, cls: type, group: str, whose: str) -> Dic
         where = f"{group}.{key}" if key else group
         declared = f" ({group}.{top} is declared {_declared_type(cls, top)} in {whose})" if top else ""
         raise ConfigError(f"{where}: {reason}{declared}") from None
+    check_values(merged, group, cls)
     OmegaConf.set_struct(merged, True)
     return merged  # type: ignore[return-value]
+
+
+def _bad_float(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def check_values(section: DictConfig, group: str, cls: type | None = None) -> None:
+    """A ConfigError for a NaN or infinite number anywhere in ``section`` and for a value outside the
+    range its field declares with :func:`~zoo_core.api.config.in_range` (interpolations are skipped:
+    they are checked where they point)."""
+    for key, value, where in _concrete(section, group):
+        if _bad_float(value):
+            raise ConfigError(f"{where}={value}: not a finite number")
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return
+    for f in dataclasses.fields(cls):
+        bounds = f.metadata.get(RANGE_KEY)
+        if bounds is None or f.name not in section or OmegaConf.is_interpolation(section, f.name):
+            continue
+        value = section[f.name]
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        lo, hi, lo_open, hi_open = bounds
+        if (lo is not None and (value <= lo if lo_open else value < lo)) or \
+                (hi is not None and (value >= hi if hi_open else value > hi)):
+            left = "(" if lo_open else "["
+            right = ")" if hi_open else "]"
+            shown = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+            raise ConfigError(f"{group}.{f.name}={value}: outside {shown}")
+
+
+def _concrete(node: Any, where: str) -> typing.Iterator[tuple[Any, Any, str]]:
+    """``(key, value, dotted path)`` of every leaf of ``node`` that is not an interpolation or missing."""
+    from omegaconf import ListConfig
+
+    if isinstance(node, DictConfig):
+        keys: typing.Iterable[Any] = node.keys()
+    elif isinstance(node, ListConfig):
+        keys = range(len(node))
+    else:
+        return
+    for k in keys:
+        if OmegaConf.is_interpolation(node, k) or OmegaConf.is_missing(node, k):
+            continue
+        child = node._get_node(k)  # noqa: SLF001 - the node, without resolving anything
+        value = child._value() if child is not None and not isinstance(child, (DictConfig, ListConfig)) else child  # noqa: SLF001
+        path = f"{where}[{k}]" if isinstance(node, ListConfig) else f"{where}.{k}"
+        if isinstance(value, (DictConfig, ListConfig)):
+            yield from _concrete(value, path)
+        else:
+            yield k, value, path
 
 
 def apply_schemas(cfg: DictConfig, model: str, dataset: str | None) -> DictConfig:
@@ -92,4 +145,12 @@ def apply_schemas(cfg: DictConfig, model: str, dataset: str | None) -> DictConfi
     for group, name in (("model", model), ("dataset", dataset or "")):
         cls, whose = schema_for(group, name, scan, manager)
         cfg[group] = typed_section(cfg[group], cls, group, whose)
+    for key in cfg:
+        if key not in ("model", "dataset", "hydra"):
+            node = cfg._get_node(key)  # noqa: SLF001 - unresolved
+            if isinstance(node, DictConfig):
+                check_values(node, str(key))
+            elif not OmegaConf.is_interpolation(cfg, key) and not OmegaConf.is_missing(cfg, key) \
+                    and _bad_float(cfg[key]):
+                raise ConfigError(f"{key}={cfg[key]}: not a finite number")
     return cfg

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from zoo_core.api.config import MISSING, WiderFaceModelConfig
+from zoo_core.api.config import MISSING, WiderFaceModelConfig, in_range
 
 
 class Variant(StrEnum):
@@ -28,8 +28,8 @@ class CenterFaceConfig(WiderFaceModelConfig):
     #: per variant, what ``default_weights`` says (null: that variant ships no weights)
     variant_default_weights: dict[str, str | None] = field(default_factory=dict)
     input_hw: list[int] | None = None
-    threshold: float = MISSING
-    nms_iou: float = MISSING
+    threshold: float = in_range(MISSING, 0.0, 1.0)
+    nms_iou: float = in_range(MISSING, 0.0, 1.0)
     K: int = MISSING
     head_conv: int = MISSING
     aipp: bool = False
