@@ -141,12 +141,29 @@ def test_order_policy_sort_vs_keep(wider, tmp_path):
 def test_bad_tree_files_name_the_file(wider, tmp_path):
     cfg, ds, samples, tree = wider
     for text, why in [("x.jpg\n1\n1 2 3 4\n", "expected 5 values"), ("x.jpg\n1\n1 2 3 4 nan\n", "non-finite"),
+                      ("x.jpg\n1\n1e300 1 2 2 0.9\n", "beyond the float32 range"),
+                      ("x.jpg\n1\n3e38 1 3e38 2 0.9\n", "beyond the float32 range"),
                       (None, "is not image")]:
-        t = tmp_path / why.replace(" ", "_")
+        t = tmp_path / f"{why.replace(' ', '_')}_{len(text or '')}"
         shutil.copytree(tree, t)
         f = t / samples[1].key[0] / f"{samples[1].key[1]}.txt"
         f.write_text(text if text is not None else "other_image.jpg\n0\n")
         with pytest.raises(ZooError, match=why) as e:
+            zd.read_detections(cfg, t, ds, samples)
+        assert str(f) in str(e.value)
+    for how, why in (("dir", "prediction file is a directory"), ("dangling", "prediction file is a broken symbolic"),
+                     ("event_file", "event folder is not a directory")):
+        t = tmp_path / how
+        shutil.copytree(tree, t)
+        f = t / samples[1].key[0] / f"{samples[1].key[1]}.txt"
+        if how == "event_file":
+            shutil.rmtree(f.parent)
+            f.parent.write_text("")
+            f = f.parent
+        else:
+            f.unlink()
+            f.mkdir() if how == "dir" else f.symlink_to(t / "nowhere.txt")
+        with pytest.raises(ZooError, match=why) as e:  # before: counted as an image without predictions
             zd.read_detections(cfg, t, ds, samples)
         assert str(f) in str(e.value)
     empty = tmp_path / "unrelated"
@@ -154,6 +171,31 @@ def test_bad_tree_files_name_the_file(wider, tmp_path):
     (empty / "ev" / "a.txt").write_text("a.jpg\n0\n")
     with pytest.raises(ZooError, match="none of the 10 dataset image"):
         zd.read_detections(cfg, empty, ds, samples)
+
+
+def test_a_file_in_the_wrong_event_folder_is_warned_about(wider, tmp_path):
+    cfg, ds, samples, tree = wider
+    t = tmp_path / "t"
+    shutil.copytree(tree, t)
+    f = t / samples[2].key[0] / f"{samples[2].key[1]}.txt"
+    other = next(s.key[0] for s in samples if s.key[0] != samples[2].key[0])
+    f.rename(t / other / f.name)
+    with pytest.warns(widerface.ExtraPredictionsWarning, match="1 prediction file.*another event folder"):
+        read = zd.read_detections(cfg, t, ds, samples)
+    assert read.info["missing_predictions"] == 1
+
+
+def test_scores_outside_0_1_are_warned_about_naming_a_file(wider, tmp_path):
+    """The official min-max normalisation makes one outlier move every AP (easy 0.59 -> 0.009 on set1
+    with one score of -1000): kept, as the reference does, but said."""
+    cfg, ds, samples, tree = wider
+    t = tmp_path / "t"
+    shutil.copytree(tree, t)
+    f = t / samples[4].key[0] / f"{samples[4].key[1]}.txt"
+    lines = f.read_text().rstrip("\n").split("\n")
+    f.write_text("\n".join([lines[0], str(int(lines[1]) + 1), *lines[2:], "1 1 2 2 -1000"]) + "\n")
+    with pytest.warns(widerface.ScoreRangeWarning, match=rf"1 prediction file.*outside \[0, 1\] \(first: {f}\)"):
+        zd.read_detections(cfg, t, ds, samples)
 
 
 def test_results_files_write_the_native_tree(wider, tmp_path):

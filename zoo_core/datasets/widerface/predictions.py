@@ -43,6 +43,11 @@ class ExtraPredictionsWarning(UserWarning):
     """The prediction tree holds files for images that are not in the ground truth."""
 
 
+class ScoreRangeWarning(UserWarning):
+    """Some prediction files hold scores outside [0, 1] (the evaluation's min-max normalisation then
+    depends on them)."""
+
+
 def _empty() -> tuple[np.ndarray, np.ndarray]:
     return np.zeros((0, 4), np.float64), np.zeros((0,), np.float64)
 
@@ -115,6 +120,11 @@ def parse_prediction_text(text: str, path: str | os.PathLike,
     if not finite.all():
         i = int(np.argmin(finite))
         raise _bad_line(path, i + 3, body[i], "non-finite value")
+    f32 = float(np.finfo(np.float32).max)  # zoo keeps boxes and scores as float32
+    fits = (np.abs(arr) <= f32).all(axis=1) & (np.abs(arr[:, :2] + arr[:, 2:4]) <= f32).all(axis=1)
+    if not fits.all():
+        i = int(np.argmin(fits))
+        raise _bad_line(path, i + 3, body[i], "a value (or x + w, y + h) beyond the float32 range")
     return name, np.ascontiguousarray(arr[:, :4]), np.ascontiguousarray(arr[:, 4])
 
 

@@ -21,6 +21,8 @@ from zoo_core.api.types import Detections, DetectionsRead, Sample
 from .predictions import (
     COUNT_POLICIES,
     ORDER_POLICIES,
+    ExtraPredictionsWarning,
+    ScoreRangeWarning,
     UnsortedPredictionsWarning,
     _name_matches,
     read_prediction_file,
@@ -59,6 +61,20 @@ def tree_file_detections(path: Path, stem: str, count: str, order: str) -> tuple
     return Detections(xyxy, scores, np.zeros(len(scores), np.int32)), unsorted
 
 
+def _refuse_a_non_file(f: Path) -> None:
+    """A prediction path that exists but is not a regular file (a directory, a broken link, an event
+    "folder" that is a file) is an error naming it, not an image without predictions."""
+    hint = "a WIDER prediction tree holds <event>/<stem>.txt files"
+    event = f.parent
+    if os.path.lexists(event) and not event.is_dir():
+        kind = "a broken symbolic link" if not event.exists() else "not a directory"
+        raise ZooError(f"the event folder is {kind}", path=event, hint=hint)
+    if os.path.lexists(f):
+        kind = ("a broken symbolic link" if not f.exists() else "a directory" if f.is_dir()
+                else "not a regular file")
+        raise ZooError(f"the prediction file is {kind}", path=f, hint=hint)
+
+
 def read_tree_detections(path: str | os.PathLike, samples: Sequence[Sample], count: str = "strict",
                          order: str = "sort") -> DetectionsRead:
     """Read ``<path>/<event>/<stem>.txt`` for each sample (``Sample.key == (event, stem)``).
@@ -76,20 +92,36 @@ def read_tree_detections(path: str | os.PathLike, samples: Sequence[Sample], cou
     root = Path(path)
     out: dict[str, Detections] = {}
     missing: list[str] = []
+    outside: list[Path] = []
     n_unsorted = 0
     for s in samples:
         event, stem = tuple(s.key)
         f = root / str(event) / f"{stem}.txt"
         if not f.is_file():
+            _refuse_a_non_file(f)
             missing.append(f"{event}/{stem}.txt")
             continue
         det, unsorted = tree_file_detections(f, str(stem), count, order)
         n_unsorted += unsorted
+        if len(det) and (det.scores.min() < 0 or det.scores.max() > 1):
+            outside.append(f)
         out[s.id] = det
     if samples and not out:
         raise ZooError(f"none of the {len(samples)} dataset image(s) has a prediction file <event>/<stem>.txt here "
                        f"(first expected: {missing[0]})", path=root,
                        hint="pass the folder that holds the event folders, with the dataset the tree was made on")
+    expected = {(str(s.key[0]), str(s.key[1])) for s in samples}
+    misplaced = [p for p in root.glob("*/*.txt") if (p.parent.name, p.stem) not in expected
+                 and p.stem in {stem for _, stem in expected}]
+    if misplaced:
+        warnings.warn(f"{len(misplaced)} prediction file(s) in {root} name a scored image but lie in another event "
+                      f"folder and were not read (first: {misplaced[0].relative_to(root)})",
+                      ExtraPredictionsWarning, stacklevel=2)
+    if outside:
+        warnings.warn(f"{len(outside)} prediction file(s) in {root} hold scores outside [0, 1] (first: {outside[0]}): "
+                      "the WIDER FACE evaluation normalises every score by the minimum and maximum over all files, so "
+                      "one outlying score rescales all the others and moves every AP",
+                      ScoreRangeWarning, stacklevel=2)
     if n_unsorted and order == "sort":
         warnings.warn(f"{n_unsorted} prediction file(s) in {root} were not sorted by descending score; sorted them "
                       "(stable), as the official MATLAB evaluation does (model.pred_order=keep keeps file order)",
