@@ -1,6 +1,8 @@
 """WIDER FACE ground truth: the real .mat files and the writer's round trip."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import scipy.io
@@ -166,3 +168,35 @@ def test_gt_list_index_out_of_range(tmp_path):
     scipy.io.savemat(tmp_path / "wider_easy_val.mat", {key: v for key, v in mat.items() if not key.startswith("__")})
     with pytest.raises(ZooError, match=rf"wider_easy_val.mat.*index {k + 1} outside 1..{k}"):
         load_wider_gt(tmp_path)
+
+
+@pytest.mark.parametrize(("key", "file", "value", "shown"), [
+    ("face_bbx_list", "wider_face_val.mat", np.nan, "nan"),
+    ("face_bbx_list", "wider_face_val.mat", 1e12, "1000000000000.0"),
+    ("face_bbx_list", "wider_face_val.mat", 10.7, "10.7"),
+    ("gt_list", "wider_hard_val.mat", 1.5, "1.5"),
+])
+def test_ground_truth_numbers_that_a_cast_would_change_are_errors(tmp_path, key, file, value, shown):
+    """Before: NaN and 1e12 became int32 garbage, 10.7 became 10 and a gt_list index of 1.5 became 1, silently."""
+    events, files, boxes, keep = _random_gt(np.random.default_rng(5))
+    write_wider_gt(tmp_path, events, files, boxes, keep)
+    mat = scipy.io.loadmat(tmp_path / file)
+    e, j = next((e, j) for e in range(len(events)) for j, c in enumerate(mat[key][e][0][:, 0]) if c.size)
+    bad = mat[key][e][0][j][0].astype(np.float64)
+    bad.flat[0] = value
+    mat[key][e][0][j][0] = bad
+    scipy.io.savemat(tmp_path / file, {k: v for k, v in mat.items() if not k.startswith("__")})
+    with pytest.raises(ZooError, match=rf"{file}.*{key}\[{e}\]\[{j}\] \(image {events[e]}/{files[e][j]}\) holds "
+                                       rf"{re.escape(shown)}, not a whole number"):
+        load_wider_gt(tmp_path)
+
+
+def test_a_matlab_v73_file_is_named_with_the_way_out(tmp_path):
+    events, files, boxes, keep = _random_gt(np.random.default_rng(6))
+    write_wider_gt(tmp_path, events, files, boxes, keep)
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
+    header = header.ljust(116, b" ") + b"\0" * 8 + b"\x00\x02IM"  # subsystem offset, version 0x0200, endian
+    (tmp_path / "wider_face_val.mat").write_bytes(header + b"\x89HDF\r\n\x1a\n" + b"\0" * 512)
+    with pytest.raises(ZooError, match=r"wider_face_val.mat.*v7.3 \(HDF5\)") as err:
+        load_wider_gt(tmp_path)
+    assert "-v7" in str(err.value.hint)

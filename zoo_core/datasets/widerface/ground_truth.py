@@ -78,6 +78,9 @@ def _loadmat(path: Path, keys: Sequence[str]) -> dict:
                        hint="pass the folder that holds wider_face_val.mat and wider_{easy,medium,hard}_val.mat")
     try:
         mat = loadmat(str(path), variable_names=list(keys))
+    except NotImplementedError as exc:  # scipy reads MATLAB v4-v7.2; v7.3 files are HDF5
+        raise ZooError(f"a MATLAB v7.3 (HDF5) .mat file, which scipy cannot read ({exc})", path=path,
+                       hint="save it again from MATLAB with save(..., '-v7'), as the official files are") from None
     except (MatReadError, ValueError, TypeError, OSError, EOFError, IndexError) as exc:
         raise ZooError(f"not a readable MATLAB .mat file ({type(exc).__name__}: {exc})", path=path) from exc
     missing = [k for k in keys if k not in mat]
@@ -85,6 +88,23 @@ def _loadmat(path: Path, keys: Sequence[str]) -> dict:
         raise ZooError(f"missing key(s) {', '.join(missing)}; this is not a WIDER FACE ground-truth file",
                        path=path)
     return mat
+
+
+def _whole_int32(a: np.ndarray, path: Path, where: str) -> None:
+    """The official files hold whole pixel numbers (and 1-based indices): a NaN, a fraction or a value
+    beyond int32 would be silently truncated or wrapped by the cast, so it is an error naming the entry."""
+    if a.size == 0 or a.dtype.kind == "i" and a.dtype.itemsize <= 4 or a.dtype.kind == "u" and a.dtype.itemsize <= 2:
+        return  # (the official files: int32 boxes, uint8 indices)
+    lo, hi = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+    if a.dtype.kind in "iu":
+        bad = (a < lo) | (a > hi)
+    else:
+        v = a.astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(v) | (v != np.round(v)) | (v < lo) | (v > hi)
+    if bad.any():
+        first = a.reshape(-1)[int(np.argmax(bad.reshape(-1)))]
+        raise ZooError(f"{where} holds {first.item()!r}, not a whole number within int32", path=path)
 
 
 def _cells(arr, path: Path, key: str, n: int | None = None) -> list:
@@ -134,6 +154,7 @@ def load_wider_gt(gt_dir: str | os.PathLike) -> WiderGroundTruth:
             if b.ndim != 2 or b.shape[1] != 4 or b.dtype.kind not in "iuf":
                 raise ZooError(f"face_bbx_list[{e}][{j}] is not a (k, 4) numeric array "
                                f"(shape {b.shape}, dtype {b.dtype})", path=path)
+            _whole_int32(b, path, f"face_bbx_list[{e}][{j}] (image {events[e]}/{stems[j] if j < len(stems) else j})")
             ev_boxes.append(np.ascontiguousarray(b, dtype=np.int32))
         files.append(stems)
         boxes.append(ev_boxes)
@@ -153,6 +174,7 @@ def load_wider_gt(gt_dir: str | os.PathLike) -> WiderGroundTruth:
                 g = np.asarray(g)
                 if g.size and g.dtype.kind not in "iuf":
                     raise ZooError(f"gt_list[{e}][{j}] is not numeric (dtype {g.dtype})", path=spath)
+                _whole_int32(g, spath, f"gt_list[{e}][{j}] (image {events[e]}/{files[e][j]})")
                 idx = g.reshape(-1).astype(np.int64) - 1
                 k = len(boxes[e][j])
                 if idx.size and (idx.min() < 0 or idx.max() >= k):
