@@ -270,3 +270,16 @@ def test_a_zoo_process_runs_no_blas_helper_thread():
 
     assert threads(count) > 1  # the oracle: numpy alone starts helper threads here
     assert threads("from zoo_core.cli import main; main(['--help']); " + count) == 1
+
+
+@pytest.mark.parametrize("err", [30, 28])  # EROFS, ENOSPC
+def test_a_storage_error_before_the_run_starts_is_one_line(monkeypatch, capsys, err):
+    """Before: a read-only work_dir failed in the lock's mkdir, outside the run's handler: a traceback, exit 1."""
+    import zoo_core.cli as cli
+
+    def fail(args):
+        raise OSError(err, os.strerror(err), "/ro/run")
+
+    monkeypatch.setattr(cli, "cmd_run", fail)
+    assert zoo_main(["run", "model=fixture"]) == 2
+    assert capsys.readouterr().err == f"error: /ro/run: {os.strerror(err)}\n"

@@ -310,3 +310,12 @@ def test_an_undefined_metric_is_written_as_null_with_its_reason(zoo):
     m = json.loads(text, parse_constant=no_bare_constant)
     assert m["metrics"]["easy"] is None and "the evaluator returned nan" in m["null_metrics"]["easy"]
     assert all(isinstance(v, float) and math.isfinite(v) for k, v in m["metrics"].items() if k != "easy")
+
+
+def test_a_detections_state_file_nested_too_deeply_is_one_line(zoo):
+    """Before: RecursionError, exit 1, from the provenance check of stage=evaluate."""
+    zoo.ok("run", "model=fixture", "stage=eval", "work_dir=run")
+    state = zoo.cwd / "run" / "detections" / "state.json"
+    state.write_text("[" * 100_000 + "]" * 100_000)
+    rc, out, err = zoo("run", "model=fixture", "stage=evaluate", "detections=run/detections", "work_dir=again")
+    _clean_failure(rc, err, "run/detections/state.json: unreadable detections state file")

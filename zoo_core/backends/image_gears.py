@@ -120,7 +120,7 @@ def read_gears(om: str | Path) -> list[Size] | None:
         return None
     try:
         gears = [(int(h), int(w)) for h, w in json.loads(p.read_text())["dynamic_image_size"]]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise ZooError("unreadable image-size gears file", path=p) from None
     return gears
 

@@ -106,7 +106,9 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
         return 130
     except Exception as exc:
         from zoo_core.api.errors import ZooError
+        from zoo_core.cli.app import storage_error
 
+        exc = storage_error(exc) or exc  # a read-only or full disk before the run's own handler (the lock)
         if isinstance(exc, ZooError):
             print(f"error: {exc}", file=sys.stderr)
             return exc.exit_code

@@ -47,7 +47,7 @@ def read_json(p: Path) -> dict | None:
     """The JSON object in ``p``, or None when it is missing or unreadable."""
     try:
         return json.loads(p.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 

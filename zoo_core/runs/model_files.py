@@ -164,7 +164,7 @@ def read_record(meta: Path) -> dict:
     """A model file's ``.json`` record, ``{}`` when it is not a JSON object (it is then rebuilt, never trusted)."""
     try:
         old = json.loads(meta.read_text())
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return old if isinstance(old, dict) else {}
 

@@ -49,7 +49,7 @@ def start_resumable(ctx: RunContext, state_path: Path, fingerprint: dict[str, An
     if bool(ctx.cfg.resume) and state_path.is_file():
         try:
             old = json.loads(state_path.read_text()).get("fingerprint", {})
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             raise ZooError("cannot resume: the state file is unreadable", path=state_path,
                            hint="run again without resume=true to start over") from None
         if old != fingerprint:

@@ -49,7 +49,7 @@ def check_provenance(ctx, src: Path) -> dict:
     try:
         state = json.loads(state_path.read_text())
         fp = state["fingerprint"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise ZooError("unreadable detections state file", path=state_path) from None
     if state.get("model_name") != ctx.model_name:
         raise ZooError(f"these detections were made by model {state.get('model_name')!r}, not {ctx.model_name!r}",

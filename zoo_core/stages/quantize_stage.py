@@ -388,7 +388,7 @@ def ensure_amct_model(ctx: RunContext) -> Path:
             return deploy
         try:
             rec = json.loads(meta.read_text())
-        except ValueError:
+        except (ValueError, RecursionError):
             rec = {}
         if (isinstance(rec, dict) and rec.get("sha256") == sha256_file(deploy)
                 and rec.get("source_sha256") == sha256_file(ascend_onnx(ctx))):
