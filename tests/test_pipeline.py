@@ -631,3 +631,33 @@ def test_detection_chunks_that_do_not_hold_what_zoo_writes_are_refused(tmp_path)
         with pytest.raises(ZooError, match=text) as err:
             store.load()
         assert str(chunk) in str(err.value)
+
+
+def test_a_failure_record_that_finds_the_disk_full_makes_room_first(fixture_cfg, tmp_path, monkeypatch):
+    """Before: on a full disk run.json kept saying "running" beside the stage's partial files."""
+    import errno
+
+    import zoo_core.runs.run_stage as rs
+    import zoo_core.stages as stages
+
+    def stage(ctx):
+        (ctx.record_dir / "predictions").mkdir()
+        (ctx.record_dir / "predictions" / "a.txt").write_text("partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(ctx.record_dir / "predictions" / "b.txt"))
+
+    real = rs.write_run_record
+    calls = []
+
+    def write(ctx, extra=None):
+        calls.append((extra or {}).get("status"))
+        if calls.count("failed") == 1 and (extra or {}).get("status") == "failed":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(ctx, extra)
+
+    monkeypatch.setattr(stages, "get_stage", lambda name: stage)
+    monkeypatch.setattr(rs, "write_run_record", write)
+    with pytest.raises(OSError, match="No space left"):
+        rs.run_stage(_ctx(fixture_cfg, tmp_path))
+    rec = json.loads((tmp_path / "eval" / "run.json").read_text())
+    assert rec["status"] == "failed" and rec["partial_records_removed"] and "No space left" in rec["error"]
+    assert not (tmp_path / "eval" / "predictions").exists() and calls == ["running", "failed", "failed"]

@@ -37,14 +37,30 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
             preflight_weights(ctx)
             result = stage(ctx)
         except BaseException as exc:
-            with contextlib.suppress(Exception):  # the original error matters more than its record
-                write_run_record(ctx, {"status": "failed", "error": str(exc) or type(exc).__name__})
+            _record_failure(ctx, exc)
             raise
         backend = result.get("backend") if isinstance(result.get("backend"), dict) else None
         write_run_record(ctx, {"status": "ok", **({"backend": backend} if backend else {})})
         _write_html_report(ctx)
     ctx.manager.notify_stage_finished(cfg=ctx.cfg, stage=ctx.stage, run_dir=ctx.record_dir, result=result)
     return result
+
+
+def _record_failure(ctx: RunContext, exc: BaseException) -> None:
+    """``run.json`` says ``failed``. When it cannot be written (a full disk), the stage's partial records
+    are removed first (Hydra's files kept) and it is tried again, so the run never looks unfinished;
+    the original error matters more than its record, so nothing here raises."""
+    record = {"status": "failed", "error": str(exc) or type(exc).__name__}
+    try:
+        write_run_record(ctx, record)
+        return
+    except Exception:
+        pass
+    with contextlib.suppress(Exception):
+        clear_dir(ctx.record_dir, keep=HYDRA_FILES)
+        write_run_record(ctx, {**record, "partial_records_removed": True})
+        log.warning("%s: the stage's partial records were removed to make room for its failure record",
+                    ctx.record_dir)
 
 
 def _write_html_report(ctx: RunContext) -> None:
