@@ -78,7 +78,7 @@ def typed_section(section: DictConfig, cls: type, group: str, whose: str) -> Dic
         where = f"{group}.{key}" if key else group
         declared = f" ({group}.{top} is declared {_declared_type(cls, top)} in {whose})" if top else ""
         raise ConfigError(f"{where}: {reason}{declared}") from None
-    check_values(merged, group, cls)
+    check_values(merged, group, cls)  # type: ignore[arg-type]
     OmegaConf.set_struct(merged, True)
     return merged  # type: ignore[return-value]
 
@@ -91,7 +91,7 @@ def check_values(section: DictConfig, group: str, cls: type | None = None) -> No
     """A ConfigError for a NaN or infinite number anywhere in ``section`` and for a value outside the
     range its field declares with :func:`~zoo_core.api.config.in_range` (interpolations are skipped:
     they are checked where they point)."""
-    for key, value, where in _concrete(section, group):
+    for _key, value, where in _concrete(section, group):
         if _bad_float(value):
             raise ConfigError(f"{where}={value}: not a finite number")
     if cls is None or not dataclasses.is_dataclass(cls):
@@ -125,8 +125,8 @@ def _concrete(node: Any, where: str) -> typing.Iterator[tuple[Any, Any, str]]:
     for k in keys:
         if OmegaConf.is_interpolation(node, k) or OmegaConf.is_missing(node, k):
             continue
-        child = node._get_node(k)  # noqa: SLF001 - the node, without resolving anything
-        value = child._value() if child is not None and not isinstance(child, (DictConfig, ListConfig)) else child  # noqa: SLF001
+        child = node._get_node(k)  # the node, without resolving anything
+        value = child._value() if child is not None and not isinstance(child, (DictConfig, ListConfig)) else child
         path = f"{where}[{k}]" if isinstance(node, ListConfig) else f"{where}.{k}"
         if isinstance(value, (DictConfig, ListConfig)):
             yield from _concrete(value, path)
@@ -145,11 +145,11 @@ def apply_schemas(cfg: DictConfig, model: str, dataset: str | None) -> DictConfi
     for group, name in (("model", model), ("dataset", dataset or "")):
         cls, whose = schema_for(group, name, scan, manager)
         cfg[group] = typed_section(cfg[group], cls, group, whose)
-    for key in cfg:
+    for key in (str(k) for k in cfg):
         if key not in ("model", "dataset", "hydra"):
-            node = cfg._get_node(key)  # noqa: SLF001 - unresolved
+            node = cfg._get_node(key)  # unresolved
             if isinstance(node, DictConfig):
-                check_values(node, str(key))
+                check_values(node, key)
             elif not OmegaConf.is_interpolation(cfg, key) and not OmegaConf.is_missing(cfg, key) \
                     and _bad_float(cfg[key]):
                 raise ConfigError(f"{key}={cfg[key]}: not a finite number")

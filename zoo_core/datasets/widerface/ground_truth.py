@@ -93,7 +93,8 @@ def _loadmat(path: Path, keys: Sequence[str]) -> dict:
 def _whole_int32(a: np.ndarray, path: Path, where: str) -> None:
     """The official files hold whole pixel numbers (and 1-based indices): a NaN, a fraction or a value
     beyond int32 would be silently truncated or wrapped by the cast, so it is an error naming the entry."""
-    if a.size == 0 or a.dtype.kind == "i" and a.dtype.itemsize <= 4 or a.dtype.kind == "u" and a.dtype.itemsize <= 2:
+    kind, size = a.dtype.kind, a.dtype.itemsize
+    if a.size == 0 or (kind == "i" and size <= 4) or (kind == "u" and size <= 2):
         return  # (the official files: int32 boxes, uint8 indices)
     lo, hi = np.iinfo(np.int32).min, np.iinfo(np.int32).max
     if a.dtype.kind in "iu":
