@@ -180,7 +180,9 @@ def test_a_file_in_the_wrong_event_folder_is_warned_about(wider, tmp_path):
     f = t / samples[2].key[0] / f"{samples[2].key[1]}.txt"
     other = next(s.key[0] for s in samples if s.key[0] != samples[2].key[0])
     f.rename(t / other / f.name)
-    with pytest.warns(widerface.ExtraPredictionsWarning, match="1 prediction file.*another event folder"):
+    (t / other / "zz_not_an_image.txt").write_text("zz_not_an_image.jpg\n1\n1 1 2 2 3.0\n")
+    with pytest.warns(widerface.ExtraPredictionsWarning, match="2 prediction file.*not images of the dataset.*"
+                                                               "1 of them name a scored image but lie in another"):
         read = zd.read_detections(cfg, t, ds, samples)
     assert read.info["missing_predictions"] == 1
 
@@ -253,6 +255,40 @@ def test_coco_results_read_back_and_score_as_cocoeval_on_the_file(cocoset):
     ev = coco.run_cocoeval(ds.instances, json.loads(results.read_text()), [s.key for s in samples],
                            coco.resolve_evaluator("auto"))
     assert res.metrics["AP"] == float(ev.stats[0]) and 0.05 < res.metrics["AP"] < 0.95
+
+
+def test_unrounded_coco_results_are_scored_as_written(cocoset, tmp_path):
+    """Before: a results file with more than 2 decimals was re-rounded to 2 before scoring (AP 0.2106
+    vs pycocotools' 0.2100 on one set). The oracle: pycocotools on the file itself."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    cfg, ds, dets, results = cocoset
+    rng = np.random.default_rng(11)
+    records = json.loads(results.read_text())
+    for r in records:
+        r["bbox"] = [v + float(rng.uniform(-0.004, 0.004)) for v in r["bbox"]]
+        r["score"] = float(np.clip(r["score"] + rng.uniform(-0.004, 0.004), 0.001, 1))
+    f = tmp_path / "unrounded.json"
+    f.write_text(json.dumps(records))
+    samples = ds.samples()
+    read = zd.read_detections(cfg, f, ds, samples)
+    res = zd.evaluate(cfg, read.detections, ds, samples)
+    written = json.loads(res.files["detections.json"])
+    key = lambda r: (r["image_id"], r["category_id"], -r["score"])  # noqa: E731
+    assert sorted(written, key=key) == sorted(records, key=key)  # the file's own values
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ds.ann_path))
+        ev = COCOeval(gt, gt.loadRes(str(f)), "bbox")
+        ev.params.imgIds = [s.key for s in samples]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert res.metrics["AP"] == pytest.approx(float(ev.stats[0]), abs=1e-12)
+    assert res.metrics["AP50"] == pytest.approx(float(ev.stats[1]), abs=1e-12)
 
 
 def test_coco_results_subset_and_missing(cocoset, tmp_path):

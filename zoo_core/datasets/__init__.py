@@ -89,7 +89,8 @@ def _widerface() -> DatasetKind:
             return None
         m = cfg.get("model") or {}
         return widerface.read_tree_detections(path, samples, count=str(m.get("pred_count") or "strict"),
-                                              order=str(m.get("pred_order") or "sort"))
+                                              order=str(m.get("pred_order") or "sort"),
+                                              dataset_keys={(str(s.key[0]), str(s.key[1])) for s in dataset.samples()})
 
     return DatasetKind("widerface", widerface.open_widerface, score, widerface.WiderFaceDataset, {
         "model.iou_thresh": "IoU of a true positive (0.5, the official protocol; 0.4 for the chenjun2hao / "

@@ -6,6 +6,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,15 @@ def class_major_order(labels: np.ndarray) -> np.ndarray:
     return np.argsort(np.asarray(labels), kind="stable")
 
 
+@dataclass
+class WrittenCocoDetections(Detections):
+    """Detections read from a COCO results json that also keep each record's ``bbox`` and ``score`` as
+    the file wrote them (``written[i]`` for box ``i``), so :func:`coco_records` gives the file's values
+    back and the file is scored as written: no float32 cast, no 2-decimal rounding."""
+
+    written: list[tuple[list[float], float]] = field(default_factory=list)
+
+
 def coco_records(detections: Mapping[str, Detections], samples: Sequence[Sample],
                  category_ids: Sequence[int] = CATEGORY_IDS) -> list[dict]:
     """The COCO results list, record for record as the reference ``convert_eval_format``.
@@ -55,8 +65,13 @@ def coco_records(detections: Mapping[str, Detections], samples: Sequence[Sample]
         xywh = np.empty_like(boxes)
         xywh[:, :2] = boxes[:, :2]
         xywh[:, 2:] = boxes[:, 2:] - boxes[:, :2]
-        bbox = round2(xywh).tolist()
-        score = round2(det.scores[order]).tolist()
+        written = getattr(det, "written", None)
+        if written:  # a user's results file: its own values
+            bbox = [list(written[i][0]) for i in order]
+            score = [written[i][1] for i in order]
+        else:
+            bbox = round2(xywh).tolist()
+            score = round2(det.scores[order]).tolist()
         labels = det.labels[order]
         if labels.min() < 0 or labels.max() >= len(ids):
             raise ValueError(f"image {sample.id}: class index outside 0..{len(ids) - 1}")
@@ -121,7 +136,8 @@ def read_coco_results(path: str | os.PathLike, dataset: CocoDataset, samples: Se
     kept: COCOeval takes it, and a decoder may write one) or a non-finite score raise ``ZooError``
     naming the file and the record. Records of dataset images outside ``samples`` are ignored.
     Boxes become ``x1 y1 x1+w y1+h`` (float32) with the category's 0-based class index, per image in
-    descending score (stable: file order among ties). ``info``: ``format``, ``path``, ``records``,
+    descending score (stable: file order among ties); each keeps its record's values as written
+    (:class:`WrittenCocoDetections`), which is what is scored. ``info``: ``format``, ``path``, ``records``,
     ``missing_predictions`` (scored images without any record).
     """
     path = Path(path)
@@ -160,7 +176,8 @@ def read_coco_results(path: str | os.PathLike, dataset: CocoDataset, samples: Se
         labels = np.array([r[2] for r in rows], np.int32)
         order = np.argsort(-scores, kind="stable")
         xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        out[wanted[img]] = Detections(xyxy[order], scores[order], labels[order])
+        out[wanted[img]] = WrittenCocoDetections(xyxy[order], scores[order], labels[order],
+                                                 written=[(rows[i][1], rows[i][0]) for i in order.tolist()])
     info = {"format": FORMAT, "path": str(path.resolve()), "records": len(data),
             "missing_predictions": len(samples) - len(out)}
     return DetectionsRead(out, info)

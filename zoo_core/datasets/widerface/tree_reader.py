@@ -76,13 +76,15 @@ def _refuse_a_non_file(f: Path) -> None:
 
 
 def read_tree_detections(path: str | os.PathLike, samples: Sequence[Sample], count: str = "strict",
-                         order: str = "sort") -> DetectionsRead:
+                         order: str = "sort", dataset_keys: set[tuple[str, str]] | None = None) -> DetectionsRead:
     """Read ``<path>/<event>/<stem>.txt`` for each sample (``Sample.key == (event, stem)``).
 
     :param count: ``strict`` (default; a count line that disagrees with the box lines is an error naming
         the file) or ``lines`` (trust the box lines).
     :param order: ``sort`` (default; stable descending sort, as MATLAB ``read_pred.m``) or ``keep``
         (file order, as the wondervictor Python evaluator).
+    :param dataset_keys: ``(event, stem)`` of every image of the dataset (default: of ``samples``): files
+        for other images are not read, and one ``ExtraPredictionsWarning`` gives their number.
     :returns: detections for the samples that have a file; ``info`` with ``format``, ``path``,
         ``pred_count``, ``pred_order``, ``files_read``, ``unsorted_files`` and ``missing_predictions``
         (+ ``missing_examples``, the first few missing files).
@@ -110,13 +112,16 @@ def read_tree_detections(path: str | os.PathLike, samples: Sequence[Sample], cou
         raise ZooError(f"none of the {len(samples)} dataset image(s) has a prediction file <event>/<stem>.txt here "
                        f"(first expected: {missing[0]})", path=root,
                        hint="pass the folder that holds the event folders, with the dataset the tree was made on")
-    expected = {(str(s.key[0]), str(s.key[1])) for s in samples}
-    misplaced = [p for p in root.glob("*/*.txt") if (p.parent.name, p.stem) not in expected
-                 and p.stem in {stem for _, stem in expected}]
-    if misplaced:
-        warnings.warn(f"{len(misplaced)} prediction file(s) in {root} name a scored image but lie in another event "
-                      f"folder and were not read (first: {misplaced[0].relative_to(root)})",
-                      ExtraPredictionsWarning, stacklevel=2)
+    known = dataset_keys if dataset_keys is not None else {(str(s.key[0]), str(s.key[1])) for s in samples}
+    strays = [p for p in sorted(root.glob("*/*.txt")) if (p.parent.name, p.stem) not in known]
+    if strays:
+        scored_stems = {str(s.key[1]) for s in samples}
+        misplaced = [p for p in strays if p.stem in scored_stems]
+        where = (f"; {len(misplaced)} of them name a scored image but lie in another event folder "
+                 f"(first: {misplaced[0].relative_to(root)})") if misplaced else ""
+        warnings.warn(f"{len(strays)} prediction file(s) in {root} are not images of the dataset and were not read "
+                      f"(first: {strays[0].relative_to(root)}){where}; WIDER FACE's evaluation.py would also put "
+                      "their scores into its min-max normalisation", ExtraPredictionsWarning, stacklevel=2)
     if outside:
         warnings.warn(f"{len(outside)} prediction file(s) in {root} hold scores outside [0, 1] (first: {outside[0]}): "
                       "the WIDER FACE evaluation normalises every score by the minimum and maximum over all files, so "
