@@ -76,6 +76,8 @@ def _read_json(p: Path) -> object:
         raise ZooError(f"not a JSON file ({e})", path=p) from None
     except RecursionError:
         raise ZooError("not a COCO instances file: its JSON is nested too deeply to read", path=p) from None
+    except MemoryError:
+        raise ZooError("too large to read into memory as one JSON document", path=p) from None
     except OSError as e:
         raise ZooError(f"cannot read the annotation file ({e.strerror})", path=p) from None
 
