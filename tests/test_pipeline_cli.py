@@ -90,8 +90,10 @@ def test_two_runs_on_one_root_the_second_fails_at_once(zoo):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = _root(zoo) / ".zoo.lock"
     deadline = time.time() + 60
-    while time.time() < deadline and not (lock.is_file() and '"pid"' in lock.read_text()):
+    overrides = _root(zoo) / "eval" / ".hydra" / "overrides.yaml"
+    while time.time() < deadline and not (lock.is_file() and '"pid"' in lock.read_text() and overrides.is_file()):
         time.sleep(0.1)
+    time.sleep(0.5)  # (Hydra writes config.yaml, hydra.yaml, then overrides.yaml)
     t0 = time.time()
     hydra_files = {p: p.read_bytes() for p in sorted((_root(zoo) / "eval" / ".hydra").iterdir())}
     rc, out, err = zoo(*FIX, "stage=eval", "model.preprocess_delay_ms=7")

@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
 
     single_thread_by_default()
     _terminate_like_interrupt()
+    import logging
+
+    logging.raiseExceptions = False  # a log file on a full disk must not print tracebacks over the one error line
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = ClosedPipeTolerant(sys.stdout), ClosedPipeTolerant(sys.stderr)
     try:
