@@ -86,6 +86,25 @@ def test_missing_shard_is_named_and_running_it_completes_the_merge(zoo, fixture_
     assert merged(sweep)["images"] == 12
 
 
+def test_two_missing_shards_get_a_job_dir_each_and_running_both_completes_the_merge(zoo, fixture_onnx):
+    """Before: both re-run commands named the same next free job dir, so the second refused to resume
+    (dataset changed) over the first's finished shard."""
+    args = ("model=fixture", "stage=eval", f"model_file={fixture_onnx}", "dataset.num_shards=3")
+    sweep = zoo.cwd / "sweep"
+    assert zoo("run", "-m", *args, "dataset.shard=0", f"hydra.sweep.dir={sweep}")[0] == 1
+    text = (sweep / "sweep_report.md").read_text()
+    tail = re.search(r"then the merge completes: (zoo run .*?)(?:\s*\||$)", text, re.M).group(1)
+    cmds = [shlex.split(c)[2:] for c in tail.split(" ; ")]
+    assert len(cmds) == 2
+    assert [[a for a in c if a.startswith(("dataset.shard=", "hydra.sweep.subdir="))] for c in cmds] == [
+        ["dataset.shard=1", "hydra.sweep.subdir=1/eval"], ["dataset.shard=2", "hydra.sweep.subdir=2/eval"]]
+    for cmd in cmds:
+        rc, out, err = zoo("run", *cmd)
+    assert rc == 0, out + err
+    assert merged(sweep)["images"] == 12
+    assert merged(sweep)["metrics"] == unsharded(zoo, f"model_file={fixture_onnx}")["metrics"]
+
+
 def test_rerunning_the_whole_sweep_with_resume_completes_it(zoo, squares, fixture_onnx):
     """The other way back: the same sweep command again with resume=true (finished shards only re-score)."""
     args = ("model=fixture", "stage=eval", f"dataset.root={squares}", f"model_file={fixture_onnx}", *SHARDS)

@@ -44,6 +44,29 @@ def test_stage_chain_matches_eval(zoo, infer_run, eval_metrics, fixture_onnx):
     assert m["metrics"] == eval_metrics["metrics"] and m["images"] == 12
 
 
+def test_postprocess_of_a_partial_chain_fails_or_lists_every_missing_image(zoo, infer_run, eval_metrics):
+    """Before: outputs of an interrupted infer (or inputs of a subset) scored 9 of 12 images, exit 0,
+    skipped: [] (the rest of the dataset silently dropped)."""
+    run = zoo.cwd / "partial"
+    shutil.copytree(infer_run, run)
+    meta = run / "inputs" / "meta.jsonl"
+    lines = meta.read_text().splitlines()
+    meta.write_text("\n".join(lines[:9]) + "\n")
+    rc, out, err = zoo("run", "model=fixture", "stage=postprocess", f"work_dir={run}")
+    assert rc == 2 and "3 of the 12 image(s) of the dataset are not listed" in err and str(meta) in err, err
+    assert "dataset.limit / dataset.shard" in err
+    zoo.ok("run", "model=fixture", "stage=postprocess", f"work_dir={run}", "allow_skips=true")
+    m = _metrics(run, "postprocess")
+    dropped = [json.loads(ln)["id"] for ln in lines[9:]]
+    assert m["images"] == 9 and sorted(x["id"] for x in m["skipped"]) == sorted(dropped)
+    limited = zoo.cwd / "limited"  # a subset repeated with its dataset.limit is a whole run
+    shutil.copytree(infer_run, limited)
+    meta = limited / "inputs" / "meta.jsonl"
+    meta.write_text("\n".join(lines[:6]) + "\n")
+    zoo.ok("run", "model=fixture", "stage=postprocess", f"work_dir={limited}", "dataset.limit=6")
+    assert _metrics(limited, "postprocess")["images"] == 6 and _metrics(limited, "postprocess")["skipped"] == []
+
+
 def test_predict_on_folder_writes_json_and_jpg(zoo, cache_dir, fixture_onnx):
     import cv2
 

@@ -62,6 +62,7 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
         if r.get("@dataset.shard") is not None:
             groups.setdefault(_label({k: r.get("@" + k) for k in others}), []).append(r)
     merged_rows = []
+    free = iter(range(max((int(p.name) for p in sweep_dir.iterdir() if p.name.isdigit()), default=-1) + 1, 1 << 30))
     for label, members in groups.items():
         cfg = OmegaConf.load(jobs[members[0]["job"]].config)
         if str(cfg.stage.name) not in MERGEABLE_STAGES:
@@ -79,8 +80,9 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
         if problems:
             # a merge from an earlier, complete state of the sweep must not look current
             (out_dir / "metrics.json").unlink(missing_ok=True)  # the merge's own record dir
-            reruns = [rerun_command(sweep_dir, i, shards.get(i), members, jobs) for i in range(n)
-                      if shard_problem(i, shards.get(i), n)]
+            reruns = [rerun_command(sweep_dir, i, shards.get(i), members, jobs,
+                                    None if shards.get(i) else str(next(free)))  # a job dir of its own each
+                      for i in range(n) if shard_problem(i, shards.get(i), n)]
             error = "not merged: " + "; ".join(problems)
             if reruns:
                 error += ". Re-run " + ("it" if len(reruns) == 1 else "them") + ", then the merge completes: " \
@@ -173,8 +175,10 @@ def _describe_diff(key: str, a, b) -> str:
 
 
 def rerun_command(sweep_dir: Path, i: int, shard: Shard | None, members: list[dict],
-                  jobs: dict[str, JobFiles]) -> str:
-    """The ``zoo run`` that re-runs shard ``i`` alone into this sweep (its own job dir, resumed)."""
+                  jobs: dict[str, JobFiles], new_job: str | None = None) -> str:
+    """The ``zoo run`` that re-runs shard ``i`` alone into this sweep, resumed: into its job dir, or for a
+    shard that never ran into ``new_job`` (default: the next free job number; a caller listing several
+    missing shards gives each its own)."""
     import yaml
 
     template = shard.files if shard else jobs[members[0]["job"]]
@@ -194,6 +198,8 @@ def rerun_command(sweep_dir: Path, i: int, shard: Shard | None, members: list[di
         launcher = [o for o in hydra_overrides if o.lstrip("+~").startswith(("hydra/launcher", "hydra.launcher"))]
     if shard is not None:
         subdir = shard.row["job"]
+    elif new_job is not None:
+        subdir = new_job
     else:
         taken = [int(p.name) for p in sweep_dir.iterdir() if p.name.isdigit()]
         subdir = str(max(taken, default=-1) + 1)

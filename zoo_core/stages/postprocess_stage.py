@@ -53,6 +53,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
                                                     "latency_per_item_ms": 0.0})
     pool = None
     source: Source
+    unlisted: list[dict] = []
     if (inputs_dir / "meta.jsonl").is_file():
         listed = {it.sample.id: it.meta for it in list_bin_inputs(inputs_dir, hooks.input_spec(cfg=cfg))}
         by_id = {s.id: s for s in ctx.samples}
@@ -61,6 +62,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
             raise ZooError(f"{len(unknown)} image(s) of {inputs_dir / 'meta.jsonl'} are not in the dataset "
                            f"(first: {unknown[0]!r})", hint="pass the dataset the inputs were made from")
         samples = [by_id[i] for i in listed]
+        unlisted = _unlisted(ctx, set(listed), inputs_dir / "meta.jsonl", src)
         source = MetaSource([(s, listed[s.id]) for s in samples], key)
         log.info("postprocess: %d images listed in %s", len(samples), inputs_dir / "meta.jsonl")
     else:
@@ -69,6 +71,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         if index.is_file():
             ids = {rec.get("id") for _n, rec in read_jsonl(index, drop_torn_tail=True)}
             samples = [s for s in samples if s.id in ids]
+            unlisted = _unlisted(ctx, ids, index, src)
             log.info("postprocess: %d images listed in %s", len(samples), index)
         pool = WorkerPool(hooks, cfg, int(cfg.num_workers) if len(samples) > 1 else 0)
         source = ImageSource(samples, pool, drop_inputs=True, key=key)
@@ -84,12 +87,36 @@ def run(ctx: RunContext) -> dict[str, Any]:
     mark_complete(ctx.path("detections", "state.json"))
     dump = getattr(backend, "_dump", None)
     base = dump.base if dump is not None else None
+    skipped = unlisted + stats.skipped
     if not bool(cfg.stage.get("score", True)):
-        record = write_native(ctx, store.load(), samples, stats.skipped)
+        record = write_native(ctx, store.load(), samples, skipped)
     else:
-        record = score(ctx, store.load(), stats.skipped, {"outputs_dir": str(src), "output_suffix_base": base})
-    finish_with_skips(ctx, stats.skipped)
+        record = score(ctx, store.load(), skipped, {"outputs_dir": str(src), "output_suffix_base": base})
+    finish_with_skips(ctx, skipped)
     return record
+
+
+def _unlisted(ctx: RunContext, listed: set, list_file: Path, outputs_dir: Path) -> list[dict]:
+    """The run's images that ``list_file`` does not list (an interrupted infer, preprocess on a subset or
+    with skips): an error, or with ``allow_skips=true`` skip entries, never a smaller dataset said nothing of."""
+    missing = [s.id for s in ctx.samples if s.id not in listed]
+    if not missing:
+        return []
+    if not bool(ctx.cfg.allow_skips):
+        state = outputs_dir / "state.json"
+        unfinished = False
+        try:
+            import json
+
+            unfinished = state.is_file() and json.loads(state.read_text()).get("complete") is False
+        except (OSError, ValueError, RecursionError, AttributeError):
+            pass
+        hint = ("the infer run that wrote these outputs did not finish: run it again with resume=true"
+                if unfinished else "if preprocess/infer ran on a subset, repeat its dataset.limit / dataset.shard "
+                                   "here; or pass allow_skips=true to score the rest")
+        raise ZooError(f"{len(missing)} of the {len(ctx.samples)} image(s) of the dataset are not listed "
+                       f"(first: {missing[0]!r})", path=list_file, hint=hint)
+    return [{"id": m, "reason": f"not listed in {list_file}"} for m in missing]
 
 
 def write_native(ctx: RunContext, detections: dict, samples: list, skipped: list[dict]) -> dict[str, Any]:
