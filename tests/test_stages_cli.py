@@ -67,6 +67,15 @@ def test_postprocess_of_a_partial_chain_fails_or_lists_every_missing_image(zoo, 
     assert _metrics(limited, "postprocess")["images"] == 6 and _metrics(limited, "postprocess")["skipped"] == []
 
 
+def test_the_oracle_through_the_stage_chain_scores_like_eval(zoo):
+    """Before: infer backend=oracle read .bin inputs without the dataset's key of each image, so the oracle
+    encoded empty images (CenterNet AP 0.0 with exit 0; CenterFace a TypeError)."""
+    for stage in ("preprocess", "infer", "postprocess"):
+        zoo.ok("run", "model=fixture", f"stage={stage}", "backend=oracle", "work_dir=chain")
+    m = _metrics(zoo.cwd / "chain", "postprocess")
+    assert m["images"] == 12 and m["metrics"]["AP50"] == 1.0 and m["metrics"]["recall"] == 1.0
+
+
 def test_predict_on_folder_writes_json_and_jpg(zoo, cache_dir, fixture_onnx):
     import cv2
 

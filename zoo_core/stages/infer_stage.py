@@ -35,6 +35,22 @@ def _output_spec(ctx: RunContext, meta: dict) -> list | None:
         raise
 
 
+def _with_dataset_keys(ctx: RunContext, items: list, inputs_dir: Path) -> None:
+    """``backend=oracle`` encodes each image's ground truth, found by the dataset's key of the image: the
+    items of a ``.bin`` inputs dir get their dataset sample's key (an id that is not an image of the
+    dataset is an error; before, the oracle saw no key and encoded an empty image)."""
+    from dataclasses import replace
+
+    by_id = {s.id: s for s in ctx.dataset.samples()}
+    unknown = [it.sample.id for it in items if it.sample.id not in by_id]
+    if unknown:
+        raise ZooError(f"backend=oracle encodes each image's ground truth, but {len(unknown)} input(s) are not "
+                       f"images of dataset {ctx.cfg.dataset.get('name')} (first: {unknown[0]!r})", path=inputs_dir,
+                       hint="pass the dataset the inputs were made from")
+    for it in items:
+        it.sample = replace(it.sample, key=by_id[it.sample.id].key)
+
+
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.cfg
     inputs_dir = Path(str(cfg.inputs_dir)) if cfg.get("inputs_dir") else ctx.path("inputs")
@@ -44,6 +60,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     items = list_bin_inputs(inputs_dir, ctx.hooks.input_spec(cfg=cfg))
     if not items:
         raise ZooError("no input .bin files found", path=inputs_dir)
+    if str(cfg.backend.name) == "oracle":
+        _with_dataset_keys(ctx, items, inputs_dir)
     out_dir = ctx.path("outputs")
     out_dir.mkdir(parents=True, exist_ok=True)
     backend = open_backend(ctx)
