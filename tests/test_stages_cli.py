@@ -42,6 +42,12 @@ def test_stage_chain_matches_eval(zoo, infer_run, eval_metrics, fixture_onnx):
     zoo.ok("run", "model=fixture", "stage=evaluate", f"work_dir={run}")
     m = _metrics(run, "evaluate")
     assert m["metrics"] == eval_metrics["metrics"] and m["images"] == 12
+    # the detections keep the model file infer recorded (before: null, so evaluate refused model_file=)
+    zoo.ok("run", "model=fixture", "stage=evaluate", f"work_dir={run}", f"model_file={fixture_onnx}")
+    other = zoo.cwd / "other.onnx"
+    other.write_bytes(fixture_onnx.read_bytes() + b"\0")
+    rc, out, err = zoo("run", "model=fixture", "stage=evaluate", f"work_dir={run}", f"model_file={other}")
+    assert rc == 2 and "were not made with model_file=" in err, err
 
 
 def test_postprocess_of_a_partial_chain_fails_or_lists_every_missing_image(zoo, infer_run, eval_metrics):

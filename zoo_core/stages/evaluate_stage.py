@@ -59,10 +59,15 @@ def check_provenance(ctx, src: Path) -> dict:
         raise ZooError(f"these detections were not made with weights={w} (sha256 differs)", path=state_path,
                        hint="re-run stage=eval with these weights, or drop weights= to score them as they are")
     mf = ctx.cfg.get("model_file")
-    if mf and Path(str(mf)).is_file() and fp.get("model_file_sha256") != sha256_file(str(mf)):
-        raise ZooError(f"these detections were not made with model_file={mf} (sha256 differs)", path=state_path)
+    unknown_model_file = []
+    if mf and Path(str(mf)).is_file():
+        if fp.get("model_file_sha256") is None:  # e.g. postprocess of a dump whose model is not recorded
+            unknown_model_file = [f"these detections do not record the model file they were made with "
+                                  f"(model_file={mf} not checked)"]
+        elif fp.get("model_file_sha256") != sha256_file(str(mf)):
+            raise ZooError(f"these detections were not made with model_file={mf} (sha256 differs)", path=state_path)
     cfg = ctx.resolved_config()
-    warnings = _diff(state.get("model_config") or {}, cfg["model"], "model")
+    warnings = unknown_model_file + _diff(state.get("model_config") or {}, cfg["model"], "model")
     warnings += _diff(state.get("dataset_config") or {}, cfg["dataset"], "dataset", _SELECTION_KEYS)
     if not state.get("complete", False):
         warnings.insert(0, "the run that wrote these detections did not finish")

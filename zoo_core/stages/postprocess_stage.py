@@ -47,7 +47,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
     store = DetectionStore(ctx.path("detections"))
     start_resumable(ctx, ctx.path("detections", "state.json"),
-                    artifact_fingerprint(ctx, outputs_dir=str(src.resolve())), store.reset)
+                    artifact_fingerprint(ctx, outputs_dir=str(src.resolve()),
+                                         model_file_sha256=_outputs_model_file_sha256(src)), store.reset)
     store.reset()  # postprocess is fast: it always recomputes every image
     backend = open_backend(ctx, "replay", options={"dir": str(src), "device_latency_ms": 0.0,
                                                     "latency_per_item_ms": 0.0})
@@ -94,6 +95,18 @@ def run(ctx: RunContext) -> dict[str, Any]:
         record = score(ctx, store.load(), skipped, {"outputs_dir": str(src), "output_suffix_base": base})
     finish_with_skips(ctx, skipped)
     return record
+
+
+def _outputs_model_file_sha256(outputs_dir: Path) -> str | None:
+    """The model file zoo's ``infer`` recorded for these outputs (``outputs/state.json``), so the detections
+    keep it for ``evaluate``'s provenance check; ``None`` for a dump zoo did not write."""
+    import json
+
+    try:
+        value = json.loads((outputs_dir / "state.json").read_text())["fingerprint"]["model_file_sha256"]
+    except (OSError, ValueError, RecursionError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _unlisted(ctx: RunContext, listed: set, list_file: Path, outputs_dir: Path) -> list[dict]:
