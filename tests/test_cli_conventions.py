@@ -283,3 +283,16 @@ def test_a_storage_error_before_the_run_starts_is_one_line(monkeypatch, capsys, 
     monkeypatch.setattr(cli, "cmd_run", fail)
     assert zoo_main(["run", "model=fixture"]) == 2
     assert capsys.readouterr().err == f"error: /ro/run: {os.strerror(err)}\n"
+
+
+def test_console_warnings_and_errors_get_their_prefix_once():
+    """Before: `warning: warning: 1 of 24 ground-truth images ...` (a message that said it itself)."""
+    import logging
+
+    from zoo_core.reports.logfmt import ConsoleFormatter
+
+    fmt = ConsoleFormatter("%(message)s")
+    line = lambda level, msg: fmt.format(logging.LogRecord("zoo", level, __file__, 1, msg, None, None))  # noqa: E731
+    assert line(logging.WARNING, "3 images missing") == "warning: 3 images missing"
+    assert line(logging.WARNING, "warning: 3 images missing") == "warning: 3 images missing"
+    assert line(logging.ERROR, "bad") == "error: bad" and line(logging.INFO, "done") == "done"

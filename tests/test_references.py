@@ -79,6 +79,16 @@ def test_a_subset_of_the_dataset_is_a_mismatch():
     assert shard[0]["differs"] == {"dataset.num_shards": {"reference": 1, "run": 4}}
 
 
+def test_the_oracle_reproduces_no_models_reference_unless_the_reference_names_it():
+    """Before: `backend=oracle` on CenterFace printed OUT OF TOLERANCE (AP 1.0 against the weights' 0.9688)."""
+    verdicts, mismatches = judge(_cfg(backend__name="oracle"), REFS, {"easy": 1.0, "hard": 1.0})
+    assert verdicts == {}
+    assert {m["source"] for m in mismatches} == {"chenjun2hao"}  # the acl one differs in backend.name anyway
+    assert all(m["differs"]["backend.name"]["run"] == "oracle" for m in mismatches)
+    oracle_ref = [Reference("easy", 1.0, 0.0, "oracle", {**PROTO_04, "backend.name": "oracle"})]
+    assert judge(_cfg(backend__name="oracle"), oracle_ref, {"easy": 1.0})[0]["easy"]["within"] is True
+
+
 def test_values_compare_by_type():
     keep = [Reference("AP", 0.366, 0.003, "fix_res", {"dataset.name": "widerface", "model.keep_res": False})]
     assert "AP" in judge(_cfg(), keep, {"AP": 0.366})[0]

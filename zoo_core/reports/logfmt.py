@@ -9,8 +9,7 @@ class ConsoleFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        if record.levelno >= logging.ERROR:
-            return f"error: {text}"
-        if record.levelno >= logging.WARNING:
-            return f"warning: {text}"
+        for level, prefix in ((logging.ERROR, "error: "), (logging.WARNING, "warning: ")):
+            if record.levelno >= level:
+                return text if text.startswith(prefix) else prefix + text  # (a plugin's own prefix is kept once)
         return text

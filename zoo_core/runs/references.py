@@ -67,7 +67,8 @@ def _differences(cfg: Any, ref: Reference) -> tuple[dict[str, dict], bool]:
 
 
 #: Implicit protocol of every reference: the whole dataset was scored (no ``dataset.limit``, no single shard),
-#: unless the reference names these keys itself.
+#: unless the reference names these keys itself; and a model's outputs were scored, not ``backend=oracle``'s
+#: encoded ground truth, unless the reference names ``backend.name``.
 WHOLE_DATASET = {"dataset.limit": None, "dataset.num_shards": 1}
 
 
@@ -79,6 +80,9 @@ def _subset(cfg: Any, ref: Reference) -> dict[str, dict]:
         have = config_value(cfg, key)
         if have is not _UNSET and not same_value(have, want):
             diffs[key] = {"reference": want, "run": have}
+    if "backend.name" not in ref.protocol and config_value(cfg, "backend.name") == "oracle":
+        # the oracle encodes the ground truth: it reproduces no model's number unless the reference says so
+        diffs["backend.name"] = {"reference": "a model's outputs (not named)", "run": "oracle"}
     return diffs
 
 

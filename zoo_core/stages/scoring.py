@@ -61,7 +61,7 @@ def reference_fields(ctx: RunContext, result: EvalResult, metrics: dict[str, flo
         if not ci95:
             boot.setdefault("note", f"the evaluator ({ctx.hooks.provider('evaluate', ctx.cfg)}) computed no bootstrap "
                             "intervals for this dataset")
-            log.warning("warning: bootstrap=%d: %s", n, boot["note"])
+            log.warning("bootstrap=%d: %s", n, boot["note"])
         out["bootstrap"] = boot
         out["ci95"] = ci95
     verdicts, mismatches = judge(ctx.cfg, ctx.hooks.references(cfg=ctx.cfg), metrics, ci95)

@@ -88,7 +88,7 @@ class WiderFaceDataset:
         self._index = {(event, stem): (e, j) for e, j, event, stem in self.gt.iter_images()}
         missing = [] if not images_required else [s.path for s in self._samples if not s.path.is_file()]
         if missing and not check_images:
-            log.warning("warning: %d of %d ground-truth images of %s are missing, e.g. %s; on_error=skip: each is "
+            log.warning("%d of %d ground-truth images of %s are missing, e.g. %s; on_error=skip: each is "
                         "skipped and listed in metrics.json", len(missing), len(self._samples), name, missing[0])
         elif missing:
             raise ZooError(f"{len(missing)} of {len(self._samples)} ground-truth images are missing, "

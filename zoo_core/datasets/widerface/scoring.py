@@ -74,7 +74,7 @@ def score_widerface(detections: Mapping[str, Detections], dataset: WiderFaceData
                 metrics.update({f"{k}_iou{t}": float(v) for k, v in res_t.ap.items()})
     messages = list(dict.fromkeys(str(w.message) for w in caught))
     for m in messages:
-        log.warning("warning: %s evaluation: %s", dataset.name, m)
+        log.warning("%s evaluation: %s", dataset.name, m)
     files["pr_curves.png"] = pr_curves_png(result, pr_curves_title(dataset.name, len(samples), iou_thresh))
     info = {"iou_thresh": float(iou_thresh), "images": len(samples), "missing_predictions": missing,
             "evaluator": EVALUATOR, "note": "the published chenjun2hao / Ascend CenterFace numbers use iou_thresh 0.4"}
