@@ -123,7 +123,7 @@ def cli_new_plugin(argv: list[str]) -> int:
     parser.add_argument("--dir", default=".", help="parent directory of the new package (default: .)")
     args = parser.parse_args(argv)
     dest = new_plugin(args.name, args.dir)
-    print(f"wrote {dest}\nnext:\n  pip install -e '{dest}[torch,test]'   (torch builds and exports the network; test: pytest)\n"
-          f"  zoo list\n"
+    print(f"wrote {dest}\nnext:\n  pip install -e '{dest}[torch,test]'   (torch builds and exports the network; "
+          f"test: pytest)\n  zoo list\n"
           f"  zoo run model={args.name} stage=eval weights=random\n  pytest {dest / 'tests'}")
     return 0
