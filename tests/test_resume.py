@@ -70,6 +70,7 @@ def test_eval_killed_then_resumed_scores_each_image_once(zoo, big_squares, oracl
 
     rc, out, err = zoo("run", *args, "resume=true", "model.mask_threshold=0.6")
     assert rc != 0 and "cannot resume: model changed" in err and "Traceback" not in err
+    assert "(model.mask_threshold: 0.5 -> 0.6)" in err, err  # the key, not only its section
     assert not (zoo.cwd / "run" / "eval" / "metrics.json").exists()
 
     zoo.ok("run", *args, "resume=true")
@@ -108,6 +109,7 @@ def test_preprocess_killed_then_resumed_writes_every_input_once(zoo, big_squares
     assert before < N
     rc, out, err = zoo("run", *args, "resume=true", "dataset.limit=10")
     assert rc != 0 and "cannot resume: dataset changed" in err and "Traceback" not in err
+    assert "dataset.limit: None -> 10" in err, err
     out = zoo.ok("run", *args, "resume=true")
     assert f"({before} already done" in out or f"({before + 1} already done" in out
     recs = [json.loads(x) for x in meta.read_text().splitlines()]

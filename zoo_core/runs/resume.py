@@ -48,13 +48,16 @@ def start_resumable(ctx: RunContext, state_path: Path, fingerprint: dict[str, An
     resuming = False
     if bool(ctx.cfg.resume) and state_path.is_file():
         try:
-            old = json.loads(state_path.read_text()).get("fingerprint", {})
+            state = json.loads(state_path.read_text())
+            old = state.get("fingerprint", {})
         except (ValueError, AttributeError, RecursionError):
             raise ZooError("cannot resume: the state file is unreadable", path=state_path,
                            hint="run again without resume=true to start over") from None
         if old != fingerprint:
             changed = sorted(k for k in set(fingerprint) | set(old) if fingerprint.get(k) != old.get(k))
-            raise ZooError(f"cannot resume: {', '.join(changed)} changed since the interrupted run",
+            keys = _changed_keys(state, ctx.resolved_config(), changed)
+            raise ZooError(f"cannot resume: {', '.join(changed)} changed since the interrupted run"
+                           + (f" ({'; '.join(keys)})" if keys else ""),
                            path=state_path, hint="run again without resume=true to start over")
         resuming = True
     elif bool(ctx.cfg.resume):
@@ -66,6 +69,31 @@ def start_resumable(ctx: RunContext, state_path: Path, fingerprint: dict[str, An
     write_json(state_path, {"stage": ctx.stage, "model_name": ctx.model_name, "fingerprint": fingerprint,
                             "model_config": cfg["model"], "dataset_config": cfg["dataset"], "complete": False})
     return resuming
+
+
+def _changed_keys(state: Any, cfg: dict[str, Any], sections: list[str]) -> list[str]:
+    """``model.threshold: 0.05 -> 0.3`` for each key of a changed ``model`` / ``dataset`` section that the
+    state file's copy of that section says changed (nested keys dotted; at most 8)."""
+    out: list[str] = []
+    if not isinstance(state, dict):
+        return out
+    for section in ("model", "dataset"):
+        before = state.get(f"{section}_config")
+        if section not in sections or not isinstance(before, dict) or not isinstance(cfg.get(section), dict):
+            continue
+        out += [f"{section}.{k}: {a!r} -> {b!r}" for k, a, b in _diff_flat(before, cfg[section])]
+    return out[:8]
+
+
+def _diff_flat(a: dict, b: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    diffs: list[tuple[str, Any, Any]] = []
+    for k in sorted(set(a) | set(b), key=str):
+        va, vb = a.get(k, "<unset>"), b.get(k, "<unset>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            diffs += _diff_flat(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            diffs.append((f"{prefix}{k}", va, vb))
+    return diffs
 
 
 def mark_complete(state_path: Path) -> None:
