@@ -73,7 +73,9 @@ def test_a_second_eval_with_save_outputs_leaves_only_its_own_outputs(zoo):
     zoo.ok(*FIX, "stage=eval", "save_outputs=true")
     zoo.ok(*FIX, "stage=eval", "save_outputs=true", "dataset.limit=6")
     assert len(list((_root(zoo) / "outputs").glob("*_0.bin"))) == 6
-    zoo.ok("run", "model=fixture", "stage=postprocess")
+    rc, out, err = zoo("run", "model=fixture", "stage=postprocess")  # the dataset has 12: said, not shrunk
+    assert rc == 2 and "6 of the 12 image(s) of the dataset are not listed" in err, err
+    zoo.ok("run", "model=fixture", "stage=postprocess", "dataset.limit=6")
     assert metrics(_root(zoo) / "postprocess")["images"] == 6
 
 
