@@ -56,11 +56,9 @@ def _record_failure(ctx: RunContext, exc: BaseException) -> None:
         return
     except Exception:
         pass
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception):  # (said in run.json only: the error stays the one line printed)
         clear_dir(ctx.record_dir, keep=HYDRA_FILES)
         write_run_record(ctx, {**record, "partial_records_removed": True})
-        log.warning("%s: the stage's partial records were removed to make room for its failure record",
-                    ctx.record_dir)
 
 
 def _write_html_report(ctx: RunContext) -> None:
