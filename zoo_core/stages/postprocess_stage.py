@@ -12,6 +12,8 @@ reports only where.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -100,8 +102,6 @@ def run(ctx: RunContext) -> dict[str, Any]:
 def _outputs_model_file_sha256(outputs_dir: Path) -> str | None:
     """The model file zoo's ``infer`` recorded for these outputs (``outputs/state.json``), so the detections
     keep it for ``evaluate``'s provenance check; ``None`` for a dump zoo did not write."""
-    import json
-
     try:
         value = json.loads((outputs_dir / "state.json").read_text())["fingerprint"]["model_file_sha256"]
     except (OSError, ValueError, RecursionError, KeyError, TypeError):
@@ -118,12 +118,8 @@ def _unlisted(ctx: RunContext, listed: set, list_file: Path, outputs_dir: Path) 
     if not bool(ctx.cfg.allow_skips):
         state = outputs_dir / "state.json"
         unfinished = False
-        try:
-            import json
-
+        with contextlib.suppress(OSError, ValueError, RecursionError, AttributeError):
             unfinished = state.is_file() and json.loads(state.read_text()).get("complete") is False
-        except (OSError, ValueError, RecursionError, AttributeError):
-            pass
         hint = ("the infer run that wrote these outputs did not finish: run it again with resume=true"
                 if unfinished else "if preprocess/infer ran on a subset, repeat its dataset.limit / dataset.shard "
                                    "here; or pass allow_skips=true to score the rest")

@@ -119,7 +119,8 @@ def read_tree_detections(path: str | os.PathLike, samples: Sequence[Sample], cou
         misplaced = [p for p in strays if p.stem in scored_stems]
         where = (f"; {len(misplaced)} of them name a scored image but lie in another event folder "
                  f"(first: {misplaced[0].relative_to(root)})") if misplaced else ""
-        warnings.warn(f"{len(strays)} prediction file(s) in {root} are not images of the dataset and were not read "
+        what = "the dataset" if dataset_keys is not None else "the scored samples"
+        warnings.warn(f"{len(strays)} prediction file(s) in {root} are not images of {what} and were not read "
                       f"(first: {strays[0].relative_to(root)}){where}; WIDER FACE's evaluation.py would also put "
                       "their scores into its min-max normalisation", ExtraPredictionsWarning, stacklevel=2)
     if outside:
