@@ -104,6 +104,18 @@ def test_atc_flags_for_image_size_gears():
     assert "--input_shape=x:1,3,8,8" in plain and not any("dynamic" in a for a in plain)
 
 
+@pytest.mark.parametrize(("gears", "why"), [
+    ([4], "has 1 gear"), ([0, 4], "gear 0 is outside 1..2048"), ([1, 4096], "gear 4096 is outside"),
+    ([4, 1, 4], "appears twice"), (list(range(1, 102)), "has 101 gear"),
+])
+def test_dynamic_batch_gears_outside_atcs_range_are_refused(gears, why):
+    """REFERENCE 5.2: 2-100 gears, each in [1, 2048]. Before: every list was written into the atc script."""
+    with pytest.raises(ConfigError, match=rf"atc.dynamic_batch.*{why}"):
+        common_args(CFG, "m.onnx", gears, "310P3", "out", {"x": (3, 8, 8)})
+    ok = common_args(CFG, "m.onnx", [1, 2, 8, 2048], "310P3", "out", {"x": (3, 8, 8)})
+    assert "--dynamic_batch_size=1,2,8,2048" in ok and "--input_shape=x:-1,3,8,8" in ok
+
+
 def test_centernet_keep_res_needs_gears_and_passes_them(tmp_path):
     pytest.importorskip("zoo_centernet")
     from zoo_centernet import plugin

@@ -33,6 +33,27 @@ def dynamic_image_size_arg(image_sizes: Sequence[Sequence[int]]) -> str:
     return ";".join(f"{int(h)},{int(w)}" for h, w in image_sizes)
 
 
+#: ATC's range for one ``--dynamic_batch_size`` gear (REFERENCE 5.2).
+MAX_BATCH_GEAR = 2048
+
+
+def check_batch_gears(gears: Sequence[int]) -> list[int]:
+    """The ``--dynamic_batch_size`` gears as ATC takes them (REFERENCE 5.2: 2 to :data:`MAX_GEARS` gears, each
+    in 1..:data:`MAX_BATCH_GEAR`), without repeats; a ConfigError naming ``atc.dynamic_batch`` otherwise."""
+    from zoo_core.api.errors import ConfigError
+
+    values = [int(b) for b in gears]
+    bad = [b for b in values if not 1 <= b <= MAX_BATCH_GEAR]
+    if bad:
+        raise ConfigError(f"atc.dynamic_batch={values}: gear {bad[0]} is outside 1..{MAX_BATCH_GEAR} (ATC's range)")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"atc.dynamic_batch={values}: a gear appears twice")
+    if not 2 <= len(values) <= MAX_GEARS:
+        raise ConfigError(f"atc.dynamic_batch has {len(values)} gear(s): ATC takes 2 to {MAX_GEARS} "
+                          f"(one batch size is a static OM: pass batch_size= instead)")
+    return values
+
+
 def common_args(cfg: DictConfig, onnx_path: str | os.PathLike[str], batch_size: int | list[int], soc_version: str,
                 output: str, input_shapes: Mapping[str, Sequence[int]],
                 image_sizes: Sequence[Sequence[int]] | None = None) -> list[str]:
@@ -70,7 +91,7 @@ def common_args(cfg: DictConfig, onnx_path: str | os.PathLike[str], batch_size: 
         f"--input_shape={input_shape_arg(input_shapes, batch_size, dynamic_hw)}",
     ]
     if isinstance(batch_size, (list, tuple)):
-        args.append("--dynamic_batch_size=" + ",".join(str(int(b)) for b in batch_size))
+        args.append("--dynamic_batch_size=" + ",".join(str(b) for b in check_batch_gears(batch_size)))
     if dynamic_hw:
         args.append(f"--dynamic_image_size={dynamic_image_size_arg(sizes)}")
     args.append(f"--soc_version={soc}")
