@@ -142,6 +142,24 @@ def test_quantize_ascend_without_amct_writes_bins_and_the_command(zoo, fixture_o
     assert not (model_dir / "amct_bs1").exists()
 
 
+def test_amct_calibrates_an_aipp_model_on_the_onnxs_float_input(zoo):
+    """Before: with model.aipp=true AMCT got the OM's uint8 HWC input (image:1,800,800,3, uint8) for an ONNX
+    whose input is float32 NCHW: AIPP exists only after ATC (REFERENCE 3.4, 5.2)."""
+    args = ("model=centerface", "model.variant=ascend", "model.aipp=true", "stage=quantize", "export.target=ascend",
+            "quantize.calibration_images=2", "weights=random", "dataset.limit=4")
+    rc, out, err = zoo("run", *args, env=_no_amct_env(zoo))
+    assert rc == 0, err
+    model_dir = zoo.cwd / "outputs" / "centerface" / "model"
+    argv = shlex.split((model_dir / "amct_bs1.sh").read_text().splitlines()[-1])
+    graph_input = onnx.load(str(model_dir / "centerface_ascend.onnx"), load_external_data=False).graph.input[0]
+    assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert "--input_shape=image:1,3,800,800" in argv and "--data_types=float32" in argv
+    bins = sorted((model_dir / "calibration" / "image").glob("*.bin"))
+    assert len(bins) == 2 and all(b.stat().st_size == 3 * 800 * 800 * 4 for b in bins)
+    x = np.fromfile(bins[0], np.float32)
+    assert x.min() < -1 and x.max() > 1  # normalised, not 0..255 pixels
+
+
 def test_quantize_ascend_runs_amct_then_convert_and_acl_take_the_int8_model(zoo, ascend_env, fixture_onnx, tmp_path):
     zoo.ok("run", "model=fixture", "stage=quantize", "export.target=ascend", f"model_file={fixture_onnx}",
            "quantize.calibration_images=3", env=ascend_env)

@@ -342,12 +342,27 @@ def ascend_onnx(ctx: RunContext) -> Path:
     return ensure_onnx(ctx, "ascend").resolve()
 
 
+def onnx_input_context(ctx: RunContext) -> RunContext:
+    """The run as the ONNX that AMCT calibrates sees its input. With ``model.aipp=true`` the uint8 HWC input
+    exists only in the OM (ATC inserts AIPP after AMCT); the ONNX takes the model's float32 NCHW input, so the
+    calibration data are preprocessed with ``model.aipp=false``."""
+    if not bool((ctx.cfg.get("model") or {}).get("aipp", False)):
+        return ctx
+    from omegaconf import open_dict
+
+    cfg = ctx.cfg.copy()
+    with open_dict(cfg):
+        cfg.model.aipp = False
+    return RunContext(cfg, ctx.manager, ctx.root, ctx.record_dir)
+
+
 def run_amct(ctx: RunContext) -> dict[str, Any]:
     """Calibration ``.bin`` files + the AMCT script; AMCT run when installed (its deploy model recorded)."""
     onnx = ascend_onnx(ctx)
-    specs = list(ctx.hooks.input_spec(cfg=ctx.cfg))
+    onnx_ctx = onnx_input_context(ctx)
+    specs = list(ctx.hooks.input_spec(cfg=onnx_ctx.cfg))
     samples = calibration_samples(ctx)
-    batches = calibration_inputs(ctx, samples)
+    batches = calibration_inputs(onnx_ctx, samples)
     dirs = write_calibration_bins(ctx, batches, specs)
     argv = amct_argv(ctx, onnx, specs, dirs, len(batches))
     script = model_dir(ctx) / f"amct_{amct_tag(ctx)}.sh"
