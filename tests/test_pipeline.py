@@ -196,6 +196,20 @@ def test_a_stem_seen_twice_in_a_dump_names_both_files(tmp_path):
         DumpDir(tmp_path, 1)
 
 
+def test_an_ais_bench_dump_names_a_dotted_stem_by_its_part_before_the_first_dot(tmp_path):
+    """REFERENCE 5.1: ais_bench writes ``{basename.split('.')[0]}_{i}``; before, image 'cam.v2_0' found no outputs."""
+    run = tmp_path / "2024_05_01-10_00_00"
+    run.mkdir()
+    write_bin(run / "cam_0.bin", np.arange(3, dtype=np.float32))
+    write_bin(run / "plain_0.bin", np.ones(3, np.float32))
+    write_bin(run / "a.b_0.bin", np.zeros(3, np.float32))  # zoo's own outputs keep the whole stem
+    dump = DumpDir(tmp_path, 1)
+    assert "cam.v2_0" in dump and dump.paths("cam.v2_0") == [run / "cam_0.bin"]
+    assert dump.paths("a.b") == [run / "a.b_0.bin"] and dump.paths("plain") == [run / "plain_0.bin"]
+    with pytest.raises(InputError, match=r"'cam.v2_0' and 'cam.v3' both map to the outputs cam_<i>.bin"):
+        dump.paths("cam.v3")
+
+
 def test_half_size_float32_is_an_error_unless_dump_dtype_says_float16(tmp_path):
     p = tmp_path / "a_0.bin"
     write_bin(p, np.array([1.5, 2.5, -3.0], np.float16))

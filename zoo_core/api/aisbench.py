@@ -164,7 +164,8 @@ class DumpDir:
     """An ais_bench (or legacy benchmark) output directory, indexed by stem.
 
     ``base`` is 0 for ais_bench (``_0.._n-1``) and 1 for the legacy tool (``_1.._n``), detected
-    from the files present. Sub-directories are searched too (ais_bench nests timestamped dirs).
+    from the files present. Sub-directories are searched too (ais_bench nests timestamped dirs). An image
+    whose stem holds a dot is found under ais_bench's name for it too (the stem cut at the first dot).
     """
 
     def __init__(self, root: str | os.PathLike, n_outputs: int):
@@ -185,13 +186,29 @@ class DumpDir:
                                      f"runs in one folder?); pass the run's own sub-directory", path=self.root)
                 slot[idx] = here
         self._files = files
+        self._claims: dict[str, str] = {}  # dump stem cut at a '.' -> the image stem that read it
         indices = {i for d in files.values() for i in d}
         if not files:
             raise InputError("contains no <stem>_<i>.bin files", path=self.root)
         self.base = 1 if (0 not in indices and n_outputs in indices) else 0
 
+    def _key(self, stem: str) -> str | None:
+        """The stem the dump files of image ``stem`` carry: ``stem`` itself, or, as ais_bench names its outputs
+        ``{basename.split('.')[0]}_{i}`` (REFERENCE 5.1), the part before the first dot; ``None`` if neither."""
+        if stem in self._files:
+            return stem
+        cut = stem.split(".")[0]
+        if cut != stem and cut in self._files:
+            other = self._claims.setdefault(cut, stem)
+            if other != stem:
+                raise InputError(f"images {other!r} and {stem!r} both map to the outputs {cut}_<i>.bin (ais_bench cuts "
+                                 "file names at the first '.'), so this dump cannot tell them apart", path=self.root,
+                                 hint="rename the images (no '.' in their stems) and run ais_bench again")
+            return cut
+        return None
+
     def __contains__(self, stem: str) -> bool:
-        return stem in self._files
+        return self._key(stem) is not None
 
     def stems(self) -> list[str]:
         """Every image stem with at least one output file, sorted."""
@@ -199,7 +216,8 @@ class DumpDir:
 
     def paths(self, stem: str) -> list[Path]:
         """The output files of one image, in output order; InputError if any is missing."""
-        d = self._files.get(stem)
+        key = self._key(stem)
+        d = self._files.get(key) if key is not None else None
         if d is None:
             raise InputError(f"no output files for image {stem!r} ({len(self._files)} images have outputs there)",
                              path=self.root, hint="if preprocess/infer ran on a subset, repeat its dataset.limit / "
@@ -207,7 +225,7 @@ class DumpDir:
         out = []
         for i in range(self.base, self.base + self.n_outputs):
             if i not in d:
-                raise InputError(f"missing output {stem}_{i}.bin for image {stem!r}", path=self.root)
+                raise InputError(f"missing output {key}_{i}.bin for image {stem!r}", path=self.root)
             out.append(d[i])
         return out
 
