@@ -66,6 +66,22 @@ def test_acl_backend_matches_onnxruntime(zoo, ascend_env, eval_metrics, fixture_
     assert perf["model_file"].endswith(f"fixture_bs{bs}.om")
 
 
+def test_perf_on_acl_reports_ais_bench_throughput_from_the_npu_compute_time(zoo, ascend_env, fixture_onnx):
+    """REFERENCE 5.1: throughput = 1000 * batchsize / NPU_compute_time.mean. Before: zoo's host latency around
+    each call (copies included) gave the throughput of every backend."""
+    zoo.ok("run", "model=fixture", "stage=convert", "batch_size=4", f"model_file={fixture_onnx}", env=ascend_env)
+    zoo.ok("run", "model=fixture", "stage=perf", "backend=acl", "batch_size=4", "stage.loop=6", env=ascend_env)
+    perf = json.loads((zoo.cwd / "outputs" / "fixture" / "perf" / "perf.json").read_text())
+    npu, host = perf["npu_compute_ms"], perf["latency_ms"]
+    assert npu["count"] == host["count"] == 6 and npu["mean"] <= host["mean"]  # the device part of each call
+    assert perf["throughput"] == pytest.approx(1000 * 4 / npu["mean"])
+    assert perf["host_throughput"] == pytest.approx(1000 * 4 / host["mean"])
+    assert perf["throughput_basis"].startswith("NPU compute time")
+    zoo.ok("run", "model=fixture", "stage=perf", "stage.loop=3", f"model_file={fixture_onnx}", "work_dir=ort")
+    ort = json.loads((zoo.cwd / "ort" / "perf" / "perf.json").read_text())  # no device timings: host latency
+    assert "npu_compute_ms" not in ort and ort["throughput"] == pytest.approx(1000 / ort["latency_ms"]["mean"])
+
+
 def test_acl_dynamic_batch_gears(zoo, ascend_env, eval_metrics, fixture_onnx, tmp_path):
     gears = "atc.dynamic_batch=[1,2,8]"
     zoo.ok("run", "model=fixture", "stage=convert", gears, f"model_file={fixture_onnx}", env=ascend_env)

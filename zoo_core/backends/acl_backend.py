@@ -99,6 +99,17 @@ class AclBackend(Backend):
             out = self.session.infer(feeds, mode="static")
         return [np.asarray(o)[: batch.size] for o in out]
 
+    def device_times_ms(self) -> list[float] | None:
+        """``exec_time_list`` of the session's summary (``sumary()`` in the 2023 ais_bench, ``summary()`` later;
+        REFERENCE 5.1): the NPU compute time of each ``infer`` call, ms."""
+        for name in ("summary", "sumary"):
+            get = getattr(self.session, name, None)
+            if callable(get):
+                times = getattr(get(), "exec_time_list", None)
+                if times is not None:
+                    return [float(t) for t in times]
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model_file": str(self.model_file), "device_id": self.device_id,
                 "dynamic_batch_gears": self.gears or None, "fixed_batch": self.fixed_batch,

@@ -83,6 +83,12 @@ class Backend:
         """Run one batch; return one array per model output, batch dimension first."""
         raise NotImplementedError
 
+    def device_times_ms(self) -> list[float] | None:
+        """The device's own compute time of each call so far, in ms, when the device reports it (ais_bench's
+        ``NPU_compute_time``), else ``None``: ``stage=perf`` then computes the throughput from it, as
+        ais_bench does, and the host-measured latency stays beside it."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Facts for perf.json / run.json: which model file, providers, threads..."""
         return {"backend": self.name, "model_file": str(self.model_file) if self.model_file else None}
