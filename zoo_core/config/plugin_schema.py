@@ -44,7 +44,10 @@ def schema_for(group: str, name: str, scan: ConfScan, manager: Any) -> tuple[typ
     if info is None:  # the core's own file, or a plugin that is broken (its error comes when it is used)
         return base, "zoo-core"
     declared = getattr(info.module, SCHEMAS_ATTRIBUTE, None) or {}
-    cls = declared.get(f"{group}/{name}") if isinstance(declared, dict) else None
+    if not isinstance(declared, dict):
+        raise PluginError(f"{info.label}: {SCHEMAS_ATTRIBUTE} must be a dict {{'<group>/<name>': <dataclass>}}, "
+                          f"got {type(declared).__name__}")
+    cls = declared.get(f"{group}/{name}")
     whose = f"{info.distribution or info.entry_point}'s {cls.__qualname__ if cls else base.__name__}"
     if cls is None:
         return base, whose
@@ -67,7 +70,13 @@ def _declared_type(cls: type, field: str) -> str:
 
 def typed_section(section: DictConfig, cls: type, group: str, whose: str) -> DictConfig:
     """``section`` merged into ``cls`` (declared keys typed and converted; ``+`` extras kept, untyped)."""
-    typed = OmegaConf.structured(cls)
+    try:
+        typed = OmegaConf.structured(cls)
+    except OmegaConfBaseException as exc:  # the schema itself is broken: the plugin's bug, named
+        reason = str(getattr(exc, "msg", None) or exc).strip().splitlines()[0]
+        key = str(getattr(exc, "full_key", "") or "")
+        raise PluginError(f"{whose}: the config schema of {group} cannot be built"
+                          f"{f' (field {key})' if key else ''}: {reason}") from None
     OmegaConf.set_struct(typed, False)
     try:
         merged = OmegaConf.merge(typed, section)

@@ -15,7 +15,7 @@ A process normally needs one manager: :func:`zoo_core.plugins.get_manager` build
 from __future__ import annotations
 
 import importlib.metadata as md
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -29,7 +29,7 @@ from zoo_core.config.confpaths import BACKENDS_GROUP, MODELS_GROUP, disabled_plu
 from zoo_core.datasets import DATASET_API_VERSION
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Sequence
     from pathlib import Path
 
     import numpy as np
@@ -224,8 +224,9 @@ class ZooPluginManager:
             return
         try:
             self.pm.register(module, name=name)
-        except Exception as exc:
-            self.broken.append(BrokenPlugin(name, group, ep_value, f"{type(exc).__name__}: {exc}", dist[0]))
+        except Exception as exc:  # pluggy's validation message spans lines ("Plugin '<id>' for hook ...")
+            text = "; ".join(line.strip() for line in str(exc).splitlines()[1:] if line.strip()) or str(exc)
+            self.broken.append(BrokenPlugin(name, group, ep_value, f"{type(exc).__name__}: {text}", dist[0]))
             return
         try:
             self.pm.check_pending()
@@ -357,14 +358,29 @@ class ModelHooks:
             raise PluginError(f"{self.info.label}: hook {hook!r} returned None")
         return result
 
+    def _wrong(self, hook: str, what: str, got: Any) -> PluginError:
+        """The plugin's hook returned something else than its spec says: a PluginError naming the plugin."""
+        if isinstance(got, (list, tuple)):
+            kinds = sorted({type(x).__name__ for x in got}) or ["nothing"]
+            shown = f"a {type(got).__name__} of {', '.join(kinds)}"
+        else:
+            shown = type(got).__name__
+        return PluginError(f"{self.info.label}: hook {hook!r} must return {what}, got {shown}")
+
     def dataset(self, *, cfg: DictConfig) -> Dataset:
-        return self._call("dataset", cfg=cfg)
+        ds = self._call("dataset", cfg=cfg)
+        if not callable(getattr(ds, "samples", None)):
+            raise self._wrong("dataset", "a dataset object with a samples() method", ds)
+        return ds
 
     def input_spec(self, *, cfg: DictConfig) -> list[TensorSpec]:
         return self._call("input_spec", cfg=cfg)
 
     def preprocess(self, *, cfg: DictConfig, image: np.ndarray, sample: Sample) -> tuple[Inputs, Meta]:
-        return self._call("preprocess", f"image {sample.path}", cfg=cfg, image=image, sample=sample)
+        out = self._call("preprocess", f"image {sample.path}", cfg=cfg, image=image, sample=sample)
+        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Mapping) and isinstance(out[1], dict)):
+            raise self._wrong("preprocess", "a tuple (inputs: dict of arrays, meta: dict)", out)
+        return out
 
     def build_model(self, *, cfg: DictConfig, weights: str | Path | None) -> torch.nn.Module:
         return self._call("build_model", cfg=cfg, weights=weights)
@@ -396,12 +412,22 @@ class ModelHooks:
         return specs
 
     def postprocess(self, *, cfg: DictConfig, outputs: Sequence[np.ndarray], metas: Sequence[Meta]) -> list[Detections]:
-        return self._call("postprocess", cfg=cfg, outputs=outputs, metas=metas)
+        from zoo_core.api.types import Detections
+
+        dets = self._call("postprocess", cfg=cfg, outputs=outputs, metas=metas)
+        if not isinstance(dets, (list, tuple)) or not all(isinstance(d, Detections) for d in dets):
+            raise self._wrong("postprocess", "a list of zoo_core.api.types.Detections (one per item)", dets)
+        return list(dets)
 
     def evaluate(self, *, cfg: DictConfig, detections: Mapping[str, Detections], dataset: Dataset,
                  samples: Sequence[Sample], out_dir: Path) -> EvalResult:
-        return self._call("evaluate", cfg=cfg, detections=detections, dataset=dataset, samples=samples,
-                          out_dir=out_dir)
+        from zoo_core.api.types import EvalResult
+
+        result = self._call("evaluate", cfg=cfg, detections=detections, dataset=dataset, samples=samples,
+                            out_dir=out_dir)
+        if not isinstance(result, EvalResult):
+            raise self._wrong("evaluate", "a zoo_core.api.types.EvalResult", result)
+        return result
 
     def oracle_outputs(self, *, cfg: DictConfig, sample: Sample, meta: Meta, dataset: Dataset) -> list[np.ndarray]:
         return self._call("oracle_outputs", f"image {sample.path}", cfg=cfg, sample=sample, meta=meta,
@@ -415,8 +441,7 @@ class ModelHooks:
         from zoo_core.api.types import Reference
 
         if not isinstance(refs, (list, tuple)) or not all(isinstance(r, Reference) for r in refs):
-            raise PluginError(f"{self.info.label}: hook 'references' must return a list of "
-                              f"zoo_core.api.types.Reference, got {type(refs).__name__}")
+            raise self._wrong("references", "a list of zoo_core.api.types.Reference", refs)
         return list(refs)
 
     def read_detections(self, *, cfg: DictConfig, path: Path, dataset: Dataset,

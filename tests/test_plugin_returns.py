@@ -1,0 +1,90 @@
+"""A plugin that returns the wrong thing, or ships a broken config schema, is named as the culprit (one
+ZooError line naming the plugin and the hook), not reported as zoo's own AttributeError or a traceback."""
+from __future__ import annotations
+
+import dataclasses
+from types import ModuleType, SimpleNamespace
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from zoo_core.api.errors import PluginError
+from zoo_core.api.types import Detections, Sample
+from zoo_core.plugins import get_manager
+
+
+@pytest.fixture
+def hooks():
+    return get_manager().hooks_for("fixture")
+
+
+@pytest.mark.parametrize(("hook", "returned", "kwargs", "text"), [
+    ("postprocess", [{"boxes": []}], {"cfg": None, "outputs": [], "metas": []},
+     r"hook 'postprocess' must return a list of zoo_core.api.types.Detections \(one per item\), got a list of dict"),
+    ("evaluate", {"AP": 1.0}, {"cfg": None, "detections": {}, "dataset": None, "samples": [], "out_dir": None},
+     r"hook 'evaluate' must return a zoo_core.api.types.EvalResult, got dict"),
+    ("dataset", ["a.png"], {"cfg": None}, r"hook 'dataset' must return a dataset object with a samples\(\) method"),
+    ("preprocess", np.zeros((1, 4, 4), np.float32),
+     {"cfg": None, "image": np.zeros((4, 4, 3), np.uint8), "sample": Sample("a", "a.png")},
+     r"hook 'preprocess' must return a tuple \(inputs: dict of arrays, meta: dict\), got ndarray"),
+])
+def test_a_wrong_return_type_names_the_plugin_and_the_hook(hooks, monkeypatch, hook, returned, kwargs, text):
+    """Before: postprocess returning dicts failed deep in the detection store with `AttributeError: 'dict'
+    object has no attribute 'boxes' (unexpected error)`, exit 1; a bare array from preprocess was blamed on
+    the image ("too many values to unpack")."""
+    monkeypatch.setattr(hooks, "_call", lambda name, *a, **k: returned)
+    with pytest.raises(PluginError, match=rf"zoo-fixture.*{text}"):
+        getattr(hooks, hook)(**kwargs)
+
+
+def test_right_returns_pass_through(hooks, monkeypatch):
+    det = Detections.empty()
+    monkeypatch.setattr(hooks, "_call", lambda name, *a, **k: (det,))
+    assert hooks.postprocess(cfg=None, outputs=[], metas=[]) == [det]
+
+
+def test_a_schema_that_cannot_be_built_names_the_plugin():
+    from zoo_core.api.config import ModelConfig
+    from zoo_core.config.plugin_schema import typed_section
+
+    @dataclasses.dataclass
+    class Broken(ModelConfig):
+        K: list = None  # not Optional, default None: OmegaConf refuses the class itself
+
+    with pytest.raises(PluginError, match=r"zoo-mydet's Broken: the config schema of model cannot be built"):
+        typed_section(OmegaConf.create({"name": "mydet"}), Broken, "model", "zoo-mydet's Broken")
+
+
+def test_a_schemas_attribute_that_is_not_a_dict_is_an_error():
+    from zoo_core.config.plugin_schema import schema_for
+
+    module = ModuleType("zoo_mydet")
+    module.ZOO_CONFIG_SCHEMAS = [object]
+    info = SimpleNamespace(module=module, label="plugin zoo-mydet (model mydet)", distribution="zoo-mydet",
+                           entry_point="zoo_mydet.plugin")
+    manager = SimpleNamespace(models={"mydet": info})
+    with pytest.raises(PluginError, match=r"plugin zoo-mydet \(model mydet\): ZOO_CONFIG_SCHEMAS must be a dict"):
+        schema_for("model", "mydet", SimpleNamespace(dataset_owner={}), manager)
+
+
+def test_a_hook_with_a_misnamed_argument_is_one_line_in_the_broken_list():
+    import pluggy
+
+    from zoo_core import hookimpl
+    from zoo_core.config.confpaths import MODELS_GROUP
+    from zoo_core.plugins.manager import ZooPluginManager
+
+    module = ModuleType("zoo_typo")
+    module.ZOO_HOOK_API = get_manager().hooks_for("fixture").info.module.ZOO_HOOK_API
+
+    @hookimpl
+    def preprocess(cfg, img, sample):  # 'img' is not the spec's 'image'
+        return {}, {}
+
+    module.preprocess = preprocess
+    pm = ZooPluginManager()
+    pm._register("typo", module, MODELS_GROUP, {}, "zoo_typo", ("zoo-typo", "0"))
+    [broken] = [b for b in pm.broken if b.name == "typo"]
+    assert "\n" not in broken.error and "{'img'}" in broken.error and "Plugin '" not in broken.error
+    assert pluggy.PluginValidationError.__name__ in broken.error
