@@ -100,7 +100,7 @@ def check_values(section: DictConfig, group: str, cls: type | None = None) -> No
     """A ConfigError for a NaN or infinite number anywhere in ``section`` and for a value outside the
     range its field declares with :func:`~zoo_core.api.config.in_range` (interpolations are skipped:
     they are checked where they point)."""
-    for _key, value, where in _concrete(section, group):
+    for value, where in _concrete(section, group):
         if _bad_float(value):
             raise ConfigError(f"{where}={value}: not a finite number")
     if cls is None or not dataclasses.is_dataclass(cls):
@@ -121,8 +121,8 @@ def check_values(section: DictConfig, group: str, cls: type | None = None) -> No
             raise ConfigError(f"{group}.{f.name}={value}: outside {shown}")
 
 
-def _concrete(node: Any, where: str) -> typing.Iterator[tuple[Any, Any, str]]:
-    """``(key, value, dotted path)`` of every leaf of ``node`` that is not an interpolation or missing."""
+def _concrete(node: Any, where: str) -> typing.Iterator[tuple[Any, str]]:
+    """``(value, dotted path)`` of every leaf of ``node`` that is not an interpolation or missing."""
     from omegaconf import ListConfig
 
     if isinstance(node, DictConfig):
@@ -140,7 +140,7 @@ def _concrete(node: Any, where: str) -> typing.Iterator[tuple[Any, Any, str]]:
         if isinstance(value, (DictConfig, ListConfig)):
             yield from _concrete(value, path)
         else:
-            yield k, value, path
+            yield value, path
 
 
 def apply_schemas(cfg: DictConfig, model: str, dataset: str | None) -> DictConfig:

@@ -12,7 +12,6 @@ reports only where.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from pathlib import Path
@@ -48,9 +47,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
         return tuple(tuple(s.shape) for s in hooks.output_spec(cfg=cfg, meta=meta))
 
     store = DetectionStore(ctx.path("detections"))
+    outputs_state = _outputs_state(src)
+    recorded = (outputs_state.get("fingerprint") or {}).get("model_file_sha256")
     start_resumable(ctx, ctx.path("detections", "state.json"),
                     artifact_fingerprint(ctx, outputs_dir=str(src.resolve()),
-                                         model_file_sha256=_outputs_model_file_sha256(src)), store.reset)
+                                         model_file_sha256=recorded if isinstance(recorded, str) else None),
+                    store.reset)
     store.reset()  # postprocess is fast: it always recomputes every image
     backend = open_backend(ctx, "replay", options={"dir": str(src), "device_latency_ms": 0.0,
                                                     "latency_per_item_ms": 0.0})
@@ -65,7 +67,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
             raise ZooError(f"{len(unknown)} image(s) of {inputs_dir / 'meta.jsonl'} are not in the dataset "
                            f"(first: {unknown[0]!r})", hint="pass the dataset the inputs were made from")
         samples = [by_id[i] for i in listed]
-        unlisted = _unlisted(ctx, set(listed), inputs_dir / "meta.jsonl", src)
+        unlisted = _unlisted(ctx, set(listed), inputs_dir / "meta.jsonl", outputs_state)
         source = MetaSource([(s, listed[s.id]) for s in samples], key)
         log.info("postprocess: %d images listed in %s", len(samples), inputs_dir / "meta.jsonl")
     else:
@@ -74,7 +76,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         if index.is_file():
             ids = {rec.get("id") for _n, rec in read_jsonl(index, drop_torn_tail=True)}
             samples = [s for s in samples if s.id in ids]
-            unlisted = _unlisted(ctx, ids, index, src)
+            unlisted = _unlisted(ctx, ids, index, outputs_state)
             log.info("postprocess: %d images listed in %s", len(samples), index)
         pool = WorkerPool(hooks, cfg, int(cfg.num_workers) if len(samples) > 1 else 0)
         source = ImageSource(samples, pool, drop_inputs=True, key=key)
@@ -99,27 +101,24 @@ def run(ctx: RunContext) -> dict[str, Any]:
     return record
 
 
-def _outputs_model_file_sha256(outputs_dir: Path) -> str | None:
-    """The model file zoo's ``infer`` recorded for these outputs (``outputs/state.json``), so the detections
-    keep it for ``evaluate``'s provenance check; ``None`` for a dump zoo did not write."""
+def _outputs_state(outputs_dir: Path) -> dict:
+    """``outputs/state.json`` as zoo's ``infer`` wrote it (the model file it recorded, whether it finished);
+    ``{}`` for a dump zoo did not write or a file that does not parse."""
     try:
-        value = json.loads((outputs_dir / "state.json").read_text())["fingerprint"]["model_file_sha256"]
-    except (OSError, ValueError, RecursionError, KeyError, TypeError):
-        return None
-    return value if isinstance(value, str) else None
+        state = json.loads((outputs_dir / "state.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
-def _unlisted(ctx: RunContext, listed: set, list_file: Path, outputs_dir: Path) -> list[dict]:
+def _unlisted(ctx: RunContext, listed: set, list_file: Path, outputs_state: dict) -> list[dict]:
     """The run's images that ``list_file`` does not list (an interrupted infer, preprocess on a subset or
     with skips): an error, or with ``allow_skips=true`` skip entries, never a smaller dataset said nothing of."""
     missing = [s.id for s in ctx.samples if s.id not in listed]
     if not missing:
         return []
     if not bool(ctx.cfg.allow_skips):
-        state = outputs_dir / "state.json"
-        unfinished = False
-        with contextlib.suppress(OSError, ValueError, RecursionError, AttributeError):
-            unfinished = state.is_file() and json.loads(state.read_text()).get("complete") is False
+        unfinished = outputs_state.get("complete") is False
         hint = ("the infer run that wrote these outputs did not finish: run it again with resume=true"
                 if unfinished else "if preprocess/infer ran on a subset, repeat its dataset.limit / dataset.shard "
                                    "here; or pass allow_skips=true to score the rest")
