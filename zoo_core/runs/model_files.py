@@ -190,7 +190,8 @@ def reusable(out: Path, fingerprint: dict, what: str) -> bool:
 
 def resolve_model_file(ctx, kind: str | None, given: str | None = None) -> Path | None:
     """The model file a backend of ``kind`` loads: ``given`` (or ``model_file=``) if set, else the
-    export (``onnx``, re-exported when stale) or the converted OM (``om``)."""
+    export (``onnx``, re-exported when stale) or the converted OM (``om``, refused when its convert record
+    names other settings: :mod:`zoo_core.runs.om_record`)."""
     given = given or ctx.cfg.get("model_file")
     if kind == "onnx":
         if given and not str(given).endswith(".onnx"):
@@ -199,5 +200,9 @@ def resolve_model_file(ctx, kind: str | None, given: str | None = None) -> Path 
     if kind == "om":
         if given:
             return Path(str(given)).expanduser()
-        return om_path(ctx, dynamic=bool(ctx.cfg.backend.get("dynamic_batch", False)))
+        from zoo_core.runs.om_record import check_om
+
+        om = om_path(ctx, dynamic=bool(ctx.cfg.backend.get("dynamic_batch", False)))
+        check_om(ctx, om)
+        return om
     return Path(str(given)).expanduser() if given else None

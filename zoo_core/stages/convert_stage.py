@@ -16,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from zoo_core.api.atc import MAX_GEARS
 from zoo_core.api.atomic import write_json, write_text
@@ -24,7 +25,9 @@ from zoo_core.backends.image_gears import GearPlan, gears_file, plan_gears
 from zoo_core.pipeline.sources import ImageSource
 from zoo_core.pipeline.workers import WorkerPool
 from zoo_core.runs.context import RunContext
-from zoo_core.runs.model_files import ensure_onnx, model_dir, quantize_int8
+from zoo_core.runs.fingerprint import sha256_file
+from zoo_core.runs.model_files import ensure_onnx, model_dir, quantize_int8, read_record
+from zoo_core.runs.om_record import write_om_record
 
 log = logging.getLogger("zoo")
 
@@ -32,18 +35,23 @@ log = logging.getLogger("zoo")
 def run(ctx: RunContext) -> dict:
     cfg = ctx.cfg
     given = cfg.get("model_file")
-    if quantize_int8(ctx) and not (given and str(given).endswith(".onnx")):
+    given_onnx = bool(given and str(given).endswith(".onnx"))
+    if quantize_int8(ctx) and not given_onnx:
         from zoo_core.stages.quantize_stage import ensure_amct_model
 
-        onnx = ensure_amct_model(ctx)  # quantize=int8: AMCT's deploy model (docs/quantize.md)
+        onnx, kind = ensure_amct_model(ctx), "amct"  # quantize=int8: AMCT's deploy model (docs/quantize.md)
+    elif given_onnx:
+        onnx, kind = Path(str(given)), "model_file"
     else:
-        onnx = Path(str(given)) if given and str(given).endswith(".onnx") else ensure_onnx(ctx, "ascend")
+        onnx, kind = ensure_onnx(ctx, "ascend"), "export"
     if not onnx.is_file():
         raise ZooError("ONNX model not found", path=onnx)
     onnx = onnx.resolve()
+    source = onnx_source(onnx, kind)
     gears = list(cfg.atc.dynamic_batch) if cfg.atc.get("dynamic_batch") else None
     tag = ("int8_" if quantize_int8(ctx) else "") + ("dyn" if gears else f"bs{int(cfg.batch_size)}")
     output = model_dir(ctx) / f"{ctx.model_name}_{tag}"
+    om = output.with_suffix(".om")
     plan = image_gear_plan(ctx, bool(gears)) if cfg.atc.get("dynamic_image_size") else None
     image_sizes = [list(g) for g in plan.gears] if plan is not None else None
     args = ctx.hooks.atc_args(cfg=cfg, onnx_path=str(onnx), batch_size=gears or int(cfg.batch_size),
@@ -54,29 +62,49 @@ def run(ctx: RunContext) -> dict:
         if len(plan.gears) > 1 and not any(a.startswith("--dynamic_image_size") for a in args):
             raise ZooError(f"the {ctx.model_name} plugin's atc_args hook ignored image_sizes (no --dynamic_image_size "
                            "in its command line), so the OM could not take the planned gears")
-        gear_info = {"image_size_gears": image_sizes, **plan.padding(),
-                     "gears_file": str(gears_file(output.with_suffix(".om")))}
-        write_json(gears_file(output.with_suffix(".om")), plan.to_json())
+        gear_info = {"image_size_gears": image_sizes, **plan.padding(), "gears_file": str(gears_file(om))}
     atc = shutil.which("atc")
     script = model_dir(ctx) / f"atc_{tag}.sh"
     command = ["atc", *args]
     write_text(script, "#!/usr/bin/env bash\nset -euo pipefail\n" + shlex.join(command) + "\n")
     script.chmod(0o755)
     if atc is None:
+        _write_gears(om, plan)
+        record = write_om_record(ctx, om, source, script, converted=False)
         return {"stage": "convert", "converted": False, "script": str(script), "argv": command, **gear_info,
+                "record": str(record),
                 "reason": "atc is not on PATH (it ships with the Ascend CANN toolkit), so nothing was converted"}
     log.info("running %s", shlex.join(command))
     proc = subprocess.run([atc, *args], capture_output=True, text=True, shell=False)
     log_path = model_dir(ctx) / f"atc_{tag}.log"
     write_text(log_path, f"$ {shlex.join(command)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
-    om = output.with_suffix(".om")
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise ZooError(f"atc failed with exit code {proc.returncode}: " + " | ".join(tail), path=log_path)
     if not om.is_file():
         raise ZooError("atc exited 0 but wrote no OM file", path=om)
+    _write_gears(om, plan)
+    record = write_om_record(ctx, om, source, script, converted=True)
     return {"stage": "convert", "converted": True, "onnx": str(onnx), "om": str(om), "argv": command,
-            "log": str(log_path), **gear_info}
+            "log": str(log_path), "record": str(record), **gear_info}
+
+
+def _write_gears(om: Path, plan: GearPlan | None) -> None:
+    """The OM's image-size gear plan beside it; a fixed-size OM removes the plan of an earlier convert."""
+    if plan is None:
+        gears_file(om).unlink(missing_ok=True)
+    else:
+        write_json(gears_file(om), plan.to_json())
+
+
+def onnx_source(onnx: Path, kind: str) -> dict[str, Any]:
+    """Where the ONNX ATC converts came from (``export``: zoo's export, with the weights its record names;
+    ``model_file``: the user's ONNX; ``amct``: AMCT's INT8 deploy model), for the OM's record."""
+    source: dict[str, Any] = {"kind": kind, "onnx": str(onnx), "sha256": sha256_file(onnx)}
+    if kind == "export":
+        fp = read_record(onnx.with_suffix(".json")).get("fingerprint") or {}
+        source.update(weights=fp.get("weights"), weights_sha256=fp.get("weights_sha256"))
+    return source
 
 
 def input_sizes(ctx: RunContext) -> list[tuple[int, int]]:

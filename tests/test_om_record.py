@@ -1,0 +1,145 @@
+"""An OM is loaded only for the config it was converted for (``zoo_core.runs.om_record``), in-process.
+
+``stage=convert`` runs the ATC contract double (``fixtures/fake_ascend/atc``: the "OM" is a copy of the
+ONNX); the check runs where every OM backend gets its file (``resolve_model_file``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import pytest
+from omegaconf import OmegaConf, open_dict
+
+from zoo_core.api.errors import ConfigError
+
+
+@pytest.fixture
+def fake_atc(monkeypatch, fixtures_dir):
+    monkeypatch.setenv("PATH", f"{fixtures_dir / 'fake_ascend'}{os.pathsep}{os.environ['PATH']}")
+
+
+@pytest.fixture
+def no_atc(monkeypatch):
+    monkeypatch.setenv("PATH", os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                                if not os.path.exists(os.path.join(p, "atc"))))
+
+
+def _ctx(fixture_cfg, root, stage, **over):
+    from zoo_core.plugins.manager import ZooPluginManager
+    from zoo_core.runs.context import RunContext
+
+    cfg = fixture_cfg.copy()
+    with open_dict(cfg):
+        cfg.stage.name = stage
+        cfg.num_workers = 0
+        cfg.work_dir = str(root)
+        cfg.model_dir = str(root / "model")
+        for k, v in over.items():
+            OmegaConf.update(cfg, k, v, merge=False)
+    return RunContext(cfg, ZooPluginManager(), root)
+
+
+def _convert(fixture_cfg, root, **over) -> dict:
+    from zoo_core.stages import convert_stage
+
+    return convert_stage.run(_ctx(fixture_cfg, root, "convert", **over))
+
+
+def _om_for(fixture_cfg, root, **over):
+    from zoo_core.runs.model_files import resolve_model_file
+
+    return resolve_model_file(_ctx(fixture_cfg, root, "eval", **over), "om")
+
+
+def test_an_om_is_loaded_for_the_settings_it_was_converted_with(fixture_cfg, tmp_path, fake_atc):
+    res = _convert(fixture_cfg, tmp_path)
+    om = tmp_path / "model" / "fixture_bs1.om"
+    rec = json.loads((tmp_path / "model" / "fixture_bs1.json").read_text())
+    assert res["record"] == str(tmp_path / "model" / "fixture_bs1.json")
+    assert rec["settings"]["model_config"] == {"model.sharpness": 20.0}
+    assert rec["source"]["kind"] == "export" and rec["source"]["weights"] == "default"
+    assert rec["atc"]["soc_version"] == "Ascend310P3"
+    assert _om_for(fixture_cfg, tmp_path) == om
+    # evaluation-only keys and ATC-only keys are not the OM's business
+    assert _om_for(fixture_cfg, tmp_path, **{"model.iou_thresh": 0.3, "atc.soc_version": "Ascend310"}) == om
+
+
+def test_an_om_converted_for_another_export_key_is_refused(fixture_cfg, tmp_path, fake_atc):
+    _convert(fixture_cfg, tmp_path, **{"model.sharpness": 5.0})
+    with pytest.raises(ConfigError, match=r"fixture_bs1.om was converted with other settings than this run's "
+                                          r"\(model.sharpness: 5.0 -> 20.0\)") as exc:
+        _om_for(fixture_cfg, tmp_path)
+    assert "model_file=<om>" in str(exc.value.hint)
+    _convert(fixture_cfg, tmp_path)  # converting again for this config makes it loadable
+    assert _om_for(fixture_cfg, tmp_path).name == "fixture_bs1.om"
+
+
+def test_an_om_whose_bytes_changed_after_convert_is_refused(fixture_cfg, tmp_path, fake_atc):
+    _convert(fixture_cfg, tmp_path)
+    om = tmp_path / "model" / "fixture_bs1.om"
+    om.write_bytes(om.read_bytes() + b"\0")
+    with pytest.raises(ConfigError, match="no longer matches the sha256 recorded when stage=convert wrote it"):
+        _om_for(fixture_cfg, tmp_path)
+    from zoo_core.runs.model_files import resolve_model_file
+
+    given = resolve_model_file(_ctx(fixture_cfg, tmp_path, "eval", model_file=str(om)), "om")
+    assert given == om  # model_file= loads the file as it is
+
+
+def test_dynamic_batch_gears_must_match_the_dynamic_om(fixture_cfg, tmp_path, fake_atc):
+    _convert(fixture_cfg, tmp_path, **{"atc.dynamic_batch": [1, 2, 8]})
+    dyn = {"backend.dynamic_batch": True}
+    assert _om_for(fixture_cfg, tmp_path, **dyn, **{"atc.dynamic_batch": [1, 2, 8]}).name == "fixture_dyn.om"
+    with pytest.raises(ConfigError, match=r"atc.dynamic_batch: \[1, 2, 8\] -> \[1, 4\]"):
+        _om_for(fixture_cfg, tmp_path, **dyn, **{"atc.dynamic_batch": [1, 4]})
+
+
+def test_the_script_without_atc_records_the_om_it_will_replace(fixture_cfg, tmp_path, fake_atc, monkeypatch):
+    _convert(fixture_cfg, tmp_path, **{"model.sharpness": 5.0})  # an OM for another config
+    om = tmp_path / "model" / "fixture_bs1.om"
+    old = om.read_bytes()
+    monkeypatch.setenv("PATH", os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                                if not os.path.exists(os.path.join(p, "atc"))))
+    res = _convert(fixture_cfg, tmp_path)
+    assert res["converted"] is False and om.read_bytes() == old
+    with pytest.raises(ConfigError, match="predates its convert script: .*atc_bs1.sh but it has not been run"):
+        _om_for(fixture_cfg, tmp_path)
+    om.write_bytes(old + b"new")  # what the script's atc would write
+    assert _om_for(fixture_cfg, tmp_path) == om
+
+
+def test_an_om_without_a_record_loads_with_a_warning(fixture_cfg, tmp_path, fake_atc, caplog):
+    _convert(fixture_cfg, tmp_path)
+    (tmp_path / "model" / "fixture_bs1.json").unlink()
+    with caplog.at_level(logging.WARNING, logger="zoo"):
+        assert _om_for(fixture_cfg, tmp_path).name == "fixture_bs1.om"
+    assert "has no convert record (fixture_bs1.json)" in caplog.text
+    (tmp_path / "model" / "fixture_bs1.json").write_text("[1, 2")
+    with pytest.raises(ConfigError, match="convert record .* is unreadable"):
+        _om_for(fixture_cfg, tmp_path)
+
+
+def test_other_weights_than_the_om_was_exported_from_are_refused(fixture_cfg, tmp_path):
+    from zoo_core.runs.om_record import _weights_diff
+
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.write_bytes(b"a")
+    b.write_bytes(b"b")
+    from zoo_core.runs.fingerprint import sha256_file
+
+    source = {"kind": "export", "weights": str(a), "weights_sha256": sha256_file(a)}
+    assert _weights_diff(_ctx(fixture_cfg, tmp_path, "eval", weights=str(a)), source) == []
+    assert _weights_diff(_ctx(fixture_cfg, tmp_path, "eval"), source) == []  # the OM carries its weights
+    assert _weights_diff(_ctx(fixture_cfg, tmp_path, "eval", weights=str(b)), source) == [
+        f"weights: {str(a)!r} -> {str(b)!r} (other bytes)"]
+    assert _weights_diff(_ctx(fixture_cfg, tmp_path, "eval", weights=str(b)), {**source, "kind": "model_file"}) == []
+
+
+def test_a_fixed_size_convert_removes_an_earlier_gear_plan(fixture_cfg, tmp_path, fake_atc):
+    _convert(fixture_cfg, tmp_path, **{"model.keep_size": True, "atc.dynamic_image_size": True})
+    plan = tmp_path / "model" / "fixture_bs1.om.gears.json"
+    assert plan.is_file()
+    _convert(fixture_cfg, tmp_path)
+    assert not plan.exists()  # else the acl backend would take the fixed-size OM for an image-gear OM

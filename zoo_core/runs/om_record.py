@@ -1,0 +1,119 @@
+"""The record ``stage=convert`` writes beside an OM, and the check a run makes before it loads that OM.
+
+Nothing in an OM's bytes says which model config, weights or batch gears it was compiled for, and every
+config writes to the same ``<model>_bs<N>.om``. ``stage=convert`` therefore writes ``<model>_bs<N>.json``
+beside it, also when ``atc`` is missing and only the script is written: the model's export keys (the
+values that change the graph or its inputs, e.g. CenterFace's ``model.aipp``), the dynamic-batch gears,
+where the ONNX came from (zoo's export and its weights, ``model_file=``, or AMCT's INT8 model) and, once
+ATC has run, the OM's sha256.
+
+A run that loads the OM from its default path (no ``model_file=``) checks it with :func:`check_om`:
+another value of an export key, other dynamic-batch gears, other ``weights=`` than the OM was made from,
+an OM whose bytes changed since ``convert`` wrote it, or an OM older than the pending ``atc`` script is
+refused with one line naming what differs, instead of scoring another model than the config says.
+ATC-only settings (``atc.soc_version``, ``atc.extra``, ...) are recorded, not compared: a run on the
+device does not repeat them. An OM without a record (put there by hand) is loaded with a warning.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from zoo_core.api.atomic import write_json
+from zoo_core.api.errors import ConfigError
+from zoo_core.runs.export_keys import changed_keys, export_values
+from zoo_core.runs.fingerprint import sha256_file
+
+log = logging.getLogger("zoo")
+
+_HINT = "re-run stage=convert with this config, or pass model_file=<om> to load that file as it is"
+
+
+def record_path(om: Path) -> Path:
+    """``<model>_bs<N>.json`` for ``<model>_bs<N>.om``."""
+    return om.with_suffix(".json")
+
+
+def _settings(ctx: Any) -> dict[str, Any]:
+    """What the check compares: the model's export keys, and the gears of a dynamic-batch OM."""
+    cfg = ctx.cfg
+    gears = cfg.atc.get("dynamic_batch")
+    return {"model": ctx.model_name, "model_config": export_values(cfg.model),
+            "dynamic_batch": [int(g) for g in gears] if gears else None}
+
+
+def write_om_record(ctx: Any, om: Path, source: dict[str, Any], script: Path, converted: bool) -> Path:
+    """Write ``om``'s record after ``convert`` (``converted``: ATC ran and wrote ``om``; else only its
+    ``script`` was written, and an OM already at that path is recorded as the one the script replaces).
+
+    ``source``: where the ONNX came from, e.g. ``{"kind": "export", "weights": ..., "weights_sha256": ...}``.
+    """
+    rec: dict[str, Any] = {"settings": _settings(ctx), "source": source, "atc": ctx.resolved_config()["atc"],
+                           "script": str(script),
+                           "sha256": sha256_file(om) if converted else None}
+    if not converted and om.is_file():
+        rec["pending_script_replaces_sha256"] = sha256_file(om)
+    path = record_path(om)
+    write_json(path, rec)
+    return path
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    from zoo_core.runs.model_files import read_record
+
+    rec = read_record(path)
+    return rec if isinstance(rec.get("settings"), dict) else None
+
+
+def check_om(ctx: Any, om: Path) -> None:
+    """Refuse ``om`` (loaded from its default path) when its record says it was made for another config.
+
+    Raises :class:`ConfigError` naming what differs; logs a warning when the OM has no record.
+    """
+    if not om.is_file():
+        return  # the backend says the OM is missing, with its own hint
+    path = record_path(om)
+    if not path.is_file():
+        log.warning("%s has no convert record (%s), so zoo cannot tell which config and weights it was converted "
+                    "from; it is loaded as it is", om, path.name)
+        return
+    rec = _read(path)
+    if rec is None:
+        raise ConfigError(f"{om.name}'s convert record {path} is unreadable", hint=_HINT)
+    was, now = rec["settings"], _settings(ctx)
+    diffs = []
+    if was.get("model") != now["model"]:
+        diffs.append(f"model: {was.get('model')!r} -> {now['model']!r}")
+    old_cfg = was.get("model_config")
+    diffs += changed_keys(old_cfg if isinstance(old_cfg, dict) else {}, now["model_config"])
+    if om.stem.endswith("_dyn") and was.get("dynamic_batch") != now["dynamic_batch"]:
+        diffs.append(f"atc.dynamic_batch: {was.get('dynamic_batch')!r} -> {now['dynamic_batch']!r}")
+    diffs += _weights_diff(ctx, rec.get("source"))
+    if diffs:
+        raise ConfigError(f"{om} was converted with other settings than this run's ({'; '.join(diffs)})", hint=_HINT)
+    replaced = rec.get("pending_script_replaces_sha256")
+    recorded = rec.get("sha256")
+    if replaced is not None or recorded is not None:
+        sha = sha256_file(om)
+        if replaced is not None and sha == replaced:
+            raise ConfigError(f"{om} predates its convert script: stage=convert wrote the atc command for this "
+                              f"config to {rec.get('script')} but it has not been run",
+                              hint="run that script on a machine with the CANN toolkit, "
+                              "or pass model_file=<om> to load the old OM as it is")
+        if recorded is not None and sha != recorded:
+            raise ConfigError(f"{om} no longer matches the sha256 recorded when stage=convert wrote it "
+                              f"({recorded[:12]} -> {sha[:12]})", hint=_HINT)
+
+
+def _weights_diff(ctx: Any, source: Any) -> list[str]:
+    """``weights=<file>`` given to this run but other than the file the OM's ONNX was exported from."""
+    w = ctx.cfg.get("weights")
+    if not isinstance(source, dict) or source.get("kind") != "export" or w is None or str(w) in ("", "random"):
+        return []
+    from zoo_core.runs.weights import user_weights
+
+    path = user_weights(ctx.cfg)
+    if path is None or sha256_file(path) == source.get("weights_sha256"):
+        return []
+    return [f"weights: {source.get('weights')!r} -> {path!r} (other bytes)"]
