@@ -26,6 +26,12 @@ from zoo_core.api import arena
 Scale = float | Sequence[float] | np.ndarray
 
 
+def _third_point(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``b + R90(a - b)`` with ``R90(dx, dy) = (-dy, dx)``, in float32 (REFERENCE 2.2 step 3)."""
+    d = a - b
+    return b + np.array([-d[1], d[0]], np.float32)
+
+
 def get_affine_transform(center: Sequence[float] | np.ndarray, scale: Scale, output_size: Sequence[int],
                          inv: bool = False) -> np.ndarray:
     """2x3 float64 matrix mapping a ``scale``-wide square around ``center`` onto ``output_size``.
@@ -45,10 +51,10 @@ def get_affine_transform(center: Sequence[float] | np.ndarray, scale: Scale, out
     dst = np.zeros((3, 2), np.float32)
     src[0] = c
     src[1] = c + np.array([0, src_w * -0.5], np.float32)
-    src[2] = src[1] + np.array([src[0, 1] - src[1, 1], -(src[0, 0] - src[1, 0])], np.float32)
+    src[2] = _third_point(src[0], src[1])
     dst[0] = [out_w * 0.5, out_h * 0.5]
     dst[1] = dst[0] + np.array([0, out_w * -0.5], np.float32)
-    dst[2] = dst[1] + np.array([dst[0, 1] - dst[1, 1], -(dst[0, 0] - dst[1, 0])], np.float32)
+    dst[2] = _third_point(dst[0], dst[1])
     if inv:
         return np.asarray(cv2.getAffineTransform(dst, src), np.float64)
     return np.asarray(cv2.getAffineTransform(src, dst), np.float64)
