@@ -80,6 +80,34 @@ def test_tree_scores_as_the_strict_reader_and_evaluator(wider):
     assert 0.05 < _oracle(ds, samples, tree)["easy"] < 0.99
 
 
+def test_an_unrounded_tree_is_scored_as_written(wider, tmp_path):
+    """A tree of small scores (x 1e-3, 6 significant digits) and sub-decimal boxes: the evaluator sees the
+    file's values. Before, each file was re-written at 1 decimal / 3 decimals first and re-read: on golden
+    set1 scaled so, hard AP went from 0.478 to 0.319, exit 0."""
+    cfg, ds, samples, tree = wider
+    t = tmp_path / "t"
+    rng = np.random.default_rng(3)
+    for f in tree.glob("*/*.txt"):
+        lines = f.read_text().rstrip("\n").split("\n")
+        rows = []
+        for ln in lines[2:]:
+            x, y, w, h, sc = (float(v) for v in ln.split())
+            x, y = x + rng.uniform(-0.049, 0.049), y + rng.uniform(-0.049, 0.049)
+            rows.append(f"{x:.6f} {y:.6f} {w:.4f} {h:.4f} {sc * 1e-3 + rng.uniform(0, 4e-7):.6e}")
+        (t / f.parent.name).mkdir(parents=True, exist_ok=True)
+        (t / f.parent.name / f.name).write_text("\n".join(lines[:2] + rows) + "\n")
+    read = zd.read_detections(cfg, t, ds, samples)
+    res = zd.evaluate(cfg, read.detections, ds, samples)
+    assert res.metrics == _oracle(ds, samples, t)
+    assert _oracle(ds, samples, t) != _oracle(ds, samples, tree)  # the rounding would have shown
+    copy = tmp_path / "copy"
+    for rel, data in res.files.items():
+        if rel.startswith("predictions/"):
+            (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+            (copy / rel).write_bytes(data)
+    assert _oracle(ds, samples, copy / "predictions") == res.metrics  # the copy written is the tree scored
+
+
 def test_missing_file_counts_as_no_detections(wider, tmp_path):
     cfg, ds, samples, tree = wider
     t = tmp_path / "t"

@@ -246,6 +246,15 @@ def format_prediction_file(event: str, stem: str, boxes_xyxy: np.ndarray, scores
     return f"{event}/{stem}.jpg\n{len(rows)}\n" + "".join(rows)
 
 
+def format_written_file(event: str, stem: str, xywh: np.ndarray, scores: np.ndarray) -> str:
+    """The text of one prediction file holding ``x y w h score`` rows as given (a user's tree read back), each
+    value at the shortest precision that reads back to the same float64, in the given order."""
+    boxes = np.asarray(xywh, np.float64).reshape(-1, 4).tolist()
+    rows = [" ".join(repr(float(v)) for v in (*box, sc)) + "\n"
+            for box, sc in zip(boxes, np.asarray(scores, np.float64).tolist())]
+    return f"{event}/{stem}.jpg\n{len(rows)}\n" + "".join(rows)
+
+
 def write_prediction_tree(pred_dir: str | os.PathLike,
                           detections: Mapping[Key, tuple[np.ndarray, np.ndarray]], sort: bool = True, *,
                           durable: bool = True) -> int:

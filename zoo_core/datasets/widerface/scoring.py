@@ -1,8 +1,10 @@
 """Score :class:`~zoo_core.api.types.Detections` on a WIDER FACE dataset the way the official tools do.
 
-The detections are formatted as the standard prediction tree's files and those texts are parsed back
-with the strict reader, so the scored numbers are those of the files a user would hand to the official
-evaluation (the same bytes are written as ``predictions/``).
+A model's detections are formatted as the standard prediction tree's files and those texts are parsed
+back with the strict reader, so the scored numbers are those of the files a user would hand to the
+official evaluation (the same bytes are written as ``predictions/``). Detections read from a user's tree
+(:class:`~zoo_core.datasets.widerface.tree_reader.WrittenWiderDetections`) are scored with the values the
+files hold, unrounded, and copied to ``predictions/`` at full precision.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from .bootstrap import bootstrap_wider
 from .dataset import WiderFaceDataset
 from .evaluation import evaluate_records, evaluate_wider, wider_image_records
 from .plots import pr_curves_png, pr_curves_title
-from .predictions import format_prediction_file, read_prediction_texts
+from .predictions import format_prediction_file, format_written_file, read_prediction_texts
+from .tree_reader import WrittenWiderDetections
 
 log = logging.getLogger("zoo.datasets.widerface")
 
@@ -48,22 +51,29 @@ def score_widerface(detections: Mapping[str, Detections], dataset: WiderFaceData
         ``warnings`` (also logged at WARNING level, so they reach the console and ``zoo.log``).
     """
     preds = {}
+    as_written = {}
     missing = 0
     for s in samples:
         det = detections.get(s.id)
         if det is None:
             missing += 1
             continue
-        preds[tuple(s.key)] = (det.boxes, det.scores)
+        if isinstance(det, WrittenWiderDetections):  # a user's file: scored with its own values
+            as_written[tuple(s.key)] = (det.written_xywh, det.written_scores)
+        else:
+            preds[tuple(s.key)] = (det.boxes, det.scores)
     gt = dataset.subset_gt([tuple(s.key) for s in samples])
     if pred_order not in ("sort", "keep"):
         raise ConfigError(f"model.pred_order={pred_order!r} must be sort or keep")
     sort = pred_order == "sort"
     texts = {(ev, stem): format_prediction_file(ev, stem, b, sc, sort) for (ev, stem), (b, sc) in preds.items()}
     files = {f"predictions/{ev}/{stem}.txt": text.encode() for (ev, stem), text in texts.items()}
+    files.update({f"predictions/{ev}/{stem}.txt": format_written_file(ev, stem, *v).encode()
+                  for (ev, stem), v in as_written.items()})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         read = read_prediction_texts(texts, gt, unsorted="error" if sort else "keep")
+        read.update((k, v) for k, v in as_written.items() if k in read)
         records = wider_image_records(read, gt, iou_thresh=iou_thresh)
         result = evaluate_records(records)
         metrics = {k: float(v) for k, v in result.ap.items()}
