@@ -70,7 +70,8 @@ def tree_file_detections(path: Path, stem: str, count: str, order: str) -> tuple
         idx = np.argsort(-scores, kind="stable")
         xywh, scores = xywh[idx], scores[idx]
     xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:] - 1], axis=1)
-    det = WrittenWiderDetections(xyxy, scores, np.zeros(len(scores), np.int32), written_xywh=np.asarray(xywh, np.float64),
+    det = WrittenWiderDetections(xyxy, scores, np.zeros(len(scores), np.int32),
+                                 written_xywh=np.asarray(xywh, np.float64),
                                  written_scores=np.asarray(scores, np.float64))
     return det, unsorted
 
