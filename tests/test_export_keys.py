@@ -95,3 +95,36 @@ def test_evaluation_only_keys_never_re_export_a_graph_key_does(zoo, tmp_path):
     assert onnx.read_bytes() != data
     record = json.loads(onnx.with_suffix(".json").read_text())
     assert record["fingerprint"]["model_config"] == {"model.sharpness": 10.0}
+
+
+def _ctx(fixture_cfg, root, **over):
+    from omegaconf import open_dict
+
+    from zoo_core.plugins.manager import ZooPluginManager
+    from zoo_core.runs.context import RunContext
+
+    cfg = fixture_cfg.copy()
+    with open_dict(cfg):
+        cfg.stage.name = "export"
+        for k, v in over.items():
+            OmegaConf.update(cfg, k, v, merge=False)
+    return RunContext(cfg, ZooPluginManager(), root)
+
+
+def test_the_export_fingerprint_counts_a_weights_file_by_its_bytes_and_names_the_exporter(fixture_cfg, tmp_path):
+    """The same checkpoint under another path (a relative path, a copy) reuses the export; an upgraded plugin
+    or zoo-core re-exports (before: the path re-exported, the versions were not looked at)."""
+    from importlib import metadata
+
+    from zoo_core.runs.model_files import _why_stale, export_fingerprint
+
+    a, b, c = tmp_path / "a.pth", tmp_path / "copy.pth", tmp_path / "other.pth"
+    a.write_bytes(b"weights")
+    b.write_bytes(b"weights")
+    c.write_bytes(b"other weights")
+    fa, fb, fc = (export_fingerprint(_ctx(fixture_cfg, tmp_path, weights=str(p)), "onnxruntime") for p in (a, b, c))
+    assert fa == fb and fa != fc
+    assert fa["plugin"] == f"zoo-fixture {metadata.version('zoo-fixture')}"
+    assert fa["zoo_core"] == metadata.version("zoo-core")
+    upgraded = {**fa, "plugin": "zoo-fixture 9.9"}
+    assert _why_stale(upgraded, fa) == f"plugin: 'zoo-fixture 9.9' -> {fa['plugin']!r}"

@@ -16,23 +16,36 @@ log = logging.getLogger("zoo")
 
 
 def export_fingerprint(ctx, target: str, choice: WeightsChoice | None = None) -> dict:
-    """What an export depends on: model, target, the plugin's export keys (``model.export_keys``,
-    see :mod:`zoo_core.runs.export_keys`), the run-level ``export`` section and the weights (the
-    file, ``"default"`` or ``"random"``, see :mod:`zoo_core.runs.weights`).
+    """What an export depends on: model, target, the plugin's distribution and version and zoo-core's
+    version (an upgraded exporter re-exports), the plugin's export keys (``model.export_keys``, see
+    :mod:`zoo_core.runs.export_keys`), the run-level ``export`` section and the weights (a file by its
+    sha256 wherever it lies, ``"default"`` or ``"random"``, see :mod:`zoo_core.runs.weights`).
 
     Evaluation-only keys (thresholds, evaluator choices) are not in it, so changing them reuses the
     export. Values are recorded, not hashed, so a re-export can name what changed.
     """
     choice = choice or ctx.weights_choice()
+    info = ctx.hooks.info
     return {
         "model": ctx.model_name,
         "target": target,
+        "plugin": f"{info.distribution} {info.version}" if info.distribution else None,
+        "zoo_core": _core_version(),
         "model_config": export_values(ctx.cfg.model),
         "export_config": {f"export.{k}": v for k, v in sorted(ctx.resolved_config()["export"].items())
                           if k != "target"},
-        "weights": choice.label,
+        "weights": "file" if choice.source == "file" else choice.label,  # a file counts by its bytes, not its path
         "weights_sha256": sha256_file(choice.path) if choice.path else None,
     }
+
+
+def _core_version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("zoo-core")
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _why_stale(old: dict, new: dict) -> str:
@@ -44,7 +57,7 @@ def _why_stale(old: dict, new: dict) -> str:
             reasons += changed_keys(a, b)
         elif a != b:
             reasons.append(f"{section} (recorded in an older format)")
-    for key in ("model", "target", "weights", "weights_sha256"):
+    for key in ("model", "target", "plugin", "zoo_core", "weights", "weights_sha256"):
         if old.get(key) != new.get(key):
             reasons.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     return "; ".join(reasons) or "its record is unreadable"
@@ -110,7 +123,7 @@ def ensure_onnx(ctx, target: str, force: bool = False, given: str | None = None)
     default_file = file_record(res.weights) if choice.source == "default" and res.weights else None
     _name_default_file(ctx, choice, default_file)
     write_json(written.with_suffix(".json"), {
-        "fingerprint": fp, "sha256": sha256_file(written),
+        "fingerprint": fp, "sha256": sha256_file(written), "weights_file": choice.path,
         "input_names": list(res.input_names), "output_names": list(res.output_names), "target": target,
         **({"default_weights_file": default_file} if default_file else {}),
     })

@@ -102,8 +102,9 @@ def onnx_source(onnx: Path, kind: str) -> dict[str, Any]:
     ``model_file``: the user's ONNX; ``amct``: AMCT's INT8 deploy model), for the OM's record."""
     source: dict[str, Any] = {"kind": kind, "onnx": str(onnx), "sha256": sha256_file(onnx)}
     if kind == "export":
-        fp = read_record(onnx.with_suffix(".json")).get("fingerprint") or {}
-        source.update(weights=fp.get("weights"), weights_sha256=fp.get("weights_sha256"))
+        rec = read_record(onnx.with_suffix(".json"))
+        fp = rec.get("fingerprint") or {}
+        source.update(weights=rec.get("weights_file") or fp.get("weights"), weights_sha256=fp.get("weights_sha256"))
     return source
 
 
