@@ -129,6 +129,20 @@ def test_unknown_results_format_and_missing_path(zoo, wider_gt, tmp_path):
     assert rc == 2 and "detections not found" in err and "nowhere" in err
 
 
+def test_an_event_folder_names_its_parent_and_a_tree_with_a_state_file_is_a_tree(zoo, wider_gt, tmp_path):
+    ds, tree = wider_gt
+    t = tmp_path / "tree"
+    shutil.copytree(tree, t)
+    event = next(p for p in sorted(t.iterdir()) if p.is_dir())
+    rc, out, err = _evaluate(zoo, ds, event)
+    assert rc == 2 and "not a detections format" in err
+    assert f"pass the folder that holds the event folders ({t})" in err
+    (t / "state.json").write_text("{}")  # was taken for zoo's own detections dir: "no saved detections found"
+    rc, out, err = _evaluate(zoo, ds, t)
+    assert rc == 0, err
+    assert _metrics(zoo)["metrics"] == _oracle(ds, tree)
+
+
 @pytest.mark.slow
 def test_golden_set1_through_the_cli_gives_the_expected_aps_exactly(zoo, tmp_path):
     """shared/golden/widerface_eval set1 (3226 files, 483k boxes) on the real WIDER val ground truth."""

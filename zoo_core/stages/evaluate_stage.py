@@ -77,8 +77,13 @@ def check_provenance(ctx, src: Path) -> dict:
 
 
 def is_detection_store(path: Path) -> bool:
-    """``path`` is a zoo detections directory (``chunk-*.npz`` files or a ``state.json``)."""
-    return path.is_dir() and ((path / "state.json").is_file() or any(path.glob("chunk-*.npz")))
+    """``path`` is a zoo detections directory: ``chunk-*.npz`` files, or a ``state.json`` and no sub-directory
+    (a WIDER prediction tree with a stray ``state.json`` at its root is still a tree)."""
+    if not path.is_dir():
+        return False
+    if any(path.glob("chunk-*.npz")):
+        return True
+    return (path / "state.json").is_file() and not any(p.is_dir() for p in path.iterdir())
 
 
 def ground_truth_only(ctx: RunContext) -> None:
@@ -118,9 +123,13 @@ def score_user_results(ctx: RunContext, src: Path) -> dict:
     read = ctx.hooks.read_detections(cfg=ctx.cfg, path=src, dataset=ctx.dataset, samples=ctx.samples)
     if read is None:
         kind = ctx.cfg.dataset.get("kind")
+        hint = ("pass zoo's detections/ folder, a WIDER prediction tree (<event>/<stem>.txt, dataset kind "
+                "widerface) or a COCO results json (dataset kind coco)")
+        if src.is_dir() and any(src.glob("*.txt")) and not any(src.glob("*/*.txt")):
+            hint = (f"{src.name}/ holds .txt files itself, as one event folder of a WIDER prediction tree does: "
+                    f"pass the folder that holds the event folders ({src.parent}); else {hint}")
         raise ZooError(f"not a detections format model {ctx.model_name!r} or dataset kind {kind!r} reads", path=src,
-                       hint="pass zoo's detections/ folder, a WIDER prediction tree (<event>/<stem>.txt, dataset kind "
-                            "widerface) or a COCO results json (dataset kind coco)")
+                       hint=hint)
     info = dict(read.info)
     n_missing = int(info.get("missing_predictions", 0))
     if n_missing:
