@@ -130,3 +130,45 @@ def test_centernet_keep_res_needs_gears_and_passes_them(tmp_path):
         args = plugin.atc_args(cfg, tmp_path / "m.onnx", 1, "310P3", "out", image_sizes=[[512, 672], [672, 448]])
     assert "--input_shape=actual_input:1,3,-1,-1" in args and "--dynamic_image_size=512,672;672,448" in args
     assert "--out_nodes=a:0;b:0;c:0" in args
+
+
+def test_the_acl_backend_warns_about_inputs_its_gears_were_not_planned_for(tmp_path, monkeypatch, fixtures_dir, caplog):
+    """A keep_res OM run on fix_res inputs padded every 512x512 input into a 512x672 gear silently (95-100 of
+    100 detections differed); an input size the plan does not list is now said, once, and counted at close."""
+    import json
+    import logging
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from zoo_core.backends.acl_backend import AclBackend
+    from zoo_core.backends.base import Batch
+
+    monkeypatch.syspath_prepend(str(fixtures_dir / "fake_ascend"))
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, "h", "w"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, "h", "w"])
+    graph = helper.make_graph([helper.make_node("Relu", ["image"], ["y"])], "g", [x], [y])
+    om = tmp_path / "m_bs1.om"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(om))
+    (tmp_path / "m_bs1.om.contract.json").write_text(json.dumps(
+        {"input_shape": "image:1,1,-1,-1", "dynamic_batch_size": None, "dynamic_image_size": "64,64;96,96"}))
+    (tmp_path / "m_bs1.om.gears.json").write_text(json.dumps(
+        {"dynamic_image_size": [[64, 64], [96, 96]], "sizes": [[64, 64, 3], [80, 96, 1], [96, 96, 2]]}))
+    backend = AclBackend(om, {})
+
+    def run(h, w):
+        img = np.ones((1, 1, h, w), np.float32)
+        (out,) = backend.infer(Batch(ids=["a"], inputs={"image": img}, metas=[{}]))
+        assert out.shape == (1, 1, h, w)
+
+    with caplog.at_level(logging.WARNING, logger="zoo"):
+        run(64, 64)
+        run(80, 96)  # planned: padded into 96x96 as the plan says
+        assert not caplog.records
+        run(64, 80)
+        run(64, 80)
+        assert len(caplog.records) == 1
+        assert "64x80 inputs are not among the sizes its image-size gears were planned for" in caplog.text
+        backend.close()
+    assert "2 input(s) of 1 size(s) the gears were not planned for were padded into larger gears (64x80: 2)" \
+        in caplog.text

@@ -15,6 +15,8 @@ cropped back.
 from __future__ import annotations
 
 import bisect
+import logging
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,8 +25,10 @@ import numpy as np
 
 from zoo_core.api.errors import ConfigError, PluginError, ZooError
 from zoo_core.backends.base import Backend, Batch, ModelIO
-from zoo_core.backends.image_gears import crop_outputs, gear_for, gears_file, pad_to, read_gears
+from zoo_core.backends.image_gears import crop_outputs, gear_for, gears_file, pad_to, read_gears, read_planned_sizes
 from zoo_core.pipeline.batching import pad
+
+log = logging.getLogger("zoo")
 
 INSTALL_HINT = ("install Ascend's ais_bench and aclruntime wheels (Ascend/tools: ais-bench_workload/tool/ais_bench, "
                 "aclruntime-*.whl then ais_bench-*.whl) on a machine with the CANN toolkit and an NPU driver")
@@ -51,6 +55,8 @@ class AclBackend(Backend):
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.gears: list[int] = []
         self.image_gears = read_gears(self.model_file)
+        self.planned_sizes = read_planned_sizes(self.model_file) if self.image_gears else set()
+        self.unplanned: Counter[tuple[int, int]] = Counter()
         if self.image_gears and self.dynamic:
             raise ConfigError(f"{self.model_file} has image-size gears ({gears_file(self.model_file).name}); "
                               "ATC does not combine them with dynamic batch: pass backend.dynamic_batch=false")
@@ -79,6 +85,13 @@ class AclBackend(Backend):
                            f"({', '.join(f'{a}x{b}' for a, b in self.image_gears or [])})",
                            path=gears_file(str(self.model_file)),
                            hint="re-run stage=convert with atc.dynamic_image_size=true on this dataset")
+        if (h, w) != gear and self.planned_sizes and (h, w) not in self.planned_sizes:
+            if not self.unplanned:
+                log.warning("%s: %dx%d inputs are not among the sizes its image-size gears were planned for: "
+                            "padded into the %dx%d gear, their outputs differ from an unpadded run "
+                            "(re-run stage=convert atc.dynamic_image_size=true with this run's config and dataset)",
+                            self.model_file, h, w, gear[0], gear[1])
+            self.unplanned[(h, w)] += len(spatial[0])
         feeds = [np.ascontiguousarray(pad_to(f, *gear)) if f.ndim == 4 else f for f in feeds]
         if self.fixed_batch:
             feeds = [pad(f, self.fixed_batch) for f in feeds]
@@ -116,6 +129,10 @@ class AclBackend(Backend):
                 "image_size_gears": [list(g) for g in self.image_gears] if self.image_gears else None}
 
     def close(self) -> None:
+        if self.unplanned:
+            log.warning("%s: %d input(s) of %d size(s) the gears were not planned for were padded into larger gears "
+                        "(%s)", self.model_file, sum(self.unplanned.values()), len(self.unplanned),
+                        ", ".join(f"{h}x{w}: {n}" for (h, w), n in sorted(self.unplanned.items())[:5]))
         free = getattr(self.session, "free_resource", None)
         if callable(free):
             free()

@@ -125,6 +125,16 @@ def read_gears(om: str | Path) -> list[Size] | None:
     return gears
 
 
+def read_planned_sizes(om: str | Path) -> set[Size]:
+    """The input sizes ``stage=convert`` planned the gears of ``om`` for (its ``<om>.gears.json`` ``sizes``);
+    empty when the plan lists none."""
+    p = gears_file(om)
+    try:
+        return {(int(r[0]), int(r[1])) for r in json.loads(p.read_text()).get("sizes", [])}
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError):
+        raise ZooError("unreadable image-size gears file", path=p) from None
+
+
 def pad_to(array: np.ndarray, h: int, w: int) -> np.ndarray:
     """``array`` (``..., H, W``) padded at the bottom / right to ``h x w`` with its edge values."""
     dh, dw = h - array.shape[-2], w - array.shape[-1]
