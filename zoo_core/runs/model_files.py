@@ -72,8 +72,9 @@ def ensure_onnx(ctx, target: str, force: bool = False, given: str | None = None)
 
     An existing export is reused only if its ``.json`` fingerprint (:func:`export_fingerprint`: the
     plugin's export keys, the export section, weights path and sha256, or ``default`` / ``random``)
-    matches this run, the file's bytes match the sha256 recorded with it and the default weights
-    file it was made from (if any) is unchanged; otherwise it is re-exported, never trusted stale.
+    matches this run, the file's bytes match the sha256 recorded with it, its recorded input names are
+    the plugin's ``input_spec`` names and the default weights file it was made from (if any) is unchanged;
+    otherwise it is re-exported, never trusted stale.
     Both decisions are logged, the re-export naming what changed. Exporting needs weights: without
     ``weights=`` and real default weights this raises (see :mod:`zoo_core.runs.weights`).
     """
@@ -89,13 +90,18 @@ def ensure_onnx(ctx, target: str, force: bool = False, given: str | None = None)
         recorded = old.get("fingerprint") or {}
         same_bytes = old.get("sha256") == sha256_file(out)
         default_ok = _default_file_unchanged(old.get("default_weights_file"))
-        if recorded == fp and same_bytes and default_ok:
+        spec_names = [s.name for s in ctx.hooks.input_spec(cfg=ctx.cfg)]
+        names_ok = old.get("input_names") in (None, spec_names)
+        if recorded == fp and same_bytes and default_ok and names_ok:
             log.info("reusing %s: its export keys, export config and weights are unchanged", out)
             _name_default_file(ctx, choice, old.get("default_weights_file"))
             return out
         if recorded != fp:
             log.info("re-exporting %s: %s was exported with other settings (%s)", ctx.model_name, out.name,
                      _why_stale(recorded, fp))
+        elif not names_ok:  # exported by an older plugin version under other input names
+            log.info("re-exporting %s: %s has the inputs %s, the plugin's input_spec names %s", ctx.model_name,
+                     out.name, old.get("input_names"), spec_names)
         elif not same_bytes:
             log.info("re-exporting %s: %s no longer matches the sha256 recorded when it was written",
                      ctx.model_name, out.name)

