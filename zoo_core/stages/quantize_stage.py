@@ -132,9 +132,19 @@ def calibration_digest(batches: Calibration) -> str:
     return h.hexdigest()
 
 
+def image_sha256(sample: Sample) -> str | None:
+    """The sha256 of a calibration image file's bytes, ``None`` when it is not a readable file (it is then
+    skipped or refused by the calibration itself; a file that appears or changes later changes the digest)."""
+    try:
+        return sha256_file(Path(sample.path))
+    except (OSError, TypeError):
+        return None
+
+
 def int8_fingerprint(ctx: RunContext, fp32: Path, samples: Sequence[Sample]) -> dict[str, Any]:
-    """What the INT8 model depends on: the FP32 file's bytes, the quantize settings, the calibration images
-    and the model section (preprocess keys are not declared apart from the others, so any change re-quantizes)."""
+    """What the INT8 model depends on: the FP32 file's bytes, the quantize settings, the calibration images (ids
+    and each file's sha256, so an image rewritten or restored under the same id re-quantizes) and the model
+    section (preprocess keys are not declared apart from the others, so any change re-quantizes)."""
     d = ctx.cfg.dataset
     return {
         "model": ctx.model_name,
@@ -143,6 +153,7 @@ def int8_fingerprint(ctx: RunContext, fp32: Path, samples: Sequence[Sample]) -> 
         "model_config": flatten(ctx.resolved_config()["model"]),
         "dataset": {"name": str(d.get("name")), "root": str(d.get("root")) if d.get("root") is not None else None},
         "calibration_ids": [s.id for s in samples],
+        "calibration_sha256": [image_sha256(s) for s in samples],
     }
 
 
