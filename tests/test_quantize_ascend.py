@@ -114,3 +114,66 @@ def test_an_export_recorded_under_other_input_names_is_re_exported(zoo):
     log = (zoo.cwd / "outputs" / "fixture" / "convert" / "zoo.log").read_text()
     assert "fixture_ascend.onnx has the inputs ['input.1'], the plugin's input_spec names ['image']" in log
     assert json.loads(meta.read_text())["input_names"] == ["image"]
+
+
+def _no_amct_env(zoo):
+    return zoo.env(PATH=os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                        if not os.path.exists(os.path.join(p, "amct_onnx"))))
+
+
+def test_convert_int8_re_runs_amct_when_the_calibration_settings_change(zoo, ascend_env, tmp_path):
+    """Before: the deploy model was reused whatever quantize.calibration_images / quantize.seed said (only its own
+    sha256 and the source ONNX's were checked), with nothing logged."""
+    base = ("run", "model=fixture")  # the ascend export (convert quantize=int8 calibrates it, not a model_file)
+    zoo.ok(*base, "stage=quantize", "export.target=ascend", "quantize.calibration_images=2", env=ascend_env)
+    model_dir = zoo.cwd / "outputs" / "fixture" / "model"
+    deploy = model_dir / "amct_bs1" / "fixture_deploy_model.onnx"
+    rec = json.loads(deploy.with_suffix(".json").read_text())
+    assert rec["fingerprint"]["quantize"] == {"calibration_images": 2, "seed": 0}
+    assert len(rec["fingerprint"]["calibration_sha256"]) == 2 and all(rec["fingerprint"]["calibration_sha256"])
+    amct_log = tmp_path / "amct_argv.json"
+    amct_log.unlink()
+    convert = (*base, "stage=convert", "quantize=int8")
+    zoo.ok(*convert, "quantize.calibration_images=2", env=ascend_env)
+    assert not amct_log.exists()  # same settings: AMCT's model reused
+    zoo.ok(*convert, "quantize.calibration_images=5", "quantize.seed=7", env=ascend_env)
+    log = (zoo.cwd / "outputs" / "fixture" / "convert" / "zoo.log").read_text()
+    assert "rebuilding fixture_deploy_model.onnx: it was built with other AMCT calibration inputs" in log
+    assert "quantize" in log and "calibration_ids" in log
+    assert "--batch_num=5" in json.loads(amct_log.read_text())
+    assert json.loads(deploy.with_suffix(".json").read_text())["fingerprint"]["quantize"]["seed"] == 7
+
+
+def test_a_failed_amct_run_leaves_no_partial_deploy_model(zoo, ascend_env):
+    """Before: AMCT wrote straight into amct_bs1/; a crash left half a deploy model that the next convert used
+    'as is: no zoo record beside it'."""
+    base = ("run", "model=fixture")  # the ascend export (convert quantize=int8 calibrates it, not a model_file)
+    model_dir = zoo.cwd / "outputs" / "fixture" / "model"
+    crash = {**ascend_env, "FAKE_AMCT_CRASH": "1"}
+    rc, out, err = zoo(*base, "stage=quantize", "export.target=ascend", "quantize.calibration_images=2", env=crash)
+    assert rc == 2 and "amct_onnx failed with exit code 1" in err and "simulated crash" in err
+    assert not (model_dir / "amct_bs1").exists() and not list(model_dir.glob(".amct_bs1*"))
+    rc, out, err = zoo("run", "model=fixture", "stage=convert", "quantize=int8", "quantize.calibration_images=2",
+                       env=_no_amct_env(zoo))
+    assert rc == 2 and "deploy model, which is missing" in err
+    # a good model, then a crash: the good one stays as it was
+    zoo.ok(*base, "stage=quantize", "export.target=ascend", "quantize.calibration_images=2", env=ascend_env)
+    deploy = model_dir / "amct_bs1" / "fixture_deploy_model.onnx"
+    good = deploy.read_bytes()
+    rc, out, err = zoo(*base, "stage=quantize", "export.target=ascend", "quantize.calibration_images=3", env=crash)
+    assert rc == 2 and deploy.read_bytes() == good and not list(model_dir.glob(".amct_bs1*"))
+
+
+def test_a_deploy_model_without_a_zoo_record_is_not_trusted_silently(zoo, ascend_env, fixture_onnx, tmp_path):
+    deploy = zoo.cwd / "outputs" / "fixture" / "model" / "amct_bs1" / "fixture_deploy_model.onnx"
+    deploy.parent.mkdir(parents=True)
+    deploy.write_bytes(fixture_onnx.read_bytes())  # e.g. copied back from the Ascend host
+    convert = ("run", "model=fixture", "stage=convert", "quantize=int8", "quantize.calibration_images=2")
+    rc, out, err = zoo(*convert, env=_no_amct_env(zoo))
+    assert rc == 2 and "without the zoo record" in err and f"pass model_file={deploy} with quantize=int8" in err
+    zoo.ok("run", "model=fixture", "stage=convert", "quantize=int8", f"model_file={deploy}", env=ascend_env)
+    assert (deploy.parent.parent / "fixture_int8_bs1.om").is_file()  # converted as it is, when asked by name
+    zoo.ok(*convert, env=ascend_env)  # AMCT installed: run again, recorded
+    log = (zoo.cwd / "outputs" / "fixture" / "convert" / "zoo.log").read_text()
+    assert "re-running AMCT" in log and deploy.with_suffix(".json").is_file()
+    assert "--batch_num=2" in json.loads((tmp_path / "amct_argv.json").read_text())

@@ -388,13 +388,39 @@ def source_model(ctx: RunContext, path: Path, specs: Sequence[Any]) -> Any:
     return model
 
 
+def amct_fingerprint(ctx: RunContext, onnx: Path, samples: Sequence[Sample]) -> dict[str, Any]:
+    """What AMCT's deploy model depends on: the ONNX it calibrates, the calibration draw (``quantize.
+    calibration_images``, ``quantize.seed``), the dataset, each calibration image's id and file sha256 and the model
+    section (the preprocessing). The onnxruntime quantizer's settings (method, types...) do not reach AMCT."""
+    d = ctx.cfg.dataset
+    q = ctx.cfg.quantize
+    return {
+        "model": ctx.model_name,
+        "source_sha256": sha256_file(onnx),
+        "quantize": {"calibration_images": int(q.calibration_images), "seed": int(q.seed)},
+        "model_config": flatten(ctx.resolved_config()["model"]),
+        "dataset": {"name": str(d.get("name")), "root": str(d.get("root")) if d.get("root") is not None else None},
+        "calibration_ids": [s.id for s in samples],
+        "calibration_sha256": [image_sha256(s) for s in samples],
+    }
+
+
+def _amct_temp_dir(final: Path) -> Path:
+    return final.with_name(f".{final.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+
+
 def run_amct(ctx: RunContext) -> dict[str, Any]:
-    """Calibration ``.bin`` files + the AMCT script; AMCT run when installed (its deploy model recorded)."""
+    """Calibration ``.bin`` files + the AMCT script; AMCT run when installed (its deploy model recorded).
+
+    AMCT writes into a temporary ``--save_path`` directory, moved onto ``amct_<tag>/`` (with the deploy model's
+    ``.json`` record: fingerprint, sha256) only when it exits 0; a failed run leaves the previous files as they were.
+    """
     onnx = ascend_onnx(ctx)
     onnx_ctx = onnx_input_context(ctx)
     specs = list(ctx.hooks.input_spec(cfg=onnx_ctx.cfg))
     source_model(ctx, onnx, specs)
     samples = calibration_samples(ctx)
+    fingerprint = amct_fingerprint(ctx, onnx, samples)
     batches = calibration_inputs(onnx_ctx, samples)
     dirs = write_calibration_bins(ctx, batches, specs)
     argv = amct_argv(ctx, onnx, specs, dirs, len(batches))
@@ -410,42 +436,61 @@ def run_amct(ctx: RunContext) -> dict[str, Any]:
                 "reason": "amct_onnx is not on PATH (Ascend AMCT, with the CANN toolkit), so nothing was "
                           f"quantized: run {script} where it is installed, then stage=convert quantize=int8"}
     deploy = amct_deploy_model(ctx)
-    deploy.parent.mkdir(parents=True, exist_ok=True)
-    log.info("running %s", shlex.join(argv))
-    proc = subprocess.run([exe, *argv[1:]], capture_output=True, text=True, shell=False)
+    final = deploy.parent
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _amct_temp_dir(final)
+    prefix = tmp / amct_save_prefix(ctx).name
+    run_argv = [exe, *(f"--save_path={prefix}" if a.startswith("--save_path=") else a for a in argv[1:])]
     log_path = model_dir(ctx) / f"amct_{amct_tag(ctx)}.log"
-    write_text(log_path, f"$ {shlex.join(argv)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise ZooError(f"amct_onnx failed with exit code {proc.returncode}: " + " | ".join(tail), path=log_path)
-    if not deploy.is_file():
-        raise ZooError("amct_onnx exited 0 but wrote no deploy model", path=deploy)
-    write_json(deploy.with_suffix(".json"), {"sha256": sha256_file(deploy), "source": str(onnx),
-                                             "source_sha256": sha256_file(onnx), "argv": argv,
-                                             "calibration": base["calibration"]})
+    try:
+        log.info("running %s", shlex.join(run_argv))
+        proc = subprocess.run(run_argv, capture_output=True, text=True, shell=False)
+        write_text(log_path, f"$ {shlex.join(run_argv)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+            raise ZooError(f"amct_onnx failed with exit code {proc.returncode} (its partial files were removed): "
+                           + " | ".join(tail), path=log_path)
+        written = tmp / deploy.name
+        if not written.is_file():
+            raise ZooError(f"amct_onnx exited 0 but wrote no deploy model {written.name}", path=log_path)
+        write_json(written.with_suffix(".json"), {
+            "fingerprint": fingerprint, "sha256": sha256_file(written), "source": str(onnx),
+            "source_sha256": fingerprint["source_sha256"], "argv": argv, "calibration": base["calibration"]})
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return {**base, "quantized": True, "deploy_model": str(deploy), "log": str(log_path)}
 
 
 def ensure_amct_model(ctx: RunContext) -> Path:
-    """The AMCT deploy model ``stage=convert quantize=int8`` converts; built (AMCT run) when it is missing."""
+    """The AMCT deploy model ``stage=convert quantize=int8`` converts: reused when its zoo record's fingerprint
+    (:func:`amct_fingerprint`) matches this run and its bytes still match, else AMCT is run again (logging what
+    changed). A deploy model without a zoo record (AMCT run outside zoo, or files of unknown origin) is never
+    trusted silently: AMCT is re-run when installed, else it is refused (pass it as ``model_file=`` to convert
+    it as it is)."""
     deploy = amct_deploy_model(ctx)
     if deploy.is_file():
-        meta = deploy.with_suffix(".json")
-        if not meta.is_file():  # AMCT run by hand from amct_<tag>.sh (e.g. on the Ascend host)
-            log.info("using %s as is: no zoo record beside it (AMCT was run outside zoo)", deploy)
-            return deploy
-        try:
-            rec = json.loads(meta.read_text())
-        except (ValueError, RecursionError):
-            rec = {}
-        if (isinstance(rec, dict) and rec.get("sha256") == sha256_file(deploy)
-                and rec.get("source_sha256") == sha256_file(ascend_onnx(ctx))):
-            return deploy
-        log.info("re-running AMCT: %s no longer matches its record or the ascend export changed", deploy.name)
+        if deploy.with_suffix(".json").is_file():
+            samples = calibration_samples(ctx)
+            if reusable(deploy, amct_fingerprint(ctx, ascend_onnx(ctx), samples), "AMCT calibration"):
+                return deploy
+        elif shutil.which("amct_onnx") is None:
+            script = model_dir(ctx) / f"amct_{amct_tag(ctx)}.sh"
+            raise ZooError("AMCT deploy model without the zoo record written when zoo runs AMCT: which ONNX and "
+                           "calibration images it came from is unknown, so it is not converted silently",
+                           path=deploy,
+                           hint=f"to convert it as it is (e.g. made by {script} on "
+                                f"another machine), pass model_file={deploy} with quantize=int8; or remove it and "
+                                "run stage=quantize export.target=ascend where amct_onnx is installed")
+        else:
+            log.info("re-running AMCT: %s has no zoo record beside it (written outside zoo)", deploy)
     res = run_amct(ctx)
     if not res["quantized"]:
-        raise ZooError(f"quantize=int8 converts AMCT's deploy model, which does not exist yet; {res['reason']}",
-                       path=deploy)
+        state = "is missing" if not deploy.is_file() else "was calibrated with other settings"
+        raise ZooError(f"quantize=int8 converts AMCT's deploy model, which {state}; {res['reason']}", path=deploy)
     return deploy
 
 
