@@ -41,3 +41,36 @@ def test_an_image_rewritten_under_the_same_id_re_quantizes(zoo, fixture_onnx, sq
     assert after["calibration"]["tensors_sha256"] != before["calibration"]["tensors_sha256"]
     zoo.ok(*args)  # unchanged bytes: reused
     assert "reusing" in (zoo.cwd / "outputs" / "fixture" / "quantize" / "zoo.log").read_text()
+
+
+def _onnx_with_input(path: Path, name: str) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 1, 64, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 64, 64])
+    graph = helper.make_graph([helper.make_node("Sigmoid", [name], ["y"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "other_model"])
+@pytest.mark.parametrize("stage", ["stage=quantize", "stage=eval quantize=int8"])
+def test_a_model_file_that_is_not_an_onnx_of_the_model_is_refused_naming_it(zoo, fixture_onnx, tmp_path, kind, stage):
+    """Before: a DecodeError (exit 1, file not named) for a non-ONNX or truncated file, and onnxruntime's "Required
+    inputs (['x']) are missing" (exit 1) for another model's ONNX, after calibrating."""
+    bad = tmp_path / "bad.onnx"
+    if kind == "text":
+        bad.write_text("hello\n")
+    elif kind == "truncated":
+        bad.write_bytes(fixture_onnx.read_bytes()[: fixture_onnx.stat().st_size // 2])
+    else:
+        _onnx_with_input(bad, "x")
+    rc, out, err = zoo("run", "model=fixture", *stage.split(), f"model_file={bad}")
+    assert rc == 2 and "Traceback" not in err, err
+    assert f"{bad}: " in err and len([ln for ln in err.splitlines() if ln.startswith("error:")]) == 1
+    if kind == "other_model":
+        assert "its inputs ['x'] are not the fixture model's ['image']" in err
+    else:
+        assert "not a readable ONNX model" in err or "not an ONNX model" in err
+    assert not (zoo.cwd / "outputs" / "fixture" / "model" / "fixture_onnxruntime_int8.onnx").exists()

@@ -309,6 +309,7 @@ def ensure_int8_onnx(ctx: RunContext, given: str | None = None) -> Path:
     fp = int8_fingerprint(ctx, fp32, samples)
     out = int8_onnx_path(ctx)
     if not reusable(out, fp, "quantization"):
+        source_model(ctx, fp32, list(ctx.hooks.input_spec(cfg=ctx.cfg)))
         build_onnxruntime_int8(ctx, fp32, out, fp, calibration_inputs(ctx, samples))
     return out
 
@@ -379,7 +380,13 @@ def source_model(ctx: RunContext, path: Path, specs: Sequence[Any]) -> Any:
     and ``--data_dir`` are written, under those names)."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # DecodeError of a non-ONNX / truncated file, OSError...
+        reason = " ".join(str(exc).split())[:200]
+        raise ZooError(f"not a readable ONNX model ({type(exc).__name__}: {reason})", path=path) from exc
+    if not model.graph.node:
+        raise ZooError("not an ONNX model: it holds no graph nodes", path=path)
     names, want = graph_inputs(model), [s.name for s in specs]
     if sorted(names) != sorted(want):
         raise ZooError(f"its inputs {names} are not the {ctx.model_name} model's {want} (its input_spec), "
