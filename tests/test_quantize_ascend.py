@@ -177,3 +177,29 @@ def test_a_deploy_model_without_a_zoo_record_is_not_trusted_silently(zoo, ascend
     log = (zoo.cwd / "outputs" / "fixture" / "convert" / "zoo.log").read_text()
     assert "re-running AMCT" in log and deploy.with_suffix(".json").is_file()
     assert "--batch_num=2" in json.loads((tmp_path / "amct_argv.json").read_text())
+
+
+@pytest.mark.parametrize("override,flag", [
+    ("atc.dynamic_batch=[1,2,4,8]", "--dynamic_batch_size"),
+    ("atc.dynamic_image_size=true", "--dynamic_image_size"),
+    ("atc.precision_mode=must_keep_origin_dtype", "--precision_mode=must_keep_origin_dtype"),
+    ("atc.precision_mode=force_fp32", "--precision_mode=force_fp32"),
+    ("atc.extra=['--precision_mode_v2=origin']", "--precision_mode_v2=origin"),
+])
+def test_convert_int8_refuses_atc_flags_a_deploy_model_cannot_take(zoo, ascend_env, tmp_path, override, flag):
+    """ATC's general restrictions (and AMCT's quick start): a quantized deploy model takes no dynamic-shape flag and
+    no high-precision mode. Before: passed through (atc.dynamic_batch made a _int8_dyn.om)."""
+    rc, out, err = zoo("run", "model=fixture", "stage=convert", "quantize=int8", "quantize.calibration_images=2",
+                       override, env=ascend_env)
+    assert rc == 2 and "Traceback" not in err and flag in err and "deploy model" in err, err
+    assert not (tmp_path / "amct_argv.json").exists() and not (tmp_path / "atc_argv.json").exists()
+    assert not list((zoo.cwd / "outputs" / "fixture" / "model").glob("*.om"))
+
+
+def test_check_int8_atc_args_reads_the_plugins_command_line():
+    from zoo_core.api.errors import ConfigError
+    from zoo_core.stages.quantize_stage import check_int8_atc_args
+
+    check_int8_atc_args(["--model=x.onnx", "--precision_mode=allow_mix_precision", "--input_shape=image:1,3,8,8"])
+    with pytest.raises(ConfigError, match="--dynamic_dims"):
+        check_int8_atc_args(["--model=x.onnx", "--dynamic_dims=1;2"])

@@ -132,7 +132,8 @@ def _name_default_file(ctx, choice: WeightsChoice, rec: dict | None) -> None:
 
 def om_path(ctx, batch_size: int | None = None, dynamic: bool = False) -> Path:
     """Where ``stage=convert`` writes the OM: ``<model_dir>/<model>_bs<N>.om`` or ``_dyn.om``
-    (``<model>_int8_bs<N>.om`` / ``_int8_dyn.om`` from the AMCT model with ``quantize=int8``)."""
+    (``<model>_int8_bs<N>.om`` from the AMCT model with ``quantize=int8``: ATC takes no dynamic-shape flag
+    for a quantized deploy model, so there is no ``_int8_dyn.om``)."""
     name = f"{ctx.model_name}_int8" if quantize_int8(ctx) else ctx.model_name
     if dynamic:
         return model_dir(ctx) / f"{name}_dyn.om"

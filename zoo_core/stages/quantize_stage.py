@@ -501,6 +501,46 @@ def ensure_amct_model(ctx: RunContext) -> Path:
     return deploy
 
 
+#: ATC flags a quantized deploy model cannot be converted with (ATC's general restrictions, repeated in AMCT's
+#: quick start): dynamic shapes (no INT8 input in dynamic-shape mode: the conversion fails) ...
+INT8_DYNAMIC_FLAGS = ("--dynamic_batch_size", "--dynamic_image_size", "--dynamic_dims", "--input_shape_range")
+#: ... and the high-precision modes (neither INT8's speed nor the high-precision accuracy).
+INT8_PRECISION_VALUES = {"--precision_mode": ("force_fp32", "must_keep_origin_dtype"),
+                         "--precision_mode_v2": ("origin",)}
+
+
+def check_int8_atc_args(args: Sequence[str], what: str = "ATC's command line") -> None:
+    """Refuse (exit 2) an ATC flag that ATC / AMCT document as not usable with a quantized deploy model."""
+    for arg in (str(a) for a in args):
+        flag, _, value = arg.partition("=")
+        if flag in INT8_DYNAMIC_FLAGS:
+            raise ConfigError(f"quantize=int8: {what} has {flag}, but ATC cannot convert an AMCT quantized deploy "
+                              "model with dynamic-shape flags (--dynamic_batch_size, --dynamic_image_size...: "
+                              "no INT8 input in dynamic-shape mode, the conversion fails; ATC's general restrictions, "
+                              "AMCT quick start)",
+                              hint="convert the INT8 model at a fixed batch_size (one OM per batch size), without "
+                                   "atc.dynamic_batch / atc.dynamic_image_size")
+        if value.strip("'\"") in INT8_PRECISION_VALUES.get(flag, ()):
+            raise ConfigError(f"quantize=int8: {what} has {flag}={value}, a high-precision mode ATC / AMCT say not "
+                              "to use with an AMCT quantized deploy model (--precision_mode force_fp32 or "
+                              "must_keep_origin_dtype, --precision_mode_v2 origin: neither INT8's speed nor FP32's "
+                              "accuracy)", hint="leave atc.precision_mode unset (or force_fp16 / "
+                                                "allow_mix_precision) for the INT8 OM")
+
+
+def check_int8_atc_config(ctx: RunContext) -> None:
+    """The ``atc.*`` settings of a ``stage=convert quantize=int8``, checked before AMCT runs
+    (:func:`check_int8_atc_args`; the full ATC command line is checked again once the plugin has built it)."""
+    atc = ctx.cfg.atc
+    if atc.get("dynamic_batch"):
+        check_int8_atc_args(["--dynamic_batch_size"], f"atc.dynamic_batch={list(atc.dynamic_batch)}")
+    if atc.get("dynamic_image_size"):
+        check_int8_atc_args(["--dynamic_image_size"], "atc.dynamic_image_size=true")
+    if atc.get("precision_mode") is not None:
+        check_int8_atc_args([f"--precision_mode={atc.precision_mode}"], "atc.precision_mode")
+    check_int8_atc_args([str(x) for x in (atc.get("extra") or [])], "atc.extra")
+
+
 def run(ctx: RunContext) -> dict[str, Any]:
     target = _enum(ctx.cfg.export.target)
     if target == "ascend":
