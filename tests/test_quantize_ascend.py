@@ -203,3 +203,31 @@ def test_check_int8_atc_args_reads_the_plugins_command_line():
     check_int8_atc_args(["--model=x.onnx", "--precision_mode=allow_mix_precision", "--input_shape=image:1,3,8,8"])
     with pytest.raises(ConfigError, match="--dynamic_dims"):
         check_int8_atc_args(["--model=x.onnx", "--dynamic_dims=1;2"])
+
+
+def test_a_bad_calibration_set_names_the_image_and_keeps_the_previous_set(tmp_path):
+    """Before: calibration/ was deleted first, then the tensors checked one by one: a bad one left no calibration
+    set at all, and the error said "calibration image 0" instead of the image's path."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from zoo_core.api.types import Sample
+    from zoo_core.stages.quantize_stage import CalibrationSet, write_calibration_bins
+
+    ctx = SimpleNamespace(cfg=OmegaConf.create({"model_dir": str(tmp_path / "model")}))
+    spec = [TensorSpec("image", (1, 4, 4), "float32")]
+    rng = np.random.default_rng(0)
+    good = [{"image": rng.random((1, 1, 4, 4), dtype=np.float32)} for _ in range(2)]
+    samples = [Sample("a", tmp_path / "a.png"), Sample("b", tmp_path / "b.png")]
+    dirs = write_calibration_bins(ctx, CalibrationSet(good, samples), spec)
+    cal = tmp_path / "model" / "calibration" / "image"
+    assert dirs == {"image": cal} and sorted(p.name for p in cal.iterdir()) == ["000000.bin", "000001.bin"]
+    before = {p.name: p.read_bytes() for p in cal.iterdir()}
+    assert before["000001.bin"] == good[1]["image"].tobytes()
+    bad = [good[0], {"image": rng.random((1, 1, 4, 8), dtype=np.float32)}]
+    with pytest.raises(ZooError, match=r"input 'image' is float32\[1, 1, 4, 8\], AMCT needs") as exc:
+        write_calibration_bins(ctx, CalibrationSet(bad, samples), spec)
+    assert exc.value.path == samples[1].path and str(samples[1].path) in str(exc.value)
+    assert {p.name: p.read_bytes() for p in cal.iterdir()} == before
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["calibration"]  # no temp dir left

@@ -26,6 +26,7 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +102,21 @@ def calibration_samples(ctx: RunContext) -> list[Sample]:
     return [samples[int(i)] for i in picks]
 
 
-def calibration_inputs(ctx: RunContext, samples: Sequence[Sample]) -> Calibration:
+@dataclass
+class CalibrationSet:
+    """The calibration tensors (one batch of one image each) and the images they came from, in order; ``skipped``:
+    the images ``on_error=skip`` left out (``{"id", "path", "reason"}``)."""
+
+    batches: Calibration
+    samples: list[Sample]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def calibration_inputs(ctx: RunContext, samples: Sequence[Sample]) -> CalibrationSet:
     """Each sample preprocessed exactly as ``eval`` does it (worker pool + ``preprocess`` hook), batch of one."""
     cfg = ctx.cfg
     by_id: dict[str, dict[str, np.ndarray]] = {}
+    skipped: dict[str, dict[str, str]] = {}
     workers = int(cfg.num_workers) if len(samples) > 1 else 0
     with WorkerPool(ctx.hooks, cfg, workers) as pool:
         for prep in ImageSource(samples, pool).items():
@@ -112,13 +124,15 @@ def calibration_inputs(ctx: RunContext, samples: Sequence[Sample]) -> Calibratio
                 if not ctx.skip_errors:
                     raise InputError(f"calibration image: {prep.error}", path=prep.sample.path)
                 log.warning("calibration: skipping %s: %s", prep.sample.path, prep.error)
+                skipped[prep.sample.id] = {"id": prep.sample.id, "path": str(prep.sample.path),
+                                           "reason": str(prep.error)}
                 continue
             # copies: the arrays may be views of the pool's shared-memory slots, unmapped when it closes
             by_id[prep.sample.id] = {k: np.array(v[None], copy=True, order="C") for k, v in prep.inputs.items()}
-    batches = [by_id[s.id] for s in samples if s.id in by_id]
-    if not batches:
+    used = [s for s in samples if s.id in by_id]
+    if not used:
         raise ZooError("no calibration image could be preprocessed")
-    return batches
+    return CalibrationSet([by_id[s.id] for s in used], used, [skipped[s.id] for s in samples if s.id in skipped])
 
 
 def calibration_digest(batches: Calibration) -> str:
@@ -310,30 +324,45 @@ def ensure_int8_onnx(ctx: RunContext, given: str | None = None) -> Path:
     out = int8_onnx_path(ctx)
     if not reusable(out, fp, "quantization"):
         source_model(ctx, fp32, list(ctx.hooks.input_spec(cfg=ctx.cfg)))
-        build_onnxruntime_int8(ctx, fp32, out, fp, calibration_inputs(ctx, samples))
+        build_onnxruntime_int8(ctx, fp32, out, fp, calibration_inputs(ctx, samples).batches)
     return out
 
 
-def write_calibration_bins(ctx: RunContext, batches: Calibration, specs: Sequence[Any]) -> dict[str, Path]:
-    """``<model_dir>/calibration/<input>/<000000>.bin``: one raw C-order tensor of shape (1, *spec.shape) each."""
-    root = model_dir(ctx) / "calibration"
-    if root.exists():
-        shutil.rmtree(root)
-    dirs = {}
-    for spec in specs:
-        d = root / spec.name.replace(os.sep, "_")
-        d.mkdir(parents=True)
-        dirs[spec.name] = d
-        want = (1, *tuple(int(x) for x in spec.shape))
-        for i, batch in enumerate(batches):
+def _temp_dir(final: Path) -> Path:
+    """A temporary directory name beside ``final`` (``.<name>.<pid>.<random>.tmp``), renamed onto it when complete."""
+    return final.with_name(f".{final.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+
+
+def write_calibration_bins(ctx: RunContext, cal: CalibrationSet, specs: Sequence[Any]) -> dict[str, Path]:
+    """``<model_dir>/calibration/<input>/<000000>.bin``: one raw C-order tensor of shape (1, *spec.shape) each.
+
+    Every tensor is checked before anything is written (an error names the image); the set is written to a
+    temporary directory that replaces ``calibration/`` whole, so a failure leaves the previous set as it was."""
+    for sample, batch in zip(cal.samples, cal.batches):
+        for spec in specs:
+            want = (1, *tuple(int(x) for x in spec.shape))
             a = batch.get(spec.name)
             if a is None or tuple(a.shape) != want or a.dtype != np.dtype(spec.dtype):
                 got = "missing" if a is None else f"{a.dtype}{list(a.shape)}"
-                raise ZooError(f"calibration image {i}: input {spec.name!r} is {got}, AMCT needs the static "
-                               f"{spec.dtype}{list(want)} of the model's input_spec",
+                raise ZooError(f"calibration image: input {spec.name!r} is {got}, AMCT needs the static "
+                               f"{spec.dtype}{list(want)} of the model's input_spec", path=sample.path,
                                hint="set the model's fixed input size (e.g. model.input_hw=[h,w] for centerface)")
-            write_bytes(d / f"{i:06d}.bin", a.tobytes())
-    return dirs
+    root = model_dir(ctx) / "calibration"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_dir(root)
+    try:
+        for spec in specs:
+            d = tmp / spec.name.replace(os.sep, "_")
+            d.mkdir(parents=True)
+            for i, batch in enumerate(cal.batches):
+                write_bytes(d / f"{i:06d}.bin", batch[spec.name].tobytes())
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {spec.name: root / spec.name.replace(os.sep, "_") for spec in specs}
 
 
 def amct_argv(ctx: RunContext, onnx: Path, specs: Sequence[Any], dirs: dict[str, Path], batches: int) -> list[str]:
@@ -412,10 +441,6 @@ def amct_fingerprint(ctx: RunContext, onnx: Path, samples: Sequence[Sample]) -> 
     }
 
 
-def _amct_temp_dir(final: Path) -> Path:
-    return final.with_name(f".{final.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-
-
 def run_amct(ctx: RunContext) -> dict[str, Any]:
     """Calibration ``.bin`` files + the AMCT script; AMCT run when installed (its deploy model recorded).
 
@@ -428,8 +453,9 @@ def run_amct(ctx: RunContext) -> dict[str, Any]:
     source_model(ctx, onnx, specs)
     samples = calibration_samples(ctx)
     fingerprint = amct_fingerprint(ctx, onnx, samples)
-    batches = calibration_inputs(onnx_ctx, samples)
-    dirs = write_calibration_bins(ctx, batches, specs)
+    cal = calibration_inputs(onnx_ctx, samples)
+    batches = cal.batches
+    dirs = write_calibration_bins(ctx, cal, specs)
     argv = amct_argv(ctx, onnx, specs, dirs, len(batches))
     script = model_dir(ctx) / f"amct_{amct_tag(ctx)}.sh"
     write_text(script, "#!/usr/bin/env bash\nset -euo pipefail\n" + shlex.join(argv) + "\n")
@@ -445,7 +471,7 @@ def run_amct(ctx: RunContext) -> dict[str, Any]:
     deploy = amct_deploy_model(ctx)
     final = deploy.parent
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _amct_temp_dir(final)
+    tmp = _temp_dir(final)
     prefix = tmp / amct_save_prefix(ctx).name
     run_argv = [exe, *(f"--save_path={prefix}" if a.startswith("--save_path=") else a for a in argv[1:])]
     log_path = model_dir(ctx) / f"amct_{amct_tag(ctx)}.log"
