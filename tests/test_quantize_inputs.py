@@ -74,3 +74,48 @@ def test_a_model_file_that_is_not_an_onnx_of_the_model_is_refused_naming_it(zoo,
     else:
         assert "not a readable ONNX model" in err or "not an ONNX model" in err
     assert not (zoo.cwd / "outputs" / "fixture" / "model" / "fixture_onnxruntime_int8.onnx").exists()
+
+
+def test_calibration_skips_need_allow_skips_and_are_recorded(zoo, fixture_onnx, squares):
+    """Before: with on_error=skip the record said "images": 11 but listed all 12 ids, the skip was a warning in
+    zoo.log only, and the run exited 0 without allow_skips=true."""
+    args = ("run", "model=fixture", "stage=quantize", f"model_file={fixture_onnx}", f"dataset.root={squares}",
+            "quantize.calibration_images=12", "on_error=skip")
+    images = sorted((squares / "images").glob("*.png"))
+    gone = images[3]
+    kept = gone.read_bytes()
+    gone.unlink()
+    rc, out, err = zoo(*args)
+    assert rc == 2 and "1 calibration image(s) were skipped" in err and str(gone) in err and "allow_skips=true" in err
+    model_dir = zoo.cwd / "outputs" / "fixture" / "model"
+    assert not (model_dir / "fixture_onnxruntime_int8.onnx").exists()
+    zoo.ok(*args, "allow_skips=true")
+    cal = _record(zoo)["calibration"]
+    assert cal["images"] == 11 == len(cal["ids"]) and gone.stem not in cal["ids"]
+    assert [(s["id"], s["path"]) for s in cal["skipped"]] == [(gone.stem, str(gone))]
+    run = json.loads((zoo.cwd / "outputs" / "fixture" / "quantize" / "run.json").read_text())
+    assert run["status"] == "ok" and run["int8_calibration"]["skipped"] == cal["skipped"]
+    assert run["int8_calibration"]["images"] == 11
+    # the model calibrated without it is not reused silently by a run that does not allow skips
+    rc, out, err = zoo("run", "model=fixture", "stage=eval", "quantize=int8", f"model_file={fixture_onnx}",
+                       f"dataset.root={squares}", "quantize.calibration_images=12", "on_error=skip")
+    assert rc == 2 and "was calibrated without them" in err
+    gone.write_bytes(kept)  # restored: its sha256 is back in the fingerprint, so the model is rebuilt on all 12
+    zoo.ok(*args)
+    cal = _record(zoo)["calibration"]
+    assert cal["images"] == 12 and cal["skipped"] == []
+
+
+def test_ascend_calibration_skips_need_allow_skips(zoo, fixture_onnx, squares):
+    images = sorted((squares / "images").glob("*.png"))
+    images[0].unlink()
+    args = ("run", "model=fixture", "stage=quantize", "export.target=ascend", f"model_file={fixture_onnx}",
+            f"dataset.root={squares}", "quantize.calibration_images=12", "on_error=skip")
+    rc, out, err = zoo(*args)
+    assert rc == 2 and "1 calibration image(s) were skipped" in err and str(images[0]) in err
+    assert not (zoo.cwd / "outputs" / "fixture" / "model" / "calibration").exists()
+    zoo.ok(*args, "allow_skips=true")
+    bins = sorted((zoo.cwd / "outputs" / "fixture" / "model" / "calibration" / "image").glob("*.bin"))
+    run = json.loads((zoo.cwd / "outputs" / "fixture" / "quantize" / "run.json").read_text())
+    assert len(bins) == 11 == run["amct_calibration"]["images"] == len(run["amct_calibration"]["ids"])
+    assert [s["id"] for s in run["amct_calibration"]["skipped"]] == [images[0].stem]

@@ -47,6 +47,7 @@ from zoo_core.runs.model_files import (
     ensure_onnx,
     int8_onnx_path,
     model_dir,
+    read_record,
     reusable,
 )
 
@@ -100,6 +101,22 @@ def calibration_samples(ctx: RunContext) -> list[Sample]:
     rng = np.random.default_rng(int(ctx.cfg.quantize.seed))
     picks = rng.integers(edges[:-1], edges[1:])
     return [samples[int(i)] for i in picks]
+
+
+def check_calibration_skips(ctx: RunContext, skipped: Sequence[dict[str, str]], consequence: str) -> None:
+    """Calibration images ``on_error=skip`` left out fail the run (exit 2) unless ``allow_skips=true``, as in
+    ``eval``; with it they are listed in the model's record and the stage's ``run.json``."""
+    if skipped and not bool(ctx.cfg.get("allow_skips", False)):
+        first = skipped[0]
+        raise ZooError(f"{len(skipped)} calibration image(s) were skipped (on_error=skip; first: {first.get('path')}: "
+                       f"{first.get('reason')}); {consequence}",
+                       hint="pass allow_skips=true to calibrate on the other images, or fix the image(s)")
+
+
+def calibration_record(cal: CalibrationSet) -> dict[str, Any]:
+    """The record of a calibration: the images used (count, ids), those skipped, the tensors' digest."""
+    return {"images": len(cal.batches), "ids": [s.id for s in cal.samples], "skipped": list(cal.skipped),
+            "tensors_sha256": calibration_digest(cal.batches)}
 
 
 @dataclass
@@ -267,8 +284,9 @@ def node_summary(path: Path, excluded: Sequence[str] = ()) -> dict[str, Any]:
 
 
 def build_onnxruntime_int8(ctx: RunContext, fp32: Path, out: Path, fingerprint: dict[str, Any],
-                           batches: Calibration) -> dict[str, Any]:
+                           cal: CalibrationSet) -> dict[str, Any]:
     """Static INT8 QDQ quantization of ``fp32`` into ``out`` (atomically), and its ``.json`` record."""
+    batches = cal.batches
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     conf = fingerprint["quantize"]
@@ -305,8 +323,7 @@ def build_onnxruntime_int8(ctx: RunContext, fp32: Path, out: Path, fingerprint: 
     record = {
         "fingerprint": fingerprint, "sha256": sha256_file(out), "target": "onnxruntime", "format": "QDQ",
         "source": str(fp32), "bytes": out.stat().st_size, "fp32_bytes": fp32.stat().st_size,
-        "calibration": {"images": len(batches), "ids": fingerprint["calibration_ids"],
-                        "tensors_sha256": calibration_digest(batches)},
+        "calibration": calibration_record(cal),
         "excluded": {"op_types": conf["exclude_op_types"], "nodes": excluded},
         **node_summary(out, excluded),
     }
@@ -322,9 +339,16 @@ def ensure_int8_onnx(ctx: RunContext, given: str | None = None) -> Path:
     samples = calibration_samples(ctx)
     fp = int8_fingerprint(ctx, fp32, samples)
     out = int8_onnx_path(ctx)
-    if not reusable(out, fp, "quantization"):
+    if reusable(out, fp, "quantization"):
+        rec = read_record(out.with_suffix(".json")).get("calibration") or {}
+        check_calibration_skips(ctx, rec.get("skipped") or [], f"the INT8 model {out} was calibrated without them")
+    else:
         source_model(ctx, fp32, list(ctx.hooks.input_spec(cfg=ctx.cfg)))
-        build_onnxruntime_int8(ctx, fp32, out, fp, calibration_inputs(ctx, samples).batches)
+        cal = calibration_inputs(ctx, samples)
+        check_calibration_skips(ctx, cal.skipped, "nothing was quantized")
+        rec = build_onnxruntime_int8(ctx, fp32, out, fp, cal)["calibration"]
+    ctx.notes["int8_calibration"] = {"model": str(out), "images": rec.get("images"), "ids": rec.get("ids"),
+                                     "skipped": rec.get("skipped") or []}
     return out
 
 
@@ -454,15 +478,16 @@ def run_amct(ctx: RunContext) -> dict[str, Any]:
     samples = calibration_samples(ctx)
     fingerprint = amct_fingerprint(ctx, onnx, samples)
     cal = calibration_inputs(onnx_ctx, samples)
+    check_calibration_skips(ctx, cal.skipped, "nothing was written for AMCT")
     batches = cal.batches
     dirs = write_calibration_bins(ctx, cal, specs)
     argv = amct_argv(ctx, onnx, specs, dirs, len(batches))
     script = model_dir(ctx) / f"amct_{amct_tag(ctx)}.sh"
     write_text(script, "#!/usr/bin/env bash\nset -euo pipefail\n" + shlex.join(argv) + "\n")
     script.chmod(0o755)
-    base = {"stage": "quantize", "target": "ascend", "script": str(script), "argv": argv,
-            "calibration": {"images": len(batches), "ids": [s.id for s in samples],
-                            "dir": str(model_dir(ctx) / "calibration"), "tensors_sha256": calibration_digest(batches)}}
+    calibration: dict[str, Any] = {**calibration_record(cal), "dir": str(model_dir(ctx) / "calibration")}
+    base = {"stage": "quantize", "target": "ascend", "script": str(script), "argv": argv, "calibration": calibration}
+    ctx.notes["amct_calibration"] = {"images": len(batches), "ids": calibration["ids"], "skipped": list(cal.skipped)}
     exe = shutil.which("amct_onnx")
     if exe is None:
         return {**base, "quantized": False,
@@ -509,6 +534,9 @@ def ensure_amct_model(ctx: RunContext) -> Path:
         if deploy.with_suffix(".json").is_file():
             samples = calibration_samples(ctx)
             if reusable(deploy, amct_fingerprint(ctx, ascend_onnx(ctx), samples), "AMCT calibration"):
+                rec = read_record(deploy.with_suffix(".json")).get("calibration") or {}
+                check_calibration_skips(ctx, rec.get("skipped") or [],
+                                        f"AMCT's deploy model {deploy} was calibrated without them")
                 return deploy
         elif shutil.which("amct_onnx") is None:
             script = model_dir(ctx) / f"amct_{amct_tag(ctx)}.sh"
