@@ -119,3 +119,15 @@ def test_ascend_calibration_skips_need_allow_skips(zoo, fixture_onnx, squares):
     run = json.loads((zoo.cwd / "outputs" / "fixture" / "quantize" / "run.json").read_text())
     assert len(bins) == 11 == run["amct_calibration"]["images"] == len(run["amct_calibration"]["ids"])
     assert [s["id"] for s in run["amct_calibration"]["skipped"]] == [images[0].stem]
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", "ascend"])
+def test_an_already_quantized_model_file_is_refused(zoo, fixture_onnx, target):
+    """Before: the INT8 model given as model_file was quantized again (exit 0, a file 101.9 % of the FP32 one)."""
+    zoo.ok("run", "model=fixture", "stage=quantize", f"model_file={fixture_onnx}", "quantize.calibration_images=2")
+    int8 = zoo.cwd / "outputs" / "fixture" / "model" / "fixture_onnxruntime_int8.onnx"
+    rc, out, err = zoo("run", "model=fixture", "stage=quantize", f"export.target={target}", f"model_file={int8}",
+                       "work_dir=again", "quantize.calibration_images=2")
+    assert rc == 2 and f"{int8}: already quantized (DequantizeLinear x" in err and "QuantizeLinear x" in err, err
+    assert "quantize=none model_file=" in err
+    assert not (zoo.cwd / "again" / "model").exists() or not list((zoo.cwd / "again" / "model").rglob("*.onnx"))

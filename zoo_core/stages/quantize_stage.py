@@ -427,10 +427,25 @@ def graph_inputs(model: Any) -> list[str]:
     return [i.name for i in model.graph.input if i.name not in inits]
 
 
+#: Node types of an already quantized graph: ONNX QDQ / QOperator / integer ops, AMCT's deploy-model ops.
+QUANTIZED_OP_TYPES = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger",
+                                "MatMulInteger", "AscendQuant", "AscendDequant", "AscendAntiQuant",
+                                "AscendWeightQuant"})
+
+
+def quantized_nodes(model: Any) -> dict[str, int]:
+    """Count of each quantization node type in ``model``'s graph (``QLinear*`` included); empty for an FP32 graph."""
+    found: dict[str, int] = {}
+    for n in model.graph.node:
+        if n.op_type in QUANTIZED_OP_TYPES or n.op_type.startswith("QLinear"):
+            found[n.op_type] = found.get(n.op_type, 0) + 1
+    return found
+
+
 def source_model(ctx: RunContext, path: Path, specs: Sequence[Any]) -> Any:
     """The ONNX to quantize, loaded (without external data) and checked before any calibration: its inputs are
     the ones the plugin's ``input_spec`` names (the calibration tensors are fed, and AMCT's ``--input_shape``
-    and ``--data_dir`` are written, under those names)."""
+    and ``--data_dir`` are written, under those names) and it is not quantized already (QDQ or integer ops)."""
     import onnx
 
     try:
@@ -440,6 +455,12 @@ def source_model(ctx: RunContext, path: Path, specs: Sequence[Any]) -> Any:
         raise ZooError(f"not a readable ONNX model ({type(exc).__name__}: {reason})", path=path) from exc
     if not model.graph.node:
         raise ZooError("not an ONNX model: it holds no graph nodes", path=path)
+    quantized = quantized_nodes(model)
+    if quantized:
+        kinds = ", ".join(f"{k} x{v}" for k, v in sorted(quantized.items()))
+        raise ZooError(f"already quantized ({kinds}): stage=quantize and quantize=int8 calibrate an FP32 model",
+                       path=path, hint="pass the FP32 ONNX as model_file=; an INT8 ONNX runs as it is with "
+                                       "quantize=none model_file=<it>")
     names, want = graph_inputs(model), [s.name for s in specs]
     if sorted(names) != sorted(want):
         raise ZooError(f"its inputs {names} are not the {ctx.model_name} model's {want} (its input_spec), "
