@@ -131,3 +131,24 @@ def test_an_already_quantized_model_file_is_refused(zoo, fixture_onnx, target):
     assert rc == 2 and f"{int8}: already quantized (DequantizeLinear x" in err and "QuantizeLinear x" in err, err
     assert "quantize=none model_file=" in err
     assert not (zoo.cwd / "again" / "model").exists() or not list((zoo.cwd / "again" / "model").rglob("*.onnx"))
+
+
+def test_an_exclude_op_type_absent_from_the_graph_is_refused(zoo, fixture_onnx):
+    """Before: 'quantize.exclude_op_types=[conv,NoSuchOp]' was accepted silently (nothing excluded)."""
+    rc, out, err = zoo("run", "model=fixture", "stage=quantize", f"model_file={fixture_onnx}",
+                       "quantize.exclude_op_types=[conv,NoSuchOp]", "quantize.calibration_images=2")
+    assert rc == 2 and "quantize.exclude_op_types: no 'conv', 'NoSuchOp' node" in err and "Traceback" not in err
+    assert "it has: Conv, Sigmoid" in err
+    zoo.ok("run", "model=fixture", "stage=quantize", f"model_file={fixture_onnx}", "quantize.exclude_op_types=[Conv]",
+           "quantize.calibration_images=2")
+    rec = _record(zoo)
+    assert rec["excluded"]["op_types"] == ["Conv"] and rec["fp32_nodes"].get("Conv") == 1
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", "ascend"])
+def test_bad_quantize_settings_are_refused_before_the_export(zoo, target):
+    """Before: quantize.calibration_images=0 was refused only after the FP32 export had been written."""
+    rc, out, err = zoo("run", "model=fixture", "stage=quantize", f"export.target={target}",
+                       "quantize.calibration_images=0")
+    assert rc == 2 and "quantize.calibration_images=0 is invalid" in err
+    assert not (zoo.cwd / "outputs" / "fixture" / "model").exists()

@@ -200,6 +200,17 @@ def _named_nodes(model: Any) -> None:
             used.add(name)
 
 
+def check_exclude_op_types(ctx: RunContext, model: Any, path: Path) -> None:
+    """``quantize.exclude_op_types`` names op types of the graph (as unknown ``exclude_nodes`` are an error); the
+    plugin's own ``model.quantize_exclude_op_types`` may name types a graph variant lacks (DeformConv)."""
+    present = {n.op_type for n in model.graph.node}
+    unknown = [str(t) for t in ctx.cfg.quantize.exclude_op_types if str(t) not in present]
+    if unknown:
+        raise ConfigError(f"quantize.exclude_op_types: no {', '.join(map(repr, unknown))} node in the "
+                          f"{ctx.model_name} graph {path.name} (op types are case-sensitive; it has: "
+                          f"{', '.join(sorted(present))})")
+
+
 def nodes_to_exclude(ctx: RunContext, model: Any, conf: dict[str, Any]) -> list[str]:
     """Names of the nodes kept in FP32 (excluded op types, then ``quantize.exclude_nodes``, checked)."""
     names = {n.name for n in model.graph.node}
@@ -333,8 +344,9 @@ def build_onnxruntime_int8(ctx: RunContext, fp32: Path, out: Path, fingerprint: 
 
 def ensure_int8_onnx(ctx: RunContext, given: str | None = None) -> Path:
     """The onnxruntime INT8 model: reused when its record matches this run (FP32 bytes, quantize settings,
-    calibration ids, model section) and its bytes are intact, else built. ``given``: the FP32 ONNX to quantize
-    (default: the export)."""
+    calibration images' ids and sha256s, model section) and its bytes are intact, else built. ``given``: the
+    FP32 ONNX to quantize (default: the export). The settings are checked before anything is exported."""
+    settings(ctx)
     fp32 = ensure_onnx(ctx, "onnxruntime", given=given)
     samples = calibration_samples(ctx)
     fp = int8_fingerprint(ctx, fp32, samples)
@@ -343,7 +355,7 @@ def ensure_int8_onnx(ctx: RunContext, given: str | None = None) -> Path:
         rec = read_record(out.with_suffix(".json")).get("calibration") or {}
         check_calibration_skips(ctx, rec.get("skipped") or [], f"the INT8 model {out} was calibrated without them")
     else:
-        source_model(ctx, fp32, list(ctx.hooks.input_spec(cfg=ctx.cfg)))
+        check_exclude_op_types(ctx, source_model(ctx, fp32, list(ctx.hooks.input_spec(cfg=ctx.cfg))), fp32)
         cal = calibration_inputs(ctx, samples)
         check_calibration_skips(ctx, cal.skipped, "nothing was quantized")
         rec = build_onnxruntime_int8(ctx, fp32, out, fp, cal)["calibration"]
@@ -492,6 +504,7 @@ def run_amct(ctx: RunContext) -> dict[str, Any]:
     AMCT writes into a temporary ``--save_path`` directory, moved onto ``amct_<tag>/`` (with the deploy model's
     ``.json`` record: fingerprint, sha256) only when it exits 0; a failed run leaves the previous files as they were.
     """
+    settings(ctx)  # checked before anything is exported
     onnx = ascend_onnx(ctx)
     onnx_ctx = onnx_input_context(ctx)
     specs = list(ctx.hooks.input_spec(cfg=onnx_ctx.cfg))
