@@ -53,6 +53,8 @@ class AclBackend(Backend):
         self.device_id = int(self.options.get("device_id", 0) or 0)
         self.session = InferSession(self.device_id, str(self.model_file))
         self.input_names = [i.name for i in self.session.get_inputs()]
+        if self.io.input_specs is not None:
+            self._check_feeds([s.name for s in self.io.input_specs()])
         self.gears: list[int] = []
         self.image_gears = read_gears(self.model_file)
         self.planned_sizes = read_planned_sizes(self.model_file) if self.image_gears else set()
@@ -69,6 +71,16 @@ class AclBackend(Backend):
         else:
             shape = list(self.session.get_inputs()[0].shape)
             self.fixed_batch = int(shape[0]) if shape and int(shape[0]) > 0 else int(self.options.get("batch_size", 1))
+
+    def _check_feeds(self, given: list[str]) -> None:
+        """Every OM input has a feed of that name (the session takes the feeds as a list in the OM's input
+        order, so a feed of another name would silently be dropped or land in the wrong input)."""
+        missing = [n for n in self.input_names if n not in given]
+        if missing:
+            raise ZooError(f"OM input(s) {missing} have no feed: the {self.io.model} preprocess gives {sorted(given)}",
+                           path=self.model_file,
+                           hint="the OM was converted from an ONNX with other input names: re-export and re-run "
+                                "stage=convert (or pass the OM of this model)")
 
     def _gear(self, n: int) -> int:
         i = bisect.bisect_left(self.gears, n)
@@ -100,7 +112,8 @@ class AclBackend(Backend):
         return crop_outputs(out, h, w, gear)
 
     def infer(self, batch: Batch) -> list[np.ndarray]:
-        feeds = [np.ascontiguousarray(batch.inputs[n]) for n in self.input_names if n in batch.inputs]
+        self._check_feeds(list(batch.inputs))
+        feeds = [np.ascontiguousarray(batch.inputs[n]) for n in self.input_names]
         if self.image_gears:
             out = self._infer_image_gear(feeds)
         elif self.dynamic:

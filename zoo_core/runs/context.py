@@ -28,6 +28,9 @@ class RunContext:
     record_dir: Path = None  # type: ignore[assignment]
     hooks: ModelHooks = field(init=False)
     weights_used: WeightsChoice | None = field(init=False, default=None)
+    #: Facts the stage adds to its ``run.json`` when it finishes (e.g. ``int8_calibration``: the images an INT8
+    #: model was calibrated on and those ``on_error=skip`` left out).
+    notes: dict[str, Any] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)

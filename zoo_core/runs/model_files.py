@@ -85,8 +85,9 @@ def ensure_onnx(ctx, target: str, force: bool = False, given: str | None = None)
 
     An existing export is reused only if its ``.json`` fingerprint (:func:`export_fingerprint`: the
     plugin's export keys, the export section, weights path and sha256, or ``default`` / ``random``)
-    matches this run, the file's bytes match the sha256 recorded with it and the default weights
-    file it was made from (if any) is unchanged; otherwise it is re-exported, never trusted stale.
+    matches this run, the file's bytes match the sha256 recorded with it, its recorded input names are
+    the plugin's ``input_spec`` names and the default weights file it was made from (if any) is unchanged;
+    otherwise it is re-exported, never trusted stale.
     Both decisions are logged, the re-export naming what changed. Exporting needs weights: without
     ``weights=`` and real default weights this raises (see :mod:`zoo_core.runs.weights`).
     """
@@ -102,13 +103,18 @@ def ensure_onnx(ctx, target: str, force: bool = False, given: str | None = None)
         recorded = old.get("fingerprint") or {}
         same_bytes = old.get("sha256") == sha256_file(out)
         default_ok = _default_file_unchanged(old.get("default_weights_file"))
-        if recorded == fp and same_bytes and default_ok:
+        spec_names = [s.name for s in ctx.hooks.input_spec(cfg=ctx.cfg)]
+        names_ok = old.get("input_names") in (None, spec_names)
+        if recorded == fp and same_bytes and default_ok and names_ok:
             log.info("reusing %s: its export keys, export config and weights are unchanged", out)
             _name_default_file(ctx, choice, old.get("default_weights_file"))
             return out
         if recorded != fp:
             log.info("re-exporting %s: %s was exported with other settings (%s)", ctx.model_name, out.name,
                      _why_stale(recorded, fp))
+        elif not names_ok:  # exported by an older plugin version under other input names
+            log.info("re-exporting %s: %s has the inputs %s, the plugin's input_spec names %s", ctx.model_name,
+                     out.name, old.get("input_names"), spec_names)
         elif not same_bytes:
             log.info("re-exporting %s: %s no longer matches the sha256 recorded when it was written",
                      ctx.model_name, out.name)
@@ -139,7 +145,8 @@ def _name_default_file(ctx, choice: WeightsChoice, rec: dict | None) -> None:
 
 def om_path(ctx, batch_size: int | None = None, dynamic: bool = False) -> Path:
     """Where ``stage=convert`` writes the OM: ``<model_dir>/<model>_bs<N>.om`` or ``_dyn.om``
-    (``<model>_int8_bs<N>.om`` / ``_int8_dyn.om`` from the AMCT model with ``quantize=int8``)."""
+    (``<model>_int8_bs<N>.om`` from the AMCT model with ``quantize=int8``: ATC takes no dynamic-shape flag
+    for a quantized deploy model, so there is no ``_int8_dyn.om``)."""
     name = f"{ctx.model_name}_int8" if quantize_int8(ctx) else ctx.model_name
     if dynamic:
         return model_dir(ctx) / f"{name}_dyn.om"

@@ -40,7 +40,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
             _record_failure(ctx, exc)
             raise
         backend = result.get("backend") if isinstance(result.get("backend"), dict) else None
-        write_run_record(ctx, {"status": "ok", **({"backend": backend} if backend else {})})
+        write_run_record(ctx, {"status": "ok", **ctx.notes, **({"backend": backend} if backend else {})})
         _write_html_report(ctx)
     ctx.manager.notify_stage_finished(cfg=ctx.cfg, stage=ctx.stage, run_dir=ctx.record_dir, result=result)
     return result

@@ -36,6 +36,10 @@ def run(ctx: RunContext) -> dict:
     cfg = ctx.cfg
     given = cfg.get("model_file")
     given_onnx = bool(given and str(given).endswith(".onnx"))
+    if quantize_int8(ctx):
+        from zoo_core.stages.quantize_stage import check_int8_atc_config
+
+        check_int8_atc_config(ctx)  # ATC flags an AMCT deploy model cannot take, refused before AMCT runs
     if quantize_int8(ctx) and not given_onnx:
         from zoo_core.stages.quantize_stage import ensure_amct_model
 
@@ -57,6 +61,10 @@ def run(ctx: RunContext) -> dict:
     args = ctx.hooks.atc_args(cfg=cfg, onnx_path=str(onnx), batch_size=gears or int(cfg.batch_size),
                               soc_version=str(cfg.atc.soc_version), output=str(output), image_sizes=image_sizes)
     args = [str(a) for a in args]
+    if quantize_int8(ctx):
+        from zoo_core.stages.quantize_stage import check_int8_atc_args
+
+        check_int8_atc_args(args, f"the {ctx.model_name} plugin's ATC command line")
     gear_info: dict = {}
     if plan is not None:
         if len(plan.gears) > 1 and not any(a.startswith("--dynamic_image_size") for a in args):

@@ -107,7 +107,7 @@ def test_starclouds_onnxruntime_export_round_trips(starclouds_model, tmp_path):
     sess = _session(res.path)
     for name in ("astronaut", "synthA_1"):  # 512x512, then 384x512 through the same file
         g, x = _golden(name)
-        outs = sess.run(None, {"image": x})
+        outs = sess.run(None, {"input.1": x})
         for o, k in zip(outs, RAW_KEYS):
             assert o.shape == g[k].shape
             assert _scaled_err(o, g[k]) <= 1e-4, (name, k)  # vs the original ONNX in ORT
@@ -117,8 +117,9 @@ def test_starclouds_ascend_export_fixes_spatial_dims(starclouds_model, tmp_path)
     res = export_onnx(starclouds_model, tmp_path / "sc_ascend.onnx", "ascend", "starclouds", (512, 512))
     m = onnx.load(str(res.path))
     assert _dims(m.graph.input[0])[1:] == [3, 512, 512]
+    assert m.graph.input[0].name == "input.1" == res.input_names[0]  # input_spec's name: AMCT, ATC and the OM agree
     g, x = _golden("astronaut")
-    outs = _session(res.path).run(None, {"image": x})
+    outs = _session(res.path).run(None, {"input.1": x})
     assert max(_scaled_err(o, g[k]) for o, k in zip(outs, RAW_KEYS)) <= 1e-4
 
 

