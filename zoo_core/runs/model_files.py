@@ -84,7 +84,8 @@ def ensure_onnx(ctx, target: str, force: bool = False, given: str | None = None)
     """The ONNX for ``target``: ``model_file`` if given, else a fresh-enough export in the run dir.
 
     An existing export is reused only if its ``.json`` fingerprint (:func:`export_fingerprint`: the
-    plugin's export keys, the export section, weights path and sha256, or ``default`` / ``random``)
+    plugin and zoo-core versions, the plugin's export keys, the export section, the weights' sha256, or
+    ``default`` / ``random``)
     matches this run, the file's bytes match the sha256 recorded with it, its recorded input names are
     the plugin's ``input_spec`` names and the default weights file it was made from (if any) is unchanged;
     otherwise it is re-exported, never trusted stale.
