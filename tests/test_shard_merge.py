@@ -162,3 +162,44 @@ def test_shards_of_different_weights_or_config_are_refused_in_process(tmp_path):
     assert "model config (thresh: 0.5 vs 0.6)" in problem
     assert f"weights (sha256 {'a' * 12} vs {'b' * 12})" in problem
     assert "annotation files" in problem
+
+
+def test_after_a_resume_refusal_the_rerun_commands_start_over_and_complete_the_merge(zoo, fixture_onnx):
+    """Before: the suggested commands kept resume=true, so they failed with the same refusal forever."""
+    args = ("model=fixture", "stage=eval", f"model_file={fixture_onnx}", *SHARDS)
+    sweep = zoo.cwd / "sweep"
+    zoo.ok("run", "-m", *args, f"hydra.sweep.dir={sweep}")
+    rc, out, err = zoo("run", "-m", *args, "model.iou_thresh=0.4", f"hydra.sweep.dir={sweep}", "resume=true")
+    assert rc == 1, out + err
+    md = (sweep / "sweep_report.md").read_text()
+    assert md.count("cannot resume: model changed since the interrupted run") >= 3
+    tail = re.search(r"then the merge completes: (zoo run .*?)(?:\s*\||$)", md, re.M).group(1)
+    cmds = [shlex.split(c)[2:] for c in tail.split(" ; ")]
+    assert len(cmds) == 3 and all("model.iou_thresh=0.4" in c for c in cmds)
+    assert not any("resume=true" in c for c in cmds)  # resuming would be refused again
+    for cmd in cmds:
+        rc, out, err = zoo("run", *cmd)
+    assert rc == 0, out + err
+    m = merged(sweep)
+    assert m["images"] == 12
+    assert m["metrics"] == unsharded(zoo, f"model_file={fixture_onnx}", "model.iou_thresh=0.4")["metrics"]
+
+
+def test_a_job_without_a_resumable_state_is_rerun_without_resume(tmp_path):
+    """In-process: resume=true only when the job left a state.json and did not refuse to resume."""
+    from zoo_core.reports import shard_merge
+    from zoo_core.reports.job_files import job_files
+    from zoo_core.runs.resume import RESUME_REFUSED, ResumeRefused
+
+    files = job_files(tmp_path / "sweep" / "4", "eval")
+    files.overrides.parent.mkdir(parents=True)
+    files.overrides.write_text("- model=fixture\n- dataset.shard=1\n- resume=true\n")
+    cmd = shard_merge.rerun_command(tmp_path / "sweep", files)
+    assert cmd.endswith(f"hydra.sweep.dir={tmp_path / 'sweep'} hydra.sweep.subdir=4/eval")  # nothing to resume
+    (files.root / "detections").mkdir()
+    (files.root / "detections" / "state.json").write_text("{}")
+    assert shard_merge.rerun_command(tmp_path / "sweep", files).endswith("hydra.sweep.subdir=4/eval resume=true")
+    exc = ResumeRefused(f"{RESUME_REFUSED} model changed", path=files.root / "detections" / "state.json")
+    files.error.write_text(json.dumps({"error": str(exc), "type": type(exc).__name__}))
+    assert shard_merge.can_resume(files) is False
+    assert "resume=true" not in shard_merge.rerun_command(tmp_path / "sweep", files)

@@ -7,7 +7,8 @@ A merge is refused (its report row is failed, and the sweep exits 1) when
 
 * a shard is missing (no job ran it), failed (``error.json``) or has no result (killed);
   the message names the shard and gives the command that re-runs just that shard into the sweep
-  (``hydra.sweep.subdir=<its job dir>/<stage>``, ``resume=true``); once it has run, the merge completes;
+  (``hydra.sweep.subdir=<its job dir>/<stage>``; ``resume=true`` when the job left something to resume
+  and did not fail refusing to resume); once it has run, the merge completes;
 * the shards did not run the same thing: their model, dataset (except ``shard``) and backend config,
   weights, model file and dataset annotation files (sha256, from each job's ``run.json``) must agree.
 """
@@ -80,8 +81,8 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
         if problems:
             # a merge from an earlier, complete state of the sweep must not look current
             (out_dir / "metrics.json").unlink(missing_ok=True)  # the merge's own record dir
-            reruns = [rerun_command(sweep_dir, i, shards.get(i), members, jobs,
-                                    None if shards.get(i) else str(next(free)))  # a job dir of its own each
+            reruns = [rerun_shard(sweep_dir, i, shards.get(i), jobs[members[0]["job"]],
+                                  None if shards.get(i) else str(next(free)))  # a job dir of its own each
                       for i in range(n) if shard_problem(i, shards.get(i), n)]
             error = "not merged: " + "; ".join(problems)
             if reruns:
@@ -174,38 +175,52 @@ def _describe_diff(key: str, a, b) -> str:
     return f"{key} ({a!r} vs {b!r})"
 
 
-def rerun_command(sweep_dir: Path, i: int, shard: Shard | None, members: list[dict],
-                  jobs: dict[str, JobFiles], new_job: str | None = None) -> str:
-    """The ``zoo run`` that re-runs shard ``i`` alone into this sweep, resumed: into its job dir, or for a
-    shard that never ran into ``new_job`` (default: the next free job number; a caller listing several
-    missing shards gives each its own)."""
+def can_resume(files: JobFiles) -> bool:
+    """Whether re-running the job with ``resume=true`` keeps something: it left a resumable artifact dir
+    (``state.json``) and did not fail refusing to resume it (:class:`zoo_core.runs.resume.ResumeRefused`:
+    it would refuse again)."""
+    from zoo_core.runs.resume import RESUME_REFUSED, ResumeRefused
+
+    error = read_json(files.error) or {}
+    if error.get("type") == ResumeRefused.__name__ or RESUME_REFUSED in str(error.get("error", "")):
+        return False
+    return any((files.root / d / "state.json").is_file() for d in ("detections", "outputs", "inputs"))
+
+
+def rerun_shard(sweep_dir: Path, i: int, shard: Shard | None, template: JobFiles, new_job: str | None) -> str:
+    """The ``zoo run`` that re-runs shard ``i`` alone into this sweep: into its job dir, or for a shard that
+    never ran into ``new_job`` (a caller listing several missing shards gives each its own)."""
+    if shard is not None:
+        return rerun_command(sweep_dir, shard.files)
+    return rerun_command(sweep_dir, template, shard=i, job=new_job, resume=False)
+
+
+def rerun_command(sweep_dir: Path, template: JobFiles, shard: int | None = None, job: str | None = None,
+                  resume: bool | None = None) -> str:
+    """The ``zoo run`` that runs the job of ``template`` again into this sweep (the sweep's launcher
+    overrides repeated): into the template's job dir, or ``job``; ``shard`` replaces its
+    ``dataset.shard``. ``resume=true`` is added when ``resume`` says so (default: :func:`can_resume`)."""
     import yaml
 
-    template = shard.files if shard else jobs[members[0]["job"]]
     overrides = yaml.safe_load(template.overrides.read_text()) or []
     args = []
     for o in overrides:
-        key = o.split("=", 1)[0].lstrip("+~")
-        if key == "dataset.shard":
-            o = f"dataset.shard={i}"
+        key = str(o).split("=", 1)[0].lstrip("+~")
+        if key == "dataset.shard" and shard is not None:
+            o = f"dataset.shard={shard}"
         if key != "resume":
-            args.append(o)
+            args.append(str(o))
     hydra_file = template.overrides.parent / "hydra.yaml"
     launcher = []
     if hydra_file.is_file():
         hcfg = yaml.safe_load(hydra_file.read_text()) or {}
         hydra_overrides = ((hcfg.get("hydra") or {}).get("overrides") or {}).get("hydra") or []
         launcher = [o for o in hydra_overrides if o.lstrip("+~").startswith(("hydra/launcher", "hydra.launcher"))]
-    if shard is not None:
-        subdir = shard.row["job"]
-    elif new_job is not None:
-        subdir = new_job
-    else:
-        taken = [int(p.name) for p in sweep_dir.iterdir() if p.name.isdigit()]
-        subdir = str(max(taken, default=-1) + 1)
+    if resume is None:
+        resume = job is None and can_resume(template)
     stage = template.records.name  # <job>/<stage>/: the job's run root, then its stage record dir
     argv = ["zoo", "run", "-m", *launcher, *args, f"hydra.sweep.dir={sweep_dir}",
-            f"hydra.sweep.subdir={subdir}/{stage}", "resume=true"]
+            f"hydra.sweep.subdir={job or template.root.name}/{stage}"] + (["resume=true"] if resume else [])
     return shlex.join(argv)
 
 

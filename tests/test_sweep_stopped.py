@@ -1,0 +1,89 @@
+"""A launcher that raises (a job's process killed: submitit's UncompletedJobError, joblib's
+TerminatedWorkerError; no Slurm on the host) still gets a sweep report, and ``zoo run`` says in one line
+what stopped the sweep: exit 1 with the report naming the jobs without a result and how to re-run them,
+exit 2 when no job ran. Simulated in Hydra's basic launcher (no process is killed): it runs some jobs,
+then raises like the real launchers do."""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+
+#: Runs ``zoo run <argv[2:]>`` with the basic launcher replaced: mode "none" raises before any job,
+#: mode "killed" runs jobs 0 and 1, wipes job 1's records as a SIGKILL before its end would (its
+#: .hydra/ and detections stay), never starts job 2 and raises a submitit-like error.
+CODE = """
+import shutil, sys
+from pathlib import Path
+from hydra.core.plugins import Plugins
+Plugins.instance()  # Hydra's plugin scan re-executes the launcher's module: patch the class it keeps
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+
+class UncompletedJobError(RuntimeError):
+    pass
+
+real = BasicLauncher.launch
+mode = sys.argv[1]
+
+def launch(self, job_overrides, initial_job_idx):
+    if mode == "none":
+        raise RuntimeError('Could not detect "srun", are you indeed on a slurm cluster?')
+    real(self, job_overrides[:2], initial_job_idx)
+    records = Path(str(self.config.hydra.sweep.dir)) / "1" / "eval"
+    for p in records.iterdir():
+        if p.name != ".hydra":
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    raise UncompletedJobError("Job 1 (task: 0) with path /x/1_0_log.out\\nhas not produced any output (state: FAILED)")
+
+BasicLauncher.launch = launch
+from zoo_core.cli import main
+sys.exit(main(["run", *sys.argv[2:]]))
+"""
+
+RERUN = re.compile(r"then the merge completes: (zoo run .*?)(?:\s*\||$)", re.M)
+
+
+def run(zoo, mode: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", CODE, mode, *args], capture_output=True, text=True,
+                          env=zoo.env(), cwd=zoo.cwd)
+
+
+def test_a_killed_job_gives_a_report_and_one_line_and_its_rerun_completes_the_merge(zoo, fixture_onnx):
+    sweep = zoo.cwd / "sweep"
+    args = ("-m", "model=fixture", "stage=eval", f"model_file={fixture_onnx}", "dataset.num_shards=3",
+            "dataset.shard=range(0,3)", f"hydra.sweep.dir={sweep}")
+    p = run(zoo, "killed", *args)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert p.stderr == (f"error: hydra/launcher=basic stopped the sweep: UncompletedJobError: Job 1 (task: 0) with "
+                        f"path /x/1_0_log.out (2 of 3 jobs without a result, 0 failed; see {sweep}/sweep_report.md)\n")
+    assert "Traceback" not in p.stdout
+    md = (sweep / "sweep_report.md").read_text()
+    assert "**The sweep was stopped**: hydra/launcher=basic raised UncompletedJobError: Job 1" in md
+    assert "2 jobs (0 failed), 1 shard merge (1 failed)" in md
+    note = next(ln for ln in md.splitlines() if ln.startswith("1. job `1`: no result"))
+    assert "hydra.sweep.subdir=1/eval resume=true" in note  # job 1 left detections to resume
+    assert "shard 1 (job 1) has no result" in md and "shard 2 of 3 is missing" in md
+    assert (sweep / "report.html").is_file() and "The sweep was stopped" in (sweep / "report.html").read_text()
+    assert not (sweep / "merged").exists()
+
+    cmds = [shlex.split(c)[2:] for c in RERUN.search(md).group(1).split(" ; ")]
+    assert [[a for a in c if a.startswith(("dataset.shard=", "hydra.sweep.subdir=", "resume"))] for c in cmds] == [
+        ["dataset.shard=1", "hydra.sweep.subdir=1/eval", "resume=true"],
+        ["dataset.shard=2", "hydra.sweep.subdir=2/eval"]]  # a new job dir: nothing to resume
+    for cmd in cmds:
+        rc, out, err = zoo("run", *cmd)
+    assert rc == 0, out + err
+    merged = json.loads((sweep / "merged" / "metrics.json").read_text())
+    zoo.ok("run", "model=fixture", "stage=eval", f"model_file={fixture_onnx}", "work_dir=full")
+    assert merged["metrics"] == json.loads((zoo.cwd / "full" / "eval" / "metrics.json").read_text())["metrics"]
+    assert merged["images"] == 12
+
+
+def test_a_launcher_that_cannot_start_any_job_is_one_line_exit_2(zoo):
+    sweep = zoo.cwd / "sweep"
+    p = run(zoo, "none", "-m", "model=fixture", "stage=perf", "batch_size=1,2", f"hydra.sweep.dir={sweep}")
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert p.stderr == 'error: hydra/launcher=basic: Could not detect "srun", are you indeed on a slurm cluster?\n'
+    assert not (sweep / "sweep_report.md").exists()
