@@ -11,11 +11,21 @@ A merge is refused (its report row is failed, and the sweep exits 1) when
   and did not fail refusing to resume); once it has run, the merge completes;
 * the shards did not run the same thing: their model, dataset (except ``shard``) and backend config,
   weights, model file and dataset annotation files (sha256, from each job's ``run.json``) must agree.
+
+A shard is complete with its ``metrics.json``, or with ``stage.score=false`` its ``eval.json`` /
+``postprocess.json`` (``scored: false``): the merge scores the union either way. A refused merge leaves
+no record (its dir is emptied); a merge starts from an empty dir; and after merging, the records of
+every ``merged/`` dir this report did not merge are removed, so nothing from an earlier state of the
+sweep looks current. A merge's dir name is its label made safe (no ``/``, at most
+:data:`MAX_LABEL_CHARS` characters, a hash of the label when it had to change).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import shlex
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +48,59 @@ def is_runtime_key(key: str) -> bool:
             or key in {f"backend.{k}" for k in RUNTIME_BACKEND_KEYS})
 
 
+#: Longest merge dir name under ``merged/`` (file systems allow 255 bytes).
+MAX_LABEL_CHARS = 100
+
+
 def _label(values: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in values.items())
+
+
+def label_dir_name(label: str) -> str:
+    """The dir under ``merged/`` of the merge labelled ``label``: the label when it is a safe file name,
+    else its unsafe characters replaced and the name cut, with 10 hex digits of the label's sha256 added
+    (so that two labels never share a dir)."""
+    safe = re.sub(r"[^\w.,=+@:-]", "_", label)
+    if safe == label and len(label) <= MAX_LABEL_CHARS and not label.startswith("."):
+        return label
+    digest = hashlib.sha256(label.encode()).hexdigest()[:10]
+    return f"{safe.lstrip('.')[:MAX_LABEL_CHARS - 11]}-{digest}"
+
+
+def _is_label_dir(p: Path) -> bool:
+    """Whether ``p`` (an entry of ``merged/``) is a labelled merge's dir, not a file of the unlabelled one."""
+    return p.is_dir() and not p.is_symlink() and "=" in p.name
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def clear_record_dir(out_dir: Path, merged_root: Path) -> None:
+    """Empty a merge's record dir (for the unlabelled merge, ``merged/`` itself: its labelled subdirs stay)."""
+    if out_dir == merged_root:
+        if merged_root.is_dir():
+            for p in merged_root.iterdir():
+                if not _is_label_dir(p):
+                    _remove(p)
+    elif out_dir.exists() or out_dir.is_symlink():
+        _remove(out_dir)
+
+
+def remove_stale_merges(merged_root: Path, ok_dirs: set[Path]) -> None:
+    """Remove the records of every merge under ``merged_root`` that is not in ``ok_dirs`` (merged now)."""
+    if not merged_root.is_dir():
+        return
+    if merged_root not in ok_dirs:
+        clear_record_dir(merged_root, merged_root)
+    for p in merged_root.iterdir():
+        if _is_label_dir(p) and p not in ok_dirs:
+            _remove(p)
+    if not any(merged_root.iterdir()):
+        merged_root.rmdir()
 
 
 @dataclass
@@ -63,6 +124,8 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
         if r.get("@dataset.shard") is not None:
             groups.setdefault(_label({k: r.get("@" + k) for k in others}), []).append(r)
     merged_rows = []
+    merged_root = sweep_dir / "merged"
+    ok_dirs: set[Path] = set()
     free = iter(range(max((int(p.name) for p in sweep_dir.iterdir() if p.name.isdigit()), default=-1) + 1, 1 << 30))
     for label, members in groups.items():
         cfg = OmegaConf.load(jobs[members[0]["job"]].config)
@@ -77,10 +140,11 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
                      for i, s in shards.items() if not 0 <= i < n]
         if not problems:
             problems = fingerprint_problems([shards[i] for i in range(n)])
-        out_dir = sweep_dir / "merged" / label if label else sweep_dir / "merged"
+        out_dir = merged_root / label_dir_name(label) if label else merged_root
+        # a merge from an earlier state of the sweep must not look current: refused, it leaves nothing;
+        # merged, it starts from an empty dir (no plot or prediction file of an earlier merge left)
+        clear_record_dir(out_dir, merged_root)
         if problems:
-            # a merge from an earlier, complete state of the sweep must not look current
-            (out_dir / "metrics.json").unlink(missing_ok=True)  # the merge's own record dir
             reruns = [rerun_shard(sweep_dir, i, shards.get(i), jobs[members[0]["job"]],
                                   None if shards.get(i) else str(next(free)))  # a job dir of its own each
                       for i in range(n) if shard_problem(i, shards.get(i), n)]
@@ -94,11 +158,14 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
             record = score_union(cfg, [shards[i].files for i in range(n)], out_dir)
         except Exception as exc:
             log.error("merging shards failed: %s", exc)
+            clear_record_dir(out_dir, merged_root)
             merged_rows.append({**row, "status": "failed", "error": f"merge failed: {exc}"})
             continue
+        ok_dirs.add(out_dir)
         row.update(status="ok", images=record["images"])
         row.update({f"metric:{k}": v for k, v in record["metrics"].items() if "/" not in k})
         merged_rows.append(row)
+    remove_stale_merges(merged_root, ok_dirs)
     return merged_rows
 
 
@@ -125,9 +192,15 @@ def shard_problem(i: int, shard: Shard | None, n: int) -> str | None:
     status = shard.row["status"]
     if status == "failed":
         return f"shard {i} (job {shard.row['job']}) failed: {shard.row.get('error') or 'unknown error'}"
-    if status != "ok" or not shard.files.metrics.is_file():
+    if status != "ok" or not (shard.files.metrics.is_file() or unscored_record(shard.files)):
         return f"shard {i} (job {shard.row['job']}) has no result (killed, or still running)"
     return None
+
+
+def unscored_record(files: JobFiles) -> dict | None:
+    """The record of a shard that ran with ``stage.score=false`` (``<stage>.json``, ``scored: false``)."""
+    rec = read_json(files.records / f"{files.records.name}.json")
+    return rec if isinstance(rec, dict) and rec.get("scored") is False else None
 
 
 def merge_identity(files: JobFiles) -> dict | None:
@@ -244,7 +317,7 @@ def score_union(cfg, shards: list[JobFiles], out_dir: Path) -> dict:
         if overlap:
             raise ValueError(f"shards overlap on {len(overlap)} image(s), e.g. {sorted(overlap)[0]}")
         detections.update(part)
-        skipped += (read_json(f.metrics) or {}).get("skipped", [])
+        skipped += (read_json(f.metrics) or unscored_record(f) or {}).get("skipped", [])
     ctx = RunContext(cfg, get_manager(), out_dir, out_dir)
     ctx.record_dir.mkdir(parents=True, exist_ok=True)
     return score(ctx, detections, skipped, {"merged_from": [str(f.root) for f in shards]})
