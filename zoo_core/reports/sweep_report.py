@@ -108,6 +108,9 @@ def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
         run = read_json(f.run) or {}
         cfg = _job_config(f)
         lat = perf.get("latency_ms") or perf.get("device_call_ms") or {}
+        timed = perf.get("images") != 0  # 0: every image was resumed from an earlier run, nothing was timed
+        if not timed:
+            lat = {}
         converted = result.get("converted")
         row = {
             "job": f.root.name,
@@ -117,7 +120,7 @@ def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
             "stage": _name(cfg, "stage"),
             "backend": _name(cfg, "backend"),
             "host": result.get("host"),
-            "throughput": perf.get("throughput", perf.get("throughput_img_s")),
+            "throughput": perf.get("throughput", perf.get("throughput_img_s")) if timed else None,
             "latency_mean_ms": lat.get("mean"),
             "latency_p99_ms": lat.get("p99"),
             "model_file": perf.get("model_file"),
@@ -127,6 +130,9 @@ def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
                     else f"not run (atc not on PATH): wrote {Path(str(result.get('script'))).name}"),
             "error": (error or {}).get("error"),
         }
+        if not timed:
+            row["note"] = (f"all {perf.get('resumed_images', '?')} images were resumed from an earlier run: "
+                           "no throughput or latency measured")
         if row["stage"] == "convert":
             row["backend"] = f"atc {(cfg.get('atc') or {}).get('soc_version', '')}".strip()
             if error:
