@@ -181,6 +181,7 @@ def run_hydra(args: list[str]) -> int:
 
     from zoo_core.config import schema
     from zoo_core.config.confpaths import core_conf_dir
+    from zoo_core.config.pinning import SWEEP_JOBS_ENV, sweep_job_count
     from zoo_core.reports.sweep_report import STATUS_ENV
 
     schema.register()
@@ -195,7 +196,8 @@ def run_hydra(args: list[str]) -> int:
     jobs = None
     if multirun:
         env["HYDRA_FULL_ERROR"] = "1"  # a launcher's exception reaches launcher_stopped, not Hydra's printer
-        jobs = _job_count([a for a in args if "=" in a])
+        jobs = sweep_job_count([a for a in args if "=" in a])
+        env[SWEEP_JOBS_ENV] = str(jobs) if jobs else None
     try:
         with _environ(env):
             try:
@@ -218,21 +220,6 @@ def run_hydra(args: list[str]) -> int:
         print(f"error: {', '.join(problems)} (see {status['report']})", file=sys.stderr)
         return 1
     return 0
-
-
-def _job_count(overrides: list[str]) -> int | None:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        n = 1
-        for o in OverridesParser.create().parse_overrides(overrides):
-            if o.is_sweep_override():
-                if not o.is_discrete_sweep():
-                    return None
-                n *= len(list(o.sweep_string_iterator()))
-        return n
-    except Exception:
-        return None
 
 
 def launcher_stopped(exc: BaseException, status_path: Path, planned: int | None = None) -> int:
