@@ -261,3 +261,22 @@ def test_submitit_jobs_get_pin_devices_and_slurm_given_devices(zoo, ascend, tmp_
     assert rc == 0, out + err
     assert pinned_device(sweep2 / "0") == (7, "SLURM_JOB_GPUS=6,7")
     assert [s["physical"] for s in lines(tmp_path / "acl.jsonl")] == [7]
+
+
+def test_a_job_pinned_to_other_threads_still_resumes(zoo, fixture_onnx):
+    """Threads change how fast a run computes, not its outputs: a sweep job pinned to 1 thread is resumed by
+    its re-run command, which runs alone and unpinned (before: "cannot resume: backend changed")."""
+    args = ("model=fixture", "stage=eval", f"model_file={fixture_onnx}", "work_dir=run")
+    zoo.ok("run", *args, "backend.intra_op_threads=1", "num_workers=0")
+    zoo.ok("run", *args, "backend.intra_op_threads=2", "resume=true")
+    assert "resuming: 12 images already done" in (zoo.cwd / "run" / "eval" / "zoo.log").read_text()
+    rc, out, err = zoo("run", *args, "backend.graph_optimization=disable", "resume=true")
+    assert rc == 2 and "cannot resume: backend changed" in err  # keys that may change the outputs still refuse
+
+
+def test_runtime_backend_keys_are_out_of_the_resume_fingerprint():
+    from zoo_core.runs.fingerprint import backend_config_hash
+
+    base = {"name": "onnxruntime", "intra_op_threads": 0, "device_id": 0, "providers": ["CPUExecutionProvider"]}
+    assert backend_config_hash(base) == backend_config_hash({**base, "intra_op_threads": 1, "device_id": 3})
+    assert backend_config_hash(base) != backend_config_hash({**base, "providers": ["CUDAExecutionProvider"]})

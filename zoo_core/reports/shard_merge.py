@@ -31,6 +31,7 @@ from pathlib import Path
 
 from zoo_core.reports.job_files import JobFiles
 from zoo_core.reports.sweep_report import read_json, sweep_jobs
+from zoo_core.runs.fingerprint import RUNTIME_BACKEND_KEYS
 
 log = logging.getLogger("zoo")
 
@@ -40,7 +41,6 @@ MERGEABLE_STAGES = ("eval", "postprocess")
 #: not its detections.
 RUNTIME_KEYS = ("resume", "progress", "num_workers", "device_id", "work_dir", "model_dir", "allow_skips")
 RUNTIME_PREFIXES = ("pin.", "hydra.")
-RUNTIME_BACKEND_KEYS = ("device_id", "intra_op_threads", "inter_op_threads", "threads")
 
 
 def is_runtime_key(key: str) -> bool:
