@@ -226,7 +226,7 @@ def write_markdown(rows: list[dict], swept: list[str], title: str | None = None,
         summary += f", {len(merges)} shard merge{'s' * (len(merges) != 1)} " \
                    f"({sum(r['status'] == 'failed' for r in merges)} failed)"
     if stopped:
-        lines += [f"**The sweep was stopped**: {_md(stopped)}. Jobs without a result are listed below with "
+        lines += [f"**The sweep was stopped**: {_md(stopped).rstrip('.')}. Jobs without a result are listed below with "
                   "the command that re-runs each into this sweep.", ""]
     lines += [summary, "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for r in rows:
