@@ -87,3 +87,15 @@ def test_a_launcher_that_cannot_start_any_job_is_one_line_exit_2(zoo):
     assert p.returncode == 2, p.stdout + p.stderr
     assert p.stderr == 'error: hydra/launcher=basic: Could not detect "srun", are you indeed on a slurm cluster?\n'
     assert not (sweep / "sweep_report.md").exists()
+
+
+def test_an_error_before_the_sweep_starts_is_not_blamed_on_the_launcher(zoo, tmp_path):
+    """A failure in Hydra's set-up of the multirun before the sweep starts (here its composition) is one
+    line too, naming what failed, not the launcher."""
+    code = CODE.replace('BasicLauncher.launch = launch', 'from hydra._internal.hydra import Hydra\n'
+                        'def bad(*a, **k):\n    raise ValueError("composition failed")\n'
+                        'Hydra.multirun = bad')
+    p = subprocess.run([sys.executable, "-c", code, "x", "-m", "model=fixture", "stage=perf", "batch_size=1,2",
+                        f"hydra.sweep.dir={tmp_path / 'sweep'}"], capture_output=True, text=True, env=zoo.env(),
+                       cwd=zoo.cwd)
+    assert (p.returncode, p.stderr.splitlines()[-1:]) == (1, ["error: ValueError: composition failed"]), p.stderr

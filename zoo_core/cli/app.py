@@ -227,16 +227,22 @@ def launcher_stopped(exc: BaseException, status_path: Path, planned: int | None 
     a result and the command that re-runs each; a shard merge names the shards never started), print one
     line naming the launcher and the error. ``planned``: the sweep's number of jobs, if known.
     Returns 1, or 2 when no job ran (the launcher could not start any)."""
+    from zoo_core.api.errors import ZooError
     from zoo_core.reports.sweep_report import build_report, read_json
 
     status = read_json(status_path) or {}
-    launcher = f"hydra/launcher={status.get('launcher') or 'basic'}"
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     first = lines[0] if lines else ""
     what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-    sweep_dir = Path(str(status["sweep_dir"])) if status.get("sweep_dir") else None
+    if "sweep_dir" not in status:  # before the sweep started (Hydra's composition): not the launcher's doing
+        if isinstance(exc, ZooError):
+            raise exc
+        print(f"error: {what}", file=sys.stderr)
+        return 1
+    launcher = f"hydra/launcher={status.get('launcher') or 'basic'}"
+    sweep_dir = Path(str(status["sweep_dir"]))
     summary: dict = {"jobs": 0}
-    if sweep_dir is not None and sweep_dir.is_dir():
+    if sweep_dir.is_dir():
         try:
             summary = build_report(sweep_dir, stopped=f"{launcher} raised {what}")
         except Exception as report_exc:
