@@ -31,7 +31,7 @@ def launch(self, job_overrides, initial_job_idx):
     if mode == "none":
         raise RuntimeError('Could not detect "srun", are you indeed on a slurm cluster?')
     real(self, job_overrides[:2], initial_job_idx)
-    records = Path(str(self.config.hydra.sweep.dir)) / "1" / "eval"
+    records = next(p for p in (Path(str(self.config.hydra.sweep.dir)) / "1").iterdir() if (p / ".hydra").is_dir())
     for p in records.iterdir():
         if p.name != ".hydra":
             shutil.rmtree(p) if p.is_dir() else p.unlink()
@@ -61,9 +61,11 @@ def test_a_killed_job_gives_a_report_and_one_line_and_its_rerun_completes_the_me
     assert "Traceback" not in p.stdout
     md = (sweep / "sweep_report.md").read_text()
     assert "**The sweep was stopped**: hydra/launcher=basic raised UncompletedJobError: Job 1" in md
-    assert "2 jobs (0 failed), 1 shard merge (1 failed)" in md
+    assert "3 jobs (0 failed, 2 without a result), 1 shard merge (1 failed)" in md
     note = next(ln for ln in md.splitlines() if ln.startswith("1. job `1`: no result"))
     assert "hydra.sweep.subdir=1/eval resume=true" in note  # job 1 left detections to resume
+    note = next(ln for ln in md.splitlines() if ln.startswith("2. job `2`: not started (the launcher stopped first)"))
+    assert note.endswith(f"dataset.shard=2 hydra.sweep.dir={sweep} hydra.sweep.subdir=2/eval")
     assert "shard 1 (job 1) has no result" in md and "shard 2 of 3 is missing" in md
     assert (sweep / "report.html").is_file() and "The sweep was stopped" in (sweep / "report.html").read_text()
     assert not (sweep / "merged").exists()
@@ -99,3 +101,20 @@ def test_an_error_before_the_sweep_starts_is_not_blamed_on_the_launcher(zoo, tmp
                         f"hydra.sweep.dir={tmp_path / 'sweep'}"], capture_output=True, text=True, env=zoo.env(),
                        cwd=zoo.cwd)
     assert (p.returncode, p.stderr.splitlines()[-1:]) == (1, ["error: ValueError: composition failed"]), p.stderr
+
+
+def test_a_stopped_sweep_names_the_jobs_never_started_with_their_commands(zoo, fixture_onnx):
+    sweep = zoo.cwd / "sweep"
+    p = run(zoo, "killed", "-m", "model=fixture", "stage=perf", f"model_file={fixture_onnx}", "dataset.limit=2",
+            "batch_size=1,2,4", f"hydra.sweep.dir={sweep}")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "(2 of 3 jobs without a result, 0 failed;" in p.stderr
+    md = (sweep / "sweep_report.md").read_text()
+    rows = [ln.split("|")[1:3] for ln in md.splitlines() if re.match(r"\| [124] \|", ln)]
+    assert [[c.strip() for c in r] for r in rows] == [["1", "ok"], ["2", "no result [1]"], ["4", "not started [2]"]]
+    cmd = re.search(r"2\. job `2`: not started \(the launcher stopped first\)\. Run it: (zoo run .*)$", md, re.M).group(1)
+    args = shlex.split(cmd)[2:]
+    assert "batch_size=4" in args and "hydra.sweep.subdir=2/perf" in args and "resume=true" not in args
+    rc, out, err = zoo("run", *args)
+    assert rc == 0, out + err
+    assert json.loads((sweep / "2" / "perf" / "perf.json").read_text())["batch_size"] == 4

@@ -181,7 +181,7 @@ def run_hydra(args: list[str]) -> int:
 
     from zoo_core.config import schema
     from zoo_core.config.confpaths import core_conf_dir
-    from zoo_core.config.pinning import SWEEP_JOBS_ENV, sweep_job_count
+    from zoo_core.config.pinning import SWEEP_JOBS_ENV, planned_jobs
     from zoo_core.reports.sweep_report import STATUS_ENV
 
     schema.register()
@@ -193,11 +193,11 @@ def run_hydra(args: list[str]) -> int:
     os.close(fd)
     os.unlink(status_path)
     env: dict[str, str | None] = {STATUS_ENV: status_path}
-    jobs = None
+    planned = None
     if multirun:
         env["HYDRA_FULL_ERROR"] = "1"  # a launcher's exception reaches launcher_stopped, not Hydra's printer
-        jobs = sweep_job_count([a for a in args if "=" in a])
-        env[SWEEP_JOBS_ENV] = str(jobs) if jobs else None
+        planned = planned_jobs(args)
+        env[SWEEP_JOBS_ENV] = str(len(planned)) if planned else None
     try:
         with _environ(env):
             try:
@@ -205,7 +205,7 @@ def run_hydra(args: list[str]) -> int:
             except Exception as exc:
                 if not multirun:
                     raise
-                return launcher_stopped(exc, Path(status_path), jobs)
+                return launcher_stopped(exc, Path(status_path), planned)
         status = json.loads(Path(status_path).read_text()) if os.path.exists(status_path) else {}
     finally:
         sys.argv = saved
@@ -222,10 +222,10 @@ def run_hydra(args: list[str]) -> int:
     return 0
 
 
-def launcher_stopped(exc: BaseException, status_path: Path, planned: int | None = None) -> int:
+def launcher_stopped(exc: BaseException, status_path: Path, planned: list[list[str]] | None = None) -> int:
     """A multirun's launcher raised: build the sweep report of the jobs that ran (it names the jobs without
-    a result and the command that re-runs each; a shard merge names the shards never started), print one
-    line naming the launcher and the error. ``planned``: the sweep's number of jobs, if known.
+    a result, and those never started, with the command that runs each), print one line naming the
+    launcher and the error. ``planned``: each job's overrides, if known (:func:`pinning.planned_jobs`).
     Returns 1, or 2 when no job ran (the launcher could not start any)."""
     from zoo_core.api.errors import ZooError
     from zoo_core.reports.sweep_report import build_report, read_json
@@ -244,13 +244,13 @@ def launcher_stopped(exc: BaseException, status_path: Path, planned: int | None 
     summary: dict = {"jobs": 0}
     if sweep_dir.is_dir():
         try:
-            summary = build_report(sweep_dir, stopped=f"{launcher} raised {what}")
+            summary = build_report(sweep_dir, stopped=f"{launcher} raised {what}", planned=planned)
         except Exception as report_exc:
             log.warning("could not build the sweep report: %s", report_exc)
     if not summary["jobs"]:
         print(f"error: {launcher}: {first or what}", file=sys.stderr)
         return 2
-    total = max(planned or 0, summary["jobs"])
+    total = max(len(planned or []), summary["jobs"])
     undone = summary["no_result"] + total - summary["jobs"]
     print(f"error: {launcher} stopped the sweep: {what} ({undone} of {total} jobs without a result, "
           f"{summary['failed']} failed; see {summary['report']})", file=sys.stderr)

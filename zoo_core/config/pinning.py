@@ -55,18 +55,23 @@ SWEEP_JOBS_ENV = "ZOO_SWEEP_JOBS"
 def sweep_job_count(overrides: list[str]) -> int | None:
     """How many jobs Hydra's basic sweeper makes of the command line's ``overrides`` (the product of the
     sweeps' lengths); None when it cannot tell without the config (a ``glob`` or interval sweep)."""
+    jobs = planned_jobs(overrides)
+    return None if jobs is None else len(jobs)
+
+
+def planned_jobs(overrides: list[str]) -> list[list[str]] | None:
+    """The task overrides of each job Hydra's basic sweeper makes of the command line's ``overrides``, in
+    job-number order (``hydra.*`` and flags left out); None when it cannot tell without the config."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    task = [o for o in overrides if "=" in o and not o.startswith("-")
+            and not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
     try:
-        parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("-")])
-        n = 1
-        for o in parsed:
-            if o.is_sweep_override():
-                if not o.is_discrete_sweep():
-                    return None
-                n *= len(list(o.sweep_string_iterator()))
-        return n
-    except Exception:
+        parsed = OverridesParser.create().parse_overrides(task)
+        [batch] = BasicSweeper.split_arguments(parsed, None)
+        return [list(job) for job in batch]
+    except Exception:  # Hydra reports a bad override itself; this plan is only a hint
         return None
 
 

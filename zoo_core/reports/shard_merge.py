@@ -269,13 +269,15 @@ def rerun_shard(sweep_dir: Path, i: int, shard: Shard | None, template: JobFiles
 
 
 def rerun_command(sweep_dir: Path, template: JobFiles, shard: int | None = None, job: str | None = None,
-                  resume: bool | None = None) -> str:
+                  resume: bool | None = None, overrides: list[str] | None = None) -> str:
     """The ``zoo run`` that runs the job of ``template`` again into this sweep (the sweep's launcher
     overrides repeated): into the template's job dir, or ``job``; ``shard`` replaces its
-    ``dataset.shard``. ``resume=true`` is added when ``resume`` says so (default: :func:`can_resume`)."""
+    ``dataset.shard``, ``overrides`` all its task overrides. ``resume=true`` is added when ``resume`` says
+    so (default: :func:`can_resume`)."""
     import yaml
 
-    overrides = yaml.safe_load(template.overrides.read_text()) or []
+    if overrides is None:
+        overrides = yaml.safe_load(template.overrides.read_text()) or []
     args = []
     for o in overrides:
         key = str(o).split("=", 1)[0].lstrip("+~")
@@ -291,7 +293,8 @@ def rerun_command(sweep_dir: Path, template: JobFiles, shard: int | None = None,
         launcher = [o for o in hydra_overrides if o.lstrip("+~").startswith(("hydra/launcher", "hydra.launcher"))]
     if resume is None:
         resume = job is None and can_resume(template)
-    stage = template.records.name  # <job>/<stage>/: the job's run root, then its stage record dir
+    # <job>/<stage>/: the job's run root, then its stage record dir
+    stage = next((a.split("=", 1)[1] for a in args if a.lstrip("+~").startswith("stage=")), template.records.name)
     argv = ["zoo", "run", "-m", *launcher, *args, f"hydra.sweep.dir={sweep_dir}",
             f"hydra.sweep.subdir={job or template.root.name}/{stage}"] + (["resume=true"] if resume else [])
     return shlex.join(argv)

@@ -221,7 +221,9 @@ def write_markdown(rows: list[dict], swept: list[str], title: str | None = None,
     if title:
         lines += [f"# Sweep report: {title}", ""]
     failed_jobs = sum(r["status"] == "failed" for r in jobs)
-    summary = f"{len(jobs)} job{'s' * (len(jobs) != 1)} ({failed_jobs} failed)"
+    undone = sum(r["status"] in ("no result", "not started") for r in jobs)
+    summary = f"{len(jobs)} job{'s' * (len(jobs) != 1)} ({failed_jobs} failed" \
+              + (f", {undone} without a result)" if undone else ")")
     if merges:
         summary += f", {len(merges)} shard merge{'s' * (len(merges) != 1)} " \
                    f"({sum(r['status'] == 'failed' for r in merges)} failed)"
@@ -259,6 +261,8 @@ def _row_note(r: dict) -> str | None:
     or why a job has no timing."""
     if r["status"] == "failed":
         return str(r.get("error") or "no error recorded")
+    if r["status"] == "not started" and r.get("rerun"):
+        return f"not started (the launcher stopped first). Run it: {r['rerun']}"
     if r["status"] != "ok" and r.get("rerun"):
         return f"no result (killed, or still running). Re-run it: {r['rerun']}"
     return str(r["note"]) if r.get("note") else None
@@ -388,11 +392,12 @@ def _plot_pareto(ax, rows: list[dict], keys: list[str], metric: str) -> None:
     ax.legend(fontsize=8, loc="lower left")
 
 
-def build_report(sweep_dir: str | Path, stopped: str | None = None) -> dict:
+def build_report(sweep_dir: str | Path, stopped: str | None = None, planned: list[list[str]] | None = None) -> dict:
     """Write ``sweep_report.{csv,md,png}``, ``report.html`` (and shard merges) for ``sweep_dir``; returns a
-    summary. ``stopped``: why the launcher stopped the sweep (said at the top of the report). The
-    callback at the end of a sweep, ``zoo run`` after a launcher stopped one, and
-    ``python -m zoo_core.reports.sweep_report`` all build it here."""
+    summary. ``stopped``: why the launcher stopped the sweep (said at the top of the report); ``planned``:
+    the overrides of each of its jobs, by job number: a job without a dir is reported ``not started``,
+    with the command that runs it. The callback at the end of a sweep, ``zoo run`` after a launcher
+    stopped one, and ``python -m zoo_core.reports.sweep_report`` all build it here."""
     from zoo_core.api.atomic import write_bytes, write_text
 
     sweep_dir = Path(sweep_dir)
@@ -409,6 +414,8 @@ def build_report(sweep_dir: str | Path, stopped: str | None = None) -> dict:
             except (OSError, ValueError) as exc:  # a job dir too damaged to read its overrides
                 log.warning("no re-run command for job %s: %s", r["job"], exc)
     merged = merge_shards(sweep_dir, rows, swept)
+    if planned and not is_patch_sweep(sweep_dir):
+        rows = rows + not_started_rows(sweep_dir, rows, planned)
     all_rows = rows + merged
     title = title_of(rows)
     write_text(sweep_dir / "sweep_report.csv", write_csv(all_rows))
@@ -427,9 +434,26 @@ def build_report(sweep_dir: str | Path, stopped: str | None = None) -> dict:
     except Exception as exc:  # the report page must never fail the sweep
         log.warning("could not write %s: %s", sweep_dir / "report.html", exc)
     return {"jobs": len(rows), "failed": sum(r["status"] == "failed" for r in rows),
-            "no_result": sum(r["status"] == "no result" for r in rows),
+            "no_result": sum(r["status"] in ("no result", "not started") for r in rows),
             "merges": len(merged), "failed_merges": sum(r["status"] == "failed" for r in merged),
             "report": str(sweep_dir / "sweep_report.md"), "markdown": md, "merged": merged}
+
+
+def not_started_rows(sweep_dir: Path, rows: list[dict], planned: list[list[str]]) -> list[dict]:
+    """A ``not started`` row, with the command that runs it into the sweep, for each planned job without a
+    job dir among ``rows`` (the launcher stopped before it)."""
+    from zoo_core.reports.shard_merge import rerun_command
+
+    have = {r["job"] for r in rows}
+    template = _job_files(sweep_dir, rows[0]["job"])
+    out = []
+    for num, overrides in enumerate(planned):
+        if str(num) in have:
+            continue
+        values = dict(o.split("=", 1) for o in overrides if "=" in o)
+        out.append({"job": str(num), **{f"@{k}": v for k, v in values.items()}, "status": "not started",
+                    "rerun": rerun_command(sweep_dir, template, job=str(num), resume=False, overrides=overrides)})
+    return out
 
 
 def _job_files(sweep_dir: Path, job: str) -> JobFiles:
