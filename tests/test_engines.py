@@ -107,3 +107,13 @@ def test_three_shards_merge_to_the_unsharded_metrics(zoo, unsharded, model, engi
     assert all(r["host"] for r in results)
     if engine == "submitit_local":
         assert (sweep / ".submitit").is_dir()
+        # all 3 jobs start at once: each gets a third of the cores (before: none, 2 workers + all cores each)
+        from zoo_core.config.pinning import available_cores
+
+        threads = max(1, available_cores() // 3)
+        for i in range(3):
+            pinned = re.search(r"job \d+ pinned: (.*)", (sweep / str(i) / "eval" / "zoo.log").read_text())
+            assert pinned, f"job {i} was not pinned"
+            assert f"num_workers={min(2, threads - 1)}" in pinned.group(1)
+            if model == "centerface_wider":
+                assert f"backend.intra_op_threads={threads}" in pinned.group(1)

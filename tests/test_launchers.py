@@ -2,6 +2,7 @@
 docs/sweeps.md produces the batch script it promises (through a fake ``sbatch``, there is no cluster)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -22,7 +23,8 @@ SLURM_RECIPE = (
     "hydra.launcher.cpus_per_task=24 hydra.launcher.mem_gb=64 hydra.launcher.timeout_min=120 "
     "hydra.launcher.array_parallelism=16 "
     "\"hydra.launcher.setup=['source /usr/local/Ascend/ascend-toolkit/set_env.sh']\" "
-    "model=centernet dataset=coco stage=eval backend=acl dataset.num_shards=16 'dataset.shard=range(0,16)'"
+    "model=centernet dataset=coco dataset.root=/shared/coco stage=eval backend=acl "
+    "dataset.num_shards=16 'dataset.shard=range(0,16)'"
 )
 
 
@@ -91,3 +93,44 @@ def test_slurm_recipe_submits_one_array_job_with_one_npu_per_shard(zoo, fixtures
     body = script.split("# setup", 1)[1]
     assert body.index("source /usr/local/Ascend/ascend-toolkit/set_env.sh") < body.index("srun")
     assert "submitit.core._submit" in body
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_sharded_command_names_the_weights_and_the_data_it_needs():
+    """CenterNet on COCO needs its checkpoint and the dataset's root: a command without them cannot run."""
+    text = re.sub(r"[ \t]+", " ", README.read_text().replace("\\\n", " "))
+    [cmd] = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("zoo run -m") and "dataset.num_shards" in ln]
+    args = shlex.split(cmd)[2:]
+    assert "weights=ctdet_coco_dla_2x.pth" in args and "dataset.root=/data/coco" in args
+    cfg = validate.compose([a for a in args if a != "-m" and not a.startswith("hydra")])
+    assert str(cfg.dataset.root) == "/data/coco" and cfg.dataset.num_shards == 3
+
+
+#: docs/sweeps.md's recipe for parallel jobs that export different models, its model_dir verbatim.
+OWN_MODEL_DIR = "'model_dir=${hydra:runtime.output_dir}/../model'"
+
+
+def test_own_model_dir_recipe_keeps_each_jobs_model_in_its_run_root(zoo, tmp_path):
+    """Each job exports into <sweep>/<job>/model (not its record dir, which stage runs clear), and a
+    re-run of a job into its dir (hydra.sweep.subdir) reuses that job's export."""
+    assert OWN_MODEL_DIR in docs_text()
+    sweep = tmp_path / "sweep"
+    model_dir = shlex.split(OWN_MODEL_DIR)[0]
+    zoo.ok("run", "-m", "model=fixture", "stage=perf", "model.sharpness=10,20", model_dir,
+           f"hydra.sweep.dir={sweep}", "dataset.limit=2")
+    files = [sweep / str(k) / "model" / "fixture_onnxruntime.onnx" for k in (0, 1)]
+    assert all(f.is_file() for f in files) and files[0].read_bytes() != files[1].read_bytes()
+    for k in (0, 1):
+        perf = json.loads((sweep / str(k) / "perf" / "perf.json").read_text())
+        assert Path(perf["model_file"]) == files[k]
+    before = files[1].stat().st_mtime_ns
+    zoo.ok("run", "-m", "model=fixture", "stage=eval", "model.sharpness=20", model_dir, "dataset.limit=2",
+           f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=1/eval")
+    assert "reusing " + str(files[1]) in (sweep / "1" / "eval" / "zoo.log").read_text()
+    assert files[1].stat().st_mtime_ns == before and (sweep / "1" / "perf" / "perf.json").is_file()
+
+
+def docs_text() -> str:
+    return re.sub(r"[ \t]+", " ", DOCS.read_text().replace("\\\n", " "))

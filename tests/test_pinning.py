@@ -103,6 +103,65 @@ def test_threads_for_each_engine(launcher, pin, expected):
         assert plan["num_workers"] == min(2, expected - 1)
 
 
+JOBLIB_CFG = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 4}
+
+
+@pytest.mark.parametrize("launcher, sweep_jobs, expected", [
+    (LOCAL_CFG, "3", 2),        # submitit starts all 3 jobs at once: 8 cores // 3
+    (LOCAL_CFG, "12", 1),
+    (LOCAL_CFG, "1", None),     # one job: nothing to share
+    (LOCAL_CFG, None, None),    # count unknown (a glob sweep): left alone, as before
+    ({**LOCAL_CFG, "cpus_per_task": 2}, "3", 2),  # an explicit reservation wins
+    (JOBLIB_CFG, None, 2),      # n_jobs=4
+    (JOBLIB_CFG, "2", 4),       # only 2 jobs in the sweep: 2 run at once, not 4
+    (BASIC, "3", None),         # one after another
+])
+def test_threads_shared_by_the_jobs_running_at_once(launcher, sweep_jobs, expected):
+    """Before: submitit_local jobs kept intra_op_threads=0 and num_workers=2 each, all started at once."""
+    cfg = OmegaConf.create({"backend": {"name": "onnxruntime", "intra_op_threads": 0}, "num_workers": 2,
+                            "device_id": 0, "pin": {"enabled": True, "devices": None, "cores": 8, "jobs": None}})
+    env = {} if sweep_jobs is None else {pinning.SWEEP_JOBS_ENV: sweep_jobs}
+    assert pinning.threads_for_job(cfg.pin, launcher, env) == expected
+    plan = pinning.plan(cfg, 0, launcher, [], env)
+    assert plan.get("backend.intra_op_threads") == expected
+    if expected:
+        assert plan["num_workers"] == min(2, expected - 1)
+
+
+@pytest.mark.parametrize("overrides, jobs", [
+    (["model=fixture", "stage=eval"], 1),
+    (["dataset.num_shards=3", "dataset.shard=range(0,3)"], 3),
+    (["batch_size=1,2,4", "backend.intra_op_threads=1,2", "hydra/launcher=submitit_local"], 6),
+    (["a=choice(1,2)", "b=shuffle(range(3))", "c=[1,2]"], 6),  # a list value is one value
+    (["model=glob(*)"], None),     # a glob needs the config's options to count: unknown
+    (["lr=interval(0,1)"], None),  # not a basic-sweeper sweep
+])
+def test_sweep_job_count_is_the_basic_sweepers_product(overrides, jobs):
+    assert pinning.sweep_job_count(overrides) == jobs
+
+
+def test_zoo_run_tells_the_jobs_how_many_jobs_the_sweep_has(zoo, tmp_path):
+    """The wiring: ``zoo run -m`` puts the count in the environment every launcher passes to its jobs."""
+    code = ("import os, sys\n"
+            "from hydra.core.plugins import Plugins\n"
+            "Plugins.instance()\n"
+            "from hydra._internal.core_plugins.basic_launcher import BasicLauncher\n"
+            "def launch(self, job_overrides, initial_job_idx):\n"
+            "    print('jobs in env:', os.environ.get('ZOO_SWEEP_JOBS'), len(job_overrides))\n"
+            "    raise RuntimeError('stop here')\n"
+            "BasicLauncher.launch = launch\n"
+            "from zoo_core.cli import main\n"
+            "sys.exit(main(['run', '-m', 'model=fixture', 'stage=perf', 'batch_size=1,2', 'dataset.limit=1,2,3',\n"
+            f"               'hydra.sweep.dir={tmp_path / 'sweep'}']))\n")
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=zoo.env(), cwd=zoo.cwd)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "jobs in env: 6 6" in p.stdout
+    assert "ZOO_SWEEP_JOBS" not in os.environ
+
+
 def test_parse_device_list_stops_like_the_ascend_runtime():
     assert pinning.parse_device_list("1,2,3") == [1, 2, 3]
     assert pinning.parse_device_list("1, 2,3") == [1]
@@ -202,3 +261,22 @@ def test_submitit_jobs_get_pin_devices_and_slurm_given_devices(zoo, ascend, tmp_
     assert rc == 0, out + err
     assert pinned_device(sweep2 / "0") == (7, "SLURM_JOB_GPUS=6,7")
     assert [s["physical"] for s in lines(tmp_path / "acl.jsonl")] == [7]
+
+
+def test_a_job_pinned_to_other_threads_still_resumes(zoo, fixture_onnx):
+    """Threads change how fast a run computes, not its outputs: a sweep job pinned to 1 thread is resumed by
+    its re-run command, which runs alone and unpinned (before: "cannot resume: backend changed")."""
+    args = ("model=fixture", "stage=eval", f"model_file={fixture_onnx}", "work_dir=run")
+    zoo.ok("run", *args, "backend.intra_op_threads=1", "num_workers=0")
+    zoo.ok("run", *args, "backend.intra_op_threads=2", "resume=true")
+    assert "resuming: 12 images already done" in (zoo.cwd / "run" / "eval" / "zoo.log").read_text()
+    rc, out, err = zoo("run", *args, "backend.graph_optimization=disable", "resume=true")
+    assert rc == 2 and "cannot resume: backend changed" in err  # keys that may change the outputs still refuse
+
+
+def test_runtime_backend_keys_are_out_of_the_resume_fingerprint():
+    from zoo_core.runs.fingerprint import backend_config_hash
+
+    base = {"name": "onnxruntime", "intra_op_threads": 0, "device_id": 0, "providers": ["CPUExecutionProvider"]}
+    assert backend_config_hash(base) == backend_config_hash({**base, "intra_op_threads": 1, "device_id": 3})
+    assert backend_config_hash(base) != backend_config_hash({**base, "providers": ["CUDAExecutionProvider"]})

@@ -162,3 +162,108 @@ def test_shards_of_different_weights_or_config_are_refused_in_process(tmp_path):
     assert "model config (thresh: 0.5 vs 0.6)" in problem
     assert f"weights (sha256 {'a' * 12} vs {'b' * 12})" in problem
     assert "annotation files" in problem
+
+
+def test_after_a_resume_refusal_the_rerun_commands_start_over_and_complete_the_merge(zoo, fixture_onnx):
+    """Before: the suggested commands kept resume=true, so they failed with the same refusal forever."""
+    args = ("model=fixture", "stage=eval", f"model_file={fixture_onnx}", *SHARDS)
+    sweep = zoo.cwd / "sweep"
+    zoo.ok("run", "-m", *args, f"hydra.sweep.dir={sweep}")
+    rc, out, err = zoo("run", "-m", *args, "model.iou_thresh=0.4", f"hydra.sweep.dir={sweep}", "resume=true")
+    assert rc == 1, out + err
+    md = (sweep / "sweep_report.md").read_text()
+    assert md.count("cannot resume: model changed since the interrupted run") >= 3
+    tail = re.search(r"then the merge completes: (zoo run .*?)(?:\s*\||$)", md, re.M).group(1)
+    cmds = [shlex.split(c)[2:] for c in tail.split(" ; ")]
+    assert len(cmds) == 3 and all("model.iou_thresh=0.4" in c for c in cmds)
+    assert not any("resume=true" in c for c in cmds)  # resuming would be refused again
+    for cmd in cmds:
+        rc, out, err = zoo("run", *cmd)
+    assert rc == 0, out + err
+    m = merged(sweep)
+    assert m["images"] == 12
+    assert m["metrics"] == unsharded(zoo, f"model_file={fixture_onnx}", "model.iou_thresh=0.4")["metrics"]
+
+
+def test_a_job_without_a_resumable_state_is_rerun_without_resume(tmp_path):
+    """In-process: resume=true only when the job left a state.json and did not refuse to resume."""
+    from zoo_core.reports import shard_merge
+    from zoo_core.reports.job_files import job_files
+    from zoo_core.runs.resume import RESUME_REFUSED, ResumeRefused
+
+    files = job_files(tmp_path / "sweep" / "4", "eval")
+    files.overrides.parent.mkdir(parents=True)
+    files.overrides.write_text("- model=fixture\n- dataset.shard=1\n- resume=true\n")
+    cmd = shard_merge.rerun_command(tmp_path / "sweep", files)
+    assert cmd.endswith(f"hydra.sweep.dir={tmp_path / 'sweep'} hydra.sweep.subdir=4/eval")  # nothing to resume
+    (files.root / "detections").mkdir()
+    (files.root / "detections" / "state.json").write_text("{}")
+    assert shard_merge.rerun_command(tmp_path / "sweep", files).endswith("hydra.sweep.subdir=4/eval resume=true")
+    exc = ResumeRefused(f"{RESUME_REFUSED} model changed", path=files.root / "detections" / "state.json")
+    files.error.write_text(json.dumps({"error": str(exc), "type": type(exc).__name__}))
+    assert shard_merge.can_resume(files) is False
+    assert "resume=true" not in shard_merge.rerun_command(tmp_path / "sweep", files)
+
+
+def test_unscored_shards_merge_and_the_rebuilt_report_has_its_page(zoo, fixture_onnx):
+    """stage.score=false: each shard keeps eval.json (scored: false) and detections, no metrics.json; the
+    merge scores the union. Then the documented rebuild writes report.html too."""
+    from zoo_core.reports import sweep_report
+
+    sweep = zoo.cwd / "sweep"
+    zoo.ok("run", "-m", "model=fixture", "stage=eval", "stage.score=false", f"model_file={fixture_onnx}",
+           "dataset.num_shards=2", "dataset.shard=range(0,2)", f"hydra.sweep.dir={sweep}")
+    assert not (sweep / "0" / "eval" / "metrics.json").exists()
+    assert json.loads((sweep / "0" / "eval" / "eval.json").read_text())["scored"] is False
+    m = merged(sweep)
+    assert m["images"] == 12
+    assert m["metrics"] == unsharded(zoo, f"model_file={fixture_onnx}")["metrics"]
+
+    for name in ("report.html", "sweep_report.md", "sweep_report.csv"):
+        (sweep / name).unlink()
+    assert sweep_report.main([str(sweep)]) == 0
+    page = (sweep / "report.html").read_text()
+    assert (sweep / "sweep_report.md").is_file() and "<table>" in page and "merged" in page
+
+
+def test_stale_merges_are_removed_and_a_merge_starts_from_an_empty_dir(zoo, fixture_onnx):
+    """Records of a merge this report did not make (an earlier label, a refused merge) are removed;
+    a merge's plots and prediction files are its own."""
+    from zoo_core.reports import sweep_report
+
+    sweep = zoo.cwd / "sweep"
+    zoo.ok("run", "-m", "model=fixture", "stage=eval", f"model_file={fixture_onnx}", *SHARDS,
+           f"hydra.sweep.dir={sweep}")
+    root = sweep / "merged"
+    files = sorted(p.name for p in root.iterdir())
+    (root / "stale_plot.png").write_bytes(b"old")
+    (root / "predictions").mkdir()
+    (root / "predictions" / "old.txt").write_text("old")
+    old_label = root / "model.iou_thresh=0.4"
+    old_label.mkdir()
+    (old_label / "metrics.json").write_text("{}")
+    assert sweep_report.build_report(sweep)["failed_merges"] == 0
+    assert sorted(p.name for p in root.iterdir()) == files  # only what this merge wrote
+
+    (sweep / "2" / "eval" / "error.json").write_text(json.dumps({"error": "boom", "type": "ZooError"}))
+    summary = sweep_report.build_report(sweep)
+    assert summary["failed_merges"] == 1
+    assert not root.exists()  # a refused merge leaves nothing that looks current
+
+
+@pytest.mark.parametrize("label, name", [
+    ("model.iou_thresh=0.4", "model.iou_thresh=0.4"),
+    ("model_file=/abs/m.onnx", None),
+    ("model_file=../../../etc", None),
+    ("x=" + "y" * 300, None),
+])
+def test_merge_dir_names_stay_one_safe_dir_under_merged(label, name):
+    from zoo_core.reports.shard_merge import MAX_LABEL_CHARS, label_dir_name
+
+    got = label_dir_name(label)
+    if name is not None:
+        assert got == name
+    else:
+        assert "/" not in got and got not in (".", "..") and not got.startswith(".")
+        assert len(got) <= MAX_LABEL_CHARS and "=" in got
+        assert got != label_dir_name(label + "2")  # a hash keeps cut or replaced labels apart

@@ -127,3 +127,26 @@ def test_rebuild_tool_says_what_is_missing(tmp_path):
                                               ([13806.7], 1), ([0.07, 0.17], 4), ([None, "x"], 2)])
 def test_decimals_follow_the_largest_value_of_a_column(values, decimals):
     assert sr.decimals_for(values) == decimals
+
+
+def test_a_fully_resumed_job_has_no_throughput_or_latency_and_says_why(tmp_path):
+    """Before: a job whose images were all resumed showed 0 img/s and 0 ms (perf.json of 0 timed images)."""
+    for job, perf in (("0", {"images": 0, "resumed_images": 4, "throughput_img_s": 0.0,
+                             "device_call_ms": {"mean": 0.0, "p99": 0.0}}),
+                      ("1", {"images": 4, "resumed_images": 0, "throughput_img_s": 8.0,
+                             "device_call_ms": {"mean": 120.0, "p99": 150.0}})):
+        rec = tmp_path / job / "eval"
+        (rec / ".hydra").mkdir(parents=True)
+        (rec / ".hydra" / "overrides.yaml").write_text(f"- model=fixture\n- dataset.shard={job}\n")
+        (rec / "perf.json").write_text(json.dumps({"stage": "eval", **perf}))
+        (rec / "metrics.json").write_text(json.dumps({"metrics": {"AP50": 1.0}, "images": 4}))
+    rows, swept = sr.collect_rows(tmp_path)
+    assert [r["throughput"] for r in rows] == [None, 8.0]
+    assert [r["latency_mean_ms"] for r in rows] == [None, 120.0]
+    md = sr.write_markdown(rows, swept)
+    head, cells = table(md)
+    assert cells[0][head.index("throughput (img/s)")] == "" and cells[0][head.index("latency mean (ms)")] == ""
+    assert cells[0][head.index("status")] == "ok [1]"
+    assert "1. job `0`: all 4 images were resumed from an earlier run: no throughput or latency measured" in md
+    ax = sr.figure(rows, swept).axes[0]
+    assert [p.get_height() for p in ax.patches] == [8.0]  # the resumed job is not plotted at 0

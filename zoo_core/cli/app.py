@@ -144,8 +144,35 @@ def run_single(overrides: list[str]) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _environ(values: dict[str, str | None]):
+    """Set (or with None remove) environment variables for the block; put the old values back after it."""
+    import os
+
+    old = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run_hydra(args: list[str]) -> int:
-    """Run ``zoo run <args>`` through Hydra's own entry point (all Hydra flags work)."""
+    """Run ``zoo run <args>`` through Hydra's own entry point (all Hydra flags work).
+
+    A multirun's sweep report is built by the ``SweepReport`` callback at its end. When the launcher
+    raises instead (a job's process was killed, no Slurm here...), Hydra never calls that end: Hydra is
+    told to re-raise (``HYDRA_FULL_ERROR``) and :func:`launcher_stopped` builds the report of what ran
+    and says in one line what stopped the sweep (exit 1; exit 2 when no job ran).
+    """
     import json
     import os
     import tempfile
@@ -154,26 +181,34 @@ def run_hydra(args: list[str]) -> int:
 
     from zoo_core.config import schema
     from zoo_core.config.confpaths import core_conf_dir
+    from zoo_core.config.pinning import SWEEP_JOBS_ENV, planned_jobs
     from zoo_core.reports.sweep_report import STATUS_ENV
 
     schema.register()
     main = hydra.main(version_base="1.3", config_path=str(core_conf_dir()), config_name="config")(task)
+    multirun = any(a.split("=", 1)[0] in ("-m", "--multirun") for a in args if a.startswith("-"))
     saved = sys.argv
     sys.argv = ["zoo run", *args]
     fd, status_path = tempfile.mkstemp(prefix="zoo-sweep-", suffix=".json")
     os.close(fd)
     os.unlink(status_path)
-    old = os.environ.get(STATUS_ENV)
-    os.environ[STATUS_ENV] = status_path
+    env: dict[str, str | None] = {STATUS_ENV: status_path}
+    planned = None
+    if multirun:
+        env["HYDRA_FULL_ERROR"] = "1"  # a launcher's exception reaches launcher_stopped, not Hydra's printer
+        planned = planned_jobs(args)
+        env[SWEEP_JOBS_ENV] = str(len(planned)) if planned else None
     try:
-        main()
+        with _environ(env):
+            try:
+                main()
+            except Exception as exc:
+                if not multirun:
+                    raise
+                return launcher_stopped(exc, Path(status_path), planned)
         status = json.loads(Path(status_path).read_text()) if os.path.exists(status_path) else {}
     finally:
         sys.argv = saved
-        if old is None:
-            os.environ.pop(STATUS_ENV, None)
-        else:
-            os.environ[STATUS_ENV] = old
         if os.path.exists(status_path):
             os.unlink(status_path)
     problems = []
@@ -185,3 +220,38 @@ def run_hydra(args: list[str]) -> int:
         print(f"error: {', '.join(problems)} (see {status['report']})", file=sys.stderr)
         return 1
     return 0
+
+
+def launcher_stopped(exc: BaseException, status_path: Path, planned: list[list[str]] | None = None) -> int:
+    """A multirun's launcher raised: build the sweep report of the jobs that ran (it names the jobs without
+    a result, and those never started, with the command that runs each), print one line naming the
+    launcher and the error. ``planned``: each job's overrides, if known (:func:`pinning.planned_jobs`).
+    Returns 1, or 2 when no job ran (the launcher could not start any)."""
+    from zoo_core.api.errors import ZooError
+    from zoo_core.reports.sweep_report import build_report, read_json
+
+    status = read_json(status_path) or {}
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    first = lines[0] if lines else ""
+    what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    if "sweep_dir" not in status:  # before the sweep started (Hydra's composition): not the launcher's doing
+        if isinstance(exc, ZooError):
+            raise exc
+        print(f"error: {what}", file=sys.stderr)
+        return 1
+    launcher = f"hydra/launcher={status.get('launcher') or 'basic'}"
+    sweep_dir = Path(str(status["sweep_dir"]))
+    summary: dict = {"jobs": 0}
+    if sweep_dir.is_dir():
+        try:
+            summary = build_report(sweep_dir, stopped=f"{launcher} raised {what}", planned=planned)
+        except Exception as report_exc:
+            log.warning("could not build the sweep report: %s", report_exc)
+    if not summary["jobs"]:
+        print(f"error: {launcher}: {first or what}", file=sys.stderr)
+        return 2
+    total = max(len(planned or []), summary["jobs"])
+    undone = summary["no_result"] + total - summary["jobs"]
+    print(f"error: {launcher} stopped the sweep: {what} ({undone} of {total} jobs without a result, "
+          f"{summary['failed']} failed; see {summary['report']})", file=sys.stderr)
+    return 1

@@ -19,7 +19,10 @@ In a multirun, each job is pinned before its stage runs (:func:`pinned_job`):
   2. a launcher that reserves CPUs per job: Ray's ``ray.remote.num_cpus`` (Ray's default for a task
      is 1), submitit's ``cpus_per_task``; a Slurm job without ``cpus_per_task`` gets the CPUs of its
      allocation (its affinity mask);
-  3. the joblib launcher: ``max(1, cores // n_jobs)`` when it runs more than one job at once.
+  3. a launcher that runs several jobs at once on this machine: ``max(1, cores // jobs)``, where ``jobs``
+     is joblib's ``n_jobs`` (at most the sweep's number of jobs) or, for submitit's local launcher, which
+     starts every job at once, the sweep's number of jobs. ``zoo run -m`` counts the sweep's jobs
+     (:func:`sweep_job_count`) and passes the count to them in :data:`SWEEP_JOBS_ENV`.
 
   The job's process also gets that many threads for OpenCV and (when loaded) torch, and
   ``OMP_NUM_THREADS`` for the processes it starts.
@@ -45,6 +48,36 @@ log = logging.getLogger("zoo")
 
 #: Environment variables a pinned job sets for itself (and restores at its end).
 PINNED_ENV = ("OMP_NUM_THREADS",)
+#: Environment variable in which ``zoo run -m`` tells the sweep's jobs how many jobs the sweep has.
+SWEEP_JOBS_ENV = "ZOO_SWEEP_JOBS"
+
+
+def sweep_job_count(overrides: list[str]) -> int | None:
+    """How many jobs Hydra's basic sweeper makes of the command line's ``overrides`` (the product of the
+    sweeps' lengths); None when it cannot tell without the config (a ``glob`` or interval sweep)."""
+    jobs = planned_jobs(overrides)
+    return None if jobs is None else len(jobs)
+
+
+def planned_jobs(overrides: list[str]) -> list[list[str]] | None:
+    """The task overrides of each job Hydra's basic sweeper makes of the command line's ``overrides``, in
+    job-number order (``hydra.*`` and flags left out); None when it cannot tell without the config."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    task = [o for o in overrides if "=" in o and not o.startswith("-")
+            and not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    try:
+        parsed = OverridesParser.create().parse_overrides(task)
+        [batch] = BasicSweeper.split_arguments(parsed, None)
+        return [list(job) for job in batch]
+    except Exception:  # Hydra reports a bad override itself; this plan is only a hint
+        return None
+
+
+def _sweep_jobs(env: Mapping[str, str]) -> int | None:
+    v = str(env.get(SWEEP_JOBS_ENV, "")).strip()
+    return int(v) if v.isdigit() and int(v) > 0 else None
 
 
 def available_cores() -> int:
@@ -59,12 +92,18 @@ def _target(launcher_cfg) -> str:
     return str((launcher_cfg or {}).get("_target_", ""))
 
 
-def parallel_jobs(launcher_cfg, cores: int) -> int:
-    """How many jobs the launcher runs at once on this machine (joblib's ``n_jobs`` semantics)."""
-    if "JoblibLauncher" not in _target(launcher_cfg):
-        return 1
-    n = int(launcher_cfg.get("n_jobs", -1) or -1)
-    return n if n > 0 else max(1, cores + 1 + n)
+def parallel_jobs(launcher_cfg, cores: int, env: Mapping[str, str] | None = None) -> int:
+    """How many jobs the launcher runs at once on this machine: joblib's ``n_jobs`` (its semantics; at
+    most the sweep's jobs), submitit's local launcher all the sweep's jobs (:data:`SWEEP_JOBS_ENV`), else 1."""
+    total = _sweep_jobs(os.environ if env is None else env)
+    target = _target(launcher_cfg)
+    if "JoblibLauncher" in target:
+        n = int(launcher_cfg.get("n_jobs", -1) or -1)
+        n = n if n > 0 else max(1, cores + 1 + n)
+        return min(n, total) if total else n
+    if target.endswith("submitit_launcher.LocalLauncher"):
+        return total or 1
+    return 1
 
 
 def is_ray(launcher_cfg) -> bool:
@@ -138,7 +177,7 @@ def device_for_job(pin, job_num: int, env: Mapping[str, str]) -> tuple[int, str]
     return None
 
 
-def threads_for_job(pin, launcher_cfg) -> int | None:
+def threads_for_job(pin, launcher_cfg, env: Mapping[str, str] | None = None) -> int | None:
     """Threads the job may use (see the module doc), or None to leave the libraries' defaults."""
     cores = int(pin.get("cores") or 0) or available_cores()
     if pin.get("jobs"):
@@ -148,7 +187,7 @@ def threads_for_job(pin, launcher_cfg) -> int | None:
         return per_job
     if "SlurmLauncher" in _target(launcher_cfg):
         return cores
-    jobs = parallel_jobs(launcher_cfg, cores)
+    jobs = parallel_jobs(launcher_cfg, cores, env)
     return max(1, cores // jobs) if jobs > 1 else None
 
 
@@ -164,7 +203,7 @@ def plan(cfg, job_num: int, launcher_cfg, task_overrides, env: Mapping[str, str]
         device = device_for_job(pin, job_num, env)
         if device is not None:
             out["device_id"] = device[0]
-    threads = threads_for_job(pin, launcher_cfg)
+    threads = threads_for_job(pin, launcher_cfg, env)
     if threads:
         backend = cfg.get("backend") or {}
         for key in ("intra_op_threads", "threads"):
@@ -253,7 +292,7 @@ def pinned_job(cfg, hydra_cfg, env: Mapping[str, str] | None = None) -> Iterator
     try:
         changes = apply(cfg, hydra_cfg, env)
         pin = cfg.get("pin") or {}
-        threads = threads_for_job(pin, hydra_cfg.get("launcher")) if bool(pin.get("enabled", True)) else None
+        threads = threads_for_job(pin, hydra_cfg.get("launcher"), env) if bool(pin.get("enabled", True)) else None
         if threads:
             set_process_threads(threads)
         yield changes

@@ -7,19 +7,31 @@ A merge is refused (its report row is failed, and the sweep exits 1) when
 
 * a shard is missing (no job ran it), failed (``error.json``) or has no result (killed);
   the message names the shard and gives the command that re-runs just that shard into the sweep
-  (``hydra.sweep.subdir=<its job dir>/<stage>``, ``resume=true``); once it has run, the merge completes;
+  (``hydra.sweep.subdir=<its job dir>/<stage>``; ``resume=true`` when the job left something to resume
+  and did not fail refusing to resume); once it has run, the merge completes;
 * the shards did not run the same thing: their model, dataset (except ``shard``) and backend config,
   weights, model file and dataset annotation files (sha256, from each job's ``run.json``) must agree.
+
+A shard is complete with its ``metrics.json``, or with ``stage.score=false`` its ``eval.json`` /
+``postprocess.json`` (``scored: false``): the merge scores the union either way. A refused merge leaves
+no record (its dir is emptied); a merge starts from an empty dir; and after merging, the records of
+every ``merged/`` dir this report did not merge are removed, so nothing from an earlier state of the
+sweep looks current. A merge's dir name is its label made safe (no ``/``, at most
+:data:`MAX_LABEL_CHARS` characters, a hash of the label when it had to change).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import shlex
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from zoo_core.reports.job_files import JobFiles
 from zoo_core.reports.sweep_report import read_json, sweep_jobs
+from zoo_core.runs.fingerprint import RUNTIME_BACKEND_KEYS
 
 log = logging.getLogger("zoo")
 
@@ -29,7 +41,6 @@ MERGEABLE_STAGES = ("eval", "postprocess")
 #: not its detections.
 RUNTIME_KEYS = ("resume", "progress", "num_workers", "device_id", "work_dir", "model_dir", "allow_skips")
 RUNTIME_PREFIXES = ("pin.", "hydra.")
-RUNTIME_BACKEND_KEYS = ("device_id", "intra_op_threads", "inter_op_threads", "threads")
 
 
 def is_runtime_key(key: str) -> bool:
@@ -37,8 +48,59 @@ def is_runtime_key(key: str) -> bool:
             or key in {f"backend.{k}" for k in RUNTIME_BACKEND_KEYS})
 
 
+#: Longest merge dir name under ``merged/`` (file systems allow 255 bytes).
+MAX_LABEL_CHARS = 100
+
+
 def _label(values: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in values.items())
+
+
+def label_dir_name(label: str) -> str:
+    """The dir under ``merged/`` of the merge labelled ``label``: the label when it is a safe file name,
+    else its unsafe characters replaced and the name cut, with 10 hex digits of the label's sha256 added
+    (so that two labels never share a dir)."""
+    safe = re.sub(r"[^\w.,=+@:-]", "_", label)
+    if safe == label and len(label) <= MAX_LABEL_CHARS and not label.startswith("."):
+        return label
+    digest = hashlib.sha256(label.encode()).hexdigest()[:10]
+    return f"{safe.lstrip('.')[:MAX_LABEL_CHARS - 11]}-{digest}"
+
+
+def _is_label_dir(p: Path) -> bool:
+    """Whether ``p`` (an entry of ``merged/``) is a labelled merge's dir, not a file of the unlabelled one."""
+    return p.is_dir() and not p.is_symlink() and "=" in p.name
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def clear_record_dir(out_dir: Path, merged_root: Path) -> None:
+    """Empty a merge's record dir (for the unlabelled merge, ``merged/`` itself: its labelled subdirs stay)."""
+    if out_dir == merged_root:
+        if merged_root.is_dir():
+            for p in merged_root.iterdir():
+                if not _is_label_dir(p):
+                    _remove(p)
+    elif out_dir.exists() or out_dir.is_symlink():
+        _remove(out_dir)
+
+
+def remove_stale_merges(merged_root: Path, ok_dirs: set[Path]) -> None:
+    """Remove the records of every merge under ``merged_root`` that is not in ``ok_dirs`` (merged now)."""
+    if not merged_root.is_dir():
+        return
+    if merged_root not in ok_dirs:
+        clear_record_dir(merged_root, merged_root)
+    for p in merged_root.iterdir():
+        if _is_label_dir(p) and p not in ok_dirs:
+            _remove(p)
+    if not any(merged_root.iterdir()):
+        merged_root.rmdir()
 
 
 @dataclass
@@ -62,6 +124,8 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
         if r.get("@dataset.shard") is not None:
             groups.setdefault(_label({k: r.get("@" + k) for k in others}), []).append(r)
     merged_rows = []
+    merged_root = sweep_dir / "merged"
+    ok_dirs: set[Path] = set()
     free = iter(range(max((int(p.name) for p in sweep_dir.iterdir() if p.name.isdigit()), default=-1) + 1, 1 << 30))
     for label, members in groups.items():
         cfg = OmegaConf.load(jobs[members[0]["job"]].config)
@@ -76,12 +140,13 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
                      for i, s in shards.items() if not 0 <= i < n]
         if not problems:
             problems = fingerprint_problems([shards[i] for i in range(n)])
-        out_dir = sweep_dir / "merged" / label if label else sweep_dir / "merged"
+        out_dir = merged_root / label_dir_name(label) if label else merged_root
+        # a merge from an earlier state of the sweep must not look current: refused, it leaves nothing;
+        # merged, it starts from an empty dir (no plot or prediction file of an earlier merge left)
+        clear_record_dir(out_dir, merged_root)
         if problems:
-            # a merge from an earlier, complete state of the sweep must not look current
-            (out_dir / "metrics.json").unlink(missing_ok=True)  # the merge's own record dir
-            reruns = [rerun_command(sweep_dir, i, shards.get(i), members, jobs,
-                                    None if shards.get(i) else str(next(free)))  # a job dir of its own each
+            reruns = [rerun_shard(sweep_dir, i, shards.get(i), jobs[members[0]["job"]],
+                                  None if shards.get(i) else str(next(free)))  # a job dir of its own each
                       for i in range(n) if shard_problem(i, shards.get(i), n)]
             error = "not merged: " + "; ".join(problems)
             if reruns:
@@ -93,11 +158,14 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
             record = score_union(cfg, [shards[i].files for i in range(n)], out_dir)
         except Exception as exc:
             log.error("merging shards failed: %s", exc)
+            clear_record_dir(out_dir, merged_root)
             merged_rows.append({**row, "status": "failed", "error": f"merge failed: {exc}"})
             continue
+        ok_dirs.add(out_dir)
         row.update(status="ok", images=record["images"])
         row.update({f"metric:{k}": v for k, v in record["metrics"].items() if "/" not in k})
         merged_rows.append(row)
+    remove_stale_merges(merged_root, ok_dirs)
     return merged_rows
 
 
@@ -124,9 +192,15 @@ def shard_problem(i: int, shard: Shard | None, n: int) -> str | None:
     status = shard.row["status"]
     if status == "failed":
         return f"shard {i} (job {shard.row['job']}) failed: {shard.row.get('error') or 'unknown error'}"
-    if status != "ok" or not shard.files.metrics.is_file():
+    if status != "ok" or not (shard.files.metrics.is_file() or unscored_record(shard.files)):
         return f"shard {i} (job {shard.row['job']}) has no result (killed, or still running)"
     return None
+
+
+def unscored_record(files: JobFiles) -> dict | None:
+    """The record of a shard that ran with ``stage.score=false`` (``<stage>.json``, ``scored: false``)."""
+    rec = read_json(files.records / f"{files.records.name}.json")
+    return rec if isinstance(rec, dict) and rec.get("scored") is False else None
 
 
 def merge_identity(files: JobFiles) -> dict | None:
@@ -174,38 +248,55 @@ def _describe_diff(key: str, a, b) -> str:
     return f"{key} ({a!r} vs {b!r})"
 
 
-def rerun_command(sweep_dir: Path, i: int, shard: Shard | None, members: list[dict],
-                  jobs: dict[str, JobFiles], new_job: str | None = None) -> str:
-    """The ``zoo run`` that re-runs shard ``i`` alone into this sweep, resumed: into its job dir, or for a
-    shard that never ran into ``new_job`` (default: the next free job number; a caller listing several
-    missing shards gives each its own)."""
+def can_resume(files: JobFiles) -> bool:
+    """Whether re-running the job with ``resume=true`` keeps something: it left a resumable artifact dir
+    (``state.json``) and did not fail refusing to resume it (:class:`zoo_core.runs.resume.ResumeRefused`:
+    it would refuse again)."""
+    from zoo_core.runs.resume import RESUME_REFUSED, ResumeRefused
+
+    error = read_json(files.error) or {}
+    if error.get("type") == ResumeRefused.__name__ or RESUME_REFUSED in str(error.get("error", "")):
+        return False
+    return any((files.root / d / "state.json").is_file() for d in ("detections", "outputs", "inputs"))
+
+
+def rerun_shard(sweep_dir: Path, i: int, shard: Shard | None, template: JobFiles, new_job: str | None) -> str:
+    """The ``zoo run`` that re-runs shard ``i`` alone into this sweep: into its job dir, or for a shard that
+    never ran into ``new_job`` (a caller listing several missing shards gives each its own)."""
+    if shard is not None:
+        return rerun_command(sweep_dir, shard.files)
+    return rerun_command(sweep_dir, template, shard=i, job=new_job, resume=False)
+
+
+def rerun_command(sweep_dir: Path, template: JobFiles, shard: int | None = None, job: str | None = None,
+                  resume: bool | None = None, overrides: list[str] | None = None) -> str:
+    """The ``zoo run`` that runs the job of ``template`` again into this sweep (the sweep's launcher
+    overrides repeated): into the template's job dir, or ``job``; ``shard`` replaces its
+    ``dataset.shard``, ``overrides`` all its task overrides. ``resume=true`` is added when ``resume`` says
+    so (default: :func:`can_resume`)."""
     import yaml
 
-    template = shard.files if shard else jobs[members[0]["job"]]
-    overrides = yaml.safe_load(template.overrides.read_text()) or []
+    if overrides is None:
+        overrides = yaml.safe_load(template.overrides.read_text()) or []
     args = []
     for o in overrides:
-        key = o.split("=", 1)[0].lstrip("+~")
-        if key == "dataset.shard":
-            o = f"dataset.shard={i}"
+        key = str(o).split("=", 1)[0].lstrip("+~")
+        if key == "dataset.shard" and shard is not None:
+            o = f"dataset.shard={shard}"
         if key != "resume":
-            args.append(o)
+            args.append(str(o))
     hydra_file = template.overrides.parent / "hydra.yaml"
     launcher = []
     if hydra_file.is_file():
         hcfg = yaml.safe_load(hydra_file.read_text()) or {}
         hydra_overrides = ((hcfg.get("hydra") or {}).get("overrides") or {}).get("hydra") or []
         launcher = [o for o in hydra_overrides if o.lstrip("+~").startswith(("hydra/launcher", "hydra.launcher"))]
-    if shard is not None:
-        subdir = shard.row["job"]
-    elif new_job is not None:
-        subdir = new_job
-    else:
-        taken = [int(p.name) for p in sweep_dir.iterdir() if p.name.isdigit()]
-        subdir = str(max(taken, default=-1) + 1)
-    stage = template.records.name  # <job>/<stage>/: the job's run root, then its stage record dir
+    if resume is None:
+        resume = job is None and can_resume(template)
+    # <job>/<stage>/: the job's run root, then its stage record dir
+    stage = next((a.split("=", 1)[1] for a in args if a.lstrip("+~").startswith("stage=")), template.records.name)
     argv = ["zoo", "run", "-m", *launcher, *args, f"hydra.sweep.dir={sweep_dir}",
-            f"hydra.sweep.subdir={subdir}/{stage}", "resume=true"]
+            f"hydra.sweep.subdir={job or template.root.name}/{stage}"] + (["resume=true"] if resume else [])
     return shlex.join(argv)
 
 
@@ -229,7 +320,7 @@ def score_union(cfg, shards: list[JobFiles], out_dir: Path) -> dict:
         if overlap:
             raise ValueError(f"shards overlap on {len(overlap)} image(s), e.g. {sorted(overlap)[0]}")
         detections.update(part)
-        skipped += (read_json(f.metrics) or {}).get("skipped", [])
+        skipped += (read_json(f.metrics) or unscored_record(f) or {}).get("skipped", [])
     ctx = RunContext(cfg, get_manager(), out_dir, out_dir)
     ctx.record_dir.mkdir(parents=True, exist_ok=True)
     return score(ctx, detections, skipped, {"merged_from": [str(f.root) for f in shards]})

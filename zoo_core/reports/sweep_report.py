@@ -108,6 +108,9 @@ def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
         run = read_json(f.run) or {}
         cfg = _job_config(f)
         lat = perf.get("latency_ms") or perf.get("device_call_ms") or {}
+        timed = perf.get("images") != 0  # 0: every image was resumed from an earlier run, nothing was timed
+        if not timed:
+            lat = {}
         converted = result.get("converted")
         row = {
             "job": f.root.name,
@@ -117,7 +120,7 @@ def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
             "stage": _name(cfg, "stage"),
             "backend": _name(cfg, "backend"),
             "host": result.get("host"),
-            "throughput": perf.get("throughput", perf.get("throughput_img_s")),
+            "throughput": perf.get("throughput", perf.get("throughput_img_s")) if timed else None,
             "latency_mean_ms": lat.get("mean"),
             "latency_p99_ms": lat.get("p99"),
             "model_file": perf.get("model_file"),
@@ -127,6 +130,9 @@ def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
                     else f"not run (atc not on PATH): wrote {Path(str(result.get('script'))).name}"),
             "error": (error or {}).get("error"),
         }
+        if not timed:
+            row["note"] = (f"all {perf.get('resumed_images', '?')} images were resumed from an earlier run: "
+                           "no throughput or latency measured")
         if row["stage"] == "convert":
             row["backend"] = f"atc {(cfg.get('atc') or {}).get('soc_version', '')}".strip()
             if error:
@@ -189,8 +195,10 @@ def title_of(rows: list[dict], host: str | None = None) -> str:
     return f"{values('model')} · {values('stage')} · {values('backend')} · host {', '.join(hosts)}"
 
 
-def write_markdown(rows: list[dict], swept: list[str], title: str | None = None) -> str:
-    """The report as Markdown: title, table, and the full text of every failure as a numbered note."""
+def write_markdown(rows: list[dict], swept: list[str], title: str | None = None, stopped: str | None = None) -> str:
+    """The report as Markdown: title, table, and as numbered notes the full text of every failure, the
+    re-run command of every job without a result, and why a job has no timing. ``stopped``: why the
+    launcher stopped the sweep before every job finished."""
     jobs = [r for r in rows if not str(r["job"]).startswith("merged")]
     merges = [r for r in rows if str(r["job"]).startswith("merged")]
     metric_cols = list(dict.fromkeys(k for r in rows for k in r if k.startswith("metric:")))[:MAX_MD_METRICS]
@@ -213,31 +221,51 @@ def write_markdown(rows: list[dict], swept: list[str], title: str | None = None)
     if title:
         lines += [f"# Sweep report: {title}", ""]
     failed_jobs = sum(r["status"] == "failed" for r in jobs)
-    summary = f"{len(jobs)} job{'s' * (len(jobs) != 1)} ({failed_jobs} failed)"
+    undone = sum(r["status"] in ("no result", "not started") for r in jobs)
+    summary = f"{len(jobs)} job{'s' * (len(jobs) != 1)} ({failed_jobs} failed" \
+              + (f", {undone} without a result)" if undone else ")")
     if merges:
         summary += f", {len(merges)} shard merge{'s' * (len(merges) != 1)} " \
                    f"({sum(r['status'] == 'failed' for r in merges)} failed)"
+    if stopped:
+        lines += [f"**The sweep was stopped**: {_md(stopped).rstrip('.')}. Jobs without a result are listed below with "
+                  "the command that re-runs each into this sweep.", ""]
     lines += [summary, "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for r in rows:
-        cells = []
-        for c in cols:
-            v = r.get(c)
-            if v is None or v == "":
-                cells.append("")
-            elif c in ("model_file", "om_file"):
-                sha = r.get("model_sha256") if c == "model_file" else None
-                cells.append(_md(files.get(v, v) + (f" ({sha[:8]})" if sha else "")))
-            elif isinstance(v, float):
-                cells.append(f"{v:.{decimals[c]}f}")
-            else:
-                cells.append(_md(v))
-        if r["status"] == "failed":
-            notes.append(f"{len(notes) + 1}. job `{r['job']}`: {_md(r.get('error') or 'no error recorded')}")
-            cells[cols.index("status")] = f"failed [{len(notes)}]"
+        cells = [_md_cell(r, c, decimals[c], files) for c in cols]
+        note = _row_note(r)
+        if note:
+            notes.append(f"{len(notes) + 1}. job `{r['job']}`: {_md(note)}")
+            cells[cols.index("status")] = f"{r['status']} [{len(notes)}]"
         lines.append("| " + " | ".join(cells) + " |")
     if notes:
-        lines += ["", "Failures:", "", *notes]
+        lines += ["", "Notes:" if any(r["status"] == "ok" and r.get("note") for r in rows) else "Failures:", "",
+                  *notes]
     return "\n".join(lines) + "\n"
+
+
+def _md_cell(r: dict, c: str, decimals: int, files: dict[str, str]) -> str:
+    v = r.get(c)
+    if v is None or v == "":
+        return ""
+    if c in ("model_file", "om_file"):
+        sha = r.get("model_sha256") if c == "model_file" else None
+        return _md(files.get(v, v) + (f" ({sha[:8]})" if sha else ""))
+    if isinstance(v, float):
+        return f"{v:.{decimals}f}"
+    return _md(v)
+
+
+def _row_note(r: dict) -> str | None:
+    """The numbered note of a report row: a failure's error, a job without a result's re-run command,
+    or why a job has no timing."""
+    if r["status"] == "failed":
+        return str(r.get("error") or "no error recorded")
+    if r["status"] == "not started" and r.get("rerun"):
+        return f"not started (the launcher stopped first). Run it: {r['rerun']}"
+    if r["status"] != "ok" and r.get("rerun"):
+        return f"no result (killed, or still running). Re-run it: {r['rerun']}"
+    return str(r["note"]) if r.get("note") else None
 
 
 def _series_label(r: dict, keys: list[str]) -> str:
@@ -364,30 +392,75 @@ def _plot_pareto(ax, rows: list[dict], keys: list[str], metric: str) -> None:
     ax.legend(fontsize=8, loc="lower left")
 
 
-def build_report(sweep_dir: str | Path) -> dict:
-    """Write ``sweep_report.{csv,md,png}`` (and shard merges) for ``sweep_dir``; returns a summary."""
+def build_report(sweep_dir: str | Path, stopped: str | None = None, planned: list[list[str]] | None = None) -> dict:
+    """Write ``sweep_report.{csv,md,png}``, ``report.html`` (and shard merges) for ``sweep_dir``; returns a
+    summary. ``stopped``: why the launcher stopped the sweep (said at the top of the report); ``planned``:
+    the overrides of each of its jobs, by job number: a job without a dir is reported ``not started``,
+    with the command that runs it. The callback at the end of a sweep, ``zoo run`` after a launcher
+    stopped one, and ``python -m zoo_core.reports.sweep_report`` all build it here."""
     from zoo_core.api.atomic import write_bytes, write_text
 
     sweep_dir = Path(sweep_dir)
     rows, swept = collect_rows(sweep_dir)
     if not rows:
-        return {"jobs": 0, "failed": 0, "merges": 0, "failed_merges": 0, "report": None, "markdown": "",
-                "merged": []}
-    from zoo_core.reports.shard_merge import merge_shards
+        return {"jobs": 0, "failed": 0, "no_result": 0, "merges": 0, "failed_merges": 0, "report": None,
+                "markdown": "", "merged": []}
+    from zoo_core.reports.shard_merge import merge_shards, rerun_command
 
+    for r in rows:
+        if r["status"] == "no result":
+            try:
+                r["rerun"] = rerun_command(sweep_dir, _job_files(sweep_dir, r["job"]))
+            except (OSError, ValueError) as exc:  # a job dir too damaged to read its overrides
+                log.warning("no re-run command for job %s: %s", r["job"], exc)
     merged = merge_shards(sweep_dir, rows, swept)
+    if planned and not is_patch_sweep(sweep_dir):
+        rows = rows + not_started_rows(sweep_dir, rows, planned)
     all_rows = rows + merged
     title = title_of(rows)
     write_text(sweep_dir / "sweep_report.csv", write_csv(all_rows))
-    md = write_markdown(all_rows, swept, title)
+    md = write_markdown(all_rows, swept, title, stopped)
     png = plot_png(rows, swept, title)
     if png:
         write_bytes(sweep_dir / "sweep_report.png", png)
         md += "\n![sweep report](sweep_report.png)\n"
+    else:
+        (sweep_dir / "sweep_report.png").unlink(missing_ok=True)  # not a picture of an earlier state
     write_text(sweep_dir / "sweep_report.md", md)
+    try:
+        from zoo_core.reports.html import write_report
+
+        write_report(sweep_dir)
+    except Exception as exc:  # the report page must never fail the sweep
+        log.warning("could not write %s: %s", sweep_dir / "report.html", exc)
     return {"jobs": len(rows), "failed": sum(r["status"] == "failed" for r in rows),
+            "no_result": sum(r["status"] in ("no result", "not started") for r in rows),
             "merges": len(merged), "failed_merges": sum(r["status"] == "failed" for r in merged),
             "report": str(sweep_dir / "sweep_report.md"), "markdown": md, "merged": merged}
+
+
+def not_started_rows(sweep_dir: Path, rows: list[dict], planned: list[list[str]]) -> list[dict]:
+    """A ``not started`` row, with the command that runs it into the sweep, for each planned job without a
+    job dir among ``rows`` (the launcher stopped before it)."""
+    from zoo_core.reports.shard_merge import rerun_command
+
+    have = {r["job"] for r in rows}
+    template = _job_files(sweep_dir, rows[0]["job"])
+    out = []
+    for num, overrides in enumerate(planned):
+        if str(num) in have:
+            continue
+        values = dict(o.split("=", 1) for o in overrides if "=" in o)
+        out.append({"job": str(num), **{f"@{k}": v for k, v in values.items()}, "status": "not started",
+                    "rerun": rerun_command(sweep_dir, template, job=str(num), resume=False, overrides=overrides)})
+    return out
+
+
+def _job_files(sweep_dir: Path, job: str) -> JobFiles:
+    files = find_job(sweep_dir / job)
+    if files is None:
+        raise ValueError(f"{sweep_dir / job}: not a job dir")
+    return files
 
 
 def _jsonable(value):
@@ -419,6 +492,19 @@ class SweepReport(Callback):
         except Exception as exc:  # a report detail must never fail the job
             log.warning("could not write the job's result.json: %s", exc)
 
+    def on_multirun_start(self, config, **kwargs) -> None:
+        """Tell ``zoo run`` (:data:`STATUS_ENV`) where the sweep writes and which launcher runs it, so that
+        it can still build the report when the launcher raises and ``on_multirun_end`` never comes."""
+        status = os.environ.get(STATUS_ENV)
+        if not status:
+            return
+        try:
+            choices = config.hydra.runtime.choices
+            write_status(Path(status), {"sweep_dir": str(config.hydra.sweep.dir),
+                                        "launcher": str(choices.get("hydra/launcher") or "basic")})
+        except Exception as exc:  # a report detail must never stop the sweep
+            log.warning("could not record the sweep dir: %s", exc)
+
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if not sweep_dir.is_dir():
@@ -426,18 +512,17 @@ class SweepReport(Callback):
         summary = build_report(sweep_dir)
         if not summary["jobs"]:
             return
-        try:
-            from zoo_core.reports.html import write_report
-
-            write_report(sweep_dir)
-        except Exception as exc:  # the report page must never fail the sweep
-            log.warning("could not write %s: %s", sweep_dir / "report.html", exc)
         status = os.environ.get(STATUS_ENV)
         if status:
-            write_status(Path(status), {k: summary[k] if k != "report" else str(summary[k])
-                                        for k in ("jobs", "failed", "merges", "failed_merges", "report")})
+            write_status(Path(status), {**_read_status(Path(status)), "finished": True,
+                                        **{k: summary[k] if k != "report" else str(summary[k])
+                                           for k in ("jobs", "failed", "merges", "failed_merges", "report")}})
         print(f"\nsweep report ({summary['jobs']} jobs, {summary['merges']} shard merges, {summary['failed']} "
               f"failed): {summary['report']}\n{summary['markdown']}")
+
+
+def _read_status(path: Path) -> dict[str, Any]:
+    return read_json(path) or {}
 
 
 def write_status(path: Path, status: dict[str, Any]) -> None:

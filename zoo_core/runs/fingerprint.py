@@ -43,6 +43,19 @@ def config_hash(section) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+#: Backend keys that change where or how fast a run computes, not its outputs: left out of the resume
+#: fingerprint (a sweep job pinned to 1 thread resumes in a run given 4) and of a shard merge's check.
+RUNTIME_BACKEND_KEYS = ("device_id", "intra_op_threads", "inter_op_threads", "threads")
+
+
+def backend_config_hash(backend_cfg) -> str:
+    """:func:`config_hash` of the backend section without :data:`RUNTIME_BACKEND_KEYS`."""
+    data = OmegaConf.to_container(backend_cfg, resolve=True, enum_to_str=True) \
+        if not isinstance(backend_cfg, dict) else dict(backend_cfg)
+    assert isinstance(data, dict)
+    return config_hash({k: v for k, v in data.items() if k not in RUNTIME_BACKEND_KEYS})
+
+
 #: Model keys that only change what ``predict`` shows (never the network, its export or its outputs):
 #: left out of the export and resume fingerprints.
 DISPLAY_ONLY_MODEL_KEYS = ("predict_threshold", "class_names")

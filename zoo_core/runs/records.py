@@ -23,6 +23,9 @@ from zoo_core.runs.context import RunContext
 from zoo_core.runs.fingerprint import dataset_files, file_record, versions
 
 METRICS_SCHEMA = 1
+#: Key of an evaluator's ``info``: ``{metric: why it is undefined}`` for the metrics it returned as NaN;
+#: moved into ``metrics.json``'s ``null_metrics`` (the generic reason is used for the others).
+NULL_REASONS = "null_reasons"
 
 
 def input_records(ctx: RunContext, model_file: str | None = None) -> dict[str, Any]:
@@ -71,14 +74,17 @@ def metrics_record(ctx: RunContext, metrics: dict[str, Any], images: int, info: 
         raise PluginError(f"the {ctx.model_name} evaluate hook returned non-numeric metrics: {sorted(bad)}")
     clean: dict[str, float | None] = {}
     nulls: dict[str, str] = {}
+    reasons = info.get(NULL_REASONS)
+    reasons = reasons if isinstance(reasons, dict) else {}
+    info = {k: v for k, v in info.items() if k != NULL_REASONS}
     for k, v in metrics.items():
         f = float(v)
         if math.isfinite(f):
             clean[k] = f
         else:
             clean[k] = None
-            nulls[k] = (f"the evaluator returned {f} (e.g. no ground truth of this kind among the "
-                        f"{images} images scored)")
+            nulls[k] = str(reasons.get(k) or f"the evaluator returned {f} (e.g. no ground truth of this kind "
+                                                f"among the {images} images scored)")
     rec: dict[str, Any] = {"schema": METRICS_SCHEMA, "stage": ctx.stage, "model": ctx.model_name,
                            "dataset": str(ctx.cfg.dataset.get("name", "")), "images": images, "metrics": clean}
     if nulls:

@@ -21,6 +21,14 @@ from zoo_core.runs.fingerprint import config_hash, model_config_hash, sha256_fil
 
 log = logging.getLogger("zoo")
 
+#: How every refusal to resume starts (after the state file's path); the sweep report's re-run commands
+#: leave out ``resume=true`` for a job that failed with it.
+RESUME_REFUSED = "cannot resume:"
+
+
+class ResumeRefused(ZooError):
+    """``resume=true`` over artifacts that cannot be resumed (changed fingerprint, unreadable state)."""
+
 
 def artifact_fingerprint(ctx: RunContext, model_file: str | None = None, **parts: Any) -> dict[str, Any]:
     """What must not change between an interrupted run and its resumption (hashes only)."""
@@ -51,12 +59,12 @@ def start_resumable(ctx: RunContext, state_path: Path, fingerprint: dict[str, An
             state = json.loads(state_path.read_text())
             old = state.get("fingerprint", {})
         except (ValueError, AttributeError, RecursionError):
-            raise ZooError("cannot resume: the state file is unreadable", path=state_path,
+            raise ResumeRefused(f"{RESUME_REFUSED} the state file is unreadable", path=state_path,
                            hint="run again without resume=true to start over") from None
         if old != fingerprint:
             changed = sorted(k for k in set(fingerprint) | set(old) if fingerprint.get(k) != old.get(k))
             keys = _changed_keys(state, ctx.resolved_config(), changed)
-            raise ZooError(f"cannot resume: {', '.join(changed)} changed since the interrupted run"
+            raise ResumeRefused(f"{RESUME_REFUSED} {', '.join(changed)} changed since the interrupted run"
                            + (f" ({'; '.join(keys)})" if keys else ""),
                            path=state_path, hint="run again without resume=true to start over")
         resuming = True

@@ -23,7 +23,7 @@ from zoo_core.pipeline.workers import WorkerPool
 from zoo_core.reports.progress import Progress
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.detstore import DetectionStore
-from zoo_core.runs.fingerprint import config_hash
+from zoo_core.runs.fingerprint import backend_config_hash
 from zoo_core.runs.layout import clear_dir
 from zoo_core.runs.records import finish_with_skips, write_perf
 from zoo_core.runs.resume import Ledger, artifact_fingerprint, mark_complete, start_resumable
@@ -84,7 +84,7 @@ def _stream(ctx: RunContext, backend: Any, pool: WorkerPool) -> tuple:
     out_dir = ctx.path("outputs")
     ledger = Ledger(out_dir / "index.jsonl")
     describe = backend.describe()
-    fingerprint = artifact_fingerprint(ctx, describe.get("model_file"), backend=config_hash(cfg.backend),
+    fingerprint = artifact_fingerprint(ctx, describe.get("model_file"), backend=backend_config_hash(cfg.backend),
                                        save_outputs=save)
 
     def reset() -> None:

@@ -84,6 +84,25 @@ def per_category_ap(ev, names: Mapping[int, str]) -> dict[str, float]:
     return out
 
 
+def coco_stats(stats: Sequence[float], images: int) -> tuple[dict[str, float], dict[str, str]]:
+    """The 12 COCOeval stats by name, and why each undefined one is undefined.
+
+    COCOeval writes ``-1`` for a stat it cannot define (no ground truth of that kind, e.g. no large
+    object, among the images scored); that is not a score of -1: it becomes NaN, which ``metrics.json``
+    records as ``null`` with the reason (``info[NULL_REASONS]`` -> ``null_metrics``).
+    """
+    metrics: dict[str, float] = {}
+    undefined: dict[str, str] = {}
+    for name, v in zip(STAT_NAMES, stats):
+        if float(v) == -1:
+            metrics[name] = float("nan")
+            undefined[name] = (f"COCOeval gave -1: no ground truth of this kind (area range / IoU) among the "
+                               f"{images} image{'s' if images != 1 else ''} scored")
+        else:
+            metrics[name] = float(v)
+    return metrics, undefined
+
+
 def category_ids(model_cfg) -> tuple[int, ...]:
     """The model's 0-based class -> COCO category id mapping: ``model.category_ids``, default the COCO 80."""
     ids = model_cfg.get("category_ids") if model_cfg is not None else None
@@ -109,13 +128,14 @@ def score_coco(detections: Mapping[str, Detections], dataset: CocoDataset, sampl
         ``bootstrap_seed``) from COCOeval's per-image records, in ``ci95``; how in ``info["bootstrap"]``
         (:mod:`zoo_core.datasets.coco.bootstrap`). An evaluator that keeps no per-image records gives none
         (``info["bootstrap"]["note"]`` says so).
-    :returns: metrics: the 12 COCOeval stats (``AP`` = stats[0], ...) and ``AP/<category name>``; files:
+    :returns: metrics: the 12 COCOeval stats (``AP`` = stats[0], ...; NaN where COCOeval could not define
+        one, see :func:`coco_stats`) and ``AP/<category name>``; files:
         ``detections.json`` (the reference results list) and the two plots; info: the evaluator used.
     """
     used = resolve_evaluator(evaluator)
     records = coco_records(detections, samples, category_ids)
     ev = run_cocoeval(dataset.instances, records, [s.key for s in samples], used)
-    metrics = {name: float(v) for name, v in zip(STAT_NAMES, ev.stats)}
+    metrics, undefined = coco_stats(ev.stats, len(samples))
     per_class = per_category_ap(ev, dataset.category_names())
     metrics.update(per_class)
     ci95: dict = {}
@@ -135,8 +155,12 @@ def score_coco(detections: Mapping[str, Detections], dataset: CocoDataset, sampl
 
         title = f"{dataset.name} ({len(samples)} image{'s' if len(samples) != 1 else ''})"
         files["pr_curves.png"] = pr_curves_png(ev, title)
-        files["ap_per_class.png"] = ap_per_class_png(per_class, metrics["AP"], title)
-    info = {"evaluator": used, "images": len(samples), "iou_type": "bbox"}
+        files["ap_per_class.png"] = ap_per_class_png(per_class, float(ev.stats[0]), title)
+    info: dict = {"evaluator": used, "images": len(samples), "iou_type": "bbox"}
+    if undefined:
+        from zoo_core.runs.records import NULL_REASONS
+
+        info[NULL_REASONS] = undefined
     if boot is not None:
         info["bootstrap"] = boot
     return EvalResult(metrics=metrics, files=files, info=info, ci95=ci95)
