@@ -201,8 +201,13 @@ def test_evaluate_hook_uses_the_configured_evaluator(pm, tmp_path, monkeypatch):
     cfg.model.coco_evaluator = "pycocotools"
     ds = pm.hook.dataset(cfg=cfg)
     res = pm.hook.evaluate(cfg=cfg, detections={}, dataset=ds, samples=ds.samples(), out_dir=tmp_path)
-    assert isinstance(res, EvalResult) and res.info == {"evaluator": "pycocotools", "images": 4, "iou_type": "bbox"}
+    info = dict(res.info)
+    undefined = info.pop("null_reasons", {})
+    assert isinstance(res, EvalResult) and info == {"evaluator": "pycocotools", "images": 4, "iou_type": "bbox"}
     assert res.metrics["AP"] == 0.0 and res.files["detections.json"] == b"[]"
+    # COCOeval's -1 (no ground truth of that area range) is NaN with its reason, never a score of -1
+    assert set(undefined) == {k for k, v in res.metrics.items() if v != v}
+    assert all(v >= 0 for v in res.metrics.values() if v == v)
     assert sorted(res.files) == ["ap_per_class.png", "detections.json", "pr_curves.png"]
 
 
