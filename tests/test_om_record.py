@@ -143,3 +143,30 @@ def test_a_fixed_size_convert_removes_an_earlier_gear_plan(fixture_cfg, tmp_path
     assert plan.is_file()
     _convert(fixture_cfg, tmp_path)
     assert not plan.exists()  # else the acl backend would take the fixed-size OM for an image-gear OM
+
+
+def test_an_int8_om_is_refused_for_another_calibration_or_other_weights(fixture_cfg, tmp_path, fake_atc):
+    """The INT8 OM's record holds AMCT's calibration (quantize settings, dataset, image ids and bytes) and the
+    weights of the ONNX AMCT calibrated. Before, backend=acl quantize=int8 ran an OM calibrated on other
+    settings or exported from other weights without a word (the FP32 OM was refused, the CPU INT8 rebuilt)."""
+    from zoo_core.stages import quantize_stage
+
+    q = {"quantize.name": "int8", "quantize.calibration_images": 3}
+    quantize_stage.run(_ctx(fixture_cfg, tmp_path, "quantize", **{"export.target": "ascend", **q}))
+    _convert(fixture_cfg, tmp_path, **q)
+    rec = json.loads((tmp_path / "model" / "fixture_int8_bs1.json").read_text())
+    assert rec["source"]["kind"] == "amct" and rec["source"]["calibration"]["quantize"] == {
+        "calibration_images": 3, "seed": 0}
+    assert _om_for(fixture_cfg, tmp_path, **q).name == "fixture_int8_bs1.om"
+    assert _om_for(fixture_cfg, tmp_path, **q, **{"model.iou_thresh": 0.3}).name == "fixture_int8_bs1.om"
+    with pytest.raises(ConfigError, match=r"\(quantize.calibration_images: 3 -> 5; calibration images: 3 -> 5 "
+                                          r"\(other ids\)\)"):
+        _om_for(fixture_cfg, tmp_path, **{**q, "quantize.calibration_images": 5})
+    with pytest.raises(ConfigError, match=r"quantize.seed: 0 -> 7"):
+        _om_for(fixture_cfg, tmp_path, **q, **{"quantize.seed": 7})
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"not the weights the export was made from")
+    rec["source"].update(weights="w.pt", weights_sha256="0" * 64)  # as an export from a weights file records it
+    (tmp_path / "model" / "fixture_int8_bs1.json").write_text(json.dumps(rec))
+    with pytest.raises(ConfigError, match=r"weights: 'w.pt' -> .*other.pt' \(other bytes\)"):
+        _om_for(fixture_cfg, tmp_path, **q, weights=str(other))

@@ -90,6 +90,7 @@ def check_om(ctx: Any, om: Path) -> None:
     if om.stem.endswith("_dyn") and was.get("dynamic_batch") != now["dynamic_batch"]:
         diffs.append(f"atc.dynamic_batch: {was.get('dynamic_batch')!r} -> {now['dynamic_batch']!r}")
     diffs += _weights_diff(ctx, rec.get("source"))
+    diffs += _calibration_diff(ctx, rec.get("source"))
     if diffs:
         raise ConfigError(f"{om} was converted with other settings than this run's ({'; '.join(diffs)})", hint=_HINT)
     replaced = rec.get("pending_script_replaces_sha256")
@@ -106,10 +107,41 @@ def check_om(ctx: Any, om: Path) -> None:
                               f"({recorded[:12]} -> {sha[:12]})", hint=_HINT)
 
 
+#: What an INT8 OM's AMCT calibration is compared on (the deploy model's fingerprint, docs/quantize.md).
+AMCT_CALIBRATION_KEYS = ("quantize", "dataset", "calibration_ids", "calibration_sha256")
+
+
+def _calibration_diff(ctx: Any, source: Any) -> list[str]:
+    """An INT8 OM calibrated otherwise than this run's ``quantize.*`` settings, dataset and calibration images
+    say (the CPU INT8 model would be rebuilt; an OM cannot be, so it is refused)."""
+    if not isinstance(source, dict) or source.get("kind") != "amct" or not isinstance(source.get("calibration"), dict):
+        return []
+    from zoo_core.stages.quantize_stage import amct_calibration, calibration_samples
+
+    was = source["calibration"]
+    now = amct_calibration(ctx, calibration_samples(ctx))
+    diffs = []
+    for key in AMCT_CALIBRATION_KEYS:
+        if was.get(key) == now.get(key):
+            continue
+        if key == "quantize" and isinstance(was.get(key), dict):
+            diffs += [f"quantize.{d}" for d in changed_keys(was[key], now[key])]
+        elif key == "calibration_sha256":
+            if was.get("calibration_ids") == now.get("calibration_ids"):
+                diffs.append("calibration images: other bytes under the same ids")
+        elif key == "calibration_ids":
+            diffs.append(f"calibration images: {len(was.get(key) or [])} -> {len(now[key])} (other ids)")
+        else:
+            diffs.append(f"{key}: {was.get(key)!r} -> {now.get(key)!r}")
+    return diffs
+
+
 def _weights_diff(ctx: Any, source: Any) -> list[str]:
-    """``weights=<file>`` given to this run but other than the file the OM's ONNX was exported from."""
+    """``weights=<file>`` given to this run but other than the file the OM's ONNX was exported from (for an
+    INT8 OM: the file of the ONNX AMCT calibrated)."""
     w = ctx.cfg.get("weights")
-    if not isinstance(source, dict) or source.get("kind") != "export" or w is None or str(w) in ("", "random"):
+    if not isinstance(source, dict) or source.get("kind") not in ("export", "amct") or w is None \
+            or str(w) in ("", "random") or not source.get("weights_sha256"):
         return []
     from zoo_core.runs.weights import user_weights
 

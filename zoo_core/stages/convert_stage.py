@@ -27,7 +27,7 @@ from zoo_core.pipeline.workers import WorkerPool
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.fingerprint import sha256_file
 from zoo_core.runs.model_files import ensure_onnx, model_dir, quantize_int8, read_record
-from zoo_core.runs.om_record import write_om_record
+from zoo_core.runs.om_record import AMCT_CALIBRATION_KEYS, write_om_record
 
 log = logging.getLogger("zoo")
 
@@ -107,12 +107,22 @@ def _write_gears(om: Path, plan: GearPlan | None) -> None:
 
 def onnx_source(onnx: Path, kind: str) -> dict[str, Any]:
     """Where the ONNX ATC converts came from (``export``: zoo's export, with the weights its record names;
-    ``model_file``: the user's ONNX; ``amct``: AMCT's INT8 deploy model), for the OM's record."""
+    ``model_file``: the user's ONNX; ``amct``: AMCT's INT8 deploy model, with its calibration and the weights of
+    the ONNX it calibrated), for the OM's record."""
     source: dict[str, Any] = {"kind": kind, "onnx": str(onnx), "sha256": sha256_file(onnx)}
     if kind == "export":
         rec = read_record(onnx.with_suffix(".json"))
         fp = rec.get("fingerprint") or {}
         source.update(weights=rec.get("weights_file") or fp.get("weights"), weights_sha256=fp.get("weights_sha256"))
+    elif kind == "amct":  # the calibration AMCT ran, and the weights of the ONNX it calibrated
+        deploy = read_record(onnx.with_suffix(".json"))
+        fp = deploy.get("fingerprint") or {}
+        source["calibration"] = {k: fp.get(k) for k in AMCT_CALIBRATION_KEYS}
+        src = deploy.get("source")
+        calibrated = read_record(Path(str(src)).with_suffix(".json")) if src else {}
+        cfp = calibrated.get("fingerprint") or {}
+        source.update(weights=calibrated.get("weights_file") or cfp.get("weights"),
+                      weights_sha256=cfp.get("weights_sha256"))
     return source
 
 

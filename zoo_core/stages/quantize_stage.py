@@ -485,13 +485,21 @@ def amct_fingerprint(ctx: RunContext, onnx: Path, samples: Sequence[Sample]) -> 
     """What AMCT's deploy model depends on: the ONNX it calibrates, the calibration draw (``quantize.
     calibration_images``, ``quantize.seed``), the dataset, each calibration image's id and file sha256 and the model
     section (the preprocessing). The onnxruntime quantizer's settings (method, types...) do not reach AMCT."""
-    d = ctx.cfg.dataset
-    q = ctx.cfg.quantize
     return {
         "model": ctx.model_name,
         "source_sha256": sha256_file(onnx),
-        "quantize": {"calibration_images": int(q.calibration_images), "seed": int(q.seed)},
         "model_config": flatten(ctx.resolved_config()["model"]),
+        **amct_calibration(ctx, samples),
+    }
+
+
+def amct_calibration(ctx: RunContext, samples: Sequence[Sample]) -> dict[str, Any]:
+    """The calibration part of :func:`amct_fingerprint` (also what an INT8 OM's record is checked on):
+    ``quantize.calibration_images`` and ``quantize.seed``, the dataset, each calibration image's id and sha256."""
+    d = ctx.cfg.dataset
+    q = ctx.cfg.quantize
+    return {
+        "quantize": {"calibration_images": int(q.calibration_images), "seed": int(q.seed)},
         "dataset": {"name": str(d.get("name")), "root": str(d.get("root")) if d.get("root") is not None else None},
         "calibration_ids": [s.id for s in samples],
         "calibration_sha256": [image_sha256(s) for s in samples],
