@@ -18,6 +18,7 @@ go through the same worker pool and ``preprocess`` hook as ``eval`` (:class:`Ima
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -364,9 +365,19 @@ def ensure_int8_onnx(ctx: RunContext, given: str | None = None) -> Path:
     return out
 
 
-def _temp_dir(final: Path) -> Path:
-    """A temporary directory name beside ``final`` (``.<name>.<pid>.<random>.tmp``), renamed onto it when complete."""
-    return final.with_name(f".{final.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+@contextlib.contextmanager
+def _staged_dir(final: Path) -> Iterator[Path]:
+    """A temporary directory path beside ``final`` (``.<name>.<pid>.<random>.tmp``, not created) that replaces
+    ``final`` whole when the block completes; removed when it raises, so ``final`` stays as it was."""
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_calibration_bins(ctx: RunContext, cal: CalibrationSet, specs: Sequence[Any]) -> dict[str, Path]:
@@ -385,19 +396,12 @@ def write_calibration_bins(ctx: RunContext, cal: CalibrationSet, specs: Sequence
                                hint="set the model's fixed input size (e.g. model.input_hw=[h,w] for centerface)")
     root = model_dir(ctx) / "calibration"
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_dir(root)
-    try:
+    with _staged_dir(root) as tmp:
         for spec in specs:
             d = tmp / spec.name.replace(os.sep, "_")
             d.mkdir(parents=True)
             for i, batch in enumerate(cal.batches):
                 write_bytes(d / f"{i:06d}.bin", batch[spec.name].tobytes())
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return {spec.name: root / spec.name.replace(os.sep, "_") for spec in specs}
 
 
@@ -538,11 +542,10 @@ def run_amct(ctx: RunContext) -> dict[str, Any]:
     deploy = amct_deploy_model(ctx)
     final = deploy.parent
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_dir(final)
-    prefix = tmp / amct_save_prefix(ctx).name
-    run_argv = [exe, *(f"--save_path={prefix}" if a.startswith("--save_path=") else a for a in argv[1:])]
     log_path = model_dir(ctx) / f"amct_{amct_tag(ctx)}.log"
-    try:
+    with _staged_dir(final) as tmp:
+        prefix = tmp / amct_save_prefix(ctx).name
+        run_argv = [exe, *(f"--save_path={prefix}" if a.startswith("--save_path=") else a for a in argv[1:])]
         log.info("running %s", shlex.join(run_argv))
         proc = subprocess.run(run_argv, capture_output=True, text=True, shell=False)
         write_text(log_path, f"$ {shlex.join(run_argv)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
@@ -556,12 +559,6 @@ def run_amct(ctx: RunContext) -> dict[str, Any]:
         write_json(written.with_suffix(".json"), {
             "fingerprint": fingerprint, "sha256": sha256_file(written), "source": str(onnx),
             "source_sha256": fingerprint["source_sha256"], "argv": argv, "calibration": base["calibration"]})
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return {**base, "quantized": True, "deploy_model": str(deploy), "log": str(log_path)}
 
 
