@@ -27,6 +27,8 @@ class CenterFaceConfig(WiderFaceModelConfig):
     variant: Variant = Variant.starclouds
     #: per variant, what ``default_weights`` says (null: that variant ships no weights)
     variant_default_weights: dict[str, str | None] = field(default_factory=dict)
+    #: per variant, the ``export_keys`` (the keys that change that variant's export)
+    variant_export_keys: dict[str, list[str]] = field(default_factory=dict)
     input_hw: list[int] | None = None
     threshold: float = in_range(MISSING, 0.0, 1.0)
     nms_iou: float = in_range(MISSING, 0.0, 1.0)
