@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from zoo_core.api.types import Sample
-from zoo_core.stages.quantize_stage import calibration_samples
+from zoo_core.quantize.calibration import calibration_samples
 
 
 def _ctx(n_samples: int, n: int, seed: int):

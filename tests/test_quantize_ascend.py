@@ -198,7 +198,7 @@ def test_convert_int8_refuses_atc_flags_a_deploy_model_cannot_take(zoo, ascend_e
 
 def test_check_int8_atc_args_reads_the_plugins_command_line():
     from zoo_core.api.errors import ConfigError
-    from zoo_core.stages.quantize_stage import check_int8_atc_args
+    from zoo_core.quantize.amct import check_int8_atc_args
 
     check_int8_atc_args(["--model=x.onnx", "--precision_mode=allow_mix_precision", "--input_shape=image:1,3,8,8"])
     with pytest.raises(ConfigError, match="--dynamic_dims"):
@@ -213,7 +213,8 @@ def test_a_bad_calibration_set_names_the_image_and_keeps_the_previous_set(tmp_pa
     from omegaconf import OmegaConf
 
     from zoo_core.api.types import Sample
-    from zoo_core.stages.quantize_stage import CalibrationSet, write_calibration_bins
+    from zoo_core.quantize.amct import write_calibration_bins
+    from zoo_core.quantize.calibration import CalibrationSet
 
     ctx = SimpleNamespace(cfg=OmegaConf.create({"model_dir": str(tmp_path / "model")}))
     spec = [TensorSpec("image", (1, 4, 4), "float32")]

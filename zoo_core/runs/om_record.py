@@ -116,7 +116,8 @@ def _calibration_diff(ctx: Any, source: Any) -> list[str]:
     say (the CPU INT8 model would be rebuilt; an OM cannot be, so it is refused)."""
     if not isinstance(source, dict) or source.get("kind") != "amct" or not isinstance(source.get("calibration"), dict):
         return []
-    from zoo_core.stages.quantize_stage import amct_calibration, calibration_samples
+    from zoo_core.quantize.amct import amct_calibration
+    from zoo_core.quantize.calibration import calibration_samples
 
     was = source["calibration"]
     now = amct_calibration(ctx, calibration_samples(ctx))

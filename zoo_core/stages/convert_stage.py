@@ -37,11 +37,11 @@ def run(ctx: RunContext) -> dict:
     given = cfg.get("model_file")
     given_onnx = bool(given and str(given).endswith(".onnx"))
     if quantize_int8(ctx):
-        from zoo_core.stages.quantize_stage import check_int8_atc_config
+        from zoo_core.quantize.amct import check_int8_atc_config
 
         check_int8_atc_config(ctx)  # ATC flags an AMCT deploy model cannot take, refused before AMCT runs
     if quantize_int8(ctx) and not given_onnx:
-        from zoo_core.stages.quantize_stage import ensure_amct_model
+        from zoo_core.quantize.amct import ensure_amct_model
 
         onnx, kind = ensure_amct_model(ctx), "amct"  # quantize=int8: AMCT's deploy model (docs/quantize.md)
     elif given_onnx:
@@ -62,7 +62,7 @@ def run(ctx: RunContext) -> dict:
                               soc_version=str(cfg.atc.soc_version), output=str(output), image_sizes=image_sizes)
     args = [str(a) for a in args]
     if quantize_int8(ctx):
-        from zoo_core.stages.quantize_stage import check_int8_atc_args
+        from zoo_core.quantize.amct import check_int8_atc_args
 
         check_int8_atc_args(args, f"the {ctx.model_name} plugin's ATC command line")
     gear_info: dict = {}

@@ -64,7 +64,7 @@ def int8_model_file(ctx: RunContext, name: str, kind: str | None, model_file: st
     from zoo_core.api.errors import ConfigError
 
     if kind == "onnx":
-        from zoo_core.stages.quantize_stage import ensure_int8_onnx
+        from zoo_core.quantize.onnxruntime_int8 import ensure_int8_onnx
 
         given = model_file or ctx.cfg.get("model_file")
         if given and not str(given).endswith(".onnx"):
