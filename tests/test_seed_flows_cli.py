@@ -244,6 +244,16 @@ def test_postprocess_without_scoring_writes_the_wider_tree_then_evaluate_scores_
     zoo.ok("run", *common, "stage=evaluate", f"detections={tree}")
     ev, evl = _metrics(zoo, "eval"), _metrics(zoo, "evaluate")
     assert evl["metrics"] == ev["metrics"] and evl["read"]["files_read"] == 5
+    # The reader's warnings are one line each (no Python warning with a source line) and kept in metrics.json.
+    f = tree / files[0]
+    lines = f.read_text().rstrip("\n").split("\n")
+    f.write_text("\n".join([lines[0], str(int(lines[1]) + 1), *lines[2:], "1 1 2 2 -1000"]) + "\n")
+    rc, out, err = zoo("run", *common, "stage=evaluate", f"detections={tree}")
+    assert rc == 0, err
+    said = [ln for ln in err.splitlines() if "outside [0, 1]" in ln]
+    assert len(said) == 1 and said[0].startswith("warning: 1 prediction file(s) in ") and ".py:" not in err, err
+    assert "ScoreRangeWarning" not in err
+    assert _metrics(zoo, "evaluate")["read"]["warnings"] == [said[0].removeprefix("warning: ")]
 
 
 # ------------------------------------------------------------------------------------------------ export keys

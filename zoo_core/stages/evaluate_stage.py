@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 
 from omegaconf import open_dict
@@ -120,7 +121,12 @@ def run(ctx: RunContext) -> dict:
 
 def score_user_results(ctx: RunContext, src: Path) -> dict:
     """Score a results file / folder through the ``read_detections`` hook (every scored image counts)."""
-    read = ctx.hooks.read_detections(cfg=ctx.cfg, path=src, dataset=ctx.dataset, samples=ctx.samples)
+    with warnings.catch_warnings(record=True) as caught:  # a reader's warnings: one line each, kept in metrics.json
+        warnings.simplefilter("always")
+        read = ctx.hooks.read_detections(cfg=ctx.cfg, path=src, dataset=ctx.dataset, samples=ctx.samples)
+    said = list(dict.fromkeys(str(w.message) for w in caught))
+    for message in said:
+        log.warning("%s", message)
     if read is None:
         kind = ctx.cfg.dataset.get("kind")
         hint = ("pass zoo's detections/ folder, a WIDER prediction tree (<event>/<stem>.txt, dataset kind "
@@ -131,6 +137,8 @@ def score_user_results(ctx: RunContext, src: Path) -> dict:
         raise ZooError(f"not a detections format model {ctx.model_name!r} or dataset kind {kind!r} reads", path=src,
                        hint=hint)
     info = dict(read.info)
+    if said:
+        info["warnings"] = said
     n_missing = int(info.get("missing_predictions", 0))
     if n_missing:
         log.warning("%d of %d image(s) have no results in %s: they count as no detections", n_missing,
