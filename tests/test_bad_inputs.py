@@ -193,6 +193,45 @@ def test_bmp_and_jpeg_headers_are_checked_too(tmp_path):
         read_image(tmp_path / "big.jpg")
 
 
+def test_a_jpeg_frame_header_after_64_kib_of_app_segments_is_checked(tmp_path):
+    """Before: only the first 64 KiB were searched, so OpenCV's raw '(-215:Assertion failed) pixels <=
+    CV_IO_MAX_IMAGE_PIXELS' was the message (an ICC profile or EXIF thumbnail moves the SOF that far)."""
+    from zoo_core.api.errors import InputError
+    from zoo_core.api.imaging import read_image
+
+    jpg = _jpeg_bytes(np.zeros((7, 9, 3), np.uint8))
+    app15 = b"\xff\xef" + struct.pack(">H", 60002) + bytes(60000)
+    sof = jpg.index(b"\xff\xc0")
+    big = bytearray(jpg[:2] + app15 + app15 + jpg[2:])
+    at = sof + 2 * len(app15)
+    big[at + 5:at + 9] = struct.pack(">HH", 20000, 30000)
+    (tmp_path / "big.jpg").write_bytes(bytes(big))
+    with pytest.raises(InputError) as info:
+        read_image(tmp_path / "big.jpg")
+    assert str(info.value) == (f"{tmp_path / 'big.jpg'}: image is 30000x20000 = 600000000 pixels, over the limit of "
+                               "100000000\n  hint: resize it, or raise ZOO_MAX_IMAGE_PIXELS")
+
+
+def test_opencv_pixel_limit_on_an_unparsed_format_is_one_clear_line(tmp_path):
+    """TIFF's size is not read from its header: OpenCV's refusal is turned into zoo's message."""
+    import os
+    import subprocess
+    import sys
+
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "a.tiff"), np.zeros((7, 9, 3), np.uint8))
+    code = ("import sys\nfrom zoo_core.api.imaging import read_image\nfrom zoo_core.api.errors import InputError\n"
+            "try:\n    read_image(sys.argv[1])\nexcept InputError as e:\n    print('REFUSED', e)\n")
+    env = {**os.environ, "ZOO_MAX_IMAGE_PIXELS": "10"}
+    env.pop("OPENCV_IO_MAX_IMAGE_PIXELS", None)
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.tiff")], capture_output=True, text=True,
+                         timeout=60, env=env).stdout
+    assert out.startswith(f"REFUSED {tmp_path / 'a.tiff'}: image is larger than the limit of 10 pixels "
+                          "(OpenCV refused to decode it)"), out
+    assert "CV_IO_MAX_IMAGE_PIXELS" not in out
+
+
 # -- annotations --------------------------------------------------------------------------------------------
 
 COCO_CASES = {

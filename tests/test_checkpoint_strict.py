@@ -101,3 +101,41 @@ def test_centerface_checkpoint_with_non_tensor_values_is_one_line(tmp_path):
     cfg = OmegaConf.create({"model": {"variant": "ascend", "head_conv": 64}, "weights": None})
     with pytest.raises(ZooError, match=r"odd.pth: state dict entries that are not tensors \(1\): hm.0.weight"):
         plugin.build_model(cfg, str(path))
+
+
+@pytest.mark.parametrize("first", ["plain", "prefixed"])
+def test_keys_that_collide_once_the_prefix_is_stripped_are_refused(tmp_path, first):
+    # 'k' and 'module.k' both map to 'k': loading either would silently drop the other one's values
+    src = _net().state_dict()
+    plain = dict(src)
+    prefixed = {"module.0.weight": torch.zeros_like(src["0.weight"])}
+    raw = {**plain, **prefixed} if first == "plain" else {**prefixed, **plain}
+    path = _save(tmp_path / "dup.pth", {"state_dict": raw})
+    dst = _net()
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(ZooError) as info:
+        load_checkpoint(dst, path)
+    text = str(info.value)
+    assert text.startswith(f"{path}: ambiguous state dict: keys ")
+    assert "'0.weight'" in text and "'module.0.weight'" in text and "\n" not in text
+    assert all(torch.equal(v, before[k]) for k, v in dst.state_dict().items())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_refused_naming_the_key(tmp_path, bad):
+    state = {"module." + k: v.clone() for k, v in _net().state_dict().items()}
+    state["module.2.bias"][1] = bad
+    state["module.0.bias"] = state["module.0.bias"].half()
+    state["module.0.bias"][0] = bad  # the first bad key in file order is named
+    state["steps"] = torch.tensor([2**62])  # integer tensors are not checked (no NaN there)
+    path = _save(tmp_path / "nan.pth", {"epoch": 3, "state_dict": state})
+    with pytest.raises(ZooError) as info:
+        read_state_dict(path, drop_prefixes=("steps",))
+    assert str(info.value) == f"{path}: state dict entry 'module.0.bias' holds NaN or inf values; refusing to load it"
+
+
+def test_non_finite_values_in_dropped_entries_do_not_matter(tmp_path):
+    src = _net().state_dict()
+    path = _save(tmp_path / "ok.pth", {**src, "fc.weight": torch.full((3,), float("nan"))})
+    state, _ = read_state_dict(path, drop_prefixes=("fc.",))
+    assert sorted(state) == sorted(src)

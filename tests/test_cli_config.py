@@ -79,3 +79,65 @@ def test_list_imports_neither_torch_nor_hydra(tmp_path, zoo):
     assert "zoo_core" in imported and "pluggy" in imported  # the import log was really parsed
     assert not {"torch", "hydra", "omegaconf", "onnxruntime", "cv2"} & imported, sorted(imported)
     print(f"\n[benchmark] zoo list wall time with -X importtime: {wall:.3f} s ({len(imported)} top-level modules)")
+
+
+YAML_FILES = {
+    "python_tag": ("x: !!python/object/apply:os.system ['touch {canary}']\n", "line 1, column 4",
+                   "could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'"),
+    "syntax": ("x: [1, 2\n", "line 2, column 1", "expected ',' or ']', but got '<stream end>'"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(YAML_FILES))
+@pytest.mark.parametrize("how", [["--config-dir", "{d}"], ["-cd={d}", "-m"], ["hydra.searchpath=[file://{d}]"]])
+def test_a_bad_yaml_in_a_config_dir_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys, cache_dir, kind, how):
+    """Before: Hydra's 83-line traceback, exit 1 (zoo's own check composed without the --config-dir)."""
+    from zoo_core.cli import main as zoo_main
+
+    text, where, problem = YAML_FILES[kind]
+    canary = tmp_path / "canary"
+    (tmp_path / "cfg" / "extra").mkdir(parents=True)
+    bad = tmp_path / "cfg" / "extra" / "bad.yaml"
+    bad.write_text(text.format(canary=canary))
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(cache_dir))
+    monkeypatch.chdir(tmp_path)
+    flags = [a.format(d=tmp_path / "cfg") for a in how]
+    assert zoo_main(["run", *flags, "model=fixture", "stage=perf", "+extra=bad", f"work_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}: invalid YAML at {where}: {problem}")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not canary.exists() and not (tmp_path / "run").exists()
+
+
+def test_a_config_dir_is_composed_as_hydra_composes_it(tmp_path, monkeypatch):
+    """zoo's check before Hydra runs sees --config-dir's files (before: 'unknown dataset' for a dataset there)."""
+    from zoo_core.config.validate import compose
+
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "sq2.yaml").write_text("# @package _global_\ndataset:\n  name: squares\n  size: 3\n")
+    cfg = compose(["model=fixture", "dataset=sq2"], config_dir=str(tmp_path))
+    assert cfg.dataset.name == "squares" and cfg.dataset.size == 3
+    with pytest.raises(Exception, match="unknown dataset 'sq2'"):
+        compose(["model=fixture", "dataset=sq2"])
+    with pytest.raises(Exception, match="--config-dir: not a directory"):
+        compose(["model=fixture"], config_dir=str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("command", ["run", "info"])
+def test_a_bad_yaml_in_an_installed_config_is_one_line(tmp_path, monkeypatch, capsys, cache_dir, command):
+    """A broken YAML under zoo's (or a plugin's) conf/: zoo run (one composition) and zoo info."""
+    import shutil
+
+    from zoo_core.cli import main as zoo_main
+    from zoo_core.config import confpaths
+
+    conf = tmp_path / "conf"
+    shutil.copytree(confpaths.core_conf_dir(), conf)
+    (conf / "stage" / "broken.yaml").write_text("name: broken\nloop: [1, 2\n")
+    monkeypatch.setattr(confpaths, "core_conf_dir", lambda: conf)
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(cache_dir))
+    monkeypatch.chdir(tmp_path)
+    assert zoo_main([command, "model=fixture", "stage=broken", f"work_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {conf / 'stage' / 'broken.yaml'}: invalid YAML at line 3, column 1: ")
+    assert err.count("\n") == 1 and not (tmp_path / "run").exists()

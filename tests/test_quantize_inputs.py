@@ -54,16 +54,77 @@ def _onnx_with_input(path: Path, name: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind", ["text", "truncated", "other_model"])
+def _external_data_onnx(src: Path, folder: Path, how: str) -> Path:
+    """``src`` with its initializers in an external file that onnx refuses to read (``how``: outside the model's
+    folder, an absolute path, a symbolic link) or that is missing."""
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = onnx.load(str(src))
+    convert_model_to_external_data(model, all_tensors_to_one_file=True, location="w.bin", size_threshold=0)
+    onnx.save(model, str(folder / "m.onnx"))
+    model = onnx.load(str(folder / "m.onnx"), load_external_data=False)
+    data = folder / "w.bin"
+    location = {"outside": "../w.bin", "absolute": str(folder.parent / "w.bin"), "symlink": "link.bin",
+                "missing": "w.bin"}[how]
+    if how == "missing":
+        data.unlink()
+    else:
+        data.rename(folder.parent / "w.bin")
+    if how == "symlink":
+        (folder / "link.bin").symlink_to(folder.parent / "w.bin")
+    for t in model.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save(model, str(folder / "m.onnx"))
+    return folder / "m.onnx"
+
+
+@pytest.mark.parametrize("how", ["outside", "absolute", "symlink", "missing"])
+def test_external_data_onnx_refuses_is_one_error_naming_the_model(fixture_onnx, tmp_path, how):
+    """Before: onnx's ValidationError escaped prepared_model (``error: ValidationError``, exit 1, after calibrating)."""
+    from types import SimpleNamespace
+
+    from zoo_core.api.errors import ZooError
+    from zoo_core.quantize.onnxruntime_int8 import prepared_model
+    from zoo_core.quantize.source import source_model
+
+    bad = _external_data_onnx(fixture_onnx, tmp_path / "m", how)
+    ctx = SimpleNamespace(model_name="fixture")
+    for load in (lambda: source_model(ctx, bad, [SimpleNamespace(name="image")]),  # before any calibration
+                 lambda: prepared_model(bad, False, tmp_path)):
+        with pytest.raises(ZooError) as info:
+            load()
+        text = str(info.value)
+        assert text.startswith(f"{bad}: cannot load the ONNX model's external data (") and "\n" not in text
+    ok = _external_data_onnx(fixture_onnx, tmp_path / "ok", "outside")
+    (tmp_path / "w.bin").rename(tmp_path / "ok" / "w.bin")
+    import onnx
+
+    model = onnx.load(str(ok), load_external_data=False)
+    for t in model.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = "w.bin"
+    onnx.save(model, str(ok))
+    assert len(source_model(ctx, ok, [SimpleNamespace(name="image")]).graph.initializer) > 0
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "other_model", "external_outside"])
 @pytest.mark.parametrize("stage", ["stage=quantize", "stage=eval quantize=int8"])
 def test_a_model_file_that_is_not_an_onnx_of_the_model_is_refused_naming_it(zoo, fixture_onnx, tmp_path, kind, stage):
     """Before: a DecodeError (exit 1, file not named) for a non-ONNX or truncated file, and onnxruntime's "Required
-    inputs (['x']) are missing" (exit 1) for another model's ONNX, after calibrating."""
+    inputs (['x']) are missing" (exit 1) for another model's ONNX, after calibrating; onnx's ValidationError
+    (exit 1, not named) for external data outside the model's folder."""
     bad = tmp_path / "bad.onnx"
     if kind == "text":
         bad.write_text("hello\n")
     elif kind == "truncated":
         bad.write_bytes(fixture_onnx.read_bytes()[: fixture_onnx.stat().st_size // 2])
+    elif kind == "external_outside":
+        bad = _external_data_onnx(fixture_onnx, tmp_path / "m", "outside")
     else:
         _onnx_with_input(bad, "x")
     rc, out, err = zoo("run", "model=fixture", *stage.split(), f"model_file={bad}")
@@ -71,6 +132,8 @@ def test_a_model_file_that_is_not_an_onnx_of_the_model_is_refused_naming_it(zoo,
     assert f"{bad}: " in err and len([ln for ln in err.splitlines() if ln.startswith("error:")]) == 1
     if kind == "other_model":
         assert "its inputs ['x'] are not the fixture model's ['image']" in err
+    elif kind == "external_outside":
+        assert "cannot load the ONNX model's external data (ValidationError: " in err and "points outside" in err
     else:
         assert "not a readable ONNX model" in err or "not an ONNX model" in err
     assert not (zoo.cwd / "outputs" / "fixture" / "model" / "fixture_onnxruntime_int8.onnx").exists()

@@ -89,6 +89,39 @@ def test_the_oracle_reproduces_no_models_reference_unless_the_reference_names_it
     assert judge(_cfg(backend__name="oracle"), oracle_ref, {"easy": 1.0})[0]["easy"]["within"] is True
 
 
+def test_the_backend_that_made_saved_outputs_stands_for_the_runs_backend():
+    """evaluate / postprocess pass ``made_by``: oracle-made detections are a mismatch, as eval said."""
+    verdicts, mismatches = judge(_cfg(), REFS, {"easy": 1.0, "hard": 1.0}, made_by="oracle")
+    assert verdicts == {} and {m["source"] for m in mismatches} == {"chenjun2hao"}
+    assert all(m["differs"]["backend.name"]["run"] == "oracle" for m in mismatches)
+    acl, _ = judge(_cfg(backend__name="oracle"), REFS, {"easy": 0.9200}, made_by="acl")
+    assert acl["easy"]["source"] == "Ascend 310 OM" and acl["easy"]["within"] is True
+    assert judge(_cfg(), REFS, {"easy": 0.9257}, made_by=None) == judge(_cfg(), REFS, {"easy": 0.9257})
+
+
+def test_evaluate_and_postprocess_judge_oracle_outputs_as_eval_does(tmp_path, monkeypatch, cache_dir):
+    """Before: ``stage=evaluate`` of ``backend=oracle`` detections (and ``postprocess`` of oracle outputs) judged
+    them for their own backend (onnxruntime): a model's reference was compared with the ground truth's 1.0
+    ("OUT OF TOLERANCE"), and the fixture's oracle-only reference was not compared at all."""
+    from zoo_core.cli import main as zoo_main
+
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(cache_dir))
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    common = ["model=fixture", "num_workers=0", f"work_dir={run}"]
+    assert zoo_main(["run", *common, "stage=eval", "backend=oracle"]) == 0
+    made = json.loads((run / "eval" / "metrics.json").read_text())
+    assert made["reference"]["AP50"]["within"] is True
+    assert json.loads((run / "detections" / "state.json").read_text())["backend"] == "oracle"
+    for stages in (["stage=evaluate"], ["stage=preprocess", "stage=infer backend=oracle", "stage=postprocess"]):
+        for stage in stages:
+            assert zoo_main(["run", *common, *stage.split()]) == 0
+        name = stages[-1].split("=")[1]
+        m = json.loads((run / name / "metrics.json").read_text())
+        assert m["reference"] == made["reference"] and "reference_mismatches" not in m, name
+    assert json.loads((run / "evaluate" / "metrics.json").read_text())["provenance"]["backend"] == "oracle"
+
+
 def test_values_compare_by_type():
     keep = [Reference("AP", 0.366, 0.003, "fix_res", {"dataset.name": "widerface", "model.keep_res": False})]
     assert "AP" in judge(_cfg(), keep, {"AP": 0.366})[0]

@@ -5,7 +5,9 @@ Python callable (the way a malicious pickle runs code) is refused before anythin
 
 A plugin's ``build_model`` loads its weights with :func:`load_checkpoint`: the checkpoint must fit
 the network key for key (nothing silently skipped or left at its initial value); otherwise one
-:class:`ZooError` names the file and lists the missing, unexpected and mis-shaped keys.
+:class:`ZooError` names the file and lists the missing, unexpected and mis-shaped keys. Two keys that
+are one once ``module.`` is stripped (``k`` and ``module.k``) and NaN/inf values in a floating-point
+tensor are refused too, naming the key.
 
 Before ``torch.load`` reads anything, the file must be a regular file (not a directory, FIFO or
 device such as ``/dev/zero``: :func:`regular_file`), and a zip checkpoint may not decompress to more
@@ -155,7 +157,9 @@ def read_state_dict(path: str | os.PathLike[str], *, strip_prefix: str = "module
     e.g. an unused classifier) are dropped.
 
     :raises ZooError: naming the file: missing, empty, not a checkpoint, references Python code,
-        holds no state dict, or holds state-dict entries that are not tensors.
+        holds no state dict, holds state-dict entries that are not tensors, holds two keys that
+        are the same once ``strip_prefix`` is removed (``k`` and ``module.k``), or holds a
+        floating-point tensor with a NaN or inf value (the first such key is named).
     """
     import torch
 
@@ -173,13 +177,22 @@ def read_state_dict(path: str | os.PathLike[str], *, strip_prefix: str = "module
     if bad:
         raise ZooError(_listing("state dict entries that are not tensors", bad), path=path)
     state: dict[str, torch.Tensor] = {}
+    source: dict[str, str] = {}  # stripped name -> the key it came from
     for key, value in raw.items():
         name = str(key)
         if strip_prefix and name.startswith(strip_prefix):
             name = name[len(strip_prefix):]
         if name.startswith(tuple(drop_prefixes)):
             continue
+        if name in source:
+            raise ZooError(f"ambiguous state dict: keys {source[name]!r} and {str(key)!r} both name {name!r} once "
+                           f"the {strip_prefix!r} prefix is removed; refusing to pick one", path=path)
+        source[name] = str(key)
         state[name] = value
+    for name, value in state.items():
+        if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
+            raise ZooError(f"state dict entry {source[name]!r} holds NaN or inf values; refusing to load it",
+                           path=path)
     return state, extras
 
 

@@ -68,9 +68,17 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if size == 0:
         raise InputError("image file is empty (0 bytes)", path=p)
     data = p.read_bytes()
-    _check_dimensions(data[:65536], p, limit)
+    _check_dimensions(data, p, limit)
     buf = np.frombuffer(data, np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # OpenCV's own checks, for what _header_dims cannot read (TIFF, WebP...)
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
+            raise InputError(f"image is larger than the limit of {os.environ.get(OPENCV_PIXELS_ENV, limit)} pixels "
+                             f"(OpenCV refused to decode it)", path=p,
+                             hint="resize it, or raise ZOO_MAX_IMAGE_PIXELS") from None
+        reason = " ".join(str(exc).split())[:200]
+        raise InputError(f"not a decodable image (OpenCV: {reason})", path=p) from None
     if img is None:
         raise InputError("not a decodable image (corrupt, truncated or not an image file)", path=p)
     return img
@@ -87,7 +95,10 @@ def _check_dimensions(head: bytes, p: Path, limit: int) -> None:
 
 
 def _header_dims(head: bytes) -> tuple[int, int] | None:
-    """(height, width) from a PNG, JPEG or BMP header, without decoding; None if unknown."""
+    """(height, width) from a PNG, JPEG or BMP header, without decoding; None if unknown.
+
+    A JPEG's frame header may follow any number of APPn segments (EXIF, ICC profiles of 64 KiB
+    each), so its segments are walked until the frame header or the first scan; pass the whole file."""
     if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
         return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
     if head[:2] == b"BM" and len(head) >= 26:
@@ -99,11 +110,18 @@ def _header_dims(head: bytes) -> tuple[int, int] | None:
         i = 2
         while i + 9 < len(head):
             if head[i] != 0xFF:
-                i += 1
+                i = head.find(b"\xff", i)
+                if i < 0:
+                    break
                 continue
             marker = head[i + 1]
             if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
                 return int.from_bytes(head[i + 5:i + 7], "big"), int.from_bytes(head[i + 7:i + 9], "big")
+            if marker in (0xDA, 0xD9):  # start of scan / end of image: no frame header before it
+                break
+            if marker == 0xFF:  # fill byte before a marker
+                i += 1
+                continue
             if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
                 i += 2
                 continue

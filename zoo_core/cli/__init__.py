@@ -161,7 +161,10 @@ def cmd_run(args: list[str]) -> int:
     if code is not None:
         return code
     flags = {a.split("=", 1)[0] for a in args if a.startswith("-")}
-    overrides = [a for a in args if not a.startswith("-") and "=" in a]
+    config_dir, config_dir_at = _flag_value(args, "--config-dir", "-cd")
+    config_name, config_name_at = _flag_value(args, "--config-name", "-cn")
+    overrides = [a for i, a in enumerate(args)
+                 if not a.startswith("-") and "=" in a and i not in (config_dir_at, config_name_at)]
     if any(o.split("=", 1)[0].lstrip("+~") == "hydra.run.dir" for o in overrides):
         raise ConfigError("hydra.run.dir is set by zoo (<work_dir>/<stage>): pass work_dir=<dir> instead, "
                           "which moves the stage records and model_dir together")
@@ -177,12 +180,27 @@ def cmd_run(args: list[str]) -> int:
         if single_run(args):
             return run_single(overrides)
         check_launcher(overrides)
-        cfg = compose(overrides)
+        cfg = compose(overrides, config_dir, config_name or "config")  # what Hydra will read, with zoo's messages
         if not flags & {"-m", "--multirun"}:  # Hydra makes <work_dir>/<stage> before zoo's code runs
             check_run_dirs(cfg)
     from zoo_core.cli.app import run_hydra
 
     return run_hydra(args)
+
+
+def _flag_value(args: list[str], *names: str) -> tuple[str | None, int | None]:
+    """The value of a Hydra flag of ``zoo run`` (``--config-dir X``, ``-cd=X``; the last one wins) and
+    the index of that value when it is a separate argument."""
+    value: str | None = None
+    at: int | None = None
+    for i, a in enumerate(args):
+        flag, sep, rest = a.partition("=")
+        if flag in names:
+            if sep:
+                value, at = rest, None
+            elif i + 1 < len(args):
+                value, at = args[i + 1], i + 1
+    return value, at
 
 
 def check_run_dirs(cfg) -> None:

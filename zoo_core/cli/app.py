@@ -110,10 +110,10 @@ def run_single(overrides: list[str]) -> int:
     from hydra.core.utils import run_job
     from hydra.types import HydraContext, RunMode
 
-    from zoo_core.api.errors import ConfigError, ZooError
+    from zoo_core.api.errors import ZooError
     from zoo_core.cli import check_run_dirs
     from zoo_core.config.confpaths import core_conf_dir
-    from zoo_core.config.validate import check_typed, explain, precheck
+    from zoo_core.config.validate import check_typed, composition_error, precheck
     from zoo_core.runs.lock import held_for_stage
 
     precheck(overrides)
@@ -128,7 +128,7 @@ def run_single(overrides: list[str]) -> int:
             except ZooError:
                 raise
             except Exception as exc:
-                raise ConfigError(explain(exc, overrides)) from None
+                raise composition_error(exc, overrides) from None
             check_typed(cfg)
             check_run_dirs(cfg)
             with held_for_stage(Path(str(cfg.work_dir)).expanduser(), str(cfg.stage.name)):

@@ -1,19 +1,27 @@
 """Turn Hydra/OmegaConf composition errors into messages that list the valid choices or keys."""
 from __future__ import annotations
 
+import contextlib
 import difflib
+import os
 import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
 from zoo_core.api.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hydra._internal.hydra import Hydra
 
 HYDRA_FLAGS_WITHOUT_VALIDATION = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc",
                                   "--version", "--resolve"}
 
 
 def first_values(overrides: list[str]) -> list[str]:
-    """Replace sweeps (``a=1,2``, ``range(0,3)``, ``choice(...)``) by their first value; drop hydra keys."""
+    """Replace sweeps (``a=1,2``, ``range(0,3)``, ``choice(...)``) by their first value; drop hydra keys
+    but ``hydra.searchpath``."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
@@ -25,6 +33,8 @@ def first_values(overrides: list[str]) -> list[str]:
     for o in parsed:
         key = o.get_key_element()
         if key.startswith("hydra") or key.lstrip("+~").startswith("hydra"):
+            if key == "hydra.searchpath":  # more config files to compose (and check) like --config-dir
+                out.append(o.input_line or f"{key}={o.get_value_element_as_str()}")
             continue
         if o.is_sweep_override():
             first = next(iter(o.sweep_string_iterator()), None)
@@ -51,34 +61,100 @@ def model_values(overrides: list[str]) -> list[str]:
     return out
 
 
-def compose(overrides: list[str]) -> DictConfig:
+def compose(overrides: list[str], config_dir: str | None = None, config_name: str = "config") -> DictConfig:
     """Compose the run config for ``overrides`` (sweeps reduced to their first value), its ``model`` and
-    ``dataset`` sections typed by their plugins' schemas (:mod:`zoo_core.config.plugin_schema`)."""
+    ``dataset`` sections typed by their plugins' schemas (:mod:`zoo_core.config.plugin_schema`).
+    ``config_dir``, ``config_name``: ``zoo run --config-dir`` (a directory added to Hydra's search
+    path) and ``--config-name``.
+
+    :raises ConfigError: an unknown key or choice (:func:`explain`), a config file that is not valid
+        YAML (:func:`yaml_error`: file, line, column)."""
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
 
     from zoo_core.api.errors import ZooError
-    from zoo_core.config.confpaths import core_conf_dir
     from zoo_core.config.plugin_schema import apply_schemas
 
     simple = first_values(overrides)
     precheck(overrides)
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(core_conf_dir()), version_base="1.3"):
-            cfg = hydra_compose("config", overrides=simple, return_hydra_config=True)
+        with hydra_session(config_dir):
+            cfg = hydra_compose(config_name, overrides=simple, return_hydra_config=True)
     except ZooError:
         raise
     except Exception as exc:
-        raise ConfigError(explain(exc, simple)) from None
-    finally:
-        GlobalHydra.instance().clear()
+        raise composition_error(exc, simple) from None
     choices = dict(cfg.hydra.runtime.choices)
     with open_dict(cfg):
         del cfg["hydra"]
     return apply_schemas(cfg, str(choices.get("model")), choices.get("dataset"))
+
+
+@contextlib.contextmanager
+def hydra_session(config_dir: str | None = None, job_name: str = "app") -> Iterator[Hydra]:
+    """Hydra initialized on zoo's config dir (and the plugins' ``conf/`` trees), with ``config_dir``
+    added where ``--config-dir`` puts it (before the structured schemas); cleared on exit.
+
+    :raises ConfigError: ``config_dir`` is not a directory.
+    """
+    from hydra import initialize_config_dir
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+
+    from zoo_core.config.confpaths import core_conf_dir
+
+    extra = None
+    if config_dir is not None:
+        extra = os.path.abspath(os.path.expanduser(config_dir))
+        if not os.path.isdir(extra):
+            raise ConfigError("--config-dir: not a directory", path=extra)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(core_conf_dir()), version_base="1.3", job_name=job_name):
+            if extra is not None:  # as hydra.main does for --config-dir
+                search_path = create_config_search_path(str(core_conf_dir()))
+                search_path.prepend(provider="command-line", path=f"file://{extra}",
+                                    anchor=SearchPathQuery(provider="schema"))
+                GlobalHydra.instance().clear()
+                Hydra.create_main_hydra2(task_name=job_name, config_search_path=search_path)
+            hydra = GlobalHydra.instance().hydra
+            assert hydra is not None
+            yield hydra
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def yaml_error(exc: BaseException) -> ConfigError | None:
+    """A one-line :class:`ConfigError` naming the file, line and column when ``exc`` is (or was caused
+    by) a YAML error in a config file Hydra read; ``None`` otherwise."""
+    import yaml
+
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen and not isinstance(cur, yaml.YAMLError):
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    if not isinstance(cur, yaml.YAMLError):
+        return None
+    mark = getattr(cur, "problem_mark", None) or getattr(cur, "context_mark", None)
+    problem = getattr(cur, "problem", None) or getattr(cur, "context", None) or str(cur).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    context = getattr(cur, "context", None)
+    if context and context != problem:
+        problem = f"{problem} ({context})"
+    note = ""
+    if "python/" in problem:
+        note = "; config files are read with a safe loader: Python tags are refused and nothing from the file ran"
+    path = mark.name if mark is not None and mark.name and not mark.name.startswith("<") else None
+    return ConfigError(f"invalid YAML{where}: {' '.join(problem.split())}{note}", path=path)
+
+
+def composition_error(exc: Exception, overrides: list[str]) -> ConfigError:
+    """The :class:`ConfigError` for an exception raised while Hydra composed the config: a YAML error
+    (:func:`yaml_error`), else :func:`explain`'s message."""
+    return yaml_error(exc) or ConfigError(explain(exc, overrides))
 
 
 def precheck(overrides: list[str]) -> None:

@@ -23,7 +23,7 @@ from zoo_core.quantize.calibration import (
     image_sha256,
     settings,
 )
-from zoo_core.quantize.source import source_model
+from zoo_core.quantize.source import load_onnx, source_model
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.export_keys import flatten
 from zoo_core.runs.fingerprint import sha256_file
@@ -100,7 +100,7 @@ def prepared_model(fp32: Path, preprocess: bool, work: Path) -> Any:
     import onnx
     from onnx import version_converter
 
-    model = onnx.load(str(fp32))
+    model = load_onnx(fp32)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_QDQ_OPSET)
     if opset < MIN_QDQ_OPSET:
         log.info("upgrading %s from opset %d to %d for QDQ quantization", fp32.name, opset, MIN_QDQ_OPSET)

@@ -34,17 +34,40 @@ def quantized_nodes(model: Any) -> dict[str, int]:
     return found
 
 
-def source_model(ctx: RunContext, path: Path, specs: Sequence[Any]) -> Any:
-    """The ONNX to quantize, loaded (without external data) and checked before any calibration: its inputs are
-    the ones the plugin's ``input_spec`` names (the calibration tensors are fed, and AMCT's ``--input_shape``
-    and ``--data_dir`` are written, under those names) and it is not quantized already (QDQ or integer ops)."""
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+
+
+def load_onnx(path: Path) -> Any:
+    """``onnx.load(path)`` with its external data; :class:`ZooError` naming the file and the reason (not an
+    ONNX model, or external data onnx refuses: outside the model's folder, an absolute path, a symbolic
+    link, missing, shorter than its tensor)."""
+    import onnx
+
+    model = read_graph(path)
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:  # onnx's ValidationError, FileNotFoundError, a short file...
+        raise ZooError(f"cannot load the ONNX model's external data ({_reason(exc)})", path=path) from None
+    return model
+
+
+def read_graph(path: Path) -> Any:
+    """``onnx.load(path, load_external_data=False)``; :class:`ZooError` naming the file if it is no ONNX model."""
     import onnx
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # DecodeError of a non-ONNX / truncated file, OSError...
-        reason = " ".join(str(exc).split())[:200]
-        raise ZooError(f"not a readable ONNX model ({type(exc).__name__}: {reason})", path=path) from exc
+        raise ZooError(f"not a readable ONNX model ({_reason(exc)[:250]})", path=path) from None
+
+
+def source_model(ctx: RunContext, path: Path, specs: Sequence[Any]) -> Any:
+    """The ONNX to quantize, loaded and checked before any calibration: it loads with its external data, if
+    any (:func:`load_onnx`), its inputs are the ones the plugin's ``input_spec`` names (the calibration
+    tensors are fed, and AMCT's ``--input_shape`` and ``--data_dir`` are written, under those names) and it
+    is not quantized already (QDQ or integer ops)."""
+    model = load_onnx(path)
     if not model.graph.node:
         raise ZooError("not an ONNX model: it holds no graph nodes", path=path)
     quantized = quantized_nodes(model)

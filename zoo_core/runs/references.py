@@ -53,12 +53,18 @@ def _shown(v: Any) -> Any:
     return "<not set>" if v is _UNSET else v
 
 
-def _differences(cfg: Any, ref: Reference) -> tuple[dict[str, dict], bool]:
+def _run_value(cfg: Any, key: str, made_by: str | None) -> Any:
+    """The run's value of ``key``; ``backend.name`` is ``made_by`` when given (the backend that made the
+    scored outputs, when another stage made them)."""
+    return made_by if key == "backend.name" and made_by is not None else config_value(cfg, key)
+
+
+def _differences(cfg: Any, ref: Reference, made_by: str | None = None) -> tuple[dict[str, dict], bool]:
     """``({key: {"reference", "run"}}, about_this_run)`` for the protocol keys that differ."""
     diffs: dict[str, dict] = {}
     about = True
     for key, want in ref.protocol.items():
-        have = config_value(cfg, key)
+        have = _run_value(cfg, key, made_by)
         if have is _UNSET or not same_value(have, want):
             diffs[key] = {"reference": want, "run": _shown(have)}
             if key in ref.subject:
@@ -72,7 +78,7 @@ def _differences(cfg: Any, ref: Reference) -> tuple[dict[str, dict], bool]:
 WHOLE_DATASET = {"dataset.limit": None, "dataset.num_shards": 1}
 
 
-def _subset(cfg: Any, ref: Reference) -> dict[str, dict]:
+def _subset(cfg: Any, ref: Reference, made_by: str | None = None) -> dict[str, dict]:
     diffs = {}
     for key, want in WHOLE_DATASET.items():
         if key in ref.protocol:
@@ -80,25 +86,28 @@ def _subset(cfg: Any, ref: Reference) -> dict[str, dict]:
         have = config_value(cfg, key)
         if have is not _UNSET and not same_value(have, want):
             diffs[key] = {"reference": want, "run": have}
-    if "backend.name" not in ref.protocol and config_value(cfg, "backend.name") == "oracle":
+    if "backend.name" not in ref.protocol and _run_value(cfg, "backend.name", made_by) == "oracle":
         # the oracle encodes the ground truth: it reproduces no model's number unless the reference says so
         diffs["backend.name"] = {"reference": "a model's outputs (not named)", "run": "oracle"}
     return diffs
 
 
 def judge(cfg: Any, refs: Sequence[Reference], metrics: Mapping[str, float | None],
-          ci95: Mapping[str, Sequence[float]] | None = None) -> tuple[dict[str, dict], list[dict]]:
+          ci95: Mapping[str, Sequence[float]] | None = None,
+          made_by: str | None = None) -> tuple[dict[str, dict], list[dict]]:
     """``(verdicts by metric, protocol mismatches)`` of a run scored ``metrics`` under ``cfg``.
 
     A run that scored part of the dataset (``dataset.limit``, one shard of several) is a protocol mismatch
-    for every reference that does not name those keys itself.
+    for every reference that does not name those keys itself. ``made_by``: the backend that made the scored
+    outputs when not this run's ``backend`` (``evaluate`` of saved detections, ``postprocess`` of a dump):
+    it stands for ``backend.name``, so ``backend=oracle`` detections are judged as ``eval`` judged them.
     """
     matched: dict[str, list[Reference]] = {}
     mismatched: dict[str, list[tuple[Reference, dict]]] = {}
     for ref in refs:
-        diffs, about = _differences(cfg, ref)
+        diffs, about = _differences(cfg, ref, made_by)
         if about:
-            diffs.update(_subset(cfg, ref))
+            diffs.update(_subset(cfg, ref, made_by))
         if not diffs:
             matched.setdefault(ref.metric, []).append(ref)
         elif about:

@@ -44,13 +44,13 @@ def artifact_fingerprint(ctx: RunContext, model_file: str | None = None, **parts
 
 
 def start_resumable(ctx: RunContext, state_path: Path, fingerprint: dict[str, Any],
-                    reset: Callable[[], None]) -> bool:
+                    reset: Callable[[], None], backend: str | None = None) -> bool:
     """Open a resumable artifact dir; True when resuming it (``resume=true`` and a matching state).
 
     When not resuming, ``reset()`` clears the old artifacts *before* the new state is written, so a
     kill in between never pairs old artifacts with a new fingerprint. ``state.json`` records the
-    fingerprint (plus the model and dataset config, for ``evaluate``'s provenance check) and
-    ``complete: false`` until :func:`mark_complete`.
+    fingerprint (plus the model and dataset config, for ``evaluate``'s provenance check, and ``backend``:
+    the backend that made the model outputs, when known) and ``complete: false`` until :func:`mark_complete`.
     """
     state_path = Path(state_path)
     resuming = False
@@ -75,7 +75,8 @@ def start_resumable(ctx: RunContext, state_path: Path, fingerprint: dict[str, An
         reset()
     cfg = ctx.resolved_config()
     write_json(state_path, {"stage": ctx.stage, "model_name": ctx.model_name, "fingerprint": fingerprint,
-                            "model_config": cfg["model"], "dataset_config": cfg["dataset"], "complete": False})
+                            "backend": backend, "model_config": cfg["model"], "dataset_config": cfg["dataset"],
+                            "complete": False})
     return resuming
 
 

@@ -93,7 +93,7 @@ def _stream(ctx: RunContext, backend: Any, pool: WorkerPool) -> tuple:
             clear_dir(out_dir)
 
     done: set[str] = set()
-    if start_resumable(ctx, ctx.path("detections", "state.json"), fingerprint, reset):
+    if start_resumable(ctx, ctx.path("detections", "state.json"), fingerprint, reset, backend=str(cfg.backend.name)):
         done = set(store.load())
         if save:
             done &= ledger.verified()

@@ -1,6 +1,8 @@
 """``evaluate``: score saved detections (``detections=<dir>`` or the run dir's). Never imports torch.
 
-The detections' ``state.json`` (written by ``eval`` / ``postprocess``) says what produced them.
+The detections' ``state.json`` (written by ``eval`` / ``postprocess``) says what produced them, the
+backend included: the plugin's references are judged for that backend (``backend=oracle`` detections as
+``eval`` judged them), not for this run's ``backend``.
 Detections of another model, or of weights / a model file other than the ones given on the
 command line, are refused. Other model or dataset config differences are allowed (re-scoring saved
 detections under other evaluation settings, e.g. ``model.iou_thresh``, is legitimate) but warned
@@ -74,7 +76,8 @@ def check_provenance(ctx, src: Path) -> dict:
         warnings.insert(0, "the run that wrote these detections did not finish")
     if warnings:
         log.warning("scoring detections from %s made under a different setup:\n  %s", src, "\n  ".join(warnings))
-    return {"state": str(state_path), "fingerprint": fp, "warnings": warnings}
+    backend = state.get("backend") if isinstance(state.get("backend"), str) else None
+    return {"state": str(state_path), "fingerprint": fp, "backend": backend, "warnings": warnings}
 
 
 def is_detection_store(path: Path) -> bool:
@@ -116,7 +119,7 @@ def run(ctx: RunContext) -> dict:
         raise ZooError(f"{len(missing)} image(s) of the dataset have no saved detections "
                        f"(first: {missing[0]}); pass allow_skips=true to score the rest", path=src)
     skipped = [{"id": m, "reason": "no detections saved for this image"} for m in missing]
-    return score(ctx, detections, skipped, {"provenance": provenance})
+    return score(ctx, detections, skipped, {"provenance": provenance}, made_by=provenance.get("backend"))
 
 
 def score_user_results(ctx: RunContext, src: Path) -> dict:

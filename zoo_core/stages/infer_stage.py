@@ -73,7 +73,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
                                            inputs_meta_sha256=sha256_file(meta_file) if meta_file.is_file() else None)
         ledger = Ledger(out_dir / "index.jsonl")
         resuming = start_resumable(ctx, out_dir / "state.json", fingerprint,
-                                   lambda: clear_dir(out_dir, keep=("state.json",)))
+                                   lambda: clear_dir(out_dir, keep=("state.json",)), backend=str(cfg.backend.name))
         done = ledger.verified() if resuming else set()
         todo = [it for it in items if it.sample.id not in done]
         stats = Stream(BinInputSource(todo), [OutputBinSink(out_dir, ledger)], backend=backend, keep_outputs=True,

@@ -49,10 +49,11 @@ def run(ctx: RunContext) -> dict[str, Any]:
     store = DetectionStore(ctx.path("detections"))
     outputs_state = _outputs_state(src)
     recorded = (outputs_state.get("fingerprint") or {}).get("model_file_sha256")
+    made_by = outputs_state.get("backend") if isinstance(outputs_state.get("backend"), str) else None
     start_resumable(ctx, ctx.path("detections", "state.json"),
                     artifact_fingerprint(ctx, outputs_dir=str(src.resolve()),
                                          model_file_sha256=recorded if isinstance(recorded, str) else None),
-                    store.reset)
+                    store.reset, backend=made_by)
     store.reset()  # postprocess is fast: it always recomputes every image
     backend = open_backend(ctx, "replay", options={"dir": str(src), "device_latency_ms": 0.0,
                                                     "latency_per_item_ms": 0.0})
@@ -96,14 +97,15 @@ def run(ctx: RunContext) -> dict[str, Any]:
     if not bool(cfg.stage.get("score", True)):
         record = write_native(ctx, store.load(), samples, skipped)
     else:
-        record = score(ctx, store.load(), skipped, {"outputs_dir": str(src), "output_suffix_base": base})
+        record = score(ctx, store.load(), skipped, {"outputs_dir": str(src), "output_suffix_base": base},
+                       made_by=made_by)
     finish_with_skips(ctx, skipped)
     return record
 
 
 def _outputs_state(outputs_dir: Path) -> dict:
-    """``outputs/state.json`` as zoo's ``infer`` wrote it (the model file it recorded, whether it finished);
-    ``{}`` for a dump zoo did not write or a file that does not parse."""
+    """``outputs/state.json`` as zoo's ``infer`` wrote it (the model file it recorded, the backend that made the
+    outputs, whether it finished); ``{}`` for a dump zoo did not write or a file that does not parse."""
     try:
         state = json.loads((outputs_dir / "state.json").read_text())
     except (OSError, ValueError, RecursionError):

@@ -22,9 +22,11 @@ class GateFailed(ZooError):
 
 
 def score(ctx: RunContext, detections: dict[str, Detections], skipped: list[dict],
-          extra: dict[str, Any] | None = None, samples: list[Sample] | None = None) -> dict[str, Any]:
+          extra: dict[str, Any] | None = None, samples: list[Sample] | None = None,
+          made_by: str | None = None) -> dict[str, Any]:
     """Evaluate ``detections`` over ``samples`` (default: the run's samples that have detections; a sample
-    without an entry counts as "no detections"); write metrics.json (+ plugin files).
+    without an entry counts as "no detections"); write metrics.json (+ plugin files). ``made_by``: the
+    backend that made them, when recorded and not this run's (see :func:`~zoo_core.runs.references.judge`).
 
     The record gets ``reference`` / ``reference_mismatches`` (the plugin's declared references judged
     against this run's protocol) and, with ``bootstrap=N``, ``ci95`` and ``bootstrap``. With ``gate=true``,
@@ -37,7 +39,7 @@ def score(ctx: RunContext, detections: dict[str, Detections], skipped: list[dict
                                 samples=samples, out_dir=ctx.record_dir)
     files = write_result_files(ctx, result.files)
     record = metrics_record(ctx, result.metrics, len(samples), result.info, skipped, files, extra)
-    record.update(reference_fields(ctx, result, record["metrics"]))
+    record.update(reference_fields(ctx, result, record["metrics"], made_by))
     write_json(ctx.record("metrics.json"), record)
     if bool(ctx.cfg.get("gate", False)):
         if int(ctx.cfg.dataset.get("num_shards", 1) or 1) > 1:
@@ -47,7 +49,8 @@ def score(ctx: RunContext, detections: dict[str, Detections], skipped: list[dict
     return record
 
 
-def reference_fields(ctx: RunContext, result: EvalResult, metrics: dict[str, float | None]) -> dict[str, Any]:
+def reference_fields(ctx: RunContext, result: EvalResult, metrics: dict[str, float | None],
+                     made_by: str | None = None) -> dict[str, Any]:
     """``ci95`` / ``bootstrap`` / ``reference`` / ``reference_mismatches`` entries of metrics.json."""
     out: dict[str, Any] = {}
     from zoo_core.datasets import bootstrap_request
@@ -64,7 +67,7 @@ def reference_fields(ctx: RunContext, result: EvalResult, metrics: dict[str, flo
             log.warning("bootstrap=%d: %s", n, boot["note"])
         out["bootstrap"] = boot
         out["ci95"] = ci95
-    verdicts, mismatches = judge(ctx.cfg, ctx.hooks.references(cfg=ctx.cfg), metrics, ci95)
+    verdicts, mismatches = judge(ctx.cfg, ctx.hooks.references(cfg=ctx.cfg), metrics, ci95, made_by)
     if verdicts:
         out["reference"] = verdicts
     if mismatches:
