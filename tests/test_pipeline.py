@@ -22,7 +22,7 @@ from zoo_core.pipeline.sources import BinInputSource, list_bin_inputs
 from zoo_core.pipeline.stream import Stream
 from zoo_core.pipeline.workers import Prepared
 from zoo_core.runs.lock import RunLock
-from zoo_core.runs.resume import Ledger
+from zoo_core.runs.resume import Ledger, crc32
 
 SPEC = [TensorSpec("out", (3,))]
 
@@ -313,6 +313,66 @@ def test_ledger_trusts_only_files_with_their_recorded_size_and_crc(tmp_path):
     p = tmp_path / "img002_0.bin"
     p.write_bytes(p.read_bytes()[:-4] + b"\x00\x00\x80\x7f")  # same size, other bytes
     assert Ledger(tmp_path / "index.jsonl").verified() == {"img000"}
+
+
+@pytest.mark.parametrize("plant", ["symlink", "hardlink"])
+def test_a_ledger_planted_as_a_link_is_replaced_and_its_target_never_written(tmp_path, plant):
+    """``infer resume=true`` over an ``outputs/index.jsonl`` that links elsewhere: the target keeps its bytes."""
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"ghp_SECRET")  # no newline: a "torn tail" the old code cut off the target
+    out = tmp_path / "outputs"
+    out.mkdir()
+    ledger = Ledger(out / "index.jsonl")
+    (ledger.path.symlink_to if plant == "symlink" else ledger.path.hardlink_to)(victim)
+    assert ledger.verified() == set()
+    sink = OutputBinSink(out, ledger)
+    Stream(ListSource(2), [sink], backend=EchoBackend(), keep_outputs=True).run()
+    assert victim.read_bytes() == b"ghp_SECRET"
+    assert not ledger.path.is_symlink() and ledger.path.stat().st_nlink == 1
+    assert Ledger(out / "index.jsonl").verified() == {"img000", "img001"}
+
+
+@pytest.mark.parametrize("plant", ["symlink", "hardlink", "fifo"])
+def test_appending_to_a_run_list_refuses_a_link_or_a_fifo_untouched(tmp_path, plant):
+    from zoo_core.runs.resume import open_for_append
+
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"line\ntorn")
+    p = tmp_path / "meta.jsonl"
+    if plant == "symlink":
+        p.symlink_to(victim)
+    elif plant == "hardlink":
+        p.hardlink_to(victim)
+    else:
+        os.mkfifo(p)
+    reason = {"symlink": "is a symbolic link", "hardlink": "has 2 hard links", "fifo": "is not a regular file"}[plant]
+    with pytest.raises(ZooError, match=f"meta.jsonl: {reason}"):
+        open_for_append(p)
+    assert victim.read_bytes() == b"line\ntorn"
+
+
+@pytest.mark.parametrize("files", [[[1]], "abc", [["a_0.bin", "12", 0]], [[None, 1, 2]], 5])
+def test_a_ledger_line_with_malformed_files_is_redone_not_a_crash(tmp_path, caplog, files):
+    sink = OutputBinSink(tmp_path)
+    Stream(ListSource(2), [sink], backend=EchoBackend(), keep_outputs=True).run()
+    with (tmp_path / "index.jsonl").open("a") as f:
+        f.write(json.dumps({"id": "img001", "files": files}) + "\n")
+    lines = (tmp_path / "index.jsonl").read_text().splitlines()
+    (tmp_path / "index.jsonl").write_text("\n".join([lines[2], lines[0]]) + "\n")  # only img001's bad line
+    assert Ledger(tmp_path / "index.jsonl").verified() == {"img000"}
+    assert 'line 1: "files" is not a list of [path, bytes, crc32]' in caplog.text
+
+
+@pytest.mark.parametrize("inputs", [["x"], {"x": 5}, "abc"])
+def test_a_meta_jsonl_line_of_the_wrong_shape_is_redone_by_preprocess_resume(tmp_path, caplog, inputs):
+    from zoo_core.stages.preprocess_stage import verified_records
+
+    write_bin(tmp_path / "a.bin", np.zeros(3, np.float32))
+    good = {"id": "a", "meta": {}, "inputs": {"x": {"shape": [3], "dtype": "float32", "bytes": 12,
+                                                    "crc32": crc32(np.zeros(3, np.float32).tobytes())}}}
+    (tmp_path / "meta.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({"id": "b", "inputs": inputs}) + "\n")
+    assert [r["id"] for r in verified_records(tmp_path)] == ["a"]
+    assert "meta.jsonl: line 2 is not a record as zoo writes it" in caplog.text
 
 
 # -- the run lock -----------------------------------------------------------------------------------
