@@ -425,6 +425,11 @@ def test_a_lock_file_planted_as_a_link_is_refused_and_its_target_untouched(tmp_p
     with pytest.raises(ZooError, match="lock file is a directory"):
         RunLock(root, "eval").acquire()
     (root / ".zoo.lock").rmdir()
+    (root / ".zoo.lock").hardlink_to(victim)  # O_NOFOLLOW does not see a hard link
+    with pytest.raises(ZooError, match=r"\.zoo\.lock: the run's lock file has 2 hard links"):
+        RunLock(root, "eval").acquire()
+    assert victim.read_text() == "precious"
+    (root / ".zoo.lock").unlink()
     (root / ".zoo.lock").write_text("[" * 5000)  # a holder record too deep to parse is no record
     with RunLock(root, "eval"):
         pass
