@@ -1,6 +1,7 @@
 """The pipeline's guarantees, in-process with fake sources, backends and sinks (no CLI, no model)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -277,6 +278,53 @@ def test_replay_backend_reads_exact_files_in_place_and_names_a_wrong_sized_one(t
         backend.infer(Batch(ids=["img0", "img1"], inputs={}, metas=[{}, {}]))
 
 
+def _error_within(seconds: float, fn, fifo: Path) -> Exception | None:
+    """What ``fn()`` raises, run in a thread; fails the test if it blocks on ``fifo`` (then unblocked)."""
+    done: list[Exception | None] = []
+
+    def call() -> None:
+        try:
+            fn()
+            done.append(None)
+        except Exception as exc:
+            done.append(exc)
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(seconds)
+    while t.is_alive():  # unblock every open() of the FIFO so the test process can end
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(0.1)
+    assert done and done[0] is not None, f"blocked on the FIFO {fifo} (or raised nothing)"
+    return done[0]
+
+
+def test_a_dump_output_that_is_a_fifo_is_refused_unopened(tmp_path):
+    """A FIFO named like an output blocked the replay backend's open() forever (postprocess hung)."""
+    write_bin(tmp_path / "img0_0.bin", np.zeros(3, np.float32))
+    os.mkfifo(tmp_path / "img1_0.bin")
+    backend = ReplayBackend(None, {"dir": tmp_path}, ModelIO(output_specs=lambda m: SPEC))
+    exc = _error_within(10, lambda: backend.infer(Batch(ids=["img0", "img1"], inputs={}, metas=[{}, {}])),
+                        tmp_path / "img1_0.bin")
+    assert isinstance(exc, InputError)
+    assert str(exc) == f"{tmp_path / 'img1_0.bin'}: output file is a FIFO (named pipe), not a regular file"
+
+
+@pytest.mark.parametrize("name", ["x.bin", "x.npy"])
+def test_a_bin_input_or_npy_that_is_a_fifo_is_refused_unopened(tmp_path, name):
+    os.mkfifo(tmp_path / name)
+    # a 0-byte FIFO even "matches" a 0-size tensor
+    exc = _error_within(10, lambda: read_bin(tmp_path / name, TensorSpec("x", (0,))), tmp_path / name)
+    assert isinstance(exc, InputError) and f"{name}: file is a FIFO (named pipe)" in str(exc)
+
+
+def test_read_bin_names_the_true_size_of_a_shape_beyond_int64(tmp_path):
+    write_bin(tmp_path / "x.bin", np.zeros(4, np.float32))
+    with pytest.raises(InputError, match=f"needs {2**64 * 4}$"):  # np.prod wrapped around to "needs 0"
+        read_bin(tmp_path / "x.bin", TensorSpec("x", (2**32, 2**32, 1)))
+
+
 def test_meta_jsonl_errors_name_the_file_and_line(tmp_path):
     good = '{"id": "a", "meta": {}, "inputs": {"x": {"shape": [3], "dtype": "float32"}}}\n'
     specs = [TensorSpec("x", (3,))]
@@ -287,6 +335,13 @@ def test_meta_jsonl_errors_name_the_file_and_line(tmp_path):
         "duplicate": (good + good, "appears twice"),
         "escape": (good.replace('"a"', '"../../x"'), "unsafe id"),
         "torn tail": (good + '{"id": "b"', "incomplete line"),
+        "crc32 text": (good.replace('"float32"}', '"float32", "crc32": "abc"}'),
+                       r"""line 1 \('a'\): input 'x' has a "crc32" that is not an integer: 'abc'"""),
+        "negative shape": (good.replace("[3]", "[-1, -64, 64]"), r"input 'x' needs a shape \(a list of sizes >= 0\)"),
+        "infinite shape": (good.replace("[3]", "[1e999]"), "needs a shape"),
+        "float shape": (good.replace("[3]", "[1.5]"), "needs a shape"),
+        "shape text": (good.replace("[3]", '"abc"'), "needs a shape"),
+        "input a list": (good.replace('{"shape": [3], "dtype": "float32"}', "[3]"), "needs a shape"),
     }
     for text, msg in cases.values():
         (tmp_path / "meta.jsonl").write_text(text)
