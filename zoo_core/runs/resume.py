@@ -59,9 +59,12 @@ def start_resumable(ctx: RunContext, state_path: Path, fingerprint: dict[str, An
         try:
             state = json.loads(state_path.read_text())
             old = state.get("fingerprint", {})
+            if not isinstance(old, dict):
+                raise ValueError
         except (ValueError, AttributeError, RecursionError):
-            raise ResumeRefused(f"{RESUME_REFUSED} the state file is unreadable", path=state_path,
-                           hint="run again without resume=true to start over") from None
+            raise ResumeRefused(f"{RESUME_REFUSED} the state file is unreadable (not a JSON object with a "
+                                f"\"fingerprint\" object)", path=state_path,
+                                hint="run again without resume=true to start over") from None
         if old != fingerprint:
             changed = sorted(k for k in set(fingerprint) | set(old) if fingerprint.get(k) != old.get(k))
             keys = _changed_keys(state, ctx.resolved_config(), changed)
