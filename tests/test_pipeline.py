@@ -532,6 +532,28 @@ def test_clearing_refuses_a_directory_that_is_a_link(tmp_path):
     assert not (root / "outputs" / "link").exists() and (elsewhere / "important.txt").exists()
 
 
+@pytest.mark.parametrize("plant", ["zoo.log hardlink", ".hydra/config.yaml symlink", ".hydra/hydra.yaml hardlink"])
+def test_files_hydra_rewrites_in_a_record_dir_are_refused_when_linked(tmp_path, plant):
+    """Before: Hydra's ``mode: w`` truncated a hard-linked ``zoo.log``'s other file, and wrote the config through a
+    symbolic link planted as ``.hydra/config.yaml``."""
+    from zoo_core.cli.app import refuse_links
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    record = tmp_path / "run" / "eval"
+    (record / ".hydra").mkdir(parents=True)
+    name, kind = plant.split()
+    link = record / name
+    link.symlink_to(victim) if kind == "symlink" else link.hardlink_to(victim)
+    reason = "is a symbolic link" if kind == "symlink" else "has 2 hard links"
+    with pytest.raises(ZooError, match=f"{name}: {reason}"):
+        refuse_links(record)
+    assert victim.read_text() == "precious"
+    link.unlink()
+    (record / "zoo.log").write_text("an earlier run's log")  # plain files are fine
+    refuse_links(record)
+
+
 def test_workers_outlive_the_thread_that_created_them(fixture_cfg):
     """Linux's PR_SET_PDEATHSIG fires when the *thread* that forked a worker ends; the pool must not
     depend on it (a run once hung for 16 minutes that way)."""
