@@ -3,8 +3,11 @@ exported with PyTorch's TorchScript exporter, compared layer by layer against to
 perturbed copy and a converted Ascend dump (contract double)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -208,6 +211,21 @@ def test_dump_dir_errors(tiny_onnx, tmp_path, dump_double):
     with pytest.raises(ZooError, match="dumped twice") as e:
         read_dump_dir(tmp_path / "twice")
     assert first.name in str(e.value) and second.name in str(e.value)
+    fifo = tmp_path / "fifo" / "Conv.c1.1.1.1700000000123456.output.0.1x4.npy"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    unblock = threading.Timer(10, _open_writer, (fifo,))  # the old code's open() blocked until a writer came
+    unblock.start()
+    try:
+        with pytest.raises(ZooError, match=r"\.npy: \.npy dump file is a FIFO \(named pipe\), not a regular file"):
+            read_dump_dir(fifo.parent)["c1:0"].load()  # refused unopened
+    finally:
+        unblock.cancel()
+
+
+def _open_writer(fifo) -> None:
+    with contextlib.suppress(OSError):
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
 
 
 def test_unsupported_pairs_are_config_errors(tiny, tmp_path, dump_double, tiny_onnx):

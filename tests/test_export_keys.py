@@ -138,3 +138,23 @@ def test_the_export_fingerprint_counts_a_weights_file_by_its_bytes_and_names_the
     assert fa["zoo_core"] == metadata.version("zoo-core")
     upgraded = {**fa, "plugin": "zoo-fixture 9.9"}
     assert _why_stale(upgraded, fa) == f"plugin: 'zoo-fixture 9.9' -> {fa['plugin']!r}"
+
+
+@pytest.mark.parametrize("tamper", [{"fingerprint": [1, 2]}, {"fingerprint": "abc"}, {"sha256": 123},
+                                    {"default_weights_file": ["x"]}, {"input_names": "image"}])
+def test_a_malformed_export_record_means_stale_and_re_exports(fixture_cfg, tmp_path, caplog, tamper):
+    """Before: a "fingerprint" list or string in the record beside the model crashed (AttributeError)."""
+    import logging
+
+    from zoo_core.runs.model_files import ensure_onnx
+
+    onnx = ensure_onnx(_ctx(fixture_cfg, tmp_path), "onnxruntime")
+    meta = onnx.with_suffix(".json")
+    good = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**good, **tamper}))
+    with caplog.at_level(logging.INFO, logger="zoo"):
+        assert ensure_onnx(_ctx(fixture_cfg, tmp_path), "onnxruntime") == onnx
+    key = next(iter(tamper))
+    assert f"{meta}: its {key!r} is a {type(tamper[key]).__name__}, not a JSON" in caplog.text
+    assert "re-exporting fixture: the record of fixture_onnxruntime.onnx is unreadable" in caplog.text
+    assert json.loads(meta.read_text())["fingerprint"] == good["fingerprint"]  # rewritten whole

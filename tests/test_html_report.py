@@ -285,6 +285,28 @@ def test_missing_inputs_say_what_is_missing(tmp_path, capsys):
     assert html_main([str(tmp_path)]) == 2 and "no metrics.json" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name, key, record", [
+    ("metrics.json", "metrics", {"metrics": [1, 2]}), ("metrics.json", "info", {"metrics": {"AP": 0.5}, "info": [1]}),
+    ("metrics.json", "reference", {"metrics": {"AP": 0.5}, "reference": ["x"]}),
+    ("metrics.json", "ci95", {"metrics": {}, "ci95": "x"}),
+    ("metrics.json", "skipped", {"metrics": {"AP": 0.5}, "skipped": {"a": 1}}),
+    ("run.json", "config", {"config": [1]}), ("run.json", "versions", {"versions": "abc"}),
+    ("run.json", "inputs", {"inputs": [1]}),
+])
+def test_a_record_section_of_the_wrong_type_is_one_line_naming_the_file(tmp_path, capsys, name, key, record):
+    """Before: AttributeError / TypeError with a traceback from ``python -m zoo_core.reports.html``."""
+    (tmp_path / name).write_text(json.dumps({"schema": 1, **record}))
+    assert html_main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / name}: {key!r} is a ") and "not a JSON" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "report.html").exists()
+
+
+def test_config_sections_of_the_wrong_type_are_left_out_of_the_title(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"config": {"model": [1], "stage": "x", "dataset": 5}}))
+    assert "<title>zoo · ? · </title>" in render_run_report(tmp_path)
+
+
 def test_number_formats():
     assert [fmt_number(v) for v in (0.96877, 12.345, 16803.99, 7293505, None, True, 24)] == \
         ["0.9688", "12.35", "16,804", "7,293,505", "—", "yes", "24"]

@@ -172,3 +172,26 @@ def test_the_acl_backend_warns_about_inputs_its_gears_were_not_planned_for(tmp_p
         backend.close()
     assert "2 input(s) of 1 size(s) the gears were not planned for were padded into larger gears (64x80: 2)" \
         in caplog.text
+
+
+_GOOD_GEARS = {"dynamic_image_size": [[48, 48], [64, 80]], "sizes": [[48, 48, 2], [64, 80, 1]]}
+
+
+@pytest.mark.parametrize("key, bad", [("dynamic_image_size", [["1e999", 48]]), ("dynamic_image_size", [[1.5, 48]]),
+                                      ("dynamic_image_size", [[-3, 48]]), ("dynamic_image_size", "abc"),
+                                      ("dynamic_image_size", [[48]]), ("sizes", [[float("inf"), 48, 1]]),
+                                      ("sizes", {"a": 1})])
+def test_a_gears_file_with_sizes_that_are_not_whole_numbers_is_one_line(tmp_path, key, bad):
+    """Before: ``Infinity`` in <om>.gears.json raised OverflowError (exit 1, traceback); 1.5 was cut to 1."""
+    import json
+
+    from zoo_core.api.errors import ZooError
+    from zoo_core.backends.image_gears import read_gears, read_planned_sizes
+
+    om = tmp_path / "m_bs1.om"
+    path = tmp_path / "m_bs1.om.gears.json"
+    path.write_text(json.dumps(_GOOD_GEARS))
+    assert read_gears(om) == [(48, 48), (64, 80)] and read_planned_sizes(om) == {(48, 48), (64, 80)}
+    path.write_text(json.dumps({**_GOOD_GEARS, key: bad}).replace('"1e999"', "1e999"))
+    with pytest.raises(ZooError, match=rf"m_bs1.om.gears.json: unreadable image-size gears file: '{key}' is not"):
+        read_gears(om) if key == "dynamic_image_size" else read_planned_sizes(om)

@@ -121,6 +121,16 @@ def test_an_om_without_a_record_loads_with_a_warning(fixture_cfg, tmp_path, fake
         _om_for(fixture_cfg, tmp_path)
 
 
+@pytest.mark.parametrize("tamper", [{"sha256": 123}, {"settings": [1]}, {"pending_script_replaces_sha256": 5}])
+def test_an_om_record_with_a_value_of_the_wrong_type_is_unreadable_not_a_crash(fixture_cfg, tmp_path, fake_atc,
+                                                                               tamper):
+    _convert(fixture_cfg, tmp_path)
+    rec = tmp_path / "model" / "fixture_bs1.json"
+    rec.write_text(json.dumps({**json.loads(rec.read_text()), **tamper}))
+    with pytest.raises(ConfigError, match=r"fixture_bs1.om's convert record .*fixture_bs1.json is unreadable"):
+        _om_for(fixture_cfg, tmp_path)  # before: TypeError ('int' object is not subscriptable)
+
+
 def test_other_weights_than_the_om_was_exported_from_are_refused(fixture_cfg, tmp_path):
     from zoo_core.runs.om_record import _weights_diff
 

@@ -1,6 +1,7 @@
 """The pipeline's guarantees, in-process with fake sources, backends and sinks (no CLI, no model)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -22,7 +23,7 @@ from zoo_core.pipeline.sources import BinInputSource, list_bin_inputs
 from zoo_core.pipeline.stream import Stream
 from zoo_core.pipeline.workers import Prepared
 from zoo_core.runs.lock import RunLock
-from zoo_core.runs.resume import Ledger
+from zoo_core.runs.resume import Ledger, crc32
 
 SPEC = [TensorSpec("out", (3,))]
 
@@ -277,6 +278,53 @@ def test_replay_backend_reads_exact_files_in_place_and_names_a_wrong_sized_one(t
         backend.infer(Batch(ids=["img0", "img1"], inputs={}, metas=[{}, {}]))
 
 
+def _error_within(seconds: float, fn, fifo: Path) -> Exception | None:
+    """What ``fn()`` raises, run in a thread; fails the test if it blocks on ``fifo`` (then unblocked)."""
+    done: list[Exception | None] = []
+
+    def call() -> None:
+        try:
+            fn()
+            done.append(None)
+        except Exception as exc:
+            done.append(exc)
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(seconds)
+    while t.is_alive():  # unblock every open() of the FIFO so the test process can end
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(0.1)
+    assert done and done[0] is not None, f"blocked on the FIFO {fifo} (or raised nothing)"
+    return done[0]
+
+
+def test_a_dump_output_that_is_a_fifo_is_refused_unopened(tmp_path):
+    """A FIFO named like an output blocked the replay backend's open() forever (postprocess hung)."""
+    write_bin(tmp_path / "img0_0.bin", np.zeros(3, np.float32))
+    os.mkfifo(tmp_path / "img1_0.bin")
+    backend = ReplayBackend(None, {"dir": tmp_path}, ModelIO(output_specs=lambda m: SPEC))
+    exc = _error_within(10, lambda: backend.infer(Batch(ids=["img0", "img1"], inputs={}, metas=[{}, {}])),
+                        tmp_path / "img1_0.bin")
+    assert isinstance(exc, InputError)
+    assert str(exc) == f"{tmp_path / 'img1_0.bin'}: output file is a FIFO (named pipe), not a regular file"
+
+
+@pytest.mark.parametrize("name", ["x.bin", "x.npy"])
+def test_a_bin_input_or_npy_that_is_a_fifo_is_refused_unopened(tmp_path, name):
+    os.mkfifo(tmp_path / name)
+    # a 0-byte FIFO even "matches" a 0-size tensor
+    exc = _error_within(10, lambda: read_bin(tmp_path / name, TensorSpec("x", (0,))), tmp_path / name)
+    assert isinstance(exc, InputError) and f"{name}: file is a FIFO (named pipe)" in str(exc)
+
+
+def test_read_bin_names_the_true_size_of_a_shape_beyond_int64(tmp_path):
+    write_bin(tmp_path / "x.bin", np.zeros(4, np.float32))
+    with pytest.raises(InputError, match=f"needs {2**64 * 4}$"):  # np.prod wrapped around to "needs 0"
+        read_bin(tmp_path / "x.bin", TensorSpec("x", (2**32, 2**32, 1)))
+
+
 def test_meta_jsonl_errors_name_the_file_and_line(tmp_path):
     good = '{"id": "a", "meta": {}, "inputs": {"x": {"shape": [3], "dtype": "float32"}}}\n'
     specs = [TensorSpec("x", (3,))]
@@ -287,6 +335,13 @@ def test_meta_jsonl_errors_name_the_file_and_line(tmp_path):
         "duplicate": (good + good, "appears twice"),
         "escape": (good.replace('"a"', '"../../x"'), "unsafe id"),
         "torn tail": (good + '{"id": "b"', "incomplete line"),
+        "crc32 text": (good.replace('"float32"}', '"float32", "crc32": "abc"}'),
+                       r"""line 1 \('a'\): input 'x' has a "crc32" that is not an integer: 'abc'"""),
+        "negative shape": (good.replace("[3]", "[-1, -64, 64]"), r"input 'x' needs a shape \(a list of sizes >= 0\)"),
+        "infinite shape": (good.replace("[3]", "[1e999]"), "needs a shape"),
+        "float shape": (good.replace("[3]", "[1.5]"), "needs a shape"),
+        "shape text": (good.replace("[3]", '"abc"'), "needs a shape"),
+        "input a list": (good.replace('{"shape": [3], "dtype": "float32"}', "[3]"), "needs a shape"),
     }
     for text, msg in cases.values():
         (tmp_path / "meta.jsonl").write_text(text)
@@ -313,6 +368,66 @@ def test_ledger_trusts_only_files_with_their_recorded_size_and_crc(tmp_path):
     p = tmp_path / "img002_0.bin"
     p.write_bytes(p.read_bytes()[:-4] + b"\x00\x00\x80\x7f")  # same size, other bytes
     assert Ledger(tmp_path / "index.jsonl").verified() == {"img000"}
+
+
+@pytest.mark.parametrize("plant", ["symlink", "hardlink"])
+def test_a_ledger_planted_as_a_link_is_replaced_and_its_target_never_written(tmp_path, plant):
+    """``infer resume=true`` over an ``outputs/index.jsonl`` that links elsewhere: the target keeps its bytes."""
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"ghp_SECRET")  # no newline: a "torn tail" the old code cut off the target
+    out = tmp_path / "outputs"
+    out.mkdir()
+    ledger = Ledger(out / "index.jsonl")
+    (ledger.path.symlink_to if plant == "symlink" else ledger.path.hardlink_to)(victim)
+    assert ledger.verified() == set()
+    sink = OutputBinSink(out, ledger)
+    Stream(ListSource(2), [sink], backend=EchoBackend(), keep_outputs=True).run()
+    assert victim.read_bytes() == b"ghp_SECRET"
+    assert not ledger.path.is_symlink() and ledger.path.stat().st_nlink == 1
+    assert Ledger(out / "index.jsonl").verified() == {"img000", "img001"}
+
+
+@pytest.mark.parametrize("plant", ["symlink", "hardlink", "fifo"])
+def test_appending_to_a_run_list_refuses_a_link_or_a_fifo_untouched(tmp_path, plant):
+    from zoo_core.runs.resume import open_for_append
+
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"line\ntorn")
+    p = tmp_path / "meta.jsonl"
+    if plant == "symlink":
+        p.symlink_to(victim)
+    elif plant == "hardlink":
+        p.hardlink_to(victim)
+    else:
+        os.mkfifo(p)
+    reason = {"symlink": "is a symbolic link", "hardlink": "has 2 hard links", "fifo": "is not a regular file"}[plant]
+    with pytest.raises(ZooError, match=f"meta.jsonl: {reason}"):
+        open_for_append(p)
+    assert victim.read_bytes() == b"line\ntorn"
+
+
+@pytest.mark.parametrize("files", [[[1]], "abc", [["a_0.bin", "12", 0]], [[None, 1, 2]], 5])
+def test_a_ledger_line_with_malformed_files_is_redone_not_a_crash(tmp_path, caplog, files):
+    sink = OutputBinSink(tmp_path)
+    Stream(ListSource(2), [sink], backend=EchoBackend(), keep_outputs=True).run()
+    with (tmp_path / "index.jsonl").open("a") as f:
+        f.write(json.dumps({"id": "img001", "files": files}) + "\n")
+    lines = (tmp_path / "index.jsonl").read_text().splitlines()
+    (tmp_path / "index.jsonl").write_text("\n".join([lines[2], lines[0]]) + "\n")  # only img001's bad line
+    assert Ledger(tmp_path / "index.jsonl").verified() == {"img000"}
+    assert 'line 1: "files" is not a list of [path, bytes, crc32]' in caplog.text
+
+
+@pytest.mark.parametrize("inputs", [["x"], {"x": 5}, "abc"])
+def test_a_meta_jsonl_line_of_the_wrong_shape_is_redone_by_preprocess_resume(tmp_path, caplog, inputs):
+    from zoo_core.stages.preprocess_stage import verified_records
+
+    write_bin(tmp_path / "a.bin", np.zeros(3, np.float32))
+    good = {"id": "a", "meta": {}, "inputs": {"x": {"shape": [3], "dtype": "float32", "bytes": 12,
+                                                    "crc32": crc32(np.zeros(3, np.float32).tobytes())}}}
+    (tmp_path / "meta.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({"id": "b", "inputs": inputs}) + "\n")
+    assert [r["id"] for r in verified_records(tmp_path)] == ["a"]
+    assert "meta.jsonl: line 2 is not a record as zoo writes it" in caplog.text
 
 
 # -- the run lock -----------------------------------------------------------------------------------
@@ -365,6 +480,11 @@ def test_a_lock_file_planted_as_a_link_is_refused_and_its_target_untouched(tmp_p
     with pytest.raises(ZooError, match="lock file is a directory"):
         RunLock(root, "eval").acquire()
     (root / ".zoo.lock").rmdir()
+    (root / ".zoo.lock").hardlink_to(victim)  # O_NOFOLLOW does not see a hard link
+    with pytest.raises(ZooError, match=r"\.zoo\.lock: the run's lock file has 2 hard links"):
+        RunLock(root, "eval").acquire()
+    assert victim.read_text() == "precious"
+    (root / ".zoo.lock").unlink()
     (root / ".zoo.lock").write_text("[" * 5000)  # a holder record too deep to parse is no record
     with RunLock(root, "eval"):
         pass
@@ -410,6 +530,28 @@ def test_clearing_refuses_a_directory_that_is_a_link(tmp_path):
     (root / "outputs" / "link").symlink_to(elsewhere)
     clear_dir(root / "outputs")  # a link inside is removed, not followed
     assert not (root / "outputs" / "link").exists() and (elsewhere / "important.txt").exists()
+
+
+@pytest.mark.parametrize("plant", ["zoo.log hardlink", ".hydra/config.yaml symlink", ".hydra/hydra.yaml hardlink"])
+def test_files_hydra_rewrites_in_a_record_dir_are_refused_when_linked(tmp_path, plant):
+    """Before: Hydra's ``mode: w`` truncated a hard-linked ``zoo.log``'s other file, and wrote the config through a
+    symbolic link planted as ``.hydra/config.yaml``."""
+    from zoo_core.cli.app import refuse_links
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    record = tmp_path / "run" / "eval"
+    (record / ".hydra").mkdir(parents=True)
+    name, kind = plant.split()
+    link = record / name
+    link.symlink_to(victim) if kind == "symlink" else link.hardlink_to(victim)
+    reason = "is a symbolic link" if kind == "symlink" else "has 2 hard links"
+    with pytest.raises(ZooError, match=f"{name}: {reason}"):
+        refuse_links(record)
+    assert victim.read_text() == "precious"
+    link.unlink()
+    (record / "zoo.log").write_text("an earlier run's log")  # plain files are fine
+    refuse_links(record)
 
 
 def test_workers_outlive_the_thread_that_created_them(fixture_cfg):

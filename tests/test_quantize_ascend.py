@@ -232,3 +232,26 @@ def test_a_bad_calibration_set_names_the_image_and_keeps_the_previous_set(tmp_pa
     assert exc.value.path == samples[1].path and str(samples[1].path) in str(exc.value)
     assert {p.name: p.read_bytes() for p in cal.iterdir()} == before
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["calibration"]  # no temp dir left
+
+
+def test_a_calibration_dir_planted_as_a_link_is_refused_and_its_target_untouched(tmp_path):
+    """Before: shutil.rmtree on the link raised OSError ("unexpected error", exit 1) after the set was written."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from zoo_core.api.types import Sample
+    from zoo_core.quantize.amct import write_calibration_bins
+    from zoo_core.quantize.calibration import CalibrationSet
+
+    ctx = SimpleNamespace(cfg=OmegaConf.create({"model_dir": str(tmp_path / "model")}))
+    target = tmp_path / "canary"
+    target.mkdir()
+    (target / "keep.txt").write_text("keep")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "calibration").symlink_to(target)
+    cal = CalibrationSet([{"image": np.zeros((1, 1, 4, 4), np.float32)}], [Sample("a", tmp_path / "a.png")])
+    with pytest.raises(ZooError, match=r"model/calibration: is a symbolic link \(to .*canary\); zoo replaces"):
+        write_calibration_bins(ctx, cal, [TensorSpec("image", (1, 4, 4), "float32")])
+    assert [p.name for p in target.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["calibration"]  # no temp dir left

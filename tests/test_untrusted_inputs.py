@@ -235,6 +235,58 @@ def test_a_coco_file_name_no_file_can_hold_is_refused(tmp_path):
     assert ann.is_file()
 
 
+# -- predict's input= -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["a\nb.jpg", "bell\x07.png", "x" * 210 + ".jpg"])
+def test_predict_refuses_an_image_file_name_no_output_file_can_carry(tmp_path, name):
+    """Before: predict named its outputs after such a file (``a\nb.jpg.json``); eval refuses such a stem."""
+    from zoo_core.stages.predict_stage import predict_samples
+
+    (tmp_path / "ok.jpg").write_bytes(b"x")
+    (tmp_path / name).write_bytes(b"x")
+    for given in (tmp_path, tmp_path / name):
+        with pytest.raises(InputError) as info:
+            predict_samples(given)
+        assert str(info.value).startswith(f"{tmp_path}: unsafe image file name {name!r}: it ")
+        assert "\n" not in str(info.value)
+
+
+def test_predict_on_a_folder_with_a_newline_in_a_file_name_writes_nothing(fixture_cfg, fixture_onnx, tmp_path):
+    import cv2
+    from omegaconf import open_dict
+
+    from zoo_core.plugins.manager import ZooPluginManager
+    from zoo_core.runs.context import RunContext
+    from zoo_core.stages import predict_stage
+
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    for name in ("ok.png", "a\nb.png"):
+        cv2.imwrite(str(pics / name), np.full((32, 32, 3), 200, np.uint8))
+    cfg = fixture_cfg.copy()
+    with open_dict(cfg):
+        cfg.stage.name, cfg.num_workers, cfg.input, cfg.model_file = "predict", 0, str(pics), str(fixture_onnx)
+    with pytest.raises(InputError, match=r"unsafe image file name 'a\\nb.png': it contains a control character"):
+        predict_stage.run(RunContext(cfg, ZooPluginManager(), tmp_path / "run"))
+    assert not (tmp_path / "run" / "predict").exists() or not any((tmp_path / "run" / "predict").iterdir())
+
+
+def test_predict_reads_a_file_named_just_dot_jpg_and_names_what_it_leaves_out(tmp_path, caplog):
+    """Before: ``.jpg`` (no stem, so no suffix for pathlib) and the other files of the folder were left out
+    without a word."""
+    import logging
+
+    from zoo_core.stages.predict_stage import predict_samples
+
+    for name in (".jpg", "x.PNG", "notes.txt", "y.jpg.bak"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub.jpg").mkdir()
+    with caplog.at_level(logging.INFO, logger="zoo"):
+        assert [s.id for s in predict_samples(tmp_path)] == [".jpg", "x.PNG"]
+    assert f"predict: 3 file(s) of {tmp_path} are left out" in caplog.text
+    assert "'notes.txt', 'sub.jpg', 'y.jpg.bak'" in caplog.text
+
+
 # -- meta.jsonl ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("line, text", [

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from zoo_core.api.checkpoint import regular_file
 from zoo_core.api.errors import InputError
 from zoo_core.api.types import TensorSpec
 
@@ -96,8 +97,8 @@ def read_bin(path: str | os.PathLike[str], spec: TensorSpec, file_dtype: str | N
     ``spec.dtype``: a file whose size does not match it exactly is an :class:`InputError` naming the
     file (a float32 file of half the size is never guessed to be float16).
     """
-    path = Path(path)
-    n = int(np.prod(spec.shape))
+    path = regular_file(path, "file", InputError)  # a FIFO would block the read forever
+    n = math.prod(int(d) for d in spec.shape)  # Python ints: no int64 wrap-around
     if path.suffix == ".npy":
         arr = _load_npy(path)
         if arr.dtype.kind not in "fiu":
@@ -107,10 +108,7 @@ def read_bin(path: str | os.PathLike[str], spec: TensorSpec, file_dtype: str | N
             raise InputError(f"has shape {tuple(arr.shape)}; tensor {spec.name} is {tuple(spec.shape)} (a leading "
                              f"batch axis of 1 may be added; the axes are not reordered)", path=path)
         return arr.reshape(spec.shape).astype(spec.dtype, copy=False)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise InputError("file not found", path=path) from None
+    size = path.stat().st_size
     dtype = np.dtype(file_dtype or spec.dtype)
     if size == n * dtype.itemsize:
         return np.fromfile(path, dtype=dtype.newbyteorder("<")).reshape(spec.shape).astype(spec.dtype, copy=False)
@@ -215,7 +213,7 @@ class DumpDir:
         return sorted(self._files)
 
     def paths(self, stem: str) -> list[Path]:
-        """The output files of one image, in output order; InputError if any is missing."""
+        """The output files of one image, in output order; InputError if any is missing or not a regular file."""
         key = self._key(stem)
         d = self._files.get(key) if key is not None else None
         if d is None:
@@ -226,7 +224,7 @@ class DumpDir:
         for i in range(self.base, self.base + self.n_outputs):
             if i not in d:
                 raise InputError(f"missing output {key}_{i}.bin for image {stem!r}", path=self.root)
-            out.append(d[i])
+            out.append(regular_file(d[i], "output file", InputError))  # unopened: a FIFO would block forever
         return out
 
     def read(self, stem: str, specs: list[TensorSpec], file_dtype: str | None = None) -> list[np.ndarray]:

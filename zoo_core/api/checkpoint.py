@@ -43,22 +43,24 @@ _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
-def regular_file(path: str | os.PathLike[str], what: str = "weights file") -> Path:
-    """``path`` if it is a regular file (symlinks followed); :class:`ZooError` naming it otherwise.
+def regular_file(path: str | os.PathLike[str], what: str = "weights file",
+                 error: type[ZooError] = ZooError) -> Path:
+    """``path`` if it is a regular file (symlinks followed); ``error`` (a :class:`ZooError`) naming it otherwise.
 
     Directories, FIFOs and devices (``/dev/zero``) are refused from ``stat`` alone, without opening
-    them, so nothing blocks or reads forever.
+    them, so nothing blocks or reads forever. ``error=InputError`` for one input of many (a dump's output
+    file), which ``on_error=skip`` may skip.
     """
     p = Path(path).expanduser()
     try:
         mode = p.stat().st_mode
     except FileNotFoundError:
-        raise ZooError(f"{what} not found", path=p) from None
+        raise error(f"{what} not found", path=p) from None
     except OSError as exc:
-        raise ZooError(f"cannot read the {what}: {exc.strerror or exc}", path=p) from None
+        raise error(f"cannot read the {what}: {exc.strerror or exc}", path=p) from None
     if not stat.S_ISREG(mode):
         kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
-        raise ZooError(f"{what} is {kind}, not a regular file", path=p)
+        raise error(f"{what} is {kind}, not a regular file", path=p)
     return p
 
 

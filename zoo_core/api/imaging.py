@@ -130,10 +130,11 @@ def _header_dims(head: bytes) -> tuple[int, int] | None:
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly inside ``folder`` (or the file itself), sorted by name."""
+    """Image files directly inside ``folder`` (or the file itself), sorted by name: regular files whose name
+    ends with one of :data:`IMAGE_EXTENSIONS`, case-insensitive (a file named just ``.jpg`` too)."""
     p = Path(folder)
     if p.is_file():
         return [p]
     if not p.is_dir():
         raise InputError("no such file or directory", path=p)
-    return sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTENSIONS and q.is_file())
+    return sorted(q for q in p.iterdir() if q.name.lower().endswith(IMAGE_EXTENSIONS) and q.is_file())

@@ -118,21 +118,28 @@ def read_gears(om: str | Path) -> list[Size] | None:
     p = gears_file(om)
     if not p.is_file():
         return None
-    try:
-        gears = [(int(h), int(w)) for h, w in json.loads(p.read_text())["dynamic_image_size"]]
-    except (ValueError, KeyError, TypeError, RecursionError):
-        raise ZooError("unreadable image-size gears file", path=p) from None
-    return gears
+    return [(h, w) for h, w, *_ in _read_sizes(p, "dynamic_image_size", 2)]
 
 
 def read_planned_sizes(om: str | Path) -> set[Size]:
     """The input sizes ``stage=convert`` planned the gears of ``om`` for (its ``<om>.gears.json`` ``sizes``);
     empty when the plan lists none."""
-    p = gears_file(om)
+    return {(r[0], r[1]) for r in _read_sizes(gears_file(om), "sizes", 2, required=False)}
+
+
+def _read_sizes(p: Path, key: str, n: int, required: bool = True) -> list[list[int]]:
+    """``key`` of the gears file ``p``: rows of at least ``n`` whole numbers > 0; a ZooError naming the file
+    when it is not (``Infinity``, ``1.5``, ``-3``, a string...)."""
     try:
-        return {(int(r[0]), int(r[1])) for r in json.loads(p.read_text()).get("sizes", [])}
-    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError):
+        rec = json.loads(p.read_text())
+        rows = rec[key] if required else rec.get(key, [])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise ZooError("unreadable image-size gears file", path=p) from None
+    if not isinstance(rows, list) or not all(
+            isinstance(r, list) and len(r) >= n and all(type(v) is int and v > 0 for v in r[:n]) for r in rows):
+        raise ZooError(f"unreadable image-size gears file: {key!r} is not a list of [height, width] in whole "
+                       f"numbers > 0", path=p)
+    return rows
 
 
 def pad_to(array: np.ndarray, h: int, w: int) -> np.ndarray:

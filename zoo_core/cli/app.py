@@ -81,13 +81,18 @@ def storage_error(exc: BaseException):
 
 
 def refuse_links(record_dir: Path) -> None:
-    """Before Hydra writes a stage's records: neither the record dir nor its ``.hydra/`` or ``zoo.log``
-    may be a symbolic link (Hydra would write, and the stage runner clear, whatever it points at)."""
-    from zoo_core.runs.layout import HYDRA_FILES, refuse_symlink
+    """Before Hydra writes a stage's records: neither the record dir nor its ``.hydra/``, the files in it or
+    ``zoo.log`` may be a symbolic link, and none of those files may have another hard link (Hydra would
+    write or truncate, and the stage runner clear, whatever they point at)."""
+    from zoo_core.runs.layout import HYDRA_FILES, refuse_linked_file, refuse_symlink
 
     refuse_symlink(record_dir)
     for name in HYDRA_FILES:
-        refuse_symlink(record_dir / name)
+        refuse_linked_file(record_dir / name)
+    hydra_dir = record_dir / ".hydra"
+    if hydra_dir.is_dir():
+        for p in sorted(hydra_dir.iterdir()):
+            refuse_linked_file(p)
 
 
 def single_run(args: list[str]) -> bool:

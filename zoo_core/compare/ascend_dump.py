@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from zoo_core.api.checkpoint import regular_file
 from zoo_core.api.errors import ZooError
 from zoo_core.compare.onnx_graph import OnnxGraph, sanitize_op_name
 
@@ -51,6 +52,7 @@ class DumpTensor:
         return f"{self.op_name}:{self.index}"
 
     def load(self) -> np.ndarray:
+        regular_file(self.path, ".npy dump file")  # unopened: a FIFO would block the read forever
         try:
             a = np.load(self.path, allow_pickle=False)
         except (OSError, ValueError) as exc:

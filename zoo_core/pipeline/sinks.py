@@ -17,7 +17,7 @@ from zoo_core.api.aisbench import input_file, output_path, safe_stem, write_bin
 from zoo_core.api.types import Detections
 from zoo_core.pipeline.stream import Result
 from zoo_core.runs.detstore import DetectionStore
-from zoo_core.runs.resume import Ledger, crc32, cut_torn_tail
+from zoo_core.runs.resume import Ledger, crc32, open_for_append
 
 
 def _raw(array: np.ndarray) -> memoryview:
@@ -81,8 +81,7 @@ class InputBinSink:
             shapes[name] = {"shape": list(arr.shape), "dtype": arr.dtype.name, "bytes": raw.nbytes,
                             "crc32": crc32(raw)}
         if self._f is None:
-            cut_torn_tail(self.meta_path)
-            self._f = open(self.meta_path, "a")  # noqa: SIM115 (kept open across items, closed by close())
+            self._f = open_for_append(self.meta_path)
         self._f.write(json.dumps({"id": result.sample.id, "meta": result.meta, "inputs": shapes}) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())

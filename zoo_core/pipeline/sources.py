@@ -111,13 +111,20 @@ def _bin_item(inputs_dir: Path, meta_path: Path, n: int, rec: dict) -> BinItem:
         raise InputError(f"line {n} ({sid!r}) needs an \"inputs\" object and a \"meta\" object", path=meta_path)
     files, specs, crc = {}, {}, {}
     for name, v in inputs.items():
+        shape = v.get("shape") if isinstance(v, dict) else None
         try:
-            specs[name] = TensorSpec(name, tuple(int(d) for d in v["shape"]), str(np.dtype(v["dtype"])))
+            if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+                raise TypeError
+            specs[name] = TensorSpec(name, tuple(shape), str(np.dtype(v["dtype"])))
         except (KeyError, TypeError, ValueError):
-            raise InputError(f"line {n} ({sid!r}): input {name!r} needs a shape and a dtype", path=meta_path) from None
+            raise InputError(f"line {n} ({sid!r}): input {name!r} needs a shape (a list of sizes >= 0) and a dtype",
+                             path=meta_path) from None
         files[name] = input_file(inputs_dir, name, sid, len(inputs) > 1)
         if "crc32" in v:
-            crc[name] = int(v["crc32"])
+            if type(v["crc32"]) is not int:
+                raise InputError(f"line {n} ({sid!r}): input {name!r} has a \"crc32\" that is not an integer: "
+                                 f"{v['crc32']!r}", path=meta_path)
+            crc[name] = v["crc32"]
     return BinItem(Sample(sid, files[next(iter(files))]), files, specs, meta, crc)
 
 

@@ -46,7 +46,13 @@ log = logging.getLogger("zoo")
 @contextlib.contextmanager
 def _staged_dir(final: Path) -> Iterator[Path]:
     """A temporary directory path beside ``final`` (``.<name>.<pid>.<random>.tmp``, not created) that replaces
-    ``final`` whole when the block completes; removed when it raises, so ``final`` stays as it was."""
+    ``final`` whole when the block completes; removed when it raises, so ``final`` stays as it was.
+    ``final`` that is a symbolic link (or not a directory) is refused before anything is written: zoo replaces
+    this directory and never removes or writes a link's target."""
+    if final.is_symlink() or (final.exists() and not final.is_dir()):
+        what = f"a symbolic link (to {os.readlink(final)})" if final.is_symlink() else "not a directory"
+        raise ZooError(f"is {what}; zoo replaces this directory whole and does not follow links in model_dir",
+                       path=final, hint="remove it, or pass model_dir=<another directory>")
     tmp = final.with_name(f".{final.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
         yield tmp

@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from zoo_core.api.errors import ZooError
+
 #: perf.json keys shown as the per-image cost of each part of the streaming pipeline, in pipeline order.
 PERF_PARTS = (("host_preprocess_ms_per_img", "decode + preprocess"), ("device_ms_per_img", "inference"),
               ("postprocess_ms_per_img", "postprocess"))
@@ -85,12 +87,34 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+#: The sections of a record file the run page reads, and their JSON types (absent or null is fine).
+_SECTIONS: dict[str, dict[str, type]] = {
+    "metrics.json": {"metrics": dict, "info": dict, "reference": dict, "ci95": dict, "null_metrics": dict,
+                     "skipped": list},
+    "run.json": {"config": dict, "versions": dict, "inputs": dict},
+}
+
+
 def _read_json(path: Path) -> dict | None:
+    """A record file as a JSON object (``None`` when absent or unreadable); a :class:`ZooError` naming it when a
+    section the page reads has another type (``"metrics": [...]``)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    for key, kind in _SECTIONS.get(path.name, {}).items():
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            raise ZooError(f"{key!r} is a {type(data[key]).__name__}, not a JSON "
+                           f"{'object' if kind is dict else 'list'} as zoo writes it", path=path)
+    return data
+
+
+def _section(d: dict, key: str) -> dict:
+    """``d[key]`` when it is a JSON object, else ``{}``."""
+    v = d.get(key)
+    return v if isinstance(v, dict) else {}
 
 
 def fmt_number(value: Any, trim: bool = False) -> str:
@@ -350,17 +374,17 @@ def render_run_report(record_dir: str | Path) -> str:
         raise FileNotFoundError(f"{d}: no metrics.json, perf.json or run.json to report")
     run = run or {}
     config = run.get("config") or {}
-    model = (metrics or {}).get("model") or run.get("model") or (config.get("model") or {}).get("name") or "?"
+    model = (metrics or {}).get("model") or run.get("model") or _section(config, "model").get("name") or "?"
     stage = (metrics or {}).get("stage") or run.get("stage") or (perf or {}).get("stage") or \
-        (config.get("stage") or {}).get("name") or ""
-    dataset = (metrics or {}).get("dataset") or (config.get("dataset") or {}).get("name")
+        _section(config, "stage").get("name") or ""
+    dataset = (metrics or {}).get("dataset") or _section(config, "dataset").get("name")
     facts = []
     if dataset and dataset != "none":
         facts.append(f"dataset <b>{_e(dataset)}</b>")
     images = (metrics or {}).get("images", (perf or {}).get("images"))
     if images is not None:
         facts.append(f"{_e(fmt_number(images))} images")
-    backend = (perf or {}).get("backend") or (config.get("backend") or {}).get("name")
+    backend = (perf or {}).get("backend") or _section(config, "backend").get("name")
     if backend:
         facts.append(f"backend <b>{_e(backend)}</b>")
     batch = (perf or {}).get("batch_size", config.get("batch_size"))
@@ -542,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         print(write_report(d))
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ZooError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from pathlib import Path
 
 #: Files in a record dir that Hydra writes before the stage starts (kept when the dir is cleared).
@@ -30,6 +31,21 @@ def refuse_symlink(path: Path) -> None:
         raise ZooError(f"is a symbolic link (to {os.readlink(path)}); zoo clears and rewrites this directory "
                        f"and does not follow links inside a run directory", path=path,
                        hint="remove the link, or point work_dir= at the other place instead")
+
+
+def refuse_linked_file(path: Path) -> None:
+    """A ZooError when ``path`` (a file zoo or Hydra rewrites in place, e.g. ``zoo.log``) is a symbolic link or a
+    regular file with another hard link: writing it would truncate or write the other file."""
+    refuse_symlink(path)
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+        from zoo_core.api.errors import ZooError
+
+        raise ZooError(f"has {st.st_nlink} hard links: this file is rewritten in place, which would truncate the "
+                       f"file it shares with another path", path=path, hint="remove it (it is rewritten anyway)")
 
 
 def clear_dir(path: Path, keep: tuple[str, ...] = ()) -> None:

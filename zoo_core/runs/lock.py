@@ -3,7 +3,8 @@
 The kernel drops a ``flock`` when its process dies, so a lock left by a killed run is simply taken
 over (the file still names the dead pid; it is overwritten and the take-over is logged). The lock
 file descriptor is not inherited by spawned workers. The lock file is opened without following a
-symbolic link and must be a regular file: a link planted there cannot make zoo write elsewhere.
+symbolic link and must be a regular file with no other hard link: a link planted there cannot make zoo
+write elsewhere.
 ``zoo run`` takes the lock with :func:`held_for_stage` before Hydra writes the stage's ``.hydra/``
 and ``zoo.log`` (a run that is refused must not touch the holder's records); the stage runner inside
 it, ``RunLock(..., reenter=True)``, then enters that lock instead of failing on it.
@@ -52,9 +53,14 @@ def _open_lock_file(path: Path) -> int:
         if path.is_dir():
             raise ZooError("the run's lock file is a directory", path=path, hint=hint) from None
         raise ZooError(f"cannot open the run's lock file: {exc.strerror or exc}", path=path) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise ZooError("the run's lock file is not a regular file", path=path, hint=hint)
+    if st.st_nlink > 1:  # a hard link: O_NOFOLLOW does not see it, and zoo truncates the lock file
+        os.close(fd)
+        raise ZooError(f"the run's lock file has {st.st_nlink} hard links: zoo does not truncate a file it shares "
+                       f"with another path", path=path, hint=hint)
     return fd
 
 

@@ -110,7 +110,9 @@ def ensure_onnx(ctx, target: str, force: bool = False, given: str | None = None)
             log.info("reusing %s: its export keys, export config and weights are unchanged", out)
             _name_default_file(ctx, choice, old.get("default_weights_file"))
             return out
-        if recorded != fp:
+        if not old:
+            log.info("re-exporting %s: the record of %s is unreadable", ctx.model_name, out.name)
+        elif recorded != fp:
             log.info("re-exporting %s: %s was exported with other settings (%s)", ctx.model_name, out.name,
                      _why_stale(recorded, fp))
         elif not names_ok:  # exported by an older plugin version under other input names
@@ -181,13 +183,30 @@ def amct_deploy_model(ctx) -> Path:
     return prefix.with_name(f"{prefix.name}_deploy_model.onnx")
 
 
+#: The types of the keys zoo reads from a model file's record (``None`` is allowed too).
+_RECORD_TYPES: dict[str, type] = {"fingerprint": dict, "sha256": str, "weights_file": str, "default_weights_file": dict,
+                                  "input_names": list, "calibration": dict, "settings": dict,
+                                  "pending_script_replaces_sha256": str}
+
+
 def read_record(meta: Path) -> dict:
-    """A model file's ``.json`` record, ``{}`` when it is not a JSON object (it is then rebuilt, never trusted)."""
+    """A model file's ``.json`` record; ``{}`` (logged) when it is not a JSON object or one of the keys zoo
+    reads has another type (a ``"fingerprint"`` list, a ``"sha256"`` number): the file is then rebuilt,
+    never trusted."""
     try:
         old = json.loads(meta.read_text())
     except (ValueError, RecursionError):
+        log.info("%s: not a JSON record zoo can read; what it describes is not trusted", meta)
         return {}
-    return old if isinstance(old, dict) else {}
+    if not isinstance(old, dict):
+        log.info("%s: not a JSON object; what it describes is not trusted", meta)
+        return {}
+    for key, kind in _RECORD_TYPES.items():
+        if old.get(key) is not None and not isinstance(old[key], kind):
+            log.info("%s: its %r is a %s, not a JSON %s; what it describes is not trusted", meta, key,
+                     type(old[key]).__name__, "object" if kind is dict else "list" if kind is list else "string")
+            return {}
+    return old
 
 
 def reusable(out: Path, fingerprint: dict, what: str) -> bool:
@@ -201,7 +220,9 @@ def reusable(out: Path, fingerprint: dict, what: str) -> bool:
     if recorded == fingerprint and old.get("sha256") == sha256_file(out):
         log.info("reusing %s: its %s inputs are unchanged", out, what)
         return True
-    if recorded != fingerprint:
+    if not old:
+        log.info("rebuilding %s: its record is unreadable", out.name)
+    elif recorded != fingerprint:
         changed = [k for k in sorted(set(recorded) | set(fingerprint)) if recorded.get(k) != fingerprint.get(k)]
         log.info("rebuilding %s: it was built with other %s inputs (%s)", out.name, what, ", ".join(changed))
     else:

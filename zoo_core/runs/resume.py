@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from zoo_core.api.atomic import write_json
+from zoo_core.api.atomic import write_json, write_text
 from zoo_core.api.errors import InputError, ZooError
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.fingerprint import config_hash, model_config_hash, sha256_file
@@ -58,9 +59,12 @@ def start_resumable(ctx: RunContext, state_path: Path, fingerprint: dict[str, An
         try:
             state = json.loads(state_path.read_text())
             old = state.get("fingerprint", {})
+            if not isinstance(old, dict):
+                raise ValueError
         except (ValueError, AttributeError, RecursionError):
-            raise ResumeRefused(f"{RESUME_REFUSED} the state file is unreadable", path=state_path,
-                           hint="run again without resume=true to start over") from None
+            raise ResumeRefused(f"{RESUME_REFUSED} the state file is unreadable (not a JSON object with a "
+                                f"\"fingerprint\" object)", path=state_path,
+                                hint="run again without resume=true to start over") from None
         if old != fingerprint:
             changed = sorted(k for k in set(fingerprint) | set(old) if fingerprint.get(k) != old.get(k))
             keys = _changed_keys(state, ctx.resolved_config(), changed)
@@ -157,14 +161,59 @@ def read_jsonl(path: Path, drop_torn_tail: bool = False) -> list[tuple[int, dict
     return out
 
 
-def cut_torn_tail(path: Path) -> None:
-    """Cut a killed writer's incomplete last line off ``path`` so appended lines stay whole."""
-    if not path.is_file():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with open(path, "r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
+def read_own_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """:func:`read_jsonl` (torn tail dropped) of a list zoo wrote in a run dir and is about to rewrite.
+
+    Anything there but a regular file (a symbolic link, a FIFO...) is not read: zoo does not follow links
+    inside a run directory. It is logged and counts as an empty list, so every item is redone and the
+    caller's atomic rewrite replaces the entry itself, never what it points to.
+    """
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return []
+    if not stat.S_ISREG(mode):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
+        log.warning("%s is %s: not read (zoo does not follow links inside a run directory); it is replaced "
+                    "and every item is redone", path, kind)
+        return []
+    return read_jsonl(path, drop_torn_tail=True)
+
+
+def open_for_append(path: Path) -> TextIO:
+    """``path`` (a JSON-lines list zoo writes in a run dir) opened for appending, after cutting a killed
+    writer's incomplete last line off it so appended lines stay whole.
+
+    Opened without following a symbolic link, and it must be a regular file with no other hard link:
+    anything else is a :class:`ZooError` naming it, so nothing planted in a run dir makes zoo truncate
+    or write another file. (The stages rewrite these lists atomically, or clear them, before appending.)
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hint = "remove it (zoo writes this file itself)"
+    flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if path.is_symlink():
+            raise ZooError("is a symbolic link, which zoo does not follow inside a run directory", path=path,
+                           hint=hint) from None
+        raise ZooError(f"cannot open for writing: {exc.strerror or exc}", path=path) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ZooError("is not a regular file", path=path, hint=hint)
+        if st.st_nlink > 1:
+            raise ZooError(f"has {st.st_nlink} hard links: zoo does not write a file it shares with another path",
+                           path=path, hint=hint)
+        data = b""
+        while chunk := os.pread(fd, 1 << 20, len(data)):
+            data += chunk
+        if data and not data.endswith(b"\n"):
+            os.ftruncate(fd, data.rfind(b"\n") + 1)
+        return os.fdopen(fd, "a")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class Ledger:
@@ -181,9 +230,7 @@ class Ledger:
     def append(self, item_id: str, files: list[tuple[Path, int, int]]) -> None:
         """Record ``item_id`` as finished; ``files`` are ``(path, bytes, crc32)`` already written."""
         if self._f is None:
-            cut_torn_tail(self.path)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "a")  # noqa: SIM115 (kept open across items, closed by close())
+            self._f = open_for_append(self.path)
         rel = [[os.path.relpath(p, self.path.parent), n, c] for p, n, c in files]
         self._f.write(json.dumps({"id": item_id, "files": rel}) + "\n")
         self._f.flush()
@@ -194,15 +241,22 @@ class Ledger:
             self._f = None
 
     def verified(self) -> set[str]:
-        """Ids whose every recorded file still has its recorded size and CRC-32."""
+        """Ids whose every recorded file still has its recorded size and CRC-32; the ledger is rewritten
+        (atomically) with their lines only, so a link planted in its place is replaced, never written through."""
         ok: set[str] = set()
-        for _n, rec in read_jsonl(self.path, drop_torn_tail=True):
+        keep: list[dict] = []
+        for n, rec in read_own_jsonl(self.path):
             files = rec.get("files") or []
+            if not (isinstance(files, list) and all(_is_file_entry(f) for f in files)):
+                log.warning('%s: line %d: "files" is not a list of [path, bytes, crc32] as zoo writes it; %r will '
+                            'be redone', self.path, n, rec.get("id"))
+                continue
             good = True
             for rel, size, c in files:
                 p = self.path.parent / rel
                 try:
-                    if p.stat().st_size != size or file_crc32(p) != c:
+                    st = p.stat()
+                    if not stat.S_ISREG(st.st_mode) or st.st_size != size or file_crc32(p) != c:
                         good = False
                 except OSError:
                     good = False
@@ -211,4 +265,13 @@ class Ledger:
                     break
             if good and isinstance(rec.get("id"), str):
                 ok.add(rec["id"])
+                keep.append(rec)
+        self.close()
+        write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
         return ok
+
+
+def _is_file_entry(entry: Any) -> bool:
+    """``[relative path, bytes, crc32]``: one file of a ledger line."""
+    return (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
+            and all(type(v) is int for v in entry[1:]))

@@ -54,6 +54,10 @@ def check_provenance(ctx, src: Path) -> dict:
         fp = state["fingerprint"]
     except (ValueError, KeyError, TypeError, RecursionError):
         raise ZooError("unreadable detections state file", path=state_path) from None
+    bad = [k for k in ("fingerprint", "model_config", "dataset_config")
+           if not isinstance(state.get(k), dict) and (k == "fingerprint" or state.get(k) is not None)]
+    if bad:
+        raise ZooError(f"unreadable detections state file: its {bad[0]!r} is not a JSON object", path=state_path)
     if state.get("model_name") != ctx.model_name:
         raise ZooError(f"these detections were made by model {state.get('model_name')!r}, not {ctx.model_name!r}",
                        path=state_path)

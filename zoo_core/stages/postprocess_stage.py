@@ -48,7 +48,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
     store = DetectionStore(ctx.path("detections"))
     outputs_state = _outputs_state(src)
-    recorded = (outputs_state.get("fingerprint") or {}).get("model_file_sha256")
+    fp = outputs_state.get("fingerprint")
+    recorded = fp.get("model_file_sha256") if isinstance(fp, dict) else None
     made_by = outputs_state.get("backend") if isinstance(outputs_state.get("backend"), str) else None
     start_resumable(ctx, ctx.path("detections", "state.json"),
                     artifact_fingerprint(ctx, outputs_dir=str(src.resolve()),

@@ -8,13 +8,16 @@ JSON holds boxes in original-image pixels.
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from zoo_core.api.aisbench import safe_stem
 from zoo_core.api.atomic import write_bytes, write_text
 from zoo_core.api.errors import ConfigError
-from zoo_core.api.imaging import list_images, read_image
+from zoo_core.api.imaging import IMAGE_EXTENSIONS, list_images, read_image
 from zoo_core.api.types import Sample
 from zoo_core.pipeline.sinks import CallbackSink
 from zoo_core.pipeline.sources import ImageSource
@@ -25,6 +28,27 @@ from zoo_core.runs.context import RunContext
 from zoo_core.runs.records import finish_with_skips
 from zoo_core.stages.open_backend import open_backend
 
+log = logging.getLogger("zoo")
+
+
+def predict_samples(given: Path) -> list[Sample]:
+    """The images of ``input=`` (a file or the image files of a folder), their whole file name as id.
+
+    A name that cannot name the output files (a newline or other control character...) is refused with
+    one line naming it, as ``eval`` refuses such an image stem; the other files of a folder (not an image
+    by their extension, not a regular file) are left out and logged, never silently."""
+    files = list_images(given)
+    for p in files:
+        safe_stem(p.name, p.parent, "image file name")
+    if given.is_dir():
+        chosen = set(files)
+        others = sorted(q.name for q in given.iterdir() if q not in chosen)
+        if others:
+            log.info("predict: %d file(s) of %s are left out, not image files by their extension (%s) or not "
+                     "regular files: %s", len(others), given, "/".join(IMAGE_EXTENSIONS),
+                     ", ".join(repr(n) for n in others[:10]) + (" ..." if len(others) > 10 else ""))
+    return [Sample(p.name, p, None) for p in files]
+
 
 def run(ctx: RunContext) -> dict[str, Any]:
     import cv2
@@ -32,7 +56,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.cfg
     if not cfg.get("input"):
         raise ConfigError("stage=predict needs input=<image file or folder>")
-    samples = [Sample(p.name, p, None) for p in list_images(str(cfg.input))]
+    samples = predict_samples(Path(str(cfg.input)))
     out_dir = ctx.record_dir
     opts = predict_options(cfg)
     written: list[dict] = []

@@ -8,6 +8,8 @@ images whose files are missing or changed. Without ``resume`` the stage clears `
 from __future__ import annotations
 
 import json
+import logging
+import stat
 from typing import Any
 
 from zoo_core.api.aisbench import input_file
@@ -20,20 +22,27 @@ from zoo_core.reports.progress import Progress
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.layout import clear_dir
 from zoo_core.runs.records import finish_with_skips
-from zoo_core.runs.resume import artifact_fingerprint, file_crc32, mark_complete, read_jsonl, start_resumable
+from zoo_core.runs.resume import artifact_fingerprint, file_crc32, mark_complete, read_own_jsonl, start_resumable
+
+log = logging.getLogger("zoo")
 
 
 def verified_records(inputs_dir: Any) -> list[dict]:
     """``meta.jsonl`` records whose every input file still has its recorded size and CRC-32."""
     keep = []
-    for _n, rec in read_jsonl(inputs_dir / "meta.jsonl", drop_torn_tail=True):
+    for n, rec in read_own_jsonl(inputs_dir / "meta.jsonl"):
         inputs = rec.get("inputs") or {}
-        ok = isinstance(rec.get("id"), str) and bool(inputs)
+        ok = (isinstance(rec.get("id"), str) and isinstance(inputs, dict) and bool(inputs)
+              and all(isinstance(v, dict) for v in inputs.values()))
+        if not ok:
+            log.warning("%s: line %d is not a record as zoo writes it; its image is redone",
+                        inputs_dir / "meta.jsonl", n)
         for name, v in inputs.items() if ok else ():
             p = input_file(inputs_dir, name, rec["id"], len(inputs) > 1)
             try:
-                ok = p.stat().st_size == v.get("bytes") and file_crc32(p) == v.get("crc32")
-            except (OSError, TypeError):
+                st = p.stat()
+                ok = stat.S_ISREG(st.st_mode) and st.st_size == v.get("bytes") and file_crc32(p) == v.get("crc32")
+            except OSError:
                 ok = False
             if not ok:
                 break
