@@ -52,7 +52,7 @@ def coco_records(detections: Mapping[str, Detections], samples: Sequence[Sample]
     Images in ``samples`` order (``Sample.key`` is the COCO image id); within an image, classes
     ascending and descending score inside a class; ``bbox = [x1, y1, x2 - x1, y2 - y1]`` in float32
     then 2-decimal rounded like the score; ``category_id = category_ids[label]``; no score threshold.
-    Samples without detections add nothing. A label outside ``category_ids`` raises ``ValueError``.
+    Samples without detections add nothing. A label outside ``category_ids`` raises ``ZooError`` naming the image.
     """
     ids = np.asarray(category_ids, dtype=np.int64)
     records: list[dict] = []
@@ -74,7 +74,9 @@ def coco_records(detections: Mapping[str, Detections], samples: Sequence[Sample]
             score = round2(det.scores[order]).tolist()
         labels = det.labels[order]
         if labels.min() < 0 or labels.max() >= len(ids):
-            raise ValueError(f"image {sample.id}: class index outside 0..{len(ids) - 1}")
+            bad = int(labels[(labels < 0) | (labels >= len(ids))][0])
+            raise ZooError(f"image {sample.id!r}: class index {bad} is outside 0..{len(ids) - 1}, the classes "
+                           "model.category_ids maps to COCO categories", path=sample.path)
         cats = ids[labels].tolist()
         image_id = int(sample.key)
         records.extend({"image_id": image_id, "category_id": c, "bbox": b, "score": s}
