@@ -123,7 +123,8 @@ def score_coco(detections: Mapping[str, Detections], dataset: CocoDataset, sampl
     :param samples: only these images are scored (a shard scores its own images).
     :param evaluator: ``auto``, ``faster-coco-eval`` or ``pycocotools`` (same stats).
     :param category_ids: class index -> COCO category id (default: the 80 COCO ids, CenterNet's order).
-    :param plots: also draw ``pr_curves.png`` and ``ap_per_class.png``.
+    :param plots: also draw ``pr_curves.png`` and ``ap_per_class.png`` (names drawn as plain text, never as
+        mathtext; a plot that fails is left out with a warning naming it).
     :param bootstrap: with N > 0, 95% intervals of AP / AP50 / AP75 over N image resamples (seeded by
         ``bootstrap_seed``) from COCOeval's per-image records, in ``ci95``; how in ``info["bootstrap"]``
         (:mod:`zoo_core.datasets.coco.bootstrap`). An evaluator that keeps no per-image records gives none
@@ -150,12 +151,16 @@ def score_coco(detections: Mapping[str, Detections], dataset: CocoDataset, sampl
             ci95, boot = bootstrap_coco(ev_records, bootstrap, bootstrap_seed)
             boot["records"] += f" from pycocotools ({used} keeps no per-image records)"
     files = {"detections.json": json.dumps(records).encode()}
-    if plots:
+    if plots:  # a plot that fails is left out with a warning naming it: the metrics are still written
+        from zoo_core.reports.plotting import draw_or_warn
+
         from .plots import ap_per_class_png, pr_curves_png
 
         title = f"{dataset.name} ({len(samples)} image{'s' if len(samples) != 1 else ''})"
-        files["pr_curves.png"] = pr_curves_png(ev, title)
-        files["ap_per_class.png"] = ap_per_class_png(per_class, float(ev.stats[0]), title)
+        drawn = {"pr_curves.png": draw_or_warn("pr_curves.png", lambda: pr_curves_png(ev, title)),
+                 "ap_per_class.png": draw_or_warn("ap_per_class.png",
+                                                  lambda: ap_per_class_png(per_class, float(ev.stats[0]), title))}
+        files.update((k, v) for k, v in drawn.items() if v is not None)
     info: dict = {"evaluator": used, "images": len(samples), "iou_type": "bbox"}
     if undefined:
         from zoo_core.runs.records import NULL_REASONS
