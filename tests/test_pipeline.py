@@ -311,7 +311,7 @@ def test_meta_jsonl_values_that_would_map_outputs_to_nan_or_nonsense_are_refused
     detections.json holding NaN), exit 0."""
     good = '{"id": "a", "meta": {"s": 640.0, "c": [320.0, 240.0], "orig_hw": [480, 640]}, ' \
            '"inputs": {"x": {"shape": [3], "dtype": "float32"}}}\n'
-    bad = '{"id": "b", "meta": %s, "inputs": {"x": {"shape": [3], "dtype": "float32"}}}\n' % meta
+    bad = '{"id": "b", "meta": ' + meta + ', "inputs": {"x": {"shape": [3], "dtype": "float32"}}}\n'
     (tmp_path / "meta.jsonl").write_text(good + bad)
     with pytest.raises(InputError) as info:
         list_bin_inputs(tmp_path, [TensorSpec("x", (3,))])

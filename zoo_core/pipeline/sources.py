@@ -121,8 +121,7 @@ def meta_problem(meta: dict) -> str | None:
         if v is not None and not (isinstance(v, list) and v and all(_is_int(d) and d > 0 for d in v)):
             return f"meta[{key!r}] {v!r} is not a list of positive integers"
     s = meta.get("s")
-    scale = s if isinstance(s, list) else [s]
-    if s is not None and not (scale and all(_is_number(x) and x > 0 for x in scale)):
+    if s is not None and not all(_is_number(x) and x > 0 for x in (s if isinstance(s, list) and s else [s])):
         return f"meta['s'] {s!r} is not a positive letterbox scale"
     return None
 
