@@ -313,3 +313,19 @@ def test_a_plot_that_fails_is_left_out_with_a_warning_and_the_metrics_kept(sampl
     assert res.metrics["AP"] == 1.0 and "ap_per_class.png" not in res.files and "pr_curves.png" in res.files
     assert any("ap_per_class.png was not drawn (RuntimeError: no room for the labels)" in r.getMessage()
                for r in caplog.records)
+
+
+def test_categories_sharing_a_name_each_keep_their_own_ap(sample_ds, oracle_dets):
+    """Before: two categories named alike wrote one AP/<name> key over the other (11 keys instead of 12), exit 0."""
+    samples = sample_ds.samples()
+    with_gt = sorted({a["category_id"] for a in sample_ds.instances["annotations"]})
+    a, b = with_gt[:2]
+    plain = {k: v for k, v in evaluate_coco(_noisy(oracle_dets, 5), sample_ds, samples).metrics.items()
+             if k.startswith("AP/")}
+    ds = _renamed(sample_ds, {a: "thing", b: "thing"})
+    dup = {k: v for k, v in evaluate_coco(_noisy(oracle_dets, 5), ds, samples).metrics.items() if k.startswith("AP/")}
+    names = sample_ds.category_names()
+    assert len(dup) == len(plain) == len(with_gt)
+    assert dup[f"AP/thing#{a}"] == plain[f"AP/{names[a]}"] and dup[f"AP/thing#{b}"] == plain[f"AP/{names[b]}"]
+    assert {k: v for k, v in dup.items() if "#" not in k} == {k: v for k, v in plain.items()
+                                                             if k not in (f"AP/{names[a]}", f"AP/{names[b]}")}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -73,14 +74,22 @@ def run_cocoeval(instances: dict, records: list[dict], image_ids: Sequence[int],
 
 
 def per_category_ap(ev, names: Mapping[int, str]) -> dict[str, float]:
-    """``AP/<name>`` (IoU 0.50:0.95, all areas, 100 dets) for each category with ground truth."""
+    """``AP/<name>`` (IoU 0.50:0.95, all areas, 100 dets) for each category with ground truth.
+
+    A name that two or more categories of ``names`` share (an annotation file may repeat one) becomes
+    ``AP/<name>#<category id>`` for each of them, so no category's AP hides another's; a category without a
+    name is ``AP/<category id>``.
+    """
     precision = np.asarray(ev.eval["precision"])
+    shown = {c: str(names.get(c, c)) for c in (*names, *ev.params.catIds)}
+    shared = {n for n, count in Counter(shown.values()).items() if count > 1}
     out = {}
     for k, cat_id in enumerate(ev.params.catIds):
         p = precision[:, :, k, 0, -1]
         p = p[p > -1]
         if p.size:
-            out[f"AP/{names.get(cat_id, cat_id)}"] = float(p.mean())
+            name = shown[cat_id]
+            out[f"AP/{name}#{cat_id}" if name in shared else f"AP/{name}"] = float(p.mean())
     return out
 
 
@@ -130,7 +139,8 @@ def score_coco(detections: Mapping[str, Detections], dataset: CocoDataset, sampl
         (:mod:`zoo_core.datasets.coco.bootstrap`). An evaluator that keeps no per-image records gives none
         (``info["bootstrap"]["note"]`` says so).
     :returns: metrics: the 12 COCOeval stats (``AP`` = stats[0], ...; NaN where COCOeval could not define
-        one, see :func:`coco_stats`) and ``AP/<category name>``; files:
+        one, see :func:`coco_stats`) and ``AP/<category name>`` (``AP/<name>#<category id>`` for a name
+        several categories share, see :func:`per_category_ap`); files:
         ``detections.json`` (the reference results list) and the two plots; info: the evaluator used.
     """
     used = resolve_evaluator(evaluator)
