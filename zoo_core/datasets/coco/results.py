@@ -2,6 +2,7 @@
 reader (a user's results json scored by ``stage=evaluate``)."""
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
@@ -90,18 +91,20 @@ FORMAT = "coco_results"
 
 def _results_list(path: Path) -> list | None:
     """The parsed list when ``path`` is a COCO results json (a list of objects with ``image_id`` and
-    ``bbox``, or an empty list); ``None`` for another kind of file. A ``.json`` that does not parse raises."""
+    ``bbox``, or an empty list); ``None`` for another kind of file. A ``.json`` that does not parse raises.
+    A UTF-8 byte order mark (what some Windows editors write first) is read past, as the instances json's is."""
     if not path.is_file():
         return None
     try:
         with open(path, "rb") as f:
-            head = f.read(1 << 16).lstrip()
+            head = f.read(1 << 16).removeprefix(codecs.BOM_UTF8).lstrip()
     except OSError as e:
         raise ZooError(f"cannot read the results file ({e.strerror})", path=path) from None
     if not head.startswith(b"["):
         if path.suffix.lower() == ".json":
-            raise ZooError("not a COCO results file: a results json is a list "
-                           "[{\"image_id\", \"category_id\", \"bbox\", \"score\"}, ...]", path=path)
+            raise ZooError(f"not a COCO results file: a results json is a list "
+                           f"[{{\"image_id\", \"category_id\", \"bbox\", \"score\"}}, ...], this file starts with "
+                           f"{head[:12]!r}", path=path)
         return None
     try:
         with open(path, "rb") as f:
