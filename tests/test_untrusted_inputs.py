@@ -260,6 +260,22 @@ def test_a_coco_file_name_no_file_can_hold_is_refused(tmp_path):
     assert ann.is_file()
 
 
+@pytest.mark.parametrize("file_name", ["\x1b[31mRED\x1b[0m\n\rerror: fake/a.jpg", "dir\x00/a.jpg", "d\x7f/a.jpg"])
+def test_a_coco_file_name_whose_folder_holds_a_control_character_is_refused(tmp_path, file_name):
+    """Before: only the stem was checked, so errors about the image printed raw ESC / CR / NUL from its folder
+    part (and could forge an 'error:' line)."""
+    from zoo_core.datasets.coco import CocoDataset
+
+    data = _instances()
+    data["images"][0]["file_name"] = file_name
+    ann = _coco_root(tmp_path / "coco", json.dumps(data))
+    with pytest.raises(InputError) as info:
+        CocoDataset(tmp_path / "coco")
+    assert str(info.value) == (f"{ann}: unsafe image file_name (image id 1) {file_name!r}: it contains a control "
+                               "character, so it cannot name a file")
+    assert not any(c in str(info.value) for c in "\x1b\r\n\x00\x7f")
+
+
 # -- meta.jsonl ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("line, text", [

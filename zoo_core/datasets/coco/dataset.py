@@ -7,7 +7,7 @@ import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from zoo_core.api.aisbench import safe_stem
-from zoo_core.api.errors import ZooError
+from zoo_core.api.errors import InputError, ZooError
 from zoo_core.api.types import Sample
 
 #: The 80 COCO 2017 category ids (12, 26, 29, 30, 45, 66, 68, 69, 71 and 83 are unused): the default
@@ -195,6 +195,9 @@ class CocoDataset:
         for img in self.instances["images"]:
             path = _safe_image_path(self.image_root, img["file_name"], self.ann_path)
             stem = safe_stem(Path(img["file_name"]).stem, self.ann_path, f"image stem (image id {img['id']})")
+            if any(ord(c) < 32 or ord(c) == 127 for c in img["file_name"]):  # the stem passed: a folder holds one
+                raise InputError(f"unsafe image file_name (image id {img['id']}) {img['file_name']!r}: it contains a "
+                                 "control character, so it cannot name a file", path=self.ann_path)
             if stem in seen:
                 raise ZooError(f"images {seen[stem]} and {img['id']} share the file stem {stem!r}", path=self.ann_path)
             seen[stem] = img["id"]
