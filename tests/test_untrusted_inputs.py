@@ -92,6 +92,39 @@ def test_a_bad_wider_stem_through_the_cli_is_one_line_naming_the_file(zoo, stem,
     assert "zoo_widerface_" not in err  # no temp prediction tree named
 
 
+def test_wider_event_folders_and_images_that_are_symbolic_links_are_read(tmp_path):
+    """Before: an event folder linked from shared storage was refused ("image ... from the ground truth points
+    outside <images>"), while COCO reads linked folders. The names still cannot leave the image folder."""
+    import cv2
+
+    from zoo_core.datasets.widerface import WiderFaceDataset
+
+    gt = _wider_set(tmp_path / "wider", ["ok_1", "ok_2"])
+    images = tmp_path / "wider" / "WIDER_val" / "images"
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shutil.move(images / "0--Parade", shared / "0--Parade")  # the event folder lives elsewhere, linked in
+    (images / "0--Parade").symlink_to(shared / "0--Parade", target_is_directory=True)
+    shutil.move(shared / "0--Parade" / "ok_2.jpg", shared / "ok_2.jpg")  # and one of its images is a link too
+    (shared / "0--Parade" / "ok_2.jpg").symlink_to(shared / "ok_2.jpg")
+    ds = WiderFaceDataset(tmp_path / "wider", gt)
+    assert [(s.key, s.path) for s in ds.samples()] == [(("0--Parade", stem), images / "0--Parade" / f"{stem}.jpg")
+                                                       for stem in ("ok_1", "ok_2")]
+    assert all(cv2.imread(str(s.path)) is not None for s in ds.samples())
+
+
+@pytest.mark.parametrize("event, stem", [("..", "x"), ("0--Parade", "../../x"), ("/etc", "passwd"), ("a/..", "x")])
+def test_wider_names_that_would_leave_the_image_folder_are_still_refused(tmp_path, event, stem):
+    from zoo_core.datasets.widerface.dataset import WiderFaceDataset
+    from zoo_core.datasets.widerface.ground_truth import WiderGroundTruth
+
+    ds = WiderFaceDataset.__new__(WiderFaceDataset)
+    ds.images_dir, ds.gt_dir = tmp_path / "images", tmp_path / "gt"
+    ds.gt = WiderGroundTruth(events=[event], files=[[stem]], boxes=[[]])
+    with pytest.raises(ZooError, match="points outside"):
+        ds._build_samples()
+
+
 # -- missing WIDER images with on_error=skip -----------------------------------------------------------------
 
 @pytest.fixture
