@@ -100,6 +100,57 @@ def test_layers_name_the_changed_layer_even_when_the_outputs_pass(zoo, fixture_o
     assert "**first divergent**" in (_record(zoo) / "compare.md").read_text()
 
 
+def test_a_layer_named_like_mathtext_is_drawn_as_written_and_the_report_written(zoo, fixture_onnx, tmp_path):
+    """Before: an ONNX layer named '$\\frac{$' crashed compare.png's annotation (matplotlib mathtext), exit 1,
+    before compare.json / compare.md were written."""
+    import onnx
+    from onnx import numpy_helper
+
+    name = "$\\frac{$"
+    for side, factor in (("ref", 1.0), ("cand", 1.05)):
+        m = onnx.load(str(fixture_onnx))
+        conv = next(n for n in m.graph.node if n.op_type == "Conv")
+        old = conv.output[0]
+        conv.name, conv.output[0] = name, name
+        for n in m.graph.node:
+            n.input[:] = [name if i == old else i for i in n.input]
+        w = next(t for t in m.graph.initializer if t.name == conv.input[1])
+        w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * np.float32(factor), w.name))
+        onnx.save(m, str(tmp_path / f"{side}.onnx"))
+    rc, out, err = zoo("run", "model=fixture", "stage=compare", "compare.layers=true", "compare.reference=onnxruntime",
+                       f"compare.reference_model={tmp_path / 'ref.onnx'}", "compare.candidate=onnxruntime",
+                       f"compare.candidate_model={tmp_path / 'cand.onnx'}")
+    assert rc == 0 and "Traceback" not in err, out + err
+    r = _result(zoo)
+    assert r["first_divergent"]["name"] == name and "compare.png" in r["files"]
+    assert (_record(zoo) / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert name in (_record(zoo) / "compare.md").read_text()
+
+
+def test_a_compare_plot_that_fails_leaves_the_report_written_with_a_warning(tmp_path, monkeypatch, caplog):
+    """Whatever breaks in the plot, compare.json and compare.md are written (without the plot) and it is said."""
+    import logging
+    from types import SimpleNamespace
+
+    import zoo_core.compare.report as report
+    from zoo_core.stages import compare_stage
+
+    def broken(*a, **k):
+        raise ValueError("a drawing bug")
+
+    monkeypatch.setattr(compare_stage, "plot", broken)
+    monkeypatch.setattr(compare_stage, "markdown", lambda result, plot: f"report, plot {plot}\n")
+    ctx = SimpleNamespace(record_dir=tmp_path / "rec", record=lambda n: tmp_path / "rec" / n)
+    result = {"files": ["compare.json", "compare.md"], "layers": None, "passed": True}
+    with caplog.at_level(logging.WARNING, logger="zoo"):
+        compare_stage.write_reports(ctx, result, SimpleNamespace(samples={"mask": []}))
+    assert json.loads((tmp_path / "rec" / "compare.json").read_text())["files"] == ["compare.json", "compare.md"]
+    assert (tmp_path / "rec" / "compare.md").read_text() == "report, plot None\n"
+    assert not (tmp_path / "rec" / "compare.png").exists()
+    assert any("compare.png was not drawn (ValueError: a drawing bug)" in r.getMessage() for r in caplog.records)
+    assert report.plot is not broken
+
+
 @pytest.mark.parametrize("args, message", [
     (["compare.candidate=tensorrt"], "compare.candidate='tensorrt' is not an installed backend; installed: "),
     (["compare.candidate_dump=/x"], "add compare.layers=true"),

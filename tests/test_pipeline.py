@@ -349,6 +349,33 @@ def test_meta_jsonl_errors_name_the_file_and_line(tmp_path):
             list_bin_inputs(tmp_path, specs)
 
 
+@pytest.mark.parametrize("meta, text", [
+    ('{"s": NaN, "c": [1.0, 2.0]}', "meta['s'] is nan"),
+    ('{"s": Infinity}', "meta['s'] is inf"),
+    ('{"c": [1.0, -Infinity]}', "meta['c'][1] is -inf"),
+    ('{"scale_xy": [NaN, 1.0]}', "meta['scale_xy'][0] is nan"),
+    ('{"deep": {"x": [0, NaN]}}', "meta['deep']['x'][1] is nan"),
+    ('{"s": 0.0}', "meta['s'] 0.0 is not a positive letterbox scale"),
+    ('{"s": [512.0, -512.0]}', "meta['s'] [512.0, -512.0] is not a positive letterbox scale"),
+    ('{"s": "640"}', "meta['s'] '640' is not a positive letterbox scale"),
+    ('{"orig_hw": [0, 640]}', "meta['orig_hw'] [0, 640] is not a list of positive integers"),
+    ('{"input_shape": [3, 512.5, 512]}', "is not a list of positive integers"),
+])
+def test_meta_jsonl_values_that_would_map_outputs_to_nan_or_nonsense_are_refused(tmp_path, meta, text):
+    """Before: a tampered "s": NaN scored AP 0.51 instead of 1.0 with NaN boxes (and stage.score=false wrote a
+    detections.json holding NaN), exit 0."""
+    good = '{"id": "a", "meta": {"s": 640.0, "c": [320.0, 240.0], "orig_hw": [480, 640]}, ' \
+           '"inputs": {"x": {"shape": [3], "dtype": "float32"}}}\n'
+    bad = '{"id": "b", "meta": ' + meta + ', "inputs": {"x": {"shape": [3], "dtype": "float32"}}}\n'
+    (tmp_path / "meta.jsonl").write_text(good + bad)
+    with pytest.raises(InputError) as info:
+        list_bin_inputs(tmp_path, [TensorSpec("x", (3,))])
+    assert str(info.value).startswith(f"{tmp_path / 'meta.jsonl'}: line 2 ('b'): ")
+    assert text in str(info.value) and info.value.exit_code == 2
+    (tmp_path / "meta.jsonl").write_text(good)
+    assert [it.meta["s"] for it in list_bin_inputs(tmp_path, [TensorSpec("x", (3,))])] == [640.0]
+
+
 def test_bin_inputs_that_disagree_with_their_record_are_input_errors(tmp_path):
     (tmp_path / "meta.jsonl").write_text(
         '{"id": "a", "meta": {}, "inputs": {"x": {"shape": [4], "dtype": "float32"}}}\n')
@@ -787,6 +814,101 @@ def test_detection_chunks_that_do_not_hold_what_zoo_writes_are_refused(tmp_path)
         with pytest.raises(ZooError, match=text) as err:
             store.load()
         assert str(chunk) in str(err.value)
+
+
+def _one_chunk(tmp_path: Path) -> tuple[Path, dict]:
+    from zoo_core.runs.detstore import DetectionStore
+
+    store = DetectionStore(tmp_path / "d")
+    (tmp_path / "d").mkdir()
+    store.add("im0", Detections(np.array([[1, 2, 3, 4]], np.float32), np.array([0.9]), np.array([0])))
+    store.add("im1", Detections(np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.float32), np.array([0.8, 0.7]),
+                                np.array([79, 1])))
+    store.flush()
+    chunk = tmp_path / "d" / "chunk-000000.npz"
+    with np.load(chunk) as z:
+        return chunk, {k: z[k] for k in z.files}
+
+
+@pytest.mark.parametrize("case, text", [
+    ("nan_box", "detections of image 'im1': box 1 [5, nan, 7, 8] holds a NaN or an infinity"),
+    ("inf_box", "detections of image 'im1': box 0 [1, 2, inf, 4] holds a NaN or an infinity"),
+    ("nan_score", "detections of image 'im1': the score of box 0 is nan"),
+    ("inf_score", "detections of image 'im0': the score of box 0 is -inf"),
+    ("label_5000", "detections of image 'im1': the label of box 1 is 5000, not one of the model's classes 0..79"),
+    ("label_80", "detections of image 'im1': the label of box 0 is 80, not one of the model's classes 0..79"),
+    ("label_neg", "detections of image 'im0': the label of box 0 is -1, not one of the model's classes 0..79"),
+])
+def test_a_chunk_with_nan_boxes_or_scores_or_labels_outside_the_classes_is_refused_naming_it(tmp_path, case, text):
+    """Before: NaN / inf boxes were scored (AP 0.33 / 0.46, exit 0), NaN scores failed faster-coco-eval with a
+    ValueError (exit 1) and were scored 1.0 by pycocotools, labels out of range were a raw ValueError."""
+    from zoo_core.runs.detstore import DetectionStore
+
+    chunk, z = _one_chunk(tmp_path)
+    assert set(DetectionStore(tmp_path / "d", num_classes=80).load()) == {"im0", "im1"}
+    boxes, scores, labels = z["boxes"].copy(), z["scores"].copy(), z["labels"].copy()
+    if case == "nan_box":
+        boxes[2, 1] = np.nan
+    elif case == "inf_box":
+        boxes[1, 2] = np.inf
+    elif case == "nan_score":
+        scores[1] = np.nan
+    elif case == "inf_score":
+        scores[0] = -np.inf
+    elif case == "label_5000":
+        labels[2] = 5000
+    elif case == "label_80":
+        labels[1] = 80
+    else:
+        labels[0] = -1
+    np.savez(chunk, **{**z, "boxes": boxes, "scores": scores, "labels": labels})
+    with pytest.raises(ZooError) as info:
+        DetectionStore(tmp_path / "d", num_classes=80).load()
+    assert str(info.value).startswith(f"{chunk}: {text}") and info.value.hint
+
+
+def test_without_a_class_count_a_chunk_needs_labels_of_zero_or_more_only(tmp_path):
+    from zoo_core.runs.detstore import DetectionStore
+
+    chunk, z = _one_chunk(tmp_path)
+    np.savez(chunk, **{**z, "labels": np.array([0, 5000, 3], np.int32)})
+    assert DetectionStore(tmp_path / "d").load()["im1"].labels.tolist() == [5000, 3]
+    np.savez(chunk, **{**z, "labels": np.array([0, -2, 3], np.int32)})
+    with pytest.raises(ZooError, match=r"'im1': the label of box 0 is -2, not a class index >= 0"):
+        DetectionStore(tmp_path / "d").load()
+
+
+def test_class_count_is_the_coco_category_mapping_and_unknown_otherwise():
+    from omegaconf import OmegaConf
+
+    from zoo_core.runs.detstore import class_count
+
+    assert class_count(OmegaConf.create({"dataset": {"kind": "coco"}, "model": {"category_ids": None}})) == 80
+    assert class_count(OmegaConf.create({"dataset": {"kind": "coco"}, "model": {"category_ids": [1, 3]}})) == 2
+    assert class_count(OmegaConf.create({"dataset": {"kind": "widerface"}, "model": {}})) is None
+    assert class_count(OmegaConf.create({"dataset": {"name": "squares"}, "model": {}})) is None
+
+
+@pytest.mark.parametrize("boxes, scores, labels, text", [
+    ([[1, 2, np.nan, 4]], [0.9], [0], "box 0 [1, 2, nan, 4] holds a NaN or an infinity"),
+    ([[1, 2, 3, 4]], [np.inf], [0], "the score of box 0 is inf"),
+    ([[1, 2, 3, 4]], [0.9], [3], "the label of box 0 is 3, not one of the model's classes 0..1"),
+])
+def test_the_detection_sink_refuses_detections_it_cannot_store_naming_the_image(tmp_path, boxes, scores, labels,
+                                                                                  text):
+    from zoo_core.pipeline.sinks import DetectionSink
+    from zoo_core.pipeline.stream import Result
+    from zoo_core.runs.detstore import DetectionStore
+
+    store = DetectionStore(tmp_path / "d", num_classes=2)
+    sink = DetectionSink(store)
+    sample = Sample("img7", Path("/data/img7.jpg"))
+    with pytest.raises(ZooError) as info:
+        sink.write(Result(sample, {}, detections=Detections(np.array(boxes, np.float32), scores, labels)))
+    assert str(info.value).startswith("/data/img7.jpg: postprocess gave detections zoo cannot store or score "
+                                      f"(image 'img7'): {text}")
+    sink.close()
+    assert not (tmp_path / "d").exists() or not list((tmp_path / "d").glob("chunk-*.npz"))
 
 
 def test_a_failure_record_that_finds_the_disk_full_makes_room_first(fixture_cfg, tmp_path, monkeypatch):

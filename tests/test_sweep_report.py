@@ -89,6 +89,21 @@ def test_pareto_plot_labels_each_point_and_draws_the_front():
     assert sr.pareto_front([(1, 1), (2, 0.5), (0.5, 0.5), (2, 1)]) == [3]
 
 
+MATHTEXT = "$\\frac{$"  # mathtext matplotlib cannot parse: drawing it as math raises
+
+
+def test_labels_and_titles_are_drawn_as_written_never_as_mathtext():
+    """Before: a sweep value, job label or title holding '$...$' was parsed as mathtext (one like '$\\frac{$'
+    raised while the figure was drawn)."""
+    rows = [row(i, stage="eval", **{"@quantize": q}, throughput=10.0 + i, **{"metric:easy": 0.5 + i / 10})
+            for i, q in enumerate((MATHTEXT, "$x^2$"))]
+    png = sr.plot_png(rows, ["quantize"], MATHTEXT)
+    assert png is not None and png[:4] == b"\x89PNG"
+    fig = sr.figure(rows, ["quantize"], MATHTEXT)
+    assert sorted(t.get_text() for t in fig.axes[1].texts) == sorted([MATHTEXT, "$x^2$"])
+    assert all(not t.get_parse_math() for t in fig.axes[1].texts)
+
+
 def test_a_shard_sweep_has_no_pareto_plot():
     rows = [row(i, stage="eval", **{"@dataset.shard": str(i)}, throughput=10.0 + i, **{"metric:AP": 0.4})
             for i in range(3)]

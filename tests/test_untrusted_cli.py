@@ -253,6 +253,38 @@ def test_a_bad_meta_jsonl_or_a_bin_that_disagrees_with_it_fails_infer(zoo, infer
     assert (str(seed / "meta.jsonl") in err) or (f"{first}.bin" in err)
 
 
+@pytest.mark.parametrize("score", ["true", "false"])
+def test_postprocess_refuses_a_meta_jsonl_scale_of_nan_naming_the_file_and_line(zoo, infer_run, score):
+    """Before: "s": NaN scored AP 0.51 instead of 1.0 with NaN boxes, and stage.score=false wrote a
+    detections.json holding NaN (not JSON), exit 0."""
+    seed = _copy_inputs(infer_run, zoo.cwd / "seed")
+    lines = (seed / "meta.jsonl").read_text().splitlines()
+    rec = json.loads(lines[2])
+    lines[2] = json.dumps({**rec, "meta": {**rec["meta"], "scale_xy": [float("nan"), 1.0]}})  # writes NaN
+    (seed / "meta.jsonl").write_text("\n".join(lines) + "\n")
+    rc, out, err = zoo("run", "model=fixture", "stage=postprocess", f"inputs_dir={seed}",
+                       f"outputs_dir={infer_run / 'outputs'}", f"stage.score={score}", "num_workers=0", "work_dir=run")
+    _clean_failure(rc, err, f"{seed / 'meta.jsonl'}: line 3 ({rec['id']!r}): meta['scale_xy'][0] is nan",
+                   run_dir=zoo.cwd / "run")
+    assert not [p for p in (zoo.cwd / "run").rglob("*") if p.name in ("detections.json", "predictions")]
+
+
+def test_evaluate_refuses_a_detections_chunk_with_a_nan_box_naming_the_chunk(zoo, infer_run):
+    """Before: NaN / inf boxes of a tampered chunk were scored (AP 0.33 / 0.46), exit 0."""
+    zoo.ok("run", "model=fixture", "stage=postprocess", f"outputs_dir={infer_run / 'outputs'}", "num_workers=0",
+           "work_dir=run")
+    chunk = next((zoo.cwd / "run" / "detections").glob("chunk-*.npz"))
+    with np.load(chunk) as z:
+        arrays = {k: z[k] for k in z.files}
+    first = str(arrays["ids"][0])
+    arrays["boxes"][0, 0] = np.nan
+    np.savez(chunk, **arrays)
+    rc, out, err = zoo("run", "model=fixture", "stage=evaluate", f"detections={zoo.cwd / 'run' / 'detections'}",
+                       "work_dir=ev")
+    _clean_failure(rc, err, f"{chunk}: detections of image {first!r}: box 0 [nan, ", "holds a NaN or an infinity",
+                   run_dir=zoo.cwd / "ev")
+
+
 def test_bad_npy_outputs_fail_or_are_skipped_and_listed(zoo, infer_run):
     """Garbage, pickled-object and lying-header .npy files: never unpickled, never allocated from the header."""
     dump = zoo.cwd / "dump"

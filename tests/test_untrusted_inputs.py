@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import DictConfig
 
 from zoo_core.api.errors import InputError, ZooError
 
@@ -91,6 +92,39 @@ def test_a_bad_wider_stem_through_the_cli_is_one_line_naming_the_file(zoo, stem,
     assert "zoo_widerface_" not in err  # no temp prediction tree named
 
 
+def test_wider_event_folders_and_images_that_are_symbolic_links_are_read(tmp_path):
+    """Before: an event folder linked from shared storage was refused ("image ... from the ground truth points
+    outside <images>"), while COCO reads linked folders. The names still cannot leave the image folder."""
+    import cv2
+
+    from zoo_core.datasets.widerface import WiderFaceDataset
+
+    gt = _wider_set(tmp_path / "wider", ["ok_1", "ok_2"])
+    images = tmp_path / "wider" / "WIDER_val" / "images"
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shutil.move(images / "0--Parade", shared / "0--Parade")  # the event folder lives elsewhere, linked in
+    (images / "0--Parade").symlink_to(shared / "0--Parade", target_is_directory=True)
+    shutil.move(shared / "0--Parade" / "ok_2.jpg", shared / "ok_2.jpg")  # and one of its images is a link too
+    (shared / "0--Parade" / "ok_2.jpg").symlink_to(shared / "ok_2.jpg")
+    ds = WiderFaceDataset(tmp_path / "wider", gt)
+    assert [(s.key, s.path) for s in ds.samples()] == [(("0--Parade", stem), images / "0--Parade" / f"{stem}.jpg")
+                                                       for stem in ("ok_1", "ok_2")]
+    assert all(cv2.imread(str(s.path)) is not None for s in ds.samples())
+
+
+@pytest.mark.parametrize("event, stem", [("..", "x"), ("0--Parade", "../../x"), ("/etc", "passwd"), ("a/..", "x")])
+def test_wider_names_that_would_leave_the_image_folder_are_still_refused(tmp_path, event, stem):
+    from zoo_core.datasets.widerface.dataset import WiderFaceDataset
+    from zoo_core.datasets.widerface.ground_truth import WiderGroundTruth
+
+    ds = WiderFaceDataset.__new__(WiderFaceDataset)
+    ds.images_dir, ds.gt_dir = tmp_path / "images", tmp_path / "gt"
+    ds.gt = WiderGroundTruth(events=[event], files=[[stem]], boxes=[[]])
+    with pytest.raises(ZooError, match="points outside"):
+        ds._build_samples()
+
+
 # -- missing WIDER images with on_error=skip -----------------------------------------------------------------
 
 @pytest.fixture
@@ -135,10 +169,15 @@ def test_missing_wider_images_are_skipped_and_listed_with_on_error_skip(zoo, wid
 
 # -- COCO annotations ----------------------------------------------------------------------------------------
 
+#: An override value that removes the key.
+DROP = object()
+
+
 def _instances(**ann_overrides) -> dict:
     anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1.0, 2.0, 10.0, 12.0], "area": 120.0, "iscrowd": 0},
             {"id": 2, "image_id": 1, "category_id": 1, "bbox": [20.0, 20.0, 5.0, 5.0], "area": 25.0, "iscrowd": 0}]
     anns[1].update(ann_overrides)
+    anns[1] = {k: v for k, v in anns[1].items() if v is not DROP}
     return {"images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 64}],
             "annotations": anns, "categories": [{"id": 1, "name": "person"}]}
 
@@ -152,11 +191,14 @@ BAD_ANNOTATIONS = {
     "negative_x": ({"bbox": [-3.0, 20.0, 5.0, 5.0]}, "has a negative coordinate or size"),
     "duplicate_id": ({"id": 1}, "annotations[1] (id 1): its id also belongs to annotations[0]"),
     "string_id": ({"id": "2"}, "annotations[1] (id '2'): needs an integer 'id', got '2'"),
-    "no_id": ({"id": None}, "needs an integer 'id', got None"),
+    "no_id": ({"id": DROP}, "needs an integer 'id', got None"),
     "string_image_id": ({"image_id": "1"}, "annotations[1] (id 2): refers to unknown image_id '1'"),
     "string_category": ({"category_id": "1"}, "refers to unknown category_id '1'"),
     "nan_area": ({"area": float("nan")}, "area nan is not a finite number >= 0"),
     "bad_crowd": ({"iscrowd": 2}, "iscrowd 2 is not 0 or 1"),
+    # before: pycocotools KeyError traceback (exit 1), faster-coco-eval other size ranges (APs 0.09 -> 0.29, exit 0)
+    "no_area": ({"area": DROP}, "annotations[1] (id 2): has no 'area', which COCOeval reads for every ground-truth"),
+    "no_iscrowd": ({"iscrowd": DROP}, "annotations[1] (id 2): has no 'iscrowd', which COCOeval reads"),
 }
 
 
@@ -166,14 +208,29 @@ def test_coco_annotations_the_evaluators_would_read_differently_are_refused(tmp_
 
     override, text = BAD_ANNOTATIONS[case]
     data = _instances(**override)
-    if case == "no_id":
-        del data["annotations"][1]["id"]
     path = tmp_path / "ann.json"
     path.write_text(json.dumps(data))  # NaN / Infinity as Python's json writes them
     with pytest.raises(ZooError) as info:
         load_instances(path)
     assert str(info.value).startswith(f"{path}: not a valid COCO instances file: annotations[1]")
     assert text in str(info.value)
+    assert (info.value.hint is not None) == (case in ("no_area", "no_iscrowd"))
+
+
+@pytest.mark.parametrize("evaluator", ["pycocotools", "faster-coco-eval"])
+@pytest.mark.parametrize("field", ["area", "iscrowd"])
+def test_a_coco_ground_truth_without_area_or_iscrowd_is_refused_for_both_evaluators(tmp_path, field, evaluator):
+    """Before: pycocotools raised KeyError (exit 1) while faster-coco-eval scored other size ranges (exit 0)."""
+    from zoo_core.datasets import open_dataset
+
+    ann = _coco_root(tmp_path / "coco", json.dumps(_instances(**{field: DROP})))
+    cfg = {"dataset": {"kind": "coco", "name": "x", "root": str(tmp_path / "coco")},
+           "model": {"coco_evaluator": evaluator}}
+    with pytest.raises(ZooError) as info:
+        open_dataset(DictConfig(cfg))
+    assert str(info.value).splitlines()[0] == (f"{ann}: not a valid COCO instances file: annotations[1] (id 2): has "
+                                               f"no {field!r}, which COCOeval reads for every ground-truth annotation")
+    assert "'area'" in info.value.hint and "'iscrowd'" in info.value.hint and info.value.exit_code == 2
 
 
 def test_valid_coco_annotations_still_load(tmp_path):
@@ -181,7 +238,8 @@ def test_valid_coco_annotations_still_load(tmp_path):
 
     path = tmp_path / "ann.json"
     data = _instances(iscrowd=1)
-    data["annotations"].append({"id": 3, "image_id": 1, "category_id": 1, "bbox": [0, 0, 0, 0]})  # no area: ok
+    data["annotations"].append({"id": 3, "image_id": 1, "category_id": 1, "bbox": [0, 0, 0, 0], "area": 0,
+                                "iscrowd": 0})
     path.write_text(json.dumps(data))
     assert [a["id"] for a in load_instances(path)["annotations"]] == [1, 2, 3]
 
@@ -194,7 +252,7 @@ def _coco_root(root: Path, text: str) -> Path:
     return ann
 
 
-@pytest.mark.parametrize("case", ["nan_bbox", "negative_w", "duplicate_id", "string_id"])
+@pytest.mark.parametrize("case", ["nan_bbox", "negative_w", "duplicate_id", "string_id", "no_area"])
 def test_bad_coco_annotations_through_the_cli(zoo, case):
     """Before: accepted, and pycocotools and faster-coco-eval then disagreed (0.97 vs 1.0)."""
     override, text = BAD_ANNOTATIONS[case]
@@ -285,6 +343,22 @@ def test_predict_reads_a_file_named_just_dot_jpg_and_names_what_it_leaves_out(tm
         assert [s.id for s in predict_samples(tmp_path)] == [".jpg", "x.PNG"]
     assert f"predict: 3 file(s) of {tmp_path} are left out" in caplog.text
     assert "'notes.txt', 'sub.jpg', 'y.jpg.bak'" in caplog.text
+
+
+@pytest.mark.parametrize("file_name", ["\x1b[31mRED\x1b[0m\n\rerror: fake/a.jpg", "dir\x00/a.jpg", "d\x7f/a.jpg"])
+def test_a_coco_file_name_whose_folder_holds_a_control_character_is_refused(tmp_path, file_name):
+    """Before: only the stem was checked, so errors about the image printed raw ESC / CR / NUL from its folder
+    part (and could forge an 'error:' line)."""
+    from zoo_core.datasets.coco import CocoDataset
+
+    data = _instances()
+    data["images"][0]["file_name"] = file_name
+    ann = _coco_root(tmp_path / "coco", json.dumps(data))
+    with pytest.raises(InputError) as info:
+        CocoDataset(tmp_path / "coco")
+    assert str(info.value) == (f"{ann}: unsafe image file_name (image id 1) {file_name!r}: it contains a control "
+                               "character, so it cannot name a file")
+    assert not any(c in str(info.value) for c in "\x1b\r\n\x00\x7f")
 
 
 # -- meta.jsonl ----------------------------------------------------------------------------------------------

@@ -104,7 +104,7 @@ def _valid(anns) -> bool:
         b = a["bbox"]
         if len(b) != 4 or any(type(v) not in (int, float) for v in b) or any(not math.isfinite(v) or v < 0 for v in b):
             return False
-        if "area" in a and (type(a["area"]) not in (int, float) or not math.isfinite(a["area"]) or a["area"] < 0):
+        if "area" not in a or type(a["area"]) not in (int, float) or not math.isfinite(a["area"]) or a["area"] < 0:
             return False
         if type(a["iscrowd"]) is not int or a["iscrowd"] not in (0, 1):
             return False

@@ -269,3 +269,63 @@ def test_pr_curves_without_ground_truth_or_detections(sample_ds):
     assert data[0.5][2] == ev.stats[1] == 0.0
     res = evaluate_coco({}, sample_ds, samples, plots=True)
     assert res.files["pr_curves.png"][:4] == b"\x89PNG" and res.files["ap_per_class.png"][:4] == b"\x89PNG"
+
+
+MATHTEXT = "$\\frac{$"  # mathtext matplotlib cannot parse: drawing it as math raises
+
+
+def _renamed(ds: CocoDataset, names: dict[int, str], name: str = "coco_sample") -> CocoDataset:
+    """``ds`` with some categories renamed (as another annotation file would name them) and another dataset name."""
+    import copy
+
+    out = copy.copy(ds)
+    out.instances = {**ds.instances, "categories": [{**c, "name": names.get(c["id"], c["name"])}
+                                                    for c in ds.instances["categories"]]}
+    out.name = name
+    return out
+
+
+def test_category_and_dataset_names_are_drawn_as_written_never_as_mathtext(sample_ds, oracle_dets):
+    """Before: a category named '$\\frac{$' crashed ap_per_class.png (exit 1) and no metrics.json was written."""
+    import cv2
+
+    samples = sample_ds.samples()
+    cat = sample_ds.instances["annotations"][0]["category_id"]
+    ds = _renamed(sample_ds, {cat: MATHTEXT}, name="$x_$")
+    res = evaluate_coco(oracle_dets, ds, samples, plots=True)
+    assert res.metrics[f"AP/{MATHTEXT}"] == 1.0
+    for name in ("pr_curves.png", "ap_per_class.png"):
+        assert cv2.imdecode(np.frombuffer(res.files[name], np.uint8), cv2.IMREAD_COLOR) is not None
+
+
+def test_a_plot_that_fails_is_left_out_with_a_warning_and_the_metrics_kept(sample_ds, oracle_dets, monkeypatch,
+                                                                          caplog):
+    import logging
+
+    from zoo_core.datasets.coco import plots
+
+    def broken(*a, **k):
+        raise RuntimeError("no room for the labels")
+
+    monkeypatch.setattr(plots, "ap_per_class_png", broken)
+    with caplog.at_level(logging.WARNING, logger="zoo"):
+        res = evaluate_coco(oracle_dets, sample_ds, sample_ds.samples(), plots=True)
+    assert res.metrics["AP"] == 1.0 and "ap_per_class.png" not in res.files and "pr_curves.png" in res.files
+    assert any("ap_per_class.png was not drawn (RuntimeError: no room for the labels)" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_categories_sharing_a_name_each_keep_their_own_ap(sample_ds, oracle_dets):
+    """Before: two categories named alike wrote one AP/<name> key over the other (11 keys instead of 12), exit 0."""
+    samples = sample_ds.samples()
+    with_gt = sorted({a["category_id"] for a in sample_ds.instances["annotations"]})
+    a, b = with_gt[:2]
+    plain = {k: v for k, v in evaluate_coco(_noisy(oracle_dets, 5), sample_ds, samples).metrics.items()
+             if k.startswith("AP/")}
+    ds = _renamed(sample_ds, {a: "thing", b: "thing"})
+    dup = {k: v for k, v in evaluate_coco(_noisy(oracle_dets, 5), ds, samples).metrics.items() if k.startswith("AP/")}
+    names = sample_ds.category_names()
+    assert len(dup) == len(plain) == len(with_gt)
+    assert dup[f"AP/thing#{a}"] == plain[f"AP/{names[a]}"] and dup[f"AP/thing#{b}"] == plain[f"AP/{names[b]}"]
+    assert {k: v for k, v in dup.items() if "#" not in k} == {k: v for k, v in plain.items()
+                                                             if k not in (f"AP/{names[a]}", f"AP/{names[b]}")}

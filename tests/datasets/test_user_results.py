@@ -354,6 +354,24 @@ def test_bad_coco_records_name_the_file_and_record(cocoset, tmp_path, record, wh
     assert why in str(e.value) and str(f) in str(e.value)
 
 
+def test_a_coco_results_json_with_a_utf8_byte_order_mark_is_read_as_without_it(cocoset, tmp_path):
+    """Before: "not a COCO results file: a results json is a list", a wrong reason for a file that is one
+    (a Windows editor's BOM). The BOM carries nothing: the records and the scores are those of the same file
+    without it (the instances json was read past its BOM already)."""
+    cfg, ds, dets, results = cocoset
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + results.read_bytes())
+    plain, marked = (zd.read_detections(cfg, f, ds, ds.samples()) for f in (results, bom))
+    assert marked.info["records"] == plain.info["records"] > 0
+    assert zd.evaluate(cfg, marked.detections, ds, ds.samples()).metrics == \
+        zd.evaluate(cfg, plain.detections, ds, ds.samples()).metrics
+    (tmp_path / "inst.json").write_bytes(b"\xef\xbb\xbf" + json.dumps({"images": []}).encode())
+    with pytest.raises(ZooError) as e:  # a BOM before something else is still refused, for what follows it
+        zd.read_detections(cfg, tmp_path / "inst.json", ds, ds.samples())
+    assert "not a COCO results file: a results json is a list" in str(e.value)
+    assert "this file starts with b'{\"images\": ['" in str(e.value)
+
+
 def test_coco_reader_recognises_only_results_lists(cocoset, tmp_path):
     cfg, ds, dets, results = cocoset
     (tmp_path / "a.txt").write_text("hello")

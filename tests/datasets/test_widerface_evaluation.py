@@ -190,6 +190,12 @@ def test_pr_curves_png_and_summary(golden_preds, wider_gt):
     assert res.as_dict()["ap"] == res.ap
 
 
+def test_pr_curves_title_is_drawn_as_written_never_as_mathtext(golden_preds, wider_gt):
+    """Before: a dataset name holding '$\\frac{$' (the plot title) raised in matplotlib's mathtext parser."""
+    png = pr_curves_png(evaluate_wider(golden_preds[0], wider_gt), "$\\frac{$ (3 images), IoU 0.5")
+    assert png[:4] == b"\x89PNG"
+
+
 # ----------------------------------------------------------------------------------------------------------
 # property: vectorised == per-image reference on random small sets
 

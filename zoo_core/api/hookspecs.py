@@ -115,7 +115,9 @@ def preprocess(cfg: DictConfig, image: np.ndarray, sample: Sample) -> tuple[Inpu
     :returns: ``(inputs, meta)``: ``inputs`` maps each graph input name to a C-contiguous array
         *without* the batch dimension (the core stacks a batch); ``meta`` is a small JSON-able dict
         with whatever ``postprocess`` needs to map outputs back to image pixels (e.g. CenterNet's
-        ``c`` and ``s``). The core adds ``id`` and ``orig_hw`` to ``meta``.
+        ``c`` and ``s``). The core adds ``id`` and ``orig_hw`` to ``meta``. Read back from ``meta.jsonl``, a
+        meta must hold finite numbers only, and ``s`` (when present) is a letterbox scale: a positive number
+        or a list of them; a line that breaks this is refused.
     """
 
 

@@ -212,49 +212,51 @@ def plot(path: Path, samples: dict[str, list[tuple[np.ndarray, np.ndarray]]], re
         from matplotlib.figure import Figure
     except ImportError:
         return False
-    names = [n for n in result["outputs"] if n in samples]
-    layers = (result.get("layers") or {}).get("rows") or []
-    cols = max(len(names), 1)
-    rows = 2 if layers else 1
-    fig = Figure(figsize=(max(3.2 * cols, 8), 3.4 * rows), dpi=110)
-    FigureCanvasAgg(fig)
-    for i, name in enumerate(names):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        r = np.concatenate([a for a, _ in samples[name]])
-        c = np.concatenate([b for _, b in samples[name]])
-        ax.scatter(r, c, s=2, alpha=0.4, linewidths=0)
-        lo, hi = float(min(r.min(), c.min())), float(max(r.max(), c.max()))
-        ax.plot([lo, hi], [lo, hi], lw=0.6, color="0.6", zorder=0)
-        o = result["outputs"][name]
-        ax.set_title(f"{name}: max rel {_g(o['max_rel'])}, cos {_cos(o['cosine'])}", fontsize=8)
-        ax.set_xlabel("reference", fontsize=8)
-        ax.set_ylabel("candidate", fontsize=8)
-        ax.tick_params(labelsize=7)
-    if layers:
-        ax = fig.add_subplot(rows, 1, 2)
-        tol = result["tolerance"]
-        floor = 1e-12
-        idx = [i for i, r in enumerate(layers) if r["status"] != "shape"]
-        rel = [max(layers[i]["max_rel"] or floor, floor) for i in idx]
-        cos = [max(1.0 - (layers[i]["cosine"] if layers[i]["cosine"] is not None else 0.0), floor) for i in idx]
-        ax.semilogy(idx, rel, ".-", lw=0.8, ms=3, label="max rel")
-        ax.semilogy(idx, cos, ".-", lw=0.8, ms=3, label="1 - cosine")
-        ax.axhline(max(tol["rtol"], floor), ls="--", lw=0.8, color="C0")
-        ax.axhline(max(1 - tol["min_cosine"], floor), ls=":", lw=0.8, color="C1")
-        first = result["layers"]["first_divergent"]
-        if first is not None:
-            k = next(i for i, r in enumerate(layers) if r["name"] == first["name"] and r["order"] == first["order"])
-            ax.axvline(k, color="r", lw=0.8)
-            ax.annotate(first["name"], (k, ax.get_ylim()[1]), fontsize=7, color="r", ha="left", va="top")
-        ax.set_xlabel("layer (graph order)", fontsize=8)
-        ax.legend(fontsize=7)
-        ax.tick_params(labelsize=7)
-    fig.tight_layout()
     import io
 
     from zoo_core.api.atomic import write_bytes
+    from zoo_core.reports.plotting import plain_text
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    with plain_text():  # output and layer names come from the model file: drawn as written, never as mathtext
+        names = [n for n in result["outputs"] if n in samples]
+        layers = (result.get("layers") or {}).get("rows") or []
+        cols = max(len(names), 1)
+        rows = 2 if layers else 1
+        fig = Figure(figsize=(max(3.2 * cols, 8), 3.4 * rows), dpi=110)
+        FigureCanvasAgg(fig)
+        for i, name in enumerate(names):
+            ax = fig.add_subplot(rows, cols, i + 1)
+            r = np.concatenate([a for a, _ in samples[name]])
+            c = np.concatenate([b for _, b in samples[name]])
+            ax.scatter(r, c, s=2, alpha=0.4, linewidths=0)
+            lo, hi = float(min(r.min(), c.min())), float(max(r.max(), c.max()))
+            ax.plot([lo, hi], [lo, hi], lw=0.6, color="0.6", zorder=0)
+            o = result["outputs"][name]
+            ax.set_title(f"{name}: max rel {_g(o['max_rel'])}, cos {_cos(o['cosine'])}", fontsize=8)
+            ax.set_xlabel("reference", fontsize=8)
+            ax.set_ylabel("candidate", fontsize=8)
+            ax.tick_params(labelsize=7)
+        if layers:
+            ax = fig.add_subplot(rows, 1, 2)
+            tol = result["tolerance"]
+            floor = 1e-12
+            idx = [i for i, r in enumerate(layers) if r["status"] != "shape"]
+            rel = [max(layers[i]["max_rel"] or floor, floor) for i in idx]
+            cos = [max(1.0 - (layers[i]["cosine"] if layers[i]["cosine"] is not None else 0.0), floor) for i in idx]
+            ax.semilogy(idx, rel, ".-", lw=0.8, ms=3, label="max rel")
+            ax.semilogy(idx, cos, ".-", lw=0.8, ms=3, label="1 - cosine")
+            ax.axhline(max(tol["rtol"], floor), ls="--", lw=0.8, color="C0")
+            ax.axhline(max(1 - tol["min_cosine"], floor), ls=":", lw=0.8, color="C1")
+            first = result["layers"]["first_divergent"]
+            if first is not None:
+                k = next(i for i, r in enumerate(layers) if r["name"] == first["name"] and r["order"] == first["order"])
+                ax.axvline(k, color="r", lw=0.8)
+                ax.annotate(first["name"], (k, ax.get_ylim()[1]), fontsize=7, color="r", ha="left", va="top")
+            ax.set_xlabel("layer (graph order)", fontsize=8)
+            ax.legend(fontsize=7)
+            ax.tick_params(labelsize=7)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
     write_bytes(path, buf.getvalue())
     return True

@@ -14,9 +14,10 @@ from typing import TextIO
 import numpy as np
 
 from zoo_core.api.aisbench import input_file, output_path, safe_stem, write_bin
+from zoo_core.api.errors import ZooError
 from zoo_core.api.types import Detections
 from zoo_core.pipeline.stream import Result
-from zoo_core.runs.detstore import DetectionStore
+from zoo_core.runs.detstore import DetectionStore, detections_problem
 from zoo_core.runs.resume import Ledger, crc32, open_for_append
 
 
@@ -28,13 +29,20 @@ def _raw(array: np.ndarray) -> memoryview:
 
 
 class DetectionSink:
-    """Appends each item's detections to a :class:`DetectionStore`."""
+    """Appends each item's detections to a :class:`DetectionStore`; detections with a NaN or infinite box or
+    score, or a label outside the store's classes, are a :class:`ZooError` naming the image."""
 
     def __init__(self, store: DetectionStore):
         self.store = store
 
     def write(self, result: Result) -> None:
         assert result.detections is not None, "DetectionSink needs a stream with decode"
+        problem = detections_problem(result.detections, self.store.num_classes)
+        if problem:
+            raise ZooError(f"postprocess gave detections zoo cannot store or score (image {result.sample.id!r}): "
+                           f"{problem}", path=result.sample.path,
+                           hint="the model's outputs were finite: check the image's preprocess meta and the "
+                                "model's postprocess")
         self.store.add(result.sample.id, result.detections)
 
     def close(self) -> None:

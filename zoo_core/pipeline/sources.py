@@ -9,6 +9,7 @@ Every source lists its items up front (``total``) and refuses an id seen twice, 
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -101,14 +102,52 @@ def list_bin_inputs(inputs_dir: Path, input_specs: Sequence[TensorSpec]) -> list
     return items
 
 
+def meta_problem(meta: dict) -> str | None:
+    """What is wrong with a preprocess meta read back from ``meta.jsonl``, or None: a number anywhere in it that
+    is NaN or infinite (JSON's ``NaN`` / ``Infinity``); an ``orig_hw`` or ``input_shape`` that is not a list of
+    positive integers; a letterbox scale ``s`` (:mod:`zoo_core.api.geometry`) that is not a positive number or
+    a list of them. Such values would map finite outputs to NaN or meaningless boxes, scored without a word."""
+    stack: list[tuple[str, Any]] = [(repr(k), v) for k, v in meta.items()]
+    while stack:
+        where, v = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            return f"meta[{where}] is {v}"
+        if isinstance(v, dict):
+            stack.extend((f"{where}][{k!r}", x) for k, x in v.items())
+        elif isinstance(v, list):
+            stack.extend((f"{where}][{i}", x) for i, x in enumerate(v))
+    for key in ("orig_hw", "input_shape"):
+        v = meta.get(key)
+        if v is not None and not (isinstance(v, list) and v and all(_is_int(d) and d > 0 for d in v)):
+            return f"meta[{key!r}] {v!r} is not a list of positive integers"
+    s = meta.get("s")
+    if s is not None and not all(_is_number(x) and x > 0 for x in (s if isinstance(s, list) and s else [s])):
+        return f"meta['s'] {s!r} is not a positive letterbox scale"
+    return None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _bin_item(inputs_dir: Path, meta_path: Path, n: int, rec: dict) -> BinItem:
-    """One ``meta.jsonl`` record (line ``n``) checked: a safe id, an inputs object with shapes and dtypes."""
+    """One ``meta.jsonl`` record (line ``n``) checked: a safe id, an inputs object with shapes and dtypes, a meta
+    without NaN / infinity and with sane sizes and scale (:func:`meta_problem`)."""
     if rec.get("id") is None:
         raise InputError(f"line {n} has no \"id\"", path=meta_path)
     sid = safe_stem(rec["id"], f"{meta_path}:{n}")
     inputs, meta = rec.get("inputs"), rec.get("meta", {"id": sid})
     if not isinstance(inputs, dict) or not inputs or not isinstance(meta, dict):
         raise InputError(f"line {n} ({sid!r}) needs an \"inputs\" object and a \"meta\" object", path=meta_path)
+    problem = meta_problem(meta)
+    if problem:
+        raise InputError(f"line {n} ({sid!r}): {problem}", path=meta_path,
+                         hint="preprocess never writes such a value: this file was changed; run stage=preprocess "
+                              "again")
     files, specs, crc = {}, {}, {}
     for name, v in inputs.items():
         shape = v.get("shape") if isinstance(v, dict) else None

@@ -306,7 +306,7 @@ def score_union(cfg, shards: list[JobFiles], out_dir: Path) -> dict:
 
     from zoo_core.plugins import get_manager
     from zoo_core.runs.context import RunContext
-    from zoo_core.runs.detstore import DetectionStore
+    from zoo_core.runs.detstore import DetectionStore, class_count
     from zoo_core.stages.scoring import score
 
     with open_dict(cfg):
@@ -315,7 +315,7 @@ def score_union(cfg, shards: list[JobFiles], out_dir: Path) -> dict:
     detections: dict = {}
     skipped: list = []
     for f in shards:
-        part = DetectionStore(f.detections).load()
+        part = DetectionStore(f.detections, num_classes=class_count(cfg)).load()
         overlap = set(part) & set(detections)
         if overlap:
             raise ValueError(f"shards overlap on {len(overlap)} image(s), e.g. {sorted(overlap)[0]}")

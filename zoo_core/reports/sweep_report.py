@@ -313,17 +313,20 @@ def figure(rows: list[dict], swept: list[str], title: str | None = None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 4.2 * len(panels)), dpi=100, squeeze=False)
-    for ax, panel in zip(axes[:, 0], panels):
-        ax.set_label(panel)
-        if panel == "throughput":
-            _plot_throughput(ax, tp, swept)
-        else:
-            _plot_pareto(ax, pareto, varying, str(metric))
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    from zoo_core.reports.plotting import plain_text
+
+    with plain_text():  # job labels, sweep values and metric names drawn as written, never as mathtext
+        fig, axes = plt.subplots(len(panels), 1, figsize=(7, 4.2 * len(panels)), dpi=100, squeeze=False)
+        for ax, panel in zip(axes[:, 0], panels):
+            ax.set_label(panel)
+            if panel == "throughput":
+                _plot_throughput(ax, tp, swept)
+            else:
+                _plot_pareto(ax, pareto, varying, str(metric))
+        if title:
+            fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        return fig
 
 
 def plot_png(rows: list[dict], swept: list[str], title: str | None = None) -> bytes | None:
@@ -333,9 +336,14 @@ def plot_png(rows: list[dict], swept: list[str], title: str | None = None) -> by
         return None
     import matplotlib.pyplot as plt
 
+    from zoo_core.reports.plotting import plain_text
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
+    try:
+        with plain_text():
+            fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
     return buf.getvalue()
 
 
@@ -420,7 +428,9 @@ def build_report(sweep_dir: str | Path, stopped: str | None = None, planned: lis
     title = title_of(rows)
     write_text(sweep_dir / "sweep_report.csv", write_csv(all_rows))
     md = write_markdown(all_rows, swept, title, stopped)
-    png = plot_png(rows, swept, title)
+    from zoo_core.reports.plotting import draw_or_warn
+
+    png = draw_or_warn(str(sweep_dir / "sweep_report.png"), lambda: plot_png(rows, swept, title))
     if png:
         write_bytes(sweep_dir / "sweep_report.png", png)
         md += "\n![sweep report](sweep_report.png)\n"

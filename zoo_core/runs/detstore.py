@@ -16,9 +16,51 @@ from zoo_core.api.errors import ZooError
 from zoo_core.api.types import Detections
 
 
+def class_count(cfg) -> int | None:
+    """How many classes the run's model has, as far as zoo-core knows: ``len(model.category_ids)`` (default the
+    80 COCO ids) on a COCO dataset; ``None`` otherwise (labels then only have to be >= 0)."""
+    from zoo_core.datasets import kind_of
+
+    if cfg is None or kind_of(cfg.get("dataset")) != "coco":
+        return None
+    from zoo_core.datasets.coco import category_ids
+
+    return len(category_ids(cfg.get("model")))
+
+
+def detections_problem(det: Detections, num_classes: int | None = None) -> str | None:
+    """What makes one image's detections unfit to store or score, or None: a box coordinate or a score that is
+    NaN or infinite, a label below 0 or (with ``num_classes``) not below ``num_classes``."""
+    return _rows_problem(det.boxes, det.scores, det.labels, num_classes)
+
+
+def _rows_problem(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, num_classes: int | None) -> str | None:
+    bad = ~np.isfinite(boxes).all(axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        return f"box {i} [{', '.join(f'{v:g}' for v in boxes[i].tolist())}] holds a NaN or an infinity"
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        i = int(np.argmax(bad))
+        return f"the score of box {i} is {float(scores[i])}"
+    bad = labels < 0 if num_classes is None else (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        i = int(np.argmax(bad))
+        classes = "a class index >= 0" if num_classes is None else f"one of the model's classes 0..{num_classes - 1}"
+        return f"the label of box {i} is {int(labels[i])}, not {classes}"
+    return None
+
+
 class DetectionStore:
-    def __init__(self, directory: str | Path, flush_every: int = 64, flush_seconds: float = 5.0):
+    """Detections of a run's images in ``directory``.
+
+    :param num_classes: labels must be below it (:func:`class_count`); ``None``: only >= 0.
+    """
+
+    def __init__(self, directory: str | Path, flush_every: int = 64, flush_seconds: float = 5.0,
+                 num_classes: int | None = None):
         self.dir = Path(directory)
+        self.num_classes = num_classes
         self.flush_every = flush_every
         self.flush_seconds = flush_seconds
         self._pending: list[tuple[str, Detections]] = []
@@ -67,7 +109,8 @@ class DetectionStore:
     def load(self) -> dict[str, Detections]:
         """All stored detections by sample id (a later chunk wins on a repeated id). A chunk that does
         not hold what :meth:`flush` writes (an id per count, counts >= 0 that add up to the boxes, boxes
-        of 4 columns, one score and label per box, extras of one row per box) is a ZooError naming it."""
+        of 4 columns, one score and label per box, extras of one row per box; finite boxes and scores,
+        labels >= 0 and below ``num_classes``) is a ZooError naming it and the image."""
         out: dict[str, Detections] = {}
         if not self.dir.is_dir():
             return out
@@ -86,6 +129,11 @@ class DetectionStore:
             starts = ends - counts
             for i, sid in enumerate(ids):
                 a, b = starts[i], ends[i]
+                problem = _rows_problem(boxes[a:b], scores[a:b], labels[a:b], self.num_classes)
+                if problem:
+                    raise ZooError(f"detections of image {str(sid)!r}: {problem}", path=p,
+                                   hint="zoo never stores such detections: this chunk was changed or made "
+                                        "elsewhere; run stage=postprocess or stage=eval again")
                 out[str(sid)] = Detections(boxes[a:b], scores[a:b], labels[a:b],
                                            {k: v[a:b] for k, v in extras.items()})
         return out

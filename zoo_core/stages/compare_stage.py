@@ -27,6 +27,7 @@ from zoo_core.compare.report import SCHEMA, failure_reasons, jsonable, markdown,
 from zoo_core.pipeline.sources import ImageSource
 from zoo_core.pipeline.stream import Stream
 from zoo_core.pipeline.workers import WorkerPool
+from zoo_core.reports.plotting import draw_or_warn
 from zoo_core.reports.progress import Progress, progress_enabled
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.records import finish_with_skips
@@ -213,7 +214,8 @@ def build_result(ctx: RunContext, tol: Tolerance, sink: CompareSink, pair: PairB
 
 def write_reports(ctx: RunContext, result: dict[str, Any], sink: CompareSink) -> None:
     ctx.record_dir.mkdir(parents=True, exist_ok=True)
-    has_plot = bool(sink.samples or result.get("layers")) and plot(ctx.record("compare.png"), sink.samples, result)
+    has_plot = bool(sink.samples or result.get("layers")) and bool(
+        draw_or_warn("compare.png", lambda: plot(ctx.record("compare.png"), sink.samples, result)))
     if has_plot:
         result["files"].append("compare.png")
     write_json(ctx.record("compare.json"), result)

@@ -22,7 +22,7 @@ from zoo_core.pipeline.stream import Sink, Stream
 from zoo_core.pipeline.workers import WorkerPool
 from zoo_core.reports.progress import Progress
 from zoo_core.runs.context import RunContext
-from zoo_core.runs.detstore import DetectionStore
+from zoo_core.runs.detstore import DetectionStore, class_count
 from zoo_core.runs.fingerprint import backend_config_hash
 from zoo_core.runs.layout import clear_dir
 from zoo_core.runs.records import finish_with_skips, write_perf
@@ -80,7 +80,7 @@ def _stream(ctx: RunContext, backend: Any, pool: WorkerPool) -> tuple:
     st = cfg.stage
     save = bool(cfg.save_outputs)
     store = DetectionStore(ctx.path("detections"), flush_every=int(st.get("flush_every", 64) or 64),
-                           flush_seconds=float(st.get("flush_seconds", 5.0)))
+                           flush_seconds=float(st.get("flush_seconds", 5.0)), num_classes=class_count(cfg))
     out_dir = ctx.path("outputs")
     ledger = Ledger(out_dir / "index.jsonl")
     describe = backend.describe()

@@ -27,7 +27,7 @@ from omegaconf import open_dict
 from zoo_core.api.atomic import write_json
 from zoo_core.api.errors import ZooError
 from zoo_core.runs.context import RunContext
-from zoo_core.runs.detstore import DetectionStore
+from zoo_core.runs.detstore import DetectionStore, class_count
 from zoo_core.runs.fingerprint import sha256_file
 from zoo_core.stages.scoring import score
 
@@ -111,7 +111,7 @@ def run(ctx: RunContext) -> dict:
                        hint="pass zoo's detections/ folder, a WIDER prediction tree or a COCO results json")
     if given and not is_detection_store(src):
         return score_user_results(ctx, src)
-    detections = DetectionStore(src).load()
+    detections = DetectionStore(src, num_classes=class_count(ctx.cfg)).load()
     if not detections:
         raise ZooError("no saved detections found", path=src,
                        hint="run stage=postprocess or stage=eval first, or pass detections=<dir or file>")

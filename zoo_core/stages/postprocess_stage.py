@@ -25,7 +25,7 @@ from zoo_core.pipeline.stream import Source, Stream
 from zoo_core.pipeline.workers import WorkerPool
 from zoo_core.reports.progress import Progress
 from zoo_core.runs.context import RunContext
-from zoo_core.runs.detstore import DetectionStore
+from zoo_core.runs.detstore import DetectionStore, class_count
 from zoo_core.runs.records import finish_with_skips, write_result_files
 from zoo_core.runs.resume import artifact_fingerprint, mark_complete, read_jsonl, start_resumable
 from zoo_core.stages.open_backend import open_backend
@@ -46,7 +46,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     def key(meta: dict) -> tuple:
         return tuple(tuple(s.shape) for s in hooks.output_spec(cfg=cfg, meta=meta))
 
-    store = DetectionStore(ctx.path("detections"))
+    store = DetectionStore(ctx.path("detections"), num_classes=class_count(cfg))
     outputs_state = _outputs_state(src)
     fp = outputs_state.get("fingerprint")
     recorded = fp.get("model_file_sha256") if isinstance(fp, dict) else None

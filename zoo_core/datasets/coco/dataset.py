@@ -7,7 +7,7 @@ import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from zoo_core.api.aisbench import safe_stem
-from zoo_core.api.errors import ZooError
+from zoo_core.api.errors import InputError, ZooError
 from zoo_core.api.types import Sample
 
 #: The 80 COCO 2017 category ids (12, 26, 29, 30, 45, 66, 68, 69, 71 and 83 are unused): the default
@@ -49,9 +49,10 @@ def load_instances(path: str | os.PathLike) -> dict:
     ``annotations`` and ``categories`` lists; integer, unique image ids with string ``file_name``;
     integer category ids; every annotation with an integer, unique ``id``, an integer ``image_id`` of
     a listed image, a listed ``category_id``, a ``bbox`` of 4 finite numbers ``x, y, w, h`` none of
-    them negative, and (when present) a finite, non-negative ``area`` and an ``iscrowd`` of 0 or 1.
-    These are what the two COCO evaluators (pycocotools, faster-coco-eval) would otherwise read
-    differently; the message names the first offending annotation by index and id.
+    them negative, a finite, non-negative ``area`` and an ``iscrowd`` of 0 or 1. These are what the two
+    COCO evaluators (pycocotools, faster-coco-eval) would otherwise read differently (without ``area``,
+    pycocotools fails and faster-coco-eval scores other size ranges); the message names the first
+    offending annotation by index and id, and the field. No value is ever filled in.
     """
     p = Path(path)
     data = _read_json(p)
@@ -62,7 +63,8 @@ def load_instances(path: str | os.PathLike) -> dict:
             raise ZooError(f"not a COCO instances file (no {key!r} list)", path=p)
     problem = _instances_problem(data)
     if problem:
-        raise ZooError(f"not a valid COCO instances file: {problem}", path=p)
+        hint = MISSING_FIELD_HINT if problem.endswith(_MISSING_FIELD) else None
+        raise ZooError(f"not a valid COCO instances file: {problem}", path=p, hint=hint)
     return data
 
 
@@ -110,6 +112,13 @@ def _instances_problem(data: dict) -> str | None:
     return None
 
 
+#: How a missing ``area`` / ``iscrowd`` problem ends (it gets :data:`MISSING_FIELD_HINT`).
+_MISSING_FIELD = "which COCOeval reads for every ground-truth annotation"
+#: The hint of an annotation without ``area`` or ``iscrowd``.
+MISSING_FIELD_HINT = ("add 'area' (the object's segmentation area in pixels, as COCO's own files hold; zoo does "
+                      "not make one up) and 'iscrowd' (0, or 1 for a crowd region) to every annotation")
+
+
 def _annotation_problem(ann: dict, image_ids: set, cat_ids: set) -> str | None:
     """What is wrong with one annotation (its ``id`` uniqueness aside), or None."""
     bbox = ann.get("bbox")
@@ -129,6 +138,9 @@ def _annotation_problem(ann: dict, image_ids: set, cat_ids: set) -> str | None:
         return f"refers to unknown category_id {ann.get('category_id')!r}"
     if not _is_int(ann.get("id")):
         return f"needs an integer 'id', got {ann.get('id')!r}"
+    for key in ("area", "iscrowd"):
+        if key not in ann:
+            return f"has no {key!r}, {_MISSING_FIELD}"
     return None
 
 
@@ -183,6 +195,9 @@ class CocoDataset:
         for img in self.instances["images"]:
             path = _safe_image_path(self.image_root, img["file_name"], self.ann_path)
             stem = safe_stem(Path(img["file_name"]).stem, self.ann_path, f"image stem (image id {img['id']})")
+            if any(ord(c) < 32 or ord(c) == 127 for c in img["file_name"]):  # the stem passed: a folder holds one
+                raise InputError(f"unsafe image file_name (image id {img['id']}) {img['file_name']!r}: it contains a "
+                                 "control character, so it cannot name a file", path=self.ann_path)
             if stem in seen:
                 raise ZooError(f"images {seen[stem]} and {img['id']} share the file stem {stem!r}", path=self.ann_path)
             seen[stem] = img["id"]

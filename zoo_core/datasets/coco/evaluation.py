@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -73,14 +74,22 @@ def run_cocoeval(instances: dict, records: list[dict], image_ids: Sequence[int],
 
 
 def per_category_ap(ev, names: Mapping[int, str]) -> dict[str, float]:
-    """``AP/<name>`` (IoU 0.50:0.95, all areas, 100 dets) for each category with ground truth."""
+    """``AP/<name>`` (IoU 0.50:0.95, all areas, 100 dets) for each category with ground truth.
+
+    A name that two or more categories of ``names`` share (an annotation file may repeat one) becomes
+    ``AP/<name>#<category id>`` for each of them, so no category's AP hides another's; a category without a
+    name is ``AP/<category id>``.
+    """
     precision = np.asarray(ev.eval["precision"])
+    shown = {c: str(names.get(c, c)) for c in (*names, *ev.params.catIds)}
+    shared = {n for n, count in Counter(shown.values()).items() if count > 1}
     out = {}
     for k, cat_id in enumerate(ev.params.catIds):
         p = precision[:, :, k, 0, -1]
         p = p[p > -1]
         if p.size:
-            out[f"AP/{names.get(cat_id, cat_id)}"] = float(p.mean())
+            name = shown[cat_id]
+            out[f"AP/{name}#{cat_id}" if name in shared else f"AP/{name}"] = float(p.mean())
     return out
 
 
@@ -123,13 +132,15 @@ def score_coco(detections: Mapping[str, Detections], dataset: CocoDataset, sampl
     :param samples: only these images are scored (a shard scores its own images).
     :param evaluator: ``auto``, ``faster-coco-eval`` or ``pycocotools`` (same stats).
     :param category_ids: class index -> COCO category id (default: the 80 COCO ids, CenterNet's order).
-    :param plots: also draw ``pr_curves.png`` and ``ap_per_class.png``.
+    :param plots: also draw ``pr_curves.png`` and ``ap_per_class.png`` (names drawn as plain text, never as
+        mathtext; a plot that fails is left out with a warning naming it).
     :param bootstrap: with N > 0, 95% intervals of AP / AP50 / AP75 over N image resamples (seeded by
         ``bootstrap_seed``) from COCOeval's per-image records, in ``ci95``; how in ``info["bootstrap"]``
         (:mod:`zoo_core.datasets.coco.bootstrap`). An evaluator that keeps no per-image records gives none
         (``info["bootstrap"]["note"]`` says so).
     :returns: metrics: the 12 COCOeval stats (``AP`` = stats[0], ...; NaN where COCOeval could not define
-        one, see :func:`coco_stats`) and ``AP/<category name>``; files:
+        one, see :func:`coco_stats`) and ``AP/<category name>`` (``AP/<name>#<category id>`` for a name
+        several categories share, see :func:`per_category_ap`); files:
         ``detections.json`` (the reference results list) and the two plots; info: the evaluator used.
     """
     used = resolve_evaluator(evaluator)
@@ -150,12 +161,16 @@ def score_coco(detections: Mapping[str, Detections], dataset: CocoDataset, sampl
             ci95, boot = bootstrap_coco(ev_records, bootstrap, bootstrap_seed)
             boot["records"] += f" from pycocotools ({used} keeps no per-image records)"
     files = {"detections.json": json.dumps(records).encode()}
-    if plots:
+    if plots:  # a plot that fails is left out with a warning naming it: the metrics are still written
+        from zoo_core.reports.plotting import draw_or_warn
+
         from .plots import ap_per_class_png, pr_curves_png
 
         title = f"{dataset.name} ({len(samples)} image{'s' if len(samples) != 1 else ''})"
-        files["pr_curves.png"] = pr_curves_png(ev, title)
-        files["ap_per_class.png"] = ap_per_class_png(per_class, float(ev.stats[0]), title)
+        drawn = {"pr_curves.png": draw_or_warn("pr_curves.png", lambda: pr_curves_png(ev, title)),
+                 "ap_per_class.png": draw_or_warn("ap_per_class.png",
+                                                  lambda: ap_per_class_png(per_class, float(ev.stats[0]), title))}
+        files.update((k, v) for k, v in drawn.items() if v is not None)
     info: dict = {"evaluator": used, "images": len(samples), "iou_type": "bbox"}
     if undefined:
         from zoo_core.runs.records import NULL_REASONS

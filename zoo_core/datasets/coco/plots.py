@@ -5,6 +5,8 @@ import io
 
 import numpy as np
 
+from zoo_core.reports.plotting import plain_text
+
 #: IoU thresholds drawn by :func:`pr_curves_png` (indices into COCOeval's 0.50:0.05:0.95).
 PR_IOUS = (0.5, 0.75)
 
@@ -52,20 +54,21 @@ def pr_curves_png(ev, title: str) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    for (iou, (rec, prec, ap)), colour in zip(pr_curve_data(ev).items(), ("tab:blue", "tab:red")):
-        label = f"IoU {iou:.2f} (AP {ap:.4f})" if ap >= 0 else f"IoU {iou:.2f} (no ground truth)"
-        ax.plot(rec, prec, color=colour, lw=1.8, label=label)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_title(f"{title}, all classes (area all, 100 dets)", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower left")
-    return _png(fig)
+    with plain_text():  # the title holds the dataset name
+        fig = Figure(figsize=(6, 5), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        for (iou, (rec, prec, ap)), colour in zip(pr_curve_data(ev).items(), ("tab:blue", "tab:red")):
+            label = f"IoU {iou:.2f} (AP {ap:.4f})" if ap >= 0 else f"IoU {iou:.2f} (no ground truth)"
+            ax.plot(rec, prec, color=colour, lw=1.8, label=label)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_title(f"{title}, all classes (area all, 100 dets)", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower left")
+        return _png(fig)
 
 
 def ap_per_class_png(per_class: dict[str, float], mean_ap: float, title: str) -> bytes:
@@ -78,22 +81,23 @@ def ap_per_class_png(per_class: dict[str, float], mean_ap: float, title: str) ->
 
     items = sorted(((k.split("/", 1)[1], v) for k, v in per_class.items()), key=lambda kv: (-kv[1], kv[0]))
     height = max(3.0, 0.22 * len(items) + 1.2)
-    fig = Figure(figsize=(6, height), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    names = [n for n, _ in items]
-    values = [v for _, v in items]
-    ax.barh(range(len(items)), values, color="tab:blue")
-    ax.set_yticks(range(len(items)), names, fontsize=7 if len(items) > 30 else 9)
-    ax.set_ylim(len(items) - 0.5, -0.5)  # best first, no empty margin
-    ax.set_xlim(0, 1)
-    mean = ""
-    if mean_ap >= 0:
-        ax.axvline(mean_ap, color="tab:red", lw=1.2)
-        mean = f" (red: AP {mean_ap:.4f})"
-    ax.set_xlabel("AP (IoU 0.50:0.95)")
-    ax.set_title(f"{title}: AP per class{mean}", fontsize=10)
-    ax.grid(True, axis="x", alpha=0.3)
-    # fixed margins (tight_layout costs ~1 s with 80 labels): room for the longest COCO name
-    fig.subplots_adjust(left=0.25, right=0.97, top=1 - 0.45 / height, bottom=0.55 / height)
-    return _png(fig)
+    with plain_text():  # category names come from the annotation file: drawn as written, never as mathtext
+        fig = Figure(figsize=(6, height), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        names = [n for n, _ in items]
+        values = [v for _, v in items]
+        ax.barh(range(len(items)), values, color="tab:blue")
+        ax.set_yticks(range(len(items)), names, fontsize=7 if len(items) > 30 else 9)
+        ax.set_ylim(len(items) - 0.5, -0.5)  # best first, no empty margin
+        ax.set_xlim(0, 1)
+        mean = ""
+        if mean_ap >= 0:
+            ax.axvline(mean_ap, color="tab:red", lw=1.2)
+            mean = f" (red: AP {mean_ap:.4f})"
+        ax.set_xlabel("AP (IoU 0.50:0.95)")
+        ax.set_title(f"{title}: AP per class{mean}", fontsize=10)
+        ax.grid(True, axis="x", alpha=0.3)
+        # fixed margins (tight_layout costs ~1 s with 80 labels): room for the longest COCO name
+        fig.subplots_adjust(left=0.25, right=0.97, top=1 - 0.45 / height, bottom=0.55 / height)
+        return _png(fig)

@@ -2,6 +2,7 @@
 reader (a user's results json scored by ``stage=evaluate``)."""
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
@@ -52,7 +53,7 @@ def coco_records(detections: Mapping[str, Detections], samples: Sequence[Sample]
     Images in ``samples`` order (``Sample.key`` is the COCO image id); within an image, classes
     ascending and descending score inside a class; ``bbox = [x1, y1, x2 - x1, y2 - y1]`` in float32
     then 2-decimal rounded like the score; ``category_id = category_ids[label]``; no score threshold.
-    Samples without detections add nothing. A label outside ``category_ids`` raises ``ValueError``.
+    Samples without detections add nothing. A label outside ``category_ids`` raises ``ZooError`` naming the image.
     """
     ids = np.asarray(category_ids, dtype=np.int64)
     records: list[dict] = []
@@ -74,7 +75,9 @@ def coco_records(detections: Mapping[str, Detections], samples: Sequence[Sample]
             score = round2(det.scores[order]).tolist()
         labels = det.labels[order]
         if labels.min() < 0 or labels.max() >= len(ids):
-            raise ValueError(f"image {sample.id}: class index outside 0..{len(ids) - 1}")
+            bad = int(labels[(labels < 0) | (labels >= len(ids))][0])
+            raise ZooError(f"image {sample.id!r}: class index {bad} is outside 0..{len(ids) - 1}, the classes "
+                           "model.category_ids maps to COCO categories", path=sample.path)
         cats = ids[labels].tolist()
         image_id = int(sample.key)
         records.extend({"image_id": image_id, "category_id": c, "bbox": b, "score": s}
@@ -88,18 +91,20 @@ FORMAT = "coco_results"
 
 def _results_list(path: Path) -> list | None:
     """The parsed list when ``path`` is a COCO results json (a list of objects with ``image_id`` and
-    ``bbox``, or an empty list); ``None`` for another kind of file. A ``.json`` that does not parse raises."""
+    ``bbox``, or an empty list); ``None`` for another kind of file. A ``.json`` that does not parse raises.
+    A UTF-8 byte order mark (what some Windows editors write first) is read past, as the instances json's is."""
     if not path.is_file():
         return None
     try:
         with open(path, "rb") as f:
-            head = f.read(1 << 16).lstrip()
+            head = f.read(1 << 16).removeprefix(codecs.BOM_UTF8).lstrip()
     except OSError as e:
         raise ZooError(f"cannot read the results file ({e.strerror})", path=path) from None
     if not head.startswith(b"["):
         if path.suffix.lower() == ".json":
-            raise ZooError("not a COCO results file: a results json is a list "
-                           "[{\"image_id\", \"category_id\", \"bbox\", \"score\"}, ...]", path=path)
+            raise ZooError(f"not a COCO results file: a results json is a list "
+                           f"[{{\"image_id\", \"category_id\", \"bbox\", \"score\"}}, ...], this file starts with "
+                           f"{head[:12]!r}", path=path)
         return None
     try:
         with open(path, "rb") as f:

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from zoo_core.api.errors import ConfigError
 from zoo_core.api.types import Detections, EvalResult, Sample
+from zoo_core.reports.plotting import draw_or_warn
 
 from .bootstrap import bootstrap_wider
 from .dataset import WiderFaceDataset
@@ -85,7 +86,10 @@ def score_widerface(detections: Mapping[str, Detections], dataset: WiderFaceData
     messages = list(dict.fromkeys(str(w.message) for w in caught))
     for m in messages:
         log.warning("%s evaluation: %s", dataset.name, m)
-    files["pr_curves.png"] = pr_curves_png(result, pr_curves_title(dataset.name, len(samples), iou_thresh))
+    png = draw_or_warn("pr_curves.png", lambda: pr_curves_png(result, pr_curves_title(dataset.name, len(samples),
+                                                                                    iou_thresh)))
+    if png is not None:  # a plot that fails is left out with a warning naming it: the metrics are still written
+        files["pr_curves.png"] = png
     info = {"iou_thresh": float(iou_thresh), "images": len(samples), "missing_predictions": missing,
             "evaluator": EVALUATOR, "note": "the published chenjun2hao / Ascend CenterFace numbers use iou_thresh 0.4"}
     if messages:
