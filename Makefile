@@ -41,13 +41,16 @@ $(TEST_STAMP): $(PYPROJECTS) tests/fixtures/zoo-fixture/pyproject.toml tests/fix
 demo: venv
 	$(BIN)/zoo run model=centerface stage=eval
 
+## Test processes (pytest-xdist, whole files per process so module fixtures are built once); 0 = one process.
+TEST_WORKERS ?= 2
+
 ## The whole test suite (slow tests included).
 test: test-venv
-	$(TBIN)/python -m pytest
+	$(TBIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 ## Everything but tests marked slow.
 test-fast: test-venv
-	$(TBIN)/python -m pytest -m "not slow"
+	$(TBIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 ## ruff (rules in pyproject.toml) on the whole tree, then mypy on zoo_core and both plugins (its `files`).
 lint: test-venv
