@@ -88,3 +88,27 @@ def test_plugin_guide_answers_the_dataset_frictions():
     assert "zoo_core.testing.checks.check_plugin" in guide and "pip install -e" in guide
     # where a generated sample lives and where its ground truth is
     assert "$ZOO_CACHE_DIR/widerface_sample" in guide and "ground_truth/" in guide
+
+
+def _resolves(dotted: str) -> bool:
+    """``zoo_core.a.b.name`` names a module or an attribute of the longest importable module prefix."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[i:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/plugins.md", "docs/api.md"])
+def test_every_dotted_zoo_core_name_in_the_docs_exists(doc):
+    # docs/plugins.md named zoo_core.testing.check_references, an AttributeError for whoever followed it
+    names = set(re.findall(r"`(zoo_core(?:\.\w+)+)", (REPO / doc).read_text()))
+    assert names and [n for n in sorted(names) if not _resolves(n)] == []
