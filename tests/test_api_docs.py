@@ -112,3 +112,13 @@ def test_every_dotted_zoo_core_name_in_the_docs_exists(doc):
     # docs/plugins.md named zoo_core.testing.check_references, an AttributeError for whoever followed it
     names = set(re.findall(r"`(zoo_core(?:\.\w+)+)", (REPO / doc).read_text()))
     assert names and [n for n in sorted(names) if not _resolves(n)] == []
+
+
+def test_plugin_guide_lists_every_contract_test():
+    from zoo_core.testing.contract import PluginContract
+
+    guide = (REPO / "docs" / "plugins.md").read_text()
+    table = guide.split("| test | what it proves |")[1].split("\n\n")[0]
+    listed = re.findall(r"^\| `(test_\w+)` \|", table, re.M)
+    assert len(listed) == len(set(listed))
+    assert set(listed) == {n for n in dir(PluginContract) if n.startswith("test_")}
