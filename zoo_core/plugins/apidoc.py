@@ -28,6 +28,8 @@ MODULES = (
     "zoo_core",
     "zoo_core.api.types",
     "zoo_core.api.errors",
+    "zoo_core.api.config",
+    "zoo_core.api.optional",
     "zoo_core.api.geometry",
     "zoo_core.api.peaks",
     "zoo_core.api.nms",
@@ -36,11 +38,14 @@ MODULES = (
     "zoo_core.api.aisbench",
     "zoo_core.api.checkpoint",
     "zoo_core.api.atomic",
+    "zoo_core.api.arena",
     "zoo_core.datasets",
     "zoo_core.datasets.widerface",
     "zoo_core.datasets.coco",
+    "zoo_core.datasets.bootstrap",
     "zoo_core.testing",
     "zoo_core.testing.contract",
+    "zoo_core.testing.checks",
 )
 
 #: Names of ``zoo_core`` itself that plugins use (the package has no ``__all__`` of its API only).
