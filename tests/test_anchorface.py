@@ -26,7 +26,8 @@ def test_imports_only_zoo_core_never_another_model_plugin():
                 imported.add(node.module.split(".")[0])
             elif isinstance(node, ast.Import):
                 imported.update(a.name.split(".")[0] for a in node.names)
-    assert imported <= {"__future__", "numpy", "cv2", "torch", "warnings", "pathlib", "collections", "zoo_core"}, \
+    assert imported <= {"__future__", "numpy", "cv2", "torch", "warnings", "pathlib", "collections", "dataclasses",
+                        "zoo_core"}, \
         imported
     code = ("import sys, zoo_anchorface.plugin, zoo_anchorface.anchors, zoo_core.datasets.widerface; "
             "print(sorted(m for m in sys.modules if m.startswith(('zoo_centerface', 'zoo_centernet'))))")
@@ -74,6 +75,16 @@ def test_iou_knob_reaches_zoo_cores_evaluator(zoo):
     zoo.ok("run", "model=anchorface", "stage=eval", "backend=oracle", "model.iou_thresh=0.4", "dataset.limit=8")
     m = json.loads((zoo.cwd / "outputs" / "anchorface" / "eval" / "metrics.json").read_text())
     assert m["info"]["iou_thresh"] == 0.4 and m["images"] == 8 and m["metrics"]["hard"] == 1.0
+
+
+def test_a_bad_value_of_its_own_key_is_a_config_error_naming_the_key(tmp_path):
+    # untyped, model.score_threshold=abc reached postprocess as a string: ValueError, "bug in the plugin", exit 1
+    from zoo_core.api.errors import ConfigError
+    from zoo_core.testing.checks import PluginUnderTest
+
+    p = PluginUnderTest("anchorface", ("model.score_threshold=abc",), tmp_path)
+    with pytest.raises(ConfigError, match=r"model\.score_threshold.*declared float in zoo-anchorface's AnchorFaceConfig"):
+        p.cfg  # noqa: B018
 
 
 class TestAnchorFaceContract(PluginContract):

@@ -57,3 +57,24 @@ def test_checks_run_without_pytest():
             "import zoo_core.testing.checks as c; print(c.CHECKS[0], 'pytest' in sys.modules and sys.modules['pytest'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["registration", "None"]
+
+
+def test_a_plugin_without_schemas_fails_on_its_untyped_keys(fixture_plugin, monkeypatch):
+    # the guide says the kit checks that every key of the plugin's files has a type; it used to return
+    # early when ZOO_CONFIG_SCHEMAS was absent, so `model.<key>=abc` surfaced later as a plugin bug
+    monkeypatch.delattr(fixture_plugin.hooks.info.module, "ZOO_CONFIG_SCHEMAS")
+    with pytest.raises(checks.ContractError) as err:
+        checks.check_config(fixture_plugin)
+    msg = str(err.value)
+    assert msg.startswith("conf/model/fixture.yaml keys without a type: ") and "mask_threshold" in msg
+    assert "declares no ZOO_CONFIG_SCHEMAS" in msg and "ZOO_CONFIG_SCHEMAS = {'model/fixture': " in msg
+    assert "name" not in msg.split(": ")[1].split(" (")[0].split(", ")  # ModelConfig's keys are typed
+
+
+def test_a_plugin_without_schemas_whose_files_hold_only_base_keys_passes(fixture_plugin, monkeypatch):
+    from omegaconf import OmegaConf
+
+    monkeypatch.delattr(fixture_plugin.hooks.info.module, "ZOO_CONFIG_SCHEMAS")
+    fixture_plugin.__dict__["cfg"] = OmegaConf.create(
+        {"model": {"name": "fixture", "export_keys": None, "predict_threshold": 0.3}, "dataset": {"name": "coco_sample"}})
+    checks.check_schemas(fixture_plugin)

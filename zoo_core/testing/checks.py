@@ -260,9 +260,8 @@ def check_api_version(p: PluginUnderTest) -> None:
 
 def check_config(p: PluginUnderTest) -> None:
     """``model=<name>`` composes; ``model.name`` equals the entry-point name; a dataset is selected;
-    ``model.export_keys``, when declared, is a list naming keys the model config has; when the plugin
-    declares ``ZOO_CONFIG_SCHEMAS`` (zoo_core.api.config), every key of its model file (and of the
-    dataset files it ships) has a declared type."""
+    ``model.export_keys``, when declared, is a list naming keys the model config has; every key of its
+    model file (and of the dataset files it ships) has a declared type (:func:`check_schemas`)."""
     from zoo_core.api.errors import ConfigError
     from zoo_core.runs.export_keys import export_values
 
@@ -281,22 +280,34 @@ def check_config(p: PluginUnderTest) -> None:
 
 
 def check_schemas(p: PluginUnderTest) -> None:
-    """Every key of the plugin's model file and of the dataset files it ships has a type in the
-    dataclass its ``ZOO_CONFIG_SCHEMAS`` declares (a plugin declaring none is typed by the base
-    classes only, which the contract accepts)."""
+    """Every key of the plugin's model file and of the dataset files it ships has a type: a field of the
+    dataclass its ``ZOO_CONFIG_SCHEMAS`` declares for that file or, for a plugin that declares none, of the
+    base class (``zoo_core.api.config.ModelConfig`` / ``DatasetConfig``) that then types the file. A key
+    of neither is unchecked until a hook reads it, so ``model.<key>=abc`` would reach the plugin as a
+    string: the contract fails, naming the keys and where to declare them."""
     import dataclasses
 
+    from zoo_core.api.config import DatasetConfig, ModelConfig
     from zoo_core.config.confpaths import scan_plugin_confs
 
     declared = getattr(p.hooks.info.module, "ZOO_CONFIG_SCHEMAS", None)
-    if declared is None:
-        return
     cfg = p.cfg
     dataset = str(cfg.dataset.name)
     sections = [("model", p.model)]
     if scan_plugin_confs().dataset_owner.get(dataset) == p.model:  # zoo-core types its own datasets
         sections.append(("dataset", dataset))
     for group, name in sections:
+        if declared is None:
+            base: type = ModelConfig if group == "model" else DatasetConfig
+            untyped = sorted(set(map(str, cfg[group])) - {f.name for f in dataclasses.fields(base)})
+            if untyped:
+                raise ContractError(
+                    f"conf/{group}/{name}.yaml keys without a type: {', '.join(untyped)} "
+                    f"({p.hooks.info.module.__name__} declares no ZOO_CONFIG_SCHEMAS, so only the keys of "
+                    f"zoo_core.api.config.{base.__name__} are typed); declare them in a dataclass deriving from "
+                    f"{base.__name__} and set ZOO_CONFIG_SCHEMAS = {{'{group}/{name}': <that class>}} "
+                    f"(docs/plugins.md, Typed keys)")
+            continue
         cls = declared.get(f"{group}/{name}")
         if cls is None:
             raise ContractError(f"ZOO_CONFIG_SCHEMAS has no entry {group}/{name!r} for conf/{group}/{name}.yaml")
