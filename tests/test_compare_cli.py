@@ -160,3 +160,17 @@ def test_a_compare_plot_that_fails_leaves_the_report_written_with_a_warning(tmp_
 def test_bad_compare_config_is_refused_before_running(zoo, args, message):
     rc, out, err = zoo("run", "model=fixture", "stage=compare", *args)
     assert rc == 2 and message in err and "Traceback" not in err, out + err
+
+
+def test_skips_name_compare_json_which_lists_them(zoo, tmp_path):
+    from zoo_fixture.squares import make_squares
+
+    root = make_squares(tmp_path / "ds", n=3, seed=3)
+    (root / "images" / "sq001.png").write_bytes(b"")
+    rc, out, err = zoo("run", "model=fixture", "stage=compare", "num_workers=0", f"dataset.root={root}",
+                       "on_error=skip")
+    assert rc == 2 and "Traceback" not in err, out + err
+    listed = _record(zoo) / "compare.json"
+    assert f"1 input(s) were skipped (listed in {listed})" in err and "metrics.json" not in err
+    assert [s["id"] for s in _result(zoo)["skipped"]] == ["sq001"]
+

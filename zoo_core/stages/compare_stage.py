@@ -177,7 +177,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     metrics, metrics_note = score_both(ctx, sink) if decode is not None else (None, "not scored: no postprocess hook")
     result = build_result(ctx, tol, sink, pair, describe, stats, metrics, metrics_note)
     write_reports(ctx, result, sink)
-    finish_with_skips(ctx, stats.skipped)
+    finish_with_skips(ctx, stats.skipped, "compare.json")
     if not result["passed"]:
         reasons = "\n  ".join(failure_reasons(result))
         raise CompareFailed(f"compare: the candidate is not within tolerance of the reference:\n  {reasons}\n"
