@@ -160,3 +160,29 @@ def test_a_compare_plot_that_fails_leaves_the_report_written_with_a_warning(tmp_
 def test_bad_compare_config_is_refused_before_running(zoo, args, message):
     rc, out, err = zoo("run", "model=fixture", "stage=compare", *args)
     assert rc == 2 and message in err and "Traceback" not in err, out + err
+
+
+def test_skips_name_compare_json_which_lists_them(zoo, tmp_path):
+    from zoo_fixture.squares import make_squares
+
+    root = make_squares(tmp_path / "ds", n=3, seed=3)
+    (root / "images" / "sq001.png").write_bytes(b"")
+    rc, out, err = zoo("run", "model=fixture", "stage=compare", "num_workers=0", f"dataset.root={root}",
+                       "on_error=skip")
+    assert rc == 2 and "Traceback" not in err, out + err
+    listed = _record(zoo) / "compare.json"
+    assert f"1 input(s) were skipped (listed in {listed})" in err and "metrics.json" not in err
+    assert [s["id"] for s in _result(zoo)["skipped"]] == ["sq001"]
+
+
+def test_a_model_compared_with_itself_is_refused_unless_allowed(zoo, fixture_onnx):
+    args = ["run", "model=fixture", "stage=compare", "num_workers=0", "dataset.limit=2",
+            "compare.reference=onnxruntime", "compare.candidate=onnxruntime", f"compare.reference_model={fixture_onnx}",
+            f"model_file={fixture_onnx}"]
+    rc, out, err = zoo(*args)
+    assert rc == 2 and "Traceback" not in err, out + err
+    assert f"the reference and the candidate are the same model (onnxruntime on {fixture_onnx}" in err
+    assert "hint: set compare.candidate_model=" in err and "PASSED" not in out
+    assert not (_record(zoo) / "compare.json").exists()
+    out = zoo.ok(*args, "compare.allow_same=true")
+    assert _result(zoo)["passed"] is True and _result(zoo)["outputs"]["mask"]["max_abs"] == 0.0

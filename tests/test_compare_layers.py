@@ -234,3 +234,84 @@ def test_unsupported_pairs_are_config_errors(tiny, tmp_path, dump_double, tiny_o
         LayerCompare(DumpTap(tmp_path / "d"), OnnxTap(str(tiny_onnx)), TOL)
     with pytest.raises(ConfigError, match="cannot pair torch .reference. with acl dump"):
         LayerCompare(TorchTap(tiny, ["x"]), DumpTap(tmp_path / "d"), TOL)
+
+
+def _conv(x, w, b=None):
+    """NCHW convolution, stride 1, 'same' padding (numpy, float64)."""
+    k = w.shape[-1]
+    xp = np.pad(x, ((0, 0), (0, 0), (k // 2, k // 2), (k // 2, k // 2)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))  # n, c, h, w, k, k
+    y = np.einsum("nchwij,ocij->nohw", win, w)
+    return y if b is None else y + b[None, :, None, None]
+
+
+def _int8_conv_relu(tmp_path):
+    """fp.onnx: Conv -> Relu -> Conv; q.onnx: it quantized (QDQ) by onnxruntime's static quantizer, which
+    fuses the Relu into the first Conv and gives the Conv's output the Relu's name (r1)."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    rng = np.random.default_rng(0)
+    w1, b1 = rng.normal(size=(4, 2, 3, 3)).astype(np.float32), rng.normal(size=4).astype(np.float32)
+    w2 = rng.normal(size=(3, 4, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+         helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 6, 6])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "fp.onnx"))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"x": rng.normal(size=(1, 2, 6, 6)).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(tmp_path / "fp.onnx"), str(tmp_path / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return w1, b1, w2
+
+
+def test_fp32_vs_int8_compares_what_the_next_layer_consumes_and_never_blames_a_fused_tensor(tmp_path):
+    w1, b1, w2 = _int8_conv_relu(tmp_path)
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    assert {n.output[0]: n.op_type for n in q.graph.node}["r1"] == "Conv"  # the quantizer fused the Relu
+    init = {t.name: onnx.numpy_helper.to_array(t).astype(np.float64) for t in q.graph.initializer}
+
+    def qdq(v, name):  # QuantizeLinear (round half to even, saturate to uint8) then DequantizeLinear
+        s, z = init[f"{name}_scale"], init[f"{name}_zero_point"]
+        return (np.clip(np.rint(v / s) + z, 0, 255) - z) * s
+
+    def deq(name, scale, zero):
+        return (init[name] - init[zero]) * init[scale]
+
+    x = np.random.default_rng(1).standard_normal((1, 2, 6, 6)).astype(np.float32)
+    fp_r1 = np.maximum(_conv(x.astype(np.float64), w1, b1), 0)
+    fp_y = _conv(fp_r1, w2)
+    # the unfused int8 graph: each Conv in float on dequantized values, its output quantized and dequantized
+    q_r1 = qdq(_conv(qdq(x.astype(np.float64), "x"), deq("w1_quantized", "w1_scale", "w1_zero_point"),
+                     deq("b1_quantized", "b1_quantized_scale", "b1_quantized_zero_point")), "r1")
+    q_y = qdq(_conv(q_r1, deq("w2_quantized", "w2_scale", "w2_zero_point")), "y")
+
+    s = _compare(OnnxTap(str(tmp_path / "fp.onnx")), OnnxTap(str(tmp_path / "q.onnx")),
+                 Batch(ids=["im0"], inputs={"x": x}, metas=[{}]))
+    rows = {r["tensor"]: r for r in s["rows"]}
+    assert set(rows) == {"r1", "y"}  # c1 has no tensor of that name in the int8 graph
+    r1, y = rows["r1"], rows["y"]
+    assert r1["op_differs"] == "Relu vs Conv" and r1["candidate_tensor"] == "r1_DequantizeLinear_Output"
+    assert "op_differs" not in y and y["op"] == "Conv"  # the int8 graph's y is the DequantizeLinear of a Conv
+    for row, a, b in ((r1, fp_r1, q_r1), (y, fp_y, q_y)):
+        d = np.abs(a - b)
+        cos = float(a.ravel() @ b.ravel() / np.linalg.norm(a) / np.linalg.norm(b))
+        assert row["max_abs"] == pytest.approx(d.max(), rel=1e-5)
+        assert row["max_rel"] == pytest.approx(d.max() / np.abs(a).max(), rel=1e-5)
+        assert row["cosine"] == pytest.approx(cos, abs=1e-6)
+    assert r1["status"] in ("ok", "op differs")
+    first = s["first_divergent"]
+    assert first is None or first["tensor"] == "y"
+    assert s["diverged"] == (y["status"] == "diverged")

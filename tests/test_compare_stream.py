@@ -129,3 +129,23 @@ def test_a_side_with_other_outputs_is_an_error():
 
     with pytest.raises(ZooError, match="returns 2 outputs, the candidate"):
         run(FakeBackend(), OneOutput())
+
+
+def test_the_same_model_on_both_sides_is_refused_and_a_copy_too(tmp_path):
+    """A compare whose two sides run the same bytes the same way passes with all differences 0: refused."""
+    from zoo_core.stages.compare_stage import refuse_same_sides
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"model bytes")
+    copy = tmp_path / "copy.onnx"
+    copy.write_bytes(b"model bytes")
+    other = tmp_path / "int8.onnx"
+    other.write_bytes(b"other bytes")
+    for cand in (model, copy):
+        with pytest.raises(ConfigError) as e:
+            refuse_same_sides(FakeBackend(label=str(model)), FakeBackend(label=str(cand)))
+        text = str(e.value)
+        assert f"the reference and the candidate are the same model (fake on {model}" in text
+        assert "hint: set compare.candidate_model=" in text and "compare.allow_same=true" in text
+    assert e.value.exit_code == 2
+    refuse_same_sides(FakeBackend(label=str(model)), FakeBackend(label=str(other)))  # a converted model: fine

@@ -42,6 +42,20 @@ def test_a_matching_protocol_gets_a_verdict_with_delta_and_source():
         "hard: measured 0.7000, reference 0.7717 ± 0.005: off by -0.0717"]
 
 
+@pytest.mark.parametrize("easy, shown, mark", [
+    (0.97379, "0.97379 vs 0.96880 ± 0.005 (delta +0.00499): ok", None),
+    (0.97381, "0.97381 vs 0.96880 ± 0.005 (delta +0.00501): OUT OF TOLERANCE", "off by +0.00501"),
+    (0.9738, "0.9738 vs 0.9688 ± 0.005 (delta +0.0050): ok", None),  # exactly on the edge: 4 digits say it
+    (0.9700, "0.9700 vs 0.9688 ± 0.005 (delta +0.0012): ok", None),
+])
+def test_a_verdict_near_the_tolerance_prints_the_digits_that_decide_it(easy, shown, mark):
+    verdicts, _ = judge(_cfg(model__variant="starclouds", dataset__name="widerface_sample", model__iou_thresh=0.5),
+                        REFS, {"easy": easy})
+    assert f"easy       {shown}" in "\n".join(verdict_lines({"reference": verdicts}))
+    assert gate_failures(verdicts) == ([f"easy: measured {easy:.5f}, reference 0.96880 ± 0.005: {mark}"]
+                                       if mark else [])
+
+
 def test_the_most_specific_reference_wins_on_its_backend():
     verdicts, _ = judge(_cfg(backend__name="acl"), REFS, {"easy": 0.9200})
     assert verdicts["easy"]["source"] == "Ascend 310 OM" and verdicts["easy"]["within"] is True

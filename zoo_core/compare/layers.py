@@ -6,7 +6,10 @@ Pairs supported (reference / candidate, either order where it makes sense):
   module's exporter scope (:meth:`OnnxGraph.module_outputs`). A BatchNorm the exporter folded into
   the convolution before it has no node of its own; the convolution's ONNX output is then compared
   with the BatchNorm's torch output, and the row says ``folded``.
-* onnxruntime / onnxruntime (fp32 vs int8, original vs patched export): tensors of the same name.
+* onnxruntime / onnxruntime (fp32 vs int8, original vs patched export): tensors of the same name; in a
+  QDQ graph, the ``DequantizeLinear`` output of a tensor that is quantized (what the next layer consumes).
+  A name whose producing op differs (the quantizer fused a Relu into its Conv) is a row marked
+  ``op_differs``, status ``op differs`` when beyond tolerance, never ``first_divergent``.
 * torch / torch (two checkpoints): modules of the same name.
 * onnxruntime / acl with ``compare.candidate_dump``: converted Ascend dump files, by op name
   (:mod:`zoo_core.compare.ascend_dump`).
@@ -46,6 +49,7 @@ class LayerPair:
     aliases: list[str] = field(default_factory=list)
     fused: list[str] = field(default_factory=list)
     shape_mismatch: tuple[Any, Any] | None = None
+    op_differs: str | None = None      # "<reference op> vs <candidate op>": not the same layer, never divergent
 
 
 def node_label(node: Any, tensor: str) -> str:
@@ -92,14 +96,46 @@ def torch_onnx_pairs(tap: TorchTap, graph: OnnxGraph, torch_is_ref: bool) -> lis
     return pairs
 
 
+def consumed(graph: OnnxGraph, tensor: str) -> str:
+    """The value of ``tensor`` the next layers consume: in a QDQ (int8) graph a tensor that feeds
+    ``QuantizeLinear -> DequantizeLinear`` is used through that chain, so its ``DequantizeLinear`` output;
+    else the tensor itself."""
+    for q in graph.consumers.get(tensor, []):
+        qnode = graph.nodes[q]
+        if qnode.op_type != "QuantizeLinear" or not qnode.output or not qnode.output[0]:
+            continue
+        for d in graph.consumers.get(qnode.output[0], []):
+            dnode = graph.nodes[d]
+            if dnode.op_type == "DequantizeLinear" and dnode.output and dnode.output[0]:
+                return str(dnode.output[0])
+    return tensor
+
+
+def computing_op(graph: OnnxGraph, tensor: str) -> str:
+    """The op type that computes ``tensor``; for the ``DequantizeLinear`` of a ``QuantizeLinear`` (a QDQ
+    graph's output), the op whose output was quantized."""
+    node = graph.node_of(tensor)
+    if node is not None and node.op_type == "DequantizeLinear":
+        q = graph.node_of(node.input[0])
+        if q is not None and q.op_type == "QuantizeLinear":
+            node = graph.node_of(q.input[0]) or node
+    return node.op_type if node is not None else "?"
+
+
 def onnx_onnx_pairs(ref: OnnxGraph, cand: OnnxGraph) -> list[LayerPair]:
-    """Tensors produced by a node in both graphs, by name, in the reference's order."""
+    """Tensors produced by a node in both graphs, by name, in the reference's order. A side whose tensor
+    feeds a QuantizeLinear -> DequantizeLinear chain is read after it (:func:`consumed`); a tensor whose
+    producing op differs (the int8 quantizer fused a Relu into the Conv before it and gave the Conv's output
+    the Relu's name) is marked ``op_differs`` and is never a divergence."""
     pairs = []
     for t in ref.tensors():
         if t in cand.producer:
             node = ref.node_of(t)
-            op = node.op_type if node is not None else "?"
-            pairs.append(LayerPair(node_label(node, t), t, t, ref.order(t), op, t))
+            op, cop = computing_op(ref, t), computing_op(cand, t)
+            pair = LayerPair(node_label(node, t), consumed(ref, t), consumed(cand, t), ref.order(t), op, t)
+            if cop != op:
+                pair.op_differs = f"{op} vs {cop}"
+            pairs.append(pair)
     return pairs
 
 
@@ -260,10 +296,13 @@ class LayerCompare:
                 row.update(status="shape", reference_shape=p.shape_mismatch[0], candidate_shape=p.shape_mismatch[1])
             else:
                 row.update(s.as_dict())
-                row["status"] = "ok" if s.passed else "diverged"
-            for key in ("folded", "aliases", "fused"):
+                row["status"] = "ok" if s.passed else "op differs" if p.op_differs else "diverged"
+            for key in ("folded", "aliases", "fused", "op_differs"):
                 if getattr(p, key):
                     row[key] = getattr(p, key)
+            for key, side in ((p.ref_key, "reference"), (p.cand_key, "candidate")):
+                if p.tensor and key != p.tensor:
+                    row[f"{side}_tensor"] = key  # read after QuantizeLinear -> DequantizeLinear
             out.append(row)
         return out
 
@@ -276,6 +315,7 @@ class LayerCompare:
             "matched": len(rows), "compared": sum(r["status"] != "shape" for r in rows),
             "diverged": sum(r["status"] == "diverged" for r in rows),
             "shape_mismatches": sum(r["status"] == "shape" for r in rows),
+            "op_differs": sum(r["status"] == "op differs" for r in rows),
             "first_divergent": None if first is None else
             {k: first.get(k) for k in ("name", "op", "tensor", "order", "max_abs", "max_rel", "cosine",
                                        "beyond_tolerance", "folded")},

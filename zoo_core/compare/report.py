@@ -115,7 +115,9 @@ def summary_lines(result: dict[str, Any], record_dir: Path | None = None) -> lis
         first = lay["first_divergent"]
         text = (f"first divergent: {first['name']} (max abs {_g(first['max_abs'])}, max rel {_g(first['max_rel'])}, "
                 f"cosine {_cos(first['cosine'])})" if first else "none beyond tolerance")
-        lines.append(f"  layers: {lay['compared']} of {lay['matched']} matched layers compared, {text}"
+        differs = (f"; {lay['op_differs']} beyond tolerance where the op differs (a fused op, not counted)"
+                   if lay.get("op_differs") else "")
+        lines.append(f"  layers: {lay['compared']} of {lay['matched']} matched layers compared, {text}{differs}"
                      + (f" [{lay['note']}]" if lay.get("note") else ""))
     lines.append("  " + verdict_line(result))
     if record_dir is not None:
@@ -195,6 +197,8 @@ def markdown(result: dict[str, Any], plot: str | None) -> str:  # noqa: C901 (on
                            f"{r['candidate_shape']} |")
                 continue
             verdict = "ok" if r["status"] == "ok" else "**diverged**"
+            if r.get("op_differs"):  # not the same layer on both sides: never the first divergent
+                verdict = f"{verdict if r['status'] == 'ok' else 'beyond tolerance'}, op differs: {r['op_differs']}"
             if first is not None and r["name"] == first["name"] and r["order"] == first["order"]:
                 verdict = "**first divergent**"
             out.append(f"| {i} | {name} | {r['op'] or ''} | {_g(r['max_abs'])} | {_g(r['max_rel'])} | "

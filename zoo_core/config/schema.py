@@ -68,6 +68,7 @@ class CompareConfig:
     layer_images: int = 1
     candidate_dump: str | None = None    # acl: msaccucmp-converted .npy dump of the first image
     plot_points: int = 2000                 # values per output and image kept for the scatter plot
+    allow_same: bool = False                # compare a model with itself (refused otherwise: it proves nothing)
 
 
 class CalibrationMethod(str, Enum):

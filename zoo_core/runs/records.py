@@ -108,8 +108,9 @@ def write_result_files(ctx: RunContext, files: dict[str, bytes]) -> list[str]:
     return written
 
 
-def finish_with_skips(ctx: RunContext, skipped: list[dict]) -> None:
-    """With skips: exit non-zero unless ``allow_skips=true`` (the records were already written)."""
+def finish_with_skips(ctx: RunContext, skipped: list[dict], listed_in: str) -> None:
+    """With skips: exit non-zero unless ``allow_skips=true`` (the records were already written).
+    ``listed_in``: the record file (in the record dir) this stage wrote the skips to."""
     if skipped and not bool(ctx.cfg.allow_skips):
-        raise ZooError(f"{len(skipped)} input(s) were skipped (listed in {ctx.record('metrics.json')} or the "
-                       f"stage's records); pass allow_skips=true to accept a run with skips")
+        raise ZooError(f"{len(skipped)} input(s) were skipped (listed in {ctx.record(listed_in)}); "
+                       f"pass allow_skips=true to accept a run with skips")

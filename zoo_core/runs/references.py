@@ -153,16 +153,26 @@ def gate_failures(verdicts: Mapping[str, Mapping[str, Any]]) -> list[str]:
             if v["measured"] is None:
                 out.append(f"{metric}: {v.get('why')} (reference {v['expected']:.4f})")
             else:
-                out.append(f"{metric}: measured {v['measured']:.4f}, reference {v['expected']:.4f} "
-                           f"± {v['tolerance']:g}: off by {v['delta']:+.4f}")
+                d = _digits(v["delta"], v["tolerance"])
+                out.append(f"{metric}: measured {v['measured']:.{d}f}, reference {v['expected']:.{d}f} "
+                           f"± {v['tolerance']:g}: off by {v['delta']:+.{d}f}")
         elif v.get("in_ci95") is False:
             out.append(f"{metric}: reference {v['expected']:.4f} lies outside the 95% interval of the measured "
                        f"{v['measured']:.4f}")
     return out
 
 
-def _fmt(v: Any) -> str:
-    return "n/a" if v is None else format(v, ".4f")
+def _fmt(v: Any, digits: int = 4) -> str:
+    return "n/a" if v is None else format(v, f".{digits}f")
+
+
+def _digits(delta: float, tolerance: float) -> int:
+    """Decimals to print a verdict's numbers with: 4, or more while the rounded |delta| equals the rounded
+    tolerance (0.00499 and 0.00501 both print 0.0050 against ± 0.005), so the verdict shows in the numbers."""
+    d = 4
+    while d < 12 and abs(abs(delta) - tolerance) > 1e-12 and round(abs(delta), d) == round(tolerance, d):
+        d += 1
+    return d
 
 
 def verdict_lines(record: Mapping[str, Any]) -> list[str]:
@@ -182,8 +192,9 @@ def verdict_lines(record: Mapping[str, Any]) -> list[str]:
             mark = "ok" if v["within"] else "OUT OF TOLERANCE"
             if v["within"] and v.get("in_ci95") is False:
                 mark = "ok, but the reference is outside the 95% interval"
-            lines.append(f"    {metric:<10} {_fmt(v['measured'])} vs {_fmt(v['expected'])} ± {v['tolerance']:g} "
-                         f"(delta {v['delta']:+.4f}): {mark}")
+            d = _digits(v["delta"], v["tolerance"])
+            lines.append(f"    {metric:<10} {_fmt(v['measured'], d)} vs {_fmt(v['expected'], d)} ± {v['tolerance']:g} "
+                         f"(delta {v['delta']:+.{d}f}): {mark}")
     groups: dict[tuple[str, str], list[str]] = {}
     for m in record.get("reference_mismatches") or []:
         diffs = ", ".join(f"{k} is {d['run']!r} here, {d['reference']!r} there" for k, d in m["differs"].items())

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 from omegaconf import open_dict
@@ -30,6 +31,7 @@ from zoo_core.pipeline.workers import WorkerPool
 from zoo_core.reports.plotting import draw_or_warn
 from zoo_core.reports.progress import Progress, progress_enabled
 from zoo_core.runs.context import RunContext
+from zoo_core.runs.fingerprint import file_record
 from zoo_core.runs.records import finish_with_skips
 from zoo_core.stages.open_backend import open_backend
 
@@ -104,6 +106,35 @@ def open_side(ctx: RunContext, side: str) -> Backend:
     return open_backend(sctx, name, options=options)
 
 
+def _identity(backend: Backend) -> tuple[dict[str, Any], str | None]:
+    """What a side runs: its ``describe()`` with each model file / weights / dump dir replaced by its sha256
+    (a copy of a file is the same model) or resolved path; and the first such file, to name."""
+    ident = dict(backend.describe())
+    named = None
+    for key in ("model_file", "weights", "dir"):
+        value = ident.get(key)
+        if not value or not isinstance(value, str) or not Path(value).exists():
+            continue
+        named = named or value
+        rec = file_record(value) if Path(value).is_file() else {}
+        ident[key] = rec.get("sha256") or str(Path(value).resolve())
+    return ident, named
+
+
+def refuse_same_sides(reference: Backend, candidate: Backend) -> None:
+    """The same backend running the same model (same bytes) with the same options on both sides: every
+    difference is 0 and the compare would pass without comparing anything (a forgotten candidate_model)."""
+    (ref, named), (cand, _) = _identity(reference), _identity(candidate)
+    if ref != cand:
+        return
+    what = f"{reference.name} on {named}" if named else f"{reference.name} with the same options"
+    raise ConfigError(f"compare: the reference and the candidate are the same model ({what}, identical on "
+                      f"both sides): the compare would pass without comparing anything",
+                      hint="set compare.candidate_model=<the converted model>, quantize=int8, or a different "
+                           "compare.candidate backend (compare.allow_same=true compares a model with itself "
+                           "on purpose, e.g. a determinism check)")
+
+
 def open_pair(ctx: RunContext, tol: Tolerance) -> PairBackend:
     """Both sides' backends (and the layer capture) in one :class:`PairBackend`; nothing left open on failure."""
     c = ctx.cfg.compare
@@ -111,6 +142,8 @@ def open_pair(ctx: RunContext, tol: Tolerance) -> PairBackend:
     try:
         opened.append(open_side(ctx, "reference"))
         opened.append(open_side(ctx, "candidate"))
+        if not bool(c.get("allow_same", False)):
+            refuse_same_sides(*opened)
         layers = None
         if bool(c.layers):
             layers = LayerCompare(tap_for(opened[0]), tap_for(opened[1], c.get("candidate_dump")), tol,
@@ -177,7 +210,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     metrics, metrics_note = score_both(ctx, sink) if decode is not None else (None, "not scored: no postprocess hook")
     result = build_result(ctx, tol, sink, pair, describe, stats, metrics, metrics_note)
     write_reports(ctx, result, sink)
-    finish_with_skips(ctx, stats.skipped)
+    finish_with_skips(ctx, stats.skipped, "compare.json")
     if not result["passed"]:
         reasons = "\n  ".join(failure_reasons(result))
         raise CompareFailed(f"compare: the candidate is not within tolerance of the reference:\n  {reasons}\n"

@@ -58,11 +58,11 @@ def run(ctx: RunContext) -> dict[str, Any]:
                   "detections_dir": str(ctx.path("detections")), "skipped": stats.skipped,
                   "perf": {k: perf[k] for k in ("throughput_img_s", "wall_s")}}
         write_json(ctx.record("eval.json"), record)
-        finish_with_skips(ctx, stats.skipped)
+        finish_with_skips(ctx, stats.skipped, "eval.json")
         return {**record, "backend": describe}
     record = score(ctx, detections, stats.skipped,
                    {"perf": {k: perf[k] for k in ("throughput_img_s", "wall_s")}})
-    finish_with_skips(ctx, stats.skipped)
+    finish_with_skips(ctx, stats.skipped, "metrics.json")
     return {**record, "backend": describe}
 
 

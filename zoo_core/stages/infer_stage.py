@@ -90,5 +90,5 @@ def run(ctx: RunContext) -> dict[str, Any]:
         write_text(ctx.record("skipped.json"), json.dumps(stats.skipped, indent=2) + "\n")
     result = {"stage": "infer", "outputs_dir": str(out_dir), "backend": describe, "perf": perf,
               "images": stats.images, "resumed_images": len(done), "skipped": stats.skipped}
-    finish_with_skips(ctx, stats.skipped)
+    finish_with_skips(ctx, stats.skipped, "skipped.json")
     return result

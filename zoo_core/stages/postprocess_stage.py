@@ -95,12 +95,13 @@ def run(ctx: RunContext) -> dict[str, Any]:
     dump = getattr(backend, "_dump", None)
     base = dump.base if dump is not None else None
     skipped = unlisted + stats.skipped
-    if not bool(cfg.stage.get("score", True)):
+    scored = bool(cfg.stage.get("score", True))
+    if not scored:
         record = write_native(ctx, store.load(), samples, skipped)
     else:
         record = score(ctx, store.load(), skipped, {"outputs_dir": str(src), "output_suffix_base": base},
                        made_by=made_by)
-    finish_with_skips(ctx, skipped)
+    finish_with_skips(ctx, skipped, "metrics.json" if scored else "postprocess.json")
     return record
 
 

@@ -84,5 +84,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
             backend.close()
     result = {"stage": "predict", "images": len(written), "predictions_dir": str(out_dir),
               "threshold": opts.score_threshold, "predictions": written, "skipped": stats.skipped, "backend": describe}
-    finish_with_skips(ctx, stats.skipped)
+    if stats.skipped:
+        write_text(ctx.record("skipped.json"), json.dumps(stats.skipped, indent=2) + "\n")
+    finish_with_skips(ctx, stats.skipped, "skipped.json")
     return result

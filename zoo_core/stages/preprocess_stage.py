@@ -72,5 +72,5 @@ def run(ctx: RunContext) -> dict[str, Any]:
     ctx.record_dir.mkdir(parents=True, exist_ok=True)
     if stats.skipped:
         write_text(ctx.record("skipped.json"), json.dumps(stats.skipped, indent=2) + "\n")
-    finish_with_skips(ctx, stats.skipped)
+    finish_with_skips(ctx, stats.skipped, "skipped.json")
     return result
