@@ -24,6 +24,29 @@ def test_export_values_select_declared_keys_sections_and_wildcards():
     assert _values(model) == {"model.export.dcn_impl": "auto", "model.export.opset": None, "model.input_h": 512}
 
 
+def test_export_keys_by_target_count_for_their_target_only():
+    model = {"name": "m", "head_conv": 64, "input_h": 512, "export_keys": ["head_conv"],
+             "export_keys_by_target": {"ascend": ["input_h"]}}
+    assert export_values(OmegaConf.create(model), "onnxruntime") == {"model.head_conv": 64}
+    assert export_values(OmegaConf.create(model), "ascend") == {"model.head_conv": 64, "model.input_h": 512}
+    assert _values(model) == {"model.head_conv": 64, "model.input_h": 512}  # no target: every target's keys
+    with pytest.raises(ConfigError, match="lists 'input_hh' but no key"):
+        _values({**model, "export_keys_by_target": {"ascend": ["input_hh"]}})
+    with pytest.raises(ConfigError, match="must map an export target to a list of key names"):
+        _values({**model, "export_keys_by_target": {"ascend": "input_h"}})
+
+
+def test_centernet_input_size_re_exports_the_ascend_graph_only(cache_dir):
+    """CenterNet's onnxruntime graph has dynamic height and width: input_h / input_w re-export only the
+    Ascend graph (fixed at input_h x input_w), never the onnxruntime one."""
+    from zoo_core.config.validate import compose
+
+    base, other = compose(["model=centernet"]).model, compose(["model=centernet", "model.input_h=384"]).model
+    assert export_values(base, "onnxruntime") == export_values(other, "onnxruntime")
+    assert export_values(base, "ascend") != export_values(other, "ascend")
+    assert export_values(base, "ascend")["model.input_h"] == 512
+
+
 def test_without_export_keys_every_model_key_counts():
     assert _values({"name": "m", "a": 1, "b": {"c": [1, 2]}}) == {"model.a": 1, "model.b.c": [1, 2]}
 

@@ -62,6 +62,8 @@ class ModelConfig:
         error when the weights are missing.
     :ivar export_keys: the keys that change the export (:mod:`zoo_core.runs.export_keys`); ``None``:
         every key counts.
+    :ivar export_keys_by_target: keys that change the export for one target only, by target
+        (``{ascend: [input_h, input_w]}``), added to ``export_keys`` for that target.
     :ivar predict_threshold: ``stage=predict``'s default ``stage.score_threshold`` (``None``: keep all).
     :ivar class_names: ``stage=predict``'s box labels, indexed by ``Detections.labels``.
     :ivar quantize_exclude_op_types: ONNX op types ``stage=quantize`` keeps in FP32 (e.g. ``DeformConv``);
@@ -72,6 +74,7 @@ class ModelConfig:
     default_weights: str | None = None
     weights_help: str | None = None
     export_keys: list[str] | None = None
+    export_keys_by_target: dict[str, list[str]] | None = None
     predict_threshold: float | None = None
     class_names: list[str] | None = None
     quantize_exclude_op_types: list[str] = field(default_factory=list)

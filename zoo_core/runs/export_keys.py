@@ -12,6 +12,14 @@ the run-level ``export`` section, the weights and the target, see
 :func:`zoo_core.runs.model_files.export_fingerprint`) decide whether an existing export is reused, so
 changing an evaluation-only key (``model.threshold``, ``model.iou_thresh``...) never re-exports.
 
+Keys that change the export for one target only go under ``export_keys_by_target``, added to
+``export_keys`` when that target is exported (CenterNet's onnxruntime graph has dynamic height and
+width, its Ascend graph is fixed at ``input_h x input_w``)::
+
+    model:
+      export_keys: [num_classes, head_conv, export.*]
+      export_keys_by_target: {ascend: [input_h, input_w]}
+
 A model config without ``export_keys`` keeps the safe behaviour: every key of ``model`` counts.
 An entry that matches no key is a configuration error (a typo would otherwise silently let a stale
 export through).
@@ -26,8 +34,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from zoo_core.api.errors import ConfigError
 
-#: The model-config key holding the list (never part of the fingerprint itself).
+#: The model-config keys holding the lists (never part of the fingerprint themselves).
 EXPORT_KEYS = "export_keys"
+EXPORT_KEYS_BY_TARGET = "export_keys_by_target"
 
 
 def flatten(section: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -58,17 +67,38 @@ def declared_export_keys(model_cfg: Any) -> list[str] | None:
     return list(keys)
 
 
+def _by_target(model_cfg: Any, target: str | None) -> list[str]:
+    """The ``export_keys_by_target`` entries for ``target`` (every target's when ``target`` is ``None``).
+
+    :raises ConfigError: ``export_keys_by_target`` is not a mapping of target -> list of key names.
+    """
+    section = model_cfg.get(EXPORT_KEYS_BY_TARGET) if model_cfg is not None else None
+    if section is None:
+        return []
+    if isinstance(section, DictConfig):
+        section = OmegaConf.to_container(section, resolve=True)
+    if not isinstance(section, Mapping) or not all(
+            isinstance(v, (list, tuple)) and all(isinstance(k, str) and k for k in v) for v in section.values()):
+        raise ConfigError(f"model.{EXPORT_KEYS_BY_TARGET} must map an export target to a list of key names "
+                          f"(e.g. {{ascend: [input_h, input_w]}}), got {section!r}")
+    if target is None:
+        return [k for keys in section.values() for k in keys]
+    return list(section.get(target) or [])
+
+
 def _matches(path: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(path, pattern) or path.startswith(pattern + ".")
 
 
-def export_values(model_cfg: Any) -> dict[str, Any]:
+def export_values(model_cfg: Any, target: str | None = None) -> dict[str, Any]:
     """The values of the model-config keys that change the export, as ``{"model.<path>": value}``.
 
-    With ``model.export_keys`` declared, only the keys it matches; without it, every key of the
-    model section (except ``name``, which the fingerprint records on its own).
+    With ``model.export_keys`` declared, only the keys it matches, plus those
+    ``model.export_keys_by_target`` lists for ``target`` (``None``: for every target); without it,
+    every key of the model section (except ``name``, which the fingerprint records on its own).
 
-    :raises ConfigError: an ``export_keys`` entry matches no key of the model config.
+    :raises ConfigError: an ``export_keys`` / ``export_keys_by_target`` entry matches no key of the
+        model config, or either is not shaped as documented.
     """
     data: dict[str, Any]
     if isinstance(model_cfg, DictConfig):
@@ -76,7 +106,10 @@ def export_values(model_cfg: Any) -> dict[str, Any]:
     else:
         data = dict(model_cfg or {})
     patterns = declared_export_keys(model_cfg)
+    if patterns is not None:
+        patterns += _by_target(model_cfg, target)
     data.pop(EXPORT_KEYS, None)
+    data.pop(EXPORT_KEYS_BY_TARGET, None)
     data.pop("name", None)
     flat = flatten(data)
     if patterns is None:

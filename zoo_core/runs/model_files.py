@@ -31,7 +31,7 @@ def export_fingerprint(ctx, target: str, choice: WeightsChoice | None = None) ->
         "target": target,
         "plugin": f"{info.distribution} {info.version}" if info.distribution else None,
         "zoo_core": _core_version(),
-        "model_config": export_values(ctx.cfg.model),
+        "model_config": export_values(ctx.cfg.model, target),
         "export_config": {f"export.{k}": v for k, v in sorted(ctx.resolved_config()["export"].items())
                           if k != "target"},
         "weights": "file" if choice.source == "file" else choice.label,  # a file counts by its bytes, not its path

@@ -39,7 +39,7 @@ def _settings(ctx: Any) -> dict[str, Any]:
     """What the check compares: the model's export keys, and the gears of a dynamic-batch OM."""
     cfg = ctx.cfg
     gears = cfg.atc.get("dynamic_batch")
-    return {"model": ctx.model_name, "model_config": export_values(cfg.model),
+    return {"model": ctx.model_name, "model_config": export_values(cfg.model, "ascend"),
             "dynamic_batch": [int(g) for g in gears] if gears else None}
 
 
