@@ -147,6 +147,20 @@ def _raising_plugin(exc: BaseException, impls: Iterable[pluggy.HookImpl]) -> obj
     return found
 
 
+def _model_hooks_answered(pm: pluggy.PluginManager, module: object) -> list[str]:
+    """The model hooks ``module`` answers (implements without ``wrapper=True`` / ``hookwrapper=True``).
+
+    Only a ``zoo.models`` plugin may answer a model hook: :meth:`ZooPluginManager.subset_caller` keeps
+    every non-model plugin, so a cross-cutting plugin's answer would take over every model's hook."""
+    taken = []
+    for caller in pm.get_hookcallers(module) or []:
+        if caller.name not in hookspecs.MODEL_HOOKS:
+            continue
+        if any(impl.plugin is module and not (impl.wrapper or impl.hookwrapper) for impl in caller.get_hookimpls()):
+            taken.append(caller.name)
+    return sorted(taken)
+
+
 class ZooPluginManager:
     """A pluggy ``PluginManager`` for project ``zoo`` plus bookkeeping for ``zoo list``.
 
@@ -235,6 +249,15 @@ class ZooPluginManager:
             self.broken.append(BrokenPlugin(name, group, ep_value, f"invalid hook implementation: {exc}", dist[0]))
             return
         hooks = sorted(caller.name for caller in self.pm.get_hookcallers(module) or [])
+        if group != MODELS_GROUP:
+            taken = _model_hooks_answered(self.pm, module)
+            if taken:
+                self.pm.unregister(module)
+                self.broken.append(BrokenPlugin(name, group, ep_value, (
+                    f"implements model hook{'s' if len(taken) > 1 else ''} {', '.join(taken)} without wrapper=True; "
+                    f"model hooks belong in the {MODELS_GROUP} group (a {group} plugin may only observe or wrap "
+                    f"them with wrapper=True)"), dist[0]))
+                return
         target[name] = PluginInfo(name, module, dist[0], dist[1], ep_value, hooks, group)
 
     # -- dispatch --------------------------------------------------------------------------
