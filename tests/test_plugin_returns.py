@@ -28,9 +28,21 @@ def hooks():
     ("preprocess", np.zeros((1, 4, 4), np.float32),
      {"cfg": None, "image": np.zeros((4, 4, 3), np.uint8), "sample": Sample("a", "a.png")},
      r"hook 'preprocess' must return a tuple \(inputs: dict of arrays, meta: dict\), got ndarray"),
+    ("input_spec", [("image", (3, 4, 4))], {"cfg": None},
+     r"hook 'input_spec' must return a list of zoo_core.api.types.TensorSpec, got a list of tuple"),
+    ("output_spec", [("heat", (1, 4, 4))], {"cfg": None, "meta": {}},
+     r"hook 'output_spec' must return a list of zoo_core.api.types.TensorSpec, got a list of tuple"),
+    ("export", "/tmp/model.onnx", {"cfg": None, "weights": None, "output": None, "target": "onnxruntime"},
+     r"hook 'export' must return a zoo_core.api.types.ExportResult, got str"),
+    ("preprocess", ({"image": np.zeros((1, 4, 4), np.float32)}, {"scale_xy": np.array([1.0, 1.0]), "ok": [1]}),
+     {"cfg": None, "image": np.zeros((4, 4, 3), np.uint8), "sample": Sample("a", "a.png")},
+     r"hook 'preprocess' \(image a.png\) must return a JSON-serializable meta dict .*got meta\['scale_xy'\] is "
+     r"ndarray$"),
 ])
 def test_a_wrong_return_type_names_the_plugin_and_the_hook(hooks, monkeypatch, hook, returned, kwargs, text):
-    """Before: postprocess returning dicts failed deep in the detection store with `AttributeError: 'dict'
+    """Before: input_spec / output_spec returning tuples, export returning a str and a preprocess meta holding
+    an ndarray (fine in eval, a TypeError at pipeline/sinks.py in stage=preprocess) were "unexpected error"
+    tracebacks naming neither plugin nor hook. Before: postprocess returning dicts failed deep in the detection store with `AttributeError: 'dict'
     object has no attribute 'boxes' (unexpected error)`, exit 1; a bare array from preprocess was blamed on
     the image ("too many values to unpack")."""
     monkeypatch.setattr(hooks, "_call", lambda name, *a, **k: returned)
