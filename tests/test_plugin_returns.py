@@ -40,9 +40,9 @@ def hooks():
      r"ndarray$"),
 ])
 def test_a_wrong_return_type_names_the_plugin_and_the_hook(hooks, monkeypatch, hook, returned, kwargs, text):
-    """Before: input_spec / output_spec returning tuples, export returning a str and a preprocess meta holding
-    an ndarray (fine in eval, a TypeError at pipeline/sinks.py in stage=preprocess) were "unexpected error"
-    tracebacks naming neither plugin nor hook. Before: postprocess returning dicts failed deep in the detection store with `AttributeError: 'dict'
+    """Before: input_spec / output_spec returning tuples, export returning a str and a preprocess meta
+    holding an ndarray (fine in eval, a TypeError at pipeline/sinks.py in stage=preprocess) were
+    "unexpected error" tracebacks naming neither plugin nor hook. Before: postprocess returning dicts failed deep in the detection store with `AttributeError: 'dict'
     object has no attribute 'boxes' (unexpected error)`, exit 1; a bare array from preprocess was blamed on
     the image ("too many values to unpack")."""
     monkeypatch.setattr(hooks, "_call", lambda name, *a, **k: returned)
@@ -50,10 +50,22 @@ def test_a_wrong_return_type_names_the_plugin_and_the_hook(hooks, monkeypatch, h
         getattr(hooks, hook)(**kwargs)
 
 
+def test_postprocess_returning_the_wrong_count_names_the_plugin_and_exits_1(hooks, monkeypatch):
+    """Before: `postprocess returned 1 results for a batch of 4` (raised by the stream) named no plugin and
+    exited 2 like bad input; a wrong count is a plugin bug (exit 1), named like the other hook errors."""
+    from zoo_core.api.errors import PluginHookError
+
+    monkeypatch.setattr(hooks, "_call", lambda name, *a, **k: [Detections.empty()])
+    with pytest.raises(PluginHookError, match=r"^plugin zoo-fixture \(model fixture\), hook postprocess: returned 1 "
+                                              r"Detections for a batch of 4") as err:
+        hooks.postprocess(cfg=None, outputs=[], metas=[{}] * 4)
+    assert err.value.exit_code == 1
+
+
 def test_right_returns_pass_through(hooks, monkeypatch):
     det = Detections.empty()
     monkeypatch.setattr(hooks, "_call", lambda name, *a, **k: (det,))
-    assert hooks.postprocess(cfg=None, outputs=[], metas=[]) == [det]
+    assert hooks.postprocess(cfg=None, outputs=[], metas=[{}]) == [det]
 
 
 def test_a_schema_that_cannot_be_built_names_the_plugin():

@@ -471,6 +471,9 @@ class ModelHooks:
         dets = self._call("postprocess", cfg=cfg, outputs=outputs, metas=metas)
         if not isinstance(dets, (list, tuple)) or not all(isinstance(d, Detections) for d in dets):
             raise self._wrong("postprocess", "a list of zoo_core.api.types.Detections (one per item)", dets)
+        if len(dets) != len(metas):  # a plugin bug, not bad input: exit 1 like an exception escaping the hook
+            raise PluginHookError(f"{self.info.label}, hook postprocess: returned {len(dets)} Detections for a batch "
+                                  f"of {len(metas)} (one per item, in order)")
         return list(dets)
 
     def evaluate(self, *, cfg: DictConfig, detections: Mapping[str, Detections], dataset: Dataset,
