@@ -112,3 +112,26 @@ def test_a_hook_with_a_misnamed_argument_is_one_line_in_the_broken_list():
     [broken] = [b for b in pm.broken if b.name == "typo"]
     assert "\n" not in broken.error and "{'img'}" in broken.error and "Plugin '" not in broken.error
     assert pluggy.PluginValidationError.__name__ in broken.error
+
+
+def test_detections_refuse_float_labels_that_are_not_integers():
+    """Before: labels=[0.5, 1.7] were silently truncated to classes 0 and 1 (api.md promises integer input is
+    converted, nothing about fractions)."""
+    with pytest.raises(ValueError, match=r"labels must be integer class indices, got 0\.5 \(2 non-integer value"):
+        Detections(np.zeros((3, 4)), [0.9, 0.8, 0.7], [0.5, 1.0, 1.7])
+    with pytest.raises(ValueError, match=r"labels must be integer class indices, got nan"):
+        Detections(np.zeros((1, 4)), [0.9], [np.nan])
+    assert Detections(np.zeros((2, 4)), [0.9, 0.8], np.array([0.0, 2.0])).labels.tolist() == [0, 2]
+    assert Detections(np.zeros((2, 4)), [0.9, 0.8], np.zeros(2)).labels.dtype == np.int32
+
+
+def test_detections_refuse_boxes_that_are_not_n_by_4():
+    """Before: (n, 5) boxes (x1, y1, x2, y2, score) gave a bare `cannot reshape array of size 15 into shape
+    (4)`-style ValueError, or were silently regrouped into other boxes when the size divided by 4."""
+    with pytest.raises(ValueError, match=r"boxes must be \(n, 4\) \[x1, y1, x2, y2\], got shape \(3, 5\)"):
+        Detections(np.zeros((3, 5)), [0.9, 0.8, 0.7], [0, 0, 0])
+    with pytest.raises(ValueError, match=r"got shape \(4, 5\)"):  # 20 values: reshaped to 5 boxes before
+        Detections(np.zeros((4, 5)), np.zeros(5), np.zeros(5))
+    assert len(Detections(np.zeros((0, 5)), [], [])) == 0
+    assert Detections([1, 2, 3, 4], [0.9], [0]).boxes.shape == (1, 4)
+
