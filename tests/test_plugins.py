@@ -157,6 +157,30 @@ def test_an_extras_plugin_with_only_wrappers_and_observers_is_kept():
     assert "spy" in pm.extras and not pm.broken
 
 
+@pytest.mark.parametrize("group", ["zoo.model", "zoo_models", "zoo-models", "zoo.plugins"])
+def test_an_unknown_model_declared_under_a_near_miss_group_names_the_distribution(monkeypatch, group):
+    """Before: a plugin whose pyproject declared [project.entry-points."zoo.model"] got only `unknown model
+    'npdet'; installed models: ...`, with nothing pointing at the typo in its group."""
+    import zoo_core.config.confpaths as confpaths
+    from zoo_core.api.errors import ConfigError
+    from zoo_core.config.validate import compose
+
+    real = list(confpaths.all_entry_points())
+    assert any(ep.group == "zoo.models" and ep.name == "fixture" for ep in real)
+    fake = types.SimpleNamespace(name="npdet", group=group, value="zoo_npdet.plugin",
+                                 dist=types.SimpleNamespace(metadata={"Name": "zoo-npdet"}))
+    monkeypatch.setattr(confpaths, "all_entry_points", lambda: [*real, fake])
+    want = (rf"hint: distribution zoo-npdet declares 'npdet' under the entry-point group '{group}', not "
+            r"'zoo.models'.*\[project.entry-points.\"zoo.models\"\]")
+    with pytest.raises(PluginError, match=rf"unknown model 'npdet'.*\n.*{want}"):
+        ZooPluginManager(autoload=False).hooks_for("npdet")
+    with pytest.raises(ConfigError, match=rf"unknown model 'npdet'(.|\n)*{want}"):
+        compose(["model=npdet"])
+    with pytest.raises(PluginError) as err:  # another name: no hint
+        ZooPluginManager(autoload=False).hooks_for("other")
+    assert "hint" not in str(err.value)
+
+
 def test_missing_hook_raises_plugin_error_naming_it(fixture_cfg):
     pm = ZooPluginManager(autoload=False)
     partial = types.ModuleType("partial_model")

@@ -235,6 +235,12 @@ def explain(exc: Exception, overrides: list[str]) -> str:
             if close:
                 msg += f" Did you mean {group}={close[0]}?"
             msg += f"\nValid choices for {group}: {', '.join(opts)}"
+        if group == "model":
+            from zoo_core.config.confpaths import misfiled_model
+
+            misfiled = misfiled_model(value)
+            if misfiled:
+                msg += f"\n  hint: {misfiled}"
         return msg
     if "You must specify 'model'" in text:
         return no_model_message()

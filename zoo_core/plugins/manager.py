@@ -275,8 +275,11 @@ class ZooPluginManager:
                                   else f"model plugin {model!r} is installed but broken: {err}")
             if model in self.blocked:
                 raise PluginError(f"model plugin {model!r} is disabled by ZOO_DISABLE_PLUGINS")
+            from zoo_core.config.confpaths import misfiled_model
+
             raise PluginError(
-                f"unknown model {model!r}; installed models: {', '.join(self.model_names()) or '(none)'}")
+                f"unknown model {model!r}; installed models: {', '.join(self.model_names()) or '(none)'}",
+                hint=misfiled_model(model))
         return ModelHooks(self, model)
 
     def subset_caller(self, hook: str, model: str) -> pluggy.HookCaller:
