@@ -195,7 +195,13 @@ def scan_plugin_confs() -> ConfScan:
             if rel.parts[0] == "dataset":
                 datasets.setdefault(rel.stem, []).append((dist, mine[0]))
     for name, defs in datasets.items():
-        if len(defs) > 1:
+        if len(defs) > 1 and defs[0][0] == CORE_DIST:  # zoo-core cannot be disabled: name the plugins only
+            plugins = sorted({d for d, _m in defs[1:]})
+            scan.problems[("dataset", name)] = (
+                f"dataset {name!r} is defined by {' and '.join(d for d, _m in defs)}: a plugin must not ship a "
+                f"dataset zoo-core defines; remove dataset/{name}.yaml from {' and '.join(plugins)}, or hide it "
+                f"with ZOO_DISABLE_PLUGINS={','.join(plugins)}")
+        elif len(defs) > 1:
             scan.problems[("dataset", name)] = (
                 f"dataset {name!r} is defined by {' and '.join(d for d, _m in defs)}: a plugin may define only "
                 f"datasets nobody else defines; uninstall one, or hide it with ZOO_DISABLE_PLUGINS=<its distribution>")
