@@ -72,7 +72,7 @@ class Detections:
 
     def __post_init__(self) -> None:
         boxes = np.asarray(self.boxes, dtype=np.float32)
-        if boxes.size and not (boxes.ndim == 2 and boxes.shape[1] == 4 or boxes.shape == (4,)):
+        if boxes.size and not ((boxes.ndim == 2 and boxes.shape[1] == 4) or boxes.shape == (4,)):
             raise ValueError(f"boxes must be (n, 4) [x1, y1, x2, y2], got shape {boxes.shape}")
         self.boxes = boxes.reshape(-1, 4)
         n = len(self.boxes)
