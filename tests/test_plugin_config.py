@@ -61,6 +61,26 @@ def test_a_dataset_defined_by_two_distributions_is_an_error_naming_both(zoo):
     assert "name: centerface" in zoo.ok("info", "model=centerface", env=env)
 
 
+def test_a_plugin_shipping_a_dataset_zoo_core_defines_is_named_alone(tmp_path, monkeypatch):
+    """Before: `dataset 'squares' is defined by zoo-core and zoo-fixture ...; uninstall one, or hide it with
+    ZOO_DISABLE_PLUGINS=<its distribution>`, but ZOO_DISABLE_PLUGINS=zoo-core does nothing: the hint must name
+    the plugin only."""
+    from zoo_core.config import confpaths
+
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "squares.yaml").write_text("name: squares\n")
+    monkeypatch.setattr(confpaths, "core_conf_dir", lambda: tmp_path)
+    monkeypatch.delenv("ZOO_DISABLE_PLUGINS", raising=False)
+    scan = confpaths.scan_plugin_confs()
+    with pytest.raises(ConfigError) as err:
+        confpaths.check_choices(dataset="squares", scan=scan)
+    text = str(err.value)
+    assert "dataset 'squares' is defined by zoo-core and zoo-fixture" in text
+    assert "a plugin must not ship a dataset zoo-core defines" in text
+    assert text.endswith("remove dataset/squares.yaml from zoo-fixture, or hide it with ZOO_DISABLE_PLUGINS=zoo-fixture")
+    assert "uninstall one" not in text and "ZOO_DISABLE_PLUGINS=zoo-core" not in text
+
+
 def test_a_plugin_may_not_ship_stage_or_backend_configs(zoo):
     env = _env(zoo, "stray_group")
     rc, out, err = zoo("info", "model=straygroup", env=env)

@@ -28,9 +28,21 @@ def hooks():
     ("preprocess", np.zeros((1, 4, 4), np.float32),
      {"cfg": None, "image": np.zeros((4, 4, 3), np.uint8), "sample": Sample("a", "a.png")},
      r"hook 'preprocess' must return a tuple \(inputs: dict of arrays, meta: dict\), got ndarray"),
+    ("input_spec", [("image", (3, 4, 4))], {"cfg": None},
+     r"hook 'input_spec' must return a list of zoo_core.api.types.TensorSpec, got a list of tuple"),
+    ("output_spec", [("heat", (1, 4, 4))], {"cfg": None, "meta": {}},
+     r"hook 'output_spec' must return a list of zoo_core.api.types.TensorSpec, got a list of tuple"),
+    ("export", "/tmp/model.onnx", {"cfg": None, "weights": None, "output": None, "target": "onnxruntime"},
+     r"hook 'export' must return a zoo_core.api.types.ExportResult, got str"),
+    ("preprocess", ({"image": np.zeros((1, 4, 4), np.float32)}, {"scale_xy": np.array([1.0, 1.0]), "ok": [1]}),
+     {"cfg": None, "image": np.zeros((4, 4, 3), np.uint8), "sample": Sample("a", "a.png")},
+     r"hook 'preprocess' \(image a.png\) must return a JSON-serializable meta dict .*got meta\['scale_xy'\] is "
+     r"ndarray$"),
 ])
 def test_a_wrong_return_type_names_the_plugin_and_the_hook(hooks, monkeypatch, hook, returned, kwargs, text):
-    """Before: postprocess returning dicts failed deep in the detection store with `AttributeError: 'dict'
+    """Before: input_spec / output_spec returning tuples, export returning a str and a preprocess meta
+    holding an ndarray (fine in eval, a TypeError at pipeline/sinks.py in stage=preprocess) were
+    "unexpected error" tracebacks naming neither plugin nor hook. Before: postprocess returning dicts failed deep in the detection store with `AttributeError: 'dict'
     object has no attribute 'boxes' (unexpected error)`, exit 1; a bare array from preprocess was blamed on
     the image ("too many values to unpack")."""
     monkeypatch.setattr(hooks, "_call", lambda name, *a, **k: returned)
@@ -38,10 +50,22 @@ def test_a_wrong_return_type_names_the_plugin_and_the_hook(hooks, monkeypatch, h
         getattr(hooks, hook)(**kwargs)
 
 
+def test_postprocess_returning_the_wrong_count_names_the_plugin_and_exits_1(hooks, monkeypatch):
+    """Before: `postprocess returned 1 results for a batch of 4` (raised by the stream) named no plugin and
+    exited 2 like bad input; a wrong count is a plugin bug (exit 1), named like the other hook errors."""
+    from zoo_core.api.errors import PluginHookError
+
+    monkeypatch.setattr(hooks, "_call", lambda name, *a, **k: [Detections.empty()])
+    with pytest.raises(PluginHookError, match=r"^plugin zoo-fixture \(model fixture\), hook postprocess: returned 1 "
+                                              r"Detections for a batch of 4") as err:
+        hooks.postprocess(cfg=None, outputs=[], metas=[{}] * 4)
+    assert err.value.exit_code == 1
+
+
 def test_right_returns_pass_through(hooks, monkeypatch):
     det = Detections.empty()
     monkeypatch.setattr(hooks, "_call", lambda name, *a, **k: (det,))
-    assert hooks.postprocess(cfg=None, outputs=[], metas=[]) == [det]
+    assert hooks.postprocess(cfg=None, outputs=[], metas=[{}]) == [det]
 
 
 def test_a_schema_that_cannot_be_built_names_the_plugin():
@@ -88,3 +112,26 @@ def test_a_hook_with_a_misnamed_argument_is_one_line_in_the_broken_list():
     [broken] = [b for b in pm.broken if b.name == "typo"]
     assert "\n" not in broken.error and "{'img'}" in broken.error and "Plugin '" not in broken.error
     assert pluggy.PluginValidationError.__name__ in broken.error
+
+
+def test_detections_refuse_float_labels_that_are_not_integers():
+    """Before: labels=[0.5, 1.7] were silently truncated to classes 0 and 1 (api.md promises integer input is
+    converted, nothing about fractions)."""
+    with pytest.raises(ValueError, match=r"labels must be integer class indices, got 0\.5 \(2 non-integer value"):
+        Detections(np.zeros((3, 4)), [0.9, 0.8, 0.7], [0.5, 1.0, 1.7])
+    with pytest.raises(ValueError, match=r"labels must be integer class indices, got nan"):
+        Detections(np.zeros((1, 4)), [0.9], [np.nan])
+    assert Detections(np.zeros((2, 4)), [0.9, 0.8], np.array([0.0, 2.0])).labels.tolist() == [0, 2]
+    assert Detections(np.zeros((2, 4)), [0.9, 0.8], np.zeros(2)).labels.dtype == np.int32
+
+
+def test_detections_refuse_boxes_that_are_not_n_by_4():
+    """Before: (n, 5) boxes (x1, y1, x2, y2, score) gave a bare `cannot reshape array of size 15 into shape
+    (4)`-style ValueError, or were silently regrouped into other boxes when the size divided by 4."""
+    with pytest.raises(ValueError, match=r"boxes must be \(n, 4\) \[x1, y1, x2, y2\], got shape \(3, 5\)"):
+        Detections(np.zeros((3, 5)), [0.9, 0.8, 0.7], [0, 0, 0])
+    with pytest.raises(ValueError, match=r"got shape \(4, 5\)"):  # 20 values: reshaped to 5 boxes before
+        Detections(np.zeros((4, 5)), np.zeros(5), np.zeros(5))
+    assert len(Detections(np.zeros((0, 5)), [], [])) == 0
+    assert Detections([1, 2, 3, 4], [0.9], [0]).boxes.shape == (1, 4)
+

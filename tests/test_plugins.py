@@ -106,6 +106,81 @@ def test_cross_cutting_wrapper_sees_postprocess(fixture_cfg):
     np.testing.assert_allclose(dets[0].boxes[0], [5, 5, 15, 15])
 
 
+def test_an_extras_plugin_answering_a_model_hook_is_broken_and_never_called(fixture_cfg, monkeypatch):
+    """Before: a module registered under zoo.plugins with a plain @hookimpl preprocess/postprocess was kept
+    by every model's subset caller and answered first: `model=centerface stage=eval` ran the intruder's
+    hooks and scored 0.0 with exit 0. Now it is listed as broken at load and the models keep their hooks."""
+    from zoo_core.plugins.manager import EXTRA_GROUP
+
+    monkeypatch.delenv("ZOO_DISABLE_PLUGINS", raising=False)
+    pm = ZooPluginManager()
+    intruder = types.ModuleType("zoo_intruder.plugin")
+    calls = []
+
+    @hookimpl
+    def preprocess(cfg, image, sample):
+        calls.append("preprocess")
+        return {"image": np.zeros((1, 1, 1), np.float32)}, {}
+
+    @hookimpl(wrapper=True)
+    def postprocess(cfg, outputs, metas):  # a wrapper is allowed
+        return (yield)
+
+    @hookimpl
+    def zoo_stage_finished(cfg, stage, run_dir, result):  # an observer is allowed
+        return None
+
+    intruder.preprocess, intruder.postprocess, intruder.zoo_stage_finished = preprocess, postprocess, zoo_stage_finished
+    pm.register_module("intruder", intruder, group=EXTRA_GROUP, dist=("zoo-intruder", "0.1"))
+    assert "intruder" not in pm.extras
+    (broken,) = [b for b in pm.broken if b.name == "intruder"]
+    assert broken.group == EXTRA_GROUP and broken.distribution == "zoo-intruder"
+    assert "model hook preprocess without wrapper=True" in broken.error
+    assert "model hooks belong in the zoo.models group" in broken.error
+    image = np.zeros((48, 80, 3), np.uint8)
+    inputs, _ = pm.hooks_for("fixture").preprocess(cfg=fixture_cfg, image=image, sample=Sample("x", "x.png"))
+    assert inputs["image"].shape == (1, 64, 64) and calls == []
+
+
+def test_an_extras_plugin_with_only_wrappers_and_observers_is_kept():
+    from zoo_core.plugins.manager import EXTRA_GROUP
+
+    pm = ZooPluginManager(autoload=False)
+    spy = types.ModuleType("spy")
+
+    @hookimpl(hookwrapper=True)
+    def preprocess(cfg, image, sample):
+        yield
+
+    spy.preprocess = preprocess
+    pm.register_module("spy", spy, group=EXTRA_GROUP)
+    assert "spy" in pm.extras and not pm.broken
+
+
+@pytest.mark.parametrize("group", ["zoo.model", "zoo_models", "zoo-models", "zoo.plugins"])
+def test_an_unknown_model_declared_under_a_near_miss_group_names_the_distribution(monkeypatch, group):
+    """Before: a plugin whose pyproject declared [project.entry-points."zoo.model"] got only `unknown model
+    'npdet'; installed models: ...`, with nothing pointing at the typo in its group."""
+    import zoo_core.config.confpaths as confpaths
+    from zoo_core.api.errors import ConfigError
+    from zoo_core.config.validate import compose
+
+    real = list(confpaths.all_entry_points())
+    assert any(ep.group == "zoo.models" and ep.name == "fixture" for ep in real)
+    fake = types.SimpleNamespace(name="npdet", group=group, value="zoo_npdet.plugin",
+                                 dist=types.SimpleNamespace(metadata={"Name": "zoo-npdet"}))
+    monkeypatch.setattr(confpaths, "all_entry_points", lambda: [*real, fake])
+    want = (rf"hint: distribution zoo-npdet declares 'npdet' under the entry-point group '{group}', not "
+            r"'zoo.models'.*\[project.entry-points.\"zoo.models\"\]")
+    with pytest.raises(PluginError, match=rf"unknown model 'npdet'.*\n.*{want}"):
+        ZooPluginManager(autoload=False).hooks_for("npdet")
+    with pytest.raises(ConfigError, match=rf"unknown model 'npdet'(.|\n)*{want}"):
+        compose(["model=npdet"])
+    with pytest.raises(PluginError) as err:  # another name: no hint
+        ZooPluginManager(autoload=False).hooks_for("other")
+    assert "hint" not in str(err.value)
+
+
 def test_missing_hook_raises_plugin_error_naming_it(fixture_cfg):
     pm = ZooPluginManager(autoload=False)
     partial = types.ModuleType("partial_model")

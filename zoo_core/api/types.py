@@ -54,10 +54,11 @@ class TensorSpec:
 class Detections:
     """Detections of one image in original-image pixels.
 
-    :param boxes: ``(n, 4)`` ``[x1, y1, x2, y2]``, stored as float32.
+    :param boxes: ``(n, 4)`` ``[x1, y1, x2, y2]``, stored as float32 (another shape raises ``ValueError``).
     :param scores: ``(n,)`` in descending order, stored as float32.
-    :param labels: ``(n,)`` the model's 0-based class index, stored as **int32** (any integer input is
-        converted; single-class models pass zeros, e.g. ``np.zeros(n)``).
+    :param labels: ``(n,)`` the model's 0-based class index, stored as **int32** (integer values are
+        converted, float ones too when integral; ``0.5`` raises ``ValueError``, never truncated; single-class
+        models pass zeros, e.g. ``np.zeros(n)``).
     :param extras: per-box arrays whose first dimension is n, stored as float32 (e.g. ``landmarks``
         ``(n, 10)`` as ``x0, y0, ..., x4, y4``).
     Inputs are converted and reshaped on construction (a mismatching ``extras`` length raises
@@ -70,10 +71,20 @@ class Detections:
     extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        boxes = np.asarray(self.boxes, dtype=np.float32)
+        if boxes.size and not ((boxes.ndim == 2 and boxes.shape[1] == 4) or boxes.shape == (4,)):
+            raise ValueError(f"boxes must be (n, 4) [x1, y1, x2, y2], got shape {boxes.shape}")
+        self.boxes = boxes.reshape(-1, 4)
         n = len(self.boxes)
         self.scores = np.asarray(self.scores, dtype=np.float32).reshape(n)
-        self.labels = np.asarray(self.labels, dtype=np.int32).reshape(n)
+        labels = np.asarray(self.labels)
+        if labels.dtype.kind not in "biu":
+            as_float = labels.astype(np.float64)  # raises for non-numbers
+            bad = ~np.isfinite(as_float) | (as_float != np.round(as_float))
+            if bad.any():
+                raise ValueError(f"labels must be integer class indices, got {float(as_float[bad][0])!r} "
+                                 f"({int(bad.sum())} non-integer value(s))")
+        self.labels = labels.astype(np.int32).reshape(n)
         for k, v in self.extras.items():
             v = np.asarray(v, dtype=np.float32)
             if len(v) != n:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint, distributions, entry_points
 from pathlib import Path
 
 MODELS_GROUP = "zoo.models"
@@ -52,6 +53,26 @@ def distribution_of(ep: EntryPoint) -> str | None:
 def is_blocked(ep: EntryPoint, blocked: set[str]) -> bool:
     """``ZOO_DISABLE_PLUGINS`` names the entry point or its distribution."""
     return ep.name in blocked or distribution_of(ep) in blocked
+
+
+def all_entry_points() -> Iterator[EntryPoint]:
+    """Every installed distribution's entry points, of every group (each knows its distribution)."""
+    for dist in distributions():
+        yield from dist.entry_points
+
+
+def misfiled_model(name: str) -> str | None:
+    """Why model ``name`` is unknown when a distribution declared it under another ``zoo*`` entry-point group
+    (``zoo.model``, ``zoo_models``, ``zoo-models``, ``zoo.plugins``...) instead of ``zoo.models``; else None."""
+    found = []
+    for ep in all_entry_points():
+        if ep.name == name and ep.group != MODELS_GROUP and ep.group.lower().startswith("zoo"):
+            found.append(f"distribution {distribution_of(ep) or '(unknown)'} declares {name!r} under the "
+                         f"entry-point group {ep.group!r}")
+    if not found:
+        return None
+    return (f"{'; '.join(sorted(set(found)))}, not {MODELS_GROUP!r}: a model plugin's entry point belongs in "
+            f"[project.entry-points.\"{MODELS_GROUP}\"] (fix its pyproject.toml and reinstall it)")
 
 
 def _label(ep: EntryPoint) -> str:
@@ -174,7 +195,13 @@ def scan_plugin_confs() -> ConfScan:
             if rel.parts[0] == "dataset":
                 datasets.setdefault(rel.stem, []).append((dist, mine[0]))
     for name, defs in datasets.items():
-        if len(defs) > 1:
+        if len(defs) > 1 and defs[0][0] == CORE_DIST:  # zoo-core cannot be disabled: name the plugins only
+            plugins = sorted({d for d, _m in defs[1:]})
+            scan.problems[("dataset", name)] = (
+                f"dataset {name!r} is defined by {' and '.join(d for d, _m in defs)}: a plugin must not ship a "
+                f"dataset zoo-core defines; remove dataset/{name}.yaml from {' and '.join(plugins)}, or hide it "
+                f"with ZOO_DISABLE_PLUGINS={','.join(plugins)}")
+        elif len(defs) > 1:
             scan.problems[("dataset", name)] = (
                 f"dataset {name!r} is defined by {' and '.join(d for d, _m in defs)}: a plugin may define only "
                 f"datasets nobody else defines; uninstall one, or hide it with ZOO_DISABLE_PLUGINS=<its distribution>")

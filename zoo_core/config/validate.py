@@ -229,16 +229,28 @@ def explain(exc: Exception, overrides: list[str]) -> str:
             return (f"{group} {value!r} is provided by {disabled}, which is disabled by ZOO_DISABLE_PLUGINS; "
                     f"unset it (or remove that plugin from it) to use this {group}."
                     + (f"\nValid choices for {group}: {', '.join(opts)}" if opts else ""))
-        msg = f"unknown {group} {value!r}."
-        if opts:
-            close = difflib.get_close_matches(value, opts, n=1)
-            if close:
-                msg += f" Did you mean {group}={close[0]}?"
-            msg += f"\nValid choices for {group}: {', '.join(opts)}"
-        return msg
+        return _unknown_choice(group, value, opts)
     if "You must specify 'model'" in text:
         return no_model_message()
     return text.replace("\n\n", "\n")
+
+
+def _unknown_choice(group: str, value: str, opts: list[str]) -> str:
+    """``unknown <group> <value>.`` with the closest valid choice, the choices, and for a model declared
+    under a near-miss entry-point group a hint naming its distribution."""
+    msg = f"unknown {group} {value!r}."
+    if opts:
+        close = difflib.get_close_matches(value, opts, n=1)
+        if close:
+            msg += f" Did you mean {group}={close[0]}?"
+        msg += f"\nValid choices for {group}: {', '.join(opts)}"
+    if group == "model":
+        from zoo_core.config.confpaths import misfiled_model
+
+        misfiled = misfiled_model(value)
+        if misfiled:
+            msg += f"\n  hint: {misfiled}"
+    return msg
 
 
 def _disabled_provider(group: str, value: str) -> str | None:

@@ -15,6 +15,7 @@ A process normally needs one manager: :func:`zoo_core.plugins.get_manager` build
 from __future__ import annotations
 
 import importlib.metadata as md
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType, TracebackType
@@ -147,6 +148,20 @@ def _raising_plugin(exc: BaseException, impls: Iterable[pluggy.HookImpl]) -> obj
     return found
 
 
+def _model_hooks_answered(pm: pluggy.PluginManager, module: object) -> list[str]:
+    """The model hooks ``module`` answers (implements without ``wrapper=True`` / ``hookwrapper=True``).
+
+    Only a ``zoo.models`` plugin may answer a model hook: :meth:`ZooPluginManager.subset_caller` keeps
+    every non-model plugin, so a cross-cutting plugin's answer would take over every model's hook."""
+    taken = []
+    for caller in pm.get_hookcallers(module) or []:
+        if caller.name not in hookspecs.MODEL_HOOKS:
+            continue
+        if any(impl.plugin is module and not (impl.wrapper or impl.hookwrapper) for impl in caller.get_hookimpls()):
+            taken.append(caller.name)
+    return sorted(taken)
+
+
 class ZooPluginManager:
     """A pluggy ``PluginManager`` for project ``zoo`` plus bookkeeping for ``zoo list``.
 
@@ -235,6 +250,15 @@ class ZooPluginManager:
             self.broken.append(BrokenPlugin(name, group, ep_value, f"invalid hook implementation: {exc}", dist[0]))
             return
         hooks = sorted(caller.name for caller in self.pm.get_hookcallers(module) or [])
+        if group != MODELS_GROUP:
+            taken = _model_hooks_answered(self.pm, module)
+            if taken:
+                self.pm.unregister(module)
+                self.broken.append(BrokenPlugin(name, group, ep_value, (
+                    f"implements model hook{'s' if len(taken) > 1 else ''} {', '.join(taken)} without wrapper=True; "
+                    f"model hooks belong in the {MODELS_GROUP} group (a {group} plugin may only observe or wrap "
+                    f"them with wrapper=True)"), dist[0]))
+                return
         target[name] = PluginInfo(name, module, dist[0], dist[1], ep_value, hooks, group)
 
     # -- dispatch --------------------------------------------------------------------------
@@ -251,8 +275,11 @@ class ZooPluginManager:
                                   else f"model plugin {model!r} is installed but broken: {err}")
             if model in self.blocked:
                 raise PluginError(f"model plugin {model!r} is disabled by ZOO_DISABLE_PLUGINS")
+            from zoo_core.config.confpaths import misfiled_model
+
             raise PluginError(
-                f"unknown model {model!r}; installed models: {', '.join(self.model_names()) or '(none)'}")
+                f"unknown model {model!r}; installed models: {', '.join(self.model_names()) or '(none)'}",
+                hint=misfiled_model(model))
         return ModelHooks(self, model)
 
     def subset_caller(self, hook: str, model: str) -> pluggy.HookCaller:
@@ -373,20 +400,50 @@ class ModelHooks:
             raise self._wrong("dataset", "a dataset object with a samples() method", ds)
         return ds
 
+    def _specs(self, hook: str, specs: Any) -> list[TensorSpec]:
+        from zoo_core.api.types import TensorSpec
+
+        if not isinstance(specs, (list, tuple)) or not all(isinstance(s, TensorSpec) for s in specs):
+            raise self._wrong(hook, "a list of zoo_core.api.types.TensorSpec", specs)
+        return list(specs)
+
     def input_spec(self, *, cfg: DictConfig) -> list[TensorSpec]:
-        return self._call("input_spec", cfg=cfg)
+        return self._specs("input_spec", self._call("input_spec", cfg=cfg))
 
     def preprocess(self, *, cfg: DictConfig, image: np.ndarray, sample: Sample) -> tuple[Inputs, Meta]:
         out = self._call("preprocess", f"image {sample.path}", cfg=cfg, image=image, sample=sample)
         if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Mapping) and isinstance(out[1], dict)):
             raise self._wrong("preprocess", "a tuple (inputs: dict of arrays, meta: dict)", out)
+        self._check_meta(out[1], sample)
         return out
+
+    def _check_meta(self, meta: dict[str, Any], sample: Sample) -> None:
+        """``meta`` is written to ``inputs/meta.jsonl`` as JSON (stage=preprocess): refuse one that is not
+        JSON-able here, naming the plugin and the key, whatever the stage."""
+        try:
+            json.dumps(meta)
+        except (TypeError, ValueError) as exc:
+            bad = []
+            for key, value in meta.items():
+                try:
+                    json.dumps(value)
+                except (TypeError, ValueError):
+                    bad.append(f"meta[{key!r}] is {type(value).__name__}")
+            raise PluginError(
+                f"{self.info.label}: hook 'preprocess' (image {sample.path}) must return a JSON-serializable meta "
+                f"dict (lists, numbers, strings; it is written to inputs/meta.jsonl), got "
+                f"{'; '.join(bad) or _first_line(exc)}") from exc
 
     def build_model(self, *, cfg: DictConfig, weights: str | Path | None) -> torch.nn.Module:
         return self._call("build_model", cfg=cfg, weights=weights)
 
     def export(self, *, cfg: DictConfig, weights: str | Path | None, output: Path, target: str) -> ExportResult:
-        return self._call("export", cfg=cfg, weights=weights, output=output, target=target)
+        from zoo_core.api.types import ExportResult
+
+        result = self._call("export", cfg=cfg, weights=weights, output=output, target=target)
+        if not isinstance(result, ExportResult):
+            raise self._wrong("export", "a zoo_core.api.types.ExportResult", result)
+        return result
 
     def atc_args(self, *, cfg: DictConfig, onnx_path: str | Path, batch_size: int | list[int], soc_version: str,
                  output: str, image_sizes: list[list[int]] | None = None) -> list[str]:
@@ -405,7 +462,7 @@ class ModelHooks:
         hit = memo.get(key)
         if hit is not None and hit[0] is cfg and hit[1] is meta:
             return list(hit[2])
-        specs = self._call("output_spec", cfg=cfg, meta=meta)
+        specs = self._specs("output_spec", self._call("output_spec", cfg=cfg, meta=meta))
         if len(memo) >= self.SPEC_MEMO_SIZE:
             memo.clear()
         memo[key] = (cfg, meta, list(specs))
@@ -417,6 +474,9 @@ class ModelHooks:
         dets = self._call("postprocess", cfg=cfg, outputs=outputs, metas=metas)
         if not isinstance(dets, (list, tuple)) or not all(isinstance(d, Detections) for d in dets):
             raise self._wrong("postprocess", "a list of zoo_core.api.types.Detections (one per item)", dets)
+        if len(dets) != len(metas):  # a plugin bug, not bad input: exit 1 like an exception escaping the hook
+            raise PluginHookError(f"{self.info.label}, hook postprocess: returned {len(dets)} Detections for a batch "
+                                  f"of {len(metas)} (one per item, in order)")
         return list(dets)
 
     def evaluate(self, *, cfg: DictConfig, detections: Mapping[str, Detections], dataset: Dataset,
