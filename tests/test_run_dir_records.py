@@ -10,25 +10,11 @@ import json
 import shutil
 
 import pytest
-from omegaconf import OmegaConf, open_dict
 
+from tests.test_om_record import _ctx
 from zoo_core.api.errors import ZooError
 
 BAD_FINGERPRINTS = [[1, 2], "abc", 5, None]
-
-
-def _ctx(fixture_cfg, root, stage, **over):
-    from zoo_core.plugins.manager import ZooPluginManager
-    from zoo_core.runs.context import RunContext
-
-    cfg = fixture_cfg.copy()
-    with open_dict(cfg):
-        cfg.stage.name = stage
-        cfg.num_workers = 0
-        cfg.work_dir = str(root)
-        for k, v in over.items():
-            OmegaConf.update(cfg, k, v, merge=False)
-    return RunContext(cfg, ZooPluginManager(), root)
 
 
 @pytest.mark.parametrize("fp", BAD_FINGERPRINTS)
