@@ -141,3 +141,21 @@ def test_a_bad_yaml_in_an_installed_config_is_one_line(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert err.startswith(f"error: {conf / 'stage' / 'broken.yaml'}: invalid YAML at line 3, column 1: ")
     assert err.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag", [["--config-path", "{d}"], ["-cp={d}"]])
+def test_config_path_is_refused_with_the_config_dir_it_means(tmp_path, monkeypatch, capsys, cache_dir, flag):
+    """Before: zoo's check composed without it ("Cannot find primary config 'mine'", exit 1) or Hydra replaced
+    zoo's own primary config and failed with its multi-line message; now one line pointing at --config-dir."""
+    from zoo_core.cli import main as zoo_main
+
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "mine.yaml").write_text("defaults:\n  - config\n  - _self_\nbatch_size: 3\n")
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(cache_dir))
+    monkeypatch.chdir(tmp_path)
+    flags = [a.format(d=tmp_path / "cfg") for a in flag]
+    args = ["run", *flags, "--config-name", "mine", "model=fixture", "stage=perf", f"work_dir={tmp_path / 'run'}"]
+    assert zoo_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --config-path replaces zoo's primary config") and "hint: zoo run --config-dir" in err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()

@@ -101,13 +101,16 @@ def test_keyboard_interrupt_passes_unchanged(manager):
         manager.hooks_for("fake").dataset(cfg={})
 
 
-def test_missing_hook_and_none_result_stay_plugin_errors(manager):
+def test_a_missing_hook_is_a_plugin_error_and_a_none_result_a_plugin_bug(manager):
+    """A model without a hook the stage needs is exit 2 (choose another model or stage); a hook returning
+    None is the plugin's bug, exit 1 like an exception escaping it (was exit 2)."""
     hooks = manager.hooks_for("fake")
     with pytest.raises(PluginError, match="does not implement the 'export' hook") as info:
         hooks.export(cfg={}, weights=None, output=Path("x.onnx"), target="onnxruntime")
-    assert not isinstance(info.value, PluginHookError)
-    with pytest.raises(PluginError, match=r"plugin zoo-fake \(model fake\): hook 'input_spec' returned None"):
+    assert not isinstance(info.value, PluginHookError) and info.value.exit_code == 2
+    with pytest.raises(PluginHookError, match=r"plugin zoo-fake \(model fake\): hook 'input_spec' returned None") as info:
         hooks.input_spec(cfg={})
+    assert info.value.exit_code == 1
 
 
 def test_without_distribution_the_module_is_named():

@@ -46,8 +46,9 @@ def test_a_wrong_return_type_names_the_plugin_and_the_hook(hooks, monkeypatch, h
     object has no attribute 'boxes' (unexpected error)`, exit 1; a bare array from preprocess was blamed on
     the image ("too many values to unpack")."""
     monkeypatch.setattr(hooks, "_call", lambda name, *a, **k: returned)
-    with pytest.raises(PluginError, match=rf"zoo-fixture.*{text}"):
+    with pytest.raises(PluginError, match=rf"zoo-fixture.*{text}") as err:
         getattr(hooks, hook)(**kwargs)
+    assert err.value.exit_code == 1  # a plugin bug, as an exception escaping the hook (was 2, like bad input)
 
 
 def test_postprocess_returning_the_wrong_count_names_the_plugin_and_exits_1(hooks, monkeypatch):
@@ -135,3 +136,14 @@ def test_detections_refuse_boxes_that_are_not_n_by_4():
     assert len(Detections(np.zeros((0, 5)), [], [])) == 0
     assert Detections([1, 2, 3, 4], [0.9], [0]).boxes.shape == (1, 4)
 
+
+
+def test_non_numeric_metrics_from_evaluate_are_a_plugin_bug():
+    """An EvalResult whose metrics hold a string is the evaluate hook's bug: exit 1 (was 2, like bad input)."""
+    from zoo_core.api.errors import PluginHookError
+    from zoo_core.runs.records import metrics_record
+
+    ctx = SimpleNamespace(model_name="mydet")
+    with pytest.raises(PluginHookError, match=r"the mydet evaluate hook returned non-numeric metrics: \['AP'\]") as err:
+        metrics_record(ctx, {"AP": "0.5", "AR": 0.4}, 1, {}, [], [])
+    assert err.value.exit_code == 1

@@ -31,7 +31,8 @@ class PluginError(ZooError):
 
 
 class PluginHookError(PluginError):
-    """An exception (``SystemExit`` included) escaped a plugin hook: a bug in the plugin, not bad input.
+    """An exception (``SystemExit`` included) escaped a plugin hook, or a hook returned something its spec
+    does not allow (a wrong type, ``None``, a wrong count): a bug in the plugin, not bad input.
 
     The message is one line, ``plugin <distribution> (model <name>), hook <hook>: <Type>: <reason>``;
     the original exception is ``__cause__``. Exit code 1 like any other bug; the CLI writes the

@@ -161,6 +161,12 @@ def cmd_run(args: list[str]) -> int:
     if code is not None:
         return code
     flags = {a.split("=", 1)[0] for a in args if a.startswith("-")}
+    if flags & {"--config-path", "-cp"}:
+        raise ConfigError("--config-path replaces zoo's primary config (zoo-core's conf/, which every run "
+                          "composes); add your directory instead",
+                          hint="zoo run --config-dir <dir> [--config-name <file in dir>] model=...: your files "
+                               "join the search path, a primary config of yours starts with "
+                               "`defaults: [config, _self_]`")
     config_dir, config_dir_at = _flag_value(args, "--config-dir", "-cd")
     config_name, config_name_at = _flag_value(args, "--config-name", "-cn")
     overrides = [a for i, a in enumerate(args)

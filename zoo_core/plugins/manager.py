@@ -382,17 +382,17 @@ class ModelHooks:
         if result is None:
             if default:
                 self._no_default(hook, kwargs)
-            raise PluginError(f"{self.info.label}: hook {hook!r} returned None")
+            raise PluginHookError(f"{self.info.label}: hook {hook!r} returned None")
         return result
 
-    def _wrong(self, hook: str, what: str, got: Any) -> PluginError:
-        """The plugin's hook returned something else than its spec says: a PluginError naming the plugin."""
+    def _wrong(self, hook: str, what: str, got: Any) -> PluginHookError:
+        """The plugin's hook returned something else than its spec says: a plugin bug (exit 1) naming the plugin."""
         if isinstance(got, (list, tuple)):
             kinds = sorted({type(x).__name__ for x in got}) or ["nothing"]
             shown = f"a {type(got).__name__} of {', '.join(kinds)}"
         else:
             shown = type(got).__name__
-        return PluginError(f"{self.info.label}: hook {hook!r} must return {what}, got {shown}")
+        return PluginHookError(f"{self.info.label}: hook {hook!r} must return {what}, got {shown}")
 
     def dataset(self, *, cfg: DictConfig) -> Dataset:
         ds = self._call("dataset", cfg=cfg)
@@ -429,7 +429,7 @@ class ModelHooks:
                     json.dumps(value)
                 except (TypeError, ValueError):
                     bad.append(f"meta[{key!r}] is {type(value).__name__}")
-            raise PluginError(
+            raise PluginHookError(
                 f"{self.info.label}: hook 'preprocess' (image {sample.path}) must return a JSON-serializable meta "
                 f"dict (lists, numbers, strings; it is written to inputs/meta.jsonl), got "
                 f"{'; '.join(bad) or _first_line(exc)}") from exc

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo_core.api.atomic import write_bytes, write_json
-from zoo_core.api.errors import PluginError, ZooError
+from zoo_core.api.errors import PluginHookError, ZooError
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.fingerprint import dataset_files, file_record, versions
 
@@ -71,7 +71,7 @@ def metrics_record(ctx: RunContext, metrics: dict[str, Any], images: int, info: 
     """The ``metrics.json`` record; a NaN/inf metric becomes ``null`` with its reason in ``null_metrics``."""
     bad = {k: v for k, v in metrics.items() if isinstance(v, bool) or not isinstance(v, (int, float))}
     if bad:
-        raise PluginError(f"the {ctx.model_name} evaluate hook returned non-numeric metrics: {sorted(bad)}")
+        raise PluginHookError(f"the {ctx.model_name} evaluate hook returned non-numeric metrics: {sorted(bad)}")
     clean: dict[str, float | None] = {}
     nulls: dict[str, str] = {}
     reasons = info.get(NULL_REASONS)
