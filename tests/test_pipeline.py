@@ -355,6 +355,10 @@ def test_meta_jsonl_errors_name_the_file_and_line(tmp_path):
     ('{"c": [1.0, -Infinity]}', "meta['c'][1] is -inf"),
     ('{"scale_xy": [NaN, 1.0]}', "meta['scale_xy'][0] is nan"),
     ('{"deep": {"x": [0, NaN]}}', "meta['deep']['x'][1] is nan"),
+    # before: a 401-digit "s" / "c" crashed the model's postprocess hook (OverflowError blamed on the plugin)
+    ('{"s": 1' + "0" * 400 + '}', "meta['s'] is 100000...(401 digits), beyond the float range"),
+    ('{"c": [-1' + "0" * 400 + ', 2.0]}', "meta['c'][0] is -100000...(401 digits), beyond the float range"),
+    ('{"orig_hw": [1' + "0" * 400 + ', 640]}', "meta['orig_hw'][0] is 100000...(401 digits), beyond the float"),
     ('{"s": 0.0}', "meta['s'] 0.0 is not a positive letterbox scale"),
     ('{"s": [512.0, -512.0]}', "meta['s'] [512.0, -512.0] is not a positive letterbox scale"),
     ('{"s": "640"}', "meta['s'] '640' is not a positive letterbox scale"),
