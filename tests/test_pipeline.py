@@ -207,8 +207,54 @@ def test_an_ais_bench_dump_names_a_dotted_stem_by_its_part_before_the_first_dot(
     dump = DumpDir(tmp_path, 1)
     assert "cam.v2_0" in dump and dump.paths("cam.v2_0") == [run / "cam_0.bin"]
     assert dump.paths("a.b") == [run / "a.b_0.bin"] and dump.paths("plain") == [run / "plain_0.bin"]
-    with pytest.raises(InputError, match=r"'cam.v2_0' and 'cam.v3' both map to the outputs cam_<i>.bin"):
+    with pytest.raises(ZooError, match=r"'cam.v2_0' and 'cam.v3' both map to the outputs cam_<i>.bin") as info:
         dump.paths("cam.v3")
+    assert not isinstance(info.value, InputError)  # never skipped by on_error=skip: cam.v2_0 was read already
+
+
+@pytest.mark.parametrize("order", [("cam", "cam.v2"), ("cam.v2", "cam")])
+def test_an_image_whose_stem_is_another_ones_cut_cannot_share_its_dump_files_in_either_order(tmp_path, order):
+    """Before: 'cam' found cam_0.bin by its exact stem without claiming it, so 'cam.v2' (which ais_bench also wrote
+    as cam_0.bin, one over the other) read the same file: both images scored with one image's outputs, exit 0
+    (AP 0.9381 instead of 1.0 on the audit's COCO set)."""
+    write_bin(tmp_path / "cam_0.bin", np.arange(3, dtype=np.float32))
+    write_bin(tmp_path / "other_0.bin", np.ones(3, np.float32))
+    dump = DumpDir(tmp_path, 1)
+    first, second = order
+    assert dump.paths(first) == [tmp_path / "cam_0.bin"] and dump.paths("other") == [tmp_path / "other_0.bin"]
+    assert dump.paths(first) == [tmp_path / "cam_0.bin"]  # the same image again is no conflict
+    with pytest.raises(ZooError) as info:
+        dump.paths(second)
+    assert str(info.value).splitlines()[0] == (
+        f"{tmp_path}: images {first!r} and {second!r} both map to the outputs cam_<i>.bin (ais_bench cuts file names "
+        "at the first '.'), so this dump cannot tell them apart")
+    assert info.value.exit_code == 2 and not isinstance(info.value, InputError)
+
+
+def test_a_dump_with_each_images_whole_stem_still_matches_every_image(tmp_path):
+    """zoo's own outputs keep the whole stem: 'cam' and 'cam.v2' each read their own files, in any order."""
+    write_bin(tmp_path / "cam_0.bin", np.zeros(3, np.float32))
+    write_bin(tmp_path / "cam.v2_0.bin", np.ones(3, np.float32))
+    for order in (("cam", "cam.v2"), ("cam.v2", "cam")):
+        dump = DumpDir(tmp_path, 1)
+        assert [dump.paths(s) for s in order] == [[tmp_path / f"{s}_0.bin"] for s in order]
+
+
+def test_a_replayed_dump_shared_by_two_images_stops_the_stream_even_when_skipping(tmp_path):
+    """With on_error=skip the second image was skipped while the first had been scored with outputs that may be
+    the second one's: the stream stops instead."""
+    write_bin(tmp_path / "cam_0.bin", np.arange(3, dtype=np.float32))
+
+    class Two:
+        total = 2
+
+        def items(self):
+            for sid in ("cam", "cam.v2"):
+                yield Prepared(Sample(sid, Path(f"/data/{sid}.jpg")), {}, {"id": sid})
+
+    backend = ReplayBackend(None, {"dir": tmp_path}, ModelIO(output_specs=lambda m: SPEC))
+    with pytest.raises(ZooError, match="images 'cam' and 'cam.v2' both map to the outputs cam_<i>.bin"):
+        Stream(Two(), [MemorySink()], backend=backend, decode=decode, batch_size=1, skip_errors=True).run()
 
 
 def test_half_size_float32_is_an_error_unless_dump_dtype_says_float16(tmp_path):
@@ -355,6 +401,10 @@ def test_meta_jsonl_errors_name_the_file_and_line(tmp_path):
     ('{"c": [1.0, -Infinity]}', "meta['c'][1] is -inf"),
     ('{"scale_xy": [NaN, 1.0]}', "meta['scale_xy'][0] is nan"),
     ('{"deep": {"x": [0, NaN]}}', "meta['deep']['x'][1] is nan"),
+    # before: a 401-digit "s" / "c" crashed the model's postprocess hook (OverflowError blamed on the plugin)
+    ('{"s": 1' + "0" * 400 + '}', "meta['s'] is 100000...(401 digits), beyond the float range"),
+    ('{"c": [-1' + "0" * 400 + ', 2.0]}', "meta['c'][0] is -100000...(401 digits), beyond the float range"),
+    ('{"orig_hw": [1' + "0" * 400 + ', 640]}', "meta['orig_hw'][0] is 100000...(401 digits), beyond the float"),
     ('{"s": 0.0}', "meta['s'] 0.0 is not a positive letterbox scale"),
     ('{"s": [512.0, -512.0]}', "meta['s'] [512.0, -512.0] is not a positive letterbox scale"),
     ('{"s": "640"}', "meta['s'] '640' is not a positive letterbox scale"),

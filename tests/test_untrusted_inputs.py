@@ -195,6 +195,10 @@ BAD_ANNOTATIONS = {
     "string_image_id": ({"image_id": "1"}, "annotations[1] (id 2): refers to unknown image_id '1'"),
     "string_category": ({"category_id": "1"}, "refers to unknown category_id '1'"),
     "nan_area": ({"area": float("nan")}, "area nan is not a finite number >= 0"),
+    # before: OverflowError (int too large to convert to float), exit 1 "unexpected error"
+    "bigint_bbox": ({"bbox": [20.0, 10 ** 400, 5.0, 5.0]}, "annotations[1] (id 2): bbox [20.0, 100000...(401 "
+                                                          "digits), 5.0, 5.0] holds an integer beyond the float range"),
+    "bigint_area": ({"area": 10 ** 400}, "area 100000...(401 digits) is not a finite number >= 0"),
     "bad_crowd": ({"iscrowd": 2}, "iscrowd 2 is not 0 or 1"),
     # before: pycocotools KeyError traceback (exit 1), faster-coco-eval other size ranges (APs 0.09 -> 0.29, exit 0)
     "no_area": ({"area": DROP}, "annotations[1] (id 2): has no 'area', which COCOeval reads for every ground-truth"),
@@ -272,6 +276,19 @@ def test_a_coco_json_nested_200k_deep_is_refused_not_a_recursion_error(tmp_path)
     path.write_text('{"images": ' + "[" * DEEP + "]" * DEEP + "}")
     with pytest.raises(ZooError, match="its JSON is nested too deeply to read"):
         load_instances(path)
+
+
+def test_a_coco_integer_too_long_for_python_is_refused_naming_the_file_and_line(tmp_path):
+    """Before: ``ValueError: Exceeds the limit (4300 digits) for integer string conversion``, exit 1."""
+    from zoo_core.datasets.coco import load_instances
+
+    path = tmp_path / "ann.json"
+    text = json.dumps(_instances(), indent=1)
+    path.write_text(text.replace('"area": 25.0', '"area": -' + "9" * 5000, 1))
+    line = text[:text.index('"area": 25.0')].count("\n") + 1
+    with pytest.raises(ZooError) as info:
+        load_instances(path)
+    assert str(info.value) == f"{path}: not a COCO instances file: line {line} holds an integer of 5000 digits"
 
 
 def test_a_deep_coco_json_through_the_cli(zoo):
@@ -368,7 +385,8 @@ def test_a_coco_file_name_whose_folder_holds_a_control_character_is_refused(tmp_
     (b'{"id": "a", "inputs": {}', "line 2 is not valid JSON"),  # torn middle line
     (b"[" * DEEP + b"]" * DEEP, "line 2 is JSON nested too deeply to read"),
     (b"\xff\xfe", "line 2 is not valid JSON"),
-])
+    (b'{"id": "a", "meta": {"s": 1' + b"0" * 5000 + b"}}", "line 2 holds an integer of 5001 digits"),  # was
+])  # "not valid JSON" for valid JSON, which only CPython's int-string limit refuses
 def test_read_jsonl_refuses_each_bad_line_by_number(tmp_path, line, text):
     from zoo_core.runs.resume import read_jsonl
 

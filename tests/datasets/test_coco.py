@@ -329,3 +329,40 @@ def test_categories_sharing_a_name_each_keep_their_own_ap(sample_ds, oracle_dets
     assert dup[f"AP/thing#{a}"] == plain[f"AP/{names[a]}"] and dup[f"AP/thing#{b}"] == plain[f"AP/{names[b]}"]
     assert {k: v for k, v in dup.items() if "#" not in k} == {k: v for k, v in plain.items()
                                                              if k not in (f"AP/{names[a]}", f"AP/{names[b]}")}
+
+
+def test_a_category_named_as_another_ones_disambiguated_key_still_keeps_its_own_ap(sample_ds, oracle_dets,
+                                                                                    tmp_path):
+    """Before: categories a and b named 'thing' and c named 'thing#<b>' wrote AP/thing#<b> twice: c's AP over b's,
+    b's lost (11 keys instead of 12), exit 0. Each category's AP is checked against pycocotools run on that
+    category alone (an independent per-category computation)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    samples = sample_ds.samples()
+    with_gt = sorted({a["category_id"] for a in sample_ds.instances["annotations"]})
+    a, b, c = with_gt[:3]
+    ds = _renamed(sample_ds, {a: "thing", b: "thing", c: f"thing#{b}"})
+    res = evaluate_coco(_noisy(oracle_dets, 5), ds, samples, evaluator="pycocotools")
+    per_class = {k: v for k, v in res.metrics.items() if k.startswith("AP/")}
+    assert len(per_class) == len(with_gt)
+    key_of = {a: f"thing#{a}", b: f"thing#{b}#{b}", c: f"thing#{b}#{c}"}
+    names = sample_ds.category_names()
+    key_of |= {cat: names[cat] for cat in with_gt if cat not in key_of}
+    assert sorted(per_class) == sorted(f"AP/{k}" for k in key_of.values())
+    (tmp_path / "dt.json").write_bytes(res.files["detections.json"])
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(sample_ds.ann_path))
+        dt = gt.loadRes(str(tmp_path / "dt.json"))
+        for cat in with_gt:
+            ev = COCOeval(gt, dt, "bbox")
+            ev.params.imgIds = sorted(int(s.key) for s in samples)
+            ev.params.catIds = [cat]
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+            assert per_class[f"AP/{key_of[cat]}"] == pytest.approx(float(ev.stats[0]), abs=1e-12), cat
+    assert len(set(per_class.values())) > 1  # the check above tells categories apart

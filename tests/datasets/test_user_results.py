@@ -341,6 +341,11 @@ def test_coco_results_subset_and_missing(cocoset, tmp_path):
     ({"image_id": 0, "category_id": 1, "bbox": [3e38, 2, 3e38, 4], "score": 0.5}, "fit a float32"),  # x + w
     ({"image_id": 0, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 1e300}, "finite number 'score'"),
     ({"image_id": 0, "category_id": 1, "bbox": [1, 2, 3, 4], "score": "high"}, "finite number 'score'"),
+    # before: OverflowError (int too large to convert to float), exit 1 "unexpected error"
+    ({"image_id": 0, "category_id": 1, "bbox": [10 ** 400, 2, 3, 4], "score": 0.5},
+     "fit a float32), got [100000...(401 digits), 2, 3, 4]"),
+    ({"image_id": 0, "category_id": 1, "bbox": [1, 2, 3, 4], "score": -10 ** 400},
+     "finite number 'score', got -100000...(401 digits)"),
 ])
 def test_bad_coco_records_name_the_file_and_record(cocoset, tmp_path, record, why):
     cfg, ds, dets, results = cocoset
@@ -388,3 +393,15 @@ def test_coco_reader_recognises_only_results_lists(cocoset, tmp_path):
     (tmp_path / "empty.json").write_text("[]")
     read = zd.read_detections(cfg, tmp_path / "empty.json", ds, ds.samples())
     assert read.detections == {} and read.info["missing_predictions"] == len(ds.samples())
+
+
+def test_a_coco_results_integer_too_long_for_python_names_the_file_and_line(cocoset, tmp_path):
+    """Before: ``ValueError: Exceeds the limit (4300 digits) for integer string conversion``, exit 1."""
+    cfg, ds, dets, results = cocoset
+    good = json.loads(results.read_text())[:3]
+    f = tmp_path / "huge.json"
+    f.write_text(json.dumps(good, indent=1).replace('"score": ', '"score": 1' + "0" * 5000 + ", \"s\": ", 1))
+    line = next(n for n, text in enumerate(f.read_text().splitlines(), 1) if "0" * 5000 in text)
+    with pytest.raises(ZooError) as e:
+        zd.read_detections(cfg, f, ds, ds.samples())
+    assert str(e.value) == f"{f}: not a COCO results file: line {line} holds an integer of 5001 digits"

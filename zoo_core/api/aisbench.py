@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from zoo_core.api.checkpoint import regular_file
-from zoo_core.api.errors import InputError
+from zoo_core.api.errors import InputError, ZooError
 from zoo_core.api.types import TensorSpec
 
 _SUFFIX = re.compile(r"^(?P<stem>.+)_(?P<idx>\d+)\.(?P<ext>bin|npy)$")
@@ -163,7 +163,10 @@ class DumpDir:
 
     ``base`` is 0 for ais_bench (``_0.._n-1``) and 1 for the legacy tool (``_1.._n``), detected
     from the files present. Sub-directories are searched too (ais_bench nests timestamped dirs). An image
-    whose stem holds a dot is found under ais_bench's name for it too (the stem cut at the first dot).
+    whose stem holds a dot is found under ais_bench's name for it too (the stem cut at the first dot). Two images
+    of one run that find the same files (``a.b`` and ``a.c``, or ``a`` and ``a.v2``: ais_bench wrote both as
+    ``a_<i>.bin``, one over the other) are a :class:`ZooError` whichever is read first, never skipped by
+    ``on_error=skip``: the first one may have been read with the other's outputs.
     """
 
     def __init__(self, root: str | os.PathLike, n_outputs: int):
@@ -184,7 +187,7 @@ class DumpDir:
                                      f"runs in one folder?); pass the run's own sub-directory", path=self.root)
                 slot[idx] = here
         self._files = files
-        self._claims: dict[str, str] = {}  # dump stem cut at a '.' -> the image stem that read it
+        self._claims: dict[str, str] = {}  # dump stem -> the image stem that read its files
         indices = {i for d in files.values() for i in d}
         if not files:
             raise InputError("contains no <stem>_<i>.bin files", path=self.root)
@@ -192,18 +195,21 @@ class DumpDir:
 
     def _key(self, stem: str) -> str | None:
         """The stem the dump files of image ``stem`` carry: ``stem`` itself, or, as ais_bench names its outputs
-        ``{basename.split('.')[0]}_{i}`` (REFERENCE 5.1), the part before the first dot; ``None`` if neither."""
+        ``{basename.split('.')[0]}_{i}`` (REFERENCE 5.1), the part before the first dot; ``None`` if neither.
+        Every image that finds files claims them, by an exact match too, so a second image finding the same ones
+        is refused whichever of the two comes first."""
         if stem in self._files:
-            return stem
-        cut = stem.split(".")[0]
-        if cut != stem and cut in self._files:
-            other = self._claims.setdefault(cut, stem)
-            if other != stem:
-                raise InputError(f"images {other!r} and {stem!r} both map to the outputs {cut}_<i>.bin (ais_bench cuts "
-                                 "file names at the first '.'), so this dump cannot tell them apart", path=self.root,
-                                 hint="rename the images (no '.' in their stems) and run ais_bench again")
-            return cut
-        return None
+            key = stem
+        else:
+            key = stem.split(".")[0]
+            if key == stem or key not in self._files:
+                return None
+        other = self._claims.setdefault(key, stem)
+        if other != stem:
+            raise ZooError(f"images {other!r} and {stem!r} both map to the outputs {key}_<i>.bin (ais_bench cuts "
+                           "file names at the first '.'), so this dump cannot tell them apart", path=self.root,
+                           hint="rename the images (no '.' in their stems) and run ais_bench again")
+        return key
 
     def __contains__(self, stem: str) -> bool:
         return self._key(stem) is not None

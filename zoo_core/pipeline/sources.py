@@ -9,7 +9,6 @@ Every source lists its items up front (``total``) and refuses an id seen twice, 
 """
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import numpy as np
 from zoo_core.api.aisbench import input_file, read_bin, safe_stem
 from zoo_core.api.errors import InputError, ZooError
 from zoo_core.api.types import Sample, TensorSpec
+from zoo_core.json_numbers import finite_number, shown
 from zoo_core.pipeline.workers import Prepared, WorkerPool
 from zoo_core.runs.resume import file_crc32, read_jsonl
 
@@ -104,14 +104,15 @@ def list_bin_inputs(inputs_dir: Path, input_specs: Sequence[TensorSpec]) -> list
 
 def meta_problem(meta: dict) -> str | None:
     """What is wrong with a preprocess meta read back from ``meta.jsonl``, or None: a number anywhere in it that
-    is NaN or infinite (JSON's ``NaN`` / ``Infinity``); an ``orig_hw`` or ``input_shape`` that is not a list of
-    positive integers; a letterbox scale ``s`` (:mod:`zoo_core.api.geometry`) that is not a positive number or
-    a list of them. Such values would map finite outputs to NaN or meaningless boxes, scored without a word."""
+    is NaN or infinite (JSON's ``NaN`` / ``Infinity``) or an integer beyond the float range; an ``orig_hw`` or
+    ``input_shape`` that is not a list of positive integers; a letterbox scale ``s`` (:mod:`zoo_core.api.geometry`)
+    that is not a positive number or a list of them. Such values would map finite outputs to NaN or meaningless
+    boxes, scored without a word (or make a plugin's float conversion fail)."""
     stack: list[tuple[str, Any]] = [(repr(k), v) for k, v in meta.items()]
     while stack:
         where, v = stack.pop()
-        if isinstance(v, float) and not math.isfinite(v):
-            return f"meta[{where}] is {v}"
+        if _is_number(v) and not finite_number(v):
+            return f"meta[{where}] is {shown(v)}" + ("" if isinstance(v, float) else ", beyond the float range")
         if isinstance(v, dict):
             stack.extend((f"{where}][{k!r}", x) for k, x in v.items())
         elif isinstance(v, list):

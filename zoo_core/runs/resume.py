@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from zoo_core.api.atomic import write_json, write_text
 from zoo_core.api.errors import InputError, ZooError
+from zoo_core.json_numbers import long_integer
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.fingerprint import config_hash, model_config_hash, sha256_file
 
@@ -151,8 +152,10 @@ def read_jsonl(path: Path, drop_torn_tail: bool = False) -> list[tuple[int, dict
             continue
         try:
             rec = json.loads(raw)
-        except ValueError:
-            raise InputError(f"line {n} is not valid JSON", path=path) from None
+        except ValueError as e:
+            where = long_integer(e, raw)
+            why = f"holds an integer of {where[1]} digits" if where else "is not valid JSON"
+            raise InputError(f"line {n} {why}", path=path) from None
         except RecursionError:
             raise InputError(f"line {n} is JSON nested too deeply to read", path=path) from None
         if not isinstance(rec, dict):

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from zoo_core.api.aisbench import safe_stem
 from zoo_core.api.errors import InputError, ZooError
 from zoo_core.api.types import Sample
+from zoo_core.json_numbers import finite_number, long_integer, shown
 
 #: The 80 COCO 2017 category ids (12, 26, 29, 30, 45, 66, 68, 69, 71 and 83 are unused): the default
 #: 0-based model class -> category id mapping (CenterNet's ``valid_ids``; ``model.category_ids`` overrides it).
@@ -71,10 +71,15 @@ def load_instances(path: str | os.PathLike) -> dict:
 def _read_json(p: Path) -> object:
     try:
         with open(p, "rb") as f:
-            return json.load(f)
+            data = f.read()
+        return json.loads(data)
     except FileNotFoundError:
         raise ZooError("COCO annotation file not found", path=p, hint=DOWNLOAD_HINT) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer beyond CPython's int-string limit
+        where = long_integer(e, data)
+        if where:
+            raise ZooError(f"not a COCO instances file: line {where[0]} holds an integer of {where[1]} digits",
+                           path=p) from None
         raise ZooError(f"not a JSON file ({e})", path=p) from None
     except RecursionError:
         raise ZooError("not a COCO instances file: its JSON is nested too deeply to read", path=p) from None
@@ -123,13 +128,15 @@ def _annotation_problem(ann: dict, image_ids: set, cat_ids: set) -> str | None:
     """What is wrong with one annotation (its ``id`` uniqueness aside), or None."""
     bbox = ann.get("bbox")
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-        return f"needs a 'bbox' of 4 numbers, got {bbox!r}"
-    if not all(math.isfinite(v) for v in bbox):
-        return f"bbox {bbox!r} holds a NaN or an infinity"
+        return f"needs a 'bbox' of 4 numbers, got {shown(bbox)}"
+    if not all(finite_number(v) for v in bbox):
+        what = "a NaN or an infinity" if any(isinstance(v, float) for v in bbox if not finite_number(v)) \
+            else "an integer beyond the float range"
+        return f"bbox {shown(bbox)} holds {what}"
     if min(bbox) < 0:
         return f"bbox {bbox!r} has a negative coordinate or size (x, y, width, height must be >= 0)"
-    if "area" in ann and not (_is_number(ann["area"]) and math.isfinite(ann["area"]) and ann["area"] >= 0):
-        return f"area {ann['area']!r} is not a finite number >= 0"
+    if "area" in ann and not (finite_number(ann["area"]) and ann["area"] >= 0):
+        return f"area {shown(ann['area'])} is not a finite number >= 0"
     if "iscrowd" in ann and (ann["iscrowd"] not in (0, 1) or isinstance(ann["iscrowd"], bool)):
         return f"iscrowd {ann['iscrowd']!r} is not 0 or 1"
     if not _is_int(ann.get("image_id")) or ann["image_id"] not in image_ids:

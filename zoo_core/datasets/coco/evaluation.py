@@ -78,19 +78,33 @@ def per_category_ap(ev, names: Mapping[int, str]) -> dict[str, float]:
 
     A name that two or more categories of ``names`` share (an annotation file may repeat one) becomes
     ``AP/<name>#<category id>`` for each of them, so no category's AP hides another's; a category without a
-    name is ``AP/<category id>``.
+    name is ``AP/<category id>``. Should such a key meet another category's (a category named ``thing#13``
+    next to two ``thing``), every category holding it gets ``#<category id>`` once more, until each key is unique.
     """
     precision = np.asarray(ev.eval["precision"])
-    shown = {c: str(names.get(c, c)) for c in (*names, *ev.params.catIds)}
-    shared = {n for n, count in Counter(shown.values()).items() if count > 1}
+    keys = _category_keys({c: str(names.get(c, c)) for c in (*names, *ev.params.catIds)})
     out = {}
     for k, cat_id in enumerate(ev.params.catIds):
         p = precision[:, :, k, 0, -1]
         p = p[p > -1]
         if p.size:
-            name = shown[cat_id]
-            out[f"AP/{name}#{cat_id}" if name in shared else f"AP/{name}"] = float(p.mean())
+            out[f"AP/{keys[cat_id]}"] = float(p.mean())
     return out
+
+
+def _category_keys(shown: Mapping[int, str]) -> dict[int, str]:
+    """Category id -> a key unique among them: its name, ``<name>#<id>`` while others share it (repeated).
+
+    Each round appends ``#<id>`` to every key two or more categories hold. Two keys already extended end in
+    their own (distinct, ``#``-free integer) ids, so every collision holds a key still unextended, which the round
+    extends: at most one round per category. The result depends on the names and ids only, never on their order.
+    """
+    keys = dict(shown)
+    while True:
+        counts = Counter(keys.values())
+        if all(n == 1 for n in counts.values()):
+            return keys
+        keys = {c: f"{key}#{c}" if counts[key] > 1 else key for c, key in keys.items()}
 
 
 def coco_stats(stats: Sequence[float], images: int) -> tuple[dict[str, float], dict[str, str]]:

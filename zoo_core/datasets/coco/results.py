@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import codecs
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ import numpy as np
 
 from zoo_core.api.errors import ZooError
 from zoo_core.api.types import Detections, DetectionsRead, Sample
+from zoo_core.json_numbers import finite_number, long_integer, shown
 
 from .dataset import CATEGORY_IDS, CocoDataset
 
@@ -108,8 +108,13 @@ def _results_list(path: Path) -> list | None:
         return None
     try:
         with open(path, "rb") as f:
-            data = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            text = f.read()
+        data = json.loads(text)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer beyond CPython's int-string limit
+        where = long_integer(e, text)
+        if where:
+            raise ZooError(f"not a COCO results file: line {where[0]} holds an integer of {where[1]} digits",
+                           path=path) from None
         raise ZooError(f"not a JSON file ({e})", path=path) from None
     except RecursionError:
         raise ZooError("not a COCO results file: its JSON is nested too deeply to read", path=path) from None
@@ -127,7 +132,7 @@ _F32_MAX = float(np.finfo(np.float32).max)
 
 def _finite_number(v) -> bool:
     """A JSON number that stays finite as the float32 zoo keeps boxes and scores in."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and abs(v) <= _F32_MAX
+    return finite_number(v) and abs(v) <= _F32_MAX
 
 
 def read_coco_results(path: str | os.PathLike, dataset: CocoDataset, samples: Sequence[Sample],
@@ -159,19 +164,19 @@ def read_coco_results(path: str | os.PathLike, dataset: CocoDataset, samples: Se
         img, cat, bbox, score = rec.get("image_id"), rec.get("category_id"), rec.get("bbox"), rec.get("score")
         score = score if _finite_number(score) else None
         if not (isinstance(img, int) and not isinstance(img, bool)):
-            raise ZooError(f"results[{i}] needs an integer 'image_id', got {img!r}", path=path)
+            raise ZooError(f"results[{i}] needs an integer 'image_id', got {shown(img)}", path=path)
         if img not in image_ids:
-            raise ZooError(f"results[{i}]: image_id {img} is not an image of {dataset.ann_path}", path=path,
+            raise ZooError(f"results[{i}]: image_id {shown(img)} is not an image of {dataset.ann_path}", path=path,
                            hint="score the results with the dataset they were made on")
         if not (isinstance(cat, int) and not isinstance(cat, bool)) or cat not in label_of:
-            raise ZooError(f"results[{i}]: category_id {cat!r} is not one of the model's categories "
+            raise ZooError(f"results[{i}]: category_id {shown(cat)} is not one of the model's categories "
                            "(model.category_ids)", path=path)
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite_number(v) for v in bbox)
                 and _finite_number(bbox[0] + bbox[2]) and _finite_number(bbox[1] + bbox[3])):
             raise ZooError(f"results[{i}] needs a 'bbox' of 4 finite numbers [x, y, w, h] (whose x + w and y + h "
-                           f"fit a float32), got {bbox!r}"[:300], path=path)
+                           f"fit a float32), got {shown(bbox)}", path=path)
         if score is None:
-            raise ZooError(f"results[{i}] needs a finite number 'score', got {rec.get('score')!r}", path=path)
+            raise ZooError(f"results[{i}] needs a finite number 'score', got {shown(rec.get('score'))}", path=path)
         if img in wanted:
             per_image.setdefault(img, []).append((float(score), [float(v) for v in bbox], label_of[cat]))
     out: dict[str, Detections] = {}
