@@ -93,6 +93,19 @@ def test_a_subset_of_the_dataset_is_a_mismatch():
     assert shard[0]["differs"] == {"dataset.num_shards": {"reference": 1, "run": 4}}
 
 
+def test_another_number_of_images_than_the_references_is_a_mismatch():
+    """Before: a COCO-format set of one's own saved as instances_val2017.json (400 images) was judged, and gated,
+    against the val2017 AP 0.366 ("OUT OF TOLERANCE", exit 1 with gate=true)."""
+    ref = Reference("easy", 0.9257, 0.005, "chenjun2hao", PROTO_04, images=3226)
+    verdicts, mismatches = judge(_cfg(), [ref], {"easy": 0.5}, images=400)
+    assert verdicts == {} and mismatches[0]["differs"] == {"images": {"reference": 3226, "run": 400}}
+    assert mismatches[0]["images"] == 3226
+    verdicts, mismatches = judge(_cfg(), [ref], {"easy": 0.9257}, images=3226)
+    assert verdicts["easy"]["within"] is True and mismatches == []
+    verdicts, _ = judge(_cfg(), REFS, {"easy": 0.9257}, images=400)  # a reference that names no count
+    assert verdicts["easy"]["within"] is True
+
+
 def test_the_oracle_reproduces_no_models_reference_unless_the_reference_names_it():
     """Before: `backend=oracle` on CenterFace printed OUT OF TOLERANCE (AP 1.0 against the weights' 0.9688)."""
     verdicts, mismatches = judge(_cfg(backend__name="oracle"), REFS, {"easy": 1.0, "hard": 1.0})
@@ -168,6 +181,8 @@ def test_a_reference_outside_the_interval_fails_the_gate_even_within_tolerance()
     ({"source": " "}, "source"),
     ({"protocol": {}}, "non-empty mapping"),
     ({"protocol": {"model.": 1}}, "dotted config keys"),
+    ({"images": 0}, "positive int"),
+    ({"images": 5000.0}, "positive int"),
 ])
 def test_a_malformed_reference_is_refused(kwargs, message):
     args = {"metric": "AP", "expected": 0.3, "tolerance": 0.01, "source": "s", "protocol": {"dataset.name": "coco"}}
@@ -188,6 +203,9 @@ def test_plugins_declare_the_published_numbers():
     assert (fix.expected, fix.protocol["model.keep_res"]) == (0.366, False)
     assert (keep.expected, keep.protocol["model.keep_res"]) == (0.374, True)
     assert abs(0.364 - fix.expected) <= fix.tolerance  # the OM's 36.4 is within the fix_res tolerance
+    assert {r.images for r in CN} == {5000}  # val2017, annotated or not (REFERENCE 2.9)
+    assert {r.images for r in CF if r.protocol["dataset.name"] == "widerface"} == {3226}
+    assert {r.images for r in CF if r.protocol["dataset.name"] == "widerface_sample"} == {24}
 
 
 # ----------------------------------------------------------------------------------------------------- CLI

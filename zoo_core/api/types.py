@@ -177,6 +177,10 @@ class Reference:
         backend, when present in ``protocol``). A run that agrees on them but differs on another protocol
         key (IoU 0.5 against a 0.4 reference) is a *protocol mismatch*: said, not compared.
     :param note: optional context printed with the verdict.
+    :param images: the number of images the reference scored (COCO val2017: 5000; WIDER FACE val: 3226), or
+        ``None``. A run that scored another number (a COCO-format set of its own saved as
+        ``instances_val2017.json``, skipped images) is a protocol mismatch, since the dataset's name and files
+        alone do not tell that it is the reference's data.
     """
 
     metric: str
@@ -186,6 +190,7 @@ class Reference:
     protocol: Mapping[str, Any]
     subject: tuple[str, ...] = REFERENCE_SUBJECT
     note: str = ""
+    images: int | None = None
 
     def __post_init__(self) -> None:
         import math
@@ -205,15 +210,20 @@ class Reference:
         bad = [k for k in self.protocol if not isinstance(k, str) or not k or k.startswith(".") or k.endswith(".")]
         if bad:
             raise ValueError(f"Reference({self.metric}).protocol keys must be dotted config keys, got {bad}")
+        if self.images is not None and (isinstance(self.images, bool) or not isinstance(self.images, int)
+                                        or self.images < 1):
+            raise ValueError(f"Reference({self.metric}).images must be a positive int or None, got {self.images!r}")
         object.__setattr__(self, "protocol", dict(self.protocol))
         object.__setattr__(self, "subject", tuple(self.subject))
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-able: ``{"metric", "expected", "tolerance", "source", "protocol"}`` (+ ``"note"``)."""
+        """JSON-able: ``{"metric", "expected", "tolerance", "source", "protocol"}`` (+ ``"note"``, ``"images"``)."""
         d = {"metric": self.metric, "expected": float(self.expected), "tolerance": float(self.tolerance),
              "source": self.source, "protocol": dict(self.protocol)}
         if self.note:
             d["note"] = self.note
+        if self.images is not None:
+            d["images"] = self.images
         return d
 
 

@@ -7,7 +7,8 @@ For each declared :class:`~zoo_core.api.types.Reference` the run is either
   ``{"expected", "tolerance", "source", "within", "measured", "delta", "protocol"}`` (+ ``"in_ci95"`` with
   ``bootstrap``), written to ``metrics.json["reference"][<metric>]``;
 * a **protocol mismatch**: the subject agrees but another protocol key differs (IoU 0.5 against a 0.4
-  reference), or only part of the dataset was scored (``dataset.limit``, one shard): listed in
+  reference), or only part of the dataset was scored (``dataset.limit``, one shard, another number of images
+  than the reference's ``images``): listed in
   ``metrics.json["reference_mismatches"]`` with the differing keys, never compared.
 
 When several references of one metric match, the one naming the most protocol keys wins (an Ascend OM
@@ -78,8 +79,10 @@ def _differences(cfg: Any, ref: Reference, made_by: str | None = None) -> tuple[
 WHOLE_DATASET = {"dataset.limit": None, "dataset.num_shards": 1}
 
 
-def _subset(cfg: Any, ref: Reference, made_by: str | None = None) -> dict[str, dict]:
-    diffs = {}
+def _subset(cfg: Any, ref: Reference, made_by: str | None = None, images: int | None = None) -> dict[str, dict]:
+    diffs: dict[str, dict] = {}
+    if ref.images is not None and images is not None and images != ref.images:
+        diffs["images"] = {"reference": ref.images, "run": images}
     for key, want in WHOLE_DATASET.items():
         if key in ref.protocol:
             continue
@@ -94,20 +97,21 @@ def _subset(cfg: Any, ref: Reference, made_by: str | None = None) -> dict[str, d
 
 def judge(cfg: Any, refs: Sequence[Reference], metrics: Mapping[str, float | None],
           ci95: Mapping[str, Sequence[float]] | None = None,
-          made_by: str | None = None) -> tuple[dict[str, dict], list[dict]]:
+          made_by: str | None = None, images: int | None = None) -> tuple[dict[str, dict], list[dict]]:
     """``(verdicts by metric, protocol mismatches)`` of a run scored ``metrics`` under ``cfg``.
 
     A run that scored part of the dataset (``dataset.limit``, one shard of several) is a protocol mismatch
     for every reference that does not name those keys itself. ``made_by``: the backend that made the scored
     outputs when not this run's ``backend`` (``evaluate`` of saved detections, ``postprocess`` of a dump):
     it stands for ``backend.name``, so ``backend=oracle`` detections are judged as ``eval`` judged them.
+    ``images``: the number of images scored, checked against a reference's ``images``.
     """
     matched: dict[str, list[Reference]] = {}
     mismatched: dict[str, list[tuple[Reference, dict]]] = {}
     for ref in refs:
         diffs, about = _differences(cfg, ref, made_by)
         if about:
-            diffs.update(_subset(cfg, ref, made_by))
+            diffs.update(_subset(cfg, ref, made_by, images))
         if not diffs:
             matched.setdefault(ref.metric, []).append(ref)
         elif about:

@@ -39,7 +39,7 @@ def score(ctx: RunContext, detections: dict[str, Detections], skipped: list[dict
                                 samples=samples, out_dir=ctx.record_dir)
     files = write_result_files(ctx, result.files)
     record = metrics_record(ctx, result.metrics, len(samples), result.info, skipped, files, extra)
-    record.update(reference_fields(ctx, result, record["metrics"], made_by))
+    record.update(reference_fields(ctx, result, record["metrics"], made_by, len(samples)))
     write_json(ctx.record("metrics.json"), record)
     if bool(ctx.cfg.get("gate", False)):
         if int(ctx.cfg.dataset.get("num_shards", 1) or 1) > 1:
@@ -50,8 +50,9 @@ def score(ctx: RunContext, detections: dict[str, Detections], skipped: list[dict
 
 
 def reference_fields(ctx: RunContext, result: EvalResult, metrics: dict[str, float | None],
-                     made_by: str | None = None) -> dict[str, Any]:
-    """``ci95`` / ``bootstrap`` / ``reference`` / ``reference_mismatches`` entries of metrics.json."""
+                     made_by: str | None = None, images: int | None = None) -> dict[str, Any]:
+    """``ci95`` / ``bootstrap`` / ``reference`` / ``reference_mismatches`` entries of metrics.json (``images``:
+    the number scored, for the references that name theirs)."""
     out: dict[str, Any] = {}
     from zoo_core.datasets import bootstrap_request
 
@@ -67,7 +68,7 @@ def reference_fields(ctx: RunContext, result: EvalResult, metrics: dict[str, flo
             log.warning("bootstrap=%d: %s", n, boot["note"])
         out["bootstrap"] = boot
         out["ci95"] = ci95
-    verdicts, mismatches = judge(ctx.cfg, ctx.hooks.references(cfg=ctx.cfg), metrics, ci95, made_by)
+    verdicts, mismatches = judge(ctx.cfg, ctx.hooks.references(cfg=ctx.cfg), metrics, ci95, made_by, images)
     if verdicts:
         out["reference"] = verdicts
     if mismatches:

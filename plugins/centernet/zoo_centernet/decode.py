@@ -15,22 +15,26 @@ from zoo_core.api.types import Detections
 
 
 def sigmoid32(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Logistic function of float32 logits, as float32 (the peak test compares these values exactly).
+    """Logistic function of float32 logits in float32 arithmetic, ``1 / (1 + exp(-x))`` (REFERENCE 2.11 item 5:
+    the peak test compares these values exactly).
 
-    Evaluated in float64 and rounded once to float32, so it is monotone non-decreasing over every
-    float32 input (checked exhaustively; numpy's float32 ``exp`` steps back by 1-2 ulps near 0).
-    :func:`zoo_core.api.peaks.topk_peaks` relies on that to search the logits and score only the
-    values it reads. ``out``: a float32 array of ``x``'s shape to write into.
+    As torch's CPU ``sigmoid`` computes it: ``exp(-x)`` rounded to float32, ``1 + e`` and the reciprocal each
+    rounded to float32. So it saturates where the reference does (1.0 from x = 16.64, where ``1 + e`` rounds to
+    1; a sigmoid rounded once from float64 reaches 1.0 only at 17.33, and two neighbouring logits of 16.7 and
+    17.5 are one peak for the reference and two different scores there). The exponential is float64's rounded
+    once, which is monotone where numpy's float32 ``exp`` steps back by 1-2 ulps near 0; torch's (Sleef's)
+    differs from it by an ulp on a few percent of values. Monotone non-decreasing over every float32 input
+    (checked exhaustively): :func:`zoo_core.api.peaks.topk_peaks` relies on that to search the logits and
+    score only the values it reads. ``out``: a float32 array of ``x``'s shape to write into.
     """
     e = np.negative(np.asarray(x, np.float32), dtype=np.float64)
-    with np.errstate(over="ignore"):  # exp(-x) = inf below x = -709: the sigmoid is 0 there
+    with np.errstate(over="ignore"):  # exp(-x) = inf below x = -88.7 in float32: the sigmoid is 0 there
         np.exp(e, out=e)
-    e += 1.0
-    np.reciprocal(e, out=e)
+        e32 = e.astype(np.float32)
+    e32 += np.float32(1.0)
     if out is None:
-        return e.astype(np.float32)
-    np.copyto(out, e, casting="same_kind")
-    return out
+        return np.reciprocal(e32, out=e32)
+    return np.reciprocal(e32, out=out)
 
 
 def _top_peaks_one(hm_logits: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
