@@ -11,8 +11,9 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
+from zoo_core.api.errors import ConfigError
 from zoo_core.api.types import Sample
 from zoo_core.quantize.calibration import calibration_samples
 
@@ -33,6 +34,36 @@ def test_calibration_draw_is_seeded_and_one_per_stratum():
     edges = [0, 12, 25, 37, 50, 62, 75, 87, 100]   # 100 sorted ids cut into 8 strata
     assert all(edges[k] <= i < edges[k + 1] for k, i in enumerate(idx))
     assert [s.id for s in calibration_samples(_ctx(5, 8, seed=0))] == [f"img{i:03d}" for i in range(5)]
+
+
+def _run_ctx(fixture_cfg, root, stage="quantize", **over):
+    """An in-process run context of the fixture model in ``root`` (model_dir ``root/model``)."""
+    from zoo_core.plugins.manager import ZooPluginManager
+    from zoo_core.runs.context import RunContext
+
+    cfg = fixture_cfg.copy()
+    with open_dict(cfg):
+        cfg.stage.name = stage
+        cfg.num_workers = 0
+        cfg.work_dir = str(root)
+        cfg.model_dir = str(root / "model")
+        for k, v in over.items():
+            OmegaConf.update(cfg, k, v, merge=False)
+    return RunContext(cfg, ZooPluginManager(), root)
+
+
+@pytest.mark.parametrize("images", [2, 1000])  # fewer than the dataset's 12 (a draw), more (all of them)
+@pytest.mark.parametrize("target", ["onnxruntime", "ascend"])
+def test_a_negative_seed_is_refused_before_anything_is_exported(fixture_cfg, tmp_path, images, target):
+    """Before: quantize.seed=-1 failed with numpy's 'ValueError: expected non-negative integer' (exit 1) after the
+    FP32 export was written, and was accepted silently when the dataset had no more images than were drawn."""
+    from zoo_core.stages import quantize_stage
+
+    ctx = _run_ctx(fixture_cfg, tmp_path, **{"quantize.seed": -1, "quantize.calibration_images": images,
+                                             "export.target": target})
+    with pytest.raises(ConfigError, match=r"quantize\.seed=-1 is invalid: it must be >= 0"):
+        quantize_stage.run(ctx)
+    assert not (tmp_path / "model").exists()
 
 
 @pytest.fixture

@@ -39,8 +39,11 @@ def settings(ctx: RunContext) -> dict[str, Any]:
     pct = float(q.percentile)
     if not 0.0 < pct <= 100.0:
         raise ConfigError(f"quantize.percentile={pct} is invalid: it must be within (0, 100]")
+    seed = int(q.seed)
+    if seed < 0:  # numpy's generator refuses it, but only when the dataset has more images than are drawn
+        raise ConfigError(f"quantize.seed={seed} is invalid: it must be >= 0")
     return {
-        "calibration_images": n, "method": enum_name(q.method), "seed": int(q.seed), "per_channel": bool(q.per_channel),
+        "calibration_images": n, "method": enum_name(q.method), "seed": seed, "per_channel": bool(q.per_channel),
         "activation_type": enum_name(q.activation_type), "weight_type": enum_name(q.weight_type),
         "percentile": pct if enum_name(q.method) == "percentile" else None,
         "exclude_op_types": excluded_op_types(ctx), "exclude_nodes": [str(n) for n in q.exclude_nodes],
