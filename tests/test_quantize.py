@@ -66,6 +66,41 @@ def test_a_negative_seed_is_refused_before_anything_is_exported(fixture_cfg, tmp
     assert not (tmp_path / "model").exists()
 
 
+def _onnx_symbolic_shape_inference_gives_up_on(path):
+    """image (B,1,H,W) -> Conv stride 2 -> ConvTranspose stride 2 -> Add image -> Sigmoid: onnxruntime's symbolic
+    shape inference cannot merge the ConvTranspose's new dims with the input's at the Add (as in CenterFace)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.random((32, 1, 3, 3), np.float32), "w"),  # > 1 KB: external data
+             numpy_helper.from_array(rng.random((32, 1, 2, 2), np.float32), "wt")]
+    nodes = [helper.make_node("Conv", ["image", "w"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("ConvTranspose", ["c", "wt"], ["t"], strides=[2, 2]),
+             helper.make_node("Add", ["t", "image"], ["a"]), helper.make_node("Sigmoid", ["a"], ["mask"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["B", 1, "H", "W"])],
+                              [helper.make_tensor_value_info("mask", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+def test_quantize_pre_processing_writes_nothing_in_the_current_directory(tmp_path, monkeypatch, caplog):
+    """Before: every onnxruntime quantize of CenterFace / CenterNet left sym_shape_infer_temp.onnx + <uuid>.data
+    (7.2 MB / 78 MB) in the current directory: onnxruntime saves its partial model there when its symbolic shape
+    inference gives up."""
+    from zoo_core.quantize.onnxruntime_int8 import prepared_model
+
+    fp32 = _onnx_symbolic_shape_inference_gives_up_on(tmp_path / "m.onnx")
+    cwd, work = tmp_path / "cwd", tmp_path / "model"
+    cwd.mkdir()
+    work.mkdir()
+    monkeypatch.chdir(cwd)
+    with caplog.at_level("INFO", logger="zoo"):
+        model = prepared_model(fp32, True, work)
+    assert "without symbolic shape inference" in caplog.text  # the path that used to write into the cwd
+    assert [n.op_type for n in model.graph.node] == ["Conv", "ConvTranspose", "Add", "Sigmoid"]
+    assert list(cwd.iterdir()) == [] and list(work.iterdir()) == [] and os.getcwd() == str(cwd)
+
+
 @pytest.fixture
 def ascend_env(zoo, fixtures_dir, tmp_path):
     fake = fixtures_dir / "fake_ascend"

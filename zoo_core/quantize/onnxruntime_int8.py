@@ -94,7 +94,14 @@ MIN_QDQ_OPSET = 13
 def prepared_model(fp32: Path, preprocess: bool, work: Path) -> Any:
     """The FP32 graph the quantizer gets: upgraded to opset 13 when older (per-channel QDQ needs it), then with
     ``quantize.preprocess`` ONNX Runtime's ``quant_pre_process`` (shape inference + graph optimisation, which
-    folds BatchNormalization into the convolutions so that they quantize as one)."""
+    folds BatchNormalization into the convolutions so that they quantize as one).
+
+    ``quant_pre_process`` runs with a temporary directory as the current directory: when its symbolic shape
+    inference gives up (CenterFace, CenterNet) onnxruntime saves the partial model as
+    ``sym_shape_infer_temp.onnx`` + ``<uuid>.data`` (7 MB for CenterFace, 78 MB for CenterNet) in the current
+    directory before raising, and removes neither. (zoo runs no thread of its own here: the stream has not
+    started, the calibration pool has closed.)"""
+    import contextlib
     import tempfile
 
     import onnx
@@ -110,13 +117,17 @@ def prepared_model(fp32: Path, preprocess: bool, work: Path) -> Any:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory(dir=work, prefix=".quant-pre-") as tmp:
-        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        src, dst = Path(tmp).resolve() / "in.onnx", Path(tmp).resolve() / "out.onnx"
+        cwd = src.parent / "cwd"
+        cwd.mkdir()
         onnx.save(model, str(src))
-        try:
-            quant_pre_process(str(src), str(dst))
-        except Exception as exc:  # symbolic shape inference does not know every op (e.g. DeformConv)
-            log.info("quantization pre-processing without symbolic shape inference (%s: %s)", type(exc).__name__, exc)
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        with contextlib.chdir(cwd):
+            try:
+                quant_pre_process(str(src), str(dst))
+            except Exception as exc:  # symbolic shape inference gives up (an op it does not know, dims to merge)
+                log.info("quantization pre-processing without symbolic shape inference (%s: %s)",
+                         type(exc).__name__, exc)
+                quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
         return onnx.load(str(dst))
 
 
