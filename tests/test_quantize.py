@@ -101,6 +101,65 @@ def test_quantize_pre_processing_writes_nothing_in_the_current_directory(tmp_pat
     assert list(cwd.iterdir()) == [] and list(work.iterdir()) == [] and os.getcwd() == str(cwd)
 
 
+def _onnx_conv_bn_sigmoid(path):
+    """The fixture model's interface (image -> mask) with a BatchNormalization after its Conv, nodes unnamed."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.standard_normal((1, 1, 3, 3)).astype(np.float32), "w"),
+             *(numpy_helper.from_array(np.array([v], np.float32), k)
+               for k, v in (("g", 1.5), ("b", 0.1), ("mean", 0.2), ("var", 0.9)))]
+    nodes = [helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "g", "b", "mean", "var"], ["bn"]),
+             helper.make_node("Sigmoid", ["bn"], ["mask"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["B", 1, "H", "W"])],
+                              [helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["B", 1, "H", "W"])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+def test_an_exclude_op_type_folded_by_pre_processing_is_refused_saying_so(fixture_cfg, tmp_path):
+    """Before: quantize.exclude_op_types=[BatchNormalization] was checked on the FP32 graph (which has the BN) while
+    the exclusions were taken from the graph after quant_pre_process, which folds BN into the Conv: nothing was
+    excluded, the model was byte-identical to the default one, exit 0."""
+    from zoo_core.quantize.onnxruntime_int8 import ensure_int8_onnx
+
+    fp32 = _onnx_conv_bn_sigmoid(tmp_path / "bn.onnx")
+    over = {"quantize.exclude_op_types": ["BatchNormalization"], "quantize.calibration_images": 2}
+    with pytest.raises(ConfigError) as err:
+        ensure_int8_onnx(_run_ctx(fixture_cfg, tmp_path, **over), str(fp32))
+    assert str(err.value).startswith("quantize.exclude_op_types: 'BatchNormalization': no such node is left in the "
+                                     "graph that is quantized: quantize.preprocess (onnxruntime's quant_pre_process) "
+                                     "folded the 1 BatchNormalization node(s) of bn.onnx")
+    assert "quantize.preprocess=false" in err.value.hint
+    assert not list((tmp_path / "model").glob("*int8*"))
+    # without pre-processing the BN is a node of the quantized graph, and it is kept in FP32
+    path = ensure_int8_onnx(_run_ctx(fixture_cfg, tmp_path, **over, **{"quantize.preprocess": False}), str(fp32))
+    rec = _record(tmp_path / "model", "fixture")
+    assert rec["fp32_nodes"] == {"BatchNormalization": 1} and rec["excluded"]["nodes"] == ["BatchNormalization_1"]
+    assert [n.op_type for n in onnx.load(str(path)).graph.node].count("BatchNormalization") == 1
+
+
+def test_exclude_nodes_takes_a_node_by_the_tensor_it_writes_and_lists_the_choices(fixture_cfg, tmp_path):
+    """Before: the Star-Clouds CenterFace nodes have no names (zoo names them <op>_<index> after pre-processing),
+    and quantize.exclude_nodes=[539] (an output tensor) failed with 'no node named '539' in the centerface graph',
+    no hint of the names there are."""
+    from zoo_core.quantize.onnxruntime_int8 import ensure_int8_onnx
+
+    fp32 = _onnx_conv_bn_sigmoid(tmp_path / "bn.onnx")  # after pre-processing: Conv (BN folded) -> Sigmoid
+    with pytest.raises(ConfigError) as err:
+        ensure_int8_onnx(_run_ctx(fixture_cfg, tmp_path, **{"quantize.exclude_nodes": ["Conv_9", "maks"]}), str(fp32))
+    assert str(err.value).partition("\n")[0] == ("quantize.exclude_nodes: no node named 'Conv_9', 'maks' (nor writing a tensor of that "
+                              "name) in the fixture graph bn.onnx as it is quantized (2 nodes; close: Conv_0 (-> bn), "
+                              "Sigmoid_1 (-> mask); writing the graph's outputs: Sigmoid_1 (-> mask))")
+    assert "quantize.exclude_nodes=[mask]" in err.value.hint and "<op type>_<index>" in err.value.hint
+    assert not list((tmp_path / "model").glob("*int8*"))
+    ensure_int8_onnx(_run_ctx(fixture_cfg, tmp_path, **{"quantize.exclude_nodes": ["mask"],
+                                                        "quantize.calibration_images": 2}), str(fp32))
+    rec = _record(tmp_path / "model", "fixture")
+    assert rec["excluded"]["nodes"] == ["Sigmoid_1"] and rec["fp32_nodes"] == {"Sigmoid": 1}
+
+
 @pytest.fixture
 def ascend_env(zoo, fixtures_dir, tmp_path):
     fake = fixtures_dir / "fake_ascend"

@@ -65,26 +65,99 @@ def _named_nodes(model: Any) -> None:
             used.add(name)
 
 
-def check_exclude_op_types(ctx: RunContext, model: Any, path: Path) -> None:
-    """``quantize.exclude_op_types`` names op types of the graph (as unknown ``exclude_nodes`` are an error); the
-    plugin's own ``model.quantize_exclude_op_types`` may name types a graph variant lacks (DeformConv)."""
+def check_exclude_op_types(ctx: RunContext, model: Any, source: Any, path: Path) -> None:
+    """``quantize.exclude_op_types`` names op types of ``model``, the graph as it is quantized (after
+    ``quantize.preprocess``), as unknown ``exclude_nodes`` are an error; a type of the ``source`` FP32 graph that
+    pre-processing folded away (BatchNormalization) is refused saying so. The plugin's own
+    ``model.quantize_exclude_op_types`` may name types a graph variant lacks (DeformConv)."""
     present = {n.op_type for n in model.graph.node}
     unknown = [str(t) for t in ctx.cfg.quantize.exclude_op_types if str(t) not in present]
-    if unknown:
-        raise ConfigError(f"quantize.exclude_op_types: no {', '.join(map(repr, unknown))} node in the "
-                          f"{ctx.model_name} graph {path.name} (op types are case-sensitive; it has: "
-                          f"{', '.join(sorted(present))})")
+    if not unknown:
+        return
+    source_count: dict[str, int] = {}
+    for n in source.graph.node:
+        source_count[n.op_type] = source_count.get(n.op_type, 0) + 1
+    folded = [t for t in unknown if t in source_count]
+    absent = [t for t in unknown if t not in source_count]
+    why = []
+    if absent:
+        why.append(f"no {', '.join(map(repr, absent))} node in the {ctx.model_name} graph {path.name} (op types are "
+                   f"case-sensitive; it has: {', '.join(sorted(present))})")
+    if folded:
+        nodes = ", ".join(f"{source_count[t]} {t}" for t in folded)
+        why.append(f"{', '.join(map(repr, folded))}: no such node is left in the graph that is quantized: "
+                   f"quantize.preprocess (onnxruntime's quant_pre_process) folded the {nodes} node(s) of "
+                   f"{path.name} into the operators before them, so excluding the type would exclude nothing")
+    raise ConfigError("quantize.exclude_op_types: " + "; ".join(why),
+                      hint="quantize.preprocess=false keeps BatchNormalization nodes (unfolded, so they can be "
+                           "kept in FP32); or keep the nodes they were folded into with quantize.exclude_nodes"
+                      if folded else None)
 
 
-def nodes_to_exclude(ctx: RunContext, model: Any, conf: dict[str, Any]) -> list[str]:
-    """Names of the nodes kept in FP32 (excluded op types, then ``quantize.exclude_nodes``, checked)."""
-    names = {n.name for n in model.graph.node}
-    missing = [n for n in conf["exclude_nodes"] if n not in names]
+#: How many nodes an unknown ``quantize.exclude_nodes`` entry lists: close to each entry, and writing the outputs.
+MAX_CLOSE_NODES = 4
+MAX_OUTPUT_NODES = 8
+
+
+def nodes_to_exclude(ctx: RunContext, model: Any, conf: dict[str, Any], source: Any, path: Path) -> list[str]:
+    """Names of the nodes of ``model`` (the graph as it is quantized, its nodes named by :func:`_named_nodes`)
+    kept in FP32: those of the excluded op types (checked by :func:`check_exclude_op_types`), then each
+    ``quantize.exclude_nodes`` entry: a node's name or, failing that, the name of a tensor a node writes
+    (e.g. ``539``, a CenterFace output: the Star-Clouds nodes have no names, their tensors do). An entry that
+    is neither is refused, listing the names closest to it and the nodes writing the graph's outputs."""
+    check_exclude_op_types(ctx, model, source, path)
+    names = [n.name for n in model.graph.node]
+    writer = {o: n.name for n in model.graph.node for o in n.output if o}
+    picked: list[str] = []
+    missing = []
+    for want in conf["exclude_nodes"]:
+        name = want if want in set(names) else writer.get(want)
+        if name is None:
+            missing.append(want)
+        elif name not in picked:
+            if name != want:
+                log.info("quantize.exclude_nodes: %r is the tensor node %s writes: keeping %s in FP32", want, name,
+                         name)
+            picked.append(name)
     if missing:
-        raise ConfigError(f"quantize.exclude_nodes: no node named {', '.join(map(repr, missing))} in the "
-                          f"{ctx.model_name} graph")
+        raise ConfigError(f"quantize.exclude_nodes: no node named {', '.join(map(repr, missing))} (nor writing a "
+                          f"tensor of that name) in the {ctx.model_name} graph {path.name} as it is quantized "
+                          f"({len(names)} nodes; {_node_choices(model, missing)})",
+                          hint="name a node by the tensor it writes (its output, as Netron shows it), e.g. "
+                               f"quantize.exclude_nodes=[{model.graph.output[0].name}]; a node the model left "
+                               "unnamed is named <op type>_<index> in the graph after quantize.preprocess")
     types = set(conf["exclude_op_types"])
-    return [n.name for n in model.graph.node if n.op_type in types] + list(conf["exclude_nodes"])
+    typed = [n.name for n in model.graph.node if n.op_type in types]
+    return typed + [n for n in picked if n not in typed]
+
+
+def _node_choices(model: Any, missing: Sequence[str]) -> str:
+    """A bounded list of nodes to pick from, ``name (-> output tensors)``: those whose name or output tensor is
+    close to a missing entry, and those writing the graph's outputs."""
+    import difflib
+
+    nodes = list(model.graph.node)
+    by_key: dict[str, Any] = {}
+    for n in nodes:
+        for key in (n.name, *n.output):
+            if key:
+                by_key.setdefault(key, n)
+    close: list[Any] = []
+    for want in missing:
+        for key in difflib.get_close_matches(want, list(by_key), n=MAX_CLOSE_NODES, cutoff=0.6):
+            if by_key[key] not in close:
+                close.append(by_key[key])
+    outputs = {o.name for o in model.graph.output}
+    ends = [n for n in nodes if any(o in outputs for o in n.output)]
+
+    def fmt(group: list[Any], limit: int) -> str:
+        text = ", ".join(f"{n.name} (-> {', '.join(o for o in n.output if o)})" for n in group[:limit])
+        return text + (f" and {len(group) - limit} more" if len(group) > limit else "")
+
+    parts = [f"close: {fmt(close, 2 * MAX_CLOSE_NODES)}"] if close else []
+    if ends:
+        parts.append(f"writing the graph's outputs: {fmt(ends, MAX_OUTPUT_NODES)}")
+    return "; ".join(parts) or "none close"
 
 
 #: QDQ with per-channel scales needs ``axis`` on (De)QuantizeLinear: opset 13.
@@ -170,9 +243,10 @@ def node_summary(path: Path, excluded: Sequence[str] = ()) -> dict[str, Any]:
     return {"quantized_nodes": dict(sorted(quantized.items())), "fp32_nodes": dict(sorted(fp32.items()))}
 
 
-def build_onnxruntime_int8(ctx: RunContext, fp32: Path, out: Path, fingerprint: dict[str, Any],
-                           cal: CalibrationSet) -> dict[str, Any]:
-    """Static INT8 QDQ quantization of ``fp32`` into ``out`` (atomically), and its ``.json`` record."""
+def build_onnxruntime_int8(ctx: RunContext, fp32: Path, model: Any, excluded: list[str], out: Path,
+                           fingerprint: dict[str, Any], cal: CalibrationSet) -> dict[str, Any]:
+    """Static INT8 QDQ quantization of ``model`` (``fp32`` as :func:`prepared_model` gives it, ``excluded``: its
+    nodes kept in FP32) into ``out`` (atomically), and its ``.json`` record."""
     batches = cal.batches
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -183,10 +257,6 @@ def build_onnxruntime_int8(ctx: RunContext, fp32: Path, out: Path, fingerprint: 
                           f"histogram calibrators stack them), these have {len(shapes)} sizes",
                           hint="use quantize.method=minmax, or give the model a fixed input size "
                                "(e.g. model.input_hw=[h,w] for centerface)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    model = prepared_model(fp32, conf["preprocess"], out.parent)
-    _named_nodes(model)
-    excluded = nodes_to_exclude(ctx, model, conf)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[conf["method"]]
     qtype = {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}
@@ -231,10 +301,15 @@ def ensure_int8_onnx(ctx: RunContext, given: str | None = None) -> Path:
         rec = read_record(out.with_suffix(".json")).get("calibration") or {}
         check_calibration_skips(ctx, rec.get("skipped") or [], f"the INT8 model {out} was calibrated without them")
     else:
-        check_exclude_op_types(ctx, source_model(ctx, fp32, list(ctx.hooks.input_spec(cfg=ctx.cfg))), fp32)
+        source = source_model(ctx, fp32, list(ctx.hooks.input_spec(cfg=ctx.cfg)))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        model = prepared_model(fp32, fp["quantize"]["preprocess"], out.parent)
+        _named_nodes(model)
+        excluded = nodes_to_exclude(ctx, model, fp["quantize"], source, fp32)  # before any calibration image
+        del source
         cal = calibration_inputs(ctx, samples)
         check_calibration_skips(ctx, cal.skipped, "nothing was quantized")
-        rec = build_onnxruntime_int8(ctx, fp32, out, fp, cal)["calibration"]
+        rec = build_onnxruntime_int8(ctx, fp32, model, excluded, out, fp, cal)["calibration"]
     ctx.notes["int8_calibration"] = {"model": str(out), "images": rec.get("images"), "ids": rec.get("ids"),
                                      "skipped": rec.get("skipped") or []}
     return out
