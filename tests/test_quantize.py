@@ -160,6 +160,100 @@ def test_exclude_nodes_takes_a_node_by_the_tensor_it_writes_and_lists_the_choice
     assert rec["excluded"]["nodes"] == ["Sigmoid_1"] and rec["fp32_nodes"] == {"Sigmoid": 1}
 
 
+#: Two quantize settings that give two INT8 models of the fixture computing different outputs (its calibration
+#: images all span the same ranges, so two seeds give one model).
+SETTINGS = {0: {"quantize.method": "minmax"}, 1: {"quantize.method": "percentile", "quantize.percentile": 90.0}}
+
+
+def _int8_job(fixture_cfg, fixture_onnx, root, which, model_dir, stage="eval"):
+    """A run of ``stage`` with ``quantize=int8`` and the settings ``SETTINGS[which]`` in ``root``, its INT8 model
+    in ``model_dir``."""
+    return _run_ctx(fixture_cfg, root, stage=stage, **{"quantize.name": "int8", "quantize.calibration_images": 2,
+                                                       "model_dir": str(model_dir), "model_file": str(fixture_onnx),
+                                                       **SETTINGS[which]})
+
+
+@pytest.fixture
+def int8_by_job(fixture_cfg, fixture_onnx, tmp_path):
+    """The oracle: the INT8 model of each of the two settings, each built alone in its own model_dir."""
+    from zoo_core.quantize.onnxruntime_int8 import ensure_int8_onnx
+
+    out = {i: ensure_int8_onnx(_int8_job(fixture_cfg, fixture_onnx, tmp_path / f"alone{i}", i,
+                                         tmp_path / f"alone{i}" / "model")).read_bytes() for i in (0, 1)}
+    assert out[0] != out[1]
+    return out
+
+
+def _outputs(model: bytes | str) -> np.ndarray:
+    import onnxruntime as ort
+
+    x = np.random.default_rng(5).random((1, 1, 64, 64), np.float32)
+    return ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+
+
+def test_a_parallel_job_replacing_the_shared_int8_model_changes_neither_what_a_run_loads_nor_records(
+        fixture_cfg, fixture_onnx, tmp_path, monkeypatch, int8_by_job):
+    """Before: in a parallel sweep over quantize settings sharing model_dir (audit: zoo run -m
+    hydra/launcher=joblib model=centerface stage=eval quantize=int8 quantize.seed=0,1) both jobs wrote
+    <model_dir>/<model>_onnxruntime_int8.onnx; job 0 scored with its seed-0 model but its run.json hashed that file
+    at the end: the seed-1 model (exit 0); a job loading it after the other's write would run the other's model."""
+    import hashlib
+
+    from zoo_core.quantize import onnxruntime_int8
+    from zoo_core.runs.records import write_run_record
+    from zoo_core.stages.open_backend import open_backend
+
+    shared = tmp_path / "shared"
+    job0 = _int8_job(fixture_cfg, fixture_onnx, tmp_path / "0", 0, shared)
+    job1 = _int8_job(fixture_cfg, fixture_onnx, tmp_path / "1", 1, shared)
+    build = onnxruntime_int8.ensure_int8_onnx
+
+    def then_job1_builds(ctx, given=None):  # job 1 replaces the shared file between job 0's build and its load
+        path = build(ctx, given)
+        if ctx is job0:
+            build(job1, given)
+        return path
+
+    monkeypatch.setattr(onnxruntime_int8, "ensure_int8_onnx", then_job1_builds)
+    backend = open_backend(job0)
+    assert (shared / "fixture_onnxruntime_int8.onnx").read_bytes() == int8_by_job[1]
+    np.testing.assert_array_equal(backend.session.run(None, {"image": np.random.default_rng(5).random(
+        (1, 1, 64, 64), np.float32)})[0], _outputs(int8_by_job[0]))
+    assert not np.array_equal(_outputs(int8_by_job[0]), _outputs(int8_by_job[1]))
+    build(job1, None)  # and once more before job 0's records are written
+    run = json.loads(write_run_record(job0, {"backend": backend.describe(), **job0.notes}).read_text())
+    sha0 = hashlib.sha256(int8_by_job[0]).hexdigest()
+    assert run["inputs"]["model_file"]["sha256"] == sha0 == run["int8_calibration"]["sha256"]
+    assert run["inputs"]["model_file"]["path"] == str(tmp_path / "0" / "eval" / "fixture_onnxruntime_int8.onnx")
+    assert json.loads((tmp_path / "0" / "eval" / "fixture_onnxruntime_int8.json").read_text())["sha256"] == sha0
+    assert run["int8_calibration"]["model_dir_file"] == str(shared / "fixture_onnxruntime_int8.onnx")
+
+
+def test_an_int8_model_replaced_while_it_is_checked_for_reuse_is_rebuilt_not_used(
+        fixture_cfg, fixture_onnx, tmp_path, monkeypatch, caplog, int8_by_job):
+    """The shared file is replaced (by a job with other settings, its record not yet written) after this run read
+    the record that matches it: the bytes checked are those linked for the run, so it rebuilds its own model."""
+    from zoo_core.quantize import onnxruntime_int8
+    from zoo_core.runs import model_files
+
+    shared = tmp_path / "shared"
+    job0 = _int8_job(fixture_cfg, fixture_onnx, tmp_path / "0", 0, shared)
+    onnxruntime_int8.ensure_int8_onnx(job0)  # the shared file and its record: job 0's
+    link = model_files.link_model_file
+
+    def replaced_first(src, dst):
+        if src.name == "fixture_onnxruntime_int8.onnx" and src.read_bytes() == int8_by_job[0]:
+            (shared / "other.tmp").write_bytes(int8_by_job[1])
+            os.replace(shared / "other.tmp", src)
+        return link(src, dst)
+
+    monkeypatch.setattr(onnxruntime_int8, "link_model_file", replaced_first)
+    with caplog.at_level("INFO", logger="zoo"):
+        path = onnxruntime_int8.ensure_int8_onnx(_int8_job(fixture_cfg, fixture_onnx, tmp_path / "0", 0, shared))
+    assert "rebuilding fixture_onnxruntime_int8.onnx: it no longer matches the sha256 recorded" in caplog.text
+    assert path.read_bytes() == int8_by_job[0]
+
+
 @pytest.fixture
 def ascend_env(zoo, fixtures_dir, tmp_path):
     fake = fixtures_dir / "fake_ascend"

@@ -30,8 +30,8 @@ from zoo_core.runs.fingerprint import sha256_file
 from zoo_core.runs.model_files import (
     ensure_onnx,
     int8_onnx_path,
-    read_record,
-    reusable,
+    link_model_file,
+    reusable_record,
 )
 
 log = logging.getLogger("zoo")
@@ -244,9 +244,11 @@ def node_summary(path: Path, excluded: Sequence[str] = ()) -> dict[str, Any]:
 
 
 def build_onnxruntime_int8(ctx: RunContext, fp32: Path, model: Any, excluded: list[str], out: Path,
-                           fingerprint: dict[str, Any], cal: CalibrationSet) -> dict[str, Any]:
+                           fingerprint: dict[str, Any], cal: CalibrationSet, pin: Path | None = None) -> dict[str, Any]:
     """Static INT8 QDQ quantization of ``model`` (``fp32`` as :func:`prepared_model` gives it, ``excluded``: its
-    nodes kept in FP32) into ``out`` (atomically), and its ``.json`` record."""
+    nodes kept in FP32) into ``out`` (atomically), and its ``.json`` record. The record (sha256, node counts) is
+    taken from the file written, before it replaces ``out``, and with ``pin`` that file is linked there first
+    (:func:`link_model_file`): another run may replace ``out`` at any time."""
     batches = cal.batches
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -274,33 +276,55 @@ def build_onnxruntime_int8(ctx: RunContext, fp32: Path, model: Any, excluded: li
                         weight_type=qtype[conf["weight_type"]], nodes_to_exclude=excluded or None,
                         calibrate_method=method, calibration_providers=["CPUExecutionProvider"],
                         extra_options=extra)
+        record = {
+            "fingerprint": fingerprint, "sha256": sha256_file(tmp), "target": "onnxruntime", "format": "QDQ",
+            "source": str(fp32), "bytes": tmp.stat().st_size, "fp32_bytes": fp32.stat().st_size,
+            "calibration": calibration_record(cal),
+            "excluded": {"op_types": conf["exclude_op_types"], "nodes": excluded},
+            **node_summary(tmp, excluded),
+        }
+        if pin is not None:
+            link_model_file(tmp, pin)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    record = {
-        "fingerprint": fingerprint, "sha256": sha256_file(out), "target": "onnxruntime", "format": "QDQ",
-        "source": str(fp32), "bytes": out.stat().st_size, "fp32_bytes": fp32.stat().st_size,
-        "calibration": calibration_record(cal),
-        "excluded": {"op_types": conf["exclude_op_types"], "nodes": excluded},
-        **node_summary(out, excluded),
-    }
     write_json(out.with_suffix(".json"), record)
     return record
 
 
+def _linked(out: Path, pin: Path) -> Path | None:
+    """``pin`` linked to the bytes ``out`` names now; ``None`` when there is no such file."""
+    try:
+        return link_model_file(out, pin) if out.is_file() else None
+    except FileNotFoundError:  # removed (replaced by another run) between the check and the link
+        return None
+
+
 def ensure_int8_onnx(ctx: RunContext, given: str | None = None) -> Path:
-    """The onnxruntime INT8 model: reused when its record matches this run (FP32 bytes, quantize settings,
-    calibration images' ids and sha256s, model section) and its bytes are intact, else built. ``given``: the
-    FP32 ONNX to quantize (default: the export). The settings are checked before anything is exported."""
+    """The onnxruntime INT8 model this run uses: reused when its record matches this run (FP32 bytes, quantize
+    settings, calibration images' ids and sha256s, model section) and its bytes are intact, else built.
+    ``given``: the FP32 ONNX to quantize (default: the export). The settings are checked before anything is
+    exported.
+
+    The model is built or checked in ``model_dir``, which the jobs of a sweep share, and the file returned is a
+    link to exactly the bytes built or checked, in the stage's record dir (``<record dir>/<model>_onnxruntime_int8
+    .onnx``, with its ``.json`` record): no other run writes there, so the backend loads, and ``run.json`` hashes,
+    this run's model even when a parallel job with other quantize settings replaces the shared file meanwhile.
+    """
     settings(ctx)
     fp32 = ensure_onnx(ctx, "onnxruntime", given=given)
     samples = calibration_samples(ctx)
     fp = int8_fingerprint(ctx, fp32, samples)
     out = int8_onnx_path(ctx)
-    if reusable(out, fp, "quantization"):
-        rec = read_record(out.with_suffix(".json")).get("calibration") or {}
-        check_calibration_skips(ctx, rec.get("skipped") or [], f"the INT8 model {out} was calibrated without them")
+    pin = ctx.record(out.name)
+    linked = _linked(out, pin)  # first the link, then the record and the linked bytes are checked
+    record = reusable_record(out, fp, "quantization", data=linked) if linked else None
+    if record is not None:
+        cal_rec = record.get("calibration") or {}
+        check_calibration_skips(ctx, cal_rec.get("skipped") or [],
+                                f"the INT8 model {out} was calibrated without them")
     else:
+        pin.unlink(missing_ok=True)
         source = source_model(ctx, fp32, list(ctx.hooks.input_spec(cfg=ctx.cfg)))
         out.parent.mkdir(parents=True, exist_ok=True)
         model = prepared_model(fp32, fp["quantize"]["preprocess"], out.parent)
@@ -309,7 +333,10 @@ def ensure_int8_onnx(ctx: RunContext, given: str | None = None) -> Path:
         del source
         cal = calibration_inputs(ctx, samples)
         check_calibration_skips(ctx, cal.skipped, "nothing was quantized")
-        rec = build_onnxruntime_int8(ctx, fp32, model, excluded, out, fp, cal)["calibration"]
-    ctx.notes["int8_calibration"] = {"model": str(out), "images": rec.get("images"), "ids": rec.get("ids"),
-                                     "skipped": rec.get("skipped") or []}
-    return out
+        record = build_onnxruntime_int8(ctx, fp32, model, excluded, out, fp, cal, pin=pin)
+        cal_rec = record["calibration"]
+    write_json(pin.with_suffix(".json"), record)
+    ctx.notes["int8_calibration"] = {"model": str(pin), "sha256": record.get("sha256"), "model_dir_file": str(out),
+                                     "images": cal_rec.get("images"), "ids": cal_rec.get("ids"),
+                                     "skipped": cal_rec.get("skipped") or []}
+    return pin
