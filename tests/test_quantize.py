@@ -254,6 +254,23 @@ def test_an_int8_model_replaced_while_it_is_checked_for_reuse_is_rebuilt_not_use
     assert path.read_bytes() == int8_by_job[0]
 
 
+def test_a_bad_calibration_image_is_named_once(fixture_cfg, tmp_path):
+    """Before: 'error: <path>: calibration image: <path>: not a decodable image (...)'; a skip's reason (and so
+    '... skipped (on_error=skip; first: <path>: <reason>)') repeated the path too."""
+    from zoo_core.api.errors import InputError
+    from zoo_core.quantize.calibration import calibration_inputs
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    good = calibration_samples(_run_ctx(fixture_cfg, tmp_path, **{"quantize.calibration_images": 1}))
+    with pytest.raises(InputError) as err:
+        calibration_inputs(_run_ctx(fixture_cfg, tmp_path), [Sample("bad", str(bad))])
+    assert str(err.value) == f"{bad}: calibration image: not a decodable image (corrupt, truncated or not an image file)"
+    cal = calibration_inputs(_run_ctx(fixture_cfg, tmp_path, on_error="skip"), [Sample("bad", str(bad)), *good])
+    assert cal.skipped == [{"id": "bad", "path": str(bad),
+                            "reason": "not a decodable image (corrupt, truncated or not an image file)"}]
+
+
 @pytest.fixture
 def ascend_env(zoo, fixtures_dir, tmp_path):
     fake = fixtures_dir / "fake_ascend"
