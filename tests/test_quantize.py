@@ -4,6 +4,7 @@ a contract double), and ``quantize=int8`` selecting the INT8 model in eval / per
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 from types import SimpleNamespace
@@ -252,6 +253,20 @@ def test_an_int8_model_replaced_while_it_is_checked_for_reuse_is_rebuilt_not_use
         path = onnxruntime_int8.ensure_int8_onnx(_int8_job(fixture_cfg, fixture_onnx, tmp_path / "0", 0, shared))
     assert "rebuilding fixture_onnxruntime_int8.onnx: it no longer matches the sha256 recorded" in caplog.text
     assert path.read_bytes() == int8_by_job[0]
+
+
+def test_a_batchnorm_scale_quantized_per_tensor_is_one_info_line_not_a_warning_each(fixture_cfg, tmp_path, caplog):
+    """Before: onnxruntime's 'Axis 1 is out-of-range for weight ... with rank 1' printed once per BatchNormalization
+    left in the graph (16 warnings on every CenterNet quantize): it quantizes a rank-1 BN scale per tensor."""
+    from zoo_core.quantize.onnxruntime_int8 import ensure_int8_onnx
+
+    fp32 = _onnx_conv_bn_sigmoid(tmp_path / "bn.onnx")
+    with caplog.at_level("INFO"):
+        ensure_int8_onnx(_run_ctx(fixture_cfg, tmp_path, **{"quantize.preprocess": False,
+                                                             "quantize.calibration_images": 2}), str(fp32))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "out-of-range" in r.getMessage()]
+    assert "1 weight(s) with no channel axis quantized per tensor" in caplog.text and "first: g" in caplog.text
+    assert "BatchNormalization" in _record(tmp_path / "model", "fixture")["quantized_nodes"]
 
 
 def test_a_bad_calibration_image_is_named_once(fixture_cfg, tmp_path):

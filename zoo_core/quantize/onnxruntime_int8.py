@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,26 @@ def prepared_model(fp32: Path, preprocess: bool, work: Path) -> Any:
         return onnx.load(str(dst))
 
 
+class _PerTensorFallback(logging.Filter):
+    """Holds back onnxruntime's ``Axis 1 is out-of-range for weight '<w>' with rank 1`` warnings (one per
+    BatchNormalization left in the graph, 16 on CenterNet, whose BNs follow the FP32 DeformConvs): the QDQ
+    quantizer gives a BN scale the channel axis 1, out of range for its rank-1 tensor, and quantizes it per tensor
+    instead. Harmless here: the BN scales of CenterNet's seeded checkpoint (0.82-1.18) come back within 0.52% of
+    their values (measured). Collected, and logged as one info line."""
+
+    PATTERN = re.compile(r"Axis -?\d+ is out-of-range for weight '(.*)' with rank \d+$")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        m = self.PATTERN.match(record.getMessage()) if record.levelno == logging.WARNING else None
+        if m:
+            self.weights.append(m.group(1))
+        return m is None
+
+
 def _reader(batches: Calibration) -> Any:
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -270,12 +291,22 @@ def build_onnxruntime_int8(ctx: RunContext, fp32: Path, model: Any, excluded: li
     tmp = temp_path(out)
     log.info("quantizing %s to INT8 (%s calibration on %d images, %d nodes kept in FP32)", fp32.name,
              conf["method"], len(batches), len(excluded))
+    per_tensor = _PerTensorFallback()
+    root = logging.getLogger()
     try:
-        quantize_static(model, str(tmp), _reader(batches), quant_format=QuantFormat.QDQ,
-                        per_channel=conf["per_channel"], activation_type=qtype[conf["activation_type"]],
-                        weight_type=qtype[conf["weight_type"]], nodes_to_exclude=excluded or None,
-                        calibrate_method=method, calibration_providers=["CPUExecutionProvider"],
-                        extra_options=extra)
+        root.addFilter(per_tensor)
+        try:
+            quantize_static(model, str(tmp), _reader(batches), quant_format=QuantFormat.QDQ,
+                            per_channel=conf["per_channel"], activation_type=qtype[conf["activation_type"]],
+                            weight_type=qtype[conf["weight_type"]], nodes_to_exclude=excluded or None,
+                            calibrate_method=method, calibration_providers=["CPUExecutionProvider"],
+                            extra_options=extra)
+        finally:
+            root.removeFilter(per_tensor)
+        if per_tensor.weights:
+            log.info("%d weight(s) with no channel axis quantized per tensor (onnxruntime's per-channel axis 1 is "
+                     "out of range for a rank-1 BatchNormalization scale), first: %s", len(per_tensor.weights),
+                     per_tensor.weights[0])
         record = {
             "fingerprint": fingerprint, "sha256": sha256_file(tmp), "target": "onnxruntime", "format": "QDQ",
             "source": str(fp32), "bytes": tmp.stat().st_size, "fp32_bytes": fp32.stat().st_size,
