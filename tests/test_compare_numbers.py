@@ -10,7 +10,7 @@ import pytest
 from zoo_core.api.types import Detections
 from zoo_core.compare.detections import MatchSummary, iou_matrix, match, match_image
 from zoo_core.compare.numbers import OutputStats, Tolerance, cosine, diff
-from zoo_core.compare.report import jsonable
+from zoo_core.compare.report import failure_reasons, jsonable, verdict_line
 
 TOL = Tolerance(atol=1e-4, rtol=1e-2, min_cosine=0.999)
 
@@ -78,6 +78,45 @@ def test_output_stats_normalise_per_image_and_keep_the_worst():
     assert s.beyond == 16 and s.elements == 32
     out = s.as_dict()
     assert out["beyond_tolerance"] == pytest.approx(0.5) and out["shape"] == [4, 4]
+
+
+def test_a_tolerance_set_to_the_reported_value_passes():
+    """Before: rtol set to the reported max_rel (atol 0) failed: the rule tested d > atol + rtol*max|ref| and
+    (d / max|ref|) * max|ref| rounds below d for these float32 values (CenterFace INT8 output 539, audit)."""
+    ref = np.array([0.42302513122558594, -0.1, 0.0], np.float32)
+    cand = ref + np.array([0.0, 0.0, 0.4970765709877014], np.float32)
+    d = diff(ref, cand, TOL)
+    assert d.max_rel == 0.4970765709877014 / 0.42302513122558594 and d.max_rel * d.ref_max_abs < d.max_abs
+    at_rel = Tolerance(atol=0.0, rtol=d.max_rel, min_cosine=-1)
+    assert diff(ref, cand, at_rel).beyond == 0 and diff(ref, cand, at_rel).passed(at_rel)
+    assert diff(ref, cand, Tolerance(0.0, np.nextafter(d.max_rel, 0), -1)).beyond == 1  # just below: beyond
+    at_abs = Tolerance(atol=d.max_abs, rtol=0.0, min_cosine=-1)
+    assert diff(ref, cand, at_abs).beyond == 0
+    assert diff(ref, cand, Tolerance(np.nextafter(d.max_abs, 0), 0.0, -1)).beyond == 1
+    s = OutputStats(at_rel)  # over images: rtol = the output's reported max_rel passes every image
+    s.add("a", ref, cand)
+    s.add("b", 2 * ref, 2 * ref + 0.5 * (cand - ref))
+    assert s.max_rel == d.max_rel and s.passed
+    z = np.zeros(3, np.float32)  # an all-zero reference: atol alone decides
+    assert diff(z, z + 0.5, Tolerance(0.5, 1.0, -1)).beyond == 0 and diff(z, z + 0.5, Tolerance(0.4, 9.0, -1)).beyond == 3
+
+
+def test_failure_lines_count_a_single_element_and_show_the_digits_near_the_limit():
+    """Before: one failing element of 49,152 printed as '0.00% of values beyond', and a max abs of 3.5683 over
+    atol=3.568 printed as 'max abs 3.568' next to 'atol 3.568'."""
+    tol = Tolerance(atol=3.568, rtol=0.0, min_cosine=-1)
+    s = OutputStats(tol)
+    ref = np.zeros((3, 128, 128), np.float32)
+    ref[0, 0, 0] = 10.0
+    cand = ref.copy()
+    cand[1, 2, 3] = 3.5683
+    s.add("img", ref, cand)
+    result = {"tolerance": tol.as_dict(), "passed": False, "outputs": {"hm": s.as_dict()}}
+    (line,) = failure_reasons(result)
+    assert line.startswith("output hm: 1 of 49,152 values (0.002%) beyond atol + rtol*max|ref|")
+    assert f"max abs {float(np.float32(3.5683))!r}" in line and "max rel 0.3568" in line
+    assert "atol 3.568, rtol 0.0 of max |reference|" in verdict_line(result)
+    assert "atol 3.5683," in verdict_line({**result, "tolerance": {**tol.as_dict(), "atol": 3.5683}})
 
 
 def _dets(boxes, scores, labels, **extras):

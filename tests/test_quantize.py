@@ -4,6 +4,7 @@ a contract double), and ``quantize=int8`` selecting the INT8 model in eval / per
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 from types import SimpleNamespace
@@ -11,8 +12,9 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
+from zoo_core.api.errors import ConfigError
 from zoo_core.api.types import Sample
 from zoo_core.quantize.calibration import calibration_samples
 
@@ -33,6 +35,255 @@ def test_calibration_draw_is_seeded_and_one_per_stratum():
     edges = [0, 12, 25, 37, 50, 62, 75, 87, 100]   # 100 sorted ids cut into 8 strata
     assert all(edges[k] <= i < edges[k + 1] for k, i in enumerate(idx))
     assert [s.id for s in calibration_samples(_ctx(5, 8, seed=0))] == [f"img{i:03d}" for i in range(5)]
+
+
+def _run_ctx(fixture_cfg, root, stage="quantize", **over):
+    """An in-process run context of the fixture model in ``root`` (model_dir ``root/model``)."""
+    from zoo_core.plugins.manager import ZooPluginManager
+    from zoo_core.runs.context import RunContext
+
+    cfg = fixture_cfg.copy()
+    with open_dict(cfg):
+        cfg.stage.name = stage
+        cfg.num_workers = 0
+        cfg.work_dir = str(root)
+        cfg.model_dir = str(root / "model")
+        for k, v in over.items():
+            OmegaConf.update(cfg, k, v, merge=False)
+    return RunContext(cfg, ZooPluginManager(), root)
+
+
+@pytest.mark.parametrize("images", [2, 1000])  # fewer than the dataset's 12 (a draw), more (all of them)
+@pytest.mark.parametrize("target", ["onnxruntime", "ascend"])
+def test_a_negative_seed_is_refused_before_anything_is_exported(fixture_cfg, tmp_path, images, target):
+    """Before: quantize.seed=-1 failed with numpy's 'ValueError: expected non-negative integer' (exit 1) after the
+    FP32 export was written, and was accepted silently when the dataset had no more images than were drawn."""
+    from zoo_core.stages import quantize_stage
+
+    ctx = _run_ctx(fixture_cfg, tmp_path, **{"quantize.seed": -1, "quantize.calibration_images": images,
+                                             "export.target": target})
+    with pytest.raises(ConfigError, match=r"quantize\.seed=-1 is invalid: it must be >= 0"):
+        quantize_stage.run(ctx)
+    assert not (tmp_path / "model").exists()
+
+
+def _onnx_symbolic_shape_inference_gives_up_on(path):
+    """image (B,1,H,W) -> Conv stride 2 -> ConvTranspose stride 2 -> Add image -> Sigmoid: onnxruntime's symbolic
+    shape inference cannot merge the ConvTranspose's new dims with the input's at the Add (as in CenterFace)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.random((32, 1, 3, 3), np.float32), "w"),  # > 1 KB: external data
+             numpy_helper.from_array(rng.random((32, 1, 2, 2), np.float32), "wt")]
+    nodes = [helper.make_node("Conv", ["image", "w"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("ConvTranspose", ["c", "wt"], ["t"], strides=[2, 2]),
+             helper.make_node("Add", ["t", "image"], ["a"]), helper.make_node("Sigmoid", ["a"], ["mask"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["B", 1, "H", "W"])],
+                              [helper.make_tensor_value_info("mask", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+def test_quantize_pre_processing_writes_nothing_in_the_current_directory(tmp_path, monkeypatch, caplog):
+    """Before: every onnxruntime quantize of CenterFace / CenterNet left sym_shape_infer_temp.onnx + <uuid>.data
+    (7.2 MB / 78 MB) in the current directory: onnxruntime saves its partial model there when its symbolic shape
+    inference gives up."""
+    from zoo_core.quantize.onnxruntime_int8 import prepared_model
+
+    fp32 = _onnx_symbolic_shape_inference_gives_up_on(tmp_path / "m.onnx")
+    cwd, work = tmp_path / "cwd", tmp_path / "model"
+    cwd.mkdir()
+    work.mkdir()
+    monkeypatch.chdir(cwd)
+    with caplog.at_level("INFO", logger="zoo"):
+        model = prepared_model(fp32, True, work)
+    assert "without symbolic shape inference" in caplog.text  # the path that used to write into the cwd
+    assert [n.op_type for n in model.graph.node] == ["Conv", "ConvTranspose", "Add", "Sigmoid"]
+    assert list(cwd.iterdir()) == [] and list(work.iterdir()) == [] and os.getcwd() == str(cwd)
+
+
+def _onnx_conv_bn_sigmoid(path):
+    """The fixture model's interface (image -> mask) with a BatchNormalization after its Conv, nodes unnamed."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.standard_normal((1, 1, 3, 3)).astype(np.float32), "w"),
+             *(numpy_helper.from_array(np.array([v], np.float32), k)
+               for k, v in (("g", 1.5), ("b", 0.1), ("mean", 0.2), ("var", 0.9)))]
+    nodes = [helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "g", "b", "mean", "var"], ["bn"]),
+             helper.make_node("Sigmoid", ["bn"], ["mask"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["B", 1, "H", "W"])],
+                              [helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["B", 1, "H", "W"])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+def test_an_exclude_op_type_folded_by_pre_processing_is_refused_saying_so(fixture_cfg, tmp_path):
+    """Before: quantize.exclude_op_types=[BatchNormalization] was checked on the FP32 graph (which has the BN) while
+    the exclusions were taken from the graph after quant_pre_process, which folds BN into the Conv: nothing was
+    excluded, the model was byte-identical to the default one, exit 0."""
+    from zoo_core.quantize.onnxruntime_int8 import ensure_int8_onnx
+
+    fp32 = _onnx_conv_bn_sigmoid(tmp_path / "bn.onnx")
+    over = {"quantize.exclude_op_types": ["BatchNormalization"], "quantize.calibration_images": 2}
+    with pytest.raises(ConfigError) as err:
+        ensure_int8_onnx(_run_ctx(fixture_cfg, tmp_path, **over), str(fp32))
+    assert str(err.value).startswith("quantize.exclude_op_types: 'BatchNormalization': no such node is left in the "
+                                     "graph that is quantized: quantize.preprocess (onnxruntime's quant_pre_process) "
+                                     "folded the 1 BatchNormalization node(s) of bn.onnx")
+    assert "quantize.preprocess=false" in err.value.hint
+    assert not list((tmp_path / "model").glob("*int8*"))
+    # without pre-processing the BN is a node of the quantized graph, and it is kept in FP32
+    path = ensure_int8_onnx(_run_ctx(fixture_cfg, tmp_path, **over, **{"quantize.preprocess": False}), str(fp32))
+    rec = _record(tmp_path / "model", "fixture")
+    assert rec["fp32_nodes"] == {"BatchNormalization": 1} and rec["excluded"]["nodes"] == ["BatchNormalization_1"]
+    assert [n.op_type for n in onnx.load(str(path)).graph.node].count("BatchNormalization") == 1
+
+
+def test_exclude_nodes_takes_a_node_by_the_tensor_it_writes_and_lists_the_choices(fixture_cfg, tmp_path):
+    """Before: the Star-Clouds CenterFace nodes have no names (zoo names them <op>_<index> after pre-processing),
+    and quantize.exclude_nodes=[539] (an output tensor) failed with 'no node named '539' in the centerface graph',
+    no hint of the names there are."""
+    from zoo_core.quantize.onnxruntime_int8 import ensure_int8_onnx
+
+    fp32 = _onnx_conv_bn_sigmoid(tmp_path / "bn.onnx")  # after pre-processing: Conv (BN folded) -> Sigmoid
+    with pytest.raises(ConfigError) as err:
+        ensure_int8_onnx(_run_ctx(fixture_cfg, tmp_path, **{"quantize.exclude_nodes": ["Conv_9", "maks"]}), str(fp32))
+    assert str(err.value).partition("\n")[0] == ("quantize.exclude_nodes: no node named 'Conv_9', 'maks' (nor writing a tensor of that "
+                              "name) in the fixture graph bn.onnx as it is quantized (2 nodes; close: Conv_0 (-> bn), "
+                              "Sigmoid_1 (-> mask); writing the graph's outputs: Sigmoid_1 (-> mask))")
+    assert "quantize.exclude_nodes=[mask]" in err.value.hint and "<op type>_<index>" in err.value.hint
+    assert not list((tmp_path / "model").glob("*int8*"))
+    ensure_int8_onnx(_run_ctx(fixture_cfg, tmp_path, **{"quantize.exclude_nodes": ["mask"],
+                                                        "quantize.calibration_images": 2}), str(fp32))
+    rec = _record(tmp_path / "model", "fixture")
+    assert rec["excluded"]["nodes"] == ["Sigmoid_1"] and rec["fp32_nodes"] == {"Sigmoid": 1}
+
+
+#: Two quantize settings that give two INT8 models of the fixture computing different outputs (its calibration
+#: images all span the same ranges, so two seeds give one model).
+SETTINGS = {0: {"quantize.method": "minmax"}, 1: {"quantize.method": "percentile", "quantize.percentile": 90.0}}
+
+
+def _int8_job(fixture_cfg, fixture_onnx, root, which, model_dir, stage="eval"):
+    """A run of ``stage`` with ``quantize=int8`` and the settings ``SETTINGS[which]`` in ``root``, its INT8 model
+    in ``model_dir``."""
+    return _run_ctx(fixture_cfg, root, stage=stage, **{"quantize.name": "int8", "quantize.calibration_images": 2,
+                                                       "model_dir": str(model_dir), "model_file": str(fixture_onnx),
+                                                       **SETTINGS[which]})
+
+
+@pytest.fixture
+def int8_by_job(fixture_cfg, fixture_onnx, tmp_path):
+    """The oracle: the INT8 model of each of the two settings, each built alone in its own model_dir."""
+    from zoo_core.quantize.onnxruntime_int8 import ensure_int8_onnx
+
+    out = {i: ensure_int8_onnx(_int8_job(fixture_cfg, fixture_onnx, tmp_path / f"alone{i}", i,
+                                         tmp_path / f"alone{i}" / "model")).read_bytes() for i in (0, 1)}
+    assert out[0] != out[1]
+    return out
+
+
+def _outputs(model: bytes | str) -> np.ndarray:
+    import onnxruntime as ort
+
+    x = np.random.default_rng(5).random((1, 1, 64, 64), np.float32)
+    return ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+
+
+def test_a_parallel_job_replacing_the_shared_int8_model_changes_neither_what_a_run_loads_nor_records(
+        fixture_cfg, fixture_onnx, tmp_path, monkeypatch, int8_by_job):
+    """Before: in a parallel sweep over quantize settings sharing model_dir (audit: zoo run -m
+    hydra/launcher=joblib model=centerface stage=eval quantize=int8 quantize.seed=0,1) both jobs wrote
+    <model_dir>/<model>_onnxruntime_int8.onnx; job 0 scored with its seed-0 model but its run.json hashed that file
+    at the end: the seed-1 model (exit 0); a job loading it after the other's write would run the other's model."""
+    import hashlib
+
+    from zoo_core.quantize import onnxruntime_int8
+    from zoo_core.runs.records import write_run_record
+    from zoo_core.stages.open_backend import open_backend
+
+    shared = tmp_path / "shared"
+    job0 = _int8_job(fixture_cfg, fixture_onnx, tmp_path / "0", 0, shared)
+    job1 = _int8_job(fixture_cfg, fixture_onnx, tmp_path / "1", 1, shared)
+    build = onnxruntime_int8.ensure_int8_onnx
+
+    def then_job1_builds(ctx, given=None):  # job 1 replaces the shared file between job 0's build and its load
+        path = build(ctx, given)
+        if ctx is job0:
+            build(job1, given)
+        return path
+
+    monkeypatch.setattr(onnxruntime_int8, "ensure_int8_onnx", then_job1_builds)
+    backend = open_backend(job0)
+    assert (shared / "fixture_onnxruntime_int8.onnx").read_bytes() == int8_by_job[1]
+    np.testing.assert_array_equal(backend.session.run(None, {"image": np.random.default_rng(5).random(
+        (1, 1, 64, 64), np.float32)})[0], _outputs(int8_by_job[0]))
+    assert not np.array_equal(_outputs(int8_by_job[0]), _outputs(int8_by_job[1]))
+    build(job1, None)  # and once more before job 0's records are written
+    run = json.loads(write_run_record(job0, {"backend": backend.describe(), **job0.notes}).read_text())
+    sha0 = hashlib.sha256(int8_by_job[0]).hexdigest()
+    assert run["inputs"]["model_file"]["sha256"] == sha0 == run["int8_calibration"]["sha256"]
+    assert run["inputs"]["model_file"]["path"] == str(tmp_path / "0" / "eval" / "fixture_onnxruntime_int8.onnx")
+    assert json.loads((tmp_path / "0" / "eval" / "fixture_onnxruntime_int8.json").read_text())["sha256"] == sha0
+    assert run["int8_calibration"]["model_dir_file"] == str(shared / "fixture_onnxruntime_int8.onnx")
+
+
+def test_an_int8_model_replaced_while_it_is_checked_for_reuse_is_rebuilt_not_used(
+        fixture_cfg, fixture_onnx, tmp_path, monkeypatch, caplog, int8_by_job):
+    """The shared file is replaced (by a job with other settings, its record not yet written) after this run read
+    the record that matches it: the bytes checked are those linked for the run, so it rebuilds its own model."""
+    from zoo_core.quantize import onnxruntime_int8
+    from zoo_core.runs import model_files
+
+    shared = tmp_path / "shared"
+    job0 = _int8_job(fixture_cfg, fixture_onnx, tmp_path / "0", 0, shared)
+    onnxruntime_int8.ensure_int8_onnx(job0)  # the shared file and its record: job 0's
+    link = model_files.link_model_file
+
+    def replaced_first(src, dst):
+        if src.name == "fixture_onnxruntime_int8.onnx" and src.read_bytes() == int8_by_job[0]:
+            (shared / "other.tmp").write_bytes(int8_by_job[1])
+            os.replace(shared / "other.tmp", src)
+        return link(src, dst)
+
+    monkeypatch.setattr(onnxruntime_int8, "link_model_file", replaced_first)
+    with caplog.at_level("INFO", logger="zoo"):
+        path = onnxruntime_int8.ensure_int8_onnx(_int8_job(fixture_cfg, fixture_onnx, tmp_path / "0", 0, shared))
+    assert "rebuilding fixture_onnxruntime_int8.onnx: it no longer matches the sha256 recorded" in caplog.text
+    assert path.read_bytes() == int8_by_job[0]
+
+
+def test_a_batchnorm_scale_quantized_per_tensor_is_one_info_line_not_a_warning_each(fixture_cfg, tmp_path, caplog):
+    """Before: onnxruntime's 'Axis 1 is out-of-range for weight ... with rank 1' printed once per BatchNormalization
+    left in the graph (16 warnings on every CenterNet quantize): it quantizes a rank-1 BN scale per tensor."""
+    from zoo_core.quantize.onnxruntime_int8 import ensure_int8_onnx
+
+    fp32 = _onnx_conv_bn_sigmoid(tmp_path / "bn.onnx")
+    with caplog.at_level("INFO"):
+        ensure_int8_onnx(_run_ctx(fixture_cfg, tmp_path, **{"quantize.preprocess": False,
+                                                             "quantize.calibration_images": 2}), str(fp32))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "out-of-range" in r.getMessage()]
+    assert "1 weight(s) with no channel axis quantized per tensor" in caplog.text and "first: g" in caplog.text
+    assert "BatchNormalization" in _record(tmp_path / "model", "fixture")["quantized_nodes"]
+
+
+def test_a_bad_calibration_image_is_named_once(fixture_cfg, tmp_path):
+    """Before: 'error: <path>: calibration image: <path>: not a decodable image (...)'; a skip's reason (and so
+    '... skipped (on_error=skip; first: <path>: <reason>)') repeated the path too."""
+    from zoo_core.api.errors import InputError
+    from zoo_core.quantize.calibration import calibration_inputs
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    good = calibration_samples(_run_ctx(fixture_cfg, tmp_path, **{"quantize.calibration_images": 1}))
+    with pytest.raises(InputError) as err:
+        calibration_inputs(_run_ctx(fixture_cfg, tmp_path), [Sample("bad", str(bad))])
+    assert str(err.value) == f"{bad}: calibration image: not a decodable image (corrupt, truncated or not an image file)"
+    cal = calibration_inputs(_run_ctx(fixture_cfg, tmp_path, on_error="skip"), [Sample("bad", str(bad)), *good])
+    assert cal.skipped == [{"id": "bad", "path": str(bad),
+                            "reason": "not a decodable image (corrupt, truncated or not an image file)"}]
 
 
 @pytest.fixture

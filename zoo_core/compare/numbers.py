@@ -2,10 +2,13 @@
 
 An element is *beyond tolerance* when ``|candidate - reference| > atol + rtol * max|reference|``, where
 ``max|reference|`` is taken over the same tensor of the same image (so ``rtol`` is relative to the
-tensor's scale, not to each element, which would blow up near zero). A tensor passes when no element
-is beyond tolerance **and** its cosine similarity is at least ``min_cosine``: cosine alone misses a
-layer that is scaled (cosine 1.0, every value 10% off), the bound alone misses noise spread thinly
-over a large tensor.
+tensor's scale, not to each element, which would blow up near zero). It is evaluated as
+``(|candidate - reference| - atol) / max|reference| > rtol`` (``> atol`` for an all-zero reference): the
+division the reported ``max_rel`` is, so ``rtol`` set to a reported ``max_rel`` (or ``atol`` to a reported
+``max_abs``) passes, where ``atol + rtol * max|reference|`` could round below the value it came from.
+A tensor passes when no element is beyond tolerance **and** its cosine similarity is at least
+``min_cosine``: cosine alone misses a layer that is scaled (cosine 1.0, every value 10% off), the bound
+alone misses noise spread thinly over a large tensor.
 """
 from __future__ import annotations
 
@@ -71,11 +74,18 @@ class TensorDiff:
 
     def as_dict(self, tol: Tolerance) -> dict[str, Any]:
         out = {"max_abs": self.max_abs, "max_rel": self.max_rel, "cosine": self.cosine,
-               "beyond_tolerance": self.beyond / self.size if self.size else 0.0,
+               "beyond_tolerance": self.beyond / self.size if self.size else 0.0, "beyond_count": self.beyond,
                "max_abs_reference": self.ref_max_abs, "elements": self.size, "passed": self.passed(tol)}
         if self.nonfinite:
             out["nonfinite"] = self.nonfinite
         return out
+
+
+def beyond_count(d: np.ndarray, ref_max: float, tol: Tolerance) -> int:
+    """Elements of ``d = |candidate - reference|`` beyond tolerance, in the terms ``max_rel`` is reported in."""
+    if ref_max > 0:
+        return int(np.count_nonzero((d - tol.atol) / ref_max > tol.rtol))
+    return int(np.count_nonzero(d > tol.atol))
 
 
 def diff(ref: np.ndarray, cand: np.ndarray, tol: Tolerance) -> TensorDiff:
@@ -92,7 +102,7 @@ def diff(ref: np.ndarray, cand: np.ndarray, tol: Tolerance) -> TensorDiff:
         r, c = np.where(bad, 0.0, r), np.where(bad, 0.0, c)
     d = np.abs(c - r)
     ref_max = float(np.abs(r).max())
-    beyond = int(np.count_nonzero(d > tol.bound(ref_max))) + nonfinite
+    beyond = beyond_count(d, ref_max, tol) + nonfinite
     max_abs = math.inf if nonfinite else float(d.max())
     return TensorDiff(max_abs, ref_max, cosine(r, c), beyond, int(r.size), nonfinite)
 
@@ -138,6 +148,7 @@ class OutputStats:
     def as_dict(self) -> dict[str, Any]:
         return {"max_abs": self.max_abs, "max_rel": self.max_rel, "cosine": self.cosine,
                 "beyond_tolerance": self.beyond / self.elements if self.elements else 0.0,
+                "beyond_count": self.beyond, "elements": self.elements,
                 "max_abs_reference": self.ref_max_abs, "shape": self.shape, "images": self.images,
                 "failed_images": self.failed_images, "worst_image": self.worst_image,
                 "lowest_cosine_image": self.lowest_cosine_image, "passed": self.passed}

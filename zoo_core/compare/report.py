@@ -38,6 +38,29 @@ def _g(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+def _near(v: Any, limit: Any) -> str:
+    """``v`` as :func:`_g` prints it, or every digit when that would print the same as ``limit`` (a max abs
+    of 3.5683 beyond an atol of 3.568 is not shown as "3.568" next to "atol 3.568")."""
+    text = _g(v)
+    if isinstance(v, float) and isinstance(limit, (int, float)) and text == _g(float(limit)) and v != limit:
+        return repr(v)
+    return text
+
+
+def _count(o: dict[str, Any]) -> str:
+    """``1 of 262,144 values (0.00038%)`` beyond tolerance (the share alone in a record without the count)."""
+    share = o["beyond_tolerance"]
+    pct = f"{share:.2%}" if share >= 1e-4 or share == 0 else f"{share * 100:.2g}%"
+    if o.get("beyond_count") is None or not o.get("elements"):
+        return f"{pct} of values"
+    return f"{o['beyond_count']:,} of {o['elements']:,} values ({pct})"
+
+
+def _tol(v: Any) -> str:
+    """A tolerance as given (every digit: ``atol 3.5683`` is not ``3.568``)."""
+    return repr(float(v)) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
 def _f4(v: Any) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
@@ -65,7 +88,7 @@ def side_label(side: dict[str, Any]) -> str:
 def verdict_line(result: dict[str, Any]) -> str:
     tol = result["tolerance"]
     word = "PASSED" if result["passed"] else "NOT PASSED"
-    return (f"{word} (atol {_g(tol['atol'])}, rtol {_g(tol['rtol'])} of max |reference|, "
+    return (f"{word} (atol {_tol(tol['atol'])}, rtol {_tol(tol['rtol'])} of max |reference|, "
             f"min cosine {tol['min_cosine']})")
 
 
@@ -78,8 +101,8 @@ def failure_reasons(result: dict[str, Any]) -> list[str]:
             continue
         why = []
         if o["beyond_tolerance"] > 0:
-            why.append(f"{o['beyond_tolerance']:.2%} of values beyond atol + rtol*max|ref| "
-                       f"(max abs {_g(o['max_abs'])}, max rel {_g(o['max_rel'])})")
+            why.append(f"{_count(o)} beyond atol + rtol*max|ref| "
+                       f"(max abs {_near(o['max_abs'], tol['atol'])}, max rel {_near(o['max_rel'], tol['rtol'])})")
         if o["cosine"] is not None and o["cosine"] < tol["min_cosine"]:
             why.append(f"cosine {_cos(o['cosine'])} < {tol['min_cosine']}")
         out.append(f"output {name}: " + "; ".join(why or ["failed"]))
@@ -141,7 +164,7 @@ def markdown(result: dict[str, Any], plot: str | None) -> str:  # noqa: C901 (on
                    f"{'-' if ms is None else f'{ms:.1f}'} |")
     out += ["", f"{result['images']} images, the same preprocessed arrays through both sides. An element is beyond "
             f"tolerance when |candidate - reference| > atol + rtol * max|reference| (of that output on that image, "
-            f"atol {_g(tol['atol'])}, rtol {_g(tol['rtol'])}); an output passes when no element is and its cosine "
+            f"atol {_tol(tol['atol'])}, rtol {_tol(tol['rtol'])}); an output passes when no element is and its cosine "
             f"is at least {tol['min_cosine']} on every image.", "", "## Outputs", "",
             "| output | shape | max abs | max rel | cosine (lowest) | beyond tolerance | worst image | verdict |",
             "|---|---|---|---|---|---|---|---|"]

@@ -94,7 +94,7 @@ class QuantizeConfig:
     weight_type: QuantType = QuantType.qint8
     percentile: float = 99.999              # method=percentile: the histogram percentile kept
     preprocess: bool = True                 # onnxruntime's quant_pre_process first (folds BN into Conv)
-    exclude_nodes: list[str] = field(default_factory=list)      # node names kept in FP32
+    exclude_nodes: list[str] = field(default_factory=list)      # nodes kept in FP32 (name, or a tensor they write)
     exclude_op_types: list[str] = field(default_factory=list)   # + model.quantize_exclude_op_types
 
 

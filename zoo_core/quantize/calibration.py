@@ -39,8 +39,11 @@ def settings(ctx: RunContext) -> dict[str, Any]:
     pct = float(q.percentile)
     if not 0.0 < pct <= 100.0:
         raise ConfigError(f"quantize.percentile={pct} is invalid: it must be within (0, 100]")
+    seed = int(q.seed)
+    if seed < 0:  # numpy's generator refuses it, but only when the dataset has more images than are drawn
+        raise ConfigError(f"quantize.seed={seed} is invalid: it must be >= 0")
     return {
-        "calibration_images": n, "method": enum_name(q.method), "seed": int(q.seed), "per_channel": bool(q.per_channel),
+        "calibration_images": n, "method": enum_name(q.method), "seed": seed, "per_channel": bool(q.per_channel),
         "activation_type": enum_name(q.activation_type), "weight_type": enum_name(q.weight_type),
         "percentile": pct if enum_name(q.method) == "percentile" else None,
         "exclude_op_types": excluded_op_types(ctx), "exclude_nodes": [str(n) for n in q.exclude_nodes],
@@ -108,11 +111,11 @@ def calibration_inputs(ctx: RunContext, samples: Sequence[Sample]) -> Calibratio
     with WorkerPool(ctx.hooks, cfg, workers) as pool:
         for prep in ImageSource(samples, pool).items():
             if prep.error is not None or prep.inputs is None:
+                reason = _without_path(str(prep.error or "no inputs"), prep.sample.path)
                 if not ctx.skip_errors:
-                    raise InputError(f"calibration image: {prep.error}", path=prep.sample.path)
-                log.warning("calibration: skipping %s: %s", prep.sample.path, prep.error)
-                skipped[prep.sample.id] = {"id": prep.sample.id, "path": str(prep.sample.path),
-                                           "reason": str(prep.error)}
+                    raise InputError(f"calibration image: {reason}", path=prep.sample.path)
+                log.warning("calibration: skipping %s: %s", prep.sample.path, reason)
+                skipped[prep.sample.id] = {"id": prep.sample.id, "path": str(prep.sample.path), "reason": reason}
                 continue
             # copies: the arrays may be views of the pool's shared-memory slots, unmapped when it closes
             by_id[prep.sample.id] = {k: np.array(v[None], copy=True, order="C") for k, v in prep.inputs.items()}
@@ -120,6 +123,12 @@ def calibration_inputs(ctx: RunContext, samples: Sequence[Sample]) -> Calibratio
     if not used:
         raise ZooError("no calibration image could be preprocessed")
     return CalibrationSet([by_id[s.id] for s in used], used, [skipped[s.id] for s in samples if s.id in skipped])
+
+
+def _without_path(error: str, path: Any) -> str:
+    """A preprocessing error without the ``<path>: `` it starts with (the caller names the file once)."""
+    prefix = f"{path}: "
+    return error[len(prefix):] if error.startswith(prefix) else error
 
 
 def calibration_digest(batches: Calibration) -> str:

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 
-from zoo_core.api.atomic import write_json
+from zoo_core.api.atomic import temp_path, write_json
 from zoo_core.api.checkpoint import regular_file
 from zoo_core.api.errors import ZooError
 from zoo_core.runs.export_keys import changed_keys, export_values
@@ -212,14 +214,23 @@ def read_record(meta: Path) -> dict:
 def reusable(out: Path, fingerprint: dict, what: str) -> bool:
     """True when ``out`` and its ``.json`` record exist, the recorded fingerprint equals ``fingerprint`` and
     the file's bytes still match the recorded sha256; the decision is logged with what changed."""
+    return reusable_record(out, fingerprint, what) is not None
+
+
+def reusable_record(out: Path, fingerprint: dict, what: str, data: Path | None = None) -> dict | None:
+    """:func:`reusable`, returning the record read (``None``: not reusable). ``data``: the file whose bytes are
+    checked against the record's sha256 (default ``out``), e.g. a link to ``out`` taken before the record is read
+    (:func:`link_model_file`), so the bytes checked are the bytes then used even if another run (a job of a
+    parallel sweep sharing ``model_dir``) replaces ``out`` meanwhile."""
     meta = out.with_suffix(".json")
-    if not (out.is_file() and meta.is_file()):
-        return False
+    data = data or out
+    if not (data.is_file() and meta.is_file()):
+        return None
     old = read_record(meta)
     recorded = old.get("fingerprint") or {}
-    if recorded == fingerprint and old.get("sha256") == sha256_file(out):
+    if recorded == fingerprint and old.get("sha256") == sha256_file(data):
         log.info("reusing %s: its %s inputs are unchanged", out, what)
-        return True
+        return old
     if not old:
         log.info("rebuilding %s: its record is unreadable", out.name)
     elif recorded != fingerprint:
@@ -227,7 +238,24 @@ def reusable(out: Path, fingerprint: dict, what: str) -> bool:
         log.info("rebuilding %s: it was built with other %s inputs (%s)", out.name, what, ", ".join(changed))
     else:
         log.info("rebuilding %s: it no longer matches the sha256 recorded when it was written", out.name)
-    return False
+    return None
+
+
+def link_model_file(src: Path, dst: Path) -> Path:
+    """Make ``dst`` (atomically) a hard link to the bytes ``src`` names now, or a copy of them where the file
+    system refuses the link (``model_dir`` on another one). zoo replaces a file of ``model_dir`` by a rename,
+    never in place, so ``dst`` keeps these bytes whatever another run writes at ``src`` later."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(dst)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:  # EXDEV, EPERM (no hard links there): the same bytes, copied
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst
 
 
 def resolve_model_file(ctx, kind: str | None, given: str | None = None) -> Path | None:
