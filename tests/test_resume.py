@@ -140,3 +140,35 @@ def test_infer_killed_then_resumed_writes_every_output_once(zoo, big_squares, or
     for name in produced:
         assert (out_dir / name).read_bytes() == (dump / name).read_bytes()
     assert not list(out_dir.glob(".*.tmp"))
+
+
+def _rescore(p: Path) -> None:
+    """Rewrite a detections chunk by hand as a valid npz (every score 0.99): readable, but not what zoo wrote."""
+    with np.load(p) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["scores"] = np.full_like(arrays["scores"], 0.99)
+    with open(p, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def test_eval_resume_redoes_the_images_of_damaged_chunks(zoo, fixture_onnx, eval_metrics):
+    """Before: a truncated chunk failed the resumed run (``unreadable detections chunk (File is not a zip
+    file)``, exit 2, no hint) and a chunk edited by hand was trusted (its scores were scored). Now each is
+    dropped with a warning naming it, its images redone, and the result is the uninterrupted run's."""
+    args = ["model=fixture", "stage=eval", f"model_file={fixture_onnx}", "stage.flush_every=3", "num_workers=0",
+            "work_dir=run"]
+    zoo.ok("run", *args)
+    det = zoo.cwd / "run" / "detections"
+    assert len(list(det.glob("chunk-*.npz"))) == 4
+    (det / "chunk-000001.npz").write_bytes((det / "chunk-000001.npz").read_bytes()[:100])
+    _rescore(det / "chunk-000003.npz")
+    rc, out, err = zoo("run", *args, "resume=true")
+    assert rc == 0, out + err
+    for name in ("chunk-000001.npz", "chunk-000003.npz"):
+        assert f"{det / name} is not listed in index.jsonl with its current size and CRC-32" in err
+    m = json.loads((zoo.cwd / "run" / "eval" / "metrics.json").read_text())
+    assert m["metrics"] == eval_metrics["metrics"] and m["images"] == eval_metrics["images"] == 12
+    perf = json.loads((zoo.cwd / "run" / "eval" / "perf.json").read_text())
+    assert perf["resumed_images"] == 6 and perf["images"] == 6
+    ids = _chunk_ids(det)
+    assert len(ids) == 12 and len(set(ids)) == 12

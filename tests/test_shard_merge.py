@@ -267,3 +267,147 @@ def test_merge_dir_names_stay_one_safe_dir_under_merged(label, name):
         assert "/" not in got and got not in (".", "..") and not got.startswith(".")
         assert len(got) <= MAX_LABEL_CHARS and "=" in got
         assert got != label_dir_name(label + "2")  # a hash keeps cut or replaced labels apart
+
+
+# ------------------------------------------------ a shard's detections must be what it scored (in-process)
+
+
+@pytest.fixture(scope="module")
+def chunked_sweep(tmp_path_factory, zoo_at, fixture_onnx) -> Path:
+    """A finished 3-shard eval sweep, two detection chunks per shard (``stage.flush_every=2``)."""
+    d = tmp_path_factory.mktemp("chunked")
+    zoo_at(d).ok("run", "-m", "model=fixture", "stage=eval", f"model_file={fixture_onnx}", "stage.flush_every=2",
+                 "num_workers=0", *SHARDS, f"hydra.sweep.dir={d / 'sweep'}")
+    assert all(len(list((d / "sweep" / str(i) / "detections").glob("chunk-*.npz"))) == 2 for i in range(3))
+    return d / "sweep"
+
+
+def _rescore_chunk(p: Path) -> None:
+    """Rewrite a chunk by hand as a valid npz: every score 0.99."""
+    import numpy as np
+
+    with np.load(p) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["scores"] = np.full_like(arrays["scores"], 0.99)
+    with open(p, "wb") as f:
+        np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda d: shutil.rmtree(d), "its detections are gone ("),
+    (lambda d: (d / "chunk-000001.npz").unlink(), "chunk-000001.npz, listed in"),
+    (lambda d: _rescore_chunk(d / "chunk-000000.npz"), "chunk-000000.npz changed since it was written"),
+    (lambda d: shutil.copy(d.parent.parent / "2" / "detections" / "chunk-000000.npz", d / "chunk-000002.npz"),
+     "chunk-000002.npz is not listed in"),
+], ids=["detections-deleted", "chunk-deleted", "chunk-edited", "chunk-planted"])
+def test_a_shard_whose_detections_are_not_what_it_scored_is_refused_naming_it(
+        chunked_sweep, tmp_path, monkeypatch, cache_dir, eval_metrics, damage, reason):
+    """Before: the merge scored what was left (8 of 12 images with a shard's detections gone, exit 0,
+    ``missing_predictions: 0``) or the edited chunk's scores."""
+    from zoo_core.reports import sweep_report
+
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(cache_dir))
+    sweep = tmp_path / "sweep"
+    shutil.copytree(chunked_sweep, sweep, symlinks=True)
+    assert sweep_report.build_report(sweep)["failed_merges"] == 0  # the copy merges as the unsharded run
+    assert merged(sweep)["metrics"] == eval_metrics["metrics"] and merged(sweep)["images"] == 12
+
+    damage(sweep / "1" / "detections")
+    assert sweep_report.main([str(sweep)]) == 1
+    assert not (sweep / "merged").exists()
+    md = (sweep / "sweep_report.md").read_text()
+    assert "not merged: shard 1 (job 1): its detections" in md and reason in md, md
+    assert "shard 0 (job 0)" not in md and "shard 2 (job 2)" not in md
+    [cmd] = rerun_commands(sweep)
+    assert "dataset.shard=1" in cmd and "hydra.sweep.subdir=1/eval" in cmd
+
+
+def test_a_shard_scored_on_fewer_images_than_its_detections_hold_is_refused(chunked_sweep, tmp_path, monkeypatch,
+                                                                            cache_dir):
+    """Its metrics.json must count the images its detections hold (both from the same run)."""
+    from zoo_core.reports import sweep_report
+
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(cache_dir))
+    sweep = tmp_path / "sweep"
+    shutil.copytree(chunked_sweep, sweep, symlinks=True)
+    rec = json.loads((sweep / "2" / "eval" / "metrics.json").read_text())
+    (sweep / "2" / "eval" / "metrics.json").write_text(json.dumps({**rec, "images": 3}))
+    assert sweep_report.build_report(sweep)["failed_merges"] == 1
+    md = (sweep / "sweep_report.md").read_text()
+    assert "not merged: shard 2 (job 2): it scored 3 images but its detections in" in md and "hold 4" in md
+
+
+def test_the_rerun_command_of_an_edited_shard_redoes_its_chunk_and_completes_the_merge(
+        chunked_sweep, tmp_path, zoo, eval_metrics, monkeypatch, cache_dir):
+    """The command keeps resume=true: the changed chunk is dropped and its images redone (it looped before,
+    resume failing on the chunk or trusting it)."""
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(cache_dir))
+    sweep = tmp_path / "sweep"
+    shutil.copytree(chunked_sweep, sweep, symlinks=True)
+    _rescore_chunk(sweep / "0" / "detections" / "chunk-000001.npz")
+    [cmd] = rerun_commands_after_report(sweep)
+    rc, out, err = zoo("run", *cmd)
+    assert rc == 0, out + err
+    assert "chunk-000001.npz is not listed in index.jsonl with its current size and CRC-32" in err
+    assert merged(sweep)["metrics"] == eval_metrics["metrics"] and merged(sweep)["images"] == 12
+
+
+def rerun_commands_after_report(sweep: Path) -> list[list[str]]:
+    from zoo_core.reports import sweep_report
+
+    assert sweep_report.build_report(sweep)["failed_merges"] == 1
+    cmds = rerun_commands(sweep)
+    assert cmds and all("resume=true" in c for c in cmds)
+    return cmds
+
+
+def test_a_merge_that_fails_its_gate_keeps_its_record_and_exits_1(zoo, monkeypatch, cache_dir):
+    """Before: the gate's failure was caught as a merge failure, which removed the merged metrics.json it had
+    just written (an unsharded run exits 1 *after* writing it)."""
+    from zoo_core.reports import sweep_report
+
+    sweep = zoo.cwd / "sweep"
+    rc, out, err = zoo("run", "-m", "model=fixture", "stage=eval", "backend=oracle", "gate=true", "num_workers=0", *SHARDS,
+                       f"hydra.sweep.dir={sweep}", FIXTURE_REFERENCE_AP50="0.9")
+    assert rc == 1, out + err
+    assert "1 of 1 shard merges failed" in err, err
+    m = merged(sweep)
+    assert m["images"] == 12 and m["metrics"]["AP50"] == 1.0 and m["reference"]["AP50"]["within"] is False
+    md = (sweep / "sweep_report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| all |"))
+    assert "failed [" in row and "1.0000" in row, row
+    assert "job `merged`: gate: AP50: measured 1.0000, reference 0.9000" in md
+
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(cache_dir))  # the plugin's own reference (1.0): the gate passes
+    monkeypatch.delenv("FIXTURE_REFERENCE_AP50", raising=False)
+    assert sweep_report.main([str(sweep)]) == 0
+    assert merged(sweep)["reference"]["AP50"]["within"] is True
+
+
+def test_a_postprocess_merge_judges_the_backend_that_made_the_outputs(zoo, monkeypatch, cache_dir):
+    """Before: outputs made by ``backend=oracle`` were judged as the postprocess config's backend in the merge
+    (the oracle-only reference was a protocol mismatch, unlike the unsharded postprocess), and the merged record
+    lacked ``outputs_dir`` / ``output_suffix_base``. Shards whose outputs different backends made are refused."""
+    from zoo_core.reports import sweep_report
+
+    for stage in ("stage=preprocess", "stage=infer"):
+        zoo.ok("run", "model=fixture", stage, "backend=oracle", "num_workers=0", "work_dir=inf")
+    outputs = f"outputs_dir={zoo.cwd / 'inf' / 'outputs'}"
+    zoo.ok("run", "model=fixture", "stage=postprocess", outputs, "num_workers=0", "work_dir=pp")
+    full = json.loads((zoo.cwd / "pp" / "postprocess" / "metrics.json").read_text())
+    assert full["reference"]["AP50"]["within"] is True
+    sweep = zoo.cwd / "sweep"
+    zoo.ok("run", "-m", "model=fixture", "stage=postprocess", outputs, "num_workers=0", *SHARDS,
+           f"hydra.sweep.dir={sweep}")
+    m = merged(sweep)
+    assert m["metrics"] == full["metrics"] and m["images"] == 12
+    assert m["reference"] == full["reference"] and "reference_mismatches" not in m
+    assert (m["outputs_dir"], m["output_suffix_base"]) == (full["outputs_dir"], full["output_suffix_base"])
+
+    state = sweep / "2" / "detections" / "state.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "backend": "onnxruntime"}))
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(cache_dir))
+    assert sweep_report.build_report(sweep)["failed_merges"] == 1
+    assert "made by different backends (their detections/state.json: shard 0 'oracle', shard 1 'oracle', " \
+           "shard 2 'onnxruntime')" in (sweep / "sweep_report.md").read_text()
+    assert not (sweep / "merged").exists()

@@ -10,7 +10,14 @@ A merge is refused (its report row is failed, and the sweep exits 1) when
   (``hydra.sweep.subdir=<its job dir>/<stage>``; ``resume=true`` when the job left something to resume
   and did not fail refusing to resume); once it has run, the merge completes;
 * the shards did not run the same thing: their model, dataset (except ``shard``) and backend config,
-  weights, model file and dataset annotation files (sha256, from each job's ``run.json``) must agree.
+  weights, model file and dataset annotation files (sha256, from each job's ``run.json``) must agree;
+* a shard's detections are not what it scored (:func:`shard_detections`: gone, chunks that differ from its
+  ``detections/index.jsonl``, other images than its shard's); it is named with its re-run command;
+* the shards' outputs were made by different backends (their ``detections/state.json``); the one they agree
+  on is the backend the merged scores are judged for (``made_by``), as an unsharded postprocess does.
+
+With ``gate=true`` a merged scoring that does not reproduce its reference keeps its record (``metrics.json``
+written, as an unsharded run's) and its row is failed with its metrics.
 
 A shard is complete with its ``metrics.json``, or with ``stage.score=false`` its ``eval.json`` /
 ``postprocess.json`` (``scored: false``): the merge scores the union either way. A refused merge leaves
@@ -117,6 +124,8 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
         return []
     from omegaconf import OmegaConf
 
+    from zoo_core.stages.scoring import GateFailed
+
     jobs = {f.root.name: f for f in sweep_jobs(sweep_dir)}
     others = [k for k in swept if k != "dataset.shard" and not is_runtime_key(k)]
     groups: dict[str, list[dict]] = {}
@@ -144,29 +153,46 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
         # a merge from an earlier state of the sweep must not look current: refused, it leaves nothing;
         # merged, it starts from an empty dir (no plot or prediction file of an earlier merge left)
         clear_record_dir(out_dir, merged_root)
+        rerun = {i for i in range(n) if shard_problem(i, shards.get(i), n)}
+        if not problems:
+            try:
+                record = score_union(cfg, [shards[i] for i in range(n)], out_dir)
+            except NotMergeable as exc:
+                problems, rerun = exc.problems, exc.shards
+            except GateFailed as exc:  # scored and recorded like an unsharded run, which exits 1 after writing it
+                log.error("merged shards%s: %s", f" [{label}]" if label else "", exc)
+                ok_dirs.add(out_dir)
+                record = read_json(out_dir / "metrics.json") or {}
+                failures = "; ".join(exc.failures) or str(exc).split("\n", 1)[0]
+                merged_rows.append({**row, "status": "failed", "images": record.get("images"),
+                                    **_metric_cells(record), "error": f"gate: {failures}"})
+                continue
+            except Exception as exc:
+                log.error("merging shards failed: %s", exc)
+                clear_record_dir(out_dir, merged_root)
+                merged_rows.append({**row, "status": "failed", "error": f"merge failed: {exc}"})
+                continue
         if problems:
+            clear_record_dir(out_dir, merged_root)
             reruns = [rerun_shard(sweep_dir, i, shards.get(i), jobs[members[0]["job"]],
                                   None if shards.get(i) else str(next(free)))  # a job dir of its own each
-                      for i in range(n) if shard_problem(i, shards.get(i), n)]
+                      for i in range(n) if i in rerun]
             error = "not merged: " + "; ".join(problems)
             if reruns:
                 error += ". Re-run " + ("it" if len(reruns) == 1 else "them") + ", then the merge completes: " \
                          + " ; ".join(reruns)
             merged_rows.append({**row, "status": "failed", "error": error})
             continue
-        try:
-            record = score_union(cfg, [shards[i].files for i in range(n)], out_dir)
-        except Exception as exc:
-            log.error("merging shards failed: %s", exc)
-            clear_record_dir(out_dir, merged_root)
-            merged_rows.append({**row, "status": "failed", "error": f"merge failed: {exc}"})
-            continue
         ok_dirs.add(out_dir)
-        row.update(status="ok", images=record["images"])
-        row.update({f"metric:{k}": v for k, v in record["metrics"].items() if "/" not in k})
+        row.update(status="ok", images=record["images"], **_metric_cells(record))
         merged_rows.append(row)
     remove_stale_merges(merged_root, ok_dirs)
     return merged_rows
+
+
+def _metric_cells(record: dict) -> dict:
+    metrics = record.get("metrics")
+    return {f"metric:{k}": v for k, v in metrics.items() if "/" not in k} if isinstance(metrics, dict) else {}
 
 
 def pick_shards(members: list[dict], jobs: dict[str, JobFiles]) -> dict[int, Shard]:
@@ -300,27 +326,95 @@ def rerun_command(sweep_dir: Path, template: JobFiles, shard: int | None = None,
     return shlex.join(argv)
 
 
-def score_union(cfg, shards: list[JobFiles], out_dir: Path) -> dict:
-    """Score the detections of all ``shards`` as one unsharded run in ``out_dir``."""
+class NotMergeable(Exception):
+    """The shards' detections are not what they scored: ``problems`` (one per shard), ``shards`` to re-run."""
+
+    def __init__(self, problems: list[str], shards: set[int]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+        self.shards = shards
+
+
+def shard_detections(shard: Shard, samples: list, n: int, num_classes: int | None) -> tuple[dict, dict, str | None]:
+    """``(detections, record, backend)`` of a finished shard: its detections by image, its ``metrics.json``
+    (or unscored record) and the backend its ``detections/state.json`` says made them. Raises
+    :class:`NotMergeable` when the detections are not what the shard scored: gone, chunks that differ from
+    the sizes and CRC-32 its ``index.jsonl`` recorded (or not listed there), or other images than the
+    shard's (``samples``, the unsharded run's, split as ``dataset.shard`` does) less those it skipped."""
+    from zoo_core.api.errors import ZooError
+    from zoo_core.runs.context import select_samples
+    from zoo_core.runs.detstore import DetectionStore
+
+    f = shard.files
+    name = f"shard {shard.index} (job {shard.row['job']})"
+    record = read_json(f.metrics) or unscored_record(f)
+    record = record if isinstance(record, dict) else {}
+    state = read_json(f.detections / "state.json")
+    if not isinstance(state, dict):
+        raise NotMergeable([f"{name}: its detections are gone ({f.detections / 'state.json'} is missing or "
+                            "unreadable)"], {shard.index})
+    store = DetectionStore(f.detections, num_classes=num_classes)
+    problem = store.chunk_problem()
+    if problem:
+        raise NotMergeable([f"{name}: its detections are not those it wrote: {problem}"], {shard.index})
+    try:
+        part = store.load()
+    except ZooError as exc:
+        raise NotMergeable([f"{name}: {exc}"], {shard.index}) from None
+    skipped = {e.get("id") for e in record.get("skipped") or [] if isinstance(e, dict)}
+    wanted = {s.id for s in select_samples(samples, {"num_shards": n, "shard": shard.index})} - skipped
+    missing, extra = sorted(wanted - set(part)), sorted(set(part) - wanted)
+    if missing or extra:
+        what = (f"{len(wanted) - len(missing)} of the {len(wanted)} images it scored (missing: {missing[0]!r}"
+                f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''})" if missing
+                else f"{len(extra)} image(s) that are not its shard's (first: {extra[0]!r})")
+        raise NotMergeable([f"{name}: its detections in {f.detections} hold {what}"], {shard.index})
+    images = record.get("images")
+    if isinstance(images, int) and not isinstance(images, bool) and images != len(part):
+        raise NotMergeable([f"{name}: it scored {images} images but its detections in {f.detections} hold "
+                            f"{len(part)}"], {shard.index})
+    backend = state.get("backend")
+    return part, record, backend if isinstance(backend, str) else None
+
+
+def score_union(cfg, shards: list[Shard], out_dir: Path) -> dict:
+    """Score the detections of all ``shards`` as one unsharded run in ``out_dir``; raises
+    :class:`NotMergeable` (before writing anything) when a shard's detections are not what it scored
+    (:func:`shard_detections`) or the shards' outputs were made by different backends."""
     from omegaconf import open_dict
 
     from zoo_core.plugins import get_manager
     from zoo_core.runs.context import RunContext
-    from zoo_core.runs.detstore import DetectionStore, class_count
+    from zoo_core.runs.detstore import class_count
     from zoo_core.stages.scoring import score
 
     with open_dict(cfg):
         cfg.dataset.shard = 0
         cfg.dataset.num_shards = 1
+    ctx = RunContext(cfg, get_manager(), out_dir, out_dir)
+    parts, problems, bad = [], [], set()
+    for s in shards:
+        try:
+            parts.append((s, *shard_detections(s, ctx.samples, len(shards), class_count(cfg))))
+        except NotMergeable as exc:
+            problems += exc.problems
+            bad |= exc.shards
+    if problems:
+        raise NotMergeable(problems, bad)
+    made_by = {s.index: backend for s, _part, _rec, backend in parts}
+    if len(set(made_by.values())) > 1:
+        raise NotMergeable(["the shards' model outputs were made by different backends (their detections/state.json: "
+                            + ", ".join(f"shard {i} {b!r}" for i, b in made_by.items()) + ")"], set())
     detections: dict = {}
     skipped: list = []
-    for f in shards:
-        part = DetectionStore(f.detections, num_classes=class_count(cfg)).load()
-        overlap = set(part) & set(detections)
-        if overlap:
-            raise ValueError(f"shards overlap on {len(overlap)} image(s), e.g. {sorted(overlap)[0]}")
-        detections.update(part)
-        skipped += (read_json(f.metrics) or unscored_record(f) or {}).get("skipped", [])
-    ctx = RunContext(cfg, get_manager(), out_dir, out_dir)
+    for _s, part, record, _backend in parts:
+        detections.update(part)  # disjoint: each holds exactly its own shard's images
+        skipped += record.get("skipped") or []
+    extra: dict = {"merged_from": [str(s.files.root) for s in shards]}
+    if str(cfg.stage.name) == "postprocess":  # what the unsharded record says of its outputs, when the shards agree
+        for key in ("outputs_dir", "output_suffix_base"):
+            values = [rec.get(key, extra) for _s, _p, rec, _b in parts]
+            if values[0] is not extra and all(v == values[0] for v in values):
+                extra[key] = values[0]
     ctx.record_dir.mkdir(parents=True, exist_ok=True)
-    return score(ctx, detections, skipped, {"merged_from": [str(f.root) for f in shards]})
+    return score(ctx, detections, skipped, extra, made_by=next(iter(made_by.values()), None))

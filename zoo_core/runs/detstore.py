@@ -51,6 +51,11 @@ def _rows_problem(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, num
     return None
 
 
+#: A detections dir's list of its chunks, one line per chunk once written: its size and CRC-32
+#: (a :class:`~zoo_core.runs.resume.Ledger`), checked by ``resume=true`` and by a sweep's shard merge.
+INDEX = "index.jsonl"
+
+
 class DetectionStore:
     """Detections of a run's images in ``directory``.
 
@@ -74,6 +79,7 @@ class DetectionStore:
         if self.dir.is_dir():
             for p in self.dir.glob("chunk-*.npz"):
                 p.unlink()
+            (self.dir / INDEX).unlink(missing_ok=True)
         self._next = 0
 
     def add(self, sample_id: str, det: Detections) -> None:
@@ -103,7 +109,7 @@ class DetectionStore:
         np.savez(buf, **arrays)  # type: ignore[arg-type]
         while (self.dir / f"chunk-{self._next:06d}.npz").exists():
             self._next += 1
-        write_bytes(self.dir / f"chunk-{self._next:06d}.npz", buf.getvalue())
+        self._write_listed(self.dir / f"chunk-{self._next:06d}.npz", buf.getvalue())
         self._next += 1
 
     def load(self) -> dict[str, Detections]:
@@ -137,6 +143,74 @@ class DetectionStore:
                 out[str(sid)] = Detections(boxes[a:b], scores[a:b], labels[a:b],
                                            {k: v[a:b] for k, v in extras.items()})
         return out
+
+    def _write_listed(self, path: Path, data: bytes) -> None:
+        """Write a chunk (atomically), then list it in ``index.jsonl``: a kill in between leaves it unlisted."""
+        from zoo_core.runs.resume import Ledger, crc32
+
+        write_bytes(path, data)
+        ledger = Ledger(self.dir / INDEX)
+        try:
+            ledger.append(path.name, [(path, len(data), crc32(data))])
+        finally:
+            ledger.close()
+
+    def drop_unverified(self) -> int:
+        """Resuming: remove every chunk that ``index.jsonl`` does not list with its current size and CRC-32
+        (damaged, changed, or written by a run killed before listing it), with a warning naming it, so that
+        its images are redone; the index keeps the lines of the chunks kept. Returns how many were removed."""
+        import logging
+
+        from zoo_core.runs.layout import refuse_symlink
+        from zoo_core.runs.resume import Ledger
+
+        refuse_symlink(self.dir)
+        if not self.dir.is_dir():
+            return 0
+        good = Ledger(self.dir / INDEX).verified()
+        dropped = [p for p in sorted(self.dir.glob("chunk-*.npz")) if p.name not in good]
+        for p in dropped:
+            logging.getLogger("zoo").warning(
+                "resume: %s is not listed in %s with its current size and CRC-32 (damaged, changed, or its run was "
+                "killed while writing it): removed, its images are redone", p, INDEX)
+            p.unlink()
+        return len(dropped)
+
+    def chunk_problem(self) -> str | None:
+        """Why the chunks are not those the run wrote, or None: a chunk whose size or CRC-32 differs from
+        ``index.jsonl``, one it does not list, or one it lists that is gone. Only reads."""
+        import stat
+
+        from zoo_core.api.errors import InputError
+        from zoo_core.runs.resume import file_crc32, read_jsonl
+
+        index = self.dir / INDEX
+        listed: dict[str, list] = {}
+        if index.is_symlink() or (index.exists() and not index.is_file()):
+            return f"{index} is not a regular file"
+        try:
+            lines = read_jsonl(index, drop_torn_tail=True)
+        except InputError as exc:
+            return str(exc)
+        for n, rec in lines:
+            files = rec.get("files")
+            if not (isinstance(files, list) and len(files) == 1 and isinstance(files[0], list) and len(files[0]) == 3
+                    and isinstance(files[0][0], str) and all(type(v) is int for v in files[0][1:])):
+                return f"{index}: line {n} is not a chunk's [file, bytes, crc32] as zoo writes it"
+            listed[files[0][0]] = files[0][1:]
+        chunks = sorted(self.dir.glob("chunk-*.npz")) if self.dir.is_dir() else []
+        for p in chunks:
+            if p.name not in listed:
+                return f"{p.name} is not listed in {index} (zoo did not finish writing it, or it was put there)"
+            try:
+                st = p.lstat()
+                same = stat.S_ISREG(st.st_mode) and [st.st_size, file_crc32(p)] == listed[p.name]
+            except OSError:
+                same = False
+            if not same:
+                return f"{p.name} changed since it was written (its size or CRC-32 differs from {index})"
+        gone = sorted(set(listed) - {p.name for p in chunks})
+        return f"{gone[0]}, listed in {index}, is missing" if gone else None
 
 
 def _chunk_problem(ids: np.ndarray, counts: np.ndarray, boxes: np.ndarray, scores: np.ndarray,

@@ -7,7 +7,7 @@ in ``<root>/<stage>/``, which no other stage writes::
       .zoo.lock             held by the run writing this root
       inputs/               preprocess: <stem>.bin (+ <input>/<stem>.bin), meta.jsonl, state.json
       outputs/              infer, eval save_outputs=true: <stem>_<i>.bin, index.jsonl, state.json
-      detections/           eval, postprocess: chunk-*.npz, state.json
+      detections/           eval, postprocess: chunk-*.npz, index.jsonl, state.json
       model/                model_dir (default): exports, OMs, atc_*.sh
       <stage>/              run.json, perf.json, metrics.json, plugin files, .hydra/, zoo.log
 """

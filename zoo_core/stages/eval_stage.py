@@ -94,6 +94,7 @@ def _stream(ctx: RunContext, backend: Any, pool: WorkerPool) -> tuple:
 
     done: set[str] = set()
     if start_resumable(ctx, ctx.path("detections", "state.json"), fingerprint, reset, backend=str(cfg.backend.name)):
+        store.drop_unverified()  # a damaged or changed chunk is removed: its images are redone
         done = set(store.load())
         if save:
             done &= ledger.verified()

@@ -19,6 +19,8 @@ class GateFailed(ZooError):
     """``gate=true`` and the run does not reproduce a declared reference (metrics.json was written)."""
 
     exit_code = 1
+    #: One line per reference not reproduced (or why none could be checked).
+    failures: tuple[str, ...] = ()
 
 
 def score(ctx: RunContext, detections: dict[str, Detections], skipped: list[dict],
@@ -88,5 +90,7 @@ def check_gate(ctx: RunContext, record: dict[str, Any]) -> None:
                                     else "")]
     if failures:
         summary = "\n".join(format_summary(ctx.model_name, ctx.stage, ctx.record_dir, record))
-        raise GateFailed("gate: the run does not reproduce its reference:\n  " + "\n  ".join(failures)
+        exc = GateFailed("gate: the run does not reproduce its reference:\n  " + "\n  ".join(failures)
                          + "\n" + summary)
+        exc.failures = tuple(failures)
+        raise exc
