@@ -501,6 +501,10 @@ class SweepReport(Callback):
                        record)
         except Exception as exc:  # a report detail must never fail the job
             log.warning("could not write the job's result.json: %s", exc)
+        finally:
+            from zoo_core.runs.lock import release_job_locks
+
+            release_job_locks()  # the job's run root, locked when Hydra opened its log
 
     def on_multirun_start(self, config, **kwargs) -> None:
         """Tell ``zoo run`` (:data:`STATUS_ENV`) where the sweep writes and which launcher runs it, so that
