@@ -218,6 +218,9 @@ def run_hydra(args: list[str]) -> int:
         sys.argv = saved
         if os.path.exists(status_path):
             os.unlink(status_path)
+    if status.get("error"):
+        print(f"error: {status['error']}", file=sys.stderr)
+        return 1
     problems = []
     if status.get("failed"):
         problems.append(f"{status['failed']} of {status['jobs']} sweep jobs failed")
