@@ -411,3 +411,27 @@ def test_a_postprocess_merge_judges_the_backend_that_made_the_outputs(zoo, monke
     assert "made by different backends (their detections/state.json: shard 0 'oracle', shard 1 'oracle', " \
            "shard 2 'onnxruntime')" in (sweep / "sweep_report.md").read_text()
     assert not (sweep / "merged").exists()
+
+
+def test_a_shard_rerun_with_a_changed_setting_is_named_as_such_not_missing(tmp_path):
+    """In-process: shard 1 re-ran with model.threshold=0.3. Before, the merge of the others said "shard 1 of 3
+    is missing (no job ran dataset.shard=1)", which the job dir 1/ of the report contradicts."""
+    from zoo_core.reports import sweep_report
+
+    for job in range(3):
+        rec = tmp_path / str(job) / "eval"
+        (rec / ".hydra").mkdir(parents=True)
+        changed = ["model.threshold=0.3"] if job == 1 else []
+        (rec / ".hydra" / "overrides.yaml").write_text(
+            "".join(f"- {o}\n" for o in ["model=fixture", "dataset.num_shards=3", f"dataset.shard={job}", *changed]))
+        (rec / ".hydra" / "config.yaml").write_text(
+            f"model:\n  name: fixture\nstage:\n  name: eval\ndataset:\n  num_shards: 3\n  shard: {job}\n")
+        (rec / "metrics.json").write_text(json.dumps({"metrics": {"AP50": 1.0}, "images": 4}))
+    summary = sweep_report.build_report(tmp_path)
+    errors = {r["job"]: r["error"] for r in summary["merged"]}
+    assert errors["merged[model.threshold=None]"].startswith(
+        "not merged: shard 1 of 3 ran only with other settings (job 1: model.threshold=0.3; this merge: "
+        "model.threshold not set). Re-run it, then the merge completes: ")
+    assert "is missing" not in summary["markdown"]
+    assert ("shard 0 of 3 ran only with other settings (job 0: model.threshold not set; this merge: "
+            "model.threshold=0.3)") in errors["merged[model.threshold=0.3]"]

@@ -165,3 +165,126 @@ def test_a_fully_resumed_job_has_no_throughput_or_latency_and_says_why(tmp_path)
     assert "1. job `0`: all 4 images were resumed from an earlier run: no throughput or latency measured" in md
     ax = sr.figure(rows, swept).axes[0]
     assert [p.get_height() for p in ax.patches] == [8.0]  # the resumed job is not plotted at 0
+
+
+def fake_job(sweep, job: str, stage: str, overrides: list[str], mtime: float, **records) -> None:
+    """A job's record dir ``<sweep>/<job>/<stage>`` with its overrides and ``records`` (name -> JSON), all
+    dated ``mtime``."""
+    rec = sweep / job / stage
+    (rec / ".hydra").mkdir(parents=True, exist_ok=True)
+    (rec / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (rec / ".hydra" / "config.yaml").write_text(f"model:\n  name: fixture\nstage:\n  name: {stage}\n")
+    for name, obj in records.items():
+        (rec / f"{name}.json").write_text(json.dumps(obj))
+    for p in [*rec.rglob("*"), rec]:
+        os.utime(p, (mtime, mtime))
+
+
+def fake_multirun(sweep, mtime: float, hydra_overrides: tuple[str, ...] = ()) -> None:
+    (sweep / "multirun.yaml").write_text(json.dumps({"hydra": {"overrides": {"hydra": list(hydra_overrides)}}}))
+    os.utime(sweep / "multirun.yaml", (mtime, mtime))
+
+
+def test_a_chained_sweep_is_reported_for_the_stage_it_ran(tmp_path, capsys):
+    """Before: every job dir was read as its first stage in STAGES order (preprocess), whose records are
+    older than the infer sweep: no job was found, the infer sweep had no report and exited 0, and the
+    rebuild said "no sweep jobs found"."""
+    t = 1_700_000_000.0
+    for job in ("0", "1"):
+        fake_job(tmp_path, job, "preprocess", ["stage=preprocess", f"dataset.shard={job}"], t,
+                 run={"status": "ok"})
+    fake_multirun(tmp_path, t + 60)  # the infer sweep into the same dir
+    for job in ("0", "1"):
+        fake_job(tmp_path, job, "infer", ["stage=infer", f"dataset.shard={job}"], t + 70,
+                 run={"status": "ok"}, perf={"images": 4, "throughput_img_s": 5.0})
+    assert [f.records.name for f in sr.sweep_jobs(tmp_path)] == ["infer", "infer"]
+    assert sr.main([str(tmp_path)]) == 0
+    md = capsys.readouterr().out
+    assert "# Sweep report: fixture · infer ·" in md and "2 jobs (0 failed)" in md
+
+
+def test_a_sweep_whose_jobs_the_report_cannot_find_says_so(zoo):
+    """Before: the sweep printed no report and exited 0 (its jobs' records were not where it looked)."""
+    sweep = zoo.cwd / "sweep"
+    rc, out, err = zoo("run", "-m", "model=fixture", "backend=oracle", "stage=eval", "dataset.limit=2",
+                       "batch_size=1,2", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=nested/${hydra.job.num}/eval")
+    assert rc == 1, out + err
+    assert "job failed" not in err and "warning" not in err
+    assert err.strip().splitlines()[-1] == (f"error: {sweep}: the sweep report found no job of this sweep (a job dir "
+                                            f"<n>/ with <stage>/.hydra/overrides.yaml written since the sweep "
+                                            f"started): no report written")
+
+
+def test_a_stage_writing_no_perf_or_metrics_that_ended_ok_has_a_result(tmp_path):
+    """Before: a successful preprocess sweep was reported "no result (killed, or still running)" with
+    re-run commands."""
+    fake_job(tmp_path, "0", "preprocess", ["stage=preprocess"], 1_700_000_000.0, run={"status": "ok"})
+    fake_job(tmp_path, "1", "preprocess", ["stage=preprocess"], 1_700_000_000.0, run={"status": "running"})
+    summary = sr.build_report(tmp_path)
+    assert summary["no_result"] == 1
+    md = summary["markdown"]
+    assert [r[-1] for r in table(md)[1]] == ["ok", "no result [1]"]
+    assert "job `0`" not in md and "1. job `1`: no result (killed, or still running). Re-run it" in md
+
+
+def test_a_shard_without_images_says_so_not_that_they_were_resumed(tmp_path):
+    """Before: "all 0 images were resumed from an earlier run" for a shard of dataset.limit=3 num_shards=5."""
+    fake_job(tmp_path, "3", "eval", ["dataset.shard=3"], 1_700_000_000.0, run={"status": "ok"},
+             perf={"images": 0, "resumed_images": 0, "skipped": 0, "throughput_img_s": 0.0},
+             metrics={"metrics": {"AP50": None}, "images": 0})
+    rows, _ = sr.collect_rows(tmp_path)
+    assert rows[0]["note"] == ("its share of the dataset holds no image (more shards than images): no throughput "
+                               "or latency measured")
+    assert sr.untimed_note({"images": 0, "skipped": 2}).startswith("all 2 images were skipped (on_error=skip)")
+
+
+def test_rerun_commands_name_the_sweep_dir_absolute_when_given_relative(tmp_path, monkeypatch, capsys):
+    """Before: ``python -m zoo_core.reports.sweep_report sweep`` wrote ``hydra.sweep.dir=sweep`` into its
+    re-run commands, which run elsewhere (another cwd) into another dir."""
+    fake_job(tmp_path / "sweep", "0", "perf", ["model=fixture", "stage=perf", "batch_size=1"], 1_700_000_000.0)
+    monkeypatch.chdir(tmp_path)
+    sr.main(["sweep"])
+    assert f"hydra.sweep.dir={tmp_path / 'sweep'} hydra.sweep.subdir=0/perf" in capsys.readouterr().out
+
+
+def test_a_patch_rerun_keeps_the_jobs_of_an_older_sweep_in_the_dir_out(tmp_path):
+    """A 3-job sweep into a dir holding an older 5-job sweep ignores jobs 3 and 4; before, re-running one
+    of its jobs in place (hydra.sweep.subdir=, as the report's commands do) brought them back."""
+    t = 1_700_000_000.0
+    for job in range(5):
+        fake_job(tmp_path, str(job), "perf", ["stage=perf", f"batch_size={job + 1}", "dataset.limit=9"], t,
+                 perf={"images": 9, "throughput_img_s": 1.0})
+    fake_multirun(tmp_path, t + 100)
+    for job in range(3):
+        fake_job(tmp_path, str(job), "perf", ["stage=perf", f"batch_size={job + 1}"], t + 110,
+                 perf={"images": 4, "throughput_img_s": 2.0})
+    assert sr.build_report(tmp_path)["jobs"] == 3
+    fake_multirun(tmp_path, t + 200, ("hydra.sweep.dir=x", "hydra.sweep.subdir=1/perf"))  # the patch re-run
+    fake_job(tmp_path, "1", "perf", ["stage=perf", "batch_size=2"], t + 210, perf={"images": 4, "throughput_img_s": 3.0})
+    assert [f.root.name for f in sr.sweep_jobs(tmp_path)] == ["0", "1", "2"]
+    summary = sr.build_report(tmp_path)
+    assert summary["jobs"] == 3 and "dataset.limit" not in summary["markdown"]
+    fake_multirun(tmp_path, t + 300, ("hydra.sweep.subdir=2/perf",))  # a second one adds to the first
+    fake_job(tmp_path, "2", "perf", ["stage=perf", "batch_size=3"], t + 310, perf={"images": 4, "throughput_img_s": 3.0})
+    assert [f.root.name for f in sr.sweep_jobs(tmp_path)] == ["0", "1", "2"]
+
+
+def test_a_patch_rerun_after_a_sweep_that_never_reported_takes_that_sweeps_jobs(tmp_path):
+    """A new sweep empties the manifest when it starts; killed before its report, its jobs are those written
+    since then, not those of the older sweep the manifest listed."""
+    from omegaconf import OmegaConf
+
+    t = 1_700_000_000.0
+    for job in range(5):
+        fake_job(tmp_path, str(job), "perf", ["stage=perf", f"batch_size={job + 1}"], t, perf={"images": 9})
+    sr.write_manifest(tmp_path, sr.sweep_jobs(tmp_path))
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "overrides": {"hydra": []}}})
+    sr.SweepReport().on_multirun_start(cfg)  # the new sweep starts...
+    assert json.loads((tmp_path / sr.MANIFEST).read_text())["jobs"] is None
+    os.utime(tmp_path / sr.MANIFEST, (t + 100, t + 100))
+    fake_multirun(tmp_path, t + 100)
+    for job in range(2):  # ...runs jobs 0 and 1, and is killed
+        fake_job(tmp_path, str(job), "perf", ["stage=perf", f"batch_size={job + 1}"], t + 110, perf={"images": 4})
+    fake_multirun(tmp_path, t + 200, ("hydra.sweep.subdir=2/perf",))
+    fake_job(tmp_path, "2", "perf", ["stage=perf", "batch_size=3"], t + 210, perf={"images": 4})
+    assert [f.root.name for f in sr.sweep_jobs(tmp_path)] == ["0", "1", "2"]

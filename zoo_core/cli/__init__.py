@@ -189,9 +189,25 @@ def cmd_run(args: list[str]) -> int:
         cfg = compose(overrides, config_dir, config_name or "config")  # what Hydra will read, with zoo's messages
         if not flags & {"-m", "--multirun"}:  # Hydra makes <work_dir>/<stage> before zoo's code runs
             check_run_dirs(cfg)
+            if not flags & {"--cfg", "-c"}:  # a run: locked before Hydra writes its records, as run_single does
+                return _run_hydra_locked(args, cfg)
     from zoo_core.cli.app import run_hydra
 
     return run_hydra(args)
+
+
+def _run_hydra_locked(args: list[str], cfg) -> int:
+    """One run through Hydra's entry point (a ``hydra.*`` override, a Hydra flag) with its run root locked
+    first: a run refused because another holds it writes nothing into that run's records."""
+    from pathlib import Path
+
+    from zoo_core.cli.app import refuse_links, run_hydra
+    from zoo_core.runs.lock import held_for_stage
+
+    root = Path(str(cfg.work_dir)).expanduser()
+    with held_for_stage(root, str(cfg.stage.name)):
+        refuse_links(root / str(cfg.stage.name))
+        return run_hydra(args)
 
 
 def _flag_value(args: list[str], *names: str) -> tuple[str | None, int | None]:

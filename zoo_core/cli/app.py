@@ -23,6 +23,7 @@ def task(cfg):
     from zoo_core.config.plugin_schema import apply_schemas
     from zoo_core.plugins import get_manager
     from zoo_core.runs.context import RunContext
+    from zoo_core.runs.lock import RunDirInUse
     from zoo_core.runs.run_stage import run_stage
 
     hc = HydraConfig.get()
@@ -47,6 +48,8 @@ def task(cfg):
         plugin_bug = isinstance(exc, PluginHookError)  # one line naming the plugin; its traceback is kept
         message = str(exc) if known else f"{type(exc).__name__}: {exc}"
         keep_trace = plugin_bug or not known
+        if multirun and isinstance(exc, RunDirInUse):  # (with zoo's job logging, refused before Hydra wrote)
+            raise  # the holder's record dir: nothing written into it; the sweep stops (launcher_stopped)
         if multirun and not isinstance(exc, KeyboardInterrupt):
             write_json(record_dir / "error.json", {"error": message, "type": type(exc).__name__,
                                                    "traceback": traceback.format_exc() if keep_trace else None})
@@ -215,6 +218,9 @@ def run_hydra(args: list[str]) -> int:
         sys.argv = saved
         if os.path.exists(status_path):
             os.unlink(status_path)
+    if status.get("error"):
+        print(f"error: {status['error']}", file=sys.stderr)
+        return 1
     problems = []
     if status.get("failed"):
         problems.append(f"{status['failed']} of {status['jobs']} sweep jobs failed")
@@ -226,6 +232,29 @@ def run_hydra(args: list[str]) -> int:
     return 0
 
 
+def _cause(exc: BaseException | None, kind: type):
+    """The first exception of type ``kind`` in ``exc``'s chain of causes (``logging.config`` wraps what a
+    log handler raises in a ValueError), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _chain_text(exc: BaseException | None) -> str:
+    """The messages of ``exc`` and its causes: a job's error that came back from another process as text
+    (joblib's remote traceback, submitit's ``FailedJobError``)."""
+    texts, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        texts.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(texts)
+
+
 def launcher_stopped(exc: BaseException, status_path: Path, planned: list[list[str]] | None = None) -> int:
     """A multirun's launcher raised: build the sweep report of the jobs that ran (it names the jobs without
     a result, and those never started, with the command that runs each), print one line naming the
@@ -233,7 +262,12 @@ def launcher_stopped(exc: BaseException, status_path: Path, planned: list[list[s
     Returns 1, or 2 when no job ran (the launcher could not start any)."""
     from zoo_core.api.errors import ZooError
     from zoo_core.reports.sweep_report import build_report, read_json
+    from zoo_core.runs.lock import RunDirInUse
 
+    in_use = _cause(exc, RunDirInUse) or RunDirInUse.from_text(_chain_text(exc))
+    if in_use is not None:  # another run holds a job dir: that run is writing this sweep; no report from here
+        raise RunDirInUse(in_use.root, in_use.who, hint="the sweep stopped at that job and wrote nothing into "
+                          "it; wait for that run to finish, or pass another hydra.sweep.dir=")
     status = read_json(status_path) or {}
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     first = lines[0] if lines else ""

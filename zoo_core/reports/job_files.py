@@ -61,12 +61,19 @@ def job_files(job_dir: str | Path, stage: str) -> JobFiles:
     return JobFiles(root=root, records=root / stage)
 
 
-def find_job(job_dir: str | Path) -> JobFiles | None:
-    """The files of the job in ``job_dir`` whatever its stage; None when it holds no Hydra job."""
+def find_job(job_dir: str | Path, stage: str | None = None) -> JobFiles | None:
+    """The files of the job in ``job_dir``: of its ``stage``, or by default of the stage it ran last (the
+    record whose ``.hydra/overrides.yaml`` is the newest: stages chained through one job dir each keep
+    their records there); None when it holds no Hydra job (of that stage)."""
     from zoo_core.config.schema import STAGES
 
-    for stage in STAGES:
-        files = job_files(job_dir, stage)
-        if files.overrides.is_file():
-            return files
-    return None
+    newest: tuple[int, JobFiles] | None = None
+    for name in STAGES if stage is None else (stage,):
+        files = job_files(job_dir, name)
+        try:
+            mtime = files.overrides.stat().st_mtime_ns
+        except OSError:
+            continue
+        if files.overrides.is_file() and (newest is None or mtime > newest[0]):
+            newest = (mtime, files)
+    return None if newest is None else newest[1]

@@ -144,7 +144,10 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
                **{f"@{k}": members[0].get("@" + k) for k in others}, "@dataset.shard": "all"}
         n = int(cfg.dataset.get("num_shards", 1))
         shards = pick_shards(members, jobs)
-        problems = [p for p in (shard_problem(i, shards.get(i), n) for i in range(n)) if p]
+        ran_otherwise = {int(r["@dataset.shard"]): r for g, m in groups.items() if g != label for r in m}
+        problems = [p for p in (shard_problem(i, shards.get(i), n) if i in shards or i not in ran_otherwise
+                                else ran_with_other_settings(i, n, ran_otherwise[i], members[0], others)
+                                for i in range(n)) if p]
         problems += [f"job {s.row['job']} ran dataset.shard={i}, outside dataset.num_shards={n}"
                      for i, s in shards.items() if not 0 <= i < n]
         if not problems:
@@ -221,6 +224,18 @@ def shard_problem(i: int, shard: Shard | None, n: int) -> str | None:
     if status != "ok" or not (shard.files.metrics.is_file() or unscored_record(shard.files)):
         return f"shard {i} (job {shard.row['job']}) has no result (killed, or still running)"
     return None
+
+
+def ran_with_other_settings(i: int, n: int, ran: dict, wanted: dict, keys: list[str]) -> str:
+    """Shard ``i`` of a merge ran, but only with other values of the swept ``keys`` (job ``ran``, e.g. a
+    shard re-run with a changed setting) than the merge's (those of job ``wanted``)."""
+    def setting(row: dict, k: str) -> str:
+        v = row.get("@" + k)
+        return f"{k} not set" if v is None else f"{k}={v}"
+
+    diff = [k for k in keys if ran.get("@" + k) != wanted.get("@" + k)]
+    return (f"shard {i} of {n} ran only with other settings (job {ran['job']}: "
+            f"{', '.join(setting(ran, k) for k in diff)}; this merge: {', '.join(setting(wanted, k) for k in diff)})")
 
 
 def unscored_record(files: JobFiles) -> dict | None:

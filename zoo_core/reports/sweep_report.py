@@ -61,22 +61,68 @@ def _hydra_overrides(sweep_dir: Path) -> list[str]:
     return list(((cfg.get("hydra") or {}).get("overrides") or {}).get("hydra") or [])
 
 
+def _is_patch(hydra_overrides) -> bool:
+    return any(str(o).lstrip("+~").startswith("hydra.sweep.subdir=") for o in hydra_overrides or [])
+
+
 def is_patch_sweep(sweep_dir: Path) -> bool:
     """Whether the last sweep into ``sweep_dir`` re-ran chosen jobs in place (``hydra.sweep.subdir=``
     given, as the shard merge's re-run command does): the other jobs then still belong to the sweep."""
-    return any(o.lstrip("+~").startswith("hydra.sweep.subdir=") for o in _hydra_overrides(sweep_dir))
+    return _is_patch(_hydra_overrides(sweep_dir))
+
+
+#: The sweep's jobs (job dir name -> stage), written by each report; a sweep that is not a patch sweep
+#: empties it when it starts (:meth:`SweepReport.on_multirun_start`).
+MANIFEST = "sweep_jobs.json"
+
+
+def _jobs_since(found: dict[str, JobFiles], t0: float) -> dict[str, JobFiles]:
+    return {name: f for name, f in found.items() if f.overrides.stat().st_mtime >= t0 - 1.0}
 
 
 def sweep_jobs(sweep_dir: Path) -> list[JobFiles]:
-    """The sweep's jobs, in job order; jobs left from an older sweep into the same dir are ignored
-    (unless the last sweep re-ran jobs in place, see :func:`is_patch_sweep`)."""
-    jobs = [f for f in (find_job(p) for p in sweep_dir.iterdir() if p.is_dir()) if f is not None]
+    """The sweep's jobs, in job order, each with the records of the stage it ran last (a chained sweep's
+    job dir holds one record dir per stage).
+
+    Jobs left in the dir by an older sweep are ignored: a sweep's jobs are those written since it
+    started (``multirun.yaml``). A patch sweep (:func:`is_patch_sweep`) adds the jobs it re-ran to the
+    sweep's jobs listed in :data:`MANIFEST` (or, when the sweep that emptied it never got to its report,
+    to the jobs written since then); without a manifest (a dir made by hand, an older zoo) every job dir
+    counts."""
+    found = {p.name: f for p in sweep_dir.iterdir() if p.is_dir() and (f := find_job(p)) is not None}
     started = sweep_dir / "multirun.yaml"
-    if started.is_file() and not is_patch_sweep(sweep_dir):
-        t0 = started.stat().st_mtime - 1.0
-        jobs = [f for f in jobs if f.overrides.stat().st_mtime >= t0]
-    return sorted(jobs, key=lambda f: (not f.root.name.isdigit(),
-                                       int(f.root.name) if f.root.name.isdigit() else f.root.name))
+    if started.is_file():
+        jobs = _jobs_since(found, started.stat().st_mtime)
+        if is_patch_sweep(sweep_dir):
+            jobs = {**_manifest_jobs(sweep_dir, found), **jobs}
+    else:
+        jobs = found
+    return sorted(jobs.values(), key=lambda f: (not f.root.name.isdigit(),
+                                                int(f.root.name) if f.root.name.isdigit() else f.root.name))
+
+
+def _manifest_jobs(sweep_dir: Path, found: dict[str, JobFiles]) -> dict[str, JobFiles]:
+    path = sweep_dir / MANIFEST
+    manifest = read_json(path)
+    if manifest is None:
+        return found
+    listed = manifest.get("jobs")
+    if not isinstance(listed, dict):  # emptied when the sweep started, never written by its report
+        return _jobs_since(found, path.stat().st_mtime)
+    jobs = {}
+    for name, stage in listed.items():
+        f = find_job(sweep_dir / str(name), str(stage)) if "/" not in str(name) else None
+        if f is not None:
+            jobs[str(name)] = f
+    return jobs
+
+
+def write_manifest(sweep_dir: Path, jobs: list[JobFiles] | None) -> None:
+    """Record the sweep's jobs (None: a new sweep started, none reported yet)."""
+    from zoo_core.api.atomic import write_json
+
+    write_json(sweep_dir / MANIFEST, {"schema": 1, "jobs": None if jobs is None else
+                                      {f.root.name: f.records.name for f in jobs}})
 
 
 def _job_config(f: JobFiles) -> dict:
@@ -115,7 +161,8 @@ def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
         row = {
             "job": f.root.name,
             **{f"@{k}": v for k, v in values.items()},
-            "status": "failed" if error else ("ok" if (perf or metrics or converted is not None) else "no result"),
+            "status": "failed" if error else ("ok" if (perf or metrics or converted is not None
+                                                       or run.get("status") == "ok") else "no result"),
             "model": _name(cfg, "model"),
             "stage": _name(cfg, "stage"),
             "backend": _name(cfg, "backend"),
@@ -131,8 +178,7 @@ def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
             "error": (error or {}).get("error"),
         }
         if not timed:
-            row["note"] = (f"all {perf.get('resumed_images', '?')} images were resumed from an earlier run: "
-                           "no throughput or latency measured")
+            row["note"] = untimed_note(perf)
         if row["stage"] == "convert":
             row["backend"] = f"atc {(cfg.get('atc') or {}).get('soc_version', '')}".strip()
             if error:
@@ -144,6 +190,18 @@ def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
     keys = list(dict.fromkeys(k for r in rows for k in r if k.startswith("@")))
     swept = [k[1:] for k in keys if len({str(r.get(k)) for r in rows}) > 1 or len(rows) == 1]
     return rows, swept
+
+
+def untimed_note(perf: dict) -> str:
+    """Why a job whose ``perf.json`` timed no image has no throughput or latency."""
+    resumed, skipped = perf.get("resumed_images") or 0, perf.get("skipped") or 0
+    if resumed:
+        why = f"all {resumed} images were resumed from an earlier run"
+    elif skipped:
+        why = f"all {skipped} images were skipped (on_error=skip)"
+    else:
+        why = "its share of the dataset holds no image (more shards than images)"
+    return f"{why}: no throughput or latency measured"
 
 
 def write_csv(rows: list[dict]) -> str:
@@ -408,17 +466,19 @@ def build_report(sweep_dir: str | Path, stopped: str | None = None, planned: lis
     stopped one, and ``python -m zoo_core.reports.sweep_report`` all build it here."""
     from zoo_core.api.atomic import write_bytes, write_text
 
-    sweep_dir = Path(sweep_dir)
+    sweep_dir = Path(os.path.abspath(sweep_dir))  # re-run commands name it: absolute, wherever they run
     rows, swept = collect_rows(sweep_dir)
     if not rows:
         return {"jobs": 0, "failed": 0, "no_result": 0, "merges": 0, "failed_merges": 0, "report": None,
                 "markdown": "", "merged": []}
+    jobs = {f.root.name: f for f in sweep_jobs(sweep_dir)}
+    write_manifest(sweep_dir, list(jobs.values()))  # what a later patch sweep adds its jobs to
     from zoo_core.reports.shard_merge import merge_shards, rerun_command
 
     for r in rows:
         if r["status"] == "no result":
             try:
-                r["rerun"] = rerun_command(sweep_dir, _job_files(sweep_dir, r["job"]))
+                r["rerun"] = rerun_command(sweep_dir, jobs[r["job"]])
             except (OSError, ValueError) as exc:  # a job dir too damaged to read its overrides
                 log.warning("no re-run command for job %s: %s", r["job"], exc)
     merged = merge_shards(sweep_dir, rows, swept)
@@ -455,7 +515,7 @@ def not_started_rows(sweep_dir: Path, rows: list[dict], planned: list[list[str]]
     from zoo_core.reports.shard_merge import rerun_command
 
     have = {r["job"] for r in rows}
-    template = _job_files(sweep_dir, rows[0]["job"])
+    template = next(f for f in sweep_jobs(sweep_dir) if f.root.name == rows[0]["job"])
     out = []
     for num, overrides in enumerate(planned):
         if str(num) in have:
@@ -464,13 +524,6 @@ def not_started_rows(sweep_dir: Path, rows: list[dict], planned: list[list[str]]
         out.append({"job": str(num), **{f"@{k}": v for k, v in values.items()}, "status": "not started",
                     "rerun": rerun_command(sweep_dir, template, job=str(num), resume=False, overrides=overrides)})
     return out
-
-
-def _job_files(sweep_dir: Path, job: str) -> JobFiles:
-    files = find_job(sweep_dir / job)
-    if files is None:
-        raise ValueError(f"{sweep_dir / job}: not a job dir")
-    return files
 
 
 def _jsonable(value):
@@ -501,10 +554,23 @@ class SweepReport(Callback):
                        record)
         except Exception as exc:  # a report detail must never fail the job
             log.warning("could not write the job's result.json: %s", exc)
+        finally:
+            from zoo_core.runs.lock import release_job_locks
+
+            release_job_locks()  # the job's run root, locked when Hydra opened its log
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        """Tell ``zoo run`` (:data:`STATUS_ENV`) where the sweep writes and which launcher runs it, so that
-        it can still build the report when the launcher raises and ``on_multirun_end`` never comes."""
+        """Empty the sweep's :data:`MANIFEST` unless this sweep re-runs chosen jobs of it; tell ``zoo run``
+        (:data:`STATUS_ENV`) where the sweep writes and which launcher runs it, so that it can still build
+        the report when the launcher raises and ``on_multirun_end`` never comes."""
+        try:
+            from omegaconf import OmegaConf
+
+            overrides = OmegaConf.to_container(config.hydra.overrides.hydra, resolve=False)  # as typed
+            if not _is_patch(overrides):  # a new sweep: the jobs listed earlier are not its own
+                write_manifest(Path(str(config.hydra.sweep.dir)), None)
+        except Exception as exc:  # a report detail must never stop the sweep
+            log.warning("could not reset the sweep's %s: %s", MANIFEST, exc)
         status = os.environ.get(STATUS_ENV)
         if not status:
             return
@@ -520,9 +586,16 @@ class SweepReport(Callback):
         if not sweep_dir.is_dir():
             return
         summary = build_report(sweep_dir)
-        if not summary["jobs"]:
-            return
         status = os.environ.get(STATUS_ENV)
+        if not summary["jobs"]:  # never silent: the jobs wrote their records elsewhere (hydra.sweep.subdir=a/b/...)
+            error = (f"{sweep_dir}: the sweep report found no job of this sweep (a job dir <n>/ with "
+                     f"<stage>/.hydra/overrides.yaml written since the sweep started): no report written")
+            if status:  # zoo run says it and exits 1
+                write_status(Path(status), {**_read_status(Path(status)), "finished": True, "jobs": 0,
+                                            "error": error})
+            else:
+                log.error(error)
+            return
         if status:
             write_status(Path(status), {**_read_status(Path(status)), "finished": True,
                                         **{k: summary[k] if k != "report" else str(summary[k])

@@ -7,7 +7,10 @@ symbolic link and must be a regular file with no other hard link: a link planted
 write elsewhere.
 ``zoo run`` takes the lock with :func:`held_for_stage` before Hydra writes the stage's ``.hydra/``
 and ``zoo.log`` (a run that is refused must not touch the holder's records); the stage runner inside
-it, ``RunLock(..., reenter=True)``, then enters that lock instead of failing on it.
+it, ``RunLock(..., reenter=True)``, then enters that lock instead of failing on it. A sweep job's lock
+is taken by :class:`RunLogHandler`, the file handler of zoo's job logging
+(``conf/hydra/job_logging/zoo.yaml``): Hydra's ``run_job`` opens the job's log before it writes
+``.hydra/``, and calls nothing of zoo's earlier.
 """
 from __future__ import annotations
 
@@ -31,6 +34,27 @@ LOCK_NAME = ".zoo.lock"
 
 _held: set[tuple[str, int]] = set()  # (lock path, thread) of the locks taken by held_for_stage
 _held_lock = threading.Lock()
+
+
+IN_USE = "this run directory is in use by another zoo run"
+
+
+class RunDirInUse(ZooError):
+    """Another run holds the run root's lock (``who``: its pid, stage and host)."""
+
+    def __init__(self, root: Path, who: str, hint: str = "wait for it to finish, or pass another work_dir="):
+        self.root = root
+        self.who = who
+        super().__init__(f"{IN_USE} ({who})", path=root, hint=hint)
+
+    @classmethod
+    def from_text(cls, text: str) -> RunDirInUse | None:
+        """The refusal named in a traceback's text (a job's error that came back from another process as
+        text), or None."""
+        import re
+
+        m = re.search(rf"{cls.__name__}: (.+?): {IN_USE} \(([^)\n]*)\)", text)
+        return cls(Path(m.group(1)), m.group(2)) if m else None
 
 
 def _holder(text: str) -> dict:
@@ -96,8 +120,7 @@ class RunLock:
                 who += f", stage={holder['stage']}"
             if holder.get("host"):
                 who += f", host {holder['host']}"
-            raise ZooError(f"this run directory is in use by another zoo run ({who})", path=self.root,
-                           hint="wait for it to finish, or pass another work_dir=") from None
+            raise RunDirInUse(self.root, who) from None
         old = _holder(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
         if old.get("pid") and old.get("pid") != os.getpid():
             log.info("%s: taking over the lock of pid %s, which is no longer running", self.path, old["pid"])
@@ -129,10 +152,14 @@ class RunLock:
 
 
 @contextlib.contextmanager
-def held_for_stage(root: str | os.PathLike, stage: str = "") -> Iterator[RunLock]:
+def held_for_stage(root: str | os.PathLike, stage: str = "", reenter: bool = False) -> Iterator[RunLock]:
     """Hold ``root``'s lock for a stage this thread runs inside the block: ``RunLock(root, reenter=True)``
-    there enters it (any other acquire still fails, as for a lock held by another run)."""
-    with RunLock(root, stage) as lock:
+    there enters it (any other acquire still fails, as for a lock held by another run). ``reenter``: when
+    this thread holds it already, enter that hold."""
+    with RunLock(root, stage, reenter=reenter) as lock:
+        if lock._entered:
+            yield lock
+            return
         key = lock._key()
         with _held_lock:
             _held.add(key)
@@ -141,3 +168,52 @@ def held_for_stage(root: str | os.PathLike, stage: str = "") -> Iterator[RunLock
         finally:
             with _held_lock:
                 _held.discard(key)
+
+
+class RunLogHandler(logging.FileHandler):
+    """The file handler of zoo's job logging (``conf/hydra/job_logging/zoo.yaml``): it holds the lock of
+    the job's run root (the parent of Hydra's output dir, the stage's record dir) from before it opens
+    the log until :meth:`release_lock` (the end of the job: ``SweepReport.on_job_end``) or its close.
+
+    Hydra's ``run_job`` opens the log (``mode: w`` truncates it) before it writes ``.hydra/``, and calls
+    no callback earlier; so a sweep job refused here (:class:`RunDirInUse`, raised through
+    ``logging.config``) has written nothing into the holder's records. ``zoo run`` takes the lock of a
+    single run itself, before Hydra starts: this handler then enters that hold."""
+
+    def __init__(self, filename, mode: str = "a", encoding: str | None = None, delay: bool = False,
+                 errors: str | None = None):
+        self._hold = contextlib.ExitStack()
+        record_dir = _hydra_output_dir()  # (None outside a Hydra job: a plain file handler)
+        if record_dir is not None:
+            self._hold.enter_context(held_for_stage(record_dir.parent, record_dir.name, reenter=True))
+        try:
+            super().__init__(filename, mode, encoding, delay, errors)
+        except BaseException:
+            self._hold.close()
+            raise
+
+    def release_lock(self) -> None:
+        self._hold.close()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.release_lock()
+
+
+def _hydra_output_dir() -> Path | None:
+    """Hydra's output dir of the job being set up (set before it configures the job's logging)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(str(HydraConfig.get().runtime.output_dir)) if HydraConfig.initialized() else None
+    except Exception:
+        return None
+
+
+def release_job_locks() -> None:
+    """At a job's end: release the locks held by the :class:`RunLogHandler` of the root logger."""
+    for h in logging.getLogger().handlers:
+        if isinstance(h, RunLogHandler):
+            h.release_lock()
