@@ -77,6 +77,39 @@ def test_cli_new_plugin(tmp_path, capsys):
     assert zoo_main(["new-plugin", "Bad-Name", "--dir", str(tmp_path)]) == 2
 
 
+@pytest.mark.parametrize("key, value, shown", [
+    ("iou_thresh", 1.5, "outside (0.0, 1.0]"), ("iou_thresh", -0.5, "outside (0.0, 1.0]"),
+    ("iou_thresh", 0.0, "outside (0.0, 1.0]"), ("K", 0, "outside [1, inf]"), ("stride", 0, "outside [1, inf]"),
+    ("input_size", -3, "outside [1, inf]"), ("score_threshold", 1.2, "outside [0.0, 1.0]")])
+def test_scaffold_config_refuses_out_of_range_values(tmp_path, monkeypatch, key, value, shown):
+    """The generated schema declares the ranges of its numbers: model.iou_thresh=1.5 stops at composition
+    (ConfigError, exit 2) instead of scoring AP1.5 = 0 with exit 0; model.K=0 is the user's bad value, not a
+    plugin bug."""
+    import importlib.util
+
+    from omegaconf import OmegaConf
+
+    from zoo_core.api.errors import ConfigError
+    from zoo_core.config.plugin_schema import typed_section
+
+    dest = new_plugin("range_det", tmp_path)
+    spec = importlib.util.spec_from_file_location("range_det_config", dest / "zoo_range_det" / "config.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    cls = module.SCHEMAS["model/range_det"]
+    section = OmegaConf.load(dest / "zoo_range_det" / "conf" / "model" / "range_det.yaml").model
+    typed_section(section.copy(), cls, "model", "zoo-range-det's RangeDetConfig")  # the shipped values pass
+    section[key] = value
+    with pytest.raises(ConfigError) as err:
+        typed_section(section, cls, "model", "zoo-range-det's RangeDetConfig")
+    assert str(err.value) == f"model.{key}={value}: {shown}" and err.value.exit_code == 2
+    discs = OmegaConf.load(dest / "zoo_range_det" / "conf" / "dataset" / "range_det_discs.yaml").dataset
+    discs.n_images = 0
+    with pytest.raises(ConfigError, match=r"dataset.n_images=0: outside \[1, inf\]"):
+        typed_section(discs, module.SCHEMAS["dataset/range_det_discs"], "dataset", "zoo-range-det")
+
+
 def test_templates_are_package_data_of_zoo_core():
     """Every template file matches zoo-core's package-data globs (so it ships in the wheel)."""
     meta = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -123,7 +156,9 @@ def test_scaffolded_plugin_installs_lists_runs_and_passes_its_tests(installed_pl
 
     # no weights ship with the scaffold: a weights stage refuses without weights=, and a typed key is checked
     for args, text in (([f"model={name}", "stage=export"], "weights=random runs seeded random weights"),
-                       ([f"model={name}", "stage=export", "weights=random", "model.K=abc"], "model.K")):
+                       ([f"model={name}", "stage=export", "weights=random", "model.K=abc"], "model.K"),
+                       ([f"model={name}", "stage=eval", "backend=oracle", "model.iou_thresh=1.5"],
+                        "model.iou_thresh=1.5: outside (0.0, 1.0]")):
         proc = subprocess.run([*ZOO, "run", *args], cwd=work, env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and text in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     zoo("run", f"model={name}", "stage=export", "weights=random")
