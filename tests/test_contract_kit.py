@@ -36,6 +36,19 @@ class _RecordExports:
         return export
 
 
+class _Answering:
+    """The plugin's hooks, with some hooks answering fixed values (``references=[...]``)."""
+
+    def __init__(self, hooks, **answers):
+        self._hooks = hooks
+        self._answers = answers
+
+    def __getattr__(self, name):
+        if name in self._answers:
+            return lambda **kw: self._answers[name]
+        return getattr(self._hooks, name)
+
+
 def test_atc_args_gets_the_ascend_export(fixture_plugin):
     spy = fixture_plugin.__dict__["hooks"] = _RecordExports(fixture_plugin.hooks)
     args = checks.check_atc_args(fixture_plugin)
@@ -78,3 +91,31 @@ def test_a_plugin_without_schemas_whose_files_hold_only_base_keys_passes(fixture
     fixture_plugin.__dict__["cfg"] = OmegaConf.create(
         {"model": {"name": "fixture", "export_keys": None, "predict_threshold": 0.3}, "dataset": {"name": "coco_sample"}})
     checks.check_schemas(fixture_plugin)
+
+
+@pytest.mark.parametrize("value", ["0.5", True, [0.5]])
+def test_references_check_refuses_a_protocol_value_no_run_can_match(fixture_plugin, value):
+    # protocol={"model.iou_thresh": "0.5"} passed the kit, then never matched a run (same_value compares
+    # a str with a float as different): the reference was silently never judged
+    from zoo_core.api.types import Reference
+
+    ref = Reference("AP50", 1.0, 1e-9, "typo", {"dataset.name": "squares", "backend.name": "oracle",
+                                                "model.iou_thresh": value})
+    fixture_plugin.__dict__["hooks"] = _Answering(fixture_plugin.hooks, references=[ref])
+    with pytest.raises(checks.ContractError) as err:
+        checks.check_references(fixture_plugin)
+    assert f"protocol model.iou_thresh={value!r} ({type(value).__name__}) can never equal the config's float " \
+           "value 0.5" in str(err.value)
+
+
+def test_references_check_accepts_numbers_of_either_kind(fixture_plugin):
+    from zoo_core.api.types import Reference
+    from zoo_core.runs.references import comparable, same_value
+
+    ref = Reference("AP50", 1.0, 1e-9, "int", {"dataset.name": "squares", "backend.name": "oracle",
+                                               "model.iou_thresh": 1, "dataset.limit": None})
+    fixture_plugin.__dict__["hooks"] = _Answering(fixture_plugin.hooks, references=[ref])
+    assert checks.check_references(fixture_plugin)[0]["protocol"]["model.iou_thresh"] == 1
+    for run, want in ((0.5, "0.5"), (True, 1), ([1, 2], ["1", "2"]), ("a", 1)):
+        assert not comparable(run, want) and not same_value(run, want)
+    assert comparable(0.5, 1) and comparable([1.0, 2], [1, 2.0]) and comparable(None, "x")

@@ -49,6 +49,20 @@ def same_value(run: Any, ref: Any) -> bool:
     return type(run) is type(ref) and run == ref
 
 
+def comparable(run: Any, ref: Any) -> bool:
+    """Whether :func:`same_value` can ever hold for a run value of ``run``'s type and ``ref``: numbers with
+    numbers (bool is not a number), lists with lists (item by item), anything else with its own type; a
+    ``None`` on either side can (a key that may be unset)."""
+    if run is None or ref is None:
+        return True
+    numeric = (int, float)
+    if isinstance(run, numeric) and isinstance(ref, numeric):
+        return isinstance(run, bool) == isinstance(ref, bool)
+    if isinstance(run, (list, tuple)) and isinstance(ref, (list, tuple)):
+        return all(comparable(a, b) for a, b in zip(run, ref))
+    return type(run) is type(ref)
+
+
 def _shown(v: Any) -> Any:
     return "<not set>" if v is _UNSET else v
 

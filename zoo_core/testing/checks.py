@@ -520,10 +520,11 @@ def check_lazy_torch(p: PluginUnderTest) -> None:
 def check_references(p: PluginUnderTest) -> list[dict[str, Any]]:
     """The ``references`` declaration (optional hook): a list of well-formed
     :class:`~zoo_core.api.types.Reference`, each protocol key present in the configuration the protocol
-    selects (``dataset.name`` / ``backend.name`` pick those config groups), with the declared value's type
-    where the config has one. Returns the references as dicts."""
+    selects (``dataset.name`` / ``backend.name`` pick those config groups), with a value of a type a run
+    compares equal to the config's (:func:`zoo_core.runs.references.comparable`: ``"0.5"`` never matches
+    a float key, ``1`` never a bool). Returns the references as dicts."""
     from zoo_core.api.errors import ZooError
-    from zoo_core.runs.references import _UNSET, config_value
+    from zoo_core.runs.references import _UNSET, comparable, config_value
 
     if not p.implements("references"):
         return []
@@ -550,9 +551,10 @@ def check_references(p: PluginUnderTest) -> list[dict[str, Any]]:
             if key.endswith(".name") and key.split(".")[0] in ("dataset", "backend") and have != want:
                 raise _fail("references", f"reference {ref.metric}: {key}={want!r} but that config group's "
                                           f"name is {have!r}")
-            if have is not None and want is not None and isinstance(have, bool) != isinstance(want, bool):
-                raise _fail("references", f"reference {ref.metric} ({ref.source}): protocol {key}={want!r} can "
-                                          f"never equal the config's {type(have).__name__} value")
+            if not comparable(have, want):  # the run compares with same_value: a str never equals a float
+                raise _fail("references", f"reference {ref.metric} ({ref.source}): protocol {key}={want!r} "
+                                          f"({type(want).__name__}) can never equal the config's "
+                                          f"{type(have).__name__} value {have!r}")
     return [r.as_dict() for r in refs]
 
 
