@@ -292,14 +292,22 @@ def check_schemas(p: PluginUnderTest) -> None:
 
     declared = getattr(p.hooks.info.module, "ZOO_CONFIG_SCHEMAS", None)
     cfg = p.cfg
-    dataset = str(cfg.dataset.name)
-    sections = [("model", p.model)]
-    if scan_plugin_confs().dataset_owner.get(dataset) == p.model:  # zoo-core types its own datasets
-        sections.append(("dataset", dataset))
-    for group, name in sections:
+    sections = [("model", p.model, cfg.model)]
+    # every dataset file the plugin ships, selected by its model or not (zoo-core types its own datasets)
+    owned = sorted(n for n, owner in scan_plugin_confs().dataset_owner.items() if owner == p.model)
+    for name in owned:
+        if str(cfg.dataset.get("name")) == name:
+            sections.append(("dataset", name, cfg.dataset))
+            continue
+        try:
+            sections.append(("dataset", name, p.config([f"dataset={name}"]).dataset))
+        except Exception as exc:
+            raise ContractError(f"conf/dataset/{name}.yaml (shipped by {p.model}) does not compose with "
+                                f"model={p.model}: {exc}") from None
+    for group, name, section in sections:
         if declared is None:
             base: type = ModelConfig if group == "model" else DatasetConfig
-            untyped = sorted(set(map(str, cfg[group])) - {f.name for f in dataclasses.fields(base)})
+            untyped = sorted(set(map(str, section)) - {f.name for f in dataclasses.fields(base)})
             if untyped:
                 raise ContractError(
                     f"conf/{group}/{name}.yaml keys without a type: {', '.join(untyped)} "
@@ -311,7 +319,7 @@ def check_schemas(p: PluginUnderTest) -> None:
         cls = declared.get(f"{group}/{name}")
         if cls is None:
             raise ContractError(f"ZOO_CONFIG_SCHEMAS has no entry {group}/{name!r} for conf/{group}/{name}.yaml")
-        untyped = sorted(set(map(str, cfg[group])) - {f.name for f in dataclasses.fields(cls)})
+        untyped = sorted(set(map(str, section)) - {f.name for f in dataclasses.fields(cls)})
         if untyped:
             raise ContractError(f"conf/{group}/{name}.yaml keys without a type in {cls.__qualname__}: "
                                 f"{', '.join(untyped)}")
