@@ -87,7 +87,11 @@ def test_a_plugin_without_schemas_fails_on_its_untyped_keys(fixture_plugin, monk
 def test_a_plugin_without_schemas_whose_files_hold_only_base_keys_passes(fixture_plugin, monkeypatch):
     from omegaconf import OmegaConf
 
+    from zoo_core.config import confpaths
+
     monkeypatch.delattr(fixture_plugin.hooks.info.module, "ZOO_CONFIG_SCHEMAS")
+    # a plugin that ships no dataset file (the fixture's squares holds keys of its own)
+    monkeypatch.setattr(confpaths, "scan_plugin_confs", lambda: confpaths.ConfScan())
     fixture_plugin.__dict__["cfg"] = OmegaConf.create(
         {"model": {"name": "fixture", "export_keys": None, "predict_threshold": 0.3}, "dataset": {"name": "coco_sample"}})
     checks.check_schemas(fixture_plugin)
@@ -139,3 +143,29 @@ def test_schemas_check_covers_dataset_files_the_model_does_not_select(fixture_pl
     fixture_plugin.__dict__["cfg"] = OmegaConf.create({"model": {"name": "fixture"}, "dataset": {"name": "coco_sample"}})
     with pytest.raises(checks.ContractError, match=r"^conf/dataset/squares.yaml keys without a type: "):
         checks.check_schemas(fixture_plugin)
+
+
+def test_a_plugin_without_atc_args_passes_the_kit(fixture_plugin, monkeypatch):
+    # REQUIRED_HOOKS held atc_args, so every plugin needed an Ascend export to pass, though the guide says
+    # atc_args is for stage=convert only
+    assert "atc_args" not in checks.REQUIRED_HOOKS
+    monkeypatch.setattr(fixture_plugin.hooks.info, "hooks",
+                        [h for h in fixture_plugin.hooks.info.hooks if h != "atc_args"])
+    spy = fixture_plugin.__dict__["hooks"] = _RecordExports(fixture_plugin.hooks)
+    checks.check_registration(fixture_plugin)
+    assert checks.check_atc_args(fixture_plugin) == [] and spy.targets == []  # nothing exported for ascend
+    report = checks.check_plugin("fixture", checks=("registration", "atc_args"))
+    assert report == {"registration": "ok", "atc_args": "skipped: the plugin does not implement atc_args "
+                                                       "(no stage=convert)"}
+    assert checks.check_atc_args(fixture_plugin, target=None) == []
+
+
+def test_contract_class_skips_atc_args_without_an_ascend_path(fixture_plugin):
+    from zoo_core.testing.contract import PluginContract
+
+    class NoAscend(PluginContract):
+        model = "fixture"
+        atc_target = None
+
+    with pytest.raises(pytest.skip.Exception, match="no Ascend path"):
+        NoAscend().test_atc_args(fixture_plugin)

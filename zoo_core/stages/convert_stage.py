@@ -20,7 +20,7 @@ from typing import Any
 
 from zoo_core.api.atc import MAX_GEARS
 from zoo_core.api.atomic import write_json, write_text
-from zoo_core.api.errors import ConfigError, ZooError
+from zoo_core.api.errors import ConfigError, PluginError, ZooError
 from zoo_core.backends.image_gears import GearPlan, gears_file, plan_gears
 from zoo_core.pipeline.sources import ImageSource
 from zoo_core.pipeline.workers import WorkerPool
@@ -34,6 +34,10 @@ log = logging.getLogger("zoo")
 
 def run(ctx: RunContext) -> dict:
     cfg = ctx.cfg
+    if not ctx.hooks.implements("atc_args"):  # no Ascend path: refused before anything is exported
+        raise PluginError(f"model {ctx.model_name!r} cannot be converted: its plugin {ctx.hooks.info.entry_point} "
+                          f"does not implement the 'atc_args' hook, which stage=convert needs (implements: "
+                          f"{', '.join(ctx.hooks.info.hooks)})")
     given = cfg.get("model_file")
     given_onnx = bool(given and str(given).endswith(".onnx"))
     if quantize_int8(ctx):

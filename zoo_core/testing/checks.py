@@ -21,13 +21,16 @@ import numpy as np
 
 from zoo_core import HOOK_API_VERSION
 from zoo_core.api.errors import ZooError
-from zoo_core.api.hookspecs import CORE_HOOKS, MODEL_HOOKS
+from zoo_core.api.hookspecs import MODEL_HOOKS
 from zoo_core.api.types import Detections, EvalResult, ExportResult, TensorSpec
 from zoo_core.datasets import DATASET_API_VERSION, kinds
 
 #: Hooks the core's stages need for ``zoo run model=<it> stage=eval`` and ``stage=export``. ``dataset`` and
-#: ``evaluate`` may come from zoo-core's dataset API (a dataset config with a ``kind``).
-REQUIRED_HOOKS = ("dataset", "input_spec", *CORE_HOOKS, "output_spec")
+#: ``evaluate`` may come from zoo-core's dataset API (a dataset config with a ``kind``). ``atc_args`` is not
+#: among them: only ``stage=convert`` needs it (a plugin without an Ascend path leaves it out, and
+#: :func:`check_atc_args` is skipped), nor are ``build_model`` (``backend=torch``), ``oracle_outputs``
+#: (``backend=oracle``), ``references`` and ``read_detections``.
+REQUIRED_HOOKS = ("dataset", "input_spec", "preprocess", "export", "output_spec", "postprocess", "evaluate")
 
 #: Odd image sizes (h, w) the preprocess / postprocess round trip is checked on.
 SYNTHETIC_SHAPES = ((37, 53), (240, 180))
@@ -491,13 +494,19 @@ def check_evaluate(p: PluginUnderTest, detections: dict[str, Detections]) -> dic
     return {k: float(v) for k, v in res.metrics.items()}
 
 
-def check_atc_args(p: PluginUnderTest, target: str = "ascend", overrides: Sequence[str] = ()) -> list[str]:
+def check_atc_args(p: PluginUnderTest, target: str | None = "ascend", overrides: Sequence[str] = ()) -> list[str]:
     """``atc_args`` returns ``list[str]`` naming the model, output and SoC, for static and gear batches.
 
     It gets the ONNX that ``export`` writes for ``target`` (``ascend``: what ATC converts) under the
     same config. ``overrides`` are added to the plugin's overrides for the export and this call (e.g.
     a static input size for a model whose default input size varies per image).
+
+    A plugin without an Ascend path does not implement ``atc_args`` (``stage=convert`` refuses it, naming
+    the hook); for it, and with ``target=None``, nothing is checked (no ``ascend`` export either) and the
+    result is ``[]``.
     """
+    if target is None or not p.implements("atc_args"):
+        return []
     onnx_path = p.export(target, overrides).path
     cfg = p.config(overrides)
     out = str(p.work_dir / f"{p.model}_bs1")
@@ -589,6 +598,8 @@ def check_plugin(model: str, overrides: Sequence[str] = (), work_dir: str | Path
                 result = "ok"
             elif name == "evaluate":
                 result = check_evaluate(p, dets or check_export(p))
+            elif name == "atc_args" and not p.implements("atc_args"):
+                result = "skipped: the plugin does not implement atc_args (no stage=convert)"
             else:
                 result = globals()[f"check_{name}"](p)
             report[name] = "ok" if result is None else result
