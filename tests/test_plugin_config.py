@@ -174,6 +174,27 @@ def test_typed_values_arrive_converted_and_extras_stay_possible():
         _ = cfg.model.typo
 
 
+def test_a_key_declared_only_in_the_schema_is_overridable_without_plus():
+    """score_threshold is declared in FixtureConfig (weights_help in ModelConfig) but not in fixture.yaml: `zoo
+    info` showed it, yet model.score_threshold=0.25 was an unknown key (Hydra checks overrides against the
+    files, before the schema is merged); the plugin's files are now read completed with their declared keys."""
+    from omegaconf import OmegaConf
+
+    from zoo_core.config.validate import compose
+
+    assert "score_threshold" not in OmegaConf.load(
+        REPO / "tests/fixtures/zoo-fixture/zoo_fixture/conf/model/fixture.yaml").model
+    cfg = compose(["model=fixture", "model.score_threshold=0.25", "model.weights_help=see README",
+                   "dataset.generator=x"])
+    assert cfg.model.score_threshold == 0.25 and cfg.model.weights_help == "see README"
+    assert cfg.dataset.generator == "x"  # a DatasetConfig key of the plugin's own dataset file
+    assert compose(["model=fixture"]).model.score_threshold is None  # the declared default
+    with pytest.raises(ConfigError, match=r"model.score_threshold: Value 'abc'.*declared float \| None"):
+        compose(["model=fixture", "model.score_threshold=abc"])
+    with pytest.raises(ConfigError, match="unknown config key 'model.score_treshold'"):
+        compose(["model=fixture", "model.score_treshold=0.2"])
+
+
 def test_model_iou_thresh_abc_through_the_cli_writes_nothing(zoo):
     """Before: the whole eval ran, then ValueError (exit 1) and 'abc' left in detections/state.json."""
     rc, out, err = zoo("run", "model=fixture", "model.iou_thresh=abc", "work_dir=run")

@@ -232,5 +232,5 @@ def add_plugin_search_paths(search_path) -> None:
     for name, conf in plugin_conf_dirs().items():
         provider = f"zoo-plugin:{name}"
         if provider not in present and conf not in added:
-            search_path.append(provider=provider, path=f"file://{conf}")
+            search_path.append(provider=provider, path=f"zoo-plugin://{conf}")  # searchpath.ZooPluginConfigSource
             added.add(conf)
