@@ -209,12 +209,14 @@ def verdict_lines(record: Mapping[str, Any]) -> list[str]:
             d = _digits(v["delta"], v["tolerance"])
             lines.append(f"    {metric:<10} {_fmt(v['measured'], d)} vs {_fmt(v['expected'], d)} ± {v['tolerance']:g} "
                          f"(delta {v['delta']:+.{d}f}): {mark}")
-    groups: dict[tuple[str, str], list[str]] = {}
+        lines += [f"    (note: {n})" for n in dict.fromkeys(verdicts[m].get("note") for m in names) if n]
+    groups: dict[tuple[str, str, str], list[str]] = {}
     for m in record.get("reference_mismatches") or []:
         diffs = ", ".join(f"{k} is {d['run']!r} here, {d['reference']!r} there" for k, d in m["differs"].items())
-        groups.setdefault((m["source"], diffs), []).append(f"{m['metric']} {_fmt(m['expected'])}")
-    for (source, diffs), items in groups.items():
-        lines.append(f"  reference not compared, protocol mismatch ({diffs}): {', '.join(items)} [{source}]")
+        groups.setdefault((m["source"], diffs, m.get("note") or ""), []).append(f"{m['metric']} {_fmt(m['expected'])}")
+    for (source, diffs, note), items in groups.items():
+        lines.append(f"  reference not compared, protocol mismatch ({diffs}): {', '.join(items)} [{source}]"
+                     + (f" (note: {note})" if note else ""))
     ci = record.get("ci95") or {}
     if ci:
         b = record.get("bootstrap") or {}
