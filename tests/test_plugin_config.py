@@ -89,6 +89,32 @@ def test_a_plugin_may_not_ship_stage_or_backend_configs(zoo):
     assert "flush_every: 64" in out  # the stray stage/eval.yaml is not on the search path
 
 
+def test_a_dataset_only_distribution_is_named_in_the_unknown_dataset_error(tmp_path, monkeypatch):
+    """A distribution shipping only conf/dataset/x.yaml under a zoo.plugins entry point was silently ignored
+    (dataset=x: 'unknown dataset', no hint): zoo reads model plugins' conf/ trees only, and now says so."""
+    import importlib
+    import sys
+
+    from zoo_core.config.confpaths import misfiled_dataset
+    from zoo_core.config.validate import _unknown_choice
+
+    (tmp_path / "zoo_dsonly" / "conf" / "dataset").mkdir(parents=True)
+    (tmp_path / "zoo_dsonly" / "__init__.py").write_text('ZOO_HOOK_API = "1"\n')
+    (tmp_path / "zoo_dsonly" / "conf" / "dataset" / "dsonly_faces.yaml").write_text("dataset:\n  name: dsonly_faces\n")
+    info = tmp_path / "zoo_dsonly-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: zoo-dsonly\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[zoo.plugins]\ndsonly = zoo_dsonly\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    assert "zoo_dsonly" not in sys.modules
+    hint = misfiled_dataset("dsonly_faces")
+    assert hint is not None and "distribution zoo-dsonly ships " in hint and "only 'zoo.plugins'" in hint
+    assert "conf/dataset/" in hint and "--config-dir" in hint and misfiled_dataset("other") is None
+    msg = _unknown_choice("dataset", "dsonly_faces", ["coco", "widerface"])
+    assert msg.startswith("unknown dataset 'dsonly_faces'.") and msg.endswith(f"\n  hint: {hint}")
+
+
 def test_two_distributions_registering_one_model_name_is_an_error_naming_both(zoo):
     """Before: the second distribution's entry point was silently skipped (or won, by install order)."""
     env = _env(zoo, "dup_model")

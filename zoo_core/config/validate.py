@@ -244,10 +244,10 @@ def _unknown_choice(group: str, value: str, opts: list[str]) -> str:
         if close:
             msg += f" Did you mean {group}={close[0]}?"
         msg += f"\nValid choices for {group}: {', '.join(opts)}"
-    if group == "model":
-        from zoo_core.config.confpaths import misfiled_model
+    if group in ("model", "dataset"):
+        from zoo_core.config.confpaths import misfiled_dataset, misfiled_model
 
-        misfiled = misfiled_model(value)
+        misfiled = misfiled_model(value) if group == "model" else misfiled_dataset(value)
         if misfiled:
             msg += f"\n  hint: {misfiled}"
     return msg
