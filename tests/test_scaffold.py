@@ -56,10 +56,19 @@ def test_scaffold_pins_one_zoo_core_release_and_brings_pytest(tmp_path):
     assert "`zoo-core>=X.Y,<X+1`" in docs and 'pip install -e "$HOME/src/zoo-mydet[torch,test]"' in docs
 
 
-@pytest.mark.parametrize("bad", ["Det", "9det", "my-det", "d", "none", "det_", "a" * 40])
+@pytest.mark.parametrize("bad", ["Det", "9det", "my-det", "d", "det_", "a" * 40])
 def test_scaffold_rejects_bad_names(tmp_path, bad):
     with pytest.raises(ZooError, match="invalid model name"):
         new_plugin(bad, tmp_path)
+
+
+@pytest.mark.parametrize("reserved", ["core", "none", "test", "tests"])
+def test_scaffold_says_a_reserved_name_is_reserved(tmp_path, reserved):
+    # `zoo new-plugin core` said "invalid model name: use 2-31 lowercase letters...", which 'core' is
+    with pytest.raises(ZooError) as err:
+        new_plugin(reserved, tmp_path)
+    assert str(err.value) == (f"model name {reserved!r} is reserved (core, none, test, tests): choose another, "
+                              f"e.g. {reserved + '_det'!r}")
 
 
 def test_scaffold_refuses_a_non_empty_directory(tmp_path):
