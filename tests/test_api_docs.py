@@ -75,6 +75,20 @@ def test_rendering_does_not_depend_on_the_environment(monkeypatch):
     assert not re.search(r"0x[0-9a-f]{6,}", apidoc.render_reference())  # no object addresses
 
 
+def test_defaults_and_name_tuples_are_shown_as_they_are():
+    # `dynamic_hw: bool = False` was shown as `= TYPE_CHECKING` (any module constant that is the same object),
+    # and REQUIRED_HOOKS was cut at 'atc_a ...', hiding which hooks the contract kit requires
+    from zoo_core.api import atc, config
+    from zoo_core.testing import checks
+
+    assert "dynamic_hw: bool = False)" in apidoc.signature(atc.input_shape_arg, atc)
+    assert "name: str = MISSING" in apidoc.signature(config.ModelConfig, config)  # a real constant keeps its name
+    text = apidoc.render_module("zoo_core.testing.checks")
+    assert f"### `REQUIRED_HOOKS` = `{checks.REQUIRED_HOOKS!r}`" in text
+    assert f"### `CHECKS` = `{checks.CHECKS!r}`" in text
+    assert "TYPE_CHECKING" not in DOC.read_text().split("<!-- apidoc:start")[1]
+
+
 def test_splice_requires_markers():
     with pytest.raises(ValueError, match="markers"):
         apidoc.splice("no markers here", "x")

@@ -57,6 +57,27 @@ def test_list_text_shows_datasets_and_rejects_unknown_flags(zoo):
     assert rc == 2 and err.strip() == "error: zoo list takes only --json, not --jsn"
 
 
+def test_list_and_info_help_print_help_and_examples_name_a_shipped_model(capsys):
+    # `zoo list --help` was "takes only --json" (exit 2); `zoo info --help` was "no model given ... Example:
+    # zoo run model=anchorface" (the alphabetically first installed model, a test fixture)
+    from zoo_core.cli import main as zoo_main
+    from zoo_core.cli.listing import print_listing
+
+    assert zoo_main(["list", "--help"]) == 0 and capsys.readouterr().out.startswith("usage: zoo list [--json]")
+    assert zoo_main(["info", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: zoo info model=<name>") and "zoo info model=centerface" in out
+    assert zoo_main(["info"]) == 2
+    err = capsys.readouterr().err
+    assert "no model given" in err and err.strip().endswith("Example: zoo info model=centerface")
+    assert zoo_main(["run", "stage=eval"]) == 2
+    assert capsys.readouterr().err.strip().endswith("Example: zoo run model=centerface stage=eval")
+    print_listing()
+    listing = capsys.readouterr().out.split("datasets:")[1]
+    assert "  widerface_sample     (zoo-core)\n" in listing and "  squares              (model fixture)\n" in listing
+    assert "(model zoo-core)" not in listing
+
+
 def _run_into_closed_pipe(args, cwd, env, timeout=180):
     """Run the CLI with stdout a pipe whose reading end is already closed (what `| head` leaves)."""
     r, w = os.pipe()
@@ -230,6 +251,11 @@ def test_a_single_run_composes_its_config_once_and_records_what_hydra_main_recor
     ("model.mask_threshold=abc", "model.mask_threshold: Value 'abc' of type 'str' could not be converted to Float"),
     ("batch_size=1,2", "Ambiguous value for argument 'batch_size=1,2'"),
     ("batch_sise=2", "unknown config key 'batch_sise'.\nDid you mean 'batch_size'?"),
+    # a section's key given at the top level, and a case slip (no suggestion before)
+    ("limit=3", "unknown config key 'limit'.\nDid you mean 'dataset.limit'?"),
+    ("num_shards=3", "unknown config key 'num_shards'.\nDid you mean 'dataset.num_shards'?"),
+    ("iou_thresh=0.4", "unknown config key 'iou_thresh'.\nDid you mean 'model.iou_thresh'?"),
+    ("model.MASK_THRESHOLD=0.2", "unknown config key 'model.MASK_THRESHOLD'.\nDid you mean 'model.mask_threshold'?"),
 ])
 def test_a_single_run_refuses_a_bad_override_before_writing_anything(tmp_path, monkeypatch, capsys, cache_dir,
                                                                        override, message):

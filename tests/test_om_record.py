@@ -180,3 +180,17 @@ def test_an_int8_om_is_refused_for_another_calibration_or_other_weights(fixture_
     (tmp_path / "model" / "fixture_int8_bs1.json").write_text(json.dumps(rec))
     with pytest.raises(ConfigError, match=r"weights: 'w.pt' -> .*other.pt' \(other bytes\)"):
         _om_for(fixture_cfg, tmp_path, **q, weights=str(other))
+
+
+def test_convert_refuses_a_plugin_without_atc_args_before_exporting(fixture_cfg, tmp_path, fake_atc):
+    # atc_args is the hook of stage=convert only: a plugin without an Ascend path leaves it out, and convert
+    # says so by name before it exports anything
+    from zoo_core.api.errors import PluginError
+    from zoo_core.stages import convert_stage
+
+    ctx = _ctx(fixture_cfg, tmp_path, "convert")
+    ctx.hooks.info.hooks = [h for h in ctx.hooks.info.hooks if h != "atc_args"]  # this test's own manager
+    with pytest.raises(PluginError) as err:
+        convert_stage.run(ctx)
+    assert "cannot be converted" in str(err.value) and "does not implement the 'atc_args' hook" in str(err.value)
+    assert err.value.exit_code == 2 and not (tmp_path / "model").exists()

@@ -89,6 +89,32 @@ def test_a_plugin_may_not_ship_stage_or_backend_configs(zoo):
     assert "flush_every: 64" in out  # the stray stage/eval.yaml is not on the search path
 
 
+def test_a_dataset_only_distribution_is_named_in_the_unknown_dataset_error(tmp_path, monkeypatch):
+    """A distribution shipping only conf/dataset/x.yaml under a zoo.plugins entry point was silently ignored
+    (dataset=x: 'unknown dataset', no hint): zoo reads model plugins' conf/ trees only, and now says so."""
+    import importlib
+    import sys
+
+    from zoo_core.config.confpaths import misfiled_dataset
+    from zoo_core.config.validate import _unknown_choice
+
+    (tmp_path / "zoo_dsonly" / "conf" / "dataset").mkdir(parents=True)
+    (tmp_path / "zoo_dsonly" / "__init__.py").write_text('ZOO_HOOK_API = "1"\n')
+    (tmp_path / "zoo_dsonly" / "conf" / "dataset" / "dsonly_faces.yaml").write_text("dataset:\n  name: dsonly_faces\n")
+    info = tmp_path / "zoo_dsonly-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: zoo-dsonly\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[zoo.plugins]\ndsonly = zoo_dsonly\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    assert "zoo_dsonly" not in sys.modules
+    hint = misfiled_dataset("dsonly_faces")
+    assert hint is not None and "distribution zoo-dsonly ships " in hint and "only 'zoo.plugins'" in hint
+    assert "conf/dataset/" in hint and "--config-dir" in hint and misfiled_dataset("other") is None
+    msg = _unknown_choice("dataset", "dsonly_faces", ["coco", "widerface"])
+    assert msg.startswith("unknown dataset 'dsonly_faces'.") and msg.endswith(f"\n  hint: {hint}")
+
+
 def test_two_distributions_registering_one_model_name_is_an_error_naming_both(zoo):
     """Before: the second distribution's entry point was silently skipped (or won, by install order)."""
     env = _env(zoo, "dup_model")
@@ -172,6 +198,27 @@ def test_typed_values_arrive_converted_and_extras_stay_possible():
     assert compose(["model=centerface", "model.variant=ascend"]).model.default_weights is None
     with pytest.raises(Exception, match="typo"):  # the typed section is still strict for reads
         _ = cfg.model.typo
+
+
+def test_a_key_declared_only_in_the_schema_is_overridable_without_plus():
+    """score_threshold is declared in FixtureConfig (weights_help in ModelConfig) but not in fixture.yaml: `zoo
+    info` showed it, yet model.score_threshold=0.25 was an unknown key (Hydra checks overrides against the
+    files, before the schema is merged); the plugin's files are now read completed with their declared keys."""
+    from omegaconf import OmegaConf
+
+    from zoo_core.config.validate import compose
+
+    assert "score_threshold" not in OmegaConf.load(
+        REPO / "tests/fixtures/zoo-fixture/zoo_fixture/conf/model/fixture.yaml").model
+    cfg = compose(["model=fixture", "model.score_threshold=0.25", "model.weights_help=see README",
+                   "dataset.generator=x"])
+    assert cfg.model.score_threshold == 0.25 and cfg.model.weights_help == "see README"
+    assert cfg.dataset.generator == "x"  # a DatasetConfig key of the plugin's own dataset file
+    assert compose(["model=fixture"]).model.score_threshold is None  # the declared default
+    with pytest.raises(ConfigError, match=r"model.score_threshold: Value 'abc'.*declared float \| None"):
+        compose(["model=fixture", "model.score_threshold=abc"])
+    with pytest.raises(ConfigError, match="unknown config key 'model.score_treshold'"):
+        compose(["model=fixture", "model.score_treshold=0.2"])
 
 
 def test_model_iou_thresh_abc_through_the_cli_writes_nothing(zoo):

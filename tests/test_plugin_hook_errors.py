@@ -231,3 +231,24 @@ def test_cli_preprocess_bug_names_plugin_and_image_and_counts_as_that_image(zoo,
     assert first.startswith("error: plugin zoo-fixture (model fixture), hook preprocess (image ") and \
         first.endswith(".png): ValueError: simulated bug in preprocess"), err
     assert "Traceback" not in err
+    # the traceback, formatted in the worker process, is in the run dir as for any plugin bug (it was lost)
+    assert "(a bug in the plugin; traceback in " in err, err
+    trace = Path(err.split("traceback in ")[1].split(")")[0]).read_text()
+    assert "zoo_fixture/plugin.py" in trace and "ValueError: simulated bug in preprocess" in trace
+
+
+def test_prepare_one_keeps_the_traceback_of_a_plugin_bug(manager, tmp_path):
+    import cv2
+
+    from zoo_core.api.errors import InputError
+    from zoo_core.pipeline.workers import HookTraceback, prepare_one, stop_error
+
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.zeros((4, 4, 3), np.uint8))
+    prep = prepare_one(manager.hooks_for("fake"), {}, Sample("a", image))
+    assert prep.error.startswith("plugin zoo-fake (model fake), hook preprocess (image ")
+    assert "_helper_that_fails" in prep.trace and "ValueError: cannot decode 1.5" in prep.trace
+    err = stop_error(InputError(prep.error), prep.trace)
+    assert isinstance(err.__cause__, HookTraceback) and err.__cause__.plugin and err.exit_code == 2
+    missing = prepare_one(manager.hooks_for("fake"), {}, Sample("b", tmp_path / "b.png"))  # bad input: no trace
+    assert missing.error and missing.trace is None and stop_error(InputError("x"), None).__cause__ is None

@@ -75,6 +75,21 @@ def test_another_iou_is_a_protocol_mismatch_said_not_compared():
     assert "Ascend 310 OM" not in text
 
 
+def test_a_reference_note_is_printed_with_its_verdict_or_mismatch():
+    # the CenterFace IoU note was zoo-core's WIDER evaluator's info.note, printed for every model scored on
+    # WIDER FACE; it now rides on CenterFace's own references and is printed with them only
+    from zoo_centerface.references import IOU_NOTE, REFERENCES
+
+    assert all(r.note == IOU_NOTE for r in REFERENCES)
+    noted = [Reference(r.metric, r.expected, r.tolerance, r.source, r.protocol, note="uses IoU 0.4") for r in REFS]
+    verdicts, _ = judge(_cfg(), noted, {"easy": 0.9230, "hard": 0.7000})
+    assert verdict_lines({"reference": verdicts}).count("    (note: uses IoU 0.4)") == 1
+    _, mismatches = judge(_cfg(model__iou_thresh=0.5), noted, {"easy": 0.91, "hard": 0.70})
+    [line] = verdict_lines({"reference_mismatches": mismatches})
+    assert line.endswith("[chenjun2hao] (note: uses IoU 0.4)")
+    assert not any("note" in ln for ln in verdict_lines({"reference": judge(_cfg(), REFS, {"easy": 0.92})[0]}))
+
+
 def test_another_variant_or_dataset_is_not_about_this_run():
     assert judge(_cfg(model__variant="starclouds"), REFS[:3], {"easy": 0.9}) == ({}, [])
     assert judge(_cfg(dataset__name="widerface_sample"), REFS[:3], {"easy": 0.9}) == ({}, [])

@@ -56,10 +56,19 @@ def test_scaffold_pins_one_zoo_core_release_and_brings_pytest(tmp_path):
     assert "`zoo-core>=X.Y,<X+1`" in docs and 'pip install -e "$HOME/src/zoo-mydet[torch,test]"' in docs
 
 
-@pytest.mark.parametrize("bad", ["Det", "9det", "my-det", "d", "none", "det_", "a" * 40])
+@pytest.mark.parametrize("bad", ["Det", "9det", "my-det", "d", "det_", "a" * 40])
 def test_scaffold_rejects_bad_names(tmp_path, bad):
     with pytest.raises(ZooError, match="invalid model name"):
         new_plugin(bad, tmp_path)
+
+
+@pytest.mark.parametrize("reserved", ["core", "none", "test", "tests"])
+def test_scaffold_says_a_reserved_name_is_reserved(tmp_path, reserved):
+    # `zoo new-plugin core` said "invalid model name: use 2-31 lowercase letters...", which 'core' is
+    with pytest.raises(ZooError) as err:
+        new_plugin(reserved, tmp_path)
+    assert str(err.value) == (f"model name {reserved!r} is reserved (core, none, test, tests): choose another, "
+                              f"e.g. {reserved + '_det'!r}")
 
 
 def test_scaffold_refuses_a_non_empty_directory(tmp_path):
@@ -75,6 +84,39 @@ def test_cli_new_plugin(tmp_path, capsys):
     assert "pip install -e" in capsys.readouterr().out
     assert (tmp_path / "zoo-clidet" / "zoo_clidet" / "plugin.py").is_file()
     assert zoo_main(["new-plugin", "Bad-Name", "--dir", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("key, value, shown", [
+    ("iou_thresh", 1.5, "outside (0.0, 1.0]"), ("iou_thresh", -0.5, "outside (0.0, 1.0]"),
+    ("iou_thresh", 0.0, "outside (0.0, 1.0]"), ("K", 0, "outside [1, inf]"), ("stride", 0, "outside [1, inf]"),
+    ("input_size", -3, "outside [1, inf]"), ("score_threshold", 1.2, "outside [0.0, 1.0]")])
+def test_scaffold_config_refuses_out_of_range_values(tmp_path, monkeypatch, key, value, shown):
+    """The generated schema declares the ranges of its numbers: model.iou_thresh=1.5 stops at composition
+    (ConfigError, exit 2) instead of scoring AP1.5 = 0 with exit 0; model.K=0 is the user's bad value, not a
+    plugin bug."""
+    import importlib.util
+
+    from omegaconf import OmegaConf
+
+    from zoo_core.api.errors import ConfigError
+    from zoo_core.config.plugin_schema import typed_section
+
+    dest = new_plugin("range_det", tmp_path)
+    spec = importlib.util.spec_from_file_location("range_det_config", dest / "zoo_range_det" / "config.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    cls = module.SCHEMAS["model/range_det"]
+    section = OmegaConf.load(dest / "zoo_range_det" / "conf" / "model" / "range_det.yaml").model
+    typed_section(section.copy(), cls, "model", "zoo-range-det's RangeDetConfig")  # the shipped values pass
+    section[key] = value
+    with pytest.raises(ConfigError) as err:
+        typed_section(section, cls, "model", "zoo-range-det's RangeDetConfig")
+    assert str(err.value) == f"model.{key}={value}: {shown}" and err.value.exit_code == 2
+    discs = OmegaConf.load(dest / "zoo_range_det" / "conf" / "dataset" / "range_det_discs.yaml").dataset
+    discs.n_images = 0
+    with pytest.raises(ConfigError, match=r"dataset.n_images=0: outside \[1, inf\]"):
+        typed_section(discs, module.SCHEMAS["dataset/range_det_discs"], "dataset", "zoo-range-det")
 
 
 def test_templates_are_package_data_of_zoo_core():
@@ -123,7 +165,9 @@ def test_scaffolded_plugin_installs_lists_runs_and_passes_its_tests(installed_pl
 
     # no weights ship with the scaffold: a weights stage refuses without weights=, and a typed key is checked
     for args, text in (([f"model={name}", "stage=export"], "weights=random runs seeded random weights"),
-                       ([f"model={name}", "stage=export", "weights=random", "model.K=abc"], "model.K")):
+                       ([f"model={name}", "stage=export", "weights=random", "model.K=abc"], "model.K"),
+                       ([f"model={name}", "stage=eval", "backend=oracle", "model.iou_thresh=1.5"],
+                        "model.iou_thresh=1.5: outside (0.0, 1.0]")):
         proc = subprocess.run([*ZOO, "run", *args], cwd=work, env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and text in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     zoo("run", f"model={name}", "stage=export", "weights=random")
@@ -143,3 +187,84 @@ def test_scaffolded_plugin_installs_lists_runs_and_passes_its_tests(installed_pl
                           env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+def _apply_wider_recipe(dest: Path, model: str) -> None:
+    """The generated README's "scored on WIDER FACE or COCO" steps 1-6, for WIDER FACE, done literally."""
+    import re
+    import shutil
+
+    package, cls = dest / f"zoo_{model}", "".join(p.capitalize() for p in model.split("_"))
+
+    def edit(path: Path, *subs: tuple[str, str], regex: bool = False) -> None:
+        text = path.read_text()
+        for old, new in subs:
+            changed = re.sub(old, new, text, flags=re.S) if regex else text.replace(old, new)
+            assert changed != text, (path.name, old)
+            text = changed
+        path.write_text(text)
+
+    edit(dest / "pyproject.toml", ('"zoo-core>=', '"zoo-core[eval]>='))  # 1
+    (package / "discs.py").unlink()  # 2
+    (package / "average_precision.py").unlink()
+    shutil.rmtree(package / "conf" / "dataset")
+    edit(package / "plugin.py", ("from .average_precision import average_precision, true_positives\n", ""),  # 3
+         ("from .discs import open_discs\n", ""), ('ZOO_HOOK_API = "1"', 'ZOO_HOOK_API = "1"\nZOO_DATASET_API = "1"'),
+         ("dataset.boxes[sample.key]", "dataset.boxes_xyxy(sample.key)"))
+    edit(package / "plugin.py", (r"@hookimpl\ndef dataset\(cfg\):.*?\n\n\n", ""),
+         (r"@hookimpl\ndef evaluate\(cfg.*?\n\n\n", ""), (r"@hookimpl\ndef read_detections\(cfg.*\Z", ""),
+         (r'Reference\(metric="AP50", expected=1.0, .*?\)\]',
+          'Reference(metric="hard", expected=1.0, tolerance=1e-9, source="oracle", protocol={"dataset.name": '
+          '"widerface_sample", "backend.name": "oracle", "model.iou_thresh": 0.5})]'), regex=True)
+    edit(package / "config.py", ("DatasetConfig, ModelConfig,", "WiderFaceModelConfig,"),  # 4
+         (f"class {cls}Config(ModelConfig):", f"class {cls}Config(WiderFaceModelConfig):"),
+         ("    iou_thresh: float = in_range(MISSING, 0.0, 1.0, lo_open=True)   # (0, 1]\n", ""),
+         (f', "dataset/{model}_discs": {cls}DiscsConfig', ""))
+    edit(package / "config.py", (rf"@dataclass\nclass {cls}DiscsConfig.*?\n\n\n", ""), regex=True)
+    edit(package / "conf" / "model" / f"{model}.yaml", (f"override /dataset: {model}_discs",  # 5
+                                                        "override /dataset: widerface_sample"),
+         ("class_names: [disc]", "class_names: [face]"))
+    edit(dest / "tests" / f"test_{model}.py", (f"from zoo_{model}.average_precision import ", "# "),  # 6
+         (f"from zoo_{model}.discs import ", "# "))
+    edit(dest / "tests" / f"test_{model}.py", *[(rf"def {t}\(.*?\n\n\n\n?", "") for t in (
+        "test_iou_and_greedy_matching", "test_average_precision_by_hand", "test_generated_discs_match_their_boxes")],
+        regex=True)
+
+
+def test_readme_lists_every_step_of_the_wider_face_or_coco_recipe(tmp_path):
+    # followed literally, the README's one-sentence recipe left a plugin failing its own tests (its unit test
+    # imported the deleted average_precision, oracle_outputs read a discs-only attribute, references named the
+    # deleted dataset, the schema lacked the WIDER keys); test_the_readme_recipe_... follows the listed steps
+    readme = (new_plugin("steps_det", tmp_path) / "README.md").read_text()
+    recipe = readme.split("scored on WIDER FACE or COCO")[1]
+    for text in ("`zoo-core[eval]`", "`zoo_steps_det/discs.py`", "`zoo_steps_det/average_precision.py`",
+                 "`zoo_steps_det/conf/dataset/`", "`read_detections`", 'ZOO_DATASET_API = "1"',
+                 "`dataset.boxes_xyxy(sample.key)`", "`dataset.annotations(sample.key)`", "`references`",
+                 "`WiderFaceModelConfig`", "`CocoModelConfig`", "`StepsDetDiscsConfig`", "`SCHEMAS`",
+                 "`override /dataset: widerface_sample`", "`class_names: [face]`", "`category_ids:",
+                 "`test_iou_and_greedy_matching`", "`test_average_precision_by_hand`",
+                 "`test_generated_discs_match_their_boxes`", "`pytest tests`"):
+        assert text in recipe, text
+
+
+@pytest.mark.slow
+def test_the_readme_recipe_gives_a_wider_face_plugin_that_passes_its_own_tests(tmp_path, zoo):
+    model = "wider_recipe"
+    dest = new_plugin(model, tmp_path)
+    _apply_wider_recipe(dest, model)
+    info = dest / "zoo_wider_recipe-0.1.0.dist-info"  # installed in place: on PYTHONPATH, no pip
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: zoo-wider-recipe\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text(f"[zoo.models]\n{model} = zoo_{model}.plugin\n")
+    env = zoo.env(PYTHONPATH=str(dest))
+    env.pop("ZOO_DISABLE_PLUGINS", None)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=dest,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and " passed" in proc.stdout and "skipped" not in proc.stdout, \
+        proc.stdout[-4000:] + proc.stderr[-2000:]
+    proc = subprocess.run([*ZOO, "run", f"model={model}", "stage=eval", "backend=oracle", "gate=true"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "outputs" / model / "eval" / "metrics.json").read_text())
+    assert metrics["metrics"]["hard"] == pytest.approx(1.0) and metrics["reference"]["hard"]["within"] is True
+

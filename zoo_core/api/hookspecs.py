@@ -69,7 +69,8 @@ MODEL_HOOKS = (
     "read_detections",
 )
 
-#: The five hooks every complete model plugin implements.
+#: The five hooks of a complete model plugin. ``atc_args`` is needed by ``stage=convert`` only: a plugin
+#: without an Ascend path leaves it out (the contract kit's ``REQUIRED_HOOKS`` are the ones eval/export need).
 CORE_HOOKS = ("preprocess", "export", "atc_args", "postprocess", "evaluate")
 
 
@@ -152,7 +153,9 @@ def atc_args(cfg: DictConfig, onnx_path: str | Path, batch_size: int | list[int]
              output: str, image_sizes: list[list[int]] | None) -> list[str]:
     """Build the ATC command line (no shell quoting) that converts ``onnx_path`` to an OM.
 
-    Called by the ``convert`` stage once per batch size.
+    Called by the ``convert`` stage once per batch size. Optional: a plugin without an Ascend path does not
+    implement it; ``stage=convert`` then refuses the model before exporting, naming this hook, and the
+    contract kit skips ``test_atc_args``.
 
     :param onnx_path: the exported ``ascend``-target ONNX.
     :param batch_size: an ``int`` (static OM) or a list of ints (``--dynamic_batch_size`` gears).

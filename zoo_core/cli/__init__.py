@@ -134,15 +134,28 @@ def _has_model(overrides: list[str]) -> bool:
     return any(o.split("=", 1)[0].lstrip("+~") == "model" for o in overrides if "=" in o)
 
 
+def info_help() -> str:
+    """``zoo info --help``."""
+    from zoo_core.config.validate import example_model
+
+    model = example_model() or "<name>"
+    return (f"usage: zoo info model=<name> [key=value ...]\n\n"
+            f"Print the configuration `zoo run` would use for these overrides, resolved and typed (nothing runs).\n"
+            f"Example: zoo info model={model} batch_size=4")
+
+
 def cmd_info(overrides: list[str]) -> int:
     from omegaconf import OmegaConf
 
     from zoo_core.config.validate import compose, no_model_message
 
+    if any(a in ("-h", "--help") for a in overrides):
+        print(info_help())
+        return 0
     if not _has_model(overrides):
         from zoo_core.api.errors import ConfigError
 
-        raise ConfigError(no_model_message())
+        raise ConfigError(no_model_message("info"))
     cfg = compose(overrides)
     try:
         text = OmegaConf.to_yaml(cfg, resolve=True)

@@ -43,11 +43,16 @@ def task(cfg):
             ctx = RunContext(cfg, get_manager(), record_dir.parent, record_dir)
             return run_stage(ctx)
     except (Exception, KeyboardInterrupt) as exc:
+        from zoo_core.pipeline.workers import HookTraceback
+
         exc = storage_error(exc) or exc
         known = isinstance(exc, ZooError)
-        plugin_bug = isinstance(exc, PluginHookError)  # one line naming the plugin; its traceback is kept
+        # a bug met on one item (a plugin's preprocess, in a worker or not) stops the run as that item's error
+        # (exit 2); the traceback formatted where it happened is the cause, kept like any bug's
+        remote = exc.__cause__ if isinstance(exc.__cause__, HookTraceback) else None
+        plugin_bug = isinstance(exc, PluginHookError) or bool(remote and remote.plugin)
         message = str(exc) if known else f"{type(exc).__name__}: {exc}"
-        keep_trace = plugin_bug or not known
+        keep_trace = plugin_bug or not known or remote is not None
         if multirun and isinstance(exc, RunDirInUse):  # (with zoo's job logging, refused before Hydra wrote)
             raise  # the holder's record dir: nothing written into it; the sweep stops (launcher_stopped)
         if multirun and not isinstance(exc, KeyboardInterrupt):

@@ -85,8 +85,8 @@ def print_listing(as_json: bool = False) -> int:
         print(f"  {b['name']:<14} {owner:<24} {b['entry_point']}")
     if data["datasets"]:
         print("datasets:")
-        for d in data["datasets"]:
-            print(f"  {d['name']:<20} (model {d['model']})")
+        for d in data["datasets"]:  # zoo-core's own (its dataset API), or shipped by a model plugin
+            print(f"  {d['name']:<20} ({'zoo-core' if d['model'] == 'zoo-core' else 'model ' + d['model']})")
     _print_problems(data)
     return 0
 
@@ -106,8 +106,19 @@ def _print_problems(data: dict[str, Any]) -> None:
         print(f"disabled by ZOO_DISABLE_PLUGINS: {', '.join(data['disabled'])}")
 
 
+LIST_HELP = """usage: zoo list [--json]
+
+Lists the installed models (with the hooks each implements), cross-cutting plugins, backends and
+datasets, then broken plugins and config conflicts.
+
+  --json   the same as one JSON object"""
+
+
 def cli_list(argv: list[str]) -> int:
     """``zoo list [--json]``."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(LIST_HELP)
+        return 0
     unknown = [a for a in argv if a != "--json"]
     if unknown:
         raise ConfigError(f"zoo list takes only --json, not {' '.join(unknown)}")

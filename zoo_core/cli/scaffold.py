@@ -37,7 +37,10 @@ def core_pin(version: str = __version__) -> str:
 
 def names_for(model: str) -> dict[str, str]:
     """Placeholder values for model ``model``: distribution ``zoo-<model>``, package ``zoo_<model>``."""
-    if not NAME_RE.match(model) or model in RESERVED or model.endswith("_"):
+    if model in RESERVED:
+        raise ZooError(f"model name {model!r} is reserved ({', '.join(sorted(RESERVED))}): choose another, "
+                       f"e.g. {model + '_det'!r}")
+    if not NAME_RE.match(model) or model.endswith("_"):
         raise ZooError(f"invalid model name {model!r}: use 2-31 lowercase letters, digits and '_', "
                        f"starting with a letter (e.g. 'yolox_tiny')")
     return {

@@ -75,6 +75,25 @@ def misfiled_model(name: str) -> str | None:
             f"[project.entry-points.\"{MODELS_GROUP}\"] (fix its pyproject.toml and reinstall it)")
 
 
+def misfiled_dataset(name: str) -> str | None:
+    """Why dataset ``name`` is unknown when a distribution ships ``conf/dataset/<name>.yaml`` next to an entry
+    point of another ``zoo*`` group than ``zoo.models`` (a dataset-only ``zoo.plugins`` distribution): zoo
+    reads the ``conf/`` trees of model plugins only. ``None`` otherwise."""
+    found = set()
+    for ep in all_entry_points():
+        if ep.group == MODELS_GROUP or not ep.group.lower().startswith("zoo"):
+            continue
+        conf = _conf_dir(ep)
+        if conf is not None and (conf / "dataset" / f"{name}.yaml").is_file():
+            found.add(f"distribution {distribution_of(ep) or '(unknown)'} ships {conf / 'dataset' / (name + '.yaml')} "
+                      f"but declares no {MODELS_GROUP!r} entry point (only {ep.group!r})")
+    if not found:
+        return None
+    return (f"{'; '.join(sorted(found))}: zoo reads the conf/ trees of model plugins only, so a dataset file ships "
+            f"in a model plugin's conf/dataset/ (or pass its directory with zoo run --config-dir <dir>, "
+            f"the file in <dir>/dataset/)")
+
+
 def _label(ep: EntryPoint) -> str:
     return f"{distribution_of(ep) or '(unknown distribution)'} ({ep.value})"
 
@@ -232,5 +251,5 @@ def add_plugin_search_paths(search_path) -> None:
     for name, conf in plugin_conf_dirs().items():
         provider = f"zoo-plugin:{name}"
         if provider not in present and conf not in added:
-            search_path.append(provider=provider, path=f"file://{conf}")
+            search_path.append(provider=provider, path=f"zoo-plugin://{conf}")  # searchpath.ZooPluginConfigSource
             added.add(conf)

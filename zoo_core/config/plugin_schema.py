@@ -57,6 +57,36 @@ def schema_for(group: str, name: str, scan: ConfScan, manager: Any) -> tuple[typ
     return cls, whose
 
 
+def complete_with_schema(config: Any, config_path: str, package: str | None) -> None:
+    """Add to a model plugin's ``model/<name>`` or ``dataset/<name>`` file, as Hydra loaded it (``config``;
+    ``package``: its ``# @package`` header), every key its schema declares and the file leaves out, at the
+    declared default (``"???"`` for a mandatory one), so that ``model.<key>=value`` overrides a declared key
+    without ``+`` (Hydra checks overrides against the files, before :func:`apply_schemas`). Anything that
+    goes wrong (a broken plugin or schema) leaves the file as it is: :func:`apply_schemas` names it."""
+    group, _, name = config_path.removesuffix(".yaml").partition("/")
+    if group not in ("model", "dataset") or not name or "/" in name or not isinstance(config, DictConfig):
+        return
+    if package == "_global_":
+        section = config.get(group)
+    elif package in (None, group):
+        section = config
+    else:
+        return
+    if not isinstance(section, DictConfig):
+        return
+    try:
+        from zoo_core.plugins import get_manager
+
+        cls, _whose = schema_for(group, name, scan_plugin_confs(), get_manager())
+        declared = OmegaConf.to_container(OmegaConf.structured(cls), enum_to_str=True)
+    except Exception:
+        return
+    assert isinstance(declared, dict)
+    for key, value in declared.items():
+        if key not in section:
+            section[key] = value
+
+
 def _declared_type(cls: type, field: str) -> str:
     try:
         hint = typing.get_type_hints(cls).get(field)

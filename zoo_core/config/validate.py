@@ -207,9 +207,14 @@ def explain(exc: Exception, overrides: list[str]) -> str:
         valid = valid_keys_at(parent, overrides)
         lines = [f"unknown config key {key!r}."]
         if valid:
-            close = difflib.get_close_matches(leaf, valid, n=1)
-            if close:
-                lines.append(f"Did you mean {(parent + '.' if parent else '') + close[0]!r}?")
+            # a case slip first (model.k -> model.K), then a close spelling, then (at the top level) a key of a
+            # section (limit -> dataset.limit, iou_thresh -> model.iou_thresh)
+            close = [v for v in valid if v.lower() == leaf.lower()] or difflib.get_close_matches(leaf, valid, n=1)
+            guess = (parent + "." if parent else "") + close[0] if close else None
+            if guess is None and not parent:
+                guess = _section_key(leaf, overrides)
+            if guess:
+                lines.append(f"Did you mean {guess!r}?")
             where = f"under '{parent}'" if parent else "at the top level"
             lines.append(f"Valid keys {where}: {', '.join(valid)}")
         lines.append("(use +key=value to add a new key on purpose)")
@@ -244,10 +249,10 @@ def _unknown_choice(group: str, value: str, opts: list[str]) -> str:
         if close:
             msg += f" Did you mean {group}={close[0]}?"
         msg += f"\nValid choices for {group}: {', '.join(opts)}"
-    if group == "model":
-        from zoo_core.config.confpaths import misfiled_model
+    if group in ("model", "dataset"):
+        from zoo_core.config.confpaths import misfiled_dataset, misfiled_model
 
-        misfiled = misfiled_model(value)
+        misfiled = misfiled_model(value) if group == "model" else misfiled_dataset(value)
         if misfiled:
             msg += f"\n  hint: {misfiled}"
     return msg
@@ -338,6 +343,27 @@ def valid_keys_at(parent: str, overrides: list[str]) -> list[str]:
     return []
 
 
+#: Sections a top-level key may belong to, in the order a typo's owner is looked for.
+_SECTIONS = ("dataset", "model", "stage", "backend", "export", "atc", "quantize", "compare", "pin")
+
+
+def _section_key(leaf: str, overrides: list[str]) -> str | None:
+    """``<section>.<leaf>`` when a top-level ``leaf`` is a key of one of the config's sections (its exact or
+    case-insensitive name), e.g. ``limit`` -> ``dataset.limit``; ``None`` otherwise."""
+    try:
+        cfg = _compose_quiet([o for o in overrides if not _touches_unknown(o, "")])
+    except Exception:
+        return None
+    for exact in (True, False):
+        for section in _SECTIONS:
+            node = cfg.get(section)
+            if isinstance(node, DictConfig):
+                for k in map(str, node):
+                    if k == leaf if exact else k.lower() == leaf.lower():
+                        return f"{section}.{k}"
+    return None
+
+
 def _touches_unknown(override: str, parent: str) -> bool:
     key = override.split("=", 1)[0].lstrip("+~")
     groups = ("model", "dataset", "backend", "stage", "quantize")
@@ -360,7 +386,19 @@ def _compose_quiet(overrides: list[str]) -> DictConfig:
         GlobalHydra.instance().clear()
 
 
-def no_model_message() -> str:
+#: Models an example names when installed, in this order (the ones zoo-core's repository ships).
+EXAMPLE_MODELS = ("centerface", "centernet")
+
+
+def example_model() -> str | None:
+    """The installed model an example command names: a shipped one (:data:`EXAMPLE_MODELS`), else the first."""
+    from zoo_core.plugins import get_manager
+
+    names = get_manager().model_names()
+    return next((m for m in EXAMPLE_MODELS if m in names), names[0] if names else None)
+
+
+def no_model_message(command: str = "run") -> str:
     from zoo_core.plugins import get_manager
 
     pm = get_manager()
@@ -369,6 +407,7 @@ def no_model_message() -> str:
     msg += f"\nInstalled models: {', '.join(names) if names else '(none: pip install a zoo-<model> plugin)'}"
     if pm.broken:
         msg += "\nBroken plugins (see `zoo list`): " + ", ".join(b.name for b in pm.broken)
-    if names:
-        msg += f"\nExample: zoo run model={names[0]} stage=eval"
+    example = example_model()
+    if example:
+        msg += f"\nExample: zoo {command} model={example}" + (" stage=eval" if command == "run" else "")
     return msg

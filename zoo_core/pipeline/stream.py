@@ -30,11 +30,12 @@ import numpy as np
 from zoo_core.api.errors import InputError, PluginError, ZooError
 from zoo_core.api.types import Detections, Sample, TensorSpec
 from zoo_core.backends.base import Backend, Batch
+from zoo_core.config.logging_filters import FILE_ONLY
 from zoo_core.pipeline.batching import Batcher
 from zoo_core.pipeline.memory import long_lived_frozen, return_big_blocks
 from zoo_core.pipeline.scheduling import THREAD_SLICE_NS, set_thread_slice, short_slice
 from zoo_core.pipeline.stats import RunStats
-from zoo_core.pipeline.workers import Prepared
+from zoo_core.pipeline.workers import Prepared, stop_error
 from zoo_core.reports.progress import Progress
 
 log = logging.getLogger("zoo")
@@ -129,13 +130,17 @@ class Stream:
         self._t0 = 0.0
 
     # -- shared by every path -------------------------------------------------------------
-    def _fail_or_skip(self, sample: Sample, message: str) -> None:
+    def _fail_or_skip(self, sample: Sample, message: str, trace: str | None = None) -> None:
+        """Stop on ``message`` (its ``trace``, a plugin bug's traceback, as the cause the CLI writes to
+        ``error_traceback.txt``) or, with ``on_error=skip``, count the item skipped (the trace to zoo.log)."""
         if not self.skip:
-            raise InputError(message)
+            raise stop_error(InputError(message), trace)
         with self._lock:
             self.stats.skipped.append({"id": sample.id, "path": str(sample.path), "reason": message})
             self.progress.update_to(self.stats.images + len(self.stats.skipped))
         log.warning("skipped %s", message)
+        if trace:
+            log.warning("traceback of the skipped %s:\n%s", sample.path, trace.rstrip(), extra={FILE_ONLY: True})
 
     def _deliver(self, results: list[Result]) -> None:
         for r in results:
@@ -176,7 +181,7 @@ class Stream:
             listed += 1
             self._note_input(prep)
             if prep.error is not None or prep.inputs is None:
-                self._fail_or_skip(prep.sample, prep.error or f"{prep.sample.path}: no inputs")
+                self._fail_or_skip(prep.sample, prep.error or f"{prep.sample.path}: no inputs", prep.trace)
                 continue
             self._deliver([Result(prep.sample, prep.meta or {}, inputs=prep.inputs)])
         return listed
@@ -229,7 +234,7 @@ class Stream:
                 if self._stop.is_set() or self._failure:
                     return
                 if prep.error is not None:
-                    self._fail_or_skip(prep.sample, prep.error)
+                    self._fail_or_skip(prep.sample, prep.error, prep.trace)
                     continue
                 batch = self._batcher.add(prep)
                 if batch is not None and not self._hand_over(batch):

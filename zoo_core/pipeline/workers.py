@@ -24,6 +24,7 @@ import os
 import tempfile
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from zoo_core.api.arena import close_slot, open_slot
-from zoo_core.api.errors import ConfigError, ZooError
+from zoo_core.api.errors import ConfigError, PluginHookError, ZooError
 from zoo_core.api.imaging import read_image
 from zoo_core.api.types import Sample
 from zoo_core.pipeline.memory import keep_heap_pages
@@ -63,10 +64,36 @@ class Prepared:
     slot_layout: list[tuple[str, tuple[int, ...], str, int]] | None = None
     key: tuple | None = field(default=None)
     lease: Lease | None = field(default=None, repr=False)
+    #: the formatted traceback when ``error`` is a bug (a plugin's ``preprocess``), not bad input
+    trace: str | None = field(default=None, repr=False)
+
+
+class HookTraceback(Exception):
+    """A traceback formatted where the failure happened (a worker process, or a ``preprocess`` call whose
+    error became a message): the ``__cause__`` of the error that stops the run, so the CLI writes it to
+    ``error_traceback.txt`` (as ``concurrent.futures`` carries a worker's traceback)."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+        #: the formatted exception is a plugin's bug (a PluginHookError), not zoo's
+        self.plugin = text.rstrip().rpartition("\n")[2].startswith("zoo_core.api.errors.PluginHookError")
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def stop_error(error: ZooError, trace: str | None) -> ZooError:
+    """``error`` with ``trace`` (a :attr:`Prepared.trace`) as its ``__cause__``, to ``raise`` when the run
+    stops on a prepared item's error."""
+    if trace:
+        error.__cause__ = HookTraceback(trace)
+    return error
 
 
 def prepare_one(hooks: Any, cfg: Any, sample: Sample) -> Prepared:
-    """Decode and preprocess one sample; errors become a message, never an exception."""
+    """Decode and preprocess one sample; errors become a message (a bug's traceback kept in ``trace``),
+    never an exception."""
     t0 = time.process_time()
     try:
         image = read_image(sample.path)
@@ -76,11 +103,14 @@ def prepare_one(hooks: Any, cfg: Any, sample: Sample) -> Prepared:
         meta.setdefault("orig_hw", [int(image.shape[0]), int(image.shape[1])])
         inputs = {k: np.ascontiguousarray(v) for k, v in inputs.items()}
         return Prepared(sample, inputs, meta, None, time.process_time() - t0)
+    except PluginHookError as exc:  # the plugin's bug on one image: its traceback travels with the message
+        return Prepared(sample, None, None, str(exc), time.process_time() - t0,
+                        trace="".join(traceback.format_exception(exc)))
     except ZooError as exc:
         return Prepared(sample, None, None, str(exc), time.process_time() - t0)
-    except Exception as exc:  # a plugin bug on one image: report it with the file
+    except Exception as exc:  # a bug on one image: report it with the file
         return Prepared(sample, None, None, f"{sample.path}: {type(exc).__name__} in preprocess: {exc}",
-                        time.process_time() - t0)
+                        time.process_time() - t0, trace="".join(traceback.format_exception(exc)))
 
 
 def shm_dir() -> str | None:

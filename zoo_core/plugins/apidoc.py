@@ -143,9 +143,12 @@ def public_names(module: ModuleType) -> list[str]:
 
 
 def _default_repr(value, module: ModuleType) -> str:
-    for name, obj in vars(module).items():
-        if obj is value and name.isupper():
-            return name
+    # a default that *is* a module constant shows its name (``= MISSING``); not a bool, None or number, which
+    # are shared objects (``dynamic_hw: bool = False`` is not ``= TYPE_CHECKING`` because that is False too)
+    if not isinstance(value, (bool, int, float, type(None))):
+        for name, obj in vars(module).items():
+            if obj is value and name.isupper():
+                return name
     text = repr(value)
     if _ADDRESS.search(text):
         return "..."
@@ -256,8 +259,9 @@ def render_name(module: ModuleType, name: str, consts: dict[str, str]) -> str:
             lines = [f"### `{name}` = `{computed}`", ""]
         elif _ADDRESS.search(value):  # an object: name its type, not its address
             lines = [f"### `{name}` ({type(obj).__module__}.{type(obj).__qualname__})", ""]
-        else:
-            shown = value if len(value) <= 60 else value[:56] + " ..."
+        else:  # a short tuple of names (REQUIRED_HOOKS, CHECKS...) in full: a reader needs every item
+            names = isinstance(obj, (tuple, list, frozenset)) and all(isinstance(x, (str, int)) for x in obj)
+            shown = value if len(value) <= 60 or (names and len(value) <= 160) else value[:56] + " ..."
             lines = [f"### `{name}` = `{shown}`", ""]
         comment = consts.get(name, "")
         lines.append(_inline(comment) if comment else "*(undocumented)*")

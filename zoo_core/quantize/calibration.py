@@ -15,7 +15,7 @@ import numpy as np
 from zoo_core.api.errors import ConfigError, InputError, ZooError
 from zoo_core.api.types import Sample
 from zoo_core.pipeline.sources import ImageSource
-from zoo_core.pipeline.workers import WorkerPool
+from zoo_core.pipeline.workers import WorkerPool, stop_error
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.fingerprint import sha256_file
 
@@ -113,7 +113,7 @@ def calibration_inputs(ctx: RunContext, samples: Sequence[Sample]) -> Calibratio
             if prep.error is not None or prep.inputs is None:
                 reason = _without_path(str(prep.error or "no inputs"), prep.sample.path)
                 if not ctx.skip_errors:
-                    raise InputError(f"calibration image: {reason}", path=prep.sample.path)
+                    raise stop_error(InputError(f"calibration image: {reason}", path=prep.sample.path), prep.trace)
                 log.warning("calibration: skipping %s: %s", prep.sample.path, reason)
                 skipped[prep.sample.id] = {"id": prep.sample.id, "path": str(prep.sample.path), "reason": reason}
                 continue

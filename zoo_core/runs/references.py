@@ -50,6 +50,20 @@ def same_value(run: Any, ref: Any) -> bool:
     return type(run) is type(ref) and run == ref
 
 
+def comparable(run: Any, ref: Any) -> bool:
+    """Whether :func:`same_value` can ever hold for a run value of ``run``'s type and ``ref``: numbers with
+    numbers (bool is not a number), lists with lists (item by item), anything else with its own type; a
+    ``None`` on either side can (a key that may be unset)."""
+    if run is None or ref is None:
+        return True
+    numeric = (int, float)
+    if isinstance(run, numeric) and isinstance(ref, numeric):
+        return isinstance(run, bool) == isinstance(ref, bool)
+    if isinstance(run, (list, tuple)) and isinstance(ref, (list, tuple)):
+        return all(comparable(a, b) for a, b in zip(run, ref))
+    return type(run) is type(ref)
+
+
 def _shown(v: Any) -> Any:
     return "<not set>" if v is _UNSET else v
 
@@ -199,12 +213,14 @@ def verdict_lines(record: Mapping[str, Any]) -> list[str]:
             d = _digits(v["delta"], v["tolerance"])
             lines.append(f"    {metric:<10} {_fmt(v['measured'], d)} vs {_fmt(v['expected'], d)} ± {v['tolerance']:g} "
                          f"(delta {v['delta']:+.{d}f}): {mark}")
-    groups: dict[tuple[str, str], list[str]] = {}
+        lines += [f"    (note: {n})" for n in dict.fromkeys(verdicts[m].get("note") for m in names) if n]
+    groups: dict[tuple[str, str, str], list[str]] = {}
     for m in record.get("reference_mismatches") or []:
         diffs = ", ".join(f"{k} is {d['run']!r} here, {d['reference']!r} there" for k, d in m["differs"].items())
-        groups.setdefault((m["source"], diffs), []).append(f"{m['metric']} {_fmt(m['expected'])}")
-    for (source, diffs), items in groups.items():
-        lines.append(f"  reference not compared, protocol mismatch ({diffs}): {', '.join(items)} [{source}]")
+        groups.setdefault((m["source"], diffs, m.get("note") or ""), []).append(f"{m['metric']} {_fmt(m['expected'])}")
+    for (source, diffs, note), items in groups.items():
+        lines.append(f"  reference not compared, protocol mismatch ({diffs}): {', '.join(items)} [{source}]"
+                     + (f" (note: {note})" if note else ""))
     ci = record.get("ci95") or {}
     if ci:
         b = record.get("bootstrap") or {}

@@ -20,10 +20,10 @@ from typing import Any
 
 from zoo_core.api.atc import MAX_GEARS
 from zoo_core.api.atomic import write_json, write_text
-from zoo_core.api.errors import ConfigError, ZooError
+from zoo_core.api.errors import ConfigError, PluginError, ZooError
 from zoo_core.backends.image_gears import GearPlan, gears_file, plan_gears
 from zoo_core.pipeline.sources import ImageSource
-from zoo_core.pipeline.workers import WorkerPool
+from zoo_core.pipeline.workers import WorkerPool, stop_error
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.fingerprint import sha256_file
 from zoo_core.runs.model_files import ensure_onnx, model_dir, quantize_int8, read_record
@@ -34,6 +34,10 @@ log = logging.getLogger("zoo")
 
 def run(ctx: RunContext) -> dict:
     cfg = ctx.cfg
+    if not ctx.hooks.implements("atc_args"):  # no Ascend path: refused before anything is exported
+        raise PluginError(f"model {ctx.model_name!r} cannot be converted: its plugin {ctx.hooks.info.entry_point} "
+                          f"does not implement the 'atc_args' hook, which stage=convert needs (implements: "
+                          f"{', '.join(ctx.hooks.info.hooks)})")
     given = cfg.get("model_file")
     given_onnx = bool(given and str(given).endswith(".onnx"))
     if quantize_int8(ctx):
@@ -134,7 +138,7 @@ def input_sizes(ctx: RunContext) -> list[tuple[int, int]]:
     try:
         for prep in ImageSource(samples, pool).items():
             if prep.error is not None:
-                raise ZooError(f"preprocess failed: {prep.error}", path=prep.sample.path)
+                raise stop_error(ZooError(f"preprocess failed: {prep.error}", path=prep.sample.path), prep.trace)
             arr = next((a for a in (prep.inputs or {}).values() if a.ndim == 3), None)
             if arr is None:
                 raise ZooError(f"atc.dynamic_image_size needs a C,H,W input; {ctx.model_name}'s inputs are "

@@ -21,13 +21,16 @@ import numpy as np
 
 from zoo_core import HOOK_API_VERSION
 from zoo_core.api.errors import ZooError
-from zoo_core.api.hookspecs import CORE_HOOKS, MODEL_HOOKS
+from zoo_core.api.hookspecs import MODEL_HOOKS
 from zoo_core.api.types import Detections, EvalResult, ExportResult, TensorSpec
 from zoo_core.datasets import DATASET_API_VERSION, kinds
 
 #: Hooks the core's stages need for ``zoo run model=<it> stage=eval`` and ``stage=export``. ``dataset`` and
-#: ``evaluate`` may come from zoo-core's dataset API (a dataset config with a ``kind``).
-REQUIRED_HOOKS = ("dataset", "input_spec", *CORE_HOOKS, "output_spec")
+#: ``evaluate`` may come from zoo-core's dataset API (a dataset config with a ``kind``). ``atc_args`` is not
+#: among them: only ``stage=convert`` needs it (a plugin without an Ascend path leaves it out, and
+#: :func:`check_atc_args` is skipped), nor are ``build_model`` (``backend=torch``), ``oracle_outputs``
+#: (``backend=oracle``), ``references`` and ``read_detections``.
+REQUIRED_HOOKS = ("dataset", "input_spec", "preprocess", "export", "output_spec", "postprocess", "evaluate")
 
 #: Odd image sizes (h, w) the preprocess / postprocess round trip is checked on.
 SYNTHETIC_SHAPES = ((37, 53), (240, 180))
@@ -292,14 +295,22 @@ def check_schemas(p: PluginUnderTest) -> None:
 
     declared = getattr(p.hooks.info.module, "ZOO_CONFIG_SCHEMAS", None)
     cfg = p.cfg
-    dataset = str(cfg.dataset.name)
-    sections = [("model", p.model)]
-    if scan_plugin_confs().dataset_owner.get(dataset) == p.model:  # zoo-core types its own datasets
-        sections.append(("dataset", dataset))
-    for group, name in sections:
+    sections = [("model", p.model, cfg.model)]
+    # every dataset file the plugin ships, selected by its model or not (zoo-core types its own datasets)
+    owned = sorted(n for n, owner in scan_plugin_confs().dataset_owner.items() if owner == p.model)
+    for name in owned:
+        if str(cfg.dataset.get("name")) == name:
+            sections.append(("dataset", name, cfg.dataset))
+            continue
+        try:
+            sections.append(("dataset", name, p.config([f"dataset={name}"]).dataset))
+        except Exception as exc:
+            raise ContractError(f"conf/dataset/{name}.yaml (shipped by {p.model}) does not compose with "
+                                f"model={p.model}: {exc}") from None
+    for group, name, section in sections:
         if declared is None:
             base: type = ModelConfig if group == "model" else DatasetConfig
-            untyped = sorted(set(map(str, cfg[group])) - {f.name for f in dataclasses.fields(base)})
+            untyped = sorted(set(map(str, section)) - {f.name for f in dataclasses.fields(base)})
             if untyped:
                 raise ContractError(
                     f"conf/{group}/{name}.yaml keys without a type: {', '.join(untyped)} "
@@ -311,7 +322,7 @@ def check_schemas(p: PluginUnderTest) -> None:
         cls = declared.get(f"{group}/{name}")
         if cls is None:
             raise ContractError(f"ZOO_CONFIG_SCHEMAS has no entry {group}/{name!r} for conf/{group}/{name}.yaml")
-        untyped = sorted(set(map(str, cfg[group])) - {f.name for f in dataclasses.fields(cls)})
+        untyped = sorted(set(map(str, section)) - {f.name for f in dataclasses.fields(cls)})
         if untyped:
             raise ContractError(f"conf/{group}/{name}.yaml keys without a type in {cls.__qualname__}: "
                                 f"{', '.join(untyped)}")
@@ -483,13 +494,19 @@ def check_evaluate(p: PluginUnderTest, detections: dict[str, Detections]) -> dic
     return {k: float(v) for k, v in res.metrics.items()}
 
 
-def check_atc_args(p: PluginUnderTest, target: str = "ascend", overrides: Sequence[str] = ()) -> list[str]:
+def check_atc_args(p: PluginUnderTest, target: str | None = "ascend", overrides: Sequence[str] = ()) -> list[str]:
     """``atc_args`` returns ``list[str]`` naming the model, output and SoC, for static and gear batches.
 
     It gets the ONNX that ``export`` writes for ``target`` (``ascend``: what ATC converts) under the
     same config. ``overrides`` are added to the plugin's overrides for the export and this call (e.g.
     a static input size for a model whose default input size varies per image).
+
+    A plugin without an Ascend path does not implement ``atc_args`` (``stage=convert`` refuses it, naming
+    the hook); for it, and with ``target=None``, nothing is checked (no ``ascend`` export either) and the
+    result is ``[]``.
     """
+    if target is None or not p.implements("atc_args"):
+        return []
     onnx_path = p.export(target, overrides).path
     cfg = p.config(overrides)
     out = str(p.work_dir / f"{p.model}_bs1")
@@ -520,10 +537,11 @@ def check_lazy_torch(p: PluginUnderTest) -> None:
 def check_references(p: PluginUnderTest) -> list[dict[str, Any]]:
     """The ``references`` declaration (optional hook): a list of well-formed
     :class:`~zoo_core.api.types.Reference`, each protocol key present in the configuration the protocol
-    selects (``dataset.name`` / ``backend.name`` pick those config groups), with the declared value's type
-    where the config has one. Returns the references as dicts."""
+    selects (``dataset.name`` / ``backend.name`` pick those config groups), with a value of a type a run
+    compares equal to the config's (:func:`zoo_core.runs.references.comparable`: ``"0.5"`` never matches
+    a float key, ``1`` never a bool). Returns the references as dicts."""
     from zoo_core.api.errors import ZooError
-    from zoo_core.runs.references import _UNSET, config_value
+    from zoo_core.runs.references import _UNSET, comparable, config_value
 
     if not p.implements("references"):
         return []
@@ -550,9 +568,10 @@ def check_references(p: PluginUnderTest) -> list[dict[str, Any]]:
             if key.endswith(".name") and key.split(".")[0] in ("dataset", "backend") and have != want:
                 raise _fail("references", f"reference {ref.metric}: {key}={want!r} but that config group's "
                                           f"name is {have!r}")
-            if have is not None and want is not None and isinstance(have, bool) != isinstance(want, bool):
-                raise _fail("references", f"reference {ref.metric} ({ref.source}): protocol {key}={want!r} can "
-                                          f"never equal the config's {type(have).__name__} value")
+            if not comparable(have, want):  # the run compares with same_value: a str never equals a float
+                raise _fail("references", f"reference {ref.metric} ({ref.source}): protocol {key}={want!r} "
+                                          f"({type(want).__name__}) can never equal the config's "
+                                          f"{type(have).__name__} value {have!r}")
     return [r.as_dict() for r in refs]
 
 
@@ -579,6 +598,8 @@ def check_plugin(model: str, overrides: Sequence[str] = (), work_dir: str | Path
                 result = "ok"
             elif name == "evaluate":
                 result = check_evaluate(p, dets or check_export(p))
+            elif name == "atc_args" and not p.implements("atc_args"):
+                result = "skipped: the plugin does not implement atc_args (no stage=convert)"
             else:
                 result = globals()[f"check_{name}"](p)
             report[name] = "ok" if result is None else result

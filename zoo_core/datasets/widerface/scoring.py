@@ -91,7 +91,7 @@ def score_widerface(detections: Mapping[str, Detections], dataset: WiderFaceData
     if png is not None:  # a plot that fails is left out with a warning naming it: the metrics are still written
         files["pr_curves.png"] = png
     info = {"iou_thresh": float(iou_thresh), "images": len(samples), "missing_predictions": missing,
-            "evaluator": EVALUATOR, "note": "the published chenjun2hao / Ascend CenterFace numbers use iou_thresh 0.4"}
+            "evaluator": EVALUATOR}
     if messages:
         info["warnings"] = messages
     if boot is not None:
