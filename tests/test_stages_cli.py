@@ -238,6 +238,13 @@ def test_perf_rejects_zero_loops(zoo):
     assert rc != 0 and "stage.loop=0" in err and "Traceback" not in err
 
 
+def test_perf_on_the_oracle_backend_is_refused_in_one_line(zoo):
+    """Before: `ValueError: zip() argument 2 is longer than argument 1` (unexpected error, exit 1)."""
+    rc, out, err = zoo("run", "model=fixture", "stage=perf", "backend=oracle")
+    assert rc == 2 and "Traceback" not in err
+    assert err.startswith("error: stage=perf times a model's inference on random input; backend=oracle runs no model")
+
+
 def test_sigterm_stops_workers_and_removes_shared_memory(zoo):
     """`kill` (and Slurm's scancel) unwind like Ctrl-C: exit 130, no worker or /dev/shm file left behind."""
     import signal

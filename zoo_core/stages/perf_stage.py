@@ -47,6 +47,11 @@ def run(ctx: RunContext) -> dict:
 
         raise ConfigError(f"stage.loop={loop} is invalid: it must be >= 1")
     warmup = int(cfg.stage.get("warmup", 2))
+    if str(cfg.backend.name) == "oracle":
+        from zoo_core.api.errors import ConfigError
+
+        raise ConfigError("stage=perf times a model's inference on random input; backend=oracle runs no model (it "
+                          "encodes each image's ground truth)", hint="time a model: backend=onnxruntime, torch or acl")
     backend = open_backend(ctx)
     try:
         bs = int(backend.fixed_batch or bs)
