@@ -936,6 +936,28 @@ def test_a_chunk_whose_members_declare_more_than_the_file_holds_is_refused(tmp_p
         DetectionStore(tmp_path / "d").load()
 
 
+@pytest.mark.parametrize("reader", ["outputs_state", "model_record"])
+def test_optional_json_files_that_are_fifos_are_not_opened(tmp_path, reader):
+    """A dump's ``state.json`` (``outputs_dir=``, read by postprocess) and the ``.json`` record beside a model file
+    are optional: a FIFO in their place blocked their read forever; now it counts as no (trusted) file."""
+    from zoo_core.runs.model_files import read_record
+    from zoo_core.stages.postprocess_stage import _outputs_state
+
+    fifo = tmp_path / ("state.json" if reader == "outputs_state" else "m.json")
+    os.mkfifo(fifo)
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(_outputs_state(tmp_path) if reader == "outputs_state"
+                                                   else read_record(fifo)), daemon=True)
+    t.start()
+    t.join(10)
+    blocked = t.is_alive()
+    while t.is_alive():  # the old code: unblock its open() so the test can end
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(0.1)
+    assert not blocked and out == [{}]
+
+
 def test_class_count_is_the_coco_category_mapping_and_unknown_otherwise():
     from omegaconf import OmegaConf
 
