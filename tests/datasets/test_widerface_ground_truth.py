@@ -300,6 +300,11 @@ def test_a_compressed_mat_over_the_memory_limit_is_refused(tmp_path, monkeypatch
     assert str(err.value) == (f"{tmp_path / 'wider_face_val.mat'}: not a readable MATLAB .mat file (variable "
                               f"'event_list': reading it would take more than the 1 MiB of memory allowed by "
                               f"{MAT_MB_ENV})\n  hint: a legitimate file that needs more memory: raise {MAT_MB_ENV}")
+    (tmp_path / "wider_face_val.mat").write_bytes(_mat5(struct.pack("<II", 15, len(packed)) + packed) + bytes(2 << 20))
+    with pytest.raises(ZooError, match=rf"wider_face_val.mat: not read: it is {(2 << 20) + 128 + 8 + len(packed)} "
+                                       r"bytes, over the limit of 1 MiB for a .mat file"):
+        load_wider_gt(tmp_path)
+    (tmp_path / "wider_face_val.mat").write_bytes(_mat5(struct.pack("<II", 15, len(packed)) + packed))
     monkeypatch.setenv(MAT_MB_ENV, "64")
     with pytest.raises(ZooError, match="missing key"):
         load_wider_gt(tmp_path)  # read within the limit (then the file just lacks WIDER's other keys)
@@ -316,3 +321,29 @@ def test_a_fifo_as_ground_truth_is_refused_unopened(tmp_path):
     os.mkfifo(tmp_path / "wider_easy_val.mat")
     with pytest.raises(ZooError, match=r"wider_easy_val.mat: WIDER FACE ground-truth file is a FIFO"):
         load_wider_gt(tmp_path)
+
+
+@pytest.mark.parametrize("inner", ["empty_matrix", "matrix_then_zeros"])
+def test_a_compressed_variable_is_never_inflated_past_its_matrix(tmp_path, inner):
+    """A zlib stream of 128 MiB of zeros (130 KB on disk) after a matrix declaring 0 bytes, or after a valid
+    matrix: zlib's max_length=0 means "no limit", and scipy's own end check inflated ~256 MB blocks. Refused,
+    with nothing much inflated."""
+    import tracemalloc
+
+    events, files, boxes, keep = _random_gt(np.random.default_rng(12))
+    write_wider_gt(tmp_path, events, files, boxes, keep)
+    head = struct.pack("<II", 14, 0) if inner == "empty_matrix" else \
+        _matrix(6, (1, 1), "event_list", _element(9, struct.pack("<d", 1.0)))
+    comp = zlib.compressobj(1)
+    packed = comp.compress(head) + b"".join(comp.compress(bytes(1 << 20)) for _ in range(128)) + comp.flush()
+    (tmp_path / "wider_face_val.mat").write_bytes(_mat5(struct.pack("<II", 15, len(packed)) + packed))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ZooError, match=r"wider_face_val.mat: not a readable MATLAB .mat file \(") as err:
+            load_wider_gt(tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert ("too short for its array flags" if inner == "empty_matrix" else
+            "its compressed data holds more than the 72 bytes its matrix declares") in str(err.value)
+    assert peak < 16 << 20, peak

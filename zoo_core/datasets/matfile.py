@@ -102,13 +102,13 @@ def read_mat(path: str | os.PathLike[str], variable_names: Sequence[str]) -> dic
 def _read_at_most(p: Path, limit: int) -> bytes:
     try:
         with open(p, "rb") as f:
-            data = f.read(limit + 1)
+            size = os.fstat(f.fileno()).st_size
+            if size > limit:
+                raise ZooError(f"not read: it is {size} bytes, over the limit of {limit >> 20} MiB for a .mat file",
+                               path=p, hint=f"a legitimate file this large: raise {MAT_MB_ENV}")
+            return f.read(size)  # what loadmat reads too, even if the file changes meanwhile
     except OSError as exc:
         raise ZooError(f"cannot read the file ({exc.strerror or exc})", path=p) from None
-    if len(data) > limit:
-        raise ZooError(f"not read: it is {p.stat().st_size} bytes, over the limit of {limit >> 20} MiB for a .mat "
-                       f"file", path=p, hint=f"a legitimate file this large: raise {MAT_MB_ENV}")
-    return data
 
 
 def check_mat(data: bytes, variable_names: Sequence[str], limit: int, path: Path) -> None:
@@ -134,6 +134,11 @@ def check_mat(data: bytes, variable_names: Sequence[str], limit: int, path: Path
         raise ZooError(f"not a readable MATLAB .mat file ({exc})", path=path,
                        hint=f"a legitimate file that needs more memory: raise {MAT_MB_ENV}"
                        if "memory" in str(exc) else None) from None
+
+
+def _inflate(d: zlib._Decompress, n: int) -> bytes:
+    """The next ``n`` bytes (or fewer) ``d`` inflates; never more (zlib's ``max_length=0`` means no limit)."""
+    return d.decompress(d.unconsumed_tail, n) if n > 0 else b""
 
 
 class _Walk:
@@ -189,18 +194,21 @@ class _Walk:
             mdtype, count = self.u32x2.unpack_from(buf, 0)
             if mdtype != _miMATRIX:
                 raise _Bad(f"{self.where}: compressed type {mdtype} where a matrix belongs")
-            head = buf + d.decompress(d.unconsumed_tail, min(count, _HEADER_BYTES))
+            head = buf + _inflate(d, min(count, _HEADER_BYTES))
             name = self.header(head, 0, min(len(head), 8 + count))[2]
             if name not in wanted:
                 return head
             self.where = f"variable {name!r}"
             self.charge(8 + count)
-            buf = head + d.decompress(d.unconsumed_tail, 8 + count - len(head))
+            buf = head + _inflate(d, 8 + count - len(head))
+            more = _inflate(d, 1)  # loadmat would inflate what follows in blocks of up to ~130 MB, then refuse it
         except zlib.error as exc:
             raise _Bad(f"{self.where}: its compressed data is corrupt ({exc})") from None
         if len(buf) != 8 + count:
             raise _Bad(f"{self.where}: its compressed data ends after {len(buf) - 8} of the {count} bytes its "
                        "matrix declares")
+        if more:
+            raise _Bad(f"{self.where}: its compressed data holds more than the {count} bytes its matrix declares")
         self.cost -= 8 + count  # the inflated copy is freed before loadmat runs
         return buf
 
