@@ -71,6 +71,7 @@ class WiderGroundTruth:
 
 
 def _loadmat(path: Path, keys: Sequence[str]) -> dict:
+    require("scipy.io", "reading WIDER FACE .mat files")  # said first, whatever the folder holds
     if not path.exists():
         raise ZooError("WIDER FACE ground-truth file not found", path=path,
                        hint="pass the folder that holds wider_face_val.mat and wider_{easy,medium,hard}_val.mat")
