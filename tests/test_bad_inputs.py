@@ -6,6 +6,7 @@ and test_stages_cli.py; this file covers images, annotations, weights, model fil
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import zlib
@@ -174,6 +175,56 @@ def test_huge_image_is_refused_from_the_header_with_bounded_memory(tmp_path):
     rss = int(out.split("RSS_MB")[1])
     # decoding it as BGR would need 1.2 GB; importing numpy + OpenCV alone takes ~150-300 MB here
     assert rss < 600, f"peak RSS {rss} MB"
+
+
+def test_a_jpeg_with_a_3_gib_sparse_tail_reads_like_cv2_imread_in_bounded_memory(tmp_path):
+    """Before: the whole file was read into memory (a 1.9 GB tail: 2.0 GB RSS; 3 GB: OpenCV's raw
+    '(-215:Assertion failed) buf.checkVector' after 3.3 GB), while cv2.imread decodes it in 43 MB. Now the
+    header check reads what it needs and cv2.imread decodes the open file: same pixels, under a 2 GiB
+    address-space limit, peak RSS far below the file's size (the tail is sparse: nothing on disk)."""
+    import subprocess
+    import sys
+
+    import cv2
+
+    img = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "tail.jpg"
+    with open(path, "wb") as f:
+        f.write(_jpeg_bytes(img))
+        f.truncate(3 << 30)
+    code = ("import resource, sys\nresource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
+            "import cv2\nfrom zoo_core.api.imaging import read_image\n"
+            "img = read_image(sys.argv[1])\nprint('SAME', img.shape, bool((img == cv2.imread(sys.argv[1])).all()))\n"
+            "hwm = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')]\n"
+            "print('RSS_MB', hwm[0] // 1024)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert "SAME (64, 64, 3) True" in r.stdout, (r.stdout, r.stderr[-2000:])
+    assert int(r.stdout.split("RSS_MB")[1]) < 300, r.stdout
+    assert cv2.imread(str(path)).shape == (64, 64, 3)
+
+
+def test_a_fifo_named_like_an_image_is_refused_unopened(tmp_path):
+    """Before: called "image file not found", though it is there (a FIFO or a device is no image)."""
+    from zoo_core.api.errors import InputError
+    from zoo_core.api.imaging import read_image
+
+    os.mkfifo(tmp_path / "x.jpg")
+    with pytest.raises(InputError) as err:
+        read_image(tmp_path / "x.jpg")
+    assert str(err.value) == f"{tmp_path / 'x.jpg'}: image file is a FIFO (named pipe), not a regular file"
+
+
+def test_an_image_whose_name_is_not_utf8_reads_without_crashing_opencv(tmp_path):
+    """cv2.imread segfaults on a str path holding a lone surrogate (a Linux name of non-UTF-8 bytes): read_image
+    hands OpenCV /proc/self/fd/<n> instead, never the name."""
+    import cv2
+
+    from zoo_core.api.imaging import read_image
+
+    img = (np.random.default_rng(1).random((9, 7, 3)) * 255).astype(np.uint8)
+    path = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9.png"))
+    path.write_bytes(cv2.imencode(".png", img)[1].tobytes())
+    np.testing.assert_array_equal(read_image(path), img)
 
 
 def test_bmp_and_jpeg_headers_are_checked_too(tmp_path):

@@ -276,6 +276,29 @@ def test_page_is_self_contained_and_escapes_everything(tmp_path):
     assert "id=\"performance\"" not in page  # no perf.json: no section
 
 
+def test_fifos_in_the_run_dir_are_left_out_unopened(tmp_path):
+    """Before: ``python -m zoo_core.reports.html <dir>`` blocked forever on a FIFO named ``*.png`` (or ``perf.json``)."""
+    import threading
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"schema": 1, "model": "m", "stage": "eval",
+                                                       "metrics": {"AP": 0.5}}))
+    fifos = [tmp_path / "pr_curves.png", tmp_path / "perf.json"]
+    for f in fifos:
+        os.mkfifo(f)
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(render_run_report(tmp_path)), daemon=True)
+    t.start()
+    t.join(10)
+    blocked = t.is_alive()
+    while t.is_alive():  # the old code: unblock its reads so the test can end
+        for f in fifos:
+            with contextlib.suppress(OSError):
+                os.close(os.open(f, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(0.1)
+    assert not blocked and len(out) == 1
+    assert "AP" in out[0] and "data:image/png" not in out[0] and 'id="performance"' not in out[0]
+
+
 def test_missing_inputs_say_what_is_missing(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="no metrics.json, perf.json or run.json"):
         render_run_report(tmp_path)

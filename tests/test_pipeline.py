@@ -928,6 +928,86 @@ def test_without_a_class_count_a_chunk_needs_labels_of_zero_or_more_only(tmp_pat
         DetectionStore(tmp_path / "d").load()
 
 
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+def test_a_chunk_that_is_a_fifo_or_a_device_is_refused_unopened(tmp_path, kind):
+    """Before: np.load on a FIFO named chunk-000001.npz blocked stage=evaluate / resume=true forever."""
+    from zoo_core.runs.detstore import DetectionStore
+
+    _one_chunk(tmp_path)
+    bad = tmp_path / "d" / "chunk-000001.npz"
+    if kind == "fifo":
+        os.mkfifo(bad)
+    else:
+        bad.symlink_to("/dev/zero")
+    exc = _error_within(10, DetectionStore(tmp_path / "d").load, bad)
+    shown = "a FIFO (named pipe)" if kind == "fifo" else "a character device"
+    assert isinstance(exc, ZooError) and str(exc) == f"{bad}: detections chunk is {shown}, not a regular file"
+
+
+def test_a_chunk_with_a_deflated_member_is_refused_before_anything_is_inflated(tmp_path):
+    """Before: a small chunk with a deflated 64 MiB member was inflated (3 GB from a 2.9 MB chunk took 2.98 GB and
+    17 s) before "not a detections chunk". zoo stores chunk members uncompressed (np.savez)."""
+    import tracemalloc
+    import zipfile
+
+    from zoo_core.runs.detstore import DetectionStore
+
+    chunk, _ = _one_chunk(tmp_path)
+    with zipfile.ZipFile(chunk, "a", zipfile.ZIP_DEFLATED) as zf, zf.open("extra__pad.npy", "w") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (16 << 20,)})
+        for _ in range(64):
+            f.write(bytes(1 << 20))
+    assert chunk.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(ZooError) as err:
+            DetectionStore(tmp_path / "d").load()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(err.value) == (f"{chunk}: not a detections chunk as zoo writes it: its member 'extra__pad.npy' is "
+                              "compressed (zip method 8), and zoo stores chunk members uncompressed; nothing was "
+                              "decompressed")
+    assert peak < 8 << 20, peak
+
+
+def test_a_chunk_whose_members_declare_more_than_the_file_holds_is_refused(tmp_path):
+    import struct
+
+    from zoo_core.runs.detstore import DetectionStore
+
+    chunk, _ = _one_chunk(tmp_path)
+    b = bytearray(chunk.read_bytes())
+    at = b.index(b"PK\x01\x02")  # the first central directory entry: its compressed and uncompressed sizes
+    b[at + 20:at + 28] = struct.pack("<II", 3 << 30, 3 << 30)
+    chunk.write_bytes(bytes(b))
+    with pytest.raises(ZooError, match=rf"not a detections chunk as zoo writes it: its members declare \d+ bytes, "
+                                       rf"more than the file's {len(b)}"):
+        DetectionStore(tmp_path / "d").load()
+
+
+@pytest.mark.parametrize("reader", ["outputs_state", "model_record"])
+def test_optional_json_files_that_are_fifos_are_not_opened(tmp_path, reader):
+    """A dump's ``state.json`` (``outputs_dir=``, read by postprocess) and the ``.json`` record beside a model file
+    are optional: a FIFO in their place blocked their read forever; now it counts as no (trusted) file."""
+    from zoo_core.runs.model_files import read_record
+    from zoo_core.stages.postprocess_stage import _outputs_state
+
+    fifo = tmp_path / ("state.json" if reader == "outputs_state" else "m.json")
+    os.mkfifo(fifo)
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(_outputs_state(tmp_path) if reader == "outputs_state"
+                                                   else read_record(fifo)), daemon=True)
+    t.start()
+    t.join(10)
+    blocked = t.is_alive()
+    while t.is_alive():  # the old code: unblock its open() so the test can end
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(0.1)
+    assert not blocked and out == [{}]
+
+
 def test_class_count_is_the_coco_category_mapping_and_unknown_otherwise():
     from omegaconf import OmegaConf
 

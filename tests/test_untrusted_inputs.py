@@ -173,6 +173,45 @@ def test_missing_wider_images_are_skipped_and_listed_with_on_error_skip(zoo, wid
 DROP = object()
 
 
+def test_a_coco_annotation_file_that_is_a_fifo_is_refused_unopened(tmp_path):
+    """Before: json.load blocked on the FIFO forever (stage=eval hung before reading any image)."""
+    import contextlib
+    import threading
+
+    from zoo_core.datasets.coco import load_instances
+
+    fifo = tmp_path / "ann.json"
+    os.mkfifo(fifo)
+    done: list = []
+
+    def call() -> None:
+        try:
+            load_instances(fifo)
+        except ZooError as exc:
+            done.append(exc)
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(10)
+    while t.is_alive():  # the old code: unblock its open() so the test can end
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(0.1)
+    assert [str(e) for e in done] == [f"{fifo}: COCO annotation file is a FIFO (named pipe), not a regular file"]
+
+
+def test_a_coco_annotation_file_linked_to_dev_zero_is_refused_unread(tmp_path):
+    """Before: json.load read /dev/zero until memory ran out (here: a 1 GiB address-space limit, then 'too large')."""
+    (tmp_path / "ann.json").symlink_to("/dev/zero")
+    code = ("import resource, sys\nresource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+            "from zoo_core.api.errors import ZooError\nfrom zoo_core.datasets.coco import load_instances\n"
+            "try:\n    load_instances(sys.argv[1])\nexcept ZooError as e:\n    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ann.json")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.stdout == f"{tmp_path / 'ann.json'}: COCO annotation file is a character device, not a regular file\n", \
+        (r.stdout, r.stderr[-1000:])
+
+
 def _instances(**ann_overrides) -> dict:
     anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1.0, 2.0, 10.0, 12.0], "area": 120.0, "iscrowd": 0},
             {"id": 2, "image_id": 1, "category_id": 1, "bbox": [20.0, 20.0, 5.0, 5.0], "area": 25.0, "iscrowd": 0}]

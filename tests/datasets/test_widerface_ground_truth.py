@@ -1,7 +1,12 @@
 """WIDER FACE ground truth: the real .mat files and the writer's round trip."""
 from __future__ import annotations
 
+import os
 import re
+import struct
+import subprocess
+import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -200,3 +205,145 @@ def test_a_matlab_v73_file_is_named_with_the_way_out(tmp_path):
     with pytest.raises(ZooError, match=r"wider_face_val.mat.*v7.3 \(HDF5\)") as err:
         load_wider_gt(tmp_path)
     assert "-v7" in str(err.value.hint)
+
+
+# -- untrusted .mat files: checked before scipy reads them ---------------------------------------------------
+
+def _mat5(*variables: bytes) -> bytes:
+    """A MATLAB 5 file (little-endian, uncompressed) of the given top-level elements."""
+    return b"MATLAB 5.0 MAT-file".ljust(116, b" ") + b"\0" * 8 + b"\x00\x01IM" + b"".join(variables)
+
+
+def _element(dtype: int, payload: bytes) -> bytes:
+    return struct.pack("<II", dtype, len(payload)) + payload + b"\0" * (-len(payload) % 8)
+
+
+def _matrix(cls: int, dims: tuple, name: str = "", body: bytes = b"") -> bytes:
+    payload = (_element(6, struct.pack("<II", cls, 0)) + _element(5, struct.pack(f"<{len(dims)}i", *dims))
+               + _element(1, name.encode()) + body)
+    return struct.pack("<II", 14, len(payload)) + payload
+
+
+def _load_in_child(gt_dir) -> subprocess.CompletedProcess:
+    code = ("import sys\nfrom zoo_core.api.errors import ZooError\n"
+            "from zoo_core.datasets.widerface import load_wider_gt\n"
+            "try:\n    load_wider_gt(sys.argv[1])\nexcept ZooError as e:\n    print('REFUSED', e)\n")
+    return subprocess.run([sys.executable, "-c", code, str(gt_dir)], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("change", ["string_type", "name_length"])
+def test_one_changed_byte_that_segfaulted_scipy_is_an_error(tmp_path, change):
+    """Before: scipy.io.loadmat segfaulted the process (exit 139, nothing printed, run.json left "running") on a
+    string whose data element claims type 14 (a matrix: scipy indexes its dtype table unchecked); a name that
+    claims more bytes than its matrix holds misaligns everything read after it (on the bundled sample, that
+    one byte segfaulted too). Now: one ZooError line naming the file and the element; run in a child process
+    so that the old code's crash fails the test instead of killing the worker."""
+    events, files, boxes, keep = _random_gt(np.random.default_rng(7))
+    write_wider_gt(tmp_path, events, files, boxes, keep)
+    p = tmp_path / "wider_face_val.mat"
+    b = bytearray(p.read_bytes())
+    at = b.index(struct.pack("<IIII", 6, 8, 4, 0))  # the array flags of the first string (class 4)
+    name_tag = at + 16 + 16  # after the flags and the 2 dimensions
+    assert b[name_tag:name_tag + 8] == struct.pack("<II", 1, 0)
+    if change == "string_type":
+        b[name_tag + 8] = 14
+        reason = r"a 1x\d+ string stored as \d+ bytes of type 14"
+    else:
+        b[name_tag + 4] = 249
+        reason = "its name element declares 249 bytes, more than its matrix holds"
+    p.write_bytes(bytes(b))
+    r = _load_in_child(tmp_path)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert re.match(rf"REFUSED {re.escape(str(p))}: not a readable MATLAB .mat file \(variable 'event_list': "
+                    rf"{reason}\)", r.stdout), r.stdout
+
+
+def test_a_cell_array_larger_than_its_file_is_refused_before_any_allocation(tmp_path):
+    """Before: a 192-byte file declaring (2**31-1) x 16 cells raised MemoryError (exit 1); one declaring 300 million
+    took 2.4 GB and 20 s. Cells are counted against the bytes that would hold them."""
+    events, files, boxes, keep = _random_gt(np.random.default_rng(8))
+    write_wider_gt(tmp_path, events, files, boxes, keep)
+    (tmp_path / "wider_face_val.mat").write_bytes(_mat5(_matrix(1, (2**31 - 1, 16), "event_list")))
+    with pytest.raises(ZooError) as err:
+        load_wider_gt(tmp_path)
+    assert str(err.value) == (f"{tmp_path / 'wider_face_val.mat'}: not a readable MATLAB .mat file (variable "
+                              "'event_list': a cell array declares 34359738352 cells (2147483647x16), more than its "
+                              "0 bytes can hold)")
+
+
+@pytest.mark.parametrize(("cls", "shown"), [(255, "class 255"), (2, "struct")])
+def test_a_class_scipy_cannot_read_or_wider_does_not_hold_is_refused(tmp_path, cls, shown):
+    """Before: an unknown class let scipy's UnboundLocalError escape (exit 1)."""
+    events, files, boxes, keep = _random_gt(np.random.default_rng(9))
+    write_wider_gt(tmp_path, events, files, boxes, keep)
+    p = tmp_path / "wider_hard_val.mat"
+    p.write_bytes(_mat5(_matrix(1, (1, 1), "event_list", _matrix(cls, (1, 1)))))
+    with pytest.raises(ZooError, match=rf"wider_hard_val.mat: not a readable MATLAB .mat file \(variable "
+                                       rf"'event_list': a {shown} matrix, which zoo does not read"):
+        load_wider_gt(tmp_path)
+
+
+def test_a_compressed_mat_over_the_memory_limit_is_refused(tmp_path, monkeypatch):
+    """A 1 KiB compressed variable of 40 000 empty cells (about 8 MB once read) over ZOO_MAX_MAT_MB=1: refused
+    before it is inflated or read; the limit is checked too."""
+    from zoo_core.api.errors import ConfigError
+    from zoo_core.datasets.matfile import MAT_MB_ENV, max_mat_bytes
+
+    events, files, boxes, keep = _random_gt(np.random.default_rng(10))
+    write_wider_gt(tmp_path, events, files, boxes, keep)
+    packed = zlib.compress(_matrix(1, (40000, 1), "event_list", struct.pack("<II", 14, 0) * 40000), 9)
+    assert len(packed) < 1024
+    (tmp_path / "wider_face_val.mat").write_bytes(_mat5(struct.pack("<II", 15, len(packed)) + packed))  # unpadded
+    monkeypatch.setenv(MAT_MB_ENV, "1")
+    with pytest.raises(ZooError) as err:
+        load_wider_gt(tmp_path)
+    assert str(err.value) == (f"{tmp_path / 'wider_face_val.mat'}: not a readable MATLAB .mat file (variable "
+                              f"'event_list': reading it would take more than the 1 MiB of memory allowed by "
+                              f"{MAT_MB_ENV})\n  hint: a legitimate file that needs more memory: raise {MAT_MB_ENV}")
+    (tmp_path / "wider_face_val.mat").write_bytes(_mat5(struct.pack("<II", 15, len(packed)) + packed) + bytes(2 << 20))
+    with pytest.raises(ZooError, match=rf"wider_face_val.mat: not read: it is {(2 << 20) + 128 + 8 + len(packed)} "
+                                       r"bytes, over the limit of 1 MiB for a .mat file"):
+        load_wider_gt(tmp_path)
+    (tmp_path / "wider_face_val.mat").write_bytes(_mat5(struct.pack("<II", 15, len(packed)) + packed))
+    monkeypatch.setenv(MAT_MB_ENV, "64")
+    with pytest.raises(ZooError, match="missing key"):
+        load_wider_gt(tmp_path)  # read within the limit (then the file just lacks WIDER's other keys)
+    for bad in ("0", "-1", "1.5", "abc"):
+        monkeypatch.setenv(MAT_MB_ENV, bad)
+        with pytest.raises(ConfigError, match=f"{MAT_MB_ENV}='{re.escape(bad)}' is invalid"):
+            max_mat_bytes()
+
+
+def test_a_fifo_as_ground_truth_is_refused_unopened(tmp_path):
+    events, files, boxes, keep = _random_gt(np.random.default_rng(11))
+    write_wider_gt(tmp_path, events, files, boxes, keep)
+    (tmp_path / "wider_easy_val.mat").unlink()
+    os.mkfifo(tmp_path / "wider_easy_val.mat")
+    with pytest.raises(ZooError, match=r"wider_easy_val.mat: WIDER FACE ground-truth file is a FIFO"):
+        load_wider_gt(tmp_path)
+
+
+@pytest.mark.parametrize("inner", ["empty_matrix", "matrix_then_zeros"])
+def test_a_compressed_variable_is_never_inflated_past_its_matrix(tmp_path, inner):
+    """A zlib stream of 128 MiB of zeros (130 KB on disk) after a matrix declaring 0 bytes, or after a valid
+    matrix: zlib's max_length=0 means "no limit", and scipy's own end check inflated ~256 MB blocks. Refused,
+    with nothing much inflated."""
+    import tracemalloc
+
+    events, files, boxes, keep = _random_gt(np.random.default_rng(12))
+    write_wider_gt(tmp_path, events, files, boxes, keep)
+    head = struct.pack("<II", 14, 0) if inner == "empty_matrix" else \
+        _matrix(6, (1, 1), "event_list", _element(9, struct.pack("<d", 1.0)))
+    comp = zlib.compressobj(1)
+    packed = comp.compress(head) + b"".join(comp.compress(bytes(1 << 20)) for _ in range(128)) + comp.flush()
+    (tmp_path / "wider_face_val.mat").write_bytes(_mat5(struct.pack("<II", 15, len(packed)) + packed))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ZooError, match=r"wider_face_val.mat: not a readable MATLAB .mat file \(") as err:
+            load_wider_gt(tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert ("too short for its array flags" if inner == "empty_matrix" else
+            "its compressed data holds more than the 72 bytes its matrix declares") in str(err.value)
+    assert peak < 16 << 20, peak

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Any, BinaryIO, overload
 
 import numpy as np
 
+from zoo_core.api.checkpoint import regular_file
 from zoo_core.api.errors import ConfigError, InputError
 
 #: File suffixes :func:`list_images` picks up (case-insensitive).
@@ -17,6 +20,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MAX_PIXELS = 100_000_000
 #: The environment variable that overrides :data:`MAX_PIXELS`.
 PIXELS_ENV = "ZOO_MAX_IMAGE_PIXELS"
+#: The largest JPEG without an end-of-image marker (cut short or corrupt) decoded from memory; a bigger one is
+#: refused as not decodable.
+_WHOLE_JPEG_MAX = 64 << 20
 #: OpenCV's own guard for formats whose header is not parsed here; OpenCV reads it at its first decode
 #: and aborts the process on a value it cannot parse, so zoo sets it only from a checked value.
 OPENCV_PIXELS_ENV = "OPENCV_IO_MAX_IMAGE_PIXELS"
@@ -50,41 +56,138 @@ def max_image_pixels() -> int:
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Return what ``cv2.imread(path)`` returns: HxWx3 BGR uint8, grayscale expanded to 3 equal
-    channels, alpha dropped, EXIF orientation applied, 16-bit reduced to 8 bits (``>> 8``).
+    channels, alpha dropped, EXIF orientation applied, 16-bit reduced to 8 bits (``>> 8``). One exception: a
+    JPEG cut short, whose missing rows ``cv2.imread`` fills with gray, is refused as ``cv2.imdecode`` refuses it.
 
     Raises :class:`InputError` naming the file for a missing, empty, undecodable (corrupt,
-    truncated, not an image) or oversized file. The size limit (:func:`max_image_pixels`) is checked
-    from the PNG / JPEG / BMP header before any pixel is decoded, so memory stays bounded; other
-    formats rely on OpenCV's ``OPENCV_IO_MAX_IMAGE_PIXELS`` (set to the same limit). Raises
-    :class:`ConfigError` when ``ZOO_MAX_IMAGE_PIXELS`` is invalid.
+    truncated, not an image), oversized or not regular (a FIFO, a device, a directory) file. The size
+    limit (:func:`max_image_pixels`) is checked from the PNG / JPEG / BMP header before any pixel is
+    decoded, so memory stays bounded; other formats rely on OpenCV's ``OPENCV_IO_MAX_IMAGE_PIXELS`` (set to
+    the same limit). The file is not read whole into memory: the header check reads the bytes it needs and
+    ``cv2.imread`` decodes the open file (a 64x64 JPEG followed by gigabytes of anything reads as
+    ``cv2.imread`` reads it, in a few MB). Only a JPEG that has no end-of-image marker where libjpeg would look
+    for it (cut short, or corrupt) is decoded from memory with ``cv2.imdecode``, which
+    refuses it when libjpeg runs out of data (``cv2.imread`` would fill the rest with gray); over
+    64 MiB it is refused unread. Raises :class:`ConfigError` when ``ZOO_MAX_IMAGE_PIXELS``
+    is invalid.
     """
     limit = max_image_pixels()  # before OpenCV's first decode (it reads its own variable then)
     import cv2
 
-    p = Path(path)
-    if not p.is_file():
-        raise InputError("image file not found", path=p)
-    size = p.stat().st_size
-    if size == 0:
-        raise InputError("image file is empty (0 bytes)", path=p)
-    data = p.read_bytes()
-    _check_dimensions(data, p, limit)
-    buf = np.frombuffer(data, np.uint8)
-    try:
-        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    except cv2.error as exc:  # OpenCV's own checks, for what _header_dims cannot read (TIFF, WebP...)
-        if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
-            raise InputError(f"image is larger than the limit of {os.environ.get(OPENCV_PIXELS_ENV, limit)} pixels "
-                             f"(OpenCV refused to decode it)", path=p,
-                             hint="resize it, or raise ZOO_MAX_IMAGE_PIXELS") from None
-        reason = " ".join(str(exc).split())[:200]
-        raise InputError(f"not a decodable image (OpenCV: {reason})", path=p) from None
+    p = regular_file(path, "image file", InputError)  # unopened: a FIFO would block, /dev/zero never end
+    with open(p, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise InputError("image file is empty (0 bytes)", path=p)
+        head = _FileBytes(f, size)
+        _check_dimensions(head, p, limit)
+        try:
+            if head[:3] != b"\xff\xd8\xff" or _jpeg_ends(head):
+                img = _decode(cv2, f, p)
+            elif size <= _WHOLE_JPEG_MAX:  # libjpeg would run out of data: decoded from memory, as before
+                f.seek(0)
+                img = cv2.imdecode(np.frombuffer(f.read(), np.uint8), cv2.IMREAD_COLOR)
+            else:
+                img = None
+        except cv2.error as exc:  # OpenCV's own checks, for what _header_dims cannot read (TIFF, WebP...)
+            if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
+                raise InputError(f"image is larger than the limit of {os.environ.get(OPENCV_PIXELS_ENV, limit)} "
+                                 f"pixels (OpenCV refused to decode it)", path=p,
+                                 hint="resize it, or raise ZOO_MAX_IMAGE_PIXELS") from None
+            reason = " ".join(str(exc).split())[:200]
+            raise InputError(f"not a decodable image (OpenCV: {reason})", path=p) from None
     if img is None:
         raise InputError("not a decodable image (corrupt, truncated or not an image file)", path=p)
     return img
 
 
-def _check_dimensions(head: bytes, p: Path, limit: int) -> None:
+def _decode(cv2: Any, f: BinaryIO, p: Path) -> np.ndarray | None:
+    """``cv2.imread`` of the open file ``f`` (so the file checked is the file decoded): through
+    ``/proc/self/fd`` where there is one, a name OpenCV can take for any path (OpenCV crashes on a
+    ``str`` that is not valid UTF-8, which a Linux file name may be); else the path, or for a name OpenCV
+    cannot take, ``cv2.imdecode`` of the bytes."""
+    fd_path = f"/proc/self/fd/{f.fileno()}"
+    if os.path.exists(fd_path):
+        return cv2.imread(fd_path, cv2.IMREAD_COLOR)
+    name = os.fspath(p)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # no /proc and a name OpenCV cannot take: decode the bytes from memory
+        return cv2.imdecode(np.frombuffer(f.read(), np.uint8), cv2.IMREAD_COLOR)
+    return cv2.imread(name, cv2.IMREAD_COLOR)
+
+
+class _FileBytes:
+    """The bytes of an open file as :func:`_header_dims` indexes and searches them, read on demand in blocks:
+    a header check never reads the whole file. Bytes past the end read as 0."""
+
+    BLOCK = 1 << 16
+
+    def __init__(self, f: BinaryIO, size: int):
+        self.f, self.size = f, size
+        self.blocks: dict[int, bytes] = {}
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _block(self, n: int) -> bytes:
+        b = self.blocks.get(n)
+        if b is None:
+            if len(self.blocks) >= 8:
+                self.blocks.clear()
+            self.f.seek(n * self.BLOCK)
+            b = self.blocks[n] = self.f.read(self.BLOCK)
+        return b
+
+    @overload
+    def __getitem__(self, key: int) -> int: ...
+
+    @overload
+    def __getitem__(self, key: slice) -> bytes: ...
+
+    def __getitem__(self, key: int | slice) -> int | bytes:
+        if isinstance(key, slice):
+            start, stop, _ = key.indices(self.size)
+            out = bytearray()
+            while start < stop:
+                chunk = self._block(start // self.BLOCK)[start % self.BLOCK:start % self.BLOCK + stop - start]
+                if not chunk:
+                    break
+                out += chunk
+                start += len(chunk)
+            return bytes(out)
+        block = self._block(key // self.BLOCK)
+        return block[key % self.BLOCK] if key % self.BLOCK < len(block) else 0
+
+    def search(self, pattern: re.Pattern, start: int) -> int:
+        """Where the first match of the 2-byte ``pattern`` from ``start`` begins, or -1."""
+        while start < self.size:
+            n = start // self.BLOCK
+            block = self._block(n)
+            whole = len(block) == self.BLOCK
+            m = pattern.search(block + self._block(n + 1)[:1] if whole else block, start % self.BLOCK)
+            if m:
+                return n * self.BLOCK + m.start()
+            if not whole:
+                break
+            start = (n + 1) * self.BLOCK
+        return -1
+
+    def find(self, byte: bytes, start: int) -> int:
+        """Where the single byte ``byte`` first occurs from ``start``, or -1."""
+        while start < self.size:
+            n = start // self.BLOCK
+            block = self._block(n)
+            i = block.find(byte, start % self.BLOCK)
+            if i >= 0:
+                return n * self.BLOCK + i
+            if len(block) < self.BLOCK:
+                break
+            start = (n + 1) * self.BLOCK
+        return -1
+
+
+def _check_dimensions(head: bytes | _FileBytes, p: Path, limit: int) -> None:
     """Refuse images whose header announces more than ``limit`` pixels before allocating them."""
     dims = _header_dims(head)
     if dims and dims[0] * dims[1] > limit:
@@ -94,7 +197,7 @@ def _check_dimensions(head: bytes, p: Path, limit: int) -> None:
         )
 
 
-def _header_dims(head: bytes) -> tuple[int, int] | None:
+def _header_dims(head: bytes | _FileBytes) -> tuple[int, int] | None:
     """(height, width) from a PNG, JPEG or BMP header, without decoding; None if unknown.
 
     A JPEG's frame header may follow any number of APPn segments (EXIF, ICC profiles of 64 KiB
@@ -127,6 +230,39 @@ def _header_dims(head: bytes) -> tuple[int, int] | None:
                 continue
             i += 2 + int.from_bytes(head[i + 2:i + 4], "big")
     return None
+
+
+#: A JPEG marker in entropy-coded data: 0xFF not followed by 0x00 (a stuffed 0xFF), a restart marker or 0xFF (fill).
+_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def _search(data: bytes, start: int) -> int:
+    m = _MARKER.search(data, start)
+    return m.start() if m else -1
+
+
+def _jpeg_ends(head: bytes | _FileBytes) -> bool:
+    """Whether the JPEG in ``head`` reaches an end-of-image marker the way libjpeg reads it: segments skipped by
+    their length, entropy-coded data (where 0xFF is followed by 0x00 or a restart marker) scanned for the next
+    marker. Then libjpeg stops there, before running out of data, and ``cv2.imread`` and ``cv2.imdecode`` give
+    the same pixels; a file cut short has no such marker."""
+    i, n = 2, len(head)
+    while i + 1 < n:
+        if head[i] != 0xFF:  # entropy-coded data (or garbage): on to the next marker
+            i = head.search(_MARKER, i) if isinstance(head, _FileBytes) else _search(head, i)
+            if i < 0:
+                return False
+            continue
+        marker = head[i + 1]
+        if marker == 0xD9:
+            return True
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker in (0x00, 0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # stuffed 0xFF, standalone markers
+            i += 2
+        else:
+            i += 2 + int.from_bytes(head[i + 2:i + 4], "big")
+    return False
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

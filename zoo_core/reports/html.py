@@ -97,7 +97,9 @@ _SECTIONS: dict[str, dict[str, type]] = {
 
 def _read_json(path: Path) -> dict | None:
     """A record file as a JSON object (``None`` when absent or unreadable); a :class:`ZooError` naming it when a
-    section the page reads has another type (``"metrics": [...]``)."""
+    section the page reads has another type (``"metrics": [...]``). A FIFO or a device is left unopened (absent)."""
+    if not path.is_file():
+        return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
@@ -155,6 +157,8 @@ def _num_cell(value: Any, trim: bool = False) -> str:
 
 
 def _png_data_uri(path: Path) -> str | None:
+    if not path.is_file():  # a FIFO named x.png would block the read forever; a directory, a device: no picture
+        return None
     try:
         data = path.read_bytes()
     except OSError:

@@ -93,12 +93,14 @@ class RunContext:
 def check_limits() -> None:
     """The environment's size limits are valid (else one ConfigError line), checked in the main process
     before any worker starts: ``ZOO_MAX_IMAGE_PIXELS`` (and OpenCV's own variable, which it would abort
-    on), ``ZOO_MAX_CHECKPOINT_RATIO``."""
+    on), ``ZOO_MAX_CHECKPOINT_RATIO``, ``ZOO_MAX_MAT_MB``."""
     from zoo_core.api.checkpoint import max_checkpoint_ratio
     from zoo_core.api.imaging import max_image_pixels
+    from zoo_core.datasets.matfile import max_mat_bytes
 
     max_image_pixels()
     max_checkpoint_ratio()
+    max_mat_bytes()
 
 
 def select_samples(samples: list[Sample], dcfg) -> list[Sample]:

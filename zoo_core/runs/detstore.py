@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import io
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from zoo_core.api.atomic import write_bytes
+from zoo_core.api.checkpoint import regular_file
 from zoo_core.api.errors import ZooError
 from zoo_core.api.types import Detections
 
@@ -121,6 +123,10 @@ class DetectionStore:
         if not self.dir.is_dir():
             return out
         for p in sorted(self.dir.glob("chunk-*.npz")):
+            regular_file(p, "detections chunk")  # unopened: a FIFO would block np.load forever, /dev/zero never end
+            problem = _zip_problem(p)
+            if problem:
+                raise ZooError(f"not a detections chunk as zoo writes it: {problem}", path=p)
             try:
                 with np.load(p, allow_pickle=False) as z:
                     ids, counts = z["ids"], z["counts"]
@@ -211,6 +217,27 @@ class DetectionStore:
                 return f"{p.name} changed since it was written (its size or CRC-32 differs from {index})"
         gone = sorted(set(listed) - {p.name for p in chunks})
         return f"{gone[0]}, listed in {index}, is missing" if gone else None
+
+
+def _zip_problem(p: Path) -> str | None:
+    """What makes ``p`` another zip than :meth:`DetectionStore.flush` writes (``np.savez``: members stored
+    uncompressed, so they add up to less than the file), from its central directory alone; None if nothing
+    (or not a zip: np.load then says so).
+    A deflated member (a 2.9 MB chunk inflating to 3 GB) is refused before anything is inflated."""
+    size = p.stat().st_size
+    try:
+        with zipfile.ZipFile(p) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return None  # np.load says what it is not
+    packed = next((i for i in infos if i.compress_type != zipfile.ZIP_STORED), None)
+    if packed is not None:
+        return (f"its member {packed.filename!r} is compressed (zip method {packed.compress_type}), and zoo "
+                "stores chunk members uncompressed; nothing was decompressed")
+    total = sum(i.file_size for i in infos)
+    if total > size:
+        return f"its members declare {total} bytes, more than the file's {size}"
+    return None
 
 
 def _chunk_problem(ids: np.ndarray, counts: np.ndarray, boxes: np.ndarray, scores: np.ndarray,

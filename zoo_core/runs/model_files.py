@@ -194,7 +194,10 @@ _RECORD_TYPES: dict[str, type] = {"fingerprint": dict, "sha256": str, "weights_f
 def read_record(meta: Path) -> dict:
     """A model file's ``.json`` record; ``{}`` (logged) when it is not a JSON object or one of the keys zoo
     reads has another type (a ``"fingerprint"`` list, a ``"sha256"`` number): the file is then rebuilt,
-    never trusted."""
+    never trusted. So is one that exists but is not a regular file (a FIFO, a device: never opened)."""
+    if meta.exists() and not meta.is_file():
+        log.info("%s: not a regular file; what it describes is not trusted", meta)
+        return {}
     try:
         old = json.loads(meta.read_text())
     except (ValueError, RecursionError):

@@ -107,9 +107,13 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
 def _outputs_state(outputs_dir: Path) -> dict:
     """``outputs/state.json`` as zoo's ``infer`` wrote it (the model file it recorded, the backend that made the
-    outputs, whether it finished); ``{}`` for a dump zoo did not write or a file that does not parse."""
+    outputs, whether it finished); ``{}`` for a dump zoo did not write, a file that does not parse, or one that is
+    not a regular file (a FIFO would block the read forever)."""
+    path = outputs_dir / "state.json"
+    if not path.is_file():
+        return {}
     try:
-        state = json.loads((outputs_dir / "state.json").read_text())
+        state = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError):
         return {}
     return state if isinstance(state, dict) else {}

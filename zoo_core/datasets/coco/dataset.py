@@ -6,6 +6,7 @@ import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from zoo_core.api.aisbench import safe_stem
+from zoo_core.api.checkpoint import regular_file
 from zoo_core.api.errors import InputError, ZooError
 from zoo_core.api.types import Sample
 from zoo_core.json_numbers import finite_number, long_integer, shown
@@ -69,6 +70,8 @@ def load_instances(path: str | os.PathLike) -> dict:
 
 
 def _read_json(p: Path) -> object:
+    if p.exists():  # unopened: a FIFO would block the read forever, /dev/zero fill the memory
+        regular_file(p, "COCO annotation file")
     try:
         with open(p, "rb") as f:
             data = f.read()

@@ -17,6 +17,7 @@ import numpy as np
 from zoo_core.api.atomic import write_bytes, write_text
 from zoo_core.api.errors import ZooError
 from zoo_core.datasets.deps import require
+from zoo_core.datasets.matfile import read_mat
 
 #: The three WIDER FACE difficulty settings, in report order.
 SETTINGS = ("easy", "medium", "hard")
@@ -70,19 +71,11 @@ class WiderGroundTruth:
 
 
 def _loadmat(path: Path, keys: Sequence[str]) -> dict:
-    sio = require("scipy.io", "reading WIDER FACE .mat files")
-    loadmat, MatReadError = sio.loadmat, sio.matlab.MatReadError
-
-    if not path.is_file():
+    require("scipy.io", "reading WIDER FACE .mat files")  # said first, whatever the folder holds
+    if not path.exists():
         raise ZooError("WIDER FACE ground-truth file not found", path=path,
                        hint="pass the folder that holds wider_face_val.mat and wider_{easy,medium,hard}_val.mat")
-    try:
-        mat = loadmat(str(path), variable_names=list(keys))
-    except NotImplementedError as exc:  # scipy reads MATLAB v4-v7.2; v7.3 files are HDF5
-        raise ZooError(f"a MATLAB v7.3 (HDF5) .mat file, which scipy cannot read ({exc})", path=path,
-                       hint="save it again from MATLAB with save(..., '-v7'), as the official files are") from None
-    except (MatReadError, ValueError, TypeError, OSError, EOFError, IndexError) as exc:
-        raise ZooError(f"not a readable MATLAB .mat file ({type(exc).__name__}: {exc})", path=path) from exc
+    mat = read_mat(path, keys)  # checks the element tree first: no file can crash or exhaust the process
     missing = [k for k in keys if k not in mat]
     if missing:
         raise ZooError(f"missing key(s) {', '.join(missing)}; this is not a WIDER FACE ground-truth file",
