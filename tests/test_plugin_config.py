@@ -221,6 +221,29 @@ def test_a_key_declared_only_in_the_schema_is_overridable_without_plus():
         compose(["model=fixture", "model.score_treshold=0.2"])
 
 
+def test_a_plugin_file_that_inherits_another_keeps_the_values_it_inherits():
+    """A plugin's `model/extds_big.yaml` = `defaults: [extds, _self_]`: before, completing it with its schema's
+    defaults (merged after the parent) replaced the inherited predict_threshold / class_names / dataset kind
+    with null. A file naming another config in its defaults is left as it is; one without is completed."""
+    from omegaconf import OmegaConf
+
+    from zoo_core.config.plugin_schema import complete_with_schema
+
+    child = OmegaConf.create({"defaults": ["fixture", "_self_"], "model": {"name": "fixture"}})
+    complete_with_schema(child, "model/fixture.yaml", "_global_")
+    assert set(child.model) == {"name"}
+    ds = OmegaConf.create({"defaults": ["widerface_sample", "_self_"], "dataset": {"name": "squares"}})
+    complete_with_schema(ds, "dataset/squares.yaml", "_global_")
+    assert set(ds.dataset) == {"name"}
+    ds = OmegaConf.create({"defaults": [{"/dataset": "base"}, "_self_"], "dataset": {"name": "squares"}})
+    complete_with_schema(ds, "dataset/squares.yaml", "_global_")
+    assert set(ds.dataset) == {"name"}
+    for defaults in (["_self_"], [{"override /dataset": "squares"}]):  # another group's choice: completed
+        alone = OmegaConf.create({"defaults": defaults, "model": {"name": "fixture"}})
+        complete_with_schema(alone, "model/fixture.yaml", "_global_")
+        assert "score_threshold" in alone.model and alone.model.score_threshold is None
+
+
 def test_model_iou_thresh_abc_through_the_cli_writes_nothing(zoo):
     """Before: the whole eval ran, then ValueError (exit 1) and 'abc' left in detections/state.json."""
     rc, out, err = zoo("run", "model=fixture", "model.iou_thresh=abc", "work_dir=run")

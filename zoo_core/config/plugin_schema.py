@@ -62,9 +62,16 @@ def complete_with_schema(config: Any, config_path: str, package: str | None) -> 
     ``package``: its ``# @package`` header), every key its schema declares and the file leaves out, at the
     declared default (``"???"`` for a mandatory one), so that ``model.<key>=value`` overrides a declared key
     without ``+`` (Hydra checks overrides against the files, before :func:`apply_schemas`). Anything that
-    goes wrong (a broken plugin or schema) leaves the file as it is: :func:`apply_schemas` names it."""
+    goes wrong (a broken plugin or schema) leaves the file as it is: :func:`apply_schemas` names it.
+
+    A file whose ``defaults`` list names another config (``defaults: [extds, _self_]``) is left as it is: it is
+    merged after its parent, so a declared default added here would replace the value the parent sets (a
+    ``kind: widerface`` inherited from zoo-core's ``widerface_sample``, a ``class_names`` list). Its keys are
+    typed all the same by :func:`apply_schemas` after composition."""
     group, _, name = config_path.removesuffix(".yaml").partition("/")
     if group not in ("model", "dataset") or not name or "/" in name or not isinstance(config, DictConfig):
+        return
+    if _inherits(config.get("defaults"), group):
         return
     if package == "_global_":
         section = config.get(group)
@@ -85,6 +92,27 @@ def complete_with_schema(config: Any, config_path: str, package: str | None) -> 
     for key, value in declared.items():
         if key not in section:
             section[key] = value
+
+
+def _inherits(defaults: Any, group: str) -> bool:
+    """A ``defaults`` list that merges another config of ``group`` into the file (``- extds``, ``- /model: x``);
+    ``override /dataset: squares`` in a model file selects another group and does not."""
+    if defaults is None:
+        return False
+    if not OmegaConf.is_list(defaults):
+        return True
+    for entry in defaults:
+        if isinstance(entry, str):
+            if entry != "_self_":
+                return True
+        elif OmegaConf.is_dict(entry):
+            for key in entry:
+                words = str(key).split()
+                if words and words[-1].lstrip("/").split("/")[0] == group:
+                    return True
+        else:
+            return True
+    return False
 
 
 def _declared_type(cls: type, field: str) -> str:
