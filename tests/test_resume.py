@@ -151,6 +151,27 @@ def _rescore(p: Path) -> None:
         np.savez(f, **arrays)
 
 
+def test_eval_resume_keeps_the_readable_chunks_of_detections_written_before_the_index(zoo, fixture_onnx,
+                                                                                         eval_metrics):
+    """Detections of a zoo from before index.jsonl (chunks, no index): a review found every chunk removed as
+    "damaged" and all the work redone. Now the readable chunks are kept and listed, an unreadable one is redone."""
+    args = ["model=fixture", "stage=eval", f"model_file={fixture_onnx}", "stage.flush_every=3", "num_workers=0",
+            "work_dir=run"]
+    zoo.ok("run", *args)
+    det = zoo.cwd / "run" / "detections"
+    (det / "index.jsonl").unlink()
+    (det / "chunk-000002.npz").write_bytes(b"not a zip")
+    rc, out, err = zoo("run", *args, "resume=true")
+    assert rc == 0, out + err
+    assert "chunk-000002.npz: unreadable detections chunk" in err and "chunk-000000.npz" not in err
+    perf = json.loads((zoo.cwd / "run" / "eval" / "perf.json").read_text())
+    assert perf["resumed_images"] == 9 and perf["images"] == 3
+    m = json.loads((zoo.cwd / "run" / "eval" / "metrics.json").read_text())
+    assert m["metrics"] == eval_metrics["metrics"] and m["images"] == 12
+    listed = [json.loads(line)["id"] for line in (det / "index.jsonl").read_text().splitlines()]
+    assert sorted(listed) == sorted(p.name for p in det.glob("chunk-*.npz")) and len(listed) == 4
+
+
 def test_eval_resume_redoes_the_images_of_damaged_chunks(zoo, fixture_onnx, eval_metrics):
     """Before: a truncated chunk failed the resumed run (``unreadable detections chunk (File is not a zip
     file)``, exit 2, no hint) and a chunk edited by hand was trusted (its scores were scored). Now each is

@@ -322,6 +322,24 @@ def test_a_shard_whose_detections_are_not_what_it_scored_is_refused_naming_it(
     assert "dataset.shard=1" in cmd and "hydra.sweep.subdir=1/eval" in cmd
 
 
+def test_shards_written_before_the_index_still_merge_as_the_unsharded_run(chunked_sweep, tmp_path, monkeypatch,
+                                                                         cache_dir, eval_metrics):
+    """Shards of a zoo from before detections/index.jsonl: a review found every merge refused ("chunk-000000.npz
+    is not listed"), although docs/sweeps.md suggests rebuilding a finished sweep's report; a missing shard's
+    detections are still refused (the images each shard scored are checked without the index)."""
+    from zoo_core.reports import sweep_report
+
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(cache_dir))
+    sweep = tmp_path / "sweep"
+    shutil.copytree(chunked_sweep, sweep, symlinks=True)
+    for i in range(3):
+        (sweep / str(i) / "detections" / "index.jsonl").unlink()
+    assert sweep_report.build_report(sweep)["failed_merges"] == 0
+    assert merged(sweep)["metrics"] == eval_metrics["metrics"] and merged(sweep)["images"] == 12
+    (sweep / "1" / "detections" / "chunk-000001.npz").unlink()
+    assert sweep_report.build_report(sweep)["failed_merges"] == 1
+
+
 def test_a_shard_scored_on_fewer_images_than_its_detections_hold_is_refused(chunked_sweep, tmp_path, monkeypatch,
                                                                             cache_dir):
     """Its metrics.json must count the images its detections hold (both from the same run)."""

@@ -123,31 +123,37 @@ class DetectionStore:
         if not self.dir.is_dir():
             return out
         for p in sorted(self.dir.glob("chunk-*.npz")):
-            regular_file(p, "detections chunk")  # unopened: a FIFO would block np.load forever, /dev/zero never end
-            problem = _zip_problem(p)
+            out.update(self._load_chunk(p))
+        return out
+
+    def _load_chunk(self, p: Path) -> dict[str, Detections]:
+        """One chunk's detections by sample id (see :meth:`load`)."""
+        out: dict[str, Detections] = {}
+        regular_file(p, "detections chunk")  # unopened: a FIFO would block np.load forever, /dev/zero never end
+        problem = _zip_problem(p)
+        if problem:
+            raise ZooError(f"not a detections chunk as zoo writes it: {problem}", path=p)
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                ids, counts = z["ids"], z["counts"]
+                extras = {k[len("extra__"):]: z[k] for k in z.files if k.startswith("extra__")}
+                boxes, scores, labels = z["boxes"], z["scores"], z["labels"]
+        except Exception as exc:
+            raise ZooError(f"unreadable detections chunk ({exc})", path=p) from exc
+        problem = _chunk_problem(ids, counts, boxes, scores, labels, extras)
+        if problem:
+            raise ZooError(f"not a detections chunk as zoo writes it: {problem}", path=p)
+        ends = np.cumsum(counts)
+        starts = ends - counts
+        for i, sid in enumerate(ids):
+            a, b = starts[i], ends[i]
+            problem = _rows_problem(boxes[a:b], scores[a:b], labels[a:b], self.num_classes)
             if problem:
-                raise ZooError(f"not a detections chunk as zoo writes it: {problem}", path=p)
-            try:
-                with np.load(p, allow_pickle=False) as z:
-                    ids, counts = z["ids"], z["counts"]
-                    extras = {k[len("extra__"):]: z[k] for k in z.files if k.startswith("extra__")}
-                    boxes, scores, labels = z["boxes"], z["scores"], z["labels"]
-            except Exception as exc:
-                raise ZooError(f"unreadable detections chunk ({exc})", path=p) from exc
-            problem = _chunk_problem(ids, counts, boxes, scores, labels, extras)
-            if problem:
-                raise ZooError(f"not a detections chunk as zoo writes it: {problem}", path=p)
-            ends = np.cumsum(counts)
-            starts = ends - counts
-            for i, sid in enumerate(ids):
-                a, b = starts[i], ends[i]
-                problem = _rows_problem(boxes[a:b], scores[a:b], labels[a:b], self.num_classes)
-                if problem:
-                    raise ZooError(f"detections of image {str(sid)!r}: {problem}", path=p,
-                                   hint="zoo never stores such detections: this chunk was changed or made "
-                                        "elsewhere; run stage=postprocess or stage=eval again")
-                out[str(sid)] = Detections(boxes[a:b], scores[a:b], labels[a:b],
-                                           {k: v[a:b] for k, v in extras.items()})
+                raise ZooError(f"detections of image {str(sid)!r}: {problem}", path=p,
+                               hint="zoo never stores such detections: this chunk was changed or made "
+                                    "elsewhere; run stage=postprocess or stage=eval again")
+            out[str(sid)] = Detections(boxes[a:b], scores[a:b], labels[a:b],
+                                       {k: v[a:b] for k, v in extras.items()})
         return out
 
     def _write_listed(self, path: Path, data: bytes) -> None:
@@ -173,6 +179,8 @@ class DetectionStore:
         refuse_symlink(self.dir)
         if not self.dir.is_dir():
             return 0
+        if self._unindexed():
+            return self._index_readable_chunks()
         good = Ledger(self.dir / INDEX).verified()
         dropped = [p for p in sorted(self.dir.glob("chunk-*.npz")) if p.name not in good]
         for p in dropped:
@@ -182,14 +190,49 @@ class DetectionStore:
             p.unlink()
         return len(dropped)
 
+    def _unindexed(self) -> bool:
+        """Chunks without any ``index.jsonl``: detections written by a zoo from before the index."""
+        index = self.dir / INDEX
+        return not index.exists() and not index.is_symlink() and any(self.dir.glob("chunk-*.npz"))
+
+    def _index_readable_chunks(self) -> int:
+        """Detections written by a zoo from before ``index.jsonl`` (resuming): each chunk that reads as
+        :meth:`load` reads it is kept and listed, one that does not is removed (its images are redone)."""
+        import logging
+
+        from zoo_core.runs.resume import Ledger, file_crc32
+
+        log = logging.getLogger("zoo")
+        ledger = Ledger(self.dir / INDEX)
+        dropped = 0
+        try:
+            for p in sorted(self.dir.glob("chunk-*.npz")):
+                try:
+                    self._load_chunk(p)
+                except ZooError as exc:
+                    log.warning("resume: %s: removed, its images are redone", exc)
+                    p.unlink()
+                    dropped += 1
+                    continue
+                ledger.append(p.name, [(p, p.stat().st_size, file_crc32(p))])
+        finally:
+            ledger.close()
+        log.info("resume: %s was written by a zoo without %s: its readable chunks are kept and now listed",
+                 self.dir, INDEX)
+        return dropped
+
     def chunk_problem(self) -> str | None:
         """Why the chunks are not those the run wrote, or None: a chunk whose size or CRC-32 differs from
-        ``index.jsonl``, one it does not list, or one it lists that is gone. Only reads."""
+        ``index.jsonl``, one it does not list, or one it lists that is gone. Only reads. Detections written by
+        a zoo from before the index (chunks, no ``index.jsonl`` at all) have nothing to compare with: None
+        (:meth:`load` still checks what each chunk holds, and a merge the images it covers)."""
         import stat
 
         from zoo_core.api.errors import InputError
         from zoo_core.runs.resume import file_crc32, read_jsonl
 
+        if self._unindexed():
+            return None
         index = self.dir / INDEX
         listed: dict[str, list] = {}
         if index.is_symlink() or (index.exists() and not index.is_file()):
