@@ -63,11 +63,14 @@ def test_with_another_job_logging_a_refused_sweep_job_still_writes_no_error_json
     writes no error.json into the holder's record dir, and the sweep stops naming the holder."""
     sweep = zoo.cwd / "sweep"
     holder_records(sweep / "0")
+    (sweep / "0" / "eval" / "result.json").write_text('{"holder": true}')
     with RunLock(sweep / "0", "eval"):
         rc, out, err = zoo("run", "-m", "model=fixture", "backend=oracle", "stage=eval", "hydra/job_logging=default",
                            "dataset.num_shards=2", "dataset.shard=0", f"hydra.sweep.dir={sweep}")
     assert rc == 2 and "this run directory is in use by another zoo run" in err, out + err
+    assert "Hydra has rewritten its .hydra/" in err
     assert not (sweep / "0" / "eval" / "error.json").exists()
+    assert (sweep / "0" / "eval" / "result.json").read_text() == '{"holder": true}'  # (was overwritten)
     assert (sweep / "0" / "eval" / "metrics.json").read_text() == '{"metrics": {"AP50": 1.0}}'
 
 
@@ -91,3 +94,28 @@ def test_a_refusal_that_came_back_from_a_job_process_as_text_is_said_in_one_line
         launcher_stopped(exc, tmp_path / "status.json")
     assert str(got.value).startswith(f"{tmp_path / 'sweep' / '0'}: this run directory is in use by another zoo run "
                                      f"(pid 7, stage=eval, host h)\n  hint: the sweep stopped at that job")
+
+
+def test_a_second_sweep_into_a_sweep_dir_in_use_is_refused_before_it_writes_anything(zoo):
+    """Two sweeps started together on one hydra.sweep.dir: the refused one rewrote multirun.yaml and emptied
+    sweep_jobs.json before any job's lock, so the first sweep's report dropped its own job ("shard 0 of 2 is
+    missing"). The sweep dir's own lock is now taken first; the holder's files are left as they were."""
+    from zoo_core.runs.lock import SWEEP_LOCK_NAME
+
+    sweep = zoo.cwd / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text("hydra: {}  # the holder's\n")
+    (sweep / "sweep_jobs.json").write_text('{"jobs": ["0"]}')
+    before = snapshot(sweep)
+    with RunLock(sweep, "sweep", name=SWEEP_LOCK_NAME):
+        rc, out, err = zoo("run", "-m", "model=fixture", "backend=oracle", "stage=eval", "dataset.num_shards=2",
+                           "dataset.shard=0,1", f"hydra.sweep.dir={sweep}")
+    assert rc == 2 and "Traceback" not in err, out + err
+    assert err.startswith(f"error: {sweep}: this run directory is in use by another zoo run (pid {os.getpid()}, "
+                          "stage=sweep") and "hint: another sweep is writing into this sweep dir" in err, err
+    after = snapshot(sweep)
+    assert {p: b for p, b in after.items() if p.name != SWEEP_LOCK_NAME} == before
+    assert not (sweep / "0").exists() and not (sweep / "1").exists()
+    rc, out, err = zoo("run", "-m", "model=fixture", "backend=oracle", "stage=eval", "dataset.num_shards=2",
+                       "dataset.shard=0,1", f"hydra.sweep.dir={sweep}")  # the lock is free again: it runs
+    assert rc == 0, out + err

@@ -195,6 +195,7 @@ def run_hydra(args: list[str]) -> int:
     from zoo_core.config.confpaths import core_conf_dir
     from zoo_core.config.pinning import SWEEP_JOBS_ENV, planned_jobs
     from zoo_core.reports.sweep_report import STATUS_ENV
+    from zoo_core.runs.lock import SweepRefused
 
     schema.register()
     main = hydra.main(version_base="1.3", config_path=str(core_conf_dir()), config_name="config")(task)
@@ -214,6 +215,8 @@ def run_hydra(args: list[str]) -> int:
         with _environ(env):
             try:
                 main()
+            except SweepRefused as refused:  # another sweep holds the sweep dir: nothing of this one written
+                raise refused.error from None
             except Exception as exc:
                 if not multirun:
                     raise
@@ -271,8 +274,9 @@ def launcher_stopped(exc: BaseException, status_path: Path, planned: list[list[s
 
     in_use = _cause(exc, RunDirInUse) or RunDirInUse.from_text(_chain_text(exc))
     if in_use is not None:  # another run holds a job dir: that run is writing this sweep; no report from here
-        raise RunDirInUse(in_use.root, in_use.who, hint="the sweep stopped at that job and wrote nothing into "
-                          "it; wait for that run to finish, or pass another hydra.sweep.dir=")
+        raise RunDirInUse(in_use.root, in_use.who, hint="the sweep stopped at that job; zoo wrote nothing into it "
+                          "(with a hydra/job_logging other than zoo's, Hydra has rewritten its .hydra/); wait for that "
+                          "run to finish, or pass another hydra.sweep.dir=")
     status = read_json(status_path) or {}
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     first = lines[0] if lines else ""

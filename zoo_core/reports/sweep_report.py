@@ -547,6 +547,11 @@ class SweepReport(Callback):
         try:
             if config.hydra.mode != RunMode.MULTIRUN:
                 return
+            from zoo_core.runs.lock import RunDirInUse
+
+            if job_return.status == JobStatus.FAILED and isinstance(getattr(job_return, "_return_value", None),
+                                                                   RunDirInUse):
+                return  # refused: the record dir is another run's, nothing of this job goes there
             value = job_return.return_value if job_return.status == JobStatus.COMPLETED else None
             record = (_jsonable(value) if isinstance(value, dict) else None) or {}
             record.update(host=socket.gethostname(), pid=os.getpid())
@@ -560,9 +565,21 @@ class SweepReport(Callback):
             release_job_locks()  # the job's run root, locked when Hydra opened its log
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        """Empty the sweep's :data:`MANIFEST` unless this sweep re-runs chosen jobs of it; tell ``zoo run``
-        (:data:`STATUS_ENV`) where the sweep writes and which launcher runs it, so that it can still build
-        the report when the launcher raises and ``on_multirun_end`` never comes."""
+        """Take the sweep dir's lock (another sweep writing there: :class:`~zoo_core.runs.lock.RunDirInUse`
+        before anything of this sweep is written); empty the sweep's :data:`MANIFEST` unless this sweep
+        re-runs chosen jobs of it; tell ``zoo run`` (:data:`STATUS_ENV`) where the sweep writes and which
+        launcher runs it, so that it can still build the report when the launcher raises and
+        ``on_multirun_end`` never comes."""
+        from zoo_core.runs.lock import SWEEP_LOCK_NAME, RunDirInUse, RunLock, SweepRefused
+
+        lock = RunLock(Path(str(config.hydra.sweep.dir)), "sweep", name=SWEEP_LOCK_NAME)
+        try:
+            lock.acquire()
+        except RunDirInUse as exc:
+            raise SweepRefused(RunDirInUse(exc.root, exc.who, hint="another sweep is writing into this sweep dir; "
+                               "nothing of this one was written: wait for it to finish, or pass another "
+                               "hydra.sweep.dir=")) from None
+        self._sweep_lock = lock  # released at the end of on_multirun_end, or when this process exits
         try:
             from omegaconf import OmegaConf
 
@@ -582,6 +599,14 @@ class SweepReport(Callback):
             log.warning("could not record the sweep dir: %s", exc)
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        try:
+            self._report(config)
+        finally:
+            lock = self.__dict__.pop("_sweep_lock", None)
+            if lock is not None:
+                lock.release()
+
+    def _report(self, config) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if not sweep_dir.is_dir():
             return

@@ -31,6 +31,9 @@ from zoo_core.api.errors import ZooError
 log = logging.getLogger("zoo")
 
 LOCK_NAME = ".zoo.lock"
+#: A sweep dir's own lock, held by the launching process for the whole sweep (a job's run root may be the
+#: sweep dir itself, and takes :data:`LOCK_NAME` there).
+SWEEP_LOCK_NAME = ".zoo-sweep.lock"
 
 _held: set[tuple[str, int]] = set()  # (lock path, thread) of the locks taken by held_for_stage
 _held_lock = threading.Lock()
@@ -88,14 +91,23 @@ def _open_lock_file(path: Path) -> int:
     return fd
 
 
+class SweepRefused(BaseException):
+    """Stops a sweep from Hydra's ``on_multirun_start`` callback, which Hydra would otherwise report as a
+    warning and go on (it catches ``Exception``): ``zoo run`` raises ``error``, a :class:`RunDirInUse`."""
+
+    def __init__(self, error: RunDirInUse):
+        super().__init__(str(error))
+        self.error = error
+
+
 class RunLock:
     """``with RunLock(root, stage):`` — fails at once, naming the holder, when another run holds ``root``."""
 
-    def __init__(self, root: str | os.PathLike, stage: str = "", reenter: bool = False):
+    def __init__(self, root: str | os.PathLike, stage: str = "", reenter: bool = False, name: str = LOCK_NAME):
         self.root = Path(root)
         self.stage = stage
         self.reenter = reenter
-        self.path = self.root / LOCK_NAME
+        self.path = self.root / name
         self._fd: int | None = None
         self._entered = False
 
