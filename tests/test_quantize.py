@@ -67,6 +67,20 @@ def test_a_negative_seed_is_refused_before_anything_is_exported(fixture_cfg, tmp
     assert not (tmp_path / "model").exists()
 
 
+@pytest.mark.parametrize("bad", [{"quantize.seed": -1}, {"quantize.calibration_images": 0}])
+def test_compare_with_int8_refuses_bad_quantize_settings_before_the_reference_exports(fixture_cfg, tmp_path, bad):
+    """Before: stage=compare quantize=int8 opened the FP32 reference first (exporting it: 77 MB and 17 s for
+    CenterNet) and refused the settings only when it built the candidate."""
+    from zoo_core.stages import compare_stage
+
+    ctx = _run_ctx(fixture_cfg, tmp_path, stage="compare", **{"quantize.name": "int8", "compare.reference":
+                                                              "onnxruntime", "compare.candidate": "onnxruntime",
+                                                              **bad})
+    with pytest.raises(ConfigError, match=r"quantize\.(seed|calibration_images)=-?\d+ is invalid"):
+        compare_stage.run(ctx)
+    assert not (tmp_path / "model").exists()
+
+
 def _onnx_symbolic_shape_inference_gives_up_on(path):
     """image (B,1,H,W) -> Conv stride 2 -> ConvTranspose stride 2 -> Add image -> Sigmoid: onnxruntime's symbolic
     shape inference cannot merge the ConvTranspose's new dims with the input's at the Add (as in CenterFace)."""

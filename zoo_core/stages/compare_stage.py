@@ -70,6 +70,10 @@ def check_config(ctx: RunContext) -> Tolerance:
         if int(c.layer_images) < 1:
             raise ConfigError(f"compare.layer_images={c.layer_images} must be >= 1")
         check_pair(str(c.reference), str(c.candidate), c.get("candidate_dump"))
+    if str(ctx.cfg.quantize.get("name", "none")) != "none":  # before the reference side exports its FP32 model
+        from zoo_core.quantize.calibration import settings
+
+        settings(ctx)
     return tol
 
 
