@@ -55,6 +55,7 @@ def test_failed_shard_is_named_and_rerunning_only_it_completes_the_merge(zoo, sq
     md = (sweep / "sweep_report.md").read_text()
     assert f"not merged: shard 1 (job 1) failed: {victim}: not a decodable image" in md
     assert "3 jobs (1 failed), 1 shard merge (1 failed)" in md
+    assert "sweep report (3 jobs, 1 failed, 1 shard merge (1 failed))" in out  # (was "1 shard merges, 1 failed")
     [cmd] = rerun_commands(sweep)
     assert cmd[:1] == ["-m"] and "dataset.shard=1" in cmd and "hydra.sweep.subdir=1/eval" in cmd and "resume=true" in cmd
     shard0 = (sweep / "0" / "eval" / "metrics.json").stat().st_mtime_ns

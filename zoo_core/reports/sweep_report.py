@@ -625,8 +625,10 @@ class SweepReport(Callback):
             write_status(Path(status), {**_read_status(Path(status)), "finished": True,
                                         **{k: summary[k] if k != "report" else str(summary[k])
                                            for k in ("jobs", "failed", "merges", "failed_merges", "report")}})
-        print(f"\nsweep report ({summary['jobs']} jobs, {summary['merges']} shard merges, {summary['failed']} "
-              f"failed): {summary['report']}\n{summary['markdown']}")
+        merges = (f", {summary['merges']} shard merge{'s' * (summary['merges'] != 1)} "
+                  f"({summary['failed_merges']} failed)" if summary["merges"] else "")
+        print(f"\nsweep report ({summary['jobs']} jobs, {summary['failed']} failed{merges}): {summary['report']}\n"
+              f"{summary['markdown']}")
 
 
 def _read_status(path: Path) -> dict[str, Any]:
