@@ -10,7 +10,7 @@ import pytest
 from zoo_core.api.types import Detections
 from zoo_core.compare.detections import MatchSummary, iou_matrix, match, match_image
 from zoo_core.compare.numbers import OutputStats, Tolerance, cosine, diff
-from zoo_core.compare.report import failure_reasons, jsonable, verdict_line
+from zoo_core.compare.report import failure_reasons, jsonable, markdown, summary_lines, verdict_line
 
 TOL = Tolerance(atol=1e-4, rtol=1e-2, min_cosine=0.999)
 
@@ -117,6 +117,13 @@ def test_failure_lines_count_a_single_element_and_show_the_digits_near_the_limit
     assert f"max abs {float(np.float32(3.5683))!r}" in line and "max rel 0.3568" in line
     assert "atol 3.568, rtol 0.0 of max |reference|" in verdict_line(result)
     assert "atol 3.5683," in verdict_line({**result, "tolerance": {**tol.as_dict(), "atol": 3.5683}})
+    # the terminal table and the markdown table too (they printed 0.00% and 0.0000% beside BEYOND TOLERANCE)
+    full = {**result, "model": "m", "dataset": "d", "images": 1, "reference": {"backend": "onnxruntime"},
+            "candidate": {"backend": "onnxruntime"}}
+    (row,) = [ln for ln in summary_lines(full) if ln.strip().startswith("hm ")]
+    assert row.rstrip().endswith("0.002%  BEYOND TOLERANCE"), row
+    (md_row,) = [ln for ln in markdown(full, None).splitlines() if ln.startswith("| hm |")]
+    assert "| 1 of 49,152 values (0.002%) |" in md_row, md_row
 
 
 def _dets(boxes, scores, labels, **extras):

@@ -47,10 +47,14 @@ def _near(v: Any, limit: Any) -> str:
     return text
 
 
+def _pct(share: float) -> str:
+    """A share of elements as a percentage that is not 0 unless none is beyond (``0.00038%``, ``1.25%``)."""
+    return f"{share:.2%}" if share >= 1e-4 or share == 0 else f"{share * 100:.2g}%"
+
+
 def _count(o: dict[str, Any]) -> str:
     """``1 of 262,144 values (0.00038%)`` beyond tolerance (the share alone in a record without the count)."""
-    share = o["beyond_tolerance"]
-    pct = f"{share:.2%}" if share >= 1e-4 or share == 0 else f"{share * 100:.2g}%"
+    pct = _pct(o["beyond_tolerance"])
     if o.get("beyond_count") is None or not o.get("elements"):
         return f"{pct} of values"
     return f"{o['beyond_count']:,} of {o['elements']:,} values ({pct})"
@@ -120,7 +124,7 @@ def summary_lines(result: dict[str, Any], record_dir: Path | None = None) -> lis
              f"  {'output':<12} {'max abs':>10} {'max rel':>10} {'cosine':>10} {'beyond':>8}"]
     for name, o in result["outputs"].items():
         lines.append(f"  {name:<12} {_g(o['max_abs']):>10} {_g(o['max_rel']):>10} {_cos(o['cosine']):>10} "
-                     f"{o['beyond_tolerance']:>8.2%}  {'ok' if o['passed'] else 'BEYOND TOLERANCE'}")
+                     f"{_pct(o['beyond_tolerance']):>8}  {'ok' if o['passed'] else 'BEYOND TOLERANCE'}")
     d = result.get("detections")
     if d:
         lines.append(f"  detections: {d['matched']} matched of {d['reference']} / {d['candidate']} "
@@ -171,7 +175,7 @@ def markdown(result: dict[str, Any], plot: str | None) -> str:  # noqa: C901 (on
     for name, o in result["outputs"].items():
         shape = "x".join(map(str, o["shape"])) if o["shape"] is not None else "varies"
         out.append(f"| {name} | {shape} | {_g(o['max_abs'])} | {_g(o['max_rel'])} | "
-                   f"{_cos(o['cosine'])} | {o['beyond_tolerance']:.4%} | {o['worst_image']} | "
+                   f"{_cos(o['cosine'])} | {_count(o)} | {o['worst_image']} | "
                    f"{'ok' if o['passed'] else '**beyond tolerance**'} |")
     d = result.get("detections")
     if d:
