@@ -12,8 +12,9 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import pytest
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
+from tests.test_om_record import _ctx as _stage_ctx
 from zoo_core.api.errors import ConfigError
 from zoo_core.api.types import Sample
 from zoo_core.quantize.calibration import calibration_samples
@@ -38,19 +39,8 @@ def test_calibration_draw_is_seeded_and_one_per_stratum():
 
 
 def _run_ctx(fixture_cfg, root, stage="quantize", **over):
-    """An in-process run context of the fixture model in ``root`` (model_dir ``root/model``)."""
-    from zoo_core.plugins.manager import ZooPluginManager
-    from zoo_core.runs.context import RunContext
-
-    cfg = fixture_cfg.copy()
-    with open_dict(cfg):
-        cfg.stage.name = stage
-        cfg.num_workers = 0
-        cfg.work_dir = str(root)
-        cfg.model_dir = str(root / "model")
-        for k, v in over.items():
-            OmegaConf.update(cfg, k, v, merge=False)
-    return RunContext(cfg, ZooPluginManager(), root)
+    """An in-process run context of the fixture model in ``root`` (model_dir ``root/model``), a quantize stage's."""
+    return _stage_ctx(fixture_cfg, root, stage, **over)
 
 
 @pytest.mark.parametrize("images", [2, 1000])  # fewer than the dataset's 12 (a draw), more (all of them)

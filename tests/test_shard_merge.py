@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_resume import _rescore
 from zoo_core.runs.detstore import DetectionStore
 
 SHARDS = ("dataset.num_shards=3", "dataset.shard=range(0,3)")
@@ -283,21 +284,10 @@ def chunked_sweep(tmp_path_factory, zoo_at, fixture_onnx) -> Path:
     return d / "sweep"
 
 
-def _rescore_chunk(p: Path) -> None:
-    """Rewrite a chunk by hand as a valid npz: every score 0.99."""
-    import numpy as np
-
-    with np.load(p) as z:
-        arrays = {k: z[k] for k in z.files}
-    arrays["scores"] = np.full_like(arrays["scores"], 0.99)
-    with open(p, "wb") as f:
-        np.savez(f, **arrays)
-
-
 @pytest.mark.parametrize("damage, reason", [
     (lambda d: shutil.rmtree(d), "its detections are gone ("),
     (lambda d: (d / "chunk-000001.npz").unlink(), "chunk-000001.npz, listed in"),
-    (lambda d: _rescore_chunk(d / "chunk-000000.npz"), "chunk-000000.npz changed since it was written"),
+    (lambda d: _rescore(d / "chunk-000000.npz"), "chunk-000000.npz changed since it was written"),
     (lambda d: shutil.copy(d.parent.parent / "2" / "detections" / "chunk-000000.npz", d / "chunk-000002.npz"),
      "chunk-000002.npz is not listed in"),
 ], ids=["detections-deleted", "chunk-deleted", "chunk-edited", "chunk-planted"])
@@ -363,7 +353,7 @@ def test_the_rerun_command_of_an_edited_shard_redoes_its_chunk_and_completes_the
     monkeypatch.setenv("ZOO_CACHE_DIR", str(cache_dir))
     sweep = tmp_path / "sweep"
     shutil.copytree(chunked_sweep, sweep, symlinks=True)
-    _rescore_chunk(sweep / "0" / "detections" / "chunk-000001.npz")
+    _rescore(sweep / "0" / "detections" / "chunk-000001.npz")
     [cmd] = rerun_commands_after_report(sweep)
     rc, out, err = zoo("run", *cmd)
     assert rc == 0, out + err
