@@ -339,3 +339,15 @@ def test_a_stem_in_two_places_of_a_dump_is_refused_naming_both(tmp_path):
     with pytest.raises(InputError, match=r"s_0.bin appears twice: .*r1/s_0.bin and .*r2/s_0.bin|"
                                          r"s_0.bin appears twice: .*r2/s_0.bin and .*r1/s_0.bin"):
         DumpDir(tmp_path, 1)
+
+
+def test_an_npy_header_announcing_an_absurd_size_says_how_many_digits(tmp_path):
+    """Before: the 401-digit product of the header's shape was printed in full."""
+    from zoo_core.api.aisbench import read_bin
+    from zoo_core.api.errors import InputError
+
+    path = tmp_path / "w_0.npy"
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (10**100,) * 4})
+    with pytest.raises(InputError, match=r"header announces a 401-digit number of bytes of data but the file holds 0$"):
+        read_bin(path, TensorSpec("x", (2, 3)))

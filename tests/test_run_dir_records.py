@@ -48,6 +48,18 @@ def test_evaluate_of_detections_whose_state_has_the_wrong_types_is_one_line(fixt
         check_provenance(ctx, tmp_path)
 
 
+def test_evaluate_of_detections_whose_state_is_a_fifo_names_it(fixture_cfg, tmp_path):
+    """Before: "no state.json" (a warning) for a state.json that is there but is not a regular file."""
+    import os
+
+    from zoo_core.stages.evaluate_stage import check_provenance
+
+    ctx = _ctx(fixture_cfg, tmp_path, "evaluate")
+    os.mkfifo(tmp_path / "state.json")
+    with pytest.raises(ZooError, match=r"state.json: is not a regular file"):
+        check_provenance(ctx, tmp_path)
+
+
 def test_postprocess_of_a_dump_whose_state_fingerprint_is_a_list(fixture_cfg, tmp_path, infer_run):
     """Before: AttributeError ('list' object has no attribute 'get'), exit 1."""
     from zoo_core.stages import postprocess_stage

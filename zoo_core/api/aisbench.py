@@ -143,7 +143,9 @@ def _load_npy(path: Path) -> np.ndarray:
             need = math.prod(int(d) for d in shape) * dtype.itemsize  # Python ints: no int64 wrap-around
             have = path.stat().st_size - f.tell()
             if need != have:
-                raise InputError(f"its header announces {need} bytes of data but the file holds {have}", path=path)
+                announced = need if need < 10**30 else f"a {len(str(need))}-digit number of"
+                raise InputError(f"its header announces {announced} bytes of data but the file holds {have}",
+                                 path=path)
         return np.load(path, allow_pickle=False)
     except InputError:
         raise

@@ -45,6 +45,8 @@ def _diff(old: dict, new: dict, prefix: str, ignore=()) -> list[str]:
 def check_provenance(ctx, src: Path) -> dict:
     """Compare the detections' ``state.json`` with this run; raise on a mismatch that makes them stale."""
     state_path = src / "state.json"
+    if state_path.exists() and not state_path.is_file():
+        raise ZooError("is not a regular file, so where these detections came from cannot be read", path=state_path)
     if not state_path.is_file():
         msg = f"{src}: no state.json, so where these detections came from is unknown"
         log.warning(msg)
