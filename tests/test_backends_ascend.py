@@ -99,3 +99,81 @@ def test_acl_without_ais_bench_gives_install_hint(zoo, fixtures_dir):
     rc, out, err = zoo("run", "model=fixture", "stage=eval", "backend=acl")
     assert rc != 0 and "Traceback" not in err
     assert "ais_bench" in err and "aclruntime" in err and "CANN" in err
+
+
+# ------------------------------------------------------------------ in-process, against the ais_bench double
+
+
+def _relu_om(tmp_path, input_shape: str, dims: list, **contract) -> "os.PathLike":
+    """A contract-double "OM" (an ONNX Relu) with the shapes the fake atc would record for ``input_shape``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, dims)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)
+    graph = helper.make_graph([helper.make_node("Relu", ["image"], ["y"])], "g", [x], [y])
+    om = tmp_path / "m.om"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(om))
+    (tmp_path / "m.om.contract.json").write_text(json.dumps(
+        {"input_shape": input_shape, "dynamic_batch_size": None, "dynamic_image_size": None, **contract}))
+    return om
+
+
+@pytest.fixture
+def fake_acl(monkeypatch, fixtures_dir):
+    monkeypatch.syspath_prepend(str(fixtures_dir / "fake_ascend"))
+    from zoo_core.backends.acl_backend import AclBackend
+    from zoo_core.backends.base import Batch
+
+    return AclBackend, Batch
+
+
+def test_dynamic_batch_gear_is_set_as_an_int(tmp_path, fake_acl):
+    """aclruntime binds ``int SetDynamicBatchsize(int)`` (pybind11) and ais_bench's CLI passes --dymBatch as an int.
+    Before: zoo passed str(gear), a TypeError on the device (the double now refuses it as pybind11 does)."""
+    import numpy as np
+
+    AclBackend, Batch = fake_acl
+    om = _relu_om(tmp_path, "image:-1,1,4,4", [-1, 1, 4, 4], dynamic_batch_size="1,2,8")
+    backend = AclBackend(om, {"dynamic_batch": True, "gears": [1, 2, 8]})
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        backend.session.set_dynamic_batchsize("8")
+    x = -np.arange(5 * 16, dtype=np.float32).reshape(5, 1, 4, 4) + 20
+    (out,) = backend.infer(Batch(ids=list("abcde"), inputs={"image": x}, metas=[{}] * 5))
+    np.testing.assert_array_equal(out, np.maximum(x, 0))
+    assert backend.session._dyn_batch == 8
+
+
+@pytest.mark.parametrize("h, w", [(64, 96), (96, 64)])
+def test_image_size_gear_is_set_height_first(tmp_path, fake_acl, h, w):
+    """ais_bench's CLI calls set_dynamic_hw(int(h), int(w)) from --dymHW "h,w" and aclruntime passes the pair to
+    aclmdlSetDynamicHWSize(height, width), whatever the Python parameters are called (REFERENCE 5.1 writes
+    set_dynamic_hw(w,h)). Before: zoo passed (width, height): a landscape input selected the portrait gear, refused
+    by the device (or, with both gears compiled, ran at the wrong size)."""
+    import numpy as np
+
+    AclBackend, Batch = fake_acl
+    om = _relu_om(tmp_path, "image:1,1,-1,-1", [1, 1, "h", "w"], dynamic_image_size="64,96;96,64")
+    (tmp_path / "m.om.gears.json").write_text(json.dumps(
+        {"dynamic_image_size": [[64, 96], [96, 64]], "sizes": [[64, 96, 1], [96, 64, 1]]}))
+    backend = AclBackend(om, {})
+    x = np.linspace(-1, 1, h * w, dtype=np.float32).reshape(1, 1, h, w)
+    (out,) = backend.infer(Batch(ids=["a"], inputs={"image": x}, metas=[{}]))
+    np.testing.assert_array_equal(out, np.maximum(x, 0))
+    assert backend.session.gear_log == [(h, w)]
+
+
+@pytest.mark.parametrize("version, attr", [("2023", "sumary"), ("new", "summary")])
+def test_device_times_from_either_summary(tmp_path, fake_acl, monkeypatch, version, attr):
+    """2023 ais_bench: sumary().exec_time_list holds one float (ms) per infer; newer aclruntime keeps (start, end)
+    pairs and ais_bench takes end - start. Before: float((start, end)) made stage=perf backend=acl a TypeError."""
+    import numpy as np
+
+    AclBackend, Batch = fake_acl
+    monkeypatch.setenv("FAKE_AIS_BENCH", version)
+    backend = AclBackend(_relu_om(tmp_path, "image:1,1,4,4", [1, 1, 4, 4]), {})
+    assert hasattr(backend.session, attr) and not hasattr(backend.session, {"sumary": "summary"}.get(attr, "sumary"))
+    for _ in range(3):
+        backend.infer(Batch(ids=["a"], inputs={"image": np.ones((1, 1, 4, 4), np.float32)}, metas=[{}]))
+    times = backend.device_times_ms()
+    assert times == pytest.approx(backend.session._exec_ms, abs=1e-9) and len(times) == 3
