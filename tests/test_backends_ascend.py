@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,8 +17,9 @@ import pytest
 @pytest.fixture
 def ascend_env(zoo, fixtures_dir, tmp_path):
     fake = fixtures_dir / "fake_ascend"
-    return zoo.env(PATH=f"{fake}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(fake),
-                   FAKE_ATC_LOG=str(tmp_path / "atc_argv.json"))
+    # the test interpreter's bin next: the fake atc's python3 needs onnx to compile an AIPP config
+    path = os.pathsep.join([str(fake), str(Path(sys.executable).parent), os.environ["PATH"]])
+    return zoo.env(PATH=path, PYTHONPATH=str(fake), FAKE_ATC_LOG=str(tmp_path / "atc_argv.json"))
 
 
 def test_convert_without_atc_writes_script(zoo):
@@ -99,3 +102,180 @@ def test_acl_without_ais_bench_gives_install_hint(zoo, fixtures_dir):
     rc, out, err = zoo("run", "model=fixture", "stage=eval", "backend=acl")
     assert rc != 0 and "Traceback" not in err
     assert "ais_bench" in err and "aclruntime" in err and "CANN" in err
+
+
+# ------------------------------------------------------------------ in-process, against the ais_bench double
+
+
+def _relu_om(tmp_path, input_shape: str, dims: list, **contract) -> Path:
+    """A contract-double "OM" (an ONNX Relu) with the shapes the fake atc would record for ``input_shape``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, dims)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)
+    graph = helper.make_graph([helper.make_node("Relu", ["image"], ["y"])], "g", [x], [y])
+    om = tmp_path / "m.om"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(om))
+    (tmp_path / "m.om.contract.json").write_text(json.dumps(
+        {"input_shape": input_shape, "dynamic_batch_size": None, "dynamic_image_size": None, **contract}))
+    return om
+
+
+@pytest.fixture
+def fake_acl(monkeypatch, fixtures_dir):
+    monkeypatch.syspath_prepend(str(fixtures_dir / "fake_ascend"))
+    from zoo_core.backends.acl_backend import AclBackend
+    from zoo_core.backends.base import Batch
+
+    return AclBackend, Batch
+
+
+def test_dynamic_batch_gear_is_set_as_an_int(tmp_path, fake_acl):
+    """aclruntime binds ``int SetDynamicBatchsize(int)`` (pybind11) and ais_bench's CLI passes --dymBatch as an int.
+    Before: zoo passed str(gear), a TypeError on the device (the double now refuses it as pybind11 does)."""
+    import numpy as np
+
+    AclBackend, Batch = fake_acl
+    om = _relu_om(tmp_path, "image:-1,1,4,4", [-1, 1, 4, 4], dynamic_batch_size="1,2,8")
+    backend = AclBackend(om, {"dynamic_batch": True, "gears": [1, 2, 8]})
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        backend.session.set_dynamic_batchsize("8")
+    x = -np.arange(5 * 16, dtype=np.float32).reshape(5, 1, 4, 4) + 20
+    (out,) = backend.infer(Batch(ids=list("abcde"), inputs={"image": x}, metas=[{}] * 5))
+    np.testing.assert_array_equal(out, np.maximum(x, 0))
+    assert backend.session._dyn_batch == 8
+
+
+@pytest.mark.parametrize("h, w", [(64, 96), (96, 64)])
+def test_image_size_gear_is_set_height_first(tmp_path, fake_acl, h, w):
+    """ais_bench's CLI calls set_dynamic_hw(int(h), int(w)) from --dymHW "h,w" and aclruntime passes the pair to
+    aclmdlSetDynamicHWSize(height, width), whatever the Python parameters are called (REFERENCE 5.1 writes
+    set_dynamic_hw(w,h)). Before: zoo passed (width, height): a landscape input selected the portrait gear, refused
+    by the device (or, with both gears compiled, ran at the wrong size)."""
+    import numpy as np
+
+    AclBackend, Batch = fake_acl
+    om = _relu_om(tmp_path, "image:1,1,-1,-1", [1, 1, "h", "w"], dynamic_image_size="64,96;96,64")
+    (tmp_path / "m.om.gears.json").write_text(json.dumps(
+        {"dynamic_image_size": [[64, 96], [96, 64]], "sizes": [[64, 96, 1], [96, 64, 1]]}))
+    backend = AclBackend(om, {})
+    x = np.linspace(-1, 1, h * w, dtype=np.float32).reshape(1, 1, h, w)
+    (out,) = backend.infer(Batch(ids=["a"], inputs={"image": x}, metas=[{}]))
+    np.testing.assert_array_equal(out, np.maximum(x, 0))
+    assert backend.session.gear_log == [(h, w)]
+
+
+@pytest.mark.parametrize("version, attr", [("2023", "sumary"), ("new", "summary")])
+def test_device_times_from_either_summary(tmp_path, fake_acl, monkeypatch, version, attr):
+    """2023 ais_bench: sumary().exec_time_list holds one float (ms) per infer; newer aclruntime keeps (start, end)
+    pairs and ais_bench takes end - start. Before: float((start, end)) made stage=perf backend=acl a TypeError."""
+    import numpy as np
+
+    AclBackend, Batch = fake_acl
+    monkeypatch.setenv("FAKE_AIS_BENCH", version)
+    backend = AclBackend(_relu_om(tmp_path, "image:1,1,4,4", [1, 1, 4, 4]), {})
+    assert hasattr(backend.session, attr) and not hasattr(backend.session, {"sumary": "summary"}.get(attr, "sumary"))
+    for _ in range(3):
+        backend.infer(Batch(ids=["a"], inputs={"image": np.ones((1, 1, 4, 4), np.float32)}, metas=[{}]))
+    times = backend.device_times_ms()
+    assert times == pytest.approx(backend.session._exec_ms, abs=1e-9) and len(times) == 3
+
+
+_AIPP = """# a comment line
+aipp_op {
+    aipp_mode : static
+    input_format : RGB888_U8
+    src_image_size_w : 6
+    src_image_size_h : 4
+    crop : false
+    min_chn_0 : 104
+    min_chn_1 : 114
+    min_chn_2 : 120
+    mean_chn_1 : 3
+    var_reci_chn_0 : 0.0135864
+    var_reci_chn_1 : 0.0143080
+    var_reci_chn_2 : 0.5
+}
+"""
+
+
+def _fake_atc(fixtures_dir, *args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, str(fixtures_dir / "fake_ascend" / "atc"), *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def test_the_fake_atc_compiles_the_aipp_config_into_the_om(tmp_path, fixtures_dir, fake_acl):
+    """Before: the fake atc ignored --insert_op_conf and copied the float ONNX, so backend=acl model.aipp=true had
+    never run (onnxruntime refused the uint8 input). Now the "OM" takes uint8 N,H,W,C and applies
+    (x - mean_chn - min_chn) * var_reci_chn per channel (a non-square H x W, so a wrong transpose fails)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    AclBackend, Batch = fake_acl
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 4, 6])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, 4, 6])
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["y"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(tmp_path / "m.onnx"))
+    (tmp_path / "m.aippconfig").write_text(_AIPP)
+    common = ["--framework=5", f"--model={tmp_path / 'm.onnx'}", f"--output={tmp_path / 'm_bs2'}",
+              "--input_format=NCHW", "--input_shape=image:2,3,4,6", "--soc_version=Ascend310P3"]
+    proc = _fake_atc(fixtures_dir, *common, f"--insert_op_conf={tmp_path / 'm.aippconfig'}")
+    assert proc.returncode == 0, proc.stderr
+    backend = AclBackend(tmp_path / "m_bs2.om", {})
+    (desc,) = backend.session.get_inputs()
+    assert desc.datatype == "UINT8" and desc.shape == [2, 4, 6, 3]
+    u8 = np.random.default_rng(0).integers(0, 256, (2, 4, 6, 3), dtype=np.uint8)
+    (out,) = backend.infer(Batch(ids=["a", "b"], inputs={"image": u8}, metas=[{}, {}]))
+    sub = np.array([104, 117, 120], np.float32)[:, None, None]
+    mul = np.array([0.0135864, 0.0143080, 0.5], np.float32)[:, None, None]
+    np.testing.assert_allclose(out, (u8.transpose(0, 3, 1, 2).astype(np.float32) - sub) * mul, rtol=0, atol=1e-6)
+    with pytest.raises(Exception, match="uint8|UINT8|type"):  # the float input the model had is gone, as on device
+        backend.infer(Batch(ids=["a", "b"], inputs={"image": u8.astype(np.float32)}, metas=[{}, {}]))
+    (tmp_path / "bad.aippconfig").write_text(_AIPP.replace("src_image_size_w : 6", "src_image_size_w : 8"))
+    proc = _fake_atc(fixtures_dir, *common, f"--insert_op_conf={tmp_path / 'bad.aippconfig'}")
+    assert proc.returncode == 1 and "4x8, but --input_shape has 4x6" in proc.stderr
+
+
+#: CenterFace's mean / std with mean x 255 whole numbers and 1 / (std x 255) the 7-decimal var_reci_chn values the
+#: AIPP config gets (REFERENCE 3.4's constants): the AIPP OM and the host's float normalisation then compute the
+#: same input up to float32 rounding (with the default mean / std they differ by up to 1.2e-3, REFERENCE 3.4).
+_EXACT_AIPP = ["model.mean=[0.40784313725490196,0.4470588235294118,0.47058823529411764]",
+               "model.std=[0.28863927364504066,0.27408223563397965,0.27809782202128724]"]
+
+
+@pytest.mark.slow
+def test_centerface_aipp_om_on_acl_gives_the_host_normalised_detections(zoo, ascend_env):
+    """``eval backend=acl model.aipp=true`` (uint8 HWC fed to an OM whose AIPP stage the fake atc compiled from the
+    .aippconfig zoo wrote) against ``eval backend=onnxruntime model.aipp=false`` (zoo's float normalisation on the
+    host), at a non-square input: the same detections. Before: the fake atc ignored --insert_op_conf and the acl run
+    died on its uint8 input (INVALID_ARGUMENT), so the AIPP path had never run."""
+    import numpy as np
+
+    common = ["model=centerface", "model.variant=ascend", "weights=random", "dataset.limit=2",
+              "model.input_hw=[256,320]", *_EXACT_AIPP]
+    zoo.ok("run", *common, "model.aipp=true", "stage=convert", "work_dir=acl", env=ascend_env)
+    conf = (zoo.cwd / "acl" / "model" / "centerface_ascend.aippconfig").read_text()
+    assert "min_chn_0 : 104" in conf and "var_reci_chn_2 : 0.0141014" in conf and "src_image_size_h : 256" in conf
+    zoo.ok("run", *common, "model.aipp=true", "stage=eval", "backend=acl", "work_dir=acl", env=ascend_env)
+    zoo.ok("run", *common, "stage=eval", "backend=onnxruntime", "work_dir=ort")
+
+    def detections(run):
+        (chunk,) = (zoo.cwd / run / "detections").glob("chunk-*.npz")
+        d = np.load(chunk)
+        out, start = {}, 0
+        for i, n in zip(d["ids"], d["counts"]):
+            rows = np.column_stack([d["boxes"][start:start + n], d["scores"][start:start + n]])
+            out[str(i)] = rows[np.lexsort(np.round(rows, 2).T[::-1])]  # tied scores come in either order
+            start += n
+        return out
+
+    acl, ort = detections("acl"), detections("ort")
+    assert sorted(acl) == sorted(ort) and len(acl) == 2
+    for key in acl:
+        assert acl[key].shape == ort[key].shape and len(acl[key]) > 0
+        np.testing.assert_allclose(acl[key], ort[key], rtol=0, atol=1e-3, err_msg=key)

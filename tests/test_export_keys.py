@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from zoo_core.api.errors import ConfigError
-from zoo_core.runs.export_keys import changed_keys, export_values
+from zoo_core.runs.export_keys import aipp_values, changed_keys, export_values
 
 
 def _values(model: dict) -> dict:
@@ -59,6 +59,19 @@ def test_without_export_keys_every_model_key_counts():
 def test_bad_export_keys_are_config_errors(keys, message):
     with pytest.raises(ConfigError, match=message):
         _values({"name": "m", "head_conv": 64, "export_keys": keys})
+
+
+def test_aipp_keys_select_the_om_only_keys_and_never_re_export():
+    """model.aipp_keys (what an OM's AIPP config is computed from) are checked like export_keys but are no export
+    key: the ONNX is the same for any mean / std."""
+    model = {"name": "m", "head_conv": 64, "mean": [0.4], "std": [0.3], "export_keys": ["head_conv"],
+             "aipp_keys": ["mean", "std"]}
+    assert aipp_values(OmegaConf.create(model)) == {"model.mean": [0.4], "model.std": [0.3]}
+    assert _values(model) == {"model.head_conv": 64}
+    assert aipp_values(OmegaConf.create({"name": "m", "mean": [0.4]})) == {}
+    assert "model.aipp_keys" not in _values({"name": "m", "a": 1, "aipp_keys": ["a"]})  # a list, not a setting
+    with pytest.raises(ConfigError, match="model.aipp_keys lists 'meen' but no key of the model config matches"):
+        aipp_values(OmegaConf.create({**model, "aipp_keys": ["meen"]}))
 
 
 def test_changed_keys_name_old_and_new_values():

@@ -195,3 +195,15 @@ def test_a_gears_file_with_sizes_that_are_not_whole_numbers_is_one_line(tmp_path
     path.write_text(json.dumps({**_GOOD_GEARS, key: bad}).replace('"1e999"', "1e999"))
     with pytest.raises(ZooError, match=rf"m_bs1.om.gears.json: unreadable image-size gears file: '{key}' is not"):
         read_gears(om) if key == "dynamic_image_size" else read_planned_sizes(om)
+
+
+@pytest.mark.parametrize("mode", ["cube_fp16in_fp32out", "allow_mix_precision_fp16", "allow_mix_precision_bf16",
+                                  "allow_fp32_to_bf16", "force_fp16", "allow_mix_precision"])
+def test_every_precision_mode_atc_documents_is_passed(mode):
+    """ATC's --precision_mode page lists these (the first four are newer CANN spellings). Before: the first four
+    were refused as 'not one of force_fp16, ...'."""
+    cfg = OmegaConf.create({"atc": {"log": "error", "precision_mode": mode}})
+    assert f"--precision_mode={mode}" in common_args(cfg, "m.onnx", 1, "310P3", "out", {"x": (3, 8, 8)})
+    with pytest.raises(ConfigError, match="atc.precision_mode='fp16' is not one of"):
+        common_args(OmegaConf.create({"atc": {"precision_mode": "fp16"}}), "m.onnx", 1, "310P3", "out",
+                    {"x": (3, 8, 8)})

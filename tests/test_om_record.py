@@ -5,9 +5,12 @@ ONNX); the check runs where every OM backend gets its file (``resolve_model_file
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import sys
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf, open_dict
@@ -59,6 +62,7 @@ def test_an_om_is_loaded_for_the_settings_it_was_converted_with(fixture_cfg, tmp
     rec = json.loads((tmp_path / "model" / "fixture_bs1.json").read_text())
     assert res["record"] == str(tmp_path / "model" / "fixture_bs1.json")
     assert rec["settings"]["model_config"] == {"model.sharpness": 20.0}
+    assert "aipp" not in rec["settings"] and "aipp_config" not in rec  # no --insert_op_conf: nothing compiled in
     assert rec["source"]["kind"] == "export" and rec["source"]["weights"] == "default"
     assert rec["atc"]["soc_version"] == "Ascend310P3"
     assert _om_for(fixture_cfg, tmp_path) == om
@@ -194,3 +198,36 @@ def test_convert_refuses_a_plugin_without_atc_args_before_exporting(fixture_cfg,
         convert_stage.run(ctx)
     assert "cannot be converted" in str(err.value) and "does not implement the 'atc_args' hook" in str(err.value)
     assert err.value.exit_code == 2 and not (tmp_path / "model").exists()
+
+
+_CF_AIPP = {"model.input_hw": [64, 96], "weights": "random", "model.aipp": True}
+
+
+@pytest.fixture
+def centerface_cfg(cache_dir):
+    os.environ["ZOO_CACHE_DIR"] = str(cache_dir)
+    from zoo_core.config.validate import compose
+
+    return compose(["model=centerface", "model.variant=ascend"])
+
+
+def test_an_aipp_om_is_refused_for_other_mean_std_than_it_compiled_in(centerface_cfg, tmp_path, fake_atc,
+                                                                      monkeypatch):
+    """With model.aipp=true the OM normalises with the mean/std of the .aippconfig convert wrote, and the host
+    feeds raw uint8. Before: mean/std were no export key and not recorded, so an eval with other model.mean/std
+    loaded the OM and silently scored with the convert-time normalisation."""
+    # the fake atc compiles the AIPP config with onnx, from the python3 first on PATH
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    _convert(centerface_cfg, tmp_path, **_CF_AIPP)
+    om = tmp_path / "model" / "centerface_bs1.om"
+    assert _om_for(centerface_cfg, tmp_path, **_CF_AIPP) == om
+    with pytest.raises(ConfigError, match=r"centerface_bs1.om was converted with other settings than this run's "
+                                          r"\(AIPP model.mean: \[0.40789654, .*\] -> \[0.5, 0.5, 0.5\]; "
+                                          r"AIPP model.std: \[.*\] -> \[0.1, 0.1, 0.1\]\)") as exc:
+        _om_for(centerface_cfg, tmp_path, **_CF_AIPP, **{"model.mean": [0.5] * 3, "model.std": [0.1] * 3})
+    assert "re-run stage=convert" in str(exc.value.hint)
+    rec = json.loads((tmp_path / "model" / "centerface_bs1.json").read_text())
+    conf = tmp_path / "model" / "centerface_ascend.aippconfig"
+    assert rec["settings"]["aipp"] == {"model.mean": list(centerface_cfg.model.mean),
+                                       "model.std": list(centerface_cfg.model.std)}
+    assert rec["aipp_config"] == {"path": str(conf), "sha256": hashlib.sha256(conf.read_bytes()).hexdigest()}

@@ -203,6 +203,9 @@ def test_check_int8_atc_args_reads_the_plugins_command_line():
     check_int8_atc_args(["--model=x.onnx", "--precision_mode=allow_mix_precision", "--input_shape=image:1,3,8,8"])
     with pytest.raises(ConfigError, match="--dynamic_dims"):
         check_int8_atc_args(["--model=x.onnx", "--dynamic_dims=1;2"])
+    # cube_fp16in_fp32out is ATC's newer name of force_fp32 (same effect): refused as force_fp32 is
+    with pytest.raises(ConfigError, match="--precision_mode=cube_fp16in_fp32out, a high-precision mode"):
+        check_int8_atc_args(["--model=x.onnx", "--precision_mode=cube_fp16in_fp32out"])
 
 
 def test_a_bad_calibration_set_names_the_image_and_keeps_the_previous_set(tmp_path):

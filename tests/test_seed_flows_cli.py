@@ -305,7 +305,7 @@ def test_image_size_gears_end_to_end(zoo, ascend_env, tmp_path):
     assert (zoo.cwd / "acl" / dets).read_bytes() == (zoo.cwd / "ort" / dets).read_bytes()
     calls = [json.loads(ln)["set_dynamic_hw"] for ln in (tmp_path / "acl.jsonl").read_text().splitlines()
              if "set_dynamic_hw" in ln]
-    assert sorted(calls) == sorted([w, h] for (h, w), n in SQUARE_SIZES.items() for _ in range(n))
+    assert sorted(calls) == sorted([h, w] for (h, w), n in SQUARE_SIZES.items() for _ in range(n))  # height first
     perf = json.loads((zoo.cwd / "acl" / "eval" / "perf.json").read_text())
     assert perf["image_size_gears"] == [list(g) for g in gears]
 

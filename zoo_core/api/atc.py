@@ -13,8 +13,11 @@ if TYPE_CHECKING:
 #: ATC's limit on the number of gears of ``--dynamic_image_size`` (and ``--dynamic_batch_size``), REFERENCE 5.2.
 MAX_GEARS = 100
 
-#: Values ATC accepts for ``--precision_mode`` (``atc.precision_mode`` is checked against them).
-PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "must_keep_origin_dtype", "allow_mix_precision", "force_fp32")
+#: Values ATC accepts for ``--precision_mode`` (``atc.precision_mode`` is checked against them): REFERENCE 5.2's five
+#: and the newer CANN spellings ATC's ``--precision_mode`` page lists (``cube_fp16in_fp32out`` = ``force_fp32``,
+#: ``allow_mix_precision_fp16`` = ``allow_mix_precision``; the bf16 modes are for Atlas A2 parts).
+PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "must_keep_origin_dtype", "allow_mix_precision", "force_fp32",
+                   "cube_fp16in_fp32out", "allow_mix_precision_fp16", "allow_mix_precision_bf16", "allow_fp32_to_bf16")
 
 
 def input_shape_arg(shapes: Mapping[str, Sequence[int]], batch: int | list[int], dynamic_hw: bool = False) -> str:

@@ -64,6 +64,9 @@ class ModelConfig:
         every key counts.
     :ivar export_keys_by_target: keys that change the export for one target only, by target
         (``{ascend: [input_h, input_w]}``), added to ``export_keys`` for that target.
+    :ivar aipp_keys: the keys the plugin's AIPP config (ATC ``--insert_op_conf``) is computed from, e.g.
+        ``[mean, std]``: an OM whose ATC line inserts AIPP records their values, and a run that loads it with
+        other values is refused (:mod:`zoo_core.runs.om_record`); they never re-export.
     :ivar predict_threshold: ``stage=predict``'s default ``stage.score_threshold`` (``None``: keep all).
     :ivar class_names: ``stage=predict``'s box labels, indexed by ``Detections.labels``.
     :ivar quantize_exclude_op_types: ONNX op types ``stage=quantize`` keeps in FP32 (e.g. ``DeformConv``);
@@ -75,6 +78,7 @@ class ModelConfig:
     weights_help: str | None = None
     export_keys: list[str] | None = None
     export_keys_by_target: dict[str, list[str]] | None = None
+    aipp_keys: list[str] | None = None
     predict_threshold: float | None = None
     class_names: list[str] | None = None
     quantize_exclude_op_types: list[str] = field(default_factory=list)

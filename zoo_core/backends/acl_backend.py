@@ -2,15 +2,19 @@
 
 Built to the documented API (REFERENCE 5.1): ``InferSession(device_id, model_path)``,
 ``get_inputs()``/``get_outputs()``, ``infer(feeds, mode)`` returning numpy arrays,
-``set_dynamic_batchsize`` for dynamic-batch OMs, ``free_resource()`` where it exists. Imported
+``set_dynamic_batchsize(int)`` for dynamic-batch OMs (aclruntime binds ``int SetDynamicBatchsize(int)`` through
+pybind11, so a string is a TypeError on the device although REFERENCE 5.1 writes ``"4"``), ``free_resource()``
+where it exists. Imported
 lazily; without the Ascend packages it fails with a message naming what to install.
 ``options``: ``device_id``, ``dynamic_batch`` (bool) and ``gears`` (the ``atc.dynamic_batch`` list).
 
 An OM converted with image-size gears (``--dynamic_image_size``; its ``<om>.gears.json`` lists them,
 see :mod:`zoo_core.backends.image_gears`) takes each batch at the smallest gear holding its input
 (the pipeline batches only same-shape inputs): the input is padded at the bottom / right up to the gear,
-``set_dynamic_hw(w, h)`` selects the gear, ``infer(feeds, mode="dymhw")`` runs it and the outputs are
-cropped back.
+``set_dynamic_hw(height, width)`` selects the gear, ``infer(feeds, mode="dymhw")`` runs it and the outputs are
+cropped back. The first argument is the HEIGHT although ais_bench names the Python parameters ``(w, h)``
+(REFERENCE 5.1): ais_bench's own CLI passes ``--dymHW "h,w"`` in that order, and aclruntime hands the pair to
+``aclmdlSetDynamicHWSize(..., height, width)``.
 """
 from __future__ import annotations
 
@@ -32,6 +36,13 @@ log = logging.getLogger("zoo")
 
 INSTALL_HINT = ("install Ascend's ais_bench and aclruntime wheels (Ascend/tools: ais-bench_workload/tool/ais_bench, "
                 "aclruntime-*.whl then ais_bench-*.whl) on a machine with the CANN toolkit and an NPU driver")
+
+
+def _exec_ms(entry: Any) -> float:
+    """One ``exec_time_list`` entry in ms: a float (2023 ais_bench) or a ``(start, end)`` pair (newer)."""
+    if isinstance(entry, (tuple, list)) and len(entry) == 2:
+        return float(entry[1]) - float(entry[0])
+    return float(entry)
 
 
 class AclBackend(Backend):
@@ -107,7 +118,7 @@ class AclBackend(Backend):
         feeds = [np.ascontiguousarray(pad_to(f, *gear)) if f.ndim == 4 else f for f in feeds]
         if self.fixed_batch:
             feeds = [pad(f, self.fixed_batch) for f in feeds]
-        self.session.set_dynamic_hw(gear[1], gear[0])
+        self.session.set_dynamic_hw(int(gear[0]), int(gear[1]))  # (height, width): see the module docstring
         out = self.session.infer(feeds, mode="dymhw")
         return crop_outputs(out, h, w, gear)
 
@@ -119,7 +130,7 @@ class AclBackend(Backend):
         elif self.dynamic:
             gear = self._gear(batch.size)
             feeds = [pad(f, gear) for f in feeds]
-            self.session.set_dynamic_batchsize(str(gear))
+            self.session.set_dynamic_batchsize(int(gear))  # a pybind11 int argument: a str is a TypeError
             out = self.session.infer(feeds, mode="dymbatch")
         else:
             out = self.session.infer(feeds, mode="static")
@@ -127,13 +138,15 @@ class AclBackend(Backend):
 
     def device_times_ms(self) -> list[float] | None:
         """``exec_time_list`` of the session's summary (``sumary()`` in the 2023 ais_bench, ``summary()`` later;
-        REFERENCE 5.1): the NPU compute time of each ``infer`` call, ms."""
+        REFERENCE 5.1): the NPU compute time of each ``infer`` call, ms. The 2023 list holds one float per call;
+        newer aclruntime keeps ``(start, end)`` pairs, whose ``end - start`` is the time (as ais_bench computes
+        it)."""
         for name in ("summary", "sumary"):
             get = getattr(self.session, name, None)
             if callable(get):
                 times = getattr(get(), "exec_time_list", None)
                 if times is not None:
-                    return [float(t) for t in times]
+                    return [_exec_ms(t) for t in times]
         return None
 
     def describe(self) -> dict[str, Any]:

@@ -234,7 +234,7 @@ def ensure_amct_model(ctx: RunContext) -> Path:
 #: quick start): dynamic shapes (no INT8 input in dynamic-shape mode: the conversion fails) ...
 INT8_DYNAMIC_FLAGS = ("--dynamic_batch_size", "--dynamic_image_size", "--dynamic_dims", "--input_shape_range")
 #: ... and the high-precision modes (neither INT8's speed nor the high-precision accuracy).
-INT8_PRECISION_VALUES = {"--precision_mode": ("force_fp32", "must_keep_origin_dtype"),
+INT8_PRECISION_VALUES = {"--precision_mode": ("force_fp32", "cube_fp16in_fp32out", "must_keep_origin_dtype"),
                          "--precision_mode_v2": ("origin",)}
 
 

@@ -23,6 +23,10 @@ width, its Ascend graph is fixed at ``input_h x input_w``)::
 A model config without ``export_keys`` keeps the safe behaviour: every key of ``model`` counts.
 An entry that matches no key is a configuration error (a typo would otherwise silently let a stale
 export through).
+
+``aipp_keys`` lists, in the same syntax, the keys an OM's AIPP config (ATC ``--insert_op_conf``) is computed
+from, e.g. CenterFace's ``[mean, std]``: they change the OM, not the ONNX, so they never re-export; the OM's
+record stores their values when its ATC line inserts AIPP (:mod:`zoo_core.runs.om_record`, :func:`aipp_values`).
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ from zoo_core.api.errors import ConfigError
 #: The model-config keys holding the lists (never part of the fingerprint themselves).
 EXPORT_KEYS = "export_keys"
 EXPORT_KEYS_BY_TARGET = "export_keys_by_target"
+AIPP_KEYS = "aipp_keys"
 
 
 def flatten(section: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -51,18 +56,19 @@ def flatten(section: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def declared_export_keys(model_cfg: Any) -> list[str] | None:
-    """The ``export_keys`` list of a model config, or ``None`` when the plugin declares none.
+def declared_export_keys(model_cfg: Any, list_key: str = EXPORT_KEYS) -> list[str] | None:
+    """The ``export_keys`` list (or another list of key names, ``list_key``) of a model config, or ``None`` when
+    the plugin declares none.
 
-    :raises ConfigError: ``export_keys`` is not a list of strings.
+    :raises ConfigError: the list is not a list of strings.
     """
-    keys = model_cfg.get(EXPORT_KEYS) if model_cfg is not None else None
+    keys = model_cfg.get(list_key) if model_cfg is not None else None
     if keys is None:
         return None
     if isinstance(keys, ListConfig):
         keys = OmegaConf.to_container(keys, resolve=True)
     if not isinstance(keys, (list, tuple)) or not all(isinstance(k, str) and k for k in keys):
-        raise ConfigError(f"model.{EXPORT_KEYS} must be a list of key names (e.g. [head_conv, input_h, export.*]), "
+        raise ConfigError(f"model.{list_key} must be a list of key names (e.g. [head_conv, input_h, export.*]), "
                           f"got {keys!r}")
     return list(keys)
 
@@ -100,23 +106,37 @@ def export_values(model_cfg: Any, target: str | None = None) -> dict[str, Any]:
     :raises ConfigError: an ``export_keys`` / ``export_keys_by_target`` entry matches no key of the
         model config, or either is not shaped as documented.
     """
+    patterns = declared_export_keys(model_cfg)
+    if patterns is not None:
+        patterns += _by_target(model_cfg, target)
+    return _selected(model_cfg, patterns, EXPORT_KEYS)
+
+
+def aipp_values(model_cfg: Any) -> dict[str, Any]:
+    """The values of the keys ``model.aipp_keys`` names (what an OM's AIPP config is computed from), as
+    ``{"model.<path>": value}``; ``{}`` when the plugin declares none.
+
+    :raises ConfigError: an ``aipp_keys`` entry matches no key of the model config, or it is not a list.
+    """
+    patterns = declared_export_keys(model_cfg, AIPP_KEYS)
+    return _selected(model_cfg, patterns, AIPP_KEYS) if patterns else {}
+
+
+def _selected(model_cfg: Any, patterns: list[str] | None, list_key: str) -> dict[str, Any]:
+    """``{"model.<path>": value}`` of the keys ``patterns`` match (every key but the lists and ``name``: ``None``)."""
     data: dict[str, Any]
     if isinstance(model_cfg, DictConfig):
         data = OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True)  # type: ignore[assignment]
     else:
         data = dict(model_cfg or {})
-    patterns = declared_export_keys(model_cfg)
-    if patterns is not None:
-        patterns += _by_target(model_cfg, target)
-    data.pop(EXPORT_KEYS, None)
-    data.pop(EXPORT_KEYS_BY_TARGET, None)
-    data.pop("name", None)
+    for key in (EXPORT_KEYS, EXPORT_KEYS_BY_TARGET, AIPP_KEYS, "name"):
+        data.pop(key, None)
     flat = flatten(data)
     if patterns is None:
         return {f"model.{k}": v for k, v in sorted(flat.items())}
     unmatched = [p for p in patterns if not any(_matches(k, p) for k in flat)]
     if unmatched:
-        raise ConfigError(f"model.{EXPORT_KEYS} lists {', '.join(map(repr, unmatched))} but no key of the model "
+        raise ConfigError(f"model.{list_key} lists {', '.join(map(repr, unmatched))} but no key of the model "
                           f"config matches (its keys: {', '.join(sorted(flat))})")
     return {f"model.{k}": v for k, v in sorted(flat.items()) if any(_matches(k, p) for p in patterns)}
 

@@ -5,10 +5,13 @@ config writes to the same ``<model>_bs<N>.om``. ``stage=convert`` therefore writ
 beside it, also when ``atc`` is missing and only the script is written: the model's export keys (the
 values that change the graph or its inputs, e.g. CenterFace's ``model.aipp``), the dynamic-batch gears,
 where the ONNX came from (zoo's export and its weights, ``model_file=``, or AMCT's INT8 model) and, once
-ATC has run, the OM's sha256.
+ATC has run, the OM's sha256. When the ATC line inserts AIPP (``--insert_op_conf``), the normalisation it
+compiles into the OM is recorded too: the values of the plugin's ``model.aipp_keys`` (CenterFace's
+``model.mean`` / ``model.std``) and the AIPP config's path and sha256.
 
 A run that loads the OM from its default path (no ``model_file=``) checks it with :func:`check_om`:
-another value of an export key, other dynamic-batch gears, other ``weights=`` than the OM was made from,
+another value of an export key or, for an AIPP OM, of an AIPP key (the device would normalise with the
+convert-time values), other dynamic-batch gears, other ``weights=`` than the OM was made from,
 an OM whose bytes changed since ``convert`` wrote it, or an OM older than the pending ``atc`` script is
 refused with one line naming what differs, instead of scoring another model than the config says.
 ATC-only settings (``atc.soc_version``, ``atc.extra``, ...) are recorded, not compared: a run on the
@@ -17,12 +20,13 @@ device does not repeat them. An OM without a record (put there by hand) is loade
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from zoo_core.api.atomic import write_json
 from zoo_core.api.errors import ConfigError
-from zoo_core.runs.export_keys import changed_keys, export_values
+from zoo_core.runs.export_keys import aipp_values, changed_keys, export_values
 from zoo_core.runs.fingerprint import sha256_file
 
 log = logging.getLogger("zoo")
@@ -43,15 +47,24 @@ def _settings(ctx: Any) -> dict[str, Any]:
             "dynamic_batch": [int(g) for g in gears] if gears else None}
 
 
-def write_om_record(ctx: Any, om: Path, source: dict[str, Any], script: Path, converted: bool) -> Path:
+def write_om_record(ctx: Any, om: Path, source: dict[str, Any], script: Path, converted: bool,
+                    args: Sequence[str] = ()) -> Path:
     """Write ``om``'s record after ``convert`` (``converted``: ATC ran and wrote ``om``; else only its
     ``script`` was written, and an OM already at that path is recorded as the one the script replaces).
 
     ``source``: where the ONNX came from, e.g. ``{"kind": "export", "weights": ..., "weights_sha256": ...}``.
+    ``args``: ATC's command line; with ``--insert_op_conf=<file>`` the settings also hold the values of the
+    model's ``aipp_keys`` (compared by :func:`check_om`) and the record that file's path and sha256.
     """
-    rec: dict[str, Any] = {"settings": _settings(ctx), "source": source, "atc": ctx.resolved_config()["atc"],
+    settings = _settings(ctx)
+    conf = next((str(a).partition("=")[2] for a in args if str(a).startswith("--insert_op_conf=")), None)
+    if conf is not None:
+        settings["aipp"] = aipp_values(ctx.cfg.model)
+    rec: dict[str, Any] = {"settings": settings, "source": source, "atc": ctx.resolved_config()["atc"],
                            "script": str(script),
                            "sha256": sha256_file(om) if converted else None}
+    if conf is not None:
+        rec["aipp_config"] = {"path": conf, "sha256": sha256_file(Path(conf)) if Path(conf).is_file() else None}
     if not converted and om.is_file():
         rec["pending_script_replaces_sha256"] = sha256_file(om)
     path = record_path(om)
@@ -87,6 +100,8 @@ def check_om(ctx: Any, om: Path) -> None:
         diffs.append(f"model: {was.get('model')!r} -> {now['model']!r}")
     old_cfg = was.get("model_config")
     diffs += changed_keys(old_cfg if isinstance(old_cfg, dict) else {}, now["model_config"])
+    if isinstance(was.get("aipp"), dict):  # normalisation compiled into the OM: the host no longer applies it
+        diffs += [f"AIPP {d}" for d in changed_keys(was["aipp"], aipp_values(ctx.cfg.model))]
     if om.stem.endswith("_dyn") and was.get("dynamic_batch") != now["dynamic_batch"]:
         diffs.append(f"atc.dynamic_batch: {was.get('dynamic_batch')!r} -> {now['dynamic_batch']!r}")
     diffs += _weights_diff(ctx, rec.get("source"))

@@ -82,7 +82,7 @@ def run(ctx: RunContext) -> dict:
     script.chmod(0o755)
     if atc is None:
         _write_gears(om, plan)
-        record = write_om_record(ctx, om, source, script, converted=False)
+        record = write_om_record(ctx, om, source, script, converted=False, args=args)
         return {"stage": "convert", "converted": False, "script": str(script), "argv": command, **gear_info,
                 "record": str(record),
                 "reason": "atc is not on PATH (it ships with the Ascend CANN toolkit), so nothing was converted"}
@@ -96,7 +96,7 @@ def run(ctx: RunContext) -> dict:
     if not om.is_file():
         raise ZooError("atc exited 0 but wrote no OM file", path=om)
     _write_gears(om, plan)
-    record = write_om_record(ctx, om, source, script, converted=True)
+    record = write_om_record(ctx, om, source, script, converted=True, args=args)
     return {"stage": "convert", "converted": True, "onnx": str(onnx), "om": str(om), "argv": command,
             "log": str(log_path), "record": str(record), **gear_info}
 

@@ -263,14 +263,15 @@ def check_api_version(p: PluginUnderTest) -> None:
 
 def check_config(p: PluginUnderTest) -> None:
     """``model=<name>`` composes; ``model.name`` equals the entry-point name; a dataset is selected;
-    ``model.export_keys``, when declared, is a list naming keys the model config has; every key of its
-    model file (and of the dataset files it ships) has a declared type (:func:`check_schemas`)."""
+    ``model.export_keys`` and ``model.aipp_keys``, when declared, are lists naming keys the model config has;
+    every key of its model file (and of the dataset files it ships) has a declared type (:func:`check_schemas`)."""
     from zoo_core.api.errors import ConfigError
-    from zoo_core.runs.export_keys import export_values
+    from zoo_core.runs.export_keys import aipp_values, export_values
 
     cfg = p.cfg
     try:
         export_values(cfg.model)
+        aipp_values(cfg.model)
     except ConfigError as exc:
         raise ContractError(f"conf/model/{p.model}.yaml: {exc}") from None
     if str(cfg.model.get("name")) != p.model:
