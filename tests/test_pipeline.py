@@ -877,6 +877,11 @@ def test_detection_chunks_that_do_not_hold_what_zoo_writes_are_refused(tmp_path)
         good = {k: z[k] for k in z.files}
     for change, text in ((dict(counts=np.array([-3, 0, 8])), "a negative count"),
                          (dict(counts=np.array([3, 1, 2])), "add up to 6 boxes but the chunk holds 5"),
+                         # before: the sums wrapped around to 5, and boxes went to the wrong images (AP 1.0 -> 0.46)
+                         (dict(counts=np.array([2**64 - 1, 3, 3], np.uint64)),
+                          f"add up to {2**64 + 5} boxes but the chunk holds 5"),
+                         (dict(counts=np.array([2**63 - 1, 2**63 - 1, 7], np.int64)),
+                          f"add up to {2**64 + 5} boxes but the chunk holds 5"),
                          (dict(ids=good["ids"][:2]), "2 ids but counts"),
                          (dict(boxes=good["boxes"][:, :3]), r"boxes must be float \(N, 4\)"),
                          (dict(scores=good["scores"][:4]), r"scores must be float \(5,\)"),
