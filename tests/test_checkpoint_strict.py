@@ -139,3 +139,48 @@ def test_non_finite_values_in_dropped_entries_do_not_matter(tmp_path):
     path = _save(tmp_path / "ok.pth", {**src, "fc.weight": torch.full((3,), float("nan"))})
     state, _ = read_state_dict(path, drop_prefixes=("fc.",))
     assert sorted(state) == sorted(src)
+
+
+@pytest.mark.parametrize("n", [600_000_000, 4_000_000_000_000])
+def test_an_expanded_view_is_refused_before_any_element_is_visited(tmp_path, n, monkeypatch):
+    """Before: a 1.6 KB file holding ``torch.zeros(1).expand(n)`` loaded, then ``isfinite`` allocated n elements
+    (4.4 GB RSS for 6e8; for 4e12 a 16 TB allocation error blamed on the plugin, exit 1)."""
+    path = _save(tmp_path / "bomb.pth", {"state_dict": {"hm.0.weight": torch.zeros(1).expand(n)}})
+    visited = []
+    monkeypatch.setattr(torch, "isfinite", lambda t: visited.append(t) or torch.ones(1, dtype=torch.bool))
+    with pytest.raises(ZooError) as info:
+        load_checkpoint(_net(), path)
+    assert str(info.value).splitlines()[0] == (f"{path}: state dict entry 'hm.0.weight' of shape [{n}] needs "
+                                               f"{4 * n} bytes but its storage holds 4 (an expanded or overlapping "
+                                               "view); refusing to load it")
+    assert "clone()" in info.value.hint and info.value.exit_code == 2 and not visited
+
+
+def test_tensors_sharing_one_storage_many_times_over_are_refused(tmp_path):
+    big = torch.zeros(50_000)  # 200 KB stored once, read 100 times
+    path = _save(tmp_path / "shared.pth", {f"w{i}": big for i in range(100)})
+    with pytest.raises(ZooError) as info:
+        read_state_dict(path)
+    size = path.stat().st_size
+    assert str(info.value).startswith(f"{path}: refused to load: its state dict tensors hold 20000000 bytes, ")
+    assert f"its size of {size} bytes (limit 10x)" in str(info.value)
+    assert "ZOO_MAX_CHECKPOINT_RATIO" in info.value.hint
+
+
+def test_a_sparse_tensor_is_refused(tmp_path):
+    sparse = torch.sparse_coo_tensor(torch.tensor([[0], [0]]), torch.tensor([1.0]), (10**6, 10**6))
+    path = _save(tmp_path / "sparse.pth", {"w": sparse})
+    with pytest.raises(ZooError) as info:
+        read_state_dict(path)
+    assert str(info.value) == f"{path}: state dict entry 'w' is a sparse_coo tensor; only dense tensors are loaded"
+
+
+def test_views_into_a_larger_storage_and_tied_weights_still_load(tmp_path):
+    src = _net()
+    state = dict(src.state_dict())
+    flat = torch.arange(200.0)
+    state["extra.slice"] = flat[10:20]  # a slice: its storage is larger than itself
+    state["extra.tied"] = state["0.weight"]  # the same tensor twice
+    path = _save(tmp_path / "views.pth", state)
+    loaded, _ = read_state_dict(path)
+    assert torch.equal(loaded["extra.slice"], flat[10:20]) and torch.equal(loaded["extra.tied"], state["0.weight"])

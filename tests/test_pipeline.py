@@ -303,6 +303,28 @@ def test_npy_outputs_must_hold_real_numbers_in_the_spec_shape(tmp_path):
             read_bin(tmp_path / f"{name}_0.npy", spec)
 
 
+def test_a_npy_header_of_the_wrong_shape_or_dtype_is_refused_before_the_data_is_read(tmp_path, monkeypatch):
+    """Before: a sparse .npy whose header announced 600M float32 values was np.load-ed whole (2.4 GB RSS, 30 s)
+    and only then compared with the tensor's shape."""
+    n = 600_000_000
+    with open(tmp_path / "big_0.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (n,)})
+        f.truncate(f.tell() + n * 4)  # sparse: nothing on disk
+    with open(tmp_path / "cplx_0.npy", "wb") as f:
+        np.lib.format.write_array_header_2_0(f, {"descr": "<c16", "fortran_order": False, "shape": (1, 4, 6)})
+        f.truncate(f.tell() + 24 * 16)
+    loads = []
+    monkeypatch.setattr(np, "load", lambda *a, **k: loads.append(a) or np.zeros((1, 152, 200), np.float32))
+    spec = TensorSpec("537", (1, 152, 200))
+    with pytest.raises(InputError) as info:
+        read_bin(tmp_path / "big_0.npy", spec)
+    assert str(info.value) == (f"{tmp_path / 'big_0.npy'}: has shape ({n},); tensor 537 is (1, 152, 200) (a leading "
+                               "batch axis of 1 may be added; the axes are not reordered)")
+    with pytest.raises(InputError, match=r"cplx_0.npy: holds complex128 values; tensor hm needs real numbers"):
+        read_bin(tmp_path / "cplx_0.npy", TensorSpec("hm", (1, 4, 6)))
+    assert loads == []
+
+
 def test_replay_backend_reads_a_dump_with_file_dtype_and_pads(tmp_path):
     for i in range(3):
         write_bin(tmp_path / f"img{i}_0.bin", np.full(3, i, np.float16))
@@ -855,6 +877,11 @@ def test_detection_chunks_that_do_not_hold_what_zoo_writes_are_refused(tmp_path)
         good = {k: z[k] for k in z.files}
     for change, text in ((dict(counts=np.array([-3, 0, 8])), "a negative count"),
                          (dict(counts=np.array([3, 1, 2])), "add up to 6 boxes but the chunk holds 5"),
+                         # before: the sums wrapped around to 5, and boxes went to the wrong images (AP 1.0 -> 0.46)
+                         (dict(counts=np.array([2**64 - 1, 3, 3], np.uint64)),
+                          f"add up to {2**64 + 5} boxes but the chunk holds 5"),
+                         (dict(counts=np.array([2**63 - 1, 2**63 - 1, 7], np.int64)),
+                          f"add up to {2**64 + 5} boxes but the chunk holds 5"),
                          (dict(ids=good["ids"][:2]), "2 ids but counts"),
                          (dict(boxes=good["boxes"][:, :3]), r"boxes must be float \(N, 4\)"),
                          (dict(scores=good["scores"][:4]), r"scores must be float \(5,\)"),

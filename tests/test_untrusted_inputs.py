@@ -242,6 +242,12 @@ BAD_ANNOTATIONS = {
     # before: pycocotools KeyError traceback (exit 1), faster-coco-eval other size ranges (APs 0.09 -> 0.29, exit 0)
     "no_area": ({"area": DROP}, "annotations[1] (id 2): has no 'area', which COCOeval reads for every ground-truth"),
     "no_iscrowd": ({"iscrowd": DROP}, "annotations[1] (id 2): has no 'iscrowd', which COCOeval reads"),
+    # before: accepted; id 0 lost its match with both evaluators (AP 0.75 instead of 1.0, exit 0), a negative id or
+    # one beyond 2**63-1 with faster-coco-eval only (pycocotools: 1.0)
+    "zero_id": ({"id": 0}, "annotations[1] (id 0): its id is outside 1..2**63-1, so COCOeval would lose"),
+    "negative_id": ({"id": -5}, "annotations[1] (id -5): its id is outside 1..2**63-1"),
+    "id_2e63": ({"id": 2**63}, "annotations[1] (id 9223372036854775808): its id is outside 1..2**63-1"),
+    "id_2e70": ({"id": 2**70}, "its id is outside 1..2**63-1"),
 }
 
 
@@ -257,7 +263,39 @@ def test_coco_annotations_the_evaluators_would_read_differently_are_refused(tmp_
         load_instances(path)
     assert str(info.value).startswith(f"{path}: not a valid COCO instances file: annotations[1]")
     assert text in str(info.value)
-    assert (info.value.hint is not None) == (case in ("no_area", "no_iscrowd"))
+    out_of_range = case in ("zero_id", "negative_id", "id_2e63", "id_2e70")
+    assert (info.value.hint is not None) == (case in ("no_area", "no_iscrowd") or out_of_range)
+    if out_of_range:
+        assert "COCO annotation ids start at 1" in info.value.hint
+
+
+@pytest.mark.parametrize("evaluator", ["pycocotools", "faster-coco-eval"])
+def test_coco_annotation_ids_up_to_2_63_minus_1_score_as_pycocotools_does(tmp_path, evaluator):
+    """The largest id accepted is read as written by both evaluators: AP equals a plain pycocotools run (1.0)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from zoo_core.api.types import Detections, Sample
+    from zoo_core.datasets.coco import CocoDataset, score_coco
+
+    data = _instances(id=2**63 - 1)
+    ann = _coco_root(tmp_path / "coco", json.dumps(data))
+    ds = CocoDataset(tmp_path / "coco", images_required=False)
+    boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in data["annotations"])], np.float32)
+    dets = {"a": Detections(boxes, np.array([0.9, 0.8], np.float32), np.zeros(2, np.int32))}
+    res = score_coco(dets, ds, [Sample(id="a", path=tmp_path / "a.jpg", key=1)], evaluator=evaluator,
+                     category_ids=[1], plots=False)
+    (tmp_path / "dt.json").write_bytes(res.files["detections.json"])
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ann))
+        ev = COCOeval(gt, gt.loadRes(str(tmp_path / "dt.json")), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert res.metrics["AP"] == float(ev.stats[0]) == 1.0
 
 
 @pytest.mark.parametrize("evaluator", ["pycocotools", "faster-coco-eval"])

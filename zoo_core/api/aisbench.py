@@ -100,13 +100,7 @@ def read_bin(path: str | os.PathLike[str], spec: TensorSpec, file_dtype: str | N
     path = regular_file(path, "file", InputError)  # a FIFO would block the read forever
     n = math.prod(int(d) for d in spec.shape)  # Python ints: no int64 wrap-around
     if path.suffix == ".npy":
-        arr = _load_npy(path)
-        if arr.dtype.kind not in "fiu":
-            raise InputError(f"holds {arr.dtype} values; tensor {spec.name} needs real numbers ({spec.dtype})",
-                             path=path)
-        if _strip_ones(arr.shape) != _strip_ones(tuple(spec.shape)):
-            raise InputError(f"has shape {tuple(arr.shape)}; tensor {spec.name} is {tuple(spec.shape)} (a leading "
-                             f"batch axis of 1 may be added; the axes are not reordered)", path=path)
+        arr = _load_npy(path, spec)
         return arr.reshape(spec.shape).astype(spec.dtype, copy=False)
     size = path.stat().st_size
     dtype = np.dtype(file_dtype or spec.dtype)
@@ -127,8 +121,12 @@ def _strip_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(d) for d in shape[i:])
 
 
-def _load_npy(path: Path) -> np.ndarray:
-    """``np.load`` without pickles, with its failures (garbage, object arrays, absurd headers) as InputError."""
+def _load_npy(path: Path, spec: TensorSpec) -> np.ndarray:
+    """``np.load`` without pickles, with its failures (garbage, object arrays, absurd headers) as InputError.
+
+    The header's dtype and shape are compared with ``spec`` before any data is read (a header announcing
+    600M values of the wrong shape is refused without loading 2.4 GB).
+    """
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
@@ -141,12 +139,19 @@ def _load_npy(path: Path) -> np.ndarray:
             if dtype.hasobject:
                 raise InputError("holds Python objects (pickles are never loaded)", path=path)
             need = math.prod(int(d) for d in shape) * dtype.itemsize  # Python ints: no int64 wrap-around
-            have = path.stat().st_size - f.tell()
+            have = os.fstat(f.fileno()).st_size - f.tell()
             if need != have:
                 announced = need if need < 10**30 else f"a {len(str(need))}-digit number of"
                 raise InputError(f"its header announces {announced} bytes of data but the file holds {have}",
                                  path=path)
-        return np.load(path, allow_pickle=False)
+            if dtype.kind not in "fiu":
+                raise InputError(f"holds {dtype} values; tensor {spec.name} needs real numbers ({spec.dtype})",
+                                 path=path)
+            if _strip_ones(tuple(shape)) != _strip_ones(tuple(spec.shape)):
+                raise InputError(f"has shape {tuple(shape)}; tensor {spec.name} is {tuple(spec.shape)} (a leading "
+                                 f"batch axis of 1 may be added; the axes are not reordered)", path=path)
+            f.seek(0)  # the file whose header was checked, not one renamed into its place since
+            return np.load(f, allow_pickle=False)
     except InputError:
         raise
     except FileNotFoundError:

@@ -7,7 +7,8 @@ A plugin's ``build_model`` loads its weights with :func:`load_checkpoint`: the c
 the network key for key (nothing silently skipped or left at its initial value); otherwise one
 :class:`ZooError` names the file and lists the missing, unexpected and mis-shaped keys. Two keys that
 are one once ``module.`` is stripped (``k`` and ``module.k``) and NaN/inf values in a floating-point
-tensor are refused too, naming the key.
+tensor are refused too, naming the key, and so are tensors whose elements take more bytes than their
+storage holds (an expanded view: a few bytes on disk, terabytes once ``isfinite`` visits every element).
 
 Before ``torch.load`` reads anything, the file must be a regular file (not a directory, FIFO or
 device such as ``/dev/zero``: :func:`regular_file`), and a zip checkpoint may not decompress to more
@@ -160,8 +161,11 @@ def read_state_dict(path: str | os.PathLike[str], *, strip_prefix: str = "module
 
     :raises ZooError: naming the file: missing, empty, not a checkpoint, references Python code,
         holds no state dict, holds state-dict entries that are not tensors, holds two keys that
-        are the same once ``strip_prefix`` is removed (``k`` and ``module.k``), or holds a
-        floating-point tensor with a NaN or inf value (the first such key is named).
+        are the same once ``strip_prefix`` is removed (``k`` and ``module.k``), holds a tensor that is
+        not dense or whose elements take more bytes than its storage (an expanded view such as
+        ``torch.zeros(1).expand(10**12)``: a few bytes on disk, terabytes once visited), tensors adding up
+        to more than :func:`max_checkpoint_ratio` times the file's size, or a floating-point tensor with
+        a NaN or inf value (the first such key is named). The sizes are checked before any element is read.
     """
     import torch
 
@@ -191,11 +195,43 @@ def read_state_dict(path: str | os.PathLike[str], *, strip_prefix: str = "module
                            f"the {strip_prefix!r} prefix is removed; refusing to pick one", path=path)
         source[name] = str(key)
         state[name] = value
+    _check_tensor_sizes(state, source, path)  # before any operation that visits every element
     for name, value in state.items():
         if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
             raise ZooError(f"state dict entry {source[name]!r} holds NaN or inf values; refusing to load it",
                            path=path)
     return state, extras
+
+
+def _check_tensor_sizes(state: Mapping[str, torch.Tensor], source: Mapping[str, str], path: Path) -> None:
+    """Refuse entries that would make a full-tensor operation allocate more than the file holds.
+
+    ``torch.load(weights_only=True)`` accepts a tensor whose strides overlap (``torch.zeros(1).expand(N)``,
+    a few bytes in the file); ``isfinite`` / ``copy_`` on it then visit, and allocate for, all N elements.
+    Refused: a tensor that is not dense (sparse, ...), one whose elements take more bytes than its storage
+    holds (an expanded or overlapping view), and entries whose elements add up to more than
+    :func:`max_checkpoint_ratio` times the file's size. Sizes are Python ints (no wrap-around).
+    """
+    import torch
+
+    total = 0
+    for name, value in state.items():
+        if value.layout != torch.strided:
+            raise ZooError(f"state dict entry {source[name]!r} is a {str(value.layout).replace('torch.', '')} tensor; "
+                           "only dense tensors are loaded", path=path)
+        need = math.prod(int(d) for d in value.shape) * value.element_size()
+        held = value.untyped_storage().nbytes()
+        if need > held:
+            raise ZooError(f"state dict entry {source[name]!r} of shape {list(value.shape)} needs {need} bytes but "
+                           f"its storage holds {held} (an expanded or overlapping view); refusing to load it",
+                           path=path, hint="save a plain copy of the tensor (tensor.clone()), not an expanded view")
+        total += need
+    size = path.stat().st_size
+    ratio = max_checkpoint_ratio()
+    if total > ratio * max(size, 1):
+        raise ZooError(f"refused to load: its state dict tensors hold {total} bytes, {total / max(size, 1):.0f}x its "
+                       f"size of {size} bytes (limit {ratio:g}x)", path=path,
+                       hint=f"tensors sharing one storage many times over; if legitimate, raise {RATIO_ENV}")
 
 
 def state_dict_mismatch(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str | None:

@@ -6,14 +6,49 @@ dropped after inference (``Batch.n_valid``).
 """
 from __future__ import annotations
 
+import math
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
+from zoo_core.api.errors import ConfigError
 from zoo_core.backends.base import Batch
 from zoo_core.pipeline.workers import Prepared
+
+
+def available_memory() -> int | None:
+    """Bytes of memory a new allocation may take: ``MemAvailable`` of ``/proc/meminfo`` (Linux), else the
+    physical memory; ``None`` when neither is known."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def batch_memory_error(rows: int, nbytes: int, what: str, available: int | None) -> ConfigError:
+    """The error of a batch of ``rows`` items whose ``what`` takes ``nbytes``: it names ``batch_size``."""
+    room = f"the {available} bytes ({available / 2**30:.1f} GiB) of memory available" if available is not None \
+        else "the memory available"
+    return ConfigError(f"batch_size={rows} is too large: one batch of {what} needs {nbytes} bytes "
+                       f"({nbytes / 2**30:.1f} GiB), more than {room}", hint="lower batch_size")
+
+
+def check_batch_memory(rows: int, nbytes: int, what: str) -> None:
+    """:class:`ConfigError` naming ``batch_size`` when one batch (``nbytes``) exceeds :func:`available_memory`
+    (instead of a ``MemoryError`` traceback, exit 1)."""
+    available = available_memory()
+    if available is not None and nbytes > available:
+        raise batch_memory_error(rows, nbytes, what, available)
 
 
 def pad(array: np.ndarray, size: int) -> np.ndarray:
@@ -89,7 +124,13 @@ class Batcher:
             spare = self._spare.get((shape, np.dtype(dtype).str))
             if spare:
                 return spare.pop()
-        return np.empty(shape, dtype)
+        what = f"inputs {tuple(int(d) for d in shape[1:])} {np.dtype(dtype)}"
+        nbytes = math.prod(int(d) for d in shape) * np.dtype(dtype).itemsize  # Python ints: no wrap-around
+        check_batch_memory(int(shape[0]), nbytes, what)
+        try:
+            return np.empty(shape, dtype)
+        except MemoryError:
+            raise batch_memory_error(int(shape[0]), nbytes, what, available_memory()) from None
 
     def add(self, p: Prepared) -> Batch | None:
         """Adopt or copy ``p`` into its bucket; return the bucket as a batch when it is full."""

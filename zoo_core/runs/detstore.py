@@ -143,7 +143,7 @@ class DetectionStore:
         problem = _chunk_problem(ids, counts, boxes, scores, labels, extras)
         if problem:
             raise ZooError(f"not a detections chunk as zoo writes it: {problem}", path=p)
-        ends = np.cumsum(counts)
+        ends = np.cumsum(counts.astype(np.int64))  # each count is <= the box count now
         starts = ends - counts
         for i, sid in enumerate(ids):
             a, b = starts[i], ends[i]
@@ -292,7 +292,7 @@ def _chunk_problem(ids: np.ndarray, counts: np.ndarray, boxes: np.ndarray, score
         return f"{ids.size} ids but counts {counts.dtype} {counts.shape}"
     if counts.size and counts.min() < 0:
         return f"a negative count ({int(counts.min())})"
-    n = int(counts.sum())
+    n = sum(counts.tolist())  # Python ints: uint64 / int64 counts may not wrap around to the box count
     if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.dtype.kind != "f":
         return f"boxes must be float (N, 4), got {boxes.dtype} {boxes.shape}"
     if boxes.shape[0] != n:

@@ -9,11 +9,13 @@ latency``.
 """
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
 
 from zoo_core.backends.base import Batch
+from zoo_core.pipeline.batching import check_batch_memory
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.records import write_perf
 from zoo_core.stages.open_backend import open_backend
@@ -25,15 +27,34 @@ def latency_stats(ms: list[float]) -> dict:
             "median": float(np.median(a)), "p99": float(np.percentile(a, 99)), "count": int(a.size)}
 
 
+#: Values drawn at a time for a float input (float64 before the cast: 8 MB at most besides the input itself).
+DRAW_CHUNK = 1 << 20
+
+
 def random_batch(ctx: RunContext, batch_size: int, seed: int = 0) -> Batch:
+    """Seeded random inputs at ``batch_size``: uint8 inputs uniform in 0..255, others standard normal.
+
+    The normal values are drawn in float64 (the values of ``rng.standard_normal(shape).astype(dtype)``, as
+    zoo always drew them) but :data:`DRAW_CHUNK` at a time into the input's own dtype, so no float64 copy
+    of the batch is made; a batch larger than the memory available is a :class:`ConfigError` naming
+    ``batch_size`` before anything is allocated.
+    """
     rng = np.random.default_rng(seed)
+    specs = list(ctx.hooks.input_spec(cfg=ctx.cfg))
+    shapes = [(batch_size, *(int(d) for d in spec.shape)) for spec in specs]
+    nbytes = sum(math.prod(shape) * np.dtype(spec.dtype).itemsize for spec, shape in zip(specs, shapes))
+    check_batch_memory(batch_size, nbytes, "random inputs " + ", ".join(
+        f"{spec.name} {shape[1:]} {np.dtype(spec.dtype)}" for spec, shape in zip(specs, shapes)))
     inputs = {}
-    for spec in ctx.hooks.input_spec(cfg=ctx.cfg):
-        shape = (batch_size, *spec.shape)
+    for spec, shape in zip(specs, shapes):
         if np.dtype(spec.dtype).kind == "u":
             inputs[spec.name] = rng.integers(0, 256, shape, dtype=spec.dtype)
         else:
-            inputs[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+            out = np.empty(shape, spec.dtype)
+            flat = out.reshape(-1)
+            for start in range(0, flat.size, DRAW_CHUNK):
+                flat[start:start + DRAW_CHUNK] = rng.standard_normal(min(DRAW_CHUNK, flat.size - start))
+            inputs[spec.name] = out
     ids = [f"perf_{i}" for i in range(batch_size)]
     return Batch(ids=ids, inputs=inputs, metas=[{"id": i} for i in ids])
 

@@ -48,9 +48,10 @@ def load_instances(path: str | os.PathLike) -> dict:
 
     Checked: valid JSON, nested no deeper than Python can read; a top-level object with ``images``,
     ``annotations`` and ``categories`` lists; integer, unique image ids with string ``file_name``;
-    integer category ids; every annotation with an integer, unique ``id``, an integer ``image_id`` of
-    a listed image, a listed ``category_id``, a ``bbox`` of 4 finite numbers ``x, y, w, h`` none of
-    them negative, a finite, non-negative ``area`` and an ``iscrowd`` of 0 or 1. These are what the two
+    integer category ids; every annotation with an integer, unique ``id`` from 1 to 2**63-1 (COCOeval
+    takes 0 for "no match", faster-coco-eval reads ids as int64), an integer ``image_id`` of a listed
+    image, a listed ``category_id``, a ``bbox`` of 4 finite numbers ``x, y, w, h`` none of them
+    negative, a finite, non-negative ``area`` and an ``iscrowd`` of 0 or 1. These are what the two
     COCO evaluators (pycocotools, faster-coco-eval) would otherwise read differently (without ``area``,
     pycocotools fails and faster-coco-eval scores other size ranges); the message names the first
     offending annotation by index and id, and the field. No value is ever filled in.
@@ -64,7 +65,8 @@ def load_instances(path: str | os.PathLike) -> dict:
             raise ZooError(f"not a COCO instances file (no {key!r} list)", path=p)
     problem = _instances_problem(data)
     if problem:
-        hint = MISSING_FIELD_HINT if problem.endswith(_MISSING_FIELD) else None
+        hint = MISSING_FIELD_HINT if problem.endswith(_MISSING_FIELD) else \
+            ANN_ID_HINT if problem.endswith(_ID_OUT_OF_RANGE) else None
         raise ZooError(f"not a valid COCO instances file: {problem}", path=p, hint=hint)
     return data
 
@@ -114,7 +116,7 @@ def _instances_problem(data: dict) -> str | None:
         if problem is None and ann["id"] in ann_ids:
             problem = f"its id also belongs to annotations[{ann_ids[ann['id']]}]"
         if problem:
-            ident = f" (id {ann.get('id')!r})" if "id" in ann else ""
+            ident = f" (id {shown(ann.get('id'))})" if "id" in ann else ""
             return f"annotations[{i}]{ident}: {problem}"
         ann_ids[ann["id"]] = i
     return None
@@ -148,10 +150,21 @@ def _annotation_problem(ann: dict, image_ids: set, cat_ids: set) -> str | None:
         return f"refers to unknown category_id {ann.get('category_id')!r}"
     if not _is_int(ann.get("id")):
         return f"needs an integer 'id', got {ann.get('id')!r}"
+    if not 1 <= ann["id"] <= ANN_ID_MAX:
+        return f"its id {_ID_OUT_OF_RANGE}"
     for key in ("area", "iscrowd"):
         if key not in ann:
             return f"has no {key!r}, {_MISSING_FIELD}"
     return None
+
+
+#: The largest COCO annotation id both evaluators read as written (faster-coco-eval stores ids as int64).
+ANN_ID_MAX = 2**63 - 1
+#: How an annotation id out of range is described (that problem gets :data:`ANN_ID_HINT`).
+_ID_OUT_OF_RANGE = "is outside 1..2**63-1, so COCOeval would lose the annotation's match"
+#: The hint of an annotation id out of range.
+ANN_ID_HINT = ("COCO annotation ids start at 1 (COCOeval takes id 0 for 'no match'; faster-coco-eval reads ids "
+               "as int64, so a negative id or one beyond 2**63-1 also loses its match): number them 1, 2, 3, ...")
 
 
 def _is_int(v) -> bool:
