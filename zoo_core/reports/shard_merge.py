@@ -23,7 +23,8 @@ A shard is complete with its ``metrics.json``, or with ``stage.score=false`` its
 ``postprocess.json`` (``scored: false``): the merge scores the union either way. A refused merge leaves
 no record (its dir is emptied); a merge starts from an empty dir; and after merging, the records of
 every ``merged/`` dir this report did not merge are removed, so nothing from an earlier state of the
-sweep looks current. A merge's dir name is its label made safe (no ``/``, at most
+sweep looks current. A ``merged/`` that is a symbolic link is refused (every merge's row failed, naming it)
+before anything is cleared or written through it. A merge's dir name is its label made safe (no ``/``, at most
 :data:`MAX_LABEL_CHARS` characters, a hash of the label when it had to change).
 """
 from __future__ import annotations
@@ -134,6 +135,7 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
             groups.setdefault(_label({k: r.get("@" + k) for k in others}), []).append(r)
     merged_rows = []
     merged_root = sweep_dir / "merged"
+    linked = linked_merged_root(merged_root)
     ok_dirs: set[Path] = set()
     free = iter(range(max((int(p.name) for p in sweep_dir.iterdir() if p.name.isdigit()), default=-1) + 1, 1 << 30))
     for label, members in groups.items():
@@ -152,11 +154,14 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
                      for i, s in shards.items() if not 0 <= i < n]
         if not problems:
             problems = fingerprint_problems([shards[i] for i in range(n)])
+        rerun = {i for i in range(n) if shard_problem(i, shards.get(i), n)}
+        if linked:  # nothing cleared or written through the link; no shard re-run helps
+            merged_rows.append({**row, "status": "failed", "error": f"not merged: {linked}"})
+            continue
         out_dir = merged_root / label_dir_name(label) if label else merged_root
         # a merge from an earlier state of the sweep must not look current: refused, it leaves nothing;
         # merged, it starts from an empty dir (no plot or prediction file of an earlier merge left)
         clear_record_dir(out_dir, merged_root)
-        rerun = {i for i in range(n) if shard_problem(i, shards.get(i), n)}
         if not problems:
             try:
                 record = score_union(cfg, [shards[i] for i in range(n)], out_dir)
@@ -189,8 +194,24 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
         ok_dirs.add(out_dir)
         row.update(status="ok", images=record["images"], **_metric_cells(record))
         merged_rows.append(row)
-    remove_stale_merges(merged_root, ok_dirs)
+    if not linked:
+        remove_stale_merges(merged_root, ok_dirs)
     return merged_rows
+
+
+def linked_merged_root(merged_root: Path) -> str | None:
+    """Why the merges cannot be written when ``merged_root`` (``<sweep dir>/merged``) is a symbolic link (each
+    merge clears its dir before it writes: through a link it would delete and write files elsewhere), or None."""
+    from zoo_core.api.errors import ZooError
+    from zoo_core.runs.layout import refuse_symlink
+
+    try:
+        refuse_symlink(merged_root)
+    except ZooError as exc:
+        reason = str(exc).split("\n", 1)[0]
+        return (f"{reason}. Remove the link, then rebuild the report (the merges are written there): "
+                f"python -m zoo_core.reports.sweep_report {shlex.quote(str(merged_root.parent))}")
+    return None
 
 
 def _metric_cells(record: dict) -> dict:

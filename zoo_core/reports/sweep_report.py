@@ -566,19 +566,28 @@ class SweepReport(Callback):
 
     def on_multirun_start(self, config, **kwargs) -> None:
         """Take the sweep dir's lock (another sweep writing there: :class:`~zoo_core.runs.lock.RunDirInUse`
-        before anything of this sweep is written); empty the sweep's :data:`MANIFEST` unless this sweep
+        before anything of this sweep is written) and refuse a ``multirun.yaml`` there that is a symbolic or
+        hard link (the sweeper rewrites it in place next); empty the sweep's :data:`MANIFEST` unless this sweep
         re-runs chosen jobs of it; tell ``zoo run`` (:data:`STATUS_ENV`) where the sweep writes and which
         launcher runs it, so that it can still build the report when the launcher raises and
         ``on_multirun_end`` never comes."""
+        from zoo_core.api.errors import ZooError
+        from zoo_core.runs.layout import refuse_linked_file
         from zoo_core.runs.lock import SWEEP_LOCK_NAME, RunDirInUse, RunLock, SweepRefused
 
-        lock = RunLock(Path(str(config.hydra.sweep.dir)), "sweep", name=SWEEP_LOCK_NAME)
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        lock = RunLock(sweep_dir, "sweep", name=SWEEP_LOCK_NAME)
         try:
             lock.acquire()
         except RunDirInUse as exc:
             raise SweepRefused(RunDirInUse(exc.root, exc.who, hint="another sweep is writing into this sweep dir; "
                                "nothing of this one was written: wait for it to finish, or pass another "
                                "hydra.sweep.dir=")) from None
+        try:
+            refuse_linked_file(sweep_dir / "multirun.yaml")
+        except ZooError as exc:
+            lock.release()
+            raise SweepRefused(exc) from None
         self._sweep_lock = lock  # released at the end of on_multirun_end, or when this process exits
         try:
             from omegaconf import OmegaConf
