@@ -485,3 +485,27 @@ def test_a_merged_link_planted_in_the_sweep_dir_is_refused_and_its_target_left_a
                                    "and rewrites this directory"), row["error"]
     assert row["error"].endswith(f"Remove the link, then rebuild the report (the merges are written there): "
                                  f"python -m zoo_core.reports.sweep_report {sweep}")
+
+
+@pytest.mark.parametrize("name, content, error", [
+    ("run.json", '{"config": [1], "status": "ok"}',
+     "shard 0 (job 0) has no readable run.json to check what it ran ({f} is missing or not shaped as zoo writes it)"),
+    ("run.json", json.dumps({"status": "ok", "config": {"model": {}, "dataset": {}},
+                             "inputs": {"weights": "abc"}}),
+     "shard 0 (job 0) has no readable run.json to check what it ran ({f} is missing or not shaped as zoo writes it)"),
+    ("run.json", json.dumps({"status": "ok", "config": {"model": {}, "dataset": [1]}}),
+     "shard 0 (job 0) has no readable run.json to check what it ran ({f} is missing or not shaped as zoo writes it)"),
+    (".hydra/config.yaml", "- 1", "{f} is not a readable job config (a ListConfig, not a mapping)"),
+    (".hydra/config.yaml", "model: {}\n", "{f} is not a readable job config (Missing key stage"),
+])
+def test_a_shard_record_of_the_wrong_type_fails_the_merge_naming_it_not_a_traceback(tmp_path, name, content, error):
+    """Before: ``AttributeError: 'list' object has no attribute 'get'`` (run.json's config a list, an input's
+    hash a string) or ``'ListConfig' object has no attribute 'stage'`` out of the report."""
+    from zoo_core.reports.sweep_report import build_report
+
+    fake_shard_sweep(tmp_path)
+    f = tmp_path / "0" / "eval" / name
+    f.write_text(content)
+    summary = build_report(tmp_path)
+    [row] = summary["merged"]
+    assert row["status"] == "failed" and row["error"].startswith("not merged: " + error.format(f=f)), row["error"]
