@@ -444,3 +444,68 @@ def test_a_shard_rerun_with_a_changed_setting_is_named_as_such_not_missing(tmp_p
     assert "is missing" not in summary["markdown"]
     assert ("shard 0 of 3 ran only with other settings (job 0: model.threshold not set; this merge: "
             "model.threshold=0.3)") in errors["merged[model.threshold=0.3]"]
+
+
+def fake_shard_sweep(sweep: Path, n: int = 2) -> None:
+    """The records of an ``eval`` sweep over ``n`` shards, as far as the report reads them before scoring."""
+    for job in range(n):
+        rec = sweep / str(job) / "eval"
+        (rec / ".hydra").mkdir(parents=True)
+        (rec / ".hydra" / "overrides.yaml").write_text(
+            f"- model=fixture\n- stage=eval\n- dataset.num_shards={n}\n- dataset.shard={job}\n")
+        (rec / ".hydra" / "config.yaml").write_text(
+            f"model:\n  name: fixture\nstage:\n  name: eval\ndataset:\n  num_shards: {n}\n  shard: {job}\n")
+        (rec / "metrics.json").write_text(json.dumps({"metrics": {"AP50": 1.0}, "images": 4}))
+        (rec / "run.json").write_text(json.dumps({"status": "ok", "config": {
+            "model": {"name": "fixture"}, "dataset": {"name": "squares", "shard": job}, "backend": {"name": "oracle"},
+            "stage": {"name": "eval"}}, "inputs": {"weights": {"sha256": "a" * 64}}}))
+
+
+def snapshot(d: Path) -> dict:
+    return {p.relative_to(d): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_a_merged_link_planted_in_the_sweep_dir_is_refused_and_its_target_left_as_it_was(tmp_path):
+    """Before: a symbolic link planted as ``<sweep dir>/merged`` made the merge empty the link's target
+    (every file and folder in it removed) and write the merge's records there."""
+    from zoo_core.reports.sweep_report import build_report
+
+    sweep, victim = tmp_path / "sweep", tmp_path / "victim"
+    fake_shard_sweep(sweep)
+    (victim / "subdir").mkdir(parents=True)
+    (victim / "important.txt").write_text("precious")
+    (victim / "subdir" / "y.txt").write_text("x")
+    before = snapshot(victim)
+    (sweep / "merged").symlink_to(victim)
+    summary = build_report(sweep)
+    assert snapshot(victim) == before and (sweep / "merged").is_symlink()
+    [row] = summary["merged"]
+    assert row["status"] == "failed" and summary["failed_merges"] == 1
+    assert row["error"].startswith(f"not merged: {sweep / 'merged'}: is a symbolic link (to {victim}); zoo clears "
+                                   "and rewrites this directory"), row["error"]
+    assert row["error"].endswith(f"Remove the link, then rebuild the report (the merges are written there): "
+                                 f"python -m zoo_core.reports.sweep_report {sweep}")
+
+
+@pytest.mark.parametrize("name, content, error", [
+    ("run.json", '{"config": [1], "status": "ok"}',
+     "shard 0 (job 0) has no readable run.json to check what it ran ({f} is missing or not shaped as zoo writes it)"),
+    ("run.json", json.dumps({"status": "ok", "config": {"model": {}, "dataset": {}},
+                             "inputs": {"weights": "abc"}}),
+     "shard 0 (job 0) has no readable run.json to check what it ran ({f} is missing or not shaped as zoo writes it)"),
+    ("run.json", json.dumps({"status": "ok", "config": {"model": {}, "dataset": [1]}}),
+     "shard 0 (job 0) has no readable run.json to check what it ran ({f} is missing or not shaped as zoo writes it)"),
+    (".hydra/config.yaml", "- 1", "{f} is not a readable job config (a ListConfig, not a mapping)"),
+    (".hydra/config.yaml", "model: {}\n", "{f} is not a readable job config (Missing key stage"),
+])
+def test_a_shard_record_of_the_wrong_type_fails_the_merge_naming_it_not_a_traceback(tmp_path, name, content, error):
+    """Before: ``AttributeError: 'list' object has no attribute 'get'`` (run.json's config a list, an input's
+    hash a string) or ``'ListConfig' object has no attribute 'stage'`` out of the report."""
+    from zoo_core.reports.sweep_report import build_report
+
+    fake_shard_sweep(tmp_path)
+    f = tmp_path / "0" / "eval" / name
+    f.write_text(content)
+    summary = build_report(tmp_path)
+    [row] = summary["merged"]
+    assert row["status"] == "failed" and row["error"].startswith("not merged: " + error.format(f=f)), row["error"]

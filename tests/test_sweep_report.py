@@ -288,3 +288,40 @@ def test_a_patch_rerun_after_a_sweep_that_never_reported_takes_that_sweeps_jobs(
     fake_multirun(tmp_path, t + 200, ("hydra.sweep.subdir=2/perf",))
     fake_job(tmp_path, "2", "perf", ["stage=perf", "batch_size=3"], t + 210, perf={"images": 4})
     assert [f.root.name for f in sr.sweep_jobs(tmp_path)] == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("name, content, warning", [
+    ("perf.json", "[1, 2]", "{f} is not a readable JSON object"),
+    ("perf.json", '{"latency_ms": "fast", "throughput_img_s": 3}', "{f}: 'latency_ms' is not a JSON object"),
+    ("metrics.json", '{"metrics": [1, 2]}', "{f}: 'metrics' is not a JSON object"),
+    ("result.json", '"x"', "{f} is not a readable JSON object"),
+    ("error.json", "[1]", "{f} is not a readable JSON object"),
+    ("run.json", '{"status": "ok", "inputs": {"model_file": "abc"}}', "{f}: 'model_file' is not a JSON object"),
+    ("run.json", '{"status": "ok", "inputs": [1]}', "{f}: 'inputs' is not a JSON object"),
+    (".hydra/config.yaml", "- 1", "{f} is not a readable config mapping"),
+    (".hydra/overrides.yaml", '- !!python/object/apply:os.system ["echo pwned"]',
+     "{f}: not readable as Hydra's list of overrides (could not determine a constructor for the tag "
+     "'tag:yaml.org,2002:python/object/apply:os.system')"),
+    (".hydra/overrides.yaml", "a: 1", "{f}: not a list of overrides as Hydra writes it (a dict)"),
+])
+def test_a_job_record_of_the_wrong_type_is_read_as_missing_and_named_not_a_traceback(tmp_path, caplog, capsys,
+                                                                                       name, content, warning):
+    """Before: the report (``python -m zoo_core.reports.sweep_report``, and the same code at the end of every
+    sweep) crashed with an AttributeError (``'list' object has no attribute 'get'``) or a yaml ConstructorError
+    traceback on a record of valid JSON / YAML but of another type than zoo writes."""
+    t = 1_700_000_000.0
+    for job in ("0", "1"):
+        fake_job(tmp_path, job, "perf", ["model=fixture", "stage=perf", f"batch_size={job}"], t,
+                 run={"status": "ok"}, perf={"images": 4, "throughput_img_s": 2.0,
+                                             "latency_ms": {"mean": 1.0, "p99": 2.0}})
+    f = tmp_path / "0" / "perf" / name
+    f.write_text(content)
+    rc = sr.main([str(tmp_path)])
+    md = capsys.readouterr().out
+    assert "2 jobs (" in md and rc == (1 if name == "error.json" else 0)
+    assert warning.format(f=f) in caplog.text
+    rows, _ = sr.collect_rows(tmp_path)
+    if name == "error.json":  # written only when a job fails: the job failed, whatever the file holds
+        assert rows[0]["status"] == "failed"
+        assert rows[0]["error"] == f"the job failed, but its {f} is not a readable JSON object"
+    assert rows[1]["throughput"] == 2.0  # the other job is read as before

@@ -366,3 +366,18 @@ def test_a_category_named_as_another_ones_disambiguated_key_still_keeps_its_own_
             ev.summarize()
             assert per_class[f"AP/{key_of[cat]}"] == pytest.approx(float(ev.stats[0]), abs=1e-12), cat
     assert len(set(per_class.values())) > 1  # the check above tells categories apart
+
+
+def test_a_sample_folder_holding_something_else_is_refused_and_left_as_it_was(tmp_path):
+    """Before: a non-empty ``<root>/n<N>_seed<S>`` without the set's annotations was an ``OSError`` traceback
+    (Directory not empty) after generating the whole set; a file there, a ``NotADirectoryError``."""
+    target = tmp_path / "n4_seed0"
+    target.mkdir()
+    (target / "mine.txt").write_text("mine")
+    with pytest.raises(ZooError) as err:
+        ensure_coco_sample(tmp_path, n_images=4, seed=0)
+    assert str(err.value).startswith(f"{target}: is a folder without {ANN_FILE}: the generated COCO sample "
+                                     "(dataset=coco_sample) goes there, so zoo leaves it alone")
+    assert [p.name for p in tmp_path.iterdir()] == ["n4_seed0"] and (target / "mine.txt").read_text() == "mine"
+    (target / "mine.txt").unlink()  # an empty folder is filled
+    assert (ensure_coco_sample(tmp_path, n_images=4, seed=0) / ANN_FILE).is_file()

@@ -99,6 +99,56 @@ def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def _fake_write_sample(root):
+    (root / smp.GT_DIR).mkdir(parents=True)
+    (root / smp.GT_DIR / "wider_face_val.mat").write_bytes(b"fake")
+    return {"images": 0, "faces": 0}
+
+
+def snapshot(d):
+    return {p.relative_to(d): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_a_root_that_is_not_a_zoo_sample_is_refused_and_left_as_it_was(tmp_path, monkeypatch):
+    """Before: dataset.root= given without dataset=widerface (the default dataset is widerface_sample) moved the
+    user's folder to a trash dir, deleted it and generated the 24-image sample there (exit 0)."""
+    from zoo_core.datasets.widerface import open_widerface
+
+    calls = []
+    monkeypatch.setattr(smp, "write_sample", lambda d: calls.append(d) or _fake_write_sample(d))
+    mine = tmp_path / "mydata"
+    (mine / "WIDER_val" / "images" / "0--Parade").mkdir(parents=True)
+    (mine / "WIDER_val" / "images" / "0--Parade" / "0_Parade_1.jpg").write_bytes(b"\xff\xd8 my image")
+    (mine / "eval_tools").mkdir()
+    (mine / "eval_tools" / "notes.txt").write_text("my annotations, 3 months of work")
+    before = snapshot(mine)
+    with pytest.raises(ZooError) as err:
+        open_widerface({"name": "widerface_sample", "generator": "widerface_sample", "root": str(mine)})
+    text = str(err.value)
+    assert text.startswith(f"{mine}: is not empty and holds no sample zoo generated (no {smp.MARKER}): building "
+                           "the WIDER-format sample (dataset=widerface_sample) there would replace it"), text
+    assert "hint: for the real WIDER FACE layout pass dataset=widerface dataset.root=<dir>" in text
+    assert snapshot(mine) == before and calls == []  # untouched, nothing generated
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mydata"]  # no temp or trash dir left
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    with pytest.raises(ZooError, match=f"^{afile}: is not a folder: building"):
+        smp.ensure_sample(afile)
+    assert afile.read_text() == "mine"
+
+
+def test_an_empty_root_or_an_outdated_zoo_sample_is_built_in_place(tmp_path, monkeypatch):
+    monkeypatch.setattr(smp, "write_sample", _fake_write_sample)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert smp.ensure_sample(empty) == empty and (empty / smp.MARKER).is_file()
+    old = tmp_path / "old"
+    (old / "stale").mkdir(parents=True)
+    (old / smp.MARKER).write_text(json.dumps({"recipe": "0", "files": []}))  # an earlier recipe's sample
+    assert smp.ensure_sample(old) == old and not (old / "stale").exists()
+    assert json.loads((old / smp.MARKER).read_text())["recipe"] == smp.RECIPE_VERSION
+
+
 def test_dataset_errors_name_what_is_missing(tmp_path, built):
     with pytest.raises(ZooError, match=r"dataset.root is not set"):
         WiderFaceDataset(None, tmp_path)

@@ -8,6 +8,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from zoo_core.runs.layout import refuse_links  # (here too: zoo's CLI calls it before a single run)
+
 log = logging.getLogger("zoo")
 
 
@@ -86,21 +88,6 @@ def storage_error(exc: BaseException):
     if isinstance(exc, OSError) and not isinstance(exc, ZooError) and exc.errno in _STORAGE_ERRNOS:
         return ZooError(exc.strerror or str(exc), path=exc.filename)
     return None
-
-
-def refuse_links(record_dir: Path) -> None:
-    """Before Hydra writes a stage's records: neither the record dir nor its ``.hydra/``, the files in it or
-    ``zoo.log`` may be a symbolic link, and none of those files may have another hard link (Hydra would
-    write or truncate, and the stage runner clear, whatever they point at)."""
-    from zoo_core.runs.layout import HYDRA_FILES, refuse_linked_file, refuse_symlink
-
-    refuse_symlink(record_dir)
-    for name in HYDRA_FILES:
-        refuse_linked_file(record_dir / name)
-    hydra_dir = record_dir / ".hydra"
-    if hydra_dir.is_dir():
-        for p in sorted(hydra_dir.iterdir()):
-            refuse_linked_file(p)
 
 
 def single_run(args: list[str]) -> bool:
@@ -270,13 +257,16 @@ def launcher_stopped(exc: BaseException, status_path: Path, planned: list[list[s
     Returns 1, or 2 when no job ran (the launcher could not start any)."""
     from zoo_core.api.errors import ZooError
     from zoo_core.reports.sweep_report import build_report, read_json
-    from zoo_core.runs.lock import RunDirInUse
+    from zoo_core.runs.lock import JobRefused, RunDirInUse
 
     in_use = _cause(exc, RunDirInUse) or RunDirInUse.from_text(_chain_text(exc))
     if in_use is not None:  # another run holds a job dir: that run is writing this sweep; no report from here
         raise RunDirInUse(in_use.root, in_use.who, hint="the sweep stopped at that job; zoo wrote nothing into it "
                           "(with a hydra/job_logging other than zoo's, Hydra has rewritten its .hydra/); wait for that "
                           "run to finish, or pass another hydra.sweep.dir=")
+    refused = _cause(exc, JobRefused) or JobRefused.from_text(_chain_text(exc))
+    if refused is not None:  # a link planted in a job's record dir: the sweep stops there, nothing written through it
+        raise refused
     status = read_json(status_path) or {}
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     first = lines[0] if lines else ""

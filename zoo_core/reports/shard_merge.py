@@ -23,7 +23,8 @@ A shard is complete with its ``metrics.json``, or with ``stage.score=false`` its
 ``postprocess.json`` (``scored: false``): the merge scores the union either way. A refused merge leaves
 no record (its dir is emptied); a merge starts from an empty dir; and after merging, the records of
 every ``merged/`` dir this report did not merge are removed, so nothing from an earlier state of the
-sweep looks current. A merge's dir name is its label made safe (no ``/``, at most
+sweep looks current. A ``merged/`` that is a symbolic link is refused (every merge's row failed, naming it)
+before anything is cleared or written through it. A merge's dir name is its label made safe (no ``/``, at most
 :data:`MAX_LABEL_CHARS` characters, a hash of the label when it had to change).
 """
 from __future__ import annotations
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zoo_core.reports.job_files import JobFiles
-from zoo_core.reports.sweep_report import read_json, sweep_jobs
+from zoo_core.reports.sweep_report import as_dict, read_json, read_overrides, sweep_jobs
 from zoo_core.runs.fingerprint import RUNTIME_BACKEND_KEYS
 
 log = logging.getLogger("zoo")
@@ -122,27 +123,26 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
     swept keys. Returns one report row per merge (``status`` ok, or failed with the reason)."""
     if "dataset.shard" not in swept:
         return []
-    from omegaconf import OmegaConf
-
     from zoo_core.stages.scoring import GateFailed
 
     jobs = {f.root.name: f for f in sweep_jobs(sweep_dir)}
     others = [k for k in swept if k != "dataset.shard" and not is_runtime_key(k)]
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        if r.get("@dataset.shard") is not None:
-            groups.setdefault(_label({k: r.get("@" + k) for k in others}), []).append(r)
+    groups = shard_groups(rows, others, jobs)
     merged_rows = []
     merged_root = sweep_dir / "merged"
+    linked = linked_merged_root(merged_root)
     ok_dirs: set[Path] = set()
     free = iter(range(max((int(p.name) for p in sweep_dir.iterdir() if p.name.isdigit()), default=-1) + 1, 1 << 30))
     for label, members in groups.items():
-        cfg = OmegaConf.load(jobs[members[0]["job"]].config)
-        if str(cfg.stage.name) not in MERGEABLE_STAGES:
-            return []
         row = {"job": "merged" + (f"[{label}]" if label else ""),
                **{f"@{k}": members[0].get("@" + k) for k in others}, "@dataset.shard": "all"}
-        n = int(cfg.dataset.get("num_shards", 1))
+        try:
+            cfg, stage, n = merge_config(jobs[members[0]["job"]])
+        except ValueError as exc:
+            merged_rows.append({**row, "status": "failed", "error": f"not merged: {exc}"})
+            continue
+        if stage not in MERGEABLE_STAGES:
+            return []
         shards = pick_shards(members, jobs)
         ran_otherwise = {int(r["@dataset.shard"]): r for g, m in groups.items() if g != label for r in m}
         problems = [p for p in (shard_problem(i, shards.get(i), n) if i in shards or i not in ran_otherwise
@@ -152,11 +152,14 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
                      for i, s in shards.items() if not 0 <= i < n]
         if not problems:
             problems = fingerprint_problems([shards[i] for i in range(n)])
+        rerun = {i for i in range(n) if shard_problem(i, shards.get(i), n)}
+        if linked:  # nothing cleared or written through the link; no shard re-run helps
+            merged_rows.append({**row, "status": "failed", "error": f"not merged: {linked}"})
+            continue
         out_dir = merged_root / label_dir_name(label) if label else merged_root
         # a merge from an earlier state of the sweep must not look current: refused, it leaves nothing;
         # merged, it starts from an empty dir (no plot or prediction file of an earlier merge left)
         clear_record_dir(out_dir, merged_root)
-        rerun = {i for i in range(n) if shard_problem(i, shards.get(i), n)}
         if not problems:
             try:
                 record = score_union(cfg, [shards[i] for i in range(n)], out_dir)
@@ -189,8 +192,55 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
         ok_dirs.add(out_dir)
         row.update(status="ok", images=record["images"], **_metric_cells(record))
         merged_rows.append(row)
-    remove_stale_merges(merged_root, ok_dirs)
+    if not linked:
+        remove_stale_merges(merged_root, ok_dirs)
     return merged_rows
+
+
+def linked_merged_root(merged_root: Path) -> str | None:
+    """Why the merges cannot be written when ``merged_root`` (``<sweep dir>/merged``) is a symbolic link (each
+    merge clears its dir before it writes: through a link it would delete and write files elsewhere), or None."""
+    from zoo_core.api.errors import ZooError
+    from zoo_core.runs.layout import refuse_symlink
+
+    try:
+        refuse_symlink(merged_root)
+    except ZooError as exc:
+        reason = str(exc).split("\n", 1)[0]
+        return (f"{reason}. Remove the link, then rebuild the report (the merges are written there): "
+                f"python -m zoo_core.reports.sweep_report {shlex.quote(str(merged_root.parent))}")
+    return None
+
+
+def shard_groups(rows: list[dict], others: list[str], jobs: dict[str, JobFiles]) -> dict[str, list[dict]]:
+    """The rows of the shard jobs, by merge label (the values of the ``others`` swept keys); a job whose
+    ``dataset.shard`` is not a number is in no merge (said in a warning naming its overrides file)."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        shard = r.get("@dataset.shard")
+        if shard is None:
+            continue
+        if not re.fullmatch(r"[+-]?\d+", str(shard).strip()):
+            log.warning("job %s ran dataset.shard=%s, not a shard number (its %s): it is in no merge", r["job"],
+                        shard, jobs[r["job"]].overrides)
+            continue
+        groups.setdefault(_label({k: r.get("@" + k) for k in others}), []).append(r)
+    return groups
+
+
+def merge_config(files: JobFiles) -> tuple:
+    """``(config, stage name, dataset.num_shards)`` of the job whose ``.hydra/config.yaml`` a merge scores with;
+    a ValueError naming the file when it is not a readable job config (not YAML, a list, no stage name...)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    try:
+        cfg = OmegaConf.load(files.config)
+        if not isinstance(cfg, DictConfig):
+            raise TypeError(f"a {type(cfg).__name__}, not a mapping")
+        return cfg, str(cfg.stage.name), int(OmegaConf.select(cfg, "dataset.num_shards", default=1))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{files.config} is not a readable job config ({first})") from None
 
 
 def _metric_cells(record: dict) -> dict:
@@ -245,27 +295,36 @@ def unscored_record(files: JobFiles) -> dict | None:
 
 
 def merge_identity(files: JobFiles) -> dict | None:
-    """What must be equal between the shards of one merge, from the job's ``run.json``."""
+    """What must be equal between the shards of one merge, from the job's ``run.json``; None when it is
+    missing or not shaped as zoo writes it (a ``config`` or ``inputs`` entry of another JSON type)."""
     rec = read_json(files.run)
     if not rec or "config" not in rec:
         return None
     cfg, inputs = rec["config"], rec.get("inputs") or {}
+    if not isinstance(cfg, dict) or not isinstance(inputs, dict):
+        return None
+    sections = {k: cfg.get(k) or {} for k in ("model", "dataset", "backend", "stage")}
+    hashed = {k: inputs.get(k) or {} for k in ("weights", "model_file")}
+    dataset_files = inputs.get("dataset_files") or []
+    if (not all(isinstance(v, dict) for v in (*sections.values(), *hashed.values()))
+            or not isinstance(dataset_files, list) or not all(isinstance(f, dict) for f in dataset_files)):
+        return None
     return {
         "model": cfg.get("model"),
-        "dataset": {k: v for k, v in (cfg.get("dataset") or {}).items() if k != "shard"},
-        "backend": {k: v for k, v in (cfg.get("backend") or {}).items() if k not in RUNTIME_BACKEND_KEYS},
-        "stage": (cfg.get("stage") or {}).get("name"),
-        "weights": (inputs.get("weights") or {}).get("sha256"),
-        "model file": (inputs.get("model_file") or {}).get("sha256"),
-        "annotation files": [f.get("sha256", f.get("bytes")) for f in inputs.get("dataset_files") or []],
+        "dataset": {k: v for k, v in sections["dataset"].items() if k != "shard"},
+        "backend": {k: v for k, v in sections["backend"].items() if k not in RUNTIME_BACKEND_KEYS},
+        "stage": sections["stage"].get("name"),
+        "weights": hashed["weights"].get("sha256"),
+        "model file": hashed["model_file"].get("sha256"),
+        "annotation files": [f.get("sha256", f.get("bytes")) for f in dataset_files],
     }
 
 
 def fingerprint_problems(shards: list[Shard]) -> list[str]:
     """One message per shard whose identity differs from the first shard's."""
     ids = [(s, merge_identity(s.files)) for s in shards]
-    problems = [f"shard {s.index} (job {s.row['job']}) has no readable run.json to check what it ran"
-                for s, ident in ids if ident is None]
+    problems = [f"shard {s.index} (job {s.row['job']}) has no readable run.json to check what it ran ({s.files.run} "
+                "is missing or not shaped as zoo writes it)" for s, ident in ids if ident is None]
     if problems:
         return problems
     ref, ref_id = ids[0]
@@ -318,7 +377,7 @@ def rerun_command(sweep_dir: Path, template: JobFiles, shard: int | None = None,
     import yaml
 
     if overrides is None:
-        overrides = yaml.safe_load(template.overrides.read_text()) or []
+        overrides = read_overrides(template.overrides)  # (a ValueError naming the file when unreadable)
     args = []
     for o in overrides:
         key = str(o).split("=", 1)[0].lstrip("+~")
@@ -329,9 +388,17 @@ def rerun_command(sweep_dir: Path, template: JobFiles, shard: int | None = None,
     hydra_file = template.overrides.parent / "hydra.yaml"
     launcher = []
     if hydra_file.is_file():
-        hcfg = yaml.safe_load(hydra_file.read_text()) or {}
-        hydra_overrides = ((hcfg.get("hydra") or {}).get("overrides") or {}).get("hydra") or []
-        launcher = [o for o in hydra_overrides if o.lstrip("+~").startswith(("hydra/launcher", "hydra.launcher"))]
+        try:
+            hcfg = yaml.safe_load(hydra_file.read_text())
+        except (OSError, ValueError, RecursionError, yaml.YAMLError):
+            hcfg = None
+        hydra_overrides = as_dict(as_dict(as_dict(hcfg).get("hydra")).get("overrides")).get("hydra")
+        if not isinstance(hydra_overrides, list):
+            log.warning("%s is not Hydra's record of the job (no list hydra.overrides.hydra): the re-run command "
+                        "names no launcher", hydra_file)
+            hydra_overrides = []
+        launcher = [o for o in hydra_overrides if isinstance(o, str)
+                    and o.lstrip("+~").startswith(("hydra/launcher", "hydra.launcher"))]
     if resume is None:
         resume = job is None and can_resume(template)
     # <job>/<stage>/: the job's run root, then its stage record dir

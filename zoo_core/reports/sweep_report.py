@@ -44,21 +44,54 @@ SPLIT_KEYS = ("dataset.shard", "resume")
 
 
 def read_json(p: Path) -> dict | None:
-    """The JSON object in ``p``, or None when it is missing or unreadable."""
+    """The JSON object in ``p``, or None when it is missing or unreadable (not JSON, or JSON of another type
+    than an object: ``[1, 2]``, ``"x"``)."""
     try:
-        return json.loads(p.read_text())
+        value = json.loads(p.read_text())
     except (OSError, ValueError, RecursionError):
         return None
+    return value if isinstance(value, dict) else None
 
 
-def _hydra_overrides(sweep_dir: Path) -> list[str]:
+def as_dict(value) -> dict:
+    """``value`` when it is a dict (a JSON object), else an empty one: a record's field of the wrong type
+    (``"latency_ms": "fast"``) is read as missing."""
+    return value if isinstance(value, dict) else {}
+
+
+def read_yaml(p: Path):
+    """The YAML document in ``p`` (``yaml.safe_load``), or None when it is missing or unreadable (not YAML, or
+    a tag safe_load refuses, such as ``!!python/object``)."""
     import yaml
 
     try:
-        cfg = yaml.safe_load((sweep_dir / "multirun.yaml").read_text()) or {}
-    except (OSError, ValueError, yaml.YAMLError):
+        return yaml.safe_load(p.read_text())
+    except (OSError, ValueError, RecursionError, yaml.YAMLError):
+        return None
+
+
+def read_overrides(p: Path) -> list[str]:
+    """A job's ``.hydra/overrides.yaml``: its list of ``key=value`` strings. Raises ValueError naming the file
+    when it is unreadable or not a list of strings (as Hydra writes it)."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(p.read_text())
+    except (OSError, ValueError, RecursionError, yaml.YAMLError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{p}: not readable as Hydra's list of overrides ({first})") from None
+    if value is None:
         return []
-    return list(((cfg.get("hydra") or {}).get("overrides") or {}).get("hydra") or [])
+    if not isinstance(value, list) or not all(isinstance(o, str) for o in value):
+        raise ValueError(f"{p}: not a list of overrides as Hydra writes it (a {type(value).__name__}"
+                         f"{'' if not isinstance(value, list) else ' holding other things than strings'})")
+    return value
+
+
+def _hydra_overrides(sweep_dir: Path) -> list[str]:
+    cfg = as_dict(read_yaml(sweep_dir / "multirun.yaml"))
+    found = as_dict(as_dict(cfg.get("hydra")).get("overrides")).get("hydra")
+    return [o for o in found if isinstance(o, str)] if isinstance(found, list) else []
 
 
 def _is_patch(hydra_overrides) -> bool:
@@ -126,12 +159,8 @@ def write_manifest(sweep_dir: Path, jobs: list[JobFiles] | None) -> None:
 
 
 def _job_config(f: JobFiles) -> dict:
-    import yaml
-
-    try:
-        return yaml.safe_load(f.config.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
+    """The job's ``.hydra/config.yaml``, or an empty dict when it is missing or not a readable mapping."""
+    return as_dict(read_yaml(f.config))
 
 
 def _name(cfg: dict, section: str) -> str | None:
@@ -141,19 +170,25 @@ def _name(cfg: dict, section: str) -> str | None:
 
 def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
     """One row per job, and the keys whose values differ between jobs (the swept keys)."""
-    import yaml
-
     rows = []
     for f in sweep_jobs(sweep_dir):
-        overrides = yaml.safe_load(f.overrides.read_text()) or []
+        try:
+            overrides = read_overrides(f.overrides)
+        except ValueError as exc:
+            log.warning("%s: the job's swept values are unknown", exc)
+            overrides = []
         values = dict(o.split("=", 1) for o in overrides if "=" in o)
-        perf = read_json(f.perf) or {}
-        metrics = read_json(f.metrics) or {}
-        error = read_json(f.error)
-        result = read_json(f.result) or {}
-        run = read_json(f.run) or {}
+        perf = _record(f.perf) or {}
+        metrics = _record(f.metrics) or {}
+        error = _record(f.error)
+        if error is None and (f.error.exists() or f.error.is_symlink()):  # written only when the job failed
+            error = {"error": f"the job failed, but its {f.error} is not a readable JSON object"}
+        result = _record(f.result) or {}
+        run = _record(f.run) or {}
         cfg = _job_config(f)
-        lat = perf.get("latency_ms") or perf.get("device_call_ms") or {}
+        if not cfg and f.config.exists():
+            log.warning("%s is not a readable config mapping: the sweep report reads it as missing", f.config)
+        lat = _field(perf, "latency_ms" if perf.get("latency_ms") else "device_call_ms", f.perf)
         timed = perf.get("images") != 0  # 0: every image was resumed from an earlier run, nothing was timed
         if not timed:
             lat = {}
@@ -171,25 +206,43 @@ def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
             "latency_mean_ms": lat.get("mean"),
             "latency_p99_ms": lat.get("p99"),
             "model_file": perf.get("model_file"),
-            "model_sha256": ((run.get("inputs") or {}).get("model_file") or {}).get("sha256"),
+            "model_sha256": _field(_field(run, "inputs", f.run), "model_file", f.run).get("sha256"),
             "om_file": result.get("om"),
             "atc": (None if converted is None else "converted" if converted
                     else f"not run (atc not on PATH): wrote {Path(str(result.get('script'))).name}"),
-            "error": (error or {}).get("error"),
+            "error": as_dict(error).get("error"),
         }
         if not timed:
             row["note"] = untimed_note(perf)
         if row["stage"] == "convert":
-            row["backend"] = f"atc {(cfg.get('atc') or {}).get('soc_version', '')}".strip()
+            row["backend"] = f"atc {as_dict(cfg.get('atc')).get('soc_version', '')}".strip()
             if error:
                 row["atc"] = "failed"
-        for k, v in (metrics.get("metrics") or {}).items():
+        for k, v in _field(metrics, "metrics", f.metrics).items():
             if "/" not in k:
                 row[f"metric:{k}"] = v
         rows.append(row)
     keys = list(dict.fromkeys(k for r in rows for k in r if k.startswith("@")))
     swept = [k[1:] for k in keys if len({str(r.get(k)) for r in rows}) > 1 or len(rows) == 1]
     return rows, swept
+
+
+def _record(p: Path) -> dict | None:
+    """:func:`read_json` of a job's record, with a warning naming a file that is there but is not a readable
+    JSON object (the report reads it as missing)."""
+    rec = read_json(p)
+    if rec is None and (p.exists() or p.is_symlink()):
+        log.warning("%s is not a readable JSON object: the sweep report reads it as missing", p)
+    return rec
+
+
+def _field(rec: dict, key: str, path: Path) -> dict:
+    """``rec[key]`` of a job's record when it is a JSON object; missing or null, an empty one; of another type
+    (``"latency_ms": "fast"``), an empty one and a warning naming the file and the key."""
+    value = rec.get(key)
+    if value is not None and not isinstance(value, dict):
+        log.warning("%s: %r is not a JSON object: the sweep report reads it as missing", path, key)
+    return as_dict(value)
 
 
 def untimed_note(perf: dict) -> str:
@@ -566,19 +619,28 @@ class SweepReport(Callback):
 
     def on_multirun_start(self, config, **kwargs) -> None:
         """Take the sweep dir's lock (another sweep writing there: :class:`~zoo_core.runs.lock.RunDirInUse`
-        before anything of this sweep is written); empty the sweep's :data:`MANIFEST` unless this sweep
+        before anything of this sweep is written) and refuse a ``multirun.yaml`` there that is a symbolic or
+        hard link (the sweeper rewrites it in place next); empty the sweep's :data:`MANIFEST` unless this sweep
         re-runs chosen jobs of it; tell ``zoo run`` (:data:`STATUS_ENV`) where the sweep writes and which
         launcher runs it, so that it can still build the report when the launcher raises and
         ``on_multirun_end`` never comes."""
+        from zoo_core.api.errors import ZooError
+        from zoo_core.runs.layout import refuse_linked_file
         from zoo_core.runs.lock import SWEEP_LOCK_NAME, RunDirInUse, RunLock, SweepRefused
 
-        lock = RunLock(Path(str(config.hydra.sweep.dir)), "sweep", name=SWEEP_LOCK_NAME)
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        lock = RunLock(sweep_dir, "sweep", name=SWEEP_LOCK_NAME)
         try:
             lock.acquire()
         except RunDirInUse as exc:
             raise SweepRefused(RunDirInUse(exc.root, exc.who, hint="another sweep is writing into this sweep dir; "
                                "nothing of this one was written: wait for it to finish, or pass another "
                                "hydra.sweep.dir=")) from None
+        try:
+            refuse_linked_file(sweep_dir / "multirun.yaml")
+        except ZooError as exc:
+            lock.release()
+            raise SweepRefused(exc) from None
         self._sweep_lock = lock  # released at the end of on_multirun_end, or when this process exits
         try:
             from omegaconf import OmegaConf
@@ -656,6 +718,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {path}: {reason}; give the sweep dir that holds the job dirs 0/, 1/, ...\n{usage}",
               file=sys.stderr)
         return 2
+    if not logging.getLogger().handlers:  # run as a tool: warnings as zoo's console prints them ("warning: ...")
+        from zoo_core.reports.logfmt import ConsoleFormatter
+
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(ConsoleFormatter("%(message)s"))
+        logging.basicConfig(handlers=[console])
     summary = build_report(path)
     if not summary["jobs"]:
         print(f"error: {path}: no sweep jobs found (job dirs with <stage>/.hydra/overrides.yaml)", file=sys.stderr)

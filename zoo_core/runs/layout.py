@@ -48,6 +48,21 @@ def refuse_linked_file(path: Path) -> None:
                        f"file it shares with another path", path=path, hint="remove it (it is rewritten anyway)")
 
 
+def refuse_links(record_dir: Path) -> None:
+    """Before Hydra writes a stage's records: neither the record dir nor its ``.hydra/``, the files in it or
+    ``zoo.log`` may be a symbolic link, and none of those files may have another hard link (Hydra would
+    write or truncate, and the stage runner clear, whatever they point at). ``zoo run`` checks a single
+    run's before Hydra starts; zoo's job-log handler (:class:`~zoo_core.runs.lock.RunLogHandler`) checks each
+    sweep job's."""
+    refuse_symlink(record_dir)
+    for name in HYDRA_FILES:
+        refuse_linked_file(record_dir / name)
+    hydra_dir = record_dir / ".hydra"
+    if hydra_dir.is_dir():
+        for p in sorted(hydra_dir.iterdir()):
+            refuse_linked_file(p)
+
+
 def clear_dir(path: Path, keep: tuple[str, ...] = ()) -> None:
     """Remove everything inside ``path`` except the names in ``keep`` (the dir itself stays).
     Links inside it are removed, not followed; ``path`` itself must not be a link (:func:`refuse_symlink`)."""

@@ -91,11 +91,30 @@ def _open_lock_file(path: Path) -> int:
     return fd
 
 
+class JobRefused(ZooError):
+    """zoo's job-log handler (:class:`RunLogHandler`) refused a sweep job before Hydra wrote anything into its
+    record dir: a planted link there (:func:`~zoo_core.runs.layout.refuse_links`) or an unusable lock file.
+    Like :class:`RunDirInUse`, it stops the sweep (``zoo run`` says it in one line, exit 2)."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+
+    @classmethod
+    def from_text(cls, text: str) -> JobRefused | None:
+        """The refusal named in a traceback's text (a job's error that came back from another process as
+        text), or None."""
+        import re
+
+        m = re.search(rf"\b{cls.__name__}: (.+(?:\n  hint: .+)?)", text)
+        return cls(m.group(1)) if m else None
+
+
 class SweepRefused(BaseException):
     """Stops a sweep from Hydra's ``on_multirun_start`` callback, which Hydra would otherwise report as a
-    warning and go on (it catches ``Exception``): ``zoo run`` raises ``error``, a :class:`RunDirInUse`."""
+    warning and go on (it catches ``Exception``): ``zoo run`` raises ``error`` (a :class:`RunDirInUse`, or the
+    ZooError of a planted ``multirun.yaml`` link)."""
 
-    def __init__(self, error: RunDirInUse):
+    def __init__(self, error: ZooError):
         super().__init__(str(error))
         self.error = error
 
@@ -189,19 +208,27 @@ class RunLogHandler(logging.FileHandler):
 
     Hydra's ``run_job`` opens the log (``mode: w`` truncates it) before it writes ``.hydra/``, and calls
     no callback earlier; so a sweep job refused here (:class:`RunDirInUse`, raised through
-    ``logging.config``) has written nothing into the holder's records. ``zoo run`` takes the lock of a
-    single run itself, before Hydra starts: this handler then enters that hold."""
+    ``logging.config``) has written nothing into the holder's records. Holding the lock, it refuses a record
+    dir, ``.hydra/`` file or ``zoo.log`` that is a link (:func:`~zoo_core.runs.layout.refuse_links`) before
+    it opens the log, as ``zoo run`` does for a single run: a sweep job refused so (:class:`JobRefused`, the
+    sweep stops) has written nothing through the link. ``zoo run`` takes the lock of a single run itself,
+    before Hydra starts: this handler then enters that hold."""
 
     def __init__(self, filename, mode: str = "a", encoding: str | None = None, delay: bool = False,
                  errors: str | None = None):
+        from zoo_core.runs.layout import refuse_links
+
         self._hold = contextlib.ExitStack()
         record_dir = _hydra_output_dir()  # (None outside a Hydra job: a plain file handler)
-        if record_dir is not None:
-            self._hold.enter_context(held_for_stage(record_dir.parent, record_dir.name, reenter=True))
         try:
+            if record_dir is not None:
+                self._hold.enter_context(held_for_stage(record_dir.parent, record_dir.name, reenter=True))
+                refuse_links(record_dir)
             super().__init__(filename, mode, encoding, delay, errors)
-        except BaseException:
+        except BaseException as exc:
             self._hold.close()
+            if isinstance(exc, ZooError) and not isinstance(exc, (RunDirInUse, JobRefused)):
+                raise JobRefused(str(exc)) from None
             raise
 
     def release_lock(self) -> None:

@@ -121,17 +121,34 @@ def default_cache_dir() -> Path:
     return Path(base) / "coco_sample" if base else Path.home() / ".cache" / "zoo" / "coco_sample"
 
 
+def _check_free(target: Path) -> None:
+    """A ZooError when ``target`` exists as anything but an empty folder: the set is renamed into place, and
+    a file or a folder of the user's there is never replaced (nor an unhelpful ``OSError`` raised)."""
+    from zoo_core.api.errors import ZooError
+
+    if not (target.exists() or target.is_symlink()):
+        return
+    if target.is_dir() and not any(target.iterdir()):
+        return
+    what = "is not a folder" if not target.is_dir() else f"is a folder without {ANN_FILE}"
+    raise ZooError(f"{what}: the generated COCO sample (dataset=coco_sample) goes there, so zoo leaves it alone",
+                   path=target, hint="remove or move it, or pass another dataset.root= (for your own COCO data: "
+                                     "dataset=coco dataset.root=<dir>)")
+
+
 def ensure_coco_sample(root: str | os.PathLike | None = None, n_images: int = 24, seed: int = 0) -> Path:
     """The folder of the generated set for ``(n_images, seed)``, generating it on first use.
 
     ``root`` defaults to :func:`default_cache_dir`; the set lives in ``root/n<N>_seed<S>``. It is
     written to a temporary sibling and renamed into place, so concurrent first uses are safe and an
-    interrupted generation never leaves a half set behind.
+    interrupted generation never leaves a half set behind. A ``root/n<N>_seed<S>`` that exists without the
+    set's annotation file (and is not an empty folder) is a ZooError naming it: it is never replaced.
     """
     base = Path(root).expanduser() if root is not None else default_cache_dir()
     target = base / f"n{int(n_images)}_seed{int(seed)}"
     if (target / ANN_FILE).is_file():
         return target
+    _check_free(target)
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=base))
     try:

@@ -48,7 +48,8 @@ def open_widerface(dataset_cfg, skip_missing_images: bool = False) -> WiderFaceD
     Keys: ``name``; ``root`` (the folder holding ``WIDER_val/images``); ``gt_dir`` (the folder of the
     four ``.mat`` files); ``generator`` (``widerface_sample`` or null). With ``generator:
     widerface_sample`` the bundled sample is built on first use into ``root`` (null: the cache,
-    see :func:`ensure_sample`) and ``gt_dir`` defaults to ``<root>/ground_truth``. Without a
+    see :func:`ensure_sample`; a ``root`` holding anything but an earlier zoo sample is refused, never
+    replaced) and ``gt_dir`` defaults to ``<root>/ground_truth``. Without a
     generator, ``root`` and ``gt_dir`` are required. Ground-truth images missing on disk are an
     error naming how many, unless ``skip_missing_images`` (``on_error=skip``): then each is skipped
     and listed when the run reads it. ``images_required: false`` (set by ``stage=evaluate``) opens the

@@ -9,8 +9,9 @@ accuracy.
 
 Where it lives: ``dataset=widerface_sample`` with ``dataset.root: null`` (the default) makes
 :func:`ensure_sample` build it once, atomically, into ``$ZOO_CACHE_DIR/widerface_sample`` (else
-``~/.cache/zoo/widerface_sample``) and reuse it; a ``dataset.root`` without a complete sample is
-built the same way. Images: ``<root>/WIDER_val/images/<event>/<stem>.jpg``; ground truth:
+``~/.cache/zoo/widerface_sample``) and reuse it; a ``dataset.root`` is built the same way when it is
+absent, empty or an earlier zoo sample (its marker file), and refused otherwise (a folder of the user's
+is never replaced). Images: ``<root>/WIDER_val/images/<event>/<stem>.jpg``; ground truth:
 ``<root>/ground_truth/wider_face_val.mat``, ``wider_{easy,medium,hard}_val.mat`` (the official
 nesting) and ``wider_face_val_bbx_gt.txt``. Generation needs scikit-image (``zoo-core[eval]``)
 and takes a few seconds.
@@ -240,16 +241,39 @@ def _is_complete(root: Path) -> bool:
     return all((root / rel).is_file() for rel in marker.get("files", []))
 
 
+def _check_replaceable(root: Path) -> None:
+    """A ZooError unless ``root`` may be (re)built: absent, an empty folder, or a sample zoo built (its
+    :data:`MARKER` file, an outdated or incomplete sample). Any other file or folder is the user's."""
+    from zoo_core.api.errors import ZooError
+
+    if not (root.exists() or root.is_symlink()):
+        return
+    if root.is_dir():
+        if (root / MARKER).is_file() or not any(root.iterdir()):
+            return
+        what = f"is not empty and holds no sample zoo generated (no {MARKER})"
+    else:
+        what = "is not a folder"
+    raise ZooError(f"{what}: building the WIDER-format sample (dataset=widerface_sample) there would replace "
+                   f"it, so zoo leaves it alone", path=root,
+                   hint="for the real WIDER FACE layout pass dataset=widerface dataset.root=<dir> "
+                        "dataset.gt_dir=<ground-truth dir>; for the sample, a new or empty dataset.root= "
+                        "(or none: the cache)")
+
+
 def ensure_sample(cache_dir: str | os.PathLike | None = None) -> Path:
     """Return the sample's root, generating it first if it is absent, incomplete or outdated.
 
     The sample is built in a temporary sibling directory and renamed into place, so a crash never
     leaves a half sample that a later call trusts; a complete sample (marker file with the same
-    :data:`RECIPE_VERSION` and every listed file present) is reused untouched.
+    :data:`RECIPE_VERSION` and every listed file present) is reused untouched. Only an absent or empty
+    root, or one holding zoo's marker file (a sample zoo built), is replaced; any other existing root
+    is a ZooError naming it, before anything is generated.
     """
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     if _is_complete(root):
         return root
+    _check_replaceable(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
@@ -261,6 +285,7 @@ def ensure_sample(cache_dir: str | os.PathLike | None = None) -> Path:
             if _is_complete(root):  # another process finished first
                 shutil.rmtree(tmp, ignore_errors=True)
                 return root
+            _check_replaceable(root)  # (again: something may have appeared there meanwhile)
             trash = Path(tempfile.mkdtemp(prefix=f".{root.name}.old.", dir=root.parent))
             os.replace(root, trash / root.name)
             shutil.rmtree(trash, ignore_errors=True)
