@@ -402,3 +402,27 @@ def test_nan_and_inf_model_outputs(zoo, infer_run):
     m = json.loads((zoo.cwd / "b" / "eval" / "metrics.json").read_text())
     assert sorted(s["id"] for s in m["skipped"]) == ["sq002", "sq005"] and m["images"] == 10
     zoo.ok(*args, "work_dir=c", "on_error=skip", "allow_skips=true")
+
+
+@pytest.mark.parametrize("kind", ["baseline", "grayscale", "progressive", "restart_markers"])
+def test_a_jpeg_missing_only_its_end_marker_reads_like_cv2_imread_and_one_cut_short_is_refused(tmp_path, kind):
+    """Before: a JPEG whose image data is whole but whose last 2 bytes (the end-of-image marker) are missing was
+    refused as "not a decodable image", where the reference's ``cv2.imread`` decodes it to the intact file's
+    pixels. A JPEG cut mid-scan is still refused (``cv2.imread`` would fill its missing rows with gray)."""
+    import cv2
+
+    from zoo_core.api.errors import InputError
+    from zoo_core.api.imaging import read_image
+
+    img = cv2.GaussianBlur(np.random.default_rng(3).integers(0, 256, (97, 131, 3), dtype=np.uint8), (7, 7), 3)
+    params = {"progressive": [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], "restart_markers": [cv2.IMWRITE_JPEG_RST_INTERVAL, 2]}
+    data = cv2.imencode(".jpg", img[:, :, 0] if kind == "grayscale" else img, params.get(kind, []))[1].tobytes()
+    assert data.endswith(b"\xff\xd9")
+    whole, no_marker, cut = tmp_path / "whole.jpg", tmp_path / "no_marker.jpg", tmp_path / "cut.jpg"
+    whole.write_bytes(data)
+    no_marker.write_bytes(data[:-2])
+    cut.write_bytes(data[: len(data) * 9 // 10])
+    np.testing.assert_array_equal(read_image(no_marker), cv2.imread(str(whole)))
+    with pytest.raises(InputError, match=r"cut.jpg: not a decodable image: a JPEG cut short, its image data stops "
+                                         r"before the last row \(libjpeg: .*premature end of data segment"):
+        read_image(cut)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, overload
 
@@ -57,7 +59,8 @@ def max_image_pixels() -> int:
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Return what ``cv2.imread(path)`` returns: HxWx3 BGR uint8, grayscale expanded to 3 equal
     channels, alpha dropped, EXIF orientation applied, 16-bit reduced to 8 bits (``>> 8``). One exception: a
-    JPEG cut short, whose missing rows ``cv2.imread`` fills with gray, is refused as ``cv2.imdecode`` refuses it.
+    JPEG cut short, whose missing rows ``cv2.imread`` fills with gray, is refused (a JPEG whose image data is
+    whole but whose end-of-image marker is missing reads as ``cv2.imread`` reads it).
 
     Raises :class:`InputError` naming the file for a missing, empty, undecodable (corrupt,
     truncated, not an image), oversized or not regular (a FIFO, a device, a directory) file. The size
@@ -66,10 +69,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     the same limit). The file is not read whole into memory: the header check reads the bytes it needs and
     ``cv2.imread`` decodes the open file (a 64x64 JPEG followed by gigabytes of anything reads as
     ``cv2.imread`` reads it, in a few MB). Only a JPEG that has no end-of-image marker where libjpeg would look
-    for it (cut short, or corrupt) is decoded from memory with ``cv2.imdecode``, which
-    refuses it when libjpeg runs out of data (``cv2.imread`` would fill the rest with gray); over
-    64 MiB it is refused unread. Raises :class:`ConfigError` when ``ZOO_MAX_IMAGE_PIXELS``
-    is invalid.
+    for it (cut short, corrupt, or only missing its last 2 bytes) is decoded from memory with
+    ``cv2.imdecode`` and the marker added: refused when libjpeg warns that its data stops early (``cv2.imread``
+    would fill the rest with gray), else the pixels ``cv2.imread`` gives; over 64 MiB it is refused unread.
+    Raises :class:`ConfigError` when ``ZOO_MAX_IMAGE_PIXELS`` is invalid.
     """
     limit = max_image_pixels()  # before OpenCV's first decode (it reads its own variable then)
     import cv2
@@ -84,9 +87,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         try:
             if head[:3] != b"\xff\xd8\xff" or _jpeg_ends(head):
                 img = _decode(cv2, f, p)
-            elif size <= _WHOLE_JPEG_MAX:  # libjpeg would run out of data: decoded from memory, as before
+            elif size <= _WHOLE_JPEG_MAX:  # libjpeg would run out of data: decoded from memory with an end marker
                 f.seek(0)
-                img = cv2.imdecode(np.frombuffer(f.read(), np.uint8), cv2.IMREAD_COLOR)
+                img, warning = _decode_without_end_marker(cv2, f.read())
+                if warning:
+                    raise InputError(f"not a decodable image: a JPEG cut short, its image data stops before the last "
+                                     f"row (libjpeg: {warning}; cv2.imread would fill the rest with gray)", path=p)
             else:
                 img = None
         except cv2.error as exc:  # OpenCV's own checks, for what _header_dims cannot read (TIFF, WebP...)
@@ -99,6 +105,34 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if img is None:
         raise InputError("not a decodable image (corrupt, truncated or not an image file)", path=p)
     return img
+
+
+def _decode_without_end_marker(cv2: Any, data: bytes) -> tuple[np.ndarray | None, str]:
+    """Decode a JPEG that has no end-of-image marker: ``cv2.imdecode`` of ``data`` with the 2-byte marker added,
+    and libjpeg's warning that the data stopped early, if it gave one. A file whose scans are all there but
+    whose marker is missing decodes as ``cv2.imread`` decodes it, silently; one whose data stops mid-scan makes
+    libjpeg warn ("premature end of data segment") and fill the missing rows with gray. libjpeg prints its
+    warnings on file descriptor 2, so that is captured for the call; anything else written there meanwhile
+    (another thread's) is written back."""
+    buf = np.frombuffer(data + b"\xff\xd9", np.uint8)
+    with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(captured.fileno(), 2)
+            try:
+                img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+            finally:
+                os.dup2(saved, 2)
+        finally:
+            os.close(saved)
+        captured.seek(0)
+        lines = captured.read().decode("utf-8", "replace").splitlines()
+    early = [ln for ln in lines if "premature end" in ln.lower()]
+    others = [ln for ln in lines if ln not in early]
+    if others:  # another thread's output, or a libjpeg warning that cv2.imread would print too
+        os.write(2, ("\n".join(others) + "\n").encode())
+    return img, (early[0].strip() if early else "")
 
 
 def _decode(cv2: Any, f: BinaryIO, p: Path) -> np.ndarray | None:
