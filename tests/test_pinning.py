@@ -271,7 +271,9 @@ def test_a_job_pinned_to_other_threads_still_resumes(zoo, fixture_onnx):
     zoo.ok("run", *args, "backend.intra_op_threads=2", "resume=true")
     assert "resuming: 12 images already done" in (zoo.cwd / "run" / "eval" / "zoo.log").read_text()
     rc, out, err = zoo("run", *args, "backend.graph_optimization=disable", "resume=true")
-    assert rc == 2 and "cannot resume: backend changed" in err  # keys that may change the outputs still refuse
+    # keys that may change the outputs still refuse, naming the key (before: "backend changed" only)
+    assert rc == 2 and "cannot resume: backend changed since the interrupted run (backend.graph_optimization: " \
+                       "'all' -> 'disable')" in err, err
 
 
 def test_runtime_backend_keys_are_out_of_the_resume_fingerprint():

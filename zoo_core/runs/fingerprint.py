@@ -48,12 +48,17 @@ def config_hash(section) -> str:
 RUNTIME_BACKEND_KEYS = ("device_id", "intra_op_threads", "inter_op_threads", "threads")
 
 
-def backend_config_hash(backend_cfg) -> str:
-    """:func:`config_hash` of the backend section without :data:`RUNTIME_BACKEND_KEYS`."""
+def backend_section(backend_cfg) -> dict[str, Any]:
+    """The backend section as it decides a run's outputs: without :data:`RUNTIME_BACKEND_KEYS`."""
     data = OmegaConf.to_container(backend_cfg, resolve=True, enum_to_str=True) \
         if not isinstance(backend_cfg, dict) else dict(backend_cfg)
     assert isinstance(data, dict)
-    return config_hash({k: v for k, v in data.items() if k not in RUNTIME_BACKEND_KEYS})
+    return {str(k): v for k, v in data.items() if k not in RUNTIME_BACKEND_KEYS}
+
+
+def backend_config_hash(backend_cfg) -> str:
+    """:func:`config_hash` of :func:`backend_section`."""
+    return config_hash(backend_section(backend_cfg))
 
 
 #: Model keys that only change what ``predict`` shows (never the network, its export or its outputs):
