@@ -95,6 +95,18 @@ def test_resume_with_other_weights_is_refused(zoo, fixture_onnx):
     assert "cannot resume" in err and "weights_sha256" in err and "detections/state.json" in err
 
 
+def test_a_torch_resume_with_another_thread_count_is_refused_naming_it(zoo):
+    """torch's outputs change in the last bits with its thread count (before: accepted, a result that matches
+    no uninterrupted run); the old count resumes. onnxruntime's threads still resume (test_pinning.py)."""
+    args = ["model=fixture", "stage=eval", "backend=torch", "num_workers=0", "work_dir=run"]
+    zoo.ok("run", *args, "backend.threads=1")
+    rc, out, err = zoo("run", *args, "backend.threads=2", "resume=true")
+    assert rc == 2 and "cannot resume: backend changed since the interrupted run (backend.threads: 1 -> 2)" in err, err
+    assert "pass backend.threads=1 to resume" in err
+    zoo.ok("run", *args, "backend.threads=1", "resume=true")
+    assert "resuming: 12 images already done" in (zoo.cwd / "run" / "eval" / "zoo.log").read_text()
+
+
 def test_a_refused_resume_names_the_changed_quantize_and_backend_keys(fixture_cfg, tmp_path):
     """Before: state.json kept no copy of the backend and quantize sections, so a changed quantize.seed was
     'model_file_sha256 changed since the interrupted run' and a changed backend option 'backend changed ...',

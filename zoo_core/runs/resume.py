@@ -74,9 +74,14 @@ def start_resumable(ctx: RunContext, state_path: Path, fingerprint: dict[str, An
             changed = sorted(k for k in set(fingerprint) | set(old) if fingerprint.get(k) != old.get(k))
             now = {**ctx.resolved_config(), "backend": backend_config}
             keys = _changed_keys(state, now, changed)
+            hint = "run again without resume=true to start over"
+            ran, now_backend = state.get("backend_config"), backend_config or {}
+            if isinstance(ran, dict) and now_backend.get("name") == "torch" == ran.get("name") \
+                    and type(ran.get("threads")) is int and ran["threads"] != now_backend.get("threads"):
+                hint = (f"torch's outputs depend on its thread count: pass backend.threads={ran['threads']} "
+                        f"to resume, or {hint}")
             raise ResumeRefused(f"{RESUME_REFUSED} {', '.join(changed)} changed since the interrupted run"
-                           + (f" ({'; '.join(keys)})" if keys else ""),
-                           path=state_path, hint="run again without resume=true to start over")
+                           + (f" ({'; '.join(keys)})" if keys else ""), path=state_path, hint=hint)
         resuming = True
     elif bool(ctx.cfg.resume):
         log.info("resume=true but %s does not exist: starting from the beginning", state_path)

@@ -84,7 +84,7 @@ def _stream(ctx: RunContext, backend: Any, pool: WorkerPool) -> tuple:
     out_dir = ctx.path("outputs")
     ledger = Ledger(out_dir / "index.jsonl")
     describe = backend.describe()
-    section = backend_section(cfg.backend)
+    section = backend_section(cfg.backend, describe)
     fingerprint = artifact_fingerprint(ctx, describe.get("model_file"), backend=config_hash(section),
                                        save_outputs=save)
 

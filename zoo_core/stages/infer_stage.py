@@ -68,7 +68,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     try:
         meta_file = inputs_dir / "meta.jsonl"
         describe = backend.describe()
-        section = backend_section(cfg.backend)
+        section = backend_section(cfg.backend, describe)
         fingerprint = artifact_fingerprint(ctx, describe.get("model_file"), backend=config_hash(section),
                                            inputs_dir=str(inputs_dir.resolve()),
                                            inputs_meta_sha256=sha256_file(meta_file) if meta_file.is_file() else None)
