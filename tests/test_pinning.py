@@ -264,14 +264,17 @@ def test_submitit_jobs_get_pin_devices_and_slurm_given_devices(zoo, ascend, tmp_
 
 
 def test_a_job_pinned_to_other_threads_still_resumes(zoo, fixture_onnx):
-    """Threads change how fast a run computes, not its outputs: a sweep job pinned to 1 thread is resumed by
-    its re-run command, which runs alone and unpinned (before: "cannot resume: backend changed")."""
+    """onnxruntime's threads change how fast a run computes, not its outputs: a sweep job pinned to 1 thread is
+    resumed by its re-run command, which runs alone and unpinned (before: "cannot resume: backend changed").
+    torch's do change its outputs: test_resume.py, test_shard_merge.py."""
     args = ("model=fixture", "stage=eval", f"model_file={fixture_onnx}", "work_dir=run")
     zoo.ok("run", *args, "backend.intra_op_threads=1", "num_workers=0")
     zoo.ok("run", *args, "backend.intra_op_threads=2", "resume=true")
     assert "resuming: 12 images already done" in (zoo.cwd / "run" / "eval" / "zoo.log").read_text()
     rc, out, err = zoo("run", *args, "backend.graph_optimization=disable", "resume=true")
-    assert rc == 2 and "cannot resume: backend changed" in err  # keys that may change the outputs still refuse
+    # keys that may change the outputs still refuse, naming the key (before: "backend changed" only)
+    assert rc == 2 and "cannot resume: backend changed since the interrupted run (backend.graph_optimization: " \
+                       "'all' -> 'disable')" in err, err
 
 
 def test_runtime_backend_keys_are_out_of_the_resume_fingerprint():
@@ -280,3 +283,14 @@ def test_runtime_backend_keys_are_out_of_the_resume_fingerprint():
     base = {"name": "onnxruntime", "intra_op_threads": 0, "device_id": 0, "providers": ["CPUExecutionProvider"]}
     assert backend_config_hash(base) == backend_config_hash({**base, "intra_op_threads": 1, "device_id": 3})
     assert backend_config_hash(base) != backend_config_hash({**base, "providers": ["CUDAExecutionProvider"]})
+
+
+def test_torch_threads_are_in_the_resume_fingerprint_as_torch_ran_them():
+    """torch's outputs change in the last bits with its thread count (onnxruntime's were bit-identical); the count
+    is the one torch ran (its describe()), so threads: 0, torch's default, is what that default was."""
+    from zoo_core.runs.fingerprint import backend_config_hash, backend_section
+
+    torch = {"name": "torch", "threads": 0}
+    assert backend_section(torch, {"backend": "torch", "threads": 4}) == {"name": "torch", "threads": 4}
+    assert backend_config_hash(torch, {"threads": 1}) != backend_config_hash(torch, {"threads": 2})
+    assert backend_config_hash(torch, {"threads": 2}) == backend_config_hash({**torch, "threads": 2}, {"threads": 2})

@@ -300,6 +300,30 @@ def test_bad_bootstrap_is_a_config_error(zoo, bad):
     assert code == 2 and "must be 0 (off) or the number of resamples" in err
 
 
+def test_negative_bootstrap_seed_is_refused_before_any_image_runs(zoo):
+    """Before: bootstrap_seed=-1 ran every image, then numpy's default_rng raised 'ValueError: expected
+    non-negative integer' (exit 1, no metrics.json) or, with an evaluator that has no intervals, was written
+    to metrics.json as the seed (exit 0)."""
+    run_dir = zoo.cwd / "outputs" / "fixture"
+    code, _, err = zoo("run", "model=fixture", "stage=eval", "backend=oracle", "bootstrap=50", "bootstrap_seed=-1")
+    assert code == 2 and "bootstrap_seed=-1 is invalid: it must be >= 0" in err, err
+    assert not (run_dir / "detections").exists() and not (run_dir / "eval" / "metrics.json").exists()
+    zoo.ok("run", "model=fixture", "stage=eval", "backend=oracle")
+    before = (run_dir / "eval" / "metrics.json").read_bytes()
+    code, _, err = zoo("run", "model=fixture", "stage=evaluate", "bootstrap=50", "bootstrap_seed=-1")
+    assert code == 2 and "bootstrap_seed=-1 is invalid: it must be >= 0" in err, err
+    assert (run_dir / "eval" / "metrics.json").read_bytes() == before
+
+
+def test_bootstrap_request_names_a_negative_seed():
+    from zoo_core.api.errors import ConfigError
+    from zoo_core.datasets import bootstrap_request
+
+    assert bootstrap_request(OmegaConf.create({"bootstrap": 200, "bootstrap_seed": 7})) == (200, 7)
+    with pytest.raises(ConfigError, match=r"bootstrap_seed=-1 is invalid"):
+        bootstrap_request(OmegaConf.create({"bootstrap": 200, "bootstrap_seed": -1}))
+
+
 def test_one_shard_is_not_gated_and_says_why_it_was_not_compared(zoo):
     zoo.ok("run", "model=fixture", "stage=eval", "backend=oracle", "gate=true", "dataset.num_shards=2",
            "dataset.shard=0")

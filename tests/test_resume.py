@@ -95,6 +95,51 @@ def test_resume_with_other_weights_is_refused(zoo, fixture_onnx):
     assert "cannot resume" in err and "weights_sha256" in err and "detections/state.json" in err
 
 
+def test_a_torch_resume_with_another_thread_count_is_refused_naming_it(zoo):
+    """torch's outputs change in the last bits with its thread count (before: accepted, a result that matches
+    no uninterrupted run); the old count resumes. onnxruntime's threads still resume (test_pinning.py)."""
+    args = ["model=fixture", "stage=eval", "backend=torch", "num_workers=0", "work_dir=run"]
+    zoo.ok("run", *args, "backend.threads=1")
+    rc, out, err = zoo("run", *args, "backend.threads=2", "resume=true")
+    assert rc == 2 and "cannot resume: backend changed since the interrupted run (backend.threads: 1 -> 2)" in err, err
+    assert "pass backend.threads=1 to resume" in err
+    zoo.ok("run", *args, "backend.threads=1", "resume=true")
+    assert "resuming: 12 images already done" in (zoo.cwd / "run" / "eval" / "zoo.log").read_text()
+
+
+def test_a_refused_resume_names_the_changed_quantize_and_backend_keys(fixture_cfg, tmp_path):
+    """Before: state.json kept no copy of the backend and quantize sections, so a changed quantize.seed was
+    'model_file_sha256 changed since the interrupted run' and a changed backend option 'backend changed ...',
+    naming no key. A state file written before the copies still gets the message without keys."""
+    from tests.test_om_record import _ctx
+    from zoo_core.runs.resume import ResumeRefused, start_resumable
+
+    state = tmp_path / "detections" / "state.json"
+    state.parent.mkdir()
+    q = {"quantize.name": "int8", "quantize.calibration_images": 4}
+    backend = {"name": "onnxruntime", "graph_optimization": "all"}
+    start_resumable(_ctx(fixture_cfg, tmp_path, "eval", **q, **{"quantize.seed": 0}), state,
+                    {"model_file_sha256": "a", "backend": "x"}, lambda: None, "onnxruntime", backend)
+    written = json.loads(state.read_text())
+    assert written["backend_config"] == backend and written["quantize_config"]["seed"] == 0
+
+    def refusal(fingerprint, backend_config, **over) -> str:
+        with pytest.raises(ResumeRefused) as exc:
+            start_resumable(_ctx(fixture_cfg, tmp_path, "eval", resume=True, **q, **over), state, fingerprint,
+                            lambda: None, "onnxruntime", backend_config)
+        return str(exc.value).split("\n")[0]  # (then the hint)
+
+    assert refusal({"model_file_sha256": "b", "backend": "x"}, backend, **{"quantize.seed": 1}) == (
+        f"{state}: cannot resume: model_file_sha256 changed since the interrupted run (quantize.seed: 0 -> 1)")
+    assert refusal({"model_file_sha256": "a", "backend": "y"}, {**backend, "graph_optimization": "basic"},
+                   **{"quantize.seed": 0}).endswith(
+        "cannot resume: backend changed since the interrupted run (backend.graph_optimization: 'all' -> 'basic')")
+    old = {k: v for k, v in written.items() if k not in ("backend_config", "quantize_config")}
+    state.write_text(json.dumps(old))  # written by an older zoo
+    assert refusal({"model_file_sha256": "b", "backend": "x"}, backend, **{"quantize.seed": 1}).endswith(
+        "cannot resume: model_file_sha256 changed since the interrupted run")
+
+
 def test_preprocess_killed_then_resumed_writes_every_input_once(zoo, big_squares):
     zoo.ok("run", "model=fixture", "stage=preprocess", "num_workers=0", f"dataset.root={big_squares}", "work_dir=ref")
     args = ["model=fixture", "stage=preprocess", "num_workers=0", "model.preprocess_delay_ms=80",

@@ -117,6 +117,9 @@ def test_scaffold_config_refuses_out_of_range_values(tmp_path, monkeypatch, key,
     discs.n_images = 0
     with pytest.raises(ConfigError, match=r"dataset.n_images=0: outside \[1, inf\]"):
         typed_section(discs, module.SCHEMAS["dataset/range_det_discs"], "dataset", "zoo-range-det")
+    discs.n_images, discs.seed = 4, -1  # was numpy's ValueError when the set was generated
+    with pytest.raises(ConfigError, match=r"dataset.seed=-1: outside \[0, inf\]"):
+        typed_section(discs, module.SCHEMAS["dataset/range_det_discs"], "dataset", "zoo-range-det")
 
 
 def test_templates_are_package_data_of_zoo_core():

@@ -166,6 +166,51 @@ def test_shards_of_different_weights_or_config_are_refused_in_process(tmp_path):
     assert "annotation files" in problem
 
 
+def test_torch_shards_that_ran_different_thread_counts_are_refused(tmp_path):
+    """torch's outputs change in the last bits with its thread count (before: the shards merged, a result no
+    unsharded run gives); the count is what torch ran (run.json's backend describe), not the config's 0."""
+    from zoo_core.reports import shard_merge
+    from zoo_core.reports.job_files import job_files
+
+    def job(name: str, threads: int, ran: int) -> shard_merge.Shard:
+        d = tmp_path / name
+        (d / "eval").mkdir(parents=True)
+        (d / "eval" / "run.json").write_text(json.dumps({
+            "config": {"model": {"name": "m"}, "dataset": {"name": "d", "shard": int(name) % 2},
+                       "backend": {"name": "torch", "threads": threads}, "stage": {"name": "eval"}},
+            "inputs": {}, "backend": {"backend": "torch", "threads": ran, "weights": None}}))
+        return shard_merge.Shard(int(name) % 2, {"job": name, "status": "ok"}, job_files(d, "eval"))
+
+    [problem] = shard_merge.fingerprint_problems([job("0", 1, 1), job("1", 2, 2)])
+    assert problem == "shard 1 (job 1) did not run what shard 0 (job 0) ran: backend config (threads: 1 vs 2)"
+    assert shard_merge.fingerprint_problems([job("2", 2, 2), job("3", 0, 2)]) == []  # 0: torch's default, 2 here
+    assert not shard_merge.is_runtime_key("backend.threads")  # a sweep over it merges each count on its own
+
+
+@pytest.mark.parametrize("backend, composed, overrides, added", [
+    ("torch", 0, [], ["pin.cores=2", "pin.jobs=1"]),  # pinned by the sweep: the re-run alone is pinned again
+    ("torch", 2, [], []),  # 2 threads from the config, not pinned: the re-run gets them as the job did
+    ("torch", 0, ["backend.threads=3"], []),  # given on the command line: pinning left it alone
+    ("torch", 0, ["backend=onnxruntime"], []),  # (a not-started job whose backend is not the template's)
+    ("onnxruntime", 0, [], [])])
+def test_the_rerun_command_of_a_pinned_torch_job_pins_it_again(tmp_path, backend, composed, overrides, added):
+    """torch's outputs change with its thread count: a sweep job pinned to 2 threads, re-run alone (joblib: not
+    pinned), would compute with torch's default and its resume would be refused (before: accepted)."""
+    from zoo_core.reports import shard_merge
+    from zoo_core.reports.job_files import job_files
+
+    files = job_files(tmp_path / "sweep" / "1", "eval")
+    files.overrides.parent.mkdir(parents=True)
+    files.overrides.write_text("- model=fixture\n- dataset.shard=1\n")
+    key = "threads" if backend == "torch" else "intra_op_threads"
+    files.config.write_text(f"backend:\n  name: {backend}\n  {key}: {composed}\n")
+    files.run.write_text(json.dumps({"config": {"backend": {"name": backend, key: 2}}}))
+    args = shlex.split(shard_merge.rerun_command(tmp_path / "sweep", files,
+                                                 overrides=["model=fixture", "dataset.shard=1", *overrides]))
+    assert args[args.index("dataset.shard=1") + 1:args.index(f"hydra.sweep.dir={tmp_path / 'sweep'}")] == \
+        overrides + added
+
+
 def test_after_a_resume_refusal_the_rerun_commands_start_over_and_complete_the_merge(zoo, fixture_onnx):
     """Before: the suggested commands kept resume=true, so they failed with the same refusal forever."""
     args = ("model=fixture", "stage=eval", f"model_file={fixture_onnx}", *SHARDS)

@@ -239,6 +239,29 @@ def test_missing_dataset_says_what_to_download(tmp_path):
         assert "val2017" in msg and "annotations/instances_val2017.json" in msg
 
 
+@pytest.mark.parametrize("key, value, bound", [("seed", -1, 0), ("n_images", 0, 1), ("n_images", -3, 1)])
+def test_generated_sample_refuses_a_negative_seed_or_no_images_naming_the_key(tmp_path, key, value, bound):
+    """Before: dataset.seed=-1 was numpy's 'ValueError: expected non-negative integer' (n_images=-3: 'negative
+    dimensions are not allowed'), exit 1, from any dataset config the typed schema does not cover."""
+    from zoo_core.api.errors import ConfigError
+    from zoo_core.datasets.coco import open_coco
+
+    cfg = {"name": "mine", "generator": "coco_sample", "root": str(tmp_path / "cache"), "n_images": 4, "seed": 0,
+           key: value}
+    with pytest.raises(ConfigError) as e:
+        open_coco(cfg)
+    assert str(e.value) == f"dataset.{key}={value} is invalid for the generated coco_sample set: it must be >= {bound}"
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_negative_coco_sample_seed_fails_at_composition():
+    from zoo_core.api.errors import ConfigError
+    from zoo_core.config.validate import compose
+
+    with pytest.raises(ConfigError, match=r"^dataset.seed=-1: outside \[0, inf\]$"):
+        compose(["model=centernet", "dataset=coco_sample", "dataset.seed=-1"])
+
+
 @pytest.mark.parametrize("evaluator", ["pycocotools", "faster-coco-eval"])
 def test_pr_curves_are_the_all_class_curves_behind_ap50_and_ap75(sample_ds, oracle_dets, evaluator):
     import cv2

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zoo_core.api.config import MISSING, DatasetConfig
+from zoo_core.api.config import MISSING, DatasetConfig, in_range
 
 
 @dataclass
@@ -41,8 +41,8 @@ class CocoSampleDatasetConfig(DatasetConfig):
     """``coco_sample``: the generated COCO-format sample."""
 
     root: str | None = None
-    n_images: int = MISSING
-    seed: int = 0
+    n_images: int = in_range(MISSING, 1)    # >= 1
+    seed: int = in_range(0, 0)              # >= 0 (numpy's default_rng refuses a negative seed)
 
 
 #: ``{dataset file name: schema}`` of zoo-core's own dataset files (``none`` takes the base class).

@@ -128,11 +128,16 @@ def _coco() -> DatasetKind:
 
 def bootstrap_request(cfg) -> tuple[int, int]:
     """``(N, seed)`` from the run-level keys ``bootstrap`` (0: off) and ``bootstrap_seed``; a kind's scorer
-    then returns 95% intervals in ``EvalResult.ci95`` (:mod:`zoo_core.datasets.bootstrap`)."""
+    then returns 95% intervals in ``EvalResult.ci95`` (:mod:`zoo_core.datasets.bootstrap`).
+
+    :raises ConfigError: ``bootstrap`` is negative or 1, or ``bootstrap_seed`` is negative."""
     n = int(cfg.get("bootstrap", 0) or 0)
     if n < 0 or n == 1:
         raise ConfigError(f"bootstrap={n} must be 0 (off) or the number of resamples (>= 2; 1000 is usual)")
-    return n, int(cfg.get("bootstrap_seed", 0) or 0)
+    seed = int(cfg.get("bootstrap_seed", 0) or 0)
+    if seed < 0:  # numpy's default_rng refuses it, and only once every image has run
+        raise ConfigError(f"bootstrap_seed={seed} is invalid: it must be >= 0")
+    return n, seed
 
 
 _FACTORIES: dict[str, Callable[[], DatasetKind]] = {"coco": _coco, "widerface": _widerface}

@@ -9,7 +9,8 @@ A merge is refused (its report row is failed, and the sweep exits 1) when
   the message names the shard and gives the command that re-runs just that shard into the sweep
   (``hydra.sweep.subdir=<its job dir>/<stage>``; ``resume=true`` when the job left something to resume
   and did not fail refusing to resume); once it has run, the merge completes;
-* the shards did not run the same thing: their model, dataset (except ``shard``) and backend config,
+* the shards did not run the same thing: their model, dataset (except ``shard``) and backend config
+  (for ``backend=torch`` with the thread count torch ran, which changes its outputs in the last bits),
   weights, model file and dataset annotation files (sha256, from each job's ``run.json``) must agree;
 * a shard's detections are not what it scored (:func:`shard_detections`: gone, chunks that differ from its
   ``detections/index.jsonl``, other images than its shard's); it is named with its re-run command;
@@ -39,7 +40,7 @@ from pathlib import Path
 
 from zoo_core.reports.job_files import JobFiles
 from zoo_core.reports.sweep_report import as_dict, read_json, read_overrides, sweep_jobs
-from zoo_core.runs.fingerprint import RUNTIME_BACKEND_KEYS
+from zoo_core.runs.fingerprint import RUNTIME_BACKEND_KEYS, backend_section
 
 log = logging.getLogger("zoo")
 
@@ -309,10 +310,11 @@ def merge_identity(files: JobFiles) -> dict | None:
     if (not all(isinstance(v, dict) for v in (*sections.values(), *hashed.values()))
             or not isinstance(dataset_files, list) or not all(isinstance(f, dict) for f in dataset_files)):
         return None
+    ran = rec.get("backend")  # what the backend's describe() said: the thread count torch ran
     return {
         "model": cfg.get("model"),
         "dataset": {k: v for k, v in sections["dataset"].items() if k != "shard"},
-        "backend": {k: v for k, v in sections["backend"].items() if k not in RUNTIME_BACKEND_KEYS},
+        "backend": backend_section(sections["backend"], ran if isinstance(ran, dict) else None),
         "stage": sections["stage"].get("name"),
         "weights": hashed["weights"].get("sha256"),
         "model file": hashed["model_file"].get("sha256"),
@@ -373,7 +375,8 @@ def rerun_command(sweep_dir: Path, template: JobFiles, shard: int | None = None,
     """The ``zoo run`` that runs the job of ``template`` again into this sweep (the sweep's launcher
     overrides repeated): into the template's job dir, or ``job``; ``shard`` replaces its
     ``dataset.shard``, ``overrides`` all its task overrides. ``resume=true`` is added when ``resume`` says
-    so (default: :func:`can_resume`)."""
+    so (default: :func:`can_resume`); a torch job is pinned to the thread count its sweep pinned it to
+    (:func:`pinned_threads`)."""
     import yaml
 
     if overrides is None:
@@ -385,6 +388,7 @@ def rerun_command(sweep_dir: Path, template: JobFiles, shard: int | None = None,
             o = f"dataset.shard={shard}"
         if key != "resume":
             args.append(str(o))
+    args += pinned_threads(template, args)
     hydra_file = template.overrides.parent / "hydra.yaml"
     launcher = []
     if hydra_file.is_file():
@@ -406,6 +410,32 @@ def rerun_command(sweep_dir: Path, template: JobFiles, shard: int | None = None,
     argv = ["zoo", "run", "-m", *launcher, *args, f"hydra.sweep.dir={sweep_dir}",
             f"hydra.sweep.subdir={job or template.root.name}/{stage}"] + (["resume=true"] if resume else [])
     return shlex.join(argv)
+
+
+def pinned_threads(template: JobFiles, args: list[str]) -> list[str]:
+    """``["pin.cores=<n>", "pin.jobs=1"]`` when ``template`` ran ``backend=torch`` with ``n`` threads its sweep
+    pinned (``run.json``'s config says ``n``, Hydra's composed ``.hydra/config.yaml`` another count) and
+    ``args``, the re-run's task overrides, do not give ``backend.threads``: torch's outputs change with its
+    thread count, and a job re-run alone is not pinned as it was among the sweep's jobs (joblib's ``n_jobs``,
+    submitit_local), so its resume would be refused and its detections would not merge with the other
+    shards'. Pinning it again (rather than ``backend.threads=<n>``) keeps the re-run's task overrides those of
+    its shard's merge group."""
+    import yaml
+
+    from zoo_core.config.pinning import explicit_keys
+
+    backend = ((read_json(template.run) or {}).get("config") or {}).get("backend")
+    threads = backend.get("threads") if isinstance(backend, dict) and backend.get("name") == "torch" else None
+    if type(threads) is not int or threads <= 0 or "backend.threads" in explicit_keys(args):
+        return []
+    chosen = [a.split("=", 1)[1] for a in args if a.split("=", 1)[0].lstrip("+~") == "backend"]
+    if chosen and chosen[-1] != "torch":
+        return []
+    try:
+        composed = ((yaml.safe_load(template.config.read_text()) or {}).get("backend") or {}).get("threads")
+    except (OSError, ValueError, yaml.YAMLError, AttributeError):
+        composed = None
+    return [] if composed == threads else [f"pin.cores={threads}", "pin.jobs=1"]
 
 
 class NotMergeable(Exception):

@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -45,15 +46,29 @@ def config_hash(section) -> str:
 
 #: Backend keys that change where or how fast a run computes, not its outputs: left out of the resume
 #: fingerprint (a sweep job pinned to 1 thread resumes in a run given 4) and of a shard merge's check.
-RUNTIME_BACKEND_KEYS = ("device_id", "intra_op_threads", "inter_op_threads", "threads")
+#: onnxruntime's thread counts are (its outputs were found bit-identical across them); torch's
+#: ``threads`` is not: torch splits its sums by thread count, so its outputs change in the last bits
+#: with it (up to 3e-4 px on CenterFace), and it stays in both (see :func:`backend_section`).
+RUNTIME_BACKEND_KEYS = ("device_id", "intra_op_threads", "inter_op_threads")
 
 
-def backend_config_hash(backend_cfg) -> str:
-    """:func:`config_hash` of the backend section without :data:`RUNTIME_BACKEND_KEYS`."""
+def backend_section(backend_cfg, describe: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The backend section as it decides a run's outputs: without :data:`RUNTIME_BACKEND_KEYS`, and for
+    ``backend=torch`` with ``threads`` the count torch computed with, from the backend's ``describe()``
+    (``threads: 0`` is torch's default, which depends on the machine and ``OMP_NUM_THREADS``)."""
     data = OmegaConf.to_container(backend_cfg, resolve=True, enum_to_str=True) \
         if not isinstance(backend_cfg, dict) else dict(backend_cfg)
     assert isinstance(data, dict)
-    return config_hash({k: v for k, v in data.items() if k not in RUNTIME_BACKEND_KEYS})
+    out = {str(k): v for k, v in data.items() if k not in RUNTIME_BACKEND_KEYS}
+    ran = (describe or {}).get("threads")
+    if str(out.get("name")) == "torch" and isinstance(ran, int) and not isinstance(ran, bool):
+        out["threads"] = ran
+    return out
+
+
+def backend_config_hash(backend_cfg, describe: Mapping[str, Any] | None = None) -> str:
+    """:func:`config_hash` of :func:`backend_section`."""
+    return config_hash(backend_section(backend_cfg, describe))
 
 
 #: Model keys that only change what ``predict`` shows (never the network, its export or its outputs):

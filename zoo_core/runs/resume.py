@@ -46,13 +46,17 @@ def artifact_fingerprint(ctx: RunContext, model_file: str | None = None, **parts
 
 
 def start_resumable(ctx: RunContext, state_path: Path, fingerprint: dict[str, Any],
-                    reset: Callable[[], None], backend: str | None = None) -> bool:
+                    reset: Callable[[], None], backend: str | None = None,
+                    backend_config: dict[str, Any] | None = None) -> bool:
     """Open a resumable artifact dir; True when resuming it (``resume=true`` and a matching state).
 
     When not resuming, ``reset()`` clears the old artifacts *before* the new state is written, so a
     kill in between never pairs old artifacts with a new fingerprint. ``state.json`` records the
-    fingerprint (plus the model and dataset config, for ``evaluate``'s provenance check, and ``backend``:
-    the backend that made the model outputs, when known) and ``complete: false`` until :func:`mark_complete`.
+    fingerprint (plus the model and dataset config, for ``evaluate``'s provenance check, ``backend``:
+    the backend that made the model outputs, when known, and the config sections a refusal names the
+    changed keys of: ``backend_config``, the backend section the fingerprint hashed
+    (:func:`~zoo_core.runs.fingerprint.backend_section`), and the ``quantize`` section) and
+    ``complete: false`` until :func:`mark_complete`.
     """
     state_path = Path(state_path)
     resuming = False
@@ -68,10 +72,16 @@ def start_resumable(ctx: RunContext, state_path: Path, fingerprint: dict[str, An
                                 hint="run again without resume=true to start over") from None
         if old != fingerprint:
             changed = sorted(k for k in set(fingerprint) | set(old) if fingerprint.get(k) != old.get(k))
-            keys = _changed_keys(state, ctx.resolved_config(), changed)
+            now = {**ctx.resolved_config(), "backend": backend_config}
+            keys = _changed_keys(state, now, changed)
+            hint = "run again without resume=true to start over"
+            ran, now_backend = state.get("backend_config"), backend_config or {}
+            if isinstance(ran, dict) and now_backend.get("name") == "torch" == ran.get("name") \
+                    and type(ran.get("threads")) is int and ran["threads"] != now_backend.get("threads"):
+                hint = (f"torch's outputs depend on its thread count: pass backend.threads={ran['threads']} "
+                        f"to resume, or {hint}")
             raise ResumeRefused(f"{RESUME_REFUSED} {', '.join(changed)} changed since the interrupted run"
-                           + (f" ({'; '.join(keys)})" if keys else ""),
-                           path=state_path, hint="run again without resume=true to start over")
+                           + (f" ({'; '.join(keys)})" if keys else ""), path=state_path, hint=hint)
         resuming = True
     elif bool(ctx.cfg.resume):
         log.info("resume=true but %s does not exist: starting from the beginning", state_path)
@@ -79,23 +89,35 @@ def start_resumable(ctx: RunContext, state_path: Path, fingerprint: dict[str, An
         state_path.unlink(missing_ok=True)
         reset()
     cfg = ctx.resolved_config()
-    write_json(state_path, {"stage": ctx.stage, "model_name": ctx.model_name, "fingerprint": fingerprint,
-                            "backend": backend, "model_config": cfg["model"], "dataset_config": cfg["dataset"],
-                            "complete": False})
+    record = {"stage": ctx.stage, "model_name": ctx.model_name, "fingerprint": fingerprint, "backend": backend,
+              "model_config": cfg["model"], "dataset_config": cfg["dataset"]}
+    if backend_config is not None:
+        record["backend_config"] = backend_config
+    if isinstance(cfg.get("quantize"), dict):
+        record["quantize_config"] = cfg["quantize"]
+    write_json(state_path, {**record, "complete": False})
     return resuming
 
 
-def _changed_keys(state: Any, cfg: dict[str, Any], sections: list[str]) -> list[str]:
-    """``model.threshold: 0.05 -> 0.3`` for each key of a changed ``model`` / ``dataset`` section that the
-    state file's copy of that section says changed (nested keys dotted; at most 8)."""
+#: ``{config section: the fingerprint entry a change of it shows in}``; state.json keeps a copy of each
+#: (``<section>_config``) to name the changed keys. (The quantize settings change the INT8 model file.)
+_NAMED_SECTIONS = {"model": "model", "dataset": "dataset", "backend": "backend", "quantize": "model_file_sha256"}
+
+
+def _changed_keys(state: Any, cfg: dict[str, Any], changed: list[str]) -> list[str]:
+    """``model.threshold: 0.05 -> 0.3`` for each key of a section whose fingerprint entry changed that the
+    state file's copy of that section says changed (nested keys dotted; at most 8). A state file written
+    before zoo kept a copy of a section names none of its keys."""
     out: list[str] = []
     if not isinstance(state, dict):
         return out
-    for section in ("model", "dataset"):
-        before = state.get(f"{section}_config")
-        if section not in sections or not isinstance(before, dict) or not isinstance(cfg.get(section), dict):
+    for section, entry in _NAMED_SECTIONS.items():
+        before, now = state.get(f"{section}_config"), cfg.get(section)
+        if entry not in changed or not isinstance(before, dict) or not isinstance(now, dict):
             continue
-        out += [f"{section}.{k}: {a!r} -> {b!r}" for k, a, b in _diff_flat(before, cfg[section])]
+        if section == "quantize" and before.get("name") == now.get("name") == "none":
+            continue  # the FP32 model: no quantize key made it
+        out += [f"{section}.{k}: {a!r} -> {b!r}" for k, a, b in _diff_flat(before, now)]
     return out[:8]
 
 

@@ -23,7 +23,7 @@ from zoo_core.pipeline.workers import WorkerPool
 from zoo_core.reports.progress import Progress
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.detstore import DetectionStore, class_count
-from zoo_core.runs.fingerprint import backend_config_hash
+from zoo_core.runs.fingerprint import backend_section, config_hash
 from zoo_core.runs.layout import clear_dir
 from zoo_core.runs.records import finish_with_skips, write_perf
 from zoo_core.runs.resume import Ledger, artifact_fingerprint, mark_complete, start_resumable
@@ -84,7 +84,8 @@ def _stream(ctx: RunContext, backend: Any, pool: WorkerPool) -> tuple:
     out_dir = ctx.path("outputs")
     ledger = Ledger(out_dir / "index.jsonl")
     describe = backend.describe()
-    fingerprint = artifact_fingerprint(ctx, describe.get("model_file"), backend=backend_config_hash(cfg.backend),
+    section = backend_section(cfg.backend, describe)
+    fingerprint = artifact_fingerprint(ctx, describe.get("model_file"), backend=config_hash(section),
                                        save_outputs=save)
 
     def reset() -> None:
@@ -93,7 +94,8 @@ def _stream(ctx: RunContext, backend: Any, pool: WorkerPool) -> tuple:
             clear_dir(out_dir)
 
     done: set[str] = set()
-    if start_resumable(ctx, ctx.path("detections", "state.json"), fingerprint, reset, backend=str(cfg.backend.name)):
+    if start_resumable(ctx, ctx.path("detections", "state.json"), fingerprint, reset, backend=str(cfg.backend.name),
+                       backend_config=section):
         store.drop_unverified()  # a damaged or changed chunk is removed: its images are redone
         done = set(store.load())
         if save:

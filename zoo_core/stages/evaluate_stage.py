@@ -26,6 +26,7 @@ from omegaconf import open_dict
 
 from zoo_core.api.atomic import write_json
 from zoo_core.api.errors import ZooError
+from zoo_core.datasets import bootstrap_request
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.detstore import DetectionStore, class_count
 from zoo_core.runs.fingerprint import sha256_file
@@ -105,6 +106,7 @@ def ground_truth_only(ctx: RunContext) -> None:
 
 
 def run(ctx: RunContext) -> dict:
+    bootstrap_request(ctx.cfg)  # a bad bootstrap= / bootstrap_seed= fails before any file is read
     ground_truth_only(ctx)
     given = ctx.cfg.get("detections")
     src = Path(str(given)).expanduser() if given else ctx.path("detections")

@@ -18,7 +18,7 @@ from zoo_core.pipeline.sources import BinInputSource, list_bin_inputs
 from zoo_core.pipeline.stream import Stream
 from zoo_core.reports.progress import Progress
 from zoo_core.runs.context import RunContext
-from zoo_core.runs.fingerprint import backend_config_hash, sha256_file
+from zoo_core.runs.fingerprint import backend_section, config_hash, sha256_file
 from zoo_core.runs.layout import clear_dir
 from zoo_core.runs.records import finish_with_skips, write_perf
 from zoo_core.runs.resume import Ledger, artifact_fingerprint, mark_complete, start_resumable
@@ -67,13 +67,15 @@ def run(ctx: RunContext) -> dict[str, Any]:
     backend = open_backend(ctx)
     try:
         meta_file = inputs_dir / "meta.jsonl"
-        fingerprint = artifact_fingerprint(ctx, backend.describe().get("model_file"),
-                                           backend=backend_config_hash(cfg.backend),
+        describe = backend.describe()
+        section = backend_section(cfg.backend, describe)
+        fingerprint = artifact_fingerprint(ctx, describe.get("model_file"), backend=config_hash(section),
                                            inputs_dir=str(inputs_dir.resolve()),
                                            inputs_meta_sha256=sha256_file(meta_file) if meta_file.is_file() else None)
         ledger = Ledger(out_dir / "index.jsonl")
         resuming = start_resumable(ctx, out_dir / "state.json", fingerprint,
-                                   lambda: clear_dir(out_dir, keep=("state.json",)), backend=str(cfg.backend.name))
+                                   lambda: clear_dir(out_dir, keep=("state.json",)), backend=str(cfg.backend.name),
+                                   backend_config=section)
         done = ledger.verified() if resuming else set()
         todo = [it for it in items if it.sample.id not in done]
         stats = Stream(BinInputSource(todo), [OutputBinSink(out_dir, ledger)], backend=backend, keep_outputs=True,

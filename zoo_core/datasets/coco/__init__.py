@@ -55,9 +55,13 @@ def open_coco(dataset_cfg, skip_missing_images: bool = False) -> CocoDataset:
         if str(generator) not in GENERATORS:
             raise ConfigError(f"dataset.generator={generator!r} is not a COCO generator; "
                               f"known: {', '.join(GENERATORS)} (or null for data on disk)")
+        n_images, seed = int(dataset_cfg.get("n_images", 24)), int(dataset_cfg.get("seed", 0))
+        if n_images < 1 or seed < 0:  # numpy refuses them with a ValueError naming neither
+            key, value, bound = ("n_images", n_images, 1) if n_images < 1 else ("seed", seed, 0)
+            raise ConfigError(f"dataset.{key}={value} is invalid for the generated {generator} set: "
+                              f"it must be >= {bound}")
         folder = ensure_coco_sample(None if root is None or str(root) == "" else str(root),
-                                    n_images=int(dataset_cfg.get("n_images", 24)),
-                                    seed=int(dataset_cfg.get("seed", 0)))
+                                    n_images=n_images, seed=seed)
         return CocoDataset(folder, SAMPLE_ANN_FILE, SAMPLE_IMAGE_DIR, name=name)
     if root is None or str(root) == "":
         raise ZooError(f"dataset.root is not set for the COCO dataset {name!r}", hint=DOWNLOAD_HINT)
