@@ -238,3 +238,131 @@ def test_eval_resume_redoes_the_images_of_damaged_chunks(zoo, fixture_onnx, eval
     assert perf["resumed_images"] == 6 and perf["images"] == 6
     ids = _chunk_ids(det)
     assert len(ids) == 12 and len(set(ids)) == 12
+
+
+# -- the dataset's images rewritten between the kill and resume=true (in-process) -------------------------
+
+def _ctx(fixture_cfg, root, stage, **over):
+    from omegaconf import OmegaConf, open_dict
+
+    from zoo_core.plugins.manager import ZooPluginManager
+    from zoo_core.runs.context import RunContext
+
+    cfg = fixture_cfg.copy()
+    with open_dict(cfg):
+        cfg.stage.name = stage
+        cfg.num_workers = 0
+        for k, v in over.items():
+            OmegaConf.update(cfg, k, v, merge=False)
+    return RunContext(cfg, ZooPluginManager(), root)
+
+
+def _interrupted(state: Path) -> None:
+    """The state file of a run killed before its end."""
+    s = json.loads(state.read_text())
+    s["complete"] = False
+    state.write_text(json.dumps(s))
+
+
+def _rewrite_images(ds: Path, how) -> None:
+    """Every image rewritten in place (same names), as a user replacing the dataset's files would."""
+    import cv2
+
+    for q in sorted((ds / "images").glob("*.png")):
+        cv2.imwrite(str(q), how(cv2.imread(str(q))))
+
+
+def test_eval_resume_redoes_the_images_rewritten_since_the_interrupted_run(fixture_cfg, fixture_onnx, tmp_path,
+                                                                           caplog):
+    """Before: resume=true trusted every image found in a detections chunk, so images rewritten (same names)
+    between the kill and the resume were scored from the old pixels' detections: a mix of both datasets, exit 0,
+    no warning. Now each chunk records its images' size and mtime; a chunk holding a changed image is removed
+    and its images redone, so the score is a fresh run's on the current images (and stage=evaluate reads it)."""
+    import cv2
+
+    from zoo_core.runs.run_stage import run_stage
+    from zoo_fixture.squares import make_squares
+
+    ds = make_squares(tmp_path / "ds", n=8, seed=4)
+    over = {"backend.name": "onnxruntime", "model_file": str(fixture_onnx), "dataset.root": str(ds),
+            "stage.flush_every": 1}
+    run_dir = tmp_path / "run"
+    run_stage(_ctx(fixture_cfg, run_dir, "eval", **over))
+    original = json.loads((run_dir / "eval" / "metrics.json").read_text())["metrics"]
+    det = run_dir / "detections"
+    for p in sorted(det.glob("chunk-*.npz"))[4:]:  # killed after 4 of its 8 images
+        p.unlink()
+    _interrupted(det / "state.json")
+    _rewrite_images(ds, lambda img: cv2.flip(img, 1))  # each image its own mirror: the boxes.json no longer fits
+
+    with caplog.at_level("INFO", logger="zoo"):
+        run_stage(_ctx(fixture_cfg, run_dir, "eval", resume=True, **over))
+    resumed = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    run_stage(_ctx(fixture_cfg, tmp_path / "fresh", "eval", **over))
+    fresh = json.loads((tmp_path / "fresh" / "eval" / "metrics.json").read_text())["metrics"]
+    assert fresh != original  # (the check below could not tell the two datasets apart otherwise)
+    assert resumed["metrics"] == fresh and resumed["images"] == 8
+    assert json.loads((run_dir / "eval" / "perf.json").read_text())["resumed_images"] == 0
+    assert (f"resume: 4 image(s) changed since the interrupted run made their detections (first: "
+            f"{ds / 'images' / 'sq000.png'})") in caplog.text
+    ids = _chunk_ids(det)
+    assert sorted(ids) == [f"sq{i:03d}" for i in range(8)]
+
+    run_stage(_ctx(fixture_cfg, tmp_path / "ev", "evaluate", detections=str(det), **over))
+    assert json.loads((tmp_path / "ev" / "evaluate" / "metrics.json").read_text())["metrics"] == fresh
+
+
+def test_detections_listed_without_image_sources_resume_as_before(tmp_path):
+    """index.jsonl lines of an older zoo (no "sources") are trusted as before; an image whose recorded size or
+    mtime differs drops its whole chunk (and only it)."""
+    from zoo_core.api.types import Detections
+    from zoo_core.runs.detstore import DetectionStore
+    from zoo_core.runs.resume import file_identity
+
+    imgs = {}
+    for name in ("a", "b", "c"):
+        imgs[name] = tmp_path / f"{name}.png"
+        imgs[name].write_bytes(b"x" * 10)
+    store = DetectionStore(tmp_path / "d", flush_every=2, sources={k: file_identity(p) for k, p in imgs.items()})
+    none = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+    for name in imgs:
+        store.add(name, none)
+    store.flush()
+    index = store.dir / "index.jsonl"
+    lines = [json.loads(x) for x in index.read_text().splitlines()]
+    assert [sorted(rec["sources"]) for rec in lines] == [["a", "b"], ["c"]]
+    del lines[1]["sources"]  # chunk-000001 (c) as an older zoo listed it
+    index.write_text("".join(json.dumps(rec) + "\n" for rec in lines))
+    imgs["c"].write_bytes(b"y" * 11)
+    assert store.drop_changed_images(imgs) == []
+    imgs["b"].write_bytes(b"y" * 11)
+    assert store.drop_changed_images(imgs) == ["b"]
+    assert sorted(store.load()) == ["c"] and [json.loads(x)["id"] for x in index.read_text().splitlines()] == \
+        ["chunk-000001.npz"]
+
+
+def test_preprocess_resume_redoes_the_images_rewritten_since_the_interrupted_run(fixture_cfg, tmp_path, caplog):
+    """Before: preprocess resume=true kept the .bin of every image listed in meta.jsonl, made from the pixels the
+    images had before they were rewritten. Now each meta.jsonl line records the image's size and mtime ("source")
+    and a changed image is preprocessed again: inputs/ is byte for byte a fresh preprocess of the current images."""
+    from zoo_core.runs.run_stage import run_stage
+    from zoo_fixture.squares import make_squares
+
+    ds = make_squares(tmp_path / "ds", n=6, seed=2)
+    run_dir = tmp_path / "run"
+    run_stage(_ctx(fixture_cfg, run_dir, "preprocess", **{"dataset.root": str(ds)}))
+    inputs = run_dir / "inputs"
+    lines = (inputs / "meta.jsonl").read_text().splitlines(keepends=True)
+    (inputs / "meta.jsonl").write_text("".join(lines[:3]))  # killed after 3 of its 6 images
+    _interrupted(inputs / "state.json")
+    _rewrite_images(ds, lambda img: 255 - img)
+
+    with caplog.at_level("INFO", logger="zoo"):
+        res = run_stage(_ctx(fixture_cfg, run_dir, "preprocess", resume=True, **{"dataset.root": str(ds)}))
+    assert res["resumed_images"] == 0 and res["images"] == 6
+    assert (f"resume: 3 image(s) changed since the interrupted run preprocessed them (first: "
+            f"{ds / 'images' / 'sq000.png'})") in caplog.text
+    run_stage(_ctx(fixture_cfg, tmp_path / "fresh", "preprocess", **{"dataset.root": str(ds)}))
+    for i in range(6):
+        name = f"sq{i:03d}.bin"
+        assert (inputs / name).read_bytes() == (tmp_path / "fresh" / "inputs" / name).read_bytes(), name

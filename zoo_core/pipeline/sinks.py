@@ -72,10 +72,12 @@ class OutputBinSink:
 
 class InputBinSink:
     """Preprocessed inputs as ``.bin`` files plus one ``meta.jsonl`` line per item (written last,
-    with each file's size and CRC-32), so after a kill every listed item is complete."""
+    with each file's size and CRC-32), so after a kill every listed item is complete. ``sources``: each
+    item's image :func:`~zoo_core.runs.resume.file_identity`, recorded on its line as ``"source"``."""
 
-    def __init__(self, inputs_dir: Path):
+    def __init__(self, inputs_dir: Path, sources: dict[str, list[int] | None] | None = None):
         self.dir = Path(inputs_dir)
+        self.sources = sources or {}
         self.meta_path = self.dir / "meta.jsonl"
         self._f: TextIO | None = None
 
@@ -90,7 +92,9 @@ class InputBinSink:
                             "crc32": crc32(raw)}
         if self._f is None:
             self._f = open_for_append(self.meta_path)
-        self._f.write(json.dumps({"id": result.sample.id, "meta": result.meta, "inputs": shapes}) + "\n")
+        source = self.sources.get(result.sample.id)
+        self._f.write(json.dumps({"id": result.sample.id, "meta": result.meta, "inputs": shapes,
+                                  **({"source": source} if source is not None else {})}) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
 

@@ -6,13 +6,14 @@ A run appends detections as images finish; a killed run leaves only complete chu
 from __future__ import annotations
 
 import io
+import json
 import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from zoo_core.api.atomic import write_bytes
+from zoo_core.api.atomic import write_bytes, write_text
 from zoo_core.api.checkpoint import regular_file
 from zoo_core.api.errors import ZooError
 from zoo_core.api.types import Detections
@@ -62,12 +63,15 @@ class DetectionStore:
     """Detections of a run's images in ``directory``.
 
     :param num_classes: labels must be below it (:func:`class_count`); ``None``: only >= 0.
+    :param sources: each image's :func:`~zoo_core.runs.resume.file_identity` (size, mtime) taken before it was
+        read; recorded with its chunk in ``index.jsonl`` (``"sources"``) for :meth:`drop_changed_images`.
     """
 
     def __init__(self, directory: str | Path, flush_every: int = 64, flush_seconds: float = 5.0,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, sources: dict[str, list[int] | None] | None = None):
         self.dir = Path(directory)
         self.num_classes = num_classes
+        self.sources = sources if sources is not None else {}
         self.flush_every = flush_every
         self.flush_seconds = flush_seconds
         self._pending: list[tuple[str, Detections]] = []
@@ -111,7 +115,8 @@ class DetectionStore:
         np.savez(buf, **arrays)  # type: ignore[arg-type]
         while (self.dir / f"chunk-{self._next:06d}.npz").exists():
             self._next += 1
-        self._write_listed(self.dir / f"chunk-{self._next:06d}.npz", buf.getvalue())
+        sources = {i: self.sources[i] for i, _ in items if self.sources.get(i) is not None}
+        self._write_listed(self.dir / f"chunk-{self._next:06d}.npz", buf.getvalue(), sources)
         self._next += 1
 
     def load(self) -> dict[str, Detections]:
@@ -156,14 +161,15 @@ class DetectionStore:
                                        {k: v[a:b] for k, v in extras.items()})
         return out
 
-    def _write_listed(self, path: Path, data: bytes) -> None:
-        """Write a chunk (atomically), then list it in ``index.jsonl``: a kill in between leaves it unlisted."""
+    def _write_listed(self, path: Path, data: bytes, sources: dict | None = None) -> None:
+        """Write a chunk (atomically), then list it in ``index.jsonl`` (with its images' ``sources`` when
+        known): a kill in between leaves it unlisted."""
         from zoo_core.runs.resume import Ledger, crc32
 
         write_bytes(path, data)
         ledger = Ledger(self.dir / INDEX)
         try:
-            ledger.append(path.name, [(path, len(data), crc32(data))])
+            ledger.append(path.name, [(path, len(data), crc32(data))], **({"sources": sources} if sources else {}))
         finally:
             ledger.close()
 
@@ -189,6 +195,37 @@ class DetectionStore:
                 "killed while writing it): removed, its images are redone", p, INDEX)
             p.unlink()
         return len(dropped)
+
+    def drop_changed_images(self, paths: dict[str, Path]) -> list[str]:
+        """Resuming (after :meth:`drop_unverified`): remove every chunk holding an image whose file (``paths``:
+        the run's image of each id) changed since its detections were made, i.e. its size or mtime differs from
+        the ``"sources"`` its ``index.jsonl`` line recorded, so those images (and the chunk's others) are redone
+        on the current files. Chunks listed without sources (an older zoo) are kept as before. Returns the ids
+        of the changed images, in chunk order."""
+        from zoo_core.runs.resume import read_own_jsonl, source_changed
+
+        index = self.dir / INDEX
+        if not self.dir.is_dir() or not index.is_file():
+            return []
+        changed: list[str] = []
+        keep: list[dict] = []
+        dropped: set[str] = set()
+        for _n, rec in read_own_jsonl(index):
+            sources = rec.get("sources")
+            bad = [i for i, ident in sources.items() if i in paths and source_changed(ident, paths[i])] \
+                if isinstance(sources, dict) else []
+            if bad and isinstance(rec.get("id"), str):
+                changed += bad
+                dropped.add(rec["id"])
+            else:
+                keep.append(rec)
+        if not changed:
+            return []
+        for p in sorted(self.dir.glob("chunk-*.npz")):
+            if p.name in dropped:
+                p.unlink()
+        write_text(index, "".join(json.dumps(r) + "\n" for r in keep))
+        return changed
 
     def _unindexed(self) -> bool:
         """Chunks without any ``index.jsonl``: detections written by a zoo from before the index."""

@@ -152,6 +152,24 @@ def file_crc32(path: Path, chunk: int = 1 << 20) -> int:
     return c & 0xFFFFFFFF
 
 
+def file_identity(path: str | os.PathLike[str]) -> list[int] | None:
+    """``[size, mtime_ns]`` of a dataset file, or None when it cannot be stat'ed. Recorded with each finished
+    image (taken before the image is read), so ``resume=true`` redoes an image whose file changed since."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def source_changed(recorded: Any, path: str | os.PathLike[str]) -> bool:
+    """The file at ``path`` is no longer the one whose :func:`file_identity` was ``recorded`` (a recorded
+    value not shaped as zoo writes it counts as changed: the item is redone, not trusted)."""
+    if not (isinstance(recorded, list) and len(recorded) == 2 and all(type(v) is int for v in recorded)):
+        return True
+    return file_identity(path) != recorded
+
+
 def read_jsonl(path: Path, drop_torn_tail: bool = False) -> list[tuple[int, dict]]:
     """``(line number, object)`` per line of a JSON-lines file written by zoo.
 
@@ -252,12 +270,13 @@ class Ledger:
         self.close()
         self.path.unlink(missing_ok=True)
 
-    def append(self, item_id: str, files: list[tuple[Path, int, int]]) -> None:
-        """Record ``item_id`` as finished; ``files`` are ``(path, bytes, crc32)`` already written."""
+    def append(self, item_id: str, files: list[tuple[Path, int, int]], **extra: Any) -> None:
+        """Record ``item_id`` as finished; ``files`` are ``(path, bytes, crc32)`` already written; ``extra``
+        keys go on its line too (kept by :meth:`verified`)."""
         if self._f is None:
             self._f = open_for_append(self.path)
         rel = [[os.path.relpath(p, self.path.parent), n, c] for p, n, c in files]
-        self._f.write(json.dumps({"id": item_id, "files": rel}) + "\n")
+        self._f.write(json.dumps({"id": item_id, "files": rel, **extra}) + "\n")
         self._f.flush()
 
     def close(self) -> None:

@@ -4,7 +4,8 @@ No intermediate files unless ``save_outputs=true`` (then ``outputs/<stem>_<i>.bi
 layout, listed with sizes and CRC-32 in ``outputs/index.jsonl``). Detections are appended to
 ``detections/`` as images finish, so ``resume=true`` continues a killed run and scores each image
 exactly once; an image counts as done only when its detections and (with ``save_outputs``) its
-verified output files are there. Without ``resume`` the stage clears what it owns first.
+verified output files are there, and its image file has the size and mtime recorded with its detections
+(an image rewritten since is redone). Without ``resume`` the stage clears what it owns first.
 ``stage.score=false`` stops there: ``detections/`` and ``perf.json`` are kept for a later
 ``stage=evaluate detections=<run>/detections`` (a throughput run pays no scoring).
 """
@@ -26,7 +27,7 @@ from zoo_core.runs.detstore import DetectionStore, class_count
 from zoo_core.runs.fingerprint import backend_section, config_hash
 from zoo_core.runs.layout import clear_dir
 from zoo_core.runs.records import finish_with_skips, write_perf
-from zoo_core.runs.resume import Ledger, artifact_fingerprint, mark_complete, start_resumable
+from zoo_core.runs.resume import Ledger, artifact_fingerprint, file_identity, mark_complete, start_resumable
 from zoo_core.stages.open_backend import open_backend
 from zoo_core.stages.scoring import score
 
@@ -97,11 +98,18 @@ def _stream(ctx: RunContext, backend: Any, pool: WorkerPool) -> tuple:
     if start_resumable(ctx, ctx.path("detections", "state.json"), fingerprint, reset, backend=str(cfg.backend.name),
                        backend_config=section):
         store.drop_unverified()  # a damaged or changed chunk is removed: its images are redone
+        paths = {s.id: s.path for s in ctx.samples}
+        changed = store.drop_changed_images(paths)  # an image rewritten since: its chunk is removed and redone
+        if changed:
+            log.warning("resume: %d image(s) changed since the interrupted run made their detections (first: %s): "
+                        "the detections chunks holding them are removed, and their images redone",
+                        len(changed), paths[changed[0]])
         done = set(store.load())
         if save:
             done &= ledger.verified()
         log.info("resuming: %d images already done", len(done))
     todo = [s for s in ctx.samples if s.id not in done]
+    store.sources = {s.id: file_identity(s.path) for s in todo}  # before any is read: a later change shows
     sinks: list[Sink] = [OutputBinSink(out_dir, ledger)] if save else []
     sinks.append(DetectionSink(store))
     hooks = ctx.hooks

@@ -2,8 +2,9 @@
 
 One input per model: ``inputs/<stem>.bin``; several: ``inputs/<input name>/<stem>.bin``. Each
 ``.bin`` is written atomically before its ``meta.jsonl`` line (which records each file's size and
-CRC-32), so after a kill every listed image is complete and ``resume=true`` redoes exactly the
-images whose files are missing or changed. Without ``resume`` the stage clears ``inputs/`` first.
+CRC-32, and the image file's size and mtime), so after a kill every listed image is complete and
+``resume=true`` redoes exactly the images whose ``.bin`` files are missing or changed, or whose image
+file changed since. Without ``resume`` the stage clears ``inputs/`` first.
 """
 from __future__ import annotations
 
@@ -22,14 +23,25 @@ from zoo_core.reports.progress import Progress
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.layout import clear_dir
 from zoo_core.runs.records import finish_with_skips
-from zoo_core.runs.resume import artifact_fingerprint, file_crc32, mark_complete, read_own_jsonl, start_resumable
+from zoo_core.runs.resume import (
+    artifact_fingerprint,
+    file_crc32,
+    file_identity,
+    mark_complete,
+    read_own_jsonl,
+    source_changed,
+    start_resumable,
+)
 
 log = logging.getLogger("zoo")
 
 
-def verified_records(inputs_dir: Any) -> list[dict]:
-    """``meta.jsonl`` records whose every input file still has its recorded size and CRC-32."""
+def verified_records(inputs_dir: Any, paths: dict[str, Any] | None = None) -> list[dict]:
+    """``meta.jsonl`` records whose every input file still has its recorded size and CRC-32 and, given ``paths``
+    (each id's image file), whose image still has the size and mtime its record's ``"source"`` says (a record
+    without one, from an older zoo, is trusted as before)."""
     keep = []
+    changed: list[str] = []
     for n, rec in read_own_jsonl(inputs_dir / "meta.jsonl"):
         inputs = rec.get("inputs") or {}
         ok = (isinstance(rec.get("id"), str) and isinstance(inputs, dict) and bool(inputs)
@@ -46,8 +58,14 @@ def verified_records(inputs_dir: Any) -> list[dict]:
                 ok = False
             if not ok:
                 break
+        if ok and paths and "source" in rec and rec["id"] in paths and source_changed(rec["source"], paths[rec["id"]]):
+            changed.append(rec["id"])
+            ok = False
         if ok:
             keep.append(rec)
+    if changed:
+        log.warning("resume: %d image(s) changed since the interrupted run preprocessed them (first: %s): they are "
+                    "preprocessed again", len(changed), paths[changed[0]] if paths else changed[0])
     return keep
 
 
@@ -57,14 +75,15 @@ def run(ctx: RunContext) -> dict[str, Any]:
     inputs_dir.mkdir(parents=True, exist_ok=True)
     state = inputs_dir / "state.json"
     resuming = start_resumable(ctx, state, artifact_fingerprint(ctx), lambda: clear_dir(inputs_dir))
-    done = verified_records(inputs_dir) if resuming else []
+    done = verified_records(inputs_dir, {s.id: s.path for s in ctx.samples}) if resuming else []
     if resuming:  # keep only the lines of verified images; the others are redone
         write_text(inputs_dir / "meta.jsonl", "".join(json.dumps(r) + "\n" for r in done))
     done_ids = {r["id"] for r in done}
     todo = [s for s in ctx.samples if s.id not in done_ids]
     workers = int(cfg.num_workers) if len(todo) > 1 else 0
     with WorkerPool(ctx.hooks, cfg, workers) as pool:
-        stats = Stream(ImageSource(todo, pool), [InputBinSink(inputs_dir)], skip_errors=ctx.skip_errors,
+        sources = {s.id: file_identity(s.path) for s in todo}  # before any is read: a later change shows
+        stats = Stream(ImageSource(todo, pool), [InputBinSink(inputs_dir, sources)], skip_errors=ctx.skip_errors,
                        progress=Progress(len(todo), cfg.get("progress"), "preprocess")).run()
     mark_complete(state)
     result = {"stage": "preprocess", "images": stats.images + len(done), "resumed_images": len(done),
