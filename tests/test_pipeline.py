@@ -793,6 +793,62 @@ def test_save_outputs_is_part_of_the_resume_fingerprint(fixture_cfg, tmp_path):
     assert json.loads((tmp_path / "eval" / "run.json").read_text())["status"] == "failed"
 
 
+def _enospc_on_run_json(monkeypatch, statuses):
+    """run.json's atomic write fails with ENOSPC for a record of one of ``statuses`` (a full disk), in-process."""
+    import errno
+
+    import zoo_core.runs.records as records
+
+    real = records.write_json
+
+    def write_json(path, obj, *args, **kwargs):
+        if Path(path).name == "run.json" and obj.get("status") in statuses:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, obj, *args, **kwargs)
+
+    monkeypatch.setattr(records, "write_json", write_json)
+
+
+def test_a_run_whose_ok_record_cannot_be_written_is_recorded_as_failed(fixture_cfg, tmp_path, monkeypatch):
+    """Before: ENOSPC while run.json "ok" was written exited 2 with a complete metrics.json beside a run.json
+    still saying "running" (the "ok" write was outside the failure handling)."""
+    from zoo_core.runs.run_stage import run_stage
+
+    _enospc_on_run_json(monkeypatch, {"ok"})
+    with pytest.raises(OSError, match="No space left on device"):
+        run_stage(_ctx(fixture_cfg, tmp_path))
+    rec = json.loads((tmp_path / "eval" / "run.json").read_text())
+    assert rec["status"] == "failed" and "No space left on device" in rec["error"]
+    assert str(tmp_path / "eval" / "run.json") in rec["error"] and rec["config"]["model"]["name"] == "fixture"
+
+
+@pytest.mark.parametrize("fails", ["stage", "ok record"])
+def test_a_failure_record_on_a_full_disk_is_written_over_the_running_one(fixture_cfg, tmp_path, monkeypatch, fails):
+    """Before: with no room for any run.json but "running", the failure handler removed run.json, then could not
+    write the failed record: no run.json at all (and, for the "ok" write, metrics.json beside "running"). Now the
+    partial records go and a minimal failed record is written in place over the "running" one."""
+    import errno
+
+    import zoo_core.stages as stages
+    from zoo_core.runs.run_stage import run_stage
+
+    if fails == "stage":
+        real_get = stages.get_stage
+
+        def stage(ctx):
+            real_get("eval")(ctx)  # metrics.json written, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(ctx.record("report.json")))
+
+        monkeypatch.setattr(stages, "get_stage", lambda name: stage)
+    _enospc_on_run_json(monkeypatch, {"ok", "failed"})
+    with pytest.raises(OSError, match="No space left on device"):
+        run_stage(_ctx(fixture_cfg, tmp_path))
+    rec = json.loads((tmp_path / "eval" / "run.json").read_text())
+    assert rec["status"] == "failed" and rec["partial_records_removed"] is True and rec["stage"] == "eval"
+    assert "No space left on device" in rec["error"] and "minimal_record" in rec
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["run.json"]  # metrics.json removed
+
+
 def test_run_stage_refuses_a_locked_root(fixture_cfg, tmp_path):
     from zoo_core.runs.run_stage import run_stage
 

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
+import stat
+from pathlib import Path
 from typing import Any
 
 from zoo_core.api.atomic import sweep_stale_temps
@@ -36,11 +40,12 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
         try:
             preflight_weights(ctx)
             result = stage(ctx)
+            backend = result.get("backend") if isinstance(result.get("backend"), dict) else None
+            # (inside the try: a run whose "ok" cannot be written, a full disk, is recorded as failed)
+            write_run_record(ctx, {"status": "ok", **ctx.notes, **({"backend": backend} if backend else {})})
         except BaseException as exc:
             _record_failure(ctx, exc)
             raise
-        backend = result.get("backend") if isinstance(result.get("backend"), dict) else None
-        write_run_record(ctx, {"status": "ok", **ctx.notes, **({"backend": backend} if backend else {})})
         _write_html_report(ctx)
     ctx.manager.notify_stage_finished(cfg=ctx.cfg, stage=ctx.stage, run_dir=ctx.record_dir, result=result)
     return result
@@ -48,17 +53,51 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
 
 def _record_failure(ctx: RunContext, exc: BaseException) -> None:
     """``run.json`` says ``failed``. When it cannot be written (a full disk), the stage's partial records
-    are removed first (Hydra's files kept) and it is tried again, so the run never looks unfinished;
-    the original error matters more than its record, so nothing here raises."""
-    record = {"status": "failed", "error": str(exc) or type(exc).__name__}
+    are removed (Hydra's files and ``run.json`` kept) and it is tried again; when that fails too, a minimal
+    failed record is written over the ``running`` one in place (:func:`_overwrite_in_place`: no new space
+    needed), so the run never looks unfinished. The original error matters more than its record, so nothing
+    here raises."""
+    record: dict[str, Any] = {"status": "failed", "error": str(exc) or type(exc).__name__}
     try:
         write_run_record(ctx, record)
         return
     except Exception:
         pass
-    with contextlib.suppress(Exception):  # (said in run.json only: the error stays the one line printed)
-        clear_dir(ctx.record_dir, keep=HYDRA_FILES)
-        write_run_record(ctx, {**record, "partial_records_removed": True})
+    record["partial_records_removed"] = True
+    try:  # (said in run.json only: the error stays the one line printed)
+        clear_dir(ctx.record_dir, keep=(*HYDRA_FILES, "run.json"))
+    except Exception:
+        record["partial_records_removed"] = False
+    try:
+        write_run_record(ctx, record)
+        return
+    except Exception:
+        pass
+    with contextlib.suppress(Exception):
+        minimal = {"stage": ctx.stage, "model": ctx.model_name, "root": str(ctx.root), **record,
+                   "error": record["error"][:400], "minimal_record": "config, versions and inputs left out: "
+                                                                      "run.json could not be written whole"}
+        _overwrite_in_place(ctx.record("run.json"), json.dumps(minimal, indent=1).encode())
+
+
+def _overwrite_in_place(path: Path, data: bytes) -> None:
+    """Write ``data`` over the existing regular file ``path`` in place (opened without following a link, never
+    a file with another hard link), padded with spaces to the old length first, so it reuses the blocks the
+    file already holds (no new space on a full disk) and a kill at any point leaves valid JSON; then cut the
+    padding off."""
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            return
+        padded = data + b" " * max(st.st_size - len(data) - 1, 0) + b"\n"
+        view = memoryview(padded)
+        while view:
+            view = view[os.pwrite(fd, view, len(padded) - len(view)):]
+        os.ftruncate(fd, len(data) + 1)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_html_report(ctx: RunContext) -> None:
