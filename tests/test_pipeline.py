@@ -849,6 +849,41 @@ def test_a_failure_record_on_a_full_disk_is_written_over_the_running_one(fixture
     assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["run.json"]  # metrics.json removed
 
 
+def test_infer_refuses_the_inputs_of_an_unfinished_preprocess_unless_allow_skips(fixture_cfg, tmp_path, caplog):
+    """Before: stage=infer read whatever .bin an interrupted preprocess (inputs/state.json complete: false) had
+    written, said nothing and marked its outputs complete. Now it refuses naming inputs/state.json; with
+    allow_skips=true it infers them, saying so in run.json and outputs/state.json, and postprocess's refusal of
+    the images never preprocessed points at the preprocess run."""
+    from zoo_core.runs.run_stage import run_stage
+
+    run_stage(_ctx(fixture_cfg, tmp_path, "preprocess"))
+    inputs = tmp_path / "inputs"
+    lines = (inputs / "meta.jsonl").read_text().splitlines(keepends=True)
+    (inputs / "meta.jsonl").write_text("".join(lines[:5]))  # killed after 5 of its 12 images
+    state = json.loads((inputs / "state.json").read_text())
+    (inputs / "state.json").write_text(json.dumps({**state, "complete": False}))
+
+    with pytest.raises(ZooError) as info:
+        run_stage(_ctx(fixture_cfg, tmp_path, "infer"))
+    assert str(info.value).startswith(f"{inputs / 'state.json'}: the preprocess run that wrote these inputs did not "
+                                      "finish (complete: false): 5 input(s) were written")
+    assert "stage=preprocess resume=true" in info.value.hint and "allow_skips=true" in info.value.hint
+    assert not (tmp_path / "outputs" / "state.json").exists()
+    assert json.loads((tmp_path / "infer" / "run.json").read_text())["status"] == "failed"
+
+    with caplog.at_level("WARNING", logger="zoo"):
+        res = run_stage(_ctx(fixture_cfg, tmp_path, "infer", allow_skips=True))
+    assert res["images"] == 5 and res["partial_inputs"] is True
+    assert "allow_skips=true: inferring those only" in caplog.text
+    assert json.loads((tmp_path / "infer" / "run.json").read_text())["partial_inputs"]["inputs"] == 5
+    out_state = json.loads((tmp_path / "outputs" / "state.json").read_text())
+    assert out_state["complete"] is True and out_state["inputs_complete"] is False
+
+    with pytest.raises(ZooError, match="7 of the 12 image") as info:
+        run_stage(_ctx(fixture_cfg, tmp_path, "postprocess"))
+    assert info.value.hint.startswith("the preprocess run that wrote the inputs did not finish")
+
+
 def test_run_stage_refuses_a_locked_root(fixture_cfg, tmp_path):
     from zoo_core.runs.run_stage import run_stage
 
@@ -1073,13 +1108,13 @@ def test_a_chunk_whose_members_declare_more_than_the_file_holds_is_refused(tmp_p
 def test_optional_json_files_that_are_fifos_are_not_opened(tmp_path, reader):
     """A dump's ``state.json`` (``outputs_dir=``, read by postprocess) and the ``.json`` record beside a model file
     are optional: a FIFO in their place blocked their read forever; now it counts as no (trusted) file."""
+    from zoo_core.runs.layout import artifact_state
     from zoo_core.runs.model_files import read_record
-    from zoo_core.stages.postprocess_stage import _outputs_state
 
     fifo = tmp_path / ("state.json" if reader == "outputs_state" else "m.json")
     os.mkfifo(fifo)
     out: list = []
-    t = threading.Thread(target=lambda: out.append(_outputs_state(tmp_path) if reader == "outputs_state"
+    t = threading.Thread(target=lambda: out.append(artifact_state(tmp_path) if reader == "outputs_state"
                                                    else read_record(fifo)), daemon=True)
     t.start()
     t.join(10)

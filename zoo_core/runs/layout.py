@@ -76,3 +76,19 @@ def clear_dir(path: Path, keep: tuple[str, ...] = ()) -> None:
             shutil.rmtree(p)
         else:
             p.unlink()
+
+
+def artifact_state(directory: Path) -> dict:
+    """``<directory>/state.json`` as a zoo stage wrote it (``inputs/``, ``outputs/``: the fingerprint, the backend
+    that made the outputs, ``complete``); ``{}`` for a dir zoo did not write (a seed or ais_bench dump), a file that
+    does not parse, or one that is not a regular file (a FIFO would block the read forever)."""
+    import json
+
+    path = Path(directory) / "state.json"
+    if not path.is_file():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return state if isinstance(state, dict) else {}

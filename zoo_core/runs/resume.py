@@ -132,11 +132,12 @@ def _diff_flat(a: dict, b: dict, prefix: str = "") -> list[tuple[str, Any, Any]]
     return diffs
 
 
-def mark_complete(state_path: Path) -> None:
-    """Flag a resumable artifact dir as finished (every item written)."""
+def mark_complete(state_path: Path, **extra: Any) -> None:
+    """Flag a resumable artifact dir as finished (every item written); ``extra`` keys are added to its state."""
     state_path = Path(state_path)
     state = json.loads(state_path.read_text())
     state["complete"] = True
+    state.update(extra)
     write_json(state_path, state)
 
 

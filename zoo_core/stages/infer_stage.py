@@ -3,11 +3,13 @@
 Streams like ``eval``: the feeder reads the next batch's files while the device runs the current
 one. Outputs are checked (finite) and listed in ``outputs/index.jsonl`` with their sizes and CRC-32,
 which ``resume=true`` verifies before trusting a file. Without ``resume`` the stage clears
-``outputs/`` first.
+``outputs/`` first. Inputs of a preprocess run that did not finish (its ``state.json`` says
+``complete: false``) are refused unless ``allow_skips=true``, which infers them and records so.
 """
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,12 @@ from zoo_core.pipeline.stream import Stream
 from zoo_core.reports.progress import Progress
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.fingerprint import backend_section, config_hash, sha256_file
-from zoo_core.runs.layout import clear_dir
+from zoo_core.runs.layout import artifact_state, clear_dir
 from zoo_core.runs.records import finish_with_skips, write_perf
 from zoo_core.runs.resume import Ledger, artifact_fingerprint, mark_complete, start_resumable
 from zoo_core.stages.open_backend import open_backend
+
+log = logging.getLogger("zoo")
 
 
 def _output_spec(ctx: RunContext, meta: dict) -> list | None:
@@ -60,6 +64,17 @@ def run(ctx: RunContext) -> dict[str, Any]:
     items = list_bin_inputs(inputs_dir, ctx.hooks.input_spec(cfg=cfg))
     if not items:
         raise ZooError("no input .bin files found", path=inputs_dir)
+    partial = artifact_state(inputs_dir).get("complete") is False
+    if partial:
+        said = (f"the preprocess run that wrote these inputs did not finish (complete: false): "
+                f"{len(items)} input(s) were written")
+        if not bool(cfg.allow_skips):
+            raise ZooError(said, path=inputs_dir / "state.json",
+                           hint="run it again with stage=preprocess resume=true, then stage=infer; or pass "
+                                "allow_skips=true to infer only the inputs it wrote")
+        log.warning("%s: %s; allow_skips=true: inferring those only (recorded in run.json and outputs/state.json)",
+                    inputs_dir / "state.json", said)
+        ctx.notes["partial_inputs"] = {"state": str(inputs_dir / "state.json"), "inputs": len(items)}
     if str(cfg.backend.name) == "oracle":
         _with_dataset_keys(ctx, items, inputs_dir)
     out_dir = ctx.path("outputs")
@@ -82,7 +97,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
                        batch_size=int(cfg.batch_size), skip_errors=ctx.skip_errors,
                        expect=lambda meta: _output_spec(ctx, meta),
                        progress=Progress(len(todo), cfg.get("progress"), "infer")).run()
-        mark_complete(out_dir / "state.json")
+        mark_complete(out_dir / "state.json", **({"inputs_complete": False} if partial else {}))
         describe = backend.describe()
     finally:
         backend.close()
@@ -91,6 +106,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     if stats.skipped:
         write_text(ctx.record("skipped.json"), json.dumps(stats.skipped, indent=2) + "\n")
     result = {"stage": "infer", "outputs_dir": str(out_dir), "backend": describe, "perf": perf,
-              "images": stats.images, "resumed_images": len(done), "skipped": stats.skipped}
+              "images": stats.images, "resumed_images": len(done), "skipped": stats.skipped,
+              **({"partial_inputs": True} if partial else {})}
     finish_with_skips(ctx, stats.skipped, "skipped.json")
     return result

@@ -12,7 +12,6 @@ reports only where.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from zoo_core.pipeline.workers import WorkerPool
 from zoo_core.reports.progress import Progress
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.detstore import DetectionStore, class_count
+from zoo_core.runs.layout import artifact_state
 from zoo_core.runs.records import finish_with_skips, write_result_files
 from zoo_core.runs.resume import artifact_fingerprint, mark_complete, read_jsonl, start_resumable
 from zoo_core.stages.open_backend import open_backend
@@ -47,7 +47,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         return tuple(tuple(s.shape) for s in hooks.output_spec(cfg=cfg, meta=meta))
 
     store = DetectionStore(ctx.path("detections"), num_classes=class_count(cfg))
-    outputs_state = _outputs_state(src)
+    outputs_state = artifact_state(src)
     fp = outputs_state.get("fingerprint")
     recorded = fp.get("model_file_sha256") if isinstance(fp, dict) else None
     made_by = outputs_state.get("backend") if isinstance(outputs_state.get("backend"), str) else None
@@ -105,20 +105,6 @@ def run(ctx: RunContext) -> dict[str, Any]:
     return record
 
 
-def _outputs_state(outputs_dir: Path) -> dict:
-    """``outputs/state.json`` as zoo's ``infer`` wrote it (the model file it recorded, the backend that made the
-    outputs, whether it finished); ``{}`` for a dump zoo did not write, a file that does not parse, or one that is
-    not a regular file (a FIFO would block the read forever)."""
-    path = outputs_dir / "state.json"
-    if not path.is_file():
-        return {}
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError):
-        return {}
-    return state if isinstance(state, dict) else {}
-
-
 def _unlisted(ctx: RunContext, listed: set, list_file: Path, outputs_state: dict) -> list[dict]:
     """The run's images that ``list_file`` does not list (an interrupted infer, preprocess on a subset or
     with skips): an error, or with ``allow_skips=true`` skip entries, never a smaller dataset said nothing of."""
@@ -126,10 +112,14 @@ def _unlisted(ctx: RunContext, listed: set, list_file: Path, outputs_state: dict
     if not missing:
         return []
     if not bool(ctx.cfg.allow_skips):
-        unfinished = outputs_state.get("complete") is False
-        hint = ("the infer run that wrote these outputs did not finish: run it again with resume=true"
-                if unfinished else "if preprocess/infer ran on a subset, repeat its dataset.limit / dataset.shard "
-                                   "here; or pass allow_skips=true to score the rest")
+        if outputs_state.get("complete") is False:
+            hint = "the infer run that wrote these outputs did not finish: run it again with resume=true"
+        elif outputs_state.get("inputs_complete") is False or artifact_state(list_file.parent).get("complete") is False:
+            hint = ("the preprocess run that wrote the inputs did not finish: run it again (stage=preprocess "
+                    "resume=true), then stage=infer")
+        else:
+            hint = ("if preprocess/infer ran on a subset, repeat its dataset.limit / dataset.shard here; or pass "
+                    "allow_skips=true to score the rest")
         raise ZooError(f"{len(missing)} of the {len(ctx.samples)} image(s) of the dataset are not listed "
                        f"(first: {missing[0]!r})", path=list_file, hint=hint)
     return [{"id": m, "reason": f"not listed in {list_file}"} for m in missing]
