@@ -1225,3 +1225,12 @@ def test_a_dead_worker_names_the_image_it_held_and_hints_at_memory_only_for_sigk
     assert str(err.value).startswith(f"a preprocess worker process died (worker 99 exited with code {code} "
                                      f"while preparing /data/img3.png)")
     assert ("lower num_workers" in str(err.value)) == hint
+
+
+def test_a_stalled_image_is_named_with_its_worker_in_the_log(caplog):
+    from zoo_core.pipeline.workers import _log_stall
+
+    pending = [(None, _FakeJob(i, None), s) for i, s in enumerate(_samples(3))]
+    with caplog.at_level("WARNING", logger="zoo"):
+        _log_stall([(4321, 1)], 60.2, pending)
+    assert "waiting 60 s for /data/img1.png (preprocess worker pid 4321)" in caplog.text

@@ -212,3 +212,16 @@ def test_stop_wakes_a_thread_waiting_on_a_hung_worker_and_shutdown_kills_it_at_o
         p.shutdown()
     assert time.monotonic() - t0 < 3  # not the 10 s grace of a normal shutdown
     assert not any(_alive(pid) for pid in p.pids())
+
+
+def test_a_task_that_stalls_is_reported_with_its_worker_while_the_pool_waits():
+    p = ProcessPool(1, stall_s=0.2)
+    try:
+        seen: list = []
+        p.on_stall = lambda held, waited: seen.append((held, round(waited, 1)))
+        job = p.submit(time.sleep, 0.7)
+        assert job.result() is None
+        assert seen and all(held == [(p.pids()[0], job.index)] for held, _ in seen)
+        assert seen[0][1] == 0.2 and len(seen) <= 4
+    finally:
+        p.shutdown()

@@ -143,7 +143,7 @@ class ProcessPool:
     once, all started before the constructor returns."""
 
     def __init__(self, num_workers: int, ctx: Any = None, initializer: Callable[..., None] | None = None,
-                 initargs: tuple = ()):
+                 initargs: tuple = (), stall_s: float = 60.0):
         self._ctx = ctx or mp.get_context("spawn")
         self._initializer, self._initargs = initializer, initargs
         n = max(int(num_workers), 1)
@@ -167,6 +167,10 @@ class ProcessPool:
         self._closed = False
         self._stopped = False
         self._sys_path = list(sys.path)
+        #: ``on_stall([(worker pid, task index), ...], seconds)``: called when no result came for ``stall_s``
+        #: seconds (and every ``stall_s`` after), with the tasks the workers hold
+        self.on_stall: Callable[[list[tuple[int, int]], float], None] | None = None
+        self._stall_ms = max(int(stall_s * 1000), 1)
         with single_thread_children():
             for slot in range(n):
                 self._start(slot)
@@ -223,7 +227,11 @@ class ProcessPool:
     def _wait_and_read(self) -> None:
         """Wait (without the GIL) until a result arrives, a worker exits or the pool is stopped; take
         every result waiting in the pipes, then handle a worker that exited."""
-        events = self._poll.poll()
+        events = self._poll.poll(self._stall_ms)
+        t0 = time.monotonic()
+        while not events:  # (the timeout costs nothing per item: the same poll call)
+            self._stalled(time.monotonic() - t0 + self._stall_ms / 1000)
+            events = self._poll.poll(self._stall_ms)
         exited: list[int] = []
         while events:
             more = False
@@ -239,6 +247,14 @@ class ProcessPool:
             events = self._poll.poll(0) if more else []
         for slot in exited:
             self._exited(slot)
+
+    def _stalled(self, waited: float) -> None:
+        if self.on_stall is None:
+            return
+        held = [(p.pid, int(self._busy[slot])) for slot, p in enumerate(self._procs)
+                if p is not None and int(self._busy[slot]) in self._pending]
+        if held:
+            self.on_stall(held, waited)
 
     def _read_one(self, fd: int, conn: Any) -> bool:
         """Read one result from a worker's pipe; False (and the pipe forgotten) at its end."""

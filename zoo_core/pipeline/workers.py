@@ -359,6 +359,14 @@ def _collect(lease: Lease | None, job: Job, sample: Sample, pending: Sequence[tu
         raise
 
 
+def _log_stall(held: list[tuple[int, int]], waited: float, pending: Sequence[tuple[Any, Job, Sample]]) -> None:
+    """Say which images the run has been waiting for (a hung or very slow preprocess)."""
+    by_index = {job.index: sample for _, job, sample in pending}
+    for pid, index in held:
+        if index in by_index:
+            log.warning("waiting %.0f s for %s (preprocess worker pid %d)", waited, by_index[index].path, pid)
+
+
 def _died_message(exc: BrokenProcessPool, jobs: Sequence[tuple[Job, Sample]]) -> str:
     """The error of a pool whose worker died: the image it was preparing, if known; the memory hint only
     when it was killed by SIGKILL (the kernel's out-of-memory killer)."""
@@ -478,6 +486,7 @@ class WorkerPool:
         if self.ring is not None:
             window = min(window, self.ring.num_slots)
         pending: deque[tuple[Lease | None, Job, Sample]] = deque()
+        self.pool.on_stall = lambda held, waited: _log_stall(held, waited, pending)
         it = iter(samples)
         item_bytes = 0  # the largest item seen so far (0: none yet)
         submitted = 0
