@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -1187,3 +1188,140 @@ def test_a_failure_record_that_finds_the_disk_full_makes_room_first(fixture_cfg,
     rec = json.loads((tmp_path / "eval" / "run.json").read_text())
     assert rec["status"] == "failed" and rec["partial_records_removed"] and "No space left" in rec["error"]
     assert not (tmp_path / "eval" / "predictions").exists() and calls == ["running", "failed", "failed"]
+
+
+class HungSource(ListSource):
+    """Yields ``n`` items, then waits on a hung worker until :meth:`stop` (or the test's watchdog)."""
+
+    def __init__(self, n: int):
+        super().__init__(n, lie_total=n + 1)
+        self.woken = threading.Event()
+
+    def stop(self):
+        self.woken.set()
+
+    def items(self):
+        yield from super().items()
+        self.woken.wait()
+        raise RuntimeError("the pool is shut down")
+
+
+def _interrupt_after(seconds: float, release: threading.Event) -> None:
+    """SIGINT to this process (the main thread raises KeyboardInterrupt) after ``seconds``; ``release``
+    after 10 s, so code that does not end on Ctrl-C fails the test instead of hanging it."""
+    threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT)).start()
+    watchdog = threading.Timer(10, release.set)
+    watchdog.daemon = True
+    watchdog.start()
+
+
+def test_ctrl_c_ends_a_stream_whose_source_waits_on_a_hung_worker():
+    """Before, the device loop's KeyboardInterrupt waited in feed.join() for a feeder blocked on the hung
+    worker forever: now the stream wakes its source (``stop``) and the interrupt comes out at once."""
+    src = HungSource(3)
+    _interrupt_after(0.5, src.woken)
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        Stream(src, [MemorySink()], backend=EchoBackend(), decode=decode, batch_size=2).run()
+    assert time.monotonic() - t0 < 5
+    assert src.woken.is_set()
+
+
+def test_ctrl_c_ends_a_stream_whose_postprocess_hangs():
+    """Before, the interrupted device loop waited forever to hand the post thread (stuck in a hung
+    postprocess hook, its queue full) its end mark: now it leaves that thread behind within seconds."""
+    hung = threading.Event()
+
+    def hang(outs, metas):
+        hung.wait()
+        return decode(outs, metas)
+
+    _interrupt_after(0.5, hung)
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        Stream(ListSource(20), [MemorySink()], backend=EchoBackend(), decode=hang, batch_size=1).run()
+    assert time.monotonic() - t0 < 6
+    hung.set()
+
+
+class _FakeJob:
+    def __init__(self, index, outcome):
+        self.index, self.outcome = index, outcome
+
+    def result(self):
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+
+class _FakeProcessPool:
+    """Stands in for a WorkerPool's ProcessPool: ``outcome(index, sample)`` is what each job gives."""
+
+    def __init__(self, outcome):
+        self.outcome, self.n = outcome, 0
+
+    def submit(self, fn, sample, dest):
+        self.n += 1
+        return _FakeJob(self.n - 1, self.outcome(self.n - 1, sample))
+
+
+def _worker_pool(outcome):
+    from types import SimpleNamespace
+
+    from zoo_core.pipeline.workers import WorkerPool
+
+    wp = WorkerPool(SimpleNamespace(model="fake"), {}, 0)
+    wp.pool = _FakeProcessPool(outcome)
+    return wp
+
+
+def _samples(n):
+    return [Sample(f"img{i}", Path(f"/data/img{i}.png")) for i in range(n)]
+
+
+def test_an_image_its_worker_crashed_on_is_that_images_error_and_the_rest_go_on():
+    """Before, a worker's SIGSEGV on one image stopped the run naming no image (and on_error=skip could not
+    skip it): now that image fails alone, its error saying how its worker ended."""
+    from zoo_core.pipeline.procpool import WorkerCrashed
+
+    def outcome(i, s):
+        if i == 2:
+            return WorkerCrashed(1234, -11)
+        return Prepared(s, {"x": np.zeros(3, np.float32)}, {"id": s.id})
+
+    got = list(_worker_pool(outcome).prepared(_samples(5), 3))
+    assert [p.sample.id for p in got] == [f"img{i}" for i in range(5)]
+    assert [p.error for p in got] == [None, None, "/data/img2.png: the preprocess worker crashed on it "
+                                                  "(signal 11 (SIGSEGV))", None, None]
+    src = ListSource(0)
+    src.items = lambda: iter(got)
+    src.total = 5
+    stats = Stream(src, [MemorySink()], backend=EchoBackend(), decode=decode, skip_errors=True).run()
+    assert stats.images == 4 and [s["id"] for s in stats.skipped] == ["img2"]
+
+
+@pytest.mark.parametrize("code,hint", [(-9, True), (-15, False)])
+def test_a_dead_worker_names_the_image_it_held_and_hints_at_memory_only_for_sigkill(code, hint):
+    from concurrent.futures.process import BrokenProcessPool
+
+    def outcome(i, s):
+        if i == 0:
+            return Prepared(s, {"x": np.zeros(3, np.float32)}, {"id": s.id})
+        exc = BrokenProcessPool(f"worker 99 exited with code {code}")
+        exc.task, exc.exitcode = 3, code
+        return exc
+
+    with pytest.raises(ZooError) as err:
+        list(_worker_pool(outcome).prepared(_samples(6), 4))
+    assert str(err.value).startswith(f"a preprocess worker process died (worker 99 exited with code {code} "
+                                     f"while preparing /data/img3.png)")
+    assert ("lower num_workers" in str(err.value)) == hint
+
+
+def test_a_stalled_image_is_named_with_its_worker_in_the_log(caplog):
+    from zoo_core.pipeline.workers import _log_stall
+
+    pending = [(None, _FakeJob(i, None), s) for i, s in enumerate(_samples(3))]
+    with caplog.at_level("WARNING", logger="zoo"):
+        _log_stall([(4321, 1)], 60.2, pending)
+    assert "waiting 60 s for /data/img1.png (preprocess worker pid 4321)" in caplog.text

@@ -4,16 +4,19 @@ Tasks are stdlib functions, so the spawned workers can unpickle them without imp
 """
 from __future__ import annotations
 
+import ctypes
 import operator
 import os
+import re
 import signal
+import sys
 import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
-from zoo_core.pipeline.procpool import ProcessPool
+from zoo_core.pipeline.procpool import ProcessPool, WorkerCrashed
 
 
 @pytest.fixture
@@ -51,9 +54,10 @@ def test_a_killed_worker_breaks_the_pool_and_shutdown_does_not_hang(pool):
     time.sleep(0.5)
     os.kill(pool.pids()[0], signal.SIGKILL)
     t0 = time.monotonic()
-    with pytest.raises(BrokenProcessPool, match=r"worker \d+ exited with code -9"):
+    with pytest.raises(BrokenProcessPool, match=r"worker \d+ exited with code -9") as broken:
         for j in jobs:
             j.result()
+    assert broken.value.task in (jobs[0].index, jobs[1].index)  # the task the killed worker held
     with pytest.raises(BrokenProcessPool):
         pool.submit(abs, 1)
     pool.shutdown()
@@ -133,5 +137,91 @@ def test_workers_start_with_one_blas_thread_unless_the_user_chose(monkeypatch):
     p = ProcessPool(1)
     try:
         assert p.submit(os.getenv, "OPENBLAS_NUM_THREADS").result() == "3"
+    finally:
+        p.shutdown()
+
+
+def test_a_worker_killed_in_the_middle_of_a_result_breaks_the_pool_naming_its_task():
+    """The worker blocks writing a 50 MB result the parent does not read yet, and is SIGKILLed there: the
+    parent reading the cut message must see the worker's death (it waited forever for the rest)."""
+    p = ProcessPool(1)
+    try:
+        assert p.submit(abs, -1).result() == 1
+        job = p.submit(bytes, 50_000_000)
+        time.sleep(0.5)  # pickled and blocked in write(2): the pipe holds 64 KB
+        os.kill(p.pids()[0], signal.SIGKILL)
+        got: list[BaseException] = []
+
+        def wait():
+            try:
+                job.result()
+            except BaseException as exc:
+                got.append(exc)
+
+        t = threading.Thread(target=wait, daemon=True)
+        t.start()
+        t.join(5)
+        assert not t.is_alive(), "the parent hangs on the cut result"
+        assert isinstance(got[0], BrokenProcessPool) and "exited with code -9" in str(got[0])
+        assert got[0].task == job.index and got[0].exitcode == -9
+    finally:
+        p.shutdown()
+
+
+def test_a_worker_that_crashes_on_a_task_fails_that_task_alone_and_is_replaced(monkeypatch):
+    """SIGSEGV (ctypes reading address 0), SIGABRT, exit code 7: the task the worker held fails with
+    WorkerCrashed saying how; a new worker takes its place and every other task completes. The new
+    worker starts with the sys.path the first ones got (not a directory OpenCV's loader put first on
+    it for the time of its import in another thread)."""
+    p = ProcessPool(2)
+    try:
+        first = p.pids()
+        monkeypatch.setattr(sys, "path", ["/nonexistent/cv2", *sys.path])
+        jobs = [p.submit(abs, -i) for i in range(6)]
+        segv = p.submit(ctypes.string_at, 0)
+        more = [p.submit(abs, -i) for i in range(6, 12)]
+        code7 = p.submit(os._exit, 7)
+        abort = p.submit(os.abort)
+        last = [p.submit(abs, -i) for i in range(12, 20)]
+        t0 = time.monotonic()
+        assert [j.result() for j in jobs + more + last] == list(range(20))
+        for job, how in ((segv, "signal 11 (SIGSEGV)"), (code7, "exit code 7"), (abort, "signal 6 (SIGABRT)")):
+            with pytest.raises(WorkerCrashed, match=re.escape(how)):
+                job.result()
+        assert p.submit(abs, -5).result() == 5
+        assert len(p.pids()) == 2 and set(p.pids()) != set(first)
+        paths = [p.submit(eval, "__import__('sys').path").result() for _ in range(8)]
+        assert not any("/nonexistent/cv2" in path for path in paths)
+        assert time.monotonic() - t0 < 10
+    finally:
+        p.shutdown()
+    assert not any(_alive(pid) for pid in p.pids())
+
+
+def test_stop_wakes_a_thread_waiting_on_a_hung_worker_and_shutdown_kills_it_at_once():
+    p = ProcessPool(1)
+    try:
+        assert p.submit(abs, -1).result() == 1
+        job = p.submit(time.sleep, 60)
+        threading.Timer(0.3, p.stop).start()
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match="shut down"):
+            job.result()
+        assert time.monotonic() - t0 < 3
+    finally:
+        p.shutdown()
+    assert time.monotonic() - t0 < 3  # not the 10 s grace of a normal shutdown
+    assert not any(_alive(pid) for pid in p.pids())
+
+
+def test_a_task_that_stalls_is_reported_with_its_worker_while_the_pool_waits():
+    p = ProcessPool(1, stall_s=0.2)
+    try:
+        seen: list = []
+        p.on_stall = lambda held, waited: seen.append((held, round(waited, 1)))
+        job = p.submit(time.sleep, 0.7)
+        assert job.result() is None
+        assert seen and all(held == [(p.pids()[0], job.index)] for held, _ in seen)
+        assert seen[0][1] == 0.2 and len(seen) <= 4
     finally:
         p.shutdown()

@@ -204,12 +204,20 @@ def test_replay_backend_reproduces_metrics_and_emulates_latency(zoo, infer_run, 
     assert rc != 0 and "outputs_dir" in err
 
 
-def test_a_dying_preprocess_worker_stops_the_run_with_a_message(zoo):
-    """A worker killed mid-image (OOM killer, segfault) must end the run, not hang it."""
+def test_a_preprocess_worker_crashing_on_an_image_fails_that_image_or_skips_it(zoo):
+    """A worker that dies on an image (a segfault, an exit) ends the run naming the image and how the worker
+    ended (before: "a preprocess worker process died", no image named, an out-of-memory hint), or with
+    on_error=skip lists that image as skipped and scores the rest."""
     rc, out, err = zoo("run", "model=fixture", "stage=eval", "num_workers=2", ZOO_FIXTURE_CRASH_ON="sq003")
-    assert rc != 0
-    assert "preprocess worker process died" in err, err
-    assert "Traceback" not in err
+    assert rc == 2, err
+    assert "sq003.png: the preprocess worker crashed on it (exit code 3)" in err, err
+    assert "Traceback" not in err and "num_workers" not in err
+    zoo.ok("run", "model=fixture", "stage=eval", "num_workers=2", "work_dir=s", "on_error=skip", "allow_skips=true",
+           ZOO_FIXTURE_CRASH_ON="sq003")
+    m = _metrics(zoo.cwd / "s", "eval")
+    assert [(s["id"], s["reason"].endswith("the preprocess worker crashed on it (exit code 3)")) for s in m["skipped"]] \
+        == [("sq003", True)]
+    assert m["images"] == 11
 
 
 def test_fresh_infer_removes_outputs_of_an_earlier_run(zoo, fixture_onnx):

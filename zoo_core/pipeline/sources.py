@@ -58,6 +58,10 @@ class ImageSource:
         if not self.drop_inputs:
             self.pool.plan(batch_size)
 
+    def stop(self) -> None:
+        """The run is being stopped (Ctrl-C): wake :meth:`items` waiting on a worker (it raises)."""
+        self.pool.stop()
+
     def items(self) -> Iterator[Prepared]:
         for prep in self.pool.prepared(self.samples, self.window):
             if self.drop_inputs and prep.error is None:

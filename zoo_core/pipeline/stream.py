@@ -16,6 +16,7 @@ Guarantees, for every stage that streams (eval, infer, postprocess, predict, pre
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import sys
@@ -45,6 +46,10 @@ log = logging.getLogger("zoo")
 #: 5 ms wait for it idles the device. 0.2 ms kept a 4.2 ms/call device 1-5 % busier than 0.5 ms at
 #: the same host capacity (BENCHMARKS.md).
 GIL_SWITCH_S = 0.0002
+
+#: How long a stopping run (an error, Ctrl-C) waits for its feeder and post threads: a thread stuck in a
+#: hung plugin hook is left behind (a daemon) rather than waited for forever.
+STOP_JOIN_S = 3.0
 
 #: ``decode(outputs, metas) -> one Detections per item`` (a model's postprocess hook).
 DecodeFn = Callable[[list[np.ndarray], list[dict]], list[Detections]]
@@ -127,6 +132,7 @@ class Stream:
         self._lock = threading.Lock()
         self._failure: list[BaseException] = []
         self._stop = threading.Event()
+        self._abort = threading.Event()  # the run stops on an error or Ctrl-C: queued batches are dropped
         self._t0 = 0.0
 
     # -- shared by every path -------------------------------------------------------------
@@ -213,13 +219,31 @@ class Stream:
         try:
             with short_slice():
                 self._device_loop()
+        except BaseException:
+            # a failure or Ctrl-C: wake the feeder (it may wait on a hung worker) and let the post thread
+            # drop what is queued; a thread still stuck (a hung plugin hook) is left behind, not waited for
+            self._stop.set()
+            self._abort.set()
+            stop = getattr(self.source, "stop", None)
+            if stop is not None:
+                stop()
+            feed.join(STOP_JOIN_S)
+            while post.is_alive():
+                try:
+                    self._post_q.put_nowait(None)
+                    break
+                except queue.Full:
+                    with contextlib.suppress(queue.Empty):
+                        self._post_q.get_nowait()
+            post.join(STOP_JOIN_S)
+            raise
         finally:
             self._stop.set()
-            feed.join()
-            self._post_q.put(None)
-            post.join()
             sys.setswitchinterval(switch)
             self.stats.inputs_in_place = self._batcher.adopted
+        feed.join()
+        self._post_q.put(None)
+        post.join()
         if self._failure:
             raise self._failure[0]
         return self._listed
@@ -336,7 +360,7 @@ class Stream:
             job = self._post_q.get()
             if job is None:
                 return
-            if self._failure:
+            if self._failure or self._abort.is_set():
                 continue
             try:
                 t0 = time.perf_counter()

@@ -38,7 +38,7 @@ from zoo_core.api.errors import ConfigError, PluginHookError, ZooError
 from zoo_core.api.imaging import read_image
 from zoo_core.api.types import Sample
 from zoo_core.pipeline.memory import keep_heap_pages
-from zoo_core.pipeline.procpool import Job, ProcessPool
+from zoo_core.pipeline.procpool import Job, ProcessPool, WorkerCrashed, exit_text
 
 log = logging.getLogger("zoo")
 
@@ -343,6 +343,42 @@ def _to_ring(prep: Prepared, dest: tuple[str, int, int, int]) -> None:
     prep.inputs, prep.slot_layout = None, layout
 
 
+def _collect(lease: Lease | None, job: Job, sample: Sample, pending: Sequence[tuple[Any, Job, Sample]]) -> Prepared:
+    """The prepared ``sample`` of ``job``; an image its worker crashed on is that image's error (skipped with
+    ``on_error=skip``); a worker that died otherwise stops the run naming the image it held."""
+    try:
+        return job.result()
+    except WorkerCrashed as exc:
+        return Prepared(sample, None, None, f"{sample.path}: the preprocess worker crashed on it "
+                                            f"({exit_text(exc.exitcode)})")
+    except BaseException as exc:
+        if lease is not None:
+            lease.release()
+        if isinstance(exc, BrokenProcessPool):
+            raise ZooError(_died_message(exc, [(job, sample), *((j, s) for _, j, s in pending)])) from None
+        raise
+
+
+def _log_stall(held: list[tuple[int, int]], waited: float, pending: Sequence[tuple[Any, Job, Sample]]) -> None:
+    """Say which images the run has been waiting for (a hung or very slow preprocess)."""
+    by_index = {job.index: sample for _, job, sample in pending}
+    for pid, index in held:
+        if index in by_index:
+            log.warning("waiting %.0f s for %s (preprocess worker pid %d)", waited, by_index[index].path, pid)
+
+
+def _died_message(exc: BrokenProcessPool, jobs: Sequence[tuple[Job, Sample]]) -> str:
+    """The error of a pool whose worker died: the image it was preparing, if known; the memory hint only
+    when it was killed by SIGKILL (the kernel's out-of-memory killer)."""
+    task, code = getattr(exc, "task", None), getattr(exc, "exitcode", None)
+    held = next((s for j, s in jobs if j.index == task), None) if task is not None else None
+    text = f"a preprocess worker process died ({exc}"
+    text += f" while preparing {held.path})" if held is not None else ")"
+    if code is None or code == -9:
+        text += "; if it was killed for memory, lower num_workers or batch_size"
+    return text
+
+
 class WorkerPool:
     """``num_workers`` spawned preprocess processes, all started when the pool is built.
 
@@ -389,9 +425,16 @@ class WorkerPool:
             return
         try:
             yield from self._pooled(samples, window)
-        except BrokenProcessPool as exc:
-            raise ZooError(f"a preprocess worker process died ({exc}); if it was killed for memory, "
-                           f"lower num_workers or batch_size") from None
+        except KeyboardInterrupt:  # Ctrl-C in the thread waiting here: close() kills the workers at once
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Wake the thread waiting in :meth:`prepared` (it raises) and drop the queued items: the run is
+        being stopped (Ctrl-C); :meth:`close` then kills the workers at once. Safe from any thread."""
+        pool = self.pool
+        if pool is not None:
+            pool.stop()
 
     def plan(self, batch_size: int) -> None:
         """The consumer batches ``batch_size`` items: room for two such batches is kept in the ring
@@ -442,7 +485,8 @@ class WorkerPool:
         assert self.pool is not None
         if self.ring is not None:
             window = min(window, self.ring.num_slots)
-        pending: deque[tuple[Lease | None, Job]] = deque()
+        pending: deque[tuple[Lease | None, Job, Sample]] = deque()
+        self.pool.on_stall = lambda held, waited: _log_stall(held, waited, pending)
         it = iter(samples)
         item_bytes = 0  # the largest item seen so far (0: none yet)
         submitted = 0
@@ -453,20 +497,15 @@ class WorkerPool:
             submitted += 1
             lease = self._reserve(item_bytes or SLOT_BYTES)
             dest = (lease.ring.path, lease.ring.size, lease.offset, lease.size) if lease else None
-            pending.append((lease, self.pool.submit(_worker_run, s, dest)))
+            pending.append((lease, self.pool.submit(_worker_run, s, dest), s))
 
         for s in it:
             submit(s)
             if len(pending) >= window:
                 break
         while pending:
-            lease, job = pending.popleft()
-            try:
-                res = job.result()
-            except BaseException:
-                if lease is not None:
-                    lease.release()
-                raise
+            lease, job, sample = pending.popleft()
+            res = _collect(lease, job, sample, pending)
             if res.slot_layout is not None and lease is not None:
                 res.inputs = {name: np.ndarray(shape, dtype, buffer=lease.ring.map, offset=start)
                               for name, shape, dtype, start in res.slot_layout}
