@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -195,6 +196,21 @@ def test_a_stem_seen_twice_in_a_dump_names_both_files(tmp_path):
         write_bin(tmp_path / run / "img_0.bin", np.zeros(3, np.float32))
     with pytest.raises(InputError, match=r"img_0.bin appears twice: .*run[12]/img_0.bin and .*run[12]/img_0.bin"):
         DumpDir(tmp_path, 1)
+
+
+def test_a_sample_listed_twice_is_refused_even_as_the_very_same_object():
+    """Before: only two distinct Sample objects with one id were refused; a dataset whose samples() listed the
+    very same object twice had that image scored twice, exit 0 (61 images instead of 60, AP50 0.05905 vs 0.05956)."""
+    from zoo_core.pipeline.sources import check_unique
+
+    a, b = Sample("sq003", Path("/d/sq003.png")), Sample("sq004", Path("/d/sq004.png"))
+    for dup in (a, Sample("sq003", Path("/d/sq003.png"))):  # the same object, an equal one
+        with pytest.raises(InputError, match=r"^/d/sq003.png: the id 'sq003' is listed twice, both times for "
+                                             r"/d/sq003.png\n  hint: each image must be listed once"):
+            check_unique([a, b, dup])
+    with pytest.raises(InputError, match=r"two items share the id 'sq003': /d/sq003.png and /e/sq003.jpg"):
+        check_unique([a, b, Sample("sq003", Path("/e/sq003.jpg"))])
+    check_unique([a, b])
 
 
 def test_an_ais_bench_dump_names_a_dotted_stem_by_its_part_before_the_first_dot(tmp_path):
@@ -782,6 +798,19 @@ def test_a_stage_clears_what_an_earlier_run_left_unless_resuming(fixture_cfg, tm
     assert not (tmp_path / "eval" / "leftover.txt").exists()
     res = run_stage(_ctx(fixture_cfg, tmp_path, save_outputs=True, resume=True, **{"dataset.limit": 5}))
     assert res["images"] == 5 and json.loads((tmp_path / "eval" / "perf.json").read_text())["resumed_images"] == 5
+
+
+def test_an_eval_whose_dataset_lists_one_sample_object_twice_fails_without_metrics(fixture_cfg, tmp_path):
+    """Before: the twice-listed image was scored twice and eval exited 0 with metrics over 13 of 12 images."""
+    from zoo_core.runs.run_stage import run_stage
+
+    ctx = _ctx(fixture_cfg, tmp_path)
+    samples = list(ctx.dataset.samples())
+    ctx.__dict__["samples"] = [*samples[:7], samples[3], *samples[7:]]
+    with pytest.raises(InputError, match=rf"the id '{samples[3].id}' is listed twice, both times for "
+                                         rf"{re.escape(str(samples[3].path))}"):
+        run_stage(ctx)
+    assert not (tmp_path / "eval" / "metrics.json").exists()
 
 
 def test_save_outputs_is_part_of_the_resume_fingerprint(fixture_cfg, tmp_path):
