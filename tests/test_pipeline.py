@@ -163,6 +163,33 @@ def test_postprocess_returning_the_wrong_count_is_a_plugin_error():
                decode=lambda outs, metas: decode(outs, metas)[:1]).run()
 
 
+class FewerRowsBackend(EchoBackend):
+    """Drops the last row of the batch holding ``short``."""
+
+    name = "fewer"
+
+    def __init__(self, short: str):
+        super().__init__()
+        self.short = short
+
+    def infer(self, batch: Batch) -> list[np.ndarray]:
+        outs = super().infer(batch)
+        return [o[:-1] for o in outs] if self.short in batch.ids else outs
+
+
+@pytest.mark.parametrize("expect", [True, False])
+def test_a_backend_returning_fewer_rows_than_the_batch_is_named_as_such(expect):
+    """Before: `the model's outputs [(3,)] (per item) disagree with the model's output_spec [(3,)]`, the row count
+    folded into a shape message that showed two identical shapes (and without a spec to check, an IndexError)."""
+    stream = Stream(ListSource(8), [MemorySink()], backend=FewerRowsBackend("img005"), decode=decode, batch_size=4,
+                    expect=(lambda meta: SPEC) if expect else None)
+    with pytest.raises(ZooError) as err:
+        stream.run()
+    assert str(err.value) == ("backend fewer returned 3 rows for a batch of 4 (output "
+                              + ("'out'" if expect else "#0") + "); a backend returns one row per item, in order")
+    assert "output_spec" not in str(err.value)
+
+
 def test_a_failing_sink_stops_the_run_and_is_raised():
     class Full(MemorySink):
         def write(self, result):
