@@ -840,6 +840,54 @@ def test_an_eval_whose_dataset_lists_one_sample_object_twice_fails_without_metri
     assert not (tmp_path / "eval" / "metrics.json").exists()
 
 
+def _spoil_preprocess(monkeypatch, ctx, bad_id: str, spoil) -> None:
+    """The fixture plugin's preprocess, with ``spoil(inputs, meta)`` applied to image ``bad_id``'s return."""
+    real = ctx.hooks._call
+
+    def call(hook, *args, **kwargs):
+        out = real(hook, *args, **kwargs)
+        if hook == "preprocess" and kwargs["sample"].id == bad_id:
+            out = spoil(*out)
+        return out
+
+    monkeypatch.setattr(ctx.hooks, "_call", call)
+
+
+_NAN_META = (lambda inputs, meta: (inputs, {**meta, "scale_xy": [float("nan"), 1.0]}),
+             r"must return a meta that infer and postprocess can read back from inputs/meta.jsonl \(finite numbers, "
+             r"positive sizes\), got meta\['scale_xy'\]\[0\] is nan")
+_F64_INPUT = (lambda inputs, meta: ({"image": inputs["image"].astype(np.float64)}, meta),
+              r"must return inputs matching the model's input_spec \(names, dtypes, ranks; no batch dimension\), "
+              r"got input 'image' float64 \(1, 64, 64\); input_spec says float32 \(1, 64, 64\)")
+
+
+@pytest.mark.parametrize(("spoil", "text"), [_NAN_META, _F64_INPUT], ids=["nan_meta", "float64_input"])
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_preprocess_return_infer_could_not_use_is_refused_at_preprocess_naming_the_image(
+        fixture_cfg, tmp_path, monkeypatch, spoil, text, skip):
+    """Before: a NaN in the meta was written to meta.jsonl as `"scale_xy": [NaN, 1.0]` (not JSON) and infer blamed
+    the file ("this file was changed"); a float64 input was written as a float64 .bin and eval / infer stopped with
+    an onnxruntime error naming the model file (with on_error=skip too). Both exited 0 at stage=preprocess."""
+    from zoo_core.runs.run_stage import run_stage
+
+    ctx = _ctx(fixture_cfg, tmp_path, "preprocess", on_error="skip" if skip else "fail", allow_skips=True)
+    bad = ctx.samples[4]
+    _spoil_preprocess(monkeypatch, ctx, bad.id, spoil)
+    want = rf"plugin zoo-fixture \(model fixture\): hook 'preprocess' \(image {bad.path}\) {text}$"
+    if not skip:
+        with pytest.raises(ZooError, match=want):
+            run_stage(ctx)
+        return
+    res = run_stage(ctx)
+    assert [s["id"] for s in res["skipped"]] == [bad.id]
+    assert re.search(want, res["skipped"][0]["reason"])
+    lines = (tmp_path / "inputs" / "meta.jsonl").read_text().splitlines()
+    recs = [json.loads(line, parse_constant=lambda c: pytest.fail(f"meta.jsonl holds {c}")) for line in lines]
+    assert len(recs) == len(ctx.samples) - 1 and bad.id not in {r["id"] for r in recs}
+    assert not list((tmp_path / "inputs").glob(f"{bad.id}*"))
+    assert {r["inputs"]["image"]["dtype"] for r in recs} == {"float32"}
+
+
 def test_save_outputs_is_part_of_the_resume_fingerprint(fixture_cfg, tmp_path):
     from zoo_core.runs.run_stage import run_stage
 
