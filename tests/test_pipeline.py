@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -163,6 +164,33 @@ def test_postprocess_returning_the_wrong_count_is_a_plugin_error():
                decode=lambda outs, metas: decode(outs, metas)[:1]).run()
 
 
+class FewerRowsBackend(EchoBackend):
+    """Drops the last row of the batch holding ``short``."""
+
+    name = "fewer"
+
+    def __init__(self, short: str):
+        super().__init__()
+        self.short = short
+
+    def infer(self, batch: Batch) -> list[np.ndarray]:
+        outs = super().infer(batch)
+        return [o[:-1] for o in outs] if self.short in batch.ids else outs
+
+
+@pytest.mark.parametrize("expect", [True, False])
+def test_a_backend_returning_fewer_rows_than_the_batch_is_named_as_such(expect):
+    """Before: `the model's outputs [(3,)] (per item) disagree with the model's output_spec [(3,)]`, the row count
+    folded into a shape message that showed two identical shapes (and without a spec to check, an IndexError)."""
+    stream = Stream(ListSource(8), [MemorySink()], backend=FewerRowsBackend("img005"), decode=decode, batch_size=4,
+                    expect=(lambda meta: SPEC) if expect else None)
+    with pytest.raises(ZooError) as err:
+        stream.run()
+    assert str(err.value) == ("backend fewer returned 3 rows for a batch of 4 (output "
+                              + ("'out'" if expect else "#0") + "); a backend returns one row per item, in order")
+    assert "output_spec" not in str(err.value)
+
+
 def test_a_failing_sink_stops_the_run_and_is_raised():
     class Full(MemorySink):
         def write(self, result):
@@ -196,6 +224,21 @@ def test_a_stem_seen_twice_in_a_dump_names_both_files(tmp_path):
         write_bin(tmp_path / run / "img_0.bin", np.zeros(3, np.float32))
     with pytest.raises(InputError, match=r"img_0.bin appears twice: .*run[12]/img_0.bin and .*run[12]/img_0.bin"):
         DumpDir(tmp_path, 1)
+
+
+def test_a_sample_listed_twice_is_refused_even_as_the_very_same_object():
+    """Before: only two distinct Sample objects with one id were refused; a dataset whose samples() listed the
+    very same object twice had that image scored twice, exit 0 (61 images instead of 60, AP50 0.05905 vs 0.05956)."""
+    from zoo_core.pipeline.sources import check_unique
+
+    a, b = Sample("sq003", Path("/d/sq003.png")), Sample("sq004", Path("/d/sq004.png"))
+    for dup in (a, Sample("sq003", Path("/d/sq003.png"))):  # the same object, an equal one
+        with pytest.raises(InputError, match=r"^/d/sq003.png: the id 'sq003' is listed twice, both times for "
+                                             r"/d/sq003.png\n  hint: each image must be listed once"):
+            check_unique([a, b, dup])
+    with pytest.raises(InputError, match=r"two items share the id 'sq003': /d/sq003.png and /e/sq003.jpg"):
+        check_unique([a, b, Sample("sq003", Path("/e/sq003.jpg"))])
+    check_unique([a, b])
 
 
 def test_an_ais_bench_dump_names_a_dotted_stem_by_its_part_before_the_first_dot(tmp_path):
@@ -783,6 +826,67 @@ def test_a_stage_clears_what_an_earlier_run_left_unless_resuming(fixture_cfg, tm
     assert not (tmp_path / "eval" / "leftover.txt").exists()
     res = run_stage(_ctx(fixture_cfg, tmp_path, save_outputs=True, resume=True, **{"dataset.limit": 5}))
     assert res["images"] == 5 and json.loads((tmp_path / "eval" / "perf.json").read_text())["resumed_images"] == 5
+
+
+def test_an_eval_whose_dataset_lists_one_sample_object_twice_fails_without_metrics(fixture_cfg, tmp_path):
+    """Before: the twice-listed image was scored twice and eval exited 0 with metrics over 13 of 12 images."""
+    from zoo_core.runs.run_stage import run_stage
+
+    ctx = _ctx(fixture_cfg, tmp_path)
+    samples = list(ctx.dataset.samples())
+    ctx.__dict__["samples"] = [*samples[:7], samples[3], *samples[7:]]
+    with pytest.raises(InputError, match=rf"the id '{samples[3].id}' is listed twice, both times for "
+                                         rf"{re.escape(str(samples[3].path))}"):
+        run_stage(ctx)
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def _spoil_preprocess(monkeypatch, ctx, bad_id: str, spoil) -> None:
+    """The fixture plugin's preprocess, with ``spoil(inputs, meta)`` applied to image ``bad_id``'s return."""
+    real = ctx.hooks._call
+
+    def call(hook, *args, **kwargs):
+        out = real(hook, *args, **kwargs)
+        if hook == "preprocess" and kwargs["sample"].id == bad_id:
+            out = spoil(*out)
+        return out
+
+    monkeypatch.setattr(ctx.hooks, "_call", call)
+
+
+_NAN_META = (lambda inputs, meta: (inputs, {**meta, "scale_xy": [float("nan"), 1.0]}),
+             r"must return a meta that infer and postprocess can read back from inputs/meta.jsonl \(finite numbers, "
+             r"positive sizes\), got meta\['scale_xy'\]\[0\] is nan")
+_F64_INPUT = (lambda inputs, meta: ({"image": inputs["image"].astype(np.float64)}, meta),
+              r"must return inputs matching the model's input_spec \(names, dtypes, ranks; no batch dimension\), "
+              r"got input 'image' float64 \(1, 64, 64\); input_spec says float32 \(1, 64, 64\)")
+
+
+@pytest.mark.parametrize(("spoil", "text"), [_NAN_META, _F64_INPUT], ids=["nan_meta", "float64_input"])
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_preprocess_return_infer_could_not_use_is_refused_at_preprocess_naming_the_image(
+        fixture_cfg, tmp_path, monkeypatch, spoil, text, skip):
+    """Before: a NaN in the meta was written to meta.jsonl as `"scale_xy": [NaN, 1.0]` (not JSON) and infer blamed
+    the file ("this file was changed"); a float64 input was written as a float64 .bin and eval / infer stopped with
+    an onnxruntime error naming the model file (with on_error=skip too). Both exited 0 at stage=preprocess."""
+    from zoo_core.runs.run_stage import run_stage
+
+    ctx = _ctx(fixture_cfg, tmp_path, "preprocess", on_error="skip" if skip else "fail", allow_skips=True)
+    bad = ctx.samples[4]
+    _spoil_preprocess(monkeypatch, ctx, bad.id, spoil)
+    want = rf"plugin zoo-fixture \(model fixture\): hook 'preprocess' \(image {bad.path}\) {text}$"
+    if not skip:
+        with pytest.raises(ZooError, match=want):
+            run_stage(ctx)
+        return
+    res = run_stage(ctx)
+    assert [s["id"] for s in res["skipped"]] == [bad.id]
+    assert re.search(want, res["skipped"][0]["reason"])
+    lines = (tmp_path / "inputs" / "meta.jsonl").read_text().splitlines()
+    recs = [json.loads(line, parse_constant=lambda c: pytest.fail(f"meta.jsonl holds {c}")) for line in lines]
+    assert len(recs) == len(ctx.samples) - 1 and bad.id not in {r["id"] for r in recs}
+    assert not list((tmp_path / "inputs").glob(f"{bad.id}*"))
+    assert {r["inputs"]["image"]["dtype"] for r in recs} == {"float32"}
 
 
 def test_save_outputs_is_part_of_the_resume_fingerprint(fixture_cfg, tmp_path):

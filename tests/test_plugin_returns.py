@@ -147,3 +147,66 @@ def test_non_numeric_metrics_from_evaluate_are_a_plugin_bug():
     with pytest.raises(PluginHookError, match=r"the mydet evaluate hook returned non-numeric metrics: \['AP'\]") as err:
         metrics_record(ctx, {"AP": "0.5", "AR": 0.4}, 1, {}, [], [])
     assert err.value.exit_code == 1
+
+
+def _returning(hooks, monkeypatch, inputs, specs):
+    """``hooks`` whose preprocess returns ``inputs`` (and a sane meta) and whose input_spec is ``specs``; counts
+    the input_spec calls."""
+    asked = []
+
+    def call(name, *a, **k):
+        if name == "input_spec":
+            asked.append(k["cfg"])
+            return specs
+        return inputs, {"scale_xy": [1.0, 1.0]}
+
+    monkeypatch.setattr(hooks, "_call", call)
+    return asked
+
+
+@pytest.mark.parametrize(("inputs", "text"), [
+    ({"image": np.zeros((1, 8, 8), np.float64)}, r"got input 'image' float64 \(1, 8, 8\); input_spec says float32 "
+                                                 r"\(1, 4, 4\)"),
+    ({"image": np.zeros((8, 8), np.float32)}, r"got input 'image' float32 \(8, 8\); input_spec says float32 \(1, 4, 4\)"),
+    ({"image": [[[0.0]]]}, r"got input 'image' as list; input_spec says a float32 array \(1, 4, 4\)"),
+    ({"img": np.zeros((1, 4, 4), np.float32)}, r"got inputs \['img'\]; input_spec names \['image'\]"),
+    ({"image": np.zeros((1, 4, 4), np.float32), "extra": np.zeros(1, np.float32)},
+     r"got inputs \['extra', 'image'\]; input_spec names \['image'\]"),
+])
+def test_preprocess_inputs_that_disagree_with_the_input_spec_name_the_plugin_and_the_image(
+        hooks, monkeypatch, inputs, text):
+    """Before: nothing compared them; stage=preprocess wrote a float64 .bin (exit 0) and eval / infer stopped in
+    onnxruntime naming the model file, even with on_error=skip."""
+    from zoo_core.api.errors import PluginHookError
+    from zoo_core.api.types import TensorSpec
+
+    _returning(hooks, monkeypatch, inputs, [TensorSpec("image", (1, 4, 4))])
+    with pytest.raises(PluginHookError, match=r"^plugin zoo-fixture \(model fixture\): hook 'preprocess' \(image "
+                                              r"a.png\) must return inputs matching the model's input_spec \(names, "
+                                              rf"dtypes, ranks; no batch dimension\), {text}$") as err:
+        hooks.preprocess(cfg=object(), image=np.zeros((4, 4, 3), np.uint8), sample=Sample("a", "a.png"))
+    assert err.value.exit_code == 1
+
+
+def test_preprocess_inputs_of_their_own_size_pass_and_the_input_spec_is_asked_once_per_cfg(hooks, monkeypatch):
+    """The dims are not compared (``input_spec`` is the nominal size; keep_res models give each image its own), and
+    the check costs a few attribute compares per image: ``input_spec`` is asked once per cfg object."""
+    from zoo_core.api.types import TensorSpec
+
+    x = np.zeros((37, 52, 3), np.uint8)  # an AIPP-style uint8 HWC input of a non-nominal size
+    asked = _returning(hooks, monkeypatch, {"image": x}, [TensorSpec("image", (64, 64, 3), "uint8")])
+    cfg, other = object(), object()
+    for c in (cfg, cfg, cfg, other, other):
+        inputs, _ = hooks.preprocess(cfg=c, image=x, sample=Sample("a", "a.png"))
+        assert inputs["image"] is x
+    assert asked == [cfg, other]
+
+
+def test_a_preprocess_meta_the_read_back_would_refuse_names_the_plugin_and_the_image(hooks, monkeypatch):
+    """Before: json.dumps wrote a NaN as the non-JSON `NaN` into meta.jsonl and infer then blamed the file."""
+    from zoo_core.api.errors import PluginHookError
+
+    monkeypatch.setattr(hooks, "_call", lambda name, *a, **k: ({}, {"c": [1.0, float("inf")]}))
+    with pytest.raises(PluginHookError, match=r"hook 'preprocess' \(image a.png\) must return a meta that infer and "
+                                              r"postprocess can read back .* got meta\['c'\]\[1\] is inf$"):
+        hooks.preprocess(cfg=None, image=np.zeros((4, 4, 3), np.uint8), sample=Sample("a", "a.png"))

@@ -74,8 +74,8 @@ def test_dispatch_reaches_only_the_selected_model(fixture_cfg, monkeypatch):
     inputs, meta = pm.hooks_for("fixture").preprocess(cfg=fixture_cfg, image=image, sample=Sample("x", "x.png"))
     assert list(inputs) == ["image"] and inputs["image"].shape == (1, 64, 64)
     assert meta["scale_xy"] == [80 / 64, 48 / 64]
-    (name, plugins), = called
-    assert name == "preprocess" and plugins == ["fixture"]
+    # preprocess, then (once per cfg) input_spec to check the inputs it returned: both the fixture's only
+    assert called == [("preprocess", ["fixture"]), ("input_spec", ["fixture"])]
     # the other models' hooks are still reachable through their own dispatch
     from zoo_core.config.validate import compose
 

@@ -29,13 +29,19 @@ KeyFn = Callable[[dict], tuple]
 
 
 def check_unique(samples: Sequence[Sample]) -> None:
-    """Two samples with one id would share every per-image file: an error naming both files."""
+    """Two samples with one id would share every per-image file and be scored twice: an error naming both
+    files, whether they are two paths, one path listed twice or the very same ``Sample`` object listed twice."""
     seen: dict[str, Sample] = {}
     for s in samples:
-        other = seen.setdefault(s.id, s)
-        if other is not s:
-            raise InputError(f"two items share the id {s.id!r}: {other.path} and {s.path}", path=s.path,
-                             hint="ids are file stems and must be unique within a dataset")
+        other = seen.get(s.id)
+        if other is None:
+            seen[s.id] = s
+            continue
+        if str(other.path) == str(s.path):
+            raise InputError(f"the id {s.id!r} is listed twice, both times for {s.path}", path=s.path,
+                             hint="each image must be listed once: ids are file stems, unique within a dataset")
+        raise InputError(f"two items share the id {s.id!r}: {other.path} and {s.path}", path=s.path,
+                         hint="ids are file stems and must be unique within a dataset")
 
 
 class ImageSource:

@@ -327,14 +327,21 @@ class Stream:
         self._post_q.put((batch, outputs))
 
     def _check_shapes(self, batch: Batch, outputs: list[np.ndarray]) -> None:
-        if self.expect is None:
-            return
-        specs = self.expect(batch.metas[0])
-        if specs is None:  # the model cannot say for this meta (e.g. a seed prep_dataset)
+        """One row per real item in every output (a backend's count, said apart from a per-item shape that
+        disagrees with the model's ``output_spec``, which says the model file is another model's)."""
+        specs = self.expect(batch.metas[0]) if self.expect is not None else None
+        for i, o in enumerate(outputs):
+            if len(o) != batch.n_valid:
+                name = repr(specs[i].name) if specs is not None and i < len(specs) else f"#{i}"
+                model_file = self.backend.describe().get("model_file") if self.backend else None
+                raise ZooError(f"backend {getattr(self.backend, 'name', '?')} returned {len(o)} rows for a batch of "
+                               f"{batch.n_valid} (output {name}); a backend returns one row per item, in order",
+                               path=model_file)
+        if specs is None:  # no spec, or the model cannot say for this meta (e.g. a seed prep_dataset)
             return
         got = [tuple(o.shape[1:]) for o in outputs]
         want = [tuple(s.shape) for s in specs]
-        if got != want or any(len(o) != batch.n_valid for o in outputs):
+        if got != want:
             where = (self.backend.describe().get("model_file") if self.backend else None) or "the backend"
             raise ZooError(f"{where}: the model's outputs {got} (per item) disagree with the model's output_spec "
                            f"{want}; is this model file for this model and config?")
@@ -352,7 +359,9 @@ class Stream:
                 self._fail_or_skip(one.samples[0], str(exc))
                 continue
             self.stats.batches += 1
-            self._post_q.put((one, [np.asarray(o)[:1] for o in outputs]))
+            outputs = [np.asarray(o)[:1] for o in outputs]
+            self._check_shapes(one, outputs)
+            self._post_q.put((one, outputs))
 
     def _post_loop(self) -> None:
         set_thread_slice(THREAD_SLICE_NS)

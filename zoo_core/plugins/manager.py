@@ -350,6 +350,8 @@ class ModelHooks:
         self.model = model
         self.info = manager.models[model]
         self._spec_memo: dict[tuple[int, int], tuple[Any, Any, list[TensorSpec]]] = {}
+        #: (cfg, [(name, dtype, rank, shape)] of its input_spec, or None without an input_spec hook), by id(cfg)
+        self._input_memo: tuple[Any, list[tuple[str, Any, int, tuple[int, ...]]] | None] | None = None
 
     def implements(self, hook: str) -> bool:
         """The model's own plugin implements ``hook``."""
@@ -415,11 +417,56 @@ class ModelHooks:
         if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Mapping) and isinstance(out[1], dict)):
             raise self._wrong("preprocess", "a tuple (inputs: dict of arrays, meta: dict)", out)
         self._check_meta(out[1], sample)
+        self._check_inputs(out[0], cfg, sample)
         return out
 
+    def _input_checks(self, cfg: Any) -> list[tuple[str, Any, int, tuple[int, ...]]] | None:
+        """The model's ``input_spec`` under ``cfg`` as (name, dtype, rank, shape), asked once per cfg object
+        (a worker preprocesses every image with one cfg); ``None`` when the plugin has no ``input_spec``."""
+        memo = self._input_memo
+        if memo is not None and memo[0] is cfg:
+            return memo[1]
+        import numpy as np
+
+        checks = ([(s.name, np.dtype(s.dtype), len(s.shape), tuple(s.shape)) for s in self.input_spec(cfg=cfg)]
+                  if self.implements("input_spec") else None)
+        self._input_memo = (cfg, checks)
+        return checks
+
+    def _check_inputs(self, inputs: Mapping[str, Any], cfg: Any, sample: Sample) -> None:
+        """The prepared inputs have the names, dtypes and ranks of the model's ``input_spec`` (the dims are
+        not compared: ``input_spec`` gives the nominal size and a plugin may keep each image's own, e.g.
+        ``keep_res``). Refused here, naming the plugin and the image, instead of a ``.bin`` of the wrong
+        dtype or a backend error blaming the model file."""
+        checks = self._input_checks(cfg)
+        if checks is None:
+            return
+        import numpy as np
+
+        if len(inputs) != len(checks) or any(name not in inputs for name, _, _, _ in checks):
+            got = f"inputs {sorted(map(str, inputs))}; input_spec names {[c[0] for c in checks]}"
+        else:
+            for name, dtype, rank, shape in checks:
+                a = inputs[name]
+                if not isinstance(a, np.ndarray):
+                    got = f"input {name!r} as {type(a).__name__}; input_spec says a {dtype} array {shape}"
+                elif a.dtype != dtype or a.ndim != rank:
+                    got = f"input {name!r} {a.dtype} {a.shape}; input_spec says {dtype} {shape}"
+                else:
+                    continue
+                break
+            else:
+                return
+        raise PluginHookError(f"{self.info.label}: hook 'preprocess' (image {sample.path}) must return inputs "
+                              f"matching the model's input_spec (names, dtypes, ranks; no batch dimension), got {got}")
+
     def _check_meta(self, meta: dict[str, Any], sample: Sample) -> None:
-        """``meta`` is written to ``inputs/meta.jsonl`` as JSON (stage=preprocess): refuse one that is not
-        JSON-able here, naming the plugin and the key, whatever the stage."""
+        """``meta`` is written to ``inputs/meta.jsonl`` as JSON (stage=preprocess) and read back by ``infer`` /
+        ``postprocess``: refuse one that is not JSON-able, or that the read-back would refuse (a NaN or infinite
+        number, which ``json`` writes as the non-JSON ``NaN``; sizes or a scale that are not positive), here,
+        naming the plugin, the image and the key, whatever the stage."""
+        from zoo_core.pipeline.sources import meta_problem
+
         try:
             json.dumps(meta)
         except (TypeError, ValueError) as exc:
@@ -433,6 +480,11 @@ class ModelHooks:
                 f"{self.info.label}: hook 'preprocess' (image {sample.path}) must return a JSON-serializable meta "
                 f"dict (lists, numbers, strings; it is written to inputs/meta.jsonl), got "
                 f"{'; '.join(bad) or _first_line(exc)}") from exc
+        problem = meta_problem(meta)
+        if problem is not None:
+            raise PluginHookError(
+                f"{self.info.label}: hook 'preprocess' (image {sample.path}) must return a meta that infer and "
+                f"postprocess can read back from inputs/meta.jsonl (finite numbers, positive sizes), got {problem}")
 
     def build_model(self, *, cfg: DictConfig, weights: str | Path | None) -> torch.nn.Module:
         return self._call("build_model", cfg=cfg, weights=weights)
