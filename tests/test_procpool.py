@@ -222,6 +222,6 @@ def test_a_task_that_stalls_is_reported_with_its_worker_while_the_pool_waits():
         job = p.submit(time.sleep, 0.7)
         assert job.result() is None
         assert seen and all(held == [(p.pids()[0], job.index)] for held, _ in seen)
-        assert seen[0][1] == 0.2 and len(seen) <= 4
+        assert seen[0][1] >= 0.2 and len(seen) <= 4  # 0.4 when the worker took the task after the first 0.2 s
     finally:
         p.shutdown()
