@@ -5,7 +5,9 @@ a hook calling ``sys.exit(0)`` no longer makes ``zoo`` exit 0.
 """
 from __future__ import annotations
 
+import errno
 import inspect
+import os
 import sys
 import types
 from pathlib import Path
@@ -99,6 +101,48 @@ def test_zoo_error_passes_unchanged(manager):
 def test_keyboard_interrupt_passes_unchanged(manager):
     with pytest.raises(KeyboardInterrupt):
         manager.hooks_for("fake").dataset(cfg={})
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT])
+def test_a_full_or_read_only_disk_in_a_hook_is_a_storage_error_naming_the_file(err):
+    """Before: a full disk or a read-only model_dir while CenterFace's export wrote its ONNX was `error: plugin
+    zoo-centerface (model centerface), hook export: OSError: [Errno 28] ... (a bug in the plugin; traceback
+    ...)`, exit 1; the storage's error is one line naming the file, exit 2 (docs/errors.md)."""
+    mod = types.ModuleType("zoo_writer")
+
+    @hookimpl
+    def export(cfg, weights, output, target):
+        raise OSError(err, os.strerror(err), str(output))
+
+    @hookimpl
+    def postprocess(cfg, outputs, metas):
+        raise OSError(err, os.strerror(err))  # a write() finding the disk full names no file
+
+    mod.export, mod.postprocess = export, postprocess
+    pm = ZooPluginManager(autoload=False)
+    pm.register_module("writer", mod, dist=("zoo-writer", "1.0"))
+    with pytest.raises(ZooError) as info:
+        pm.hooks_for("writer").export(cfg={}, weights=None, output=Path("/models/w.onnx"), target="onnxruntime")
+    assert not isinstance(info.value, PluginError) and info.value.exit_code == 2
+    assert str(info.value) == f"/models/w.onnx: {os.strerror(err)}"
+    with pytest.raises(ZooError) as info:
+        pm.hooks_for("writer").postprocess(cfg={}, outputs=[], metas=[])
+    assert not isinstance(info.value, PluginError) and info.value.exit_code == 2
+    assert str(info.value) == f"{os.strerror(err)} (hook postprocess)"
+
+
+def test_another_os_error_in_a_hook_is_still_the_plugins_bug():
+    mod = types.ModuleType("zoo_writer")
+
+    @hookimpl
+    def postprocess(cfg, outputs, metas):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/plugin/data/anchors.npy")
+
+    mod.postprocess = postprocess
+    pm = ZooPluginManager(autoload=False)
+    pm.register_module("writer", mod, dist=("zoo-writer", "1.0"))
+    with pytest.raises(PluginHookError, match=r"hook postprocess: FileNotFoundError: .*anchors.npy"):
+        pm.hooks_for("writer").postprocess(cfg={}, outputs=[], metas=[])
 
 
 def test_a_missing_hook_is_a_plugin_error_and_a_none_result_a_plugin_bug(manager):

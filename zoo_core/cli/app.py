@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import sys
 import traceback
 from pathlib import Path
 
 from zoo_core.runs.layout import refuse_links  # (here too: zoo's CLI calls it before a single run)
+from zoo_core.runs.storage import storage_error  # (zoo_core.cli imports it from here)
 
 log = logging.getLogger("zoo")
 
@@ -75,19 +75,6 @@ def task(cfg):
                 pass
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(getattr(exc, "exit_code", 1)) from None
-
-
-#: Errors of the storage, not of zoo: one line naming the file, exit 2.
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENAMETOOLONG}
-
-
-def storage_error(exc: BaseException):
-    """A ZooError for a full disk, a read-only or forbidden path (``None`` for anything else)."""
-    from zoo_core.api.errors import ZooError
-
-    if isinstance(exc, OSError) and not isinstance(exc, ZooError) and exc.errno in _STORAGE_ERRNOS:
-        return ZooError(exc.strerror or str(exc), path=exc.filename)
-    return None
 
 
 def single_run(args: list[str]) -> bool:

@@ -28,6 +28,7 @@ from zoo_core.api import hookspecs
 from zoo_core.api.errors import PluginError, PluginHookError, ZooError
 from zoo_core.config.confpaths import BACKENDS_GROUP, MODELS_GROUP, disabled_plugins, duplicate_models, is_blocked
 from zoo_core.datasets import DATASET_API_VERSION
+from zoo_core.runs.storage import storage_error
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -302,10 +303,15 @@ class ZooPluginManager:
 
         A :class:`ZooError` (deliberate) passes unchanged, and so does an exception raised by no
         installed plugin's code (a core bug; ``default`` is the plugin blamed when no hook frame is
-        in the traceback). Anything else, ``SystemExit`` included, becomes one
-        :class:`PluginHookError` line naming the plugin, the hook and the reason."""
+        in the traceback). A full disk, a read-only or forbidden path (:mod:`zoo_core.runs.storage`) is the
+        storage's error, not the plugin's: a :class:`ZooError` naming the file (exit 2). Anything else,
+        ``SystemExit`` included, becomes one :class:`PluginHookError` line naming the plugin, the hook and
+        the reason."""
         if isinstance(exc, (ZooError, KeyboardInterrupt, GeneratorExit)):
             raise exc
+        stored = storage_error(exc, f"hook {hook}{f' ({context})' if context else ''}")
+        if stored is not None:
+            raise stored from exc
         info = self.plugin_info(_raising_plugin(exc, caller.get_hookimpls()) or default)
         if info is None:  # raised by no plugin's code, or by one the core registered itself
             raise exc
