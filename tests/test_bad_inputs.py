@@ -214,6 +214,29 @@ def test_a_fifo_named_like_an_image_is_refused_unopened(tmp_path):
     assert str(err.value) == f"{tmp_path / 'x.jpg'}: image file is a FIFO (named pipe), not a regular file"
 
 
+def test_an_unreadable_image_is_that_images_input_error(tmp_path, monkeypatch, squares_base):
+    """Before: an image chmod 000 was `PermissionError in preprocess: ... (unexpected error; traceback ...)`, a bug
+    with its traceback; now an InputError naming it, which on_error=skip lists like a corrupt image. (The open is
+    faked: root, who runs the tests here, reads any file.)"""
+    import zoo_core.api.imaging as imaging
+    from zoo_core.api.errors import InputError
+    from zoo_core.api.types import Sample
+    from zoo_core.pipeline.workers import prepare_one
+    from zoo_core.plugins import get_manager
+
+    path = squares_base / "images" / f"{BAD_STEM}.png"
+
+    def forbidden(file, mode="r", *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(file))
+
+    monkeypatch.setattr(imaging, "open", forbidden, raising=False)
+    with pytest.raises(InputError) as err:
+        imaging.read_image(path)
+    assert str(err.value) == f"{path}: cannot read the image file: Permission denied"
+    prep = prepare_one(get_manager().hooks_for("fixture"), {}, Sample(BAD_STEM, path))
+    assert prep.error == f"{path}: cannot read the image file: Permission denied" and prep.trace is None
+
+
 def test_an_image_whose_name_is_not_utf8_reads_without_crashing_opencv(tmp_path):
     """cv2.imread segfaults on a str path holding a lone surrogate (a Linux name of non-UTF-8 bytes): read_image
     hands OpenCV /proc/self/fd/<n> instead, never the name."""

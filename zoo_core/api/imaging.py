@@ -62,8 +62,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     JPEG cut short, whose missing rows ``cv2.imread`` fills with gray, is refused (a JPEG whose image data is
     whole but whose end-of-image marker is missing reads as ``cv2.imread`` reads it).
 
-    Raises :class:`InputError` naming the file for a missing, empty, undecodable (corrupt,
-    truncated, not an image), oversized or not regular (a FIFO, a device, a directory) file. The size
+    Raises :class:`InputError` naming the file for a missing, unreadable (permissions), empty, undecodable
+    (corrupt, truncated, not an image), oversized or not regular (a FIFO, a device, a directory) file. The size
     limit (:func:`max_image_pixels`) is checked from the PNG / JPEG / BMP header before any pixel is
     decoded, so memory stays bounded; other formats rely on OpenCV's ``OPENCV_IO_MAX_IMAGE_PIXELS`` (set to
     the same limit). The file is not read whole into memory: the header check reads the bytes it needs and
@@ -78,7 +78,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     import cv2
 
     p = regular_file(path, "image file", InputError)  # unopened: a FIFO would block, /dev/zero never end
-    with open(p, "rb") as f:
+    try:
+        f = open(p, "rb")  # noqa: SIM115 - closed by the with below
+    except FileNotFoundError:  # (removed since regular_file looked)
+        raise InputError("image file not found", path=p) from None
+    except OSError as exc:  # unreadable (permissions), an I/O error: this image's error, like a corrupt one
+        raise InputError(f"cannot read the image file: {exc.strerror or exc}", path=p) from None
+    with f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             raise InputError("image file is empty (0 bytes)", path=p)
