@@ -1,6 +1,7 @@
 """CLI conventions: --version, list --json, closed pipes, shell completion, new-plugin name clashes, sweep_report usage."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shlex
@@ -309,6 +310,36 @@ def test_a_storage_error_before_the_run_starts_is_one_line(monkeypatch, capsys, 
     monkeypatch.setattr(cli, "cmd_run", fail)
     assert zoo_main(["run", "model=fixture"]) == 2
     assert capsys.readouterr().err == f"error: /ro/run: {os.strerror(err)}\n"
+
+
+def test_a_full_disk_while_hydra_writes_its_files_names_the_file_and_leaves_none_cut_short(tmp_path, monkeypatch,
+                                                                                            capsys, cache_dir):
+    """Before: `error: No space left on device` naming no file (Hydra's write() raised an OSError without a file
+    name), and a cut-short .hydra/hydra.yaml was left. Now the file is named and this run's .hydra/*.yaml are
+    removed; an earlier run's file Hydra never reached is kept."""
+    import hydra.core.utils as hydra_utils
+
+    real = hydra_utils._save_config
+
+    def full_disk(cfg, filename, output_dir):
+        if filename != "hydra.yaml":
+            return real(cfg, filename, output_dir)
+        with open(output_dir / filename, "w") as f:
+            f.write("hydra:\n  run:\n")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(hydra_utils, "_save_config", full_disk)
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(cache_dir))
+    monkeypatch.chdir(tmp_path)
+    hydra_dir = tmp_path / "run" / "eval" / ".hydra"
+    hydra_dir.mkdir(parents=True)
+    (hydra_dir / "overrides.yaml").write_text("- earlier=run\n")
+    assert zoo_main(["run", "model=fixture", "backend=oracle", f"work_dir={tmp_path / 'run'}"]) == 2
+    assert capsys.readouterr().err == (f"error: {hydra_dir / 'hydra.yaml'}: No space left on device (Hydra's record "
+                                       f"of the run's config; this run's .hydra files are removed)\n")
+    assert sorted(p.name for p in hydra_dir.iterdir()) == ["overrides.yaml"]
+    assert (hydra_dir / "overrides.yaml").read_text() == "- earlier=run\n"
+    assert not (tmp_path / "run" / "eval" / "run.json").exists()
 
 
 def test_console_warnings_and_errors_get_their_prefix_once():

@@ -118,17 +118,72 @@ def run_single(overrides: list[str]) -> int:
                 raise composition_error(exc, overrides) from None
             check_typed(cfg)
             check_run_dirs(cfg)
+            record_dir = Path(str(cfg.work_dir)).expanduser() / str(cfg.stage.name)
             with held_for_stage(Path(str(cfg.work_dir)).expanduser(), str(cfg.stage.name)):
-                refuse_links(Path(str(cfg.work_dir)).expanduser() / str(cfg.stage.name))
+                refuse_links(record_dir)
                 callbacks = Callbacks(cfg)
                 callbacks.on_run_start(config=cfg, config_name="config")
-                ret = run_job(hydra_context=HydraContext(config_loader=hydra.config_loader, callbacks=callbacks),
-                              task_function=task, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None)
+                started: list[bool] = []
+                before = _hydra_records(record_dir, cfg.hydra.get("output_subdir"))
+
+                def job(task_cfg):
+                    started.append(True)
+                    return task(task_cfg)
+
+                try:
+                    ret = run_job(hydra_context=HydraContext(config_loader=hydra.config_loader, callbacks=callbacks),
+                                  task_function=job, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None)
+                except OSError as exc:
+                    if started:
+                        raise
+                    raise hydra_files_error(exc, record_dir, cfg.hydra.get("output_subdir"), before) from None
                 callbacks.on_run_end(config=cfg, config_name="config", job_return=ret)
                 ret.return_value  # noqa: B018 - re-raises what the task raised
     finally:
         GlobalHydra.instance().clear()
     return 0
+
+
+#: The files Hydra's ``run_job`` writes into ``<record dir>/<hydra.output_subdir>/`` before the task runs.
+_HYDRA_RECORDS = ("config.yaml", "hydra.yaml", "overrides.yaml")
+
+
+def _hydra_records(record_dir: Path, subdir: str | None) -> dict[str, tuple[int, int, int] | None]:
+    """Each of :data:`_HYDRA_RECORDS` in ``<record dir>/<subdir>/``: its (inode, size, mtime), or None."""
+    out: dict[str, tuple[int, int, int] | None] = {}
+    for name in _HYDRA_RECORDS if subdir else ():
+        try:
+            st = (record_dir / str(subdir) / name).lstat()
+            out[name] = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            out[name] = None
+    return out
+
+
+def hydra_files_error(exc: OSError, record_dir: Path, subdir: str | None,
+                      before: dict[str, tuple[int, int, int] | None]) -> BaseException:
+    """What to raise for ``exc``, met by Hydra before the stage ran: making the record dir, writing
+    ``.hydra/*.yaml`` (a ``write`` on a full disk names no file: ``<record dir>/.hydra/`` is named).
+
+    The yaml files this run wrote (those not as ``before`` saw them: :func:`_hydra_records`) are removed,
+    whole or cut short: they describe a run that never ran. (This run holds the run dir, and
+    :func:`refuse_links` refused links there; an earlier run's files Hydra did not reach are kept.)"""
+    hydra_dir = record_dir / subdir if subdir else None
+    written = []  # (Hydra writes them in order: the last one is the one it was writing)
+    if hydra_dir is not None:
+        after = _hydra_records(record_dir, subdir)
+        written = [name for name, seen in after.items() if seen is not None and seen != before.get(name)]
+        for name in written:
+            with contextlib.suppress(OSError):
+                (hydra_dir / name).unlink()
+    error = storage_error(exc)
+    if error is None or exc.filename is not None:
+        return error or exc
+    from zoo_core.api.errors import ZooError
+
+    where = hydra_dir / written[-1] if hydra_dir is not None and written else f"{hydra_dir or record_dir}/"
+    return ZooError(f"{exc.strerror or exc} (Hydra's record of the run's config; this run's .hydra files "
+                    f"are removed)" if written else f"{exc.strerror or exc}", path=where)
 
 
 @contextlib.contextmanager
