@@ -159,3 +159,27 @@ def test_config_path_is_refused_with_the_config_dir_it_means(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert err.startswith("error: --config-path replaces zoo's primary config") and "hint: zoo run --config-dir" in err
     assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags", [[], ["-m"]])
+def test_a_path_hydra_must_have_quoted_is_named_with_its_quoted_form(tmp_path, monkeypatch, capsys, cache_dir, flags):
+    """Before: `error: cannot parse overrides: LexerNoViableAltException: ...` and no word of quoting; now the
+    override is named and the hint shows the quoted form, which Hydra reads back as the very path."""
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from zoo_core.cli import main as zoo_main
+
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(cache_dir))
+    monkeypatch.chdir(tmp_path)
+    work = tmp_path / "josé" / "run"
+    assert zoo_main(["run", *flags, "model=fixture", "stage=perf", f"work_dir={work}"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: cannot parse override work_dir={work}: token recognition error at: 'é'\n"
+                   f"  hint: Hydra reads a value with a space, a non-ASCII letter or another character of its override "
+                   f"grammar only when it is quoted: work_dir='{work}' (in a shell: \"work_dir='{work}'\")\n")
+    [shell] = re.findall(r"in a shell: (.*)\)$", err.strip())
+    [override] = shlex.split(shell)
+    assert OverridesParser.create().parse_override(override).value() == str(work)
+    assert not work.exists()

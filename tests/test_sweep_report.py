@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -245,6 +246,24 @@ def test_rerun_commands_name_the_sweep_dir_absolute_when_given_relative(tmp_path
     monkeypatch.chdir(tmp_path)
     sr.main(["sweep"])
     assert f"hydra.sweep.dir={tmp_path / 'sweep'} hydra.sweep.subdir=0/perf" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["swé ep dir", "it's, \\ a: dir", "plain"])
+def test_a_rerun_command_gives_back_the_exact_sweep_dir_through_the_shell_and_hydra(tmp_path, name):
+    """Before: `'hydra.sweep.dir=/tmp/swé ep dir'` (only shell-quoted), which Hydra's parser refuses when pasted
+    (LexerNoViableAltException). Now the value is quoted in Hydra's grammar, then for the shell."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from zoo_core.reports.shard_merge import rerun_command
+
+    sweep = tmp_path / name
+    fake_job(sweep, "0", "perf", ["model=fixture", "stage=perf", "batch_size=1"], 1_700_000_000.0)
+    rerun = rerun_command(sweep, sr.sweep_jobs(sweep)[0])
+    argv = shlex.split(rerun)
+    assert argv[:3] == ["zoo", "run", "-m"]
+    parsed = {o.get_key_element(): o.value() for o in OverridesParser.create().parse_overrides(argv[3:])}
+    assert parsed["hydra.sweep.dir"] == str(sweep) and parsed["hydra.sweep.subdir"] == "0/perf"
+    assert parsed["batch_size"] == 1
 
 
 def test_a_patch_rerun_keeps_the_jobs_of_an_older_sweep_in_the_dir_out(tmp_path):

@@ -19,6 +19,62 @@ HYDRA_FLAGS_WITHOUT_VALIDATION = {"--help", "-h", "--hydra-help", "--info", "-i"
                                   "--version", "--resolve"}
 
 
+#: A value Hydra's override grammar reads back unquoted as this very string: a path of these ASCII characters
+#: (with a ``/``, so never a number, ``true`` or ``null``).
+_PLAIN_PATH = re.compile(r"[\w./][\w./+@%-]*", re.ASCII)
+
+
+def hydra_quote(value: str) -> str:
+    """``value`` written in Hydra's override grammar so that Hydra reads back this very string: as it is when
+    it is a plain path (:data:`_PLAIN_PATH`), else single-quoted, a quote and the backslashes before a quote
+    or the end escaped (a path with a space, a non-ASCII letter, ``,``, ``:``, ``'``...). (``${...}`` stays an
+    interpolation, as in any Hydra value.)"""
+    if "/" in value and _PLAIN_PATH.fullmatch(value):
+        return value
+    body = re.sub(r"(\\*)('|\Z)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value)
+    return f"'{body}'"
+
+
+def shell_word(arg: str) -> str:
+    """``arg`` quoted for a POSIX shell: as it is when it needs no quoting, in double quotes when nothing in
+    it is special there (``"work_dir='/a b'"`` reads better than ``shlex.quote``'s ``'work_dir='"'"'/a b'"'"''``),
+    else :func:`shlex.quote`."""
+    import shlex
+
+    quoted = shlex.quote(arg)
+    if quoted == arg or any(c in arg for c in '"$`\\!'):
+        return quoted
+    return f'"{arg}"'
+
+
+def parse_error(exc: Exception, overrides: list[str]) -> ConfigError:
+    """The :class:`ConfigError` for overrides Hydra's parser refused (``exc``): Hydra's text, and when the
+    first override it refuses is named, and when it parses once its value is quoted (a path with a space or a
+    non-ASCII letter), a hint shows that form."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for o in overrides:
+        try:
+            parser.parse_override(o)
+            continue
+        except Exception as refused:
+            exc = refused
+        reason = " ".join(str(exc).split())
+        key, sep, value = o.partition("=")
+        quoted = f"{key}={hydra_quote(value)}"
+        if not sep or quoted == o or value[:1] in ("'", '"'):  # (quoted already: the quotes are what is wrong)
+            return ConfigError(f"cannot parse override {o}: {reason}")
+        try:
+            parser.parse_override(quoted)
+        except Exception:
+            return ConfigError(f"cannot parse override {o}: {reason}")
+        return ConfigError(f"cannot parse override {o}: {reason}",
+                           hint=f"Hydra reads a value with a space, a non-ASCII letter or another character of its "
+                                f"override grammar only when it is quoted: {quoted} (in a shell: {shell_word(quoted)})")
+    return ConfigError(f"cannot parse overrides: {exc}")
+
+
 def first_values(overrides: list[str]) -> list[str]:
     """Replace sweeps (``a=1,2``, ``range(0,3)``, ``choice(...)``) by their first value; drop hydra keys
     but ``hydra.searchpath``."""
@@ -28,7 +84,7 @@ def first_values(overrides: list[str]) -> list[str]:
     try:
         parsed = parser.parse_overrides(overrides)
     except Exception as exc:
-        raise ConfigError(f"cannot parse overrides: {exc}") from None
+        raise parse_error(exc, overrides) from None
     out = []
     for o in parsed:
         key = o.get_key_element()
@@ -53,7 +109,7 @@ def model_values(overrides: list[str]) -> list[str]:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as exc:
-        raise ConfigError(f"cannot parse overrides: {exc}") from None
+        raise parse_error(exc, overrides) from None
     out: list[str] = []
     for o in parsed:
         if o.get_key_element().lstrip("+~") == "model":

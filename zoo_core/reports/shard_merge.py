@@ -379,6 +379,8 @@ def rerun_command(sweep_dir: Path, template: JobFiles, shard: int | None = None,
     (:func:`pinned_threads`)."""
     import yaml
 
+    from zoo_core.config.validate import hydra_quote, shell_word
+
     if overrides is None:
         overrides = read_overrides(template.overrides)  # (a ValueError naming the file when unreadable)
     args = []
@@ -407,9 +409,12 @@ def rerun_command(sweep_dir: Path, template: JobFiles, shard: int | None = None,
         resume = job is None and can_resume(template)
     # <job>/<stage>/: the job's run root, then its stage record dir
     stage = next((a.split("=", 1)[1] for a in args if a.lstrip("+~").startswith("stage=")), template.records.name)
-    argv = ["zoo", "run", "-m", *launcher, *args, f"hydra.sweep.dir={sweep_dir}",
-            f"hydra.sweep.subdir={job or template.root.name}/{stage}"] + (["resume=true"] if resume else [])
-    return shlex.join(argv)
+    # the paths in Hydra's override grammar (a space or a non-ASCII letter must be quoted for Hydra), then for
+    # the shell; the job's own overrides are Hydra's record, in its grammar already
+    argv = ["zoo", "run", "-m", *launcher, *args, f"hydra.sweep.dir={hydra_quote(str(sweep_dir))}",
+            f"hydra.sweep.subdir={hydra_quote(f'{job or template.root.name}/{stage}')}"] + \
+        (["resume=true"] if resume else [])
+    return " ".join(shell_word(a) for a in argv)
 
 
 def pinned_threads(template: JobFiles, args: list[str]) -> list[str]:
