@@ -65,6 +65,44 @@ def test_a_killed_worker_breaks_the_pool_and_shutdown_does_not_hang(pool):
     assert not any(_alive(pid) for pid in pool.pids())
 
 
+def test_a_worker_ended_by_sigterm_or_sigint_is_an_interrupt_not_a_dead_worker(pool):
+    """Before: `a preprocess worker process died (worker N exited with code -2)`, exit 2, for a Ctrl-C (or a
+    kill to the process group) that reached a worker before it ignored SIGINT; the run was interrupted."""
+    job = pool.submit(time.sleep, 30)
+    time.sleep(0.3)
+    os.kill(pool.pids()[0], signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        job.result()
+    with pytest.raises(KeyboardInterrupt):
+        pool.submit(abs, 1)
+
+
+def test_a_ctrl_c_while_the_workers_start_reaches_none_of_them(capfd):
+    """Before: a worker still starting (its interpreter, its imports) had Python's SIGINT handler: a Ctrl-C then
+    printed a KeyboardInterrupt traceback per worker, or killed one (exit -2). Now workers start with SIGINT
+    blocked and drop it once they ignore it."""
+    p = ProcessPool(2)
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.5:  # the workers' whole start-up
+            for pid in p.pids():
+                os.kill(pid, signal.SIGINT)
+            time.sleep(0.005)
+        assert sorted(p.submit(abs, -i).result() for i in range(4)) == [0, 1, 2, 3]
+        blocked = [_status(pid, "SigBlk") & (1 << (signal.SIGINT - 1)) for pid in p.pids()]
+        ignored = [_status(pid, "SigIgn") & (1 << (signal.SIGINT - 1)) for pid in p.pids()]
+        assert blocked == [0, 0] and all(ignored)
+    finally:
+        p.shutdown()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+def _status(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1], 16) for line in f if line.startswith(f"{field}:"))
+
+
 def test_a_failing_initializer_breaks_the_pool_with_its_error():
     p = ProcessPool(1, initializer=operator.truediv, initargs=(1, 0))
     try:

@@ -64,6 +64,7 @@ class ClosedPipeTolerant:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv_given = argv
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd, rest = (argv[0], argv[1:]) if argv else ("--help", [])
     from zoo_core.blas import single_thread_by_default
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         return code
     finally:
         sys.stdout, sys.stderr = saved
+        if argv_given is None:  # the program itself (not a caller of main): its exit status is decided
+            _settled()
 
 
 def _dispatch(cmd: str, rest: list[str]) -> int:
@@ -110,7 +113,11 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
     except Exception as exc:
         from zoo_core.api.errors import ZooError
         from zoo_core.cli.app import storage_error
+        from zoo_core.runs.run_stage import interrupted
 
+        if interrupted(exc):  # an error a Ctrl-C caused (an import cut short) is the Ctrl-C
+            print("interrupted", file=sys.stderr)
+            return 130
         exc = storage_error(exc) or exc  # a read-only or full disk before the run's own handler (the lock)
         if isinstance(exc, ZooError):
             print(f"error: {exc}", file=sys.stderr)
@@ -118,6 +125,17 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
         raise
     print(f"error: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
     return 2
+
+
+def _settled() -> None:
+    """The command is done and its exit status decided (a run's ``run.json`` says ``ok`` or ``failed``): a Ctrl-C
+    or SIGTERM during the interpreter's shutdown is ignored. Before, one could kill the process by SIGINT (the
+    shell's 130) once Python had restored the default handler, or print an ``atexit`` traceback before that,
+    while the finished run's records said ``ok``."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _terminate_like_interrupt() -> None:

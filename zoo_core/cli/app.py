@@ -26,7 +26,7 @@ def task(cfg):
     from zoo_core.plugins import get_manager
     from zoo_core.runs.context import RunContext
     from zoo_core.runs.lock import RunDirInUse
-    from zoo_core.runs.run_stage import run_stage
+    from zoo_core.runs.run_stage import interrupted, run_stage
 
     hc = HydraConfig.get()
     record_dir = Path(hc.runtime.output_dir)
@@ -47,6 +47,8 @@ def task(cfg):
     except (Exception, KeyboardInterrupt) as exc:
         from zoo_core.pipeline.workers import HookTraceback
 
+        if interrupted(exc):  # a Ctrl-C, or an error it caused (`import onnxruntime` cut short: ImportError)
+            exc = exc if isinstance(exc, KeyboardInterrupt) else KeyboardInterrupt()
         exc = storage_error(exc) or exc
         known = isinstance(exc, ZooError)
         # a bug met on one item (a plugin's preprocess, in a worker or not) stops the run as that item's error
@@ -123,21 +125,29 @@ def run_single(overrides: list[str]) -> int:
                 refuse_links(record_dir)
                 callbacks = Callbacks(cfg)
                 callbacks.on_run_start(config=cfg, config_name="config")
-                started: list[bool] = []
+                started: list[str] = []  # "started", then "finished" once the task returned (its run.json: ok)
                 before = _hydra_records(record_dir, cfg.hydra.get("output_subdir"))
 
                 def job(task_cfg):
-                    started.append(True)
-                    return task(task_cfg)
+                    started.append("started")
+                    result = task(task_cfg)
+                    started.append("finished")
+                    return result
 
                 try:
                     ret = run_job(hydra_context=HydraContext(config_loader=hydra.config_loader, callbacks=callbacks),
                                   task_function=job, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None)
+                    callbacks.on_run_end(config=cfg, config_name="config", job_return=ret)
                 except OSError as exc:
                     if started:
                         raise
                     raise hydra_files_error(exc, record_dir, cfg.hydra.get("output_subdir"), before) from None
-                callbacks.on_run_end(config=cfg, config_name="config", job_return=ret)
+                except KeyboardInterrupt:  # a Ctrl-C while Hydra closes a finished run: it stays finished
+                    if "finished" not in started:
+                        raise
+                    log.warning("interrupted after the run finished: its records are complete (%s says ok)",
+                                record_dir / "run.json")
+                    return 0
                 ret.return_value  # noqa: B018 - re-raises what the task raised
     finally:
         GlobalHydra.instance().clear()

@@ -95,8 +95,11 @@ def _serve(slot: int, tasks: Any, results: Any, busy: Any, cancelled: Any,
     """A worker: run ``initializer``, then ``(index, fn, args)`` tasks until ``None``; each result goes
     back through this worker's own pipe ``results`` as ``(index, ok, value or exception)``, the task's
     index in ``busy[slot]`` while it runs; once ``cancelled`` is set the tasks still queued are dropped
-    unrun. Ctrl-C is the parent's to handle (it stops the pool)."""
+    unrun. Ctrl-C is the parent's to handle (it stops the pool): SIGINT is ignored here, and a Ctrl-C that came
+    while the worker started (it starts with SIGINT blocked: :func:`_sigint_blocked`) is dropped."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         if initializer is not None:
             initializer(*initargs)
@@ -123,6 +126,26 @@ def _serve(slot: int, tasks: Any, results: Any, busy: Any, cancelled: Any,
         busy[slot] = -1
 
 
+@contextlib.contextmanager
+def _sigint_blocked():
+    """SIGINT blocked in the calling thread for the block: a process it starts (``spawn``: fork and exec) inherits
+    the mask, so a Ctrl-C while the worker's interpreter starts and imports stays pending until :func:`_serve`
+    ignores it, instead of printing a ``KeyboardInterrupt`` traceback in each worker or killing it (exit -2).
+    This process gets its own Ctrl-C when the block ends (nothing is lost, unlike with ``SIG_IGN``)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+#: A worker that ended by one of these signals was stopped with the run (Ctrl-C or ``kill`` to the process group).
+_INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
 class Job:
     """One submitted task; :meth:`result` waits for it."""
 
@@ -134,7 +157,7 @@ class Job:
     def result(self) -> Any:
         """The task's return value; its exception re-raised; :class:`WorkerCrashed` if its worker crashed
         on it; BrokenProcessPool if a worker died otherwise (its ``task`` attribute: the index of the task
-        that worker held, or None)."""
+        that worker held, or None); KeyboardInterrupt if a worker was ended by SIGINT or SIGTERM."""
         return self.pool._result(self.index)
 
 
@@ -166,6 +189,9 @@ class ProcessPool:
         self._broken_code: int | None = None
         self._closed = False
         self._stopped = False
+        #: set when a worker was ended by SIGINT or SIGTERM: :meth:`Job.result` and :meth:`submit` raise
+        #: KeyboardInterrupt (the signal went to the process group: this process's interrupt too)
+        self.interrupted = False
         self._sys_path = list(sys.path)
         #: ``on_stall([(worker pid, task index), ...], seconds)``: called when no result came for ``stall_s``
         #: seconds (and every ``stall_s`` after), with the tasks the workers hold
@@ -181,7 +207,8 @@ class ProcessPool:
                                                    self._initializer, self._initargs),
                               name=f"zoo-worker-{slot}", daemon=True)
         try:
-            p.start()
+            with _sigint_blocked():
+                p.start()
         finally:
             writer.close()  # the worker's end: its death (even mid-message) is end of file here
         self._procs[slot] = p
@@ -195,6 +222,8 @@ class ProcessPool:
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Job:
         """Queue ``fn(*args)`` for the next free worker (``fn`` and ``args`` are pickled)."""
+        if self.interrupted:
+            raise KeyboardInterrupt
         if self._broken:
             raise self._broken_error()
         if self._closed:
@@ -214,6 +243,8 @@ class ProcessPool:
     def _result(self, index: int) -> Any:
         with self._read_lock:
             while index not in self._done:
+                if self.interrupted:  # the signal went to the whole process group: this process's interrupt too
+                    raise KeyboardInterrupt
                 if self._broken:
                     raise self._broken_error()
                 if self._closed or self._stopped:
@@ -303,6 +334,8 @@ class ProcessPool:
             with single_thread_children(), _spawned_with_path(self._sys_path):
                 self._start(slot)
             return
+        if code is not None and -code in _INTERRUPTS:
+            self.interrupted = True
         if not self._broken:
             self._broken = (f"worker {p.pid} exited with code {code}" if code is not None
                             else f"worker {p.pid} exited")

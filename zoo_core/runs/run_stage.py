@@ -5,6 +5,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import stat
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
 
     The record dir belongs to this stage run: what an earlier run of the stage left there is removed
     first (Hydra's ``.hydra/`` and ``zoo.log`` of this run excepted). ``run.json`` says ``running``
-    while the stage runs and ``ok`` or ``failed`` (with the error) at the end.
+    while the stage runs and ``ok`` or ``failed`` (with the error) at the end. A Ctrl-C once it says ``ok``
+    (``report.html``, the observers: the summary printed) is said and leaves the run finished.
     """
     from zoo_core.stages import get_stage
 
@@ -47,8 +49,24 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
             _record_failure(ctx, exc)
             raise
         _write_html_report(ctx)
-    ctx.manager.notify_stage_finished(cfg=ctx.cfg, stage=ctx.stage, run_dir=ctx.record_dir, result=result)
+    try:
+        ctx.manager.notify_stage_finished(cfg=ctx.cfg, stage=ctx.stage, run_dir=ctx.record_dir, result=result)
+    except KeyboardInterrupt:  # (the summary on the terminal is an observer): the run stays the finished run it is
+        log.warning("interrupted after the run finished: its records are complete (%s says ok)", ctx.record("run.json"))
     return result
+
+
+def interrupted(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is a Ctrl-C (SIGTERM unwinds as one, :mod:`zoo_core.cli`), or was raised because of one: a
+    ``KeyboardInterrupt`` among its causes and contexts (``import onnxruntime`` interrupted raises
+    ``ImportError: initialization failed`` from it)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _record_failure(ctx: RunContext, exc: BaseException) -> None:
@@ -57,7 +75,9 @@ def _record_failure(ctx: RunContext, exc: BaseException) -> None:
     failed record is written over the ``running`` one in place (:func:`_overwrite_in_place`: no new space
     needed), so the run never looks unfinished. The original error matters more than its record, so nothing
     here raises."""
-    record: dict[str, Any] = {"status": "failed", "error": str(exc) or type(exc).__name__}
+    chained = not isinstance(exc, KeyboardInterrupt) and interrupted(exc)  # (an error the Ctrl-C caused)
+    record: dict[str, Any] = {"status": "failed",
+                              "error": "KeyboardInterrupt" if chained else str(exc) or type(exc).__name__}
     try:
         write_run_record(ctx, record)
         return
@@ -101,10 +121,15 @@ def _overwrite_in_place(path: Path, data: bytes) -> None:
 
 
 def _write_html_report(ctx: RunContext) -> None:
-    """``report.html`` next to the stage's records; a report problem never fails the run."""
+    """``report.html`` next to the stage's records; a report problem never fails the run. Neither does a Ctrl-C
+    while it is written: ``run.json`` already says ``ok`` and the records are complete, so the report is left
+    out (said, with the command that writes it) and the run ends as the finished run it is (exit 0)."""
     try:
         from zoo_core.reports.html import write_report
 
         write_report(ctx.record_dir)
     except Exception as exc:
         log.warning("could not write %s: %s", ctx.record("report.html"), exc)
+    except KeyboardInterrupt:
+        log.warning("interrupted while writing %s: the run is complete without it (python -m zoo_core.reports.html "
+                    "%s writes it)", ctx.record("report.html"), shlex.quote(str(ctx.record_dir)))
