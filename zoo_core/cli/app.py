@@ -15,7 +15,16 @@ log = logging.getLogger("zoo")
 
 def task(cfg):
     """Hydra task function: one stage of one model. Hydra's output dir is the stage's record dir;
-    its parent is the run root (``work_dir`` in a single run, the job dir in a sweep)."""
+    its parent is the run root (``work_dir`` in a single run, the job dir in a sweep). A sweep job run in a
+    child of the launching ``zoo run -m`` (a joblib worker) stops when that process is gone
+    (:mod:`zoo_core.runs.launcher_watch`)."""
+    from zoo_core.runs.launcher_watch import watched_job
+
+    with watched_job():
+        return _task(cfg)
+
+
+def _task(cfg):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -234,6 +243,7 @@ def run_hydra(args: list[str]) -> int:
     from zoo_core.config.confpaths import core_conf_dir
     from zoo_core.config.pinning import SWEEP_JOBS_ENV, planned_jobs
     from zoo_core.reports.sweep_report import STATUS_ENV
+    from zoo_core.runs.launcher_watch import LAUNCHER_ENV
     from zoo_core.runs.lock import SweepRefused
 
     schema.register()
@@ -247,6 +257,7 @@ def run_hydra(args: list[str]) -> int:
     env: dict[str, str | None] = {STATUS_ENV: status_path}
     planned = None
     if multirun:
+        env[LAUNCHER_ENV] = str(os.getpid())  # a job in a worker of the launcher stops when this process is gone
         env["HYDRA_FULL_ERROR"] = "1"  # a launcher's exception reaches launcher_stopped, not Hydra's printer
         planned = planned_jobs(args)
         env[SWEEP_JOBS_ENV] = str(len(planned)) if planned else None
