@@ -102,10 +102,7 @@ def test_a_job_whose_launcher_is_killed_stops_releasing_its_lock_and_saying_why(
                                 stdout=subprocess.PIPE, text=True)
     try:
         job = int(launcher.stdout.readline())
-        deadline = time.monotonic() + 60
-        while not (tmp_path / "ready").exists():
-            assert time.monotonic() < deadline and launcher.poll() is None
-            time.sleep(0.02)
+        _wait_while_alive(launcher, lambda: (tmp_path / "ready").exists(), 60)
     finally:
         launcher.kill()
         launcher.wait()
@@ -117,6 +114,14 @@ def test_a_job_whose_launcher_is_killed_stops_releasing_its_lock_and_saying_why(
                                                      f"is gone: this job stopped with it")
     with RunLock(tmp_path, "eval"):  # free again
         pass
+
+
+def _wait_while_alive(proc: subprocess.Popen, done, seconds: float) -> None:
+    """Until ``done()``, failing if ``proc`` exits first or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
 
 
 def _running(pid: int) -> bool:
@@ -152,10 +157,7 @@ def test_kill_9_of_a_joblib_sweep_stops_its_jobs_and_a_resume_rerun_gets_the_loc
                                 start_new_session=True)
     records = [sweep / job / "eval" / "run.json" for job in ("0", "1")]
     try:
-        deadline = time.monotonic() + 120
-        while not all(r.exists() for r in records):
-            assert time.monotonic() < deadline and launcher.poll() is None
-            time.sleep(0.05)
+        _wait_while_alive(launcher, lambda: all(r.exists() for r in records), 120)
     finally:
         launcher.kill()
         launcher.wait()

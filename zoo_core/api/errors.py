@@ -2,6 +2,22 @@
 from __future__ import annotations
 
 import os
+from typing import TypeVar
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def in_chain(exc: BaseException | None, kind: type[_E]) -> _E | None:
+    """The first exception of type ``kind`` among ``exc`` and its causes and contexts (``__cause__``, else
+    ``__context__``; a cycle ends the walk), or None: what a wrapper (``logging.config``'s ValueError, an
+    ``ImportError`` raised while a Ctrl-C unwound) was raised because of."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 class ZooError(Exception):

@@ -7,6 +7,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from zoo_core.api.errors import in_chain
 from zoo_core.runs.layout import refuse_links  # (here too: zoo's CLI calls it before a single run)
 from zoo_core.runs.storage import storage_error  # (zoo_core.cli imports it from here)
 
@@ -290,18 +291,6 @@ def run_hydra(args: list[str]) -> int:
     return 0
 
 
-def _cause(exc: BaseException | None, kind: type):
-    """The first exception of type ``kind`` in ``exc``'s chain of causes (``logging.config`` wraps what a
-    log handler raises in a ValueError), or None."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, kind):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
 def _chain_text(exc: BaseException | None) -> str:
     """The messages of ``exc`` and its causes: a job's error that came back from another process as text
     (joblib's remote traceback, submitit's ``FailedJobError``)."""
@@ -322,12 +311,12 @@ def launcher_stopped(exc: BaseException, status_path: Path, planned: list[list[s
     from zoo_core.reports.sweep_report import build_report, read_json
     from zoo_core.runs.lock import JobRefused, RunDirInUse
 
-    in_use = _cause(exc, RunDirInUse) or RunDirInUse.from_text(_chain_text(exc))
+    in_use = in_chain(exc, RunDirInUse) or RunDirInUse.from_text(_chain_text(exc))
     if in_use is not None:  # another run holds a job dir: that run is writing this sweep; no report from here
         raise RunDirInUse(in_use.root, in_use.who, hint="the sweep stopped at that job; zoo wrote nothing into it "
                           "(with a hydra/job_logging other than zoo's, Hydra has rewritten its .hydra/); wait for that "
                           "run to finish, or pass another hydra.sweep.dir=")
-    refused = _cause(exc, JobRefused) or JobRefused.from_text(_chain_text(exc))
+    refused = in_chain(exc, JobRefused) or JobRefused.from_text(_chain_text(exc))
     if refused is not None:  # a link planted in a job's record dir: the sweep stops there, nothing written through it
         raise refused
     status = read_json(status_path) or {}

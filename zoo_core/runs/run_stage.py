@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo_core.api.atomic import sweep_stale_temps
+from zoo_core.api.errors import in_chain
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.layout import HYDRA_FILES, clear_dir
 from zoo_core.runs.lock import RunLock
@@ -60,13 +61,7 @@ def interrupted(exc: BaseException | None) -> bool:
     """Whether ``exc`` is a Ctrl-C (SIGTERM unwinds as one, :mod:`zoo_core.cli`), or was raised because of one: a
     ``KeyboardInterrupt`` among its causes and contexts (``import onnxruntime`` interrupted raises
     ``ImportError: initialization failed`` from it)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, KeyboardInterrupt):
-            return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return in_chain(exc, KeyboardInterrupt) is not None
 
 
 def _record_failure(ctx: RunContext, exc: BaseException) -> None:
