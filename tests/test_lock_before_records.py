@@ -77,19 +77,14 @@ def test_with_another_job_logging_a_refused_sweep_job_still_writes_no_error_json
 def test_a_refusal_that_came_back_from_a_job_process_as_text_is_said_in_one_line(tmp_path):
     """joblib and submitit hand a job's error back as a traceback's text (the ValueError logging.config
     wraps it in loses its cause): the refusal is still named, not "Unable to configure handler 'file'"."""
-    import traceback
-
     import pytest
 
+    from tests.test_sweep_links import as_remote_traceback
     from zoo_core.cli.app import launcher_stopped
     from zoo_core.runs.lock import RunDirInUse
 
-    try:
-        raise RunDirInUse(tmp_path / "sweep" / "0", "pid 7, stage=eval, host h")
-    except RunDirInUse:
-        remote = traceback.format_exc()
     exc = ValueError("Unable to configure handler 'file'")
-    exc.__cause__ = RuntimeError(f'\n"""\n{remote}"""')  # joblib's _RemoteTraceback
+    exc.__cause__ = as_remote_traceback(RunDirInUse(tmp_path / "sweep" / "0", "pid 7, stage=eval, host h"))
     with pytest.raises(RunDirInUse) as got:
         launcher_stopped(exc, tmp_path / "status.json")
     assert str(got.value).startswith(f"{tmp_path / 'sweep' / '0'}: this run directory is in use by another zoo run "

@@ -46,6 +46,16 @@ def test_the_job_log_handler_refuses_a_link_in_the_jobs_record_dir_before_openin
         pass
 
 
+def as_remote_traceback(error: BaseException) -> RuntimeError:
+    """``error`` as a job process hands it back through joblib: the text of its traceback, wrapped the way
+    joblib's ``_RemoteTraceback`` is."""
+    try:
+        raise error
+    except BaseException:
+        remote = traceback.format_exc()
+    return RuntimeError(f'\n"""\n{remote}"""')
+
+
 def test_a_refused_job_stops_the_sweep_with_its_one_line_also_from_another_process(tmp_path):
     """launcher_stopped: the refusal comes through logging.config's ValueError (the basic launcher) or, from a
     joblib / submitit job process, as the text of a remote traceback."""
@@ -57,12 +67,8 @@ def test_a_refused_job_stops_the_sweep_with_its_one_line_also_from_another_proce
     with pytest.raises(JobRefused) as got:
         launcher_stopped(exc, tmp_path / "status.json")
     assert got.value is refusal
-    try:
-        raise refusal
-    except JobRefused:
-        remote = traceback.format_exc()
     exc = ValueError("Unable to configure handler 'file'")
-    exc.__cause__ = RuntimeError(f'\n"""\n{remote}"""')  # joblib's _RemoteTraceback
+    exc.__cause__ = as_remote_traceback(refusal)
     with pytest.raises(JobRefused) as got:
         launcher_stopped(exc, tmp_path / "status.json")
     assert str(got.value) == str(refusal)
