@@ -44,6 +44,50 @@ def test_an_error_a_ctrl_c_caused_is_the_interrupt(run_args, tmp_path, monkeypat
     assert not (tmp_path / "run" / "eval" / "error_traceback.txt").exists()
 
 
+def test_a_ctrl_c_that_code_in_the_stage_swallowed_still_ends_the_run_as_interrupted(run_args, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """Before: a Ctrl-C landing in numpy's Cython ``numpy.random`` import (scipy imports it as the evaluation
+    starts) was swallowed there, and the run wrote run.json "ok" and exited 0 (2 of 60 trials of a stress run)."""
+    import os
+    import signal
+
+    import zoo_core.stages
+
+    stage = zoo_core.stages.get_stage("eval")
+    ran = []
+
+    def swallowing(ctx):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # (what the extension module's initialisation did with it)
+        ran.append(True)
+        return stage(ctx)
+
+    monkeypatch.setattr(zoo_core.stages, "get_stage", lambda name: swallowing)
+    with pytest.raises(SystemExit) as info:
+        zoo_main(run_args)
+    assert ran and info.value.code == 130
+    assert capsys.readouterr().err.endswith("interrupted\n")
+    record = json.loads((tmp_path / "run" / "eval" / "run.json").read_text())
+    assert record["status"] == "failed" and record["error"] == "KeyboardInterrupt"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's handler is back
+
+
+def test_a_caller_of_main_keeps_its_signal_handlers():
+    import signal
+
+    def mine(signum, frame):
+        pass
+
+    old = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert zoo_main(["--help"]) == 0
+        assert signal.getsignal(signal.SIGTERM) is mine and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def test_an_error_a_ctrl_c_caused_before_the_run_is_the_interrupt(monkeypatch, capsys):
     import zoo_core.cli as cli
 

@@ -68,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd, rest = (argv[0], argv[1:]) if argv else ("--help", [])
     from zoo_core.blas import single_thread_by_default
+    from zoo_core.runs import interrupts
 
     single_thread_by_default()
-    _terminate_like_interrupt()
+    handlers = interrupts.install()
     import logging
 
     logging.raiseExceptions = False  # a log file on a full disk must not print tracebacks over the one error line
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout, sys.stderr = saved
         if argv_given is None:  # the program itself (not a caller of main): its exit status is decided
             _settled()
+        else:
+            interrupts.restore(handlers)
 
 
 def _dispatch(cmd: str, rest: list[str]) -> int:
@@ -136,16 +139,6 @@ def _settled() -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-
-
-def _terminate_like_interrupt() -> None:
-    """SIGTERM (``kill``, Slurm ``scancel``/timeouts) unwinds like Ctrl-C, so workers and temp files are cleaned up."""
-    import signal
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def _has_model(overrides: list[str]) -> bool:

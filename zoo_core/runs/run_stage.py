@@ -12,6 +12,7 @@ from typing import Any
 
 from zoo_core.api.atomic import sweep_stale_temps
 from zoo_core.api.errors import in_chain
+from zoo_core.runs import interrupts
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.layout import HYDRA_FILES, clear_dir
 from zoo_core.runs.lock import RunLock
@@ -42,7 +43,9 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
         write_run_record(ctx, {"status": "running"})
         try:
             preflight_weights(ctx)
+            interrupts.raise_if_pending()
             result = stage(ctx)
+            interrupts.raise_if_pending()  # (one an import swallowed: the run must not say ok)
             backend = result.get("backend") if isinstance(result.get("backend"), dict) else None
             # (inside the try: a run whose "ok" cannot be written, a full disk, is recorded as failed)
             write_run_record(ctx, {"status": "ok", **ctx.notes, **({"backend": backend} if backend else {})})
