@@ -366,3 +366,38 @@ def test_preprocess_resume_redoes_the_images_rewritten_since_the_interrupted_run
     for i in range(6):
         name = f"sq{i:03d}.bin"
         assert (inputs / name).read_bytes() == (tmp_path / "fresh" / "inputs" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("stage", ["eval", "infer"])
+def test_a_resume_with_other_quantize_settings_is_refused_before_the_int8_model_is_rebuilt(stage, tmp_path,
+                                                                                          monkeypatch, cache_dir,
+                                                                                          capsys):
+    """Before: refused only once the shared INT8 model had been rebuilt with the new settings (minutes of
+    calibration), since the check compared the model file's sha256."""
+    import zoo_core.quantize.onnxruntime_int8 as int8
+    from zoo_core.cli import main as zoo_main
+
+    def rebuilt(*args, **kwargs):
+        raise AssertionError("the INT8 model was built")
+
+    monkeypatch.setattr(int8, "ensure_int8_onnx", rebuilt)
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(cache_dir))
+    monkeypatch.chdir(tmp_path)
+    state = tmp_path / "run" / ("detections" if stage == "eval" else "outputs") / "state.json"
+    state.parent.mkdir(parents=True)
+    (tmp_path / "run" / "inputs").mkdir()
+    (tmp_path / "run" / "inputs" / "a.bin").write_bytes(b"")
+    quantize = {"name": "int8", "calibration_images": 32, "method": "minmax", "seed": 0, "per_channel": True,
+                "activation_type": "quint8", "weight_type": "qint8", "percentile": 99.999, "preprocess": True,
+                "exclude_nodes": [], "exclude_op_types": []}
+    state.write_text(json.dumps({"fingerprint": {}, "quantize_config": quantize}))
+    args = ["run", "model=fixture", f"stage={stage}", "num_workers=0", "quantize=int8", "resume=true",
+            f"work_dir={tmp_path / 'run'}"]
+    with pytest.raises(SystemExit) as info:
+        zoo_main([*args, "quantize.seed=1", "quantize.method=entropy"])
+    assert info.value.code == 2
+    assert (f"error: {state}: cannot resume: the quantize settings changed since the interrupted run "
+            f"(quantize.method: 'minmax' -> 'entropy'; quantize.seed: 0 -> 1)") in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the same settings: on to the model (here the stand-in that refuses)
+        zoo_main(args)
+    assert "the INT8 model was built" in (tmp_path / "run" / stage / "run.json").read_text()

@@ -99,6 +99,28 @@ def start_resumable(ctx: RunContext, state_path: Path, fingerprint: dict[str, An
     return resuming
 
 
+def refuse_changed_quantize(ctx: RunContext, state_path: Path) -> None:
+    """Before the backend opens (and builds the INT8 model): ``resume=true`` over a state whose ``quantize``
+    settings differ from this run's is refused, naming the keys. The fingerprint check of
+    :func:`start_resumable` refuses it too, but only after the model was rebuilt with the new settings, which can
+    take minutes of calibration. A state unreadable or without a copy of the section is left to that check."""
+    if not bool(ctx.cfg.resume) or not Path(state_path).is_file():
+        return
+    try:
+        state = json.loads(Path(state_path).read_text())
+    except (OSError, ValueError, RecursionError):
+        return
+    before = state.get("quantize_config") if isinstance(state, dict) else None
+    now = ctx.resolved_config().get("quantize")
+    if not isinstance(before, dict) or not isinstance(now, dict) or before.get("name") == now.get("name") == "none":
+        return
+    keys = [f"quantize.{k}: {a!r} -> {b!r}" for k, a, b in _diff_flat(before, now)][:8]
+    if keys:
+        raise ResumeRefused(f"{RESUME_REFUSED} the quantize settings changed since the interrupted run "
+                            f"({'; '.join(keys)})", path=state_path,
+                            hint="run again without resume=true to start over")
+
+
 #: ``{config section: the fingerprint entry a change of it shows in}``; state.json keeps a copy of each
 #: (``<section>_config``) to name the changed keys. (The quantize settings change the INT8 model file.)
 _NAMED_SECTIONS = {"model": "model", "dataset": "dataset", "backend": "backend", "quantize": "model_file_sha256"}

@@ -27,7 +27,14 @@ from zoo_core.runs.detstore import DetectionStore, class_count
 from zoo_core.runs.fingerprint import backend_section, config_hash
 from zoo_core.runs.layout import clear_dir
 from zoo_core.runs.records import finish_with_skips, write_perf
-from zoo_core.runs.resume import Ledger, artifact_fingerprint, file_identity, mark_complete, start_resumable
+from zoo_core.runs.resume import (
+    Ledger,
+    artifact_fingerprint,
+    file_identity,
+    mark_complete,
+    refuse_changed_quantize,
+    start_resumable,
+)
 from zoo_core.stages.open_backend import open_backend
 from zoo_core.stages.scoring import score
 
@@ -45,6 +52,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     # opens (first input 0.34-0.44 s -> 0.01-0.11 s after the stream starts, 480 images); one image needs none
     with WorkerPool(ctx.hooks, cfg, 0 if _one_image(cfg) else int(cfg.num_workers)) as pool:
         samples = ctx.samples
+        refuse_changed_quantize(ctx, ctx.path("detections", "state.json"))
         backend = open_backend(ctx)
         try:
             stats, done, describe, store = _stream(ctx, backend, pool)

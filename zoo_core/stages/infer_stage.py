@@ -23,7 +23,13 @@ from zoo_core.runs.context import RunContext
 from zoo_core.runs.fingerprint import backend_section, config_hash, sha256_file
 from zoo_core.runs.layout import artifact_state, clear_dir
 from zoo_core.runs.records import finish_with_skips, write_perf
-from zoo_core.runs.resume import Ledger, artifact_fingerprint, mark_complete, start_resumable
+from zoo_core.runs.resume import (
+    Ledger,
+    artifact_fingerprint,
+    mark_complete,
+    refuse_changed_quantize,
+    start_resumable,
+)
 from zoo_core.stages.open_backend import open_backend
 
 log = logging.getLogger("zoo")
@@ -79,6 +85,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         _with_dataset_keys(ctx, items, inputs_dir)
     out_dir = ctx.path("outputs")
     out_dir.mkdir(parents=True, exist_ok=True)
+    refuse_changed_quantize(ctx, out_dir / "state.json")
     backend = open_backend(ctx)
     try:
         meta_file = inputs_dir / "meta.jsonl"
