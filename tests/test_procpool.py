@@ -89,9 +89,15 @@ def test_a_ctrl_c_while_the_workers_start_reaches_none_of_them(capfd):
                 os.kill(pid, signal.SIGINT)
             time.sleep(0.005)
         assert sorted(p.submit(abs, -i).result() for i in range(4)) == [0, 1, 2, 3]
-        blocked = [_status(pid, "SigBlk") & (1 << (signal.SIGINT - 1)) for pid in p.pids()]
-        ignored = [_status(pid, "SigIgn") & (1 << (signal.SIGINT - 1)) for pid in p.pids()]
+        deadline = time.monotonic() + 60  # (one worker may have run all four while the other still started)
+        while True:
+            blocked = [_status(pid, "SigBlk") & (1 << (signal.SIGINT - 1)) for pid in p.pids()]
+            ignored = [_status(pid, "SigIgn") & (1 << (signal.SIGINT - 1)) for pid in p.pids()]
+            if (blocked == [0, 0] and all(ignored)) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert blocked == [0, 0] and all(ignored)
+        assert sorted(p.submit(abs, -i).result() for i in range(4)) == [0, 1, 2, 3]  # both alive
     finally:
         p.shutdown()
     err = capfd.readouterr().err
