@@ -401,3 +401,26 @@ def test_a_resume_with_other_quantize_settings_is_refused_before_the_int8_model_
     with pytest.raises(SystemExit):  # the same settings: on to the model (here the stand-in that refuses)
         zoo_main(args)
     assert "the INT8 model was built" in (tmp_path / "run" / stage / "run.json").read_text()
+
+
+def test_an_image_rewritten_with_its_size_and_mtime_restored_is_still_a_changed_image(tmp_path):
+    """Before: the identity was [size, mtime_ns], so a rewrite whose mtime a tool restored (`touch -r`, `cp -p`,
+    `rsync -t`) kept its old detections on resume. ctime cannot be set: it moves. A [size, mtime_ns] record of an
+    older zoo is compared on those two."""
+    import os
+    import time
+
+    from zoo_core.runs.resume import file_identity, source_changed
+
+    img = tmp_path / "a.jpg"
+    img.write_bytes(b"old pixels")
+    recorded = file_identity(img)
+    assert recorded is not None and len(recorded) == 3 and not source_changed(recorded, img)
+    st = os.stat(img)
+    time.sleep(0.02)
+    img.write_bytes(b"new pixels")
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert [os.stat(img).st_size, os.stat(img).st_mtime_ns] == recorded[:2]
+    assert source_changed(recorded, img)
+    assert not source_changed(recorded[:2], img)  # what an older zoo recorded: size and mtime only
+    assert source_changed([*recorded[:2], "x"], img) and source_changed(recorded, tmp_path / "gone.jpg")

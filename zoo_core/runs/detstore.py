@@ -63,7 +63,7 @@ class DetectionStore:
     """Detections of a run's images in ``directory``.
 
     :param num_classes: labels must be below it (:func:`class_count`); ``None``: only >= 0.
-    :param sources: each image's :func:`~zoo_core.runs.resume.file_identity` (size, mtime) taken before it was
+    :param sources: each image's :func:`~zoo_core.runs.resume.file_identity` (size, mtime, ctime) taken before it was
         read; recorded with its chunk in ``index.jsonl`` (``"sources"``) for :meth:`drop_changed_images`.
     """
 

@@ -176,21 +176,25 @@ def file_crc32(path: Path, chunk: int = 1 << 20) -> int:
 
 
 def file_identity(path: str | os.PathLike[str]) -> list[int] | None:
-    """``[size, mtime_ns]`` of a dataset file, or None when it cannot be stat'ed. Recorded with each finished
-    image (taken before the image is read), so ``resume=true`` redoes an image whose file changed since."""
+    """``[size, mtime_ns, ctime_ns]`` of a dataset file, or None when it cannot be stat'ed. Recorded with each
+    finished image (taken before the image is read), so ``resume=true`` redoes an image whose file changed since.
+    The inode's change time is in it because a tool can restore a rewritten file's size and mtime (``touch -r``,
+    ``rsync -t``, ``cp -p``), but no tool sets ctime: writing or replacing the file moves it."""
     try:
         st = os.stat(path)
     except (OSError, ValueError):
         return None
-    return [st.st_size, st.st_mtime_ns]
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def source_changed(recorded: Any, path: str | os.PathLike[str]) -> bool:
     """The file at ``path`` is no longer the one whose :func:`file_identity` was ``recorded`` (a recorded
-    value not shaped as zoo writes it counts as changed: the item is redone, not trusted)."""
-    if not (isinstance(recorded, list) and len(recorded) == 2 and all(type(v) is int for v in recorded)):
+    value not shaped as zoo writes it counts as changed: the item is redone, not trusted). A record of an older
+    zoo, ``[size, mtime_ns]``, is compared on those two."""
+    if not (isinstance(recorded, list) and len(recorded) in (2, 3) and all(type(v) is int for v in recorded)):
         return True
-    return file_identity(path) != recorded
+    now = file_identity(path)
+    return now is None or now[:len(recorded)] != recorded
 
 
 def read_jsonl(path: Path, drop_torn_tail: bool = False) -> list[tuple[int, dict]]:
