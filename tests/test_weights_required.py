@@ -83,6 +83,27 @@ def test_weights_must_be_a_regular_file_in_process(tmp_path, kind):
         assert str(path) in str(ei.value)
 
 
+def test_a_weights_file_not_found_says_which_file_it_should_be(tmp_path, monkeypatch):
+    """Before: `error: ctdet_coco_dla_2x.pth: weights file not found` and no hint, where running without weights=
+    names the file and where to get it."""
+    from zoo_core.api.errors import ZooError
+    from zoo_core.runs.weights import choose_weights
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ZooError) as ei:
+        choose_weights(_cfg("ctdet_coco_dla_2x.pth", help_text="ctdet_coco_dla_2x.pth from the model zoo"), "eval", "m")
+    assert str(ei.value) == ("ctdet_coco_dla_2x.pth: weights file not found\n  hint: weights= is the model's "
+                             f"checkpoint: ctdet_coco_dla_2x.pth from the model zoo; a relative path is taken from "
+                             f"{tmp_path}")
+    with pytest.raises(ZooError) as ei:
+        choose_weights(_cfg(str(tmp_path / "w.pth"), help_text="w.pth of a training"), "eval", "m")
+    assert str(ei.value).endswith("w.pth: weights file not found\n  hint: weights= is the model's checkpoint: "
+                                  "w.pth of a training")
+    with pytest.raises(ZooError) as ei:  # a model config without weights_help: the plain line
+        choose_weights(_cfg(str(tmp_path / "w.pth")), "eval", "m")
+    assert "hint" not in str(ei.value)
+
+
 def _special(tmp_path: Path, kind: str) -> tuple[Path, str]:
     if kind == "dev_zero":
         return Path("/dev/zero"), "is a character device, not a regular file"

@@ -45,18 +45,19 @@ _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
 
 
 def regular_file(path: str | os.PathLike[str], what: str = "weights file",
-                 error: type[ZooError] = ZooError) -> Path:
+                 error: type[ZooError] = ZooError, missing_hint: str | None = None) -> Path:
     """``path`` if it is a regular file (symlinks followed); ``error`` (a :class:`ZooError`) naming it otherwise.
 
     Directories, FIFOs and devices (``/dev/zero``) are refused from ``stat`` alone, without opening
     them, so nothing blocks or reads forever. ``error=InputError`` for one input of many (a dump's output
-    file), which ``on_error=skip`` may skip.
+    file), which ``on_error=skip`` may skip. ``missing_hint``: the error's hint when nothing is at ``path``
+    (which file it should be, where to get it).
     """
     p = Path(path).expanduser()
     try:
         mode = p.stat().st_mode
     except FileNotFoundError:
-        raise error(f"{what} not found", path=p) from None
+        raise error(f"{what} not found", path=p, hint=missing_hint) from None
     except OSError as exc:
         raise error(f"cannot read the {what}: {exc.strerror or exc}", path=p) from None
     if not stat.S_ISREG(mode):

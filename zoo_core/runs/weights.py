@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from zoo_core.api.checkpoint import regular_file
@@ -65,7 +66,11 @@ def user_weights(cfg: Any) -> str | None:
     w = cfg.get("weights")
     if w is None or str(w) in ("", RANDOM):
         return None
-    return str(regular_file(str(w), "weights file"))
+    help_text = cfg.model.get("weights_help")
+    hint = f"weights= is the model's checkpoint: {help_text}" if help_text else None
+    if hint and not Path(str(w)).expanduser().is_absolute():
+        hint += f"; a relative path is taken from {Path.cwd()}"
+    return str(regular_file(str(w), "weights file", missing_hint=hint))
 
 
 def choose_weights(cfg: Any, stage: str, model: str) -> WeightsChoice:
