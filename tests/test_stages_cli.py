@@ -263,11 +263,15 @@ def test_sigterm_stops_workers_and_removes_shared_memory(zoo):
     proc = subprocess.Popen([sys.executable, "-m", "zoo_core.cli", "run", "model=fixture", "stage=eval",
                              "model.preprocess_delay_ms=2000", "num_workers=2"],
                             cwd=zoo.cwd, env=zoo.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(5)
+    deadline = time.time() + 120  # (the workers' start-up: seconds on a loaded machine)
+    children: list[str] = []
+    while not children and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        children = [p for p in os.listdir("/proc") if p.isdigit() and _ppid(p) == proc.pid]
+    assert children, "the run should have started preprocess workers"
+    time.sleep(2)  # (the pool's first tasks: its shared-memory slots exist)
     slots = [p for p in os.listdir("/dev/shm") if p.startswith(f"zoo-slots-{proc.pid}-")] \
         if os.path.isdir("/dev/shm") else []
-    children = [p for p in os.listdir("/proc") if p.isdigit() and _ppid(p) == proc.pid]
-    assert children, "the run should have started preprocess workers"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
