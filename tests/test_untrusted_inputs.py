@@ -269,6 +269,19 @@ def test_coco_annotations_the_evaluators_would_read_differently_are_refused(tmp_
         assert "COCO annotation ids start at 1" in info.value.hint
 
 
+def test_two_coco_categories_with_one_id_are_refused_at_open(tmp_path):
+    """Before: accepted; AP unchanged, but the per-class key took the last name and the first class vanished."""
+    from zoo_core.datasets.coco import load_instances
+
+    data = _instances()
+    data["categories"] = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 1, "name": "rider"}]
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ZooError) as info:
+        load_instances(path)
+    assert str(info.value) == f"{path}: not a valid COCO instances file: category id 1 appears twice"
+
+
 @pytest.mark.parametrize("evaluator", ["pycocotools", "faster-coco-eval"])
 def test_coco_annotation_ids_up_to_2_63_minus_1_score_as_pycocotools_does(tmp_path, evaluator):
     """The largest id accepted is read as written by both evaluators: AP equals a plain pycocotools run (1.0)."""
