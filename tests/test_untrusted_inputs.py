@@ -452,6 +452,19 @@ def test_predict_reads_a_file_named_just_dot_jpg_and_names_what_it_leaves_out(tm
     assert "'notes.txt', 'sub.jpg', 'y.jpg.bak'" in caplog.text
 
 
+@pytest.mark.parametrize("others", [(), ("notes.txt",)])
+def test_predict_on_a_folder_without_images_is_an_error_naming_it(tmp_path, others):
+    """Before: ``zoo run stage=predict input=<empty folder>`` exited 0 with no output and no word."""
+    from zoo_core.api.imaging import IMAGE_EXTENSIONS
+    from zoo_core.stages.predict_stage import predict_samples
+
+    for name in others:
+        (tmp_path / name).write_bytes(b"x")
+    with pytest.raises(InputError) as info:
+        predict_samples(tmp_path)
+    assert str(info.value) == f"{tmp_path}: no images found (looked for: {'/'.join(IMAGE_EXTENSIONS)}, any case)"
+
+
 @pytest.mark.parametrize("file_name", ["\x1b[31mRED\x1b[0m\n\rerror: fake/a.jpg", "dir\x00/a.jpg", "d\x7f/a.jpg"])
 def test_a_coco_file_name_whose_folder_holds_a_control_character_is_refused(tmp_path, file_name):
     """Before: only the stem was checked, so errors about the image printed raw ESC / CR / NUL from its folder
