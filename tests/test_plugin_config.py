@@ -181,6 +181,46 @@ def test_out_of_range_or_non_finite_values_fail_at_composition(model, override, 
     assert str(ei.value) == text
 
 
+# Before: each of these ran every image, then failed in postprocess / preprocess blaming the plugin (exit 1 or 2).
+@pytest.mark.parametrize("model, override, text", [
+    ("centernet", "model.K=0", "model.K=0: outside [1, inf]"),
+    ("centernet", "model.K=-1", "model.K=-1: outside [1, inf]"),
+    ("centernet", "model.down_ratio=0", "model.down_ratio=0: outside [1, inf]"),
+    ("centernet", "model.input_h=0", "model.input_h=0: outside [1, inf]"),
+    ("centernet", "model.input_w=-512", "model.input_w=-512: outside [1, inf]"),
+    ("centernet", "model.num_classes=0", "model.num_classes=0: outside [1, inf]"),
+    ("centernet", "model.head_conv=0", "model.head_conv=0: outside [1, inf]"),
+    ("centernet", "model.mean=[0.4,0.4]", "model.mean=[0.4, 0.4]: needs exactly 3 values, got 2"),
+    ("centernet", "model.std=[0.3,0.3,0.3,0.3]", "model.std=[0.3, 0.3, 0.3, 0.3]: needs exactly 3 values, got 4"),
+    ("centernet", "model.std=[0.3,0,0.3]", "model.std[1]=0.0: outside (0.0, inf]"),
+    ("centernet", "model.std=[0.3,0.3,-0.3]", "model.std[2]=-0.3: outside (0.0, inf]"),
+    ("centerface", "model.K=0", "model.K=0: outside [1, inf]"),
+    ("centerface", "model.K=-1", "model.K=-1: outside [1, inf]"),
+    ("centerface", "model.head_conv=0", "model.head_conv=0: outside [1, inf]"),
+    ("centerface", "model.input_hw=[800]", "model.input_hw=[800]: needs exactly 2 values, got 1"),
+    ("centerface", "model.input_hw=[0,800]", "model.input_hw[0]=0: outside [1, inf]"),
+    ("centerface", "model.mean=[0.4,0.4]", "model.mean=[0.4, 0.4]: needs exactly 3 values, got 2"),
+    ("centerface", "model.std=[0.3,0.3,0]", "model.std[2]=0.0: outside (0.0, inf]"),
+])
+def test_bundled_plugin_sizes_counts_and_normalisation_are_checked_at_composition(model, override, text):
+    from zoo_core.config.validate import compose
+
+    extra = ["model.variant=ascend"] if model == "centerface" else []
+    with pytest.raises(ConfigError) as ei:
+        compose([f"model={model}", *extra, override])
+    assert str(ei.value) == text
+
+
+def test_list_ranges_accept_the_shipped_values_nulls_and_interpolations():
+    from zoo_core.config.validate import compose
+
+    cfg = compose(["model=centernet", "model.K=1", "model.down_ratio=1", "model.std=[1,${model.std.0},2]"])
+    assert cfg.model.K == 1 and list(cfg.model.std) == [1.0, 1.0, 2.0] and len(cfg.model.mean) == 3
+    cfg = compose(["model=centerface", "model.variant=ascend", "model.mean=null", "model.std=null",
+                   "model.input_hw=[32,64]"])
+    assert cfg.model.mean is None and cfg.model.std is None and list(cfg.model.input_hw) == [32, 64]
+
+
 def test_range_edges_and_interpolations_are_accepted():
     from zoo_core.config.validate import compose
 

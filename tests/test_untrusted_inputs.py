@@ -269,6 +269,19 @@ def test_coco_annotations_the_evaluators_would_read_differently_are_refused(tmp_
         assert "COCO annotation ids start at 1" in info.value.hint
 
 
+def test_two_coco_categories_with_one_id_are_refused_at_open(tmp_path):
+    """Before: accepted; AP unchanged, but the per-class key took the last name and the first class vanished."""
+    from zoo_core.datasets.coco import load_instances
+
+    data = _instances()
+    data["categories"] = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 1, "name": "rider"}]
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ZooError) as info:
+        load_instances(path)
+    assert str(info.value) == f"{path}: not a valid COCO instances file: category id 1 appears twice"
+
+
 @pytest.mark.parametrize("evaluator", ["pycocotools", "faster-coco-eval"])
 def test_coco_annotation_ids_up_to_2_63_minus_1_score_as_pycocotools_does(tmp_path, evaluator):
     """The largest id accepted is read as written by both evaluators: AP equals a plain pycocotools run (1.0)."""
@@ -437,6 +450,19 @@ def test_predict_reads_a_file_named_just_dot_jpg_and_names_what_it_leaves_out(tm
         assert [s.id for s in predict_samples(tmp_path)] == [".jpg", "x.PNG"]
     assert f"predict: 3 file(s) of {tmp_path} are left out" in caplog.text
     assert "'notes.txt', 'sub.jpg', 'y.jpg.bak'" in caplog.text
+
+
+@pytest.mark.parametrize("others", [(), ("notes.txt",)])
+def test_predict_on_a_folder_without_images_is_an_error_naming_it(tmp_path, others):
+    """Before: ``zoo run stage=predict input=<empty folder>`` exited 0 with no output and no word."""
+    from zoo_core.api.imaging import IMAGE_EXTENSIONS
+    from zoo_core.stages.predict_stage import predict_samples
+
+    for name in others:
+        (tmp_path / name).write_bytes(b"x")
+    with pytest.raises(InputError) as info:
+        predict_samples(tmp_path)
+    assert str(info.value) == f"{tmp_path}: no images found (looked for: {'/'.join(IMAGE_EXTENSIONS)}, any case)"
 
 
 @pytest.mark.parametrize("file_name", ["\x1b[31mRED\x1b[0m\n\rerror: fake/a.jpg", "dir\x00/a.jpg", "d\x7f/a.jpg"])

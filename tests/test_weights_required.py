@@ -162,6 +162,44 @@ def test_fixture_without_defaults_refuses_then_runs_random_on_request_and_record
         assert rc == 0 and "weights" not in err, err
         assert "weights" not in _run_json(zoo.cwd / work / "eval" / "run.json")
 
+    # a given model file zoo exported with weights=random: said and recorded as weights=random is (before: silent)
+    random_onnx = zoo.cwd / "c" / "model" / "fixture_onnxruntime.onnx"
+    rc, out, err = zoo("run", *common, f"model_file={random_onnx}", "work_dir=g")
+    assert rc == 0 and "weights=random: fixture runs with seeded random weights (model_file=" in err, err
+    assert "its outputs and scores mean nothing" in err
+    assert _run_json(zoo.cwd / "g" / "eval" / "run.json")["weights"] == "random"
+
+
+def test_a_given_model_file_exported_with_random_weights_is_said_and_recorded(tmp_path, caplog):
+    """Before: a model_file= whose zoo record says weights=random was scored without a word, run.json silent."""
+    import logging
+    from types import SimpleNamespace
+
+    from zoo_core.runs.fingerprint import sha256_file
+    from zoo_core.runs.model_files import note_recorded_random_weights
+
+    onnx = tmp_path / "m_onnxruntime.onnx"
+    onnx.write_bytes(b"graph bytes")
+    record = {"fingerprint": {"weights": "random", "weights_sha256": None}, "sha256": sha256_file(onnx)}
+    cases = [(record, "random"),
+             ({**record, "fingerprint": {"weights": "file", "weights_sha256": "ab"}}, None),  # real weights
+             ({**record, "sha256": "0" * 64}, None),  # the record describes other bytes
+             (None, None)]  # no record: nothing known
+    for rec, expected in cases:
+        onnx.with_suffix(".json").unlink(missing_ok=True)
+        if rec is not None:
+            onnx.with_suffix(".json").write_text(json.dumps(rec))
+        ctx = SimpleNamespace(weights_used=None, model_name="m")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="zoo"):
+            note_recorded_random_weights(ctx, onnx)
+        assert (ctx.weights_used.record() if ctx.weights_used else None) == \
+            ({"weights": "random"} if expected else None), rec
+        said = "weights=random: m runs with seeded random weights (model_file=" in caplog.text
+        assert said == bool(expected), caplog.text
+        if expected:
+            assert str(onnx.with_suffix(".json")) in caplog.text and "scores mean nothing" in caplog.text
+
 
 def test_compare_asks_for_weights_only_when_a_side_runs_them(zoo, fixture_onnx):
     """stage=compare (torch reference, onnxruntime export as candidate) needs weights like eval; two given

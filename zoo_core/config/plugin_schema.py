@@ -22,10 +22,10 @@ import math
 import typing
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from zoo_core.api.config import RANGE_KEY, DatasetConfig, ModelConfig
+from zoo_core.api.config import LENGTH_KEY, RANGE_KEY, DatasetConfig, ModelConfig
 from zoo_core.api.errors import ConfigError, PluginError
 from zoo_core.config.confpaths import ConfScan, check_choices, scan_plugin_confs
 from zoo_core.config.dataset_schemas import CORE_DATASET_SCHEMAS
@@ -168,21 +168,34 @@ def check_values(section: DictConfig, group: str, cls: type | None = None) -> No
         if bounds is None or f.name not in section or OmegaConf.is_interpolation(section, f.name):
             continue
         value = section[f.name]
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+        if isinstance(value, ListConfig):
+            length = f.metadata.get(LENGTH_KEY)
+            if length is not None and len(value) != length:
+                shown = OmegaConf.to_container(value, resolve=False)
+                raise ConfigError(f"{group}.{f.name}={shown}: needs exactly {length} "
+                                  f"value{'s' if length != 1 else ''}, got {len(value)}")
+            for i in range(len(value)):
+                if not (OmegaConf.is_interpolation(value, i) or OmegaConf.is_missing(value, i)):
+                    _check_bounds(value[i], f"{group}.{f.name}[{i}]", bounds)
             continue
-        lo, hi, lo_open, hi_open = bounds
-        if (lo is not None and (value <= lo if lo_open else value < lo)) or \
-                (hi is not None and (value >= hi if hi_open else value > hi)):
-            left = "(" if lo_open else "["
-            right = ")" if hi_open else "]"
-            shown = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
-            raise ConfigError(f"{group}.{f.name}={value}: outside {shown}")
+        _check_bounds(value, f"{group}.{f.name}", bounds)
+
+
+def _check_bounds(value: Any, where: str, bounds: tuple[Any, Any, bool, bool]) -> None:
+    """A ConfigError for a number ``value`` outside ``bounds`` (:func:`~zoo_core.api.config.in_range`'s)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    lo, hi, lo_open, hi_open = bounds
+    if (lo is not None and (value <= lo if lo_open else value < lo)) or \
+            (hi is not None and (value >= hi if hi_open else value > hi)):
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        shown = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+        raise ConfigError(f"{where}={value}: outside {shown}")
 
 
 def _concrete(node: Any, where: str) -> typing.Iterator[tuple[Any, str]]:
     """``(value, dotted path)`` of every leaf of ``node`` that is not an interpolation or missing."""
-    from omegaconf import ListConfig
-
     if isinstance(node, DictConfig):
         keys: typing.Iterable[Any] = node.keys()
     elif isinstance(node, ListConfig):

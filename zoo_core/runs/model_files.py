@@ -96,7 +96,9 @@ def ensure_onnx(ctx, target: str, force: bool = False, given: str | None = None)
     """
     given = given or ctx.cfg.get("model_file")
     if given and str(given).endswith(".onnx") and not force:
-        return regular_file(str(given), "model file")
+        path = regular_file(str(given), "model file")
+        note_recorded_random_weights(ctx, path)
+        return path
     out = onnx_path(ctx, target)
     meta = out.with_suffix(".json")
     choice = ctx.weights_choice()
@@ -139,6 +141,21 @@ def ensure_onnx(ctx, target: str, force: bool = False, given: str | None = None)
         **({"default_weights_file": default_file} if default_file else {}),
     })
     return written
+
+
+def note_recorded_random_weights(ctx, model_file: Path) -> None:
+    """A given ``model_file=`` whose zoo record (the ``.json`` beside it, describing these bytes) says it
+    was exported with ``weights=random``: warned as ``weights=random`` itself is, and recorded in
+    ``run.json`` as ``"weights": "random"`` (the run chose no weights, but its scores mean nothing)."""
+    meta = Path(model_file).with_suffix(".json")
+    if ctx.weights_used is not None or not meta.is_file():
+        return
+    rec = read_record(meta)
+    if (rec.get("fingerprint") or {}).get("weights") != "random" or rec.get("sha256") != sha256_file(model_file):
+        return
+    log.warning("weights=random: %s runs with seeded random weights (model_file=%s was exported with "
+                "weights=random, says %s); its outputs and scores mean nothing", ctx.model_name, model_file, meta)
+    ctx.weights_used = WeightsChoice("random")
 
 
 def _name_default_file(ctx, choice: WeightsChoice, rec: dict | None) -> None:

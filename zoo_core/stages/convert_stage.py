@@ -26,7 +26,7 @@ from zoo_core.pipeline.sources import ImageSource
 from zoo_core.pipeline.workers import WorkerPool, stop_error
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.fingerprint import sha256_file
-from zoo_core.runs.model_files import ensure_onnx, model_dir, quantize_int8, read_record
+from zoo_core.runs.model_files import ensure_onnx, model_dir, note_recorded_random_weights, quantize_int8, read_record
 from zoo_core.runs.om_record import AMCT_CALIBRATION_KEYS, write_om_record
 
 log = logging.getLogger("zoo")
@@ -50,6 +50,8 @@ def run(ctx: RunContext) -> dict:
         onnx, kind = ensure_amct_model(ctx), "amct"  # quantize=int8: AMCT's deploy model (docs/quantize.md)
     elif given_onnx:
         onnx, kind = Path(str(given)), "model_file"
+        if onnx.is_file():
+            note_recorded_random_weights(ctx, onnx)
     else:
         onnx, kind = ensure_onnx(ctx, "ascend"), "export"
     if not onnx.is_file():

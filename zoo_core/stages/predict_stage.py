@@ -16,7 +16,7 @@ import numpy as np
 
 from zoo_core.api.aisbench import safe_stem
 from zoo_core.api.atomic import write_bytes, write_text
-from zoo_core.api.errors import ConfigError
+from zoo_core.api.errors import ConfigError, InputError
 from zoo_core.api.imaging import IMAGE_EXTENSIONS, list_images, read_image
 from zoo_core.api.types import Sample
 from zoo_core.pipeline.sinks import CallbackSink
@@ -36,7 +36,8 @@ def predict_samples(given: Path) -> list[Sample]:
 
     A name that cannot name the output files (a newline or other control character...) is refused with
     one line naming it, as ``eval`` refuses such an image stem; the other files of a folder (not an image
-    by their extension, not a regular file) are left out and logged, never silently."""
+    by their extension, not a regular file) are left out and logged, never silently. A folder without
+    any image is an :class:`InputError` naming it."""
     files = list_images(given)
     for p in files:
         safe_stem(p.name, p.parent, "image file name")
@@ -47,6 +48,8 @@ def predict_samples(given: Path) -> list[Sample]:
             log.info("predict: %d file(s) of %s are left out, not image files by their extension (%s) or not "
                      "regular files: %s", len(others), given, "/".join(IMAGE_EXTENSIONS),
                      ", ".join(repr(n) for n in others[:10]) + (" ..." if len(others) > 10 else ""))
+        if not files:  # before: exit 0 with no output and no word
+            raise InputError(f"no images found (looked for: {'/'.join(IMAGE_EXTENSIONS)}, any case)", path=given)
     return [Sample(p.name, p, None) for p in files]
 
 

@@ -107,6 +107,8 @@ def _instances_problem(data: dict) -> str | None:
     for i, cat in enumerate(data["categories"]):
         if not (isinstance(cat, dict) and _is_int(cat.get("id"))):
             return f"categories[{i}] needs an integer 'id'"
+        if cat["id"] in cat_ids:  # the per-class AP would be keyed by one name only, the other lost
+            return f"category id {cat['id']} appears twice"
         cat_ids.add(cat["id"])
     ann_ids: dict[int, int] = {}
     for i, ann in enumerate(data["annotations"]):
