@@ -571,7 +571,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(write_report(d))
     except (FileNotFoundError, ZooError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from zoo_core.printable import printable
+
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
     return 0
 

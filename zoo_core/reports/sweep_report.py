@@ -29,6 +29,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from zoo_core.printable import printable
 from zoo_core.reports.job_files import JobFiles, find_job
 
 log = logging.getLogger("zoo")
@@ -277,7 +278,9 @@ def decimals_for(values: list) -> int:
 
 
 def _md(v) -> str:
-    return str(v).replace("|", "\\|").replace("\n", " ")
+    """A markdown cell or note: ``|`` escaped, newlines flattened, control characters (an ESC from a job's
+    ``error.json``) shown as escapes (:func:`zoo_core.printable.printable`): the report is printed and read."""
+    return printable(str(v).replace("|", "\\|").replace("\n", " "))
 
 
 def short_paths(paths: list[str]) -> dict[str, str]:
@@ -352,7 +355,7 @@ def write_markdown(rows: list[dict], swept: list[str], title: str | None = None,
     if notes:
         lines += ["", "Notes:" if any(r["status"] == "ok" and r.get("note") for r in rows) else "Failures:", "",
                   *notes]
-    return "\n".join(lines) + "\n"
+    return printable("\n".join(lines)) + "\n"  # (a title or a column from a job's files: no control characters)
 
 
 def _md_cell(r: dict, c: str, decimals: int, files: dict[str, str]) -> str:
