@@ -184,3 +184,15 @@ def test_views_into_a_larger_storage_and_tied_weights_still_load(tmp_path):
     path = _save(tmp_path / "views.pth", state)
     loaded, _ = read_state_dict(path)
     assert torch.equal(loaded["extra.slice"], flat[10:20]) and torch.equal(loaded["extra.tied"], state["0.weight"])
+
+
+def test_a_key_with_control_characters_cannot_erase_or_forge_the_error_line(tmp_path):
+    """Before: a key `ESC]0;...BEL ESC[2K CR error: forged\\nsecond` was listed raw: the terminal erased zoo's error
+    line, printed the forged one and a new line. Now its controls and newline are shown as escapes."""
+    evil = "\x1b]0;PWNED-TITLE\x07\x1b[2K\rerror: forged key line\nsecond"
+    path = _save(tmp_path / "evil.pth", {"state_dict": {**_net().state_dict(), evil: torch.zeros(2)}})
+    with pytest.raises(ZooError) as info:
+        load_checkpoint(_net(), path)
+    text = str(info.value)
+    assert text == (f"{path}: checkpoint does not match the model: unexpected keys (1): "
+                    "\\x1b]0;PWNED-TITLE\\x07\\x1b[2K\\rerror: forged key line\\nsecond")

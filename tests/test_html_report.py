@@ -335,3 +335,31 @@ def test_number_formats():
         ["0.9688", "12.35", "16,804", "7,293,505", "—", "yes", "24"]
     assert fmt_number(0.5, trim=True) == "0.5" and fmt_number(0.05, trim=True) == "0.05"
     assert column_decimals([0.1, 9.5]) == 4 and column_decimals([9.5, 12.0]) == 2 and column_decimals([1, 2]) is None
+
+
+BIG = "1" + "0" * 400  # an integer beyond the float range: float() raises OverflowError
+
+
+@pytest.mark.parametrize("key", ["throughput_img_s", "host_preprocess_ms_per_img", "device_ms_per_img",
+                                 "postprocess_ms_per_img", "device_call_ms.mean", "device_call_ms.p99"])
+def test_a_400_digit_number_in_perf_json_is_shown_not_a_traceback(tmp_path, capsys, key):
+    """Before: `python -m zoo_core.reports.html <run dir>` died with an OverflowError traceback (fmt_measure, the
+    per-part float())."""
+    perf = {"images": 4, "throughput_img_s": 12.5, "host_preprocess_ms_per_img": 1.0, "device_ms_per_img": 2.0,
+            "postprocess_ms_per_img": 0.5, "device_call_ms": {"mean": 3.0, "p99": 4.0}}
+    text = json.dumps(perf)
+    old = json.dumps(perf["device_call_ms"][key.split(".")[1]] if "." in key else perf[key])
+    field = key.split(".")[-1]
+    text = text.replace(f'"{field}": {old}', f'"{field}": {BIG}', 1)
+    assert BIG in text
+    (tmp_path / "perf.json").write_text(text)
+    assert html_main([str(tmp_path)]) == 0
+    assert "100000...(401 digits)" in (tmp_path / "report.html").read_text()
+
+
+def test_a_400_digit_cell_in_the_sweep_csv_is_shown_not_a_traceback(tmp_path):
+    """Before: render_sweep_report died with an OverflowError (column_decimals' float())."""
+    (tmp_path / "sweep_report.csv").write_text(f"job,status,throughput\n0,ok,{BIG}\n1,ok,2.5\n")
+    page = render_sweep_report(tmp_path)
+    assert "100000...(401 digits)" in page and "2.50" in page
+    assert fmt_number(int(BIG)) == "100000...(401 digits)"

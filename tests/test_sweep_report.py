@@ -344,3 +344,56 @@ def test_a_job_record_of_the_wrong_type_is_read_as_missing_and_named_not_a_trace
         assert rows[0]["status"] == "failed"
         assert rows[0]["error"] == f"the job failed, but its {f} is not a readable JSON object"
     assert rows[1]["throughput"] == 2.0  # the other job is read as before
+
+
+def test_a_failure_note_from_error_json_shows_control_characters_as_escapes(tmp_path, capsys):
+    """Before: a job's error.json `{"error": "ESC]0;...BEL ESC[2K CR forged ESC[8m hidden"}` was printed (and written
+    to sweep_report.md) raw: the terminal's title set, the line erased, the rest hidden."""
+    t = 1_700_000_000.0
+    fake_job(tmp_path, "0", "perf", ["model=fixture", "stage=perf", "batch_size=1"], t,
+             perf={"images": 4, "throughput_img_s": 2.0, "latency_ms": {"mean": 1.0, "p99": 2.0}})
+    fake_job(tmp_path, "1", "perf", ["model=fixture", "stage=perf", "batch_size=2"], t,
+             error={"error": "\x1b]0;PWNED-TITLE\x07\x1b[2K\rforged\x1b[8m hidden"})
+    assert sr.main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    note = "1. job `1`: \\x1b]0;PWNED-TITLE\\x07\\x1b[2K\\rforged\\x1b[8m hidden"
+    assert note in out.splitlines() and "\x1b" not in out and "\r" not in out
+    md = (tmp_path / "sweep_report.md").read_text()
+    assert note in md.splitlines() and "\x1b" not in md
+    assert json.loads((tmp_path / "1" / "perf" / "error.json").read_text())["error"].startswith("\x1b]0;")  # data kept
+
+
+BIG = int("1" + "0" * 400)  # beyond the float range: float() raises OverflowError
+
+
+@pytest.mark.parametrize("perf", [
+    {"images": 4, "throughput_img_s": BIG, "latency_ms": {"mean": 1.0, "p99": 2.0}},
+    {"images": 4, "throughput_img_s": 2.0, "latency_ms": {"mean": BIG, "p99": 2.0}},
+    {"images": 4, "throughput_img_s": 2.0, "device_call_ms": {"mean": 1.0, "p99": BIG}},
+])
+def test_a_400_digit_number_in_perf_json_is_read_as_missing_and_named_not_a_traceback(tmp_path, caplog, capsys, perf):
+    """Before: `python -m zoo_core.reports.sweep_report <sweep>` died with an OverflowError traceback (decimals_for's
+    float()) on a perf.json value of 400 digits."""
+    t = 1_700_000_000.0
+    fake_job(tmp_path, "0", "perf", ["model=fixture", "stage=perf", "batch_size=1"], t, perf=perf)
+    fake_job(tmp_path, "1", "perf", ["model=fixture", "stage=perf", "batch_size=2"], t,
+             perf={"images": 4, "throughput_img_s": 3.0, "latency_ms": {"mean": 1.0, "p99": 2.0}})
+    assert sr.main([str(tmp_path)]) == 0
+    assert "2 jobs (0 failed)" in capsys.readouterr().out
+    f = tmp_path / "0" / "perf" / "perf.json"
+    assert f"{f}: " in caplog.text and "is 100000...(401 digits), not a number: the sweep report reads it as " \
+                                      "missing" in caplog.text
+    rows, _ = sr.collect_rows(tmp_path)
+    assert rows[1]["throughput"] == 3.0
+    assert sr.decimals_for([BIG, 2.5]) == sr.decimals_for([2.5])
+
+
+def test_a_400_digit_metric_is_read_as_missing(tmp_path, caplog):
+    t = 1_700_000_000.0
+    for job in ("0", "1"):
+        fake_job(tmp_path, job, "eval", ["model=fixture", "stage=eval", f"batch_size={job}"], t,
+                 perf={"images": 4, "throughput_img_s": 2.0 + int(job)},
+                 metrics={"metrics": {"AP": BIG if job == "0" else 0.5}})
+    rows, swept = sr.collect_rows(tmp_path)
+    assert [r["metric:AP"] for r in rows] == [None, 0.5] and "'AP' is 100000...(401 digits)" in caplog.text
+    assert sr.plot_png(rows, swept) is not None

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo_core.api.errors import ConfigError, ZooError
+from zoo_core.printable import printable
 
 if TYPE_CHECKING:
     import torch
@@ -145,7 +146,9 @@ def load_weights_only(path: str | os.PathLike[str]) -> object:
 
 
 def _listing(title: str, keys: Sequence[str]) -> str:
-    shown = list(keys[:MAX_LISTED])
+    """``title (n): k1, k2 ... and m more``; a key's control characters and newlines shown as escapes (a key is
+    the checkpoint's text, not zoo's: it must not erase the error line or start one of its own)."""
+    shown = [printable(k, newlines=False) for k in keys[:MAX_LISTED]]
     more = f" ... and {len(keys) - len(shown)} more" if len(keys) > len(shown) else ""
     return f"{title} ({len(keys)}): {', '.join(shown)}{more}"
 

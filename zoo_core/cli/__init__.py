@@ -123,7 +123,9 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
             return 130
         exc = storage_error(exc) or exc  # a read-only or full disk before the run's own handler (the lock)
         if isinstance(exc, ZooError):
-            print(f"error: {exc}", file=sys.stderr)
+            from zoo_core.printable import printable
+
+            print(f"error: {printable(exc)}", file=sys.stderr)
             return exc.exit_code
         raise
     print(f"error: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)

@@ -8,6 +8,7 @@ import traceback
 from pathlib import Path
 
 from zoo_core.api.errors import in_chain
+from zoo_core.printable import printable
 from zoo_core.runs.layout import refuse_links  # (here too: zoo's CLI calls it before a single run)
 from zoo_core.runs.storage import storage_error  # (zoo_core.cli imports it from here)
 
@@ -85,7 +86,7 @@ def _task(cfg):
                 message += f"\n  ({what}; traceback in {trace})"
             except OSError:
                 pass
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {printable(message)}", file=sys.stderr)
         raise SystemExit(getattr(exc, "exit_code", 1)) from None
 
 
@@ -278,7 +279,7 @@ def run_hydra(args: list[str]) -> int:
         if os.path.exists(status_path):
             os.unlink(status_path)
     if status.get("error"):
-        print(f"error: {status['error']}", file=sys.stderr)
+        print(f"error: {printable(status['error'])}", file=sys.stderr)
         return 1
     problems = []
     if status.get("failed"):
@@ -326,7 +327,7 @@ def launcher_stopped(exc: BaseException, status_path: Path, planned: list[list[s
     if "sweep_dir" not in status:  # before the sweep started (Hydra's composition): not the launcher's doing
         if isinstance(exc, ZooError):
             raise exc
-        print(f"error: {what}", file=sys.stderr)
+        print(f"error: {printable(what)}", file=sys.stderr)
         return 1
     launcher = f"hydra/launcher={status.get('launcher') or 'basic'}"
     sweep_dir = Path(str(status["sweep_dir"]))
@@ -337,10 +338,10 @@ def launcher_stopped(exc: BaseException, status_path: Path, planned: list[list[s
         except Exception as report_exc:
             log.warning("could not build the sweep report: %s", report_exc)
     if not summary["jobs"]:
-        print(f"error: {launcher}: {first or what}", file=sys.stderr)
+        print(f"error: {launcher}: {printable(first or what)}", file=sys.stderr)
         return 2
     total = max(len(planned or []), summary["jobs"])
     undone = summary["no_result"] + total - summary["jobs"]
-    print(f"error: {launcher} stopped the sweep: {what} ({undone} of {total} jobs without a result, "
+    print(f"error: {launcher} stopped the sweep: {printable(what)} ({undone} of {total} jobs without a result, "
           f"{summary['failed']} failed; see {summary['report']})", file=sys.stderr)
     return 1

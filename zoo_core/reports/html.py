@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo_core.api.errors import ZooError
+from zoo_core.json_numbers import finite_number, shown
 
 #: perf.json keys shown as the per-image cost of each part of the streaming pipeline, in pipeline order.
 PERF_PARTS = (("host_preprocess_ms_per_img", "decode + preprocess"), ("device_ms_per_img", "inference"),
@@ -123,13 +124,14 @@ def fmt_number(value: Any, trim: bool = False) -> str:
     """Numbers as a reader wants them: 4 decimals below 10, 2 below 10 000, none above; thousands separated.
 
     ``trim`` drops trailing zeros (``0.5`` rather than ``0.5000``) for settings, where the digits mean nothing.
+    An integer beyond the float range (a hand-edited record) is shown as its first digits and its length.
     """
     if value is None:
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int):
-        return f"{value:,}"
+        return f"{value:,}" if finite_number(value) else shown(value)
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             return str(value)
@@ -146,8 +148,8 @@ def fmt_number(value: Any, trim: bool = False) -> str:
 
 
 def fmt_measure(value: Any) -> str:
-    """A throughput or a time: 2 decimals, none from 10 000 up."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    """A throughput or a time: 2 decimals, none from 10 000 up (not a finite number: as :func:`fmt_number`)."""
+    if not finite_number(value):
         return fmt_number(value)
     return f"{value:,.2f}" if abs(value) < 10000 else f"{value:,.0f}"
 
@@ -265,11 +267,10 @@ def _metrics_section(metrics: dict) -> str:
     parts = [f'<section id="metrics"><h2>Metrics</h2>'
              f'<table class="metrics"><thead><tr>{th}</tr></thead><tbody>{"".join(rows)}</tbody></table>']
     if per_class:
-        top = max([abs(float(v)) for _, v in per_class if isinstance(v, (int, float))] or [1.0]) or 1.0
+        top = max([abs(float(v)) for _, v in per_class if finite_number(v)] or [1.0]) or 1.0
         cells = []
         for k, v in per_class:
-            width = 0 if not isinstance(v, (int, float)) or (isinstance(v, float) and math.isnan(v)) \
-                else max(0.0, float(v)) / top * 100
+            width = max(0.0, float(v)) / top * 100 if finite_number(v) else 0
             cells.append(f'<tr><td>{_e(k.split("/", 1)[1])}</td>{_num_cell(v)}'
                          f'<td style="width:40%"><div class="bar" style="width:{width:.1f}%"></div></td></tr>')
         group = per_class[0][0].split("/", 1)[0]
@@ -298,11 +299,11 @@ def _perf_numbers(perf: dict) -> tuple[Any, dict]:
 
 def _perf_section(perf: dict) -> str:
     parts = ['<section id="performance"><h2>Performance</h2>']
-    shown = [(label, float(perf[key])) for key, label in PERF_PARTS if isinstance(perf.get(key), (int, float))]
-    total = sum(v for _, v in shown)
-    if shown and total > 0:
+    parts_ms = [(label, float(perf[key])) for key, label in PERF_PARTS if finite_number(perf.get(key))]
+    total = sum(v for _, v in parts_ms)
+    if parts_ms and total > 0:
         segs, legend = [], []
-        for (label, v), color in zip(shown, PART_COLORS):
+        for (label, v), color in zip(parts_ms, PART_COLORS):
             pct = v / total * 100
             segs.append(f'<div style="width:{pct:.2f}%;background:{color}" title="{_e(label)}: {v:.2f} ms">'
                         f"{_e(label) if pct > 12 else ''}</div>")
@@ -311,7 +312,7 @@ def _perf_section(perf: dict) -> str:
                      f'so the slowest one sets the pace):</p><div class="stack">{"".join(segs)}</div>'
                      f'<div class="legend">{"".join(legend)}</div>')
     table = _kv_table(_flatten(perf))
-    parts.append(f"<details{' open' if not shown else ''}><summary>all timings</summary>{table}</details></section>")
+    parts.append(f"<details{' open' if not parts_ms else ''}><summary>all timings</summary>{table}</details></section>")
     return "".join(parts)
 
 
@@ -357,7 +358,7 @@ def _inputs_table(inputs: dict) -> str:
         for r in rec if isinstance(rec, list) else [rec]:
             if not isinstance(r, dict):
                 continue
-            sha = r.get("sha256") or ""
+            sha = str(r.get("sha256") or "")  # (a hand-edited record: any JSON value)
             rows.append(f'<tr><td>{_e(name)}</td><td class="mono" title="{_e(r.get("path", ""))}">'
                         f'{_e(r.get("path", ""))}</td>{_num_cell(r.get("bytes"))}'
                         f'<td class="mono" title="{_e(sha)}">{_e(sha[:12])}</td></tr>')
@@ -437,8 +438,7 @@ SWEEP_HEADS = {"job": "job", "status": "status", "throughput": "throughput (img/
 
 def column_decimals(values: Iterable[Any]) -> int | None:
     """One number of decimals for a whole column, from its largest magnitude (4 below 10, 2 below 10 000, else 0)."""
-    nums = [abs(float(v)) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
-            and math.isfinite(float(v))]
+    nums = [abs(float(v)) for v in values if finite_number(v)]  # (an integer beyond the float range: not counted)
     if not nums or all(isinstance(v, int) for v in values if v is not None):
         return None
     top = max(nums)
@@ -513,7 +513,7 @@ def render_sweep_report(sweep_dir: str | Path) -> str:
                 cells.append(f'<td class="mono" title="{_e(v)}">{_e(Path(str(v)).name)}</td>')
             elif c == "error" and v:
                 cells.append(f'<td class="mono" style="white-space:pre-wrap">{_e(v)}</td>')
-            elif numeric and decimals is not None and isinstance(v, (int, float)):
+            elif numeric and decimals is not None and isinstance(v, (int, float)) and finite_number(v):
                 cells.append(f'<td class="num">{float(v):,.{decimals}f}</td>')
             elif numeric:
                 cells.append(_num_cell(v))
@@ -571,7 +571,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(write_report(d))
     except (FileNotFoundError, ZooError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from zoo_core.printable import printable
+
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
     return 0
 

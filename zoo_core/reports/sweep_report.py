@@ -29,6 +29,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from zoo_core.json_numbers import finite_number, shown
+from zoo_core.printable import printable
 from zoo_core.reports.job_files import JobFiles, find_job
 
 log = logging.getLogger("zoo")
@@ -202,9 +204,10 @@ def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
             "stage": _name(cfg, "stage"),
             "backend": _name(cfg, "backend"),
             "host": result.get("host"),
-            "throughput": perf.get("throughput", perf.get("throughput_img_s")) if timed else None,
-            "latency_mean_ms": lat.get("mean"),
-            "latency_p99_ms": lat.get("p99"),
+            "throughput": _number(perf, "throughput" if "throughput" in perf else "throughput_img_s", f.perf)
+            if timed else None,
+            "latency_mean_ms": _number(lat, "mean", f.perf),
+            "latency_p99_ms": _number(lat, "p99", f.perf),
             "model_file": perf.get("model_file"),
             "model_sha256": _field(_field(run, "inputs", f.run), "model_file", f.run).get("sha256"),
             "om_file": result.get("om"),
@@ -218,9 +221,10 @@ def collect_rows(sweep_dir: Path) -> tuple[list[dict], list[str]]:
             row["backend"] = f"atc {as_dict(cfg.get('atc')).get('soc_version', '')}".strip()
             if error:
                 row["atc"] = "failed"
-        for k, v in _field(metrics, "metrics", f.metrics).items():
+        scores = _field(metrics, "metrics", f.metrics)
+        for k in scores:
             if "/" not in k:
-                row[f"metric:{k}"] = v
+                row[f"metric:{k}"] = _number(scores, k, f.metrics)
         rows.append(row)
     keys = list(dict.fromkeys(k for r in rows for k in r if k.startswith("@")))
     swept = [k[1:] for k in keys if len({str(r.get(k)) for r in rows}) > 1 or len(rows) == 1]
@@ -243,6 +247,17 @@ def _field(rec: dict, key: str, path: Path) -> dict:
     if value is not None and not isinstance(value, dict):
         log.warning("%s: %r is not a JSON object: the sweep report reads it as missing", path, key)
     return as_dict(value)
+
+
+def _number(rec: dict, key: str, path: Path) -> int | float | None:
+    """``rec[key]``, a throughput, a time or a metric of a job's record, when it is a number (NaN and the infinities
+    included); missing or null, None; of another type or an integer beyond the float range (``1`` and 400 zeros:
+    no float, no plot, no decimals), None and a warning naming the file and the key."""
+    value = rec.get(key)
+    if value is None or isinstance(value, float) or finite_number(value):
+        return value
+    log.warning("%s: %r is %s, not a number: the sweep report reads it as missing", path, key, shown(value))
+    return None
 
 
 def untimed_note(perf: dict) -> str:
@@ -269,15 +284,16 @@ def write_csv(rows: list[dict]) -> str:
 
 def decimals_for(values: list) -> int:
     """One number of decimals for a whole column: about 4 significant digits for its largest value."""
-    nums = [abs(float(v)) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
-            and math.isfinite(float(v))]
+    nums = [abs(float(v)) for v in values if finite_number(v)]  # (an integer beyond the float range: not counted)
     if not nums or max(nums) == 0:
         return 2
     return min(4, max(1, 3 - math.floor(math.log10(max(nums)))))
 
 
 def _md(v) -> str:
-    return str(v).replace("|", "\\|").replace("\n", " ")
+    """A markdown cell or note: ``|`` escaped, newlines flattened, control characters (an ESC from a job's
+    ``error.json``) shown as escapes (:func:`zoo_core.printable.printable`): the report is printed and read."""
+    return printable(str(v).replace("|", "\\|").replace("\n", " "))
 
 
 def short_paths(paths: list[str]) -> dict[str, str]:
@@ -352,7 +368,7 @@ def write_markdown(rows: list[dict], swept: list[str], title: str | None = None,
     if notes:
         lines += ["", "Notes:" if any(r["status"] == "ok" and r.get("note") for r in rows) else "Failures:", "",
                   *notes]
-    return "\n".join(lines) + "\n"
+    return printable("\n".join(lines)) + "\n"  # (a title or a column from a job's files: no control characters)
 
 
 def _md_cell(r: dict, c: str, decimals: int, files: dict[str, str]) -> str:

@@ -103,5 +103,8 @@ class TerminalReporter:
 
     @hookimpl
     def zoo_stage_finished(self, cfg: Any, stage: str, run_dir: Path, result: dict[str, Any]) -> None:
-        print("\n".join(format_summary(str(cfg.model.name), stage, Path(run_dir), result)), flush=True)
+        from zoo_core.printable import printable
+
+        # (a path or a value from a plugin's result: no control character reaches the terminal)
+        print(printable("\n".join(format_summary(str(cfg.model.name), stage, Path(run_dir), result))), flush=True)
         sys.stdout.flush()

@@ -1,0 +1,28 @@
+"""Text zoo shows a human (a terminal line, a markdown report) that may hold bytes from a file it does not trust.
+
+A model's node names, a checkpoint's keys, a job's ``error.json``, a dataset's category names reach zoo's
+messages as they are. Control characters in them are commands to a terminal: ``ESC ]0;...BEL`` sets the window
+title, ``ESC [2K`` and ``CR`` erase the line (and let the text print a forged ``error:`` line over zoo's own),
+``ESC [8m`` hides what follows. :func:`printable` shows them as escapes (``\\x1b``, ``\\r``) instead, where the
+text leaves zoo for a human: the CLI's ``error:`` lines, the console log formatter
+(:class:`zoo_core.reports.logfmt.ConsoleFormatter`), the cells of the sweep report's markdown, a checkpoint's key
+listing. What zoo writes to JSON files is data and is kept as it is.
+"""
+from __future__ import annotations
+
+#: C0 controls but TAB and LF, DEL, C1 controls: each shown as an escape (``\x1b``; CR as ``\r``).
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c not in (0x09, 0x0A)}
+_ESCAPES[0x0D] = "\\r"
+_KEEP_NEWLINES = str.maketrans(_ESCAPES)
+_NO_NEWLINES = str.maketrans({**_ESCAPES, 0x0A: "\\n"})
+
+
+def printable(text: object, *, newlines: bool = True) -> str:
+    """``str(text)`` with its control characters (C0 but TAB and newline, DEL, C1; ESC among them) shown as
+    escapes, so that printing it cannot move the cursor, erase a line, set the window title or hide text.
+
+    :param newlines: keep newlines (a message zoo built with a ``\\n  hint:`` line); ``False`` for a piece of
+        untrusted text inside a one-line message (a key, a name), whose newline is then shown as ``\\n`` and cannot
+        start a line of its own.
+    """
+    return str(text).translate(_KEEP_NEWLINES if newlines else _NO_NEWLINES)
