@@ -363,3 +363,12 @@ def test_a_400_digit_cell_in_the_sweep_csv_is_shown_not_a_traceback(tmp_path):
     page = render_sweep_report(tmp_path)
     assert "100000...(401 digits)" in page and "2.50" in page
     assert fmt_number(int(BIG)) == "100000...(401 digits)"
+
+
+def test_a_sweep_column_of_numbers_shares_one_number_of_decimals(tmp_path):
+    """Before: column_decimals got a generator it read twice, so every column fell back to each cell's own format
+    (0.9688 beside 12.35 in one column)."""
+    (tmp_path / "sweep_report.csv").write_text("job,status,throughput,metric:AP\n0,ok,0.5,0.96877\n1,ok,12.25,1\n")
+    page = render_sweep_report(tmp_path)
+    assert '<td class="num">0.50</td>' in page and '<td class="num">12.25</td>' in page
+    assert '<td class="num">0.9688</td>' in page and '<td class="num">1.0000</td>' in page

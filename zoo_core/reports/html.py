@@ -438,6 +438,7 @@ SWEEP_HEADS = {"job": "job", "status": "status", "throughput": "throughput (img/
 
 def column_decimals(values: Iterable[Any]) -> int | None:
     """One number of decimals for a whole column, from its largest magnitude (4 below 10, 2 below 10 000, else 0)."""
+    values = list(values)
     nums = [abs(float(v)) for v in values if finite_number(v)]  # (an integer beyond the float range: not counted)
     if not nums or all(isinstance(v, int) for v in values if v is not None):
         return None
