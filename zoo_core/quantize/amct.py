@@ -39,6 +39,7 @@ from zoo_core.runs.model_files import (
     read_record,
     reusable,
 )
+from zoo_core.runs.record_seal import sealed
 
 log = logging.getLogger("zoo")
 
@@ -192,9 +193,9 @@ def run_amct(ctx: RunContext) -> dict[str, Any]:
         written = tmp / deploy.name
         if not written.is_file():
             raise ZooError(f"amct_onnx exited 0 but wrote no deploy model {written.name}", path=log_path)
-        write_json(written.with_suffix(".json"), {
+        write_json(written.with_suffix(".json"), sealed({
             "fingerprint": fingerprint, "sha256": sha256_file(written), "source": str(onnx),
-            "source_sha256": fingerprint["source_sha256"], "argv": argv, "calibration": base["calibration"]})
+            "source_sha256": fingerprint["source_sha256"], "argv": argv, "calibration": base["calibration"]}))
     return {**base, "quantized": True, "deploy_model": str(deploy), "log": str(log_path)}
 
 
@@ -225,7 +226,8 @@ def ensure_amct_model(ctx: RunContext) -> Path:
             log.info("re-running AMCT: %s has no zoo record beside it (written outside zoo)", deploy)
     res = run_amct(ctx)
     if not res["quantized"]:
-        state = "is missing" if not deploy.is_file() else "was calibrated with other settings"
+        state = "is missing" if not deploy.is_file() else \
+            "was calibrated with other settings or has a record this user's zoo did not seal (logged above)"
         raise ZooError(f"quantize=int8 converts AMCT's deploy model, which {state}; {res['reason']}", path=deploy)
     return deploy
 

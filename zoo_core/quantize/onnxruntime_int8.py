@@ -34,6 +34,7 @@ from zoo_core.runs.model_files import (
     link_model_file,
     reusable_record,
 )
+from zoo_core.runs.record_seal import sealed
 
 log = logging.getLogger("zoo")
 
@@ -307,13 +308,13 @@ def build_onnxruntime_int8(ctx: RunContext, fp32: Path, model: Any, excluded: li
             log.info("%d weight(s) with no channel axis quantized per tensor (onnxruntime's per-channel axis 1 is "
                      "out of range for a rank-1 BatchNormalization scale), first: %s", len(per_tensor.weights),
                      per_tensor.weights[0])
-        record = {
+        record = sealed({
             "fingerprint": fingerprint, "sha256": sha256_file(tmp), "target": "onnxruntime", "format": "QDQ",
             "source": str(fp32), "bytes": tmp.stat().st_size, "fp32_bytes": fp32.stat().st_size,
             "calibration": calibration_record(cal),
             "excluded": {"op_types": conf["exclude_op_types"], "nodes": excluded},
             **node_summary(tmp, excluded),
-        }
+        })
         if pin is not None:
             link_model_file(tmp, pin)
         os.replace(tmp, out)

@@ -12,6 +12,7 @@ from zoo_core.api.checkpoint import regular_file
 from zoo_core.api.errors import ZooError
 from zoo_core.runs.export_keys import changed_keys, export_values
 from zoo_core.runs.fingerprint import file_record, sha256_file
+from zoo_core.runs.record_seal import SEAL, seal_problem, sealed
 from zoo_core.runs.weights import WeightsChoice
 
 log = logging.getLogger("zoo")
@@ -89,8 +90,9 @@ def ensure_onnx(ctx, target: str, force: bool = False, given: str | None = None)
     plugin and zoo-core versions, the plugin's export keys, the export section, the weights' sha256, or
     ``default`` / ``random``)
     matches this run, the file's bytes match the sha256 recorded with it, its recorded input names are
-    the plugin's ``input_spec`` names and the default weights file it was made from (if any) is unchanged;
-    otherwise it is re-exported, never trusted stale.
+    the plugin's ``input_spec`` names, the default weights file it was made from (if any) is unchanged and
+    the record carries this user's seal (:mod:`zoo_core.runs.record_seal`: a record planted or edited by
+    someone else, or written by an older zoo, is not trusted); otherwise it is re-exported, never trusted stale.
     Both decisions are logged, the re-export naming what changed. Exporting needs weights: without
     ``weights=`` and real default weights this raises (see :mod:`zoo_core.runs.weights`).
     """
@@ -106,16 +108,20 @@ def ensure_onnx(ctx, target: str, force: bool = False, given: str | None = None)
     if out.is_file() and meta.is_file() and not force:
         old = read_record(meta)
         recorded = old.get("fingerprint") or {}
+        unsealed = seal_problem(old) if old else None  # the rest of an unsealed record is not acted on
         same_bytes = old.get("sha256") == sha256_file(out)
-        default_ok = _default_file_unchanged(old.get("default_weights_file"))
+        default_ok = unsealed is None and _default_file_unchanged(old.get("default_weights_file"))
         spec_names = [s.name for s in ctx.hooks.input_spec(cfg=ctx.cfg)]
         names_ok = old.get("input_names") in (None, spec_names)
-        if recorded == fp and same_bytes and default_ok and names_ok:
+        if recorded == fp and same_bytes and default_ok and names_ok and unsealed is None:
             log.info("reusing %s: its export keys, export config and weights are unchanged", out)
             _name_default_file(ctx, choice, old.get("default_weights_file"))
             return out
         if not old:
             log.info("re-exporting %s: the record of %s is unreadable", ctx.model_name, out.name)
+        elif unsealed is not None:
+            log.warning("re-exporting %s: its record %s was not written by this user's zoo (%s), so %s is rebuilt, "
+                        "not trusted", ctx.model_name, meta, unsealed, out.name)
         elif recorded != fp:
             log.info("re-exporting %s: %s was exported with other settings (%s)", ctx.model_name, out.name,
                      _why_stale(recorded, fp))
@@ -135,11 +141,11 @@ def ensure_onnx(ctx, target: str, force: bool = False, given: str | None = None)
         raise ZooError(f"the {ctx.model_name} plugin's export hook did not write the file it returned", path=written)
     default_file = file_record(res.weights) if choice.source == "default" and res.weights else None
     _name_default_file(ctx, choice, default_file)
-    write_json(written.with_suffix(".json"), {
+    write_json(written.with_suffix(".json"), sealed({
         "fingerprint": fp, "sha256": sha256_file(written), "weights_file": choice.path,
         "input_names": list(res.input_names), "output_names": list(res.output_names), "target": target,
         **({"default_weights_file": default_file} if default_file else {}),
-    })
+    }))
     return written
 
 
@@ -205,7 +211,7 @@ def amct_deploy_model(ctx) -> Path:
 #: The types of the keys zoo reads from a model file's record (``None`` is allowed too).
 _RECORD_TYPES: dict[str, type] = {"fingerprint": dict, "sha256": str, "weights_file": str, "default_weights_file": dict,
                                   "input_names": list, "calibration": dict, "settings": dict,
-                                  "pending_script_replaces_sha256": str}
+                                  "pending_script_replaces_sha256": str, SEAL: str}
 
 
 def read_record(meta: Path) -> dict:
@@ -232,8 +238,9 @@ def read_record(meta: Path) -> dict:
 
 
 def reusable(out: Path, fingerprint: dict, what: str) -> bool:
-    """True when ``out`` and its ``.json`` record exist, the recorded fingerprint equals ``fingerprint`` and
-    the file's bytes still match the recorded sha256; the decision is logged with what changed."""
+    """True when ``out`` and its ``.json`` record exist, the record's seal is valid
+    (:mod:`zoo_core.runs.record_seal`: written by this user's zoo), the recorded fingerprint equals ``fingerprint``
+    and the file's bytes still match the recorded sha256; the decision is logged with what changed."""
     return reusable_record(out, fingerprint, what) is not None
 
 
@@ -248,11 +255,15 @@ def reusable_record(out: Path, fingerprint: dict, what: str, data: Path | None =
         return None
     old = read_record(meta)
     recorded = old.get("fingerprint") or {}
-    if recorded == fingerprint and old.get("sha256") == sha256_file(data):
+    unsealed = seal_problem(old) if old else None
+    if recorded == fingerprint and old.get("sha256") == sha256_file(data) and unsealed is None:
         log.info("reusing %s: its %s inputs are unchanged", out, what)
         return old
     if not old:
         log.info("rebuilding %s: its record is unreadable", out.name)
+    elif unsealed is not None:
+        log.warning("rebuilding %s: its record %s was not written by this user's zoo (%s), so it is not trusted",
+                    out.name, meta, unsealed)
     elif recorded != fingerprint:
         changed = [k for k in sorted(set(recorded) | set(fingerprint)) if recorded.get(k) != fingerprint.get(k)]
         log.info("rebuilding %s: it was built with other %s inputs (%s)", out.name, what, ", ".join(changed))

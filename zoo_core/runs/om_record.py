@@ -16,6 +16,10 @@ an OM whose bytes changed since ``convert`` wrote it, or an OM older than the pe
 refused with one line naming what differs, instead of scoring another model than the config says.
 ATC-only settings (``atc.soc_version``, ``atc.extra``, ...) are recorded, not compared: a run on the
 device does not repeat them. An OM without a record (put there by hand) is loaded with a warning.
+
+The record is sealed (:mod:`zoo_core.runs.record_seal`). One without this user's valid seal (an older zoo's,
+one edited or planted by someone else) cannot vouch for the OM: what it says still refuses the OM when it names
+other settings, but otherwise the OM is loaded with the warning of an OM without a record, saying why.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from zoo_core.api.atomic import write_json
 from zoo_core.api.errors import ConfigError
 from zoo_core.runs.export_keys import aipp_values, changed_keys, export_values
 from zoo_core.runs.fingerprint import sha256_file
+from zoo_core.runs.record_seal import seal_problem, sealed
 
 log = logging.getLogger("zoo")
 
@@ -68,7 +73,7 @@ def write_om_record(ctx: Any, om: Path, source: dict[str, Any], script: Path, co
     if not converted and om.is_file():
         rec["pending_script_replaces_sha256"] = sha256_file(om)
     path = record_path(om)
-    write_json(path, rec)
+    write_json(path, sealed(rec))
     return path
 
 
@@ -82,7 +87,8 @@ def _read(path: Path) -> dict[str, Any] | None:
 def check_om(ctx: Any, om: Path) -> None:
     """Refuse ``om`` (loaded from its default path) when its record says it was made for another config.
 
-    Raises :class:`ConfigError` naming what differs; logs a warning when the OM has no record.
+    Raises :class:`ConfigError` naming what differs; logs a warning when the OM has no record, or one without
+    this user's seal (which can refuse the OM, never vouch for it).
     """
     if not om.is_file():
         return  # the backend says the OM is missing, with its own hint
@@ -120,6 +126,11 @@ def check_om(ctx: Any, om: Path) -> None:
         if recorded is not None and sha != recorded:
             raise ConfigError(f"{om} no longer matches the sha256 recorded when stage=convert wrote it "
                               f"({recorded[:12]} -> {sha[:12]})", hint=_HINT)
+    unsealed = seal_problem(rec)  # checked last: what an unsealed record says can refuse the OM, never vouch for it
+    if unsealed is not None:
+        log.warning("%s's convert record %s was not written by this user's zoo (%s), so zoo cannot tell which config "
+                    "and weights the OM was converted from; it is loaded as it is, like an OM without a record "
+                    "(re-run stage=convert to record it)", om, path, unsealed)
 
 
 #: What an INT8 OM's AMCT calibration is compared on (the deploy model's fingerprint, docs/quantize.md).
