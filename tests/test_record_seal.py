@@ -212,3 +212,22 @@ def test_a_seal_survives_the_json_round_trip_of_the_record_writer(tmp_path, own_
                               "sha256": str(np.float64(1.5))})
     write_json(tmp_path / "r.json", rec)
     assert record_seal.seal_problem(json.loads((tmp_path / "r.json").read_text())) is None
+
+
+def test_without_a_writable_cache_dir_records_are_unsealed_and_rebuilt_not_an_error(fixture_cfg, tmp_path,
+                                                                                    monkeypatch, caplog):
+    """A read-only or full cache dir (no key can be made) must not stop a run: the model is built, its record
+    written without a seal, and the next run rebuilds it (said once per process)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(blocker / "cache"))  # (mkdir under a file fails, even for root)
+    monkeypatch.setattr(record_seal, "_unmade", None)
+    caplog.set_level(logging.INFO, logger="zoo")
+    out = _export(fixture_cfg, tmp_path / "run")
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert "seal" not in record and _conv_weight(out) == 20.0
+    assert record_seal.seal_problem(record) == "it has no seal: written by an older zoo, or not by zoo"
+    said = f"cannot make the record seal key {blocker / 'cache' / record_seal.KEY_NAME}"
+    assert caplog.text.count(said) == 1
+    _export(fixture_cfg, tmp_path / "run")
+    assert "reusing" not in caplog.text and caplog.text.count(said) == 1

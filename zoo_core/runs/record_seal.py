@@ -19,12 +19,17 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
 import stat
 from pathlib import Path
 from typing import Any
 
 from zoo_core.api.errors import ZooError
+
+log = logging.getLogger("zoo")
+#: the key path whose creation failed and was said (said once per process)
+_unmade: str | None = None
 
 #: The record field holding the seal.
 SEAL = "seal"
@@ -46,7 +51,7 @@ def _read_key(path: Path) -> bytes | None:
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         fd = os.open(path, flags)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # (a cache "dir" that is a file: no key there, none makeable)
         if path.is_symlink():
             raise ZooError("the record seal key is a symbolic link (to a missing file), not zoo's own key file",
                            path=path, hint=_HINT) from None
@@ -92,12 +97,21 @@ def _create_key(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def key() -> bytes:
-    """This user's record seal key, made on first use."""
+def key() -> bytes | None:
+    """This user's record seal key, made on first use; ``None`` (said once) when it cannot be made (a read-only
+    or full cache dir): records are then written without a seal and nothing is reused."""
+    global _unmade
     path = key_path()
     data = _read_key(path)
     if data is None:
-        _create_key(path)
+        try:
+            _create_key(path)
+        except OSError as exc:
+            if _unmade != str(path):
+                _unmade = str(path)
+                log.warning("cannot make the record seal key %s (%s): model files are rebuilt by every run, not "
+                            "reused (set ZOO_CACHE_DIR to a writable directory)", path, exc.strerror or exc)
+            return None
         data = _read_key(path)
     if data is None:
         raise ZooError("the record seal key vanished while zoo made it", path=path)
@@ -111,9 +125,11 @@ def _digest(record: dict[str, Any], secret: bytes) -> str:
 
 
 def sealed(record: dict[str, Any]) -> dict[str, Any]:
-    """``record`` with its ``seal`` (computed on its JSON form, as a reader will see it)."""
+    """``record`` with its ``seal`` (computed on its JSON form, as a reader will see it); without one when no key
+    can be made (:func:`key`)."""
     body = json.loads(json.dumps({k: v for k, v in record.items() if k != SEAL}, allow_nan=False))
-    return {**body, SEAL: _digest(body, key())}
+    secret = key()
+    return {**body, SEAL: _digest(body, secret)} if secret is not None else body
 
 
 def seal_problem(record: dict[str, Any]) -> str | None:
@@ -121,6 +137,9 @@ def seal_problem(record: dict[str, Any]) -> str | None:
     given = record.get(SEAL)
     if not isinstance(given, str) or not given:
         return "it has no seal: written by an older zoo, or not by zoo"
-    if not hmac.compare_digest(given, _digest(record, key())):
+    secret = key()
+    if secret is None:
+        return f"there is no record seal key to check it with ({key_path()} could not be made)"
+    if not hmac.compare_digest(given, _digest(record, secret)):
         return "its seal does not match: the record was edited, or written by another user's zoo"
     return None
