@@ -81,11 +81,11 @@ def model_dir(ctx) -> Path:
     run dir never sends exports elsewhere. A ``model_dir=`` elsewhere may be a link (the user chose it)."""
     from zoo_core.runs.layout import refuse_symlink
 
-    given = Path(str(ctx.cfg.get("model_dir") or ctx.path("model"))).expanduser()
-    defaults = {os.path.abspath(ctx.path("model"))}
-    if ctx.cfg.get("work_dir"):
-        defaults.add(os.path.abspath(Path(str(ctx.cfg.work_dir)).expanduser() / "model"))
-    if os.path.abspath(given) in defaults:
+    set_to = ctx.cfg.get("model_dir")
+    given = Path(str(set_to or ctx.path("model"))).expanduser()
+    work_dir = ctx.cfg.get("work_dir")
+    default = Path(str(work_dir)).expanduser() / "model" if work_dir else None
+    if not set_to or (default is not None and os.path.abspath(given) == os.path.abspath(default)):
         refuse_symlink(given, hint="remove the link, or pass model_dir=<its target> to keep exports there")
     return given.resolve()
 
