@@ -41,6 +41,7 @@ def _task(cfg):
 
     hc = HydraConfig.get()
     record_dir = Path(hc.runtime.output_dir)
+    ctx = None
     multirun = hc.mode == RunMode.MULTIRUN
     logging.captureWarnings(True)  # evaluator warnings reach the console and zoo.log as "warning: ..."
     try:
@@ -70,6 +71,11 @@ def _task(cfg):
         keep_trace = plugin_bug or not known or remote is not None
         if multirun and isinstance(exc, RunDirInUse):  # (with zoo's job logging, refused before Hydra wrote)
             raise  # the holder's record dir: nothing written into it; the sweep stops (launcher_stopped)
+        if ctx is not None and not _same_record_dir(ctx):  # replaced during the run: nothing written through it
+            keep_trace = False
+            if multirun:
+                log.error("job failed: %s", message)
+                return {"status": "failed", "error": message}
         if multirun and not isinstance(exc, KeyboardInterrupt):
             write_json(record_dir / "error.json", {"error": message, "type": type(exc).__name__,
                                                    "traceback": traceback.format_exc() if keep_trace else None})
@@ -88,6 +94,17 @@ def _task(cfg):
                 pass
         print(f"error: {printable(message)}", file=sys.stderr)
         raise SystemExit(getattr(exc, "exit_code", 1)) from None
+
+
+def _same_record_dir(ctx) -> bool:
+    """The run's record dir is still the one it started with (not replaced by a link during the run)."""
+    from zoo_core.api.errors import ZooError
+
+    try:
+        ctx.record_pinned.check()
+    except (ZooError, OSError):
+        return False
+    return True
 
 
 def single_run(args: list[str]) -> bool:

@@ -18,6 +18,7 @@ from zoo_core.api.errors import ZooError
 from zoo_core.api.types import Detections
 from zoo_core.pipeline.stream import Result
 from zoo_core.runs.detstore import DetectionStore, detections_problem
+from zoo_core.runs.layout import PinnedDir
 from zoo_core.runs.resume import Ledger, crc32, open_for_append
 
 
@@ -50,14 +51,18 @@ class DetectionSink:
 
 
 class OutputBinSink:
-    """Raw outputs as ais_bench files ``<dir>/<stem>_<i>.bin``, listed in ``<dir>/index.jsonl``."""
+    """Raw outputs as ais_bench files ``<dir>/<stem>_<i>.bin``, listed in ``<dir>/index.jsonl``. The dir is
+    pinned when the sink is made (:class:`~zoo_core.runs.layout.PinnedDir`) and checked before each item's files."""
 
     def __init__(self, out_dir: Path, ledger: Ledger | None = None):
         self.dir = Path(out_dir)
+        self.pinned = PinnedDir(self.dir)
+        self.pinned.pin()
         self.ledger = ledger or Ledger(self.dir / "index.jsonl")
 
     def write(self, result: Result) -> None:
         assert result.outputs is not None, "OutputBinSink needs a stream with keep_outputs=True"
+        self.pinned.check()
         files = []
         for i, o in enumerate(result.outputs):
             p = output_path(self.dir, safe_stem(result.sample.id, result.sample.path), i)
@@ -73,10 +78,15 @@ class OutputBinSink:
 class InputBinSink:
     """Preprocessed inputs as ``.bin`` files plus one ``meta.jsonl`` line per item (written last,
     with each file's size and CRC-32), so after a kill every listed item is complete. ``sources``: each
-    item's image :func:`~zoo_core.runs.resume.file_identity`, recorded on its line as ``"source"``."""
+    item's image :func:`~zoo_core.runs.resume.file_identity`, recorded on its line as ``"source"``. The dir (and
+    each ``<input>/`` sub-dir) is pinned when first used (:class:`~zoo_core.runs.layout.PinnedDir`) and checked
+    before each item's files."""
 
     def __init__(self, inputs_dir: Path, sources: dict[str, list[int] | None] | None = None):
         self.dir = Path(inputs_dir)
+        self.pinned = PinnedDir(self.dir)
+        self.pinned.pin()
+        self._subdirs: dict[Path, PinnedDir] = {}
         self.sources = sources or {}
         self.meta_path = self.dir / "meta.jsonl"
         self._f: TextIO | None = None
@@ -85,9 +95,13 @@ class InputBinSink:
         assert result.inputs is not None
         multi = len(result.inputs) > 1
         shapes = {}
+        self.pinned.check()
         for name, arr in result.inputs.items():
             raw = _raw(arr)
-            write_bin(input_file(self.dir, name, result.sample.id, multi), arr)
+            path = input_file(self.dir, name, result.sample.id, multi)
+            if multi:
+                self._subdirs.setdefault(path.parent, PinnedDir(path.parent)).check()
+            write_bin(path, arr)
             shapes[name] = {"shape": list(arr.shape), "dtype": arr.dtype.name, "bytes": raw.nbytes,
                             "crc32": crc32(raw)}
         if self._f is None:

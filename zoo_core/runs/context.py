@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from zoo_core.api.errors import ConfigError
 from zoo_core.api.types import Sample
 from zoo_core.plugins.manager import ModelHooks, ZooPluginManager
+from zoo_core.runs.layout import PinnedDir
 from zoo_core.runs.weights import WeightsChoice, choose_weights, user_weights
 
 log = logging.getLogger("zoo")
@@ -31,10 +32,16 @@ class RunContext:
     #: Facts the stage adds to its ``run.json`` when it finishes (e.g. ``int8_calibration``: the images an INT8
     #: model was calibrated on and those ``on_error=skip`` left out).
     notes: dict[str, Any] = field(init=False, default_factory=dict)
+    #: ``record_dir`` as the run found it (pinned when it exists, else at the first :meth:`record`): each
+    #: :meth:`record` checks it was not replaced during the run (:class:`~zoo_core.runs.layout.PinnedDir`).
+    record_pinned: PinnedDir = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
         self.record_dir = Path(self.record_dir) if self.record_dir is not None else self.root / self.stage
+        self.record_pinned = PinnedDir(self.record_dir)
+        if self.record_dir.is_dir() and not self.record_dir.is_symlink():
+            self.record_pinned.pin()
         self.hooks = self.manager.hooks_for(str(self.cfg.model.name))
         if int(self.cfg.batch_size) < 1:
             raise ConfigError(f"batch_size={self.cfg.batch_size} is invalid: it must be a whole number >= 1")
@@ -70,8 +77,8 @@ class RunContext:
         return self.root.joinpath(*parts)
 
     def record(self, *parts: str) -> Path:
-        """A path in this stage's record dir."""
-        return self.record_dir.joinpath(*parts)
+        """A path in this stage's record dir (which is checked to be the one the run started with, and made)."""
+        return self.record_pinned.check().joinpath(*parts)
 
     def weights(self) -> str | None:
         """The ``weights=`` file (checked to be a regular file), or ``None`` when unset or ``random``."""

@@ -69,7 +69,12 @@ class DetectionStore:
 
     def __init__(self, directory: str | Path, flush_every: int = 64, flush_seconds: float = 5.0,
                  num_classes: int | None = None, sources: dict[str, list[int] | None] | None = None):
+        from zoo_core.runs.layout import PinnedDir
+
         self.dir = Path(directory)
+        #: the dir as opened (:meth:`reset`, :meth:`drop_unverified` or the first flush): checked before each
+        #: chunk is written, so a dir replaced during the run (a link to elsewhere) is an error, never written through
+        self.pinned = PinnedDir(self.dir)
         self.num_classes = num_classes
         self.sources = sources if sources is not None else {}
         self.flush_every = flush_every
@@ -79,9 +84,7 @@ class DetectionStore:
         self._next = 0
 
     def reset(self) -> None:
-        from zoo_core.runs.layout import refuse_symlink
-
-        refuse_symlink(self.dir)
+        self.pinned.pin()
         if self.dir.is_dir():
             for p in self.dir.glob("chunk-*.npz"):
                 p.unlink()
@@ -113,6 +116,7 @@ class DetectionStore:
             ).astype(np.float32)
         buf = io.BytesIO()
         np.savez(buf, **arrays)  # type: ignore[arg-type]
+        self.pinned.check()
         while (self.dir / f"chunk-{self._next:06d}.npz").exists():
             self._next += 1
         sources = {i: self.sources[i] for i, _ in items if self.sources.get(i) is not None}
@@ -179,12 +183,11 @@ class DetectionStore:
         its images are redone; the index keeps the lines of the chunks kept. Returns how many were removed."""
         import logging
 
-        from zoo_core.runs.layout import refuse_symlink
         from zoo_core.runs.resume import Ledger
 
-        refuse_symlink(self.dir)
-        if not self.dir.is_dir():
+        if not self.dir.is_dir() and not self.dir.is_symlink():
             return 0
+        self.pinned.pin()
         if self._unindexed():
             return self._index_readable_chunks()
         good = Ledger(self.dir / INDEX).verified()

@@ -22,15 +22,66 @@ from pathlib import Path
 HYDRA_FILES = (".hydra", "zoo.log")
 
 
-def refuse_symlink(path: Path) -> None:
+def refuse_symlink(path: Path, hint: str = "remove the link, or point work_dir= at the other place instead") -> None:
     """A ZooError when ``path`` (a directory zoo owns inside a run) is a symbolic link: zoo clears and
     rewrites these directories, and a link would make it delete or write files elsewhere."""
     if path.is_symlink():
         from zoo_core.api.errors import ZooError
 
         raise ZooError(f"is a symbolic link (to {os.readlink(path)}); zoo clears and rewrites this directory "
-                       f"and does not follow links inside a run directory", path=path,
-                       hint="remove the link, or point work_dir= at the other place instead")
+                       f"and does not follow links inside a run directory", path=path, hint=hint)
+
+
+class PinnedDir:
+    """A directory zoo writes during a run (``inputs/``, ``outputs/``, ``detections/``, the record dir), remembered
+    by its identity (device, inode) when first used; every later :meth:`check` (one ``lstat``, before each write
+    into it) compares. A directory moved away and replaced while the run writes it (by a symbolic link to
+    elsewhere, or another directory) is a ZooError naming it, so nothing is written through the new path.
+
+    A check and the write after it are not one atomic step: a swap in between is caught by the next check
+    (the run still ends with the error), but its one write may land in the new place."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self._ident: tuple[int, int] | None = None
+
+    def pin(self) -> Path:
+        """(Re)remember the directory, creating it; a symbolic link there is refused (:func:`refuse_symlink`)."""
+        refuse_symlink(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        st = os.lstat(self.path)
+        if not stat.S_ISDIR(st.st_mode):  # (a link planted between the check and the mkdir)
+            refuse_symlink(self.path)
+            from zoo_core.api.errors import ZooError
+
+            raise ZooError("is not a directory", path=self.path)
+        self._ident = (st.st_dev, st.st_ino)
+        return self.path
+
+    def check(self) -> Path:
+        """The directory, after making sure it is still the one pinned (pinned now if it was not yet)."""
+        if self._ident is None:
+            return self.pin()
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and (st.st_dev, st.st_ino) == self._ident:
+            return self.path
+        from zoo_core.api.errors import ZooError
+
+        if st is None:
+            now = "now missing"
+        elif stat.S_ISLNK(st.st_mode):
+            now = f"now a symbolic link to {os.readlink(self.path)}"
+        elif stat.S_ISDIR(st.st_mode):
+            now = "now another directory"
+        else:
+            now = "now not a directory"
+        raise ZooError(f"was replaced during the run ({now}); zoo stops here and does not write "
+                       f"through it", path=self.path,
+                       hint="leave a run directory alone while a run writes it; run the stage again "
+                            "(without resume=true)")
 
 
 def refuse_linked_file(path: Path) -> None:

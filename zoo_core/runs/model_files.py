@@ -75,8 +75,20 @@ def _default_file_unchanged(rec: dict | None) -> bool:
 
 
 def model_dir(ctx) -> Path:
-    """Where exports and OMs live: ``model_dir`` (default ``<work_dir>/model``), shared by the jobs of a sweep."""
-    return Path(str(ctx.cfg.get("model_dir") or ctx.path("model"))).resolve()
+    """Where exports and OMs live: ``model_dir`` (default ``<work_dir>/model``), shared by the jobs of a sweep.
+
+    The default ``<work_dir>/model`` is a directory zoo owns inside the run dir: a symbolic link there is a
+    ZooError (:func:`~zoo_core.runs.layout.refuse_symlink`), as for ``inputs/``, so a link planted in a prepared
+    run dir never sends exports elsewhere. A ``model_dir=`` elsewhere may be a link (the user chose it)."""
+    from zoo_core.runs.layout import refuse_symlink
+
+    set_to = ctx.cfg.get("model_dir")
+    given = Path(str(set_to or ctx.path("model"))).expanduser()
+    work_dir = ctx.cfg.get("work_dir")
+    default = Path(str(work_dir)).expanduser() / "model" if work_dir else None
+    if not set_to or (default is not None and os.path.abspath(given) == os.path.abspath(default)):
+        refuse_symlink(given, hint="remove the link, or pass model_dir=<its target> to keep exports there")
+    return given.resolve()
 
 
 def onnx_path(ctx, target: str) -> Path:

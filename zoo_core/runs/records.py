@@ -98,7 +98,7 @@ def metrics_record(ctx: RunContext, metrics: dict[str, Any], images: int, info: 
 def write_result_files(ctx: RunContext, files: dict[str, bytes]) -> list[str]:
     """Write a plugin's result files (e.g. a WIDER prediction tree) inside the record dir only."""
     written = []
-    root = ctx.record_dir.resolve()
+    root = ctx.record().resolve()  # (checked: not replaced by a link during the run)
     for rel, data in files.items():
         p = (ctx.record_dir / rel).resolve()
         if root not in p.parents:

@@ -154,9 +154,13 @@ def _diff_flat(a: dict, b: dict, prefix: str = "") -> list[tuple[str, Any, Any]]
     return diffs
 
 
-def mark_complete(state_path: Path, **extra: Any) -> None:
-    """Flag a resumable artifact dir as finished (every item written); ``extra`` keys are added to its state."""
+def mark_complete(state_path: Path, pinned: Any = None, **extra: Any) -> None:
+    """Flag a resumable artifact dir as finished (every item written); ``extra`` keys are added to its state.
+    ``pinned``: the dir's :class:`~zoo_core.runs.layout.PinnedDir`, checked first (a dir replaced during the run
+    is an error, not written through)."""
     state_path = Path(state_path)
+    if pinned is not None:
+        pinned.check()
     state = json.loads(state_path.read_text())
     state["complete"] = True
     state.update(extra)

@@ -73,6 +73,10 @@ def _record_failure(ctx: RunContext, exc: BaseException) -> None:
     failed record is written over the ``running`` one in place (:func:`_overwrite_in_place`: no new space
     needed), so the run never looks unfinished. The original error matters more than its record, so nothing
     here raises."""
+    try:
+        ctx.record_pinned.check()
+    except Exception:
+        return  # the record dir was replaced during the run (the error says so): nothing is written through it
     chained = not isinstance(exc, KeyboardInterrupt) and interrupted(exc)  # (an error the Ctrl-C caused)
     record: dict[str, Any] = {"status": "failed",
                               "error": "KeyboardInterrupt" if chained else str(exc) or type(exc).__name__}

@@ -126,5 +126,5 @@ def _stream(ctx: RunContext, backend: Any, pool: WorkerPool) -> tuple:
                    batch_size=int(cfg.batch_size), skip_errors=ctx.skip_errors,
                            expect=lambda meta: hooks.output_spec(cfg=cfg, meta=meta), keep_outputs=save,
                    progress=Progress(len(todo), cfg.get("progress"), "eval")).run()
-    mark_complete(ctx.path("detections", "state.json"))
+    mark_complete(ctx.path("detections", "state.json"), pinned=store.pinned)
     return stats, done, backend.describe(), store

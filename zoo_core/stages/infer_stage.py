@@ -100,11 +100,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
                                    backend_config=section)
         done = ledger.verified() if resuming else set()
         todo = [it for it in items if it.sample.id not in done]
-        stats = Stream(BinInputSource(todo), [OutputBinSink(out_dir, ledger)], backend=backend, keep_outputs=True,
+        sink = OutputBinSink(out_dir, ledger)
+        stats = Stream(BinInputSource(todo), [sink], backend=backend, keep_outputs=True,
                        batch_size=int(cfg.batch_size), skip_errors=ctx.skip_errors,
                        expect=lambda meta: _output_spec(ctx, meta),
                        progress=Progress(len(todo), cfg.get("progress"), "infer")).run()
-        mark_complete(out_dir / "state.json", **({"inputs_complete": False} if partial else {}))
+        mark_complete(out_dir / "state.json", pinned=sink.pinned, **({"inputs_complete": False} if partial else {}))
         describe = backend.describe()
     finally:
         backend.close()

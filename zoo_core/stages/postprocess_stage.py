@@ -91,7 +91,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         if pool is not None:
             pool.close()
         backend.close()
-    mark_complete(ctx.path("detections", "state.json"))
+    mark_complete(ctx.path("detections", "state.json"), pinned=store.pinned)
     dump = getattr(backend, "_dump", None)
     base = dump.base if dump is not None else None
     skipped = unlisted + stats.skipped

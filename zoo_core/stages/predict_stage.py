@@ -67,10 +67,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
     def draw(r: Result) -> None:
         assert r.detections is not None
         det = filter_detections(r.detections, opts.score_threshold)
-        write_text(out_dir / f"{r.sample.id}.json", json.dumps({"image": str(r.sample.path), **det.to_json()}) + "\n")
+        write_text(ctx.record(f"{r.sample.id}.json"), json.dumps({"image": str(r.sample.path), **det.to_json()}) + "\n")
         _ok, buf = cv2.imencode(".jpg", draw_detections(read_image(r.sample.path), det, opts.class_names),
                                [cv2.IMWRITE_JPEG_QUALITY, 92])
-        write_bytes(out_dir / f"{r.sample.id}.jpg", np.asarray(buf).tobytes())
+        write_bytes(ctx.record(f"{r.sample.id}.jpg"), np.asarray(buf).tobytes())
         written.append({"image": str(r.sample.path), "detections": len(det),
                         "picture": str(out_dir / f"{r.sample.id}.jpg")})
 

@@ -83,9 +83,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
     workers = int(cfg.num_workers) if len(todo) > 1 else 0
     with WorkerPool(ctx.hooks, cfg, workers) as pool:
         sources = {s.id: file_identity(s.path) for s in todo}  # before any is read: a later change shows
-        stats = Stream(ImageSource(todo, pool), [InputBinSink(inputs_dir, sources)], skip_errors=ctx.skip_errors,
+        sink = InputBinSink(inputs_dir, sources)
+        stats = Stream(ImageSource(todo, pool), [sink], skip_errors=ctx.skip_errors,
                        progress=Progress(len(todo), cfg.get("progress"), "preprocess")).run()
-    mark_complete(state)
+    mark_complete(state, pinned=sink.pinned)
     result = {"stage": "preprocess", "images": stats.images + len(done), "resumed_images": len(done),
               "skipped": stats.skipped, "inputs_dir": str(inputs_dir)}
     ctx.record_dir.mkdir(parents=True, exist_ok=True)
