@@ -51,7 +51,7 @@ def test_a_result_that_cannot_be_pickled_is_an_error_naming_the_task(pool):
 
 def test_a_killed_worker_breaks_the_pool_and_shutdown_does_not_hang(pool):
     jobs = [pool.submit(time.sleep, 30) for _ in range(4)]
-    time.sleep(0.5)
+    _wait_until_busy(pool, 0)  # (a fixed 0.5 s was not always enough on a loaded machine)
     os.kill(pool.pids()[0], signal.SIGKILL)
     t0 = time.monotonic()
     with pytest.raises(BrokenProcessPool, match=r"worker \d+ exited with code -9") as broken:
@@ -65,11 +65,19 @@ def test_a_killed_worker_breaks_the_pool_and_shutdown_does_not_hang(pool):
     assert not any(_alive(pid) for pid in pool.pids())
 
 
+def _wait_until_busy(pool: ProcessPool, *slots: int, timeout: float = 60.0) -> None:
+    """Until one of the workers ``slots`` holds a task (it has started and taken one)."""
+    deadline = time.monotonic() + timeout
+    while all(pool._busy[s] < 0 for s in slots) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert any(pool._busy[s] >= 0 for s in slots), "no worker took a task"
+
+
 def test_a_worker_ended_by_sigterm_or_sigint_is_an_interrupt_not_a_dead_worker(pool):
     """Before: `a preprocess worker process died (worker N exited with code -2)`, exit 2, for a Ctrl-C (or a
     kill to the process group) that reached a worker before it ignored SIGINT; the run was interrupted."""
     job = pool.submit(time.sleep, 30)
-    time.sleep(0.3)
+    _wait_until_busy(pool, 0, 1)
     os.kill(pool.pids()[0], signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):
         job.result()
