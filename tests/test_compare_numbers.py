@@ -171,3 +171,29 @@ def test_match_summary_rate_and_extras():
     assert out["max_extras_change"] == {"landmarks": pytest.approx(0.5)}
     assert [r["id"] for r in out["per_image"]] == ["a", "b", "c"]
     assert MatchSummary().as_dict()["match_rate"] == 1.0
+
+
+def test_no_matched_detection_has_no_shift_not_a_zero_one():
+    """Before: with no detection matched, compare.json said max_box_shift 0.0 and max_score_change 0.0 and the
+    console 'largest box shift 0 px, largest score change 0', which reads as perfect agreement."""
+    s = MatchSummary()
+    s.add(match_image("a", _dets([[0, 0, 10, 10]], [0.9], [0]), _dets([[50, 50, 60, 60]], [0.9], [0])))
+    s.add(match_image("b", _dets([[0, 0, 10, 10]], [0.9], [1]), _dets([[0, 0, 10, 10]], [0.8], [2])))
+    d = s.as_dict()
+    assert d["matched"] == 0 and d["max_box_shift"] is None and d["max_score_change"] is None
+    assert json.loads(json.dumps(jsonable(d)))["max_box_shift"] is None  # null in compare.json
+    assert all(r["max_box_shift"] is None and r["max_score_change"] is None for r in d["per_image"])
+    result = {"tolerance": TOL.as_dict(), "passed": False, "outputs": {}, "model": "m", "dataset": "d", "images": 2,
+              "reference": {"backend": "onnxruntime"}, "candidate": {"backend": "onnxruntime"}, "detections": d}
+    (line,) = [ln for ln in summary_lines(result) if "detections:" in ln]
+    assert "n/a (no detections matched)" in line and "0 px" not in line, line
+    md = markdown(result, None)
+    assert "n/a (no detections matched)" in md and "shift 0 px" not in md
+    # one image matched, one not: the shift is the matched one's; the other image's row says n/a
+    s.add(match_image("c", _dets([[0, 0, 100, 100]], [0.9], [0]), _dets([[0.25, 0, 100.25, 100]], [0.85], [0])))
+    d = s.as_dict()
+    assert d["matched"] == 1 and d["max_box_shift"] == pytest.approx(0.25)
+    assert d["max_score_change"] == pytest.approx(0.05, abs=1e-6)
+    (line,) = [ln for ln in summary_lines({**result, "detections": d}) if "detections:" in ln]
+    assert "largest box shift 0.25 px, largest score change 0.05" in line, line
+    assert "| a | 1 | 1 | 0 | n/a | n/a |" in markdown({**result, "detections": d}, None)

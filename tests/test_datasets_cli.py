@@ -36,6 +36,23 @@ def test_coco_plots_and_evaluator_output_in_the_log_only(zoo):
     assert out.count("centernet on coco_sample (24 images):") == 1 and out.count("  AP50 ") == 1
 
 
+@pytest.mark.slow
+def test_a_shard_merge_keeps_the_evaluator_output_in_its_own_zoo_log(zoo):
+    """Before: the merge of a sharded sweep, scored in the launching ``zoo run -m`` (Hydra's own logging, not a
+    job's), printed faster-coco-eval's progress and 12-line summary as ``[HYDRA]`` console lines, and
+    ``merged/`` had no zoo.log."""
+    sweep = zoo.cwd / "sweep"
+    rc, out, err = zoo("run", "-m", "model=centernet", "backend=oracle", "dataset=coco_sample", "stage=eval",
+                       "dataset.num_shards=2", "dataset.shard=0,1", f"hydra.sweep.dir={sweep}")
+    assert rc == 0, err
+    console = out + err
+    for chatter in ("Average Precision", "Average Recall", "DONE (t=", "Evaluate annotation type", "Accumulating"):
+        assert chatter not in console, console
+    log = (sweep / "merged" / "zoo.log").read_text()
+    assert log.count("Average Precision") == 6 and "Accumulating evaluation results" in log
+    assert json.loads((sweep / "merged" / "metrics.json").read_text())["metrics"]["AP"] == 1.0
+
+
 def test_wider_evaluator_warnings_reach_the_console_and_metrics(zoo):
     zoo.ok("run", "model=anchorface", "stage=eval", "backend=oracle", "dataset.limit=4", "work_dir=first")
     dets = DetectionStore(zoo.cwd / "first" / "detections").load()

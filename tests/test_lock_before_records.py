@@ -8,7 +8,11 @@ wrote ``error.json`` into the holder's record dir. The holder is simulated here:
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from zoo_core.runs.lock import RunLock
 
@@ -114,3 +118,32 @@ def test_a_second_sweep_into_a_sweep_dir_in_use_is_refused_before_it_writes_anyt
     rc, out, err = zoo("run", "-m", "model=fixture", "backend=oracle", "stage=eval", "dataset.num_shards=2",
                        "dataset.shard=0,1", f"hydra.sweep.dir={sweep}")  # the lock is free again: it runs
     assert rc == 0, out + err
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("how", ["single", "hydra_path", pytest.param("sweep", marks=pytest.mark.slow)])
+def test_taking_over_a_killed_runs_lock_is_a_zoo_warning(zoo, how):
+    """Before: a run that took over the lock of a killed run said so in Hydra's log format
+    (``[2026-12-07 12:40:54,376][HYDRA] .../.zoo.lock: taking over ...``), unlike every other zoo warning, and
+    its zoo.log did not have it. Now: ``warning: ...`` on the console, and the line in the stage's zoo.log."""
+    pid = dead_pid()
+    args = ["model=fixture", "backend=oracle", "stage=eval", "dataset.limit=3"]
+    if how == "sweep":
+        root = zoo.cwd / "sweep" / "0"
+        args = ["-m", *args, "dataset.num_shards=2", "dataset.shard=0,1", f"hydra.sweep.dir={zoo.cwd / 'sweep'}"]
+    else:
+        root = zoo.cwd / "run"
+        args += [f"work_dir={root}"] + (["hydra.job.name=zoo"] if how == "hydra_path" else [])
+    root.mkdir(parents=True)
+    (root / ".zoo.lock").write_text(f'{{"pid": {pid}, "stage": "eval"}}\n')  # no flock held: its run was killed
+    rc, out, err = zoo("run", *args)
+    assert rc == 0, out + err
+    note = f"{root / '.zoo.lock'}: taking over the lock of pid {pid}, which is no longer running"
+    assert f"warning: {note}\n" in err and (out + err).count(note) == 1, out + err
+    assert not any("[HYDRA]" in line for line in (out + err).splitlines() if note in line)
+    assert note in (root / "eval" / "zoo.log").read_text()

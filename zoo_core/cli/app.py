@@ -36,7 +36,7 @@ def _task(cfg):
     from zoo_core.config.plugin_schema import apply_schemas
     from zoo_core.plugins import get_manager
     from zoo_core.runs.context import RunContext
-    from zoo_core.runs.lock import RunDirInUse
+    from zoo_core.runs.lock import RunDirInUse, report_takeovers
     from zoo_core.runs.run_stage import interrupted, run_stage
 
     hc = HydraConfig.get()
@@ -44,6 +44,7 @@ def _task(cfg):
     ctx = None
     multirun = hc.mode == RunMode.MULTIRUN
     logging.captureWarnings(True)  # evaluator warnings reach the console and zoo.log as "warning: ..."
+    report_takeovers()  # a stale lock of a killed run, taken before this job's logging was set up
     try:
         pinning.allow_nested_spawn()
         if multirun:

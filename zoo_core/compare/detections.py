@@ -59,14 +59,15 @@ def match(ref: Detections, cand: Detections, iou: float = DEFAULT_IOU) -> list[t
 
 @dataclass
 class ImageMatch:
-    """One image: how many detections each side has, how many matched, how far the matched ones moved."""
+    """One image: how many detections each side has, how many matched, how far the matched ones moved
+    (``None`` when none matched: there is no shift to measure)."""
 
     id: str
     reference: int
     candidate: int
     matched: int
-    max_box_shift: float
-    max_score_change: float
+    max_box_shift: float | None
+    max_score_change: float | None
     max_extras_change: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -80,7 +81,8 @@ class ImageMatch:
 def match_image(item_id: str, ref: Detections, cand: Detections, iou: float = DEFAULT_IOU) -> ImageMatch:
     """Match one image's detections; box shift is the largest coordinate difference in pixels."""
     pairs = match(ref, cand, iou)
-    shift = score = 0.0
+    shift: float | None = None
+    score: float | None = None
     extras: dict[str, float] = {}
     if pairs:
         i, j = (np.asarray(x) for x in zip(*pairs))
@@ -113,12 +115,16 @@ class MatchSummary:
         ref = sum(m.reference for m in ims)
         cand = sum(m.candidate for m in ims)
         larger = sum(max(m.reference, m.candidate) for m in ims)
-        worst = max(ims, key=lambda m: (max(m.reference, m.candidate) - m.matched, m.max_box_shift), default=None)
+        worst = max(ims, key=lambda m: (max(m.reference, m.candidate) - m.matched, m.max_box_shift or 0.0),
+                    default=None)
+        shifts = [m.max_box_shift for m in ims if m.max_box_shift is not None]
+        changes = [m.max_score_change for m in ims if m.max_score_change is not None]
         out: dict[str, Any] = {
             "match_rate": matched / larger if larger else 1.0,
             "matched": matched, "reference": ref, "candidate": cand, "iou": self.iou,
-            "max_box_shift": max((m.max_box_shift for m in ims), default=0.0),
-            "max_score_change": max((m.max_score_change for m in ims), default=0.0),
+            # None (null) when no detection matched: no shift was measured (0 would read as perfect agreement)
+            "max_box_shift": max(shifts, default=None),
+            "max_score_change": max(changes, default=None),
             "images_fully_matched": sum(m.matched == m.reference == m.candidate for m in ims),
             "worst_image": worst.id if worst is not None else None,
         }

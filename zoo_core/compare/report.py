@@ -115,6 +115,13 @@ def failure_reasons(result: dict[str, Any]) -> list[str]:
     return out
 
 
+def _shifts(d: dict[str, Any]) -> str:
+    """How far the matched detections moved; with none matched, no shift was measured (not 0)."""
+    if not d["matched"] or d.get("max_box_shift") is None:
+        return "largest box shift and score change n/a (no detections matched)"
+    return f"largest box shift {_g(d['max_box_shift'])} px, largest score change {_g(d['max_score_change'])}"
+
+
 def summary_lines(result: dict[str, Any], record_dir: Path | None = None) -> list[str]:
     """The few lines the terminal reporter prints for a compare run."""
     lines = [f"{result['model']} compare on {result['dataset']} ({result['images']} images"
@@ -128,8 +135,7 @@ def summary_lines(result: dict[str, Any], record_dir: Path | None = None) -> lis
     d = result.get("detections")
     if d:
         lines.append(f"  detections: {d['matched']} matched of {d['reference']} / {d['candidate']} "
-                     f"(match rate {d['match_rate']:.4f}), largest box shift {_g(d['max_box_shift'])} px, "
-                     f"largest score change {_g(d['max_score_change'])}")
+                     f"(match rate {d['match_rate']:.4f}), {_shifts(d)}")
     m = result.get("metrics")
     if m:
         for k, ref in m["reference"].items():
@@ -182,12 +188,11 @@ def markdown(result: dict[str, Any], plot: str | None) -> str:  # noqa: C901 (on
         out += ["", f"## Detections (same class, IoU >= {d['iou']})", "",
                 f"{d['matched']} matched of {d['reference']} reference / {d['candidate']} candidate detections "
                 f"(match rate {d['match_rate']:.4f}); {d['images_fully_matched']} of {result['images']} images fully "
-                f"matched; largest box shift {_g(d['max_box_shift'])} px, largest score change "
-                f"{_g(d['max_score_change'])}."]
+                f"matched; {_shifts(d)}."]
         for k, v in (d.get("max_extras_change") or {}).items():
             out[-1] += f" Largest {k} change {_g(v)} px."
         rows = sorted(d.get("per_image", []), key=lambda r: (r["matched"] - max(r["reference"], r["candidate"]),
-                                                             -r["max_box_shift"]))[:20]
+                                                             -(r["max_box_shift"] or 0.0)))[:20]
         if rows:
             out += ["", "| image | reference | candidate | matched | largest box shift (px) | largest score change |",
                     "|---|---|---|---|---|---|"]

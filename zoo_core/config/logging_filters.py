@@ -1,4 +1,5 @@
-"""Logging filters used by the Hydra job-logging config (``conf/hydra/job_logging/zoo.yaml``).
+"""Logging filters used by zoo's Hydra logging configs (``conf/hydra/job_logging/zoo.yaml`` for a job,
+``conf/hydra/hydra_logging/zoo.yaml`` for the launching ``zoo run`` process).
 
 A record logged with ``extra={FILE_ONLY: True}`` goes to the run's ``zoo.log`` but not to the console:
 zoo uses it for what third-party tools print (faster-coco-eval's summary and progress, pycocotools'
@@ -17,3 +18,17 @@ class HideFileOnly(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not getattr(record, FILE_ONLY, False)
+
+
+class LoggerTree(logging.Filter):
+    """Pass the records of logger ``name`` and its children (``include=True``) or all others (``include=False``):
+    the launching process prints zoo's records in zoo's console style and Hydra's in Hydra's."""
+
+    def __init__(self, name: str = "zoo", include: bool = True):
+        super().__init__()
+        self.tree = name
+        self.include = include
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        inside = record.name == self.tree or record.name.startswith(self.tree + ".")
+        return inside == self.include

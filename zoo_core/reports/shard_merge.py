@@ -30,11 +30,13 @@ before anything is cleared or written through it. A merge's dir name is its labe
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
 import shlex
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,7 +165,8 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
         clear_record_dir(out_dir, merged_root)
         if not problems:
             try:
-                record = score_union(cfg, [shards[i] for i in range(n)], out_dir)
+                with merge_log(out_dir):
+                    record = score_union(cfg, [shards[i] for i in range(n)], out_dir)
             except NotMergeable as exc:
                 problems, rerun = exc.problems, exc.shards
             except GateFailed as exc:  # scored and recorded like an unsharded run, which exits 1 after writing it
@@ -196,6 +199,26 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
     if not linked:
         remove_stale_merges(merged_root, ok_dirs)
     return merged_rows
+
+
+@contextlib.contextmanager
+def merge_log(out_dir: Path) -> Iterator[None]:
+    """Log what the merge's scoring logs (zoo's summary, the evaluator's output marked file-only, which
+    reaches no console) to ``<out_dir>/zoo.log``, as a run's job logging does; INFO records included."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out_dir / "zoo.log", mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    if level > logging.INFO:  # (python -m zoo_core.reports.sweep_report: its console handler stays at WARNING)
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
 
 
 def linked_merged_root(merged_root: Path) -> str | None:

@@ -735,10 +735,13 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     if not logging.getLogger().handlers:  # run as a tool: warnings as zoo's console prints them ("warning: ...")
+        from zoo_core.config.logging_filters import HideFileOnly
         from zoo_core.reports.logfmt import ConsoleFormatter
 
         console = logging.StreamHandler(sys.stderr)
         console.setFormatter(ConsoleFormatter("%(message)s"))
+        console.setLevel(logging.WARNING)  # (a shard merge logs its scoring at INFO to its merged/zoo.log)
+        console.addFilter(HideFileOnly())
         logging.basicConfig(handlers=[console])
     summary = build_report(path)
     if not summary["jobs"]:

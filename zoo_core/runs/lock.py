@@ -1,7 +1,9 @@
 """One writer per run root: ``<root>/.zoo.lock``, an exclusive ``flock`` holding the writer's pid.
 
 The kernel drops a ``flock`` when its process dies, so a lock left by a killed run is simply taken
-over (the file still names the dead pid; it is overwritten and the take-over is logged). The lock
+over (the file still names the dead pid; it is overwritten and the take-over is logged as a warning; a
+lock taken for a stage by :func:`held_for_stage` says it once the stage's logging is set up:
+:func:`report_takeovers`). The lock
 file descriptor is not inherited by spawned workers. The lock file is opened without following a
 symbolic link and must be a regular file with no other hard link: a link planted there cannot make zoo
 write elsewhere.
@@ -37,6 +39,7 @@ SWEEP_LOCK_NAME = ".zoo-sweep.lock"
 
 _held: set[tuple[str, int]] = set()  # (lock path, thread) of the locks taken by held_for_stage
 _held_lock = threading.Lock()
+_pending: list[str] = []  # take-over notes of held_for_stage locks, said by report_takeovers
 
 
 IN_USE = "this run directory is in use by another zoo run"
@@ -122,10 +125,12 @@ class SweepRefused(BaseException):
 class RunLock:
     """``with RunLock(root, stage):`` — fails at once, naming the holder, when another run holds ``root``."""
 
-    def __init__(self, root: str | os.PathLike, stage: str = "", reenter: bool = False, name: str = LOCK_NAME):
+    def __init__(self, root: str | os.PathLike, stage: str = "", reenter: bool = False, name: str = LOCK_NAME,
+                 defer_note: bool = False):
         self.root = Path(root)
         self.stage = stage
         self.reenter = reenter
+        self.defer_note = defer_note  # a take-over is said by report_takeovers, not at once
         self.path = self.root / name
         self._fd: int | None = None
         self._entered = False
@@ -154,7 +159,12 @@ class RunLock:
             raise RunDirInUse(self.root, who) from None
         old = _holder(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
         if old.get("pid") and old.get("pid") != os.getpid():
-            log.info("%s: taking over the lock of pid %s, which is no longer running", self.path, old["pid"])
+            note = f"{self.path}: taking over the lock of pid {old['pid']}, which is no longer running"
+            if self.defer_note:
+                with _held_lock:
+                    _pending.append(note)
+            else:
+                log.warning("%s", note)
         rec = json.dumps({"pid": os.getpid(), "stage": self.stage, "host": socket.gethostname(),
                           "since": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode()
         os.ftruncate(fd, 0)
@@ -186,8 +196,13 @@ class RunLock:
 def held_for_stage(root: str | os.PathLike, stage: str = "", reenter: bool = False) -> Iterator[RunLock]:
     """Hold ``root``'s lock for a stage this thread runs inside the block: ``RunLock(root, reenter=True)``
     there enters it (any other acquire still fails, as for a lock held by another run). ``reenter``: when
-    this thread holds it already, enter that hold."""
-    with RunLock(root, stage, reenter=reenter) as lock:
+    this thread holds it already, enter that hold.
+
+    The lock is often taken before the stage's logging is set up (``zoo run`` takes it before Hydra starts; a
+    sweep job's :class:`RunLogHandler` while Hydra configures the job's logging): taking over the lock of a
+    killed run is said as a warning by :func:`report_takeovers` once it is (the stage's task calls it), or
+    when the block ends without it."""
+    with RunLock(root, stage, reenter=reenter, defer_note=True) as lock:
         if lock._entered:
             yield lock
             return
@@ -199,6 +214,17 @@ def held_for_stage(root: str | os.PathLike, stage: str = "", reenter: bool = Fal
         finally:
             with _held_lock:
                 _held.discard(key)
+            report_takeovers()
+
+
+def report_takeovers() -> None:
+    """Log the take-over notes of the locks :func:`held_for_stage` took (a warning each, ``warning: ...`` on
+    zoo's console and in the stage's ``zoo.log``), once."""
+    with _held_lock:
+        notes = _pending[:]
+        del _pending[:]
+    for note in notes:
+        log.warning("%s", note)
 
 
 class RunLogHandler(logging.FileHandler):
