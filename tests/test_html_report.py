@@ -246,10 +246,11 @@ def test_sweep_report_in_the_browser(browser, sweep_dir):
     text = page["text"]
     rows = list(csv.DictReader((sweep_dir / "sweep_report.csv").open()))
     assert len(rows) == 3 and "3 jobs" in text and "0 failed" in text
+    thr_places = column_decimals([float(r["throughput"]) for r in rows])  # (one number of decimals per column)
+    lat_places = column_decimals([float(r["latency_mean_ms"]) for r in rows])
     for r in rows:
-        thr = float(r["throughput"])
-        assert (f"{thr:,.0f}" if thr >= 10000 else f"{thr:,.2f}") in text
-        assert f"{float(r['latency_mean_ms']):.4f}" in text
+        assert f"{float(r['throughput']):,.{thr_places}f}" in text
+        assert f"{float(r['latency_mean_ms']):,.{lat_places}f}" in text
         assert f"\t{r['@batch_size']}\tok\t" in text
     assert "stage.loop 3" in text  # constant overrides are stated once, not as columns
     assert page["title"] == "zoo · sweep · fixture · perf"
