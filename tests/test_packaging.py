@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 import venv
 import zipfile
 from pathlib import Path
@@ -101,3 +102,13 @@ def test_make_wheel_builds_the_three_distributions_without_warnings(tmp_path):
         assert "License-Expression: MIT" in meta, wheel.name
         torch_reqs = [ln for ln in meta.splitlines() if ln.startswith("Requires-Dist: torch")]
         assert torch_reqs and all('extra == "torch"' in ln or 'extra == "export"' in ln for ln in torch_reqs), torch_reqs
+
+
+def test_the_test_extra_installs_the_build_backend_the_no_isolation_builds_need():
+    """The wheel tests build with --no-build-isolation, so the test venv must hold [build-system]'s requirements:
+    before, setuptools came only with Python 3.11's venvs (3.12+ venvs have none) and the tests failed there."""
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    test_extra = meta["project"]["optional-dependencies"]["test"]
+    for req in meta["build-system"]["requires"]:
+        assert req in test_extra, (req, test_extra)
+
