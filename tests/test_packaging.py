@@ -112,3 +112,19 @@ def test_the_test_extra_installs_the_build_backend_the_no_isolation_builds_need(
     for req in meta["build-system"]["requires"]:
         assert req in test_extra, (req, test_extra)
 
+
+@pytest.mark.parametrize("torch", ["none", ""])
+def test_make_test_venv_without_torch_installs_no_torch(tmp_path, torch):
+    """`make test-venv TORCH=none` (Python 3.12/3.13 here): no torch and no torch extras, which would pull the CUDA
+    build from PyPI. Before, TORCH= ran `pip install -q` with nothing and the extras installed torch anyway."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    proc = subprocess.run(["make", "-n", "-B", "test-venv", f"TEST_VENV={tmp_path / 'v'}", f"TORCH={torch}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    pips = [ln for ln in proc.stdout.splitlines() if "pip install" in ln]
+    assert len(pips) == 2 and "-e '.[eval,joblib,ray,submitit,test]'" in pips[0], pips
+    assert "torch" not in proc.stdout, proc.stdout
+    default = subprocess.run(["make", "-n", "-B", "test-venv", f"TEST_VENV={tmp_path / 'v'}"],
+                             cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+    assert "pip install -q torch==" in default and "plugins/centerface[torch]" in default
