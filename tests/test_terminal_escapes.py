@@ -44,6 +44,9 @@ def test_a_python_warning_routed_to_the_console_is_shown_escaped(capsys):
     handler.setFormatter(ConsoleFormatter("%(message)s"))
     logger = logging.getLogger("py.warnings")
     logger.addHandler(handler)
+    # an in-process zoo run earlier in this worker leaves captureWarnings on (zoo_core/cli/app.py), and then
+    # captureWarnings(True) keeps pytest's recorder as showwarning: turn it off first so ours is installed
+    logging.captureWarnings(False)
     logging.captureWarnings(True)
     try:
         with warnings.catch_warnings():
