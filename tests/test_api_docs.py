@@ -89,6 +89,16 @@ def test_defaults_and_name_tuples_are_shown_as_they_are():
     assert "TYPE_CHECKING" not in DOC.read_text().split("<!-- apidoc:start")[1]
 
 
+def test_an_enum_is_rendered_by_its_members_not_the_stdlibs_signature():
+    # Before: `class PredCount(value, names=None, *, module=None, ...)` on Python 3.11 but `PredCount(*values)`
+    # on 3.12+ (inspect.signature of an Enum changed), so docs/api.md was stale on every Python but one
+    from zoo_core.api import config
+
+    text = apidoc.render_name(config, "PredCount", {})
+    assert text.startswith("### class `PredCount`\n")
+    assert "Members: `strict` = `'strict'`, `lines` = `'lines'`." in text
+
+
 def test_splice_requires_markers():
     with pytest.raises(ValueError, match="markers"):
         apidoc.splice("no markers here", "x")

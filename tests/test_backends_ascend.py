@@ -22,6 +22,7 @@ def ascend_env(zoo, fixtures_dir, tmp_path):
     return zoo.env(PATH=path, PYTHONPATH=str(fake), FAKE_ATC_LOG=str(tmp_path / "atc_argv.json"))
 
 
+@pytest.mark.needs_torch
 def test_convert_without_atc_writes_script(zoo):
     env = zoo.env(PATH=os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
                                        if not os.path.exists(os.path.join(p, "atc"))))
@@ -38,6 +39,7 @@ def test_convert_without_atc_writes_script(zoo):
     assert not list(onnx.parent.glob("*.om"))
 
 
+@pytest.mark.needs_torch
 def test_convert_passes_argv_literally(zoo, ascend_env, tmp_path):
     value = '--op_select_implmode=high performance; $(touch pwned) "q" `touch pwned2`'
     override = "atc.extra=['" + value + "']"
@@ -248,6 +250,7 @@ _EXACT_AIPP = ["model.mean=[0.40784313725490196,0.4470588235294118,0.47058823529
                "model.std=[0.28863927364504066,0.27408223563397965,0.27809782202128724]"]
 
 
+@pytest.mark.needs_torch
 @pytest.mark.slow
 def test_centerface_aipp_om_on_acl_gives_the_host_normalised_detections(zoo, ascend_env):
     """``eval backend=acl model.aipp=true`` (uint8 HWC fed to an OM whose AIPP stage the fake atc compiled from the

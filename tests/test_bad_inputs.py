@@ -360,6 +360,7 @@ def _weights_cases(d: Path) -> dict:
     }
 
 
+@pytest.mark.needs_torch
 @pytest.mark.parametrize("kind", ["text", "other_arch"])
 def test_centernet_weights_that_are_not_its_checkpoint(zoo, kind):
     path, texts = _weights_cases(zoo.cwd)[kind]

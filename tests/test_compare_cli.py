@@ -19,6 +19,7 @@ def _result(zoo) -> dict:
     return json.loads((_record(zoo) / "compare.json").read_text())
 
 
+@pytest.mark.needs_torch
 def test_torch_vs_onnxruntime_writes_the_report_and_passes(zoo):
     out = zoo.ok("run", "model=fixture", "stage=compare")
     rec = _record(zoo)
@@ -163,6 +164,7 @@ def test_bad_compare_config_is_refused_before_running(zoo, args, message):
     assert rc == 2 and message in err and "Traceback" not in err, out + err
 
 
+@pytest.mark.needs_torch
 def test_skips_name_compare_json_which_lists_them(zoo, tmp_path):
     from zoo_fixture.squares import make_squares
 

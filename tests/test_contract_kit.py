@@ -49,6 +49,7 @@ class _Answering:
         return getattr(self._hooks, name)
 
 
+@pytest.mark.needs_torch
 def test_atc_args_gets_the_ascend_export(fixture_plugin):
     spy = fixture_plugin.__dict__["hooks"] = _RecordExports(fixture_plugin.hooks)
     args = checks.check_atc_args(fixture_plugin)
@@ -58,6 +59,7 @@ def test_atc_args_gets_the_ascend_export(fixture_plugin):
     assert spy.targets == ["ascend"]  # cached: exported once
 
 
+@pytest.mark.needs_torch
 def test_atc_overrides_apply_to_the_export_too(fixture_plugin):
     res = fixture_plugin.export("ascend", ("model.mask_threshold=0.25",))
     assert res.path.name == "fixture_ascend_0.onnx" and res.path.is_file()
@@ -169,3 +171,16 @@ def test_contract_class_skips_atc_args_without_an_ascend_path(fixture_plugin):
 
     with pytest.raises(pytest.skip.Exception, match="no Ascend path"):
         NoAscend().test_atc_args(fixture_plugin)
+
+
+def test_the_kit_skips_an_export_that_needs_a_missing_optional_package_and_fails_on_anything_else():
+    """Without torch, the kit's export tests said MissingDependencyError as a failure (or an error at setup)."""
+    from zoo_core.api.errors import ConfigError
+    from zoo_core.api.optional import MissingDependencyError
+    from zoo_core.testing.contract import _skip_if_missing_dependency
+
+    with pytest.raises(pytest.skip.Exception, match=r"needs torch, which is not installed: pip install"), \
+            _skip_if_missing_dependency():
+        raise MissingDependencyError("exporting x needs torch, which is not installed: pip install 'zoo-x[torch]'")
+    with pytest.raises(ConfigError), _skip_if_missing_dependency():
+        raise ConfigError("a real failure")

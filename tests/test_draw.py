@@ -82,6 +82,7 @@ def test_display_keys_are_not_part_of_the_model_fingerprint():
     assert model_config_hash(compose(["model=centerface", "model.nms_iou=0.4"]).model) != model_config_hash(base)
 
 
+@pytest.mark.needs_torch
 def test_changing_the_predict_threshold_does_not_re_export(zoo):
     common = ["model=fixture", "stage=export", "work_dir=run"]
     zoo.ok("run", *common)

@@ -117,6 +117,7 @@ def test_plugins_declare_their_graph_keys(label, cache_dir):
         assert export_values(compose([*base_overrides, override]).model) != ref, override
 
 
+@pytest.mark.needs_torch
 def test_evaluation_only_keys_never_re_export_a_graph_key_does(zoo, tmp_path):
     """CLI: model.iou_thresh / mask_threshold / score_threshold and predict's stage.score_threshold reuse the
     export (same bytes, same mtime, "reusing" in the log); model.sharpness re-exports, naming the change."""
@@ -176,6 +177,7 @@ def test_the_export_fingerprint_counts_a_weights_file_by_its_bytes_and_names_the
     assert _why_stale(upgraded, fa) == f"plugin: 'zoo-fixture 9.9' -> {fa['plugin']!r}"
 
 
+@pytest.mark.needs_torch
 @pytest.mark.parametrize("tamper", [{"fingerprint": [1, 2]}, {"fingerprint": "abc"}, {"sha256": 123},
                                     {"default_weights_file": ["x"]}, {"input_names": "image"}])
 def test_a_malformed_export_record_means_stale_and_re_exports(fixture_cfg, tmp_path, caplog, tamper):

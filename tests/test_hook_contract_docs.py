@@ -67,6 +67,7 @@ def test_readme_links_the_plugin_guide():
     assert "docs/plugins.md" in readme.read_text(), "README.md should link docs/plugins.md (section 'Adding a model')"
 
 
+@pytest.mark.needs_torch
 def test_every_hook_spec_is_fully_annotated_with_real_types():
     """Each parameter and the return carry a type, and every type resolves (no typo hides in a string)."""
     ns = hookdoc.annotation_namespace()

@@ -238,6 +238,7 @@ def sweep_dir(tmp_path_factory, cache_dir):
     return d / "sweep"
 
 
+@pytest.mark.needs_torch
 def test_sweep_report_in_the_browser(browser, sweep_dir):
     import csv
 

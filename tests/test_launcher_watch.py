@@ -145,6 +145,7 @@ def test_the_basic_launcher_and_a_single_run_are_not_watched(monkeypatch):
     assert launcher_pid() == os.getppid()
 
 
+@pytest.mark.needs_torch
 @pytest.mark.slow
 def test_kill_9_of_a_joblib_sweep_stops_its_jobs_and_a_resume_rerun_gets_the_lock(zoo):
     """The user's case end to end: the loky workers exit within seconds (nothing of the sweep's session is left),

@@ -112,6 +112,7 @@ def test_readme_sharded_command_names_the_weights_and_the_data_it_needs():
 OWN_MODEL_DIR = "'model_dir=${hydra:runtime.output_dir}/../model'"
 
 
+@pytest.mark.needs_torch
 def test_own_model_dir_recipe_keeps_each_jobs_model_in_its_run_root(zoo, tmp_path):
     """Each job exports into <sweep>/<job>/model (not its record dir, which stage runs clear), and a
     re-run of a job into its dir (hydra.sweep.subdir) reuses that job's export."""

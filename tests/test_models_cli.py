@@ -38,6 +38,7 @@ def test_predict_draws_the_astronaut_face(zoo):
     assert (pred / "astronaut.png.jpg").read_bytes()[:2] == b"\xff\xd8"
 
 
+@pytest.mark.needs_torch
 @pytest.mark.slow
 def test_centernet_export_convert_sweep_and_perf(zoo, fixtures_dir, tmp_path):
     """README's CenterNet commands: ascend export, `-m stage=convert batch_size=1,16` with a fake atc, perf.

@@ -56,6 +56,7 @@ def _om_for(fixture_cfg, root, **over):
     return resolve_model_file(_ctx(fixture_cfg, root, "eval", **over), "om")
 
 
+@pytest.mark.needs_torch
 def test_an_om_is_loaded_for_the_settings_it_was_converted_with(fixture_cfg, tmp_path, fake_atc):
     res = _convert(fixture_cfg, tmp_path)
     om = tmp_path / "model" / "fixture_bs1.om"
@@ -70,6 +71,7 @@ def test_an_om_is_loaded_for_the_settings_it_was_converted_with(fixture_cfg, tmp
     assert _om_for(fixture_cfg, tmp_path, **{"model.iou_thresh": 0.3, "atc.soc_version": "Ascend310"}) == om
 
 
+@pytest.mark.needs_torch
 def test_an_om_converted_for_another_export_key_is_refused(fixture_cfg, tmp_path, fake_atc):
     _convert(fixture_cfg, tmp_path, **{"model.sharpness": 5.0})
     with pytest.raises(ConfigError, match=r"fixture_bs1.om was converted with other settings than this run's "
@@ -80,6 +82,7 @@ def test_an_om_converted_for_another_export_key_is_refused(fixture_cfg, tmp_path
     assert _om_for(fixture_cfg, tmp_path).name == "fixture_bs1.om"
 
 
+@pytest.mark.needs_torch
 def test_an_om_whose_bytes_changed_after_convert_is_refused(fixture_cfg, tmp_path, fake_atc):
     _convert(fixture_cfg, tmp_path)
     om = tmp_path / "model" / "fixture_bs1.om"
@@ -92,6 +95,7 @@ def test_an_om_whose_bytes_changed_after_convert_is_refused(fixture_cfg, tmp_pat
     assert given == om  # model_file= loads the file as it is
 
 
+@pytest.mark.needs_torch
 def test_dynamic_batch_gears_must_match_the_dynamic_om(fixture_cfg, tmp_path, fake_atc):
     _convert(fixture_cfg, tmp_path, **{"atc.dynamic_batch": [1, 2, 8]})
     dyn = {"backend.dynamic_batch": True}
@@ -100,6 +104,7 @@ def test_dynamic_batch_gears_must_match_the_dynamic_om(fixture_cfg, tmp_path, fa
         _om_for(fixture_cfg, tmp_path, **dyn, **{"atc.dynamic_batch": [1, 4]})
 
 
+@pytest.mark.needs_torch
 def test_the_script_without_atc_records_the_om_it_will_replace(fixture_cfg, tmp_path, fake_atc, monkeypatch):
     _convert(fixture_cfg, tmp_path, **{"model.sharpness": 5.0})  # an OM for another config
     om = tmp_path / "model" / "fixture_bs1.om"
@@ -114,6 +119,7 @@ def test_the_script_without_atc_records_the_om_it_will_replace(fixture_cfg, tmp_
     assert _om_for(fixture_cfg, tmp_path) == om
 
 
+@pytest.mark.needs_torch
 def test_an_om_without_a_record_loads_with_a_warning(fixture_cfg, tmp_path, fake_atc, caplog):
     _convert(fixture_cfg, tmp_path)
     (tmp_path / "model" / "fixture_bs1.json").unlink()
@@ -125,6 +131,7 @@ def test_an_om_without_a_record_loads_with_a_warning(fixture_cfg, tmp_path, fake
         _om_for(fixture_cfg, tmp_path)
 
 
+@pytest.mark.needs_torch
 @pytest.mark.parametrize("tamper", [{"sha256": 123}, {"settings": [1]}, {"pending_script_replaces_sha256": 5}])
 def test_an_om_record_with_a_value_of_the_wrong_type_is_unreadable_not_a_crash(fixture_cfg, tmp_path, fake_atc,
                                                                                tamper):
@@ -151,6 +158,7 @@ def test_other_weights_than_the_om_was_exported_from_are_refused(fixture_cfg, tm
     assert _weights_diff(_ctx(fixture_cfg, tmp_path, "eval", weights=str(b)), {**source, "kind": "model_file"}) == []
 
 
+@pytest.mark.needs_torch
 def test_a_fixed_size_convert_removes_an_earlier_gear_plan(fixture_cfg, tmp_path, fake_atc):
     _convert(fixture_cfg, tmp_path, **{"model.keep_size": True, "atc.dynamic_image_size": True})
     plan = tmp_path / "model" / "fixture_bs1.om.gears.json"
@@ -159,6 +167,7 @@ def test_a_fixed_size_convert_removes_an_earlier_gear_plan(fixture_cfg, tmp_path
     assert not plan.exists()  # else the acl backend would take the fixed-size OM for an image-gear OM
 
 
+@pytest.mark.needs_torch
 def test_an_int8_om_is_refused_for_another_calibration_or_other_weights(fixture_cfg, tmp_path, fake_atc):
     """The INT8 OM's record holds AMCT's calibration (quantize settings, dataset, image ids and bytes) and the
     weights of the ONNX AMCT calibrated. Before, backend=acl quantize=int8 ran an OM calibrated on other
@@ -211,6 +220,7 @@ def centerface_cfg(cache_dir):
     return compose(["model=centerface", "model.variant=ascend"])
 
 
+@pytest.mark.needs_torch
 def test_an_aipp_om_is_refused_for_other_mean_std_than_it_compiled_in(centerface_cfg, tmp_path, fake_atc,
                                                                       monkeypatch):
     """With model.aipp=true the OM normalises with the mean/std of the .aippconfig convert wrote, and the host

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 import venv
 import zipfile
 from pathlib import Path
@@ -101,3 +102,29 @@ def test_make_wheel_builds_the_three_distributions_without_warnings(tmp_path):
         assert "License-Expression: MIT" in meta, wheel.name
         torch_reqs = [ln for ln in meta.splitlines() if ln.startswith("Requires-Dist: torch")]
         assert torch_reqs and all('extra == "torch"' in ln or 'extra == "export"' in ln for ln in torch_reqs), torch_reqs
+
+
+def test_the_test_extra_installs_the_build_backend_the_no_isolation_builds_need():
+    """The wheel tests build with --no-build-isolation, so the test venv must hold [build-system]'s requirements:
+    before, setuptools came only with Python 3.11's venvs (3.12+ venvs have none) and the tests failed there."""
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    test_extra = meta["project"]["optional-dependencies"]["test"]
+    for req in meta["build-system"]["requires"]:
+        assert req in test_extra, (req, test_extra)
+
+
+@pytest.mark.parametrize("torch", ["none", ""])
+def test_make_test_venv_without_torch_installs_no_torch(tmp_path, torch):
+    """`make test-venv TORCH=none` (Python 3.12/3.13 here): no torch and no torch extras, which would pull the CUDA
+    build from PyPI. Before, TORCH= ran `pip install -q` with nothing and the extras installed torch anyway."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    proc = subprocess.run(["make", "-n", "-B", "test-venv", f"TEST_VENV={tmp_path / 'v'}", f"TORCH={torch}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    pips = [ln for ln in proc.stdout.splitlines() if "pip install" in ln]
+    assert len(pips) == 2 and "-e '.[eval,joblib,ray,submitit,test]'" in pips[0], pips
+    assert "torch" not in proc.stdout, proc.stdout
+    default = subprocess.run(["make", "-n", "-B", "test-venv", f"TEST_VENV={tmp_path / 'v'}"],
+                             cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+    assert "pip install -q torch==" in default and "plugins/centerface[torch]" in default

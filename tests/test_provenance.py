@@ -5,6 +5,8 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
+
 
 def _sha(p: Path) -> str:
     return hashlib.sha256(Path(p).read_bytes()).hexdigest()
@@ -17,6 +19,7 @@ def _weights(path: Path, w: float) -> Path:
     return path
 
 
+@pytest.mark.needs_torch
 def test_run_json_records_config_versions_and_input_hashes(zoo, cache_dir):
     a = _weights(zoo.cwd / "a.pth", 20.0)
     zoo.ok("run", "model=fixture", "num_workers=0", f"weights={a}", "batch_size=2", "work_dir=run")
@@ -32,6 +35,7 @@ def test_run_json_records_config_versions_and_input_hashes(zoo, cache_dir):
     assert [f["sha256"] for f in ins["dataset_files"]] == [_sha(boxes)]
 
 
+@pytest.mark.needs_torch
 def test_export_from_other_weights_is_redone_not_trusted(zoo):
     a, b = _weights(zoo.cwd / "a.pth", 20.0), _weights(zoo.cwd / "b.pth", 5.0)
     common = ["model=fixture", "num_workers=0", "work_dir=run"]
@@ -51,6 +55,7 @@ def test_export_from_other_weights_is_redone_not_trusted(zoo):
     assert "re-exporting" in (zoo.cwd / "run" / "eval" / "zoo.log").read_text()
 
 
+@pytest.mark.needs_torch
 def test_evaluate_refuses_detections_of_other_weights_and_warns_on_other_config(zoo):
     a, b = _weights(zoo.cwd / "a.pth", 20.0), _weights(zoo.cwd / "b.pth", 5.0)
     zoo.ok("run", "model=fixture", "num_workers=0", f"weights={a}", "work_dir=run")

@@ -397,6 +397,7 @@ def test_quantize_ascend_without_amct_writes_bins_and_the_command(zoo, fixture_o
     assert not (model_dir / "amct_bs1").exists()
 
 
+@pytest.mark.needs_torch
 def test_amct_calibrates_an_aipp_model_on_the_onnxs_float_input(zoo):
     """Before: with model.aipp=true AMCT got the OM's uint8 HWC input (image:1,800,800,3, uint8) for an ONNX
     whose input is float32 NCHW: AIPP exists only after ATC (REFERENCE 3.4, 5.2)."""

@@ -72,6 +72,7 @@ def test_acl_backend_names_an_om_input_without_a_feed(fixtures_dir, fixture_onnx
     assert out.shape[0] == 1
 
 
+@pytest.mark.needs_torch
 @pytest.mark.slow
 def test_starclouds_ascend_fp32_and_int8_flows_use_the_onnx_input_name(zoo, ascend_env, tmp_path):
     """Star-Clouds at 800x800 on Ascend, end to end on the doubles. Before: input_spec said input.1, the ascend
@@ -102,6 +103,7 @@ def test_starclouds_ascend_fp32_and_int8_flows_use_the_onnx_input_name(zoo, asce
     assert f"--input_shape={name}:1,3,800,800" in script
 
 
+@pytest.mark.needs_torch
 def test_an_export_recorded_under_other_input_names_is_re_exported(zoo, monkeypatch):
     """An export an older plugin wrote under other input names (Star-Clouds' Ascend export was ``image``) would
     give AMCT, ATC and the OM names the preprocess does not feed: it is re-exported, saying why."""
@@ -124,6 +126,7 @@ def _no_amct_env(zoo):
                                         if not os.path.exists(os.path.join(p, "amct_onnx"))))
 
 
+@pytest.mark.needs_torch
 def test_convert_int8_re_runs_amct_when_the_calibration_settings_change(zoo, ascend_env, tmp_path):
     """Before: the deploy model was reused whatever quantize.calibration_images / quantize.seed said (only its own
     sha256 and the source ONNX's were checked), with nothing logged."""
@@ -147,6 +150,7 @@ def test_convert_int8_re_runs_amct_when_the_calibration_settings_change(zoo, asc
     assert json.loads(deploy.with_suffix(".json").read_text())["fingerprint"]["quantize"]["seed"] == 7
 
 
+@pytest.mark.needs_torch
 def test_a_failed_amct_run_leaves_no_partial_deploy_model(zoo, ascend_env):
     """Before: AMCT wrote straight into amct_bs1/; a crash left half a deploy model that the next convert used
     'as is: no zoo record beside it'."""

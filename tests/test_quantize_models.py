@@ -42,6 +42,7 @@ def test_centerface_int8_sweep_accuracy_size_and_pareto_plot(zoo):
     assert sorted(t.get_text() for t in fig.axes[1].texts) == ["int8", "none"]
 
 
+@pytest.mark.needs_torch
 @pytest.mark.slow
 def test_centernet_int8_keeps_deformconv_in_fp32(zoo, tmp_path):
     ckpt = tmp_path / "ckpt.pth"

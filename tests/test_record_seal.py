@@ -43,6 +43,7 @@ def _conv_weight(onnx_file: Path) -> float:
     return float(next(numpy_helper.to_array(t) for t in m.graph.initializer if t.dims == [1, 1, 1, 1]).ravel()[0])
 
 
+@pytest.mark.needs_torch
 def test_a_planted_export_with_a_consistent_forged_record_is_rebuilt(fixture_cfg, tmp_path, own_key, caplog):
     """The audit's scenario: other weights copied over the export, the record's sha256 set to the new bytes.
     Before: 'reusing ... unchanged' and the run scored the planted model."""
@@ -63,6 +64,7 @@ def test_a_planted_export_with_a_consistent_forged_record_is_rebuilt(fixture_cfg
     assert record_seal.seal_problem(json.loads(meta.read_text())) is None
 
 
+@pytest.mark.needs_torch
 def test_a_sealed_export_is_reused_and_any_edited_field_rebuilds_it(fixture_cfg, tmp_path, own_key, caplog):
     out = _export(fixture_cfg, tmp_path)
     meta = out.with_suffix(".json")
@@ -89,6 +91,7 @@ def test_a_sealed_export_is_reused_and_any_edited_field_rebuilds_it(fixture_cfg,
     assert f"reusing {out}" in caplog.text
 
 
+@pytest.mark.needs_torch
 def test_another_users_key_does_not_vouch_for_a_record(fixture_cfg, tmp_path, own_key, monkeypatch, caplog):
     """A run dir shared between accounts: the other account's zoo rebuilds (its own key), never reuses."""
     out = _export(fixture_cfg, tmp_path)
@@ -116,6 +119,7 @@ def test_reusable_record_needs_the_seal(tmp_path, own_key, caplog):
     assert "rebuilding m_onnxruntime_int8.onnx: its record" in caplog.text and "it has no seal" in caplog.text
 
 
+@pytest.mark.needs_torch
 def test_an_int8_model_with_a_forged_record_is_rebuilt(fixture_cfg, tmp_path, own_key, caplog):
     from zoo_core.quantize.onnxruntime_int8 import ensure_int8_onnx
 
@@ -134,6 +138,7 @@ def test_an_int8_model_with_a_forged_record_is_rebuilt(fixture_cfg, tmp_path, ow
     assert out.read_bytes() == genuine and pin.read_bytes() == genuine
 
 
+@pytest.mark.needs_torch
 def test_an_om_record_without_a_valid_seal_vouches_for_nothing(fixture_cfg, tmp_path, own_key, monkeypatch,
                                                                fixtures_dir, caplog):
     from tests.test_om_record import _convert
@@ -142,6 +147,7 @@ def test_an_om_record_without_a_valid_seal_vouches_for_nothing(fixture_cfg, tmp_
     _convert(fixture_cfg, tmp_path)
     meta = tmp_path / "model" / "fixture_bs1.json"
     rec = json.loads(meta.read_text())
+    caplog.clear()  # the convert's INFO lines, kept when an earlier in-process run left the zoo logger at INFO
     with caplog.at_level(logging.WARNING, logger="zoo"):
         assert _om_for(fixture_cfg, tmp_path).name == "fixture_bs1.om"
     assert caplog.text == ""  # sealed: no warning
@@ -214,6 +220,7 @@ def test_a_seal_survives_the_json_round_trip_of_the_record_writer(tmp_path, own_
     assert record_seal.seal_problem(json.loads((tmp_path / "r.json").read_text())) is None
 
 
+@pytest.mark.needs_torch
 def test_without_a_writable_cache_dir_records_are_unsealed_and_rebuilt_not_an_error(fixture_cfg, tmp_path,
                                                                                     monkeypatch, caplog):
     """A read-only or full cache dir (no key can be made) must not stop a run: the model is built, its record

@@ -95,6 +95,7 @@ def test_resume_with_other_weights_is_refused(zoo, fixture_onnx):
     assert "cannot resume" in err and "weights_sha256" in err and "detections/state.json" in err
 
 
+@pytest.mark.needs_torch
 def test_a_torch_resume_with_another_thread_count_is_refused_naming_it(zoo):
     """torch's outputs change in the last bits with its thread count (before: accepted, a result that matches
     no uninterrupted run); the old count resumes. onnxruntime's threads still resume (test_pinning.py)."""

@@ -148,6 +148,7 @@ def installed_plugin(tmp_path):
         subprocess.run([*pip, "uninstall", "-y", "zoo-" + name.replace("_", "-")], capture_output=True, timeout=120)
 
 
+@pytest.mark.needs_torch
 @pytest.mark.slow
 def test_scaffolded_plugin_installs_lists_runs_and_passes_its_tests(installed_plugin, tmp_path):
     name, dest = installed_plugin
@@ -250,6 +251,7 @@ def test_readme_lists_every_step_of_the_wider_face_or_coco_recipe(tmp_path):
         assert text in recipe, text
 
 
+@pytest.mark.needs_torch
 @pytest.mark.slow
 def test_the_readme_recipe_gives_a_wider_face_plugin_that_passes_its_own_tests(tmp_path, zoo):
     model = "wider_recipe"

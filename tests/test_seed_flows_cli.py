@@ -259,6 +259,7 @@ def test_postprocess_without_scoring_writes_the_wider_tree_then_evaluate_scores_
 # ------------------------------------------------------------------------------------------------ export keys
 
 
+@pytest.mark.needs_torch
 def test_export_summary_names_the_export_keys(zoo):
     out = zoo.ok("run", "model=fixture", "stage=export", "work_dir=run")
     assert "export keys (changing one re-exports): model.sharpness=20.0" in out
@@ -288,6 +289,7 @@ def ascend_env(zoo, fixtures_dir, tmp_path):
 SQUARE_SIZES = {(48, 48): 2, (64, 64): 3, (64, 80): 3, (96, 64): 2, (128, 112): 2}
 
 
+@pytest.mark.needs_torch
 def test_image_size_gears_end_to_end(zoo, ascend_env, tmp_path):
     keep = ["model=fixture", "model.keep_size=true"]
     zoo.ok("run", *keep, "stage=eval", "work_dir=ort")  # onnxruntime: every image at its own size
@@ -310,6 +312,7 @@ def test_image_size_gears_end_to_end(zoo, ascend_env, tmp_path):
     assert perf["image_size_gears"] == [list(g) for g in gears]
 
 
+@pytest.mark.needs_torch
 def test_image_size_gears_beyond_the_cap(zoo, ascend_env, tmp_path):
     keep = ["model=fixture", "model.keep_size=true", "batch_size=2"]
     zoo.ok("run", *keep, "stage=eval", "work_dir=ort")
@@ -358,6 +361,7 @@ def test_centerface_evaluation_keys_never_re_export(zoo):
     assert "re-exporting centerface" in log and "model.input_hw: None -> [416, 416]" in log, log
 
 
+@pytest.mark.needs_torch
 def test_a_plugin_reads_its_own_results_format(zoo):
     """The model's read_detections hook answers first: the fixture reads the fixture_detections.json it writes."""
     zoo.ok("run", "model=fixture", "stage=eval", "work_dir=run")

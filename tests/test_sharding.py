@@ -71,6 +71,7 @@ def sharded_vs_unsharded(zoo, tmp_path, *args: str) -> tuple[dict, dict, Path]:
     return full, merged, sweep
 
 
+@pytest.mark.needs_torch
 @pytest.mark.slow
 def test_fixture_sharded_eval_with_worker_pools_in_joblib_jobs(zoo, tmp_path):
     full, merged, sweep = sharded_vs_unsharded(zoo, tmp_path, "model=fixture", "pin.cores=4")

@@ -101,6 +101,7 @@ def test_predict_on_folder_writes_json_and_jpg(zoo, cache_dir, fixture_onnx):
     assert len([q for q in pred.glob("*.png.*")]) == 2 * len(src)
 
 
+@pytest.mark.needs_torch
 @pytest.mark.parametrize("target,opset", [("onnxruntime", 17), ("ascend", 11)])
 def test_export_for_both_targets(zoo, target, opset):
     import onnx
@@ -204,6 +205,7 @@ def test_replay_backend_reproduces_metrics_and_emulates_latency(zoo, infer_run, 
     assert rc != 0 and "outputs_dir" in err
 
 
+@pytest.mark.needs_torch
 def test_a_preprocess_worker_crashing_on_an_image_fails_that_image_or_skips_it(zoo):
     """A worker that dies on an image (a segfault, an exit) ends the run naming the image and how the worker
     ended (before: "a preprocess worker process died", no image named, an out-of-memory hint), or with
@@ -253,6 +255,7 @@ def test_perf_on_the_oracle_backend_is_refused_in_one_line(zoo):
     assert err.startswith("error: stage=perf times a model's inference on random input; backend=oracle runs no model")
 
 
+@pytest.mark.needs_torch
 def test_sigterm_stops_workers_and_removes_shared_memory(zoo):
     """`kill` (and Slurm's scancel) unwind like Ctrl-C: exit 130, no worker or /dev/shm file left behind."""
     import signal

@@ -34,6 +34,7 @@ def only_sweep_dir(cwd: Path) -> Path:
     return dirs[0]
 
 
+@pytest.mark.needs_torch
 def test_perf_sweep_report_one_row_per_job_matching_perf_json(zoo, tmp_path):
     rc, out, err = zoo("run", "-m", "model=fixture", "stage=perf", "stage.loop=3",
                        "batch_size=1,2,4", "backend.graph_optimization=basic,all")
@@ -69,6 +70,7 @@ def test_perf_sweep_report_one_row_per_job_matching_perf_json(zoo, tmp_path):
     assert "sweep report (6 jobs" in out
 
 
+@pytest.mark.needs_torch
 def test_failed_job_is_reported_and_sweep_exits_nonzero_under_joblib(zoo, tmp_path):
     rc, out, err = zoo("run", "-m", "model=fixture", "stage=perf", "stage.loop=3", "batch_size=1,0,2", *JOBLIB2)
     assert rc == 1, out + err
@@ -91,6 +93,7 @@ def test_failed_job_is_reported_and_sweep_exits_nonzero_under_joblib(zoo, tmp_pa
     assert read_csv(sweep / "sweep_report.csv") == list(rows.values())
 
 
+@pytest.mark.needs_torch
 def test_joblib_jobs_are_pinned_to_a_share_of_the_cores(zoo, tmp_path):
     rc, out, err = zoo("run", "-m", "model=fixture", "stage=perf", "stage.loop=2", "batch_size=1,2",
                        "pin.cores=2", *JOBLIB2)
@@ -103,6 +106,7 @@ def test_joblib_jobs_are_pinned_to_a_share_of_the_cores(zoo, tmp_path):
         assert "job " + job + " pinned: backend.intra_op_threads=1, num_workers=0" in log
 
 
+@pytest.mark.needs_torch
 def test_sweep_over_an_explicit_thread_count_is_not_overridden(zoo, tmp_path):
     rc, out, err = zoo("run", "-m", "model=fixture", "stage=perf", "stage.loop=2", "backend.intra_op_threads=2",
                        "batch_size=1,2", "pin.cores=2", *JOBLIB2)

@@ -33,6 +33,7 @@ def _evil_checkpoint(path: Path, marker: Path) -> Path:
     return path
 
 
+@pytest.mark.needs_torch
 @pytest.mark.parametrize("model", ["fixture", "centernet"])
 def test_malicious_pickle_through_the_cli_never_runs(zoo, model):
     marker = zoo.cwd / "PWNED"
@@ -46,6 +47,7 @@ def test_malicious_pickle_through_the_cli_never_runs(zoo, model):
     assert not list((zoo.cwd / "run").glob("model/*.onnx"))
 
 
+@pytest.mark.needs_torch
 def test_malicious_pickle_for_centerface_ascend_weights(tmp_path):
     from omegaconf import OmegaConf
 
@@ -60,6 +62,7 @@ def test_malicious_pickle_for_centerface_ascend_weights(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.needs_torch
 def test_checkpoint_error_messages_are_one_line(tmp_path):
     from zoo_core.api.checkpoint import load_weights_only
     from zoo_core.api.errors import ZooError

@@ -48,6 +48,7 @@ def test_a_bad_opencv_pixel_limit_is_refused_before_opencv_reads_it(zoo):
     _clean_failure(rc, err, "OPENCV_IO_MAX_IMAGE_PIXELS='-1' is invalid", run_dir=zoo.cwd / "run")
 
 
+@pytest.mark.needs_torch
 def test_a_valid_pixel_limit_still_refuses_big_images_from_their_header(zoo, tmp_path):
     rc, out, err = zoo("run", "model=fixture", "num_workers=0", "work_dir=run", ZOO_MAX_IMAGE_PIXELS="4000")
     _clean_failure(rc, err, "pixels, over the limit of 4000", run_dir=zoo.cwd / "run")
@@ -55,6 +56,7 @@ def test_a_valid_pixel_limit_still_refuses_big_images_from_their_header(zoo, tmp
 
 # -- checkpoints ---------------------------------------------------------------------------------------------
 
+@pytest.mark.needs_torch
 @pytest.mark.parametrize("epoch, ok", [(float("nan"), False), (float("inf"), False), (1.5, False), ("last", False),
                                        (3.0, True), (7, True), (None, True)])
 def test_centernet_epoch_must_be_a_whole_number(tmp_path, epoch, ok):
@@ -75,6 +77,7 @@ def test_centernet_epoch_must_be_a_whole_number(tmp_path, epoch, ok):
         read_state_dict(path)
 
 
+@pytest.mark.needs_torch
 @pytest.mark.slow
 def test_centernet_checkpoint_with_epoch_nan_through_the_cli(zoo):
     """Before: a real DLA-34 state dict with epoch=NaN loaded, then int(nan) tracebacked (exit 1)."""
@@ -90,6 +93,7 @@ def test_centernet_checkpoint_with_epoch_nan_through_the_cli(zoo):
     assert not list((zoo.cwd / "run").rglob("*.onnx"))
 
 
+@pytest.mark.needs_torch
 def test_centerface_checkpoint_with_non_tensor_values_through_the_cli(zoo):
     import torch
 
@@ -101,6 +105,7 @@ def test_centerface_checkpoint_with_non_tensor_values_through_the_cli(zoo):
     assert len(err.strip().splitlines()) == 1 and not list((zoo.cwd / "run").rglob("*.onnx"))
 
 
+@pytest.mark.needs_torch
 def test_centernet_export_writes_a_swept_temp_name_and_honours_the_umask(tmp_path, monkeypatch):
     """Its own temp file carries the pid (so a killed export's 16-77 MB temp is swept) and the ONNX gets
     the umask's mode, not mkstemp's 0600."""
@@ -186,6 +191,7 @@ def test_stale_temp_files_of_a_killed_writer_are_swept_by_the_next_run(zoo, fixt
     assert all(f"removed {p}, left by a killed run" in err for p in stale), err
 
 
+@pytest.mark.needs_torch
 def test_every_written_file_honours_the_umask_through_the_cli(zoo):
     env = zoo.env()
     proc = subprocess.run([sys.executable, "-m", "zoo_core.cli", "run", "model=fixture", "num_workers=0",
@@ -344,6 +350,7 @@ def test_an_undefined_metric_is_written_as_null_with_its_reason(zoo):
     assert all(isinstance(v, float) and math.isfinite(v) for k, v in m["metrics"].items() if k != "easy")
 
 
+@pytest.mark.needs_torch
 def test_a_detections_state_file_nested_too_deeply_is_one_line(zoo):
     """Before: RecursionError, exit 1, from the provenance check of stage=evaluate."""
     zoo.ok("run", "model=fixture", "stage=eval", "work_dir=run")

@@ -71,6 +71,7 @@ def test_choose_weights_covers_every_case(tmp_path, caplog):
         choose_weights(_cfg(RANDOM, default="the real ones"), "eval", "m")
 
 
+@pytest.mark.needs_torch
 @pytest.mark.parametrize("kind", ["dev_zero", "fifo", "directory", "missing"])
 def test_weights_must_be_a_regular_file_in_process(tmp_path, kind):
     from zoo_core.api.checkpoint import load_weights_only
@@ -221,6 +222,7 @@ def test_compare_asks_for_weights_only_when_a_side_runs_them(zoo, fixture_onnx):
     assert json.loads((zoo.cwd / "d" / "compare" / "compare.json").read_text())["passed"] is True
 
 
+@pytest.mark.needs_torch
 def test_a_plugin_with_default_weights_says_so_and_records_them(zoo):
     rc, out, err = zoo("run", "model=fixture", "num_workers=0", "work_dir=run")
     assert rc == 0 and "no weights= given: fixture runs its default weights: built-in brightness mask" in err, err
@@ -284,6 +286,7 @@ def _bomb(path: Path, inflated_chunks: int) -> Path:
     return path
 
 
+@pytest.mark.needs_torch
 def test_inflation_bound_in_process(tmp_path, monkeypatch):
     from zoo_core.api.checkpoint import RATIO_ENV, check_inflation, load_weights_only, max_checkpoint_ratio
 
@@ -329,6 +332,7 @@ def _peak_rss_mib(args: list[str], cwd: Path, env: dict) -> tuple[int, str, floa
     return proc.returncode, err_path.read_text(), usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
 
 
+@pytest.mark.needs_torch
 @pytest.mark.slow
 def test_a_deflate_bomb_checkpoint_is_refused_with_small_memory(zoo, big_bomb):
     """Before: a 1.2 MB .pth took 1.4 GB of RSS (torch inflates every record into memory first)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import enum
 import importlib
 import inspect
 import re
@@ -213,7 +214,8 @@ def _class_members(cls) -> list[tuple[str, Any, str]]:
 
 
 def _render_class(qual: str, cls, module: ModuleType) -> list[str]:
-    if _is_protocol(cls):
+    if _is_protocol(cls) or issubclass(cls, enum.Enum):
+        # an Enum's call signature is the stdlib's own (and changed in Python 3.12): its members say more
         sig = ""
     else:
         sig = signature(cls, module, skip_self=True).removesuffix(" -> None")
@@ -222,6 +224,8 @@ def _render_class(qual: str, cls, module: ModuleType) -> list[str]:
     lines = [f"### class `{qual}{sig}`", ""]
     doc = _doc(cls)
     lines += _docstring_lines(doc) if doc else ["*(undocumented)*"]
+    if issubclass(cls, enum.Enum):
+        lines += ["", "Members: " + ", ".join(f"`{m.name}` = `{m.value!r}`" for m in cls) + "."]
     if dataclasses.is_dataclass(cls):
         fields = [f for f in dataclasses.fields(cls)]
         if fields:

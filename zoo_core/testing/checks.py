@@ -22,6 +22,7 @@ import numpy as np
 from zoo_core import HOOK_API_VERSION
 from zoo_core.api.errors import ZooError
 from zoo_core.api.hookspecs import MODEL_HOOKS
+from zoo_core.api.optional import require_torch
 from zoo_core.api.types import Detections, EvalResult, ExportResult, TensorSpec
 from zoo_core.datasets import DATASET_API_VERSION, kinds
 
@@ -461,7 +462,7 @@ def check_export(p: PluginUnderTest, target: str = "onnxruntime", compare_torch:
 
 
 def _compare_with_torch(p, batch, ort_outputs, input_names, output_names, rtol, atol) -> None:
-    import torch
+    torch = require_torch(f"comparing the {p.model} export with its torch model (compare_torch=True)")
 
     model = p.call("build_model", weights=p.weights)
     if not isinstance(model, torch.nn.Module) or model.training:

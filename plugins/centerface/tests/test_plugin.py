@@ -144,6 +144,7 @@ def test_atc_args(tmp_path):
         plugin.atc_args(make_cfg(), onnx, 1, "Ascend310P3", "out")
 
 
+@pytest.mark.needs_torch
 def test_build_model_ascend_seeded_and_checkpoint(tmp_path):
     import torch
 
@@ -179,6 +180,7 @@ def test_import_is_light():
     assert not hasattr(plugin, "dataset") and not hasattr(plugin, "evaluate")  # zoo-core's dataset API answers
 
 
+@pytest.mark.needs_torch
 def test_ascend_torch_outputs_match_output_spec_and_decode():
     import torch
 

@@ -230,6 +230,7 @@ def test_a_dataset_without_kind_is_not_read_by_anyone(pm):
     assert pm.hook.dataset(cfg=_cfg(dataset=OmegaConf.create({"name": "squares", "root": None}))) is None
 
 
+@pytest.mark.needs_torch
 def test_export_hook_passes_config_through(pm, monkeypatch, tmp_path):
     import zoo_centernet.export as export_mod
 
