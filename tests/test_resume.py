@@ -399,9 +399,10 @@ def test_a_resume_with_other_quantize_settings_is_refused_before_the_int8_model_
     assert info.value.code == 2
     assert (f"error: {state}: cannot resume: the quantize settings changed since the interrupted run "
             f"(quantize.method: 'minmax' -> 'entropy'; quantize.seed: 0 -> 1)") in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # the same settings: on to the model (here the stand-in that refuses)
-        zoo_main(args)
-    assert "the INT8 model was built" in (tmp_path / "run" / stage / "run.json").read_text()
+    for same in ([], ["quantize.percentile=99.9"]):  # the same model (percentile counts only with method=percentile)
+        with pytest.raises(SystemExit):  # on to the model (here the stand-in that refuses)
+            zoo_main([*args, *same])
+        assert "the INT8 model was built" in (tmp_path / "run" / stage / "run.json").read_text()
 
 
 def test_an_image_rewritten_with_its_size_and_mtime_restored_is_still_a_changed_image(tmp_path):

@@ -103,8 +103,10 @@ def refuse_changed_quantize(ctx: RunContext, state_path: Path) -> None:
     """Before the backend opens (and builds the INT8 model): ``resume=true`` over a state whose ``quantize``
     settings differ from this run's is refused, naming the keys. The fingerprint check of
     :func:`start_resumable` refuses it too, but only after the model was rebuilt with the new settings, which can
-    take minutes of calibration. A state unreadable or without a copy of the section is left to that check."""
-    if not bool(ctx.cfg.resume) or not Path(state_path).is_file():
+    take minutes of calibration. Only the keys that decide the model count (:func:`_deciding`), and only for
+    ``backend=onnxruntime``, the backend that builds it (an OM is checked against its own record). A state
+    unreadable or without a copy of the section is left to that check."""
+    if not bool(ctx.cfg.resume) or str(ctx.cfg.backend.get("name")) != "onnxruntime" or not Path(state_path).is_file():
         return
     try:
         state = json.loads(Path(state_path).read_text())
@@ -114,11 +116,19 @@ def refuse_changed_quantize(ctx: RunContext, state_path: Path) -> None:
     now = ctx.resolved_config().get("quantize")
     if not isinstance(before, dict) or not isinstance(now, dict) or before.get("name") == now.get("name") == "none":
         return
-    keys = [f"quantize.{k}: {a!r} -> {b!r}" for k, a, b in _diff_flat(before, now)][:8]
+    keys = [f"quantize.{k}: {a!r} -> {b!r}" for k, a, b in _diff_flat(_deciding(before), _deciding(now))][:8]
     if keys:
         raise ResumeRefused(f"{RESUME_REFUSED} the quantize settings changed since the interrupted run "
                             f"({'; '.join(keys)})", path=state_path,
                             hint="run again without resume=true to start over")
+
+
+def _deciding(quantize: dict[str, Any]) -> dict[str, Any]:
+    """The ``quantize`` keys that decide the INT8 model (:func:`zoo_core.quantize.calibration.settings`):
+    ``percentile`` only with ``method: percentile``."""
+    if str(quantize.get("method", "")).split(".")[-1] == "percentile":
+        return quantize
+    return {k: v for k, v in quantize.items() if k != "percentile"}
 
 
 #: ``{config section: the fingerprint entry a change of it shows in}``; state.json keeps a copy of each
