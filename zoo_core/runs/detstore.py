@@ -17,6 +17,7 @@ from zoo_core.api.atomic import write_bytes, write_text
 from zoo_core.api.checkpoint import regular_file
 from zoo_core.api.errors import ZooError
 from zoo_core.api.types import Detections
+from zoo_core.runs.layout import PinnedDir
 
 
 def class_count(cfg) -> int | None:
@@ -69,8 +70,6 @@ class DetectionStore:
 
     def __init__(self, directory: str | Path, flush_every: int = 64, flush_seconds: float = 5.0,
                  num_classes: int | None = None, sources: dict[str, list[int] | None] | None = None):
-        from zoo_core.runs.layout import PinnedDir
-
         self.dir = Path(directory)
         #: the dir as opened (:meth:`reset`, :meth:`drop_unverified` or the first flush): checked before each
         #: chunk is written, so a dir replaced during the run (a link to elsewhere) is an error, never written through
