@@ -274,3 +274,20 @@ def test_an_aipp_om_is_refused_for_other_mean_std_than_it_compiled_in(centerface
     assert rec["settings"]["aipp"] == {"model.mean": list(centerface_cfg.model.mean),
                                        "model.std": list(centerface_cfg.model.std)}
     assert rec["aipp_config"] == {"path": str(conf), "sha256": hashlib.sha256(conf.read_bytes()).hexdigest()}
+
+
+@pytest.mark.needs_torch
+def test_a_given_om_converted_from_random_weights_is_said_and_recorded(fixture_cfg, tmp_path, fake_atc, caplog):
+    """Before: model_file=<om> whose convert record says its ONNX was exported with weights=random was loaded
+    without a word (a given ONNX with such a record was already warned about)."""
+    from zoo_core.runs.model_files import resolve_model_file
+
+    no_defaults = {"model.default_weights": None}
+    _convert(fixture_cfg, tmp_path, weights="random", **no_defaults)
+    om = tmp_path / "model" / "fixture_bs1.om"
+    assert json.loads(om.with_suffix(".json").read_text())["source"]["weights"] == "random"
+    ctx = _ctx(fixture_cfg, tmp_path, "eval", model_file=str(om), **no_defaults)
+    with caplog.at_level(logging.WARNING, logger="zoo"):
+        assert resolve_model_file(ctx, "om") == om
+    assert ctx.weights_used.record() == {"weights": "random"}
+    assert f"weights=random: fixture runs with seeded random weights (model_file={om}" in caplog.text
