@@ -168,6 +168,39 @@ def test_a_fixed_size_convert_removes_an_earlier_gear_plan(fixture_cfg, tmp_path
 
 
 @pytest.mark.needs_torch
+def test_a_gear_plan_changed_removed_or_planted_beside_the_om_is_refused(fixture_cfg, tmp_path, fake_atc):
+    """Before: ``<om>.gears.json`` was read on its own: an edited plan made the acl backend pad inputs to gears the OM
+    was not compiled for, a planted one turned a fixed-size OM into one with gears. The record now holds its sha256."""
+    gears = {"model.keep_size": True, "atc.dynamic_image_size": True}
+    _convert(fixture_cfg, tmp_path, **gears)
+    model = tmp_path / "model"
+    plan, om = model / "fixture_bs1.om.gears.json", model / "fixture_bs1.om"
+    rec = json.loads((model / "fixture_bs1.json").read_text())
+    assert rec["image_gears_sha256"] == hashlib.sha256(plan.read_bytes()).hexdigest()
+    assert _om_for(fixture_cfg, tmp_path, **gears) == om
+    original = plan.read_bytes()
+    edited = json.loads(original)
+    edited["dynamic_image_size"] = [[4096, 4096]]
+    plan.write_text(json.dumps(edited))
+    with pytest.raises(ConfigError, match=r"fixture_bs1.om's image-size gear plan no longer matches the sha256 "
+                                          r"recorded by stage=convert") as exc:
+        _om_for(fixture_cfg, tmp_path, **gears)
+    assert exc.value.path == plan and "re-run stage=convert" in str(exc.value.hint)
+    plan.unlink()
+    with pytest.raises(ConfigError, match="fixture_bs1.om's image-size gear plan, written by stage=convert, is gone"):
+        _om_for(fixture_cfg, tmp_path, **gears)
+    plan.write_bytes(original)
+    assert _om_for(fixture_cfg, tmp_path, **gears) == om
+
+    _convert(fixture_cfg, tmp_path)  # a fixed-size OM: its record says it has no plan
+    assert json.loads((model / "fixture_bs1.json").read_text())["image_gears_sha256"] is None
+    plan.write_bytes(original)
+    with pytest.raises(ConfigError, match="fixture_bs1.om was converted without image-size gears, but this gear plan "
+                                          "lies beside it"):
+        _om_for(fixture_cfg, tmp_path)
+
+
+@pytest.mark.needs_torch
 def test_an_int8_om_is_refused_for_another_calibration_or_other_weights(fixture_cfg, tmp_path, fake_atc):
     """The INT8 OM's record holds AMCT's calibration (quantize settings, dataset, image ids and bytes) and the
     weights of the ONNX AMCT calibrated. Before, backend=acl quantize=int8 ran an OM calibrated on other
@@ -241,3 +274,20 @@ def test_an_aipp_om_is_refused_for_other_mean_std_than_it_compiled_in(centerface
     assert rec["settings"]["aipp"] == {"model.mean": list(centerface_cfg.model.mean),
                                        "model.std": list(centerface_cfg.model.std)}
     assert rec["aipp_config"] == {"path": str(conf), "sha256": hashlib.sha256(conf.read_bytes()).hexdigest()}
+
+
+@pytest.mark.needs_torch
+def test_a_given_om_converted_from_random_weights_is_said_and_recorded(fixture_cfg, tmp_path, fake_atc, caplog):
+    """Before: model_file=<om> whose convert record says its ONNX was exported with weights=random was loaded
+    without a word (a given ONNX with such a record was already warned about)."""
+    from zoo_core.runs.model_files import resolve_model_file
+
+    no_defaults = {"model.default_weights": None}
+    _convert(fixture_cfg, tmp_path, weights="random", **no_defaults)
+    om = tmp_path / "model" / "fixture_bs1.om"
+    assert json.loads(om.with_suffix(".json").read_text())["source"]["weights"] == "random"
+    ctx = _ctx(fixture_cfg, tmp_path, "eval", model_file=str(om), **no_defaults)
+    with caplog.at_level(logging.WARNING, logger="zoo"):
+        assert resolve_model_file(ctx, "om") == om
+    assert ctx.weights_used.record() == {"weights": "random"}
+    assert f"weights=random: fixture runs with seeded random weights (model_file={om}" in caplog.text

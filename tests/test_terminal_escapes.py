@@ -29,6 +29,15 @@ def test_printable_shows_controls_as_escapes_and_keeps_newlines_only_when_asked(
     assert printable(3) == "3"
 
 
+def test_printable_shows_bidi_controls_and_line_separators_as_escapes():
+    """Before: a file named ``evil\u202egpj.onnx`` printed as ``evilxnno.jpg`` in zoo's error line (the
+    RIGHT-TO-LEFT OVERRIDE reorders what follows), and U+2028 broke the line where zoo wrote none."""
+    assert printable("evil\u202egpj.onnx") == "evil\\u202egpj.onnx"
+    text = "".join(map(chr, (0x061C, 0x200E, 0x200F, *range(0x2028, 0x202F), *range(0x2066, 0x206A))))
+    assert printable(text) == "".join(f"\\u{ord(c):04x}" for c in text)
+    assert printable("\u200d\u05d0\u0627 ok") == "\u200d\u05d0\u0627 ok"  # ZWJ, Hebrew and Arabic letters kept
+
+
 def test_console_log_lines_show_controls_as_escapes_and_keep_newlines():
     fmt = ConsoleFormatter("%(message)s")
     record = logging.LogRecord("zoo", logging.WARNING, __file__, 1, "category '%s' has\nno glyph", (NAME,), None)

@@ -185,6 +185,9 @@ def test_a_given_model_file_exported_with_random_weights_is_said_and_recorded(tm
     cases = [(record, "random"),
              ({**record, "fingerprint": {"weights": "file", "weights_sha256": "ab"}}, None),  # real weights
              ({**record, "sha256": "0" * 64}, None),  # the record describes other bytes
+             ({"source": {"kind": "export", "weights": "random"}, "sha256": record["sha256"]}, "random"),  # an OM's
+             ({"source": {"kind": "export", "weights": "/w.pth"}, "sha256": record["sha256"]}, None),
+             ({"fingerprint": ["random"], "source": "random", "sha256": record["sha256"]}, None),  # not a record
              (None, None)]  # no record: nothing known
     for rec, expected in cases:
         onnx.with_suffix(".json").unlink(missing_ok=True)

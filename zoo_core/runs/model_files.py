@@ -163,13 +163,15 @@ def ensure_onnx(ctx, target: str, force: bool = False, given: str | None = None)
 
 def note_recorded_random_weights(ctx, model_file: Path) -> None:
     """A given ``model_file=`` whose zoo record (the ``.json`` beside it, describing these bytes) says it
-    was exported with ``weights=random``: warned as ``weights=random`` itself is, and recorded in
-    ``run.json`` as ``"weights": "random"`` (the run chose no weights, but its scores mean nothing)."""
+    was exported with ``weights=random`` (an export's record; an OM's convert record, whose ONNX was): warned as
+    ``weights=random`` itself is, and recorded in ``run.json`` as ``"weights": "random"`` (the run chose no
+    weights, but its scores mean nothing)."""
     meta = Path(model_file).with_suffix(".json")
     if ctx.weights_used is not None or not meta.is_file():
         return
     rec = read_record(meta)
-    if (rec.get("fingerprint") or {}).get("weights") != "random" or rec.get("sha256") != sha256_file(model_file):
+    said = [part.get("weights") for part in (rec.get("fingerprint"), rec.get("source")) if isinstance(part, dict)]
+    if "random" not in said or rec.get("sha256") != sha256_file(model_file):
         return
     log.warning("weights=random: %s runs with seeded random weights (model_file=%s was exported with "
                 "weights=random, says %s); its outputs and scores mean nothing", ctx.model_name, model_file, meta)
@@ -312,7 +314,10 @@ def resolve_model_file(ctx, kind: str | None, given: str | None = None) -> Path 
         return ensure_onnx(ctx, "onnxruntime", given=given)
     if kind == "om":
         if given:
-            return Path(str(given)).expanduser()
+            path = Path(str(given)).expanduser()
+            if path.is_file():
+                note_recorded_random_weights(ctx, path)
+            return path
         from zoo_core.runs.om_record import check_om
 
         om = om_path(ctx, dynamic=bool(ctx.cfg.backend.get("dynamic_batch", False)))

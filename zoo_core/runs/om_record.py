@@ -7,13 +7,16 @@ values that change the graph or its inputs, e.g. CenterFace's ``model.aipp``), t
 where the ONNX came from (zoo's export and its weights, ``model_file=``, or AMCT's INT8 model) and, once
 ATC has run, the OM's sha256. When the ATC line inserts AIPP (``--insert_op_conf``), the normalisation it
 compiles into the OM is recorded too: the values of the plugin's ``model.aipp_keys`` (CenterFace's
-``model.mean`` / ``model.std``) and the AIPP config's path and sha256.
+``model.mean`` / ``model.std``) and the AIPP config's path and sha256. So is the sha256 of the OM's
+image-size gear plan (``<om>.gears.json``, read by the ``acl`` backend), or that it has none.
 
 A run that loads the OM from its default path (no ``model_file=``) checks it with :func:`check_om`:
 another value of an export key or, for an AIPP OM, of an AIPP key (the device would normalise with the
 convert-time values), other dynamic-batch gears, other ``weights=`` than the OM was made from,
 an OM whose bytes changed since ``convert`` wrote it, or an OM older than the pending ``atc`` script is
-refused with one line naming what differs, instead of scoring another model than the config says.
+refused with one line naming what differs, instead of scoring another model than the config says; so is a
+gear plan changed, removed or put beside the OM since ``convert`` (the backend would pad inputs to gears the
+OM was not compiled for, or treat a fixed-size OM as one with gears).
 ATC-only settings (``atc.soc_version``, ``atc.extra``, ...) are recorded, not compared: a run on the
 device does not repeat them. An OM without a record (put there by hand) is loaded with a warning.
 
@@ -30,6 +33,7 @@ from typing import Any
 
 from zoo_core.api.atomic import write_json
 from zoo_core.api.errors import ConfigError
+from zoo_core.backends.image_gears import gears_file
 from zoo_core.runs.export_keys import aipp_values, changed_keys, export_values
 from zoo_core.runs.fingerprint import sha256_file
 from zoo_core.runs.record_seal import seal_problem, sealed
@@ -70,6 +74,8 @@ def write_om_record(ctx: Any, om: Path, source: dict[str, Any], script: Path, co
                            "sha256": sha256_file(om) if converted else None}
     if conf is not None:
         rec["aipp_config"] = {"path": conf, "sha256": sha256_file(Path(conf)) if Path(conf).is_file() else None}
+    plan = gears_file(om)
+    rec["image_gears_sha256"] = sha256_file(plan) if plan.is_file() else None
     if not converted and om.is_file():
         rec["pending_script_replaces_sha256"] = sha256_file(om)
     path = record_path(om)
@@ -114,6 +120,7 @@ def check_om(ctx: Any, om: Path) -> None:
     diffs += _calibration_diff(ctx, rec.get("source"))
     if diffs:
         raise ConfigError(f"{om} was converted with other settings than this run's ({'; '.join(diffs)})", hint=_HINT)
+    _check_gears(om, rec)
     replaced = rec.get("pending_script_replaces_sha256")
     recorded = rec.get("sha256")
     if replaced is not None or recorded is not None:
@@ -131,6 +138,25 @@ def check_om(ctx: Any, om: Path) -> None:
         log.warning("%s's convert record %s was not written by this user's zoo (%s), so zoo cannot tell which config "
                     "and weights the OM was converted from; it is loaded as it is, like an OM without a record "
                     "(re-run stage=convert to record it)", om, path, unsealed)
+
+
+def _check_gears(om: Path, rec: dict[str, Any]) -> None:
+    """Refuse an image-size gear plan that is not the one ``convert`` wrote beside ``om`` (a record of an older
+    zoo, which has no ``image_gears_sha256``, is not checked)."""
+    if "image_gears_sha256" not in rec:
+        return
+    plan, recorded = gears_file(om), rec["image_gears_sha256"]
+    now = sha256_file(plan) if plan.is_file() else None
+    if now == recorded:
+        return
+    if recorded is None:
+        what = f"{om.name} was converted without image-size gears, but this gear plan lies beside it"
+    elif now is None:
+        what = f"{om.name}'s image-size gear plan, written by stage=convert, is gone"
+    else:
+        what = (f"{om.name}'s image-size gear plan no longer matches the sha256 recorded by stage=convert "
+                f"({str(recorded)[:12]} -> {now[:12]})")
+    raise ConfigError(what, path=plan, hint=_HINT)
 
 
 #: What an INT8 OM's AMCT calibration is compared on (the deploy model's fingerprint, docs/quantize.md).
