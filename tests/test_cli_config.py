@@ -123,6 +123,26 @@ def test_a_config_dir_is_composed_as_hydra_composes_it(tmp_path, monkeypatch):
         compose(["model=fixture"], config_dir=str(tmp_path / "nope"))
 
 
+def test_info_composes_a_config_dir_and_config_name_as_run_does(tmp_path, capsys, cache_dir):
+    """Before: `zoo info --config-dir my_conf model=... dataset=<one of mine>` failed with 'cannot parse override
+    --config-dir: token recognition error' (exit 2): only zoo run read the flag."""
+    import yaml
+
+    from zoo_core.cli import cmd_info
+
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "sq2.yaml").write_text("# @package _global_\ndataset:\n  name: squares\n  size: 3\n")
+    (tmp_path / "mine.yaml").write_text("defaults:\n  - config\n  - _self_\nbatch_size: 7\n")
+    for args in (["--config-dir", str(tmp_path)], [f"-cd={tmp_path}"]):
+        assert cmd_info([*args, "model=fixture", "dataset=sq2"]) == 0
+        cfg = yaml.safe_load(capsys.readouterr().out)
+        assert cfg["dataset"]["name"] == "squares" and cfg["dataset"]["size"] == 3 and cfg["batch_size"] == 1
+    assert cmd_info(["model=fixture", "--config-dir", str(tmp_path), "--config-name", "mine"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["batch_size"] == 7
+    with pytest.raises(Exception, match="zoo info takes --config-dir and --config-name, not '-m'"):
+        cmd_info(["-m", "model=fixture"])
+
+
 @pytest.mark.parametrize("command", ["run", "info"])
 def test_a_bad_yaml_in_an_installed_config_is_one_line(tmp_path, monkeypatch, capsys, cache_dir, command):
     """A broken YAML under zoo's (or a plugin's) conf/: zoo run (one composition) and zoo info."""

@@ -2,7 +2,9 @@
 on the bundled CenterFace eval (the Star-Clouds sample reference)."""
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -257,6 +259,10 @@ def test_gate_fails_with_exit_1_when_decoding_changes_and_metrics_json_is_still_
     assert m["reference"]["hard"]["within"] is False and m["metrics"]["hard"] < 0.7409 - 0.005
     run = json.loads((zoo.cwd / "outputs" / "centerface" / "eval" / "run.json").read_text())
     assert run["status"] == "failed"
+    # the record of the scored run names the model file it scored (before: only the dataset's files)
+    model = run["inputs"]["model_file"]
+    assert run["backend"]["backend"] == "onnxruntime" and model["path"] == run["backend"]["model_file"]
+    assert model["sha256"] == hashlib.sha256(Path(model["path"]).read_bytes()).hexdigest()
 
 
 @pytest.mark.slow

@@ -152,7 +152,7 @@ def info_help() -> str:
     from zoo_core.config.validate import example_model
 
     model = example_model() or "<name>"
-    return (f"usage: zoo info model=<name> [key=value ...]\n\n"
+    return (f"usage: zoo info [--config-dir DIR] [--config-name NAME] model=<name> [key=value ...]\n\n"
             f"Print the configuration `zoo run` would use for these overrides, resolved and typed (nothing runs).\n"
             f"Example: zoo info model={model} batch_size=4")
 
@@ -162,14 +162,21 @@ def cmd_info(overrides: list[str]) -> int:
 
     from zoo_core.config.validate import compose, no_model_message
 
+    from zoo_core.api.errors import ConfigError
+
     if any(a in ("-h", "--help") for a in overrides):
         print(info_help())
         return 0
+    config_dir, config_dir_at = _flag_value(overrides, "--config-dir", "-cd")
+    config_name, config_name_at = _flag_value(overrides, "--config-name", "-cn")
+    flags = [a for i, a in enumerate(overrides) if i not in (config_dir_at, config_name_at) and a.startswith("-")
+             and a.partition("=")[0] not in ("--config-dir", "-cd", "--config-name", "-cn")]
+    if flags:
+        raise ConfigError(f"zoo info takes --config-dir and --config-name, not {flags[0]!r}", hint=info_help())
+    overrides = [a for i, a in enumerate(overrides) if not a.startswith("-") and i not in (config_dir_at, config_name_at)]
     if not _has_model(overrides):
-        from zoo_core.api.errors import ConfigError
-
         raise ConfigError(no_model_message("info"))
-    cfg = compose(overrides)
+    cfg = compose(overrides, config_dir, config_name or "config")
     try:
         text = OmegaConf.to_yaml(cfg, resolve=True)
     except Exception:

@@ -32,6 +32,9 @@ class RunContext:
     #: Facts the stage adds to its ``run.json`` when it finishes (e.g. ``int8_calibration``: the images an INT8
     #: model was calibrated on and those ``on_error=skip`` left out).
     notes: dict[str, Any] = field(init=False, default_factory=dict)
+    #: The backend the stage opened (``backend``, ``model_file``), set by ``open_backend``: a run that fails after
+    #: it (``gate=true`` once metrics.json is written) still names the model file in ``run.json``.
+    opened_backend: dict[str, Any] | None = field(init=False, default=None)
     #: ``record_dir`` as the run found it (pinned when it exists, else at the first :meth:`record`): each
     #: :meth:`record` checks it was not replaced during the run (:class:`~zoo_core.runs.layout.PinnedDir`).
     record_pinned: PinnedDir = field(init=False, repr=False)

@@ -80,8 +80,9 @@ def _record_failure(ctx: RunContext, exc: BaseException) -> None:
     chained = not isinstance(exc, KeyboardInterrupt) and interrupted(exc)  # (an error the Ctrl-C caused)
     record: dict[str, Any] = {"status": "failed",
                               "error": "KeyboardInterrupt" if chained else str(exc) or type(exc).__name__}
-    try:
-        write_run_record(ctx, record)
+    try:  # (what the stage noted and the model file it opened: a gate=true failure has scored that file)
+        opened = {"backend": ctx.opened_backend} if ctx.opened_backend else {}
+        write_run_record(ctx, {**ctx.notes, **record, **opened})
         return
     except Exception:
         pass

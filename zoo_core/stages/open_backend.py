@@ -56,7 +56,9 @@ def open_backend(ctx: RunContext, name: str | None = None, model_file: str | Non
     opts = backend_options(ctx, name)
     if options:
         opts.update(options)
-    return cls(model_file=path, options=opts, io=model_io(ctx))
+    backend = cls(model_file=path, options=opts, io=model_io(ctx))
+    ctx.opened_backend = {"backend": name, "model_file": str(path) if path else None}
+    return backend
 
 
 def int8_model_file(ctx: RunContext, name: str, kind: str | None, model_file: str | None):
