@@ -160,9 +160,8 @@ def info_help() -> str:
 def cmd_info(overrides: list[str]) -> int:
     from omegaconf import OmegaConf
 
-    from zoo_core.config.validate import compose, no_model_message
-
     from zoo_core.api.errors import ConfigError
+    from zoo_core.config.validate import compose, no_model_message
 
     if any(a in ("-h", "--help") for a in overrides):
         print(info_help())
@@ -173,7 +172,8 @@ def cmd_info(overrides: list[str]) -> int:
              and a.partition("=")[0] not in ("--config-dir", "-cd", "--config-name", "-cn")]
     if flags:
         raise ConfigError(f"zoo info takes --config-dir and --config-name, not {flags[0]!r}", hint=info_help())
-    overrides = [a for i, a in enumerate(overrides) if not a.startswith("-") and i not in (config_dir_at, config_name_at)]
+    overrides = [a for i, a in enumerate(overrides)
+                 if not a.startswith("-") and i not in (config_dir_at, config_name_at)]
     if not _has_model(overrides):
         raise ConfigError(no_model_message("info"))
     cfg = compose(overrides, config_dir, config_name or "config")
