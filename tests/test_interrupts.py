@@ -160,7 +160,76 @@ def test_once_the_exit_status_is_decided_the_program_ignores_ctrl_c_and_sigterm(
     import sys
 
     code = ("import signal, sys; sys.argv = ['zoo', '--help']; from zoo_core.cli import main; main(); "
-            "print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN, signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)")
+            "print(*(signal.getsignal(s) is signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
-    assert out.splitlines()[-1] == "True True"
+    assert out.splitlines()[-1] == "True True True"
     assert zoo_main(["--help"]) == 0 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_closed_terminal_sighup_ends_the_run_as_interrupted(run_args, tmp_path, monkeypatch, capsys):
+    """Before: SIGHUP (the terminal or ssh session closed) was left at its default action: the run died at once
+    (exit -1, no message), its run.json saying "running" forever and its /dev/shm slot file left. Now it unwinds
+    like SIGTERM: exit 130, "interrupted", run.json "failed"; the caller's handler is back afterwards."""
+    import os
+    import signal
+
+    import zoo_core.stages
+
+    def hung_up(ctx):
+        os.kill(os.getpid(), signal.SIGHUP)
+        return {}
+
+    came = []
+
+    def mine(signum, frame):  # (stands for the default action, which would end this test process)
+        came.append(signum)
+
+    monkeypatch.setattr(zoo_core.stages, "get_stage", lambda name: hung_up)
+    old = signal.signal(signal.SIGHUP, mine)
+    try:
+        with pytest.raises(SystemExit) as info:
+            zoo_main(run_args)
+        assert signal.getsignal(signal.SIGHUP) is mine
+    finally:
+        signal.signal(signal.SIGHUP, old)
+    assert info.value.code == 130 and not came
+    assert capsys.readouterr().err.endswith("interrupted\n")
+    record = json.loads((tmp_path / "run" / "eval" / "run.json").read_text())
+    assert record["status"] == "failed" and record["error"] == "KeyboardInterrupt"
+
+
+def test_under_nohup_sighup_stays_ignored():
+    import signal
+
+    from zoo_core.runs import interrupts
+
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        handlers = interrupts.install()
+        try:
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        finally:
+            interrupts.restore(handlers)
+    finally:
+        signal.signal(signal.SIGHUP, old)
+
+
+def test_the_error_line_of_a_run_whose_terminal_hung_up_goes_nowhere_quietly():
+    """A closed terminal fails writes with EIO (a closed pipe's EPIPE was already tolerated): the run ending on its
+    SIGHUP must not fail printing `interrupted` to it."""
+    import io
+    import os
+    import pty
+
+    from zoo_core.cli import ClosedPipeTolerant
+
+    master, slave = pty.openpty()
+    stream = ClosedPipeTolerant(io.TextIOWrapper(io.FileIO(slave, "w"), write_through=True))
+    os.close(master)  # the terminal window closed
+    try:
+        assert stream.write("interrupted\n") == len("interrupted\n")
+        stream.flush()
+        assert stream.closed_pipe
+    finally:
+        stream.stream.close()

@@ -6,6 +6,7 @@ call. Every test checks what the device saw against the items as prepared withou
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -245,3 +246,25 @@ def test_a_grown_ring_holds_whole_batches_in_the_batch_phase_of_the_items(fixtur
         assert offsets[0] == 6 * item
         starts = offsets[10::16]  # items 16, 32, 48: the first item of each later batch
         assert all(s is not None and s % (16 * item) == 0 for s in starts), starts
+
+
+def test_a_ctrl_c_while_the_workers_start_leaves_no_shared_memory_file(tmp_path, monkeypatch):
+    """Before: Ctrl-C or SIGTERM while the preprocess pool started its workers raised out of
+    WorkerPool.__init__, so `with WorkerPool(...)` never closed it: the ring's file (~100 MB of /dev/shm,
+    posix_fallocate'd) outlived the cleanly interrupted run (exit 130)."""
+    from types import SimpleNamespace
+
+    import zoo_core.pipeline.workers as workers
+
+    monkeypatch.setenv("ZOO_SHM_DIR", str(tmp_path))
+    made = []
+
+    def interrupted(*args, **kwargs):
+        made.extend(p.name for p in tmp_path.iterdir())  # the ring exists by now
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workers, "ProcessPool", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        WorkerPool(SimpleNamespace(model="fake"), {}, 1, num_slots=1)
+    assert made and made[0].startswith(f"zoo-slots-{os.getpid()}-")
+    assert list(tmp_path.iterdir()) == []

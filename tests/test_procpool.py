@@ -279,3 +279,90 @@ def test_a_task_that_stalls_is_reported_with_its_worker_while_the_pool_waits():
         assert seen[0][1] >= 0.2 and len(seen) <= 4  # 0.4 when the worker took the task after the first 0.2 s
     finally:
         p.shutdown()
+
+
+def test_a_ctrl_c_while_the_workers_start_stops_those_already_started(monkeypatch, capfd):
+    """Before: the Ctrl-C held back while a worker started was raised once the block ended, before the pool had
+    recorded that worker, and the constructor's caller got no pool to shut down: the orphaned worker, its queue's
+    semaphore gone with the pool, printed a traceback (FileNotFoundError in SemLock._rebuild). Now the interrupt
+    still comes out of the constructor, and every worker started is killed at once, quietly."""
+    import multiprocessing.context
+
+    started = []
+    start = multiprocessing.context.SpawnProcess.start
+
+    def start_then_ctrl_c(self):
+        start(self)
+        started.append(self)
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # (blocked here: pending until the block ends)
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", start_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        ProcessPool(2)
+    assert len(started) == 1
+    started[0].join(5)
+    assert started[0].exitcode == -signal.SIGKILL
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err
+
+
+class _Exited(Exception):
+    pass
+
+
+def test_a_worker_whose_parent_is_gone_exits_quietly_when_it_sends_a_result(monkeypatch):
+    """Before: the result pipe's BrokenPipeError (the parent killed by SIGKILL, the out-of-memory killer) was taken
+    for a result that does not pickle; the error sent on the same dead pipe raised out of the worker, which printed
+    `Process zoo-worker-0:` and two chained tracebacks on the terminal. Now it exits at once, printing nothing."""
+    import multiprocessing
+
+    from zoo_core.pipeline import procpool
+
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    reader.close()  # the parent's end: gone with it
+
+    class Tasks:
+        def __init__(self):
+            self.queue = [(0, abs, (-3,)), None]
+
+        def get(self):
+            return self.queue.pop(0)
+
+    def exit_(code):
+        raise _Exited(code)
+
+    monkeypatch.setattr(procpool.os, "_exit", exit_)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(_Exited):
+            procpool._serve(0, Tasks(), writer, [-1], type("V", (), {"value": 0})(), None, ())
+    finally:
+        signal.signal(signal.SIGINT, handler)  # (_serve ignores SIGINT, as a worker does)
+        writer.close()
+
+
+def test_a_worker_ended_by_sighup_is_an_interrupt_not_a_dead_worker(pool):
+    """The terminal closed: SIGHUP to the process group ends the workers (its default action) as the run unwinds on
+    its own; before, that was `a preprocess worker process died (worker N exited with code -1)`, exit 2."""
+    job = pool.submit(time.sleep, 30)
+    _wait_until_busy(pool, 0, 1)
+    os.kill(pool.pids()[0], signal.SIGHUP)
+    with pytest.raises(KeyboardInterrupt):
+        job.result()
+
+
+def test_the_resource_tracker_a_pool_starts_outlives_a_closed_terminal():
+    """Before: multiprocessing's resource tracker (the task queue's semaphores), started by the pool, ignored SIGINT
+    and SIGTERM but died of the SIGHUP of a closed terminal; the run unwinding then printed `resource_tracker: process
+    died unexpectedly` and a KeyError traceback per semaphore. Now it starts with SIGHUP blocked. (A fresh process:
+    this one's tracker may have been started by an earlier test.)"""
+    import subprocess
+
+    code = ("from multiprocessing import resource_tracker\n"
+            "from zoo_core.pipeline.procpool import ProcessPool\n"
+            "p = ProcessPool(1)\n"
+            "pid = resource_tracker._resource_tracker._pid\n"
+            "print(next(int(l.split()[1], 16) for l in open(f'/proc/{pid}/status') if l.startswith('SigBlk:')))\n"
+            "p.shutdown()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert int(out.split()[-1]) & (1 << (signal.SIGHUP - 1))

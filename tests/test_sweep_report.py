@@ -397,3 +397,26 @@ def test_a_400_digit_metric_is_read_as_missing(tmp_path, caplog):
     rows, swept = sr.collect_rows(tmp_path)
     assert [r["metric:AP"] for r in rows] == [None, 0.5] and "'AP' is 100000...(401 digits)" in caplog.text
     assert sr.plot_png(rows, swept) is not None
+
+
+def test_a_new_sweep_removes_the_temp_files_a_killed_sweep_left_in_its_dir(tmp_path):
+    """Before: a sweep killed while it wrote sweep_jobs.json (or sweep_report.*, report.html) left its
+    `.sweep_jobs.json.<pid>.<random>.tmp` there for good; docs/errors.md promises the next run removes it. A
+    live writer's temp file (another pid still running) and the files of the job dirs' own runs are left."""
+    from omegaconf import OmegaConf
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead = proc.pid
+    stale = [tmp_path / f".{sr.MANIFEST}.{dead}.0badf00d.tmp", tmp_path / f".sweep_report.md.{dead}.12345678.tmp"]
+    live = tmp_path / f".report.html.{os.getppid()}.abcdef01.tmp"
+    for p in (*stale, live):
+        p.write_text("partial")
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "overrides": {"hydra": []}}})
+    report = sr.SweepReport()
+    report.on_multirun_start(cfg)
+    try:
+        assert not any(p.exists() for p in stale)
+        assert live.read_text() == "partial"
+    finally:
+        report.__dict__.pop("_sweep_lock").release()

@@ -6,6 +6,7 @@ still finishes (a run keeps its artifacts whole) and exits with its own status.
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -26,8 +27,15 @@ shell completion (bash, zsh):  eval "$(zoo run -sc install=bash)"
 """
 
 
+def _gone(exc: OSError) -> bool:
+    """The reader of the stream is gone: a closed pipe (EPIPE), or a terminal hung up (EIO: the window or ssh
+    session closed, the run ending on its SIGHUP)."""
+    return exc.errno in (errno.EPIPE, errno.EIO)
+
+
 class ClosedPipeTolerant:
-    """A text stream whose writes go nowhere, quietly, once its pipe is closed (``BrokenPipeError``).
+    """A text stream whose writes go nowhere, quietly, once its pipe is closed (``BrokenPipeError``) or its
+    terminal hung up.
 
     The file descriptor is then pointed at ``/dev/null``, so buffered text and the interpreter's final
     flush cannot fail either. Everything else is the wrapped stream's.
@@ -40,14 +48,18 @@ class ClosedPipeTolerant:
     def write(self, text: str) -> int:
         try:
             return self.stream.write(text)
-        except BrokenPipeError:
+        except OSError as exc:
+            if not _gone(exc):
+                raise
             self._redirect()
             return len(text)
 
     def flush(self) -> None:
         try:
             self.stream.flush()
-        except BrokenPipeError:
+        except OSError as exc:
+            if not _gone(exc):
+                raise
             self._redirect()
 
     def _redirect(self) -> None:
@@ -133,13 +145,13 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
 
 
 def _settled() -> None:
-    """The command is done and its exit status decided (a run's ``run.json`` says ``ok`` or ``failed``): a Ctrl-C
-    or SIGTERM during the interpreter's shutdown is ignored. Before, one could kill the process by SIGINT (the
+    """The command is done and its exit status decided (a run's ``run.json`` says ``ok`` or ``failed``): a Ctrl-C,
+    SIGTERM or SIGHUP during the interpreter's shutdown is ignored. Before, one could kill the process by SIGINT (the
     shell's 130) once Python had restored the default handler, or print an ``atexit`` traceback before that,
     while the finished run's records said ``ok``."""
     import signal
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])):
         signal.signal(sig, signal.SIG_IGN)
 
 

@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from zoo_core.blas import single_thread_children
@@ -96,15 +97,17 @@ def _serve(slot: int, tasks: Any, results: Any, busy: Any, cancelled: Any,
     back through this worker's own pipe ``results`` as ``(index, ok, value or exception)``, the task's
     index in ``busy[slot]`` while it runs; once ``cancelled`` is set the tasks still queued are dropped
     unrun. Ctrl-C is the parent's to handle (it stops the pool): SIGINT is ignored here, and a Ctrl-C that came
-    while the worker started (it starts with SIGINT blocked: :func:`_sigint_blocked`) is dropped."""
+    while the worker started (it starts with SIGINT blocked: :func:`_interrupts_blocked`) is dropped; a SIGTERM
+    or SIGHUP that came meanwhile ends it now, as it would have then. Once the parent is gone (its end of the
+    pipe closed: SIGKILL, the out-of-memory killer) the worker exits at once, printing nothing."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _START_BLOCKED)
     try:
         if initializer is not None:
             initializer(*initargs)
     except BaseException as exc:  # reported to the parent, which stops the pool
-        results.send((_INIT_FAILED, False, f"the worker's initializer failed: {type(exc).__name__}: {exc}"))
+        _send(results, (_INIT_FAILED, False, f"the worker's initializer failed: {type(exc).__name__}: {exc}"))
         return
     while True:
         task = tasks.get()
@@ -119,31 +122,61 @@ def _serve(slot: int, tasks: Any, results: Any, busy: Any, cancelled: Any,
         except BaseException as exc:  # the task's error is the caller's
             reply = (index, False, exc)
         try:
-            results.send(reply)
+            _send(results, reply)
         except Exception as exc:  # the value or exception does not pickle
-            results.send((index, False, RuntimeError(f"a result of {getattr(fn, '__name__', fn)} could not be "
-                                                     f"sent back: {type(exc).__name__}: {exc}")))
+            _send(results, (index, False, RuntimeError(f"a result of {getattr(fn, '__name__', fn)} could not be "
+                                                       f"sent back: {type(exc).__name__}: {exc}")))
         busy[slot] = -1
 
 
+def _send(results: Any, reply: tuple) -> None:
+    """Send ``reply`` to the parent (an error if it does not pickle); if the parent is gone (its end of the pipe
+    closed) exit this worker at once, printing nothing. Before, the dead pipe's BrokenPipeError was taken for a
+    result that does not pickle, an error sent on the same pipe, and its traceback (``Process zoo-worker-0:``)
+    printed on the terminal of a run killed by SIGKILL."""
+    data = ForkingPickler.dumps(reply)  # (what Connection.send does: pickling errors apart from the pipe's)
+    try:
+        results.send_bytes(data)
+    except (OSError, EOFError):  # BrokenPipeError (EPIPE), ConnectionResetError...: nobody reads this pipe any more
+        os._exit(0)
+
+
+#: Blocked while a worker starts (the parent's thread, and the worker until :func:`_serve` runs).
+_START_BLOCKED = {signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])}
+
+
 @contextlib.contextmanager
-def _sigint_blocked():
-    """SIGINT blocked in the calling thread for the block: a process it starts (``spawn``: fork and exec) inherits
-    the mask, so a Ctrl-C while the worker's interpreter starts and imports stays pending until :func:`_serve`
-    ignores it, instead of printing a ``KeyboardInterrupt`` traceback in each worker or killing it (exit -2).
-    This process gets its own Ctrl-C when the block ends (nothing is lost, unlike with ``SIG_IGN``)."""
+def _interrupts_blocked():
+    """SIGINT, SIGTERM and SIGHUP blocked in the calling thread for the block: a process it starts (``spawn``: fork
+    and exec) inherits the mask, so a Ctrl-C while the worker's interpreter starts and imports stays pending until
+    :func:`_serve` ignores it, instead of printing a ``KeyboardInterrupt`` traceback in each worker or killing it
+    (exit -2). This process gets its own signals when the block ends (nothing is lost, unlike with ``SIG_IGN``), once
+    the worker it started is recorded, so that the interrupt it raises can stop that worker too."""
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _START_BLOCKED)
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-#: A worker that ended by one of these signals was stopped with the run (Ctrl-C or ``kill`` to the process group).
-_INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+def _start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (it tracks the task queue's semaphores) with SIGHUP blocked, if it
+    is not running yet. It ignores SIGINT and SIGTERM itself, but not SIGHUP: killed by the SIGHUP of a closed
+    terminal, it was relaunched as the run unwound and printed ``resource_tracker: process died unexpectedly`` and a
+    ``KeyError`` traceback per semaphore. It keeps the blocked mask it starts with (it unblocks SIGINT and SIGTERM
+    only); here the SIGHUP is delivered when the block ends."""
+    from multiprocessing import resource_tracker
+
+    with contextlib.suppress(Exception), _interrupts_blocked():
+        resource_tracker.ensure_running()
+
+
+#: A worker that ended by one of these signals was stopped with the run (Ctrl-C, ``kill`` to the process group, or
+#: the terminal closed: SIGHUP).
+_INTERRUPTS = (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
 
 
 class Job:
@@ -157,7 +190,7 @@ class Job:
     def result(self) -> Any:
         """The task's return value; its exception re-raised; :class:`WorkerCrashed` if its worker crashed
         on it; BrokenProcessPool if a worker died otherwise (its ``task`` attribute: the index of the task
-        that worker held, or None); KeyboardInterrupt if a worker was ended by SIGINT or SIGTERM."""
+        that worker held, or None); KeyboardInterrupt if a worker was ended by SIGINT, SIGTERM or SIGHUP."""
         return self.pool._result(self.index)
 
 
@@ -169,6 +202,7 @@ class ProcessPool:
                  initargs: tuple = (), stall_s: float = 60.0):
         self._ctx = ctx or mp.get_context("spawn")
         self._initializer, self._initargs = initializer, initargs
+        _start_resource_tracker()
         n = max(int(num_workers), 1)
         self._tasks = self._ctx.SimpleQueue()
         self._cancelled = self._ctx.RawValue("b", 0)
@@ -189,7 +223,7 @@ class ProcessPool:
         self._broken_code: int | None = None
         self._closed = False
         self._stopped = False
-        #: set when a worker was ended by SIGINT or SIGTERM: :meth:`Job.result` and :meth:`submit` raise
+        #: set when a worker was ended by SIGINT, SIGTERM or SIGHUP: :meth:`Job.result` and :meth:`submit` raise
         #: KeyboardInterrupt (the signal went to the process group: this process's interrupt too)
         self.interrupted = False
         self._sys_path = list(sys.path)
@@ -197,9 +231,30 @@ class ProcessPool:
         #: seconds (and every ``stall_s`` after), with the tasks the workers hold
         self.on_stall: Callable[[list[tuple[int, int]], float], None] | None = None
         self._stall_ms = max(int(stall_s * 1000), 1)
-        with single_thread_children():
-            for slot in range(n):
-                self._start(slot)
+        try:
+            with single_thread_children():
+                for slot in range(n):
+                    self._start(slot)
+        except BaseException:  # a Ctrl-C or SIGTERM while they start: the caller gets no pool to shut down
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        """Kill the workers started so far and close the pipes (the constructor is failing)."""
+        self._closed = True
+        for p in self._procs:
+            if p is not None:
+                with contextlib.suppress(Exception):
+                    p.kill()
+                    p.join()
+        for _, conn in self._readers.values():
+            conn.close()
+        self._readers.clear()
+        with contextlib.suppress(OSError):
+            self._tasks.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _start(self, slot: int) -> None:
         reader, writer = self._ctx.Pipe(duplex=False)
@@ -207,12 +262,12 @@ class ProcessPool:
                                                    self._initializer, self._initargs),
                               name=f"zoo-worker-{slot}", daemon=True)
         try:
-            with _sigint_blocked():
+            with _interrupts_blocked():
                 p.start()
+                self._procs[slot] = p  # (before an interrupt held back meanwhile is raised: it stops this one too)
+                self._readers[reader.fileno()] = (slot, reader)
         finally:
             writer.close()  # the worker's end: its death (even mid-message) is end of file here
-        self._procs[slot] = p
-        self._readers[reader.fileno()] = (slot, reader)
         self._poll.register(reader.fileno(), select.POLLIN)
         self._sentinels[p.sentinel] = slot
         self._poll.register(p.sentinel, select.POLLIN)

@@ -139,7 +139,7 @@ class SlotRing:
             # shows them from the start, not as they are first touched, and no item pays their faults)
             flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
             self.map = mmap.mmap(fd, self.size, flags=flags)
-        except OSError:
+        except BaseException:  # (no room, or a Ctrl-C / SIGTERM meanwhile: the file goes either way)
             os.close(fd)
             self.unlink()
             raise
@@ -398,13 +398,17 @@ class WorkerPool:
             return
         n = max(int(num_slots if num_slots is not None else 2 * self.num_workers + 2), 1)
         try:
-            self.ring = SlotRing(n)
-        except OSError as exc:
-            log.info("shared memory unavailable (%s): preprocessed arrays travel through a pipe", exc)
-        # every worker starts now, so its start-up overlaps whatever the caller does next (listing the
-        # dataset, loading the model)
-        self.pool = ProcessPool(self.num_workers, mp.get_context("spawn"), initializer=_worker_init,
-                                initargs=(hooks.model, cfg, os.getpid(), 1, self.nice))
+            try:
+                self.ring = SlotRing(n)
+            except OSError as exc:
+                log.info("shared memory unavailable (%s): preprocessed arrays travel through a pipe", exc)
+            # every worker starts now, so its start-up overlaps whatever the caller does next (listing the
+            # dataset, loading the model)
+            self.pool = ProcessPool(self.num_workers, mp.get_context("spawn"), initializer=_worker_init,
+                                    initargs=(hooks.model, cfg, os.getpid(), 1, self.nice))
+        except BaseException:  # a Ctrl-C or SIGTERM while the workers start: no `with` will close this pool
+            self.close()  # (before: the ring's file, ~100 MB of /dev/shm, outlived the interrupted run)
+            raise
 
     @property
     def num_slots(self) -> int:

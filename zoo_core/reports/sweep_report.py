@@ -636,10 +636,10 @@ class SweepReport(Callback):
     def on_multirun_start(self, config, **kwargs) -> None:
         """Take the sweep dir's lock (another sweep writing there: :class:`~zoo_core.runs.lock.RunDirInUse`
         before anything of this sweep is written) and refuse a ``multirun.yaml`` there that is a symbolic or
-        hard link (the sweeper rewrites it in place next); empty the sweep's :data:`MANIFEST` unless this sweep
-        re-runs chosen jobs of it; tell ``zoo run`` (:data:`STATUS_ENV`) where the sweep writes and which
-        launcher runs it, so that it can still build the report when the launcher raises and
-        ``on_multirun_end`` never comes."""
+        hard link (the sweeper rewrites it in place next); remove the temp files a killed writer left there;
+        empty the sweep's :data:`MANIFEST` unless this sweep re-runs chosen jobs of it; tell ``zoo run``
+        (:data:`STATUS_ENV`) where the sweep writes and which launcher runs it, so that it can still build the
+        report when the launcher raises and ``on_multirun_end`` never comes."""
         from zoo_core.api.errors import ZooError
         from zoo_core.runs.layout import refuse_linked_file
         from zoo_core.runs.lock import SWEEP_LOCK_NAME, RunDirInUse, RunLock, SweepRefused
@@ -658,6 +658,12 @@ class SweepReport(Callback):
             lock.release()
             raise SweepRefused(exc) from None
         self._sweep_lock = lock  # released at the end of on_multirun_end, or when this process exits
+        from zoo_core.api.atomic import sweep_stale_temps
+
+        # the temp files a killed sweep left here (sweep_jobs.json, sweep_report.*, report.html, multirun.yaml);
+        # the job dirs' own are swept by their runs (before: nothing ever removed these)
+        for p in sweep_stale_temps(sweep_dir, max_depth=1):
+            log.info("removed %s, left by a killed sweep", p)
         try:
             from omegaconf import OmegaConf
 
