@@ -450,3 +450,101 @@ def test_a_jpeg_missing_only_its_end_marker_reads_like_cv2_imread_and_one_cut_sh
     with pytest.raises(InputError, match=r"cut.jpg: not a decodable image: a JPEG cut short, its image data stops "
                                          r"before the last row \(libjpeg: .*premature end of data segment"):
         read_image(cut)
+
+
+def _sample_jpeg(kind: str) -> bytes:
+    """The astronaut of scikit-image's bundled data (the bundled sample's source) as a JPEG, quality 92 as the
+    sample is written; ``exif6`` carries an EXIF orientation 6 (rotated when read)."""
+    import cv2
+
+    skimage_data = pytest.importorskip("skimage.data")
+    img = cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)[:, 40:480]
+    params = {"progressive": [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], "restart_markers": [cv2.IMWRITE_JPEG_RST_INTERVAL, 2]}
+    data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92, *params.get(kind, [])])[1].tobytes()
+    if kind == "exif6":  # APP1 Exif, big-endian TIFF header, one IFD entry: Orientation (0x0112), SHORT, 6
+        tiff = b"MM\x00\x2a\x00\x00\x00\x08" + b"\x00\x01" + b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00" + bytes(4)
+        app1 = b"Exif\x00\x00" + tiff
+        data = data[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + data[2:]
+    return data
+
+
+@pytest.mark.parametrize("kind", ["baseline", "progressive", "restart_markers", "exif6"])
+@pytest.mark.parametrize("keep", [0.3, 0.5, 0.9])
+def test_a_jpeg_cut_short_is_refused_even_when_it_still_ends_with_an_end_marker(tmp_path, kind, keep):
+    """Before: a JPEG cut mid-scan that still ended with FF D9 (cut and the marker put back, or damaged so the
+    data stops early) was read, exit 0, its missing rows gray as ``cv2.imread`` fills them (libjpeg's
+    "premature end of data segment" went to stderr); only the same file without the marker was refused."""
+    import cv2
+
+    from zoo_core.api.errors import InputError
+    from zoo_core.api.imaging import read_image
+
+    data = _sample_jpeg(kind)
+    whole, cut = tmp_path / "whole.jpg", tmp_path / "cut.jpg"
+    whole.write_bytes(data)
+    cut.write_bytes(data[: int(len(data) * keep)] + b"\xff\xd9")
+    np.testing.assert_array_equal(read_image(whole), cv2.imread(str(whole)))
+    assert cv2.imread(str(cut)) is not None  # what the reference would have used: gray rows
+    with pytest.raises(InputError, match=r"cut.jpg: not a decodable image: a JPEG cut short, its image data stops "
+                                         r"before the last row \(libjpeg: .*premature end of data segment"):
+        read_image(cut)
+
+
+def test_a_jpeg_with_damaged_image_data_is_refused_and_harmless_padding_still_reads(tmp_path, capfd):
+    """Before: a JPEG whose entropy-coded data was damaged (libjpeg: "bad Huffman code", rows decoded wrong or
+    gray) read with exit 0. Padding between the last scan and the end marker (libjpeg: "extraneous bytes",
+    pixels intact) still reads as ``cv2.imread`` reads it, its warning passed on to stderr as cv2 prints it."""
+    import cv2
+
+    from zoo_core.api.errors import InputError
+    from zoo_core.api.imaging import read_image
+
+    skimage_data = pytest.importorskip("skimage.data")
+    data = cv2.imencode(".jpg", cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR),
+                        [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
+    damaged = bytearray(data)
+    for k in range(20):
+        damaged[len(data) // 2 + 37 * k] ^= 0x5A
+    (tmp_path / "damaged.jpg").write_bytes(bytes(damaged))
+    (tmp_path / "padded.jpg").write_bytes(data[:-2] + bytes(10) + b"\xff\xd9")
+    with pytest.raises(InputError, match=r"damaged.jpg: not a decodable image: a corrupt JPEG, its image data is "
+                                         r"damaged \(libjpeg: Corrupt JPEG data: bad Huffman code"):
+        read_image(tmp_path / "damaged.jpg")
+    capfd.readouterr()
+    np.testing.assert_array_equal(read_image(tmp_path / "padded.jpg"), cv2.imread(str(tmp_path / "padded.jpg")))
+    np.testing.assert_array_equal(read_image(tmp_path / "padded.jpg"), cv2.imdecode(np.frombuffer(data, np.uint8), 1))
+    assert "extraneous bytes before marker 0xd9" in capfd.readouterr().err
+
+
+def test_an_image_opencv_cannot_decode_names_opencvs_reason_in_one_line(tmp_path, capfd):
+    """Before: a valid TIFF OpenCV 5.0 cannot decode (EXIF orientation 8), or a PNG cut short, was refused as
+    "not a decodable image (corrupt, truncated or not an image file)" after OpenCV's raw multi-line log on
+    stderr naming /proc/self/fd/N instead of the file. Now OpenCV's reason is in the one-line message."""
+    import cv2
+
+    from zoo_core.api.errors import InputError
+    from zoo_core.api.imaging import read_image
+
+    skimage_data = pytest.importorskip("skimage.data")
+    png = cv2.imencode(".png", skimage_data.astronaut())[1].tobytes()
+    (tmp_path / "cut.png").write_bytes(png[: len(png) // 2])
+    capfd.readouterr()
+    with pytest.raises(InputError) as info:
+        read_image(tmp_path / "cut.png")
+    assert str(info.value) == (f"{tmp_path / 'cut.png'}: not a decodable image: OpenCV could not decode it: "
+                               "libpng error: Read Error")
+    assert capfd.readouterr().err == ""
+
+    pil = pytest.importorskip("PIL.Image")
+    exif = pil.Exif()
+    exif[0x0112] = 8
+    pil.fromarray(skimage_data.astronaut()[:, 60:460]).save(tmp_path / "exif8.tiff", exif=exif)
+    if cv2.imread(str(tmp_path / "exif8.tiff")) is not None:
+        pytest.skip("this OpenCV decodes the TIFF")
+    capfd.readouterr()
+    with pytest.raises(InputError) as info:
+        read_image(tmp_path / "exif8.tiff")
+    msg = str(info.value)
+    assert msg.startswith(f"{tmp_path / 'exif8.tiff'}: not a decodable image: OpenCV could not decode it: "), msg
+    assert "\n" not in msg and "/proc/self/fd" not in msg and "[ERROR" not in msg and "loadsave.cpp" not in msg, msg
+    assert capfd.readouterr().err == ""

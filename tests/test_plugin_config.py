@@ -201,6 +201,12 @@ def test_out_of_range_or_non_finite_values_fail_at_composition(model, override, 
     ("centerface", "model.input_hw=[0,800]", "model.input_hw[0]=0: outside [1, inf]"),
     ("centerface", "model.mean=[0.4,0.4]", "model.mean=[0.4, 0.4]: needs exactly 3 values, got 2"),
     ("centerface", "model.std=[0.3,0.3,0]", "model.std[2]=0.0: outside (0.0, inf]"),
+    # Before: composed, then CenterNet (torch) failed with 'The size of tensor a (63) must match the size of tensor
+    # b (62)' (an unexpected error, exit 1), onnxruntime with its raw BroadcastIterator error; CenterFace ascend too.
+    ("centernet", "model.input_h=500", "model.input_h=500: not a multiple of 32"),
+    ("centernet", "model.input_w=520", "model.input_w=520: not a multiple of 32"),
+    ("centerface", "model.input_hw=[500,500]", "model.input_hw[0]=500: not a multiple of 32"),
+    ("centerface", "model.input_hw=[512,100]", "model.input_hw[1]=100: not a multiple of 32"),
 ])
 def test_bundled_plugin_sizes_counts_and_normalisation_are_checked_at_composition(model, override, text):
     from zoo_core.config.validate import compose
@@ -209,6 +215,22 @@ def test_bundled_plugin_sizes_counts_and_normalisation_are_checked_at_compositio
     with pytest.raises(ConfigError) as ei:
         compose([f"model={model}", *extra, override])
     assert str(ei.value) == text
+
+
+def test_input_sizes_must_be_multiples_of_32_for_both_centernet_modes_and_both_centerface_variants():
+    """keep_res sizes each image itself, but input_h x input_w is still the export's tracing input and perf's
+    nominal size, so 500 is refused there too; the shipped and tested multiples of 32 compose."""
+    from zoo_core.config.validate import compose
+
+    for extra in (["model.keep_res=true"], ["model.keep_res=false"]):
+        with pytest.raises(ConfigError, match=r"^model.input_h=500: not a multiple of 32$"):
+            compose(["model=centernet", *extra, "model.input_h=500"])
+        assert compose(["model=centernet", *extra, "model.input_h=384", "model.input_w=640"]).model.input_h == 384
+    for variant in ("ascend", "starclouds"):
+        with pytest.raises(ConfigError, match=r"^model.input_hw\[0\]=500: not a multiple of 32$"):
+            compose(["model=centerface", f"model.variant={variant}", "model.input_hw=[500,500]"])
+        assert list(compose(["model=centerface", f"model.variant={variant}", "model.input_hw=[32,64]"]).model.input_hw) \
+            == [32, 64]
 
 
 def test_list_ranges_accept_the_shipped_values_nulls_and_interpolations():

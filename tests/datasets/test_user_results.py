@@ -345,7 +345,7 @@ def test_coco_results_subset_and_missing(cocoset, tmp_path):
     ({"image_id": 0, "category_id": 1, "bbox": [10 ** 400, 2, 3, 4], "score": 0.5},
      "fit a float32), got [100000...(401 digits), 2, 3, 4]"),
     ({"image_id": 0, "category_id": 1, "bbox": [1, 2, 3, 4], "score": -10 ** 400},
-     "finite number 'score', got -100000...(401 digits)"),
+     "finite number 'score' that fits a float32, got -100000...(401 digits)"),
 ])
 def test_bad_coco_records_name_the_file_and_record(cocoset, tmp_path, record, why):
     cfg, ds, dets, results = cocoset
@@ -357,6 +357,52 @@ def test_bad_coco_records_name_the_file_and_record(cocoset, tmp_path, record, wh
     with pytest.raises(ZooError, match="results\\[3\\]") as e:
         zd.read_detections(cfg, f, ds, ds.samples())
     assert why in str(e.value) and str(f) in str(e.value)
+
+
+@pytest.mark.parametrize(("first", "why"), [
+    ({"image_id": 0, "category_id": 1, "score": 0.5, "box": [1, 2, 3, 4]},
+     "results[0] needs a 'bbox' of 4 finite numbers [x, y, w, h] (whose x + w and y + h fit a float32), got no "
+     "'bbox' key (the record's keys: 'image_id', 'category_id', 'score', 'box')"),
+    ({"imageid": 0, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5},
+     "results[0] needs an integer 'image_id', got no 'image_id' key (the record's keys: 'imageid', 'category_id', "
+     "'bbox', 'score')"),
+    ({"image_id": 0, "bbox": [1, 2, 3, 4], "score": 0.5},
+     "results[0] needs an integer 'category_id', got no 'category_id' key (the record's keys: 'image_id', 'bbox', "
+     "'score')"),
+])
+def test_a_mistake_in_the_first_coco_record_is_named_like_one_in_any_other(cocoset, tmp_path, first, why):
+    """Before: a .json results list whose FIRST record lacked 'image_id' or 'bbox' (or misspelt it) was "not a
+    detections format model 'centernet' or dataset kind 'coco' reads", while the same mistake in record 1 named
+    the record and the key."""
+    cfg, ds, dets, results = cocoset
+    good = json.loads(results.read_text())[:3]
+    if "image_id" in first:
+        first = {**first, "image_id": ds.samples()[0].key}
+    f = tmp_path / "first.json"
+    f.write_text(json.dumps([first, *good]))
+    with pytest.raises(ZooError) as e:
+        zd.read_detections(cfg, f, ds, ds.samples())
+    assert str(e.value) == f"{f}: {why}"
+    if not ("image_id" in first and "bbox" in first):  # not a .json: not claimed, as before
+        (tmp_path / "first.txt").write_text(json.dumps([first, *good]))
+        assert zd.read_detections(cfg, tmp_path / "first.txt", ds, ds.samples()) is None
+
+
+@pytest.mark.parametrize(("change", "why"), [
+    # before: "needs a finite number 'score', got 1e+300" (1e300 is finite; it does not fit the float32 kept)
+    ({"score": 1e300}, "results[3] needs a finite number 'score' that fits a float32, got 1e+300"),
+    # before: "category_id 11.0 is not one of the model's categories" (it is, as a float)
+    ({"category_id": 11.0}, "results[3] needs an integer 'category_id', got 11.0"),
+    ({"category_id": True}, "results[3] needs an integer 'category_id', got True"),
+])
+def test_coco_score_and_category_mistakes_say_what_is_wrong(cocoset, tmp_path, change, why):
+    cfg, ds, dets, results = cocoset
+    good = json.loads(results.read_text())[:3]
+    f = tmp_path / "bad.json"
+    f.write_text(json.dumps([*good, {**good[0], "category_id": 11, **change}]))
+    with pytest.raises(ZooError) as e:
+        zd.read_detections(cfg, f, ds, ds.samples())
+    assert str(e.value) == f"{f}: {why}"
 
 
 def test_a_coco_results_json_with_a_utf8_byte_order_mark_is_read_as_without_it(cocoset, tmp_path):

@@ -23,8 +23,9 @@ leaves the key out (``"???"``, OmegaConf's ``MISSING``, makes the YAML value man
 A float key with a meaningful range declares it with :func:`in_range` (``iou_thresh: float =
 in_range(0.5, 0, 1, lo_open=True)``): a value outside it fails at composition like a value of the
 wrong type. On a list key the range applies to every element, and ``length=`` fixes the number of
-elements (``std: list[float] = in_range(MISSING, 0, lo_open=True, length=3)``). NaN and infinite
-values are refused for every key (``model.threshold=nan``).
+elements (``std: list[float] = in_range(MISSING, 0, lo_open=True, length=3)``); ``multiple=`` requires a
+whole multiple (``input_h: int = in_range(512, 1, multiple=32)``, a network that halves its input 5 times).
+NaN and infinite values are refused for every key (``model.threshold=nan``).
 
 Importing this module is cheap: dataclasses only.
 """
@@ -45,16 +46,22 @@ RANGE_KEY = "zoo_range"
 #: The ``dataclasses.field`` metadata key :func:`in_range` sets when given ``length``.
 LENGTH_KEY = "zoo_length"
 
+#: The ``dataclasses.field`` metadata key :func:`in_range` sets when given ``multiple``.
+MULTIPLE_KEY = "zoo_multiple"
+
 
 def in_range(default: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-             hi_open: bool = False, length: int | None = None) -> Any:
+             hi_open: bool = False, length: int | None = None, multiple: int | None = None) -> Any:
     """A schema field whose numeric value must lie in ``[lo, hi]`` (``(lo`` / ``hi)`` when open; ``None``:
     unbounded on that side), checked at composition; ``default`` as a plain field's (``MISSING`` too).
     On a list field every element must lie in the range, and ``length`` (if given) is the exact
-    number of elements (a ``None`` value, where the type allows it, is not checked)."""
+    number of elements (a ``None`` value, where the type allows it, is not checked). ``multiple`` (if
+    given) requires each value to be a whole multiple of it (``multiple=32``: 64, 512, not 500)."""
     metadata: dict[str, Any] = {RANGE_KEY: (lo, hi, lo_open, hi_open)}
     if length is not None:
         metadata[LENGTH_KEY] = int(length)
+    if multiple is not None:
+        metadata[MULTIPLE_KEY] = int(multiple)
     return field(default=default, metadata=metadata)
 
 

@@ -1,12 +1,15 @@
 """Image decoding with OpenCV's default colour flag (what every reference pipeline used)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, overload
+from typing import Any, BinaryIO, TypeVar, overload
 
 import numpy as np
 
@@ -59,19 +62,25 @@ def max_image_pixels() -> int:
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Return what ``cv2.imread(path)`` returns: HxWx3 BGR uint8, grayscale expanded to 3 equal
     channels, alpha dropped, EXIF orientation applied, 16-bit reduced to 8 bits (``>> 8``). One exception: a
-    JPEG cut short, whose missing rows ``cv2.imread`` fills with gray, is refused (a JPEG whose image data is
-    whole but whose end-of-image marker is missing reads as ``cv2.imread`` reads it).
+    JPEG whose image data stops early (cut short) or is corrupt, whose rows ``cv2.imread`` fills with gray
+    (or garbage) and returns, is refused, with or without its end-of-image marker: libjpeg's warning on
+    stderr is captured for every decode and a "premature end", "bad Huffman code", "bad arithmetic code" or
+    missing restart marker refuses the file (a JPEG whose image data is whole but whose end-of-image marker
+    is missing reads as ``cv2.imread`` reads it). libjpeg prints only its first warning, and damage that
+    decodes to valid codes makes none: such a file is read as ``cv2.imread`` reads it.
 
     Raises :class:`InputError` naming the file for a missing, unreadable (permissions), empty, undecodable
-    (corrupt, truncated, not an image), oversized or not regular (a FIFO, a device, a directory) file. The size
+    (corrupt, truncated, not an image, or a format OpenCV cannot decode: OpenCV's logged reason is in the
+    message), oversized or not regular (a FIFO, a device, a directory) file. The size
     limit (:func:`max_image_pixels`) is checked from the PNG / JPEG / BMP header before any pixel is
     decoded, so memory stays bounded; other formats rely on OpenCV's ``OPENCV_IO_MAX_IMAGE_PIXELS`` (set to
     the same limit). The file is not read whole into memory: the header check reads the bytes it needs and
     ``cv2.imread`` decodes the open file (a 64x64 JPEG followed by gigabytes of anything reads as
     ``cv2.imread`` reads it, in a few MB). Only a JPEG that has no end-of-image marker where libjpeg would look
     for it (cut short, corrupt, or only missing its last 2 bytes) is decoded from memory with
-    ``cv2.imdecode`` and the marker added: refused when libjpeg warns that its data stops early (``cv2.imread``
-    would fill the rest with gray), else the pixels ``cv2.imread`` gives; over 64 MiB it is refused unread.
+    ``cv2.imdecode`` and the marker added (the pixels ``cv2.imread`` gives); over 64 MiB it is refused unread.
+    What OpenCV and libjpeg print while decoding is captured (fd 2 goes to an in-memory file for the call)
+    and, unless it is folded into an error, written back to stderr.
     Raises :class:`ConfigError` when ``ZOO_MAX_IMAGE_PIXELS`` is invalid.
     """
     limit = max_image_pixels()  # before OpenCV's first decode (it reads its own variable then)
@@ -90,15 +99,15 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             raise InputError("image file is empty (0 bytes)", path=p)
         head = _FileBytes(f, size)
         _check_dimensions(head, p, limit)
+        jpeg = head[:3] == b"\xff\xd8\xff"
+        lines: list[str] = []
         try:
-            if head[:3] != b"\xff\xd8\xff" or _jpeg_ends(head):
-                img = _decode(cv2, f, p)
+            if not jpeg or _jpeg_ends(head):
+                img, lines = _captured(lambda: _decode(cv2, f, p))
             elif size <= _WHOLE_JPEG_MAX:  # libjpeg would run out of data: decoded from memory with an end marker
                 f.seek(0)
-                img, warning = _decode_without_end_marker(cv2, f.read())
-                if warning:
-                    raise InputError(f"not a decodable image: a JPEG cut short, its image data stops before the last "
-                                     f"row (libjpeg: {warning}; cv2.imread would fill the rest with gray)", path=p)
+                buf = np.frombuffer(f.read() + b"\xff\xd9", np.uint8)
+                img, lines = _captured(lambda: cv2.imdecode(buf, cv2.IMREAD_COLOR))
             else:
                 img = None
         except cv2.error as exc:  # OpenCV's own checks, for what _header_dims cannot read (TIFF, WebP...)
@@ -108,37 +117,100 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                                  hint="resize it, or raise ZOO_MAX_IMAGE_PIXELS") from None
             reason = " ".join(str(exc).split())[:200]
             raise InputError(f"not a decodable image (OpenCV: {reason})", path=p) from None
+        fd_name = f"/proc/self/fd/{f.fileno()}"
+    lines = [ln.replace(fd_name, os.fspath(p)) for ln in lines]
     if img is None:
-        raise InputError("not a decodable image (corrupt, truncated or not an image file)", path=p)
+        reason = _opencv_reason(lines)
+        raise InputError(f"not a decodable image: OpenCV could not decode it: {reason}" if reason else
+                         "not a decodable image (corrupt, truncated or not an image file)", path=p)
+    if jpeg:
+        _refuse_damaged_jpeg(lines, p)
+    if lines:  # what cv2.imread would have printed too (a harmless libjpeg warning), or another thread's output
+        os.write(2, ("\n".join(lines) + "\n").encode())
     return img
 
 
-def _decode_without_end_marker(cv2: Any, data: bytes) -> tuple[np.ndarray | None, str]:
-    """Decode a JPEG that has no end-of-image marker: ``cv2.imdecode`` of ``data`` with the 2-byte marker added,
-    and libjpeg's warning that the data stopped early, if it gave one. A file whose scans are all there but
-    whose marker is missing decodes as ``cv2.imread`` decodes it, silently; one whose data stops mid-scan makes
-    libjpeg warn ("premature end of data segment") and fill the missing rows with gray. libjpeg prints its
-    warnings on file descriptor 2, so that is captured for the call; anything else written there meanwhile
-    (another thread's) is written back."""
-    buf = np.frombuffer(data + b"\xff\xd9", np.uint8)
-    with tempfile.TemporaryFile() as captured:
-        sys.stderr.flush()
-        saved = os.dup(2)
+_T = TypeVar("_T")
+#: fd 2 is the process's: one capture at a time.
+_CAPTURE_LOCK = threading.Lock()
+
+
+def _captured(decode: Callable[[], _T]) -> tuple[_T, list[str]]:
+    """``decode()`` and the lines written on file descriptor 2 meanwhile: libjpeg prints its warnings there
+    (that a JPEG's data stops early or is corrupt), OpenCV its log (why ``cv2.imread`` gave None), and neither
+    can be asked otherwise. fd 2 goes to an in-memory file for the call (a few microseconds); a process without
+    an fd 2 decodes uncaptured."""
+    with _CAPTURE_LOCK:
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # closed, or replaced by something odd
+            sys.stderr.flush()
         try:
-            os.dup2(captured.fileno(), 2)
+            sink = os.memfd_create("zoo-imread-stderr", os.MFD_CLOEXEC) if hasattr(os, "memfd_create") else None
+        except OSError:
+            sink = None
+        if sink is None:
+            with tempfile.TemporaryFile() as tmp:
+                sink = os.dup(tmp.fileno())
+        try:
             try:
-                img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+                saved = os.dup(2)
+            except OSError:  # no fd 2
+                return decode(), []
+            try:
+                os.dup2(sink, 2)
+                try:
+                    result = decode()
+                finally:
+                    os.dup2(saved, 2)
             finally:
-                os.dup2(saved, 2)
+                os.close(saved)
+            n = os.fstat(sink).st_size
+            text = os.pread(sink, n, 0).decode("utf-8", "replace") if n else ""
         finally:
-            os.close(saved)
-        captured.seek(0)
-        lines = captured.read().decode("utf-8", "replace").splitlines()
-    early = [ln for ln in lines if "premature end" in ln.lower()]
-    others = [ln for ln in lines if ln not in early]
-    if others:  # another thread's output, or a libjpeg warning that cv2.imread would print too
-        os.write(2, ("\n".join(others) + "\n").encode())
-    return img, (early[0].strip() if early else "")
+            os.close(sink)
+    return result, [ln for ln in text.splitlines() if ln.strip()]
+
+
+#: The start of an OpenCV log line: ``[ERROR:0@0.019] global loadsave.cpp:612 imread_ ``.
+_LOG_PREFIX = re.compile(r"^\[[A-Z]+:[^\]]*\]\s+(?:global\s+)?\S+:\d+\s+\S+\s+")
+#: What names the decoder's call, not the reason: ``imread_('<name>'): `` and
+#: ``OpenCV(5.0.0) <source>:604: error: (-2:Unspecified error) in function '<signature>'``.
+_LOG_NOISE = re.compile(r"imread_\('[^']*'\):\s*|OpenCV\([^)]*\)\s+\S+:\d+:\s+error:\s+\([^)]*\)"
+                        r"(?:\s+in function '[^']*')?\s*")
+
+
+def _opencv_reason(lines: list[str]) -> str:
+    """What the lines OpenCV and its decoders (libjpeg, libpng, libtiff) printed say about why a decode gave None,
+    on one line: log prefixes, the file name it was read by and OpenCV's source locations left out."""
+    parts: list[str] = []
+    for ln in lines:
+        text = _LOG_NOISE.sub("", _LOG_PREFIX.sub("", ln.strip()))
+        if ln.lstrip().startswith(">") and parts:  # continuation of the last log message
+            parts[-1] = f"{parts[-1]} {text.lstrip('> ')}"
+        elif text:
+            parts.append(text)
+    reason = "; ".join(" ".join(part.split()) for part in parts)
+    return reason if len(reason) <= 300 else reason[:297] + "..."
+
+
+#: libjpeg warnings after which ``cv2.imread`` returns rows it did not decode (gray, or garbage): the data stops
+#: early ("premature end of data segment", "Premature end of JPEG file"), a code is invalid, or a restart marker
+#: is missing. Warnings that leave the pixels as the encoder made them (extraneous bytes before a marker, a bad
+#: ICC profile, an unknown JFIF version) are not among them.
+_JPEG_CUT = ("premature end",)
+_JPEG_DAMAGED = ("bad huffman code", "bad arithmetic code", "instead of rst")
+
+
+def _refuse_damaged_jpeg(lines: list[str], p: Path) -> None:
+    """Refuse a JPEG whose decode made libjpeg warn that image data is missing or corrupt (libjpeg prints only
+    its first warning)."""
+    for ln in lines:
+        low = ln.lower()
+        if any(w in low for w in _JPEG_CUT):
+            raise InputError(f"not a decodable image: a JPEG cut short, its image data stops before the last row "
+                             f"(libjpeg: {ln.strip()}; cv2.imread would fill the rest with gray)", path=p)
+        if any(w in low for w in _JPEG_DAMAGED):
+            raise InputError(f"not a decodable image: a corrupt JPEG, its image data is damaged (libjpeg: "
+                             f"{ln.strip()}; cv2.imread would decode wrong or gray rows from there)", path=p)
 
 
 def _decode(cv2: Any, f: BinaryIO, p: Path) -> np.ndarray | None:

@@ -25,7 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from zoo_core.api.config import LENGTH_KEY, RANGE_KEY, DatasetConfig, ModelConfig
+from zoo_core.api.config import LENGTH_KEY, MULTIPLE_KEY, RANGE_KEY, DatasetConfig, ModelConfig
 from zoo_core.api.errors import ConfigError, PluginError
 from zoo_core.config.confpaths import ConfScan, check_choices, scan_plugin_confs
 from zoo_core.config.dataset_schemas import CORE_DATASET_SCHEMAS
@@ -176,15 +176,18 @@ def check_values(section: DictConfig, group: str, cls: type | None = None) -> No
                                   f"value{'s' if length != 1 else ''}, got {len(value)}")
             for i in range(len(value)):
                 if not (OmegaConf.is_interpolation(value, i) or OmegaConf.is_missing(value, i)):
-                    _check_bounds(value[i], f"{group}.{f.name}[{i}]", bounds)
+                    _check_bounds(value[i], f"{group}.{f.name}[{i}]", bounds, f.metadata.get(MULTIPLE_KEY))
             continue
-        _check_bounds(value, f"{group}.{f.name}", bounds)
+        _check_bounds(value, f"{group}.{f.name}", bounds, f.metadata.get(MULTIPLE_KEY))
 
 
-def _check_bounds(value: Any, where: str, bounds: tuple[Any, Any, bool, bool]) -> None:
-    """A ConfigError for a number ``value`` outside ``bounds`` (:func:`~zoo_core.api.config.in_range`'s)."""
+def _check_bounds(value: Any, where: str, bounds: tuple[Any, Any, bool, bool], multiple: int | None = None) -> None:
+    """A ConfigError for a number ``value`` outside ``bounds`` or not a whole multiple of ``multiple``
+    (:func:`~zoo_core.api.config.in_range`'s)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
+    if multiple and value % multiple:
+        raise ConfigError(f"{where}={value}: not a multiple of {multiple}")
     lo, hi, lo_open, hi_open = bounds
     if (lo is not None and (value <= lo if lo_open else value < lo)) or \
             (hi is not None and (value >= hi if hi_open else value > hi)):

@@ -99,3 +99,14 @@ def test_dispatch_on_variant(famb):
     assert sc["input.1"].shape == (3, 704, 1024)
     with pytest.raises(ConfigError, match="variant"):
         preprocess_for(OmegaConf.create({"variant": "cj"}), img)
+
+
+def test_ascend_input_hw_must_be_multiples_of_32_without_composition_too():
+    """Before: model_input_hw took [500, 500] for ascend (only starclouds checked it) and the network failed
+    later with 'The size of tensor a (63) must match the size of tensor b (62)'."""
+    from zoo_centerface.preprocess import model_input_hw
+
+    with pytest.raises(ConfigError, match=r"model.input_hw=\[500, 500\] must be \[height, width\], two positive "
+                                          r"multiples of 32"):
+        model_input_hw(OmegaConf.create({"variant": "ascend", "input_hw": [500, 500]}))
+    assert model_input_hw(OmegaConf.create({"variant": "ascend", "input_hw": [320, 480]})) == (320, 480)

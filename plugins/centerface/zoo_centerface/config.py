@@ -30,7 +30,7 @@ class CenterFaceConfig(WiderFaceModelConfig):
     variant_default_weights: dict[str, str | None] = field(default_factory=dict)
     #: per variant, the ``export_keys`` (the keys that change that variant's export)
     variant_export_keys: dict[str, list[str]] = field(default_factory=dict)
-    input_hw: list[int] | None = in_range(None, 1, length=2)          # [h, w], each >= 1
+    input_hw: list[int] | None = in_range(None, 1, length=2, multiple=32)  # [h, w], each >= 1, a multiple of 32
     threshold: float = in_range(MISSING, 0.0, 1.0)
     nms_iou: float = in_range(MISSING, 0.0, 1.0)
     K: int = in_range(MISSING, 1)                                     # detections kept per image, >= 1

@@ -120,8 +120,8 @@ def model_input_hw(model_cfg) -> tuple[int, int] | None:
     if hw is None:
         return ASCEND_INPUT_HW if variant_of(model_cfg) == "ascend" else None
     hw = [int(v) for v in hw]
-    if len(hw) != 2 or min(hw) <= 0:
-        raise ConfigError(f"model.input_hw={hw} must be [height, width]")
+    if len(hw) != 2 or min(hw) <= 0 or hw[0] % 32 or hw[1] % 32:
+        raise ConfigError(f"model.input_hw={hw} must be [height, width], two positive multiples of 32")
     return hw[0], hw[1]
 
 

@@ -2,7 +2,8 @@
 
 Values live in ``conf/model/centernet.yaml``; this class gives each key its type and, for the numbers,
 the range the plugin's code assumes, so a bad value (``model.K=abc``, ``model.keep_res=maybe``,
-``model.K=0``, ``model.down_ratio=0``, ``model.std=[0.3,0.3]``) fails at composition naming the key.
+``model.K=0``, ``model.down_ratio=0``, ``model.std=[0.3,0.3]``, ``model.input_h=500``) fails at composition
+naming the key.
 A key added to the YAML file must be declared here (the contract kit's ``test_config_composes``
 checks it). The keys zoo-core's COCO evaluator reads (``category_ids``, ``coco_evaluator``) come from
 :class:`~zoo_core.api.config.CocoModelConfig`; the datasets (``coco``, ``coco_sample``) are zoo-core's
@@ -23,8 +24,9 @@ class CenterNetExportConfig:
 @dataclass
 class CenterNetConfig(CocoModelConfig):
     keep_res: bool = False
-    input_h: int = in_range(MISSING, 1)                       # pixels, >= 1 (export: a multiple of 32)
-    input_w: int = in_range(MISSING, 1)                       # pixels, >= 1 (export: a multiple of 32)
+    #: the fix_res input and the nominal size (export, perf): DLA-34 halves it 5 times, so a multiple of 32
+    input_h: int = in_range(MISSING, 1, multiple=32)          # pixels, >= 1, a multiple of 32
+    input_w: int = in_range(MISSING, 1, multiple=32)          # pixels, >= 1, a multiple of 32
     down_ratio: int = in_range(MISSING, 1)                    # output grid stride, >= 1
     num_classes: int = in_range(MISSING, 1)                   # heatmap channels, >= 1
     head_conv: int = in_range(MISSING, 1)                     # head width, >= 1

@@ -91,7 +91,8 @@ FORMAT = "coco_results"
 
 def _results_list(path: Path) -> list | None:
     """The parsed list when ``path`` is a COCO results json (a list of objects with ``image_id`` and
-    ``bbox``, or an empty list); ``None`` for another kind of file. A ``.json`` that does not parse raises.
+    ``bbox``, or an empty list; a ``.json`` list of objects too, whatever their keys, so a mistake in the first
+    record is named as in any other); ``None`` for another kind of file. A ``.json`` that does not parse raises.
     A UTF-8 byte order mark (what some Windows editors write first) is read past, as the instances json's is."""
     if not path.is_file():
         return None
@@ -123,7 +124,8 @@ def _results_list(path: Path) -> list | None:
     if not isinstance(data, list):
         return None
     if data and not (isinstance(data[0], dict) and "image_id" in data[0] and "bbox" in data[0]):
-        return None
+        # a .json list of objects is a results file with a mistake in its first record: its check names it
+        return data if path.suffix.lower() == ".json" and isinstance(data[0], dict) else None
     return data
 
 
@@ -135,16 +137,27 @@ def _finite_number(v) -> bool:
     return finite_number(v) and abs(v) <= _F32_MAX
 
 
+def _got(rec: dict, key: str) -> str:
+    """What record ``rec`` holds under ``key``, for an error message: the value, or that the key is missing and
+    which keys the record has (a misspelt ``imageid`` shows)."""
+    if key in rec:
+        return shown(rec[key])
+    keys = ", ".join(shown(str(k)) for k in list(rec)[:8]) + (", ..." if len(rec) > 8 else "")
+    return f"no {key!r} key (the record's keys: {keys or 'none'})"
+
+
 def read_coco_results(path: str | os.PathLike, dataset: CocoDataset, samples: Sequence[Sample],
                       category_ids: Sequence[int] = CATEGORY_IDS) -> DetectionsRead | None:
     """Read a COCO results json (``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]``).
 
     Recognised by content (a json list whose first record has ``image_id`` and ``bbox``; an empty list
-    too); ``None`` for any other file. Every record is checked: an ``image_id`` that is not an image of
-    the dataset's annotation file, a ``category_id`` outside ``category_ids`` (``model.category_ids``),
-    a bbox that is not 4 finite numbers (float32-finite, with ``x + w`` and ``y + h``; a negative size is
-    kept: COCOeval takes it, and a decoder may write one) or a non-finite score raise ``ZooError``
-    naming the file and the record. Records of dataset images outside ``samples`` are ignored.
+    too; any ``.json`` list of objects, so a key missing from the first record is named as from any other);
+    ``None`` for any other file. Every record is checked: an ``image_id`` or ``category_id`` that is not an
+    integer (``11.0`` is not), an ``image_id`` that is not an image of the dataset's annotation file, a
+    ``category_id`` outside ``category_ids`` (``model.category_ids``), a bbox that is not 4 finite numbers
+    (float32-finite, with ``x + w`` and ``y + h``; a negative size is kept: COCOeval takes it, and a decoder
+    may write one) or a score that is not float32-finite raise ``ZooError`` naming the file, the record and
+    a missing key. Records of dataset images outside ``samples`` are ignored.
     Boxes become ``x1 y1 x1+w y1+h`` (float32) with the category's 0-based class index, per image in
     descending score (stable: file order among ties); each keeps its record's values as written
     (:class:`WrittenCocoDetections`), which is what is scored. ``info``: ``format``, ``path``, ``records``,
@@ -164,19 +177,22 @@ def read_coco_results(path: str | os.PathLike, dataset: CocoDataset, samples: Se
         img, cat, bbox, score = rec.get("image_id"), rec.get("category_id"), rec.get("bbox"), rec.get("score")
         score = score if _finite_number(score) else None
         if not (isinstance(img, int) and not isinstance(img, bool)):
-            raise ZooError(f"results[{i}] needs an integer 'image_id', got {shown(img)}", path=path)
+            raise ZooError(f"results[{i}] needs an integer 'image_id', got {_got(rec, 'image_id')}", path=path)
         if img not in image_ids:
             raise ZooError(f"results[{i}]: image_id {shown(img)} is not an image of {dataset.ann_path}", path=path,
                            hint="score the results with the dataset they were made on")
-        if not (isinstance(cat, int) and not isinstance(cat, bool)) or cat not in label_of:
+        if not (isinstance(cat, int) and not isinstance(cat, bool)):
+            raise ZooError(f"results[{i}] needs an integer 'category_id', got {_got(rec, 'category_id')}", path=path)
+        if cat not in label_of:
             raise ZooError(f"results[{i}]: category_id {shown(cat)} is not one of the model's categories "
                            "(model.category_ids)", path=path)
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite_number(v) for v in bbox)
                 and _finite_number(bbox[0] + bbox[2]) and _finite_number(bbox[1] + bbox[3])):
             raise ZooError(f"results[{i}] needs a 'bbox' of 4 finite numbers [x, y, w, h] (whose x + w and y + h "
-                           f"fit a float32), got {shown(bbox)}", path=path)
+                           f"fit a float32), got {_got(rec, 'bbox')}", path=path)
         if score is None:
-            raise ZooError(f"results[{i}] needs a finite number 'score', got {shown(rec.get('score'))}", path=path)
+            raise ZooError(f"results[{i}] needs a finite number 'score' that fits a float32, got "
+                           f"{_got(rec, 'score')}", path=path)
         if img in wanted:
             per_image.setdefault(img, []).append((float(score), [float(v) for v in bbox], label_of[cat]))
     out: dict[str, Detections] = {}
