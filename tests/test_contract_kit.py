@@ -184,3 +184,35 @@ def test_the_kit_skips_an_export_that_needs_a_missing_optional_package_and_fails
         raise MissingDependencyError("exporting x needs torch, which is not installed: pip install 'zoo-x[torch]'")
     with pytest.raises(ConfigError), _skip_if_missing_dependency():
         raise ConfigError("a real failure")
+
+
+@pytest.fixture
+def coco_kit(tmp_path, monkeypatch):
+    """A PluginUnderTest on the installed centernet plugin on coco_sample, with extra overrides."""
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+
+    def make(*overrides):
+        p = checks.PluginUnderTest("centernet", ["dataset=coco_sample", *overrides], tmp_path / "kit")
+        if "centernet" not in p.manager.models:
+            pytest.skip("the centernet plugin is not installed")
+        return p
+    return make
+
+
+def test_the_round_trip_runs_on_images_holding_the_models_classes(coco_kit):
+    # a one-class giraffe model (category 25): coco_sample's first 2 images hold no giraffe, so before the round
+    # trip ran on them and failed "does not beat empty detections" for a correct plugin
+    giraffe = coco_kit("model.category_ids=[25]")
+    assert [s.key for s in giraffe.samples] == [105158, 161867]  # the first 2 images holding a giraffe
+    metrics = checks.check_roundtrip(giraffe)
+    assert metrics["AP"] == 1.0 and [k for k in metrics if k.startswith("AP/")] == ["AP/giraffe"]
+    every = coco_kit()  # the 80 COCO ids: image 9917 holds no object at all, 24584 does
+    assert [s.key for s in every.samples] == [1644, 24584] and checks.check_roundtrip(every)["AP"] == 1.0
+
+
+def test_the_kit_says_so_when_no_image_holds_the_models_classes(coco_kit):
+    person = coco_kit("model.category_ids=[1]")  # person: not a category of coco_sample
+    with pytest.raises(checks.ContractError) as e:
+        checks.check_roundtrip(person)
+    assert str(e.value).startswith(f"{person.dataset.ann_path}: no image holds (non-crowd) ground truth of the "
+                                   "model's categories, model.category_ids [1]")

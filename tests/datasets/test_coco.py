@@ -404,3 +404,126 @@ def test_a_sample_folder_holding_something_else_is_refused_and_left_as_it_was(tm
     assert [p.name for p in tmp_path.iterdir()] == ["n4_seed0"] and (target / "mine.txt").read_text() == "mine"
     (target / "mine.txt").unlink()  # an empty folder is filled
     assert (ensure_coco_sample(tmp_path, n_images=4, seed=0) / ANN_FILE).is_file()
+
+
+# ------------------------------------------------------------------ which categories are scored (model.category_ids)
+
+GIRAFFE, STOP_SIGN, PERSON = 25, 13, 1  # giraffe and stop sign have ground truth in coco_sample; person is not listed
+
+
+def _pycocotools(ann_path, records, img_ids, cat_ids):
+    """The oracle: pycocotools' COCOeval called directly on the annotation file, with ``catIds`` set."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ann_path))
+        ev = COCOeval(gt, gt.loadRes(records) if records else COCO(), "bbox")
+        ev.params.imgIds = sorted(img_ids)
+        ev.params.catIds = sorted(cat_ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return [float("nan") if x == -1 else float(x) for x in ev.stats]  # zoo's metrics.json: -1 is null (NaN)
+
+
+def _same(stats, oracle, evaluator):
+    """Bit for bit against pycocotools itself; faster-coco-eval's C++ sums may differ in the last bit."""
+    if evaluator == "pycocotools":
+        return np.array_equal(stats, oracle, equal_nan=True)
+    return stats == pytest.approx(oracle, abs=1e-12, nan_ok=True)
+
+
+def _one_class(sample_ds, oracle_dets, cat_id):
+    """The oracle detections of category ``cat_id`` only, as a one-class model's label 0."""
+    label = VALID_IDS.index(cat_id)
+    return {k: Detections(d.boxes[d.labels == label], d.scores[d.labels == label],
+                          np.zeros(int((d.labels == label).sum()), np.int32)) for k, d in oracle_dets.items()}
+
+
+@pytest.mark.parametrize("evaluator", ["pycocotools", "faster-coco-eval"])
+def test_a_one_class_model_is_scored_over_its_own_category_only(sample_ds, oracle_dets, evaluator):
+    # before: every category of the annotation file was scored, the 11 the model cannot output as 0: AP 0.0833
+    dets = _one_class(sample_ds, oracle_dets, GIRAFFE)
+    samples = sample_ds.samples()
+    res = evaluate_coco(dets, sample_ds, samples, evaluator=evaluator, valid_ids=[GIRAFFE])
+    assert res.metrics["AP"] == 1.0 and [k for k in res.metrics if k.startswith("AP/")] == ["AP/giraffe"]
+    records = json.loads(res.files["detections.json"])
+    oracle = _pycocotools(sample_ds.ann_path, records, [s.key for s in samples], [GIRAFFE])
+    assert _same([res.metrics[n] for n in STAT_NAMES], oracle, evaluator)
+    noisy = _one_class(sample_ds, _noisy(oracle_dets, seed=5), GIRAFFE)
+    res = evaluate_coco(noisy, sample_ds, samples, evaluator=evaluator, valid_ids=[GIRAFFE])
+    oracle = _pycocotools(sample_ds.ann_path, json.loads(res.files["detections.json"]), [s.key for s in samples],
+                          [GIRAFFE])
+    assert _same([res.metrics[n] for n in STAT_NAMES], oracle, evaluator) and 0.05 < oracle[0] < 0.95
+    assert res.metrics["AP"] == res.metrics["AP/giraffe"]
+
+
+@pytest.mark.parametrize("evaluator", ["pycocotools", "faster-coco-eval"])
+def test_the_80_class_model_scores_as_before_bit_for_bit(sample_ds, oracle_dets, evaluator):
+    # CenterNet's 80 ids hold all 12 categories of coco_sample: catIds is COCOeval's default, the stats unchanged
+    from zoo_core.datasets.coco import per_category_ap, run_cocoeval
+
+    dets = _noisy(oracle_dets, seed=1)
+    samples = sample_ds.samples()
+    res = evaluate_coco(dets, sample_ds, samples, evaluator=evaluator)
+    before = run_cocoeval(sample_ds.instances, json.loads(res.files["detections.json"]), [s.key for s in samples],
+                          evaluator)  # no catIds set: what every run did before
+    assert [res.metrics[n] for n in STAT_NAMES] == [float(x) for x in before.stats]
+    assert {k: v for k, v in res.metrics.items() if k.startswith("AP/")} == \
+        per_category_ap(before, sample_ds.category_names())
+    assert before.params.catIds == sorted(SAMPLE_CATEGORY_IDS)
+
+
+def test_a_model_id_the_annotation_file_does_not_list_is_a_warning_naming_it(sample_ds, oracle_dets, caplog):
+    dets = _one_class(sample_ds, oracle_dets, GIRAFFE)
+    samples = sample_ds.samples()
+    with caplog.at_level("WARNING", logger="zoo"):
+        res = evaluate_coco(dets, sample_ds, samples, valid_ids=[GIRAFFE, PERSON])
+    warned = [r.getMessage() for r in caplog.records if "model.category_ids" in r.getMessage()]
+    assert len(warned) == 1 and str(sample_ds.ann_path) in warned[0] and "[1] is not a category" in warned[0]
+    assert res.metrics["AP"] == 1.0  # person cannot be scored: it is left out, not counted as 0
+    assert res.info["warnings"] == warned  # metrics.json keeps it
+    assert "warnings" not in evaluate_coco(dets, sample_ds, samples, valid_ids=[GIRAFFE]).info
+
+
+def test_a_model_with_none_of_the_annotation_files_categories_is_a_config_error(sample_ds):
+    # before: AP 0.0000, no warning, exit 0
+    from zoo_core.api.errors import ConfigError
+
+    for ids in ([PERSON], [PERSON, 12, 91]):
+        with pytest.raises(ConfigError) as e:
+            evaluate_coco({}, sample_ds, sample_ds.samples(), valid_ids=ids)
+        assert str(e.value).startswith(f"{sample_ds.ann_path}: none of model.category_ids {ids} is a category")
+        assert "nothing could be scored" in str(e.value)
+
+
+@pytest.mark.parametrize("evaluator", ["pycocotools", "faster-coco-eval"])
+def test_a_listed_category_without_ground_truth_in_the_images_scored_is_left_out_of_the_mean(
+        sample_ds, oracle_dets, evaluator):
+    # image 1644 holds a stop sign, 9917 nothing: giraffe gets COCOeval's -1 and is left out, as in pycocotools
+    samples = sample_ds.samples()[:2]
+    assert [s.key for s in samples] == [1644, 9917]
+    two = {k: d for k, d in oracle_dets.items() if k in {s.id for s in samples}}
+    label = {VALID_IDS.index(STOP_SIGN): 0, VALID_IDS.index(GIRAFFE): 1}
+    dets = {k: Detections(d.boxes[np.isin(d.labels, list(label))], d.scores[np.isin(d.labels, list(label))],
+                          np.array([label[int(x)] for x in d.labels if int(x) in label], np.int32))
+            for k, d in two.items()}
+    res = evaluate_coco(dets, sample_ds, samples, evaluator=evaluator, valid_ids=[STOP_SIGN, GIRAFFE])
+    oracle = _pycocotools(sample_ds.ann_path, json.loads(res.files["detections.json"]), [1644, 9917],
+                          [STOP_SIGN, GIRAFFE])
+    assert _same([res.metrics[n] for n in STAT_NAMES], oracle, evaluator)
+    assert res.metrics["AP"] == pytest.approx(1.0) == res.metrics["AP/stop sign"] and "AP/giraffe" not in res.metrics
+    only_giraffe = evaluate_coco({}, sample_ds, samples, evaluator=evaluator, valid_ids=[GIRAFFE])
+    assert np.isnan(only_giraffe.metrics["AP"]) and "no ground truth" in only_giraffe.info["null_reasons"]["AP"]
+
+
+def test_the_bootstrap_resamples_the_model_categories_only(sample_ds, oracle_dets):
+    # faster-coco-eval keeps no per-image records: the bootstrap re-matches with pycocotools, on the same catIds
+    dets = _one_class(sample_ds, oracle_dets, GIRAFFE)
+    res = _score_coco(dets, sample_ds, sample_ds.samples(), evaluator="faster-coco-eval", category_ids=[GIRAFFE],
+                      plots=False, bootstrap=20)
+    assert tuple(res.ci95["AP"]) == (1.0, 1.0)  # all 12 categories scored, it would be about (0.08, 0.08)

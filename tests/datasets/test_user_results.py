@@ -330,6 +330,36 @@ def test_coco_results_subset_and_missing(cocoset, tmp_path):
     assert read.info["missing_predictions"] == 1
 
 
+def test_coco_results_of_a_one_class_model_are_scored_over_its_category_only(cocoset, tmp_path):
+    # stage=evaluate detections=<file>: before, every category of the annotation file was scored (giraffe's
+    # records averaged with 11 zeros); now model.category_ids, as pycocotools with catIds=[25] on the file itself
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    cfg, ds, dets, results = cocoset
+    cfg = OmegaConf.merge(cfg, {"model": {"category_ids": [25], "coco_evaluator": "pycocotools"}})
+    giraffe = [r for r in json.loads(results.read_text()) if r["category_id"] == 25]
+    f = tmp_path / "giraffe.json"
+    f.write_text(json.dumps(giraffe))
+    samples = ds.samples()
+    read = zd.read_detections(cfg, f, ds, samples)
+    res = zd.evaluate(cfg, read.detections, ds, samples)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ds.ann_path))
+        ev = COCOeval(gt, gt.loadRes(str(f)), "bbox")
+        ev.params.catIds = [25]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert [res.metrics[n] for n in coco.STAT_NAMES] == [float(x) for x in ev.stats] and res.metrics["AP"] > 0.3
+    assert [k for k in res.metrics if k.startswith("AP/")] == ["AP/giraffe"]
+    with pytest.raises(ConfigError, match=r"none of model.category_ids \[1\] is a category"):
+        zd.evaluate(OmegaConf.merge(cfg, {"model": {"category_ids": [1]}}), {}, ds, samples)
+
+
 @pytest.mark.parametrize(("record", "why"), [
     ({"image_id": 999999, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}, "image_id 999999 is not an image"),
     ({"image_id": "IMG", "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}, "integer 'image_id'"),

@@ -151,7 +151,23 @@ class PluginUnderTest:
 
     @cached_property
     def samples(self):
-        return list(self.dataset.samples())[: self.n_samples]
+        """The first ``n_samples`` samples of the dataset; on a zoo-core COCO dataset, the first ``n_samples``
+        images holding non-crowd ground truth of one of the model's categories (``model.category_ids``), in the
+        annotation file's order, so the round trip has something of the model's to beat empty detections with
+        (a :class:`ContractError` names the file and the ids when no image has)."""
+        from zoo_core.datasets.coco import CocoDataset, category_ids
+
+        samples = list(self.dataset.samples())
+        if not isinstance(self.dataset, CocoDataset):
+            return samples[: self.n_samples]
+        ids = set(category_ids(self.cfg.get("model")))
+        held = [s for s in samples if any(a["category_id"] in ids and not a.get("iscrowd")
+                                          for a in self.dataset.annotations(s.key))]
+        if not held:
+            raise ContractError(f"{self.dataset.ann_path}: no image holds (non-crowd) ground truth of the model's "
+                                f"categories, model.category_ids {sorted(ids)}: the contract needs images of "
+                                "the model's classes; check model.category_ids, or select a dataset that has them")
+        return held[: self.n_samples]
 
     @cached_property
     def prepared(self) -> list:
@@ -426,8 +442,9 @@ def check_roundtrip(p: PluginUnderTest) -> dict[str, float] | None:
         empty = check_eval_result(p.call("evaluate", detections={}, dataset=p.dataset,
                                          samples=samples, out_dir=Path(out_dir))).metrics
     if not any(float(perfect[k]) > float(empty.get(k, -math.inf)) for k in perfect):
-        raise ContractError(f"oracle_outputs -> postprocess -> evaluate does not beat empty detections: "
-                            f"oracle {perfect}, empty {empty}; the encode/decode chain loses the ground truth")
+        raise ContractError(f"oracle_outputs -> postprocess -> evaluate does not beat empty detections on samples "
+                            f"{[s.id for s in samples]}: oracle {perfect}, empty {empty}; the encode/decode chain "
+                            "loses the ground truth")
     return {k: float(v) for k, v in perfect.items()}
 
 

@@ -23,6 +23,7 @@ from .evaluation import (
     resolve_evaluator,
     run_cocoeval,
     score_coco,
+    scored_category_ids,
 )
 from .plots import ap_per_class_png, pr_curve_data, pr_curves_png
 from .results import class_major_order, coco_records, read_coco_results, round2
@@ -97,4 +98,5 @@ __all__ = [
     "round2",
     "run_cocoeval",
     "score_coco",
+    "scored_category_ids",
 ]

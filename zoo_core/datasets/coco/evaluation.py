@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
+import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
@@ -22,6 +24,8 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100",
 EVALUATORS = ("auto", "pycocotools", "faster-coco-eval")
 #: Loggers of the evaluators, captured into ``zoo.log`` (see :mod:`zoo_core.datasets.tool_output`).
 _TOOL_LOGGERS = ("faster_coco_eval", "pycocotools")
+
+log = logging.getLogger("zoo")
 
 
 def resolve_evaluator(name: str | None) -> str:
@@ -47,8 +51,54 @@ def _coco_api(evaluator: str):
     return coco, cocoeval
 
 
-def run_cocoeval(instances: dict, records: list[dict], image_ids: Sequence[int], evaluator: str):
-    """COCOeval bbox with default parameters on ``image_ids``; returns the finished evaluator object.
+def scored_category_ids(model_ids: Sequence[int], instances: dict,
+                        path: str | os.PathLike | None = None) -> list[int]:
+    """The categories COCO scoring averages over: the model's ``category_ids`` that the annotation file lists, sorted.
+
+    A category the model cannot output is never scored (it would count as AP 0 and pull the mean down); a model
+    id the file does not list cannot be scored: a warning names those ids. A listed category without ground
+    truth among the images scored stays in the list: COCOeval gives it -1 and leaves it out of the mean.
+
+    :param path: the annotation file, named in the warning and the error.
+    :raises ConfigError: none of the model's ids is a category of the file (nothing could be scored).
+    """
+    scored, warning = _scored_categories(model_ids, instances, path)
+    if warning:
+        log.warning("%s", warning)
+    return scored
+
+
+def _scored_categories(model_ids: Sequence[int], instances: dict,
+                       path: str | os.PathLike | None) -> tuple[list[int], str | None]:
+    listed = {int(c["id"]) for c in instances["categories"]}
+    model = [int(i) for i in model_ids]
+    missing = [i for i in model if i not in listed]
+    scored = sorted(set(model) & listed)
+    if not scored:
+        raise ConfigError(f"none of model.category_ids {_ids(model)} is a category of this annotation file (it lists "
+                          f"{_ids(sorted(listed))}): nothing could be scored", path=path,
+                          hint="set model.category_ids to the category ids of the annotation file that the "
+                               "model's classes detect, in class order")
+    if not missing:
+        return scored, None
+    return scored, (f"{f'{path}: ' if path is not None else ''}model.category_ids {_ids(missing)} "
+                    f"{'is' if len(missing) == 1 else 'are'} not a category of this annotation file, so not scored; "
+                    f"AP is the mean over the model's {len(scored)} "
+                    f"{'category' if len(scored) == 1 else 'categories'} it lists")
+
+
+def _ids(ids: Sequence[int], limit: int = 20) -> str:
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return f"[{shown}{f', ... ({len(ids)} ids)' if len(ids) > limit else ''}]"
+
+
+def run_cocoeval(instances: dict, records: list[dict], image_ids: Sequence[int], evaluator: str,
+                 category_ids: Sequence[int] | None = None):
+    """COCOeval bbox with default parameters on ``image_ids`` and ``category_ids``; returns the finished evaluator.
+
+    ``category_ids`` (``params.catIds``, sorted; see :func:`scored_category_ids`): the categories scored and
+    averaged over; ``None``: every category of ``instances`` (COCOeval's default). The one place zoo sets
+    COCOeval's parameters: every score (a run, a shard merge, ``stage=evaluate``, a bootstrap) comes from here.
 
     What the evaluator prints (summary, progress) goes to the ``zoo.tool.<evaluator>`` logger, marked
     for the log file only.
@@ -67,6 +117,8 @@ def run_cocoeval(instances: dict, records: list[dict], image_ids: Sequence[int],
             dt.createIndex()
         ev = COCOeval(gt, dt, "bbox")
         ev.params.imgIds = sorted(int(i) for i in image_ids)
+        if category_ids is not None:
+            ev.params.catIds = sorted(int(c) for c in category_ids)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
@@ -145,7 +197,10 @@ def score_coco(detections: Mapping[str, Detections], dataset: CocoDataset, sampl
     :param detections: ``{sample.id: Detections}``; ``labels`` are the model's 0-based class indices.
     :param samples: only these images are scored (a shard scores its own images).
     :param evaluator: ``auto``, ``faster-coco-eval`` or ``pycocotools`` (same stats).
-    :param category_ids: class index -> COCO category id (default: the 80 COCO ids, CenterNet's order).
+    :param category_ids: class index -> COCO category id (default: the 80 COCO ids, CenterNet's order). Only
+        these categories are scored, those of them the annotation file lists (:func:`scored_category_ids`: a
+        warning names the others, also in ``info["warnings"]``; none listed is a :class:`ConfigError`); AP is
+        their mean.
     :param plots: also draw ``pr_curves.png`` and ``ap_per_class.png`` (names drawn as plain text, never as
         mathtext; a plot that fails is left out with a warning naming it).
     :param bootstrap: with N > 0, 95% intervals of AP / AP50 / AP75 over N image resamples (seeded by
@@ -158,8 +213,11 @@ def score_coco(detections: Mapping[str, Detections], dataset: CocoDataset, sampl
         ``detections.json`` (the reference results list) and the two plots; info: the evaluator used.
     """
     used = resolve_evaluator(evaluator)
+    scored, warning = _scored_categories(category_ids, dataset.instances, dataset.ann_path)
+    if warning:
+        log.warning("%s", warning)
     records = coco_records(detections, samples, category_ids)
-    ev = run_cocoeval(dataset.instances, records, [s.key for s in samples], used)
+    ev = run_cocoeval(dataset.instances, records, [s.key for s in samples], used, scored)
     metrics, undefined = coco_stats(ev.stats, len(samples))
     per_class = per_category_ap(ev, dataset.category_names())
     metrics.update(per_class)
@@ -171,7 +229,7 @@ def score_coco(detections: Mapping[str, Detections], dataset: CocoDataset, sampl
         try:
             ci95, boot = bootstrap_coco(ev, bootstrap, bootstrap_seed)
         except ValueError:  # faster-coco-eval keeps its per-image records in C++: match again with pycocotools
-            ev_records = run_cocoeval(dataset.instances, records, [s.key for s in samples], "pycocotools")
+            ev_records = run_cocoeval(dataset.instances, records, [s.key for s in samples], "pycocotools", scored)
             ci95, boot = bootstrap_coco(ev_records, bootstrap, bootstrap_seed)
             boot["records"] += f" from pycocotools ({used} keeps no per-image records)"
     files = {"detections.json": json.dumps(records).encode()}
@@ -186,6 +244,8 @@ def score_coco(detections: Mapping[str, Detections], dataset: CocoDataset, sampl
                                                   lambda: ap_per_class_png(per_class, float(ev.stats[0]), title))}
         files.update((k, v) for k, v in drawn.items() if v is not None)
     info: dict = {"evaluator": used, "images": len(samples), "iou_type": "bbox"}
+    if warning:
+        info["warnings"] = [warning]
     if undefined:
         from zoo_core.runs.records import NULL_REASONS
 
