@@ -87,7 +87,8 @@ def _scored_categories(model_ids: Sequence[int], instances: dict,
         return scored, None
     text = (f"{f'{path}: ' if path is not None else ''}model.category_ids {_ids(missing)} "
             f"{'is' if len(missing) == 1 else 'are'} not a category of this annotation file, so not scored; "
-            f"AP is the mean over the model's {len(scored)} {'category' if len(scored) == 1 else 'categories'} it lists")
+            f"AP is the mean over the model's {len(scored)} "
+            f"{'category' if len(scored) == 1 else 'categories'} it lists")
     if listed <= set(model):  # the file lists a subset of the model's classes, all of them scored: as COCOeval does
         log.info("%s", text)
         return scored, None
