@@ -490,6 +490,17 @@ def test_a_model_id_the_annotation_file_does_not_list_is_a_warning_naming_it(sam
     assert "warnings" not in evaluate_coco(dets, sample_ds, samples, valid_ids=[GIRAFFE]).info
 
 
+def test_a_subset_annotation_file_of_the_models_classes_is_said_in_the_log_not_warned(sample_ds, oracle_dets, caplog):
+    """CenterNet's 80 ids on coco_sample (which lists 12 categories, all among them): every run would warn about the
+    other 68, for what is COCOeval's own default; it is an info line (zoo.log), and metrics.json holds no warning."""
+    with caplog.at_level("INFO", logger="zoo"):
+        res = evaluate_coco(oracle_dets, sample_ds, sample_ds.samples())
+    said = [r for r in caplog.records if "model.category_ids" in r.getMessage()]
+    assert [r.levelname for r in said] == ["INFO"] and "are not a category of this annotation file" in \
+        said[0].getMessage()
+    assert "warnings" not in res.info and res.metrics["AP"] == 1.0
+
+
 def test_a_model_with_none_of_the_annotation_files_categories_is_a_config_error(sample_ds):
     # before: AP 0.0000, no warning, exit 0
     from zoo_core.api.errors import ConfigError

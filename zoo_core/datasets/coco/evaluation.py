@@ -56,8 +56,11 @@ def scored_category_ids(model_ids: Sequence[int], instances: dict,
     """The categories COCO scoring averages over: the model's ``category_ids`` that the annotation file lists, sorted.
 
     A category the model cannot output is never scored (it would count as AP 0 and pull the mean down); a model
-    id the file does not list cannot be scored: a warning names those ids. A listed category without ground
-    truth among the images scored stays in the list: COCOeval gives it -1 and leaves it out of the mean.
+    id the file does not list cannot be scored: a warning names those ids when the file also lists categories the
+    model lacks (the id mapping may be wrong), an info line when the model covers every category the file lists
+    (a subset of COCO's categories, e.g. ``coco_sample`` for the 80-class CenterNet: COCOeval's own default). A
+    listed category without ground truth among the images scored stays in the list: COCOeval gives it -1 and
+    leaves it out of the mean.
 
     :param path: the annotation file, named in the warning and the error.
     :raises ConfigError: none of the model's ids is a category of the file (nothing could be scored).
@@ -70,6 +73,7 @@ def scored_category_ids(model_ids: Sequence[int], instances: dict,
 
 def _scored_categories(model_ids: Sequence[int], instances: dict,
                        path: str | os.PathLike | None) -> tuple[list[int], str | None]:
+    """:func:`scored_category_ids` and its warning (``None``: nothing to warn about; an info line is logged here)."""
     listed = {int(c["id"]) for c in instances["categories"]}
     model = [int(i) for i in model_ids]
     missing = [i for i in model if i not in listed]
@@ -81,10 +85,14 @@ def _scored_categories(model_ids: Sequence[int], instances: dict,
                                "model's classes detect, in class order")
     if not missing:
         return scored, None
-    return scored, (f"{f'{path}: ' if path is not None else ''}model.category_ids {_ids(missing)} "
-                    f"{'is' if len(missing) == 1 else 'are'} not a category of this annotation file, so not scored; "
-                    f"AP is the mean over the model's {len(scored)} "
-                    f"{'category' if len(scored) == 1 else 'categories'} it lists")
+    text = (f"{f'{path}: ' if path is not None else ''}model.category_ids {_ids(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not a category of this annotation file, so not scored; "
+            f"AP is the mean over the model's {len(scored)} "
+            f"{'category' if len(scored) == 1 else 'categories'} it lists")
+    if listed <= set(model):  # the file lists a subset of the model's classes, all of them scored: as COCOeval does
+        log.info("%s", text)
+        return scored, None
+    return scored, text
 
 
 def _ids(ids: Sequence[int], limit: int = 20) -> str:
