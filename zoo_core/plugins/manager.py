@@ -539,13 +539,21 @@ class ModelHooks:
 
     def evaluate(self, *, cfg: DictConfig, detections: Mapping[str, Detections], dataset: Dataset,
                  samples: Sequence[Sample], out_dir: Path) -> EvalResult:
+        """The hook's :class:`EvalResult`, checked (:mod:`zoo_core.plugins.results`, the contract kit's rule)
+        before anything of it is written: a bad one is a :class:`PluginHookError` naming the plugin."""
         from zoo_core.api.types import EvalResult
+        from zoo_core.plugins.results import EvalResultError, checked_eval_result
 
         result = self._call("evaluate", cfg=cfg, detections=detections, dataset=dataset, samples=samples,
                             out_dir=out_dir)
         if not isinstance(result, EvalResult):
             raise self._wrong("evaluate", "a zoo_core.api.types.EvalResult", result)
-        return result
+        try:
+            return checked_eval_result(result)
+        except EvalResultError as exc:
+            who = (self.info.label if self.implements("evaluate")
+                   else f"zoo-core's evaluator for dataset kind {cfg.dataset.get('kind')!r} (model {self.model})")
+            raise PluginHookError(f"{who}: hook 'evaluate' returned an EvalResult zoo cannot record: {exc}") from None
 
     def oracle_outputs(self, *, cfg: DictConfig, sample: Sample, meta: Meta, dataset: Dataset) -> list[np.ndarray]:
         return self._call("oracle_outputs", f"image {sample.path}", cfg=cfg, sample=sample, meta=meta,

@@ -74,28 +74,16 @@ def check_detections(hook: str, dets, n: int) -> list[Detections]:
 
 
 def check_eval_result(result) -> EvalResult:
-    """``result`` is an :class:`EvalResult` with a flat ``{str: number}`` metrics dict."""
-    if not isinstance(result, EvalResult):
-        raise _fail("evaluate", f"must return zoo_core.api.types.EvalResult, got {type(result).__name__}")
-    if not isinstance(result.metrics, dict) or not result.metrics:
-        raise _fail("evaluate", "metrics must be a non-empty dict")
-    for k, v in result.metrics.items():
-        if not isinstance(k, str):
-            raise _fail("evaluate", f"metric names must be str, got {k!r}")
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-            raise _fail("evaluate", f"metric {k!r} must be a number (flat dict), got {type(v).__name__}")
-        if math.isinf(float(v)):
-            raise _fail("evaluate", f"metric {k!r} is infinite")
-    for name, data in result.files.items():
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise _fail("evaluate", f"file name {name!r} must be relative to the run directory")
-        if not isinstance(data, (bytes, bytearray)):
-            raise _fail("evaluate", f"file {name!r} must be bytes, got {type(data).__name__}")
+    """``result`` is an :class:`EvalResult` the run can record: a flat non-empty ``{str: number}`` metrics dict
+    (numpy scalars count, NaN / inf are recorded as null), relative ``bytes`` files, JSON-able ``info``,
+    ``(lo, hi)`` intervals; the rule :mod:`zoo_core.plugins.results` applies to a run too. Returns it with
+    plain-Python numbers."""
+    from zoo_core.plugins.results import EvalResultError, checked_eval_result
+
     try:
-        json.dumps(result.info)
-    except (TypeError, ValueError) as exc:
-        raise _fail("evaluate", f"info must be JSON-serialisable: {exc}") from None
-    return result
+        return checked_eval_result(result)
+    except EvalResultError as exc:
+        raise _fail("evaluate", str(exc)) from None
 
 
 def stack_batch(items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
