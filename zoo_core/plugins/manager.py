@@ -318,13 +318,26 @@ class ZooPluginManager:
         where = f"hook {hook}{f' ({context})' if context else ''}"
         raise PluginHookError(f"{info.label}, {where}: {_first_line(exc)}") from exc
 
-    def notify_stage_finished(self, *, cfg: DictConfig, stage: str, run_dir: Path, result: dict[str, Any]) -> None:
-        """Call ``zoo_stage_finished`` on every plugin; an observer that fails is named (see :meth:`hook_failed`)."""
+    def notify_stage_finished(self, *, cfg: DictConfig, stage: str, run_dir: Path, result: dict[str, Any]) -> list[str]:
+        """Call ``zoo_stage_finished`` on every plugin, each on its own (one that raises does not keep the
+        others from being called). The stage's records are complete by then, so a failure does not fail
+        the run: it is returned, one line naming the plugin and the hook, for the caller to warn about and
+        record (:func:`zoo_core.runs.run_stage.run_stage`). A Ctrl-C passes through."""
         caller = self.pm.hook.zoo_stage_finished
-        try:
-            caller(cfg=cfg, stage=stage, run_dir=run_dir, result=result)
-        except BaseException as exc:
-            self.hook_failed(exc, "zoo_stage_finished", caller, None)
+        impls = [i for i in caller.get_hookimpls() if not (i.wrapper or i.hookwrapper)]
+        errors: list[str] = []
+        for impl in reversed(impls):  # (pluggy's order: the last registered is called first)
+            one = self.pm.subset_hook_caller("zoo_stage_finished",
+                                             remove_plugins=[i.plugin for i in impls if i.plugin is not impl.plugin])
+            try:
+                one(cfg=cfg, stage=stage, run_dir=run_dir, result=result)
+            except (KeyboardInterrupt, GeneratorExit):
+                raise
+            except BaseException as exc:  # (SystemExit too)
+                info = self.plugin_info(impl.plugin)
+                who = info.label if info is not None else f"observer {self.pm.get_name(impl.plugin)}"
+                errors.append(f"{who}, hook zoo_stage_finished: {_first_line(exc)}")
+        return errors
 
     def backend_class(self, name: str) -> Any:
         ep = self.backends.get(name)
