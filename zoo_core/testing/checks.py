@@ -335,9 +335,10 @@ def check_dataset(p: PluginUnderTest) -> None:
         raise _fail("dataset", "sample ids must be unique")
     if [s.id for s in ds.samples()] != ids:
         raise _fail("dataset", "samples() must list samples in a deterministic order")
-    for s in samples[: p.n_samples]:
-        if not Path(s.path).is_file():
-            raise _fail("dataset", f"sample {s.id!r} points to a missing file {s.path}")
+    missing = [s for s in samples if not Path(s.path).is_file()]  # (every sample: a run reads them all)
+    if missing:
+        more = f" (and {len(missing) - 1} more of the {len(samples)} samples)" if len(missing) > 1 else ""
+        raise _fail("dataset", f"sample {missing[0].id!r} points to a missing file {missing[0].path}{more}")
 
 
 def _check_inputs(p: PluginUnderTest, inputs, meta, where: str) -> None:
@@ -361,7 +362,9 @@ def _check_inputs(p: PluginUnderTest, inputs, meta, where: str) -> None:
         raise _fail("preprocess", f"{where}: meta must be JSON-serialisable: {exc}") from None
 
 
-def _check_outputs_match_spec(p: PluginUnderTest, outputs, metas, hook: str) -> None:
+def _check_outputs_match_spec(p: PluginUnderTest, outputs, metas, hook: str, dtypes: bool = False) -> None:
+    """``outputs`` have ``output_spec``'s count and per-item shapes, and with ``dtypes`` its element types (the
+    exported model's outputs: the onnxruntime backend refuses a run whose outputs disagree with them)."""
     for meta in metas:
         specs = _check_spec_list("output_spec", p.call("output_spec", meta=meta))
         if len(outputs) != len(specs):
@@ -370,6 +373,8 @@ def _check_outputs_match_spec(p: PluginUnderTest, outputs, metas, hook: str) -> 
             if tuple(out.shape[1:]) != tuple(spec.shape):
                 raise _fail(hook, f"output {spec.name!r} has per-item shape {tuple(out.shape[1:])}, "
                                   f"output_spec says {tuple(spec.shape)}")
+            if dtypes and np.asarray(out).dtype != np.dtype(spec.dtype):
+                raise _fail(hook, f"output {spec.name!r} is {np.asarray(out).dtype}, output_spec says {spec.dtype}")
 
 
 def check_preprocess(p: PluginUnderTest) -> None:
@@ -422,7 +427,7 @@ def check_roundtrip(p: PluginUnderTest) -> dict[str, float] | None:
 def check_export(p: PluginUnderTest, target: str = "onnxruntime", compare_torch: bool = True,
                  rtol: float = 1e-3, atol: float = 1e-4) -> dict[str, Detections]:
     """``export`` writes an ONNX whose graph names match its ExportResult, onnxruntime runs it on
-    the preprocessed samples with outputs shaped as ``output_spec`` says, ``postprocess`` decodes
+    the preprocessed samples with outputs shaped and typed as ``output_spec`` says, ``postprocess`` decodes
     them; with ``build_model`` the torch outputs agree within ``rtol``/``atol``.
 
     Returns the detections of the exported model, keyed by sample id.
@@ -441,7 +446,7 @@ def check_export(p: PluginUnderTest, target: str = "onnxruntime", compare_torch:
     for batch in p.item_batches():
         metas = [it.meta for it in batch]
         outputs = p.run_onnx(Path(res.path), batch)
-        _check_outputs_match_spec(p, outputs, metas, "export (onnxruntime outputs)")
+        _check_outputs_match_spec(p, outputs, metas, "export (onnxruntime outputs)", dtypes=True)
         if compare_torch and p.implements("build_model"):
             _compare_with_torch(p, batch, outputs, g_inputs, g_outputs, rtol, atol)
         dets = check_detections("postprocess", p.call("postprocess", outputs=outputs, metas=metas), len(batch))
