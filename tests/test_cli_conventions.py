@@ -46,7 +46,7 @@ def test_list_json_has_models_backends_datasets_and_broken_plugins(zoo, fixtures
     assert {("widerface", "zoo-core"), ("widerface_sample", "zoo-core"), ("coco", "zoo-core"),
             ("coco_sample", "zoo-core"), ("squares", "fixture")} <= datasets
     broken = {b["name"]: b for b in data["broken"]}
-    assert broken["badapi"]["error"].startswith("plugin needs zoo hook API 2")
+    assert broken["badapi"]["error"].startswith("plugin needs zoo hook API '2' (its ZOO_HOOK_API)")
     assert broken["badimport"]["distribution"] == "zoo_bad_import"
     assert data["zoo_core"] == metadata.version("zoo-core") and data["disabled"] == []
 

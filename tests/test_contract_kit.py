@@ -216,3 +216,47 @@ def test_the_kit_says_so_when_no_image_holds_the_models_classes(coco_kit):
         checks.check_roundtrip(person)
     assert str(e.value).startswith(f"{person.dataset.ann_path}: no image holds (non-crowd) ground truth of the "
                                    "model's categories, model.category_ids [1]")
+
+
+def test_the_dataset_check_finds_a_missing_file_beyond_the_first_samples(fixture_plugin, tmp_path):
+    """Before: only samples[:n_samples] were checked, so a dataset whose 3rd image is missing passed the kit
+    ('existing' samples, says the guide) and the run then failed on it."""
+    from types import SimpleNamespace
+
+    from zoo_core.api.types import Sample
+
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.png").write_bytes(b"x")
+    samples = [Sample("a", str(tmp_path / "a.png")), Sample("b", str(tmp_path / "b.png")),
+               Sample("c", str(tmp_path / "c.png")), Sample("d", str(tmp_path / "d.png"))]
+    fixture_plugin.__dict__["dataset"] = SimpleNamespace(name="four", root=tmp_path, samples=lambda: list(samples))
+    with pytest.raises(checks.ContractError, match=r"hook 'dataset': sample 'c' points to a missing file "
+                                                   rf"{tmp_path / 'c.png'} \(and 1 more of the 4 samples\)$"):
+        checks.check_dataset(fixture_plugin)
+    samples[2:] = []
+    checks.check_dataset(fixture_plugin)
+
+
+class _Float16Spec:
+    """The plugin's hooks, with an output_spec saying float16 (the fixture's ONNX gives float32)."""
+
+    def __init__(self, hooks):
+        self._hooks = hooks
+
+    def __getattr__(self, name):
+        call = getattr(self._hooks, name)
+        if name != "output_spec":
+            return call
+        import dataclasses
+
+        return lambda **kw: [dataclasses.replace(s, dtype="float16") for s in call(**kw)]
+
+
+@pytest.mark.needs_torch
+def test_the_export_check_compares_output_dtypes_with_the_output_spec(fixture_plugin):
+    """Before: output_spec float16 vs ONNX float32 passed the kit (and eval), and a later stage=postprocess failed
+    reading the float32 .bin files as float16."""
+    fixture_plugin.__dict__["hooks"] = _Float16Spec(fixture_plugin.hooks)
+    with pytest.raises(checks.ContractError, match=r"^hook 'export \(onnxruntime outputs\)': output '\w+' is float32, "
+                                                   r"output_spec says float16$"):
+        checks.check_export(fixture_plugin, compare_torch=False)

@@ -233,3 +233,51 @@ def test_the_error_line_of_a_run_whose_terminal_hung_up_goes_nowhere_quietly():
         assert stream.closed_pipe
     finally:
         stream.stream.close()
+
+
+class _FailingObserver:
+    from zoo_core import hookimpl
+
+    @hookimpl
+    def zoo_stage_finished(self, cfg, stage, run_dir, result):
+        raise RuntimeError("the dashboard is down")
+
+
+def test_an_observer_failing_after_the_run_leaves_it_ok(run_args, tmp_path, capsys):
+    """Before: exit 1 (`plugin ..., hook zoo_stage_finished: ...`) while run.json said ok, and a sweep's jobs showed
+    failed with their merge refused though every shard was complete. Now: a warning naming the observer, listed in
+    run.json's observer_errors, exit 0."""
+    from zoo_core.plugins import get_manager
+
+    pm = get_manager().pm
+    observer = _FailingObserver()
+    pm.register(observer, name="test-failing-observer")
+    try:
+        assert zoo_main(run_args) == 0
+    finally:
+        pm.unregister(observer)
+    line = "observer test-failing-observer, hook zoo_stage_finished: RuntimeError: the dashboard is down"
+    assert f"warning: {line} (the run's records are complete; it stays ok)" in capsys.readouterr().err
+    record = json.loads((tmp_path / "run" / "eval" / "run.json").read_text())
+    assert record["status"] == "ok" and record["observer_errors"] == [line]
+
+
+def test_an_observer_failing_in_a_sharded_sweep_leaves_the_jobs_ok_and_merged(run_args, tmp_path, capsys):
+    """Before: both shard jobs showed failed and the merge was refused, though both shards were complete."""
+    from zoo_core.plugins import get_manager
+
+    pm = get_manager().pm
+    observer = _FailingObserver()
+    pm.register(observer, name="test-failing-observer")
+    sweep = tmp_path / "sweep"
+    try:
+        args = ["run", "-m", *run_args[1:-1], "dataset.num_shards=2", "dataset.shard=range(0,2)",
+                f"hydra.sweep.dir={sweep}"]
+        assert zoo_main(args) == 0
+    finally:
+        pm.unregister(observer)
+    assert "2 jobs (0 failed), 1 shard merge (0 failed)" in capsys.readouterr().out
+    assert (sweep / "merged" / "metrics.json").is_file()
+    for shard in ("0", "1"):
+        record = json.loads((sweep / shard / "eval" / "run.json").read_text())
+        assert record["status"] == "ok" and len(record["observer_errors"]) == 1

@@ -191,6 +191,32 @@ def test_a_backend_returning_fewer_rows_than_the_batch_is_named_as_such(expect):
     assert "output_spec" not in str(err.value)
 
 
+class TypedBackend(EchoBackend):
+    """A backend whose outputs keep the model file's element types (float32), as onnxruntime's do."""
+
+    name = "typed"
+    exact_output_dtypes = True
+
+
+@pytest.mark.parametrize(("backend", "dtype", "fails"), [(TypedBackend, "float16", True),
+                                                         (TypedBackend, "float32", False),
+                                                         (EchoBackend, "float16", False)])
+def test_outputs_whose_dtype_disagrees_with_the_output_spec_are_named_as_such(backend, dtype, fails):
+    """Before: an ONNX giving float32 for an output_spec saying float16 ran eval fine (exit 0), and a later
+    stage=infer/postprocess failed with `outputs/r00_0.bin: is 1024 bytes; tensor heatmap (1, 16, 16) as float16
+    needs 512`, output_spec not named."""
+    stream = Stream(ListSource(4), [MemorySink()], backend=backend(), decode=decode, batch_size=2,
+                    expect=lambda meta: [TensorSpec("out", (3,), dtype)])
+    if not fails:
+        assert stream.run().images == 4
+        return
+    with pytest.raises(ZooError) as err:
+        stream.run()
+    assert str(err.value) == ("the backend: the model's output 'out' is float32, the model's output_spec says float16; "
+                              "the export and the output_spec hook must agree on it (is this model file for this "
+                              "model and config?)")
+
+
 def test_a_failing_sink_stops_the_run_and_is_raised():
     class Full(MemorySink):
         def write(self, result):

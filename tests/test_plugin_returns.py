@@ -210,3 +210,86 @@ def test_a_preprocess_meta_the_read_back_would_refuse_names_the_plugin_and_the_i
     with pytest.raises(PluginHookError, match=r"hook 'preprocess' \(image a.png\) must return a meta that infer and "
                                               r"postprocess can read back .* got meta\['c'\]\[1\] is inf$"):
         hooks.preprocess(cfg=None, image=np.zeros((4, 4, 3), np.uint8), sample=Sample("a", "a.png"))
+
+
+#: (metric value, accepted by both the run and the contract kit). One rule (zoo_core.plugins.results): numpy
+#: integer / floating scalars are numbers (stored as int / float), bools are not, NaN / inf become null.
+METRIC_VALUES = [
+    (np.float32(0.25), True), (np.float64(0.5), True), (np.int64(3), True), (0.5, True), (2, True),
+    (float("inf"), True), (float("nan"), True), (np.float32("inf"), True),
+    (True, False), (np.bool_(True), False), ("0.5", False), (None, False), (np.array([0.5]), False),
+    (10 ** 400, False),
+]
+
+
+@pytest.mark.parametrize(("value", "ok"), METRIC_VALUES, ids=[repr(v)[:20] for v, _ in METRIC_VALUES])
+def test_the_run_and_the_contract_kit_accept_the_same_metrics(hooks, monkeypatch, value, ok):
+    """Before: np.float32(0.25) (a float32 array's .mean()) passed the kit but `zoo run` refused it after the
+    whole dataset ran (`non-numeric metrics: ['hit_rate']`, exit 1); inf was refused by the kit and stored as
+    null by the run; 10**400 was an OverflowError traceback."""
+    from zoo_core.api.errors import PluginHookError
+    from zoo_core.api.types import EvalResult
+    from zoo_core.testing.checks import ContractError, check_eval_result
+
+    res = EvalResult(metrics={"hit_rate": value})
+    monkeypatch.setattr(hooks, "_call", lambda name, *a, **k: res)
+    kw = {"cfg": None, "detections": {}, "dataset": None, "samples": [], "out_dir": None}
+    if ok:
+        got = hooks.evaluate(**kw).metrics["hit_rate"]
+        assert type(got) in (int, float) and (got == value or (np.isnan(got) and np.isnan(value)))
+        assert check_eval_result(res).metrics["hit_rate"] == got or np.isnan(got)
+    else:
+        with pytest.raises(PluginHookError, match=r"^plugin zoo-fixture \(model fixture\): hook 'evaluate' returned "
+                                                  r"an EvalResult zoo cannot record: metric 'hit_rate' ") as err:
+            hooks.evaluate(**kw)
+        assert err.value.exit_code == 1
+        with pytest.raises(ContractError, match=r"metric 'hit_rate' "):
+            check_eval_result(res)
+
+
+def test_numpy_metrics_and_inf_are_recorded_as_plain_numbers_and_null():
+    from zoo_core.runs.records import metrics_record
+
+    ctx = SimpleNamespace(model_name="mydet", stage="eval", cfg=OmegaConf.create({"dataset": {"name": "d"}}))
+    rec = metrics_record(ctx, {"hit_rate": np.float32(0.25), "n": np.int64(3), "r": float("inf")}, 2, {}, [], [])
+    assert rec["metrics"] == {"hit_rate": 0.25, "n": 3.0, "r": None}
+    assert rec["null_metrics"] == {"r": "the evaluator returned inf (JSON has no infinity)"}
+
+
+class _Unjsonable:
+    pass
+
+
+@pytest.mark.parametrize(("fields", "text"), [
+    ({"metrics": {}}, r"metrics must be a non-empty dict, got \{\}"),
+    ({"metrics": {1: 0.5}}, r"metric names must be str, got 1"),
+    ({"metrics": {"AP": 10 ** 400}}, r"metric 'AP' must be a number|metric 'AP' is 1000.*beyond the float range"),
+    ({"files": {"a.txt": "text"}}, r"file 'a.txt' must be bytes, got str"),
+    ({"files": {"../a.txt": b"x"}}, r"file name '../a.txt' must be relative to the run directory"),
+    ({"info": {"obj": _Unjsonable()}}, r"info must be JSON-serialisable .*_Unjsonable"),
+    ({"info": {"x": float("nan")}}, r"info must be JSON-serialisable \(no NaN or infinity\)"),
+    ({"ci95": {"AP": "0.1-0.2"}}, r"ci95\['AP'\] must be a \(lo, hi\) pair, got str"),
+    ({"ci95": {"AP": (0.1, "x")}}, r"ci95\['AP'\] bounds must be finite numbers or None"),
+])
+def test_a_bad_eval_result_names_the_plugin_before_anything_is_written(hooks, monkeypatch, tmp_path, fields, text):
+    """Before: these reached the user as `unexpected error` + traceback, exit 1, not naming the plugin (the
+    plugin's files already written for a bad info), and `metrics={}` exited 0 printing nothing."""
+    from zoo_core.api.errors import PluginHookError
+    from zoo_core.api.types import EvalResult
+
+    res = EvalResult(**{"metrics": {"AP": 0.5}, "files": {"det.json": b"[]"}, **fields})
+    monkeypatch.setattr(hooks, "_call", lambda name, *a, **k: res)
+    with pytest.raises(PluginHookError, match=r"^plugin zoo-fixture \(model fixture\): hook 'evaluate' returned an "
+                                              rf"EvalResult zoo cannot record: {text}") as err:
+        hooks.evaluate(cfg=None, detections={}, dataset=None, samples=[], out_dir=tmp_path)
+    assert err.value.exit_code == 1 and "\n" not in str(err.value)
+
+
+def test_zoo_core_evaluators_results_pass_the_check():
+    """The numpy-free ci95 pairs with None (every resample undefined) and NaN metrics zoo-core gives are fine."""
+    from zoo_core.api.types import EvalResult
+    from zoo_core.plugins.results import checked_eval_result
+
+    res = checked_eval_result(EvalResult({"AP": float("nan"), "AR": np.float64(0.5)}, ci95={"AP": (None, None),
+                                                                                          "AR": [np.float32(0.25), 1]}))
+    assert res.ci95 == {"AP": (None, None), "AR": (0.25, 1.0)} and type(res.metrics["AR"]) is float

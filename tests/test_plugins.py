@@ -225,7 +225,7 @@ def test_broken_plugins_are_listed_with_their_errors(zoo, bad_env):
     broken = _section(out, "broken")
     assert re.search(r"badimport .*zoo_bad_import.*RuntimeError: zoo_bad_import: simulated import failure", broken)
     assert re.search(r"badhook .*invalid hook implementation: unknown hook 'postprocesss'", broken)
-    assert re.search(r"badapi .*needs zoo hook API 2, this zoo-core provides 1", broken)
+    assert re.search(r"badapi .*needs zoo hook API '2' \(its ZOO_HOOK_API\), this zoo-c", broken)
     models = _section(out, "models").split()
     assert "fixture" in models and not {"badimport", "badhook", "badapi"} & set(models)
 
@@ -323,8 +323,8 @@ def test_hook_api_version_rule_is_the_same_for_the_manager_and_the_contract_kit(
     assert api_mismatch(module("1.7")) is None and api_mismatch(module(["2", "1"])) is None
     assert api_mismatch(module(None)) is None
     problem = api_mismatch(module(["2", "3"]))
-    assert problem == ("plugin needs zoo hook API 2, 3, this zoo-core provides 1; install a zoo-core release for "
-                       "that API or upgrade the plugin")
+    assert problem == ("plugin needs zoo hook API ['2', '3'] (its ZOO_HOOK_API), this zoo-core provides '1'; install "
+                       "a zoo-core release for that API or upgrade the plugin")
     for api, expect in ((None, "should declare ZOO_HOOK_API = '1'"), ("1", None)):
         pm = ZooPluginManager(autoload=False)
         pm.register_module("versioned", module(api))
@@ -336,4 +336,50 @@ def test_hook_api_version_rule_is_the_same_for_the_manager_and_the_contract_kit(
                 contract.check_api_version(plugin)
     pm = ZooPluginManager(autoload=False)
     pm.register_module("versioned", module("2"))
-    assert pm.broken[0].error == problem.replace("2, 3", "2")
+    assert pm.broken[0].error == problem.replace("['2', '3']", "'2'")
+
+
+@pytest.mark.parametrize(("api", "shown"), [(" 1", "' 1'"), ([], "[]"), ("2", "'2'"), (["2", "3"], "['2', '3']")])
+def test_a_refused_hook_api_declaration_is_shown_as_written(api, shown):
+    """Before: ' 1' gave 'plugin needs zoo hook API  1, this zoo-core provides 1' and [] 'needs zoo hook API , ...'."""
+    from zoo_core.plugins.manager import api_mismatch
+
+    m = types.ModuleType("zoo_versioned")
+    m.ZOO_HOOK_API = api
+    assert api_mismatch(m) == (f"plugin needs zoo hook API {shown} (its ZOO_HOOK_API), this zoo-core provides '1'; "
+                               "install a zoo-core release for that API or upgrade the plugin")
+
+
+def test_a_set_of_hook_api_versions_is_accepted_like_a_list():
+    """Before: {"1"} was refused ('needs zoo hook API {'1'}') while ["1"] was accepted."""
+    from zoo_core.plugins.manager import accepted_api_versions, api_mismatch
+
+    m = types.ModuleType("zoo_versioned")
+    m.ZOO_HOOK_API = {"1", "2"}
+    assert accepted_api_versions(m) == ["1", "2"] and api_mismatch(m) is None
+
+
+def test_a_plugin_loaded_without_zoo_hook_api_is_warned_about(monkeypatch, caplog):
+    """Before: a plugin without ZOO_HOOK_API (or set to None) loaded silently; only the contract kit flagged it."""
+    import logging
+
+    module = types.ModuleType("zoo_undeclared")
+
+    @hookimpl
+    def input_spec(cfg):
+        return []
+
+    module.input_spec = input_spec
+
+    class EP:
+        name, value, group, dist = "undeclared", "zoo_undeclared", "zoo.models", None
+
+        def load(self):
+            return module
+
+    pm = ZooPluginManager(autoload=False)
+    with caplog.at_level(logging.WARNING, logger="zoo"):
+        pm._load_one(EP(), "zoo.models", pm.models)
+    assert "undeclared" in pm.models
+    assert caplog.messages == ["plugin zoo_undeclared (model undeclared) declares no ZOO_HOOK_API: loaded as written "
+                               "against zoo hook API 1; add ZOO_HOOK_API = '1' to zoo_undeclared"]

@@ -321,3 +321,17 @@ def test_the_readme_recipe_gives_a_one_class_coco_plugin_that_passes_its_own_tes
     metrics = json.loads((tmp_path / "outputs" / model / "eval" / "metrics.json").read_text())
     assert metrics["metrics"]["AP"] == pytest.approx(1.0) and metrics["reference"]["AP"]["within"] is True
     assert [k for k in metrics["metrics"] if k.startswith("AP/")] == ["AP/giraffe"]
+
+
+def test_cli_new_plugin_with_a_dir_that_cannot_hold_it_is_one_line(tmp_path, capsys):
+    """Before: `--dir <a file>` / `--dir /proc/1` printed a raw NotADirectoryError / FileNotFoundError traceback."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    assert zoo_main(["new-plugin", "okname", "--dir", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: {a_file}: --dir is not a directory (it is the parent directory of the new package)"
+    assert a_file.read_text() == "mine"
+    assert zoo_main(["new-plugin", "okname", "--dir", str(a_file / "sub")]) == 2  # (a file inside the path)
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"cannot write the new plugin package here (--dir {a_file / 'sub'}): Not a directory" in err

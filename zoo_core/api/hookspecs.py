@@ -268,6 +268,10 @@ def read_detections(cfg: DictConfig, path: Path, dataset: Dataset, samples: Sequ
 def zoo_stage_finished(cfg: DictConfig, stage: str, run_dir: Path, result: dict[str, Any]) -> None:
     """Observe the end of a stage (all plugins are called, not only the selected model).
 
+    Called once the stage's records are complete (``run.json`` says ``ok``). An exception raised here does not
+    fail the run, nor a sweep's job or its shard merge: it is logged as a warning naming the plugin and the
+    hook and listed in ``run.json["observer_errors"]``; the other observers are still called.
+
     :param stage: the stage name.
     :param run_dir: the run directory (``pathlib.Path``).
     :param result: the dict the stage wrote as its summary (metrics, perf...).

@@ -151,7 +151,7 @@ class EvalResult:
     #: 95% bootstrap intervals ``{metric: (lo, hi)}`` when the run asked for ``bootstrap=N`` and the
     #: evaluator computes them (zoo-core's ``widerface`` and ``coco`` kinds do); ``info["bootstrap"]`` then
     #: says how (N, seed, what was resampled).
-    ci95: dict[str, tuple[float, float]] = field(default_factory=dict)
+    ci95: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
 
 #: Protocol keys that say what a :class:`Reference` is *about* by default: a run that differs on one of them

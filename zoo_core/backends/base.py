@@ -65,12 +65,14 @@ class Backend:
     Subclasses implement :meth:`infer`. ``model_kind`` tells the stage which model file to resolve
     before building the backend (``"onnx"``, ``"om"`` or ``None``); ``builds_model`` says it calls
     ``io.build_model`` (so the run needs weights); ``fixed_batch`` set to an int makes the batcher
-    pad every batch to that size (static-shape OMs).
+    pad every batch to that size (static-shape OMs); ``exact_output_dtypes`` says its outputs keep the model
+    file's own element types, so the stream compares them with the model's ``output_spec`` dtypes.
     """
 
     name = "backend"
     model_kind: ClassVar[str | None] = None
     builds_model: ClassVar[bool] = False
+    exact_output_dtypes: ClassVar[bool] = False
     fixed_batch: int | None = None
 
     def __init__(self, model_file: str | Path | None = None, options: Mapping[str, Any] | None = None,

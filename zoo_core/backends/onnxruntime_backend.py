@@ -39,6 +39,7 @@ def make_session(path: str | Path, options: Mapping[str, Any] | None = None) -> 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     model_kind = "onnx"
+    exact_output_dtypes = True  # (the ONNX's own output types: an output_spec that disagrees is caught)
 
     def __init__(self, model_file: str | Path | None = None, options: Mapping[str, Any] | None = None,
                  io: ModelIO | None = None):

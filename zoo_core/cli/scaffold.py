@@ -101,19 +101,26 @@ def new_plugin(model: str, parent: str | Path = ".") -> Path:
     if clash:
         raise ZooError(f"cannot create a plugin named {model!r}: {clash}, and installing {values['dist']} would "
                        f"replace or shadow it; choose another name (e.g. {model + '_mine'!r})")
-    dest = Path(parent).expanduser().resolve() / values["dist"]
-    if dest.exists() and any(dest.iterdir()):
-        raise ZooError("directory exists and is not empty; choose another --dir", path=dest)
+    base = Path(parent).expanduser().resolve()
+    if base.exists() and not base.is_dir():
+        raise ZooError("--dir is not a directory (it is the parent directory of the new package)", path=base)
+    dest = base / values["dist"]
     root = template_root()
     templates = sorted(p for p in root.rglob("*" + TEMPLATE_SUFFIX) if p.is_file())
     if not templates:
         raise ZooError("plugin templates are missing from this zoo-core installation", path=root)
-    for src in templates:
-        rel = src.relative_to(root).as_posix()[: -len(TEMPLATE_SUFFIX)]
-        rel = render(rel.replace("__package__", values["package"]), values)
-        out = dest / rel
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(render(src.read_text(encoding="utf-8"), values), encoding="utf-8")
+    try:
+        if dest.exists() and any(dest.iterdir()):
+            raise ZooError("directory exists and is not empty; choose another --dir", path=dest)
+        for src in templates:
+            rel = src.relative_to(root).as_posix()[: -len(TEMPLATE_SUFFIX)]
+            rel = render(rel.replace("__package__", values["package"]), values)
+            out = dest / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(render(src.read_text(encoding="utf-8"), values), encoding="utf-8")
+    except OSError as exc:  # (a --dir that cannot hold it: /proc/1, read-only, a file in the path, no space)
+        raise ZooError(f"cannot write the new plugin package here (--dir {base}): {exc.strerror or exc}",
+                       path=exc.filename or dest) from exc
     return dest
 
 

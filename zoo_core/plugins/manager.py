@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType, TracebackType
@@ -29,6 +30,8 @@ from zoo_core.api.errors import PluginError, PluginHookError, ZooError
 from zoo_core.config.confpaths import BACKENDS_GROUP, MODELS_GROUP, disabled_plugins, duplicate_models, is_blocked
 from zoo_core.datasets import DATASET_API_VERSION
 from zoo_core.runs.storage import storage_error
+
+log = logging.getLogger("zoo")
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -95,19 +98,23 @@ _APIS = (("ZOO_HOOK_API", "hook API", HOOK_API_VERSION), ("ZOO_DATASET_API", "da
 
 
 def accepted_api_versions(module: object, attr: str = "ZOO_HOOK_API") -> list[str] | None:
-    """The API versions a plugin module declares in ``attr`` (a string or a list), or None."""
+    """The API versions a plugin module declares in ``attr`` (a string, or a list, tuple or set of them), or
+    None when it declares none."""
     wanted = getattr(module, attr, None)
     if wanted is None:
         return None
+    if isinstance(wanted, (set, frozenset)):
+        wanted = sorted(wanted, key=str)
     return [str(w) for w in (wanted if isinstance(wanted, (list, tuple)) else [wanted])]
 
 
 def api_mismatch(module: object) -> str | None:
     """Why ``module`` cannot be used with this zoo-core (``ZOO_HOOK_API`` / ``ZOO_DATASET_API``), or None.
 
-    Only the major number counts. A module that declares neither is accepted (the contract kit asks
-    plugins to declare them). The one place the version rule lives: the plugin manager and
-    :mod:`zoo_core.testing.checks` both call it.
+    Only the major number counts. A module that declares neither is accepted (the plugin manager warns when it
+    loads one without ``ZOO_HOOK_API``, and the contract kit asks plugins to declare it). The one place the
+    version rule lives: the plugin manager and :mod:`zoo_core.testing.checks` both call it. The declared value
+    is shown as written (``' 1'``, ``[]``).
     """
     for attr, what, have in _APIS:
         accepted = accepted_api_versions(module, attr)
@@ -115,8 +122,8 @@ def api_mismatch(module: object) -> str | None:
             continue
         major = have.split(".")[0]
         if not any(a.split(".")[0] == major for a in accepted):
-            return (f"plugin needs zoo {what} {', '.join(accepted)}, this zoo-core provides {have}; "
-                    f"install a zoo-core release for that API or upgrade the plugin")
+            return (f"plugin needs zoo {what} {getattr(module, attr)!r} (its {attr}), this zoo-core provides "
+                    f"{have!r}; install a zoo-core release for that API or upgrade the plugin")
     return None
 
 
@@ -231,6 +238,10 @@ class ZooPluginManager:
             self.broken.append(BrokenPlugin(ep.name, group, ep.value, f"{type(exc).__name__}: {exc}", dist[0]))
             return
         self._register(ep.name, module, group, target, ep.value, dist)
+        if ep.name in target and accepted_api_versions(module) is None:
+            log.warning("%s declares no ZOO_HOOK_API: loaded as written against zoo hook API %s; add "
+                        "ZOO_HOOK_API = %r to %s", target[ep.name].label, HOOK_API_VERSION, HOOK_API_VERSION,
+                        ep.value)
 
     def _register(self, name: str, module: Any, group: str, target: dict[str, PluginInfo], ep_value: str,
                   dist: tuple[str | None, str | None]) -> None:
@@ -318,13 +329,26 @@ class ZooPluginManager:
         where = f"hook {hook}{f' ({context})' if context else ''}"
         raise PluginHookError(f"{info.label}, {where}: {_first_line(exc)}") from exc
 
-    def notify_stage_finished(self, *, cfg: DictConfig, stage: str, run_dir: Path, result: dict[str, Any]) -> None:
-        """Call ``zoo_stage_finished`` on every plugin; an observer that fails is named (see :meth:`hook_failed`)."""
+    def notify_stage_finished(self, *, cfg: DictConfig, stage: str, run_dir: Path, result: dict[str, Any]) -> list[str]:
+        """Call ``zoo_stage_finished`` on every plugin, each on its own (one that raises does not keep the
+        others from being called). The stage's records are complete by then, so a failure does not fail
+        the run: it is returned, one line naming the plugin and the hook, for the caller to warn about and
+        record (:func:`zoo_core.runs.run_stage.run_stage`). A Ctrl-C passes through."""
         caller = self.pm.hook.zoo_stage_finished
-        try:
-            caller(cfg=cfg, stage=stage, run_dir=run_dir, result=result)
-        except BaseException as exc:
-            self.hook_failed(exc, "zoo_stage_finished", caller, None)
+        impls = [i for i in caller.get_hookimpls() if not (i.wrapper or i.hookwrapper)]
+        errors: list[str] = []
+        for impl in reversed(impls):  # (pluggy's order: the last registered is called first)
+            one = self.pm.subset_hook_caller("zoo_stage_finished",
+                                             remove_plugins=[i.plugin for i in impls if i.plugin is not impl.plugin])
+            try:
+                one(cfg=cfg, stage=stage, run_dir=run_dir, result=result)
+            except (KeyboardInterrupt, GeneratorExit):
+                raise
+            except BaseException as exc:  # (SystemExit too)
+                info = self.plugin_info(impl.plugin)
+                who = info.label if info is not None else f"observer {self.pm.get_name(impl.plugin)}"
+                errors.append(f"{who}, hook zoo_stage_finished: {_first_line(exc)}")
+        return errors
 
     def backend_class(self, name: str) -> Any:
         ep = self.backends.get(name)
@@ -539,13 +563,21 @@ class ModelHooks:
 
     def evaluate(self, *, cfg: DictConfig, detections: Mapping[str, Detections], dataset: Dataset,
                  samples: Sequence[Sample], out_dir: Path) -> EvalResult:
+        """The hook's :class:`EvalResult`, checked (:mod:`zoo_core.plugins.results`, the contract kit's rule)
+        before anything of it is written: a bad one is a :class:`PluginHookError` naming the plugin."""
         from zoo_core.api.types import EvalResult
+        from zoo_core.plugins.results import EvalResultError, checked_eval_result
 
         result = self._call("evaluate", cfg=cfg, detections=detections, dataset=dataset, samples=samples,
                             out_dir=out_dir)
         if not isinstance(result, EvalResult):
             raise self._wrong("evaluate", "a zoo_core.api.types.EvalResult", result)
-        return result
+        try:
+            return checked_eval_result(result)
+        except EvalResultError as exc:
+            who = (self.info.label if self.implements("evaluate")
+                   else f"zoo-core's evaluator for dataset kind {cfg.dataset.get('kind')!r} (model {self.model})")
+            raise PluginHookError(f"{who}: hook 'evaluate' returned an EvalResult zoo cannot record: {exc}") from None
 
     def oracle_outputs(self, *, cfg: DictConfig, sample: Sample, meta: Meta, dataset: Dataset) -> list[np.ndarray]:
         return self._call("oracle_outputs", f"image {sample.path}", cfg=cfg, sample=sample, meta=meta,

@@ -68,8 +68,11 @@ def write_perf(ctx: RunContext, perf: dict[str, Any]) -> Path:
 
 def metrics_record(ctx: RunContext, metrics: dict[str, Any], images: int, info: dict[str, Any],
                    skipped: list[dict], files: list[str], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ``metrics.json`` record; a NaN/inf metric becomes ``null`` with its reason in ``null_metrics``."""
-    bad = {k: v for k, v in metrics.items() if isinstance(v, bool) or not isinstance(v, (int, float))}
+    """The ``metrics.json`` record; a NaN/inf metric becomes ``null`` with its reason in ``null_metrics``, a
+    numpy scalar a plain number (:func:`zoo_core.plugins.results.metric_number`, the contract kit's rule)."""
+    from zoo_core.plugins.results import metric_number
+
+    bad = {k: v for k, v in metrics.items() if metric_number(v) is None}
     if bad:
         raise PluginHookError(f"the {ctx.model_name} evaluate hook returned non-numeric metrics: {sorted(bad)}")
     clean: dict[str, float | None] = {}
@@ -78,13 +81,14 @@ def metrics_record(ctx: RunContext, metrics: dict[str, Any], images: int, info: 
     reasons = reasons if isinstance(reasons, dict) else {}
     info = {k: v for k, v in info.items() if k != NULL_REASONS}
     for k, v in metrics.items():
-        f = float(v)
+        f = float(metric_number(v))  # type: ignore[arg-type]  # (checked above)
         if math.isfinite(f):
             clean[k] = f
         else:
             clean[k] = None
-            nulls[k] = str(reasons.get(k) or f"the evaluator returned {f} (e.g. no ground truth of this kind "
-                                                f"among the {images} images scored)")
+            why = (f" (e.g. no ground truth of this kind among the {images} images scored)" if math.isnan(f)
+                   else " (JSON has no infinity)")
+            nulls[k] = str(reasons.get(k) or f"the evaluator returned {f}{why}")
     rec: dict[str, Any] = {"schema": METRICS_SCHEMA, "stage": ctx.stage, "model": ctx.model_name,
                            "dataset": str(ctx.cfg.dataset.get("name", "")), "images": images, "metrics": clean}
     if nulls:

@@ -110,7 +110,7 @@ def _subset(cfg: Any, ref: Reference, made_by: str | None = None, images: int | 
 
 
 def judge(cfg: Any, refs: Sequence[Reference], metrics: Mapping[str, float | None],
-          ci95: Mapping[str, Sequence[float]] | None = None,
+          ci95: Mapping[str, Sequence[float | None]] | None = None,
           made_by: str | None = None, images: int | None = None) -> tuple[dict[str, dict], list[dict]]:
     """``(verdicts by metric, protocol mismatches)`` of a run scored ``metrics`` under ``cfg``.
 
@@ -147,7 +147,8 @@ def judge(cfg: Any, refs: Sequence[Reference], metrics: Mapping[str, float | Non
     return verdicts, mismatches
 
 
-def _verdict(ref: Reference, measured: float | None, reported: bool, ci: Sequence[float] | None) -> dict[str, Any]:
+def _verdict(ref: Reference, measured: float | None, reported: bool,
+             ci: Sequence[float | None] | None) -> dict[str, Any]:
     v: dict[str, Any] = {"expected": float(ref.expected), "tolerance": float(ref.tolerance), "source": ref.source,
                          "protocol": dict(ref.protocol)}
     if ref.note:

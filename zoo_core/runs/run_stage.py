@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from zoo_core.api.atomic import sweep_stale_temps
+from zoo_core.api.atomic import sweep_stale_temps, write_json
 from zoo_core.api.errors import in_chain
 from zoo_core.runs import interrupts
 from zoo_core.runs.context import RunContext
@@ -29,7 +29,8 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     The record dir belongs to this stage run: what an earlier run of the stage left there is removed
     first (Hydra's ``.hydra/`` and ``zoo.log`` of this run excepted). ``run.json`` says ``running``
     while the stage runs and ``ok`` or ``failed`` (with the error) at the end. A Ctrl-C once it says ``ok``
-    (``report.html``, the observers: the summary printed) is said and leaves the run finished.
+    (``report.html``, the observers: the summary printed) is said and leaves the run finished; so does an
+    observer that raises (a warning, listed in ``run.json["observer_errors"]``).
     """
     from zoo_core.stages import get_stage
 
@@ -53,11 +54,30 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
             _record_failure(ctx, exc)
             raise
         _write_html_report(ctx)
-    try:
-        ctx.manager.notify_stage_finished(cfg=ctx.cfg, stage=ctx.stage, run_dir=ctx.record_dir, result=result)
-    except KeyboardInterrupt:  # (the summary on the terminal is an observer): the run stays the finished run it is
-        log.warning("interrupted after the run finished: its records are complete (%s says ok)", ctx.record("run.json"))
+        try:
+            failed = ctx.manager.notify_stage_finished(cfg=ctx.cfg, stage=ctx.stage, run_dir=ctx.record_dir,
+                                                       result=result)
+        except KeyboardInterrupt:  # (the summary on the terminal is an observer): the run stays the finished run
+            log.warning("interrupted after the run finished: its records are complete (%s says ok)",
+                        ctx.record("run.json"))
+            return result
+        if failed:
+            _record_observer_errors(ctx, failed)
     return result
+
+
+def _record_observer_errors(ctx: RunContext, errors: list[str]) -> None:
+    """An observer failed after the run's records were complete: a warning per observer and ``run.json``'s
+    ``observer_errors``; the run stays ok (exit code, sweep status and merge follow run.json)."""
+    for line in errors:
+        log.warning("%s (the run's records are complete; it stays ok)", line)
+    path = ctx.record("run.json")
+    try:
+        rec = json.loads(path.read_text())
+        rec["observer_errors"] = errors
+        write_json(path, rec)
+    except Exception as exc:  # (a full disk: the warnings were said)
+        log.warning("could not record the observer errors in %s: %s", path, exc)
 
 
 def interrupted(exc: BaseException | None) -> bool:

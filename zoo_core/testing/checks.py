@@ -74,28 +74,16 @@ def check_detections(hook: str, dets, n: int) -> list[Detections]:
 
 
 def check_eval_result(result) -> EvalResult:
-    """``result`` is an :class:`EvalResult` with a flat ``{str: number}`` metrics dict."""
-    if not isinstance(result, EvalResult):
-        raise _fail("evaluate", f"must return zoo_core.api.types.EvalResult, got {type(result).__name__}")
-    if not isinstance(result.metrics, dict) or not result.metrics:
-        raise _fail("evaluate", "metrics must be a non-empty dict")
-    for k, v in result.metrics.items():
-        if not isinstance(k, str):
-            raise _fail("evaluate", f"metric names must be str, got {k!r}")
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-            raise _fail("evaluate", f"metric {k!r} must be a number (flat dict), got {type(v).__name__}")
-        if math.isinf(float(v)):
-            raise _fail("evaluate", f"metric {k!r} is infinite")
-    for name, data in result.files.items():
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise _fail("evaluate", f"file name {name!r} must be relative to the run directory")
-        if not isinstance(data, (bytes, bytearray)):
-            raise _fail("evaluate", f"file {name!r} must be bytes, got {type(data).__name__}")
+    """``result`` is an :class:`EvalResult` the run can record: a flat non-empty ``{str: number}`` metrics dict
+    (numpy scalars count, NaN / inf are recorded as null), relative ``bytes`` files, JSON-able ``info``,
+    ``(lo, hi)`` intervals; the rule :mod:`zoo_core.plugins.results` applies to a run too. Returns it with
+    plain-Python numbers."""
+    from zoo_core.plugins.results import EvalResultError, checked_eval_result
+
     try:
-        json.dumps(result.info)
-    except (TypeError, ValueError) as exc:
-        raise _fail("evaluate", f"info must be JSON-serialisable: {exc}") from None
-    return result
+        return checked_eval_result(result)
+    except EvalResultError as exc:
+        raise _fail("evaluate", str(exc)) from None
 
 
 def stack_batch(items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -363,9 +351,10 @@ def check_dataset(p: PluginUnderTest) -> None:
         raise _fail("dataset", "sample ids must be unique")
     if [s.id for s in ds.samples()] != ids:
         raise _fail("dataset", "samples() must list samples in a deterministic order")
-    for s in samples[: p.n_samples]:
-        if not Path(s.path).is_file():
-            raise _fail("dataset", f"sample {s.id!r} points to a missing file {s.path}")
+    missing = [s for s in samples if not Path(s.path).is_file()]  # (every sample: a run reads them all)
+    if missing:
+        more = f" (and {len(missing) - 1} more of the {len(samples)} samples)" if len(missing) > 1 else ""
+        raise _fail("dataset", f"sample {missing[0].id!r} points to a missing file {missing[0].path}{more}")
 
 
 def _check_inputs(p: PluginUnderTest, inputs, meta, where: str) -> None:
@@ -389,7 +378,9 @@ def _check_inputs(p: PluginUnderTest, inputs, meta, where: str) -> None:
         raise _fail("preprocess", f"{where}: meta must be JSON-serialisable: {exc}") from None
 
 
-def _check_outputs_match_spec(p: PluginUnderTest, outputs, metas, hook: str) -> None:
+def _check_outputs_match_spec(p: PluginUnderTest, outputs, metas, hook: str, dtypes: bool = False) -> None:
+    """``outputs`` have ``output_spec``'s count and per-item shapes, and with ``dtypes`` its element types (the
+    exported model's outputs: the onnxruntime backend refuses a run whose outputs disagree with them)."""
     for meta in metas:
         specs = _check_spec_list("output_spec", p.call("output_spec", meta=meta))
         if len(outputs) != len(specs):
@@ -398,6 +389,8 @@ def _check_outputs_match_spec(p: PluginUnderTest, outputs, metas, hook: str) -> 
             if tuple(out.shape[1:]) != tuple(spec.shape):
                 raise _fail(hook, f"output {spec.name!r} has per-item shape {tuple(out.shape[1:])}, "
                                   f"output_spec says {tuple(spec.shape)}")
+            if dtypes and np.asarray(out).dtype != np.dtype(spec.dtype):
+                raise _fail(hook, f"output {spec.name!r} is {np.asarray(out).dtype}, output_spec says {spec.dtype}")
 
 
 def check_preprocess(p: PluginUnderTest) -> None:
@@ -451,7 +444,7 @@ def check_roundtrip(p: PluginUnderTest) -> dict[str, float] | None:
 def check_export(p: PluginUnderTest, target: str = "onnxruntime", compare_torch: bool = True,
                  rtol: float = 1e-3, atol: float = 1e-4) -> dict[str, Detections]:
     """``export`` writes an ONNX whose graph names match its ExportResult, onnxruntime runs it on
-    the preprocessed samples with outputs shaped as ``output_spec`` says, ``postprocess`` decodes
+    the preprocessed samples with outputs shaped and typed as ``output_spec`` says, ``postprocess`` decodes
     them; with ``build_model`` the torch outputs agree within ``rtol``/``atol``.
 
     Returns the detections of the exported model, keyed by sample id.
@@ -470,7 +463,7 @@ def check_export(p: PluginUnderTest, target: str = "onnxruntime", compare_torch:
     for batch in p.item_batches():
         metas = [it.meta for it in batch]
         outputs = p.run_onnx(Path(res.path), batch)
-        _check_outputs_match_spec(p, outputs, metas, "export (onnxruntime outputs)")
+        _check_outputs_match_spec(p, outputs, metas, "export (onnxruntime outputs)", dtypes=True)
         if compare_torch and p.implements("build_model"):
             _compare_with_torch(p, batch, outputs, g_inputs, g_outputs, rtol, atol)
         dets = check_detections("postprocess", p.call("postprocess", outputs=outputs, metas=metas), len(batch))
