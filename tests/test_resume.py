@@ -405,6 +405,23 @@ def test_a_resume_with_other_quantize_settings_is_refused_before_the_int8_model_
         assert "the INT8 model was built" in (tmp_path / "run" / stage / "run.json").read_text()
 
 
+def test_the_early_quantize_check_compares_the_settings_as_the_int8_model_reads_them():
+    """Before: `resume=true quantize.exclude_op_types=[DeformConv]` over a CenterNet run was refused ([] -> [...]),
+    though the plugin keeps DeformConv in FP32 already and stage=quantize reused the INT8 model; likewise a repeated
+    op type, or a node named by a number."""
+    from zoo_core.runs.resume import _deciding
+
+    base = {"name": "int8", "method": "minmax", "percentile": 99.999, "exclude_op_types": [], "exclude_nodes": []}
+    dcn = ["DeformConv"]
+    assert _deciding(base, dcn) == _deciding({**base, "exclude_op_types": ["DeformConv"]}, dcn)
+    assert _deciding({**base, "exclude_op_types": ["Sigmoid"]}, []) == \
+        _deciding({**base, "exclude_op_types": ["Sigmoid", "Sigmoid"]}, [])
+    assert _deciding({**base, "exclude_nodes": [537]}, []) == _deciding({**base, "exclude_nodes": ["537"]}, [])
+    assert _deciding({**base, "percentile": 99.9}, []) == _deciding(base, [])  # (minmax: percentile unused)
+    assert _deciding({**base, "exclude_op_types": ["Sigmoid"]}, dcn)["exclude_op_types"] == ["DeformConv", "Sigmoid"]
+    assert _deciding({**base, "exclude_op_types": ["Sigmoid"]}, dcn) != _deciding(base, dcn)
+
+
 def test_an_image_rewritten_with_its_size_and_mtime_restored_is_still_a_changed_image(tmp_path):
     """Before: the identity was [size, mtime_ns], so a rewrite whose mtime a tool restored (`touch -r`, `cp -p`,
     `rsync -t`) kept its old detections on resume. ctime cannot be set: it moves. A [size, mtime_ns] record of an

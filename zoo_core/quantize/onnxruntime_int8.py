@@ -335,8 +335,8 @@ def _linked(out: Path, pin: Path) -> Path | None:
 def ensure_int8_onnx(ctx: RunContext, given: str | None = None) -> Path:
     """The onnxruntime INT8 model this run uses: reused when its record matches this run (FP32 bytes, quantize
     settings, calibration images' ids and sha256s, model section) and its bytes are intact, else built.
-    ``given``: the FP32 ONNX to quantize (default: the export). The settings are checked before anything is
-    exported.
+    ``given``: the FP32 ONNX to quantize (default: the export). The settings are checked, and the calibration
+    images drawn from the dataset (a dataset without its files fails here), before anything is exported.
 
     The model is built or checked in ``model_dir``, which the jobs of a sweep share, and the file returned is a
     link to exactly the bytes built or checked, in the stage's record dir (``<record dir>/<model>_onnxruntime_int8
@@ -344,8 +344,8 @@ def ensure_int8_onnx(ctx: RunContext, given: str | None = None) -> Path:
     this run's model even when a parallel job with other quantize settings replaces the shared file meanwhile.
     """
     settings(ctx)
-    fp32 = ensure_onnx(ctx, "onnxruntime", given=given)
     samples = calibration_samples(ctx)
+    fp32 = ensure_onnx(ctx, "onnxruntime", given=given)
     fp = int8_fingerprint(ctx, fp32, samples)
     out = int8_onnx_path(ctx)
     pin = ctx.record(out.name)

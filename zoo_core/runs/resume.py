@@ -116,19 +116,31 @@ def refuse_changed_quantize(ctx: RunContext, state_path: Path) -> None:
     now = ctx.resolved_config().get("quantize")
     if not isinstance(before, dict) or not isinstance(now, dict) or before.get("name") == now.get("name") == "none":
         return
-    keys = [f"quantize.{k}: {a!r} -> {b!r}" for k, a, b in _diff_flat(_deciding(before), _deciding(now))][:8]
+    plugin_ops = [str(t) for t in (ctx.cfg.model.get("quantize_exclude_op_types") or [])]
+    keys = [f"quantize.{k}: {a!r} -> {b!r}"
+            for k, a, b in _diff_flat(_deciding(before, plugin_ops), _deciding(now, plugin_ops))][:8]
     if keys:
         raise ResumeRefused(f"{RESUME_REFUSED} the quantize settings changed since the interrupted run "
                             f"({'; '.join(keys)})", path=state_path,
                             hint="run again without resume=true to start over")
 
 
-def _deciding(quantize: dict[str, Any]) -> dict[str, Any]:
-    """The ``quantize`` keys that decide the INT8 model (:func:`zoo_core.quantize.calibration.settings`):
-    ``percentile`` only with ``method: percentile``."""
-    if str(quantize.get("method", "")).split(".")[-1] == "percentile":
-        return quantize
-    return {k: v for k, v in quantize.items() if k != "percentile"}
+def _deciding(quantize: dict[str, Any], plugin_ops: list[str]) -> dict[str, Any]:
+    """The ``quantize`` keys that decide the INT8 model, as :func:`zoo_core.quantize.calibration.settings` reads them:
+    ``percentile`` only with ``method: percentile``; ``exclude_op_types`` merged with the plugin's
+    ``model.quantize_exclude_op_types`` (``plugin_ops``) without repeats (naming an op type the plugin keeps in FP32
+    already changes nothing; a changed one is shown merged, as the INT8 record holds it); ``exclude_nodes`` as
+    names."""
+    out = dict(quantize)
+    if str(quantize.get("method", "")).split(".")[-1] != "percentile":
+        out.pop("percentile", None)
+    ops = quantize.get("exclude_op_types")
+    if isinstance(ops, list):
+        out["exclude_op_types"] = list(dict.fromkeys([*plugin_ops, *(str(t) for t in ops)]))
+    nodes = quantize.get("exclude_nodes")
+    if isinstance(nodes, list):
+        out["exclude_nodes"] = [str(n) for n in nodes]
+    return out
 
 
 #: ``{config section: the fingerprint entry a change of it shows in}``; state.json keeps a copy of each

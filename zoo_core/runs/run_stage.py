@@ -47,7 +47,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
             interrupts.raise_if_pending()
             result = stage(ctx)
             interrupts.raise_if_pending()  # (one an import swallowed: the run must not say ok)
-            backend = result.get("backend") if isinstance(result.get("backend"), dict) else None
+            backend = result.get("backend") if isinstance(result.get("backend"), dict) else ctx.opened_backend
             # (inside the try: a run whose "ok" cannot be written, a full disk, is recorded as failed)
             write_run_record(ctx, {"status": "ok", **ctx.notes, **({"backend": backend} if backend else {})})
         except BaseException as exc:

@@ -100,14 +100,20 @@ def side_context(ctx: RunContext, side: str) -> tuple[RunContext, str, dict[str,
         elif given:
             cfg.model_file = str(given)
     sctx = dataclasses.replace(ctx, cfg=cfg)
+    sctx.notes = ctx.notes  # (what a side notes, e.g. the INT8 candidate's int8_calibration, is the run's)
     if cfg.get("weights") == ctx.cfg.get("weights"):  # the run's weights: chosen once, recorded in run.json
         sctx.weights_used = ctx.weights_used
     return sctx, name, options
 
 
 def open_side(ctx: RunContext, side: str) -> Backend:
+    """The backend of ``side``; the candidate's (the model under test) is the run's ``opened_backend``, whose model
+    file ``run.json`` names."""
     sctx, name, options = side_context(ctx, side)
-    return open_backend(sctx, name, options=options)
+    backend = open_backend(sctx, name, options=options)
+    if side == "candidate":
+        ctx.opened_backend = sctx.opened_backend
+    return backend
 
 
 def _identity(backend: Backend) -> tuple[dict[str, Any], str | None]:
