@@ -304,6 +304,8 @@ def test_fp32_vs_int8_compares_what_the_next_layer_consumes_and_never_blames_a_f
     assert set(rows) == {"r1", "y"}  # c1 has no tensor of that name in the int8 graph
     r1, y = rows["r1"], rows["y"]
     assert r1["op_differs"] == "Relu vs Conv" and r1["candidate_tensor"] == "r1_DequantizeLinear_Output"
+    assert r1["quantizer_fused"] is True  # the quantizer's Relu removal, not a changed op
+    assert s["unmatched"]["count"] == 0  # c1 was compared through r1 (the fused Conv's output)
     assert "op_differs" not in y and y["op"] == "Conv"  # the int8 graph's y is the DequantizeLinear of a Conv
     for row, a, b in ((r1, fp_r1, q_r1), (y, fp_y, q_y)):
         d = np.abs(a - b)
@@ -315,3 +317,134 @@ def test_fp32_vs_int8_compares_what_the_next_layer_consumes_and_never_blames_a_f
     first = s["first_divergent"]
     assert first is None or first["tensor"] == "y"
     assert s["diverged"] == (y["status"] == "diverged")
+
+
+def _chain(path, act="Relu", head="Sigmoid", bias=0.0, rename=False, **act_attrs):
+    """x -> /c1/Conv -> /act/<act> -> /c2/Conv -> /head/<head> -> y (exporter-style scoped node names).
+    ``bias`` is added to c1's bias; ``rename`` renames every tensor from c1's output on (y aside)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1, b1 = rng.normal(size=(4, 2, 3, 3)).astype(np.float32), rng.normal(size=4).astype(np.float32) + bias
+    w2 = rng.normal(size=(3, 4, 1, 1)).astype(np.float32)
+    t = {n: (f"{n}_renamed" if rename else n) for n in ("c1", "a1", "c2")}
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1", "b1"], [t["c1"]], name="/c1/Conv", pads=[1, 1, 1, 1]),
+         helper.make_node(act, [t["c1"]], [t["a1"]], name=f"/act/{act}", **act_attrs),
+         helper.make_node("Conv", [t["a1"], "w2"], [t["c2"]], name="/c2/Conv"),
+         helper.make_node(head, [t["c2"]], ["y"], name=f"/head/{head}")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 6, 6])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _chain_batch():
+    x = np.random.default_rng(1).standard_normal((1, 2, 6, 6)).astype(np.float32)
+    return Batch(ids=["im0"], inputs={"x": x}, metas=[{}])
+
+
+def _result(s):
+    """A compare result around a layers summary, as the stage writes it (for the report functions)."""
+    return {"model": "m", "dataset": "d", "images": 1, "reference": {"backend": "onnxruntime"},
+            "candidate": {"backend": "onnxruntime"}, "outputs": {}, "passed": False, "layers": s,
+            "tolerance": {"atol": 1e-4, "rtol": 1e-2, "min_cosine": 0.999}}
+
+
+def test_a_changed_activation_in_an_fp32_graph_is_the_first_divergent_layer(tmp_path):
+    from zoo_core.compare.report import markdown, summary_lines
+
+    ref = _chain(tmp_path / "ref.onnx")
+    cand = _chain(tmp_path / "leaky.onnx", act="LeakyRelu", alpha=0.1)
+    s = _compare(OnnxTap(str(ref)), OnnxTap(str(cand)), _chain_batch())
+    first = s["first_divergent"]
+    assert first["tensor"] == "a1" and first["name"] == "act/Relu" and first["op_differs"] == "Relu vs LeakyRelu"
+    assert {r["tensor"]: r["status"] for r in s["rows"]} == {"c1": "ok", "a1": "diverged", "c2": "diverged",
+                                                             "y": "diverged"}
+    assert s["op_differs"] == 0 and s["diverged"] == 3 and "quantizer_fused" not in s["rows"][1]
+    line = next(x for x in summary_lines(_result(s)) if "layers:" in x)
+    assert "first divergent: act/Relu (op differs (Relu vs LeakyRelu); " in line and "fused" not in line
+    md = markdown(_result(s), None)
+    assert "| 1 | act/Relu | Relu |" in md and "**first divergent**, op differs (Relu vs LeakyRelu)" in md
+    assert "fused" not in md
+
+    # the changed op is the graph output: still named, not "none beyond tolerance"
+    s = _compare(OnnxTap(str(ref)), OnnxTap(str(_chain(tmp_path / "hard.onnx", head="HardSigmoid"))),
+                 _chain_batch())
+    assert s["first_divergent"]["tensor"] == "y" and s["first_divergent"]["op_differs"] == "Sigmoid vs HardSigmoid"
+    assert s["diverged"] == 1
+
+
+def test_reference_layers_without_a_counterpart_before_the_first_divergent_are_reported(tmp_path):
+    from zoo_core.compare.report import markdown, summary_lines
+
+    ref = _chain(tmp_path / "ref.onnx")
+    cand = _chain(tmp_path / "renamed.onnx", bias=1.0, rename=True)  # c1 changed, every name after it renamed
+    s = _compare(OnnxTap(str(ref)), OnnxTap(str(cand)), _chain_batch())
+    assert s["matched"] == 1 and s["first_divergent"]["tensor"] == "y"
+    um = s["unmatched"]
+    assert um["side"] == "reference" and um["count"] == 3
+    assert [u["name"] for u in um["layers"]] == ["c1/Conv", "act/Relu", "c2/Conv"]
+    assert s["first_divergent"]["unmatched_before"] == 3
+    assert s["first_divergent"]["unmatched_before_layers"] == ["c1/Conv", "act/Relu", "c2/Conv"]
+    line = next(x for x in summary_lines(_result(s)) if "layers:" in x)
+    assert "(3 reference tensors unmatched)" in line
+    assert "first divergent among matched layers: head/Sigmoid" in line
+    assert "3 unmatched layers before it: c1/Conv, act/Relu, c2/Conv" in line
+    md = markdown(_result(s), None)
+    assert "3 unmatched layers before it: c1/Conv, act/Relu, c2/Conv" in md
+    assert "Unmatched reference tensors (no counterpart on the other side" in md
+
+    s = _compare(OnnxTap(str(ref)), OnnxTap(str(ref)), _chain_batch())
+    assert s["unmatched"]["count"] == 0 and s["first_divergent"] is None
+
+
+def test_a_torch_module_without_an_onnx_node_name_is_reported_before_the_next_matched_layer(tiny, tiny_onnx,
+                                                                                             tmp_path):
+    bad = _scaled_copy(tiny_onnx, tmp_path / "bad.onnx", "/block/conv2/Conv", 1.1)
+    m = onnx.load(str(bad))
+    next(n for n in m.graph.node if n.name == "/block/conv2/Conv").name = ""  # no scope: no module maps to it
+    onnx.save(m, str(bad))
+    s = _compare(TorchTap(tiny, ["x"]), OnnxTap(str(bad)))
+    first = s["first_divergent"]
+    assert first["name"] == "block.relu2"  # the next matched module
+    assert s["unmatched"]["side"] == "reference" and s["unmatched"]["what"] == "torch leaf modules"
+    assert first["unmatched_before_layers"] == ["block.conv2", "block.bn2"]
+    assert [u["name"] for u in s["unmatched"]["layers"]] == ["block.conv2", "block.bn2"]
+
+
+def test_every_layer_of_the_export_is_matched_so_none_is_reported_unmatched(tiny, tiny_onnx):
+    for taps in ((TorchTap(tiny, ["x"]), OnnxTap(str(tiny_onnx))), (OnnxTap(str(tiny_onnx)), TorchTap(tiny, ["x"])),
+                 (TorchTap(tiny, ["x"]), TorchTap(_tiny(), ["x"]))):
+        assert _compare(*taps)["unmatched"]["count"] == 0
+
+
+def test_nodes_of_one_scope_get_distinct_names_and_the_report_numbers_rows_by_graph_order(tmp_path):
+    from onnx import TensorProto, helper
+
+    from zoo_core.compare.report import markdown
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"], name="/pre/Relu"),
+         helper.make_node("Slice", ["r", "s0", "e0", "ax"], ["a"], name="/dcn/Slice"),
+         helper.make_node("Slice", ["r", "s1", "e1", "ax"], ["b"], name="/dcn/Slice_1"),
+         helper.make_node("Split", ["r"], ["p", "q"], name="/dcn/Split", axis=1, num_outputs=2),
+         helper.make_node("Concat", ["a", "b", "p", "q"], ["y"], name="/out/Concat", axis=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in
+         (("s0", 0), ("e0", 2), ("s1", 2), ("e1", 4), ("ax", 1))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    x = np.random.default_rng(0).standard_normal((1, 4, 2, 2)).astype(np.float32)
+    s = _compare(OnnxTap(str(tmp_path / "m.onnx")), OnnxTap(str(tmp_path / "m.onnx")),
+                 Batch(ids=["im0"], inputs={"x": x}, metas=[{}]))
+    names = [r["name"] for r in s["rows"]]
+    assert names == ["pre/Relu", "dcn/Slice", "dcn/Slice_1", "dcn/Split (p)", "dcn/Split (q)", "out/Concat"]
+    assert [r["order"] for r in s["rows"]] == [0, 1, 2, 3, 3, 4]
+    md = markdown(_result(s), None)
+    assert "| 3 | dcn/Split (q) | Split |" in md and "| 4 | out/Concat | Concat |" in md

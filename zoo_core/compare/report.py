@@ -122,6 +122,33 @@ def _shifts(d: dict[str, Any]) -> str:
     return f"largest box shift {_g(d['max_box_shift'])} px, largest score change {_g(d['max_score_change'])}"
 
 
+def _unmatched(lay: dict[str, Any]) -> str:
+    """`` (3 reference tensors unmatched)`` or nothing (records without the key: nothing)."""
+    um = lay.get("unmatched") or {}
+    return f" ({um['count']} {um['side']} {um['what']} unmatched)" if um.get("count") else ""
+
+
+def _first_text(lay: dict[str, Any], bold: bool = False) -> str:
+    """The first divergent layer in words: which op differs, and the unmatched layers before it."""
+    first = lay["first_divergent"]
+    if first is None:
+        text = "none beyond tolerance"
+    else:
+        name = f"**{first['name']}**" if bold else first["name"]
+        op = f"op differs ({first['op_differs']}); " if first.get("op_differs") else ""
+        n = first.get("unmatched_before") or 0
+        text = (f"first divergent{' among matched layers' if n else ''}: {name} ({op}max abs {_g(first['max_abs'])}, "
+                f"max rel {_g(first['max_rel'])}, cosine {_cos(first['cosine'])})")
+        if n:
+            names = first.get("unmatched_before_layers") or []
+            shown = ", ".join(names[:5]) + (f", ... ({n - 5} more in compare.json)" if n > 5 else "")
+            text += f"; {n} unmatched layer{'s' if n != 1 else ''} before it: {shown}"
+    if lay.get("op_differs"):
+        text += (f"; {lay['op_differs']} beyond tolerance where the int8 quantizer fused a Relu/Clip into the op "
+                 f"before it (not counted)")
+    return text
+
+
 def summary_lines(result: dict[str, Any], record_dir: Path | None = None) -> list[str]:
     """The few lines the terminal reporter prints for a compare run."""
     lines = [f"{result['model']} compare on {result['dataset']} ({result['images']} images"
@@ -145,13 +172,8 @@ def summary_lines(result: dict[str, Any], record_dir: Path | None = None) -> lis
                              f"(delta {'n/a' if delta is None else format(delta, '+.4f')})")
     lay = result.get("layers")
     if lay:
-        first = lay["first_divergent"]
-        text = (f"first divergent: {first['name']} (max abs {_g(first['max_abs'])}, max rel {_g(first['max_rel'])}, "
-                f"cosine {_cos(first['cosine'])})" if first else "none beyond tolerance")
-        differs = (f"; {lay['op_differs']} beyond tolerance where the op differs (a fused op, not counted)"
-                   if lay.get("op_differs") else "")
-        lines.append(f"  layers: {lay['compared']} of {lay['matched']} matched layers compared, {text}{differs}"
-                     + (f" [{lay['note']}]" if lay.get("note") else ""))
+        lines.append(f"  layers: {lay['compared']} of {lay['matched']} matched layers compared{_unmatched(lay)}, "
+                     f"{_first_text(lay)}" + (f" [{lay['note']}]" if lay.get("note") else ""))
     lines.append("  " + verdict_line(result))
     if record_dir is not None:
         lines.append(f"  -> {Path(record_dir) / 'compare.md'}")
@@ -213,15 +235,22 @@ def markdown(result: dict[str, Any], plot: str | None) -> str:  # noqa: C901 (on
     lay = result.get("layers")
     if lay:
         first = lay["first_divergent"]
+        text = _first_text(lay, bold=True)
         out += ["", "## Layers", "",
-                f"{lay['matched']} layers matched ({lay['reference']} reference, {lay['candidate']} candidate), "
-                f"compared on {', '.join(lay['images'])}, in graph order. First divergent: "
-                + (f"**{first['name']}** (max abs {_g(first['max_abs'])}, max rel {_g(first['max_rel'])}, "
-                   f"cosine {_cos(first['cosine'])})." if first else "none.")]
+                f"{lay['matched']} layers matched ({lay['reference']} reference, {lay['candidate']} candidate)"
+                f"{_unmatched(lay)}, compared on {', '.join(lay['images'])}, in graph order; "
+                f"{text[0].upper() + text[1:]}."]
         if lay.get("note"):
             out += ["", lay["note"]]
+        um = lay.get("unmatched") or {}
+        if um.get("count"):
+            names = [u["name"] for u in um["layers"]]
+            out += ["", f"Unmatched {um['side']} {um['what']} (no counterpart on the other side, not compared; "
+                        f"graph order): " + ", ".join(names[:50])
+                    + (f", ... ({len(names) - 50} more in compare.json)" if len(names) > 50 else "") + "."]
         out += ["", "| # | layer | op | max abs | max rel | cosine | verdict |", "|---|---|---|---|---|---|---|"]
-        for i, r in enumerate(lay["rows"]):
+        for r in lay["rows"]:
+            i = r["order"]
             name = r["name"] + (f" (+ {r['folded']} folded)" if r.get("folded") else "")
             name += f" (+ fused {', '.join(r['fused'])})" if r.get("fused") else ""
             if r["status"] == "shape":
@@ -229,10 +258,13 @@ def markdown(result: dict[str, Any], plot: str | None) -> str:  # noqa: C901 (on
                            f"{r['candidate_shape']} |")
                 continue
             verdict = "ok" if r["status"] == "ok" else "**diverged**"
-            if r.get("op_differs"):  # not the same layer on both sides: never the first divergent
-                verdict = f"{verdict if r['status'] == 'ok' else 'beyond tolerance'}, op differs: {r['op_differs']}"
             if first is not None and r["name"] == first["name"] and r["order"] == first["order"]:
                 verdict = "**first divergent**"
+            if r.get("quantizer_fused"):  # the quantizer's Relu/Clip removal: never the first divergent
+                verdict = (f"{verdict if r['status'] == 'ok' else 'beyond tolerance'}, op differs: "
+                           f"{r['op_differs']} (Relu/Clip fused by the int8 quantizer)")
+            elif r.get("op_differs"):
+                verdict += f", op differs ({r['op_differs']})"
             out.append(f"| {i} | {name} | {r['op'] or ''} | {_g(r['max_abs'])} | {_g(r['max_rel'])} | "
                        f"{_cos(r['cosine'])} | {verdict} |")
     if plot:
