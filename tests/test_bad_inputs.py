@@ -9,6 +9,8 @@ import json
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -548,3 +550,72 @@ def test_an_image_opencv_cannot_decode_names_opencvs_reason_in_one_line(tmp_path
     assert msg.startswith(f"{tmp_path / 'exif8.tiff'}: not a decodable image: OpenCV could not decode it: "), msg
     assert "\n" not in msg and "/proc/self/fd" not in msg and "[ERROR" not in msg and "loadsave.cpp" not in msg, msg
     assert capfd.readouterr().err == ""
+
+
+def _padded_jpeg(tmp_path):
+    """A whole JPEG with padding before its end marker: libjpeg warns ("extraneous bytes"), the pixels are intact."""
+    import cv2
+
+    skimage_data = pytest.importorskip("skimage.data")
+    data = cv2.imencode(".jpg", cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR))[1].tobytes()
+    path = tmp_path / "padded.jpg"
+    path.write_bytes(data[:-2] + bytes(10) + b"\xff\xd9")
+    return path
+
+
+def test_another_threads_line_quoting_a_libjpeg_warning_does_not_refuse_a_good_image(tmp_path, capfd, monkeypatch):
+    """Review: stage=predict on_error=skip failed on good images, since the capture of fd 2 around a decode also took
+    the feeder thread's 'skipped <cut.jpg>: ... (libjpeg: Corrupt JPEG data: premature end ...)' log line for the
+    good image's own warning. Only a whole line as libjpeg writes it counts; the other thread's line is printed."""
+    import cv2
+
+    import zoo_core.api.imaging as imaging
+
+    good = _padded_jpeg(tmp_path)
+    line = ("warning: skipped /data/b_cut.jpg: not a decodable image: a JPEG cut short (libjpeg: Corrupt JPEG data: "
+            "premature end of data segment; ...)")
+    real = imaging._decode
+
+    def decode_while_another_thread_logs(cv2_, f, p):
+        os.write(2, (line + "\n").encode())  # what the other thread writes to fd 2 meanwhile
+        return real(cv2_, f, p)
+
+    monkeypatch.setattr(imaging, "_decode", decode_while_another_thread_logs)
+    capfd.readouterr()
+    np.testing.assert_array_equal(imaging.read_image(good), cv2.imread(str(good)))
+    err = capfd.readouterr().err
+    assert line in err and "extraneous bytes before marker 0xd9" in err  # both printed, neither lost
+
+
+def test_a_decoder_warning_with_stderr_a_closed_pipe_is_lost_quietly(tmp_path):
+    """Review: `zoo run ... stage=predict 2>&1 | head` failed an image with 'BrokenPipeError in preprocess' when
+    libjpeg warned about it: the warning written back to a stderr nobody reads raised; cv2.imread's own write did not."""
+    import cv2
+
+    from zoo_core.api.imaging import read_image
+
+    good = _padded_jpeg(tmp_path)
+    r, w = os.pipe()
+    os.close(r)
+    saved = os.dup(2)
+    try:
+        os.dup2(w, 2)
+        img = read_image(good)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(w)
+    np.testing.assert_array_equal(img, cv2.imread(str(good)))
+
+
+def test_a_process_started_without_stderr_still_reads_its_images(tmp_path):
+    """Review: with fd 2 closed (`2>&-`, a daemon), the image file opened by read_image got fd 2 and the capture
+    replaced it with its own empty file: every image was 'not a decodable image'. zoo's entry point also points a
+    closed fd 0-2 at /dev/null."""
+    good = _padded_jpeg(tmp_path)
+    code = ("import os, sys; from zoo_core.api.imaging import read_image; "
+            f"print(read_image({str(good)!r}).shape); "
+            "from zoo_core.cli import _standard_fds_open; _standard_fds_open(); print(os.readlink('/proc/self/fd/2'))")
+    proc = subprocess.run(["sh", "-c", f'exec "{sys.executable}" -c "$0" 2>&-', code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.split("\n")[:2] == ["(512, 512, 3)", "/dev/null"], proc.stdout

@@ -67,7 +67,7 @@ def test_list_and_info_help_print_help_and_examples_name_a_shipped_model(capsys)
     assert zoo_main(["list", "--help"]) == 0 and capsys.readouterr().out.startswith("usage: zoo list [--json]")
     assert zoo_main(["info", "--help"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: zoo info model=<name>") and "zoo info model=centerface" in out
+    assert out.startswith("usage: zoo info [--config-dir DIR] [--config-name NAME] model=<name>") and "zoo info model=centerface" in out
     assert zoo_main(["info"]) == 2
     err = capsys.readouterr().err
     assert "no model given" in err and err.strip().endswith("Example: zoo info model=centerface")

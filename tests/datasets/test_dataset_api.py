@@ -159,7 +159,7 @@ def test_dataset_api_version_is_checked_at_load():
     pm.register_module("future", future)
     assert "future" not in pm.models
     (broken,) = [b for b in pm.broken if b.name == "future"]
-    assert "needs zoo dataset API 2, this zoo-core provides 1" in broken.error
+    assert "needs zoo dataset API '2' (its ZOO_DATASET_API), this zoo-core provides '1'" in broken.error
     ok = types.ModuleType("zoo_ok")
     ok.ZOO_DATASET_API = ["1", "2"]
     pm.register_module("ok", ok)

@@ -101,13 +101,15 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         _check_dimensions(head, p, limit)
         jpeg = head[:3] == b"\xff\xd8\xff"
         lines: list[str] = []
+        # (the file on fd 2, the process having started without a stderr: redirecting fd 2 would hide the image)
+        capture = _captured if f.fileno() > 2 else _uncaptured
         try:
             if not jpeg or _jpeg_ends(head):
-                img, lines = _captured(lambda: _decode(cv2, f, p))
+                img, lines = capture(lambda: _decode(cv2, f, p))
             elif size <= _WHOLE_JPEG_MAX:  # libjpeg would run out of data: decoded from memory with an end marker
                 f.seek(0)
                 buf = np.frombuffer(f.read() + b"\xff\xd9", np.uint8)
-                img, lines = _captured(lambda: cv2.imdecode(buf, cv2.IMREAD_COLOR))
+                img, lines = capture(lambda: cv2.imdecode(buf, cv2.IMREAD_COLOR))
             else:
                 img = None
         except cv2.error as exc:  # OpenCV's own checks, for what _header_dims cannot read (TIFF, WebP...)
@@ -120,14 +122,30 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         fd_name = f"/proc/self/fd/{f.fileno()}"
     lines = [ln.replace(fd_name, os.fspath(p)) for ln in lines]
     if img is None:
-        reason = _opencv_reason(lines)
+        _write_back([ln for ln in lines if not _decoder_line(ln)])  # (another thread's output, kept)
+        reason = _opencv_reason([ln for ln in lines if _decoder_line(ln)])
         raise InputError(f"not a decodable image: OpenCV could not decode it: {reason}" if reason else
                          "not a decodable image (corrupt, truncated or not an image file)", path=p)
     if jpeg:
-        _refuse_damaged_jpeg(lines, p)
-    if lines:  # what cv2.imread would have printed too (a harmless libjpeg warning), or another thread's output
-        os.write(2, ("\n".join(lines) + "\n").encode())
+        damaged = next((ln for ln in lines if _JPEG_REFUSED.match(ln.strip())), None)
+        if damaged is not None:
+            _write_back([ln for ln in lines if ln is not damaged])
+            _refuse_damaged_jpeg(damaged.strip(), p)
+    _write_back(lines)  # what cv2.imread would have printed too (a harmless libjpeg warning), or another thread's
     return img
+
+
+def _write_back(lines: list[str]) -> None:
+    """Print ``lines`` on fd 2, as the decoder (or the thread that wrote them) would have; a stderr nobody reads
+    (a closed pipe, ``/dev/full``) loses them quietly, as the decoder's own write did."""
+    if lines:
+        with contextlib.suppress(OSError):
+            os.write(2, ("\n".join(lines) + "\n").encode())
+
+
+def _uncaptured(decode: Callable[[], _T]) -> tuple[_T, list[str]]:
+    """``decode()`` with fd 2 left as it is (nothing captured)."""
+    return decode(), []
 
 
 _T = TypeVar("_T")
@@ -192,25 +210,32 @@ def _opencv_reason(lines: list[str]) -> str:
     return reason if len(reason) <= 300 else reason[:297] + "..."
 
 
-#: libjpeg warnings after which ``cv2.imread`` returns rows it did not decode (gray, or garbage): the data stops
-#: early ("premature end of data segment", "Premature end of JPEG file"), a code is invalid, or a restart marker
-#: is missing. Warnings that leave the pixels as the encoder made them (extraneous bytes before a marker, a bad
-#: ICC profile, an unknown JFIF version) are not among them.
-_JPEG_CUT = ("premature end",)
-_JPEG_DAMAGED = ("bad huffman code", "bad arithmetic code", "instead of rst")
+#: libjpeg's warnings after which ``cv2.imread`` returns rows it did not decode (gray, or garbage), as libjpeg writes
+#: them (a whole line, so another thread's line that quotes one, e.g. zoo's own "skipped <image>: ..." log line,
+#: is not taken for one): the data stops early ("premature end of data segment", "Premature end of JPEG file"), a
+#: code is invalid, or a restart marker is missing. Warnings that leave the pixels as the encoder made them
+#: (extraneous bytes before a marker, a bad ICC profile, an unknown JFIF version) are not among them.
+_JPEG_REFUSED = re.compile(r"^(?:Premature end of JPEG file|Corrupt JPEG data: (?:premature end of data segment|"
+                           r"bad Huffman code|bad arithmetic code|found marker 0x[0-9a-fA-F]{2} instead of RST\d))$")
+#: What OpenCV and the decoders under it write on fd 2 (an OpenCV log line and its ``>`` continuations, libjpeg's
+#: warnings and errors, libpng's, libtiff's, libwebp's): the lines an undecodable image's reason is taken from.
+_DECODER_LINE = re.compile(r"^\s*(?:\[\s*(?:ERROR|WARN|INFO|DEBUG|FATAL)[:\]]|>|OpenCV\(|Corrupt JPEG data|"
+                           r"Premature end|Not a JPEG|Invalid JPEG|Bogus|Unsupported|Improper|libpng|TIFF|WebP|Error|"
+                           r"Warning)")
 
 
-def _refuse_damaged_jpeg(lines: list[str], p: Path) -> None:
-    """Refuse a JPEG whose decode made libjpeg warn that image data is missing or corrupt (libjpeg prints only
-    its first warning)."""
-    for ln in lines:
-        low = ln.lower()
-        if any(w in low for w in _JPEG_CUT):
-            raise InputError(f"not a decodable image: a JPEG cut short, its image data stops before the last row "
-                             f"(libjpeg: {ln.strip()}; cv2.imread would fill the rest with gray)", path=p)
-        if any(w in low for w in _JPEG_DAMAGED):
-            raise InputError(f"not a decodable image: a corrupt JPEG, its image data is damaged (libjpeg: "
-                             f"{ln.strip()}; cv2.imread would decode wrong or gray rows from there)", path=p)
+def _decoder_line(line: str) -> bool:
+    return bool(_DECODER_LINE.match(line))
+
+
+def _refuse_damaged_jpeg(warning: str, p: Path) -> None:
+    """Refuse a JPEG whose decode made libjpeg print ``warning`` (one of :data:`_JPEG_REFUSED`): image data is
+    missing or corrupt (libjpeg prints only its first warning)."""
+    if "premature end" in warning.lower():
+        raise InputError(f"not a decodable image: a JPEG cut short, its image data stops before the last row "
+                         f"(libjpeg: {warning}; cv2.imread would fill the rest with gray)", path=p)
+    raise InputError(f"not a decodable image: a corrupt JPEG, its image data is damaged (libjpeg: {warning}; "
+                     f"cv2.imread would decode wrong or gray rows from there)", path=p)
 
 
 def _decode(cv2: Any, f: BinaryIO, p: Path) -> np.ndarray | None:

@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from zoo_core.runs import interrupts
 
     single_thread_by_default()
+    _standard_fds_open()
     handlers = interrupts.install()
     import logging
 
@@ -99,6 +100,20 @@ def main(argv: list[str] | None = None) -> int:
             _settled()
         else:
             interrupts.restore(handlers)
+
+
+def _standard_fds_open() -> None:
+    """Point a closed fd 0, 1 or 2 (``zoo run ... 2>&-``, a daemon) at ``/dev/null``: else the next file zoo opens
+    gets that number, and what libjpeg, OpenCV or a library writes to "stderr" lands in it (the run lock's pid record
+    overwritten, an image's descriptor taken for stderr)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def _dispatch(cmd: str, rest: list[str]) -> int:
