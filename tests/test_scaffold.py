@@ -272,15 +272,15 @@ def test_readme_lists_every_step_of_the_wider_face_or_coco_recipe(tmp_path):
         assert text in recipe, text
 
 
-@pytest.mark.needs_torch
-@pytest.mark.slow
-def test_the_readme_recipe_gives_a_wider_face_plugin_that_passes_its_own_tests(tmp_path, zoo):
-    model = "wider_recipe"
+def _recipe_plugin_tests_and_oracle_eval(tmp_path, zoo, model: str, coco: bool = False) -> dict:
+    """Scaffold ``model``, apply the generated README's recipe, install it in place (on PYTHONPATH, no pip), run its
+    own tests (all pass, none skipped) and an oracle eval with ``gate=true``; its metrics.json."""
     dest = new_plugin(model, tmp_path)
-    _apply_wider_recipe(dest, model)
-    info = dest / "zoo_wider_recipe-0.1.0.dist-info"  # installed in place: on PYTHONPATH, no pip
+    _apply_wider_recipe(dest, model, coco=coco)
+    dist = model.replace("_", "-")
+    info = dest / f"zoo_{model}-0.1.0.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: zoo-wider-recipe\nVersion: 0.1.0\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: zoo-{dist}\nVersion: 0.1.0\n")
     (info / "entry_points.txt").write_text(f"[zoo.models]\n{model} = zoo_{model}.plugin\n")
     env = zoo.env(PYTHONPATH=str(dest))
     env.pop("ZOO_DISABLE_PLUGINS", None)
@@ -291,7 +291,13 @@ def test_the_readme_recipe_gives_a_wider_face_plugin_that_passes_its_own_tests(t
     proc = subprocess.run([*ZOO, "run", f"model={model}", "stage=eval", "backend=oracle", "gate=true"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    metrics = json.loads((tmp_path / "outputs" / model / "eval" / "metrics.json").read_text())
+    return json.loads((tmp_path / "outputs" / model / "eval" / "metrics.json").read_text())
+
+
+@pytest.mark.needs_torch
+@pytest.mark.slow
+def test_the_readme_recipe_gives_a_wider_face_plugin_that_passes_its_own_tests(tmp_path, zoo):
+    metrics = _recipe_plugin_tests_and_oracle_eval(tmp_path, zoo, "wider_recipe")
     assert metrics["metrics"]["hard"] == pytest.approx(1.0) and metrics["reference"]["hard"]["within"] is True
 
 
@@ -302,23 +308,7 @@ def test_the_readme_recipe_gives_a_one_class_coco_plugin_that_passes_its_own_tes
     # a giraffe detector (category 25, absent from coco_sample's first 2 images): before, its contract round trip
     # ran on those 2 images and failed ("does not beat empty detections"), and its oracle AP was 0.0833 (the 11
     # other categories of coco_sample, which it cannot output, counted as 0); now AP = 1 over giraffe only
-    model = "coco_recipe"
-    dest = new_plugin(model, tmp_path)
-    _apply_wider_recipe(dest, model, coco=True)
-    info = dest / "zoo_coco_recipe-0.1.0.dist-info"  # installed in place: on PYTHONPATH, no pip
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: zoo-coco-recipe\nVersion: 0.1.0\n")
-    (info / "entry_points.txt").write_text(f"[zoo.models]\n{model} = zoo_{model}.plugin\n")
-    env = zoo.env(PYTHONPATH=str(dest))
-    env.pop("ZOO_DISABLE_PLUGINS", None)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=dest,
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and " passed" in proc.stdout and "skipped" not in proc.stdout, \
-        proc.stdout[-4000:] + proc.stderr[-2000:]
-    proc = subprocess.run([*ZOO, "run", f"model={model}", "stage=eval", "backend=oracle", "gate=true"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    metrics = json.loads((tmp_path / "outputs" / model / "eval" / "metrics.json").read_text())
+    metrics = _recipe_plugin_tests_and_oracle_eval(tmp_path, zoo, "coco_recipe", coco=True)
     assert metrics["metrics"]["AP"] == pytest.approx(1.0) and metrics["reference"]["AP"]["within"] is True
     assert [k for k in metrics["metrics"] if k.startswith("AP/")] == ["AP/giraffe"]
 

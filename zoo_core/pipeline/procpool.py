@@ -247,6 +247,10 @@ class ProcessPool:
                 with contextlib.suppress(Exception):
                     p.kill()
                     p.join()
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        """Close the workers' result pipes, the task queue and the wake-up pipe."""
         for _, conn in self._readers.values():
             conn.close()
         self._readers.clear()
@@ -437,11 +441,4 @@ class ProcessPool:
                 p.kill()
                 p.join()
         self._done.clear()
-        for _, conn in self._readers.values():
-            conn.close()
-        self._readers.clear()
-        with contextlib.suppress(OSError):
-            self._tasks.close()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._close_pipes()
