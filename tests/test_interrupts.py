@@ -6,11 +6,25 @@ workers' side is in test_procpool.py.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
 
 from zoo_core.cli import main as zoo_main
+
+
+@contextlib.contextmanager
+def _registered(observer, name: str):
+    """``observer`` registered as a plugin of zoo's manager for the block."""
+    from zoo_core.plugins import get_manager
+
+    pm = get_manager().pm
+    pm.register(observer, name=name)
+    try:
+        yield
+    finally:
+        pm.unregister(observer)
 
 
 @pytest.fixture
@@ -118,20 +132,14 @@ def test_a_ctrl_c_while_report_html_is_written_leaves_the_finished_run_finished(
 def test_a_ctrl_c_while_the_summary_is_printed_leaves_the_finished_run_finished(run_args, tmp_path, monkeypatch,
                                                                                 capsys):
     from zoo_core import hookimpl
-    from zoo_core.plugins import get_manager
 
     class Interrupted:  # an observer Ctrl-C stops, as it stops the summary printed on the terminal
         @hookimpl
         def zoo_stage_finished(self, cfg, stage, run_dir, result):
             raise KeyboardInterrupt
 
-    pm = get_manager().pm
-    observer = Interrupted()
-    pm.register(observer, name="test-interrupted")
-    try:
+    with _registered(Interrupted(), "test-interrupted"):
         assert zoo_main(run_args) == 0
-    finally:
-        pm.unregister(observer)
     run_json = tmp_path / "run" / "eval" / "run.json"
     assert f"warning: interrupted after the run finished: its records are complete ({run_json} says ok)" in \
         capsys.readouterr().err
@@ -247,15 +255,8 @@ def test_an_observer_failing_after_the_run_leaves_it_ok(run_args, tmp_path, caps
     """Before: exit 1 (`plugin ..., hook zoo_stage_finished: ...`) while run.json said ok, and a sweep's jobs showed
     failed with their merge refused though every shard was complete. Now: a warning naming the observer, listed in
     run.json's observer_errors, exit 0."""
-    from zoo_core.plugins import get_manager
-
-    pm = get_manager().pm
-    observer = _FailingObserver()
-    pm.register(observer, name="test-failing-observer")
-    try:
+    with _registered(_FailingObserver(), "test-failing-observer"):
         assert zoo_main(run_args) == 0
-    finally:
-        pm.unregister(observer)
     line = "observer test-failing-observer, hook zoo_stage_finished: RuntimeError: the dashboard is down"
     assert f"warning: {line} (the run's records are complete; it stays ok)" in capsys.readouterr().err
     record = json.loads((tmp_path / "run" / "eval" / "run.json").read_text())
@@ -264,18 +265,11 @@ def test_an_observer_failing_after_the_run_leaves_it_ok(run_args, tmp_path, caps
 
 def test_an_observer_failing_in_a_sharded_sweep_leaves_the_jobs_ok_and_merged(run_args, tmp_path, capsys):
     """Before: both shard jobs showed failed and the merge was refused, though both shards were complete."""
-    from zoo_core.plugins import get_manager
-
-    pm = get_manager().pm
-    observer = _FailingObserver()
-    pm.register(observer, name="test-failing-observer")
     sweep = tmp_path / "sweep"
-    try:
-        args = ["run", "-m", *run_args[1:-1], "dataset.num_shards=2", "dataset.shard=range(0,2)",
-                f"hydra.sweep.dir={sweep}"]
+    args = ["run", "-m", *run_args[1:-1], "dataset.num_shards=2", "dataset.shard=range(0,2)",
+            f"hydra.sweep.dir={sweep}"]
+    with _registered(_FailingObserver(), "test-failing-observer"):
         assert zoo_main(args) == 0
-    finally:
-        pm.unregister(observer)
     assert "2 jobs (0 failed), 1 shard merge (0 failed)" in capsys.readouterr().out
     assert (sweep / "merged" / "metrics.json").is_file()
     for shard in ("0", "1"):

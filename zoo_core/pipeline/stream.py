@@ -341,10 +341,9 @@ class Stream:
             return
         got = [tuple(o.shape[1:]) for o in outputs]
         want = [tuple(s.shape) for s in specs]
-        where = (self.backend.describe().get("model_file") if self.backend else None) or "the backend"
         if got != want:
-            raise ZooError(f"{where}: the model's outputs {got} (per item) disagree with the model's output_spec "
-                           f"{want}; is this model file for this model and config?")
+            raise ZooError(f"{self._model_file_named()}: the model's outputs {got} (per item) disagree with the "
+                           f"model's output_spec {want}; is this model file for this model and config?")
         if self.backend is not None and self.backend.exact_output_dtypes:
             # (else eval scores the outputs fine, and infer writes .bin files postprocess reads as output_spec's
             # dtype: "is 1024 bytes; ... as float16 needs 512", output_spec not named)
@@ -354,9 +353,13 @@ class Stream:
                 except TypeError:  # (not a dtype name: nothing to compare with)
                     continue
                 if o.dtype != want_dtype:
-                    raise ZooError(f"{where}: the model's output {spec.name!r} is {o.dtype}, the model's output_spec "
-                                   f"says {spec.dtype}; the export and the output_spec hook must agree on it "
-                                   f"(is this model file for this model and config?)")
+                    raise ZooError(f"{self._model_file_named()}: the model's output {spec.name!r} is {o.dtype}, the "
+                                   f"model's output_spec says {spec.dtype}; the export and the output_spec hook "
+                                   f"must agree on it (is this model file for this model and config?)")
+
+    def _model_file_named(self) -> str:
+        """The backend's model file, for an error (``describe()`` is not called per batch)."""
+        return (self.backend.describe().get("model_file") if self.backend else None) or "the backend"
 
     def _run_alone(self, batch: Batch) -> None:
         """A bad item failed the whole batch: retry item by item, skip only the bad ones."""

@@ -65,15 +65,12 @@ def scored_category_ids(model_ids: Sequence[int], instances: dict,
     :param path: the annotation file, named in the warning and the error.
     :raises ConfigError: none of the model's ids is a category of the file (nothing could be scored).
     """
-    scored, warning = _scored_categories(model_ids, instances, path)
-    if warning:
-        log.warning("%s", warning)
-    return scored
+    return _scored_categories(model_ids, instances, path)[0]
 
 
 def _scored_categories(model_ids: Sequence[int], instances: dict,
                        path: str | os.PathLike | None) -> tuple[list[int], str | None]:
-    """:func:`scored_category_ids` and its warning (``None``: nothing to warn about; an info line is logged here)."""
+    """:func:`scored_category_ids`, and its warning (logged here; ``None`` when there is nothing to warn about)."""
     listed = {int(c["id"]) for c in instances["categories"]}
     model = [int(i) for i in model_ids]
     missing = [i for i in model if i not in listed]
@@ -92,6 +89,7 @@ def _scored_categories(model_ids: Sequence[int], instances: dict,
     if listed <= set(model):  # the file lists a subset of the model's classes, all of them scored: as COCOeval does
         log.info("%s", text)
         return scored, None
+    log.warning("%s", text)
     return scored, text
 
 
@@ -222,8 +220,6 @@ def score_coco(detections: Mapping[str, Detections], dataset: CocoDataset, sampl
     """
     used = resolve_evaluator(evaluator)
     scored, warning = _scored_categories(category_ids, dataset.instances, dataset.ann_path)
-    if warning:
-        log.warning("%s", warning)
     records = coco_records(detections, samples, category_ids)
     ev = run_cocoeval(dataset.instances, records, [s.key for s in samples], used, scored)
     metrics, undefined = coco_stats(ev.stats, len(samples))
