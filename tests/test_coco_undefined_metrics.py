@@ -64,3 +64,13 @@ def test_metrics_json_has_null_and_the_reason_not_minus_one(zoo):
     assert set(rec["null_metrics"]) == set(undefined)
     assert all(r.startswith("COCOeval gave -1: no ground truth of this kind") for r in rec["null_metrics"].values())
     assert "null_reasons" not in rec["info"]
+
+
+def test_no_image_scored_draws_no_per_class_chart_and_warns_nothing(coco, recwarn, caplog):
+    """Before: ``dataset.limit=0`` (or an empty shard) printed matplotlib's "identical low and high ylims"
+    warning while drawing an ``ap_per_class.png`` with no bars."""
+    res = score_coco({}, coco, [], evaluator="faster-coco-eval", plots=True)
+    assert "ap_per_class.png" not in res.files and "pr_curves.png" in res.files
+    assert not [w for w in recwarn if "ylim" in str(w.message)]
+    assert "ylim" not in caplog.text
+    assert all(math.isnan(v) for v in res.metrics.values())

@@ -282,6 +282,50 @@ def test_two_coco_categories_with_one_id_are_refused_at_open(tmp_path):
     assert str(info.value) == f"{path}: not a valid COCO instances file: category id 1 appears twice"
 
 
+@pytest.mark.parametrize("where", ["image", "category"])
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 2**64 + 1])
+def test_coco_image_and_category_ids_beyond_int64_are_refused_at_open(tmp_path, where, value):
+    """Before: accepted, then ``OverflowError`` (exit 1, "unexpected error") where the ids became an int64 array."""
+    from zoo_core.datasets.coco import load_instances
+
+    data = _instances()
+    key = "image_id" if where == "image" else "category_id"
+    data[f"{where.replace('category', 'categorie')}s"][0]["id"] = value
+    for ann in data["annotations"]:
+        ann[key] = value
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ZooError) as info:
+        load_instances(path)
+    assert str(info.value) == (f"{path}: not a valid COCO instances file: {where} id {value} does not fit in a signed "
+                               "64-bit integer (the evaluators and zoo's arrays store ids as int64)")
+
+
+def test_coco_ids_at_the_int64_limits_still_load(tmp_path):
+    from zoo_core.datasets.coco import load_instances
+
+    data = _instances()
+    data["images"][0]["id"] = -(2**63)
+    data["categories"][0]["id"] = 2**63 - 1
+    for ann in data["annotations"]:
+        ann["image_id"], ann["category_id"] = -(2**63), 2**63 - 1
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data))
+    assert load_instances(path)["categories"][0]["id"] == 2**63 - 1
+
+
+def test_a_model_category_id_beyond_int64_is_a_config_error():
+    from omegaconf import OmegaConf
+
+    from zoo_core.api.errors import ConfigError
+    from zoo_core.datasets.coco.evaluation import category_ids
+
+    assert category_ids(OmegaConf.create({"category_ids": [1, 2**63 - 1]})) == (1, 2**63 - 1)
+    with pytest.raises(ConfigError, match=r"model.category_ids holds 18446744073709551617: a COCO category id must "
+                                          r"fit in a signed 64-bit integer"):
+        category_ids(OmegaConf.create({"category_ids": [1, 2**64 + 1]}))
+
+
 @pytest.mark.parametrize("evaluator", ["pycocotools", "faster-coco-eval"])
 def test_coco_annotation_ids_up_to_2_63_minus_1_score_as_pycocotools_does(tmp_path, evaluator):
     """The largest id accepted is read as written by both evaluators: AP equals a plain pycocotools run (1.0)."""
@@ -398,6 +442,30 @@ def test_a_coco_file_name_no_file_can_hold_is_refused(tmp_path):
     with pytest.raises(InputError, match=r"unsafe image stem \(image id 1\) 'a\\nb': it contains a control"):
         CocoDataset(tmp_path / "coco")
     assert ann.is_file()
+
+
+def test_a_coco_file_name_written_on_windows_gives_the_stem_after_the_backslash(tmp_path):
+    """Before: refused ("unsafe image stem 'val2017\\\\a': it contains a path separator"), though ``stage=evaluate``
+    needs no image and pycocotools scores the file."""
+    from zoo_core.datasets.coco import CocoDataset
+
+    data = _instances()
+    data["images"][0]["file_name"] = "val2017\\a.jpg"
+    _coco_root(tmp_path / "coco", json.dumps(data))
+    (sample,) = CocoDataset(tmp_path / "coco", images_required=False).samples()
+    assert (sample.id, sample.key) == ("a", 1)
+
+
+def test_two_coco_images_with_one_stem_in_two_folders_are_refused_with_a_hint(tmp_path):
+    from zoo_core.datasets.coco import CocoDataset
+
+    data = _instances()
+    data["images"] = [{"id": 1, "file_name": "x/a.jpg"}, {"id": 7, "file_name": "y\\a.png"}]
+    ann = _coco_root(tmp_path / "coco", json.dumps(data))
+    with pytest.raises(ZooError) as info:
+        CocoDataset(tmp_path / "coco", images_required=False)
+    assert str(info.value).splitlines()[0] == f"{ann}: images 1 and 7 share the file stem 'a'"
+    assert "stems must be unique across sub-folders" in info.value.hint
 
 
 # -- predict's input= -------------------------------------------------------------------------------------

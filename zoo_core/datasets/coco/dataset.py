@@ -48,7 +48,7 @@ def load_instances(path: str | os.PathLike) -> dict:
 
     Checked: valid JSON, nested no deeper than Python can read; a top-level object with ``images``,
     ``annotations`` and ``categories`` lists; integer, unique image ids with string ``file_name``;
-    integer category ids; every annotation with an integer, unique ``id`` from 1 to 2**63-1 (COCOeval
+    integer, unique category ids; image and category ids within the signed 64-bit range; every annotation with an integer, unique ``id`` from 1 to 2**63-1 (COCOeval
     takes 0 for "no match", faster-coco-eval reads ids as int64), an integer ``image_id`` of a listed
     image, a listed ``category_id``, a ``bbox`` of 4 finite numbers ``x, y, w, h`` none of them
     negative, a finite, non-negative ``area`` and an ``iscrowd`` of 0 or 1. These are what the two
@@ -100,6 +100,8 @@ def _instances_problem(data: dict) -> str | None:
     for i, img in enumerate(data["images"]):
         if not (isinstance(img, dict) and _is_int(img.get("id")) and isinstance(img.get("file_name"), str)):
             return f"images[{i}] needs an integer 'id' and a string 'file_name'"
+        if not _is_int64(img["id"]):
+            return f"image id {img['id']} {_NOT_INT64}"
         if img["id"] in image_ids:
             return f"image id {img['id']} appears twice"
         image_ids.add(img["id"])
@@ -107,6 +109,8 @@ def _instances_problem(data: dict) -> str | None:
     for i, cat in enumerate(data["categories"]):
         if not (isinstance(cat, dict) and _is_int(cat.get("id"))):
             return f"categories[{i}] needs an integer 'id'"
+        if not _is_int64(cat["id"]):
+            return f"category id {cat['id']} {_NOT_INT64}"
         if cat["id"] in cat_ids:  # the per-class AP would be keyed by one name only, the other lost
             return f"category id {cat['id']} appears twice"
         cat_ids.add(cat["id"])
@@ -173,8 +177,21 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+#: Why an image or category id out of the signed 64-bit range is refused.
+_NOT_INT64 = "does not fit in a signed 64-bit integer (the evaluators and zoo's arrays store ids as int64)"
+
+
+def _is_int64(v: int) -> bool:
+    return -(2**63) <= v < 2**63
+
+
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _file_stem(file_name: str) -> str:
+    """The stem of ``file_name``'s last component, a ``/`` or a ``\\`` (a name written on Windows) ending a folder."""
+    return PurePosixPath(PureWindowsPath(file_name).name).stem
 
 
 def _safe_image_path(image_root: Path, file_name: str, ann_path: Path) -> Path:
@@ -219,12 +236,15 @@ class CocoDataset:
         seen: dict[str, int] = {}
         for img in self.instances["images"]:
             path = _safe_image_path(self.image_root, img["file_name"], self.ann_path)
-            stem = safe_stem(Path(img["file_name"]).stem, self.ann_path, f"image stem (image id {img['id']})")
+            stem = safe_stem(_file_stem(img["file_name"]), self.ann_path, f"image stem (image id {img['id']})")
             if any(ord(c) < 32 or ord(c) == 127 for c in img["file_name"]):  # the stem passed: a folder holds one
                 raise InputError(f"unsafe image file_name (image id {img['id']}) {img['file_name']!r}: it contains a "
                                  "control character, so it cannot name a file", path=self.ann_path)
             if stem in seen:
-                raise ZooError(f"images {seen[stem]} and {img['id']} share the file stem {stem!r}", path=self.ann_path)
+                raise ZooError(f"images {seen[stem]} and {img['id']} share the file stem {stem!r}", path=self.ann_path,
+                               hint="zoo names every per-image file (inputs/<stem>.bin, outputs/<stem>_<i>.bin, "
+                                    "detections) by the image's file stem, so stems must be unique across "
+                                    "sub-folders too: rename one of the files")
             seen[stem] = img["id"]
             samples.append(Sample(id=stem, path=path, key=img["id"]))
         self._samples = samples

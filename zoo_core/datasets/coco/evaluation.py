@@ -192,6 +192,9 @@ def category_ids(model_cfg) -> tuple[int, ...]:
     ids = tuple(int(i) for i in ids)
     if not ids or len(set(ids)) != len(ids):
         raise ConfigError(f"model.category_ids={list(ids)} must be a non-empty list of distinct COCO category ids")
+    too_big = next((i for i in ids if not -(2**63) <= i < 2**63), None)
+    if too_big is not None:
+        raise ConfigError(f"model.category_ids holds {too_big}: a COCO category id must fit in a signed 64-bit integer")
     return ids
 
 
@@ -243,9 +246,10 @@ def score_coco(detections: Mapping[str, Detections], dataset: CocoDataset, sampl
         from .plots import ap_per_class_png, pr_curves_png
 
         title = f"{dataset.name} ({len(samples)} image{'s' if len(samples) != 1 else ''})"
-        drawn = {"pr_curves.png": draw_or_warn("pr_curves.png", lambda: pr_curves_png(ev, title)),
-                 "ap_per_class.png": draw_or_warn("ap_per_class.png",
-                                                  lambda: ap_per_class_png(per_class, float(ev.stats[0]), title))}
+        drawn = {"pr_curves.png": draw_or_warn("pr_curves.png", lambda: pr_curves_png(ev, title))}
+        if per_class:  # (no category scored, e.g. no image selected: no bars to draw)
+            drawn["ap_per_class.png"] = draw_or_warn("ap_per_class.png",
+                                                     lambda: ap_per_class_png(per_class, float(ev.stats[0]), title))
         files.update((k, v) for k, v in drawn.items() if v is not None)
     info: dict = {"evaluator": used, "images": len(samples), "iou_type": "bbox"}
     if warning:
