@@ -48,8 +48,9 @@ def load_instances(path: str | os.PathLike) -> dict:
 
     Checked: valid JSON, nested no deeper than Python can read; a top-level object with ``images``,
     ``annotations`` and ``categories`` lists; integer, unique image ids with string ``file_name``;
-    integer, unique category ids; image and category ids within the signed 64-bit range; every annotation with an integer, unique ``id`` from 1 to 2**63-1 (COCOeval
-    takes 0 for "no match", faster-coco-eval reads ids as int64), an integer ``image_id`` of a listed
+    integer, unique category ids; image and category ids within the signed 64-bit range; every
+    annotation with an integer, unique ``id`` from 1 to 2**63-1 (COCOeval takes 0 for "no match",
+    faster-coco-eval reads ids as int64), an integer ``image_id`` of a listed
     image, a listed ``category_id``, a ``bbox`` of 4 finite numbers ``x, y, w, h`` none of them
     negative, a finite, non-negative ``area`` and an ``iscrowd`` of 0 or 1. These are what the two
     COCO evaluators (pycocotools, faster-coco-eval) would otherwise read differently (without ``area``,
