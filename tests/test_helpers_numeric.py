@@ -15,9 +15,10 @@ from zoo_core.api.peaks import keep_peaks, maxpool3x3, topk_desc
 from zoo_core.api.types import TensorSpec
 
 
-def naive_nms(boxes, scores, thr, plus_one=False):
+def naive_nms(boxes, scores, thr, plus_one=False, order=None):
     add = 1.0 if plus_one else 0.0
-    order = sorted(range(len(boxes)), key=lambda i: (-float(scores[i]), i))
+    if order is None:
+        order = sorted(range(len(boxes)), key=lambda i: (-float(scores[i]), i))
     keep, dead = [], set()
     for i in order:
         if i in dead:
@@ -53,6 +54,23 @@ def test_nms_matches_naive(bs, thr, plus_one):
     got = nms(boxes, scores, thr, plus_one=plus_one)
     assert got.dtype == np.int64
     assert got.tolist() == naive_nms(boxes.tolist(), scores.tolist(), thr, plus_one)
+
+
+@settings(max_examples=100, deadline=None)
+@given(box_sets(), st.sampled_from([0.3, 0.5]), st.randoms(use_true_random=False))
+def test_nms_visits_a_given_order(bs, thr, rnd):
+    """``order=``: the boxes are visited in that order (a reference's own tie order), not re-sorted."""
+    boxes, scores = bs
+    order = sorted(range(len(boxes)), key=lambda i: (-float(scores[i]), rnd.random()))
+    got = nms(boxes, scores, thr, plus_one=True, order=np.array(order, np.int64))
+    assert got.tolist() == naive_nms(boxes.tolist(), scores.tolist(), thr, True, order=order)
+
+
+def test_nms_refuses_an_order_that_is_not_a_permutation():
+    boxes = np.array([[0, 0, 10, 10]] * 3, float)
+    for bad in ([0, 1], [0, 0, 1], [0, 1, 3]):
+        with pytest.raises(ValueError, match="permutation of the 3 box indices"):
+            nms(boxes, np.ones(3), 0.5, order=np.array(bad))
 
 
 def test_nms_edge_cases():

@@ -89,3 +89,47 @@ def test_ascend_batch_and_threshold():
     thr = decode_ascend(*o1, [m1], threshold=0.5)[0]
     assert len(thr) == int((d1["results"][:, 4] >= 0.5).sum()) > 0
     assert len(decode_ascend(*o1, [m1], k=10)[0]) == 10
+
+
+def _reference_style_nms(boxes, scores, thr):
+    """Star-Clouds' NMS as REFERENCE 3.2 / the golden README describe it, a loop over
+    ``np.argsort(scores)[::-1]`` ("+1" areas, suppress at IoU >= thr): an independent oracle."""
+    order = np.argsort(scores)[::-1]
+    dead = np.zeros(len(boxes), bool)
+    keep = []
+    for a, i in enumerate(order):
+        if dead[i]:
+            continue
+        keep.append(int(i))
+        for j in order[a + 1:]:
+            if dead[j]:
+                continue
+            iw = max(0.0, min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0], boxes[j, 0]) + 1)
+            ih = max(0.0, min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1], boxes[j, 1]) + 1)
+            inter = iw * ih
+            area_i = (boxes[i, 2] - boxes[i, 0] + 1) * (boxes[i, 3] - boxes[i, 1] + 1)
+            area_j = (boxes[j, 2] - boxes[j, 0] + 1) * (boxes[j, 3] - boxes[j, 1] + 1)
+            if inter / (area_i + area_j - inter) >= thr:
+                dead[j] = True
+    return keep
+
+
+@pytest.mark.parametrize("n_tied", [2, 40, 600])
+def test_starclouds_nms_breaks_exact_ties_as_the_reference(n_tied):
+    """Before: ties kept the lower (row-major) index first; the reference's ``np.argsort(scores)[::-1]`` visits
+    the later one first (two tied overlapping faces: zoo kept the other box)."""
+    rng = np.random.default_rng(n_tied)
+    h, w = 40, 40
+    heat = rng.uniform(0.0, 0.04, (1, 1, h, w)).astype(np.float32)
+    cells = rng.choice(h * w, size=n_tied + 20, replace=False)
+    heat.reshape(-1)[cells[:n_tied]] = np.float32(0.7)  # exact ties
+    heat.reshape(-1)[cells[n_tied:]] = rng.uniform(0.06, 0.9, 20).astype(np.float32)
+    scale = rng.uniform(np.log(3), np.log(8), (1, 2, h, w)).astype(np.float32)
+    offset = rng.uniform(0, 1, (1, 2, h, w)).astype(np.float32)
+    lms = rng.uniform(0, 1, (1, 10, h, w)).astype(np.float32)
+    meta = {"input_shape": [3, 4 * h, 4 * w], "scale_h": 1.0, "scale_w": 1.0}
+    _, boxes, scores, _ = starclouds_candidates(heat, scale, offset, lms, (4 * h, 4 * w), 0.05)
+    keep = _reference_style_nms(boxes.astype(np.float64), scores, 0.3)
+    got = decode_starclouds(heat, scale, offset, lms, [meta], threshold=0.05, nms_iou=0.3)[0]
+    np.testing.assert_array_equal(got.boxes, boxes[keep])
+    np.testing.assert_array_equal(got.scores, scores[keep])

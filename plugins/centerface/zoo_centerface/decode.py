@@ -67,7 +67,9 @@ def decode_starclouds(heat, scale, offset, lms, metas: Sequence[dict], threshold
     """Decode a family-A batch into one :class:`Detections` per image (original-image pixels).
 
     Each meta needs ``input_shape`` ([3, H_in, W_in]) and ``scale_h`` / ``scale_w``
-    (``H_in/h``, ``W_in/w``). NMS: greedy, descending score, "+1" areas, suppress at IoU >= ``nms_iou``.
+    (``H_in/h``, ``W_in/w``). NMS: greedy, descending score, "+1" areas, suppress at IoU >= ``nms_iou``;
+    candidates are visited in ``np.argsort(scores)[::-1]`` order (the reference's), so boxes with exactly equal
+    scores are visited in the order numpy's default sort leaves them, reversed, as in the reference.
     """
     heat = _as_batch(heat, 1, "heatmap")
     n = heat.shape[0]
@@ -85,7 +87,8 @@ def decode_starclouds(heat, scale, offset, lms, metas: Sequence[dict], threshold
     for i, meta in enumerate(metas):
         sl = slice(starts[i], starts[i + 1])
         bx, sc, lm = boxes[sl], scores[sl], pts[sl]
-        keep = nms(bx, sc, nms_iou, plus_one=True)
+        # the reference's own ordering of the float32 scores, so exact ties resolve as the reference's do
+        keep = nms(bx, sc, nms_iou, plus_one=True, order=np.argsort(sc)[::-1])
         bx, sc, lm = bx[keep], sc[keep], lm[keep]
         sw, sh = float(meta["scale_w"]), float(meta["scale_h"])
         bx = bx.copy()
