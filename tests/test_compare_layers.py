@@ -8,11 +8,12 @@ import hashlib
 import os
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from zoo_core.api.errors import ConfigError, ZooError
+from zoo_core.api.errors import ConfigError, InputError, ZooError
 from zoo_core.backends.base import Batch
 from zoo_core.compare.ascend_dump import DumpTap, read_dump_dir
 from zoo_core.compare.layers import LayerCompare
@@ -448,3 +449,34 @@ def test_nodes_of_one_scope_get_distinct_names_and_the_report_numbers_rows_by_gr
     assert [r["order"] for r in s["rows"]] == [0, 1, 2, 3, 3, 4]
     md = markdown(_result(s), None)
     assert "| 3 | dcn/Split (q) | Split |" in md and "| 4 | out/Concat | Concat |" in md
+
+
+def _npy_header(path: Path, shape: tuple[int, ...], descr: str = "<f4") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_2_0(f, {"descr": descr, "fortran_order": False, "shape": shape})
+    return path
+
+
+def test_a_dump_file_whose_header_announces_more_data_than_it_holds_is_an_error_naming_it(tmp_path):
+    """Before: np.load of a 128-byte file announcing (100000, 100000) float32 raised ``MemoryError: Unable to
+    allocate 37.3 GiB``, which the compare stage reported as an unexpected error."""
+    huge = _npy_header(tmp_path / "huge" / "Conv.c1.1.1.1700000000123456.output.0.100000x100000.npy",
+                       (100000, 100000))
+    with pytest.raises(InputError) as e:
+        DumpTap(huge.parent).get(["c1:0"])
+    assert str(e.value) == f"{huge}: its header announces 40000000000 bytes of data but the file holds 0"
+    assert e.value.exit_code == 2
+    cut = _npy_header(tmp_path / "cut" / "Conv.c1.1.1.1700000000123456.output.0.1x4.npy", (1, 4))
+    with open(cut, "ab") as f:
+        f.write(np.arange(2, dtype="<f4").tobytes())  # 8 of its 16 bytes
+    with pytest.raises(InputError, match=r"1x4\.npy: its header announces 16 bytes of data but the file holds 8"):
+        DumpTap(cut.parent).get(["c1:0"])
+    with open(cut, "ab") as f:
+        f.write(np.arange(2, 4, dtype="<f4").tobytes())
+    np.testing.assert_array_equal(DumpTap(cut.parent).get(["c1:0"])["c1:0"], [[0, 1, 2, 3]])
+    pickled = tmp_path / "obj" / "Conv.c1.1.1.1700000000123456.output.0.1.npy"
+    pickled.parent.mkdir()
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(InputError, match=r"1\.npy: holds Python objects \(pickles are never loaded\)"):
+        DumpTap(pickled.parent).get(["c1:0"])

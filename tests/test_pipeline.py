@@ -500,6 +500,10 @@ def test_meta_jsonl_errors_name_the_file_and_line(tmp_path):
     ('{"s": 0.0}', "meta['s'] 0.0 is not a positive letterbox scale"),
     ('{"s": [512.0, -512.0]}', "meta['s'] [512.0, -512.0] is not a positive letterbox scale"),
     ('{"s": "640"}', "meta['s'] '640' is not a positive letterbox scale"),
+    # before: CenterFace's "scale_h": -1.0 was divided by in its decode: mirrored boxes, easy 0.79 for 0.97, exit 0
+    ('{"scale_h": -1.0, "scale_w": 1.0}', "meta['scale_h'] -1.0 is not a positive scale"),
+    ('{"scale_h": 1.0, "scale_w": 0}', "meta['scale_w'] 0 is not a positive scale"),
+    ('{"scale": [1.0, "2"]}', "meta['scale'] [1.0, '2'] is not a positive scale"),
     ('{"orig_hw": [0, 640]}', "meta['orig_hw'] [0, 640] is not a list of positive integers"),
     ('{"input_shape": [3, 512.5, 512]}', "is not a list of positive integers"),
 ])

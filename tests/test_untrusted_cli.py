@@ -259,19 +259,24 @@ def test_a_bad_meta_jsonl_or_a_bin_that_disagrees_with_it_fails_infer(zoo, infer
     assert (str(seed / "meta.jsonl") in err) or (f"{first}.bin" in err)
 
 
-@pytest.mark.parametrize("score", ["true", "false"])
-def test_postprocess_refuses_a_meta_jsonl_scale_of_nan_naming_the_file_and_line(zoo, infer_run, score):
+@pytest.mark.parametrize("score, key, value, problem", [
+    ("true", "scale_xy", [float("nan"), 1.0], "meta['scale_xy'][0] is nan"),  # json writes NaN
+    ("false", "scale_xy", [float("nan"), 1.0], "meta['scale_xy'][0] is nan"),
+    # before: CenterFace's "scale_h": -1.0 scored easy 0.79 instead of 0.97 with mirrored boxes, exit 0
+    ("true", "scale_h", -1.0, "meta['scale_h'] -1.0 is not a positive scale"),
+])
+def test_postprocess_refuses_a_meta_jsonl_scale_of_nan_naming_the_file_and_line(zoo, infer_run, score, key, value,
+                                                                                 problem):
     """Before: "s": NaN scored AP 0.51 instead of 1.0 with NaN boxes, and stage.score=false wrote a
     detections.json holding NaN (not JSON), exit 0."""
     seed = _copy_inputs(infer_run, zoo.cwd / "seed")
     lines = (seed / "meta.jsonl").read_text().splitlines()
     rec = json.loads(lines[2])
-    lines[2] = json.dumps({**rec, "meta": {**rec["meta"], "scale_xy": [float("nan"), 1.0]}})  # writes NaN
+    lines[2] = json.dumps({**rec, "meta": {**rec["meta"], key: value}})
     (seed / "meta.jsonl").write_text("\n".join(lines) + "\n")
     rc, out, err = zoo("run", "model=fixture", "stage=postprocess", f"inputs_dir={seed}",
                        f"outputs_dir={infer_run / 'outputs'}", f"stage.score={score}", "num_workers=0", "work_dir=run")
-    _clean_failure(rc, err, f"{seed / 'meta.jsonl'}: line 3 ({rec['id']!r}): meta['scale_xy'][0] is nan",
-                   run_dir=zoo.cwd / "run")
+    _clean_failure(rc, err, f"{seed / 'meta.jsonl'}: line 3 ({rec['id']!r}): {problem}", run_dir=zoo.cwd / "run")
     assert not [p for p in (zoo.cwd / "run").rglob("*") if p.name in ("detections.json", "predictions")]
 
 

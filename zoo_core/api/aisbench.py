@@ -121,11 +121,13 @@ def _strip_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(d) for d in shape[i:])
 
 
-def _load_npy(path: Path, spec: TensorSpec) -> np.ndarray:
+def _load_npy(path: Path, spec: TensorSpec | None) -> np.ndarray:
     """``np.load`` without pickles, with its failures (garbage, object arrays, absurd headers) as InputError.
 
-    The header's dtype and shape are compared with ``spec`` before any data is read (a header announcing
-    600M values of the wrong shape is refused without loading 2.4 GB).
+    The data size the header announces is compared with the file's before anything is allocated (a header
+    announcing 40 GB in a 128-byte file is an error naming it, not a ``MemoryError``); with a ``spec``, so are
+    the header's dtype and shape (a header announcing 600M values of the wrong shape is refused without
+    loading 2.4 GB). Without one (zoo_core.compare's Ascend dump files) any non-object array is returned.
     """
     try:
         with open(path, "rb") as f:
@@ -144,10 +146,10 @@ def _load_npy(path: Path, spec: TensorSpec) -> np.ndarray:
                 announced = need if need < 10**30 else f"a {len(str(need))}-digit number of"
                 raise InputError(f"its header announces {announced} bytes of data but the file holds {have}",
                                  path=path)
-            if dtype.kind not in "fiu":
+            if spec is not None and dtype.kind not in "fiu":
                 raise InputError(f"holds {dtype} values; tensor {spec.name} needs real numbers ({spec.dtype})",
                                  path=path)
-            if _strip_ones(tuple(shape)) != _strip_ones(tuple(spec.shape)):
+            if spec is not None and _strip_ones(tuple(shape)) != _strip_ones(tuple(spec.shape)):
                 raise InputError(f"has shape {tuple(shape)}; tensor {spec.name} is {tuple(spec.shape)} (a leading "
                                  f"batch axis of 1 may be added; the axes are not reordered)", path=path)
             f.seek(0)  # the file whose header was checked, not one renamed into its place since

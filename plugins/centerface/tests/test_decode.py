@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from zoo_centerface.decode import ascend_grid_dets, decode_ascend, decode_starclouds, starclouds_candidates
+from zoo_core.api.errors import InputError
 from zoo_core.testing import golden_dir
 
 FAM_A = ["famA_astronaut", "famA_synthA_1", "famA_synthA_2"]
@@ -133,3 +134,21 @@ def test_starclouds_nms_breaks_exact_ties_as_the_reference(n_tied):
     got = decode_starclouds(heat, scale, offset, lms, [meta], threshold=0.05, nms_iou=0.3)[0]
     np.testing.assert_array_equal(got.boxes, boxes[keep])
     np.testing.assert_array_equal(got.scores, scores[keep])
+
+
+@pytest.mark.parametrize("key, value", [("scale_h", 0.5), ("scale_w", -1.0), ("scale_h", "1.0")])
+def test_starclouds_refuses_scales_other_than_preprocess_writes(key, value):
+    """Before: an edited meta.jsonl scale (the audit's "scale_h": 0.5 for 1.0, or -1.0) was divided by: boxes
+    mapped to the wrong place (mirrored), scored without a word. Now a meta with ``orig_hw`` (every meta the
+    pipeline makes) must hold exactly input_shape / orig_hw."""
+    d, meta, outs = _a("famA_synthA_1")
+    h, w = d["orig_hw"].tolist()
+    meta = {**meta, "id": "img7", "orig_hw": [h, w]}
+    good = decode_starclouds(*outs, [meta])[0]
+    assert len(good) > 0
+    bad = {**meta, key: value}
+    with pytest.raises(InputError) as info:
+        decode_starclouds(*[np.concatenate([o, o]) for o in outs], [meta, bad])
+    msg = str(info.value)
+    assert msg.startswith(f"image 'img7': meta[{key!r}] {value!r} is not input_shape / orig_hw") and "meta.jsonl" \
+        in info.value.hint and info.value.exit_code == 2

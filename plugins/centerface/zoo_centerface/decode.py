@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from zoo_core.api.errors import InputError
 from zoo_core.api.geometry import affine_points, get_affine_transform
 from zoo_core.api.nms import nms
 from zoo_core.api.peaks import dense_topk_peaks
@@ -90,7 +91,7 @@ def decode_starclouds(heat, scale, offset, lms, metas: Sequence[dict], threshold
         # the reference's own ordering of the float32 scores, so exact ties resolve as the reference's do
         keep = nms(bx, sc, nms_iou, plus_one=True, order=np.argsort(sc)[::-1])
         bx, sc, lm = bx[keep], sc[keep], lm[keep]
-        sw, sh = float(meta["scale_w"]), float(meta["scale_h"])
+        sw, sh = starclouds_scales(meta)
         bx = bx.copy()
         lm = lm.copy()
         bx[:, 0::2] /= sw
@@ -99,6 +100,24 @@ def decode_starclouds(heat, scale, offset, lms, metas: Sequence[dict], threshold
         lm[:, 1::2] /= sh
         out.append(Detections(bx, sc, np.zeros(len(sc), np.int32), {"landmarks": lm}))
     return out
+
+
+def starclouds_scales(meta: dict) -> tuple[float, float]:
+    """``(scale_w, scale_h)`` of one family-A meta. With ``orig_hw`` (every meta the pipeline makes) they must
+    be exactly ``input_shape / orig_hw``, the values :func:`~zoo_centerface.preprocess.preprocess_starclouds`
+    writes (a Python float division, exact through JSON): an edited ``meta.jsonl`` (``"scale_h": 0.5`` for 1.0)
+    is an :class:`InputError` naming the image, the key and the value, never boxes mapped to the wrong place.
+    (The core refuses a scale that is not a positive number: ``zoo_core`` meta checks.)"""
+    orig = meta.get("orig_hw")
+    if orig is not None:
+        h_in, w_in = meta["input_shape"][-2:]
+        for key, size, side in (("scale_h", h_in, orig[0]), ("scale_w", w_in, orig[1])):
+            want = size / side
+            if meta[key] != want:
+                raise InputError(f"image {meta.get('id')!r}: meta[{key!r}] {meta[key]!r} is not input_shape / orig_hw "
+                                 f"= {size}/{side} = {want!r}, as preprocess writes it",
+                                 hint="the inputs' meta.jsonl was changed: run stage=preprocess again")
+    return float(meta["scale_w"]), float(meta["scale_h"])
 
 
 def ascend_grid_dets(hm, wh, hm_offset, lms, k: int = 200):
