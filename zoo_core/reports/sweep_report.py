@@ -261,13 +261,14 @@ def _field(rec: dict, key: str, path: Path) -> dict:
 
 
 def _number(rec: dict, key: str, path: Path) -> int | float | None:
-    """``rec[key]``, a throughput, a time or a metric of a job's record, when it is a number (NaN and the infinities
-    included); missing or null, None; of another type or an integer beyond the float range (``1`` and 400 zeros:
-    no float, no plot, no decimals), None and a warning naming the file and the key."""
+    """``rec[key]``, a throughput, a time or a metric of a job's record, when it is a finite number; missing or null,
+    None; of another type, NaN, an infinity (``1e400``) or an integer beyond the float range (``1`` and 400 zeros:
+    no float, no plot, no decimals), None and a warning naming the file and the key (zoo writes no such number:
+    an undefined metric is null)."""
     value = rec.get(key)
-    if value is None or isinstance(value, float) or finite_number(value):
+    if value is None or finite_number(value):
         return value
-    log.warning("%s: %r is %s, not a number: the sweep report reads it as missing", path, key, shown(value))
+    log.warning("%s: %r is %s, not a finite number: the sweep report reads it as missing", path, key, shown(value))
     return None
 
 
