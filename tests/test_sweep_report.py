@@ -381,8 +381,8 @@ def test_a_400_digit_number_in_perf_json_is_read_as_missing_and_named_not_a_trac
     assert sr.main([str(tmp_path)]) == 0
     assert "2 jobs (0 failed)" in capsys.readouterr().out
     f = tmp_path / "0" / "perf" / "perf.json"
-    assert f"{f}: " in caplog.text and "is 100000...(401 digits), not a number: the sweep report reads it as " \
-                                      "missing" in caplog.text
+    assert f"{f}: " in caplog.text and "is 100000...(401 digits), not a finite number: the sweep report reads " \
+                                      "it as missing" in caplog.text
     rows, _ = sr.collect_rows(tmp_path)
     assert rows[1]["throughput"] == 3.0
     assert sr.decimals_for([BIG, 2.5]) == sr.decimals_for([2.5])
@@ -396,6 +396,33 @@ def test_a_400_digit_metric_is_read_as_missing(tmp_path, caplog):
                  metrics={"metrics": {"AP": BIG if job == "0" else 0.5}})
     rows, swept = sr.collect_rows(tmp_path)
     assert [r["metric:AP"] for r in rows] == [None, 0.5] and "'AP' is 100000...(401 digits)" in caplog.text
+    assert sr.plot_png(rows, swept) is not None
+
+
+@pytest.mark.parametrize(("record", "text", "key", "shown"), [
+    ("perf", '{"images": 4, "throughput_img_s": 1e400, "latency_ms": {"mean": 1.0, "p99": 2.0}}', "throughput",
+     "'throughput_img_s' is inf"),
+    ("perf", '{"images": 4, "throughput_img_s": 2.0, "latency_ms": {"mean": NaN, "p99": 2.0}}', "latency_mean_ms",
+     "'mean' is nan"),
+    ("metrics", '{"metrics": {"easy": NaN}}', "metric:easy", "'easy' is nan"),
+    ("metrics", '{"metrics": {"easy": -Infinity}}', "metric:easy", "'easy' is -inf"),
+])
+def test_a_nan_or_an_infinity_in_a_job_record_is_read_as_missing_with_a_warning(tmp_path, caplog, record, text,
+                                                                               key, shown):
+    """Before: `"throughput_img_s": 1e400` in perf.json or `"easy": NaN` in metrics.json printed `inf` / `nan` cells,
+    while a 400-digit integer was read as missing with a warning. zoo writes neither (an undefined metric is null)."""
+    t = 1_700_000_000.0
+    for job in ("0", "1"):
+        fake_job(tmp_path, job, "eval", ["model=fixture", "stage=eval", f"batch_size={int(job) + 1}"], t,
+                 perf={"images": 4, "throughput_img_s": 3.0, "latency_ms": {"mean": 1.0, "p99": 2.0}},
+                 metrics={"metrics": {"easy": 0.5}})
+    f = tmp_path / "0" / "eval" / f"{record}.json"
+    f.write_text(text)
+    rows, swept = sr.collect_rows(tmp_path)
+    assert rows[0][key] is None and rows[1][key] in (3.0, 1.0, 0.5)
+    assert f"{f}: {shown}, not a finite number: the sweep report reads it as missing" in caplog.text
+    md = sr.write_markdown(rows, swept, "t")
+    assert "nan" not in md.lower().replace("name", "") and "inf" not in md
     assert sr.plot_png(rows, swept) is not None
 
 

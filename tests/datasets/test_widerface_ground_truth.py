@@ -302,7 +302,7 @@ def test_a_compressed_mat_over_the_memory_limit_is_refused(tmp_path, monkeypatch
                               f"{MAT_MB_ENV})\n  hint: a legitimate file that needs more memory: raise {MAT_MB_ENV}")
     (tmp_path / "wider_face_val.mat").write_bytes(_mat5(struct.pack("<II", 15, len(packed)) + packed) + bytes(2 << 20))
     with pytest.raises(ZooError, match=rf"wider_face_val.mat: not read: it is {(2 << 20) + 128 + 8 + len(packed)} "
-                                       r"bytes, over the limit of 1 MiB for a .mat file"):
+                                       r"bytes, over the limit of 1 MiB for a WIDER FACE ground-truth file"):
         load_wider_gt(tmp_path)
     (tmp_path / "wider_face_val.mat").write_bytes(_mat5(struct.pack("<II", 15, len(packed)) + packed))
     monkeypatch.setenv(MAT_MB_ENV, "64")

@@ -41,6 +41,10 @@ DEFAULT_MAX_RATIO = 10.0
 RATIO_ENV = "ZOO_MAX_CHECKPOINT_RATIO"
 _ZIP_MAGIC = b"PK\x03\x04"
 
+#: The most bytes :func:`read_at_most` reads of one of zoo's own JSON / YAML records (``run.json``, ``metrics.json``,
+#: ``perf.json``, ``detections/state.json``, Hydra's ``.hydra/*.yaml``): they take kilobytes.
+MAX_RECORD_BYTES = 64 << 20
+
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
@@ -65,6 +69,39 @@ def regular_file(path: str | os.PathLike[str], what: str = "weights file",
         kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
         raise error(f"{what} is {kind}, not a regular file", path=p)
     return p
+
+
+def read_at_most(path: str | os.PathLike[str], limit: int, what: str = "file", error: type[ZooError] = ZooError,
+                 hint: str | None = None) -> bytes:
+    """The bytes of the regular file ``path`` when it holds at most ``limit`` bytes; ``error`` naming it otherwise.
+
+    A directory, FIFO or device (``/dev/zero``) is refused by :func:`regular_file`, unopened; a larger file by
+    its size, unread: ``"<path>: not read: it is N bytes, over the limit of M MiB for a <what>"`` (``hint``:
+    how to raise the limit, when it can be). A file growing meanwhile is never read past ``limit``.
+    """
+    p = regular_file(path, what, error)
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # (swapped for a FIFO since: no block)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise error(f"{what} is not a regular file", path=p)
+            data = f.read(st.st_size) if st.st_size <= limit else b""  # (read(n) allocates n bytes first)
+            while st.st_size <= limit and len(data) <= limit:  # grown since: to its end, or past the limit
+                more = f.read(min(1 << 20, limit + 1 - len(data)))
+                if not more:
+                    break
+                data += more
+            if st.st_size > limit or len(data) > limit:
+                raise error(f"not read: it is {max(st.st_size, len(data))}{'' if st.st_size > limit else '+'} "
+                            f"bytes, over the limit of {_mib(limit)} for a {what}", path=p, hint=hint)
+            return data
+    except OSError as exc:
+        raise error(f"cannot read the {what} ({exc.strerror or exc})", path=p) from None
+
+
+def _mib(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 and not n % (1 << 20) else f"{n} bytes"
 
 
 def max_checkpoint_ratio() -> float:

@@ -30,7 +30,7 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from zoo_core.api.checkpoint import regular_file
+from zoo_core.api.checkpoint import read_at_most
 from zoo_core.api.errors import ConfigError, ZooError
 
 #: Default of ``ZOO_MAX_MAT_MB``: the memory (MiB) reading one ``.mat`` file may take. The official WIDER FACE
@@ -88,27 +88,16 @@ def read_mat(path: str | os.PathLike[str], variable_names: Sequence[str]) -> dic
     from zoo_core.datasets.deps import require
 
     sio = require("scipy.io", "reading WIDER FACE .mat files")
-    p = regular_file(path, "WIDER FACE ground-truth file")  # a FIFO or a device is refused unopened
     limit = max_mat_bytes()
-    data = _read_at_most(p, limit)
+    data = read_at_most(path, limit, "WIDER FACE ground-truth file",  # a FIFO or a device: refused unopened
+                        hint=f"a legitimate file this large: raise {MAT_MB_ENV}")
+    p = Path(path).expanduser()
     check_mat(data, variable_names, limit, p)
     try:
         return sio.loadmat(io.BytesIO(data), variable_names=list(variable_names))
     except Exception as exc:  # what the walk let through is still scipy's error, never a traceback
         text = " ".join(str(exc).split())[:200]
         raise ZooError(f"not a readable MATLAB .mat file ({type(exc).__name__}: {text})", path=p) from None
-
-
-def _read_at_most(p: Path, limit: int) -> bytes:
-    try:
-        with open(p, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > limit:
-                raise ZooError(f"not read: it is {size} bytes, over the limit of {limit >> 20} MiB for a .mat file",
-                               path=p, hint=f"a legitimate file this large: raise {MAT_MB_ENV}")
-            return f.read(size)  # what loadmat reads too, even if the file changes meanwhile
-    except OSError as exc:
-        raise ZooError(f"cannot read the file ({exc.strerror or exc})", path=p) from None
 
 
 def check_mat(data: bytes, variable_names: Sequence[str], limit: int, path: Path) -> None:

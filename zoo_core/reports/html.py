@@ -16,12 +16,15 @@ import base64
 import csv
 import datetime as _dt
 import html
+import io
 import json
+import logging
 import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from zoo_core.api.checkpoint import MAX_RECORD_BYTES, read_at_most
 from zoo_core.api.errors import ZooError
 from zoo_core.json_numbers import finite_number, shown
 
@@ -29,6 +32,10 @@ from zoo_core.json_numbers import finite_number, shown
 PERF_PARTS = (("host_preprocess_ms_per_img", "decode + preprocess"), ("device_ms_per_img", "inference"),
               ("postprocess_ms_per_img", "postprocess"))
 MAX_PLOTS = 12
+#: The most bytes of one ``*.png`` embedded (zoo's charts take < 1 MB); a larger one is left out with a warning.
+MAX_PNG_BYTES = 32 << 20
+
+log = logging.getLogger("zoo")
 
 CSS = """
 :root { --fg:#1d2330; --muted:#5d6778; --line:#e3e7ee; --bg:#f6f8fb; --card:#fff; --accent:#2f6fde;
@@ -98,12 +105,16 @@ _SECTIONS: dict[str, dict[str, type]] = {
 
 def _read_json(path: Path) -> dict | None:
     """A record file as a JSON object (``None`` when absent or unreadable); a :class:`ZooError` naming it when a
-    section the page reads has another type (``"metrics": [...]``). A FIFO or a device is left unopened (absent)."""
+    section the page reads has another type (``"metrics": [...]``). A FIFO or a device is left unopened (absent); a
+    file over :data:`~zoo_core.api.checkpoint.MAX_RECORD_BYTES` is left unread (absent), with a warning."""
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        data = json.loads(read_at_most(path, MAX_RECORD_BYTES, "record file"))
+    except ZooError as exc:
+        log.warning("%s; the report leaves it out", exc)
+        return None
+    except (ValueError, RecursionError):
         return None
     if not isinstance(data, dict):
         return None
@@ -162,8 +173,9 @@ def _png_data_uri(path: Path) -> str | None:
     if not path.is_file():  # a FIFO named x.png would block the read forever; a directory, a device: no picture
         return None
     try:
-        data = path.read_bytes()
-    except OSError:
+        data = read_at_most(path, MAX_PNG_BYTES, "picture")
+    except ZooError as exc:
+        log.warning("%s; the report leaves it out", exc)
         return None
     if not data.startswith(b"\x89PNG\r\n\x1a\n"):
         return None
@@ -479,6 +491,19 @@ def _markdown_notes(md: str) -> str:
     return "".join(out)
 
 
+def _sweep_notes(md: Path) -> str:
+    """The text of ``sweep_report.md``; an empty one and a warning naming it when it cannot be read (not a regular
+    file, too large, not UTF-8): the page then has no notes, its table comes from the CSV."""
+    try:
+        return read_at_most(md, MAX_RECORD_BYTES, "sweep report").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        log.warning("%s: not UTF-8 text (byte %#04x at offset %d); the report leaves its notes out", md,
+                    exc.object[exc.start], exc.start)
+    except ZooError as exc:
+        log.warning("%s; the report leaves its notes out", exc)
+    return ""
+
+
 def render_sweep_report(sweep_dir: str | Path) -> str:
     """The HTML page of a sweep: its jobs table (from ``sweep_report.csv``), notes and plot.
 
@@ -488,8 +513,13 @@ def render_sweep_report(sweep_dir: str | Path) -> str:
     csv_path = d / "sweep_report.csv"
     if not csv_path.is_file():
         raise FileNotFoundError(f"{d}: no sweep_report.csv (is this a sweep dir whose report was built?)")
-    with csv_path.open(newline="", encoding="utf-8") as f:
-        rows = [{k: _csv_value(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    try:
+        text = read_at_most(csv_path, MAX_RECORD_BYTES, "sweep report").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ZooError(f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}), not the CSV zoo "
+                       f"writes", path=csv_path,
+                       hint=f"rebuild it: python -m zoo_core.reports.sweep_report {d}") from None
+    rows = [{k: _csv_value(v) for k, v in r.items()} for r in csv.DictReader(io.StringIO(text, newline=""))]
     cols = list(rows[0]) if rows else []
     constant = {c: rows[0][c] for c in cols if c.startswith("@") and len({str(r.get(c)) for r in rows}) == 1
                 and len(rows) > 1}
@@ -537,7 +567,7 @@ def render_sweep_report(sweep_dir: str | Path) -> str:
     body = [f'<header><h1>{_e(model or "sweep")}<span class="tag">{_e(stage or "sweep")}</span>'
             f'<span class="tag">sweep</span></h1><p class="sub">{" · ".join(facts)}</p></header>']
     md = d / "sweep_report.md"
-    notes = _markdown_notes(md.read_text(encoding="utf-8")) if md.is_file() else ""
+    notes = _markdown_notes(_sweep_notes(md)) if md.is_file() else ""
     body.append(f'<section id="jobs"><h2>Jobs</h2>{notes}<div style="overflow-x:auto"><table><thead><tr>{th}</tr>'
                 f'</thead><tbody>{"".join(body_rows)}</tbody></table></div></section>')
     fig = _figure(d / "sweep_report.png", "sweep_report.png")

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zoo_core.reports.job_files import JobFiles
-from zoo_core.reports.sweep_report import as_dict, read_json, read_overrides, sweep_jobs
+from zoo_core.reports.sweep_report import as_dict, read_json, read_overrides, read_record, read_yaml, sweep_jobs
 from zoo_core.runs.fingerprint import RUNTIME_BACKEND_KEYS, backend_section
 
 log = logging.getLogger("zoo")
@@ -258,7 +258,7 @@ def merge_config(files: JobFiles) -> tuple:
     from omegaconf import DictConfig, OmegaConf
 
     try:
-        cfg = OmegaConf.load(files.config)
+        cfg = OmegaConf.create(read_record(files.config))  # (a FIFO or /dev/zero: refused unopened)
         if not isinstance(cfg, DictConfig):
             raise TypeError(f"a {type(cfg).__name__}, not a mapping")
         return cfg, str(cfg.stage.name), int(OmegaConf.select(cfg, "dataset.num_shards", default=1))
@@ -400,8 +400,6 @@ def rerun_command(sweep_dir: Path, template: JobFiles, shard: int | None = None,
     ``dataset.shard``, ``overrides`` all its task overrides. ``resume=true`` is added when ``resume`` says
     so (default: :func:`can_resume`); a torch job is pinned to the thread count its sweep pinned it to
     (:func:`pinned_threads`)."""
-    import yaml
-
     from zoo_core.config.validate import hydra_quote, shell_word
 
     if overrides is None:
@@ -417,10 +415,7 @@ def rerun_command(sweep_dir: Path, template: JobFiles, shard: int | None = None,
     hydra_file = template.overrides.parent / "hydra.yaml"
     launcher = []
     if hydra_file.is_file():
-        try:
-            hcfg = yaml.safe_load(hydra_file.read_text())
-        except (OSError, ValueError, RecursionError, yaml.YAMLError):
-            hcfg = None
+        hcfg = read_yaml(hydra_file)  # (None when unreadable: not a regular file, too large, not YAML)
         hydra_overrides = as_dict(as_dict(as_dict(hcfg).get("hydra")).get("overrides")).get("hydra")
         if not isinstance(hydra_overrides, list):
             log.warning("%s is not Hydra's record of the job (no list hydra.overrides.hydra): the re-run command "
@@ -448,8 +443,6 @@ def pinned_threads(template: JobFiles, args: list[str]) -> list[str]:
     submitit_local), so its resume would be refused and its detections would not merge with the other
     shards'. Pinning it again (rather than ``backend.threads=<n>``) keeps the re-run's task overrides those of
     its shard's merge group."""
-    import yaml
-
     from zoo_core.config.pinning import explicit_keys
 
     backend = ((read_json(template.run) or {}).get("config") or {}).get("backend")
@@ -459,10 +452,7 @@ def pinned_threads(template: JobFiles, args: list[str]) -> list[str]:
     chosen = [a.split("=", 1)[1] for a in args if a.split("=", 1)[0].lstrip("+~") == "backend"]
     if chosen and chosen[-1] != "torch":
         return []
-    try:
-        composed = ((yaml.safe_load(template.config.read_text()) or {}).get("backend") or {}).get("threads")
-    except (OSError, ValueError, yaml.YAMLError, AttributeError):
-        composed = None
+    composed = as_dict(as_dict(read_yaml(template.config)).get("backend")).get("threads")
     return [] if composed == threads else [f"pin.cores={threads}", "pin.jobs=1"]
 
 

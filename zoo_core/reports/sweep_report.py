@@ -29,6 +29,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from zoo_core.api.checkpoint import MAX_RECORD_BYTES, read_at_most
+from zoo_core.api.errors import ZooError
 from zoo_core.json_numbers import finite_number, shown
 from zoo_core.printable import printable
 from zoo_core.reports.job_files import JobFiles, find_job
@@ -45,12 +47,19 @@ ACCURACY_METRICS = ("AP", "mAP", "easy", "AP50", "accuracy")
 SPLIT_KEYS = ("dataset.shard", "resume")
 
 
+def read_record(p: Path) -> str:
+    """The text of a job's record file (JSON or YAML) as UTF-8. A :class:`ZooError` naming it when it is missing,
+    not a regular file (a FIFO would block the read forever, ``/dev/zero`` never end) or larger than
+    :data:`~zoo_core.api.checkpoint.MAX_RECORD_BYTES`; a ``ValueError`` when it is not UTF-8."""
+    return read_at_most(p, MAX_RECORD_BYTES, "record file").decode("utf-8")
+
+
 def read_json(p: Path) -> dict | None:
-    """The JSON object in ``p``, or None when it is missing or unreadable (not JSON, or JSON of another type
-    than an object: ``[1, 2]``, ``"x"``)."""
+    """The JSON object in ``p``, or None when it is missing or unreadable (not a regular file, too large
+    (:func:`read_record`), not JSON, or JSON of another type than an object: ``[1, 2]``, ``"x"``)."""
     try:
-        value = json.loads(p.read_text())
-    except (OSError, ValueError, RecursionError):
+        value = json.loads(read_record(p))
+    except (ZooError, ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 
@@ -62,24 +71,26 @@ def as_dict(value) -> dict:
 
 
 def read_yaml(p: Path):
-    """The YAML document in ``p`` (``yaml.safe_load``), or None when it is missing or unreadable (not YAML, or
-    a tag safe_load refuses, such as ``!!python/object``)."""
+    """The YAML document in ``p`` (``yaml.safe_load``), or None when it is missing or unreadable (not a regular
+    file, too large (:func:`read_record`), not YAML, or a tag safe_load refuses, such as ``!!python/object``)."""
     import yaml
 
     try:
-        return yaml.safe_load(p.read_text())
-    except (OSError, ValueError, RecursionError, yaml.YAMLError):
+        return yaml.safe_load(read_record(p))
+    except (ZooError, ValueError, RecursionError, yaml.YAMLError):
         return None
 
 
 def read_overrides(p: Path) -> list[str]:
     """A job's ``.hydra/overrides.yaml``: its list of ``key=value`` strings. Raises ValueError naming the file
-    when it is unreadable or not a list of strings (as Hydra writes it)."""
+    when it is unreadable (also: not a regular file, too large) or not a list of strings (as Hydra writes it)."""
     import yaml
 
     try:
-        value = yaml.safe_load(p.read_text())
-    except (OSError, ValueError, RecursionError, yaml.YAMLError) as exc:
+        value = yaml.safe_load(read_record(p))
+    except ZooError as exc:
+        raise ValueError(str(exc).splitlines()[0]) from None
+    except (ValueError, RecursionError, yaml.YAMLError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ValueError(f"{p}: not readable as Hydra's list of overrides ({first})") from None
     if value is None:
@@ -250,13 +261,14 @@ def _field(rec: dict, key: str, path: Path) -> dict:
 
 
 def _number(rec: dict, key: str, path: Path) -> int | float | None:
-    """``rec[key]``, a throughput, a time or a metric of a job's record, when it is a number (NaN and the infinities
-    included); missing or null, None; of another type or an integer beyond the float range (``1`` and 400 zeros:
-    no float, no plot, no decimals), None and a warning naming the file and the key."""
+    """``rec[key]``, a throughput, a time or a metric of a job's record, when it is a finite number; missing or null,
+    None; of another type, NaN, an infinity (``1e400``) or an integer beyond the float range (``1`` and 400 zeros:
+    no float, no plot, no decimals), None and a warning naming the file and the key (zoo writes no such number:
+    an undefined metric is null)."""
     value = rec.get(key)
-    if value is None or isinstance(value, float) or finite_number(value):
+    if value is None or finite_number(value):
         return value
-    log.warning("%s: %r is %s, not a number: the sweep report reads it as missing", path, key, shown(value))
+    log.warning("%s: %r is %s, not a finite number: the sweep report reads it as missing", path, key, shown(value))
     return None
 
 

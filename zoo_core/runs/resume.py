@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from zoo_core.api.atomic import write_json, write_text
+from zoo_core.api.checkpoint import read_at_most
 from zoo_core.api.errors import InputError, ZooError
 from zoo_core.json_numbers import long_integer
 from zoo_core.runs.context import RunContext
@@ -223,16 +224,22 @@ def source_changed(recorded: Any, path: str | os.PathLike[str]) -> bool:
     return now is None or now[:len(recorded)] != recorded
 
 
+#: The largest JSON-lines list :func:`read_jsonl` reads (``detections/index.jsonl``: ~100 bytes an image,
+#: ``meta.jsonl``: ~400): millions of images; a larger one is an :class:`InputError` naming it, unread.
+MAX_JSONL_BYTES = 256 << 20
+
+
 def read_jsonl(path: Path, drop_torn_tail: bool = False) -> list[tuple[int, dict]]:
     """``(line number, object)`` per line of a JSON-lines file written by zoo.
 
     A line that is not a JSON object is an :class:`InputError` naming the file and line; so is a last
-    line without its newline (a killed writer) unless ``drop_torn_tail`` (resuming that writer).
+    line without its newline (a killed writer) unless ``drop_torn_tail`` (resuming that writer), and a file
+    larger than :data:`MAX_JSONL_BYTES`.
     """
     out: list[tuple[int, dict]] = []
     if not path.is_file():
         return out
-    data = path.read_bytes()
+    data = read_at_most(path, MAX_JSONL_BYTES, "JSON-lines list", InputError)  # (not past the limit)
     lines = data.split(b"\n")
     torn = lines.pop() if lines else b""
     if torn.strip():

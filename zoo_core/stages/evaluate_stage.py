@@ -25,6 +25,7 @@ from pathlib import Path
 from omegaconf import open_dict
 
 from zoo_core.api.atomic import write_json
+from zoo_core.api.checkpoint import MAX_RECORD_BYTES, read_at_most
 from zoo_core.api.errors import ZooError
 from zoo_core.datasets import bootstrap_request
 from zoo_core.runs.context import RunContext
@@ -53,7 +54,7 @@ def check_provenance(ctx, src: Path) -> dict:
         log.warning(msg)
         return {"state": None, "warnings": [msg]}
     try:
-        state = json.loads(state_path.read_text())
+        state = json.loads(read_at_most(state_path, MAX_RECORD_BYTES, "detections state file"))
         fp = state["fingerprint"]
     except (ValueError, KeyError, TypeError, RecursionError):
         raise ZooError("unreadable detections state file", path=state_path) from None

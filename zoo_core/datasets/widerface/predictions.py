@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 
 from zoo_core.api.atomic import write_text
+from zoo_core.api.checkpoint import read_at_most
 from zoo_core.api.errors import ZooError
 
 from .ground_truth import WiderGroundTruth
@@ -33,6 +34,9 @@ CountPolicy = Literal["strict", "lines"]
 COUNT_POLICIES = ("strict", "lines")
 #: ``model.pred_order`` values: ``sort`` (stable descending sort, MATLAB ``read_pred.m``) or ``keep`` (file order).
 ORDER_POLICIES = ("sort", "keep")
+#: The largest prediction file read (one image's boxes, ~40 bytes a line: over a million boxes); a larger one is
+#: refused unread, naming it.
+MAX_PREDICTION_BYTES = 64 << 20
 
 
 class UnsortedPredictionsWarning(UserWarning):
@@ -79,10 +83,11 @@ def read_prediction_file(path: str | os.PathLike, count: CountPolicy = "strict")
     read at all, as in the wondervictor / chenjun2hao Python evaluators.
     """
     path = Path(path)
+    data = read_at_most(path, MAX_PREDICTION_BYTES, "prediction file")  # (not a FIFO, a device, nor larger)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ZooError(f"cannot read prediction file ({exc})", path=path) from exc
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ZooError(f"cannot read prediction file ({exc})", path=path) from None
     return parse_prediction_text(text, path, count)
 
 

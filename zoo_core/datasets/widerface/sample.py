@@ -232,13 +232,22 @@ def write_sample(root: str | os.PathLike) -> dict:
 
 
 def _is_complete(root: Path) -> bool:
+    """Whether ``root`` holds a complete sample of this recipe: its :data:`MARKER` is a regular file of at most
+    :data:`~zoo_core.api.checkpoint.MAX_RECORD_BYTES` holding a JSON object with this ``recipe`` and a ``files``
+    list of strings, each a file there. Anything else (a FIFO, ``/dev/zero``, ``[1]``, ``{"files": 5}``, JSON
+    nested too deeply) is not a complete sample: never a hang, a traceback or a read without end."""
+    from zoo_core.api.checkpoint import MAX_RECORD_BYTES, read_at_most
+    from zoo_core.api.errors import ZooError
+
     try:
-        marker = json.loads((root / MARKER).read_text())
-    except (OSError, ValueError):
+        marker = json.loads(read_at_most(root / MARKER, MAX_RECORD_BYTES, "sample marker"))
+    except (ZooError, ValueError, RecursionError):
         return False
-    if marker.get("recipe") != RECIPE_VERSION:
+    files = marker.get("files", []) if isinstance(marker, dict) else None
+    if not isinstance(marker, dict) or marker.get("recipe") != RECIPE_VERSION or not isinstance(files, list) \
+            or not all(isinstance(rel, str) for rel in files):
         return False
-    return all((root / rel).is_file() for rel in marker.get("files", []))
+    return all((root / rel).is_file() for rel in files)
 
 
 def _check_replaceable(root: Path) -> None:
@@ -251,7 +260,11 @@ def _check_replaceable(root: Path) -> None:
     if root.is_dir():
         if (root / MARKER).is_file() or not any(root.iterdir()):
             return
-        what = f"is not empty and holds no sample zoo generated (no {MARKER})"
+        marker = root / MARKER
+        if marker.exists() or marker.is_symlink():  # a FIFO, a device, a directory, a dangling link
+            what = f"holds no sample zoo generated (its {MARKER} is not a regular file: a FIFO, a device or a link)"
+        else:
+            what = f"is not empty and holds no sample zoo generated (no {MARKER})"
     else:
         what = "is not a folder"
     raise ZooError(f"{what}: building the WIDER-format sample (dataset=widerface_sample) there would replace "
