@@ -147,5 +147,5 @@ def image_sha256(sample: Sample) -> str | None:
     skipped or refused by the calibration itself; a file that appears or changes later changes the digest)."""
     try:
         return sha256_file(Path(sample.path))
-    except (OSError, TypeError):
+    except (OSError, ZooError, TypeError):  # (sha256_file: ZooError naming the file)
         return None

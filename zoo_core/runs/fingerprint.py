@@ -7,35 +7,135 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
+from zoo_core.api.errors import ZooError
+
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes (memoised per path, size and mtime within a process)."""
-    st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        _SHA_CACHE[key] = _sha256(path, chunk)
-    return _SHA_CACHE[key]
+    """Hex sha256 of a file's bytes (memoised per path, size and mtime within a process).
+
+    An ``.onnx`` model whose tensors live in external data files (ONNX external data: a ``location`` beside the
+    model) is one model with them: its digest covers the model's bytes and each data file it names
+    (:func:`onnx_external_data`), so editing only a data file changes it. A model without external data keeps
+    the plain sha256 of its bytes. An unreadable file is a :class:`ZooError` naming it and the reason (before:
+    ``error: Input/output error``, naming nothing)."""
+    if not str(path).endswith(".onnx"):
+        return _cached_sha256(path, chunk)[0]
+    digest, locations = _cached_sha256(path, chunk, onnx=True)
+    if not locations:
+        return digest
+    h = hashlib.sha256(b"zoo onnx + external data v1\0" + digest.encode())
+    for loc, data in _external_files(Path(path), locations):
+        h.update(b"\0" + loc.encode("utf-8", "surrogateescape") + b"\0"
+                 + _cached_sha256(data, chunk, data_of=Path(path))[0].encode())
+    return h.hexdigest()
 
 
-_SHA_CACHE: dict[tuple, str] = {}
+#: (resolved path, size, mtime_ns) -> (sha256 of the bytes, external data locations of an ``.onnx``)
+_SHA_CACHE: dict[tuple, tuple[str, tuple[str, ...]]] = {}
+#: The key of a tensor's external data file in an ONNX ``TensorProto.external_data``; a model without these
+#: bytes anywhere names no external data (its protobuf is then not parsed).
+_LOCATION_KEY = b"location"
 
 
-def _sha256(path: str | Path, chunk: int) -> str:
+def _cached_sha256(path: str | Path, chunk: int, onnx: bool = False,
+                   data_of: Path | None = None) -> tuple[str, tuple[str, ...]]:
+    try:
+        st = os.stat(path)
+        key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, onnx)
+        if key not in _SHA_CACHE:
+            digest, marked = _sha256(path, chunk, _LOCATION_KEY if onnx else None)
+            _SHA_CACHE[key] = (digest, onnx_external_data(path) if marked else ())
+        return _SHA_CACHE[key]
+    except OSError as exc:
+        raise _unreadable(path, exc, f"the external data file of {data_of}" if data_of else "the file") from exc
+
+
+def _unreadable(path: str | Path, exc: OSError, what: str = "the file") -> ZooError:
+    """One line naming the file and the reason (a read error, EIO, names no file of itself)."""
+    return ZooError(f"cannot read {what} to hash it ({exc.strerror or type(exc).__name__})", path=path)
+
+
+def _sha256(path: str | Path, chunk: int, marker: bytes | None = None) -> tuple[str, bool]:
+    """The sha256 of the file's bytes, and whether ``marker`` occurs in them (found while hashing: one read)."""
     h = hashlib.sha256()
+    found, tail = False, b""
     with open(path, "rb") as f:
         while True:
             b = f.read(chunk)
             if not b:
                 break
             h.update(b)
-    return h.hexdigest()
+            if marker and not found:  # (one spanning two chunks included)
+                found = marker in b or marker in tail + b[:len(marker) - 1]
+                tail = b[-(len(marker) - 1):]
+    return h.hexdigest(), found
+
+
+def onnx_external_data(path: str | Path) -> tuple[str, ...]:
+    """The distinct external data ``location`` s an ONNX model's tensors name, in first-use order (initializers,
+    sparse initializers and node attribute tensors, subgraphs, functions and training graphs included), read
+    with ``onnx.load(..., load_external_data=False)``; empty for a file onnx cannot parse (onnxruntime then
+    refuses it itself, and its digest is its bytes')."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except OSError:
+        raise
+    except Exception:  # DecodeError: not an ONNX model (whatever its name)
+        return ()
+    found: dict[str, None] = {}
+    graphs = [model.graph, *(g for info in model.training_info for g in (info.initialization, info.algorithm))]
+    functions = (t for f in model.functions for t in _node_tensors(f.node))
+    for t in [*(t for g in graphs for t in _graph_tensors(g)), *functions]:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in t.external_data:
+                if entry.key == "location":
+                    found.setdefault(entry.value, None)
+    return tuple(found)
+
+
+def _graph_tensors(g) -> Iterator[Any]:
+    """Every TensorProto of an ONNX graph: initializers, sparse initializers' parts, node attributes' (subgraphs
+    included), in graph order."""
+    yield from g.initializer
+    for s in g.sparse_initializer:
+        yield from (s.values, s.indices)
+    yield from _node_tensors(g.node)
+
+
+def _node_tensors(nodes) -> Iterator[Any]:
+    for n in nodes:
+        for a in n.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            for s in [*([a.sparse_tensor] if a.HasField("sparse_tensor") else []), *a.sparse_tensors]:
+                yield from (s.values, s.indices)
+            for sub in [*([a.g] if a.HasField("g") else []), *a.graphs]:
+                yield from _graph_tensors(sub)
+
+
+def _external_files(model: Path, locations: tuple[str, ...]) -> list[tuple[str, Path]]:
+    """Each location with its file beside ``model``; a location that is absolute or leaves the model's folder
+    is refused (onnx and onnxruntime refuse it too), naming the model."""
+    out = []
+    for loc in locations:
+        norm = os.path.normpath(loc) if loc else ""
+        if not loc or "\0" in loc or os.path.isabs(loc) or norm in (".", "..") or norm.startswith(".." + os.sep):
+            raise ZooError(f"its external data location {loc!r} is not a file inside the model's folder "
+                           f"(an absolute path, or one that leaves the folder): onnxruntime refuses it too",
+                           path=model, hint="save the model with its external data beside it "
+                                            "(onnx.save_model(..., location=<a file name>))")
+        out.append((loc, model.parent / norm))
+    return out
 
 
 def config_hash(section) -> str:
@@ -104,7 +204,10 @@ MAX_HASHED_BYTES = 512 << 20
 def file_record(path: str | Path) -> dict:
     """``{"path", "bytes", "sha256"}`` of one input file (sha256 omitted above MAX_HASHED_BYTES)."""
     p = Path(path)
-    st = p.stat()
+    try:
+        st = p.stat()
+    except OSError as exc:
+        raise _unreadable(p, exc) from exc
     rec = {"path": str(p), "bytes": st.st_size}
     if st.st_size <= MAX_HASHED_BYTES:
         rec["sha256"] = sha256_file(p)

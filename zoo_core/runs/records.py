@@ -28,18 +28,28 @@ METRICS_SCHEMA = 1
 NULL_REASONS = "null_reasons"
 
 
-def input_records(ctx: RunContext, model_file: str | None = None) -> dict[str, Any]:
-    """Path, size and sha256 of the weights, the model file and (if loaded) the dataset's annotations."""
+def input_records(ctx: RunContext, model_file: str | None = None, strict: bool = True) -> dict[str, Any]:
+    """Path, size and sha256 of the weights, the model file and (if loaded) the dataset's annotations.
+    A file that cannot be read is a :class:`ZooError` naming it; with ``strict=False`` (the record of a failed
+    run, which may have failed on that very file) it is recorded as ``{"path", "error"}`` instead."""
+    def record(p: str | Path) -> dict[str, Any]:
+        try:
+            return file_record(p)
+        except ZooError as exc:
+            if strict:
+                raise
+            return {"path": str(p), "error": str(exc)}
+
     out: dict[str, Any] = {}
     w = ctx.weights()
     if w:
-        out["weights"] = file_record(w)
+        out["weights"] = record(w)
     if model_file and Path(model_file).is_file():
-        out["model_file"] = file_record(model_file)
+        out["model_file"] = record(model_file)
     if "dataset" in ctx.__dict__:  # only a dataset this stage already loaded
         files = dataset_files(ctx.dataset)
         if files:
-            out["dataset_files"] = [file_record(f) for f in files]
+            out["dataset_files"] = [record(f) for f in files]
     return out
 
 
@@ -53,7 +63,8 @@ def write_run_record(ctx: RunContext, extra: dict[str, Any] | None = None) -> Pa
         "root": str(ctx.root),
         "versions": versions(ctx.hooks.info.distribution),
         "config": ctx.resolved_config(),
-        "inputs": input_records(ctx, backend.get("model_file") if isinstance(backend, dict) else None),
+        "inputs": input_records(ctx, backend.get("model_file") if isinstance(backend, dict) else None,
+                                strict=(extra or {}).get("status") != "failed"),
     }
     if ctx.weights_used is not None:  # the stage built or exported the model: which weights (random said so)
         rec.update(ctx.weights_used.record())

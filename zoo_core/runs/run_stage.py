@@ -41,8 +41,8 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
                 log.info("removed %s, left by a killed run", p)
         ctx.record_dir.mkdir(parents=True, exist_ok=True)
         clear_dir(ctx.record_dir, keep=HYDRA_FILES)
-        write_run_record(ctx, {"status": "running"})
-        try:
+        try:  # (a weights file that cannot be read to hash it fails the run, recorded as failed like any error)
+            write_run_record(ctx, {"status": "running"})
             preflight_weights(ctx)
             interrupts.raise_if_pending()
             result = stage(ctx)
