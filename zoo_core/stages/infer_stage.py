@@ -30,6 +30,7 @@ from zoo_core.runs.records import finish_with_skips, write_perf
 from zoo_core.runs.resume import (
     Ledger,
     artifact_fingerprint,
+    dump_fingerprint,
     mark_complete,
     refuse_changed_quantize,
     start_resumable,
@@ -98,7 +99,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
         section = backend_section(cfg.backend, describe)
         fingerprint = artifact_fingerprint(ctx, describe.get("model_file"), backend=config_hash(section),
                                            inputs_dir=str(inputs_dir.resolve()),
-                                           inputs_meta_sha256=sha256_file(meta_file) if meta_file.is_file() else None)
+                                           inputs_meta_sha256=sha256_file(meta_file) if meta_file.is_file() else None,
+                                           **dump_fingerprint(backend))
         ledger = Ledger(out_dir / "index.jsonl")
         resuming = start_resumable(ctx, out_dir / "state.json", fingerprint,
                                    lambda: clear_dir(out_dir, keep=("state.json",)), backend=str(cfg.backend.name),
