@@ -3,6 +3,7 @@ the result of an uninterrupted run with each image counted once; a changed confi
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -443,3 +444,85 @@ def test_an_image_rewritten_with_its_size_and_mtime_restored_is_still_a_changed_
     assert source_changed(recorded, img)
     assert not source_changed(recorded[:2], img)  # what an older zoo recorded: size and mtime only
     assert source_changed([*recorded[:2], "x"], img) and source_changed(recorded, tmp_path / "gone.jpg")
+
+
+# -- backend=replay: the dump rewritten between the kill and resume=true -----------------------------------
+
+def _rewrite_dump(dump: Path, restore_mtime: bool) -> None:
+    """Every heatmap (output 0) of the dump scaled by 0.5 in place, as a device run redone into the same folder;
+    ``restore_mtime``: each file's size and mtime put back as they were (``touch -r``)."""
+    for p in sorted(dump.glob("*_0.bin")):
+        st = p.stat()
+        (np.fromfile(p, np.float32) * 0.5).astype(np.float32).tofile(p)
+        if restore_mtime:
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _oracle_dump(fixture_cfg, tmp_path) -> Path:
+    from zoo_core.runs.run_stage import run_stage
+
+    run_stage(_ctx(fixture_cfg, tmp_path / "src", "eval", **{"backend.name": "oracle", "save_outputs": True}))
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    for p in (tmp_path / "src" / "outputs").glob("*.bin"):
+        dump.joinpath(p.name).write_bytes(p.read_bytes())
+    return dump
+
+
+@pytest.mark.parametrize("restore_mtime", [False, True])
+def test_eval_replay_resume_over_a_rewritten_dump_is_refused(fixture_cfg, tmp_path, restore_mtime):
+    """Before: the fingerprint of backend=replay held the dump's path only, so resume=true over a dump rewritten
+    in place (a device run redone into the same folder) kept the old half's detections and scored the new dump's
+    rest: a mix of both, exit 0. Now it holds the dump's file listing as file_identity records it (size, mtime,
+    ctime, inode): the resume is refused, even with the files' mtimes restored; an untouched dump still resumes."""
+    from zoo_core.runs.resume import ResumeRefused
+    from zoo_core.runs.run_stage import run_stage
+
+    dump = _oracle_dump(fixture_cfg, tmp_path)
+    over = {"backend.name": "replay", "outputs_dir": str(dump), "stage.flush_every": 1}
+    run_dir = tmp_path / "run"
+    run_stage(_ctx(fixture_cfg, run_dir, "eval", **over))
+    det = run_dir / "detections"
+
+    def kill():
+        for p in sorted(det.glob("chunk-*.npz"))[6:]:
+            p.unlink()
+        _interrupted(det / "state.json")
+
+    kill()
+    run_stage(_ctx(fixture_cfg, run_dir, "eval", resume=True, **over))  # the same dump: resumed
+    assert json.loads((run_dir / "eval" / "perf.json").read_text())["resumed_images"] == 6
+    kill()
+    _rewrite_dump(dump, restore_mtime)
+    with pytest.raises(ResumeRefused, match="cannot resume: replay_dump_files changed since the interrupted run"):
+        run_stage(_ctx(fixture_cfg, run_dir, "eval", resume=True, **over))
+
+
+def test_infer_replay_resume_over_a_rewritten_dump_is_refused(fixture_cfg, tmp_path):
+    from zoo_core.runs.resume import ResumeRefused
+    from zoo_core.runs.run_stage import run_stage
+
+    dump = _oracle_dump(fixture_cfg, tmp_path)
+    over = {"backend.name": "replay", "outputs_dir": str(dump)}
+    run_dir = tmp_path / "run"
+    run_stage(_ctx(fixture_cfg, run_dir, "preprocess"))
+    run_stage(_ctx(fixture_cfg, run_dir, "infer", **over))
+    _interrupted(run_dir / "outputs" / "state.json")
+    _rewrite_dump(dump, restore_mtime=True)
+    with pytest.raises(ResumeRefused, match="cannot resume: replay_dump_files changed"):
+        run_stage(_ctx(fixture_cfg, run_dir, "infer", resume=True, **over))
+
+
+def test_cli_eval_replay_resume_over_a_rewritten_dump_exits_2(zoo, fixture_cfg, tmp_path):
+    dump = _oracle_dump(fixture_cfg, tmp_path)
+    args = ["run", "model=fixture", "stage=eval", "backend=replay", f"outputs_dir={dump}", "stage.flush_every=1",
+            "num_workers=0", "work_dir=run"]
+    zoo.ok(*args)
+    det = zoo.cwd / "run" / "detections"
+    for p in sorted(det.glob("chunk-*.npz"))[6:]:
+        p.unlink()
+    _interrupted(det / "state.json")
+    _rewrite_dump(dump, restore_mtime=False)
+    rc, _out, err = zoo(*args, "resume=true")
+    assert rc == 2 and "Traceback" not in err
+    assert f"{det / 'state.json'}: cannot resume: replay_dump_files changed since the interrupted run" in err

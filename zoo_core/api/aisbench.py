@@ -167,6 +167,27 @@ def output_path(out_dir: str | os.PathLike[str], stem: str, index: int, ext: str
     return Path(out_dir) / f"{stem}_{index}.{ext}"
 
 
+def list_dump(root: str | os.PathLike) -> dict[str, dict[int, Path]]:
+    """The output files of a dump, ``{stem: {index: path}}``: every ``<stem>_<i>.bin`` / ``.npy`` under ``root``,
+    sub-directories included (listed, not opened). An output found twice is an :class:`InputError`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError("output directory not found", path=root)
+    files: dict[str, dict[int, Path]] = {}
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            m = _SUFFIX.match(name)
+            if not m:
+                continue
+            slot = files.setdefault(m["stem"], {})
+            idx, here = int(m["idx"]), Path(dirpath) / name
+            if idx in slot:
+                raise InputError(f"output {name} appears twice: {slot[idx]} and {here} (two ais_bench "
+                                 f"runs in one folder?); pass the run's own sub-directory", path=root)
+            slot[idx] = here
+    return files
+
+
 class DumpDir:
     """An ais_bench (or legacy benchmark) output directory, indexed by stem.
 
@@ -175,26 +196,15 @@ class DumpDir:
     whose stem holds a dot is found under ais_bench's name for it too (the stem cut at the first dot). Two images
     of one run that find the same files (``a.b`` and ``a.c``, or ``a`` and ``a.v2``: ais_bench wrote both as
     ``a_<i>.bin``, one over the other) are a :class:`ZooError` whichever is read first, never skipped by
-    ``on_error=skip``: the first one may have been read with the other's outputs.
+    ``on_error=skip``: the first one may have been read with the other's outputs. ``files``: the dump's
+    :func:`list_dump` listing when the caller made it already (the folder is then not walked again).
     """
 
-    def __init__(self, root: str | os.PathLike, n_outputs: int):
+    def __init__(self, root: str | os.PathLike, n_outputs: int, files: dict[str, dict[int, Path]] | None = None):
         self.root = Path(root)
-        if not self.root.is_dir():
-            raise InputError("output directory not found", path=self.root)
+        if files is None:
+            files = list_dump(self.root)
         self.n_outputs = n_outputs
-        files: dict[str, dict[int, Path]] = {}
-        for dirpath, _dirs, names in os.walk(self.root):
-            for name in names:
-                m = _SUFFIX.match(name)
-                if not m:
-                    continue
-                slot = files.setdefault(m["stem"], {})
-                idx, here = int(m["idx"]), Path(dirpath) / name
-                if idx in slot:
-                    raise InputError(f"output {name} appears twice: {slot[idx]} and {here} (two ais_bench "
-                                     f"runs in one folder?); pass the run's own sub-directory", path=self.root)
-                slot[idx] = here
         self._files = files
         self._claims: dict[str, str] = {}  # dump stem -> the image stem that read its files
         indices = {i for d in files.values() for i in d}

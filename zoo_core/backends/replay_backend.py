@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo_core.api.aisbench import DumpDir
+from zoo_core.api.aisbench import DumpDir, list_dump
 from zoo_core.api.errors import ConfigError
 from zoo_core.backends.base import Backend, Batch, ModelIO
 from zoo_core.pipeline.batching import pad
@@ -58,12 +58,21 @@ class ReplayBackend(Backend):
         self.per_item = float(self.options.get("latency_per_item_ms", 0.0) or 0.0) / 1000.0
         self.file_dtype = self.options.get("dump_dtype") or None
         self._dump: DumpDir | None = None
+        self._listing: dict[str, dict[int, Path]] | None = None
         self._buffers = ArrayPool()
+
+    def dump_files(self) -> list[Path]:
+        """Every output file of the dump, as :class:`DumpDir` lists them (listed once: the files read later are
+        those of this listing), sorted; what a resume fingerprint is taken of
+        (:func:`zoo_core.runs.resume.dump_fingerprint`)."""
+        if self._listing is None:
+            self._listing = list_dump(self.dir)
+        return sorted(p for slot in self._listing.values() for p in slot.values())
 
     def dump(self, meta: dict) -> DumpDir:
         if self._dump is None:
             assert self.io.output_specs is not None
-            self._dump = DumpDir(self.dir, len(self.io.output_specs(meta)))
+            self._dump = DumpDir(self.dir, len(self.io.output_specs(meta)), files=self._listing)
         return self._dump
 
     def infer(self, batch: Batch) -> list[np.ndarray]:

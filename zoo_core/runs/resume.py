@@ -6,6 +6,7 @@ fingerprint (config, weights, model file, ``save_outputs``...) refuses to resume
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -202,16 +203,30 @@ def file_crc32(path: Path, chunk: int = 1 << 20) -> int:
     return c & 0xFFFFFFFF
 
 
-def file_identity(path: str | os.PathLike[str]) -> list[int] | None:
-    """``[size, mtime_ns, ctime_ns]`` of a dataset file, or None when it cannot be stat'ed. Recorded with each
-    finished image (taken before the image is read), so ``resume=true`` redoes an image whose file changed since.
-    The inode's change time is in it because a tool can restore a rewritten file's size and mtime (``touch -r``,
-    ``rsync -t``, ``cp -p``), but no tool sets ctime: writing or replacing the file moves it."""
+def file_identity(path: str | os.PathLike[str], inode: bool = False) -> list[int] | None:
+    """``[size, mtime_ns, ctime_ns]`` of a dataset file (``inode``: and its inode number), or None when it cannot
+    be stat'ed. Recorded with each finished image (taken before the image is read), so ``resume=true`` redoes an
+    image whose file changed since. The inode's change time is in it because a tool can restore a rewritten file's
+    size and mtime (``touch -r``, ``rsync -t``, ``cp -p``), but no tool sets ctime: writing or replacing the file
+    moves it."""
     try:
         st = os.stat(path)
     except (OSError, ValueError):
         return None
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, *([st.st_ino] if inode else [])]
+
+
+def dump_fingerprint(backend: Any) -> dict[str, str]:
+    """``{"replay_dump_files": digest}`` for a backend that replays a dump (``backend=replay``, its
+    ``dump_files()``): the sha256 of each output file's path in the dump and :func:`file_identity` with its inode,
+    from the listing the backend reads (no file is read), so ``resume=true`` over a dump whose files were rewritten,
+    replaced, added or removed since the interrupted run is refused. ``{}`` for any other backend."""
+    files = getattr(backend, "dump_files", None)
+    if not callable(files):
+        return {}
+    root = Path(getattr(backend, "dir", "."))
+    rows = [[os.path.relpath(p, root), file_identity(p, inode=True)] for p in files()]
+    return {"replay_dump_files": hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]}
 
 
 def source_changed(recorded: Any, path: str | os.PathLike[str]) -> bool:

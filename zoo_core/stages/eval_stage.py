@@ -30,6 +30,7 @@ from zoo_core.runs.records import finish_with_skips, write_perf
 from zoo_core.runs.resume import (
     Ledger,
     artifact_fingerprint,
+    dump_fingerprint,
     file_identity,
     mark_complete,
     refuse_changed_quantize,
@@ -95,7 +96,7 @@ def _stream(ctx: RunContext, backend: Any, pool: WorkerPool) -> tuple:
     describe = backend.describe()
     section = backend_section(cfg.backend, describe)
     fingerprint = artifact_fingerprint(ctx, describe.get("model_file"), backend=config_hash(section),
-                                       save_outputs=save)
+                                       save_outputs=save, **dump_fingerprint(backend))
 
     def reset() -> None:
         store.reset()

@@ -31,17 +31,10 @@ from zoo_core.datasets import bootstrap_request
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.detstore import DetectionStore, class_count
 from zoo_core.runs.fingerprint import sha256_file
+from zoo_core.runs.producer import config_differences, describe
 from zoo_core.stages.scoring import score
 
 log = logging.getLogger("zoo")
-
-#: Dataset keys that only select images; differing values are not worth a warning.
-_SELECTION_KEYS = ("limit", "shard", "num_shards", "images_required")
-
-
-def _diff(old: dict, new: dict, prefix: str, ignore=()) -> list[str]:
-    keys = sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
-    return [f"{prefix}.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys]
 
 
 def check_provenance(ctx, src: Path) -> dict:
@@ -77,9 +70,7 @@ def check_provenance(ctx, src: Path) -> dict:
                                   f"(model_file={mf} not checked)"]
         elif fp.get("model_file_sha256") != sha256_file(str(mf)):
             raise ZooError(f"these detections were not made with model_file={mf} (sha256 differs)", path=state_path)
-    cfg = ctx.resolved_config()
-    warnings = unknown_model_file + _diff(state.get("model_config") or {}, cfg["model"], "model")
-    warnings += _diff(state.get("dataset_config") or {}, cfg["dataset"], "dataset", _SELECTION_KEYS)
+    warnings = unknown_model_file + describe(config_differences(state, ctx.resolved_config()))
     if not state.get("complete", False):
         warnings.insert(0, "the run that wrote these detections did not finish")
     if warnings:

@@ -4,7 +4,10 @@ Streams like ``eval``: the feeder reads the next batch's files while the device 
 one. Outputs are checked (finite) and listed in ``outputs/index.jsonl`` with their sizes and CRC-32,
 which ``resume=true`` verifies before trusting a file. Without ``resume`` the stage clears
 ``outputs/`` first. Inputs of a preprocess run that did not finish (its ``state.json`` says
-``complete: false``) are refused unless ``allow_skips=true``, which infers them and records so.
+``complete: false``) are refused unless ``allow_skips=true``, which infers them and records so. So are
+inputs whose ``state.json`` says they were made with other values of the model keys that decide the network
+or its input (:func:`~zoo_core.runs.producer.refuse_other_producer`): ``outputs/state.json`` records this
+run's config, which must be the one the inputs were made with.
 """
 from __future__ import annotations
 
@@ -22,10 +25,12 @@ from zoo_core.reports.progress import Progress
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.fingerprint import backend_section, config_hash, sha256_file
 from zoo_core.runs.layout import artifact_state, clear_dir
+from zoo_core.runs.producer import refuse_other_producer
 from zoo_core.runs.records import finish_with_skips, write_perf
 from zoo_core.runs.resume import (
     Ledger,
     artifact_fingerprint,
+    dump_fingerprint,
     mark_complete,
     refuse_changed_quantize,
     start_resumable,
@@ -81,6 +86,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         log.warning("%s: %s; allow_skips=true: inferring those only (recorded in run.json and outputs/state.json)",
                     inputs_dir / "state.json", said)
         ctx.notes["partial_inputs"] = {"state": str(inputs_dir / "state.json"), "inputs": len(items)}
+    refuse_other_producer(ctx, inputs_dir, "preprocess", "inputs")
     if str(cfg.backend.name) == "oracle":
         _with_dataset_keys(ctx, items, inputs_dir)
     out_dir = ctx.path("outputs")
@@ -93,7 +99,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
         section = backend_section(cfg.backend, describe)
         fingerprint = artifact_fingerprint(ctx, describe.get("model_file"), backend=config_hash(section),
                                            inputs_dir=str(inputs_dir.resolve()),
-                                           inputs_meta_sha256=sha256_file(meta_file) if meta_file.is_file() else None)
+                                           inputs_meta_sha256=sha256_file(meta_file) if meta_file.is_file() else None,
+                                           **dump_fingerprint(backend))
         ledger = Ledger(out_dir / "index.jsonl")
         resuming = start_resumable(ctx, out_dir / "state.json", fingerprint,
                                    lambda: clear_dir(out_dir, keep=("state.json",)), backend=str(cfg.backend.name),

@@ -4,7 +4,9 @@ Outputs are matched to images by file stem (``<stem>_<i>.bin``, ``_0..`` or lega
 position, through the replay backend, so a dump gets the same checks as ``eval`` (finite values, exact
 file sizes, a stem found twice is an error). The images are those listed in ``inputs/meta.jsonl``
 (with their metas) when it exists, else those zoo's own ``outputs/index.jsonl`` lists, else the
-dataset's (metas recomputed by preprocessing each image, as the seed scripts did). Writes ``detections/``
+dataset's (metas recomputed by preprocessing each image, as the seed scripts did). Outputs (and inputs)
+whose ``state.json`` says they were made with other values of the model keys that decide the network or its
+input are refused (:func:`~zoo_core.runs.producer.refuse_other_producer`). Writes ``detections/``
 and, when the dataset has ground truth, scores it. ``stage.score=false`` does not score: it writes the
 detections in the dataset kind's native results format next to the stage's records (a WIDER prediction
 tree ``postprocess/predictions/<event>/<stem>.txt``, a COCO results ``postprocess/detections.json``) and
@@ -26,6 +28,7 @@ from zoo_core.reports.progress import Progress
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.detstore import DetectionStore, class_count
 from zoo_core.runs.layout import artifact_state
+from zoo_core.runs.producer import refuse_other_producer
 from zoo_core.runs.records import finish_with_skips, write_result_files
 from zoo_core.runs.resume import artifact_fingerprint, mark_complete, read_jsonl, start_resumable
 from zoo_core.stages.open_backend import open_backend
@@ -47,6 +50,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
         return tuple(tuple(s.shape) for s in hooks.output_spec(cfg=cfg, meta=meta))
 
     store = DetectionStore(ctx.path("detections"), num_classes=class_count(cfg))
+    refuse_other_producer(ctx, src, "infer", "outputs")
+    if (inputs_dir / "meta.jsonl").is_file():  # their metas are decoded with
+        refuse_other_producer(ctx, inputs_dir, "preprocess", "inputs")
     outputs_state = artifact_state(src)
     fp = outputs_state.get("fingerprint")
     recorded = fp.get("model_file_sha256") if isinstance(fp, dict) else None

@@ -1,0 +1,114 @@
+"""The stage chain reads what was made under its own settings: ``infer`` refuses ``inputs/`` and ``postprocess``
+refuses ``outputs/`` (and ``inputs/``) whose ``state.json`` records other values of the model keys that decide the
+network or its input (the plugin's ``export_keys`` / ``aipp_keys``), naming the file, the keys and both values.
+
+Before, ``preprocess model.input_hw=[640,640]`` then ``infer`` / ``postprocess`` with the default ``input_hw``
+ran with exit 0, scored the 640x640 inputs and recorded ``input_hw: None`` in ``outputs/state.json``,
+``detections/state.json`` and ``run.json``: a later ``evaluate`` then warned about the change backwards."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from zoo_core.api.errors import ZooError
+
+
+def _ctx(fixture_cfg, root, stage, **over):
+    from omegaconf import OmegaConf, open_dict
+
+    from zoo_core.plugins.manager import ZooPluginManager
+    from zoo_core.runs.context import RunContext
+
+    cfg = fixture_cfg.copy()
+    with open_dict(cfg):
+        cfg.stage.name = stage
+        cfg.num_workers = 0
+        cfg.progress = False
+        for k, v in over.items():
+            OmegaConf.update(cfg, k, v, merge=False)
+    return RunContext(cfg, ZooPluginManager(), root)
+
+
+def _run(fixture_cfg, root, stage, **over):
+    from zoo_core.runs.run_stage import run_stage
+
+    return run_stage(_ctx(fixture_cfg, root, stage, **{"backend.name": "oracle", **over}))
+
+
+def test_infer_refuses_inputs_made_with_another_export_key(fixture_cfg, tmp_path):
+    run = tmp_path / "run"
+    _run(fixture_cfg, run, "preprocess", **{"model.sharpness": 30.0})
+    with pytest.raises(ZooError) as err:
+        _run(fixture_cfg, run, "infer")
+    text = str(err.value)
+    assert err.value.path == run / "inputs" / "state.json"
+    assert "model.sharpness: 30.0 there, 20.0 in this run" in text
+    assert "model.sharpness=30.0" in err.value.hint and "stage=preprocess" in err.value.hint
+    assert not (run / "outputs" / "state.json").exists()  # refused before anything was written
+
+    _run(fixture_cfg, run, "infer", **{"model.sharpness": 30.0})  # the producer's settings: accepted
+    state = json.loads((run / "outputs" / "state.json").read_text())
+    assert state["complete"] is True and state["model_config"]["sharpness"] == 30.0
+
+
+def test_postprocess_refuses_outputs_made_with_another_export_key(fixture_cfg, tmp_path):
+    run = tmp_path / "run"
+    for stage in ("preprocess", "infer"):
+        _run(fixture_cfg, run, stage, **{"model.sharpness": 30.0})
+    with pytest.raises(ZooError) as err:
+        _run(fixture_cfg, run, "postprocess")
+    assert err.value.path == run / "outputs" / "state.json"
+    assert "model.sharpness: 30.0 there, 20.0 in this run" in str(err.value)
+    assert "stage=infer" in err.value.hint
+    assert not (run / "detections").exists() and not (run / "postprocess" / "metrics.json").exists()
+
+    # the outputs of a seed / ais_bench dump say nothing of their settings: read as they are
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    for p in (run / "outputs").glob("*.bin"):
+        shutil.copy(p, dump / p.name)
+    rec = _run(fixture_cfg, tmp_path / "seed", "postprocess", outputs_dir=str(dump))
+    assert rec["images"] == 12
+
+
+def test_a_decode_key_of_its_own_is_warned_about_not_refused(fixture_cfg, tmp_path, caplog):
+    """A key the plugin does not list as deciding the network or its input (a threshold) may differ: re-decoding
+    saved outputs under another threshold is what postprocess is for; the difference is warned about, as evaluate
+    does, and the detections record this run's value."""
+    run = tmp_path / "run"
+    for stage in ("preprocess", "infer"):
+        _run(fixture_cfg, run, stage)
+    with caplog.at_level("WARNING", logger="zoo"):
+        rec = _run(fixture_cfg, run, "postprocess", **{"model.mask_threshold": 0.6})
+    assert rec["images"] == 12
+    assert f"{run / 'outputs' / 'state.json'}: reading outputs made under a different setup" in caplog.text
+    assert "model.mask_threshold: 0.5 -> 0.6" in caplog.text
+    assert json.loads((run / "detections" / "state.json").read_text())["model_config"]["mask_threshold"] == 0.6
+
+
+def test_postprocess_refuses_inputs_whose_metas_were_made_with_another_export_key(fixture_cfg, tmp_path):
+    """outputs_dir= a foreign dump (no state.json), but the run dir's inputs/meta.jsonl, whose metas are decoded
+    with, was made under other settings."""
+    run = tmp_path / "run"
+    for stage in ("preprocess", "infer"):
+        _run(fixture_cfg, run, stage, **{"model.sharpness": 30.0})
+    dump = tmp_path / "dump"
+    shutil.copytree(run / "outputs", dump)
+    (dump / "state.json").unlink()
+    with pytest.raises(ZooError) as err:
+        _run(fixture_cfg, run, "postprocess", outputs_dir=str(dump))
+    assert err.value.path == run / "inputs" / "state.json"
+
+
+def test_cli_infer_over_inputs_of_other_settings_exits_2_naming_the_state_file(zoo):
+    zoo.ok("run", "model=fixture", "stage=preprocess", "backend=oracle", "num_workers=0", "work_dir=run",
+           "model.sharpness=30")
+    rc, _out, err = zoo("run", "model=fixture", "stage=infer", "backend=oracle", "num_workers=0", "work_dir=run")
+    assert rc == 2 and "Traceback" not in err
+    state = Path(zoo.cwd) / "run" / "inputs" / "state.json"
+    assert (f"{state}: these inputs were made with other model settings than this run's "
+            f"(model.sharpness: 30.0 there, 20.0 in this run)") in err
+    assert "hint: pass the settings they were made with (model.sharpness=30.0)" in err
