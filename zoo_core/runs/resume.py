@@ -118,16 +118,22 @@ def refuse_changed_quantize(ctx: RunContext, state_path: Path) -> None:
     except (OSError, ValueError, RecursionError):
         return
     before = state.get("quantize_config") if isinstance(state, dict) else None
-    now = ctx.resolved_config().get("quantize")
-    if not isinstance(before, dict) or not isinstance(now, dict) or before.get("name") == now.get("name") == "none":
-        return
-    plugin_ops = [str(t) for t in (ctx.cfg.model.get("quantize_exclude_op_types") or [])]
-    keys = [f"quantize.{k}: {a!r} -> {b!r}"
-            for k, a, b in _diff_flat(_deciding(before, plugin_ops), _deciding(now, plugin_ops))][:8]
+    keys = quantize_changes(ctx, before, ctx.resolved_config().get("quantize"))[:8]
     if keys:
         raise ResumeRefused(f"{RESUME_REFUSED} the quantize settings changed since the interrupted run "
                             f"({'; '.join(keys)})", path=state_path,
                             hint="run again without resume=true to start over")
+
+
+def quantize_changes(ctx: RunContext, before: Any, now: Any) -> list[str]:
+    """``quantize.seed: 0 -> 1`` for each ``quantize`` key that decides the model (:func:`_deciding`) and differs
+    between the section ``before`` (a state file's copy) and ``now``; none when either is not a section or both
+    are the FP32 model (``name: none``)."""
+    if not isinstance(before, dict) or not isinstance(now, dict) or before.get("name") == now.get("name") == "none":
+        return []
+    plugin_ops = [str(t) for t in (ctx.cfg.model.get("quantize_exclude_op_types") or [])]
+    return [f"quantize.{k}: {a!r} -> {b!r}"
+            for k, a, b in _diff_flat(_deciding(before, plugin_ops), _deciding(now, plugin_ops))]
 
 
 def _deciding(quantize: dict[str, Any], plugin_ops: list[str]) -> dict[str, Any]:
