@@ -94,3 +94,36 @@ def test_evaluate_of_an_interrupted_run_refuses_missing_images(zoo, tmp_path):
     rc, out, err = zoo("run", "model=fixture", "stage=evaluate", "work_dir=run", "allow_skips=true")
     assert rc == 0 and "did not finish" in err
     assert len(json.loads((zoo.cwd / "run" / "evaluate" / "metrics.json").read_text())["skipped"]) == 11
+
+
+def test_evaluate_of_int8_detections_says_so_and_judges_them_as_int8(fixture_cfg, fixture_onnx, tmp_path,
+                                                                     monkeypatch, caplog):
+    """Before: stage=evaluate of detections made with quantize=int8 compared only the model and dataset sections:
+    no word, evaluate/run.json said quantize: {name: none} and the references were judged as for the FP32 model.
+    Now the difference is warned (and listed in metrics.json's provenance), and the producer's quantize section is
+    the run's: run.json says int8 and a reference naming quantize.name matches it."""
+    from tests.test_resume import _ctx
+    from zoo_core.api.types import Reference
+    from zoo_core.runs.run_stage import run_stage
+
+    over = {"backend.name": "onnxruntime", "model_file": str(fixture_onnx), "model_dir": str(tmp_path / "model")}
+    q = {"quantize.name": "int8", "quantize.calibration_images": 2, "quantize.seed": 3}
+    run_stage(_ctx(fixture_cfg, tmp_path / "run", "eval", **over, **q))
+    det = tmp_path / "run" / "detections"
+    assert json.loads((det / "state.json").read_text())["quantize_config"]["name"] == "int8"
+    measured = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["metrics"]["AP50"]
+
+    ctx = _ctx(fixture_cfg, tmp_path / "ev", "evaluate", detections=str(det))
+    protocol = {"dataset.name": "squares", "model.iou_thresh": 0.5}
+    monkeypatch.setattr(ctx.hooks, "references", lambda cfg: [
+        Reference("AP50", 0.0, 1e-9, "FP32", {**protocol, "quantize.name": "none"}),
+        Reference("AP50", measured, 1e-9, "INT8", {**protocol, "quantize.name": "int8"})])
+    with caplog.at_level("WARNING", logger="zoo"):
+        run_stage(ctx)
+    assert "quantize.name: 'int8' -> 'none'" in caplog.text and "quantize.seed: 3 -> 0" in caplog.text
+    rec = json.loads((tmp_path / "ev" / "evaluate" / "metrics.json").read_text())
+    assert "quantize.name: 'int8' -> 'none'" in rec["provenance"]["warnings"]
+    assert rec["provenance"]["quantize"]["name"] == "int8"
+    assert rec["reference"]["AP50"]["source"] == "INT8" and rec["reference"]["AP50"]["within"]
+    run = json.loads((tmp_path / "ev" / "evaluate" / "run.json").read_text())
+    assert run["config"]["quantize"]["name"] == "int8" and run["config"]["quantize"]["seed"] == 3

@@ -275,6 +275,39 @@ def test_an_int8_model_replaced_while_it_is_checked_for_reuse_is_rebuilt_not_use
     assert path.read_bytes() == int8_by_job[0]
 
 
+def test_an_int8_model_is_rebuilt_after_a_plugin_zoo_core_or_onnxruntime_upgrade(fixture_cfg, fixture_onnx, tmp_path,
+                                                                                 monkeypatch, caplog):
+    """Before: the INT8 record held no versions and the re-export after an upgrade wrote the same FP32 bytes, so an
+    upgrade that changed preprocessing (the calibration tensors) reused the stale INT8 model ('reusing ... its
+    quantization inputs are unchanged', other AP than a fresh build, exit 0). Now the plugin's, zoo-core's and
+    the quantizer's (onnxruntime's) versions are in its fingerprint; a change rebuilds it, naming the versions."""
+    from zoo_core.quantize import onnxruntime_int8
+
+    core = {"v": "0.1.0"}
+    monkeypatch.setattr("zoo_core.runs.fingerprint.core_version", lambda: core["v"], raising=False)
+    model_dir = tmp_path / "model"
+
+    def build() -> str:
+        caplog.clear()
+        with caplog.at_level("INFO", logger="zoo"):
+            onnxruntime_int8.ensure_int8_onnx(_int8_job(fixture_cfg, fixture_onnx, tmp_path / "r", 0, model_dir))
+        return caplog.text
+
+    build()
+    record = json.loads((model_dir / "fixture_onnxruntime_int8.json").read_text())["fingerprint"]
+    import onnxruntime
+
+    assert record["zoo_core"] == "0.1.0" and record["plugin"].startswith("zoo-fixture ")
+    assert record["quantizer"] == f"onnxruntime {onnxruntime.__version__}"
+    assert "reusing" in build()  # nothing changed
+    core["v"] = "0.2.0"
+    said = build()
+    assert "reusing" not in said and "zoo_core: '0.1.0' -> '0.2.0'" in said
+    monkeypatch.setattr(onnxruntime_int8, "quantizer_version", lambda: "onnxruntime 99.0", raising=False)
+    said = build()
+    assert "reusing" not in said and f"quantizer: 'onnxruntime {onnxruntime.__version__}' -> 'onnxruntime 99.0'" in said
+
+
 def test_a_batchnorm_scale_quantized_per_tensor_is_one_info_line_not_a_warning_each(fixture_cfg, tmp_path, caplog):
     """Before: onnxruntime's 'Axis 1 is out-of-range for weight ... with rank 1' printed once per BatchNormalization
     left in the graph (16 warnings on every CenterNet quantize): it quantizes a rank-1 BN scale per tensor."""

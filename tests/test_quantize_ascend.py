@@ -265,3 +265,25 @@ def test_a_calibration_dir_planted_as_a_link_is_refused_and_its_target_untouched
         write_calibration_bins(ctx, cal, [TensorSpec("image", (1, 4, 4), "float32")])
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["calibration"]  # no temp dir left
+
+
+def test_the_amct_fingerprint_holds_the_plugin_zoo_core_and_amct_versions(fixture_cfg, fixture_onnx, tmp_path,
+                                                                          monkeypatch):
+    """Before: AMCT's deploy model was reused after an upgrade that changed preprocessing (the calibration tensors)
+    as long as the ONNX and the calibration images were the same bytes: its fingerprint held no versions."""
+    from importlib import metadata
+
+    from tests.test_quantize import _run_ctx
+    from zoo_core.quantize.amct import amct_fingerprint
+    from zoo_core.quantize.calibration import calibration_samples
+
+    ctx = _run_ctx(fixture_cfg, tmp_path, **{"quantize.calibration_images": 2, "export.target": "ascend"})
+    samples = calibration_samples(ctx)
+    monkeypatch.setattr("zoo_core.runs.fingerprint.core_version", lambda: "0.1.0", raising=False)
+    before = amct_fingerprint(ctx, fixture_onnx, samples)
+    assert before["zoo_core"] == "0.1.0" and before["plugin"].startswith("zoo-fixture ")
+    monkeypatch.setattr("zoo_core.runs.fingerprint.core_version", lambda: "0.2.0", raising=False)
+    assert amct_fingerprint(ctx, fixture_onnx, samples) == {**before, "zoo_core": "0.2.0"}
+    version = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "8.0.0" if name == "amct_onnx" else version(name))
+    assert amct_fingerprint(ctx, fixture_onnx, samples)["quantizer"] == "amct_onnx 8.0.0"

@@ -526,3 +526,66 @@ def test_cli_eval_replay_resume_over_a_rewritten_dump_exits_2(zoo, fixture_cfg, 
     rc, _out, err = zoo(*args, "resume=true")
     assert rc == 2 and "Traceback" not in err
     assert f"{det / 'state.json'}: cannot resume: replay_dump_files changed since the interrupted run" in err
+
+
+def _upgraded(monkeypatch, core: str = "0.2.0") -> None:
+    """zoo-core reported as another version, as after a `pip install -U` (the version lookup the fingerprints use)."""
+    monkeypatch.setattr("zoo_core.runs.fingerprint.core_version", lambda: core, raising=False)
+
+
+def test_eval_resume_after_a_zoo_upgrade_is_refused_naming_the_versions(fixture_cfg, fixture_onnx, tmp_path,
+                                                                        monkeypatch):
+    """Before: the resume fingerprint held config and file hashes but no versions, so an eval interrupted under
+    one zoo-core / plugin version and resumed under an upgraded one ('resuming: N images already done', exit 0)
+    scored the old code's detections mixed with the new code's. Now it is refused, naming the versions, like the
+    re-export names them; a state file of a zoo that recorded no versions is refused too (never trusted, no
+    crash)."""
+    from zoo_core.runs.resume import ResumeRefused
+    from zoo_core.runs.run_stage import run_stage
+
+    over = {"backend.name": "onnxruntime", "model_file": str(fixture_onnx), "stage.flush_every": 1}
+    run_dir = tmp_path / "run"
+    _upgraded(monkeypatch, "0.1.0")
+    run_stage(_ctx(fixture_cfg, run_dir, "eval", **over))
+    det = run_dir / "detections"
+    for p in sorted(det.glob("chunk-*.npz"))[4:]:
+        p.unlink()
+    _interrupted(det / "state.json")
+    state = json.loads((det / "state.json").read_text())
+    assert state["fingerprint"]["zoo_core"] == "0.1.0" and state["fingerprint"]["plugin"].startswith("zoo-fixture ")
+
+    _upgraded(monkeypatch, "0.2.0")
+    with pytest.raises(ResumeRefused) as exc:
+        run_stage(_ctx(fixture_cfg, run_dir, "eval", resume=True, **over))
+    assert str(exc.value).split("\n")[0] == (f"{det / 'state.json'}: cannot resume: zoo_core changed since the "
+                                             "interrupted run (zoo_core: '0.1.0' -> '0.2.0')")
+    assert exc.value.hint == "run again without resume=true to start over"
+    assert len(list(det.glob("chunk-*.npz"))) == 4  # nothing removed or rewritten
+
+    for key in ("plugin", "zoo_core"):  # written by a zoo that did not record the versions
+        del state["fingerprint"][key]
+    (det / "state.json").write_text(json.dumps(state))
+    _upgraded(monkeypatch, "0.1.0")
+    with pytest.raises(ResumeRefused) as exc:
+        run_stage(_ctx(fixture_cfg, run_dir, "eval", resume=True, **over))
+    assert "cannot resume: plugin, zoo_core changed since the interrupted run (plugin: not recorded (the " \
+           "interrupted run was made by an older zoo) -> 'zoo-fixture " in str(exc.value)
+    assert "zoo_core: not recorded (the interrupted run was made by an older zoo) -> '0.1.0')" in str(exc.value)
+
+
+def test_preprocess_resume_after_a_plugin_upgrade_is_refused(fixture_cfg, tmp_path, monkeypatch):
+    """The preprocess (and infer) resume goes through the same fingerprint: another plugin version is refused."""
+    from zoo_core.runs.resume import ResumeRefused, artifact_fingerprint, start_resumable
+
+    state = tmp_path / "inputs" / "state.json"
+    state.parent.mkdir()
+    ctx = _ctx(fixture_cfg, tmp_path, "preprocess")
+    start_resumable(ctx, state, artifact_fingerprint(ctx), lambda: None)
+    ctx = _ctx(fixture_cfg, tmp_path, "preprocess", resume=True)
+    assert start_resumable(ctx, state, artifact_fingerprint(ctx), lambda: None)  # same versions: resumes
+    ctx = _ctx(fixture_cfg, tmp_path, "preprocess", resume=True)
+    was = ctx.hooks.info.version
+    monkeypatch.setattr(ctx.hooks.info, "version", "9.9.9")
+    with pytest.raises(ResumeRefused, match=rf"cannot resume: plugin changed since the interrupted run \(plugin: "
+                                            rf"'zoo-fixture {was}' -> 'zoo-fixture 9.9.9'\)"):
+        start_resumable(ctx, state, artifact_fingerprint(ctx), lambda: None)

@@ -187,6 +187,36 @@ def test_torch_shards_that_ran_different_thread_counts_are_refused(tmp_path):
     assert not shard_merge.is_runtime_key("backend.threads")  # a sweep over it merges each count on its own
 
 
+def test_shards_made_by_other_plugin_or_zoo_core_versions_are_refused(tmp_path, fixture_cfg, monkeypatch):
+    """Before: the merge compared config, weights, model file and annotations but no versions, so a shard re-run
+    after an upgrade (another decode) merged with shards of the old code, exit 0. Now run.json records the plugin's
+    and zoo-core's versions (``producer``, as the fingerprints hold them) and the merge compares them; a run.json of
+    a zoo that did not record them differs from a newer one's."""
+    from tests.test_resume import _ctx
+    from zoo_core.reports import shard_merge
+    from zoo_core.reports.job_files import job_files
+    from zoo_core.runs.records import write_run_record
+
+    def job(name: str, core: str | None) -> shard_merge.Shard:
+        ctx = _ctx(fixture_cfg, tmp_path / name, "eval", **{"dataset.shard": int(name) % 2})
+        monkeypatch.setattr("zoo_core.runs.fingerprint.core_version", lambda: core, raising=False)
+        write_run_record(ctx)
+        run = tmp_path / name / "eval" / "run.json"
+        if core is None:  # written by an older zoo
+            rec = json.loads(run.read_text())
+            rec.pop("producer", None)
+            run.write_text(json.dumps(rec))
+        return shard_merge.Shard(int(name) % 2, {"job": name, "status": "ok"}, job_files(tmp_path / name, "eval"))
+
+    assert shard_merge.fingerprint_problems([job("0", "0.1.0"), job("1", "0.1.0")]) == []
+    [problem] = shard_merge.fingerprint_problems([job("2", "0.1.0"), job("3", "0.2.0")])
+    assert problem == "shard 1 (job 3) did not run what shard 0 (job 2) ran: versions (zoo_core: '0.1.0' vs '0.2.0')"
+    [problem] = shard_merge.fingerprint_problems([job("4", None), job("5", "0.1.0")])
+    assert problem.startswith("shard 1 (job 5) did not run what shard 0 (job 4) ran: versions (plugin: None vs "
+                              "'zoo-fixture ")
+    assert "zoo_core: None vs '0.1.0'" in problem
+
+
 @pytest.mark.parametrize("backend, composed, overrides, added", [
     ("torch", 0, [], ["pin.cores=2", "pin.jobs=1"]),  # pinned by the sweep: the re-run alone is pinned again
     ("torch", 2, [], []),  # 2 threads from the config, not pinned: the re-run gets them as the job did

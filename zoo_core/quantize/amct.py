@@ -29,7 +29,7 @@ from zoo_core.quantize.calibration import (
 from zoo_core.quantize.source import source_model
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.export_keys import flatten
-from zoo_core.runs.fingerprint import sha256_file
+from zoo_core.runs.fingerprint import producer_versions, sha256_file
 from zoo_core.runs.model_files import (
     amct_deploy_model,
     amct_save_prefix,
@@ -125,13 +125,29 @@ def onnx_input_context(ctx: RunContext) -> RunContext:
 def amct_fingerprint(ctx: RunContext, onnx: Path, samples: Sequence[Sample]) -> dict[str, Any]:
     """What AMCT's deploy model depends on: the ONNX it calibrates, the calibration draw (``quantize.
     calibration_images``, ``quantize.seed``), the dataset, each calibration image's id and file sha256 and the model
-    section (the preprocessing). The onnxruntime quantizer's settings (method, types...) do not reach AMCT."""
+    section (the preprocessing); and the code that made it: the plugin's and zoo-core's versions
+    (:func:`~zoo_core.runs.fingerprint.producer_versions`: an upgrade may change the preprocessing the calibration
+    tensors come from) and AMCT's (:func:`amct_version`). The onnxruntime quantizer's settings (method,
+    types...) do not reach AMCT."""
     return {
         "model": ctx.model_name,
+        **producer_versions(ctx.hooks.info),
+        "quantizer": amct_version(),
         "source_sha256": sha256_file(onnx),
         "model_config": flatten(ctx.resolved_config()["model"]),
         **amct_calibration(ctx, samples),
     }
+
+
+def amct_version() -> str | None:
+    """``amct_onnx <version>`` of the AMCT Python package installed here (CANN installs it as a wheel), None when
+    unknown: AMCT may run from a toolkit whose package this interpreter does not see."""
+    from importlib import metadata
+
+    try:
+        return f"amct_onnx {metadata.version('amct_onnx')}"
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def amct_calibration(ctx: RunContext, samples: Sequence[Sample]) -> dict[str, Any]:

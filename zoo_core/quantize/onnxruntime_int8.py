@@ -27,7 +27,7 @@ from zoo_core.quantize.calibration import (
 from zoo_core.quantize.source import load_onnx, source_model
 from zoo_core.runs.context import RunContext
 from zoo_core.runs.export_keys import flatten
-from zoo_core.runs.fingerprint import sha256_file
+from zoo_core.runs.fingerprint import producer_versions, sha256_file
 from zoo_core.runs.model_files import (
     ensure_onnx,
     int8_onnx_path,
@@ -42,10 +42,15 @@ log = logging.getLogger("zoo")
 def int8_fingerprint(ctx: RunContext, fp32: Path, samples: Sequence[Sample]) -> dict[str, Any]:
     """What the INT8 model depends on: the FP32 file's bytes, the quantize settings, the calibration images (ids
     and each file's sha256, so an image rewritten or restored under the same id re-quantizes) and the model
-    section (preprocess keys are not declared apart from the others, so any change re-quantizes)."""
+    section (preprocess keys are not declared apart from the others, so any change re-quantizes); and the code that
+    made it: the plugin's, zoo-core's (:func:`~zoo_core.runs.fingerprint.producer_versions`: an upgrade that changes
+    preprocessing changes the calibration tensors, though the re-export may write the same FP32 bytes) and the
+    quantizer's (onnxruntime's) versions."""
     d = ctx.cfg.dataset
     return {
         "model": ctx.model_name,
+        **producer_versions(ctx.hooks.info),
+        "quantizer": quantizer_version(),
         "fp32_sha256": sha256_file(fp32),
         "quantize": settings(ctx),
         "model_config": flatten(ctx.resolved_config()["model"]),
@@ -53,6 +58,14 @@ def int8_fingerprint(ctx: RunContext, fp32: Path, samples: Sequence[Sample]) -> 
         "calibration_ids": [s.id for s in samples],
         "calibration_sha256": [image_sha256(s) for s in samples],
     }
+
+
+def quantizer_version() -> str:
+    """``onnxruntime <version>``: the quantizer an INT8 ONNX was built with (whichever onnxruntime distribution
+    provides the module)."""
+    import onnxruntime
+
+    return f"onnxruntime {onnxruntime.__version__}"
 
 
 def _named_nodes(model: Any) -> None:

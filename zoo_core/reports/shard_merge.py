@@ -42,7 +42,7 @@ from pathlib import Path
 
 from zoo_core.reports.job_files import JobFiles
 from zoo_core.reports.sweep_report import as_dict, read_json, read_overrides, read_record, read_yaml, sweep_jobs
-from zoo_core.runs.fingerprint import RUNTIME_BACKEND_KEYS, backend_section
+from zoo_core.runs.fingerprint import PRODUCER_KEYS, RUNTIME_BACKEND_KEYS, backend_section
 
 log = logging.getLogger("zoo")
 
@@ -320,7 +320,9 @@ def unscored_record(files: JobFiles) -> dict | None:
 
 def merge_identity(files: JobFiles) -> dict | None:
     """What must be equal between the shards of one merge, from the job's ``run.json``; None when it is
-    missing or not shaped as zoo writes it (a ``config`` or ``inputs`` entry of another JSON type)."""
+    missing or not shaped as zoo writes it (a ``config`` or ``inputs`` entry of another JSON type). The plugin's
+    and zoo-core's versions (``producer``) count: shards made before and after an upgrade are not one result (a
+    ``run.json`` of a zoo that did not record them reads as versions unknown, so it differs from a newer one's)."""
     rec = read_json(files.run)
     if not rec or "config" not in rec:
         return None
@@ -334,7 +336,10 @@ def merge_identity(files: JobFiles) -> dict | None:
             or not isinstance(dataset_files, list) or not all(isinstance(f, dict) for f in dataset_files)):
         return None
     ran = rec.get("backend")  # what the backend's describe() said: the thread count torch ran
+    producer = rec.get("producer")
     return {
+        "versions": {k: producer.get(k) for k in PRODUCER_KEYS} if isinstance(producer, dict)
+        else dict.fromkeys(PRODUCER_KEYS),
         "model": cfg.get("model"),
         "dataset": {k: v for k, v in sections["dataset"].items() if k != "shard"},
         "backend": backend_section(sections["backend"], ran if isinstance(ran, dict) else None),
@@ -367,7 +372,8 @@ def fingerprint_problems(shards: list[Shard]) -> list[str]:
 def _describe_diff(key: str, a, b) -> str:
     if isinstance(a, dict) and isinstance(b, dict):
         keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-        return f"{key} config ({', '.join(f'{k}: {a.get(k)!r} vs {b.get(k)!r}' for k in keys)})"
+        what = key if key == "versions" else f"{key} config"
+        return f"{what} ({', '.join(f'{k}: {a.get(k)!r} vs {b.get(k)!r}' for k in keys)})"
     if isinstance(a, str) and isinstance(b, str):
         return f"{key} (sha256 {a[:12]} vs {b[:12]})"
     return f"{key} ({a!r} vs {b!r})"

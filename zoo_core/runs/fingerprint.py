@@ -183,6 +183,27 @@ def model_config_hash(model_cfg) -> str:
     return config_hash({k: v for k, v in data.items() if k not in DISPLAY_ONLY_MODEL_KEYS})
 
 
+def core_version() -> str | None:
+    """The installed zoo-core's version (None when it is not installed as a distribution)."""
+    try:
+        return metadata.version("zoo-core")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+#: The :func:`producer_versions` keys, as a fingerprint holds them.
+PRODUCER_KEYS = ("plugin", "zoo_core")
+
+
+def producer_versions(info: Any) -> dict[str, str | None]:
+    """The code that turns images into numbers: ``{"plugin": "<the model plugin's distribution> <version>",
+    "zoo_core": <zoo-core's version>}`` (``info``: the model's :class:`~zoo_core.plugins.manager.PluginInfo`).
+    Part of the export, resume, INT8 and shard-merge fingerprints: an upgrade of either may change preprocess,
+    decode or export, so an artifact made before it is not reused after it."""
+    dist = getattr(info, "distribution", None)
+    return {"plugin": f"{dist} {getattr(info, 'version', None)}" if dist else None, "zoo_core": core_version()}
+
+
 def versions(model_dist: str | None = None) -> dict[str, str]:
     """Installed versions of Python, zoo-core, the model's plugin dist, onnxruntime, ... (torch if imported)."""
     out = {"python": platform.python_version()}

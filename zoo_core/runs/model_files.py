@@ -11,7 +11,7 @@ from zoo_core.api.atomic import temp_path, write_json
 from zoo_core.api.checkpoint import regular_file
 from zoo_core.api.errors import ZooError
 from zoo_core.runs.export_keys import changed_keys, export_values
-from zoo_core.runs.fingerprint import file_record, sha256_file
+from zoo_core.runs.fingerprint import PRODUCER_KEYS, file_record, producer_versions, sha256_file
 from zoo_core.runs.record_seal import SEAL, seal_problem, sealed
 from zoo_core.runs.weights import WeightsChoice
 
@@ -28,27 +28,16 @@ def export_fingerprint(ctx, target: str, choice: WeightsChoice | None = None) ->
     export. Values are recorded, not hashed, so a re-export can name what changed.
     """
     choice = choice or ctx.weights_choice()
-    info = ctx.hooks.info
     return {
         "model": ctx.model_name,
         "target": target,
-        "plugin": f"{info.distribution} {info.version}" if info.distribution else None,
-        "zoo_core": _core_version(),
+        **producer_versions(ctx.hooks.info),
         "model_config": export_values(ctx.cfg.model, target),
         "export_config": {f"export.{k}": v for k, v in sorted(ctx.resolved_config()["export"].items())
                           if k != "target"},
         "weights": "file" if choice.source == "file" else choice.label,  # a file counts by its bytes, not its path
         "weights_sha256": sha256_file(choice.path) if choice.path else None,
     }
-
-
-def _core_version() -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version("zoo-core")
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def _why_stale(old: dict, new: dict) -> str:
@@ -279,7 +268,8 @@ def reusable_record(out: Path, fingerprint: dict, what: str, data: Path | None =
         log.warning("rebuilding %s: its record %s was not written by this user's zoo (%s), so it is not trusted",
                     out.name, meta, unsealed)
     elif recorded != fingerprint:
-        changed = [k for k in sorted(set(recorded) | set(fingerprint)) if recorded.get(k) != fingerprint.get(k)]
+        changed = [f"{k}: {recorded.get(k)!r} -> {fingerprint.get(k)!r}" if k in (*PRODUCER_KEYS, "quantizer") else k
+                   for k in sorted(set(recorded) | set(fingerprint)) if recorded.get(k) != fingerprint.get(k)]
         log.info("rebuilding %s: it was built with other %s inputs (%s)", out.name, what, ", ".join(changed))
     else:
         log.info("rebuilding %s: it no longer matches the sha256 recorded when it was written", out.name)

@@ -20,7 +20,7 @@ from typing import Any
 from zoo_core.api.atomic import write_bytes, write_json
 from zoo_core.api.errors import PluginHookError, ZooError
 from zoo_core.runs.context import RunContext
-from zoo_core.runs.fingerprint import dataset_files, file_record, versions
+from zoo_core.runs.fingerprint import dataset_files, file_record, producer_versions, versions
 
 METRICS_SCHEMA = 1
 #: Key of an evaluator's ``info``: ``{metric: why it is undefined}`` for the metrics it returned as NaN;
@@ -55,13 +55,15 @@ def input_records(ctx: RunContext, model_file: str | None = None, strict: bool =
 
 def write_run_record(ctx: RunContext, extra: dict[str, Any] | None = None) -> Path:
     """``run.json``: stage, config, versions (zoo-core, the model's plugin, onnxruntime, torch if
-    imported) and input file hashes, so a result can be traced to exactly what produced it."""
+    imported; ``producer``: the plugin and zoo-core versions as the fingerprints hold them, which a shard merge
+    compares) and input file hashes, so a result can be traced to exactly what produced it."""
     backend = (extra or {}).get("backend") or {}
     rec = {
         "stage": ctx.stage,
         "model": ctx.model_name,
         "root": str(ctx.root),
         "versions": versions(ctx.hooks.info.distribution),
+        "producer": producer_versions(ctx.hooks.info),
         "config": ctx.resolved_config(),
         "inputs": input_records(ctx, backend.get("model_file") if isinstance(backend, dict) else None,
                                 strict=(extra or {}).get("status") != "failed"),

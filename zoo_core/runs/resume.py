@@ -2,7 +2,8 @@
 
 ``resume=true`` continues a killed run: an item counts as done only when the ledger lists it *and*
 every file it wrote is still there with the recorded size and CRC-32; the rest is redone. A changed
-fingerprint (config, weights, model file, ``save_outputs``...) refuses to resume, naming what changed.
+fingerprint (config, weights, model file, ``save_outputs``, the plugin's and zoo-core's versions...) refuses to
+resume, naming what changed.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from zoo_core.api.checkpoint import read_at_most
 from zoo_core.api.errors import InputError, ZooError
 from zoo_core.json_numbers import long_integer
 from zoo_core.runs.context import RunContext
-from zoo_core.runs.fingerprint import config_hash, model_config_hash, sha256_file
+from zoo_core.runs.fingerprint import PRODUCER_KEYS, config_hash, model_config_hash, producer_versions, sha256_file
 
 log = logging.getLogger("zoo")
 
@@ -35,9 +36,12 @@ class ResumeRefused(ZooError):
 
 
 def artifact_fingerprint(ctx: RunContext, model_file: str | None = None, **parts: Any) -> dict[str, Any]:
-    """What must not change between an interrupted run and its resumption (hashes only)."""
+    """What must not change between an interrupted run and its resumption: config and file hashes, and the
+    model plugin's distribution and version and zoo-core's version (:func:`producer_versions`: an upgrade may
+    change preprocess or decode, and a resume would mix its results with the old code's)."""
     w = ctx.weights()
     fp = {
+        **producer_versions(ctx.hooks.info),
         "model": model_config_hash(ctx.cfg.model),
         "dataset": config_hash(ctx.cfg.dataset),
         "weights_sha256": sha256_file(w) if w else None,
@@ -75,7 +79,7 @@ def start_resumable(ctx: RunContext, state_path: Path, fingerprint: dict[str, An
         if old != fingerprint:
             changed = sorted(k for k in set(fingerprint) | set(old) if fingerprint.get(k) != old.get(k))
             now = {**ctx.resolved_config(), "backend": backend_config}
-            keys = _changed_keys(state, now, changed)
+            keys = _changed_versions(old, fingerprint, changed) + _changed_keys(state, now, changed)
             hint = "run again without resume=true to start over"
             ran, now_backend = state.get("backend_config"), backend_config or {}
             if isinstance(ran, dict) and now_backend.get("name") == "torch" == ran.get("name") \
@@ -115,16 +119,22 @@ def refuse_changed_quantize(ctx: RunContext, state_path: Path) -> None:
     except (OSError, ValueError, RecursionError):
         return
     before = state.get("quantize_config") if isinstance(state, dict) else None
-    now = ctx.resolved_config().get("quantize")
-    if not isinstance(before, dict) or not isinstance(now, dict) or before.get("name") == now.get("name") == "none":
-        return
-    plugin_ops = [str(t) for t in (ctx.cfg.model.get("quantize_exclude_op_types") or [])]
-    keys = [f"quantize.{k}: {a!r} -> {b!r}"
-            for k, a, b in _diff_flat(_deciding(before, plugin_ops), _deciding(now, plugin_ops))][:8]
+    keys = quantize_changes(ctx, before, ctx.resolved_config().get("quantize"))[:8]
     if keys:
         raise ResumeRefused(f"{RESUME_REFUSED} the quantize settings changed since the interrupted run "
                             f"({'; '.join(keys)})", path=state_path,
                             hint="run again without resume=true to start over")
+
+
+def quantize_changes(ctx: RunContext, before: Any, now: Any) -> list[str]:
+    """``quantize.seed: 0 -> 1`` for each ``quantize`` key that decides the model (:func:`_deciding`) and differs
+    between the section ``before`` (a state file's copy) and ``now``; none when either is not a section or both
+    are the FP32 model (``name: none``)."""
+    if not isinstance(before, dict) or not isinstance(now, dict) or before.get("name") == now.get("name") == "none":
+        return []
+    plugin_ops = [str(t) for t in (ctx.cfg.model.get("quantize_exclude_op_types") or [])]
+    return [f"quantize.{k}: {a!r} -> {b!r}"
+            for k, a, b in _diff_flat(_deciding(before, plugin_ops), _deciding(now, plugin_ops))]
 
 
 def _deciding(quantize: dict[str, Any], plugin_ops: list[str]) -> dict[str, Any]:
@@ -148,6 +158,14 @@ def _deciding(quantize: dict[str, Any], plugin_ops: list[str]) -> dict[str, Any]
 #: ``{config section: the fingerprint entry a change of it shows in}``; state.json keeps a copy of each
 #: (``<section>_config``) to name the changed keys. (The quantize settings change the INT8 model file.)
 _NAMED_SECTIONS = {"model": "model", "dataset": "dataset", "backend": "backend", "quantize": "model_file_sha256"}
+
+
+def _changed_versions(old: dict[str, Any], new: dict[str, Any], changed: list[str]) -> list[str]:
+    """``zoo_core: '0.1.0' -> '0.2.0'`` for each changed :data:`PRODUCER_KEYS` entry (as a re-export names it);
+    a state written before zoo recorded them says so."""
+    return [f"{k}: {old[k]!r} -> {new.get(k)!r}" if k in old
+            else f"{k}: not recorded (the interrupted run was made by an older zoo) -> {new.get(k)!r}"
+            for k in PRODUCER_KEYS if k in changed]
 
 
 def _changed_keys(state: Any, cfg: dict[str, Any], changed: list[str]) -> list[str]:

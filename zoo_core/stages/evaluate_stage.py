@@ -6,7 +6,9 @@ backend included: the plugin's references are judged for that backend (``backend
 Detections of another model, or of weights / a model file other than the ones given on the
 command line, are refused. Other model or dataset config differences are allowed (re-scoring saved
 detections under other evaluation settings, e.g. ``model.iou_thresh``, is legitimate) but warned
-about on stderr and listed in ``metrics.json`` under ``provenance``.
+about on stderr and listed in ``metrics.json`` under ``provenance``. The ``quantize`` settings the detections
+were made with (``quantize=int8``: the INT8 model's) become this run's, in ``run.json`` and for the references'
+protocol, with a warning when they differ from the command line's.
 
 ``detections=`` may also be results the user brings, recognised by content: anything that is not
 zoo's own detections directory goes to the ``read_detections`` hook (the model's reader, then
@@ -32,6 +34,7 @@ from zoo_core.runs.context import RunContext
 from zoo_core.runs.detstore import DetectionStore, class_count
 from zoo_core.runs.fingerprint import sha256_file
 from zoo_core.runs.producer import config_differences, describe
+from zoo_core.runs.resume import quantize_changes
 from zoo_core.stages.scoring import score
 
 log = logging.getLogger("zoo")
@@ -51,7 +54,7 @@ def check_provenance(ctx, src: Path) -> dict:
         fp = state["fingerprint"]
     except (ValueError, KeyError, TypeError, RecursionError):
         raise ZooError("unreadable detections state file", path=state_path) from None
-    bad = [k for k in ("fingerprint", "model_config", "dataset_config")
+    bad = [k for k in ("fingerprint", "model_config", "dataset_config", "quantize_config")
            if not isinstance(state.get(k), dict) and (k == "fingerprint" or state.get(k) is not None)]
     if bad:
         raise ZooError(f"unreadable detections state file: its {bad[0]!r} is not a JSON object", path=state_path)
@@ -70,13 +73,42 @@ def check_provenance(ctx, src: Path) -> dict:
                                   f"(model_file={mf} not checked)"]
         elif fp.get("model_file_sha256") != sha256_file(str(mf)):
             raise ZooError(f"these detections were not made with model_file={mf} (sha256 differs)", path=state_path)
-    warnings = unknown_model_file + describe(config_differences(state, ctx.resolved_config()))
+    cfg = ctx.resolved_config()
+    warnings = unknown_model_file + describe(config_differences(state, cfg))
+    made_with = state.get("quantize_config")
+    quantize = quantize_changes(ctx, made_with, cfg.get("quantize"))
+    if quantize:
+        warnings += [*quantize, f"these detections were made with quantize.name={made_with.get('name')}: they are "
+                     "scored, judged against the references and recorded (run.json) under the quantize settings "
+                     "they were made with"]
     if not state.get("complete", False):
         warnings.insert(0, "the run that wrote these detections did not finish")
     if warnings:
         log.warning("scoring detections from %s made under a different setup:\n  %s", src, "\n  ".join(warnings))
     backend = state.get("backend") if isinstance(state.get("backend"), str) else None
-    return {"state": str(state_path), "fingerprint": fp, "backend": backend, "warnings": warnings}
+    out = {"state": str(state_path), "fingerprint": fp, "backend": backend, "warnings": warnings}
+    if isinstance(made_with, dict):
+        out["quantize"] = made_with
+    return out
+
+
+def adopt_quantize(ctx: RunContext, made_with: dict) -> None:
+    """This run's ``quantize`` section becomes the one the scored detections were made with (their
+    ``state.json``'s copy), as ``made_by`` stands for ``backend.name``: ``run.json`` then says ``int8`` for INT8
+    detections and the references are judged under that protocol. Keys this zoo's section does not have are
+    left out; a section it cannot take (values of another type, from another zoo) leaves the run's own, with a
+    warning."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        merged = OmegaConf.merge(ctx.cfg.quantize, {k: v for k, v in made_with.items() if k in ctx.cfg.quantize})
+    except OmegaConfBaseException as exc:
+        log.warning("the quantize settings these detections were made with cannot be read as this zoo's (%s): "
+                    "run.json keeps this run's", exc)
+        return
+    with open_dict(ctx.cfg):
+        ctx.cfg.quantize = merged
 
 
 def is_detection_store(path: Path) -> bool:
@@ -112,6 +144,8 @@ def run(ctx: RunContext) -> dict:
         raise ZooError("no saved detections found", path=src,
                        hint="run stage=postprocess or stage=eval first, or pass detections=<dir or file>")
     provenance = check_provenance(ctx, src)
+    if isinstance(provenance.get("quantize"), dict):
+        adopt_quantize(ctx, provenance["quantize"])
     wanted = {s.id for s in ctx.samples}
     detections = {k: v for k, v in detections.items() if k in wanted}
     missing = sorted(wanted - set(detections))
