@@ -149,6 +149,24 @@ def test_dynamic_batch_gear_is_set_as_an_int(tmp_path, fake_acl):
     assert backend.session._dyn_batch == 8
 
 
+def test_a_dynamic_batch_om_without_backend_dynamic_batch_is_a_config_error(tmp_path, fake_acl):
+    """Before: model_file=<..._dyn.om> backend=acl (no backend.dynamic_batch=true) ran the dynamic-batch OM in static
+    mode and the device refused it: RuntimeError, 'unexpected error' with a traceback, exit 1."""
+    from zoo_core.api.errors import ConfigError
+
+    AclBackend, _ = fake_acl
+    om = _relu_om(tmp_path, "image:-1,1,4,4", [-1, 1, 4, 4], dynamic_batch_size="1,2,8")
+    with pytest.raises(ConfigError, match=r"m.om is a dynamic-batch OM \(its input batch is -1\), loaded without "
+                                          r"backend.dynamic_batch=true") as exc:
+        AclBackend(om, {"batch_size": 4})
+    assert "backend.dynamic_batch=true atc.dynamic_batch=[the gears it was converted with]" in exc.value.hint
+    (tmp_path / "m.json").write_text(json.dumps({"settings": {"dynamic_batch": [1, 2, 8]}}))
+    with pytest.raises(ConfigError) as exc:
+        AclBackend(om, {"batch_size": 4})
+    assert "atc.dynamic_batch=[the gears it was converted with: [1, 2, 8]]" in exc.value.hint
+    assert AclBackend(om, {"dynamic_batch": True, "gears": [1, 2, 8]}).gears == [1, 2, 8]
+
+
 @pytest.mark.parametrize("h, w", [(64, 96), (96, 64)])
 def test_image_size_gear_is_set_height_first(tmp_path, fake_acl, h, w):
     """ais_bench's CLI calls set_dynamic_hw(int(h), int(w)) from --dymHW "h,w" and aclruntime passes the pair to

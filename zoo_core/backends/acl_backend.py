@@ -45,6 +45,17 @@ def _exec_ms(entry: Any) -> float:
     return float(entry)
 
 
+def _recorded_gears(om: Path) -> str:
+    """``": [1, 2, 4]"`` when ``om``'s convert record names its dynamic-batch gears (for a hint), else ``""``."""
+    from zoo_core.runs.model_files import read_record
+
+    try:
+        gears = (read_record(om.with_suffix(".json")).get("settings") or {}).get("dynamic_batch")
+    except Exception:  # only a hint: an unreadable record is said when the OM is checked
+        return ""
+    return f": {gears}" if isinstance(gears, list) and all(type(g) is int for g in gears) else ""
+
+
 class AclBackend(Backend):
     name = "acl"
     model_kind = "om"
@@ -81,6 +92,11 @@ class AclBackend(Backend):
             self.fixed_batch = None
         else:
             shape = list(self.session.get_inputs()[0].shape)
+            if shape and int(shape[0]) < 0 and not self.image_gears:
+                raise ConfigError(f"{self.model_file} is a dynamic-batch OM (its input batch is {shape[0]}), loaded "
+                                  "without backend.dynamic_batch=true: a static run cannot select a batch gear",
+                                  hint="pass backend.dynamic_batch=true atc.dynamic_batch=[the gears it was converted "
+                                       f"with{_recorded_gears(self.model_file)}], or the OM of one batch size")
             self.fixed_batch = int(shape[0]) if shape and int(shape[0]) > 0 else int(self.options.get("batch_size", 1))
 
     def _check_feeds(self, given: list[str]) -> None:
