@@ -167,6 +167,26 @@ def test_a_dynamic_batch_om_without_backend_dynamic_batch_is_a_config_error(tmp_
     assert AclBackend(om, {"dynamic_batch": True, "gears": [1, 2, 8]}).gears == [1, 2, 8]
 
 
+def test_a_one_gear_plan_beside_a_fixed_size_om_does_not_make_it_a_gear_om(tmp_path, fake_acl, caplog):
+    """An older zoo wrote <om>.gears.json for a one-size plan, which ATC compiles as a static OM. Before: the backend
+    took the plan and called set_dynamic_hw / infer(mode="dymhw") on the static OM: RuntimeError, traceback, on every
+    later run while the file stayed."""
+    import logging
+
+    import numpy as np
+
+    AclBackend, Batch = fake_acl
+    om = _relu_om(tmp_path, "image:1,1,4,4", [1, 1, 4, 4])
+    (tmp_path / "m.om.gears.json").write_text(json.dumps({"dynamic_image_size": [[4, 4]], "sizes": [[4, 4, 1]]}))
+    with caplog.at_level(logging.WARNING, logger="zoo"):
+        backend = AclBackend(om, {})
+    assert "m.om.gears.json lists 1 image-size gear(s): m.om is a fixed-size OM" in caplog.text
+    x = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 1, 4, 4)
+    (out,) = backend.infer(Batch(ids=["a"], inputs={"image": x}, metas=[{}]))
+    np.testing.assert_array_equal(out, np.maximum(x, 0))
+    assert backend.describe()["image_size_gears"] is None and backend.session.gear_log == []
+
+
 @pytest.mark.parametrize("h, w", [(64, 96), (96, 64)])
 def test_image_size_gear_is_set_height_first(tmp_path, fake_acl, h, w):
     """ais_bench's CLI calls set_dynamic_hw(int(h), int(w)) from --dymHW "h,w" and aclruntime passes the pair to

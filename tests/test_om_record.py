@@ -168,6 +168,37 @@ def test_a_fixed_size_convert_removes_an_earlier_gear_plan(fixture_cfg, tmp_path
 
 
 @pytest.mark.needs_torch
+def test_one_input_size_is_a_fixed_size_om_without_a_gear_plan(fixture_cfg, tmp_path, fake_atc):
+    """ATC compiles one size as a static OM (common_args). Before: convert still wrote <om>.gears.json with that one
+    gear, and the acl backend then ran the static OM with set_dynamic_hw / mode "dymhw": a device error, traceback."""
+    gears = {"model.keep_size": True, "atc.dynamic_image_size": True}
+    _convert(fixture_cfg, tmp_path, **gears)  # several sizes: a plan
+    plan = tmp_path / "model" / "fixture_bs1.om.gears.json"
+    assert plan.is_file()
+    res = _convert(fixture_cfg, tmp_path, **gears, **{"dataset.limit": 1})
+    assert len(res["image_size_gears"]) == 1 and "gears_file" not in res
+    assert not plan.exists()  # the earlier plan is removed with the fixed-size convert
+    rec = json.loads((tmp_path / "model" / "fixture_bs1.json").read_text())
+    assert rec["image_gears_sha256"] is None
+    contract = json.loads((tmp_path / "model" / "fixture_bs1.om.contract.json").read_text())
+    assert contract["dynamic_image_size"] is None and "-1" not in contract["input_shape"]
+
+
+@pytest.mark.needs_torch
+def test_image_gears_of_an_aipp_input_are_planned_from_its_height_and_width(centerface_cfg, tmp_path, fake_atc,
+                                                                           monkeypatch):
+    """With model.aipp=true the input is uint8 H,W,C. Before: the plan read it as C,H,W and planned a gear
+    "96x3" for a 64x96 input (and wrote it beside the fixed-size OM)."""
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    res = _convert(centerface_cfg, tmp_path, **_CF_AIPP, **{"atc.dynamic_image_size": True, "dataset.limit": 2})
+    assert res["converted"] is True and res["image_size_gears"] == [[64, 96]] and "gears_file" not in res
+    assert not (tmp_path / "model" / "centerface_bs1.om.gears.json").exists()
+    from zoo_core.stages.convert_stage import channels_last
+
+    assert channels_last((64, 96, 3)) and not channels_last((3, 64, 96)) and not channels_last((1, 64, 64))
+
+
+@pytest.mark.needs_torch
 def test_a_gear_plan_changed_removed_or_planted_beside_the_om_is_refused(fixture_cfg, tmp_path, fake_atc):
     """Before: ``<om>.gears.json`` was read on its own: an edited plan made the acl backend pad inputs to gears the OM
     was not compiled for, a planted one turned a fixed-size OM into one with gears. The record now holds its sha256."""

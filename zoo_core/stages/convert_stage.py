@@ -6,8 +6,10 @@ stage exits 0 saying so: the user runs it on a machine with the CANN toolkit.
 ``atc.dynamic_image_size=true`` (models whose input size varies per image, e.g. CenterNet ``keep_res``):
 the dataset's images go through the model's ``preprocess``, their input sizes are planned into at most
 ``atc.max_image_gears`` gears (``atc.image_gear_policy``: ``pad`` sizes up into that many gears, or
-``refuse``), the plan is written to ``<om>.gears.json`` (read by the ``acl`` backend) and the gears reach
-the ``atc_args`` hook as ``image_sizes`` (``--dynamic_image_size``).
+``refuse``), the gears reach the ``atc_args`` hook as ``image_sizes`` (``--dynamic_image_size``) and, with two or more gears
+(ATC's minimum), the plan is written to ``<om>.gears.json`` (read by the ``acl`` backend). One input size is
+compiled as a fixed-size OM, without a plan. H and W are taken as the model's ``input_spec`` lays the input out
+(C, H, W, or an AIPP input's H, W, C).
 """
 from __future__ import annotations
 
@@ -76,7 +78,11 @@ def run(ctx: RunContext) -> dict:
         if len(plan.gears) > 1 and not any(a.startswith("--dynamic_image_size") for a in args):
             raise ZooError(f"the {ctx.model_name} plugin's atc_args hook ignored image_sizes (no --dynamic_image_size "
                            "in its command line), so the OM could not take the planned gears")
-        gear_info = {"image_size_gears": image_sizes, **plan.padding(), "gears_file": str(gears_file(om))}
+        gear_info = {"image_size_gears": image_sizes, **plan.padding()}
+        if len(plan.gears) > 1:
+            gear_info["gears_file"] = str(gears_file(om))
+        else:  # ATC takes 2..100 gears: one input size is a fixed-size OM, which has no gear plan
+            plan = None
     atc = shutil.which("atc")
     script = model_dir(ctx) / f"atc_{tag}.sh"
     command = ["atc", *args]
@@ -132,23 +138,33 @@ def onnx_source(onnx: Path, kind: str) -> dict[str, Any]:
     return source
 
 
-def input_sizes(ctx: RunContext) -> list[tuple[int, int]]:
-    """The (H, W) of the first 3-d input of every dataset image, from the model's own ``preprocess``."""
+def channels_last(shape: tuple[int, ...] | list[int]) -> bool:
+    """A 3-d per-item input shape laid out H, W, C: its last dim is a channel count (1, 3 or 4) and its first is
+    not (an AIPP OM's packed uint8 HWC input, REFERENCE 3.4); otherwise C, H, W (ATC's ``--input_format=NCHW``)."""
+    return len(shape) == 3 and int(shape[-1]) in (1, 3, 4) and int(shape[0]) not in (1, 3, 4)
+
+
+def input_sizes(ctx: RunContext) -> tuple[list[tuple[int, int]], bool]:
+    """The (H, W) of the first 3-d input of every dataset image, from the model's own ``preprocess``, and whether
+    that input is laid out H, W, C (its ``input_spec`` shape, :func:`channels_last`) rather than C, H, W."""
     samples = ctx.samples
+    specs = {s.name: tuple(s.shape) for s in ctx.hooks.input_spec(cfg=ctx.cfg)}
+    hwc = False
     pool = WorkerPool(ctx.hooks, ctx.cfg, int(ctx.cfg.num_workers) if len(samples) > 1 else 0)
     sizes: list[tuple[int, int]] = []
     try:
         for prep in ImageSource(samples, pool).items():
             if prep.error is not None:
                 raise stop_error(ZooError(f"preprocess failed: {prep.error}", path=prep.sample.path), prep.trace)
-            arr = next((a for a in (prep.inputs or {}).values() if a.ndim == 3), None)
+            name, arr = next(((k, a) for k, a in (prep.inputs or {}).items() if a.ndim == 3), (None, None))
             if arr is None:
                 raise ZooError(f"atc.dynamic_image_size needs a C,H,W input; {ctx.model_name}'s inputs are "
                                f"{ {k: v.shape for k, v in (prep.inputs or {}).items()} }")
-            sizes.append((int(arr.shape[1]), int(arr.shape[2])))
+            hwc = channels_last(specs.get(str(name), arr.shape))
+            sizes.append((int(arr.shape[0]), int(arr.shape[1])) if hwc else (int(arr.shape[1]), int(arr.shape[2])))
     finally:
         pool.close()
-    return sizes
+    return sizes, hwc
 
 
 def image_gear_plan(ctx: RunContext, dynamic_batch: bool) -> GearPlan:
@@ -157,12 +173,18 @@ def image_gear_plan(ctx: RunContext, dynamic_batch: bool) -> GearPlan:
     if dynamic_batch:
         raise ConfigError("atc.dynamic_image_size cannot be combined with atc.dynamic_batch: ATC does not "
                           "combine --dynamic_image_size with --dynamic_batch_size (REFERENCE 5.2)")
-    sizes = input_sizes(ctx)
+    sizes, hwc = input_sizes(ctx)
     plan = plan_gears(sizes, int(cfg.atc.get("max_image_gears", MAX_GEARS)),
                       str(cfg.atc.get("image_gear_policy", "pad")))
+    if hwc and len(plan.gears) > 1:
+        raise ConfigError(f"atc.dynamic_image_size: the dataset's inputs have {len(plan.sizes)} sizes, but "
+                          f"{ctx.model_name}'s input is H,W,C (an AIPP OM's uint8 input, whose static AIPP config "
+                          "fixes one src_image_size): image-size gears need a C,H,W input",
+                          hint="convert without model.aipp, or at one input size")
     pad = plan.padding()
-    log.info("image-size gears: %d distinct input sizes over %d images -> %d gear(s)", len(plan.sizes), plan.images,
-             len(plan.gears))
+    log.info("image-size gears: %d distinct input sizes over %d images -> %d gear(s)%s", len(plan.sizes),
+             plan.images, len(plan.gears),
+             "" if len(plan.gears) > 1 else " (one size: a fixed-size OM of %dx%d, no gear plan)" % plan.gears[0])
     if pad["padded_images"]:
         log.warning("image-size gears: %d of %d images are padded up to a larger gear (up to %d rows and %d columns, "
                     "%.1f%% more pixels on average, at most %.1f%%)", pad["padded_images"], plan.images,
