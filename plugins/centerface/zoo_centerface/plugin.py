@@ -144,29 +144,17 @@ def export(cfg, weights, output, target):
     return result
 
 
-def _onnx_input_name(onnx_path, default: str) -> str:
-    try:
-        import onnx
-
-        graph = onnx.load(str(onnx_path), load_external_data=False).graph
-        inits = {t.name for t in graph.initializer}
-        names = [i.name for i in graph.input if i.name not in inits]
-        return names[0] if names else default
-    except Exception:
-        return default
-
-
 @hookimpl
 def atc_args(cfg, onnx_path, batch_size, soc_version, output):
     """The seed's ATC line (``image:N,3,800,800``), + AIPP config and small-channel with ``model.aipp``."""
-    from zoo_core.api.atc import common_args, extra_args
+    from zoo_core.api.atc import common_args, extra_args, onnx_input_name
 
     m = cfg.model
     variant = variant_of(m)
     hw = model_input_hw(m)
     if hw is None:
         raise ConfigError("ATC needs a static input size: set model.input_hw=[h,w] for the starclouds variant")
-    name = _onnx_input_name(onnx_path, ASCEND_INPUT_NAME)
+    name = onnx_input_name(onnx_path, ASCEND_INPUT_NAME)
     args = common_args(cfg, onnx_path, batch_size, soc_version, output, {name: (3, hw[0], hw[1])})
     if variant == "ascend" and m.get("aipp", False):
         from .aipp import write_aipp_config
