@@ -32,7 +32,9 @@ def test_convert_without_atc_writes_script(zoo):
     assert "atc is not on PATH" in out and str(script) in out
     argv = shlex.split(script.read_text().splitlines()[-1])
     onnx = zoo.cwd / "outputs" / "fixture" / "model" / "fixture_ascend.onnx"
-    assert argv[0] == "atc" and "--framework=5" in argv and f"--model={onnx}" in argv
+    own = onnx.parent / "atc_bs2.onnx"  # the script's own copy of the export
+    assert own.read_bytes() == onnx.read_bytes()
+    assert argv[0] == "atc" and "--framework=5" in argv and f"--model={own}" in argv
     assert "--input_shape=image:2,1,64,64" in argv and "--soc_version=Ascend310P3" in argv
     assert f"--output={onnx.parent / 'fixture_bs2'}" in argv
     assert os.access(script, os.X_OK)
@@ -300,7 +302,7 @@ def test_centerface_aipp_om_on_acl_gives_the_host_normalised_detections(zoo, asc
     common = ["model=centerface", "model.variant=ascend", "weights=random", "dataset.limit=2",
               "model.input_hw=[256,320]", *_EXACT_AIPP]
     zoo.ok("run", *common, "model.aipp=true", "stage=convert", "work_dir=acl", env=ascend_env)
-    conf = (zoo.cwd / "acl" / "model" / "centerface_ascend.aippconfig").read_text()
+    conf = (zoo.cwd / "acl" / "model" / "centerface_bs1.aippconfig").read_text()
     assert "min_chn_0 : 104" in conf and "var_reci_chn_2 : 0.0141014" in conf and "src_image_size_h : 256" in conf
     zoo.ok("run", *common, "model.aipp=true", "stage=eval", "backend=acl", "work_dir=acl", env=ascend_env)
     zoo.ok("run", *common, "stage=eval", "backend=onnxruntime", "work_dir=ort")

@@ -133,8 +133,8 @@ def test_atc_args(tmp_path):
     cfg.model.aipp = True
     cfg.atc.precision_mode = "allow_fp32_to_fp16"
     cfg.atc.extra = ["--op_select_implmode=high_performance"]
-    args = plugin.atc_args(cfg, onnx, [1, 4, 8], "Ascend310P3", "out")
-    conf = tmp_path / "CenterFace.aippconfig"
+    args = plugin.atc_args(cfg, onnx, [1, 4, 8], "Ascend310P3", str(tmp_path / "CenterFace_dyn"))
+    conf = tmp_path / "CenterFace_dyn.aippconfig"  # the OM's own (<output>.aippconfig), not one per ONNX
     assert "--input_shape=image:-1,3,800,800" in args and "--dynamic_batch_size=1,4,8" in args
     assert "--precision_mode=allow_fp32_to_fp16" in args
     assert args[-3:] == [f"--insert_op_conf={conf}", "--enable_small_channel=1",

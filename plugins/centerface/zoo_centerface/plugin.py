@@ -156,7 +156,9 @@ def export(cfg, weights, output, target):
 
 @hookimpl
 def atc_args(cfg, onnx_path, batch_size, soc_version, output):
-    """The seed's ATC line (``image:N,3,800,800``), + AIPP config and small-channel with ``model.aipp``."""
+    """The seed's ATC line (``image:N,3,800,800``), + AIPP config and small-channel with ``model.aipp``.
+    The AIPP config is written beside the OM, ``<output>.aippconfig`` (``centerface_bs1.aippconfig``): each
+    convert its own, so a later convert with other ``model.mean`` cannot change what an earlier ATC line compiles."""
     from zoo_core.api.atc import common_args, extra_args, onnx_input_name
 
     m = cfg.model
@@ -171,7 +173,7 @@ def atc_args(cfg, onnx_path, batch_size, soc_version, output):
         from .aipp import write_aipp_config
 
         mean, std = _mean_std(m)
-        conf = write_aipp_config(onnx_path, mean, std, hw)
+        conf = write_aipp_config(output, mean, std, hw)  # <output>.aippconfig: this OM's own, not shared
         args += [f"--insert_op_conf={conf}", "--enable_small_channel=1"]
     return args + extra_args(cfg)
 
