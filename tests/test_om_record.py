@@ -177,6 +177,9 @@ def test_one_input_size_is_a_fixed_size_om_without_a_gear_plan(fixture_cfg, tmp_
     assert plan.is_file()
     res = _convert(fixture_cfg, tmp_path, **gears, **{"dataset.limit": 1})
     assert len(res["image_size_gears"]) == 1 and "gears_file" not in res
+    from zoo_core.reports.terminal import _gear_lines
+
+    assert _gear_lines(res)[0].endswith("-> one size: a fixed-size OM, no gear plan")  # not "-> None"
     assert not plan.exists()  # the earlier plan is removed with the fixed-size convert
     rec = json.loads((tmp_path / "model" / "fixture_bs1.json").read_text())
     assert rec["image_gears_sha256"] is None
