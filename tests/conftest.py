@@ -21,6 +21,17 @@ _SCRUB = ("ZOO_DISABLE_PLUGINS", "ZOO_FIXTURE_OBSERVER_LOG", "FAKE_ATC_LOG", "FA
           "PYTHONPATH", "ASCEND_RT_VISIBLE_DEVICES", "SLURM_LOCALID", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _doubles_run_on_this_python():
+    """The contract doubles (``fixtures/fake_ascend/atc``...) start with ``#!/usr/bin/env python3`` and read the model
+    with the ``onnx`` package: this interpreter's bin goes first on PATH, as in an activated venv (``make test``
+    runs ``.venv-test/bin/python`` without activating it, and another ``python3`` may lack onnx)."""
+    old = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), old])
+    yield
+    os.environ["PATH"] = old
+
+
 def base_env(cache_dir: Path, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
     env["ZOO_CACHE_DIR"] = str(cache_dir)

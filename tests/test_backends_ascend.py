@@ -32,7 +32,9 @@ def test_convert_without_atc_writes_script(zoo):
     assert "atc is not on PATH" in out and str(script) in out
     argv = shlex.split(script.read_text().splitlines()[-1])
     onnx = zoo.cwd / "outputs" / "fixture" / "model" / "fixture_ascend.onnx"
-    assert argv[0] == "atc" and "--framework=5" in argv and f"--model={onnx}" in argv
+    own = onnx.parent / "atc_bs2.onnx"  # the script's own copy of the export
+    assert own.read_bytes() == onnx.read_bytes()
+    assert argv[0] == "atc" and "--framework=5" in argv and f"--model={own}" in argv
     assert "--input_shape=image:2,1,64,64" in argv and "--soc_version=Ascend310P3" in argv
     assert f"--output={onnx.parent / 'fixture_bs2'}" in argv
     assert os.access(script, os.X_OK)
@@ -149,6 +151,44 @@ def test_dynamic_batch_gear_is_set_as_an_int(tmp_path, fake_acl):
     assert backend.session._dyn_batch == 8
 
 
+def test_a_dynamic_batch_om_without_backend_dynamic_batch_is_a_config_error(tmp_path, fake_acl):
+    """Before: model_file=<..._dyn.om> backend=acl (no backend.dynamic_batch=true) ran the dynamic-batch OM in static
+    mode and the device refused it: RuntimeError, 'unexpected error' with a traceback, exit 1."""
+    from zoo_core.api.errors import ConfigError
+
+    AclBackend, _ = fake_acl
+    om = _relu_om(tmp_path, "image:-1,1,4,4", [-1, 1, 4, 4], dynamic_batch_size="1,2,8")
+    with pytest.raises(ConfigError, match=r"m.om is a dynamic-batch OM \(its input batch is -1\), loaded without "
+                                          r"backend.dynamic_batch=true") as exc:
+        AclBackend(om, {"batch_size": 4})
+    assert "backend.dynamic_batch=true atc.dynamic_batch=[the gears it was converted with]" in exc.value.hint
+    (tmp_path / "m.json").write_text(json.dumps({"settings": {"dynamic_batch": [1, 2, 8]}}))
+    with pytest.raises(ConfigError) as exc:
+        AclBackend(om, {"batch_size": 4})
+    assert "atc.dynamic_batch=[the gears it was converted with: [1, 2, 8]]" in exc.value.hint
+    assert AclBackend(om, {"dynamic_batch": True, "gears": [1, 2, 8]}).gears == [1, 2, 8]
+
+
+def test_a_one_gear_plan_beside_a_fixed_size_om_does_not_make_it_a_gear_om(tmp_path, fake_acl, caplog):
+    """An older zoo wrote <om>.gears.json for a one-size plan, which ATC compiles as a static OM. Before: the backend
+    took the plan and called set_dynamic_hw / infer(mode="dymhw") on the static OM: RuntimeError, traceback, on every
+    later run while the file stayed."""
+    import logging
+
+    import numpy as np
+
+    AclBackend, Batch = fake_acl
+    om = _relu_om(tmp_path, "image:1,1,4,4", [1, 1, 4, 4])
+    (tmp_path / "m.om.gears.json").write_text(json.dumps({"dynamic_image_size": [[4, 4]], "sizes": [[4, 4, 1]]}))
+    with caplog.at_level(logging.WARNING, logger="zoo"):
+        backend = AclBackend(om, {})
+    assert "m.om.gears.json lists 1 image-size gear(s): m.om is a fixed-size OM" in caplog.text
+    x = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 1, 4, 4)
+    (out,) = backend.infer(Batch(ids=["a"], inputs={"image": x}, metas=[{}]))
+    np.testing.assert_array_equal(out, np.maximum(x, 0))
+    assert backend.describe()["image_size_gears"] is None and backend.session.gear_log == []
+
+
 @pytest.mark.parametrize("h, w", [(64, 96), (96, 64)])
 def test_image_size_gear_is_set_height_first(tmp_path, fake_acl, h, w):
     """ais_bench's CLI calls set_dynamic_hw(int(h), int(w)) from --dymHW "h,w" and aclruntime passes the pair to
@@ -262,7 +302,7 @@ def test_centerface_aipp_om_on_acl_gives_the_host_normalised_detections(zoo, asc
     common = ["model=centerface", "model.variant=ascend", "weights=random", "dataset.limit=2",
               "model.input_hw=[256,320]", *_EXACT_AIPP]
     zoo.ok("run", *common, "model.aipp=true", "stage=convert", "work_dir=acl", env=ascend_env)
-    conf = (zoo.cwd / "acl" / "model" / "centerface_ascend.aippconfig").read_text()
+    conf = (zoo.cwd / "acl" / "model" / "centerface_bs1.aippconfig").read_text()
     assert "min_chn_0 : 104" in conf and "var_reci_chn_2 : 0.0141014" in conf and "src_image_size_h : 256" in conf
     zoo.ok("run", *common, "model.aipp=true", "stage=eval", "backend=acl", "work_dir=acl", env=ascend_env)
     zoo.ok("run", *common, "stage=eval", "backend=onnxruntime", "work_dir=ort")

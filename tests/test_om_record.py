@@ -168,6 +168,40 @@ def test_a_fixed_size_convert_removes_an_earlier_gear_plan(fixture_cfg, tmp_path
 
 
 @pytest.mark.needs_torch
+def test_one_input_size_is_a_fixed_size_om_without_a_gear_plan(fixture_cfg, tmp_path, fake_atc):
+    """ATC compiles one size as a static OM (common_args). Before: convert still wrote <om>.gears.json with that one
+    gear, and the acl backend then ran the static OM with set_dynamic_hw / mode "dymhw": a device error, traceback."""
+    gears = {"model.keep_size": True, "atc.dynamic_image_size": True}
+    _convert(fixture_cfg, tmp_path, **gears)  # several sizes: a plan
+    plan = tmp_path / "model" / "fixture_bs1.om.gears.json"
+    assert plan.is_file()
+    res = _convert(fixture_cfg, tmp_path, **gears, **{"dataset.limit": 1})
+    assert len(res["image_size_gears"]) == 1 and "gears_file" not in res
+    from zoo_core.reports.terminal import _gear_lines
+
+    assert _gear_lines(res)[0].endswith("-> one size: a fixed-size OM, no gear plan")  # not "-> None"
+    assert not plan.exists()  # the earlier plan is removed with the fixed-size convert
+    rec = json.loads((tmp_path / "model" / "fixture_bs1.json").read_text())
+    assert rec["image_gears_sha256"] is None
+    contract = json.loads((tmp_path / "model" / "fixture_bs1.om.contract.json").read_text())
+    assert contract["dynamic_image_size"] is None and "-1" not in contract["input_shape"]
+
+
+@pytest.mark.needs_torch
+def test_image_gears_of_an_aipp_input_are_planned_from_its_height_and_width(centerface_cfg, tmp_path, fake_atc,
+                                                                           monkeypatch):
+    """With model.aipp=true the input is uint8 H,W,C. Before: the plan read it as C,H,W and planned a gear
+    "96x3" for a 64x96 input (and wrote it beside the fixed-size OM)."""
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    res = _convert(centerface_cfg, tmp_path, **_CF_AIPP, **{"atc.dynamic_image_size": True, "dataset.limit": 2})
+    assert res["converted"] is True and res["image_size_gears"] == [[64, 96]] and "gears_file" not in res
+    assert not (tmp_path / "model" / "centerface_bs1.om.gears.json").exists()
+    from zoo_core.stages.convert_stage import channels_last
+
+    assert channels_last((64, 96, 3)) and not channels_last((3, 64, 96)) and not channels_last((1, 64, 64))
+
+
+@pytest.mark.needs_torch
 def test_a_gear_plan_changed_removed_or_planted_beside_the_om_is_refused(fixture_cfg, tmp_path, fake_atc):
     """Before: ``<om>.gears.json`` was read on its own: an edited plan made the acl backend pad inputs to gears the OM
     was not compiled for, a planted one turned a fixed-size OM into one with gears. The record now holds its sha256."""
@@ -270,7 +304,7 @@ def test_an_aipp_om_is_refused_for_other_mean_std_than_it_compiled_in(centerface
         _om_for(centerface_cfg, tmp_path, **_CF_AIPP, **{"model.mean": [0.5] * 3, "model.std": [0.1] * 3})
     assert "re-run stage=convert" in str(exc.value.hint)
     rec = json.loads((tmp_path / "model" / "centerface_bs1.json").read_text())
-    conf = tmp_path / "model" / "centerface_ascend.aippconfig"
+    conf = tmp_path / "model" / "centerface_bs1.aippconfig"
     assert rec["settings"]["aipp"] == {"model.mean": list(centerface_cfg.model.mean),
                                        "model.std": list(centerface_cfg.model.std)}
     assert rec["aipp_config"] == {"path": str(conf), "sha256": hashlib.sha256(conf.read_bytes()).hexdigest()}
@@ -291,3 +325,58 @@ def test_a_given_om_converted_from_random_weights_is_said_and_recorded(fixture_c
         assert resolve_model_file(ctx, "om") == om
     assert ctx.weights_used.record() == {"weights": "random"}
     assert f"weights=random: fixture runs with seeded random weights (model_file={om}" in caplog.text
+
+
+def _run_script(script: Path, fixtures_dir: Path):
+    import subprocess
+
+    path = os.pathsep.join([str(fixtures_dir / "fake_ascend"), str(Path(sys.executable).parent), os.environ["PATH"]])
+    return subprocess.run(["bash", str(script)], capture_output=True, text=True, env={**os.environ, "PATH": path})
+
+
+@pytest.mark.needs_torch
+def test_each_script_builds_from_its_own_aipp_config(centerface_cfg, tmp_path, no_atc, fixtures_dir):
+    """Before: every atc_bs<N>.sh named the one model/centerface_ascend.aippconfig, so converting bs4 with another
+    model.mean (no atc: script mode) rewrote what the pending atc_bs1.sh compiled: the bs1 OM normalised with 128, its
+    record said 104/114/120, and backend=acl accepted it (exit 0, other numbers)."""
+    import onnx
+    from onnx import numpy_helper
+
+    _convert(centerface_cfg, tmp_path, **_CF_AIPP)
+    _convert(centerface_cfg, tmp_path, **_CF_AIPP, **{"batch_size": 4, "model.mean": [0.5] * 3})
+    model = tmp_path / "model"
+    proc = _run_script(model / "atc_bs1.sh", fixtures_dir)
+    assert proc.returncode == 0, proc.stderr
+    om = onnx.load(str(model / "centerface_bs1.om"))
+    sub = next(numpy_helper.to_array(t) for t in om.graph.initializer if t.name.endswith("__aipp_sub"))
+    want = [round(m * 255) for m in centerface_cfg.model.mean]  # the bs1 convert's (default) mean
+    assert sub.reshape(-1).tolist() == want
+    rec = json.loads((model / "centerface_bs1.json").read_text())
+    conf = model / "centerface_bs1.aippconfig"
+    assert rec["aipp_config"] == {"path": str(conf), "sha256": hashlib.sha256(conf.read_bytes()).hexdigest()}
+    assert _om_for(centerface_cfg, tmp_path, **_CF_AIPP) == model / "centerface_bs1.om"
+
+
+@pytest.mark.needs_torch
+def test_each_script_builds_from_its_own_onnx_and_checks_its_inputs(fixture_cfg, tmp_path, no_atc, fixtures_dir):
+    """Before: every atc_bs<N>.sh named the one model/fixture_ascend.onnx, so a later convert that re-exported it
+    (another export key) changed what a pending script compiled; backend=acl accepted the result. Now each script
+    converts its own copy, and refuses to run atc on inputs whose sha256 is not the recorded one."""
+    _convert(fixture_cfg, tmp_path, **{"model.sharpness": 5.0})
+    _convert(fixture_cfg, tmp_path, batch_size=4)  # re-exports fixture_ascend.onnx with sharpness 20
+    model = tmp_path / "model"
+    rec = json.loads((model / "fixture_bs1.json").read_text())
+    assert rec["source"]["atc_model"] == str(model / "atc_bs1.onnx")
+    assert hashlib.sha256((model / "fixture_ascend.onnx").read_bytes()).hexdigest() != rec["source"]["sha256"]
+    proc = _run_script(model / "atc_bs1.sh", fixtures_dir)
+    assert proc.returncode == 0, proc.stderr
+    om = model / "fixture_bs1.om"  # the fake atc's "OM" is the ONNX's bytes: those of the sharpness=5 export
+    assert hashlib.sha256(om.read_bytes()).hexdigest() == rec["source"]["sha256"]
+    assert _om_for(fixture_cfg, tmp_path, **{"model.sharpness": 5.0}) == om
+
+    copy = model / "atc_bs4.onnx"
+    copy.write_bytes(copy.read_bytes() + b"\0")
+    proc = _run_script(model / "atc_bs4.sh", fixtures_dir)
+    assert proc.returncode == 1 and not (model / "fixture_bs4.om").exists()
+    assert "atc_bs4.sh: its input files (atc_bs4.onnx) are missing or changed since stage=convert wrote this " \
+           "script" in proc.stderr

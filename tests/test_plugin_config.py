@@ -380,3 +380,23 @@ def test_the_product_code_calls_no_hydra_instantiate():
             if isinstance(node, ast.Attribute) and node.attr in ("instantiate", "get_method", "get_class"):
                 found.append(f"{path}:{node.lineno}")
     assert not found, found
+
+
+# Before: device_id=-1 composed and died in InferSession with a traceback, backend.device_id=abc was a ValueError
+# traceback in the acl backend, and backend.device_id=1.5 silently ran on device 1.
+@pytest.mark.parametrize("override, text", [
+    ("device_id=-1", "device_id=-1: outside [0, inf]"),
+    ("backend.device_id=-1", "backend.device_id=-1: must be a whole number >= 0 (the NPU's index)"),
+    ("backend.device_id=abc", "backend.device_id='abc': must be a whole number >= 0 (the NPU's index)"),
+    ("backend.device_id=1.5", "backend.device_id=1.5: must be a whole number >= 0 (the NPU's index)"),
+    ("backend.device_id=true", "backend.device_id=True: must be a whole number >= 0 (the NPU's index)"),
+])
+def test_a_device_id_that_is_not_a_whole_number_from_0_fails_at_composition(override, text):
+    from zoo_core.config.validate import compose
+
+    with pytest.raises(ConfigError) as ei:
+        compose(["model=centerface", "model.variant=ascend", "backend=acl", override])
+    assert str(ei.value) == text
+    cfg = compose(["model=centerface", "model.variant=ascend", "backend=acl", "device_id=3"])
+    assert cfg.backend.device_id == 3
+    assert compose(["model=centerface", "backend=acl", "backend.device_id=2"]).backend.device_id == 2

@@ -31,6 +31,21 @@ def input_shape_arg(shapes: Mapping[str, Sequence[int]], batch: int | list[int],
     return ";".join(f"{name}:{','.join(str(d) for d in (n, *dims(shape)))}" for name, shape in shapes.items())
 
 
+def onnx_input_name(onnx_path: str | os.PathLike[str], default: str) -> str:
+    """The name of the ONNX model's first graph input that is not an initializer, which ``--input_shape`` must
+    name (REFERENCE 5.2: ATC matches the ONNX input names; an unnamed input is ``input.1``); ``default`` when the
+    file cannot be read as ONNX (ATC then says why)."""
+    try:
+        import onnx
+
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    except Exception:  # a missing or unparsable model: ATC's own error names it
+        return default
+    inits = {t.name for t in graph.initializer}
+    names = [i.name for i in graph.input if i.name not in inits]
+    return names[0] if names else default
+
+
 def dynamic_image_size_arg(image_sizes: Sequence[Sequence[int]]) -> str:
     """``h1,w1;h2,w2;...`` (ATC ``--dynamic_image_size``), the gears in the given order."""
     return ";".join(f"{int(h)},{int(w)}" for h, w in image_sizes)

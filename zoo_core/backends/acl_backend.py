@@ -9,7 +9,8 @@ lazily; without the Ascend packages it fails with a message naming what to insta
 ``options``: ``device_id``, ``dynamic_batch`` (bool) and ``gears`` (the ``atc.dynamic_batch`` list).
 
 An OM converted with image-size gears (``--dynamic_image_size``; its ``<om>.gears.json`` lists them,
-see :mod:`zoo_core.backends.image_gears`) takes each batch at the smallest gear holding its input
+see :mod:`zoo_core.backends.image_gears`; a plan of one gear, left by an older zoo, is ignored with a warning:
+ATC compiles one size as a fixed-size OM) takes each batch at the smallest gear holding its input
 (the pipeline batches only same-shape inputs): the input is padded at the bottom / right up to the gear,
 ``set_dynamic_hw(height, width)`` selects the gear, ``infer(feeds, mode="dymhw")`` runs it and the outputs are
 cropped back. The first argument is the HEIGHT although ais_bench names the Python parameters ``(w, h)``
@@ -45,6 +46,17 @@ def _exec_ms(entry: Any) -> float:
     return float(entry)
 
 
+def _recorded_gears(om: Path) -> str:
+    """``": [1, 2, 4]"`` when ``om``'s convert record names its dynamic-batch gears (for a hint), else ``""``."""
+    from zoo_core.runs.model_files import read_record
+
+    try:
+        gears = (read_record(om.with_suffix(".json")).get("settings") or {}).get("dynamic_batch")
+    except Exception:  # only a hint: an unreadable record is said when the OM is checked
+        return ""
+    return f": {gears}" if isinstance(gears, list) and all(type(g) is int for g in gears) else ""
+
+
 class AclBackend(Backend):
     name = "acl"
     model_kind = "om"
@@ -68,6 +80,13 @@ class AclBackend(Backend):
             self._check_feeds([s.name for s in self.io.input_specs()])
         self.gears: list[int] = []
         self.image_gears = read_gears(self.model_file)
+        if self.image_gears is not None and len(self.image_gears) < 2:
+            # ATC compiles --dynamic_image_size from 2..100 gears: a one-gear plan (written by an older zoo) lies
+            # beside a fixed-size OM, which set_dynamic_hw / mode "dymhw" would fail on
+            log.warning("%s lists %d image-size gear(s): %s is a fixed-size OM, run without gears (re-run "
+                        "stage=convert to remove the plan)", gears_file(self.model_file), len(self.image_gears),
+                        self.model_file.name)
+            self.image_gears = None
         self.planned_sizes = read_planned_sizes(self.model_file) if self.image_gears else set()
         self.unplanned: Counter[tuple[int, int]] = Counter()
         if self.image_gears and self.dynamic:
@@ -81,6 +100,11 @@ class AclBackend(Backend):
             self.fixed_batch = None
         else:
             shape = list(self.session.get_inputs()[0].shape)
+            if shape and int(shape[0]) < 0 and not self.image_gears:
+                raise ConfigError(f"{self.model_file} is a dynamic-batch OM (its input batch is {shape[0]}), loaded "
+                                  "without backend.dynamic_batch=true: a static run cannot select a batch gear",
+                                  hint="pass backend.dynamic_batch=true atc.dynamic_batch=[the gears it was converted "
+                                       f"with{_recorded_gears(self.model_file)}], or the OM of one batch size")
             self.fixed_batch = int(shape[0]) if shape and int(shape[0]) > 0 else int(self.options.get("batch_size", 1))
 
     def _check_feeds(self, given: list[str]) -> None:

@@ -217,6 +217,26 @@ def _concrete(node: Any, where: str) -> typing.Iterator[tuple[Any, str]]:
             yield value, path
 
 
+def check_run_values(cfg: DictConfig) -> None:
+    """The ranges the run-level schema declares with :func:`~zoo_core.api.config.in_range` (``device_id >= 0``),
+    and ``backend.device_id`` when set to a value of its own (the backend section is untyped): a whole number >= 0,
+    not ``abc``, ``-1`` or ``1.5`` (which the device would refuse with a traceback, or silently truncate)."""
+    from zoo_core.config.schema import ZooSchema
+
+    for f in dataclasses.fields(ZooSchema):
+        bounds = f.metadata.get(RANGE_KEY)
+        if bounds is None or f.name not in cfg or OmegaConf.is_interpolation(cfg, f.name) \
+                or OmegaConf.is_missing(cfg, f.name):
+            continue
+        _check_bounds(cfg[f.name], f.name, bounds)
+    backend = cfg.get("backend")
+    if isinstance(backend, DictConfig) and "device_id" in backend and not OmegaConf.is_interpolation(backend,
+                                                                                                      "device_id"):
+        value = backend._get_node("device_id")._value()  # type: ignore[union-attr]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ConfigError(f"backend.device_id={value!r}: must be a whole number >= 0 (the NPU's index)")
+
+
 def apply_schemas(cfg: DictConfig, model: str, dataset: str | None) -> DictConfig:
     """Check the selected model and dataset for config conflicts, then type ``cfg.model`` and
     ``cfg.dataset`` in place with their owners' schemas; returns ``cfg``."""
@@ -228,6 +248,7 @@ def apply_schemas(cfg: DictConfig, model: str, dataset: str | None) -> DictConfi
     for group, name in (("model", model), ("dataset", dataset or "")):
         cls, whose = schema_for(group, name, scan, manager)
         cfg[group] = typed_section(cfg[group], cls, group, whose)
+    check_run_values(cfg)
     for key in (str(k) for k in cfg):
         if key not in ("model", "dataset", "hydra"):
             node = cfg._get_node(key)  # unresolved

@@ -11,6 +11,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from zoo_core.api.config import in_range
+
 STAGES = ("preprocess", "export", "convert", "infer", "postprocess", "evaluate", "eval", "perf", "predict", "compare",
           "quantize")
 
@@ -107,7 +109,7 @@ class ZooSchema:
     batch_size: int = 1
     weights: str | None = None
     model_file: str | None = None
-    device_id: int = 0
+    device_id: int = in_range(0, 0)          # the NPU's index (>= 0); backend.device_id follows it
     num_workers: int = 2
     worker_nice: int = 10                   # added to each preprocess worker's nice value (0: same as zoo)
     on_error: OnError = OnError.fail

@@ -38,8 +38,9 @@ def _gear_lines(result: dict[str, Any]) -> list[str]:
     gears = result.get("image_size_gears")
     if not gears:
         return []
+    where = result.get("gears_file") or "one size: a fixed-size OM, no gear plan"
     line = (f"  image-size gears: {len(gears)} ({'; '.join(f'{h}x{w}' for h, w in gears[:8])}"
-            f"{'; ...' if len(gears) > 8 else ''}) -> {result.get('gears_file')}")
+            f"{'; ...' if len(gears) > 8 else ''}) -> {where}")
     pad = (f"  {result['padded_images']} of {result['images']} images padded up to a larger gear (up to "
            f"{result['max_extra_rows']} rows / {result['max_extra_cols']} columns, "
            f"{100 * result['mean_extra_pixels']:.1f}% more pixels on average)") if result.get("padded_images") else ""

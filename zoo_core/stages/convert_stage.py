@@ -1,17 +1,23 @@
 """``convert``: ONNX (ascend target) -> OM with Ascend ATC, run as a subprocess without a shell.
 
 With no ``atc`` on PATH the exact command is written to ``model/atc_bs<N>.sh`` and printed, and the
-stage exits 0 saying so: the user runs it on a machine with the CANN toolkit.
+stage exits 0 saying so: the user runs it on a machine with the CANN toolkit. The script converts its own copy
+of the ONNX (``model/atc_bs<N>.onnx``) with its own AIPP config (the plugin's, e.g. ``<model>_bs<N>.aippconfig``),
+so a later convert of another batch size or config cannot change what it builds, and it checks their sha256
+before it runs ``atc``.
 
 ``atc.dynamic_image_size=true`` (models whose input size varies per image, e.g. CenterNet ``keep_res``):
 the dataset's images go through the model's ``preprocess``, their input sizes are planned into at most
 ``atc.max_image_gears`` gears (``atc.image_gear_policy``: ``pad`` sizes up into that many gears, or
-``refuse``), the plan is written to ``<om>.gears.json`` (read by the ``acl`` backend) and the gears reach
-the ``atc_args`` hook as ``image_sizes`` (``--dynamic_image_size``).
+``refuse``), the gears reach the ``atc_args`` hook as ``image_sizes`` (``--dynamic_image_size``) and, with two
+or more gears (ATC's minimum), the plan is written to ``<om>.gears.json`` (read by the ``acl`` backend). One input
+size is compiled as a fixed-size OM, without a plan. H and W are taken as the model's ``input_spec`` lays the
+input out (C, H, W, or an AIPP input's H, W, C).
 """
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import shutil
 import subprocess
@@ -64,6 +70,12 @@ def run(ctx: RunContext) -> dict:
     om = output.with_suffix(".om")
     plan = image_gear_plan(ctx, bool(gears)) if cfg.atc.get("dynamic_image_size") else None
     image_sizes = [list(g) for g in plan.gears] if plan is not None else None
+    atc = shutil.which("atc")
+    own_copy = model_dir(ctx) / f"atc_{tag}.onnx"
+    if atc is None:  # the script runs later: it gets its own copy, which a later convert or export cannot change
+        _copy(onnx, own_copy)
+        onnx = own_copy
+        source.update(atc_model=str(own_copy), sha256=sha256_file(own_copy))
     args = ctx.hooks.atc_args(cfg=cfg, onnx_path=str(onnx), batch_size=gears or int(cfg.batch_size),
                               soc_version=str(cfg.atc.soc_version), output=str(output), image_sizes=image_sizes)
     args = [str(a) for a in args]
@@ -76,11 +88,14 @@ def run(ctx: RunContext) -> dict:
         if len(plan.gears) > 1 and not any(a.startswith("--dynamic_image_size") for a in args):
             raise ZooError(f"the {ctx.model_name} plugin's atc_args hook ignored image_sizes (no --dynamic_image_size "
                            "in its command line), so the OM could not take the planned gears")
-        gear_info = {"image_size_gears": image_sizes, **plan.padding(), "gears_file": str(gears_file(om))}
-    atc = shutil.which("atc")
+        gear_info = {"image_size_gears": image_sizes, **plan.padding()}
+        if len(plan.gears) > 1:
+            gear_info["gears_file"] = str(gears_file(om))
+        else:  # ATC takes 2..100 gears: one input size is a fixed-size OM, which has no gear plan
+            plan = None
     script = model_dir(ctx) / f"atc_{tag}.sh"
     command = ["atc", *args]
-    write_text(script, "#!/usr/bin/env bash\nset -euo pipefail\n" + shlex.join(command) + "\n")
+    write_text(script, script_text(script, command, {onnx: str(source["sha256"]), **_aipp_config(args)}))
     script.chmod(0o755)
     if atc is None:
         _write_gears(om, plan)
@@ -98,9 +113,42 @@ def run(ctx: RunContext) -> dict:
     if not om.is_file():
         raise ZooError("atc exited 0 but wrote no OM file", path=om)
     _write_gears(om, plan)
+    own_copy.unlink(missing_ok=True)  # an earlier script's copy: this convert's script names the ONNX it ran on
     record = write_om_record(ctx, om, source, script, converted=True, args=args)
     return {"stage": "convert", "converted": True, "onnx": str(onnx), "om": str(om), "argv": command,
             "log": str(log_path), "record": str(record), **gear_info}
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """``src``'s bytes at ``dst`` (a new file, renamed into place: never written through an older link)."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _aipp_config(args: list[str]) -> dict[Path, str]:
+    """The AIPP config the ATC line compiles in (``--insert_op_conf=``), with its sha256."""
+    conf = next((Path(a.partition("=")[2]) for a in args if a.startswith("--insert_op_conf=")), None)
+    return {conf: sha256_file(conf)} if conf is not None and conf.is_file() else {}
+
+
+def script_text(script: Path, command: list[str], inputs: dict[Path, str]) -> str:
+    """``atc_<tag>.sh``: ``command``, run only when ``inputs`` (the ONNX, the AIPP config) still have the sha256
+    ``stage=convert`` recorded (``sha256sum --check``); else it stops, saying so."""
+    def line(path: Path, sha: str) -> str:  # sha256sum's escaped form for a name with a backslash or newline
+        name = str(path)
+        if "\\" in name or "\n" in name:
+            return "\\" + sha + "  " + name.replace("\\", "\\\\").replace("\n", "\\n")
+        return f"{sha}  {name}"
+
+    check = "\n".join(line(p, sha) for p, sha in inputs.items())
+    said = (f"{script.name}: its input files ({', '.join(p.name for p in inputs)}) are missing or changed since "
+            "stage=convert wrote this script, so atc would build another model than the OM's record says: "
+            "re-run stage=convert with this config")
+    return ("#!/usr/bin/env bash\nset -euo pipefail\n"
+            "# the inputs stage=convert recorded for this OM: atc runs only on those bytes\n"
+            f"if ! sha256sum --check --quiet --strict <<'ZOO_SHA256'\n{check}\nZOO_SHA256\nthen\n"
+            f"    echo {shlex.quote(said)} >&2\n    exit 1\nfi\n" + shlex.join(command) + "\n")
 
 
 def _write_gears(om: Path, plan: GearPlan | None) -> None:
@@ -132,23 +180,33 @@ def onnx_source(onnx: Path, kind: str) -> dict[str, Any]:
     return source
 
 
-def input_sizes(ctx: RunContext) -> list[tuple[int, int]]:
-    """The (H, W) of the first 3-d input of every dataset image, from the model's own ``preprocess``."""
+def channels_last(shape: tuple[int, ...] | list[int]) -> bool:
+    """A 3-d per-item input shape laid out H, W, C: its last dim is a channel count (1, 3 or 4) and its first is
+    not (an AIPP OM's packed uint8 HWC input, REFERENCE 3.4); otherwise C, H, W (ATC's ``--input_format=NCHW``)."""
+    return len(shape) == 3 and int(shape[-1]) in (1, 3, 4) and int(shape[0]) not in (1, 3, 4)
+
+
+def input_sizes(ctx: RunContext) -> tuple[list[tuple[int, int]], bool]:
+    """The (H, W) of the first 3-d input of every dataset image, from the model's own ``preprocess``, and whether
+    that input is laid out H, W, C (its ``input_spec`` shape, :func:`channels_last`) rather than C, H, W."""
     samples = ctx.samples
+    specs = {s.name: tuple(s.shape) for s in ctx.hooks.input_spec(cfg=ctx.cfg)}
+    hwc = False
     pool = WorkerPool(ctx.hooks, ctx.cfg, int(ctx.cfg.num_workers) if len(samples) > 1 else 0)
     sizes: list[tuple[int, int]] = []
     try:
         for prep in ImageSource(samples, pool).items():
             if prep.error is not None:
                 raise stop_error(ZooError(f"preprocess failed: {prep.error}", path=prep.sample.path), prep.trace)
-            arr = next((a for a in (prep.inputs or {}).values() if a.ndim == 3), None)
+            name, arr = next(((k, a) for k, a in (prep.inputs or {}).items() if a.ndim == 3), (None, None))
             if arr is None:
                 raise ZooError(f"atc.dynamic_image_size needs a C,H,W input; {ctx.model_name}'s inputs are "
                                f"{ {k: v.shape for k, v in (prep.inputs or {}).items()} }")
-            sizes.append((int(arr.shape[1]), int(arr.shape[2])))
+            hwc = channels_last(specs.get(str(name), arr.shape))
+            sizes.append((int(arr.shape[0]), int(arr.shape[1])) if hwc else (int(arr.shape[1]), int(arr.shape[2])))
     finally:
         pool.close()
-    return sizes
+    return sizes, hwc
 
 
 def image_gear_plan(ctx: RunContext, dynamic_batch: bool) -> GearPlan:
@@ -157,12 +215,18 @@ def image_gear_plan(ctx: RunContext, dynamic_batch: bool) -> GearPlan:
     if dynamic_batch:
         raise ConfigError("atc.dynamic_image_size cannot be combined with atc.dynamic_batch: ATC does not "
                           "combine --dynamic_image_size with --dynamic_batch_size (REFERENCE 5.2)")
-    sizes = input_sizes(ctx)
+    sizes, hwc = input_sizes(ctx)
     plan = plan_gears(sizes, int(cfg.atc.get("max_image_gears", MAX_GEARS)),
                       str(cfg.atc.get("image_gear_policy", "pad")))
+    if hwc and len(plan.gears) > 1:
+        raise ConfigError(f"atc.dynamic_image_size: the dataset's inputs have {len(plan.sizes)} sizes, but "
+                          f"{ctx.model_name}'s input is H,W,C (an AIPP OM's uint8 input, whose static AIPP config "
+                          "fixes one src_image_size): image-size gears need a C,H,W input",
+                          hint="convert without model.aipp, or at one input size")
     pad = plan.padding()
-    log.info("image-size gears: %d distinct input sizes over %d images -> %d gear(s)", len(plan.sizes), plan.images,
-             len(plan.gears))
+    one = "" if len(plan.gears) > 1 else " (one size: a fixed-size OM of {}x{}, no gear plan)".format(*plan.gears[0])
+    log.info("image-size gears: %d distinct input sizes over %d images -> %d gear(s)%s", len(plan.sizes),
+             plan.images, len(plan.gears), one)
     if pad["padded_images"]:
         log.warning("image-size gears: %d of %d images are padded up to a larger gear (up to %d rows and %d columns, "
                     "%.1f%% more pixels on average, at most %.1f%%)", pad["padded_images"], plan.images,

@@ -74,6 +74,15 @@ def run(ctx: RunContext) -> dict[str, Any]:
                        hint="run stage=preprocess first or pass inputs_dir=")
     items = list_bin_inputs(inputs_dir, ctx.hooks.input_spec(cfg=cfg))
     if not items:
+        nested = sorted(p for p in inputs_dir.glob("*/*.bin") if p.is_file())
+        if nested:  # e.g. the seed's older CenterFace prep: <out>/<event>/<img>.bin (REFERENCE 3.4)
+            raise ZooError(f"no input .bin files found in the folder itself, but {len(nested)} lie one level down, "
+                           f"in {len({p.parent for p in nested})} sub-folder(s) (e.g. "
+                           f"{nested[0].relative_to(inputs_dir)}): infer reads <inputs_dir>/<id>.bin (ais_bench's "
+                           "flat layout) or stage=preprocess's layout with meta.jsonl, not per-folder inputs",
+                           path=inputs_dir,
+                           hint="move the .bin files into one folder (their names are the image ids) and pass it "
+                                "as inputs_dir=, or re-run stage=preprocess")
         raise ZooError("no input .bin files found", path=inputs_dir)
     partial = artifact_state(inputs_dir).get("complete") is False
     if partial:

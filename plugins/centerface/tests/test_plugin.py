@@ -133,8 +133,8 @@ def test_atc_args(tmp_path):
     cfg.model.aipp = True
     cfg.atc.precision_mode = "allow_fp32_to_fp16"
     cfg.atc.extra = ["--op_select_implmode=high_performance"]
-    args = plugin.atc_args(cfg, onnx, [1, 4, 8], "Ascend310P3", "out")
-    conf = tmp_path / "CenterFace.aippconfig"
+    args = plugin.atc_args(cfg, onnx, [1, 4, 8], "Ascend310P3", str(tmp_path / "CenterFace_dyn"))
+    conf = tmp_path / "CenterFace_dyn.aippconfig"  # the OM's own (<output>.aippconfig), not one per ONNX
     assert "--input_shape=image:-1,3,800,800" in args and "--dynamic_batch_size=1,4,8" in args
     assert "--precision_mode=allow_fp32_to_fp16" in args
     assert args[-3:] == [f"--insert_op_conf={conf}", "--enable_small_channel=1",
@@ -142,6 +142,19 @@ def test_atc_args(tmp_path):
     assert "min_chn_2 : 120" in conf.read_text()
     with pytest.raises(ConfigError, match="input_hw"):
         plugin.atc_args(make_cfg(), onnx, 1, "Ascend310P3", "out")
+
+
+def test_aipp_with_the_starclouds_variant_is_refused(tmp_path):
+    """Before: model.aipp=true model.variant=starclouds converted with exit 0 and no --insert_op_conf (ignored)."""
+    cfg = make_cfg(variant="starclouds", aipp=True)
+    cfg.model.input_hw = [800, 800]
+    for call in (lambda: plugin.atc_args(cfg, tmp_path / "sc.onnx", 1, "Ascend310P3", str(tmp_path / "sc_bs1")),
+                 lambda: plugin.export(cfg, None, tmp_path / "sc.onnx", "ascend")):
+        with pytest.raises(ConfigError, match="model.aipp=true is the ascend variant's on-device normalisation") \
+                as exc:
+            call()
+        assert "model.aipp=false" in exc.value.hint
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.needs_torch

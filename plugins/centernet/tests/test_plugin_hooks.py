@@ -101,16 +101,16 @@ def test_preprocess_hook_matches_golden(pm):
     assert keep["input_shape"] == [3, 512, 672] and keep["s"] == [672.0, 512.0]
 
 
-def _tiny_head_graph(path: Path) -> None:
+def _tiny_head_graph(path: Path, input_name: str = "actual_input") -> None:
     import onnx
     from onnx import TensorProto, helper
 
     w = [helper.make_tensor(f"w{i}", TensorProto.FLOAT, [c, 3, 1, 1], np.zeros(c * 3, np.float32))
          for i, c in enumerate((80, 2, 2))]
-    nodes = [helper.make_node("Conv", ["actual_input", f"w{i}"], [f"output{i + 1}"], name=name)
+    nodes = [helper.make_node("Conv", [input_name, f"w{i}"], [f"output{i + 1}"], name=name)
              for i, name in enumerate(("Conv_1120", "Conv_1123", "Conv_1126"))]
     graph = helper.make_graph(
-        nodes, "heads", [helper.make_tensor_value_info("actual_input", TensorProto.FLOAT, [1, 3, 4, 4])],
+        nodes, "heads", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [1, 3, 4, 4])],
         [helper.make_tensor_value_info(f"output{i}", TensorProto.FLOAT, None) for i in (1, 2, 3)], initializer=w)
     onnx.save(helper.make_model(graph), str(path))
 
@@ -125,6 +125,23 @@ def test_atc_args_static_batch(pm, tmp_path):
         "--input_shape=actual_input:1,3,512,512", "--out_nodes=Conv_1120:0;Conv_1123:0;Conv_1126:0",
         "--soc_version=Ascend310P3", "--log=error",
     ]
+
+
+def test_atc_args_name_the_input_of_the_given_onnx(pm, tmp_path):
+    """REFERENCE 5.2: --input_shape uses the ONNX input names. Before: always 'actual_input', so a model_file= ONNX
+    whose input is 'input.1' (an unnamed export) got an ATC line real ATC refuses (the fake atc now refuses it too)."""
+    onnx_path = tmp_path / "centernet.onnx"
+    _tiny_head_graph(onnx_path, "input.1")
+    args = pm.hook.atc_args(cfg=_cfg(), onnx_path=onnx_path, batch_size=2, soc_version="310P3",
+                            output=str(tmp_path / "cn_bs2"))
+    assert "--input_shape=input.1:2,3,512,512" in args
+    atc = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "fake_ascend" / "atc"
+    proc = subprocess.run([sys.executable, str(atc), *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    wrong = [a.replace("input.1:", "actual_input:") for a in args]
+    proc = subprocess.run([sys.executable, str(atc), *wrong], capture_output=True, text=True)
+    assert proc.returncode == 1 and "'actual_input' is not an input of the model (its inputs: ['input.1'])" \
+        in proc.stderr
 
 
 def test_atc_args_dynamic_batch_precision_and_extra(pm, tmp_path):

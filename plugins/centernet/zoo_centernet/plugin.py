@@ -92,8 +92,9 @@ def export(cfg, weights, output, target):
 @hookimpl
 def atc_args(cfg, onnx_path, batch_size, soc_version, output, image_sizes=None):
     """The seed's ATC line at ``model.input_h x input_w``; with ``keep_res`` the image-size gears ``convert``
-    planned from the dataset (``atc.dynamic_image_size=true``) instead."""
-    from zoo_core.api.atc import common_args, extra_args
+    planned from the dataset (``atc.dynamic_image_size=true``) instead. ``--input_shape`` names the ONNX's own
+    input (``actual_input`` in zoo's export)."""
+    from zoo_core.api.atc import common_args, extra_args, onnx_input_name
 
     from .export import head_out_nodes
 
@@ -101,7 +102,8 @@ def atc_args(cfg, onnx_path, batch_size, soc_version, output, image_sizes=None):
         raise ConfigError("model.keep_res=true gives every image its own input size: convert with "
                           "atc.dynamic_image_size=true (image-size gears planned from the dataset)")
     h, w = _input_hw(cfg)
-    args = common_args(cfg, onnx_path, batch_size, soc_version, output, {INPUT_NAME: (3, h, w)}, image_sizes)
+    name = onnx_input_name(onnx_path, INPUT_NAME)  # a given model_file= ONNX may name its input otherwise
+    args = common_args(cfg, onnx_path, batch_size, soc_version, output, {name: (3, h, w)}, image_sizes)
     nodes = head_out_nodes(str(onnx_path))
     if len(nodes) != len(HEAD_NAMES):
         raise ZooError(f"expected {len(HEAD_NAMES)} head convolutions, found {len(nodes)}", path=onnx_path)
