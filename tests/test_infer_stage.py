@@ -3,24 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf, open_dict
 
+from tests.test_om_record import _ctx
 from zoo_core.api.errors import ZooError
-
-
-def _ctx(fixture_cfg, root, **over):
-    from zoo_core.plugins.manager import ZooPluginManager
-    from zoo_core.runs.context import RunContext
-
-    cfg = fixture_cfg.copy()
-    with open_dict(cfg):
-        cfg.stage.name = "infer"
-        cfg.num_workers = 0
-        cfg.work_dir = str(root)
-        cfg.model_dir = str(root / "model")
-        for k, v in over.items():
-            OmegaConf.update(cfg, k, v, merge=False)
-    return RunContext(cfg, ZooPluginManager(), root)
 
 
 def test_bin_files_in_per_event_sub_folders_are_named_with_the_layout_infer_reads(fixture_cfg, tmp_path):
@@ -33,7 +18,7 @@ def test_bin_files_in_per_event_sub_folders_are_named_with_the_layout_infer_read
         (nested / event).mkdir(parents=True)
         np.zeros((1, 64, 64), np.float32).tofile(nested / event / f"{img}.bin")
     with pytest.raises(ZooError) as exc:
-        infer_stage.run(_ctx(fixture_cfg, tmp_path / "run", inputs_dir=str(nested)))
+        infer_stage.run(_ctx(fixture_cfg, tmp_path / "run", "infer", inputs_dir=str(nested)))
     text = str(exc.value)
     assert "no input .bin files found in the folder itself, but 2 lie one level down, in 2 sub-folder(s) " \
            "(e.g. 0--Parade/0_Parade_1.bin)" in text and "<inputs_dir>/<id>.bin" in text
@@ -41,4 +26,4 @@ def test_bin_files_in_per_event_sub_folders_are_named_with_the_layout_infer_read
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ZooError, match="empty: no input .bin files found$"):
-        infer_stage.run(_ctx(fixture_cfg, tmp_path / "run", inputs_dir=str(empty)))
+        infer_stage.run(_ctx(fixture_cfg, tmp_path / "run", "infer", inputs_dir=str(empty)))
