@@ -380,3 +380,40 @@ def test_each_script_builds_from_its_own_onnx_and_checks_its_inputs(fixture_cfg,
     assert proc.returncode == 1 and not (model / "fixture_bs4.om").exists()
     assert "atc_bs4.sh: its input files (atc_bs4.onnx) are missing or changed since stage=convert wrote this " \
            "script" in proc.stderr
+
+
+def test_convert_of_a_given_onnx_in_script_mode_on_a_new_work_dir(fixture_cfg, tmp_path, no_atc, fixtures_dir,
+                                                                   fixture_onnx):
+    """Before (this round's own-copy change): ``model_file=<onnx>`` without atc on a fresh work_dir was a
+    FileNotFoundError traceback: nothing had made model/ (no export step) before the copy was written there."""
+    res = _convert(fixture_cfg, tmp_path, model_file=str(fixture_onnx))
+    model = tmp_path / "model"
+    assert res["converted"] is False and (model / "atc_bs1.onnx").read_bytes() == fixture_onnx.read_bytes()
+    proc = _run_script(model / "atc_bs1.sh", fixtures_dir)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_given_onnx_with_external_data_is_copied_whole_and_its_script_runs(fixture_cfg, tmp_path, no_atc,
+                                                                            fixtures_dir, fixture_onnx):
+    """Before: only the .onnx was copied (its data file left behind: the hash of the copy failed), and the script
+    checked the copy against zoo's combined digest, which ``sha256sum`` never prints: it could never run."""
+    import onnx
+
+    src = tmp_path / "given"
+    src.mkdir()
+    onnx.save_model(onnx.load(str(fixture_onnx)), str(src / "m.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="m.data", size_threshold=0)
+    assert (src / "m.data").stat().st_size > 0
+    _convert(fixture_cfg, tmp_path, model_file=str(src / "m.onnx"))
+    own = tmp_path / "model" / "atc_bs1"
+    assert (own / "m.onnx").read_bytes() == (src / "m.onnx").read_bytes()
+    assert (own / "m.data").read_bytes() == (src / "m.data").read_bytes()
+    script = tmp_path / "model" / "atc_bs1.sh"
+    assert f"--model={own / 'm.onnx'}" in script.read_text()
+    proc = _run_script(script, fixtures_dir)
+    assert proc.returncode == 0, proc.stderr
+
+    data = own / "m.data"
+    data.write_bytes(data.read_bytes()[:-4] + b"\0\0\0\1")  # the weights changed after convert: atc must not run
+    proc = _run_script(script, fixtures_dir)
+    assert proc.returncode == 1 and "atc_bs1.sh: its input files (m.onnx, m.data) are missing or changed" in proc.stderr

@@ -262,8 +262,6 @@ def test_a_bad_meta_jsonl_or_a_bin_that_disagrees_with_it_fails_infer(zoo, infer
 @pytest.mark.parametrize("score, key, value, problem", [
     ("true", "scale_xy", [float("nan"), 1.0], "meta['scale_xy'][0] is nan"),  # json writes NaN
     ("false", "scale_xy", [float("nan"), 1.0], "meta['scale_xy'][0] is nan"),
-    # before: CenterFace's "scale_h": -1.0 scored easy 0.79 instead of 0.97 with mirrored boxes, exit 0
-    ("true", "scale_h", -1.0, "meta['scale_h'] -1.0 is not a positive scale"),
 ])
 def test_postprocess_refuses_a_meta_jsonl_scale_of_nan_naming_the_file_and_line(zoo, infer_run, score, key, value,
                                                                                  problem):

@@ -117,9 +117,9 @@ def preprocess(cfg: DictConfig, image: np.ndarray, sample: Sample) -> tuple[Inpu
         *without* the batch dimension (the core stacks a batch); ``meta`` is a small JSON-able dict
         with whatever ``postprocess`` needs to map outputs back to image pixels (e.g. CenterNet's
         ``c`` and ``s``). The core adds ``id`` and ``orig_hw`` to ``meta``. Read back from ``meta.jsonl``, a
-        meta must hold finite numbers only, and ``s`` (the letterbox scale) and any key named ``scale`` or
-        ``scale_<name>`` (e.g. CenterFace's ``scale_h``) hold scales: a positive number or a list of them; a
-        line that breaks this is refused. Both are checked on the hook's return, for
+        meta must hold finite numbers only, and ``s`` (when present) is a letterbox scale: a positive number
+        or a list of them; a line that breaks this is refused (keys of the plugin's own are its ``postprocess``'s
+        to check). Both are checked on the hook's return, for
         every image in every stage: ``inputs`` must have the names, dtypes and ranks of ``input_spec`` (its
         dims may differ, e.g. keep-resolution inputs) and ``meta`` must pass the read-back checks; otherwise
         that image fails (or is skipped with ``on_error=skip``) naming the plugin and the image.

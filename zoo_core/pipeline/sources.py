@@ -115,11 +115,10 @@ def list_bin_inputs(inputs_dir: Path, input_specs: Sequence[TensorSpec]) -> list
 def meta_problem(meta: dict) -> str | None:
     """What is wrong with a preprocess meta read back from ``meta.jsonl``, or None: a number anywhere in it that
     is NaN or infinite (JSON's ``NaN`` / ``Infinity``) or an integer beyond the float range; an ``orig_hw`` or
-    ``input_shape`` that is not a list of positive integers; a scale that is not a positive number or a list of
-    them: the letterbox scale ``s`` (:mod:`zoo_core.api.geometry`) and, by the plugin contract's naming rule, any
-    key ``scale`` or ``scale_<name>`` (CenterFace's ``scale_h`` / ``scale_w``, which its decode divides by).
-    Such values would map finite outputs to NaN or meaningless (mirrored) boxes, scored without a word (or make a
-    plugin's float conversion fail)."""
+    ``input_shape`` that is not a list of positive integers; a letterbox scale ``s`` (:mod:`zoo_core.api.geometry`)
+    that is not a positive number or a list of them. Such values would map finite outputs to NaN or meaningless
+    boxes, scored without a word (or make a plugin's float conversion fail). A plugin's own keys are its decode's
+    to check (CenterFace's ``scale_h`` / ``scale_w`` must be what its preprocess writes)."""
     stack: list[tuple[str, Any]] = [(repr(k), v) for k, v in meta.items()]
     while stack:
         where, v = stack.pop()
@@ -133,18 +132,10 @@ def meta_problem(meta: dict) -> str | None:
         v = meta.get(key)
         if v is not None and not (isinstance(v, list) and v and all(_is_int(d) and d > 0 for d in v)):
             return f"meta[{key!r}] {v!r} is not a list of positive integers"
-    for key, s in meta.items():
-        if not is_scale_key(key):
-            continue
-        if s is not None and not all(_is_number(x) and x > 0 for x in (s if isinstance(s, list) and s else [s])):
-            return f"meta[{key!r}] {s!r} is not a positive {'letterbox ' if key == 's' else ''}scale"
+    s = meta.get("s")
+    if s is not None and not all(_is_number(x) and x > 0 for x in (s if isinstance(s, list) and s else [s])):
+        return f"meta['s'] {s!r} is not a positive letterbox scale"
     return None
-
-
-def is_scale_key(key: object) -> bool:
-    """``key`` of a preprocess meta names a scale, which must be positive: ``s`` (the letterbox scale),
-    ``scale`` or ``scale_<name>``."""
-    return key in ("s", "scale") or (isinstance(key, str) and key.startswith("scale_"))
 
 
 def _is_int(v: Any) -> bool:

@@ -37,6 +37,17 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def files_with_sha256(path: str | Path) -> dict[Path, str]:
+    """The files a model consists of, each with the plain sha256 of its bytes (what ``sha256sum`` prints): the
+    file itself and, for an ``.onnx`` with external data, each data file it names, in first-use order."""
+    path = Path(path)
+    digest, locations = _cached_sha256(path, 1 << 20, onnx=str(path).endswith(".onnx"))
+    out = {path: digest}
+    for _loc, data in _external_files(path, locations):
+        out[data] = _cached_sha256(data, 1 << 20, data_of=path)[0]
+    return out
+
+
 #: (resolved path, size, mtime_ns) -> (sha256 of the bytes, external data locations of an ``.onnx``)
 _SHA_CACHE: dict[tuple, tuple[str, tuple[str, ...]]] = {}
 #: The key of a tensor's external data file in an ONNX ``TensorProto.external_data``; a model without these

@@ -3,9 +3,11 @@
 Every zoo stage that writes an artifact dir (``inputs/``, ``outputs/``, ``detections/``) copies the model and
 dataset config it ran with into the dir's ``state.json``. A stage that reads the dir compares those copies with
 its own config through :func:`config_differences`: ``evaluate`` warns about every difference (re-scoring under
-other evaluation settings is legitimate); ``infer`` and ``postprocess`` refuse a difference in a key that decided
-what the dir holds (:func:`refuse_other_producer`), since their results, and the config their own ``state.json``
-records, would otherwise describe settings the data was not made with.
+other evaluation settings is legitimate), and so do ``infer`` and ``postprocess`` reading ``inputs/`` (the keys that
+decide a preprocessed input are not declared by plugins, and a network-only key such as ``head_conv`` must stay this
+run's choice); ``postprocess`` refuses ``outputs/`` made by another model, or under other values of the keys the
+plugin declares as deciding the network or its input (:func:`refuse_other_producer`), since its detections, and the
+config their ``state.json`` records, would otherwise describe a network the outputs did not come from.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo_core.api.errors import ZooError
-from zoo_core.runs.export_keys import aipp_values, export_values
+from zoo_core.runs.export_keys import aipp_values, declared_export_keys, export_values
 from zoo_core.runs.layout import artifact_state
 
 log = logging.getLogger("zoo")
@@ -45,21 +47,28 @@ def describe(diffs: list[tuple[str, str, Any, Any]]) -> list[str]:
 
 def deciding_model_keys(model_cfg: Any) -> set[str]:
     """The top-level model keys that decide the network or its input, as the plugin declares them: its
-    ``export_keys`` (with every target's ``export_keys_by_target``) and ``aipp_keys``; every key of the model
-    section when it declares no ``export_keys``."""
+    ``export_keys`` (with every target's ``export_keys_by_target``) and ``aipp_keys``; none when it declares no
+    ``export_keys`` (a difference is then only warned about: nothing says which keys only change the decode)."""
+    if declared_export_keys(model_cfg) is None:
+        return set()
     return {k.split(".")[1] for k in [*export_values(model_cfg), *aipp_values(model_cfg)]}
 
 
-def _override(key: str, value: Any) -> str:
+def _overrides(key: str, value: Any) -> list[str]:
+    """Command-line overrides setting ``key`` to ``value``: one per leaf of a mapping (Hydra cannot parse a JSON
+    object as a value), quoted for the shell where needed."""
+    if isinstance(value, dict) and value:
+        return [o for k, v in value.items() for o in _overrides(f"{key}.{k}", v)]
     shown = value if isinstance(value, str) else json.dumps(value)
-    return f"'{key}={shown}'" if any(c in shown for c in " []{}") else f"{key}={shown}"
+    return [f"'{key}={shown}'" if any(c in shown for c in " []{}'\"") else f"{key}={shown}"]
 
 
 def refuse_other_producer(ctx: Any, directory: Path, producer: str, what: str) -> None:
     """Refuse (exit 2) to read ``directory`` (``what``: "inputs", "outputs") when its ``state.json`` says another
-    model made it, or the model keys that decide the network or its input (:func:`deciding_model_keys`) had other
-    values; other differences are warned about, as ``evaluate`` does. A dir without a zoo ``state.json`` (a seed
-    or ais_bench dump) is read as it is. ``producer``: the stage that writes such a dir, named in the hint."""
+    model made it, or, for "outputs", when the model keys that decide the network or its input
+    (:func:`deciding_model_keys`) had other values; other differences are warned about, as ``evaluate`` does. A dir
+    without a zoo ``state.json`` (a seed or ais_bench dump) is read as it is. ``producer``: the stage that writes
+    such a dir, named in the hint."""
     state = artifact_state(directory)
     if not state:
         return
@@ -69,11 +78,11 @@ def refuse_other_producer(ctx: Any, directory: Path, producer: str, what: str) -
         raise ZooError(f"these {what} were made by model {made_by!r}, not {ctx.model_name!r}", path=path,
                        hint=f"pass model={made_by}, or run stage={producer} again with model={ctx.model_name}")
     diffs = config_differences(state, ctx.resolved_config())
-    deciding = deciding_model_keys(ctx.cfg.model)
+    deciding = deciding_model_keys(ctx.cfg.model) if what == "outputs" else set()
     bad = [d for d in diffs if d[0] == "model" and d[1] in deciding]
     if bad:
         said = "; ".join(f"model.{k}: {old!r} there, {new!r} in this run" for _s, k, old, new in bad)
-        theirs = " ".join(_override(f"model.{k}", old) for _s, k, old, _new in bad)
+        theirs = " ".join(o for _s, k, old, _new in bad for o in _overrides(f"model.{k}", old))
         raise ZooError(f"these {what} were made with other model settings than this run's ({said})", path=path,
                        hint=f"pass the settings they were made with ({theirs}), or run stage={producer} again "
                             f"with this run's")

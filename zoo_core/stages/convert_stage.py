@@ -31,7 +31,7 @@ from zoo_core.backends.image_gears import GearPlan, gears_file, plan_gears
 from zoo_core.pipeline.sources import ImageSource
 from zoo_core.pipeline.workers import WorkerPool, stop_error
 from zoo_core.runs.context import RunContext
-from zoo_core.runs.fingerprint import sha256_file
+from zoo_core.runs.fingerprint import files_with_sha256, sha256_file
 from zoo_core.runs.model_files import ensure_onnx, model_dir, note_recorded_random_weights, quantize_int8, read_record
 from zoo_core.runs.om_record import AMCT_CALIBRATION_KEYS, write_om_record
 
@@ -72,10 +72,10 @@ def run(ctx: RunContext) -> dict:
     image_sizes = [list(g) for g in plan.gears] if plan is not None else None
     atc = shutil.which("atc")
     own_copy = model_dir(ctx) / f"atc_{tag}.onnx"
+    own_dir = model_dir(ctx) / f"atc_{tag}"  # (a model with external data: copied whole into its own folder)
     if atc is None:  # the script runs later: it gets its own copy, which a later convert or export cannot change
-        _copy(onnx, own_copy)
-        onnx = own_copy
-        source.update(atc_model=str(own_copy), sha256=sha256_file(own_copy))
+        onnx = _copy_model(onnx, own_copy, own_dir)
+        source.update(atc_model=str(onnx), sha256=sha256_file(onnx))
     args = ctx.hooks.atc_args(cfg=cfg, onnx_path=str(onnx), batch_size=gears or int(cfg.batch_size),
                               soc_version=str(cfg.atc.soc_version), output=str(output), image_sizes=image_sizes)
     args = [str(a) for a in args]
@@ -95,7 +95,7 @@ def run(ctx: RunContext) -> dict:
             plan = None
     script = model_dir(ctx) / f"atc_{tag}.sh"
     command = ["atc", *args]
-    write_text(script, script_text(script, command, {onnx: str(source["sha256"]), **_aipp_config(args)}))
+    write_text(script, script_text(script, command, {**files_with_sha256(onnx), **_aipp_config(args)}))
     script.chmod(0o755)
     if atc is None:
         _write_gears(om, plan)
@@ -114,13 +114,31 @@ def run(ctx: RunContext) -> dict:
         raise ZooError("atc exited 0 but wrote no OM file", path=om)
     _write_gears(om, plan)
     own_copy.unlink(missing_ok=True)  # an earlier script's copy: this convert's script names the ONNX it ran on
+    shutil.rmtree(own_dir, ignore_errors=True)
     record = write_om_record(ctx, om, source, script, converted=True, args=args)
     return {"stage": "convert", "converted": True, "onnx": str(onnx), "om": str(om), "argv": command,
             "log": str(log_path), "record": str(record), **gear_info}
 
 
+def _copy_model(onnx: Path, own_copy: Path, own_dir: Path) -> Path:
+    """A copy of the ONNX model the script will compile, which a later convert or export cannot change: at
+    ``own_copy``, or, for a model with external data, the model and its data files in ``own_dir`` (each data file
+    at its ``location``, as the model names it). Returns the copy's model file."""
+    files = files_with_sha256(onnx)
+    if len(files) == 1:
+        shutil.rmtree(own_dir, ignore_errors=True)
+        _copy(onnx, own_copy)
+        return own_copy
+    own_copy.unlink(missing_ok=True)
+    shutil.rmtree(own_dir, ignore_errors=True)
+    for src in files:
+        _copy(src, own_dir / src.relative_to(onnx.parent))
+    return own_dir / onnx.name
+
+
 def _copy(src: Path, dst: Path) -> None:
     """``src``'s bytes at ``dst`` (a new file, renamed into place: never written through an older link)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp")
     shutil.copyfile(src, tmp)
     os.replace(tmp, dst)

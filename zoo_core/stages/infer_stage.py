@@ -4,10 +4,9 @@ Streams like ``eval``: the feeder reads the next batch's files while the device 
 one. Outputs are checked (finite) and listed in ``outputs/index.jsonl`` with their sizes and CRC-32,
 which ``resume=true`` verifies before trusting a file. Without ``resume`` the stage clears
 ``outputs/`` first. Inputs of a preprocess run that did not finish (its ``state.json`` says
-``complete: false``) are refused unless ``allow_skips=true``, which infers them and records so. So are
-inputs whose ``state.json`` says they were made with other values of the model keys that decide the network
-or its input (:func:`~zoo_core.runs.producer.refuse_other_producer`): ``outputs/state.json`` records this
-run's config, which must be the one the inputs were made with.
+``complete: false``) are refused unless ``allow_skips=true``, which infers them and records so. So are inputs
+another model made; inputs made under other model or dataset settings are warned about, naming both values
+(:func:`~zoo_core.runs.producer.refuse_other_producer`).
 """
 from __future__ import annotations
 

@@ -4,9 +4,10 @@ Outputs are matched to images by file stem (``<stem>_<i>.bin``, ``_0..`` or lega
 position, through the replay backend, so a dump gets the same checks as ``eval`` (finite values, exact
 file sizes, a stem found twice is an error). The images are those listed in ``inputs/meta.jsonl``
 (with their metas) when it exists, else those zoo's own ``outputs/index.jsonl`` lists, else the
-dataset's (metas recomputed by preprocessing each image, as the seed scripts did). Outputs (and inputs)
-whose ``state.json`` says they were made with other values of the model keys that decide the network or its
-input are refused (:func:`~zoo_core.runs.producer.refuse_other_producer`). Writes ``detections/``
+dataset's (metas recomputed by preprocessing each image, as the seed scripts did). Outputs whose
+``state.json`` says they were made with other values of the model keys that decide the network or its input
+are refused; other differences, and those of the inputs, are warned about
+(:func:`~zoo_core.runs.producer.refuse_other_producer`). Writes ``detections/``
 and, when the dataset has ground truth, scores it. ``stage.score=false`` does not score: it writes the
 detections in the dataset kind's native results format next to the stage's records (a WIDER prediction
 tree ``postprocess/predictions/<event>/<stem>.txt``, a COCO results ``postprocess/detections.json``) and
