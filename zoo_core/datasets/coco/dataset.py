@@ -101,7 +101,7 @@ def _instances_problem(data: dict) -> str | None:
     for i, img in enumerate(data["images"]):
         if not (isinstance(img, dict) and _is_int(img.get("id")) and isinstance(img.get("file_name"), str)):
             return f"images[{i}] needs an integer 'id' and a string 'file_name'"
-        if not _is_int64(img["id"]):
+        if not is_int64(img["id"]):
             return f"image id {img['id']} {_NOT_INT64}"
         if img["id"] in image_ids:
             return f"image id {img['id']} appears twice"
@@ -110,7 +110,7 @@ def _instances_problem(data: dict) -> str | None:
     for i, cat in enumerate(data["categories"]):
         if not (isinstance(cat, dict) and _is_int(cat.get("id"))):
             return f"categories[{i}] needs an integer 'id'"
-        if not _is_int64(cat["id"]):
+        if not is_int64(cat["id"]):
             return f"category id {cat['id']} {_NOT_INT64}"
         if cat["id"] in cat_ids:  # the per-class AP would be keyed by one name only, the other lost
             return f"category id {cat['id']} appears twice"
@@ -182,7 +182,8 @@ def _is_int(v) -> bool:
 _NOT_INT64 = "does not fit in a signed 64-bit integer (the evaluators and zoo's arrays store ids as int64)"
 
 
-def _is_int64(v: int) -> bool:
+def is_int64(v: int) -> bool:
+    """``v`` fits in a signed 64-bit integer, as the evaluators and zoo's arrays store ids."""
     return -(2**63) <= v < 2**63
 
 

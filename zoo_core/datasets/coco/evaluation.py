@@ -15,7 +15,7 @@ from zoo_core.api.types import Detections, EvalResult, Sample
 from zoo_core.datasets.deps import require
 from zoo_core.datasets.tool_output import captured_tool_output
 
-from .dataset import CATEGORY_IDS, CocoDataset
+from .dataset import CATEGORY_IDS, CocoDataset, is_int64
 from .results import coco_records
 
 #: The 12 COCOeval bbox stats, in ``COCOeval.stats`` order.
@@ -192,7 +192,7 @@ def category_ids(model_cfg) -> tuple[int, ...]:
     ids = tuple(int(i) for i in ids)
     if not ids or len(set(ids)) != len(ids):
         raise ConfigError(f"model.category_ids={list(ids)} must be a non-empty list of distinct COCO category ids")
-    too_big = next((i for i in ids if not -(2**63) <= i < 2**63), None)
+    too_big = next((i for i in ids if not is_int64(i)), None)
     if too_big is not None:
         raise ConfigError(f"model.category_ids holds {too_big}: a COCO category id must fit in a signed 64-bit integer")
     return ids
