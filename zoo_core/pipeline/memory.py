@@ -23,8 +23,16 @@ def _mallopt(param: int, value: int) -> None:
 def return_big_blocks() -> None:
     """In the pipeline's process: arrays of 1 MiB and more always get their own ``mmap`` and go
     back to the system when freed. (By default glibc raises that threshold after the first free, and
-    the pipeline threads then fragment their heaps, so the peak RSS creeps up with the batches.)"""
+    the pipeline threads then fragment their heaps, so the peak RSS creeps up with the batches.)
+
+    Freed heap pages below 32 MiB stay with the process (``M_TRIM_THRESHOLD``), so the smaller arrays
+    every image allocates do not fault their pages in again each time: with glibc's 128 KiB default,
+    a 600 KB array allocated and freed 200 times faulted 23,000 pages, and a serial Star-Clouds run
+    went 15 % slower (BENCHMARKS.md, round 15). Fixing the threshold also ends the dynamic raise, which
+    made the speed depend on whether a large chunk happened to be freed first (reading a WIDER ``.mat``
+    did)."""
     _mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD; a fixed value also disables the dynamic raise
+    _mallopt(-1, 32 << 20)  # M_TRIM_THRESHOLD
 
 
 def keep_heap_pages() -> None:
