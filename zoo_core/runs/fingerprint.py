@@ -215,6 +215,15 @@ def producer_versions(info: Any) -> dict[str, str | None]:
     return {"plugin": f"{dist} {getattr(info, 'version', None)}" if dist else None, "zoo_core": core_version()}
 
 
+def version_change(key: str, old: Mapping[str, Any], new: Mapping[str, Any],
+                   older: str = "the interrupted run was made by an older zoo") -> str:
+    """``zoo_core: '0.1.0' -> '0.2.0'``: how a fingerprint's version entry ``key`` changed, as INT8 rebuild and
+    resume refusal messages name it; ``older`` says why an ``old`` record lacks it."""
+    if key not in old:
+        return f"{key}: not recorded ({older}) -> {new.get(key)!r}"
+    return f"{key}: {old[key]!r} -> {new.get(key)!r}"
+
+
 def versions(model_dist: str | None = None) -> dict[str, str]:
     """Installed versions of Python, zoo-core, the model's plugin dist, onnxruntime, ... (torch if imported)."""
     out = {"python": platform.python_version()}

@@ -11,7 +11,7 @@ from zoo_core.api.atomic import temp_path, write_json
 from zoo_core.api.checkpoint import regular_file
 from zoo_core.api.errors import ZooError
 from zoo_core.runs.export_keys import changed_keys, export_values
-from zoo_core.runs.fingerprint import PRODUCER_KEYS, file_record, producer_versions, sha256_file
+from zoo_core.runs.fingerprint import PRODUCER_KEYS, file_record, producer_versions, sha256_file, version_change
 from zoo_core.runs.record_seal import SEAL, seal_problem, sealed
 from zoo_core.runs.weights import WeightsChoice
 
@@ -268,7 +268,8 @@ def reusable_record(out: Path, fingerprint: dict, what: str, data: Path | None =
         log.warning("rebuilding %s: its record %s was not written by this user's zoo (%s), so it is not trusted",
                     out.name, meta, unsealed)
     elif recorded != fingerprint:
-        changed = [f"{k}: {recorded.get(k)!r} -> {fingerprint.get(k)!r}" if k in (*PRODUCER_KEYS, "quantizer") else k
+        older = "its record was written by an older zoo"
+        changed = [version_change(k, recorded, fingerprint, older) if k in (*PRODUCER_KEYS, "quantizer") else k
                    for k in sorted(set(recorded) | set(fingerprint)) if recorded.get(k) != fingerprint.get(k)]
         log.info("rebuilding %s: it was built with other %s inputs (%s)", out.name, what, ", ".join(changed))
     else:

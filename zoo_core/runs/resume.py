@@ -22,7 +22,14 @@ from zoo_core.api.checkpoint import read_at_most
 from zoo_core.api.errors import InputError, ZooError
 from zoo_core.json_numbers import long_integer
 from zoo_core.runs.context import RunContext
-from zoo_core.runs.fingerprint import PRODUCER_KEYS, config_hash, model_config_hash, producer_versions, sha256_file
+from zoo_core.runs.fingerprint import (
+    PRODUCER_KEYS,
+    config_hash,
+    model_config_hash,
+    producer_versions,
+    sha256_file,
+    version_change,
+)
 
 log = logging.getLogger("zoo")
 
@@ -163,9 +170,7 @@ _NAMED_SECTIONS = {"model": "model", "dataset": "dataset", "backend": "backend",
 def _changed_versions(old: dict[str, Any], new: dict[str, Any], changed: list[str]) -> list[str]:
     """``zoo_core: '0.1.0' -> '0.2.0'`` for each changed :data:`PRODUCER_KEYS` entry (as a re-export names it);
     a state written before zoo recorded them says so."""
-    return [f"{k}: {old[k]!r} -> {new.get(k)!r}" if k in old
-            else f"{k}: not recorded (the interrupted run was made by an older zoo) -> {new.get(k)!r}"
-            for k in PRODUCER_KEYS if k in changed]
+    return [version_change(k, old, new) for k in PRODUCER_KEYS if k in changed]
 
 
 def _changed_keys(state: Any, cfg: dict[str, Any], changed: list[str]) -> list[str]:
