@@ -74,6 +74,29 @@ def test_starclouds_input_is_bit_exact(name):
     assert (meta["scale_h"], meta["scale_w"]) == tuple(gold["scale_hw"].tolist())
 
 
+def test_starclouds_input_is_written_straight_into_an_open_slot():
+    """In a preprocess worker the Star-Clouds input (float32 RGB planes at natural size) is written into
+    the item's shared memory (no copy of the 3 x H x W floats afterwards), with the reference's values."""
+    import mmap
+
+    from zoo_core.api import arena
+
+    g = golden_dir("centerface")
+    gold = np.load(g / "famA_synthA_1.npz")
+    img = read_image(g / "synthA_1.png")
+    want = gold["input_rgb"].transpose(2, 0, 1).astype(np.float32)
+    buf = mmap.mmap(-1, want.nbytes + 8192)
+    base = np.frombuffer(buf, np.uint8, count=1).ctypes.data
+    arena.open_slot(buf, 4096, want.nbytes)
+    try:
+        x = preprocess_starclouds(img)[0]["input.1"]
+    finally:
+        arena.close_slot()
+    assert x.__array_interface__["data"][0] == base + 4096
+    np.testing.assert_array_equal(x, want)
+    del x
+
+
 def test_starclouds_fixed_size_stretches_and_validates():
     img = np.random.default_rng(0).integers(0, 256, (353, 481, 3), dtype=np.uint8)
     inputs, meta = preprocess_starclouds(img, fixed_hw=(256, 320))

@@ -62,9 +62,9 @@ def preprocess_starclouds(image_bgr: np.ndarray, fixed_hw: Sequence[int] | None 
     bgr = image_bgr
     if (h_in, w_in) != (h, w):  # bilinear resize is per channel, so resizing before the swap is identical
         bgr = cv2.resize(bgr, (w_in, h_in), interpolation=cv2.INTER_LINEAR)
-    chw = np.empty((3, h_in, w_in), np.float32)
-    for ch in range(3):  # BGR -> RGB, HWC -> CHW and uint8 -> float32 in one pass
-        chw[ch] = bgr[:, :, 2 - ch]
+    chw = arena.empty((3, h_in, w_in), np.float32)  # the model input: in shared memory in a worker
+    for ch, plane in enumerate(reversed(cv2.split(bgr))):  # BGR -> RGB planes, uint8 -> float32
+        np.copyto(chw[ch], plane, casting="unsafe")
     meta = {
         "variant": "starclouds",
         "orig_hw": [int(h), int(w)],
