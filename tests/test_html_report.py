@@ -374,3 +374,46 @@ def test_a_sweep_column_of_numbers_shares_one_number_of_decimals(tmp_path):
     page = render_sweep_report(tmp_path)
     assert '<td class="num">0.50</td>' in page and '<td class="num">12.25</td>' in page
     assert '<td class="num">0.9688</td>' in page and '<td class="num">1.0000</td>' in page
+
+
+def _job_page(sweep: Path, job: str) -> None:
+    (sweep / job / "eval").mkdir(parents=True)
+    (sweep / job / "eval" / "report.html").write_text("<!doctype html>")
+
+
+def test_a_job_link_resolves_to_the_jobs_page(tmp_path):
+    _job_page(tmp_path, "3")
+    (tmp_path / "sweep_report.csv").write_text("job,status\n3,ok\n")
+    page = render_sweep_report(tmp_path)
+    href = page.split('<a href="', 1)[1].split('"', 1)[0]
+    assert href == "./3/eval/report.html" and (tmp_path / href).is_file()
+
+
+def test_a_job_folder_named_like_a_url_scheme_links_to_its_page_not_a_script(tmp_path):
+    """Before: a job folder ``javascript:alert(document.domain)`` gave ``<a href="javascript:alert(...)/...">``, a
+    script run by a click on the sweep page."""
+    job = "javascript:alert(document.domain)"
+    _job_page(tmp_path, job)
+    (tmp_path / "sweep_report.csv").write_text(f"job,status\n{job},ok\n")
+    page = render_sweep_report(tmp_path)
+    href = page.split('<a href="', 1)[1].split('"', 1)[0]
+    assert href == "./javascript%3Aalert%28document.domain%29/eval/report.html"
+    from urllib.parse import unquote
+    assert (tmp_path / unquote(href)).is_file()  # still the job's page
+    assert 'href="javascript' not in page
+
+
+def test_a_job_outside_the_sweep_dir_gets_no_link_and_a_warning(tmp_path, caplog, capsys):
+    """Before: an absolute job path in sweep_report.csv was a ValueError traceback (relative_to), exit 1; a ``..``
+    job linked a page outside the sweep."""
+    outside = tmp_path / "elsewhere"
+    _job_page(outside, "9")
+    sweep = tmp_path / "sweep"
+    _job_page(sweep, "1")
+    (sweep / "sweep_report.csv").write_text(f"job,status\n{outside / '9'},ok\n../elsewhere/9,ok\n1,ok\n")
+    with caplog.at_level("WARNING", logger="zoo"):
+        assert html_main([str(sweep)]) == 0
+    page = (sweep / "report.html").read_text()
+    assert page.count("<a href=") == 1 and '<a href="./1/eval/report.html">' in page
+    warned = [r.getMessage() for r in caplog.records]
+    assert sum("is not a folder of the sweep dir" in m for m in warned) == 2

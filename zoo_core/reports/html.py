@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import math
+import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -472,9 +473,20 @@ def _csv_value(text: str) -> Any:
 
 
 def _job_link(sweep: Path, job: str) -> str | None:
+    """The relative URL (``./3/eval/report.html``) of the page of the job in the CSV's ``job`` cell, or None. Each
+    path part is percent-encoded and the URL starts with ``./``, so a folder name is never read as a URL scheme
+    (``javascript:...``); a job that is an absolute path or climbs out of the sweep dir (``..``) gets no link and a
+    warning."""
+    parts = Path(job).parts
+    if not parts:
+        return None
+    if Path(job).is_absolute() or ".." in parts:
+        log.warning("%s: job %r is not a folder of the sweep dir; the report does not link it",
+                    sweep / "sweep_report.csv", job)
+        return None
     for cand in [sweep / job / "report.html", *sorted((sweep / job).glob("*/report.html"))]:
         if cand.is_file():
-            return cand.relative_to(sweep).as_posix()
+            return "./" + "/".join(urllib.parse.quote(part) for part in cand.relative_to(sweep).parts)
     return None
 
 
