@@ -41,7 +41,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zoo_core.reports.job_files import JobFiles
-from zoo_core.reports.sweep_report import as_dict, read_json, read_overrides, read_record, read_yaml, sweep_jobs
+from zoo_core.reports.sweep_report import (
+    as_dict,
+    is_job_number,
+    read_json,
+    read_overrides,
+    read_record,
+    read_yaml,
+    sweep_jobs,
+)
 from zoo_core.runs.fingerprint import PRODUCER_KEYS, RUNTIME_BACKEND_KEYS, backend_section
 
 log = logging.getLogger("zoo")
@@ -135,7 +143,8 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
     merged_root = sweep_dir / "merged"
     linked = linked_merged_root(merged_root)
     ok_dirs: set[Path] = set()
-    free = iter(range(max((int(p.name) for p in sweep_dir.iterdir() if p.name.isdigit()), default=-1) + 1, 1 << 30))
+    free = iter(range(max((int(p.name) for p in sweep_dir.iterdir() if is_job_number(p.name)), default=-1) + 1,
+                      1 << 62))
     for label, members in groups.items():
         row = {"job": "merged" + (f"[{label}]" if label else ""),
                **{f"@{k}": members[0].get("@" + k) for k in others}, "@dataset.shard": "all"}
