@@ -16,6 +16,8 @@ A merge is refused (its report row is failed, and the sweep exits 1) when
   ``detections/index.jsonl``, other images than its shard's); it is named with its re-run command;
 * the shards' outputs were made by different backends (their ``detections/state.json``); the one they agree
   on is the backend the merged scores are judged for (``made_by``), as an unsharded postprocess does.
+* the first shard's ``.hydra/config.yaml`` (which the merge scores with) uses YAML anchors / aliases or calls a
+  resolver other than :data:`MERGE_RESOLVERS` (:func:`merge_config`).
 
 With ``gate=true`` a merged scoring that does not reproduce its reference keeps its record (``metrics.json``
 written, as an unsharded run's) and its row is failed with its metrics.
@@ -261,19 +263,76 @@ def shard_groups(rows: list[dict], others: list[str], jobs: dict[str, JobFiles])
     return groups
 
 
+#: The resolvers a job config read back by a merge may call: those that read only the config itself. Any other
+#: (``${oc.env:...}``, ``${oc.decode:...}``, a plugin's) would be resolved on the machine that builds the report.
+MERGE_RESOLVERS = frozenset({"oc.select"})
+
+
+class _RefusedConfig(Exception):
+    """A job config the merge does not read: its reason is the whole message."""
+
+
 def merge_config(files: JobFiles) -> tuple:
     """``(config, stage name, dataset.num_shards)`` of the job whose ``.hydra/config.yaml`` a merge scores with;
-    a ValueError naming the file when it is not a readable job config (not YAML, a list, no stage name...)."""
+    a ValueError naming the file when it is not a readable job config (not YAML, a list, no stage name...), or
+    when it uses YAML anchors / aliases (Hydra writes none; ``OmegaConf.create`` would copy every alias, so a 1 KB
+    alias bomb takes the report's memory and time without end) or calls a resolver other than
+    :data:`MERGE_RESOLVERS` (``${oc.env:SECRET}`` would put the report builder's environment into the merged
+    record)."""
     from omegaconf import DictConfig, OmegaConf
 
     try:
-        cfg = OmegaConf.create(read_record(files.config))  # (a FIFO or /dev/zero: refused unopened)
+        text = read_record(files.config)  # (a FIFO or /dev/zero: refused unopened)
+        _refuse_yaml_aliases(text)
+        cfg = OmegaConf.create(text)
         if not isinstance(cfg, DictConfig):
             raise TypeError(f"a {type(cfg).__name__}, not a mapping")
+        _refuse_resolvers(OmegaConf.to_container(cfg, resolve=False))
         return cfg, str(cfg.stage.name), int(OmegaConf.select(cfg, "dataset.num_shards", default=1))
+    except _RefusedConfig as exc:
+        raise ValueError(f"{files.config} {exc}") from None
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ValueError(f"{files.config} is not a readable job config ({first})") from None
+
+
+def _refuse_yaml_aliases(text: str) -> None:
+    """Raise :class:`_RefusedConfig` when the YAML ``text`` defines an anchor or uses an alias (read as parser events,
+    nothing built)."""
+    import yaml
+
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _RefusedConfig(f"uses YAML anchors or aliases (&{event.anchor} at line "
+                                 f"{event.start_mark.line + 1}), which Hydra never writes: the merge does not read it")
+
+
+def _refuse_resolvers(value) -> None:
+    """Raise :class:`_RefusedConfig` when a string in ``value`` (the unresolved config) calls a resolver other than
+    :data:`MERGE_RESOLVERS`."""
+    from omegaconf.grammar_parser import OmegaConfGrammarParser, parse
+
+    if isinstance(value, dict):
+        for v in value.values():
+            _refuse_resolvers(v)
+    elif isinstance(value, list):
+        for v in value:
+            _refuse_resolvers(v)
+    elif isinstance(value, str) and "${" in value:
+        try:
+            tree = parse(value)
+        except Exception:  # not an interpolation OmegaConf resolves (it fails there, named)
+            return
+        stack = [tree]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, OmegaConfGrammarParser.InterpolationResolverContext):
+                name = node.resolverName().getText()
+                if name not in MERGE_RESOLVERS:
+                    raise _RefusedConfig(f"calls the resolver ${{{name}:...}} ({value!r}): the merge resolves no "
+                                         "resolver but oc.select in a job config (it would run on this machine, e.g. "
+                                         "read its environment into the merged record)")
+            stack.extend(getattr(node, "children", None) or [])
 
 
 def _metric_cells(record: dict) -> dict:
