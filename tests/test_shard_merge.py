@@ -641,3 +641,21 @@ def test_a_resolver_in_a_real_shard_config_leaves_the_environment_out_of_the_mer
     assert sweep_report.build_report(sweep)["failed_merges"] == 1
     assert not [p for p in sweep.rglob("*") if p.is_file() and b"hunter2" in p.read_bytes()]
     assert f"not merged: {f} calls the resolver ${{oc.env:...}}" in (sweep / "sweep_report.md").read_text()
+
+
+@pytest.mark.parametrize("shard", ["1" * 5000, "1" * 19, "x"])
+def test_a_shard_override_that_is_no_shard_number_leaves_its_job_out_of_the_merge_with_a_warning(tmp_path, caplog,
+                                                                                                shard):
+    """Before: a 5000-digit ``dataset.shard`` passed the merge's number check and ``int()`` refused it: a ValueError
+    traceback (``Exceeds the limit (4300 digits)``) out of the sweep report, exit 1."""
+    from zoo_core.reports.sweep_report import build_report
+
+    fake_shard_sweep(tmp_path)
+    f = tmp_path / "1" / "eval" / ".hydra" / "overrides.yaml"
+    f.write_text(f.read_text().replace("dataset.shard=1", f"dataset.shard={shard}"))
+    with caplog.at_level("WARNING", logger="zoo"):
+        [row] = build_report(tmp_path)["merged"]
+    assert row["status"] == "failed" and "shard 1 of 2 is missing" in row["error"]
+    [warning] = [r.getMessage() for r in caplog.records if "not a shard number" in r.getMessage()]
+    assert warning.startswith("job 1 ran dataset.shard=") and f"(its {f}): it is in no merge" in warning
+    assert len(warning) < 400

@@ -158,7 +158,7 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
         if stage not in MERGEABLE_STAGES:
             return []
         shards = pick_shards(members, jobs)
-        ran_otherwise = {int(r["@dataset.shard"]): r for g, m in groups.items() if g != label for r in m}
+        ran_otherwise = {shard_number(r["@dataset.shard"]): r for g, m in groups.items() if g != label for r in m}
         problems = [p for p in (shard_problem(i, shards.get(i), n) if i in shards or i not in ran_otherwise
                                 else ran_with_other_settings(i, n, ran_otherwise[i], members[0], others)
                                 for i in range(n)) if p]
@@ -255,9 +255,11 @@ def shard_groups(rows: list[dict], others: list[str], jobs: dict[str, JobFiles])
         shard = r.get("@dataset.shard")
         if shard is None:
             continue
-        if not re.fullmatch(r"[+-]?\d+", str(shard).strip()):
+        if shard_number(shard) is None:
+            text = str(shard)
             log.warning("job %s ran dataset.shard=%s, not a shard number (its %s): it is in no merge", r["job"],
-                        shard, jobs[r["job"]].overrides)
+                        text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)",
+                        jobs[r["job"]].overrides)
             continue
         groups.setdefault(_label({k: r.get("@" + k) for k in others}), []).append(r)
     return groups
@@ -270,6 +272,13 @@ MERGE_RESOLVERS = frozenset({"oc.select"})
 
 class _RefusedConfig(Exception):
     """A job config the merge does not read: its reason is the whole message."""
+
+
+def shard_number(value) -> int | None:
+    """A job's ``dataset.shard`` override as a shard number, or None when it is none: not an integer, or one of more
+    than 18 digits (no sweep has that many shards; :func:`int` refuses 4301 digits and more with a ValueError)."""
+    text = str(value).strip()
+    return int(text) if re.fullmatch(r"[+-]?\d{1,18}", text) else None
 
 
 def merge_config(files: JobFiles) -> tuple:
@@ -344,7 +353,9 @@ def pick_shards(members: list[dict], jobs: dict[str, JobFiles]) -> dict[int, Sha
     """The job of each shard index; when a shard ran more than once, an ok run wins, then the newest."""
     best: dict[int, Shard] = {}
     for r in members:
-        i = int(r["@dataset.shard"])
+        i = shard_number(r["@dataset.shard"])
+        if i is None:  # (not in a merge group: shard_groups left it out)
+            continue
         cand = Shard(i, r, jobs[r["job"]])
         cur = best.get(i)
         if cur is None or _rank(cand) > _rank(cur):
