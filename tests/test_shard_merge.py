@@ -659,3 +659,24 @@ def test_a_shard_override_that_is_no_shard_number_leaves_its_job_out_of_the_merg
     [warning] = [r.getMessage() for r in caplog.records if "not a shard number" in r.getMessage()]
     assert warning.startswith("job 1 ran dataset.shard=") and f"(its {f}): it is in no merge" in warning
     assert len(warning) < 400
+
+
+@pytest.mark.parametrize("skipped, what", [("oops", "a str"), (["a.jpg"], "a list holding a str"),
+                                           ({"id": "a"}, "a dict")])
+def test_a_shard_whose_skipped_list_is_not_zoos_is_refused_naming_its_record(chunked_sweep, tmp_path, monkeypatch,
+                                                                             cache_dir, skipped, what):
+    """Before: ``"skipped": "oops"`` in a shard's metrics.json was added letter by letter to the merged record
+    (``"skipped": ["o", "o", "p", "s"]``), exit 0."""
+    from zoo_core.reports import sweep_report
+
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(cache_dir))
+    sweep = tmp_path / "sweep"
+    shutil.copytree(chunked_sweep, sweep, symlinks=True)
+    f = sweep / "1" / "eval" / "metrics.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "skipped": skipped}))
+    assert sweep_report.build_report(sweep)["failed_merges"] == 1
+    assert not (sweep / "merged").exists()
+    md = (sweep / "sweep_report.md").read_text()
+    assert f'not merged: shard 1 (job 1): {f}: "skipped" is {what}, not the list of objects zoo writes' in md, md
+    [cmd] = rerun_commands(sweep)
+    assert "dataset.shard=1" in cmd

@@ -562,8 +562,16 @@ def shard_detections(shard: Shard, samples: list, n: int, num_classes: int | Non
 
     f = shard.files
     name = f"shard {shard.index} (job {shard.row['job']})"
-    record = read_json(f.metrics) or unscored_record(f)
+    record, record_path = read_json(f.metrics), f.metrics
+    if not record:
+        record, record_path = unscored_record(f), f.records / f"{f.records.name}.json"
     record = record if isinstance(record, dict) else {}
+    listed = record.get("skipped")
+    if listed is not None and not (isinstance(listed, list) and all(isinstance(e, dict) for e in listed)):
+        what = f"a list holding a {next(type(e).__name__ for e in listed if not isinstance(e, dict))}" \
+            if isinstance(listed, list) else f"a {type(listed).__name__}"
+        raise NotMergeable([f"{name}: {record_path}: \"skipped\" is {what}, not the list of objects zoo writes "
+                            "(one {\"id\", \"path\", \"reason\"} per skipped image)"], {shard.index})
     state = read_json(f.detections / "state.json")
     if not isinstance(state, dict):
         raise NotMergeable([f"{name}: its detections are gone ({f.detections / 'state.json'} is missing or "
