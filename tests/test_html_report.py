@@ -417,3 +417,25 @@ def test_a_job_outside_the_sweep_dir_gets_no_link_and_a_warning(tmp_path, caplog
     assert page.count("<a href=") == 1 and '<a href="./1/eval/report.html">' in page
     warned = [r.getMessage() for r in caplog.records]
     assert sum("is not a folder of the sweep dir" in m for m in warned) == 2
+
+
+def test_an_unreadable_record_is_named_in_a_warning_not_left_out_silently(tmp_path, caplog, capsys):
+    """Before: a truncated metrics.json was left out of report.html with no word, exit 0; with perf.json also
+    unreadable the error said "no metrics.json, perf.json or run.json" although both were there."""
+    (tmp_path / "metrics.json").write_text('{"metrics": {"easy": 0.9}, "model": "centerface"\n')
+    (tmp_path / "perf.json").write_text(json.dumps({"images": 3, "throughput_img_s": 12.5}))
+    with caplog.at_level("WARNING", logger="zoo"):
+        assert html_main([str(tmp_path)]) == 0
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert warning == (f"{tmp_path / 'metrics.json'}: not readable as JSON (Expecting ',' delimiter: line 2 column 1 "
+                       "(char 49)); the report leaves it out")
+    caplog.clear()
+    (tmp_path / "perf.json").write_text("[1, 2]")
+    with caplog.at_level("WARNING", logger="zoo"):
+        assert html_main([str(tmp_path)]) == 2
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
+        "not readable as JSON (Expecting ',' delimiter: line 2 column 1 (char 49)); the report leaves it out",
+        "a JSON list, not the object zoo writes; the report leaves it out"]
+    err = capsys.readouterr().err
+    assert err == f"error: {tmp_path}: metrics.json and perf.json are not readable (the warnings above say why): " \
+                  "nothing to report\n"

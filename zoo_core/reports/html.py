@@ -6,7 +6,8 @@
 input files) and every ``*.png`` (PR curves, ...). :func:`render_sweep_report` reads a sweep dir's
 ``sweep_report.csv`` / ``.md`` / ``.png``. Pictures are embedded as ``data:`` URIs and the style is
 inline, so the file can be mailed or archived alone; there is no script. Every file is optional: a
-missing one leaves its section out.
+missing one leaves its section out; so does an unreadable one (not JSON, not an object, not a regular file), with
+a warning naming it.
 
 ``python -m zoo_core.reports.html <dir>`` writes ``<dir>/report.html`` (a sweep dir or a record dir).
 """
@@ -109,15 +110,20 @@ def _read_json(path: Path) -> dict | None:
     section the page reads has another type (``"metrics": [...]``). A FIFO or a device is left unopened (absent); a
     file over :data:`~zoo_core.api.checkpoint.MAX_RECORD_BYTES` is left unread (absent), with a warning."""
     if not path.is_file():
+        if path.exists():
+            log.warning("%s: not a regular file; the report leaves it out unopened", path)
         return None
     try:
         data = json.loads(read_at_most(path, MAX_RECORD_BYTES, "record file"))
     except ZooError as exc:
         log.warning("%s; the report leaves it out", exc)
         return None
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError) as exc:  # (UnicodeDecodeError is a ValueError)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        log.warning("%s: not readable as JSON (%s); the report leaves it out", path, first[:200])
         return None
     if not isinstance(data, dict):
+        log.warning("%s: a JSON %s, not the object zoo writes; the report leaves it out", path, type(data).__name__)
         return None
     for key, kind in _SECTIONS.get(path.name, {}).items():
         if data.get(key) is not None and not isinstance(data[key], kind):
@@ -385,10 +391,16 @@ def render_run_report(record_dir: str | Path) -> str:
     """The HTML page of one stage run, from the files in ``record_dir`` (each optional).
 
     :raises FileNotFoundError: ``record_dir`` holds none of metrics.json, perf.json, run.json.
+    :raises ZooError: those it holds are all unreadable (each was named in a warning).
     """
     d = Path(record_dir)
-    metrics, perf, run = (_read_json(d / n) for n in ("metrics.json", "perf.json", "run.json"))
+    names = ("metrics.json", "perf.json", "run.json")
+    metrics, perf, run = (_read_json(d / n) for n in names)
     if metrics is None and perf is None and run is None:
+        there = [n for n in names if (d / n).exists() or (d / n).is_symlink()]
+        if there:
+            raise ZooError(f"{' and '.join(there)} {'is' if len(there) == 1 else 'are'} not readable (the warnings "
+                           "above say why): nothing to report", path=d)
         raise FileNotFoundError(f"{d}: no metrics.json, perf.json or run.json to report")
     run = run or {}
     config = run.get("config") or {}
