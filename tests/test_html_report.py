@@ -374,3 +374,68 @@ def test_a_sweep_column_of_numbers_shares_one_number_of_decimals(tmp_path):
     page = render_sweep_report(tmp_path)
     assert '<td class="num">0.50</td>' in page and '<td class="num">12.25</td>' in page
     assert '<td class="num">0.9688</td>' in page and '<td class="num">1.0000</td>' in page
+
+
+def _job_page(sweep: Path, job: str) -> None:
+    (sweep / job / "eval").mkdir(parents=True)
+    (sweep / job / "eval" / "report.html").write_text("<!doctype html>")
+
+
+def test_a_job_link_resolves_to_the_jobs_page(tmp_path):
+    _job_page(tmp_path, "3")
+    (tmp_path / "sweep_report.csv").write_text("job,status\n3,ok\n")
+    page = render_sweep_report(tmp_path)
+    href = page.split('<a href="', 1)[1].split('"', 1)[0]
+    assert href == "./3/eval/report.html" and (tmp_path / href).is_file()
+
+
+def test_a_job_folder_named_like_a_url_scheme_links_to_its_page_not_a_script(tmp_path):
+    """Before: a job folder ``javascript:alert(document.domain)`` gave ``<a href="javascript:alert(...)/...">``, a
+    script run by a click on the sweep page."""
+    job = "javascript:alert(document.domain)"
+    _job_page(tmp_path, job)
+    (tmp_path / "sweep_report.csv").write_text(f"job,status\n{job},ok\n")
+    page = render_sweep_report(tmp_path)
+    href = page.split('<a href="', 1)[1].split('"', 1)[0]
+    assert href == "./javascript%3Aalert%28document.domain%29/eval/report.html"
+    from urllib.parse import unquote
+    assert (tmp_path / unquote(href)).is_file()  # still the job's page
+    assert 'href="javascript' not in page
+
+
+def test_a_job_outside_the_sweep_dir_gets_no_link_and_a_warning(tmp_path, caplog, capsys):
+    """Before: an absolute job path in sweep_report.csv was a ValueError traceback (relative_to), exit 1; a ``..``
+    job linked a page outside the sweep."""
+    outside = tmp_path / "elsewhere"
+    _job_page(outside, "9")
+    sweep = tmp_path / "sweep"
+    _job_page(sweep, "1")
+    (sweep / "sweep_report.csv").write_text(f"job,status\n{outside / '9'},ok\n../elsewhere/9,ok\n1,ok\n")
+    with caplog.at_level("WARNING", logger="zoo"):
+        assert html_main([str(sweep)]) == 0
+    page = (sweep / "report.html").read_text()
+    assert page.count("<a href=") == 1 and '<a href="./1/eval/report.html">' in page
+    warned = [r.getMessage() for r in caplog.records]
+    assert sum("is not a folder of the sweep dir" in m for m in warned) == 2
+
+
+def test_an_unreadable_record_is_named_in_a_warning_not_left_out_silently(tmp_path, caplog, capsys):
+    """Before: a truncated metrics.json was left out of report.html with no word, exit 0; with perf.json also
+    unreadable the error said "no metrics.json, perf.json or run.json" although both were there."""
+    (tmp_path / "metrics.json").write_text('{"metrics": {"easy": 0.9}, "model": "centerface"\n')
+    (tmp_path / "perf.json").write_text(json.dumps({"images": 3, "throughput_img_s": 12.5}))
+    with caplog.at_level("WARNING", logger="zoo"):
+        assert html_main([str(tmp_path)]) == 0
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert warning == (f"{tmp_path / 'metrics.json'}: not readable as JSON (Expecting ',' delimiter: line 2 column 1 "
+                       "(char 49)); the report leaves it out")
+    caplog.clear()
+    (tmp_path / "perf.json").write_text("[1, 2]")
+    with caplog.at_level("WARNING", logger="zoo"):
+        assert html_main([str(tmp_path)]) == 2
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
+        "not readable as JSON (Expecting ',' delimiter: line 2 column 1 (char 49)); the report leaves it out",
+        "a JSON list, not the object zoo writes; the report leaves it out"]
+    err = capsys.readouterr().err
+    assert err == f"error: {tmp_path}: metrics.json and perf.json are not readable (the warnings above say why): " \
+                  "nothing to report\n"

@@ -584,3 +584,99 @@ def test_a_shard_record_of_the_wrong_type_fails_the_merge_naming_it_not_a_traceb
     summary = build_report(tmp_path)
     [row] = summary["merged"]
     assert row["status"] == "failed" and row["error"].startswith("not merged: " + error.format(f=f)), row["error"]
+
+
+ALIAS_BOMB = "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10) if i else ', '.join(['x'] * 10)}]\n"
+                     for i in range(5))  # 10^5 strings once expanded (the audit's 10^9 never ended)
+
+
+def test_a_shard_config_with_yaml_aliases_fails_the_merge_naming_it_unexpanded(tmp_path):
+    """Before: merge_config gave the text to OmegaConf.create, which copies every alias: a 1 KB alias bomb in a
+    shard's .hydra/config.yaml took the sweep report's memory until it was killed."""
+    from zoo_core.reports.sweep_report import build_report
+
+    fake_shard_sweep(tmp_path)
+    f = tmp_path / "0" / "eval" / ".hydra" / "config.yaml"
+    f.write_text(f.read_text() + ALIAS_BOMB)
+    [row] = build_report(tmp_path)["merged"]
+    assert row["status"] == "failed" and row["error"].startswith(
+        f"not merged: {f} uses YAML anchors or aliases (&a0 at line 8), which Hydra never writes"), row["error"]
+
+
+@pytest.mark.parametrize("value", ["${oc.env:ZOO_TEST_SECRET}", "x-${oc.env:ZOO_TEST_SECRET,none}",
+                                   "${oc.decode:'${oc.env:ZOO_TEST_SECRET}'}", "${oc.${model.name}:ZOO_TEST_SECRET}"])
+def test_a_shard_config_calling_a_resolver_fails_the_merge_naming_it(tmp_path, monkeypatch, value):
+    """Before: the merge resolved ``${oc.env:...}`` in a shard's job config: the environment of whoever built the
+    report went into the merged records."""
+    from zoo_core.reports.shard_merge import merge_config
+    from zoo_core.reports.sweep_report import build_report
+
+    monkeypatch.setenv("ZOO_TEST_SECRET", "hunter2")
+    fake_shard_sweep(tmp_path)
+    f = tmp_path / "0" / "eval" / ".hydra" / "config.yaml"
+    f.write_text(f.read_text() + f"note: {json.dumps(value)}\n")
+    [row] = build_report(tmp_path)["merged"]
+    assert row["status"] == "failed" and row["error"].startswith(f"not merged: {f} calls the resolver ${{oc."), row
+    assert "hunter2" not in row["error"]
+    files = tmp_path / "1" / "eval"
+    from zoo_core.reports.job_files import JobFiles
+    good = files / ".hydra" / "config.yaml"  # what zoo's own configs use still reads: oc.select, nested node paths
+    good.write_text(good.read_text() + "variant: a\nby: {a: 1}\nnote: ${oc.select:model.name,null}\n"
+                    "pick: ${.by.${.variant}}\n")
+    cfg, stage, n = merge_config(JobFiles(tmp_path / "1", files))
+    assert (stage, n, cfg.note, cfg.pick) == ("eval", 2, "fixture", 1)
+
+
+def test_a_resolver_in_a_real_shard_config_leaves_the_environment_out_of_the_merge(chunked_sweep, tmp_path,
+                                                                                   monkeypatch, cache_dir):
+    """The audit's case end to end: ``${oc.env:...}`` in the config of a finished shard sweep."""
+    from zoo_core.reports import sweep_report
+
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(cache_dir))
+    monkeypatch.setenv("ZOO_TEST_SECRET", "hunter2")
+    sweep = tmp_path / "sweep"
+    shutil.copytree(chunked_sweep, sweep, symlinks=True)
+    f = sweep / "0" / "eval" / ".hydra" / "config.yaml"
+    f.write_text(f.read_text() + "note: ${oc.env:ZOO_TEST_SECRET}\n")
+    assert sweep_report.build_report(sweep)["failed_merges"] == 1
+    assert not [p for p in sweep.rglob("*") if p.is_file() and b"hunter2" in p.read_bytes()]
+    assert f"not merged: {f} calls the resolver ${{oc.env:...}}" in (sweep / "sweep_report.md").read_text()
+
+
+@pytest.mark.parametrize("shard", ["1" * 5000, "1" * 19, "x"])
+def test_a_shard_override_that_is_no_shard_number_leaves_its_job_out_of_the_merge_with_a_warning(tmp_path, caplog,
+                                                                                                shard):
+    """Before: a 5000-digit ``dataset.shard`` passed the merge's number check and ``int()`` refused it: a ValueError
+    traceback (``Exceeds the limit (4300 digits)``) out of the sweep report, exit 1."""
+    from zoo_core.reports.sweep_report import build_report
+
+    fake_shard_sweep(tmp_path)
+    f = tmp_path / "1" / "eval" / ".hydra" / "overrides.yaml"
+    f.write_text(f.read_text().replace("dataset.shard=1", f"dataset.shard={shard}"))
+    with caplog.at_level("WARNING", logger="zoo"):
+        [row] = build_report(tmp_path)["merged"]
+    assert row["status"] == "failed" and "shard 1 of 2 is missing" in row["error"]
+    [warning] = [r.getMessage() for r in caplog.records if "not a shard number" in r.getMessage()]
+    assert warning.startswith("job 1 ran dataset.shard=") and f"(its {f}): it is in no merge" in warning
+    assert len(warning) < 400
+
+
+@pytest.mark.parametrize("skipped, what", [("oops", "a str"), (["a.jpg"], "a list holding a str"),
+                                           ({"id": "a"}, "a dict")])
+def test_a_shard_whose_skipped_list_is_not_zoos_is_refused_naming_its_record(chunked_sweep, tmp_path, monkeypatch,
+                                                                             cache_dir, skipped, what):
+    """Before: ``"skipped": "oops"`` in a shard's metrics.json was added letter by letter to the merged record
+    (``"skipped": ["o", "o", "p", "s"]``), exit 0."""
+    from zoo_core.reports import sweep_report
+
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(cache_dir))
+    sweep = tmp_path / "sweep"
+    shutil.copytree(chunked_sweep, sweep, symlinks=True)
+    f = sweep / "1" / "eval" / "metrics.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "skipped": skipped}))
+    assert sweep_report.build_report(sweep)["failed_merges"] == 1
+    assert not (sweep / "merged").exists()
+    md = (sweep / "sweep_report.md").read_text()
+    assert f'not merged: shard 1 (job 1): {f}: "skipped" is {what}, not the list of objects zoo writes' in md, md
+    [cmd] = rerun_commands(sweep)
+    assert "dataset.shard=1" in cmd

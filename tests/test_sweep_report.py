@@ -447,3 +447,21 @@ def test_a_new_sweep_removes_the_temp_files_a_killed_sweep_left_in_its_dir(tmp_p
         assert live.read_text() == "partial"
     finally:
         report.__dict__.pop("_sweep_lock").release()
+
+
+@pytest.mark.parametrize("name", ["²", "9" * 200])
+def test_a_job_folder_named_with_digits_int_does_not_take_is_sorted_as_a_name(tmp_path, name):
+    """Before: ``'²'.isdigit()`` is true but ``int('²')`` raises: a job folder ``²`` killed the sweep report with a
+    ValueError traceback (the job sort, the shard merge's free job numbers); a job folder of 200 digits left the
+    merge no free job number for a missing shard (StopIteration out of the report)."""
+    import shutil
+
+    from tests.test_shard_merge import fake_shard_sweep
+
+    fake_shard_sweep(tmp_path)
+    shutil.rmtree(tmp_path / "1")  # shard 1 never ran: its re-run command gets a new job dir
+    fake_job(tmp_path, name, "eval", ["model=fixture", "stage=eval"], 1_700_000_000.0, perf={"images": 1})
+    assert [f.root.name for f in sr.sweep_jobs(tmp_path)] == ["0", name]
+    [row] = sr.build_report(tmp_path)["merged"]
+    assert row["status"] == "failed" and "shard 1 of 2 is missing" in row["error"]
+    assert "hydra.sweep.subdir=1/eval" in row["error"]

@@ -6,7 +6,8 @@
 input files) and every ``*.png`` (PR curves, ...). :func:`render_sweep_report` reads a sweep dir's
 ``sweep_report.csv`` / ``.md`` / ``.png``. Pictures are embedded as ``data:`` URIs and the style is
 inline, so the file can be mailed or archived alone; there is no script. Every file is optional: a
-missing one leaves its section out.
+missing one leaves its section out; so does an unreadable one (not JSON, not an object, not a regular file), with
+a warning naming it.
 
 ``python -m zoo_core.reports.html <dir>`` writes ``<dir>/report.html`` (a sweep dir or a record dir).
 """
@@ -20,6 +21,7 @@ import io
 import json
 import logging
 import math
+import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -108,15 +110,20 @@ def _read_json(path: Path) -> dict | None:
     section the page reads has another type (``"metrics": [...]``). A FIFO or a device is left unopened (absent); a
     file over :data:`~zoo_core.api.checkpoint.MAX_RECORD_BYTES` is left unread (absent), with a warning."""
     if not path.is_file():
+        if path.exists():
+            log.warning("%s: not a regular file; the report leaves it out unopened", path)
         return None
     try:
         data = json.loads(read_at_most(path, MAX_RECORD_BYTES, "record file"))
     except ZooError as exc:
         log.warning("%s; the report leaves it out", exc)
         return None
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError) as exc:  # (UnicodeDecodeError is a ValueError)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        log.warning("%s: not readable as JSON (%s); the report leaves it out", path, first[:200])
         return None
     if not isinstance(data, dict):
+        log.warning("%s: a JSON %s, not the object zoo writes; the report leaves it out", path, type(data).__name__)
         return None
     for key, kind in _SECTIONS.get(path.name, {}).items():
         if data.get(key) is not None and not isinstance(data[key], kind):
@@ -384,10 +391,16 @@ def render_run_report(record_dir: str | Path) -> str:
     """The HTML page of one stage run, from the files in ``record_dir`` (each optional).
 
     :raises FileNotFoundError: ``record_dir`` holds none of metrics.json, perf.json, run.json.
+    :raises ZooError: those it holds are all unreadable (each was named in a warning).
     """
     d = Path(record_dir)
-    metrics, perf, run = (_read_json(d / n) for n in ("metrics.json", "perf.json", "run.json"))
+    names = ("metrics.json", "perf.json", "run.json")
+    metrics, perf, run = (_read_json(d / n) for n in names)
     if metrics is None and perf is None and run is None:
+        there = [n for n in names if (d / n).exists() or (d / n).is_symlink()]
+        if there:
+            raise ZooError(f"{' and '.join(there)} {'is' if len(there) == 1 else 'are'} not readable (the warnings "
+                           "above say why): nothing to report", path=d)
         raise FileNotFoundError(f"{d}: no metrics.json, perf.json or run.json to report")
     run = run or {}
     config = run.get("config") or {}
@@ -472,9 +485,20 @@ def _csv_value(text: str) -> Any:
 
 
 def _job_link(sweep: Path, job: str) -> str | None:
+    """The relative URL (``./3/eval/report.html``) of the page of the job in the CSV's ``job`` cell, or None. Each
+    path part is percent-encoded and the URL starts with ``./``, so a folder name is never read as a URL scheme
+    (``javascript:...``); a job that is an absolute path or climbs out of the sweep dir (``..``) gets no link and a
+    warning."""
+    parts = Path(job).parts
+    if not parts:
+        return None
+    if Path(job).is_absolute() or ".." in parts:
+        log.warning("%s: job %r is not a folder of the sweep dir; the report does not link it",
+                    sweep / "sweep_report.csv", job)
+        return None
     for cand in [sweep / job / "report.html", *sorted((sweep / job).glob("*/report.html"))]:
         if cand.is_file():
-            return cand.relative_to(sweep).as_posix()
+            return "./" + "/".join(urllib.parse.quote(part) for part in cand.relative_to(sweep).parts)
     return None
 
 

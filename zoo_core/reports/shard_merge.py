@@ -16,6 +16,8 @@ A merge is refused (its report row is failed, and the sweep exits 1) when
   ``detections/index.jsonl``, other images than its shard's); it is named with its re-run command;
 * the shards' outputs were made by different backends (their ``detections/state.json``); the one they agree
   on is the backend the merged scores are judged for (``made_by``), as an unsharded postprocess does.
+* the first shard's ``.hydra/config.yaml`` (which the merge scores with) uses YAML anchors / aliases or calls a
+  resolver other than :data:`MERGE_RESOLVERS` (:func:`merge_config`).
 
 With ``gate=true`` a merged scoring that does not reproduce its reference keeps its record (``metrics.json``
 written, as an unsharded run's) and its row is failed with its metrics.
@@ -41,7 +43,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zoo_core.reports.job_files import JobFiles
-from zoo_core.reports.sweep_report import as_dict, read_json, read_overrides, read_record, read_yaml, sweep_jobs
+from zoo_core.reports.sweep_report import (
+    as_dict,
+    is_job_number,
+    read_json,
+    read_overrides,
+    read_record,
+    read_yaml,
+    sweep_jobs,
+)
 from zoo_core.runs.fingerprint import PRODUCER_KEYS, RUNTIME_BACKEND_KEYS, backend_section
 
 log = logging.getLogger("zoo")
@@ -135,7 +145,8 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
     merged_root = sweep_dir / "merged"
     linked = linked_merged_root(merged_root)
     ok_dirs: set[Path] = set()
-    free = iter(range(max((int(p.name) for p in sweep_dir.iterdir() if p.name.isdigit()), default=-1) + 1, 1 << 30))
+    free = iter(range(max((int(p.name) for p in sweep_dir.iterdir() if is_job_number(p.name)), default=-1) + 1,
+                      1 << 62))
     for label, members in groups.items():
         row = {"job": "merged" + (f"[{label}]" if label else ""),
                **{f"@{k}": members[0].get("@" + k) for k in others}, "@dataset.shard": "all"}
@@ -147,7 +158,7 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
         if stage not in MERGEABLE_STAGES:
             return []
         shards = pick_shards(members, jobs)
-        ran_otherwise = {int(r["@dataset.shard"]): r for g, m in groups.items() if g != label for r in m}
+        ran_otherwise = {shard_number(r["@dataset.shard"]): r for g, m in groups.items() if g != label for r in m}
         problems = [p for p in (shard_problem(i, shards.get(i), n) if i in shards or i not in ran_otherwise
                                 else ran_with_other_settings(i, n, ran_otherwise[i], members[0], others)
                                 for i in range(n)) if p]
@@ -244,27 +255,93 @@ def shard_groups(rows: list[dict], others: list[str], jobs: dict[str, JobFiles])
         shard = r.get("@dataset.shard")
         if shard is None:
             continue
-        if not re.fullmatch(r"[+-]?\d+", str(shard).strip()):
+        if shard_number(shard) is None:
+            text = str(shard)
             log.warning("job %s ran dataset.shard=%s, not a shard number (its %s): it is in no merge", r["job"],
-                        shard, jobs[r["job"]].overrides)
+                        text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)",
+                        jobs[r["job"]].overrides)
             continue
         groups.setdefault(_label({k: r.get("@" + k) for k in others}), []).append(r)
     return groups
 
 
+#: The resolvers a job config read back by a merge may call: those that read only the config itself. Any other
+#: (``${oc.env:...}``, ``${oc.decode:...}``, a plugin's) would be resolved on the machine that builds the report.
+MERGE_RESOLVERS = frozenset({"oc.select"})
+
+
+class _RefusedConfig(Exception):
+    """A job config the merge does not read: its reason is the whole message."""
+
+
+def shard_number(value) -> int | None:
+    """A job's ``dataset.shard`` override as a shard number, or None when it is none: not an integer, or one of more
+    than 18 digits (no sweep has that many shards; :func:`int` refuses 4301 digits and more with a ValueError)."""
+    text = str(value).strip()
+    return int(text) if re.fullmatch(r"[+-]?\d{1,18}", text) else None
+
+
 def merge_config(files: JobFiles) -> tuple:
     """``(config, stage name, dataset.num_shards)`` of the job whose ``.hydra/config.yaml`` a merge scores with;
-    a ValueError naming the file when it is not a readable job config (not YAML, a list, no stage name...)."""
+    a ValueError naming the file when it is not a readable job config (not YAML, a list, no stage name...), or
+    when it uses YAML anchors / aliases (Hydra writes none; ``OmegaConf.create`` would copy every alias, so a 1 KB
+    alias bomb takes the report's memory and time without end) or calls a resolver other than
+    :data:`MERGE_RESOLVERS` (``${oc.env:SECRET}`` would put the report builder's environment into the merged
+    record)."""
     from omegaconf import DictConfig, OmegaConf
 
     try:
-        cfg = OmegaConf.create(read_record(files.config))  # (a FIFO or /dev/zero: refused unopened)
+        text = read_record(files.config)  # (a FIFO or /dev/zero: refused unopened)
+        _refuse_yaml_aliases(text)
+        cfg = OmegaConf.create(text)
         if not isinstance(cfg, DictConfig):
             raise TypeError(f"a {type(cfg).__name__}, not a mapping")
+        _refuse_resolvers(OmegaConf.to_container(cfg, resolve=False))
         return cfg, str(cfg.stage.name), int(OmegaConf.select(cfg, "dataset.num_shards", default=1))
+    except _RefusedConfig as exc:
+        raise ValueError(f"{files.config} {exc}") from None
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ValueError(f"{files.config} is not a readable job config ({first})") from None
+
+
+def _refuse_yaml_aliases(text: str) -> None:
+    """Raise :class:`_RefusedConfig` when the YAML ``text`` defines an anchor or uses an alias (read as parser events,
+    nothing built)."""
+    import yaml
+
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _RefusedConfig(f"uses YAML anchors or aliases (&{event.anchor} at line "
+                                 f"{event.start_mark.line + 1}), which Hydra never writes: the merge does not read it")
+
+
+def _refuse_resolvers(value) -> None:
+    """Raise :class:`_RefusedConfig` when a string in ``value`` (the unresolved config) calls a resolver other than
+    :data:`MERGE_RESOLVERS`."""
+    from omegaconf.grammar_parser import OmegaConfGrammarParser, parse
+
+    if isinstance(value, dict):
+        for v in value.values():
+            _refuse_resolvers(v)
+    elif isinstance(value, list):
+        for v in value:
+            _refuse_resolvers(v)
+    elif isinstance(value, str) and "${" in value:
+        try:
+            tree = parse(value)
+        except Exception:  # not an interpolation OmegaConf resolves (it fails there, named)
+            return
+        stack = [tree]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, OmegaConfGrammarParser.InterpolationResolverContext):
+                name = node.resolverName().getText()
+                if name not in MERGE_RESOLVERS:
+                    raise _RefusedConfig(f"calls the resolver ${{{name}:...}} ({value!r}): the merge resolves no "
+                                         "resolver but oc.select in a job config (it would run on this machine, e.g. "
+                                         "read its environment into the merged record)")
+            stack.extend(getattr(node, "children", None) or [])
 
 
 def _metric_cells(record: dict) -> dict:
@@ -276,7 +353,9 @@ def pick_shards(members: list[dict], jobs: dict[str, JobFiles]) -> dict[int, Sha
     """The job of each shard index; when a shard ran more than once, an ok run wins, then the newest."""
     best: dict[int, Shard] = {}
     for r in members:
-        i = int(r["@dataset.shard"])
+        i = shard_number(r["@dataset.shard"])
+        if i is None:  # (not in a merge group: shard_groups left it out)
+            continue
         cand = Shard(i, r, jobs[r["job"]])
         cur = best.get(i)
         if cur is None or _rank(cand) > _rank(cur):
@@ -483,8 +562,16 @@ def shard_detections(shard: Shard, samples: list, n: int, num_classes: int | Non
 
     f = shard.files
     name = f"shard {shard.index} (job {shard.row['job']})"
-    record = read_json(f.metrics) or unscored_record(f)
+    record, record_path = read_json(f.metrics), f.metrics
+    if not record:
+        record, record_path = unscored_record(f), f.records / f"{f.records.name}.json"
     record = record if isinstance(record, dict) else {}
+    listed = record.get("skipped")
+    if listed is not None and not (isinstance(listed, list) and all(isinstance(e, dict) for e in listed)):
+        what = f"a list holding a {next(type(e).__name__ for e in listed if not isinstance(e, dict))}" \
+            if isinstance(listed, list) else f"a {type(listed).__name__}"
+        raise NotMergeable([f"{name}: {record_path}: \"skipped\" is {what}, not the list of objects zoo writes "
+                            "(one {\"id\", \"path\", \"reason\"} per skipped image)"], {shard.index})
     state = read_json(f.detections / "state.json")
     if not isinstance(state, dict):
         raise NotMergeable([f"{name}: its detections are gone ({f.detections / 'state.json'} is missing or "

@@ -143,8 +143,14 @@ def sweep_jobs(sweep_dir: Path) -> list[JobFiles]:
             jobs = {**_manifest_jobs(sweep_dir, found), **jobs}
     else:
         jobs = found
-    return sorted(jobs.values(), key=lambda f: (not f.root.name.isdigit(),
-                                                int(f.root.name) if f.root.name.isdigit() else f.root.name))
+    return sorted(jobs.values(), key=lambda f: (not is_job_number(f.root.name),
+                                                int(f.root.name) if is_job_number(f.root.name) else f.root.name))
+
+
+def is_job_number(name: str) -> bool:
+    """Whether a job dir's name is a job number as Hydra names them (``0``, ``12``): ASCII digits only (``'²'`` is a
+    digit to :meth:`str.isdigit` but not a number to :func:`int`), at most 18 of them."""
+    return name.isascii() and name.isdigit() and len(name) <= 18
 
 
 def _manifest_jobs(sweep_dir: Path, found: dict[str, JobFiles]) -> dict[str, JobFiles]:
