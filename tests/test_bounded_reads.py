@@ -239,6 +239,44 @@ def test_a_detections_state_json_over_the_cap_is_refused_unread(tmp_path):
                               f"{MAX_RECORD_BYTES >> 20} MiB for a detections state file")
 
 
+def test_an_inputs_or_outputs_state_json_over_the_cap_is_refused_unread(tmp_path):
+    """Before: infer / postprocess read a 2 GB sparse inputs/state.json whole (4.2 GB RSS)."""
+    from zoo_core.runs.layout import artifact_state
+
+    state = _sparse(tmp_path / "state.json", MAX_RECORD_BYTES + 1, b'{"complete": false}')
+    with pytest.raises(ZooError) as err:
+        artifact_state(tmp_path)
+    assert str(err.value).split("\n")[0] == (f"{state}: not read: it is {MAX_RECORD_BYTES + 1} bytes, over the "
+                                             f"limit of {MAX_RECORD_BYTES >> 20} MiB for a state file")
+
+
+def test_resume_over_a_state_json_over_the_cap_is_refused_unread(fixture_cfg, tmp_path):
+    """Before: resume=true (start_resumable, and refuse_changed_quantize before it) read state.json whole."""
+    from tests.test_om_record import _ctx
+    from zoo_core.runs.resume import ResumeRefused, refuse_changed_quantize, start_resumable
+
+    state = _sparse(tmp_path / "state.json", MAX_RECORD_BYTES + 1, b'{"fingerprint": {}}')
+    ctx = _ctx(fixture_cfg, tmp_path, "infer", resume=True, **{"backend.name": "onnxruntime"})
+    refuse_changed_quantize(ctx, state)  # (left to start_resumable)
+    with pytest.raises(ResumeRefused) as err:
+        start_resumable(ctx, state, {"model": "abc"}, lambda: None)
+    assert str(err.value).split("\n")[0] == (
+        f"{state}: cannot resume: the state file is unreadable (not read: it is {MAX_RECORD_BYTES + 1} bytes, over "
+        f"the limit of {MAX_RECORD_BYTES >> 20} MiB for a state file)")
+    assert state.stat().st_size == MAX_RECORD_BYTES + 1  # left as it was
+
+
+def test_a_model_record_over_the_cap_is_not_trusted_and_not_read(tmp_path, caplog):
+    """Before: read_record read a model file's .json record whole."""
+    from zoo_core.runs.model_files import read_record
+
+    meta = _sparse(tmp_path / "m.json", MAX_RECORD_BYTES + 1, b'{"sha256": "ab"}')
+    with caplog.at_level(logging.INFO, logger="zoo"):
+        assert read_record(meta) == {}
+    assert f"{meta}: not read: it is {MAX_RECORD_BYTES + 1} bytes" in caplog.text
+    assert "what it describes is not trusted" in caplog.text
+
+
 def test_an_index_jsonl_over_the_cap_is_an_input_error_unread(tmp_path, monkeypatch):
     """Before: resuming read detections/index.jsonl whole (2 GB -> 4.3 GB RSS)."""
     from zoo_core.runs import resume

@@ -117,8 +117,46 @@ def test_a_refusal_hint_gives_one_override_per_leaf_of_a_mapping():
 
     assert _overrides("model.export", {"dcn_impl": "auto", "opset": 11}) == ["model.export.dcn_impl=auto",
                                                                              "model.export.opset=11"]
-    assert _overrides("model.input_hw", [640, 640]) == ["'model.input_hw=[640, 640]'"]
+    assert _overrides("model.input_hw", [640, 640]) == ['"model.input_hw=[640, 640]"']
     assert _overrides("model.sharpness", 30.0) == ["model.sharpness=30.0"]
+
+
+def _shell_words(text: str, cwd: Path) -> list[str]:
+    """The words bash makes of ``text`` (pasted after a command), run in ``cwd``."""
+    import subprocess
+
+    out = subprocess.run(["bash", "-c", "printf '%s\\0' " + text], cwd=cwd, capture_output=True, check=True,
+                         env={"PATH": "/usr/bin:/bin"}).stdout
+    return out.decode().split("\0")[:-1]
+
+
+@pytest.mark.parametrize("value", ["640;touch$IFS" + "pwned", "$(touch pwned)", "`touch pwned`", "a'b c;touch pwned",
+                                   "x\\", "true", "1e3", "a\nb", "é", "null", [640, "x y;z"], 30.0, None])
+def test_a_refusal_hint_is_one_shell_word_hydra_reads_back_as_the_recorded_value(value, tmp_path):
+    """Before: a ``state.json`` value ``640;touch$IFS/tmp/x`` was printed unquoted in the hint
+    ``pass the settings they were made with (model.input_hw=640;touch$IFS/tmp/x)``: pasted, it ran ``touch``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from zoo_core.runs.producer import _overrides
+
+    [override] = _overrides("model.input_hw", value)
+    [word] = _shell_words(override, tmp_path)  # one word for the shell, and nothing ran
+    assert not (tmp_path / "pwned").exists()
+    parsed = OverridesParser.create().parse_override(word)
+    assert parsed.key_or_group == "model.input_hw" and parsed.value() == value
+
+
+def test_a_refusal_naming_another_model_quotes_its_name_for_the_shell(fixture_cfg, tmp_path):
+    """Before: ``hint: pass model=centernet;touch$IFS/tmp/x, ...``."""
+    from zoo_core.runs.producer import refuse_other_producer
+
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "state.json").write_text(json.dumps({"model_name": "centernet;touch$IFS" + "pwned"}))
+    with pytest.raises(ZooError) as err:
+        refuse_other_producer(_ctx(fixture_cfg, tmp_path, "postprocess"), tmp_path / "outputs", "infer", "outputs")
+    said = err.value.hint.split(", or run")[0].removeprefix("pass ")
+    assert _shell_words(said, tmp_path) == ["model=centernet;touch$IFS" + "pwned"]
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_cli_postprocess_over_outputs_of_other_settings_exits_2_naming_the_state_file(zoo):

@@ -128,6 +128,40 @@ def test_a_missing_external_data_file_is_named(two_sets):
         sha256_file(a)
 
 
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "directory"])
+def test_an_external_data_file_that_is_not_a_regular_file_is_refused_unread(two_sets, kind):
+    """Before: a FIFO as the data file blocked stage=convert forever (its hash's open()), a link to /dev/zero was
+    read without end. Now one line naming the data file, from its stat alone."""
+    import threading
+
+    a, _ = two_sets
+    data = a.parent / "m.data"
+    data.unlink()
+    said = {"fifo": "a FIFO (named pipe)", "dev_zero": "a character device", "directory": "a directory"}[kind]
+    if kind == "fifo":
+        os.mkfifo(data)
+    elif kind == "dev_zero":
+        data.symlink_to("/dev/zero")
+    else:
+        data.mkdir()
+    out: list = []
+
+    def digest() -> None:
+        try:
+            out.append(sha256_file(a))
+        except ZooError as exc:
+            out.append(str(exc))
+
+    t = threading.Thread(target=digest, daemon=True)
+    t.start()
+    t.join(10)
+    blocked = t.is_alive()
+    if blocked and kind == "fifo":  # the old code: unblock its open() so the test can end
+        os.close(os.open(data, os.O_WRONLY | os.O_NONBLOCK))
+    assert not blocked
+    assert out == [f"{data}: cannot hash the external data file of {a}: it is {said}, not a regular file"]
+
+
 def test_resume_after_only_the_data_file_changed_is_refused(fixture_cfg, two_sets, tmp_path):
     """Before: resume=true kept the detections of the old weights and added those of the new ones (audit: hard AP
     0.7557, vs 0.7409 / 0.7652 for each set alone), exit 0."""
@@ -184,6 +218,9 @@ def _eio_reading(monkeypatch, victim: Path) -> None:
     class Failing:
         def __init__(self, f):
             self.f = f
+
+        def fileno(self):
+            return self.f.fileno()
 
         def read(self, *a):
             raise OSError(errno.EIO, os.strerror(errno.EIO))

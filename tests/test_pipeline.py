@@ -990,6 +990,23 @@ def test_a_failure_record_on_a_full_disk_is_written_over_the_running_one(fixture
     assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["run.json"]  # metrics.json removed
 
 
+def test_infer_refuses_an_inputs_state_json_it_cannot_read_instead_of_reading_the_inputs_as_a_dump(fixture_cfg,
+                                                                                                      tmp_path):
+    """Before: inputs/state.json saying ``complete: false`` with one stray ``,`` did not parse, was read as no state
+    at all, and infer ran on the partial set with exit 0 (the valid file: exit 2). Now it is an error naming it."""
+    from zoo_core.runs.run_stage import run_stage
+
+    run_stage(_ctx(fixture_cfg, tmp_path, "preprocess"))
+    state = tmp_path / "inputs" / "state.json"
+    text = json.dumps({**json.loads(state.read_text()), "complete": False})
+    state.write_text(text[:-1] + ",}")
+    with pytest.raises(ZooError) as info:
+        run_stage(_ctx(fixture_cfg, tmp_path, "infer"))
+    assert str(info.value).startswith(f"{state}: unreadable state file: not JSON (")
+    assert info.value.exit_code == 2 and "stage that writes inputs/ again" in info.value.hint
+    assert not (tmp_path / "outputs" / "state.json").exists()
+
+
 def test_infer_refuses_the_inputs_of_an_unfinished_preprocess_unless_allow_skips(fixture_cfg, tmp_path, caplog):
     """Before: stage=infer read whatever .bin an interrupted preprocess (inputs/state.json complete: false) had
     written, said nothing and marked its outputs complete. Now it refuses naming inputs/state.json; with
@@ -1246,17 +1263,25 @@ def test_a_chunk_whose_members_declare_more_than_the_file_holds_is_refused(tmp_p
 
 
 @pytest.mark.parametrize("reader", ["outputs_state", "model_record"])
-def test_optional_json_files_that_are_fifos_are_not_opened(tmp_path, reader):
-    """A dump's ``state.json`` (``outputs_dir=``, read by postprocess) and the ``.json`` record beside a model file
-    are optional: a FIFO in their place blocked their read forever; now it counts as no (trusted) file."""
+def test_json_files_that_are_fifos_are_not_opened(tmp_path, reader):
+    """A FIFO in place of a dump's ``state.json`` (``outputs_dir=``, read by postprocess) or the ``.json`` record
+    beside a model file blocked their read forever. Now neither is opened: the model record counts as no (trusted)
+    record (it is rebuilt); the state file is an error naming it (read as absent, it switched the checks it feeds
+    off)."""
     from zoo_core.runs.layout import artifact_state
     from zoo_core.runs.model_files import read_record
 
     fifo = tmp_path / ("state.json" if reader == "outputs_state" else "m.json")
     os.mkfifo(fifo)
     out: list = []
-    t = threading.Thread(target=lambda: out.append(artifact_state(tmp_path) if reader == "outputs_state"
-                                                   else read_record(fifo)), daemon=True)
+
+    def read() -> None:
+        try:
+            out.append(artifact_state(tmp_path) if reader == "outputs_state" else read_record(fifo))
+        except ZooError as exc:
+            out.append(str(exc).split("\n")[0])
+
+    t = threading.Thread(target=read, daemon=True)
     t.start()
     t.join(10)
     blocked = t.is_alive()
@@ -1264,7 +1289,9 @@ def test_optional_json_files_that_are_fifos_are_not_opened(tmp_path, reader):
         with contextlib.suppress(OSError):
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         t.join(0.1)
-    assert not blocked and out == [{}]
+    assert not blocked
+    assert out == ([f"{fifo}: state file is a FIFO (named pipe), not a regular file"] if reader == "outputs_state"
+                   else [{}])
 
 
 def test_class_count_is_the_coco_category_mapping_and_unknown_otherwise():

@@ -149,6 +149,46 @@ def test_missing_file_policy(tmp_path):
         read_prediction_tree(tmp_path, gt, missing="skip")
 
 
+@pytest.mark.parametrize("kind, said", [("fifo", "not a regular file"), ("directory", "a directory"),
+                                        ("broken_link", "a broken symbolic link"), ("event_file", "not a directory")])
+def test_a_prediction_path_that_is_not_a_regular_file_is_refused_not_missing(tmp_path, kind, said):
+    """Before: read_prediction_tree read a FIFO or a directory named <stem>.txt as missing; with missing="empty"
+    those images silently got no predictions. Now, as the CLI's tree reader does, an error naming it."""
+    import os
+    import threading
+
+    gt = _gt()
+    dets = _detections()
+    del dets[("0--Synth", "1_Synth_b_2")]
+    if kind == "event_file":
+        del dets[("1--Crowd", "0_Crowd_c_3")]
+    write_prediction_tree(tmp_path, dets)
+    path = tmp_path / "0--Synth" / "1_Synth_b_2.txt"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "broken_link":
+        path.symlink_to("nowhere.txt")
+    else:
+        path = tmp_path / "1--Crowd"
+        path.write_text("")
+    out: list = []
+
+    def read() -> None:
+        try:
+            out.append(read_prediction_tree(tmp_path, gt, missing="empty"))
+        except ZooError as exc:
+            out.append(str(exc).split("\n")[0])
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive()
+    what = "event folder" if kind == "event_file" else "prediction file"
+    assert out == [f"{path}: the {what} is {said}"]
+
+
 def test_unsorted_policy(tmp_path):
     gt = _gt()
     write_prediction_tree(tmp_path, _detections())

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import platform
+import stat
 import sys
 from collections.abc import Iterator, Mapping
 from importlib import metadata
@@ -14,6 +15,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from zoo_core.api.checkpoint import _KINDS
 from zoo_core.api.errors import ZooError
 
 
@@ -57,15 +59,23 @@ _LOCATION_KEY = b"location"
 
 def _cached_sha256(path: str | Path, chunk: int, onnx: bool = False,
                    data_of: Path | None = None) -> tuple[str, tuple[str, ...]]:
+    what = f"the external data file of {data_of}" if data_of else "the file"
     try:
         st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):  # (a FIFO blocked the read forever, /dev/zero never ended)
+            raise _not_regular(path, st.st_mode, what)
         key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, onnx)
         if key not in _SHA_CACHE:
             digest, marked = _sha256(path, chunk, _LOCATION_KEY if onnx else None)
             _SHA_CACHE[key] = (digest, onnx_external_data(path) if marked else ())
         return _SHA_CACHE[key]
     except OSError as exc:
-        raise _unreadable(path, exc, f"the external data file of {data_of}" if data_of else "the file") from exc
+        raise _unreadable(path, exc, what) from exc
+
+
+def _not_regular(path: str | Path, mode: int, what: str) -> ZooError:
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    return ZooError(f"cannot hash {what}: it is {kind}, not a regular file", path=path)
 
 
 def _unreadable(path: str | Path, exc: OSError, what: str = "the file") -> ZooError:
@@ -77,7 +87,11 @@ def _sha256(path: str | Path, chunk: int, marker: bytes | None = None) -> tuple[
     """The sha256 of the file's bytes, and whether ``marker`` occurs in them (found while hashing: one read)."""
     h = hashlib.sha256()
     found, tail = False, b""
-    with open(path, "rb") as f:
+    nonblocking = getattr(os, "O_NONBLOCK", 0)  # (swapped for a FIFO since the stat: the open does not block)
+    with open(path, "rb", opener=lambda p, flags: os.open(p, flags | nonblocking)) as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(path, mode, "the file")
         while True:
             b = f.read(chunk)
             if not b:

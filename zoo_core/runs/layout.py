@@ -129,17 +129,57 @@ def clear_dir(path: Path, keep: tuple[str, ...] = ()) -> None:
             p.unlink()
 
 
+#: The keys of an artifact dir's ``state.json`` that zoo reads, with the JSON type every zoo version wrote them as
+#: (``None``: JSON ``null`` allowed too; a key may be absent: older zoos wrote fewer).
+_STATE_TYPES: dict[str, tuple[type, ...]] = {
+    "complete": (bool,), "inputs_complete": (bool,), "model_name": (str,), "fingerprint": (dict,),
+    "model_config": (dict, type(None)), "dataset_config": (dict, type(None)), "backend": (str, type(None))}
+
+
 def artifact_state(directory: Path) -> dict:
-    """``<directory>/state.json`` as a zoo stage wrote it (``inputs/``, ``outputs/``: the fingerprint, the backend
-    that made the outputs, ``complete``); ``{}`` for a dir zoo did not write (a seed or ais_bench dump), a file that
-    does not parse, or one that is not a regular file (a FIFO would block the read forever)."""
+    """``<directory>/state.json`` as a zoo stage wrote it (``inputs/``, ``outputs/``: the fingerprint, the model
+    and the settings that made the dir, the backend that made the outputs, ``complete``); ``{}`` when there is
+    none (a dir zoo did not write: a seed or ais_bench dump).
+
+    One that is there but cannot be read as zoo wrote it is a :class:`~zoo_core.api.errors.ZooError` naming it
+    and why: not a regular file (a FIFO, a device: refused unopened), larger than
+    :data:`~zoo_core.api.checkpoint.MAX_RECORD_BYTES` (unread), not JSON, not an object, or one of the keys zoo
+    reads of another type (:data:`_STATE_TYPES`). Reading it as absent would drop the checks it feeds (another
+    model's outputs, an unfinished preprocess)."""
     import json
 
+    from zoo_core.api.checkpoint import MAX_RECORD_BYTES, read_at_most
+    from zoo_core.api.errors import ZooError
+
     path = Path(directory) / "state.json"
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return {}
+    hint = (f"run the stage that writes {Path(directory).name}/ again, or remove this file to read the folder as "
+            f"a dump zoo did not write (nothing is then checked)")
+    if not path.exists():
+        raise ZooError(f"unreadable state file: a symbolic link to a missing file ({os.readlink(path)})", path=path,
+                       hint=hint)
     try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError):
-        return {}
-    return state if isinstance(state, dict) else {}
+        data = read_at_most(path, MAX_RECORD_BYTES, "state file")
+    except ZooError as exc:  # (not a regular file; too large: unread)
+        raise ZooError(str(exc).removeprefix(f"{path}: "), path=path, hint=hint) from None
+    try:
+        state = json.loads(data)
+    except RecursionError:
+        raise ZooError("unreadable state file: its JSON is nested too deeply to read", path=path,
+                       hint=hint) from None
+    except ValueError as exc:
+        raise ZooError(f"unreadable state file: not JSON ({exc})", path=path, hint=hint) from None
+    if not isinstance(state, dict):
+        raise ZooError(f"unreadable state file: a JSON {_json_kind(state)}, not an object", path=path, hint=hint)
+    for key, kinds in _STATE_TYPES.items():
+        if key in state and not isinstance(state[key], kinds):
+            want = " or ".join({bool: "true/false", str: "a string", dict: "an object"}.get(k, "null")
+                               for k in kinds)
+            raise ZooError(f"unreadable state file: its {key!r} is {json.dumps(state[key])[:40]}, not {want}",
+                           path=path, hint=hint)
+    return state
+
+
+def _json_kind(value: object) -> str:
+    return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from zoo_core.api.atomic import temp_path, write_json
-from zoo_core.api.checkpoint import regular_file
+from zoo_core.api.checkpoint import MAX_RECORD_BYTES, read_at_most, regular_file
 from zoo_core.api.errors import ZooError
 from zoo_core.runs.export_keys import changed_keys, export_values
 from zoo_core.runs.fingerprint import PRODUCER_KEYS, file_record, producer_versions, sha256_file, version_change
@@ -225,7 +225,10 @@ def read_record(meta: Path) -> dict:
         log.info("%s: not a regular file; what it describes is not trusted", meta)
         return {}
     try:
-        old = json.loads(meta.read_text())
+        old = json.loads(read_at_most(meta, MAX_RECORD_BYTES, "model file record"))
+    except ZooError as exc:  # (over MAX_RECORD_BYTES: unread)
+        log.info("%s; what it describes is not trusted", exc)
+        return {}
     except (ValueError, RecursionError):
         log.info("%s: not a JSON record zoo can read; what it describes is not trusted", meta)
         return {}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +55,25 @@ def deciding_model_keys(model_cfg: Any) -> set[str]:
     return {k.split(".")[1] for k in [*export_values(model_cfg), *aipp_values(model_cfg)]}
 
 
+#: A string value Hydra's override grammar reads back unquoted as this very string (not a number, bool or null).
+_PLAIN_WORD = re.compile(r"[A-Za-z_][\w.-]*", re.ASCII)
+
+
 def _overrides(key: str, value: Any) -> list[str]:
     """Command-line overrides setting ``key`` to ``value``: one per leaf of a mapping (Hydra cannot parse a JSON
-    object as a value), quoted for the shell where needed."""
+    object as a value), each a single shell word (:func:`~zoo_core.config.validate.shell_word`): the values come
+    from a ``state.json`` anyone may have written, and a hint pasted into a shell must run nothing but ``zoo``. A
+    string that is not a plain word is quoted for Hydra too (:func:`~zoo_core.config.validate.hydra_quote`)."""
+    from zoo_core.config.validate import hydra_quote, shell_word
+
     if isinstance(value, dict) and value:
         return [o for k, v in value.items() for o in _overrides(f"{key}.{k}", v)]
-    shown = value if isinstance(value, str) else json.dumps(value)
-    return [f"'{key}={shown}'" if any(c in shown for c in " []{}'\"") else f"{key}={shown}"]
+    if isinstance(value, str):
+        plain = _PLAIN_WORD.fullmatch(value) and value.lower() not in ("true", "false", "null", "nan", "inf")
+        shown = value if plain else hydra_quote(value)
+    else:
+        shown = json.dumps(value)
+    return [shell_word(f"{key}={shown}")]
 
 
 def refuse_other_producer(ctx: Any, directory: Path, producer: str, what: str) -> None:
@@ -75,8 +88,11 @@ def refuse_other_producer(ctx: Any, directory: Path, producer: str, what: str) -
     path = Path(directory) / "state.json"
     made_by = state.get("model_name")
     if isinstance(made_by, str) and made_by != ctx.model_name:
+        from zoo_core.config.validate import shell_word
+
         raise ZooError(f"these {what} were made by model {made_by!r}, not {ctx.model_name!r}", path=path,
-                       hint=f"pass model={made_by}, or run stage={producer} again with model={ctx.model_name}")
+                       hint=f"pass {shell_word(f'model={made_by}')}, or run stage={producer} again with "
+                            f"{shell_word(f'model={ctx.model_name}')}")
     diffs = config_differences(state, ctx.resolved_config())
     deciding = deciding_model_keys(ctx.cfg.model) if what == "outputs" else set()
     bad = [d for d in diffs if d[0] == "model" and d[1] in deciding]

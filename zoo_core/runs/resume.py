@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from zoo_core.api.atomic import write_json, write_text
-from zoo_core.api.checkpoint import read_at_most
+from zoo_core.api.checkpoint import MAX_RECORD_BYTES, read_at_most
 from zoo_core.api.errors import InputError, ZooError
 from zoo_core.json_numbers import long_integer
 from zoo_core.runs.context import RunContext
@@ -75,10 +75,14 @@ def start_resumable(ctx: RunContext, state_path: Path, fingerprint: dict[str, An
     resuming = False
     if bool(ctx.cfg.resume) and state_path.is_file():
         try:
-            state = json.loads(state_path.read_text())
+            state = json.loads(read_at_most(state_path, MAX_RECORD_BYTES, "state file"))
             old = state.get("fingerprint", {})
             if not isinstance(old, dict):
                 raise ValueError
+        except ZooError as exc:  # (too large: unread; or no longer a regular file)
+            raise ResumeRefused(f"{RESUME_REFUSED} the state file is unreadable "
+                                f"({str(exc).removeprefix(f'{state_path}: ')})", path=state_path,
+                                hint="run again without resume=true to start over") from None
         except (ValueError, AttributeError, RecursionError):
             raise ResumeRefused(f"{RESUME_REFUSED} the state file is unreadable (not a JSON object with a "
                                 f"\"fingerprint\" object)", path=state_path,
@@ -122,8 +126,8 @@ def refuse_changed_quantize(ctx: RunContext, state_path: Path) -> None:
     if not bool(ctx.cfg.resume) or str(ctx.cfg.backend.get("name")) != "onnxruntime" or not Path(state_path).is_file():
         return
     try:
-        state = json.loads(Path(state_path).read_text())
-    except (OSError, ValueError, RecursionError):
+        state = json.loads(read_at_most(state_path, MAX_RECORD_BYTES, "state file"))
+    except (ZooError, ValueError, RecursionError):  # (left to start_resumable, which refuses it)
         return
     before = state.get("quantize_config") if isinstance(state, dict) else None
     keys = quantize_changes(ctx, before, ctx.resolved_config().get("quantize"))[:8]

@@ -142,6 +142,20 @@ def _is_sorted_desc(scores: np.ndarray) -> bool:
     return bool(np.all(scores[:-1] >= scores[1:])) if scores.size > 1 else True
 
 
+def _refuse_a_non_file(f: Path) -> None:
+    """A prediction path that exists but is not a regular file (a directory, a broken link, an event
+    "folder" that is a file) is an error naming it, not an image without predictions."""
+    hint = "a WIDER prediction tree holds <event>/<stem>.txt files"
+    event = f.parent
+    if os.path.lexists(event) and not event.is_dir():
+        kind = "a broken symbolic link" if not event.exists() else "not a directory"
+        raise ZooError(f"the event folder is {kind}", path=event, hint=hint)
+    if os.path.lexists(f):
+        kind = ("a broken symbolic link" if not f.exists() else "a directory" if f.is_dir()
+                else "not a regular file")
+        raise ZooError(f"the prediction file is {kind}", path=f, hint=hint)
+
+
 def read_prediction_tree(pred_dir: str | os.PathLike, gt: WiderGroundTruth, *, missing: MissingPolicy = "error",
                          unsorted: UnsortedPolicy = "sort",
                          count: CountPolicy = "strict") -> dict[Key, tuple[np.ndarray, np.ndarray]]:
@@ -158,6 +172,8 @@ def read_prediction_tree(pred_dir: str | os.PathLike, gt: WiderGroundTruth, *, m
       of such files. ``"error"`` raises ``ZooError`` naming the first one; ``"keep"`` keeps file order
       (what the wondervictor and chenjun2hao Python evaluators do; the AP then depends on the order).
     * ``count``: see :func:`read_prediction_file`.
+    * A ``<stem>.txt`` (or its event folder) that is there but is not a regular file (a directory, a FIFO, a
+      broken link) raises ``ZooError`` naming it, whatever ``missing`` says: it is not a missing file.
     * A name line for another image raises ``ZooError``. Files for images not in ``gt`` are not read;
       one ``ExtraPredictionsWarning`` gives their number (e.g. truncated event folder names).
     """
@@ -171,7 +187,10 @@ def read_prediction_tree(pred_dir: str | os.PathLike, gt: WiderGroundTruth, *, m
 
     def read(event: str, stem: str) -> tuple[str, np.ndarray, np.ndarray] | None:
         path = pred_dir / event / f"{stem}.txt"
-        return read_prediction_file(path, count) if path.is_file() else None
+        if path.is_file():
+            return read_prediction_file(path, count)
+        _refuse_a_non_file(path)
+        return None
 
     out = _read_images(gt, read, pred_dir, missing, unsorted)
     expected = {(e, s) for _, _, e, s in gt.iter_images()}

@@ -26,6 +26,7 @@ from .predictions import (
     ScoreRangeWarning,
     UnsortedPredictionsWarning,
     _name_matches,
+    _refuse_a_non_file,
     read_prediction_file,
 )
 
@@ -74,20 +75,6 @@ def tree_file_detections(path: Path, stem: str, count: str, order: str) -> tuple
                                  written_xywh=np.asarray(xywh, np.float64),
                                  written_scores=np.asarray(scores, np.float64))
     return det, unsorted
-
-
-def _refuse_a_non_file(f: Path) -> None:
-    """A prediction path that exists but is not a regular file (a directory, a broken link, an event
-    "folder" that is a file) is an error naming it, not an image without predictions."""
-    hint = "a WIDER prediction tree holds <event>/<stem>.txt files"
-    event = f.parent
-    if os.path.lexists(event) and not event.is_dir():
-        kind = "a broken symbolic link" if not event.exists() else "not a directory"
-        raise ZooError(f"the event folder is {kind}", path=event, hint=hint)
-    if os.path.lexists(f):
-        kind = ("a broken symbolic link" if not f.exists() else "a directory" if f.is_dir()
-                else "not a regular file")
-        raise ZooError(f"the prediction file is {kind}", path=f, hint=hint)
 
 
 def read_tree_detections(path: str | os.PathLike, samples: Sequence[Sample], count: str = "strict",
