@@ -680,3 +680,25 @@ def test_a_shard_whose_skipped_list_is_not_zoos_is_refused_naming_its_record(chu
     assert f'not merged: shard 1 (job 1): {f}: "skipped" is {what}, not the list of objects zoo writes' in md, md
     [cmd] = rerun_commands(sweep)
     assert "dataset.shard=1" in cmd
+
+
+@pytest.mark.parametrize("num_shards, error", [
+    ("1000000000000", "not merged: 999999999998 of the dataset.num_shards=1000000000000 shards never ran (no job of "
+                      "this merge ran their dataset.shard); run them, then the merge completes"),
+    ("0", "not merged: {f} sets dataset.num_shards=0: zoo runs only a whole number >= 1"),
+    ("'2'", "not merged: {f} sets dataset.num_shards='2': zoo runs only a whole number >= 1"),
+])
+def test_a_shard_config_with_an_impossible_num_shards_fails_the_merge_in_one_line(tmp_path, num_shards, error):
+    """Before: the merge walked ``range(dataset.num_shards)`` shard by shard, building a problem and a re-run
+    command for each: ``num_shards: 1000000000000`` in a shard's config stalled the sweep report."""
+    import time
+
+    from zoo_core.reports.sweep_report import build_report
+
+    fake_shard_sweep(tmp_path)
+    f = tmp_path / "0" / "eval" / ".hydra" / "config.yaml"
+    f.write_text(f.read_text().replace("num_shards: 2", f"num_shards: {num_shards}"))
+    t0 = time.monotonic()
+    [row] = build_report(tmp_path)["merged"]
+    assert time.monotonic() - t0 < 30
+    assert row["status"] == "failed" and row["error"] == error.format(f=f), row["error"]

@@ -124,6 +124,11 @@ def remove_stale_merges(merged_root: Path, ok_dirs: set[Path]) -> None:
         merged_root.rmdir()
 
 
+#: a merge missing more shards than this says so in one line (a crafted ``dataset.num_shards: 10**12`` would
+#: otherwise be walked shard by shard)
+MAX_MISSING_LISTED = 100
+
+
 @dataclass
 class Shard:
     index: int
@@ -158,6 +163,13 @@ def merge_shards(sweep_dir: Path, rows: list[dict], swept: list[str]) -> list[di
         if stage not in MERGEABLE_STAGES:
             return []
         shards = pick_shards(members, jobs)
+        never_ran = n - sum(1 for i in shards if 0 <= i < n)
+        if never_ran > MAX_MISSING_LISTED:  # one line, not one problem and one re-run command per shard
+            merged_rows.append({**row, "status": "failed",
+                                "error": f"not merged: {never_ran} of the dataset.num_shards={n} shards never ran "
+                                         f"(no job of this merge ran their dataset.shard); run them, then the merge "
+                                         f"completes"})
+            continue
         ran_otherwise = {shard_number(r["@dataset.shard"]): r for g, m in groups.items() if g != label for r in m}
         problems = [p for p in (shard_problem(i, shards.get(i), n) if i in shards or i not in ran_otherwise
                                 else ran_with_other_settings(i, n, ran_otherwise[i], members[0], others)
@@ -297,7 +309,10 @@ def merge_config(files: JobFiles) -> tuple:
         if not isinstance(cfg, DictConfig):
             raise TypeError(f"a {type(cfg).__name__}, not a mapping")
         _refuse_resolvers(OmegaConf.to_container(cfg, resolve=False))
-        return cfg, str(cfg.stage.name), int(OmegaConf.select(cfg, "dataset.num_shards", default=1))
+        n = OmegaConf.select(cfg, "dataset.num_shards", default=1)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise _RefusedConfig(f"sets dataset.num_shards={n!r}: zoo runs only a whole number >= 1")
+        return cfg, str(cfg.stage.name), n
     except _RefusedConfig as exc:
         raise ValueError(f"{files.config} {exc}") from None
     except Exception as exc:
