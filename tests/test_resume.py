@@ -314,6 +314,38 @@ def test_eval_resume_redoes_the_images_rewritten_since_the_interrupted_run(fixtu
     assert json.loads((tmp_path / "ev" / "evaluate" / "metrics.json").read_text())["metrics"] == fresh
 
 
+@pytest.mark.needs_torch
+def test_a_torch_eval_resumed_with_other_weights_is_refused_naming_the_weights(fixture_cfg, tmp_path):
+    """backend=torch has no model file, so the weights' own hash is the only thing that tells two checkpoints
+    apart (the onnxruntime test above is also refused through model_file_sha256). Without it an eval interrupted
+    with a.pth resumed with b.pth kept a.pth's detections, exit 0."""
+    import torch
+
+    from zoo_core.runs.resume import ResumeRefused
+    from zoo_core.runs.run_stage import run_stage
+
+    for name, w in (("a.pth", 20.0), ("b.pth", 21.0)):
+        torch.save({"conv.weight": torch.full((1, 1, 1, 1), w), "conv.bias": torch.full((1,), -10.0)},
+                   tmp_path / name)
+    over = {"backend.name": "torch", "backend.threads": 1, "stage.flush_every": 1}
+    run_dir = tmp_path / "run"
+    run_stage(_ctx(fixture_cfg, run_dir, "eval", weights=str(tmp_path / "a.pth"), **over))
+    det = run_dir / "detections"
+    state = json.loads((det / "state.json").read_text())
+    assert state["fingerprint"]["model_file_sha256"] is None  # nothing else records the checkpoint
+    for p in sorted(det.glob("chunk-*.npz"))[4:]:
+        p.unlink()
+    _interrupted(det / "state.json")
+    kept = {p.name: p.read_bytes() for p in det.glob("chunk-*.npz")}
+
+    with pytest.raises(ResumeRefused) as exc:
+        run_stage(_ctx(fixture_cfg, run_dir, "eval", resume=True, weights=str(tmp_path / "b.pth"), **over))
+    assert str(exc.value).split("\n")[0].startswith(
+        f"{det / 'state.json'}: cannot resume: weights_sha256 changed since the interrupted run")
+    assert exc.value.exit_code == 2
+    assert {p.name: p.read_bytes() for p in det.glob("chunk-*.npz")} == kept  # nothing removed or rewritten
+
+
 def test_detections_listed_without_image_sources_resume_as_before(tmp_path):
     """index.jsonl lines of an older zoo (no "sources") are trusted as before; an image whose recorded size or
     mtime differs drops its whole chunk (and only it)."""
