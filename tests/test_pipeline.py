@@ -237,6 +237,25 @@ def test_batcher_groups_by_shape_and_flushes_everything():
     assert out == [["s0", "s2"], ["s1", "s3"], ["s4"]]
 
 
+
+def test_a_static_batch_is_padded_with_its_last_real_item_in_a_recycled_buffer():
+    """fixed_batch=4 over 6 items, the first batch's buffer handed back (as the Stream does): the last batch is
+    built in that buffer, so rows 2-3 still hold items 2-3 of the first batch unless padding overwrites them.
+    The documented rule (``pad``): repeat the last real item."""
+    def item(i, v):
+        return Prepared(Sample(f"img{i}", Path(f"img{i}.png")), {"x": np.full((3,), v, np.float32)}, {})
+
+    b = Batcher(4, fixed_batch=4)
+    first = [x for x in (b.add(item(i, 10 + i)) for i in range(4)) if x is not None]
+    assert len(first) == 1 and first[0].inputs["x"][:, 0].tolist() == [10, 11, 12, 13]
+    buf = first[0].inputs["x"]
+    b.recycle(first[0])
+    assert b.add(item(4, 20)) is None and b.add(item(5, 21)) is None
+    (last,) = list(b.flush())
+    assert last.n_valid == 2 and last.ids == ["img4", "img5"]
+    assert np.shares_memory(last.inputs["x"], buf)  # the recycled buffer: stale rows are there to overwrite
+    np.testing.assert_array_equal(last.inputs["x"], pad(np.array([[20] * 3, [21] * 3], np.float32), 4))
+
 # -- files: ids, dumps, dtypes ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad", ["../../x", "a/b", "", "..", "x\ny", "\x00", "a" * 300, 7])

@@ -314,6 +314,69 @@ def test_eval_resume_redoes_the_images_rewritten_since_the_interrupted_run(fixtu
     assert json.loads((tmp_path / "ev" / "evaluate" / "metrics.json").read_text())["metrics"] == fresh
 
 
+@pytest.mark.needs_torch
+def test_a_torch_eval_resumed_with_other_weights_is_refused_naming_the_weights(fixture_cfg, tmp_path):
+    """backend=torch has no model file, so the weights' own hash is the only thing that tells two checkpoints
+    apart (the onnxruntime test above is also refused through model_file_sha256). Without it an eval interrupted
+    with a.pth resumed with b.pth kept a.pth's detections, exit 0."""
+    import torch
+
+    from zoo_core.runs.resume import ResumeRefused
+    from zoo_core.runs.run_stage import run_stage
+
+    for name, w in (("a.pth", 20.0), ("b.pth", 21.0)):
+        torch.save({"conv.weight": torch.full((1, 1, 1, 1), w), "conv.bias": torch.full((1,), -10.0)},
+                   tmp_path / name)
+    over = {"backend.name": "torch", "backend.threads": 1, "stage.flush_every": 1}
+    run_dir = tmp_path / "run"
+    run_stage(_ctx(fixture_cfg, run_dir, "eval", weights=str(tmp_path / "a.pth"), **over))
+    det = run_dir / "detections"
+    state = json.loads((det / "state.json").read_text())
+    assert state["fingerprint"]["model_file_sha256"] is None  # nothing else records the checkpoint
+    for p in sorted(det.glob("chunk-*.npz"))[4:]:
+        p.unlink()
+    _interrupted(det / "state.json")
+    kept = {p.name: p.read_bytes() for p in det.glob("chunk-*.npz")}
+
+    with pytest.raises(ResumeRefused) as exc:
+        run_stage(_ctx(fixture_cfg, run_dir, "eval", resume=True, weights=str(tmp_path / "b.pth"), **over))
+    assert str(exc.value).split("\n")[0].startswith(
+        f"{det / 'state.json'}: cannot resume: weights_sha256 changed since the interrupted run")
+    assert exc.value.exit_code == 2
+    assert {p.name: p.read_bytes() for p in det.glob("chunk-*.npz")} == kept  # nothing removed or rewritten
+
+
+@pytest.mark.parametrize("before, after", [(True, False), (False, True)])
+def test_an_eval_resumed_with_save_outputs_flipped_is_refused(fixture_cfg, fixture_onnx, tmp_path, before, after):
+    """save_outputs is part of the eval fingerprint (docs/run-directory.md). Without it, an eval killed with
+    save_outputs=true and resumed with false finished "complete" with outputs/ holding only the images done before
+    the kill (4 of 12 here), and the other way round redid the done images and listed them twice in
+    detections/. Now both are refused, naming save_outputs, and nothing of the interrupted run is touched."""
+    from zoo_core.runs.resume import ResumeRefused
+    from zoo_core.runs.run_stage import run_stage
+
+    over = {"backend.name": "onnxruntime", "model_file": str(fixture_onnx), "stage.flush_every": 1}
+    run_dir = tmp_path / "run"
+    run_stage(_ctx(fixture_cfg, run_dir, "eval", save_outputs=before, **over))
+    det, out = run_dir / "detections", run_dir / "outputs"
+    for p in sorted(det.glob("chunk-*.npz"))[4:]:  # killed after 4 of its 12 images
+        p.unlink()
+    if before:
+        index = out / "index.jsonl"
+        index.write_text("".join(index.read_text().splitlines(keepends=True)[:4]))
+        for p in sorted(out.glob("*.bin"))[4:]:
+            p.unlink()
+    _interrupted(det / "state.json")
+    files = {p: p.read_bytes() for d in (det, out) if d.is_dir() for p in d.iterdir()}
+
+    with pytest.raises(ResumeRefused) as exc:
+        run_stage(_ctx(fixture_cfg, run_dir, "eval", resume=True, save_outputs=after, **over))
+    assert str(exc.value).split("\n")[0] == (f"{det / 'state.json'}: cannot resume: save_outputs changed since "
+                                             "the interrupted run")
+    assert exc.value.exit_code == 2
+    assert {p: p.read_bytes() for d in (det, out) if d.is_dir() for p in d.iterdir()} == files
+
+
 def test_detections_listed_without_image_sources_resume_as_before(tmp_path):
     """index.jsonl lines of an older zoo (no "sources") are trusted as before; an image whose recorded size or
     mtime differs drops its whole chunk (and only it)."""

@@ -78,6 +78,17 @@ def test_writer_format(tmp_path):
     assert not list(tmp_path.rglob(".*.tmp"))
 
 
+def test_writer_keeps_input_order_within_ties_past_numpys_small_sort():
+    """40 boxes, scores alternating 0.5 / 0.9: numpy's default argsort is unstable past 16 items, so only a stable
+    sort keeps each tie in input order (the written rows are what MATLAB read_pred.m and the evaluators see).
+    Oracle: Python's stable sorted() by descending score."""
+    n = 40
+    boxes = np.stack([np.arange(n), np.zeros(n), np.arange(n) + 10, np.full(n, 10)], 1).astype(float)
+    scores = np.array([0.5, 0.9] * (n // 2))
+    rows = format_prediction_file("0--Synth", "s", boxes, scores).splitlines()[2:]
+    assert [int(float(r.split()[0])) for r in rows] == sorted(range(n), key=lambda i: -scores[i])
+
+
 def test_writer_rejects_bad_arrays(tmp_path):
     with pytest.raises(ZooError, match=r"0--Synth/x.*must be"):
         format_prediction_file("0--Synth", "x", np.zeros((2, 5)), np.zeros(2))

@@ -152,3 +152,41 @@ def test_starclouds_refuses_scales_other_than_preprocess_writes(key, value):
     msg = str(info.value)
     assert msg.startswith(f"image 'img7': meta[{key!r}] {value!r} is not input_shape / orig_hw") and "meta.jsonl" \
         in info.value.hint and info.value.exit_code == 2
+
+
+def test_ascend_non_square_input_maps_a_peak_back_by_the_reference_inverse_affine():
+    """model.input_hw=[640, 800] (H, W) on a 1024x683 image: a lone peak at grid (row 50, col 120) with zero
+    wh / offset / landmarks is a 4x4 grid box centred on the peak. Every golden is 800x800, so swapping H and W
+    (in preprocess's ``out_hw`` or in the (out_w, out_h) of decode's inverse affine) moved every box, exit 0.
+    Oracle, REFERENCE 3.3 (c = (w/2, h/2), s = max(h, w), grid = input / 4, k = grid_w / s):
+    x = (col - grid_w/2) * s / grid_w + w/2, y = (row - grid_h/2) * s / grid_w + h/2."""
+    from zoo_centerface.preprocess import preprocess_ascend
+
+    h, w = 683, 1024
+    _, meta = preprocess_ascend(np.zeros((h, w, 3), np.uint8), input_hw=(640, 800))
+    assert meta["out_hw"] == [160, 200]
+    gh, gw = 160, 200
+    hm = np.zeros((1, 1, gh, gw), np.float32)
+    hm[0, 0, 50, 120] = 0.9
+    z2, z10 = np.zeros((1, 2, gh, gw), np.float32), np.zeros((1, 10, gh, gw), np.float32)
+    det = decode_ascend(hm, z2, z2, z10, [meta], k=1)[0]
+    s = max(h, w)
+    x = (120 - gw / 2) * s / gw + w / 2  # = (4*120 - 400) * 1024/800 + 512 = 614.4
+    y = (50 - gh / 2) * s / gw + h / 2  # = (4*50 - 320) * 1.28 + 341.5 = 187.9
+    half = 2 * s / gw  # the 4-wide grid box (exp(0) * 4), in image pixels
+    np.testing.assert_allclose(det.boxes[0], [x - half, y - half, x + half, y + half], atol=1e-3, rtol=0)
+    np.testing.assert_allclose(det.extras["landmarks"][0], [x, y] * 5, atol=1e-3, rtol=0)
+    assert det.scores.tolist() == [pytest.approx(0.9)]
+
+
+@pytest.mark.parametrize("value, n", [(np.float32(0.05), 0), (np.nextafter(np.float32(0.05), np.float32(1)), 1)])
+def test_starclouds_candidates_are_strictly_above_the_threshold(value, n):
+    """REFERENCE 3.2 step 1: a cell is a candidate when ``heat > thr``; a cell exactly at the float32 threshold
+    is not one (``>=`` would add it)."""
+    heat = np.zeros((1, 1, 8, 8), np.float32)
+    heat[0, 0, 3, 4] = value
+    scale = np.zeros((1, 2, 8, 8), np.float32)
+    lms = np.zeros((1, 10, 8, 8), np.float32)
+    meta = {"input_shape": [3, 32, 32], "orig_hw": [32, 32], "scale_h": 1.0, "scale_w": 1.0}
+    assert len(decode_starclouds(heat, scale, scale, lms, [meta], threshold=0.05)[0]) == n
+    assert len(starclouds_candidates(heat, scale, scale, lms, (32, 32), 0.05)[1]) == n

@@ -116,6 +116,21 @@ def test_dcn_module_splits_offsets_and_sigmoid_mask():
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-9 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("cin, kernel", [(64, 3), (16, (3, 1))])
+def test_fresh_dcn_init_is_the_dcnv2_one(cin, kernel):
+    """REFERENCE 2.3 (DCN module): ``weight`` uniform +-1/sqrt(in*kh*kw), ``bias`` 0, ``conv_offset_mask`` zero:
+    what a randomly initialised test checkpoint holds. A bound of 1/sqrt(in) drew 3x (or sqrt(kh*kw)x) too wide."""
+    torch.manual_seed(0)
+    m = DCN(cin, 64, kernel, 1, 1)
+    kh, kw = m.kernel_size
+    bound = 1.0 / np.sqrt(cin * kh * kw)
+    w = m.weight.detach().double()
+    assert 0.9 * bound < w.abs().max().item() <= bound
+    assert abs(w.var().item() - bound ** 2 / 3) <= 0.1 * bound ** 2 / 3
+    assert not m.bias.detach().any()
+    assert not m.conv_offset_mask.weight.detach().any() and not m.conv_offset_mask.bias.detach().any()
+
+
 def test_zero_offsets_equal_half_conv():
     """Fresh DCN (zero offset/mask conv): mask = sigmoid(0) = 0.5, so DCN = 0.5 * conv2d + bias."""
     torch.manual_seed(1)
