@@ -269,6 +269,51 @@ def test_bmp_and_jpeg_headers_are_checked_too(tmp_path):
         read_image(tmp_path / "big.jpg")
 
 
+def _image_64x48(kind: str) -> bytes:
+    """A 64-wide, 48-high image: a PNG, a top-down BMP (negative height in its header) or a progressive JPEG."""
+    import cv2
+
+    img = np.zeros((48, 64, 3), np.uint8)
+    img[:, :16] = 255
+    if kind == "png":
+        return cv2.imencode(".png", img)[1].tobytes()
+    if kind == "progressive_jpeg":
+        data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+        assert b"\xff\xc2" in data and b"\xff\xc0" not in data
+        return data
+    bmp = bytearray(cv2.imencode(".bmp", img)[1].tobytes())  # bottom-up: rows stored last first
+    assert struct.unpack("<i", bmp[22:26])[0] == 48
+    off, stride = struct.unpack("<I", bmp[10:14])[0], 64 * 3
+    rows = [bmp[off + r * stride:off + (r + 1) * stride] for r in range(48)]
+    bmp[off:off + 48 * stride] = b"".join(reversed(rows))  # top-down: first row first, height -48
+    bmp[22:26] = struct.pack("<i", -48)
+    return bytes(bmp)
+
+
+@pytest.mark.parametrize("kind", ["png", "top_down_bmp", "progressive_jpeg"])
+def test_the_pixel_limit_is_inclusive_and_names_width_x_height_for_every_parsed_header(tmp_path, monkeypatch, kind):
+    """ZOO_MAX_IMAGE_PIXELS is the largest size read: a 64x48 image (3072 pixels) reads at a limit of 3072 and is
+    refused from its header at 3071 and 1000, the message naming it width x height ("64x48"). A top-down BMP
+    (negative height) and a progressive JPEG (SOF2 frame header) are checked like a PNG."""
+    import cv2
+
+    from zoo_core.api.errors import InputError
+    from zoo_core.api.imaging import read_image
+
+    path = tmp_path / f"a.{'png' if kind == 'png' else 'bmp' if kind.endswith('bmp') else 'jpg'}"
+    path.write_bytes(_image_64x48(kind))
+    expected = cv2.imread(str(path))
+    assert expected.shape == (48, 64, 3)
+    monkeypatch.setenv("ZOO_MAX_IMAGE_PIXELS", "3072")
+    np.testing.assert_array_equal(read_image(path), expected)
+    for limit in (3071, 1000):
+        monkeypatch.setenv("ZOO_MAX_IMAGE_PIXELS", str(limit))
+        with pytest.raises(InputError) as info:
+            read_image(path)
+        assert str(info.value) == (f"{path}: image is 64x48 = 3072 pixels, over the limit of {limit}\n"
+                                   "  hint: resize it, or raise ZOO_MAX_IMAGE_PIXELS")
+
+
 def test_a_jpeg_frame_header_after_64_kib_of_app_segments_is_checked(tmp_path):
     """Before: only the first 64 KiB were searched, so OpenCV's raw '(-215:Assertion failed) pixels <=
     CV_IO_MAX_IMAGE_PIXELS' was the message (an ICC profile or EXIF thumbnail moves the SOF that far)."""
