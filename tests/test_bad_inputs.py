@@ -475,11 +475,13 @@ def test_nan_and_inf_model_outputs(zoo, infer_run):
     zoo.ok(*args, "work_dir=c", "on_error=skip", "allow_skips=true")
 
 
-@pytest.mark.parametrize("kind", ["baseline", "grayscale", "progressive", "restart_markers"])
+@pytest.mark.parametrize("kind", ["baseline", "grayscale", "progressive", "restart_markers", "exif6"])
 def test_a_jpeg_missing_only_its_end_marker_reads_like_cv2_imread_and_one_cut_short_is_refused(tmp_path, kind):
     """Before: a JPEG whose image data is whole but whose last 2 bytes (the end-of-image marker) are missing was
     refused as "not a decodable image", where the reference's ``cv2.imread`` decodes it to the intact file's
-    pixels. A JPEG cut mid-scan is still refused (``cv2.imread`` would fill its missing rows with gray)."""
+    pixels. A JPEG cut mid-scan is still refused (``cv2.imread`` would fill its missing rows with gray).
+    ``exif6``: the marker-less file is decoded in memory, and still turned by its EXIF orientation 6 as
+    ``cv2.imread`` turns the intact file (131 wide, 97 high stored; read 97 wide, 131 high)."""
     import cv2
 
     from zoo_core.api.errors import InputError
@@ -489,10 +491,15 @@ def test_a_jpeg_missing_only_its_end_marker_reads_like_cv2_imread_and_one_cut_sh
     params = {"progressive": [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], "restart_markers": [cv2.IMWRITE_JPEG_RST_INTERVAL, 2]}
     data = cv2.imencode(".jpg", img[:, :, 0] if kind == "grayscale" else img, params.get(kind, []))[1].tobytes()
     assert data.endswith(b"\xff\xd9")
+    if kind == "exif6":  # APP1 Exif, big-endian TIFF header, one IFD entry: Orientation (0x0112), SHORT, 6
+        app1 = b"Exif\x00\x00" + b"MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00" + bytes(4)
+        data = data[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + data[2:]
     whole, no_marker, cut = tmp_path / "whole.jpg", tmp_path / "no_marker.jpg", tmp_path / "cut.jpg"
     whole.write_bytes(data)
     no_marker.write_bytes(data[:-2])
     cut.write_bytes(data[: len(data) * 9 // 10])
+    if kind == "exif6":
+        assert cv2.imread(str(whole)).shape == (131, 97, 3)
     np.testing.assert_array_equal(read_image(no_marker), cv2.imread(str(whole)))
     with pytest.raises(InputError, match=r"cut.jpg: not a decodable image: a JPEG cut short, its image data stops "
                                          r"before the last row \(libjpeg: .*premature end of data segment"):
