@@ -269,6 +269,51 @@ def test_bmp_and_jpeg_headers_are_checked_too(tmp_path):
         read_image(tmp_path / "big.jpg")
 
 
+def _image_64x48(kind: str) -> bytes:
+    """A 64-wide, 48-high image: a PNG, a top-down BMP (negative height in its header) or a progressive JPEG."""
+    import cv2
+
+    img = np.zeros((48, 64, 3), np.uint8)
+    img[:, :16] = 255
+    if kind == "png":
+        return cv2.imencode(".png", img)[1].tobytes()
+    if kind == "progressive_jpeg":
+        data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+        assert b"\xff\xc2" in data and b"\xff\xc0" not in data
+        return data
+    bmp = bytearray(cv2.imencode(".bmp", img)[1].tobytes())  # bottom-up: rows stored last first
+    assert struct.unpack("<i", bmp[22:26])[0] == 48
+    off, stride = struct.unpack("<I", bmp[10:14])[0], 64 * 3
+    rows = [bmp[off + r * stride:off + (r + 1) * stride] for r in range(48)]
+    bmp[off:off + 48 * stride] = b"".join(reversed(rows))  # top-down: first row first, height -48
+    bmp[22:26] = struct.pack("<i", -48)
+    return bytes(bmp)
+
+
+@pytest.mark.parametrize("kind", ["png", "top_down_bmp", "progressive_jpeg"])
+def test_the_pixel_limit_is_inclusive_and_names_width_x_height_for_every_parsed_header(tmp_path, monkeypatch, kind):
+    """ZOO_MAX_IMAGE_PIXELS is the largest size read: a 64x48 image (3072 pixels) reads at a limit of 3072 and is
+    refused from its header at 3071 and 1000, the message naming it width x height ("64x48"). A top-down BMP
+    (negative height) and a progressive JPEG (SOF2 frame header) are checked like a PNG."""
+    import cv2
+
+    from zoo_core.api.errors import InputError
+    from zoo_core.api.imaging import read_image
+
+    path = tmp_path / f"a.{'png' if kind == 'png' else 'bmp' if kind.endswith('bmp') else 'jpg'}"
+    path.write_bytes(_image_64x48(kind))
+    expected = cv2.imread(str(path))
+    assert expected.shape == (48, 64, 3)
+    monkeypatch.setenv("ZOO_MAX_IMAGE_PIXELS", "3072")
+    np.testing.assert_array_equal(read_image(path), expected)
+    for limit in (3071, 1000):
+        monkeypatch.setenv("ZOO_MAX_IMAGE_PIXELS", str(limit))
+        with pytest.raises(InputError) as info:
+            read_image(path)
+        assert str(info.value) == (f"{path}: image is 64x48 = 3072 pixels, over the limit of {limit}\n"
+                                   "  hint: resize it, or raise ZOO_MAX_IMAGE_PIXELS")
+
+
 def test_a_jpeg_frame_header_after_64_kib_of_app_segments_is_checked(tmp_path):
     """Before: only the first 64 KiB were searched, so OpenCV's raw '(-215:Assertion failed) pixels <=
     CV_IO_MAX_IMAGE_PIXELS' was the message (an ICC profile or EXIF thumbnail moves the SOF that far)."""
@@ -430,11 +475,13 @@ def test_nan_and_inf_model_outputs(zoo, infer_run):
     zoo.ok(*args, "work_dir=c", "on_error=skip", "allow_skips=true")
 
 
-@pytest.mark.parametrize("kind", ["baseline", "grayscale", "progressive", "restart_markers"])
+@pytest.mark.parametrize("kind", ["baseline", "grayscale", "progressive", "restart_markers", "exif6"])
 def test_a_jpeg_missing_only_its_end_marker_reads_like_cv2_imread_and_one_cut_short_is_refused(tmp_path, kind):
     """Before: a JPEG whose image data is whole but whose last 2 bytes (the end-of-image marker) are missing was
     refused as "not a decodable image", where the reference's ``cv2.imread`` decodes it to the intact file's
-    pixels. A JPEG cut mid-scan is still refused (``cv2.imread`` would fill its missing rows with gray)."""
+    pixels. A JPEG cut mid-scan is still refused (``cv2.imread`` would fill its missing rows with gray).
+    ``exif6``: the marker-less file is decoded in memory, and still turned by its EXIF orientation 6 as
+    ``cv2.imread`` turns the intact file (131 wide, 97 high stored; read 97 wide, 131 high)."""
     import cv2
 
     from zoo_core.api.errors import InputError
@@ -444,10 +491,15 @@ def test_a_jpeg_missing_only_its_end_marker_reads_like_cv2_imread_and_one_cut_sh
     params = {"progressive": [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], "restart_markers": [cv2.IMWRITE_JPEG_RST_INTERVAL, 2]}
     data = cv2.imencode(".jpg", img[:, :, 0] if kind == "grayscale" else img, params.get(kind, []))[1].tobytes()
     assert data.endswith(b"\xff\xd9")
+    if kind == "exif6":  # APP1 Exif, big-endian TIFF header, one IFD entry: Orientation (0x0112), SHORT, 6
+        app1 = b"Exif\x00\x00" + b"MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00" + bytes(4)
+        data = data[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + data[2:]
     whole, no_marker, cut = tmp_path / "whole.jpg", tmp_path / "no_marker.jpg", tmp_path / "cut.jpg"
     whole.write_bytes(data)
     no_marker.write_bytes(data[:-2])
     cut.write_bytes(data[: len(data) * 9 // 10])
+    if kind == "exif6":
+        assert cv2.imread(str(whole)).shape == (131, 97, 3)
     np.testing.assert_array_equal(read_image(no_marker), cv2.imread(str(whole)))
     with pytest.raises(InputError, match=r"cut.jpg: not a decodable image: a JPEG cut short, its image data stops "
                                          r"before the last row \(libjpeg: .*premature end of data segment"):

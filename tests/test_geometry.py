@@ -38,6 +38,28 @@ def test_letterbox_scales_keeps_aspect_and_pads_black():
     assert (warped[70:440, 5:505] == 200).all() and (warped[:60] == 0).all() and (warped[452:] == 0).all()
 
 
+def test_a_non_square_keep_res_letterbox_records_height_then_width():
+    """CenterNet keep_res: a 640x480 image on a 672-wide, 512-high input; Letterbox.out_hw is (height, width)."""
+    image = np.full((480, 640, 3), 200, np.uint8)
+    warped, box = letterbox(image, (512, 672), center=np.float32([320, 240]), scale=np.float32([672, 512]))
+    assert warped.shape == (512, 672, 3)
+    assert box.out_hw == (512, 672)
+
+
+def test_affine_points_rounds_float64_points_to_float32_first():
+    """REFERENCE 2.11 item 8: the point is float32 and the matrix float64. A float64 point (0.1, 0.1) maps as
+    float32(0.1) does, bit for bit: x * m00 + y * m01 + m02 in float64 with x = y = float64(float32(0.1))."""
+    from zoo_core.api.geometry import affine_points
+
+    m = get_affine_transform(np.array([320, 240], np.float32), 640.0, (128, 128))
+    x = float(np.float32(0.1))
+    assert x != 0.1
+    expected = [[x * m[0, 0] + x * m[0, 1] + m[0, 2], x * m[1, 0] + x * m[1, 1] + m[1, 2]]]
+    got = affine_points(np.array([[0.1, 0.1]], np.float64), m)
+    assert got.dtype == np.float64 and got.tolist() == expected
+    assert affine_points(np.float32([[0.1, 0.1]]), m).tolist() == expected
+
+
 def test_inverse_maps_the_content_corners_back_to_the_image_corners():
     c, s = letterbox_center_scale(480, 640)
     corners = np.array([[0, 64], [512, 448]], np.float32)

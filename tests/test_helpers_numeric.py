@@ -68,7 +68,7 @@ def test_nms_visits_a_given_order(bs, thr, rnd):
 
 def test_nms_refuses_an_order_that_is_not_a_permutation():
     boxes = np.array([[0, 0, 10, 10]] * 3, float)
-    for bad in ([0, 1], [0, 0, 1], [0, 1, 3]):
+    for bad in ([0, 1], [0, 0, 1], [0, 1, 3], [-1, 0, 1]):  # -1 is not box 2
         with pytest.raises(ValueError, match="permutation of the 3 box indices"):
             nms(boxes, np.ones(3), 0.5, order=np.array(bad))
 
@@ -78,6 +78,17 @@ def test_nms_edge_cases():
     same = np.array([[0, 0, 10, 10]] * 3, float)
     assert nms(same, np.array([0.5, 0.5, 0.5]), 0.5).tolist() == [0]  # ties: lowest index wins
     assert nms(same, np.array([0.1, 0.9, 0.5]), 0.5).tolist() == [1]
+
+
+def test_nms_ranks_float64_scores_in_float64():
+    """Two float64 scores equal once rounded to float32 (0.5 and 0.5 + 1e-12) are still distinct: the higher
+    one (box 1) is visited first and kept, as a float64 sort orders them; a float32 sort would tie them and
+    keep box 0 (lower index first)."""
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10]], np.float64)  # IoU 90/110 > 0.5
+    scores = np.array([0.5, 0.5 + 1e-12])
+    assert np.float32(scores[0]) == np.float32(scores[1])
+    assert nms(boxes, scores, 0.5).tolist() == [1]
+    assert naive_nms(boxes.tolist(), scores.tolist(), 0.5) == [1]
 
 
 def naive_maxpool(h):
@@ -100,6 +111,20 @@ def test_maxpool_and_keep_peaks_match_loops(h):
                        for y in range(h.shape[0])], np.float32)
     np.testing.assert_array_equal(peaks, expect)
     assert keep_peaks(h).dtype == np.float32
+
+
+def test_keep_peaks_on_a_float16_map_equals_the_loops():
+    """A float16 map (an NPU's fp16 output, REFERENCE 2.11 item 5) takes numpy's pooling, never OpenCV's
+    dilation (no float16 support there): the peaks are those of the 3x3 loops with exact equality."""
+    rng = np.random.default_rng(0)
+    h = (rng.integers(0, 6, (2, 13, 11)) / 4).astype(np.float16)  # plateaus: ties between neighbours
+    h[0, 0, 0] = -1
+    h[1, 5, 5] = np.float16(65504)
+    got = keep_peaks(h)
+    assert got.dtype == np.float16
+    for plane, out in zip(h, got, strict=True):
+        pooled = naive_maxpool(plane)
+        np.testing.assert_array_equal(out, np.where(pooled == plane, plane, np.float16(0)))
 
 
 def reference_peaks(h):
@@ -284,6 +309,31 @@ def test_topk_peaks_on_a_realistic_map_equals_pooling_the_whole_map(shape):
     ref = topk_desc(keep_peaks(heat).reshape(-1), 100)
     np.testing.assert_array_equal(fast[0], ref[0])
     np.testing.assert_array_equal(fast[1], ref[1])
+
+
+@pytest.mark.parametrize(("k", "scored"), [(5, False), (4, True)])
+def test_topk_peaks_on_a_saturated_background_gives_the_references_zero_score_rows(k, scored):
+    """One peak on a background that is exactly 0 (zeros, or logits of -200 whose float32 sigmoid is 0.0): the
+    top-k's zero-score rows must be the reference's, the lowest flat indices, the peak's zero neighbours
+    included (``keep_peaks`` zeroes them, and 0 ties with 0). A fast path taking only the zeros that are 3x3
+    peaks would skip them, so ``topk_peaks`` must take the full path (``None``) or agree exactly."""
+    from zoo_core.api.peaks import topk_peaks
+
+    raw = np.full((2, 128, 128), -200.0 if scored else 0.0, np.float32)
+    raw[0, 0, 1] = 2.0 if scored else 0.9
+    score = _sigmoid64 if scored else None
+    scored_map = score(raw) if score else raw
+    assert scored_map[0, 0, 0] == 0.0
+    ref = topk_desc(keep_peaks(scored_map).reshape(-1), k)
+    assert ref[1].tolist() == [1, 0, 2, 3, 4][:k]  # by hand: the peak (index 1), then the zeros 0, 2, 3, ...
+    assert ref[0][0] == scored_map[0, 0, 1] and not ref[0][1:].any()
+    got = topk_peaks(raw, k, score=score)
+    if got is not None:
+        np.testing.assert_array_equal(got[0], ref[0])
+        np.testing.assert_array_equal(got[1], ref[1])
+    fast = topk_peaks(raw, k, oversample=1, score=score)
+    if fast is not None:
+        np.testing.assert_array_equal(fast[1], ref[1])
 
 
 def _steps(x):

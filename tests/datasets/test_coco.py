@@ -147,6 +147,41 @@ def test_metrics_equal_a_plain_pycocotools_run_on_the_written_json(sample_ds, or
     assert {r["category_id"] for r in records} <= set(VALID_IDS)
 
 
+def test_per_category_ap_is_read_at_100_detections_as_cocoevals_ap():
+    """AP/<name> is the category's AP over IoU 0.50:0.95, all areas, maxDets 100: with one category it is stats[0].
+
+    One 40x40 face-sized box, 15 detections in its image, the exact one ranked 12th (past maxDets 10): by hand
+    precision 1/12 at every recall up to 1 for every IoU threshold, AP = 1/12; read at maxDets 10 it would be 0.
+    Oracle: pycocotools' COCOeval called directly.
+    """
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from zoo_core.datasets.coco.evaluation import per_category_ap, run_cocoeval
+
+    inst = {"images": [{"id": 1, "width": 200, "height": 200}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [50, 50, 40, 40], "area": 1600,
+                             "iscrowd": 0}],
+            "categories": [{"id": 1, "name": "thing"}]}
+    recs = [{"image_id": 1, "category_id": 1, "bbox": [150.0, 150.0 - i, 10.0, 10.0], "score": 0.9 - 0.01 * i}
+            for i in range(15)]
+    recs[11]["bbox"] = [50.0, 50.0, 40.0, 40.0]
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = json.loads(json.dumps(inst))
+        gt.createIndex()
+        oracle = COCOeval(gt, gt.loadRes(json.loads(json.dumps(recs))), "bbox")
+        oracle.evaluate()
+        oracle.accumulate()
+        oracle.summarize()
+    assert float(oracle.stats[0]) == pytest.approx(1 / 12, abs=1e-9)
+    ap = per_category_ap(run_cocoeval(inst, recs, [1], "pycocotools", [1]), {1: "thing"})
+    assert ap == {"AP/thing": pytest.approx(float(oracle.stats[0]), abs=1e-12)}
+
+
 def test_oracle_detections_score_perfectly_and_a_wrong_id_map_does_not(sample_ds, oracle_dets):
     samples = sample_ds.samples()
     good = evaluate_coco(oracle_dets, sample_ds, samples)

@@ -158,6 +158,24 @@ def test_global_normalisation_and_missing_images():
 
 
 @pytest.mark.parametrize("impl", [evaluate_wider, evaluate_wider_reference])
+def test_score_normalisation_starts_max_at_0_and_min_at_1(impl):
+    """REFERENCE 3.6 step 2: max starts at 0 and min at 1, so scores > 1 keep lo = 1 (not their own minimum).
+
+    One image, 2 kept faces; file order: hit (1000), miss (999.6), hit (900).
+    By hand: hi = max(0, 1000) = 1000, lo = min(1, 900) = 1 -> normalised 999/999 = 1, 998.6/999 = 0.9996,
+    899/999 = 0.8999. thr = 1 - (t+1)/1000: for thr 0.999 .. 0.900 the last box with score >= thr is the miss
+    (P = 1/2, R = 1/2); from thr 0.899 down all three pass (P = 2/3, R = 1). The envelope lifts the R = 1/2 point
+    to 2/3: AP = 0.5 * 2/3 + 0.5 * 2/3 = 2/3.
+    (Plain min-max, lo = 900, would give 1, 0.996, 0: at thr 0.999 only the hit passes, P = 1, AP = 0.8333.)
+    """
+    gt = _one_image_gt([[0, 0, 20, 20], [100, 100, 20, 20]], [0, 1], [0, 1])
+    res = impl(_preds([[0, 0, 20, 20], [300, 300, 20, 20], [100, 100, 20, 20]], [1000.0, 999.6, 900.0]), gt, 0.5)
+    assert res.ap["hard"] == pytest.approx(2 / 3, abs=1e-12)
+    np.testing.assert_array_equal(res.proposals["hard"][[0, 99, 100, 999]], [2, 2, 3, 3])
+    np.testing.assert_array_equal(res.true_positives["hard"][[0, 99, 100, 999]], [1, 1, 2, 2])
+
+
+@pytest.mark.parametrize("impl", [evaluate_wider, evaluate_wider_reference])
 def test_degenerate_inputs(impl):
     gt = _one_image_gt([[0, 0, 20, 20]], [], [0])
     with pytest.warns(WiderEvalWarning) as rec:
