@@ -49,6 +49,12 @@ _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` that is not a regular file's is, for an error message: ``"a directory"``,
+    ``"a FIFO (named pipe)"``, ``"a character device"``... (``"not a regular file"`` for any other)."""
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
 def regular_file(path: str | os.PathLike[str], what: str = "weights file",
                  error: type[ZooError] = ZooError, missing_hint: str | None = None) -> Path:
     """``path`` if it is a regular file (symlinks followed); ``error`` (a :class:`ZooError`) naming it otherwise.
@@ -66,8 +72,7 @@ def regular_file(path: str | os.PathLike[str], what: str = "weights file",
     except OSError as exc:
         raise error(f"cannot read the {what}: {exc.strerror or exc}", path=p) from None
     if not stat.S_ISREG(mode):
-        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
-        raise error(f"{what} is {kind}, not a regular file", path=p)
+        raise error(f"{what} is {file_kind(mode)}, not a regular file", path=p)
     return p
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from zoo_core.api.checkpoint import _KINDS
+from zoo_core.api.checkpoint import file_kind
 from zoo_core.api.errors import ZooError
 
 
@@ -74,8 +74,7 @@ def _cached_sha256(path: str | Path, chunk: int, onnx: bool = False,
 
 
 def _not_regular(path: str | Path, mode: int, what: str) -> ZooError:
-    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
-    return ZooError(f"cannot hash {what}: it is {kind}, not a regular file", path=path)
+    return ZooError(f"cannot hash {what}: it is {file_kind(mode)}, not a regular file", path=path)
 
 
 def _unreadable(path: str | Path, exc: OSError, what: str = "the file") -> ZooError:
