@@ -151,6 +151,37 @@ def test_dynamic_batch_gear_is_set_as_an_int(tmp_path, fake_acl):
     assert backend.session._dyn_batch == 8
 
 
+def test_backend_device_id_reaches_the_session(tmp_path, fake_acl, monkeypatch):
+    """backend.device_id selects the NPU: InferSession(device_id, om) (REFERENCE 5.1). The double logs the device of
+    every session it opens."""
+    monkeypatch.setenv("FAKE_ACL_LOG", str(tmp_path / "acl.jsonl"))
+    monkeypatch.setenv("FAKE_ACL_DEVICE_COUNT", "4")
+    monkeypatch.delenv("ASCEND_RT_VISIBLE_DEVICES", raising=False)
+    AclBackend, _ = fake_acl
+    backend = AclBackend(_relu_om(tmp_path, "image:1,1,4,4", [1, 1, 4, 4]), {"device_id": 3})
+    sessions = [json.loads(line) for line in (tmp_path / "acl.jsonl").read_text().splitlines()]
+    assert [s["device_id"] for s in sessions] == [3] and sessions[0]["physical"] == 3
+    assert backend.session.device_id == 3
+
+
+@pytest.mark.parametrize("gears", [[1, 2, 8], [8, 2, 1]])
+def test_dynamic_batch_uses_the_smallest_gear_that_holds_the_batch(tmp_path, fake_acl, gears):
+    """A batch of n runs in the smallest gear >= n (a batch equal to a gear uses that gear, the largest gear is
+    not refused), whatever order atc.dynamic_batch lists the gears in."""
+    import numpy as np
+
+    AclBackend, Batch = fake_acl
+    om = _relu_om(tmp_path, "image:-1,1,4,4", [-1, 1, 4, 4], dynamic_batch_size="1,2,8")
+    backend = AclBackend(om, {"dynamic_batch": True, "gears": gears})
+    chosen = []
+    for n in (1, 2, 4, 8):
+        x = np.linspace(-1, 1, n * 16, dtype=np.float32).reshape(n, 1, 4, 4)
+        (out,) = backend.infer(Batch(ids=[str(i) for i in range(n)], inputs={"image": x}, metas=[{}] * n))
+        np.testing.assert_array_equal(out, np.maximum(x, 0))
+        chosen.append(backend.session._dyn_batch)
+    assert chosen == [1, 2, 8, 8]
+
+
 def test_a_dynamic_batch_om_without_backend_dynamic_batch_is_a_config_error(tmp_path, fake_acl):
     """Before: model_file=<..._dyn.om> backend=acl (no backend.dynamic_batch=true) ran the dynamic-batch OM in static
     mode and the device refused it: RuntimeError, 'unexpected error' with a traceback, exit 1."""

@@ -80,6 +80,45 @@ def test_output_stats_normalise_per_image_and_keep_the_worst():
     assert out["beyond_tolerance"] == pytest.approx(0.5) and out["shape"] == [4, 4]
 
 
+def test_output_stats_keep_the_lowest_cosine_and_name_its_image():
+    """The per-output cosine is the lowest over the images and lowest_cosine_image names it (docs/compare.md)."""
+    rng = np.random.default_rng(0)
+    ref = {k: rng.standard_normal(1000) for k in ("a", "b", "c")}
+    cand = {"a": ref["a"].copy(), "b": -ref["b"], "c": ref["c"] * 1.001 + rng.normal(0, 1e-3, 1000)}
+    oracle = {k: float(ref[k] @ cand[k] / np.linalg.norm(ref[k]) / np.linalg.norm(cand[k])) for k in ref}
+    assert oracle["b"] == pytest.approx(-1.0) and oracle["c"] < 1.0
+    s = OutputStats(TOL)
+    for k in ("a", "b", "c"):
+        s.add(k, ref[k], cand[k])
+    assert s.lowest_cosine_image == "b" and s.cosine == pytest.approx(oracle["b"], abs=1e-12)
+    assert s.as_dict()["lowest_cosine_image"] == "b"
+
+
+def test_an_output_compared_on_no_image_does_not_pass():
+    """Nothing compared proves nothing: an output no image reached must not count as passed."""
+    s = OutputStats(TOL)
+    assert s.images == 0 and s.failed_images == 0
+    assert s.passed is False and s.as_dict()["passed"] is False
+
+
+def test_the_default_run_config_holds_the_documented_tolerances(fixture_cfg):
+    """docs/compare.md and README: compare.atol=1e-4, rtol=1e-2, min_cosine=0.999, iou=0.99 by default. Thin noise
+    within the elementwise bound but at cosine ~0.997 fails at the default min_cosine."""
+    from zoo_core.stages.compare_stage import tolerance
+
+    c = fixture_cfg.compare
+    assert (c.atol, c.rtol, c.min_cosine, c.iou) == (1e-4, 1e-2, 0.999, 0.99)
+    tol = tolerance(fixture_cfg)
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal(10_000)
+    ref[0] = 100.0
+    cand = ref + rng.uniform(-0.2, 0.2, ref.shape)
+    oracle = float(ref @ cand / np.linalg.norm(ref) / np.linalg.norm(cand))
+    assert 0.99 < oracle < 0.999 and np.abs(cand - ref).max() < 1e-4 + 1e-2 * 100.0
+    d = diff(ref, cand, tol)
+    assert d.beyond == 0 and not d.passed(tol)
+
+
 def test_a_tolerance_set_to_the_reported_value_passes():
     """Before: rtol set to the reported max_rel (atol 0) failed: the rule tested d > atol + rtol*max|ref| and
     (d / max|ref|) * max|ref| rounds below d for these float32 values (CenterFace INT8 output 539, audit)."""

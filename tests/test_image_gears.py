@@ -86,6 +86,25 @@ def test_gear_for_and_pad_crop():
     assert c[0].shape == (2, 80, 24, 30) and c[1].shape == (2, 7)
 
 
+@pytest.mark.parametrize("gears", [[(256, 512), (512, 256)], [(512, 256), (256, 512)]])
+def test_gear_for_breaks_an_area_tie_towards_the_lower_gear(gears):
+    """gear_for's promise: the smallest-area gear that holds (h, w); of two of equal area, the lower one (in either
+    order given). A size only one holds gets that one."""
+    assert gear_for(gears, 200, 200) == (256, 512)
+    assert gear_for(gears, 300, 200) == (512, 256)
+    assert gear_for(gears, 300, 300) is None
+
+
+def test_atc_log_defaults_to_error_and_passes_a_given_level():
+    """docs/stages.md: atc.log is ATC's --log level, default error."""
+    shapes = {"image": (3, 800, 800)}
+    for cfg in (OmegaConf.create({"atc": {"soc_version": "Ascend310P3"}}), OmegaConf.create({})):
+        args = common_args(cfg, "m.onnx", 1, "310P3", "out/m_bs1", shapes)
+        assert [a for a in args if a.startswith("--log=")] == ["--log=error"]
+    info = common_args(OmegaConf.create({"atc": {"log": "info"}}), "m.onnx", 1, "310P3", "out/m_bs1", shapes)
+    assert [a for a in info if a.startswith("--log=")] == ["--log=info"]
+
+
 def test_atc_flags_for_image_size_gears():
     gears = [[512, 672], [672, 448]]
     assert dynamic_image_size_arg(gears) == "512,672;672,448"

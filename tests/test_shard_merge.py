@@ -702,3 +702,20 @@ def test_a_shard_config_with_an_impossible_num_shards_fails_the_merge_in_one_lin
     [row] = build_report(tmp_path)["merged"]
     assert time.monotonic() - t0 < 30
     assert row["status"] == "failed" and row["error"] == error.format(f=f), row["error"]
+
+
+def test_a_sharded_skip_run_merges_as_the_unsharded_run_with_its_skipped_list(zoo, squares):
+    """docs/run-directory.md: metrics.json lists the images on_error=skip left out. A shard that skipped an image
+    holds no detections for it, which the merge must expect, and the merged record lists it as the unsharded
+    record does."""
+    victim = sorted((squares / "images").glob("*.png"))[4]
+    victim.write_text("not a png")
+    args = ("model=fixture", "stage=eval", "backend=oracle", "num_workers=0", f"dataset.root={squares}",
+            "on_error=skip", "allow_skips=true")
+    full = unsharded(zoo, *args)
+    assert [e["id"] for e in full["skipped"]] == [victim.stem] and full["images"] == 11
+    sweep = zoo.cwd / "sweep"
+    zoo.ok("run", "-m", *args, *SHARDS, f"hydra.sweep.dir={sweep}")
+    m = merged(sweep)
+    assert [e["id"] for e in m["skipped"]] == [victim.stem]
+    assert (m["images"], m["metrics"]) == (full["images"], full["metrics"])

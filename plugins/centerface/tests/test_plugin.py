@@ -144,6 +144,14 @@ def test_atc_args(tmp_path):
         plugin.atc_args(make_cfg(), onnx, 1, "Ascend310P3", "out")
 
 
+def test_atc_input_shape_of_a_non_square_input_is_nchw(tmp_path):
+    """REFERENCE 5.2: --input_shape="name:n,c,h,w". model.input_hw is [h, w]: [640, 800] is 640 high, 800 wide."""
+    cfg = make_cfg(variant="ascend")
+    cfg.model.input_hw = [640, 800]
+    args = plugin.atc_args(cfg, tmp_path / "CenterFace.onnx", 1, "Ascend310P3", str(tmp_path / "CenterFace_bs1"))
+    assert [a for a in args if a.startswith("--input_shape=")] == ["--input_shape=image:1,3,640,800"]
+
+
 def test_aipp_with_the_starclouds_variant_is_refused(tmp_path):
     """Before: model.aipp=true model.variant=starclouds converted with exit 0 and no --insert_op_conf (ignored)."""
     cfg = make_cfg(variant="starclouds", aipp=True)

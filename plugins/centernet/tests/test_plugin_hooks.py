@@ -127,6 +127,16 @@ def test_atc_args_static_batch(pm, tmp_path):
     ]
 
 
+def test_atc_input_shape_of_a_non_square_input_is_nchw(pm, tmp_path):
+    """REFERENCE 2.6 / 5.2: --input_shape="actual_input:n,3,h,w": input_h=384, input_w=512 -> 1,3,384,512."""
+    onnx_path = tmp_path / "centernet.onnx"
+    _tiny_head_graph(onnx_path)
+    cfg = _cfg()
+    cfg.model.input_h, cfg.model.input_w = 384, 512
+    args = pm.hook.atc_args(cfg=cfg, onnx_path=onnx_path, batch_size=1, soc_version="310P3", output="out/cn")
+    assert [a for a in args if a.startswith("--input_shape=")] == ["--input_shape=actual_input:1,3,384,512"]
+
+
 def test_atc_args_name_the_input_of_the_given_onnx(pm, tmp_path):
     """REFERENCE 5.2: --input_shape uses the ONNX input names. Before: always 'actual_input', so a model_file= ONNX
     whose input is 'input.1' (an unnamed export) got an ATC line real ATC refuses (the fake atc now refuses it too)."""
