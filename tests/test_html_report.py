@@ -389,6 +389,22 @@ def test_a_job_link_resolves_to_the_jobs_page(tmp_path):
     assert href == "./3/eval/report.html" and (tmp_path / href).is_file()
 
 
+def test_a_job_page_under_a_folder_name_that_is_not_utf8_is_linked_by_its_bytes(tmp_path):
+    """Before: ``urllib.parse.quote`` of a folder named with the byte 0xff (a surrogate in Python's str) raised
+    ``UnicodeEncodeError``: a traceback out of ``python -m zoo_core.reports.html``, exit 1."""
+    import os
+    from urllib.parse import unquote_to_bytes
+
+    stage = tmp_path / "0" / os.fsdecode(b"\xff")
+    stage.mkdir(parents=True)
+    (stage / "report.html").write_text("<!doctype html>")
+    (tmp_path / "sweep_report.csv").write_text("job,status\n0,ok\n")
+    page = render_sweep_report(tmp_path)
+    href = page.split('<a href="', 1)[1].split('"', 1)[0]
+    assert href == "./0/%FF/report.html"
+    assert (tmp_path / os.fsdecode(unquote_to_bytes(href))).is_file()
+
+
 def test_a_job_folder_named_like_a_url_scheme_links_to_its_page_not_a_script(tmp_path):
     """Before: a job folder ``javascript:alert(document.domain)`` gave ``<a href="javascript:alert(...)/...">``, a
     script run by a click on the sweep page."""

@@ -719,3 +719,17 @@ def test_a_sharded_skip_run_merges_as_the_unsharded_run_with_its_skipped_list(zo
     m = merged(sweep)
     assert [e["id"] for e in m["skipped"]] == [victim.stem]
     assert (m["images"], m["metrics"]) == (full["images"], full["metrics"])
+
+
+def test_a_shard_config_with_the_hydra_interpolations_the_docs_advise_still_merges(tmp_path):
+    """docs/sweeps.md advises ``'model_dir=${hydra:runtime.output_dir}/../model'`` for parallel sweeps: Hydra writes it
+    unresolved into every job's config, and the first version of the resolver refusal failed every such merge."""
+    from zoo_core.reports.job_files import JobFiles
+    from zoo_core.reports.shard_merge import merge_config
+
+    fake_shard_sweep(tmp_path)
+    rec = tmp_path / "0" / "eval"
+    f = rec / ".hydra" / "config.yaml"
+    f.write_text(f.read_text() + "model_dir: ${hydra:runtime.output_dir}/../model\nstamp: ${now:%Y-%m-%d}\n")
+    cfg, stage, n = merge_config(JobFiles(tmp_path / "0", rec))
+    assert (stage, n, cfg.model.name) == ("eval", 2, "fixture")

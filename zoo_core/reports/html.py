@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import math
+import os
 import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
@@ -498,7 +499,7 @@ def _job_link(sweep: Path, job: str) -> str | None:
         return None
     for cand in [sweep / job / "report.html", *sorted((sweep / job).glob("*/report.html"))]:
         if cand.is_file():
-            return "./" + "/".join(urllib.parse.quote(part) for part in cand.relative_to(sweep).parts)
+            return "./" + "/".join(urllib.parse.quote(os.fsencode(part)) for part in cand.relative_to(sweep).parts)
     return None
 
 

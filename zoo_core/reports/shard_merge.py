@@ -277,9 +277,11 @@ def shard_groups(rows: list[dict], others: list[str], jobs: dict[str, JobFiles])
     return groups
 
 
-#: The resolvers a job config read back by a merge may call: those that read only the config itself. Any other
+#: The resolvers a job config read back by a merge may call: those that read only the config itself or Hydra's own
+#: run (``oc.select``; ``hydra`` and ``now``, which Hydra writes unresolved into every job's config when a sweep passes
+#: e.g. ``'model_dir=${hydra:runtime.output_dir}/../model'``, as docs/sweeps.md advises). Any other
 #: (``${oc.env:...}``, ``${oc.decode:...}``, a plugin's) would be resolved on the machine that builds the report.
-MERGE_RESOLVERS = frozenset({"oc.select"})
+MERGE_RESOLVERS = frozenset({"oc.select", "hydra", "now"})
 
 
 class _RefusedConfig(Exception):
@@ -354,8 +356,9 @@ def _refuse_resolvers(value) -> None:
                 name = node.resolverName().getText()
                 if name not in MERGE_RESOLVERS:
                     raise _RefusedConfig(f"calls the resolver ${{{name}:...}} ({value!r}): the merge resolves no "
-                                         "resolver but oc.select in a job config (it would run on this machine, e.g. "
-                                         "read its environment into the merged record)")
+                                         "resolver but oc.select, hydra and now in a job config (it would run on this "
+                                         "machine, e.g. read its environment into the merged record); pass the value "
+                                         "itself in the sweep's overrides")
             stack.extend(getattr(node, "children", None) or [])
 
 

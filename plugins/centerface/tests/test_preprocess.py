@@ -133,3 +133,15 @@ def test_ascend_input_hw_must_be_multiples_of_32_without_composition_too():
                                           r"multiples of 32"):
         model_input_hw(OmegaConf.create({"variant": "ascend", "input_hw": [500, 500]}))
     assert model_input_hw(OmegaConf.create({"variant": "ascend", "input_hw": [320, 480]})) == (320, 480)
+
+
+def test_starclouds_refuses_an_image_without_three_channels_and_ignores_alpha():
+    """A grayscale array gave planes of uninitialised memory for G and B once the planes came from ``cv2.split``;
+    it is refused. A fourth (alpha) channel is left out, as the per-channel copy always did."""
+    rng = np.random.default_rng(3)
+    bgr = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    for gray in (bgr[:, :, 0], bgr[:, :, :1]):
+        with pytest.raises(ValueError, match=r"expected an HxWx3 BGR image"):
+            preprocess_starclouds(gray)
+    bgra = np.dstack([bgr, np.full(bgr.shape[:2], 9, np.uint8)])
+    np.testing.assert_array_equal(preprocess_starclouds(bgra)[0]["input.1"], preprocess_starclouds(bgr)[0]["input.1"])

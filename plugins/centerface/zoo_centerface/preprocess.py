@@ -57,13 +57,15 @@ def preprocess_starclouds(image_bgr: np.ndarray, fixed_hw: Sequence[int] | None 
     """
     import cv2
 
+    if image_bgr.ndim != 3 or image_bgr.shape[2] < 3:
+        raise ValueError(f"expected an HxWx3 BGR image (as read_image returns), got shape {image_bgr.shape}")
     h, w = image_bgr.shape[:2]
     h_in, w_in = starclouds_input_hw((h, w), fixed_hw)
     bgr = image_bgr
     if (h_in, w_in) != (h, w):  # bilinear resize is per channel, so resizing before the swap is identical
         bgr = cv2.resize(bgr, (w_in, h_in), interpolation=cv2.INTER_LINEAR)
     chw = arena.empty((3, h_in, w_in), np.float32)  # the model input: in shared memory in a worker
-    for ch, plane in enumerate(reversed(cv2.split(bgr))):  # BGR -> RGB planes, uint8 -> float32
+    for ch, plane in enumerate(reversed(cv2.split(bgr)[:3])):  # BGR -> RGB planes, uint8 -> float32
         np.copyto(chw[ch], plane, casting="unsafe")
     meta = {
         "variant": "starclouds",
