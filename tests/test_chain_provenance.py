@@ -131,7 +131,8 @@ def _shell_words(text: str, cwd: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("value", ["640;touch$IFS" + "pwned", "$(touch pwned)", "`touch pwned`", "a'b c;touch pwned",
-                                   "x\\", "true", "1e3", "a\nb", "é", "null", [640, "x y;z"], 30.0, None])
+                                   "x\\", "true", "1e3", "a\nb", "é", "null", [640, "x y;z"], 30.0, None,
+                                   ["é"], ["a\\b"], [{"a": 1}], [["x", 2], []]])
 def test_a_refusal_hint_is_one_shell_word_hydra_reads_back_as_the_recorded_value(value, tmp_path):
     """Before: a ``state.json`` value ``640;touch$IFS/tmp/x`` was printed unquoted in the hint
     ``pass the settings they were made with (model.input_hw=640;touch$IFS/tmp/x)``: pasted, it ran ``touch``."""

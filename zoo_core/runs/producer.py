@@ -64,16 +64,27 @@ def _overrides(key: str, value: Any) -> list[str]:
     object as a value), each a single shell word (:func:`~zoo_core.config.validate.shell_word`): the values come
     from a ``state.json`` anyone may have written, and a hint pasted into a shell must run nothing but ``zoo``. A
     string that is not a plain word is quoted for Hydra too (:func:`~zoo_core.config.validate.hydra_quote`)."""
-    from zoo_core.config.validate import hydra_quote, shell_word
+    from zoo_core.config.validate import shell_word
 
     if isinstance(value, dict) and value:
         return [o for k, v in value.items() for o in _overrides(f"{key}.{k}", v)]
+    return [shell_word(f"{key}={_hydra_value(value)}")]
+
+
+def _hydra_value(value: Any) -> str:
+    """A JSON value in Hydra's override grammar, read back as this very value: strings that are not plain words
+    quoted (:func:`~zoo_core.config.validate.hydra_quote`), inside lists and mappings too (``json.dumps`` wrote
+    ``"\\u00e9"``, which Hydra reads as those six characters)."""
+    from zoo_core.config.validate import hydra_quote
+
     if isinstance(value, str):
         plain = _PLAIN_WORD.fullmatch(value) and value.lower() not in ("true", "false", "null", "nan", "inf")
-        shown = value if plain else hydra_quote(value)
-    else:
-        shown = json.dumps(value)
-    return [shell_word(f"{key}={shown}")]
+        return value if plain else hydra_quote(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_hydra_value(str(k))}: {_hydra_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
 
 
 def refuse_other_producer(ctx: Any, directory: Path, producer: str, what: str) -> None:
