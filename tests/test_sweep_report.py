@@ -500,3 +500,15 @@ def test_only_headline_metrics_become_columns_not_per_class_ones(tmp_path):
     rows, _ = sr.collect_rows(tmp_path)
     assert {k: v for k, v in rows[0].items() if k.startswith("metric:")} == {"metric:AP": 0.5, "metric:AP50": 0.75}
     assert "AP/person" not in sr.write_csv(rows).splitlines()[0]
+
+
+def test_a_one_job_sweep_shows_its_swept_values_as_columns(tmp_path):
+    """`zoo run -m batch_size=4` makes one job: no value differs between jobs, yet the table still shows the
+    value that job ran with (a swept key column), as a sweep of several jobs does."""
+    fake_job(tmp_path, "0", "perf", ["model=fixture", "batch_size=4"], 1_000_000.0,
+             perf={"stage": "perf", "images": 20, "throughput": 50.0, "latency_ms": {"mean": 80.0, "p99": 90.0}})
+    rows, swept = sr.collect_rows(tmp_path)
+    assert swept == ["model", "batch_size"]
+    head, cells = table(sr.write_markdown(rows, swept))
+    assert head[:3] == ["model", "batch_size", "status"]
+    assert cells[0][:3] == ["fixture", "4", "ok"]
