@@ -236,3 +236,17 @@ def test_no_matched_detection_has_no_shift_not_a_zero_one():
     (line,) = [ln for ln in summary_lines({**result, "detections": d}) if "detections:" in ln]
     assert "largest box shift 0.25 px, largest score change 0.05" in line, line
     assert "| a | 1 | 1 | 0 | n/a | n/a |" in markdown({**result, "detections": d}, None)
+
+
+def test_a_cosine_equal_to_min_cosine_passes():
+    """docs: a tensor passes when its cosine similarity is *at least* min_cosine; min_cosine set to the cosine a
+    run reported passes it (as rtol set to the reported max_rel does)."""
+    ref = np.array([1.0, 0.0], np.float32)
+    cand = np.array([1.0, 1.0], np.float32)  # cosine 1/sqrt(2), within no relative bound but rtol=2 covers it
+    tol = Tolerance(atol=0.0, rtol=2.0, min_cosine=1 / math.sqrt(2))
+    d = diff(ref, cand, tol)
+    assert d.cosine == 1 / math.sqrt(2) and d.beyond == 0
+    assert d.passed(tol)
+    assert not d.passed(Tolerance(atol=0.0, rtol=2.0, min_cosine=np.nextafter(1 / math.sqrt(2), 1)))
+    same = diff(ref, ref, Tolerance(atol=0.0, rtol=0.0, min_cosine=1.0))  # identical tensors, min_cosine=1
+    assert same.cosine == 1.0 and same.passed(Tolerance(atol=0.0, rtol=0.0, min_cosine=1.0))
