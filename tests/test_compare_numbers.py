@@ -250,3 +250,27 @@ def test_a_cosine_equal_to_min_cosine_passes():
     assert not d.passed(Tolerance(atol=0.0, rtol=2.0, min_cosine=np.nextafter(1 / math.sqrt(2), 1)))
     same = diff(ref, ref, Tolerance(atol=0.0, rtol=0.0, min_cosine=1.0))  # identical tensors, min_cosine=1
     assert same.cosine == 1.0 and same.passed(Tolerance(atol=0.0, rtol=0.0, min_cosine=1.0))
+
+
+def test_an_output_with_an_all_zero_reference_image_has_no_max_rel():
+    """max_rel of an image whose reference is all zero and candidate is not is undefined (None); the output's
+    max_rel over its images is then None too, not the largest of the other images' ratios."""
+    s = OutputStats(TOL)
+    z = np.zeros(3, np.float32)
+    s.add("zero", z, z + 0.5)
+    s.add("ones", np.ones(3, np.float32), np.ones(3, np.float32) * 1.25)
+    assert s.max_rel is None and s.as_dict()["max_rel"] is None
+    s2 = OutputStats(TOL)  # the other order: None once seen stays None
+    s2.add("ones", np.ones(3, np.float32), np.ones(3, np.float32) * 1.25)
+    s2.add("zero", z, z + 0.5)
+    assert s2.max_rel is None
+
+
+def test_match_takes_an_iou_of_exactly_the_threshold():
+    """Two detections are the same when their IoU is *at least* 0.99: boxes 100x100 and 99x100 sharing a
+    corner have IoU 9900 / 10000 = 0.99 exactly."""
+    ref = _dets([[0, 0, 100, 100]], [0.9], [1])
+    cand = _dets([[0, 0, 99, 100]], [0.9], [1])
+    assert iou_matrix(ref.boxes, cand.boxes)[0, 0] == 0.99
+    assert match(ref, cand) == [(0, 0)]
+    assert match(ref, _dets([[0, 0, 98.9, 100]], [0.9], [1])) == []
