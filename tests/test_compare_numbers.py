@@ -274,3 +274,15 @@ def test_match_takes_an_iou_of_exactly_the_threshold():
     assert iou_matrix(ref.boxes, cand.boxes)[0, 0] == 0.99
     assert match(ref, cand) == [(0, 0)]
     assert match(ref, _dets([[0, 0, 98.9, 100]], [0.9], [1])) == []
+
+
+def test_extra_candidate_detections_lower_the_match_rate_and_the_fully_matched_count():
+    """match_rate = matched / the larger of the two counts per image: a candidate with a detection the reference
+    lacks is not a full match (1 of 2), and that image is not fully matched."""
+    s = MatchSummary()
+    s.add(match_image("a", _dets([[0, 0, 10, 10]], [0.9], [0]),
+                      _dets([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.8], [0, 0])))
+    out = s.as_dict()
+    assert (out["matched"], out["reference"], out["candidate"]) == (1, 1, 2)
+    assert out["match_rate"] == 0.5
+    assert out["images_fully_matched"] == 0
