@@ -286,3 +286,19 @@ def test_extra_candidate_detections_lower_the_match_rate_and_the_fully_matched_c
     assert (out["matched"], out["reference"], out["candidate"]) == (1, 1, 2)
     assert out["match_rate"] == 0.5
     assert out["images_fully_matched"] == 0
+
+
+def test_two_identical_zero_area_boxes_are_the_same_detection():
+    """A decoder may emit a zero-area box; the same box from both backends is one detection (IoU 1), not a
+    missing and an extra one."""
+    ref = _dets([[5, 5, 5, 5], [0, 0, 0, 10]], [0.9, 0.8], [0, 0])
+    cand = _dets([[5, 5, 5, 5], [0, 0, 0, 10]], [0.9, 0.8], [0, 0])
+    assert match(ref, cand) == [(0, 0), (1, 1)]
+    assert match(ref, _dets([[5, 5, 5, 6]], [0.9], [0])) == []  # a different degenerate box is not it
+
+
+def test_output_max_abs_reference_is_the_largest_over_images():
+    s = OutputStats(TOL)
+    s.add("big", np.array([4.0, -1.0], np.float32), np.array([4.0, -1.0], np.float32))
+    s.add("small", np.array([1.0, 0.5], np.float32), np.array([1.0, 0.5], np.float32))
+    assert s.ref_max_abs == 4.0 and s.as_dict()["max_abs_reference"] == 4.0
