@@ -302,3 +302,12 @@ def test_output_max_abs_reference_is_the_largest_over_images():
     s.add("big", np.array([4.0, -1.0], np.float32), np.array([4.0, -1.0], np.float32))
     s.add("small", np.array([1.0, 0.5], np.float32), np.array([1.0, 0.5], np.float32))
     assert s.ref_max_abs == 4.0 and s.as_dict()["max_abs_reference"] == 4.0
+
+
+def test_worst_image_among_fully_matched_ones_is_the_one_whose_boxes_moved_most():
+    s = MatchSummary()
+    s.add(match_image("a", _dets([[0, 0, 100, 100]], [0.9], [0]), _dets([[0.1, 0, 100.1, 100]], [0.9], [0])))
+    s.add(match_image("b", _dets([[0, 0, 100, 100]], [0.9], [0]), _dets([[0.3, 0, 100.3, 100]], [0.9], [0])))
+    s.add(match_image("c", _dets([[0, 0, 100, 100]], [0.9], [0]), _dets([[0, 0, 100, 100]], [0.9], [0])))
+    out = s.as_dict()
+    assert out["match_rate"] == 1.0 and out["worst_image"] == "b"
