@@ -733,3 +733,13 @@ def test_a_shard_config_with_the_hydra_interpolations_the_docs_advise_still_merg
     f.write_text(f.read_text() + "model_dir: ${hydra:runtime.output_dir}/../model\nstamp: ${now:%Y-%m-%d}\n")
     cfg, stage, n = merge_config(JobFiles(tmp_path / "0", rec))
     assert (stage, n, cfg.model.name) == ("eval", 2, "fixture")
+
+
+def test_a_merged_row_shows_the_headline_metrics_not_the_per_class_ones():
+    """The merged row's metric columns are those of a job's row (docs/sweeps.md: every headline metric,
+    metric:<name>): per-class "AP/<class>" keys of the merged metrics.json stay out of the report."""
+    from zoo_core.reports.shard_merge import _metric_cells
+
+    record = {"images": 8, "metrics": {"AP": 0.5, "AP50": None, "AP/person": 0.25, "AP/car": 1.0}}
+    assert _metric_cells(record) == {"metric:AP": 0.5, "metric:AP50": None}
+    assert _metric_cells({"images": 8, "metrics": "broken"}) == {}
