@@ -743,3 +743,24 @@ def test_a_merged_row_shows_the_headline_metrics_not_the_per_class_ones():
     record = {"images": 8, "metrics": {"AP": 0.5, "AP50": None, "AP/person": 0.25, "AP/car": 1.0}}
     assert _metric_cells(record) == {"metric:AP": 0.5, "metric:AP50": None}
     assert _metric_cells({"images": 8, "metrics": "broken"}) == {}
+
+
+def test_a_shard_that_ran_twice_merges_its_ok_run_even_when_a_newer_run_failed(tmp_path):
+    """pick_shards: when a shard ran more than once, an ok run wins over a newer failed one; among ok runs
+    the newest wins."""
+    import os
+
+    from zoo_core.reports.job_files import JobFiles
+    from zoo_core.reports.shard_merge import pick_shards
+
+    jobs = {}
+    for job, mtime in (("0", 1_000.0), ("1", 3_000.0), ("2", 2_000.0), ("3", 4_000.0)):
+        rec = tmp_path / job / "eval"
+        (rec / ".hydra").mkdir(parents=True)
+        (rec / ".hydra" / "overrides.yaml").write_text("- dataset.shard=0\n")
+        os.utime(rec / ".hydra" / "overrides.yaml", (mtime, mtime))
+        jobs[job] = JobFiles(tmp_path / job, rec)
+    row = lambda job, status: {"job": job, "status": status, "@dataset.shard": "0"}  # noqa: E731
+    assert pick_shards([row("0", "ok"), row("1", "failed")], jobs)[0].row["job"] == "0"
+    assert pick_shards([row("1", "failed"), row("0", "ok")], jobs)[0].row["job"] == "0"
+    assert pick_shards([row("0", "ok"), row("2", "ok"), row("3", "no result")], jobs)[0].row["job"] == "2"
