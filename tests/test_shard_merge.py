@@ -2,6 +2,8 @@
 shard completes the merge, and shards that ran something different are refused."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import shlex
@@ -86,6 +88,8 @@ def test_missing_shard_is_named_and_running_it_completes_the_merge(zoo, fixture_
     assert json.loads((sweep / "2" / "eval" / "metrics.json").read_text())["images"] == 4
     assert merged(sweep)["metrics"] == unsharded(zoo, f"model_file={fixture_onnx}")["metrics"]
     assert merged(sweep)["images"] == 12
+    [row] = [r for r in csv.DictReader(io.StringIO((sweep / "sweep_report.csv").read_text())) if r["job"] == "merged"]
+    assert (row["status"], row["images"]) == ("ok", "12")  # the merged row counts the 12 images it scored
 
 
 def test_two_missing_shards_get_a_job_dir_each_and_running_both_completes_the_merge(zoo, fixture_onnx):
