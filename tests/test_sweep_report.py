@@ -512,3 +512,11 @@ def test_a_one_job_sweep_shows_its_swept_values_as_columns(tmp_path):
     head, cells = table(sr.write_markdown(rows, swept))
     assert head[:3] == ["model", "batch_size", "status"]
     assert cells[0][:3] == ["fixture", "4", "ok"]
+
+
+@pytest.mark.parametrize("metrics, used", [(["mAP", "AP"], "AP"), (["AP50", "easy"], "easy"),
+                                           (["hard", "medium"], "hard")])
+def test_the_pareto_plot_uses_ap_else_easy_else_the_first_metric(metrics, used):
+    """docs/sweeps.md: the accuracy metric of the Pareto plot is AP, else easy, else the jobs' first metric."""
+    rows = [row(0, **{f"metric:{m}": 0.5 for m in metrics})]
+    assert sr.accuracy_metric(rows) == used
