@@ -768,3 +768,26 @@ def test_a_shard_that_ran_twice_merges_its_ok_run_even_when_a_newer_run_failed(t
     assert pick_shards([row("0", "ok"), row("1", "failed")], jobs)[0].row["job"] == "0"
     assert pick_shards([row("1", "failed"), row("0", "ok")], jobs)[0].row["job"] == "0"
     assert pick_shards([row("0", "ok"), row("2", "ok"), row("3", "no result")], jobs)[0].row["job"] == "2"
+
+
+def test_a_postprocess_merge_records_outputs_dir_only_when_every_shard_agrees(fixture_cfg, tmp_path, monkeypatch):
+    """docs/sweeps.md: a postprocess merge records the shards' outputs_dir / output_suffix_base when they agree;
+    shards that read different outputs dirs leave the key out rather than naming the first shard's."""
+    from omegaconf import OmegaConf, open_dict
+
+    from zoo_core.reports import shard_merge
+    from zoo_core.reports.job_files import JobFiles
+    from zoo_core.stages import scoring
+
+    cfg = OmegaConf.create(OmegaConf.to_container(fixture_cfg))
+    with open_dict(cfg):
+        cfg.stage.name = "postprocess"
+    records = [{"outputs_dir": "/o/a", "output_suffix_base": "b"}, {"outputs_dir": "/o/b", "output_suffix_base": "b"}]
+    shards = [shard_merge.Shard(i, {"job": str(i)}, JobFiles(tmp_path / str(i), tmp_path / str(i) / "pp"))
+              for i in range(2)]
+    monkeypatch.setattr(shard_merge, "shard_detections",
+                        lambda s, samples, n, k: ({f"img{s.index}": None}, records[s.index], "onnxruntime"))
+    seen = {}
+    monkeypatch.setattr(scoring, "score", lambda ctx, dets, skipped, extra, made_by=None: seen.update(extra) or {})
+    shard_merge.score_union(cfg, shards, tmp_path / "merged")
+    assert "outputs_dir" not in seen and seen["output_suffix_base"] == "b"
