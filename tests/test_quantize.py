@@ -496,3 +496,17 @@ def test_convert_int8_without_amct_says_what_to_run(zoo, fixture_onnx, fixtures_
     rc, out, err = zoo("run", "model=fixture", "stage=convert", "quantize=int8", "quantize.calibration_images=2",
                        env=env)
     assert rc == 2 and "amct_onnx is not on PATH" in err and "amct_bs1.sh" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("pct, ok", [(100.0, True), (99.999, True), (0.0, False), (100.5, False)])
+def test_the_percentile_may_be_100_but_not_0_or_above(fixture_cfg, tmp_path, pct, ok):
+    """docs/errors.md: quantize.percentile must be within (0, 100]: 100 is accepted and recorded; 0 and anything
+    above 100 are refused."""
+    from zoo_core.quantize.calibration import settings
+
+    ctx = _run_ctx(fixture_cfg, tmp_path, **{"quantize.method": "percentile", "quantize.percentile": pct})
+    if ok:
+        assert settings(ctx)["percentile"] == pct
+    else:
+        with pytest.raises(ConfigError, match=rf"quantize\.percentile={pct} is invalid: it must be within \(0, 100\]"):
+            settings(ctx)
