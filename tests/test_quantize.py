@@ -510,3 +510,15 @@ def test_the_percentile_may_be_100_but_not_0_or_above(fixture_cfg, tmp_path, pct
     else:
         with pytest.raises(ConfigError, match=rf"quantize\.percentile={pct} is invalid: it must be within \(0, 100\]"):
             settings(ctx)
+
+
+def test_the_calibration_digest_tells_dtypes_apart_when_the_bytes_are_equal():
+    """The digest covers each tensor's name, dtype, shape and bytes: all-zero float32 and int32 tensors (the same
+    bytes) are different calibration inputs, so an INT8 model calibrated on one is not reused for the other."""
+    from zoo_core.quantize.calibration import calibration_digest
+
+    f32 = [{"image": np.zeros((1, 3, 2, 2), np.float32)}]
+    i32 = [{"image": np.zeros((1, 3, 2, 2), np.int32)}]
+    assert f32[0]["image"].tobytes() == i32[0]["image"].tobytes()
+    assert calibration_digest(f32) != calibration_digest(i32)
+    assert calibration_digest(f32) == calibration_digest([{"image": np.zeros((1, 3, 2, 2), np.float32)}])
