@@ -236,3 +236,78 @@ def test_no_matched_detection_has_no_shift_not_a_zero_one():
     (line,) = [ln for ln in summary_lines({**result, "detections": d}) if "detections:" in ln]
     assert "largest box shift 0.25 px, largest score change 0.05" in line, line
     assert "| a | 1 | 1 | 0 | n/a | n/a |" in markdown({**result, "detections": d}, None)
+
+
+def test_a_cosine_equal_to_min_cosine_passes():
+    """docs: a tensor passes when its cosine similarity is *at least* min_cosine; min_cosine set to the cosine a
+    run reported passes it (as rtol set to the reported max_rel does)."""
+    ref = np.array([1.0, 0.0], np.float32)
+    cand = np.array([1.0, 1.0], np.float32)  # cosine 1/sqrt(2), within no relative bound but rtol=2 covers it
+    tol = Tolerance(atol=0.0, rtol=2.0, min_cosine=1 / math.sqrt(2))
+    d = diff(ref, cand, tol)
+    assert d.cosine == 1 / math.sqrt(2) and d.beyond == 0
+    assert d.passed(tol)
+    assert not d.passed(Tolerance(atol=0.0, rtol=2.0, min_cosine=np.nextafter(1 / math.sqrt(2), 1)))
+    same = diff(ref, ref, Tolerance(atol=0.0, rtol=0.0, min_cosine=1.0))  # identical tensors, min_cosine=1
+    assert same.cosine == 1.0 and same.passed(Tolerance(atol=0.0, rtol=0.0, min_cosine=1.0))
+
+
+def test_an_output_with_an_all_zero_reference_image_has_no_max_rel():
+    """max_rel of an image whose reference is all zero and candidate is not is undefined (None); the output's
+    max_rel over its images is then None too, not the largest of the other images' ratios."""
+    s = OutputStats(TOL)
+    z = np.zeros(3, np.float32)
+    s.add("zero", z, z + 0.5)
+    s.add("ones", np.ones(3, np.float32), np.ones(3, np.float32) * 1.25)
+    assert s.max_rel is None and s.as_dict()["max_rel"] is None
+    s2 = OutputStats(TOL)  # the other order: None once seen stays None
+    s2.add("ones", np.ones(3, np.float32), np.ones(3, np.float32) * 1.25)
+    s2.add("zero", z, z + 0.5)
+    assert s2.max_rel is None
+
+
+def test_match_takes_an_iou_of_exactly_the_threshold():
+    """Two detections are the same when their IoU is *at least* 0.99: boxes 100x100 and 99x100 sharing a
+    corner have IoU 9900 / 10000 = 0.99 exactly."""
+    ref = _dets([[0, 0, 100, 100]], [0.9], [1])
+    cand = _dets([[0, 0, 99, 100]], [0.9], [1])
+    assert iou_matrix(ref.boxes, cand.boxes)[0, 0] == 0.99
+    assert match(ref, cand) == [(0, 0)]
+    assert match(ref, _dets([[0, 0, 98.9, 100]], [0.9], [1])) == []
+
+
+def test_extra_candidate_detections_lower_the_match_rate_and_the_fully_matched_count():
+    """match_rate = matched / the larger of the two counts per image: a candidate with a detection the reference
+    lacks is not a full match (1 of 2), and that image is not fully matched."""
+    s = MatchSummary()
+    s.add(match_image("a", _dets([[0, 0, 10, 10]], [0.9], [0]),
+                      _dets([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.8], [0, 0])))
+    out = s.as_dict()
+    assert (out["matched"], out["reference"], out["candidate"]) == (1, 1, 2)
+    assert out["match_rate"] == 0.5
+    assert out["images_fully_matched"] == 0
+
+
+def test_two_identical_zero_area_boxes_are_the_same_detection():
+    """A decoder may emit a zero-area box; the same box from both backends is one detection (IoU 1), not a
+    missing and an extra one."""
+    ref = _dets([[5, 5, 5, 5], [0, 0, 0, 10]], [0.9, 0.8], [0, 0])
+    cand = _dets([[5, 5, 5, 5], [0, 0, 0, 10]], [0.9, 0.8], [0, 0])
+    assert match(ref, cand) == [(0, 0), (1, 1)]
+    assert match(ref, _dets([[5, 5, 5, 6]], [0.9], [0])) == []  # a different degenerate box is not it
+
+
+def test_output_max_abs_reference_is_the_largest_over_images():
+    s = OutputStats(TOL)
+    s.add("big", np.array([4.0, -1.0], np.float32), np.array([4.0, -1.0], np.float32))
+    s.add("small", np.array([1.0, 0.5], np.float32), np.array([1.0, 0.5], np.float32))
+    assert s.ref_max_abs == 4.0 and s.as_dict()["max_abs_reference"] == 4.0
+
+
+def test_worst_image_among_fully_matched_ones_is_the_one_whose_boxes_moved_most():
+    s = MatchSummary()
+    s.add(match_image("a", _dets([[0, 0, 100, 100]], [0.9], [0]), _dets([[0.1, 0, 100.1, 100]], [0.9], [0])))
+    s.add(match_image("b", _dets([[0, 0, 100, 100]], [0.9], [0]), _dets([[0.3, 0, 100.3, 100]], [0.9], [0])))
+    s.add(match_image("c", _dets([[0, 0, 100, 100]], [0.9], [0]), _dets([[0, 0, 100, 100]], [0.9], [0])))
+    out = s.as_dict()
+    assert out["match_rate"] == 1.0 and out["worst_image"] == "b"

@@ -91,6 +91,7 @@ def test_device_for_each_engine_and_scheduler(launcher, env, job, pin, expected)
     (LOCAL_CFG, {}, None),
     ({**LOCAL_CFG, "cpus_per_task": 2}, {}, 2),
     (RAY_CFG, {"jobs": 2, "cores": 6}, 3),                                 # pin.jobs wins
+    (RAY_CFG, {"jobs": 16, "cores": 6}, 1),                                # more jobs than cores: 1 each, never 0
 ])
 def test_threads_for_each_engine(launcher, pin, expected):
     cfg = OmegaConf.create({"backend": {"name": "onnxruntime", "intra_op_threads": 0}, "num_workers": 2,
@@ -114,6 +115,7 @@ JOBLIB_CFG = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.J
     ({**LOCAL_CFG, "cpus_per_task": 2}, "3", 2),  # an explicit reservation wins
     (JOBLIB_CFG, None, 2),      # n_jobs=4
     (JOBLIB_CFG, "2", 4),       # only 2 jobs in the sweep: 2 run at once, not 4
+    ({**JOBLIB_CFG, "n_jobs": -6}, None, 2),  # joblib's n_jobs=-6 on 8 CPUs runs 8 + 1 - 6 = 3 at once
     (BASIC, "3", None),         # one after another
 ])
 def test_threads_shared_by_the_jobs_running_at_once(launcher, sweep_jobs, expected):
@@ -126,6 +128,12 @@ def test_threads_shared_by_the_jobs_running_at_once(launcher, sweep_jobs, expect
     assert plan.get("backend.intra_op_threads") == expected
     if expected:
         assert plan["num_workers"] == min(2, expected - 1)
+
+
+@pytest.mark.parametrize("n_jobs, expected", [(-1, 8), (-2, 7), (-8, 1), (-20, 1), (3, 3), (None, 8)])
+def test_joblib_negative_n_jobs_counts_back_from_all_cpus(n_jobs, expected):
+    """joblib: n_jobs=-1 uses all CPUs, -2 all but one, ... (n_cpus + 1 + n_jobs), at least 1; unset is -1."""
+    assert pinning.parallel_jobs({**JOBLIB_CFG, "n_jobs": n_jobs}, 8, {}) == expected
 
 
 @pytest.mark.parametrize("overrides, jobs", [

@@ -496,3 +496,29 @@ def test_convert_int8_without_amct_says_what_to_run(zoo, fixture_onnx, fixtures_
     rc, out, err = zoo("run", "model=fixture", "stage=convert", "quantize=int8", "quantize.calibration_images=2",
                        env=env)
     assert rc == 2 and "amct_onnx is not on PATH" in err and "amct_bs1.sh" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("pct, ok", [(100.0, True), (99.999, True), (0.0, False), (100.5, False)])
+def test_the_percentile_may_be_100_but_not_0_or_above(fixture_cfg, tmp_path, pct, ok):
+    """docs/errors.md: quantize.percentile must be within (0, 100]: 100 is accepted and recorded; 0 and anything
+    above 100 are refused."""
+    from zoo_core.quantize.calibration import settings
+
+    ctx = _run_ctx(fixture_cfg, tmp_path, **{"quantize.method": "percentile", "quantize.percentile": pct})
+    if ok:
+        assert settings(ctx)["percentile"] == pct
+    else:
+        with pytest.raises(ConfigError, match=rf"quantize\.percentile={pct} is invalid: it must be within \(0, 100\]"):
+            settings(ctx)
+
+
+def test_the_calibration_digest_tells_dtypes_apart_when_the_bytes_are_equal():
+    """The digest covers each tensor's name, dtype, shape and bytes: all-zero float32 and int32 tensors (the same
+    bytes) are different calibration inputs, so an INT8 model calibrated on one is not reused for the other."""
+    from zoo_core.quantize.calibration import calibration_digest
+
+    f32 = [{"image": np.zeros((1, 3, 2, 2), np.float32)}]
+    i32 = [{"image": np.zeros((1, 3, 2, 2), np.int32)}]
+    assert f32[0]["image"].tobytes() == i32[0]["image"].tobytes()
+    assert calibration_digest(f32) != calibration_digest(i32)
+    assert calibration_digest(f32) == calibration_digest([{"image": np.zeros((1, 3, 2, 2), np.float32)}])

@@ -2,6 +2,8 @@
 shard completes the merge, and shards that ran something different are refused."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import shlex
@@ -86,6 +88,8 @@ def test_missing_shard_is_named_and_running_it_completes_the_merge(zoo, fixture_
     assert json.loads((sweep / "2" / "eval" / "metrics.json").read_text())["images"] == 4
     assert merged(sweep)["metrics"] == unsharded(zoo, f"model_file={fixture_onnx}")["metrics"]
     assert merged(sweep)["images"] == 12
+    [row] = [r for r in csv.DictReader(io.StringIO((sweep / "sweep_report.csv").read_text())) if r["job"] == "merged"]
+    assert (row["status"], row["images"]) == ("ok", "12")  # the merged row counts the 12 images it scored
 
 
 def test_two_missing_shards_get_a_job_dir_each_and_running_both_completes_the_merge(zoo, fixture_onnx):
@@ -733,3 +737,57 @@ def test_a_shard_config_with_the_hydra_interpolations_the_docs_advise_still_merg
     f.write_text(f.read_text() + "model_dir: ${hydra:runtime.output_dir}/../model\nstamp: ${now:%Y-%m-%d}\n")
     cfg, stage, n = merge_config(JobFiles(tmp_path / "0", rec))
     assert (stage, n, cfg.model.name) == ("eval", 2, "fixture")
+
+
+def test_a_merged_row_shows_the_headline_metrics_not_the_per_class_ones():
+    """The merged row's metric columns are those of a job's row (docs/sweeps.md: every headline metric,
+    metric:<name>): per-class "AP/<class>" keys of the merged metrics.json stay out of the report."""
+    from zoo_core.reports.shard_merge import _metric_cells
+
+    record = {"images": 8, "metrics": {"AP": 0.5, "AP50": None, "AP/person": 0.25, "AP/car": 1.0}}
+    assert _metric_cells(record) == {"metric:AP": 0.5, "metric:AP50": None}
+    assert _metric_cells({"images": 8, "metrics": "broken"}) == {}
+
+
+def test_a_shard_that_ran_twice_merges_its_ok_run_even_when_a_newer_run_failed(tmp_path):
+    """pick_shards: when a shard ran more than once, an ok run wins over a newer failed one; among ok runs
+    the newest wins."""
+    import os
+
+    from zoo_core.reports.job_files import JobFiles
+    from zoo_core.reports.shard_merge import pick_shards
+
+    jobs = {}
+    for job, mtime in (("0", 1_000.0), ("1", 3_000.0), ("2", 2_000.0), ("3", 4_000.0)):
+        rec = tmp_path / job / "eval"
+        (rec / ".hydra").mkdir(parents=True)
+        (rec / ".hydra" / "overrides.yaml").write_text("- dataset.shard=0\n")
+        os.utime(rec / ".hydra" / "overrides.yaml", (mtime, mtime))
+        jobs[job] = JobFiles(tmp_path / job, rec)
+    row = lambda job, status: {"job": job, "status": status, "@dataset.shard": "0"}  # noqa: E731
+    assert pick_shards([row("0", "ok"), row("1", "failed")], jobs)[0].row["job"] == "0"
+    assert pick_shards([row("1", "failed"), row("0", "ok")], jobs)[0].row["job"] == "0"
+    assert pick_shards([row("0", "ok"), row("2", "ok"), row("3", "no result")], jobs)[0].row["job"] == "2"
+
+
+def test_a_postprocess_merge_records_outputs_dir_only_when_every_shard_agrees(fixture_cfg, tmp_path, monkeypatch):
+    """docs/sweeps.md: a postprocess merge records the shards' outputs_dir / output_suffix_base when they agree;
+    shards that read different outputs dirs leave the key out rather than naming the first shard's."""
+    from omegaconf import OmegaConf, open_dict
+
+    from zoo_core.reports import shard_merge
+    from zoo_core.reports.job_files import JobFiles
+    from zoo_core.stages import scoring
+
+    cfg = OmegaConf.create(OmegaConf.to_container(fixture_cfg))
+    with open_dict(cfg):
+        cfg.stage.name = "postprocess"
+    records = [{"outputs_dir": "/o/a", "output_suffix_base": "b"}, {"outputs_dir": "/o/b", "output_suffix_base": "b"}]
+    shards = [shard_merge.Shard(i, {"job": str(i)}, JobFiles(tmp_path / str(i), tmp_path / str(i) / "pp"))
+              for i in range(2)]
+    monkeypatch.setattr(shard_merge, "shard_detections",
+                        lambda s, samples, n, k: ({f"img{s.index}": None}, records[s.index], "onnxruntime"))
+    seen = {}
+    monkeypatch.setattr(scoring, "score", lambda ctx, dets, skipped, extra, made_by=None: seen.update(extra) or {})
+    shard_merge.score_union(cfg, shards, tmp_path / "merged")
+    assert "outputs_dir" not in seen and seen["output_suffix_base"] == "b"

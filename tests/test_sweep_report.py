@@ -465,3 +465,58 @@ def test_a_job_folder_named_with_digits_int_does_not_take_is_sorted_as_a_name(tm
     [row] = sr.build_report(tmp_path)["merged"]
     assert row["status"] == "failed" and "shard 1 of 2 is missing" in row["error"]
     assert "hydra.sweep.subdir=1/eval" in row["error"]
+
+
+def test_perf_and_eval_records_land_in_the_throughput_and_latency_columns(tmp_path):
+    """perf.json of a perf stage has "throughput" and "latency_ms" {mean, median, p99, ...}; of eval,
+    "throughput_img_s" and "device_call_ms": each lands in throughput / latency mean / latency p99
+    (docs/sweeps.md), never the median or max in their place."""
+    jobs = {"0": {"stage": "perf", "images": 20, "throughput": 100.0,
+                  "latency_ms": {"mean": 10.0, "median": 9.0, "p99": 30.0, "min": 8.0, "max": 31.0}},
+            "1": {"stage": "eval", "images": 4, "throughput_img_s": 8.0,
+                  "device_call_ms": {"mean": 120.0, "median": 110.0, "p99": 150.0}}}
+    for job, perf in jobs.items():
+        rec = tmp_path / job / "perf"
+        (rec / ".hydra").mkdir(parents=True)
+        (rec / ".hydra" / "overrides.yaml").write_text(f"- model=fixture\n- batch_size={job}\n")
+        (rec / "perf.json").write_text(json.dumps(perf))
+    rows, _ = sr.collect_rows(tmp_path)
+    assert [(r["throughput"], r["latency_mean_ms"], r["latency_p99_ms"]) for r in rows] == \
+        [(100.0, 10.0, 30.0), (8.0, 120.0, 150.0)]
+    csv_rows = sr.write_csv(rows).splitlines()
+    head = csv_rows[0].split(",")
+    assert [[ln.split(",")[head.index(c)] for c in ("throughput", "latency_mean_ms", "latency_p99_ms")]
+            for ln in csv_rows[1:]] == [["100.0", "10.0", "30.0"], ["8.0", "120.0", "150.0"]]
+
+
+def test_only_headline_metrics_become_columns_not_per_class_ones(tmp_path):
+    """metrics.json holds per-class AP under "AP/<class>" keys beside the headline metrics; the report's
+    columns are the headline metrics only (docs/sweeps.md: every headline metric, metric:<name>)."""
+    rec = tmp_path / "0" / "eval"
+    (rec / ".hydra").mkdir(parents=True)
+    (rec / ".hydra" / "overrides.yaml").write_text("- model=fixture\n- batch_size=1\n")
+    (rec / "metrics.json").write_text(json.dumps({"images": 4, "metrics": {"AP": 0.5, "AP50": 0.75,
+                                                                           "AP/person": 0.25, "AP/car": 1.0}}))
+    rows, _ = sr.collect_rows(tmp_path)
+    assert {k: v for k, v in rows[0].items() if k.startswith("metric:")} == {"metric:AP": 0.5, "metric:AP50": 0.75}
+    assert "AP/person" not in sr.write_csv(rows).splitlines()[0]
+
+
+def test_a_one_job_sweep_shows_its_swept_values_as_columns(tmp_path):
+    """`zoo run -m batch_size=4` makes one job: no value differs between jobs, yet the table still shows the
+    value that job ran with (a swept key column), as a sweep of several jobs does."""
+    fake_job(tmp_path, "0", "perf", ["model=fixture", "batch_size=4"], 1_000_000.0,
+             perf={"stage": "perf", "images": 20, "throughput": 50.0, "latency_ms": {"mean": 80.0, "p99": 90.0}})
+    rows, swept = sr.collect_rows(tmp_path)
+    assert swept == ["model", "batch_size"]
+    head, cells = table(sr.write_markdown(rows, swept))
+    assert head[:3] == ["model", "batch_size", "status"]
+    assert cells[0][:3] == ["fixture", "4", "ok"]
+
+
+@pytest.mark.parametrize("metrics, used", [(["mAP", "AP"], "AP"), (["AP50", "easy"], "easy"),
+                                           (["hard", "medium"], "hard")])
+def test_the_pareto_plot_uses_ap_else_easy_else_the_first_metric(metrics, used):
+    """docs/sweeps.md: the accuracy metric of the Pareto plot is AP, else easy, else the jobs' first metric."""
+    rows = [row(0, **{f"metric:{m}": 0.5 for m in metrics})]
+    assert sr.accuracy_metric(rows) == used
