@@ -409,9 +409,14 @@ def ran_with_other_settings(i: int, n: int, ran: dict, wanted: dict, keys: list[
             f"{', '.join(setting(ran, k) for k in diff)}; this merge: {', '.join(setting(wanted, k) for k in diff)})")
 
 
+def unscored_record_path(files: JobFiles) -> Path:
+    """Where a stage that ran with ``stage.score=false`` writes its record: ``<record dir>/<stage>.json``."""
+    return files.records / f"{files.records.name}.json"
+
+
 def unscored_record(files: JobFiles) -> dict | None:
     """The record of a shard that ran with ``stage.score=false`` (``<stage>.json``, ``scored: false``)."""
-    rec = read_json(files.records / f"{files.records.name}.json")
+    rec = read_json(unscored_record_path(files))
     return rec if isinstance(rec, dict) and rec.get("scored") is False else None
 
 
@@ -582,7 +587,7 @@ def shard_detections(shard: Shard, samples: list, n: int, num_classes: int | Non
     name = f"shard {shard.index} (job {shard.row['job']})"
     record, record_path = read_json(f.metrics), f.metrics
     if not record:
-        record, record_path = unscored_record(f), f.records / f"{f.records.name}.json"
+        record, record_path = unscored_record(f), unscored_record_path(f)
     record = record if isinstance(record, dict) else {}
     listed = record.get("skipped")
     if listed is not None and not (isinstance(listed, list) and all(isinstance(e, dict) for e in listed)):
